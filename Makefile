@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` and `make test`; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# Override on GPU machines, e.g. `make setup TORCH_SPEC="torch --index-url ..."`, or pre-install torch.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tgmae demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pretrain_step.py --json docs/bench_pretrain_step.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

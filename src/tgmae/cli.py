@@ -1,0 +1,68 @@
+"""`tgmae` command line: a table of subcommands, each a plain `main(argv) -> int` in its own module.
+
+Modules are imported only when their command runs, so `tgmae --help` stays fast and a
+command's heavy imports (transformers, av) cost nothing elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> ("module:function", one-line help). Each function takes the remaining argv.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("tgmae.train.demo:main", "synthetic set -> tiny pretraining run -> figures (make demo)"),
+    "pretrain": ("tgmae.train.pretrain:main", "VideoMAE / TGM pretraining: -c CONFIG.yaml [section.key=value ...]"),
+    "synth": ("tgmae.data.synthetic:main", "write the synthetic captioned video set"),
+    "data": ("tgmae.data.check:main", "dataset tools: `tgmae data check --format F --root DIR ANNOTATIONS`"),
+    "convert": ("tgmae.models.interop:convert_main", "convert an official VideoMAE .pth / HF directory to safetensors"),
+    "caption": ("tgmae.captions.run:main", "caption videos from keyframes with an image-to-text model"),
+    "describe-classes": ("tgmae.captions.describe:main", "vision-free class descriptions from a chat endpoint"),
+    "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
+}
+
+
+def parse_run_args(prog: str, argv: Sequence[str], description: str = ""):
+    """Common shape of training commands: `-c CONFIG.yaml` then `section.key=value` overrides.
+
+    Returns (RunConfig, argparse.Namespace). Config errors exit with the message, not a trace.
+    """
+    from tgmae.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
+    parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
+    args = parser.parse_args(list(argv))
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        parser.exit(2, f"tgmae {prog}: config error: {e}\n")
+    return cfg, args
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: tgmae COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`tgmae COMMAND --help` shows a command's own arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

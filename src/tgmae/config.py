@@ -1,0 +1,430 @@
+"""Typed run configuration: dataclass sections, YAML files, dotted command-line overrides.
+
+Precedence is defaults < YAML (`-c file.yaml`) < `section.key=value` overrides. Unknown keys and
+values of the wrong type are errors that name the key, so a typo never silently does nothing.
+Each component receives only its own section (e.g. the model factory gets `ModelConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+DATASET_FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are sampled and augmented."""
+
+    format: str = "csv"  # annotation layout: one of DATASET_FORMATS
+    root: str = ""  # folder the annotation paths are relative to
+    train_annotations: str = ""  # annotation file (or folder, for split-file formats)
+    val_annotations: str = ""  # evaluation annotations; empty = none
+    split: int = 1  # UCF101 / HMDB51 split number
+    num_frames: int = 16  # frames per clip fed to the model
+    frame_stride: int = 4  # temporal stride between sampled frames (K400: 4, SSv2: 2)
+    sampling: str = "dense"  # "dense" (VideoMAE clip) or "tsn" (segment sampling, SSv2)
+    image_size: int = 224  # square model input side
+    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # VideoMAE multi-scale crop
+    flip: bool = True  # horizontal flip; off for direction-labelled data (SSv2)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_workers: int = 2  # DataLoader worker processes
+    max_load_retries: int = 20  # replacement attempts for unreadable videos before giving up
+    test_temporal_views: int = 5  # multi-view testing: clips along time
+    test_spatial_views: int = 3  # multi-view testing: crops across the frame
+    with_motion: bool = False  # also return codec motion vectors (motion-guided masking)
+
+    def __post_init__(self) -> None:
+        if self.format not in DATASET_FORMATS:
+            raise ConfigError(f"data.format={self.format!r}: expected one of {DATASET_FORMATS}")
+        if self.sampling not in ("dense", "tsn"):
+            raise ConfigError(f"data.sampling={self.sampling!r}: expected 'dense' or 'tsn'")
+        _positive("data.num_frames", self.num_frames)
+        _positive("data.frame_stride", self.frame_stride)
+        _positive("data.image_size", self.image_size)
+        _positive("data.test_temporal_views", self.test_temporal_views)
+        _positive("data.test_spatial_views", self.test_spatial_views)
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
+        if not self.crop_scales or any(not 0 < s <= 1 for s in self.crop_scales):
+            raise ConfigError(f"data.crop_scales={self.crop_scales}: each scale must be in (0, 1]")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"data.std={self.std}: must be positive")
+
+
+@dataclass
+class CaptionConfig:
+    """Which captions pair with each video (paper section 3.2 and Table 6)."""
+
+    file: str = ""  # captions JSONL (video_id, captions, source); empty = no captions
+    clip_model: str = ""  # CLIP name or path whose text tower embeds the captions
+    embedding_cache: str = ""  # safetensors cache of caption embeddings; empty = next to file
+    draw: str = "random"  # "random": one caption per video per epoch; "first": always the first
+
+
+@dataclass
+class MaskingConfig:
+    """Which tokens the encoder does not see (paper section 3.3)."""
+
+    name: str = "tube"  # random | tube | tgm | mgm
+    ratio: float = 0.9  # fraction of tokens masked (TGM: 0.6, MGM: 0.75 in the paper)
+    select: str = "top"  # tgm: mask the "top" or "bottom" patches by caption similarity
+    cache_dir: str = ""  # tgm: precomputed similarity maps (`tgmae masks`); empty = online
+    tubelet_frame: str = "first"  # which frame of a tubelet represents it: first | mean
+    motion_source: str = "codec"  # mgm: "codec" motion vectors or "framediff" fallback
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
+        if self.select not in ("top", "bottom"):
+            raise ConfigError(f"masking.select={self.select!r}: expected 'top' or 'bottom'")
+        if self.tubelet_frame not in ("first", "mean"):
+            raise ConfigError(f"masking.tubelet_frame={self.tubelet_frame!r}: expected first|mean")
+        if self.motion_source not in ("codec", "framediff"):
+            raise ConfigError(f"masking.motion_source={self.motion_source!r}: expected codec|framediff")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone choice; full architecture comes from the preset table in tgmae.models."""
+
+    preset: str = "tiny"  # tiny | small | base | large
+    patch_size: int = 16  # spatial patch side
+    tubelet_size: int = 2  # frames per token
+    drop_path: float = 0.0  # stochastic depth rate (finetuning: 0.1)
+    decoder_depth: Optional[int] = None  # None = preset default (4)
+    decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
+    norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
+    pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
+
+    def __post_init__(self) -> None:
+        _positive("model.patch_size", self.patch_size)
+        _positive("model.tubelet_size", self.tubelet_size)
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
+
+
+@dataclass
+class ContrastiveConfig:
+    """Masked video-text InfoNCE (paper sections 3.4-3.5)."""
+
+    objective: str = "mae"  # mae | contrastive | mae+contrastive
+    weight: float = 1.0  # lambda on the InfoNCE term in mae+contrastive
+    temperature: float = 0.07  # initial tau
+    learnable_temperature: bool = False
+    proj_dim: int = 256  # output width of the video projection head
+    text_projection: bool = False  # learnable linear map on the frozen text embedding
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("mae", "contrastive", "mae+contrastive"):
+            raise ConfigError(
+                f"contrastive.objective={self.objective!r}: expected mae|contrastive|mae+contrastive"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup + cosine; learning rates scale with the global batch (x batch/256)."""
+
+    base_lr: float = 1.5e-4  # lr at global batch 256
+    lr: Optional[float] = None  # absolute lr; overrides base_lr scaling when set
+    min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr)
+    warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr)
+    warmup_epochs: float = 1.0  # linear warmup length in epochs
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: Optional[float] = 1.0  # max grad norm; None = no clipping
+    layer_decay: float = 1.0  # layer-wise lr decay (finetuning: 0.75); 1 = off
+    fused: bool = True  # fused AdamW kernel where available (much faster on CPU)
+
+    def __post_init__(self) -> None:
+        if self.base_lr <= 0 or (self.lr is not None and self.lr <= 0):
+            raise ConfigError("optim.base_lr / optim.lr must be > 0")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs}: must be >= 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay={self.layer_decay}: must be in (0, 1]")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ConfigError(f"optim.clip_grad={self.clip_grad}: must be > 0 or null")
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop: length, batch, precision, devices."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (None = all epochs)
+    batch_size: int = 8  # per process
+    accum_steps: int = 1  # gradient accumulation: optimizer step every N micro-batches
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA; auto = bf16 if supported)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    output_dir: str = "runs/default"
+    log_every: int = 10  # optimizer steps between metric records
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.accum_steps", self.accum_steps)
+        _positive("train.log_every", self.log_every)
+        if self.max_steps is not None:
+            _positive("train.max_steps", self.max_steps)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision={self.precision!r}: expected auto|fp32|bf16|fp16")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and where a run resumes from."""
+
+    every_steps: int = 200  # optimizer steps between checkpoints (also written at each epoch end)
+    keep_last: int = 2  # older step checkpoints are deleted
+    resume: str = "auto"  # "auto" = latest in output_dir, "" = never, or a checkpoint path
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint.every_steps", self.every_steps)
+        _positive("checkpoint.keep_last", self.keep_last)
+
+
+@dataclass
+class LogConfig:
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+
+@dataclass
+class EvalConfig:
+    """Downstream evaluation settings (finetune, linear probe, retrieval)."""
+
+    num_classes: Optional[int] = None  # None = from the annotations
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha (VideoMAE finetune: 0.8)
+    cutmix: float = 0.0  # cutmix alpha (VideoMAE finetune: 1.0)
+    probe_optimizer: str = "lars"  # lars | sgd
+    head_init_scale: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.probe_optimizer not in ("lars", "sgd"):
+            raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+
+
+@dataclass
+class RunConfig:
+    """One run: every section, resolved. Written next to outputs and into every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        d, m = self.data, self.model
+        if d.num_frames % m.tubelet_size:
+            raise ConfigError(
+                f"data.num_frames={d.num_frames} is not divisible by model.tubelet_size={m.tubelet_size}"
+            )
+        if d.image_size % m.patch_size:
+            raise ConfigError(
+                f"data.image_size={d.image_size} is not divisible by model.patch_size={m.patch_size}"
+            )
+        if self.contrastive.objective != "mae" and not self.captions.file:
+            raise ConfigError(
+                f"contrastive.objective={self.contrastive.objective!r} needs captions.file"
+            )
+        if self.masking.name == "tgm" and not self.captions.file:
+            raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(T', H', W'): tokens along time, height and width."""
+        n = self.data.image_size // self.model.patch_size
+        return (self.data.num_frames // self.model.tubelet_size, n, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides, serialization
+# --------------------------------------------------------------------------------------------
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name}={value}: must be > 0")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a type annotation, converting only where it is lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: expected one of {args}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"{key}={value!r}: expected {len(args)} values")
+        inner = args[0] if args else Any
+        items = [
+            _coerce(v, inner if (origin is list or args[-1] is Ellipsis) else args[i], f"{key}[{i}]")
+            for i, v in enumerate(value)
+        ]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, prefix=key)
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys and bad types raise ConfigError."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value ({e})") from None
+    return key.split("."), value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type = RunConfig,
+    base: dict | None = None,
+) -> Any:
+    """defaults < `base` dict < YAML file < dotted overrides, validated into `cls`."""
+    merged: dict = {}
+    if base:
+        _deep_update(merged, base)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        _deep_update(merged, loaded)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return from_dict(cls, merged)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
