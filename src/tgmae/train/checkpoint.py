@@ -1,0 +1,208 @@
+"""Atomic training checkpoints: safetensors weights + a weights-only-loadable state file.
+
+Layout under `<output_dir>/checkpoints/`:
+    step_00000120/model.safetensors   model weights (metadata: resolved run config as JSON)
+    step_00000120/state.pt            optimizer, grad scaler, step, epoch, data position, RNG,
+                                      resolved config: plain tensors/containers only, loaded
+                                      with `torch.load(weights_only=True)`
+    latest                            name of the newest complete checkpoint
+
+A checkpoint directory is written under a temporary name and renamed into place, and `latest`
+is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not match the run."""
+
+
+@dataclass
+class TrainPosition:
+    """Where training stands: optimizer steps done, epoch, micro-batches consumed in the epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_rng_to_plain()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_rng_to_plain() -> tuple:
+    version, internal, gauss = random.getstate()
+    return (version, list(internal), gauss)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _state_dict_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Detached contiguous copies: safetensors refuses views and shared storage.
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Optional[torch.amp.GradScaler],
+    position: TrainPosition,
+    config: dict,
+    keep_last: int = 2,
+    extra: Optional[dict] = None,
+) -> Path:
+    """Write `directory/step_XXXXXXXX` atomically, point `latest` at it, prune old ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"step_{position.step:08d}"
+    final = directory / name
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(
+        _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
+        metadata={"tgmae_config": json.dumps(config), "format": "tgmae-train"},
+    )
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "position": {"step": position.step, "epoch": position.epoch,
+                     "batches_in_epoch": position.batches_in_epoch},
+        "rng": rng_state(),
+        "config_json": json.dumps(config),
+        "extra_json": json.dumps(extra or {}),
+    }
+    torch.save(state, tmp / "state.pt")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    atomic_write_text(directory / LATEST, name + "\n")
+    _prune(directory, keep_last, keep=name)
+    return final
+
+
+def _prune(directory: Path, keep_last: int, keep: str) -> None:
+    done = sorted(p for p in directory.glob("step_*") if p.is_dir())
+    for old in done[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def find_latest(directory: Path) -> Optional[Path]:
+    """The checkpoint `latest` names, or None when the run has none yet."""
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    path = directory / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict
+    scaler_state: dict
+    position: TrainPosition
+    rng: dict
+    config: dict
+    extra: dict
+
+
+def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    """Read a checkpoint directory; any damage is a CheckpointError naming the file."""
+    path = Path(path)
+    weights, state_file = path / "model.safetensors", path / "state.pt"
+    for f in (weights, state_file):
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {f.name} is missing")
+    try:
+        model_state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint weights {weights} are corrupted or unreadable: {e}") from None
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/garbled pickles
+        raise CheckpointError(f"checkpoint state {state_file} is corrupted or unreadable: {e}") from None
+    try:
+        pos = state["position"]
+        return LoadedCheckpoint(
+            path=path,
+            model_state=model_state,
+            optimizer_state=state["optimizer"],
+            scaler_state=state["scaler"],
+            position=TrainPosition(int(pos["step"]), int(pos["epoch"]), int(pos["batches_in_epoch"])),
+            rng=state["rng"],
+            config=json.loads(state["config_json"]),
+            extra=json.loads(state.get("extra_json", "{}")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint state {state_file} lacks a field: {e}") from None
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with an error that names missing and unexpected keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit this model: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,342 @@
+"""The one training loop. Pretraining, finetuning and linear probing are `Task` objects that plug
+their batch -> loss step, parameters and evaluation into it.
+
+The loop owns everything a task should not have to think about: devices and DDP, mixed
+precision, gradient accumulation and clipping, the lr schedule, non-finite-loss stops, metrics,
+progress, atomic checkpoints and step-exact resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.train import checkpoint as ckpt
+from tgmae.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
+from tgmae.train.metrics import MetricsLog
+from tgmae.train.optim import build_optimizer, set_lr
+from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
+from tgmae.train.sampler import ResumableSampler
+from tgmae.train.schedule import scaled_lr, warmup_cosine
+
+log = logging.getLogger("tgmae")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+
+
+@dataclass
+class StepOutput:
+    """What a task's step returns: the loss to optimize and detached scalars to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """A kind of training. The loop calls these; everything else is the loop's business."""
+
+    name: str
+    find_unused_parameters: bool
+
+    def build_model(self) -> nn.Module: ...
+
+    def train_dataset(self) -> Dataset: ...
+
+    def param_groups(self, model: nn.Module) -> list[dict]: ...
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput: ...
+
+
+@dataclass
+class LoopState:
+    """Passed to hooks after every optimizer step."""
+
+    position: ckpt.TrainPosition
+    total_steps: int
+    metrics: dict[str, float]
+    model: nn.Module
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # unwrapped (no DDP / compile wrapper)
+    position: ckpt.TrainPosition
+    output_dir: Path
+    last_checkpoint: Optional[Path]
+    history: list[dict]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (its state dict has clean keys)."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    nb = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: RunConfig, hooks: Optional[list[Callable[[LoopState], None]]] = None,
+                 dist_info: Optional[DistInfo] = None):
+        self.task = task
+        self.cfg = cfg
+        self.hooks = hooks or []
+        self.dist = dist_info or init_distributed(cfg.train.device)
+        self.out_dir = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+
+    # ---------------------------------------------------------------------------------------
+    def _resume_source(self) -> Optional[Path]:
+        spec = self.cfg.checkpoint.resume
+        if not spec:
+            return None
+        if spec == "auto":
+            return ckpt.find_latest(self.ckpt_dir)
+        path = Path(spec)
+        if not path.exists():
+            raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
+        return path
+
+    def fit(self) -> FitResult:
+        cfg, dist, task = self.cfg, self.dist, self.task
+        device = dist.device
+        precision = resolve_precision(cfg.train.precision, device)
+        torch.manual_seed(cfg.train.seed + dist.rank)
+
+        model = task.build_model().to(device)
+        dataset = task.train_dataset()
+        sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
+                                   seed=cfg.train.seed)
+        bs, accum = cfg.train.batch_size, cfg.train.accum_steps
+        steps_per_epoch = (len(dataset) // dist.world_size) // (bs * accum)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"dataset has {len(dataset)} items: too few for train.batch_size={bs} x "
+                f"train.accum_steps={accum} x {dist.world_size} processes"
+            )
+        total_steps = cfg.train.epochs * steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total_steps = min(total_steps, cfg.train.max_steps)
+
+        global_batch = bs * accum * dist.world_size
+        o = cfg.optim
+        peak = o.lr if o.lr is not None else scaled_lr(o.base_lr, global_batch)
+        ratio = peak / o.base_lr if o.lr is None else 1.0  # min/warmup lrs scale like base_lr
+        min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
+        warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
+
+        optimizer = build_optimizer(task.param_groups(model), o, device)
+        scaler = make_grad_scaler(precision, device)
+
+        position = ckpt.TrainPosition()
+        load_failures_total = 0.0  # unreadable videos replaced so far (this rank's share)
+        source = self._resume_source()
+        if source is not None:
+            loaded = ckpt.load_checkpoint(source)
+            ckpt.load_model_weights(model, loaded.model_state, str(source))
+            optimizer.load_state_dict(loaded.optimizer_state)
+            if loaded.scaler_state:
+                scaler.load_state_dict(loaded.scaler_state)
+            position = loaded.position
+            if dist.is_main:
+                load_failures_total = float(loaded.extra.get("load_failures", 0.0))
+            if dist.world_size == loaded.extra.get("world_size", dist.world_size):
+                ckpt.set_rng_state(loaded.rng)
+            if dist.is_main:
+                log.info("resumed from %s at step %d (epoch %d, batch %d)", source, position.step,
+                         position.epoch, position.batches_in_epoch)
+
+        train_model: nn.Module = model
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+        if dist.enabled:
+            train_model = DistributedDataParallel(
+                train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=getattr(task, "find_unused_parameters", False),
+            )
+
+        if dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+        metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
+                                 tensorboard=cfg.log.tensorboard,
+                                 resume_step=position.step if source is not None else None)
+        history: list[dict] = []
+        last_ckpt: Optional[Path] = source
+        cfg_dict = to_dict(cfg)
+
+        def save(pos: ckpt.TrainPosition) -> Optional[Path]:
+            path = None
+            failures = all_reduce_sum(torch.tensor([load_failures_total], device=device)).item()
+            if dist.is_main:
+                path = ckpt.save_checkpoint(
+                    self.ckpt_dir, model, optimizer, scaler, pos, cfg_dict,
+                    keep_last=cfg.checkpoint.keep_last,
+                    extra={"world_size": dist.world_size, "load_failures": failures},
+                )
+            barrier()
+            return path
+
+        bar = None
+        if dist.is_main and cfg.log.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=position.step, unit="step", dynamic_ncols=True,
+                       desc=task.name)
+
+        window = _Window()
+        try:
+            while position.step < total_steps and position.epoch < cfg.train.epochs:
+                epoch = position.epoch
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch, start=position.batches_in_epoch * bs)
+                loader = DataLoader(
+                    dataset, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
+                    drop_last=True, pin_memory=device.type == "cuda",
+                    persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+                    generator=torch.Generator().manual_seed(cfg.train.seed + 7919 * epoch),
+                )
+                micro_total = steps_per_epoch * accum
+                train_model.train()
+                t_wait = time.perf_counter()
+                micro_idx = position.batches_in_epoch
+                for batch in loader:
+                    if micro_idx >= micro_total or position.step >= total_steps:
+                        break
+                    window.data_time += time.perf_counter() - t_wait
+                    batch = to_device(batch, device)
+                    load_failures_total += float(torch.as_tensor(batch.get("load_failures", 0)).sum())
+                    last_micro = (micro_idx + 1) % accum == 0
+                    sync_ctx = (train_model.no_sync() if dist.enabled and not last_micro
+                                else _null())
+                    with sync_ctx:
+                        with autocast(precision, device):
+                            out = task.step(train_model, batch)
+                        loss = out.loss.float()
+                        bad = not bool(torch.isfinite(loss.detach()))
+                        if any_rank(bad, device) if dist.enabled else bad:
+                            raise NonFiniteLossError(
+                                f"non-finite loss ({loss.item()}) at step {position.step}, epoch "
+                                f"{epoch}: stopping. The last good checkpoint is "
+                                f"{last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
+                                "set optim.clip_grad, or try train.precision=fp32."
+                            )
+                        scaler.scale(loss / accum).backward()
+                    window.add(out, bs)
+                    micro_idx += 1
+                    if not last_micro:
+                        t_wait = time.perf_counter()
+                        continue
+
+                    lr = warmup_cosine(position.step, total_steps, warmup_steps, peak, min_lr, warmup_lr)
+                    set_lr(optimizer, lr)
+                    grad_norm = float("nan")
+                    if o.clip_grad is not None:
+                        scaler.unscale_(optimizer)
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad))
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    position = ckpt.TrainPosition(position.step + 1, epoch, micro_idx)
+                    if bar is not None:
+                        bar.update(1)
+
+                    record = None
+                    if position.step % cfg.train.log_every == 0 or position.step == total_steps:
+                        record = window.flush(dist, device)
+                        record.update(step=position.step, epoch=epoch, lr=lr, grad_norm=grad_norm,
+                                      load_failures=float(all_reduce_sum(
+                                          torch.tensor([load_failures_total], device=device)).item()))
+                        metrics_log.write(record)
+                        history.append(record)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                            clips_s=f"{record['clips_per_s']:.1f}")
+                    if position.step % cfg.checkpoint.every_steps == 0:
+                        last_ckpt = save(position)
+                    state = LoopState(position, total_steps, record or {}, model)
+                    for hook in self.hooks:
+                        hook(state)
+                    t_wait = time.perf_counter()
+
+                # Epoch finished (or the step budget ran out inside it).
+                if micro_idx >= micro_total:
+                    position = ckpt.TrainPosition(position.step, epoch + 1, 0)
+                    evaluate = getattr(task, "evaluate", None)
+                    if evaluate is not None:
+                        record = {"step": position.step, "epoch": epoch, **evaluate(unwrap(model))}
+                        metrics_log.write(record)
+                        history.append(record)
+                    last_ckpt = save(position)
+                elif position.step >= total_steps:
+                    last_ckpt = save(position)
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics_log.close()
+        return FitResult(unwrap(model), position, self.out_dir, last_ckpt, history)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Window:
+    """Running sums between log records; flushed into one averaged record (global over ranks)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.clips = 0
+        self.data_time = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, out: StepOutput, batch_size: int) -> None:
+        values = {"loss": out.loss, **out.metrics}
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+        self.count += 1
+        self.clips += batch_size
+
+    def flush(self, dist: DistInfo, device: torch.device) -> dict[str, float]:
+        keys = sorted(self.sums)
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        vec = torch.tensor([self.sums[k] for k in keys] + [float(self.count), float(self.clips)],
+                           device=device, dtype=torch.float64)
+        all_reduce_sum(vec)
+        count, clips = vec[-2].item(), vec[-1].item()
+        record = {k: vec[i].item() / max(count, 1.0) for i, k in enumerate(keys)}
+        record["clips_per_s"] = clips / elapsed
+        record["data_wait_frac"] = min(1.0, self.data_time / elapsed)
+        for k, v in record.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                record[k] = float("nan")
+        self.reset()
+        return record

@@ -1,0 +1,78 @@
+"""Run outputs a person reads: JSONL metrics (always), TensorBoard (when installed), progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("tgmae")
+
+
+class MetricsLog:
+    """Append-only JSONL of metric records; only rank 0 writes.
+
+    On resume, records past the resumed step are dropped first, so the log of a killed-and-
+    resumed run reads like the log of an uninterrupted one.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False,
+                 resume_step: Optional[int] = None):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard not installed: JSONL only
+                log.info("tensorboard is not installed; metrics go to %s only", self.path)
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn last line from a kill
+            if rec.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch") else v)
+                 for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = int(record.get("step", 0))
+            for k, v in clean.items():
+                if k not in ("step", "epoch") and isinstance(v, float) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All complete records of a metrics log (a torn last line is skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,54 @@
+"""Optimizer construction: weight-decay groups, layer-wise lr decay, AdamW."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from tgmae.config import OptimConfig
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    skip: set[str] = frozenset(),
+    layer_id: Optional[Callable[[str], int]] = None,
+    num_layers: int = 0,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """Split trainable parameters into groups by (decay?, layer).
+
+    No decay for 1-D tensors (norms, biases, q/v biases), and names in `skip` (mask token,
+    position embeddings). With `layer_decay` < 1, layer i of `num_layers` (+1 for the head)
+    gets lr_scale = layer_decay ** (num_layers + 1 - i): earlier layers learn slower.
+    """
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and name not in skip and not name.endswith(".bias")
+        lid = layer_id(name) if (layer_id is not None and layer_decay < 1.0) else 0
+        key = (decay, lid)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - lid) if layer_decay < 1.0 else 1.0
+            groups[key] = {
+                "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": scale,
+            }
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over prepared groups (their `names` lists stay out of the optimizer state)."""
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    fused = cfg.fused and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(clean, lr=cfg.base_lr, betas=cfg.betas, fused=fused)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -1,0 +1,264 @@
+"""The shared training loop on a toy task: schedule, groups, sampler, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.config import RunConfig, load_config
+from tgmae.train import checkpoint as ckpt
+from tgmae.train.loop import NonFiniteLossError, StepOutput, Trainer
+from tgmae.train.metrics import read_metrics
+from tgmae.train.optim import param_groups
+from tgmae.train.sampler import ResumableSampler
+from tgmae.train.schedule import scaled_lr, warmup_cosine
+
+
+# ------------------------------------------------------------------------------------------
+# A toy task exercising the same loop pretraining uses.
+# ------------------------------------------------------------------------------------------
+class ToyData(Dataset):
+    def __init__(self, n: int = 64, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "y": self.y[i], "index": i, "load_failures": 0}
+
+
+class ToyTask:
+    name = "toy"
+    find_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, nan_at_step: int | None = None, dropout: float = 0.1):
+        self.cfg = cfg
+        self.nan_at_step = nan_at_step
+        self.dropout = dropout
+        self.calls = 0
+
+    def build_model(self) -> nn.Module:
+        torch.manual_seed(123)
+        return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(self.dropout), nn.Linear(16, 1))
+
+    def train_dataset(self) -> Dataset:
+        return ToyData()
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups(model.named_parameters(), self.cfg.optim.weight_decay)
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        self.calls += 1
+        pred = model(batch["x"])
+        loss = ((pred.float() - batch["y"]) ** 2).mean()
+        if self.nan_at_step is not None and self.calls > self.nan_at_step:
+            loss = loss * float("nan")
+        return StepOutput(loss, {"mse": loss.detach()})
+
+
+def toy_cfg(tmp_path: Path, *overrides: str) -> RunConfig:
+    base = [
+        f"train.output_dir={tmp_path / 'run'}", "train.epochs=2", "train.batch_size=8",
+        "train.precision=fp32", "train.log_every=1", "data.num_workers=0", "log.progress=false",
+        "log.tensorboard=false", "optim.lr=0.01", "optim.warmup_epochs=0.5", "checkpoint.every_steps=3",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# ------------------------------------------------------------------------------------------
+def test_warmup_cosine_values():
+    kw = dict(total_steps=100, warmup_steps=10, peak_lr=1.0, min_lr=0.1, warmup_lr=0.0)
+    assert warmup_cosine(0, **kw) == 0.0
+    assert warmup_cosine(5, **kw) == pytest.approx(0.5)
+    assert warmup_cosine(10, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(55, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(100, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(1000, **kw) == pytest.approx(0.1)
+    assert scaled_lr(1.5e-4, 512) == pytest.approx(3e-4)
+
+
+def test_param_groups_decay_and_layer_scale():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model.register_parameter("mask_token", nn.Parameter(torch.zeros(1, 1, 4)))
+    groups = param_groups(model.named_parameters(), 0.05, skip={"mask_token"})
+    by_name = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert by_name["0.weight"] == 0.05 and by_name["2.weight"] == 0.05
+    assert by_name["0.bias"] == 0.0 and by_name["1.weight"] == 0.0 and by_name["mask_token"] == 0.0
+
+    layer = {"0": 0, "1": 1, "2": 2}
+    groups = param_groups(model.named_parameters(), 0.05, layer_id=lambda n: layer.get(n.split(".")[0], 2),
+                          num_layers=1, layer_decay=0.5)
+    scales = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scales["0.weight"] == pytest.approx(0.25) and scales["2.weight"] == pytest.approx(1.0)
+
+
+def test_sampler_ranks_partition_single_process_batches():
+    single = ResumableSampler(20, seed=3)
+    single.set_epoch(1)
+    r0 = ResumableSampler(20, rank=0, world_size=2, seed=3)
+    r1 = ResumableSampler(20, rank=1, world_size=2, seed=3)
+    for s in (r0, r1):
+        s.set_epoch(1)
+    full = list(single)
+    a, b = list(r0), list(r1)
+    assert sorted(a + b) == sorted(full)
+    # step k of batch 2 per rank == step k of batch 4 in one process
+    for k in range(5):
+        assert sorted(a[2 * k: 2 * k + 2] + b[2 * k: 2 * k + 2]) == sorted(full[4 * k: 4 * k + 4])
+    r0.set_epoch(1, start=3)
+    assert list(r0) == a[3:] and len(r0) == len(a) - 3
+    single.set_epoch(2)
+    assert list(single) != full  # a new permutation each epoch
+
+
+def test_checkpoint_roundtrip_prune_and_corruption(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    d = tmp_path / "ck"
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(step, 0, step), {"a": 1}, keep_last=2)
+    assert sorted(p.name for p in d.glob("step_*")) == ["step_00000002", "step_00000003"]
+    latest = ckpt.find_latest(d)
+    assert latest.name == "step_00000003"
+    loaded = ckpt.load_checkpoint(latest)
+    assert loaded.position == ckpt.TrainPosition(3, 0, 3) and loaded.config == {"a": 1}
+    assert torch.equal(loaded.model_state["weight"], model.weight)
+    assert not list(d.glob(".*tmp*"))  # no temp leftovers
+
+    (latest / "model.safetensors").write_bytes(b"garbage" * 3)
+    with pytest.raises(ckpt.CheckpointError, match="corrupted"):
+        ckpt.load_checkpoint(latest)
+    prev = d / "step_00000002"
+    state_bytes = (prev / "state.pt").read_bytes()
+    (prev / "state.pt").write_bytes(state_bytes[: len(state_bytes) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="state.*corrupted"):
+        ckpt.load_checkpoint(prev)
+    with pytest.raises(ckpt.CheckpointError, match="missing keys"):
+        ckpt.load_model_weights(nn.Linear(3, 3, bias=False), {"w": torch.zeros(1)}, "x")
+
+
+def test_training_reduces_loss_and_logs(tmp_path):
+    cfg = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.03")
+    result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
+    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(recs) == 4 * 64 // 8
+    first = sum(r["loss"] for r in recs[:8]) / 8
+    last = sum(r["loss"] for r in recs[-8:]) / 8
+    assert last < 0.5 * first
+    assert {"lr", "grad_norm", "clips_per_s", "load_failures", "data_wait_frac", "mse"} <= set(recs[0])
+    assert result.position.step == 32 and result.position.epoch == 4
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert ckpt.find_latest(tmp_path / "run" / "checkpoints").name == "step_00000032"
+
+
+def test_resume_after_kill_is_step_exact(tmp_path):
+    """A run killed mid-epoch and resumed ends with the same weights as an uninterrupted run."""
+    cfg_a = toy_cfg(tmp_path / "a")
+    ref = Trainer(ToyTask(cfg_a), cfg_a).fit().model
+
+    cfg_b = toy_cfg(tmp_path / "b")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(state):  # after the checkpoint at step 6, inside epoch 0 (8 steps per epoch)
+        if state.position.step == 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(ToyTask(cfg_b), cfg_b, hooks=[kill_at_7]).fit()
+    assert ckpt.find_latest(tmp_path / "b" / "run" / "checkpoints").name == "step_00000006"
+    resumed = Trainer(ToyTask(cfg_b), cfg_b).fit().model
+    assert torch.equal(flat_params(ref), flat_params(resumed))
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")]
+    assert steps == list(range(1, 17))  # the log reads like an uninterrupted run's
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    cfg1 = toy_cfg(tmp_path / "a", "train.batch_size=8", "train.accum_steps=2", "optim.clip_grad=null")
+    cfg2 = toy_cfg(tmp_path / "b", "train.batch_size=16", "optim.clip_grad=null")
+    m1 = Trainer(ToyTask(cfg1, dropout=0.0), cfg1).fit().model
+    m2 = Trainer(ToyTask(cfg2, dropout=0.0), cfg2).fit().model
+    torch.testing.assert_close(flat_params(m1), flat_params(m2), rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 4.*step_00000003"):
+        Trainer(ToyTask(cfg, nan_at_step=4), cfg).fit()
+    latest = ckpt.find_latest(tmp_path / "run" / "checkpoints")
+    assert latest.name == "step_00000003"
+    loaded = ckpt.load_checkpoint(latest)
+    assert all(torch.isfinite(v).all() for v in loaded.model_state.values())
+
+
+def test_resume_from_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    cfg = toy_cfg(tmp_path, "train.epochs=1")
+    Trainer(ToyTask(cfg), cfg).fit()
+    latest = ckpt.find_latest(tmp_path / "run" / "checkpoints")
+    (latest / "state.pt").write_bytes(b"\x80\x02not a pickle")
+    with pytest.raises(ckpt.CheckpointError, match="corrupted"):
+        Trainer(ToyTask(cfg), cfg).fit()
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    cfg = toy_cfg(tmp_path, "train.precision=bf16", "train.epochs=1")
+    result = Trainer(ToyTask(cfg), cfg).fit()
+    assert result.position.step == 8
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        Trainer(ToyTask(toy_cfg(tmp_path, "train.precision=fp16")),
+                toy_cfg(tmp_path, "train.precision=fp16")).fit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null")
+    model = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model
+    torch.save(flat_params(model), Path(out_dir) / f"rank{rank}.pt")
+    from tgmae.train.distributed import cleanup
+
+    cleanup()
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """2 gloo processes x batch 4 == 1 process x batch 8: same samples, same averaged gradient."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null")
+    single = flat_params(Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model)
+    r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    assert torch.equal(r0, r1)
+    torch.testing.assert_close(r0, single, rtol=1e-5, atol=1e-6)
+    recs = [json.loads(x) for x in (tmp_path / "ddp" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 16  # rank 0 alone writes the log
