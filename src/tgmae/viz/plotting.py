@@ -1,0 +1,32 @@
+"""Shared plotting set-up: a headless matplotlib and un-normalization of model inputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed on clusters or CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_uint8_frames(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[C, T, H, W] normalized float -> [T, H, W, C] uint8, undoing the dataset's mean/std."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+    pixels = (video.detach().float().cpu() * s + m).clamp(0, 1)
+    return (pixels * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
+
+
+def token_mask_to_pixels(mask: torch.Tensor, grid: tuple[int, int, int], tubelet: int, patch: int) -> torch.Tensor:
+    """[N] bool token mask -> [T, H, W] bool pixel mask (each token covers tubelet x patch x patch)."""
+    t, h, w = grid
+    m = mask.detach().cpu().view(t, h, w)
+    return m.repeat_interleave(tubelet, 0).repeat_interleave(patch, 1).repeat_interleave(patch, 2)

@@ -1,0 +1,71 @@
+"""Reconstruction figures: original / masked / reconstructed frames (paper Figure 3, rows 1-3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from tgmae.viz.plotting import pyplot, to_uint8_frames, token_mask_to_pixels
+
+
+def reconstruction_rows(
+    video: torch.Tensor,
+    recon: torch.Tensor,
+    mask: torch.Tensor,
+    grid: tuple[int, int, int],
+    tubelet: int,
+    patch: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """uint8 [T, H, W, 3] rows for one clip: original, masked (grey where hidden), reconstruction.
+
+    video, recon: [C, T, H, W] in the model's normalized space; mask: [N] bool, True = masked.
+    """
+    original = to_uint8_frames(video, mean, std)
+    pixel_mask = token_mask_to_pixels(mask, grid, tubelet, patch)[..., None]
+    masked = torch.where(pixel_mask, torch.full_like(original, 128), original)
+    reconstructed = to_uint8_frames(recon, mean, std)
+    return {"original": original, "masked": masked, "reconstruction": reconstructed}
+
+
+def save_reconstruction_figure(
+    rows: dict[str, torch.Tensor], out_path: str | Path, max_frames: int = 8, title: str = ""
+) -> Path:
+    """A grid: one row per entry of `rows`, up to `max_frames` evenly spaced frames as columns."""
+    plt = pyplot()
+    t = next(iter(rows.values())).shape[0]
+    cols = torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.6 * len(cols), 1.7 * len(rows)),
+                             squeeze=False)
+    for r, (name, frames) in enumerate(rows.items()):
+        for c, ti in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(frames[ti].numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(f"frame {ti}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def save_gif(frames: torch.Tensor, out_path: str | Path, fps: int = 6) -> Path:
+    """[T, H, W, 3] uint8 -> animated GIF."""
+    from PIL import Image
+
+    images = [Image.fromarray(f.numpy()) for f in frames]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return out
