@@ -1,0 +1,284 @@
+"""`tgmae synth OUT_DIR`: write the synthetic captioned video set.
+
+Layout (the data pipeline relies on it):
+    OUT/videos/<id>.mp4      H.264 (libx264, yuv420p), GOP `gop`, no B-frames
+    OUT/masks/<id>.npz       `masks` bool [T, H, W] visible acting-object pixels; `boxes` int16 [T, 4]
+    OUT/train.csv, val.csv   `path,label,caption` (path relative to OUT), stratified by class
+    OUT/annotations.csv      all videos, same columns
+    OUT/classes.txt          line i = name of class i
+    OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
+    OUT/meta.json            settings, counts, classes, per-video objects (written last)
+
+Video i depends only on (seed, i): the set is the same for any number of workers, and the same
+seed gives byte-identical annotations, captions and masks (and, with one x264 thread, videos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tgmae.data.synthetic.captions import make_captions
+from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
+from tgmae.data.synthetic.render import render_scene
+from tgmae.data.synthetic.scene import ACTIONS, sample_scene
+
+GENERATOR_VERSION = "1.0"
+INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
+_OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\.\d+\.tmp)$")
+
+
+@dataclass
+class SyntheticSetInfo:
+    """Where the set was written and what it holds."""
+
+    root: Path
+    videos_dir: Path
+    masks_dir: Path
+    train_csv: Path
+    val_csv: Path
+    annotations_csv: Path
+    classes_txt: Path
+    captions_jsonl: Path
+    meta_json: Path
+    num_videos: int
+    num_train: int
+    num_val: int
+    classes: list[str]
+    class_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    video_id: str
+    label: int
+    seed: int
+    frames: int
+    size: int
+    fps: int
+    gop: int
+    root: str
+
+
+def balanced_labels(num_videos: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 [N] class ids, counts differing by at most one, in random order."""
+    return rng.permutation(np.arange(num_videos) % num_classes)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """bool [N], True = validation. About round(N * val_fraction) videos go to val, spread over
+    classes by largest remainder (ties broken at random); every class keeps >= 1 train video."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * val_fraction
+    n_val = np.minimum(np.floor(quota).astype(np.int64), counts - 1)
+    extra = int(round(len(labels) * val_fraction)) - int(n_val.sum())
+    for c in sorted(range(len(classes)), key=lambda c: (-(quota[c] - np.floor(quota[c])), rng.random())):
+        if extra <= 0:
+            break
+        if n_val[c] < counts[c] - 1:
+            n_val[c] += 1
+            extra -= 1
+    is_val = np.zeros(len(labels), dtype=bool)
+    for c, k in zip(classes, n_val):
+        members = np.flatnonzero(labels == c)
+        is_val[rng.choice(members, size=int(k), replace=False)] = True
+    return is_val
+
+
+def check_settings(
+    num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0
+) -> None:
+    """Raise ValueError naming the first invalid setting."""
+    for name, value, lo in (("num_videos", num_videos, 1), ("frames", frames, 2), ("size", size, 32),
+                            ("fps", fps, 1), ("gop", gop, 1), ("workers", workers, 0), ("seed", seed, 0)):
+        if value < lo:
+            raise ValueError(f"{name}={value}: must be >= {lo}")
+    if size % 2:
+        raise ValueError(f"size={size}: must be even (yuv420p)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+
+
+def _make_video(task: _Task) -> dict:
+    """Sample, render and write one video and its mask; return its index record."""
+    scene_ss, caption_ss = np.random.SeedSequence([task.seed, task.index]).spawn(2)
+    scene = sample_scene(task.label, task.size, task.size, task.frames, np.random.default_rng(scene_ss))
+    clip = render_scene(scene)
+    root = Path(task.root)
+    write_mp4(root / "videos" / f"{task.video_id}.mp4", clip.frames, task.fps, task.gop)
+    write_masks(root / "masks" / f"{task.video_id}.npz", clip.mask, clip.boxes)
+    z = {track_index: depth for depth, track_index in enumerate(clip.paint_order)}
+    objects = [
+        {"shape": tr.shape, "colour": tr.colour, "rgb": list(tr.rgb), "role": tr.role, "motion": tr.motion, "z": z[i]}
+        for i, tr in enumerate(scene.tracks)
+    ]
+    objects.sort(key=lambda o: (o["role"] != "acting", o["z"]))
+    return {
+        "video_id": task.video_id,
+        "label": task.label,
+        "action": scene.action,
+        "captions": make_captions(scene, np.random.default_rng(caption_ss)),
+        "background": {"kind": scene.background, "scroll_px_per_frame": list(scene.scroll), "jitter_px": scene.jitter},
+        "objects": objects,
+    }
+
+
+def _clear_outputs(root: Path, keep: set[str]) -> None:
+    """Delete this generator's files (by name pattern) that are not part of the new set."""
+    for sub in ("videos", "masks"):
+        for p in (root / sub).iterdir():
+            if _OWN_FILE.match(p.name) and p.name not in keep:
+                p.unlink()
+
+
+def generate_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    num_videos: int = 300,
+    frames: int = 48,
+    size: int = 128,
+    fps: int = 15,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    gop: int = 12,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyntheticSetInfo:
+    """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
+
+    workers: processes rendering/encoding in parallel (0 = all CPUs); output does not depend on it.
+      Workers are spawned, so a script calling this with workers != 1 needs the usual
+      `if __name__ == "__main__":` guard.
+    progress: called as progress(done, total) after each video.
+    """
+    check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed)
+    start = time.perf_counter()
+    root = Path(out_dir)
+    for sub in ("videos", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for name in INDEX_FILES:  # a half-regenerated set must not look complete
+        (root / name).unlink(missing_ok=True)
+
+    labels = balanced_labels(num_videos, len(ACTIONS), np.random.default_rng([seed, 0x1AB]))
+    is_val = stratified_split(labels, val_fraction, np.random.default_rng([seed, 0x5E1]))
+    width = max(5, len(str(num_videos - 1)))
+    tasks = [
+        _Task(i, f"synth_{i:0{width}d}", int(labels[i]), seed, frames, size, fps, gop, str(root))
+        for i in range(num_videos)
+    ]
+    _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
+    workers = min(workers or os.cpu_count() or 1, num_videos)
+    records: list[dict] = []
+    if workers == 1:
+        for task in tasks:
+            records.append(_make_video(task))
+            if progress:
+                progress(len(records), num_videos)
+    else:
+        chunk = max(1, min(8, num_videos // (4 * workers)))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for record in pool.map(_make_video, tasks, chunksize=chunk):
+                records.append(record)
+                if progress:
+                    progress(len(records), num_videos)
+
+    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
+    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
+    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
+    write_csv(root / "annotations.csv", rows)
+    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
+    atomic_write_text(
+        root / "captions.jsonl",
+        "".join(
+            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
+            + "\n"
+            for r in records
+        ),
+    )
+    class_counts = {c: int((labels == k).sum()) for k, c in enumerate(ACTIONS)}
+    meta = {
+        "generator": "tgmae.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "num_videos": num_videos,
+        "num_train": int((~is_val).sum()),
+        "num_val": int(is_val.sum()),
+        "val_fraction": val_fraction,
+        "height": size,
+        "width": size,
+        "fps": fps,
+        "frames": frames,
+        "gop": gop,
+        "codec": "h264 (libx264, yuv420p, no B-frames)",
+        "classes": list(ACTIONS),
+        "class_counts": class_counts,
+        "mask": "visible pixels of the acting object in the rendered frames before compression",
+        "videos": {
+            r["video_id"]: {k: r[k] for k in ("label", "action", "background", "objects")}
+            | {"split": "val" if v else "train"}
+            for r, v in zip(records, is_val)
+        },
+    }
+    atomic_write_text(root / "meta.json", json.dumps(meta, indent=1) + "\n")
+    return SyntheticSetInfo(
+        root=root,
+        videos_dir=root / "videos",
+        masks_dir=root / "masks",
+        train_csv=root / "train.csv",
+        val_csv=root / "val.csv",
+        annotations_csv=root / "annotations.csv",
+        classes_txt=root / "classes.txt",
+        captions_jsonl=root / "captions.jsonl",
+        meta_json=root / "meta.json",
+        num_videos=num_videos,
+        num_train=meta["num_train"],
+        num_val=meta["num_val"],
+        classes=list(ACTIONS),
+        class_counts=class_counts,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tgmae synth", description="Write the synthetic captioned video set.")
+    parser.add_argument("out_dir", help="output folder (created if missing)")
+    parser.add_argument("--num-videos", type=int, default=300, help="number of videos (default 300)")
+    parser.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
+    parser.add_argument("--size", type=int, default=128, help="frame side in pixels, even (default 128)")
+    parser.add_argument("--fps", type=int, default=15, help="frames per second (default 15)")
+    parser.add_argument("--gop", type=int, default=12, help="keyframe interval; the rest are P-frames (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share, stratified (default 0.2)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes, 0 = all CPUs (default 1)")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction, args.seed)
+    except ValueError as e:
+        parser.exit(2, f"tgmae synth: {e}\n")
+    every = max(1, args.num_videos // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            print(f"  {done}/{total} videos", flush=True)
+
+    info = generate_synthetic_dataset(
+        args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
+        seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
+    )
+    print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
+          f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")
+    width = max(len(c) for c in info.classes)
+    for k, c in enumerate(info.classes):
+        print(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
+    return 0

@@ -1,0 +1,362 @@
+"""tgmae.data.synthetic: layout, H.264 + motion vectors, determinism, masks, captions, split, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tgmae.data.synthetic import (
+    ACTIONS,
+    COLOURS,
+    SHAPES,
+    VERBS,
+    Track,
+    generate_synthetic_dataset,
+    main,
+    rasterize,
+    render_scene,
+    sample_scene,
+    stratified_split,
+)
+from tgmae.data.synthetic.shapes import unit_shape
+
+N, FRAMES, SIZE, GOP, SEED = 12, 24, 64, 8, 3
+INDEX = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
+# Words a caption of each class must contain (one of), independent of the generator's tables.
+ACTION_WORDS = {
+    "move left": ("left",),
+    "move right": ("right",),
+    "move up": ("up",),
+    "move down": ("down",),
+    "grow": ("grow", "expand", "bigger", "larger"),
+    "shrink": ("shrink", "contract", "smaller"),
+    "rotate clockwise": ("clockwise",),
+    "rotate counterclockwise": ("counterclockwise", "anticlockwise"),
+    "blink": ("blink", "fade", "flicker"),
+    "bounce": ("bounc", "hop"),
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    info = generate_synthetic_dataset(root, num_videos=N, frames=FRAMES, size=SIZE, gop=GOP, seed=SEED)
+    return root, info
+
+
+def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        return next(reader), list(reader)
+
+
+def _meta(root: Path) -> dict:
+    return json.loads((root / "meta.json").read_text())
+
+
+def _decode(path: Path, mvs: bool = False) -> tuple[str, list[av.VideoFrame]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if mvs:
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+        frames = list(container.decode(stream))
+        return stream.codec_context.name, frames
+
+
+def _actor(meta: dict, vid: str) -> dict:
+    (actor,) = [o for o in meta["videos"][vid]["objects"] if o["role"] == "acting"]
+    return actor
+
+
+def test_layout_and_headers(synth):
+    root, info = synth
+    for name in INDEX:
+        assert (root / name).is_file(), name
+    header, rows = _rows(root / "annotations.csv")
+    assert header == ["path", "label", "caption"]
+    assert len(rows) == N == info.num_videos
+    ids = [Path(p).stem for p, _, _ in rows]
+    assert ids == [f"synth_{i:05d}" for i in range(N)]
+    for path, label, caption in rows:
+        assert path.startswith("videos/") and path.endswith(".mp4") and (root / path).is_file()
+        assert (root / "masks" / f"{Path(path).stem}.npz").is_file()
+        assert 0 <= int(label) < len(ACTIONS) and caption
+    assert sorted(p.name for p in (root / "videos").iterdir()) == [f"{i}.mp4" for i in ids]
+    assert (root / "classes.txt").read_text().splitlines() == list(ACTIONS)
+    train_h, train = _rows(root / "train.csv")
+    val_h, val = _rows(root / "val.csv")
+    assert train_h == val_h == header
+    assert sorted(train + val) == sorted(rows) and len(train) == info.num_train and len(val) == info.num_val
+    caps = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+    assert [c["video_id"] for c in caps] == ids
+    for c in caps:
+        assert set(c) == {"video_id", "captions", "source", "model"}
+        assert (c["source"], c["model"]) == ("synthetic", "template") and len(c["captions"]) == 3
+    meta = _meta(root)
+    assert (meta["seed"], meta["num_videos"], meta["frames"], meta["height"], meta["width"]) == (SEED, N, FRAMES, SIZE, SIZE)
+    assert meta["classes"] == list(ACTIONS) and sum(meta["class_counts"].values()) == N
+    for vid, label in zip(ids, (int(r[1]) for r in rows)):
+        v = meta["videos"][vid]
+        assert v["label"] == label and v["action"] == ACTIONS[label]
+        assert 1 <= len(v["objects"]) <= 3
+        pairs = [(o["colour"], o["shape"]) for o in v["objects"]]
+        assert len(set(pairs)) == len(pairs), "the caption's colour+shape must name one object"
+        assert _actor(meta, vid)["motion"] == v["action"]
+        assert all(o["motion"] == "wander" for o in v["objects"] if o["role"] == "distractor")
+
+
+def test_videos_are_h264_with_promised_frames(synth):
+    root, _ = synth
+    for path in sorted((root / "videos").iterdir()):
+        codec, frames = _decode(path)
+        assert codec == "h264"
+        assert len(frames) == FRAMES
+        assert all((f.width, f.height, f.format.name) == (SIZE, SIZE, "yuv420p") for f in frames)
+        assert [i for i, f in enumerate(frames) if f.key_frame] == list(range(0, FRAMES, GOP))
+
+
+def test_p_frames_export_motion_vectors(synth):
+    root, _ = synth
+    _, frames = _decode(root / "videos" / "synth_00000.mp4", mvs=True)
+    assert frames[0].side_data.get("MOTION_VECTORS") is None  # I-frame
+    vectors = [f.side_data.get("MOTION_VECTORS") for f in frames[1:GOP]]
+    assert all(v is not None for v in vectors)
+    arr = vectors[0].to_ndarray()
+    assert len(arr) > 0 and {"motion_x", "motion_y", "dst_x", "dst_y"} <= set(arr.dtype.names)
+    assert any(np.abs(v.to_ndarray()["motion_x"]).sum() + np.abs(v.to_ndarray()["motion_y"]).sum() > 0 for v in vectors)
+
+
+def test_deterministic_across_runs_and_workers(synth, tmp_path):
+    root, _ = synth
+    again = tmp_path / "again"
+    generate_synthetic_dataset(again, num_videos=N, frames=FRAMES, size=SIZE, gop=GOP, seed=SEED, workers=2)
+    for name in INDEX:
+        assert (again / name).read_bytes() == (root / name).read_bytes(), name
+    for p in sorted((root / "masks").iterdir()):
+        assert (again / "masks" / p.name).read_bytes() == p.read_bytes(), p.name
+    for name in ("synth_00000.mp4", "synth_00007.mp4"):
+        a = [f.to_ndarray(format="rgb24") for f in _decode(root / "videos" / name)[1]]
+        b = [f.to_ndarray(format="rgb24") for f in _decode(again / "videos" / name)[1]]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+
+    other = tmp_path / "other"
+    generate_synthetic_dataset(other, num_videos=N, frames=FRAMES, size=SIZE, gop=GOP, seed=SEED + 1)
+    assert (other / "annotations.csv").read_bytes() != (root / "annotations.csv").read_bytes()
+    assert (other / "captions.jsonl").read_bytes() != (root / "captions.jsonl").read_bytes()
+    assert (other / "masks" / "synth_00000.npz").read_bytes() != (root / "masks" / "synth_00000.npz").read_bytes()
+
+
+def _centroids(masks: np.ndarray) -> np.ndarray:
+    """bool [T, H, W] -> float [T, 2] (x, y) mask centroids."""
+    t, h, w = masks.shape
+    area = masks.sum(axis=(1, 2))
+    xs = (masks.sum(axis=1) * np.arange(w)).sum(axis=1) / area
+    ys = (masks.sum(axis=2) * np.arange(h)).sum(axis=1) / area
+    return np.stack([xs, ys], axis=1)
+
+
+def test_masks_exist_every_frame_and_follow_the_action(synth):
+    root, _ = synth
+    meta = _meta(root)
+    seen = set()
+    for vid, v in meta["videos"].items():
+        with np.load(root / "masks" / f"{vid}.npz") as z:
+            masks, boxes = z["masks"], z["boxes"]
+        assert masks.dtype == bool and masks.shape == (FRAMES, SIZE, SIZE)
+        area = masks.sum(axis=(1, 2))
+        assert (area > 0).all(), vid
+        assert boxes.shape == (FRAMES, 4)
+        t = FRAMES // 2
+        ys, xs = np.nonzero(masks[t])
+        assert list(boxes[t]) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        c = _centroids(masks)
+        slope = np.polyfit(np.arange(FRAMES), c, 1)[0]  # [dx/dt, dy/dt] in px / frame
+        travel = 0.2 * SIZE / FRAMES
+        action = v["action"]
+        seen.add(action)
+        if action == "move right":
+            assert slope[0] > travel and abs(slope[1]) < travel / 2
+        elif action == "move left":
+            assert slope[0] < -travel and abs(slope[1]) < travel / 2
+        elif action == "move down":
+            assert slope[1] > travel and abs(slope[0]) < travel / 2
+        elif action == "move up":
+            assert slope[1] < -travel and abs(slope[0]) < travel / 2
+        elif action == "grow":
+            assert area[-1] > 2.5 * area[0]
+        elif action == "shrink":
+            assert area[0] > 2.5 * area[-1]
+        elif action == "bounce":
+            assert np.ptp(c[:, 1]) > 0.15 * SIZE and np.ptp(c[:, 0]) < 0.1 * SIZE
+    assert seen == set(ACTIONS)  # 12 videos, balanced labels: every class appears
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        m = mask.copy()
+        m[1:] &= mask[:-1]
+        m[:-1] &= mask[1:]
+        m[:, 1:] &= mask[:, :-1]
+        m[:, :-1] &= mask[:, 1:]
+        mask = m
+    return mask
+
+
+def test_decoded_colour_inside_mask_is_the_objects_colour(synth):
+    root, _ = synth
+    meta = _meta(root)
+    for vid, v in meta["videos"].items():
+        rgb = np.asarray(_actor(meta, vid)["rgb"], dtype=np.float32)
+        assert tuple(rgb) == COLOURS[_actor(meta, vid)["colour"]]
+        with np.load(root / "masks" / f"{vid}.npz") as z:
+            masks = z["masks"]
+        frames = _decode(root / "videos" / f"{vid}.mp4")[1]
+        # blink starts fully opaque; otherwise the frame where the object is largest
+        t = 0 if v["action"] == "blink" else int(masks.sum(axis=(1, 2)).argmax())
+        inner = _erode(masks[t], 2)
+        assert inner.sum() >= 4, vid
+        inside = frames[t].to_ndarray(format="rgb24")[inner].astype(np.float32)
+        assert np.abs(np.median(inside, axis=0) - rgb).max() < 25, (vid, np.median(inside, axis=0), rgb)
+
+
+def test_captions_name_object_and_action(synth):
+    root, _ = synth
+    meta = _meta(root)
+    _, rows = _rows(root / "annotations.csv")
+    caps = {c["video_id"]: c["captions"] for c in map(json.loads, (root / "captions.jsonl").read_text().splitlines())}
+    for path, label, caption in rows:
+        vid = Path(path).stem
+        actor = _actor(meta, vid)
+        action = ACTIONS[int(label)]
+        assert caption == caps[vid][0]
+        assert len(set(caps[vid])) == 3
+        for text in caps[vid]:
+            words = text.split()
+            assert actor["colour"] in words and actor["shape"] in words, text
+            assert any(k in text for k in ACTION_WORDS[action]), text
+            if action == "rotate clockwise":
+                assert "counter" not in text and "anti" not in text
+            others = [o for o in meta["videos"][vid]["objects"] if o["role"] != "acting"]
+            assert not any(f"{o['colour']} {o['shape']}" in text for o in others)
+    assert set(VERBS) == set(ACTIONS)
+
+
+def test_split_is_stratified(synth):
+    root, _ = synth
+    _, train = _rows(root / "train.csv")
+    _, val = _rows(root / "val.csv")
+    assert {int(r[1]) for r in train} == set(range(len(ACTIONS)))
+    assert len(val) == round(0.2 * N)
+
+    labels = np.repeat(np.arange(5), [40, 30, 20, 10, 1])
+    is_val = stratified_split(labels, 0.25, np.random.default_rng(0))
+    assert is_val.sum() == round(0.25 * len(labels))
+    for c, n in zip(range(5), (40, 30, 20, 10, 1)):
+        k = int(is_val[labels == c].sum())
+        assert abs(k - 0.25 * n) <= 1 and k < n  # proportional, and class c keeps a train video
+
+
+def test_cli_writes_a_set_and_replaces_stale_files(tmp_path, capsys):
+    out = tmp_path / "cli"
+    stale = out / "videos" / "synth_00099.mp4"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    (out / "videos" / "keep_me.txt").write_text("user file")
+    argv = [str(out), "--num-videos", "20", "--frames", "6", "--size", "48", "--gop", "3", "--seed", "5"]
+    assert main(argv + ["--fps", "10", "--val-fraction", "0.25", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "20 videos (15 train / 5 val)" in printed and "move left" in printed
+    assert not stale.exists() and (out / "videos" / "keep_me.txt").exists()
+    assert len(_rows(out / "annotations.csv")[1]) == 20
+    _, frames = _decode(out / "videos" / "synth_00000.mp4")
+    assert len(frames) == 6 and frames[0].width == 48
+    with pytest.raises(SystemExit) as exc:
+        main([str(out), "--size", "47"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rasterize_matches_full_frame_evaluation(shape):
+    rng = np.random.default_rng(1)
+    t, h, w = 5, 40, 56
+    cx, cy = rng.uniform(-10, w + 10, t), rng.uniform(-10, h + 10, t)  # some frames partly outside
+    radius, angle = rng.uniform(3, 9, t), rng.uniform(-math.pi, math.pi, t)
+    got = rasterize(shape, cx, cy, radius, angle, h, w)
+    ys, xs = np.mgrid[:h, :w] + 0.5
+    for i in range(t):
+        dx, dy = (xs - cx[i]) / radius[i], (ys - cy[i]) / radius[i]
+        c, s = math.cos(angle[i]), math.sin(angle[i])
+        expected = unit_shape(shape, c * dx + s * dy, c * dy - s * dx)
+        assert np.array_equal(got[i], expected), (shape, i)
+    assert got.any()
+
+
+def test_angles_turn_clockwise_on_screen():
+    # a triangle points up at angle 0; a quarter turn clockwise makes it point right
+    h = w = 64
+    for angle, direction in ((0.0, (0, -1)), (math.pi / 2, (1, 0))):
+        m = rasterize("triangle", np.array([32.0]), np.array([32.0]), np.array([12.0]), np.array([angle]), h, w)[0]
+        ys, xs = np.nonzero(m)
+        d = np.stack([xs + 0.5 - 32, ys + 0.5 - 32], axis=1)
+        tip = d[np.argmax((d**2).sum(axis=1))]
+        assert np.dot(tip / np.linalg.norm(tip), direction) > 0.95
+
+
+@pytest.mark.parametrize("label", range(len(ACTIONS)))
+def test_scene_tracks_perform_the_action(label):
+    action = ACTIONS[label]
+    for seed in range(3):
+        scene = sample_scene(label, 96, 96, 20, np.random.default_rng([seed, label]))
+        actor = scene.actor
+        assert actor.role == "acting" and actor.motion == action and scene.action == action
+        assert sum(tr.role == "acting" for tr in scene.tracks) == 1
+        step = np.diff(actor.angle)
+        if action == "rotate clockwise":
+            assert (step > 0).all() and actor.shape != "circle"
+        elif action == "rotate counterclockwise":
+            assert (step < 0).all() and actor.shape != "circle"
+        else:
+            assert (step == 0).all()
+        if action == "blink":
+            assert actor.alpha[0] == pytest.approx(1.0) and 0.2 < actor.alpha.min() < 0.5
+        else:
+            assert (actor.alpha == 1).all()
+        for tr in scene.tracks:
+            if tr.role == "distractor":  # distractors move, along curves rather than straight lines
+                assert np.hypot(np.diff(tr.cx), np.diff(tr.cy)).sum() > 0.1 * 96
+        assert scene.texture.shape[0] >= 96 + 2 * np.abs(scene.view - scene.view[0]).max()
+
+
+def _silhouette(scene, tr: Track) -> np.ndarray:
+    dy, dx = scene.shake[:, 0], scene.shake[:, 1]
+    return rasterize(tr.shape, tr.cx - dx, tr.cy - dy, tr.radius, tr.angle, scene.height, scene.width)
+
+
+def test_mask_is_the_visible_part_of_the_actor():
+    for seed in range(6):
+        scene = sample_scene(seed % len(ACTIONS), 64, 64, 12, np.random.default_rng(seed))
+        clip = render_scene(scene)
+        sil = [_silhouette(scene, tr) for tr in scene.tracks]
+        front = clip.paint_order[clip.paint_order.index(scene.acting) + 1 :]
+        covered = np.logical_or.reduce([sil[i] for i in front]) if front else np.zeros_like(clip.mask)
+        assert np.array_equal(clip.mask, sil[scene.acting] & ~covered)
+        if scene.action != "blink":  # opaque actor: mask pixels are exactly its colour before compression
+            assert (clip.frames[clip.mask] == np.asarray(scene.actor.rgb, np.uint8)).all()
+
+
+def test_hidden_actor_is_brought_to_the_front():
+    scene = sample_scene(0, 64, 64, 8, np.random.default_rng(0))
+    actor = scene.actor
+    cover = Track("square", "white" if actor.colour != "white" else "red", "distractor", "wander",
+                  actor.cx.copy(), actor.cy.copy(), actor.radius * 2, actor.angle * 0, actor.alpha.copy())
+    scene.tracks = [actor, cover]
+    scene.acting = 0
+    clip = render_scene(scene)
+    assert clip.paint_order == [1, 0]
+    assert np.array_equal(clip.mask, _silhouette(scene, actor))
