@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("tgmae.data.synthetic:main", "write the synthetic captioned video set"),
     "data": ("tgmae.data.check:main", "dataset tools: `tgmae data check --format F --root DIR ANNOTATIONS`"),
     "convert": ("tgmae.models.interop:convert_main", "convert an official VideoMAE .pth / HF directory to safetensors"),
-    "caption": ("tgmae.captions.run:main", "caption videos from keyframes with an image-to-text model"),
+    "caption": ("tgmae.captions.run:main", "captions per video: keyframe captioner, oracle, vision-free, combined"),
     "describe-classes": ("tgmae.captions.describe:main", "vision-free class descriptions from a chat endpoint"),
     "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
 }

@@ -75,7 +75,7 @@ class CaptionConfig:
 
     file: str = ""  # captions JSONL (video_id, captions, source); empty = no captions
     clip_model: str = ""  # CLIP name or path whose text tower embeds the captions
-    embedding_cache: str = ""  # safetensors cache of caption embeddings; empty = next to file
+    embedding_cache: str = ""  # safetensors text-embedding cache; empty = <captions stem>.<model>-<hash8>.emb.safetensors
     draw: str = "random"  # "random": one caption per video per epoch; "first": always the first
 
 

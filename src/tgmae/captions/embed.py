@@ -1,0 +1,323 @@
+"""Frozen CLIP text embeddings of captions, computed once and cached on disk.
+
+The cache is one safetensors file:
+  `embeddings` float32 [N, D]  L2-normalised projected text embeddings (CLIP `text_embeds`),
+                               so a dot product is the cosine similarity TGM and InfoNCE use;
+  `keys`       uint8 [N, 16]   first 16 bytes of sha256(utf-8 text) of each row's caption;
+and metadata naming the model (`model`: hub id or absolute local path, `config_hash`: sha256 of
+its config without version fields). Opening a cache for another model is refused with a message
+(or, with `rebuild=True`, starts an empty cache). Writes go to a temp file that is renamed over
+the cache, so a kill leaves either the old or the new file, never a torn one.
+
+`tgmae embed-captions --captions captions.jsonl --clip NAME_OR_PATH --out cache.safetensors`
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from tgmae.captions.hub import ModelUnavailableError, load_pretrained, looks_like_path, quiet_transformers
+
+CACHE_FORMAT = "tgmae-text-embeddings/1"
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
+                         "_attn_implementation_autoset", "_attn_implementation", "architectures"}
+
+
+class EmbeddingCacheError(RuntimeError):
+    """A cache file is unreadable, or belongs to another model; the message says what to do."""
+
+
+def text_key(text: str) -> bytes:
+    """16-byte key of a caption text (sha256 prefix)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+
+
+def _config_hash(config: Any) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k not in _VOLATILE_CONFIG_KEYS}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    text = json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which text model made a set of embeddings: its name/path and a hash of its config."""
+
+    model: str
+    config_hash: str
+
+    @staticmethod
+    def canonical_name(name_or_path: str) -> str:
+        return str(Path(name_or_path).expanduser().resolve()) if looks_like_path(name_or_path) else name_or_path
+
+    @classmethod
+    def of(cls, name_or_path: str) -> "ModelIdentity":
+        """Reads only the config (no weights)."""
+        from transformers import AutoConfig
+
+        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
+        return cls(cls.canonical_name(name_or_path), _config_hash(config))
+
+
+class EmbeddingCache:
+    """Caption text -> embedding rows for one model. Rows: [N, D] float32, L2-normalised."""
+
+    def __init__(self, identity: ModelIdentity, embeddings: Optional[torch.Tensor] = None,
+                 keys: Sequence[bytes] = ()):
+        self.identity = identity
+        self.embeddings = embeddings if embeddings is not None else torch.zeros(0, 0)
+        self._row: dict[bytes, int] = {k: i for i, k in enumerate(keys)}
+        if len(self._row) != self.embeddings.shape[0]:
+            raise EmbeddingCacheError("cache keys and embedding rows disagree in number")
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, text: str) -> bool:
+        return text_key(text) in self._row
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1]) if len(self) else 0
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EmbeddingCache":
+        """Load a cache file without any identity check."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != CACHE_FORMAT:
+                    raise EmbeddingCacheError(
+                        f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})"
+                    )
+                emb = f.get_tensor("embeddings").float()
+                keys = f.get_tensor("keys")
+        except EmbeddingCacheError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
+        if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
+            raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
+        identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""))
+        return cls(identity, emb, [bytes(row) for row in keys.tolist()])
+
+    @classmethod
+    def open(cls, path: str | Path, identity: ModelIdentity, rebuild: bool = False) -> "EmbeddingCache":
+        """The cache at `path` for `identity`: empty if missing; a mismatch raises unless `rebuild`."""
+        path = Path(path)
+        if not path.exists():
+            return cls(identity)
+        try:
+            cache = cls.read(path)
+        except EmbeddingCacheError:
+            if rebuild:
+                return cls(identity)
+            raise
+        if cache.identity != identity:
+            if rebuild:
+                return cls(identity)
+            old, new = cache.identity, identity
+            raise EmbeddingCacheError(
+                f"embedding cache {path} was built with {old.model!r} (config {old.config_hash[:12]}), "
+                f"not {new.model!r} (config {new.config_hash[:12]}); embeddings of different models "
+                "are not comparable. Use another cache path, delete the file, or rebuild it "
+                "(`tgmae embed-captions ... --rebuild`)."
+            )
+        return cache
+
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        """Distinct texts without a row, in first-seen order."""
+        out, seen = [], set()
+        for t in texts:
+            k = text_key(t)
+            if k not in self._row and k not in seen:
+                seen.add(k)
+                out.append(t)
+        return out
+
+    def add(self, texts: Sequence[str], embeddings: torch.Tensor) -> None:
+        """Append rows [len(texts), D] for texts not yet cached."""
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
+            raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match {len(texts)} texts")
+        if len(self) and embeddings.shape[1] != self.dim:
+            raise EmbeddingCacheError(f"embedding width {embeddings.shape[1]} != cached width {self.dim}")
+        new_rows, new_keys = [], []
+        for t, e in zip(texts, embeddings):
+            k = text_key(t)
+            if k in self._row or k in new_keys:
+                continue
+            new_keys.append(k)
+            new_rows.append(e)
+        if not new_rows:
+            return
+        block = torch.stack(new_rows).float().cpu()
+        self.embeddings = block if not len(self) else torch.cat([self.embeddings, block])
+        for k in new_keys:
+            self._row[k] = len(self._row)
+
+    def lookup(self, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), D] rows for these texts; every text must be cached."""
+        rows = []
+        for t in texts:
+            i = self._row.get(text_key(t))
+            if i is None:
+                raise EmbeddingCacheError(f"caption not in the embedding cache: {t[:80]!r}")
+            rows.append(i)
+        return self.embeddings[torch.tensor(rows, dtype=torch.long)] if rows else torch.zeros(0, self.dim)
+
+    def save(self, path: str | Path) -> None:
+        """Atomic: temp file in the same folder, fsync, rename over `path`."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(self._row, key=self._row.__getitem__)
+        key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
+        meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
+                "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class TextEmbedder:
+    """A frozen CLIP text tower: texts -> [N, D] float32 L2-normalised projected embeddings.
+
+    CLIP checkpoints load only the text tower (`CLIPTextModelWithProjection`); other models with
+    `get_text_features` (e.g. SigLIP) load whole. Texts are truncated to the model's context.
+    """
+
+    def __init__(self, name_or_path: str, device: str | torch.device = "cpu"):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+
+        self.identity = ModelIdentity.of(name_or_path)
+        self.device = torch.device(device)
+        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
+        restore = quiet_transformers()
+        try:
+            if config.model_type == "clip":
+                text_cfg = config.text_config
+                text_cfg.projection_dim = config.projection_dim
+                self.model = load_pretrained(CLIPTextModelWithProjection.from_pretrained, name_or_path,
+                                             what="CLIP text model", config=text_cfg, dtype=torch.float32)
+                text_cfg_for_len = text_cfg
+            elif config.model_type == "clip_text_model":
+                self.model = load_pretrained(CLIPTextModelWithProjection.from_pretrained, name_or_path,
+                                             what="CLIP text model", dtype=torch.float32)
+                text_cfg_for_len = config
+            else:
+                self.model = load_pretrained(AutoModel.from_pretrained, name_or_path, what="text-image model",
+                                             dtype=torch.float32)
+                if not hasattr(self.model, "get_text_features"):
+                    raise EmbeddingCacheError(
+                        f"{name_or_path!r} ({config.model_type}) has no text tower (get_text_features)"
+                    )
+                text_cfg_for_len = getattr(config, "text_config", config)
+        finally:
+            restore()
+        self.model.eval().requires_grad_(False).to(self.device)
+        self.model_type = config.model_type
+        context = getattr(text_cfg_for_len, "max_position_embeddings", None) or 77
+        tok_max = getattr(self.tokenizer, "model_max_length", context) or context
+        self.max_length = int(min(context, tok_max))
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """[len(texts), D] on CPU. Batches are formed from length-sorted texts (less padding)."""
+        from tqdm import tqdm
+
+        if not texts:
+            raise ValueError("no texts to embed")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out: list[Optional[torch.Tensor]] = [None] * len(texts)
+        padding = "max_length" if self.model_type.startswith("siglip") else True
+        starts = range(0, len(order), batch_size)
+        for s in tqdm(starts, desc="embedding captions", unit="batch", disable=not progress):
+            idx = order[s:s + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=padding, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            if self.model_type in ("clip", "clip_text_model"):
+                feats = self.model(**enc).text_embeds
+            else:  # transformers 5: get_text_features returns an output object (.pooler_output)
+                feats = self.model.get_text_features(**enc)
+                feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+            for j, i in enumerate(idx):
+                out[i] = feats[j]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+
+def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:
+    """`<captions stem>.<model slug>.emb.safetensors` next to the captions file."""
+    captions_file = Path(captions_file)
+    slug = clip_model.rstrip("/").replace("\\", "/").split("/")[-1] or "model"
+    digest = hashlib.sha256(ModelIdentity.canonical_name(clip_model).encode()).hexdigest()[:8]
+    return captions_file.with_name(f"{captions_file.stem}.{slug}-{digest}.emb.safetensors")
+
+
+def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, batch_size: int = 256,
+                device: str = "cpu", rebuild: bool = False, progress: bool = False) -> torch.Tensor:
+    """[len(texts), D] embeddings of `texts`, computing only those not in the cache (then saved).
+
+    The model's weights are loaded only when some text is missing from the cache.
+    """
+    identity = ModelIdentity.of(clip_model)
+    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
+    missing = cache.missing(texts)
+    if missing or not Path(cache_path).exists():
+        if missing:
+            embedder = TextEmbedder(clip_model, device=device)
+            cache.add(missing, embedder(missing, batch_size=batch_size, progress=progress))
+        cache.save(cache_path)
+    return cache.lookup(texts)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tgmae embed-captions", description=__doc__.split("\n\n")[0])
+    p.add_argument("--captions", required=True, help="caption store (JSONL)")
+    p.add_argument("--clip", required=True, help="CLIP hub id or local directory, e.g. openai/clip-vit-base-patch16")
+    p.add_argument("--out", default="", help="cache file (default: next to the captions file)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--rebuild", action="store_true", help="replace a cache built with another model")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.captions.store import CaptionStoreError, read_store
+
+    args = _parse(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
+    try:
+        records = read_store(args.captions).records
+        texts = list(dict.fromkeys(c for r in records for c in r.captions))
+        emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,
+                          rebuild=args.rebuild, progress=not args.no_progress)
+    except (CaptionStoreError, EmbeddingCacheError, ModelUnavailableError) as e:
+        print(f"tgmae embed-captions: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(texts)} distinct captions of {len(records)} videos -> {out} ({tuple(emb.shape)}, L2-normalised)")
+    return 0

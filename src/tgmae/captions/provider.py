@@ -1,0 +1,132 @@
+"""Captions for the training Dataset: one caption per video per sample, with its text embedding.
+
+The provider holds a table of distinct caption texts (`texts`, index = caption id), each
+video's caption ids, and optionally `embeddings` [num_distinct, D] (L2-normalised CLIP text
+embeddings from `tgmae.captions.embed`). The Dataset calls `draw(video_id, generator)` with a
+generator it seeded by (seed, epoch, index), so the caption drawn for a sample depends only on
+those, never on worker count or order. Equal caption texts share one id (the contrastive loss
+uses ids to spot duplicate captions within a batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from tgmae.captions.store import CaptionRecord, CaptionStoreError, read_store
+from tgmae.config import CaptionConfig
+
+DRAW_MODES = ("random", "first")
+
+
+class CaptionProvider:
+    """video_id -> caption ids; draws one per call.
+
+    records: the caption store (each video's captions, in order).
+    embeddings: [num_distinct, D] rows aligned with `texts`, or None (no text model).
+    draw_mode: "random" (uniform over the video's captions, paper: 1 of 3 per epoch) or "first".
+    """
+
+    def __init__(self, records: Sequence[CaptionRecord], embeddings: Optional[torch.Tensor] = None,
+                 draw_mode: str = "random", source_file: str = ""):
+        if draw_mode not in DRAW_MODES:
+            raise ValueError(f"captions.draw={draw_mode!r}: expected one of {DRAW_MODES}")
+        self.draw_mode = draw_mode
+        self.source_file = source_file
+        self.texts: list[str] = []
+        index: dict[str, int] = {}
+        self._ids: dict[str, list[int]] = {}
+        for rec in records:
+            if rec.video_id in self._ids:
+                raise CaptionStoreError(f"video {rec.video_id!r} has two caption records")
+            ids = []
+            for text in rec.captions:
+                if text not in index:
+                    index[text] = len(self.texts)
+                    self.texts.append(text)
+                ids.append(index[text])
+            self._ids[rec.video_id] = ids
+        if embeddings is not None and embeddings.shape[0] != len(self.texts):
+            raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(self.texts)} distinct captions")
+        self.embeddings = embeddings
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of videos with captions."""
+        return len(self._ids)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._ids
+
+    @property
+    def num_captions(self) -> int:
+        """Number of distinct caption texts (rows of `embeddings`)."""
+        return len(self.texts)
+
+    def caption_ids(self, video_id: str) -> list[int]:
+        ids = self._ids.get(video_id)
+        if ids is None:
+            where = f" in {self.source_file}" if self.source_file else ""
+            raise CaptionStoreError(
+                f"video {video_id!r} has no captions{where} ({len(self._ids)} videos have captions); "
+                "caption it (`tgmae caption`) or check that the store's video ids match the annotations"
+            )
+        return list(ids)
+
+    def captions(self, video_id: str) -> list[str]:
+        return [self.texts[i] for i in self.caption_ids(video_id)]
+
+    def embedding(self, caption_id: int) -> Optional[torch.Tensor]:
+        """[D] embedding of a caption id, or None without embeddings."""
+        return None if self.embeddings is None else self.embeddings[caption_id]
+
+    def missing(self, video_ids: Sequence[str]) -> list[str]:
+        """The given ids that have no captions (check a dataset before training)."""
+        return [v for v in video_ids if v not in self._ids]
+
+    # -- drawing -------------------------------------------------------------------------------
+
+    def draw(self, video_id: str, generator: Optional[torch.Generator] = None) -> tuple[int, Optional[torch.Tensor]]:
+        """(caption_id, text_embedding [D] or None) for one sample.
+
+        "random" draws uniformly from the video's captions with `generator` (required);
+        (one draw, even for a single caption); "first" always returns the first caption and
+        does not touch the generator.
+        """
+        ids = self.caption_ids(video_id)
+        if self.draw_mode == "first":
+            cid = ids[0]
+        else:  # always one draw, so later users of the generator see the same stream
+            if generator is None:
+                raise ValueError("draw='random' needs a torch.Generator (seeded by the dataset)")
+            cid = ids[int(torch.randint(len(ids), (1,), generator=generator).item())]
+        return cid, self.embedding(cid)
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(cls, captions_file: str | Path, clip_model: str = "", embedding_cache: str = "",
+                   draw: str = "random", device: str = "cpu", progress: bool = False) -> "CaptionProvider":
+        """Read a caption store; with `clip_model`, attach cached text embeddings.
+
+        Missing embeddings are computed once (needs the model) and written to the cache;
+        `embedding_cache` empty = `default_cache_path(captions_file, clip_model)`.
+        """
+        records = read_store(captions_file).records
+        provider = cls(records, draw_mode=draw, source_file=str(captions_file))
+        if clip_model:
+            from tgmae.captions.embed import default_cache_path, embed_texts
+
+            cache = embedding_cache or default_cache_path(captions_file, clip_model)
+            provider.embeddings = embed_texts(provider.texts, clip_model, cache, device=device, progress=progress)
+        return provider
+
+    @classmethod
+    def from_config(cls, cfg: CaptionConfig, device: str = "cpu", progress: bool = False) -> Optional["CaptionProvider"]:
+        """From `CaptionConfig` (file, clip_model, embedding_cache, draw); None when no file."""
+        if not cfg.file:
+            return None
+        return cls.from_files(cfg.file, cfg.clip_model, cfg.embedding_cache, cfg.draw, device, progress)

@@ -1,0 +1,126 @@
+"""Sharding a captioning run across processes (torchrun) and merging the part files.
+
+Rank r of W takes videos r, r+W, r+2W, ... of the annotation list and appends to its own part
+file `<out stem>.part-RRRRR-of-WWWWW<suffix>` (errors: `<errors stem>.part-...`). When
+`torch.distributed` is initialised, rank 0 merges after a barrier; otherwise run
+`tgmae caption --merge --out OUT` once all ranks have finished. Merging keeps records already in
+OUT, drops torn tails, keeps the first record of a video seen twice, orders records by the
+annotation order when it is known, writes OUT atomically, then deletes the parts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tgmae.captions.store import CaptionRecord, atomic_write_text, dumps_record, read_jsonl_tolerant
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, world size {self.world_size})")
+
+    def take(self, items: Sequence) -> list:
+        return list(items[self.rank::self.world_size])
+
+
+def shard_from_env(rank: Optional[int] = None, world_size: Optional[int] = None) -> Shard:
+    """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single process."""
+    r = rank if rank is not None else int(os.environ.get("RANK", "0"))
+    w = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    return Shard(r, w)
+
+
+def errors_path(out: str | Path) -> Path:
+    """`captions.jsonl` -> `captions.errors.jsonl`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.errors{out.suffix or '.jsonl'}")
+
+
+def part_path(path: str | Path, shard: Shard) -> Path:
+    """The file a shard writes for final file `path`; the path itself for a single process."""
+    path = Path(path)
+    if shard.world_size == 1:
+        return path
+    return path.with_name(f"{path.stem}.part-{shard.rank:05d}-of-{shard.world_size:05d}{path.suffix or '.jsonl'}")
+
+
+def existing_parts(path: str | Path) -> list[Path]:
+    """Part files of `path` from any earlier world size, sorted by (world size, rank)."""
+    path = Path(path)
+    pat = re.compile(re.escape(path.stem) + r"\.part-(\d{5})-of-(\d{5})" + re.escape(path.suffix or ".jsonl") + "$")
+    found = []
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            m = pat.match(p.name)
+            if m:
+                found.append((int(m.group(2)), int(m.group(1)), p))
+    return [p for _, _, p in sorted(found)]
+
+
+def _objects(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
+    return [obj for _, obj in items if isinstance(obj, dict) and "video_id" in obj]
+
+
+def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple[int, int]:
+    """Merge `out` + its parts (and the errors file + its parts). Returns (records, errors).
+
+    Records are validated; an error entry is dropped once its video has a record.
+    """
+    out = Path(out)
+    err = errors_path(out)
+    rec_parts, err_parts = existing_parts(out), existing_parts(err)
+    records: dict[str, CaptionRecord] = {}
+    for src in [out, *rec_parts]:
+        for obj in _objects(src):
+            vid = str(obj["video_id"])
+            if vid not in records:
+                records[vid] = CaptionRecord.from_json(obj, where=str(src))
+    errors: dict[str, dict] = {}
+    for src in [err, *err_parts]:
+        for obj in _objects(src):
+            vid = str(obj["video_id"])
+            if vid not in records:
+                errors[vid] = obj  # the latest attempt wins
+    rank_of = {v: i for i, v in enumerate(order or ())}
+    ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
+    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids))
+    if errors or err.exists():
+        eids = sorted(errors, key=lambda v: rank_of.get(v, len(rank_of)))
+        atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids))
+    for p in [*rec_parts, *err_parts]:
+        p.unlink()
+    return len(ids), len(errors)
+
+
+def init_distributed_if_launched() -> bool:
+    """Under torchrun (WORLD_SIZE > 1 and MASTER_ADDR set), join a gloo group for the final
+    barrier. Returns True if this call created the group (the caller destroys it)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    return True
+
+
+def distributed_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()

@@ -1,0 +1,324 @@
+"""The caption store: one JSON object per line, one line per video.
+
+    {"video_id": "abc", "captions": ["a man ...", "..."], "source": "captioner",
+     "model": "Salesforce/blip-image-captioning-base"}
+
+`video_id` is the dataset's `VideoRecord.video_id`; `captions` is a non-empty list of
+non-empty strings (stored stripped); `source` says where they came from (`captioner`, `oracle`,
+`vision-free`, `synthetic`, or `a+b` for combined stores); `model` names what made them (a
+model id or path, a prompt template, an LLM name). Other keys (e.g. `frame_indices` from the
+captioner) are kept as they are. A video appears at most once per store.
+
+Writers append and flush line by line, so a killed writer can leave at most a torn last line;
+`read_store(..., allow_torn_tail=True)` detects it and `truncate_torn_tail` drops it before a
+resumed writer appends. A bad line anywhere else is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+REQUIRED_KEYS = ("video_id", "captions", "source", "model")
+
+
+class CaptionStoreError(ValueError):
+    """A caption file or record is malformed; the message names the file, line or video."""
+
+
+@dataclass
+class CaptionRecord:
+    """All captions of one video."""
+
+    video_id: str
+    captions: list[str]
+    source: str
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)  # any other keys, written back as-is
+
+    def __post_init__(self) -> None:
+        validate_record(self)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "video_id": self.video_id,
+            "captions": list(self.captions),
+            "source": self.source,
+            "model": self.model,
+        }
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "record") -> "CaptionRecord":
+        if not isinstance(obj, dict):
+            raise CaptionStoreError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in REQUIRED_KEYS if k not in obj]
+        if missing:
+            vid = obj.get("video_id", "?")
+            raise CaptionStoreError(f"{where} (video_id={vid!r}): missing key(s) {missing}")
+        extra = {k: v for k, v in obj.items() if k not in REQUIRED_KEYS}
+        try:
+            return cls(obj["video_id"], obj["captions"], obj["source"], obj["model"], extra)
+        except CaptionStoreError as e:
+            raise CaptionStoreError(f"{where}: {e}") from None
+
+
+def validate_record(rec: CaptionRecord) -> None:
+    """Types and content; strips captions in place. Raises CaptionStoreError naming the video."""
+    if not isinstance(rec.video_id, str) or not rec.video_id.strip():
+        raise CaptionStoreError(f"video_id must be a non-empty string, got {rec.video_id!r}")
+    vid = rec.video_id
+    if not isinstance(rec.captions, (list, tuple)) or not rec.captions:
+        raise CaptionStoreError(f"video {vid!r}: captions must be a non-empty list, got {rec.captions!r}")
+    clean = []
+    for i, c in enumerate(rec.captions):
+        if not isinstance(c, str):
+            raise CaptionStoreError(f"video {vid!r}: caption {i} is not a string: {c!r}")
+        if not c.strip():
+            raise CaptionStoreError(f"video {vid!r}: caption {i} is empty or whitespace ({c!r})")
+        clean.append(c.strip())
+    rec.captions = clean
+    for key in ("source", "model"):
+        value = getattr(rec, key)
+        if not isinstance(value, str) or not value.strip():
+            raise CaptionStoreError(f"video {vid!r}: {key} must be a non-empty string, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreContents:
+    """What `read_store` found: records in file order, and whether the last line was torn."""
+
+    records: list[CaptionRecord]
+    torn_tail: bool = False
+    good_bytes: int = 0  # length of the file up to and including the last complete line
+
+    def by_video(self) -> dict[str, CaptionRecord]:
+        return {r.video_id: r for r in self.records}
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool, int]]:
+    """(line number, raw line, ends with newline, byte offset after the line)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            offset += len(raw)
+            yield n, raw, raw.endswith(b"\n"), offset
+
+
+def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple[list[tuple[int, Any]], bool, int]:
+    """Parse a JSONL file written line by line. Returns ([(line_no, obj)], torn_tail, good_bytes).
+
+    Blank lines are skipped. The last line may be torn (no newline, or not valid JSON) when
+    `allow_torn_tail`; it is then left out and reported. A bad line elsewhere raises.
+    """
+    path = Path(path)
+    items: list[tuple[int, Any]] = []
+    lines = list(_iter_lines(path))
+    good_bytes = 0
+    torn = False
+    for i, (n, raw, has_nl, end) in enumerate(lines):
+        last = i == len(lines) - 1
+        text = raw.decode("utf-8", errors="replace").strip()
+        if not text:
+            if has_nl:
+                good_bytes = end
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if last and allow_torn_tail:
+                torn = True
+                break
+            raise CaptionStoreError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not has_nl:
+            # A complete object without its newline: a writer died between write and newline.
+            # Accept it (the content is whole) but callers appending must add the newline.
+            if not (last and allow_torn_tail):
+                raise CaptionStoreError(f"{path}:{n}: line is not newline-terminated")
+        items.append((n, obj))
+        good_bytes = end
+    return items, torn, good_bytes
+
+
+def read_store(path: str | Path, allow_torn_tail: bool = False) -> StoreContents:
+    """Read and validate a caption store. Duplicate video ids are an error naming both lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaptionStoreError(f"caption file not found: {path}")
+    items, torn, good = read_jsonl_tolerant(path, allow_torn_tail=allow_torn_tail)
+    records: list[CaptionRecord] = []
+    seen: dict[str, int] = {}
+    for n, obj in items:
+        rec = CaptionRecord.from_json(obj, where=f"{path}:{n}")
+        if rec.video_id in seen:
+            raise CaptionStoreError(
+                f"{path}:{n}: video {rec.video_id!r} already appears on line {seen[rec.video_id]}"
+            )
+        seen[rec.video_id] = n
+        records.append(rec)
+    return StoreContents(records, torn, good)
+
+
+def truncate_torn_tail(path: str | Path) -> bool:
+    """Cut a torn last line (and terminate a complete unterminated one). True if changed."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    _, torn, good = read_jsonl_tolerant(path, allow_torn_tail=True)
+    size = path.stat().st_size
+    changed = False
+    if torn or good < size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+        changed = True
+    if good > 0:
+        with open(path, "rb") as f:
+            f.seek(good - 1)
+            ends_nl = f.read(1) == b"\n"
+        if not ends_nl:
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            changed = True
+    return changed
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def dumps_record(rec: CaptionRecord) -> str:
+    return json.dumps(rec.to_json(), ensure_ascii=False) + "\n"
+
+
+class StoreAppender:
+    """Append records to a JSONL file, flushed (and fsynced) after each `write_batch`.
+
+    A torn tail left by an earlier kill is removed on open, so appending resumes cleanly.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_torn_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._fsync = fsync
+
+    def write_batch(self, objs: Iterable[CaptionRecord | dict]) -> None:
+        for obj in objs:
+            line = dumps_record(obj) if isinstance(obj, CaptionRecord) else json.dumps(obj, ensure_ascii=False) + "\n"
+            self._f.write(line)
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "StoreAppender":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_store(path: str | Path, records: Iterable[CaptionRecord]) -> int:
+    """Write a whole store atomically; duplicate video ids are an error. Returns the count."""
+    records = list(records)
+    seen: set[str] = set()
+    for r in records:
+        if r.video_id in seen:
+            raise CaptionStoreError(f"{path}: video {r.video_id!r} appears twice")
+        seen.add(r.video_id)
+    atomic_write_text(path, "".join(dumps_record(r) for r in records))
+    return len(records)
+
+
+# --------------------------------------------------------------------------------------------
+# Combining sources
+# --------------------------------------------------------------------------------------------
+
+
+def _join_unique(values: Sequence[str]) -> str:
+    out: list[str] = []
+    for v in values:
+        for part in v.split("+"):
+            if part not in out:
+                out.append(part)
+    return "+".join(out)
+
+
+def merge_stores(
+    stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False, dedupe: bool = True
+) -> list[CaptionRecord]:
+    """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
+
+    A video's captions are the concatenation of its captions in each store, in store order
+    (exact duplicates dropped when `dedupe`); `source`/`model` become `a+b`. Videos are listed
+    in first-seen order. With `require_all`, a video missing from any store is an error.
+    """
+    order: list[str] = []
+    parts: dict[str, list[CaptionRecord]] = {}
+    for store in stores:
+        seen_here: set[str] = set()
+        for rec in store:
+            if rec.video_id in seen_here:
+                raise CaptionStoreError(f"video {rec.video_id!r} appears twice in one source")
+            seen_here.add(rec.video_id)
+            if rec.video_id not in parts:
+                order.append(rec.video_id)
+                parts[rec.video_id] = []
+            parts[rec.video_id].append(rec)
+    if require_all:
+        incomplete = [v for v in order if len(parts[v]) != len(stores)]
+        if incomplete:
+            raise CaptionStoreError(
+                f"{len(incomplete)} video(s) are missing from some caption source, e.g. {incomplete[0]!r}"
+            )
+    merged = []
+    for vid in order:
+        recs = parts[vid]
+        caps: list[str] = []
+        for r in recs:
+            caps.extend(c for c in r.captions if not (dedupe and c in caps))
+        extra: dict[str, Any] = {}
+        for r in recs:
+            for k, v in r.extra.items():
+                extra.setdefault(k, v)
+        merged.append(
+            CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
+                          _join_unique([r.model for r in recs]), extra)
+        )
+    return merged
+
+
+def video_ids_in(path: str | Path) -> set[str]:
+    """Ids already present in a (possibly torn) store file; empty when the file is missing."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
+    return {str(obj.get("video_id")) for _, obj in items if isinstance(obj, dict)}
+

@@ -1,0 +1,166 @@
+"""Vision-free class descriptions: the chat client against a fake local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tgmae.captions.describe import ChatClient, ChatEndpointError, describe_classes, main, read_class_list
+from tgmae.captions.sources import CUPL_PROMPTS, DescriptionsError, load_descriptions
+
+
+class FakeChat:
+    """A local /v1/chat/completions that answers from a script of (status, body | None, delay)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.script: list[tuple[int, object, float]] = []  # consumed first; then echo answers
+        self.fail_for: set[str] = set()  # prompts containing these words get HTTP 400
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                status, payload, delay = owner.script.pop(0) if owner.script else (200, None, 0.0)
+                prompt = body["messages"][-1]["content"]
+                if any(w in prompt for w in owner.fail_for):
+                    status, payload = 400, {"error": {"message": "bad model"}}
+                time.sleep(delay)
+                if payload is None:
+                    payload = {"choices": [{"message": {"role": "assistant",
+                                                        "content": f' "Answer {len(owner.requests)} to: {prompt}" '}}]}
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    with FakeChat() as f:
+        yield f
+
+
+def client(fake, **kw):
+    kw.setdefault("retries", 3)
+    return ChatClient(fake.base_url, "fake-gpt", api_key="sk-test", backoff=0.01, **kw)
+
+
+def test_request_shape_auth_and_answer_cleanup(fake):
+    text = client(fake).complete("Describe the action jumping.")
+    assert text == "Answer 1 to: Describe the action jumping."  # quotes and spaces stripped
+    req = fake.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    assert req["body"]["model"] == "fake-gpt" and req["body"]["messages"][-1]["role"] == "user"
+    no_key = ChatClient(fake.base_url + "/chat/completions", "m", backoff=0.01)  # full URL used as is
+    no_key.complete("hi")
+    assert fake.requests[1]["auth"] is None and fake.requests[1]["path"] == "/v1/chat/completions"
+
+
+def test_transient_failures_are_retried_with_backoff(fake):
+    waits = []
+    fake.script = [(503, {"error": "busy"}, 0), (429, {"error": "slow down"}, 0), (200, "not json", 0),
+                   (200, {"choices": [{"message": {"content": "   "}}]}, 0)]
+    c = ChatClient(fake.base_url, "m", backoff=0.5, retries=4, sleep=waits.append)
+    assert c.complete("Describe the action running.").startswith("Answer 5")
+    assert waits == [0.5, 1.0, 2.0]  # doubling backoff between the failed attempts of one request
+    assert len(fake.requests) == 5  # the empty answer was asked again
+
+
+def test_timeouts_retry_then_give_up_with_a_message(fake):
+    fake.script = [(200, None, 0.6)]
+    assert client(fake, timeout=0.2).complete("x").startswith("Answer")  # slow once, then fine
+    fake.script = [(200, None, 0.6)] * 3
+    with pytest.raises(ChatEndpointError, match="failed after 2 attempts"):
+        client(fake, timeout=0.2, retries=1).complete("x")
+
+
+def test_client_errors_fail_fast_and_unreachable_endpoint(fake):
+    fake.script = [(401, {"error": "bad key"}, 0)]
+    with pytest.raises(ChatEndpointError, match="HTTP 401.*bad key"):
+        client(fake).complete("x")
+    assert len(fake.requests) == 1
+    fake.script = [(200, {"unexpected": True}, 0)]
+    with pytest.raises(ChatEndpointError, match="unexpected reply shape"):
+        client(fake).complete("x")
+    dead = ChatClient("http://127.0.0.1:9/v1", "m", retries=1, backoff=0.0, timeout=1)
+    with pytest.raises(ChatEndpointError, match="127.0.0.1:9.*failed after 2 attempts"):
+        dead.complete("x")
+    with pytest.raises(ChatEndpointError, match="no endpoint"):
+        ChatClient("", "m")
+
+
+def test_describe_classes_uses_the_three_prompts(fake):
+    out = describe_classes(["playing_guitar", "ApplyEyeMakeup"], client(fake), per_prompt=2)
+    assert list(out) == ["playing_guitar", "ApplyEyeMakeup"] and all(len(v) == 6 for v in out.values())
+    prompts = [r["body"]["messages"][-1]["content"] for r in fake.requests]
+    assert prompts[:6:2] == [p.replace("{}", "playing guitar") for p in CUPL_PROMPTS]
+    assert "What does a person apply eye makeup look like?" in prompts
+
+
+def test_cli_writes_resumes_and_reports(fake, tmp_path, monkeypatch, capsys):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("jumping\nrunning\n\n# comment\nswimming\n")
+    out = tmp_path / "descriptions.json"
+    monkeypatch.setenv("MY_KEY", "sk-env")
+    fake.fail_for = {"swimming"}
+    args = ["--classes", str(classes), "--out", str(out), "--base-url", fake.base_url, "--model", "fake-gpt",
+            "--per-prompt", "1", "--api-key-env", "MY_KEY", "--backoff", "0", "--no-progress"]
+    assert main(args) == 2  # swimming fails: message, no traceback, progress kept
+    assert "HTTP 400" in capsys.readouterr().err
+    table, meta = load_descriptions(out)
+    assert list(table) == ["jumping", "running"] and meta["model"] == "fake-gpt"
+    assert meta["prompts"] == list(CUPL_PROMPTS) and fake.requests[0]["auth"] == "Bearer sk-env"
+    before = len(fake.requests)
+    fake.fail_for = set()
+    assert main(args) == 0
+    assert len(fake.requests) - before == 3  # only swimming asked again
+    assert fake.requests[-1]["auth"] == "Bearer sk-env"
+    table, _ = load_descriptions(out)
+    assert list(table) == ["jumping", "running", "swimming"] and all(len(v) == 3 for v in table.values())
+    assert main([*args[:3], str(tmp_path / "other.json"), *args[4:], "--api-key", "sk-arg"]) == 0
+    assert fake.requests[-1]["auth"] == "Bearer sk-arg"  # an explicit key wins over the environment
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    empty = tmp_path / "c.txt"
+    empty.write_text("\n\n")
+    assert main(["--classes", str(empty), "--out", str(tmp_path / "o.json"), "--base-url", "http://x"]) == 2
+    assert "no class names" in capsys.readouterr().err
+    dup = tmp_path / "d.txt"
+    dup.write_text("a\nb\na\n")
+    with pytest.raises(DescriptionsError, match="'a' is listed twice"):
+        read_class_list(dup)
+    bad_out = tmp_path / "bad.json"
+    bad_out.write_text('{"a": [""]}')
+    one = tmp_path / "one.txt"
+    one.write_text("a\n")
+    assert main(["--classes", str(one), "--out", str(bad_out), "--base-url", "http://x"]) == 2
+    assert "'a': description 0 is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--classes", "c", "--out", "o", "--prompt", "no placeholder"])

