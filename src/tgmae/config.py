@@ -50,6 +50,9 @@ class DataConfig:
     test_temporal_views: int = 5  # multi-view testing: clips along time
     test_spatial_views: int = 3  # multi-view testing: crops across the frame
     with_motion: bool = False  # also return codec motion vectors (motion-guided masking)
+    rand_augment: Optional[tuple[int, int]] = (4, 7)  # finetuning RandAugment (ops n, magnitude m); null = off
+    random_erase: float = 0.25  # finetuning random-erasing probability
+    decoder_threads: int = 1  # PyAV threads per reader (1 measured fastest per worker)
 
     def __post_init__(self) -> None:
         if self.format not in DATASET_FORMATS:
@@ -65,6 +68,9 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
         if not self.crop_scales or any(not 0 < s <= 1 for s in self.crop_scales):
             raise ConfigError(f"data.crop_scales={self.crop_scales}: each scale must be in (0, 1]")
+        if not 0.0 <= self.random_erase <= 1.0:
+            raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
+        _positive("data.decoder_threads", self.decoder_threads)
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"data.std={self.std}: must be positive")
 

@@ -1,1 +1,15 @@
-"""tgmae.data"""
+"""tgmae.data: everything between a video file on disk and a batch tensor.
+
+- `annotations` / `formats`: each dataset's shipped label files -> `VideoRecord`s + class names
+  (`load_annotations(format, root, annotations, split, subset)`).
+- `video`: PyAV / frame-folder access (`probe_video`, `read_frames`, `read_motion_vectors`,
+  `VideoReader`, `write_video`).
+- `sampling`: which frames make a clip (dense, TSN, multi-view).
+- `transforms`: crop boxes and clip augmentation on tensors, returning `CropParams`.
+- `dataset`: `VideoDataset`, `MultiViewDataset`, `build_dataset` (sample contract in
+  docs/CONTRACTS.md).
+- `check`: `tgmae data check`.
+- `synthetic`: the synthetic captioned video set.
+
+Submodules are imported on use, so `import tgmae.data` stays cheap.
+"""

@@ -24,20 +24,19 @@ log = logging.getLogger("tgmae")
 
 
 def build_video_dataset(cfg: RunConfig, subset: str, train: bool, with_masks: bool) -> Dataset:
-    """Annotations -> VideoDataset with the run's mask generator (made per sample, in workers)."""
-    from tgmae.data.annotations import load_annotations
-    from tgmae.data.dataset import VideoDataset
+    """Annotations -> VideoDataset with the run's mask generator (made per sample, in workers).
+
+    The caption provider is built here, in the main process, so caption embeddings missing from
+    the cache are computed once before DataLoader workers start.
+    """
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.data.dataset import build_dataset
     from tgmae.masking import build_mask_generator
 
-    ann = cfg.data.train_annotations if subset == "train" else cfg.data.val_annotations
-    if not ann:
-        raise ValueError(f"data.{'train' if subset == 'train' else 'val'}_annotations is not set")
-    records, _classes = load_annotations(cfg.data.format, cfg.data.root, ann, split=cfg.data.split,
-                                         subset=subset)
-    return VideoDataset(
-        records, cfg.data, train=train, token_grid=cfg.token_grid,
+    return build_dataset(
+        cfg.data, subset, train=train, token_grid=cfg.token_grid,
         mask_generator=build_mask_generator(cfg.masking) if with_masks else None,
-        seed=cfg.train.seed,
+        captions=CaptionProvider.from_config(cfg.captions), seed=cfg.train.seed,
     )
 
 

@@ -1,0 +1,200 @@
+"""Data pipeline throughput per worker: decode + sample (+ augment) vs raw PyAV seek-and-decode.
+
+    python benchmarks/data_pipeline.py [--rounds 7] [--clips 8] [--json PATH]
+
+Writes 10 s, 30 fps H.264 test videos (340x256 and 640x360, GOP 30 and 250) into a temporary
+folder, then for each video times, on the same clip positions (16 frames x stride 4):
+
+  raw      plain PyAV: open, seek to the clip start (time from fps), decode to the last frame,
+           convert the wanted frames to RGB (what a hand-written loader does);
+  ours     `VideoReader.read` with the dataset's sampling (exact frame table, 1 decoder thread);
+  ours_mt  the same with FFmpeg's automatic decoder threads (thread_type AUTO);
+  e2e      a full `VideoDataset` sample: decode + sample + multi-scale crop + resize 224 +
+           normalize + tube mask.
+
+and the augmentation alone (multi-scale crop + resize 224 + normalize of a decoded 16-frame
+clip). One process, torch at 1 thread (a DataLoader worker). Variants alternate in every round
+and the figures are medians over rounds, because other processes share the CPU: compare the
+ratios, which are taken within one run. Each variant is timed in CPU time of this process (what
+one worker costs; robust to other processes on the machine) and in wall time; for AUTO decoder
+threads CPU time sums the threads, so it measures efficiency, wall time latency. The decoder's
+output frame count per clip (deterministic) shows the work saved by skipping unwanted
+non-reference frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from tgmae.config import DataConfig
+from tgmae.data.annotations import VideoRecord
+from tgmae.data.dataset import VideoDataset, sample_generator
+from tgmae.data.sampling import dense_indices
+from tgmae.data.transforms import PretrainTransform
+from tgmae.data.video import VideoReader, read_frames, write_video
+from tgmae.masking.simple import TubeMask
+
+NUM_FRAMES, STRIDE, SECONDS, FPS = 16, 4, 10, 30
+
+
+def make_video(path: Path, width: int, height: int, gop: int) -> None:
+    """Moving textured blobs over a drifting gradient: compresses like real footage (P/B-frames
+    with motion), not like noise."""
+    n = SECONDS * FPS
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    tex = np.kron(tex, np.ones((8, 8, 1), np.uint8))
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        bg = np.stack([(xx + 2 * i) % 256, (yy + i) % 256, ((xx + yy) // 2) % 256], -1)
+        img = bg.astype(np.uint8)
+        for k in range(3):
+            cy = int(height / 2 + height / 3 * np.sin(i / 20 + k))
+            cx = int(width / 2 + width / 3 * np.cos(i / 25 + 2 * k))
+            y0, x0 = max(cy - height // 6, 0), max(cx - width // 8, 0)
+            patch = tex[y0 % 8: y0 % 8 + height // 3, x0 % 8: x0 % 8 + width // 4]
+            img[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]] = patch[: height - y0, : width - x0]
+        frames[i] = img
+    write_video(path, frames, fps=FPS, gop=gop)
+
+
+def raw_pyav(path: str, idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """Reference loader: seek by time from the nominal fps, decode forward, keep wanted frames.
+    Returns (frames, frames decoded)."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        tb, fps = float(s.time_base), float(s.average_rate)
+        c.seek(int(idx[0] / fps / tb), stream=s, backward=True)
+        want = set(int(i) for i in idx)
+        got, n = {}, 0
+        last = int(idx[-1])
+        for f in c.decode(s):
+            n += 1
+            i = int(round(f.pts * tb * fps))
+            if i in want:
+                got[i] = f.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return np.stack([got[int(i)] for i in idx]), n
+
+
+def ours(path: str, idx: np.ndarray, threads: int = 1, thread_type: str = "NONE") -> tuple[np.ndarray, int]:
+    with VideoReader(path, threads=threads, thread_type=thread_type) as r:
+        return r.read(idx), r.frames_decoded
+
+
+def clip_starts(n: int, clips: int) -> list[np.ndarray]:
+    span = (NUM_FRAMES - 1) * STRIDE + 1
+    starts = np.linspace(0, n - span, clips).round().astype(int)
+    return [s + STRIDE * np.arange(NUM_FRAMES) for s in starts]
+
+
+def _timed(fn) -> tuple[float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def bench(rounds: int, clips: int) -> dict:
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="tgmae_bench_"))
+    videos = []
+    for (w, h) in ((340, 256), (640, 360)):
+        for gop in (30, 250):
+            p = tmp / f"v{w}x{h}_g{gop}.mp4"
+            make_video(p, w, h, gop)
+            videos.append((p, w, h, gop))
+
+    cfg = DataConfig(num_frames=NUM_FRAMES, frame_stride=STRIDE, image_size=224)
+    rows = []
+    for p, w, h, gop in videos:
+        path = str(p)
+        positions = clip_starts(SECONDS * FPS, clips)
+        # same frames out of both loaders; how many frames each had the decoder produce
+        dec_raw = dec_ours = 0
+        for i in positions:
+            (a, na), (b, nb) = raw_pyav(path, i), ours(path, i)
+            assert np.array_equal(a, b), (path, i)
+            dec_raw, dec_ours = dec_raw + na, dec_ours + nb
+        ds = VideoDataset([VideoRecord(path, 0, p.stem)] * clips, cfg, train=True,
+                          token_grid=(8, 14, 14), mask_generator=TubeMask(0.9))
+        variants = {
+            "raw": lambda: [raw_pyav(path, i) for i in positions],
+            "ours": lambda: [ours(path, i) for i in positions],
+            "ours_mt": lambda: [ours(path, i, threads=0, thread_type="AUTO") for i in positions],
+            "e2e": lambda: [ds[k] for k in range(clips)],
+        }
+        wall: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
+        names = list(variants)
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+            for k in order:
+                tw, tc = _timed(variants[k])
+                wall[k].append(tw / clips)
+                cpu[k].append(tc / clips)
+        mw = {k: statistics.median(v) for k, v in wall.items()}
+        mc = {k: statistics.median(v) for k, v in cpu.items()}
+        row = {"video": f"{w}x{h} GOP {gop}", "width": w, "height": h, "gop": gop,
+               "frames_decoded_per_clip": {"raw": dec_raw / clips, "ours": dec_ours / clips}}
+        for k in names:
+            row[k] = {"cpu_ms": round(mc[k] * 1e3, 2), "wall_ms": round(mw[k] * 1e3, 2),
+                      "clips_per_s_cpu": round(1 / mc[k], 1), "clips_per_s_wall": round(1 / mw[k], 1)}
+        row["ours_vs_raw_cpu"] = round(mc["ours"] / mc["raw"], 3)
+        row["ours_vs_raw_wall"] = round(mw["ours"] / mw["raw"], 3)
+        rows.append(row)
+        print(f"{row['video']:>16}: clips/s per worker (CPU time)  raw {1 / mc['raw']:5.1f}  "
+              f"ours {1 / mc['ours']:5.1f}  e2e {1 / mc['e2e']:5.1f}  | ours/raw cpu {row['ours_vs_raw_cpu']:.3f} "
+              f"wall {row['ours_vs_raw_wall']:.3f} | AUTO threads: wall {1 / mw['ours_mt']:5.1f} clips/s, "
+              f"{mc['ours_mt'] * 1e3:5.1f} ms CPU vs {mc['ours'] * 1e3:5.1f} | frames decoded/clip "
+              f"{dec_raw / clips:.0f} vs {dec_ours / clips:.0f}", flush=True)
+
+    # augmentation alone on a decoded 340x256 clip
+    clip = read_frames(str(videos[0][0]), clip_starts(SECONDS * FPS, 3)[1])
+    tr = PretrainTransform(224, cfg.crop_scales, cfg.mean, cfg.std, flip=True)
+    aug_w, aug_c = [], []
+    for r in range(max(rounds, 5) * 6):
+        g = sample_generator(0, 0, r, 0)
+        tw, tc = _timed(lambda: tr(clip, g))
+        aug_w.append(tw)
+        aug_c.append(tc)
+    aug = {"cpu_ms": round(statistics.median(aug_c) * 1e3, 2), "wall_ms": round(statistics.median(aug_w) * 1e3, 2)}
+    print(f"augmentation (multi-scale crop + resize 224 + normalize), 16 x 256x340: "
+          f"{aug['cpu_ms']:.2f} ms CPU, {aug['wall_ms']:.2f} ms wall per clip")
+    return {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__, "av": av.__version__, "torch_threads": 1,
+        "clip": f"{NUM_FRAMES} frames x stride {STRIDE}", "rounds": rounds, "clips_per_round": clips,
+        "rows": rows, "augment": aug,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--clips", type=int, default=8, help="clip positions per video per round")
+    ap.add_argument("--json", default="", help="write the figures here")
+    args = ap.parse_args(argv)
+    result = bench(args.rounds, args.clips)
+    result["command"] = "python benchmarks/data_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

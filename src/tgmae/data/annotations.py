@@ -1,0 +1,292 @@
+"""Annotations: each dataset's shipped label files -> `VideoRecord` list + class names.
+
+One reader per layout, all behind `load_annotations(format, root, annotations, split, subset)`;
+this module holds the record type, the shared row helpers and the generic CSV/JSONL reader, and
+`tgmae.data.formats` the readers of the six public datasets' layouts.
+Paths in records are absolute (joined to `root`); labels are 0-based ints; frame ranges are
+0-based, `end_frame` exclusive. A malformed row raises `AnnotationError` naming file:line, or,
+with `on_error="skip"`, is left out, logged, and listed in `problems` when a list is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+
+
+class AnnotationError(ValueError):
+    """An annotation file or row is malformed; the message names file and line."""
+
+
+@dataclass
+class VideoRecord:
+    """One labelled clip: a video file or a frame folder, optionally a frame range of it."""
+
+    path: str  # absolute path of the video file or frame folder
+    label: int  # 0-based class id (EPIC: action id)
+    video_id: str  # key for captions and caches
+    start_frame: Optional[int] = None  # 0-based first frame of the clip; None = 0
+    end_frame: Optional[int] = None  # 0-based, exclusive; None = the video's end
+    caption: Optional[str] = None  # text shipped with the annotation (SSv2 label, EPIC narration)
+    targets: dict[str, int] = field(default_factory=dict)  # extra targets, e.g. EPIC verb/noun
+
+
+@dataclass
+class Problem:
+    """A row that could not be read: where and why."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+class RowErrors:
+    """Collects bad rows: raise at once, or skip and remember them."""
+
+    def __init__(self, on_error: str, problems: Optional[list]):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+        self.on_error = on_error
+        self.problems = problems if problems is not None else []
+        self.skipped = 0
+
+    def bad(self, file: Path | str, line: int, reason: str) -> None:
+        p = Problem(str(file), line, reason)
+        if self.on_error == "raise":
+            raise AnnotationError(str(p))
+        self.skipped += 1
+        self.problems.append(p)
+
+    def finish(self, name: str) -> None:
+        if self.skipped:
+            first = self.problems[-self.skipped]
+            log.warning("%s: skipped %d bad annotation rows (first: %s)", name, self.skipped, first)
+
+
+def subset_kind(subset: str) -> str:
+    s = subset.lower()
+    if s in ("train", "training"):
+        return "train"
+    if s in ("val", "valid", "validation", "validate"):
+        return "val"
+    if s == "test":
+        return "test"
+    raise ValueError(f"subset={subset!r}: expected train, val or test")
+
+
+def _resolve(root: Path, annotations: str | Path) -> Path:
+    p = Path(annotations)
+    if p.exists() or p.is_absolute():
+        return p
+    return root / p
+
+
+def parse_int(text: str, file: Path, line: int, what: str, rows: RowErrors) -> Optional[int]:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        rows.bad(file, line, f"{what} {text!r} is not an integer")
+        return None
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of non-empty lines; CRLF files as shipped by UCF101."""
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    return [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
+
+
+def first_existing(root: Path, candidates: list[str]) -> str:
+    for c in candidates:
+        if (root / c).exists():
+            return str(root / c)
+    return str(root / candidates[0])
+
+
+def load_json(path: Path):
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def json_item_lines(path: Path) -> list[int]:
+    """Line number where each top-level array item starts (for error messages)."""
+    out, depth, line = [], 0, 1
+    for ch in path.read_text():
+        if ch == "\n":
+            line += 1
+        elif ch in "[{":
+            if depth == 1 and ch == "{":
+                out.append(line)
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return out
+
+
+def stem_id(path: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    stem, ext = os.path.splitext(name)
+    return stem if ext.lower() in VIDEO_EXTS else name
+
+
+# --------------------------------------------------------------------------------------------
+# Generic: CSV / JSONL with path,label[,caption] (+ optional video_id, start_frame, end_frame)
+# --------------------------------------------------------------------------------------------
+
+
+def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """`path,label[,caption]` CSV with a header, or JSONL objects with the same keys.
+
+    Labels are ints, or class names looked up in `classes.txt` (next to the file or in root;
+    one name per line, line order = id); without that file, names are numbered in sorted order.
+    """
+    if not ann.is_file():
+        raise AnnotationError(f"{ann}: annotation file not found")
+    raw: list[tuple[int, dict]] = []
+    if ann.suffix.lower() in (".jsonl", ".json"):
+        for line, text in read_lines(ann):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                rows.bad(ann, line, f"not valid JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                rows.bad(ann, line, "expected a JSON object")
+                continue
+            raw.append((line, obj))
+    else:
+        with ann.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            if "path" not in fields or "label" not in fields:
+                raise AnnotationError(f"{ann}:1: header must name columns path,label (got {fields})")
+            reader.fieldnames = fields
+            for obj in reader:
+                raw.append((reader.line_num, obj))
+    classes = read_classes(ann.parent / "classes.txt") or read_classes(root / "classes.txt")
+    by_name = {c: i for i, c in enumerate(classes or [])}
+    if classes is None:  # names in the label column without a classes.txt: sorted order
+        names = sorted({str(o.get("label", "")).strip() for _, o in raw
+                        if not re.fullmatch(r"-?\d+", str(o.get("label", "")).strip())})
+        by_name = {c: i for i, c in enumerate(names)} if names else {}
+        if names:
+            log.warning("%s: class names without a classes.txt are numbered in sorted order of this "
+                        "file only; add classes.txt so every split shares the ids", ann)
+    records: list[VideoRecord] = []
+    for line, obj in raw:
+        path = str(obj.get("path") or "").strip()
+        if not path:
+            rows.bad(ann, line, "empty path")
+            continue
+        lab = str(obj.get("label", "")).strip()
+        if re.fullmatch(r"-?\d+", lab):
+            label = int(lab)
+        elif lab in by_name:
+            label = by_name[lab]
+        else:
+            rows.bad(ann, line, f"label {lab!r} is neither an integer nor a known class name")
+            continue
+        if label < 0 or (classes is not None and label >= len(classes)):
+            rows.bad(ann, line, f"label {label} out of range" + (f" [0, {len(classes)})" if classes else ""))
+            continue
+        start = _opt_int(obj.get("start_frame"), ann, line, "start_frame", rows)
+        end = _opt_int(obj.get("end_frame"), ann, line, "end_frame", rows)
+        if start is False or end is False:
+            continue
+        caption = obj.get("caption")
+        caption = str(caption) if caption not in (None, "") else None
+        full = path if os.path.isabs(path) else str(root / path)
+        vid = str(obj.get("video_id") or "").strip() or stem_id(path)
+        records.append(VideoRecord(full, label, vid, start, end, caption))
+    if classes is None:
+        n = max((r.label for r in records), default=-1) + 1
+        inv = {i: c for c, i in by_name.items()}
+        classes = [inv.get(i, str(i)) for i in range(n)]
+    return records, classes
+
+
+def _opt_int(v, ann: Path, line: int, what: str, rows: RowErrors):
+    if v in (None, ""):
+        return None
+    r = parse_int(v, ann, line, what, rows)
+    return False if r is None else r
+
+
+def read_classes(path: Path) -> Optional[list[str]]:
+    if not path.is_file():
+        return None
+    return [t for _, t in read_lines(path)]
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def _readers() -> dict[str, Callable]:
+    from tgmae.data import formats
+
+    return {
+        "csv": lambda root, ann, split, subset, rows: read_generic(root, ann, rows),
+        "k400": lambda root, ann, split, subset, rows: formats.read_k400(root, ann, rows),
+        "ssv2": lambda root, ann, split, subset, rows: formats.read_ssv2(root, ann, subset, rows),
+        "ucf101": lambda root, ann, split, subset, rows: formats.read_ucf101(root, ann, split, subset, rows),
+        "hmdb51": lambda root, ann, split, subset, rows: formats.read_hmdb51(root, ann, split, subset, rows),
+        "diving48": lambda root, ann, split, subset, rows: formats.read_diving48(root, ann, subset, rows),
+        "epic55": lambda root, ann, split, subset, rows: formats.read_epic55(root, ann, subset, rows),
+    }
+
+
+FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
+
+
+def load_annotations(
+    format: str,
+    root: str | Path,
+    annotations: str | Path,
+    split: int = 1,
+    subset: str = "train",
+    *,
+    on_error: str = "raise",
+    problems: Optional[list] = None,
+) -> tuple[list[VideoRecord], list[str]]:
+    """Read one dataset's annotations -> (records, class_names).
+
+    format: csv | k400 | ssv2 | ucf101 | hmdb51 | diving48 | epic55.
+    annotations: the annotation file, or the folder holding a dataset's split files; a relative
+      path that does not exist from the working directory is taken relative to `root`.
+    split: UCF101 / HMDB51 split number. subset: train | val | test (which split file to read
+      when `annotations` is a folder).
+    on_error: "raise" (AnnotationError naming file:line) or "skip" (log and append `Problem`s
+      to `problems`).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}: expected one of {FORMATS}")
+    rows = RowErrors(on_error, problems)
+    root_p = Path(root) if str(root) else Path(".")
+    ann = _resolve(root_p, annotations)
+    if not ann.exists():
+        raise AnnotationError(f"{ann}: annotation file or folder not found")
+    records, classes = _readers()[format](root_p, ann, split, subset, rows)
+    rows.finish(str(ann))
+    return records, classes
+
+
+__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "load_annotations", "FORMATS", "VIDEO_EXTS"]

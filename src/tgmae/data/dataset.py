@@ -1,0 +1,258 @@
+"""Datasets: records + DataConfig -> sample dicts as specified in docs/CONTRACTS.md.
+
+`VideoDataset` gives one augmented clip per index (pretraining, finetuning, single-view eval);
+`MultiViewDataset` gives every temporal x spatial test view of a video. Randomness per sample
+comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so samples do not depend
+on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
+corrupt, truncated, too short) are logged once per path, counted, and replaced by another index
+drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tgmae.config import DataConfig
+from tgmae.data.annotations import VideoRecord, load_annotations
+from tgmae.data.sampling import clip_indices, temporal_views
+from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
+from tgmae.data.video import VideoError, VideoReader
+from tgmae.masking.base import MaskContext, MaskGenerator
+
+log = logging.getLogger(__name__)
+
+_logged_paths: set[str] = set()  # per process: each bad path is logged once
+
+
+class VideoLoadError(RuntimeError):
+    """No readable video found within `max_load_retries` replacements."""
+
+
+class CaptionProvider(Protocol):
+    """What the dataset needs from the captions module."""
+
+    def draw(self, video_id: str, generator: torch.Generator) -> tuple[int, Optional[torch.Tensor]]: ...
+
+
+def sample_generator(seed: int, epoch: int, index: int, attempt: int, stream: int = 0) -> torch.Generator:
+    """A torch.Generator seeded from (seed, epoch, index, attempt[, stream]) by SeedSequence
+    hashing: nearby tuples give unrelated streams."""
+    words = [int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, epoch, index, attempt, stream)]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return g
+
+
+def _load_errors() -> tuple[type, ...]:
+    import av
+
+    return (VideoError, OSError, EOFError, av.FFmpegError)
+
+
+class _RobustBase(Dataset):
+    """Shared: epoch counter visible to workers, retry-and-replace loading, failure logging.
+    Subclasses define `_load(idx, generator) -> sample dict` raising a load error on bad input."""
+
+    def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, seed: int, min_frames: Optional[int]):
+        if not records:
+            raise ValueError("dataset has no records")
+        self.records = list(records)
+        self.cfg = cfg
+        self.seed = seed
+        self.min_frames = cfg.num_frames if min_frames is None else min_frames
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # workers see set_epoch
+        self.failures = 0  # in this process; DataLoader users sum the samples' load_failures
+        self._errors = _load_errors()
+        self._targets = sorted(self.records[0].targets)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (also seen by persistent workers: the counter is shared)."""
+        self._epoch[0] = int(epoch)
+
+    def _frame_range(self, rec: VideoRecord, num_frames: int) -> tuple[int, int]:
+        start = max(rec.start_frame or 0, 0)
+        end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
+        if end - start < self.min_frames:
+            raise VideoError(
+                f"{rec.path}: too short: {max(end - start, 0)} frames in range, need {self.min_frames}")
+        return start, end
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < len(self.records):
+            raise IndexError(index)
+        epoch, idx, reasons = self.epoch, index, []
+        for attempt in range(self.cfg.max_load_retries + 1):
+            g = sample_generator(self.seed, epoch, idx, attempt)
+            try:
+                sample = self._load(idx, g)
+            except self._errors as e:
+                self._note_failure(self.records[idx].path, e)
+                reasons.append(f"{self.records[idx].path}: {e}")
+                idx = int(torch.randint(len(self.records), (1,),
+                                        generator=sample_generator(self.seed, epoch, index, attempt, 1)))
+                continue
+            sample["load_failures"] = attempt
+            return sample
+        raise VideoLoadError(
+            f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
+            f"(data.max_load_retries); last errors: " + " | ".join(reasons[-3:]))
+
+    def _note_failure(self, path: str, err: BaseException) -> None:
+        self.failures += 1
+        if path not in _logged_paths:
+            _logged_paths.add(path)
+            log.warning("unreadable video replaced: %s (%s)", path, err)
+
+    def _base_sample(self, idx: int, rec: VideoRecord) -> dict[str, Any]:
+        s: dict[str, Any] = {"label": int(rec.label), "index": idx, "video_id": rec.video_id}
+        for k in self._targets:
+            s[k] = int(rec.targets.get(k, -1))
+        return s
+
+
+class VideoDataset(_RobustBase):
+    """One clip per index: `video` float32 [C, T, H, W] and the keys of docs/CONTRACTS.md.
+
+    train: random clip + `augment` ("pretrain": multi-scale crop + flip; "finetune": random
+      resized crop + flip + RandAugment + random erasing); otherwise the centre clip, centre crop.
+    token_grid / mask_generator: with a generator, each sample carries `mask` [N] bool.
+    captions: provider of (caption_id, text_embedding) per video; `caption_id` -1 without one.
+    With `cfg.with_motion` and a mask generator, `MaskContext.motion` is the codec block motion
+      float32 [T, Hb, Wb, 2] of the sampled source frames (zeros on I-frames; None for frame
+      folders, which carry no motion vectors).
+    min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, train: bool,
+                 token_grid: Optional[tuple[int, int, int]] = None,
+                 mask_generator: Optional[MaskGenerator] = None,
+                 captions: Optional[CaptionProvider] = None, seed: int = 0,
+                 augment: str = "pretrain", min_frames: Optional[int] = None,
+                 reader_threads: Optional[int] = None):
+        super().__init__(records, cfg, seed, min_frames)
+        if mask_generator is not None and token_grid is None:
+            raise ValueError("mask_generator needs token_grid (T', H', W')")
+        self.train, self.token_grid, self.mask_generator = train, token_grid, mask_generator
+        self.captions = captions
+        self.reader_threads = cfg.decoder_threads if reader_threads is None else reader_threads
+        size = cfg.image_size
+        if not train:
+            self.transform = EvalTransform(size, cfg.mean, cfg.std)
+        elif augment == "pretrain":
+            self.transform = PretrainTransform(size, cfg.crop_scales, cfg.mean, cfg.std, flip=cfg.flip)
+        elif augment == "finetune":
+            self.transform = FinetuneTransform(size, cfg.mean, cfg.std, flip=cfg.flip,
+                                               rand_augment=cfg.rand_augment, erase_prob=cfg.random_erase)
+        else:
+            raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
+
+    def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
+        rec, cfg = self.records[idx], self.cfg
+        want_motion = cfg.with_motion and self.mask_generator is not None
+        with VideoReader(rec.path, threads=self.reader_threads) as reader:
+            start, end = self._frame_range(rec, reader.info.num_frames)
+            fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
+                              train=self.train, generator=g)
+            motion = None
+            if want_motion and not reader.info.is_frame_folder:
+                frames, mvs = reader.read(fi.numpy(), with_motion=True)
+                motion = _stack_motion(mvs)
+            else:
+                frames = reader.read(fi.numpy())
+        video, crop = self.transform(frames, g)
+        sample = self._base_sample(idx, rec)
+        sample.update(video=video, frame_indices=fi, crop=crop.as_tensor())
+        caption_id, text = -1, None
+        if self.captions is not None:
+            caption_id, text = self.captions.draw(rec.video_id, g)
+        sample["caption_id"] = torch.tensor(int(caption_id), dtype=torch.int64)
+        if self.mask_generator is not None:
+            ctx = MaskContext(grid=self.token_grid, frames=video, frame_indices=fi, crop=crop,
+                              video_id=rec.video_id, text_embedding=text, motion=motion)
+            sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
+        return sample
+
+
+def _stack_motion(mvs: list[Optional[np.ndarray]]) -> torch.Tensor:
+    """Per-frame [Hb, Wb, 2] (None on I-frames) -> float32 [T, Hb, Wb, 2]; I-frames are zeros."""
+    shape = next((m.shape for m in mvs if m is not None), None)
+    if shape is None:
+        return torch.zeros((len(mvs), 1, 1, 2))
+    return torch.from_numpy(np.stack([m if m is not None else np.zeros(shape, np.float32) for m in mvs]))
+
+
+class MultiViewDataset(_RobustBase):
+    """Multi-view testing: `video` float32 [V, C, T, H, W], V = temporal x spatial views
+    (temporal-major: view v = t * S + s), `frame_indices` int64 [V, T], `crop` float32 [V, 7].
+
+    Temporal views follow `cfg.sampling` (dense: clips spread start to end; tsn: frame offsets
+    within the segments); spatial views are short-side squares along the long side. All frames
+    are decoded in one pass.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, seed: int = 0,
+                 temporal_views: Optional[int] = None, spatial_views: Optional[int] = None,
+                 min_frames: Optional[int] = None, reader_threads: int = 1):
+        super().__init__(records, cfg, seed, min_frames)
+        self.num_temporal = temporal_views or cfg.test_temporal_views
+        self.num_spatial = spatial_views or cfg.test_spatial_views
+        self.reader_threads = reader_threads
+        self.transform = EvalTransform(cfg.image_size, cfg.mean, cfg.std, num_views=self.num_spatial)
+
+    def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
+        rec, cfg = self.records[idx], self.cfg
+        with VideoReader(rec.path, threads=self.reader_threads) as reader:
+            start, end = self._frame_range(rec, reader.info.num_frames)
+            fi = temporal_views(start, end, cfg.num_frames, cfg.frame_stride, self.num_temporal, cfg.sampling)
+            frames = reader.read(fi.reshape(-1).numpy())  # [Tv * T, H, W, 3]
+        t = cfg.num_frames
+        videos, crops = [], []
+        for k in range(self.num_temporal):
+            v, c = self.transform.views(frames[k * t:(k + 1) * t])
+            videos.append(v)
+            crops += [p.as_tensor() for p in c]
+        sample = self._base_sample(idx, rec)
+        sample.update(video=torch.cat(videos), frame_indices=fi.repeat_interleave(self.num_spatial, 0),
+                      crop=torch.stack(crops), caption_id=torch.tensor(-1, dtype=torch.int64))
+        return sample
+
+
+def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,
+                  multi_view: bool = False, **kwargs) -> Dataset:
+    """Annotations named by `cfg` -> dataset. subset "train" reads `cfg.train_annotations`;
+    "val"/"test" read `cfg.val_annotations` (for split-folder formats an empty value reuses the
+    train folder with that subset). `train` defaults to subset == "train". Extra keyword arguments
+    go to the dataset class. The dataset's `class_names` attribute lists the classes."""
+    is_train = subset == "train"
+    ann = cfg.train_annotations if is_train else (cfg.val_annotations or (
+        cfg.train_annotations if cfg.format in ("ssv2", "ucf101", "hmdb51", "diving48") else ""))
+    if not ann:
+        key = "train_annotations" if is_train else "val_annotations"
+        raise ValueError(f"no annotations for subset {subset!r}: set data.{key}")
+    records, classes = load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset)
+    if not records:
+        raise ValueError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
+    if multi_view:
+        ds: Dataset = MultiViewDataset(records, cfg, **kwargs)
+    else:
+        ds = VideoDataset(records, cfg, train=is_train if train is None else train, **kwargs)
+    ds.class_names = classes  # type: ignore[attr-defined]
+    return ds
+
+
+__all__ = ["VideoDataset", "MultiViewDataset", "VideoLoadError", "CaptionProvider", "sample_generator",
+           "build_dataset"]

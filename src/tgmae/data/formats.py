@@ -1,0 +1,329 @@
+"""Readers for the six public datasets' shipped annotation layouts (see `load_annotations`).
+
+Kinetics-400 (official CSV, VideoMAE lists), Something-Something v2 (labels.json + split json),
+UCF101 (classInd + train/test lists), HMDB51 (per-class split files), Diving48 V2 (json +
+vocabulary), EPIC-Kitchens-55 (action CSV over RGB frame folders). Each returns
+(records, class_names) and reports bad rows through `RowErrors` (file:line).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tgmae.data.annotations import (
+    AnnotationError, RowErrors, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
+    read_classes, read_lines, stem_id, subset_kind,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Kinetics-400: official CSV, or VideoMAE's `path label` lists
+# --------------------------------------------------------------------------------------------
+
+
+def read_k400(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """Official `label,youtube_id,time_start,time_end,split` CSV (clips named
+    `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders), or a VideoMAE list
+    (`path label` per line, space separated, no header)."""
+    lines = read_lines(ann)
+    if lines and lines[0][1].replace(" ", "").startswith("label,youtube_id"):
+        return _read_k400_official(root, ann, rows)
+    return read_path_label_list(root, ann, rows)
+
+
+def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    with ann.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        raw = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for r in reader]
+    classes = _k400_classes(ann, raw)
+    by_name = {c: i for i, c in enumerate(classes)}
+    records = []
+    for line, r in raw:
+        yid, label = r.get("youtube_id", ""), r.get("label", "")
+        if not yid or not label:
+            rows.bad(ann, line, "missing youtube_id or label")
+            continue
+        s = parse_int(r.get("time_start", ""), ann, line, "time_start", rows)
+        e = parse_int(r.get("time_end", ""), ann, line, "time_end", rows) if s is not None else None
+        if s is None or e is None:
+            continue
+        if label not in by_name:
+            rows.bad(ann, line, f"label {label!r} not in classes.txt")
+            continue
+        name = f"{yid}_{s:06d}_{e:06d}"
+        path = first_existing(root, [name + ".mp4", f"{label}/{name}.mp4",
+                                      f"{label.replace(' ', '_')}/{name}.mp4", name + ".mkv", name + ".webm"])
+        records.append(VideoRecord(path, by_name[label], name))
+    return records, classes
+
+
+def _k400_classes(ann: Path, raw: list) -> list[str]:
+    """`classes.txt` next to the file, else the sorted union of labels over this file and its
+    official siblings (train/validate/val/test.csv), so every split shares the class ids."""
+    listed = read_classes(ann.parent / "classes.txt")
+    if listed is not None:
+        return listed
+    names = {r["label"] for _, r in raw if r.get("label")}
+    for sib in ("train.csv", "validate.csv", "val.csv", "test.csv"):
+        p = ann.parent / sib
+        if p.is_file() and p != ann:
+            with p.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if "label" in (reader.fieldnames or []) and "youtube_id" in (reader.fieldnames or []):
+                    names.update((r.get("label") or "").strip() for r in reader)
+    names.discard("")
+    return sorted(names)
+
+
+def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """VideoMAE's lists: `path label` (space separated; the path may itself contain spaces)."""
+    records = []
+    for line, text in read_lines(ann):
+        parts = text.rsplit(None, 1)
+        if len(parts) != 2:
+            rows.bad(ann, line, "expected `path label`")
+            continue
+        label = parse_int(parts[1], ann, line, "label", rows)
+        if label is None:
+            continue
+        if label < 0:
+            rows.bad(ann, line, f"label {label} is negative")
+            continue
+        path = parts[0]
+        full = path if os.path.isabs(path) else str(root / path)
+        records.append(VideoRecord(full, label, stem_id(path)))
+    n = max((r.label for r in records), default=-1) + 1
+    return records, [str(i) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# Something-Something v2
+# --------------------------------------------------------------------------------------------
+
+
+def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
+    template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
+    `label` sentence becomes the record's caption."""
+    folder = ann if ann.is_dir() else ann.parent
+    data_file = ann if ann.is_file() else folder / {"train": "train.json", "val": "validation.json",
+                                                     "test": "test.json"}[subset_kind(subset)]
+    labels_file = folder / "labels.json"
+    templates = load_json(labels_file)
+    items = load_json(data_file)
+    ids = {k: int(v) for k, v in templates.items()}
+    classes = [""] * len(ids)
+    for name, i in ids.items():
+        classes[i] = name
+    line_of = json_item_lines(data_file)
+    records = []
+    for n, it in enumerate(items):
+        line = line_of[n] if n < len(line_of) else 0
+        vid = str(it.get("id", "")).strip()
+        if not vid:
+            rows.bad(data_file, line, "item without id")
+            continue
+        template = it.get("template")
+        if template is None:  # test.json: ids only, no labels
+            label = -1
+        else:
+            key = template.replace("[", "").replace("]", "")
+            if key not in ids:
+                rows.bad(data_file, line, f"template {template!r} not in {labels_file.name}")
+                continue
+            label = ids[key]
+        path = first_existing(root, [f"{vid}.webm", f"{vid}.mp4"])
+        records.append(VideoRecord(path, label, vid, caption=it.get("label")))
+    return records, classes
+
+
+# --------------------------------------------------------------------------------------------
+# UCF101 and HMDB51 split files
+# --------------------------------------------------------------------------------------------
+
+
+def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
+                ) -> tuple[list[VideoRecord], list[str]]:
+    """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
+    (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
+    folder = ann if ann.is_dir() else ann.parent
+    class_file = folder / "classInd.txt"
+    classes, by_name = [], {}
+    for line, text in read_lines(class_file):
+        parts = text.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise AnnotationError(f"{class_file}:{line}: expected `id ClassName`")
+        if int(parts[0]) != len(classes) + 1:
+            raise AnnotationError(f"{class_file}:{line}: class ids must be 1, 2, 3, ... in order")
+        classes.append(parts[1])
+        by_name[parts[1].lower()] = len(classes) - 1
+    kind = subset_kind(subset)
+    list_file = ann if ann.is_file() else folder / f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt"
+    records = []
+    for line, text in read_lines(list_file):
+        parts = text.split()
+        rel = parts[0]
+        folder_name = rel.replace("\\", "/").split("/")[0]
+        if folder_name.lower() not in by_name:
+            rows.bad(list_file, line, f"class folder {folder_name!r} not in classInd.txt")
+            continue
+        label = by_name[folder_name.lower()]
+        if len(parts) > 1:
+            given = parse_int(parts[1], list_file, line, "label", rows)
+            if given is None:
+                continue
+            if given - 1 != label:
+                rows.bad(list_file, line, f"label {given} disagrees with class folder {folder_name!r}")
+                continue
+        records.append(VideoRecord(str(root / rel), label, stem_id(rel)))
+    return records, classes
+
+
+def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
+                ) -> tuple[list[VideoRecord], list[str]]:
+    """`testTrainMulti_7030_splits/<class>_test_split<N>.txt`: `name.avi 1` (1 train, 2 test,
+    0 unused). Videos are `{root}/<class>/<name>.avi`; classes in sorted order."""
+    folder = ann if ann.is_dir() else ann.parent
+    pat = re.compile(rf"^(.+)_test_split{split}\.txt$")
+    files = sorted(p for p in folder.iterdir() if pat.match(p.name))
+    if not files:
+        raise AnnotationError(f"{folder}: no *_test_split{split}.txt files")
+    classes = [pat.match(p.name).group(1) for p in files]
+    want = 1 if subset_kind(subset) == "train" else 2
+    records = []
+    for label, (cls, f) in enumerate(zip(classes, files)):
+        for line, text in read_lines(f):
+            parts = text.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                rows.bad(f, line, "expected `name.avi 0|1|2`")
+                continue
+            if int(parts[1]) == want:
+                records.append(VideoRecord(str(root / cls / parts[0]), label, stem_id(parts[0])))
+    return records, classes
+
+
+# --------------------------------------------------------------------------------------------
+# Diving48 V2
+# --------------------------------------------------------------------------------------------
+
+
+def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
+    `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
+    `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
+    folder = ann if ann.is_dir() else ann.parent
+    if ann.is_file():
+        data_file = ann
+    else:
+        data_file = folder / f"Diving48_V2_{'train' if subset_kind(subset) == 'train' else 'test'}.json"
+    vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
+    vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
+    items = load_json(data_file)
+    classes = [" ".join(v) for v in load_json(vocab_file)] if vocab_file else None
+    line_of = json_item_lines(data_file)
+    records = []
+    for n, it in enumerate(items):
+        line = line_of[n] if n < len(line_of) else 0
+        name = it.get("vid_name")
+        label = it.get("label")
+        if not name or not isinstance(label, int):
+            rows.bad(data_file, line, "item needs vid_name and an integer label")
+            continue
+        if label < 0 or (classes is not None and label >= len(classes)):
+            rows.bad(data_file, line, f"label {label} out of range")
+            continue
+        start, end = it.get("start_frame"), it.get("end_frame")
+        if start is not None and end is not None and end <= start:
+            rows.bad(data_file, line, f"end_frame {end} <= start_frame {start}")
+            continue
+        path = first_existing(root, [f"rgb/{name}.mp4", f"{name}.mp4"])
+        records.append(VideoRecord(path, label, name, start, end))
+    if classes is None:
+        classes = [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
+    return records, classes
+
+
+# --------------------------------------------------------------------------------------------
+# EPIC-Kitchens-55 over RGB frame folders
+# --------------------------------------------------------------------------------------------
+
+
+def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """`EPIC_train_action_labels.csv` over `{root}/{participant}/{video_id}/frame_%010d.jpg`.
+
+    Label = action id: index of (verb_class, noun_class) in the sorted set of pairs of the
+    training CSV (the file next to `ann` when present, so any split shares the ids). Targets
+    `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
+    start/stop frames become 0-based [start, end).
+    """
+    folder = ann if ann.is_dir() else ann.parent
+    data_file = ann if ann.is_file() else folder / "EPIC_train_action_labels.csv"
+    train_file = folder / "EPIC_train_action_labels.csv"
+    parsed = _epic_rows(data_file, rows)
+    use_own = not train_file.is_file() or train_file == data_file
+    base = parsed if use_own else _epic_rows(train_file, RowErrors("skip", None))
+    pairs = sorted({(r.verb, r.noun) for r in base})
+    action_of = {p: i for i, p in enumerate(pairs)}
+    names: dict[tuple[int, int], str] = {}
+    for r in base:
+        names.setdefault((r.verb, r.noun), r.name)
+    records = []
+    for r in parsed:
+        if (r.verb, r.noun) not in action_of:
+            rows.bad(data_file, r.line, f"(verb {r.verb}, noun {r.noun}) pair does not occur in {train_file.name}")
+            continue
+        path = first_existing(root, [f"{r.participant}/{r.video}", r.video,
+                                      f"rgb/train/{r.participant}/{r.video}", f"train/{r.participant}/{r.video}"])
+        records.append(VideoRecord(path, action_of[(r.verb, r.noun)], r.uid, r.start - 1, r.stop,
+                                   caption=r.narration, targets={"verb": r.verb, "noun": r.noun}))
+    return records, [names[p] for p in pairs]
+
+
+@dataclass
+class _EpicRow:
+    line: int
+    uid: str
+    participant: str
+    video: str
+    start: int  # 1-based, inclusive
+    stop: int  # 1-based, inclusive
+    verb: int
+    noun: int
+    name: str
+    narration: Optional[str]
+
+
+def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
+    need = ("participant_id", "video_id", "start_frame", "stop_frame", "verb_class", "noun_class")
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    out: list[_EpicRow] = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        missing = [c for c in need if c not in fields]
+        if missing:
+            raise AnnotationError(f"{path}:1: header lacks columns {missing}")
+        for r in reader:
+            line = reader.line_num
+            vals = [parse_int(r[c], path, line, c, rows) for c in need[2:]]
+            if any(v is None for v in vals):
+                continue
+            s, e, v, n = vals
+            if s < 1 or e < s:
+                rows.bad(path, line, f"bad frame range start_frame={s} stop_frame={e}")
+                continue
+            uid = str(r.get("uid") or f"{r['video_id']}_{line}").strip()
+            name = f"{r.get('verb') or v} {r.get('noun') or n}"
+            out.append(_EpicRow(line, uid, r["participant_id"].strip(), r["video_id"].strip(), s, e, v, n,
+                                name, (r.get("narration") or "").strip() or None))
+    return out
+
+
+__all__ = ["read_k400", "read_path_label_list", "read_ssv2", "read_ucf101", "read_hmdb51",
+           "read_diving48", "read_epic55"]

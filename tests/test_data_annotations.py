@@ -1,0 +1,181 @@
+"""tgmae.data.annotations: every dataset's shipped layout (fixtures in tests/data/<format>/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tgmae.data.annotations import AnnotationError, load_annotations
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_generic_csv_with_classes_txt(tmp_path):
+    recs, classes = load_annotations("csv", tmp_path, DATA / "csv" / "train.csv")
+    assert classes == ["walking", "jumping"]
+    assert [r.label for r in recs] == [0, 1, 0, 1]  # "walking" resolved through classes.txt
+    assert recs[0].path == str(tmp_path / "videos" / "walk.mp4") and recs[0].video_id == "walk"
+    assert recs[1].caption == "a person jumps, then lands"  # quoted comma kept
+    assert recs[2].caption is None and recs[0].start_frame is None
+
+
+def test_generic_jsonl_frame_folder_and_range(tmp_path):
+    recs, classes = load_annotations("csv", tmp_path, DATA / "csv" / "val.jsonl")
+    assert [r.label for r in recs] == [0, 1]
+    assert recs[1].path == str(tmp_path / "frames" / "jump") and recs[1].video_id == "jump"
+    assert (recs[1].start_frame, recs[1].end_frame) == (2, 14)
+
+
+def test_generic_relative_annotation_path_is_under_root(tmp_path):
+    shutil.copy(DATA / "csv" / "train.csv", tmp_path / "ann.csv")
+    (tmp_path / "classes.txt").write_text("walking\njumping\n")
+    recs, classes = load_annotations("csv", tmp_path, "ann.csv")
+    assert len(recs) == 4 and classes == ["walking", "jumping"]
+
+
+def test_generic_bad_rows_name_file_and_line(tmp_path):
+    bad = DATA / "csv" / "bad.csv"
+    with pytest.raises(AnnotationError, match=r"bad\.csv:3: empty path"):
+        load_annotations("csv", tmp_path, bad)
+    problems: list = []
+    recs, _ = load_annotations("csv", tmp_path, bad, on_error="skip", problems=problems)
+    assert len(recs) == 1
+    assert [(p.line, p.reason.split()[0]) for p in problems] == [(3, "empty"), (4, "label"), (5, "label")]
+    assert "out of range" in problems[1].reason and "dancing" in problems[2].reason
+
+
+def test_generic_without_classes_file_numbers_labels(tmp_path):
+    ann = tmp_path / "own.csv"
+    ann.write_text("path,label\na.mp4,2\nb.mp4,0\n")
+    recs, classes = load_annotations("csv", tmp_path, ann)
+    assert classes == ["0", "1", "2"] and [r.label for r in recs] == [2, 0]
+    header = tmp_path / "noheader.csv"
+    header.write_text("a.mp4,2\n")
+    with pytest.raises(AnnotationError, match="noheader.csv:1: header"):
+        load_annotations("csv", tmp_path, header)
+
+
+def test_k400_official_csv(tmp_path):
+    (tmp_path / "abseiling").mkdir()
+    (tmp_path / "abseiling" / "--3ouPhoy2A_000020_000030.mp4").write_bytes(b"x")  # per-class layout
+    recs, classes = load_annotations("k400", tmp_path, DATA / "k400" / "train.csv")
+    assert classes == ["abseiling", "air drumming", "zumba"]
+    assert [r.label for r in recs] == [0, 0, 1, 2, 1]
+    assert recs[0].path == str(tmp_path / "---QUuC4vJs_000003_000013.mp4")  # flat layout default
+    assert recs[1].path == str(tmp_path / "abseiling" / "--3ouPhoy2A_000020_000030.mp4")
+    assert recs[3].video_id == "-0C6CSgb-Zc_000048_000058"
+    val, val_classes = load_annotations("k400", tmp_path, DATA / "k400" / "validate.csv")
+    assert val_classes == classes and [r.label for r in val] == [0, 1, 2]
+
+
+def test_k400_class_ids_shared_with_train_file(tmp_path):
+    """A val file lacking a class still numbers classes like its train sibling."""
+    shutil.copy(DATA / "k400" / "train.csv", tmp_path / "train.csv")
+    (tmp_path / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,1,11,val\n")
+    recs, classes = load_annotations("k400", tmp_path, tmp_path / "validate.csv")
+    assert classes == ["abseiling", "air drumming", "zumba"] and recs[0].label == 2
+    (tmp_path / "bad.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,one,11,val\n")
+    with pytest.raises(AnnotationError, match="bad.csv:2: time_start 'one'"):
+        load_annotations("k400", tmp_path, tmp_path / "bad.csv")
+
+
+def test_k400_videomae_list(tmp_path):
+    recs, classes = load_annotations("k400", tmp_path, DATA / "k400" / "videomae_train.csv")
+    assert [r.label for r in recs] == [0, 1, 399] and len(classes) == 400
+    assert recs[1].path == str(tmp_path / "train_256" / "air_drumming" / "--nQbRBEz2s_000104_000114.mp4")
+    assert recs[1].video_id == "--nQbRBEz2s_000104_000114"
+
+
+def test_ssv2(tmp_path):
+    recs, classes = load_annotations("ssv2", tmp_path, DATA / "ssv2", subset="train")
+    assert classes[2] == "Holding something next to something" and len(classes) == 4
+    assert [r.label for r in recs] == [2, 1, 3]
+    assert recs[0].path == str(tmp_path / "78687.webm") and recs[0].video_id == "78687"
+    assert recs[0].caption == "holding potato next to vicks vaporub bottle"
+    val, _ = load_annotations("ssv2", tmp_path, DATA / "ssv2", subset="val")
+    assert [(r.video_id, r.label) for r in val] == [("74225", 0), ("116154", 3)]
+    test, _ = load_annotations("ssv2", tmp_path, DATA / "ssv2" / "test.json")
+    assert [r.label for r in test] == [-1, -1]
+
+
+def test_ssv2_unknown_template_names_line(tmp_path):
+    shutil.copy(DATA / "ssv2" / "labels.json", tmp_path / "labels.json")
+    items = json.loads((DATA / "ssv2" / "train.json").read_text())
+    items[1]["template"] = "Juggling [something]"
+    (tmp_path / "train.json").write_text("[\n" + ",\n".join(json.dumps(i) for i in items) + "\n]\n")
+    with pytest.raises(AnnotationError, match=r"train\.json:3: template 'Juggling"):
+        load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+
+
+@pytest.mark.parametrize("split,subset,expected", [
+    (1, "train", [0, 0, 1, 2, 3]), (1, "test", [0, 1, 3]), (2, "train", [0, 2]), (2, "test", [0]),
+])
+def test_ucf101_splits(tmp_path, split, subset, expected):
+    recs, classes = load_annotations("ucf101", tmp_path, DATA / "ucf101" / "ucfTrainTestlist",
+                                     split=split, subset=subset)
+    assert classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery", "HandstandPushups"]
+    assert [r.label for r in recs] == expected
+    assert all("\r" not in r.path for r in recs)  # CRLF as shipped
+    assert recs[0].path.startswith(str(tmp_path / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_"))
+
+
+def test_ucf101_label_mismatch_is_reported(tmp_path):
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "trainlist01.txt").write_text("Archery/v_Archery_g01_c01.avi 1\r\n")
+    with pytest.raises(AnnotationError, match=r"trainlist01\.txt:1: label 1 disagrees"):
+        load_annotations("ucf101", tmp_path, folder)
+
+
+@pytest.mark.parametrize("split,subset,expected", [
+    (1, "train", [("brush_hair", "April_09_brush_hair_u_nm_np1_ba_goo_0"),
+                  ("cartwheel", "Bodenturnen_2004_cartwheel_f_cm_np1_le_med_0"),
+                  ("catch", "96-_Torwarttraining_1_catch_f_cm_np1_le_bad_0")]),
+    (2, "test", [("brush_hair", "April_09_brush_hair_u_nm_np1_ba_goo_0"),
+                 ("catch", "96-_Torwarttraining_1_catch_f_cm_np1_le_bad_0")]),
+])
+def test_hmdb51_split_files(tmp_path, split, subset, expected):
+    recs, classes = load_annotations("hmdb51", tmp_path, DATA / "hmdb51" / "testTrainMulti_7030_splits",
+                                     split=split, subset=subset)
+    assert classes == ["brush_hair", "cartwheel", "catch"]
+    assert [(classes[r.label], r.video_id) for r in recs] == expected
+    assert recs[0].path == str(tmp_path / expected[0][0] / (expected[0][1] + ".avi"))
+
+
+def test_diving48(tmp_path):
+    recs, classes = load_annotations("diving48", tmp_path, DATA / "diving48", subset="train")
+    assert len(classes) == 48 and classes[0] == "Back 15som NoTwis PIKE"
+    assert [(r.video_id, r.label) for r in recs] == [("-mmq0PT-u8k_00155", 26), ("-mmq0PT-u8k_00156", 0),
+                                                     ("1HkqRRC2tdY_00013", 47)]
+    assert (recs[2].start_frame, recs[2].end_frame) == (30, 146)
+    assert recs[0].path == str(tmp_path / "rgb" / "-mmq0PT-u8k_00155.mp4")
+    test, _ = load_annotations("diving48", tmp_path, DATA / "diving48" / "Diving48_V2_test.json")
+    assert [r.label for r in test] == [12, 26]
+
+
+def test_epic55_actions_verbs_nouns(tmp_path):
+    (tmp_path / "P01" / "P01_01").mkdir(parents=True)
+    recs, classes = load_annotations("epic55", tmp_path, DATA / "epic55" / "EPIC_train_action_labels.csv")
+    pairs = [(r.targets["verb"], r.targets["noun"]) for r in recs]
+    assert pairs == [(3, 8), (6, 114), (4, 8), (3, 10), (0, 31), (2, 13)]
+    order = sorted(set(pairs))
+    assert [r.label for r in recs] == [order.index(p) for p in pairs]
+    assert classes[recs[0].label] == "open door" and len(classes) == 6
+    assert recs[0].path == str(tmp_path / "P01" / "P01_01")
+    assert (recs[0].start_frame, recs[0].end_frame) == (7, 202)  # 1-based inclusive 8..202
+    assert recs[5].caption == "wash cup and spoon" and recs[5].video_id == "5"
+    val, val_classes = load_annotations("epic55", tmp_path, DATA / "epic55" / "EPIC_val_action_labels.csv")
+    assert val_classes == classes  # ids from the training file next to it
+    assert [r.label for r in val] == [recs[0].label, recs[4].label]
+
+
+def test_unknown_format_and_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="format"):
+        load_annotations("kinetics", tmp_path, DATA / "k400" / "train.csv")
+    with pytest.raises(AnnotationError, match="not found"):
+        load_annotations("csv", tmp_path, tmp_path / "nope.csv")
+    with pytest.raises(AnnotationError, match="no \\*_test_split3"):
+        load_annotations("hmdb51", tmp_path, DATA / "hmdb51" / "testTrainMulti_7030_splits", split=3)

