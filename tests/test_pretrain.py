@@ -81,3 +81,27 @@ def test_corrupt_video_is_counted_not_fatal(synth_root, tmp_path):
     run = pretrain(cfg_for(root, tmp_path / "run", "train.epochs=1"))
     records = read_metrics(run / "metrics.jsonl")
     assert records[-1]["load_failures"] >= 1
+
+
+@pytest.mark.parametrize("objective", ["mae", "mae+contrastive", "contrastive"])
+def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
+    """Captions -> cached CLIP text embeddings -> InfoNCE logged in every objective (Figure 4)."""
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.models import load_pretraining_model
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1",
+                  f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
+                  f"contrastive.objective={objective}", "contrastive.text_projection=true",
+                  "contrastive.proj_dim=32")
+    run = pretrain(cfg)
+    records = read_metrics(run / "metrics.jsonl")
+    assert all(r["loss_nce"] > 0 for r in records)
+    if objective == "contrastive":
+        assert all("loss_mse" not in r for r in records)
+        assert records[0]["loss"] == pytest.approx(records[0]["loss_nce"])
+    elif objective == "mae":
+        assert records[0]["loss"] == pytest.approx(records[0]["loss_mse"])
+    else:
+        assert records[0]["loss"] == pytest.approx(records[0]["loss_mse"] + records[0]["loss_nce"], rel=1e-5)
+    assert load_pretraining_model(run / "model.safetensors").arch.num_frames == 4

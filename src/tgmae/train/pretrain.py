@@ -23,47 +23,74 @@ from tgmae.train.optim import param_groups
 log = logging.getLogger("tgmae")
 
 
-def build_video_dataset(cfg: RunConfig, subset: str, train: bool, with_masks: bool) -> Dataset:
+def build_video_dataset(cfg: RunConfig, subset: str, train: bool, with_masks: bool,
+                        captions=None) -> Dataset:
     """Annotations -> VideoDataset with the run's mask generator (made per sample, in workers).
 
-    The caption provider is built here, in the main process, so caption embeddings missing from
-    the cache are computed once before DataLoader workers start.
+    `captions` (a CaptionProvider) is built by the caller in the main process, so caption
+    embeddings missing from the cache are computed once, before DataLoader workers start.
     """
-    from tgmae.captions.provider import CaptionProvider
     from tgmae.data.dataset import build_dataset
     from tgmae.masking import build_mask_generator
 
-    return build_dataset(
-        cfg.data, subset, train=train, token_grid=cfg.token_grid,
-        mask_generator=build_mask_generator(cfg.masking) if with_masks else None,
-        captions=CaptionProvider.from_config(cfg.captions), seed=cfg.train.seed,
-    )
+    generator = None
+    if with_masks:
+        generator = build_mask_generator(cfg.masking, captions_file=cfg.captions.file)
+    return build_dataset(cfg.data, subset, train=train, token_grid=cfg.token_grid,
+                         mask_generator=generator, captions=captions, seed=cfg.train.seed)
 
 
 class PretrainTask:
-    """batch -> MSE on masked tokens. The model is tgmae.models.VideoMAEPretrainer."""
+    """batch -> loss for VideoMAE pretraining, optionally with masked video-text InfoNCE.
+
+    Without captions the model is a `VideoMAEPretrainer` (MSE on masked tokens). With
+    `captions.file` it is a `VideoTextPretrainer` whose `contrastive.objective` picks what is
+    optimized; the InfoNCE value is logged in every objective (paper Figure 4).
+    """
 
     name = "pretrain"
-    find_unused_parameters = False
+    find_unused_parameters = False  # every objective freezes what it does not use
 
     def __init__(self, cfg: RunConfig, dataset: Optional[Dataset] = None):
         self.cfg = cfg
         self._dataset = dataset
+        self._captions = None
+        self._text_table: Optional[torch.Tensor] = None
+
+    @property
+    def captions(self):
+        """The run's CaptionProvider (None without captions.file), built once."""
+        if self._captions is None and self.cfg.captions.file:
+            from tgmae.captions.provider import CaptionProvider
+
+            self._captions = CaptionProvider.from_config(self.cfg.captions)
+        return self._captions
 
     def build_model(self) -> nn.Module:
-        from tgmae.models import build_pretraining_model
+        from tgmae.models import build_pretraining_model, load_pretraining_model
 
-        model = build_pretraining_model(self.cfg.model, self.cfg.data.num_frames, self.cfg.data.image_size)
-        if self.cfg.model.pretrained:
-            from tgmae.models import load_pretraining_model
+        c = self.cfg
+        frames, size = c.data.num_frames, c.data.image_size
+        pixels = dict(pixel_mean=tuple(c.data.mean), pixel_std=tuple(c.data.std))
+        if self.captions is None:
+            model = mae = build_pretraining_model(c.model, frames, size, **pixels)
+        else:
+            from tgmae.models.video_text import build_video_text_model
 
-            source = load_pretraining_model(self.cfg.model.pretrained)
-            model.load_state_dict(source.state_dict())
+            if self.captions.embeddings is None:
+                raise ValueError("captions need text embeddings for the contrastive head: set "
+                                 "captions.clip_model (a CLIP name or path)")
+            model = build_video_text_model(c.model, c.contrastive, frames, size,
+                                           text_dim=self.captions.embeddings.shape[1], **pixels)
+            mae = model.mae
+        if c.model.pretrained:
+            mae.load_state_dict(load_pretraining_model(c.model.pretrained).state_dict())
         return model
 
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
-            self._dataset = build_video_dataset(self.cfg, "train", train=True, with_masks=True)
+            self._dataset = build_video_dataset(self.cfg, "train", train=True, with_masks=True,
+                                                captions=self.captions)
         return self._dataset
 
     def param_groups(self, model: nn.Module) -> list[dict]:
@@ -71,8 +98,20 @@ class PretrainTask:
                             skip=set(model.no_weight_decay()))
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        out = model(batch["video"], batch["mask"])
-        return StepOutput(out.loss, {"loss_mse": out.loss.detach()})
+        if self.captions is None:
+            out = model(batch["video"], batch["mask"])
+            return StepOutput(out.loss, {"loss_mse": out.loss.detach()})
+        ids = batch["caption_id"]
+        if self._text_table is None or self._text_table.device != ids.device:
+            self._text_table = self.captions.embeddings.to(ids.device, torch.float32)
+        out = model(batch["video"], batch["mask"], self._text_table[ids], ids)
+        return StepOutput(out.loss, out.metrics())
+
+
+def mae_part(model: nn.Module) -> nn.Module:
+    """The VideoMAEPretrainer inside a task model (itself, or `.mae` of the video-text wrapper)."""
+    model = unwrap(model)
+    return getattr(model, "mae", model)
 
 
 def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, out_dir: Path,
@@ -90,7 +129,7 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
         out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", "lr"], out_dir / "loss_curve.png",
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
     sample = dataset[index]
-    model = unwrap(model).eval()
+    model = mae_part(model).eval()
     video = sample["video"][None]
     mask = sample["mask"][None]
     with torch.no_grad():
@@ -114,7 +153,7 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
     trainer = Trainer(task, cfg, hooks=hooks)
     result = trainer.fit()
     if trainer.dist.is_main:
-        save_pretraining_model(result.model, result.output_dir / "model.safetensors")
+        save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors")
         figures = write_pretrain_figures(result.model, task.train_dataset(), cfg, result.output_dir)
         for name, path in figures.items():
             log.info("%s: %s", name, path)

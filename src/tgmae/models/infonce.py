@@ -1,0 +1,261 @@
+"""Symmetric video-text InfoNCE over the global batch (paper section 3.4, eq. 4).
+
+loss = (L_v->t + L_t->v) / 2 with logits = cos(v_i, t_j) / tau on L2-normalized embeddings,
+computed in fp32 with autocast off (bf16 logits would lose ~0.5% of a logit of 1 / 0.07).
+
+Under torch.distributed (any backend, gloo/CPU included) the negatives are the global batch:
+each rank gathers every rank's embeddings and caption ids, computes the loss of its own rows
+(local queries against all global keys, both directions) and the gather sends gradient back to
+the local shard: its backward all-reduces (sums) the gradient over ranks and keeps the local
+slice, i.e. each shard receives the gradient of the *sum* of the rank losses. DDP then averages
+over ranks, so the optimized gradient is exactly that of the mean of the rank losses, which is
+the single-process loss of the concatenated batch (all ranks must hold the same local batch
+size, as DDP with drop_last gives). Gathering only happens when asked (`gather=True`, the
+`InfoNCE` module does it in training mode only): evaluation on one rank never blocks.
+
+Duplicate captions (same `caption_id`, e.g. two clips of one class with the same oracle caption)
+are never negatives of each other. Choice: **mask them out of the denominators, and count each
+distinct caption once as a candidate**:
+- video -> text: row i is a softmax over the *distinct* captions of the (global) batch: its own
+  caption (column i) plus the first occurrence of every other caption id. A caption drawn by k
+  clips is one text, so it is neither a negative of its own clips nor k-fold weighted as a
+  negative of the others.
+- text -> video: row i (the caption of clip i) is a softmax over the clips whose caption id
+  differs, plus clip i itself (the positive). The other clips of the same caption are positives
+  of that text, not negatives, so they leave the denominator; the clips themselves are distinct
+  samples, so clips of other captions all stay.
+Without duplicates (or `caption_id=None`) this is exactly the CLIP loss. Consequence, tested: a
+clip that repeats another clip's (caption, video) pair gets the losses of the original row, and
+adding it leaves the video -> text loss of every other row unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on 1 / tau (tau >= 0.01)
+LOGIT_SCALE_MIN = 1.0  # open_clip's lower clamp (tau <= 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd-aware collectives
+# --------------------------------------------------------------------------------------------
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """[B, ...] local -> [world * B, ...] in rank order; backward: all-reduce, local slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, world = dist_rank_world()
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+class _AllReduceWithGrad(torch.autograd.Function):
+    """Sum over ranks; backward sums the incoming gradients over ranks too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.contiguous().clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [world * B, ...] (rank order); gradient flows back to this rank's rows.
+
+    Every rank must pass the same shape. Identity when not distributed. Without autograd
+    (no_grad or x not requiring grad) it is a plain all_gather.
+    """
+    _, world = dist_rank_world()
+    if world == 1:
+        return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GatherWithGrad.apply(x)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, differentiable (gradient = sum of the ranks' gradients). Identity when
+    not distributed."""
+    if dist_rank_world()[1] == 1:
+        return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _AllReduceWithGrad.apply(x)
+    y = x.contiguous().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# The loss
+# --------------------------------------------------------------------------------------------
+
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """[G] int -> [G] bool, True where ids[j] appears for the first time (in index order)."""
+    same = ids[:, None] == ids[None, :]  # [G, G]
+    return ~torch.tril(same, diagonal=-1).any(dim=1)
+
+
+def candidate_masks(local_ids: torch.Tensor, global_ids: torch.Tensor,
+                    offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys each local row may score against (the duplicate-caption rule, module doc).
+
+    local_ids [B], global_ids [G] (local rows sit at offset..offset+B-1) ->
+    (keep_v2t [B, G], keep_t2v [B, G]) bool; the positive (column offset + i) is always kept.
+    """
+    cols = torch.arange(global_ids.shape[0], device=global_ids.device)
+    rows = torch.arange(local_ids.shape[0], device=global_ids.device) + offset
+    positive = cols[None, :] == rows[:, None]  # [B, G]
+    other_caption = local_ids[:, None] != global_ids[None, :]  # [B, G]
+    keep_t2v = positive | other_caption
+    keep_v2t = positive | (other_caption & first_occurrence(global_ids)[None, :])
+    return keep_v2t, keep_t2v
+
+
+def info_nce_rows(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
+                  caption_id: Optional[torch.Tensor] = None,
+                  gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row InfoNCE terms of the local rows.
+
+    video [B, D], text [B, D] (paired by row; any norm, L2-normalized here), logit_scale = 1 / tau
+    (float or 0-D tensor, may require grad), caption_id [B] int64 >= 0 or None (all distinct),
+    gather: use the global batch as negatives when distributed.
+    -> (loss_v2t [B], loss_t2v [B]) fp32: -log softmax of the positive, row by row.
+    """
+    if video.dim() != 2 or video.shape != text.shape:
+        raise ValueError(f"video and text embeddings must both be [B, D], got {tuple(video.shape)} "
+                         f"and {tuple(text.shape)}")
+    b = video.shape[0]
+    if caption_id is None:
+        caption_id = torch.arange(b, device=video.device)  # all distinct (made global below)
+        distinct = True
+    else:
+        if caption_id.shape != (b,):
+            raise ValueError(f"caption_id must be [B] = [{b}], got {tuple(caption_id.shape)}")
+        if bool((caption_id < 0).any()):
+            raise ValueError("caption_id < 0 (a clip without a caption) cannot enter the contrastive "
+                             "loss: every clip needs a caption (check captions.file covers the data)")
+        distinct = False
+    caption_id = caption_id.to(device=video.device, dtype=torch.int64)
+    with torch.autocast(device_type=video.device.type, enabled=False):
+        v = F.normalize(video.float(), dim=-1)
+        t = F.normalize(text.float(), dim=-1)
+        rank, world = dist_rank_world() if gather else (0, 1)
+        offset = rank * b
+        if world > 1:
+            v_all, t_all = all_gather_with_grad(v), all_gather_with_grad(t)
+            if distinct:
+                ids_all = torch.arange(world * b, device=video.device)
+                caption_id = ids_all[offset:offset + b]
+            else:
+                ids_all = all_gather_with_grad(caption_id)
+        else:
+            v_all, t_all, ids_all = v, t, caption_id
+        scale = torch.as_tensor(logit_scale, device=v.device).float()
+        keep_v2t, keep_t2v = candidate_masks(caption_id, ids_all, offset)
+        target = torch.arange(b, device=v.device) + offset
+        logits_v2t = (scale * (v @ t_all.T)).masked_fill(~keep_v2t, float("-inf"))  # [B, G]
+        logits_t2v = (scale * (t @ v_all.T)).masked_fill(~keep_t2v, float("-inf"))  # [B, G]
+        loss_v2t = F.cross_entropy(logits_v2t, target, reduction="none")
+        loss_t2v = F.cross_entropy(logits_t2v, target, reduction="none")
+    return loss_v2t, loss_t2v
+
+
+def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
+             caption_id: Optional[torch.Tensor] = None, gather: bool = True) -> torch.Tensor:
+    """Symmetric InfoNCE: video [B, D], text [B, D], logit_scale = 1 / tau, caption_id [B] or
+    None -> scalar (L_v->t + L_t->v) / 2, each a mean over the local rows. Under DDP the mean
+    of this value over ranks is the loss of the concatenated global batch (module doc)."""
+    loss_v2t, loss_t2v = info_nce_rows(video, text, logit_scale, caption_id, gather)
+    return 0.5 * (loss_v2t.mean() + loss_t2v.mean())
+
+
+class InfoNCE(nn.Module):
+    """Symmetric InfoNCE with a fixed or learnable temperature.
+
+    Args:
+        temperature: tau (initial value when learnable).
+        learnable: learn log(1 / tau) (CLIP's `logit_scale`), clamped in place to
+            [log 1, log 100] before every use (tau in [0.01, 1], as CLIP / open_clip clamp it).
+            Fixed: a buffer holding the same quantity, so checkpoints of both kinds share the key
+            `log_scale`.
+
+    forward(video [B, D], text [B, D], caption_id [B] or None) -> scalar. Gathers the global batch
+    in training mode only (so a single rank can evaluate without blocking).
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = False) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
+        if learnable and not 1.0 / LOGIT_SCALE_MAX <= temperature <= 1.0 / LOGIT_SCALE_MIN:
+            raise ValueError(
+                f"learnable temperature={temperature}: must start in [{1 / LOGIT_SCALE_MAX}, "
+                f"{1 / LOGIT_SCALE_MIN}], the clamped range"
+            )
+        self.learnable = learnable
+        value = torch.tensor(math.log(1.0 / temperature))
+        if learnable:
+            self.log_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("log_scale", value)
+
+    def logit_scale(self) -> torch.Tensor:
+        """1 / tau as a 0-D tensor (differentiable when learnable)."""
+        if self.learnable:
+            with torch.no_grad():
+                self.log_scale.clamp_(math.log(LOGIT_SCALE_MIN), math.log(LOGIT_SCALE_MAX))
+        return self.log_scale.exp()
+
+    @property
+    def temperature(self) -> float:
+        """Current tau (the clamped value when learnable)."""
+        log_scale = float(self.log_scale.detach())
+        if self.learnable:
+            log_scale = min(max(log_scale, math.log(LOGIT_SCALE_MIN)), math.log(LOGIT_SCALE_MAX))
+        return math.exp(-log_scale)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor,
+                caption_id: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return info_nce(video, text, self.logit_scale(), caption_id, gather=self.training)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:.4g}, learnable={self.learnable}"
+
+
+__all__ = [
+    "InfoNCE", "info_nce", "info_nce_rows", "candidate_masks", "first_occurrence",
+    "all_gather_with_grad", "all_reduce_with_grad", "dist_rank_world",
+    "LOGIT_SCALE_MAX", "LOGIT_SCALE_MIN",
+]

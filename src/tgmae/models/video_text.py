@@ -1,0 +1,285 @@
+"""Masked video-text contrastive learning on top of VideoMAE, and the unified objective
+(paper sections 3.4-3.5, Table 2, Figure 4).
+
+`VideoTextPretrainer` wraps a `VideoMAEPretrainer` (under the attribute / state-dict prefix
+`mae.`, so `load_pretraining_model` output plugs in as is and `save_pretraining_model(m.mae)`
+exports the official layout) and adds:
+- video embedding: mean of the encoder outputs over the visible tokens (the `latent` of the one
+  MAE encoder pass; no second pass) -> `ProjectionHead` (SimCLR-style MLP with global BN);
+- text embedding: the cached frozen CLIP text embedding of the caption drawn for the clip,
+  optionally through a learnable linear map (`text_projection`);
+- `InfoNCE`: symmetric, global-batch negatives under DDP, duplicate captions masked.
+
+Objectives (`ContrastiveConfig.objective`); the InfoNCE value is computed and reported in all:
+- `mae`: loss = MSE. InfoNCE runs under `torch.no_grad()` (no backward cost; Figure 4's
+  "without optimization" curve). The heads and the temperature are frozen (requires_grad False).
+- `contrastive`: loss = InfoNCE. The decoder never runs: `loss_mse` and `pred` are None, and the
+  decoder side (`encoder_to_decoder`, `mask_token`, `decoder.*`) is frozen.
+- `mae+contrastive`: loss = MSE + weight x InfoNCE.
+Freezing what an objective does not use means every parameter that requires grad gets one each
+step, so DDP runs with `find_unused_parameters=False` in every mode.
+
+Global BatchNorm: the head's `GlobalBatchNorm1d` takes its training statistics over the global
+batch whenever a process group with more than one rank is initialized (autograd-aware
+all-reduce; works with gloo on CPU, unlike `nn.SyncBatchNorm`, and with NCCL). Nothing has to
+be converted, and `nn.SyncBatchNorm.convert_sync_batchnorm` must not be applied to this model
+(it would swap these layers for SyncBatchNorm, which rejects CPU tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgmae.config import ContrastiveConfig, ModelConfig
+from tgmae.models.factory import build_pretraining_model
+from tgmae.models.infonce import InfoNCE, all_reduce_with_grad, dist_rank_world
+from tgmae.models.pretrainer import VideoMAEPretrainer
+
+OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """[B, C] -> [B, C] BatchNorm1d whose training statistics span every rank's batch.
+
+    Training mode: mean and (biased) variance over the global batch, two-pass, in fp32, through a
+    differentiable all-reduce when a process group of > 1 ranks is initialized (identical to
+    BatchNorm1d of the concatenated batch, gradients included); running statistics as
+    BatchNorm1d (unbiased variance, momentum). Eval mode: plain BatchNorm1d on the running
+    statistics, no communication. Same parameters and buffers as nn.BatchNorm1d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        if x.dim() != 2:
+            raise ValueError(f"GlobalBatchNorm1d expects [B, C], got {tuple(x.shape)}")
+        if x.shape[0] < 2 and dist_rank_world()[1] == 1:
+            raise ValueError(f"GlobalBatchNorm1d needs more than 1 value per channel in training, "
+                             f"got a batch of {x.shape[0]}")
+        xf = x.float()
+        count = torch.tensor([float(x.shape[0])], device=x.device)
+        stats = all_reduce_with_grad(torch.cat([xf.sum(dim=0), count]))  # [C + 1]
+        n = stats[-1].detach()  # global batch size
+        mean = stats[:-1] / n  # [C]
+        centered = xf - mean
+        var = all_reduce_with_grad((centered * centered).sum(dim=0)) / n  # [C], biased
+        y = centered * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                unbiased = var.detach() * (n / (n - 1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        return y.to(x.dtype)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR-style projection MLP: [B, in_dim] -> [B, out_dim].
+
+    Linear(in, hidden, no bias) - BN - ReLU - Linear(hidden, out, no bias) - BN(affine=False),
+    every BN a GlobalBatchNorm1d (global batch statistics under DDP, as SimCLR's global BN).
+    The output BN without affine follows SimCLR v2 / MoCo v3; the loss L2-normalizes after it.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim, bias=False)
+        self.bn1 = GlobalBatchNorm1d(hidden_dim)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden_dim, out_dim, bias=False)
+        self.bn2 = GlobalBatchNorm1d(out_dim, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.fc2(self.act(self.bn1(self.fc1(x)))))
+
+
+@dataclass
+class VideoTextOutput:
+    """loss: the objective's scalar; loss_mse: MSE on masked tokens (None for `contrastive`);
+    loss_nce: symmetric InfoNCE of the local rows (detached for `mae`; under DDP its mean over
+    ranks is the global-batch loss); pred [B, N_masked, P] or None; mask [B, N] bool (True =
+    masked); latent [B, N_vis, D] encoder output; video_embedding, text_embedding [B, proj_dim]
+    L2-normalized fp32; temperature: 0-D detached tau."""
+
+    loss: torch.Tensor
+    loss_mse: Optional[torch.Tensor]
+    loss_nce: torch.Tensor
+    pred: Optional[torch.Tensor]
+    mask: torch.Tensor
+    latent: torch.Tensor
+    video_embedding: torch.Tensor
+    text_embedding: torch.Tensor
+    temperature: torch.Tensor
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Detached scalars to log: loss_nce and temperature always, loss_mse when computed."""
+        out = {"loss_nce": self.loss_nce.detach(), "temperature": self.temperature}
+        if self.loss_mse is not None:
+            out["loss_mse"] = self.loss_mse.detach()
+        return out
+
+
+class VideoTextPretrainer(nn.Module):
+    """VideoMAE + masked video-text InfoNCE.
+
+    Args:
+        mae: the pretraining model (fresh, or from `load_pretraining_model`); kept as `self.mae`.
+        text_dim: width Dt of the cached text embeddings.
+        objective: "mae" | "contrastive" | "mae+contrastive".
+        weight: lambda on InfoNCE in "mae+contrastive" (unused by the other objectives).
+        temperature: tau (initial value when learnable).
+        learnable_temperature: learn tau (CLIP-style clamped log-parameter).
+        proj_dim: output width of the video projection head (and of the text side).
+        text_projection: learnable Linear(Dt, proj_dim, no bias) on the frozen text embedding.
+            Off, the text embedding is used as is, so Dt must equal proj_dim (else ValueError).
+        hidden_dim: projection head hidden width; None = the encoder width D.
+
+    forward(video [B, C, T, H, W], mask [B, N] bool (True = masked), text_embedding [B, Dt],
+    caption_id [B] int64 or None) -> VideoTextOutput. Masks are inputs: any generator works.
+    """
+
+    def __init__(self, mae: VideoMAEPretrainer, text_dim: int, *, objective: str = "mae",
+                 weight: float = 1.0, temperature: float = 0.07, learnable_temperature: bool = False,
+                 proj_dim: int = 256, text_projection: bool = False,
+                 hidden_dim: Optional[int] = None) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: expected one of {OBJECTIVES}")
+        if weight < 0:
+            raise ValueError(f"weight={weight}: must be >= 0")
+        if text_dim <= 0 or proj_dim <= 0:
+            raise ValueError(f"text_dim={text_dim}, proj_dim={proj_dim}: must be > 0")
+        if not text_projection and text_dim != proj_dim:
+            raise ValueError(
+                f"text embeddings have {text_dim} dims but contrastive.proj_dim={proj_dim}: set "
+                f"contrastive.text_projection=true (learnable {text_dim} -> {proj_dim} map) or "
+                f"contrastive.proj_dim={text_dim}"
+            )
+        self.objective = objective
+        self.weight = float(weight)
+        self.text_dim = text_dim
+        self.proj_dim = proj_dim
+        self.mae = mae
+        d = mae.arch.embed_dim
+        self.video_head = ProjectionHead(d, hidden_dim or d, proj_dim)
+        self.text_proj = nn.Linear(text_dim, proj_dim, bias=False) if text_projection else nn.Identity()
+        self.nce = InfoNCE(temperature, learnable_temperature)
+        if objective == "mae":
+            for module in (self.video_head, self.text_proj, self.nce):
+                module.requires_grad_(False)
+        elif objective == "contrastive":
+            for p in self.decoder_parameters():
+                p.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, mae: VideoMAEPretrainer, cfg: ContrastiveConfig,
+                    text_dim: int) -> "VideoTextPretrainer":
+        """Wrap `mae` with the `contrastive` config section."""
+        return cls(mae, text_dim, objective=cfg.objective, weight=cfg.weight,
+                   temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
+                   proj_dim=cfg.proj_dim, text_projection=cfg.text_projection)
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def embed_video(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent [B, N_vis, D] -> [B, proj_dim]: mean over visible tokens, projection head."""
+        return self.video_head(latent.mean(dim=1))
+
+    def embed_text(self, text_embedding: torch.Tensor) -> torch.Tensor:
+        """[B, Dt] frozen text embedding -> [B, proj_dim] (identity without text_projection)."""
+        return self.text_proj(text_embedding.float())
+
+    def forward_contrastive(
+        self, latent: torch.Tensor, text_embedding: torch.Tensor, caption_id: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latent [B, N_vis, D], text [B, Dt], caption_id [B] -> (video_emb, text_emb, loss_nce);
+        embeddings [B, proj_dim] L2-normalized fp32."""
+        v = self.embed_video(latent)
+        t = self.embed_text(text_embedding)
+        loss = self.nce(v, t, caption_id)
+        return F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1), loss
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor, text_embedding: torch.Tensor,
+                caption_id: Optional[torch.Tensor] = None) -> VideoTextOutput:
+        b = video.shape[0]
+        if text_embedding.shape != (b, self.text_dim):
+            raise ValueError(f"text_embedding must be [B, Dt] = [{b}, {self.text_dim}], "
+                             f"got {tuple(text_embedding.shape)}")
+        loss_mse = pred = None
+        if self.objective == "contrastive":  # encoder + heads only: the decoder never runs
+            latent = self.mae.forward_encoder(video, self.mae.split(mask))
+        else:
+            mae_out = self.mae(video, mask)
+            latent, pred, loss_mse = mae_out.latent, mae_out.pred, mae_out.loss
+        if self.objective == "mae":
+            with torch.no_grad():
+                v, t, loss_nce = self.forward_contrastive(latent.detach(), text_embedding, caption_id)
+            loss = loss_mse
+        else:
+            v, t, loss_nce = self.forward_contrastive(latent, text_embedding, caption_id)
+            loss = loss_nce if self.objective == "contrastive" else loss_mse + self.weight * loss_nce
+        return VideoTextOutput(
+            loss=loss, loss_mse=loss_mse, loss_nce=loss_nce, pred=pred, mask=mask, latent=latent,
+            video_embedding=v, text_embedding=t,
+            temperature=torch.exp(-self.nce.log_scale.detach()),  # clamped by the loss call
+        )
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The MAE decoder side: everything of `mae` outside its encoder (encoder_to_decoder,
+        mask_token, decoder.*)."""
+        return (p for n, p in self.mae.named_parameters() if not n.startswith("encoder."))
+
+    def no_weight_decay(self) -> set[str]:
+        """MAE's no-decay names (prefixed) and the temperature."""
+        return {f"mae.{n}" for n in self.mae.no_weight_decay()} | {"nce.log_scale"}
+
+    @property
+    def arch(self):
+        return self.mae.arch
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.mae.encoder
+
+    @property
+    def num_layers(self) -> int:
+        return self.mae.num_layers
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay id: MAE's for `mae.*`, the last id for the heads."""
+        if name.startswith("mae."):
+            return self.mae.layer_id(name[len("mae."):])
+        return self.mae.num_layers - 1
+
+    def param_layer_ids(self) -> dict[str, int]:
+        return {n: self.layer_id(n) for n, _ in self.named_parameters()}
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective!r}, weight={self.weight}, text_dim={self.text_dim}"
+
+
+def build_video_text_model(model_cfg: ModelConfig, contrastive_cfg: ContrastiveConfig,
+                           num_frames: int, image_size: int, text_dim: int,
+                           pixel_mean: Optional[tuple[float, ...]] = None,
+                           pixel_std: Optional[tuple[float, ...]] = None) -> VideoTextPretrainer:
+    """`model` + `contrastive` sections, clip geometry and the text embedding width -> fresh
+    VideoTextPretrainer (initialized from the default torch generator, like
+    `build_pretraining_model`; load pretrained MAE weights into `.mae`)."""
+    mae = build_pretraining_model(model_cfg, num_frames, image_size, pixel_mean, pixel_std)
+    return VideoTextPretrainer.from_config(mae, contrastive_cfg, text_dim)
+
+
+__all__ = [
+    "OBJECTIVES", "GlobalBatchNorm1d", "ProjectionHead", "VideoTextOutput", "VideoTextPretrainer",
+    "build_video_text_model",
+]
