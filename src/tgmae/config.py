@@ -228,12 +228,20 @@ class EvalConfig:
     cutmix: float = 0.0  # cutmix alpha (VideoMAE finetune: 1.0)
     probe_optimizer: str = "lars"  # lars | sgd
     head_init_scale: float = 0.001
+    head_dropout: float = 0.0  # dropout before the classifier head
+    feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
+    retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
+    class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
 
     def __post_init__(self) -> None:
         if self.probe_optimizer not in ("lars", "sgd"):
             raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        if self.retrieval_text not in ("classes", "captions"):
+            raise ConfigError(f"eval.retrieval_text={self.retrieval_text!r}: expected classes|captions")
+        if "{}" not in self.class_prompt:
+            raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: needs a {{}} for the class name")
 
 
 @dataclass

@@ -144,7 +144,9 @@ class Trainer:
         min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
         warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
 
-        optimizer = build_optimizer(task.param_groups(model), o, device)
+        # A task may bring its own optimizer (the linear probe's LARS); AdamW otherwise.
+        make_optimizer = getattr(task, "build_optimizer", build_optimizer)
+        optimizer = make_optimizer(task.param_groups(model), o, device)
         scaler = make_grad_scaler(precision, device)
 
         position = ckpt.TrainPosition()

@@ -1,0 +1,138 @@
+"""Frozen-encoder features for the linear probe: extracted once, cached on disk.
+
+Feature of a clip = mean over all tokens of the encoder output (no mask, the encoder's own final
+norm kept), fp32. A sample with several views ([V, C, T, H, W]) gets the mean of its views'
+features. Extraction is sharded over DDP ranks and gathered in memory (`evaluate.sharded`).
+
+Cache: `<dir>/<key>.safetensors` with `features` [N, D] float32, `labels` [N] int64 and
+metadata (the key's inputs as JSON). The key hashes the encoder weights (content, not path),
+the clip geometry and the data settings that decide which pixels a clip holds; DataLoader workers,
+training augmentation and seeds do not enter it. Files are written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.evaluate.sharded import all_gather_objects, default_device, map_dataset, world
+from tgmae.train.precision import autocast
+
+log = logging.getLogger("tgmae")
+
+CACHE_VERSION = 1
+POOLING = "mean-all-tokens"
+
+
+@torch.no_grad()
+def pooled_features(encoder: nn.Module, video: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """video [B, C, T, H, W] or [B, V, C, T, H, W] -> [B, D] float32 mean-pooled encoder output."""
+    views = video.dim() == 6
+    clips = video.flatten(0, 1) if views else video
+    with autocast(precision, clips.device):
+        feats = encoder(clips).mean(dim=1).float()
+    return feats.view(video.shape[0], video.shape[1], -1).mean(dim=1) if views else feats
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
+                     num_workers: int = 0, device: Optional[torch.device] = None,
+                     progress: bool = False) -> dict[str, torch.Tensor]:
+    """{features [N, D] float32, label [N], index [N], load_failures [N]} in dataset order."""
+    device = device or default_device(encoder)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return map_dataset(dataset, lambda b: {"features": pooled_features(encoder, b["video"], precision)},
+                           batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+                           desc="features")
+    finally:
+        encoder.train(was_training)
+
+
+def _file_fingerprint(path: str, root: str) -> str:
+    """sha256 of an annotation file (found from the working directory or under root), else its path."""
+    p = Path(path)
+    if not p.exists() and root:
+        p = Path(root) / path
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    return str(p.resolve()) if str(path) else ""
+
+
+def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str) -> tuple[str, dict]:
+    """(key, inputs): the cache key of one subset's features and what it was computed from."""
+    d = data_cfg
+    ann = d.train_annotations if subset == "train" else d.val_annotations
+    inputs = {
+        "version": CACHE_VERSION, "pooling": POOLING, "encoder": encoder_digest, "subset": subset,
+        "data": {"format": d.format, "root": str(Path(d.root).resolve()) if d.root else "",
+                 "annotations": ann, "annotations_sha256": _file_fingerprint(ann, d.root), "split": d.split,
+                 "num_frames": d.num_frames, "frame_stride": d.frame_stride, "sampling": d.sampling,
+                 "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std)},
+    }
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    return key, inputs
+
+
+def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The cached tensors, or None when the file is missing or unreadable (then recomputed)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        data = load_file(str(path))
+    except Exception as e:  # a damaged cache is recomputed, not fatal
+        log.warning("ignoring unreadable feature cache %s (%s)", path, e)
+        return None
+    if "features" not in data or "labels" not in data:
+        return None
+    return data
+
+
+def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, inputs: dict) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
+                  metadata={"inputs": json.dumps(inputs, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[Path], inputs: Optional[dict] = None,
+                    **extract_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D], labels [N]) from `cache_path` when present (on every rank), else
+    extracted (all ranks) and written there by rank 0. cache_path None = no caching."""
+    if cache_path is not None:
+        cached = read_cached(cache_path)
+        ok = cached is not None and cached["features"].shape[0] == len(dataset)
+        if all(all_gather_objects(ok)):
+            log.info("features from cache %s", cache_path)
+            return cached["features"], cached["labels"]
+    out = extract_features(encoder, dataset, **extract_kwargs)
+    failures = int(out["load_failures"].sum())
+    if cache_path is not None and world()[0] == 0:
+        if failures:
+            log.warning("%d unreadable videos were replaced while extracting features; not caching them", failures)
+        else:
+            write_cached(cache_path, out["features"], out["label"], inputs or {})
+    return out["features"], out["label"]
+
+
+__all__ = ["pooled_features", "extract_features", "feature_cache_key", "cached_features", "read_cached",
+           "write_cached", "POOLING"]

@@ -1,0 +1,199 @@
+"""Finetuning as a Task for the shared loop: a VideoClassifier on a pretrained encoder.
+
+`tgmae finetune -c configs/... model.pretrained=PATH` (VideoMAE's recipe, `recipes.FINETUNE_RECIPE`,
+under the YAML and overrides): layer-wise lr decay (`optim.layer_decay`), drop path
+(`model.drop_path`), label smoothing, mixup / cutmix (`eval.*`), warmup + cosine; top-1 / top-5
+on the single-view val set after every epoch; at the end `classifier.safetensors` and a
+multi-view test (`data.test_temporal_views` x `data.test_spatial_views`) in `test_results.json`.
+PATH: ours, an official VideoMAE .pth, a transformers directory, or a training checkpoint/run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.config import RunConfig
+from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
+from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
+from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.train.loop import StepOutput, Trainer
+from tgmae.train.optim import param_groups
+from tgmae.train.precision import resolve_precision
+
+log = logging.getLogger("tgmae")
+
+
+def head_dropout(cfg: RunConfig) -> float:
+    """Dropout before the classifier head (`eval.head_dropout` where the config has it, else 0)."""
+    return float(cfg.eval.head_dropout)
+
+
+def resolve_num_classes(cfg: RunConfig, dataset: Dataset) -> int:
+    """eval.num_classes, else the dataset's class names, else max label + 1 over its records."""
+    if cfg.eval.num_classes is not None:
+        return int(cfg.eval.num_classes)
+    names = getattr(dataset, "class_names", None)
+    if names:
+        return len(names)
+    records = getattr(dataset, "records", None)
+    if records:
+        return max(int(r.label) for r in records) + 1
+    raise ValueError("cannot tell the number of classes: set eval.num_classes")
+
+
+class FinetuneTask:
+    """batch {video [B, C, T, H, W], label [B]} -> cross-entropy (soft targets under mixup/cutmix).
+
+    train_data / val_data: datasets to use instead of the ones `cfg.data` names (tests, the study);
+    val_data None and no `data.val_annotations` = no per-epoch evaluation.
+    """
+
+    name = "finetune"
+    find_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
+                 num_classes: Optional[int] = None) -> None:
+        self.cfg = cfg
+        self._train = train_data
+        self._val = val_data
+        self._num_classes = num_classes
+
+    # -- data ------------------------------------------------------------------------------------
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            from tgmae.data.dataset import build_dataset
+
+            self._train = build_dataset(self.cfg.data, "train", augment="finetune", seed=self.cfg.train.seed)
+        return self._train
+
+    def val_dataset(self) -> Optional[Dataset]:
+        if self._val is None and self.cfg.data.val_annotations:
+            from tgmae.data.dataset import build_dataset
+
+            self._val = build_dataset(self.cfg.data, "val", train=False, seed=self.cfg.train.seed)
+        return self._val
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = resolve_num_classes(self.cfg, self.train_dataset())
+        return self._num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(getattr(self.train_dataset(), "class_names", None) or [])
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_model(self) -> VideoClassifier:
+        c = self.cfg
+        common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
+        if c.model.pretrained:
+            model = build_classifier(c.model.pretrained, self.num_classes, num_frames=c.data.num_frames,
+                                     image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
+            log.info("finetuning the encoder of %s", c.model.pretrained)
+        else:
+            from tgmae.models.arch import arch_from_config
+
+            log.warning("model.pretrained is empty: finetuning from random initialization")
+            arch = classifier_arch(arch_from_config(c.model, c.data.num_frames, c.data.image_size))
+            model = VideoClassifier(arch, self.num_classes, **common)
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        o = self.cfg.optim
+        return param_groups(model.named_parameters(), o.weight_decay, skip=model.no_weight_decay(),
+                            layer_id=model.layer_id, num_layers=model.depth, layer_decay=o.layer_decay)
+
+    # -- step / evaluation -----------------------------------------------------------------------
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        e = self.cfg.eval
+        video, labels = batch["video"], batch["label"].long()
+        if e.mixup > 0 or e.cutmix > 0:
+            mixed = mix_batch(video, labels, self.num_classes, mixup_alpha=e.mixup, cutmix_alpha=e.cutmix,
+                              smoothing=e.label_smoothing)
+            logits = model(mixed.video)
+            loss = soft_cross_entropy(logits, mixed.targets)
+            return StepOutput(loss, {"mix_lambda": mixed.lam})
+        logits = model(video)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=e.label_smoothing)
+        return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Single-view top-1 / top-5 on the val set (all ranks take part; results are global)."""
+        val = self.val_dataset()
+        if val is None:
+            return {}
+        res = self.test(model, val)
+        return {"val_top1": res.top1, "val_top5": res.top5, "val_loss": res.loss}
+
+    def test(self, model: nn.Module, dataset: Dataset) -> ClassificationResult:
+        device = next(model.parameters()).device
+        return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
+                                   precision=resolve_precision(self.cfg.train.precision, device),
+                                   num_workers=self.cfg.data.num_workers, device=device)
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    classifier_path: Optional[Path]  # rank 0 only
+    history: list[dict]
+    test: Optional[ClassificationResult]  # multi-view test; None without a test set
+
+
+def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
+             val_data: Optional[Dataset] = None, test_data: Optional[Dataset] = None,
+             num_classes: Optional[int] = None) -> FinetuneResult:
+    """Finetune, save `classifier.safetensors`, then run the multi-view test.
+
+    test_data: the multi-view test set; default `MultiViewDataset` over `data.val_annotations`
+    (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
+    """
+    task = FinetuneTask(cfg, train_data, val_data, num_classes)
+    trainer = Trainer(task, cfg, hooks=hooks)
+    fit = trainer.fit()
+    out, is_main = fit.output_dir, trainer.dist.is_main
+    names = task.class_names
+    path = save_classifier(fit.model, out / "classifier.safetensors", names) if is_main else None
+    if test_data is None and cfg.data.val_annotations:
+        from tgmae.data.dataset import build_dataset
+
+        test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
+    test = task.test(fit.model, test_data) if test_data is not None else None
+    if is_main:
+        summary: dict[str, Any] = {"classifier": str(path), "num_classes": task.num_classes}
+        val = [r for r in fit.history if "val_top1" in r]
+        if val:
+            summary.update(val_top1=val[-1]["val_top1"], val_top5=val[-1]["val_top5"])
+        if test is not None:
+            test_summary = test.summary(names)
+            (out / "test_results.json").write_text(json.dumps(test_summary, indent=2))
+            summary.update(test_top1=test.top1, test_top5=test.top5, test_views=test.num_views,
+                           test_mean_class_accuracy=test.mean_class_accuracy)
+            log.info("multi-view test: top-1 %.4f top-5 %.4f (%d videos x %d views)", test.top1, test.top5,
+                     test.num_videos, test.num_views)
+        (out / "finetune_results.json").write_text(json.dumps(summary, indent=2))
+    return FinetuneResult(out, path, fit.history, test)
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.evaluate.recipes import FINETUNE_RECIPE, parse_with_recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg, _ = parse_with_recipe("finetune", argv, FINETUNE_RECIPE, description=__doc__.splitlines()[0])
+    result = finetune(cfg)
+    print(f"run directory: {result.output_dir}")
+    if result.test is not None:
+        print(f"test top-1 {result.test.top1:.4f}  top-5 {result.test.top5:.4f}")
+    return 0
+
+
+__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "resolve_num_classes", "main"]

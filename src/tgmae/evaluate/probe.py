@@ -1,0 +1,234 @@
+"""Linear probe as a Task for the shared loop, on features of a frozen encoder (MAE's protocol).
+
+`tgmae probe -c configs/... model.pretrained=PATH` (MAE's recipe, `recipes.PROBE_RECIPE`, under
+the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
+clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
+(`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
+trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
+decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
+go to `<train.output_dir>/probe_results.json`.
+
+The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
+task has one (LARS / SGD here), else its AdamW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.config import OptimConfig, RunConfig
+from tgmae.evaluate.lars import LARS
+from tgmae.evaluate.metrics import topk_accuracy
+from tgmae.train.loop import StepOutput, Trainer
+from tgmae.train.optim import param_groups
+
+log = logging.getLogger("tgmae")
+
+
+class ProbeHead(nn.Module):
+    """features [B, D] -> logits [B, K]: BatchNorm1d without affine (eps 1e-6), then Linear."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(features))
+
+
+class FeatureDataset(Dataset):
+    """Cached features as a dataset: {features [D], label, index, load_failures}."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
+        self.features = features.float()
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"features": self.features[i], "label": self.labels[i], "index": i, "load_failures": 0}
+
+
+def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig) -> torch.optim.Optimizer:
+    """LARS (momentum 0.9, trust 0.001; biases and norms skip the adaptation) or SGD (momentum 0.9)."""
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    if kind == "lars":
+        return LARS(clean, lr=optim_cfg.base_lr, weight_decay=optim_cfg.weight_decay, momentum=0.9,
+                    trust_coefficient=0.001)
+    if kind == "sgd":
+        return torch.optim.SGD(clean, lr=optim_cfg.base_lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
+    raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd")
+
+
+class ProbeTask:
+    """batch {features [B, D], label [B]} -> cross-entropy of the linear head."""
+
+    name = "probe"
+    find_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int):
+        self.cfg = cfg
+        self.train = train
+        self.val = val
+        self.num_classes = num_classes
+
+    def build_model(self) -> ProbeHead:
+        return ProbeHead(self.train.features.shape[1], self.num_classes)
+
+    def train_dataset(self) -> Dataset:
+        return self.train
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return param_groups(model.named_parameters(), self.cfg.optim.weight_decay)
+
+    def build_optimizer(self, groups: list[dict], optim_cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+        return build_probe_optimizer(groups, self.cfg.eval.probe_optimizer, optim_cfg)
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        logits = model(batch["features"])
+        labels = batch["label"].long()
+        loss = F.cross_entropy(logits.float(), labels)
+        return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        return {f"val_{k}": v for k, v in score_probe(model, self.val).items()}
+
+
+@torch.no_grad()
+def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
+    model.train(was_training)
+    acc = topk_accuracy(logits, data.labels, (1, 5))
+    return {"top1": acc[1], "top5": acc[5], "loss": float(F.cross_entropy(logits, data.labels))}
+
+
+@dataclass
+class ProbeResult:
+    output_dir: Path
+    top1: float
+    top5: float
+    best_top1: float
+    history: list[dict]
+    model: ProbeHead
+
+
+def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
+                   cache_dir: Optional[str | Path] = None, progress: bool = True
+                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+    """Features of the train / val clips from `cfg.model.pretrained`'s frozen encoder, via the cache.
+
+    Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
+    given here are cached only under an explicit `cache_dir` and keyed by their length and the
+    encoder (the caller vouches they do not change). Returns (train, val or None, class names).
+    """
+    from tgmae.evaluate.features import cached_features, feature_cache_key
+    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.encoder import VideoViTEncoder
+    from tgmae.train.distributed import init_distributed
+    from tgmae.train.precision import resolve_precision
+
+    if not cfg.model.pretrained:
+        raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
+    dist_info = init_distributed(cfg.train.device)
+    device = dist_info.device
+    src = load_encoder_source(cfg.model.pretrained)
+    arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
+    encoder = VideoViTEncoder(arch)
+    encoder.load_state_dict(src.encoder)
+    encoder.requires_grad_(False).to(device).eval()
+    digest = src.digest()
+    from_cfg = {"train": train_data is None, "val": val_data is None}
+    if train_data is None:
+        from tgmae.data.dataset import build_dataset
+
+        train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
+    if val_data is None and cfg.data.val_annotations:
+        from tgmae.data.dataset import build_dataset
+
+        val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
+    root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
+    kwargs = dict(batch_size=cfg.train.batch_size, precision=resolve_precision(cfg.train.precision, device),
+                  num_workers=cfg.data.num_workers, device=device, progress=progress and cfg.log.progress)
+
+    def get(subset: str, data: Dataset) -> FeatureDataset:
+        if from_cfg[subset]:
+            key, inputs = feature_cache_key(digest, cfg.data, subset)
+            path: Optional[Path] = root / f"{subset}-{key}.safetensors"
+        elif cache_dir is not None:
+            inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": arch.num_frames,
+                      "image_size": arch.image_size}
+            key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+            path = root / f"{subset}-{key}.safetensors"
+        else:
+            path, inputs = None, {}
+        feats, labels = cached_features(encoder, data, path, inputs, **kwargs)
+        return FeatureDataset(feats, labels)
+
+    train = get("train", train_data)
+    val = get("val", val_data) if val_data is not None else None
+    names = list(getattr(train_data, "class_names", None) or [])
+    return train, val, names
+
+
+def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
+                 val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
+                 cache_dir: Optional[str | Path] = None) -> ProbeResult:
+    """Extract (or load) features, train the probe with the shared loop, write probe_results.json."""
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
+    if num_classes is None:
+        num_classes = cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
+    # The features are in memory: DataLoader worker processes would only add start-up cost.
+    probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
+    task = ProbeTask(probe_cfg, train, val, num_classes)
+    trainer = Trainer(task, probe_cfg, hooks=hooks)
+    fit = trainer.fit()
+    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan"), "top5": float("nan")}
+    scores = [r["val_top1"] for r in fit.history if "val_top1" in r]
+    best = max(scores) if scores else final["top1"]
+    if trainer.dist.is_main:
+        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
+                   "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
+                   "num_train": len(train), "num_val": len(val) if val is not None else 0,
+                   "pretrained": cfg.model.pretrained}
+        (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
+        log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
+    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model)
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.evaluate.recipes import PROBE_RECIPE, parse_with_recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
+    result = linear_probe(cfg)
+    print(f"run directory: {result.output_dir}")
+    print(f"linear probe top-1 {result.top1:.4f} (best {result.best_top1:.4f})  top-5 {result.top5:.4f}")
+    return 0
+
+
+__all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
+           "probe_features", "linear_probe", "main"]

@@ -1,0 +1,163 @@
+"""Study reports: the results table (paper Table 2 layout), loss curves (Figure 4 layout) and
+figures, as Markdown, HTML and JSON. `tgmae report RUN_DIRS...` rebuilds one from finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Optional, Sequence
+
+COLUMNS = [  # (header, getter)
+    ("FT top-1", lambda r: r.get("finetune_top1")),
+    ("LP top-1", lambda r: r.get("linear_probe_top1")),
+    ("V->T R@1", lambda r: _recall(r, "video_to_text", 1)),
+    ("V->T R@5", lambda r: _recall(r, "video_to_text", 5)),
+    ("T->V R@1", lambda r: _recall(r, "text_to_video", 1)),
+    ("T->V R@5", lambda r: _recall(r, "text_to_video", 5)),
+]
+
+
+def _recall(record: dict, direction: str, k: int) -> Optional[float]:
+    table = (record.get("retrieval") or {}).get(direction) or {}
+    value = table.get(str(k), table.get(k))
+    return None if value is None else float(value)
+
+
+def aggregate(records: Sequence[dict]) -> list[dict]:
+    """One row per (masking, objective): mean and std over seeds of every column."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["masking"], r["objective"]), []).append(r)
+    rows = []
+    for (masking, objective), runs in groups.items():
+        row = {"masking": masking, "objective": objective, "seeds": sorted(r["seed"] for r in runs),
+               "mask_ratio": runs[0].get("mask_ratio")}
+        for header, get in COLUMNS:
+            values = [get(r) for r in runs if get(r) is not None and not math.isnan(get(r))]
+            row[header] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0,
+                           len(values)) if values else None
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    mean, std, n = value
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    head = "| Mask | ratio | MAE | V->T | " + " | ".join(h for h, _ in COLUMNS) + " | seeds |"
+    sep = "|" + "---|" * (len(COLUMNS) + 5)
+    lines = [head, sep]
+    for r in rows:
+        mae = "✓" if "mae" in r["objective"].split("+") else ""
+        vt = "✓" if "contrastive" in r["objective"] else ""
+        cells = " | ".join(_cell(r[h]) for h, _ in COLUMNS)
+        lines.append(f"| {r['masking']} | {r['mask_ratio']} | {mae} | {vt} | {cells} | {len(r['seeds'])} |")
+    return "\n".join(lines)
+
+
+def loss_curves(records: Sequence[dict], out: Path) -> Optional[Path]:
+    """Figure 4 layout: MSE and InfoNCE over steps, one line per (masking, objective), seed 0."""
+    from tgmae.train.metrics import read_metrics
+    from tgmae.viz.curves import plot_curves
+
+    runs = {}
+    for r in records:
+        if r["seed"] != min(x["seed"] for x in records):
+            continue
+        metrics = Path(r["run_dir"]) / "pretrain" / "metrics.jsonl"
+        if metrics.is_file():
+            runs[f"{r['masking']} {r['objective']}"] = read_metrics(metrics)
+    if not runs:
+        return None
+    return plot_curves(runs, ["loss_mse", "loss_nce"], out, title="pretraining losses (Figure 4 layout)",
+                       smooth=3)
+
+
+def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
+                 seconds: Optional[float] = None) -> Path:
+    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: (r["masking"], r["objective"], r["seed"]))
+    (out_dir / "results.json").write_text(json.dumps(list(records), indent=2))
+    rows = aggregate(records)
+    table = markdown_table(rows)
+    figures: list[tuple[str, Path]] = []
+    curves = loss_curves(records, out_dir / "loss_curves.png")
+    if curves is not None:
+        figures.append(("Pretraining losses", curves))
+    for r in records:
+        recon = Path(r["run_dir"]) / "pretrain" / "reconstruction.png"
+        if recon.is_file() and r["seed"] == records[0]["seed"]:
+            figures.append((f"Reconstruction: {r['masking']} {r['objective']}", recon))
+    masks_png = out_dir / "masks.png"
+    if masks_png.is_file():
+        figures.insert(0, ("Masks (Figure 1 layout)", masks_png))
+    took = f"\n\nWall time: {seconds / 60:.1f} min." if seconds is not None else ""
+    md = [f"# {title}", "",
+          "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
+          "testing; LP: linear probe on frozen features; R@k: zero-shot retrieval against class prompts "
+          "through the contrastive head (only for runs that trained it)." + took, "", table, ""]
+    for caption, path in figures:
+        md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
+    for caption, path in figures:
+        body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(_rel(path, out_dir))}' style='max-width:100%'>")
+    (out_dir / "report.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 10px;"
+        "border-bottom:1px solid #ddd;text-align:right}</style>" + "\n".join(body))
+    return out_dir / "report.md"
+
+
+def _html_table(rows: Sequence[dict]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in COLUMNS])
+    lines = [f"<table><tr>{head}</tr>"]
+    for r in rows:
+        cells = [r["masking"], str(r["mask_ratio"]), r["objective"]] + [_cell(r[h]) for h, _ in COLUMNS]
+        lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "\n".join(lines) + "</table>"
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def collect_records(paths: Sequence[str | Path]) -> list[dict]:
+    """study_record.json files under each path (a run directory or a whole study folder)."""
+    records = []
+    for p in paths:
+        p = Path(p)
+        files = [p / "study_record.json"] if (p / "study_record.json").is_file() else sorted(p.rglob("study_record.json"))
+        if not files:
+            raise FileNotFoundError(f"{p}: no study_record.json (not a finished study run)")
+        records += [json.loads(f.read_text()) for f in files]
+    return records
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
+    parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
+    args = parser.parse_args(list(argv))
+    try:
+        records = collect_records(args.runs)
+    except FileNotFoundError as e:
+        parser.exit(2, f"tgmae report: {e}\n")
+    path = write_report(records, Path(args.out))
+    print(markdown_table(aggregate(records)))
+    print(f"\nreport: {path}")
+    return 0

@@ -1,0 +1,272 @@
+"""Zero-shot video <-> text retrieval with the contrastive head (paper Table 3).
+
+Video embedding: the encoder on all tokens of the clip (no mask), mean over tokens, the trained
+projection head (`VideoTextPretrainer.embed_video`, eval mode), L2-normalized; a sample with
+several views averages the pooled encoder output over them first. Text embedding: the frozen CLIP
+text embedding through the model's text map (`embed_text`), L2-normalized. The texts are
+- `classes`: one prompt per class (`eval.class_prompt`, default "a video of {}."), relevant to
+  every video of that class (the usual zero-shot protocol on UCF101 / HMDB51 / Diving48), or
+- `captions`: every distinct caption of the evaluated videos (`captions.file`), relevant to the
+  videos that carry it.
+Recall@1/5/10 in both directions (`metrics.recall_at_k`; ties count against the query). Text
+queries without any relevant video (a class absent from the split) are left out.
+
+`tgmae retrieve -c CONFIG.yaml model.pretrained=RUN_OR_CHECKPOINT [eval.retrieval_text=captions]`
+writes `<train.output_dir>/retrieval_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
+from tgmae.evaluate.sharded import default_device, map_dataset
+from tgmae.models.interop import CheckpointError
+from tgmae.train.precision import autocast
+
+log = logging.getLogger("tgmae")
+
+KS = (1, 5, 10)
+DEFAULT_PROMPT = "a video of {}."
+
+
+@dataclass
+class RetrievalResult:
+    """Recall@K both ways (fractions in [0, 1]) and the sizes they were measured on."""
+
+    video_to_text: dict[int, float]
+    text_to_video: dict[int, float]
+    num_videos: int
+    num_texts: int
+    mode: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": self.mode, "num_videos": self.num_videos, "num_texts": self.num_texts,
+                "video_to_text": {f"R@{k}": v for k, v in self.video_to_text.items()},
+                "text_to_video": {f"R@{k}": v for k, v in self.text_to_video.items()}}
+
+
+def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant: torch.Tensor,
+                      ks: Sequence[int] = KS, mode: str = "") -> RetrievalResult:
+    """video_emb [Nv, P], text_emb [Nt, P] (normalized here), relevant [Nv, Nt] bool.
+
+    Videos without a relevant text are an error; texts without a relevant video are dropped
+    from the text -> video queries."""
+    v = F.normalize(video_emb.float(), dim=-1)
+    t = F.normalize(text_emb.float(), dim=-1)
+    sim = v @ t.T  # [Nv, Nt]
+    v2t = recall_at_k(sim, relevant, ks)
+    used = relevant.any(dim=0)
+    t2v = recall_at_k(sim.T[used], relevant.T[used], ks)
+    return RetrievalResult(v2t, t2v, int(sim.shape[0]), int(used.sum()), mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
+    from tgmae.models.interop import _read_safetensors
+    from tgmae.train.checkpoint import find_latest
+
+    candidates: list[Path] = []
+    if path.is_dir():
+        candidates += [path / "model.safetensors"]
+        if (path / "checkpoints").is_dir():
+            latest = find_latest(path / "checkpoints")
+            if latest is not None:
+                candidates.append(latest / "model.safetensors")
+    else:
+        candidates.append(path)
+    for c in candidates:
+        if c.is_file():
+            state, meta = _read_safetensors(c)
+            if "video_head.fc1.weight" in state:
+                return state, meta
+    raise CheckpointError(
+        f"{path}: no contrastive video head found (looked in {', '.join(str(c) for c in candidates)}); "
+        "retrieval needs a checkpoint of a VideoTextPretrainer run")
+
+
+def load_video_text_model(path: str | os.PathLike) -> nn.Module:
+    """A `VideoTextPretrainer` (eval mode, CPU) from a training checkpoint or run directory, or a
+    safetensors file of its state dict with `arch` or `tgmae_config` metadata."""
+    from tgmae.models.arch import VideoMAEArch, arch_from_config
+    from tgmae.models.pretrainer import VideoMAEPretrainer
+    from tgmae.models.video_text import VideoTextPretrainer
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    state, meta = _video_text_state(p)
+    if "arch" in meta:
+        arch = VideoMAEArch.from_json(meta["arch"])
+    elif "tgmae_config" in meta:
+        from tgmae.config import RunConfig, from_dict
+
+        cfg = from_dict(RunConfig, json.loads(meta["tgmae_config"]))
+        arch = arch_from_config(cfg.model, cfg.data.num_frames, cfg.data.image_size)
+    else:
+        raise CheckpointError(f"{p}: no 'arch' or 'tgmae_config' metadata to rebuild the model from")
+    proj_dim = int(state["video_head.fc2.weight"].shape[0])
+    hidden = int(state["video_head.fc1.weight"].shape[0])
+    text_proj = "text_proj.weight" in state
+    text_dim = int(state["text_proj.weight"].shape[1]) if text_proj else proj_dim
+    model = VideoTextPretrainer(VideoMAEPretrainer(arch), text_dim, objective="mae", proj_dim=proj_dim,
+                                text_projection=text_proj, hidden_dim=hidden)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: does not fit VideoTextPretrainer: missing {missing[:6]}, unexpected {unexpected[:6]}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def video_embeddings(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
+                     num_workers: int = 0, device: Optional[torch.device] = None,
+                     progress: bool = False) -> dict[str, torch.Tensor]:
+    """{embedding [N, P] L2-normalized, label [N], index [N]} of every video, in dataset order.
+
+    model: a VideoTextPretrainer (its `encoder` and `embed_video` are used, in eval mode)."""
+    device = device or default_device(model)
+    was_training = model.training
+    model.eval()
+
+    def fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        video = batch["video"]
+        views = video.dim() == 6
+        clips = video.flatten(0, 1) if views else video
+        with autocast(precision, device):
+            latent = model.encoder(clips).float()  # [B(*V), N, D]
+        if views:
+            latent = latent.view(video.shape[0], video.shape[1], *latent.shape[1:]).mean(dim=1)
+        return {"embedding": F.normalize(model.embed_video(latent).float(), dim=-1)}
+
+    try:
+        return map_dataset(dataset, fn, batch_size=batch_size, device=device, num_workers=num_workers,
+                           progress=progress, desc="video embeddings")
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def text_embeddings(model: nn.Module, clip_embeddings: torch.Tensor) -> torch.Tensor:
+    """[Nt, Dt] frozen CLIP text embeddings -> [Nt, P] L2-normalized, through the model's text map."""
+    device = default_device(model)
+    return F.normalize(model.embed_text(clip_embeddings.to(device)).float(), dim=-1).cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts
+# ---------------------------------------------------------------------------------------------
+
+
+def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT) -> list[str]:
+    """One prompt per class: `template` with {} replaced by the class name as words."""
+    from tgmae.captions.sources import class_text
+
+    if "{}" not in template:
+        raise ValueError(f"eval.class_prompt={template!r} has no {{}} for the class name")
+    return [template.replace("{}", class_text(n)) for n in class_names]
+
+
+def caption_relevance(video_ids: Sequence[str], provider: Any) -> torch.Tensor:
+    """[Nv, Nt] bool: caption t of the provider's distinct texts belongs to video v."""
+    rel = torch.zeros(len(video_ids), provider.num_captions, dtype=torch.bool)
+    for i, vid in enumerate(video_ids):
+        rel[i, provider.caption_ids(vid)] = True
+    return rel
+
+
+def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional[Dataset] = None,
+                       *, mode: Optional[str] = None, progress: bool = True) -> RetrievalResult:
+    """Retrieval on `data.val_annotations` (or `dataset`) with `cfg.model.pretrained` (or `model`).
+
+    mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
+    takes part; rank 0 writes `<train.output_dir>/retrieval_results.json`.
+    """
+    from tgmae.evaluate.sharded import world
+    from tgmae.train.distributed import init_distributed
+    from tgmae.train.precision import resolve_precision
+
+    mode = mode or cfg.eval.retrieval_text
+    if mode not in ("classes", "captions"):
+        raise ValueError(f"retrieval text mode {mode!r}: expected classes|captions")
+    dist_info = init_distributed(cfg.train.device)
+    if model is None:
+        if not cfg.model.pretrained:
+            raise ValueError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
+        model = load_video_text_model(cfg.model.pretrained)
+    model = model.to(dist_info.device)
+    if dataset is None:
+        from tgmae.data.dataset import build_dataset
+
+        dataset = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
+    out = video_embeddings(model, dataset, batch_size=cfg.train.batch_size,
+                           precision=resolve_precision(cfg.train.precision, dist_info.device),
+                           num_workers=cfg.data.num_workers, device=dist_info.device,
+                           progress=progress and cfg.log.progress)
+    if mode == "classes":
+        names = list(getattr(dataset, "class_names", None) or [])
+        if not names:
+            raise ValueError("class-prompt retrieval needs the dataset's class names")
+        if not cfg.captions.clip_model:
+            raise ValueError("captions.clip_model must name the CLIP model whose text tower embeds the prompts")
+        from tgmae.captions.embed import embed_texts
+
+        prompts = class_prompts(names, cfg.eval.class_prompt)
+        cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
+        clip = embed_texts(prompts, cfg.captions.clip_model, cache, device=str(dist_info.device))
+        relevant = relevance_from_ids(out["label"], torch.arange(len(names)))
+    else:
+        from tgmae.captions.provider import CaptionProvider
+
+        provider = CaptionProvider.from_config(cfg.captions, device=str(dist_info.device))
+        if provider is None or provider.embeddings is None:
+            raise ValueError("caption retrieval needs captions.file and captions.clip_model")
+        records = getattr(dataset, "records", None)
+        if records is None:
+            raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
+        relevant = caption_relevance([records[int(i)].video_id for i in out["index"]], provider)
+        used = relevant.any(dim=0)  # the gallery: captions of the evaluated videos only
+        clip, relevant = provider.embeddings[used], relevant[:, used]
+    result = retrieval_metrics(out["embedding"], text_embeddings(model, clip), relevant, KS, mode)
+    if world()[0] == 0:
+        target = Path(cfg.train.output_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "retrieval_results.json").write_text(json.dumps(result.summary(), indent=2))
+        log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
+    return result
+
+
+def _fmt(r: dict[int, float]) -> str:
+    return "/".join(f"{100 * v:.1f}" for v in r.values())
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.cli import parse_run_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg, _ = parse_run_args("retrieve", argv, description=__doc__.splitlines()[0])
+    r = evaluate_retrieval(cfg)
+    print(f"{r.mode}: {r.num_videos} videos, {r.num_texts} texts")
+    print("video->text " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.video_to_text.items()))
+    print("text->video " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.text_to_video.items()))
+    return 0
+
+
+__all__ = ["RetrievalResult", "retrieval_metrics", "load_video_text_model", "video_embeddings", "text_embeddings",
+           "class_prompts", "caption_relevance", "evaluate_retrieval", "main", "KS"]

@@ -1,0 +1,95 @@
+"""Run a function over a whole dataset, split across DDP ranks, and gather the results in memory.
+
+Each rank takes the indices rank, rank + world, ... (no padding, so no video is counted twice),
+runs `fn` on its batches, and the per-sample outputs of all ranks are exchanged with
+`all_gather_object` (no temporary files). Every rank gets the full result, in dataset order.
+Outside torchrun everything runs in the one process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size) of the initialized process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] without a process group."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out: list[Any] = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def map_dataset(
+    dataset: Dataset,
+    fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, torch.Tensor]:
+    """{name: [N, ...] CPU tensor} for the whole dataset, on every rank.
+
+    fn: batch (tensors already on `device`) -> {name: [b, ...]} per-sample outputs. The result
+    also holds `index` [N] (dataset order 0..N-1), `label` [N] and `load_failures` [N] from the
+    samples. Row i is dataset item i whichever rank computed it.
+    """
+    rank, size = world()
+    n = len(dataset)
+    mine = list(range(rank, n, size))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", shuffle=False, drop_last=False)
+    parts: dict[str, list[torch.Tensor]] = {}
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), unit="video", desc=desc or "evaluating", dynamic_ncols=True)
+    start = 0
+    for batch in loader:
+        b = len(batch["label"])
+        on_device = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = {k: v.detach().to("cpu") for k, v in fn(on_device).items()}
+        out["index"] = torch.tensor(mine[start:start + b], dtype=torch.int64)  # requested, not replaced
+        out["label"] = torch.as_tensor(batch["label"]).long().cpu()
+        out["load_failures"] = torch.as_tensor(batch.get("load_failures", torch.zeros(b))).long().cpu()
+        for k, v in out.items():
+            if v.shape[0] != b:
+                raise ValueError(f"fn returned {k!r} with {v.shape[0]} rows for a batch of {b}")
+            parts.setdefault(k, []).append(v)
+        start += b
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    local = {k: torch.cat(v) for k, v in parts.items()}
+    gathered = [g for g in all_gather_objects(local) if g]
+    if not gathered:
+        raise ValueError("the dataset is empty")
+    merged = {k: torch.cat([g[k] for g in gathered]) for k in gathered[0]}
+    order = torch.argsort(merged["index"])
+    return {k: v[order] for k, v in merged.items()}
+
+
+def default_device(model: torch.nn.Module, fallback: Optional[torch.device] = None) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for an empty module)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return fallback or torch.device("cpu")
+
+
+__all__ = ["world", "all_gather_objects", "map_dataset", "default_device"]

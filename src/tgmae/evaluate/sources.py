@@ -1,0 +1,249 @@
+"""Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets.
+
+`load_encoder_source(path)` accepts:
+- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), or a finetuned
+  classifier `.safetensors` (`save_classifier`, format CLASSIFIER_FORMAT);
+- an official VideoMAE `.pth`: pretraining (through `tgmae.models.load_pretraining_model`) or
+  finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`);
+- a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
+  `VideoMAEForVideoClassification`), mapped with `tgmae.models.layouts.hf_to_ours`;
+- a training checkpoint of the shared loop (`.../checkpoints/step_N/`, its `model.safetensors`)
+  or a run directory (its `classifier.safetensors`, `model.safetensors`, or latest checkpoint).
+Whatever module held the encoder (pretrainer, classifier, a contrastive wrapper), the encoder is
+found by its `patch_embed.proj.weight` and returned under `VideoViTEncoder` names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch, arch_from_config
+from tgmae.models.interop import (
+    FORMAT as PRETRAIN_FORMAT,
+    CheckpointError,
+    _hf_directory_state,
+    _read_safetensors,
+    _read_torch,
+    _unwrap,
+    load_pretraining_model,
+)
+from tgmae.models.layouts import OFFICIAL_ENCODER_HEADS, hf_arch, hf_to_ours, strip_wrappers
+
+CLASSIFIER_FORMAT = "tgmae.video-classifier.v1"
+TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a shared-loop checkpoint
+_EMBED_KEY = "patch_embed.proj.weight"
+_HEAD_PREFIXES = ("fc_norm.", "head.")
+_HF_BASE_PREFIXES = ("embeddings.", "encoder.layer.", "layernorm.")
+
+
+@dataclass
+class EncoderSource:
+    """Weights found in a checkpoint.
+
+    arch: the encoder architecture as stored or inferred (geometry may be overridden later).
+    encoder: `VideoViTEncoder` state dict (patch_embed.proj.*, blocks.N.*, norm.* if any).
+    head: classifier weights `fc_norm.*` / `head.*` when the checkpoint is a classifier, else {}.
+    kind: tgmae | official | hf | train-checkpoint | classifier.
+    """
+
+    arch: VideoMAEArch
+    encoder: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind: str = "tgmae"
+    path: str = ""
+    class_names: list[str] = field(default_factory=list)
+    fc_norm_eps: Optional[float] = None
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        w = self.head.get("head.weight")
+        return None if w is None else int(w.shape[0])
+
+    def digest(self) -> str:
+        """sha256 over the encoder weights (names, shapes, bytes): identifies features it makes."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in sorted(self.encoder):
+            t = self.encoder[name].detach().to("cpu").contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None) -> EncoderSource:
+    """Read encoder (and head) weights from any supported checkpoint; see the module doc.
+
+    num_heads: only for foreign checkpoints that do not store it (official .pth of a width
+    outside the released models).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.is_dir():
+        return _from_directory(p, num_heads)
+    if p.suffix == ".safetensors" or _looks_like_safetensors(p):
+        return _from_safetensors(p)
+    return _from_pth(p, num_heads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_like_safetensors(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
+    if (p / "config.json").is_file():
+        return _from_hf(p)
+    for name in ("classifier.safetensors", "model.safetensors"):
+        if (p / name).is_file():
+            return _from_safetensors(p / name)
+    from tgmae.train.checkpoint import find_latest
+
+    latest = find_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
+    if latest is not None:
+        return _from_safetensors(latest / "model.safetensors")
+    raise CheckpointError(
+        f"{p}: no checkpoint found (looked for config.json, classifier.safetensors, model.safetensors, "
+        "checkpoints/latest)")
+
+
+def _from_safetensors(p: Path) -> EncoderSource:
+    state, meta = _read_safetensors(p)
+    fmt = meta.get("format")
+    if fmt == PRETRAIN_FORMAT:
+        model = load_pretraining_model(p)
+        enc = {k: v for k, v in model.encoder.state_dict().items()}
+        return EncoderSource(model.arch, enc, kind="tgmae", path=str(p))
+    if fmt == CLASSIFIER_FORMAT:
+        arch = VideoMAEArch.from_json(meta["arch"])
+        enc, head = _split(state, str(p))
+        names = json.loads(meta.get("class_names", "[]"))
+        return EncoderSource(arch, enc, head, kind="classifier", path=str(p), class_names=names,
+                             fc_norm_eps=float(meta.get("fc_norm_eps", 1e-5)))
+    if "tgmae_config" in meta:
+        return _from_train_state(state, json.loads(meta["tgmae_config"]), str(p))
+    raise CheckpointError(
+        f"{p}: safetensors without tgmae metadata (format={fmt!r}); expected a pretraining model, "
+        "a classifier or a training checkpoint")
+
+
+def _from_train_state(state: dict[str, torch.Tensor], config: dict, source: str) -> EncoderSource:
+    from tgmae.config import ConfigError, RunConfig, from_dict
+
+    try:
+        cfg = from_dict(RunConfig, config)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: the run configuration stored with the weights is invalid ({e})") from None
+    enc, head = _split(strip_wrappers(state), source)
+    stored = _stored_arch(cfg, enc, source)
+    arch = infer_encoder_arch(enc, num_heads=stored.num_heads, layer_norm_eps=stored.layer_norm_eps,
+                              num_frames=cfg.data.num_frames, image_size=cfg.data.image_size)
+    return EncoderSource(arch, enc, head, kind="train-checkpoint", path=source)
+
+
+def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMAEArch:
+    """The architecture a training run's weights were built with: its preset, or (finetuning,
+    probing) the arch of the checkpoint its encoder came from (`model.pretrained`)."""
+    candidates = [arch_from_config(cfg.model, cfg.data.num_frames, cfg.data.image_size)]
+    pretrained = cfg.model.pretrained
+    if pretrained and Path(pretrained).exists() and Path(pretrained).resolve() != Path(source).resolve():
+        candidates.insert(0, load_encoder_source(pretrained).arch)
+    w = enc[_EMBED_KEY]
+    shape = (int(w.shape[0]), _count_blocks(enc), int(w.shape[3]), int(w.shape[2]))
+    for arch in candidates:
+        if (arch.embed_dim, arch.depth, arch.patch_size, arch.tubelet_size) == shape:
+            return arch
+    raise CheckpointError(
+        f"{source}: weights (width {shape[0]}, depth {shape[1]}, patch {shape[2]}, tubelet {shape[3]}) do not "
+        f"match the stored config (model.preset={cfg.model.preset!r}, model.pretrained={pretrained!r}); "
+        "load the run's portable file (classifier.safetensors / model.safetensors) instead")
+
+
+def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
+    state = strip_wrappers(_unwrap(_read_torch(p), p))
+    if "encoder_to_decoder.weight" in state:  # official pretraining layout
+        overrides = {"num_heads": num_heads} if num_heads else {}
+        model = load_pretraining_model(p, **overrides)
+        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(p))
+    enc, head = _split(state, str(p))
+    arch = infer_encoder_arch(enc, num_heads=num_heads, layer_norm_eps=1e-6)
+    return EncoderSource(arch, enc, head, kind="official", path=str(p), fc_norm_eps=1e-6)
+
+
+def _from_hf(p: Path) -> EncoderSource:
+    config = json.loads((p / "config.json").read_text())
+    raw = _hf_directory_state(p)
+    prefixed = {(f"videomae.{k}" if k.startswith(_HF_BASE_PREFIXES) else k): v for k, v in raw.items()}
+    ours, unknown = hf_to_ours(prefixed)
+    head = {}
+    for name in unknown:
+        if name.startswith("fc_norm."):
+            head[name] = prefixed[name]
+        elif name.startswith("classifier."):
+            head["head." + name[len("classifier."):]] = prefixed[name]
+    enc = {k[len("encoder."):]: v for k, v in ours.items() if k.startswith("encoder.")}
+    if _EMBED_KEY not in enc:
+        raise CheckpointError(f"{p}: Hugging Face directory without VideoMAE encoder weights")
+    arch = hf_arch(config)
+    labels = config.get("id2label") or {}
+    names = [labels[k] for k in sorted(labels, key=int)] if head and labels else []
+    return EncoderSource(arch, enc, head, kind="hf", path=str(p), class_names=names,
+                         fc_norm_eps=1e-5 if head else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# State dict surgery
+# ---------------------------------------------------------------------------------------------
+
+
+def _split(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Any state dict holding one video encoder -> (encoder state, classifier head state)."""
+    prefixes = sorted({k[: -len(_EMBED_KEY)] for k in state if k.endswith(_EMBED_KEY)})
+    if len(prefixes) != 1:
+        raise CheckpointError(
+            f"{source}: expected exactly one video encoder (a '*{_EMBED_KEY}' key), found "
+            f"{len(prefixes)}: {prefixes[:4]}")
+    prefix = prefixes[0]
+    enc = {k[len(prefix):]: v for k, v in state.items()
+           if k.startswith(prefix) and k[len(prefix):].startswith(("patch_embed.", "blocks.", "norm."))}
+    head = {k: v for k, v in state.items() if k.startswith(_HEAD_PREFIXES)}
+    return enc, head
+
+
+def _count_blocks(state: dict[str, Any]) -> int:
+    ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(ids) + 1 if ids else 0
+
+
+def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int] = None,
+                       layer_norm_eps: float = 1e-6, num_frames: int = 16, image_size: int = 224) -> VideoMAEArch:
+    """Encoder architecture from its state dict's shapes (heads: released VideoMAE counts)."""
+    w = enc[_EMBED_KEY]  # [D, C, t, p, p]
+    dim, chans, tub, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
+    hidden = int(enc["blocks.0.mlp.fc1.weight"].shape[0])
+    heads = num_heads or OFFICIAL_ENCODER_HEADS.get(dim, max(1, dim // 64))
+    return VideoMAEArch(
+        embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
+        patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
+        in_chans=chans, layer_norm_eps=layer_norm_eps, encoder_norm="norm.weight" in enc,
+        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
+        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+    )
+
+
+__all__ = ["EncoderSource", "load_encoder_source", "infer_encoder_arch", "CLASSIFIER_FORMAT", "CheckpointError"]

@@ -1,0 +1,159 @@
+"""`tgmae visualize {recon,attention,masks}`: paper Figure 3 for one clip of a dataset.
+
+- recon CKPT: original / masked / reconstructed frames (PNG + GIF) of a pretraining model, with
+  the run's mask generator (`masking.*`), un-normalized with the dataset's mean/std
+  (`tgmae.viz.reconstruction`, as the pretraining run's own figures).
+- attention CKPT: the encoder's attention of the centre patch of the centre frame, overlaid on
+  the frames (`tgmae.viz.attention`); any checkpoint with an encoder (pretrained or finetuned).
+- masks ...: the masking figures of `tgmae.viz.masks` (its own arguments).
+The clip is item `--index` of `--subset` (val by default, the evaluation transform) of the
+config's annotations, or `--video FILE`. Outputs go to `--out` (default train.output_dir/figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("tgmae")
+
+
+def _parser(kind: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"tgmae visualize {kind}", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="model: ours (.safetensors / run / checkpoint dir), official .pth or HF dir")
+    p.add_argument("-c", "--config", help="YAML config (data, masking, model sections)")
+    p.add_argument("--index", type=int, default=0, help="dataset item to show")
+    p.add_argument("--subset", default="val", choices=("train", "val"), help="annotations to read")
+    p.add_argument("--video", help="a video file or frame folder instead of the dataset")
+    p.add_argument("--out", help="output folder (default: <train.output_dir>/figures)")
+    if kind == "attention":
+        p.add_argument("--layer", type=int, default=-1, help="block whose attention is shown (-1 = last)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.image_size=112")
+    return p
+
+
+def _dataset(cfg, args, **kwargs):
+    from tgmae.data.dataset import VideoDataset, build_dataset
+
+    if args.video:
+        from tgmae.data.annotations import VideoRecord
+
+        path = Path(args.video).resolve()
+        record = VideoRecord(path=str(path), label=0, video_id=path.stem)
+        return VideoDataset([record], cfg.data, train=False, seed=cfg.train.seed, **kwargs)
+    return build_dataset(cfg.data, args.subset, train=False, seed=cfg.train.seed, **kwargs)
+
+
+def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
+    """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
+    video-text) training checkpoint or run directory; clip geometry from the run's config."""
+    from tgmae.models import load_pretraining_model
+    from tgmae.models.interop import CheckpointError, _read_safetensors, detect_format
+    from tgmae.models.pretrainer import VideoMAEPretrainer
+
+    p = Path(path)
+    geometry = dict(num_frames=num_frames, image_size=image_size)
+    if p.is_dir() and not (p / "config.json").is_file():
+        from tgmae.train.checkpoint import find_latest
+
+        if (p / "model.safetensors").is_file():
+            p = p / "model.safetensors"
+        elif (p / "checkpoints").is_dir() and find_latest(p / "checkpoints") is not None:
+            p = find_latest(p / "checkpoints") / "model.safetensors"
+    if p.is_file() and detect_format(p) == "tgmae":
+        state, meta = _read_safetensors(p)
+        if "tgmae_config" in meta:  # a training checkpoint: pretrainer or video-text wrapper
+            from tgmae.config import RunConfig, from_dict
+            from tgmae.models.arch import arch_from_config
+
+            cfg = from_dict(RunConfig, json.loads(meta["tgmae_config"]))
+            arch = arch_from_config(cfg.model, cfg.data.num_frames, cfg.data.image_size)
+            prefix = "mae." if "mae.encoder_to_decoder.weight" in state else ""
+            if f"{prefix}encoder_to_decoder.weight" not in state:
+                raise CheckpointError(f"{p}: no decoder (not a pretraining checkpoint)")
+            model = VideoMAEPretrainer(dataclasses.replace(arch, **geometry))
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            missing = sorted(set(model.state_dict()) - set(sub))
+            unexpected = sorted(set(sub) - set(model.state_dict()))
+            if missing or unexpected:
+                raise CheckpointError(f"{p}: not a pretraining model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+            model.load_state_dict(sub)
+            return model.eval()
+    return load_pretraining_model(p, **geometry)
+
+
+def recon_main(argv: Sequence[str]) -> int:
+    from tgmae.config import load_config
+    from tgmae.masking import build_mask_generator
+    from tgmae.train.pretrain import write_pretrain_figures
+
+    args = _parser("recon").parse_args(list(argv))
+    cfg = load_config(args.config, args.overrides)
+    model = load_pretrainer(args.checkpoint, cfg.data.num_frames, cfg.data.image_size)
+    captions = None
+    if cfg.captions.file:
+        from tgmae.captions.provider import CaptionProvider
+
+        captions = CaptionProvider.from_config(cfg.captions)
+    dataset = _dataset(cfg, args, token_grid=cfg.token_grid, mask_generator=build_mask_generator(cfg.masking),
+                       captions=captions)
+    out = Path(args.out or Path(cfg.train.output_dir) / "figures")
+    figures = write_pretrain_figures(model, dataset, cfg, out, index=args.index)
+    for name, path in figures.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def attention_main(argv: Sequence[str]) -> int:
+    from tgmae.config import load_config
+    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.encoder import VideoViTEncoder
+    from tgmae.viz.attention import attention_figures
+
+    args = _parser("attention").parse_args(list(argv))
+    cfg = load_config(args.config, args.overrides)
+    src = load_encoder_source(args.checkpoint)
+    arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
+                               drop_path=0.0)
+    encoder = VideoViTEncoder(arch)
+    encoder.load_state_dict(src.encoder)
+    sample = _dataset(cfg, args)[args.index]
+    out = Path(args.out or Path(cfg.train.output_dir) / "figures")
+    name = f"attention_{sample.get('video_id', args.index)}"
+    figures = attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, out,
+                                layer=args.layer, name=name)
+    for key, path in figures.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    kinds = {"recon": recon_main, "attention": attention_main}
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: tgmae visualize {recon,attention,masks} ...\n\n" + __doc__)
+        return 0 if argv else 2
+    kind, rest = argv[0], argv[1:]
+    if kind == "masks":
+        try:
+            module = importlib.import_module("tgmae.viz.masks")
+        except ModuleNotFoundError as e:
+            if e.name != "tgmae.viz.masks":
+                raise
+            print("tgmae visualize masks: tgmae.viz.masks is not installed in this version", file=sys.stderr)
+            return 2
+        return int(module.main(rest) or 0)
+    if kind not in kinds:
+        print(f"tgmae visualize: unknown figure {kind!r} (expected recon, attention or masks)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return kinds[kind](rest)
+
+
+__all__ = ["main", "recon_main", "attention_main", "load_pretrainer"]

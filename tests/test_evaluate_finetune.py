@@ -1,0 +1,277 @@
+"""Finetuning and multi-view testing: checkpoint sources, the classifier, the task on the shared
+loop, softmax averaging over views, DDP gathering, and the CLI on real (synthetic) H.264 files."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.config import RunConfig, load_config, to_dict
+from tgmae.evaluate.classifier import VideoClassifier, build_classifier, load_classifier
+from tgmae.evaluate.finetune import FinetuneTask, finetune
+from tgmae.evaluate.multiview import classification_result, predict_views
+from tgmae.evaluate.recipes import FINETUNE_RECIPE, with_recipe
+from tgmae.evaluate.sharded import map_dataset
+from tgmae.evaluate.sources import CheckpointError, load_encoder_source
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models.arch import arch_from_config
+from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.train import checkpoint as ckpt
+
+ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                    image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
+
+
+def pretrainer(seed: int = 0) -> VideoMAEPretrainer:
+    torch.manual_seed(seed)
+    model = VideoMAEPretrainer(ARCH)
+    with torch.no_grad():  # non-trivial norms and biases, so a wrong mapping shows
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+class Clips(Dataset):
+    """Separable toy clips: class c has mean brightness c (+ noise); `views` > 0 gives [V, C, T, H, W]."""
+
+    def __init__(self, n: int = 24, k: int = 3, seed: int = 0, views: int = 0, size: int = 16):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % k
+        self.video = 0.3 * torch.randn(n, 3, 4, size, size, generator=g) + self.labels.view(-1, 1, 1, 1, 1).float()
+        self.views = views
+        self.class_names = [f"class {i}" for i in range(k)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        v = self.video[i]
+        if self.views:
+            v = torch.stack([v + 0.05 * j for j in range(self.views)])
+        return {"video": v, "label": int(self.labels[i]), "index": i, "video_id": f"v{i}", "load_failures": 0}
+
+
+def run_cfg(tmp_path: Path, *overrides: str) -> RunConfig:
+    base = ["data.num_frames=4", "data.image_size=16", "model.patch_size=8", "train.batch_size=4",
+            f"train.output_dir={tmp_path / 'run'}", "train.precision=fp32", "log.progress=false",
+            "log.tensorboard=false", "data.num_workers=0", "checkpoint.resume="]
+    return with_recipe(FINETUNE_RECIPE, None, base + list(overrides))
+
+
+# ----------------------------------------------------------------------------------- sources
+def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    model = pretrainer()
+    ours = save_pretraining_model(model, tmp_path / "ours.safetensors")
+    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "official.pth")
+    hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(ARCH)))
+    hf.load_state_dict(ours_to_hf(model.state_dict()), strict=False)
+    hf.save_pretrained(tmp_path / "hf")
+    cfg = run_cfg(tmp_path, "model.preset=tiny")
+    train_model = VideoMAEPretrainer(arch_from_config(cfg.model, 4, 16))  # what a tiny run trains
+    opt = torch.optim.AdamW(train_model.parameters())
+    step_dir = ckpt.save_checkpoint(tmp_path / "run" / "checkpoints", train_model, opt, None,
+                                    ckpt.TrainPosition(3, 0, 3), to_dict(cfg))
+
+    sources = {"tgmae": (ours, model), "official": (tmp_path / "official.pth", model),
+               "hf": (tmp_path / "hf", model), "train-checkpoint": (step_dir, train_model)}
+    for kind, (path, ref) in sources.items():
+        src = load_encoder_source(path, num_heads=2)
+        want = ref.encoder.state_dict()
+        assert src.kind == kind
+        assert set(src.encoder) == set(want), kind
+        for k, v in want.items():
+            assert torch.equal(src.encoder[k].float(), v), (kind, k)
+        assert src.arch.num_heads == ref.arch.num_heads and src.arch.embed_dim == ref.arch.embed_dim
+        assert src.arch.encoder_norm and not src.head
+    # a run directory resolves to its latest checkpoint
+    assert load_encoder_source(tmp_path / "run").kind == "train-checkpoint"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        load_encoder_source(empty)
+    # weights that contradict their stored config are refused, not silently misread
+    bad = ckpt.save_checkpoint(tmp_path / "bad", model, torch.optim.AdamW(model.parameters()), None,
+                               ckpt.TrainPosition(1, 0, 1), to_dict(cfg))
+    with pytest.raises(CheckpointError, match="do not match the stored config"):
+        load_encoder_source(bad)
+
+
+def test_classifier_keeps_only_encoder_weights_and_inits_head(tmp_path):
+    model = pretrainer()
+    path = save_pretraining_model(model, tmp_path / "pt.safetensors")
+    clf = build_classifier(path, 5, num_frames=4, image_size=16, drop_path=0.1, head_init_scale=0.001)
+    assert not clf.arch.encoder_norm and isinstance(clf.encoder.norm, nn.Identity)  # VideoMAE drops it
+    assert clf.arch.drop_path == 0.1 and clf.encoder.blocks[1].drop_path.p == pytest.approx(0.1)
+    for k, v in clf.encoder.state_dict().items():
+        assert torch.equal(v, model.encoder.state_dict()[k])
+    w = clf.head.weight.detach()  # trunc-normal(std 0.02) x 0.001, as VideoMAE (timm) initializes
+    assert 0.5 * 2e-5 < float(w.std()) < 1.5 * 2e-5 and float(w.abs().max()) < 6 * 2e-5
+    assert float(clf.head.bias.detach().abs().max()) == 0.0
+    assert clf.fc_norm.eps == 1e-5
+    # layer ids: embedding 0, block i -> i + 1, head depth + 1
+    assert clf.layer_id("encoder.patch_embed.proj.weight") == 0
+    assert clf.layer_id("encoder.blocks.1.attn.qkv.weight") == 2
+    assert clf.layer_id("head.weight") == clf.layer_id("fc_norm.bias") == 3
+
+
+def test_layer_decay_and_weight_decay_groups(tmp_path):
+    cfg = run_cfg(tmp_path)  # recipe: layer decay 0.75, wd 0.05
+    task = FinetuneTask(cfg, Clips(), num_classes=3)
+    model = VideoClassifier(ARCH, 3)
+    groups = task.param_groups(model)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.75 ** 3)
+    assert scale["encoder.blocks.0.mlp.fc1.weight"] == pytest.approx(0.75 ** 2)
+    assert scale["encoder.blocks.1.mlp.fc1.weight"] == pytest.approx(0.75)
+    assert scale["head.weight"] == 1.0
+    assert wd["head.weight"] == 0.05 and wd["head.bias"] == 0.0 and wd["encoder.blocks.0.attn.q_bias"] == 0.0
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.clip_grad is None and cfg.eval.mixup == 0.8
+
+
+# ---------------------------------------------------------------------------------- training
+def test_finetune_task_learns_then_tests_multiview(tmp_path):
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=4", "optim.lr=3e-3",
+                  "optim.warmup_epochs=0.5", "eval.mixup=0.5", "eval.cutmix=0.5", "model.drop_path=0.1",
+                  "train.log_every=1")
+    result = finetune(cfg, train_data=Clips(24), val_data=Clips(12, seed=1),
+                      test_data=Clips(12, seed=1, views=3))
+    evals = [r for r in result.history if "val_top1" in r]
+    assert len(evals) == 4  # after every epoch
+    assert "mix_lambda" in result.history[0]
+    assert result.test is not None and result.test.num_views == 3 and result.test.num_videos == 12
+    assert result.test.top1 > 0.6  # separable classes; chance is 1/3
+    out = json.loads((tmp_path / "run" / "finetune_results.json").read_text())
+    assert out["test_top1"] == pytest.approx(result.test.top1)
+    per_class = json.loads((tmp_path / "run" / "test_results.json").read_text())["per_class"]
+    assert set(per_class) == {"class 0", "class 1", "class 2"}
+    # the saved classifier reloads to the same function
+    clf = load_classifier(result.classifier_path)
+    assert clf.class_names == ["class 0", "class 1", "class 2"]
+    video = Clips(4, seed=2).video
+    assert torch.allclose(clf(video), result_model_logits(tmp_path, video), atol=1e-6)
+
+
+def result_model_logits(tmp_path: Path, video: torch.Tensor) -> torch.Tensor:
+    """Logits of the last training checkpoint's weights (independent of classifier.safetensors)."""
+    src = load_encoder_source(ckpt.find_latest(tmp_path / "run" / "checkpoints"))
+    assert src.kind == "train-checkpoint" and src.num_classes == 3
+    model = build_classifier(src, keep_head=True, num_frames=4, image_size=16).eval()
+    return model(video)
+
+
+class ViewLogits(nn.Module):
+    """Logits = [mean, -mean, 0] of the clip: a known function of each view."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, video):
+        m = video.mean(dim=(1, 2, 3, 4))
+        return torch.stack([m, -m, torch.zeros_like(m)], dim=1) + self.dummy
+
+
+def test_multiview_averages_softmax_per_video():
+    data = Clips(5, views=4)
+    out = predict_views(ViewLogits(), data, batch_size=6)  # 6 clips per forward: 1 video per batch
+    for i in range(5):
+        views = data[i]["video"]
+        want = ViewLogits()(views).softmax(-1).mean(0)
+        assert torch.allclose(out["probs"][i], want, atol=1e-6)
+    assert out["views"].tolist() == [4] * 5 and out["index"].tolist() == list(range(5))
+    res = classification_result(torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1]]), torch.tensor([0, 0, 1]))
+    assert res.top1 == pytest.approx(1 / 3) and res.per_class == [0.5, 0.0]
+
+
+def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        data = Clips(7, views=2)
+        out = predict_views(ViewLogits(), data, batch_size=4)
+        queue.put((rank, {k: v.tolist() for k, v in out.items()}))  # plain data: survives the exit
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gather_in_memory_equals_single_process():
+    single = predict_views(ViewLogits(), Clips(7, views=2), batch_size=4)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank in (0, 1):  # every rank holds every video, in dataset order, each once
+        for k in ("probs", "label", "index", "views"):
+            got = torch.tensor(results[rank][k]).float()
+            assert torch.allclose(got, single[k].float(), atol=1e-6), (rank, k)
+
+
+
+def test_map_dataset_checks_row_counts():
+    with pytest.raises(ValueError, match="rows for a batch"):
+        map_dataset(Clips(4), lambda b: {"x": torch.zeros(1)}, batch_size=2, device=torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------ CLI, real files
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_dataset(root, num_videos=16, frames=12, size=32, gop=6, seed=1, val_fraction=0.25)
+    return root
+
+
+def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
+    from tgmae.evaluate.finetune import main as finetune_main
+    from tgmae.evaluate.multiview import main as evaluate_main
+
+    arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
+    config = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
+                       "num_workers": 0, "test_temporal_views": 2, "test_spatial_views": 2},
+              "model": {"patch_size": 8},
+              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "ft"
+    assert finetune_main(["-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 0
+    saved = load_config(run / "config.yaml")
+    assert saved.optim.layer_decay == 0.75 and saved.model.drop_path == 0.1  # the recipe applied
+    results = json.loads((run / "finetune_results.json").read_text())
+    test = json.loads((run / "test_results.json").read_text())
+    assert test["num_views"] == 4 and test["num_videos"] == 4 and len(test["per_class"]) == 10
+    assert results["test_top1"] == test["top1"]
+    out = tmp_path / "eval"
+    assert evaluate_main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
+    again = json.loads((out / "test_results.json").read_text())
+    assert again["top1"] == test["top1"] and again["views"] == "2x2"

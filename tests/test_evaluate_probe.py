@@ -1,0 +1,175 @@
+"""Linear probe: pooled features, the on-disk cache and its key, the probe head and optimizer,
+the task on the shared loop, and `tgmae probe` on synthetic H.264 files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from tgmae.config import load_config
+from tgmae.evaluate.features import cached_features, extract_features, feature_cache_key, pooled_features
+from tgmae.evaluate.lars import LARS
+from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe
+from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
+from tgmae.evaluate.sources import load_encoder_source
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.train.optim import param_groups
+
+ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                    image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
+
+
+class Clips(Dataset):
+    def __init__(self, n: int = 24, k: int = 3, seed: int = 0, views: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % k
+        self.video = 0.3 * torch.randn(n, 3, 4, 16, 16, generator=g) + self.labels.view(-1, 1, 1, 1, 1).float()
+        self.views = views
+        self.loads = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        self.loads += 1
+        v = self.video[i] if not self.views else torch.stack([self.video[i] * (1 + 0.1 * j) for j in range(self.views)])
+        return {"video": v, "label": int(self.labels[i]), "index": i, "load_failures": 0}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path_factory.mktemp("pt") / "pt.safetensors")
+
+
+def encoder_of(path: Path):
+    from tgmae.models.encoder import VideoViTEncoder
+
+    src = load_encoder_source(path)
+    enc = VideoViTEncoder(src.arch)
+    enc.load_state_dict(src.encoder)
+    return enc.eval()
+
+
+def probe_cfg(tmp_path: Path, checkpoint: Path, *overrides: str):
+    base = ["data.num_frames=4", "data.image_size=16", "model.patch_size=8", "train.batch_size=8",
+            f"train.output_dir={tmp_path / 'probe'}", "train.precision=fp32", "log.progress=false",
+            "log.tensorboard=false", "data.num_workers=0", "checkpoint.resume=", f"model.pretrained={checkpoint}",
+            "checkpoint.every_steps=1000"]
+    return with_recipe(PROBE_RECIPE, None, base + list(overrides))
+
+
+def test_features_are_mean_pooled_encoder_output_and_views_average(checkpoint):
+    enc = encoder_of(checkpoint)
+    data = Clips(5)
+    out = extract_features(enc, data, batch_size=2)
+    with torch.no_grad():
+        want = enc(data.video).mean(dim=1)
+    assert torch.allclose(out["features"], want, atol=1e-5)
+    assert out["label"].tolist() == data.labels.tolist()
+    multi = Clips(3, views=2)
+    got = pooled_features(enc, torch.stack([multi[i]["video"] for i in range(3)]))
+    with torch.no_grad():
+        per_view = [enc(torch.stack([multi[i]["video"][j] for i in range(3)])).mean(1) for j in range(2)]
+    assert torch.allclose(got, (per_view[0] + per_view[1]) / 2, atol=1e-5)
+
+
+def test_feature_cache_is_reused_and_keyed_by_weights_and_data(checkpoint, tmp_path):
+    cfg = probe_cfg(tmp_path, checkpoint, "data.train_annotations=a.csv")
+    enc = encoder_of(checkpoint)
+    digest = load_encoder_source(checkpoint).digest()
+    key, inputs = feature_cache_key(digest, cfg.data, "train")
+    path = tmp_path / f"{key}.safetensors"
+    data = Clips(6)
+    first = cached_features(enc, data, path, inputs, batch_size=4)
+    assert path.is_file() and data.loads == 6
+    again = cached_features(enc, data, path, inputs, batch_size=4)
+    assert data.loads == 6  # read from disk, the dataset was not touched
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    # what decides the pixels (or the weights) changes the key; loader settings do not
+    other = probe_cfg(tmp_path, checkpoint, "data.train_annotations=a.csv", "data.frame_stride=2")
+    assert feature_cache_key(digest, other.data, "train")[0] != key
+    assert feature_cache_key(digest, cfg.data, "val")[0] != key
+    assert feature_cache_key("0" * 64, cfg.data, "train")[0] != key
+    workers = probe_cfg(tmp_path, checkpoint, "data.train_annotations=a.csv", "data.num_workers=3")
+    assert feature_cache_key(digest, workers.data, "train")[0] == key
+    # a damaged cache file is recomputed, not trusted
+    path.write_bytes(b"garbage")
+    third = cached_features(enc, data, path, inputs, batch_size=4)
+    assert data.loads == 12 and torch.allclose(third[0], first[0])
+
+
+def test_probe_head_protocol_and_optimizers():
+    head = ProbeHead(64, 7)
+    assert not head.bn.affine and head.bn.eps == 1e-6 and list(head.bn.parameters()) == []
+    w = head.head.weight.detach()
+    assert 0.005 < float(w.std()) < 0.015 and float(head.head.bias.detach().abs().max()) == 0.0
+    groups = param_groups(head.named_parameters(), 0.0)
+    cfg = with_recipe(PROBE_RECIPE)
+    assert cfg.optim.base_lr == 0.1 and cfg.optim.weight_decay == 0.0 and cfg.train.epochs == 90
+    assert isinstance(build_probe_optimizer(groups, "lars", cfg.optim), LARS)
+    sgd = build_probe_optimizer(groups, "sgd", cfg.optim)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    task = ProbeTask(cfg, FeatureDataset(torch.randn(4, 64), torch.zeros(4)), None, 7)
+    assert isinstance(task.build_optimizer(groups, cfg.optim, torch.device("cpu")), LARS)
+
+
+def test_linear_probe_with_lars_learns_and_writes_results(checkpoint, tmp_path):
+    # The loop builds the task's own optimizer (ProbeTask.build_optimizer -> LARS).
+    # LARS moves each weight matrix by lr x 0.001 of its norm per step: MAE's lr 0.1 x 16384/256
+    # is 6.4; a batch of 8 needs the absolute lr to get there in a few steps.
+    cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=15", "optim.warmup_epochs=2", "optim.lr=5")
+    cache = tmp_path / "cache"
+    res = linear_probe(cfg, train_data=Clips(48), val_data=Clips(24, seed=1), num_classes=3, cache_dir=cache)
+    assert res.top1 >= 0.9  # separable toy classes, chance 1/3
+    assert len([r for r in res.history if "val_top1" in r]) == 15
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert saved["top1"] == pytest.approx(res.top1) and saved["feature_dim"] == 32
+    assert len(list(cache.glob("*.safetensors"))) == 2  # train and val features
+    from tgmae.train import checkpoint as ckpt
+
+    state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints")).optimizer_state
+    assert all("mu" in s for s in state["state"].values())  # LARS momentum buffers, not AdamW's
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_dataset(root, num_videos=12, frames=12, size=32, gop=6, seed=2, val_fraction=0.25)
+    return root
+
+
+def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
+    from tgmae.evaluate.probe import main
+
+    torch.manual_seed(0)
+    arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
+    pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
+    config = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
+                       "num_workers": 0},
+              "model": {"patch_size": 8}, "train": {"batch_size": 3, "epochs": 2, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    args = ["-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}", "checkpoint.resume="]
+    assert main(args) == 0
+    saved = load_config(run / "config.yaml")
+    assert saved.optim.base_lr == 0.1 and saved.eval.probe_optimizer == "lars"  # MAE's recipe applied
+    files = sorted(p.name for p in (run / "features").glob("*.safetensors"))
+    assert [f.split("-")[0] for f in files] == ["train", "val"]
+    stamp = [(run / "features" / f).stat().st_mtime_ns for f in files]
+    assert main(args) == 0  # second run: features come from the cache
+    assert [(run / "features" / f).stat().st_mtime_ns for f in files] == stamp
+    result = json.loads((run / "probe_results.json").read_text())
+    rows = {name: len((synth / f"{name}.csv").read_text().strip().splitlines()) - 1 for name in ("train", "val")}
+    assert result["num_train"] == rows["train"] and result["num_val"] == rows["val"]
+    assert 0.0 <= result["top1"] <= 1.0
