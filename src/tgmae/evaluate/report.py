@@ -24,7 +24,7 @@ COLUMNS = [  # (header, getter)
 
 def _recall(record: dict, direction: str, k: int) -> Optional[float]:
     table = (record.get("retrieval") or {}).get(direction) or {}
-    value = table.get(str(k), table.get(k))
+    value = table.get(f"R@{k}")
     return None if value is None else float(value)
 
 

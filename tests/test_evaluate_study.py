@@ -1,0 +1,55 @@
+"""The study command end to end at CI size, and the report's aggregation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tgmae.config import ConfigError, from_dict
+from tgmae.evaluate.report import aggregate, collect_records, markdown_table, write_report
+from tgmae.evaluate.study import StudyConfig, run_study
+
+
+def test_study_config_validation():
+    with pytest.raises(ConfigError, match="study.maskings: unknown"):
+        StudyConfig(maskings=["tube", "magic"])
+    with pytest.raises(ConfigError, match="unknown config key study.epochs"):
+        from_dict(StudyConfig, {"epochs": 3}, prefix="study")
+
+
+def test_aggregate_mean_std_over_seeds(tmp_path):
+    records = [
+        {"masking": "tgm", "objective": "mae", "seed": s, "mask_ratio": 0.6, "finetune_top1": ft,
+         "linear_probe_top1": lp, "retrieval": {}, "run_dir": str(tmp_path)}
+        for s, ft, lp in ((0, 0.5, 0.2), (1, 0.7, 0.4))
+    ]
+    row = aggregate(records)[0]
+    assert row["FT top-1"][0] == pytest.approx(0.6) and row["FT top-1"][1] == pytest.approx(0.1)
+    assert row["V->T R@1"] is None
+    table = markdown_table([row])
+    assert "| tgm | 0.6 | ✓ |  | 60.0 ± 10.0 | 30.0 ± 10.0 | - |" in table
+    write_report(records, tmp_path / "rep")
+    assert json.loads((tmp_path / "rep" / "results.json").read_text())[1]["seed"] == 1
+    assert "60.0 ± 10.0" in (tmp_path / "rep" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_quick_study_runs_every_phase_and_resumes(tmp_path):
+    study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8,
+                        maskings=["tube", "tgm"], objectives=["mae+contrastive"])
+    root = run_study(study, quick=True)
+    records = json.loads((root / "results.json").read_text())
+    assert [(r["masking"], r["objective"]) for r in records] == [("tgm", "mae+contrastive"),
+                                                                ("tube", "mae+contrastive")]
+    for r in records:
+        assert 0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0
+        assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
+    report = (root / "report.md").read_text()
+    assert "| tgm | 0.6 | ✓ | ✓ |" in report and "loss_curves.png" in report
+    assert (root / "loss_curves.png").stat().st_size > 5000
+    # A second call finds every phase done and only rewrites the report.
+    before = (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime
+    run_study(study, quick=True)
+    assert (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime == before
+    assert len(collect_records([root])) == 2
