@@ -1,1 +1,20 @@
-"""tgmae.models"""
+"""tgmae.models: VideoMAE encoder / pretraining model, its target, and checkpoint interop."""
+
+from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEArch, arch_from_config
+from tgmae.models.encoder import VideoViTEncoder
+from tgmae.models.factory import build_pretraining_model
+from tgmae.models.interop import CheckpointError, load_pretraining_model, save_pretraining_model
+from tgmae.models.pretrainer import PretrainOutput, VideoMAEPretrainer
+from tgmae.models.target import patchify, pretrain_target, reconstruct_video, unpatchify
+from tgmae.models.tokens import TokenSplit, mask_to_indices
+from tgmae.models.infonce import InfoNCE, info_nce
+from tgmae.models.video_text import VideoTextOutput, VideoTextPretrainer, build_video_text_model
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "VideoMAEArch", "arch_from_config",
+    "VideoViTEncoder", "build_pretraining_model", "CheckpointError", "load_pretraining_model",
+    "save_pretraining_model", "PretrainOutput", "VideoMAEPretrainer",
+    "patchify", "unpatchify", "pretrain_target", "reconstruct_video", "TokenSplit",
+    "mask_to_indices",
+    "InfoNCE", "info_nce", "VideoTextOutput", "VideoTextPretrainer", "build_video_text_model",
+]

@@ -1,0 +1,179 @@
+"""VideoMAE architecture description: one typed dataclass, a preset table, and the config bridge.
+
+`VideoMAEArch` fully determines a `VideoMAEPretrainer` (it is stored next to the weights), so a
+model rebuilds from a checkpoint alone. Presets give the size; geometry (frames, image side,
+patch, tubelet) always comes from the run configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class VideoMAEArch:
+    """Everything that fixes the shapes and the numerics of the pretraining model.
+
+    Args:
+        embed_dim: encoder token width D.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        mlp_ratio: MLP hidden width / token width (encoder and decoder, as VideoMAE).
+        patch_size: spatial patch side p.
+        tubelet_size: frames per token t.
+        num_frames: clip length T (T % t == 0).
+        image_size: square input side (image_size % p == 0).
+        in_chans: input channels C.
+        decoder_dim: decoder token width.
+        decoder_depth: decoder blocks.
+        decoder_heads: decoder attention heads.
+        drop_path: stochastic depth rate of the last block (linear from 0), encoder and decoder.
+        norm_pix_loss: target = per-patch, per-channel normalized pixels (VideoMAE default).
+        layer_norm_eps: LayerNorm eps of blocks and the encoder norm (official 1e-6, HF 1e-12).
+        decoder_norm_eps: eps of the decoder's final norm; None = layer_norm_eps (HF uses 1e-5).
+        encoder_norm: final LayerNorm after the encoder blocks (HF `use_mean_pooling` = False).
+        pixel_mean, pixel_std: the normalization of the input video; the target un-normalizes
+            with them first, exactly as VideoMAE does with the ImageNet statistics.
+    """
+
+    embed_dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    tubelet_size: int = 2
+    num_frames: int = 16
+    image_size: int = 224
+    in_chans: int = 3
+    decoder_dim: int = 64
+    decoder_depth: int = 2
+    decoder_heads: int = 2
+    drop_path: float = 0.0
+    norm_pix_loss: bool = True
+    layer_norm_eps: float = 1e-6
+    decoder_norm_eps: Optional[float] = None
+    encoder_norm: bool = True
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
+        object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+        for name in ("embed_dim", "depth", "num_heads", "patch_size", "tubelet_size", "num_frames",
+                     "image_size", "in_chans", "decoder_dim", "decoder_depth", "decoder_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VideoMAEArch.{name}={getattr(self, name)}: must be > 0")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(
+                f"decoder_dim={self.decoder_dim} is not divisible by decoder_heads={self.decoder_heads}"
+            )
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"num_frames={self.num_frames} is not divisible by tubelet_size={self.tubelet_size}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path={self.drop_path}: must be in [0, 1)")
+        if len(self.pixel_mean) != self.in_chans or len(self.pixel_std) != self.in_chans:
+            raise ValueError(
+                f"pixel_mean/pixel_std need {self.in_chans} values (in_chans), got "
+                f"{len(self.pixel_mean)} and {len(self.pixel_std)}"
+            )
+        if any(s <= 0 for s in self.pixel_std):
+            raise ValueError(f"pixel_std={self.pixel_std}: must be positive")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(T', H', W') token grid."""
+        n = self.image_size // self.patch_size
+        return (self.num_frames // self.tubelet_size, n, n)
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per token: t * p * p * C (decoder output width)."""
+        return self.tubelet_size * self.patch_size**2 * self.in_chans
+
+    @property
+    def head_norm_eps(self) -> float:
+        return self.layer_norm_eps if self.decoder_norm_eps is None else self.decoder_norm_eps
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "VideoMAEArch":
+        values: dict[str, Any] = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown VideoMAEArch fields {unknown} (known: {sorted(names)})")
+        return cls(**values)
+
+
+# name -> size arguments. Decoder sizes follow VideoMAE's pretrain_videomae_*_patch16_224
+# (head width 64; decoder depth 4 as in the released pretraining scripts).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=128, depth=4, num_heads=4, decoder_dim=64, decoder_depth=2, decoder_heads=2),
+    "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=192, decoder_depth=4, decoder_heads=3),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_dim=384, decoder_depth=4, decoder_heads=6),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_depth=4, decoder_heads=8),
+}
+
+
+def arch_from_config(
+    model_cfg: Any,
+    num_frames: int,
+    image_size: int,
+    pixel_mean: Optional[tuple[float, ...]] = None,
+    pixel_std: Optional[tuple[float, ...]] = None,
+) -> VideoMAEArch:
+    """`ModelConfig` + clip geometry -> `VideoMAEArch`.
+
+    A `decoder_dim` override keeps the preset's decoder head width (64, tiny: 32). Pass the data
+    pipeline's mean/std when they differ from ImageNet, so the target matches VideoMAE's.
+    """
+    if model_cfg.preset not in PRESETS:
+        raise ValueError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
+    size = dict(PRESETS[model_cfg.preset])
+    if model_cfg.decoder_depth is not None:
+        size["decoder_depth"] = model_cfg.decoder_depth
+    if model_cfg.decoder_dim is not None:
+        head_dim = size["decoder_dim"] // size["decoder_heads"]
+        if model_cfg.decoder_dim % head_dim:
+            raise ValueError(
+                f"model.decoder_dim={model_cfg.decoder_dim}: must be a multiple of the preset's "
+                f"decoder head width {head_dim}"
+            )
+        size["decoder_dim"] = model_cfg.decoder_dim
+        size["decoder_heads"] = model_cfg.decoder_dim // head_dim
+    extra: dict[str, Any] = {}
+    if pixel_mean is not None:
+        extra["pixel_mean"] = tuple(pixel_mean)
+    if pixel_std is not None:
+        extra["pixel_std"] = tuple(pixel_std)
+    return VideoMAEArch(
+        **size,
+        patch_size=model_cfg.patch_size,
+        tubelet_size=model_cfg.tubelet_size,
+        num_frames=num_frames,
+        image_size=image_size,
+        drop_path=model_cfg.drop_path,
+        norm_pix_loss=model_cfg.norm_pix_loss,
+        **extra,
+    )

@@ -1,0 +1,235 @@
+"""Checkpoint key layouts: official VideoMAE and transformers' VideoMAEForPreTraining <-> ours.
+
+Our parameter names are the official VideoMAE pretraining names, so the official layout maps
+one to one (after stripping wrapper prefixes). The HF layout splits the fused qkv projection
+into query/key/value and renames every module; `hf_to_ours` / `ours_to_hf` convert both ways.
+Pure functions on state dicts (name -> tensor); nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+import torch
+
+from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+# Head counts of the released VideoMAE models (not stored in the .pth): width -> heads.
+OFFICIAL_ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
+OFFICIAL_DECODER_HEADS = {192: 3, 384: 6, 512: 8, 640: 8}
+
+# HF block sub-module -> ours (the q/k/v split is handled separately).
+_HF_BLOCK = {
+    "attention.output.dense": "attn.proj",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_TOP = {
+    "videomae.embeddings.patch_embeddings.projection": "encoder.patch_embed.proj",
+    "videomae.layernorm": "encoder.norm",
+    "encoder_to_decoder": "encoder_to_decoder",
+    "mask_token": "mask_token",
+    "decoder.norm": "decoder.norm",
+    "decoder.head": "decoder.head",
+}
+_HF_STACKS = (("videomae.encoder.layer.", "encoder.blocks."), ("decoder.decoder_layers.", "decoder.blocks."))
+_QKV = "attention.attention."
+# transformers 5 keeps query.bias / value.bias in memory but writes them to disk under the
+# older names attention.attention.q_bias / v_bias (its conversion mapping renames on load/save).
+_HF_DISK_BIAS = {"q_bias": "query.bias", "v_bias": "value.bias"}
+
+
+def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP `module.` and torch.compile `_orig_mod.` prefixes (anywhere they lead a name)."""
+    out = {}
+    for name, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if name.startswith(prefix):
+                    name, changed = name[len(prefix):], True
+        out[name.replace("._orig_mod.", ".")] = value
+    return out
+
+
+def _count_blocks(state: Mapping[str, Any], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    ids = {int(m.group(1)) for k in state if (m := pat.match(k))}
+    return max(ids) + 1 if ids else 0
+
+
+def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, image_size: int = 224,
+                  num_heads: Optional[int] = None, decoder_heads: Optional[int] = None,
+                  norm_pix_loss: bool = True) -> VideoMAEArch:
+    """Infer the architecture from an official state dict (already unwrapped).
+
+    Widths, depths, patch, tubelet and channels come from tensor shapes; head counts, clip
+    geometry and the loss flavour are not stored, so they come from the arguments (heads default
+    to the released models' counts, else width / 64).
+    """
+    w = state["encoder.patch_embed.proj.weight"]  # [D, C, t, p, p]
+    dim, chans, tub, patch = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
+    ddim = state["encoder_to_decoder.weight"].shape[0]
+    hidden = state["encoder.blocks.0.mlp.fc1.weight"].shape[0]
+    return VideoMAEArch(
+        embed_dim=dim, depth=_count_blocks(state, "encoder.blocks."),
+        num_heads=num_heads or OFFICIAL_ENCODER_HEADS.get(dim, max(1, dim // 64)),
+        mlp_ratio=hidden / dim, patch_size=patch, tubelet_size=tub, num_frames=num_frames,
+        image_size=image_size, in_chans=chans, decoder_dim=ddim,
+        decoder_depth=_count_blocks(state, "decoder.blocks."),
+        decoder_heads=decoder_heads or OFFICIAL_DECODER_HEADS.get(ddim, max(1, ddim // 64)),
+        norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
+        encoder_norm="encoder.norm.weight" in state,
+        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
+        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+    )
+
+
+def _single(value: Any, what: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"HF config {what}={value}: only square inputs are supported")
+        value = value[0]
+    return int(value)
+
+
+def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
+    """HF `VideoMAEConfig` (config.json as a dict) -> VideoMAEArch with the same numerics."""
+    if config.get("model_type", "videomae") != "videomae":
+        raise ValueError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
+    dim, ddim = int(config.get("hidden_size", 768)), int(config.get("decoder_hidden_size", 384))
+    ratio = int(config.get("intermediate_size", 3072)) / dim
+    dratio = int(config.get("decoder_intermediate_size", 1536)) / ddim
+    if ratio != dratio:
+        raise ValueError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
+                         "one shared ratio is supported (as in VideoMAE)")
+    chans = int(config.get("num_channels", 3))
+    return VideoMAEArch(
+        embed_dim=dim, depth=int(config.get("num_hidden_layers", 12)),
+        num_heads=int(config.get("num_attention_heads", 12)), mlp_ratio=ratio,
+        patch_size=_single(config.get("patch_size", 16), "patch_size"),
+        tubelet_size=int(config.get("tubelet_size", 2)), num_frames=int(config.get("num_frames", 16)),
+        image_size=_single(config.get("image_size", 224), "image_size"), in_chans=chans,
+        decoder_dim=ddim, decoder_depth=int(config.get("decoder_num_hidden_layers", 4)),
+        decoder_heads=int(config.get("decoder_num_attention_heads", 6)),
+        norm_pix_loss=bool(config.get("norm_pix_loss", True)),
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+        decoder_norm_eps=1e-5,  # HF's decoder.norm is a default nn.LayerNorm
+        encoder_norm=not bool(config.get("use_mean_pooling", True)),
+        # HF un-normalizes 3-channel input with ImageNet statistics and leaves others as they are
+        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
+        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+    )
+
+
+def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
+    """VideoMAEArch -> keyword arguments of `transformers.VideoMAEConfig`.
+
+    Same numerics except HF's decoder.norm eps, fixed at 1e-5 there (`arch.head_norm_eps`
+    otherwise): a difference far below float32 noise for unit-scale activations.
+    """
+    return dict(
+        image_size=arch.image_size, patch_size=arch.patch_size, num_channels=arch.in_chans,
+        num_frames=arch.num_frames, tubelet_size=arch.tubelet_size, hidden_size=arch.embed_dim,
+        num_hidden_layers=arch.depth, num_attention_heads=arch.num_heads,
+        intermediate_size=int(arch.embed_dim * arch.mlp_ratio), hidden_act="gelu",
+        layer_norm_eps=arch.layer_norm_eps, qv_bias=True, use_mean_pooling=not arch.encoder_norm,
+        decoder_num_attention_heads=arch.decoder_heads, decoder_hidden_size=arch.decoder_dim,
+        decoder_num_hidden_layers=arch.decoder_depth,
+        decoder_intermediate_size=int(arch.decoder_dim * arch.mlp_ratio),
+        norm_pix_loss=arch.norm_pix_loss,
+    )
+
+
+def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """HF state dict -> (our state dict, HF names that have no counterpart)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    for name, value in strip_wrappers(state).items():
+        module, _, leaf = name.rpartition(".")
+        if name == "mask_token":
+            out[name] = value
+            continue
+        if module in _HF_TOP:
+            out[f"{_HF_TOP[module]}.{leaf}"] = value
+            continue
+        for hf_prefix, our_prefix in _HF_STACKS:
+            if name.startswith(hf_prefix):
+                idx, _, rest = name[len(hf_prefix):].partition(".")
+                sub, _, leaf = rest.rpartition(".")
+                base = f"{our_prefix}{idx}."
+                if sub.startswith(_QKV) or sub == _QKV[:-1]:
+                    part = _HF_DISK_BIAS.get(leaf) or f"{sub[len(_QKV):]}.{leaf}"
+                    qkv.setdefault(base, {})[part] = value
+                elif sub in _HF_BLOCK:
+                    out[f"{base}{_HF_BLOCK[sub]}.{leaf}"] = value
+                else:
+                    unknown.append(name)
+                break
+        else:
+            if not name.endswith("position_embeddings"):
+                unknown.append(name)
+    for base, parts in qkv.items():
+        try:
+            out[f"{base}attn.qkv.weight"] = torch.cat(
+                [parts["query.weight"], parts["key.weight"], parts["value.weight"]], dim=0)
+        except KeyError as e:
+            raise ValueError(f"HF checkpoint: {base} lacks attention {e.args[0]}") from None
+        dim = parts["query.weight"].shape[0]
+        zeros = torch.zeros(dim, dtype=parts["query.weight"].dtype)
+        out[f"{base}attn.q_bias"] = parts.get("query.bias", zeros)  # qv_bias=False: zero biases
+        out[f"{base}attn.v_bias"] = parts.get("value.bias", zeros)
+        if "key.bias" in parts and bool(parts["key.bias"].any()):
+            raise ValueError(f"HF checkpoint: {base} has a non-zero key bias; VideoMAE has none")
+    return out, unknown
+
+
+def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> HF `VideoMAEForPreTraining.state_dict()` names (in-memory, qv_bias=True)."""
+    top = {v: k for k, v in _HF_TOP.items()}
+    block = {v: k for k, v in _HF_BLOCK.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        module, _, leaf = name.rpartition(".")
+        if name == "mask_token":
+            out[name] = value
+            continue
+        if module in top:
+            out[f"{top[module]}.{leaf}"] = value
+            continue
+        for hf_prefix, our_prefix in _HF_STACKS:
+            if name.startswith(our_prefix):
+                idx, _, rest = name[len(our_prefix):].partition(".")
+                base = f"{hf_prefix}{idx}."
+                if rest == "attn.qkv.weight":
+                    q, k, v = value.chunk(3, dim=0)
+                    out[f"{base}{_QKV}query.weight"] = q
+                    out[f"{base}{_QKV}key.weight"] = k
+                    out[f"{base}{_QKV}value.weight"] = v
+                elif rest == "attn.q_bias":
+                    out[f"{base}{_QKV}query.bias"] = value
+                elif rest == "attn.v_bias":
+                    out[f"{base}{_QKV}value.bias"] = value
+                else:
+                    sub, _, leaf = rest.rpartition(".")
+                    out[f"{base}{block[sub]}.{leaf}"] = value
+                break
+        else:
+            raise ValueError(f"no HF counterpart for parameter {name!r}")
+    return out
+
+
+__all__ = [
+    "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS",
+]

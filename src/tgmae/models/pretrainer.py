@@ -1,0 +1,107 @@
+"""VideoMAE pretraining model: encoder on visible tokens, decoder predicts the masked ones.
+
+Stages: `split` (mask -> token indices), `forward_encoder`, `forward_decoder`, `forward_loss`.
+`forward(video, mask)` runs them all and returns a `PretrainOutput`; its `latent` is the
+encoder output the contrastive head pools, so no second encoder pass is needed.
+Parameter names match the official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`,
+`mask_token`, `decoder.*`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgmae.models.arch import VideoMAEArch
+from tgmae.models.decoder import VideoMAEDecoder
+from tgmae.models.encoder import VideoViTEncoder
+from tgmae.models.pos_embed import sincos_position_table
+from tgmae.models.target import pretrain_target
+from tgmae.models.tokens import TokenSplit, gather_rows, mask_to_indices
+
+
+@dataclass
+class PretrainOutput:
+    """loss: scalar MSE on masked tokens; pred [B, N_masked, P] (masked tokens in increasing
+    token order); mask [B, N] bool (True = masked); latent [B, N_vis, D] encoder output."""
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+    latent: torch.Tensor
+
+
+class VideoMAEPretrainer(nn.Module):
+    """video [B, C, T, H, W] (normalized), mask [B, N] bool (True = masked) -> PretrainOutput."""
+
+    def __init__(self, arch: VideoMAEArch) -> None:
+        super().__init__()
+        self.arch = arch
+        self.encoder = VideoViTEncoder(arch)
+        self.encoder_to_decoder = nn.Linear(arch.embed_dim, arch.decoder_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.decoder_dim))
+        self.register_buffer("decoder_pos_embed",
+                             sincos_position_table(arch.num_tokens, arch.decoder_dim),
+                             persistent=False)  # [N, Dd]
+        self.decoder = VideoMAEDecoder(arch)
+        nn.init.xavier_uniform_(self.encoder_to_decoder.weight)
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
+
+    def split(self, mask: torch.Tensor) -> TokenSplit:
+        """[B, N] bool -> visible / masked token indices; rejects unequal visible counts."""
+        return mask_to_indices(mask, self.arch.num_tokens)
+
+    def forward_encoder(self, video: torch.Tensor, split: TokenSplit) -> torch.Tensor:
+        """video [B, C, T, H, W] -> latent [B, N_vis, D] (visible tokens only, final norm)."""
+        return self.encoder.forward_features(self.encoder.embed(video, split.visible))
+
+    def forward_decoder(self, latent: torch.Tensor, split: TokenSplit) -> torch.Tensor:
+        """latent [B, N_vis, D] -> pred [B, N_masked, P]."""
+        x_vis = self.encoder_to_decoder(latent)  # [B, N_vis, Dd]
+        dtype = x_vis.dtype
+        pos = self.decoder_pos_embed.to(dtype)
+        x_vis = x_vis + gather_rows(pos, split.visible)
+        x_mask = self.mask_token.to(dtype) + gather_rows(pos, split.masked)  # [B, N_masked, Dd]
+        return self.decoder(torch.cat([x_vis, x_mask], dim=1), split.masked.shape[1])
+
+    def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, split: TokenSplit) -> torch.Tensor:
+        """MSE between pred [B, N_masked, P] and the VideoMAE target of the masked tokens (fp32)."""
+        with torch.no_grad():
+            target = pretrain_target(video, self.arch, split.masked)  # [B, N_masked, P]
+        return F.mse_loss(pred.float(), target)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> PretrainOutput:
+        split = self.split(mask)
+        latent = self.forward_encoder(video, split)
+        pred = self.forward_decoder(latent, split)
+        loss = self.forward_loss(video, pred, split)
+        return PretrainOutput(loss=loss, pred=pred, mask=mask, latent=latent)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names that must not decay: mask_token and every attention q/v bias. (Norm weights
+        and other biases are 1-D; the usual `ndim <= 1` rule catches them too.)"""
+        names = {"mask_token"}
+        names |= {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}
+        return names
+
+    @property
+    def num_layers(self) -> int:
+        """Distinct layer ids: embedding, each encoder block, and the rest (depth + 2)."""
+        return self.arch.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay id: 0 embedding, i + 1 encoder block i, depth + 1 encoder norm,
+        encoder_to_decoder, mask_token and the decoder."""
+        if name.startswith("encoder."):
+            return self.encoder.layer_id(name[len("encoder."):])
+        return self.arch.depth + 1
+
+    def param_layer_ids(self) -> dict[str, int]:
+        """{parameter name: layer id} for every parameter."""
+        return {n: self.layer_id(n) for n, _ in self.named_parameters()}
+
+
+__all__ = ["VideoMAEPretrainer", "PretrainOutput"]

@@ -1,0 +1,222 @@
+"""tgmae.models.interop: HF directories, official .pth files and our safetensors agree exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tgmae.config import ModelConfig
+from tgmae.models import (
+    CheckpointError,
+    build_pretraining_model,
+    load_pretraining_model,
+    pretrain_target,
+    reconstruct_video,
+    save_pretraining_model,
+)
+from tgmae.models.interop import FORMAT, convert_main, detect_format
+from tgmae.models.layouts import hf_config, ours_to_hf
+
+transformers = pytest.importorskip("transformers")
+
+FRAMES, SIZE, PATCH = 4, 32, 8  # grid (2, 4, 4) = 32 tokens
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Make every bias / norm / mask token non-trivial so a wrong key mapping shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def tiny_hf(use_mean_pooling: bool) -> "transformers.VideoMAEForPreTraining":
+    cfg = transformers.VideoMAEConfig(
+        image_size=SIZE, patch_size=PATCH, num_frames=FRAMES, tubelet_size=2, hidden_size=64,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, decoder_hidden_size=32,
+        decoder_num_hidden_layers=2, decoder_num_attention_heads=2, decoder_intermediate_size=128,
+        use_mean_pooling=use_mean_pooling)
+    torch.manual_seed(0)
+    model = transformers.VideoMAEForPreTraining(cfg).eval()
+    perturb_(model)
+    return model
+
+
+def tiny_ours(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_pretraining_model(ModelConfig(preset="tiny", patch_size=PATCH), FRAMES, SIZE).eval()
+    perturb_(model, seed)
+    return model
+
+
+def inputs(n_tokens: int, n_masked: int, batch: int = 2):
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(batch, 3, FRAMES, SIZE, SIZE, generator=g)
+    mask = torch.zeros(batch, n_tokens, dtype=torch.bool)
+    for b in range(batch):
+        mask[b, torch.randperm(n_tokens, generator=g)[:n_masked]] = True
+    return video, mask
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# ------------------------------------------------------------------------------------------ HF
+
+
+@pytest.mark.parametrize("use_mean_pooling", [False, True])
+def test_hf_directory_matches_transformers(tmp_path, use_mean_pooling):
+    hf = tiny_hf(use_mean_pooling)
+    hf.save_pretrained(tmp_path)
+    ours = load_pretraining_model(tmp_path)
+    assert ours.arch.encoder_norm is not use_mean_pooling
+    assert ours.arch.layer_norm_eps == 1e-12 and ours.arch.num_heads == 4
+    video, mask = inputs(ours.arch.num_tokens, 24)
+    with torch.no_grad():
+        out = ours(video, mask)
+        ref = hf(video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)  # HF takes [B, T, C, H, W]
+    assert (out.loss - ref.loss).abs().item() <= 1e-4
+    assert out.pred.shape == ref.logits.shape
+    assert (out.pred - ref.logits).abs().max().item() <= 1e-4
+    # HF predicts masked tokens in increasing token order, the order of our target.
+    target = pretrain_target(video, ours.arch)[mask].reshape(2, 24, -1)
+    torch.testing.assert_close(torch.nn.functional.mse_loss(ref.logits, target), ref.loss)
+    rec_ours = reconstruct_video(video, out.pred, mask, ours.arch)
+    rec_hf = reconstruct_video(video, ref.logits, mask, ours.arch)
+    assert (rec_ours - rec_hf).abs().max().item() <= 1e-4
+
+
+def test_our_weights_load_into_transformers():
+    ours = tiny_ours()
+    hf = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**hf_config(ours.arch))).eval()
+    result = hf.load_state_dict(ours_to_hf(ours.state_dict()), strict=False)
+    assert not result.unexpected_keys and not result.missing_keys
+    video, mask = inputs(ours.arch.num_tokens, 20)
+    with torch.no_grad():
+        out = ours(video, mask)
+        ref = hf(video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
+    assert (out.pred - ref.logits).abs().max().item() <= 1e-4
+    assert (out.loss - ref.loss).abs().item() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------ official
+
+
+@pytest.mark.parametrize("wrap", ["model", "module", "compiled"])
+def test_official_pth_layout_round_trip(tmp_path, wrap):
+    ours = tiny_ours()
+    state = ours.state_dict()
+    if wrap == "model":
+        blob = {"model": state, "epoch": 3}
+    elif wrap == "module":
+        blob = {"module": {f"module.{k}": v for k, v in state.items()}}
+    else:
+        blob = {"model": {f"_orig_mod.{k}": v for k, v in state.items()}}
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save(blob, path)
+    assert detect_format(path) == "official"
+    loaded = load_pretraining_model(path, num_frames=FRAMES, image_size=SIZE, num_heads=4, decoder_heads=2)
+    assert loaded.arch == ours.arch
+    assert_same_weights(loaded, ours)
+    video, mask = inputs(ours.arch.num_tokens, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(video, mask).pred, ours(video, mask).pred)
+
+
+def test_official_pth_heads_default_to_released_models(tmp_path):
+    with torch.device("meta"):
+        base = build_pretraining_model(ModelConfig(preset="small"), 16, 224)
+    state = {k: torch.zeros(v.shape) for k, v in base.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "small.pth")
+    loaded = load_pretraining_model(tmp_path / "small.pth")
+    assert loaded.arch == base.arch  # 384 wide -> 6 heads; decoder 192 -> 3 heads; 16 x 224
+
+
+# --------------------------------------------------------------------------------------- ours
+
+
+def test_safetensors_round_trip_is_exact_and_atomic(tmp_path):
+    ours = tiny_ours()
+    path = tmp_path / "sub" / "model.safetensors"
+    save_pretraining_model(ours, path)
+    save_pretraining_model(ours, path)  # overwrite in place
+    assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temp file left
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == FORMAT and json.loads(f.metadata()["arch"])["embed_dim"] == 128
+    loaded = load_pretraining_model(path)
+    assert loaded.arch == ours.arch
+    assert_same_weights(loaded, ours)
+    video, mask = inputs(ours.arch.num_tokens, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(video, mask).loss, ours(video, mask).loss)
+
+
+def test_convert_command(tmp_path, capsys):
+    hf = tiny_hf(False)
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "converted.safetensors"
+    assert convert_main([str(tmp_path / "hf"), str(out)]) == 0
+    assert "hf -> tgmae" in capsys.readouterr().out
+    assert_same_weights(load_pretraining_model(out), load_pretraining_model(tmp_path / "hf"))
+    with pytest.raises(SystemExit):
+        convert_main([str(tmp_path / "hf"), str(tmp_path / "x.pth")])
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_layout_names_keys(tmp_path):
+    torch.save({"model": {"backbone.conv1.weight": torch.zeros(2)}}, tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match=r"encoder\.patch_embed\.proj\.weight.*backbone\.conv1\.weight"):
+        load_pretraining_model(tmp_path / "resnet.pth")
+    # An official layout with the decoder removed (e.g. a finetuned encoder): name what is missing.
+    state = {k: v for k, v in tiny_ours().state_dict().items() if not k.startswith("decoder.head")}
+    state["encoder.head.weight"] = torch.zeros(10, 128)
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys: \[decoder\.head\.bias, decoder\.head\.weight\]"
+                                              r".*unexpected keys: \[encoder\.head\.weight\]"):
+        load_pretraining_model(tmp_path / "partial.pth", num_frames=FRAMES, image_size=SIZE, num_heads=4,
+                               decoder_heads=2)
+
+
+def test_corrupted_and_missing_files_fail_clearly(tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read .*broken.pth as a torch checkpoint"):
+        load_pretraining_model(bad)
+    ours = tiny_ours()
+    good = save_pretraining_model(ours, tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read .*cut.safetensors as safetensors"):
+        load_pretraining_model(cut)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="without tgmae 'arch' metadata"):
+        load_pretraining_model(tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pretraining_model(tmp_path / "nope.pth")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CheckpointError, match="without config.json"):
+        load_pretraining_model(tmp_path / "empty_dir")
+    torch.save({"model": {"encoder.patch_embed.proj.weight": torch.zeros(3)}}, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match="encoder_to_decoder.weight"):
+        load_pretraining_model(tmp_path / "shape.pth")
