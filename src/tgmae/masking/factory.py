@@ -7,9 +7,48 @@ from tgmae.masking.base import MaskGenerator
 from tgmae.masking.simple import RandomMask, TubeMask
 
 
-def build_mask_generator(cfg: MaskingConfig) -> MaskGenerator:
+def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device: str = "cpu") -> MaskGenerator:
+    """`captions_file` (the run's captions.file) lets a TGM similarity cache be checked against
+    the run's caption source; `device` is where online TGM runs CLIP (a batch generator, see
+    `tgmae.masking.batch`, when it is not the CPU)."""
     if cfg.name == "random":
         return RandomMask(cfg.ratio)
     if cfg.name == "tube":
         return TubeMask(cfg.ratio)
-    raise ConfigError(f"masking.name={cfg.name!r}: known generators are random, tube")
+    if cfg.name == "mgm":
+        from tgmae.masking.mgm import MotionGuidedMask
+
+        return MotionGuidedMask(cfg.ratio, cfg.motion_source)
+    if cfg.name == "tgm":
+        return _build_tgm(cfg, captions_file, device)
+    raise ConfigError(f"masking.name={cfg.name!r}: known generators are random, tube, tgm, mgm")
+
+
+def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str):
+    # Fields added with TGM; defaults apply while a config predates them.
+    clip_model = getattr(cfg, "clip_model", "")
+    caption = getattr(cfg, "caption", "drawn")
+    if cfg.cache_dir:
+        from tgmae.masking.cache import SimilarityCache
+        from tgmae.masking.tgm import CachedTGMMask
+
+        source = None
+        if captions_file:
+            from tgmae.captions.store import read_store
+            from tgmae.masking.caption_source import caption_source_of
+
+            source = caption_source_of(read_store(captions_file).records)
+        cache = SimilarityCache(cfg.cache_dir, expect_clip=clip_model or None, expect_caption_source=source)
+        return CachedTGMMask(cache, cfg.ratio, cfg.select, cfg.tubelet_frame, caption)
+    if not clip_model:
+        raise ConfigError(
+            "masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
+            "masking.clip_model (CLIP in the loop)"
+        )
+    from tgmae.masking.clip_features import ClipPatchScorer, load_clip
+    from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
+
+    scorer = ClipPatchScorer(load_clip(clip_model, device), getattr(cfg, "mode", "dense"),
+                             getattr(cfg, "dense_size", 0) or None)
+    cls = OnlineTGMMask if str(device) == "cpu" else BatchTGMMask
+    return cls(scorer, cfg.ratio, cfg.select, cfg.tubelet_frame)

@@ -1,0 +1,41 @@
+"""Batch mask generators: masks made on the batch in the main process (e.g. CLIP on the GPU).
+
+Per-sample generators (`MaskGenerator`) run in DataLoader workers. A generator that needs a big
+model (online text-guided masking with CLIP in the loop) is better run once per batch on the
+accelerator, after the batch is moved there and before the model's forward:
+
+    if is_batch_generator(gen):
+        mask = gen(batch["video"], text_embedding, grid, generator)   # [B, N] bool, on device
+
+The dataset then builds no mask (its generator is None); everything else is unchanged. The
+returned mask satisfies the same contract as per-sample masks: [B, N] bool, True = masked,
+(t, h, w) raster order, the same masked count in every sample.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class BatchMaskGenerator(Protocol):
+    """(video [B, C, T, H, W] data-normalized, text_embedding [B, D] or None, grid (T', H', W'),
+    generator) -> [B, N] bool mask on video's device, True = masked."""
+
+    ratio: float
+    batched: bool
+
+    def __call__(
+        self, video: torch.Tensor, text_embedding: Optional[torch.Tensor],
+        grid: tuple[int, int, int], generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor: ...
+
+
+def is_batch_generator(obj: object) -> bool:
+    """True for generators meant to run on the batch in the main process."""
+    return bool(getattr(obj, "batched", False))
+
+
+__all__ = ["BatchMaskGenerator", "is_batch_generator"]

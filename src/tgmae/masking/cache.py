@@ -1,0 +1,282 @@
+"""On-disk similarity-map cache written by `tgmae masks`, read by the cached TGM generator.
+
+Layout of a cache directory:
+
+    manifest.json        what the maps were computed with (CLIP, mode, captions, geometry)
+    maps/<id>.npz        per video: sim float16 [C, F, gh, gw] (one map per caption, per cached
+                         frame, over the full source frame), frames int32 [F] (source frame
+                         numbers), text float16 [C, D] (the captions' CLIP text embeddings)
+    parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding)
+    index.json           the merged parts: {"videos": {id: file}, "skipped": {id: reason}}
+
+Caption choice: the cache keeps one map per caption of the video (captions in the order of the
+captions JSONL), not only a map for the mean caption. The training-time generator then uses the
+caption drawn for the sample (identified by its text, or by matching the sample's text
+embedding to the cached ones), or the mean caption: the mean of the per-caption cosine maps is
+the cosine map of the mean of the normalized caption embeddings up to a positive per-video
+factor, so its top-k is exactly the mean-caption top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+CACHE_FORMAT = "tgmae-similarity-cache"
+CACHE_VERSION = 1
+
+
+class CacheMismatchError(ValueError):
+    """The cache was built with another CLIP, mode, caption source or geometry."""
+
+
+class MissingCacheEntry(LookupError):
+    """A video has no cached similarity map (with the reason recorded when the cache was built)."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class CacheManifest:
+    """What a cache was computed with; every field except format/version must match to reuse it."""
+
+    clip_model: str  # name or absolute path of the CLIP that embedded patches and captions
+    clip_fingerprint: str  # hash of its projection weights (the same weights under any path)
+    mode: str  # faithful | dense
+    caption_source: str  # "source=...,model=..." pairs found in the captions JSONL
+    captions_sha256: str  # content hash of the captions file at build time (informational)
+    frame_stride: int  # a map every `frame_stride` source frames
+    image_size: int  # the video model's input side the patch grid refers to
+    patch_size: int  # the video model's patch side
+    map_scale: int  # map cells per patch along each side (dense mode may be finer)
+    dense_size: Optional[int]  # dense mode: CLIP input short side
+    embed_dim: int  # CLIP joint-space width (text embeddings must match)
+    format: str = CACHE_FORMAT
+    version: int = CACHE_VERSION
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CacheManifest":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_CHECKED = (
+    "clip_fingerprint", "mode", "caption_source", "frame_stride",
+    "image_size", "patch_size", "map_scale", "dense_size",
+)
+
+
+def manifest_differences(have: CacheManifest, want: CacheManifest) -> list[str]:
+    """Human-readable 'key: cache has X, requested Y' lines for every identity field that differs."""
+    out = []
+    for key in _CHECKED:
+        a, b = getattr(have, key), getattr(want, key)
+        if a != b:
+            if key == "clip_fingerprint":
+                out.append(f"CLIP weights: cache built with {have.clip_model!r}, requested {want.clip_model!r}")
+            else:
+                out.append(f"{key}: cache has {a!r}, requested {b!r}")
+    return out
+
+
+def read_manifest(root: str | Path) -> CacheManifest:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{root} is not a similarity cache (no manifest.json); build one with `tgmae masks`"
+        )
+    data = json.loads(path.read_text())
+    if data.get("format") != CACHE_FORMAT:
+        raise CacheMismatchError(f"{path}: not a {CACHE_FORMAT} manifest")
+    if int(data.get("version", 0)) != CACHE_VERSION:
+        raise CacheMismatchError(
+            f"{path}: cache version {data.get('version')} but this tgmae reads version {CACHE_VERSION}; rebuild it"
+        )
+    return CacheManifest.from_json(data)
+
+
+def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
+    """New cache: write the manifest. Existing cache: refuse when it was built differently."""
+    root = Path(root)
+    path = root / "manifest.json"
+    if path.is_file():
+        diffs = manifest_differences(read_manifest(root), manifest)
+        if diffs:
+            raise CacheMismatchError(
+                f"{root} holds a similarity cache built differently:\n  " + "\n  ".join(diffs)
+                + "\nUse another --out directory (or delete this one) to build a new cache."
+            )
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+def entry_file(video_id: str) -> str:
+    """File name of a video's maps (video ids may contain '/' and other path characters)."""
+    return "maps/" + urllib.parse.quote(video_id, safe="") + ".npz"
+
+
+def write_entry(
+    root: str | Path, video_id: str, sim: torch.Tensor, frames: torch.Tensor, text: torch.Tensor,
+    captions: list[str],
+) -> str:
+    """Write one video's maps atomically (a crash never leaves a half file). Returns its file."""
+    rel = entry_file(video_id)
+    path = Path(root) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            sim=sim.detach().cpu().to(torch.float16).numpy(),
+            frames=frames.detach().cpu().to(torch.int32).numpy(),
+            text=text.detach().cpu().to(torch.float16).numpy(),
+            captions=np.asarray(list(captions), dtype=np.str_),
+        )
+    os.replace(tmp, path)
+    return rel
+
+
+@dataclass
+class CacheEntry:
+    """One video's cached maps: sim [C, F, gh, gw] float32, frames [F] int64, text [C, D] float32
+    (normalized), captions: the caption text of each map."""
+
+    sim: torch.Tensor
+    frames: torch.Tensor
+    text: torch.Tensor
+    captions: list[str]
+
+    def mean_sim(self) -> np.ndarray:
+        """[F, gh, gw] mean over captions (computed once)."""
+        cached = self.__dict__.get("_mean")
+        if cached is None:
+            cached = self.__dict__["_mean"] = self.sim.numpy().mean(axis=0)
+        return cached
+
+
+def part_file(root: str | Path, rank: int, world: int) -> Path:
+    return Path(root) / "parts" / f"rank{rank}-of-{world}.jsonl"
+
+
+def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """All part files -> (videos {id: file}, skipped {id: reason}); later lines win."""
+    videos: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    parts = Path(root) / "parts"
+    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that video is simply redone
+                continue
+            vid = rec["video_id"]
+            if rec.get("file"):
+                videos[vid] = rec["file"]
+                skipped.pop(vid, None)
+            else:
+                skipped[vid] = rec.get("reason", "skipped")
+    return videos, skipped
+
+
+def merge_parts(root: str | Path) -> dict:
+    """Merge every rank's part file into index.json; returns the index."""
+    videos, skipped = read_parts(root)
+    index = {"videos": dict(sorted(videos.items())), "skipped": dict(sorted(skipped.items()))}
+    _atomic_write(Path(root) / "index.json", json.dumps(index, indent=1) + "\n")
+    return index
+
+
+class SimilarityCache:
+    """Read side of a cache: manifest, index and an LRU of loaded entries (per process/worker).
+
+    expect_clip: when given, the manifest's CLIP (name or path) must be this one.
+    expect_caption_source: when given, the manifest's caption source must be this one.
+    """
+
+    def __init__(
+        self, root: str | Path, expect_clip: Optional[str] = None,
+        expect_caption_source: Optional[str] = None, max_entries: int = 512,
+    ):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        m = self.manifest
+        if expect_clip and _clip_id(expect_clip) != _clip_id(m.clip_model):
+            raise CacheMismatchError(
+                f"similarity cache {self.root} was built with CLIP {m.clip_model!r}, but this run "
+                f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip}`"
+            )
+        if expect_caption_source is not None and expect_caption_source != m.caption_source:
+            raise CacheMismatchError(
+                f"similarity cache {self.root} was built from captions {m.caption_source!r}, but "
+                f"this run's captions are {expect_caption_source!r}; rebuild the cache with "
+                "`tgmae masks --captions` on this run's captions file"
+            )
+        index_path = self.root / "index.json"
+        if index_path.is_file():
+            index = json.loads(index_path.read_text())
+            self.videos, self.skipped = index["videos"], index["skipped"]
+        else:  # not merged yet (e.g. a rank still running): read the parts directly
+            self.videos, self.skipped = read_parts(self.root)
+        self.max_entries = max_entries
+        self._lru: OrderedDict[str, CacheEntry] = OrderedDict()
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.videos
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def entry(self, video_id: str) -> CacheEntry:
+        hit = self._lru.get(video_id)
+        if hit is not None:
+            self._lru.move_to_end(video_id)
+            return hit
+        rel = self.videos.get(video_id)
+        if rel is None:
+            why = self.skipped.get(video_id)
+            reason = f": {why}" if why else " (it was not in the annotations when `tgmae masks` ran)"
+            raise MissingCacheEntry(f"no cached similarity maps for video {video_id!r} in {self.root}{reason}")
+        with np.load(self.root / rel) as z:
+            entry = CacheEntry(
+                torch.from_numpy(z["sim"].astype(np.float32)),
+                torch.from_numpy(z["frames"].astype(np.int64)),
+                torch.nn.functional.normalize(torch.from_numpy(z["text"].astype(np.float32)), dim=-1),
+                [str(c) for c in z["captions"]],
+            )
+        self._lru[video_id] = entry
+        if len(self._lru) > self.max_entries:
+            self._lru.popitem(last=False)
+        return entry
+
+
+def _clip_id(name: str) -> str:
+    p = Path(name)
+    return str(p.resolve()) if p.exists() else name
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "CACHE_FORMAT", "CACHE_VERSION", "CacheEntry", "CacheManifest", "CacheMismatchError",
+    "MissingCacheEntry", "SimilarityCache", "entry_file", "manifest_differences", "merge_parts",
+    "part_file", "read_manifest", "read_parts", "write_entry", "write_manifest_or_check",
+]

@@ -1,0 +1,223 @@
+"""CLIP patch features for text-guided masking: paper-faithful patch crops and dense MaskCLIP.
+
+Both produce, for frames [F, 3, H, W] (RGB in [0, 1]) and a grid (gh, gw) of model patches over
+the frame, L2-normalized image embeddings [F, gh, gw, D] in CLIP's joint space:
+
+- faithful (paper section 3.3): the frame is resized to gh*p x gw*p (p = the video model's patch,
+  16), cut into its p x p patches, each patch resized to CLIP's input resolution and embedded as
+  a whole image (CLS -> post-layernorm -> visual projection). gh*gw CLIP forwards per frame.
+- dense (MaskCLIP, Zhou et al. 2022): one forward per frame at a chosen input resolution with
+  interpolated position embeddings; per-patch features are read from the last block's value path
+  (layer_norm1 -> v_proj -> out_proj, skipping the query-key attention that mixes in the global
+  context), then post-layernorm -> visual projection, and interpolated bilinearly to the grid.
+
+Cosine similarity with a caption embedding (CLIP text tower, EOS token -> projection) gives the
+map that TGM ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("faithful", "dense")
+_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP: model (eval mode), tokenizer and the image normalization it was trained with."""
+
+    model: "torch.nn.Module"
+    tokenizer: object
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def clip_patch(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def fingerprint(self) -> str:
+        """Short hash of the projection weights: identifies the weights whatever the path."""
+        h = hashlib.sha256()
+        for p in (self.model.visual_projection.weight, self.model.text_projection.weight):
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
+    """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(name_or_path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(name_or_path)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+    except (OSError, ValueError):  # no preprocessor_config.json: CLIP's defaults
+        pass
+    name = str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
+    return ClipBundle(model, tokenizer, mean, std, name)
+
+
+def map_grid(height: int, width: int, image_size: int = 224, patch_size: int = 16) -> tuple[int, int]:
+    """(gh, gw) model patches over a full source frame seen at short side `image_size`."""
+    n = image_size / patch_size
+    short = min(height, width)
+    return max(1, round(height / short * n)), max(1, round(width / short * n))
+
+
+@torch.no_grad()
+def embed_texts(clip: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
+    """[C] caption strings -> [C, D] L2-normalized CLIP text embeddings (EOS -> projection): the
+    same vectors as `tgmae.captions.embed.TextEmbedder`, from the already loaded CLIP."""
+    if not texts:
+        raise ValueError("no caption text to embed")
+    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+    if empty:
+        raise ValueError(f"empty caption text at positions {empty}: a caption must have words")
+    max_len = int(clip.model.config.text_config.max_position_embeddings)
+    tok = clip.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    tok = {k: v.to(clip.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+    out = clip.model.get_text_features(**tok)
+    emb = out.pooler_output if hasattr(out, "pooler_output") else out
+    return F.normalize(emb.float(), dim=-1)
+
+
+class ClipPatchScorer:
+    """Per-patch CLIP image embeddings of frames, faithful or dense (see the module docstring).
+
+    dense_size: dense mode's input short side; None = the grid's short side x CLIP's patch, so
+    CLIP's own token grid matches the patch grid (448 for ViT-B/32 and a 14-patch side).
+    batch_size: CLIP images per forward (faithful crops; dense uses batch_size // 16 frames).
+    """
+
+    def __init__(
+        self, clip: ClipBundle, mode: str = "dense", dense_size: Optional[int] = None,
+        batch_size: int = 256,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        self.clip, self.mode, self.dense_size, self.batch_size = clip, mode, dense_size, batch_size
+        self._mean = torch.tensor(clip.image_mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(clip.image_std).view(1, 3, 1, 1)
+
+    def dense_size_for(self, grid_hw: tuple[int, int]) -> int:
+        return int(self.dense_size or min(grid_hw) * self.clip.clip_patch)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+
+    @torch.no_grad()
+    def features(self, frames: torch.Tensor, grid_hw: tuple[int, int], patch_size: Optional[int] = None) -> torch.Tensor:
+        """frames [F, 3, H, W] in [0, 1] -> [F, gh, gw, D] normalized patch embeddings.
+        patch_size (faithful): the patch side in pixels; None = H / gh of the given frames."""
+        if self.mode == "faithful":
+            return self.faithful_features(frames, grid_hw, patch_size)
+        return self.dense_features(frames, grid_hw)
+
+    @torch.no_grad()
+    def faithful_features(
+        self, frames: torch.Tensor, grid_hw: tuple[int, int], patch_size: Optional[int] = None
+    ) -> torch.Tensor:
+        """Each p x p patch of the frame (at gh*p x gw*p) resized to CLIP's input, CLS embedding."""
+        gh, gw = grid_hw
+        p = patch_size or max(1, round(frames.shape[-2] / gh))
+        r = self.clip.image_size
+        model = self.clip.model
+        x = frames.to(self.clip.device, torch.float32)
+        if tuple(x.shape[-2:]) != (gh * p, gw * p):
+            x = F.interpolate(x, size=(gh * p, gw * p), mode="bilinear", align_corners=False, antialias=True)
+        n = x.shape[0]
+        crops = x.unfold(2, p, p).unfold(3, p, p)  # [F, 3, gh, gw, p, p]
+        crops = crops.permute(0, 2, 3, 1, 4, 5).reshape(n * gh * gw, 3, p, p)
+        out = []
+        for chunk in crops.split(self.batch_size):
+            chunk = F.interpolate(chunk, size=(r, r), mode="bicubic", align_corners=False).clamp_(0, 1)
+            feats = model.get_image_features(pixel_values=self._normalize(chunk))
+            out.append(feats.pooler_output if hasattr(feats, "pooler_output") else feats)
+        emb = torch.cat(out).float().reshape(n, gh, gw, -1)
+        return F.normalize(emb, dim=-1)
+
+    @torch.no_grad()
+    def dense_features(self, frames: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """MaskCLIP value-path features at `dense_size`, interpolated to (gh, gw)."""
+        vision = self.clip.model.vision_model
+        cp = self.clip.clip_patch
+        x = frames.to(self.clip.device, torch.float32)
+        h, w = x.shape[-2:]
+        s = self.dense_size_for(grid_hw) / min(h, w)
+        fh, fw = max(1, round(h * s / cp)), max(1, round(w * s / cp))
+        x = F.interpolate(x, size=(fh * cp, fw * cp), mode="bicubic", align_corners=False).clamp_(0, 1)
+        out = []
+        for chunk in x.split(max(1, self.batch_size // 16)):
+            out.append(self._maskclip_tokens(vision, self._normalize(chunk)))
+        tokens = torch.cat(out)  # [F, fh*fw, D]
+        fmap = tokens.reshape(x.shape[0], fh, fw, -1).permute(0, 3, 1, 2)
+        if (fh, fw) != tuple(grid_hw):
+            fmap = F.interpolate(fmap, size=tuple(grid_hw), mode="bilinear", align_corners=False)
+        return F.normalize(fmap.permute(0, 2, 3, 1).float(), dim=-1)
+
+    def _maskclip_tokens(self, vision: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalized -> [B, (H/cp)*(W/cp), D] projected value-path patch features."""
+        hidden = vision.embeddings(pixels, interpolate_pos_encoding=True)
+        hidden = vision.pre_layrnorm(hidden)
+        layers = vision.encoder.layers
+        for layer in layers[:-1]:
+            hidden = layer(hidden, None)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        last = layers[-1]
+        v = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
+        v = vision.post_layernorm(v[:, 1:])  # drop CLS
+        return self.clip.model.visual_projection(v)
+
+
+def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """features [F, gh, gw, D] normalized, text [C, D] normalized -> [C, F, gh, gw] cosine."""
+    return torch.einsum("fhwd,cd->cfhw", features.float(), text.to(features.device).float())
+
+
+def frames_to_unit(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Data-normalized clip [C, T, H, W] (or [B, C, T, H, W]) -> RGB frames in [0, 1],
+    [T, 3, H, W] (or [B*T, 3, H, W])."""
+    m = torch.tensor(mean, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    s = torch.tensor(std, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    if frames.dim() == 4:
+        return (frames.float() * s + m).clamp(0, 1).permute(1, 0, 2, 3)
+    b, c, t, h, w = frames.shape
+    x = (frames.float() * s + m).clamp(0, 1)
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def uint8_to_unit(frames: "object") -> torch.Tensor:
+    """np.uint8 [T, H, W, 3] -> float [T, 3, H, W] in [0, 1]."""
+    x = torch.as_tensor(frames)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+__all__ = [
+    "MODES", "ClipBundle", "ClipPatchScorer", "cosine_maps", "embed_texts", "frames_to_unit",
+    "load_clip", "map_grid", "uint8_to_unit",
+]

@@ -1,0 +1,257 @@
+"""`tgmae masks`: precompute per-video CLIP similarity maps for cached text-guided masking.
+
+    tgmae masks --format F --root DIR ANNOTATIONS --captions captions.jsonl \\
+        --clip NAME_OR_PATH --mode faithful|dense --out CACHE_DIR [--frame-stride 4]
+
+For every video of the annotations: frames 0, s, 2s, ... (s = --frame-stride) over the whole
+video, the full source frame cut into the model's patch grid (short side --image-size /
+--patch-size cells, x --map-scale in dense mode), one cosine map per caption of the video.
+Layout, manifest and caption choice: `tgmae.masking.cache`.
+
+Resume: videos already in a part file with the same captions are skipped. Sharding: under
+`torchrun`, rank r of W takes videos r, r+W, ... and writes its own part file; rank 0 merges the
+parts into index.json after a barrier (or run again with --merge-only). A cache built with
+another CLIP, mode, caption source or geometry is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from tgmae.masking.cache import (
+    CacheManifest, CacheMismatchError, merge_parts, part_file, read_parts, write_entry,
+    write_manifest_or_check,
+)
+from tgmae.masking.caption_source import caption_source_of, file_sha256
+from tgmae.masking.clip_features import (
+    MODES, ClipBundle, ClipPatchScorer, cosine_maps, load_clip, map_grid, uint8_to_unit,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrecomputeOptions:
+    """Geometry and batching of a precompute run."""
+
+    mode: str = "dense"
+    frame_stride: int = 4
+    image_size: int = 224
+    patch_size: int = 16
+    map_scale: int = 1
+    dense_size: Optional[int] = None
+    frames_per_chunk: int = 32  # frames decoded and embedded at once (bounds memory)
+    batch_size: int = 256
+
+
+def captions_key(captions: Sequence[str]) -> str:
+    """Short hash of a video's caption list (resume recomputes a video whose captions changed)."""
+    return hashlib.sha1(json.dumps(list(captions)).encode()).hexdigest()[:12]
+
+
+def video_similarity(
+    scorer: ClipPatchScorer, path: str, text: torch.Tensor, opts: PrecomputeOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One video -> (sim [C, F, gh*scale, gw*scale] float, frames [F] int64)."""
+    from tgmae.data.video import VideoReader
+
+    with VideoReader(path) as reader:
+        info = reader.probe_rotation()
+        frames_idx = torch.arange(0, info.num_frames, opts.frame_stride)
+        gh, gw = map_grid(info.height, info.width, opts.image_size, opts.patch_size)
+        grid = (gh * opts.map_scale, gw * opts.map_scale)
+        sims = []
+        for chunk in frames_idx.split(opts.frames_per_chunk):
+            x = uint8_to_unit(reader.read(chunk.numpy()))
+            if opts.mode == "faithful":
+                feats = scorer.faithful_features(x, (gh, gw), opts.patch_size)
+            else:
+                feats = scorer.dense_features(x, grid)
+            sims.append(cosine_maps(feats, text).cpu())
+    return torch.cat(sims, dim=1), frames_idx
+
+
+def build_manifest(clip: ClipBundle, captions_file: str, records: Sequence, opts: PrecomputeOptions,
+                   scorer: ClipPatchScorer) -> CacheManifest:
+    grid_short = opts.image_size // opts.patch_size * opts.map_scale
+    return CacheManifest(
+        clip_model=clip.name, clip_fingerprint=clip.fingerprint(), mode=opts.mode,
+        caption_source=caption_source_of(records), captions_sha256=file_sha256(captions_file),
+        frame_stride=opts.frame_stride, image_size=opts.image_size, patch_size=opts.patch_size,
+        map_scale=opts.map_scale,
+        dense_size=scorer.dense_size_for((grid_short, grid_short)) if opts.mode == "dense" else None,
+        embed_dim=clip.embed_dim,
+    )
+
+
+def precompute(
+    videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
+    opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True,
+) -> dict:
+    """Compute this rank's share of (video_id, path) pairs into cache `out`.
+    Returns counts {"done", "skipped", "resumed"} for this rank."""
+    from tqdm import tqdm
+
+    from tgmae.captions.store import read_store
+    from tgmae.data.video import VideoError
+
+    out = Path(out)
+    records = read_store(captions_file).records
+    by_video = {r.video_id: r.captions for r in records}
+    scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
+    write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer))
+    done_files, _ = read_parts(out)
+    done_keys = _done_caption_keys(out)
+    share = list(videos)[rank::world]
+    counts = {"done": 0, "skipped": 0, "resumed": 0}
+    part = part_file(out, rank, world)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    text_cache: dict[str, torch.Tensor] = {}
+    with open(part, "a", encoding="utf-8") as log_file:
+        bar = tqdm(share, desc=f"similarity maps [{opts.mode}]", unit="video", disable=not progress or rank != 0)
+        for vid, path in bar:
+            caps = by_video.get(vid)
+            if caps is None:
+                reason = f"no captions for video {vid!r} in {captions_file}"
+                log.warning("tgmae masks: skipping: %s", reason)
+                _append(log_file, {"video_id": vid, "reason": reason})
+                counts["skipped"] += 1
+                continue
+            key = captions_key(caps)
+            if vid in done_files and done_keys.get(vid) == key and (out / done_files[vid]).is_file():
+                counts["resumed"] += 1
+                continue
+            try:
+                text = _embed(clip, caps, text_cache)
+                sim, frames = video_similarity(scorer, path, text, opts)
+            except (VideoError, OSError) as e:
+                reason = f"unreadable video {path}: {e}"
+                log.warning("tgmae masks: skipping %r: %s", vid, reason)
+                _append(log_file, {"video_id": vid, "reason": reason})
+                counts["skipped"] += 1
+                continue
+            rel = write_entry(out, vid, sim, frames, text, caps)
+            _append(log_file, {"video_id": vid, "file": rel, "captions": key})
+            counts["done"] += 1
+    return counts
+
+
+def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[C, D] normalized embeddings of a video's captions (memoized per text: videos share them)."""
+    from tgmae.masking.clip_features import embed_texts
+
+    missing = [c for c in dict.fromkeys(captions) if c not in cache]
+    if missing:
+        for c, e in zip(missing, embed_texts(clip, missing)):
+            cache[c] = e.cpu()
+    return torch.stack([cache[c] for c in captions])
+
+
+def _done_caption_keys(out: Path) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    parts = out / "parts"
+    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("file"):
+                keys[rec["video_id"]] = rec.get("captions", "")
+    return keys
+
+
+def _append(f, rec: dict) -> None:
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tgmae masks",
+        description="Precompute per-video CLIP similarity maps for cached text-guided masking.",
+    )
+    p.add_argument("annotations", help="annotation file or folder (as for training)")
+    p.add_argument("--format", default="csv", help="annotation format (csv, k400, ssv2, ...)")
+    p.add_argument("--root", default="", help="folder the annotation paths are relative to")
+    p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split")
+    p.add_argument("--subset", default="train", help="train | val | test")
+    p.add_argument("--captions", required=True, help="captions JSONL (tgmae caption / synth)")
+    p.add_argument("--clip", required=True, help="CLIP model name or directory")
+    p.add_argument("--mode", choices=MODES, default="dense")
+    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--frame-stride", type=int, default=4, help="a map every N source frames")
+    p.add_argument("--image-size", type=int, default=224, help="the video model's input side")
+    p.add_argument("--patch-size", type=int, default=16, help="the video model's patch side")
+    p.add_argument("--map-scale", type=int, default=1, help="dense: map cells per patch side (finer maps)")
+    p.add_argument("--dense-size", type=int, default=None, help="dense: CLIP input short side (default: grid x CLIP patch)")
+    p.add_argument("--batch-size", type=int, default=256, help="CLIP images per forward")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--merge-only", action="store_true", help="only merge the part files into index.json")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.merge_only:
+        index = merge_parts(args.out)
+        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) -> {args.out}/index.json")
+        return 0
+    if args.frame_stride < 1 or args.map_scale < 1 or args.image_size % args.patch_size:
+        print("tgmae masks: --frame-stride and --map-scale must be >= 1, --image-size a multiple of --patch-size",
+              file=sys.stderr)
+        return 2
+    if args.mode == "faithful" and args.map_scale != 1:
+        print("tgmae masks: --map-scale > 1 is for dense mode (faithful embeds one crop per patch)", file=sys.stderr)
+        return 2
+    from tgmae.captions.shard import distributed_ready, init_distributed_if_launched, shard_from_env
+    from tgmae.captions.store import CaptionStoreError
+    from tgmae.data.annotations import load_annotations
+    from tgmae.train.distributed import resolve_device
+
+    shard = shard_from_env()
+    created = init_distributed_if_launched()
+    try:
+        records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
+        videos = list({r.video_id: r.path for r in records}.items())
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+        clip = load_clip(args.clip, device)
+        opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
+                                 args.map_scale, args.dense_size, batch_size=args.batch_size)
+        counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
+                            progress=not args.no_progress)
+    except (CacheMismatchError, CaptionStoreError, FileNotFoundError) as e:
+        print(f"tgmae masks: {e}", file=sys.stderr)
+        return 2
+    if distributed_ready():
+        import torch.distributed as dist
+
+        dist.barrier()
+    if shard.rank == 0:
+        index = merge_parts(args.out)
+        print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
+              f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
+    if created:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+__all__ = ["PrecomputeOptions", "captions_key", "main", "precompute", "video_similarity"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

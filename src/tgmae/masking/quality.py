@@ -1,0 +1,242 @@
+"""`tgmae eval-masks`: how well each masking algorithm hits the acting object, on the synthetic set.
+
+    tgmae eval-masks --root SYNTH_DIR [--clip CLIP_DIR] [--out results.json]
+
+For each video of the split, one clip goes through the real data pipeline (frame sampling,
+crop/flip transform, codec motion vectors) and each algorithm masks it: random, tube, MGM, and
+with a CLIP, TGM top-k and bottom-k (from a similarity cache built on the fly with `tgmae masks`
+machinery, resumed when it exists). Ground truth: a token is "on the object" when at least
+`--min-cover` of its pixels (in the augmented clip, averaged over the tubelet's frames) belong to
+the synthetic set's acting-object mask. Per algorithm, summed over videos:
+precision = masked object tokens / masked tokens, recall = masked object tokens / object tokens.
+
+Precision is capped by the ratio: with object fraction f, masking a fraction r of the tokens gives
+at most min(1, f / r). So all algorithms are compared at one ratio (--ratio) by default;
+--paper-ratios uses each method's ratio in the paper (random/tube 0.9, MGM 0.75, TGM 0.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tgmae.masking.base import CropParams, MaskContext
+from tgmae.masking.mgm import MotionGuidedMask
+from tgmae.masking.motion import stack_codec_motion
+from tgmae.masking.resample import sample_maps
+from tgmae.masking.simple import RandomMask, TubeMask
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("random", "tube", "mgm", "tgm_top", "tgm_bottom")
+PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
+
+
+@dataclass
+class MaskQuality:
+    """results {algorithm: {precision, recall, ratio}}; object_fraction: object tokens / tokens."""
+
+    results: dict[str, dict[str, float]]
+    object_fraction: float
+    videos: int
+
+
+@dataclass
+class EvalClip:
+    """One clip of a synthetic video, as the training pipeline would give it."""
+
+    video_id: str
+    frames: torch.Tensor  # float [C, T, H, W] in [0, 1] (the augmented clip)
+    frame_indices: torch.Tensor  # [T]
+    crop: CropParams
+    motion: Optional[torch.Tensor]  # [T, Hb, Wb, 2] codec motion of the source frames
+    object_cover: torch.Tensor  # [T', H', W'] object pixel fraction per token
+    captions: list[str]
+
+
+def object_coverage(masks: torch.Tensor, crop: CropParams, grid: tuple[int, int, int], sub: int = 4) -> torch.Tensor:
+    """Source-frame object masks [T, H, W] -> [T', H', W'] fraction of each token's pixels on the
+    object (sub x sub samples per token through the crop/flip, tubelet mean)."""
+    t_tok, h, w = grid
+    cov = sample_maps(masks.float(), crop, (h * sub, w * sub))
+    cov = F.avg_pool2d(cov[:, None], sub)[:, 0]  # [T, h, w]
+    return cov.reshape(t_tok, -1, h, w).mean(dim=1)
+
+
+def load_eval_clip(
+    root: Path, video_id: str, path: str, captions: list[str], grid: tuple[int, int, int],
+    num_frames: int, frame_stride: int, image_size: int, augment: bool, g: torch.Generator,
+) -> EvalClip:
+    from tgmae.data.sampling import clip_indices
+    from tgmae.data.transforms import EvalTransform, PretrainTransform
+    from tgmae.data.video import VideoReader
+
+    with VideoReader(path) as reader:
+        n = reader.info.num_frames
+        fi = clip_indices(0, n, num_frames, frame_stride, "dense", train=augment, generator=g)
+        frames, mvs = reader.read(fi.numpy(), with_motion=True)
+    unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # keep [0, 1] pixels: no data normalization here
+    if augment:
+        video, crop = PretrainTransform(image_size, (1.0, 0.875, 0.75, 0.66), *unit, flip=True)(frames, g)
+    else:
+        video, crop = EvalTransform(image_size, *unit)(frames)
+    with np.load(root / "masks" / f"{video_id}.npz") as z:
+        masks = torch.from_numpy(z["masks"][fi.numpy()])
+    return EvalClip(video_id, video, fi, crop, stack_codec_motion(mvs), object_coverage(masks, crop, grid), captions)
+
+
+def build_tgm(cache_dir: str, select: str, ratio: float):
+    from tgmae.masking.tgm import CachedTGMMask
+
+    return CachedTGMMask(cache_dir, ratio=ratio, select=select, tubelet_frame="first", caption="drawn")
+
+
+def clip_context(clip: EvalClip, grid: tuple[int, int, int], text: Optional[torch.Tensor]) -> MaskContext:
+    return MaskContext(grid=grid, frames=clip.frames, frame_indices=clip.frame_indices, crop=clip.crop,
+                       video_id=clip.video_id, text_embedding=text, motion=clip.motion)
+
+
+def make_generators(ratios: dict[str, float], cache_dir: Optional[str]) -> dict[str, Callable]:
+    gens: dict[str, Callable] = {
+        "random": RandomMask(ratios["random"]),
+        "tube": TubeMask(ratios["tube"]),
+        "mgm": MotionGuidedMask(ratios["mgm"]),
+    }
+    if cache_dir:
+        gens["tgm_top"] = build_tgm(cache_dir, "top", ratios["tgm_top"])
+        gens["tgm_bottom"] = build_tgm(cache_dir, "bottom", ratios["tgm_bottom"])
+    return gens
+
+
+def evaluate_masks(
+    root: str | Path, clip_model: Optional[str] = None, *, ratio: float = 0.3, paper_ratios: bool = False,
+    split: str = "val", num_frames: int = 16, frame_stride: int = 2, image_size: int = 224,
+    patch_size: int = 16, tubelet: int = 2, mode: str = "faithful", cache_dir: Optional[str] = None,
+    augment: bool = False, min_cover: float = 0.5, max_videos: Optional[int] = None, seed: int = 0,
+    cache_stride: int = 2, progress: bool = True,
+) -> MaskQuality:
+    """Precision / recall / ratio per algorithm over the split (module docstring)."""
+    from tqdm import tqdm
+
+    from tgmae.captions.store import read_store
+    from tgmae.masking.clip_data import read_split_ids
+
+    root = Path(root)
+    ids = read_split_ids(root, split)[: max_videos or None]
+    caps = {r.video_id: r.captions for r in read_store(root / "captions.jsonl").records}
+    ratios = dict(PAPER_RATIOS) if paper_ratios else {a: ratio for a in ALGORITHMS}
+    grid = (num_frames // tubelet, image_size // patch_size, image_size // patch_size)
+    if clip_model:
+        cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
+        ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress)
+    gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
+    totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
+    for i, vid in enumerate(tqdm(ids, desc="eval-masks", unit="video", disable=not progress)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps[vid], grid,
+                              num_frames, frame_stride, image_size, augment, g)
+        obj = (clip.object_cover >= min_cover).reshape(-1)
+        text = None
+        if "tgm_top" in gens:  # the caption drawn for this sample, embedded by the cache's CLIP
+            entry = gens["tgm_top"].cache.entry(vid)
+            text = entry.text[int(torch.randint(entry.text.shape[0], (1,), generator=g))]
+        ctx = clip_context(clip, grid, text)
+        for name, gen in gens.items():
+            mask = gen(ctx, torch.Generator().manual_seed(seed * 7919 + i))
+            totals[name] += [float((mask & obj).sum()), float(mask.sum()), float(obj.sum())]
+    out = {}
+    n_tok = float(np.prod(grid)) * len(ids)
+    for name, (hit, masked, objects) in totals.items():
+        out[name] = {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0),
+                     "ratio": masked / n_tok}
+    return MaskQuality(out, float(totals["random"][2] / n_tok), len(ids))
+
+
+def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,
+                 image_size: int, patch_size: int, frame_stride: int, progress: bool) -> None:
+    """Build (or resume) the similarity cache of these videos."""
+    from tgmae.masking.cache import merge_parts
+    from tgmae.masking.clip_features import load_clip
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+    clip = load_clip(clip_model)
+    videos = [(v, str(root / "videos" / f"{v}.mp4")) for v in ids]
+    opts = PrecomputeOptions(mode=mode, frame_stride=frame_stride, image_size=image_size, patch_size=patch_size)
+    precompute(videos, str(root / "captions.jsonl"), clip, cache_dir, opts, progress=progress)
+    merge_parts(cache_dir)
+
+
+def format_table(quality: MaskQuality) -> str:
+    results, object_fraction = quality.results, quality.object_fraction
+    lines = [f"{'algorithm':<12} {'ratio':>6} {'precision':>10} {'recall':>8} {'prec/random':>12} {'ceiling':>8}"]
+    base = results.get("random", {}).get("precision", 0.0) or 1e-9
+    for name, r in results.items():
+        ceiling = min(1.0, object_fraction / max(r["ratio"], 1e-9))
+        lines.append(f"{name:<12} {r['ratio']:>6.3f} {r['precision']:>10.4f} {r['recall']:>8.4f} "
+                     f"{r['precision'] / base:>12.2f} {ceiling:>8.4f}")
+    lines.append(f"(object tokens: {object_fraction:.4f} of all; ceiling = best possible precision at that ratio)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="tgmae eval-masks",
+                                description="Precision / recall of masking algorithms on the synthetic set's object masks.")
+    p.add_argument("--root", required=True, help="synthetic set directory (`tgmae synth`)")
+    p.add_argument("--clip", default=None, help="CLIP directory or name for TGM (e.g. from `tgmae train-clip`)")
+    p.add_argument("--out", default=None, help="write {algorithm: {precision, recall, ratio}} JSON here")
+    p.add_argument("--ratio", type=float, default=0.3, help="mask ratio for every algorithm")
+    p.add_argument("--paper-ratios", action="store_true", help="each algorithm at its paper ratio instead")
+    p.add_argument("--split", default="val")
+    p.add_argument("--mode", choices=("faithful", "dense"), default="faithful", help="TGM similarity maps")
+    p.add_argument("--cache", default=None, help="similarity cache dir (default ROOT/mask_cache/<clip>-<mode>)")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--frame-stride", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--cache-stride", type=int, default=2, help="similarity map every N source frames")
+    p.add_argument("--augment", action="store_true", help="multi-scale crop + flip as in pretraining")
+    p.add_argument("--min-cover", type=float, default=0.5, help="object pixel fraction making a token 'on the object'")
+    p.add_argument("--max-videos", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    root = Path(args.root)
+    if not (root / "masks").is_dir() or not (root / "captions.jsonl").is_file():
+        print(f"tgmae eval-masks: {root} is not a synthetic set (needs masks/ and captions.jsonl; `tgmae synth`)",
+              file=sys.stderr)
+        return 2
+    if not 0 < args.ratio < 1:
+        print("tgmae eval-masks: --ratio must be in (0, 1)", file=sys.stderr)
+        return 2
+    if not args.clip:
+        log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
+    quality = evaluate_masks(
+        root, args.clip, ratio=args.ratio, paper_ratios=args.paper_ratios, split=args.split,
+        num_frames=args.num_frames, frame_stride=args.frame_stride, image_size=args.image_size,
+        mode=args.mode, cache_dir=args.cache, augment=args.augment, min_cover=args.min_cover,
+        max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
+        progress=not args.no_progress,
+    )
+    print(f"eval-masks: {quality.videos} videos of {args.root} ({args.split}), "
+          f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")
+    print(format_table(quality))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(quality.results, indent=2) + "\n")
+    return 0
+
+
+__all__ = ["ALGORITHMS", "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table", "main", "object_coverage"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

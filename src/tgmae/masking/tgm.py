@@ -1,0 +1,233 @@
+"""Text-guided masking (TGM, paper section 3.3): mask the patches most (or least) similar to the
+sample's caption in CLIP space, k = ratio x patches per temporal slice.
+
+Three ways to run it, same masks up to the source of the similarity maps:
+
+- `CachedTGMMask` (training default): similarity maps precomputed by `tgmae masks` over the full
+  source frames; per sample it resamples them into the augmented token grid (nearest cached
+  frame in time, bilinear in space through the crop and flip) and takes top-k. No CLIP call.
+- `OnlineTGMMask`: CLIP on the sample's augmented frames, per sample in the DataLoader worker.
+- `BatchTGMMask`: CLIP on the whole batch in the main process (GPU), see `tgmae.masking.batch`.
+
+A temporal slice (tubelet) is represented by its first frame or by the mean of its frames' maps.
+Caption: the cached generator masks with the map of the caption drawn for the sample
+(`caption="drawn"`: found by its text when the context carries one (`ctx.caption`), else by
+matching `ctx.text_embedding` to the caption embeddings stored in the cache, which needs the
+captions embedded with the cache's CLIP), or with the video's mean caption (`caption="mean"`).
+The online generators embed nothing themselves: they use `ctx.text_embedding`, which must come
+from the same CLIP as their image tower.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tgmae.masking.base import MaskContext
+from tgmae.masking.cache import CacheEntry, SimilarityCache
+from tgmae.masking.clip_features import ClipPatchScorer, frames_to_unit
+from tgmae.masking.resample import TUBELET_FRAMES, resample_to_tokens
+from tgmae.masking.select import select_batch_per_slice, select_per_slice
+
+log = logging.getLogger(__name__)
+
+CAPTION_CHOICES = ("drawn", "mean")
+MATCH_MIN_COSINE = 0.99  # a sample's caption embedding must be this close to a cached caption's
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_common(ratio: float, select: str, tubelet_frame: str) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio={ratio}: must be strictly between 0 and 1")
+    if select not in ("top", "bottom"):
+        raise ValueError(f"select={select!r}: expected 'top' or 'bottom'")
+    if tubelet_frame not in TUBELET_FRAMES:
+        raise ValueError(f"tubelet_frame={tubelet_frame!r}: expected one of {TUBELET_FRAMES}")
+
+
+class CachedTGMMask:
+    """TGM from an offline similarity cache: resample + top-k per slice, no CLIP call.
+
+    cache: a `SimilarityCache` or its directory. caption: "drawn" | "mean" (module docstring).
+    """
+
+    def __init__(
+        self, cache: SimilarityCache | str, ratio: float = 0.6, select: str = "top",
+        tubelet_frame: str = "first", caption: str = "drawn",
+    ):
+        _check_common(ratio, select, tubelet_frame)
+        if caption not in CAPTION_CHOICES:
+            raise ValueError(f"caption={caption!r}: expected one of {CAPTION_CHOICES}")
+        self.cache = cache if isinstance(cache, SimilarityCache) else SimilarityCache(cache)
+        self.ratio, self.select = ratio, select
+        self.tubelet_frame, self.caption = tubelet_frame, caption
+
+    def caption_maps(self, entry: CacheEntry, ctx: MaskContext) -> np.ndarray:
+        """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
+        sim = entry.sim.numpy()
+        if self.caption == "mean" or sim.shape[0] == 1:
+            return sim[0] if sim.shape[0] == 1 else entry.mean_sim()
+        text = getattr(ctx, "caption", None)  # the drawn caption's text, where the pipeline gives it
+        if isinstance(text, str):
+            if text.strip() in entry.captions:
+                return sim[entry.captions.index(text.strip())]
+            raise ValueError(
+                f"video {ctx.video_id!r}: the drawn caption {text!r} is not among the {sim.shape[0]} "
+                f"captions cached for it; rebuild the cache ({self.cache.root}) from this run's captions"
+            )
+        if ctx.text_embedding is None:
+            raise ValueError(
+                f"text-guided masking needs the caption drawn for video {ctx.video_id!r}, but the "
+                "sample has no text embedding (no caption?); set masking.caption=mean to use the "
+                "mean of the cached captions instead"
+            )
+        emb = ctx.text_embedding.detach().reshape(-1).float().cpu().numpy()
+        if emb.size != entry.text.shape[1]:
+            raise ValueError(
+                f"video {ctx.video_id!r}: the sample's caption embedding has {emb.size} dims, the "
+                f"cache's CLIP ({self.cache.manifest.clip_model}) has {entry.text.shape[1]}: embed the "
+                "captions with the cache's CLIP, or set masking.caption=mean"
+            )
+        cos = entry.text.numpy() @ emb / max(float(np.linalg.norm(emb)), 1e-12)  # cached rows are unit
+        best = int(cos.argmax())
+        if float(cos[best]) < MATCH_MIN_COSINE:
+            raise ValueError(
+                f"video {ctx.video_id!r}: the sample's caption embedding matches none of the "
+                f"{sim.shape[0]} cached captions (best cosine {float(cos[best]):.3f}); the cache was "
+                f"built from other captions or another CLIP (cache: {self.cache.manifest.caption_source}, "
+                f"{self.cache.manifest.clip_model}); rebuild it or set masking.caption=mean"
+            )
+        return sim[best]
+
+    def scores(self, ctx: MaskContext) -> torch.Tensor:
+        """[T', H', W'] cosine similarity of each token of the augmented clip."""
+        if ctx.video_id is None or ctx.frame_indices is None:
+            raise ValueError("cached text-guided masking needs ctx.video_id and ctx.frame_indices")
+        entry = self.cache.entry(ctx.video_id)
+        maps = self.caption_maps(entry, ctx)
+        crop = ctx.crop
+        if crop is None:
+            raise ValueError(
+                f"cached text-guided masking needs the clip's crop parameters (ctx.crop) for video {ctx.video_id!r}"
+            )
+        return resample_to_tokens(maps, entry.frames, ctx.frame_indices, crop, ctx.grid, self.tubelet_frame)
+
+    def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
+        t, h, w = ctx.grid
+        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, self.select, generator)
+
+    def __repr__(self) -> str:
+        return (f"CachedTGMMask(ratio={self.ratio}, select={self.select!r}, tubelet_frame="
+                f"{self.tubelet_frame!r}, caption={self.caption!r}, cache={str(self.cache.root)!r})")
+
+
+def _slice_scores(
+    scorer: ClipPatchScorer, frames01: torch.Tensor, text: torch.Tensor, grid: tuple[int, int, int],
+    tubelet_frame: str, batch: int = 1,
+) -> torch.Tensor:
+    """frames01 [B*T, 3, H, W] in [0, 1], text [B, D] -> [B, T', H', W'] cosine per token."""
+    t_tok, h, w = grid
+    t = frames01.shape[0] // batch
+    if t % t_tok:
+        raise ValueError(f"{t} frames do not split into {t_tok} temporal token slices")
+    tub = t // t_tok
+    frames = frames01.reshape(batch, t, *frames01.shape[1:])
+    if tubelet_frame == "first":
+        frames = frames[:, ::tub]
+    per = frames.shape[1]
+    feats = scorer.features(frames.reshape(batch * per, *frames.shape[2:]), (h, w))  # [B*per, h, w, D]
+    feats = feats.reshape(batch, per, h, w, -1)
+    sims = torch.einsum("bphwd,bd->bphw", feats, F.normalize(text.to(feats.device).float(), dim=-1))
+    if tubelet_frame == "mean":
+        sims = sims.reshape(batch, t_tok, tub, h, w).mean(dim=2)
+    return sims
+
+
+class OnlineTGMMask:
+    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
+
+    Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
+    caption embedding `ctx.text_embedding` (same CLIP as `scorer`).
+    """
+
+    def __init__(
+        self, scorer: ClipPatchScorer, ratio: float = 0.6, select: str = "top",
+        tubelet_frame: str = "first", data_mean: Sequence[float] = _IMAGENET_MEAN,
+        data_std: Sequence[float] = _IMAGENET_STD,
+    ):
+        _check_common(ratio, select, tubelet_frame)
+        self.scorer, self.ratio, self.select, self.tubelet_frame = scorer, ratio, select, tubelet_frame
+        self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
+
+    def scores(self, ctx: MaskContext) -> torch.Tensor:
+        if ctx.frames is None:
+            raise ValueError("online text-guided masking needs the clip's frames (ctx.frames)")
+        text = _require_text(ctx.text_embedding, self.scorer, ctx.video_id)
+        frames01 = frames_to_unit(ctx.frames, self.data_mean, self.data_std)
+        return _slice_scores(self.scorer, frames01, text[None], ctx.grid, self.tubelet_frame)[0].cpu()
+
+    def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
+        t, h, w = ctx.grid
+        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, self.select, generator)
+
+    def __repr__(self) -> str:
+        return (f"OnlineTGMMask(mode={self.scorer.mode!r}, ratio={self.ratio}, select={self.select!r}, "
+                f"tubelet_frame={self.tubelet_frame!r})")
+
+
+class BatchTGMMask:
+    """TGM with CLIP in the loop on a whole batch (main process, GPU): a `BatchMaskGenerator`."""
+
+    batched = True
+
+    def __init__(
+        self, scorer: ClipPatchScorer, ratio: float = 0.6, select: str = "top",
+        tubelet_frame: str = "first", data_mean: Sequence[float] = _IMAGENET_MEAN,
+        data_std: Sequence[float] = _IMAGENET_STD,
+    ):
+        _check_common(ratio, select, tubelet_frame)
+        self.scorer, self.ratio, self.select, self.tubelet_frame = scorer, ratio, select, tubelet_frame
+        self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
+
+    @torch.no_grad()
+    def __call__(
+        self, video: torch.Tensor, text_embedding: Optional[torch.Tensor],
+        grid: tuple[int, int, int], generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """video [B, C, T, H, W], text_embedding [B, D] -> [B, N] bool on video's device."""
+        if text_embedding is None:
+            raise ValueError("batch text-guided masking needs the batch's caption embeddings [B, D]")
+        b = video.shape[0]
+        if text_embedding.shape[0] != b:
+            raise ValueError(f"{text_embedding.shape[0]} caption embeddings for a batch of {b}")
+        _require_text(text_embedding[0], self.scorer, None)
+        frames01 = frames_to_unit(video, self.data_mean, self.data_std)
+        sims = _slice_scores(self.scorer, frames01, text_embedding, grid, self.tubelet_frame, batch=b)
+        t, h, w = grid
+        return select_batch_per_slice(sims.reshape(b, t, h * w), self.ratio, self.select, generator).to(video.device)
+
+    def __repr__(self) -> str:
+        return f"BatchTGMMask(mode={self.scorer.mode!r}, ratio={self.ratio}, select={self.select!r})"
+
+
+def _require_text(emb: Optional[torch.Tensor], scorer: ClipPatchScorer, video_id: Optional[str]) -> torch.Tensor:
+    if emb is None:
+        raise ValueError(
+            f"text-guided masking needs the caption drawn for video {video_id!r}, but the sample "
+            "has no text embedding (no caption for this video?)"
+        )
+    emb = emb.reshape(-1).float()
+    if emb.numel() != scorer.clip.embed_dim:
+        raise ValueError(
+            f"caption embedding has {emb.numel()} dims, the masking CLIP ({scorer.clip.name}) has "
+            f"{scorer.clip.embed_dim}: embed captions with the same CLIP as masking.clip_model"
+        )
+    return emb
+
+
+__all__ = ["CAPTION_CHOICES", "BatchTGMMask", "CachedTGMMask", "OnlineTGMMask"]

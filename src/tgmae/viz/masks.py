@@ -1,0 +1,188 @@
+"""`tgmae visualize masks`: Figure-1-style grids of masking algorithms on one clip.
+
+Rows: the input frames, then one row per algorithm (random, tube, MGM, TGM top-k, TGM bottom-k)
+with the masked patches greyed out; columns: frames (the first frame of evenly spaced temporal
+token slices). On the synthetic set the acting object's outline (ground truth) is drawn too.
+
+    tgmae visualize masks --root SYNTH_DIR [--video-id ID] [--clip CLIP_DIR] --out masks.png
+    tgmae visualize masks --video clip.mp4 --caption "a man ..." --clip CLIP --out masks.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ROW_TITLES = {"random": "random", "tube": "tube", "mgm": "MGM (motion)", "tgm_top": "TGM top-k",
+              "tgm_bottom": "TGM bottom-k"}
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, patch: int, grey: int = 128, alpha: float = 0.85) -> np.ndarray:
+    """frame uint8 [H, W, 3], mask bool [H/p, W/p] (True = masked) -> frame with masked patches
+    greyed out and thin patch borders."""
+    up = np.kron(mask.astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
+    out = frame.astype(np.float32)
+    out[up] = (1 - alpha) * out[up] + alpha * grey
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def render_mask_grid(
+    frames: np.ndarray, masks: dict[str, torch.Tensor], out: str | Path, *, tubelet: int,
+    columns: int = 4, ratios: Optional[dict[str, float]] = None, object_cover: Optional[torch.Tensor] = None,
+    title: str = "",
+) -> Path:
+    """frames uint8 [T, H, W, 3] (the model's input clip), masks {name: [T', H', W'] bool}.
+    Writes a PNG with rows = input + algorithms, columns = `columns` temporal slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t_tok = next(iter(masks.values())).shape[0]
+    h, w = frames.shape[1:3]
+    patch = h // next(iter(masks.values())).shape[1]
+    slices = np.linspace(0, t_tok - 1, min(columns, t_tok)).round().astype(int)
+    rows = ["input", *masks]
+    fig, axes = plt.subplots(len(rows), len(slices), figsize=(2.0 * len(slices), 2.0 * len(rows) + 0.4), squeeze=False)
+    for r, name in enumerate(rows):
+        for c, s in enumerate(slices):
+            ax = axes[r, c]
+            frame = frames[s * tubelet]
+            img = frame if name == "input" else overlay(frame, masks[name][s].numpy(), patch)
+            ax.imshow(img)
+            if object_cover is not None:
+                ax.contour(np.kron(object_cover[s].numpy(), np.ones((patch, patch))), levels=[0.5],
+                           colors="red", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"slice {s} (frame {s * tubelet})", fontsize=8)
+            if c == 0:
+                label = ROW_TITLES.get(name, name)
+                if ratios and name in ratios:
+                    label += f"\nratio {ratios[name]:.2f}"
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _masks_for(gens: dict, ctx, grid, seed: int) -> dict[str, torch.Tensor]:
+    return {name: gen(ctx, torch.Generator().manual_seed(seed)).view(grid) for name, gen in gens.items()}
+
+
+def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str], clip_model: Optional[str],
+                     ratio: Optional[float], mode: str, image_size: int, num_frames: int, frame_stride: int,
+                     columns: int, seed: int) -> Path:
+    """Grid for one video of a synthetic set, with the ground-truth object outline."""
+    from tgmae.captions.store import read_store
+    from tgmae.masking.clip_data import read_split_ids
+    from tgmae.masking.quality import PAPER_RATIOS, clip_context, ensure_cache, load_eval_clip, make_generators
+
+    root = Path(root)
+    vid = video_id or (read_split_ids(root, "val") or read_split_ids(root, "train"))[0]
+    caps = read_store(root / "captions.jsonl").by_video()[vid].captions
+    grid = (num_frames // 2, image_size // 16, image_size // 16)
+    ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
+    cache_dir = None
+    if clip_model:
+        cache_dir = str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
+        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False)
+    gens = make_generators(ratios, cache_dir)
+    clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps, grid, num_frames,
+                          frame_stride, image_size, False, torch.Generator().manual_seed(seed))
+    text = gens["tgm_top"].cache.entry(vid).text[0] if "tgm_top" in gens else None
+    masks = _masks_for(gens, clip_context(clip, grid, text), grid, seed)
+    frames = (clip.frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
+    return render_mask_grid(frames, masks, out, tubelet=2, columns=columns,
+                            ratios={k: ratios[k] for k in masks}, object_cover=clip.object_cover,
+                            title=f"{vid}: \"{caps[0]}\" (red: object tokens, ground truth)")
+
+
+def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional[str], ratio: Optional[float],
+                 mode: str, image_size: int, num_frames: int, frame_stride: int, columns: int, seed: int) -> Path:
+    """Grid for any video file: TGM online with the given CLIP and caption, MGM from its codec."""
+    from tgmae.data.sampling import clip_indices
+    from tgmae.data.transforms import EvalTransform
+    from tgmae.data.video import VideoReader
+    from tgmae.masking.base import MaskContext
+    from tgmae.masking.motion import stack_codec_motion
+    from tgmae.masking.quality import PAPER_RATIOS, make_generators
+
+    grid = (num_frames // 2, image_size // 16, image_size // 16)
+    ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
+    with VideoReader(video) as reader:
+        fi = clip_indices(0, reader.info.num_frames, num_frames, frame_stride, "dense", train=False)
+        frames, mvs = reader.read(fi.numpy(), with_motion=True)
+    clip, crop = EvalTransform(image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(frames)
+    gens = make_generators(ratios, None)
+    text = None
+    if clip_model:
+        from tgmae.masking.clip_features import ClipPatchScorer, embed_texts, load_clip
+        from tgmae.masking.tgm import OnlineTGMMask
+
+        bundle = load_clip(clip_model)
+        text = embed_texts(bundle, [caption])[0]
+        scorer = ClipPatchScorer(bundle, mode)
+        for name, select in (("tgm_top", "top"), ("tgm_bottom", "bottom")):
+            gens[name] = OnlineTGMMask(scorer, ratios[name], select, data_mean=(0, 0, 0), data_std=(1, 1, 1))
+    ctx = MaskContext(grid=grid, frames=clip, frame_indices=fi, crop=crop, video_id=Path(video).stem,
+                      text_embedding=text, motion=stack_codec_motion(mvs))
+    masks = _masks_for(gens, ctx, grid, seed)
+    pix = (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
+    return render_mask_grid(pix, masks, out, tubelet=2, columns=columns,
+                            ratios={k: ratios[k] for k in masks}, title=f"{Path(video).name}: \"{caption}\"")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="tgmae visualize masks", description="Figure-1-style grid of masking algorithms on a clip.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--root", help="synthetic set (`tgmae synth`): uses its captions and object masks")
+    src.add_argument("--video", help="any video file (needs --caption for TGM)")
+    p.add_argument("--video-id", default=None, help="synthetic video id (default: the first val, else train, video)")
+    p.add_argument("--caption", default="", help="caption for --video")
+    p.add_argument("--clip", default=None, help="CLIP for the TGM rows (name or directory)")
+    p.add_argument("--mode", choices=("faithful", "dense"), default="faithful")
+    p.add_argument("--ratio", type=float, default=None, help="one ratio for all rows (default: each paper ratio)")
+    p.add_argument("--out", default="masks.png")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--frame-stride", type=int, default=2)
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        print("tgmae visualize masks: --ratio must be in (0, 1)", file=sys.stderr)
+        return 2
+    common = dict(clip_model=args.clip, ratio=args.ratio, mode=args.mode, image_size=args.image_size,
+                  num_frames=args.num_frames, frame_stride=args.frame_stride, columns=args.columns, seed=args.seed)
+    if args.root:
+        path = synthetic_figure(args.root, args.out, args.video_id, **common)
+    else:
+        if args.clip and not args.caption.strip():
+            print("tgmae visualize masks: TGM on --video needs a non-empty --caption", file=sys.stderr)
+            return 2
+        path = video_figure(args.video, args.caption, args.out, **common)
+    print(f"tgmae visualize masks: wrote {path}")
+    return 0
+
+
+__all__ = ["main", "overlay", "render_mask_grid", "synthetic_figure", "video_figure"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""`tgmae train-clip`, `tgmae eval-masks` and `tgmae visualize masks` on a small synthetic set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgmae.masking.clip_data import _coverage, load_synthetic_clip_set, sample_pairs
+from tgmae.masking.clip_train import grouped_contrastive_loss
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads; on a shared machine they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth_quality")
+    generate_synthetic_dataset(root, num_videos=10, frames=24, size=128, seed=7, val_fraction=0.3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_clip(synth, tmp_path_factory):
+    """`tgmae train-clip` with a tiny model and a short schedule."""
+    from tgmae.masking.clip_train import main
+
+    out = tmp_path_factory.mktemp("clip_trained")
+    rc = main(["--root", str(synth), "--out", str(out), "--steps", "60", "--image-size", "32", "--patch-size", "8",
+               "--width", "32", "--layers", "2", "--embed-dim", "32", "--videos-per-batch", "16",
+               "--lr", "3e-3", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_trained_clip_loads_like_a_public_clip(trained_clip):
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(trained_clip)
+    assert model.config.vision_config.image_size == 32 and model.config.projection_dim == 32
+    tok = AutoTokenizer.from_pretrained(trained_clip)
+    assert isinstance(tok, CLIPTokenizer)
+    assert tok.decode(tok("A red circle slides left")["input_ids"], skip_special_tokens=True) == "a red circle slides left"
+    proc = AutoProcessor.from_pretrained(trained_clip)
+    batch = proc(text=["a red circle"], images=[np.zeros((128, 128, 3), np.uint8)], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits_per_image.shape == (1, 1)
+    summary = json.loads((trained_clip / "train_clip.json").read_text())
+    assert summary["steps"] == 60 and 0.0 <= summary["val_patch_auc"] <= 1.0
+
+
+def test_train_clip_refuses_a_folder_without_captions(tmp_path, capsys):
+    from tgmae.masking.clip_train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "captions.jsonl" in capsys.readouterr().err
+
+
+def test_grouped_contrastive_loss():
+    text = F.normalize(torch.randn(3, 8), dim=-1)
+    key = torch.tensor([0, 1, 2, 0, -1])
+    aligned = torch.cat([text, text[:1], F.normalize(-text.sum(0, keepdim=True), dim=-1)])
+    scale = torch.tensor(np.log(50.0))
+    good = grouped_contrastive_loss(aligned, text, key, scale)
+    bad = grouped_contrastive_loss(aligned[[1, 2, 0, 1, 4]], text, key, scale)
+    assert good < 0.2 < bad
+    # a negative-only image that looks like a caption's positive raises that caption's loss
+    confusing = grouped_contrastive_loss(torch.cat([aligned[:4], text[:1]]), text, key, scale)
+    assert confusing > good
+
+
+def test_pair_sampling_puts_patches_on_and_off_the_object(synth):
+    data = load_synthetic_clip_set(synth, "train", frames_per_video=4)
+    assert data.frames.shape[1:] == (4, 128, 128, 3) and data.masks.shape[1:] == (4, 128, 128)
+    batch = sample_pairs(data, 8, 32, torch.Generator().manual_seed(0))
+    assert batch.images.shape[1:] == (3, 32, 32) and batch.images.shape[0] == batch.key.shape[0]
+    assert batch.images.min() >= 0 and batch.images.max() <= 1
+    assert (batch.key == -1).sum() >= 1 and batch.key.max() == len(batch.texts) - 1
+    assert all(any(n.split()[0] in t and n.split()[1] in t for n in data.names) for t in batch.texts)
+    m = torch.zeros(1, 20, 20)
+    m[0, 5:10, 5:15] = 1
+    integral = F.pad(m.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    cov = _coverage(integral, torch.tensor([[7.5, 2.0]]), torch.tensor([[10.0, 2.0]]), torch.tensor([[4.0, 4.0]]))
+    assert cov.tolist() == [[1.0, 0.0]]
+
+
+def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsys):
+    from tgmae.masking.quality import main
+
+    out = tmp_path / "r.json"
+    args = ["--root", str(synth), "--clip", str(trained_clip), "--ratio", "0.5", "--num-frames", "8",
+            "--image-size", "128", "--split", "train", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "tgm_top" in table and "ceiling" in table
+    res = json.loads(out.read_text())
+    assert set(res) == {"random", "tube", "mgm", "tgm_top", "tgm_bottom"}
+    for r in res.values():
+        assert set(r) == {"precision", "recall", "ratio"} and r["ratio"] == pytest.approx(0.5)
+        assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
+    # at ratio 0.5 the top-k and bottom-k sets of each slice are complements (up to ties of the
+    # float16-stored maps)
+    assert res["tgm_top"]["recall"] + res["tgm_bottom"]["recall"] == pytest.approx(1.0, abs=0.05)
+    # the self-trained CLIP finds the named object even after a short schedule
+    assert res["tgm_top"]["precision"] > 1.3 * res["random"]["precision"] > res["tgm_bottom"]["precision"]
+    assert main(["--root", str(tmp_path), "--no-progress"]) == 2
+    assert main([*args, "--ratio", "1.5"]) == 2
+
+
+def test_visualize_masks_pngs(synth, trained_clip, tmp_path):
+    from PIL import Image
+
+    from tgmae.viz.masks import main
+
+    png = tmp_path / "fig.png"
+    assert main(["--root", str(synth), "--clip", str(trained_clip), "--out", str(png), "--image-size", "128",
+                 "--num-frames", "8", "--columns", "3"]) == 0
+    w, h = Image.open(png).size
+    assert h > w  # 6 rows (input + 5 algorithms) x 3 columns
+    video = synth / "videos" / "synth_00001.mp4"
+    png2 = tmp_path / "video.png"
+    assert main(["--video", str(video), "--caption", "a shape", "--clip", str(trained_clip), "--mode", "dense",
+                 "--out", str(png2), "--image-size", "128", "--num-frames", "8", "--ratio", "0.5"]) == 0
+    assert Image.open(png2).size[0] > 100
+    assert main(["--video", str(video), "--caption", " ", "--clip", str(trained_clip), "--out", str(png2)]) == 2

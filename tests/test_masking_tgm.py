@@ -1,0 +1,332 @@
+"""Text-guided masking: CLIP patch features (faithful, dense), the similarity cache written by
+`tgmae masks` (resume, sharding, manifest checks, bad input) and the TGM generators."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgmae.masking.base import CropParams, MaskContext, num_masked
+from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
+from tgmae.masking.clip_features import ClipPatchScorer, cosine_maps, embed_texts, load_clip, map_grid
+from tgmae.masking.resample import full_frame_crop
+from tgmae.masking.select import topk_iou
+from tgmae.masking.tgm import BatchTGMMask, CachedTGMMask, OnlineTGMMask
+
+TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, text_width=32, text_layers=1,
+            text_heads=2, embed_dim=16, vocab_size=300)
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads; on a shared machine they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth_tgm")
+    generate_synthetic_dataset(root, num_videos=5, frames=16, size=128, seed=1, val_fraction=0.4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(synth, tmp_path_factory):
+    """A randomly initialized tiny CLIP saved like a public one (model, tokenizer, processor)."""
+    from tgmae.captions.store import read_store
+    from tgmae.masking.clip_tokenizer import train_clip_tokenizer
+    from tgmae.masking.clip_train import ClipTrainConfig, build_clip_model, save_clip
+
+    cfg = ClipTrainConfig(**TINY)
+    texts = [c for r in read_store(synth / "captions.jsonl").records for c in r.captions]
+    tok = train_clip_tokenizer(texts, cfg.vocab_size, cfg.context)
+    model = build_clip_model(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    out = tmp_path_factory.mktemp("clip")
+    save_clip(out, model, tok, cfg.image_size)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_clip):
+    return load_clip(tiny_clip)
+
+
+def run_masks(synth, clip, out, *extra) -> int:
+    from tgmae.masking.precompute import main
+
+    return main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"),
+                 "--captions", str(synth / "captions.jsonl"), "--clip", clip, "--out", str(out),
+                 "--image-size", "128", "--no-progress", *extra])
+
+
+def test_clip_directory_loads_like_a_public_clip(tiny_clip, bundle):
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel
+
+    assert isinstance(CLIPModel.from_pretrained(tiny_clip), CLIPModel)
+    proc = AutoProcessor.from_pretrained(tiny_clip)
+    px = proc(images=np.zeros((50, 70, 3), np.uint8), return_tensors="pt")["pixel_values"]
+    assert px.shape == (1, 3, 32, 32)
+    tok = AutoTokenizer.from_pretrained(tiny_clip)
+    ids = tok(["a red circle"])["input_ids"][0]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids[1:-1]
+    emb = embed_texts(bundle, ["a red circle", "a blue square moves up"])
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    with pytest.raises(ValueError, match="empty caption"):
+        embed_texts(bundle, ["a red circle", "  "])
+    # the same vectors as the captions package's text embedder (what the Dataset hands out)
+    from tgmae.captions.embed import TextEmbedder
+
+    texts = ["a red circle", "on a striped background a blue star rotates clockwise"]
+    assert torch.allclose(TextEmbedder(tiny_clip)(texts), embed_texts(bundle, texts), atol=1e-5)
+
+
+def test_faithful_feature_is_the_cls_embedding_of_the_resized_patch(bundle):
+    frames = torch.rand(2, 3, 64, 48)
+    feats = ClipPatchScorer(bundle, "faithful").features(frames, (4, 3), patch_size=16)
+    assert feats.shape == (2, 4, 3, 16)
+    patch = frames[1:, :, 16:32, 32:48]  # frame 1, row 1, column 2
+    px = F.interpolate(patch, size=(32, 32), mode="bicubic", align_corners=False).clamp(0, 1)
+    mean, std = torch.tensor(bundle.image_mean).view(1, 3, 1, 1), torch.tensor(bundle.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = bundle.model.get_image_features(pixel_values=(px - mean) / std).pooler_output
+    assert torch.allclose(feats[1, 1, 2], F.normalize(ref, dim=-1)[0], atol=1e-5)
+
+
+def test_dense_features_use_the_last_blocks_value_path(bundle):
+    scorer = ClipPatchScorer(bundle, "dense")
+    vision = bundle.model.vision_model
+    frames = torch.rand(2, 3, 40, 56)
+    x = (F.interpolate(frames, size=(40, 56), mode="bicubic", align_corners=False).clamp(0, 1)
+         - torch.tensor(bundle.image_mean).view(1, 3, 1, 1)) / torch.tensor(bundle.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        # the manual layer loop reproduces the model's own forward ...
+        hidden = vision.pre_layrnorm(vision.embeddings(x, interpolate_pos_encoding=True))
+        for layer in vision.encoder.layers:
+            hidden = layer(hidden, None)
+        ref = vision(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+        assert torch.allclose(hidden, ref, atol=1e-5)
+        # ... and the dense features are value -> out_proj -> post-LN -> projection of its input
+        tokens = scorer._maskclip_tokens(vision, x)
+    assert tokens.shape == (2, 5 * 7, 16)
+    feats = scorer.dense_features(frames, (5, 7))  # grid == CLIP's own 8 px token grid at 40 x 56
+    assert feats.shape == (2, 5, 7, 16)
+    assert torch.allclose(feats.reshape(2, 35, 16), F.normalize(tokens, dim=-1), atol=1e-4)
+    assert scorer.dense_size_for((14, 14)) == 14 * 8
+
+
+def test_masks_command_writes_a_cache_resumes_and_shards(synth, tiny_clip, tmp_path, caplog):
+    out = tmp_path / "cache"
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "dense" and manifest["caption_source"] == "source=synthetic,model=template"
+    cache = SimilarityCache(out)
+    assert len(cache) == 5
+    e = cache.entry("synth_00000")
+    assert e.sim.shape == (3, 4, 8, 8) and e.frames.tolist() == [0, 4, 8, 12] and len(e.captions) == 3
+    # resume: nothing recomputed, same maps
+    before = (out / "maps" / "synth_00000.npz").stat().st_mtime_ns
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == before
+    # two shards (as torchrun ranks would run them) give the same cache after the merge
+    from tgmae.masking.cache import merge_parts
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+    sharded = tmp_path / "sharded"
+    videos = [(f"synth_{i:05d}", str(synth / "videos" / f"synth_{i:05d}.mp4")) for i in range(5)]
+    opts = PrecomputeOptions(mode="dense", frame_stride=4, image_size=128)
+    clip = load_clip(tiny_clip)
+    counts = [precompute(videos, str(synth / "captions.jsonl"), clip, sharded, opts, rank=r, world=2, progress=False)
+              for r in (0, 1)]
+    assert [c["done"] for c in counts] == [3, 2]
+    assert sorted((sharded / "parts").iterdir())[0].name == "rank0-of-2.jsonl"
+    index = merge_parts(sharded)
+    assert sorted(index["videos"]) == sorted(cache.videos)
+    a, b = SimilarityCache(sharded).entry("synth_00003"), cache.entry("synth_00003")
+    assert torch.allclose(a.sim, b.sim, atol=1e-3)
+
+
+def test_cache_mismatch_is_refused(synth, tiny_clip, tmp_path, capsys):
+    out = tmp_path / "cache"
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "8") == 0
+    assert run_masks(synth, tiny_clip, out, "--mode", "faithful", "--frame-stride", "8") == 2
+    assert "mode: cache has 'dense', requested 'faithful'" in capsys.readouterr().err
+    other = tmp_path / "captions_other.jsonl"
+    lines = (synth / "captions.jsonl").read_text().splitlines()
+    other.write_text("\n".join(l.replace('"model": "template"', '"model": "blip"') for l in lines) + "\n")
+    from tgmae.masking.precompute import main
+
+    rc = main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(other),
+               "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--frame-stride", "8", "--no-progress"])
+    assert rc == 2 and "caption_source" in capsys.readouterr().err
+    # at training time: another CLIP or another caption source
+    with pytest.raises(CacheMismatchError, match="built with CLIP"):
+        SimilarityCache(out, expect_clip="openai/clip-vit-base-patch32")
+    with pytest.raises(CacheMismatchError, match="captions"):
+        SimilarityCache(out, expect_caption_source="source=captioner,model=blip")
+    SimilarityCache(out, expect_clip=tiny_clip, expect_caption_source="source=synthetic,model=template")
+
+
+def test_missing_and_empty_captions(synth, tiny_clip, tmp_path, caplog, capsys):
+    lines = (synth / "captions.jsonl").read_text().splitlines()
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text("\n".join(lines[1:]) + "\n")  # no captions for synth_00000
+    from tgmae.masking.precompute import main
+
+    args = ["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--clip", tiny_clip,
+            "--image-size", "128", "--frame-stride", "8", "--no-progress"]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--captions", str(missing), "--out", str(tmp_path / "c1")]) == 0
+    assert any("no captions for video 'synth_00000'" in r.message for r in caplog.records)
+    cache = SimilarityCache(tmp_path / "c1")
+    with pytest.raises(MissingCacheEntry, match="synth_00000.*no captions"):
+        cache.entry("synth_00000")
+    with pytest.raises(MissingCacheEntry, match="not in the annotations"):
+        cache.entry("some_other_video")
+    empty = tmp_path / "empty.jsonl"
+    rec = json.loads(lines[0])
+    rec["captions"][1] = "   "
+    empty.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    assert main([*args, "--captions", str(empty), "--out", str(tmp_path / "c2")]) == 2
+    assert "caption 1 is empty" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dense_cache(synth, tiny_clip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dense_cache")
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "2") == 0
+    return out
+
+
+def ctx_of(entry, crop=None, text=None, frames=None, caption=None):
+    ctx = MaskContext(grid=(4, 8, 8), frames=frames, frame_indices=torch.arange(0, 16, 2),
+                      crop=crop or full_frame_crop(128, 128), video_id="synth_00001", text_embedding=text)
+    if caption is not None:
+        ctx.caption = caption
+    return ctx
+
+
+def test_cached_tgm_masks_with_the_drawn_caption(dense_cache):
+    gen = CachedTGMMask(dense_cache, ratio=0.6)
+    entry = gen.cache.entry("synth_00001")
+    k = num_masked(64, 0.6)
+    masks = []
+    for c in range(3):
+        m = gen(ctx_of(entry, text=entry.text[c] * 3.0), torch.Generator().manual_seed(0))  # scale-free match
+        assert (m.view(4, 64).sum(1) == k).all()
+        ref = torch.topk(entry.sim[c, [0, 2, 4, 6]].reshape(4, 64), k).indices  # tubelets start at 0, 4, 8, 12
+        assert torch.equal(m.view(4, 64), torch.zeros(4, 64, dtype=torch.bool).scatter_(1, ref, True))
+        masks.append(m)
+        by_text = gen(ctx_of(entry, caption=entry.captions[c]), torch.Generator().manual_seed(0))
+        assert torch.equal(by_text, m)
+    mean = CachedTGMMask(dense_cache, ratio=0.6, caption="mean")(ctx_of(entry), torch.Generator().manual_seed(0))
+    ref = torch.topk(entry.sim.mean(0)[[0, 2, 4, 6]].reshape(4, 64), k).indices
+    assert torch.equal(mean.view(4, 64), torch.zeros(4, 64, dtype=torch.bool).scatter_(1, ref, True))
+    bottom = CachedTGMMask(dense_cache, ratio=0.4, select="bottom")(ctx_of(entry, text=entry.text[0]), torch.Generator())
+    assert not (bottom & masks[0]).any()  # bottom 40% and top 60% are complementary
+
+
+def test_cached_tgm_bad_input(dense_cache):
+    gen = CachedTGMMask(dense_cache, ratio=0.6)
+    entry = gen.cache.entry("synth_00001")
+    with pytest.raises(ValueError, match="no text embedding"):
+        gen(ctx_of(entry), torch.Generator())
+    with pytest.raises(ValueError, match="dims"):
+        gen(ctx_of(entry, text=torch.randn(7)), torch.Generator())
+    unrelated = torch.linalg.svd(entry.text, full_matrices=True).Vh[-1]  # orthogonal to all captions
+    with pytest.raises(ValueError, match="matches none"):
+        gen(ctx_of(entry, text=unrelated), torch.Generator())
+    with pytest.raises(ValueError, match="not among"):
+        gen(ctx_of(entry, caption="a purple elephant dances"), torch.Generator())
+    ctx = ctx_of(entry, text=entry.text[0])
+    ctx.crop = None
+    with pytest.raises(ValueError, match="crop"):
+        gen(ctx, torch.Generator())
+    with pytest.raises(ValueError, match="caption="):
+        CachedTGMMask(dense_cache, caption="best")
+
+
+def test_cached_tgm_follows_crop_and_flip_and_is_fast(dense_cache):
+    gen = CachedTGMMask(dense_cache, ratio=0.6)
+    entry = gen.cache.entry("synth_00001")
+    plain = gen.scores(ctx_of(entry, text=entry.text[0]))
+    flipped = gen.scores(ctx_of(entry, full_frame_crop(128, 128, flip=True), text=entry.text[0]))
+    assert torch.allclose(flipped, plain.flip(-1), atol=1e-5)
+    # top-right quarter zoomed 2x: each cell's token pair sits at -1/4 and +1/4 cell around its
+    # centre, so bilinear sampling + 2x2 averaging = the cell map smoothed by [1/8, 3/4, 1/8]
+    # (checked away from the border-clamped edges)
+    crop = CropParams(0.0, 64.0, 64.0, 64.0, False, 128, 128)
+    zoom = gen.scores(ctx_of(entry, crop, text=entry.text[0]))
+    k = torch.tensor([0.125, 0.75, 0.125])
+    smoothed = F.conv2d(plain[:, None], torch.outer(k, k)[None, None])[:, 0]  # centre (i+1, j+1)
+    assert torch.allclose(F.avg_pool2d(zoom[:, None], 2)[:, 0, 1:, :3], smoothed[:, 0:3, 3:6], atol=1e-5)
+    ctx = ctx_of(entry, text=entry.text[0])
+    gen(ctx, torch.Generator())
+    times = []
+    for i in range(50):
+        t = time.perf_counter()
+        gen(ctx, torch.Generator().manual_seed(i))
+        times.append(time.perf_counter() - t)
+    assert sorted(times)[25] < 0.02  # per clip, cache in memory (benchmark: well under 1 ms)
+
+
+def test_online_and_batch_tgm_agree_with_the_cache(synth, bundle, dense_cache):
+    from tgmae.data.video import read_frames
+
+    frames = torch.from_numpy(read_frames(synth / "videos" / "synth_00001.mp4", list(range(0, 16, 2))))
+    unit = frames.permute(3, 0, 1, 2).float() / 255  # [C, T, H, W]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    video = (unit - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    cached = CachedTGMMask(dense_cache, ratio=0.6)
+    entry = cached.cache.entry("synth_00001")
+    ctx = ctx_of(entry, text=entry.text[0], frames=video)
+    online = OnlineTGMMask(ClipPatchScorer(bundle, "dense"), ratio=0.6)
+    s_online, s_cached = online.scores(ctx), cached.scores(ctx)
+    assert topk_iou(s_online.reshape(4, 64), s_cached.reshape(4, 64), 0.6) > 0.9
+    batch = BatchTGMMask(ClipPatchScorer(bundle, "dense"), ratio=0.6)
+    b = batch(torch.stack([video, video.flip(-1)]), entry.text[:1].expand(2, -1), (4, 8, 8))
+    assert b.shape == (2, 256) and b.dtype == torch.bool
+    assert torch.equal(b[0], online(ctx, torch.Generator()))
+    assert torch.equal(b[1], online(ctx_of(entry, text=entry.text[0], frames=video.flip(-1)), torch.Generator()))
+    with pytest.raises(ValueError, match="dims"):
+        online(ctx_of(entry, text=torch.randn(5), frames=video), torch.Generator())
+    with pytest.raises(ValueError, match="no text embedding"):
+        online(ctx_of(entry, frames=video), torch.Generator())
+
+
+def test_faithful_and_dense_maps_are_comparable(synth, bundle):
+    from tgmae.data.video import read_frames
+
+    x = torch.from_numpy(read_frames(synth / "videos" / "synth_00002.mp4", [0, 8])).permute(0, 3, 1, 2).float() / 255
+    text = embed_texts(bundle, ["a video of a shape"])
+    grid = map_grid(128, 128, 128, 16)
+    faithful = cosine_maps(ClipPatchScorer(bundle, "faithful").features(x, grid, 16), text)[0]
+    dense = cosine_maps(ClipPatchScorer(bundle, "dense").features(x, grid), text)[0]
+    assert faithful.shape == dense.shape == (2, 8, 8)
+    assert 0.0 <= topk_iou(faithful.flatten(1), dense.flatten(1), 0.6) <= 1.0
+    assert faithful.abs().max() <= 1.0 + 1e-5 and dense.abs().max() <= 1.0 + 1e-5
+
+
+def test_factory_builds_tgm_and_mgm(dense_cache, tiny_clip, synth):
+    from tgmae.config import ConfigError, MaskingConfig
+    from tgmae.masking import MotionGuidedMask, build_mask_generator
+
+    gen = build_mask_generator(MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(dense_cache)),
+                               captions_file=str(synth / "captions.jsonl"))
+    assert isinstance(gen, CachedTGMMask) and gen.ratio == 0.6
+    assert isinstance(build_mask_generator(MaskingConfig(name="mgm", ratio=0.75)), MotionGuidedMask)
+    with pytest.raises(ConfigError, match="cache_dir"):
+        build_mask_generator(MaskingConfig(name="tgm", ratio=0.6))
+    cfg = MaskingConfig(name="tgm", ratio=0.6)
+    cfg.clip_model = tiny_clip  # field requested from the lead; set directly until it exists
+    assert isinstance(build_mask_generator(cfg), OnlineTGMMask)
