@@ -59,6 +59,7 @@ def test_trained_clip_loads_like_a_public_clip(trained_clip):
     assert out.logits_per_image.shape == (1, 1)
     summary = json.loads((trained_clip / "train_clip.json").read_text())
     assert summary["steps"] == 60 and 0.0 <= summary["val_patch_auc"] <= 1.0
+    assert 0.0 <= summary["val_patch_auc_dense"] <= 1.0
 
 
 def test_train_clip_refuses_a_folder_without_captions(tmp_path, capsys):
@@ -82,11 +83,36 @@ def test_grouped_contrastive_loss():
     assert confusing > good
 
 
+def test_dense_training_path_is_the_inference_path(trained_clip):
+    """The dense loss trains exactly the features `tgmae masks --mode dense` reads."""
+    from tgmae.masking.clip_features import ClipPatchScorer, load_clip
+    from tgmae.masking.clip_train import dense_loss, maskclip_tokens
+
+    bundle = load_clip(str(trained_clip))
+    model, vision = bundle.model, bundle.model.vision_model
+    x = torch.randn(2, 3, 32, 32)
+    captured = {}
+    hook = vision.encoder.layers[-1].register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0]))
+    with torch.no_grad():
+        model.get_image_features(pixel_values=x)
+    hook.remove()
+    assert torch.allclose(maskclip_tokens(model, captured["x"]), ClipPatchScorer(bundle)._maskclip_tokens(vision, x), atol=1e-5)
+    cover = torch.zeros(2, 4, 4)
+    cover[:, 1:3, 1:3] = 1.0
+    text = F.normalize(torch.randn(2, 32), dim=-1)
+    h = captured["x"].clone().requires_grad_(True)
+    loss = dense_loss(model, h, cover, torch.tensor([0, 1]), text)
+    loss.backward()
+    assert torch.isfinite(loss) and h.grad.abs().sum() > 0
+
+
 def test_pair_sampling_puts_patches_on_and_off_the_object(synth):
     data = load_synthetic_clip_set(synth, "train", frames_per_video=4)
     assert data.frames.shape[1:] == (4, 128, 128, 3) and data.masks.shape[1:] == (4, 128, 128)
-    batch = sample_pairs(data, 8, 32, torch.Generator().manual_seed(0))
+    batch = sample_pairs(data, 8, 32, torch.Generator().manual_seed(0), clip_patch=8)
     assert batch.images.shape[1:] == (3, 32, 32) and batch.images.shape[0] == batch.key.shape[0]
+    assert batch.whole_cover.shape == (8, 4, 4) and (batch.key[:8] >= 0).all()
+    assert 0.0 < float(batch.whole_cover.sum()) and float(batch.whole_cover.max()) <= 1.0
     assert batch.images.min() >= 0 and batch.images.max() <= 1
     assert (batch.key == -1).sum() >= 1 and batch.key.max() == len(batch.texts) - 1
     assert all(any(n.split()[0] in t and n.split()[1] in t for n in data.names) for t in batch.texts)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,3 +329,43 @@ def test_factory_builds_tgm_and_mgm(dense_cache, tiny_clip, synth):
     cfg = MaskingConfig(name="tgm", ratio=0.6)
     cfg.clip_model = tiny_clip  # field requested from the lead; set directly until it exists
     assert isinstance(build_mask_generator(cfg), OnlineTGMMask)
+
+
+def test_unreadable_video_is_skipped_with_its_reason(tiny_clip, tmp_path, caplog):
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"")
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"video_id": "bad", "captions": ["a red circle"], "source": "s", "model": "m"}) + "\n")
+    with caplog.at_level("WARNING"):
+        counts = precompute([("bad", str(bad))], str(captions), load_clip(tiny_clip), tmp_path / "c",
+                            PrecomputeOptions(image_size=128), progress=False)
+    assert counts == {"done": 0, "skipped": 1, "resumed": 0}
+    assert any("unreadable video" in r.message for r in caplog.records)
+    with pytest.raises(MissingCacheEntry, match="unreadable video"):
+        SimilarityCache(tmp_path / "c").entry("bad")
+
+
+def test_generators_inside_the_training_dataset(synth, tiny_clip, dense_cache, tmp_path):
+    """The real Dataset (crop/flip augmentation, caption drawn by the provider and embedded by
+    the captions package, codec motion) drives the cached TGM and MGM generators."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.config import DataConfig
+    from tgmae.data.annotations import load_annotations
+    from tgmae.data.dataset import VideoDataset
+    from tgmae.masking.mgm import MotionGuidedMask
+
+    records, _ = load_annotations("csv", synth, "annotations.csv")
+    cfg = DataConfig(root=str(synth), num_frames=8, frame_stride=2, image_size=128, with_motion=True,
+                     crop_scales=(1.0, 0.75))
+    provider = CaptionProvider.from_files(synth / "captions.jsonl", clip_model=tiny_clip,
+                                          embedding_cache=str(tmp_path / "emb.safetensors"))
+    k = num_masked(64, 0.6)
+    for gen in (CachedTGMMask(dense_cache, ratio=0.6), MotionGuidedMask(0.6)):
+        ds = VideoDataset(records, cfg, train=True, token_grid=(4, 8, 8), mask_generator=gen,
+                          captions=provider, seed=0)
+        for i in range(3):
+            sample = ds[i]
+            assert sample["mask"].shape == (256,) and (sample["mask"].view(4, 64).sum(1) == k).all()
+        assert torch.equal(ds[1]["mask"], ds[1]["mask"])  # deterministic per (seed, epoch, index)

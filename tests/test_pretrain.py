@@ -105,3 +105,31 @@ def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
     else:
         assert records[0]["loss"] == pytest.approx(records[0]["loss_mse"] + records[0]["loss_nce"], rel=1e-5)
     assert load_pretraining_model(run / "model.safetensors").arch.num_frames == 4
+
+
+def test_batch_mask_generator_runs_in_step(synth_root, tmp_path):
+    """A batch generator (online TGM on a GPU) bypasses the workers and masks in `step`."""
+    from tgmae.masking import MaskContext, TubeMask
+    from tgmae.train.pretrain import PretrainTask
+
+    class BatchTube:
+        batched, ratio = True, 0.5
+        calls = 0
+
+        def __call__(self, video, text, grid, generator=None):
+            BatchTube.calls += 1
+            tube = TubeMask(self.ratio)
+            return torch.stack([tube(MaskContext(grid=grid), generator) for _ in range(video.shape[0])])
+
+    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1")
+    task = PretrainTask(cfg)
+    dataset = task.train_dataset()
+    task.batch_masker = BatchTube()
+    dataset.mask_generator = None
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    assert "mask" not in batch
+    out = task.step(task.build_model(), batch)
+    assert BatchTube.calls == 1 and torch.isfinite(out.loss)
+    again = task._batch_mask(batch)
+    assert torch.equal(again, task._batch_mask(batch))  # seeded by the batch's sample indices
+    assert int(again[0].sum()) == int(again[1].sum())

@@ -95,6 +95,10 @@ class MaskingConfig:
     cache_dir: str = ""  # tgm: precomputed similarity maps (`tgmae masks`); empty = online
     tubelet_frame: str = "first"  # which frame of a tubelet represents it: first | mean
     motion_source: str = "codec"  # mgm: "codec" motion vectors or "framediff" fallback
+    clip_model: str = ""  # tgm: CLIP name/path (online mode loads it; cached mode checks the cache)
+    caption: str = "drawn"  # tgm cached: the sample's "drawn" caption, or the video's "mean" caption
+    mode: str = "dense"  # tgm online: "dense" (MaskCLIP patch features) or "faithful" (patch crops)
+    dense_size: int = 0  # tgm dense: CLIP input side; 0 = automatic
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:
@@ -103,6 +107,10 @@ class MaskingConfig:
             raise ConfigError(f"masking.select={self.select!r}: expected 'top' or 'bottom'")
         if self.tubelet_frame not in ("first", "mean"):
             raise ConfigError(f"masking.tubelet_frame={self.tubelet_frame!r}: expected first|mean")
+        if self.caption not in ("drawn", "mean"):
+            raise ConfigError(f"masking.caption={self.caption!r}: expected drawn|mean")
+        if self.mode not in ("dense", "faithful"):
+            raise ConfigError(f"masking.mode={self.mode!r}: expected dense|faithful")
         if self.motion_source not in ("codec", "framediff"):
             raise ConfigError(f"masking.motion_source={self.motion_source!r}: expected codec|framediff")
 

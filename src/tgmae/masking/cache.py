@@ -5,7 +5,8 @@ Layout of a cache directory:
     manifest.json        what the maps were computed with (CLIP, mode, captions, geometry)
     maps/<id>.npz        per video: sim float16 [C, F, gh, gw] (one map per caption, per cached
                          frame, over the full source frame), frames int32 [F] (source frame
-                         numbers), text float16 [C, D] (the captions' CLIP text embeddings)
+                         numbers), text float16 [C, D] (the captions' CLIP text embeddings),
+                         captions str [C] (their texts, in the captions file's order)
     parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding)
     index.json           the merged parts: {"videos": {id: file}, "skipped": {id: reason}}
 

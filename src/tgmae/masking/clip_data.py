@@ -84,11 +84,14 @@ def load_synthetic_clip_set(
 
 @dataclass
 class PairBatch:
-    """images [N, 3, S, S] in [0, 1]; key [N] int64 index into `texts`, -1 = negative-only."""
+    """images [N, 3, S, S] in [0, 1]; key [N] int64 index into `texts`, -1 = negative-only.
+    The first `whole_cover.shape[0]` images are whole frames; whole_cover [B, g, g] is the object
+    pixel fraction of each of their CLIP patches (g = S / CLIP patch), for the dense loss."""
 
     images: torch.Tensor
     key: torch.Tensor
     texts: list[str]
+    whole_cover: torch.Tensor
 
 
 def _windows(frames: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: torch.Tensor, out: int) -> torch.Tensor:
@@ -116,7 +119,9 @@ def _coverage(integral: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: 
     return total / ((y1 - y0) * (x1 - x0)).float()
 
 
-def sample_pairs(data: SyntheticClipSet, videos: int, image_size: int, g: torch.Generator) -> PairBatch:
+def sample_pairs(
+    data: SyntheticClipSet, videos: int, image_size: int, g: torch.Generator, clip_patch: int = 8
+) -> PairBatch:
     """One batch: `videos` random (video, frame) draws, 4 images each (module docstring)."""
     v = torch.randint(len(data), (videos,), generator=g)
     f = torch.randint(data.frames.shape[1], (videos,), generator=g)
@@ -175,7 +180,13 @@ def sample_pairs(data: SyntheticClipSet, videos: int, image_size: int, g: torch.
     images, key = images[keep], key[keep]
     flip = torch.rand(images.shape[0], generator=g) < 0.5
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return PairBatch(images.clamp_(0, 1), key, texts)
+    grid = image_size // clip_patch
+    cover = F.adaptive_avg_pool2d(masks[:, None], grid)[:, 0]  # whole frames: the first b images
+    cover = torch.where(flip[:b, None, None], cover.flip(-1), cover)
+    return PairBatch(images.clamp_(0, 1), key, texts, cover)
 
 
-__all__ = ["PATCH_MIN", "PATCH_MAX", "PairBatch", "SyntheticClipSet", "load_synthetic_clip_set", "read_split_ids", "sample_pairs"]
+__all__ = [
+    "PATCH_MIN", "PATCH_MAX", "PairBatch", "SyntheticClipSet", "load_synthetic_clip_set", "read_split_ids",
+    "sample_pairs",
+]

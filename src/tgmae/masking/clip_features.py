@@ -131,7 +131,9 @@ class ClipPatchScorer:
         return (x - self._mean.to(x.device)) / self._std.to(x.device)
 
     @torch.no_grad()
-    def features(self, frames: torch.Tensor, grid_hw: tuple[int, int], patch_size: Optional[int] = None) -> torch.Tensor:
+    def features(
+        self, frames: torch.Tensor, grid_hw: tuple[int, int], patch_size: Optional[int] = None
+    ) -> torch.Tensor:
         """frames [F, 3, H, W] in [0, 1] -> [F, gh, gw, D] normalized patch embeddings.
         patch_size (faithful): the patch side in pixels; None = H / gh of the given frames."""
         if self.mode == "faithful":

@@ -6,7 +6,13 @@ contrastive loss), a byte-level BPE tokenizer trained in code on the captions, a
 processor are saved together, so the directory loads exactly like a public CLIP:
 `CLIPModel.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`,
 `AutoProcessor.from_pretrained(DIR)`. Training pairs: whole frames, object boxes and patch-sized
-object windows with their captions, and off-object windows as negatives (`clip_data`).
+object windows with their captions, and off-object windows as negatives (`clip_data`), so that
+the paper-faithful mode (16 px patch crops embedded as images) finds the named object. A second
+loss (`--dense-weight`) applies the same grouping to the whole frames' patch tokens on the dense
+MaskCLIP path (last block's value projection -> post-LN -> projection): object patches are
+positives of the caption, the others negatives, so the fast dense mode works with this CLIP too
+(large public CLIPs have that property from pretraining; a small one trained on CLS pairs only
+does not).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class ClipTrainConfig:
     vocab_size: int = 1024
     steps: int = 600
     videos_per_batch: int = 32  # each gives up to 4 images
+    dense_weight: float = 0.5  # weight of the patch-token loss that makes dense (MaskCLIP) mode work
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 100
@@ -100,16 +107,41 @@ def grouped_contrastive_loss(
 
     image_emb [N, D], text_emb [K, D] (normalized); key [N]: the text index of each image, -1 for
     negative-only images. image -> text: cross-entropy over the K texts (positives only).
-    text -> image: each text against all N images, its positives being the images of its key.
+    text -> image: each text against all N images, its positives being the images of its key
+    (texts with no image in the batch are left out of this direction).
     """
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()  # [N, K]
     pos = key >= 0
     i2t = F.cross_entropy(logits[pos], key[pos])
     t_logits = logits.t()  # [K, N]
     member = key[None, :] == torch.arange(text_emb.shape[0], device=key.device)[:, None]
-    t2i = -(torch.logsumexp(t_logits.masked_fill(~member, float("-inf")), dim=1)
-            - torch.logsumexp(t_logits, dim=1)).mean()
+    has = member.any(dim=1)  # texts without a positive image here take no part
+    t2i = -(torch.logsumexp(t_logits[has].masked_fill(~member[has], float("-inf")), dim=1)
+            - torch.logsumexp(t_logits[has], dim=1)).mean()
     return (i2t + t2i) / 2
+
+
+def maskclip_tokens(model, last_input: torch.Tensor) -> torch.Tensor:
+    """Input of the image tower's last block [B, 1 + g*g, W] -> [B, g*g, D] patch features on the
+    dense (MaskCLIP) path: layer_norm1 -> v_proj -> out_proj -> post-LN -> visual projection."""
+    vision = model.vision_model
+    last = vision.encoder.layers[-1]
+    v = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(last_input[:, 1:])))
+    return model.visual_projection(vision.post_layernorm(v))
+
+
+def dense_loss(model, last_input: torch.Tensor, cover: torch.Tensor, key: torch.Tensor,
+               text_emb: torch.Tensor) -> torch.Tensor:
+    """Grouped contrastive loss of the whole frames' dense patch features: patches mostly on the
+    object (>= 50%) are positives of the frame's caption, patches off it negatives.
+    last_input [B, 1 + g*g, W], cover [B, g, g], key [B] (the frames' text index)."""
+    tokens = F.normalize(maskclip_tokens(model, last_input), dim=-1).flatten(0, 1)
+    c = cover.flatten()
+    tok_key = torch.where(c >= 0.5, key.repeat_interleave(cover[0].numel()), torch.full_like(c, -1, dtype=torch.long))
+    keep = (c >= 0.5) | (c <= 0)
+    if not bool((tok_key[keep] >= 0).any()):
+        return tokens.sum() * 0.0
+    return grouped_contrastive_loss(tokens[keep], text_emb, tok_key[keep], model.logit_scale)
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -128,13 +160,16 @@ def _lr(step: int, cfg: ClipTrainConfig) -> float:
 
 
 @torch.no_grad()
-def patch_auc(model, tokenizer, data: SyntheticClipSet, image_size: int, grid: int = 14, frames: int = 2) -> float:
-    """Faithful-mode check: per frame, the ROC-AUC of caption similarity for patch crops on the
-    object (coverage >= 0.5) vs off it (no object pixel); mean over frames with both kinds."""
+def patch_auc(
+    model, tokenizer, data: SyntheticClipSet, mode: str = "faithful", grid: int = 14, frames: int = 2
+) -> float:
+    """TGM check: per frame, the ROC-AUC of caption similarity for the 16 px model patches (of a
+    224 px view) on the object (coverage >= 0.5) vs off it (no object pixel), with faithful patch
+    crops or dense features; mean over frames with both kinds."""
     from tgmae.masking.clip_features import ClipBundle, ClipPatchScorer, embed_texts
 
     bundle = ClipBundle(model.eval(), tokenizer, CLIP_MEAN, CLIP_STD, "training")
-    scorer = ClipPatchScorer(bundle, "faithful", batch_size=512)
+    scorer = ClipPatchScorer(bundle, mode, batch_size=512)
     aucs = []
     for v in range(len(data)):
         text = embed_texts(bundle, [data.captions[v][0]])
@@ -160,7 +195,8 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     root = Path(root)
     texts = [c for r in read_store(root / "captions.jsonl").records for c in r.captions]
     tokenizer = train_clip_tokenizer(texts, cfg.vocab_size, cfg.context)
-    model = build_clip_model(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build_clip_model(
+        cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     train = load_synthetic_clip_set(root, "train", cfg.frames_per_video)
     from tgmae.masking.clip_data import read_split_ids
 
@@ -175,16 +211,24 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     )
     g = torch.Generator().manual_seed(cfg.seed)
     model.train()
+    captured: dict[str, torch.Tensor] = {}
+    hook = model.vision_model.encoder.layers[-1].register_forward_pre_hook(
+        lambda module, args: captured.__setitem__("x", args[0]))
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="train-clip", unit="step", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = sample_pairs(train, cfg.videos_per_batch, cfg.image_size, g)
+        batch = sample_pairs(train, cfg.videos_per_batch, cfg.image_size, g, cfg.patch_size)
         tok = tokenizer(batch.texts, padding=True, truncation=True, max_length=cfg.context, return_tensors="pt")
         img = model.get_image_features(pixel_values=_normalize(batch.images)).pooler_output
-        txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
-        loss = grouped_contrastive_loss(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), batch.key, model.logit_scale)
+        txt = F.normalize(model.get_text_features(
+            input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output, dim=-1)
+        loss = grouped_contrastive_loss(F.normalize(img, dim=-1), txt, batch.key, model.logit_scale)
+        if cfg.dense_weight > 0:
+            n = batch.whole_cover.shape[0]
+            loss = loss + cfg.dense_weight * dense_loss(
+                model, captured["x"][:n], batch.whole_cover, batch.key[:n], txt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -194,12 +238,14 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         if not progress and (step + 1) % 100 == 0:
             log.info("train-clip: step %d/%d, loss %.3f", step + 1, cfg.steps, sum(losses[-100:]) / 100)
+    hook.remove()
     model.eval()
-    auc = patch_auc(model, tokenizer, val, cfg.image_size)
+    auc = {mode: patch_auc(model, tokenizer, val, mode) for mode in ("faithful", "dense")}
     save_clip(out, model, tokenizer, cfg.image_size)
     summary = {
         "root": str(root), "steps": cfg.steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-        "val_patch_auc": auc, "auc_split": val_split, "seconds": time.perf_counter() - start,
+        "val_patch_auc": auc["faithful"], "val_patch_auc_dense": auc["dense"], "auc_split": val_split,
+        "seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg),
     }
     (Path(out) / "train_clip.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -217,16 +263,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight,
+                        help="weight of the dense (MaskCLIP patch-token) loss; 0 = CLS pairs only")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ClipTrainConfig(**{k: getattr(args, k) for k in (
-        "steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed", "lr")})
+        "steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed", "lr",
+        "dense_weight")})
     if not (Path(args.root) / "captions.jsonl").is_file():
         parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
     s = train_clip(args.root, args.out, cfg, progress=not args.no_progress)
     print(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
-          f"val patch AUC {s['val_patch_auc']:.3f} -> {args.out}")
+          f"val patch AUC {s['val_patch_auc']:.3f} (dense {s['val_patch_auc_dense']:.3f}) -> {args.out}")
     return 0
 
 

@@ -25,9 +25,7 @@ def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device:
 
 
 def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str):
-    # Fields added with TGM; defaults apply while a config predates them.
-    clip_model = getattr(cfg, "clip_model", "")
-    caption = getattr(cfg, "caption", "drawn")
+    clip_model, caption = cfg.clip_model, cfg.caption
     if cfg.cache_dir:
         from tgmae.masking.cache import SimilarityCache
         from tgmae.masking.tgm import CachedTGMMask
@@ -48,7 +46,7 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str):
     from tgmae.masking.clip_features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
 
-    scorer = ClipPatchScorer(load_clip(clip_model, device), getattr(cfg, "mode", "dense"),
-                             getattr(cfg, "dense_size", 0) or None)
+    scorer = ClipPatchScorer(load_clip(clip_model, device), cfg.mode,
+                             cfg.dense_size or None)
     cls = OnlineTGMMask if str(device) == "cpu" else BatchTGMMask
     return cls(scorer, cfg.ratio, cfg.select, cfg.tubelet_frame)

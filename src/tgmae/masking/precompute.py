@@ -194,7 +194,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224, help="the video model's input side")
     p.add_argument("--patch-size", type=int, default=16, help="the video model's patch side")
     p.add_argument("--map-scale", type=int, default=1, help="dense: map cells per patch side (finer maps)")
-    p.add_argument("--dense-size", type=int, default=None, help="dense: CLIP input short side (default: grid x CLIP patch)")
+    p.add_argument("--dense-size", type=int, default=None,
+                   help="dense: CLIP input short side (default: grid x CLIP patch)")
     p.add_argument("--batch-size", type=int, default=256, help="CLIP images per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--merge-only", action="store_true", help="only merge the part files into index.json")
@@ -207,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.merge_only:
         index = merge_parts(args.out)
-        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) -> {args.out}/index.json")
+        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
+              f"-> {args.out}/index.json")
         return 0
     if args.frame_stride < 1 or args.map_scale < 1 or args.image_size % args.patch_size:
         print("tgmae masks: --frame-stride and --map-scale must be >= 1, --image-size a multiple of --patch-size",

@@ -188,8 +188,10 @@ def format_table(quality: MaskQuality) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="tgmae eval-masks",
-                                description="Precision / recall of masking algorithms on the synthetic set's object masks.")
+    p = argparse.ArgumentParser(
+        prog="tgmae eval-masks",
+        description="Precision / recall of masking algorithms on the synthetic set's object masks.",
+    )
     p.add_argument("--root", required=True, help="synthetic set directory (`tgmae synth`)")
     p.add_argument("--clip", default=None, help="CLIP directory or name for TGM (e.g. from `tgmae train-clip`)")
     p.add_argument("--out", default=None, help="write {algorithm: {precision, recall, ratio}} JSON here")
@@ -235,7 +237,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["ALGORITHMS", "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table", "main", "object_coverage"]
+__all__ = [
+    "ALGORITHMS", "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table", "main",
+    "object_coverage",
+]
 
 
 if __name__ == "__main__":

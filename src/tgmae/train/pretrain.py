@@ -23,21 +23,17 @@ from tgmae.train.optim import param_groups
 log = logging.getLogger("tgmae")
 
 
-def build_video_dataset(cfg: RunConfig, subset: str, train: bool, with_masks: bool,
+def build_video_dataset(cfg: RunConfig, subset: str, train: bool, mask_generator=None,
                         captions=None) -> Dataset:
-    """Annotations -> VideoDataset with the run's mask generator (made per sample, in workers).
+    """Annotations -> VideoDataset; a per-sample mask generator runs inside its workers.
 
     `captions` (a CaptionProvider) is built by the caller in the main process, so caption
     embeddings missing from the cache are computed once, before DataLoader workers start.
     """
     from tgmae.data.dataset import build_dataset
-    from tgmae.masking import build_mask_generator
 
-    generator = None
-    if with_masks:
-        generator = build_mask_generator(cfg.masking, captions_file=cfg.captions.file)
     return build_dataset(cfg.data, subset, train=train, token_grid=cfg.token_grid,
-                         mask_generator=generator, captions=captions, seed=cfg.train.seed)
+                         mask_generator=mask_generator, captions=captions, seed=cfg.train.seed)
 
 
 class PretrainTask:
@@ -56,6 +52,7 @@ class PretrainTask:
         self._dataset = dataset
         self._captions = None
         self._text_table: Optional[torch.Tensor] = None
+        self.batch_masker = None  # a batch mask generator (online TGM on a GPU) runs in `step`
 
     @property
     def captions(self):
@@ -89,22 +86,46 @@ class PretrainTask:
 
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
-            self._dataset = build_video_dataset(self.cfg, "train", train=True, with_masks=True,
+            import os
+
+            from tgmae.masking import build_mask_generator, is_batch_generator
+            from tgmae.train.distributed import resolve_device
+
+            device = resolve_device(self.cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+            generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
+                                             device=str(device))
+            if is_batch_generator(generator):
+                self.batch_masker, generator = generator, None
+            self._dataset = build_video_dataset(self.cfg, "train", train=True, mask_generator=generator,
                                                 captions=self.captions)
         return self._dataset
+
+    def _text(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B] caption ids -> [B, D] cached text embeddings on the ids' device."""
+        if self._text_table is None or self._text_table.device != ids.device:
+            self._text_table = self.captions.embeddings.to(ids.device, torch.float32)
+        return self._text_table[ids]
+
+    def _batch_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Masks made on the device for the whole batch, seeded by the batch's sample indices."""
+        video = batch["video"]
+        text = self._text(batch["caption_id"]) if self.captions is not None else None
+        seed = int(torch.as_tensor(batch["index"]).sum()) * 1_000_003 + self.cfg.train.seed
+        g = torch.Generator(device=video.device).manual_seed(seed)
+        with torch.autocast(device_type=video.device.type, enabled=False):
+            return self.batch_masker(video, text, self.cfg.token_grid, g)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return param_groups(model.named_parameters(), self.cfg.optim.weight_decay,
                             skip=set(model.no_weight_decay()))
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        mask = self._batch_mask(batch) if self.batch_masker is not None else batch["mask"]
         if self.captions is None:
-            out = model(batch["video"], batch["mask"])
+            out = model(batch["video"], mask)
             return StepOutput(out.loss, {"loss_mse": out.loss.detach()})
         ids = batch["caption_id"]
-        if self._text_table is None or self._text_table.device != ids.device:
-            self._text_table = self.captions.embeddings.to(ids.device, torch.float32)
-        out = model(batch["video"], batch["mask"], self._text_table[ids], ids)
+        out = model(batch["video"], mask, self._text(ids), ids)
         return StepOutput(out.loss, out.metrics())
 
 
@@ -114,7 +135,7 @@ def mae_part(model: nn.Module) -> nn.Module:
     return getattr(model, "mae", model)
 
 
-def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, out_dir: Path,
+def write_pretrain_figures(model: nn.Module, task: PretrainTask, cfg: RunConfig, out_dir: Path,
                            index: int = 0) -> dict[str, Path]:
     """Loss curve + reconstruction (original / masked / reconstructed) of one clip."""
     from tgmae.models import reconstruct_video
@@ -128,10 +149,15 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
         records = [r for r in read_metrics(metrics) if "loss" in r]
         out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", "lr"], out_dir / "loss_curve.png",
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
-    sample = dataset[index]
+    sample = task.train_dataset()[index]
     model = mae_part(model).eval()
     video = sample["video"][None]
-    mask = sample["mask"][None]
+    if "mask" in sample:
+        mask = sample["mask"][None]
+    else:  # masks made on the batch (online TGM on a GPU)
+        from torch.utils.data import default_collate
+
+        mask = task._batch_mask(default_collate([sample])).cpu()
     with torch.no_grad():
         res = model(video, mask)
         recon = reconstruct_video(video, res.pred, mask, model.arch)
@@ -154,7 +180,7 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
     result = trainer.fit()
     if trainer.dist.is_main:
         save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors")
-        figures = write_pretrain_figures(result.model, task.train_dataset(), cfg, result.output_dir)
+        figures = write_pretrain_figures(result.model, task, cfg, result.output_dir)
         for name, path in figures.items():
             log.info("%s: %s", name, path)
     return result.output_dir

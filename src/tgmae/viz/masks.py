@@ -148,7 +148,8 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="tgmae visualize masks", description="Figure-1-style grid of masking algorithms on a clip.")
+    p = argparse.ArgumentParser(prog="tgmae visualize masks",
+                                description="Figure-1-style grid of masking algorithms on a clip.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", help="synthetic set (`tgmae synth`): uses its captions and object masks")
     src.add_argument("--video", help="any video file (needs --caption for TGM)")
