@@ -17,14 +17,6 @@ from tgmae.captions.tiny import save_tiny_clip
 TEXTS = ["a man is jumping", "a dog runs on a field", "a red ball", "a man is jumping", "émoji-free café"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is far faster (no oversubscription)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):

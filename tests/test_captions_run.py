@@ -41,14 +41,6 @@ def write_mp4(path: Path, num_frames: int, seed: int, size=(48, 64)) -> None:
             c.mux(pkt)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is far faster (no oversubscription)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

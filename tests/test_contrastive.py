@@ -34,14 +34,6 @@ GRID = ARCH.grid  # (2, 2, 2): 8 tokens
 TEXT_DIM, PROJ_DIM = 24, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(objective: str = "mae+contrastive", **kw) -> VideoTextPretrainer:
     torch.manual_seed(0)

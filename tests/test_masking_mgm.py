@@ -145,14 +145,6 @@ def test_video_without_codec_vectors_falls_back(tmp_path, caplog):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads; on a shared machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from tgmae.data.synthetic import generate_synthetic_dataset

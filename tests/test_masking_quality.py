@@ -14,14 +14,6 @@ from tgmae.masking.clip_train import grouped_contrastive_loss
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads; on a shared machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from tgmae.data.synthetic import generate_synthetic_dataset

@@ -23,14 +23,6 @@ TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, text_width
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads; on a shared machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from tgmae.data.synthetic import generate_synthetic_dataset
