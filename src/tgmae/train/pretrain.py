@@ -135,9 +135,11 @@ def mae_part(model: nn.Module) -> nn.Module:
     return getattr(model, "mae", model)
 
 
-def write_pretrain_figures(model: nn.Module, task: PretrainTask, cfg: RunConfig, out_dir: Path,
-                           index: int = 0) -> dict[str, Path]:
-    """Loss curve + reconstruction (original / masked / reconstructed) of one clip."""
+def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, out_dir: Path,
+                           index: int = 0, make_mask=None) -> dict[str, Path]:
+    """Loss curve + reconstruction (original / masked / reconstructed) of one clip.
+
+    make_mask: sample -> [1, N] mask, for runs whose masks are made on the batch (online TGM)."""
     from tgmae.models import reconstruct_video
     from tgmae.train.metrics import read_metrics
     from tgmae.viz.curves import plot_curves
@@ -149,15 +151,10 @@ def write_pretrain_figures(model: nn.Module, task: PretrainTask, cfg: RunConfig,
         records = [r for r in read_metrics(metrics) if "loss" in r]
         out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", "lr"], out_dir / "loss_curve.png",
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
-    sample = task.train_dataset()[index]
+    sample = dataset[index]
     model = mae_part(model).eval()
     video = sample["video"][None]
-    if "mask" in sample:
-        mask = sample["mask"][None]
-    else:  # masks made on the batch (online TGM on a GPU)
-        from torch.utils.data import default_collate
-
-        mask = task._batch_mask(default_collate([sample])).cpu()
+    mask = sample["mask"][None] if make_mask is None else make_mask(sample)
     with torch.no_grad():
         res = model(video, mask)
         recon = reconstruct_video(video, res.pred, mask, model.arch)
@@ -180,7 +177,13 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
     result = trainer.fit()
     if trainer.dist.is_main:
         save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors")
-        figures = write_pretrain_figures(result.model, task, cfg, result.output_dir)
+        make_mask = None
+        if task.batch_masker is not None:
+            from torch.utils.data import default_collate
+
+            make_mask = lambda sample: task._batch_mask(default_collate([sample])).cpu()  # noqa: E731
+        figures = write_pretrain_figures(result.model, task.train_dataset(), cfg, result.output_dir,
+                                         make_mask=make_mask)
         for name, path in figures.items():
             log.info("%s: %s", name, path)
     return result.output_dir

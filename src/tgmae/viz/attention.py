@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgmae.viz.plotting import pyplot, to_uint8_frames
+from tgmae.viz.plotting import pyplot, to_uint8_frames, save_figure
 
 
 @dataclass
@@ -134,14 +134,7 @@ def save_attention_figure(frames: torch.Tensor, blended: torch.Tensor, out_path:
                 ax.set_ylabel(name, fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {ti}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_path, title)
 
 
 def attention_figures(encoder: nn.Module, video: torch.Tensor, mean: Sequence[float], std: Sequence[float],

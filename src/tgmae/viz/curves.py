@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tgmae.viz.plotting import pyplot
+from tgmae.viz.plotting import pyplot, save_figure
 
 
 def plot_curves(
@@ -31,14 +31,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
         if len(runs) > 1:
             ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_path, title, dpi=120)
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:

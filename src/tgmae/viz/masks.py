@@ -41,11 +41,9 @@ def render_mask_grid(
 ) -> Path:
     """frames uint8 [T, H, W, 3] (the model's input clip), masks {name: [T', H', W'] bool}.
     Writes a PNG with rows = input + algorithms, columns = `columns` temporal slices."""
-    import matplotlib
+    from tgmae.viz.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     t_tok = next(iter(masks.values())).shape[0]
     h, w = frames.shape[1:3]
     patch = h // next(iter(masks.values())).shape[1]
@@ -70,14 +68,7 @@ def render_mask_grid(
                 if ratios and name in ratios:
                     label += f"\nratio {ratios[name]:.2f}"
                 ax.set_ylabel(label, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title)
 
 
 def _masks_for(gens: dict, ctx, grid, seed: int) -> dict[str, torch.Tensor]:

@@ -30,3 +30,17 @@ def token_mask_to_pixels(mask: torch.Tensor, grid: tuple[int, int, int], tubelet
     t, h, w = grid
     m = mask.detach().cpu().view(t, h, w)
     return m.repeat_interleave(tubelet, 0).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+
+
+def save_figure(fig, out_path, title: str = "", dpi: int = 110):
+    """Title, tight layout, write the PNG (parents created), free the figure; returns the Path."""
+    from pathlib import Path
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out

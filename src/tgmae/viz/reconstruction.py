@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from tgmae.viz.plotting import pyplot, to_uint8_frames, token_mask_to_pixels
+from tgmae.viz.plotting import pyplot, to_uint8_frames, token_mask_to_pixels, save_figure
 
 
 def reconstruction_rows(
@@ -50,14 +50,7 @@ def save_reconstruction_figure(
                 ax.set_ylabel(name, fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {ti}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_path, title)
 
 
 def save_gif(frames: torch.Tensor, out_path: str | Path, fps: int = 6) -> Path:
