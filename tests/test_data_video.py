@@ -122,7 +122,11 @@ def test_rotation_metadata_is_applied(tmp_path):
     up = read_frames(plain, [2])[0]
     got = read_frames(rotated, [2])[0]
     assert got.shape == (64, 40, 3)
-    np.testing.assert_array_equal(got, np.rot90(up, k=1))  # 90 degrees counter-clockwise
+    # 90 degrees counter-clockwise. The two files are separate x264 encodes, which may differ by a
+    # few levels (encoder threading), so compare with a tolerance and check the marked corner.
+    want = np.rot90(up, k=1)
+    np.testing.assert_allclose(got.astype(int), want.astype(int), atol=12)
+    assert got[-8:, :8].mean() > 200 and got[:8, :8].mean() < 200  # the corner went to bottom-left
 
 
 def test_odd_size_video(tmp_path):
