@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -23,14 +24,6 @@ transformers = pytest.importorskip("transformers")
 
 FRAMES, SIZE, PATCH = 4, 32, 8  # grid (2, 4, 4) = 32 tokens
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
@@ -121,8 +114,8 @@ def test_our_weights_load_into_transformers():
 def test_official_pth_layout_round_trip(tmp_path, wrap):
     ours = tiny_ours()
     state = ours.state_dict()
-    if wrap == "model":
-        blob = {"model": state, "epoch": 3}
+    if wrap == "model":  # as VideoMAE's training loop saves it, argparse.Namespace included
+        blob = {"model": state, "epoch": 3, "args": argparse.Namespace(model="pretrain_videomae_base_patch16_224")}
     elif wrap == "module":
         blob = {"module": {f"module.{k}": v for k, v in state.items()}}
     else:

@@ -22,20 +22,12 @@ from tgmae.models import (
     unpatchify,
 )
 from tgmae.models.attention import KERNELS, math_attention, pick_kernel, sdpa_fp32, set_attention_kernel
-from tgmae.models.block import DropPath
+from tgmae.models.block import Block, DropPath
 from tgmae.models.pos_embed import sincos_position_table
 from tgmae.models.tokens import mask_to_indices
 
 FRAMES, SIZE = 4, 16  # with patch 8, tubelet 2: grid (2, 2, 2) = 8 tokens
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(seed: int = 0, **cfg):
@@ -285,6 +277,17 @@ def test_attention_kernels_agree():
     qb = q.bfloat16().requires_grad_()
     assert pick_kernel(q, "auto") == "sdpa" and pick_kernel(qb, "math") == "math"
     assert pick_kernel(qb, "auto") in ("sdpa_fp32", "sdpa")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_block_partial_queries_match_full_block(kernel):
+    torch.manual_seed(0)
+    blk = Block(32, 4, kernel=kernel).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 12, 32)
+    torch.testing.assert_close(blk(x, q_start=7), blk(x)[:, 7:], atol=1e-5, rtol=1e-5)
 
 
 def test_model_output_is_the_same_for_every_kernel():

@@ -78,7 +78,7 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
 
 def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
-    from tgmae.models.interop import _read_safetensors
+    from tgmae.models.interop import read_safetensors
     from tgmae.train.checkpoint import find_latest
 
     candidates: list[Path] = []
@@ -92,7 +92,7 @@ def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         candidates.append(path)
     for c in candidates:
         if c.is_file():
-            state, meta = _read_safetensors(c)
+            state, meta = read_safetensors(c)
             if "video_head.fc1.weight" in state:
                 return state, meta
     raise CheckpointError(

@@ -29,7 +29,7 @@ from tgmae.models.interop import (
     FORMAT as PRETRAIN_FORMAT,
     CheckpointError,
     _hf_directory_state,
-    _read_safetensors,
+    read_safetensors,
     _read_torch,
     _unwrap,
     load_pretraining_model,
@@ -123,7 +123,7 @@ def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
 
 
 def _from_safetensors(p: Path) -> EncoderSource:
-    state, meta = _read_safetensors(p)
+    state, meta = read_safetensors(p)
     fmt = meta.get("format")
     if fmt == PRETRAIN_FORMAT:
         model = load_pretraining_model(p)

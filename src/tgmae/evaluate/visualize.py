@@ -54,7 +54,7 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
     video-text) training checkpoint or run directory; clip geometry from the run's config."""
     from tgmae.models import load_pretraining_model
-    from tgmae.models.interop import CheckpointError, _read_safetensors, detect_format
+    from tgmae.models.interop import CheckpointError, read_safetensors, detect_format
     from tgmae.models.pretrainer import VideoMAEPretrainer
 
     p = Path(path)
@@ -67,7 +67,7 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
         elif (p / "checkpoints").is_dir() and find_latest(p / "checkpoints") is not None:
             p = find_latest(p / "checkpoints") / "model.safetensors"
     if p.is_file() and detect_format(p) == "tgmae":
-        state, meta = _read_safetensors(p)
+        state, meta = read_safetensors(p)
         if "tgmae_config" in meta:  # a training checkpoint: pretrainer or video-text wrapper
             from tgmae.config import RunConfig, from_dict
             from tgmae.models.arch import arch_from_config

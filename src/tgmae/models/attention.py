@@ -10,8 +10,8 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 - "auto" (default): "sdpa", except bf16/fp16 on a CPU without AMX, where "sdpa_fp32". Measured
   on the 2-core avx512_bf16 machine (benchmarks/pretrain_step.py, docs/benchmarks.md): bf16
   GEMMs there run at ~0.6x the fp32 rate and the bf16 flash-SDPA backward is slow, so the fp32
-  kernel was 1.8x faster than bf16 SDPA for the 1568-token decoder and 1.3-2x faster than the
-  explicit bf16 kernel at every length we use. It is also the more accurate choice.
+  kernel was 1.8x faster than bf16 SDPA for the 1568-token decoder and 1.1-2x faster than
+  the explicit bf16 kernel at every length we use. It is also the more accurate choice.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def pick_kernel(q: torch.Tensor, kernel: Kernel) -> str:
 
 
 class Attention(nn.Module):
-    """[B, N, D] -> [B, N, D] self-attention over all N tokens (no attention mask).
+    """[B, N, D] -> [B, N - q_start, D] self-attention over all N tokens (no attention mask).
 
     Args:
         dim: token width D.
@@ -78,19 +78,30 @@ class Attention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q_start: int = 0) -> torch.Tensor:
+        """x [B, N, D] -> [B, N - q_start, D]: outputs of tokens q_start.. only (all attend to
+        every token; q_start > 0 skips the query work of tokens whose output is not needed)."""
         B, N, D = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])  # [3D]
-        qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3D]
-        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        H, d = self.num_heads, self.head_dim
+        # Split q/k/v by unbinding dim 2 of [B, N, 3, H, d]: in backward the three gradients are
+        # stacked straight back into that layout (one copy; unbinding a permuted view costs two).
+        if q_start == 0:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])  # [3D]
+            qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3D]
+            q, k, v = (t.transpose(1, 2) for t in qkv.view(B, N, 3, H, d).unbind(2))  # [B, H, N, d]
+        else:
+            w = self.qkv.weight
+            q = F.linear(x[:, q_start:], w[:D], self.q_bias).view(B, N - q_start, H, d).transpose(1, 2)
+            kv = F.linear(x, w[D:], torch.cat([torch.zeros_like(self.v_bias), self.v_bias]))
+            k, v = (t.transpose(1, 2) for t in kv.view(B, N, 2, H, d).unbind(2))
         kernel = pick_kernel(q, self.kernel)
         if kernel == "math":
             out = math_attention(q, k, v)
         elif kernel == "sdpa_fp32":
             out = sdpa_fp32(q, k, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+            out = F.scaled_dot_product_attention(q, k, v)  # [B, H, Nq, d]
+        return self.proj(out.transpose(1, 2).reshape(B, N - q_start, D))
 
 
 def set_attention_kernel(model: nn.Module, kernel: Kernel) -> None:

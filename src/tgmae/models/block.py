@@ -67,9 +67,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, q_start: int = 0) -> torch.Tensor:
+        """[B, N, D] -> [B, N - q_start, D]: q_start > 0 computes only the last tokens' outputs
+        (they still attend to all N), e.g. the decoder's final block, read only at masked tokens."""
+        x_out = x[:, q_start:] if q_start else x
+        x_out = x_out + self.drop_path(self.attn(self.norm1(x), q_start))
+        return x_out + self.drop_path(self.mlp(self.norm2(x_out)))
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,7 +41,7 @@ def _names(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_LIST_LIMIT]) + more
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     try:
@@ -52,8 +53,12 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_torch(path: Path) -> Any:
+    """torch.load with weights_only=True; argparse.Namespace (the `args` entry of VideoMAE's
+    training checkpoints) is allowed as plain data."""
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors, or objects weights_only refuses
         raise CheckpointError(
             f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {e}); expected a "
@@ -94,12 +99,12 @@ def _load_into(model: VideoMAEPretrainer, state: Mapping[str, torch.Tensor], sou
 def _hf_directory_state(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").is_file():
-        return _read_safetensors(path / "model.safetensors")[0]
+        return read_safetensors(path / "model.safetensors")[0]
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(_read_safetensors(path / shard)[0])
+            state.update(read_safetensors(path / shard)[0])
         return state
     if (path / "pytorch_model.bin").is_file():
         return _unwrap(_read_torch(path / "pytorch_model.bin"), path)
@@ -134,7 +139,7 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
     kind = detect_format(p)
     extra_unexpected: list[str] = []
     if kind == "tgmae":
-        state, meta = _read_safetensors(p)
+        state, meta = read_safetensors(p)
         if "arch" not in meta:
             raise CheckpointError(
                 f"{p}: safetensors file without tgmae 'arch' metadata (format={meta.get('format')!r}); "

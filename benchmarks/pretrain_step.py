@@ -1,0 +1,314 @@
+"""Pretraining step benchmark: tgmae's VideoMAEPretrainer vs transformers' VideoMAEForPreTraining.
+
+One step = forward + backward + AdamW step (fused, same settings for both) on a batch of
+16x224x224 clips with random per-sample masks. Time is wall clock, or with `--clock cpu` this
+process's CPU time (with `--threads 1` that is the compute a step costs, nearly independent
+of other jobs on a shared CPU; with more threads it would include spin-waiting). Both models hold the SAME weights (ours copied
+into HF) and run in the same process, alternating step by step (order swapped every round);
+we report medians and ratios, because other jobs share this CPU and timings drift.
+
+Measured per preset x mask ratio x precision (fp32, bf16 autocast):
+- step time (median), clips/s, and speedup = HF time / our time;
+- peak memory of a step above the resident model + optimizer state. CPU: the process's peak
+  RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the step, with glibc's
+  mmap threshold pinned at 64 KiB so freed tensors go back to the OS (otherwise malloc keeps
+  them and RSS stops tracking tensor memory). CUDA: torch.cuda.max_memory_allocated;
+- FLOPs of forward + backward from torch.utils.flop_counter.FlopCounterMode (CPU flash-SDPA
+  forward/backward registered, which it does not count by itself), achieved GFLOP/s, and that
+  rate as a fraction of the dense matmul ceiling of the same precision measured in the same
+  run: `frac_ceiling` against a ViT-B-shaped matmul timed once per round between the steps
+  (median; same load as the steps), `frac_best_ceiling` against the best matmul rate seen at
+  start-up (what the cores give when undisturbed).
+
+usage: python benchmarks/pretrain_step.py [--presets tiny,small,base] [--ratios 0.9,0.6]
+       [--precisions fp32,bf16] [--batch 2] [--steps 6] [--threads N] [--clock wall|cpu]
+       [--device cpu|cuda] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tgmae.config import ModelConfig
+from tgmae.models import build_pretraining_model
+from tgmae.models.layouts import hf_config, ours_to_hf
+
+FRAMES, SIZE = 16, 224
+HF_ATTENTION = ""  # transformers' attention implementation in use (its default)
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+def pin_malloc() -> bool:
+    """glibc: allocations >= 64 KiB use mmap and are unmapped on free (RSS tracks tensors)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_step_memory(step: Callable[[], None], device: torch.device) -> float:
+    """MiB a step needs above what is resident before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+# ------------------------------------------------------------------------------------- flops
+
+
+def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_cpu_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+def count_flops(fwd_bwd: Callable[[], None]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    }
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fwd_bwd()
+    return counter.get_total_flops()
+
+
+# ---------------------------------------------------------------------------------- ceiling
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+CEILING_SHAPE = (3136, 768, 3072)  # ViT-B MLP fc1 on a batch of 2 clips at ratio 0 (tokens x D x 4D)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = time.perf_counter  # set from --clock in main()
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, shape=CEILING_SHAPE) -> float:
+    """GFLOP/s of one dense matmul now (sampled between steps: same conditions as the steps)."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t0 = CLOCK()
+    a @ b
+    sync(device)
+    return 2 * m * k * n / (CLOCK() - t0) / 1e9
+
+
+def matmul_ceiling(dtype: torch.dtype, device: torch.device, reps: int = 8) -> float:
+    """Dense matmul GFLOP/s: the best of `reps` timings of model-shaped products (tokens x
+    width x 4 width, both ways) and a square one. Best, not median: the ceiling is what the
+    hardware reaches when it is not disturbed."""
+    best = 0.0
+    for m, k, n in (CEILING_SHAPE, CEILING_SHAPE[::-1], (2048, 2048, 2048)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        a @ b
+        for _ in range(reps):
+            sync(device)
+            t0 = CLOCK()
+            a @ b
+            sync(device)
+            best = max(best, 2 * m * k * n / (CLOCK() - t0) / 1e9)
+    return best
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+def build_pair(preset: str, device: torch.device):
+    """Our model and transformers' with identical weights (ours copied into HF)."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    torch.manual_seed(0)
+    ours = build_pretraining_model(ModelConfig(preset=preset), FRAMES, SIZE).to(device).train()
+    hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(ours.arch))).to(device).train()
+    global HF_ATTENTION
+    HF_ATTENTION = hf.config._attn_implementation
+    result = hf.load_state_dict(ours_to_hf(ours.state_dict()), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"HF copy failed: {result}")
+    return ours, hf
+
+
+def random_mask(batch: int, n: int, ratio: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    k = int(round(n * ratio))
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    for b in range(batch):
+        mask[b, torch.randperm(n, generator=g)[:k]] = True
+    return mask
+
+
+def make_step(model, is_hf: bool, video, mask, precision: str, device: torch.device):
+    """(full training step, forward+backward only) closures."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                            fused=True)
+    inp = video.permute(0, 2, 1, 3, 4) if is_hf else video  # HF takes [B, T, C, H, W]
+
+    def fwd_bwd() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+            out = model(inp, bool_masked_pos=mask) if is_hf else model(inp, mask)
+        out.loss.backward()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        fwd_bwd()
+        opt.step()
+        sync(device)
+
+    return step, fwd_bwd
+
+
+def timed(step: Callable[[], None]) -> tuple[float, float]:
+    """(seconds on the chosen clock, wall seconds) of one call."""
+    w0, t0 = time.perf_counter(), CLOCK()
+    step()
+    return CLOCK() - t0, time.perf_counter() - w0
+
+
+def bench_case(ours, hf, preset, ratio, precision, args, device, ceilings) -> dict:
+    n = ours.arch.num_tokens
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
+    mask = random_mask(args.batch, n, ratio, seed=1).to(device)
+    steps = {"ours": make_step(ours, False, video, mask, precision, device),
+             "hf": make_step(hf, True, video, mask, precision, device)}
+    for name in steps:  # warm-up: allocates optimizer state, first-call kernels
+        steps[name][0]()
+    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    walls: dict[str, list[float]] = {"ours": [], "hf": []}
+    rates = []  # matmul ceiling sampled in every round, under the same load as the steps
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for i in range(args.steps):
+        rates.append(matmul_rate(dtype, device))
+        order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
+        for name in order:
+            t, w = timed(steps[name][0])
+            times[name].append(t)
+            walls[name].append(w)
+    ceiling = statistics.median(rates)
+    row = dict(preset=preset, ratio=ratio, precision=precision, batch=args.batch,
+               ceiling_gflops=ceiling, ceiling_samples=rates, best_ceiling_gflops=ceilings[precision])
+    for name, (step, fwd_bwd) in steps.items():
+        med = statistics.median(times[name])
+        flops = count_flops(fwd_bwd)
+        for p in (ours if name == "ours" else hf).parameters():
+            p.grad = None
+        row[name] = dict(
+            step_s=med, step_s_all=times[name], wall_s=statistics.median(walls[name]),
+            clips_per_s=args.batch / med,
+            peak_mib=peak_step_memory(step, device), gflop=flops / 1e9,
+            gflops_per_s=flops / med / 1e9, frac_ceiling=flops / med / 1e9 / ceiling,
+            frac_best_ceiling=flops / med / 1e9 / ceilings[precision],
+        )
+    row["speedup"] = row["hf"]["step_s"] / row["ours"]["step_s"]
+    row["mem_ratio"] = row["ours"]["peak_mib"] / row["hf"]["peak_mib"]
+    # per-round ratios: robust to drift that hits both runs of a round alike
+    row["speedup_rounds_median"] = statistics.median(h / o for h, o in zip(times["hf"], times["ours"]))
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="tiny,small,base")
+    parser.add_argument("--ratios", default="0.9,0.6")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per model per case")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time steps and the ceiling by wall clock, or by this process's CPU "
+                             "time (use with --threads 1 on a CPU shared with other jobs)")
+    parser.add_argument("--quick", action="store_true", help="tiny + small at ratio 0.9, 3 steps")
+    parser.add_argument("--json", help="write all results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presets, args.ratios, args.steps = "tiny,small", "0.9", 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures CPU work; use wall time on an accelerator")
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
+    pinned = pin_malloc() if device.type == "cpu" else False
+    precisions = args.precisions.split(",")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    ceilings = {p: matmul_ceiling(dtype[p], device) for p in precisions}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"{args.clock} clock; "
+          f"best matmul " + ", ".join(f"{p} {c:.0f} GFLOP/s" for p, c in ceilings.items()), flush=True)
+    rows = []
+    for preset in args.presets.split(","):
+        ours, hf = build_pair(preset, device)
+        for ratio in (float(r) for r in args.ratios.split(",")):
+            for precision in precisions:
+                row = bench_case(ours, hf, preset, ratio, precision, args, device, ceilings)
+                rows.append(row)
+                o, h = row["ours"], row["hf"]
+                print(f"{preset:>5} r={ratio:.2f} {precision} (ceiling {row['ceiling_gflops']:.0f}): "
+                      f"ours {o['step_s']:.3f}s "
+                      f"({o['clips_per_s']:.2f} clips/s, {o['peak_mib']:.0f} MiB, {o['gflops_per_s']:.0f} "
+                      f"GFLOP/s = {o['frac_ceiling']:.0%}) | HF {h['step_s']:.3f}s ({h['peak_mib']:.0f} MiB, "
+                      f"{h['gflops_per_s']:.0f} GFLOP/s = {h['frac_ceiling']:.0%}) | speedup "
+                      f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
+                      f"memory {row['mem_ratio']:.2f}x", flush=True)
+        del ours, hf
+    if args.json:
+        info = dict(command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+                    torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
+                    clock=args.clock, load_average=os.getloadavg(),
+                    machine=platform.processor() or platform.machine(), malloc_pinned=pinned,
+                    ceilings_gflops=ceilings, hf_attention=HF_ATTENTION, rows=rows)
+        Path(args.json).write_text(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
