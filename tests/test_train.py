@@ -262,3 +262,14 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     torch.testing.assert_close(r0, single, rtol=1e-5, atol=1e-6)
     recs = [json.loads(x) for x in (tmp_path / "ddp" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 16  # rank 0 alone writes the log
+
+
+def test_auto_precision_follows_measured_bf16_speed(monkeypatch):
+    from tgmae.train import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    assert precision.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    assert precision.resolve_precision("fp32", cpu) == "fp32"
