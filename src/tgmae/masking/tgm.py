@@ -148,12 +148,9 @@ def _slice_scores(
     return sims
 
 
-class OnlineTGMMask:
-    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
-
-    Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
-    caption embedding `ctx.text_embedding` (same CLIP as `scorer`).
-    """
+class _ClipInTheLoop:
+    """Shared settings of the online TGM generators: a CLIP scorer, ratio, top/bottom, which
+    frame stands for a tubelet, and the data normalization to undo before CLIP sees frames."""
 
     def __init__(
         self, scorer: ClipPatchScorer, ratio: float = 0.6, select: str = "top",
@@ -163,6 +160,14 @@ class OnlineTGMMask:
         _check_common(ratio, select, tubelet_frame)
         self.scorer, self.ratio, self.select, self.tubelet_frame = scorer, ratio, select, tubelet_frame
         self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
+
+
+class OnlineTGMMask(_ClipInTheLoop):
+    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
+
+    Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
+    caption embedding `ctx.text_embedding` (same CLIP as `scorer`).
+    """
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         if ctx.frames is None:
@@ -180,19 +185,10 @@ class OnlineTGMMask:
                 f"tubelet_frame={self.tubelet_frame!r})")
 
 
-class BatchTGMMask:
+class BatchTGMMask(_ClipInTheLoop):
     """TGM with CLIP in the loop on a whole batch (main process, GPU): a `BatchMaskGenerator`."""
 
     batched = True
-
-    def __init__(
-        self, scorer: ClipPatchScorer, ratio: float = 0.6, select: str = "top",
-        tubelet_frame: str = "first", data_mean: Sequence[float] = _IMAGENET_MEAN,
-        data_std: Sequence[float] = _IMAGENET_STD,
-    ):
-        _check_common(ratio, select, tubelet_frame)
-        self.scorer, self.ratio, self.select, self.tubelet_frame = scorer, ratio, select, tubelet_frame
-        self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
 
     @torch.no_grad()
     def __call__(
