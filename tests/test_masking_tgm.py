@@ -361,3 +361,15 @@ def test_generators_inside_the_training_dataset(synth, tiny_clip, dense_cache, t
             sample = ds[i]
             assert sample["mask"].shape == (256,) and (sample["mask"].view(4, 64).sum(1) == k).all()
         assert torch.equal(ds[1]["mask"], ds[1]["mask"])  # deterministic per (seed, epoch, index)
+
+
+def test_factory_online_tgm_undoes_the_runs_data_normalization(tiny_clip):
+    from tgmae.config import MaskingConfig
+    from tgmae.masking import OnlineTGMMask, build_mask_generator
+
+    cfg = MaskingConfig(name="tgm", ratio=0.6, clip_model=str(tiny_clip))
+    gen = build_mask_generator(cfg, data_mean=(0.5, 0.5, 0.5), data_std=(0.25, 0.25, 0.25))
+    assert isinstance(gen, OnlineTGMMask)
+    assert gen.data_mean == (0.5, 0.5, 0.5) and gen.data_std == (0.25, 0.25, 0.25)
+    default = build_mask_generator(cfg)
+    assert default.data_mean == pytest.approx((0.485, 0.456, 0.406))

@@ -7,7 +7,8 @@ from tgmae.masking.base import MaskGenerator
 from tgmae.masking.simple import RandomMask, TubeMask
 
 
-def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device: str = "cpu") -> MaskGenerator:
+def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device: str = "cpu",
+                         data_mean=None, data_std=None) -> MaskGenerator:
     """`captions_file` (the run's captions.file) lets a TGM similarity cache be checked against
     the run's caption source; `device` is where online TGM runs CLIP (a batch generator, see
     `tgmae.masking.batch`, when it is not the CPU)."""
@@ -20,11 +21,11 @@ def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device:
 
         return MotionGuidedMask(cfg.ratio, cfg.motion_source)
     if cfg.name == "tgm":
-        return _build_tgm(cfg, captions_file, device)
+        return _build_tgm(cfg, captions_file, device, data_mean, data_std)
     raise ConfigError(f"masking.name={cfg.name!r}: known generators are random, tube, tgm, mgm")
 
 
-def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str):
+def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, data_std):
     clip_model, caption = cfg.clip_model, cfg.caption
     if cfg.cache_dir:
         from tgmae.masking.cache import SimilarityCache
@@ -49,4 +50,5 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str):
     scorer = ClipPatchScorer(load_clip(clip_model, device), cfg.mode,
                              cfg.dense_size or None)
     cls = OnlineTGMMask if str(device) == "cpu" else BatchTGMMask
-    return cls(scorer, cfg.ratio, cfg.select, cfg.tubelet_frame)
+    norm = {k: tuple(v) for k, v in (("data_mean", data_mean), ("data_std", data_std)) if v is not None}
+    return cls(scorer, cfg.ratio, cfg.select, cfg.tubelet_frame, **norm)

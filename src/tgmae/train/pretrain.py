@@ -93,7 +93,8 @@ class PretrainTask:
 
             device = resolve_device(self.cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
-                                             device=str(device))
+                                             device=str(device), data_mean=self.cfg.data.mean,
+                                             data_std=self.cfg.data.std)
             if is_batch_generator(generator):
                 self.batch_masker, generator = generator, None
             self._dataset = build_video_dataset(self.cfg, "train", train=True, mask_generator=generator,
