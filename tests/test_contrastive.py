@@ -419,8 +419,13 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for objective in OBJECTIVES:
             model = DistributedDataParallel(tiny_model(objective, learnable_temperature=True))
             results[objective] = _run_steps(model, video[rows], mask[rows], text[rows], ids[rows])
+            del model  # DDP reducers must be gone before the group is destroyed
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks finished their collectives before either tears gloo down
     finally:
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -242,8 +242,9 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null")
-    model = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model
-    torch.save(flat_params(model), Path(out_dir) / f"rank{rank}.pt")
+    result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
+    torch.save(flat_params(result.model), Path(out_dir) / f"rank{rank}.pt")
+    del result
     from tgmae.train.distributed import cleanup
 
     cleanup()

@@ -255,9 +255,12 @@ def _run_captioner(args: argparse.Namespace) -> int:
             if shard.rank == 0:
                 n, ne = merge_parts(args.out, [v.video_id for v in videos])
                 print(f"merged {shard.world_size} parts: {n} videos in {args.out}, {ne} failures")
-            dist.barrier()
             if created:
-                dist.destroy_process_group()
+                from tgmae.train.distributed import cleanup
+
+                cleanup()  # barrier, then leave the group
+            else:
+                dist.barrier()
         else:
             print(f"when all {shard.world_size} ranks are done: tgmae caption --merge --out {args.out}")
     return 0

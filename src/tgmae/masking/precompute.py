@@ -246,9 +246,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
               f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
     if created:
-        import torch.distributed as dist
+        from tgmae.train.distributed import cleanup
 
-        dist.destroy_process_group()
+        cleanup()
     return 0
 
 

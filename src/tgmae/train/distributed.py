@@ -74,5 +74,11 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def cleanup() -> None:
+    """Leave the process group: a barrier first, so no rank tears gloo down while another is
+    still inside a collective (that aborts the process with 'terminate called')."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        dist.barrier()
+        gc.collect()  # DDP reducers hold the group; drop unreferenced ones first
         dist.destroy_process_group()
