@@ -99,7 +99,7 @@ def save_checkpoint(
     keep_last: int = 2,
     extra: Optional[dict] = None,
 ) -> Path:
-    """Write `directory/step_XXXXXXXX` atomically, point `latest` at it, prune old ones."""
+    """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step_{position.step:08d}"
     final = directory / name
