@@ -12,7 +12,10 @@ Measured per preset x mask ratio x precision (fp32, bf16 autocast):
 - peak memory of a step above the resident model + optimizer state. CPU: the process's peak
   RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the step, with glibc's
   mmap threshold pinned at 64 KiB so freed tensors go back to the OS (otherwise malloc keeps
-  them and RSS stops tracking tensor memory). CUDA: torch.cuda.max_memory_allocated;
+  them and RSS stops tracking tensor memory). That setting makes every large tensor fresh
+  pages (page faults on first touch) and slows both models by 10-20%, unevenly, so all steps
+  are timed first with the allocator as users have it, and memory is measured in a second pass
+  afterwards (mallopt cannot be undone). CUDA: torch.cuda.max_memory_allocated;
 - FLOPs of forward + backward from torch.utils.flop_counter.FlopCounterMode (CPU flash-SDPA
   forward/backward registered, which it does not count by itself), achieved GFLOP/s, and that
   rate as a fraction of the dense matmul ceiling of the same precision measured in the same
@@ -241,16 +244,29 @@ def bench_case(ours, hf, preset, ratio, precision, args, device, ceilings) -> di
             p.grad = None
         row[name] = dict(
             step_s=med, step_s_all=times[name], wall_s=statistics.median(walls[name]),
-            clips_per_s=args.batch / med,
-            peak_mib=peak_step_memory(step, device), gflop=flops / 1e9,
+            clips_per_s=args.batch / med, gflop=flops / 1e9,
             gflops_per_s=flops / med / 1e9, frac_ceiling=flops / med / 1e9 / ceiling,
             frac_best_ceiling=flops / med / 1e9 / ceilings[precision],
         )
     row["speedup"] = row["hf"]["step_s"] / row["ours"]["step_s"]
-    row["mem_ratio"] = row["ours"]["peak_mib"] / row["hf"]["peak_mib"]
     # per-round ratios: robust to drift that hits both runs of a round alike
     row["speedup_rounds_median"] = statistics.median(h / o for h, o in zip(times["hf"], times["ours"]))
     return row
+
+
+def memory_case(ours, hf, ratio, precision, args, device) -> dict[str, float]:
+    """Peak step memory (MiB) of each model on the case's inputs, after a warm-up step."""
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
+    mask = random_mask(args.batch, ours.arch.num_tokens, ratio, seed=1).to(device)
+    peaks = {}
+    for name, model in (("ours", ours), ("hf", hf)):
+        step, _ = make_step(model, name == "hf", video, mask, precision, device)
+        step()
+        peaks[name] = peak_step_memory(step, device)
+        for p in model.parameters():
+            p.grad = None
+    return peaks
 
 
 def main(argv=None) -> int:
@@ -277,7 +293,6 @@ def main(argv=None) -> int:
         parser.error("--clock cpu measures CPU work; use wall time on an accelerator")
     global CLOCK
     CLOCK = CLOCKS[args.clock]
-    pinned = pin_malloc() if device.type == "cpu" else False
     precisions = args.precisions.split(",")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
     ceilings = {p: matmul_ceiling(dtype[p], device) for p in precisions}
@@ -285,26 +300,39 @@ def main(argv=None) -> int:
           f"{args.clock} clock; "
           f"best matmul " + ", ".join(f"{p} {c:.0f} GFLOP/s" for p, c in ceilings.items()), flush=True)
     rows = []
-    for preset in args.presets.split(","):
+    cases = [(preset, float(r), p) for preset in args.presets.split(",") for r in args.ratios.split(",")
+             for p in precisions]
+    for preset in args.presets.split(","):  # pass 1: time, with the allocator's default settings
         ours, hf = build_pair(preset, device)
-        for ratio in (float(r) for r in args.ratios.split(",")):
-            for precision in precisions:
-                row = bench_case(ours, hf, preset, ratio, precision, args, device, ceilings)
-                rows.append(row)
-                o, h = row["ours"], row["hf"]
-                print(f"{preset:>5} r={ratio:.2f} {precision} (ceiling {row['ceiling_gflops']:.0f}): "
-                      f"ours {o['step_s']:.3f}s "
-                      f"({o['clips_per_s']:.2f} clips/s, {o['peak_mib']:.0f} MiB, {o['gflops_per_s']:.0f} "
-                      f"GFLOP/s = {o['frac_ceiling']:.0%}) | HF {h['step_s']:.3f}s ({h['peak_mib']:.0f} MiB, "
-                      f"{h['gflops_per_s']:.0f} GFLOP/s = {h['frac_ceiling']:.0%}) | speedup "
-                      f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
-                      f"memory {row['mem_ratio']:.2f}x", flush=True)
+        for _, ratio, precision in (c for c in cases if c[0] == preset):
+            row = bench_case(ours, hf, preset, ratio, precision, args, device, ceilings)
+            rows.append(row)
+            print(f"{preset:>5} r={ratio:.2f} {precision}: timed, ours {row['ours']['step_s']:.3f}s, "
+                  f"HF {row['hf']['step_s']:.3f}s", flush=True)
         del ours, hf
+    pinned = pin_malloc() if device.type == "cpu" else False
+    for preset in args.presets.split(","):  # pass 2: memory
+        ours, hf = build_pair(preset, device)
+        for row in (r for r in rows if r["preset"] == preset):
+            peaks = memory_case(ours, hf, row["ratio"], row["precision"], args, device)
+            for name in ("ours", "hf"):
+                row[name]["peak_mib"] = peaks[name]
+            row["mem_ratio"] = peaks["ours"] / peaks["hf"]
+        del ours, hf
+    for row in rows:
+        o, h = row["ours"], row["hf"]
+        print(f"{row['preset']:>5} r={row['ratio']:.2f} {row['precision']} (ceiling {row['ceiling_gflops']:.0f}): "
+              f"ours {o['step_s']:.3f}s "
+              f"({o['clips_per_s']:.2f} clips/s, {o['peak_mib']:.0f} MiB, {o['gflops_per_s']:.0f} "
+              f"GFLOP/s = {o['frac_ceiling']:.0%}) | HF {h['step_s']:.3f}s ({h['peak_mib']:.0f} MiB, "
+              f"{h['gflops_per_s']:.0f} GFLOP/s = {h['frac_ceiling']:.0%}) | speedup "
+              f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
+              f"memory {row['mem_ratio']:.2f}x", flush=True)
     if args.json:
         info = dict(command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                     torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
                     clock=args.clock, load_average=os.getloadavg(),
-                    machine=platform.processor() or platform.machine(), malloc_pinned=pinned,
+                    machine=platform.processor() or platform.machine(), malloc_pinned_for_memory_pass=pinned,
                     ceilings_gflops=ceilings, hf_attention=HF_ATTENTION, rows=rows)
         Path(args.json).write_text(json.dumps(info, indent=1))
     return 0

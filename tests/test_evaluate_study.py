@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tgmae.config import ConfigError, from_dict
-from tgmae.evaluate.report import aggregate, collect_records, markdown_table, write_report
+from tgmae.evaluate.report import aggregate, collect_records, contrastive_gains, markdown_table, write_report
 from tgmae.evaluate.study import StudyConfig, run_study
 
 
@@ -34,6 +34,21 @@ def test_aggregate_mean_std_over_seeds(tmp_path):
     assert "60.0 ± 10.0" in (tmp_path / "rep" / "report.html").read_text()
 
 
+def test_contrastive_gain_is_paired_by_seed(tmp_path):
+    lp = {("tube", "mae"): (0.20, 0.40, 0.30), ("tube", "mae+contrastive"): (0.25, 0.42, 0.29),
+          ("tgm", "mae"): (0.10, 0.10, 0.10)}  # tgm has no contrastive runs: no row
+    records = [{"masking": m, "objective": o, "seed": s, "mask_ratio": 0.75, "finetune_top1": 0.5,
+                "linear_probe_top1": v, "retrieval": {}, "run_dir": str(tmp_path), "num_classes": 10}
+               for (m, o), values in lp.items() for s, v in enumerate(values)]
+    (row,) = contrastive_gains(records)
+    assert row["masking"] == "tube" and row["wins"] == 2
+    assert row["diffs"] == pytest.approx([0.05, 0.02, -0.01])
+    assert row["mean"] == pytest.approx(0.02)
+    report = write_report(records, tmp_path / "rep").read_text()
+    assert "Chance level: 1/10 = 10.0% top-1." in report
+    assert "| tube | +2.0 ± 2.4 | +5.0, +2.0, -1.0 | 2/3 |" in report
+
+
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8,
@@ -46,6 +61,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert 0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0
         assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
     report = (root / "report.md").read_text()
+    assert all(r["num_classes"] == 10 for r in records) and "Chance level: 1/10" in report
     assert "| tgm | 0.6 | ✓ | ✓ |" in report and "loss_curves.png" in report
     assert (root / "loss_curves.png").stat().st_size > 5000
     # A second call finds every phase done and only rewrites the report.

@@ -16,8 +16,10 @@ from tgmae.models import (
     VideoMAEArch,
     arch_from_config,
     build_pretraining_model,
+    masked_mse,
     patchify,
     pretrain_target,
+    pretrain_target_channel_first,
     reconstruct_video,
     unpatchify,
 )
@@ -209,6 +211,27 @@ def test_loss_is_mse_on_masked_tokens_only():
     v2 = unpatchify(pix, 2, 8, (2, 2, 2))
     torch.testing.assert_close(pretrain_target(v2, model.arch, split.masked), full[mask].reshape(2, 5, -1))
     assert not torch.allclose(model(v2, mask).pred, out.pred)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_masked_mse_matches_mse_loss_in_value_and_gradient(dtype, norm_pix):
+    arch = dataclasses.replace(tiny_model().arch, norm_pix_loss=norm_pix)
+    v, mask = video(), make_mask(2, 8, 5)
+    masked = mask_to_indices(mask, 8).masked
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(2, 5, arch.patch_dim, generator=g).to(dtype).requires_grad_()
+    reference = F.mse_loss(pred.float(), pretrain_target(v, arch, masked))
+    (grad_ref,) = torch.autograd.grad(reference, pred)
+    v_before = v.clone()
+    loss = masked_mse(pred, pretrain_target_channel_first(v, arch, masked))
+    (grad,) = torch.autograd.grad(loss, pred)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-6, atol=1e-8)
+    assert torch.equal(v, v_before)  # the target is built in its own buffer, never in the input
+    with pytest.raises(ValueError, match="does not match target"):
+        masked_mse(pred[:, :4], pretrain_target_channel_first(v, arch, masked))
 
 
 def test_patchify_round_trip_and_gather():

@@ -45,6 +45,39 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def contrastive_gains(records: Sequence[dict], metric: str = "linear_probe_top1") -> list[dict]:
+    """Per masking: `metric` of MAE + contrastive minus MAE alone, paired by seed (Table 2's
+    question). Pairing removes the between-seed spread the two runs share (data order, init)."""
+    by_key = {(r["masking"], r["objective"], r["seed"]): r for r in records}
+    rows = []
+    for masking in sorted({r["masking"] for r in records}):
+        diffs = [by_key[(masking, "mae+contrastive", s)][metric] - by_key[(masking, "mae", s)][metric]
+                 for s in sorted({r["seed"] for r in records})
+                 if (masking, "mae", s) in by_key and (masking, "mae+contrastive", s) in by_key]
+        if diffs:
+            rows.append({"masking": masking, "diffs": diffs, "mean": statistics.fmean(diffs),
+                         "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0,
+                         "wins": sum(d > 0 for d in diffs)})
+    return rows
+
+
+def gains_markdown(rows: Sequence[dict]) -> str:
+    lines = ["| Mask | LP gain of +V->T (points) | per seed | seeds where it helps |", "|---|---|---|---|"]
+    for r in rows:
+        per_seed = ", ".join(f"{100 * d:+.1f}" for d in r["diffs"])
+        lines.append(f"| {r['masking']} | {100 * r['mean']:+.1f} ± {100 * r['std']:.1f} | {per_seed} | "
+                     f"{r['wins']}/{len(r['diffs'])} |")
+    return "\n".join(lines)
+
+
+def _chance_note(records: Sequence[dict]) -> str:
+    classes = {r.get("num_classes") for r in records}
+    if len(classes) != 1 or None in classes:
+        return ""
+    k = classes.pop()
+    return f" Chance level: 1/{k} = {100 / k:.1f}% top-1."
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -106,7 +139,13 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           "testing; LP: linear probe on frozen features; R@k: zero-shot retrieval against class prompts "
-          "through the contrastive head (only for runs that trained it)." + took, "", table, ""]
+          "through the contrastive head (only for runs that trained it)." + _chance_note(records) + took,
+          "", table, ""]
+    gains = contrastive_gains(records)
+    if gains:
+        md += ["## Does the video-text loss help the linear probe?", "",
+               "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed.", "",
+               gains_markdown(gains), ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
     (out_dir / "report.md").write_text("\n".join(md))

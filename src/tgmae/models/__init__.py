@@ -5,7 +5,14 @@ from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.factory import build_pretraining_model
 from tgmae.models.interop import CheckpointError, load_pretraining_model, save_pretraining_model
 from tgmae.models.pretrainer import PretrainOutput, VideoMAEPretrainer
-from tgmae.models.target import patchify, pretrain_target, reconstruct_video, unpatchify
+from tgmae.models.target import (
+    masked_mse,
+    patchify,
+    pretrain_target,
+    pretrain_target_channel_first,
+    reconstruct_video,
+    unpatchify,
+)
 from tgmae.models.tokens import TokenSplit, mask_to_indices
 from tgmae.models.infonce import InfoNCE, info_nce
 from tgmae.models.video_text import VideoTextOutput, VideoTextPretrainer, build_video_text_model
@@ -14,7 +21,8 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "VideoMAEArch", "arch_from_config",
     "VideoViTEncoder", "build_pretraining_model", "CheckpointError", "load_pretraining_model",
     "save_pretraining_model", "PretrainOutput", "VideoMAEPretrainer",
-    "patchify", "unpatchify", "pretrain_target", "reconstruct_video", "TokenSplit",
+    "patchify", "unpatchify", "pretrain_target", "pretrain_target_channel_first", "masked_mse",
+    "reconstruct_video", "TokenSplit",
     "mask_to_indices",
     "InfoNCE", "info_nce", "VideoTextOutput", "VideoTextPretrainer", "build_video_text_model",
 ]

@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.decoder import VideoMAEDecoder
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pos_embed import sincos_position_table
-from tgmae.models.target import pretrain_target
+from tgmae.models.target import masked_mse, pretrain_target_channel_first
 from tgmae.models.tokens import TokenSplit, gather_rows, mask_to_indices
 
 
@@ -70,8 +69,8 @@ class VideoMAEPretrainer(nn.Module):
     def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, split: TokenSplit) -> torch.Tensor:
         """MSE between pred [B, N_masked, P] and the VideoMAE target of the masked tokens (fp32)."""
         with torch.no_grad():
-            target = pretrain_target(video, self.arch, split.masked)  # [B, N_masked, P]
-        return F.mse_loss(pred.float(), target)
+            target = pretrain_target_channel_first(video, self.arch, split.masked)  # [B, N_masked, C, t*p*p]
+        return masked_mse(pred, target)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> PretrainOutput:
         split = self.split(mask)

@@ -56,22 +56,80 @@ def _channel_stats(arch: VideoMAEArch, like: torch.Tensor) -> tuple[torch.Tensor
     return m, s
 
 
+def pretrain_target_channel_first(video: torch.Tensor, arch: VideoMAEArch,
+                                  idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalized video [B, C, T, H, W] (+ token indices [B, n]) -> float32 target
+    [B, n, C, t*p*p]: the standard target with each token's (pixels, channel) axes swapped.
+
+    Built in place in the one buffer that gathers the tokens' pixels: the loss compares it with
+    the prediction seen through the same swap, so no layout change and no extra copy is made.
+    """
+    C = arch.in_chans
+    x = token_pixels(video.float(), arch.tubelet_size, arch.patch_size, idx).unflatten(-1, (C, -1))
+    if idx is None and x.data_ptr() == video.data_ptr():  # never normalize the caller's video
+        x = x.clone()
+    m, s = _channel_stats(arch, x)  # x: [B, n, C, t*p*p], channel rows contiguous
+    if not arch.norm_pix_loss:
+        return x.mul_(s).add_(m)
+    tpp = x.shape[-1]
+    mean = x.mean(dim=-1, keepdim=True)
+    x.sub_(mean)
+    std = torch.linalg.vector_norm(x, dim=-1, keepdim=True).div_(math.sqrt(tpp - 1))
+    return x.mul_(std.add_(NORM_EPS / s).reciprocal_())
+
+
 def pretrain_target(video: torch.Tensor, arch: VideoMAEArch,
                     idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Normalized video [B, C, T, H, W] (+ token indices [B, n]) -> float32 target [B, n, P]
     (contiguous, standard layout)."""
-    C = arch.in_chans
-    x = token_pixels(video.float(), arch.tubelet_size, arch.patch_size, idx).unflatten(-1, (C, -1))
-    m, s = _channel_stats(arch, x)  # x: [B, n, C, t*p*p], channel rows contiguous
-    B, n, _, tpp = x.shape
-    out = x.new_empty(B, n, tpp, C)  # standard layout, filled through a channel-first view
-    if not arch.norm_pix_loss:
-        torch.addcmul(m, x, s, out=out.transpose(-1, -2))
-    else:
-        d = x - x.mean(dim=-1, keepdim=True)
-        std = torch.linalg.vector_norm(d, dim=-1, keepdim=True) / math.sqrt(tpp - 1)
-        torch.mul(d, (std + NORM_EPS / s).reciprocal_(), out=out.transpose(-1, -2))
-    return out.view(B, n, tpp * C)
+    return to_standard_layout(pretrain_target_channel_first(video, arch, idx))
+
+
+def to_standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """[B, n, C, t*p*p] -> [B, n, t*p*p*C] (copy)."""
+    return x.transpose(-1, -2).flatten(-2)
+
+
+def to_channel_first(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """[B, n, t*p*p*C] -> [B, n, C, t*p*p] view (no copy)."""
+    return x.unflatten(-1, (-1, channels)).transpose(-1, -2)
+
+
+class _MaskedMSE(torch.autograd.Function):
+    """mean((pred - target)^2) with the prediction compared in the target's channel-first layout.
+
+    One float32 buffer holds pred - target; the loss is its dot product with itself and the
+    backward pass scales that buffer in place. F.mse_loss on the standard layout needs the
+    target transposed, an elementwise loss buffer and a separate gradient buffer: three more
+    clip-sized tensors, whose fresh pages dominate the loss's cost on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target_cf: torch.Tensor, channels: int) -> torch.Tensor:
+        diff = torch.empty(target_cf.shape, dtype=torch.float32, device=pred.device)
+        torch.sub(to_channel_first(pred, channels), target_cf, out=diff)
+        flat = diff.view(-1)
+        ctx.save_for_backward(diff)
+        ctx.pred_dtype, ctx.channels = pred.dtype, channels
+        return torch.dot(flat, flat) / flat.numel()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (diff,) = ctx.saved_tensors
+        diff.mul_(grad * (2.0 / diff.numel()))
+        grad_pred = to_standard_layout(diff).to(ctx.pred_dtype)
+        return grad_pred, None, None
+
+
+def masked_mse(pred: torch.Tensor, target_cf: torch.Tensor) -> torch.Tensor:
+    """pred [B, n, P] (any float dtype, standard layout), target_cf [B, n, C, t*p*p] float32 from
+    `pretrain_target_channel_first` -> scalar float32 MSE, equal to
+    F.mse_loss(pred.float(), pretrain_target(...))."""
+    channels = target_cf.shape[-2]
+    if pred.shape[:2] != target_cf.shape[:2] or pred.shape[-1] != target_cf.shape[-2] * target_cf.shape[-1]:
+        raise ValueError(f"masked_mse: pred {tuple(pred.shape)} does not match target {tuple(target_cf.shape)}")
+    return _MaskedMSE.apply(pred, target_cf, channels)
 
 
 def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
@@ -105,5 +163,6 @@ def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tenso
 
 
 __all__ = [
-    "patchify", "unpatchify", "pretrain_target", "reconstruct_video", "NORM_EPS",
+    "patchify", "unpatchify", "pretrain_target", "pretrain_target_channel_first", "masked_mse",
+    "reconstruct_video", "NORM_EPS",
 ]

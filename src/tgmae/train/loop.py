@@ -252,10 +252,16 @@ class Trainer:
 
                     lr = warmup_cosine(position.step, total_steps, warmup_steps, peak, min_lr, warmup_lr)
                     set_lr(optimizer, lr)
+                    next_step = position.step + 1
+                    logs_now = next_step % cfg.train.log_every == 0 or next_step == total_steps
                     grad_norm = float("nan")
                     if o.clip_grad is not None:
                         scaler.unscale_(optimizer)
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad))
+                    elif logs_now:  # unclipped runs (finetune, probe) still log the norm they step with
+                        scaler.unscale_(optimizer)
+                        grads = [p.grad for p in model.parameters() if p.grad is not None]
+                        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
