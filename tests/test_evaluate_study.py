@@ -46,7 +46,21 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
     assert row["mean"] == pytest.approx(0.02)
     report = write_report(records, tmp_path / "rep").read_text()
     assert "Chance level: 1/10 = 10.0% top-1." in report
+    assert "standard error" not in report  # num_val unknown: no claim about noise
     assert "| tube | +2.0 ± 2.4 | +5.0, +2.0, -1.0 | 2/3 |" in report
+
+
+def test_chance_check_counts_cells_near_chance(tmp_path):
+    def rec(masking, lp):
+        return {"masking": masking, "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.1,
+                "linear_probe_top1": lp, "retrieval": {}, "run_dir": str(tmp_path), "num_classes": 10,
+                "num_val": 100}
+    # chance 0.1, SE = sqrt(0.09 / 100) = 3 points: 0.15 is within 2 SE, 0.4 is not
+    near = write_report([rec("tube", 0.15), rec("tgm", 0.05)], tmp_path / "a").read_text()
+    assert "binomial standard error of 3.0 points; 4 of 4 FT / LP means lie within" in near
+    assert "no condition is distinguishable from chance" in near
+    far = write_report([rec("tube", 0.15), rec("tgm", 0.4)], tmp_path / "b").read_text()
+    assert "3 of 4 FT / LP means" in far and "distinguishable" not in far
 
 
 @pytest.mark.slow
@@ -61,7 +75,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert 0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0
         assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
     report = (root / "report.md").read_text()
-    assert all(r["num_classes"] == 10 for r in records) and "Chance level: 1/10" in report
+    assert all(r["num_classes"] == 10 and r["num_val"] > 0 for r in records) and "Chance level: 1/10" in report
     assert "| tgm | 0.6 | ✓ | ✓ |" in report and "loss_curves.png" in report
     assert (root / "loss_curves.png").stat().st_size > 5000
     # A second call finds every phase done and only rewrites the report.

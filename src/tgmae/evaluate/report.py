@@ -78,6 +78,25 @@ def _chance_note(records: Sequence[dict]) -> str:
     return f" Chance level: 1/{k} = {100 / k:.1f}% top-1."
 
 
+def chance_check(records: Sequence[dict], rows: Sequence[dict]) -> str:
+    """A sentence on how far the top-1 columns are from chance, in binomial standard errors of
+    a chance-level accuracy on the validation set (small synthetic sets are noisy: say so)."""
+    classes = {r.get("num_classes") for r in records}
+    sizes = {r.get("num_val") for r in records}
+    if len(classes) != 1 or len(sizes) != 1 or None in classes or None in sizes:
+        return ""
+    k, n = classes.pop(), sizes.pop()
+    p = 1.0 / k
+    se = math.sqrt(p * (1 - p) / n)
+    means = [r[h][0] for r in rows for h in ("FT top-1", "LP top-1") if r[h] is not None]
+    near = sum(abs(m - p) <= 2 * se for m in means)
+    text = (f"With {n} validation videos a chance-level top-1 has a binomial standard error of "
+            f"{100 * se:.1f} points; {near} of {len(means)} FT / LP means lie within two of them of chance")
+    if near == len(means):
+        return text + ": at this size no condition is distinguishable from chance, so the table says nothing about the maskings or objectives."
+    return text + "."
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -135,12 +154,19 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     masks_png = out_dir / "masks.png"
     if masks_png.is_file():
         figures.insert(0, ("Masks (Figure 1 layout)", masks_png))
-    took = f"\n\nWall time: {seconds / 60:.1f} min." if seconds is not None else ""
+    took = f"\n\nWall time of this invocation: {seconds / 60:.1f} min." if seconds is not None else ""
+    run_seconds = [r["total_seconds"] for r in records if r.get("total_seconds") is not None]
+    if run_seconds:
+        took += (f" The {len(run_seconds)} runs took {sum(run_seconds) / 60:.1f} min in all (pretrain + "
+                 "probe + finetune + retrieval; shared set-up not included).")
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           "testing; LP: linear probe on frozen features; R@k: zero-shot retrieval against class prompts "
           "through the contrastive head (only for runs that trained it)." + _chance_note(records) + took,
           "", table, ""]
+    check = chance_check(records, rows)
+    if check:
+        md += [check, ""]
     gains = contrastive_gains(records)
     if gains:
         md += ["## Does the video-text loss help the linear probe?", "",

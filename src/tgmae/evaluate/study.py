@@ -74,7 +74,7 @@ PRETRAIN_BASE = [
     "data.num_frames=8", "data.frame_stride=4", "data.image_size=64", "data.flip=false",
     "data.crop_scales=[1.0, 0.875, 0.75]", "data.num_workers=2", "model.preset=tiny",
     "model.norm_pix_loss=false",  # flat synthetic shapes: the normalized target is mostly codec noise
-    "optim.lr=1e-3", "optim.warmup_epochs=1", "train.epochs=20", "train.batch_size=16",
+    "optim.lr=1e-3", "optim.warmup_epochs=1", "train.epochs=10", "train.batch_size=16",
     "train.log_every=2", "checkpoint.every_steps=1000", "log.progress=false",
     "contrastive.text_projection=true", "contrastive.proj_dim=64",
 ]
@@ -177,8 +177,11 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
     run = paths.run(masking, objective, seed)
     record_path = run / "study_record.json"
-    if record_path.is_file():
-        return json.loads(record_path.read_text())
+    if record_path.is_file():  # done; records of earlier versions get the fields added since
+        record = json.loads(record_path.read_text())
+        record.setdefault("num_classes", len(json.loads((paths.data / "meta.json").read_text())["classes"]))
+        record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
+        return record
     t0 = time.perf_counter()
     if not (run / "pretrain" / "model.safetensors").is_file():
         pretrain(pre)
@@ -204,6 +207,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "num_classes": len(json.loads((paths.data / "meta.json").read_text())["classes"]),
         "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
         "linear_probe_top1": probe_res["top1"],
+        "num_val": probe_res.get("num_val"),
         "retrieval": retrieval,
         "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
         "run_dir": str(run),
