@@ -15,7 +15,8 @@ Measured per preset x mask ratio x precision (fp32, bf16 autocast):
   them and RSS stops tracking tensor memory). That setting makes every large tensor fresh
   pages (page faults on first touch) and slows both models by 10-20%, unevenly, so all steps
   are timed first with the allocator as users have it, and memory is measured in a second pass
-  afterwards (mallopt cannot be undone). CUDA: torch.cuda.max_memory_allocated;
+  afterwards in a fresh process (pinned from its start, so RSS follows tensor memory). CUDA:
+  torch.cuda.max_memory_allocated;
 - FLOPs of forward + backward from torch.utils.flop_counter.FlopCounterMode (CPU flash-SDPA
   forward/backward registered, which it does not count by itself), achieved GFLOP/s, and that
   rate as a fraction of the dense matmul ceiling of the same precision measured in the same
@@ -269,6 +270,38 @@ def memory_case(ours, hf, ratio, precision, args, device) -> dict[str, float]:
     return peaks
 
 
+def _case_key(preset: str, ratio: float, precision: str) -> str:
+    return f"{preset}/{ratio:g}/{precision}"
+
+
+def measure_memory(args, device) -> dict[str, dict[str, float]]:
+    """{case key: {"ours": MiB, "hf": MiB}} for every case, in this process."""
+    peaks = {}
+    for preset in args.presets.split(","):
+        ours, hf = build_pair(preset, device)
+        for ratio in (float(r) for r in args.ratios.split(",")):
+            for precision in args.precisions.split(","):
+                peaks[_case_key(preset, ratio, precision)] = memory_case(ours, hf, ratio, precision, args, device)
+        del ours, hf
+    return peaks
+
+
+def memory_pass(args, device) -> dict[str, dict[str, float]]:
+    """CUDA: in process. CPU: in a child process that pins malloc before allocating anything."""
+    if device.type != "cpu":
+        return measure_memory(args, device)
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "peaks.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-pass", str(out),
+               "--presets", args.presets, "--ratios", args.ratios, "--precisions", args.precisions,
+               "--batch", str(args.batch), "--threads", str(args.threads)]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,small,base")
@@ -283,7 +316,14 @@ def main(argv=None) -> int:
                              "time (use with --threads 1 on a CPU shared with other jobs)")
     parser.add_argument("--quick", action="store_true", help="tiny + small at ratio 0.9, 3 steps")
     parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--memory-pass", metavar="OUT", help=argparse.SUPPRESS)  # internal: child process
     args = parser.parse_args(argv)
+    if args.memory_pass:
+        pin_malloc()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        Path(args.memory_pass).write_text(json.dumps(measure_memory(args, torch.device("cpu"))))
+        return 0
     if args.quick:
         args.presets, args.ratios, args.steps = "tiny,small", "0.9", 3
     if args.threads:
@@ -310,15 +350,11 @@ def main(argv=None) -> int:
             print(f"{preset:>5} r={ratio:.2f} {precision}: timed, ours {row['ours']['step_s']:.3f}s, "
                   f"HF {row['hf']['step_s']:.3f}s", flush=True)
         del ours, hf
-    pinned = pin_malloc() if device.type == "cpu" else False
-    for preset in args.presets.split(","):  # pass 2: memory
-        ours, hf = build_pair(preset, device)
-        for row in (r for r in rows if r["preset"] == preset):
-            peaks = memory_case(ours, hf, row["ratio"], row["precision"], args, device)
-            for name in ("ours", "hf"):
-                row[name]["peak_mib"] = peaks[name]
-            row["mem_ratio"] = peaks["ours"] / peaks["hf"]
-        del ours, hf
+    peaks = memory_pass(args, device)  # pass 2: memory
+    for row in rows:
+        for name in ("ours", "hf"):
+            row[name]["peak_mib"] = peaks[_case_key(row["preset"], row["ratio"], row["precision"])][name]
+        row["mem_ratio"] = row["ours"]["peak_mib"] / row["hf"]["peak_mib"]
     for row in rows:
         o, h = row["ours"], row["hf"]
         print(f"{row['preset']:>5} r={row['ratio']:.2f} {row['precision']} (ceiling {row['ceiling_gflops']:.0f}): "
@@ -332,7 +368,8 @@ def main(argv=None) -> int:
         info = dict(command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                     torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
                     clock=args.clock, load_average=os.getloadavg(),
-                    machine=platform.processor() or platform.machine(), malloc_pinned_for_memory_pass=pinned,
+                    machine=platform.processor() or platform.machine(),
+                    memory_pass="child process, malloc pinned" if device.type == "cpu" else "in process",
                     ceilings_gflops=ceilings, hf_attention=HF_ATTENTION, rows=rows)
         Path(args.json).write_text(json.dumps(info, indent=1))
     return 0
