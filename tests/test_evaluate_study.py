@@ -76,6 +76,11 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
     report = (root / "report.md").read_text()
     assert all(r["num_classes"] == 10 and r["num_val"] > 0 for r in records) and "Chance level: 1/10" in report
+    for r in records:  # attributes of the synthetic set, probed from the cached features
+        probe = r["attribute_probe"]
+        assert set(probe) == {"action", "colour", "shape", "action_classes", "colour_classes", "shape_classes"}
+        assert all(0.0 <= probe[a] <= 1.0 for a in ("action", "colour", "shape"))
+    assert "## What the features encode" in report
     assert "| tgm | 0.6 | ✓ | ✓ |" in report and "loss_curves.png" in report
     assert (root / "loss_curves.png").stat().st_size > 5000
     # A second call finds every phase done and only rewrites the report.

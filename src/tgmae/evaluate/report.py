@@ -78,6 +78,40 @@ def _chance_note(records: Sequence[dict]) -> str:
     return f" Chance level: 1/{k} = {100 / k:.1f}% top-1."
 
 
+def attribute_markdown(records: Sequence[dict]) -> str:
+    """Attribute-probe table (mean ± std over seeds) and the paired gain of the video-text loss,
+    for records that carry `attribute_probe` (synthetic studies); "" otherwise."""
+    from tgmae.evaluate.attributes import ATTRIBUTES
+
+    recs = [r for r in records if r.get("attribute_probe")]
+    if not recs:
+        return ""
+    first = recs[0]["attribute_probe"]
+    chance = ", ".join(f"{a} {100 / first[f'{a}_classes']:.1f}" for a in ATTRIBUTES)
+    lines = ["Logistic regression (L-BFGS) on each run's cached probe features, for the action and for "
+             "the acting object's colour and shape that every caption names; validation top-1 %, "
+             f"chance: {chance}.", "",
+             "| Mask | objective | " + " | ".join(ATTRIBUTES) + " | seeds |", "|---|---|" + "---|" * (len(ATTRIBUTES) + 1)]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["masking"], r["objective"]), []).append(r)
+    for (masking, objective), runs in sorted(groups.items()):
+        cells = []
+        for a in ATTRIBUTES:
+            v = [100 * r["attribute_probe"][a] for r in runs]
+            cells.append(f"{statistics.fmean(v):.1f} ± {statistics.pstdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
+        lines.append(f"| {masking} | {objective} | " + " | ".join(cells) + f" | {len(runs)} |")
+    flat = [dict(r, **{f"attr_{a}": r["attribute_probe"][a] for a in ATTRIBUTES}) for r in recs]
+    gains = {a: {g["masking"]: g for g in contrastive_gains(flat, f"attr_{a}")} for a in ATTRIBUTES}
+    if any(gains.values()):
+        lines += ["", "Paired gain of MAE + contrastive over MAE (points, mean ± std over seeds):", ""]
+        for masking in sorted(gains[ATTRIBUTES[0]]):
+            parts = [f"{a} {100 * gains[a][masking]['mean']:+.1f} ± {100 * gains[a][masking]['std']:.1f}"
+                     for a in ATTRIBUTES]
+            lines.append(f"- {masking}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def chance_check(records: Sequence[dict], rows: Sequence[dict]) -> str:
     """A sentence on how far the top-1 columns are from chance, in binomial standard errors of
     a chance-level accuracy on the validation set (small synthetic sets are noisy: say so)."""
@@ -172,6 +206,9 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
         md += ["## Does the video-text loss help the linear probe?", "",
                "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed.", "",
                gains_markdown(gains), ""]
+    attributes = attribute_markdown(records)
+    if attributes:
+        md += ["## What the features encode", "", attributes, ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
     (out_dir / "report.md").write_text("\n".join(md))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.config import ConfigError, load_config
+from tgmae.evaluate.attributes import attribute_probe
 
 log = logging.getLogger("tgmae")
 
@@ -181,6 +182,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         record = json.loads(record_path.read_text())
         record.setdefault("num_classes", len(json.loads((paths.data / "meta.json").read_text())["classes"]))
         record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
+        if "attribute_probe" not in record:
+            record["attribute_probe"] = attribute_probe(run / "probe", paths.data)
+            record_path.write_text(json.dumps(record, indent=2))
         return record
     t0 = time.perf_counter()
     if not (run / "pretrain" / "model.safetensors").is_file():
@@ -208,6 +212,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
         "linear_probe_top1": probe_res["top1"],
         "num_val": probe_res.get("num_val"),
+        "attribute_probe": attribute_probe(run / "probe", paths.data),
         "retrieval": retrieval,
         "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
         "run_dir": str(run),

@@ -1,0 +1,95 @@
+"""What a study's encoders encode beyond the label: probes of the synthetic set's attributes.
+
+The synthetic set records, per video, the action (the study's label) and the acting object's
+colour and shape, which every caption names. Fitting a logistic regression on the linear probe's
+cached features (no model is run) for each of these tells apart "the encoder learnt nothing"
+from "it learnt what the captions name but not the action", which the action probe alone cannot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+ATTRIBUTES = ("action", "colour", "shape")
+
+
+def video_attributes(data_dir: Path) -> Optional[dict[str, dict[str, str]]]:
+    """video id -> {action, colour, shape} of the acting object; None for sets without them."""
+    meta_path = Path(data_dir) / "meta.json"
+    if not meta_path.is_file():
+        return None
+    videos = json.loads(meta_path.read_text()).get("videos")
+    if not isinstance(videos, dict):
+        return None
+    out = {}
+    for vid, info in videos.items():
+        acting = [o for o in info.get("objects", []) if o.get("role") == "acting"]
+        if not acting or "action" not in info:
+            return None
+        out[vid] = {"action": info["action"], "colour": acting[0]["colour"], "shape": acting[0]["shape"]}
+    return out
+
+
+def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                       l2: float = 1e-3) -> float:
+    """Validation top-1 of a multinomial logistic regression (L-BFGS, features standardized
+    with training statistics, L2 on the weights). Deterministic: zero init, full batch."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, x_val = (x - mean) / std, (x_val - mean) / std
+    classes = int(max(y.max(), y_val.max())) + 1
+    w = torch.zeros(x.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return ((x_val @ w + b).argmax(1) == y_val).float().mean().item()
+
+
+def _split_ids(annotations: Path) -> list[str]:
+    with open(annotations, newline="") as f:
+        return [Path(row["path"]).stem for row in csv.DictReader(f)]
+
+
+def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv",
+                    val_csv: str = "val.csv") -> Optional[dict[str, float]]:
+    """{attribute: validation top-1, "<attribute>_classes": count} from the cached features of a
+    finished linear probe (rows in annotation order); None where the set has no attributes."""
+    from safetensors.torch import load_file
+
+    attrs = video_attributes(data_dir)
+    if attrs is None:
+        return None
+    ids = {"train": _split_ids(Path(data_dir) / train_csv), "val": _split_ids(Path(data_dir) / val_csv)}
+    feats = {}
+    for split in ("train", "val"):
+        files = sorted((Path(probe_dir) / "features").glob(f"{split}-*.safetensors"), key=lambda f: f.stat().st_mtime)
+        if not files:
+            raise FileNotFoundError(f"{probe_dir}/features: no cached {split} features (run the probe first)")
+        feats[split] = load_file(str(files[-1]))["features"].float()  # newest: the probe's last run
+        if feats[split].shape[0] != len(ids[split]):
+            raise ValueError(f"{files[-1]}: {feats[split].shape[0]} rows, but {split} annotations list "
+                             f"{len(ids[split])} videos")
+    result: dict[str, float] = {}
+    for name in ATTRIBUTES:
+        values = sorted({attrs[v][name] for v in ids["train"] + ids["val"]})
+        code = {v: i for i, v in enumerate(values)}
+        y = {s: torch.tensor([code[attrs[v][name]] for v in ids[s]]) for s in ("train", "val")}
+        result[name] = fit_logistic_probe(feats["train"], y["train"], feats["val"], y["val"])
+        result[f"{name}_classes"] = len(values)
+    return result
+
+
+__all__ = ["ATTRIBUTES", "video_attributes", "fit_logistic_probe", "attribute_probe"]
