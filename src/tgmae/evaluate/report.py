@@ -70,12 +70,15 @@ def gains_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _common(records: Sequence[dict], key: str):
+    """The value of `key` that every record shares, else None (missing or differing)."""
+    values = {r.get(key) for r in records}
+    return values.pop() if len(values) == 1 else None
+
+
 def _chance_note(records: Sequence[dict]) -> str:
-    classes = {r.get("num_classes") for r in records}
-    if len(classes) != 1 or None in classes:
-        return ""
-    k = classes.pop()
-    return f" Chance level: 1/{k} = {100 / k:.1f}% top-1."
+    k = _common(records, "num_classes")
+    return f" Chance level: 1/{k} = {100 / k:.1f}% top-1." if k else ""
 
 
 def attribute_markdown(records: Sequence[dict]) -> str:
@@ -115,11 +118,9 @@ def attribute_markdown(records: Sequence[dict]) -> str:
 def chance_check(records: Sequence[dict], rows: Sequence[dict]) -> str:
     """A sentence on how far the top-1 columns are from chance, in binomial standard errors of
     a chance-level accuracy on the validation set (small synthetic sets are noisy: say so)."""
-    classes = {r.get("num_classes") for r in records}
-    sizes = {r.get("num_val") for r in records}
-    if len(classes) != 1 or len(sizes) != 1 or None in classes or None in sizes:
+    k, n = _common(records, "num_classes"), _common(records, "num_val")
+    if not k or not n:
         return ""
-    k, n = classes.pop(), sizes.pop()
     p = 1.0 / k
     se = math.sqrt(p * (1 - p) / n)
     means = [r[h][0] for r in rows for h in ("FT top-1", "LP top-1") if r[h] is not None]

@@ -167,6 +167,10 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
     return pre, probe, fine
 
 
+def _num_classes(paths: StudyPaths) -> int:
+    return len(json.loads((paths.data / "meta.json").read_text())["classes"])
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results already exist."""
@@ -180,7 +184,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     record_path = run / "study_record.json"
     if record_path.is_file():  # done; records of earlier versions get the fields added since
         record = json.loads(record_path.read_text())
-        record.setdefault("num_classes", len(json.loads((paths.data / "meta.json").read_text())["classes"]))
+        record.setdefault("num_classes", _num_classes(paths))
         record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
         if "attribute_probe" not in record:
             record["attribute_probe"] = attribute_probe(run / "probe", paths.data)
@@ -208,7 +212,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     record = {
         "masking": masking, "objective": objective, "seed": seed,
         "mask_ratio": pre.masking.ratio,
-        "num_classes": len(json.loads((paths.data / "meta.json").read_text())["classes"]),
+        "num_classes": _num_classes(paths),
         "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
         "linear_probe_top1": probe_res["top1"],
         "num_val": probe_res.get("num_val"),

@@ -33,7 +33,7 @@ def patchify(video: torch.Tensor, tubelet: int, patch: int,
     """video [B, C, T, H, W] -> [B, n, t*p*p*C]; all N tokens, or the tokens idx [B, n]."""
     C = video.shape[1]
     cf = token_pixels(video, tubelet, patch, idx)  # [B, n, C*t*p*p]
-    return cf.unflatten(-1, (C, -1)).transpose(-1, -2).flatten(-2)
+    return to_standard_layout(cf.unflatten(-1, (C, -1)))
 
 
 def unpatchify(patches: torch.Tensor, tubelet: int, patch: int,
@@ -150,14 +150,14 @@ def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tenso
     C = arch.in_chans
     x = token_pixels(video.float(), arch.tubelet_size, arch.patch_size, mask_idx).unflatten(-1, (C, -1))
     m, s = _channel_stats(arch, x)
-    p = pred.float().unflatten(-1, (-1, C)).transpose(-1, -2)  # [B, n, C, t*p*p]
+    p = to_channel_first(pred.float(), C)  # [B, n, C, t*p*p]
     if arch.norm_pix_loss:  # prediction in pixel units: p * (std_pix + eps) + mean_pix
         std = x.std(dim=-1, unbiased=True, keepdim=True)
         x_pred = p * (std + NORM_EPS / s) + x.mean(dim=-1, keepdim=True)
     else:
         x_pred = (p - m) / s
     patches = patchify(video.float(), arch.tubelet_size, arch.patch_size).clone()  # [B, N, P]
-    pasted = x_pred.transpose(-1, -2).flatten(-2)
+    pasted = to_standard_layout(x_pred)
     patches.scatter_(1, mask_idx.unsqueeze(-1).expand(-1, -1, arch.patch_dim), pasted)
     return unpatchify(patches, arch.tubelet_size, arch.patch_size, arch.grid)
 
