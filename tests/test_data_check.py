@@ -60,10 +60,10 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     assert code == 0
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
-    assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "truncated": 1, "undecodable": 1, "too_short": 1,
-                             "bad_label": 0}
+    assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "unreadable": 1, "no_video_stream": 0, "no_frames": 0,
+                             "truncated": 1, "undecodable": 0, "too_short": 1, "bad_label": 0}
     kinds = {Path(i["path"]).name: i["kind"] for i in rep["items"]}
-    assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "undecodable",
+    assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "unreadable",
                      "missing.mp4": "missing", "cut.mkv": "truncated"}
     assert all(i["reason"] for i in rep["items"])
     assert [(r["line"], r["reason"].split()[0]) for r in rep["rows"]] == [(8, "empty"), (9, "label")]
