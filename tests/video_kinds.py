@@ -9,7 +9,7 @@ frame, at small sizes so every file is written and decoded in well under a secon
 - `msmpeg4v3_avi`: MS-MPEG4 v3 (DivX ;-) 3) in AVI.
 - `vfr_avi`: cinepak or MJPEG in AVI with frames at irregular time stamps; the AVI header then
   declares one frame per time slot, more than are present.
-- `frameless_packet_mp4`: H.264 MP4 with one extra packet (an access unit delimiter only) that
+- `frameless_packet_mp4`: H.264 MP4 with one extra packet (an end-of-sequence NAL only) that
   presents no frame.
 - `vp9_webm`: VP9 in WebM (alt-ref frames hidden inside superframes).
 """
@@ -75,14 +75,8 @@ def vfr_avi(path: Path, codec: str = "cinepak", t: int = 24) -> Path:
 
 def frameless_packet_mp4(path: Path, t: int = 30, after: int = 12) -> Path:
     """H.264 at 30 fps on a 1/60 s time base (no B-frames); after the `after`-th packet comes a
-    packet holding only an access unit delimiter, at the time stamp between two frames."""
-
-    def extra(c, s, muxed):
-        if muxed == after:  # packets come in frame order (no B-frames): frame `after - 1` is out
-            q = av.Packet(b"\x00\x00\x00\x02\x09\xf0")  # length-prefixed AUD NAL: no picture
-            q.stream, q.time_base = s, Fraction(1, 60)
-            q.pts = q.dts = 2 * (after - 1) + 1
-            c.mux(q)
+    packet holding only an end-of-sequence NAL (the decoder returns no frame and no error), at
+    the time stamp between two frames."""
 
     frames = pattern(t, 48, 64, 3)
     with av.open(str(path), "w") as c:
@@ -90,16 +84,19 @@ def frameless_packet_mp4(path: Path, t: int = 30, after: int = 12) -> Path:
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         s.options = {"bf": "0", "g": "10", "keyint_min": "10", "sc_threshold": "0", "threads": "1"}
         s.codec_context.time_base = Fraction(1, 60)
-        muxed = 0
+        packets = []
         for i, img in enumerate(frames):
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts, f.time_base = 2 * i, Fraction(1, 60)
-            for p in s.encode(f):
-                c.mux(p)
-                muxed += 1
-                extra(c, s, muxed)
-        for p in s.encode():
+            packets += s.encode(f)
+        packets += s.encode()
+        for k, p in enumerate(packets):  # no B-frames: packet k is frame k
             c.mux(p)
+            if k == after - 1:
+                q = av.Packet(b"\x00\x00\x00\x01\x0a")  # an end-of-sequence NAL only: no picture
+                q.stream, q.time_base = s, Fraction(1, 60)
+                q.pts = q.dts = 2 * k + 1
+                c.mux(q)
     return path
 
 
