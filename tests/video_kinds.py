@@ -106,6 +106,16 @@ def vp9_webm(path: Path, t: int = 30) -> Path:
                            "lag-in-frames": "8", "auto-alt-ref": "1"})
 
 
+def corrupt_mjpeg(src: Path, dst: Path, frames: tuple[int, ...]) -> Path:
+    """Zero the JPEG data of the given coded frames (the decoder refuses those packets)."""
+    data = bytearray(src.read_bytes())
+    soi = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    for k in frames:
+        data[soi[k]:soi[k + 1] - 8] = bytes(soi[k + 1] - 8 - soi[k])
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 WRITERS = {
     "mpeg4_bframes.avi": mpeg4_bframes_avi,
     "msmpeg4v3.avi": msmpeg4v3_avi,
