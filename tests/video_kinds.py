@@ -12,6 +12,7 @@ frame, at small sizes so every file is written and decoded in well under a secon
 - `frameless_packet_mp4`: H.264 MP4 with one extra packet (an end-of-sequence NAL only) that
   presents no frame.
 - `vp9_webm`: VP9 in WebM (alt-ref frames hidden inside superframes).
+- `raw_h264`: an H.264 elementary stream, whose frames have no time stamps (read in decode order).
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ def frameless_packet_mp4(path: Path, t: int = 30, after: int = 12) -> Path:
     return path
 
 
+def raw_h264(path: Path, t: int = 24) -> Path:
+    """An H.264 elementary stream (.h264): no container, frames carry no time stamps."""
+    from tgmae.data.video import write_video
+
+    write_video(path, pattern(t, 48, 64, 5), gop=8)
+    return path
+
+
 def vp9_webm(path: Path, t: int = 30) -> Path:
     return _write(path, "libvpx-vp9", pattern(t, 48, 64, 4), 25,
                   options={"g": "10", "crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8",
@@ -123,6 +132,7 @@ WRITERS = {
     "mjpeg_vfr.avi": lambda p: vfr_avi(p, "mjpeg"),
     "frameless_packet.mp4": frameless_packet_mp4,
     "vp9.webm": vp9_webm,
+    "raw.h264": raw_h264,
 }
 
 
@@ -130,4 +140,4 @@ def sequential_decode(path) -> list[np.ndarray]:
     """The reference: PyAV's sequential decode, sorted by frame.pts (stable)."""
     with av.open(str(path)) as c:
         fr = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
-    return [a for _, a in sorted(fr, key=lambda x: x[0])]
+    return [a for _, a in sorted(fr, key=lambda x: -1 if x[0] is None else x[0])]  # no pts: as decoded

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 INDEX_VERSION = 1
 _MEMORY_ENTRIES = 4096
 _memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
+_lock = threading.Lock()  # captioning reads videos from a thread pool
 _disk_warned = False
 
 # What is wrong with a file (VideoError.kind); "" = usable.
@@ -238,19 +240,21 @@ def frame_index(path: str) -> FrameIndex:
         key = _key(path)
     except OSError:
         raise VideoError(f"{path}: file not found", "missing") from None
-    hit = _memory.get(key)
-    if hit is not None:
-        _memory.move_to_end(key)
-        return hit
+    with _lock:
+        hit = _memory.get(key)
+        if hit is not None:
+            _memory.move_to_end(key)
+            return hit
     f = _entry_file(key)
     idx = _load(f, key) if f is not None and f.exists() else None
     if idx is None:
         idx = build_index(path)
         if f is not None:
             _save(f, key, idx)
-    _memory[key] = idx
-    if len(_memory) > _MEMORY_ENTRIES:
-        _memory.popitem(last=False)
+    with _lock:
+        _memory[key] = idx
+        if len(_memory) > _MEMORY_ENTRIES:
+            _memory.popitem(last=False)
     return idx
 
 
@@ -260,7 +264,8 @@ def forget(path: str) -> None:
         key = _key(path)
     except OSError:
         return
-    _memory.pop(key, None)
+    with _lock:
+        _memory.pop(key, None)
     f = _entry_file(key)
     if f is not None:
         try:
