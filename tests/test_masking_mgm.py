@@ -191,8 +191,13 @@ def test_fallback_warning_once_per_video_across_workers_and_epochs():
     context = "fork"
     if context not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork start method here")
+    import gc
+
     gen = MotionGuidedMask(0.5)
     ds = _FallbackProbe(gen)
+    # a PyAV frame left in a reference cycle by earlier tests would be freed by the forked
+    # worker's garbage collector, whose swscale threads do not exist there: it hangs
+    gc.collect()
     firsts = 0
     for _ in range(3):
         loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2,
