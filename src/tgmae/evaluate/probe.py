@@ -58,6 +58,7 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
         self.features = features.float()
         self.labels = labels.long()
+        self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -143,7 +144,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
     given here are cached only under an explicit `cache_dir` and keyed by their length and the
-    encoder (the caller vouches they do not change). Returns (train, val or None, class names).
+    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
+    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
+    (train, val or None, class names).
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.sources import load_encoder_source
@@ -152,7 +155,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     from tgmae.train.precision import resolve_precision
 
     if not cfg.model.pretrained:
-        raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
+        from tgmae.config import ConfigError
+
+        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
     dist_info = init_distributed(cfg.train.device)
     device = dist_info.device
     src = load_encoder_source(cfg.model.pretrained)
@@ -185,8 +190,12 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
             path = root / f"{subset}-{key}.safetensors"
         else:
             path, inputs = None, {}
-        feats, labels = cached_features(encoder, data, path, inputs, **kwargs)
-        return FeatureDataset(feats, labels)
+        skipped: list = []
+        feats, labels = cached_features(encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
+                                        **kwargs)
+        features = FeatureDataset(feats, labels)
+        features.unreadable = skipped
+        return features
 
     train = get("train", train_data)
     val = get("val", val_data) if val_data is not None else None
@@ -213,6 +222,9 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
         summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
+                   "num_unreadable_train": len(train.unreadable),
+                   "num_unreadable_val": len(val.unreadable) if val is not None else 0,
+                   "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
         log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
