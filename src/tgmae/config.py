@@ -16,8 +16,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tgmae.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, UserError):
     """A configuration value or key is invalid; the message names it."""
 
 
@@ -240,6 +242,7 @@ class EvalConfig:
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
     class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
+    strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
 
     def __post_init__(self) -> None:
         if self.probe_optimizer not in ("lars", "sgd"):

@@ -8,7 +8,6 @@ next to the run's outputs as always.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 # VideoMAE finetuning: lr 1e-3 x batch/256 (min / warmup lr 1e-6, scaled alike), 5 warmup epochs,
@@ -35,15 +34,8 @@ def parse_with_recipe(prog: str, argv: Sequence[str], recipe: dict, description:
     """`-c CONFIG.yaml section.key=value ...` (as `tgmae.cli.parse_run_args`) with `recipe` as the
     defaults under the file and the overrides. Returns (RunConfig, argparse.Namespace)."""
     from tgmae.cli import parse_run_args
-    from tgmae.config import ConfigError, load_config
 
-    _, args = parse_run_args(prog, argv, description=description)
-    try:
-        cfg = load_config(args.config, args.overrides, base=recipe)
-    except ConfigError as e:
-        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
-        raise SystemExit(2) from None
-    return cfg, args
+    return parse_run_args(prog, argv, description=description, base=recipe)
 
 
 def with_recipe(recipe: dict, path: str | None = None, overrides: Sequence[str] = ()):

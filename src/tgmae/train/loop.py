@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.train import checkpoint as ckpt
 from tgmae.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
@@ -129,7 +129,7 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         steps_per_epoch = (len(dataset) // dist.world_size) // (bs * accum)
         if steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset has {len(dataset)} items: too few for train.batch_size={bs} x "
                 f"train.accum_steps={accum} x {dist.world_size} processes"
             )
