@@ -7,6 +7,7 @@ command's heavy imports (transformers, av) cost nothing elsewhere.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import sys
@@ -51,7 +52,7 @@ def load_run_config(prog: str, config: str | None, overrides: Sequence[str], bas
     from tgmae.config import ConfigError, load_config
 
     try:
-        return load_config(config, list(overrides), base=base)
+        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
     except ConfigError as e:
         sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
         raise SystemExit(2) from None

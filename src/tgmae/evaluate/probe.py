@@ -4,8 +4,8 @@
 the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
 clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
 (`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
-trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
-decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
+trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256 with a floor
+of 1.0 (`optim.lr_floor`: small sets train too), no weight decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the

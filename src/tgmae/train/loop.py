@@ -139,7 +139,7 @@ class Trainer:
 
         global_batch = bs * accum * dist.world_size
         o = cfg.optim
-        peak = o.lr if o.lr is not None else scaled_lr(o.base_lr, global_batch)
+        peak = o.lr if o.lr is not None else max(scaled_lr(o.base_lr, global_batch), o.lr_floor or 0.0)
         ratio = peak / o.base_lr if o.lr is None else 1.0  # min/warmup lrs scale like base_lr
         min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
         warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
