@@ -198,3 +198,26 @@ def test_default_probe_recipe_trains_on_a_small_set(tmp_path, batch):
     fit = Trainer(ProbeTask(cfg, train, val, 2), cfg).fit()
     assert score_probe(fit.model, train)["top1"] == 1.0
     assert score_probe(fit.model, val)["top1"] >= 0.9  # 64 dims from 32 points: near, not exactly, 1.0
+
+
+def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
+    import shutil
+
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import VideoLoadError, build_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    rows = (root / "train.csv").read_text().strip().splitlines()[1:]
+    broken = rows[1].split(",")[0]
+    (root / broken).write_bytes(b"not a video")
+    data = build_dataset(DataConfig(format="csv", root=str(root), train_annotations="train.csv", num_frames=4,
+                                    frame_stride=2, image_size=16), "train", train=False)
+    enc, cache = encoder_of(checkpoint), tmp_path / "train.safetensors"
+    skipped: list = []
+    feats, labels = cached_features(enc, data, cache, {}, unreadable=skipped, batch_size=4)
+    assert feats.shape[0] == len(rows) - 1 and [u["video_id"] for u in skipped] == [Path(broken).stem]
+    assert labels.tolist() == [r.label for i, r in enumerate(data.records) if i != 1]  # no stand-in
+    assert not cache.exists()  # an incomplete set is not cached
+    with pytest.raises(VideoLoadError, match="feature extraction: 1 of"):
+        cached_features(enc, data, cache, {}, strict=True, batch_size=4)
