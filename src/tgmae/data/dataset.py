@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tgmae.config import DataConfig
-from tgmae.data.annotations import VideoRecord, load_annotations
+from tgmae.config import ConfigError, DataConfig
+from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.video import VideoError, VideoReader
@@ -265,10 +265,10 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
         cfg.train_annotations if cfg.format in ("ssv2", "ucf101", "hmdb51", "diving48") else ""))
     if not ann:
         key = "train_annotations" if is_train else "val_annotations"
-        raise ValueError(f"no annotations for subset {subset!r}: set data.{key}")
+        raise ConfigError(f"no annotations for subset {subset!r}: set data.{key}")
     records, classes = load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset)
     if not records:
-        raise ValueError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
+        raise AnnotationError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
     if multi_view:
         ds: Dataset = MultiViewDataset(records, cfg, **kwargs)
     else:
