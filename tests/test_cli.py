@@ -96,8 +96,12 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
                     f"captions.file={root / 'synth' / 'captions.jsonl'}", f"captions.clip_model={root / 'clip'}",
                     f"captions.embedding_cache={tmp_path / 'emb.safetensors'}", "contrastive.proj_dim=16"],
            f"{tmp_path / 'nope'} is not a similarity cache")
-    _fails(capsys, ["probe", "-c", cfg, out, f"model.pretrained={tmp_path / 'nope.safetensors'}"],
-           f"checkpoint not found: {tmp_path / 'nope.safetensors'}")
+    missing = tmp_path / "nope.safetensors"
+    for command in ("probe", "finetune", "evaluate", "retrieve", "pretrain"):
+        _fails(capsys, [command, "-c", cfg, out, f"model.pretrained={missing}"], f"checkpoint not found: {missing}")
+    for argv in (["visualize", "recon", str(missing), "-c", cfg], ["visualize", "attention", str(missing), "-c", cfg],
+                 ["export-hf", str(missing), str(tmp_path / "hf")], ["convert", str(missing), str(tmp_path / "o.safetensors")]):
+        _fails(capsys, argv, f"checkpoint not found: {missing}")
     _fails(capsys, ["pretrain", "-c", cfg, out, "train.batch_size=64"], "too few for train.batch_size=64")
     _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={model}"],
            "not a finetuned classifier", "classifier.safetensors of a `tgmae finetune` run")

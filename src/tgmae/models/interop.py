@@ -211,7 +211,7 @@ def convert_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         model = load_pretraining_model(args.src, **overrides)
     except (CheckpointError, ValueError) as e:
-        parser.exit(1, f"tgmae convert: {e}\n")
+        parser.exit(2, f"tgmae convert: {e}\n")
     save_pretraining_model(model, args.out)
     a = model.arch
     n = sum(p.numel() for p in model.parameters())
