@@ -104,8 +104,7 @@ def synth(tmp_path_factory):
     return root, clip
 
 
-def test_retrieve_cli_classes_and_captions(synth, tmp_path):
-    root, clip = synth
+def _retrieval_config(root: Path, clip, tmp_path: Path) -> Path:
     config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
                        "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
                        "num_workers": 0},
@@ -116,6 +115,12 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path):
               "log": {"progress": False, "tensorboard": False}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_retrieve_cli_classes_and_captions(synth, tmp_path):
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
     run = _video_text_run(tmp_path, load_config(path))
     num_val = len((root / "val.csv").read_text().strip().splitlines()) - 1
     val_labels = {line.split(",")[1] for line in (root / "val.csv").read_text().strip().splitlines()[1:]}
@@ -140,20 +145,6 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path):
     assert r.mode == "captions" and r.num_videos == num_val and r.num_texts == len(distinct)
     saved = json.loads((tmp_path / "cap" / "retrieval_results.json").read_text())
     assert saved["video_to_text"]["R@1"] == r.video_to_text[1]
-
-
-def _retrieval_config(root: Path, clip, tmp_path: Path) -> Path:
-    config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
-                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
-                       "num_workers": 0},
-              "model": {"patch_size": 8}, "contrastive": {"proj_dim": 16},
-              "captions": {"file": str(root / "captions.jsonl"), "clip_model": str(clip),
-                           "embedding_cache": str(tmp_path / "emb.safetensors")},
-              "train": {"batch_size": 4, "precision": "fp32", "output_dir": str(tmp_path / "out")},
-              "log": {"progress": False, "tensorboard": False}}
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_retrieval_leaves_out_an_unreadable_video(synth, tmp_path):
