@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import RunConfig
+from tgmae.config import ConfigError, RunConfig
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
@@ -189,7 +191,11 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_with_recipe("finetune", argv, FINETUNE_RECIPE, description=__doc__.splitlines()[0])
-    result = finetune(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        result = finetune(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae finetune: {e}\n")
+        return 2
     print(f"run directory: {result.output_dir}")
     if result.test is not None:
         print(f"test top-1 {result.test.top1:.4f}  top-5 {result.test.top5:.4f}")
