@@ -93,7 +93,7 @@ def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
     cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1",
                   f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
                   f"contrastive.objective={objective}", "contrastive.text_projection=true",
-                  "contrastive.proj_dim=32")
+                  "contrastive.proj_dim=32", "contrastive.monitor_nce=true")
     run = pretrain(cfg)
     records = read_metrics(run / "metrics.jsonl")
     assert all(r["loss_nce"] > 0 for r in records)
@@ -133,3 +133,26 @@ def test_batch_mask_generator_runs_in_step(synth_root, tmp_path):
     again = task._batch_mask(batch)
     assert torch.equal(again, task._batch_mask(batch))  # seeded by the batch's sample indices
     assert int(again[0].sum()) == int(again[1].sum())
+
+
+def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_path, capsys):
+    """TGM, MAE only (Table 1): captions guide the masks; no video-text head is built or checked,
+    whatever contrastive.proj_dim says. Under mae+contrastive a width mismatch is a config error."""
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.train.pretrain import PretrainTask, main
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    tgm = [f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
+           "masking.name=tgm", f"masking.clip_model={clip_dir}", "masking.ratio=0.6"]
+    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1", *tgm)  # proj_dim 256 != text width
+    task = PretrainTask(cfg)
+    assert task.captions.embeddings.shape[1] != cfg.contrastive.proj_dim
+    assert not any(k.startswith(("video_head", "nce", "text_proj")) for k in task.build_model().state_dict())
+    records = read_metrics(pretrain(cfg) / "metrics.jsonl")
+    assert records and all("loss_nce" not in r and r["loss"] > 0 for r in records)
+
+    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1", *tgm,
+            "contrastive.objective=mae+contrastive"]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bars
+    assert last.startswith("tgmae pretrain: contrastive.proj_dim=256") and "text_projection=true" in last

@@ -145,6 +145,9 @@ class ContrastiveConfig:
     learnable_temperature: bool = False
     proj_dim: int = 256  # output width of the video projection head
     text_projection: bool = False  # learnable linear map on the frozen text embedding
+    # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
+    # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
+    monitor_nce: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in ("mae", "contrastive", "mae+contrastive"):
@@ -213,7 +216,10 @@ class CheckpointConfig:
 
     every_steps: int = 200  # optimizer steps between checkpoints (also written at each epoch end)
     keep_last: int = 2  # older step checkpoints are deleted
-    resume: str = "auto"  # "auto" = latest in output_dir, "" = never, or a checkpoint path
+    # "auto" = latest in output_dir, "" = never, or a checkpoint path; a checkpoint trained with other
+    # settings is refused (keys allowed to change: tgmae.train.checkpoint.RESUMABLE_KEYS) unless
+    # "ignore_config" (= auto, continuing under the new settings)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         _positive("checkpoint.every_steps", self.every_steps)

@@ -78,6 +78,7 @@ PRETRAIN_BASE = [
     "optim.lr=1e-3", "optim.warmup_epochs=1", "train.epochs=10", "train.batch_size=16",
     "train.log_every=2", "checkpoint.every_steps=1000", "log.progress=false",
     "contrastive.text_projection=true", "contrastive.proj_dim=64",
+    "contrastive.monitor_nce=true",  # mae runs log InfoNCE too (the Figure 4 curves)
 ]
 # Absolute lrs: the recipes' batch/256 scaling assumes ImageNet-scale epochs; on a few hundred
 # videos it leaves the probe's LARS head and the finetuned model barely moved from their init.
