@@ -277,3 +277,16 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     assert evaluate_main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
     again = json.loads((out / "test_results.json").read_text())
     assert again["top1"] == test["top1"] and again["views"] == "2x2"
+
+
+def test_finetune_refuses_a_checkpoint_of_other_geometry(tmp_path):
+    """model.tubelet_size=4 on a tubelet-2 checkpoint was ignored (features of tubelet 2, config.yaml
+    saying 4): now a ConfigError naming the key, the config's value and the checkpoint's."""
+    from tgmae.config import ConfigError
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    task = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}", "model.tubelet_size=4"), Clips(8), None, 3)
+    with pytest.raises(ConfigError, match=r"model\.tubelet_size=4 but the checkpoint .*pt\.safetensors has 2"):
+        task.build_model()
+    ok = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}"), Clips(8), None, 3).build_model()
+    assert ok.encoder.patch_embed.proj.weight.shape[2] == 2

@@ -156,3 +156,24 @@ def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_p
     assert main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bars
     assert last.startswith("tgmae pretrain: contrastive.proj_dim=256") and "text_projection=true" in last
+
+
+def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth_root, tmp_path):
+    """Was a raw `size mismatch for encoder.patch_embed.proj.weight` traceback."""
+    from safetensors.torch import load_file
+
+    from tgmae.config import ConfigError, ModelConfig
+    from tgmae.models import build_pretraining_model, save_pretraining_model
+    from tgmae.train.pretrain import PretrainTask
+
+    torch.manual_seed(0)
+    source = save_pretraining_model(build_pretraining_model(ModelConfig(preset="tiny"), 4, 32), tmp_path / "pt.safetensors")
+    for override, message in [("model.tubelet_size=4", r"model\.tubelet_size=4 but the checkpoint .* has 2"),
+                              ("model.decoder_depth=3", r"model\.decoder_depth=3 but the checkpoint .* has 2"),
+                              ("model.preset=small", r"model\.preset='small' but the checkpoint .* has 'tiny'")]:
+        cfg = cfg_for(synth_root, tmp_path / "run", f"model.pretrained={source}", override)
+        with pytest.raises(ConfigError, match=message):
+            PretrainTask(cfg).build_model()
+    model = PretrainTask(cfg_for(synth_root, tmp_path / "run", f"model.pretrained={source}")).build_model()
+    stored = load_file(str(source))
+    assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())  # same geometry: loaded

@@ -7,6 +7,7 @@ Each component receives only its own section (e.g. the model factory gets `Model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -127,10 +128,15 @@ class ModelConfig:
     decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
     norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
     pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
+    # encoder attention heads; None = the preset's, or the checkpoint's. Required for an official .pth
+    # whose width is not a released VideoMAE one (the .pth does not store it)
+    num_heads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
+        if self.num_heads is not None:
+            _positive("model.num_heads", self.num_heads)
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 
@@ -422,8 +428,8 @@ def load_config(
 ) -> Any:
     """defaults < `base` dict < YAML file < dotted overrides, validated into `cls`."""
     merged: dict = {}
-    if base:
-        _deep_update(merged, base)
+    if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
+        _deep_update(merged, copy.deepcopy(base))
     if path:
         p = Path(path)
         if not p.is_file():

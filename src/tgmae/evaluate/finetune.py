@@ -98,7 +98,14 @@ class FinetuneTask:
         c = self.cfg
         common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
         if c.model.pretrained:
-            model = build_classifier(c.model.pretrained, self.num_classes, num_frames=c.data.num_frames,
+            from tgmae.evaluate.sources import load_encoder_source
+            from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+
+            src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
+            check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)
+            if note := size_from_checkpoint(c.model, src.arch):
+                log.info("%s: %s", c.model.pretrained, note)
+            model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
                                      image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
             log.info("finetuning the encoder of %s", c.model.pretrained)
         else:

@@ -167,6 +167,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.train.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
@@ -175,7 +176,10 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
     dist_info = init_distributed(cfg.train.device)
     device = dist_info.device
-    src = load_encoder_source(cfg.model.pretrained)
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
+    if note := size_from_checkpoint(cfg.model, src.arch):
+        log.info("%s: %s", cfg.model.pretrained, note)
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)

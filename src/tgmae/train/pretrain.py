@@ -73,7 +73,7 @@ class PretrainTask:
         return bool(self.cfg.captions.file) and (c.objective != "mae" or c.monitor_nce)
 
     def build_model(self) -> nn.Module:
-        from tgmae.models import build_pretraining_model, load_pretraining_model
+        from tgmae.models import build_pretraining_model
 
         c = self.cfg
         frames, size = c.data.num_frames, c.data.image_size
@@ -95,8 +95,27 @@ class PretrainTask:
             model = build_video_text_model(c.model, c.contrastive, frames, size, text_dim=text_dim, **pixels)
             mae = model.mae
         if c.model.pretrained:
-            mae.load_state_dict(load_pretraining_model(c.model.pretrained).state_dict())
+            mae.load_state_dict(self._pretrained_state(mae.arch))
         return model
+
+    def _pretrained_state(self, arch) -> dict[str, torch.Tensor]:
+        """model.pretrained's weights, after checking they fit the model the config builds."""
+        from tgmae.models import load_pretraining_model
+        from tgmae.models.arch import check_checkpoint_geometry
+        from tgmae.models.interop import detect_format
+
+        m, path = self.cfg.model, self.cfg.model.pretrained
+        heads = {"num_heads": m.num_heads} if m.num_heads and detect_format(path) == "official" else {}
+        loaded = load_pretraining_model(path, **heads)
+        check_checkpoint_geometry(m, loaded.arch, path, decoder=True)
+        fields = ("embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth", "decoder_heads",
+                  "in_chans", "encoder_norm")
+        differ = [f"{f} {getattr(arch, f)} vs {getattr(loaded.arch, f)}" for f in fields
+                  if getattr(arch, f) != getattr(loaded.arch, f)]
+        if differ:  # a checkpoint of a size no preset has: pretraining builds model.preset's
+            raise ConfigError(f"model.preset={m.preset!r} builds a model that model.pretrained={path} does not fit "
+                              f"(config vs checkpoint: {', '.join(differ)})")
+        return loaded.state_dict()
 
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
