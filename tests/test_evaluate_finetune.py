@@ -290,3 +290,20 @@ def test_finetune_refuses_a_checkpoint_of_other_geometry(tmp_path):
         task.build_model()
     ok = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}"), Clips(8), None, 3).build_model()
     assert ok.encoder.patch_embed.proj.weight.shape[2] == 2
+
+
+def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp_path):
+    """A finished finetune rerun reports its val scores again (evaluation records live in the
+    checkpoint); new weights written over model.pretrained's path are refused, not built upon."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "checkpoint.resume=auto",
+                  "eval.mixup=0", "eval.cutmix=0")
+    data = dict(train_data=Clips(8), val_data=Clips(8, seed=1))
+    finetune(cfg, **data)
+    first = json.loads((tmp_path / "run" / "finetune_results.json").read_text())
+    finetune(cfg, **data)
+    assert json.loads((tmp_path / "run" / "finetune_results.json").read_text()) == first
+    assert "val_top1" in first
+    save_pretraining_model(pretrainer(seed=1), path)
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ.*model.pretrained"):
+        finetune(cfg, **data)

@@ -67,6 +67,7 @@ class FinetuneTask:
         self._train = train_data
         self._val = val_data
         self._num_classes = num_classes
+        self.inputs_fingerprint: Optional[str] = None  # model.pretrained's encoder digest, set by build_model
 
     # -- data ------------------------------------------------------------------------------------
     def train_dataset(self) -> Dataset:
@@ -103,6 +104,8 @@ class FinetuneTask:
 
             src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
             check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)
+            # kept in every checkpoint: a resume refuses other weights under the same path
+            self.inputs_fingerprint = src.digest()
             if note := size_from_checkpoint(c.model, src.arch):
                 log.info("%s: %s", c.model.pretrained, note)
             model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
