@@ -177,3 +177,18 @@ def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth
     model = PretrainTask(cfg_for(synth_root, tmp_path / "run", f"model.pretrained={source}")).build_model()
     stored = load_file(str(source))
     assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())  # same geometry: loaded
+
+
+def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tmp_path, capsys):
+    """Was: 'resumed at step 3', trained nothing, kept the tube weights, rewrote config.yaml."""
+    from tgmae.train.pretrain import main
+
+    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"]
+    assert main(args) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*args, "masking.name=random", "optim.lr=5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "  masking.name: 'tube' -> 'random'" in err and "  optim.lr: None -> 0.0005" in err
+    assert "checkpoint.resume=ignore_config" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
