@@ -286,3 +286,42 @@ def test_auto_precision_follows_measured_bf16_speed(monkeypatch):
     monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)
     assert precision.resolve_precision("auto", cpu) == "fp32"
     assert precision.resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
+    """A finished run rerun with other training settings is refused, key by key (old -> new);
+    config.yaml keeps what ran; allowed keys (logging, train.epochs) resume; ignore_config continues."""
+    cfg = toy_cfg(tmp_path)
+    first = Trainer(ToyTask(cfg), cfg).fit()
+    yaml_before = (tmp_path / "run" / "config.yaml").read_text()
+
+    changed = toy_cfg(tmp_path, "optim.lr=0.02", "train.seed=3")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(ToyTask(changed), changed).fit()
+    msg = str(err.value)
+    assert "optim.lr: 0.01 -> 0.02" in msg and "train.seed: 0 -> 3" in msg
+    assert "train.output_dir" in msg and "checkpoint.resume=ignore_config" in msg
+    assert (tmp_path / "run" / "config.yaml").read_text() == yaml_before
+    # a finished run rerun with identical settings trains nothing and leaves the weights alone
+    again = Trainer(ToyTask(cfg), cfg).fit()
+    assert again.position.step == first.position.step
+    assert torch.equal(flat_params(again.model), flat_params(first.model))
+
+    # keys on the resumable list: logging, workers, more epochs (the run is extended)
+    longer = toy_cfg(tmp_path, "train.epochs=3", "train.log_every=2", "checkpoint.every_steps=5")
+    assert Trainer(ToyTask(longer), longer).fit().position.step == 24
+    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 3
+
+    forced = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.02", "checkpoint.resume=ignore_config")
+    assert Trainer(ToyTask(forced), forced).fit().position.step == 32
+    changes = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"step": 24, "changes": {"optim.lr": [0.01, 0.02]}}]
+
+
+def test_config_differences_ignore_the_resumable_keys_and_fill_absent_keys():
+    defaults = {"optim": {"lr": None, "fused": True}, "log": {"progress": True}}
+    stored = {"optim": {"lr": 0.1}, "log": {"progress": True}}  # written before optim.fused existed
+    new = {"optim": {"lr": 0.1, "fused": True}, "log": {"progress": False}}
+    assert ckpt.config_differences(stored, new, defaults) == []
+    new["optim"]["fused"] = False
+    assert ckpt.config_differences(stored, new, defaults) == [("optim.fused", True, False)]

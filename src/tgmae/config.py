@@ -7,6 +7,7 @@ Each component receives only its own section (e.g. the model factory gets `Model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -127,10 +128,15 @@ class ModelConfig:
     decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
     norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
     pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
+    # encoder attention heads; None = the preset's, or the checkpoint's. Required for an official .pth
+    # whose width is not a released VideoMAE one (the .pth does not store it)
+    num_heads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
+        if self.num_heads is not None:
+            _positive("model.num_heads", self.num_heads)
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 
@@ -145,6 +151,9 @@ class ContrastiveConfig:
     learnable_temperature: bool = False
     proj_dim: int = 256  # output width of the video projection head
     text_projection: bool = False  # learnable linear map on the frozen text embedding
+    # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
+    # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
+    monitor_nce: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in ("mae", "contrastive", "mae+contrastive"):
@@ -213,7 +222,10 @@ class CheckpointConfig:
 
     every_steps: int = 200  # optimizer steps between checkpoints (also written at each epoch end)
     keep_last: int = 2  # older step checkpoints are deleted
-    resume: str = "auto"  # "auto" = latest in output_dir, "" = never, or a checkpoint path
+    # "auto" = latest in output_dir, "" = never, or a checkpoint path; a checkpoint trained with other
+    # settings is refused (keys allowed to change: tgmae.train.checkpoint.RESUMABLE_KEYS) unless
+    # "ignore_config" (= auto, continuing under the new settings)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         _positive("checkpoint.every_steps", self.every_steps)
@@ -416,8 +428,8 @@ def load_config(
 ) -> Any:
     """defaults < `base` dict < YAML file < dotted overrides, validated into `cls`."""
     merged: dict = {}
-    if base:
-        _deep_update(merged, base)
+    if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
+        _deep_update(merged, copy.deepcopy(base))
     if path:
         p = Path(path)
         if not p.is_file():

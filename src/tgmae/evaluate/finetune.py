@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import RunConfig
+from tgmae.config import ConfigError, RunConfig
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
@@ -65,6 +67,7 @@ class FinetuneTask:
         self._train = train_data
         self._val = val_data
         self._num_classes = num_classes
+        self.inputs_fingerprint: Optional[str] = None  # model.pretrained's encoder digest, set by build_model
 
     # -- data ------------------------------------------------------------------------------------
     def train_dataset(self) -> Dataset:
@@ -96,7 +99,16 @@ class FinetuneTask:
         c = self.cfg
         common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
         if c.model.pretrained:
-            model = build_classifier(c.model.pretrained, self.num_classes, num_frames=c.data.num_frames,
+            from tgmae.evaluate.sources import load_encoder_source
+            from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+
+            src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
+            check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)
+            # kept in every checkpoint: a resume refuses other weights under the same path
+            self.inputs_fingerprint = src.digest()
+            if note := size_from_checkpoint(c.model, src.arch):
+                log.info("%s: %s", c.model.pretrained, note)
+            model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
                                      image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
             log.info("finetuning the encoder of %s", c.model.pretrained)
         else:
@@ -189,7 +201,11 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_with_recipe("finetune", argv, FINETUNE_RECIPE, description=__doc__.splitlines()[0])
-    result = finetune(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        result = finetune(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae finetune: {e}\n")
+        return 2
     print(f"run directory: {result.output_dir}")
     if result.test is not None:
         print(f"test top-1 {result.test.top1:.4f}  top-5 {result.test.top5:.4f}")

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import OptimConfig, RunConfig
+from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.metrics import topk_accuracy
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 
@@ -77,6 +79,20 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
     raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd")
 
 
+def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
+    """sha256 over the train / val features and labels and the class count: what the probe learns from."""
+    h = hashlib.sha256(f"classes={num_classes}".encode())
+    for part in (train, val):
+        if part is None:
+            h.update(b"none")
+            continue
+        for t in (part.features, part.labels):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class ProbeTask:
     """batch {features [B, D], label [B]} -> cross-entropy of the linear head."""
 
@@ -88,6 +104,9 @@ class ProbeTask:
         self.train = train
         self.val = val
         self.num_classes = num_classes
+        # The loop stores this in every checkpoint and refuses to resume on other features
+        # (e.g. new weights written over the same model.pretrained path).
+        self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -134,6 +153,7 @@ class ProbeResult:
     best_top1: float
     history: list[dict]
     model: ProbeHead
+    best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
@@ -147,6 +167,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.train.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
@@ -155,7 +176,10 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
     dist_info = init_distributed(cfg.train.device)
     device = dist_info.device
-    src = load_encoder_source(cfg.model.pretrained)
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
+    if note := size_from_checkpoint(cfg.model, src.arch):
+        log.info("%s: %s", cfg.model.pretrained, note)
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)
@@ -207,16 +231,19 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
     final = score_probe(fit.model, val) if val is not None else {"top1": float("nan"), "top5": float("nan")}
-    scores = [r["val_top1"] for r in fit.history if "val_top1" in r]
-    best = max(scores) if scores else final["top1"]
+    # fit.history holds every epoch's evaluation, those before a resume included (kept in the checkpoint).
+    scored = [r for r in fit.history if "val_top1" in r]
+    best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None  # first of equal bests
+    best = best_record["val_top1"] if best_record else final["top1"]
+    best_epoch = best_record["epoch"] if best_record else None
     if trainer.dist.is_main:
-        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
+        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best, "best_epoch": best_epoch,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
         log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
-    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model)
+    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model, best_epoch)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -224,7 +251,11 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
-    result = linear_probe(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        result = linear_probe(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae probe: {e}\n")
+        return 2
     print(f"run directory: {result.output_dir}")
     print(f"linear probe top-1 {result.top1:.4f} (best {result.best_top1:.4f})  top-5 {result.top5:.4f}")
     return 0
