@@ -5,7 +5,7 @@ the YAML and overrides): the encoder's mean-pooled features of every train and v
 clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
 (`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
 trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
-decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
+decay, warmup + cosine. Top-1 / top-5 (with more than 5 classes) on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from tgmae.config import OptimConfig, RunConfig
 from tgmae.evaluate.lars import LARS
-from tgmae.evaluate.metrics import topk_accuracy
+from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 
@@ -116,21 +116,22 @@ class ProbeTask:
 
 @torch.no_grad()
 def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
-    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics)."""
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
+    top5 only with more than 5 classes."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    acc = topk_accuracy(logits, data.labels, (1, 5))
-    return {"top1": acc[1], "top5": acc[5], "loss": float(F.cross_entropy(logits, data.labels))}
+    acc = topk_accuracy(logits, data.labels, reported_ks(logits.shape[1]))
+    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(F.cross_entropy(logits, data.labels))}
 
 
 @dataclass
 class ProbeResult:
     output_dir: Path
     top1: float
-    top5: float
+    top5: Optional[float]  # None with 5 classes or fewer
     best_top1: float
     history: list[dict]
     model: ProbeHead
@@ -206,17 +207,17 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     task = ProbeTask(probe_cfg, train, val, num_classes)
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
-    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan"), "top5": float("nan")}
+    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan")}
     scores = [r["val_top1"] for r in fit.history if "val_top1" in r]
     best = max(scores) if scores else final["top1"]
     if trainer.dist.is_main:
-        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
+        summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}), "best_top1": best,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
-        log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
-    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model)
+        log.info("linear probe: %s (best top-1 %.4f)", topk_text(final["top1"], final.get("top5")), best)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -226,7 +227,7 @@ def main(argv: Sequence[str]) -> int:
     cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
     result = linear_probe(cfg)
     print(f"run directory: {result.output_dir}")
-    print(f"linear probe top-1 {result.top1:.4f} (best {result.best_top1:.4f})  top-5 {result.top5:.4f}")
+    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
     return 0
 
 
