@@ -222,3 +222,25 @@ def test_pipeline_top1_equals_our_single_view_evaluation_on_a_real_clip(tmp_path
     got = processor(list(frames), return_tensors="pt").pixel_values[0].permute(1, 0, 2, 3)
     assert got.shape == ref.shape
     assert float((got - ref).abs().mean()) < 0.02  # resize-then-crop (PIL) vs crop-then-resize (ours)
+
+
+def test_classifier_card_states_finetune_and_results(pretrained, tmp_path):
+    from tgmae.config import load_config, save_config
+
+    _, path = pretrained
+    pre_run = tmp_path / "pre"
+    pre_run.mkdir()
+    (pre_run / "model.safetensors").write_bytes(path.read_bytes())
+    save_config(load_config(None, ["masking.name=tube", "masking.ratio=0.9", "contrastive.objective=mae"]),
+                pre_run / "config.yaml")
+    run = tmp_path / "ft"
+    clf = build_classifier(pre_run / "model.safetensors", 4, num_frames=4, image_size=16)
+    save_classifier(clf.eval(), run / "classifier.safetensors", ["w", "x", "y", "z"])
+    save_config(load_config(None, [f"model.pretrained={pre_run / 'model.safetensors'}"]), run / "config.yaml")
+    (run / "test_results.json").write_text(json.dumps({"top1": 0.625, "num_videos": 8, "per_class": {}}))
+    export_hf(run, tmp_path / "hf", classifier=True)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for text in ("pipeline_tag: video-classification", "| finetuned from |", "masking tube, ratio 0.9",
+                 "| top1 | 0.6250 |", "| num_videos | 8 |", "Classes (4): w, x, y, z.",
+                 'pipeline("video-classification", model="THIS_FOLDER")'):
+        assert text in card, text

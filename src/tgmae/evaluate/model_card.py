@@ -81,6 +81,10 @@ def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
                      + (f" (InfoNCE weight {cfg.contrastive.weight})" if cfg.contrastive.objective != "mae" else "")))
     else:
         rows.append(("finetuned from", f"`{cfg.model.pretrained}`" if cfg.model.pretrained else "random initialization"))
+        pre = read_run(cfg.model.pretrained).config if cfg.model.pretrained and Path(cfg.model.pretrained).exists() else None
+        if pre is not None:  # the pretraining run's settings, when its folder is still there
+            rows.append(("pretraining", f"masking {pre.masking.name}, ratio {pre.masking.ratio}; objective "
+                                        f"{pre.contrastive.objective}"))
     ann = d.train_annotations or "(none)"
     rows.append(("data", f"{d.format} annotations `{ann}` under `{d.root or '.'}`"))
     rows.append(("clips", f"{d.num_frames} frames, stride {d.frame_stride} ({d.sampling}), {d.image_size} px"))
