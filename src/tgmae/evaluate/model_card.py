@@ -9,6 +9,7 @@ loss), the architecture, and how to load the folder in transformers and back int
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -41,8 +42,20 @@ def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
     return next((c for c in candidates if (c / "config.yaml").is_file()), None)
 
 
+def checkpoint_step(checkpoint: str | Path) -> Optional[int]:
+    """N of a `checkpoints/step_N/` checkpoint (the folder or a file in it), else None."""
+    p = Path(checkpoint)
+    for part in (p, p.parent):
+        m = re.fullmatch(r"step_(\d+)", part.name)
+        if m and part.parent.name == "checkpoints":
+            return int(m.group(1))
+    return None
+
+
 def read_run(checkpoint: str | Path) -> RunInfo:
-    """RunInfo of the checkpoint's run folder (empty when it has none)."""
+    """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
+    only the records up to its step count, and the run's result files (which belong to its
+    final model) are left out."""
     import yaml
 
     from tgmae.config import ConfigError, RunConfig, from_dict
@@ -56,12 +69,16 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.config = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
     except (ConfigError, yaml.YAMLError) as e:
         info.note = f"{run / 'config.yaml'} could not be read ({e})"
+    at = checkpoint_step(checkpoint)
     if (run / "metrics.jsonl").is_file():
-        records = read_metrics(run / "metrics.jsonl")
+        records = [r for r in read_metrics(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
         steps = [int(r["step"]) for r in records if "step" in r]
         losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
         info.steps = max(steps) if steps else None
         info.last_loss = float(losses[-1]) if losses else None
+    if at is not None:
+        info.steps = at
+        return info
     for name in RESULT_FILES:
         if (run / name).is_file():
             data = json.loads((run / name).read_text())
@@ -150,4 +167,4 @@ def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str
     return "\n".join(lines)
 
 
-__all__ = ["RunInfo", "find_run_dir", "read_run", "render_card"]
+__all__ = ["RunInfo", "find_run_dir", "checkpoint_step", "read_run", "render_card"]
