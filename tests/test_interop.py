@@ -17,7 +17,8 @@ from tgmae.models import (
     reconstruct_video,
     save_pretraining_model,
 )
-from tgmae.models.interop import FORMAT, convert_main, detect_format
+from tgmae.evaluate.convert import main as convert_main
+from tgmae.models.interop import FORMAT, detect_format
 from tgmae.models.layouts import hf_config, ours_to_hf
 
 transformers = pytest.importorskip("transformers")

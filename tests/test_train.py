@@ -325,3 +325,41 @@ def test_config_differences_ignore_the_resumable_keys_and_fill_absent_keys():
     assert ckpt.config_differences(stored, new, defaults) == []
     new["optim"]["fused"] = False
     assert ckpt.config_differences(stored, new, defaults) == [("optim.fused", True, False)]
+
+
+def test_console_loss_line_every_log_every_without_progress_bar(tmp_path, caplog):
+    cfg = toy_cfg(tmp_path, "train.log_every=4", "train.epochs=1")  # 64 / 8 = 8 steps
+    with caplog.at_level("INFO", logger="tgmae"):
+        result = Trainer(ToyTask(cfg), cfg).fit()
+    lines = [r.getMessage() for r in caplog.records if " loss " in r.getMessage()]
+    assert [line.split()[2] for line in lines] == ["4/8", "8/8"]
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert lines[-1].split()[4] == f"{losses[-1]:.4f}"
+
+
+def test_missing_tensorboard_is_one_warning_naming_the_extra(tmp_path, caplog, monkeypatch):
+    import sys
+
+    from tgmae.train import metrics
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    monkeypatch.setattr(metrics, "_warned", [])
+    with caplog.at_level("WARNING", logger="tgmae"):
+        for name in ("a", "b"):
+            metrics.MetricsLog(tmp_path / name / "metrics.jsonl", tensorboard=True).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "pip install tgmae[tensorboard]" in warnings[0]
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tgmae.train.metrics import MetricsLog
+
+    log_ = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=True)
+    log_.write({"step": 3, "loss": 0.25})
+    log_.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.25)]

@@ -44,8 +44,8 @@ class DataConfig:
     image_size: int = 224  # square model input side
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # VideoMAE multi-scale crop
     flip: bool = True  # horizontal flip; off for direction-labelled data (SSv2)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel input mean, RGB in [0, 1] (ImageNet)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel input std, RGB in [0, 1] (ImageNet)
     num_workers: int = 2  # DataLoader worker processes
     max_load_retries: int = 20  # replacement attempts for unreadable videos before giving up
     test_temporal_views: int = 5  # multi-view testing: clips along time
@@ -148,7 +148,7 @@ class ContrastiveConfig:
     objective: str = "mae"  # mae | contrastive | mae+contrastive
     weight: float = 1.0  # lambda on the InfoNCE term in mae+contrastive
     temperature: float = 0.07  # initial tau
-    learnable_temperature: bool = False
+    learnable_temperature: bool = False  # learn tau (log-parametrized) instead of keeping it fixed
     proj_dim: int = 256  # output width of the video projection head
     text_projection: bool = False  # learnable linear map on the frozen text embedding
     # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
@@ -173,8 +173,8 @@ class OptimConfig:
     min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr)
     warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr)
     warmup_epochs: float = 1.0  # linear warmup length in epochs
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (biases, norms, tokens excluded)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (VideoMAE pretraining: 0.9, 0.95)
     clip_grad: Optional[float] = 1.0  # max grad norm; None = no clipping
     layer_decay: float = 1.0  # layer-wise lr decay (finetuning: 0.75); 1 = off
     fused: bool = True  # fused AdamW kernel where available (much faster on CPU)
@@ -194,14 +194,14 @@ class OptimConfig:
 class TrainConfig:
     """The shared training loop: length, batch, precision, devices."""
 
-    epochs: int = 1
+    epochs: int = 1  # passes over the training set
     max_steps: Optional[int] = None  # stop after this many optimizer steps (None = all epochs)
     batch_size: int = 8  # per process
     accum_steps: int = 1  # gradient accumulation: optimizer step every N micro-batches
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA; auto = bf16 if supported)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    output_dir: str = "runs/default"
+    seed: int = 0  # seeds weights, sampling, augmentation and masks
+    output_dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     log_every: int = 10  # optimizer steps between metric records
     compile: bool = False  # torch.compile the model
 
@@ -243,11 +243,11 @@ class EvalConfig:
     """Downstream evaluation settings (finetune, linear probe, retrieval)."""
 
     num_classes: Optional[int] = None  # None = from the annotations
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # finetuning cross-entropy label smoothing
     mixup: float = 0.0  # mixup alpha (VideoMAE finetune: 0.8)
     cutmix: float = 0.0  # cutmix alpha (VideoMAE finetune: 1.0)
     probe_optimizer: str = "lars"  # lars | sgd
-    head_init_scale: float = 0.001
+    head_init_scale: float = 0.001  # classifier head weights scaled by this at init (VideoMAE)
     head_dropout: float = 0.0  # dropout before the classifier head
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"

@@ -2,7 +2,7 @@
 
 `tgmae finetune -c configs/... model.pretrained=PATH` (VideoMAE's recipe, `recipes.FINETUNE_RECIPE`,
 under the YAML and overrides): layer-wise lr decay (`optim.layer_decay`), drop path
-(`model.drop_path`), label smoothing, mixup / cutmix (`eval.*`), warmup + cosine; top-1 / top-5
+(`model.drop_path`), label smoothing, mixup / cutmix (`eval.*`), warmup + cosine; top-1 / top-5 (top-5 with more than 5 classes)
 on the single-view val set after every epoch; at the end `classifier.safetensors` and a
 multi-view test (`data.test_temporal_views` x `data.test_spatial_views`) in `test_results.json`.
 PATH: ours, an official VideoMAE .pth, a transformers directory, or a training checkpoint/run.
@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, RunConfig
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
+from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
 from tgmae.train.checkpoint import CheckpointError
@@ -144,7 +145,8 @@ class FinetuneTask:
         if val is None:
             return {}
         res = self.test(model, val)
-        return {"val_top1": res.top1, "val_top5": res.top5, "val_loss": res.loss}
+        top5 = {} if res.top5 is None else {"val_top5": res.top5}
+        return {"val_top1": res.top1, **top5, "val_loss": res.loss}
 
     def test(self, model: nn.Module, dataset: Dataset) -> ClassificationResult:
         device = next(model.parameters()).device
@@ -184,13 +186,15 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
         summary: dict[str, Any] = {"classifier": str(path), "num_classes": task.num_classes}
         val = [r for r in fit.history if "val_top1" in r]
         if val:
-            summary.update(val_top1=val[-1]["val_top1"], val_top5=val[-1]["val_top5"])
+            summary.update({k: val[-1][k] for k in ("val_top1", "val_top5") if k in val[-1]})
         if test is not None:
             test_summary = test.summary(names)
             (out / "test_results.json").write_text(json.dumps(test_summary, indent=2))
-            summary.update(test_top1=test.top1, test_top5=test.top5, test_views=test.num_views,
+            if test.top5 is not None:
+                summary["test_top5"] = test.top5
+            summary.update(test_top1=test.top1, test_views=test.num_views,
                            test_mean_class_accuracy=test.mean_class_accuracy)
-            log.info("multi-view test: top-1 %.4f top-5 %.4f (%d videos x %d views)", test.top1, test.top5,
+            log.info("multi-view test: %s (%d videos x %d views)", topk_text(test.top1, test.top5),
                      test.num_videos, test.num_views)
         (out / "finetune_results.json").write_text(json.dumps(summary, indent=2))
     return FinetuneResult(out, path, fit.history, test)
@@ -208,7 +212,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print(f"run directory: {result.output_dir}")
     if result.test is not None:
-        print(f"test top-1 {result.test.top1:.4f}  top-5 {result.test.top5:.4f}")
+        print(f"test {topk_text(result.test.top1, result.test.top5)}")
     return 0
 
 

@@ -5,7 +5,7 @@ the YAML and overrides): the encoder's mean-pooled features of every train and v
 clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
 (`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
 trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
-decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
+decay, warmup + cosine. Top-1 / top-5 (with more than 5 classes) on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.evaluate.lars import LARS
-from tgmae.evaluate.metrics import topk_accuracy
+from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
@@ -135,21 +135,22 @@ class ProbeTask:
 
 @torch.no_grad()
 def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
-    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics)."""
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
+    top5 only with more than 5 classes."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    acc = topk_accuracy(logits, data.labels, (1, 5))
-    return {"top1": acc[1], "top5": acc[5], "loss": float(F.cross_entropy(logits, data.labels))}
+    acc = topk_accuracy(logits, data.labels, reported_ks(logits.shape[1]))
+    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(F.cross_entropy(logits, data.labels))}
 
 
 @dataclass
 class ProbeResult:
     output_dir: Path
     top1: float
-    top5: float
+    top5: Optional[float]  # None with 5 classes or fewer
     best_top1: float
     history: list[dict]
     model: ProbeHead
@@ -230,20 +231,22 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     task = ProbeTask(probe_cfg, train, val, num_classes)
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
-    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan"), "top5": float("nan")}
+    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan")}
     # fit.history holds every epoch's evaluation, those before a resume included (kept in the checkpoint).
     scored = [r for r in fit.history if "val_top1" in r]
     best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None  # first of equal bests
     best = best_record["val_top1"] if best_record else final["top1"]
     best_epoch = best_record["epoch"] if best_record else None
     if trainer.dist.is_main:
-        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best, "best_epoch": best_epoch,
+        summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}),
+                   "best_top1": best, "best_epoch": best_epoch,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
-        log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
-    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model, best_epoch)
+        log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
+                 best_epoch)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -257,7 +260,7 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"tgmae probe: {e}\n")
         return 2
     print(f"run directory: {result.output_dir}")
-    print(f"linear probe top-1 {result.top1:.4f} (best {result.best_top1:.4f})  top-5 {result.top5:.4f}")
+    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
     return 0
 
 

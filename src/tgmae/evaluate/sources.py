@@ -1,8 +1,9 @@
 """Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets.
 
 `load_encoder_source(path)` accepts:
-- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), or a finetuned
-  classifier `.safetensors` (`save_classifier`, format CLASSIFIER_FORMAT);
+- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), an encoder-only one
+  (`tgmae.models.interop.save_encoder`), or a finetuned classifier `.safetensors`
+  (`save_classifier`, format CLASSIFIER_FORMAT);
 - an official VideoMAE `.pth`: pretraining (through `tgmae.models.load_pretraining_model`) or
   finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`);
 - a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
@@ -26,6 +27,7 @@ import torch
 
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch, arch_from_config
 from tgmae.models.interop import (
+    ENCODER_FORMAT,
     FORMAT as PRETRAIN_FORMAT,
     CheckpointError,
     _hf_directory_state,
@@ -136,6 +138,8 @@ def _from_safetensors(p: Path) -> EncoderSource:
         model = load_pretraining_model(p)
         enc = {k: v for k, v in model.encoder.state_dict().items()}
         return EncoderSource(model.arch, enc, kind="tgmae", path=str(p))
+    if fmt == ENCODER_FORMAT:
+        return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p))
     if fmt == CLASSIFIER_FORMAT:
         arch = VideoMAEArch.from_json(meta["arch"])
         enc, head = _split(state, str(p))

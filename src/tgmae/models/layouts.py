@@ -17,6 +17,7 @@ from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
 
 # Head counts of the released VideoMAE models (not stored in the .pth): width -> heads.
 OFFICIAL_ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -115,7 +116,15 @@ def _single(value: Any, what: str) -> int:
 
 
 def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
-    """HF `VideoMAEConfig` (config.json as a dict) -> VideoMAEArch with the same numerics."""
+    """HF `VideoMAEConfig` (config.json as a dict) -> VideoMAEArch with the same numerics.
+
+    A config we exported carries our full arch under `tgmae_arch` (values HF has no field for:
+    the decoder norm eps, the data mean/std); it is used when every HF field still agrees with
+    it, so ours -> HF -> ours gives back the arch we started from.
+    """
+    stored = _stored_arch(config)
+    if stored is not None:
+        return stored
     if config.get("model_type", "videomae") != "videomae":
         raise ValueError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
     act = config.get("hidden_act", "gelu")
@@ -146,8 +155,22 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
     )
 
 
+def _stored_arch(config: Mapping[str, Any]) -> Optional[VideoMAEArch]:
+    """The `tgmae_arch` of an exported config, if present and consistent with the HF fields."""
+    text = config.get(ARCH_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        arch = VideoMAEArch.from_json(text)
+    except (ValueError, TypeError):
+        return None
+    expected = hf_config(arch)
+    keys = [k for k in expected if k != ARCH_KEY and k in config]
+    return arch if all(config[k] == expected[k] for k in keys) else None
+
+
 def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
-    """VideoMAEArch -> keyword arguments of `transformers.VideoMAEConfig`.
+    """VideoMAEArch -> keyword arguments of `transformers.VideoMAEConfig` (plus `tgmae_arch`).
 
     Same numerics except HF's decoder.norm eps, fixed at 1e-5 there (`arch.head_norm_eps`
     otherwise): a difference far below float32 noise for unit-scale activations.
@@ -161,7 +184,7 @@ def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
         decoder_num_attention_heads=arch.decoder_heads, decoder_hidden_size=arch.decoder_dim,
         decoder_num_hidden_layers=arch.decoder_depth,
         decoder_intermediate_size=int(arch.decoder_dim * arch.mlp_ratio),
-        norm_pix_loss=arch.norm_pix_loss,
+        norm_pix_loss=arch.norm_pix_loss, **{ARCH_KEY: arch.to_json()},
     )
 
 
@@ -246,5 +269,5 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
 ]

@@ -311,6 +311,9 @@ class Trainer:
                         if bar is not None:
                             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                             clips_s=f"{record['clips_per_s']:.1f}")
+                        elif dist.is_main:  # log.progress=false: one console line per record
+                            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s", task.name,
+                                     position.step, total_steps, record["loss"], lr, record["clips_per_s"])
                     if position.step % cfg.checkpoint.every_steps == 0:
                         last_ckpt = save(position)
                     state = LoopState(position, total_steps, record or {}, model)
