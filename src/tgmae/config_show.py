@@ -25,12 +25,23 @@ from tgmae import config as config_module
 
 @lru_cache(maxsize=None)
 def field_help() -> dict[tuple[str, str], str]:
-    """{(dataclass name, field name): the trailing `# ...` comment of its line in config.py}."""
+    """{(dataclass name, field name): the trailing `# ...` comment of its line in config.py, else the
+    comment lines right above it}."""
     source = inspect.getsource(config_module)
     comments = {tok.start[0]: tok.string.lstrip("#").strip()
                 for tok in tokenize.generate_tokens(io.StringIO(source).readline)
                 if tok.type == tokenize.COMMENT}
-    return {(node.name, stmt.target.id): comments.get(stmt.end_lineno, "")
+
+    def help_of(stmt: ast.AnnAssign) -> str:
+        if comments.get(stmt.end_lineno):
+            return comments[stmt.end_lineno]
+        above, line = [], stmt.lineno - 1  # else the comment lines right above the field
+        while line in comments and source.splitlines()[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        return " ".join(above)
+
+    return {(node.name, stmt.target.id): help_of(stmt)
             for node in ast.parse(source).body if isinstance(node, ast.ClassDef)
             for stmt in node.body if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
 
