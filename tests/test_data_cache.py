@@ -185,3 +185,36 @@ def test_config_validation_names_the_key():
         DataConfig(cache="ram")
     with pytest.raises(ConfigError, match="data.with_motion"):
         DataConfig(cache="memory", with_motion=True)
+
+
+def _ddp_build(rank: int, world: int, port: int, paths: list[str], folder: str, out: str) -> None:
+    import torch.distributed as tdist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        decoded = []
+        real = cache_mod._decode
+        cache_mod._decode = lambda *a, **k: decoded.append(a[0]) or real(*a, **k)
+        c = build_clip_cache([VideoRecord(p, 0, Path(p).stem) for p in paths], "disk", folder)
+        frames = c.read(paths[0], [0, 5])
+        torch.save({"decoded": len(decoded), "frames": torch.from_numpy(frames)}, f"{out}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_disk_cache_under_ddp_is_built_once(records, tmp_path):
+    """Local rank 0 decodes; rank 1 waits at the barrier and opens the same file."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [records[0].path, records[1].path]
+    mp.spawn(_ddp_build, args=(2, port, paths, str(tmp_path / "c"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert (r0["decoded"], r1["decoded"]) == (2, 0)
+    assert torch.equal(r0["frames"], r1["frames"])
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 1
