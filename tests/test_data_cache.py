@@ -22,14 +22,9 @@ from tgmae.data.dataset import VideoDataset
 from tgmae.data.video import write_video
 from tgmae.masking.simple import TubeMask
 
+from test_data_dataset import _clip  # textured moving clip that compresses like footage
+
 KEYS = ("video", "mask", "frame_indices", "crop", "index", "label", "load_failures", "caption_id")
-
-
-def _clip(t: int, h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    base = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h, :w]
-    return np.stack([np.roll(base, 2 * i, axis=1) for i in range(t)])
 
 
 @pytest.fixture(scope="module")
