@@ -10,7 +10,10 @@ resolution, exactly as `VideoReader.read` returns them. The dataset then samples
 and runs the same augmentation with the same generator as on the video path, so a sample from
 the cache is bit-identical to the sample decoded from the video for the same (seed, epoch, index)
 (tests/test_data_cache.py). Videos that cannot be decoded at build time are stored as their error
-message, and the dataset replaces them exactly as the video path does.
+message, and the dataset replaces them exactly as the video path does. One difference: a video
+with a frame that fails to decode is unreadable as a whole here, while the video path fails only
+the clips that reach that frame (the reader's completeness check at open catches the usual
+truncated files on both paths alike).
 
 Why the source resolution and not the training one: the crop boxes are drawn in source pixels on
 a 4x4 step grid with integer rounding, so frames stored downscaled give boxes that are only
@@ -101,7 +104,7 @@ def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
 
     spans = frame_spans(records)
     inputs = {"format": CACHE_FORMAT, "av": av.__version__,
-              "videos": [[p, _file_stat(p), lo, hi] for p, (lo, hi) in sorted(spans.items())]}
+              "videos": [[os.path.abspath(p), _file_stat(p), lo, hi] for p, (lo, hi) in sorted(spans.items())]}
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 
