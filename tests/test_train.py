@@ -363,3 +363,44 @@ def test_tensorboard_events_when_installed(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.25)]
+
+
+class _PidData(ToyData):
+    """ToyData whose samples say which process made them, under which epoch (shared counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        import os
+
+        return {**super().__getitem__(i), "pid": os.getpid(), "epoch": int(self._epoch[0])}
+
+
+class _PidTask(ToyTask):
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg, dropout=0.0)
+        self.seen: list[tuple[int, int]] = []
+
+    def train_dataset(self) -> Dataset:
+        return _PidData()
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        self.seen += list(zip(batch["pid"].tolist(), batch["epoch"].tolist()))
+        return super().step(model, batch)
+
+
+def test_loader_workers_persist_across_epochs_and_match_no_workers(tmp_path):
+    cfg = toy_cfg(tmp_path / "w", "train.epochs=3", "data.num_workers=2")
+    task = _PidTask(cfg)
+    with_workers = Trainer(task, cfg).fit().model
+    pids = {p for p, _ in task.seen}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers served all 3 epochs
+    assert [e for _, e in task.seen] == [e for e in range(3) for _ in range(64)]  # set_epoch reached them
+    cfg0 = toy_cfg(tmp_path / "n", "train.epochs=3", "data.num_workers=0")
+    no_workers = Trainer(_PidTask(cfg0), cfg0).fit().model
+    assert torch.equal(flat_params(with_workers), flat_params(no_workers))

@@ -54,6 +54,8 @@ class DataConfig:
     rand_augment: Optional[tuple[int, int]] = (4, 7)  # finetuning RandAugment (ops n, magnitude m); null = off
     random_erase: float = 0.25  # finetuning random-erasing probability
     decoder_threads: int = 1  # PyAV threads per reader (1 measured fastest per worker)
+    cache: str = "none"  # decoded-clip cache: "none" (decode every sample), "memory" or "disk" (tgmae.data.cache)
+    cache_dir: str = ""  # data.cache=disk: folder of the cache files; empty = ~/.cache/tgmae/clips
 
     def __post_init__(self) -> None:
         if self.format not in DATASET_FORMATS:
@@ -72,6 +74,11 @@ class DataConfig:
         if not 0.0 <= self.random_erase <= 1.0:
             raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
         _positive("data.decoder_threads", self.decoder_threads)
+        if self.cache not in ("none", "memory", "disk"):
+            raise ConfigError(f"data.cache={self.cache!r}: expected 'none', 'memory' or 'disk'")
+        if self.cache != "none" and self.with_motion:
+            raise ConfigError(f"data.cache={self.cache!r}: the cache holds no codec motion vectors "
+                              "(data.with_motion=true); set data.cache=none")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"data.std={self.std}: must be positive")
 

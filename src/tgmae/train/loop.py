@@ -237,18 +237,22 @@ class Trainer:
                        desc=task.name)
 
         window = _Window()
+        # One loader for the whole run: its worker processes persist across epochs. Each epoch's
+        # iterator is created after `set_epoch`, and samples are seeded by (seed, epoch, index)
+        # through the dataset's shared epoch counter, so they do not depend on worker reuse.
+        workers = cfg.data.num_workers
+        loader = DataLoader(
+            dataset, batch_size=bs, sampler=sampler, num_workers=workers,
+            drop_last=True, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         try:
             while position.step < total_steps and position.epoch < cfg.train.epochs:
                 epoch = position.epoch
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(epoch)
                 sampler.set_epoch(epoch, start=position.batches_in_epoch * bs)
-                loader = DataLoader(
-                    dataset, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
-                    drop_last=True, pin_memory=device.type == "cuda",
-                    persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers > 0 else None,
-                    generator=torch.Generator().manual_seed(cfg.train.seed + 7919 * epoch),
-                )
                 micro_total = steps_per_epoch * accum
                 train_model.train()
                 t_wait = time.perf_counter()
@@ -337,6 +341,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             metrics_log.close()
+            del loader  # shuts its persistent workers down now, not at garbage collection
         return FitResult(unwrap(model), position, self.out_dir, last_ckpt, history)
 
 
