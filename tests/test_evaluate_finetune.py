@@ -329,3 +329,33 @@ def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgmae evaluate: multi-view test: 2 of") and "eval.strict" in err and "\n" not in err
     assert not (tmp_path / "strict" / "test_results.json").exists()
+
+
+def test_finetune_refuses_a_checkpoint_of_other_geometry(tmp_path):
+    """model.tubelet_size=4 on a tubelet-2 checkpoint was ignored (features of tubelet 2, config.yaml
+    saying 4): now a ConfigError naming the key, the config's value and the checkpoint's."""
+    from tgmae.config import ConfigError
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    task = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}", "model.tubelet_size=4"), Clips(8), None, 3)
+    with pytest.raises(ConfigError, match=r"model\.tubelet_size=4 but the checkpoint .*pt\.safetensors has 2"):
+        task.build_model()
+    ok = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}"), Clips(8), None, 3).build_model()
+    assert ok.encoder.patch_embed.proj.weight.shape[2] == 2
+
+
+def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp_path):
+    """A finished finetune rerun reports its val scores again (evaluation records live in the
+    checkpoint); new weights written over model.pretrained's path are refused, not built upon."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "checkpoint.resume=auto",
+                  "eval.mixup=0", "eval.cutmix=0")
+    data = dict(train_data=Clips(8), val_data=Clips(8, seed=1))
+    finetune(cfg, **data)
+    first = json.loads((tmp_path / "run" / "finetune_results.json").read_text())
+    finetune(cfg, **data)
+    assert json.loads((tmp_path / "run" / "finetune_results.json").read_text()) == first
+    assert "val_top1" in first
+    save_pretraining_model(pretrainer(seed=1), path)
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ.*model.pretrained"):
+        finetune(cfg, **data)

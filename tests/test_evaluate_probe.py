@@ -221,3 +221,52 @@ def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
     assert not cache.exists()  # an incomplete set is not cached
     with pytest.raises(VideoLoadError, match="feature extraction: 1 of"):
         cached_features(enc, data, cache, {}, strict=True, batch_size=4)
+
+
+def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
+    """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
+    them again; rerunning with another optimizer or on other features is refused, not reused."""
+    from tgmae.train import checkpoint as ckpt
+
+    cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                    "checkpoint.resume=auto")
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    first = linear_probe(cfg, **data)
+    second = linear_probe(cfg, **data)
+    evals = lambda res: [r for r in res.history if "val_top1" in r]  # noqa: E731
+    assert len(evals(first)) == 6 and evals(second) == evals(first)  # no epoch re-run, none forgotten
+    assert (second.best_top1, second.best_epoch) == (first.best_top1, first.best_epoch)
+    assert first.best_epoch is not None
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert saved["best_top1"] == first.best_top1 and saved["best_epoch"] == first.best_epoch
+
+    sgd = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                    "checkpoint.resume=auto", "eval.probe_optimizer=sgd")
+    with pytest.raises(ckpt.CheckpointError, match="eval.probe_optimizer: 'lars' -> 'sgd'"):
+        linear_probe(sgd, **data)
+    other = dict(data, train_data=Clips(24, seed=5), cache_dir=tmp_path / "cache2")  # other features
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ"):
+        linear_probe(cfg, **other)
+    assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+
+
+def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
+    """A tubelet-2 checkpoint probed with model.tubelet_size=4 is refused, naming the key and both
+    values; so are a patch size and a head count that differ. Nothing is trained or written."""
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.probe import main
+
+    data = dict(train_data=Clips(8), val_data=None, num_classes=3, cache_dir=tmp_path / "cache")
+    for override, message in [("model.tubelet_size=4", "model.tubelet_size=4 but the checkpoint .* has 2"),
+                              ("model.num_heads=4", "model.num_heads=4 but the checkpoint .* has 2")]:
+        with pytest.raises(ConfigError, match=message):
+            linear_probe(probe_cfg(tmp_path, checkpoint, override), **data)
+    assert not (tmp_path / "probe").exists()
+    args = ["data.num_frames=4", "data.image_size=16", f"model.pretrained={checkpoint}",
+            f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
+    assert main(args) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
+    assert capsys.readouterr().err.strip() == (f"tgmae probe: model.patch_size=16 but the checkpoint {checkpoint} has 8: "
+                                               "set model.patch_size=8 (its weights fix it), or leave model.pretrained empty")
+    with pytest.raises(SystemExit) as exit_:
+        main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
+    assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err

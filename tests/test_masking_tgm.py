@@ -395,3 +395,26 @@ def test_factory_online_tgm_undoes_the_runs_data_normalization(tiny_clip):
     assert gen.data_mean == (0.5, 0.5, 0.5) and gen.data_std == (0.25, 0.25, 0.25)
     default = build_mask_generator(cfg)
     assert default.data_mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_clip, bundle, tmp_path):
+    """The training-time check of a similarity cache compares the CLIP's weights, not only its path."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    from tgmae.captions.hub import weights_fingerprint
+
+    assert weights_fingerprint(tiny_clip) == bundle.fingerprint()  # one fingerprint for both caches
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip, clip)
+    out = tmp_path / "cache"
+    assert run_masks(synth, str(clip), out, "--mode", "dense", "--frame-stride", "8") == 0
+    SimilarityCache(out, expect_clip=str(clip))
+    model = CLIPModel.from_pretrained(clip)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(clip)  # new weights, same folder and config
+    with pytest.raises(CacheMismatchError, match="other weights of CLIP"):
+        SimilarityCache(out, expect_clip=str(clip))

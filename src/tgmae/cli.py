@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-clip": ("tgmae.masking.clip_train:main", "train a small CLIP on the synthetic set (a transformers CLIPModel dir)"),
     "masks": ("tgmae.masking.precompute:main", "precompute TGM caption-patch similarity maps (resumable, torchrun-sharded)"),
     "eval-masks": ("tgmae.masking.quality:main", "mask precision/recall against the synthetic set's ground truth"),
-    "convert": ("tgmae.models.interop:convert_main", "convert an official VideoMAE .pth / HF directory to safetensors"),
+    "convert": ("tgmae.evaluate.convert:main", "official VideoMAE .pth / HF directory (any we export) -> our safetensors"),
+    "config": ("tgmae.config_show:main", "`tgmae config show [-c FILE] [overrides]`: the resolved config, each key with its help"),
     "caption": ("tgmae.captions.run:main", "captions per video: keyframe captioner, oracle, vision-free, combined"),
     "describe-classes": ("tgmae.captions.describe:main", "vision-free class descriptions from a chat endpoint"),
     "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
@@ -71,7 +72,7 @@ def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: tgmae COMMAND [args]", "", "commands:"]
+    lines = ["usage: tgmae [--version] COMMAND [args]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`tgmae COMMAND --help` shows a command's own arguments."]
     return "\n".join(lines)
@@ -81,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from tgmae import __version__
+
+        print(f"tgmae {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

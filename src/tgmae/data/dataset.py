@@ -6,6 +6,8 @@ comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so sampl
 on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
 corrupt, truncated, too short) are logged once per path, counted, and replaced by another index
 drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
+With `data.cache=memory|disk`, `VideoDataset` takes the frames from a decoded-clip cache
+(`tgmae.data.cache`) built when the dataset is made; samples are identical to the video path's.
 Evaluation never substitutes: with `substitute = False` every sample carries `unreadable` (bool)
 and an unreadable video gives a placeholder sample of the right shapes (zeros, its own label and
 index) with `unreadable` True and the reason in `load_error`, for the caller to leave out.
@@ -23,6 +25,7 @@ from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
+from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.video import VideoError, VideoReader
@@ -158,6 +161,8 @@ class VideoDataset(_RobustBase):
       float32 [T, Hb, Wb, 2] of the sampled source frames (zeros on I-frames; None for frame
       folders, which carry no motion vectors).
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
+    cache: a prebuilt `ClipCache` holding the records' videos; by default one is built here when
+      `cfg.cache` is "memory" or "disk" (decoding `cfg.num_workers` videos at a time).
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, train: bool,
@@ -165,7 +170,7 @@ class VideoDataset(_RobustBase):
                  mask_generator: Optional[MaskGenerator] = None,
                  captions: Optional[CaptionProvider] = None, seed: int = 0,
                  augment: str = "pretrain", min_frames: Optional[int] = None,
-                 reader_threads: Optional[int] = None):
+                 reader_threads: Optional[int] = None, cache: Optional[ClipCache] = None):
         super().__init__(records, cfg, seed, min_frames)
         if mask_generator is not None and token_grid is None:
             raise ValueError("mask_generator needs token_grid (T', H', W')")
@@ -182,20 +187,19 @@ class VideoDataset(_RobustBase):
                                                rand_augment=cfg.rand_augment, erase_prob=cfg.random_erase)
         else:
             raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
+        self.cache = cache if cache is not None else build_clip_cache(
+            self.records, cfg.cache, cfg.cache_dir, threads=self.reader_threads, workers=cfg.num_workers)
 
     def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
         rec, cfg = self.records[idx], self.cfg
         want_motion = cfg.with_motion and self.mask_generator is not None
-        with VideoReader(rec.path, threads=self.reader_threads) as reader:
-            start, end = self._frame_range(rec, reader.info.num_frames)
+        if self.cache is not None:  # same indices, same frames, same generator draws as below
+            start, end = self._frame_range(rec, self.cache.num_frames(rec.path))
             fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
                               train=self.train, generator=g)
-            motion = None
-            if want_motion and not reader.info.is_frame_folder:
-                frames, mvs = reader.read(fi.numpy(), with_motion=True)
-                motion = _stack_motion(mvs)
-            else:
-                frames = reader.read(fi.numpy())
+            frames, motion = self.cache.read(rec.path, fi.numpy()), None
+        else:
+            frames, fi, motion = self._decode(rec, g, want_motion)
         video, crop = self.transform(frames, g)
         sample = self._base_sample(idx, rec)
         sample.update(video=video, frame_indices=fi, crop=crop.as_tensor())
@@ -208,6 +212,21 @@ class VideoDataset(_RobustBase):
                               video_id=rec.video_id, text_embedding=text, motion=motion)
             sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
         return sample
+
+    def _decode(self, rec: VideoRecord, g: torch.Generator, want_motion: bool):
+        """-> (frames uint8 [T, H, W, 3], frame indices [T], motion [T, Hb, Wb, 2] or None)."""
+        cfg = self.cfg
+        with VideoReader(rec.path, threads=self.reader_threads) as reader:
+            start, end = self._frame_range(rec, reader.info.num_frames)
+            fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
+                              train=self.train, generator=g)
+            motion = None
+            if want_motion and not reader.info.is_frame_folder:
+                frames, mvs = reader.read(fi.numpy(), with_motion=True)
+                motion = _stack_motion(mvs)
+            else:
+                frames = reader.read(fi.numpy())
+        return frames, fi, motion
 
 
 def _stack_motion(mvs: list[Optional[np.ndarray]]) -> torch.Tensor:

@@ -7,10 +7,11 @@ and the per-video probabilities gathered in memory (`evaluate.sharded`).
 
 `tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER` tests a finetuned classifier on
 `data.val_annotations` with `data.test_temporal_views` x `data.test_spatial_views` views and
-writes `<train.output_dir>/test_results.json` (top-1, top-5, mean class accuracy, per class).
-A test video that cannot be read (or is shorter than the clip) is never replaced by another:
-the readable videos are scored, the others listed with their reasons (`unreadable`) and counted
-per class; with `eval.strict=true` the test fails instead (`VideoLoadError`).
+writes `<train.output_dir>/test_results.json` (top-1, top-5 with more than 5 classes, mean class
+accuracy, per class). A test video that cannot be read (or is shorter than the clip) is never
+replaced by another: the readable videos are scored, the others listed with their reasons
+(`unreadable`) and counted per class; with `eval.strict=true` the test fails instead
+(`VideoLoadError`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.evaluate.metrics import per_class_accuracy, topk_accuracy
+from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
 
@@ -38,7 +39,7 @@ class ClassificationResult:
     """Per-video results of a test pass; `probs` [N, K] and `labels` [N] in dataset order."""
 
     top1: float
-    top5: float
+    top5: Optional[float]  # None with 5 classes or fewer (it would always be 1.0)
     mean_class_accuracy: float
     per_class: list[float]  # accuracy per class id (NaN: class absent from the test set)
     loss: float  # NLL of the view-averaged probabilities
@@ -64,8 +65,9 @@ class ClassificationResult:
         for u in self.unreadable:
             if 0 <= u["label"] < k:
                 missing[u["label"]] += 1
+        top5 = {} if self.top5 is None else {"top5": self.top5}
         return {
-            "top1": self.top1, "top5": self.top5, "mean_class_accuracy": self.mean_class_accuracy,
+            "top1": self.top1, **top5, "mean_class_accuracy": self.mean_class_accuracy,
             "loss": self.loss, "num_videos": self.num_videos, "num_unreadable": self.num_unreadable,
             "num_views": self.num_views, "load_failures": self.load_failures,
             "per_class": {n: (None if math.isnan(a) else a) for n, a in zip(names, self.per_class)},
@@ -120,12 +122,12 @@ def classification_result(probs: torch.Tensor, labels: torch.Tensor, views: int 
                           load_failures: int = 0, unreadable: Sequence[dict] = ()) -> ClassificationResult:
     """Metrics of view-averaged probabilities [N, K] against labels [N]."""
     k = probs.shape[1]
-    acc = topk_accuracy(probs, labels, (1, 5))
+    acc = topk_accuracy(probs, labels, reported_ks(k))
     per_class = per_class_accuracy(probs.argmax(dim=1), labels, k)
     present = per_class[~per_class.isnan()]
     nll = -torch.log(probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12)).mean()
     return ClassificationResult(
-        top1=acc[1], top5=acc[5], mean_class_accuracy=float(present.mean()) if present.numel() else float("nan"),
+        top1=acc[1], top5=acc.get(5), mean_class_accuracy=float(present.mean()) if present.numel() else float("nan"),
         per_class=[float(a) for a in per_class], loss=float(nll), num_videos=int(labels.shape[0]),
         num_views=views, load_failures=load_failures, probs=probs, labels=labels, unreadable=list(unreadable))
 
@@ -180,8 +182,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         summary = result.summary(names)
         summary["views"] = f"{dataset.num_temporal}x{dataset.num_spatial}"
         (out / "test_results.json").write_text(json.dumps(summary, indent=2))
-        log.info("multi-view test (%s views, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
-                 summary["views"], result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
+        log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
+                 result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
         if result.unreadable:
             log.warning("%d of %d test videos could not be read and were not scored (listed in %s)",
                         result.num_unreadable, result.num_videos + result.num_unreadable, out / "test_results.json")
@@ -194,7 +196,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("evaluate", argv, description=__doc__.splitlines()[0])
     result = evaluate_checkpoint(cfg)
-    print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  mean class {result.mean_class_accuracy:.4f}  "
+    print(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
           f"({result.num_videos} videos x {result.num_views} views"
           + (f"; {result.num_unreadable} unreadable videos not scored, listed in test_results.json)"
              if result.unreadable else ")"))

@@ -17,7 +17,6 @@ map that TGM ranks.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -57,11 +56,11 @@ class ClipBundle:
         return int(self.model.config.projection_dim)
 
     def fingerprint(self) -> str:
-        """Short hash of the projection weights: identifies the weights whatever the path."""
-        h = hashlib.sha256()
-        for p in (self.model.visual_projection.weight, self.model.text_projection.weight):
-            h.update(p.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Short hash of the projection weights: identifies the weights whatever the path (equal to
+        `tgmae.captions.hub.weights_fingerprint` of the files they were loaded from)."""
+        from tgmae.captions.hub import projection_fingerprint
+
+        return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
 
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
