@@ -43,7 +43,7 @@ class CheckpointError(RuntimeError, UserError):
 RESUMABLE_KEYS = (
     "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every",
     "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
-    "eval.feature_cache",
+    "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
 )
 IGNORE_CONFIG = "ignore_config"  # checkpoint.resume value: resume the latest checkpoint whatever differs
 
