@@ -60,7 +60,7 @@ def test_encoder_only_round_trip(pretrained, tmp_path, capsys):
     # the decoder-only options make no sense for an encoder: a message, not a silent ignore
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--decoder-heads", "2"])
-    assert e.value.code == 1 and "holds no decoder" in capsys.readouterr().err
+    assert e.value.code == 2 and "holds no decoder" in capsys.readouterr().err
 
 
 def test_classifier_round_trip(pretrained, tmp_path, capsys):

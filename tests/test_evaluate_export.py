@@ -101,7 +101,7 @@ def test_export_cli(pretrained, tmp_path, capsys):
     assert (tmp_path / "out" / "config.json").is_file()
     with pytest.raises(SystemExit) as exit_info:  # a pretraining checkpoint has no classifier head
         main([str(path), str(tmp_path / "bad"), "--classifier"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "not a finetuned classifier" in capsys.readouterr().err
 
 

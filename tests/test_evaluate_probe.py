@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.data import Dataset
 
 from tgmae.config import load_config
 from tgmae.evaluate.features import cached_features, extract_features, feature_cache_key, pooled_features
 from tgmae.evaluate.lars import LARS
-from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe
+from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
 from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
 from tgmae.evaluate.sources import load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
@@ -173,6 +175,52 @@ def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
     rows = {name: len((synth / f"{name}.csv").read_text().strip().splitlines()) - 1 for name in ("train", "val")}
     assert result["num_train"] == rows["train"] and result["num_val"] == rows["val"]
     assert 0.0 <= result["top1"] <= 1.0
+
+
+def _separable(n: int, dim: int, seed: int) -> FeatureDataset:
+    """Two classes 6 std apart along one random direction: linearly separable with a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    mu = F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(99)), dim=0)
+    return FeatureDataset(torch.randn(n, dim, generator=g) + 3.0 * (2 * labels.float() - 1)[:, None] * mu, labels)
+
+
+@pytest.mark.parametrize("batch", [4, 16])
+def test_default_probe_recipe_trains_on_a_small_set(tmp_path, batch):
+    # MAE's 0.1 x batch/256 alone (lr 0.0016-0.006 here) leaves LARS's head at its init: loss
+    # ~0.68, top-1 0.6-0.8 on this set. The recipe's lr floor (1.0) trains it at any batch.
+    cfg = with_recipe(PROBE_RECIPE, None, [f"train.batch_size={batch}", f"train.output_dir={tmp_path / 'p'}",
+                                           "train.precision=fp32", "log.progress=false", "log.tensorboard=false",
+                                           "data.num_workers=0", "checkpoint.every_steps=100000"])
+    assert cfg.optim.lr is None and cfg.optim.lr_floor == 1.0 and cfg.train.epochs == 90
+    torch.manual_seed(0)
+    train, val = _separable(32, 64, 0), _separable(32, 64, 1)
+    fit = Trainer(ProbeTask(cfg, train, val, 2), cfg).fit()
+    assert score_probe(fit.model, train)["top1"] == 1.0
+    assert score_probe(fit.model, val)["top1"] >= 0.9  # 64 dims from 32 points: near, not exactly, 1.0
+
+
+def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
+    import shutil
+
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import VideoLoadError, build_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    rows = (root / "train.csv").read_text().strip().splitlines()[1:]
+    broken = rows[1].split(",")[0]
+    (root / broken).write_bytes(b"not a video")
+    data = build_dataset(DataConfig(format="csv", root=str(root), train_annotations="train.csv", num_frames=4,
+                                    frame_stride=2, image_size=16), "train", train=False)
+    enc, cache = encoder_of(checkpoint), tmp_path / "train.safetensors"
+    skipped: list = []
+    feats, labels = cached_features(enc, data, cache, {}, unreadable=skipped, batch_size=4)
+    assert feats.shape[0] == len(rows) - 1 and [u["video_id"] for u in skipped] == [Path(broken).stem]
+    assert labels.tolist() == [r.label for i, r in enumerate(data.records) if i != 1]  # no stand-in
+    assert not cache.exists()  # an incomplete set is not cached
+    with pytest.raises(VideoLoadError, match="feature extraction: 1 of"):
+        cached_features(enc, data, cache, {}, strict=True, batch_size=4)
 
 
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):

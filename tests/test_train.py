@@ -325,6 +325,10 @@ def test_config_differences_ignore_the_resumable_keys_and_fill_absent_keys():
     assert ckpt.config_differences(stored, new, defaults) == []
     new["optim"]["fused"] = False
     assert ckpt.config_differences(stored, new, defaults) == [("optim.fused", True, False)]
+    # eval.strict only decides whether an unreadable video fails the evaluation: no other numbers
+    assert ckpt.config_differences({"eval": {"strict": False}}, {"eval": {"strict": True}}) == []
+    assert ckpt.config_differences({"optim": {"lr_floor": None}}, {"optim": {"lr_floor": 1.0}}) == [
+        ("optim.lr_floor", None, 1.0)]
 
 
 def test_console_loss_line_every_log_every_without_progress_bar(tmp_path, caplog):

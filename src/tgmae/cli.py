@@ -7,9 +7,13 @@ command's heavy imports (transformers, av) cost nothing elsewhere.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import os
 import sys
 from typing import Sequence
+
+from tgmae.errors import UserError
 
 # name -> ("module:function", one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,22 +40,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_run_args(prog: str, argv: Sequence[str], description: str = ""):
-    """Common shape of training commands: `-c CONFIG.yaml` then `section.key=value` overrides.
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser`'s arguments from `argv` in any order: options may come before, between or after
+    the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
+    Every command with a variable-length positional (overrides, run folders) parses through here."""
+    return parser.parse_intermixed_args(list(argv))
 
-    Returns (RunConfig, argparse.Namespace). Config errors exit with the message, not a trace.
-    """
+
+def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
+    """RunConfig from `-c` file + overrides (over `base`, a recipe); a ConfigError exits 2 with
+    `tgmae PROG: config error: ...`."""
     from tgmae.config import ConfigError, load_config
 
+    try:
+        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
+    except ConfigError as e:
+        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
+        raise SystemExit(2) from None
+
+
+def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
+    """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
+    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
+    errors exit 2 with the message."""
     parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
     parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        parser.exit(2, f"tgmae {prog}: config error: {e}\n")
-    return cfg, args
+    args = parse_args(parser, argv)
+    return load_run_config(prog, args.config, args.overrides, base), args
 
 
 def _usage() -> str:
@@ -78,7 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        return int(func(rest) or 0)
+    except (UserError, FileNotFoundError) as e:
+        # bad input (a key, a path, the wrong checkpoint kind): the message, not a traceback
+        if os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"tgmae {name}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of a user error; a FileNotFoundError as `PATH: no such file or directory`."""
+    if isinstance(e, FileNotFoundError) and e.filename is not None and not isinstance(e, UserError):
+        return f"{e.filename}: no such file or directory"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

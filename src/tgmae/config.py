@@ -17,8 +17,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tgmae.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, UserError):
     """A configuration value or key is invalid; the message names it."""
 
 
@@ -177,6 +179,7 @@ class OptimConfig:
 
     base_lr: float = 1.5e-4  # lr at global batch 256
     lr: Optional[float] = None  # absolute lr; overrides base_lr scaling when set
+    lr_floor: Optional[float] = None  # the batch-scaled peak lr is at least this (None: no floor)
     min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr)
     warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr)
     warmup_epochs: float = 1.0  # linear warmup length in epochs
@@ -189,6 +192,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.base_lr <= 0 or (self.lr is not None and self.lr <= 0):
             raise ConfigError("optim.base_lr / optim.lr must be > 0")
+        if self.lr_floor is not None and self.lr_floor <= 0:
+            raise ConfigError(f"optim.lr_floor={self.lr_floor}: must be > 0 or null")
         if self.warmup_epochs < 0:
             raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs}: must be >= 0")
         if not 0 < self.layer_decay <= 1:
@@ -259,6 +264,7 @@ class EvalConfig:
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
     class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
+    strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
 
     def __post_init__(self) -> None:
         if self.probe_optimizer not in ("lars", "sgd"):

@@ -33,13 +33,14 @@ from tgmae.captions.hub import (
     quiet_transformers,
     weights_fingerprint,
 )
+from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-text-embeddings/1"
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
                          "_attn_implementation_autoset", "_attn_implementation", "architectures"}
 
 
-class EmbeddingCacheError(RuntimeError):
+class EmbeddingCacheError(RuntimeError, UserError):
     """A cache file is unreadable, or belongs to another model; the message says what to do."""
 
 

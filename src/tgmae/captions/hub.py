@@ -11,10 +11,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from tgmae.errors import UserError
+
 T = TypeVar("T")
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(RuntimeError, UserError):
     """The weights/config/processor of a model cannot be found; the message says what to do."""
 
 
@@ -24,13 +26,16 @@ def hub_offline() -> bool:
 
 
 def looks_like_path(name: str) -> bool:
-    """A local directory rather than a hub id (`org/name` or `name`)."""
+    """A local directory rather than a hub id (`org/name` or `name`). `runs/clip` is a path when
+    the folder `runs` exists here (a missing model folder inside it is then reported at once,
+    not tried on the hub)."""
     return (
         name.startswith(("/", "./", "../", "~"))
         or name.endswith("/")
         or name.count("/") > 1
         or "\\" in name
         or Path(name).expanduser().exists()
+        or (name.count("/") == 1 and Path(name.split("/")[0]).expanduser().is_dir())
     )
 
 

@@ -114,7 +114,9 @@ def build_classifier(
     src = source if isinstance(source, EncoderSource) else load_encoder_source(source)
     if keep_head:
         if not src.head:
-            raise CheckpointError(f"{src.path}: not a finetuned classifier (no fc_norm/head weights)")
+            raise CheckpointError(
+                f"{src.path}: not a finetuned classifier (no fc_norm/head weights); pass the "
+                "classifier.safetensors of a `tgmae finetune` run (a pretrained encoder is finetuned or probed first)")
         if num_classes is not None and num_classes != src.num_classes:
             raise CheckpointError(f"{src.path}: classifier has {src.num_classes} classes, {num_classes} requested")
         num_classes = src.num_classes

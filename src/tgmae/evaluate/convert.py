@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         what = convert(args.src, args.out, **overrides)
     except (CheckpointError, ValueError) as e:
-        parser.exit(1, f"tgmae convert: {e}\n")
+        parser.exit(2, f"tgmae convert: {e}\n")
     print(f"wrote {args.out}: {what}")
     return 0
 

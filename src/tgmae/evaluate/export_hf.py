@@ -243,7 +243,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
                         pretraining=args.pretraining)
-    except (CheckpointError, ValueError, RuntimeError) as e:
+    except (CheckpointError, ValueError) as e:  # bad input: exit 2, as every command
+        parser.exit(2, f"tgmae export-hf: {e}\n")
+    except RuntimeError as e:  # e.g. the exported model does not reproduce ours
         parser.exit(1, f"tgmae export-hf: {e}\n")
     check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
     print(f"wrote {res.hf_class} to {res.out_dir}{check}")

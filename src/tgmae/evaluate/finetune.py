@@ -152,7 +152,7 @@ class FinetuneTask:
         device = next(model.parameters()).device
         return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
                                    precision=resolve_precision(self.cfg.train.precision, device),
-                                   num_workers=self.cfg.data.num_workers, device=device)
+                                   num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict)
 
 
 @dataclass
@@ -193,7 +193,8 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
             if test.top5 is not None:
                 summary["test_top5"] = test.top5
             summary.update(test_top1=test.top1, test_views=test.num_views,
-                           test_mean_class_accuracy=test.mean_class_accuracy)
+                           test_mean_class_accuracy=test.mean_class_accuracy, test_videos=test.num_videos,
+                           test_unreadable=test.num_unreadable)
             log.info("multi-view test: %s (%d videos x %d views)", topk_text(test.top1, test.top5),
                      test.num_videos, test.num_views)
         (out / "finetune_results.json").write_text(json.dumps(summary, indent=2))

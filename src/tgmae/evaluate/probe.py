@@ -4,8 +4,9 @@
 the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
 clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
 (`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
-trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
-decay, warmup + cosine. Top-1 / top-5 (with more than 5 classes) on the val features after every epoch; the final numbers
+trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256 with a floor
+of 1.0 (`optim.lr_floor`: small sets train too), no weight decay, warmup + cosine. Top-1 / top-5
+(with more than 5 classes) on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
@@ -60,6 +61,7 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
         self.features = features.float()
         self.labels = labels.long()
+        self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -164,7 +166,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
     given here are cached only under an explicit `cache_dir` and keyed by their length and the
-    encoder (the caller vouches they do not change). Returns (train, val or None, class names).
+    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
+    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
+    (train, val or None, class names).
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.sources import load_encoder_source
@@ -174,7 +178,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     from tgmae.train.precision import resolve_precision
 
     if not cfg.model.pretrained:
-        raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
+        from tgmae.config import ConfigError
+
+        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
     dist_info = init_distributed(cfg.train.device)
     device = dist_info.device
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
@@ -210,8 +216,12 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
             path = root / f"{subset}-{key}.safetensors"
         else:
             path, inputs = None, {}
-        feats, labels = cached_features(encoder, data, path, inputs, **kwargs)
-        return FeatureDataset(feats, labels)
+        skipped: list = []
+        feats, labels = cached_features(encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
+                                        **kwargs)
+        features = FeatureDataset(feats, labels)
+        features.unreadable = skipped
+        return features
 
     train = get("train", train_data)
     val = get("val", val_data) if val_data is not None else None
@@ -242,6 +252,9 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
                    "best_top1": best, "best_epoch": best_epoch,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
+                   "num_unreadable_train": len(train.unreadable),
+                   "num_unreadable_val": len(val.unreadable) if val is not None else 0,
+                   "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,

@@ -267,13 +267,14 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
 
 
 def main(argv: Sequence[str]) -> int:
+    from tgmae.cli import parse_args
     from tgmae.config import from_dict
 
     parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="study YAML (configs/study_synthetic.yaml)")
     parser.add_argument("--quick", action="store_true", help="CI-sized: tiny set, 1-epoch phases")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
-    args = parser.parse_args(list(argv))
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import yaml
 

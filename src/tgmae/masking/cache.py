@@ -31,15 +31,17 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tgmae.errors import UserError
+
 CACHE_FORMAT = "tgmae-similarity-cache"
 CACHE_VERSION = 1
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(ValueError, UserError):
     """The cache was built with another CLIP, mode, caption source or geometry."""
 
 
-class MissingCacheEntry(LookupError):
+class MissingCacheEntry(LookupError, UserError):
     """A video has no cached similarity map (with the reason recorded when the cache was built)."""
 
     def __str__(self) -> str:  # LookupError would quote the message

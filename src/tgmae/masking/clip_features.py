@@ -64,11 +64,16 @@ class ClipBundle:
 
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
-    """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory."""
+    """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory.
+
+    Raises `ModelUnavailableError` (one message) for a local path that does not exist or a hub id
+    that is neither cached nor reachable."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = CLIPModel.from_pretrained(name_or_path).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    from tgmae.captions.hub import load_pretrained  # a missing local path fails at once, offline explained
+
+    model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model").to(device).eval()
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
     mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
     try:
         from transformers import AutoImageProcessor

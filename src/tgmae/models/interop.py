@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.layouts import hf_arch, hf_to_ours, official_arch, strip_wrappers
 from tgmae.models.pretrainer import VideoMAEPretrainer
@@ -36,7 +37,7 @@ ENCODER_FORMAT = "tgmae.video-encoder.v1"
 _LIST_LIMIT = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """A checkpoint cannot be read or does not fit the model; the message says which keys."""
 
 

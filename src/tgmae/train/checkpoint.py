@@ -27,10 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tgmae.errors import UserError
+
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     """A checkpoint cannot be read or does not match the run."""
 
 
@@ -41,7 +43,7 @@ class CheckpointError(RuntimeError):
 RESUMABLE_KEYS = (
     "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every",
     "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
-    "eval.feature_cache",
+    "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
 )
 IGNORE_CONFIG = "ignore_config"  # checkpoint.resume value: resume the latest checkpoint whatever differs
 

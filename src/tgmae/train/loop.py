@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.train import checkpoint as ckpt
 from tgmae.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
@@ -136,7 +136,7 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         steps_per_epoch = (len(dataset) // dist.world_size) // (bs * accum)
         if steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset has {len(dataset)} items: too few for train.batch_size={bs} x "
                 f"train.accum_steps={accum} x {dist.world_size} processes"
             )
@@ -146,7 +146,7 @@ class Trainer:
 
         global_batch = bs * accum * dist.world_size
         o = cfg.optim
-        peak = o.lr if o.lr is not None else scaled_lr(o.base_lr, global_batch)
+        peak = o.lr if o.lr is not None else max(scaled_lr(o.base_lr, global_batch), o.lr_floor or 0.0)
         ratio = peak / o.base_lr if o.lr is None else 1.0  # min/warmup lrs scale like base_lr
         min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
         warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
