@@ -1,6 +1,8 @@
-"""Data pipeline throughput per worker: decode + sample (+ augment) vs raw PyAV seek-and-decode.
+"""Data pipeline throughput per worker: decode + sample (+ augment) vs raw PyAV seek-and-decode;
+with --cache, the decoded-clip cache and persistent workers against the video path.
 
     python benchmarks/data_pipeline.py [--rounds 7] [--clips 8] [--json PATH]
+    python benchmarks/data_pipeline.py --cache [--videos 160] [--rounds 5] [--workers 2] [--json PATH]
 
 Writes 10 s, 30 fps H.264 test videos (340x256 and 640x360, GOP 30 and 250) into a temporary
 folder, then for each video times, on the same clip positions (16 frames x stride 4):
@@ -24,6 +26,22 @@ threads CPU time sums the threads, so it measures efficiency, wall time latency.
 output frame count per clip (deterministic) shows the work saved by skipping unwanted
 non-reference frames. Also timed: building a video's frame index (one decode of the whole
 file, done once per file and cached).
+
+--cache: the study's pretraining setting (synthetic set written here, 128 px x 48 frames; 8 frames
+x stride 4 at 64 px, tiny ViT, batch 16, tube mask 0.9). Variants, alternating in every round,
+each one epoch of the training videos per round:
+
+  video_restart  decode every sample, DataLoader workers started anew each epoch (before issue 14)
+  video          decode every sample, persistent workers
+  memory         `data.cache=memory`, persistent workers
+  disk           `data.cache=disk`, persistent workers
+  video_w0       decode every sample, no workers: samples made in the training process
+  memory_w0      `data.cache=memory`, no workers
+  model          the model step alone on one batch held in memory (the ceiling)
+
+Reported: training steps/s (wall, `--workers` workers, torch 1 thread in the main process), the
+loader alone in clips/s (CPU time of one process with 0 workers: what a worker costs, and wall
+with `--workers`), and the cache build time and size.
 """
 
 from __future__ import annotations
@@ -111,16 +129,6 @@ def _timed(fn) -> tuple[float, float]:
     w, c = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - w, time.process_time() - c
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ours_disk(path: str, idx: np.ndarray) -> tuple[np.ndarray, int]:
@@ -212,13 +220,130 @@ def bench(rounds: int, clips: int) -> dict:
     }
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_cache(videos: int, rounds: int, workers: int) -> dict:
+    """Steps/s and loader clips/s: video path (restarted / persistent workers) vs the caches."""
+    import dataclasses
+
+    from torch.utils.data import DataLoader
+
+    from tgmae.config import load_config
+    from tgmae.data.synthetic import generate_synthetic_dataset
+    from tgmae.evaluate.study import PRETRAIN_BASE
+    from tgmae.train.pretrain import PretrainTask
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="tgmae_bench_cache_"))
+    generate_synthetic_dataset(tmp / "set", num_videos=videos, frames=48, size=128, seed=0)
+    base = load_config(None, PRETRAIN_BASE + [f"data.root={tmp / 'set'}", f"data.num_workers={workers}",
+                                              f"data.cache_dir={tmp / 'cache'}"])
+    modes = ("none", "memory", "disk")
+    data, build = {}, {}
+    for mode in modes:
+        cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, cache=mode))
+        t = time.perf_counter()
+        data[mode] = PretrainTask(cfg).train_dataset()
+        build[mode] = time.perf_counter() - t
+    task = PretrainTask(base)
+    model = task.build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bs = base.train.batch_size
+    n = len(data["none"])
+
+    def loader(mode: str, w: int, persistent: bool) -> DataLoader:
+        return DataLoader(data[mode], batch_size=bs, shuffle=False, num_workers=w, drop_last=True,
+                          persistent_workers=persistent and w > 0, prefetch_factor=4 if w else None)
+
+    def train_epoch(batches) -> int:
+        k = 0
+        for batch in batches:
+            loss = task.step(model, batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            k += 1
+        return k
+
+    persistent = {m: loader(m, workers, True) for m in modes}
+    for m in modes:  # start the workers and touch every page once
+        train_epoch(persistent[m])
+    held = next(iter(persistent["none"]))
+    steps_per_epoch = n // bs
+    variants = {
+        "video_restart": lambda: train_epoch(loader("none", workers, False)),
+        "video": lambda: train_epoch(persistent["none"]),
+        "memory": lambda: train_epoch(persistent["memory"]),
+        "disk": lambda: train_epoch(persistent["disk"]),
+        "video_w0": lambda: train_epoch(loader("none", 0, False)),
+        "memory_w0": lambda: train_epoch(loader("memory", 0, False)),
+        "model": lambda: train_epoch([held] * steps_per_epoch),
+    }
+    step_s: dict[str, list[float]] = {k: [] for k in variants}
+    step_cpu: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            for m in modes:
+                data[m].set_epoch(r + 1)
+            t, c = time.perf_counter(), time.process_time()
+            steps = variants[k]()
+            step_s[k].append((time.perf_counter() - t) / steps)
+            step_cpu[k].append((time.process_time() - c) / steps)
+    steps_per_s = {k: round(1 / statistics.median(v), 2) for k, v in step_s.items()}
+    # 0-worker variants and the model alone: all their work is in this process, so CPU time is
+    # their whole cost, robust to other processes on the machine
+    steps_per_cpu_s = {k: round(1 / statistics.median(step_cpu[k]), 2) for k in ("video_w0", "memory_w0", "model")}
+
+    # the loader alone: CPU time of one process (0 workers), and wall with `workers` workers
+    cpu_cs: dict[str, list[float]] = {m: [] for m in modes}
+    wall_cs: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        for m in modes[r % 3:] + modes[: r % 3]:
+            data[m].set_epoch(100 + r)
+            _, tc = _timed(lambda: [None for _ in loader(m, 0, False)])
+            cpu_cs[m].append(n // bs * bs / tc)
+            tw, _ = _timed(lambda: [None for _ in persistent[m]])
+            wall_cs[m].append(n // bs * bs / tw)
+    loader_cpu = {m: round(statistics.median(v), 1) for m, v in cpu_cs.items()}
+    loader_wall = {m: round(statistics.median(v), 1) for m, v in wall_cs.items()}
+    c = data["memory"].cache
+    result = {
+        "cpu_model": cpu_model(), "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__, "av": av.__version__, "videos": videos, "train_clips": n,
+        "batch_size": bs, "workers": workers, "rounds": rounds, "steps_per_s": steps_per_s,
+        "speedup_vs_video": {k: round(steps_per_s[k] / steps_per_s["video"], 2) for k in steps_per_s},
+        "steps_per_cpu_s_0_workers": steps_per_cpu_s,
+        "loader_clips_per_s_cpu_1proc": loader_cpu, "loader_clips_per_s_wall": loader_wall,
+        "cache_build_s": {m: round(build[m], 1) for m in ("memory", "disk")},
+        "cache_mib": round(c.nbytes / 2**20, 1),
+    }
+    print(f"CPU: {result['cpu_model']} ({result['cpus']} cores), load {result['load_average']}")
+    print("training steps/s (wall):", steps_per_s, "| vs video:", result["speedup_vs_video"])
+    print("training steps per CPU-second, 0 workers:", steps_per_cpu_s)
+    print("loader clips/s, 1 process CPU time:", loader_cpu, "| wall with", workers, "workers:", loader_wall)
+    print(f"cache: {result['cache_mib']} MiB for {len(c)} videos, built in {result['cache_build_s']} s")
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clips", type=int, default=8, help="clip positions per video per round")
+    ap.add_argument("--cache", action="store_true", help="decoded-clip cache and persistent workers vs video")
+    ap.add_argument("--videos", type=int, default=160, help="--cache: synthetic videos (80%% train)")
+    ap.add_argument("--workers", type=int, default=2, help="--cache: DataLoader workers")
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
-    result = bench(args.rounds, args.clips)
+    result = bench_cache(args.videos, args.rounds, args.workers) if args.cache else bench(args.rounds, args.clips)
     result["command"] = "python benchmarks/data_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -206,3 +206,27 @@ def test_text_only_checkpoint_and_other_clip_families(tmp_path, clip_dir):
         ref = model.get_text_features(**tok(TEXTS[:3], padding=True, return_tensors="pt"))
     ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
     assert emb.shape == (3, 8) and torch.allclose(emb, torch.nn.functional.normalize(ref, dim=-1), atol=1e-5)
+
+
+def test_new_weights_in_the_same_folder_are_embedded_again(tmp_path):
+    """Weights written over a CLIP folder: the default cache is a new file (fresh embeddings), an
+    explicit cache path is refused as stale (or rebuilt) - never the old model's embeddings."""
+    from tgmae.captions.embed import default_cache_path
+    from tgmae.captions.provider import CaptionProvider
+
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord(f"v{i}", [t], "captioner", "blip") for i, t in enumerate(TEXTS)])
+    clip = str(save_tiny_clip(tmp_path / "clip", dim=16, seed=0))
+    old = CaptionProvider.from_files(caps, clip).embeddings
+    explicit = tmp_path / "explicit.safetensors"
+    embed_texts(TEXTS, clip, explicit)
+    first_default = default_cache_path(caps, clip)
+
+    save_tiny_clip(tmp_path / "clip", dim=16, seed=1)  # retrained: same folder, same config
+    want = TextEmbedder(clip)(list(CaptionProvider.from_files(caps).texts))
+    assert default_cache_path(caps, clip) != first_default
+    new = CaptionProvider.from_files(caps, clip).embeddings  # training's automatic fill-in
+    assert torch.allclose(new, want, atol=1e-5) and (new - old).abs().max() > 0.05
+    with pytest.raises(EmbeddingCacheError, match="other weights of .*stale.*--rebuild"):
+        embed_texts(TEXTS, clip, explicit)
+    assert torch.allclose(embed_texts(TEXTS, clip, explicit, rebuild=True), TextEmbedder(clip)(TEXTS), atol=1e-5)

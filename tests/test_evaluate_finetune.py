@@ -277,3 +277,85 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     assert evaluate_main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
     again = json.loads((out / "test_results.json").read_text())
     assert again["top1"] == test["top1"] and again["views"] == "2x2"
+
+
+def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    from tgmae.cli import main
+    from tgmae.data.video import write_video
+    from tgmae.evaluate.classifier import classifier_arch, save_classifier
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    header, *rows = (root / "val.csv").read_text().strip().splitlines()
+    broken, short = rows[0].split(",")[0], rows[1].split(",")[0]
+    (root / broken).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))  # does not decode
+    write_video(root / short, np.zeros((3, 32, 32, 3), np.uint8), fps=25)  # 3 frames: shorter than the clip
+    (root / "readable.csv").write_text("\n".join([header, *rows[2:]]) + "\n")
+    names = (root / "classes.txt").read_text().splitlines()
+    torch.manual_seed(0)
+    arch = classifier_arch(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32}))
+    clf = save_classifier(VideoClassifier(arch, len(names), head_init_scale=1.0), tmp_path / "clf.safetensors", names)
+    config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
+                       "num_workers": 0, "test_temporal_views": 2, "test_spatial_views": 1},
+              "model": {"patch_size": 8}, "train": {"batch_size": 4, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}}
+    path = tmp_path / "ev.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["evaluate", "-c", str(path), f"model.pretrained={clf}"]
+
+    assert main([*args, f"train.output_dir={tmp_path / 'all'}"]) == 0
+    assert "2 unreadable videos not scored" in capsys.readouterr().out
+    res = json.loads((tmp_path / "all" / "test_results.json").read_text())
+    assert res["num_videos"] == len(rows) - 2 and res["num_unreadable"] == 2
+    listed = {u["video_id"]: u for u in res["unreadable"]}
+    assert set(listed) == {Path(broken).stem, Path(short).stem}
+    assert "too short" in listed[Path(short).stem]["reason"] and broken in listed[Path(broken).stem]["reason"]
+    for u in listed.values():  # the class of an unreadable video stays in the per-class table
+        assert u["class"] == names[u["label"]] and res["per_class_videos"][u["class"]]["unreadable"] >= 1
+    # scored exactly as the readable videos alone: nothing stood in for the broken ones
+    assert main([*args, "data.val_annotations=readable.csv", f"train.output_dir={tmp_path / 'ok'}"]) == 0
+    ok = json.loads((tmp_path / "ok" / "test_results.json").read_text())
+    assert ok["num_unreadable"] == 0 and ok["num_videos"] == res["num_videos"]
+    for key in ("top1", "top5", "loss", "per_class"):
+        assert res[key] == ok[key], key
+
+    capsys.readouterr()
+    assert main([*args, "eval.strict=true", f"train.output_dir={tmp_path / 'strict'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae evaluate: multi-view test: 2 of") and "eval.strict" in err and "\n" not in err
+    assert not (tmp_path / "strict" / "test_results.json").exists()
+
+
+def test_finetune_refuses_a_checkpoint_of_other_geometry(tmp_path):
+    """model.tubelet_size=4 on a tubelet-2 checkpoint was ignored (features of tubelet 2, config.yaml
+    saying 4): now a ConfigError naming the key, the config's value and the checkpoint's."""
+    from tgmae.config import ConfigError
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    task = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}", "model.tubelet_size=4"), Clips(8), None, 3)
+    with pytest.raises(ConfigError, match=r"model\.tubelet_size=4 but the checkpoint .*pt\.safetensors has 2"):
+        task.build_model()
+    ok = FinetuneTask(run_cfg(tmp_path, f"model.pretrained={path}"), Clips(8), None, 3).build_model()
+    assert ok.encoder.patch_embed.proj.weight.shape[2] == 2
+
+
+def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp_path):
+    """A finished finetune rerun reports its val scores again (evaluation records live in the
+    checkpoint); new weights written over model.pretrained's path are refused, not built upon."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "checkpoint.resume=auto",
+                  "eval.mixup=0", "eval.cutmix=0")
+    data = dict(train_data=Clips(8), val_data=Clips(8, seed=1))
+    finetune(cfg, **data)
+    first = json.loads((tmp_path / "run" / "finetune_results.json").read_text())
+    finetune(cfg, **data)
+    assert json.loads((tmp_path / "run" / "finetune_results.json").read_text()) == first
+    assert "val_top1" in first
+    save_pretraining_model(pretrainer(seed=1), path)
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ.*model.pretrained"):
+        finetune(cfg, **data)

@@ -155,3 +155,16 @@ def test_lars_step_matches_the_formula_and_skips_biases():
     b.grad = torch.tensor([2.0])
     opt.step()  # momentum: mu = 0.9 * mu + update
     assert torch.allclose(b.detach(), torch.tensor([0.0 - 0.5 * (0.9 * 2.0 + 2.0)]))
+
+
+def test_top5_is_reported_only_with_more_than_5_classes():
+    from tgmae.evaluate.metrics import reported_ks, topk_text
+    from tgmae.evaluate.multiview import classification_result
+
+    g = torch.Generator().manual_seed(0)
+    four = classification_result(torch.rand(12, 4, generator=g).softmax(1), torch.arange(12) % 4)
+    assert four.top5 is None and "top5" not in four.summary()
+    assert topk_text(four.top1, four.top5) == f"top-1 {four.top1:.4f}"
+    seven = classification_result(torch.rand(14, 7, generator=g).softmax(1), torch.arange(14) % 7)
+    assert seven.top5 is not None and 0 < seven.top5 < 1 and seven.summary()["top5"] == seven.top5
+    assert reported_ks(5) == (1,) and reported_ks(6) == (1, 5)

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.data import Dataset
 
 from tgmae.config import load_config
 from tgmae.evaluate.features import cached_features, extract_features, feature_cache_key, pooled_features
 from tgmae.evaluate.lars import LARS
-from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe
+from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
 from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
 from tgmae.evaluate.sources import load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
@@ -173,3 +175,98 @@ def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
     rows = {name: len((synth / f"{name}.csv").read_text().strip().splitlines()) - 1 for name in ("train", "val")}
     assert result["num_train"] == rows["train"] and result["num_val"] == rows["val"]
     assert 0.0 <= result["top1"] <= 1.0
+
+
+def _separable(n: int, dim: int, seed: int) -> FeatureDataset:
+    """Two classes 6 std apart along one random direction: linearly separable with a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    mu = F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(99)), dim=0)
+    return FeatureDataset(torch.randn(n, dim, generator=g) + 3.0 * (2 * labels.float() - 1)[:, None] * mu, labels)
+
+
+@pytest.mark.parametrize("batch", [4, 16])
+def test_default_probe_recipe_trains_on_a_small_set(tmp_path, batch):
+    # MAE's 0.1 x batch/256 alone (lr 0.0016-0.006 here) leaves LARS's head at its init: loss
+    # ~0.68, top-1 0.6-0.8 on this set. The recipe's lr floor (1.0) trains it at any batch.
+    cfg = with_recipe(PROBE_RECIPE, None, [f"train.batch_size={batch}", f"train.output_dir={tmp_path / 'p'}",
+                                           "train.precision=fp32", "log.progress=false", "log.tensorboard=false",
+                                           "data.num_workers=0", "checkpoint.every_steps=100000"])
+    assert cfg.optim.lr is None and cfg.optim.lr_floor == 1.0 and cfg.train.epochs == 90
+    torch.manual_seed(0)
+    train, val = _separable(32, 64, 0), _separable(32, 64, 1)
+    fit = Trainer(ProbeTask(cfg, train, val, 2), cfg).fit()
+    assert score_probe(fit.model, train)["top1"] == 1.0
+    assert score_probe(fit.model, val)["top1"] >= 0.9  # 64 dims from 32 points: near, not exactly, 1.0
+
+
+def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
+    import shutil
+
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import VideoLoadError, build_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    rows = (root / "train.csv").read_text().strip().splitlines()[1:]
+    broken = rows[1].split(",")[0]
+    (root / broken).write_bytes(b"not a video")
+    data = build_dataset(DataConfig(format="csv", root=str(root), train_annotations="train.csv", num_frames=4,
+                                    frame_stride=2, image_size=16), "train", train=False)
+    enc, cache = encoder_of(checkpoint), tmp_path / "train.safetensors"
+    skipped: list = []
+    feats, labels = cached_features(enc, data, cache, {}, unreadable=skipped, batch_size=4)
+    assert feats.shape[0] == len(rows) - 1 and [u["video_id"] for u in skipped] == [Path(broken).stem]
+    assert labels.tolist() == [r.label for i, r in enumerate(data.records) if i != 1]  # no stand-in
+    assert not cache.exists()  # an incomplete set is not cached
+    with pytest.raises(VideoLoadError, match="feature extraction: 1 of"):
+        cached_features(enc, data, cache, {}, strict=True, batch_size=4)
+
+
+def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
+    """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
+    them again; rerunning with another optimizer or on other features is refused, not reused."""
+    from tgmae.train import checkpoint as ckpt
+
+    cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                    "checkpoint.resume=auto")
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    first = linear_probe(cfg, **data)
+    second = linear_probe(cfg, **data)
+    evals = lambda res: [r for r in res.history if "val_top1" in r]  # noqa: E731
+    assert len(evals(first)) == 6 and evals(second) == evals(first)  # no epoch re-run, none forgotten
+    assert (second.best_top1, second.best_epoch) == (first.best_top1, first.best_epoch)
+    assert first.best_epoch is not None
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert saved["best_top1"] == first.best_top1 and saved["best_epoch"] == first.best_epoch
+
+    sgd = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                    "checkpoint.resume=auto", "eval.probe_optimizer=sgd")
+    with pytest.raises(ckpt.CheckpointError, match="eval.probe_optimizer: 'lars' -> 'sgd'"):
+        linear_probe(sgd, **data)
+    other = dict(data, train_data=Clips(24, seed=5), cache_dir=tmp_path / "cache2")  # other features
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ"):
+        linear_probe(cfg, **other)
+    assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+
+
+def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
+    """A tubelet-2 checkpoint probed with model.tubelet_size=4 is refused, naming the key and both
+    values; so are a patch size and a head count that differ. Nothing is trained or written."""
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.probe import main
+
+    data = dict(train_data=Clips(8), val_data=None, num_classes=3, cache_dir=tmp_path / "cache")
+    for override, message in [("model.tubelet_size=4", "model.tubelet_size=4 but the checkpoint .* has 2"),
+                              ("model.num_heads=4", "model.num_heads=4 but the checkpoint .* has 2")]:
+        with pytest.raises(ConfigError, match=message):
+            linear_probe(probe_cfg(tmp_path, checkpoint, override), **data)
+    assert not (tmp_path / "probe").exists()
+    args = ["data.num_frames=4", "data.image_size=16", f"model.pretrained={checkpoint}",
+            f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
+    assert main(args) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
+    assert capsys.readouterr().err.strip() == (f"tgmae probe: model.patch_size=16 but the checkpoint {checkpoint} has 8: "
+                                               "set model.patch_size=8 (its weights fix it), or leave model.pretrained empty")
+    with pytest.raises(SystemExit) as exit_:
+        main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
+    assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err

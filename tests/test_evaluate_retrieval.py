@@ -104,8 +104,7 @@ def synth(tmp_path_factory):
     return root, clip
 
 
-def test_retrieve_cli_classes_and_captions(synth, tmp_path):
-    root, clip = synth
+def _retrieval_config(root: Path, clip, tmp_path: Path) -> Path:
     config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
                        "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
                        "num_workers": 0},
@@ -116,6 +115,12 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path):
               "log": {"progress": False, "tensorboard": False}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_retrieve_cli_classes_and_captions(synth, tmp_path):
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
     run = _video_text_run(tmp_path, load_config(path))
     num_val = len((root / "val.csv").read_text().strip().splitlines()) - 1
     val_labels = {line.split(",")[1] for line in (root / "val.csv").read_text().strip().splitlines()[1:]}
@@ -140,3 +145,44 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path):
     assert r.mode == "captions" and r.num_videos == num_val and r.num_texts == len(distinct)
     saved = json.loads((tmp_path / "cap" / "retrieval_results.json").read_text())
     assert saved["video_to_text"]["R@1"] == r.video_to_text[1]
+
+
+def test_retrieval_leaves_out_an_unreadable_video(synth, tmp_path):
+    import shutil
+
+    from tgmae.data.dataset import VideoLoadError
+    from tgmae.evaluate.retrieval import evaluate_retrieval
+
+    src, clip = synth
+    root = tmp_path / "data"
+    shutil.copytree(src, root)
+    rows = (root / "val.csv").read_text().strip().splitlines()[1:]
+    broken = rows[0].split(",")[0]
+    (root / broken).write_bytes(b"not a video")
+    cfg = load_config(_retrieval_config(root, clip, tmp_path))
+    run = _video_text_run(tmp_path, cfg)
+    cfg = load_config(_retrieval_config(root, clip, tmp_path), [f"model.pretrained={run}"])
+    r = evaluate_retrieval(cfg, progress=False)
+    assert r.num_videos == len(rows) - 1  # the gallery holds the readable videos, none twice
+    assert [u["video_id"] for u in r.unreadable] == [Path(broken).stem]
+    saved = json.loads((tmp_path / "out" / "retrieval_results.json").read_text())
+    assert saved["num_unreadable"] == 1 and broken in saved["unreadable"][0]["reason"]
+    strict = load_config(_retrieval_config(root, clip, tmp_path), [f"model.pretrained={run}", "eval.strict=true"])
+    with pytest.raises(VideoLoadError, match="retrieval: 1 of"):
+        evaluate_retrieval(strict, progress=False)
+
+
+def test_retrieve_names_the_checkpoint_that_holds_the_head(synth, tmp_path, capsys):
+    from tgmae.cli import main as cli
+    from tgmae.models import VideoMAEPretrainer, save_pretraining_model
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path))
+    final = save_pretraining_model(VideoMAEPretrainer(load_video_text_model(run).mae.arch), run / "model.safetensors")
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={final}"]) == 2
+    err = capsys.readouterr().err.strip()
+    latest = ckpt.find_latest(run / "checkpoints") / "model.safetensors"
+    assert err.startswith(f"tgmae retrieve: {final}: no contrastive video head") and f"is in {latest}" in err
+    assert "\n" not in err
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}"]) == 0  # the run folder finds it

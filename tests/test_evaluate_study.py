@@ -88,3 +88,18 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     run_study(study, quick=True)
     assert (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime == before
     assert len(collect_records([root])) == 2
+
+
+def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
+    """The study skips phases whose results exist; a changed setting must not pick up those results."""
+    from tgmae.config import ConfigError, load_config, save_config
+    from tgmae.evaluate.study import check_phase_settings
+
+    ran = load_config(None, [f"train.output_dir={tmp_path / 'pretrain'}", "optim.lr=1e-3"])
+    (tmp_path / "pretrain").mkdir()
+    save_config(ran, tmp_path / "pretrain" / "config.yaml")
+    check_phase_settings(ran)
+    check_phase_settings(load_config(None, [f"train.output_dir={tmp_path / 'pretrain'}", "optim.lr=1e-3",
+                                            "data.num_workers=0", "log.progress=false"]))
+    with pytest.raises(ConfigError, match=r"(?s)other settings.*optim\.lr: 0\.001 -> 0\.002.*another study out_dir"):
+        check_phase_settings(load_config(None, [f"train.output_dir={tmp_path / 'pretrain'}", "optim.lr=2e-3"]))

@@ -17,7 +17,8 @@ from tgmae.models import (
     reconstruct_video,
     save_pretraining_model,
 )
-from tgmae.models.interop import FORMAT, convert_main, detect_format
+from tgmae.evaluate.convert import main as convert_main
+from tgmae.models.interop import FORMAT, detect_format
 from tgmae.models.layouts import hf_config, ours_to_hf
 
 transformers = pytest.importorskip("transformers")
@@ -213,3 +214,25 @@ def test_corrupted_and_missing_files_fail_clearly(tmp_path):
     torch.save({"model": {"encoder.patch_embed.proj.weight": torch.zeros(3)}}, tmp_path / "shape.pth")
     with pytest.raises(CheckpointError, match="encoder_to_decoder.weight"):
         load_pretraining_model(tmp_path / "shape.pth")
+
+
+def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, capsys):
+    """A .pth stores no head count: 128 wide is no released model, so it is asked for, never guessed."""
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.sources import load_encoder_source
+
+    ours = tiny_ours()  # 128 wide, 4 heads
+    torch.save({"model": ours.state_dict()}, tmp_path / "tiny.pth")
+    with pytest.raises(ConfigError, match="--num-heads"):
+        load_pretraining_model(tmp_path / "tiny.pth", num_frames=FRAMES, image_size=SIZE, decoder_heads=2)
+    with pytest.raises(ConfigError, match="model.num_heads"):
+        load_encoder_source(tmp_path / "tiny.pth")
+    with pytest.raises(SystemExit) as exit_:
+        convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors")])
+    assert exit_.value.code != 0 and "pass --num-heads" in capsys.readouterr().err
+    assert convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors"), "--num-heads", "4",
+                         "--decoder-heads", "2", "--num-frames", str(FRAMES), "--image-size", str(SIZE)]) == 0
+    assert load_pretraining_model(tmp_path / "out.safetensors").arch == ours.arch
+    src = load_encoder_source(tmp_path / "tiny.pth", num_heads=4)
+    assert src.arch.num_heads == 4
+    assert all(torch.equal(v, ours.encoder.state_dict()[k]) for k, v in src.encoder.items())

@@ -93,7 +93,7 @@ def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
     cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1",
                   f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
                   f"contrastive.objective={objective}", "contrastive.text_projection=true",
-                  "contrastive.proj_dim=32")
+                  "contrastive.proj_dim=32", "contrastive.monitor_nce=true")
     run = pretrain(cfg)
     records = read_metrics(run / "metrics.jsonl")
     assert all(r["loss_nce"] > 0 for r in records)
@@ -133,3 +133,62 @@ def test_batch_mask_generator_runs_in_step(synth_root, tmp_path):
     again = task._batch_mask(batch)
     assert torch.equal(again, task._batch_mask(batch))  # seeded by the batch's sample indices
     assert int(again[0].sum()) == int(again[1].sum())
+
+
+def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_path, capsys):
+    """TGM, MAE only (Table 1): captions guide the masks; no video-text head is built or checked,
+    whatever contrastive.proj_dim says. Under mae+contrastive a width mismatch is a config error."""
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.train.pretrain import PretrainTask, main
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    tgm = [f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
+           "masking.name=tgm", f"masking.clip_model={clip_dir}", "masking.ratio=0.6"]
+    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1", *tgm)  # proj_dim 256 != text width
+    task = PretrainTask(cfg)
+    assert task.captions.embeddings.shape[1] != cfg.contrastive.proj_dim
+    assert not any(k.startswith(("video_head", "nce", "text_proj")) for k in task.build_model().state_dict())
+    records = read_metrics(pretrain(cfg) / "metrics.jsonl")
+    assert records and all("loss_nce" not in r and r["loss"] > 0 for r in records)
+
+    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1", *tgm,
+            "contrastive.objective=mae+contrastive"]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bars
+    assert last.startswith("tgmae pretrain: contrastive.proj_dim=256") and "text_projection=true" in last
+
+
+def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth_root, tmp_path):
+    """Was a raw `size mismatch for encoder.patch_embed.proj.weight` traceback."""
+    from safetensors.torch import load_file
+
+    from tgmae.config import ConfigError, ModelConfig
+    from tgmae.models import build_pretraining_model, save_pretraining_model
+    from tgmae.train.pretrain import PretrainTask
+
+    torch.manual_seed(0)
+    source = save_pretraining_model(build_pretraining_model(ModelConfig(preset="tiny"), 4, 32), tmp_path / "pt.safetensors")
+    for override, message in [("model.tubelet_size=4", r"model\.tubelet_size=4 but the checkpoint .* has 2"),
+                              ("model.decoder_depth=3", r"model\.decoder_depth=3 but the checkpoint .* has 2"),
+                              ("model.preset=small", r"model\.preset='small' but the checkpoint .* has 'tiny'")]:
+        cfg = cfg_for(synth_root, tmp_path / "run", f"model.pretrained={source}", override)
+        with pytest.raises(ConfigError, match=message):
+            PretrainTask(cfg).build_model()
+    model = PretrainTask(cfg_for(synth_root, tmp_path / "run", f"model.pretrained={source}")).build_model()
+    stored = load_file(str(source))
+    assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())  # same geometry: loaded
+
+
+def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tmp_path, capsys):
+    """Was: 'resumed at step 3', trained nothing, kept the tube weights, rewrote config.yaml."""
+    from tgmae.train.pretrain import main
+
+    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"]
+    assert main(args) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*args, "masking.name=random", "optim.lr=5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "  masking.name: 'tube' -> 'random'" in err and "  optim.lr: None -> 0.0005" in err
+    assert "checkpoint.resume=ignore_config" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved

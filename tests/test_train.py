@@ -286,3 +286,125 @@ def test_auto_precision_follows_measured_bf16_speed(monkeypatch):
     monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)
     assert precision.resolve_precision("auto", cpu) == "fp32"
     assert precision.resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
+    """A finished run rerun with other training settings is refused, key by key (old -> new);
+    config.yaml keeps what ran; allowed keys (logging, train.epochs) resume; ignore_config continues."""
+    cfg = toy_cfg(tmp_path)
+    first = Trainer(ToyTask(cfg), cfg).fit()
+    yaml_before = (tmp_path / "run" / "config.yaml").read_text()
+
+    changed = toy_cfg(tmp_path, "optim.lr=0.02", "train.seed=3")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(ToyTask(changed), changed).fit()
+    msg = str(err.value)
+    assert "optim.lr: 0.01 -> 0.02" in msg and "train.seed: 0 -> 3" in msg
+    assert "train.output_dir" in msg and "checkpoint.resume=ignore_config" in msg
+    assert (tmp_path / "run" / "config.yaml").read_text() == yaml_before
+    # a finished run rerun with identical settings trains nothing and leaves the weights alone
+    again = Trainer(ToyTask(cfg), cfg).fit()
+    assert again.position.step == first.position.step
+    assert torch.equal(flat_params(again.model), flat_params(first.model))
+
+    # keys on the resumable list: logging, workers, more epochs (the run is extended)
+    longer = toy_cfg(tmp_path, "train.epochs=3", "train.log_every=2", "checkpoint.every_steps=5")
+    assert Trainer(ToyTask(longer), longer).fit().position.step == 24
+    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 3
+
+    forced = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.02", "checkpoint.resume=ignore_config")
+    assert Trainer(ToyTask(forced), forced).fit().position.step == 32
+    changes = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"step": 24, "changes": {"optim.lr": [0.01, 0.02]}}]
+
+
+def test_config_differences_ignore_the_resumable_keys_and_fill_absent_keys():
+    defaults = {"optim": {"lr": None, "fused": True}, "log": {"progress": True}}
+    stored = {"optim": {"lr": 0.1}, "log": {"progress": True}}  # written before optim.fused existed
+    new = {"optim": {"lr": 0.1, "fused": True}, "log": {"progress": False}}
+    assert ckpt.config_differences(stored, new, defaults) == []
+    new["optim"]["fused"] = False
+    assert ckpt.config_differences(stored, new, defaults) == [("optim.fused", True, False)]
+    # eval.strict only decides whether an unreadable video fails the evaluation: no other numbers
+    assert ckpt.config_differences({"eval": {"strict": False}}, {"eval": {"strict": True}}) == []
+    assert ckpt.config_differences({"optim": {"lr_floor": None}}, {"optim": {"lr_floor": 1.0}}) == [
+        ("optim.lr_floor", None, 1.0)]
+
+
+def test_console_loss_line_every_log_every_without_progress_bar(tmp_path, caplog):
+    cfg = toy_cfg(tmp_path, "train.log_every=4", "train.epochs=1")  # 64 / 8 = 8 steps
+    with caplog.at_level("INFO", logger="tgmae"):
+        result = Trainer(ToyTask(cfg), cfg).fit()
+    lines = [r.getMessage() for r in caplog.records if " loss " in r.getMessage()]
+    assert [line.split()[2] for line in lines] == ["4/8", "8/8"]
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert lines[-1].split()[4] == f"{losses[-1]:.4f}"
+
+
+def test_missing_tensorboard_is_one_warning_naming_the_extra(tmp_path, caplog, monkeypatch):
+    import sys
+
+    from tgmae.train import metrics
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    monkeypatch.setattr(metrics, "_warned", [])
+    with caplog.at_level("WARNING", logger="tgmae"):
+        for name in ("a", "b"):
+            metrics.MetricsLog(tmp_path / name / "metrics.jsonl", tensorboard=True).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "pip install tgmae[tensorboard]" in warnings[0]
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tgmae.train.metrics import MetricsLog
+
+    log_ = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=True)
+    log_.write({"step": 3, "loss": 0.25})
+    log_.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.25)]
+
+
+class _PidData(ToyData):
+    """ToyData whose samples say which process made them, under which epoch (shared counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        import os
+
+        return {**super().__getitem__(i), "pid": os.getpid(), "epoch": int(self._epoch[0])}
+
+
+class _PidTask(ToyTask):
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg, dropout=0.0)
+        self.seen: list[tuple[int, int]] = []
+
+    def train_dataset(self) -> Dataset:
+        return _PidData()
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        self.seen += list(zip(batch["pid"].tolist(), batch["epoch"].tolist()))
+        return super().step(model, batch)
+
+
+def test_loader_workers_persist_across_epochs_and_match_no_workers(tmp_path):
+    cfg = toy_cfg(tmp_path / "w", "train.epochs=3", "data.num_workers=2")
+    task = _PidTask(cfg)
+    with_workers = Trainer(task, cfg).fit().model
+    pids = {p for p, _ in task.seen}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers served all 3 epochs
+    assert [e for _, e in task.seen] == [e for e in range(3) for _ in range(64)]  # set_epoch reached them
+    cfg0 = toy_cfg(tmp_path / "n", "train.epochs=3", "data.num_workers=0")
+    no_workers = Trainer(_PidTask(cfg0), cfg0).fit().model
+    assert torch.equal(flat_params(with_workers), flat_params(no_workers))

@@ -7,9 +7,13 @@ command's heavy imports (transformers, av) cost nothing elsewhere.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import os
 import sys
 from typing import Sequence
+
+from tgmae.errors import UserError
 
 # name -> ("module:function", one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,34 +32,47 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-clip": ("tgmae.masking.clip_train:main", "train a small CLIP on the synthetic set (a transformers CLIPModel dir)"),
     "masks": ("tgmae.masking.precompute:main", "precompute TGM caption-patch similarity maps (resumable, torchrun-sharded)"),
     "eval-masks": ("tgmae.masking.quality:main", "mask precision/recall against the synthetic set's ground truth"),
-    "convert": ("tgmae.models.interop:convert_main", "convert an official VideoMAE .pth / HF directory to safetensors"),
+    "convert": ("tgmae.evaluate.convert:main", "official VideoMAE .pth / HF directory (any we export) -> our safetensors"),
+    "config": ("tgmae.config_show:main", "`tgmae config show [-c FILE] [overrides]`: the resolved config, each key with its help"),
     "caption": ("tgmae.captions.run:main", "captions per video: keyframe captioner, oracle, vision-free, combined"),
     "describe-classes": ("tgmae.captions.describe:main", "vision-free class descriptions from a chat endpoint"),
     "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
 }
 
 
-def parse_run_args(prog: str, argv: Sequence[str], description: str = ""):
-    """Common shape of training commands: `-c CONFIG.yaml` then `section.key=value` overrides.
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser`'s arguments from `argv` in any order: options may come before, between or after
+    the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
+    Every command with a variable-length positional (overrides, run folders) parses through here."""
+    return parser.parse_intermixed_args(list(argv))
 
-    Returns (RunConfig, argparse.Namespace). Config errors exit with the message, not a trace.
-    """
+
+def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
+    """RunConfig from `-c` file + overrides (over `base`, a recipe); a ConfigError exits 2 with
+    `tgmae PROG: config error: ...`."""
     from tgmae.config import ConfigError, load_config
 
+    try:
+        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
+    except ConfigError as e:
+        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
+        raise SystemExit(2) from None
+
+
+def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
+    """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
+    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
+    errors exit 2 with the message."""
     parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
     parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    args = parser.parse_args(list(argv))
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        parser.exit(2, f"tgmae {prog}: config error: {e}\n")
-    return cfg, args
+    args = parse_args(parser, argv)
+    return load_run_config(prog, args.config, args.overrides, base), args
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: tgmae COMMAND [args]", "", "commands:"]
+    lines = ["usage: tgmae [--version] COMMAND [args]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`tgmae COMMAND --help` shows a command's own arguments."]
     return "\n".join(lines)
@@ -66,13 +83,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from tgmae import __version__
+
+        print(f"tgmae {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        return int(func(rest) or 0)
+    except (UserError, FileNotFoundError) as e:
+        # bad input (a key, a path, the wrong checkpoint kind): the message, not a traceback
+        if os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"tgmae {name}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of a user error; a FileNotFoundError as `PATH: no such file or directory`."""
+    if isinstance(e, FileNotFoundError) and e.filename is not None and not isinstance(e, UserError):
+        return f"{e.filename}: no such file or directory"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

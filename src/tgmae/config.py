@@ -7,6 +7,7 @@ Each component receives only its own section (e.g. the model factory gets `Model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -16,8 +17,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tgmae.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, UserError):
     """A configuration value or key is invalid; the message names it."""
 
 
@@ -43,8 +46,8 @@ class DataConfig:
     image_size: int = 224  # square model input side
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # VideoMAE multi-scale crop
     flip: bool = True  # horizontal flip; off for direction-labelled data (SSv2)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel input mean, RGB in [0, 1] (ImageNet)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel input std, RGB in [0, 1] (ImageNet)
     num_workers: int = 2  # DataLoader worker processes
     max_load_retries: int = 20  # replacement attempts for unreadable videos before giving up
     test_temporal_views: int = 5  # multi-view testing: clips along time
@@ -53,6 +56,8 @@ class DataConfig:
     rand_augment: Optional[tuple[int, int]] = (4, 7)  # finetuning RandAugment (ops n, magnitude m); null = off
     random_erase: float = 0.25  # finetuning random-erasing probability
     decoder_threads: int = 1  # PyAV threads per reader (1 measured fastest per worker)
+    cache: str = "none"  # decoded-clip cache: "none" (decode every sample), "memory" or "disk" (tgmae.data.cache)
+    cache_dir: str = ""  # data.cache=disk: folder of the cache files; empty = ~/.cache/tgmae/clips
 
     def __post_init__(self) -> None:
         if self.format not in DATASET_FORMATS:
@@ -71,6 +76,11 @@ class DataConfig:
         if not 0.0 <= self.random_erase <= 1.0:
             raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
         _positive("data.decoder_threads", self.decoder_threads)
+        if self.cache not in ("none", "memory", "disk"):
+            raise ConfigError(f"data.cache={self.cache!r}: expected 'none', 'memory' or 'disk'")
+        if self.cache != "none" and self.with_motion:
+            raise ConfigError(f"data.cache={self.cache!r}: the cache holds no codec motion vectors "
+                              "(data.with_motion=true); set data.cache=none")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"data.std={self.std}: must be positive")
 
@@ -127,10 +137,15 @@ class ModelConfig:
     decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
     norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
     pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
+    # encoder attention heads; None = the preset's, or the checkpoint's. Required for an official .pth
+    # whose width is not a released VideoMAE one (the .pth does not store it)
+    num_heads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
+        if self.num_heads is not None:
+            _positive("model.num_heads", self.num_heads)
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 
@@ -142,9 +157,12 @@ class ContrastiveConfig:
     objective: str = "mae"  # mae | contrastive | mae+contrastive
     weight: float = 1.0  # lambda on the InfoNCE term in mae+contrastive
     temperature: float = 0.07  # initial tau
-    learnable_temperature: bool = False
+    learnable_temperature: bool = False  # learn tau (log-parametrized) instead of keeping it fixed
     proj_dim: int = 256  # output width of the video projection head
     text_projection: bool = False  # learnable linear map on the frozen text embedding
+    # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
+    # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
+    monitor_nce: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in ("mae", "contrastive", "mae+contrastive"):
@@ -161,11 +179,12 @@ class OptimConfig:
 
     base_lr: float = 1.5e-4  # lr at global batch 256
     lr: Optional[float] = None  # absolute lr; overrides base_lr scaling when set
+    lr_floor: Optional[float] = None  # the batch-scaled peak lr is at least this (None: no floor)
     min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr)
     warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr)
     warmup_epochs: float = 1.0  # linear warmup length in epochs
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (biases, norms, tokens excluded)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (VideoMAE pretraining: 0.9, 0.95)
     clip_grad: Optional[float] = 1.0  # max grad norm; None = no clipping
     layer_decay: float = 1.0  # layer-wise lr decay (finetuning: 0.75); 1 = off
     fused: bool = True  # fused AdamW kernel where available (much faster on CPU)
@@ -173,6 +192,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.base_lr <= 0 or (self.lr is not None and self.lr <= 0):
             raise ConfigError("optim.base_lr / optim.lr must be > 0")
+        if self.lr_floor is not None and self.lr_floor <= 0:
+            raise ConfigError(f"optim.lr_floor={self.lr_floor}: must be > 0 or null")
         if self.warmup_epochs < 0:
             raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs}: must be >= 0")
         if not 0 < self.layer_decay <= 1:
@@ -185,14 +206,14 @@ class OptimConfig:
 class TrainConfig:
     """The shared training loop: length, batch, precision, devices."""
 
-    epochs: int = 1
+    epochs: int = 1  # passes over the training set
     max_steps: Optional[int] = None  # stop after this many optimizer steps (None = all epochs)
     batch_size: int = 8  # per process
     accum_steps: int = 1  # gradient accumulation: optimizer step every N micro-batches
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA; auto = bf16 if supported)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    output_dir: str = "runs/default"
+    seed: int = 0  # seeds weights, sampling, augmentation and masks
+    output_dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     log_every: int = 10  # optimizer steps between metric records
     compile: bool = False  # torch.compile the model
 
@@ -213,7 +234,10 @@ class CheckpointConfig:
 
     every_steps: int = 200  # optimizer steps between checkpoints (also written at each epoch end)
     keep_last: int = 2  # older step checkpoints are deleted
-    resume: str = "auto"  # "auto" = latest in output_dir, "" = never, or a checkpoint path
+    # "auto" = latest in output_dir, "" = never, or a checkpoint path; a checkpoint trained with other
+    # settings is refused (keys allowed to change: tgmae.train.checkpoint.RESUMABLE_KEYS) unless
+    # "ignore_config" (= auto, continuing under the new settings)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         _positive("checkpoint.every_steps", self.every_steps)
@@ -231,15 +255,16 @@ class EvalConfig:
     """Downstream evaluation settings (finetune, linear probe, retrieval)."""
 
     num_classes: Optional[int] = None  # None = from the annotations
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # finetuning cross-entropy label smoothing
     mixup: float = 0.0  # mixup alpha (VideoMAE finetune: 0.8)
     cutmix: float = 0.0  # cutmix alpha (VideoMAE finetune: 1.0)
     probe_optimizer: str = "lars"  # lars | sgd
-    head_init_scale: float = 0.001
+    head_init_scale: float = 0.001  # classifier head weights scaled by this at init (VideoMAE)
     head_dropout: float = 0.0  # dropout before the classifier head
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
     class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
+    strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
 
     def __post_init__(self) -> None:
         if self.probe_optimizer not in ("lars", "sgd"):
@@ -416,8 +441,8 @@ def load_config(
 ) -> Any:
     """defaults < `base` dict < YAML file < dotted overrides, validated into `cls`."""
     merged: dict = {}
-    if base:
-        _deep_update(merged, base)
+    if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
+        _deep_update(merged, copy.deepcopy(base))
     if path:
         p = Path(path)
         if not p.is_file():

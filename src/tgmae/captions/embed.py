@@ -5,7 +5,8 @@ The cache is one safetensors file:
                                so a dot product is the cosine similarity TGM and InfoNCE use;
   `keys`       uint8 [N, 16]   first 16 bytes of sha256(utf-8 text) of each row's caption;
 and metadata naming the model (`model`: hub id or absolute local path, `config_hash`: sha256 of
-its config without version fields). Opening a cache for another model is refused with a message
+its config without version fields, `weights`: fingerprint of its weights, so new weights written
+over the same folder never reuse old embeddings). Opening a cache for another model is refused with a message
 (or, with `rebuild=True`, starts an empty cache). Writes go to a temp file that is renamed over
 the cache, so a kill leaves either the old or the new file, never a torn one.
 
@@ -25,14 +26,21 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from tgmae.captions.hub import ModelUnavailableError, load_pretrained, looks_like_path, quiet_transformers
+from tgmae.captions.hub import (
+    ModelUnavailableError,
+    load_pretrained,
+    looks_like_path,
+    quiet_transformers,
+    weights_fingerprint,
+)
+from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-text-embeddings/1"
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
                          "_attn_implementation_autoset", "_attn_implementation", "architectures"}
 
 
-class EmbeddingCacheError(RuntimeError):
+class EmbeddingCacheError(RuntimeError, UserError):
     """A cache file is unreadable, or belongs to another model; the message says what to do."""
 
 
@@ -55,10 +63,12 @@ def _config_hash(config: Any) -> str:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which text model made a set of embeddings: its name/path and a hash of its config."""
+    """Which text model made a set of embeddings: its name/path, a hash of its config and a
+    fingerprint of its weights (`tgmae.captions.hub.weights_fingerprint`; "" = not known)."""
 
     model: str
     config_hash: str
+    weights: str = ""
 
     @staticmethod
     def canonical_name(name_or_path: str) -> str:
@@ -66,11 +76,11 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, name_or_path: str) -> "ModelIdentity":
-        """Reads only the config (no weights)."""
+        """Reads the config and the weights' fingerprint (a few tensors; no model is built)."""
         from transformers import AutoConfig
 
         config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
-        return cls(cls.canonical_name(name_or_path), _config_hash(config))
+        return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "")
 
 
 class EmbeddingCache:
@@ -115,7 +125,7 @@ class EmbeddingCache:
             raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
             raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
-        identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""))
+        identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
         return cls(identity, emb, [bytes(row) for row in keys.tolist()])
 
     @classmethod
@@ -130,10 +140,19 @@ class EmbeddingCache:
             if rebuild:
                 return cls(identity)
             raise
-        if cache.identity != identity:
+        old = cache.identity
+        same = (old.model, old.config_hash) == (identity.model, identity.config_hash) and (
+            old.weights == identity.weights or not identity.weights)  # "" = no local weights to compare
+        if not same:
             if rebuild:
                 return cls(identity)
             old, new = cache.identity, identity
+            if (old.model, old.config_hash) == (new.model, new.config_hash):
+                raise EmbeddingCacheError(
+                    f"embedding cache {path} was built with other weights of {new.model!r} (weights "
+                    f"{old.weights or 'unrecorded'}, now {new.weights}): its embeddings are stale. Use another "
+                    "cache path, delete the file, or rebuild it (`tgmae embed-captions ... --rebuild`)."
+                )
             raise EmbeddingCacheError(
                 f"embedding cache {path} was built with {old.model!r} (config {old.config_hash[:12]}), "
                 f"not {new.model!r} (config {new.config_hash[:12]}); embeddings of different models "
@@ -191,7 +210,7 @@ class EmbeddingCache:
         keys = sorted(self._row, key=self._row.__getitem__)
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
-                "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
+                "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
@@ -269,10 +288,12 @@ class TextEmbedder:
 
 
 def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:
-    """`<captions stem>.<model slug>.emb.safetensors` next to the captions file."""
+    """`<captions stem>.<model slug>-<hash8>.emb.safetensors` next to the captions file; the hash
+    covers the model's name and its weights' fingerprint, so new weights get a new cache."""
     captions_file = Path(captions_file)
     slug = clip_model.rstrip("/").replace("\\", "/").split("/")[-1] or "model"
-    digest = hashlib.sha256(ModelIdentity.canonical_name(clip_model).encode()).hexdigest()[:8]
+    key = ModelIdentity.canonical_name(clip_model) + "@" + (weights_fingerprint(clip_model) or "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return captions_file.with_name(f"{captions_file.stem}.{slug}-{digest}.emb.safetensors")
 
 

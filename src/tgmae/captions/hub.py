@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from tgmae.errors import UserError
 
 T = TypeVar("T")
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(RuntimeError, UserError):
     """The weights/config/processor of a model cannot be found; the message says what to do."""
 
 
@@ -24,13 +26,16 @@ def hub_offline() -> bool:
 
 
 def looks_like_path(name: str) -> bool:
-    """A local directory rather than a hub id (`org/name` or `name`)."""
+    """A local directory rather than a hub id (`org/name` or `name`). `runs/clip` is a path when
+    the folder `runs` exists here (a missing model folder inside it is then reported at once,
+    not tried on the hub)."""
     return (
         name.startswith(("/", "./", "../", "~"))
         or name.endswith("/")
         or name.count("/") > 1
         or "\\" in name
         or Path(name).expanduser().exists()
+        or (name.count("/") == 1 and Path(name.split("/")[0]).expanduser().is_dir())
     )
 
 
@@ -88,3 +93,67 @@ def quiet_transformers() -> Callable[[], None]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     return lambda: hf_logging.set_verbosity(level)
+
+
+# The tensors that identify a CLIP's weights (`ClipBundle.fingerprint` hashes the same ones).
+PROJECTION_KEYS = ("visual_projection.weight", "text_projection.weight")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def projection_fingerprint(tensors: Sequence[Any]) -> str:
+    """16 hex digits of sha256 over the tensors' float32 bytes, in order (the projection weights:
+    they change whenever a CLIP is trained, whatever path it is saved under)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _weight_files(name_or_path: str) -> list[Path]:
+    if looks_like_path(name_or_path):
+        root = Path(name_or_path).expanduser()
+        found = [root / f for f in _WEIGHT_FILES if (root / f).is_file()]
+        return found[:1] or sorted(root.glob("model-*.safetensors"))
+    from transformers.utils import cached_file
+
+    for name in _WEIGHT_FILES:
+        try:
+            path = cached_file(name_or_path, name, local_files_only=True,
+                               _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+        if path:
+            return [Path(path)]
+    return []
+
+
+def weights_fingerprint(name_or_path: str) -> Optional[str]:
+    """Fingerprint of a model's weights as stored (no model is built), None when no weight file is
+    local. CLIP-like models: `projection_fingerprint` of PROJECTION_KEYS found (the value
+    `tgmae.masking.clip_features.ClipBundle.fingerprint` gives the loaded model); other models:
+    sha256 of the weight files' bytes. Caches of model outputs are keyed by it, so new weights
+    written over the same folder never reuse the old outputs."""
+    import hashlib
+
+    files = _weight_files(name_or_path)
+    if not files:
+        return None
+    if all(f.suffix == ".safetensors" for f in files):
+        from safetensors import safe_open
+
+        found: dict[str, Any] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                for key in PROJECTION_KEYS:
+                    if key in st.keys():
+                        found[key] = st.get_tensor(key)
+        if found:
+            return projection_fingerprint([found[k] for k in PROJECTION_KEYS if k in found])
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tgmae.captions.store import CaptionRecord, CaptionStoreError
+from tgmae.errors import UserError
 
 # Table 6a: prompts given to GPT-3.5 per action class, after CuPL.
 CUPL_PROMPTS: tuple[str, ...] = (
@@ -27,7 +28,7 @@ ORACLE_TEMPLATE = "{}"
 META_KEY = "_meta"  # reserved top-level key of a descriptions file: how it was made
 
 
-class DescriptionsError(ValueError):
+class DescriptionsError(ValueError, UserError):
     """A class-descriptions file is malformed; the message names the entry."""
 
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from tgmae.errors import UserError
+
 REQUIRED_KEYS = ("video_id", "captions", "source", "model")
 
 
-class CaptionStoreError(ValueError):
+class CaptionStoreError(ValueError, UserError):
     """A caption file or record is malformed; the message names the file, line or video."""
 
 

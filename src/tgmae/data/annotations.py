@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from tgmae.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ValueError, UserError):
     """An annotation file or row is malformed; the message names file and line."""
 
 
@@ -281,9 +283,12 @@ def load_annotations(
         raise ValueError(f"format={format!r}: expected one of {FORMATS}")
     rows = RowErrors(on_error, problems)
     root_p = Path(root) if str(root) else Path(".")
+    if str(root) and not root_p.is_dir():
+        raise AnnotationError(f"data root {root}: no such folder (data.root / --root)")
     ann = _resolve(root_p, annotations)
     if not ann.exists():
-        raise AnnotationError(f"{ann}: annotation file or folder not found")
+        where = f" (looked in {Path(annotations).resolve()} and {ann})" if ann != Path(annotations) else ""
+        raise AnnotationError(f"{annotations}: annotation file or folder not found{where}")
     records, classes = _readers()[format](root_p, ann, split, subset, rows)
     rows.finish(str(ann))
     return records, classes

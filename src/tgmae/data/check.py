@@ -126,8 +126,13 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]"
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(f"{usage}\n\ntools:\n  check  {__doc__.splitlines()[0]}\n\n"
+              "`tgmae data check --help` shows its arguments.")
+        return 0
     if not argv or argv[0] != "check":
-        print("usage: tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]",
+        print(usage if not argv else f"tgmae data: unknown tool {argv[0]!r} (expected: check)\n{usage}",
               file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv[1:])

@@ -6,22 +6,30 @@ comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so sampl
 on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
 corrupt, truncated, too short) are logged once per path, counted, and replaced by another index
 drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
+With `data.cache=memory|disk`, `VideoDataset` takes the frames from a decoded-clip cache
+(`tgmae.data.cache`) built when the dataset is made; samples are identical to the video path's.
+Evaluation never substitutes: with `substitute = False` every sample carries `unreadable` (bool)
+and an unreadable video gives a placeholder sample of the right shapes (zeros, its own label and
+index) with `unreadable` True and the reason in `load_error`, for the caller to leave out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tgmae.config import DataConfig
-from tgmae.data.annotations import VideoRecord, load_annotations
+from tgmae.config import ConfigError, DataConfig
+from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
+from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.video import VideoError, VideoReader
+from tgmae.errors import UserError
 from tgmae.masking.base import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
@@ -29,7 +37,7 @@ log = logging.getLogger(__name__)
 _logged_paths: set[str] = set()  # per process: each bad path is logged once
 
 
-class VideoLoadError(RuntimeError):
+class VideoLoadError(RuntimeError, UserError):
     """No readable video found within `max_load_retries` replacements."""
 
 
@@ -70,6 +78,7 @@ class _RobustBase(Dataset):
         self.failures = 0  # in this process; DataLoader users sum the samples' load_failures
         self._errors = _load_errors()
         self._targets = sorted(self.records[0].targets)
+        self.substitute = True  # False: report an unreadable video (placeholder) instead of replacing it
 
     def __len__(self) -> int:
         return len(self.records)
@@ -101,11 +110,15 @@ class _RobustBase(Dataset):
                 sample = self._load(idx, g)
             except self._errors as e:
                 self._note_failure(self.records[idx].path, e)
+                if not self.substitute:
+                    return self._unreadable(index, e)
                 reasons.append(f"{self.records[idx].path}: {e}")
                 idx = int(torch.randint(len(self.records), (1,),
                                         generator=sample_generator(self.seed, epoch, index, attempt, 1)))
                 continue
             sample["load_failures"] = attempt
+            if not self.substitute:
+                sample.update(unreadable=False, load_error="")
             return sample
         raise VideoLoadError(
             f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
@@ -115,7 +128,20 @@ class _RobustBase(Dataset):
         self.failures += 1
         if path not in _logged_paths:
             _logged_paths.add(path)
-            log.warning("unreadable video replaced: %s (%s)", path, err)
+            log.warning("unreadable video %s: %s (%s)", "replaced" if self.substitute else "left out", path, err)
+
+    def _unreadable(self, idx: int, err: BaseException) -> dict[str, Any]:
+        """Placeholder for a video that cannot be read (substitute False): the shapes of a sample."""
+        rec, t, size = self.records[idx], self.cfg.num_frames, self.cfg.image_size
+        v = getattr(self, "num_temporal", 0) * getattr(self, "num_spatial", 0)
+        lead = (v,) if v else ()
+        sample = self._base_sample(idx, rec)
+        sample.update(video=torch.zeros(*lead, 3, t, size, size), frame_indices=torch.zeros(*lead, t, dtype=torch.int64),
+                      crop=torch.zeros(*lead, 7), caption_id=torch.tensor(-1, dtype=torch.int64), load_failures=1,
+                      unreadable=True, load_error=f"{rec.path}: {err}")
+        if getattr(self, "mask_generator", None) is not None:
+            sample["mask"] = torch.zeros(math.prod(self.token_grid), dtype=torch.bool)
+        return sample
 
     def _base_sample(self, idx: int, rec: VideoRecord) -> dict[str, Any]:
         s: dict[str, Any] = {"label": int(rec.label), "index": idx, "video_id": rec.video_id}
@@ -135,6 +161,8 @@ class VideoDataset(_RobustBase):
       float32 [T, Hb, Wb, 2] of the sampled source frames (zeros on I-frames; None for frame
       folders, which carry no motion vectors).
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
+    cache: a prebuilt `ClipCache` holding the records' videos; by default one is built here when
+      `cfg.cache` is "memory" or "disk" (decoding `cfg.num_workers` videos at a time).
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, train: bool,
@@ -142,7 +170,7 @@ class VideoDataset(_RobustBase):
                  mask_generator: Optional[MaskGenerator] = None,
                  captions: Optional[CaptionProvider] = None, seed: int = 0,
                  augment: str = "pretrain", min_frames: Optional[int] = None,
-                 reader_threads: Optional[int] = None):
+                 reader_threads: Optional[int] = None, cache: Optional[ClipCache] = None):
         super().__init__(records, cfg, seed, min_frames)
         if mask_generator is not None and token_grid is None:
             raise ValueError("mask_generator needs token_grid (T', H', W')")
@@ -159,20 +187,19 @@ class VideoDataset(_RobustBase):
                                                rand_augment=cfg.rand_augment, erase_prob=cfg.random_erase)
         else:
             raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
+        self.cache = cache if cache is not None else build_clip_cache(
+            self.records, cfg.cache, cfg.cache_dir, threads=self.reader_threads, workers=cfg.num_workers)
 
     def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
         rec, cfg = self.records[idx], self.cfg
         want_motion = cfg.with_motion and self.mask_generator is not None
-        with VideoReader(rec.path, threads=self.reader_threads) as reader:
-            start, end = self._frame_range(rec, reader.info.num_frames)
+        if self.cache is not None:  # same indices, same frames, same generator draws as below
+            start, end = self._frame_range(rec, self.cache.num_frames(rec.path))
             fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
                               train=self.train, generator=g)
-            motion = None
-            if want_motion and not reader.info.is_frame_folder:
-                frames, mvs = reader.read(fi.numpy(), with_motion=True)
-                motion = _stack_motion(mvs)
-            else:
-                frames = reader.read(fi.numpy())
+            frames, motion = self.cache.read(rec.path, fi.numpy()), None
+        else:
+            frames, fi, motion = self._decode(rec, g, want_motion)
         video, crop = self.transform(frames, g)
         sample = self._base_sample(idx, rec)
         sample.update(video=video, frame_indices=fi, crop=crop.as_tensor())
@@ -185,6 +212,21 @@ class VideoDataset(_RobustBase):
                               video_id=rec.video_id, text_embedding=text, motion=motion)
             sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
         return sample
+
+    def _decode(self, rec: VideoRecord, g: torch.Generator, want_motion: bool):
+        """-> (frames uint8 [T, H, W, 3], frame indices [T], motion [T, Hb, Wb, 2] or None)."""
+        cfg = self.cfg
+        with VideoReader(rec.path, threads=self.reader_threads) as reader:
+            start, end = self._frame_range(rec, reader.info.num_frames)
+            fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
+                              train=self.train, generator=g)
+            motion = None
+            if want_motion and not reader.info.is_frame_folder:
+                frames, mvs = reader.read(fi.numpy(), with_motion=True)
+                motion = _stack_motion(mvs)
+            else:
+                frames = reader.read(fi.numpy())
+        return frames, fi, motion
 
 
 def _stack_motion(mvs: list[Optional[np.ndarray]]) -> torch.Tensor:
@@ -242,10 +284,10 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
         cfg.train_annotations if cfg.format in ("ssv2", "ucf101", "hmdb51", "diving48") else ""))
     if not ann:
         key = "train_annotations" if is_train else "val_annotations"
-        raise ValueError(f"no annotations for subset {subset!r}: set data.{key}")
+        raise ConfigError(f"no annotations for subset {subset!r}: set data.{key}")
     records, classes = load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset)
     if not records:
-        raise ValueError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
+        raise AnnotationError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
     if multi_view:
         ds: Dataset = MultiViewDataset(records, cfg, **kwargs)
     else:

@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 1  # bump when frame numbering or the stored index changes (clip caches key on it)
 _MEMORY_ENTRIES = 4096
 _memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 _lock = threading.Lock()  # captioning reads videos from a thread pool

@@ -114,7 +114,9 @@ def build_classifier(
     src = source if isinstance(source, EncoderSource) else load_encoder_source(source)
     if keep_head:
         if not src.head:
-            raise CheckpointError(f"{src.path}: not a finetuned classifier (no fc_norm/head weights)")
+            raise CheckpointError(
+                f"{src.path}: not a finetuned classifier (no fc_norm/head weights); pass the "
+                "classifier.safetensors of a `tgmae finetune` run (a pretrained encoder is finetuned or probed first)")
         if num_classes is not None and num_classes != src.num_classes:
             raise CheckpointError(f"{src.path}: classifier has {src.num_classes} classes, {num_classes} requested")
         num_classes = src.num_classes
@@ -154,22 +156,12 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], source: str)
 def save_classifier(model: VideoClassifier, path: str | os.PathLike,
                     class_names: Sequence[str] = ()) -> Path:
     """Write weights + arch + class names as one safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from tgmae.models.interop import write_safetensors
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     arch = dataclasses.replace(model.arch, drop_path=0.0)
     meta = {"format": CLASSIFIER_FORMAT, "arch": arch.to_json(), "num_classes": str(model.num_classes),
             "fc_norm_eps": repr(model.fc_norm.eps), "class_names": json.dumps(list(class_names))}
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return write_safetensors(model.state_dict(), path, meta)
 
 
 def load_classifier(path: str | os.PathLike, num_frames: Optional[int] = None,

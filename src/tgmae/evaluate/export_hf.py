@@ -1,4 +1,4 @@
-"""Export to transformers: `tgmae export-hf CKPT OUT_DIR [--classifier]`.
+"""Export to transformers: `tgmae export-hf CKPT OUT_DIR [--classifier | --pretraining]`.
 
 - default: a `VideoMAEModel` directory whose `last_hidden_state` equals our encoder's output on
   all tokens (the pretrained encoder with its final norm: HF `use_mean_pooling=False`, so HF's
@@ -6,10 +6,17 @@
 - `--classifier`: a finetuned classifier (`classifier.safetensors`, a finetune run or checkpoint)
   as `VideoMAEForVideoClassification` (mean pooling + `fc_norm`, `classifier` = our head), with
   `id2label` from the stored class names.
+- `--pretraining`: the whole pretraining model (encoder + decoder) as `VideoMAEForPreTraining`,
+  whose `logits` and `loss` for a video and `bool_masked_pos` equal our `pred` and `loss`.
 Weights are mapped with the models package's `ours_to_hf` (fused qkv -> query/key/value, q/v
-biases, no key bias), the config with `hf_config` (eps, widths, geometry). After writing, the
-directory is loaded back with `from_pretrained` and compared with our model on a random clip
-(HF input order [B, T, C, H, W]); the max abs difference is printed and must be <= 1e-4.
+biases, no key bias), the config with `hf_config` (eps, widths, geometry, and our arch as
+`tgmae_arch`, so `tgmae convert` gives back the same file). Beside the weights: a
+`preprocessor_config.json` (`VideoMAEImageProcessor`: resize the short side to the model size,
+centre crop, the run's mean/std: our single-view evaluation transform), so `AutoImageProcessor`
+and `pipeline("video-classification", model=DIR)` work, and a model card `README.md`
+(`evaluate.model_card`). After writing, the directory is loaded back with `from_pretrained` and
+compared with our model on a random clip (HF input order [B, T, C, H, W]); the max abs difference
+is printed and must be <= 1e-4.
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ import torch
 from torch import nn
 
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier
+from tgmae.evaluate.model_card import RunInfo, read_run, render_card
 from tgmae.evaluate.sources import CheckpointError, EncoderSource, load_encoder_source
+from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
+from tgmae.models.interop import load_pretraining_model
 from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.pretrainer import VideoMAEPretrainer
 
 TOLERANCE = 1e-4
 
@@ -51,10 +62,15 @@ def _hf_encoder_state(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
     """An in-memory transformers model with the weights of `module`: a VideoViTEncoder ->
-    VideoMAEModel, a VideoClassifier -> VideoMAEForVideoClassification."""
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
+    VideoMAEModel, a VideoClassifier -> VideoMAEForVideoClassification, a VideoMAEPretrainer ->
+    VideoMAEForPreTraining."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
-    if isinstance(module, VideoClassifier):
+    if isinstance(module, VideoMAEPretrainer):
+        config = VideoMAEConfig(**hf_config(module.arch))
+        model = VideoMAEForPreTraining(config)
+        state = ours_to_hf(module.state_dict())
+    elif isinstance(module, VideoClassifier):
         if module.arch.encoder_norm:
             raise ValueError("a classifier whose encoder keeps its final norm has no HF counterpart")
         if abs(module.fc_norm.eps - 1e-5) > 1e-12:
@@ -74,7 +90,8 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
         model = VideoMAEModel(config)
         state = {k[len("videomae."):]: v for k, v in _hf_encoder_state(module.state_dict()).items()}
     else:
-        raise TypeError(f"cannot export {type(module).__name__}: expected VideoViTEncoder or VideoClassifier")
+        raise TypeError(f"cannot export {type(module).__name__}: expected VideoViTEncoder, VideoClassifier "
+                        "or VideoMAEPretrainer")
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state and "position_embeddings" not in k)
     unexpected = sorted(set(state) - set(own))
@@ -84,16 +101,36 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
     return model.eval()
 
 
+def hf_target_matches(arch: VideoMAEArch) -> bool:
+    """Whether HF's pretraining loss equals ours: HF un-normalizes 3-channel input with the
+    ImageNet statistics (others not at all) before building the target; ours uses the arch's
+    mean/std. With `norm_pix_loss` the per-patch normalization cancels any per-channel affine map
+    (up to its 1e-6 guard), so only raw-pixel targets with other statistics differ."""
+    hf_mean, hf_std = (IMAGENET_MEAN, IMAGENET_STD) if arch.in_chans == 3 else ((0.0,) * arch.in_chans,
+                                                                             (1.0,) * arch.in_chans)
+    return arch.norm_pix_loss or (tuple(arch.pixel_mean) == tuple(hf_mean) and tuple(arch.pixel_std) == tuple(hf_std))
+
+
 @torch.no_grad()
 def compare_with_hf(ours: nn.Module, hf_dir: str | Path, seed: int = 0) -> float:
-    """Max |ours - HF| on one random clip: encoder output vs last_hidden_state, or logits."""
-    from transformers import VideoMAEForVideoClassification, VideoMAEModel
+    """Max |ours - HF| on one random clip: encoder output vs last_hidden_state, logits, or (a
+    pretraining model, 75% of the tokens masked) the prediction and, when the targets agree
+    (`hf_target_matches`), the loss."""
+    from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
     arch = ours.arch
     g = torch.Generator().manual_seed(seed)
     video = torch.randn(1, arch.in_chans, arch.num_frames, arch.image_size, arch.image_size, generator=g)
     hf_input = video.permute(0, 2, 1, 3, 4)  # HF: [B, T, C, H, W]
     ours = ours.eval().float()
+    if isinstance(ours, VideoMAEPretrainer):
+        n = arch.num_tokens
+        mask = torch.zeros(1, n, dtype=torch.bool)
+        mask[0, torch.randperm(n, generator=g)[: max(1, (3 * n) // 4)]] = True
+        ref = ours(video, mask)
+        hf = VideoMAEForPreTraining.from_pretrained(str(hf_dir)).eval()(pixel_values=hf_input, bool_masked_pos=mask)
+        diff = float((ref.pred - hf.logits).abs().max())
+        return max(diff, float((ref.loss - hf.loss).abs())) if hf_target_matches(arch) else diff
     if isinstance(ours, VideoClassifier):
         ref = ours(video)
         got = VideoMAEForVideoClassification.from_pretrained(str(hf_dir)).eval()(pixel_values=hf_input).logits
@@ -103,18 +140,60 @@ def compare_with_hf(ours: nn.Module, hf_dir: str | Path, seed: int = 0) -> float
     return float((ref - got).abs().max())
 
 
+def processor_settings(arch: VideoMAEArch, run: RunInfo) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """(mean, std, frame stride) the model expects: the run's data settings when its config is
+    known, else the arch's normalization and stride 1."""
+    if run.config is not None:
+        d = run.config.data
+        return tuple(d.mean), tuple(d.std), int(d.frame_stride)
+    return tuple(arch.pixel_mean), tuple(arch.pixel_std), 1
+
+
+def write_processor_config(out: Path, arch: VideoMAEArch, mean: Sequence[float], std: Sequence[float]) -> None:
+    """preprocessor_config.json: `VideoMAEImageProcessor` doing what our single-view evaluation
+    does (`data.transforms.EvalTransform`): short side -> image_size (bilinear, antialiased),
+    centre square crop, x / 255, (x - mean) / std."""
+    from transformers import VideoMAEImageProcessor
+
+    side = arch.image_size
+    VideoMAEImageProcessor(
+        do_resize=True, size={"shortest_edge": side}, resample=2,  # PIL.Image.BILINEAR
+        do_center_crop=True, crop_size={"height": side, "width": side},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[float(m) for m in mean], image_std=[float(v) for v in std],
+    ).save_pretrained(str(out))
+
+
+def _pretraining_model(checkpoint: str | os.PathLike) -> VideoMAEPretrainer:
+    """A pretraining model from ours / official / HF, or a run folder with its model.safetensors."""
+    p = Path(checkpoint)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"
+    return load_pretraining_model(p)
+
+
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classifier: bool = False,
-              verify: bool = True) -> ExportResult:
+              verify: bool = True, pretraining: bool = False) -> ExportResult:
     """Write an HF directory for `checkpoint` (see the module doc); returns where and the check."""
+    from tgmae import __version__
     from tgmae.captions.hub import quiet_transformers
 
-    src = load_encoder_source(checkpoint)
-    if classifier:
-        module: nn.Module = build_classifier(src, keep_head=True).eval()
-        names = src.class_names
+    if classifier and pretraining:
+        raise ValueError("choose one of classifier / pretraining")
+    names: list[str] = []
+    if pretraining:
+        module: nn.Module = _pretraining_model(checkpoint).eval()
+        kind = "pretraining"
     else:
-        module = _encoder_from_source(src)
-        names = []
+        src = load_encoder_source(checkpoint)
+        if classifier:
+            module = build_classifier(src, keep_head=True).eval()
+            names = list(src.class_names)
+        else:
+            module = _encoder_from_source(src)
+        kind = "classifier" if classifier else "encoder"
+    run = read_run(checkpoint)
+    mean, std, stride = processor_settings(module.arch, run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
@@ -125,6 +204,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     try:
         model = hf_model(module, names)
         model.save_pretrained(str(out))
+        write_processor_config(out, module.arch, mean, std)
         diff = compare_with_hf(module, out) if verify else None
     finally:
         restore()
@@ -132,7 +212,20 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
             hf_logging.enable_progress_bar()
     if diff is not None and diff > TOLERANCE:
         raise RuntimeError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
-    return ExportResult(out, type(model).__name__, diff)
+    hf_class = type(model).__name__
+    if diff is None:
+        check = "Not verified after writing (--no-verify)."
+    else:
+        what = {"pretraining": "prediction" + (" and loss" if hf_target_matches(module.arch) else
+                                                 " (HF's loss un-normalizes with ImageNet statistics, this run's "
+                                                 "raw-pixel target does not: the losses differ)"),
+                "classifier": "logits", "encoder": "last_hidden_state"}[kind]
+        check = f"Reloaded with `from_pretrained`, its {what} matched ours on a random clip to {diff:.1e}."
+    card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
+                       mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
+                       version=__version__)
+    (out / "README.md").write_text(card)
+    return ExportResult(out, hf_class, diff)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -141,15 +234,23 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("out_dir", help="output directory (transformers save_pretrained layout)")
     parser.add_argument("--classifier", action="store_true",
                         help="export a finetuned classifier as VideoMAEForVideoClassification")
+    parser.add_argument("--pretraining", action="store_true",
+                        help="export the whole pretraining model (encoder + decoder) as VideoMAEForPreTraining")
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     args = parser.parse_args(list(argv))
+    if args.classifier and args.pretraining:
+        parser.error("--classifier and --pretraining exclude each other")
     try:
-        res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify)
-    except (CheckpointError, ValueError, RuntimeError) as e:
+        res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
+                        pretraining=args.pretraining)
+    except (CheckpointError, ValueError) as e:  # bad input: exit 2, as every command
+        parser.exit(2, f"tgmae export-hf: {e}\n")
+    except RuntimeError as e:  # e.g. the exported model does not reproduce ours
         parser.exit(1, f"tgmae export-hf: {e}\n")
     check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
     print(f"wrote {res.hf_class} to {res.out_dir}{check}")
     return 0
 
 
-__all__ = ["export_hf", "hf_model", "compare_with_hf", "ExportResult", "TOLERANCE", "main"]
+__all__ = ["export_hf", "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
+           "write_processor_config", "ExportResult", "TOLERANCE", "main"]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.evaluate.sharded import all_gather_objects, default_device, map_dataset, world
+from tgmae.evaluate.sharded import (all_gather_objects, default_device, map_dataset, no_substitution,
+                                    split_unreadable, world)
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -46,14 +47,17 @@ def pooled_features(encoder: nn.Module, video: torch.Tensor, precision: str = "f
 def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
                      num_workers: int = 0, device: Optional[torch.device] = None,
                      progress: bool = False) -> dict[str, torch.Tensor]:
-    """{features [N, D] float32, label [N], index [N], load_failures [N]} in dataset order."""
+    """{features [N, D] float32, label [N], index [N], load_failures [N]} in dataset order; an
+    unreadable video is never replaced by another (its row is marked in `unreadable`, with the
+    reason in `load_error`, for a `tgmae.data.dataset` dataset)."""
     device = device or default_device(encoder)
     was_training = encoder.training
     encoder.eval()
     try:
-        return map_dataset(dataset, lambda b: {"features": pooled_features(encoder, b["video"], precision)},
-                           batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
-                           desc="features")
+        with no_substitution(dataset):
+            return map_dataset(dataset, lambda b: {"features": pooled_features(encoder, b["video"], precision)},
+                               batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+                               desc="features")
     finally:
         encoder.train(was_training)
 
@@ -115,9 +119,14 @@ def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, input
 
 
 def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[Path], inputs: Optional[dict] = None,
+                    *, strict: bool = False, unreadable: Optional[list] = None,
                     **extract_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, D], labels [N]) from `cache_path` when present (on every rank), else
-    extracted (all ranks) and written there by rank 0. cache_path None = no caching."""
+    extracted (all ranks) and written there by rank 0. cache_path None = no caching.
+
+    Videos that cannot be read are left out (N counts the readable ones) and appended to
+    `unreadable` as {index, video_id, label, reason}; strict: they raise `VideoLoadError`. A set
+    with unreadable videos is not cached (the next run tries them again)."""
     if cache_path is not None:
         cached = read_cached(cache_path)
         ok = cached is not None and cached["features"].shape[0] == len(dataset)
@@ -125,10 +134,13 @@ def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[P
             log.info("features from cache %s", cache_path)
             return cached["features"], cached["labels"]
     out = extract_features(encoder, dataset, **extract_kwargs)
-    failures = int(out["load_failures"].sum())
+    out, skipped = split_unreadable(out, dataset, strict, "feature extraction")
+    if unreadable is not None:
+        unreadable.extend(skipped)
+    failures = int(out["load_failures"].sum()) + len(skipped)
     if cache_path is not None and world()[0] == 0:
         if failures:
-            log.warning("%d unreadable videos were replaced while extracting features; not caching them", failures)
+            log.warning("%d videos could not be read while extracting features (left out); not caching", failures)
         else:
             write_cached(cache_path, out["features"], out["label"], inputs or {})
     return out["features"], out["label"]

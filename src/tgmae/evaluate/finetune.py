@@ -2,7 +2,7 @@
 
 `tgmae finetune -c configs/... model.pretrained=PATH` (VideoMAE's recipe, `recipes.FINETUNE_RECIPE`,
 under the YAML and overrides): layer-wise lr decay (`optim.layer_decay`), drop path
-(`model.drop_path`), label smoothing, mixup / cutmix (`eval.*`), warmup + cosine; top-1 / top-5
+(`model.drop_path`), label smoothing, mixup / cutmix (`eval.*`), warmup + cosine; top-1 / top-5 (top-5 with more than 5 classes)
 on the single-view val set after every epoch; at the end `classifier.safetensors` and a
 multi-view test (`data.test_temporal_views` x `data.test_spatial_views`) in `test_results.json`.
 PATH: ours, an official VideoMAE .pth, a transformers directory, or a training checkpoint/run.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import RunConfig
+from tgmae.config import ConfigError, RunConfig
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
+from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
@@ -65,6 +68,7 @@ class FinetuneTask:
         self._train = train_data
         self._val = val_data
         self._num_classes = num_classes
+        self.inputs_fingerprint: Optional[str] = None  # model.pretrained's encoder digest, set by build_model
 
     # -- data ------------------------------------------------------------------------------------
     def train_dataset(self) -> Dataset:
@@ -96,7 +100,16 @@ class FinetuneTask:
         c = self.cfg
         common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
         if c.model.pretrained:
-            model = build_classifier(c.model.pretrained, self.num_classes, num_frames=c.data.num_frames,
+            from tgmae.evaluate.sources import load_encoder_source
+            from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+
+            src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
+            check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)
+            # kept in every checkpoint: a resume refuses other weights under the same path
+            self.inputs_fingerprint = src.digest()
+            if note := size_from_checkpoint(c.model, src.arch):
+                log.info("%s: %s", c.model.pretrained, note)
+            model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
                                      image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
             log.info("finetuning the encoder of %s", c.model.pretrained)
         else:
@@ -132,13 +145,14 @@ class FinetuneTask:
         if val is None:
             return {}
         res = self.test(model, val)
-        return {"val_top1": res.top1, "val_top5": res.top5, "val_loss": res.loss}
+        top5 = {} if res.top5 is None else {"val_top5": res.top5}
+        return {"val_top1": res.top1, **top5, "val_loss": res.loss}
 
     def test(self, model: nn.Module, dataset: Dataset) -> ClassificationResult:
         device = next(model.parameters()).device
         return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
                                    precision=resolve_precision(self.cfg.train.precision, device),
-                                   num_workers=self.cfg.data.num_workers, device=device)
+                                   num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict)
 
 
 @dataclass
@@ -172,13 +186,16 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
         summary: dict[str, Any] = {"classifier": str(path), "num_classes": task.num_classes}
         val = [r for r in fit.history if "val_top1" in r]
         if val:
-            summary.update(val_top1=val[-1]["val_top1"], val_top5=val[-1]["val_top5"])
+            summary.update({k: val[-1][k] for k in ("val_top1", "val_top5") if k in val[-1]})
         if test is not None:
             test_summary = test.summary(names)
             (out / "test_results.json").write_text(json.dumps(test_summary, indent=2))
-            summary.update(test_top1=test.top1, test_top5=test.top5, test_views=test.num_views,
-                           test_mean_class_accuracy=test.mean_class_accuracy)
-            log.info("multi-view test: top-1 %.4f top-5 %.4f (%d videos x %d views)", test.top1, test.top5,
+            if test.top5 is not None:
+                summary["test_top5"] = test.top5
+            summary.update(test_top1=test.top1, test_views=test.num_views,
+                           test_mean_class_accuracy=test.mean_class_accuracy, test_videos=test.num_videos,
+                           test_unreadable=test.num_unreadable)
+            log.info("multi-view test: %s (%d videos x %d views)", topk_text(test.top1, test.top5),
                      test.num_videos, test.num_views)
         (out / "finetune_results.json").write_text(json.dumps(summary, indent=2))
     return FinetuneResult(out, path, fit.history, test)
@@ -189,10 +206,14 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_with_recipe("finetune", argv, FINETUNE_RECIPE, description=__doc__.splitlines()[0])
-    result = finetune(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        result = finetune(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae finetune: {e}\n")
+        return 2
     print(f"run directory: {result.output_dir}")
     if result.test is not None:
-        print(f"test top-1 {result.test.top1:.4f}  top-5 {result.test.top5:.4f}")
+        print(f"test {topk_text(result.test.top1, result.test.top5)}")
     return 0
 
 

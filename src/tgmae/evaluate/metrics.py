@@ -9,7 +9,7 @@ collapsed model (all similarities equal) scores the chance floor, never a perfec
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -18,6 +18,17 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     """{k: fraction of rows whose label is among the k highest scores}; k is capped at K."""
     correct = topk_correct(scores, labels, ks)
     return {k: float(c.float().mean()) if c.numel() else float("nan") for k, c in correct.items()}
+
+
+def reported_ks(num_classes: int) -> tuple[int, ...]:
+    """Which top-k accuracies a report states: (1, 5) with more than 5 classes, else (1,) (top-5
+    of 5 classes or fewer is always 1.0 and says nothing)."""
+    return (1, 5) if num_classes > 5 else (1,)
+
+
+def topk_text(top1: float, top5: Optional[float]) -> str:
+    """'top-1 0.4200  top-5 0.8100', or 'top-1 0.4200' when top-5 is not reported (None)."""
+    return f"top-1 {top1:.4f}" + ("" if top5 is None else f"  top-5 {top5:.4f}")
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
@@ -97,6 +108,6 @@ def relevance_from_ids(query_ids: Sequence | torch.Tensor, gallery_ids: Sequence
 
 
 __all__ = [
-    "topk_accuracy", "topk_correct", "per_class_accuracy", "mean_class_accuracy",
+    "topk_accuracy", "topk_correct", "reported_ks", "topk_text", "per_class_accuracy", "mean_class_accuracy",
     "retrieval_ranks", "recall_at_k", "median_rank", "relevance_from_ids",
 ]

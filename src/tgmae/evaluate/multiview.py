@@ -7,7 +7,11 @@ and the per-video probabilities gathered in memory (`evaluate.sharded`).
 
 `tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER` tests a finetuned classifier on
 `data.val_annotations` with `data.test_temporal_views` x `data.test_spatial_views` views and
-writes `<train.output_dir>/test_results.json` (top-1, top-5, mean class accuracy, per class).
+writes `<train.output_dir>/test_results.json` (top-1, top-5 with more than 5 classes, mean class
+accuracy, per class). A test video that cannot be read (or is shorter than the clip) is never
+replaced by another: the readable videos are scored, the others listed with their reasons
+(`unreadable`) and counted per class; with `eval.strict=true` the test fails instead
+(`VideoLoadError`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.evaluate.metrics import per_class_accuracy, topk_accuracy
-from tgmae.evaluate.sharded import default_device, map_dataset
+from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
+from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -35,7 +39,7 @@ class ClassificationResult:
     """Per-video results of a test pass; `probs` [N, K] and `labels` [N] in dataset order."""
 
     top1: float
-    top5: float
+    top5: Optional[float]  # None with 5 classes or fewer (it would always be 1.0)
     mean_class_accuracy: float
     per_class: list[float]  # accuracy per class id (NaN: class absent from the test set)
     loss: float  # NLL of the view-averaged probabilities
@@ -44,15 +48,32 @@ class ClassificationResult:
     load_failures: int
     probs: torch.Tensor = field(repr=False)
     labels: torch.Tensor = field(repr=False)
+    unreadable: list[dict] = field(default_factory=list)  # left out: {index, video_id, label, reason}
+
+    @property
+    def num_unreadable(self) -> int:
+        return len(self.unreadable)
 
     def summary(self, class_names: Sequence[str] = ()) -> dict[str, Any]:
-        """JSON-ready dict (per-class accuracies keyed by class name when given)."""
-        names = list(class_names) if len(class_names) == len(self.per_class) else [str(i) for i in range(len(self.per_class))]
+        """JSON-ready dict (per-class accuracies keyed by class name when given). `num_videos`
+        counts the scored (readable) videos; `per_class_videos` gives each class's scored and
+        unreadable counts, so a class whose videos could not be read stays visible."""
+        k = len(self.per_class)
+        names = list(class_names) if len(class_names) == k else [str(i) for i in range(k)]
+        scored = torch.bincount(self.labels, minlength=k).tolist()
+        missing = [0] * k
+        for u in self.unreadable:
+            if 0 <= u["label"] < k:
+                missing[u["label"]] += 1
+        top5 = {} if self.top5 is None else {"top5": self.top5}
         return {
-            "top1": self.top1, "top5": self.top5, "mean_class_accuracy": self.mean_class_accuracy,
-            "loss": self.loss, "num_videos": self.num_videos, "num_views": self.num_views,
-            "load_failures": self.load_failures,
+            "top1": self.top1, **top5, "mean_class_accuracy": self.mean_class_accuracy,
+            "loss": self.loss, "num_videos": self.num_videos, "num_unreadable": self.num_unreadable,
+            "num_views": self.num_views, "load_failures": self.load_failures,
             "per_class": {n: (None if math.isnan(a) else a) for n, a in zip(names, self.per_class)},
+            "per_class_videos": {n: {"scored": s, "unreadable": m} for n, s, m in zip(names, scored, missing)
+                                 if s or m},
+            "unreadable": [{**u, "class": names[u["label"]] if 0 <= u["label"] < k else None} for u in self.unreadable],
         }
 
 
@@ -67,11 +88,14 @@ def predict_views(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
                   num_workers: int = 0, device: Optional[torch.device] = None,
                   progress: bool = False) -> dict[str, torch.Tensor]:
     """{probs [N, K], label [N], index [N], views [N], load_failures [N]}: per video, the softmax
-    averaged over its views. batch_size counts clips per forward pass."""
+    averaged over its views (and `unreadable` [N] / `load_error` from a dataset of
+    `tgmae.data.dataset`: rows of videos that could not be read hold no prediction to score).
+    batch_size counts clips per forward pass."""
     device = device or default_device(model)
     was_training = model.training
     model.eval()
     per_loader = max(1, batch_size // views_per_sample(dataset))
+    # (unreadable videos come back as placeholders marked `unreadable`, never as another video)
 
     def fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         video = batch["video"]
@@ -87,34 +111,44 @@ def predict_views(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
         return {"probs": probs, "views": torch.full((b,), v, dtype=torch.int64)}
 
     try:
-        return map_dataset(dataset, fn, batch_size=per_loader, device=device, num_workers=num_workers,
-                           progress=progress, desc="testing")
+        with no_substitution(dataset):
+            return map_dataset(dataset, fn, batch_size=per_loader, device=device, num_workers=num_workers,
+                               progress=progress, desc="testing")
     finally:
         model.train(was_training)
 
 
 def classification_result(probs: torch.Tensor, labels: torch.Tensor, views: int = 1,
-                          load_failures: int = 0) -> ClassificationResult:
+                          load_failures: int = 0, unreadable: Sequence[dict] = ()) -> ClassificationResult:
     """Metrics of view-averaged probabilities [N, K] against labels [N]."""
     k = probs.shape[1]
-    acc = topk_accuracy(probs, labels, (1, 5))
+    acc = topk_accuracy(probs, labels, reported_ks(k))
     per_class = per_class_accuracy(probs.argmax(dim=1), labels, k)
     present = per_class[~per_class.isnan()]
     nll = -torch.log(probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12)).mean()
     return ClassificationResult(
-        top1=acc[1], top5=acc[5], mean_class_accuracy=float(present.mean()) if present.numel() else float("nan"),
+        top1=acc[1], top5=acc.get(5), mean_class_accuracy=float(present.mean()) if present.numel() else float("nan"),
         per_class=[float(a) for a in per_class], loss=float(nll), num_videos=int(labels.shape[0]),
-        num_views=views, load_failures=load_failures, probs=probs, labels=labels)
+        num_views=views, load_failures=load_failures, probs=probs, labels=labels, unreadable=list(unreadable))
 
 
 def evaluate_classifier(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
                         num_workers: int = 0, device: Optional[torch.device] = None,
-                        progress: bool = False) -> ClassificationResult:
-    """Test `model` (video [B, C, T, H, W] -> logits [B, K]) on `dataset`, all ranks together."""
+                        progress: bool = False, strict: bool = False) -> ClassificationResult:
+    """Test `model` (video [B, C, T, H, W] -> logits [B, K]) on `dataset`, all ranks together.
+
+    Only readable videos are scored; the others are in `result.unreadable`. strict: an unreadable
+    video raises `VideoLoadError` instead."""
     out = predict_views(model, dataset, batch_size=batch_size, precision=precision, num_workers=num_workers,
                         device=device, progress=progress)
+    out, unreadable = split_unreadable(out, dataset, strict, "multi-view test")
+    if not len(out["label"]):
+        from tgmae.data.dataset import VideoLoadError
+
+        raise VideoLoadError(f"none of the {len(unreadable)} test videos can be read: "
+                             + "; ".join(u["reason"] for u in unreadable[:3]))
     return classification_result(out["probs"], out["label"], int(out["views"].max()),
-                                 int(out["load_failures"].sum()))
+                                 int(out["load_failures"].sum()), unreadable)
 
 
 def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
@@ -131,14 +165,16 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     dist_info = init_distributed(cfg.train.device)
     if classifier is None:
         if not cfg.model.pretrained:
-            raise ValueError("model.pretrained must name a finetuned classifier to test")
+            from tgmae.config import ConfigError
+
+            raise ConfigError("model.pretrained must name a finetuned classifier to test")
         classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, dist_info.device)
     result = evaluate_classifier(classifier, dataset, batch_size=cfg.train.batch_size, precision=precision,
                                  num_workers=cfg.data.num_workers, device=dist_info.device,
-                                 progress=progress and cfg.log.progress)
+                                 progress=progress and cfg.log.progress, strict=cfg.eval.strict)
     if world()[0] == 0:
         names = getattr(dataset, "class_names", None) or getattr(classifier, "class_names", [])
         out = Path(cfg.train.output_dir)
@@ -146,8 +182,11 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         summary = result.summary(names)
         summary["views"] = f"{dataset.num_temporal}x{dataset.num_spatial}"
         (out / "test_results.json").write_text(json.dumps(summary, indent=2))
-        log.info("multi-view test (%s views, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
-                 summary["views"], result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
+        log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
+                 result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
+        if result.unreadable:
+            log.warning("%d of %d test videos could not be read and were not scored (listed in %s)",
+                        result.num_unreadable, result.num_videos + result.num_unreadable, out / "test_results.json")
     return result
 
 
@@ -157,8 +196,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("evaluate", argv, description=__doc__.splitlines()[0])
     result = evaluate_checkpoint(cfg)
-    print(f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  mean class {result.mean_class_accuracy:.4f}  "
-          f"({result.num_videos} videos x {result.num_views} views)")
+    print(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
+          f"({result.num_videos} videos x {result.num_views} views"
+          + (f"; {result.num_unreadable} unreadable videos not scored, listed in test_results.json)"
+             if result.unreadable else ")"))
     return 0
 
 

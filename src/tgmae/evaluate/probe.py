@@ -4,8 +4,9 @@
 the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
 clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
 (`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
-trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256, no weight
-decay, warmup + cosine. Top-1 / top-5 on the val features after every epoch; the final numbers
+trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256 with a floor
+of 1.0 (`optim.lr_floor`: small sets train too), no weight decay, warmup + cosine. Top-1 / top-5
+(with more than 5 classes) on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import OptimConfig, RunConfig
+from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.evaluate.lars import LARS
-from tgmae.evaluate.metrics import topk_accuracy
+from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 
@@ -58,6 +61,7 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
         self.features = features.float()
         self.labels = labels.long()
+        self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -77,6 +81,20 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
     raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd")
 
 
+def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
+    """sha256 over the train / val features and labels and the class count: what the probe learns from."""
+    h = hashlib.sha256(f"classes={num_classes}".encode())
+    for part in (train, val):
+        if part is None:
+            h.update(b"none")
+            continue
+        for t in (part.features, part.labels):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class ProbeTask:
     """batch {features [B, D], label [B]} -> cross-entropy of the linear head."""
 
@@ -88,6 +106,9 @@ class ProbeTask:
         self.train = train
         self.val = val
         self.num_classes = num_classes
+        # The loop stores this in every checkpoint and refuses to resume on other features
+        # (e.g. new weights written over the same model.pretrained path).
+        self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -116,24 +137,26 @@ class ProbeTask:
 
 @torch.no_grad()
 def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
-    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics)."""
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
+    top5 only with more than 5 classes."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    acc = topk_accuracy(logits, data.labels, (1, 5))
-    return {"top1": acc[1], "top5": acc[5], "loss": float(F.cross_entropy(logits, data.labels))}
+    acc = topk_accuracy(logits, data.labels, reported_ks(logits.shape[1]))
+    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(F.cross_entropy(logits, data.labels))}
 
 
 @dataclass
 class ProbeResult:
     output_dir: Path
     top1: float
-    top5: float
+    top5: Optional[float]  # None with 5 classes or fewer
     best_top1: float
     history: list[dict]
     model: ProbeHead
+    best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
@@ -143,19 +166,27 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
     given here are cached only under an explicit `cache_dir` and keyed by their length and the
-    encoder (the caller vouches they do not change). Returns (train, val or None, class names).
+    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
+    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
+    (train, val or None, class names).
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.train.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
 
     if not cfg.model.pretrained:
-        raise ValueError("model.pretrained must name the checkpoint whose encoder is probed")
+        from tgmae.config import ConfigError
+
+        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
     dist_info = init_distributed(cfg.train.device)
     device = dist_info.device
-    src = load_encoder_source(cfg.model.pretrained)
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
+    if note := size_from_checkpoint(cfg.model, src.arch):
+        log.info("%s: %s", cfg.model.pretrained, note)
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)
@@ -185,8 +216,12 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
             path = root / f"{subset}-{key}.safetensors"
         else:
             path, inputs = None, {}
-        feats, labels = cached_features(encoder, data, path, inputs, **kwargs)
-        return FeatureDataset(feats, labels)
+        skipped: list = []
+        feats, labels = cached_features(encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
+                                        **kwargs)
+        features = FeatureDataset(feats, labels)
+        features.unreadable = skipped
+        return features
 
     train = get("train", train_data)
     val = get("val", val_data) if val_data is not None else None
@@ -206,17 +241,25 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     task = ProbeTask(probe_cfg, train, val, num_classes)
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
-    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan"), "top5": float("nan")}
-    scores = [r["val_top1"] for r in fit.history if "val_top1" in r]
-    best = max(scores) if scores else final["top1"]
+    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan")}
+    # fit.history holds every epoch's evaluation, those before a resume included (kept in the checkpoint).
+    scored = [r for r in fit.history if "val_top1" in r]
+    best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None  # first of equal bests
+    best = best_record["val_top1"] if best_record else final["top1"]
+    best_epoch = best_record["epoch"] if best_record else None
     if trainer.dist.is_main:
-        summary = {"top1": final["top1"], "top5": final["top5"], "best_top1": best,
+        summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}),
+                   "best_top1": best, "best_epoch": best_epoch,
                    "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
                    "num_train": len(train), "num_val": len(val) if val is not None else 0,
+                   "num_unreadable_train": len(train.unreadable),
+                   "num_unreadable_val": len(val.unreadable) if val is not None else 0,
+                   "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
                    "pretrained": cfg.model.pretrained}
         (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
-        log.info("linear probe: top-1 %.4f (best %.4f), top-5 %.4f", final["top1"], best, final["top5"])
-    return ProbeResult(fit.output_dir, final["top1"], final["top5"], best, fit.history, fit.model)
+        log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
+                 best_epoch)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -224,9 +267,13 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
-    result = linear_probe(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        result = linear_probe(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae probe: {e}\n")
+        return 2
     print(f"run directory: {result.output_dir}")
-    print(f"linear probe top-1 {result.top1:.4f} (best {result.best_top1:.4f})  top-5 {result.top5:.4f}")
+    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
     return 0
 
 

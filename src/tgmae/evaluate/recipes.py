@@ -8,7 +8,6 @@ next to the run's outputs as always.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 # VideoMAE finetuning: lr 1e-3 x batch/256 (min / warmup lr 1e-6, scaled alike), 5 warmup epochs,
@@ -22,9 +21,12 @@ FINETUNE_RECIPE: dict = {
 }
 
 # MAE linear probe: LARS, base lr 0.1 x batch/256, no weight decay, 10 warmup epochs of 90,
-# cosine to 0, no grad clipping.
+# cosine to 0, no grad clipping. The scaled lr has a floor of 1.0 (MAE's own value at batch 2560;
+# the study's absolute probe lr): LARS moves each weight by at most lr x 0.001 of its norm per
+# step, so at batch 4-16 on a few hundred clips 0.1 x batch/256 leaves the head at its init.
+# Batches >= 2560 get MAE's recipe unchanged.
 PROBE_RECIPE: dict = {
-    "optim": {"base_lr": 0.1, "min_lr": 0.0, "warmup_lr": 0.0, "warmup_epochs": 10.0,
+    "optim": {"base_lr": 0.1, "lr_floor": 1.0, "min_lr": 0.0, "warmup_lr": 0.0, "warmup_epochs": 10.0,
               "weight_decay": 0.0, "clip_grad": None, "layer_decay": 1.0},
     "train": {"epochs": 90},
     "eval": {"probe_optimizer": "lars"},
@@ -35,22 +37,17 @@ def parse_with_recipe(prog: str, argv: Sequence[str], recipe: dict, description:
     """`-c CONFIG.yaml section.key=value ...` (as `tgmae.cli.parse_run_args`) with `recipe` as the
     defaults under the file and the overrides. Returns (RunConfig, argparse.Namespace)."""
     from tgmae.cli import parse_run_args
-    from tgmae.config import ConfigError, load_config
 
-    _, args = parse_run_args(prog, argv, description=description)
-    try:
-        cfg = load_config(args.config, args.overrides, base=recipe)
-    except ConfigError as e:
-        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
-        raise SystemExit(2) from None
-    return cfg, args
+    return parse_run_args(prog, argv, description=description, base=recipe)
 
 
 def with_recipe(recipe: dict, path: str | None = None, overrides: Sequence[str] = ()):
     """RunConfig = defaults < recipe < YAML `path` < overrides (for scripts and the study)."""
+    import copy
+
     from tgmae.config import load_config
 
-    return load_config(path, list(overrides), base=recipe)
+    return load_config(path, list(overrides), base=copy.deepcopy(recipe))  # the shared recipe stays as written
 
 
 __all__ = ["FINETUNE_RECIPE", "PROBE_RECIPE", "parse_with_recipe", "with_recipe"]

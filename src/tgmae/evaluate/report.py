@@ -252,10 +252,12 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
 
 
 def main(argv: Sequence[str]) -> int:
+    from tgmae.cli import parse_args
+
     parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
     parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
-    args = parser.parse_args(list(argv))
+    args = parse_args(parser, argv)
     try:
         records = collect_records(args.runs)
     except FileNotFoundError as e:

@@ -10,6 +10,8 @@ text embedding through the model's text map (`embed_text`), L2-normalized. The t
   videos that carry it.
 Recall@1/5/10 in both directions (`metrics.recall_at_k`; ties count against the query). Text
 queries without any relevant video (a class absent from the split) are left out.
+A video that cannot be read is left out of the gallery (never replaced by another) and listed
+in the results with its reason; `eval.strict=true` fails instead.
 
 `tgmae retrieve -c CONFIG.yaml model.pretrained=RUN_OR_CHECKPOINT [eval.retrieval_text=captions]`
 writes `<train.output_dir>/retrieval_results.json`.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from tgmae.config import ConfigError
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
-from tgmae.evaluate.sharded import default_device, map_dataset
+from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.models.interop import CheckpointError
 from tgmae.train.precision import autocast
 
@@ -49,9 +52,11 @@ class RetrievalResult:
     num_videos: int
     num_texts: int
     mode: str
+    unreadable: list = field(default_factory=list)  # videos left out: {index, video_id, label, reason}
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "num_videos": self.num_videos, "num_texts": self.num_texts,
+                "num_unreadable": len(self.unreadable), "unreadable": self.unreadable,
                 "video_to_text": {f"R@{k}": v for k, v in self.video_to_text.items()},
                 "text_to_video": {f"R@{k}": v for k, v in self.text_to_video.items()}}
 
@@ -95,9 +100,15 @@ def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             state, meta = read_safetensors(c)
             if "video_head.fc1.weight" in state:
                 return state, meta
+    hint = "retrieval needs a checkpoint of a VideoTextPretrainer run (captions.file and a contrastive objective)"
+    run_checkpoints = path.parent / "checkpoints"
+    if path.is_file() and run_checkpoints.is_dir() and find_latest(run_checkpoints) is not None:
+        # the run's final model.safetensors is the portable MAE model; the head is in its checkpoints
+        latest = find_latest(run_checkpoints) / "model.safetensors"
+        if latest.is_file() and "video_head.fc1.weight" in read_safetensors(latest)[0]:
+            hint = f"the contrastive head of this run is in {latest}: pass that file or the run folder {path.parent}"
     raise CheckpointError(
-        f"{path}: no contrastive video head found (looked in {', '.join(str(c) for c in candidates)}); "
-        "retrieval needs a checkpoint of a VideoTextPretrainer run")
+        f"{path}: no contrastive video head found (looked in {', '.join(str(c) for c in candidates)}); {hint}")
 
 
 def load_video_text_model(path: str | os.PathLike) -> nn.Module:
@@ -138,7 +149,8 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
 def video_embeddings(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
                      num_workers: int = 0, device: Optional[torch.device] = None,
                      progress: bool = False) -> dict[str, torch.Tensor]:
-    """{embedding [N, P] L2-normalized, label [N], index [N]} of every video, in dataset order.
+    """{embedding [N, P] L2-normalized, label [N], index [N]} of every video, in dataset order
+    (never a substitute: a video that cannot be read is marked in `unreadable`).
 
     model: a VideoTextPretrainer (its `encoder` and `embed_video` are used, in eval mode)."""
     device = device or default_device(model)
@@ -156,8 +168,9 @@ def video_embeddings(model: nn.Module, dataset: Dataset, *, batch_size: int = 8,
         return {"embedding": F.normalize(model.embed_video(latent).float(), dim=-1)}
 
     try:
-        return map_dataset(dataset, fn, batch_size=batch_size, device=device, num_workers=num_workers,
-                           progress=progress, desc="video embeddings")
+        with no_substitution(dataset):
+            return map_dataset(dataset, fn, batch_size=batch_size, device=device, num_workers=num_workers,
+                               progress=progress, desc="video embeddings")
     finally:
         model.train(was_training)
 
@@ -208,7 +221,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     dist_info = init_distributed(cfg.train.device)
     if model is None:
         if not cfg.model.pretrained:
-            raise ValueError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
+            raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
         model = load_video_text_model(cfg.model.pretrained)
     model = model.to(dist_info.device)
     if dataset is None:
@@ -219,12 +232,13 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
                            precision=resolve_precision(cfg.train.precision, dist_info.device),
                            num_workers=cfg.data.num_workers, device=dist_info.device,
                            progress=progress and cfg.log.progress)
+    out, unreadable = split_unreadable(out, dataset, cfg.eval.strict, "retrieval")
     if mode == "classes":
         names = list(getattr(dataset, "class_names", None) or [])
         if not names:
             raise ValueError("class-prompt retrieval needs the dataset's class names")
         if not cfg.captions.clip_model:
-            raise ValueError("captions.clip_model must name the CLIP model whose text tower embeds the prompts")
+            raise ConfigError("captions.clip_model must name the CLIP model whose text tower embeds the prompts")
         from tgmae.captions.embed import embed_texts
 
         prompts = class_prompts(names, cfg.eval.class_prompt)
@@ -244,6 +258,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         used = relevant.any(dim=0)  # the gallery: captions of the evaluated videos only
         clip, relevant = provider.embeddings[used], relevant[:, used]
     result = retrieval_metrics(out["embedding"], text_embeddings(model, clip), relevant, KS, mode)
+    result.unreadable = unreadable
+    if unreadable:
+        log.warning("retrieval: %d unreadable videos left out of the gallery (listed in retrieval_results.json)",
+                    len(unreadable))
     if world()[0] == 0:
         target = Path(cfg.train.output_dir)
         target.mkdir(parents=True, exist_ok=True)

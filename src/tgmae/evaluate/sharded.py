@@ -8,7 +8,8 @@ Outside torchrun everything runs in the one process.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,9 @@ def map_dataset(
 
     fn: batch (tensors already on `device`) -> {name: [b, ...]} per-sample outputs. The result
     also holds `index` [N] (dataset order 0..N-1), `label` [N] and `load_failures` [N] from the
-    samples. Row i is dataset item i whichever rank computed it.
+    samples, and, when the samples carry them (a dataset with `substitute` False), `unreadable`
+    [N] bool and `load_error` (a list of N strings). Row i is dataset item i whichever rank
+    computed it.
     """
     rank, size = world()
     n = len(dataset)
@@ -59,7 +62,7 @@ def map_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(mine), unit="video", desc=desc or "evaluating", dynamic_ncols=True)
-    start = 0
+    start, errors = 0, []
     for batch in loader:
         b = len(batch["label"])
         on_device = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -67,6 +70,9 @@ def map_dataset(
         out["index"] = torch.tensor(mine[start:start + b], dtype=torch.int64)  # requested, not replaced
         out["label"] = torch.as_tensor(batch["label"]).long().cpu()
         out["load_failures"] = torch.as_tensor(batch.get("load_failures", torch.zeros(b))).long().cpu()
+        if "unreadable" in batch:
+            out["unreadable"] = torch.as_tensor(batch["unreadable"]).bool().cpu()
+            errors.extend(batch["load_error"])
         for k, v in out.items():
             if v.shape[0] != b:
                 raise ValueError(f"fn returned {k!r} with {v.shape[0]} rows for a batch of {b}")
@@ -76,13 +82,56 @@ def map_dataset(
             bar.update(b)
     if bar is not None:
         bar.close()
-    local = {k: torch.cat(v) for k, v in parts.items()}
+    local: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items()}
+    if "unreadable" in local:
+        local["load_error"] = errors
     gathered = [g for g in all_gather_objects(local) if g]
     if not gathered:
         raise ValueError("the dataset is empty")
-    merged = {k: torch.cat([g[k] for g in gathered]) for k in gathered[0]}
+    merged = {k: torch.cat([g[k] for g in gathered]) if torch.is_tensor(gathered[0][k]) else sum((g[k] for g in gathered), [])
+              for k in gathered[0]}
     order = torch.argsort(merged["index"])
-    return {k: v[order] for k, v in merged.items()}
+    return {k: v[order] if torch.is_tensor(v) else [v[i] for i in order.tolist()] for k, v in merged.items()}
+
+
+@contextmanager
+def no_substitution(dataset: Dataset) -> Iterator[Dataset]:
+    """Within the block `dataset` (one with a `substitute` flag, `tgmae.data.dataset`) reports an
+    unreadable video as such instead of replacing it with another video: evaluation scores only
+    the videos it was asked to score."""
+    before = getattr(dataset, "substitute", None)
+    if before is not None:
+        dataset.substitute = False  # type: ignore[attr-defined]
+    try:
+        yield dataset
+    finally:
+        if before is not None:
+            dataset.substitute = before  # type: ignore[attr-defined]
+
+
+def split_unreadable(out: dict[str, Any], dataset: Dataset, strict: bool = False,
+                     what: str = "evaluation") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(rows of `out` (a `map_dataset` result) for the readable videos, the unreadable videos as
+    [{index, video_id, label, reason}]). strict: any unreadable video raises `VideoLoadError`
+    naming them (`eval.strict=true`). A result without `unreadable` rows is returned whole."""
+    if "unreadable" not in out or not bool(out["unreadable"].any()):
+        return out, []
+    bad = out["unreadable"]
+    records = getattr(dataset, "records", None)
+    listed = []
+    for row in bad.nonzero().flatten().tolist():
+        i = int(out["index"][row])
+        listed.append({"index": i, "video_id": records[i].video_id if records is not None else str(i),
+                       "label": int(out["label"][row]), "reason": out["load_error"][row]})
+    if strict:
+        from tgmae.data.dataset import VideoLoadError
+
+        shown = "; ".join(u["reason"] for u in listed[:3]) + (" ..." if len(listed) > 3 else "")
+        raise VideoLoadError(f"{what}: {len(listed)} of {len(bad)} videos cannot be read (eval.strict=true; "
+                             f"set eval.strict=false to score the readable ones and list these): {shown}")
+    keep = ~bad
+    kept = {k: v[keep] if torch.is_tensor(v) else [e for e, ok in zip(v, keep.tolist()) if ok] for k, v in out.items()}
+    return kept, listed
 
 
 def default_device(model: torch.nn.Module, fallback: Optional[torch.device] = None) -> torch.device:
@@ -92,4 +141,4 @@ def default_device(model: torch.nn.Module, fallback: Optional[torch.device] = No
     return fallback or torch.device("cpu")
 
 
-__all__ = ["world", "all_gather_objects", "map_dataset", "default_device"]
+__all__ = ["world", "all_gather_objects", "map_dataset", "default_device", "no_substitution", "split_unreadable"]

@@ -1,8 +1,9 @@
 """Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets.
 
 `load_encoder_source(path)` accepts:
-- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), or a finetuned
-  classifier `.safetensors` (`save_classifier`, format CLASSIFIER_FORMAT);
+- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), an encoder-only one
+  (`tgmae.models.interop.save_encoder`), or a finetuned classifier `.safetensors`
+  (`save_classifier`, format CLASSIFIER_FORMAT);
 - an official VideoMAE `.pth`: pretraining (through `tgmae.models.load_pretraining_model`) or
   finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`);
 - a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
@@ -26,6 +27,7 @@ import torch
 
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch, arch_from_config
 from tgmae.models.interop import (
+    ENCODER_FORMAT,
     FORMAT as PRETRAIN_FORMAT,
     CheckpointError,
     _hf_directory_state,
@@ -34,7 +36,14 @@ from tgmae.models.interop import (
     _unwrap,
     load_pretraining_model,
 )
-from tgmae.models.layouts import OFFICIAL_ENCODER_HEADS, hf_arch, hf_to_ours, strip_wrappers
+from tgmae.models.layouts import (
+    OFFICIAL_DECODER_HEADS,
+    OFFICIAL_ENCODER_HEADS,
+    hf_arch,
+    hf_to_ours,
+    official_heads,
+    strip_wrappers,
+)
 
 CLASSIFIER_FORMAT = "tgmae.video-classifier.v1"
 TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a shared-loop checkpoint
@@ -83,7 +92,7 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     """Read encoder (and head) weights from any supported checkpoint; see the module doc.
 
     num_heads: only for foreign checkpoints that do not store it (official .pth of a width
-    outside the released models).
+    outside the released models: required there, `model.num_heads`).
     """
     p = Path(path)
     if not p.exists():
@@ -129,6 +138,8 @@ def _from_safetensors(p: Path) -> EncoderSource:
         model = load_pretraining_model(p)
         enc = {k: v for k, v in model.encoder.state_dict().items()}
         return EncoderSource(model.arch, enc, kind="tgmae", path=str(p))
+    if fmt == ENCODER_FORMAT:
+        return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p))
     if fmt == CLASSIFIER_FORMAT:
         arch = VideoMAEArch.from_json(meta["arch"])
         enc, head = _split(state, str(p))
@@ -178,6 +189,9 @@ def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
     state = strip_wrappers(_unwrap(_read_torch(p), p))
     if "encoder_to_decoder.weight" in state:  # official pretraining layout
         overrides = {"num_heads": num_heads} if num_heads else {}
+        # Only the encoder is kept: the dropped decoder's head count changes nothing here.
+        ddim = int(state["encoder_to_decoder.weight"].shape[0])
+        overrides["decoder_heads"] = OFFICIAL_DECODER_HEADS.get(ddim, 1)
         model = load_pretraining_model(p, **overrides)
         return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(p))
     enc, head = _split(state, str(p))
@@ -232,11 +246,12 @@ def _count_blocks(state: dict[str, Any]) -> int:
 
 def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int] = None,
                        layer_norm_eps: float = 1e-6, num_frames: int = 16, image_size: int = 224) -> VideoMAEArch:
-    """Encoder architecture from its state dict's shapes (heads: released VideoMAE counts)."""
+    """Encoder architecture from its state dict's shapes (heads: `num_heads`, else the released
+    VideoMAE count of that width; another width without `num_heads` is a ConfigError)."""
     w = enc[_EMBED_KEY]  # [D, C, t, p, p]
     dim, chans, tub, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
     hidden = int(enc["blocks.0.mlp.fc1.weight"].shape[0])
-    heads = num_heads or OFFICIAL_ENCODER_HEADS.get(dim, max(1, dim // 64))
+    heads = official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert: --num-heads)")
     return VideoMAEArch(
         embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
         patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,

@@ -78,6 +78,7 @@ PRETRAIN_BASE = [
     "optim.lr=1e-3", "optim.warmup_epochs=1", "train.epochs=10", "train.batch_size=16",
     "train.log_every=2", "checkpoint.every_steps=1000", "log.progress=false",
     "contrastive.text_projection=true", "contrastive.proj_dim=64",
+    "contrastive.monitor_nce=true",  # mae runs log InfoNCE too (the Figure 4 curves)
 ]
 # Absolute lrs: the recipes' batch/256 scaling assumes ImageNet-scale epochs; on a few hundred
 # videos it leaves the probe's LARS head and the finetuned model barely moved from their init.
@@ -171,6 +172,25 @@ def _num_classes(paths: StudyPaths) -> int:
     return len(json.loads((paths.data / "meta.json").read_text())["classes"])
 
 
+def check_phase_settings(cfg) -> None:
+    """Refuse a phase folder whose config.yaml (what ran there) differs from `cfg` in a training-
+    relevant key (`tgmae.train.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
+    otherwise skip the phase and report the old run's numbers. ConfigError, one line per key."""
+    import yaml
+
+    from tgmae.config import RunConfig, to_dict
+    from tgmae.train.checkpoint import config_differences
+
+    saved = Path(cfg.train.output_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg), to_dict(RunConfig()))
+    if diffs:
+        lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
+        raise ConfigError(f"{saved.parent} holds a run made with other settings (that run -> this study):\n{lines}\n"
+                          "Use another study out_dir, or delete that folder to rerun it.")
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results already exist."""
@@ -181,6 +201,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
 
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
     run = paths.run(masking, objective, seed)
+    for phase in (pre, probe, fine):  # results of other settings are never reused
+        check_phase_settings(phase)
     record_path = run / "study_record.json"
     if record_path.is_file():  # done; records of earlier versions get the fields added since
         record = json.loads(record_path.read_text())
@@ -245,13 +267,14 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
 
 
 def main(argv: Sequence[str]) -> int:
+    from tgmae.cli import parse_args
     from tgmae.config import from_dict
 
     parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="study YAML (configs/study_synthetic.yaml)")
     parser.add_argument("--quick", action="store_true", help="CI-sized: tiny set, 1-epoch phases")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
-    args = parser.parse_args(list(argv))
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import yaml
 
@@ -268,6 +291,9 @@ def main(argv: Sequence[str]) -> int:
         study = from_dict(StudyConfig, values, prefix="study")
     except ConfigError as e:
         parser.exit(2, f"tgmae study: config error: {e}\n")
-    out = run_study(study, quick=args.quick)
+    try:
+        out = run_study(study, quick=args.quick)
+    except ConfigError as e:
+        parser.exit(2, f"tgmae study: {e}\n")
     print(f"study report: {out / 'report.md'}")
     return 0

@@ -89,12 +89,12 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
 
 
 def recon_main(argv: Sequence[str]) -> int:
-    from tgmae.config import load_config
+    from tgmae.cli import load_run_config, parse_args
     from tgmae.masking import build_mask_generator
     from tgmae.train.pretrain import write_pretrain_figures
 
-    args = _parser("recon").parse_args(list(argv))
-    cfg = load_config(args.config, args.overrides)
+    args = parse_args(_parser("recon"), argv)
+    cfg = load_run_config("visualize recon", args.config, args.overrides)
     model = load_pretrainer(args.checkpoint, cfg.data.num_frames, cfg.data.image_size)
     captions = None
     if cfg.captions.file:
@@ -111,13 +111,13 @@ def recon_main(argv: Sequence[str]) -> int:
 
 
 def attention_main(argv: Sequence[str]) -> int:
-    from tgmae.config import load_config
+    from tgmae.cli import load_run_config, parse_args
     from tgmae.evaluate.sources import load_encoder_source
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.viz.attention import attention_figures
 
-    args = _parser("attention").parse_args(list(argv))
-    cfg = load_config(args.config, args.overrides)
+    args = parse_args(_parser("attention"), argv)
+    cfg = load_run_config("visualize attention", args.config, args.overrides)
     src = load_encoder_source(args.checkpoint)
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
                                drop_path=0.0)

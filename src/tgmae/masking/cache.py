@@ -31,15 +31,17 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tgmae.errors import UserError
+
 CACHE_FORMAT = "tgmae-similarity-cache"
 CACHE_VERSION = 1
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(ValueError, UserError):
     """The cache was built with another CLIP, mode, caption source or geometry."""
 
 
-class MissingCacheEntry(LookupError):
+class MissingCacheEntry(LookupError, UserError):
     """A video has no cached similarity map (with the reason recorded when the cache was built)."""
 
     def __str__(self) -> str:  # LookupError would quote the message
@@ -221,6 +223,15 @@ class SimilarityCache:
                 f"similarity cache {self.root} was built with CLIP {m.clip_model!r}, but this run "
                 f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip}`"
             )
+        if expect_clip:  # same path, other weights (a CLIP retrained into the same folder)
+            from tgmae.captions.hub import weights_fingerprint
+
+            now = weights_fingerprint(expect_clip)
+            if now is not None and now != m.clip_fingerprint:
+                raise CacheMismatchError(
+                    f"similarity cache {self.root} was built with other weights of CLIP {expect_clip!r} "
+                    f"(fingerprint {m.clip_fingerprint}, now {now}); rebuild it with `tgmae masks --clip {expect_clip}`"
+                )
         if expect_caption_source is not None and expect_caption_source != m.caption_source:
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built from captions {m.caption_source!r}, but "

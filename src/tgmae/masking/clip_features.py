@@ -17,7 +17,6 @@ map that TGM ranks.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -57,19 +56,24 @@ class ClipBundle:
         return int(self.model.config.projection_dim)
 
     def fingerprint(self) -> str:
-        """Short hash of the projection weights: identifies the weights whatever the path."""
-        h = hashlib.sha256()
-        for p in (self.model.visual_projection.weight, self.model.text_projection.weight):
-            h.update(p.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Short hash of the projection weights: identifies the weights whatever the path (equal to
+        `tgmae.captions.hub.weights_fingerprint` of the files they were loaded from)."""
+        from tgmae.captions.hub import projection_fingerprint
+
+        return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
 
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
-    """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory."""
+    """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory.
+
+    Raises `ModelUnavailableError` (one message) for a local path that does not exist or a hub id
+    that is neither cached nor reachable."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = CLIPModel.from_pretrained(name_or_path).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    from tgmae.captions.hub import load_pretrained  # a missing local path fails at once, offline explained
+
+    model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model").to(device).eval()
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
     mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
     try:
         from transformers import AutoImageProcessor

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tgmae.config import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -149,8 +151,16 @@ def arch_from_config(
     pipeline's mean/std when they differ from ImageNet, so the target matches VideoMAE's.
     """
     if model_cfg.preset not in PRESETS:
-        raise ValueError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
+        from tgmae.config import ConfigError
+
+        raise ConfigError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
     size = dict(PRESETS[model_cfg.preset])
+    heads = getattr(model_cfg, "num_heads", None)
+    if heads is not None:
+        if size["embed_dim"] % heads:
+            raise ConfigError(f"model.num_heads={heads}: must divide the preset's width {size['embed_dim']} "
+                              f"(model.preset={model_cfg.preset!r})")
+        size["num_heads"] = heads
     if model_cfg.decoder_depth is not None:
         size["decoder_depth"] = model_cfg.decoder_depth
     if model_cfg.decoder_dim is not None:
@@ -177,3 +187,41 @@ def arch_from_config(
         norm_pix_loss=model_cfg.norm_pix_loss,
         **extra,
     )
+
+
+def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, decoder: bool = False) -> None:
+    """Refuse a checkpoint whose geometry is not the one the config states (`model.pretrained`).
+
+    Compared: model.patch_size, model.tubelet_size, model.num_heads (when set), the size
+    (width, depth, heads) when the checkpoint's is a preset's, and with `decoder` the decoder's
+    width and depth (model.decoder_dim / model.decoder_depth, or the preset's). A checkpoint
+    of a size no preset has keeps its own (the caller logs it). Clip length and image side may
+    differ (fixed sin-cos position embeddings). Raises ConfigError naming the key, the config's
+    value and the checkpoint's.
+    """
+    checks = [("model.patch_size", model_cfg.patch_size, arch.patch_size),
+              ("model.tubelet_size", model_cfg.tubelet_size, arch.tubelet_size)]
+    named = [n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth)]
+    if named and model_cfg.preset not in named:
+        checks.append(("model.preset", model_cfg.preset, named[0]))
+    heads = getattr(model_cfg, "num_heads", None)
+    if heads is None and model_cfg.preset in named:  # the preset implies its head count
+        heads = PRESETS[model_cfg.preset]["num_heads"]
+    if heads is not None:
+        checks.append(("model.num_heads", heads, arch.num_heads))
+    if decoder and model_cfg.preset in PRESETS:
+        size = dict(PRESETS[model_cfg.preset])
+        checks.append(("model.decoder_dim", model_cfg.decoder_dim or size["decoder_dim"], arch.decoder_dim))
+        checks.append(("model.decoder_depth", model_cfg.decoder_depth or size["decoder_depth"], arch.decoder_depth))
+    for key, mine, theirs in checks:
+        if mine != theirs:
+            raise ConfigError(f"{key}={mine!r} but the checkpoint {source} has {theirs!r}: set {key}={theirs} "
+                              "(its weights fix it), or leave model.pretrained empty")
+
+
+def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
+    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored)."""
+    if any((p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth) for p in PRESETS.values()):
+        return None
+    return (f"encoder size from the checkpoint (width {arch.embed_dim}, depth {arch.depth}, {arch.num_heads} heads; "
+            f"no preset has it, model.preset={model_cfg.preset!r} is not used)")

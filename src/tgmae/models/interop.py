@@ -8,7 +8,10 @@
 - transformers `VideoMAEForPreTraining` directories (`save_pretrained`): config.json plus
   model.safetensors (sharded or not) or pytorch_model.bin. Read without importing transformers.
 
-`tgmae convert SRC OUT.safetensors` (convert_main) turns either foreign layout into ours.
+- Ours, encoder only: `.safetensors` with `format` = ENCODER_FORMAT and `arch` (what `tgmae
+  convert` makes of a transformers `VideoMAEModel` directory); `save_encoder` writes it.
+
+`tgmae convert` (tgmae.evaluate.convert) turns every foreign layout into ours.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
+from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.layouts import hf_arch, hf_to_ours, official_arch, strip_wrappers
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
 FORMAT = "tgmae.videomae-pretrain.v1"
+ENCODER_FORMAT = "tgmae.video-encoder.v1"
 _LIST_LIMIT = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """A checkpoint cannot be read or does not fit the model; the message says which keys."""
 
 
@@ -167,16 +173,17 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
     return _load_into(model, state, f"{p} ({kind} layout)", extra_unexpected).eval()
 
 
-def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -> Path:
-    """Write weights + arch as one safetensors file, atomically (temp file, then rename)."""
+def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: Mapping[str, str]) -> Path:
+    """Write a state dict + string metadata as one safetensors file, atomically (temp, rename)."""
     from safetensors.torch import save_file
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "arch": model.arch.to_json()})
+        save_file(tensors, str(tmp), metadata=dict(metadata))
         os.replace(tmp, p)
     finally:
         if tmp.exists():
@@ -184,43 +191,32 @@ def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -
     return p
 
 
-def convert_main(argv: Optional[Sequence[str]] = None) -> int:
-    """`tgmae convert SRC OUT.safetensors`: official .pth / HF directory / ours -> ours."""
-    parser = argparse.ArgumentParser(
-        prog="tgmae convert",
-        description="Convert an official VideoMAE pretraining .pth or a Hugging Face "
-                    "VideoMAEForPreTraining directory into a tgmae .safetensors file.")
-    parser.add_argument("src", help="checkpoint: .pth file, HF directory, or tgmae .safetensors")
-    parser.add_argument("out", help="output .safetensors path")
-    parser.add_argument("--num-frames", type=int, help="clip length (official .pth: default 16)")
-    parser.add_argument("--image-size", type=int, help="input side (official .pth: default 224)")
-    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth: released value)")
-    parser.add_argument("--decoder-heads", type=int, help="decoder heads (official .pth: released value)")
-    parser.add_argument("--no-norm-pix-loss", action="store_true",
-                        help="the model was trained on raw pixels, not per-patch normalized ones")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    overrides: dict[str, Any] = {}
-    for field in ("num_frames", "image_size", "num_heads", "decoder_heads"):
-        if getattr(args, field) is not None:
-            overrides[field] = getattr(args, field)
-    if args.no_norm_pix_loss:
-        overrides["norm_pix_loss"] = False
-    if not args.out.endswith(".safetensors"):
-        parser.error(f"OUT must end in .safetensors, got {args.out!r}")
-    try:
-        model = load_pretraining_model(args.src, **overrides)
-    except (CheckpointError, ValueError) as e:
-        parser.exit(1, f"tgmae convert: {e}\n")
-    save_pretraining_model(model, args.out)
-    a = model.arch
-    n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out}: {detect_format(args.src)} -> tgmae, {n / 1e6:.1f}M parameters, "
-          f"encoder {a.embed_dim}x{a.depth} ({a.num_heads} heads), decoder {a.decoder_dim}x"
-          f"{a.decoder_depth} ({a.decoder_heads} heads), {a.num_frames} frames at {a.image_size}px")
-    return 0
+def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -> Path:
+    """Write weights + arch as one safetensors file, atomically (temp file, then rename)."""
+    return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json()})
+
+
+def save_encoder(encoder: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT."""
+    return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json()})
+
+
+def holds_decoder(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint is a whole pretraining model (encoder + decoder), by its container:
+    our FORMAT, an HF `VideoMAEForPreTraining` directory, an official pretraining `.pth`."""
+    p = Path(path)
+    kind = detect_format(p)
+    if kind == "tgmae":
+        return read_safetensors(p)[1].get("format") == FORMAT
+    if kind == "hf":
+        archs = json.loads((p / "config.json").read_text()).get("architectures") or []
+        if archs:
+            return "VideoMAEForPreTraining" in archs
+        return any(k.startswith("decoder.") for k in _hf_directory_state(p))
+    return "encoder_to_decoder.weight" in strip_wrappers(_unwrap(_read_torch(p), p))
 
 
 __all__ = [
-    "CheckpointError", "FORMAT", "detect_format", "load_pretraining_model",
-    "save_pretraining_model", "convert_main",
+    "CheckpointError", "FORMAT", "ENCODER_FORMAT", "detect_format", "load_pretraining_model",
+    "save_pretraining_model", "save_encoder", "write_safetensors", "holds_decoder",
 ]

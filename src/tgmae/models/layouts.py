@@ -13,9 +13,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
 
 # Head counts of the released VideoMAE models (not stored in the .pth): width -> heads.
 OFFICIAL_ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -64,6 +66,20 @@ def _count_blocks(state: Mapping[str, Any], prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def official_heads(width: int, given: Optional[int], table: Mapping[int, int], option: str) -> int:
+    """Head count of an official .pth block stack: `given`, else the released model's of that width.
+
+    A .pth does not store head counts, and a wrong one changes every output, so a width outside
+    the released models without `given` is a ConfigError naming the option to pass."""
+    if given:
+        return int(given)
+    if width in table:
+        return table[width]
+    raise ConfigError(
+        f"the checkpoint's {width}-wide blocks are no released VideoMAE width ({sorted(table)}) and a .pth "
+        f"does not store its head count: pass {option}")
+
+
 def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, image_size: int = 224,
                   num_heads: Optional[int] = None, decoder_heads: Optional[int] = None,
                   norm_pix_loss: bool = True) -> VideoMAEArch:
@@ -71,7 +87,7 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
 
     Widths, depths, patch, tubelet and channels come from tensor shapes; head counts, clip
     geometry and the loss flavour are not stored, so they come from the arguments (heads default
-    to the released models' counts, else width / 64).
+    to the released models' counts; another width without them is a ConfigError).
     """
     w = state["encoder.patch_embed.proj.weight"]  # [D, C, t, p, p]
     dim, chans, tub, patch = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
@@ -79,11 +95,11 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
     hidden = state["encoder.blocks.0.mlp.fc1.weight"].shape[0]
     return VideoMAEArch(
         embed_dim=dim, depth=_count_blocks(state, "encoder.blocks."),
-        num_heads=num_heads or OFFICIAL_ENCODER_HEADS.get(dim, max(1, dim // 64)),
+        num_heads=official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "--num-heads (model.num_heads)"),
         mlp_ratio=hidden / dim, patch_size=patch, tubelet_size=tub, num_frames=num_frames,
         image_size=image_size, in_chans=chans, decoder_dim=ddim,
         decoder_depth=_count_blocks(state, "decoder.blocks."),
-        decoder_heads=decoder_heads or OFFICIAL_DECODER_HEADS.get(ddim, max(1, ddim // 64)),
+        decoder_heads=official_heads(ddim, decoder_heads, OFFICIAL_DECODER_HEADS, "--decoder-heads"),
         norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
         encoder_norm="encoder.norm.weight" in state,
         pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
@@ -100,7 +116,15 @@ def _single(value: Any, what: str) -> int:
 
 
 def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
-    """HF `VideoMAEConfig` (config.json as a dict) -> VideoMAEArch with the same numerics."""
+    """HF `VideoMAEConfig` (config.json as a dict) -> VideoMAEArch with the same numerics.
+
+    A config we exported carries our full arch under `tgmae_arch` (values HF has no field for:
+    the decoder norm eps, the data mean/std); it is used when every HF field still agrees with
+    it, so ours -> HF -> ours gives back the arch we started from.
+    """
+    stored = _stored_arch(config)
+    if stored is not None:
+        return stored
     if config.get("model_type", "videomae") != "videomae":
         raise ValueError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
     act = config.get("hidden_act", "gelu")
@@ -131,8 +155,22 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
     )
 
 
+def _stored_arch(config: Mapping[str, Any]) -> Optional[VideoMAEArch]:
+    """The `tgmae_arch` of an exported config, if present and consistent with the HF fields."""
+    text = config.get(ARCH_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        arch = VideoMAEArch.from_json(text)
+    except (ValueError, TypeError):
+        return None
+    expected = hf_config(arch)
+    keys = [k for k in expected if k != ARCH_KEY and k in config]
+    return arch if all(config[k] == expected[k] for k in keys) else None
+
+
 def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
-    """VideoMAEArch -> keyword arguments of `transformers.VideoMAEConfig`.
+    """VideoMAEArch -> keyword arguments of `transformers.VideoMAEConfig` (plus `tgmae_arch`).
 
     Same numerics except HF's decoder.norm eps, fixed at 1e-5 there (`arch.head_norm_eps`
     otherwise): a difference far below float32 noise for unit-scale activations.
@@ -146,7 +184,7 @@ def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
         decoder_num_attention_heads=arch.decoder_heads, decoder_hidden_size=arch.decoder_dim,
         decoder_num_hidden_layers=arch.decoder_depth,
         decoder_intermediate_size=int(arch.decoder_dim * arch.mlp_ratio),
-        norm_pix_loss=arch.norm_pix_loss,
+        norm_pix_loss=arch.norm_pix_loss, **{ARCH_KEY: arch.to_json()},
     )
 
 
@@ -231,5 +269,5 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
 ]

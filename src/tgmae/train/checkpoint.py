@@ -3,12 +3,14 @@
 Layout under `<output_dir>/checkpoints/`:
     step_00000120/model.safetensors   model weights (metadata: resolved run config as JSON)
     step_00000120/state.pt            optimizer, grad scaler, step, epoch, data position, RNG,
-                                      resolved config: plain tensors/containers only, loaded
-                                      with `torch.load(weights_only=True)`
+                                      resolved config, extra (evaluation records so far, the
+                                      task's inputs fingerprint): plain tensors/containers
+                                      only, loaded with `torch.load(weights_only=True)`
     latest                            name of the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name and renamed into place, and `latest`
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
+A resume compares the stored config with the new one (`check_resume_config`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,71 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tgmae.errors import UserError
+
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     """A checkpoint cannot be read or does not match the run."""
+
+
+# Keys that may differ between a checkpoint's stored config and the config that resumes it: they
+# change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
+# train.max_steps extend it), never what the steps already taken computed. A key ending in "."
+# covers its whole section. Anything else that differs makes the resume a CheckpointError.
+RESUMABLE_KEYS = (
+    "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every",
+    "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
+    "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
+)
+IGNORE_CONFIG = "ignore_config"  # checkpoint.resume value: resume the latest checkpoint whatever differs
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, new value) for every training-relevant key that differs.
+
+    Keys in RESUMABLE_KEYS are left out. A key the stored config lacks (written before the key
+    existed) counts as its value in `defaults` (the nested dict of the default config)."""
+    old = {**_flatten(defaults or {}), **_flatten(stored)}
+    cur = _flatten(new)
+    out = []
+    for key in sorted(set(old) | set(cur)):
+        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+            continue
+        a, b = old.get(key, "<absent>"), cur.get(key, "<absent>")
+        if a != b:
+            out.append((key, a, b))
+    return out
+
+
+def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
+                        output_dir: str = "") -> list[tuple[str, Any, Any]]:
+    """Refuse to resume `source` under settings it was not trained with.
+
+    Raises CheckpointError listing each differing key (`key: old -> new`, one per line) and the
+    ways out: a new train.output_dir, or checkpoint.resume=ignore_config. Returns the differences
+    (empty when the configs agree on every training-relevant key)."""
+    diffs = config_differences(stored, new, defaults)
+    if diffs and new.get("checkpoint", {}).get("resume") != IGNORE_CONFIG:
+        lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
+        raise CheckpointError(
+            f"cannot resume {source}: it was trained with other settings ({len(diffs)} key"
+            f"{'s' if len(diffs) > 1 else ''} differ, checkpoint -> this command):\n{lines}\n"
+            f"Start a new run with another train.output_dir (now {output_dir!r}), or continue this one "
+            f"under the new settings with checkpoint.resume={IGNORE_CONFIG}."
+        )
+    return diffs
 
 
 @dataclass

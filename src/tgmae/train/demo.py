@@ -11,19 +11,20 @@ import logging
 import time
 from pathlib import Path
 
-from tgmae.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain_demo.yaml"
 
 
 def main(argv: list[str]) -> int:
+    from tgmae.cli import load_run_config, parse_args
+
     parser = argparse.ArgumentParser(prog="tgmae demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")
     parser.add_argument("--num-videos", type=int, default=240, help="synthetic videos to generate")
     parser.add_argument("--quick", action="store_true", help="CI-sized: few videos, few steps")
     parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="pretraining config")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from tgmae.data.synthetic import generate_synthetic_dataset
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     overrides = [f"data.root={data_dir}", f"train.output_dir={out / 'pretrain'}"]
     if args.quick:
         overrides += ["train.epochs=2", "train.batch_size=8", "checkpoint.every_steps=2"]
-    cfg = load_config(args.config, overrides + list(args.overrides))
+    cfg = load_run_config("demo", args.config, overrides + list(args.overrides))
     run_dir = pretrain(cfg)
     minutes = (time.perf_counter() - t0) / 60
     print(f"\ndemo finished in {minutes:.1f} min. Outputs in {run_dir}:")

@@ -37,7 +37,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+        from tgmae.config import ConfigError
+
+        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine: "
+                          "use train.device=auto or train.device=cpu")
     return device
 
 

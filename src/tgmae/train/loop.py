@@ -8,6 +8,7 @@ progress, atomic checkpoints and step-exact resume.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.train import checkpoint as ckpt
 from tgmae.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
@@ -45,7 +46,13 @@ class StepOutput:
 
 
 class Task(Protocol):
-    """A kind of training. The loop calls these; everything else is the loop's business."""
+    """A kind of training. The loop calls these; everything else is the loop's business.
+
+    Optional: `evaluate(model) -> dict` after every epoch (its records are kept in the
+    checkpoints, so they survive a resume), `build_optimizer(groups, optim_cfg, device)`, and
+    `inputs_fingerprint: str` (read after `build_model`), stored in every checkpoint: a resume on
+    other inputs (other features, other weights under the same path) is refused.
+    """
 
     name: str
     find_unused_parameters: bool
@@ -109,7 +116,7 @@ class Trainer:
         spec = self.cfg.checkpoint.resume
         if not spec:
             return None
-        if spec == "auto":
+        if spec in ("auto", ckpt.IGNORE_CONFIG):
             return ckpt.find_latest(self.ckpt_dir)
         path = Path(spec)
         if not path.exists():
@@ -129,7 +136,7 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         steps_per_epoch = (len(dataset) // dist.world_size) // (bs * accum)
         if steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset has {len(dataset)} items: too few for train.batch_size={bs} x "
                 f"train.accum_steps={accum} x {dist.world_size} processes"
             )
@@ -139,7 +146,7 @@ class Trainer:
 
         global_batch = bs * accum * dist.world_size
         o = cfg.optim
-        peak = o.lr if o.lr is not None else scaled_lr(o.base_lr, global_batch)
+        peak = o.lr if o.lr is not None else max(scaled_lr(o.base_lr, global_batch), o.lr_floor or 0.0)
         ratio = peak / o.base_lr if o.lr is None else 1.0  # min/warmup lrs scale like base_lr
         min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
         warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
@@ -151,9 +158,25 @@ class Trainer:
 
         position = ckpt.TrainPosition()
         load_failures_total = 0.0  # unreadable videos replaced so far (this rank's share)
+        cfg_dict = to_dict(cfg)
+        # What the task's inputs are (e.g. the probe's features): a resume must see the same.
+        fingerprint = getattr(task, "inputs_fingerprint", None)
+        eval_history: list[dict] = []  # every evaluation record so far, kept in each checkpoint
+        changes: list[tuple[str, Any, Any]] = []
         source = self._resume_source()
         if source is not None:
             loaded = ckpt.load_checkpoint(source)
+            changes = ckpt.check_resume_config(source, loaded.config, cfg_dict, to_dict(RunConfig()),
+                                               output_dir=str(cfg.train.output_dir))
+            stored_fp = loaded.extra.get("inputs_fingerprint")
+            if (fingerprint and stored_fp and stored_fp != fingerprint
+                    and cfg.checkpoint.resume != ckpt.IGNORE_CONFIG):
+                raise ckpt.CheckpointError(
+                    f"cannot resume {source}: the {task.name} inputs differ from the ones it was trained on "
+                    f"(fingerprint {stored_fp[:12]} -> {fingerprint[:12]}; e.g. model.pretrained's weights "
+                    f"changed). Start a new run with another train.output_dir, or continue this one with "
+                    f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+            eval_history = list(loaded.extra.get("eval_history", []))
             ckpt.load_model_weights(model, loaded.model_state, str(source))
             optimizer.load_state_dict(loaded.optimizer_state)
             if loaded.scaler_state:
@@ -178,13 +201,20 @@ class Trainer:
 
         if dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.yaml")
+            will_train = position.step < total_steps and position.epoch < cfg.train.epochs
+            if source is None or will_train:  # config.yaml records only settings that run
+                save_config(cfg, self.out_dir / "config.yaml")
+            if changes and will_train:  # checkpoint.resume=ignore_config: say what changed, and when
+                log.warning("resuming %s at step %d under changed settings: %s", source, position.step,
+                            "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
+                with open(self.out_dir / "config_changes.jsonl", "a") as f:
+                    f.write(json.dumps({"step": position.step, "changes": {k: [a, b] for k, a, b in changes}})
+                            + "\n")
         metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
                                  tensorboard=cfg.log.tensorboard,
                                  resume_step=position.step if source is not None else None)
-        history: list[dict] = []
+        history: list[dict] = list(eval_history)  # earlier evaluations survive a resume
         last_ckpt: Optional[Path] = source
-        cfg_dict = to_dict(cfg)
 
         def save(pos: ckpt.TrainPosition) -> Optional[Path]:
             path = None
@@ -193,7 +223,8 @@ class Trainer:
                 path = ckpt.save_checkpoint(
                     self.ckpt_dir, model, optimizer, scaler, pos, cfg_dict,
                     keep_last=cfg.checkpoint.keep_last,
-                    extra={"world_size": dist.world_size, "load_failures": failures},
+                    extra={"world_size": dist.world_size, "load_failures": failures,
+                           "eval_history": eval_history, "inputs_fingerprint": fingerprint},
                 )
             barrier()
             return path
@@ -206,18 +237,22 @@ class Trainer:
                        desc=task.name)
 
         window = _Window()
+        # One loader for the whole run: its worker processes persist across epochs. Each epoch's
+        # iterator is created after `set_epoch`, and samples are seeded by (seed, epoch, index)
+        # through the dataset's shared epoch counter, so they do not depend on worker reuse.
+        workers = cfg.data.num_workers
+        loader = DataLoader(
+            dataset, batch_size=bs, sampler=sampler, num_workers=workers,
+            drop_last=True, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         try:
             while position.step < total_steps and position.epoch < cfg.train.epochs:
                 epoch = position.epoch
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(epoch)
                 sampler.set_epoch(epoch, start=position.batches_in_epoch * bs)
-                loader = DataLoader(
-                    dataset, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
-                    drop_last=True, pin_memory=device.type == "cuda",
-                    persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers > 0 else None,
-                    generator=torch.Generator().manual_seed(cfg.train.seed + 7919 * epoch),
-                )
                 micro_total = steps_per_epoch * accum
                 train_model.train()
                 t_wait = time.perf_counter()
@@ -280,6 +315,9 @@ class Trainer:
                         if bar is not None:
                             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                             clips_s=f"{record['clips_per_s']:.1f}")
+                        elif dist.is_main:  # log.progress=false: one console line per record
+                            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s", task.name,
+                                     position.step, total_steps, record["loss"], lr, record["clips_per_s"])
                     if position.step % cfg.checkpoint.every_steps == 0:
                         last_ckpt = save(position)
                     state = LoopState(position, total_steps, record or {}, model)
@@ -295,6 +333,7 @@ class Trainer:
                         record = {"step": position.step, "epoch": epoch, **evaluate(unwrap(model))}
                         metrics_log.write(record)
                         history.append(record)
+                        eval_history.append(record)
                     last_ckpt = save(position)
                 elif position.step >= total_steps:
                     last_ckpt = save(position)
@@ -302,6 +341,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             metrics_log.close()
+            del loader  # shuts its persistent workers down now, not at garbage collection
         return FitResult(unwrap(model), position, self.out_dir, last_ckpt, history)
 
 

@@ -1,4 +1,8 @@
-"""Run outputs a person reads: JSONL metrics (always), TensorBoard (when installed), progress bar."""
+"""Run outputs a person reads: JSONL metrics (always), TensorBoard (when installed), progress bar.
+
+TensorBoard events go to `<train.output_dir>/tensorboard/`; open every run under `runs/` with
+`tensorboard --logdir runs` (the `tensorboard` package comes with `pip install tgmae[tensorboard]`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger("tgmae")
+
+
+_warned: list[bool] = []
+
+
+def _warn_no_tensorboard(path: Path) -> None:
+    """One warning per process: log.tensorboard=true but the package is missing."""
+    if not _warned:
+        _warned.append(True)
+        log.warning("log.tensorboard=true but tensorboard is not installed: metrics go to %s only. "
+                    "Install it with `pip install tgmae[tensorboard]` (or set log.tensorboard=false)", path)
 
 
 class MetricsLog:
@@ -33,8 +48,8 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard not installed: JSONL only
-                log.info("tensorboard is not installed; metrics go to %s only", self.path)
+            except ImportError:  # tensorboard not installed: JSONL only, said once per process
+                _warn_no_tensorboard(self.path)
             else:
                 self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
 

@@ -9,6 +9,7 @@ reconstruction figure into the run directory.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import RunConfig
+from tgmae.config import ConfigError, RunConfig
+from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer, unwrap
 from tgmae.train.optim import param_groups
 
@@ -39,9 +41,10 @@ def build_video_dataset(cfg: RunConfig, subset: str, train: bool, mask_generator
 class PretrainTask:
     """batch -> loss for VideoMAE pretraining, optionally with masked video-text InfoNCE.
 
-    Without captions the model is a `VideoMAEPretrainer` (MSE on masked tokens). With
-    `captions.file` it is a `VideoTextPretrainer` whose `contrastive.objective` picks what is
-    optimized; the InfoNCE value is logged in every objective (paper Figure 4).
+    The model is a `VideoMAEPretrainer` (MSE on masked tokens) under `contrastive.objective=mae`,
+    captions or not (TGM masking uses them for its masks only). It is a `VideoTextPretrainer`
+    under the objectives with InfoNCE, and under mae with `contrastive.monitor_nce` (InfoNCE
+    logged, never optimized: paper Figure 4).
     """
 
     name = "pretrain"
@@ -63,26 +66,56 @@ class PretrainTask:
             self._captions = CaptionProvider.from_config(self.cfg.captions)
         return self._captions
 
+    @property
+    def video_text(self) -> bool:
+        """True when the model has the contrastive head (InfoNCE optimized or monitored)."""
+        c = self.cfg.contrastive
+        return bool(self.cfg.captions.file) and (c.objective != "mae" or c.monitor_nce)
+
     def build_model(self) -> nn.Module:
-        from tgmae.models import build_pretraining_model, load_pretraining_model
+        from tgmae.models import build_pretraining_model
 
         c = self.cfg
         frames, size = c.data.num_frames, c.data.image_size
         pixels = dict(pixel_mean=tuple(c.data.mean), pixel_std=tuple(c.data.std))
-        if self.captions is None:
+        if not self.video_text:
             model = mae = build_pretraining_model(c.model, frames, size, **pixels)
         else:
             from tgmae.models.video_text import build_video_text_model
 
             if self.captions.embeddings is None:
-                raise ValueError("captions need text embeddings for the contrastive head: set "
-                                 "captions.clip_model (a CLIP name or path)")
-            model = build_video_text_model(c.model, c.contrastive, frames, size,
-                                           text_dim=self.captions.embeddings.shape[1], **pixels)
+                raise ConfigError("captions need text embeddings for the contrastive head: set "
+                                  "captions.clip_model (a CLIP name or path)")
+            text_dim = int(self.captions.embeddings.shape[1])
+            if not c.contrastive.text_projection and c.contrastive.proj_dim != text_dim:
+                raise ConfigError(
+                    f"contrastive.proj_dim={c.contrastive.proj_dim} but the text embeddings of "
+                    f"captions.clip_model={c.captions.clip_model!r} are {text_dim} wide: set "
+                    f"contrastive.proj_dim={text_dim}, or contrastive.text_projection=true")
+            model = build_video_text_model(c.model, c.contrastive, frames, size, text_dim=text_dim, **pixels)
             mae = model.mae
         if c.model.pretrained:
-            mae.load_state_dict(load_pretraining_model(c.model.pretrained).state_dict())
+            mae.load_state_dict(self._pretrained_state(mae.arch))
         return model
+
+    def _pretrained_state(self, arch) -> dict[str, torch.Tensor]:
+        """model.pretrained's weights, after checking they fit the model the config builds."""
+        from tgmae.models import load_pretraining_model
+        from tgmae.models.arch import check_checkpoint_geometry
+        from tgmae.models.interop import detect_format
+
+        m, path = self.cfg.model, self.cfg.model.pretrained
+        heads = {"num_heads": m.num_heads} if m.num_heads and detect_format(path) == "official" else {}
+        loaded = load_pretraining_model(path, **heads)
+        check_checkpoint_geometry(m, loaded.arch, path, decoder=True)
+        fields = ("embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth", "decoder_heads",
+                  "in_chans", "encoder_norm")
+        differ = [f"{f} {getattr(arch, f)} vs {getattr(loaded.arch, f)}" for f in fields
+                  if getattr(arch, f) != getattr(loaded.arch, f)]
+        if differ:  # a checkpoint of a size no preset has: pretraining builds model.preset's
+            raise ConfigError(f"model.preset={m.preset!r} builds a model that model.pretrained={path} does not fit "
+                              f"(config vs checkpoint: {', '.join(differ)})")
+        return loaded.state_dict()
 
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
@@ -122,7 +155,7 @@ class PretrainTask:
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         mask = self._batch_mask(batch) if self.batch_masker is not None else batch["mask"]
-        if self.captions is None:
+        if not self.video_text:
             out = model(batch["video"], mask)
             return StepOutput(out.loss, {"loss_mse": out.loss.detach()})
         ids = batch["caption_id"]
@@ -195,6 +228,10 @@ def main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])
-    out = pretrain(cfg)
+    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
+        out = pretrain(cfg)
+    except (ConfigError, CheckpointError) as e:
+        sys.stderr.write(f"tgmae pretrain: {e}\n")
+        return 2
     print(f"run directory: {out}")
     return 0

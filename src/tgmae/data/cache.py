@@ -1,0 +1,330 @@
+"""Decoded-clip cache: every video's frames decoded once into uint8, so training skips decoding.
+
+`data.cache=memory` keeps the frames in one shared-memory uint8 tensor (DataLoader workers,
+forked or spawned, map the same pages); `data.cache=disk` keeps them in one flat file under
+`data.cache_dir` read through `np.memmap` (workers and concurrent runs share the OS page cache).
+
+What is stored: for each distinct video path of the records, the RGB frames [lo, hi) that any
+record of that path can sample (its start/end frame range clipped to the video), at the source
+resolution, exactly as `VideoReader.read` returns them. The dataset then samples frame indices
+and runs the same augmentation with the same generator as on the video path, so a sample from
+the cache is bit-identical to the sample decoded from the video for the same (seed, epoch, index)
+(tests/test_data_cache.py). Videos that cannot be decoded at build time are stored as their error
+message, and the dataset replaces them exactly as the video path does (both refuse a video by
+its one verdict, `tgmae.data.video.video_verdict`, given when it is opened).
+
+Why the source resolution and not the training one: the crop boxes are drawn in source pixels on
+a 4x4 step grid with integer rounding, so frames stored downscaled give boxes that are only
+approximately the same. Measured on the study's set (128 px source, 64 px training, scales
+1/.875/.75, same seeds): frames stored at short side 96 (all box sides and offsets scale exactly)
+differ by 1.6/255 mean absolute pixel after the double resampling, at short side 86 (the smallest
+that avoids upscaling) by 11/255, with crop positions 3 px apart. That changes training, so the
+cache stores the decoded frames as they are: 2.25 MiB per 128 px x 48 frame video.
+
+Key: a SHA-256 over a cache format version, the PyAV version, the reader's frame numbering
+version (`tgmae.data.frame_index.INDEX_VERSION`) and, per path, (path, size in bytes,
+mtime in ns, lo, hi) - for frame folders the listing of their files with sizes and mtimes. The
+data settings that choose the records (format, root, annotations, split) enter through the paths
+and frame ranges; augmentation settings do not change what is stored. A disk cache is used only
+when its metadata holds exactly this key's inputs; otherwise it is rebuilt, with a log line naming
+the key, so a changed, replaced or touched video never serves stale frames.
+
+Under torch.distributed a disk cache is built by local rank 0 of each node while the other ranks
+wait at a barrier; a memory cache is built by every rank (one copy per process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from tgmae.data.annotations import VideoRecord
+from tgmae.data.video import VideoError, VideoReader
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CACHE_MODES = ("none", "memory", "disk")
+
+
+@dataclass
+class _Entry:
+    offset: int  # byte offset of frame `lo` in the flat buffer
+    lo: int  # first cached frame index
+    count: int  # cached frames (hi - lo)
+    height: int
+    width: int
+    num_frames: int  # frames the video holds (what `VideoReader.info.num_frames` said)
+    error: str = ""  # non-empty: the video could not be read at build time
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tgmae" / "clips"
+
+
+def _file_stat(path: str) -> list:
+    """(size, mtime_ns) of a file, the sorted listing with sizes and mtimes of a frame folder, or
+    None for a missing path (a missing video is an entry too: it must fail the same way)."""
+    try:
+        if os.path.isdir(path):
+            return sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in os.scandir(path) if e.is_file())
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None  # type: ignore[return-value]
+
+
+def frame_spans(records: Sequence[VideoRecord]) -> dict[str, tuple[int, Optional[int]]]:
+    """path -> (lo, hi) frames any record of that path can sample; hi None = to the end."""
+    spans: dict[str, tuple[int, Optional[int]]] = {}
+    for r in records:
+        lo, hi = max(r.start_frame or 0, 0), r.end_frame
+        if r.path in spans:
+            plo, phi = spans[r.path]
+            lo = min(lo, plo)
+            hi = None if hi is None or phi is None else max(hi, phi)
+        spans[r.path] = (lo, hi)
+    return spans
+
+
+def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
+    """(16-hex key, the JSON-able inputs it hashes) for the records' videos as they are now."""
+    import av
+
+    from tgmae.data.frame_index import INDEX_VERSION
+
+    spans = frame_spans(records)
+    inputs = {"format": CACHE_FORMAT, "av": av.__version__, "reader": INDEX_VERSION,
+              "videos": [[os.path.abspath(p), _file_stat(p), lo, hi] for p, (lo, hi) in sorted(spans.items())]}
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16], inputs
+
+
+def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Optional[np.ndarray], int, str]:
+    """-> (frames uint8 [n, H, W, 3] or None, video frame count, error message)."""
+    import av
+
+    try:
+        with VideoReader(path, threads=threads) as reader:
+            total = reader.info.num_frames
+            end = total if hi is None else min(hi, total)
+            if end <= lo:
+                return np.zeros((0, 1, 1, 3), np.uint8), total, ""
+            return np.ascontiguousarray(reader.read(np.arange(lo, end))), total, ""
+    except (VideoError, OSError, EOFError, av.FFmpegError) as e:
+        return None, 0, str(e) or type(e).__name__
+
+
+class ClipCache:
+    """Decoded frames of a set of videos in one flat uint8 buffer (see the module docstring).
+
+    `num_frames(path)` -> frames the video holds (raises VideoError for a video that failed at
+    build time, with the same message); `read(path, indices)` -> uint8 [T, H, W, 3] frames at
+    those video frame indices (each in the cached span)."""
+
+    def __init__(self, key: str, entries: dict[str, _Entry], data, location: str):
+        self.key, self.entries, self.data, self.location = key, entries, data, location
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getstate__(self) -> dict:
+        # A memmap would pickle as a full copy (spawned DataLoader workers): reopen it instead.
+        # The memory cache's shared tensor pickles as a handle to the same shared pages.
+        state = dict(self.__dict__)
+        if isinstance(self.data, np.memmap):
+            state["data"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.data is None:
+            self.data = np.memmap(self.location, dtype=np.uint8, mode="r")
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.shape[0])
+
+    def _entry(self, path: str) -> _Entry:
+        e = self.entries.get(path)
+        if e is None:
+            raise KeyError(f"{path}: not in the decoded-clip cache {self.key}")
+        if e.error:
+            raise VideoError(e.error)
+        return e
+
+    def num_frames(self, path: str) -> int:
+        return self._entry(path).num_frames
+
+    def read(self, path: str, frame_indices) -> np.ndarray:
+        e = self._entry(path)
+        idx = np.asarray(frame_indices, dtype=np.int64) - e.lo
+        if idx.size and (idx.min() < 0 or idx.max() >= e.count):
+            raise IndexError(f"{path}: frames {np.asarray(frame_indices).tolist()} outside the cached "
+                             f"span [{e.lo}, {e.lo + e.count}) of cache {self.key}")
+        frame = e.height * e.width * 3
+        buf = self.data[e.offset: e.offset + e.count * frame]
+        if isinstance(buf, torch.Tensor):
+            buf = buf.numpy()
+        return np.asarray(buf).reshape(e.count, e.height, e.width, 3)[idx]
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", dynamic_ncols=True, disable=None)
+
+
+def _decode_all(spans: dict, threads: int, workers: int, desc: str):
+    """Yields (path, frames | None, num_frames, error) in `spans` order, decoding `workers`
+    videos at a time (PyAV releases the GIL while decoding)."""
+    items = list(spans.items())
+    with ThreadPoolExecutor(max(workers, 1)) as pool, _progress(len(items), desc) as bar:
+        for (path, _), (frames, total, err) in zip(items, pool.map(
+                lambda kv: _decode(kv[0], kv[1][0], kv[1][1], threads), items)):
+            bar.update(1)
+            yield path, frames, total, err
+
+
+def _entry_for(path: str, lo: int, frames: Optional[np.ndarray], total: int, err: str, offset: int) -> _Entry:
+    if frames is None:
+        return _Entry(offset, lo, 0, 1, 1, 0, err)
+    n, h, w, _ = frames.shape
+    return _Entry(offset, lo, n, h, w, total)
+
+
+def build_memory_cache(records: Sequence[VideoRecord], *, threads: int = 1, workers: int = 1) -> ClipCache:
+    """Decode every video into one shared-memory uint8 tensor (workers see it without copies)."""
+    key, _ = cache_key(records)
+    spans = frame_spans(records)
+    log.info("building decoded-clip cache %s in memory (%d videos)", key, len(spans))
+    chunks: list[tuple[str, _Entry, Optional[np.ndarray]]] = []
+    offset = 0
+    for path, frames, total, err in _decode_all(spans, threads, workers, f"decoding clips (cache {key})"):
+        e = _entry_for(path, spans[path][0], frames, total, err, offset)
+        offset += 0 if frames is None else frames.nbytes
+        chunks.append((path, e, frames))
+    try:
+        data = torch.empty(offset, dtype=torch.uint8).share_memory_()
+    except RuntimeError as err:  # e.g. a small /dev/shm in a container
+        raise RuntimeError(f"data.cache=memory: cannot allocate {offset / 2**30:.2f} GiB of shared memory "
+                           f"({err}); use data.cache=disk") from err
+    entries = {}
+    for i, (path, e, frames) in enumerate(chunks):
+        if frames is not None and frames.size:
+            data[e.offset: e.offset + frames.nbytes] = torch.from_numpy(frames.reshape(-1))
+        entries[path] = e
+        chunks[i] = (path, e, None)  # free as we go: peak stays near one copy
+    _log_built(key, entries, offset, "memory")
+    return ClipCache(key, entries, data, "memory")
+
+
+def _log_built(key: str, entries: dict[str, _Entry], nbytes: int, where: str) -> None:
+    bad = sum(1 for e in entries.values() if e.error)
+    log.info("decoded-clip cache %s: %d videos, %.1f MiB (%s)%s", key, len(entries), nbytes / 2**20, where,
+             f"; {bad} unreadable, replaced when drawn" if bad else "")
+
+
+def _read_meta(meta_path: Path) -> Optional[dict]:
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_disk_cache(records: Sequence[VideoRecord], cache_dir: str | Path, *, threads: int = 1,
+                     workers: int = 1) -> ClipCache:
+    """Open `<cache_dir>/<key>.u8` (+ `.json`) when its metadata matches this key's inputs;
+    otherwise decode every video into it (written to a temporary name, then renamed)."""
+    key, inputs = cache_key(records)
+    folder = Path(cache_dir)
+    data_path, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
+    meta = _read_meta(meta_path)
+    if meta is not None and meta.get("inputs") != inputs:
+        log.warning("decoded-clip cache %s at %s was built from other videos or settings: rebuilding",
+                    key, meta_path)
+        meta = None
+    if meta is not None and (not data_path.exists() or data_path.stat().st_size != meta["nbytes"]):
+        log.warning("decoded-clip cache %s: %s is missing or truncated: rebuilding", key, data_path)
+        meta = None
+    if meta is None:
+        _write_disk_cache(records, key, inputs, folder, threads, workers)
+        meta = json.loads(meta_path.read_text())
+    else:
+        log.info("decoded-clip cache %s: using %s", key, data_path)
+    entries = {p: _Entry(**e) for p, e in meta["entries"].items()}
+    data = (np.memmap(data_path, dtype=np.uint8, mode="r") if meta["nbytes"] else np.zeros(0, np.uint8))
+    return ClipCache(key, entries, data, str(data_path))
+
+
+def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: int, workers: int) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"data.cache_dir={str(folder)!r}: cannot create it ({err})") from err
+    spans = frame_spans(records)
+    log.info("building decoded-clip cache %s in %s (%d videos)", key, folder, len(spans))
+    tmp = folder / f".{key}.u8.{os.getpid()}.tmp"
+    entries, offset = {}, 0
+    try:
+        with open(tmp, "wb") as f:
+            for path, frames, total, err in _decode_all(spans, threads, workers, f"decoding clips (cache {key})"):
+                entries[path] = _entry_for(path, spans[path][0], frames, total, err, offset)
+                if frames is not None:
+                    f.write(frames.tobytes())
+                    offset += frames.nbytes
+        os.replace(tmp, folder / f"{key}.u8")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    meta = {"key": key, "inputs": inputs, "nbytes": offset,
+            "entries": {p: vars(e) for p, e in entries.items()}}
+    mtmp = folder / f".{key}.json.{os.getpid()}.tmp"
+    mtmp.write_text(json.dumps(meta))
+    os.replace(mtmp, folder / f"{key}.json")  # written last: its presence marks a complete cache
+    _log_built(key, entries, offset, str(folder / f"{key}.u8"))
+
+
+def _dist() -> tuple[bool, int]:
+    """(distributed run with > 1 process, local rank)."""
+    import torch.distributed as tdist
+
+    on = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    local = int(os.environ.get("LOCAL_RANK", tdist.get_rank() if on else 0))
+    return on, local
+
+
+def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str = "", *,
+                     threads: int = 1, workers: int = 1) -> Optional[ClipCache]:
+    """`mode` "none" -> None; "memory" / "disk" -> a ClipCache of the records' videos.
+    `workers`: videos decoded at once while building; `threads`: decoder threads per video.
+    Under torch.distributed, "disk" is built by local rank 0 while the other ranks wait."""
+    if mode == "none":
+        return None
+    if mode == "memory":
+        return build_memory_cache(records, threads=threads, workers=workers)
+    if mode != "disk":
+        raise ValueError(f"data.cache={mode!r}: expected one of {CACHE_MODES}")
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    on, local = _dist()
+    if on:
+        import torch.distributed as tdist
+
+        if local == 0:
+            build_disk_cache(records, folder, threads=threads, workers=workers)
+        tdist.barrier()
+    return build_disk_cache(records, folder, threads=threads, workers=workers)
+
+
+__all__ = ["ClipCache", "CACHE_MODES", "build_clip_cache", "build_memory_cache", "build_disk_cache",
+           "cache_key", "frame_spans", "default_cache_dir"]

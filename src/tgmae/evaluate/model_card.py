@@ -1,0 +1,170 @@
+"""The model card (README.md) `tgmae export-hf` writes beside an exported model.
+
+It states what the run was (masking, objective, data, steps; read from the run folder's
+`config.yaml` and `metrics.jsonl` when the checkpoint sits in one), its results when the run has
+them (`test_results.json`, `finetune_results.json`, `probe_results.json`, the last logged
+loss), the architecture, and how to load the folder in transformers and back into tgmae.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tgmae.models.arch import VideoMAEArch
+
+RESULT_FILES = ("test_results.json", "finetune_results.json", "probe_results.json")
+
+
+@dataclass
+class RunInfo:
+    """What a run folder says about the checkpoint: config (a RunConfig or None), steps, results."""
+
+    run_dir: Optional[Path] = None
+    config: Any = None
+    steps: Optional[int] = None
+    results: dict[str, Any] = field(default_factory=dict)
+    last_loss: Optional[float] = None
+    note: str = ""  # why the config could not be read, if it could not
+
+
+def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
+    """The run folder of a checkpoint: the folder itself, the file's folder, or the run above a
+    `checkpoints/step_N/` checkpoint - whichever holds the run's `config.yaml`."""
+    p = Path(checkpoint)
+    candidates = [p] if p.is_dir() else [p.parent]
+    base = candidates[0]
+    if base.parent.name == "checkpoints":
+        candidates.append(base.parent.parent)
+    return next((c for c in candidates if (c / "config.yaml").is_file()), None)
+
+
+def checkpoint_step(checkpoint: str | Path) -> Optional[int]:
+    """N of a `checkpoints/step_N/` checkpoint (the folder or a file in it), else None."""
+    p = Path(checkpoint)
+    for part in (p, p.parent):
+        m = re.fullmatch(r"step_(\d+)", part.name)
+        if m and part.parent.name == "checkpoints":
+            return int(m.group(1))
+    return None
+
+
+def read_run(checkpoint: str | Path) -> RunInfo:
+    """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
+    only the records up to its step count, and the run's result files (which belong to its
+    final model) are left out."""
+    import yaml
+
+    from tgmae.config import ConfigError, RunConfig, from_dict
+    from tgmae.train.metrics import read_metrics
+
+    run = find_run_dir(checkpoint)
+    if run is None:
+        return RunInfo()
+    info = RunInfo(run_dir=run)
+    try:
+        info.config = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    except (ConfigError, yaml.YAMLError) as e:
+        info.note = f"{run / 'config.yaml'} could not be read ({e})"
+    at = checkpoint_step(checkpoint)
+    if (run / "metrics.jsonl").is_file():
+        records = [r for r in read_metrics(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
+        steps = [int(r["step"]) for r in records if "step" in r]
+        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+        info.steps = max(steps) if steps else None
+        info.last_loss = float(losses[-1]) if losses else None
+    if at is not None:
+        info.steps = at
+        return info
+    for name in RESULT_FILES:
+        if (run / name).is_file():
+            data = json.loads((run / name).read_text())
+            info.results.update({k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return info
+
+
+def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    cfg = run.config
+    if cfg is None:
+        return [("run", run.note or "no run folder beside the checkpoint: settings unknown")]
+    d = cfg.data
+    if kind != "classifier":
+        rows.append(("masking", f"{cfg.masking.name}, ratio {cfg.masking.ratio}"))
+        rows.append(("objective", cfg.contrastive.objective
+                     + (f" (InfoNCE weight {cfg.contrastive.weight})" if cfg.contrastive.objective != "mae" else "")))
+    else:
+        rows.append(("finetuned from", f"`{cfg.model.pretrained}`" if cfg.model.pretrained else "random initialization"))
+        pre = read_run(cfg.model.pretrained).config if cfg.model.pretrained and Path(cfg.model.pretrained).exists() else None
+        if pre is not None:  # the pretraining run's settings, when its folder is still there
+            rows.append(("pretraining", f"masking {pre.masking.name}, ratio {pre.masking.ratio}; objective "
+                                        f"{pre.contrastive.objective}"))
+    ann = d.train_annotations or "(none)"
+    rows.append(("data", f"{d.format} annotations `{ann}` under `{d.root or '.'}`"))
+    rows.append(("clips", f"{d.num_frames} frames, stride {d.frame_stride} ({d.sampling}), {d.image_size} px"))
+    if cfg.captions.file:
+        rows.append(("captions", f"`{cfg.captions.file}`"))
+    steps = f"{run.steps} optimizer steps" if run.steps is not None else "unknown"
+    rows.append(("training", f"{steps}; batch {cfg.train.batch_size} x accum {cfg.train.accum_steps}, "
+                             f"{cfg.train.epochs} epoch(s) planned, precision {cfg.train.precision}"))
+    rows.append(("run folder", f"`{run.run_dir}`"))
+    return rows
+
+
+def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str, run: RunInfo,
+                mean: tuple[float, ...], std: tuple[float, ...], frame_stride: int,
+                class_names: list[str], check: str, version: str) -> str:
+    """Markdown model card: front matter, the run, results, architecture, how to load."""
+    tag = {"classifier": "video-classification", "encoder": "feature-extraction", "pretraining": "video-mae-pretraining"}[kind]
+    pipeline = "pipeline_tag: video-classification\n" if kind == "classifier" else ""
+    lines = ["---", "library_name: transformers", f"{pipeline}tags:", "- videomae", "- tgmae", f"- {tag}", "---", "",
+             f"# {Path(checkpoint).stem or 'model'}: {hf_class} exported from tgmae", "",
+             f"Written by `tgmae export-hf` (tgmae {version}) from `{checkpoint}`. {check}", "",
+             "## The run", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _run_rows(run, kind)]
+    lines += ["", "## Results", ""]
+    results = dict(run.results)
+    if run.last_loss is not None:
+        results.setdefault("last logged training loss", run.last_loss)
+    if results:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()]
+    else:
+        lines.append("The run folder holds no results.")
+    lines += ["", "## Architecture", "",
+              f"ViT encoder {arch.embed_dim} wide, {arch.depth} blocks, {arch.num_heads} heads; patch "
+              f"{arch.tubelet_size}x{arch.patch_size}x{arch.patch_size}; input {arch.num_frames} frames at "
+              f"{arch.image_size}x{arch.image_size}, normalized with mean {list(mean)} and std {list(std)}."]
+    if kind == "pretraining":
+        lines.append(f"Decoder {arch.decoder_dim} wide, {arch.decoder_depth} blocks; target: "
+                     + ("per-patch normalized pixels." if arch.norm_pix_loss else "raw pixels."))
+    if class_names:
+        lines.append(f"Classes ({len(class_names)}): " + ", ".join(class_names[:50])
+                     + (" ..." if len(class_names) > 50 else "") + ".")
+    lines += ["", "## How to load", "", "```python"]
+    load = {"classifier": "VideoMAEForVideoClassification", "encoder": "VideoMAEModel",
+            "pretraining": "VideoMAEForPreTraining"}[kind]
+    lines += [f"from transformers import AutoImageProcessor, {load}", "",
+              'processor = AutoImageProcessor.from_pretrained("THIS_FOLDER")',
+              f'model = {load}.from_pretrained("THIS_FOLDER").eval()',
+              f"# frames: a list of {arch.num_frames} RGB uint8 arrays [H, W, 3], {frame_stride} frame(s) apart",
+              'inputs = processor(frames, return_tensors="pt")  # pixel_values [1, T, C, H, W]']
+    if kind == "classifier":
+        lines += ["label = model.config.id2label[model(**inputs).logits.argmax(-1).item()]", "```", "",
+                  "or, decoding the file with PyAV (the pipeline reads the first frames, "
+                  "`frame_sampling_rate` apart):", "", "```python", "from transformers import pipeline", "",
+                  'classify = pipeline("video-classification", model="THIS_FOLDER")',
+                  f'classify("video.mp4", frame_sampling_rate={frame_stride})']
+    elif kind == "pretraining":
+        lines += ["# bool_masked_pos [1, num_tokens] bool, True = masked (the same count in every sample)",
+                  "out = model(**inputs, bool_masked_pos=bool_masked_pos)  # out.loss, out.logits"]
+    else:
+        lines += ["features = model(**inputs).last_hidden_state  # [1, num_tokens, hidden]"]
+    lines += ["```", "", "Back to a tgmae checkpoint, bit for bit: `tgmae convert THIS_FOLDER out.safetensors`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["RunInfo", "find_run_dir", "checkpoint_step", "read_run", "render_card"]
