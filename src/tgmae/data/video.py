@@ -23,18 +23,16 @@ without listing) or any naturally sorted image files.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from tgmae.data.frame_folder import IMAGE_EXTS, FrameFolder
 from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index
 from tgmae.data.motion_vectors import block_motion
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_EPIC_NAME = "frame_{:010d}.jpg"  # EPIC-Kitchens RGB frames, 1-based
 _REORDER_PACKETS = 32  # packets decoded past the last wanted frame when frames come out of pts order
 
 
@@ -95,14 +93,14 @@ class VideoReader:
         self.path = str(path)
         self.threads = threads
         self.thread_type = thread_type
-        self._folder: Optional[_FrameFolder] = None
+        self._folder: Optional[FrameFolder] = None
         self._container = None
         self._info: Optional[VideoInfo] = None
         self._fresh = False  # container open and nothing demuxed yet
         self._motion_enabled = False
         self.frames_decoded = 0  # frames the decoder produced so far (skipped ones excluded)
         if os.path.isdir(self.path):
-            self._folder = _FrameFolder(self.path)
+            self._folder = FrameFolder(self.path)
             return
         if not os.path.exists(self.path):
             raise VideoError(f"{self.path}: file not found", "missing")
@@ -146,7 +144,8 @@ class VideoReader:
     def info(self) -> VideoInfo:
         if self._info is None:
             if self._folder is not None:
-                self._info = self._folder.info()
+                n, w, h = self._folder.info()
+                self._info = VideoInfo(n, 0.0, w, h, 0, 0.0, "image", True, np.zeros(0, np.int64), None)
             else:
                 x = self._index
                 self._info = VideoInfo(x.num_frames, x.fps, x.width, x.height, x.rotation, x.duration,
@@ -317,77 +316,6 @@ def _to_rgb(frame, rotation: int) -> np.ndarray:
     if rotation:
         arr = np.ascontiguousarray(np.rot90(arr, k=rotation // 90))
     return arr
-
-
-class _FrameFolder:
-    """A directory of frame images, read with Pillow."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.epic = os.path.exists(os.path.join(path, _EPIC_NAME.format(1)))
-        self._files: Optional[list[str]] = None
-
-    def files(self) -> list[str]:
-        if self._files is None:
-            names = [n for n in os.listdir(self.path) if n.lower().endswith(IMAGE_EXTS)]
-            self._files = sorted(names, key=_natural_key)
-        return self._files
-
-    def info(self) -> VideoInfo:
-        """Frame count and size. EPIC-style folders are counted without listing (they can hold
-        100k frames): exponential then binary search for the last `frame_%010d.jpg` present."""
-        from PIL import Image
-
-        if self.epic:
-            n = self._epic_count()
-        else:
-            n = len(self.files())
-            if not n:
-                raise VideoError(f"{self.path}: frame folder holds no images", "no_frames")
-        first = os.path.join(self.path, self._name(0))
-        try:
-            with Image.open(first) as im:  # reads the header only
-                w, h = im.size
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{first}: cannot read frame image ({e})") from None
-        return VideoInfo(n, 0.0, w, h, 0, 0.0, "image", True, np.zeros(0, np.int64), None)
-
-    def _epic_count(self) -> int:
-        def has(k: int) -> bool:  # 1-based frame number k exists
-            return os.path.exists(os.path.join(self.path, _EPIC_NAME.format(k)))
-
-        hi = 1
-        while has(hi * 2):
-            hi *= 2
-        lo, hi = hi, hi * 2  # has(lo), not has(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if has(mid) else (lo, mid)
-        return lo
-
-    def _name(self, i: int) -> str:
-        return _EPIC_NAME.format(i + 1) if self.epic else self.files()[i]
-
-    def _load(self, i: int) -> np.ndarray:
-        from PIL import Image
-
-        p = os.path.join(self.path, self._name(i))
-        try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{p}: cannot read frame image ({e})") from None
-
-    def read(self, idx: np.ndarray) -> np.ndarray:
-        uniq = {int(i): self._load(int(i)) for i in np.unique(idx)}
-        shapes = {a.shape for a in uniq.values()}
-        if len(shapes) > 1:
-            raise VideoError(f"{self.path}: frames differ in size {sorted(shapes)}")
-        return np.stack([uniq[int(i)] for i in idx])
-
-
-def _natural_key(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec: str = "libx264",
