@@ -11,3 +11,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frame_index_cache(tmp_path_factory):
+    """Video frame indexes go to a per-session folder, never to the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("TGMAE_CACHE_DIR")
+    os.environ["TGMAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("tgmae_cache"))
+    yield
+    if before is None:
+        os.environ.pop("TGMAE_CACHE_DIR", None)
+    else:
+        os.environ["TGMAE_CACHE_DIR"] = before

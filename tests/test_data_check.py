@@ -60,10 +60,10 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     assert code == 0
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
-    assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "truncated": 1, "undecodable": 1, "too_short": 1,
-                             "bad_label": 0}
+    assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "unreadable": 1, "no_video_stream": 0, "no_frames": 0,
+                             "truncated": 1, "undecodable": 0, "too_short": 1, "bad_label": 0}
     kinds = {Path(i["path"]).name: i["kind"] for i in rep["items"]}
-    assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "undecodable",
+    assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "unreadable",
                      "missing.mp4": "missing", "cut.mkv": "truncated"}
     assert all(i["reason"] for i in rep["items"])
     assert [(r["line"], r["reason"].split()[0]) for r in rep["rows"]] == [(8, "empty"), (9, "label")]
@@ -94,3 +94,54 @@ def test_check_unreadable_annotations_exit_2(tmp_path, capsys):
     assert code == 2 and "not found" in capsys.readouterr().err
     assert main([]) == 2
     shutil.rmtree(tmp_path)
+
+
+def test_one_verdict_everywhere(tmp_path, caplog):
+    """Issue 11 fault 4: data check, captioning and the training dataset refuse
+    the same files for the same named reason, and accept the same files (VFR AVI, a packet
+    without a frame, out-of-order MPEG-4 AVI) with the same frame count."""
+    import logging
+
+    import torch
+
+    from video_kinds import corrupt_mjpeg, frameless_packet_mp4, mpeg4_bframes_avi, vfr_avi
+
+    from tgmae.captions.run import load_keyframes
+    from tgmae.config import DataConfig
+    from tgmae.data.annotations import VideoRecord
+    from tgmae.data.check import check_record
+    from tgmae.data.dataset import VideoDataset
+    from tgmae.data.video import VideoError, VideoReader
+
+    good = {"vfr.avi": vfr_avi(tmp_path / "vfr.avi", "cinepak"), "gap.mp4": frameless_packet_mp4(tmp_path / "gap.mp4"),
+            "b.avi": mpeg4_bframes_avi(tmp_path / "b.avi")}
+    mjpeg = vfr_avi(tmp_path / "m.avi", "mjpeg")
+    bad = {"broken.avi": corrupt_mjpeg(mjpeg, tmp_path / "broken.avi", (3,))}
+    write_video(tmp_path / "full.mkv", _clip(40), gop=8)
+    data = (tmp_path / "full.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    bad["cut.mkv"] = tmp_path / "cut.mkv"
+    want = {"broken.avi": "undecodable", "cut.mkv": "truncated"}
+    for i, (name, path) in enumerate({**good, **bad}.items()):
+        rec = VideoRecord(str(path), 0, name)
+        checked = check_record(i, rec, 1, 8)
+        if name in good:
+            assert checked.kind == "ok", checked
+            with VideoReader(path) as r:
+                assert r.info.num_frames == checked.num_frames
+            frames, idx = load_keyframes(rec, 4)
+            assert frames.shape[0] == 4
+            continue
+        assert checked.kind == want[name], checked
+        with pytest.raises(VideoError) as e:
+            load_keyframes(rec, 4)
+        assert (e.value.kind, str(e.value)) == (checked.kind, checked.reason)
+    # training: the bad ones are replaced, the log names the same reason
+    recs = [VideoRecord(str(p), 0, n) for n, p in {**bad, **good}.items()]
+    ds = VideoDataset(recs, DataConfig(num_frames=8, frame_stride=1, image_size=32), train=False)
+    with caplog.at_level(logging.WARNING, logger="tgmae.data.dataset"):
+        samples = [ds[i] for i in range(len(recs))]
+    assert [s["load_failures"] > 0 for s in samples] == [True, True, False, False, False]
+    assert all(isinstance(s["video"], torch.Tensor) for s in samples)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "undecodable frames at [3]" in logged and "truncated" in logged

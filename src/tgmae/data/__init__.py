@@ -3,7 +3,8 @@
 - `annotations` / `formats`: each dataset's shipped label files -> `VideoRecord`s + class names
   (`load_annotations(format, root, annotations, split, subset)`).
 - `video`: PyAV / frame-folder access (`probe_video`, `read_frames`, `read_motion_vectors`,
-  `VideoReader`, `write_video`).
+  `VideoReader`, `video_verdict`, `write_video`); `frame_index`: which frames a file presents
+  (one decode, cached) and its verdict; `frame_folder`: folders of frame images.
 - `sampling`: which frames make a clip (dense, TSN, multi-view).
 - `transforms`: crop boxes and clip augmentation on tensors, returning `CropParams`.
 - `dataset`: `VideoDataset`, `MultiViewDataset`, `build_dataset` (sample contract in

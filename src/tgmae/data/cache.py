@@ -10,10 +10,8 @@ resolution, exactly as `VideoReader.read` returns them. The dataset then samples
 and runs the same augmentation with the same generator as on the video path, so a sample from
 the cache is bit-identical to the sample decoded from the video for the same (seed, epoch, index)
 (tests/test_data_cache.py). Videos that cannot be decoded at build time are stored as their error
-message, and the dataset replaces them exactly as the video path does. One difference: a video
-with a frame that fails to decode is unreadable as a whole here, while the video path fails only
-the clips that reach that frame (the reader's completeness check at open catches the usual
-truncated files on both paths alike).
+message, and the dataset replaces them exactly as the video path does (both refuse a video by
+its one verdict, `tgmae.data.video.video_verdict`, given when it is opened).
 
 Why the source resolution and not the training one: the crop boxes are drawn in source pixels on
 a 4x4 step grid with integer rounding, so frames stored downscaled give boxes that are only
@@ -23,7 +21,8 @@ differ by 1.6/255 mean absolute pixel after the double resampling, at short side
 that avoids upscaling) by 11/255, with crop positions 3 px apart. That changes training, so the
 cache stores the decoded frames as they are: 2.25 MiB per 128 px x 48 frame video.
 
-Key: a SHA-256 over a cache format version, the PyAV version and, per path, (path, size in bytes,
+Key: a SHA-256 over a cache format version, the PyAV version, the reader's frame numbering
+version (`tgmae.data.frame_index.INDEX_VERSION`) and, per path, (path, size in bytes,
 mtime in ns, lo, hi) - for frame folders the listing of their files with sizes and mtimes. The
 data settings that choose the records (format, root, annotations, split) enter through the paths
 and frame ranges; augmentation settings do not change what is stored. A disk cache is used only
@@ -102,8 +101,10 @@ def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
     """(16-hex key, the JSON-able inputs it hashes) for the records' videos as they are now."""
     import av
 
+    from tgmae.data.frame_index import INDEX_VERSION
+
     spans = frame_spans(records)
-    inputs = {"format": CACHE_FORMAT, "av": av.__version__,
+    inputs = {"format": CACHE_FORMAT, "av": av.__version__, "reader": INDEX_VERSION,
               "videos": [[os.path.abspath(p), _file_stat(p), lo, hi] for p, (lo, hi) in sorted(spans.items())]}
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16], inputs

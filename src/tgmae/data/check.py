@@ -2,10 +2,11 @@
 
     tgmae data check --format k400 --root /data/k400 train.csv --out report.json --workers 4
 
-Each record's video is opened, its frames counted, and the first, middle and last frame of its
-range decoded (a truncated or corrupt file fails there); clips shorter than `--min-frames` and
-labels outside the class list are reported too, as are annotation rows that cannot be read
-(file:line). The report holds counts and one entry per bad item (path, reason). Exit status is
+Each record's video gets the one verdict every reader of it uses (`tgmae.data.video.video_verdict`:
+the file's frame index, built by decoding it once, names missing / zero_bytes / unreadable /
+no_video_stream / no_frames / truncated / undecodable files), then the first, middle and last frame
+of its range are read; clips shorter than `--min-frames` and labels outside the class list are
+reported too, as are annotation rows that cannot be read (file:line). The report holds counts and one entry per bad item (path, reason). Exit status is
 0 whenever everything could be checked, whatever was found; 2 when the annotations themselves
 cannot be read or the arguments are wrong.
 """
@@ -22,10 +23,11 @@ from typing import Optional, Sequence
 
 from tgmae.config import DATASET_FORMATS
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
+from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.video import VideoError, VideoReader
 
 
-KINDS = ("missing", "zero_bytes", "truncated", "undecodable", "too_short", "bad_label")
+KINDS = (*VIDEO_KINDS, "too_short", "bad_label")
 
 
 @dataclass
@@ -33,29 +35,22 @@ class ItemResult:
     index: int
     path: str
     video_id: str
-    kind: str  # ok | missing | zero_bytes | truncated | undecodable | too_short | bad_label
+    kind: str  # ok | one of KINDS
     reason: str = ""
     num_frames: int = 0
 
 
 def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int) -> ItemResult:
     """Open, count and spot-decode one record; classify what is wrong with it, if anything."""
-    import os
+    import av
 
     def res(kind: str, reason: str = "", n: int = 0) -> ItemResult:
         return ItemResult(index, rec.path, rec.video_id, kind, reason, n)
 
     if not (0 <= rec.label < num_classes):
         return res("bad_label", f"label {rec.label} outside [0, {num_classes})")
-    if not os.path.exists(rec.path):
-        return res("missing", "file not found")
-    if os.path.isfile(rec.path) and os.path.getsize(rec.path) == 0:
-        return res("zero_bytes", "zero-byte file")
     try:
-        import av
-
-        errors: tuple = (VideoError, OSError, EOFError, av.FFmpegError)
-        with VideoReader(rec.path) as r:
+        with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
             n = r.info.num_frames
             start = max(rec.start_frame or 0, 0)
             end = n if rec.end_frame is None else min(rec.end_frame, n)
@@ -63,8 +58,10 @@ def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int
                 have = max(end - start, 0)
                 return res("too_short", f"{have} frames in range [{start}, {end}), need {min_frames}", n)
             r.read([start, (start + end - 1) // 2, end - 1])
-    except errors as e:
-        return res("truncated" if "truncated" in str(e) else "undecodable", str(e))
+    except VideoError as e:
+        return res(e.kind if e.kind in KINDS else "undecodable", str(e))
+    except (OSError, EOFError, av.FFmpegError) as e:
+        return res("undecodable", str(e))
     return res("ok", "", n)
 
 

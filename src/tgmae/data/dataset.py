@@ -96,7 +96,7 @@ class _RobustBase(Dataset):
         end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
         if end - start < self.min_frames:
             raise VideoError(
-                f"{rec.path}: too short: {max(end - start, 0)} frames in range, need {self.min_frames}")
+                f"{rec.path}: too short: {max(end - start, 0)} frames in range, need {self.min_frames}", "too_short")
         return start, end
 
     def __getitem__(self, index: int) -> dict[str, Any]:

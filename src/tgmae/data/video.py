@@ -1,46 +1,46 @@
 """Frame access for video files (PyAV) and frame folders, behind one API.
 
 `probe_video(path) -> VideoInfo`; `read_frames(path, frame_indices) -> uint8 [T, H, W, 3]`;
-`read_motion_vectors(path, frame_indices) -> list of [Hb, Wb, 2] float32 or None (I-frames)`.
-`VideoReader` opens once and does all three, which is what the Dataset uses.
+`read_motion_vectors(path, frame_indices) -> list of [Hb, Wb, 2] float32 or None (I-frames)`;
+`video_verdict(path) -> Verdict` (usable, or which kind of fault). `VideoReader` opens once and
+does all of them, which is what the Dataset, captioning, masks and evaluation use.
 
-Frame i is the i-th frame in presentation order. For files the frame table is the sorted pts of
-the demuxed video packets (exact under variable frame rate; 1-9 ms per 300-frame video); a file
-holding fewer frames than its header declares is reported as truncated. A read seeks to the last
-keyframe at or before the first wanted frame and decodes forward only up to the last wanted
-one; unwanted frames that nothing references are skipped by the decoder (`skip_frame=NONREF`)
-and only wanted frames are converted to RGB. Rotation metadata is applied, so frames come out
-upright. A frame folder is a directory of images: EPIC-style `frame_0000000001.jpg` (1-based,
-opened by name, counted by binary search without listing) or any naturally sorted image files.
+Frame i of a file is the i-th frame of PyAV's sequential decode sorted by presentation time
+stamp; `num_frames` counts the frames present (not the header's count, which for an AVI can
+count time slots). Both come from the file's frame index (`tgmae.data.frame_index`: one decode
+of the file, cached per file in memory and on disk), which also holds the verdict, so every
+caller refuses the same files for the same named reason. A read seeks to the keyframe at or
+before the first wanted frame and decodes forward until every wanted frame is out, placing each
+decoded frame by its pts in the index; a seek that lands after that keyframe backs off to the
+previous one, and a decoded frame the index does not hold sends the read back to a decode from
+the start. Where each packet is one frame, packets of unwanted frames that nothing references
+are skipped by the decoder (`skip_frame=NONREF`); only wanted frames are converted to RGB.
+Rotation metadata is applied, so frames come out upright. A frame folder is a directory of
+images: EPIC-style `frame_0000000001.jpg` (1-based, opened by name, counted by binary search
+without listing) or any naturally sorted image files.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from tgmae.data.frame_folder import IMAGE_EXTS, FrameFolder
+from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index
 from tgmae.data.motion_vectors import block_motion
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_EPIC_NAME = "frame_{:010d}.jpg"  # EPIC-Kitchens RGB frames, 1-based
-
-
-class VideoError(RuntimeError):
-    """A video or frame folder cannot be read (missing, empty, corrupt, truncated, too short)."""
+_REORDER_PACKETS = 32  # packets decoded past the last wanted frame when frames come out of pts order
 
 
 @dataclass
 class VideoInfo:
-    """What a video holds. `width`/`height` are after rotation (as frames are returned) once
-    `rotation` is known: `probe_video` decodes the first frame for it; `VideoReader.info` alone
-    only demuxes, and learns the rotation at the first read."""
+    """What a video holds. `width`/`height` are after rotation (as frames are returned)."""
 
-    num_frames: int
+    num_frames: int  # frames present (files: decoded frames)
     fps: float  # average frames per second (0 when unknown)
     width: int
     height: int
@@ -52,6 +52,30 @@ class VideoInfo:
     pts: Optional[np.ndarray] = None  # [num_frames] int64 presentation timestamps (files)
 
 
+@dataclass
+class Verdict:
+    """Whether a video can be used. kind: "ok" or one of `tgmae.data.frame_index.KINDS`."""
+
+    kind: str
+    reason: str = ""
+    num_frames: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+def video_verdict(path: str | Path) -> Verdict:
+    """The one verdict on a video file or frame folder, as every reader of it sees it: "ok", or
+    missing / zero_bytes / unreadable / no_video_stream / no_frames / truncated / undecodable
+    (with the frame positions) and the reason."""
+    try:
+        with VideoReader(path) as r:
+            return Verdict("ok", "", r.info.num_frames)
+    except VideoError as e:
+        return Verdict(e.kind, str(e))
+
+
 def is_frame_folder(path: str | Path) -> bool:
     return os.path.isdir(path)
 
@@ -59,44 +83,32 @@ def is_frame_folder(path: str | Path) -> bool:
 class VideoReader:
     """One open video file or frame folder. Use as a context manager.
 
-    threads: decoder threads (0 = FFmpeg's choice); thread_type "AUTO" (frame + slice),
-      "SLICE" or "NONE". For many DataLoader workers on few cores, 1 thread per worker is the
-      fastest total throughput (see docs/benchmarks.md); that is the default.
-    info: a `VideoInfo` from an earlier probe of the same file (skips the frame-table demux).
+    Raises VideoError (with `.kind`) at construction when the video is unusable (see
+    `video_verdict`). threads: decoder threads (0 = FFmpeg's choice); thread_type "AUTO" (frame +
+    slice), "SLICE" or "NONE". For many DataLoader workers on few cores, 1 thread per worker is
+    the fastest total throughput (see docs/benchmarks.md); that is the default.
     """
 
-    def __init__(self, path: str | Path, *, threads: int = 1, thread_type: str = "NONE",
-                 info: Optional[VideoInfo] = None):
+    def __init__(self, path: str | Path, *, threads: int = 1, thread_type: str = "NONE"):
         self.path = str(path)
         self.threads = threads
         self.thread_type = thread_type
-        self._folder: Optional[_FrameFolder] = None
+        self._folder: Optional[FrameFolder] = None
         self._container = None
-        self._info: Optional[VideoInfo] = info  # a cached probe of this same file skips the demux
-        self._rotation_known = False
+        self._info: Optional[VideoInfo] = None
+        self._fresh = False  # container open and nothing demuxed yet
+        self._motion_enabled = False
         self.frames_decoded = 0  # frames the decoder produced so far (skipped ones excluded)
         if os.path.isdir(self.path):
-            self._folder = _FrameFolder(self.path)
+            self._folder = FrameFolder(self.path)
             return
         if not os.path.exists(self.path):
-            raise VideoError(f"{self.path}: file not found")
+            raise VideoError(f"{self.path}: file not found", "missing")
         if os.path.getsize(self.path) == 0:
-            raise VideoError(f"{self.path}: zero-byte file")
-        import av
-
-        try:
-            self._container = av.open(self.path, metadata_errors="ignore")
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise VideoError(f"{self.path}: cannot open ({e})") from None
-        if not self._container.streams.video:
-            self.close()
-            raise VideoError(f"{self.path}: no video stream")
-        self._stream = self._container.streams.video[0]
-        cc = self._stream.codec_context
-        if threads != 1 or thread_type != "NONE":
-            cc.thread_type = thread_type
-            cc.thread_count = threads
-        self._motion_enabled = False
+            raise VideoError(f"{self.path}: zero-byte file", "zero_bytes")
+        self._index: FrameIndex = frame_index(self.path)
+        if self._index.kind:
+            raise VideoError(self._index.reason, self._index.kind)
 
     # ---------------------------------------------------------------- context management
     def close(self) -> None:
@@ -110,87 +122,39 @@ class VideoReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _open(self) -> None:
+        """(Re)open the container for decoding, positioned at the start."""
+        import av
+
+        self.close()
+        try:
+            self._container = av.open(self.path, metadata_errors="ignore")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise VideoError(f"{self.path}: cannot open as a video ({e})", "unreadable") from None
+        self._stream = self._container.streams.video[0]
+        cc = self._stream.codec_context
+        if self.threads != 1 or self.thread_type != "NONE":
+            cc.thread_type = self.thread_type
+            cc.thread_count = self.threads
+        self._motion_enabled = False
+        self._fresh = True
+
     # ---------------------------------------------------------------- probing
     @property
     def info(self) -> VideoInfo:
         if self._info is None:
-            self._info = self._folder.info() if self._folder else self._probe_file()
+            if self._folder is not None:
+                n, w, h = self._folder.info()
+                self._info = VideoInfo(n, 0.0, w, h, 0, 0.0, "image", True, np.zeros(0, np.int64), None)
+            else:
+                x = self._index
+                self._info = VideoInfo(x.num_frames, x.fps, x.width, x.height, x.rotation, x.duration,
+                                       x.codec, False, x.keyframes, x.pts if x.exact_pts else None)
         return self._info
 
-    def _probe_file(self) -> VideoInfo:
-        import av
-
-        s = self._stream
-        pts, keys = [], []
-        try:
-            for pkt in self._container.demux(s):
-                if pkt.size == 0 or pkt.is_discard:
-                    continue
-                t = pkt.pts if pkt.pts is not None else pkt.dts
-                pts.append(-1 if t is None else t)
-                keys.append(pkt.is_keyframe)
-        except av.FFmpegError as e:
-            raise VideoError(f"{self.path}: truncated or corrupt after {len(pts)} packets ({e})") from None
-        if not pts:
-            raise VideoError(f"{self.path}: no video frames")
-        self._check_complete(pts)
-        p = np.asarray(pts, np.int64)
-        k = np.asarray(keys, bool)
-        if (p < 0).any() and (p[p >= 0].size == 0):
-            table = None  # no timestamps at all: reads decode sequentially from the start
-            keyframes = np.zeros(1, np.int64)
-        else:
-            order = np.argsort(p, kind="stable")
-            table = p[order]
-            keyframes = np.flatnonzero(k[order]).astype(np.int64)
-            if keyframes.size == 0 or keyframes[0] != 0:
-                keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
-        rate = s.average_rate or s.guessed_rate
-        fps = float(rate) if rate else 0.0
-        tb = float(s.time_base) if s.time_base else 0.0
-        duration = float(s.duration * tb) if s.duration and tb else (len(p) / fps if fps else 0.0)
-        w, h = s.codec_context.width, s.codec_context.height
-        return VideoInfo(len(p), fps, w, h, 0, duration, s.codec_context.name, False, keyframes, table)
-
-    def _check_complete(self, pts: list[int]) -> None:
-        """Raise when fewer frames exist than the header declares (a cut-off file): frame count
-        from the sample table (MP4), else the stream's or single-stream container's duration."""
-        s, c = self._stream, self._container
-        if s.frames and len(pts) < s.frames:
-            raise VideoError(f"{self.path}: truncated: {len(pts)} of {s.frames} declared frames present")
-        tb = float(s.time_base) if s.time_base else 0.0
-        rate = s.average_rate or s.guessed_rate
-        if not tb or not rate or min(pts) < 0:
-            return
-        declared = float(s.duration * tb) if s.duration else (
-            c.duration / 1e6 if c.duration and len(c.streams) == 1 else 0.0)
-        covered = (max(pts) - min(pts)) * tb + 1 / float(rate)
-        if declared > 0 and covered < 0.9 * declared - 1 / float(rate):
-            raise VideoError(f"{self.path}: truncated: frames cover {covered:.2f} s of {declared:.2f} s declared")
-
     def probe_rotation(self) -> VideoInfo:
-        """Fill `info.rotation` (and rotated width/height) from the first decoded frame."""
-        info = self.info
-        if self._folder is None and not self._rotation_known:
-            import av
-
-            try:
-                self._container.seek(0, stream=self._stream, backward=True)
-                for frame in self._container.decode(self._stream):
-                    self._set_rotation(frame)
-                    break
-            except av.FFmpegError as e:
-                raise VideoError(f"{self.path}: cannot decode the first frame ({e})") from None
-        return info
-
-    def _set_rotation(self, frame) -> None:
-        if self._rotation_known:
-            return
-        info = self.info
-        info.rotation = int(round(frame.rotation or 0)) % 360
-        turned = info.rotation in (90, 270)
-        info.width, info.height = (frame.height, frame.width) if turned else (frame.width, frame.height)
-        self._rotation_known = True
+        """The info, rotation included (kept for callers of the former two-step probe)."""
+        return self.info
 
     # ---------------------------------------------------------------- reading
     def read(self, frame_indices: Sequence[int], *, with_motion: bool = False):
@@ -198,6 +162,7 @@ class VideoReader:
 
         With `with_motion`, returns (frames, motion) where motion is a list of [Hb, Wb, 2]
         float32 per-16x16-block forward displacement (dx, dy) in pixels, None for I-frames.
+        Raises VideoError (kind "out_of_range") for indices outside 0..num_frames-1.
         """
         idx = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
@@ -205,11 +170,11 @@ class VideoReader:
         info = self.info
         if idx.min() < 0 or idx.max() >= info.num_frames:
             raise VideoError(
-                f"{self.path}: frame indices {int(idx.min())}..{int(idx.max())} outside 0..{info.num_frames - 1}"
-            )
+                f"{self.path}: frame indices {int(idx.min())}..{int(idx.max())} outside 0..{info.num_frames - 1}",
+                "out_of_range")
         if self._folder is not None:
             if with_motion:
-                raise VideoError(f"{self.path}: frame folders carry no codec motion vectors")
+                raise VideoError(f"{self.path}: frame folders carry no codec motion vectors", "no_motion")
             return self._folder.read(idx)
         wanted = np.unique(idx)
         got, motion = self._decode(wanted, with_motion)
@@ -219,85 +184,131 @@ class VideoReader:
         return frames, [motion.get(int(i)) for i in idx]
 
     def _decode(self, wanted: np.ndarray, with_motion: bool) -> tuple[dict, dict]:
-        import av
-
-        info = self.info
-        s = self._stream
-        if with_motion and not self._motion_enabled:
-            s.codec_context.flags2 |= av.codec.context.Flags2.export_mvs
-            self._motion_enabled = True
-        first, last = int(wanted[0]), int(wanted[-1])
+        """Seek-decode from the keyframe at or before the first wanted frame; back off one
+        keyframe when the seek lands late; decode from the start when the stream contradicts
+        the index (or has no usable pts)."""
+        x = self._index
         want = set(wanted.tolist())
-        # keyframe at or before `first`; if decoding starts late (open GOP, bad index), back off
-        k = int(np.searchsorted(info.keyframes, first, side="right")) - 1
-        while True:
-            start = int(info.keyframes[max(k, 0)])
-            got, motion, first_seen = self._decode_from(start, first, last, want, with_motion)
-            if first_seen is not None and first_seen <= first or k <= 0:
-                break
-            k -= 1
-        missing = want - got.keys()
-        if missing:
-            raise VideoError(
-                f"{self.path}: could not decode frames {sorted(missing)[:5]} of {info.num_frames} "
-                "(truncated or corrupt)"
-            )
-        return got, motion
-
-    def _decode_from(self, start: int, first: int, last: int, want: set, with_motion: bool):
-        """Seek to frame `start` (a keyframe), decode forward until `last` is out.
-
-        Packets of unwanted frames are decoded with `skip_frame=NONREF`: a frame nothing else
-        references is dropped by the decoder, which cannot change any other frame (about 45% of
-        x264's frames). Frames are placed by pts in the frame table.
-        """
-        import av
-
-        info, s, c = self.info, self._stream, self._container
-        cc = s.codec_context
-        table = info.pts
         got: dict[int, np.ndarray] = {}
         motion: dict[int, Optional[np.ndarray]] = {}
-        pos, first_seen, done = -1, None, False
-        skip_state = "DEFAULT"
+        if x.exact_pts:
+            keys = x.keyframes
+            k = int(np.searchsorted(keys, int(wanted[0]), side="right")) - 1
+            while k >= 0:
+                status = self._decode_from(int(keys[k]), wanted, want, got, motion, with_motion)
+                if status == "done" or status == "mismatch":
+                    break
+                k -= 1  # landed late (or ran out): one keyframe earlier
+            if not want - got.keys():
+                return got, motion
+        self._decode_sequential(want, got, motion, with_motion)
+        missing = want - got.keys()
+        if missing:
+            forget(self.path)  # the file no longer decodes as indexed: re-index next time
+            raise VideoError(f"{self.path}: undecodable frames at {sorted(missing)[:10]} of "
+                             f"{x.num_frames} (decoding differs from its index)", "undecodable")
+        return got, motion
+
+    def _prepare(self, with_motion: bool) -> None:
+        import av
+
+        if self._container is None:
+            self._open()
+        if with_motion and not self._motion_enabled:
+            self._stream.codec_context.flags2 |= av.codec.context.Flags2.export_mvs
+            self._motion_enabled = True
+
+    def _keep(self, j: int, frame, got: dict, motion: dict, with_motion: bool) -> None:
+        got[j] = _to_rgb(frame, self._index.rotation)
+        if with_motion:
+            motion[j] = block_motion(frame, self._index.rotation)
+
+    def _decode_from(self, start: int, wanted: np.ndarray, want: set, got: dict, motion: dict,
+                     with_motion: bool) -> str:
+        """Seek to keyframe `start` and decode forward, placing frames by pts. Returns "done"
+        (all wanted frames out), "late" (the seek landed after `start`, or the stream ended
+        first) or "mismatch" (a decoded frame's pts is not in the index)."""
+        import av
+
+        x = self._index
+        self._prepare(with_motion)
+        c, s = self._container, self._stream
+        cc = s.codec_context
+        last = int(wanted[-1])
+        started, past, skip_state, status = False, -1, "DEFAULT", "late"
         try:
-            if table is not None and start > 0:
-                c.seek(int(table[start]), stream=s, backward=True, any_frame=False)
-            else:
-                c.seek(0, stream=s, backward=True) if table is not None else c.seek(0)
+            if not (start == 0 and self._fresh):
+                c.seek(int(x.pts[start]), stream=s, backward=True)
+            self._fresh = False
             for pkt in c.demux(s):
-                if table is not None and pkt.pts is not None:
-                    j = int(np.searchsorted(table, pkt.pts))
-                    wanted = not (j < len(table) and table[j] == pkt.pts) or j in want
-                    state = "DEFAULT" if wanted else "NONREF"
+                if pkt.size == 0 and pkt.pts is not None:
+                    continue  # empty time slot (see frame_index.build_index)
+                if x.aligned and started:
+                    j = x.position(pkt.pts)
+                    state = "NONREF" if j >= 0 and j not in want else "DEFAULT"
                     if state != skip_state:
                         cc.skip_frame = skip_state = state
+                if past >= 0:
+                    past += 1
+                    if past > _REORDER_PACKETS:
+                        break
                 for frame in pkt.decode():
                     self.frames_decoded += 1
-                    if table is not None and frame.pts is not None:
-                        j = int(np.searchsorted(table, frame.pts))
-                        pos = j if j < len(table) and table[j] == frame.pts else pos + 1
-                    else:
-                        pos = pos + 1 if first_seen is not None else (start if table is not None else 0)
-                    if first_seen is None:
-                        first_seen = pos
-                        self._set_rotation(frame)
-                    if pos in want and pos not in got:
-                        got[pos] = _to_rgb(frame, info.rotation)
-                        if with_motion:
-                            motion[pos] = block_motion(frame, info.rotation)
-                    if pos >= last:
-                        done = True
-                        break
-                if done:
-                    break
-        except av.FFmpegError as e:
-            if want - got.keys():
-                raise VideoError(f"{self.path}: decode error ({e})") from None
+                    j = x.position(frame.pts)
+                    if j < 0:
+                        return "mismatch"
+                    if not started:
+                        if j < start:
+                            continue  # before the keyframe: the seek landed early
+                        if j != start:
+                            return "late"
+                        started = True
+                    if j < start:
+                        continue  # leading frames of an open GOP: need what came before `start`
+                    if j in want and j not in got:
+                        self._keep(j, frame, got, motion, with_motion)
+                        if len(got) == len(want):
+                            return "done"
+                    if j >= last and past < 0:
+                        past = 0  # frames may still come out of pts order: a bounded wait
+        except av.FFmpegError:
+            status = "late"
         finally:
             if skip_state != "DEFAULT":
                 cc.skip_frame = "DEFAULT"
-        return got, motion, first_seen
+        return "done" if len(got) == len(want) else status
+
+    def _decode_sequential(self, want: set, got: dict, motion: dict, with_motion: bool) -> None:
+        """Decode from the start as the index pass did; the m-th frame out is at `rank[m]`."""
+        import av
+
+        x = self._index
+        self._open()
+        self._prepare(with_motion)
+        self._fresh = False
+        m = 0
+        try:
+            for pkt in self._container.demux(self._stream):
+                if pkt.size == 0 and pkt.pts is not None:
+                    continue
+                try:
+                    frames = pkt.decode()
+                except av.FFmpegError:
+                    continue  # as the index pass: it found no failing packet, or we would not be here
+                for frame in frames:
+                    self.frames_decoded += 1
+                    if m >= len(x.rank):
+                        return
+                    j = int(x.rank[m])
+                    m += 1
+                    if x.exact_pts and frame.pts != int(x.pts[j]):
+                        return  # the file decodes differently from its index
+                    if j in want and j not in got:
+                        self._keep(j, frame, got, motion, with_motion)
+                        if len(got) == len(want):
+                            return
+        except av.FFmpegError:
+            return
 
 
 def _to_rgb(frame, rotation: int) -> np.ndarray:
@@ -305,77 +316,6 @@ def _to_rgb(frame, rotation: int) -> np.ndarray:
     if rotation:
         arr = np.ascontiguousarray(np.rot90(arr, k=rotation // 90))
     return arr
-
-
-class _FrameFolder:
-    """A directory of frame images, read with Pillow."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.epic = os.path.exists(os.path.join(path, _EPIC_NAME.format(1)))
-        self._files: Optional[list[str]] = None
-
-    def files(self) -> list[str]:
-        if self._files is None:
-            names = [n for n in os.listdir(self.path) if n.lower().endswith(IMAGE_EXTS)]
-            self._files = sorted(names, key=_natural_key)
-        return self._files
-
-    def info(self) -> VideoInfo:
-        """Frame count and size. EPIC-style folders are counted without listing (they can hold
-        100k frames): exponential then binary search for the last `frame_%010d.jpg` present."""
-        from PIL import Image
-
-        if self.epic:
-            n = self._epic_count()
-        else:
-            n = len(self.files())
-            if not n:
-                raise VideoError(f"{self.path}: frame folder holds no images")
-        first = os.path.join(self.path, self._name(0))
-        try:
-            with Image.open(first) as im:  # reads the header only
-                w, h = im.size
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{first}: cannot read frame image ({e})") from None
-        return VideoInfo(n, 0.0, w, h, 0, 0.0, "image", True, np.zeros(0, np.int64), None)
-
-    def _epic_count(self) -> int:
-        def has(k: int) -> bool:  # 1-based frame number k exists
-            return os.path.exists(os.path.join(self.path, _EPIC_NAME.format(k)))
-
-        hi = 1
-        while has(hi * 2):
-            hi *= 2
-        lo, hi = hi, hi * 2  # has(lo), not has(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if has(mid) else (lo, mid)
-        return lo
-
-    def _name(self, i: int) -> str:
-        return _EPIC_NAME.format(i + 1) if self.epic else self.files()[i]
-
-    def _load(self, i: int) -> np.ndarray:
-        from PIL import Image
-
-        p = os.path.join(self.path, self._name(i))
-        try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{p}: cannot read frame image ({e})") from None
-
-    def read(self, idx: np.ndarray) -> np.ndarray:
-        uniq = {int(i): self._load(int(i)) for i in np.unique(idx)}
-        shapes = {a.shape for a in uniq.values()}
-        if len(shapes) > 1:
-            raise VideoError(f"{self.path}: frames differ in size {sorted(shapes)}")
-        return np.stack([uniq[int(i)] for i in idx])
-
-
-def _natural_key(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec: str = "libx264",
@@ -412,9 +352,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec:
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Frame count, fps, size (after rotation), rotation, duration, codec of a file or folder."""
+    """Frame count (frames present), fps, size (after rotation), rotation, duration, codec of a
+    file or folder. Raises VideoError (with `.kind`) for an unusable video."""
     with VideoReader(path) as r:
-        return r.probe_rotation()
+        return r.info
 
 
 def read_frames(path: str | Path, frame_indices: Sequence[int], **reader_kw) -> np.ndarray:
@@ -430,5 +371,5 @@ def read_motion_vectors(path: str | Path, frame_indices: Sequence[int]) -> list[
         return r.read(frame_indices, with_motion=True)[1]
 
 
-__all__ = ["VideoInfo", "VideoReader", "VideoError", "probe_video", "read_frames",
+__all__ = ["VideoInfo", "VideoReader", "VideoError", "Verdict", "video_verdict", "probe_video", "read_frames",
            "read_motion_vectors", "write_video", "is_frame_folder", "IMAGE_EXTS"]

@@ -24,6 +24,7 @@ tube/random masking. Same masked count in every slice and sample; deterministic 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Optional
 
@@ -38,7 +39,36 @@ from tgmae.masking.select import select_per_slice
 log = logging.getLogger(__name__)
 
 MOTION_SOURCES = ("codec", "framediff")
-_warned: set[str] = set()  # per process: each video's fallback is logged once
+
+
+class SeenVideos:
+    """Video ids seen so far, shared by every process that holds this object: DataLoader workers
+    (fork or spawn: the table is a shared-memory tensor, like the dataset's epoch counter) and
+    their successors in later epochs. Open addressing over 63-bit hashes of the id; beyond
+    `capacity` ids (or 64 probes) it falls back to a per-process set. Two workers meeting a new
+    id at the same instant may both see it first (rare; a duplicate log line, nothing else)."""
+
+    def __init__(self, capacity: int = 1 << 14):
+        self.table = torch.zeros(capacity, dtype=torch.int64).share_memory_()
+        self._local: set[str] = set()
+
+    def first_time(self, video_id: str) -> bool:
+        """True the first time `video_id` is seen by any process sharing this object."""
+        h = int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little") >> 1
+        h = h or 1  # 0 marks an empty slot
+        n = self.table.numel()
+        for probe in range(min(64, n)):
+            i = (h + probe) % n
+            v = int(self.table[i])
+            if v == h:
+                return False
+            if v == 0:
+                self.table[i] = h
+                return True
+        if video_id in self._local:
+            return False
+        self._local.add(video_id)
+        return True
 
 
 class MotionGuidedMask:
@@ -60,6 +90,7 @@ class MotionGuidedMask:
             raise ValueError(f"motion_source={motion_source!r}: expected one of {MOTION_SOURCES}")
         self.ratio, self.motion_source = ratio, motion_source
         self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
+        self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
 
     def token_motion(self, ctx: MaskContext) -> tuple[torch.Tensor, str]:
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""
@@ -72,9 +103,7 @@ class MotionGuidedMask:
                 "frames to take differences of"
             )
         if self.motion_source == "codec":
-            key = str(ctx.video_id)
-            if key not in _warned:
-                _warned.add(key)
+            if self.warned.first_time(str(ctx.video_id)):
                 log.warning(
                     "MGM: video %r has no codec motion vectors (frame folder, I-frames only, or a "
                     "codec that exports none); using frame differences instead", ctx.video_id,

@@ -1,0 +1,277 @@
+"""The frame index of a video file: which frames it presents, built by decoding it once.
+
+Frame i of a file is the i-th frame of PyAV's sequential decode sorted by `frame.pts` (stable,
+so ties keep decode order). Container tables are not trusted for this: an XviD / DivX AVI emits
+B-frames out of time-stamp order and stores 7-byte "not coded" placeholder packets, an AVI's
+header can count time slots rather than frames, and an MP4 can hold a packet that presents no
+frame. So `build_index` decodes every packet (no RGB conversion, deblocking skipped: pixels are
+not kept) and records each frame's pts, keyframe flag and decode position, plus the verdict:
+the file is usable, or why not (`VideoError.kind`).
+
+The index is cached per file, keyed by (real path, size, mtime_ns): in memory (LRU) and on disk
+under `$TGMAE_CACHE_DIR/frame_index` (default `$XDG_CACHE_HOME/tgmae` or `~/.cache/tgmae`;
+`TGMAE_CACHE_DIR=off` keeps it in memory only). An entry stores its key and is used only when
+the key matches, so a changed file is re-indexed. Cost: one decode of the file the first time
+(e.g. 0.1 s CPU for 250 frames at 640x272 H.264), 0.1-0.3 ms per open afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1  # bump when frame numbering or the stored index changes (clip caches key on it)
+_MEMORY_ENTRIES = 4096
+_memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
+_lock = threading.Lock()  # captioning reads videos from a thread pool
+_disk_warned = False
+
+# What is wrong with a file (VideoError.kind); "" = usable.
+KINDS = ("missing", "zero_bytes", "unreadable", "no_video_stream", "no_frames", "truncated", "undecodable")
+
+
+class VideoError(RuntimeError):
+    """A video or frame folder cannot be read. `kind` names what happened (one of `KINDS`, or
+    "out_of_range" / "too_short" for requests the video cannot satisfy)."""
+
+    def __init__(self, message: str, kind: str = "undecodable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class FrameIndex:
+    """Frames a file presents. pts: int64 [N] sorted presentation time stamps (stream time base);
+    key: bool [N] keyframe flag per frame; rank: int64 [N] sorted position of the m-th decoded
+    frame. exact_pts: pts are present and unique, so decoded frames can be placed (and checked)
+    by pts after a seek; otherwise reads decode from the start and place frames by `rank`.
+    aligned: frames came out in pts order and every non-empty packet's pts is a frame's pts and
+    vice versa (one frame per packet), so a packet can be skipped by its pts (an XviD AVI is not). kind / reason: the verdict ("" = usable)."""
+
+    pts: np.ndarray
+    key: np.ndarray
+    rank: np.ndarray
+    exact_pts: bool
+    aligned: bool
+    width: int
+    height: int
+    rotation: int  # degrees counter-clockwise
+    fps: float
+    duration: float  # seconds
+    codec: str
+    kind: str = ""
+    reason: str = ""
+
+    @property
+    def num_frames(self) -> int:
+        return int(len(self.pts))
+
+    @property
+    def keyframes(self) -> np.ndarray:
+        """Positions decoding can start from: keyframes, and always 0 (the start of the file)."""
+        k = np.flatnonzero(self.key).astype(np.int64)
+        return k if k.size and k[0] == 0 else np.concatenate([[0], k]).astype(np.int64)
+
+    def position(self, pts: Optional[int]) -> int:
+        """Frame position of a decoded frame's pts, -1 when no frame has it."""
+        if pts is None:
+            return -1
+        j = int(np.searchsorted(self.pts, pts))
+        return j if j < len(self.pts) and int(self.pts[j]) == pts else -1
+
+
+def build_index(path: str) -> FrameIndex:
+    """Decode `path` once -> its FrameIndex (verdict included; raises VideoError only when the
+    file cannot be opened or has no video stream)."""
+    import av
+
+    try:
+        c = av.open(path, metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoError(f"{path}: cannot open as a video ({e})", "unreadable") from None
+    with c:
+        if not c.streams.video:
+            raise VideoError(f"{path}: no video stream", "no_video_stream")
+        s = c.streams.video[0]
+        s.codec_context.options = {"skip_loop_filter": "all"}  # pixels are not kept here
+        pts: list = []
+        keys: list[bool] = []
+        pkt_pts: list = []
+        bad: list[int] = []  # coded packets (decode order, from 0) that failed to decode
+        first = None
+        demux_error = ""
+        it = c.demux(s)
+        while True:
+            try:
+                pkt = next(it)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError) as e:
+                demux_error = str(e)
+                break
+            if pkt.size == 0 and pkt.pts is not None:
+                continue  # an empty time slot (AVI): nothing to decode; never send it (it drains)
+            if pkt.size:
+                pkt_pts.append(pkt.pts)
+            try:
+                frames = pkt.decode()
+            except av.FFmpegError:
+                bad.append(len(pkt_pts) - 1)
+                continue
+            for f in frames:
+                if first is None:
+                    first = f
+                pts.append(f.pts)
+                keys.append(bool(f.key_frame))
+        rate = s.average_rate or s.guessed_rate
+        fps = float(rate) if rate else 0.0
+        tb = float(s.time_base) if s.time_base else 0.0
+        declared = float(s.duration * tb) if s.duration and tb else (
+            c.duration / 1e6 if c.duration and len(c.streams) == 1 else 0.0)
+        codec = s.codec_context.name
+        w, h = s.codec_context.width, s.codec_context.height
+    n = len(pts)
+    have_pts = n > 0 and all(p is not None for p in pts)
+    p = np.asarray(pts if have_pts else range(n), np.int64)
+    order = np.argsort(p, kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    sorted_pts = p[order]
+    exact = have_pts and bool(np.all(np.diff(sorted_pts) > 0))
+    in_order = bool(np.all(np.diff(p) > 0)) if exact else False  # frames came out in pts order
+    aligned = in_order and None not in pkt_pts and sorted(pkt_pts) == sorted_pts.tolist()
+    rotation = int(round(first.rotation or 0)) % 360 if first is not None else 0
+    if first is not None:
+        w, h = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+    duration = declared or (n / fps if fps else 0.0)
+    idx = FrameIndex(sorted_pts, np.asarray(keys, bool)[order], rank, exact, aligned, w, h, rotation,
+                     fps, duration, codec)
+    idx.kind, idx.reason = _verdict(path, idx, bad, pkt_pts, demux_error, tb, fps, declared)
+    return idx
+
+
+def _verdict(path: str, idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, tb: float,
+             fps: float, declared: float) -> tuple[str, str]:
+    n = idx.num_frames
+    if demux_error:
+        return "truncated", f"{path}: truncated or corrupt: reading stopped after {n} frames ({demux_error})"
+    if bad:
+        where = sorted(set(bad))
+        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+        return "undecodable", (f"{path}: undecodable frames at {where[:10]}{more} (coded frames in decode "
+                               f"order, from 0) of {len(pkt_pts)}")
+    if n == 0:
+        return "no_frames", f"{path}: no video frames"
+    if idx.exact_pts and tb and fps and declared > 0:
+        # a file whose frames stop well before its declared duration was cut off; variable frame
+        # rate (few frames spread over the duration) is fine: only the covered time counts
+        covered = float(idx.pts[-1] - idx.pts[0]) * tb + 1 / fps
+        if covered < 0.9 * declared - 1 / fps:
+            return "truncated", f"{path}: truncated: frames cover {covered:.2f} s of {declared:.2f} s declared"
+    return "", ""
+
+
+# ---------------------------------------------------------------- caching
+def _key(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+def cache_dir() -> Optional[Path]:
+    """Folder of the on-disk index cache, None when disabled (`TGMAE_CACHE_DIR=off`)."""
+    root = os.environ.get("TGMAE_CACHE_DIR")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
+        return None
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tgmae")
+    return Path(root) / "frame_index"
+
+
+def _entry_file(key: tuple) -> Optional[Path]:
+    d = cache_dir()
+    if d is None:
+        return None
+    h = hashlib.sha1(json.dumps([INDEX_VERSION, *key]).encode()).hexdigest()
+    return d / h[:2] / f"{h}.npz"
+
+
+def _load(f: Path, key: tuple) -> Optional[FrameIndex]:
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.pop("key") != [INDEX_VERSION, *key]:
+                return None
+            return FrameIndex(z["pts"], z["key"], z["rank"], **meta)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable or foreign entry: re-index
+
+
+def _save(f: Path, key: tuple, idx: FrameIndex) -> None:
+    global _disk_warned
+    meta = {k: v for k, v in asdict(idx).items() if k not in ("pts", "key", "rank")}
+    meta["key"] = [INDEX_VERSION, *key]
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, pts=idx.pts, key=idx.key, rank=idx.rank, meta=np.array(json.dumps(meta)))
+        os.replace(tmp, f)  # atomic: concurrent workers never see half an entry
+    except OSError as e:
+        if not _disk_warned:
+            _disk_warned = True
+            log.warning("frame index cache %s not writable (%s): indexes kept in memory only", f.parent, e)
+
+
+def frame_index(path: str) -> FrameIndex:
+    """The FrameIndex of a video file, from the memory or disk cache or by decoding it once."""
+    try:
+        key = _key(path)
+    except OSError:
+        raise VideoError(f"{path}: file not found", "missing") from None
+    with _lock:
+        hit = _memory.get(key)
+        if hit is not None:
+            _memory.move_to_end(key)
+            return hit
+    f = _entry_file(key)
+    idx = _load(f, key) if f is not None and f.exists() else None
+    if idx is None:
+        idx = build_index(path)
+        if f is not None:
+            _save(f, key, idx)
+    with _lock:
+        _memory[key] = idx
+        if len(_memory) > _MEMORY_ENTRIES:
+            _memory.popitem(last=False)
+    return idx
+
+
+def forget(path: str) -> None:
+    """Drop a file's cached index (memory and disk), e.g. when a read contradicts it."""
+    try:
+        key = _key(path)
+    except OSError:
+        return
+    with _lock:
+        _memory.pop(key, None)
+    f = _entry_file(key)
+    if f is not None:
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
+__all__ = ["FrameIndex", "VideoError", "KINDS", "build_index", "frame_index", "forget", "cache_dir"]
