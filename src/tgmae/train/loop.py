@@ -8,6 +8,7 @@ progress, atomic checkpoints and step-exact resume.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -247,6 +248,7 @@ class Trainer:
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
+        start_epoch = position.epoch
         try:
             while position.step < total_steps and position.epoch < cfg.train.epochs:
                 epoch = position.epoch
@@ -257,6 +259,10 @@ class Trainer:
                 train_model.train()
                 t_wait = time.perf_counter()
                 micro_idx = position.batches_in_epoch
+                if workers > 0 and epoch == start_epoch:
+                    # A PyAV frame left in a reference cycle, freed by a forked worker's collector,
+                    # can block that worker inside FFmpeg: collect before the workers fork.
+                    gc.collect()
                 for batch in loader:
                     if micro_idx >= micro_total or position.step >= total_steps:
                         break
