@@ -7,11 +7,13 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 - "sdpa": `torch.nn.functional.scaled_dot_product_attention` in the input dtype.
 - "sdpa_fp32": the same in float32 (q, k, v upcast, output cast back), autocast off inside.
 - "math": explicit matmul-softmax-matmul (reference; stores the [N, N] probabilities).
-- "auto" (default): "sdpa", except bf16/fp16 on a CPU without AMX, where "sdpa_fp32". Measured
-  on the 2-core avx512_bf16 machine (benchmarks/pretrain_step.py, docs/benchmarks.md): bf16
-  GEMMs there run at ~0.6x the fp32 rate and the bf16 flash-SDPA backward is slow, so the fp32
-  kernel was 1.8x faster than bf16 SDPA for the 1568-token decoder and 1.1-2x faster than
-  the explicit bf16 kernel at every length we use. It is also the more accurate choice.
+- "auto" (default): the fastest of these for the device, dtype, head width and sequence length
+  (rounded up to a power of two), measured once per machine and torch version by
+  `tgmae.autotune.choose` (forward + backward of [1, min(H, 2), n, d], about 0.1-1 s per
+  length; cached on disk, logged). The answer differs between machines with the same CPU flags:
+  on an Intel Xeon with AVX512-BF16 but no AMX (bf16 GEMMs ~0.5x fp32's rate) "sdpa_fp32" won
+  at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) see docs/benchmarks.md. With
+  autotuning off (TGMAE_AUTOTUNE=off) "auto" is "sdpa".
 """
 
 from __future__ import annotations
@@ -39,22 +41,59 @@ def sdpa_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.to(q.dtype)
 
 
-def _cpu_low_precision_prefers_fp32() -> bool:
-    """True unless the CPU has AMX tiles (there bf16 matmuls are much faster than fp32)."""
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return not has_amx()
+_resolved: dict[tuple, str] = {}  # (device type, dtype, d, n, threads) -> kernel
 
 
-_CPU_FP32 = _cpu_low_precision_prefers_fp32()
+def length_bucket(n: int) -> int:
+    """Sequence length -> the power of two (>= 16) the kernel choice is measured at."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
-def pick_kernel(q: torch.Tensor, kernel: Kernel) -> str:
-    """Resolve "auto" to a concrete kernel for these [B, H, N, d] queries."""
+def _run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if kernel == "math":
+        return math_attention(q, k, v)
+    if kernel == "sdpa_fp32":
+        return sdpa_fp32(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@torch.compiler.disable
+def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int, n: int) -> str:
+    """Fastest kernel for forward + backward of [1, min(heads, 2), n, d] in `dtype` on this
+    machine, via tgmae.autotune.choose (cached on disk; runs eagerly under torch.compile)."""
+    from tgmae import autotune  # below models in the import order; imported late for start-up
+
+    dev = torch.device(device)
+    key = (dev.type, dtype, d, n, torch.get_num_threads())
+    if key in _resolved:
+        return _resolved[key]
+    name = f"attention/{dev.type}/{str(dtype).removeprefix('torch.')}/d{d}/n{n}"
+    g = torch.Generator().manual_seed(0)
+    shape = (1, min(heads, 2), n, d)
+    qkv = [torch.randn(shape, generator=g).to(dev, dtype).requires_grad_() for _ in range(3)]
+    names = ("sdpa", "math") if dtype == torch.float32 else ("sdpa", "sdpa_fp32", "math")
+
+    def work(kernel: str) -> None:
+        with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+            _run_kernel(kernel, *qkv).float().sum().backward()
+        for t in qkv:
+            t.grad = None
+
+    candidates = {kn: (lambda kn=kn: work(kn)) for kn in names}
+    _resolved[key] = autotune.choose(name, candidates, dev, default="sdpa", rounds=3)
+    return _resolved[key]
+
+
+def pick_kernel(q: torch.Tensor, kernel: Kernel, n: int | None = None) -> str:
+    """Resolve "auto" to a concrete kernel for queries [B, H, Nq, d] attending to n keys
+    (default Nq): the measured fastest at that length's bucket (see the module docstring)."""
     if kernel != "auto":
         return kernel
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and _CPU_FP32:
-        return "sdpa_fp32"
-    return "sdpa"
+    n = length_bucket(q.shape[-2] if n is None else n)
+    key = (q.device.type, q.dtype, q.shape[-1], n, torch.get_num_threads())
+    if key in _resolved:
+        return _resolved[key]
+    return measure_kernel(q.device, q.dtype, q.shape[1], q.shape[-1], n)
 
 
 class Attention(nn.Module):
@@ -94,13 +133,7 @@ class Attention(nn.Module):
             q = F.linear(x[:, q_start:], w[:D], self.q_bias).view(B, N - q_start, H, d).transpose(1, 2)
             kv = F.linear(x, w[D:], torch.cat([torch.zeros_like(self.v_bias), self.v_bias]))
             k, v = (t.transpose(1, 2) for t in kv.view(B, N, 2, H, d).unbind(2))
-        kernel = pick_kernel(q, self.kernel)
-        if kernel == "math":
-            out = math_attention(q, k, v)
-        elif kernel == "sdpa_fp32":
-            out = sdpa_fp32(q, k, v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # [B, H, Nq, d]
+        out = _run_kernel(pick_kernel(q, self.kernel, N), q, k, v)  # [B, H, Nq, d]
         return self.proj(out.transpose(1, 2).reshape(B, N - q_start, D))
 
 
@@ -113,4 +146,5 @@ def set_attention_kernel(model: nn.Module, kernel: Kernel) -> None:
             m.kernel = kernel
 
 
-__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "set_attention_kernel"]
+__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "measure_kernel",
+           "length_bucket", "set_attention_kernel"]
