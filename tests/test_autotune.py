@@ -36,9 +36,12 @@ def tuning(tmp_path, monkeypatch):
 
 
 def sleeper(seconds: float, calls: list):
+    """A candidate that costs `seconds` of this process's CPU time (what CPU choices measure)."""
     def fn():
         calls.append(seconds)
-        time.sleep(seconds)
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
     return fn
 
 

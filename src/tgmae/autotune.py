@@ -3,8 +3,9 @@
 Which kernel is fastest depends on the machine, not on what its CPU flags promise: an Intel
 Xeon with AVX512-BF16 but no AMX runs bf16 matmuls at ~0.5x the fp32 rate, an AMD EPYC Zen 4
 with the same flags at ~4x (docs/benchmarks.md), and `torch.cpu._is_amx_tile_supported()` is
-False on both. So each choice (`choose`) times its candidates once, alternating, and keeps the
-fastest; the result is logged and stored in a small JSON file so later runs on the same machine
+False on both. So each choice (`choose`) times its candidates once, alternating (on CPU by the
+process's CPU time, which other jobs sharing the cores barely move; on CUDA by synchronized wall
+time), and keeps the fastest; the result is logged and stored in a small JSON file so later runs on the same machine
 reuse it without measuring.
 
 Cache: `$TGMAE_CACHE_DIR/autotune.json` (default `~/.cache/tgmae/autotune.json`), one entry per
@@ -116,10 +117,11 @@ def _store(key: str, name: str, entry: dict) -> None:
 
 
 def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 5,
-                    sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """{name: seconds}: each candidate warmed up once, then timed `rounds` times, alternating
-    (order reversed every round); the minimum per candidate (the undisturbed cost: on a shared
-    machine other jobs only ever add time)."""
+                    sync: Callable[[], None] = lambda: None,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """{name: seconds on `clock`}: each candidate warmed up once, then timed `rounds` times,
+    alternating (order reversed every round); the minimum per candidate (the undisturbed cost:
+    on a shared machine other jobs only ever add time)."""
     for fn in candidates.values():
         fn()
     sync()
@@ -127,10 +129,10 @@ def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 5
     names = list(candidates)
     for r in range(rounds):
         for k in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
+            t0 = clock()
             candidates[k]()
             sync()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return {k: min(v) for k, v in times.items()}
 
 
@@ -161,9 +163,11 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
         log.info("autotune %s: %s (cached in %s)", name, entry["choice"], cache_path())
         return entry["choice"]
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    times = time_candidates(candidates, rounds, sync)
+    if device.type == "cuda":
+        times = time_candidates(candidates, rounds, torch.cuda.synchronize)
+    else:  # this process's CPU time: other jobs on a shared machine barely move it (wall does)
+        times = time_candidates(candidates, rounds, clock=time.process_time)
     best = min(times, key=times.get)
     if default in times and times[best] > times[default] * (1.0 - margin):
         best = default

@@ -142,6 +142,9 @@ class Trainer:
         cfg, dist, task = self.cfg, self.dist, self.task
         device = dist.device
         precision = resolve_precision(cfg.train.precision, device)
+        if dist.enabled and cfg.train.precision == "auto":  # a collective: every rank calls it
+            # each rank measured for itself: all ranks must train alike, so fp32 unless all agree
+            precision = "fp32" if any_rank(precision == "fp32", device) else precision
         if dist.is_main:
             log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision,
                      ", measured: see tgmae.autotune" if cfg.train.precision == "auto" else "")
