@@ -143,8 +143,8 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
     Args:
         name: what is chosen, including every shape it depends on (e.g.
             "attention/bf16/d64/n2048"); the cache key adds the machine and torch version.
-        candidates: {choice: zero-argument callable doing the work once}. Built lazily by the
-            caller only when a measurement is needed is cheaper: pass them as given.
+        candidates: {choice: zero-argument callable doing the work once}; called only when
+            nothing is cached.
         device: where the work runs (part of the cache key; CUDA work is synchronized).
         default: returned without measuring when autotuning is switched off, and preferred
             unless another candidate is faster by more than `margin` (a fraction).

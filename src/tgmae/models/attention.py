@@ -9,11 +9,13 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 - "math": explicit matmul-softmax-matmul (reference; stores the [N, N] probabilities).
 - "auto" (default): the fastest of these for the device, dtype, head width and sequence length
   (rounded up to a power of two), measured once per machine and torch version by
-  `tgmae.autotune.choose` (forward + backward of [1, min(H, 2), n, d], about 0.1-1 s per
+  `tgmae.autotune.choose` (forward + backward of [1, min(H, 2), n, d], about 0.1-2 s per
   length; cached on disk, logged). The answer differs between machines with the same CPU flags:
   on an Intel Xeon with AVX512-BF16 but no AMX (bf16 GEMMs ~0.5x fp32's rate) "sdpa_fp32" won
-  at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) see docs/benchmarks.md. With
-  autotuning off (TGMAE_AUTOTUNE=off) "auto" is "sdpa".
+  at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) "math" won in bf16 at every
+  length (faster, but it keeps the [n, n] probabilities for backward: more memory than flash
+  SDPA) and "sdpa" in fp32 (docs/benchmarks.md). "sdpa" is kept unless another kernel is 5%
+  faster. With autotuning off (TGMAE_AUTOTUNE=off) "auto" is "sdpa".
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ def cpu_prefers_bf16() -> bool:
     the same AVX512-BF16 flag but no AMX ~0.5x. The probe is what a transformer step is made of:
     forward + backward of LayerNorm -> Linear(D, 4D) -> GELU -> Linear(4D, D) on [T, D] tokens
     (T = 256, D = 768), fp32 against bf16 autocast (weight casts included), timed alternating
-    (~0.3 s once on a quiet 2-core Zen 4; then cached per machine and torch version by tgmae.autotune, and logged).
+    (1-4 s once on the shared 2-core Zen 4; then cached per machine and torch version by
+    tgmae.autotune, and logged).
     bf16 must win by 10% to be chosen (fp32 is the more accurate). Autotuning off: fp32.
     """
     from tgmae import autotune
