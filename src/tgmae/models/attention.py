@@ -73,11 +73,13 @@ def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int,
     name = f"attention/{dev.type}/{str(dtype).removeprefix('torch.')}/d{d}/n{n}"
     g = torch.Generator().manual_seed(0)
     shape = (1, min(heads, 2), n, d)
-    qkv = [torch.randn(shape, generator=g).to(dev, dtype).requires_grad_() for _ in range(3)]
+    with torch.inference_mode(False):  # the first call may come from an inference-mode forward
+        qkv = [torch.randn(shape, generator=g).to(dev, dtype).requires_grad_() for _ in range(3)]
     names = ("sdpa", "math") if dtype == torch.float32 else ("sdpa", "sdpa_fp32", "math")
 
     def work(kernel: str) -> None:
-        with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(dev.type, enabled=False)):
             _run_kernel(kernel, *qkv).float().sum().backward()
         for t in qkv:
             t.grad = None
