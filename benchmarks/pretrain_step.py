@@ -24,8 +24,14 @@ Measured per preset x mask ratio x precision (fp32, bf16 autocast):
   (median; same load as the steps), `frac_best_ceiling` against the best matmul rate seen at
   start-up (what the cores give when undisturbed).
 
+The first lines printed name the CPU model, its speed-relevant flags and the autotune key (the
+JSON holds the full flag list): figures belong to that machine. `--attention` picks our kernel
+(default auto: measured per machine by tgmae.autotune); `--compile blocks|model` adds a third
+contestant, a torch.compile'd copy of ours with the same weights, timed in the same rounds.
+
 usage: python benchmarks/pretrain_step.py [--presets tiny,small,base] [--ratios 0.9,0.6]
        [--precisions fp32,bf16] [--batch 2] [--steps 6] [--threads N] [--clock wall|cpu]
+       [--attention auto|sdpa|sdpa_fp32|math] [--compile off|blocks|model]
        [--device cpu|cuda] [--quick] [--json out.json]
 """
 
@@ -35,7 +41,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,12 +50,26 @@ from typing import Callable
 
 import torch
 
+from tgmae import autotune
 from tgmae.config import ModelConfig
 from tgmae.models import build_pretraining_model
+from tgmae.models.attention import set_attention_kernel
 from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.train.loop import compile_model
 
 FRAMES, SIZE = 16, 224
 HF_ATTENTION = ""  # transformers' attention implementation in use (its default)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+def machine_line(device: torch.device) -> str:
+    """CPU model, the flags that decide kernel speed, and the autotune cache key."""
+    model, flags = autotune.cpu_info()
+    have = [f for f in SPEED_FLAGS if f in flags]
+    line = f"CPU {model} [{' '.join(have) or 'no listed flags'}]"
+    if device.type == "cuda":
+        line += f", GPU {torch.cuda.get_device_name(device)}"
+    return line + f"; autotune key {autotune.machine_key(device)!r}"
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -164,12 +183,26 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device, reps: int = 8) -> f
 # ------------------------------------------------------------------------------------ models
 
 
-def build_pair(preset: str, device: torch.device):
+def build_models(preset: str, device: torch.device, attention: str = "auto", compile_mode: str = "off"):
+    """{"ours": model, "hf": model[, "ours_compiled": model]} with identical weights (ours
+    copied into HF and into the compiled copy)."""
+    ours, hf = build_pair(preset, device, attention)
+    models = {"ours": ours, "hf": hf}
+    if compile_mode != "off":
+        twin = build_pretraining_model(ModelConfig(preset=preset), FRAMES, SIZE).to(device).train()
+        twin.load_state_dict(ours.state_dict())
+        set_attention_kernel(twin, attention)
+        models["ours_compiled"] = compile_model(twin, compile_mode)
+    return models
+
+
+def build_pair(preset: str, device: torch.device, attention: str = "auto"):
     """Our model and transformers' with identical weights (ours copied into HF)."""
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
     torch.manual_seed(0)
     ours = build_pretraining_model(ModelConfig(preset=preset), FRAMES, SIZE).to(device).train()
+    set_attention_kernel(ours, attention)
     hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(ours.arch))).to(device).train()
     global HF_ATTENTION
     HF_ATTENTION = hf.config._attn_implementation
@@ -215,43 +248,51 @@ def timed(step: Callable[[], None]) -> tuple[float, float]:
     return CLOCK() - t0, time.perf_counter() - w0
 
 
-def bench_case(ours, hf, preset, ratio, precision, args, device, ceilings) -> dict:
+def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict:
+    ours = models["ours"]
     n = ours.arch.num_tokens
     g = torch.Generator().manual_seed(0)
     video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
     mask = random_mask(args.batch, n, ratio, seed=1).to(device)
-    steps = {"ours": make_step(ours, False, video, mask, precision, device),
-             "hf": make_step(hf, True, video, mask, precision, device)}
-    for name in steps:  # warm-up: allocates optimizer state, first-call kernels
+    steps = {name: make_step(m, name == "hf", video, mask, precision, device) for name, m in models.items()}
+    compile_s = {}
+    for name in steps:  # warm-up: allocates optimizer state, first-call kernels (and compiles)
+        w0 = time.perf_counter()
         steps[name][0]()
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    walls: dict[str, list[float]] = {"ours": [], "hf": []}
+        compile_s[name] = time.perf_counter() - w0
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    walls: dict[str, list[float]] = {k: [] for k in steps}
     rates = []  # matmul ceiling sampled in every round, under the same load as the steps
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    names = list(steps)
     for i in range(args.steps):
         rates.append(matmul_rate(dtype, device))
-        order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
-        for name in order:
+        for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
             t, w = timed(steps[name][0])
             times[name].append(t)
             walls[name].append(w)
     ceiling = statistics.median(rates)
     row = dict(preset=preset, ratio=ratio, precision=precision, batch=args.batch,
-               ceiling_gflops=ceiling, ceiling_samples=rates, best_ceiling_gflops=ceilings[precision])
+               ceiling_gflops=ceiling, ceiling_samples=rates, best_ceiling_gflops=ceilings[precision],
+               attention_choices=autotune.cached_choices(device))
     for name, (step, fwd_bwd) in steps.items():
         med = statistics.median(times[name])
-        flops = count_flops(fwd_bwd)
-        for p in (ours if name == "ours" else hf).parameters():
+        flops = count_flops(fwd_bwd) if name != "ours_compiled" else row["ours"]["gflop"] * 1e9
+        for p in models[name].parameters():
             p.grad = None
         row[name] = dict(
             step_s=med, step_s_all=times[name], wall_s=statistics.median(walls[name]),
+            first_step_wall_s=compile_s[name],
             clips_per_s=args.batch / med, gflop=flops / 1e9,
             gflops_per_s=flops / med / 1e9, frac_ceiling=flops / med / 1e9 / ceiling,
             frac_best_ceiling=flops / med / 1e9 / ceilings[precision],
         )
-    row["speedup"] = row["hf"]["step_s"] / row["ours"]["step_s"]
-    # per-round ratios: robust to drift that hits both runs of a round alike
-    row["speedup_rounds_median"] = statistics.median(h / o for h, o in zip(times["hf"], times["ours"]))
+    for name in (k for k in steps if k != "hf"):
+        suffix = "" if name == "ours" else "_" + name.removeprefix("ours_")
+        row["speedup" + suffix] = row["hf"]["step_s"] / row[name]["step_s"]
+        # per-round ratios: robust to drift that hits both runs of a round alike
+        row["speedup_rounds_median" + suffix] = statistics.median(
+            h / o for h, o in zip(times["hf"], times[name]))
     return row
 
 
@@ -278,7 +319,7 @@ def measure_memory(args, device) -> dict[str, dict[str, float]]:
     """{case key: {"ours": MiB, "hf": MiB}} for every case, in this process."""
     peaks = {}
     for preset in args.presets.split(","):
-        ours, hf = build_pair(preset, device)
+        ours, hf = build_pair(preset, device, args.attention)
         for ratio in (float(r) for r in args.ratios.split(",")):
             for precision in args.precisions.split(","):
                 peaks[_case_key(preset, ratio, precision)] = memory_case(ours, hf, ratio, precision, args, device)
@@ -297,7 +338,7 @@ def memory_pass(args, device) -> dict[str, dict[str, float]]:
         out = Path(tmp) / "peaks.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-pass", str(out),
                "--presets", args.presets, "--ratios", args.ratios, "--precisions", args.precisions,
-               "--batch", str(args.batch), "--threads", str(args.threads)]
+               "--batch", str(args.batch), "--threads", str(args.threads), "--attention", args.attention]
         subprocess.run(cmd, check=True)
         return json.loads(out.read_text())
 
@@ -314,6 +355,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="time steps and the ceiling by wall clock, or by this process's CPU "
                              "time (use with --threads 1 on a CPU shared with other jobs)")
+    parser.add_argument("--attention", default="auto", help="our attention kernel: auto (measured "
+                        "per machine, tgmae.autotune) | sdpa | sdpa_fp32 | math")
+    parser.add_argument("--compile", default="off", choices=("off", "blocks", "model"),
+                        help="also time a torch.compile'd copy of ours (cold compile in the warm-up)")
     parser.add_argument("--quick", action="store_true", help="tiny + small at ratio 0.9, 3 steps")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--memory-pass", metavar="OUT", help=argparse.SUPPRESS)  # internal: child process
@@ -336,6 +381,7 @@ def main(argv=None) -> int:
     precisions = args.precisions.split(",")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
     ceilings = {p: matmul_ceiling(dtype[p], device) for p in precisions}
+    print(machine_line(device), flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"{args.clock} clock; "
           f"best matmul " + ", ".join(f"{p} {c:.0f} GFLOP/s" for p, c in ceilings.items()), flush=True)
@@ -343,13 +389,18 @@ def main(argv=None) -> int:
     cases = [(preset, float(r), p) for preset in args.presets.split(",") for r in args.ratios.split(",")
              for p in precisions]
     for preset in args.presets.split(","):  # pass 1: time, with the allocator's default settings
-        ours, hf = build_pair(preset, device)
+        models = build_models(preset, device, args.attention, args.compile)
         for _, ratio, precision in (c for c in cases if c[0] == preset):
-            row = bench_case(ours, hf, preset, ratio, precision, args, device, ceilings)
+            row = bench_case(models, preset, ratio, precision, args, device, ceilings)
             rows.append(row)
+            extra = (f", ours compiled {row['ours_compiled']['step_s']:.3f}s (first step "
+                     f"{row['ours_compiled']['first_step_wall_s']:.0f}s wall)" if "ours_compiled" in row else "")
             print(f"{preset:>5} r={ratio:.2f} {precision}: timed, ours {row['ours']['step_s']:.3f}s, "
-                  f"HF {row['hf']['step_s']:.3f}s", flush=True)
-        del ours, hf
+                  f"HF {row['hf']['step_s']:.3f}s{extra}; attention "
+                  + ", ".join(f"{k.removeprefix('attention/cpu/')}={v}" for k, v in
+                              sorted(row["attention_choices"].items()) if k.startswith("attention/")),
+                  flush=True)
+        del models
     peaks = memory_pass(args, device)  # pass 2: memory
     for row in rows:
         for name in ("ours", "hf"):
@@ -363,12 +414,17 @@ def main(argv=None) -> int:
               f"GFLOP/s = {o['frac_ceiling']:.0%}) | HF {h['step_s']:.3f}s ({h['peak_mib']:.0f} MiB, "
               f"{h['gflops_per_s']:.0f} GFLOP/s = {h['frac_ceiling']:.0%}) | speedup "
               f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
-              f"memory {row['mem_ratio']:.2f}x", flush=True)
+              f"memory {row['mem_ratio']:.2f}x"
+              + (f" | compiled {row['ours_compiled']['step_s']:.3f}s = {row['speedup_compiled']:.2f}x HF "
+                 f"({row['ours_compiled']['frac_ceiling']:.0%})" if "ours_compiled" in row else ""),
+              flush=True)
     if args.json:
         info = dict(command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                     torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
                     clock=args.clock, load_average=os.getloadavg(),
-                    machine=platform.processor() or platform.machine(),
+                    machine=machine_line(device), cpu_model=autotune.cpu_info()[0],
+                    cpu_flags=" ".join(autotune.cpu_info()[1]), attention=args.attention,
+                    compile=args.compile, autotune_choices=autotune.cached_choices(device),
                     memory_pass="child process, malloc pinned" if device.type == "cpu" else "in process",
                     ceilings_gflops=ceilings, hf_attention=HF_ATTENTION, rows=rows)
         Path(args.json).write_text(json.dumps(info, indent=1))

@@ -1,8 +1,15 @@
 """Suite-wide settings: tests run tiny models, which are fastest (and steadiest on a shared
-2-core machine) with one intra-op thread; oversubscribed threads made them up to 30x slower."""
+2-core machine) with one intra-op thread; oversubscribed threads made them up to 30x slower.
+Hardware autotuning (tgmae.autotune) is off, so every kernel choice is the documented default
+and results do not depend on the machine or its load; tests of autotuning switch it on with a
+cache in their own tmp dir."""
+
+import os
 
 import pytest
 import torch
+
+os.environ["TGMAE_AUTOTUNE"] = "off"
 
 
 @pytest.fixture(scope="session", autouse=True)

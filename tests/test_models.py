@@ -299,7 +299,7 @@ def test_attention_kernels_agree():
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
     qb = q.bfloat16().requires_grad_()
     assert pick_kernel(q, "auto") == "sdpa" and pick_kernel(qb, "math") == "math"
-    assert pick_kernel(qb, "auto") in ("sdpa_fp32", "sdpa")
+    assert pick_kernel(qb, "auto") == "sdpa"  # autotuning is off in tests: the default
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -215,7 +215,8 @@ class TrainConfig:
     seed: int = 0  # seeds weights, sampling, augmentation and masks
     output_dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     log_every: int = 10  # optimizer steps between metric records
-    compile: bool = False  # torch.compile the model
+    compile: Union[bool, str] = "off"  # off | blocks | model (torch.compile; true = blocks)
+    attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -226,6 +227,12 @@ class TrainConfig:
             _positive("train.max_steps", self.max_steps)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision={self.precision!r}: expected auto|fp32|bf16|fp16")
+        if isinstance(self.compile, bool):
+            self.compile = "blocks" if self.compile else "off"
+        if self.compile not in ("off", "blocks", "model"):
+            raise ConfigError(f"train.compile={self.compile!r}: expected off|blocks|model")
+        if self.attention not in ("auto", "sdpa", "sdpa_fp32", "math"):
+            raise ConfigError(f"train.attention={self.attention!r}: expected auto|sdpa|sdpa_fp32|math")
 
 
 @dataclass

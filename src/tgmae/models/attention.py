@@ -7,11 +7,16 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 - "sdpa": `torch.nn.functional.scaled_dot_product_attention` in the input dtype.
 - "sdpa_fp32": the same in float32 (q, k, v upcast, output cast back), autocast off inside.
 - "math": explicit matmul-softmax-matmul (reference; stores the [N, N] probabilities).
-- "auto" (default): "sdpa", except bf16/fp16 on a CPU without AMX, where "sdpa_fp32". Measured
-  on the 2-core avx512_bf16 machine (benchmarks/pretrain_step.py, docs/benchmarks.md): bf16
-  GEMMs there run at ~0.6x the fp32 rate and the bf16 flash-SDPA backward is slow, so the fp32
-  kernel was 1.8x faster than bf16 SDPA for the 1568-token decoder and 1.1-2x faster than
-  the explicit bf16 kernel at every length we use. It is also the more accurate choice.
+- "auto" (default): the fastest of these for the device, dtype, head width and sequence length
+  (rounded up to a power of two), measured once per machine and torch version by
+  `tgmae.autotune.choose` (forward + backward of [1, min(H, 2), n, d], about 0.1-2 s per
+  length; cached on disk, logged). The answer differs between machines with the same CPU flags:
+  on an Intel Xeon with AVX512-BF16 but no AMX (bf16 GEMMs ~0.5x fp32's rate) "sdpa_fp32" won
+  at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) "math" won in bf16 at every
+  length (faster, but it keeps the [n, n] probabilities for backward: more memory than flash
+  SDPA) and "sdpa" in fp32 (docs/benchmarks.md). "sdpa" is kept unless another kernel is 5%
+  faster; "math" is skipped where its probability buffer would exceed MATH_MAX_BYTES (64 MiB
+  per block). With autotuning off (TGMAE_AUTOTUNE=off) "auto" is "sdpa".
 """
 
 from __future__ import annotations
@@ -39,22 +44,68 @@ def sdpa_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.to(q.dtype)
 
 
-def _cpu_low_precision_prefers_fp32() -> bool:
-    """True unless the CPU has AMX tiles (there bf16 matmuls are much faster than fp32)."""
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return not has_amx()
+# "auto" never picks "math" when its probabilities [B, H, Nq, N] would exceed this (per block; a
+# rule on memory, not speed, so it holds on every machine): e.g. ViT-B finetuning on 1568 tokens.
+MATH_MAX_BYTES = 64 * 2**20
+_resolved: dict[tuple, str] = {}  # (device type, dtype, d, n, threads) -> kernel
 
 
-_CPU_FP32 = _cpu_low_precision_prefers_fp32()
+def length_bucket(n: int) -> int:
+    """Sequence length -> the power of two (>= 16) the kernel choice is measured at."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
-def pick_kernel(q: torch.Tensor, kernel: Kernel) -> str:
-    """Resolve "auto" to a concrete kernel for these [B, H, N, d] queries."""
+def _run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if kernel == "math":
+        return math_attention(q, k, v)
+    if kernel == "sdpa_fp32":
+        return sdpa_fp32(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@torch.compiler.disable
+def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int, n: int) -> str:
+    """Fastest kernel for forward + backward of [1, min(heads, 2), n, d] in `dtype` on this
+    machine, via tgmae.autotune.choose (cached on disk; runs eagerly under torch.compile).
+    "sdpa" (flash: no [n, n] buffer) is kept unless another kernel is 5% faster."""
+    from tgmae import autotune  # below models in the import order; imported late for start-up
+
+    dev = torch.device(device)
+    key = (dev.type, dtype, d, n, torch.get_num_threads())
+    if key in _resolved:
+        return _resolved[key]
+    name = f"attention/{dev.type}/{str(dtype).removeprefix('torch.')}/d{d}/n{n}"
+    g = torch.Generator().manual_seed(0)
+    shape = (1, min(heads, 2), n, d)
+    with torch.inference_mode(False):  # the first call may come from an inference-mode forward
+        qkv = [torch.randn(shape, generator=g).to(dev, dtype).requires_grad_() for _ in range(3)]
+    names = ("sdpa", "math") if dtype == torch.float32 else ("sdpa", "sdpa_fp32", "math")
+
+    def work(kernel: str) -> None:
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(dev.type, enabled=False)):
+            _run_kernel(kernel, *qkv).float().sum().backward()
+        for t in qkv:
+            t.grad = None
+
+    candidates = {kn: (lambda kn=kn: work(kn)) for kn in names}
+    _resolved[key] = autotune.choose(name, candidates, dev, default="sdpa", rounds=3, margin=0.05)
+    return _resolved[key]
+
+
+def pick_kernel(q: torch.Tensor, kernel: Kernel, n: int | None = None) -> str:
+    """Resolve "auto" to a concrete kernel for queries [B, H, Nq, d] attending to n keys
+    (default Nq): the measured fastest at that length's bucket (see the module docstring)."""
     if kernel != "auto":
         return kernel
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and _CPU_FP32:
-        return "sdpa_fp32"
-    return "sdpa"
+    keys = q.shape[-2] if n is None else n
+    if q.shape[0] * q.shape[1] * q.shape[-2] * keys * q.element_size() > MATH_MAX_BYTES:
+        return "sdpa"  # "math" would keep a large [B, H, N, N] buffer per block for backward
+    n = length_bucket(keys)
+    key = (q.device.type, q.dtype, q.shape[-1], n, torch.get_num_threads())
+    if key in _resolved:
+        return _resolved[key]
+    return measure_kernel(q.device, q.dtype, q.shape[1], q.shape[-1], n)
 
 
 class Attention(nn.Module):
@@ -94,13 +145,7 @@ class Attention(nn.Module):
             q = F.linear(x[:, q_start:], w[:D], self.q_bias).view(B, N - q_start, H, d).transpose(1, 2)
             kv = F.linear(x, w[D:], torch.cat([torch.zeros_like(self.v_bias), self.v_bias]))
             k, v = (t.transpose(1, 2) for t in kv.view(B, N, 2, H, d).unbind(2))
-        kernel = pick_kernel(q, self.kernel)
-        if kernel == "math":
-            out = math_attention(q, k, v)
-        elif kernel == "sdpa_fp32":
-            out = sdpa_fp32(q, k, v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # [B, H, Nq, d]
+        out = _run_kernel(pick_kernel(q, self.kernel, N), q, k, v)  # [B, H, Nq, d]
         return self.proj(out.transpose(1, 2).reshape(B, N - q_start, D))
 
 
@@ -113,4 +158,5 @@ def set_attention_kernel(model: nn.Module, kernel: Kernel) -> None:
             m.kernel = kernel
 
 
-__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "set_attention_kernel"]
+__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "measure_kernel",
+           "length_bucket", "set_attention_kernel"]

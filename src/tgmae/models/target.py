@@ -125,10 +125,17 @@ class _MaskedMSE(torch.autograd.Function):
 def masked_mse(pred: torch.Tensor, target_cf: torch.Tensor) -> torch.Tensor:
     """pred [B, n, P] (any float dtype, standard layout), target_cf [B, n, C, t*p*p] float32 from
     `pretrain_target_channel_first` -> scalar float32 MSE, equal to
-    F.mse_loss(pred.float(), pretrain_target(...))."""
+    F.mse_loss(pred.float(), pretrain_target(...)).
+
+    Under torch.compile the plain expression is traced instead of the hand-written autograd
+    function (its `out=` buffer and flat view are eager-memory tricks that inductor's fusion
+    makes unnecessary, and the traced `out=` buffer can take strides that cannot be viewed flat).
+    """
     channels = target_cf.shape[-2]
     if pred.shape[:2] != target_cf.shape[:2] or pred.shape[-1] != target_cf.shape[-2] * target_cf.shape[-1]:
         raise ValueError(f"masked_mse: pred {tuple(pred.shape)} does not match target {tuple(target_cf.shape)}")
+    if torch.compiler.is_compiling():
+        return (to_channel_first(pred, channels).float() - target_cf).square().mean()
     return _MaskedMSE.apply(pred, target_cf, channels)
 
 

@@ -19,11 +19,14 @@ class TokenSplit(NamedTuple):
     masked: torch.Tensor
 
 
+@torch.compiler.disable
 def mask_to_indices(mask: torch.Tensor, num_tokens: int) -> TokenSplit:
     """[B, N] bool mask (True = masked) -> TokenSplit(visible [B, N_vis], masked [B, N_masked]).
 
     Both lists are in increasing token order (the order of `x[~mask]` / `x[mask]` in VideoMAE).
     Raises ValueError (from `check_mask`) when samples keep different visible counts.
+    Always eager: N_vis is read from the data (a data-dependent shape), so torch.compile runs
+    this between graphs instead of tracing into `check_mask`.
     """
     n_vis = check_mask(mask, num_tokens)
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible first, then masked

@@ -1,0 +1,196 @@
+"""Hardware-dependent choices made by a short measurement, cached per machine and torch version.
+
+Which kernel is fastest depends on the machine, not on what its CPU flags promise: an Intel
+Xeon with AVX512-BF16 but no AMX runs bf16 matmuls at ~0.5x the fp32 rate, an AMD EPYC Zen 4
+with the same flags at ~4x (docs/benchmarks.md), and `torch.cpu._is_amx_tile_supported()` is
+False on both. So each choice (`choose`) times its candidates once, alternating (on CPU by the
+process's CPU time, which other jobs sharing the cores barely move; on CUDA by synchronized wall
+time), and keeps the fastest; the result is logged and stored in a small JSON file so later runs on the same machine
+reuse it without measuring.
+
+Cache: `$TGMAE_CACHE_DIR/autotune.json` (default `~/.cache/tgmae/autotune.json`), one entry per
+machine key (CPU model + a hash of its flags + thread count, or the CUDA device name; torch
+version) and choice name, with the measured times. Delete the file (or an entry) to measure again;
+`TGMAE_AUTOTUNE=off` disables measuring: callers then get their documented default. Explicit
+config values (`train.precision`, `train.attention`) bypass this module altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "TGMAE_CACHE_DIR"
+SWITCH_ENV = "TGMAE_AUTOTUNE"
+CACHE_FILE = "autotune.json"
+
+_memo: dict[tuple[str, str], str] = {}  # (machine key, choice name) -> choice, this process
+
+
+def cache_path() -> Path:
+    """Where measured choices are stored: $TGMAE_CACHE_DIR/autotune.json or ~/.cache/tgmae/."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tgmae")
+    return Path(root) / CACHE_FILE
+
+
+def enabled() -> bool:
+    """False when $TGMAE_AUTOTUNE is off/0/false: no measurements, callers use their defaults."""
+    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, tuple[str, ...]]:
+    """(CPU model name, sorted CPU flags) from /proc/cpuinfo; platform fallbacks elsewhere."""
+    model, flags = "", ()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = tuple(sorted(value.split()))
+            if model and flags:
+                break
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def machine_key(device: torch.device) -> str:
+    """What a measured choice belongs to: the hardware and the torch version.
+
+    CPU: model name + the first 12 hex digits of sha1(sorted flags) (the same model name can
+    hide different hosts' flags under a hypervisor) + torch's intra-op thread count (the
+    fastest kernel changes with it); CUDA: the device name and capability.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(idx)
+        hw = f"cuda:{torch.cuda.get_device_name(idx)} sm{major}{minor}"
+    else:
+        model, flags = cpu_info()
+        flag_hash = hashlib.sha1(" ".join(flags).encode()).hexdigest()[:12]
+        hw = f"{device.type}:{model} flags:{flag_hash} threads:{torch.get_num_threads()}"
+    return f"{hw} | torch {torch.__version__}"
+
+
+def _load() -> dict:
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("autotune cache %s unreadable (%s): measuring again", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store(key: str, name: str, entry: dict) -> None:
+    """Merge one entry into the cache file (atomic replace; a failure only costs a re-measure)."""
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _load()
+        data.setdefault(key, {})[name] = entry
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("autotune cache %s not written (%s)", path, e)
+
+
+def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 5,
+                    sync: Callable[[], None] = lambda: None,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """{name: seconds on `clock`}: each candidate warmed up once, then timed `rounds` times,
+    alternating (order reversed every round); the minimum per candidate (the undisturbed cost:
+    on a shared machine other jobs only ever add time)."""
+    for fn in candidates.values():
+        fn()
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    names = list(candidates)
+    for r in range(rounds):
+        for k in names if r % 2 == 0 else names[::-1]:
+            t0 = clock()
+            candidates[k]()
+            sync()
+            times[k].append(clock() - t0)
+    return {k: min(v) for k, v in times.items()}
+
+
+def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch.device,
+           default: str, rounds: int = 5, margin: float = 0.0) -> str:
+    """The fastest of `candidates` for `name` on this machine, measured once and cached.
+
+    Args:
+        name: what is chosen, including every shape it depends on (e.g.
+            "attention/bf16/d64/n2048"); the cache key adds the machine and torch version.
+        candidates: {choice: zero-argument callable doing the work once}; called only when
+            nothing is cached.
+        device: where the work runs (part of the cache key; CUDA work is synchronized).
+        default: returned without measuring when autotuning is switched off, and preferred
+            unless another candidate is faster by more than `margin` (a fraction).
+        rounds: timed calls per candidate.
+    Returns the chosen key of `candidates`. The choice and the times are logged at INFO.
+    """
+    key = machine_key(device)
+    memo = _memo.get((key, name))
+    if memo is not None:
+        return memo
+    if not enabled():
+        return default
+    entry = _load().get(key, {}).get(name)
+    if isinstance(entry, dict) and entry.get("choice") in candidates:
+        _memo[(key, name)] = entry["choice"]
+        log.info("autotune %s: %s (cached in %s)", name, entry["choice"], cache_path())
+        return entry["choice"]
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        times = time_candidates(candidates, rounds, torch.cuda.synchronize)
+    else:  # this process's CPU time: other jobs on a shared machine barely move it (wall does)
+        times = time_candidates(candidates, rounds, clock=time.process_time)
+    best = min(times, key=times.get)
+    if default in times and times[best] > times[default] * (1.0 - margin):
+        best = default
+    _memo[(key, name)] = best
+    _store(key, name, dict(choice=best, seconds=times, rounds=rounds,
+                           measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    log.info("autotune %s: %s (measured in %.2f s: %s; %s)", name, best, time.perf_counter() - t0,
+             ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items()), key)
+    return best
+
+
+def cached_choices(device: Optional[torch.device] = None) -> dict[str, str]:
+    """{choice name: choice} known for this machine (process memo and cache file)."""
+    key = machine_key(device or torch.device("cpu"))
+    out = {n: e["choice"] for n, e in _load().get(key, {}).items() if isinstance(e, dict) and "choice" in e}
+    out.update({n: c for (k, n), c in _memo.items() if k == key})
+    return out
+
+
+def forget() -> None:
+    """Drop this process's memo (the cache file stays): the next `choose` reads the file."""
+    _memo.clear()
+
+
+__all__ = ["cache_path", "enabled", "cpu_info", "machine_key", "time_candidates", "choose",
+           "cached_choices", "forget", "CACHE_ENV", "SWITCH_ENV"]
