@@ -310,6 +310,11 @@ class RunConfig:
             )
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
+        if self.masking.name == "tgm" and not self.masking.cache_dir and self.captions.text_model:
+            raise ConfigError(
+                f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
+                "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
+                "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
 
     @property
     def token_grid(self) -> tuple[int, int, int]:

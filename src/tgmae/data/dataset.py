@@ -186,7 +186,8 @@ class VideoDataset(_RobustBase):
         sample["caption_id"] = torch.tensor(int(caption_id), dtype=torch.int64)
         if self.mask_generator is not None:
             ctx = MaskContext(grid=self.token_grid, frames=video, frame_indices=fi, crop=crop,
-                              video_id=rec.video_id, text_embedding=text, motion=motion)
+                              video_id=rec.video_id, text_embedding=text, motion=motion,
+                              caption=self.captions.texts[caption_id] if caption_id >= 0 else None)
             sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
         return sample
 
