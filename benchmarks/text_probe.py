@@ -8,9 +8,10 @@ right." (and the largest cosine between any two class prompts). Bag of words is 
     PYTHONPATH=src python benchmarks/text_probe.py --root runs/study/data \\
         --model runs/study/clip [--model OTHER ...] [--random-bert] [--json out.json]
 
-`--random-bert` adds a randomly initialised 2-layer BERT (word-level tokenizer on the captions,
-mean pooling) loaded through `captions.text_model`'s path (`TextEmbedder`): a separate text
-encoder that needs no download.
+`--random-bert` adds `tgmae.captions.tiny.save_word_encoder` (a randomly initialised 2-layer
+BERT, word-level tokenizer on the captions and class prompts, mean pooling; the study's
+`text_model: words`), loaded through `captions.text_model`'s path (`TextEmbedder`): a separate
+text encoder that needs no download.
 """
 
 from __future__ import annotations
@@ -22,19 +23,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-
-def save_random_bert(path: Path, corpus: list[str], seed: int = 0) -> Path:
-    """A random 2-layer BERT (width 64) with a word-level tokenizer of `corpus`'s words."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = sorted({w for t in corpus for w in t.lower().split()})
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    torch.manual_seed(seed)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64)).eval().save_pretrained(path)
-    BertTokenizer(vocab=vocab).save_pretrained(path)
-    return path
 
 
 def prompt_cosines(embed, classes: list[str]) -> dict[str, float]:
@@ -64,8 +52,10 @@ def main(argv=None) -> int:
     encoders = {"bag of words": bag_of_words(corpus)}
     tmp = tempfile.TemporaryDirectory()
     if args.random_bert:
-        path = save_random_bert(Path(tmp.name) / "random-bert", corpus)
-        encoders["random BERT (text_model)"] = TextEmbedder(str(path))
+        from tgmae.captions.tiny import save_word_encoder
+
+        path = save_word_encoder(Path(tmp.name) / "words", corpus + [f"a video of {c}." for c in classes])
+        encoders["random word encoder (text_model=words)"] = TextEmbedder(str(path))
     for name in args.model:
         encoders[name] = TextEmbedder(name)
     results = {}

@@ -288,3 +288,17 @@ def test_captions_text_model_gives_the_contrastive_targets(tmp_path, clip_dir):
     _tiny_bert(tmp_path / "bert", seed=1)  # retrained in place
     again = CaptionProvider.from_config(cfg).embeddings
     assert (again - provider.embeddings).abs().max() > 0.05
+
+
+def test_word_encoder_keeps_the_words_apart(tmp_path):
+    """The study's `text_model: words`: a random word-level encoder over the corpus, loaded and
+    mean-pooled by TextEmbedder; texts differing in one word differ, unseen words are [UNK]."""
+    from transformers import AutoTokenizer
+
+    from tgmae.captions.tiny import save_word_encoder
+
+    path = save_word_encoder(tmp_path / "words", ["a red circle slides left.", "a blue star slides right"], width=32)
+    emb = TextEmbedder(str(path))(["a red circle slides left", "a red circle slides right", "a red circle slides left"])
+    assert emb.shape == (3, 32) and torch.allclose(emb[0], emb[2]) and float(emb[0] @ emb[1]) < 0.999
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.convert_ids_to_tokens(tok("slides LEFT. upward")["input_ids"])[1:-1] == ["slides", "left", ".", "[UNK]"]
