@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -72,16 +73,29 @@ def test_chance_check_counts_cells_near_chance(tmp_path):
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8,
-                        maskings=["tube", "tgm"], objectives=["mae+contrastive"])
+                        maskings=["tube", "tgm"], objectives=["mae+contrastive"], text_model="", clip_motion_weight=1.0)
     root = run_study(study, quick=True)
-    records = json.loads((root / "results.json").read_text())
-    assert [(r["masking"], r["objective"]) for r in records] == [("tgm", "mae+contrastive"),
-                                                                ("tube", "mae+contrastive")]
+    all_records = json.loads((root / "results.json").read_text())
+    assert [(r["masking"], r["objective"]) for r in all_records] == [
+        ("none", "none"), ("scratch", "supervised"), ("tgm", "mae+contrastive"), ("tube", "mae+contrastive")]
+    none, scratch, *records = all_records
+    assert 0.0 <= none["linear_probe_top1"] <= 1.0 and none["mask_ratio"] is None and not none["retrieval"]
+    assert scratch["linear_probe_top1"] is None and 0.0 <= scratch["finetune_top1"] <= 1.0
+    assert not (root / "runs" / "scratch__supervised__s0" / "pretrain").exists()
     for r in records:
         assert 0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0
         assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
     report = (root / "report.md").read_text()
     assert all(r["num_classes"] == 10 and r["num_val"] > 0 for r in records) and "Chance level: 1/10" in report
+    assert "| no pretraining (random encoder) | - |" in report and "| supervised from scratch | - |" in report
+    probe = json.loads((root / "text_probe.json").read_text())  # the targets' text space, measured once
+    assert probe["model"] == str(root / "clip") and 0.0 <= probe["text_model"]["action"] <= 1.0
+    assert "Text probe: a linear probe recovers the action" in report
+    assert (root / "clip" / "motion" / "config.json").is_file()  # the study's CLIP saw clips
+    # one decoded-clip cache per split, built once and read by every phase of every run
+    cached = sorted((root / "clip_cache").glob("*.u8"))
+    assert len(cached) == 2
+    stamps = [f.stat().st_mtime_ns for f in cached]
     for r in records:  # attributes of the synthetic set, probed from the cached features
         probe = r["attribute_probe"]
         assert set(probe) == {"action", "colour", "shape", "action_classes", "colour_classes", "shape_classes"}
@@ -93,7 +107,21 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     before = (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime
     run_study(study, quick=True)
     assert (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime == before
-    assert len(collect_records([root])) == 2
+    assert len(collect_records([root])) == 4
+    assert [f.stat().st_mtime_ns for f in cached] == stamps
+    # an ablation in the same folder: its own runs and rows, the shared set-up reused
+    ablation = dataclasses.replace(study, maskings=["tgm"], references=[], variant="ratio 0.9",
+                                   pretrain=["masking.ratio=0.9"], text_model="words")
+    assert run_study(ablation, quick=True) == root / "variants" / "ratio_0.9"
+    assert (root / "variants" / "ratio_0.9" / "report.md").is_file() and "Text probe" in (root / "report.md").read_text()
+    rec = json.loads((root / "runs" / "tgm__mae_contrastive__s0__ratio_0.9" / "study_record.json").read_text())
+    assert rec["variant"] == "ratio 0.9" and rec["mask_ratio"] == 0.9
+    import yaml
+
+    ran = yaml.safe_load((root / "runs" / "tgm__mae_contrastive__s0__ratio_0.9" / "pretrain" / "config.yaml").read_text())
+    assert ran["captions"]["text_model"] == str(root / "word_encoder")  # text_model=words: built once, used
+    assert json.loads((root / "text_probe.json").read_text())["model"] == str(root / "word_encoder")
+    assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in write_report(collect_records([root]), tmp_path / "all").read_text()
 
 
 def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):

@@ -286,9 +286,21 @@ def loss_curves(records: Sequence[dict], out: Path) -> Optional[Path]:
                        smooth=3)
 
 
+def text_probe_note(probe: Optional[dict]) -> str:
+    """A sentence on how well the contrastive targets' text space separates the actions
+    (`tgmae.evaluate.study.text_probe`'s record), "" without one."""
+    if not probe:
+        return ""
+    t, b = probe["text_model"], probe["bag_of_words"]
+    return (f"Text probe: a linear probe recovers the action from the contrastive targets' text embeddings "
+            f"({probe['model']}) for {100 * t['action']:.1f}% of {t['num_val']} held-out captions "
+            f"(bag of words: {100 * b['action']:.1f}%; chance {100 / t['action_classes']:.1f}%).")
+
+
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
-                 seconds: Optional[float] = None) -> Path:
-    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md."""
+                 seconds: Optional[float] = None, text_probe: Optional[dict] = None) -> Path:
+    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md.
+    `text_probe`: the study's text_probe.json record, stated under the table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
@@ -319,6 +331,8 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     check = chance_check(records, rows)
     if check:
         md += [check, ""]
+    if text_probe:
+        md += [text_probe_note(text_probe), ""]
     gains = contrastive_gains(records)
     if gains:
         md += ["## Does the video-text loss help the linear probe?", "",
