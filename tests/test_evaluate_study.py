@@ -182,3 +182,19 @@ def test_findings_say_whether_each_effect_is_beyond_noise(tmp_path):
     assert "| no pretraining (random encoder) | - |  |  | 21.0 ± 1.0 | 11.0 ± 1.0 |" in report
     assert "| tgm [ratio 0.9] | 0.75 | ✓ | ✓ | 31.0 ± 1.0 | 21.0 ± 1.0 |" in report
     assert "## Findings: beyond noise?" in report and "- Video-text loss, tube, LP top-1: +10.0 points" in report
+
+
+def test_a_study_clip_of_other_settings_is_refused(tmp_path):
+    from tgmae.evaluate.study import StudyPaths, check_clip_settings
+    from tgmae.masking.clip_train import ClipTrainConfig
+
+    paths = StudyPaths(tmp_path)
+    paths.clip.mkdir()
+    (paths.clip / "train_clip.json").write_text(json.dumps({"config": {"steps": 400}}))  # before the motion tower
+    check_clip_settings(ClipTrainConfig(steps=400), paths)
+    with pytest.raises(ConfigError, match=r"study.clip_motion_weight=1.0 but .*clip holds a CLIP trained with 0.0"):
+        check_clip_settings(ClipTrainConfig(steps=400, motion_weight=1.0), paths)
+    with pytest.raises(ConfigError, match="study.clip_steps=600"):
+        check_clip_settings(ClipTrainConfig(steps=600), paths)
+    with pytest.raises(ConfigError, match="study.references: unknown"):
+        StudyConfig(references=["oracle"])
