@@ -65,7 +65,7 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     clip_steps: int = 600  # `tgmae train-clip` steps for the study's CLIP
     # weight of train-clip's clip-caption loss through its motion tower (its text tower learns the verbs:
-    # text probe 9% -> 31% at 1.0); 0 = frames only, enough for TGM when text_model is not the CLIP
+    # text probe 9% -> 31% at 1.0, 63% at 3.0); 0 = frames only, enough for TGM when text_model is not the CLIP
     clip_motion_weight: float = 0.0
     # captions.text_model of every run (contrastive targets, retrieval prompts): "words" = a random
     # word-level encoder built on the captions (tgmae.captions.tiny.save_word_encoder; text probe 100%);
