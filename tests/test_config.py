@@ -60,6 +60,15 @@ def test_invalid_values_name_the_key(override, message):
     assert message in str(e.value)
 
 
+def test_a_separate_text_model_needs_cached_tgm_maps():
+    """Online TGM scores the samples' caption embeddings against CLIP patches: with captions.text_model
+    those would be the text model's, so only the cached maps (found by the caption's text) are allowed."""
+    base = ["masking.name=tgm", "captions.file=c.jsonl", "captions.text_model=words-dir"]
+    with pytest.raises(ConfigError, match="captions.text_model='words-dir' with online TGM.*masking.cache_dir"):
+        load_config(None, base)
+    assert load_config(None, base + ["masking.cache_dir=maps"]).captions.target_model == "words-dir"
+
+
 def test_bad_override_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="expected section.key=value"):
         parse_override("optim.lr")

@@ -162,6 +162,7 @@ class _Captions:
 
     def __init__(self):
         self.table = torch.arange(40, dtype=torch.float32).view(10, 4)
+        self.texts = [f"caption {i}" for i in range(10)]
 
     def draw(self, video_id, generator):
         cid = int(torch.randint(2, (1,), generator=generator)) + (2 if video_id == "jump" else 0)
@@ -192,6 +193,7 @@ def test_mask_context_captions_and_motion(root):
     assert torch.equal(ctx.frames, s["video"]) and torch.equal(ctx.frame_indices, s["frame_indices"])
     assert torch.equal(ctx.crop.as_tensor(), s["crop"])
     assert int(s["caption_id"]) in (2, 3) and torch.equal(ctx.text_embedding, _Captions().table[int(s["caption_id"])])
+    assert ctx.caption == f"caption {int(s['caption_id'])}"  # cached TGM finds its maps by the text
     assert ctx.motion.shape == (4, 5, 4, 2) and ctx.motion.dtype == torch.float32  # 80x64 source
     assert torch.isfinite(ctx.motion).all()
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tgmae.evaluate.attributes import attribute_probe, fit_logistic_probe, video_attributes
+from tgmae.evaluate.attributes import (attribute_probe, bag_of_words, fit_logistic_probe, text_action_probe,
+                                      video_attributes)
 from tgmae.evaluate.report import attribute_markdown
 
 
@@ -79,6 +80,33 @@ def test_attribute_table_and_paired_gains():
     text = attribute_markdown([rec("mae", 0, 0.40), rec("mae", 1, 0.50), rec("mae+contrastive", 0, 0.55),
                                rec("mae+contrastive", 1, 0.55)])
     assert "chance: action 10.0, colour 12.5, shape 14.3" in text
-    assert "| tube | mae | 10.0 ± 0.0 | 45.0 ± 5.0 | 20.0 ± 0.0 | 2 |" in text
-    assert "- tube: action +0.0 ± 0.0, colour +10.0 ± 5.0, shape +0.0 ± 0.0" in text
+    assert "| tube | mae | 10.0 ± 0.0 | 45.0 ± 7.1 | 20.0 ± 0.0 | 2 |" in text  # sample std (n - 1)
+    assert "- tube: action +0.0 ± 0.0, colour +10.0 ± 7.1, shape +0.0 ± 0.0" in text
     assert attribute_markdown([{"masking": "tube", "objective": "mae", "seed": 0}]) == ""
+
+
+def test_text_probe_reads_the_action_from_held_out_captions(tmp_path):
+    """Captions naming colour, shape and action (two phrasings per action): words separate the
+    actions on the validation videos' captions; a text space that keeps only the colour does not."""
+    from tgmae.captions.store import CaptionRecord, write_store
+
+    data, _ = _fake_study(tmp_path)
+    verbs = {"grow": ("grows", "gets bigger"), "shrink": ("shrinks", "gets smaller"),
+             "blink": ("blinks", "flickers"), "bounce": ("bounces", "hops")}
+    videos = json.loads((data / "meta.json").read_text())["videos"]
+    records = []
+    for vid, info in videos.items():
+        actor = info["objects"][0]
+        records.append(CaptionRecord(vid, [f"a {actor['colour']} {actor['shape']} {v}" for v in verbs[info["action"]]],
+                                     "template", "synthetic"))
+    write_store(data / "captions.jsonl", records)
+    corpus = [c for r in records for c in r.captions]
+    words = text_action_probe(data, bag_of_words(corpus))
+    assert words == {"action": 1.0, "action_classes": 4, "num_train": 80, "num_val": 24}
+    colours = ["red", "blue", "green"]
+    colour_only = text_action_probe(data, lambda texts: torch.tensor(
+        [[float(c in t.split()) for c in colours] for t in texts]))
+    assert colour_only["action"] < 0.75
+    assert bag_of_words(["Slides left.", "slides right"])(["slides LEFT!"]).tolist() == [[1.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="no per-video actions"):
+        text_action_probe(tmp_path, bag_of_words(corpus))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -25,13 +26,14 @@ def test_aggregate_mean_std_over_seeds(tmp_path):
         for s, ft, lp in ((0, 0.5, 0.2), (1, 0.7, 0.4))
     ]
     row = aggregate(records)[0]
-    assert row["FT top-1"][0] == pytest.approx(0.6) and row["FT top-1"][1] == pytest.approx(0.1)
+    # sample standard deviation over seeds: sqrt(0.02 / 1) = 0.1414
+    assert row["FT top-1"][0] == pytest.approx(0.6) and row["FT top-1"][1] == pytest.approx(0.02 ** 0.5)
     assert row["V->T R@1"] is None
     table = markdown_table([row])
-    assert "| tgm | 0.6 | ✓ |  | 60.0 ± 10.0 | 30.0 ± 10.0 | - |" in table
+    assert "| tgm | 0.6 | ✓ |  | 60.0 ± 14.1 | 30.0 ± 14.1 | - |" in table
     write_report(records, tmp_path / "rep")
     assert json.loads((tmp_path / "rep" / "results.json").read_text())[1]["seed"] == 1
-    assert "60.0 ± 10.0" in (tmp_path / "rep" / "report.html").read_text()
+    assert "60.0 ± 14.1" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_contrastive_gain_is_paired_by_seed(tmp_path):
@@ -47,7 +49,12 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
     report = write_report(records, tmp_path / "rep").read_text()
     assert "Chance level: 1/10 = 10.0% top-1." in report
     assert "standard error" not in report  # num_val unknown: no claim about noise
-    assert "| tube | +2.0 ± 2.4 | +5.0, +2.0, -1.0 | 2/3 |" in report
+    # diffs 5, 2, -1 points: sd 3.0, t(0.975, 2 dof) = 4.3027, half width 4.302653 * 3 / sqrt(3) = 7.45
+    assert row["std"] == pytest.approx(0.03) and row["n"] == 3
+    assert row["ci"] == pytest.approx((0.02 - 0.0745241, 0.02 + 0.0745241), abs=1e-6)
+    assert "| tube | +2.0 ± 3.0 | [-5.5, +9.5] | 3 | +5.0, +2.0, -1.0 | 2/3 |" in report
+    assert ("- Video-text loss, tube, LP top-1: +2.0 points, within noise: the 95% interval over n = 3 seeds, "
+            "[-5.5, +9.5], includes zero.") in report
 
 
 def test_chance_check_counts_cells_near_chance(tmp_path):
@@ -66,16 +73,29 @@ def test_chance_check_counts_cells_near_chance(tmp_path):
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8,
-                        maskings=["tube", "tgm"], objectives=["mae+contrastive"])
+                        maskings=["tube", "tgm"], objectives=["mae+contrastive"], text_model="", clip_motion_weight=1.0)
     root = run_study(study, quick=True)
-    records = json.loads((root / "results.json").read_text())
-    assert [(r["masking"], r["objective"]) for r in records] == [("tgm", "mae+contrastive"),
-                                                                ("tube", "mae+contrastive")]
+    all_records = json.loads((root / "results.json").read_text())
+    assert [(r["masking"], r["objective"]) for r in all_records] == [
+        ("none", "none"), ("scratch", "supervised"), ("tgm", "mae+contrastive"), ("tube", "mae+contrastive")]
+    none, scratch, *records = all_records
+    assert 0.0 <= none["linear_probe_top1"] <= 1.0 and none["mask_ratio"] is None and not none["retrieval"]
+    assert scratch["linear_probe_top1"] is None and 0.0 <= scratch["finetune_top1"] <= 1.0
+    assert not (root / "runs" / "scratch__supervised__s0" / "pretrain").exists()
     for r in records:
         assert 0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0
         assert set(r["retrieval"]["video_to_text"]) == {"R@1", "R@5", "R@10"}
     report = (root / "report.md").read_text()
     assert all(r["num_classes"] == 10 and r["num_val"] > 0 for r in records) and "Chance level: 1/10" in report
+    assert "| no pretraining (random encoder) | - |" in report and "| supervised from scratch | - |" in report
+    probe = json.loads((root / "text_probe.json").read_text())  # the targets' text space, measured once
+    assert probe["model"] == str(root / "clip") and 0.0 <= probe["text_model"]["action"] <= 1.0
+    assert "Text probe: a linear probe recovers the action" in report
+    assert (root / "clip" / "motion" / "config.json").is_file()  # the study's CLIP saw clips
+    # one decoded-clip cache per split, built once and read by every phase of every run
+    cached = sorted((root / "clip_cache").glob("*.u8"))
+    assert len(cached) == 2
+    stamps = [f.stat().st_mtime_ns for f in cached]
     for r in records:  # attributes of the synthetic set, probed from the cached features
         probe = r["attribute_probe"]
         assert set(probe) == {"action", "colour", "shape", "action_classes", "colour_classes", "shape_classes"}
@@ -87,7 +107,21 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     before = (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime
     run_study(study, quick=True)
     assert (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime == before
-    assert len(collect_records([root])) == 2
+    assert len(collect_records([root])) == 4
+    assert [f.stat().st_mtime_ns for f in cached] == stamps
+    # an ablation in the same folder: its own runs and rows, the shared set-up reused
+    ablation = dataclasses.replace(study, maskings=["tgm"], references=[], variant="ratio 0.9",
+                                   pretrain=["masking.ratio=0.9"], text_model="words")
+    assert run_study(ablation, quick=True) == root / "variants" / "ratio_0.9"
+    assert (root / "variants" / "ratio_0.9" / "report.md").is_file() and "Text probe" in (root / "report.md").read_text()
+    rec = json.loads((root / "runs" / "tgm__mae_contrastive__s0__ratio_0.9" / "study_record.json").read_text())
+    assert rec["variant"] == "ratio 0.9" and rec["mask_ratio"] == 0.9
+    import yaml
+
+    ran = yaml.safe_load((root / "runs" / "tgm__mae_contrastive__s0__ratio_0.9" / "pretrain" / "config.yaml").read_text())
+    assert ran["captions"]["text_model"] == str(root / "word_encoder")  # text_model=words: built once, used
+    assert json.loads((root / "text_probe.json").read_text())["model"] == str(root / "word_encoder")
+    assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in write_report(collect_records([root]), tmp_path / "all").read_text()
 
 
 def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
@@ -103,3 +137,64 @@ def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
                                             "data.num_workers=0", "log.progress=false"]))
     with pytest.raises(ConfigError, match=r"(?s)other settings.*optim\.lr: 0\.001 -> 0\.002.*another study out_dir"):
         check_phase_settings(load_config(None, [f"train.output_dir={tmp_path / 'pretrain'}", "optim.lr=2e-3"]))
+
+
+def test_t_interval_matches_the_t_table():
+    from tgmae.evaluate.report import t_interval
+
+    assert t_interval([0.5]) is None
+    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 dof) = 4.302653
+    assert (lo, hi) == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), abs=1e-5)
+    lo, hi = t_interval([0.0, 1.0], level=0.9)  # t(0.95, 1 dof) = 6.313752, sd 0.7071
+    assert hi - 0.5 == pytest.approx(6.313752 * 0.5, abs=1e-5)
+
+
+def _records(tmp_path, table):
+    """Study records from {(masking, objective, variant): [LP per seed]} (FT = LP + 0.1)."""
+    return [{"masking": m, "objective": o, "variant": v, "seed": s, "mask_ratio": None if m == "none" else 0.75,
+             "finetune_top1": lp + 0.1, "linear_probe_top1": lp, "retrieval": {}, "run_dir": str(tmp_path),
+             "num_classes": 10}
+            for (m, o, v), values in table.items() for s, lp in enumerate(values)]
+
+
+def test_findings_say_whether_each_effect_is_beyond_noise(tmp_path):
+    from tgmae.evaluate.report import findings, verdict
+
+    records = _records(tmp_path, {
+        ("tube", "mae", ""): [0.30, 0.32, 0.31], ("tube", "mae+contrastive", ""): [0.40, 0.41, 0.42],
+        ("tgm", "mae", ""): [0.30, 0.35, 0.28], ("tgm", "mae+contrastive", ""): [0.31, 0.33, 0.30],
+        ("tgm", "mae+contrastive", "ratio 0.9"): [0.20, 0.22, 0.21],
+        ("none", "none", ""): [0.10, 0.12, 0.11]})
+    found = dict(findings(records))
+    gain = found["Video-text loss, tube, LP top-1"]
+    assert gain["diffs"] == pytest.approx([0.10, 0.09, 0.11]) and gain["ci"][0] > 0
+    assert verdict(gain).startswith("+10.0 points, beyond noise: the 95% interval over n = 3 seeds, [+7.5, +12.5]")
+    assert "within noise" in verdict(found["Video-text loss, tgm, LP top-1"])
+    assert found["Video-text loss, tube, FT top-1"]["mean"] == pytest.approx(0.10)
+    below = verdict(found["tgm mae+contrastive: [ratio 0.9] vs the base run, LP top-1"])
+    assert "beyond noise in the other direction" in below and "below zero" in below
+    assert "tgm vs tube, mae+contrastive, LP top-1" in found and "tgm vs tube, mae, LP top-1" in found
+    assert found["tube mae vs no pretraining, LP top-1"]["mean"] == pytest.approx(0.20)
+    assert not any("[ratio 0.9] vs tube" in t for t in found)  # no tube run of that variant
+    one_seed = [r for r in records if r["seed"] == 0]
+    assert "from 1 seed: no interval" in verdict(dict(findings(one_seed))["Video-text loss, tube, LP top-1"])
+    report = write_report(records, tmp_path / "rep").read_text()
+    assert "| no pretraining (random encoder) | - |  |  | 21.0 ± 1.0 | 11.0 ± 1.0 |" in report
+    assert "| tgm [ratio 0.9] | 0.75 | ✓ | ✓ | 31.0 ± 1.0 | 21.0 ± 1.0 |" in report
+    assert "## Findings: beyond noise?" in report and "- Video-text loss, tube, LP top-1: +10.0 points" in report
+
+
+def test_a_study_clip_of_other_settings_is_refused(tmp_path):
+    from tgmae.evaluate.study import StudyPaths, check_clip_settings
+    from tgmae.masking.clip_train import ClipTrainConfig
+
+    paths = StudyPaths(tmp_path)
+    paths.clip.mkdir()
+    (paths.clip / "train_clip.json").write_text(json.dumps({"config": {"steps": 400}}))  # before the motion tower
+    check_clip_settings(ClipTrainConfig(steps=400), paths)
+    with pytest.raises(ConfigError, match=r"study.clip_motion_weight=1.0 but .*clip holds a CLIP trained with 0.0"):
+        check_clip_settings(ClipTrainConfig(steps=400, motion_weight=1.0), paths)
+    with pytest.raises(ConfigError, match="study.clip_steps=600"):
+        check_clip_settings(ClipTrainConfig(steps=600), paths)
+    with pytest.raises(ConfigError, match="study.references: unknown"):
+        StudyConfig(references=["oracle"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.clip_data import _coverage, load_synthetic_clip_set, sample_pairs
+from tgmae.masking.clip_data import _coverage, load_synthetic_clip_set, sample_clips, sample_pairs
 from tgmae.masking.clip_train import grouped_contrastive_loss
 
 
@@ -31,7 +31,7 @@ def trained_clip(synth, tmp_path_factory):
     out = tmp_path_factory.mktemp("clip_trained")
     rc = main(["--root", str(synth), "--out", str(out), "--steps", "60", "--image-size", "32", "--patch-size", "8",
                "--width", "32", "--layers", "2", "--embed-dim", "32", "--videos-per-batch", "16",
-               "--lr", "3e-3", "--no-progress"])
+               "--lr", "3e-3", "--motion-weight", "0.5", "--no-progress"])
     assert rc == 0
     return out
 
@@ -52,6 +52,33 @@ def test_trained_clip_loads_like_a_public_clip(trained_clip):
     summary = json.loads((trained_clip / "train_clip.json").read_text())
     assert summary["steps"] == 60 and 0.0 <= summary["val_patch_auc"] <= 1.0
     assert 0.0 <= summary["val_patch_auc_dense"] <= 1.0
+    assert summary["config"]["motion_weight"] == 0.5
+    from transformers import CLIPVisionModelWithProjection
+
+    motion = CLIPVisionModelWithProjection.from_pretrained(trained_clip / "motion")  # the clip tower, kept apart
+    assert motion.config.num_channels == 12 and motion.config.projection_dim == 32
+
+
+def test_sample_clips_keep_time_order_and_group_by_object_and_action(synth):
+    data = load_synthetic_clip_set(synth, "train", frames_per_video=8)
+    g = torch.Generator().manual_seed(0)
+    batch = sample_clips(data, 12, 32, g, frames=3, stride=2)
+    assert batch.clips.shape == (12, 9, 32, 32) and batch.clips.min() >= 0 and batch.clips.max() <= 1
+    v = torch.randint(len(data), (12,), generator=torch.Generator().manual_seed(0))  # the same draws
+    for i in range(12):  # every clip: 3 frames of one video, 2 loaded frames apart, in time order
+        frames = [batch.clips[i, 3 * k:3 * k + 3] for k in range(3)]
+        vi = int(v[i])
+        candidates = [s for s in range(4) if all(torch.allclose(f, F.interpolate(
+            data.frames[vi, s + 2 * k].permute(2, 0, 1)[None].float() / 255, size=(32, 32), mode="bilinear",
+            antialias=True, align_corners=False)[0], atol=1e-5) for k, f in enumerate(frames))]
+        assert candidates, f"clip {i} is not 3 time-ordered frames of video {vi}"
+        group = (data.names[vi], data.actions[vi])
+        assert all((data.names[int(v[j])], data.actions[int(v[j])]) == group
+                   for j in range(12) if batch.key[j] == batch.key[i])
+        text = batch.texts[int(batch.key[i])]  # a caption of a video of the same object and action
+        assert group in {(data.names[w], data.actions[w]) for w in range(len(data)) if text in data.captions[w]}
+    with pytest.raises(ValueError, match="needs 13 loaded frames per video, have 8"):
+        sample_clips(data, 2, 32, g, frames=4, stride=4)
 
 
 def test_train_clip_refuses_a_folder_without_captions(tmp_path, capsys):

@@ -91,8 +91,16 @@ class CaptionConfig:
 
     file: str = ""  # captions JSONL (video_id, captions, source); empty = no captions
     clip_model: str = ""  # CLIP name or path whose text tower embeds the captions
+    # text encoder of the video-text loss's targets and of retrieval's prompts, by name or path: a CLIP,
+    # any transformers text model or a sentence-transformers folder (pooled); empty = captions.clip_model
+    text_model: str = ""
     embedding_cache: str = ""  # safetensors text-embedding cache; empty = <captions stem>.<model>-<hash8>.emb.safetensors
     draw: str = "random"  # "random": one caption per video per epoch; "first": always the first
+
+    @property
+    def target_model(self) -> str:
+        """The model whose text embeddings are the contrastive targets: text_model, else clip_model."""
+        return self.text_model or self.clip_model
 
 
 @dataclass
@@ -315,6 +323,11 @@ class RunConfig:
             )
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
+        if self.masking.name == "tgm" and not self.masking.cache_dir and self.captions.text_model:
+            raise ConfigError(
+                f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
+                "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
+                "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
 
     @property
     def token_grid(self) -> tuple[int, int, int]:

@@ -218,11 +218,38 @@ class EmbeddingCache:
         os.replace(tmp, path)
 
 
-class TextEmbedder:
-    """A frozen CLIP text tower: texts -> [N, D] float32 L2-normalised projected embeddings.
+def sentence_pooling(name_or_path: str) -> str:
+    """Pooling of a sentence-transformers model folder or cached hub id ("mean" | "cls" | "max",
+    from its 1_Pooling/config.json); "mean" when the model has none (plain transformers models)."""
+    config_file: Optional[str | Path] = None
+    if looks_like_path(name_or_path):
+        found = sorted(Path(name_or_path).expanduser().glob("*Pooling/config.json"))
+        config_file = found[0] if found else None
+    else:
+        from transformers.utils import cached_file
 
-    CLIP checkpoints load only the text tower (`CLIPTextModelWithProjection`); other models with
-    `get_text_features` (e.g. SigLIP) load whole. Texts are truncated to the model's context.
+        try:
+            config_file = cached_file(name_or_path, "1_Pooling/config.json", local_files_only=True,
+                                      _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            config_file = None
+    if not config_file:
+        return "mean"
+    modes = json.loads(Path(config_file).read_text())
+    for mode in ("cls", "max", "mean"):
+        if modes.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
+            return mode
+    return "mean"
+
+
+class TextEmbedder:
+    """A frozen text encoder: texts -> [N, D] float32 L2-normalised embeddings.
+
+    CLIP checkpoints load only the text tower (`CLIPTextModelWithProjection`: projected
+    `text_embeds`); other models with `get_text_features` (e.g. SigLIP) load whole; any other
+    transformers model (a BERT, a sentence-transformers folder) is a sentence encoder: its last
+    hidden states [N, L, H] pooled over the real tokens as its sentence-transformers pooling config
+    says (mean when it has none). Texts are truncated to the model's context.
     """
 
     def __init__(self, name_or_path: str, device: str | torch.device = "cpu"):
@@ -245,17 +272,16 @@ class TextEmbedder:
                                              what="CLIP text model", dtype=torch.float32)
                 text_cfg_for_len = config
             else:
-                self.model = load_pretrained(AutoModel.from_pretrained, name_or_path, what="text-image model",
+                self.model = load_pretrained(AutoModel.from_pretrained, name_or_path, what="text model",
                                              dtype=torch.float32)
-                if not hasattr(self.model, "get_text_features"):
-                    raise EmbeddingCacheError(
-                        f"{name_or_path!r} ({config.model_type}) has no text tower (get_text_features)"
-                    )
                 text_cfg_for_len = getattr(config, "text_config", config)
         finally:
             restore()
         self.model.eval().requires_grad_(False).to(self.device)
         self.model_type = config.model_type
+        # "features": the model's get_text_features; else a sentence pooling of its hidden states
+        self.pooling = ("features" if self.model_type in ("clip", "clip_text_model")
+                        or hasattr(self.model, "get_text_features") else sentence_pooling(name_or_path))
         context = getattr(text_cfg_for_len, "max_position_embeddings", None) or 77
         tok_max = getattr(self.tokenizer, "model_max_length", context) or context
         self.max_length = int(min(context, tok_max))
@@ -278,13 +304,26 @@ class TextEmbedder:
             enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             if self.model_type in ("clip", "clip_text_model"):
                 feats = self.model(**enc).text_embeds
-            else:  # transformers 5: get_text_features returns an output object (.pooler_output)
+            elif self.pooling == "features":  # transformers 5: an output object (.pooler_output)
                 feats = self.model.get_text_features(**enc)
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+            else:
+                feats = pool_tokens(self.model(**enc).last_hidden_state, enc["attention_mask"], self.pooling)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
             for j, i in enumerate(idx):
                 out[i] = feats[j]
         return torch.stack(out)  # type: ignore[arg-type]
+
+
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sentence vector [N, H] from token states [N, L, H] and attention_mask [N, L] (1 = token):
+    "mean" over real tokens, "max" over them, or the first ("cls") token."""
+    if mode == "cls":
+        return hidden[:, 0]
+    real = attention_mask[..., None].to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(real == 0, float("-inf")).amax(dim=1)
+    return (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
 
 
 def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:

@@ -126,7 +126,8 @@ class CaptionProvider:
 
     @classmethod
     def from_config(cls, cfg: CaptionConfig, device: str = "cpu", progress: bool = False) -> Optional["CaptionProvider"]:
-        """From `CaptionConfig` (file, clip_model, embedding_cache, draw); None when no file."""
+        """From `CaptionConfig` (file, text_model or else clip_model, embedding_cache, draw); None
+        when no file."""
         if not cfg.file:
             return None
-        return cls.from_files(cfg.file, cfg.clip_model, cfg.embedding_cache, cfg.draw, device, progress)
+        return cls.from_files(cfg.file, cfg.target_model, cfg.embedding_cache, cfg.draw, device, progress)

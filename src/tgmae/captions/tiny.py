@@ -97,3 +97,31 @@ def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int 
     finally:
         restore()
     return path
+
+
+def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised sentence encoder over `corpus`'s words in `path`: a `BertModel`
+    (width `width`, `layers` blocks) with a word-level `BertTokenizer` of the corpus's lower-cased
+    words (punctuation split off), mean-pooled by `tgmae.captions.embed.TextEmbedder`. Its
+    embeddings keep which words a text has, and nothing of their meaning: a text space in which
+    a learnt linear map can read what the words say (e.g. a caption's verb), for offline studies
+    without a pretrained text model. Words outside the corpus are [UNK]."""
+    import re
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from tgmae.captions.hub import quiet_transformers
+
+    path = Path(path)
+    words = sorted({w for t in corpus for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    restore = quiet_transformers()
+    try:
+        torch.manual_seed(seed)
+        BertModel(BertConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
+                             num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=128)
+                  ).eval().save_pretrained(path)
+        BertTokenizer(vocab=vocab).save_pretrained(path)
+    finally:
+        restore()
+    return path

@@ -209,9 +209,15 @@ class VideoDataset(_RobustBase):
         sample["caption_id"] = torch.tensor(int(caption_id), dtype=torch.int64)
         if self.mask_generator is not None:
             ctx = MaskContext(grid=self.token_grid, frames=video, frame_indices=fi, crop=crop,
-                              video_id=rec.video_id, text_embedding=text, motion=motion)
+                              video_id=rec.video_id, text_embedding=text, motion=motion,
+                              caption=self._caption_text(caption_id))
             sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
         return sample
+
+    def _caption_text(self, caption_id: int) -> Optional[str]:
+        """The text of a drawn caption id, None without one (or from a provider without `texts`)."""
+        texts = getattr(self.captions, "texts", None)
+        return texts[caption_id] if texts is not None and caption_id >= 0 else None
 
     def _decode(self, rec: VideoRecord, g: torch.Generator, want_motion: bool):
         """-> (frames uint8 [T, H, W, 3], frame indices [T], motion [T, Hb, Wb, 2] or None)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -92,4 +92,49 @@ def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv
     return result
 
 
-__all__ = ["ATTRIBUTES", "video_attributes", "fit_logistic_probe", "attribute_probe"]
+def text_action_probe(data_dir: Path, embed: Callable[[list[str]], torch.Tensor], train_csv: str = "train.csv",
+                      val_csv: str = "val.csv") -> dict[str, float]:
+    """How well a text space separates the actions the captions name: a logistic probe of the
+    action from the embeddings `embed(texts) -> [N, D]` of every caption of the training videos,
+    scored on every caption of the validation videos (held-out captions of held-out videos).
+    Returns {"action": validation top-1, "action_classes", "num_train", "num_val"} (captions).
+    FileNotFoundError / ValueError for a folder without the synthetic set's captions or attributes."""
+    from tgmae.captions.store import read_store
+
+    data_dir = Path(data_dir)
+    attrs = video_attributes(data_dir)
+    if attrs is None:
+        raise ValueError(f"{data_dir}: no per-video actions in meta.json (not a synthetic set)")
+    captions = read_store(data_dir / "captions.jsonl").by_video()
+    split = {s: [(c, attrs[v]["action"]) for v in _split_ids(data_dir / f) for c in captions[v].captions]
+             for s, f in (("train", train_csv), ("val", val_csv))}
+    classes = sorted({a for pairs in split.values() for _, a in pairs})
+    x = {s: embed([c for c, _ in pairs]).float() for s, pairs in split.items()}
+    y = {s: torch.tensor([classes.index(a) for _, a in pairs]) for s, pairs in split.items()}
+    return {"action": fit_logistic_probe(x["train"], y["train"], x["val"], y["val"]),
+            "action_classes": len(classes), "num_train": len(y["train"]), "num_val": len(y["val"])}
+
+
+def bag_of_words(corpus: list[str]) -> Callable[[list[str]], torch.Tensor]:
+    """texts -> [N, V] word counts over the lower-cased words (runs of letters and digits) of
+    `corpus` (the baseline of `text_action_probe`: every word is its own dimension)."""
+    import re
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    vocab = {w: i for i, w in enumerate(sorted({w for t in corpus for w in words(t)}))}
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), len(vocab))
+        for i, t in enumerate(texts):
+            for w in words(t):
+                if w in vocab:
+                    out[i, vocab[w]] += 1
+        return out
+
+    return embed
+
+
+__all__ = ["ATTRIBUTES", "attribute_probe", "bag_of_words", "fit_logistic_probe", "text_action_probe",
+           "video_attributes"]

@@ -1,5 +1,13 @@
 """Study reports: the results table (paper Table 2 layout), loss curves (Figure 4 layout) and
 figures, as Markdown, HTML and JSON. `tgmae report RUN_DIRS...` rebuilds one from finished runs.
+
+Statistics: every cell is a (masking, objective, variant) over seeds, shown as mean ± sample
+standard deviation (n - 1). Comparisons (the video-text loss's gain, masking vs masking, a variant
+vs the base run, pretraining vs none) are paired by seed: the difference per seed, its mean and a
+two-sided 95% Student-t interval over the n seeds (n >= 2). A finding is "beyond noise" when that
+interval excludes zero. The interval covers the training randomness (initialisation, data order,
+masks), not the sampling of the validation videos, which every run shares (the binomial
+standard error in the report's chance sentence).
 """
 
 from __future__ import annotations
@@ -28,45 +36,152 @@ def _recall(record: dict, direction: str, k: int) -> Optional[float]:
     return None if value is None else float(value)
 
 
+# Reference rows of a study (`tgmae.evaluate.study.REFERENCES`): masking name -> table label.
+REFERENCE_LABELS = {"none": "no pretraining (random encoder)", "scratch": "supervised from scratch"}
+METRICS = {"linear_probe_top1": "LP top-1", "finetune_top1": "FT top-1"}
+
+
+def cell_key(record: dict) -> tuple[str, str, str]:
+    """(masking, objective, variant) of a study record; variant "" for the study's base runs."""
+    return record["masking"], record["objective"], record.get("variant") or ""
+
+
+def cell_label(masking: str, variant: str = "") -> str:
+    name = REFERENCE_LABELS.get(masking, masking)
+    return f"{name} [{variant}]" if variant else name
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1); 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def aggregate(records: Sequence[dict]) -> list[dict]:
-    """One row per (masking, objective): mean and std over seeds of every column."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """One row per (masking, objective, variant): mean, sample std and count over seeds of every
+    column (None where no run has the value)."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["masking"], r["objective"]), []).append(r)
+        groups.setdefault(cell_key(r), []).append(r)
     rows = []
-    for (masking, objective), runs in groups.items():
-        row = {"masking": masking, "objective": objective, "seeds": sorted(r["seed"] for r in runs),
-               "mask_ratio": runs[0].get("mask_ratio")}
+    for (masking, objective, variant), runs in groups.items():
+        row = {"masking": masking, "objective": objective, "variant": variant,
+               "seeds": sorted(r["seed"] for r in runs), "mask_ratio": runs[0].get("mask_ratio")}
         for header, get in COLUMNS:
             values = [get(r) for r in runs if get(r) is not None and not math.isnan(get(r))]
-            row[header] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0,
-                           len(values)) if values else None
+            row[header] = (statistics.fmean(values), _std(values), len(values)) if values else None
         rows.append(row)
     return rows
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
+    """Two-sided Student-t confidence interval (lo, hi) of the mean of `values` at `level`;
+    None with fewer than 2 values (no spread to estimate)."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t
+
+    mean, half = statistics.fmean(values), float(t.ppf(0.5 + level / 2, n - 1)) * _std(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_difference(records: Sequence[dict], a: tuple[str, str, str], b: tuple[str, str, str],
+                      metric: str = "linear_probe_top1") -> Optional[dict]:
+    """`metric` of cell a minus cell b (keys as `cell_key`), paired by seed: {"a", "b", "metric",
+    "seeds", "diffs", "n", "mean", "std", "ci" (95% t-interval or None), "wins"}; None when no seed
+    has both runs with the metric. Pairing removes the spread the two runs share (data order,
+    initialisation)."""
+    by_key = {cell_key(r) + (r["seed"],): r for r in records}
+    seeds = sorted({r["seed"] for r in records})
+    pairs = [(s, by_key[a + (s,)].get(metric), by_key[b + (s,)].get(metric)) for s in seeds
+             if a + (s,) in by_key and b + (s,) in by_key]
+    pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    diffs = [x - y for _, x, y in pairs]
+    return {"a": a, "b": b, "metric": metric, "seeds": [s for s, _, _ in pairs], "diffs": diffs, "n": len(diffs),
+            "mean": statistics.fmean(diffs), "std": _std(diffs), "ci": t_interval(diffs),
+            "wins": sum(d > 0 for d in diffs)}
+
+
 def contrastive_gains(records: Sequence[dict], metric: str = "linear_probe_top1") -> list[dict]:
-    """Per masking: `metric` of MAE + contrastive minus MAE alone, paired by seed (Table 2's
-    question). Pairing removes the between-seed spread the two runs share (data order, init)."""
-    by_key = {(r["masking"], r["objective"], r["seed"]): r for r in records}
+    """Per masking (and variant): `metric` of MAE + contrastive minus MAE alone, paired by seed
+    (Table 2's question); rows as `paired_difference` plus "masking" and "variant"."""
     rows = []
-    for masking in sorted({r["masking"] for r in records}):
-        diffs = [by_key[(masking, "mae+contrastive", s)][metric] - by_key[(masking, "mae", s)][metric]
-                 for s in sorted({r["seed"] for r in records})
-                 if (masking, "mae", s) in by_key and (masking, "mae+contrastive", s) in by_key]
-        if diffs:
-            rows.append({"masking": masking, "diffs": diffs, "mean": statistics.fmean(diffs),
-                         "std": statistics.pstdev(diffs) if len(diffs) > 1 else 0.0,
-                         "wins": sum(d > 0 for d in diffs)})
+    for masking, variant in sorted({(r["masking"], cell_key(r)[2]) for r in records}):
+        d = paired_difference(records, (masking, "mae+contrastive", variant), (masking, "mae", variant), metric)
+        if d is not None:
+            rows.append(dict(d, masking=masking, variant=variant))
     return rows
 
 
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def verdict(d: dict) -> str:
+    """Whether a paired difference is beyond noise, in words (points = percentage points)."""
+    if d["ci"] is None:
+        return (f"{_points(d['mean'])} points from {d['n']} seed: no interval, so it cannot be told from noise "
+                "(run seeds=[0,1,2])")
+    lo, hi = d["ci"]
+    where = f"the 95% interval over n = {d['n']} seeds, [{_points(lo)}, {_points(hi)}],"
+    if lo > 0:
+        return f"{_points(d['mean'])} points, beyond noise: {where} lies above zero"
+    if hi < 0:
+        return f"{_points(d['mean'])} points, beyond noise in the other direction: {where} lies below zero"
+    return f"{_points(d['mean'])} points, within noise: {where} includes zero"
+
+
+def _name(key: tuple[str, str, str]) -> str:
+    masking, objective, variant = key
+    if masking in REFERENCE_LABELS:
+        return cell_label(masking, variant)
+    return f"{cell_label(masking, variant)} {objective}"
+
+
+def findings(records: Sequence[dict]) -> list[tuple[str, dict]]:
+    """The report's comparisons, each (title, paired difference): the video-text loss's gain per
+    masking (Table 2; LP and FT), every masking against tube and TGM top-k against bottom-k per
+    objective (Table 5b; LP), every variant against its base run (Table 5's other ablations; LP)
+    and every pretrained cell against no pretraining (LP)."""
+    out: list[tuple[str, dict]] = []
+    for metric, short in METRICS.items():
+        for g in contrastive_gains(records, metric):
+            out.append((f"Video-text loss, {cell_label(g['masking'], g['variant'])}, {short}", g))
+    cells = sorted({cell_key(r) for r in records})
+    for _, objective, variant in sorted({(0, o, v) for m, o, v in cells if m not in REFERENCE_LABELS}):
+        maskings = sorted({m for m, o, v in cells if (o, v) == (objective, variant) and m not in REFERENCE_LABELS})
+        pairs = [(m, "tube") for m in maskings if m != "tube" and "tube" in maskings]
+        if "tgm" in maskings and "tgm_bottom" in maskings:
+            pairs.append(("tgm", "tgm_bottom"))
+        for m, other in pairs:
+            d = paired_difference(records, (m, objective, variant), (other, objective, variant))
+            if d is not None:
+                out.append((f"{cell_label(m, variant)} vs {other}, {objective}, LP top-1", d))
+    for m, o, v in cells:
+        if v and m not in REFERENCE_LABELS:
+            d = paired_difference(records, (m, o, v), (m, o, ""))
+            if d is not None:
+                out.append((f"{m} {o}: [{v}] vs the base run, LP top-1", d))
+    if ("none", "none", "") in cells:
+        for key in cells:
+            if key[0] not in REFERENCE_LABELS:
+                d = paired_difference(records, key, ("none", "none", ""))
+                if d is not None:
+                    out.append((f"{_name(key)} vs no pretraining, LP top-1", d))
+    return out
+
+
 def gains_markdown(rows: Sequence[dict]) -> str:
-    lines = ["| Mask | LP gain of +V->T (points) | per seed | seeds where it helps |", "|---|---|---|---|"]
+    """Table of paired video-text gains (rows of `contrastive_gains`), with 95% t-intervals."""
+    lines = ["| Mask | gain of +V->T (points) | 95% interval | n | per seed | seeds where it helps |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        per_seed = ", ".join(f"{100 * d:+.1f}" for d in r["diffs"])
-        lines.append(f"| {r['masking']} | {100 * r['mean']:+.1f} ± {100 * r['std']:.1f} | {per_seed} | "
-                     f"{r['wins']}/{len(r['diffs'])} |")
+        per_seed = ", ".join(_points(d) for d in r["diffs"])
+        ci = f"[{_points(r['ci'][0])}, {_points(r['ci'][1])}]" if r["ci"] else "-"
+        lines.append(f"| {cell_label(r['masking'], r['variant'])} | {_points(r['mean'])} ± {100 * r['std']:.1f} | "
+                     f"{ci} | {r['n']} | {per_seed} | {r['wins']}/{r['n']} |")
     return "\n".join(lines)
 
 
@@ -95,23 +210,23 @@ def attribute_markdown(records: Sequence[dict]) -> str:
              "the acting object's colour and shape that every caption names; validation top-1 %, "
              f"chance: {chance}.", "",
              "| Mask | objective | " + " | ".join(ATTRIBUTES) + " | seeds |", "|---|---|" + "---|" * (len(ATTRIBUTES) + 1)]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in recs:
-        groups.setdefault((r["masking"], r["objective"]), []).append(r)
-    for (masking, objective), runs in sorted(groups.items()):
+        groups.setdefault(cell_key(r), []).append(r)
+    for (masking, objective, variant), runs in sorted(groups.items()):
         cells = []
         for a in ATTRIBUTES:
             v = [100 * r["attribute_probe"][a] for r in runs]
-            cells.append(f"{statistics.fmean(v):.1f} ± {statistics.pstdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
-        lines.append(f"| {masking} | {objective} | " + " | ".join(cells) + f" | {len(runs)} |")
+            cells.append(f"{statistics.fmean(v):.1f} ± {_std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
+        lines.append(f"| {cell_label(masking, variant)} | {objective} | " + " | ".join(cells) + f" | {len(runs)} |")
     flat = [dict(r, **{f"attr_{a}": r["attribute_probe"][a] for a in ATTRIBUTES}) for r in recs]
-    gains = {a: {g["masking"]: g for g in contrastive_gains(flat, f"attr_{a}")} for a in ATTRIBUTES}
+    gains = {a: {(g["masking"], g["variant"]): g for g in contrastive_gains(flat, f"attr_{a}")} for a in ATTRIBUTES}
     if any(gains.values()):
         lines += ["", "Paired gain of MAE + contrastive over MAE (points, mean ± std over seeds):", ""]
-        for masking in sorted(gains[ATTRIBUTES[0]]):
-            parts = [f"{a} {100 * gains[a][masking]['mean']:+.1f} ± {100 * gains[a][masking]['std']:.1f}"
+        for key in sorted(gains[ATTRIBUTES[0]]):
+            parts = [f"{a} {100 * gains[a][key]['mean']:+.1f} ± {100 * gains[a][key]['std']:.1f}"
                      for a in ATTRIBUTES]
-            lines.append(f"- {masking}: " + ", ".join(parts))
+            lines.append(f"- {cell_label(*key)}: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -147,7 +262,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
         mae = "✓" if "mae" in r["objective"].split("+") else ""
         vt = "✓" if "contrastive" in r["objective"] else ""
         cells = " | ".join(_cell(r[h]) for h, _ in COLUMNS)
-        lines.append(f"| {r['masking']} | {r['mask_ratio']} | {mae} | {vt} | {cells} | {len(r['seeds'])} |")
+        ratio = "-" if r["mask_ratio"] is None else r["mask_ratio"]
+        lines.append(f"| {cell_label(r['masking'], r.get('variant', ''))} | {ratio} | {mae} | {vt} | {cells} | "
+                     f"{len(r['seeds'])} |")
     return "\n".join(lines)
 
 
@@ -162,19 +279,31 @@ def loss_curves(records: Sequence[dict], out: Path) -> Optional[Path]:
             continue
         metrics = Path(r["run_dir"]) / "pretrain" / "metrics.jsonl"
         if metrics.is_file():
-            runs[f"{r['masking']} {r['objective']}"] = read_metrics(metrics)
+            runs[_name(cell_key(r))] = read_metrics(metrics)
     if not runs:
         return None
     return plot_curves(runs, ["loss_mse", "loss_nce"], out, title="pretraining losses (Figure 4 layout)",
                        smooth=3)
 
 
+def text_probe_note(probe: Optional[dict]) -> str:
+    """A sentence on how well the contrastive targets' text space separates the actions
+    (`tgmae.evaluate.study.text_probe`'s record), "" without one."""
+    if not probe:
+        return ""
+    t, b = probe["text_model"], probe["bag_of_words"]
+    return (f"Text probe: a linear probe recovers the action from the contrastive targets' text embeddings "
+            f"({probe['model']}) for {100 * t['action']:.1f}% of {t['num_val']} held-out captions "
+            f"(bag of words: {100 * b['action']:.1f}%; chance {100 / t['action_classes']:.1f}%).")
+
+
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
-                 seconds: Optional[float] = None) -> Path:
-    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md."""
+                 seconds: Optional[float] = None, text_probe: Optional[dict] = None) -> Path:
+    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md.
+    `text_probe`: the study's text_probe.json record, stated under the table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = sorted(records, key=lambda r: (r["masking"], r["objective"], r["seed"]))
+    records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
     (out_dir / "results.json").write_text(json.dumps(list(records), indent=2))
     rows = aggregate(records)
     table = markdown_table(rows)
@@ -185,7 +314,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     for r in records:
         recon = Path(r["run_dir"]) / "pretrain" / "reconstruction.png"
         if recon.is_file() and r["seed"] == records[0]["seed"]:
-            figures.append((f"Reconstruction: {r['masking']} {r['objective']}", recon))
+            figures.append((f"Reconstruction: {_name(cell_key(r))}", recon))
     masks_png = out_dir / "masks.png"
     if masks_png.is_file():
         figures.insert(0, ("Masks (Figure 1 layout)", masks_png))
@@ -202,11 +331,21 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     check = chance_check(records, rows)
     if check:
         md += [check, ""]
+    if text_probe:
+        md += [text_probe_note(text_probe), ""]
     gains = contrastive_gains(records)
     if gains:
         md += ["## Does the video-text loss help the linear probe?", "",
-               "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed.", "",
+               "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed; "
+               "95% Student-t interval over the n seeds.", "",
                gains_markdown(gains), ""]
+    found = findings(records)
+    if found:
+        md += ["## Findings: beyond noise?", "",
+               "Each comparison is paired by seed; beyond noise = its 95% t-interval over seeds excludes zero. "
+               "The interval covers training randomness, not the sampling of the validation videos, which "
+               "every run shares.", ""]
+        md += [f"- {title}: {verdict(d)}." for title, d in found] + [""]
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
@@ -227,7 +366,8 @@ def _html_table(rows: Sequence[dict]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in COLUMNS])
     lines = [f"<table><tr>{head}</tr>"]
     for r in rows:
-        cells = [r["masking"], str(r["mask_ratio"]), r["objective"]] + [_cell(r[h]) for h, _ in COLUMNS]
+        ratio = "-" if r["mask_ratio"] is None else str(r["mask_ratio"])
+        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [_cell(r[h]) for h, _ in COLUMNS]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 

@@ -237,20 +237,20 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         names = list(getattr(dataset, "class_names", None) or [])
         if not names:
             raise ValueError("class-prompt retrieval needs the dataset's class names")
-        if not cfg.captions.clip_model:
-            raise ConfigError("captions.clip_model must name the CLIP model whose text tower embeds the prompts")
+        if not cfg.captions.target_model:
+            raise ConfigError("captions.clip_model (or captions.text_model) must name the model that embeds the prompts")
         from tgmae.captions.embed import embed_texts
 
         prompts = class_prompts(names, cfg.eval.class_prompt)
         cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
-        clip = embed_texts(prompts, cfg.captions.clip_model, cache, device=str(dist_info.device))
+        clip = embed_texts(prompts, cfg.captions.target_model, cache, device=str(dist_info.device))
         relevant = relevance_from_ids(out["label"], torch.arange(len(names)))
     else:
         from tgmae.captions.provider import CaptionProvider
 
         provider = CaptionProvider.from_config(cfg.captions, device=str(dist_info.device))
         if provider is None or provider.embeddings is None:
-            raise ValueError("caption retrieval needs captions.file and captions.clip_model")
+            raise ValueError("caption retrieval needs captions.file and captions.clip_model (or captions.text_model)")
         records = getattr(dataset, "records", None)
         if records is None:
             raise ValueError("caption retrieval needs a dataset with `records` (video ids)")

@@ -3,7 +3,20 @@
 For every (masking, objective, seed): pretrain -> linear probe -> finetune -> zero-shot retrieval,
 then one report (`report.md`, `report.html`, `results.json`, loss curves, mask and
 reconstruction figures). The synthetic set gives it data and ground truth offline, and a CLIP
-trained by `tgmae train-clip` on that set gives TGM a meaningful text-image space.
+trained by `tgmae train-clip` on that set gives TGM a meaningful text-image space. The video-text
+loss's targets come from `text_model`: by default a random word-level encoder built on the
+captions, whose embeddings keep the verbs (the CLIP's text tower, trained on frames, discards
+them; with its motion tower, `clip_motion_weight`, it keeps some); `text_probe.json` measures it.
+
+Two reference rows per seed (`references`): "none" probes and finetunes a randomly initialised
+encoder with the cells' schedules (lower reference), "scratch" trains the classifier from random
+initialisation for as many epochs as a cell's pretraining and finetuning together (upper
+reference: what the labels alone give). Ablations (paper Table 5) run in the same folder under a
+`variant` name, which keeps their runs apart and labels their rows; `tgmae report STUDY_DIR`
+puts every variant in one table (docs/study.md lists the commands).
+
+All phases read frames through one decoded-clip cache (`cache`, under the study folder): each
+split's videos are decoded once and every run and seed reuses the files.
 
 Every phase leaves its own outputs and the study skips phases whose outputs exist, so a killed
 study resumes where it stopped. Runs are ordinary run directories: `tgmae report` reads them.
@@ -29,11 +42,14 @@ log = logging.getLogger("tgmae")
 MASKINGS: dict[str, list[str]] = {
     "tube": ["masking.name=tube", "masking.ratio=0.75"],
     "random": ["masking.name=random", "masking.ratio=0.75"],
-    "mgm": ["masking.name=mgm", "masking.ratio=0.75", "data.with_motion=true"],
+    # the decoded-clip cache holds no codec motion vectors: MGM's pretraining decodes
+    "mgm": ["masking.name=mgm", "masking.ratio=0.75", "data.with_motion=true", "data.cache=none"],
     "tgm": ["masking.name=tgm", "masking.ratio=0.6", "masking.select=top"],
     "tgm_bottom": ["masking.name=tgm", "masking.ratio=0.6", "masking.select=bottom"],
 }
 OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
+# reference rows: name -> the objective its records carry
+REFERENCES = {"none": "none", "scratch": "supervised"}
 
 
 @dataclass
@@ -48,6 +64,17 @@ class StudyConfig:
     objectives: list[str] = field(default_factory=lambda: ["mae", "mae+contrastive"])
     seeds: list[int] = field(default_factory=lambda: [0])
     clip_steps: int = 600  # `tgmae train-clip` steps for the study's CLIP
+    # weight of train-clip's clip-caption loss through its motion tower (its text tower learns the verbs:
+    # text probe 9% -> 31% at 1.0, 63% at 3.0); 0 = frames only, enough for TGM when text_model is not the CLIP
+    clip_motion_weight: float = 0.0
+    # captions.text_model of every run (contrastive targets, retrieval prompts): "words" = a random
+    # word-level encoder built on the captions (tgmae.captions.tiny.save_word_encoder; text probe 100%);
+    # empty = the study's CLIP; else any text model's name or path
+    text_model: str = "words"
+    references: list[str] = field(default_factory=lambda: ["none", "scratch"])  # reference rows per seed
+    scratch_epochs: int = 0  # "scratch" reference's finetuning epochs; 0 = pretraining + finetuning epochs
+    variant: str = ""  # name of an ablation (e.g. "ratio 0.9"): its runs get their own folders and rows
+    cache: str = "disk"  # decoded-clip cache of every phase (data.cache): disk (under out_dir) | memory | none
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
     pretrain: list[str] = field(default_factory=list)  # dotted overrides of every pretraining run
@@ -67,6 +94,15 @@ class StudyConfig:
             raise ConfigError(f"study.mask_mode={self.mask_mode!r}: expected dense|faithful")
         if self.retrieval not in ("classes", "captions"):
             raise ConfigError(f"study.retrieval={self.retrieval!r}: expected classes|captions")
+        bad = [r for r in self.references if r not in REFERENCES]
+        if bad:
+            raise ConfigError(f"study.references: unknown {bad}; known: {list(REFERENCES)}")
+        if self.cache not in ("none", "memory", "disk"):
+            raise ConfigError(f"study.cache={self.cache!r}: expected disk|memory|none")
+        if self.clip_motion_weight < 0:
+            raise ConfigError(f"study.clip_motion_weight={self.clip_motion_weight}: must be >= 0")
+        if self.scratch_epochs < 0:
+            raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
 
 
 # Defaults of each phase, under the study YAML's own overrides: tiny models, short schedules.
@@ -108,8 +144,27 @@ class StudyPaths:
     def mask_cache(self) -> Path:
         return self.root / "similarity_cache"
 
-    def run(self, masking: str, objective: str, seed: int) -> Path:
-        return self.root / "runs" / f"{masking}__{objective.replace('+', '_')}__s{seed}"
+    @property
+    def word_encoder(self) -> Path:
+        return self.root / "word_encoder"
+
+    @property
+    def clip_cache(self) -> Path:
+        """Decoded-clip cache files (`data.cache=disk`), shared by every run and seed."""
+        return self.root / "clip_cache"
+
+    def run(self, masking: str, objective: str, seed: int, variant: str = "") -> Path:
+        tag = f"__{_slug(variant)}" if variant else ""
+        return self.root / "runs" / f"{masking}__{objective.replace('+', '_')}__s{seed}{tag}"
+
+    def report(self, variant: str = "") -> Path:
+        """Where an invocation's report goes: the study folder, or variants/<name> for an ablation
+        (`tgmae report STUDY_DIR` puts every variant's runs in one table)."""
+        return self.root / "variants" / _slug(variant) if variant else self.root
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
 def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
@@ -120,13 +175,66 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
         info = generate_synthetic_dataset(paths.data, num_videos=study.num_videos, frames=study.video_frames,
                                           size=study.video_size, seed=0, workers=0)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
-    if not (paths.clip / "config.json").is_file():
-        from tgmae.masking.clip_train import ClipTrainConfig, train_clip
+    from tgmae.masking.clip_train import ClipTrainConfig, train_clip
 
-        summary = train_clip(paths.data, paths.clip, ClipTrainConfig(steps=study.clip_steps), progress=False)
+    clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
+    if not (paths.clip / "config.json").is_file():
+        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False)
         log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
+    check_clip_settings(clip_cfg, paths)
+    if study.text_model == "words" and not (paths.word_encoder / "config.json").is_file():
+        from tgmae.captions.store import read_store
+        from tgmae.captions.tiny import save_word_encoder
+
+        classes = json.loads((paths.data / "meta.json").read_text())["classes"]
+        corpus = [c for r in read_store(paths.data / "captions.jsonl").records for c in r.captions]
+        save_word_encoder(paths.word_encoder, corpus + [f"a video of {c}." for c in classes])
     if any(MASKINGS[m][0] == "masking.name=tgm" for m in study.maskings):
         _precompute_masks(study, paths)
+    text_probe(study, paths)
+
+
+def target_text_model(study: StudyConfig, paths: StudyPaths) -> str:
+    """captions.text_model of the study's runs: the study key, "words" resolved to its folder."""
+    return str(paths.word_encoder) if study.text_model == "words" else study.text_model
+
+
+def check_clip_settings(cfg, paths: StudyPaths) -> None:
+    """Refuse a study CLIP trained with other settings (ConfigError naming the study key): its
+    similarity maps and caption embeddings would belong to another study."""
+    saved = json.loads((paths.clip / "train_clip.json").read_text()).get("config", {})
+    keys = {"steps": "clip_steps", "motion_weight": "clip_motion_weight"}
+    for field_name, key in keys.items():
+        have = saved.get(field_name, 0.0 if field_name == "motion_weight" else None)  # before the motion tower
+        if have != getattr(cfg, field_name):
+            raise ConfigError(f"study.{key}={getattr(cfg, field_name)} but {paths.clip} holds a CLIP trained with "
+                              f"{have}: use another study out_dir, or delete {paths.clip} and "
+                              f"{paths.mask_cache} to train it again")
+
+
+def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
+    """How well the contrastive targets' text space separates the actions (held-out captions,
+    `tgmae.evaluate.attributes.text_action_probe`), next to bag of words; cached in
+    text_probe.json keyed by the text model's weights fingerprint."""
+    from tgmae.captions.embed import TextEmbedder
+    from tgmae.captions.hub import weights_fingerprint
+    from tgmae.captions.store import read_store
+    from tgmae.evaluate.attributes import bag_of_words, text_action_probe
+
+    model = target_text_model(study, paths) or str(paths.clip)
+    out = paths.root / "text_probe.json"
+    weights = weights_fingerprint(model) or ""
+    if out.is_file():
+        saved = json.loads(out.read_text())
+        if (saved.get("model"), saved.get("weights")) == (model, weights):
+            return saved
+    corpus = [c for r in read_store(paths.data / "captions.jsonl").records for c in r.captions]
+    result = {"model": model, "weights": weights, "text_model": text_action_probe(paths.data, TextEmbedder(model)),
+              "bag_of_words": text_action_probe(paths.data, bag_of_words(corpus))}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("study: text probe of the action from held-out captions: %.1f%% (%s), bag of words %.1f%%",
+             100 * result["text_model"]["action"], model, 100 * result["bag_of_words"]["action"])
+    return result
 
 
 def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
@@ -144,19 +252,24 @@ def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
 
 def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
                 quick: bool):
-    """(pretrain, probe, finetune) RunConfigs of one study cell."""
+    """(pretrain, probe, finetune) RunConfigs of one study cell; for a reference row (masking in
+    REFERENCES) the pretraining config only sets the model geometry ("none" saves its random
+    initialisation), and "scratch" has no probe (None) and finetunes from random initialisation."""
     from tgmae.evaluate.recipes import FINETUNE_RECIPE, PROBE_RECIPE, with_recipe
 
-    run = paths.run(masking, objective, seed)
+    run = paths.run(masking, objective, seed, study.variant)
     shared = [f"data.root={paths.data}", f"train.seed={seed}",
-              f"captions.file={paths.data / 'captions.jsonl'}", f"captions.clip_model={paths.clip}"]
+              f"captions.file={paths.data / 'captions.jsonl'}", f"captions.clip_model={paths.clip}",
+              f"captions.text_model={target_text_model(study, paths)}",
+              f"data.cache={study.cache}", f"data.cache_dir={paths.clip_cache}"]
     quick_pre = ["train.epochs=1", "train.batch_size=8"] if quick else []
     quick_eval = ["train.epochs=1", "train.batch_size=8"] if quick else []
-    masking_overrides = list(MASKINGS[masking])
+    reference = masking in REFERENCES
+    masking_overrides = list(MASKINGS["tube" if reference else masking])
     if masking.startswith("tgm"):
         masking_overrides.append(f"masking.cache_dir={paths.mask_cache}")
     pre = load_config(None, PRETRAIN_BASE + shared + masking_overrides + [
-        f"contrastive.objective={objective}", f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_pre)
+        f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_pre)
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
     eval_shared = PRETRAIN_BASE[:4] + shared + geometry + ["data.flip=false", "data.num_workers=2",
@@ -165,7 +278,30 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
                         + study.probe + quick_eval)
     fine = with_recipe(FINETUNE_RECIPE, None, eval_shared + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"]
                        + study.finetune + quick_eval)
+    if masking == "scratch":  # the labels alone, for a cell's whole budget of epochs
+        epochs = study.scratch_epochs or pre.train.epochs + fine.train.epochs
+        fine = with_recipe(FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith("model.pretrained=")]
+                           + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"] + study.finetune
+                           + [f"train.epochs={epochs}"] + quick_eval)
+        probe = None
     return pre, probe, fine
+
+
+def save_random_encoder(pre, path: Path) -> None:
+    """The "none" reference: the pretraining model of `pre`'s geometry at its random initialisation
+    (seeded by train.seed), saved where a pretraining run leaves its weights."""
+    import torch
+
+    from tgmae.models import build_pretraining_model
+    from tgmae.models.interop import save_pretraining_model
+
+    if path.is_file():
+        return
+    torch.manual_seed(pre.train.seed)
+    model = build_pretraining_model(pre.model, pre.data.num_frames, pre.data.image_size,
+                                    pixel_mean=tuple(pre.data.mean), pixel_std=tuple(pre.data.std))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_pretraining_model(model, path)
 
 
 def _num_classes(paths: StudyPaths) -> int:
@@ -200,28 +336,42 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     from tgmae.train.pretrain import pretrain
 
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
-    run = paths.run(masking, objective, seed)
-    for phase in (pre, probe, fine):  # results of other settings are never reused
+    run = paths.run(masking, objective, seed, study.variant)
+    phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
+    for phase in phases:  # results of other settings are never reused
         check_phase_settings(phase)
     record_path = run / "study_record.json"
     if record_path.is_file():  # done; records of earlier versions get the fields added since
         record = json.loads(record_path.read_text())
         record.setdefault("num_classes", _num_classes(paths))
-        record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
-        if "attribute_probe" not in record:
+        if probe is not None:
+            record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
+        if "attribute_probe" not in record and probe is not None:
             record["attribute_probe"] = attribute_probe(run / "probe", paths.data)
             record_path.write_text(json.dumps(record, indent=2))
         return record
     t0 = time.perf_counter()
-    if not (run / "pretrain" / "model.safetensors").is_file():
+    if masking == "none":
+        save_random_encoder(pre, run / "pretrain" / "model.safetensors")
+    elif masking != "scratch" and not (run / "pretrain" / "model.safetensors").is_file():
         pretrain(pre)
     t_pre = time.perf_counter() - t0
-    if not (run / "probe" / "probe_results.json").is_file():
+    if probe is not None and not (run / "probe" / "probe_results.json").is_file():
         linear_probe(probe)
     if not (run / "finetune" / "finetune_results.json").is_file():
         finetune(fine)
+    fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
+    if probe is None:
+        record = {"masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
+                  "mask_ratio": None, "num_classes": _num_classes(paths),
+                  "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")), "linear_probe_top1": None,
+                  "retrieval": {}, "pretrain_seconds": 0.0, "total_seconds": time.perf_counter() - t0,
+                  "run_dir": str(run)}
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2))
+        return record
     retrieval = {}
-    if objective != "mae":
+    if objective in ("contrastive", "mae+contrastive"):
         from tgmae.train import checkpoint as ckpt
 
         latest = ckpt.find_latest(run / "pretrain" / "checkpoints")
@@ -230,10 +380,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         result = evaluate_retrieval(ret_cfg, model=model, mode=study.retrieval, progress=False)
         retrieval = result.summary()
     probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
-    fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
     record = {
-        "masking": masking, "objective": objective, "seed": seed,
-        "mask_ratio": pre.masking.ratio,
+        "masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
+        "mask_ratio": None if masking == "none" else pre.masking.ratio,
         "num_classes": _num_classes(paths),
         "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
         "linear_probe_top1": probe_res["top1"],
@@ -248,12 +397,14 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
 
 
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
+    """Run every missing phase of the study and write its report; returns the report's folder."""
     paths = StudyPaths(Path(study.out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prepare_shared(study, paths, quick)
     records = []
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
+    cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
     from tqdm.auto import tqdm
 
     for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
@@ -261,9 +412,10 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
         records.append(run_cell(study, paths, masking, objective, seed, quick))
     from tgmae.evaluate.report import write_report
 
-    write_report(records, paths.root, title="tgmae study on the synthetic set",
-                 seconds=time.perf_counter() - t0)
-    return paths.root
+    title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
+    write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
+                 text_probe=json.loads((paths.root / "text_probe.json").read_text()))
+    return paths.report(study.variant)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -295,5 +447,5 @@ def main(argv: Sequence[str]) -> int:
         out = run_study(study, quick=args.quick)
     except ConfigError as e:
         parser.exit(2, f"tgmae study: {e}\n")
-    print(f"study report: {out / 'report.md'}")
+    print(f"study report: {out / 'report.md'}")  # an ablation's: STUDY/variants/<variant>/
     return 0

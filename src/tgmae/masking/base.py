@@ -56,6 +56,7 @@ class MaskContext:
     crop: the spatial augmentation applied to produce `frames`.
     video_id: key into caches (similarity maps, captions).
     text_embedding: [D] embedding of the caption drawn for this sample.
+    caption: the drawn caption's text (cached TGM finds its maps by it), or None.
     motion: [T, Hs, Ws, 2] per-pixel-block motion (dx, dy) of the source frames, or None.
     """
 
@@ -66,6 +67,7 @@ class MaskContext:
     video_id: Optional[str] = None
     text_embedding: Optional[torch.Tensor] = None
     motion: Optional[torch.Tensor] = None
+    caption: Optional[str] = None
 
     @property
     def num_tokens(self) -> int:

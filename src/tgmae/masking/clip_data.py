@@ -12,6 +12,11 @@ crops. Each sampled frame yields four images:
 
 Positives are grouped by the object's name (colour + shape): every caption naming a red circle
 is a positive of every red-circle image in the batch, so repeated objects are not false negatives.
+
+A single frame cannot show the action the captions name ("slides left"), so the text tower would
+learn to ignore the verbs. `sample_clips` therefore also cuts short clips (a few frames in time
+order, stacked on the channel axis) for the motion tower of `tgmae train-clip`; their positives
+are grouped by object name and action.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ PATCH_MIN, PATCH_MAX = 6.0, 14.0
 
 @dataclass
 class SyntheticClipSet:
-    """Frames [V, F, H, W, 3] uint8, object masks [V, F, H, W] bool, per video: captions, the
-    acting object's name (the positive-group key) and id."""
+    """Frames [V, F, H, W, 3] uint8 (evenly spaced, in time order), object masks [V, F, H, W]
+    bool, per video: captions, the acting object's name (the positive-group key), its action
+    and the video id."""
 
     frames: torch.Tensor
     masks: torch.Tensor
     captions: list[list[str]]
     names: list[str]
     video_ids: list[str]
+    actions: list[str]
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -68,7 +75,7 @@ def load_synthetic_clip_set(
     ids = read_split_ids(root, split)[: max_videos or None]
     if not ids:
         raise ValueError(f"{root / (split + '.csv')} lists no videos")
-    frames, masks, caps, names = [], [], [], []
+    frames, masks, caps, names, actions = [], [], [], [], []
     for vid in ids:
         path = root / "videos" / f"{vid}.mp4"
         n = probe_video(path).num_frames
@@ -79,7 +86,8 @@ def load_synthetic_clip_set(
         caps.append(list(captions[vid].captions))
         actor = next(o for o in meta["videos"][vid]["objects"] if o["role"] == "acting")
         names.append(f"{actor['colour']} {actor['shape']}")
-    return SyntheticClipSet(torch.stack(frames), torch.stack(masks), caps, names, ids)
+        actions.append(meta["videos"][vid]["action"])
+    return SyntheticClipSet(torch.stack(frames), torch.stack(masks), caps, names, ids, actions)
 
 
 @dataclass
@@ -186,7 +194,46 @@ def sample_pairs(
     return PairBatch(images.clamp_(0, 1), key, texts, cover)
 
 
+@dataclass
+class ClipBatch:
+    """clips [B, 3 * T, S, S] in [0, 1] (T frames in time order, stacked on channels);
+    key [B] int64 index into `texts` (one text per (object name, action) in the batch)."""
+
+    clips: torch.Tensor
+    key: torch.Tensor
+    texts: list[str]
+
+
+def sample_clips(data: SyntheticClipSet, videos: int, image_size: int, g: torch.Generator,
+                 frames: int = 4, stride: int = 2) -> ClipBatch:
+    """`videos` random short clips: `frames` of a video's loaded frames `stride` apart from a random
+    start, resized to `image_size`. No flips or time reversal: they would change the action.
+    ValueError when the loaded frames are too few for one clip."""
+    span = (frames - 1) * stride + 1
+    if span > data.frames.shape[1]:
+        raise ValueError(f"a clip of {frames} frames {stride} apart needs {span} loaded frames per video, "
+                         f"have {data.frames.shape[1]}")
+    v = torch.randint(len(data), (videos,), generator=g)
+    start = torch.randint(data.frames.shape[1] - span + 1, (videos,), generator=g)
+    idx = start[:, None] + stride * torch.arange(frames)[None]  # [B, T]
+    x = data.frames[v[:, None], idx].permute(0, 1, 4, 2, 3).float().div_(255)  # [B, T, 3, H, W]
+    b, t, c, h, w = x.shape
+    x = F.interpolate(x.reshape(b * t, c, h, w), size=(image_size, image_size), mode="bilinear",
+                      antialias=True, align_corners=False).reshape(b, t * c, image_size, image_size)
+    texts: list[str] = []
+    key_of: dict[tuple[str, str], int] = {}
+    key = torch.empty(b, dtype=torch.int64)
+    for i, vi in enumerate(v.tolist()):
+        group = (data.names[vi], data.actions[vi])
+        if group not in key_of:
+            key_of[group] = len(texts)
+            caps = data.captions[vi]
+            texts.append(caps[int(torch.randint(len(caps), (1,), generator=g))])
+        key[i] = key_of[group]
+    return ClipBatch(x.clamp_(0, 1), key, texts)
+
+
 __all__ = [
-    "PATCH_MIN", "PATCH_MAX", "PairBatch", "SyntheticClipSet", "load_synthetic_clip_set", "read_split_ids",
-    "sample_pairs",
+    "PATCH_MIN", "PATCH_MAX", "ClipBatch", "PairBatch", "SyntheticClipSet", "load_synthetic_clip_set",
+    "read_split_ids", "sample_clips", "sample_pairs",
 ]

@@ -13,6 +13,14 @@ MaskCLIP path (last block's value projection -> post-LN -> projection): object p
 positives of the caption, the others negatives, so the fast dense mode works with this CLIP too
 (large public CLIPs have that property from pretraining; a small one trained on CLS pairs only
 does not).
+
+Frames cannot show the action a caption names, so on frame pairs alone the text tower learns to
+ignore the verbs ("moves left" and "moves right" end up at cosine ~1). A third loss
+(`--motion-weight`) pairs the same text tower with a motion tower: a small ViT that sees a short
+clip (`--motion-frames` frames stacked on the channel axis) and is trained to match the clip's
+caption, grouped by object and action. The text tower then has to separate the verbs, while the
+image tower TGM uses still scores single frames. The motion tower is saved in DIR/motion
+(a `CLIPVisionModelWithProjection`); TGM and the caption embeddings never load it.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.clip_data import SyntheticClipSet, load_synthetic_clip_set, sample_pairs
+from tgmae.masking.clip_data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
 from tgmae.masking.clip_tokenizer import train_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,9 @@ class ClipTrainConfig:
     warmup: int = 100
     frames_per_video: int = 12
     seed: int = 0
+    motion_weight: float = 0.0  # weight of the clip-caption loss through the motion tower; 0 = frames only
+    motion_frames: int = 4  # frames per motion-tower clip, in time order
+    motion_stride: int = 2  # ... this many loaded frames apart (frames_per_video span the whole video)
 
 
 def build_clip_model(cfg: ClipTrainConfig, vocab_size: int, bos_id: int = 0, eos_id: int = 1, pad_id: int = 1):
@@ -83,6 +94,20 @@ def build_clip_model(cfg: ClipTrainConfig, vocab_size: int, bos_id: int = 0, eos
     )
     torch.manual_seed(cfg.seed)
     return CLIPModel(config)
+
+
+def build_motion_tower(cfg: ClipTrainConfig):
+    """A randomly initialized `CLIPVisionModelWithProjection` for clips [B, 3 * motion_frames, S, S]
+    (the image tower's size), projecting into the joint space (embed_dim)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.width, intermediate_size=4 * cfg.width,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_channels=3 * cfg.motion_frames,
+        projection_dim=cfg.embed_dim,
+    )
+    torch.manual_seed(cfg.seed + 1)
+    return CLIPVisionModelWithProjection(config)
 
 
 def save_clip(out: str | Path, model, tokenizer, image_size: int) -> None:
@@ -145,9 +170,22 @@ def dense_loss(model, last_input: torch.Tensor, cover: torch.Tensor, key: torch.
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    """[B, 3 * k, H, W] in [0, 1] (k frames on the channel axis) -> CLIP-normalized."""
+    mean = torch.tensor(CLIP_MEAN).repeat(images.shape[1] // 3).view(1, -1, 1, 1)
+    std = torch.tensor(CLIP_STD).repeat(images.shape[1] // 3).view(1, -1, 1, 1)
     return (images - mean) / std
+
+
+def motion_loss(model, motion, tokenizer, cfg: ClipTrainConfig, data: SyntheticClipSet,
+                g: torch.Generator) -> torch.Tensor:
+    """Grouped contrastive loss of short clips (through the motion tower) against their captions
+    (through the CLIP's text tower), positives grouped by object name and action."""
+    batch = sample_clips(data, cfg.videos_per_batch, cfg.image_size, g, cfg.motion_frames, cfg.motion_stride)
+    tok = tokenizer(batch.texts, padding=True, truncation=True, max_length=cfg.context, return_tensors="pt")
+    clip = F.normalize(motion(pixel_values=_normalize(batch.clips)).image_embeds, dim=-1)
+    txt = F.normalize(model.get_text_features(
+        input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output, dim=-1)
+    return grouped_contrastive_loss(clip, txt, batch.key, model.logit_scale)
 
 
 def _lr(step: int, cfg: ClipTrainConfig) -> float:
@@ -203,8 +241,10 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     val_split = "val" if read_split_ids(root, "val") else "train"  # tiny sets may have no val videos
     val = load_synthetic_clip_set(root, val_split, 2, max_videos=24)
     log.info("train-clip: %d train videos, %d parameters", len(train), sum(p.numel() for p in model.parameters()))
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    motion = build_motion_tower(cfg).train() if cfg.motion_weight > 0 else None
+    named = list(model.named_parameters()) + (list(motion.named_parameters(prefix="motion")) if motion else [])
+    decay = [p for n, p in named if p.dim() >= 2 and "embedding" not in n]
+    other = [p for n, p in named if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98), fused=True,
@@ -229,9 +269,11 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
             n = batch.whole_cover.shape[0]
             loss = loss + cfg.dense_weight * dense_loss(
                 model, captured["x"][:n], batch.whole_cover, batch.key[:n], txt)
+        if motion is not None:
+            loss = loss + cfg.motion_weight * motion_loss(model, motion, tokenizer, cfg, train, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         losses.append(float(loss.detach()))
         if step % 20 == 0:
@@ -242,6 +284,8 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     model.eval()
     auc = {mode: patch_auc(model, tokenizer, val, mode) for mode in ("faithful", "dense")}
     save_clip(out, model, tokenizer, cfg.image_size)
+    if motion is not None:
+        motion.eval().save_pretrained(Path(out) / "motion")
     summary = {
         "root": str(root), "steps": cfg.steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "val_patch_auc": auc["faithful"], "val_patch_auc_dense": auc["dense"], "auc_split": val_split,
@@ -265,12 +309,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight,
                         help="weight of the dense (MaskCLIP patch-token) loss; 0 = CLS pairs only")
+    parser.add_argument("--motion-weight", type=float, default=defaults.motion_weight,
+                        help="weight of the clip-caption loss through a motion tower, which makes the text "
+                             "tower separate the actions; 0 = frame pairs only")
+    parser.add_argument("--motion-frames", type=int, default=defaults.motion_frames)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ClipTrainConfig(**{k: getattr(args, k) for k in (
         "steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed", "lr",
-        "dense_weight")})
+        "dense_weight", "motion_weight", "motion_frames")})
     if not (Path(args.root) / "captions.jsonl").is_file():
         parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
     s = train_clip(args.root, args.out, cfg, progress=not args.no_progress)
@@ -279,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["ClipTrainConfig", "build_clip_model", "grouped_contrastive_loss", "main", "save_clip", "train_clip"]
+__all__ = ["ClipTrainConfig", "build_clip_model", "build_motion_tower", "motion_loss", "grouped_contrastive_loss", "main", "save_clip", "train_clip"]
 
 
 if __name__ == "__main__":

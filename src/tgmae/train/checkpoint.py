@@ -44,6 +44,7 @@ RESUMABLE_KEYS = (
     "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every",
     "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
     "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
+    "data.cache", "data.cache_dir",  # the decoded-clip cache gives the video path's samples bit for bit
 )
 IGNORE_CONFIG = "ignore_config"  # checkpoint.resume value: resume the latest checkpoint whatever differs
 

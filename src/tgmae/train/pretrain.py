@@ -85,12 +85,13 @@ class PretrainTask:
 
             if self.captions.embeddings is None:
                 raise ConfigError("captions need text embeddings for the contrastive head: set "
-                                  "captions.clip_model (a CLIP name or path)")
+                                  "captions.clip_model (a CLIP name or path) or captions.text_model")
             text_dim = int(self.captions.embeddings.shape[1])
             if not c.contrastive.text_projection and c.contrastive.proj_dim != text_dim:
                 raise ConfigError(
                     f"contrastive.proj_dim={c.contrastive.proj_dim} but the text embeddings of "
-                    f"captions.clip_model={c.captions.clip_model!r} are {text_dim} wide: set "
+                    f"{'captions.text_model' if c.captions.text_model else 'captions.clip_model'}="
+                    f"{c.captions.target_model!r} are {text_dim} wide: set "
                     f"contrastive.proj_dim={text_dim}, or contrastive.text_projection=true")
             model = build_video_text_model(c.model, c.contrastive, frames, size, text_dim=text_dim, **pixels)
             mae = model.mae
