@@ -44,6 +44,8 @@ class StudyConfig:
     num_videos: int = 360  # synthetic videos (80/20 train/val)
     video_frames: int = 48
     video_size: int = 128
+    distractors: int = 0  # synthetic difficulty: at most this many distractor shapes (2 = the original set)
+    distractor_speed: float = 1.0  # ... and their speed (docs/sanity.md: the measured curve)
     maskings: list[str] = field(default_factory=lambda: ["tube", "mgm", "tgm", "tgm_bottom"])
     objectives: list[str] = field(default_factory=lambda: ["mae", "mae+contrastive"])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -117,8 +119,10 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
 
     if not (paths.data / "meta.json").is_file():
         info = generate_synthetic_dataset(paths.data, num_videos=study.num_videos, frames=study.video_frames,
-                                          size=study.video_size, seed=0, workers=0)
+                                          size=study.video_size, seed=0, workers=0,
+                                          distractors=study.distractors, distractor_speed=study.distractor_speed)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
+    check_data_settings(study, paths)
     if not (paths.clip / "config.json").is_file():
         from tgmae.masking.clip_train import ClipTrainConfig, train_clip
 
@@ -126,6 +130,19 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
         log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
     if any(MASKINGS[m][0] == "masking.name=tgm" for m in study.maskings):
         _precompute_masks(study, paths)
+
+
+def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
+    """Refuse a synthetic set written with other settings than the study's (ConfigError naming
+    the key): its runs would report numbers of another data set. Sets written before the
+    difficulty knobs existed hold the original 2 distractors at speed 1."""
+    meta = json.loads((paths.data / "meta.json").read_text())
+    have = {"num_videos": meta["num_videos"], "video_frames": meta["frames"], "video_size": meta["height"],
+            "distractors": meta.get("distractors", 2), "distractor_speed": meta.get("distractor_speed", 1.0)}
+    for key, value in have.items():
+        if value != getattr(study, key):
+            raise ConfigError(f"study.{key}={getattr(study, key)} but {paths.data} holds a set with {value}: "
+                              f"use another study.out_dir or delete {paths.data}")
 
 
 def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
@@ -268,6 +285,9 @@ def main(argv: Sequence[str]) -> int:
         study = from_dict(StudyConfig, values, prefix="study")
     except ConfigError as e:
         parser.exit(2, f"tgmae study: config error: {e}\n")
-    out = run_study(study, quick=args.quick)
+    try:
+        out = run_study(study, quick=args.quick)
+    except ConfigError as e:
+        parser.exit(2, f"tgmae study: config error: {e}\n")
     print(f"study report: {out / 'report.md'}")
     return 0
