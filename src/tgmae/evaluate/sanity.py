@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
+from tgmae.evaluate.classifier import VideoClassifier, classifier_arch
 from tgmae.models.arch import PRESETS, VideoMAEArch
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.models.target import pretrain_target_channel_first
@@ -175,17 +176,6 @@ def _loop(cfg: RunConfig, n_train: int, step_fn: Callable[[torch.Tensor, torch.G
     return {"steps": step, "cpu_s": spent, "log": log, "curve": curve}
 
 
-class _Supervised(nn.Module):
-    def __init__(self, arch: VideoMAEArch, num_classes: int) -> None:
-        super().__init__()
-        from tgmae.evaluate.classifier import VideoClassifier, classifier_arch
-
-        self.net = VideoClassifier(classifier_arch(arch), num_classes, head_init_scale=1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 @torch.no_grad()
 def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, labels: torch.Tensor,
              batch: int = 64) -> float:
@@ -200,7 +190,7 @@ def train_supervised(data: SanityData, cfg: RunConfig) -> dict:
     """Cross-entropy from scratch -> {"train_top1", "val_top1", "steps", "cpu_s", "curve"}."""
     torch.manual_seed(cfg.seed)
     arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
-    model = _Supervised(arch, data.num_classes)
+    model = VideoClassifier(classifier_arch(arch), data.num_classes, head_init_scale=1.0)
     opt = _optimizer(model.parameters(), cfg)
 
     def step(idx, g):

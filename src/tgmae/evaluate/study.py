@@ -89,6 +89,7 @@ FINETUNE_BASE = [
     "train.epochs=6", "train.batch_size=16", "optim.lr=2e-3", "optim.warmup_epochs=1", "eval.mixup=0.0",
     "eval.cutmix=0.0",
     "data.rand_augment=null", "data.random_erase=0.0", "data.test_temporal_views=2",
+    "data.finetune_crop=multiscale",  # the 8-100% random-resized crop often cuts the actor out (issue 14)
     "data.test_spatial_views=1", "log.progress=false",
 ]
 
