@@ -126,3 +126,17 @@ def test_finetune_transform_is_seeded_and_same_for_every_frame():
         assert torch.equal(a[:, t], a[:, 0])  # RandAugment and erasing identical across frames
     c, _ = tr(clip, _g(6))
     assert not torch.equal(a, c)
+
+
+def test_finetune_multiscale_crop_keeps_most_of_the_frame():
+    clip = np.zeros((2, 48, 64, 3), dtype=np.uint8)
+    rrc = FinetuneTransform(32, MEAN, STD, rand_augment=None, erase_prob=0.0)
+    ms = FinetuneTransform(32, MEAN, STD, rand_augment=None, erase_prob=0.0, crop="multiscale", scales=(1.0, 0.75))
+    for seed in range(30):
+        _, box = ms(clip, _g(seed))
+        side = 48  # short side: multiscale crop sides are scale x short side
+        assert min(box.height, box.width) >= 0.75 * side - 1
+    small = [rrc(clip, _g(s))[1] for s in range(30)]
+    assert min(b.height * b.width for b in small) < 0.5 * 48 * 64  # the 8-100% crop does cut deep
+    with pytest.raises(ValueError, match="crop='centre'"):
+        FinetuneTransform(32, MEAN, STD, crop="centre")

@@ -198,3 +198,20 @@ def test_a_study_clip_of_other_settings_is_refused(tmp_path):
         check_clip_settings(ClipTrainConfig(steps=600), paths)
     with pytest.raises(ConfigError, match="study.references: unknown"):
         StudyConfig(references=["oracle"])
+
+
+def test_study_refuses_a_synthetic_set_of_other_settings(tmp_path):
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.study import StudyPaths, check_data_settings
+
+    paths = StudyPaths(tmp_path)
+    paths.data.mkdir()
+    meta = {"num_videos": 360, "frames": 48, "height": 128}  # written before the difficulty knobs
+    (paths.data / "meta.json").write_text(json.dumps(meta))
+    check_data_settings(StudyConfig(distractors=2), paths)  # the original set: accepted
+    with pytest.raises(ConfigError, match="study.distractors=0"):
+        check_data_settings(StudyConfig(), paths)
+    (paths.data / "meta.json").write_text(json.dumps(meta | {"distractors": 0, "distractor_speed": 1.0}))
+    check_data_settings(StudyConfig(), paths)
+    with pytest.raises(ConfigError, match="study.num_videos=40"):
+        check_data_settings(StudyConfig(num_videos=40), paths)

@@ -360,3 +360,35 @@ def test_hidden_actor_is_brought_to_the_front():
     clip = render_scene(scene)
     assert clip.paint_order == [1, 0]
     assert np.array_equal(clip.mask, _silhouette(scene, actor))
+
+
+def test_difficulty_knobs_cap_and_slow_the_distractors_only():
+    for seed in range(12):
+        full = sample_scene(seed % len(ACTIONS), 64, 64, 12, np.random.default_rng(seed))
+        for cap in (0, 1):
+            easy = sample_scene(seed % len(ACTIONS), 64, 64, 12, np.random.default_rng(seed), distractors=cap)
+            n_full = sum(tr.role == "distractor" for tr in full.tracks)
+            assert sum(tr.role == "distractor" for tr in easy.tracks) == min(n_full, cap)
+            # same actor, background and camera as the original scene: only distractors are dropped
+            assert (easy.actor.shape, easy.actor.colour) == (full.actor.shape, full.actor.colour)
+            np.testing.assert_array_equal(easy.actor.cx, full.actor.cx)
+            np.testing.assert_array_equal(easy.texture, full.texture)
+            np.testing.assert_array_equal(easy.view, full.view)
+        still = sample_scene(seed % len(ACTIONS), 64, 64, 12, np.random.default_rng(seed), distractor_speed=0.0)
+        for tr in still.tracks:
+            if tr.role == "distractor":
+                assert np.ptp(tr.cx) == 0 and np.ptp(tr.cy) == 0 and np.ptp(tr.angle) == 0
+    for kw, key in ((dict(distractors=3), "distractors=3"), (dict(distractor_speed=-1.0), "distractor_speed=-1.0"),
+                    (dict(background="sky"), "background='sky'")):
+        with pytest.raises(ValueError, match=key):
+            sample_scene(0, 64, 64, 12, np.random.default_rng(0), **kw)
+
+
+def test_generator_records_difficulty_and_cli_rejects_bad_knob(tmp_path, capsys):
+    info = generate_synthetic_dataset(tmp_path / "easy", num_videos=10, frames=8, size=32, distractors=0)
+    meta = _meta(info.root)
+    assert meta["distractors"] == 0 and meta["distractor_speed"] == 1.0
+    assert all(o["role"] == "acting" for v in meta["videos"].values() for o in v["objects"])
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "bad"), "--distractors", "5"])
+    assert e.value.code == 2 and "distractors=5" in capsys.readouterr().err

@@ -55,6 +55,8 @@ class DataConfig:
     with_motion: bool = False  # also return codec motion vectors (motion-guided masking)
     rand_augment: Optional[tuple[int, int]] = (4, 7)  # finetuning RandAugment (ops n, magnitude m); null = off
     random_erase: float = 0.25  # finetuning random-erasing probability
+    finetune_crop: str = "random_resized"  # finetuning crop: random_resized | multiscale (over crop_scales)
+    finetune_crop_scale: tuple[float, float] = (0.08, 1.0)  # random_resized: area share range
     decoder_threads: int = 1  # PyAV threads per reader (1 measured fastest per worker)
     cache: str = "none"  # decoded-clip cache: "none" (decode every sample), "memory" or "disk" (tgmae.data.cache)
     cache_dir: str = ""  # data.cache=disk: folder of the cache files; empty = ~/.cache/tgmae/clips
@@ -73,6 +75,11 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
         if not self.crop_scales or any(not 0 < s <= 1 for s in self.crop_scales):
             raise ConfigError(f"data.crop_scales={self.crop_scales}: each scale must be in (0, 1]")
+        if self.finetune_crop not in ("random_resized", "multiscale"):
+            raise ConfigError(f"data.finetune_crop={self.finetune_crop!r}: expected random_resized|multiscale")
+        lo, hi = self.finetune_crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.finetune_crop_scale={self.finetune_crop_scale}: need 0 < min <= max <= 1")
         if not 0.0 <= self.random_erase <= 1.0:
             raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
         _positive("data.decoder_threads", self.decoder_threads)
@@ -171,6 +178,7 @@ class ContrastiveConfig:
     # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
     # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
     monitor_nce: bool = False
+    text_norm: bool = False  # BatchNorm (no affine) on the text side: removes what all captions share
 
     def __post_init__(self) -> None:
         if self.objective not in ("mae", "contrastive", "mae+contrastive"):

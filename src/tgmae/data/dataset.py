@@ -184,7 +184,9 @@ class VideoDataset(_RobustBase):
             self.transform = PretrainTransform(size, cfg.crop_scales, cfg.mean, cfg.std, flip=cfg.flip)
         elif augment == "finetune":
             self.transform = FinetuneTransform(size, cfg.mean, cfg.std, flip=cfg.flip,
-                                               rand_augment=cfg.rand_augment, erase_prob=cfg.random_erase)
+                                               rand_augment=cfg.rand_augment, erase_prob=cfg.random_erase,
+                                               crop=cfg.finetune_crop, scale=cfg.finetune_crop_scale,
+                                               scales=cfg.crop_scales)
         else:
             raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
         self.cache = cache if cache is not None else build_clip_cache(

@@ -60,6 +60,8 @@ class StudyConfig:
     num_videos: int = 360  # synthetic videos (80/20 train/val)
     video_frames: int = 48
     video_size: int = 128
+    distractors: int = 0  # synthetic difficulty: at most this many distractor shapes (2 = the original set)
+    distractor_speed: float = 1.0  # ... and their speed (docs/sanity.md: the measured curve)
     maskings: list[str] = field(default_factory=lambda: ["tube", "mgm", "tgm", "tgm_bottom"])
     objectives: list[str] = field(default_factory=lambda: ["mae", "mae+contrastive"])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -124,6 +126,7 @@ FINETUNE_BASE = [
     "train.epochs=6", "train.batch_size=16", "optim.lr=2e-3", "optim.warmup_epochs=1", "eval.mixup=0.0",
     "eval.cutmix=0.0",
     "data.rand_augment=null", "data.random_erase=0.0", "data.test_temporal_views=2",
+    "data.finetune_crop=multiscale",  # the 8-100% random-resized crop often cuts the actor out (issue 14)
     "data.test_spatial_views=1", "log.progress=false",
 ]
 
@@ -173,8 +176,10 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
 
     if not (paths.data / "meta.json").is_file():
         info = generate_synthetic_dataset(paths.data, num_videos=study.num_videos, frames=study.video_frames,
-                                          size=study.video_size, seed=0, workers=0)
+                                          size=study.video_size, seed=0, workers=0,
+                                          distractors=study.distractors, distractor_speed=study.distractor_speed)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
+    check_data_settings(study, paths)
     from tgmae.masking.clip_train import ClipTrainConfig, train_clip
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
@@ -235,6 +240,19 @@ def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
     log.info("study: text probe of the action from held-out captions: %.1f%% (%s), bag of words %.1f%%",
              100 * result["text_model"]["action"], model, 100 * result["bag_of_words"]["action"])
     return result
+
+
+def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
+    """Refuse a synthetic set written with other settings than the study's (ConfigError naming
+    the key): its runs would report numbers of another data set. Sets written before the
+    difficulty knobs existed hold the original 2 distractors at speed 1."""
+    meta = json.loads((paths.data / "meta.json").read_text())
+    have = {"num_videos": meta["num_videos"], "video_frames": meta["frames"], "video_size": meta["height"],
+            "distractors": meta.get("distractors", 2), "distractor_speed": meta.get("distractor_speed", 1.0)}
+    for key, value in have.items():
+        if value != getattr(study, key):
+            raise ConfigError(f"study.{key}={getattr(study, key)} but {paths.data} holds a set with {value}: "
+                              f"use another study.out_dir or delete {paths.data}")
 
 
 def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
-from tgmae.data.synthetic.scene import ACTIONS, sample_scene
+from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, sample_scene
 
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
@@ -70,6 +70,8 @@ class _Task:
     fps: int
     gop: int
     root: str
+    distractors: int = MAX_DISTRACTORS
+    distractor_speed: float = 1.0
 
 
 def balanced_labels(num_videos: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -98,7 +100,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Gen
 
 
 def check_settings(
-    num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0
+    num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0,
+    distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0,
 ) -> None:
     """Raise ValueError naming the first invalid setting."""
     for name, value, lo in (("num_videos", num_videos, 1), ("frames", frames, 2), ("size", size, 32),
@@ -109,12 +112,17 @@ def check_settings(
         raise ValueError(f"size={size}: must be even (yuv420p)")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise ValueError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
+    if not distractor_speed >= 0:
+        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
 
 
 def _make_video(task: _Task) -> dict:
     """Sample, render and write one video and its mask; return its index record."""
     scene_ss, caption_ss = np.random.SeedSequence([task.seed, task.index]).spawn(2)
-    scene = sample_scene(task.label, task.size, task.size, task.frames, np.random.default_rng(scene_ss))
+    scene = sample_scene(task.label, task.size, task.size, task.frames, np.random.default_rng(scene_ss),
+                         distractors=task.distractors, distractor_speed=task.distractor_speed)
     clip = render_scene(scene)
     root = Path(task.root)
     write_mp4(root / "videos" / f"{task.video_id}.mp4", clip.frames, task.fps, task.gop)
@@ -154,6 +162,8 @@ def generate_synthetic_dataset(
     gop: int = 12,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    distractors: int = MAX_DISTRACTORS,
+    distractor_speed: float = 1.0,
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
@@ -161,8 +171,12 @@ def generate_synthetic_dataset(
       Workers are spawned, so a script calling this with workers != 1 needs the usual
       `if __name__ == "__main__":` guard.
     progress: called as progress(done, total) after each video.
+    distractors, distractor_speed: difficulty (`sample_scene`): at most this many distractor
+      shapes (0-2), their speed (1 = the original set). The defaults give the original, hardest
+      set, byte for byte; supervised training from scratch learns the action at 0 distractors
+      (docs/sanity.md has the measured curve).
     """
-    check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed)
+    check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed)
     start = time.perf_counter()
     root = Path(out_dir)
     for sub in ("videos", "masks"):
@@ -174,7 +188,8 @@ def generate_synthetic_dataset(
     is_val = stratified_split(labels, val_fraction, np.random.default_rng([seed, 0x5E1]))
     width = max(5, len(str(num_videos - 1)))
     tasks = [
-        _Task(i, f"synth_{i:0{width}d}", int(labels[i]), seed, frames, size, fps, gop, str(root))
+        _Task(i, f"synth_{i:0{width}d}", int(labels[i]), seed, frames, size, fps, gop, str(root),
+              distractors, float(distractor_speed))
         for i in range(num_videos)
     ]
     _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
@@ -220,6 +235,8 @@ def generate_synthetic_dataset(
         "fps": fps,
         "frames": frames,
         "gop": gop,
+        "distractors": distractors,
+        "distractor_speed": float(distractor_speed),
         "codec": "h264 (libx264, yuv420p, no B-frames)",
         "classes": list(ACTIONS),
         "class_counts": class_counts,
@@ -261,9 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share, stratified (default 0.2)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, 0 = all CPUs (default 1)")
+    parser.add_argument("--distractors", type=int, default=MAX_DISTRACTORS,
+                        help=f"at most this many distractor shapes, 0-{MAX_DISTRACTORS} (default {MAX_DISTRACTORS}: "
+                             "the original, hardest set; 0 = learnable from scratch)")
+    parser.add_argument("--distractor-speed", type=float, default=1.0,
+                        help="distractor speed, 1 = original, 0 = static (default 1)")
     args = parser.parse_args(None if argv is None else list(argv))
     try:
-        check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction, args.seed)
+        check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction,
+                       args.seed, args.distractors, args.distractor_speed)
     except ValueError as e:
         parser.exit(2, f"tgmae synth: {e}\n")
     every = max(1, args.num_videos // 10)
@@ -275,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = generate_synthetic_dataset(
         args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
         seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
+        distractors=args.distractors, distractor_speed=args.distractor_speed,
     )
     print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
           f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")

@@ -43,6 +43,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 ACTING, DISTRACTOR = "acting", "distractor"
+MAX_DISTRACTORS = 2
 
 
 @dataclass
@@ -158,9 +159,11 @@ def _acting_track(
     return Track(shape, colour, ACTING, action, cx, cy, r, angle, alpha)
 
 
-def _wander_track(shape: str, colour: str, height: int, width: int, frames: int, rng: np.random.Generator) -> Track:
+def _wander_track(shape: str, colour: str, height: int, width: int, frames: int, rng: np.random.Generator,
+                  speed: float = 1.0) -> Track:
     """A distractor: constant size, smooth curvy path (a sinusoid per axis, 0.75-1.5 cycles per
-    clip, so it is never a clean straight move) and a slow spin. May leave the frame partly."""
+    clip at speed 1, so it is never a clean straight move) and a slow spin. May leave the frame
+    partly. speed: multiplies the path's cycles per clip and the spin (0 = a static shape)."""
     side = min(height, width)
     s = np.linspace(0.0, 1.0, frames, dtype=np.float32)
     radius = rng.uniform(0.08, 0.12) * side
@@ -169,16 +172,32 @@ def _wander_track(shape: str, colour: str, height: int, width: int, frames: int,
         amp = rng.uniform(0.12, 0.25) * extent
         lo, hi = amp + radius, extent - amp - radius
         c0 = rng.uniform(lo, hi) if hi > lo else extent / 2
-        freq, phase = rng.uniform(0.75, 1.5), rng.uniform(0, 2 * math.pi)
+        freq, phase = rng.uniform(0.75, 1.5) * speed, rng.uniform(0, 2 * math.pi)
         centre.append((c0 + amp * np.sin(2 * math.pi * freq * s + phase)).astype(np.float32))
-    angle = (rng.uniform(-math.pi, math.pi) + rng.uniform(-0.8, 0.8) * math.pi * s).astype(np.float32)
+    angle = (rng.uniform(-math.pi, math.pi) + rng.uniform(-0.8, 0.8) * speed * math.pi * s).astype(np.float32)
     return Track(shape, colour, DISTRACTOR, "wander", centre[0], centre[1], _const(radius, frames), angle, _const(1.0, frames))
 
 
-def sample_scene(label: int, height: int, width: int, frames: int, rng: np.random.Generator) -> Scene:
-    """Sample one scene whose acting object performs ACTIONS[label]."""
+def sample_scene(label: int, height: int, width: int, frames: int, rng: np.random.Generator, *,
+                 distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0,
+                 background: str | None = None) -> Scene:
+    """Sample one scene whose acting object performs ACTIONS[label].
+
+    Difficulty knobs (the defaults are the original, hardest set; any setting draws the same
+    random numbers, so a scene differs from the default one only in what the knob changes):
+    distractors: at most this many distractor shapes (0-2; the count is drawn as 0/1/2 with
+      p = .15/.4/.45 and capped). distractor_speed: multiplies their path cycles and spin
+      (1 = the original, 0 = static). background: one of BACKGROUNDS instead of a random one.
+    Raises ValueError naming the bad argument.
+    """
     if not 0 <= label < len(ACTIONS):
         raise ValueError(f"label={label}: expected 0..{len(ACTIONS) - 1}")
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise ValueError(f"distractors={distractors}: expected 0..{MAX_DISTRACTORS}")
+    if not distractor_speed >= 0:
+        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
+    if background is not None and background not in BACKGROUNDS:
+        raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS}")
     action = ACTIONS[label]
     scale = min(height, width) / 128.0
     colours = list(COLOURS)
@@ -198,12 +217,14 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
             if pair not in used:
                 break
         used.add(pair)
-        tracks.append(_wander_track(pair[1], pair[0], height, width, frames, rng))
+        tracks.append(_wander_track(pair[1], pair[0], height, width, frames, rng, distractor_speed))
     order = rng.permutation(len(tracks))
+    order = order[order <= distractors]  # drawn as in the original set, then capped
     tracks = [tracks[i] for i in order]
     acting = int(np.flatnonzero(order == 0)[0])
 
-    background = str(rng.choice(BACKGROUNDS))
+    drawn = str(rng.choice(BACKGROUNDS))
+    background = drawn if background is None else background
     speed = rng.uniform(0.2, 1.0) * scale  # px / frame
     heading = rng.uniform(0, 2 * math.pi)
     vy, vx = speed * math.sin(heading), speed * math.cos(heading)

@@ -1,0 +1,193 @@
+"""Learning sanity checks (issue 14): does each objective learn, at a stated CPU budget?
+
+    PYTHONPATH=src python benchmarks/sanity.py VARIANT [VARIANT ...] [--budget S] [--out docs/sanity]
+    PYTHONPATH=src python benchmarks/sanity.py --table          # docs/sanity/*.json -> markdown
+
+Each variant trains from scratch on synthetic clips rendered to memory (10 classes, 8 frames at
+48 px, 4x4 tokens per frame pair with 12 px patches unless the variant says otherwise; a
+64-wide, 2-block ViT) for `--budget` CPU seconds (1 torch thread, time.process_time), then
+reports held-out top-1 (supervised; or a linear probe of the frozen encoder for pretraining) and
+the masked MSE next to the true-patch-mean baseline (MAE). Writes OUT/VARIANT.json and, for
+MAE variants, docs/figures/sanity_VARIANT.png (original / masked / reconstruction / patch means).
+Several variants in one call run one after the other; run separate calls to use more cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, make_data, pretrain,
+                                   to_input, train_supervised, tube_masks)
+
+MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+BASE = dict(patch_size=12, arch=MICRO, batch_size=16, shift=2, warmup_steps=20)
+SIZE, FRAMES = 48, 8
+
+# name -> (kind, RunConfig overrides, data overrides, text cosine)
+VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
+    "supervised": ("supervised", {}, {}, 0.0),
+    "supervised_1dis_slow": ("supervised", {}, dict(distractors=1, distractor_speed=0.5), 0.0),
+    "supervised_1dis": ("supervised", {}, dict(distractors=1), 0.0),
+    "supervised_2dis": ("supervised", {}, dict(distractors=2), 0.0),
+    "contrastive_distinct": ("pretrain", dict(objective="contrastive"), {}, 0.0),
+    "contrastive_distinct_r50": ("pretrain", dict(objective="contrastive", mask_ratio=0.5), {}, 0.0),
+    "contrastive_distinct_r0": ("pretrain", dict(objective="contrastive", mask_ratio=0.0), {}, 0.0),
+    "contrastive_collinear": ("pretrain", dict(objective="contrastive", text_projection=True, text_norm=False), {}, 0.999),
+    "contrastive_collinear_textnorm": ("pretrain", dict(objective="contrastive", text_projection=True, text_norm=True), {}, 0.999),
+    "joint_collinear": ("pretrain", dict(objective="mae+contrastive", text_projection=True, text_norm=False), {}, 0.999),
+    "joint_collinear_textnorm": ("pretrain", dict(objective="mae+contrastive", text_projection=True, text_norm=True), {}, 0.999),
+    "joint_distinct": ("pretrain", dict(objective="mae+contrastive"), {}, 0.0),
+    "joint_distinct_w0.002": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.002), {}, 0.0),
+    "mae_4x4_r75": ("pretrain", dict(objective="mae"), {}, 0.0),
+    "mae_4x4_r50": ("pretrain", dict(objective="mae", mask_ratio=0.5), {}, 0.0),
+    "mae_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), {}, 0.0),
+    "mae_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), {}, 0.0),
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+FIGURES = Path("docs/figures")
+
+
+def recon_figure(mae, data, path: Path, title: str) -> None:
+    """Original / masked / MAE reconstruction / true patch means of one validation clip."""
+    from tgmae.models import reconstruct_video
+    from tgmae.models.target import patchify, unpatchify
+    from tgmae.viz.plotting import to_uint8_frames
+    from tgmae.viz.reconstruction import reconstruction_rows, save_reconstruction_figure
+
+    arch = mae.arch
+    video = to_input(data.val[3:4])
+    mask = tube_masks(1, arch.grid, 0.75, torch.Generator().manual_seed(0))
+    mae.eval()
+    with torch.no_grad():
+        out = mae(video, mask)
+        recon = reconstruct_video(video, out.pred, mask, arch)
+        p = patchify(video, arch.tubelet_size, arch.patch_size)  # [1, N, t*p*p*C], channel last
+        c = arch.in_chans
+        means = p.view(*p.shape[:2], -1, c).mean(dim=2, keepdim=True).expand(-1, -1, p.shape[2] // c, -1)
+        means = torch.where(mask[..., None], means.reshape(p.shape), p)
+        mean_video = unpatchify(means, arch.tubelet_size, arch.patch_size, arch.grid)
+    rows = reconstruction_rows(video[0], recon[0], mask[0], arch.grid, arch.tubelet_size, arch.patch_size, MEAN, STD)
+    rows["true patch means"] = to_uint8_frames(mean_video[0], MEAN, STD)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    save_reconstruction_figure(rows, path, title=title)
+
+
+def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
+    kind, over, data_kw, cosine = VARIANTS[name]
+    data = make_data(n_train, n_val, size=SIZE, frames=FRAMES, **data_kw)
+    cfg = RunConfig(**(BASE | {"budget_s": budget, "eval_every_s": budget / 4} | over))
+    row: dict = {"variant": name, "kind": kind, "config": {k: v for k, v in over.items()}, "data": data_kw}
+    if kind == "supervised":
+        res = train_supervised(data, cfg)
+        row.update(val_top1=res["val_top1"], train_top1=res["train_top1"], curve=res["curve"])
+    else:
+        table = class_text_table(10, 96 if cfg.text_projection else cfg.proj_dim, cosine=cosine)
+        res = pretrain(data, cfg, table)
+        probe = linear_probe(res["model"].mae.encoder, data)
+        row.update(probe_val_top1=probe["val_top1"], probe_train_top1=probe["train_top1"], text_cosine=cosine,
+                   loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"))
+        if cfg.objective != "contrastive":
+            fig = FIGURES / f"sanity_{name}.png"
+            recon_figure(res["model"].mae, data, fig, f"{name}: masked MSE {res['loss_mse']:.4f} vs patch means "
+                         f"{res['patch_mean_mse']:.4f}")
+            row["figure"] = str(fig)
+    row.update(steps=res["steps"], cpu_s=res["cpu_s"])
+    return row
+
+
+def gradient_scales(batches: int = 4) -> list[dict]:
+    """Encoder gradient norm of each term of mae+contrastive at initialization, the study's model
+    (tiny preset, 64 px, 16 px patches, 8 frames, tube .75, batch 16), per text kind."""
+    from tgmae.models.pretrainer import VideoMAEPretrainer
+    from tgmae.models.video_text import VideoTextPretrainer
+    from tgmae.evaluate.sanity import make_arch
+
+    data = make_data(16 * batches, 1, size=64, frames=8)
+    rows = []
+    for cosine, proj, norm in ((0.0, False, False), (0.999, True, False), (0.999, True, True)):
+        cfg = RunConfig(patch_size=16, proj_dim=64, text_projection=proj, text_norm=norm)
+        torch.manual_seed(0)
+        mae = VideoMAEPretrainer(make_arch(cfg, 8, 64))
+        table = class_text_table(10, 512 if proj else 64, cosine=cosine)
+        model = VideoTextPretrainer(mae, table.shape[1], objective="mae+contrastive", proj_dim=64,
+                                    text_projection=proj, text_norm=norm).train()
+        enc = [q for q in mae.encoder.parameters()]
+        g = torch.Generator().manual_seed(0)
+        norms = {"mse": [], "nce": []}
+        for b in range(batches):
+            idx = torch.arange(16 * b, 16 * (b + 1))
+            out = model(to_input(data.train[idx]), tube_masks(16, mae.arch.grid, 0.75, g), table[data.train_labels[idx]],
+                        data.train_labels[idx])
+            for key, loss in (("mse", out.loss_mse), ("nce", out.loss_nce)):
+                grads = torch.autograd.grad(loss, enc, retain_graph=True, allow_unused=True)
+                norms[key].append(float(torch.sqrt(sum((x ** 2).sum() for x in grads if x is not None))))
+        rows.append({"text_cosine": cosine, "text_projection": proj, "text_norm": norm,
+                     "grad_mse": sum(norms["mse"]) / batches, "grad_nce": sum(norms["nce"]) / batches})
+    return rows
+
+
+def table(out: Path) -> str:
+    lines = ["| variant | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE |", "|---|---|---|---|---|---|"]
+    for p in sorted(out.glob("*.json")):
+        r = json.loads(p.read_text())
+        top1 = r.get("val_top1", r.get("probe_val_top1"))
+        f = lambda v, d=4: "" if v is None else f"{v:.{d}f}"  # noqa: E731
+        lines.append(f"| {r['variant']} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
+                     f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="*", help=f"any of {', '.join(VARIANTS)}")
+    p.add_argument("--budget", type=float, default=50.0, help="CPU seconds of training per run (default 50)")
+    p.add_argument("--train", type=int, default=400, help="training clips (default 400)")
+    p.add_argument("--val", type=int, default=200, help="validation clips (default 200)")
+    p.add_argument("--out", default="docs/sanity", help="folder for VARIANT.json")
+    p.add_argument("--table", action="store_true", help="print the markdown table of OUT/*.json")
+    p.add_argument("--grads", action="store_true", help="encoder gradient norms of the MSE and InfoNCE terms")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if args.table:
+        print(table(out))
+        return 0
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.grads:
+        rows = gradient_scales()
+        (out.parent / "sanity_grads.json").write_text(json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1) + "\n")
+        for r in rows:
+            print(r)
+    for name in args.variants:
+        t0 = time.time()
+        row = run_variant(name, args.budget, args.train, args.val)
+        row.update(budget_cpu_s=args.budget, train=args.train, val=args.val, cpu=cpu_model(), torch=torch.__version__,
+                   command=" ".join(["python", "benchmarks/sanity.py"] + sys.argv[1:]), wall_s=time.time() - t0)
+        (out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

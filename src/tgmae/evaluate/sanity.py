@@ -1,0 +1,294 @@
+"""Learning sanity checks: does each objective learn on data where it must? (issue 14)
+
+Small, CPU-budgeted runs on synthetic clips rendered straight to memory (no codec, no
+DataLoader), so a check measures the objective, not the data path:
+- `train_supervised`: the tiny ViT + linear head, cross-entropy from scratch (the reference).
+- `pretrain`: MAE, video-text InfoNCE against fixed per-class ("oracle") text vectors, or both,
+  with the library's own `VideoMAEPretrainer` / `VideoTextPretrainer`.
+- `linear_probe`: logistic regression on the frozen encoder's mean-pooled features.
+- `patch_mean_mse`: the masked MSE of predicting every masked token's true per-channel mean
+  colour, the bar MAE must go under to have learnt more than patch means.
+
+Budgets are CPU seconds of this process (`time.process_time`; run with 1 torch thread), so a
+figure does not depend on what else shares the machine. `benchmarks/sanity.py` runs the full
+checks and writes the figures of docs/sanity.md; tests/test_evaluate_sanity.py the fast ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
+from tgmae.evaluate.classifier import VideoClassifier, classifier_arch
+from tgmae.models.arch import PRESETS, VideoMAEArch
+from tgmae.models.pretrainer import VideoMAEPretrainer
+from tgmae.models.target import pretrain_target_channel_first
+from tgmae.models.tokens import mask_to_indices
+from tgmae.models.video_text import VideoTextPretrainer
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@dataclass
+class SanityData:
+    """Rendered clips: `train` / `val` uint8 [N, T, H, W, 3], labels int64 [N] (ACTIONS ids)."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(ACTIONS)
+
+
+def render_clips(num_videos: int, *, frames: int = 8, size: int = 64, seed: int = 0, first: int = 0,
+                 distractors: int = 0, distractor_speed: float = 1.0, background: Optional[str] = None,
+                 classes: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Videos first..first+num_videos-1 of `sample_scene` (label = classes[index % len(classes)],
+    all ACTIONS by default; one generator per (seed, index)) -> (uint8 [N, frames, size, size, 3],
+    int64 [N]). Each clip spans the whole action. distractors / distractor_speed / background:
+    the synthetic set's difficulty knobs."""
+    classes = list(range(len(ACTIONS))) if classes is None else list(classes)
+    clips, labels = [], []
+    for i in range(first, first + num_videos):
+        label = classes[i % len(classes)]
+        scene = sample_scene(label, size, size, frames, np.random.default_rng([seed, i]),
+                             distractors=distractors, distractor_speed=distractor_speed, background=background)
+        clips.append(render_scene(scene).frames)
+        labels.append(label)
+    return torch.from_numpy(np.stack(clips)), torch.tensor(labels, dtype=torch.int64)
+
+
+def make_data(num_train: int, num_val: int, seed: int = 0, **kw) -> SanityData:
+    """Disjoint train / val clips (val = the indices after train's)."""
+    tr, trl = render_clips(num_train, seed=seed, **kw)
+    va, val = render_clips(num_val, seed=seed, first=num_train, **kw)
+    return SanityData(tr, trl, va, val)
+
+
+def to_input(clips: torch.Tensor, shift: int = 0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] normalized with MEAN / STD. shift > 0: a random
+    translation of up to `shift` px per clip (reflect-padded crop), the same on every frame."""
+    x = clips.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1, 1)
+    if shift > 0:
+        b, c, t, h, w = x.shape
+        padded = F.pad(x.reshape(b, c * t, h, w), (shift,) * 4, mode="reflect")
+        offs = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator)
+        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs.tolist())])
+        x = x.reshape(b, c, t, h, w)
+    return x
+
+
+def tube_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, N] bool, True = masked: one random spatial mask per clip repeated over time (tube)."""
+    t, h, w = grid
+    n_masked = int(round(ratio * h * w))
+    order = torch.rand(batch, h * w, generator=generator).argsort(dim=1)
+    plane = torch.zeros(batch, h * w, dtype=torch.bool)
+    plane.scatter_(1, order[:, :n_masked], True)
+    return plane.repeat(1, t)
+
+
+def patch_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
+    """MSE of predicting each masked token's true per-channel mean (the model's target space):
+    the mean within-token variance of the target. video [B, C, T, H, W], mask [B, N] bool."""
+    target = pretrain_target_channel_first(video, model.arch, mask_to_indices(mask, model.arch.num_tokens).masked)
+    return float(target.float().var(dim=-1, unbiased=False).mean())
+
+
+@dataclass
+class RunConfig:
+    """One budgeted run. budget_s: CPU seconds of training (evaluation not counted)."""
+
+    budget_s: float = 60.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    patch_size: int = 16
+    preset: str = "tiny"
+    arch: dict = field(default_factory=dict)  # overrides of the preset's sizes (tests: a smaller model)
+    mask_ratio: float = 0.75
+    shift: int = 4  # random translation (px) of training clips
+    seed: int = 0
+    max_steps: Optional[int] = None  # stop earlier than the budget (tests)
+    eval_every_s: Optional[float] = None  # evaluate every this many CPU seconds (curves)
+    # video-text
+    objective: str = "mae"  # mae | contrastive | mae+contrastive
+    nce_weight: float = 1.0
+    temperature: float = 0.07
+    learnable_temperature: bool = False
+    proj_dim: int = 64
+    text_projection: bool = False
+    text_norm: bool = True
+    head_lr_scale: float = 1.0
+
+
+def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
+    return VideoMAEArch(**(PRESETS[cfg.preset] | cfg.arch), patch_size=cfg.patch_size, tubelet_size=2, num_frames=frames,
+                        image_size=size, norm_pix_loss=False, pixel_mean=MEAN, pixel_std=STD)
+
+
+def _optimizer(params_groups, cfg: RunConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+
+def _lr_at(step: int, cfg: RunConfig) -> float:
+    return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def _loop(cfg: RunConfig, n_train: int, step_fn: Callable[[torch.Tensor, torch.Generator], dict],
+          opt: torch.optim.Optimizer, eval_fn: Optional[Callable[[], dict]] = None) -> dict:
+    """Shuffled minibatches until the CPU budget (or max_steps) is spent; constant lr after a
+    linear warmup. Returns {"steps", "cpu_s", "log": [per-step dicts], "curve": [eval dicts]}."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    base = [grp["lr"] for grp in opt.param_groups]
+    spent, step, log, curve, next_eval = 0.0, 0, [], [], cfg.eval_every_s
+    while spent < cfg.budget_s and (cfg.max_steps is None or step < cfg.max_steps):
+        perm = torch.randperm(n_train, generator=g)
+        for i in range(0, n_train - cfg.batch_size + 1, cfg.batch_size):
+            t0 = time.process_time()
+            for grp, lr in zip(opt.param_groups, base):
+                grp["lr"] = lr * _lr_at(step, cfg)
+            out = step_fn(perm[i:i + cfg.batch_size], g)
+            opt.zero_grad(set_to_none=True)
+            out.pop("loss").backward()
+            opt.step()
+            spent += time.process_time() - t0
+            step += 1
+            log.append(out)
+            if eval_fn is not None and next_eval is not None and spent >= next_eval:
+                curve.append({"cpu_s": spent, "step": step, **eval_fn()})
+                next_eval += cfg.eval_every_s
+            if spent >= cfg.budget_s or (cfg.max_steps is not None and step >= cfg.max_steps):
+                break
+    return {"steps": step, "cpu_s": spent, "log": log, "curve": curve}
+
+
+@torch.no_grad()
+def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, labels: torch.Tensor,
+             batch: int = 64) -> float:
+    """top-1 of fn(float video batch) -> logits over the clips."""
+    hits = 0
+    for i in range(0, len(clips), batch):
+        hits += int((fn(to_input(clips[i:i + batch])).argmax(-1) == labels[i:i + batch]).sum())
+    return hits / len(clips)
+
+
+def train_supervised(data: SanityData, cfg: RunConfig) -> dict:
+    """Cross-entropy from scratch -> {"train_top1", "val_top1", "steps", "cpu_s", "curve"}."""
+    torch.manual_seed(cfg.seed)
+    arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
+    model = VideoClassifier(classifier_arch(arch), data.num_classes, head_init_scale=1.0)
+    opt = _optimizer(model.parameters(), cfg)
+
+    def step(idx, g):
+        model.train()
+        logits = model(to_input(data.train[idx], cfg.shift, g))
+        return {"loss": F.cross_entropy(logits, data.train_labels[idx])}
+
+    def evaluate():
+        model.eval()
+        return {"val_top1": accuracy(model, data.val, data.val_labels)}
+
+    res = _loop(cfg, len(data.train), step, opt, evaluate)
+    model.eval()
+    res.update(train_top1=accuracy(model, data.train, data.train_labels),
+               val_top1=accuracy(model, data.val, data.val_labels))
+    res.pop("log")
+    return res
+
+
+def class_text_table(num_classes: int, dim: int, cosine: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """[K, dim] L2-normalized fixed "oracle" text vectors, one per class, with pairwise cosine
+    about `cosine` (0: nearly orthogonal random vectors; 0.999: the near-collinear class-name
+    embeddings a weak text encoder gives, field notes)."""
+    g = torch.Generator().manual_seed(seed)
+    common = F.normalize(torch.randn(dim, generator=g), dim=0)
+    own = F.normalize(torch.randn(num_classes, dim, generator=g), dim=1)
+    return F.normalize(math.sqrt(cosine) * common + math.sqrt(1 - cosine) * own, dim=1)
+
+
+def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor] = None) -> dict:
+    """MAE / video-text / both from scratch on data.train with tube masking at cfg.mask_ratio.
+
+    text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
+    -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "nce_chance", ...}
+    (losses: means over the last 20% of steps; patch_mean_mse over the same batches' masks)."""
+    torch.manual_seed(cfg.seed)
+    arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
+    mae = VideoMAEPretrainer(arch)
+    if text_table is None:
+        text_table = class_text_table(data.num_classes, cfg.proj_dim)
+    model = VideoTextPretrainer(mae, text_table.shape[1], objective=cfg.objective, weight=cfg.nce_weight,
+                                temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
+                                proj_dim=cfg.proj_dim, text_projection=cfg.text_projection,
+                                text_norm=cfg.text_norm)
+    heads = [p for n, p in model.named_parameters() if not n.startswith("mae.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if n.startswith("mae.") and p.requires_grad]
+    opt = _optimizer([{"params": rest, "lr": cfg.lr},
+                      {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}], cfg)
+
+    def step(idx, g):
+        model.train()
+        video = to_input(data.train[idx], cfg.shift, g)
+        mask = tube_masks(len(idx), arch.grid, cfg.mask_ratio, g)
+        out = model(video, mask, text_table[data.train_labels[idx]], data.train_labels[idx])
+        rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
+        if out.loss_mse is not None:
+            rec["loss_mse"] = float(out.loss_mse.detach())
+            rec["patch_mean_mse"] = patch_mean_mse(mae, video, mask)
+        return rec
+
+    res = _loop(cfg, len(data.train), step, opt)
+    tail = res["log"][-max(1, len(res["log"]) // 5):]
+    for key in ("loss_mse", "loss_nce", "patch_mean_mse"):
+        if key in tail[0]:
+            res[key] = float(np.mean([r[key] for r in tail]))
+    res["model"] = model
+    res.pop("log")
+    return res
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, clips: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """[N, D] mean over all tokens of the frozen encoder's output (no mask)."""
+    encoder.eval()
+    return torch.cat([encoder(to_input(clips[i:i + batch])).mean(dim=1) for i in range(0, len(clips), batch)])
+
+
+def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: float = 0.05,
+                 weight_decay: float = 1e-4) -> dict:
+    """Multinomial logistic regression on standardized frozen features (full-batch AdamW, fixed
+    steps) -> {"train_top1", "val_top1"}."""
+    ftr, fva = encoder_features(encoder, data.train), encoder_features(encoder, data.val)
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr, fva = (ftr - mu) / sd, (fva - mu) / sd
+    torch.manual_seed(0)
+    head = nn.Linear(ftr.shape[1], data.num_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(head(ftr), data.train_labels).backward()
+            opt.step()
+    top1 = lambda f, y: float((head(f).argmax(-1) == y).float().mean())  # noqa: E731
+    return {"train_top1": top1(ftr, data.train_labels), "val_top1": top1(fva, data.val_labels)}
+
+
+__all__ = [
+    "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
+    "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "render_clips", "to_input",
+    "train_supervised", "tube_masks",
+]
