@@ -119,6 +119,8 @@ def test_cuda_without_cuda_is_a_message(data, capsys, tmp_path):
         pytest.skip("this machine has CUDA")
     _fails(capsys, ["pretrain", "-c", data[1], f"train.output_dir={tmp_path}", "train.device=cuda"],
            "train.device='cuda:0' but CUDA is not available", "train.device=cpu")
+    _fails(capsys, ["pretrain", "-c", data[1], f"train.output_dir={tmp_path}", "train.precision=fp16"],
+           "train.precision='fp16' needs a CUDA device")
 
 
 def test_a_missing_local_model_folder_is_named_at_once(data, capsys, tmp_path, monkeypatch):

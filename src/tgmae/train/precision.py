@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import torch
 
+from tgmae.config import ConfigError
+
 
 PRECISION_PROBE_TOKENS, PRECISION_PROBE_WIDTH = 256, 768  # a ViT-B MLP on 256 tokens
 
@@ -45,13 +47,13 @@ def cpu_prefers_bf16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' -> CPU: bf16 where a measured step is faster (`cpu_prefers_bf16`), else fp32;
-    CUDA: bf16 where supported, else fp16. fp16 is refused off CUDA."""
+    CUDA: bf16 where supported, else fp16. fp16 off CUDA raises ConfigError."""
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_prefers_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on CPU")
+        raise ConfigError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on CPU")
     return name
 
 
