@@ -173,3 +173,30 @@ def test_options_and_overrides_in_any_order():
         assert (args.checkpoint, args.config, args.overrides) == ("CKPT", "cfg.yaml", ["a.b=1", "c.d=2"]), argv
     cfg, args = parse_run_args("x", ["train.epochs=3", "optim.lr=0.5"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5
+
+
+def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_path):
+    """A text-embedding cache built with other weights of the same CLIP folder, or with another
+    CLIP folder, and a similarity cache of other weights: exit 2 with the way out, no traceback."""
+    import shutil
+
+    from tgmae.captions.embed import embed_texts
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.masking.cache import CacheManifest, write_manifest_or_check
+
+    root, cfg, _ = data
+    clip = tmp_path / "clip"
+    shutil.copytree(root / "clip", clip)
+    cache = tmp_path / "emb.safetensors"
+    embed_texts(["a red square"], str(clip), cache)
+    save_tiny_clip(clip, dim=16, seed=1)  # new weights into the same folder
+    run = ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
+           f"captions.file={root / 'synth' / 'captions.jsonl'}", f"captions.embedding_cache={cache}"]
+    _fails(capsys, run + [f"captions.clip_model={clip}", f"masking.clip_model={clip}"], "stale", "--rebuild")
+    _fails(capsys, run + [f"captions.clip_model={root / 'clip'}", f"masking.clip_model={root / 'clip'}"],
+           str(cache), "--rebuild")  # a cache of another CLIP folder
+    sims = tmp_path / "sims"
+    write_manifest_or_check(sims, CacheManifest(str(clip.resolve()), "0" * 16, "dense", "", "", 2, 64, 8, 1, None, 16))
+    _fails(capsys, ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
+                    f"captions.file={root / 'synth' / 'captions.jsonl'}", f"masking.clip_model={clip}",
+                    f"masking.cache_dir={sims}"], "other weights of CLIP", "--rebuild")
