@@ -200,3 +200,32 @@ def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_p
     _fails(capsys, ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
                     f"captions.file={root / 'synth' / 'captions.jsonl'}", f"masking.clip_model={clip}",
                     f"masking.cache_dir={sims}"], "other weights of CLIP", "--rebuild")
+
+
+def test_checkpoint_pointer_and_geometry_everywhere_a_checkpoint_meets_a_config(data, capsys, tmp_path):
+    """`checkpoints/latest` is followed by every loader; a config whose geometry differs from the
+    checkpoint's is refused by evaluate and visualize as by probe/finetune/pretrain."""
+    import torch
+
+    from tgmae.config import load_config, to_dict
+    from tgmae.evaluate.classifier import build_classifier, save_classifier
+    from tgmae.models import build_pretraining_model
+    from tgmae.train.checkpoint import TrainPosition, save_checkpoint
+
+    root, cfg, model = data
+    run_cfg = load_config(cfg, [])
+    pt = build_pretraining_model(run_cfg.model, 4, 64)
+    ckpts = tmp_path / "run" / "checkpoints"
+    save_checkpoint(ckpts, pt, torch.optim.SGD(pt.parameters(), lr=0.1), None, TrainPosition(2, 1, 0), to_dict(run_cfg))
+    out = f"train.output_dir={tmp_path / 'out'}"
+    latest = f"model.pretrained={ckpts / 'latest'}"
+    _fails(capsys, ["evaluate", "-c", cfg, out, latest], "not a finetuned classifier")
+    _fails(capsys, ["retrieve", "-c", cfg, out, latest], "no contrastive video head")
+    assert main(["probe", "-c", cfg, out, latest, "train.epochs=1"]) == 0
+    clf = save_classifier(build_classifier(model, 3), tmp_path / "classifier.safetensors", ["a", "b", "c"])
+    for key in ("model.tubelet_size=4", "model.patch_size=16"):
+        _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={clf}", key], f"{key} but the checkpoint")
+    _fails(capsys, ["visualize", "recon", str(ckpts / "latest"), "-c", cfg, "model.tubelet_size=4"],
+           "model.tubelet_size=4 but the checkpoint")
+    _fails(capsys, ["visualize", "attention", str(model), "-c", cfg, "model.patch_size=16"],
+           "model.patch_size=16 but the checkpoint")

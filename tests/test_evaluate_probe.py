@@ -266,7 +266,7 @@ def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys)
             f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
     assert main(args) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
     assert capsys.readouterr().err.strip() == (f"tgmae probe: model.patch_size=16 but the checkpoint {checkpoint} has 8: "
-                                               "set model.patch_size=8 (its weights fix it), or leave model.pretrained empty")
+                                               "set model.patch_size=8 (its weights fix it)")
     with pytest.raises(SystemExit) as exit_:
         main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
     assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err

@@ -140,12 +140,15 @@ class ModelConfig:
     # encoder attention heads; None = the preset's, or the checkpoint's. Required for an official .pth
     # whose width is not a released VideoMAE one (the .pth does not store it)
     num_heads: Optional[int] = None
+    decoder_heads: Optional[int] = None  # decoder attention heads; None = the preset's (or the checkpoint's)
 
     def __post_init__(self) -> None:
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
         if self.num_heads is not None:
             _positive("model.num_heads", self.num_heads)
+        if self.decoder_heads is not None:
+            _positive("model.decoder_heads", self.decoder_heads)
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 

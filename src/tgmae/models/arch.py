@@ -166,12 +166,17 @@ def arch_from_config(
     if model_cfg.decoder_dim is not None:
         head_dim = size["decoder_dim"] // size["decoder_heads"]
         if model_cfg.decoder_dim % head_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.decoder_dim={model_cfg.decoder_dim}: must be a multiple of the preset's "
                 f"decoder head width {head_dim}"
             )
         size["decoder_dim"] = model_cfg.decoder_dim
         size["decoder_heads"] = model_cfg.decoder_dim // head_dim
+    decoder_heads = getattr(model_cfg, "decoder_heads", None)
+    if decoder_heads is not None:
+        if size["decoder_dim"] % decoder_heads:
+            raise ConfigError(f"model.decoder_heads={decoder_heads}: must divide the decoder width {size['decoder_dim']}")
+        size["decoder_heads"] = decoder_heads
     extra: dict[str, Any] = {}
     if pixel_mean is not None:
         extra["pixel_mean"] = tuple(pixel_mean)
@@ -216,7 +221,7 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
     for key, mine, theirs in checks:
         if mine != theirs:
             raise ConfigError(f"{key}={mine!r} but the checkpoint {source} has {theirs!r}: set {key}={theirs} "
-                              "(its weights fix it), or leave model.pretrained empty")
+                              "(its weights fix it)" + (", or leave model.pretrained empty" if decoder else ""))
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
