@@ -3,6 +3,8 @@ the task on the shared loop, and `tgmae probe` on synthetic H.264 files."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -248,6 +250,21 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
     with pytest.raises(ckpt.CheckpointError, match="inputs differ"):
         linear_probe(cfg, **other)
     assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+
+    # checkpoint.resume=ignore_config on other features: nothing left to train is refused (the old
+    # head would be scored on the new features); with more epochs it continues, says so, logs it,
+    # and only evaluations made on the new features count for the best
+    forced = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                       "checkpoint.resume=ignore_config")
+    with pytest.raises(ckpt.CheckpointError, match="has finished .*probe inputs .*nothing left to train"):
+        linear_probe(forced, **other)
+    assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+    longer = dataclasses.replace(forced, train=dataclasses.replace(forced.train, epochs=8))
+    third = linear_probe(longer, **other)
+    assert [r["epoch"] for r in evals(third)] == [6, 7]
+    assert third.best_epoch in (6, 7) and third.best_top1 == max(r["val_top1"] for r in evals(third))
+    logged = [json.loads(line) for line in (tmp_path / "probe" / "config_changes.jsonl").read_text().splitlines()]
+    assert list(logged[-1]["changes"]) == ["probe inputs (fingerprint)"] and logged[-1]["step"] > 0
 
 
 def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):

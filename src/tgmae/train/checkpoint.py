@@ -75,6 +75,21 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None)
     return out
 
 
+def another_run_hint(output_dir: str) -> str:
+    return (f"train.output_dir={output_dir!r} may hold a run of another kind (pretrain, probe, finetune) "
+            "or model: give this command its own train.output_dir")
+
+
+def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: str) -> None:
+    """Refuse to resume a checkpoint written by another kind of run (`tgmae probe` into a
+    `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
+    train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept)."""
+    if stored and stored != task:
+        raise CheckpointError(
+            f"train.output_dir={output_dir!r} holds a {stored} run ({source}), not a {task} run: "
+            f"give this {task} run its own train.output_dir")
+
+
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
                         output_dir: str = "") -> list[tuple[str, Any, Any]]:
     """Refuse to resume `source` under settings it was not trained with.
@@ -87,7 +102,7 @@ def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optiona
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise CheckpointError(
             f"cannot resume {source}: it was trained with other settings ({len(diffs)} key"
-            f"{'s' if len(diffs) > 1 else ''} differ, checkpoint -> this command):\n{lines}\n"
+            f"{'s differ' if len(diffs) > 1 else ' differs'}, checkpoint -> this command):\n{lines}\n"
             f"Start a new run with another train.output_dir (now {output_dir!r}), or continue this one "
             f"under the new settings with checkpoint.resume={IGNORE_CONFIG}."
         )
