@@ -151,8 +151,6 @@ def arch_from_config(
     pipeline's mean/std when they differ from ImageNet, so the target matches VideoMAE's.
     """
     if model_cfg.preset not in PRESETS:
-        from tgmae.config import ConfigError
-
         raise ConfigError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
     size = dict(PRESETS[model_cfg.preset])
     heads = getattr(model_cfg, "num_heads", None)
