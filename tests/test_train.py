@@ -376,7 +376,7 @@ def test_missing_tensorboard_is_one_warning_naming_the_extra(tmp_path, caplog, m
         for name in ("a", "b"):
             metrics.MetricsLog(tmp_path / name / "metrics.jsonl", tensorboard=True).close()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "pip install tgmae[tensorboard]" in warnings[0]
+    assert len(warnings) == 1 and "pip install -e \".[tensorboard]\"" in warnings[0]
 
 
 def test_tensorboard_events_when_installed(tmp_path):
