@@ -234,7 +234,12 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
                     "checkpoint.resume=auto")
     data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
     first = linear_probe(cfg, **data)
-    second = linear_probe(cfg, **data)
+    # a checkpoint of no preset's size: config.yaml records the head count that ran, not null
+    from tgmae.config import load_config
+
+    assert load_config(tmp_path / "probe" / "config.yaml").model.num_heads == ARCH.num_heads
+    second = linear_probe(probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                                    "checkpoint.resume=auto"), **data)  # a fresh config (num_heads unset) resumes
     evals = lambda res: [r for r in res.history if "val_top1" in r]  # noqa: E731
     assert len(evals(first)) == 6 and evals(second) == evals(first)  # no epoch re-run, none forgotten
     assert (second.best_top1, second.best_epoch) == (first.best_top1, first.best_epoch)

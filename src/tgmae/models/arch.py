@@ -223,8 +223,14 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
-    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored)."""
+    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored).
+
+    The config has fields for the head count but not for width and depth: `model_cfg.num_heads`
+    is set to the checkpoint's, so the run's config.yaml records it; width and depth are those of
+    `model.pretrained` (which config.yaml records), and `model.preset` is not used."""
     if any((p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth) for p in PRESETS.values()):
         return None
+    model_cfg.num_heads = arch.num_heads
     return (f"encoder size from the checkpoint (width {arch.embed_dim}, depth {arch.depth}, {arch.num_heads} heads; "
-            f"no preset has it, model.preset={model_cfg.preset!r} is not used)")
+            f"no preset has it, model.preset={model_cfg.preset!r} is not used; config.yaml records "
+            f"model.num_heads={arch.num_heads}, width and depth are model.pretrained's)")
