@@ -337,6 +337,17 @@ def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
 
     with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a probe run: give this probe run its own"):
         Trainer(OtherTask(cfg), cfg).fit()
+    class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
+        def build_model(self) -> nn.Module:
+            return nn.Linear(8, 1)
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    step = ckpt.find_latest(ckpt_dir)
+    state = torch.load(step / "state.pt", weights_only=True)
+    state["extra_json"] = json.dumps({k: v for k, v in json.loads(state["extra_json"]).items() if k != "task"})
+    torch.save(state, step / "state.pt")
+    with pytest.raises(ckpt.CheckpointError, match="holds a run whose weights .* do not fit a toy model"):
+        Trainer(OtherModel(cfg), cfg).fit()
     with pytest.raises(ckpt.CheckpointError, match=r"\(1 key differs, "):
         changed = toy_cfg(tmp_path, "optim.lr=0.02")
         Trainer(ToyTask(changed), changed).fit()

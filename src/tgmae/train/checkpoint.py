@@ -80,14 +80,19 @@ def another_run_hint(output_dir: str) -> str:
             "or model: give this command its own train.output_dir")
 
 
-def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: str) -> None:
+def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: str, fits: bool = True) -> None:
     """Refuse to resume a checkpoint written by another kind of run (`tgmae probe` into a
     `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
-    train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept)."""
+    train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
+    then weights that do not fit the task's model (`fits`) tell)."""
     if stored and stored != task:
         raise CheckpointError(
             f"train.output_dir={output_dir!r} holds a {stored} run ({source}), not a {task} run: "
             f"give this {task} run its own train.output_dir")
+    if not stored and not fits:
+        raise CheckpointError(
+            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit a {task} model "
+            f"(another kind of run, or another model): give this {task} run its own train.output_dir")
 
 
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,

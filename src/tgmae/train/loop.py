@@ -166,7 +166,8 @@ class Trainer:
         source = self._resume_source()
         if source is not None:
             loaded = ckpt.load_checkpoint(source)
-            ckpt.check_run_kind(source, loaded.extra.get("task"), task.name, str(cfg.train.output_dir))
+            ckpt.check_run_kind(source, loaded.extra.get("task"), task.name, str(cfg.train.output_dir),
+                                fits=set(loaded.model_state) == set(model.state_dict()))
             changes = ckpt.check_resume_config(source, loaded.config, cfg_dict, to_dict(RunConfig()),
                                                output_dir=str(cfg.train.output_dir))
             stored_fp = loaded.extra.get("inputs_fingerprint")
