@@ -103,6 +103,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
                  ["export-hf", str(missing), str(tmp_path / "hf")], ["convert", str(missing), str(tmp_path / "o.safetensors")]):
         _fails(capsys, argv, f"checkpoint not found: {missing}")
     _fails(capsys, ["pretrain", "-c", cfg, out, "train.batch_size=64"], "too few for train.batch_size=64")
+    _fails(capsys, ["export-hf", str(model), str(tmp_path / "hfc"), "--classifier"], "not a finetuned classifier")
     _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={model}"],
            "not a finetuned classifier", "classifier.safetensors of a `tgmae finetune` run")
     _fails(capsys, ["data", "check", "--format", "csv", "--root", str(tmp_path / "nope"), "val.csv"],
