@@ -4,13 +4,15 @@ Layout under `<output_dir>/checkpoints/`:
     step_00000120/model.safetensors   model weights (metadata: resolved run config as JSON)
     step_00000120/state.pt            optimizer, grad scaler, step, epoch, data position, RNG,
                                       resolved config, extra (evaluation records so far, the
-                                      task's inputs fingerprint): plain tensors/containers
+                                      task's inputs fingerprint, the task's name): plain tensors/containers
                                       only, loaded with `torch.load(weights_only=True)`
     latest                            name of the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name and renamed into place, and `latest`
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
-A resume compares the stored config with the new one (`check_resume_config`).
+A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
+new one (`check_resume_config`). Every loader reads these paths through
+`tgmae.models.interop.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
 """
 
 from __future__ import annotations
