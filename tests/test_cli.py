@@ -86,8 +86,8 @@ def _fails(capsys, argv, *expected):
 def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     root, cfg, model = data
     out = f"train.output_dir={tmp_path / 'out'}"
-    _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: masking.name='bogus'")
-    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus'")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: config error: masking.name='bogus': expected one of random, tube, tgm, mgm")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of tiny, small, base, large")
     _fails(capsys, ["pretrain", "-c", cfg, out, "data.train_annotations=nope.csv"],
            "nope.csv: annotation file or folder not found", str(root / "synth" / "nope.csv"))
     _fails(capsys, ["pretrain", "-c", cfg, out, f"captions.file={tmp_path / 'nope.jsonl'}"],
@@ -103,6 +103,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
                  ["export-hf", str(missing), str(tmp_path / "hf")], ["convert", str(missing), str(tmp_path / "o.safetensors")]):
         _fails(capsys, argv, f"checkpoint not found: {missing}")
     _fails(capsys, ["pretrain", "-c", cfg, out, "train.batch_size=64"], "too few for train.batch_size=64")
+    _fails(capsys, ["export-hf", str(model), str(tmp_path / "hfc"), "--classifier"], "not a finetuned classifier")
     _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={model}"],
            "not a finetuned classifier", "classifier.safetensors of a `tgmae finetune` run")
     _fails(capsys, ["data", "check", "--format", "csv", "--root", str(tmp_path / "nope"), "val.csv"],
@@ -175,3 +176,59 @@ def test_options_and_overrides_in_any_order():
         assert (args.checkpoint, args.config, args.overrides) == ("CKPT", "cfg.yaml", ["a.b=1", "c.d=2"]), argv
     cfg, args = parse_run_args("x", ["train.epochs=3", "optim.lr=0.5"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5
+
+
+def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_path):
+    """A text-embedding cache built with other weights of the same CLIP folder, or with another
+    CLIP folder, and a similarity cache of other weights: exit 2 with the way out, no traceback."""
+    import shutil
+
+    from tgmae.captions.embed import embed_texts
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.masking.cache import CacheManifest, write_manifest_or_check
+
+    root, cfg, _ = data
+    clip = tmp_path / "clip"
+    shutil.copytree(root / "clip", clip)
+    cache = tmp_path / "emb.safetensors"
+    embed_texts(["a red square"], str(clip), cache)
+    save_tiny_clip(clip, dim=16, seed=1)  # new weights into the same folder
+    run = ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
+           f"captions.file={root / 'synth' / 'captions.jsonl'}", f"captions.embedding_cache={cache}"]
+    _fails(capsys, run + [f"captions.clip_model={clip}", f"masking.clip_model={clip}"], "stale", "--rebuild")
+    _fails(capsys, run + [f"captions.clip_model={root / 'clip'}", f"masking.clip_model={root / 'clip'}"],
+           str(cache), "--rebuild")  # a cache of another CLIP folder
+    sims = tmp_path / "sims"
+    write_manifest_or_check(sims, CacheManifest(str(clip.resolve()), "0" * 16, "dense", "", "", 2, 64, 8, 1, None, 16))
+    _fails(capsys, ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
+                    f"captions.file={root / 'synth' / 'captions.jsonl'}", f"masking.clip_model={clip}",
+                    f"masking.cache_dir={sims}"], "other weights of CLIP", "--rebuild")
+
+
+def test_checkpoint_pointer_and_geometry_everywhere_a_checkpoint_meets_a_config(data, capsys, tmp_path):
+    """`checkpoints/latest` is followed by every loader; a config whose geometry differs from the
+    checkpoint's is refused by evaluate and visualize as by probe/finetune/pretrain."""
+    import torch
+
+    from tgmae.config import load_config, to_dict
+    from tgmae.evaluate.classifier import build_classifier, save_classifier
+    from tgmae.models import build_pretraining_model
+    from tgmae.train.checkpoint import TrainPosition, save_checkpoint
+
+    root, cfg, model = data
+    run_cfg = load_config(cfg, [])
+    pt = build_pretraining_model(run_cfg.model, 4, 64)
+    ckpts = tmp_path / "run" / "checkpoints"
+    save_checkpoint(ckpts, pt, torch.optim.SGD(pt.parameters(), lr=0.1), None, TrainPosition(2, 1, 0), to_dict(run_cfg))
+    out = f"train.output_dir={tmp_path / 'out'}"
+    latest = f"model.pretrained={ckpts / 'latest'}"
+    _fails(capsys, ["evaluate", "-c", cfg, out, latest], "not a finetuned classifier")
+    _fails(capsys, ["retrieve", "-c", cfg, out, latest], "no contrastive video head")
+    assert main(["probe", "-c", cfg, out, latest, "train.epochs=1"]) == 0
+    clf = save_classifier(build_classifier(model, 3), tmp_path / "classifier.safetensors", ["a", "b", "c"])
+    for key in ("model.tubelet_size=4", "model.patch_size=16"):
+        _fails(capsys, ["evaluate", "-c", cfg, out, f"model.pretrained={clf}", key], f"{key} but the checkpoint")
+    _fails(capsys, ["visualize", "recon", str(ckpts / "latest"), "-c", cfg, "model.tubelet_size=4"],
+           "model.tubelet_size=4 but the checkpoint")
+    _fails(capsys, ["visualize", "attention", str(model), "-c", cfg, "model.patch_size=16"],
+           "model.patch_size=16 but the checkpoint")

@@ -48,6 +48,28 @@ def test_show_with_recipe_and_errors(capsys):
     with pytest.raises(SystemExit) as e:
         main(["config", "frobnicate"])
     assert e.value.code == 2
+    # names are validated in the config, so `config show` refuses what a training command would
+    for override, key in (("model.preset=huge", "model.preset='huge': expected one of tiny, small, base, large"),
+                          ("masking.name=foo", "masking.name='foo': expected one of random, tube, tgm, mgm")):
+        with pytest.raises(SystemExit) as e:
+            main(["config", "show", override])
+        assert e.value.code == 2 and key in capsys.readouterr().err
+
+
+def test_every_section_has_a_one_line_help_and_the_name_lists_match_the_implementations():
+    from tgmae.config import MASKING_NAMES, MODEL_PRESETS, MaskingConfig
+    from tgmae.masking import build_mask_generator
+    from tgmae.models.arch import PRESETS
+
+    assert MODEL_PRESETS == tuple(PRESETS)
+    for name in MASKING_NAMES:  # each name the config accepts builds (tgm needs a cache or a CLIP to go further)
+        try:
+            build_mask_generator(MaskingConfig(name=name))
+        except ValueError as e:
+            assert "known generators" not in str(e), e
+    for section in dataclasses.fields(RunConfig):
+        doc = section.default_factory.__doc__ or ""
+        assert doc and not doc.startswith(section.default_factory.__name__ + "("), section.name
 
 
 def test_version(capsys):

@@ -75,3 +75,56 @@ def test_classifier_round_trip(pretrained, tmp_path, capsys):
     back = load_classifier(tmp_path / "clf.safetensors")
     assert back.arch == load_classifier(saved).arch and back.class_names == names
     _same(back.state_dict(), clf.state_dict())
+
+
+# ----------------------------------------------------- training checkpoints (runs/X/checkpoints/)
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory):
+    """A pretraining run's checkpoints folder as the shared loop writes it (step folder + `latest`)."""
+    from tgmae.config import RunConfig, to_dict
+    from tgmae.models import build_pretraining_model
+    from tgmae.train.checkpoint import TrainPosition, save_checkpoint
+
+    cfg = RunConfig()
+    cfg.data.num_frames, cfg.data.image_size = 4, 32
+    torch.manual_seed(0)
+    model = _perturbed(build_pretraining_model(cfg.model, 4, 32), 3)
+    ckpts = tmp_path_factory.mktemp("run") / "checkpoints"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = save_checkpoint(ckpts, model, opt, None, TrainPosition(2, 1, 0), to_dict(cfg))
+    return model, ckpts, step
+
+
+def test_training_checkpoint_paths_resolve_and_load_as_pretraining_models(train_run, tmp_path, capsys):
+    from tgmae.models.interop import CheckpointError, resolve_checkpoint
+
+    model, ckpts, step = train_run
+    weights = step / "model.safetensors"
+    for given in (ckpts / "latest", ckpts, step, weights):  # the pointer, its folder, the step folder, the file
+        assert resolve_checkpoint(given) == weights
+        _same(load_pretraining_model(given).state_dict(), model.state_dict())
+        _same(load_encoder_source(given).encoder, model.encoder.state_dict())
+    assert main([str(ckpts / "latest"), str(tmp_path / "c.safetensors")]) == 0
+    assert "tgmae pretraining model" in capsys.readouterr().out
+    _same(load_pretraining_model(tmp_path / "c.safetensors").state_dict(), model.state_dict())
+    res = export_hf(step, tmp_path / "hf", pretraining=True)
+    assert res.hf_class == "VideoMAEForPreTraining" and res.max_abs_diff < 1e-4
+    broken = tmp_path / "ck"
+    broken.mkdir()
+    (broken / "latest").write_text("step_00000009\n")
+    with pytest.raises(CheckpointError, match="names 'step_00000009', which is not a checkpoint folder"):
+        load_encoder_source(broken / "latest")
+
+
+def test_head_counts_given_for_a_checkpoint_that_stores_them_must_agree(pretrained, tmp_path, capsys):
+    model, path = pretrained
+    export_hf(path, tmp_path / "hf")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--num-heads", "8"])
+    assert e.value.code == 2 and "--num-heads 8: " in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+    assert main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--num-heads", "2"]) == 0  # agrees: fine
+    from tgmae.evaluate.export_hf import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main([str(path), str(tmp_path / "hf2"), "--num-heads", "4"])
+    assert e.value.code == 2 and "--num-heads 4: " in capsys.readouterr().err

@@ -241,6 +241,6 @@ def test_classifier_card_states_finetune_and_results(pretrained, tmp_path):
     export_hf(run, tmp_path / "hf", classifier=True)
     card = (tmp_path / "hf" / "README.md").read_text()
     for text in ("pipeline_tag: video-classification", "| finetuned from |", "masking tube, ratio 0.9",
-                 "| top1 | 0.6250 |", "| num_videos | 8 |", "Classes (4): w, x, y, z.",
+                 "| test (multi-view): top1 | 0.6250 |", "| test (multi-view): num_videos | 8 |", "Classes (4): w, x, y, z.",
                  'pipeline("video-classification", model="THIS_FOLDER")'):
         assert text in card, text

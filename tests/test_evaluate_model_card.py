@@ -18,5 +18,32 @@ def test_step_checkpoint_reports_its_step_not_the_runs_end(tmp_path):
     at_step = read_run(step / "model.safetensors")
     assert at_step.run_dir == run and at_step.steps == 4 and at_step.last_loss == 0.25 and at_step.results == {}
     final = read_run(run)
-    assert final.steps == 6 and abs(final.last_loss - 1 / 6) < 1e-12 and final.results == {"top1": 0.5}
+    assert final.steps == 6 and abs(final.last_loss - 1 / 6) < 1e-12 and final.results == {"test (multi-view): top1": 0.5}
     assert read_run(tmp_path / "elsewhere.safetensors").run_dir is None
+
+
+def test_card_labels_results_names_changes_and_shows_no_local_paths(tmp_path):
+    """Each result row says which file (test / finetune / probe) it comes from; a run continued
+    under changed settings says so and names config_changes.jsonl; no absolute local path, no
+    title from the file name."""
+    from tgmae.config import load_config
+    from tgmae.evaluate.model_card import render_card
+    from tgmae.models.arch import VideoMAEArch
+
+    run = tmp_path / "secret_home" / "ft"
+    run.mkdir(parents=True)
+    save_config(load_config(None, [f"data.root={tmp_path / 'secret_home' / 'data'}",
+                                   f"model.pretrained={tmp_path / 'secret_home' / 'pt' / 'model.safetensors'}"]),
+                run / "config.yaml")
+    (run / "test_results.json").write_text(json.dumps({"top1": 0.625}))
+    (run / "finetune_results.json").write_text(json.dumps({"top1": 0.75}))
+    (run / "config_changes.jsonl").write_text(json.dumps({"step": 12, "changes": {"optim.lr": [0.001, 0.0005]}}) + "\n")
+    info = read_run(run / "classifier.safetensors")
+    assert info.results == {"test (multi-view): top1": 0.625, "finetune (validation): top1": 0.75}
+    card = render_card(kind="classifier", hf_class="VideoMAEForVideoClassification", arch=VideoMAEArch(),
+                       checkpoint=str(run / "classifier.safetensors"), run=info, mean=(0.5,) * 3, std=(0.2,) * 3,
+                       frame_stride=2, class_names=["a", "b"], check="", version="0")
+    assert "| test (multi-view): top1 | 0.6250 |" in card and "| finetune (validation): top1 | 0.7500 |" in card
+    assert "at step 12: optim.lr 0.001 -> 0.0005" in card and "config_changes.jsonl" in card
+    assert str(tmp_path) not in card and "# classifier" not in card
+    assert "\n# VideoMAE video classifier (tgmae)\n" in card

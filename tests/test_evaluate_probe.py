@@ -3,6 +3,8 @@ the task on the shared loop, and `tgmae probe` on synthetic H.264 files."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -232,7 +234,12 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
                     "checkpoint.resume=auto")
     data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
     first = linear_probe(cfg, **data)
-    second = linear_probe(cfg, **data)
+    # a checkpoint of no preset's size: config.yaml records the head count that ran, not null
+    from tgmae.config import load_config
+
+    assert load_config(tmp_path / "probe" / "config.yaml").model.num_heads == ARCH.num_heads
+    second = linear_probe(probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                                    "checkpoint.resume=auto"), **data)  # a fresh config (num_heads unset) resumes
     evals = lambda res: [r for r in res.history if "val_top1" in r]  # noqa: E731
     assert len(evals(first)) == 6 and evals(second) == evals(first)  # no epoch re-run, none forgotten
     assert (second.best_top1, second.best_epoch) == (first.best_top1, first.best_epoch)
@@ -248,6 +255,21 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
     with pytest.raises(ckpt.CheckpointError, match="inputs differ"):
         linear_probe(cfg, **other)
     assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+
+    # checkpoint.resume=ignore_config on other features: nothing left to train is refused (the old
+    # head would be scored on the new features); with more epochs it continues, says so, logs it,
+    # and only evaluations made on the new features count for the best
+    forced = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
+                       "checkpoint.resume=ignore_config")
+    with pytest.raises(ckpt.CheckpointError, match="has finished .*probe inputs .*nothing left to train"):
+        linear_probe(forced, **other)
+    assert json.loads((tmp_path / "probe" / "probe_results.json").read_text()) == saved
+    longer = dataclasses.replace(forced, train=dataclasses.replace(forced.train, epochs=8))
+    third = linear_probe(longer, **other)
+    assert [r["epoch"] for r in evals(third)] == [6, 7]
+    assert third.best_epoch in (6, 7) and third.best_top1 == max(r["val_top1"] for r in evals(third))
+    logged = [json.loads(line) for line in (tmp_path / "probe" / "config_changes.jsonl").read_text().splitlines()]
+    assert list(logged[-1]["changes"]) == ["probe inputs (fingerprint)"] and logged[-1]["step"] > 0
 
 
 def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
@@ -266,7 +288,7 @@ def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys)
             f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
     assert main(args) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
     assert capsys.readouterr().err.strip() == (f"tgmae probe: model.patch_size=16 but the checkpoint {checkpoint} has 8: "
-                                               "set model.patch_size=8 (its weights fix it), or leave model.pretrained empty")
+                                               "set model.patch_size=8 (its weights fix it)")
     with pytest.raises(SystemExit) as exit_:
         main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
     assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err

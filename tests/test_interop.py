@@ -229,7 +229,24 @@ def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, caps
         load_encoder_source(tmp_path / "tiny.pth")
     with pytest.raises(SystemExit) as exit_:
         convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors")])
-    assert exit_.value.code != 0 and "pass --num-heads" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "pass model.num_heads (tgmae convert / export-hf: --num-heads)" in capsys.readouterr().err
+    # every option a message names exists: export-hf takes --num-heads / --decoder-heads, pretraining
+    # takes model.num_heads / model.decoder_heads
+    from tgmae.evaluate.export_hf import main as export_main
+
+    assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hf"), "--num-heads", "4"]) == 0
+    assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hfp"), "--pretraining", "--num-heads", "4",
+                        "--decoder-heads", "2"]) == 0
+    from tgmae.config import load_config
+    from tgmae.train.pretrain import PretrainTask
+
+    base = ["model.preset=tiny", f"model.patch_size={PATCH}", f"data.num_frames={FRAMES}", f"data.image_size={SIZE}",
+            f"model.pretrained={tmp_path / 'tiny.pth'}"]
+    for extra, key in (([], "model.num_heads"), (["model.num_heads=4"], "model.decoder_heads")):
+        with pytest.raises(ConfigError, match=f"pass {key} "):
+            PretrainTask(load_config(None, base + extra)).build_model()
+    built = PretrainTask(load_config(None, base + ["model.num_heads=4", "model.decoder_heads=2"])).build_model()
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in built.state_dict().items())
     assert convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors"), "--num-heads", "4",
                          "--decoder-heads", "2", "--num-frames", str(FRAMES), "--image-size", str(SIZE)]) == 0
     assert load_pretraining_model(tmp_path / "out.safetensors").arch == ours.arch

@@ -397,7 +397,7 @@ def test_factory_online_tgm_undoes_the_runs_data_normalization(tiny_clip):
     assert default.data_mean == pytest.approx((0.485, 0.456, 0.406))
 
 
-def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_clip, bundle, tmp_path):
+def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_clip, bundle, tmp_path, capsys):
     """The training-time check of a similarity cache compares the CLIP's weights, not only its path."""
     import shutil
 
@@ -416,5 +416,14 @@ def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_c
         for p in model.parameters():
             p.add_(0.01)
     model.save_pretrained(clip)  # new weights, same folder and config
-    with pytest.raises(CacheMismatchError, match="other weights of CLIP"):
+    with pytest.raises(CacheMismatchError, match="other weights of CLIP.*--rebuild"):
         SimilarityCache(out, expect_clip=str(clip))
+    # the way out the message names: rerunning into the same --out says which fingerprints differ,
+    # and --rebuild replaces the cache
+    old_print, new_print = bundle.fingerprint(), weights_fingerprint(str(clip))
+    capsys.readouterr()
+    assert run_masks(synth, str(clip), out, "--mode", "dense", "--frame-stride", "8") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the model-load progress bar)
+    assert err.startswith("tgmae masks: ") and old_print in err and new_print in err and "--rebuild" in err, err
+    assert run_masks(synth, str(clip), out, "--mode", "dense", "--frame-stride", "8", "--rebuild") == 0
+    assert SimilarityCache(out, expect_clip=str(clip)).manifest.clip_fingerprint == new_print

@@ -316,6 +316,41 @@ def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     assert Trainer(ToyTask(forced), forced).fit().position.step == 32
     changes = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
     assert changes == [{"step": 24, "changes": {"optim.lr": [0.01, 0.02]}}]
+    # ignore_config with nothing left to train would report old results under new settings: refused,
+    # and config.yaml / config_changes.jsonl stay as they were
+    yaml_before = (tmp_path / "run" / "config.yaml").read_text()
+    done = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.05", "checkpoint.resume=ignore_config")
+    with pytest.raises(ckpt.CheckpointError, match="has finished .*optim.lr: 0.02 -> 0.05.*raise train.epochs"):
+        Trainer(ToyTask(done), done).fit()
+    assert (tmp_path / "run" / "config.yaml").read_text() == yaml_before
+    assert len((tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
+    """A probe (or any task) run into a folder holding another kind of run: the message says so and
+    names the way out (its own train.output_dir), not a list of keys; one differing key 'differs'."""
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+
+    class OtherTask(ToyTask):
+        name = "probe"
+
+    with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a probe run: give this probe run its own"):
+        Trainer(OtherTask(cfg), cfg).fit()
+    class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
+        def build_model(self) -> nn.Module:
+            return nn.Linear(8, 1)
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    step = ckpt.find_latest(ckpt_dir)
+    state = torch.load(step / "state.pt", weights_only=True)
+    state["extra_json"] = json.dumps({k: v for k, v in json.loads(state["extra_json"]).items() if k != "task"})
+    torch.save(state, step / "state.pt")
+    with pytest.raises(ckpt.CheckpointError, match="holds a run whose weights .* do not fit a toy model"):
+        Trainer(OtherModel(cfg), cfg).fit()
+    with pytest.raises(ckpt.CheckpointError, match=r"\(1 key differs, "):
+        changed = toy_cfg(tmp_path, "optim.lr=0.02")
+        Trainer(ToyTask(changed), changed).fit()
 
 
 def test_config_differences_ignore_the_resumable_keys_and_fill_absent_keys():
@@ -352,7 +387,7 @@ def test_missing_tensorboard_is_one_warning_naming_the_extra(tmp_path, caplog, m
         for name in ("a", "b"):
             metrics.MetricsLog(tmp_path / name / "metrics.jsonl", tensorboard=True).close()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "pip install tgmae[tensorboard]" in warnings[0]
+    assert len(warnings) == 1 and "pip install -e \".[tensorboard]\"" in warnings[0]
 
 
 def test_tensorboard_events_when_installed(tmp_path):

@@ -92,6 +92,12 @@ class DataConfig:
             raise ConfigError(f"data.std={self.std}: must be positive")
 
 
+# The names a config may choose (tgmae.models.arch.PRESETS and tgmae.masking.build_mask_generator
+# implement them; a test keeps the lists equal), checked here so every command refuses a typo alike.
+MODEL_PRESETS = ("tiny", "small", "base", "large")
+MASKING_NAMES = ("random", "tube", "tgm", "mgm")
+
+
 @dataclass
 class CaptionConfig:
     """Which captions pair with each video (paper section 3.2 and Table 6)."""
@@ -126,6 +132,8 @@ class MaskingConfig:
     dense_size: int = 0  # tgm dense: CLIP input side; 0 = automatic
 
     def __post_init__(self) -> None:
+        if self.name not in MASKING_NAMES:
+            raise ConfigError(f"masking.name={self.name!r}: expected one of {', '.join(MASKING_NAMES)}")
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
         if self.select not in ("top", "bottom"):
@@ -155,12 +163,17 @@ class ModelConfig:
     # encoder attention heads; None = the preset's, or the checkpoint's. Required for an official .pth
     # whose width is not a released VideoMAE one (the .pth does not store it)
     num_heads: Optional[int] = None
+    decoder_heads: Optional[int] = None  # decoder attention heads; None = the preset's (or the checkpoint's)
 
     def __post_init__(self) -> None:
+        if self.preset not in MODEL_PRESETS:
+            raise ConfigError(f"model.preset={self.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
         if self.num_heads is not None:
             _positive("model.num_heads", self.num_heads)
+        if self.decoder_heads is not None:
+            _positive("model.decoder_heads", self.decoder_heads)
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 
@@ -269,6 +282,8 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
+    """Console progress and TensorBoard events (metrics.jsonl is always written)."""
+
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
 

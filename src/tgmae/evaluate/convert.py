@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tgmae.evaluate.classifier import build_classifier, save_classifier
-from tgmae.evaluate.sources import load_encoder_source
+from tgmae.evaluate.sources import check_stated_heads, load_encoder_source
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.interop import (
     CheckpointError,
     detect_format,
     holds_decoder,
     load_pretraining_model,
+    resolve_checkpoint,
     save_encoder,
     save_pretraining_model,
 )
@@ -37,18 +38,24 @@ def convert(src: str | Path, out: str | Path, **overrides: Any) -> str:
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss). Raises
     CheckpointError / ValueError naming the file and the keys that do not fit.
     """
+    src = resolve_checkpoint(src)  # checkpoints/latest, a step folder -> its weights file
     kind = detect_format(src)
+    # Head counts are options for a .pth only (it does not store them); any other layout stores
+    # them, and a given value must agree, never be silently replaced or ignored.
+    stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides} if kind != "official" else {}
     if holds_decoder(src):
         model = load_pretraining_model(src, **overrides)
+        check_stated_heads(src, model.arch, stated)
         save_pretraining_model(model, out)
         a, n = model.arch, sum(p.numel() for p in model.parameters())
         return (f"{kind} -> tgmae pretraining model, {n / 1e6:.1f}M parameters, encoder {a.embed_dim}x{a.depth} "
                 f"({a.num_heads} heads), decoder {a.decoder_dim}x{a.decoder_depth} ({a.decoder_heads} heads), "
                 f"{a.num_frames} frames at {a.image_size}px")
-    unused = sorted(k for k in overrides if k in ("decoder_heads", "norm_pix_loss"))
+    unused = sorted(k for k in {**overrides, **stated} if k in ("decoder_heads", "norm_pix_loss"))
     if unused:
         raise ValueError(f"{src}: holds no decoder, so {', '.join(unused)} do not apply")
     source = load_encoder_source(src, num_heads=overrides.get("num_heads"))
+    check_stated_heads(src, source.arch, stated)
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:
         source.arch = dataclasses.replace(source.arch, **geometry)

@@ -32,10 +32,10 @@ from torch import nn
 
 from tgmae.evaluate.classifier import VideoClassifier, build_classifier
 from tgmae.evaluate.model_card import RunInfo, read_run, render_card
-from tgmae.evaluate.sources import CheckpointError, EncoderSource, load_encoder_source
+from tgmae.evaluate.sources import CheckpointError, EncoderSource, check_stated_heads, load_encoder_source
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
-from tgmae.models.interop import load_pretraining_model
+from tgmae.models.interop import detect_format, load_pretraining_model, resolve_checkpoint
 from tgmae.models.layouts import hf_config, ours_to_hf
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
@@ -164,28 +164,49 @@ def write_processor_config(out: Path, arch: VideoMAEArch, mean: Sequence[float],
     ).save_pretrained(str(out))
 
 
-def _pretraining_model(checkpoint: str | os.PathLike) -> VideoMAEPretrainer:
-    """A pretraining model from ours / official / HF, or a run folder with its model.safetensors."""
-    p = Path(checkpoint)
+def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEPretrainer:
+    """A pretraining model from ours / official / HF, a training step folder (`resolve_checkpoint`),
+    or a run folder with its model.safetensors."""
+    p = resolve_checkpoint(checkpoint)
     if p.is_dir() and not (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         p = p / "model.safetensors"
-    return load_pretraining_model(p)
+    return load_pretraining_model(p, **heads)
+
+
+def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_heads: Optional[int]
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    """(head counts to build with, head counts to check against the stored ones): an official
+    .pth takes them (it stores none); any other layout stores them, so given ones must agree."""
+    given = {k: v for k, v in (("num_heads", num_heads), ("decoder_heads", decoder_heads)) if v is not None}
+    p = resolve_checkpoint(checkpoint)
+    official = p.is_file() and detect_format(p) == "official"
+    return (given, {}) if official else ({}, given)
 
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classifier: bool = False,
-              verify: bool = True, pretraining: bool = False) -> ExportResult:
-    """Write an HF directory for `checkpoint` (see the module doc); returns where and the check."""
+              verify: bool = True, pretraining: bool = False, num_heads: Optional[int] = None,
+              decoder_heads: Optional[int] = None) -> ExportResult:
+    """Write an HF directory for `checkpoint` (see the module doc); returns where and the check.
+    num_heads / decoder_heads: for an official .pth (which does not store them); for any other
+    checkpoint they must equal the stored counts (CheckpointError)."""
     from tgmae import __version__
     from tgmae.captions.hub import quiet_transformers
 
     if classifier and pretraining:
         raise ValueError("choose one of classifier / pretraining")
     names: list[str] = []
+    if not Path(checkpoint).exists():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
     if pretraining:
-        module: nn.Module = _pretraining_model(checkpoint).eval()
+        module: nn.Module = _pretraining_model(checkpoint, **build).eval()
+        check_stated_heads(checkpoint, module.arch, stated)
         kind = "pretraining"
     else:
-        src = load_encoder_source(checkpoint)
+        if "decoder_heads" in {**build, **stated}:
+            raise CheckpointError("--decoder-heads applies to --pretraining exports only (the others hold no decoder)")
+        src = load_encoder_source(checkpoint, num_heads=build.get("num_heads"))
+        check_stated_heads(checkpoint, src.arch, stated)
         if classifier:
             module = build_classifier(src, keep_head=True).eval()
             names = list(src.class_names)
@@ -237,12 +258,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--pretraining", action="store_true",
                         help="export the whole pretraining model (encoder + decoder) as VideoMAEForPreTraining")
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth of a width no released model has)")
+    parser.add_argument("--decoder-heads", type=int, help="decoder heads (--pretraining from such an official .pth)")
     args = parser.parse_args(list(argv))
     if args.classifier and args.pretraining:
         parser.error("--classifier and --pretraining exclude each other")
     try:
         res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
-                        pretraining=args.pretraining)
+                        pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads)
     except (CheckpointError, ValueError) as e:  # bad input: exit 2, as every command
         parser.exit(2, f"tgmae export-hf: {e}\n")
     except RuntimeError as e:  # e.g. the exported model does not reproduce ours

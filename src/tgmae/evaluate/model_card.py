@@ -17,6 +17,9 @@ from typing import Any, Optional
 from tgmae.models.arch import VideoMAEArch
 
 RESULT_FILES = ("test_results.json", "finetune_results.json", "probe_results.json")
+# How the card labels each file's numbers (one table, so every row says where it comes from)
+RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
+                 "probe_results.json": "linear probe (validation)"}
 
 
 @dataclass
@@ -29,6 +32,8 @@ class RunInfo:
     results: dict[str, Any] = field(default_factory=dict)
     last_loss: Optional[float] = None
     note: str = ""  # why the config could not be read, if it could not
+    # settings changed mid-run (checkpoint.resume=ignore_config): config_changes.jsonl records
+    changes: list[dict] = field(default_factory=list)
 
 
 def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
@@ -69,6 +74,12 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.config = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
     except (ConfigError, yaml.YAMLError) as e:
         info.note = f"{run / 'config.yaml'} could not be read ({e})"
+    if (run / "config_changes.jsonl").is_file():
+        for line in (run / "config_changes.jsonl").read_text().splitlines():
+            try:
+                info.changes.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     at = checkpoint_step(checkpoint)
     if (run / "metrics.jsonl").is_file():
         records = [r for r in read_metrics(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
@@ -78,12 +89,21 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.last_loss = float(losses[-1]) if losses else None
     if at is not None:
         info.steps = at
+        info.changes = [c for c in info.changes if c.get("step", 0) < at]
         return info
     for name in RESULT_FILES:
         if (run / name).is_file():
             data = json.loads((run / name).read_text())
-            info.results.update({k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            info.results.update({f"{RESULT_LABELS[name]}: {k}": v for k, v in data.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return info
+
+
+def _shown(path: str | Path) -> str:
+    """A path as the card shows it: relative as given, an absolute one by its last parts only (a
+    card travels with the model; the exporter's local folders mean nothing elsewhere)."""
+    p = Path(path)
+    return str(Path(*p.parts[-2:])) if p.is_absolute() else str(p)
 
 
 def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
@@ -97,21 +117,37 @@ def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
         rows.append(("objective", cfg.contrastive.objective
                      + (f" (InfoNCE weight {cfg.contrastive.weight})" if cfg.contrastive.objective != "mae" else "")))
     else:
-        rows.append(("finetuned from", f"`{cfg.model.pretrained}`" if cfg.model.pretrained else "random initialization"))
+        rows.append(("finetuned from", f"`{_shown(cfg.model.pretrained)}`" if cfg.model.pretrained
+                     else "random initialization"))
         pre = read_run(cfg.model.pretrained).config if cfg.model.pretrained and Path(cfg.model.pretrained).exists() else None
         if pre is not None:  # the pretraining run's settings, when its folder is still there
             rows.append(("pretraining", f"masking {pre.masking.name}, ratio {pre.masking.ratio}; objective "
                                         f"{pre.contrastive.objective}"))
     ann = d.train_annotations or "(none)"
-    rows.append(("data", f"{d.format} annotations `{ann}` under `{d.root or '.'}`"))
+    rows.append(("data", f"{d.format} annotations `{_shown(ann)}` under `{_shown(d.root or '.')}`"))
     rows.append(("clips", f"{d.num_frames} frames, stride {d.frame_stride} ({d.sampling}), {d.image_size} px"))
     if cfg.captions.file:
-        rows.append(("captions", f"`{cfg.captions.file}`"))
+        rows.append(("captions", f"`{_shown(cfg.captions.file)}`"))
     steps = f"{run.steps} optimizer steps" if run.steps is not None else "unknown"
     rows.append(("training", f"{steps}; batch {cfg.train.batch_size} x accum {cfg.train.accum_steps}, "
                              f"{cfg.train.epochs} epoch(s) planned, precision {cfg.train.precision}"))
-    rows.append(("run folder", f"`{run.run_dir}`"))
+    rows.append(("run folder", f"`{_shown(run.run_dir)}`"))
+    if run.changes:  # checkpoint.resume=ignore_config: the rows above are the last settings only
+        said = "; ".join(f"at step {c.get('step')}: " + ", ".join(f"{k} {v[0]!r} -> {v[1]!r}"
+                                                                 for k, v in c.get("changes", {}).items())
+                         for c in run.changes)
+        rows.append(("settings changed during the run",
+                     f"{said} (the rows above are the last settings; see the run's config_changes.jsonl)"))
     return rows
+
+
+def _title(kind: str, run: RunInfo) -> str:
+    what = {"classifier": "VideoMAE video classifier", "encoder": "VideoMAE video encoder",
+            "pretraining": "VideoMAE pretraining model (encoder + decoder)"}[kind]
+    cfg = run.config
+    if cfg is not None and kind != "classifier":
+        what += f", {cfg.masking.name} masking, objective {cfg.contrastive.objective}"
+    return what + " (tgmae)"
 
 
 def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str, run: RunInfo,
@@ -121,8 +157,8 @@ def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str
     tag = {"classifier": "video-classification", "encoder": "feature-extraction", "pretraining": "video-mae-pretraining"}[kind]
     pipeline = "pipeline_tag: video-classification\n" if kind == "classifier" else ""
     lines = ["---", "library_name: transformers", f"{pipeline}tags:", "- videomae", "- tgmae", f"- {tag}", "---", "",
-             f"# {Path(checkpoint).stem or 'model'}: {hf_class} exported from tgmae", "",
-             f"Written by `tgmae export-hf` (tgmae {version}) from `{checkpoint}`. {check}", "",
+             f"# {_title(kind, run)}", "",
+             f"{hf_class} written by `tgmae export-hf` (tgmae {version}) from `{_shown(checkpoint)}`. {check}", "",
              "## The run", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _run_rows(run, kind)]
     lines += ["", "## Results", ""]

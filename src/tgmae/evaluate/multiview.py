@@ -169,6 +169,9 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
             raise ConfigError("model.pretrained must name a finetuned classifier to test")
         classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size)
+        from tgmae.models.arch import check_checkpoint_geometry
+
+        check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, dist_info.device)

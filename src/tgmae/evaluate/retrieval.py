@@ -118,9 +118,12 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     from tgmae.models.pretrainer import VideoMAEPretrainer
     from tgmae.models.video_text import VideoTextPretrainer
 
+    from tgmae.models.interop import resolve_checkpoint
+
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
+    p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its weights file
     state, meta = _video_text_state(p)
     if "arch" in meta:
         arch = VideoMAEArch.from_json(meta["arch"])
@@ -223,6 +226,9 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
         model = load_video_text_model(cfg.model.pretrained)
+        from tgmae.models.arch import check_checkpoint_geometry
+
+        check_checkpoint_geometry(cfg.model, model.mae.arch, cfg.model.pretrained)
     model = model.to(dist_info.device)
     if dataset is None:
         from tgmae.data.dataset import build_dataset

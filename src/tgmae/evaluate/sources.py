@@ -35,6 +35,7 @@ from tgmae.models.interop import (
     _read_torch,
     _unwrap,
     load_pretraining_model,
+    resolve_checkpoint,
 )
 from tgmae.models.layouts import (
     OFFICIAL_DECODER_HEADS,
@@ -46,7 +47,6 @@ from tgmae.models.layouts import (
 )
 
 CLASSIFIER_FORMAT = "tgmae.video-classifier.v1"
-TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a shared-loop checkpoint
 _EMBED_KEY = "patch_embed.proj.weight"
 _HEAD_PREFIXES = ("fc_norm.", "head.")
 _HF_BASE_PREFIXES = ("embeddings.", "encoder.layer.", "layernorm.")
@@ -97,11 +97,22 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
+    p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its model.safetensors
     if p.is_dir():
         return _from_directory(p, num_heads)
     if p.suffix == ".safetensors" or _looks_like_safetensors(p):
         return _from_safetensors(p)
     return _from_pth(p, num_heads)
+
+
+def check_stated_heads(src: Any, arch: VideoMAEArch, stated: dict[str, int]) -> None:
+    """Head counts given as options (`--num-heads` / `--decoder-heads`) for a checkpoint that
+    stores its own: they must agree with `arch` (CheckpointError), never be replaced or ignored."""
+    for key, value in stated.items():
+        if getattr(arch, key) != value:
+            raise CheckpointError(
+                f"--{key.replace('_', '-')} {value}: {src} stores {getattr(arch, key)}; leave the option out "
+                "(it is for an official .pth, which does not store its head counts)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +262,7 @@ def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int]
     w = enc[_EMBED_KEY]  # [D, C, t, p, p]
     dim, chans, tub, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
     hidden = int(enc["blocks.0.mlp.fc1.weight"].shape[0])
-    heads = official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert: --num-heads)")
+    heads = official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert / export-hf: --num-heads)")
     return VideoMAEArch(
         embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
         patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
@@ -261,4 +272,4 @@ def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int]
     )
 
 
-__all__ = ["EncoderSource", "load_encoder_source", "infer_encoder_arch", "CLASSIFIER_FORMAT", "CheckpointError"]
+__all__ = ["EncoderSource", "load_encoder_source", "check_stated_heads", "infer_encoder_arch", "CLASSIFIER_FORMAT", "CheckpointError"]

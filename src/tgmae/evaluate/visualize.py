@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -54,48 +53,24 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
     video-text) training checkpoint or run directory; clip geometry from the run's config."""
     from tgmae.models import load_pretraining_model
-    from tgmae.models.interop import CheckpointError, read_safetensors, detect_format
-    from tgmae.models.pretrainer import VideoMAEPretrainer
+    from tgmae.models.interop import resolve_checkpoint
 
-    p = Path(path)
-    geometry = dict(num_frames=num_frames, image_size=image_size)
-    if p.is_dir() and not (p / "config.json").is_file():
-        from tgmae.train.checkpoint import find_latest
-
-        if (p / "model.safetensors").is_file():
-            p = p / "model.safetensors"
-        elif (p / "checkpoints").is_dir() and find_latest(p / "checkpoints") is not None:
-            p = find_latest(p / "checkpoints") / "model.safetensors"
-    if p.is_file() and detect_format(p) == "tgmae":
-        state, meta = read_safetensors(p)
-        if "tgmae_config" in meta:  # a training checkpoint: pretrainer or video-text wrapper
-            from tgmae.config import RunConfig, from_dict
-            from tgmae.models.arch import arch_from_config
-
-            cfg = from_dict(RunConfig, json.loads(meta["tgmae_config"]))
-            arch = arch_from_config(cfg.model, cfg.data.num_frames, cfg.data.image_size)
-            prefix = "mae." if "mae.encoder_to_decoder.weight" in state else ""
-            if f"{prefix}encoder_to_decoder.weight" not in state:
-                raise CheckpointError(f"{p}: no decoder (not a pretraining checkpoint)")
-            model = VideoMAEPretrainer(dataclasses.replace(arch, **geometry))
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing = sorted(set(model.state_dict()) - set(sub))
-            unexpected = sorted(set(sub) - set(model.state_dict()))
-            if missing or unexpected:
-                raise CheckpointError(f"{p}: not a pretraining model: missing {missing[:6]}, unexpected {unexpected[:6]}")
-            model.load_state_dict(sub)
-            return model.eval()
-    return load_pretraining_model(p, **geometry)
+    p = resolve_checkpoint(path)
+    if p.is_dir() and not (p / "config.json").is_file():  # a run folder: its final model, else its latest step
+        p = resolve_checkpoint(p / "model.safetensors" if (p / "model.safetensors").is_file() else p / "checkpoints")
+    return load_pretraining_model(p, num_frames=num_frames, image_size=image_size)
 
 
 def recon_main(argv: Sequence[str]) -> int:
     from tgmae.cli import load_run_config, parse_args
     from tgmae.masking import build_mask_generator
+    from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.train.pretrain import write_pretrain_figures
 
     args = parse_args(_parser("recon"), argv)
     cfg = load_run_config("visualize recon", args.config, args.overrides)
     model = load_pretrainer(args.checkpoint, cfg.data.num_frames, cfg.data.image_size)
+    check_checkpoint_geometry(cfg.model, model.arch, args.checkpoint)
     captions = None
     if cfg.captions.file:
         from tgmae.captions.provider import CaptionProvider
@@ -113,12 +88,14 @@ def recon_main(argv: Sequence[str]) -> int:
 def attention_main(argv: Sequence[str]) -> int:
     from tgmae.cli import load_run_config, parse_args
     from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.viz.attention import attention_figures
 
     args = parse_args(_parser("attention"), argv)
     cfg = load_run_config("visualize attention", args.config, args.overrides)
     src = load_encoder_source(args.checkpoint)
+    check_checkpoint_geometry(cfg.model, src.arch, args.checkpoint)
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
                                drop_path=0.0)
     encoder = VideoViTEncoder(arch)

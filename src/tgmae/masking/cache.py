@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
@@ -88,7 +89,8 @@ def manifest_differences(have: CacheManifest, want: CacheManifest) -> list[str]:
         a, b = getattr(have, key), getattr(want, key)
         if a != b:
             if key == "clip_fingerprint":
-                out.append(f"CLIP weights: cache built with {have.clip_model!r}, requested {want.clip_model!r}")
+                out.append(f"CLIP weights: cache built with {have.clip_model!r} (fingerprint {have.clip_fingerprint}), "
+                           f"requested {want.clip_model!r} (fingerprint {want.clip_fingerprint})")
             else:
                 out.append(f"{key}: cache has {a!r}, requested {b!r}")
     return out
@@ -110,16 +112,32 @@ def read_manifest(root: str | Path) -> CacheManifest:
     return CacheManifest.from_json(data)
 
 
+def clear_cache(root: str | Path) -> None:
+    """Delete a similarity cache's files (manifest, index, part logs, maps) so it is built anew.
+    A folder that holds files but no manifest.json is not a cache and is refused, never emptied."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    if not (root / "manifest.json").is_file() and any(root.iterdir()):
+        raise CacheMismatchError(f"{root} is not a similarity cache (no manifest.json); --rebuild empties "
+                                 "only a cache folder: choose another --out")
+    for name in ("maps", "parts"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    for name in ("index.json", "manifest.json"):
+        (root / name).unlink(missing_ok=True)
+
+
 def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
-    """New cache: write the manifest. Existing cache: refuse when it was built differently."""
+    """New cache: write the manifest. Existing cache: refuse when it was built differently
+    (CacheMismatchError listing each differing field; the way out is `tgmae masks --rebuild`)."""
     root = Path(root)
     path = root / "manifest.json"
     if path.is_file():
         diffs = manifest_differences(read_manifest(root), manifest)
         if diffs:
             raise CacheMismatchError(
-                f"{root} holds a similarity cache built differently:\n  " + "\n  ".join(diffs)
-                + "\nUse another --out directory (or delete this one) to build a new cache."
+                f"{root} holds a similarity cache built differently: " + "; ".join(diffs)
+                + ". Rerun with --rebuild to replace it, or use another --out directory."
             )
         return
     root.mkdir(parents=True, exist_ok=True)
@@ -221,7 +239,7 @@ class SimilarityCache:
         if expect_clip and _clip_id(expect_clip) != _clip_id(m.clip_model):
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built with CLIP {m.clip_model!r}, but this run "
-                f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip}`"
+                f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
             )
         if expect_clip:  # same path, other weights (a CLIP retrained into the same folder)
             from tgmae.captions.hub import weights_fingerprint
@@ -230,13 +248,14 @@ class SimilarityCache:
             if now is not None and now != m.clip_fingerprint:
                 raise CacheMismatchError(
                     f"similarity cache {self.root} was built with other weights of CLIP {expect_clip!r} "
-                    f"(fingerprint {m.clip_fingerprint}, now {now}); rebuild it with `tgmae masks --clip {expect_clip}`"
+                    f"(fingerprint {m.clip_fingerprint}, now {now}); rebuild it with "
+                    f"`tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
                 )
         if expect_caption_source is not None and expect_caption_source != m.caption_source:
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built from captions {m.caption_source!r}, but "
                 f"this run's captions are {expect_caption_source!r}; rebuild the cache with "
-                "`tgmae masks --captions` on this run's captions file"
+                f"`tgmae masks --captions CAPTIONS --out {self.root} --rebuild` on this run's captions file"
             )
         index_path = self.root / "index.json"
         if index_path.is_file():
@@ -288,7 +307,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 __all__ = [
-    "CACHE_FORMAT", "CACHE_VERSION", "CacheEntry", "CacheManifest", "CacheMismatchError",
+    "CACHE_FORMAT", "CACHE_VERSION", "CacheEntry", "CacheManifest", "CacheMismatchError", "clear_cache",
     "MissingCacheEntry", "SimilarityCache", "entry_file", "manifest_differences", "merge_parts",
     "part_file", "read_manifest", "read_parts", "write_entry", "write_manifest_or_check",
 ]

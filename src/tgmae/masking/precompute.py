@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.masking.cache import (
-    CacheManifest, CacheMismatchError, merge_parts, part_file, read_parts, write_entry,
+    CacheManifest, CacheMismatchError, clear_cache, merge_parts, part_file, read_parts, write_entry,
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -199,6 +199,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="CLIP images per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--merge-only", action="store_true", help="only merge the part files into index.json")
+    p.add_argument("--rebuild", action="store_true",
+                   help="empty an existing cache in --out first (built with other weights, captions or geometry)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(list(argv))
 
@@ -230,6 +232,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         videos = list({r.video_id: r.path for r in records}.items())
         device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
         clip = load_clip(args.clip, device)
+        if args.rebuild and shard.rank == 0:
+            clear_cache(args.out)
+        if args.rebuild and distributed_ready():
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank writes before rank 0 has emptied the folder
         opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
                                  args.map_scale, args.dense_size, batch_size=args.batch_size)
         counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,

@@ -151,8 +151,6 @@ def arch_from_config(
     pipeline's mean/std when they differ from ImageNet, so the target matches VideoMAE's.
     """
     if model_cfg.preset not in PRESETS:
-        from tgmae.config import ConfigError
-
         raise ConfigError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
     size = dict(PRESETS[model_cfg.preset])
     heads = getattr(model_cfg, "num_heads", None)
@@ -166,12 +164,17 @@ def arch_from_config(
     if model_cfg.decoder_dim is not None:
         head_dim = size["decoder_dim"] // size["decoder_heads"]
         if model_cfg.decoder_dim % head_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.decoder_dim={model_cfg.decoder_dim}: must be a multiple of the preset's "
                 f"decoder head width {head_dim}"
             )
         size["decoder_dim"] = model_cfg.decoder_dim
         size["decoder_heads"] = model_cfg.decoder_dim // head_dim
+    decoder_heads = getattr(model_cfg, "decoder_heads", None)
+    if decoder_heads is not None:
+        if size["decoder_dim"] % decoder_heads:
+            raise ConfigError(f"model.decoder_heads={decoder_heads}: must divide the decoder width {size['decoder_dim']}")
+        size["decoder_heads"] = decoder_heads
     extra: dict[str, Any] = {}
     if pixel_mean is not None:
         extra["pixel_mean"] = tuple(pixel_mean)
@@ -216,12 +219,18 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
     for key, mine, theirs in checks:
         if mine != theirs:
             raise ConfigError(f"{key}={mine!r} but the checkpoint {source} has {theirs!r}: set {key}={theirs} "
-                              "(its weights fix it), or leave model.pretrained empty")
+                              "(its weights fix it)" + (", or leave model.pretrained empty" if decoder else ""))
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
-    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored)."""
+    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored).
+
+    The config has fields for the head count but not for width and depth: `model_cfg.num_heads`
+    is set to the checkpoint's, so the run's config.yaml records it; width and depth are those of
+    `model.pretrained` (which config.yaml records), and `model.preset` is not used."""
     if any((p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth) for p in PRESETS.values()):
         return None
+    model_cfg.num_heads = arch.num_heads
     return (f"encoder size from the checkpoint (width {arch.embed_dim}, depth {arch.depth}, {arch.num_heads} heads; "
-            f"no preset has it, model.preset={model_cfg.preset!r} is not used)")
+            f"no preset has it, model.preset={model_cfg.preset!r} is not used; config.yaml records "
+            f"model.num_heads={arch.num_heads}, width and depth are model.pretrained's)")

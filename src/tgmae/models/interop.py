@@ -117,9 +117,47 @@ def _hf_directory_state(path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: HF directory without model.safetensors or pytorch_model.bin")
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """'tgmae', 'hf' or 'official' for a checkpoint path (by its container, not its keys)."""
+LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (tgmae.train.checkpoint)
+TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a training checkpoint (`step_N/`), config in `tgmae_config`
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The file or folder to read for a checkpoint path as a user gives it. Follows the training
+    layout (`runs/X/checkpoints/`): the `latest` pointer file (or the `checkpoints/` folder that
+    holds one) -> the step folder it names; a step folder (`step_N/`, model.safetensors + state.pt)
+    -> its model.safetensors. Any other path is returned as given. Raises CheckpointError when the
+    pointer names a step folder that does not exist. Every loader of this package goes through here."""
     p = Path(path)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / LATEST).is_file():
+        p = p / LATEST
+    if p.is_file() and p.name == LATEST and p.stat().st_size < 4096:
+        name = p.read_text(errors="replace").strip()
+        if not name or "/" in name or not (p.parent / name).is_dir():
+            raise CheckpointError(f"{p} names {name!r}, which is not a checkpoint folder next to it")
+        p = p.parent / name
+    if p.is_dir() and (p / "model.safetensors").is_file() and (p / "state.pt").is_file():
+        p = p / "model.safetensors"
+    return p
+
+
+def train_checkpoint_arch(meta: Mapping[str, str], source: Any) -> VideoMAEArch:
+    """The pretraining architecture of a training checkpoint's weights, from the run config it
+    stores (`tgmae_config`): what `tgmae pretrain` builds from that config."""
+    from tgmae.config import ConfigError, RunConfig, from_dict
+    from tgmae.models.arch import arch_from_config
+
+    try:
+        cfg = from_dict(RunConfig, json.loads(meta["tgmae_config"]))
+        d = cfg.data
+        return arch_from_config(cfg.model, d.num_frames, d.image_size, tuple(d.mean), tuple(d.std))
+    except (ConfigError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{source}: the run configuration stored with the weights is unusable ({e})") from None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'tgmae', 'hf' or 'official' for a checkpoint path (by its container, not its keys; training
+    layout paths are followed first, `resolve_checkpoint`)."""
+    p = resolve_checkpoint(path)
     if p.is_dir():
         if (p / "config.json").is_file():
             return "hf"
@@ -141,11 +179,18 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
     norm_pix_loss). Position embeddings are fixed sin-cos, so num_frames / image_size may
     change freely. Returns the model in eval mode on CPU.
     """
-    p = Path(path)
+    p = resolve_checkpoint(path)
     kind = detect_format(p)
     extra_unexpected: list[str] = []
     if kind == "tgmae":
         state, meta = read_safetensors(p)
+        if "arch" not in meta and "tgmae_config" in meta:  # a training checkpoint (step folder)
+            prefix = "mae." if "mae.encoder_to_decoder.weight" in state else ""  # a video-text run
+            if f"{prefix}encoder_to_decoder.weight" not in state:
+                raise CheckpointError(f"{p}: a training checkpoint without a decoder (a finetune or probe run), "
+                                      "not a pretraining model; export its encoder (no --pretraining) instead")
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            meta = {**meta, "arch": train_checkpoint_arch(meta, p).to_json()}
         if "arch" not in meta:
             raise CheckpointError(
                 f"{p}: safetensors file without tgmae 'arch' metadata (format={meta.get('format')!r}); "
@@ -204,10 +249,13 @@ def save_encoder(encoder: nn.Module, path: str | os.PathLike) -> Path:
 def holds_decoder(path: str | os.PathLike) -> bool:
     """Whether a checkpoint is a whole pretraining model (encoder + decoder), by its container:
     our FORMAT, an HF `VideoMAEForPreTraining` directory, an official pretraining `.pth`."""
-    p = Path(path)
+    p = resolve_checkpoint(path)
     kind = detect_format(p)
     if kind == "tgmae":
-        return read_safetensors(p)[1].get("format") == FORMAT
+        state, meta = read_safetensors(p)
+        if meta.get("format") == TRAIN_FORMAT:  # a pretraining run's step folder
+            return any(k.endswith("encoder_to_decoder.weight") for k in state)
+        return meta.get("format") == FORMAT
     if kind == "hf":
         archs = json.loads((p / "config.json").read_text()).get("architectures") or []
         if archs:
@@ -217,6 +265,7 @@ def holds_decoder(path: str | os.PathLike) -> bool:
 
 
 __all__ = [
-    "CheckpointError", "FORMAT", "ENCODER_FORMAT", "detect_format", "load_pretraining_model",
+    "CheckpointError", "FORMAT", "ENCODER_FORMAT", "TRAIN_FORMAT", "detect_format", "load_pretraining_model",
+    "resolve_checkpoint", "train_checkpoint_arch",
     "save_pretraining_model", "save_encoder", "write_safetensors", "holds_decoder",
 ]

@@ -95,11 +95,12 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
     hidden = state["encoder.blocks.0.mlp.fc1.weight"].shape[0]
     return VideoMAEArch(
         embed_dim=dim, depth=_count_blocks(state, "encoder.blocks."),
-        num_heads=official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "--num-heads (model.num_heads)"),
+        num_heads=official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert / export-hf: --num-heads)"),
         mlp_ratio=hidden / dim, patch_size=patch, tubelet_size=tub, num_frames=num_frames,
         image_size=image_size, in_chans=chans, decoder_dim=ddim,
         decoder_depth=_count_blocks(state, "decoder.blocks."),
-        decoder_heads=official_heads(ddim, decoder_heads, OFFICIAL_DECODER_HEADS, "--decoder-heads"),
+        decoder_heads=official_heads(ddim, decoder_heads, OFFICIAL_DECODER_HEADS,
+                                     "model.decoder_heads (tgmae convert / export-hf: --decoder-heads)"),
         norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
         encoder_norm="encoder.norm.weight" in state,
         pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,

@@ -4,13 +4,15 @@ Layout under `<output_dir>/checkpoints/`:
     step_00000120/model.safetensors   model weights (metadata: resolved run config as JSON)
     step_00000120/state.pt            optimizer, grad scaler, step, epoch, data position, RNG,
                                       resolved config, extra (evaluation records so far, the
-                                      task's inputs fingerprint): plain tensors/containers
+                                      task's inputs fingerprint, the task's name): plain tensors/containers
                                       only, loaded with `torch.load(weights_only=True)`
     latest                            name of the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name and renamed into place, and `latest`
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
-A resume compares the stored config with the new one (`check_resume_config`).
+A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
+new one (`check_resume_config`). Every loader reads these paths through
+`tgmae.models.interop.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
 """
 
 from __future__ import annotations
@@ -76,6 +78,26 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None)
     return out
 
 
+def another_run_hint(output_dir: str) -> str:
+    return (f"train.output_dir={output_dir!r} may hold a run of another kind (pretrain, probe, finetune) "
+            "or model: give this command its own train.output_dir")
+
+
+def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: str, fits: bool = True) -> None:
+    """Refuse to resume a checkpoint written by another kind of run (`tgmae probe` into a
+    `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
+    train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
+    then weights that do not fit the task's model (`fits`) tell)."""
+    if stored and stored != task:
+        raise CheckpointError(
+            f"train.output_dir={output_dir!r} holds a {stored} run ({source}), not a {task} run: "
+            f"give this {task} run its own train.output_dir")
+    if not stored and not fits:
+        raise CheckpointError(
+            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit a {task} model "
+            f"(another kind of run, or another model): give this {task} run its own train.output_dir")
+
+
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
                         output_dir: str = "") -> list[tuple[str, Any, Any]]:
     """Refuse to resume `source` under settings it was not trained with.
@@ -88,7 +110,7 @@ def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optiona
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise CheckpointError(
             f"cannot resume {source}: it was trained with other settings ({len(diffs)} key"
-            f"{'s' if len(diffs) > 1 else ''} differ, checkpoint -> this command):\n{lines}\n"
+            f"{'s differ' if len(diffs) > 1 else ' differs'}, checkpoint -> this command):\n{lines}\n"
             f"Start a new run with another train.output_dir (now {output_dir!r}), or continue this one "
             f"under the new settings with checkpoint.resume={IGNORE_CONFIG}."
         )

@@ -197,22 +197,37 @@ class Trainer:
         source = self._resume_source()
         if source is not None:
             loaded = ckpt.load_checkpoint(source)
+            ckpt.check_run_kind(source, loaded.extra.get("task"), task.name, str(cfg.train.output_dir),
+                                fits=set(loaded.model_state) == set(model.state_dict()))
             changes = ckpt.check_resume_config(source, loaded.config, cfg_dict, to_dict(RunConfig()),
                                                output_dir=str(cfg.train.output_dir))
             stored_fp = loaded.extra.get("inputs_fingerprint")
-            if (fingerprint and stored_fp and stored_fp != fingerprint
-                    and cfg.checkpoint.resume != ckpt.IGNORE_CONFIG):
+            if fingerprint and stored_fp and stored_fp != fingerprint:
+                if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
+                    raise ckpt.CheckpointError(
+                        f"cannot resume {source}: the {task.name} inputs differ from the ones it was trained on "
+                        f"(fingerprint {stored_fp[:12]} -> {fingerprint[:12]}; e.g. model.pretrained's weights "
+                        f"changed). Start a new run with another train.output_dir, or continue this one with "
+                        f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+                changes.append((f"{task.name} inputs (fingerprint)", stored_fp[:12], fingerprint[:12]))
+            # Evaluations made under other settings (checkpoint.resume=ignore_config) do not count
+            # for this run's best: only those since the change (they stay in metrics.jsonl).
+            eval_history = [] if changes else list(loaded.extra.get("eval_history", []))
+            position = loaded.position
+            if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
                 raise ckpt.CheckpointError(
-                    f"cannot resume {source}: the {task.name} inputs differ from the ones it was trained on "
-                    f"(fingerprint {stored_fp[:12]} -> {fingerprint[:12]}; e.g. model.pretrained's weights "
-                    f"changed). Start a new run with another train.output_dir, or continue this one with "
-                    f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
-            eval_history = list(loaded.extra.get("eval_history", []))
-            ckpt.load_model_weights(model, loaded.model_state, str(source))
+                    f"{source} has finished (step {position.step}) under other settings "
+                    f"({'; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in changes)}): with nothing left to train, "
+                    f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
+                    "not made with. Start a new run with another train.output_dir, or raise train.epochs to "
+                    "continue this one under the new settings.")
+            try:
+                ckpt.load_model_weights(model, loaded.model_state, str(source))
+            except ckpt.CheckpointError as e:
+                raise ckpt.CheckpointError(f"{e}. {ckpt.another_run_hint(str(cfg.train.output_dir))}") from None
             optimizer.load_state_dict(loaded.optimizer_state)
             if loaded.scaler_state:
                 scaler.load_state_dict(loaded.scaler_state)
-            position = loaded.position
             if dist.is_main:
                 load_failures_total = float(loaded.extra.get("load_failures", 0.0))
             if dist.world_size == loaded.extra.get("world_size", dist.world_size):
@@ -234,7 +249,7 @@ class Trainer:
             will_train = position.step < total_steps and position.epoch < cfg.train.epochs
             if source is None or will_train:  # config.yaml records only settings that run
                 save_config(cfg, self.out_dir / "config.yaml")
-            if changes and will_train:  # checkpoint.resume=ignore_config: say what changed, and when
+            if changes:  # checkpoint.resume=ignore_config (something is left to train): what changed, and when
                 log.warning("resuming %s at step %d under changed settings: %s", source, position.step,
                             "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
                 with open(self.out_dir / "config_changes.jsonl", "a") as f:
@@ -253,7 +268,7 @@ class Trainer:
                 path = ckpt.save_checkpoint(
                     self.ckpt_dir, model, optimizer, scaler, pos, cfg_dict,
                     keep_last=cfg.checkpoint.keep_last,
-                    extra={"world_size": dist.world_size, "load_failures": failures,
+                    extra={"world_size": dist.world_size, "load_failures": failures, "task": task.name,
                            "eval_history": eval_history, "inputs_fingerprint": fingerprint},
                 )
             barrier()

@@ -1,7 +1,7 @@
 """Run outputs a person reads: JSONL metrics (always), TensorBoard (when installed), progress bar.
 
 TensorBoard events go to `<train.output_dir>/tensorboard/`; open every run under `runs/` with
-`tensorboard --logdir runs` (the `tensorboard` package comes with `pip install tgmae[tensorboard]`).
+`tensorboard --logdir runs` (the `tensorboard` package comes with `pip install -e ".[tensorboard]"` from the repository).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _warn_no_tensorboard(path: Path) -> None:
     if not _warned:
         _warned.append(True)
         log.warning("log.tensorboard=true but tensorboard is not installed: metrics go to %s only. "
-                    "Install it with `pip install tgmae[tensorboard]` (or set log.tensorboard=false)", path)
+                    "Install it from the repository folder with `pip install -e \".[tensorboard]\"` "
+                    "(or set log.tensorboard=false)", path)
 
 
 class MetricsLog:

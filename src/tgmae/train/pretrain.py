@@ -106,7 +106,9 @@ class PretrainTask:
         from tgmae.models.interop import detect_format
 
         m, path = self.cfg.model, self.cfg.model.pretrained
-        heads = {"num_heads": m.num_heads} if m.num_heads and detect_format(path) == "official" else {}
+        heads = {}
+        if detect_format(path) == "official":  # a .pth stores no head counts: the config's, if given
+            heads = {k: getattr(m, k) for k in ("num_heads", "decoder_heads") if getattr(m, k)}
         loaded = load_pretraining_model(path, **heads)
         check_checkpoint_geometry(m, loaded.arch, path, decoder=True)
         fields = ("embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth", "decoder_heads",
