@@ -373,3 +373,46 @@ def test_frame_index_is_cached_and_follows_file_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
     fi._memory.clear()
     assert fi.cache_dir() is None and probe_video(path).num_frames == 20
+
+
+def _cut(src: Path, dst: Path, frac: float) -> Path:
+    data = Path(src).read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "mjpeg_vfr.avi", "shared:mpeg4_nvop_bframes.avi",
+                                  "shared:mjpeg_vfr_gaps.avi"])
+def test_avi_cut_short_is_truncated(name, tmp_path_factory, tmp_path):
+    """An AVI cut partway loses its index at the end: FFmpeg's stream.duration shrinks to the
+    packets left while the header still declares its frames (time slots). That is `truncated`
+    with "N of M declared", also for a VFR AVI (whose intact file is ok) and at 90%."""
+    src = _kind_file(name, tmp_path_factory)
+    with av.open(str(src)) as c:
+        declared = c.streams.video[0].frames
+    assert video_verdict(src).kind == "ok"
+    for frac in (0.5, 0.9):
+        v = video_verdict(_cut(src, tmp_path / f"cut{frac}.avi", frac))
+        assert v.kind == "truncated" and f"of {declared} declared frames present" in v.reason, (frac, v)
+        assert v.reason.count(str(tmp_path)) == 1 and v.reason.count("truncated") == 1, v.reason
+
+
+def test_mp4_cut_with_decode_error_at_its_end_is_truncated(tmp_path):
+    """A faststart MP4 cut at 50%: the last packet is partial and fails to decode; that is the
+    truncation (its sample table declares 60 samples), not "undecodable frames"."""
+    full = tmp_path / "fs.mp4"
+    frames = _pattern(60, 64, 64)
+    with av.open(str(full), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        s.options = {"g": "10", "preset": "veryfast", "crf": "10"}
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert video_verdict(full).kind == "ok"
+    for frac in (0.5, 0.77):
+        v = video_verdict(_cut(full, tmp_path / "cut.mp4", frac))
+        assert v.kind == "truncated" and "of 60 declared frames present" in v.reason, (frac, v)

@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # bump when frame numbering or the stored index changes (clip caches key on it)
+INDEX_VERSION = 2  # bump when frame numbering or the stored index changes (clip caches key on it)
 _MEMORY_ENTRIES = 4096
 _memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 _lock = threading.Lock()  # captioning reads videos from a thread pool
@@ -102,6 +102,7 @@ def build_index(path: str) -> FrameIndex:
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoError(f"{path}: cannot open as a video ({e})", "unreadable") from None
     with c:
+        fmt = c.format.name
         if not c.streams.video:
             raise VideoError(f"{path}: no video stream", "no_video_stream")
         s = c.streams.video[0]
@@ -140,6 +141,12 @@ def build_index(path: str) -> FrameIndex:
         tb = float(s.time_base) if s.time_base else 0.0
         declared = float(s.duration * tb) if s.duration and tb else (
             c.duration / 1e6 if c.duration and len(c.streams) == 1 else 0.0)
+        declared_frames = int(s.frames or 0)  # AVI: time slots in the header; MP4: samples in the table
+        # an AVI cut short loses its index: stream.duration shrinks to the packets left (in time
+        # slots), while the header's slot count stays
+        avi_slots = int(s.duration or 0) if fmt == "avi" and tb and fps and abs(tb * fps - 1) < 1e-6 else 0
+        if declared_frames and fps:
+            declared = max(declared, declared_frames / fps)
         codec = s.codec_context.name
         w, h = s.codec_context.width, s.codec_context.height
     n = len(pts)
@@ -158,28 +165,47 @@ def build_index(path: str) -> FrameIndex:
     duration = declared or (n / fps if fps else 0.0)
     idx = FrameIndex(sorted_pts, np.asarray(keys, bool)[order], rank, exact, aligned, w, h, rotation,
                      fps, duration, codec)
-    idx.kind, idx.reason = _verdict(path, idx, bad, pkt_pts, demux_error, tb, fps, declared)
+    sample_table = fmt.startswith("mov")  # MP4 / MOV: stream.frames counts the samples stored
+    idx.kind, idx.reason = _verdict(idx, bad, pkt_pts, demux_error, tb, fps, declared, declared_frames,
+                                    sample_table, avi_slots)
     return idx
 
 
-def _verdict(path: str, idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, tb: float,
-             fps: float, declared: float) -> tuple[str, str]:
-    n = idx.num_frames
+_TAIL_PACKETS = 2  # decode errors only this close to the end of a file cut short = truncation
+
+
+def _verdict(idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, tb: float, fps: float,
+             declared: float, declared_frames: int, sample_table: bool, avi_slots: int = 0) -> tuple[str, str]:
+    """(kind, reason) of a decoded file; the reason names what happened, without the path.
+
+    Truncated: the frames' time stamps stop well short of the declared duration (an AVI's header
+    slot count / fps, or the stream duration), or an MP4 yields fewer packets than its sample table
+    holds, or an AVI's index ends before its header's slot count. Variable frame rate (few frames spread over the declared time) covers it and is fine.
+    A decode error only in the last packets of a truncated file is part of the truncation."""
+    n, npk = idx.num_frames, len(pkt_pts)
+    of = f" of {declared_frames} declared" if declared_frames else ""
     if demux_error:
-        return "truncated", f"{path}: truncated or corrupt: reading stopped after {n} frames ({demux_error})"
-    if bad:
-        where = sorted(set(bad))
-        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
-        return "undecodable", (f"{path}: undecodable frames at {where[:10]}{more} (coded frames in decode "
-                               f"order, from 0) of {len(pkt_pts)}")
-    if n == 0:
-        return "no_frames", f"{path}: no video frames"
-    if idx.exact_pts and tb and fps and declared > 0:
-        # a file whose frames stop well before its declared duration was cut off; variable frame
-        # rate (few frames spread over the duration) is fine: only the covered time counts
+        return "truncated", f"truncated or corrupt: reading stopped after {n}{of} frames ({demux_error})"
+    short = ""
+    if sample_table and declared_frames and npk < declared_frames:
+        short = f"{npk} of {declared_frames} declared packets present"
+    elif avi_slots and declared_frames and avi_slots < declared_frames - 1:
+        short = f"the file ends at time slot {avi_slots} of {declared_frames}"
+    elif idx.exact_pts and tb and fps and declared > 0 and n:
+        # a file whose frames stop well before its declared duration was cut off
         covered = float(idx.pts[-1] - idx.pts[0]) * tb + 1 / fps
         if covered < 0.9 * declared - 1 / fps:
-            return "truncated", f"{path}: truncated: frames cover {covered:.2f} s of {declared:.2f} s declared"
+            short = f"frames cover {covered:.2f} s of {declared:.2f} s declared"
+    where = sorted(set(bad))
+    if short and (not where or where[0] >= npk - _TAIL_PACKETS):
+        return "truncated", f"truncated: {n}{of} frames present ({short})"
+    if where:
+        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+        also = f"; also truncated ({short})" if short else ""
+        return "undecodable", (f"undecodable frames at {where[:10]}{more} (coded frames in decode order, "
+                               f"from 0) of {npk}{also}")
+    if n == 0:
+        return "no_frames", "no video frames"
     return "", ""
 
 

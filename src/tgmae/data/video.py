@@ -108,7 +108,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: zero-byte file", "zero_bytes")
         self._index: FrameIndex = frame_index(self.path)
         if self._index.kind:
-            raise VideoError(self._index.reason, self._index.kind)
+            raise VideoError(f"{self.path}: {self._index.reason}", self._index.kind)
 
     # ---------------------------------------------------------------- context management
     def close(self) -> None:
