@@ -416,3 +416,45 @@ def test_mp4_cut_with_decode_error_at_its_end_is_truncated(tmp_path):
     for frac in (0.5, 0.77):
         v = video_verdict(_cut(full, tmp_path / "cut.mp4", frac))
         assert v.kind == "truncated" and "of 60 declared frames present" in v.reason, (frac, v)
+
+
+def test_stale_frame_index_is_rebuilt_once_not_failed(tmp_path, monkeypatch):
+    """A file swapped under an identical cache key (simulated: another file's index served for
+    it) reads correctly: the read finds the decode differs, re-indexes once and decodes again."""
+    from tgmae.data import frame_index as fi
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_video(a, _pattern(20, 32, 32), fps=25, gop=5)
+    write_video(b, _pattern(12, 32, 32), fps=10, gop=4)
+    fi._memory.clear()
+    fi._memory[fi._key(str(a))] = fi.frame_index(str(b))  # stale: pts of another stream
+    ref = _full_decode(a)
+    with VideoReader(a) as r:
+        assert r.info.num_frames == 12
+        np.testing.assert_array_equal(r.read([3, 7])[1], ref[7])
+        assert r.info.num_frames == 20
+    assert fi.frame_index(str(a)).num_frames == 20
+
+
+def test_frame_index_key_changes_when_a_file_is_swapped_with_same_size_and_mtime(tmp_path):
+    """cp -p / tar / rsync -t: same size and mtime, other content -> other key (inode, ctime)."""
+    import os
+    import shutil
+
+    from tgmae.data import frame_index as fi
+    from tgmae.data.cache import _file_stat
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_video(a, _pattern(12, 32, 32), gop=4)
+    data = bytearray(a.read_bytes())
+    data[-1] ^= 1  # same size
+    b.write_bytes(bytes(data))
+    st = os.stat(a)
+    key_a, stat_a = fi._key(str(a)), _file_stat(str(a))
+    staged = tmp_path / "staged.mp4"
+    shutil.copyfile(b, staged)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(staged, a)  # as rsync -t / tar x do
+    assert os.stat(a).st_size == st.st_size and os.stat(a).st_mtime_ns == st.st_mtime_ns
+    assert fi._key(str(a)) != key_a and _file_stat(str(a)) != stat_a

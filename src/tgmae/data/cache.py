@@ -23,7 +23,9 @@ cache stores the decoded frames as they are: 2.25 MiB per 128 px x 48 frame vide
 
 Key: a SHA-256 over a cache format version, the PyAV version, the reader's frame numbering
 version (`tgmae.data.frame_index.INDEX_VERSION`) and, per path, (path, size in bytes,
-mtime in ns, lo, hi) - for frame folders the listing of their files with sizes and mtimes. The
+mtime in ns, inode, ctime in ns, lo, hi) - for frame folders the listing of their files with the
+same (`tgmae.data.fileid`: a video swapped for one with the same size and mtime, as `cp -p`,
+`tar` or `rsync -t` leave it, changes the key). The
 data settings that choose the records (format, root, annotations, split) enter through the paths
 and frame ranges; augmentation settings do not change what is stored. A disk cache is used only
 when its metadata holds exactly this key's inputs; otherwise it is rebuilt, with a log line naming
@@ -48,6 +50,7 @@ import numpy as np
 import torch
 
 from tgmae.data.annotations import VideoRecord
+from tgmae.data.fileid import entry_identity, file_identity
 from tgmae.data.video import VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -73,13 +76,13 @@ def default_cache_dir() -> Path:
 
 
 def _file_stat(path: str) -> list:
-    """(size, mtime_ns) of a file, the sorted listing with sizes and mtimes of a frame folder, or
-    None for a missing path (a missing video is an entry too: it must fail the same way)."""
+    """`file_identity` of a file (size, mtime, inode, ctime), the sorted listing of a frame folder
+    with each file's identity, or None for a missing path (a missing video is an entry too: it
+    must fail the same way)."""
     try:
         if os.path.isdir(path):
-            return sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in os.scandir(path) if e.is_file())
-        st = os.stat(path)
-        return [st.st_size, st.st_mtime_ns]
+            return sorted(entry_identity(e) for e in os.scandir(path) if e.is_file())
+        return file_identity(path)
     except OSError:
         return None  # type: ignore[return-value]
 

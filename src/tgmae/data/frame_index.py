@@ -8,10 +8,12 @@ frame. So `build_index` decodes every packet (no RGB conversion, deblocking skip
 not kept) and records each frame's pts, keyframe flag and decode position, plus the verdict:
 the file is usable, or why not (`VideoError.kind`).
 
-The index is cached per file, keyed by (real path, size, mtime_ns): in memory (LRU) and on disk
+The index is cached per file, keyed by (real path, size, mtime_ns, inode, ctime_ns) (see
+`tgmae.data.fileid`: a file swapped for one with the same size and mtime is re-indexed): in memory (LRU) and on disk
 under `$TGMAE_CACHE_DIR/frame_index` (default `$XDG_CACHE_HOME/tgmae` or `~/.cache/tgmae`;
 `TGMAE_CACHE_DIR=off` keeps it in memory only). An entry stores its key and is used only when
-the key matches, so a changed file is re-indexed. Cost: one decode of the file the first time
+the key matches, so a changed file is re-indexed; a read that finds the file decoding differently
+from its index rebuilds the index once (`VideoReader`). Cost: one decode of the file the first time
 (e.g. 0.1 s CPU for 250 frames at 640x272 H.264), 0.1-0.3 ms per open afterwards.
 """
 
@@ -30,9 +32,11 @@ from typing import Optional
 
 import numpy as np
 
+from tgmae.data.fileid import file_identity
+
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2  # bump when frame numbering or the stored index changes (clip caches key on it)
+INDEX_VERSION = 3  # bump when frame numbering or the stored index changes (clip caches key on it)
 _MEMORY_ENTRIES = 4096
 _memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 _lock = threading.Lock()  # captioning reads videos from a thread pool
@@ -211,8 +215,7 @@ def _verdict(idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, t
 
 # ---------------------------------------------------------------- caching
 def _key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    return (os.path.realpath(path), *file_identity(path))
 
 
 def cache_dir() -> Optional[Path]:
