@@ -51,6 +51,7 @@ import torch
 
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
+from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class _Entry:
     height: int
     width: int
     num_frames: int  # frames the video holds (what `VideoReader.info.num_frames` said)
-    error: str = ""  # non-empty: the video could not be read at build time
+    error: str = ""  # non-empty: the video could not be read at build time (path: what happened)
+    kind: str = ""  # its VideoError kind
 
 
 def default_cache_dir() -> Path:
@@ -113,8 +115,8 @@ def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 
 
-def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Optional[np.ndarray], int, str]:
-    """-> (frames uint8 [n, H, W, 3] or None, video frame count, error message)."""
+def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Optional[np.ndarray], int, tuple]:
+    """-> (frames uint8 [n, H, W, 3] or None, video frame count, (error message, kind))."""
     import av
 
     try:
@@ -122,10 +124,10 @@ def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Option
             total = reader.info.num_frames
             end = total if hi is None else min(hi, total)
             if end <= lo:
-                return np.zeros((0, 1, 1, 3), np.uint8), total, ""
-            return np.ascontiguousarray(reader.read(np.arange(lo, end))), total, ""
+                return np.zeros((0, 1, 1, 3), np.uint8), total, ("", "")
+            return np.ascontiguousarray(reader.read(np.arange(lo, end))), total, ("", "")
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
-        return None, 0, str(e) or type(e).__name__
+        return None, 0, (error_text(path, e), getattr(e, "kind", "undecodable"))
 
 
 class ClipCache:
@@ -163,7 +165,7 @@ class ClipCache:
         if e is None:
             raise KeyError(f"{path}: not in the decoded-clip cache {self.key}")
         if e.error:
-            raise VideoError(e.error)
+            raise VideoError(e.error, e.kind or "undecodable")
         return e
 
     def num_frames(self, path: str) -> int:
@@ -199,9 +201,9 @@ def _decode_all(spans: dict, threads: int, workers: int, desc: str):
             yield path, frames, total, err
 
 
-def _entry_for(path: str, lo: int, frames: Optional[np.ndarray], total: int, err: str, offset: int) -> _Entry:
+def _entry_for(path: str, lo: int, frames: Optional[np.ndarray], total: int, err: tuple, offset: int) -> _Entry:
     if frames is None:
-        return _Entry(offset, lo, 0, 1, 1, 0, err)
+        return _Entry(offset, lo, 0, 1, 1, 0, *err)
     n, h, w, _ = frames.shape
     return _Entry(offset, lo, n, h, w, total)
 

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from tgmae.config import DATASET_FORMATS
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
+from tgmae.data.frame_index import error_detail
 from tgmae.data.video import VideoError, VideoReader
 
 
@@ -48,7 +49,7 @@ def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int
         return ItemResult(index, rec.path, rec.video_id, kind, reason, n)
 
     if not (0 <= rec.label < num_classes):
-        return res("bad_label", f"label {rec.label} outside [0, {num_classes})")
+        return res("bad_label", f"bad label: {rec.label} outside [0, {num_classes})")
     try:
         with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
             n = r.info.num_frames
@@ -56,12 +57,12 @@ def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int
             end = n if rec.end_frame is None else min(rec.end_frame, n)
             if end - start < min_frames:
                 have = max(end - start, 0)
-                return res("too_short", f"{have} frames in range [{start}, {end}), need {min_frames}", n)
+                return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)
             r.read([start, (start + end - 1) // 2, end - 1])
     except VideoError as e:
-        return res(e.kind if e.kind in KINDS else "undecodable", str(e))
+        return res(e.kind if e.kind in KINDS else "undecodable", error_detail(rec.path, e))
     except (OSError, EOFError, av.FFmpegError) as e:
-        return res("undecodable", str(e))
+        return res("undecodable", error_detail(rec.path, e))
     return res("ok", "", n)
 
 
@@ -151,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
           f"{report['bad_rows']} bad annotation rows" + (f"; report: {args.out}" if args.out else ""))
     for item in report["items"][:10]:
-        print(f"  {item['kind']}: {item['path']}: {item['reason']}")
+        print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
     return 0

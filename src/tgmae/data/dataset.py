@@ -28,6 +28,7 @@ from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotation
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
+from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
 from tgmae.masking.base import MaskContext, MaskGenerator
@@ -96,7 +97,8 @@ class _RobustBase(Dataset):
         end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
         if end - start < self.min_frames:
             raise VideoError(
-                f"{rec.path}: too short: {max(end - start, 0)} frames in range, need {self.min_frames}", "too_short")
+                f"{rec.path}: too short: {max(end - start, 0)} frames in range [{start}, {end}), need {self.min_frames}",
+                "too_short")
         return start, end
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -112,7 +114,7 @@ class _RobustBase(Dataset):
                 self._note_failure(self.records[idx].path, e)
                 if not self.substitute:
                     return self._unreadable(index, e)
-                reasons.append(f"{self.records[idx].path}: {e}")
+                reasons.append(error_text(self.records[idx].path, e))
                 idx = int(torch.randint(len(self.records), (1,),
                                         generator=sample_generator(self.seed, epoch, index, attempt, 1)))
                 continue
@@ -128,7 +130,8 @@ class _RobustBase(Dataset):
         self.failures += 1
         if path not in _logged_paths:
             _logged_paths.add(path)
-            log.warning("unreadable video %s: %s (%s)", "replaced" if self.substitute else "left out", path, err)
+            log.warning("unreadable video %s: %s", "replaced" if self.substitute else "left out",
+                        error_text(path, err))
 
     def _unreadable(self, idx: int, err: BaseException) -> dict[str, Any]:
         """Placeholder for a video that cannot be read (substitute False): the shapes of a sample."""
@@ -138,7 +141,7 @@ class _RobustBase(Dataset):
         sample = self._base_sample(idx, rec)
         sample.update(video=torch.zeros(*lead, 3, t, size, size), frame_indices=torch.zeros(*lead, t, dtype=torch.int64),
                       crop=torch.zeros(*lead, 7), caption_id=torch.tensor(-1, dtype=torch.int64), load_failures=1,
-                      unreadable=True, load_error=f"{rec.path}: {err}")
+                      unreadable=True, load_error=error_text(rec.path, err))
         if getattr(self, "mask_generator", None) is not None:
             sample["mask"] = torch.zeros(math.prod(self.token_grid), dtype=torch.bool)
         return sample

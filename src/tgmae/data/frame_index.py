@@ -55,6 +55,25 @@ class VideoError(RuntimeError):
         self.kind = kind
 
 
+def plain(err: BaseException) -> str:
+    """An error's message without the file name FFmpeg / OSError append (the caller names it)."""
+    if getattr(err, "filename", None) and getattr(err, "strerror", None):
+        return str(err.strerror)
+    return str(err) or type(err).__name__
+
+
+def error_text(path, err: BaseException) -> str:
+    """One line for a video that failed: the path once, then what happened (the kind once).
+    A VideoError's message already starts with its path; other errors get it prefixed."""
+    msg = plain(err)
+    return msg if msg.startswith(f"{path}:") else f"{path}: {msg}"
+
+
+def error_detail(path, err: BaseException) -> str:
+    """`error_text` without the leading path (for reports that show the path in its own field)."""
+    return error_text(path, err)[len(str(path)) + 2:]
+
+
 @dataclass
 class FrameIndex:
     """Frames a file presents. pts: int64 [N] sorted presentation time stamps (stream time base);
@@ -104,7 +123,7 @@ def build_index(path: str) -> FrameIndex:
     try:
         c = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise VideoError(f"{path}: cannot open as a video ({e})", "unreadable") from None
+        raise VideoError(f"{path}: cannot open as a video ({plain(e)})", "unreadable") from None
     with c:
         fmt = c.format.name
         if not c.streams.video:
@@ -124,7 +143,7 @@ def build_index(path: str) -> FrameIndex:
             except StopIteration:
                 break
             except (av.FFmpegError, OSError) as e:
-                demux_error = str(e)
+                demux_error = plain(e)
                 break
             if pkt.size == 0 and pkt.pts is not None:
                 continue  # an empty time slot (AVI): nothing to decode; never send it (it drains)
@@ -303,4 +322,4 @@ def forget(path: str) -> None:
             pass
 
 
-__all__ = ["FrameIndex", "VideoError", "KINDS", "build_index", "frame_index", "forget", "cache_dir"]
+__all__ = ["FrameIndex", "VideoError", "KINDS", "error_text", "error_detail", "build_index", "frame_index", "forget", "cache_dir"]

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tgmae.data.frame_folder import IMAGE_EXTS, FrameFolder
-from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index
+from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index, plain
 from tgmae.data.motion_vectors import block_motion
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class VideoReader:
         try:
             self._container = av.open(self.path, metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise VideoError(f"{self.path}: cannot open as a video ({e})", "unreadable") from None
+            raise VideoError(f"{self.path}: cannot open as a video ({plain(e)})", "unreadable") from None
         self._stream = self._container.streams.video[0]
         cc = self._stream.codec_context
         if self.threads != 1 or self.thread_type != "NONE":
