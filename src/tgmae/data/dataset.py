@@ -160,7 +160,9 @@ class VideoDataset(_RobustBase):
       resized crop + flip + RandAugment + random erasing); otherwise the centre clip, centre crop.
     token_grid / mask_generator: with a generator, each sample carries `mask` [N] bool.
     captions: provider of (caption_id, text_embedding) per video; `caption_id` -1 without one.
-    With `cfg.with_motion` and a mask generator, `MaskContext.motion` is the codec block motion
+    With `cfg.with_motion` and a mask generator, or a generator that needs them (MGM with
+      motion_source "codec": reading is turned on, logged once; with a decoded-clip cache, which
+      holds none, that is a ConfigError), `MaskContext.motion` is the codec block motion
       float32 [T, Hb, Wb, 2] of the sampled source frames (zeros on I-frames; None for frame
       folders, which carry no motion vectors).
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
@@ -192,12 +194,21 @@ class VideoDataset(_RobustBase):
                                                scales=cfg.crop_scales)
         else:
             raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
+        # codec motion vectors: asked for (data.with_motion) or needed by the mask generator (MGM)
+        needs = bool(getattr(mask_generator, "needs_motion", False))
+        self.read_motion = mask_generator is not None and (cfg.with_motion or needs)
+        if needs and not cfg.with_motion:
+            if cache is not None or cfg.cache != "none":
+                raise ConfigError(f"masking.name=mgm reads codec motion vectors (masking.motion_source=codec), "
+                                  f"which the decoded-clip cache (data.cache={cfg.cache!r}) does not hold: set "
+                                  "data.cache=none, or masking.motion_source=framediff")
+            log.info("masking.name=mgm: reading codec motion vectors (data.with_motion turned on)")
         self.cache = cache if cache is not None else build_clip_cache(
             self.records, cfg.cache, cfg.cache_dir, threads=self.reader_threads, workers=cfg.num_workers)
 
     def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
         rec, cfg = self.records[idx], self.cfg
-        want_motion = cfg.with_motion and self.mask_generator is not None
+        want_motion = self.read_motion
         if self.cache is not None:  # same indices, same frames, same generator draws as below
             start, end = self._frame_range(rec, self.cache.num_frames(rec.path))
             fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,

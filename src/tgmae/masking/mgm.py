@@ -91,6 +91,8 @@ class MotionGuidedMask:
         self.ratio, self.motion_source = ratio, motion_source
         self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
         self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
+        # the dataset reads codec motion vectors for a generator that asks for them
+        self.needs_motion = motion_source == "codec"
 
     def token_motion(self, ctx: MaskContext) -> tuple[torch.Tensor, str]:
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""
