@@ -41,14 +41,15 @@ class ItemResult:
     num_frames: int = 0
 
 
-def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int) -> ItemResult:
-    """Open, count and spot-decode one record; classify what is wrong with it, if anything."""
+def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_frames: int) -> ItemResult:
+    """Open, count and spot-decode one record; classify what is wrong with it, if anything
+    (num_classes None: labels are not checked)."""
     import av
 
     def res(kind: str, reason: str = "", n: int = 0) -> ItemResult:
         return ItemResult(index, rec.path, rec.video_id, kind, reason, n)
 
-    if not (0 <= rec.label < num_classes):
+    if num_classes is not None and not (0 <= rec.label < num_classes):
         return res("bad_label", f"bad label: {rec.label} outside [0, {num_classes})")
     try:
         with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
@@ -68,6 +69,17 @@ def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int
 
 def _work(args: tuple) -> ItemResult:
     return check_record(*args)
+
+
+def unreadable_records(records: Sequence[VideoRecord], min_frames: int, workers: int = 1) -> list[ItemResult]:
+    """The records a reader would refuse (any kind but ok: missing, truncated, too short, ...),
+    checked `workers` at a time (threads: decoding releases the GIL). Each file's frame index is
+    built here once and cached, so the reads that follow cost no extra decode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(i, r, None, min_frames) for i, r in enumerate(records)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [r for r in pool.map(_work, jobs) if r.kind != "ok"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,4 +170,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["main", "run_check", "check_record", "ItemResult"]
+__all__ = ["main", "run_check", "check_record", "unreadable_records", "ItemResult"]
