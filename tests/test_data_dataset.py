@@ -318,3 +318,28 @@ def test_mgm_turns_motion_vector_reading_on(root, caplog):
     plain = VideoDataset(recs[:2], _cfg(cache="memory"), train=True, token_grid=(2, 2, 2),
                          mask_generator=MotionGuidedMask(0.5, "framediff"))
     assert not plain.read_motion
+
+
+def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
+    """Two DataLoader workers, two epochs (fresh workers each): broken.mp4 is logged once."""
+    import logging
+
+    from torch.utils.data import DataLoader
+
+    recs, _ = _records(root)
+    broken = [r for r in recs if r.path.endswith("broken.mp4")]
+    good = [r for r in recs if r.path.endswith("walk.mp4")]
+    ds = VideoDataset([*broken * 2, *good * 3], _cfg(max_load_retries=50), train=True)
+    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
+    logger = logging.getLogger("tgmae.data.dataset")
+    logger.addHandler(handler)
+    try:
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
+                pass
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "unreadable video" in l]
+    assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines

@@ -4,7 +4,8 @@
 `MultiViewDataset` gives every temporal x spatial test view of a video. Randomness per sample
 comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so samples do not depend
 on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
-corrupt, truncated, too short) are logged once per path, counted, and replaced by another index
+corrupt, truncated, too short) are logged once per path and run (DataLoader workers share the
+table, `tgmae.data.seen`), counted, and replaced by another index
 drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
 With `data.cache=memory|disk`, `VideoDataset` takes the frames from a decoded-clip cache
 (`tgmae.data.cache`) built when the dataset is made; samples are identical to the video path's.
@@ -27,6 +28,7 @@ from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
+from tgmae.data.seen import SeenVideos
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
@@ -35,7 +37,6 @@ from tgmae.masking.base import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
 
-_logged_paths: set[str] = set()  # per process: each bad path is logged once
 
 
 class VideoLoadError(RuntimeError, UserError):
@@ -75,6 +76,7 @@ class _RobustBase(Dataset):
         self.cfg = cfg
         self.seed = seed
         self.min_frames = cfg.num_frames if min_frames is None else min_frames
+        self._logged = SeenVideos()  # unreadable paths already logged, by any worker
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # workers see set_epoch
         self.failures = 0  # in this process; DataLoader users sum the samples' load_failures
         self._errors = _load_errors()
@@ -128,8 +130,7 @@ class _RobustBase(Dataset):
 
     def _note_failure(self, path: str, err: BaseException) -> None:
         self.failures += 1
-        if path not in _logged_paths:
-            _logged_paths.add(path)
+        if self._logged.first_time(path):  # once per run: the table is shared with the workers
             log.warning("unreadable video %s: %s", "replaced" if self.substitute else "left out",
                         error_text(path, err))
 
