@@ -250,6 +250,19 @@ def synth(tmp_path_factory):
     return root
 
 
+def _finetune_yaml(tmp_path, root, views: int, **sections) -> Path:
+    """A one-epoch finetune config over the synthetic csv set at `root` (views x views test)."""
+    config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
+                       "num_workers": 0, "test_temporal_views": views, "test_spatial_views": views},
+              "model": {"patch_size": 8},
+              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}, **sections}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     from tgmae.evaluate.finetune import main as finetune_main
     from tgmae.evaluate.multiview import main as evaluate_main
@@ -257,14 +270,7 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
     torch.manual_seed(0)
     pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
-    config = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",
-                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
-                       "num_workers": 0, "test_temporal_views": 2, "test_spatial_views": 2},
-              "model": {"patch_size": 8},
-              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
-              "log": {"progress": False, "tensorboard": False}}
-    path = tmp_path / "ft.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _finetune_yaml(tmp_path, synth, views=2)
     run = tmp_path / "ft"
     assert finetune_main(["-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 0
     saved = load_config(run / "config.yaml")
@@ -377,14 +383,7 @@ def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, 
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
     torch.manual_seed(0)
     pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
-    config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
-                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
-                       "num_workers": 0, "test_temporal_views": 1, "test_spatial_views": 1},
-              "model": {"patch_size": 8}, "eval": {"strict": True},
-              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
-              "log": {"progress": False, "tensorboard": False}}
-    path = tmp_path / "ft.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _finetune_yaml(tmp_path, root, views=1, eval={"strict": True})
     run = tmp_path / "ft"
     capsys.readouterr()
     assert main(["finetune", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 2
