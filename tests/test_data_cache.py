@@ -96,8 +96,12 @@ def test_cache_holds_only_the_sampled_span_and_reads_exact_frames(records):
     assert np.array_equal(part.read(a, [5, 24]), read_frames(a, [5, 24]))
     from tgmae.data.video import VideoError
 
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError) as err:
         c.num_frames(records[2].path)  # broken: the build-time error, raised when drawn
+    with pytest.raises(VideoError) as direct:
+        read_frames(records[2].path, [0])
+    assert (err.value.kind, str(err.value)) == (direct.value.kind, str(direct.value))  # same verdict
+    assert str(err.value).count(records[2].path) == 1
 
 
 def test_disk_cache_is_reused_and_never_stale(records, tmp_path, monkeypatch, caplog):

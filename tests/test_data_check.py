@@ -135,7 +135,9 @@ def test_one_verdict_everywhere(tmp_path, caplog):
         assert checked.kind == want[name], checked
         with pytest.raises(VideoError) as e:
             load_keyframes(rec, 4)
-        assert (e.value.kind, str(e.value)) == (checked.kind, checked.reason)
+        assert (e.value.kind, str(e.value)) == (checked.kind, f"{path}: {checked.reason}")
+        # one clean message: the path once (in its own field), the kind once
+        assert str(path) not in checked.reason and checked.reason.count(checked.kind) == 1, checked.reason
     # training: the bad ones are replaced, the log names the same reason
     recs = [VideoRecord(str(p), 0, n) for n, p in {**bad, **good}.items()]
     ds = VideoDataset(recs, DataConfig(num_frames=8, frame_stride=1, image_size=32), train=False)
@@ -145,3 +147,10 @@ def test_one_verdict_everywhere(tmp_path, caplog):
     assert all(isinstance(s["video"], torch.Tensor) for s in samples)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "undecodable frames at [3]" in logged and "truncated" in logged
+    for r in caplog.records:  # path once, kind once
+        msg = r.getMessage()
+        for p in bad.values():
+            assert msg.count(str(p)) <= 1, msg
+    ds.substitute = False  # evaluation: the reason in load_error (results JSON, strict errors)
+    err = ds[1]["load_error"]
+    assert err.count(str(bad["cut.mkv"])) == 1 and err.count("truncated") == 1, err

@@ -291,3 +291,55 @@ def test_evaluation_mode_reports_an_unreadable_video_instead_of_replacing_it(roo
     assert batch["index"].tolist() == [0, 1, 2, 3]  # no video stands in for another
     ds.substitute = True
     assert ds[3]["video_id"] != "broken"  # training keeps replacing (counted in load_failures)
+
+
+def test_mgm_turns_motion_vector_reading_on(root, caplog):
+    """masking.name=mgm (codec source) with data.with_motion=false (the default) reads the codec's
+    vectors, logs that once and never the false "no codec motion vectors" fallback warning; with
+    a decoded-clip cache (which holds none) it is a ConfigError naming the keys."""
+    import logging
+
+    from tgmae.config import ConfigError
+    from tgmae.masking.mgm import MotionGuidedMask
+
+    recs, _ = _records(root)
+    with caplog.at_level(logging.INFO):
+        ds = VideoDataset(recs[:2], _cfg(), train=True, token_grid=(2, 2, 2), mask_generator=MotionGuidedMask(0.5))
+        for i in range(2):
+            ds[i]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("reading codec motion vectors" in m for m in msgs) == 1
+    assert not any("no codec motion vectors" in m for m in msgs), msgs
+    _, _, motion = ds._decode(recs[0], torch.Generator().manual_seed(0), ds.read_motion)
+    assert motion is not None and motion.abs().sum() > 0
+    with pytest.raises(ConfigError, match="data.cache='memory'"):
+        VideoDataset(recs[:2], _cfg(cache="memory"), train=True, token_grid=(2, 2, 2),
+                     mask_generator=MotionGuidedMask(0.5))
+    plain = VideoDataset(recs[:2], _cfg(cache="memory"), train=True, token_grid=(2, 2, 2),
+                         mask_generator=MotionGuidedMask(0.5, "framediff"))
+    assert not plain.read_motion
+
+
+def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
+    """Two DataLoader workers, two epochs (fresh workers each): broken.mp4 is logged once."""
+    import logging
+
+    from torch.utils.data import DataLoader
+
+    recs, _ = _records(root)
+    broken = [r for r in recs if r.path.endswith("broken.mp4")]
+    good = [r for r in recs if r.path.endswith("walk.mp4")]
+    ds = VideoDataset([*broken * 2, *good * 3], _cfg(max_load_retries=50), train=True)
+    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
+    logger = logging.getLogger("tgmae.data.dataset")
+    logger.addHandler(handler)
+    try:
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
+                pass
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "unreadable video" in l]
+    assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines

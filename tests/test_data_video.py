@@ -373,3 +373,88 @@ def test_frame_index_is_cached_and_follows_file_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
     fi._memory.clear()
     assert fi.cache_dir() is None and probe_video(path).num_frames == 20
+
+
+def _cut(src: Path, dst: Path, frac: float) -> Path:
+    data = Path(src).read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+@pytest.mark.parametrize("name", ["mpeg4_bframes.avi", "mjpeg_vfr.avi", "shared:mpeg4_nvop_bframes.avi",
+                                  "shared:mjpeg_vfr_gaps.avi"])
+def test_avi_cut_short_is_truncated(name, tmp_path_factory, tmp_path):
+    """An AVI cut partway loses its index at the end: FFmpeg's stream.duration shrinks to the
+    packets left while the header still declares its frames (time slots). That is `truncated`
+    with "N of M declared", also for a VFR AVI (whose intact file is ok) and at 90%."""
+    src = _kind_file(name, tmp_path_factory)
+    with av.open(str(src)) as c:
+        declared = c.streams.video[0].frames
+    assert video_verdict(src).kind == "ok"
+    for frac in (0.5, 0.9):
+        v = video_verdict(_cut(src, tmp_path / f"cut{frac}.avi", frac))
+        assert v.kind == "truncated" and f"of {declared} declared frames present" in v.reason, (frac, v)
+        assert v.reason.count(str(tmp_path)) == 1 and v.reason.count("truncated") == 1, v.reason
+
+
+def test_mp4_cut_with_decode_error_at_its_end_is_truncated(tmp_path):
+    """A faststart MP4 cut at 50%: the last packet is partial and fails to decode; that is the
+    truncation (its sample table declares 60 samples), not "undecodable frames"."""
+    full = tmp_path / "fs.mp4"
+    frames = _pattern(60, 64, 64)
+    with av.open(str(full), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        s.options = {"g": "10", "preset": "veryfast", "crf": "10"}
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert video_verdict(full).kind == "ok"
+    for frac in (0.5, 0.77):
+        v = video_verdict(_cut(full, tmp_path / "cut.mp4", frac))
+        assert v.kind == "truncated" and "of 60 declared frames present" in v.reason, (frac, v)
+
+
+def test_stale_frame_index_is_rebuilt_once_not_failed(tmp_path, monkeypatch):
+    """A file swapped under an identical cache key (simulated: another file's index served for
+    it) reads correctly: the read finds the decode differs, re-indexes once and decodes again."""
+    from tgmae.data import frame_index as fi
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_video(a, _pattern(20, 32, 32), fps=25, gop=5)
+    write_video(b, _pattern(12, 32, 32), fps=10, gop=4)
+    fi._memory.clear()
+    fi._memory[fi._key(str(a))] = fi.frame_index(str(b))  # stale: pts of another stream
+    ref = _full_decode(a)
+    with VideoReader(a) as r:
+        assert r.info.num_frames == 12
+        np.testing.assert_array_equal(r.read([3, 7])[1], ref[7])
+        assert r.info.num_frames == 20
+    assert fi.frame_index(str(a)).num_frames == 20
+
+
+def test_frame_index_key_changes_when_a_file_is_swapped_with_same_size_and_mtime(tmp_path):
+    """cp -p / tar / rsync -t: same size and mtime, other content -> other key (inode, ctime)."""
+    import os
+    import shutil
+
+    from tgmae.data import frame_index as fi
+    from tgmae.data.cache import _file_stat
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_video(a, _pattern(12, 32, 32), gop=4)
+    data = bytearray(a.read_bytes())
+    data[-1] ^= 1  # same size
+    b.write_bytes(bytes(data))
+    st = os.stat(a)
+    key_a, stat_a = fi._key(str(a)), _file_stat(str(a))
+    staged = tmp_path / "staged.mp4"
+    shutil.copyfile(b, staged)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(staged, a)  # as rsync -t / tar x do
+    assert os.stat(a).st_size == st.st_size and os.stat(a).st_mtime_ns == st.st_mtime_ns
+    assert fi._key(str(a)) != key_a and _file_stat(str(a)) != stat_a

@@ -250,6 +250,19 @@ def synth(tmp_path_factory):
     return root
 
 
+def _finetune_yaml(tmp_path, root, views: int, **sections) -> Path:
+    """A one-epoch finetune config over the synthetic csv set at `root` (views x views test)."""
+    config = {"data": {"format": "csv", "root": str(root), "train_annotations": "train.csv",
+                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
+                       "num_workers": 0, "test_temporal_views": views, "test_spatial_views": views},
+              "model": {"patch_size": 8},
+              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}, **sections}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     from tgmae.evaluate.finetune import main as finetune_main
     from tgmae.evaluate.multiview import main as evaluate_main
@@ -257,14 +270,7 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
     torch.manual_seed(0)
     pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
-    config = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",
-                       "val_annotations": "val.csv", "num_frames": 4, "frame_stride": 2, "image_size": 32,
-                       "num_workers": 0, "test_temporal_views": 2, "test_spatial_views": 2},
-              "model": {"patch_size": 8},
-              "train": {"batch_size": 4, "epochs": 1, "precision": "fp32"},
-              "log": {"progress": False, "tensorboard": False}}
-    path = tmp_path / "ft.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _finetune_yaml(tmp_path, synth, views=2)
     run = tmp_path / "ft"
     assert finetune_main(["-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 0
     saved = load_config(run / "config.yaml")
@@ -359,3 +365,29 @@ def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp
     save_pretraining_model(pretrainer(seed=1), path)
     with pytest.raises(ckpt.CheckpointError, match="inputs differ.*model.pretrained"):
         finetune(cfg, **data)
+
+
+def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, tmp_path, capsys):
+    """eval.strict=true with unreadable val/test videos: one line, exit 2, before any training step
+    (no metrics, no checkpoints); the same run without them trains and tests."""
+    import shutil
+
+    from tgmae.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    header, *rows = (root / "val.csv").read_text().strip().splitlines()
+    broken = rows[0].split(",")[0]
+    data = (root / broken).read_bytes()
+    (root / broken).write_bytes(data[: len(data) // 2])  # cut short
+    arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
+    path = _finetune_yaml(tmp_path, root, views=1, eval={"strict": True})
+    run = tmp_path / "ft"
+    capsys.readouterr()
+    assert main(["finetune", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "eval.strict=true: 1 of" in err and err.count(str(root / broken)) == 1, err
+    assert "cannot open as a video" in err  # (a non-faststart MP4 cut short loses its moov)
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()

@@ -139,6 +139,13 @@ def test_linear_probe_with_lars_learns_and_writes_results(checkpoint, tmp_path):
 
     state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints")).optimizer_state
     assert all("mu" in s for s in state["state"].values())  # LARS momentum buffers, not AdamW's
+    # the probe run is no encoder: loading it as one names what it is and the encoder to pass
+    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.interop import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"without a video encoder, only bn, head \(a linear probe's.*"
+                                              r"model\.pretrained="):
+        load_encoder_source(tmp_path / "probe")
 
 
 @pytest.fixture(scope="module")

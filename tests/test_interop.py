@@ -193,8 +193,21 @@ def test_unknown_layout_names_keys(tmp_path):
 def test_corrupted_and_missing_files_fail_clearly(tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read .*broken.pth as a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="broken.pth: not a checkpoint"):
         load_pretraining_model(bad)
+    from tgmae.data.video import write_video
+    from tgmae.evaluate.sources import load_encoder_source
+
+    video = tmp_path / "clip.avi"  # a video given as the checkpoint: said so, not an IndexError
+    write_video(video, torch.zeros(4, 32, 32, 3, dtype=torch.uint8).numpy(), codec="mpeg4")
+    for load in (load_pretraining_model, load_encoder_source):
+        with pytest.raises(CheckpointError, match=r"clip.avi: not a checkpoint \(neither"):
+            load(video)
+    pickled = tmp_path / "pickled.pth"  # a real pickle that is no checkpoint: one line
+    pickled.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(CheckpointError, match="cannot read .*pickled.pth as a torch checkpoint") as e:
+        load_pretraining_model(pickled)
+    assert "\n" not in str(e.value)
     ours = tiny_ours()
     good = save_pretraining_model(ours, tmp_path / "m.safetensors")
     cut = tmp_path / "cut.safetensors"

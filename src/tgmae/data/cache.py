@@ -23,7 +23,9 @@ cache stores the decoded frames as they are: 2.25 MiB per 128 px x 48 frame vide
 
 Key: a SHA-256 over a cache format version, the PyAV version, the reader's frame numbering
 version (`tgmae.data.frame_index.INDEX_VERSION`) and, per path, (path, size in bytes,
-mtime in ns, lo, hi) - for frame folders the listing of their files with sizes and mtimes. The
+mtime in ns, inode, ctime in ns, lo, hi) - for frame folders the listing of their files with the
+same (`tgmae.data.fileid`: a video swapped for one with the same size and mtime, as `cp -p`,
+`tar` or `rsync -t` leave it, changes the key). The
 data settings that choose the records (format, root, annotations, split) enter through the paths
 and frame ranges; augmentation settings do not change what is stored. A disk cache is used only
 when its metadata holds exactly this key's inputs; otherwise it is rebuilt, with a log line naming
@@ -48,6 +50,8 @@ import numpy as np
 import torch
 
 from tgmae.data.annotations import VideoRecord
+from tgmae.data.fileid import entry_identity, file_identity
+from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,8 @@ class _Entry:
     height: int
     width: int
     num_frames: int  # frames the video holds (what `VideoReader.info.num_frames` said)
-    error: str = ""  # non-empty: the video could not be read at build time
+    error: str = ""  # non-empty: the video could not be read at build time (path: what happened)
+    kind: str = ""  # its VideoError kind
 
 
 def default_cache_dir() -> Path:
@@ -73,13 +78,13 @@ def default_cache_dir() -> Path:
 
 
 def _file_stat(path: str) -> list:
-    """(size, mtime_ns) of a file, the sorted listing with sizes and mtimes of a frame folder, or
-    None for a missing path (a missing video is an entry too: it must fail the same way)."""
+    """`file_identity` of a file (size, mtime, inode, ctime), the sorted listing of a frame folder
+    with each file's identity, or None for a missing path (a missing video is an entry too: it
+    must fail the same way)."""
     try:
         if os.path.isdir(path):
-            return sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in os.scandir(path) if e.is_file())
-        st = os.stat(path)
-        return [st.st_size, st.st_mtime_ns]
+            return sorted(entry_identity(e) for e in os.scandir(path) if e.is_file())
+        return file_identity(path)
     except OSError:
         return None  # type: ignore[return-value]
 
@@ -110,8 +115,8 @@ def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 
 
-def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Optional[np.ndarray], int, str]:
-    """-> (frames uint8 [n, H, W, 3] or None, video frame count, error message)."""
+def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Optional[np.ndarray], int, tuple]:
+    """-> (frames uint8 [n, H, W, 3] or None, video frame count, (error message, kind))."""
     import av
 
     try:
@@ -119,10 +124,10 @@ def _decode(path: str, lo: int, hi: Optional[int], threads: int) -> tuple[Option
             total = reader.info.num_frames
             end = total if hi is None else min(hi, total)
             if end <= lo:
-                return np.zeros((0, 1, 1, 3), np.uint8), total, ""
-            return np.ascontiguousarray(reader.read(np.arange(lo, end))), total, ""
+                return np.zeros((0, 1, 1, 3), np.uint8), total, ("", "")
+            return np.ascontiguousarray(reader.read(np.arange(lo, end))), total, ("", "")
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
-        return None, 0, str(e) or type(e).__name__
+        return None, 0, (error_text(path, e), getattr(e, "kind", "undecodable"))
 
 
 class ClipCache:
@@ -160,7 +165,7 @@ class ClipCache:
         if e is None:
             raise KeyError(f"{path}: not in the decoded-clip cache {self.key}")
         if e.error:
-            raise VideoError(e.error)
+            raise VideoError(e.error, e.kind or "undecodable")
         return e
 
     def num_frames(self, path: str) -> int:
@@ -196,9 +201,9 @@ def _decode_all(spans: dict, threads: int, workers: int, desc: str):
             yield path, frames, total, err
 
 
-def _entry_for(path: str, lo: int, frames: Optional[np.ndarray], total: int, err: str, offset: int) -> _Entry:
+def _entry_for(path: str, lo: int, frames: Optional[np.ndarray], total: int, err: tuple, offset: int) -> _Entry:
     if frames is None:
-        return _Entry(offset, lo, 0, 1, 1, 0, err)
+        return _Entry(offset, lo, 0, 1, 1, 0, *err)
     n, h, w, _ = frames.shape
     return _Entry(offset, lo, n, h, w, total)
 

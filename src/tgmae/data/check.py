@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from tgmae.config import DATASET_FORMATS
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
+from tgmae.data.frame_index import error_detail
 from tgmae.data.video import VideoError, VideoReader
 
 
@@ -40,15 +41,16 @@ class ItemResult:
     num_frames: int = 0
 
 
-def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int) -> ItemResult:
-    """Open, count and spot-decode one record; classify what is wrong with it, if anything."""
+def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_frames: int) -> ItemResult:
+    """Open, count and spot-decode one record; classify what is wrong with it, if anything
+    (num_classes None: labels are not checked)."""
     import av
 
     def res(kind: str, reason: str = "", n: int = 0) -> ItemResult:
         return ItemResult(index, rec.path, rec.video_id, kind, reason, n)
 
-    if not (0 <= rec.label < num_classes):
-        return res("bad_label", f"label {rec.label} outside [0, {num_classes})")
+    if num_classes is not None and not (0 <= rec.label < num_classes):
+        return res("bad_label", f"bad label: {rec.label} outside [0, {num_classes})")
     try:
         with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
             n = r.info.num_frames
@@ -56,17 +58,28 @@ def check_record(index: int, rec: VideoRecord, num_classes: int, min_frames: int
             end = n if rec.end_frame is None else min(rec.end_frame, n)
             if end - start < min_frames:
                 have = max(end - start, 0)
-                return res("too_short", f"{have} frames in range [{start}, {end}), need {min_frames}", n)
+                return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)
             r.read([start, (start + end - 1) // 2, end - 1])
     except VideoError as e:
-        return res(e.kind if e.kind in KINDS else "undecodable", str(e))
+        return res(e.kind if e.kind in KINDS else "undecodable", error_detail(rec.path, e))
     except (OSError, EOFError, av.FFmpegError) as e:
-        return res("undecodable", str(e))
+        return res("undecodable", error_detail(rec.path, e))
     return res("ok", "", n)
 
 
 def _work(args: tuple) -> ItemResult:
     return check_record(*args)
+
+
+def unreadable_records(records: Sequence[VideoRecord], min_frames: int, workers: int = 1) -> list[ItemResult]:
+    """The records a reader would refuse (any kind but ok: missing, truncated, too short, ...),
+    checked `workers` at a time (threads: decoding releases the GIL). Each file's frame index is
+    built here once and cached, so the reads that follow cost no extra decode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(i, r, None, min_frames) for i, r in enumerate(records)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [r for r in pool.map(_work, jobs) if r.kind != "ok"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,10 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
           f"{report['bad_rows']} bad annotation rows" + (f"; report: {args.out}" if args.out else ""))
     for item in report["items"][:10]:
-        print(f"  {item['kind']}: {item['path']}: {item['reason']}")
+        print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
     return 0
 
 
-__all__ = ["main", "run_check", "check_record", "ItemResult"]
+__all__ = ["main", "run_check", "check_record", "unreadable_records", "ItemResult"]

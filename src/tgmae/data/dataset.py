@@ -4,7 +4,8 @@
 `MultiViewDataset` gives every temporal x spatial test view of a video. Randomness per sample
 comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so samples do not depend
 on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
-corrupt, truncated, too short) are logged once per path, counted, and replaced by another index
+corrupt, truncated, too short) are logged once per path and run (DataLoader workers share the
+table, `tgmae.data.seen`), counted, and replaced by another index
 drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
 With `data.cache=memory|disk`, `VideoDataset` takes the frames from a decoded-clip cache
 (`tgmae.data.cache`) built when the dataset is made; samples are identical to the video path's.
@@ -27,14 +28,15 @@ from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
+from tgmae.data.seen import SeenVideos
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
+from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
 from tgmae.masking.base import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
 
-_logged_paths: set[str] = set()  # per process: each bad path is logged once
 
 
 class VideoLoadError(RuntimeError, UserError):
@@ -74,6 +76,7 @@ class _RobustBase(Dataset):
         self.cfg = cfg
         self.seed = seed
         self.min_frames = cfg.num_frames if min_frames is None else min_frames
+        self._logged = SeenVideos()  # unreadable paths already logged, by any worker
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # workers see set_epoch
         self.failures = 0  # in this process; DataLoader users sum the samples' load_failures
         self._errors = _load_errors()
@@ -96,7 +99,8 @@ class _RobustBase(Dataset):
         end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
         if end - start < self.min_frames:
             raise VideoError(
-                f"{rec.path}: too short: {max(end - start, 0)} frames in range, need {self.min_frames}", "too_short")
+                f"{rec.path}: too short: {max(end - start, 0)} frames in range [{start}, {end}), need {self.min_frames}",
+                "too_short")
         return start, end
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -112,7 +116,7 @@ class _RobustBase(Dataset):
                 self._note_failure(self.records[idx].path, e)
                 if not self.substitute:
                     return self._unreadable(index, e)
-                reasons.append(f"{self.records[idx].path}: {e}")
+                reasons.append(error_text(self.records[idx].path, e))
                 idx = int(torch.randint(len(self.records), (1,),
                                         generator=sample_generator(self.seed, epoch, index, attempt, 1)))
                 continue
@@ -126,9 +130,9 @@ class _RobustBase(Dataset):
 
     def _note_failure(self, path: str, err: BaseException) -> None:
         self.failures += 1
-        if path not in _logged_paths:
-            _logged_paths.add(path)
-            log.warning("unreadable video %s: %s (%s)", "replaced" if self.substitute else "left out", path, err)
+        if self._logged.first_time(path):  # once per run: the table is shared with the workers
+            log.warning("unreadable video %s: %s", "replaced" if self.substitute else "left out",
+                        error_text(path, err))
 
     def _unreadable(self, idx: int, err: BaseException) -> dict[str, Any]:
         """Placeholder for a video that cannot be read (substitute False): the shapes of a sample."""
@@ -138,7 +142,7 @@ class _RobustBase(Dataset):
         sample = self._base_sample(idx, rec)
         sample.update(video=torch.zeros(*lead, 3, t, size, size), frame_indices=torch.zeros(*lead, t, dtype=torch.int64),
                       crop=torch.zeros(*lead, 7), caption_id=torch.tensor(-1, dtype=torch.int64), load_failures=1,
-                      unreadable=True, load_error=f"{rec.path}: {err}")
+                      unreadable=True, load_error=error_text(rec.path, err))
         if getattr(self, "mask_generator", None) is not None:
             sample["mask"] = torch.zeros(math.prod(self.token_grid), dtype=torch.bool)
         return sample
@@ -157,7 +161,9 @@ class VideoDataset(_RobustBase):
       resized crop + flip + RandAugment + random erasing); otherwise the centre clip, centre crop.
     token_grid / mask_generator: with a generator, each sample carries `mask` [N] bool.
     captions: provider of (caption_id, text_embedding) per video; `caption_id` -1 without one.
-    With `cfg.with_motion` and a mask generator, `MaskContext.motion` is the codec block motion
+    With `cfg.with_motion` and a mask generator, or a generator that needs them (MGM with
+      motion_source "codec": reading is turned on, logged once; with a decoded-clip cache, which
+      holds none, that is a ConfigError), `MaskContext.motion` is the codec block motion
       float32 [T, Hb, Wb, 2] of the sampled source frames (zeros on I-frames; None for frame
       folders, which carry no motion vectors).
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
@@ -189,12 +195,21 @@ class VideoDataset(_RobustBase):
                                                scales=cfg.crop_scales)
         else:
             raise ValueError(f"augment={augment!r}: expected 'pretrain' or 'finetune'")
+        # codec motion vectors: asked for (data.with_motion) or needed by the mask generator (MGM)
+        needs = bool(getattr(mask_generator, "needs_motion", False))
+        self.read_motion = mask_generator is not None and (cfg.with_motion or needs)
+        if needs and not cfg.with_motion:
+            if cache is not None or cfg.cache != "none":
+                raise ConfigError(f"masking.name=mgm reads codec motion vectors (masking.motion_source=codec), "
+                                  f"which the decoded-clip cache (data.cache={cfg.cache!r}) does not hold: set "
+                                  "data.cache=none, or masking.motion_source=framediff")
+            log.info("masking.name=mgm: reading codec motion vectors (data.with_motion turned on)")
         self.cache = cache if cache is not None else build_clip_cache(
             self.records, cfg.cache, cfg.cache_dir, threads=self.reader_threads, workers=cfg.num_workers)
 
     def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
         rec, cfg = self.records[idx], self.cfg
-        want_motion = cfg.with_motion and self.mask_generator is not None
+        want_motion = self.read_motion
         if self.cache is not None:  # same indices, same frames, same generator draws as below
             start, end = self._frame_range(rec, self.cache.num_frames(rec.path))
             fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,

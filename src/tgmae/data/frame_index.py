@@ -8,10 +8,12 @@ frame. So `build_index` decodes every packet (no RGB conversion, deblocking skip
 not kept) and records each frame's pts, keyframe flag and decode position, plus the verdict:
 the file is usable, or why not (`VideoError.kind`).
 
-The index is cached per file, keyed by (real path, size, mtime_ns): in memory (LRU) and on disk
+The index is cached per file, keyed by (real path, size, mtime_ns, inode, ctime_ns) (see
+`tgmae.data.fileid`: a file swapped for one with the same size and mtime is re-indexed): in memory (LRU) and on disk
 under `$TGMAE_CACHE_DIR/frame_index` (default `$XDG_CACHE_HOME/tgmae` or `~/.cache/tgmae`;
 `TGMAE_CACHE_DIR=off` keeps it in memory only). An entry stores its key and is used only when
-the key matches, so a changed file is re-indexed. Cost: one decode of the file the first time
+the key matches, so a changed file is re-indexed; a read that finds the file decoding differently
+from its index rebuilds the index once (`VideoReader`). Cost: one decode of the file the first time
 (e.g. 0.1 s CPU for 250 frames at 640x272 H.264), 0.1-0.3 ms per open afterwards.
 """
 
@@ -30,9 +32,11 @@ from typing import Optional
 
 import numpy as np
 
+from tgmae.data.fileid import file_identity
+
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # bump when frame numbering or the stored index changes (clip caches key on it)
+INDEX_VERSION = 3  # bump when frame numbering or the stored index changes (clip caches key on it)
 _MEMORY_ENTRIES = 4096
 _memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
 _lock = threading.Lock()  # captioning reads videos from a thread pool
@@ -49,6 +53,25 @@ class VideoError(RuntimeError):
     def __init__(self, message: str, kind: str = "undecodable"):
         super().__init__(message)
         self.kind = kind
+
+
+def plain(err: BaseException) -> str:
+    """An error's message without the file name FFmpeg / OSError append (the caller names it)."""
+    if getattr(err, "filename", None) and getattr(err, "strerror", None):
+        return str(err.strerror)
+    return str(err) or type(err).__name__
+
+
+def error_text(path, err: BaseException) -> str:
+    """One line for a video that failed: the path once, then what happened (the kind once).
+    A VideoError's message already starts with its path; other errors get it prefixed."""
+    msg = plain(err)
+    return msg if msg.startswith(f"{path}:") else f"{path}: {msg}"
+
+
+def error_detail(path, err: BaseException) -> str:
+    """`error_text` without the leading path (for reports that show the path in its own field)."""
+    return error_text(path, err)[len(str(path)) + 2:]
 
 
 @dataclass
@@ -100,8 +123,9 @@ def build_index(path: str) -> FrameIndex:
     try:
         c = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise VideoError(f"{path}: cannot open as a video ({e})", "unreadable") from None
+        raise VideoError(f"{path}: cannot open as a video ({plain(e)})", "unreadable") from None
     with c:
+        fmt = c.format.name
         if not c.streams.video:
             raise VideoError(f"{path}: no video stream", "no_video_stream")
         s = c.streams.video[0]
@@ -119,7 +143,7 @@ def build_index(path: str) -> FrameIndex:
             except StopIteration:
                 break
             except (av.FFmpegError, OSError) as e:
-                demux_error = str(e)
+                demux_error = plain(e)
                 break
             if pkt.size == 0 and pkt.pts is not None:
                 continue  # an empty time slot (AVI): nothing to decode; never send it (it drains)
@@ -140,6 +164,12 @@ def build_index(path: str) -> FrameIndex:
         tb = float(s.time_base) if s.time_base else 0.0
         declared = float(s.duration * tb) if s.duration and tb else (
             c.duration / 1e6 if c.duration and len(c.streams) == 1 else 0.0)
+        declared_frames = int(s.frames or 0)  # AVI: time slots in the header; MP4: samples in the table
+        # an AVI cut short loses its index: stream.duration shrinks to the packets left (in time
+        # slots), while the header's slot count stays
+        avi_slots = int(s.duration or 0) if fmt == "avi" and tb and fps and abs(tb * fps - 1) < 1e-6 else 0
+        if declared_frames and fps:
+            declared = max(declared, declared_frames / fps)
         codec = s.codec_context.name
         w, h = s.codec_context.width, s.codec_context.height
     n = len(pts)
@@ -158,35 +188,53 @@ def build_index(path: str) -> FrameIndex:
     duration = declared or (n / fps if fps else 0.0)
     idx = FrameIndex(sorted_pts, np.asarray(keys, bool)[order], rank, exact, aligned, w, h, rotation,
                      fps, duration, codec)
-    idx.kind, idx.reason = _verdict(path, idx, bad, pkt_pts, demux_error, tb, fps, declared)
+    sample_table = fmt.startswith("mov")  # MP4 / MOV: stream.frames counts the samples stored
+    idx.kind, idx.reason = _verdict(idx, bad, pkt_pts, demux_error, tb, fps, declared, declared_frames,
+                                    sample_table, avi_slots)
     return idx
 
 
-def _verdict(path: str, idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, tb: float,
-             fps: float, declared: float) -> tuple[str, str]:
-    n = idx.num_frames
+_TAIL_PACKETS = 2  # decode errors only this close to the end of a file cut short = truncation
+
+
+def _verdict(idx: FrameIndex, bad: list[int], pkt_pts: list, demux_error: str, tb: float, fps: float,
+             declared: float, declared_frames: int, sample_table: bool, avi_slots: int = 0) -> tuple[str, str]:
+    """(kind, reason) of a decoded file; the reason names what happened, without the path.
+
+    Truncated: the frames' time stamps stop well short of the declared duration (an AVI's header
+    slot count / fps, or the stream duration), or an MP4 yields fewer packets than its sample table
+    holds, or an AVI's index ends before its header's slot count. Variable frame rate (few frames spread over the declared time) covers it and is fine.
+    A decode error only in the last packets of a truncated file is part of the truncation."""
+    n, npk = idx.num_frames, len(pkt_pts)
+    of = f" of {declared_frames} declared" if declared_frames else ""
     if demux_error:
-        return "truncated", f"{path}: truncated or corrupt: reading stopped after {n} frames ({demux_error})"
-    if bad:
-        where = sorted(set(bad))
-        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
-        return "undecodable", (f"{path}: undecodable frames at {where[:10]}{more} (coded frames in decode "
-                               f"order, from 0) of {len(pkt_pts)}")
-    if n == 0:
-        return "no_frames", f"{path}: no video frames"
-    if idx.exact_pts and tb and fps and declared > 0:
-        # a file whose frames stop well before its declared duration was cut off; variable frame
-        # rate (few frames spread over the duration) is fine: only the covered time counts
+        return "truncated", f"truncated or corrupt: reading stopped after {n}{of} frames ({demux_error})"
+    short = ""
+    if sample_table and declared_frames and npk < declared_frames:
+        short = f"{npk} of {declared_frames} declared packets present"
+    elif avi_slots and declared_frames and avi_slots < declared_frames - 1:
+        short = f"the file ends at time slot {avi_slots} of {declared_frames}"
+    elif idx.exact_pts and tb and fps and declared > 0 and n:
+        # a file whose frames stop well before its declared duration was cut off
         covered = float(idx.pts[-1] - idx.pts[0]) * tb + 1 / fps
         if covered < 0.9 * declared - 1 / fps:
-            return "truncated", f"{path}: truncated: frames cover {covered:.2f} s of {declared:.2f} s declared"
+            short = f"frames cover {covered:.2f} s of {declared:.2f} s declared"
+    where = sorted(set(bad))
+    if short and (not where or where[0] >= npk - _TAIL_PACKETS):
+        return "truncated", f"truncated: {n}{of} frames present ({short})"
+    if where:
+        more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+        also = f"; also truncated ({short})" if short else ""
+        return "undecodable", (f"undecodable frames at {where[:10]}{more} (coded frames in decode order, "
+                               f"from 0) of {npk}{also}")
+    if n == 0:
+        return "no_frames", "no video frames"
     return "", ""
 
 
 # ---------------------------------------------------------------- caching
 def _key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    return (os.path.realpath(path), *file_identity(path))
 
 
 def cache_dir() -> Optional[Path]:
@@ -274,4 +322,4 @@ def forget(path: str) -> None:
             pass
 
 
-__all__ = ["FrameIndex", "VideoError", "KINDS", "build_index", "frame_index", "forget", "cache_dir"]
+__all__ = ["FrameIndex", "VideoError", "KINDS", "error_text", "error_detail", "build_index", "frame_index", "forget", "cache_dir"]

@@ -13,7 +13,7 @@ caller refuses the same files for the same named reason. A read seeks to the key
 before the first wanted frame and decodes forward until every wanted frame is out, placing each
 decoded frame by its pts in the index; a seek that lands after that keyframe backs off to the
 previous one, and a decoded frame the index does not hold sends the read back to a decode from
-the start. Where each packet is one frame, packets of unwanted frames that nothing references
+the start; a file that decodes differently from its (stale) index is re-indexed once. Where each packet is one frame, packets of unwanted frames that nothing references
 are skipped by the decoder (`skip_frame=NONREF`); only wanted frames are converted to RGB.
 Rotation metadata is applied, so frames come out upright. A frame folder is a directory of
 images: EPIC-style `frame_0000000001.jpg` (1-based, opened by name, counted by binary search
@@ -22,6 +22,7 @@ without listing) or any naturally sorted image files.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tgmae.data.frame_folder import IMAGE_EXTS, FrameFolder
-from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index
+from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index, plain
 from tgmae.data.motion_vectors import block_motion
+
+log = logging.getLogger(__name__)
 
 _REORDER_PACKETS = 32  # packets decoded past the last wanted frame when frames come out of pts order
 
@@ -98,6 +101,7 @@ class VideoReader:
         self._info: Optional[VideoInfo] = None
         self._fresh = False  # container open and nothing demuxed yet
         self._motion_enabled = False
+        self._reindexed = False  # the index was rebuilt once after a read contradicted it
         self.frames_decoded = 0  # frames the decoder produced so far (skipped ones excluded)
         if os.path.isdir(self.path):
             self._folder = FrameFolder(self.path)
@@ -108,7 +112,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: zero-byte file", "zero_bytes")
         self._index: FrameIndex = frame_index(self.path)
         if self._index.kind:
-            raise VideoError(self._index.reason, self._index.kind)
+            raise VideoError(f"{self.path}: {self._index.reason}", self._index.kind)
 
     # ---------------------------------------------------------------- context management
     def close(self) -> None:
@@ -130,7 +134,7 @@ class VideoReader:
         try:
             self._container = av.open(self.path, metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise VideoError(f"{self.path}: cannot open as a video ({e})", "unreadable") from None
+            raise VideoError(f"{self.path}: cannot open as a video ({plain(e)})", "unreadable") from None
         self._stream = self._container.streams.video[0]
         cc = self._stream.codec_context
         if self.threads != 1 or self.thread_type != "NONE":
@@ -204,10 +208,26 @@ class VideoReader:
         self._decode_sequential(want, got, motion, with_motion)
         missing = want - got.keys()
         if missing:
-            forget(self.path)  # the file no longer decodes as indexed: re-index next time
+            forget(self.path)  # the file no longer decodes as indexed (changed under a stale key)
+            if not self._reindexed:
+                return self._reindex_and_decode(wanted, with_motion)
             raise VideoError(f"{self.path}: undecodable frames at {sorted(missing)[:10]} of "
                              f"{x.num_frames} (decoding differs from its index)", "undecodable")
         return got, motion
+
+    def _reindex_and_decode(self, wanted: np.ndarray, with_motion: bool) -> tuple[dict, dict]:
+        """Rebuild the file's index once (its cached one was stale) and decode again with it."""
+        self._reindexed = True
+        old = self._index.num_frames
+        self._index, self._info = frame_index(self.path), None
+        log.warning("%s decodes differently from its cached frame index: re-indexed (%d -> %d frames)",
+                    self.path, old, self._index.num_frames)
+        if self._index.kind:
+            raise VideoError(f"{self.path}: {self._index.reason}", self._index.kind)
+        if int(wanted[-1]) >= self._index.num_frames:
+            raise VideoError(f"{self.path}: frame indices up to {int(wanted[-1])} outside 0.."
+                             f"{self._index.num_frames - 1} (the file changed while open)", "out_of_range")
+        return self._decode(wanted, with_motion)
 
     def _prepare(self, with_motion: bool) -> None:
         import av

@@ -155,6 +155,27 @@ class FinetuneTask:
                                    num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict)
 
 
+def require_readable(datasets: Sequence[Optional[Dataset]], workers: int = 0) -> None:
+    """eval.strict: every video the evaluation will read must be readable (and long enough for
+    its dataset's clips); raises VideoLoadError naming the first few (CLI: one line, exit 2)."""
+    from tgmae.data.check import unreadable_records
+    from tgmae.data.dataset import VideoLoadError
+
+    bad, seen, total = [], set(), 0
+    for ds in datasets:
+        records = getattr(ds, "records", None)
+        if records is None:
+            continue
+        todo = [r for r in records if (r.path, r.start_frame, r.end_frame, ds.min_frames) not in seen]
+        seen.update((r.path, r.start_frame, r.end_frame, ds.min_frames) for r in todo)
+        total += len(todo)
+        bad += [f"{b.path}: {b.reason}" for b in unreadable_records(todo, ds.min_frames, max(1, workers))]
+    if bad:
+        raise VideoLoadError(f"eval.strict=true: {len(bad)} of {total} evaluation videos cannot be read (set "
+                             f"eval.strict=false to score the readable ones and list these): "
+                             + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+
+
 @dataclass
 class FinetuneResult:
     output_dir: Path
@@ -172,15 +193,18 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
     """
     task = FinetuneTask(cfg, train_data, val_data, num_classes)
-    trainer = Trainer(task, cfg, hooks=hooks)
-    fit = trainer.fit()
-    out, is_main = fit.output_dir, trainer.dist.is_main
-    names = task.class_names
-    path = save_classifier(fit.model, out / "classifier.safetensors", names) if is_main else None
     if test_data is None and cfg.data.val_annotations:
         from tgmae.data.dataset import build_dataset
 
         test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
+    if cfg.eval.strict:  # fail before training, not after it
+        require_readable([task.val_dataset(), test_data], cfg.data.num_workers)
+    trainer = Trainer(task, cfg, hooks=hooks)
+    fit = trainer.fit()
+    out, is_main = fit.output_dir, trainer.dist.is_main
+    names = task.class_names
+    # saved before the test: a test that fails leaves the trained model
+    path = save_classifier(fit.model, out / "classifier.safetensors", names) if is_main else None
     test = task.test(fit.model, test_data) if test_data is not None else None
     if is_main:
         summary: dict[str, Any] = {"classifier": str(path), "num_classes": task.num_classes}
@@ -217,4 +241,4 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "resolve_num_classes", "main"]
+__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "require_readable", "resolve_num_classes", "main"]

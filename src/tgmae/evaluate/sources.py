@@ -171,7 +171,15 @@ def _from_train_state(state: dict[str, torch.Tensor], config: dict, source: str)
         cfg = from_dict(RunConfig, config)
     except ConfigError as e:
         raise CheckpointError(f"{source}: the run configuration stored with the weights is invalid ({e})") from None
-    enc, head = _split(strip_wrappers(state), source)
+    state = strip_wrappers(state)
+    if not any(k.endswith(_EMBED_KEY) for k in state):
+        groups = sorted({k.split(".")[0] for k in state})
+        probe = " (a linear probe's: it trains only a head on frozen features)" if set(groups) <= {"bn", "head"} else ""
+        raise CheckpointError(
+            f"{source}: a training checkpoint without a video encoder, only {', '.join(groups) or 'nothing'}"
+            f"{probe}; pass the encoder it was trained on (its model.pretrained={cfg.model.pretrained!r}) or a "
+            "pretraining / finetuning run")
+    enc, head = _split(state, source)
     stored = _stored_arch(cfg, enc, source)
     arch = infer_encoder_arch(enc, num_heads=stored.num_heads, layer_norm_eps=stored.layer_norm_eps,
                               num_frames=cfg.data.num_frames, image_size=cfg.data.image_size)

@@ -24,12 +24,12 @@ tube/random masking. Same masked count in every slice and sample; deterministic 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Optional
 
 import torch
 
+from tgmae.data.seen import SeenVideos
 from tgmae.masking.base import MaskContext
 from tgmae.masking.motion import (
     codec_token_motion, fill_from_nearest, frame_difference, gaussian_smooth, has_codec_motion,
@@ -39,36 +39,6 @@ from tgmae.masking.select import select_per_slice
 log = logging.getLogger(__name__)
 
 MOTION_SOURCES = ("codec", "framediff")
-
-
-class SeenVideos:
-    """Video ids seen so far, shared by every process that holds this object: DataLoader workers
-    (fork or spawn: the table is a shared-memory tensor, like the dataset's epoch counter) and
-    their successors in later epochs. Open addressing over 63-bit hashes of the id; beyond
-    `capacity` ids (or 64 probes) it falls back to a per-process set. Two workers meeting a new
-    id at the same instant may both see it first (rare; a duplicate log line, nothing else)."""
-
-    def __init__(self, capacity: int = 1 << 14):
-        self.table = torch.zeros(capacity, dtype=torch.int64).share_memory_()
-        self._local: set[str] = set()
-
-    def first_time(self, video_id: str) -> bool:
-        """True the first time `video_id` is seen by any process sharing this object."""
-        h = int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little") >> 1
-        h = h or 1  # 0 marks an empty slot
-        n = self.table.numel()
-        for probe in range(min(64, n)):
-            i = (h + probe) % n
-            v = int(self.table[i])
-            if v == h:
-                return False
-            if v == 0:
-                self.table[i] = h
-                return True
-        if video_id in self._local:
-            return False
-        self._local.add(video_id)
-        return True
 
 
 class MotionGuidedMask:
@@ -91,6 +61,8 @@ class MotionGuidedMask:
         self.ratio, self.motion_source = ratio, motion_source
         self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
         self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
+        # the dataset reads codec motion vectors for a generator that asks for them
+        self.needs_motion = motion_source == "codec"
 
     def token_motion(self, ctx: MaskContext) -> tuple[torch.Tensor, str]:
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""

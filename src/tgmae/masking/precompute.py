@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, CacheMismatchError, clear_cache, merge_parts, part_file, read_parts, write_entry,
     write_manifest_or_check,
@@ -135,7 +136,7 @@ def precompute(
                 text = _embed(clip, caps, text_cache)
                 sim, frames = video_similarity(scorer, path, text, opts)
             except (VideoError, OSError) as e:
-                reason = f"unreadable video {path}: {e}"
+                reason = f"unreadable video {error_text(path, e)}"
                 log.warning("tgmae masks: skipping %r: %s", vid, reason)
                 _append(log_file, {"video_id": vid, "reason": reason})
                 counts["skipped"] += 1

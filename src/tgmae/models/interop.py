@@ -62,12 +62,18 @@ def _read_torch(path: Path) -> Any:
     """torch.load with weights_only=True; argparse.Namespace (the `args` entry of VideoMAE's
     training checkpoints) is allowed as plain data."""
     allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: zip, or legacy pickle
+        raise CheckpointError(
+            f"{path}: not a checkpoint (neither a torch .pth, a tgmae .safetensors file nor a Hugging Face "
+            "model directory)")
     try:
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors, or objects weights_only refuses
         raise CheckpointError(
-            f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {e}); expected a "
+            f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); expected a "
             "VideoMAE .pth, a tgmae .safetensors file or a Hugging Face model directory"
         ) from None
 

@@ -1,0 +1,27 @@
+"""File identity for cache keys: what says a file's contents may have changed.
+
+(size, mtime_ns) alone go stale when a file is swapped for another of the same size and mtime
+(`cp -p`, `tar x`, `rsync -t` all set mtime); the inode number and st_ctime_ns (set by the kernel
+on any content or metadata change, which `touch` and `utime` cannot set back) catch that. A key
+built from them can only err towards re-reading: a `chmod` or `mv` onto the same inode changes
+ctime and costs one rebuild.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def file_identity(path: str) -> list[int]:
+    """[size in bytes, mtime ns, inode, ctime ns] of a file (follows symlinks). Raises OSError."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def entry_identity(entry: os.DirEntry) -> list:
+    """[name, size, mtime ns, inode, ctime ns] of a directory entry (frame folders)."""
+    st = entry.stat()
+    return [entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+__all__ = ["file_identity", "entry_identity"]
