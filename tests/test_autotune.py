@@ -223,3 +223,11 @@ def test_inductor_compiled_blocks_match_eager():
     for a, r in zip(out, ref):
         torch.testing.assert_close(a, r, atol=2e-2, rtol=2e-2)
     assert list(ours.state_dict())[:2] == ["mask_token", "encoder.patch_embed.proj.weight"]
+
+
+def test_cache_dir_off_measures_in_memory_and_writes_nothing(tuning, monkeypatch):
+    monkeypatch.chdir(tuning)
+    monkeypatch.setenv(autotune.CACHE_ENV, "off")
+    cands = {"a": lambda: None, "b": lambda: time.sleep(0.002)}
+    assert autotune.choose("demo/off", cands, torch.device("cpu"), default="b", rounds=2) == "a"
+    assert autotune.cache_path() is None and list(tuning.iterdir()) == []

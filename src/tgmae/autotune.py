@@ -8,7 +8,8 @@ process's CPU time, which other jobs sharing the cores barely move; on CUDA by s
 time), and keeps the fastest; the result is logged and stored in a small JSON file so later runs on the same machine
 reuse it without measuring.
 
-Cache: `$TGMAE_CACHE_DIR/autotune.json` (default `~/.cache/tgmae/autotune.json`), one entry per
+Cache: `autotune.json` in the user cache folder (tgmae.user_cache: `$TGMAE_CACHE_DIR`, default
+`~/.cache/tgmae`; `TGMAE_CACHE_DIR=off` keeps choices in memory), one entry per
 machine key (CPU model + a hash of its flags + thread count, or the CUDA device name; torch
 version) and choice name, with the measured times. Delete the file (or an entry) to measure again;
 `TGMAE_AUTOTUNE=off` disables measuring: callers then get their documented default. Explicit
@@ -31,19 +32,21 @@ from typing import Callable, Optional
 
 import torch
 
+from tgmae.user_cache import CACHE_ENV, cache_root
+
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "TGMAE_CACHE_DIR"
 SWITCH_ENV = "TGMAE_AUTOTUNE"
 CACHE_FILE = "autotune.json"
 
 _memo: dict[tuple[str, str], str] = {}  # (machine key, choice name) -> choice, this process
 
 
-def cache_path() -> Path:
-    """Where measured choices are stored: $TGMAE_CACHE_DIR/autotune.json or ~/.cache/tgmae/."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tgmae")
-    return Path(root) / CACHE_FILE
+def cache_path() -> Optional[Path]:
+    """Where measured choices are stored: autotune.json in the user cache folder
+    (tgmae.user_cache); None with `TGMAE_CACHE_DIR=off` (choices then last this process only)."""
+    root = cache_root()
+    return None if root is None else root / CACHE_FILE
 
 
 def enabled() -> bool:
@@ -91,6 +94,8 @@ def machine_key(device: torch.device) -> str:
 
 def _load() -> dict:
     path = cache_path()
+    if path is None:
+        return {}
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -104,6 +109,8 @@ def _load() -> dict:
 def _store(key: str, name: str, entry: dict) -> None:
     """Merge one entry into the cache file (atomic replace; a failure only costs a re-measure)."""
     path = cache_path()
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load()

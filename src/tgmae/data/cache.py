@@ -53,6 +53,7 @@ from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
+from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,12 @@ class _Entry:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tgmae" / "clips"
+    """`clips/` in the user cache folder (tgmae.user_cache); a `data.cache=disk` run needs a
+    folder, so with `TGMAE_CACHE_DIR=off` it is the XDG default all the same."""
+    root = cache_root()
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "tgmae"
+    return root / "clips"
 
 
 def _file_stat(path: str) -> list:

@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from tgmae.data.fileid import file_identity
+from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +240,8 @@ def _key(path: str) -> tuple:
 
 def cache_dir() -> Optional[Path]:
     """Folder of the on-disk index cache, None when disabled (`TGMAE_CACHE_DIR=off`)."""
-    root = os.environ.get("TGMAE_CACHE_DIR")
-    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
-        return None
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tgmae")
-    return Path(root) / "frame_index"
+    root = cache_root()
+    return None if root is None else root / "frame_index"
 
 
 def _entry_file(key: tuple) -> Optional[Path]:
