@@ -231,3 +231,16 @@ def test_cache_dir_off_measures_in_memory_and_writes_nothing(tuning, monkeypatch
     cands = {"a": lambda: None, "b": lambda: time.sleep(0.002)}
     assert autotune.choose("demo/off", cands, torch.device("cpu"), default="b", rounds=2) == "a"
     assert autotune.cache_path() is None and list(tuning.iterdir()) == []
+
+
+def test_a_cache_file_of_the_wrong_shape_is_measured_again(tuning, caplog):
+    key = autotune.machine_key(CPU)
+    (tuning / "autotune.json").write_text(json.dumps({key: []}))
+    cands = {"a": lambda: None, "b": lambda: time.sleep(0.002)}
+    assert autotune.choose("demo/shape", cands, CPU, default="b", rounds=2) == "a"
+    assert json.loads((tuning / "autotune.json").read_text())[key]["demo/shape"]["choice"] == "a"
+    (tuning / "autotune.json").write_text("[1, 2]")
+    autotune.forget()
+    with caplog.at_level(logging.WARNING):
+        assert autotune.choose("demo/shape", cands, CPU, default="b", rounds=2) == "a"
+    assert "not a JSON object" in caplog.text

@@ -217,3 +217,11 @@ def test_disk_cache_under_ddp_is_built_once(records, tmp_path):
     assert (r0["decoded"], r1["decoded"]) == (2, 0)
     assert torch.equal(r0["frames"], r1["frames"])
     assert len(list((tmp_path / "c").glob("*.u8"))) == 1
+
+
+def test_disk_cache_without_a_folder_when_the_user_cache_is_off(records, monkeypatch, tmp_path):
+    monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="data.cache=disk with TGMAE_CACHE_DIR=off: set data.cache_dir"):
+        build_clip_cache(records, "disk", "")
+    assert list(tmp_path.iterdir()) == []  # nothing written to the home folder

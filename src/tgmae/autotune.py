@@ -103,7 +103,11 @@ def _load() -> dict:
     except (OSError, ValueError) as e:
         log.warning("autotune cache %s unreadable (%s): measuring again", path, e)
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        log.warning("autotune cache %s is not a JSON object: measuring again", path)
+        return {}
+    # a machine's entry that is not an object (hand-edited, another version) is dropped, not trusted
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
 def _store(key: str, name: str, entry: dict) -> None:

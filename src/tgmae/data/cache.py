@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
 from tgmae.data.frame_index import error_text
@@ -74,11 +75,15 @@ class _Entry:
 
 
 def default_cache_dir() -> Path:
-    """`clips/` in the user cache folder (tgmae.user_cache); a `data.cache=disk` run needs a
-    folder, so with `TGMAE_CACHE_DIR=off` it is the XDG default all the same."""
+    """`clips/` in the user cache folder (tgmae.user_cache).
+
+    Raises:
+        ConfigError: the user cache folder is switched off (`TGMAE_CACHE_DIR=off`): nothing is
+            written there, so `data.cache=disk` needs an explicit `data.cache_dir`."""
     root = cache_root()
     if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "tgmae"
+        raise ConfigError("data.cache=disk with TGMAE_CACHE_DIR=off: set data.cache_dir to the folder for "
+                          "the cache file (or use data.cache=memory)")
     return root / "clips"
 
 

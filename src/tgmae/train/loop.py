@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.models.attention import set_attention_kernel
 from tgmae.models.block import Block
@@ -154,8 +155,10 @@ class Trainer:
             # each rank measured for itself: all ranks must train alike, so fp32 unless all agree
             precision = "fp32" if any_rank(precision == "fp32", device) else precision
         if dist.is_main:
-            log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision,
-                     ", measured: see tgmae.autotune" if cfg.train.precision == "auto" else "")
+            how = ""
+            if cfg.train.precision == "auto":
+                how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
+            log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
         torch.manual_seed(cfg.train.seed + dist.rank)
 
         model = task.build_model().to(device)
