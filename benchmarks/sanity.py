@@ -45,10 +45,20 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "joint_collinear_textnorm": ("pretrain", dict(objective="mae+contrastive", text_projection=True, text_norm=True), {}, 0.999),
     "joint_distinct": ("pretrain", dict(objective="mae+contrastive"), {}, 0.0),
     "joint_distinct_w0.002": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.002), {}, 0.0),
+    # InfoNCE on a second, unmasked encoder pass (contrastive.view_ratio=0); MAE mask .75
+    "joint_distinct_view0": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0), {}, 0.0),
+    "joint_distinct_view0_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05), {}, 0.0),
+    "joint_distinct_view50": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.5), {}, 0.0),
     "mae_4x4_r75": ("pretrain", dict(objective="mae"), {}, 0.0),
     "mae_4x4_r50": ("pretrain", dict(objective="mae", mask_ratio=0.5), {}, 0.0),
     "mae_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), {}, 0.0),
     "mae_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), {}, 0.0),
+    # flat background: all a masked token holds beyond one colour is the objects
+    "mae_flat_4x4_r75": ("pretrain", dict(objective="mae"), dict(background="flat"), 0.0),
+    "mae_flat_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), dict(background="flat"), 0.0),
+    "mae_flat_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), dict(background="flat"), 0.0),
+    "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
+                               dict(background="flat"), 0.0),
 }
 
 
@@ -103,7 +113,8 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
         res = pretrain(data, cfg, table)
         probe = linear_probe(res["model"].mae.encoder, data)
         row.update(probe_val_top1=probe["val_top1"], probe_train_top1=probe["train_top1"], text_cosine=cosine,
-                   loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"))
+                   loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"),
+                   visible_mean_mse=res.get("visible_mean_mse"))
         if cfg.objective != "contrastive":
             fig = FIGURES / f"sanity_{name}.png"
             recon_figure(res["model"].mae, data, fig, f"{name}: masked MSE {res['loss_mse']:.4f} vs patch means "

@@ -107,6 +107,17 @@ def patch_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.T
     return float(target.float().var(dim=-1, unbiased=False).mean())
 
 
+def visible_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
+    """MSE of predicting every masked pixel as the clip's mean colour over its visible tokens
+    (per channel, in the model's target space): the baseline that uses only what the model sees.
+    video [B, C, T, H, W], mask [B, N] bool (True = masked)."""
+    split = mask_to_indices(mask, model.arch.num_tokens)
+    vis = pretrain_target_channel_first(video, model.arch, split.visible)  # [B, n_vis, C, t*p*p]
+    target = pretrain_target_channel_first(video, model.arch, split.masked)
+    colour = vis.float().mean(dim=(1, 3), keepdim=True)  # [B, 1, C, 1]
+    return float((target.float() - colour).pow(2).mean())
+
+
 @dataclass
 class RunConfig:
     """One budgeted run. budget_s: CPU seconds of training (evaluation not counted)."""
@@ -133,6 +144,7 @@ class RunConfig:
     text_projection: bool = False
     text_norm: bool = True
     head_lr_scale: float = 1.0
+    view_ratio: Optional[float] = None  # contrastive.view_ratio (None: pool the MAE pass)
 
 
 def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
@@ -225,7 +237,8 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
 
     text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
     -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "nce_chance", ...}
-    (losses: means over the last 20% of steps; patch_mean_mse over the same batches' masks)."""
+    (losses: means over the last 20% of steps; patch_mean_mse / visible_mean_mse over the same
+    batches' masks)."""
     torch.manual_seed(cfg.seed)
     arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
     mae = VideoMAEPretrainer(arch)
@@ -234,7 +247,7 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     model = VideoTextPretrainer(mae, text_table.shape[1], objective=cfg.objective, weight=cfg.nce_weight,
                                 temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
                                 proj_dim=cfg.proj_dim, text_projection=cfg.text_projection,
-                                text_norm=cfg.text_norm)
+                                text_norm=cfg.text_norm, view_ratio=cfg.view_ratio)
     heads = [p for n, p in model.named_parameters() if not n.startswith("mae.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if n.startswith("mae.") and p.requires_grad]
     opt = _optimizer([{"params": rest, "lr": cfg.lr},
@@ -249,11 +262,12 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
         if out.loss_mse is not None:
             rec["loss_mse"] = float(out.loss_mse.detach())
             rec["patch_mean_mse"] = patch_mean_mse(mae, video, mask)
+            rec["visible_mean_mse"] = visible_mean_mse(mae, video, mask)
         return rec
 
     res = _loop(cfg, len(data.train), step, opt)
     tail = res["log"][-max(1, len(res["log"]) // 5):]
-    for key in ("loss_mse", "loss_nce", "patch_mean_mse"):
+    for key in ("loss_mse", "loss_nce", "patch_mean_mse", "visible_mean_mse"):
         if key in tail[0]:
             res[key] = float(np.mean([r[key] for r in tail]))
     res["model"] = model
@@ -290,5 +304,5 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 __all__ = [
     "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
     "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "render_clips", "to_input",
-    "train_supervised", "tube_masks",
+    "train_supervised", "tube_masks", "visible_mean_mse",
 ]
