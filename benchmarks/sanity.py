@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, make_data, pretrain,
-                                   to_input, train_supervised, tube_masks)
+                                   random_masks, to_input, train_supervised, tube_masks)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
 BASE = dict(patch_size=12, arch=MICRO, batch_size=16, shift=2, warmup_steps=20)
@@ -48,7 +48,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     # InfoNCE on a second, unmasked encoder pass (contrastive.view_ratio=0); MAE mask .75
     "joint_distinct_view0": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0), {}, 0.0),
     "joint_distinct_view0_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05), {}, 0.0),
-    "joint_distinct_view50": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.5), {}, 0.0),
+    "joint_distinct_view0_w0.01": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.01), {}, 0.0),
+    "joint_distinct_view0_w0.2": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.2), {}, 0.0),
+    "joint_distinct_view50_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.5, nce_weight=0.05), {}, 0.0),
+    "joint_distinct_w0.05": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.05), {}, 0.0),
     "mae_4x4_r75": ("pretrain", dict(objective="mae"), {}, 0.0),
     "mae_4x4_r50": ("pretrain", dict(objective="mae", mask_ratio=0.5), {}, 0.0),
     "mae_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), {}, 0.0),
@@ -57,6 +60,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "mae_flat_4x4_r75": ("pretrain", dict(objective="mae"), dict(background="flat"), 0.0),
     "mae_flat_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), dict(background="flat"), 0.0),
     "mae_flat_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), dict(background="flat"), 0.0),
+    "mae_flat_4x4_tube50": ("pretrain", dict(objective="mae", mask_ratio=0.5), dict(background="flat"), 0.0),
+    "mae_flat_4x4_rand75": ("pretrain", dict(objective="mae", mask_kind="random"), dict(background="flat"), 0.0),
+    "mae_flat_4x4_rand50": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5), dict(background="flat"), 0.0),
+    "mae_flat_8x8_rand75": ("pretrain", dict(objective="mae", mask_kind="random", patch_size=6), dict(background="flat"), 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
 }
@@ -75,8 +82,9 @@ def cpu_model() -> str:
 FIGURES = Path("docs/figures")
 
 
-def recon_figure(mae, data, path: Path, title: str) -> None:
-    """Original / masked / MAE reconstruction / true patch means of one validation clip."""
+def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
+    """Original / masked / MAE reconstruction / true patch means of one validation clip, masked
+    as in training (cfg.mask_kind, cfg.mask_ratio)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import patchify, unpatchify
     from tgmae.viz.plotting import to_uint8_frames
@@ -84,7 +92,8 @@ def recon_figure(mae, data, path: Path, title: str) -> None:
 
     arch = mae.arch
     video = to_input(data.val[3:4])
-    mask = tube_masks(1, arch.grid, 0.75, torch.Generator().manual_seed(0))
+    masks = tube_masks if cfg.mask_kind == "tube" else random_masks
+    mask = masks(1, arch.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
     mae.eval()
     with torch.no_grad():
         out = mae(video, mask)
@@ -118,7 +127,7 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
         if cfg.objective != "contrastive":
             fig = FIGURES / f"sanity_{name}.png"
             recon_figure(res["model"].mae, data, fig, f"{name}: masked MSE {res['loss_mse']:.4f} vs patch means "
-                         f"{res['patch_mean_mse']:.4f}")
+                         f"{res['patch_mean_mse']:.4f} (visible mean {res['visible_mean_mse']:.4f})", cfg)
             row["figure"] = str(fig)
     row.update(steps=res["steps"], cpu_s=res["cpu_s"])
     return row
@@ -133,13 +142,14 @@ def gradient_scales(batches: int = 4) -> list[dict]:
 
     data = make_data(16 * batches, 1, size=64, frames=8)
     rows = []
-    for cosine, proj, norm in ((0.0, False, False), (0.999, True, False), (0.999, True, True)):
+    for cosine, proj, norm, view in ((0.0, False, False, None), (0.999, True, False, None), (0.999, True, True, None),
+                                     (0.0, False, False, 0.0)):
         cfg = RunConfig(patch_size=16, proj_dim=64, text_projection=proj, text_norm=norm)
         torch.manual_seed(0)
         mae = VideoMAEPretrainer(make_arch(cfg, 8, 64))
         table = class_text_table(10, 512 if proj else 64, cosine=cosine)
         model = VideoTextPretrainer(mae, table.shape[1], objective="mae+contrastive", proj_dim=64,
-                                    text_projection=proj, text_norm=norm).train()
+                                    text_projection=proj, text_norm=norm, view_ratio=view).train()
         enc = [q for q in mae.encoder.parameters()]
         g = torch.Generator().manual_seed(0)
         norms = {"mse": [], "nce": []}
@@ -150,7 +160,7 @@ def gradient_scales(batches: int = 4) -> list[dict]:
             for key, loss in (("mse", out.loss_mse), ("nce", out.loss_nce)):
                 grads = torch.autograd.grad(loss, enc, retain_graph=True, allow_unused=True)
                 norms[key].append(float(torch.sqrt(sum((x ** 2).sum() for x in grads if x is not None))))
-        rows.append({"text_cosine": cosine, "text_projection": proj, "text_norm": norm,
+        rows.append({"text_cosine": cosine, "text_projection": proj, "text_norm": norm, "view_ratio": view,
                      "grad_mse": sum(norms["mse"]) / batches, "grad_nce": sum(norms["nce"]) / batches})
     return rows
 

@@ -100,6 +100,15 @@ def tube_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: 
     return plane.repeat(1, t)
 
 
+def random_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, N] bool, True = masked: round(ratio * N) tokens per clip drawn uniformly over space and
+    time (VideoMAE's "random" masking; unlike a tube, a token hidden at time t may show at t+1)."""
+    n = grid[0] * grid[1] * grid[2]
+    order = torch.rand(batch, n, generator=generator).argsort(dim=1)
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    return mask.scatter_(1, order[:, :int(round(ratio * n))], True)
+
+
 def patch_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
     """MSE of predicting each masked token's true per-channel mean (the model's target space):
     the mean within-token variance of the target. video [B, C, T, H, W], mask [B, N] bool."""
@@ -131,6 +140,7 @@ class RunConfig:
     preset: str = "tiny"
     arch: dict = field(default_factory=dict)  # overrides of the preset's sizes (tests: a smaller model)
     mask_ratio: float = 0.75
+    mask_kind: str = "tube"  # tube | random
     shift: int = 4  # random translation (px) of training clips
     seed: int = 0
     max_steps: Optional[int] = None  # stop earlier than the budget (tests)
@@ -256,7 +266,7 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     def step(idx, g):
         model.train()
         video = to_input(data.train[idx], cfg.shift, g)
-        mask = tube_masks(len(idx), arch.grid, cfg.mask_ratio, g)
+        mask = (tube_masks if cfg.mask_kind == "tube" else random_masks)(len(idx), arch.grid, cfg.mask_ratio, g)
         out = model(video, mask, text_table[data.train_labels[idx]], data.train_labels[idx])
         rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
         if out.loss_mse is not None:
@@ -303,6 +313,6 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 
 __all__ = [
     "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
-    "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "render_clips", "to_input",
+    "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "random_masks", "render_clips", "to_input",
     "train_supervised", "tube_masks", "visible_mean_mse",
 ]
