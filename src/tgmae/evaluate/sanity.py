@@ -286,6 +286,26 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
 
 
 @torch.no_grad()
+def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
+    """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
+    training (cfg.mask_kind, cfg.mask_ratio; masks from `seed`), next to the per-patch-mean and
+    visible-mean baselines on the same masks -> {"mse", "patch_mean_mse", "visible_mean_mse"}
+    (means over clips, in the model's target space)."""
+    mae.eval()
+    g = torch.Generator().manual_seed(seed)
+    masks = tube_masks if cfg.mask_kind == "tube" else random_masks
+    sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0}
+    for i in range(0, len(clips), batch):
+        video = to_input(clips[i:i + batch])
+        mask = masks(len(video), mae.arch.grid, cfg.mask_ratio, g)
+        n = len(video)
+        sums["mse"] += float(mae(video, mask).loss) * n
+        sums["patch_mean_mse"] += patch_mean_mse(mae, video, mask) * n
+        sums["visible_mean_mse"] += visible_mean_mse(mae, video, mask) * n
+    return {k: v / len(clips) for k, v in sums.items()}
+
+
+@torch.no_grad()
 def encoder_features(encoder: nn.Module, clips: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """[N, D] mean over all tokens of the frozen encoder's output (no mask)."""
     encoder.eval()
@@ -313,6 +333,6 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 
 __all__ = [
     "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
-    "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "random_masks", "render_clips", "to_input",
+    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pretrain", "random_masks", "render_clips", "to_input",
     "train_supervised", "tube_masks", "visible_mean_mse",
 ]
