@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, make_data, pretrain,
-                                   random_masks, to_input, train_supervised, tube_masks)
+                                   to_input, train_supervised, tube_masks)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
 BASE = dict(patch_size=12, arch=MICRO, batch_size=16, shift=2, warmup_steps=20)
@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "joint_distinct_view0": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0), {}, 0.0),
     "joint_distinct_view0_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05), {}, 0.0),
     "joint_distinct_view0_w0.01": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.01), {}, 0.0),
+    "joint_distinct_view0_w0.05_seed1": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05, seed=1), {}, 0.0),
+    "mae_4x4_r75_seed1": ("pretrain", dict(objective="mae", seed=1), {}, 0.0),
     "joint_distinct_view0_w0.2": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.2), {}, 0.0),
     "joint_distinct_view50_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.5, nce_weight=0.05), {}, 0.0),
     "joint_distinct_w0.05": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.05), {}, 0.0),
@@ -71,6 +73,8 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "mae_flat_inplace_rand50_dec64": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5,
                                       arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)),
                                       dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    "mae_flat_inplace_rand25": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.25),
+                                dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
     "mae_flat_inplace_rand75": ("pretrain", dict(objective="mae", mask_kind="random"),
                                 dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
@@ -101,8 +105,7 @@ def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
 
     arch = mae.arch
     video = to_input(data.val[3:4])
-    masks = tube_masks if cfg.mask_kind == "tube" else random_masks
-    mask = masks(1, arch.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
+    mask = cfg.masks(1, arch.grid, torch.Generator().manual_seed(0))
     mae.eval()
     with torch.no_grad():
         out = mae(video, mask)

@@ -156,6 +156,15 @@ class RunConfig:
     head_lr_scale: float = 1.0
     view_ratio: Optional[float] = None  # contrastive.view_ratio (None: pool the MAE pass)
 
+    def __post_init__(self) -> None:
+        if self.mask_kind not in ("tube", "random"):
+            raise ValueError(f"mask_kind={self.mask_kind!r}: expected tube|random")
+
+    def masks(self, batch: int, grid: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        """[B, N] bool training masks (True = masked) of this run's kind and ratio."""
+        fn = tube_masks if self.mask_kind == "tube" else random_masks
+        return fn(batch, grid, self.mask_ratio, generator)
+
 
 def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
     return VideoMAEArch(**(PRESETS[cfg.preset] | cfg.arch), patch_size=cfg.patch_size, tubelet_size=2, num_frames=frames,
@@ -266,7 +275,7 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     def step(idx, g):
         model.train()
         video = to_input(data.train[idx], cfg.shift, g)
-        mask = (tube_masks if cfg.mask_kind == "tube" else random_masks)(len(idx), arch.grid, cfg.mask_ratio, g)
+        mask = cfg.masks(len(idx), arch.grid, g)
         out = model(video, mask, text_table[data.train_labels[idx]], data.train_labels[idx])
         rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
         if out.loss_mse is not None:
@@ -293,11 +302,10 @@ def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, see
     (means over clips, in the model's target space)."""
     mae.eval()
     g = torch.Generator().manual_seed(seed)
-    masks = tube_masks if cfg.mask_kind == "tube" else random_masks
     sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0}
     for i in range(0, len(clips), batch):
         video = to_input(clips[i:i + batch])
-        mask = masks(len(video), mae.arch.grid, cfg.mask_ratio, g)
+        mask = cfg.masks(len(video), mae.arch.grid, g)
         n = len(video)
         sums["mse"] += float(mae(video, mask).loss) * n
         sums["patch_mean_mse"] += patch_mean_mse(mae, video, mask) * n
@@ -333,6 +341,6 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 
 __all__ = [
     "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
-    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pretrain", "random_masks", "render_clips", "to_input",
-    "train_supervised", "tube_masks", "visible_mean_mse",
+    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pretrain",
+    "random_masks", "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_mse",
 ]
