@@ -45,10 +45,40 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "joint_collinear_textnorm": ("pretrain", dict(objective="mae+contrastive", text_projection=True, text_norm=True), {}, 0.999),
     "joint_distinct": ("pretrain", dict(objective="mae+contrastive"), {}, 0.0),
     "joint_distinct_w0.002": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.002), {}, 0.0),
+    # InfoNCE on a second, unmasked encoder pass (contrastive.view_ratio=0); MAE mask .75
+    "joint_distinct_view0": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0), {}, 0.0),
+    "joint_distinct_view0_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05), {}, 0.0),
+    "joint_distinct_view0_w0.01": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.01), {}, 0.0),
+    "joint_distinct_view0_w0.05_seed1": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05, seed=1), {}, 0.0),
+    "mae_4x4_r75_seed1": ("pretrain", dict(objective="mae", seed=1), {}, 0.0),
+    "joint_distinct_view0_w0.2": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.2), {}, 0.0),
+    "joint_distinct_view50_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.5, nce_weight=0.05), {}, 0.0),
+    "joint_distinct_w0.05": ("pretrain", dict(objective="mae+contrastive", nce_weight=0.05), {}, 0.0),
     "mae_4x4_r75": ("pretrain", dict(objective="mae"), {}, 0.0),
     "mae_4x4_r50": ("pretrain", dict(objective="mae", mask_ratio=0.5), {}, 0.0),
     "mae_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), {}, 0.0),
     "mae_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), {}, 0.0),
+    # flat background: all a masked token holds beyond one colour is the objects
+    "mae_flat_4x4_r75": ("pretrain", dict(objective="mae"), dict(background="flat"), 0.0),
+    "mae_flat_8x8_r75": ("pretrain", dict(objective="mae", patch_size=6), dict(background="flat"), 0.0),
+    "mae_flat_4x4_r75_lr3e-3": ("pretrain", dict(objective="mae", lr=3e-3), dict(background="flat"), 0.0),
+    "mae_flat_4x4_tube50": ("pretrain", dict(objective="mae", mask_ratio=0.5), dict(background="flat"), 0.0),
+    "mae_flat_4x4_rand75": ("pretrain", dict(objective="mae", mask_kind="random"), dict(background="flat"), 0.0),
+    "mae_flat_4x4_rand50": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5), dict(background="flat"), 0.0),
+    "mae_flat_8x8_rand75": ("pretrain", dict(objective="mae", mask_kind="random", patch_size=6), dict(background="flat"), 0.0),
+    # the objects that stay in place (grow, shrink, rotate cw / ccw): a masked token's content
+    # shows at the same place in a neighbouring time slice, which random (not tube) masks leave visible
+    "mae_flat_inplace_rand50": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5),
+                                dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    "mae_flat_inplace_rand50_dec64": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5,
+                                      arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)),
+                                      dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    "mae_flat_inplace_rand25": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.25),
+                                dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    "mae_flat_inplace_rand75": ("pretrain", dict(objective="mae", mask_kind="random"),
+                                dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
+                               dict(background="flat"), 0.0),
 }
 
 
@@ -65,8 +95,9 @@ def cpu_model() -> str:
 FIGURES = Path("docs/figures")
 
 
-def recon_figure(mae, data, path: Path, title: str) -> None:
-    """Original / masked / MAE reconstruction / true patch means of one validation clip."""
+def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
+    """Original / masked / MAE reconstruction / true patch means of one validation clip, masked
+    as in training (cfg.mask_kind, cfg.mask_ratio)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import patchify, unpatchify
     from tgmae.viz.plotting import to_uint8_frames
@@ -74,7 +105,7 @@ def recon_figure(mae, data, path: Path, title: str) -> None:
 
     arch = mae.arch
     video = to_input(data.val[3:4])
-    mask = tube_masks(1, arch.grid, 0.75, torch.Generator().manual_seed(0))
+    mask = cfg.masks(1, arch.grid, torch.Generator().manual_seed(0))
     mae.eval()
     with torch.no_grad():
         out = mae(video, mask)
@@ -99,15 +130,16 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
         res = train_supervised(data, cfg)
         row.update(val_top1=res["val_top1"], train_top1=res["train_top1"], curve=res["curve"])
     else:
-        table = class_text_table(10, 96 if cfg.text_projection else cfg.proj_dim, cosine=cosine)
+        table = class_text_table(data.num_classes, 96 if cfg.text_projection else cfg.proj_dim, cosine=cosine)
         res = pretrain(data, cfg, table)
         probe = linear_probe(res["model"].mae.encoder, data)
         row.update(probe_val_top1=probe["val_top1"], probe_train_top1=probe["train_top1"], text_cosine=cosine,
-                   loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"))
+                   loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"),
+                   visible_mean_mse=res.get("visible_mean_mse"))
         if cfg.objective != "contrastive":
             fig = FIGURES / f"sanity_{name}.png"
             recon_figure(res["model"].mae, data, fig, f"{name}: masked MSE {res['loss_mse']:.4f} vs patch means "
-                         f"{res['patch_mean_mse']:.4f}")
+                         f"{res['patch_mean_mse']:.4f} (visible mean {res['visible_mean_mse']:.4f})", cfg)
             row["figure"] = str(fig)
     row.update(steps=res["steps"], cpu_s=res["cpu_s"])
     return row
@@ -122,13 +154,14 @@ def gradient_scales(batches: int = 4) -> list[dict]:
 
     data = make_data(16 * batches, 1, size=64, frames=8)
     rows = []
-    for cosine, proj, norm in ((0.0, False, False), (0.999, True, False), (0.999, True, True)):
+    for cosine, proj, norm, view in ((0.0, False, False, None), (0.999, True, False, None), (0.999, True, True, None),
+                                     (0.0, False, False, 0.0)):
         cfg = RunConfig(patch_size=16, proj_dim=64, text_projection=proj, text_norm=norm)
         torch.manual_seed(0)
         mae = VideoMAEPretrainer(make_arch(cfg, 8, 64))
-        table = class_text_table(10, 512 if proj else 64, cosine=cosine)
+        table = class_text_table(data.num_classes, 512 if proj else 64, cosine=cosine)
         model = VideoTextPretrainer(mae, table.shape[1], objective="mae+contrastive", proj_dim=64,
-                                    text_projection=proj, text_norm=norm).train()
+                                    text_projection=proj, text_norm=norm, view_ratio=view).train()
         enc = [q for q in mae.encoder.parameters()]
         g = torch.Generator().manual_seed(0)
         norms = {"mse": [], "nce": []}
@@ -139,19 +172,20 @@ def gradient_scales(batches: int = 4) -> list[dict]:
             for key, loss in (("mse", out.loss_mse), ("nce", out.loss_nce)):
                 grads = torch.autograd.grad(loss, enc, retain_graph=True, allow_unused=True)
                 norms[key].append(float(torch.sqrt(sum((x ** 2).sum() for x in grads if x is not None))))
-        rows.append({"text_cosine": cosine, "text_projection": proj, "text_norm": norm,
+        rows.append({"text_cosine": cosine, "text_projection": proj, "text_norm": norm, "view_ratio": view,
                      "grad_mse": sum(norms["mse"]) / batches, "grad_nce": sum(norms["nce"]) / batches})
     return rows
 
 
 def table(out: Path) -> str:
-    lines = ["| variant | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE |",
+             "|---|---|---|---|---|---|---|"]
     for p in sorted(out.glob("*.json")):
         r = json.loads(p.read_text())
         top1 = r.get("val_top1", r.get("probe_val_top1"))
         f = lambda v, d=4: "" if v is None else f"{v:.{d}f}"  # noqa: E731
         lines.append(f"| {r['variant']} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
-                     f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} |")
+                     f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} | {f(r.get('visible_mean_mse'))} |")
     return "\n".join(lines)
 
 

@@ -465,3 +465,30 @@ def test_text_norm_separates_near_collinear_class_texts():
         model = tiny_model("contrastive", text_norm=norm)
         t = F.normalize(model.embed_text(table[ids]), dim=-1).detach()
         assert ok(float((t @ t.T)[off_diag].mean())), norm
+
+
+def test_view_ratio_contrasts_a_lighter_masked_second_pass():
+    # contrastive.view_ratio: InfoNCE pools a second encoder pass over a subset of the MAE mask
+    # (0: the whole clip); the MSE term is the same as without it.
+    video, mask, text, ids = batch(4)
+    plain = tiny_model("mae+contrastive")
+    model = tiny_model("mae+contrastive", view_ratio=0.0)
+    out, ref = model(video, mask, text, ids), plain(video, mask, text, ids)
+    torch.testing.assert_close(out.loss_mse, ref.loss_mse)
+    full = model.mae.forward_encoder(video, model.mae.split(torch.zeros_like(mask)))
+    want = F.normalize(model.video_head(full.mean(dim=1)).float(), dim=-1)
+    torch.testing.assert_close(out.video_embedding, want, rtol=1e-4, atol=1e-5)
+    out.loss.backward()
+    assert model.mae.encoder.patch_embed.proj.weight.grad is not None
+    half = tiny_model("mae+contrastive", view_ratio=0.5)
+    torch.manual_seed(1)
+    view = half.view_mask(mask)
+    assert (view.sum(dim=1) == 4).all() and not (view & ~mask).any()  # a subset of the MAE mask
+    with pytest.raises(ValueError, match="view_ratio"):
+        tiny_model("mae+contrastive", view_ratio=1.0)
+    with pytest.raises(ValueError, match="view_ratio"):
+        tiny_model("mae+contrastive", view_ratio=0.9).view_mask(mask)  # 7 of 8 > the 6 masked
+    from tgmae.config import ConfigError
+    with pytest.raises(ConfigError, match="contrastive.view_ratio"):
+        ContrastiveConfig(view_ratio=-0.1)
+    assert build_video_text_model(ModelConfig(preset="tiny"), ContrastiveConfig(view_ratio=0.25, proj_dim=TEXT_DIM), 4, 32, TEXT_DIM).view_ratio == 0.25

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.evaluate.sanity import (RunConfig, linear_probe, make_arch, make_data,
-                                   patch_mean_mse, pretrain, render_clips, to_input, train_supervised,
-                                   tube_masks)
+from tgmae.evaluate.sanity import (RunConfig, linear_probe, mae_errors, make_arch, make_data,
+                                   patch_mean_mse, pretrain, random_masks, render_clips, to_input,
+                                   train_supervised, tube_masks, visible_mean_mse)
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
@@ -49,6 +49,16 @@ def test_tube_masks_and_patch_mean_baseline():
     sel = tok[mask]  # [B * N_masked, t*p*p, C]
     want = float(((sel - sel.mean(1, keepdim=True)) ** 2).mean())
     assert patch_mean_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
+    # visible-mean baseline: every masked pixel predicted as the clip's visible tokens' mean colour
+    colour = torch.stack([tok[b][~mask[b]].mean(dim=(0, 1)) for b in range(3)])  # [B, C]
+    want = float(((tok - colour[:, None, None, :]) ** 2)[mask].mean())
+    assert visible_mean_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
+    r = random_masks(3, (2, 4, 4), 0.5, g)
+    assert r.shape == (3, 32) and (r.sum(1) == 16).all() and not torch.equal(r[:, :16], r[:, 16:])
+    cfg = RunConfig(patch_size=16, arch=MICRO, mask_kind="random", mask_ratio=0.5)
+    errs = mae_errors(mae, torch.randint(0, 256, (5, 4, 32, 32, 3), dtype=torch.uint8, generator=g), cfg, batch=2)
+    assert set(errs) == {"mse", "patch_mean_mse", "visible_mean_mse"}
+    assert errs["patch_mean_mse"] <= errs["visible_mean_mse"]  # the oracle mean is the best constant per token
 
 
 def test_supervised_fits_a_small_set(moves):
@@ -77,3 +87,19 @@ def test_contrastive_with_oracle_text_fits_its_captions(moves):
     chance = 0.5 * (np.log(4) + np.log(13))
     assert res["loss_nce"] < 0.75 * chance, res["loss_nce"]
     assert linear_probe(res["model"].mae.encoder, moves)["train_top1"] >= 0.9
+
+
+@pytest.mark.slow
+def test_contrastive_with_oracle_text_learns_the_class_unmasked():
+    """(a), at the ratio where it holds: InfoNCE alone against distinct class texts on unmasked
+    clips (mask ratio 0), 400 clips of all 10 classes, 600 steps (~18 CPU-s, 1 thread): the
+    linear probe reaches at least ~half of supervised training at the same 600 steps (measured:
+    probe 25.5% held-out, train 96.5%; supervised 45.5%, so the bar is 0.5 x 45.5% = 22.75%;
+    asserted >= 0.2 = 2x chance to leave room for platform float differences). At mask ratio .75
+    the probe stays near chance (docs/sanity.md)."""
+    torch.set_num_threads(1)
+    data = make_data(400, 200, size=48, frames=8)
+    res = pretrain(data, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600, objective="contrastive",
+                                   mask_ratio=0.0))
+    probe = linear_probe(res["model"].mae.encoder, data)
+    assert probe["train_top1"] >= 0.8 and probe["val_top1"] >= 0.2, probe

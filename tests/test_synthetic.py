@@ -392,3 +392,16 @@ def test_generator_records_difficulty_and_cli_rejects_bad_knob(tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "bad"), "--distractors", "5"])
     assert e.value.code == 2 and "distractors=5" in capsys.readouterr().err
+
+
+def test_flat_background_keeps_the_scene_and_is_one_colour():
+    # background="flat" (asked for by name, never drawn): the same objects, path and view as the
+    # drawn scene, on a canvas of one colour without grain.
+    drawn = sample_scene(4, 48, 48, 8, np.random.default_rng(3))
+    flat = sample_scene(4, 48, 48, 8, np.random.default_rng(3), background="flat")
+    assert flat.background == "flat" and drawn.background != "flat"
+    assert np.array_equal(flat.view, drawn.view) and len(flat.tracks) == len(drawn.tracks)
+    assert all(np.array_equal(a.cx, b.cx) and np.array_equal(a.cy, b.cy) for a, b in zip(flat.tracks, drawn.tracks))
+    assert (flat.texture == flat.texture[0, 0]).all()
+    frames = render_scene(flat).frames
+    assert len(np.unique(frames.reshape(-1, 3), axis=0)) > 1  # the object is drawn on it

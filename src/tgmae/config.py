@@ -192,6 +192,9 @@ class ContrastiveConfig:
     # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
     monitor_nce: bool = False
     text_norm: bool = False  # BatchNorm (no affine) on the text side: removes what all captions share
+    # None (the paper's): InfoNCE pools the MAE pass's visible tokens. In [0, 1): a second encoder
+    # pass over a lighter view (this fraction of tokens masked; 0 = whole clip) feeds InfoNCE
+    view_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.objective not in ("mae", "contrastive", "mae+contrastive"):
@@ -200,6 +203,8 @@ class ContrastiveConfig:
             )
         if self.temperature <= 0:
             raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
+        if self.view_ratio is not None and not 0.0 <= self.view_ratio < 1.0:
+            raise ConfigError(f"contrastive.view_ratio={self.view_ratio}: must be in [0, 1) or null")
 
 
 @dataclass

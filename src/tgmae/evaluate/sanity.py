@@ -100,11 +100,31 @@ def tube_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: 
     return plane.repeat(1, t)
 
 
+def random_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, N] bool, True = masked: round(ratio * N) tokens per clip drawn uniformly over space and
+    time (VideoMAE's "random" masking; unlike a tube, a token hidden at time t may show at t+1)."""
+    n = grid[0] * grid[1] * grid[2]
+    order = torch.rand(batch, n, generator=generator).argsort(dim=1)
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    return mask.scatter_(1, order[:, :int(round(ratio * n))], True)
+
+
 def patch_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
     """MSE of predicting each masked token's true per-channel mean (the model's target space):
     the mean within-token variance of the target. video [B, C, T, H, W], mask [B, N] bool."""
     target = pretrain_target_channel_first(video, model.arch, mask_to_indices(mask, model.arch.num_tokens).masked)
     return float(target.float().var(dim=-1, unbiased=False).mean())
+
+
+def visible_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
+    """MSE of predicting every masked pixel as the clip's mean colour over its visible tokens
+    (per channel, in the model's target space): the baseline that uses only what the model sees.
+    video [B, C, T, H, W], mask [B, N] bool (True = masked)."""
+    split = mask_to_indices(mask, model.arch.num_tokens)
+    vis = pretrain_target_channel_first(video, model.arch, split.visible)  # [B, n_vis, C, t*p*p]
+    target = pretrain_target_channel_first(video, model.arch, split.masked)
+    colour = vis.float().mean(dim=(1, 3), keepdim=True)  # [B, 1, C, 1]
+    return float((target.float() - colour).pow(2).mean())
 
 
 @dataclass
@@ -120,6 +140,7 @@ class RunConfig:
     preset: str = "tiny"
     arch: dict = field(default_factory=dict)  # overrides of the preset's sizes (tests: a smaller model)
     mask_ratio: float = 0.75
+    mask_kind: str = "tube"  # tube | random
     shift: int = 4  # random translation (px) of training clips
     seed: int = 0
     max_steps: Optional[int] = None  # stop earlier than the budget (tests)
@@ -133,6 +154,16 @@ class RunConfig:
     text_projection: bool = False
     text_norm: bool = True
     head_lr_scale: float = 1.0
+    view_ratio: Optional[float] = None  # contrastive.view_ratio (None: pool the MAE pass)
+
+    def __post_init__(self) -> None:
+        if self.mask_kind not in ("tube", "random"):
+            raise ValueError(f"mask_kind={self.mask_kind!r}: expected tube|random")
+
+    def masks(self, batch: int, grid: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        """[B, N] bool training masks (True = masked) of this run's kind and ratio."""
+        fn = tube_masks if self.mask_kind == "tube" else random_masks
+        return fn(batch, grid, self.mask_ratio, generator)
 
 
 def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
@@ -225,7 +256,8 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
 
     text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
     -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "nce_chance", ...}
-    (losses: means over the last 20% of steps; patch_mean_mse over the same batches' masks)."""
+    (losses: means over the last 20% of steps; patch_mean_mse / visible_mean_mse over the same
+    batches' masks)."""
     torch.manual_seed(cfg.seed)
     arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
     mae = VideoMAEPretrainer(arch)
@@ -234,7 +266,7 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     model = VideoTextPretrainer(mae, text_table.shape[1], objective=cfg.objective, weight=cfg.nce_weight,
                                 temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
                                 proj_dim=cfg.proj_dim, text_projection=cfg.text_projection,
-                                text_norm=cfg.text_norm)
+                                text_norm=cfg.text_norm, view_ratio=cfg.view_ratio)
     heads = [p for n, p in model.named_parameters() if not n.startswith("mae.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if n.startswith("mae.") and p.requires_grad]
     opt = _optimizer([{"params": rest, "lr": cfg.lr},
@@ -243,22 +275,42 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     def step(idx, g):
         model.train()
         video = to_input(data.train[idx], cfg.shift, g)
-        mask = tube_masks(len(idx), arch.grid, cfg.mask_ratio, g)
+        mask = cfg.masks(len(idx), arch.grid, g)
         out = model(video, mask, text_table[data.train_labels[idx]], data.train_labels[idx])
         rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
         if out.loss_mse is not None:
             rec["loss_mse"] = float(out.loss_mse.detach())
             rec["patch_mean_mse"] = patch_mean_mse(mae, video, mask)
+            rec["visible_mean_mse"] = visible_mean_mse(mae, video, mask)
         return rec
 
     res = _loop(cfg, len(data.train), step, opt)
     tail = res["log"][-max(1, len(res["log"]) // 5):]
-    for key in ("loss_mse", "loss_nce", "patch_mean_mse"):
+    for key in ("loss_mse", "loss_nce", "patch_mean_mse", "visible_mean_mse"):
         if key in tail[0]:
             res[key] = float(np.mean([r[key] for r in tail]))
     res["model"] = model
     res.pop("log")
     return res
+
+
+@torch.no_grad()
+def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
+    """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
+    training (cfg.mask_kind, cfg.mask_ratio; masks from `seed`), next to the per-patch-mean and
+    visible-mean baselines on the same masks -> {"mse", "patch_mean_mse", "visible_mean_mse"}
+    (means over clips, in the model's target space)."""
+    mae.eval()
+    g = torch.Generator().manual_seed(seed)
+    sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0}
+    for i in range(0, len(clips), batch):
+        video = to_input(clips[i:i + batch])
+        mask = cfg.masks(len(video), mae.arch.grid, g)
+        n = len(video)
+        sums["mse"] += float(mae(video, mask).loss) * n
+        sums["patch_mean_mse"] += patch_mean_mse(mae, video, mask) * n
+        sums["visible_mean_mse"] += visible_mean_mse(mae, video, mask) * n
+    return {k: v / len(clips) for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -289,6 +341,6 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 
 __all__ = [
     "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
-    "linear_probe", "make_arch", "make_data", "patch_mean_mse", "pretrain", "render_clips", "to_input",
-    "train_supervised", "tube_masks",
+    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pretrain",
+    "random_masks", "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_mse",
 ]

@@ -146,6 +146,12 @@ class VideoTextPretrainer(nn.Module):
             encoder can give class names a pairwise cosine near 1; field notes). Measured with a
             learnt text projection it changed nothing at small scale (docs/sanity.md), so off by
             default.
+        view_ratio: None (default, the paper's): InfoNCE pools the one MAE encoder pass's visible
+            tokens. A float in [0, 1): InfoNCE pools a second encoder pass over a lighter-masked
+            view - the MAE mask with random masked tokens uncovered until only `view_ratio` of
+            the N tokens stay masked (0: the whole clip), drawn per clip with the default torch
+            generator on the video's device. Costs a second encoder pass; at mask ratio .75 the
+            pooled 25% often misses the actor (docs/sanity.md), which this removes.
 
     forward(video [B, C, T, H, W], mask [B, N] bool (True = masked), text_embedding [B, Dt],
     caption_id [B] int64 or None) -> VideoTextOutput. Masks are inputs: any generator works.
@@ -154,8 +160,11 @@ class VideoTextPretrainer(nn.Module):
     def __init__(self, mae: VideoMAEPretrainer, text_dim: int, *, objective: str = "mae",
                  weight: float = 1.0, temperature: float = 0.07, learnable_temperature: bool = False,
                  proj_dim: int = 256, text_projection: bool = False,
-                 hidden_dim: Optional[int] = None, text_norm: bool = False) -> None:
+                 hidden_dim: Optional[int] = None, text_norm: bool = False,
+                 view_ratio: Optional[float] = None) -> None:
         super().__init__()
+        if view_ratio is not None and not 0.0 <= view_ratio < 1.0:
+            raise ValueError(f"view_ratio={view_ratio}: must be in [0, 1) or None")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r}: expected one of {OBJECTIVES}")
         if weight < 0:
@@ -170,6 +179,7 @@ class VideoTextPretrainer(nn.Module):
             )
         self.objective = objective
         self.weight = float(weight)
+        self.view_ratio = view_ratio
         self.text_dim = text_dim
         self.proj_dim = proj_dim
         self.mae = mae
@@ -191,7 +201,8 @@ class VideoTextPretrainer(nn.Module):
         """Wrap `mae` with the `contrastive` config section."""
         return cls(mae, text_dim, objective=cfg.objective, weight=cfg.weight,
                    temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
-                   proj_dim=cfg.proj_dim, text_projection=cfg.text_projection, text_norm=cfg.text_norm)
+                   proj_dim=cfg.proj_dim, text_projection=cfg.text_projection, text_norm=cfg.text_norm,
+                   view_ratio=cfg.view_ratio)
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -214,6 +225,17 @@ class VideoTextPretrainer(nn.Module):
         loss = self.nce(v, t, caption_id)
         return F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1), loss
 
+    def view_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """[B, N] MAE mask -> [B, N] lighter mask for InfoNCE (True = masked): a random subset of
+        the masked tokens, round(view_ratio * N) per clip, stays masked; the rest is uncovered."""
+        n_keep = int(round(self.view_ratio * mask.shape[1]))
+        if n_keep > int(mask.sum(dim=1).min()):
+            raise ValueError(f"contrastive.view_ratio={self.view_ratio} masks more tokens than the MAE mask")
+        score = torch.rand(mask.shape, device=mask.device).masked_fill_(~mask, 2.0)  # visible last
+        order = score.argsort(dim=1)
+        view = torch.zeros_like(mask)
+        return view.scatter_(1, order[:, :n_keep], True)
+
     def forward(self, video: torch.Tensor, mask: torch.Tensor, text_embedding: torch.Tensor,
                 caption_id: Optional[torch.Tensor] = None) -> VideoTextOutput:
         b = video.shape[0]
@@ -226,12 +248,16 @@ class VideoTextPretrainer(nn.Module):
         else:
             mae_out = self.mae(video, mask)
             latent, pred, loss_mse = mae_out.latent, mae_out.pred, mae_out.loss
+        nce_latent = latent
+        if self.view_ratio is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.objective != "mae"):
+                nce_latent = self.mae.forward_encoder(video, self.mae.split(self.view_mask(mask)))
         if self.objective == "mae":
             with torch.no_grad():
-                v, t, loss_nce = self.forward_contrastive(latent.detach(), text_embedding, caption_id)
+                v, t, loss_nce = self.forward_contrastive(nce_latent.detach(), text_embedding, caption_id)
             loss = loss_mse
         else:
-            v, t, loss_nce = self.forward_contrastive(latent, text_embedding, caption_id)
+            v, t, loss_nce = self.forward_contrastive(nce_latent, text_embedding, caption_id)
             loss = loss_nce if self.objective == "contrastive" else loss_mse + self.weight * loss_nce
         return VideoTextOutput(
             loss=loss, loss_mse=loss_mse, loss_nce=loss_nce, pred=pred, mask=mask, latent=latent,
@@ -272,7 +298,8 @@ class VideoTextPretrainer(nn.Module):
         return {n: self.layer_id(n) for n, _ in self.named_parameters()}
 
     def extra_repr(self) -> str:
-        return f"objective={self.objective!r}, weight={self.weight}, text_dim={self.text_dim}"
+        return (f"objective={self.objective!r}, weight={self.weight}, text_dim={self.text_dim}, "
+                f"view_ratio={self.view_ratio}")
 
 
 def build_video_text_model(model_cfg: ModelConfig, contrastive_cfg: ContrastiveConfig,

@@ -12,9 +12,14 @@ import math
 import numpy as np
 
 BACKGROUNDS: tuple[str, ...] = ("stripes", "checker", "noise", "grid")
+# Kinds a scene may ask for by name but never draws at random (so the default set is unchanged):
+# "flat" is one muted colour without grain - everything a masked token holds beyond the
+# background is then the objects (the MAE sanity check's learnable structure, issue 14).
+EXTRA_BACKGROUNDS: tuple[str, ...] = ("flat",)
 
 # Adjective used in captions, e.g. "across a striped background".
-BACKGROUND_WORDS: dict[str, str] = {"stripes": "striped", "checker": "checkered", "noise": "mottled", "grid": "grid"}
+BACKGROUND_WORDS: dict[str, str] = {"stripes": "striped", "checker": "checkered", "noise": "mottled", "grid": "grid",
+                                    "flat": "plain"}
 
 
 def _muted_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +72,17 @@ def make_texture(kind: str, height: int, width: int, scale: float, rng: np.rando
         t = np.mod(np.floor(x / cell) + np.floor(y / cell), 2.0).astype(np.float32)
     elif kind == "noise":
         t = _value_noise(rng, height, width, max(2.0, rng.uniform(3.0, 16.0) * scale))
+    elif kind == "flat":
+        t = np.zeros((1, 1), np.float32)
     elif kind == "grid":
         period = max(4.0, rng.uniform(8.0, 20.0) * scale)
         line = max(1.0, round(rng.uniform(1.0, 2.5) * scale))
         t = ((np.mod(x, period) < line) | (np.mod(y, period) < line)).astype(np.float32)
     else:
-        raise ValueError(f"unknown background {kind!r}: expected one of {BACKGROUNDS}")
+        raise ValueError(f"unknown background {kind!r}: expected one of {BACKGROUNDS + EXTRA_BACKGROUNDS}")
     t = np.broadcast_to(t, (height, width))[..., None]  # [H, W, 1] weight of colour b
     img = a * (1.0 - t) + b * t
     grain = rng.normal(0.0, 4.0, size=(height, width, 1)).astype(np.float32)  # faint sensor grain
+    if kind == "flat":
+        grain[:] = 0.0  # drawn all the same, so the rest of the scene's random numbers are unchanged
     return np.clip(img + grain, 0, 255).astype(np.uint8)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tgmae.data.synthetic.background import BACKGROUNDS, make_texture
+from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS, make_texture
 from tgmae.data.synthetic.shapes import EXTENT, ROTATION_INVARIANT, SHAPES
 
 # Class id i = ACTIONS[i]; written to classes.txt in this order.
@@ -187,7 +187,8 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
     random numbers, so a scene differs from the default one only in what the knob changes):
     distractors: at most this many distractor shapes (0-2; the count is drawn as 0/1/2 with
       p = .15/.4/.45 and capped). distractor_speed: multiplies their path cycles and spin
-      (1 = the original, 0 = static). background: one of BACKGROUNDS instead of a random one.
+      (1 = the original, 0 = static). background: one of BACKGROUNDS or EXTRA_BACKGROUNDS ("flat")
+      instead of a random one.
     Raises ValueError naming the bad argument.
     """
     if not 0 <= label < len(ACTIONS):
@@ -196,8 +197,8 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
         raise ValueError(f"distractors={distractors}: expected 0..{MAX_DISTRACTORS}")
     if not distractor_speed >= 0:
         raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
-    if background is not None and background not in BACKGROUNDS:
-        raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS}")
+    if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
+        raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS + EXTRA_BACKGROUNDS}")
     action = ACTIONS[label]
     scale = min(height, width) / 128.0
     colours = list(COLOURS)
