@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -60,6 +59,7 @@ import av
 import numpy as np
 import torch
 
+from tgmae.autotune import cpu_info
 from tgmae.config import DataConfig
 from tgmae.data.annotations import VideoRecord
 from tgmae.data import frame_index as fidx
@@ -207,27 +207,17 @@ def bench(rounds: int, clips: int) -> dict:
         tw, tc = _timed(lambda: tr(clip, g))
         aug_w.append(tw)
         aug_c.append(tc)
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_info()[0]}")
     aug = {"cpu_ms": round(statistics.median(aug_c) * 1e3, 2), "wall_ms": round(statistics.median(aug_w) * 1e3, 2)}
     print(f"augmentation (multi-scale crop + resize 224 + normalize), 16 x 256x340: "
           f"{aug['cpu_ms']:.2f} ms CPU, {aug['wall_ms']:.2f} ms wall per clip")
     return {
-        "machine": cpu_model(), "cpus": os.cpu_count(),
+        "machine": cpu_info()[0], "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "av": av.__version__, "torch_threads": 1,
         "clip": f"{NUM_FRAMES} frames x stride {STRIDE}", "rounds": rounds, "clips_per_round": clips,
         "rows": rows, "augment": aug,
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_cache(videos: int, rounds: int, workers: int) -> dict:
@@ -317,7 +307,7 @@ def bench_cache(videos: int, rounds: int, workers: int) -> dict:
     loader_wall = {m: round(statistics.median(v), 1) for m, v in wall_cs.items()}
     c = data["memory"].cache
     result = {
-        "cpu_model": cpu_model(), "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpu_model": cpu_info()[0], "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "av": av.__version__, "videos": videos, "train_clips": n,
         "batch_size": bs, "workers": workers, "rounds": rounds, "steps_per_s": steps_per_s,
         "speedup_vs_video": {k: round(steps_per_s[k] / steps_per_s["video"], 2) for k in steps_per_s},

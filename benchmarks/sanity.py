@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from tgmae.autotune import cpu_info
 from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, make_data, pretrain,
                                    to_input, train_supervised, tube_masks)
 
@@ -80,16 +80,6 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 FIGURES = Path("docs/figures")
@@ -210,13 +200,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.grads:
         rows = gradient_scales()
-        (out.parent / "sanity_grads.json").write_text(json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1) + "\n")
+        (out.parent / "sanity_grads.json").write_text(json.dumps({"cpu": cpu_info()[0], "rows": rows}, indent=1) + "\n")
         for r in rows:
             print(r)
     for name in args.variants:
         t0 = time.time()
         row = run_variant(name, args.budget, args.train, args.val)
-        row.update(budget_cpu_s=args.budget, train=args.train, val=args.val, cpu=cpu_model(), torch=torch.__version__,
+        row.update(budget_cpu_s=args.budget, train=args.train, val=args.val, cpu=cpu_info()[0], torch=torch.__version__,
                    command=" ".join(["python", "benchmarks/sanity.py"] + sys.argv[1:]), wall_s=time.time() - t0)
         (out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)

@@ -60,9 +60,9 @@ def main(argv=None) -> int:
         encoders[name] = TextEmbedder(name)
     results = {}
     sys.path.insert(0, str(Path(__file__).parent))
-    from data_pipeline import cpu_model
+    from tgmae.autotune import cpu_info
 
-    print(f"machine: {cpu_model()}; set: {root}")
+    print(f"machine: {cpu_info()[0]}; set: {root}")
     for name, embed in encoders.items():
         r = text_action_probe(root, embed)
         r["prompts"] = prompt_cosines(embed, classes)
