@@ -255,6 +255,17 @@ def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict
     video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
     mask = random_mask(args.batch, n, ratio, seed=1).to(device)
     steps = {name: make_step(m, name == "hf", video, mask, precision, device) for name, m in models.items()}
+    # Same weights, video and mask: the losses must agree before any step is timed (a fast wrong
+    # model is no result). Measured before the warm-up step, which moves the weights.
+    losses = {}
+    for name, m in models.items():
+        with torch.no_grad(), (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                               else nullcontext()):
+            out = m(video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask) if name == "hf" else m(video, mask)
+        losses[name] = float(out.loss)
+    loss_diff = max(abs(v - losses["hf"]) / max(abs(losses["hf"]), 1e-12) for v in losses.values())
+    if loss_diff > (2e-2 if precision == "bf16" else 1e-4):
+        raise SystemExit(f"{preset} r={ratio} {precision}: ours and HF disagree (losses {losses})")
     compile_s = {}
     for name in steps:  # warm-up: allocates optimizer state, first-call kernels (and compiles)
         w0 = time.perf_counter()
@@ -274,7 +285,7 @@ def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict
     ceiling = statistics.median(rates)
     row = dict(preset=preset, ratio=ratio, precision=precision, batch=args.batch,
                ceiling_gflops=ceiling, ceiling_samples=rates, best_ceiling_gflops=ceilings[precision],
-               attention_choices=autotune.cached_choices(device))
+               attention_choices=autotune.cached_choices(device), losses=losses, loss_rel_diff=loss_diff)
     for name, (step, fwd_bwd) in steps.items():
         med = statistics.median(times[name])
         flops = count_flops(fwd_bwd) if name != "ours_compiled" else row["ours"]["gflop"] * 1e9
@@ -414,7 +425,7 @@ def main(argv=None) -> int:
               f"GFLOP/s = {o['frac_ceiling']:.0%}) | HF {h['step_s']:.3f}s ({h['peak_mib']:.0f} MiB, "
               f"{h['gflops_per_s']:.0f} GFLOP/s = {h['frac_ceiling']:.0%}) | speedup "
               f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
-              f"memory {row['mem_ratio']:.2f}x"
+              f"memory {row['mem_ratio']:.2f}x, loss agrees to {row['loss_rel_diff']:.1e}"
               + (f" | compiled {row['ours_compiled']['step_s']:.3f}s = {row['speedup_compiled']:.2f}x HF "
                  f"({row['ours_compiled']['frac_ceiling']:.0%})" if "ours_compiled" in row else ""),
               flush=True)
