@@ -244,3 +244,16 @@ def test_a_cache_file_of_the_wrong_shape_is_measured_again(tuning, caplog):
     with caplog.at_level(logging.WARNING):
         assert autotune.choose("demo/shape", cands, CPU, default="b", rounds=2) == "a"
     assert "not a JSON object" in caplog.text
+
+
+def test_a_cache_folder_that_is_a_file_warns_once(tuning, monkeypatch, caplog):
+    blocker = tuning / "afile"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(blocker))
+    cands = {"a": lambda: None, "b": lambda: None}
+    with caplog.at_level(logging.WARNING):
+        for name in ("demo/w1", "demo/w2", "demo/w3"):
+            autotune.choose(name, cands, CPU, default="a", rounds=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # once each: cannot read it, cannot write it - not once per choice
+    assert "unreadable" in warnings[0] and "not written" in warnings[1]

@@ -223,7 +223,8 @@ def test_checkpoint_pointer_and_geometry_everywhere_a_checkpoint_meets_a_config(
     out = f"train.output_dir={tmp_path / 'out'}"
     latest = f"model.pretrained={ckpts / 'latest'}"
     _fails(capsys, ["evaluate", "-c", cfg, out, latest], "not a finetuned classifier")
-    _fails(capsys, ["retrieve", "-c", cfg, out, latest], "no contrastive video head")
+    err = _fails(capsys, ["retrieve", "-c", cfg, out, latest], "no contrastive video head")
+    assert err.count("model.safetensors") == 1  # the checkpoint is named once
     assert main(["probe", "-c", cfg, out, latest, "train.epochs=1"]) == 0
     clf = save_classifier(build_classifier(model, 3), tmp_path / "classifier.safetensors", ["a", "b", "c"])
     for key in ("model.tubelet_size=4", "model.patch_size=16"):

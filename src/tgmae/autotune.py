@@ -92,6 +92,16 @@ def machine_key(device: torch.device) -> str:
     return f"{hw} | torch {torch.__version__}"
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A broken or unwritable cache file is said once per process, not once per choice."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def _load() -> dict:
     path = cache_path()
     if path is None:
@@ -101,10 +111,10 @@ def _load() -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        log.warning("autotune cache %s unreadable (%s): measuring again", path, e)
+        _warn_once(f"autotune cache {path} unreadable ({e}): measuring again")
         return {}
     if not isinstance(data, dict):
-        log.warning("autotune cache %s is not a JSON object: measuring again", path)
+        _warn_once(f"autotune cache {path} is not a JSON object: measuring again")
         return {}
     # a machine's entry that is not an object (hand-edited, another version) is dropped, not trusted
     return {k: v for k, v in data.items() if isinstance(v, dict)}
@@ -124,7 +134,7 @@ def _store(key: str, name: str, entry: dict) -> None:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:
-        log.warning("autotune cache %s not written (%s)", path, e)
+        _warn_once(f"autotune cache {path} not written ({e}): choices last this process only")
 
 
 def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = 5,
@@ -199,8 +209,9 @@ def cached_choices(device: Optional[torch.device] = None) -> dict[str, str]:
 
 
 def forget() -> None:
-    """Drop this process's memo (the cache file stays): the next `choose` reads the file."""
+    """Drop this process's memo and warnings (the cache file stays): the next `choose` reads the file."""
     _memo.clear()
+    _warned.clear()
 
 
 __all__ = ["cache_path", "enabled", "cpu_info", "machine_key", "time_candidates", "choose",

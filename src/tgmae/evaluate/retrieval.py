@@ -107,8 +107,9 @@ def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         latest = find_latest(run_checkpoints) / "model.safetensors"
         if latest.is_file() and "video_head.fc1.weight" in read_safetensors(latest)[0]:
             hint = f"the contrastive head of this run is in {latest}: pass that file or the run folder {path.parent}"
-    raise CheckpointError(
-        f"{path}: no contrastive video head found (looked in {', '.join(str(c) for c in candidates)}); {hint}")
+    looked = [str(c) for c in candidates if c != path]  # the path itself is named once, in front
+    where = f" (looked in {', '.join(looked)})" if looked else ""
+    raise CheckpointError(f"{path}: no contrastive video head found{where}; {hint}")
 
 
 def load_video_text_model(path: str | os.PathLike) -> nn.Module:
