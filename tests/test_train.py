@@ -443,3 +443,16 @@ def test_loader_workers_persist_across_epochs_and_match_no_workers(tmp_path):
     cfg0 = toy_cfg(tmp_path / "n", "train.epochs=3", "data.num_workers=0")
     no_workers = Trainer(_PidTask(cfg0), cfg0).fit().model
     assert torch.equal(flat_params(with_workers), flat_params(no_workers))
+
+
+def test_more_processes_than_gpus_is_a_config_error_naming_the_rank(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 gets a clear error, not CUDA's."""
+    from tgmae.config import ConfigError
+    from tgmae.train.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 0) == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1.*1 CUDA device"):
+        resolve_device("auto", 1)
+    assert resolve_device("cpu", 1) == torch.device("cpu")

@@ -228,8 +228,8 @@ def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
         zeros = torch.zeros(dim, dtype=parts["query.weight"].dtype)
         out[f"{base}attn.q_bias"] = parts.get("query.bias", zeros)  # qv_bias=False: zero biases
         out[f"{base}attn.v_bias"] = parts.get("value.bias", zeros)
-        if "key.bias" in parts and bool(parts["key.bias"].any()):
-            raise ValueError(f"HF checkpoint: {base} has a non-zero key bias; VideoMAE has none")
+        # A key bias (transformers < 5.2x builds one, zero-filled for VideoMAE weights) adds q.b_k to
+        # every score of a query: constant across keys, so softmax removes it exactly. Dropped.
     return out, unknown
 
 
@@ -272,3 +272,15 @@ __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
     "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
 ]
+
+
+def fill_key_biases(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (HF names, from `ours_to_hf`) plus a zero key bias for every `...key.bias` that the
+    HF model `target` (its state dict) holds and `state` lacks. transformers 5.0-5.17 build
+    VideoMAE's key projection with a bias (zero for VideoMAE weights); later versions without.
+    A zero key bias is exact: VideoMAE has none."""
+    out = dict(state)
+    for name, value in target.items():
+        if name.endswith(f"{_QKV}key.bias") and name not in out:
+            out[name] = torch.zeros_like(value)
+    return out

@@ -41,6 +41,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
         raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine: "
                           "use train.device=auto or train.device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        from tgmae.config import ConfigError
+
+        # torchrun with more processes than GPUs: rank LOCAL_RANK would find no device of its own
+        raise ConfigError(f"device {device} (LOCAL_RANK={local_rank}) but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per "
+                          "node (--nproc_per_node) or use train.device=cpu")
     return device
 
 

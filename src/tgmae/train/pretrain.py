@@ -190,11 +190,12 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
     sample = dataset[index]
     model = mae_part(model).eval()
+    device = next(model.parameters()).device  # the trained model stays where it trained (a GPU)
     video = sample["video"][None]
     mask = sample["mask"][None] if make_mask is None else make_mask(sample)
     with torch.no_grad():
-        res = model(video, mask)
-        recon = reconstruct_video(video, res.pred, mask, model.arch)
+        res = model(video.to(device), mask.to(device))
+        recon = reconstruct_video(video, res.pred.float().cpu(), mask.cpu(), model.arch)
     rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
     out["reconstruction"] = save_reconstruction_figure(
