@@ -235,12 +235,12 @@ def test_resume_from_corrupted_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
-    cfg = toy_cfg(tmp_path, "train.precision=bf16", "train.epochs=1")
+    cfg = toy_cfg(tmp_path, "train.precision=bf16", "train.epochs=1", "train.device=cpu")
     result = Trainer(ToyTask(cfg), cfg).fit()
     assert result.position.step == 8
     with pytest.raises(ValueError, match="fp16.*CUDA"):
-        Trainer(ToyTask(toy_cfg(tmp_path, "train.precision=fp16")),
-                toy_cfg(tmp_path, "train.precision=fp16")).fit()
+        fp16 = toy_cfg(tmp_path, "train.precision=fp16", "train.device=cpu")
+        Trainer(ToyTask(fp16), fp16).fit()
 
 
 def _free_port() -> int:
@@ -253,7 +253,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null")
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null", "train.device=cpu")
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
     torch.save(flat_params(result.model), Path(out_dir) / f"rank{rank}.pt")
     del result
@@ -267,7 +267,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null")
+    cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null", "train.device=cpu")
     single = flat_params(Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model)
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)

@@ -148,7 +148,7 @@ class PretrainTask:
         video = batch["video"]
         text = self._text(batch["caption_id"]) if self.captions is not None else None
         seed = int(torch.as_tensor(batch["index"]).sum()) * 1_000_003 + self.cfg.train.seed
-        g = torch.Generator(device=video.device).manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # on CPU: the same masks on every device
         with torch.autocast(device_type=video.device.type, enabled=False):
             return self.batch_masker(video, text, self.cfg.token_grid, g)
 
