@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from tgmae.captions.hub import (
+from tgmae.hub import (
     ModelUnavailableError,
     load_pretrained,
     looks_like_path,
@@ -64,7 +64,7 @@ def _config_hash(config: Any) -> str:
 @dataclass(frozen=True)
 class ModelIdentity:
     """Which text model made a set of embeddings: its name/path, a hash of its config and a
-    fingerprint of its weights (`tgmae.captions.hub.weights_fingerprint`; "" = not known)."""
+    fingerprint of its weights (`tgmae.hub.weights_fingerprint`; "" = not known)."""
 
     model: str
     config_hash: str

@@ -227,7 +227,8 @@ def _annotations(args: argparse.Namespace):
 
 def _run_captioner(args: argparse.Namespace) -> int:
     from tgmae.captions.captioner import GenerationOptions, resolve_device, resolve_dtype
-    from tgmae.captions.shard import distributed_ready, init_distributed_if_launched, shard_from_env
+    from tgmae.captions.shard import shard_from_env
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched
 
     shard = shard_from_env(args.rank, args.world_size)
     videos, _ = _annotations(args)
@@ -256,7 +257,7 @@ def _run_captioner(args: argparse.Namespace) -> int:
                 n, ne = merge_parts(args.out, [v.video_id for v in videos])
                 print(f"merged {shard.world_size} parts: {n} videos in {args.out}, {ne} failures")
             if created:
-                from tgmae.train.distributed import cleanup
+                from tgmae.distributed import cleanup
 
                 cleanup()  # barrier, then leave the group
             else:
@@ -295,7 +296,7 @@ def _run_text_source(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.captions.hub import ModelUnavailableError
+    from tgmae.hub import ModelUnavailableError
     from tgmae.captions.sources import DescriptionsError
     from tgmae.captions.store import CaptionStoreError, merge_stores, read_store, write_store
     from tgmae.data.annotations import AnnotationError

@@ -10,7 +10,6 @@ annotation order when it is known, writes OUT atomically, then deletes the parts
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -104,23 +103,3 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
     for p in [*rec_parts, *err_parts]:
         p.unlink()
     return len(ids), len(errors)
-
-
-def init_distributed_if_launched() -> bool:
-    """Under torchrun (WORLD_SIZE > 1 and MASTER_ADDR set), join a gloo group for the final
-    barrier. Returns True if this call created the group (the caller destroys it)."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or dist.is_initialized():
-        return False
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
-    return True
-
-
-def distributed_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()

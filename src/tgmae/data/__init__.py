@@ -7,6 +7,8 @@
   (one decode, cached) and its verdict; `frame_folder`: folders of frame images.
 - `sampling`: which frames make a clip (dense, TSN, multi-view).
 - `transforms`: crop boxes and clip augmentation on tensors, returning `CropParams`.
+- `mask_interface`: what the dataset hands a mask generator (`MaskContext`, `CropParams`) and
+  the generator protocol and mask helpers `tgmae.masking` implements.
 - `dataset`: `VideoDataset`, `MultiViewDataset`, `build_dataset` (sample contract in
   docs/CONTRACTS.md).
 - `check`: `tgmae data check`.

@@ -242,7 +242,7 @@ class SimilarityCache:
                 f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
             )
         if expect_clip:  # same path, other weights (a CLIP retrained into the same folder)
-            from tgmae.captions.hub import weights_fingerprint
+            from tgmae.hub import weights_fingerprint
 
             now = weights_fingerprint(expect_clip)
             if now is not None and now != m.clip_fingerprint:
