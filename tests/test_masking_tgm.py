@@ -366,7 +366,7 @@ def test_generators_inside_the_training_dataset(synth, tiny_clip, dense_cache, t
     the captions package, codec motion) drives the cached TGM and MGM generators."""
     from tgmae.captions.provider import CaptionProvider
     from tgmae.config import DataConfig
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
     from tgmae.data.dataset import VideoDataset
     from tgmae.masking.mgm import MotionGuidedMask
 

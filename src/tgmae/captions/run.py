@@ -220,7 +220,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _annotations(args: argparse.Namespace):
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
 
     return load_annotations(args.format, args.root, args.annotations, split=args.split, subset=args.subset)
 

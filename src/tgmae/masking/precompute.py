@@ -224,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tgmae.captions.shard import shard_from_env
     from tgmae.distributed import distributed_ready, init_distributed_if_launched
     from tgmae.captions.store import CaptionStoreError
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
     from tgmae.distributed import resolve_device
 
     shard = shard_from_env()

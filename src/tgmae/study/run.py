@@ -258,7 +258,7 @@ def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
 def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
     from tgmae.clip.features import load_clip
     from tgmae.masking.precompute import PrecomputeOptions, precompute
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
 
     records, _ = load_annotations("csv", paths.data, "annotations.csv")
     videos = [(r.video_id, r.path) for r in records]
