@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from tgmae.atomic import atomic_path
 from tgmae.hub import (
     ModelUnavailableError,
     load_pretrained,
@@ -211,11 +212,8 @@ class EmbeddingCache:
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=True) as tmp:
+            save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 
 
 def sentence_pooling(name_or_path: str) -> str:

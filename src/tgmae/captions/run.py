@@ -34,7 +34,7 @@ import numpy as np
 
 from tgmae.captions.captioner import ImageCaptioner, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path
-from tgmae.captions.store import (CaptionRecord, StoreAppender, atomic_write_text, read_jsonl_tolerant,
+from tgmae.captions.store import (CaptionRecord, StoreAppender, read_jsonl_tolerant,
                                   video_ids_in)
 from tgmae.config import DATASET_FORMATS
 
@@ -118,7 +118,7 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
         if f.exists():
             items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
             keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in ids)]
-            atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep))
+            atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tgmae.captions.store import CaptionRecord, atomic_write_text, dumps_record, read_jsonl_tolerant
+from tgmae.atomic import atomic_write_text
+from tgmae.captions.store import CaptionRecord, dumps_record, read_jsonl_tolerant
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,10 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
                 errors[vid] = obj  # the latest attempt wins
     rank_of = {v: i for i, v in enumerate(order or ())}
     ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
-    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids))
+    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids), fsync=True)
     if errors or err.exists():
         eids = sorted(errors, key=lambda v: rank_of.get(v, len(rank_of)))
-        atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids))
+        atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids), fsync=True)
     for p in [*rec_parts, *err_parts]:
         p.unlink()
     return len(ids), len(errors)
