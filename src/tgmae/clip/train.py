@@ -6,7 +6,7 @@ contrastive loss), a byte-level BPE tokenizer trained in code on the captions, a
 processor are saved together, so the directory loads exactly like a public CLIP:
 `CLIPModel.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`,
 `AutoProcessor.from_pretrained(DIR)`. Training pairs: whole frames, object boxes and patch-sized
-object windows with their captions, and off-object windows as negatives (`clip_data`), so that
+object windows with their captions, and off-object windows as negatives (`tgmae.clip.data`), so that
 the paper-faithful mode (16 px patch crops embedded as images) finds the named object. A second
 loss (`--dense-weight`) applies the same grouping to the whole frames' patch tokens on the dense
 MaskCLIP path (last block's value projection -> post-LN -> projection): object patches are
