@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import ImageCaptioner, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path
 from tgmae.captions.store import (CaptionRecord, StoreAppender, read_jsonl_tolerant,
