@@ -19,7 +19,7 @@ from tgmae.captions.run import caption_videos, main
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path, shard_from_env
 from tgmae.captions.store import read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
-from tgmae.data.annotations import load_annotations
+from tgmae.data.formats import load_annotations
 
 CLASSES = ["jumping", "running"]
 NUM_VIDEOS = 6

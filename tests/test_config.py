@@ -86,7 +86,7 @@ def test_every_shipped_config_loads(path):
         import yaml
 
         from tgmae.config import from_dict
-        from tgmae.evaluate.study import StudyConfig
+        from tgmae.study.run import StudyConfig
 
         study = from_dict(StudyConfig, yaml.safe_load(path.read_text()), prefix="study")
         assert study.maskings and study.objectives

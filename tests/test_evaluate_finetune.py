@@ -205,7 +205,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         out = predict_views(ViewLogits(), data, batch_size=4)
         queue.put((rank, {k: v.tolist() for k, v in out.items()}))  # plain data: survives the exit
     finally:
-        from tgmae.train.distributed import cleanup
+        from tgmae.distributed import cleanup
 
         cleanup()
 

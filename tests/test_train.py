@@ -257,7 +257,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
     torch.save(flat_params(result.model), Path(out_dir) / f"rank{rank}.pt")
     del result
-    from tgmae.train.distributed import cleanup
+    from tgmae.distributed import cleanup
 
     cleanup()
 

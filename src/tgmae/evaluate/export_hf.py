@@ -191,7 +191,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     num_heads / decoder_heads: for an official .pth (which does not store them); for any other
     checkpoint they must equal the stored counts (CheckpointError)."""
     from tgmae import __version__
-    from tgmae.captions.hub import quiet_transformers
+    from tgmae.hub import quiet_transformers
 
     if classifier and pretraining:
         raise ValueError("choose one of classifier / pretraining")

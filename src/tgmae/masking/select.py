@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.masking.base import num_masked
+from tgmae.data.mask_interface import num_masked
 
 SELECT = ("top", "bottom")
 

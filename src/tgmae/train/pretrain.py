@@ -125,7 +125,7 @@ class PretrainTask:
             import os
 
             from tgmae.masking import build_mask_generator, is_batch_generator
-            from tgmae.train.distributed import resolve_device
+            from tgmae.distributed import resolve_device
 
             device = resolve_device(self.cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
@@ -228,7 +228,7 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.cli import parse_run_args
+    from tgmae.run_args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])
