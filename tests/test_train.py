@@ -448,7 +448,7 @@ def test_loader_workers_persist_across_epochs_and_match_no_workers(tmp_path):
 def test_more_processes_than_gpus_is_a_config_error_naming_the_rank(monkeypatch):
     """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 gets a clear error, not CUDA's."""
     from tgmae.config import ConfigError
-    from tgmae.train.distributed import resolve_device
+    from tgmae.distributed import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
