@@ -89,7 +89,7 @@ def test_copy_baseline_copies_from_the_nearest_slice():
 
 def test_pixel_mse_compares_a_normalized_target_in_pixels():
     # norm_pix_loss: a zero prediction is each patch's true mean in pixels, so its pixel MSE is the
-    # patch-mean baseline; without it pixel_mse is the loss itself
+    # patch-mean baseline; without it a zero prediction is black, missing each pixel by its value
     g = torch.Generator().manual_seed(0)
     video = to_input(torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8, generator=g))
     mask = random_masks(2, (2, 2, 2), 0.5, g)
@@ -97,7 +97,9 @@ def test_pixel_mse_compares_a_normalized_target_in_pixels():
         mae = VideoMAEPretrainer(make_arch(RunConfig(patch_size=16, arch=MICRO, norm_pix_loss=norm), 4, 32)).eval()
         torch.nn.init.zeros_(mae.decoder.head.weight)
         torch.nn.init.zeros_(mae.decoder.head.bias)
-        want = patch_mean_mse(mae, video, mask) if norm else float(mae(video, mask).loss)
+        pixels = video * 0.25 + 0.5  # [B, C, T, H, W] in [0, 1]
+        tok = pixels.permute(0, 2, 3, 4, 1).reshape(2, 2, 2, 2, 16, 2, 16, 3).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(2, 8, -1)
+        want = patch_mean_mse(mae, video, mask) if norm else float((tok[mask] ** 2).mean())
         assert pixel_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
 
 
@@ -143,3 +145,26 @@ def test_contrastive_with_oracle_text_learns_the_class_unmasked():
                                    mask_ratio=0.0))
     probe = linear_probe(res["model"].mae.encoder, data)
     assert probe["train_top1"] >= 0.8 and probe["val_top1"] >= 0.2, probe
+
+
+@pytest.mark.slow
+def test_mae_reconstructs_more_than_patch_means_on_a_static_background():
+    """(b): on clips whose background is the same in every frame (static_camera) under random
+    masks, a masked token shows at the same place in another time slice; MAE learns to use it and
+    its held-out masked MSE goes clearly below the oracle that predicts every masked token's true
+    mean colour. 200 clips at 40 px, 10 px patches (4x4 tokens per slice), a 1-block 64-wide
+    encoder and a 1-block 64-wide decoder (4 heads), batch 8, lr 3e-3, ratio .5, 3,200 steps
+    (~50 CPU-s, 1 thread; the harness's per-step baselines are off). Measured: held-out 0.0110 vs
+    patch means 0.0147 (0.75x; 2,000 / 2,600 steps: 0.92x / 0.83x - the plateau at the visible
+    mean lasts ~1,500 steps, which is why this check cannot be shorter); seeds 1 / 2 (same data):
+    0.86x / 0.79x. Asserted: <= 0.9x the patch means (every seed measured passes; the plateau's
+    end moves with tiny numeric differences) and below the visible-mean baseline."""
+    torch.set_num_threads(1)
+    data = make_data(200, 64, size=40, frames=8, static_camera=True)
+    arch = dict(embed_dim=64, depth=1, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=4)
+    cfg = RunConfig(budget_s=1e9, max_steps=3200, patch_size=10, arch=arch, batch_size=8, shift=2, warmup_steps=20,
+                    lr=3e-3, mask_kind="random", mask_ratio=0.5, baselines=False)
+    res = pretrain(data, cfg)
+    assert res["steps"] == 3200
+    errs = mae_errors(res["model"].mae, data.val, cfg)
+    assert errs["mse"] <= 0.9 * errs["patch_mean_mse"] and errs["mse"] < errs["visible_mean_mse"], errs
