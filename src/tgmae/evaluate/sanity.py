@@ -7,7 +7,9 @@ DataLoader), so a check measures the objective, not the data path:
   with the library's own `VideoMAEPretrainer` / `VideoTextPretrainer`.
 - `linear_probe`: logistic regression on the frozen encoder's mean-pooled features.
 - `patch_mean_mse`: the masked MSE of predicting every masked token's true per-channel mean
-  colour, the bar MAE must go under to have learnt more than patch means.
+  colour, the bar MAE must go under to have learnt more than patch means; `visible_mean_mse`
+  and `copy_mse` (the same place in the nearest time slice): baselines that need no learning.
+  All in pixels ([0, 1]); `pixel_mse` puts a norm_pix_loss model's error in the same units.
 
 Budgets are CPU seconds of this process (`time.process_time`; run with 1 torch thread), so a
 figure does not depend on what else shares the machine. `benchmarks/sanity.py` runs the full
