@@ -405,3 +405,20 @@ def test_flat_background_keeps_the_scene_and_is_one_colour():
     assert (flat.texture == flat.texture[0, 0]).all()
     frames = render_scene(flat).frames
     assert len(np.unique(frames.reshape(-1, 3), axis=0)) > 1  # the object is drawn on it
+
+
+def test_static_camera_keeps_the_scene_and_fixes_the_background():
+    # static_camera=True: the drawn scene's texture and objects, without scroll or shake, so the
+    # background is the same in every frame wherever no object covers it (issue 14's MAE check)
+    for seed in range(6):
+        drawn = sample_scene(seed % len(ACTIONS), 48, 48, 8, np.random.default_rng(seed), distractors=0)
+        still = sample_scene(seed % len(ACTIONS), 48, 48, 8, np.random.default_rng(seed), distractors=0,
+                             static_camera=True)
+        np.testing.assert_array_equal(still.texture, drawn.texture)
+        assert all(np.array_equal(a.cx, b.cx) and np.array_equal(a.angle, b.angle) for a, b in zip(still.tracks, drawn.tracks))
+        assert np.ptp(still.view, axis=0).max() == 0 and not still.shake.any() and still.scroll == (0.0, 0.0)
+        clip = render_scene(still)
+        free = ~clip.mask.any(axis=0)  # pixels the actor (the only object) never covers
+        assert free.any() and (clip.frames[:, free] == clip.frames[:1, free]).all()
+        if drawn.scroll != (0.0, 0.0):  # the default camera moves the background
+            assert not (render_scene(drawn).frames[:, free] == render_scene(drawn).frames[:1, free]).all()
