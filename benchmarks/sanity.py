@@ -8,7 +8,8 @@ Each variant trains from scratch on synthetic clips rendered to memory (10 class
 64-wide, 2-block ViT) for `--budget` CPU seconds (1 torch thread, time.process_time), then
 reports held-out top-1 (supervised; or a linear probe of the frozen encoder for pretraining) and
 the masked MSE next to the true-patch-mean baseline (MAE). Writes OUT/VARIANT.json and, for
-MAE variants, docs/figures/sanity_VARIANT.png (original / masked / reconstruction / patch means).
+MAE variants, sanity_VARIANT.png (original / masked / reconstruction / patch means) in docs/figures
+for the default --out (the docs' JSONs), else in OUT.
 Several variants in one call run one after the other; run separate calls to use more cores.
 """
 
@@ -102,7 +103,12 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
 }
 
 
-FIGURES = Path("docs/figures")
+DOCS_OUT, DOCS_FIGURES = Path("docs/sanity"), Path("docs/figures")
+
+
+def figures_dir(out: Path) -> Path:
+    """Where the figures go: docs/figures for the docs' JSONs (the default --out), else --out itself."""
+    return DOCS_FIGURES if out.resolve() == DOCS_OUT.resolve() else out
 
 
 def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
@@ -127,11 +133,11 @@ def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
         mean_video = unpatchify(means, arch.tubelet_size, arch.patch_size, arch.grid)
     rows = reconstruction_rows(video[0], recon[0], mask[0], arch.grid, arch.tubelet_size, arch.patch_size, MEAN, STD)
     rows["true patch means"] = to_uint8_frames(mean_video[0], MEAN, STD)
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_reconstruction_figure(rows, path, title=title)
 
 
-def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
+def run_variant(name: str, budget: float, n_train: int, n_val: int, figures: Path = DOCS_FIGURES) -> dict:
     kind, over, data_kw, cosine = VARIANTS[name]
     data = make_data(n_train, n_val, **({"size": SIZE, "frames": FRAMES} | data_kw))
     cfg = RunConfig(**(BASE | {"budget_s": budget, "eval_every_s": budget / 4} | over))
@@ -149,7 +155,7 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
         if cfg.objective != "contrastive":
             held = mae_errors(res["model"].mae, data.val, cfg)  # held-out clips, masks as in training
             row.update({f"val_{k}": v for k, v in held.items()})
-            fig = FIGURES / f"sanity_{name}.png"
+            fig = figures / f"sanity_{name}.png"
             recon_figure(res["model"].mae, data, fig, f"{name}: held-out masked MSE {held['mse']:.4f} vs patch means "
                          f"{held['patch_mean_mse']:.4f} (visible mean {held['visible_mean_mse']:.4f}, copy "
                          f"{held['copy_mse']:.4f})", cfg)
@@ -191,14 +197,18 @@ def gradient_scales(batches: int = 4) -> list[dict]:
 
 
 def table(out: Path) -> str:
-    lines = ["| variant | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE | copy MSE "
-             "| held-out MSE / patch-mean |", "|---|---|---|---|---|---|---|---|---|"]
+    """OUT/*.json (the variants' rows; other JSON files are skipped) -> a markdown table. Rows written
+    before a column was recorded (held-out MSE, copy MSE, the `curve` key) leave it empty."""
+    lines = ["| variant | CPU-s | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE "
+             "| copy MSE | held-out MSE / patch-mean |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(out.glob("*.json")):
         r = json.loads(p.read_text())
+        if not isinstance(r, dict) or "variant" not in r:
+            continue
         top1 = r.get("val_top1", r.get("probe_val_top1"))
         ratio = r["val_mse"] / r["val_patch_mean_mse"] if r.get("val_mse") is not None else None
         f = lambda v, d=4: "" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
+        lines.append(f"| {r['variant']} | {r['budget_cpu_s']:g} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
                      f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} | {f(r.get('visible_mean_mse'))} | "
                      f"{f(r.get('copy_mse'))} | {f(ratio, 2)} |")
     return "\n".join(lines)
@@ -210,7 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=50.0, help="CPU seconds of training per run (default 50)")
     p.add_argument("--train", type=int, default=400, help="training clips (default 400)")
     p.add_argument("--val", type=int, default=200, help="validation clips (default 200)")
-    p.add_argument("--out", default="docs/sanity", help="folder for VARIANT.json")
+    p.add_argument("--out", default=str(DOCS_OUT),
+                   help="folder for VARIANT.json; figures go to docs/figures for the default, else to OUT too")
     p.add_argument("--table", action="store_true", help="print the markdown table of OUT/*.json")
     p.add_argument("--grads", action="store_true", help="encoder gradient norms of the MSE and InfoNCE terms")
     args = p.parse_args(argv)
@@ -225,12 +236,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.grads:
         rows = gradient_scales()
-        (out.parent / "sanity_grads.json").write_text(json.dumps({"cpu": cpu_info()[0], "rows": rows}, indent=1) + "\n")
+        grads = Path("docs/sanity_grads.json") if figures_dir(out) == DOCS_FIGURES else out / "sanity_grads.json"
+        grads.write_text(json.dumps({"cpu": cpu_info()[0], "rows": rows}, indent=1) + "\n")
         for r in rows:
             print(r)
     for name in args.variants:
         t0 = time.time()
-        row = run_variant(name, args.budget, args.train, args.val)
+        row = run_variant(name, args.budget, args.train, args.val, figures_dir(out))
         row.update(budget_cpu_s=args.budget, train=args.train, val=args.val, cpu=cpu_info()[0], torch=torch.__version__,
                    command=" ".join(["python", "benchmarks/sanity.py"] + sys.argv[1:]), wall_s=time.time() - t0)
         (out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")

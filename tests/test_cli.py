@@ -94,6 +94,12 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     out = f"train.output_dir={tmp_path / 'out'}"
     _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: config error: masking.name='bogus': expected one of random, tube, tgm, mgm")
     _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of tiny, small, base, large")
+    # contrastive settings that used to pass the config and fail at step 1 (or later) with a traceback
+    joint = ["contrastive.objective=mae+contrastive", f"captions.file={tmp_path / 'c.jsonl'}", "masking.ratio=0.5"]
+    for command in (["pretrain", "-c", cfg, out], ["config", "show", "-c", cfg]):
+        _fails(capsys, command + joint + ["contrastive.view_ratio=0.75"], "contrastive.view_ratio=0.75 masks",
+               "masking.ratio=0.5", "MASKED fraction of the InfoNCE view (0 = whole clip)")
+        _fails(capsys, command + joint + ["contrastive.weight=-1"], "contrastive.weight=-1.0: must be >= 0")
     _fails(capsys, ["pretrain", "-c", cfg, out, "data.train_annotations=nope.csv"],
            "nope.csv: annotation file or folder not found", str(root / "synth" / "nope.csv"))
     _fails(capsys, ["pretrain", "-c", cfg, out, f"captions.file={tmp_path / 'nope.jsonl'}"],

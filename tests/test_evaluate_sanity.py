@@ -110,14 +110,26 @@ def test_supervised_fits_a_small_set(moves):
     assert res["steps"] == 200 and res["train_top1"] >= 0.9, res
 
 
-@pytest.mark.slow
-def test_supervised_generalises_on_the_learnable_set():
-    """(c): 400 clips of all 10 classes without distractors, 900 steps (~25 CPU-s): held-out
-    top-1 well above chance (10%; benchmarks/sanity.py measured 52.5% at this point)."""
+@pytest.fixture(scope="module")
+def learnable():
+    """400 / 200 clips of all 10 classes without distractors (the benchmark's learnable set)."""
     torch.set_num_threads(1)
-    data = make_data(400, 200, size=48, frames=8)
-    res = train_supervised(data, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=900))
-    assert res["val_top1"] >= 0.35, res
+    return make_data(400, 200, size=48, frames=8)
+
+
+@pytest.fixture(scope="module")
+def supervised_600(learnable):
+    """Cross-entropy from scratch, 600 steps (~15 CPU-s, 1 thread): the bar of two slow checks."""
+    torch.set_num_threads(1)
+    return train_supervised(learnable, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600))
+
+
+@pytest.mark.slow
+def test_supervised_generalises_on_the_learnable_set(supervised_600):
+    """(c): 400 clips of all 10 classes without distractors, 600 steps: held-out top-1 well above
+    chance (10%; measured 45.5%, seeds 1 / 2: 52% / 41.5%; benchmarks/sanity.py: 52.5% at 900
+    steps)."""
+    assert supervised_600["steps"] == 600 and supervised_600["val_top1"] >= 0.35, supervised_600
 
 
 def test_contrastive_with_oracle_text_fits_its_captions(moves):
@@ -132,19 +144,19 @@ def test_contrastive_with_oracle_text_fits_its_captions(moves):
 
 
 @pytest.mark.slow
-def test_contrastive_with_oracle_text_learns_the_class_unmasked():
-    """(a), at the ratio where it holds: InfoNCE alone against distinct class texts on unmasked
-    clips (mask ratio 0), 400 clips of all 10 classes, 600 steps (~18 CPU-s, 1 thread): the
-    linear probe reaches at least ~half of supervised training at the same 600 steps (measured:
-    probe 25.5% held-out, train 96.5%; supervised 45.5%, so the bar is 0.5 x 45.5% = 22.75%;
-    asserted >= 0.2 = 2x chance to leave room for platform float differences). At mask ratio .75
-    the probe stays near chance (docs/sanity.md)."""
+def test_contrastive_with_oracle_text_learns_the_class_unmasked(learnable, supervised_600):
+    """(a), at the ratio where it holds, with the issue's bar: InfoNCE alone against distinct class
+    texts on unmasked clips (mask ratio 0), 400 clips of all 10 classes, 600 steps (~16 CPU-s,
+    1 thread): the linear probe reaches at least half the held-out top-1 of supervised training
+    on the same clips at the same 600 steps (~15 CPU-s, the same budget). Measured: probe 25.5%
+    (train 96.5%) vs supervised 45.5%, 0.56x; seeds 1 / 2 of init and order: 29% vs 52% (0.56x),
+    32% vs 41.5% (0.77x). At mask ratio .75 the probe stays near chance (docs/sanity.md)."""
     torch.set_num_threads(1)
-    data = make_data(400, 200, size=48, frames=8)
-    res = pretrain(data, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600, objective="contrastive",
-                                   mask_ratio=0.0))
-    probe = linear_probe(res["model"].mae.encoder, data)
-    assert probe["train_top1"] >= 0.8 and probe["val_top1"] >= 0.2, probe
+    res = pretrain(learnable, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600, objective="contrastive",
+                                        mask_ratio=0.0))
+    probe = linear_probe(res["model"].mae.encoder, learnable)
+    assert probe["train_top1"] >= 0.8, probe
+    assert probe["val_top1"] >= 0.5 * supervised_600["val_top1"], (probe, supervised_600["val_top1"])
 
 
 @pytest.mark.slow

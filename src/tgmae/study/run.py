@@ -219,7 +219,7 @@ def check_clip_settings(cfg, paths: StudyPaths) -> None:
 
 def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
     """How well the contrastive targets' text space separates the actions (held-out captions,
-    `tgmae.evaluate.attributes.text_action_probe`), next to bag of words; cached in
+    `tgmae.study.attributes.text_action_probe`), next to bag of words; cached in
     text_probe.json keyed by the text model's weights fingerprint."""
     from tgmae.captions.embed import TextEmbedder
     from tgmae.hub import weights_fingerprint
