@@ -290,6 +290,7 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
         f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_pre)
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
+    geometry.append(f"model.preset={pre.model.preset}")  # the scratch reference's size; a checkpoint's must match
     eval_shared = PRETRAIN_BASE[:4] + shared + geometry + ["data.flip=false", "data.num_workers=2",
                                                           f"model.pretrained={run / 'pretrain' / 'model.safetensors'}"]
     probe = with_recipe(PROBE_RECIPE, None, eval_shared + PROBE_BASE + [f"train.output_dir={run / 'probe'}"]
