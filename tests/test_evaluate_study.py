@@ -236,3 +236,16 @@ def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_p
     assert ran["masking"]["name"] == "tgm" and ran["masking"]["cache_dir"] == str(root / "similarity_cache")
     with pytest.raises(ConfigError, match="study.jobs=0"):
         StudyConfig(jobs=0)
+
+
+def test_fidelity_config_is_the_demo_with_three_seeds():
+    """configs/study_fidelity.yaml reuses make demo's seed-0 runs: same settings and folder."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo = yaml.safe_load((configs / "study_synthetic.yaml").read_text())
+    fidelity = yaml.safe_load((configs / "study_fidelity.yaml").read_text())
+    assert from_dict(StudyConfig, fidelity, prefix="study").seeds == [0, 1, 2]
+    assert {**fidelity, "seeds": demo["seeds"]} == demo
