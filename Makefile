@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The paper's comparison on the synthetic set (~12 min on 2 CPU cores): runs/study/report.md
+# The paper's comparison on the synthetic set (18.6 CPU-min, ~10-15 min on 2 cores): runs/study/report.md
 demo: $(STAMP)
 	$(BIN)/tgmae study -c configs/study_synthetic.yaml
 

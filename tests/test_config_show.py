@@ -49,7 +49,7 @@ def test_show_with_recipe_and_errors(capsys):
         main(["config", "frobnicate"])
     assert e.value.code == 2
     # names are validated in the config, so `config show` refuses what a training command would
-    for override, key in (("model.preset=huge", "model.preset='huge': expected one of tiny, small, base, large"),
+    for override, key in (("model.preset=huge", "model.preset='huge': expected one of micro, tiny, small, base, large"),
                           ("masking.name=foo", "masking.name='foo': expected one of random, tube, tgm, mgm")):
         with pytest.raises(SystemExit) as e:
             main(["config", "show", override])

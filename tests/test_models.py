@@ -74,8 +74,8 @@ def test_every_preset_builds_with_expected_size(preset):
     a = model.arch
     assert a.grid == (8, 14, 14) and a.num_tokens == 1568 and a.patch_dim == 1536
     assert sum(p.numel() for p in model.parameters()) == expected_param_count(a)
-    assert a.decoder_depth == (2 if preset == "tiny" else 4)
-    assert a.decoder_dim // a.decoder_heads == (32 if preset == "tiny" else 64)
+    assert a.decoder_depth == {"micro": 1, "tiny": 2}.get(preset, 4)
+    assert a.decoder_dim // a.decoder_heads == (32 if preset in ("micro", "tiny") else 64)
 
 
 def test_preset_table_matches_videomae():
@@ -85,7 +85,7 @@ def test_preset_table_matches_videomae():
     assert (PRESETS["large"]["embed_dim"], PRESETS["large"]["depth"], PRESETS["large"]["decoder_dim"]) == (1024, 24, 512)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["micro", "tiny", "small"])
 def test_forward_shapes_small_presets(preset):
     torch.manual_seed(0)
     model = build_pretraining_model(ModelConfig(preset=preset, patch_size=8), FRAMES, SIZE)

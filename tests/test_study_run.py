@@ -215,3 +215,37 @@ def test_study_refuses_a_synthetic_set_of_other_settings(tmp_path):
     check_data_settings(StudyConfig(), paths)
     with pytest.raises(ConfigError, match="study.num_videos=40"):
         check_data_settings(StudyConfig(num_videos=40), paths)
+
+
+@pytest.mark.slow
+def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_path):
+    """jobs=2: cells run in two processes; with a text_model the CLIP and similarity maps are made
+    in the pool while the cells that do not need them run, and TGM's cells start after."""
+    study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=16, clip_steps=8,
+                        maskings=["tgm", "tube"], objectives=["mae"], references=["none"], jobs=2,
+                        pretrain=["data.num_workers=0"], probe=["data.num_workers=0"], finetune=["data.num_workers=0"])
+    root = run_study(study, quick=True)
+    records = json.loads((root / "results.json").read_text())
+    assert sorted((r["masking"], r["objective"]) for r in records) == [
+        ("none", "none"), ("tgm", "mae"), ("tube", "mae")]
+    assert all(0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0 for r in records)
+    assert (root / "clip" / "config.json").is_file() and (root / "similarity_cache" / "manifest.json").is_file()
+    import yaml
+
+    ran = yaml.safe_load((root / "runs" / "tgm__mae__s0" / "pretrain" / "config.yaml").read_text())
+    assert ran["masking"]["name"] == "tgm" and ran["masking"]["cache_dir"] == str(root / "similarity_cache")
+    with pytest.raises(ConfigError, match="study.jobs=0"):
+        StudyConfig(jobs=0)
+
+
+def test_fidelity_config_is_the_demo_with_three_seeds():
+    """configs/study_fidelity.yaml reuses make demo's seed-0 runs: same settings and folder."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo = yaml.safe_load((configs / "study_synthetic.yaml").read_text())
+    fidelity = yaml.safe_load((configs / "study_fidelity.yaml").read_text())
+    assert from_dict(StudyConfig, fidelity, prefix="study").seeds == [0, 1, 2]
+    assert {**fidelity, "seeds": demo["seeds"]} == demo

@@ -94,7 +94,7 @@ class DataConfig:
 
 # The names a config may choose (tgmae.models.arch.PRESETS and tgmae.masking.build_mask_generator
 # implement them; a test keeps the lists equal), checked here so every command refuses a typo alike.
-MODEL_PRESETS = ("tiny", "small", "base", "large")
+MODEL_PRESETS = ("micro", "tiny", "small", "base", "large")
 MASKING_NAMES = ("random", "tube", "tgm", "mgm")
 
 
@@ -152,7 +152,7 @@ class MaskingConfig:
 class ModelConfig:
     """Backbone choice; full architecture comes from the preset table in tgmae.models."""
 
-    preset: str = "tiny"  # tiny | small | base | large
+    preset: str = "tiny"  # micro | tiny | small | base | large
     patch_size: int = 16  # spatial patch side
     tubelet_size: int = 2  # frames per token
     drop_path: float = 0.0  # stochastic depth rate (finetuning: 0.1)

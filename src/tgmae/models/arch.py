@@ -131,6 +131,8 @@ class VideoMAEArch:
 # name -> size arguments. Decoder sizes follow VideoMAE's pretrain_videomae_*_patch16_224
 # (head width 64; decoder depth 4 as in the released pretraining scripts).
 PRESETS: dict[str, dict[str, Any]] = {
+    # micro: the study's and the sanity checks' CPU model (learns the synthetic actions in ~1 CPU-minute)
+    "micro": dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1),
     "tiny": dict(embed_dim=128, depth=4, num_heads=4, decoder_dim=64, decoder_depth=2, decoder_heads=2),
     "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=192, decoder_depth=4, decoder_heads=3),
     "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_dim=384, decoder_depth=4, decoder_heads=6),

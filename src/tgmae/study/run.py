@@ -77,6 +77,9 @@ class StudyConfig:
     scratch_epochs: int = 0  # "scratch" reference's finetuning epochs; 0 = pretraining + finetuning epochs
     variant: str = ""  # name of an ablation (e.g. "ratio 0.9"): its runs get their own folders and rows
     cache: str = "disk"  # decoded-clip cache of every phase (data.cache): disk (under out_dir) | memory | none
+    # cells run at once, each in its own process with (CPU cores // jobs) torch threads; with a text_model
+    # the study's CLIP trains alongside the cells that do not need it. Results do not depend on it.
+    jobs: int = 1
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
     pretrain: list[str] = field(default_factory=list)  # dotted overrides of every pretraining run
@@ -103,6 +106,8 @@ class StudyConfig:
             raise ConfigError(f"study.cache={self.cache!r}: expected disk|memory|none")
         if self.clip_motion_weight < 0:
             raise ConfigError(f"study.clip_motion_weight={self.clip_motion_weight}: must be >= 0")
+        if self.jobs < 1:
+            raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
             raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
 
@@ -170,8 +175,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
-def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
-    """Synthetic set, the study's CLIP, caption embeddings and TGM similarity maps (once)."""
+def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool, clip: bool = True) -> None:
+    """Synthetic set, the study's CLIP (unless `clip` is False: `prepare_clip` then runs later),
+    caption embeddings and TGM similarity maps (once)."""
     from tgmae.data.synthetic import generate_synthetic_dataset
 
     if not (paths.data / "meta.json").is_file():
@@ -180,13 +186,8 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
                                           distractors=study.distractors, distractor_speed=study.distractor_speed)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
     check_data_settings(study, paths)
-    from tgmae.clip.train import ClipTrainConfig, train_clip
-
-    clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
-    if not (paths.clip / "config.json").is_file():
-        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False)
-        log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
-    check_clip_settings(clip_cfg, paths)
+    if clip:
+        prepare_clip(study, paths)
     if study.text_model == "words" and not (paths.word_encoder / "config.json").is_file():
         from tgmae.captions.store import read_store
         from tgmae.captions.tiny import save_word_encoder
@@ -194,9 +195,24 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
         classes = json.loads((paths.data / "meta.json").read_text())["classes"]
         corpus = [c for r in read_store(paths.data / "captions.jsonl").records for c in r.captions]
         save_word_encoder(paths.word_encoder, corpus + [f"a video of {c}." for c in classes])
-    if any(MASKINGS[m][0] == "masking.name=tgm" for m in study.maskings):
-        _precompute_masks(study, paths)
     text_probe(study, paths)
+
+
+def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
+    """The study's CLIP (`tgmae train-clip`) and, for TGM, its similarity maps (once)."""
+    from tgmae.clip.train import ClipTrainConfig, train_clip
+
+    clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
+    if not (paths.clip / "config.json").is_file():
+        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False)
+        log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
+    check_clip_settings(clip_cfg, paths)
+    if any(_needs_clip(m) for m in study.maskings):
+        _precompute_masks(study, paths)
+
+
+def _needs_clip(masking: str) -> bool:
+    return MASKINGS.get(masking, [""])[0] == "masking.name=tgm"
 
 
 def target_text_model(study: StudyConfig, paths: StudyPaths) -> str:
@@ -290,6 +306,7 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
         f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_pre)
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
+    geometry.append(f"model.preset={pre.model.preset}")  # the scratch reference's size; a checkpoint's must match
     eval_shared = PRETRAIN_BASE[:4] + shared + geometry + ["data.flip=false", "data.num_workers=2",
                                                           f"model.pretrained={run / 'pretrain' / 'model.safetensors'}"]
     probe = with_recipe(PROBE_RECIPE, None, eval_shared + PROBE_BASE + [f"train.output_dir={run / 'probe'}"]
@@ -419,21 +436,59 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     paths = StudyPaths(Path(study.out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    prepare_shared(study, paths, quick)
+    clip_later = study.jobs > 1 and bool(study.text_model)  # the cells' text targets do not need the CLIP
+    prepare_shared(study, paths, quick, clip=not clip_later)
     records = []
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
     from tqdm.auto import tqdm
 
-    for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
-        log.info("study: %s / %s / seed %d", masking, objective, seed)
-        records.append(run_cell(study, paths, masking, objective, seed, quick))
+    if study.jobs > 1:
+        records = _run_cells_parallel(study, paths, cells, quick, clip_later)
+    else:
+        for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
+            log.info("study: %s / %s / seed %d", masking, objective, seed)
+            records.append(run_cell(study, paths, masking, objective, seed, quick))
     from tgmae.study.report import write_report
 
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
                  text_probe=json.loads((paths.root / "text_probe.json").read_text()))
     return paths.report(study.variant)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool, clip_later: bool) -> list:
+    """`study.jobs` cells at a time in spawned processes ((CPU cores // jobs) torch threads each);
+    with `clip_later` the CLIP and similarity maps are made in the pool first, alongside the cells
+    that do not need them, and the TGM cells start after. Returns the records in `cells` order;
+    the first error of any cell is raised."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // study.jobs)
+    log.info("study: %d cells, %d at a time, %d torch thread(s) each", len(cells), study.jobs, threads)
+    order = sorted(cells, key=lambda c: c[0] != "scratch")  # the longest run first
+    with ProcessPoolExecutor(study.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        clip = pool.submit(prepare_clip, study, paths) if clip_later else None
+        waiting = [c for c in order if clip is not None and _needs_clip(c[0])]
+        futures = {c: pool.submit(run_cell, study, paths, *c, quick) for c in order if c not in waiting}
+        if clip is not None:
+            clip.result()
+            futures.update({c: pool.submit(run_cell, study, paths, *c, quick) for c in waiting})
+        for done in as_completed(futures.values()):
+            record = done.result()
+            log.info("study: done %s / %s / seed %d", record["masking"], record["objective"], record["seed"])
+        return [futures[c].result() for c in cells]
 
 
 def main(argv: Sequence[str]) -> int:
