@@ -87,7 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     root, cfg, model = data
     out = f"train.output_dir={tmp_path / 'out'}"
     _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: config error: masking.name='bogus': expected one of random, tube, tgm, mgm")
-    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of tiny, small, base, large")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of micro, tiny, small, base, large")
     _fails(capsys, ["pretrain", "-c", cfg, out, "data.train_annotations=nope.csv"],
            "nope.csv: annotation file or folder not found", str(root / "synth" / "nope.csv"))
     _fails(capsys, ["pretrain", "-c", cfg, out, f"captions.file={tmp_path / 'nope.jsonl'}"],
