@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # One tiny pretraining run with figures (~2 min): runs/demo/
 demo-pretrain: $(STAMP)
-	$(BIN)/tgmae demo --out runs/demo
+	$(BIN)/tgmae demo-pretrain --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -228,7 +228,7 @@ def bench_cache(videos: int, rounds: int, workers: int) -> dict:
 
     from tgmae.config import load_config
     from tgmae.data.synthetic import generate_synthetic_dataset
-    from tgmae.evaluate.study import PRETRAIN_BASE
+    from tgmae.study.run import PRETRAIN_BASE
     from tgmae.train.pretrain import PretrainTask
 
     torch.set_num_threads(1)

@@ -51,7 +51,7 @@ class Timer:
 def vitb32_precompute(crops: int, rounds: int, threads: int) -> dict:
     from transformers import CLIPConfig, CLIPModel
 
-    from tgmae.masking.clip_features import ClipBundle, ClipPatchScorer
+    from tgmae.clip.features import ClipBundle, ClipPatchScorer
 
     torch.set_num_threads(threads)
     cfg = CLIPConfig(
@@ -86,8 +86,8 @@ def vitb32_precompute(crops: int, rounds: int, threads: int) -> dict:
 def trained_clip_precompute(clip_dir: str, root: str, videos: int, rounds: int) -> dict:
     from tgmae.captions.store import read_store
     from tgmae.data.video import read_frames
-    from tgmae.masking.clip_data import read_split_ids
-    from tgmae.masking.clip_features import ClipPatchScorer, cosine_maps, embed_texts, load_clip
+    from tgmae.clip.data import read_split_ids
+    from tgmae.clip.features import ClipPatchScorer, cosine_maps, embed_texts, load_clip
     from tgmae.masking.select import topk_iou
 
     bundle = load_clip(clip_dir)
@@ -116,7 +116,7 @@ def trained_clip_precompute(clip_dir: str, root: str, videos: int, rounds: int) 
 
 def cached_mask_cost(batch: int, rounds: int) -> dict:
     from tgmae.data.transforms import multiscale_crop_box
-    from tgmae.masking.base import CropParams, MaskContext
+    from tgmae.data.mask_interface import CropParams, MaskContext
     from tgmae.masking.cache import (
         CacheManifest, SimilarityCache, merge_parts, part_file, write_entry, write_manifest_or_check,
     )

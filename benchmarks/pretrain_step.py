@@ -54,7 +54,7 @@ from tgmae import autotune
 from tgmae.config import ModelConfig
 from tgmae.models import build_pretraining_model
 from tgmae.models.attention import set_attention_kernel
-from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train.loop import compile_model
 
 FRAMES, SIZE = 16, 224
@@ -206,7 +206,7 @@ def build_pair(preset: str, device: torch.device, attention: str = "auto"):
     hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(ours.arch))).to(device).train()
     global HF_ATTENTION
     HF_ATTENTION = hf.config._attn_implementation
-    result = hf.load_state_dict(ours_to_hf(ours.state_dict()), strict=False)
+    result = hf.load_state_dict(fill_key_biases(ours_to_hf(ours.state_dict()), hf.state_dict()), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"HF copy failed: {result}")
     return ours, hf

@@ -8,7 +8,8 @@ Each variant trains from scratch on synthetic clips rendered to memory (10 class
 64-wide, 2-block ViT) for `--budget` CPU seconds (1 torch thread, time.process_time), then
 reports held-out top-1 (supervised; or a linear probe of the frozen encoder for pretraining) and
 the masked MSE next to the true-patch-mean baseline (MAE). Writes OUT/VARIANT.json and, for
-MAE variants, docs/figures/sanity_VARIANT.png (original / masked / reconstruction / patch means).
+MAE variants, sanity_VARIANT.png (original / masked / reconstruction / patch means) in docs/figures
+for the default --out (the docs' JSONs), else in OUT.
 Several variants in one call run one after the other; run separate calls to use more cores.
 """
 
@@ -23,10 +24,12 @@ from pathlib import Path
 import torch
 
 from tgmae.autotune import cpu_info
-from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, make_data, pretrain,
-                                   to_input, train_supervised, tube_masks)
+from tgmae.models.arch import PRESETS
+from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, mae_errors, make_data,
+                                   pretrain, to_input, train_supervised, tube_masks)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+DEC64 = MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)
 BASE = dict(patch_size=12, arch=MICRO, batch_size=16, shift=2, warmup_steps=20)
 SIZE, FRAMES = 48, 8
 
@@ -77,12 +80,35 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
                                 dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
     "mae_flat_inplace_rand75": ("pretrain", dict(objective="mae", mask_kind="random"),
                                 dict(background="flat", classes=[4, 5, 6, 7]), 0.0),
+    # (b), the recipe that learns more than patch means: a static camera (the background is the
+    # same in every frame) under random masks, so a masked token is visible at the same place in
+    # another time slice; a 64-wide, 2-block decoder (4 heads) and lr 3e-3
+    "mae_static_r50": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5), dict(static_camera=True), 0.0),
+    "mae_static_r50_dec64_lr3e-3": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5, lr=3e-3, arch=DEC64),
+                                    dict(static_camera=True), 0.0),
+    # the same with VideoMAE's per-patch normalized target; its held-out MSE is in pixels, each
+    # prediction de-normalized with the true patch mean and std (`pixel_mse`)
+    "mae_static_r50_dec64_lr3e-3_normpix": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5, lr=3e-3,
+                                            arch=DEC64, norm_pix_loss=True), dict(static_camera=True), 0.0),
+    "mae_static_r75_dec64_lr3e-3": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.75, lr=3e-3, arch=DEC64),
+                                    dict(static_camera=True), 0.0),
+    "mae_static_tube75_dec64_lr3e-3": ("pretrain", dict(objective="mae", mask_ratio=0.75, lr=3e-3, arch=DEC64),
+                                       dict(static_camera=True), 0.0),
+    # the study's geometry and model: 64 px, 16 px patches (4x4 tokens per slice), tiny preset, tube .75
+    "mae_study_tube75": ("pretrain", dict(objective="mae", patch_size=16, arch=PRESETS["tiny"]), dict(size=64), 0.0),
+    "mae_study_static_r50_lr3e-3": ("pretrain", dict(objective="mae", patch_size=16, arch=PRESETS["tiny"], mask_kind="random",
+                                    mask_ratio=0.5, lr=3e-3), dict(size=64, static_camera=True), 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
 }
 
 
-FIGURES = Path("docs/figures")
+DOCS_OUT, DOCS_FIGURES = Path("docs/sanity"), Path("docs/figures")
+
+
+def figures_dir(out: Path) -> Path:
+    """Where the figures go: docs/figures for the docs' JSONs (the default --out), else --out itself."""
+    return DOCS_FIGURES if out.resolve() == DOCS_OUT.resolve() else out
 
 
 def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
@@ -107,13 +133,13 @@ def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
         mean_video = unpatchify(means, arch.tubelet_size, arch.patch_size, arch.grid)
     rows = reconstruction_rows(video[0], recon[0], mask[0], arch.grid, arch.tubelet_size, arch.patch_size, MEAN, STD)
     rows["true patch means"] = to_uint8_frames(mean_video[0], MEAN, STD)
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_reconstruction_figure(rows, path, title=title)
 
 
-def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
+def run_variant(name: str, budget: float, n_train: int, n_val: int, figures: Path = DOCS_FIGURES) -> dict:
     kind, over, data_kw, cosine = VARIANTS[name]
-    data = make_data(n_train, n_val, size=SIZE, frames=FRAMES, **data_kw)
+    data = make_data(n_train, n_val, **({"size": SIZE, "frames": FRAMES} | data_kw))
     cfg = RunConfig(**(BASE | {"budget_s": budget, "eval_every_s": budget / 4} | over))
     row: dict = {"variant": name, "kind": kind, "config": {k: v for k, v in over.items()}, "data": data_kw}
     if kind == "supervised":
@@ -125,11 +151,14 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int) -> dict:
         probe = linear_probe(res["model"].mae.encoder, data)
         row.update(probe_val_top1=probe["val_top1"], probe_train_top1=probe["train_top1"], text_cosine=cosine,
                    loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"),
-                   visible_mean_mse=res.get("visible_mean_mse"))
+                   visible_mean_mse=res.get("visible_mean_mse"), copy_mse=res.get("copy_mse"), curve=res["curve"])
         if cfg.objective != "contrastive":
-            fig = FIGURES / f"sanity_{name}.png"
-            recon_figure(res["model"].mae, data, fig, f"{name}: masked MSE {res['loss_mse']:.4f} vs patch means "
-                         f"{res['patch_mean_mse']:.4f} (visible mean {res['visible_mean_mse']:.4f})", cfg)
+            held = mae_errors(res["model"].mae, data.val, cfg)  # held-out clips, masks as in training
+            row.update({f"val_{k}": v for k, v in held.items()})
+            fig = figures / f"sanity_{name}.png"
+            recon_figure(res["model"].mae, data, fig, f"{name}: held-out masked MSE {held['mse']:.4f} vs patch means "
+                         f"{held['patch_mean_mse']:.4f} (visible mean {held['visible_mean_mse']:.4f}, copy "
+                         f"{held['copy_mse']:.4f})", cfg)
             row["figure"] = str(fig)
     row.update(steps=res["steps"], cpu_s=res["cpu_s"])
     return row
@@ -168,14 +197,20 @@ def gradient_scales(batches: int = 4) -> list[dict]:
 
 
 def table(out: Path) -> str:
-    lines = ["| variant | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE |",
-             "|---|---|---|---|---|---|---|"]
+    """OUT/*.json (the variants' rows; other JSON files are skipped) -> a markdown table. Rows written
+    before a column was recorded (held-out MSE, copy MSE, the `curve` key) leave it empty."""
+    lines = ["| variant | CPU-s | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE "
+             "| copy MSE | held-out MSE / patch-mean |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(out.glob("*.json")):
         r = json.loads(p.read_text())
+        if not isinstance(r, dict) or "variant" not in r:
+            continue
         top1 = r.get("val_top1", r.get("probe_val_top1"))
+        ratio = r["val_mse"] / r["val_patch_mean_mse"] if r.get("val_mse") is not None else None
         f = lambda v, d=4: "" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
-                     f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} | {f(r.get('visible_mean_mse'))} |")
+        lines.append(f"| {r['variant']} | {r['budget_cpu_s']:g} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
+                     f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} | {f(r.get('visible_mean_mse'))} | "
+                     f"{f(r.get('copy_mse'))} | {f(ratio, 2)} |")
     return "\n".join(lines)
 
 
@@ -185,7 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=50.0, help="CPU seconds of training per run (default 50)")
     p.add_argument("--train", type=int, default=400, help="training clips (default 400)")
     p.add_argument("--val", type=int, default=200, help="validation clips (default 200)")
-    p.add_argument("--out", default="docs/sanity", help="folder for VARIANT.json")
+    p.add_argument("--out", default=str(DOCS_OUT),
+                   help="folder for VARIANT.json; figures go to docs/figures for the default, else to OUT too")
     p.add_argument("--table", action="store_true", help="print the markdown table of OUT/*.json")
     p.add_argument("--grads", action="store_true", help="encoder gradient norms of the MSE and InfoNCE terms")
     args = p.parse_args(argv)
@@ -200,12 +236,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.grads:
         rows = gradient_scales()
-        (out.parent / "sanity_grads.json").write_text(json.dumps({"cpu": cpu_info()[0], "rows": rows}, indent=1) + "\n")
+        grads = Path("docs/sanity_grads.json") if figures_dir(out) == DOCS_FIGURES else out / "sanity_grads.json"
+        grads.write_text(json.dumps({"cpu": cpu_info()[0], "rows": rows}, indent=1) + "\n")
         for r in rows:
             print(r)
     for name in args.variants:
         t0 = time.time()
-        row = run_variant(name, args.budget, args.train, args.val)
+        row = run_variant(name, args.budget, args.train, args.val, figures_dir(out))
         row.update(budget_cpu_s=args.budget, train=args.train, val=args.val, cpu=cpu_info()[0], torch=torch.__version__,
                    command=" ".join(["python", "benchmarks/sanity.py"] + sys.argv[1:]), wall_s=time.time() - t0)
         (out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")

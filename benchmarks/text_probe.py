@@ -1,7 +1,7 @@
 """Does a text space carry the action? The text probe of issue 15 on a synthetic set.
 
 For each text encoder: a logistic probe of the action from the embeddings of the training
-videos' captions, scored on the validation videos' captions (`tgmae.evaluate.attributes.
+videos' captions, scored on the validation videos' captions (`tgmae.study.attributes.
 text_action_probe`), and the cosine of the class prompts "a video of move left." / "... move
 right." (and the largest cosine between any two class prompts). Bag of words is the reference.
 
@@ -37,7 +37,7 @@ def prompt_cosines(embed, classes: list[str]) -> dict[str, float]:
 def main(argv=None) -> int:
     from tgmae.captions.embed import TextEmbedder
     from tgmae.captions.store import read_store
-    from tgmae.evaluate.attributes import bag_of_words, text_action_probe
+    from tgmae.study.attributes import bag_of_words, text_action_probe
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="synthetic set (tgmae synth / the study's data folder)")

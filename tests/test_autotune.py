@@ -14,7 +14,7 @@ import torch
 from tgmae import autotune
 from tgmae.config import ConfigError, load_config
 from tgmae.models import attention
-from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train import precision
 
 transformers = pytest.importorskip("transformers")
@@ -140,7 +140,7 @@ def pair():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     hf = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**hf_config(ours.arch)))
-    hf.load_state_dict(ours_to_hf(ours.state_dict()), strict=False)
+    hf.load_state_dict(fill_key_biases(ours_to_hf(ours.state_dict()), hf.state_dict()), strict=False)
     g = torch.Generator().manual_seed(1)
     video = torch.randn(2, 3, FRAMES, SIZE, SIZE, generator=g)
     mask = torch.zeros(2, 32, dtype=torch.bool)

@@ -19,7 +19,7 @@ from tgmae.captions.run import caption_videos, main
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path, shard_from_env
 from tgmae.captions.store import read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
-from tgmae.data.annotations import load_annotations
+from tgmae.data.formats import load_annotations
 
 CLASSES = ["jumping", "running"]
 NUM_VIDEOS = 6
@@ -250,7 +250,8 @@ def test_torchrun_two_processes_merge_after_barrier(reference, dataset, blip_dir
     out = tmp_path / "captions.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tgmae.cli", "caption", "--format", "csv", "--root", str(dataset), str(dataset / "train.csv"),
-           "--model", blip_dir, "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"]
+           "--model", blip_dir, "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress",
+           "--device", "cpu"]  # two processes on a machine with one GPU would need a device each
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "merged 2 parts: 6 videos" in proc.stdout
@@ -360,7 +361,7 @@ def test_bad_arguments(dataset, blip_dir, tmp_path, capsys):
         main(["--model", blip_dir, "--out", str(tmp_path / "c.jsonl")])  # no annotations
     with pytest.raises(SystemExit):
         cli(dataset, blip_dir, tmp_path / "c.jsonl", "--keyframes", "0")
-    assert cli(dataset, blip_dir, tmp_path / "c.jsonl", "--dtype", "fp16") == 2
+    assert cli(dataset, blip_dir, tmp_path / "c.jsonl", "--dtype", "fp16", "--device", "cpu") == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
     assert main(["--format", "csv", "--root", str(dataset), str(tmp_path / "nope.csv"), "--oracle",
                  "--out", str(tmp_path / "o.jsonl")]) == 2

@@ -30,6 +30,12 @@ def test_top_level_help_and_unknown_command(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+def test_a_renamed_command_names_its_successor(capsys):
+    assert main(["demo", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tgmae demo-pretrain" in err and "tgmae study" in err
+
+
 def test_config_error_is_a_message(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "masking.ratio=1.5"])
@@ -88,6 +94,12 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     out = f"train.output_dir={tmp_path / 'out'}"
     _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: config error: masking.name='bogus': expected one of random, tube, tgm, mgm")
     _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of micro, tiny, small, base, large")
+    # contrastive settings that used to pass the config and fail at step 1 (or later) with a traceback
+    joint = ["contrastive.objective=mae+contrastive", f"captions.file={tmp_path / 'c.jsonl'}", "masking.ratio=0.5"]
+    for command in (["pretrain", "-c", cfg, out], ["config", "show", "-c", cfg]):
+        _fails(capsys, command + joint + ["contrastive.view_ratio=0.75"], "contrastive.view_ratio=0.75 masks",
+               "masking.ratio=0.5", "MASKED fraction of the InfoNCE view (0 = whole clip)")
+        _fails(capsys, command + joint + ["contrastive.weight=-1"], "contrastive.weight=-1.0: must be >= 0")
     _fails(capsys, ["pretrain", "-c", cfg, out, "data.train_annotations=nope.csv"],
            "nope.csv: annotation file or folder not found", str(root / "synth" / "nope.csv"))
     _fails(capsys, ["pretrain", "-c", cfg, out, f"captions.file={tmp_path / 'nope.jsonl'}"],
@@ -158,24 +170,6 @@ def test_visualize_takes_overrides_after_the_config(data, kind, tmp_path, capsys
     assert any(out.glob("*.png"))
     _fails(capsys, ["visualize", kind, str(model), "-c", cfg, "data.image_size=oops"],
            f"tgmae visualize {kind}: config error: data.image_size")
-
-
-def test_options_and_overrides_in_any_order():
-    import argparse
-
-    from tgmae.cli import parse_args, parse_run_args
-
-    p = argparse.ArgumentParser()
-    p.add_argument("checkpoint")
-    p.add_argument("-c", "--config")
-    p.add_argument("--out")
-    p.add_argument("overrides", nargs="*")
-    for argv in (["CKPT", "-c", "cfg.yaml", "a.b=1", "c.d=2"], ["-c", "cfg.yaml", "CKPT", "a.b=1", "c.d=2"],
-                 ["CKPT", "a.b=1", "-c", "cfg.yaml", "c.d=2"], ["CKPT", "a.b=1", "c.d=2", "-c", "cfg.yaml"]):
-        args = parse_args(p, argv)
-        assert (args.checkpoint, args.config, args.overrides) == ("CKPT", "cfg.yaml", ["a.b=1", "c.d=2"]), argv
-    cfg, args = parse_run_args("x", ["train.epochs=3", "optim.lr=0.5"])
-    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5
 
 
 def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_path):

@@ -52,6 +52,8 @@ def test_roundtrip_through_yaml(tmp_path):
         ("optim.betas=[0.9]", "optim.betas=[0.9]: expected 2 values"),
         ("contrastive.objective=mae+contrastive", "needs captions.file"),
         ("masking.name=tgm", "needs captions.file"),
+        ("contrastive.weight=-1", "contrastive.weight=-1.0: must be >= 0"),
+        ("contrastive.view_ratio=0", "contrastive.view_ratio=0.0 is unused: contrastive.objective='mae'"),
     ],
 )
 def test_invalid_values_name_the_key(override, message):
@@ -86,7 +88,7 @@ def test_every_shipped_config_loads(path):
         import yaml
 
         from tgmae.config import from_dict
-        from tgmae.evaluate.study import StudyConfig
+        from tgmae.study.run import StudyConfig
 
         study = from_dict(StudyConfig, yaml.safe_load(path.read_text()), prefix="study")
         assert study.maskings and study.objectives
@@ -102,3 +104,48 @@ def test_overrides_do_not_leak_into_the_base_dict():
     assert load_config(None, ["model.tubelet_size=4"], base=recipe).model.tubelet_size == 4
     assert recipe == {"model": {"drop_path": 0.1}}
     assert load_config(None, [], base=recipe).model.tubelet_size == 2
+
+
+JOINT = ["contrastive.objective=mae+contrastive", "captions.file=c.jsonl", "data.num_frames=4",
+         "data.image_size=48"]  # token grid (2, 3, 3): 18 tokens
+
+
+@pytest.mark.parametrize("name", ["random", "tube"])
+def test_view_ratio_is_checked_against_the_generators_mask(name):
+    """contrastive.view_ratio is the masked fraction of the InfoNCE view: the config refuses exactly
+    the values whose view masks more tokens than the MAE mask (which crashed at step 1 before),
+    naming both keys, with the generators' own rounding."""
+    import torch
+
+    from tgmae.masking import MaskContext, build_mask_generator
+    from tgmae.models.arch import VideoMAEArch
+    from tgmae.models.pretrainer import VideoMAEPretrainer
+    from tgmae.models.video_text import VideoTextPretrainer
+
+    gen = build_mask_generator(load_config(None, JOINT + [f"masking.name={name}", "masking.ratio=0.75"]).masking)
+    mask = gen(MaskContext(grid=(2, 3, 3)), torch.Generator().manual_seed(0))[None]  # 14 of 18 masked
+    mae = VideoMAEPretrainer(VideoMAEArch(embed_dim=16, depth=1, num_heads=2, decoder_dim=16, decoder_depth=1,
+                                          decoder_heads=1, patch_size=16, tubelet_size=2, num_frames=4,
+                                          image_size=48))
+    for view_ratio in (0.0, 0.5, 0.75, 0.8, 0.83, 0.9):
+        overrides = JOINT + [f"masking.name={name}", "masking.ratio=0.75", f"contrastive.view_ratio={view_ratio}"]
+        model = VideoTextPretrainer(mae, 8, proj_dim=8, objective="mae+contrastive", view_ratio=view_ratio)
+        if view_ratio <= 0.8:  # round(.8 * 18) = 14 <= 14 masked
+            assert load_config(None, overrides).contrastive.view_ratio == view_ratio
+            assert int(model.view_mask(mask).sum()) == round(view_ratio * 18)
+        else:
+            with pytest.raises(ConfigError, match=r"contrastive.view_ratio=.* more than the MAE mask "
+                               r"\(masking.ratio=0.75.*MASKED fraction of the InfoNCE view \(0 = whole clip\)"):
+                load_config(None, overrides)
+            with pytest.raises(ValueError, match="masks more tokens than the MAE mask"):
+                model.view_mask(mask)
+
+
+def test_view_ratio_needs_an_infonce():
+    """objective=mae computes InfoNCE only as a monitor (monitor_nce with captions): there the view
+    feeds the monitor; otherwise view_ratio would do nothing, so it is refused, naming the key."""
+    mae = ["data.num_frames=4", "data.image_size=48"]
+    with pytest.raises(ConfigError, match="contrastive.view_ratio=0.0 is unused"):
+        load_config(None, mae + ["contrastive.view_ratio=0", "contrastive.monitor_nce=true"])  # no captions
+    cfg = load_config(None, mae + ["contrastive.view_ratio=0", "contrastive.monitor_nce=true", "captions.file=c.jsonl"])
+    assert cfg.contrastive.view_ratio == 0.0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tgmae.data.annotations import AnnotationError, load_annotations
+from tgmae.data.annotations import AnnotationError
+from tgmae.data.formats import load_annotations
 
 DATA = Path(__file__).parent / "data"
 

@@ -210,7 +210,10 @@ def test_pipeline_top1_equals_our_single_view_evaluation_on_a_real_clip(tmp_path
     ours = evaluate_checkpoint(cfg, progress=False).probs[0]
 
     classify = pipeline("video-classification", model=str(tmp_path / "hf"))
-    theirs = classify(str(video_path), top_k=7)
+    try:
+        theirs = classify(str(video_path), top_k=7)
+    except ImportError as e:  # transformers with torchvision >= 0.26 decodes video with torchcodec only
+        pytest.skip(f"transformers cannot decode video here: {str(e).strip()[:120]}")
     assert theirs[0]["label"] == names[int(ours.argmax())]
     assert abs(theirs[0]["score"] - float(ours.max())) < 0.02
 

@@ -23,7 +23,7 @@ from tgmae.evaluate.sharded import map_dataset
 from tgmae.evaluate.sources import CheckpointError, load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
 from tgmae.models.arch import arch_from_config
-from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train import checkpoint as ckpt
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
@@ -75,7 +75,7 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
     ours = save_pretraining_model(model, tmp_path / "ours.safetensors")
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "official.pth")
     hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(ARCH)))
-    hf.load_state_dict(ours_to_hf(model.state_dict()), strict=False)
+    hf.load_state_dict(fill_key_biases(ours_to_hf(model.state_dict()), hf.state_dict()), strict=False)
     hf.save_pretrained(tmp_path / "hf")
     cfg = run_cfg(tmp_path, "model.preset=tiny")
     train_model = VideoMAEPretrainer(arch_from_config(cfg.model, 4, 16))  # what a tiny run trains
@@ -205,7 +205,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         out = predict_views(ViewLogits(), data, batch_size=4)
         queue.put((rank, {k: v.tolist() for k, v in out.items()}))  # plain data: survives the exit
     finally:
-        from tgmae.train.distributed import cleanup
+        from tgmae.distributed import cleanup
 
         cleanup()
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.evaluate.sanity import (RunConfig, linear_probe, mae_errors, make_arch, make_data,
-                                   patch_mean_mse, pretrain, random_masks, render_clips, to_input,
+from tgmae.evaluate.sanity import (RunConfig, copy_mse, linear_probe, mae_errors, make_arch, make_data,
+                                   patch_mean_mse, pixel_mse, pretrain, random_masks, render_clips, to_input,
                                    train_supervised, tube_masks, visible_mean_mse)
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
@@ -57,8 +57,50 @@ def test_tube_masks_and_patch_mean_baseline():
     assert r.shape == (3, 32) and (r.sum(1) == 16).all() and not torch.equal(r[:, :16], r[:, 16:])
     cfg = RunConfig(patch_size=16, arch=MICRO, mask_kind="random", mask_ratio=0.5)
     errs = mae_errors(mae, torch.randint(0, 256, (5, 4, 32, 32, 3), dtype=torch.uint8, generator=g), cfg, batch=2)
-    assert set(errs) == {"mse", "patch_mean_mse", "visible_mean_mse"}
+    assert set(errs) == {"mse", "patch_mean_mse", "visible_mean_mse", "copy_mse"}
     assert errs["patch_mean_mse"] <= errs["visible_mean_mse"]  # the oracle mean is the best constant per token
+
+
+def test_copy_baseline_copies_from_the_nearest_slice():
+    # 2 clips of 8 frames (4 slices of 2x2 tokens), every frame the same picture: copying a masked
+    # token from the same place in another slice is exact, except where that place is masked in
+    # every slice (token 0 here), which gets the clip's visible mean colour
+    g = torch.Generator().manual_seed(0)
+    cfg = RunConfig(patch_size=16, arch=MICRO)
+    mae = VideoMAEPretrainer(make_arch(cfg, 8, 32))
+    still = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=g).expand(-1, 8, -1, -1, -1)
+    video = to_input(still)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, :, 0] = True  # place 0 masked in all 4 slices
+    mask[:, 0, 1:] = True  # places 1-3 masked in slice 0 only: copied from slice 1
+    mask[:, 2, 1] = True  # and place 1 in slice 2: slice 1 and 3 are equally near
+    mask = mask.reshape(2, 16)
+    pix = video.permute(0, 2, 3, 4, 1) * 0.25 + 0.5  # [B, T, H, W, C] in [0, 1]
+    tok = pix.reshape(2, 4, 2, 2, 16, 2, 16, 3).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(2, 16, -1, 3)
+    colour = torch.stack([tok[b][~mask[b]].mean(dim=(0, 1)) for b in range(2)])  # [B, C]
+    err = torch.zeros(2, 16, tok.shape[2], 3)
+    err[:, 0::4] = (tok[:, 0::4] - colour[:, None, None]) ** 2  # place 0 of each slice
+    want = float(err[mask].mean())
+    assert copy_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
+    # a tube mask leaves no copy: the rule falls back to the visible-mean baseline
+    tube = tube_masks(2, mae.arch.grid, 0.5, g)
+    assert copy_mse(mae, video, tube) == pytest.approx(visible_mean_mse(mae, video, tube), rel=1e-5)
+
+
+def test_pixel_mse_compares_a_normalized_target_in_pixels():
+    # norm_pix_loss: a zero prediction is each patch's true mean in pixels, so its pixel MSE is the
+    # patch-mean baseline; without it a zero prediction is black, missing each pixel by its value
+    g = torch.Generator().manual_seed(0)
+    video = to_input(torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8, generator=g))
+    mask = random_masks(2, (2, 2, 2), 0.5, g)
+    for norm in (True, False):
+        mae = VideoMAEPretrainer(make_arch(RunConfig(patch_size=16, arch=MICRO, norm_pix_loss=norm), 4, 32)).eval()
+        torch.nn.init.zeros_(mae.decoder.head.weight)
+        torch.nn.init.zeros_(mae.decoder.head.bias)
+        pixels = video * 0.25 + 0.5  # [B, C, T, H, W] in [0, 1]
+        tok = pixels.permute(0, 2, 3, 4, 1).reshape(2, 2, 2, 2, 16, 2, 16, 3).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(2, 8, -1)
+        want = patch_mean_mse(mae, video, mask) if norm else float((tok[mask] ** 2).mean())
+        assert pixel_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
 
 
 def test_supervised_fits_a_small_set(moves):
@@ -68,14 +110,26 @@ def test_supervised_fits_a_small_set(moves):
     assert res["steps"] == 200 and res["train_top1"] >= 0.9, res
 
 
-@pytest.mark.slow
-def test_supervised_generalises_on_the_learnable_set():
-    """(c): 400 clips of all 10 classes without distractors, 900 steps (~25 CPU-s): held-out
-    top-1 well above chance (10%; benchmarks/sanity.py measured 52.5% at this point)."""
+@pytest.fixture(scope="module")
+def learnable():
+    """400 / 200 clips of all 10 classes without distractors (the benchmark's learnable set)."""
     torch.set_num_threads(1)
-    data = make_data(400, 200, size=48, frames=8)
-    res = train_supervised(data, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=900))
-    assert res["val_top1"] >= 0.35, res
+    return make_data(400, 200, size=48, frames=8)
+
+
+@pytest.fixture(scope="module")
+def supervised_600(learnable):
+    """Cross-entropy from scratch, 600 steps (~15 CPU-s, 1 thread): the bar of two slow checks."""
+    torch.set_num_threads(1)
+    return train_supervised(learnable, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600))
+
+
+@pytest.mark.slow
+def test_supervised_generalises_on_the_learnable_set(supervised_600):
+    """(c): 400 clips of all 10 classes without distractors, 600 steps: held-out top-1 well above
+    chance (10%; measured 45.5%, seeds 1 / 2: 52% / 41.5%; benchmarks/sanity.py: 52.5% at 900
+    steps)."""
+    assert supervised_600["steps"] == 600 and supervised_600["val_top1"] >= 0.35, supervised_600
 
 
 def test_contrastive_with_oracle_text_fits_its_captions(moves):
@@ -90,16 +144,41 @@ def test_contrastive_with_oracle_text_fits_its_captions(moves):
 
 
 @pytest.mark.slow
-def test_contrastive_with_oracle_text_learns_the_class_unmasked():
-    """(a), at the ratio where it holds: InfoNCE alone against distinct class texts on unmasked
-    clips (mask ratio 0), 400 clips of all 10 classes, 600 steps (~18 CPU-s, 1 thread): the
-    linear probe reaches at least ~half of supervised training at the same 600 steps (measured:
-    probe 25.5% held-out, train 96.5%; supervised 45.5%, so the bar is 0.5 x 45.5% = 22.75%;
-    asserted >= 0.2 = 2x chance to leave room for platform float differences). At mask ratio .75
-    the probe stays near chance (docs/sanity.md)."""
+def test_contrastive_with_oracle_text_learns_the_class_unmasked(learnable, supervised_600):
+    """(a), at the ratio where it holds, with the issue's bar: InfoNCE alone against distinct class
+    texts on unmasked clips (mask ratio 0), 400 clips of all 10 classes, 600 steps (~16 CPU-s,
+    1 thread): the linear probe reaches at least half the held-out top-1 of supervised training
+    on the same clips at the same 600 steps (~15 CPU-s, the same budget). Measured: probe 25.5%
+    (train 96.5%) vs supervised 45.5%, 0.56x; seeds 1 / 2 of init and order: 29% vs 52% (0.56x),
+    32% vs 41.5% (0.77x). At mask ratio .75 the probe stays near chance (docs/sanity.md).
+    The guard sits at 0.45x, under the issue's 0.5x, which all three seeds meet: another CPU's
+    float order changes the trajectory, and 0.56x is 5 held-out clips above 0.5x."""
     torch.set_num_threads(1)
-    data = make_data(400, 200, size=48, frames=8)
-    res = pretrain(data, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600, objective="contrastive",
-                                   mask_ratio=0.0))
-    probe = linear_probe(res["model"].mae.encoder, data)
-    assert probe["train_top1"] >= 0.8 and probe["val_top1"] >= 0.2, probe
+    res = pretrain(learnable, RunConfig(**(FAST | {"warmup_steps": 20}), max_steps=600, objective="contrastive",
+                                        mask_ratio=0.0))
+    probe = linear_probe(res["model"].mae.encoder, learnable)
+    assert probe["train_top1"] >= 0.8, probe
+    assert probe["val_top1"] >= 0.45 * supervised_600["val_top1"], (probe, supervised_600["val_top1"])
+
+
+@pytest.mark.slow
+def test_mae_reconstructs_more_than_patch_means_on_a_static_background():
+    """(b): on clips whose background is the same in every frame (static_camera) under random
+    masks, a masked token shows at the same place in another time slice; MAE learns to use it and
+    its held-out masked MSE goes clearly below the oracle that predicts every masked token's true
+    mean colour. 200 clips at 40 px, 10 px patches (4x4 tokens per slice), a 1-block 64-wide
+    encoder and a 1-block 64-wide decoder (4 heads), batch 8, lr 3e-3, ratio .5, 3,200 steps
+    (~50 CPU-s, 1 thread; the harness's per-step baselines are off). Measured: held-out 0.0110 vs
+    patch means 0.0147 (0.75x; 2,000 / 2,600 steps: 0.92x / 0.83x - the plateau at the visible
+    mean lasts ~1,500 steps, which is why this check cannot be shorter); seeds 1 / 2 (same data):
+    0.86x / 0.79x. Asserted: <= 0.9x the patch means (every seed measured passes; the plateau's
+    end moves with tiny numeric differences) and below the visible-mean baseline."""
+    torch.set_num_threads(1)
+    data = make_data(200, 64, size=40, frames=8, static_camera=True)
+    arch = dict(embed_dim=64, depth=1, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=4)
+    cfg = RunConfig(budget_s=1e9, max_steps=3200, patch_size=10, arch=arch, batch_size=8, shift=2, warmup_steps=20,
+                    lr=3e-3, mask_kind="random", mask_ratio=0.5, baselines=False)
+    res = pretrain(data, cfg)
+    assert res["steps"] == 3200
+    errs = mae_errors(res["model"].mae, data.val, cfg)
+    assert errs["mse"] <= 0.9 * errs["patch_mean_mse"] and errs["mse"] < errs["visible_mean_mse"], errs

@@ -19,7 +19,7 @@ from tgmae.models import (
 )
 from tgmae.evaluate.convert import main as convert_main
 from tgmae.models.interop import FORMAT, detect_format
-from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -95,10 +95,44 @@ def test_hf_directory_matches_transformers(tmp_path, use_mean_pooling):
     assert (rec_ours - rec_hf).abs().max().item() <= 1e-4
 
 
+def test_hf_directory_with_key_biases_loads_exactly(tmp_path):
+    """transformers 5.0-5.17 save VideoMAE with a key bias; softmax cancels it (q.b_k is constant
+    over keys), so dropping it keeps the outputs: the same directory with random key biases predicts
+    what transformers (without them) predicts."""
+    from safetensors.torch import load_file, save_file
+
+    hf = tiny_hf(False)
+    hf.save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(path)
+    g = torch.Generator().manual_seed(5)
+    for name in [k for k in state if k.endswith("attention.attention.query.bias")]:
+        state[name.replace("query.bias", "key.bias")] = torch.randn(state[name].shape, generator=g)
+    save_file(state, path, metadata={"format": "pt"})
+    ours = load_pretraining_model(tmp_path)
+    video, mask = inputs(ours.arch.num_tokens, 24)
+    with torch.no_grad():
+        out = ours(video, mask)
+        ref = hf(video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
+    assert (out.pred - ref.logits).abs().max().item() <= 1e-4
+
+
+def test_key_biases_are_filled_for_transformers_that_hold_them():
+    ours = tiny_ours()
+    hf_state = ours_to_hf(ours.state_dict())
+    target = dict(hf_state)
+    biased = [k.replace("query.bias", "key.bias") for k in hf_state if k.endswith("attention.attention.query.bias")]
+    for k in biased:
+        target[k] = torch.ones(hf_state[k.replace("key.bias", "query.bias")].shape)
+    filled = fill_key_biases(hf_state, target)
+    assert biased and all(torch.equal(filled[k], torch.zeros_like(target[k])) for k in biased)
+    assert fill_key_biases(hf_state, hf_state) == hf_state
+
+
 def test_our_weights_load_into_transformers():
     ours = tiny_ours()
     hf = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**hf_config(ours.arch))).eval()
-    result = hf.load_state_dict(ours_to_hf(ours.state_dict()), strict=False)
+    result = hf.load_state_dict(fill_key_biases(ours_to_hf(ours.state_dict()), hf.state_dict()), strict=False)
     assert not result.unexpected_keys and not result.missing_keys
     video, mask = inputs(ours.arch.num_tokens, 20)
     with torch.no_grad():

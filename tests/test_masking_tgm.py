@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.base import CropParams, MaskContext, num_masked
+from tgmae.data.mask_interface import CropParams, MaskContext, num_masked
 from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
-from tgmae.masking.clip_features import ClipPatchScorer, cosine_maps, embed_texts, load_clip, map_grid
+from tgmae.clip.features import ClipPatchScorer, cosine_maps, embed_texts, load_clip, map_grid
 from tgmae.masking.resample import full_frame_crop
 from tgmae.masking.select import topk_iou
 from tgmae.masking.tgm import BatchTGMMask, CachedTGMMask, OnlineTGMMask
@@ -36,8 +36,8 @@ def synth(tmp_path_factory):
 def tiny_clip(synth, tmp_path_factory):
     """A randomly initialized tiny CLIP saved like a public one (model, tokenizer, processor)."""
     from tgmae.captions.store import read_store
-    from tgmae.masking.clip_tokenizer import train_clip_tokenizer
-    from tgmae.masking.clip_train import ClipTrainConfig, build_clip_model, save_clip
+    from tgmae.clip.tokenizer import train_clip_tokenizer
+    from tgmae.clip.train import ClipTrainConfig, build_clip_model, save_clip
 
     cfg = ClipTrainConfig(**TINY)
     texts = [c for r in read_store(synth / "captions.jsonl").records for c in r.captions]
@@ -366,7 +366,7 @@ def test_generators_inside_the_training_dataset(synth, tiny_clip, dense_cache, t
     the captions package, codec motion) drives the cached TGM and MGM generators."""
     from tgmae.captions.provider import CaptionProvider
     from tgmae.config import DataConfig
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
     from tgmae.data.dataset import VideoDataset
     from tgmae.masking.mgm import MotionGuidedMask
 
@@ -403,7 +403,7 @@ def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_c
 
     from transformers import CLIPModel
 
-    from tgmae.captions.hub import weights_fingerprint
+    from tgmae.hub import weights_fingerprint
 
     assert weights_fingerprint(tiny_clip) == bundle.fingerprint()  # one fingerprint for both caches
     clip = tmp_path / "clip"

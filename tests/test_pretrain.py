@@ -192,3 +192,17 @@ def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tm
     assert "  masking.name: 'tube' -> 'random'" in err and "  optim.lr: None -> 0.0005" in err
     assert "checkpoint.resume=ignore_config" in err and "Traceback" not in err
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+def test_config_errors_of_the_data_come_before_the_precision_measurement(synth_root, tmp_path, monkeypatch):
+    """precision=auto measures the machine (seconds); a data setting that cannot work must fail first."""
+    from tgmae.config import ConfigError
+    from tgmae.train import precision
+
+    def measured():
+        raise AssertionError("the precision was measured before the data settings were checked")
+
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", measured)
+    with pytest.raises(ConfigError, match="data.cache"):
+        pretrain(cfg_for(synth_root, tmp_path / "run", "train.precision=auto", "train.device=cpu",
+                         "data.cache=disk", "masking.name=mgm"))

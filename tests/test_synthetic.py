@@ -405,3 +405,71 @@ def test_flat_background_keeps_the_scene_and_is_one_colour():
     assert (flat.texture == flat.texture[0, 0]).all()
     frames = render_scene(flat).frames
     assert len(np.unique(frames.reshape(-1, 3), axis=0)) > 1  # the object is drawn on it
+
+
+def test_static_camera_keeps_the_scene_and_fixes_the_background():
+    # static_camera=True: the drawn scene's texture and objects, without scroll or shake, so the
+    # background is the same in every frame wherever no object covers it (issue 14's MAE check)
+    for seed in range(6):
+        drawn = sample_scene(seed % len(ACTIONS), 48, 48, 8, np.random.default_rng(seed), distractors=0)
+        still = sample_scene(seed % len(ACTIONS), 48, 48, 8, np.random.default_rng(seed), distractors=0,
+                             static_camera=True)
+        np.testing.assert_array_equal(still.texture, drawn.texture)
+        assert all(np.array_equal(a.cx, b.cx) and np.array_equal(a.angle, b.angle) for a, b in zip(still.tracks, drawn.tracks))
+        assert np.ptp(still.view, axis=0).max() == 0 and not still.shake.any() and still.scroll == (0.0, 0.0)
+        clip = render_scene(still)
+        free = ~clip.mask.any(axis=0)  # pixels the actor (the only object) never covers
+        assert free.any() and (clip.frames[:, free] == clip.frames[:1, free]).all()
+        if drawn.scroll != (0.0, 0.0):  # the default camera moves the background
+            assert not (render_scene(drawn).frames[:, free] == render_scene(drawn).frames[:1, free]).all()
+
+
+def _content_digest(root: Path) -> str:
+    """sha256 over the index files and the masks' arrays (not the zip or mp4 bytes, which depend on
+    the zlib / x264 builds)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("annotations.csv", "captions.jsonl", "meta.json"):
+        h.update((root / name).read_bytes())
+    for p in sorted((root / "masks").iterdir()):
+        with np.load(p) as z:
+            h.update(z["masks"].tobytes() + z["boxes"].tobytes())
+    return h.hexdigest()
+
+
+# The default set's content, recorded before `background` / `static_camera` reached the generator
+# (commit 5e7f280): new knobs must leave the default output unchanged.
+DEFAULT_DIGEST = "835e02b5f380564a4debfef4d3ae4f653b0c38e9761226f123a10d4fad1a10bd"
+
+
+def test_default_set_is_unchanged_by_the_knobs(tmp_path):
+    info = generate_synthetic_dataset(tmp_path / "d", num_videos=4, frames=6, size=32, gop=3, seed=7)
+    assert _content_digest(info.root) == DEFAULT_DIGEST
+    assert "static_camera" not in _meta(info.root) and "background" not in _meta(info.root)
+
+
+def test_static_camera_and_background_reach_the_generator_and_cli(tmp_path, capsys):
+    # the static-camera MAE recipe (docs/sanity.md (b)) through `tgmae synth --static-camera`
+    out = tmp_path / "still"
+    assert main([str(out), "--num-videos", "4", "--frames", "6", "--size", "32", "--gop", "3", "--seed", "7",
+                 "--static-camera", "--background", "flat"]) == 0
+    meta = _meta(out)
+    assert meta["static_camera"] is True and meta["background"] == "flat"
+    default = generate_synthetic_dataset(tmp_path / "d", num_videos=4, frames=6, size=32, gop=3, seed=7).root
+    for vid, v in meta["videos"].items():
+        assert v["background"] == {"kind": "flat", "scroll_px_per_frame": [0.0, 0.0], "jitter_px": 0}
+        assert v["objects"] == _meta(default)["videos"][vid]["objects"]  # same scene otherwise
+    still = generate_synthetic_dataset(tmp_path / "s", num_videos=4, frames=6, size=32, gop=3, seed=7,
+                                       static_camera=True)
+    for vid, v in _meta(still.root)["videos"].items():
+        assert v["background"]["kind"] == _meta(default)["videos"][vid]["background"]["kind"]
+        assert v["background"]["scroll_px_per_frame"] == [0.0, 0.0]
+    # the decoded background does not move: pixels no object covers are the same in every frame
+    masks = np.load(still.root / "masks" / "synth_00000.npz")["masks"]
+    frames = np.stack([f.to_ndarray(format="rgb24") for f in _decode(still.root / "videos" / "synth_00000.mp4")[1]])
+    free = ~masks.any(axis=0)
+    assert np.abs(frames[:, free].astype(int) - frames[:1, free]).mean() < 2.0  # codec noise only
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "bad"), "--background", "plaid"])
+    assert e.value.code == 2 and "--background" in capsys.readouterr().err

@@ -235,12 +235,12 @@ def test_resume_from_corrupted_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
-    cfg = toy_cfg(tmp_path, "train.precision=bf16", "train.epochs=1")
+    cfg = toy_cfg(tmp_path, "train.precision=bf16", "train.epochs=1", "train.device=cpu")
     result = Trainer(ToyTask(cfg), cfg).fit()
     assert result.position.step == 8
     with pytest.raises(ValueError, match="fp16.*CUDA"):
-        Trainer(ToyTask(toy_cfg(tmp_path, "train.precision=fp16")),
-                toy_cfg(tmp_path, "train.precision=fp16")).fit()
+        fp16 = toy_cfg(tmp_path, "train.precision=fp16", "train.device=cpu")
+        Trainer(ToyTask(fp16), fp16).fit()
 
 
 def _free_port() -> int:
@@ -253,11 +253,11 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null")
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null", "train.device=cpu")
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
     torch.save(flat_params(result.model), Path(out_dir) / f"rank{rank}.pt")
     del result
-    from tgmae.train.distributed import cleanup
+    from tgmae.distributed import cleanup
 
     cleanup()
 
@@ -267,7 +267,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null")
+    cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null", "train.device=cpu")
     single = flat_params(Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model)
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
@@ -443,3 +443,16 @@ def test_loader_workers_persist_across_epochs_and_match_no_workers(tmp_path):
     cfg0 = toy_cfg(tmp_path / "n", "train.epochs=3", "data.num_workers=0")
     no_workers = Trainer(_PidTask(cfg0), cfg0).fit().model
     assert torch.equal(flat_params(with_workers), flat_params(no_workers))
+
+
+def test_more_processes_than_gpus_is_a_config_error_naming_the_rank(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 gets a clear error, not CUDA's."""
+    from tgmae.config import ConfigError
+    from tgmae.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 0) == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1.*1 CUDA device"):
+        resolve_device("auto", 1)
+    assert resolve_device("cpu", 1) == torch.device("cpu")

@@ -23,8 +23,6 @@ import json
 import logging
 import os
 import platform
-import statistics
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 
+from tgmae.atomic import atomic_write_text
 from tgmae.user_cache import CACHE_ENV, cache_root
 
 log = logging.getLogger(__name__)
@@ -129,10 +128,7 @@ def _store(key: str, name: str, entry: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load()
         data.setdefault(key, {})[name] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError as e:
         _warn_once(f"autotune cache {path} not written ({e}): choices last this process only")
 

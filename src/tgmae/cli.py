@@ -6,8 +6,6 @@ command's heavy imports (transformers, av) cost nothing elsewhere.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import importlib
 import os
 import sys
@@ -17,19 +15,19 @@ from tgmae.errors import UserError
 
 # name -> ("module:function", one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("tgmae.train.demo:main", "synthetic set -> tiny pretraining run -> figures (make demo)"),
+    "demo-pretrain": ("tgmae.train.demo_pretrain:main", "synthetic set -> tiny pretraining run -> figures (make demo-pretrain)"),
     "pretrain": ("tgmae.train.pretrain:main", "VideoMAE / TGM pretraining: -c CONFIG.yaml [section.key=value ...]"),
     "finetune": ("tgmae.evaluate.finetune:main", "finetune a classifier on a pretrained encoder, then the multi-view test"),
     "evaluate": ("tgmae.evaluate.multiview:main", "multi-view test of a finetuned classifier (model.pretrained=CLASSIFIER)"),
     "probe": ("tgmae.evaluate.probe:main", "linear probe on cached frozen features (MAE protocol, LARS)"),
     "retrieve": ("tgmae.evaluate.retrieval:main", "zero-shot video<->text Recall@1/5/10 with the contrastive head"),
-    "study": ("tgmae.evaluate.study:main", "the paper's comparison on the synthetic set -> report.md/html, results.json"),
-    "report": ("tgmae.evaluate.report:main", "aggregate finished study runs into the results table"),
+    "study": ("tgmae.study.run:main", "the paper's comparison on the synthetic set -> report.md/html, results.json (make demo)"),
+    "report": ("tgmae.study.report:main", "aggregate finished study runs into the results table"),
     "visualize": ("tgmae.evaluate.visualize:main", "figures: recon | attention | masks"),
     "export-hf": ("tgmae.evaluate.export_hf:main", "write a transformers VideoMAEModel / ForVideoClassification directory"),
     "synth": ("tgmae.data.synthetic:main", "write the synthetic captioned video set"),
     "data": ("tgmae.data.check:main", "dataset tools: `tgmae data check --format F --root DIR ANNOTATIONS`"),
-    "train-clip": ("tgmae.masking.clip_train:main", "train a small CLIP on the synthetic set (a transformers CLIPModel dir)"),
+    "train-clip": ("tgmae.clip.train:main", "train a small CLIP on the synthetic set (a transformers CLIPModel dir)"),
     "masks": ("tgmae.masking.precompute:main", "precompute TGM caption-patch similarity maps (resumable, torchrun-sharded)"),
     "eval-masks": ("tgmae.masking.quality:main", "mask precision/recall against the synthetic set's ground truth"),
     "convert": ("tgmae.evaluate.convert:main", "official VideoMAE .pth / HF directory (any we export) -> our safetensors"),
@@ -39,35 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
 }
 
-
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """`parser`'s arguments from `argv` in any order: options may come before, between or after
-    the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
-    Every command with a variable-length positional (overrides, run folders) parses through here."""
-    return parser.parse_intermixed_args(list(argv))
-
-
-def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
-    """RunConfig from `-c` file + overrides (over `base`, a recipe); a ConfigError exits 2 with
-    `tgmae PROG: config error: ...`."""
-    from tgmae.config import ConfigError, load_config
-
-    try:
-        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
-    except ConfigError as e:
-        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
-        raise SystemExit(2) from None
-
-
-def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
-    """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
-    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
-    errors exit 2 with the message."""
-    parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
-    parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    args = parse_args(parser, argv)
-    return load_run_config(prog, args.config, args.overrides, base), args
+# old name -> the line that says what to run instead (exit 2)
+RENAMED: dict[str, str] = {
+    "demo": "renamed: the short pretraining run is `tgmae demo-pretrain` (make demo-pretrain); "
+            "the demo (make demo) is `tgmae study -c configs/study_synthetic.yaml`",
+}
 
 
 def _usage() -> str:
@@ -89,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tgmae {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    if name in RENAMED:
+        print(f"tgmae {name}: {RENAMED[name]}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -192,8 +192,9 @@ class ContrastiveConfig:
     # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
     monitor_nce: bool = False
     text_norm: bool = False  # BatchNorm (no affine) on the text side: removes what all captions share
-    # None (the paper's): InfoNCE pools the MAE pass's visible tokens. In [0, 1): a second encoder
-    # pass over a lighter view (this fraction of tokens masked; 0 = whole clip) feeds InfoNCE
+    # None (the paper's): InfoNCE pools the MAE pass's visible tokens. In [0, masking.ratio]: a second
+    # encoder pass over a lighter view feeds InfoNCE; the MASKED fraction of that view (0 = whole clip).
+    # Needs InfoNCE: an objective with contrastive, or mae with monitor_nce (then the monitor uses the view)
     view_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
@@ -203,6 +204,9 @@ class ContrastiveConfig:
             )
         if self.temperature <= 0:
             raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
+        if self.weight < 0:
+            raise ConfigError(f"contrastive.weight={self.weight}: must be >= 0 (lambda on InfoNCE)")
+        _positive("contrastive.proj_dim", self.proj_dim)
         if self.view_ratio is not None and not 0.0 <= self.view_ratio < 1.0:
             raise ConfigError(f"contrastive.view_ratio={self.view_ratio}: must be in [0, 1) or null")
 
@@ -351,11 +355,35 @@ class RunConfig:
             )
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
+        self._check_view_ratio()
         if self.masking.name == "tgm" and not self.masking.cache_dir and self.captions.text_model:
             raise ConfigError(
                 f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
                 "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
                 "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
+
+    def _check_view_ratio(self) -> None:
+        """contrastive.view_ratio needs an InfoNCE to feed and may mask no more than the MAE mask
+        (the view uncovers masked tokens; tgmae.models.video_text.VideoTextPretrainer.view_mask)."""
+        c, m = self.contrastive, self.masking
+        if c.view_ratio is None:
+            return
+        if c.objective == "mae" and not (c.monitor_nce and self.captions.file):
+            raise ConfigError(
+                f"contrastive.view_ratio={c.view_ratio} is unused: contrastive.objective='mae' computes no "
+                "InfoNCE (contrastive.monitor_nce=true with captions.file monitors it on that view); "
+                "leave contrastive.view_ratio null")
+        t, h, w = self.token_grid
+        n = t * h * w
+        # the mask generators' counts (tgmae.data.mask_interface.num_masked is mask_count): per clip
+        # for random masks, per temporal slice for tube / tgm / mgm
+        masked = mask_count(n, m.ratio) if m.name == "random" else t * mask_count(h * w, m.ratio)
+        view = int(round(c.view_ratio * n))
+        if view > masked:
+            raise ConfigError(
+                f"contrastive.view_ratio={c.view_ratio} masks {view} of {n} tokens, more than the MAE mask "
+                f"(masking.ratio={m.ratio}, masking.name={m.name!r}: {masked}): view_ratio is the MASKED "
+                "fraction of the InfoNCE view (0 = whole clip), at most masking.ratio")
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -367,6 +395,12 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------
 # Loading, overrides, serialization
 # --------------------------------------------------------------------------------------------
+
+
+def mask_count(count: int, ratio: float) -> int:
+    """Masked tokens out of `count` at `ratio` (rounded to nearest, at least 1 visible and 1 masked):
+    the mask generators' rule (tgmae.data.mask_interface.num_masked), here so the config checks it."""
+    return max(1, min(count - 1, int(round(count * ratio))))
 
 
 def _positive(name: str, value: int) -> None:

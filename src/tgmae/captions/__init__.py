@@ -8,7 +8,8 @@
 - `sources` + `describe`: oracle captions, CuPL-style vision-free class descriptions
   (`tgmae describe-classes`, an OpenAI-compatible chat endpoint).
 - `embed`: frozen CLIP text embeddings and their safetensors cache (`tgmae embed-captions`).
-- `hub`: loading by hub id or path with a clear offline message; `tiny`: tiny random BLIP/CLIP.
+- `tiny`: tiny random BLIP/CLIP/word encoders (tests, the study); loading by hub id or path
+  with a clear offline message is `tgmae.hub`.
 
 Only `store` and `provider` are imported here; the rest load transformers when used.
 """

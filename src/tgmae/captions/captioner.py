@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tgmae.captions.hub import ModelUnavailableError, load_pretrained, quiet_transformers
+from tgmae.hub import ModelUnavailableError, load_pretrained, quiet_transformers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tgmae.captions.sources import (CUPL_PROMPTS, META_KEY, DescriptionsError, class_text,
                                     validate_descriptions)
-from tgmae.captions.store import atomic_write_text
+from tgmae.atomic import atomic_write_text
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 SYSTEM_PROMPT = "You describe what actions look like, in one or two plain sentences."
@@ -145,7 +145,7 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
 
 def write_descriptions(path: str | Path, descriptions: dict[str, list[str]], meta: dict[str, Any]) -> None:
     obj = {META_KEY: meta, **descriptions}
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", fsync=True)
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

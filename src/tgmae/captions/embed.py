@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from tgmae.captions.hub import (
+from tgmae.atomic import atomic_path
+from tgmae.hub import (
     ModelUnavailableError,
     load_pretrained,
     looks_like_path,
@@ -64,7 +64,7 @@ def _config_hash(config: Any) -> str:
 @dataclass(frozen=True)
 class ModelIdentity:
     """Which text model made a set of embeddings: its name/path, a hash of its config and a
-    fingerprint of its weights (`tgmae.captions.hub.weights_fingerprint`; "" = not known)."""
+    fingerprint of its weights (`tgmae.hub.weights_fingerprint`; "" = not known)."""
 
     model: str
     config_hash: str
@@ -211,11 +211,8 @@ class EmbeddingCache:
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=True) as tmp:
+            save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 
 
 def sentence_pooling(name_or_path: str) -> str:

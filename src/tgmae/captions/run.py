@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import ImageCaptioner, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path
-from tgmae.captions.store import (CaptionRecord, StoreAppender, atomic_write_text, read_jsonl_tolerant,
+from tgmae.captions.store import (CaptionRecord, StoreAppender, read_jsonl_tolerant,
                                   video_ids_in)
 from tgmae.config import DATASET_FORMATS
 
@@ -118,7 +119,7 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
         if f.exists():
             items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
             keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in ids)]
-            atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep))
+            atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
@@ -220,14 +221,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _annotations(args: argparse.Namespace):
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
 
     return load_annotations(args.format, args.root, args.annotations, split=args.split, subset=args.subset)
 
 
 def _run_captioner(args: argparse.Namespace) -> int:
     from tgmae.captions.captioner import GenerationOptions, resolve_device, resolve_dtype
-    from tgmae.captions.shard import distributed_ready, init_distributed_if_launched, shard_from_env
+    from tgmae.captions.shard import shard_from_env
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched
 
     shard = shard_from_env(args.rank, args.world_size)
     videos, _ = _annotations(args)
@@ -256,7 +258,7 @@ def _run_captioner(args: argparse.Namespace) -> int:
                 n, ne = merge_parts(args.out, [v.video_id for v in videos])
                 print(f"merged {shard.world_size} parts: {n} videos in {args.out}, {ne} failures")
             if created:
-                from tgmae.train.distributed import cleanup
+                from tgmae.distributed import cleanup
 
                 cleanup()  # barrier, then leave the group
             else:
@@ -295,7 +297,7 @@ def _run_text_source(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.captions.hub import ModelUnavailableError
+    from tgmae.hub import ModelUnavailableError
     from tgmae.captions.sources import DescriptionsError
     from tgmae.captions.store import CaptionStoreError, merge_stores, read_store, write_store
     from tgmae.data.annotations import AnnotationError

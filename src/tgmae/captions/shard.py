@@ -10,7 +10,6 @@ annotation order when it is known, writes OUT atomically, then deletes the parts
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -18,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tgmae.captions.store import CaptionRecord, atomic_write_text, dumps_record, read_jsonl_tolerant
+from tgmae.atomic import atomic_write_text
+from tgmae.captions.store import CaptionRecord, dumps_record, read_jsonl_tolerant
 
 
 @dataclass(frozen=True)
@@ -97,30 +97,10 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
                 errors[vid] = obj  # the latest attempt wins
     rank_of = {v: i for i, v in enumerate(order or ())}
     ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
-    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids))
+    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids), fsync=True)
     if errors or err.exists():
         eids = sorted(errors, key=lambda v: rank_of.get(v, len(rank_of)))
-        atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids))
+        atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids), fsync=True)
     for p in [*rec_parts, *err_parts]:
         p.unlink()
     return len(ids), len(errors)
-
-
-def init_distributed_if_launched() -> bool:
-    """Under torchrun (WORLD_SIZE > 1 and MASTER_ADDR set), join a gloo group for the final
-    barrier. Returns True if this call created the group (the caller destroys it)."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or dist.is_initialized():
-        return False
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
-    return True
-
-
-def distributed_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()

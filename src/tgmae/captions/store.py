@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
 
 REQUIRED_KEYS = ("video_id", "captions", "source", "model")
@@ -234,18 +235,6 @@ class StoreAppender:
         self.close()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_store(path: str | Path, records: Iterable[CaptionRecord]) -> int:
     """Write a whole store atomically; duplicate video ids are an error. Returns the count."""
     records = list(records)
@@ -254,7 +243,7 @@ def write_store(path: str | Path, records: Iterable[CaptionRecord]) -> int:
         if r.video_id in seen:
             raise CaptionStoreError(f"{path}: video {r.video_id!r} appears twice")
         seen.add(r.video_id)
-    atomic_write_text(path, "".join(dumps_record(r) for r in records))
+    atomic_write_text(path, "".join(dumps_record(r) for r in records), fsync=True)
     return len(records)
 
 

@@ -27,7 +27,7 @@ def save_tiny_blip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pat
     from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
                               BlipProcessor)
 
-    from tgmae.captions.hub import quiet_transformers
+    from tgmae.hub import quiet_transformers
 
     path = Path(path)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
@@ -76,7 +76,7 @@ def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int 
     """A tiny `CLIPModel` (text width 32, projection `dim`) + its tokenizer in `path`."""
     from transformers import CLIPConfig, CLIPModel
 
-    from tgmae.captions.hub import quiet_transformers
+    from tgmae.hub import quiet_transformers
 
     path = Path(path)
     tokenizer = tiny_clip_tokenizer()
@@ -110,7 +110,7 @@ def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, laye
 
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    from tgmae.captions.hub import quiet_transformers
+    from tgmae.hub import quiet_transformers
 
     path = Path(path)
     words = sorted({w for t in corpus for w in re.findall(r"\w+|[^\w\s]", t.lower())})

@@ -1,8 +1,8 @@
-"""Annotations: each dataset's shipped label files -> `VideoRecord` list + class names.
+"""Annotations: the `VideoRecord` type, the shared row helpers and the generic CSV/JSONL reader.
 
-One reader per layout, all behind `load_annotations(format, root, annotations, split, subset)`;
-this module holds the record type, the shared row helpers and the generic CSV/JSONL reader, and
-`tgmae.data.formats` the readers of the six public datasets' layouts.
+`tgmae.data.formats` holds the readers of the six public datasets' layouts and the entry point
+`load_annotations(format, root, annotations, split, subset)` over all of them; it imports this
+module, never the other way round.
 Paths in records are absolute (joined to `root`); labels are 0-based ints; frame ranges are
 0-based, `end_frame` exclusive. A malformed row raises `AnnotationError` naming file:line, or,
 with `on_error="skip"`, is left out, logged, and listed in `problems` when a list is given.
@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from tgmae.errors import UserError
 
@@ -87,13 +87,6 @@ def subset_kind(subset: str) -> str:
     if s == "test":
         return "test"
     raise ValueError(f"subset={subset!r}: expected train, val or test")
-
-
-def _resolve(root: Path, annotations: str | Path) -> Path:
-    p = Path(annotations)
-    if p.exists() or p.is_absolute():
-        return p
-    return root / p
 
 
 def parse_int(text: str, file: Path, line: int, what: str, rows: RowErrors) -> Optional[int]:
@@ -238,60 +231,4 @@ def read_classes(path: Path) -> Optional[list[str]]:
     return [t for _, t in read_lines(path)]
 
 
-# --------------------------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------------------------
-
-def _readers() -> dict[str, Callable]:
-    from tgmae.data import formats
-
-    return {
-        "csv": lambda root, ann, split, subset, rows: read_generic(root, ann, rows),
-        "k400": lambda root, ann, split, subset, rows: formats.read_k400(root, ann, rows),
-        "ssv2": lambda root, ann, split, subset, rows: formats.read_ssv2(root, ann, subset, rows),
-        "ucf101": lambda root, ann, split, subset, rows: formats.read_ucf101(root, ann, split, subset, rows),
-        "hmdb51": lambda root, ann, split, subset, rows: formats.read_hmdb51(root, ann, split, subset, rows),
-        "diving48": lambda root, ann, split, subset, rows: formats.read_diving48(root, ann, subset, rows),
-        "epic55": lambda root, ann, split, subset, rows: formats.read_epic55(root, ann, subset, rows),
-    }
-
-
-FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
-
-
-def load_annotations(
-    format: str,
-    root: str | Path,
-    annotations: str | Path,
-    split: int = 1,
-    subset: str = "train",
-    *,
-    on_error: str = "raise",
-    problems: Optional[list] = None,
-) -> tuple[list[VideoRecord], list[str]]:
-    """Read one dataset's annotations -> (records, class_names).
-
-    format: csv | k400 | ssv2 | ucf101 | hmdb51 | diving48 | epic55.
-    annotations: the annotation file, or the folder holding a dataset's split files; a relative
-      path that does not exist from the working directory is taken relative to `root`.
-    split: UCF101 / HMDB51 split number. subset: train | val | test (which split file to read
-      when `annotations` is a folder).
-    on_error: "raise" (AnnotationError naming file:line) or "skip" (log and append `Problem`s
-      to `problems`).
-    """
-    if format not in FORMATS:
-        raise ValueError(f"format={format!r}: expected one of {FORMATS}")
-    rows = RowErrors(on_error, problems)
-    root_p = Path(root) if str(root) else Path(".")
-    if str(root) and not root_p.is_dir():
-        raise AnnotationError(f"data root {root}: no such folder (data.root / --root)")
-    ann = _resolve(root_p, annotations)
-    if not ann.exists():
-        where = f" (looked in {Path(annotations).resolve()} and {ann})" if ann != Path(annotations) else ""
-        raise AnnotationError(f"{annotations}: annotation file or folder not found{where}")
-    records, classes = _readers()[format](root_p, ann, split, subset, rows)
-    rows.finish(str(ann))
-    return records, classes
-
-
-__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "load_annotations", "FORMATS", "VIDEO_EXTS"]
+__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "read_generic", "VIDEO_EXTS"]

@@ -49,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from tgmae.atomic import atomic_path, atomic_write_text
 from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
@@ -289,24 +290,17 @@ def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: in
         raise OSError(f"data.cache_dir={str(folder)!r}: cannot create it ({err})") from err
     spans = frame_spans(records)
     log.info("building decoded-clip cache %s in %s (%d videos)", key, folder, len(spans))
-    tmp = folder / f".{key}.u8.{os.getpid()}.tmp"
     entries, offset = {}, 0
-    try:
-        with open(tmp, "wb") as f:
-            for path, frames, total, err in _decode_all(spans, threads, workers, f"decoding clips (cache {key})"):
-                entries[path] = _entry_for(path, spans[path][0], frames, total, err, offset)
-                if frames is not None:
-                    f.write(frames.tobytes())
-                    offset += frames.nbytes
-        os.replace(tmp, folder / f"{key}.u8")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(folder / f"{key}.u8") as tmp, open(tmp, "wb") as f:
+        for path, frames, total, err in _decode_all(spans, threads, workers, f"decoding clips (cache {key})"):
+            entries[path] = _entry_for(path, spans[path][0], frames, total, err, offset)
+            if frames is not None:
+                f.write(frames.tobytes())
+                offset += frames.nbytes
     meta = {"key": key, "inputs": inputs, "nbytes": offset,
             "entries": {p: vars(e) for p, e in entries.items()}}
-    mtmp = folder / f".{key}.json.{os.getpid()}.tmp"
-    mtmp.write_text(json.dumps(meta))
-    os.replace(mtmp, folder / f"{key}.json")  # written last: its presence marks a complete cache
+    # written last: its presence marks a complete cache
+    atomic_write_text(folder / f"{key}.json", json.dumps(meta))
     _log_built(key, entries, offset, str(folder / f"{key}.u8"))
 
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 from tgmae.config import DATASET_FORMATS
-from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
+from tgmae.data.annotations import AnnotationError, VideoRecord
+from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
 from tgmae.data.video import VideoError, VideoReader

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, DataConfig
-from tgmae.data.annotations import AnnotationError, VideoRecord, load_annotations
+from tgmae.data.annotations import AnnotationError, VideoRecord
+from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.seen import SeenVideos
@@ -33,7 +34,7 @@ from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTran
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
-from tgmae.masking.base import MaskContext, MaskGenerator
+from tgmae.data.mask_interface import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Readers for the six public datasets' shipped annotation layouts (see `load_annotations`).
+"""Annotation layouts -> `VideoRecord`s + class names: `load_annotations(format, ...)` over the
+generic CSV/JSONL reader (`tgmae.data.annotations`) and the six public datasets' layouts here.
 
 Kinetics-400 (official CSV, VideoMAE lists), Something-Something v2 (labels.json + split json),
 UCF101 (classInd + train/test lists), HMDB51 (per-class split files), Diving48 V2 (json +
@@ -13,11 +14,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tgmae.data.annotations import (
     AnnotationError, RowErrors, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
-    read_classes, read_lines, stem_id, subset_kind,
+    read_classes, read_generic, read_lines, stem_id, subset_kind,
 )
 
 
@@ -327,3 +328,64 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
 
 __all__ = ["read_k400", "read_path_label_list", "read_ssv2", "read_ucf101", "read_hmdb51",
            "read_diving48", "read_epic55"]
+
+
+def _resolve(root: Path, annotations: str | Path) -> Path:
+    p = Path(annotations)
+    if p.exists() or p.is_absolute():
+        return p
+    return root / p
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def _readers() -> dict[str, Callable]:
+    return {
+        "csv": lambda root, ann, split, subset, rows: read_generic(root, ann, rows),
+        "k400": lambda root, ann, split, subset, rows: read_k400(root, ann, rows),
+        "ssv2": lambda root, ann, split, subset, rows: read_ssv2(root, ann, subset, rows),
+        "ucf101": lambda root, ann, split, subset, rows: read_ucf101(root, ann, split, subset, rows),
+        "hmdb51": lambda root, ann, split, subset, rows: read_hmdb51(root, ann, split, subset, rows),
+        "diving48": lambda root, ann, split, subset, rows: read_diving48(root, ann, subset, rows),
+        "epic55": lambda root, ann, split, subset, rows: read_epic55(root, ann, subset, rows),
+    }
+
+
+FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
+
+
+def load_annotations(
+    format: str,
+    root: str | Path,
+    annotations: str | Path,
+    split: int = 1,
+    subset: str = "train",
+    *,
+    on_error: str = "raise",
+    problems: Optional[list] = None,
+) -> tuple[list[VideoRecord], list[str]]:
+    """Read one dataset's annotations -> (records, class_names).
+
+    format: csv | k400 | ssv2 | ucf101 | hmdb51 | diving48 | epic55.
+    annotations: the annotation file, or the folder holding a dataset's split files; a relative
+      path that does not exist from the working directory is taken relative to `root`.
+    split: UCF101 / HMDB51 split number. subset: train | val | test (which split file to read
+      when `annotations` is a folder).
+    on_error: "raise" (AnnotationError naming file:line) or "skip" (log and append `Problem`s
+      to `problems`).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}: expected one of {FORMATS}")
+    rows = RowErrors(on_error, problems)
+    root_p = Path(root) if str(root) else Path(".")
+    if str(root) and not root_p.is_dir():
+        raise AnnotationError(f"data root {root}: no such folder (data.root / --root)")
+    ann = _resolve(root_p, annotations)
+    if not ann.exists():
+        where = f" (looked in {Path(annotations).resolve()} and {ann})" if ann != Path(annotations) else ""
+        raise AnnotationError(f"{annotations}: annotation file or folder not found{where}")
+    records, classes = _readers()[format](root_p, ann, split, subset, rows)
+    rows.finish(str(ann))
+    return records, classes

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from tgmae.atomic import atomic_path
 from tgmae.data.fileid import file_identity
 from tgmae.user_cache import cache_root
 
@@ -268,11 +268,8 @@ def _save(f: Path, key: tuple, idx: FrameIndex) -> None:
     meta = {k: v for k, v in asdict(idx).items() if k not in ("pts", "key", "rank")}
     meta["key"] = [INDEX_VERSION, *key]
     try:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
+        with atomic_path(f) as tmp, open(tmp, "wb") as out:  # concurrent workers never see half an entry
             np.savez(out, pts=idx.pts, key=idx.key, rank=idx.rank, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, f)  # atomic: concurrent workers never see half an entry
     except OSError as e:
         if not _disk_warned:
             _disk_warned = True

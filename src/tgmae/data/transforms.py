@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.base import CropParams
+from tgmae.data.mask_interface import CropParams
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 

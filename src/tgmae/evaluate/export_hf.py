@@ -36,7 +36,7 @@ from tgmae.evaluate.sources import CheckpointError, EncoderSource, check_stated_
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.interop import detect_format, load_pretraining_model, resolve_checkpoint
-from tgmae.models.layouts import hf_config, ours_to_hf
+from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
 TOLERANCE = 1e-4
@@ -93,6 +93,7 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
         raise TypeError(f"cannot export {type(module).__name__}: expected VideoViTEncoder, VideoClassifier "
                         "or VideoMAEPretrainer")
     own = model.state_dict()
+    state = fill_key_biases(state, own)
     missing = sorted(k for k in own if k not in state and "position_embeddings" not in k)
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -190,7 +191,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     num_heads / decoder_heads: for an official .pth (which does not store them); for any other
     checkpoint they must equal the stored counts (CheckpointError)."""
     from tgmae import __version__
-    from tgmae.captions.hub import quiet_transformers
+    from tgmae.hub import quiet_transformers
 
     if classifier and pretraining:
         raise ValueError("choose one of classifier / pretraining")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tgmae.atomic import atomic_path
 from tgmae.evaluate.sharded import (all_gather_objects, default_device, map_dataset, no_substitution,
                                     split_unreadable, world)
 from tgmae.train.precision import autocast
@@ -106,15 +106,9 @@ def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
 def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, inputs: dict) -> Path:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
                   metadata={"inputs": json.dumps(inputs, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -159,7 +159,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     from tgmae.data.dataset import build_dataset
     from tgmae.evaluate.classifier import load_classifier
     from tgmae.evaluate.sharded import world
-    from tgmae.train.distributed import init_distributed
+    from tgmae.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
 
     dist_info = init_distributed(cfg.train.device)
@@ -194,7 +194,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.cli import parse_run_args
+    from tgmae.run_args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("evaluate", argv, description=__doc__.splitlines()[0])

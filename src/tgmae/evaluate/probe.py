@@ -174,7 +174,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     from tgmae.evaluate.sources import load_encoder_source
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
-    from tgmae.train.distributed import init_distributed
+    from tgmae.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
 
     if not cfg.model.pretrained:

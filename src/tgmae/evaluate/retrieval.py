@@ -216,7 +216,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json`.
     """
     from tgmae.evaluate.sharded import world
-    from tgmae.train.distributed import init_distributed
+    from tgmae.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
 
     mode = mode or cfg.eval.retrieval_text
@@ -282,7 +282,7 @@ def _fmt(r: dict[int, float]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.cli import parse_run_args
+    from tgmae.run_args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("retrieve", argv, description=__doc__.splitlines()[0])

@@ -7,7 +7,9 @@ DataLoader), so a check measures the objective, not the data path:
   with the library's own `VideoMAEPretrainer` / `VideoTextPretrainer`.
 - `linear_probe`: logistic regression on the frozen encoder's mean-pooled features.
 - `patch_mean_mse`: the masked MSE of predicting every masked token's true per-channel mean
-  colour, the bar MAE must go under to have learnt more than patch means.
+  colour, the bar MAE must go under to have learnt more than patch means; `visible_mean_mse`
+  and `copy_mse` (the same place in the nearest time slice): baselines that need no learning.
+  All in pixels ([0, 1]); `pixel_mse` puts a norm_pix_loss model's error in the same units.
 
 Budgets are CPU seconds of this process (`time.process_time`; run with 1 torch thread), so a
 figure does not depend on what else shares the machine. `benchmarks/sanity.py` runs the full
@@ -16,6 +18,7 @@ checks and writes the figures of docs/sanity.md; tests/test_evaluate_sanity.py t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,8 +33,8 @@ from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
 from tgmae.evaluate.classifier import VideoClassifier, classifier_arch
 from tgmae.models.arch import PRESETS, VideoMAEArch
 from tgmae.models.pretrainer import VideoMAEPretrainer
-from tgmae.models.target import pretrain_target_channel_first
-from tgmae.models.tokens import mask_to_indices
+from tgmae.models.target import pretrain_target_channel_first, reconstruct_video
+from tgmae.models.tokens import mask_to_indices, token_pixels
 from tgmae.models.video_text import VideoTextPretrainer
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -53,17 +56,18 @@ class SanityData:
 
 def render_clips(num_videos: int, *, frames: int = 8, size: int = 64, seed: int = 0, first: int = 0,
                  distractors: int = 0, distractor_speed: float = 1.0, background: Optional[str] = None,
-                 classes: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 static_camera: bool = False, classes: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Videos first..first+num_videos-1 of `sample_scene` (label = classes[index % len(classes)],
     all ACTIONS by default; one generator per (seed, index)) -> (uint8 [N, frames, size, size, 3],
-    int64 [N]). Each clip spans the whole action. distractors / distractor_speed / background:
-    the synthetic set's difficulty knobs."""
+    int64 [N]). Each clip spans the whole action. distractors / distractor_speed / background /
+    static_camera: the synthetic set's knobs (`sample_scene`)."""
     classes = list(range(len(ACTIONS))) if classes is None else list(classes)
     clips, labels = [], []
     for i in range(first, first + num_videos):
         label = classes[i % len(classes)]
         scene = sample_scene(label, size, size, frames, np.random.default_rng([seed, i]),
-                             distractors=distractors, distractor_speed=distractor_speed, background=background)
+                             distractors=distractors, distractor_speed=distractor_speed, background=background,
+                             static_camera=static_camera)
         clips.append(render_scene(scene).frames)
         labels.append(label)
     return torch.from_numpy(np.stack(clips)), torch.tensor(labels, dtype=torch.int64)
@@ -109,22 +113,58 @@ def random_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator
     return mask.scatter_(1, order[:, :int(round(ratio * n))], True)
 
 
+def _pixels(video: torch.Tensor, arch: VideoMAEArch, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The raw-pixel target ([0, 1]) [B, n, C, t*p*p] of tokens idx, also for a norm_pix_loss model."""
+    return pretrain_target_channel_first(video, dataclasses.replace(arch, norm_pix_loss=False), idx)
+
+
 def patch_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
-    """MSE of predicting each masked token's true per-channel mean (the model's target space):
-    the mean within-token variance of the target. video [B, C, T, H, W], mask [B, N] bool."""
-    target = pretrain_target_channel_first(video, model.arch, mask_to_indices(mask, model.arch.num_tokens).masked)
+    """MSE of predicting each masked token's true per-channel mean, in pixel units ([0, 1]; the
+    target space of a model without norm_pix_loss): the mean within-token pixel variance.
+    video [B, C, T, H, W], mask [B, N] bool."""
+    target = _pixels(video, model.arch, mask_to_indices(mask, model.arch.num_tokens).masked)
     return float(target.float().var(dim=-1, unbiased=False).mean())
 
 
 def visible_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
     """MSE of predicting every masked pixel as the clip's mean colour over its visible tokens
-    (per channel, in the model's target space): the baseline that uses only what the model sees.
+    (per channel, in pixel units [0, 1]): the baseline that uses only what the model sees.
     video [B, C, T, H, W], mask [B, N] bool (True = masked)."""
     split = mask_to_indices(mask, model.arch.num_tokens)
-    vis = pretrain_target_channel_first(video, model.arch, split.visible)  # [B, n_vis, C, t*p*p]
-    target = pretrain_target_channel_first(video, model.arch, split.masked)
+    vis = _pixels(video, model.arch, split.visible)  # [B, n_vis, C, t*p*p]
+    target = _pixels(video, model.arch, split.masked)
     colour = vis.float().mean(dim=(1, 3), keepdim=True)  # [B, 1, C, 1]
     return float((target.float() - colour).pow(2).mean())
+
+
+def copy_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
+    """MSE of a hand-written local rule: predict each masked token as the visible token at the
+    same place in the nearest time slice (the earlier one on a tie), or as the clip's visible mean
+    colour where that place is masked in every slice. It needs no learning and shows how much of
+    the data is copyable from another time (a static background under random masks).
+    video [B, C, T, H, W], mask [B, N] bool (True = masked); in pixel units [0, 1]."""
+    gt, gh, gw = model.arch.grid
+    tok = _pixels(video, model.arch)  # [B, N, C, t*p*p]
+    b = tok.shape[0]
+    tok = tok.view(b, gt, gh * gw, *tok.shape[2:])
+    m = mask.view(b, gt, gh * gw)
+    colour = visible_mean_colour(tok.flatten(1, 2), mask)  # [B, 1, C, 1]
+    pred = colour.unsqueeze(1).expand_as(tok).clone()
+    best = torch.full(m.shape, gt, dtype=torch.long)  # distance in slices of the copy source
+    for src in range(gt):
+        for dst in range(gt):
+            d = abs(src - dst)
+            take = m[:, dst] & ~m[:, src] & (d < best[:, dst])  # [B, h*w]
+            pred[:, dst][take] = tok[:, src][take]
+            best[:, dst][take] = d
+    return float((pred - tok).pow(2)[m].mean())
+
+
+def visible_mean_colour(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """tokens [B, N, C, K] (channel-first target), mask [B, N] -> [B, 1, C, 1] mean colour of the
+    visible tokens of each clip."""
+    vis = (~mask).to(tokens.dtype)[:, :, None, None]
+    return (tokens * vis).sum(dim=(1, 3), keepdim=True) / (vis.sum(dim=1, keepdim=True) * tokens.shape[-1])
 
 
 @dataclass
@@ -141,6 +181,8 @@ class RunConfig:
     arch: dict = field(default_factory=dict)  # overrides of the preset's sizes (tests: a smaller model)
     mask_ratio: float = 0.75
     mask_kind: str = "tube"  # tube | random
+    norm_pix_loss: bool = False  # VideoMAE's per-patch normalized target (mae_errors compares in pixels)
+    baselines: bool = True  # the baselines of every training batch (~40% more CPU, not charged to budget_s)
     shift: int = 4  # random translation (px) of training clips
     seed: int = 0
     max_steps: Optional[int] = None  # stop earlier than the budget (tests)
@@ -168,7 +210,7 @@ class RunConfig:
 
 def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
     return VideoMAEArch(**(PRESETS[cfg.preset] | cfg.arch), patch_size=cfg.patch_size, tubelet_size=2, num_frames=frames,
-                        image_size=size, norm_pix_loss=False, pixel_mean=MEAN, pixel_std=STD)
+                        image_size=size, norm_pix_loss=cfg.norm_pix_loss, pixel_mean=MEAN, pixel_std=STD)
 
 
 def _optimizer(params_groups, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -182,7 +224,8 @@ def _lr_at(step: int, cfg: RunConfig) -> float:
 def _loop(cfg: RunConfig, n_train: int, step_fn: Callable[[torch.Tensor, torch.Generator], dict],
           opt: torch.optim.Optimizer, eval_fn: Optional[Callable[[], dict]] = None) -> dict:
     """Shuffled minibatches until the CPU budget (or max_steps) is spent; constant lr after a
-    linear warmup. Returns {"steps", "cpu_s", "log": [per-step dicts], "curve": [eval dicts]}."""
+    linear warmup. A step may return "untimed_s": CPU seconds of bookkeeping (baselines) that
+    are not charged to the budget. Returns {"steps", "cpu_s", "log": [per-step dicts], "curve": [eval dicts]}."""
     g = torch.Generator().manual_seed(cfg.seed)
     base = [grp["lr"] for grp in opt.param_groups]
     spent, step, log, curve, next_eval = 0.0, 0, [], [], cfg.eval_every_s
@@ -196,7 +239,7 @@ def _loop(cfg: RunConfig, n_train: int, step_fn: Callable[[torch.Tensor, torch.G
             opt.zero_grad(set_to_none=True)
             out.pop("loss").backward()
             opt.step()
-            spent += time.process_time() - t0
+            spent += time.process_time() - t0 - out.pop("untimed_s", 0.0)
             step += 1
             log.append(out)
             if eval_fn is not None and next_eval is not None and spent >= next_eval:
@@ -255,9 +298,9 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
     """MAE / video-text / both from scratch on data.train with tube masking at cfg.mask_ratio.
 
     text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
-    -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "nce_chance", ...}
-    (losses: means over the last 20% of steps; patch_mean_mse / visible_mean_mse over the same
-    batches' masks)."""
+    -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "curve", ...}
+    (losses: means over the last 20% of steps; patch_mean_mse / visible_mean_mse / copy_mse over
+    the same batches' masks, computed outside the CPU budget)."""
     torch.manual_seed(cfg.seed)
     arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
     mae = VideoMAEPretrainer(arch)
@@ -280,36 +323,64 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
         rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
         if out.loss_mse is not None:
             rec["loss_mse"] = float(out.loss_mse.detach())
+        if out.loss_mse is not None and cfg.baselines:
+            t0 = time.process_time()
             rec["patch_mean_mse"] = patch_mean_mse(mae, video, mask)
             rec["visible_mean_mse"] = visible_mean_mse(mae, video, mask)
+            rec["copy_mse"] = copy_mse(mae, video, mask)
+            rec["untimed_s"] = time.process_time() - t0
         return rec
 
     res = _loop(cfg, len(data.train), step, opt)
-    tail = res["log"][-max(1, len(res["log"]) // 5):]
-    for key in ("loss_mse", "loss_nce", "patch_mean_mse", "visible_mean_mse"):
-        if key in tail[0]:
-            res[key] = float(np.mean([r[key] for r in tail]))
+    log = res["log"]
+    tail = log[-max(1, len(log) // 5):]
+    keys = [k for k in ("loss_mse", "loss_nce", "patch_mean_mse", "visible_mean_mse", "copy_mse") if k in tail[0]]
+    for key in keys:
+        res[key] = float(np.mean([r[key] for r in tail]))
+    # the training curve: means over 10 consecutive windows of steps
+    edges = np.linspace(0, len(log), 11).astype(int)
+    res["curve"] = [{"step": int(b), **{k: float(np.mean([r[k] for r in log[a:b]])) for k in keys}}
+                    for a, b in zip(edges[:-1], edges[1:]) if b > a]
     res["model"] = model
     res.pop("log")
     return res
 
 
 @torch.no_grad()
+def pixel_mse(mae: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
+    """Masked MSE of `mae`'s reconstruction in pixel units ([0, 1]): its loss without
+    norm_pix_loss; with it, each prediction de-normalized with its patch's true mean and std
+    (`reconstruct_video`), so the comparison with `patch_mean_mse` - which also knows the true
+    mean - asks whether the predicted within-patch pattern beats a flat patch.
+    video [B, C, T, H, W] (normalized), mask [B, N] bool (True = masked)."""
+    out = mae(video, mask)
+    if not mae.arch.norm_pix_loss:
+        return float(out.loss)
+    recon = reconstruct_video(video, out.pred, mask, mae.arch)
+    masked = mask_to_indices(mask, mae.arch.num_tokens).masked
+    got = token_pixels(recon, mae.arch.tubelet_size, mae.arch.patch_size, masked)
+    want = token_pixels(video.float(), mae.arch.tubelet_size, mae.arch.patch_size, masked)
+    std = torch.tensor(STD).repeat_interleave(got.shape[-1] // len(STD))  # [C*t*p*p], channel-major rows
+    return float(((got - want) * std).pow(2).mean())
+
+
+@torch.no_grad()
 def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
     """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
     training (cfg.mask_kind, cfg.mask_ratio; masks from `seed`), next to the per-patch-mean and
-    visible-mean baselines on the same masks -> {"mse", "patch_mean_mse", "visible_mean_mse"}
-    (means over clips, in the model's target space)."""
+    visible-mean and copy baselines on the same masks -> {"mse", "patch_mean_mse",
+    "visible_mean_mse", "copy_mse"} (means over clips, in pixel units [0, 1]; see `pixel_mse`)."""
     mae.eval()
     g = torch.Generator().manual_seed(seed)
-    sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0}
+    sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0, "copy_mse": 0.0}
     for i in range(0, len(clips), batch):
         video = to_input(clips[i:i + batch])
         mask = cfg.masks(len(video), mae.arch.grid, g)
         n = len(video)
-        sums["mse"] += float(mae(video, mask).loss) * n
+        sums["mse"] += pixel_mse(mae, video, mask) * n
         sums["patch_mean_mse"] += patch_mean_mse(mae, video, mask) * n
         sums["visible_mean_mse"] += visible_mean_mse(mae, video, mask) * n
+        sums["copy_mse"] += copy_mse(mae, video, mask) * n
     return {k: v / len(clips) for k, v in sums.items()}
 
 
@@ -340,7 +411,8 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
 
 
 __all__ = [
-    "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "encoder_features",
-    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pretrain",
-    "random_masks", "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_mse",
+    "MEAN", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "copy_mse", "encoder_features",
+    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pixel_mse", "pretrain",
+    "random_masks", "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_colour",
+    "visible_mean_mse",
 ]

@@ -2,10 +2,12 @@
 
 Content-free: `RandomMask`, `TubeMask`. Content-guided: `CachedTGMMask` / `OnlineTGMMask` /
 `BatchTGMMask` (text-guided, paper section 3.3) and `MotionGuidedMask` (codec motion vectors).
-Commands: `tgmae masks` (precompute), `tgmae eval-masks`, `tgmae train-clip`.
+The generator interface (`MaskContext`, `CropParams`, `MaskGenerator`) lives in
+`tgmae.data.mask_interface`, where the data pipeline calls it; the CLIP TGM scores with is
+`tgmae.clip`. Commands: `tgmae masks` (precompute), `tgmae eval-masks`.
 """
 
-from tgmae.masking.base import CropParams, MaskContext, MaskGenerator, check_mask, num_masked, topk_mask
+from tgmae.data.mask_interface import CropParams, MaskContext, MaskGenerator, check_mask, num_masked, topk_mask
 from tgmae.masking.batch import BatchMaskGenerator, is_batch_generator
 from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
 from tgmae.masking.factory import build_mask_generator

@@ -22,7 +22,8 @@ import torch
 @runtime_checkable
 class BatchMaskGenerator(Protocol):
     """(video [B, C, T, H, W] data-normalized, text_embedding [B, D] or None, grid (T', H', W'),
-    generator) -> [B, N] bool mask on video's device, True = masked."""
+    generator (CPU, so masks do not depend on the device)) -> [B, N] bool mask on video's device,
+    True = masked."""
 
     ratio: float
     batched: bool

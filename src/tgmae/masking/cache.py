@@ -21,7 +21,6 @@ factor, so its top-k is exactly the mean-caption top-k.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.parse
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tgmae.atomic import atomic_path, atomic_write_text
 from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-similarity-cache"
@@ -141,7 +141,7 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
             )
         return
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(manifest.to_json(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
 def entry_file(video_id: str) -> str:
@@ -155,10 +155,7 @@ def write_entry(
 ) -> str:
     """Write one video's maps atomically (a crash never leaves a half file). Returns its file."""
     rel = entry_file(video_id)
-    path = Path(root) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(Path(root) / rel) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             sim=sim.detach().cpu().to(torch.float16).numpy(),
@@ -166,7 +163,6 @@ def write_entry(
             text=text.detach().cpu().to(torch.float16).numpy(),
             captions=np.asarray(list(captions), dtype=np.str_),
         )
-    os.replace(tmp, path)
     return rel
 
 
@@ -218,7 +214,7 @@ def merge_parts(root: str | Path) -> dict:
     """Merge every rank's part file into index.json; returns the index."""
     videos, skipped = read_parts(root)
     index = {"videos": dict(sorted(videos.items())), "skipped": dict(sorted(skipped.items()))}
-    _atomic_write(Path(root) / "index.json", json.dumps(index, indent=1) + "\n")
+    atomic_write_text(Path(root) / "index.json", json.dumps(index, indent=1) + "\n")
     return index
 
 
@@ -242,7 +238,7 @@ class SimilarityCache:
                 f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
             )
         if expect_clip:  # same path, other weights (a CLIP retrained into the same folder)
-            from tgmae.captions.hub import weights_fingerprint
+            from tgmae.hub import weights_fingerprint
 
             now = weights_fingerprint(expect_clip)
             if now is not None and now != m.clip_fingerprint:
@@ -298,12 +294,6 @@ class SimilarityCache:
 def _clip_id(name: str) -> str:
     p = Path(name)
     return str(p.resolve()) if p.exists() else name
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tgmae.config import ConfigError, MaskingConfig
-from tgmae.masking.base import MaskGenerator
+from tgmae.data.mask_interface import MaskGenerator
 from tgmae.masking.simple import RandomMask, TubeMask
 
 
@@ -44,7 +44,7 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, d
             "masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
             "masking.clip_model (CLIP in the loop)"
         )
-    from tgmae.masking.clip_features import ClipPatchScorer, load_clip
+    from tgmae.clip.features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
 
     scorer = ClipPatchScorer(load_clip(clip_model, device), cfg.mode,

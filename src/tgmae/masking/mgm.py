@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from tgmae.data.seen import SeenVideos
-from tgmae.masking.base import MaskContext
+from tgmae.data.mask_interface import MaskContext
 from tgmae.masking.motion import (
     codec_token_motion, fill_from_nearest, frame_difference, gaussian_smooth, has_codec_motion,
 )

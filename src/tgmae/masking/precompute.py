@@ -34,7 +34,7 @@ from tgmae.masking.cache import (
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
-from tgmae.masking.clip_features import (
+from tgmae.clip.features import (
     MODES, ClipBundle, ClipPatchScorer, cosine_maps, load_clip, map_grid, uint8_to_unit,
 )
 
@@ -149,7 +149,7 @@ def precompute(
 
 def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]) -> torch.Tensor:
     """[C, D] normalized embeddings of a video's captions (memoized per text: videos share them)."""
-    from tgmae.masking.clip_features import embed_texts
+    from tgmae.clip.features import embed_texts
 
     missing = [c for c in dict.fromkeys(captions) if c not in cache]
     if missing:
@@ -221,10 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.mode == "faithful" and args.map_scale != 1:
         print("tgmae masks: --map-scale > 1 is for dense mode (faithful embeds one crop per patch)", file=sys.stderr)
         return 2
-    from tgmae.captions.shard import distributed_ready, init_distributed_if_launched, shard_from_env
+    from tgmae.captions.shard import shard_from_env
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched
     from tgmae.captions.store import CaptionStoreError
-    from tgmae.data.annotations import load_annotations
-    from tgmae.train.distributed import resolve_device
+    from tgmae.data.formats import load_annotations
+    from tgmae.distributed import resolve_device
 
     shard = shard_from_env()
     created = init_distributed_if_launched()
@@ -255,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
               f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
     if created:
-        from tgmae.train.distributed import cleanup
+        from tgmae.distributed import cleanup
 
         cleanup()
     return 0

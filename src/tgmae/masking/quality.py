@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.base import CropParams, MaskContext
+from tgmae.data.mask_interface import CropParams, MaskContext
 from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.motion import stack_codec_motion
 from tgmae.masking.resample import sample_maps
@@ -128,7 +128,7 @@ def evaluate_masks(
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store
-    from tgmae.masking.clip_data import read_split_ids
+    from tgmae.clip.data import read_split_ids
 
     root = Path(root)
     ids = read_split_ids(root, split)[: max_videos or None]
@@ -165,7 +165,7 @@ def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cac
                  image_size: int, patch_size: int, frame_stride: int, progress: bool) -> None:
     """Build (or resume) the similarity cache of these videos."""
     from tgmae.masking.cache import merge_parts
-    from tgmae.masking.clip_features import load_clip
+    from tgmae.clip.features import load_clip
     from tgmae.masking.precompute import PrecomputeOptions, precompute
 
     clip = load_clip(clip_model)

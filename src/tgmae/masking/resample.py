@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.masking.base import CropParams
+from tgmae.data.mask_interface import CropParams
 
 TUBELET_FRAMES = ("first", "mean")
 

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.masking.base import num_masked
+from tgmae.data.mask_interface import num_masked
 
 SELECT = ("top", "bottom")
 
@@ -56,7 +56,7 @@ def select_batch_per_slice(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Batched `select_per_slice`: scores [B, T', M] (any device) -> [B, T' * M] bool on the same
-    device. Ties are broken by one random token order per call (from `generator`, on CPU)."""
+    device. Ties are broken by one random token order per call (from `generator`, on any device)."""
     if select not in SELECT:
         raise ValueError(f"select={select!r}: expected one of {SELECT}")
     b, t, m = scores.shape
@@ -64,7 +64,7 @@ def select_batch_per_slice(
     s = torch.nan_to_num(s, nan=float("-inf"))
     k = num_masked(m, ratio)
     if generator is not None:
-        perm = torch.randperm(m, generator=generator).to(s.device)
+        perm = torch.randperm(m, generator=generator, device=generator.device).to(s.device)
         idx = perm[s[..., perm].topk(k, dim=-1).indices]
     else:
         idx = s.topk(k, dim=-1).indices

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tgmae.masking.base import MaskContext, num_masked
+from tgmae.data.mask_interface import MaskContext, num_masked
 
 
 class RandomMask:

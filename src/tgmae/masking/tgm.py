@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.base import MaskContext
+from tgmae.data.mask_interface import MaskContext
 from tgmae.masking.cache import CacheEntry, SimilarityCache
-from tgmae.masking.clip_features import ClipPatchScorer, frames_to_unit
+from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import TUBELET_FRAMES, resample_to_tokens
 from tgmae.masking.select import select_batch_per_slice, select_per_slice
 

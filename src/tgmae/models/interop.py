@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from tgmae.atomic import atomic_path
 from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.layouts import hf_arch, hf_to_ours, official_arch, strip_wrappers
@@ -230,15 +231,9 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     from safetensors.torch import save_file
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 

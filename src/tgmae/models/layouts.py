@@ -189,35 +189,51 @@ def hf_config(arch: VideoMAEArch) -> dict[str, Any]:
     )
 
 
+# The one name table, both ways: (top-level modules, block sub-modules, block stacks) HF -> ours,
+# and its inverse ours -> HF.
+_TO_OURS = (_HF_TOP, _HF_BLOCK, _HF_STACKS)
+_TO_HF = ({v: k for k, v in _HF_TOP.items()}, {v: k for k, v in _HF_BLOCK.items()},
+          tuple((ours, hf) for hf, ours in _HF_STACKS))
+
+
+def _rename(name: str, table: tuple) -> tuple[Optional[str], Optional[tuple[str, str, str]]]:
+    """Map one parameter name through `table` (`_TO_OURS` or `_TO_HF`).
+
+    Returns (new name, None) for a name the table maps; (None, (block prefix in the target
+    layout, sub-module, leaf)) for a block parameter outside the table (the attention's
+    q/k/v, which the callers fuse or split); (None, None) for a name outside every stack.
+    """
+    top, block, stacks = table
+    if name == "mask_token":
+        return name, None
+    module, _, leaf = name.rpartition(".")
+    if module in top:
+        return f"{top[module]}.{leaf}", None
+    for src_prefix, dst_prefix in stacks:
+        if name.startswith(src_prefix):
+            idx, _, rest = name[len(src_prefix):].partition(".")
+            sub, _, leaf = rest.rpartition(".")
+            base = f"{dst_prefix}{idx}."
+            if sub in block:
+                return f"{base}{block[sub]}.{leaf}", None
+            return None, (base, sub, leaf)
+    return None, None
+
+
 def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """HF state dict -> (our state dict, HF names that have no counterpart)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     for name, value in strip_wrappers(state).items():
-        module, _, leaf = name.rpartition(".")
-        if name == "mask_token":
-            out[name] = value
-            continue
-        if module in _HF_TOP:
-            out[f"{_HF_TOP[module]}.{leaf}"] = value
-            continue
-        for hf_prefix, our_prefix in _HF_STACKS:
-            if name.startswith(hf_prefix):
-                idx, _, rest = name[len(hf_prefix):].partition(".")
-                sub, _, leaf = rest.rpartition(".")
-                base = f"{our_prefix}{idx}."
-                if sub.startswith(_QKV) or sub == _QKV[:-1]:
-                    part = _HF_DISK_BIAS.get(leaf) or f"{sub[len(_QKV):]}.{leaf}"
-                    qkv.setdefault(base, {})[part] = value
-                elif sub in _HF_BLOCK:
-                    out[f"{base}{_HF_BLOCK[sub]}.{leaf}"] = value
-                else:
-                    unknown.append(name)
-                break
-        else:
-            if not name.endswith("position_embeddings"):
-                unknown.append(name)
+        new, part = _rename(name, _TO_OURS)
+        if new is not None:
+            out[new] = value
+        elif part is not None and (part[1].startswith(_QKV) or part[1] == _QKV[:-1]):
+            base, sub, leaf = part
+            qkv.setdefault(base, {})[_HF_DISK_BIAS.get(leaf) or f"{sub[len(_QKV):]}.{leaf}"] = value
+        elif part is not None or not name.endswith("position_embeddings"):
+            unknown.append(name)
     for base, parts in qkv.items():
         try:
             out[f"{base}attn.qkv.weight"] = torch.cat(
@@ -228,41 +244,27 @@ def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
         zeros = torch.zeros(dim, dtype=parts["query.weight"].dtype)
         out[f"{base}attn.q_bias"] = parts.get("query.bias", zeros)  # qv_bias=False: zero biases
         out[f"{base}attn.v_bias"] = parts.get("value.bias", zeros)
-        if "key.bias" in parts and bool(parts["key.bias"].any()):
-            raise ValueError(f"HF checkpoint: {base} has a non-zero key bias; VideoMAE has none")
+        # A key bias (transformers < 5.2x builds one, zero-filled for VideoMAE weights) adds q.b_k to
+        # every score of a query: constant across keys, so softmax removes it exactly. Dropped.
     return out, unknown
 
 
 def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our state dict -> HF `VideoMAEForPreTraining.state_dict()` names (in-memory, qv_bias=True)."""
-    top = {v: k for k, v in _HF_TOP.items()}
-    block = {v: k for k, v in _HF_BLOCK.items()}
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
-        module, _, leaf = name.rpartition(".")
-        if name == "mask_token":
-            out[name] = value
+        new, part = _rename(name, _TO_HF)
+        if new is not None:
+            out[new] = value
             continue
-        if module in top:
-            out[f"{top[module]}.{leaf}"] = value
-            continue
-        for hf_prefix, our_prefix in _HF_STACKS:
-            if name.startswith(our_prefix):
-                idx, _, rest = name[len(our_prefix):].partition(".")
-                base = f"{hf_prefix}{idx}."
-                if rest == "attn.qkv.weight":
-                    q, k, v = value.chunk(3, dim=0)
-                    out[f"{base}{_QKV}query.weight"] = q
-                    out[f"{base}{_QKV}key.weight"] = k
-                    out[f"{base}{_QKV}value.weight"] = v
-                elif rest == "attn.q_bias":
-                    out[f"{base}{_QKV}query.bias"] = value
-                elif rest == "attn.v_bias":
-                    out[f"{base}{_QKV}value.bias"] = value
-                else:
-                    sub, _, leaf = rest.rpartition(".")
-                    out[f"{base}{block[sub]}.{leaf}"] = value
-                break
+        base, sub, leaf = part or ("", "", "")
+        if (sub, leaf) == ("attn.qkv", "weight"):
+            q, k, v = value.chunk(3, dim=0)
+            out[f"{base}{_QKV}query.weight"] = q
+            out[f"{base}{_QKV}key.weight"] = k
+            out[f"{base}{_QKV}value.weight"] = v
+        elif (sub, leaf) in (("attn", "q_bias"), ("attn", "v_bias")):
+            out[f"{base}{_QKV}{'query' if leaf == 'q_bias' else 'value'}.bias"] = value
         else:
             raise ValueError(f"no HF counterpart for parameter {name!r}")
     return out
@@ -272,3 +274,15 @@ __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
     "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
 ]
+
+
+def fill_key_biases(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (HF names, from `ours_to_hf`) plus a zero key bias for every `...key.bias` that the
+    HF model `target` (its state dict) holds and `state` lacks. transformers 5.0-5.17 build
+    VideoMAE's key projection with a bias (zero for VideoMAE weights); later versions without.
+    A zero key bias is exact: VideoMAE has none."""
+    out = dict(state)
+    for name, value in target.items():
+        if name.endswith(f"{_QKV}key.bias") and name not in out:
+            out[name] = torch.zeros_like(value)
+    return out

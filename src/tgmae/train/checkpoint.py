@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
 
 LATEST = "latest"
@@ -159,13 +160,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _durable_write_text(path: Path, text: str) -> None:
+    """Atomic, fsync'd, and the rename itself made durable (the folder fsync'd)."""
+    atomic_write_text(path, text, fsync=True)
     _fsync_dir(path.parent)
 
 
@@ -213,7 +210,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(directory)
-    atomic_write_text(directory / LATEST, name + "\n")
+    _durable_write_text(directory / LATEST, name + "\n")
     _prune(directory, keep_last, keep=name)
     return final
 

@@ -27,7 +27,7 @@ from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.models.attention import set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.train import checkpoint as ckpt
-from tgmae.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
+from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import build_optimizer, set_lr
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
@@ -150,6 +150,7 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg, dist, task = self.cfg, self.dist, self.task
         device = dist.device
+        dataset = task.train_dataset()  # first: its config errors come before any measurement
         precision = resolve_precision(cfg.train.precision, device)
         if dist.enabled and cfg.train.precision == "auto":  # a collective: every rank calls it
             # each rank measured for itself: all ranks must train alike, so fp32 unless all agree
@@ -164,7 +165,6 @@ class Trainer:
         model = task.build_model().to(device)
         if cfg.train.attention != "auto":  # "auto": each call's kernel is measured per machine
             set_attention_kernel(model, cfg.train.attention)
-        dataset = task.train_dataset()
         sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
                                    seed=cfg.train.seed)
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps

@@ -125,7 +125,7 @@ class PretrainTask:
             import os
 
             from tgmae.masking import build_mask_generator, is_batch_generator
-            from tgmae.train.distributed import resolve_device
+            from tgmae.distributed import resolve_device
 
             device = resolve_device(self.cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
@@ -148,7 +148,7 @@ class PretrainTask:
         video = batch["video"]
         text = self._text(batch["caption_id"]) if self.captions is not None else None
         seed = int(torch.as_tensor(batch["index"]).sum()) * 1_000_003 + self.cfg.train.seed
-        g = torch.Generator(device=video.device).manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # on CPU: the same masks on every device
         with torch.autocast(device_type=video.device.type, enabled=False):
             return self.batch_masker(video, text, self.cfg.token_grid, g)
 
@@ -190,11 +190,12 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
     sample = dataset[index]
     model = mae_part(model).eval()
+    device = next(model.parameters()).device  # the trained model stays where it trained (a GPU)
     video = sample["video"][None]
     mask = sample["mask"][None] if make_mask is None else make_mask(sample)
     with torch.no_grad():
-        res = model(video, mask)
-        recon = reconstruct_video(video, res.pred, mask, model.arch)
+        res = model(video.to(device), mask.to(device))
+        recon = reconstruct_video(video, res.pred.float().cpu(), mask.cpu(), model.arch)
     rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
     out["reconstruction"] = save_reconstruction_figure(
@@ -227,7 +228,7 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.cli import parse_run_args
+    from tgmae.run_args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])

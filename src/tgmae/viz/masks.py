@@ -80,7 +80,7 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
                      columns: int, seed: int) -> Path:
     """Grid for one video of a synthetic set, with the ground-truth object outline."""
     from tgmae.captions.store import read_store
-    from tgmae.masking.clip_data import read_split_ids
+    from tgmae.clip.data import read_split_ids
     from tgmae.masking.quality import PAPER_RATIOS, clip_context, ensure_cache, load_eval_clip, make_generators
 
     root = Path(root)
@@ -109,7 +109,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     from tgmae.data.sampling import clip_indices
     from tgmae.data.transforms import EvalTransform
     from tgmae.data.video import VideoReader
-    from tgmae.masking.base import MaskContext
+    from tgmae.data.mask_interface import MaskContext
     from tgmae.masking.motion import stack_codec_motion
     from tgmae.masking.quality import PAPER_RATIOS, make_generators
 
@@ -122,7 +122,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     gens = make_generators(ratios, None)
     text = None
     if clip_model:
-        from tgmae.masking.clip_features import ClipPatchScorer, embed_texts, load_clip
+        from tgmae.clip.features import ClipPatchScorer, embed_texts, load_clip
         from tgmae.masking.tgm import OnlineTGMMask
 
         bundle = load_clip(clip_model)

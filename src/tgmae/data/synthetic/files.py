@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -18,22 +17,10 @@ from typing import Iterable
 import av
 import numpy as np
 
+from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+
 CSV_HEADER = ("path", "label", "caption")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_csv(path: Path, rows: Iterable[tuple[str, int, str]]) -> None:
@@ -67,8 +54,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, gop: int, crf: int = 18)
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"frame size {w}x{h}: yuv420p needs even sides")
-    tmp = _tmp_path(path)
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
@@ -83,4 +69,3 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, gop: int, crf: int = 18)
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    os.replace(tmp, path)

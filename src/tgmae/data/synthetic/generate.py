@@ -31,6 +31,7 @@ import numpy as np
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
+from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, sample_scene
 
 GENERATOR_VERSION = "1.0"
@@ -72,6 +73,8 @@ class _Task:
     root: str
     distractors: int = MAX_DISTRACTORS
     distractor_speed: float = 1.0
+    background: str | None = None
+    static_camera: bool = False
 
 
 def balanced_labels(num_videos: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +104,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Gen
 
 def check_settings(
     num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0,
-    distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0,
+    distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0, background: str | None = None,
 ) -> None:
     """Raise ValueError naming the first invalid setting."""
     for name, value, lo in (("num_videos", num_videos, 1), ("frames", frames, 2), ("size", size, 32),
@@ -116,13 +119,16 @@ def check_settings(
         raise ValueError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
     if not distractor_speed >= 0:
         raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
+    if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
+        raise ValueError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS + EXTRA_BACKGROUNDS)}")
 
 
 def _make_video(task: _Task) -> dict:
     """Sample, render and write one video and its mask; return its index record."""
     scene_ss, caption_ss = np.random.SeedSequence([task.seed, task.index]).spawn(2)
     scene = sample_scene(task.label, task.size, task.size, task.frames, np.random.default_rng(scene_ss),
-                         distractors=task.distractors, distractor_speed=task.distractor_speed)
+                         distractors=task.distractors, distractor_speed=task.distractor_speed,
+                         background=task.background, static_camera=task.static_camera)
     clip = render_scene(scene)
     root = Path(task.root)
     write_mp4(root / "videos" / f"{task.video_id}.mp4", clip.frames, task.fps, task.gop)
@@ -164,6 +170,8 @@ def generate_synthetic_dataset(
     progress: Callable[[int, int], None] | None = None,
     distractors: int = MAX_DISTRACTORS,
     distractor_speed: float = 1.0,
+    background: str | None = None,
+    static_camera: bool = False,
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
@@ -175,8 +183,15 @@ def generate_synthetic_dataset(
       shapes (0-2), their speed (1 = the original set). The defaults give the original, hardest
       set, byte for byte; supervised training from scratch learns the action at 0 distractors
       (docs/sanity.md has the measured curve).
+    background: one background kind for every video (BACKGROUNDS, or "flat": one colour without
+      grain) instead of a random one per video; None (default) draws them.
+    static_camera: the background neither scrolls nor shakes, so it is identical over time wherever
+      no object covers it (the data on which MAE learns more than patch means, docs/sanity.md (b)).
+    Both draw the same random numbers as the default set: only what they name changes. The
+    defaults write the default set byte for byte (meta.json records either only when set).
     """
-    check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed)
+    check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed,
+                   background)
     start = time.perf_counter()
     root = Path(out_dir)
     for sub in ("videos", "masks"):
@@ -189,7 +204,7 @@ def generate_synthetic_dataset(
     width = max(5, len(str(num_videos - 1)))
     tasks = [
         _Task(i, f"synth_{i:0{width}d}", int(labels[i]), seed, frames, size, fps, gop, str(root),
-              distractors, float(distractor_speed))
+              distractors, float(distractor_speed), background, bool(static_camera))
         for i in range(num_videos)
     ]
     _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
@@ -237,6 +252,9 @@ def generate_synthetic_dataset(
         "gop": gop,
         "distractors": distractors,
         "distractor_speed": float(distractor_speed),
+        # only when set, so the default set's meta.json stays byte-identical to earlier versions'
+        **({"background": background} if background is not None else {}),
+        **({"static_camera": True} if static_camera else {}),
         "codec": "h264 (libx264, yuv420p, no B-frames)",
         "classes": list(ACTIONS),
         "class_counts": class_counts,
@@ -283,10 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the original, hardest set; 0 = learnable from scratch)")
     parser.add_argument("--distractor-speed", type=float, default=1.0,
                         help="distractor speed, 1 = original, 0 = static (default 1)")
+    parser.add_argument("--static-camera", action="store_true",
+                        help="the background neither scrolls nor shakes: identical over time wherever no object "
+                             "covers it, so masked patches can be copied from other frames (the data on which "
+                             "MAE learns more than patch means, docs/sanity.md (b)); default: a moving camera")
+    parser.add_argument("--background", choices=BACKGROUNDS + EXTRA_BACKGROUNDS, default=None,
+                        help="one background kind for every video (flat = one colour without grain); "
+                             "default: drawn at random per video")
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction,
-                       args.seed, args.distractors, args.distractor_speed)
+                       args.seed, args.distractors, args.distractor_speed, args.background)
     except ValueError as e:
         parser.exit(2, f"tgmae synth: {e}\n")
     every = max(1, args.num_videos // 10)
@@ -298,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = generate_synthetic_dataset(
         args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
         seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
-        distractors=args.distractors, distractor_speed=args.distractor_speed,
+        distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
+        static_camera=args.static_camera,
     )
     print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
           f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")

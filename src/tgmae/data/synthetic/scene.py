@@ -180,7 +180,7 @@ def _wander_track(shape: str, colour: str, height: int, width: int, frames: int,
 
 def sample_scene(label: int, height: int, width: int, frames: int, rng: np.random.Generator, *,
                  distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0,
-                 background: str | None = None) -> Scene:
+                 background: str | None = None, static_camera: bool = False) -> Scene:
     """Sample one scene whose acting object performs ACTIONS[label].
 
     Difficulty knobs (the defaults are the original, hardest set; any setting draws the same
@@ -188,7 +188,10 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
     distractors: at most this many distractor shapes (0-2; the count is drawn as 0/1/2 with
       p = .15/.4/.45 and capped). distractor_speed: multiplies their path cycles and spin
       (1 = the original, 0 = static). background: one of BACKGROUNDS or EXTRA_BACKGROUNDS ("flat")
-      instead of a random one.
+      instead of a random one. static_camera: the background neither scrolls nor shakes (every
+      frame shows the same window, so it is identical over time wherever no object covers it;
+      the MAE sanity check's copyable structure, issue 14); the random numbers are drawn as
+      before and then the motion is dropped, so the objects' tracks are the default scene's.
     Raises ValueError naming the bad argument.
     """
     if not 0 <= label < len(ACTIONS):
@@ -233,6 +236,8 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
     texture = make_texture(background, height + 2 * pad, width + 2 * pad, scale, rng)
     t = np.arange(frames)
     view = np.stack([np.rint(vy * t), np.rint(vx * t)], axis=1).astype(np.int64) + pad + shake
+    if static_camera:
+        shake, view, vy, vx, jitter = np.zeros_like(shake), np.full_like(view, pad), 0.0, 0.0, 0
     return Scene(
         label=label,
         height=height,

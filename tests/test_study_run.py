@@ -8,8 +8,8 @@ import json
 import pytest
 
 from tgmae.config import ConfigError, from_dict
-from tgmae.evaluate.report import aggregate, collect_records, contrastive_gains, markdown_table, write_report
-from tgmae.evaluate.study import StudyConfig, run_study
+from tgmae.study.report import aggregate, collect_records, contrastive_gains, markdown_table, write_report
+from tgmae.study.run import StudyConfig, run_study
 
 
 def test_study_config_validation():
@@ -127,7 +127,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
 def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
     """The study skips phases whose results exist; a changed setting must not pick up those results."""
     from tgmae.config import ConfigError, load_config, save_config
-    from tgmae.evaluate.study import check_phase_settings
+    from tgmae.study.run import check_phase_settings
 
     ran = load_config(None, [f"train.output_dir={tmp_path / 'pretrain'}", "optim.lr=1e-3"])
     (tmp_path / "pretrain").mkdir()
@@ -140,7 +140,7 @@ def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
 
 
 def test_t_interval_matches_the_t_table():
-    from tgmae.evaluate.report import t_interval
+    from tgmae.study.report import t_interval
 
     assert t_interval([0.5]) is None
     lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 dof) = 4.302653
@@ -158,7 +158,7 @@ def _records(tmp_path, table):
 
 
 def test_findings_say_whether_each_effect_is_beyond_noise(tmp_path):
-    from tgmae.evaluate.report import findings, verdict
+    from tgmae.study.report import findings, verdict
 
     records = _records(tmp_path, {
         ("tube", "mae", ""): [0.30, 0.32, 0.31], ("tube", "mae+contrastive", ""): [0.40, 0.41, 0.42],
@@ -185,8 +185,8 @@ def test_findings_say_whether_each_effect_is_beyond_noise(tmp_path):
 
 
 def test_a_study_clip_of_other_settings_is_refused(tmp_path):
-    from tgmae.evaluate.study import StudyPaths, check_clip_settings
-    from tgmae.masking.clip_train import ClipTrainConfig
+    from tgmae.study.run import StudyPaths, check_clip_settings
+    from tgmae.clip.train import ClipTrainConfig
 
     paths = StudyPaths(tmp_path)
     paths.clip.mkdir()
@@ -202,7 +202,7 @@ def test_a_study_clip_of_other_settings_is_refused(tmp_path):
 
 def test_study_refuses_a_synthetic_set_of_other_settings(tmp_path):
     from tgmae.config import ConfigError
-    from tgmae.evaluate.study import StudyPaths, check_data_settings
+    from tgmae.study.run import StudyPaths, check_data_settings
 
     paths = StudyPaths(tmp_path)
     paths.data.mkdir()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.config import ConfigError, load_config
-from tgmae.evaluate.attributes import attribute_probe
+from tgmae.study.attributes import attribute_probe
 
 log = logging.getLogger("tgmae")
 
@@ -200,7 +200,7 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool, clip: boo
 
 def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
     """The study's CLIP (`tgmae train-clip`) and, for TGM, its similarity maps (once)."""
-    from tgmae.masking.clip_train import ClipTrainConfig, train_clip
+    from tgmae.clip.train import ClipTrainConfig, train_clip
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
     if not (paths.clip / "config.json").is_file():
@@ -235,12 +235,12 @@ def check_clip_settings(cfg, paths: StudyPaths) -> None:
 
 def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
     """How well the contrastive targets' text space separates the actions (held-out captions,
-    `tgmae.evaluate.attributes.text_action_probe`), next to bag of words; cached in
+    `tgmae.study.attributes.text_action_probe`), next to bag of words; cached in
     text_probe.json keyed by the text model's weights fingerprint."""
     from tgmae.captions.embed import TextEmbedder
-    from tgmae.captions.hub import weights_fingerprint
+    from tgmae.hub import weights_fingerprint
     from tgmae.captions.store import read_store
-    from tgmae.evaluate.attributes import bag_of_words, text_action_probe
+    from tgmae.study.attributes import bag_of_words, text_action_probe
 
     model = target_text_model(study, paths) or str(paths.clip)
     out = paths.root / "text_probe.json"
@@ -272,9 +272,9 @@ def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
 
 
 def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
-    from tgmae.masking.clip_features import load_clip
+    from tgmae.clip.features import load_clip
     from tgmae.masking.precompute import PrecomputeOptions, precompute
-    from tgmae.data.annotations import load_annotations
+    from tgmae.data.formats import load_annotations
 
     records, _ = load_annotations("csv", paths.data, "annotations.csv")
     videos = [(r.video_id, r.path) for r in records]
@@ -449,7 +449,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
         for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
             log.info("study: %s / %s / seed %d", masking, objective, seed)
             records.append(run_cell(study, paths, masking, objective, seed, quick))
-    from tgmae.evaluate.report import write_report
+    from tgmae.study.report import write_report
 
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
@@ -492,7 +492,7 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.cli import parse_args
+    from tgmae.run_args import parse_args
     from tgmae.config import from_dict
 
     parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0])

@@ -57,8 +57,8 @@ class ClipBundle:
 
     def fingerprint(self) -> str:
         """Short hash of the projection weights: identifies the weights whatever the path (equal to
-        `tgmae.captions.hub.weights_fingerprint` of the files they were loaded from)."""
-        from tgmae.captions.hub import projection_fingerprint
+        `tgmae.hub.weights_fingerprint` of the files they were loaded from)."""
+        from tgmae.hub import projection_fingerprint
 
         return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
 
@@ -70,7 +70,7 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBund
     that is neither cached nor reachable."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from tgmae.captions.hub import load_pretrained  # a missing local path fails at once, offline explained
+    from tgmae.hub import load_pretrained  # a missing local path fails at once, offline explained
 
     model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model").to(device).eval()
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")

@@ -6,6 +6,7 @@ and the helpers become no-ops, so the same loop runs on a laptop CPU and on a cl
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -41,6 +42,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
         raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine: "
                           "use train.device=auto or train.device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        from tgmae.config import ConfigError
+
+        # torchrun with more processes than GPUs: rank LOCAL_RANK would find no device of its own
+        raise ConfigError(f"device {device} (LOCAL_RANK={local_rank}) but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per "
+                          "node (--nproc_per_node) or use train.device=cpu")
     return device
 
 
@@ -85,3 +93,19 @@ def cleanup() -> None:
         dist.barrier()
         gc.collect()  # DDP reducers hold the group; drop unreferenced ones first
         dist.destroy_process_group()
+
+
+def init_distributed_if_launched() -> bool:
+    """Under torchrun (WORLD_SIZE > 1 and MASTER_ADDR set), join a gloo group for the final
+    barrier. Returns True if this call created the group (the caller destroys it)."""
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    return True
+
+
+def distributed_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()

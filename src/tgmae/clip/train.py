@@ -6,7 +6,7 @@ contrastive loss), a byte-level BPE tokenizer trained in code on the captions, a
 processor are saved together, so the directory loads exactly like a public CLIP:
 `CLIPModel.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`,
 `AutoProcessor.from_pretrained(DIR)`. Training pairs: whole frames, object boxes and patch-sized
-object windows with their captions, and off-object windows as negatives (`clip_data`), so that
+object windows with their captions, and off-object windows as negatives (`tgmae.clip.data`), so that
 the paper-faithful mode (16 px patch crops embedded as images) finds the named object. A second
 loss (`--dense-weight`) applies the same grouping to the whole frames' patch tokens on the dense
 MaskCLIP path (last block's value projection -> post-LN -> projection): object patches are
@@ -38,8 +38,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tgmae.masking.clip_data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
-from tgmae.masking.clip_tokenizer import train_clip_tokenizer
+from tgmae.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
+from tgmae.clip.tokenizer import train_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def patch_auc(
     """TGM check: per frame, the ROC-AUC of caption similarity for the 16 px model patches (of a
     224 px view) on the object (coverage >= 0.5) vs off it (no object pixel), with faithful patch
     crops or dense features; mean over frames with both kinds."""
-    from tgmae.masking.clip_features import ClipBundle, ClipPatchScorer, embed_texts
+    from tgmae.clip.features import ClipBundle, ClipPatchScorer, embed_texts
 
     bundle = ClipBundle(model.eval(), tokenizer, CLIP_MEAN, CLIP_STD, "training")
     scorer = ClipPatchScorer(bundle, mode, batch_size=512)
@@ -236,7 +236,7 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     model = build_clip_model(
         cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     train = load_synthetic_clip_set(root, "train", cfg.frames_per_video)
-    from tgmae.masking.clip_data import read_split_ids
+    from tgmae.clip.data import read_split_ids
 
     val_split = "val" if read_split_ids(root, "val") else "train"  # tiny sets may have no val videos
     val = load_synthetic_clip_set(root, val_split, 2, max_videos=24)

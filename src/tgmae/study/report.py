@@ -36,7 +36,7 @@ def _recall(record: dict, direction: str, k: int) -> Optional[float]:
     return None if value is None else float(value)
 
 
-# Reference rows of a study (`tgmae.evaluate.study.REFERENCES`): masking name -> table label.
+# Reference rows of a study (`tgmae.study.run.REFERENCES`): masking name -> table label.
 REFERENCE_LABELS = {"none": "no pretraining (random encoder)", "scratch": "supervised from scratch"}
 METRICS = {"linear_probe_top1": "LP top-1", "finetune_top1": "FT top-1"}
 
@@ -199,7 +199,7 @@ def _chance_note(records: Sequence[dict]) -> str:
 def attribute_markdown(records: Sequence[dict]) -> str:
     """Attribute-probe table (mean ± std over seeds) and the paired gain of the video-text loss,
     for records that carry `attribute_probe` (synthetic studies); "" otherwise."""
-    from tgmae.evaluate.attributes import ATTRIBUTES
+    from tgmae.study.attributes import ATTRIBUTES
 
     recs = [r for r in records if r.get("attribute_probe")]
     if not recs:
@@ -288,7 +288,7 @@ def loss_curves(records: Sequence[dict], out: Path) -> Optional[Path]:
 
 def text_probe_note(probe: Optional[dict]) -> str:
     """A sentence on how well the contrastive targets' text space separates the actions
-    (`tgmae.evaluate.study.text_probe`'s record), "" without one."""
+    (`tgmae.study.run.text_probe`'s record), "" without one."""
     if not probe:
         return ""
     t, b = probe["text_model"], probe["bag_of_words"]
@@ -392,7 +392,7 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.cli import parse_args
+    from tgmae.run_args import parse_args
 
     parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")

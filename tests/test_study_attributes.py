@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tgmae.evaluate.attributes import (attribute_probe, bag_of_words, fit_logistic_probe, text_action_probe,
+from tgmae.study.attributes import (attribute_probe, bag_of_words, fit_logistic_probe, text_action_probe,
                                       video_attributes)
-from tgmae.evaluate.report import attribute_markdown
+from tgmae.study.report import attribute_markdown
 
 
 def test_logistic_probe_separates_separable_classes_and_not_noise():

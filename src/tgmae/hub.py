@@ -132,7 +132,7 @@ def _weight_files(name_or_path: str) -> list[Path]:
 def weights_fingerprint(name_or_path: str) -> Optional[str]:
     """Fingerprint of a model's weights as stored (no model is built), None when no weight file is
     local. CLIP-like models: `projection_fingerprint` of PROJECTION_KEYS found (the value
-    `tgmae.masking.clip_features.ClipBundle.fingerprint` gives the loaded model); other models:
+    `tgmae.clip.features.ClipBundle.fingerprint` gives the loaded model); other models:
     sha256 of the weight files' bytes. Caches of model outputs are keyed by it, so new weights
     written over the same folder never reuse the old outputs."""
     import hashlib

@@ -1,4 +1,4 @@
-"""`tgmae demo` (what `make demo` runs): synthetic set -> tiny pretraining -> figures.
+"""`tgmae demo-pretrain` (what `make demo-pretrain` runs): synthetic set -> tiny pretraining -> figures.
 
 Everything lands in one folder: the data set, the run (metrics log, checkpoints, model,
 loss curve, reconstruction figure) and a short summary printed at the end.
@@ -16,9 +16,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain_dem
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.cli import load_run_config, parse_args
+    from tgmae.run_args import load_run_config, parse_args
 
-    parser = argparse.ArgumentParser(prog="tgmae demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tgmae demo-pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")
     parser.add_argument("--num-videos", type=int, default=240, help="synthetic videos to generate")
     parser.add_argument("--quick", action="store_true", help="CI-sized: few videos, few steps")
@@ -40,10 +40,10 @@ def main(argv: list[str]) -> int:
     overrides = [f"data.root={data_dir}", f"train.output_dir={out / 'pretrain'}"]
     if args.quick:
         overrides += ["train.epochs=2", "train.batch_size=8", "checkpoint.every_steps=2"]
-    cfg = load_run_config("demo", args.config, overrides + list(args.overrides))
+    cfg = load_run_config("demo-pretrain", args.config, overrides + list(args.overrides))
     run_dir = pretrain(cfg)
     minutes = (time.perf_counter() - t0) / 60
-    print(f"\ndemo finished in {minutes:.1f} min. Outputs in {run_dir}:")
+    print(f"\ndemo-pretrain finished in {minutes:.1f} min. Outputs in {run_dir}:")
     for name in ("metrics.jsonl", "loss_curve.png", "reconstruction.png", "reconstruction.gif",
                  "model.safetensors", "config.yaml", "checkpoints"):
         path = run_dir / name

@@ -14,6 +14,8 @@ from typing import Optional, Protocol
 
 import torch
 
+from tgmae.config import mask_count
+
 
 @dataclass
 class CropParams:
@@ -83,10 +85,9 @@ class MaskGenerator(Protocol):
     def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor: ...
 
 
-def num_masked(count: int, ratio: float) -> int:
-    """Masked tokens out of `count` at `ratio` (rounded to nearest, at least 1 visible)."""
-    k = int(round(count * ratio))
-    return max(1, min(count - 1, k))
+# Masked tokens out of `count` at `ratio` (rounded to nearest, at least 1 visible): one rule, kept in
+# tgmae.config so the config can check contrastive.view_ratio against the mask at load time.
+num_masked = mask_count
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

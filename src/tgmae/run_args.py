@@ -1,0 +1,43 @@
+"""Command-line parsing shared by the commands: options in any order, `-c CONFIG.yaml` plus dotted
+`section.key=value` overrides -> a validated `RunConfig` (config errors exit 2 with the message).
+
+Library modules (pretraining, finetuning, evaluation, the study) parse their argv through here;
+`tgmae.cli` keeps only the command table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Sequence
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser`'s arguments from `argv` in any order: options may come before, between or after
+    the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
+    Every command with a variable-length positional (overrides, run folders) parses through here."""
+    return parser.parse_intermixed_args(list(argv))
+
+
+def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
+    """RunConfig from `-c` file + overrides (over `base`, a recipe); a ConfigError exits 2 with
+    `tgmae PROG: config error: ...`."""
+    from tgmae.config import ConfigError, load_config
+
+    try:
+        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
+    except ConfigError as e:
+        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
+        raise SystemExit(2) from None
+
+
+def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
+    """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
+    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
+    errors exit 2 with the message."""
+    parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
+    parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
+    args = parse_args(parser, argv)
+    return load_run_config(prog, args.config, args.overrides, base), args
