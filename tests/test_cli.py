@@ -93,7 +93,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     root, cfg, model = data
     out = f"train.output_dir={tmp_path / 'out'}"
     _fails(capsys, ["pretrain", "-c", cfg, out, "masking.name=bogus"], "tgmae pretrain: config error: masking.name='bogus': expected one of random, tube, tgm, mgm")
-    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of tiny, small, base, large")
+    _fails(capsys, ["pretrain", "-c", cfg, out, "model.preset=bogus"], "model.preset='bogus': expected one of micro, tiny, small, base, large")
     # contrastive settings that used to pass the config and fail at step 1 (or later) with a traceback
     joint = ["contrastive.objective=mae+contrastive", f"captions.file={tmp_path / 'c.jsonl'}", "masking.ratio=0.5"]
     for command in (["pretrain", "-c", cfg, out], ["config", "show", "-c", cfg]):
