@@ -32,7 +32,7 @@ from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
 from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
-from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, sample_scene
+from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
@@ -115,12 +115,7 @@ def check_settings(
         raise ValueError(f"size={size}: must be even (yuv420p)")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
-    if not 0 <= distractors <= MAX_DISTRACTORS:
-        raise ValueError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
-    if not distractor_speed >= 0:
-        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
-    if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
-        raise ValueError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS + EXTRA_BACKGROUNDS)}")
+    check_scene_options(distractors, distractor_speed, background)
 
 
 def _make_video(task: _Task) -> dict:

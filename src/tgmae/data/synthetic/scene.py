@@ -178,6 +178,16 @@ def _wander_track(shape: str, colour: str, height: int, width: int, frames: int,
     return Track(shape, colour, DISTRACTOR, "wander", centre[0], centre[1], _const(radius, frames), angle, _const(1.0, frames))
 
 
+def check_scene_options(distractors: int, distractor_speed: float, background: str | None) -> None:
+    """The scene's difficulty and look options; ValueError naming the bad one."""
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise ValueError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
+    if not distractor_speed >= 0:
+        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
+    if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
+        raise ValueError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS + EXTRA_BACKGROUNDS)}")
+
+
 def sample_scene(label: int, height: int, width: int, frames: int, rng: np.random.Generator, *,
                  distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0,
                  background: str | None = None, static_camera: bool = False) -> Scene:
@@ -196,12 +206,7 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
     """
     if not 0 <= label < len(ACTIONS):
         raise ValueError(f"label={label}: expected 0..{len(ACTIONS) - 1}")
-    if not 0 <= distractors <= MAX_DISTRACTORS:
-        raise ValueError(f"distractors={distractors}: expected 0..{MAX_DISTRACTORS}")
-    if not distractor_speed >= 0:
-        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
-    if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
-        raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS + EXTRA_BACKGROUNDS}")
+    check_scene_options(distractors, distractor_speed, background)
     action = ACTIONS[label]
     scale = min(height, width) / 128.0
     colours = list(COLOURS)
