@@ -299,3 +299,94 @@ def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
     assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err
+
+
+def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    (path,) = cache.glob(f"{subset}-*.safetensors")
+    tensors = load_file(str(path))
+    return tensors["features"].float(), tensors["labels"].long()
+
+
+def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoint, tmp_path):
+    """eval.probe_optimizer=lbfgs: no loop; the L2 comes from 4-fold CV on the training features,
+    the results file and the head match an independent fit on the same cache, a rerun is identical,
+    and a LARS probe's checkpoints in the folder change nothing."""
+    from safetensors.torch import load_file
+
+    from tgmae.evaluate.logistic import fit_logistic, select_l2
+
+    data = dict(train_data=Clips(48), val_data=Clips(24, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    lars = probe_cfg(tmp_path, checkpoint, "train.epochs=2", "optim.lr=5")  # a LARS probe in the same folder first
+    linear_probe(lars, **data)
+    assert (tmp_path / "probe" / "checkpoints").is_dir()
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "train.seed=3")
+    res = linear_probe(cfg, **data)
+    out = tmp_path / "probe"
+    saved = json.loads((out / "probe_results.json").read_text())
+    assert saved["optimizer"] == "lbfgs" and saved["best_epoch"] is None and saved["cv_folds"] == 4
+    assert saved["top1"] == res.top1 == res.best_top1 >= 0.9 and saved["num_train"] == 48
+    assert [float(k) for k in saved["cv_top1"]] == list(cfg.eval.probe_l2) and saved["l2"] in cfg.eval.probe_l2
+    assert load_config(out / "config.yaml").eval.probe_optimizer == "lbfgs"
+    assert len(res.history) == 1 and res.history[0]["l2"] == saved["l2"]
+
+    (x, y), (xv, yv) = _cached(data["cache_dir"], "train"), _cached(data["cache_dir"], "val")
+    l2, cv = select_l2(x, y, cfg.eval.probe_l2, 4, seed=3, num_classes=3)
+    assert l2 == saved["l2"] and {str(k): v for k, v in cv.items()} == saved["cv_top1"]
+    ref = fit_logistic(x, y, l2, 3)
+    head = load_file(str(out / "probe_head.safetensors"))
+    assert all(torch.equal(head[k], v) for k, v in ref.state_dict().items())
+    assert saved["top1"] == float((ref.predict(xv) == yv).float().mean())
+    assert torch.equal(res.model(xv), ref.logits(xv))
+
+    fresh = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "train.seed=3",
+                      f"train.output_dir={tmp_path / 'fresh'}")
+    linear_probe(fresh, **data)  # no LARS checkpoints there; a second fit of the same features
+    assert json.loads((tmp_path / "fresh" / "probe_results.json").read_text()) == saved
+    again = load_file(str(tmp_path / "fresh" / "probe_head.safetensors"))
+    assert all(torch.equal(again[k], v) for k, v in head.items())
+
+    fixed = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.01]",
+                      f"train.output_dir={tmp_path / 'fixed'}")
+    linear_probe(fixed, **data)  # one value: that L2, no cross-validation
+    one = json.loads((tmp_path / "fixed" / "probe_results.json").read_text())
+    assert one["l2"] == 0.01 and one["cv_top1"] == {} and one["cv_folds"] is None
+
+    linear_probe(lars, **data)  # back to LARS (resumes its finished run): the lbfgs head is not left behind
+    assert not (out / "probe_head.safetensors").exists()
+    assert json.loads((out / "probe_results.json").read_text())["optimizer"] == "lars"
+
+
+def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(checkpoint, tmp_path, capsys):
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.probe import main
+    from tgmae.train import checkpoint as ckpt
+
+    for override, message in [("eval.probe_optimizer=adam", r"eval.probe_optimizer='adam': expected lars\|sgd\|lbfgs"),
+                              ("eval.probe_l2=[0.1, 0]", r"eval.probe_l2=\[0.1, 0.0\]: needs at least one value"),
+                              ("eval.probe_l2=[]", r"eval.probe_l2=\[\]"),
+                              ("eval.probe_folds=1", r"eval.probe_folds=1: must be >= 2")]:
+        with pytest.raises(ConfigError, match=message):
+            probe_cfg(tmp_path, checkpoint, override)
+    data = dict(train_data=Clips(6), val_data=None, num_classes=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(ConfigError, match="eval.probe_folds=8: more folds than the 6 training features"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_folds=8"), **data)
+    with pytest.raises(ConfigError, match="eval.num_classes=2: the features' labels reach 2"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs"), **{**data, "num_classes": 2})
+    # a pretraining run's folder: its config.yaml is not overwritten
+    run = tmp_path / "pretrain_run"
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(run / "checkpoints", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                         ckpt.TrainPosition(), config={}, extra={"task": "pretrain"})
+    (run / "config.yaml").write_text("pretrain: settings\n")
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", f"train.output_dir={run}")
+    with pytest.raises(ckpt.CheckpointError, match="holds a pretrain run .* not a probe run"):
+        linear_probe(cfg, **data)
+    assert (run / "config.yaml").read_text() == "pretrain: settings\n" and not (run / "probe_results.json").exists()
+    args = ["data.num_frames=4", "data.image_size=16", "model.patch_size=8", f"model.pretrained={checkpoint}",
+            f"train.output_dir={tmp_path / 'cli'}", "log.progress=false", "eval.probe_optimizer=lbfgs",
+            "eval.probe_l2=[-1]"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and "eval.probe_l2=[-1.0]: needs at least one value, all > 0" in capsys.readouterr().err

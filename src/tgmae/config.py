@@ -305,7 +305,9 @@ class EvalConfig:
     label_smoothing: float = 0.1  # finetuning cross-entropy label smoothing
     mixup: float = 0.0  # mixup alpha (VideoMAE finetune: 0.8)
     cutmix: float = 0.0  # cutmix alpha (VideoMAE finetune: 1.0)
-    probe_optimizer: str = "lars"  # lars | sgd
+    probe_optimizer: str = "lars"  # lars | sgd (MAE's probe on the loop) | lbfgs (CLIP's: logistic regression, L-BFGS)
+    probe_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # lbfgs probe: L2 grid, CV-chosen; one value = fixed
+    probe_folds: int = 4  # lbfgs probe: cross-validation folds of the training features that choose the L2
     head_init_scale: float = 0.001  # classifier head weights scaled by this at init (VideoMAE)
     head_dropout: float = 0.0  # dropout before the classifier head
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
@@ -314,8 +316,12 @@ class EvalConfig:
     strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
 
     def __post_init__(self) -> None:
-        if self.probe_optimizer not in ("lars", "sgd"):
-            raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd")
+        if self.probe_optimizer not in ("lars", "sgd", "lbfgs"):
+            raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd|lbfgs")
+        if not self.probe_l2 or any(not v > 0 for v in self.probe_l2):
+            raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: needs at least one value, all > 0")
+        if self.probe_folds < 2:
+            raise ConfigError(f"eval.probe_folds={self.probe_folds}: must be >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
         if self.retrieval_text not in ("classes", "captions"):

@@ -4,7 +4,8 @@
   `classifier` (`VideoClassifier`: mean pooling + fc_norm + head), `mixup` (mixup / cutmix with
   soft targets) and the VideoMAE recipe in `recipes`.
 - `multiview`: T x S view testing, softmax averaged per video (`tgmae evaluate`).
-- `probe`: linear probe on cached frozen features (`features`), LARS (`lars`) (`tgmae probe`).
+- `probe`: linear probe on cached frozen features (`features`), LARS (`lars`) or L-BFGS logistic
+  regression with a cross-validated L2 (`logistic`) (`tgmae probe`).
 - `retrieval`: zero-shot video <-> text Recall@K with the contrastive head (`tgmae retrieve`).
 - `export_hf`: transformers `VideoMAEModel` / `VideoMAEForVideoClassification` (`tgmae export-hf`).
 - `visualize`: `tgmae visualize {recon,attention,masks}`.

@@ -1,4 +1,4 @@
-"""Linear probe as a Task for the shared loop, on features of a frozen encoder (MAE's protocol).
+"""Linear probe on features of a frozen encoder: MAE's protocol on the shared loop, or CLIP's.
 
 `tgmae probe -c configs/... model.pretrained=PATH` (MAE's recipe, `recipes.PROBE_RECIPE`, under
 the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
@@ -8,6 +8,15 @@ trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/2
 of 1.0 (`optim.lr_floor`: small sets train too), no weight decay, warmup + cosine. Top-1 / top-5
 (with more than 5 classes) on the val features after every epoch; the final numbers
 go to `<train.output_dir>/probe_results.json`.
+
+`eval.probe_optimizer=lbfgs` (CLIP, Radford et al. 2021): the same cached features, no loop, no
+epochs, no checkpoints (nothing resumes; a LARS probe's checkpoints in the folder are left
+alone): a multinomial logistic regression fitted full batch with L-BFGS in float64
+(`evaluate.logistic`), its L2 chosen from `eval.probe_l2` by `eval.probe_folds`-fold
+cross-validation on the training features (seeded by `train.seed`; one value: that L2, no CV).
+probe_results.json adds `l2` and `cv_top1` ({l2: held-out top-1}); the head goes to
+`probe_head.safetensors` (weight [D, K], bias [K], mean [D], std [D]; logits =
+((x - mean) / std) @ weight + bias).
 
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
 task has one (LARS / SGD here), else its AdamW.
@@ -29,14 +38,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import ConfigError, OptimConfig, RunConfig
+from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.config import ConfigError, OptimConfig, RunConfig, save_config
 from tgmae.evaluate.lars import LARS
+from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
+from tgmae.train import checkpoint as ckpt
 from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 
 log = logging.getLogger("tgmae")
+
+HEAD_FILE = "probe_head.safetensors"  # the lbfgs probe's fitted head
 
 
 class ProbeHead(nn.Module):
@@ -78,7 +92,7 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
                     trust_coefficient=0.001)
     if kind == "sgd":
         return torch.optim.SGD(clean, lr=optim_cfg.base_lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
-    raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd")
+    raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd (lbfgs fits without an optimizer)")
 
 
 def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
@@ -144,8 +158,14 @@ def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) 
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    acc = topk_accuracy(logits, data.labels, reported_ks(logits.shape[1]))
-    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(F.cross_entropy(logits, data.labels))}
+    return score_logits(logits, data.labels)
+
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """logits [N, K], labels [N] -> {top1, top5, loss}; top5 only with more than 5 classes."""
+    logits = logits.float().cpu()
+    acc = topk_accuracy(logits, labels, reported_ks(logits.shape[1]))
+    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(F.cross_entropy(logits, labels))}
 
 
 @dataclass
@@ -155,8 +175,8 @@ class ProbeResult:
     top5: Optional[float]  # None with 5 classes or fewer
     best_top1: float
     history: list[dict]
-    model: ProbeHead
-    best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set
+    model: ProbeHead | LogisticFit  # features [B, D] -> logits [B, K] either way
+    best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set (or for lbfgs)
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
@@ -232,10 +252,13 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                  val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
                  cache_dir: Optional[str | Path] = None) -> ProbeResult:
-    """Extract (or load) features, train the probe with the shared loop, write probe_results.json."""
+    """Extract (or load) features, train the probe with the shared loop (or fit it with L-BFGS,
+    `eval.probe_optimizer=lbfgs`: `hooks` then go unused), write probe_results.json."""
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
     if num_classes is None:
         num_classes = cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
+    if cfg.eval.probe_optimizer == "lbfgs":
+        return logistic_probe(cfg, train, val, num_classes)
     # The features are in memory: DataLoader worker processes would only add start-up cost.
     probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
     task = ProbeTask(probe_cfg, train, val, num_classes)
@@ -248,18 +271,77 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     best = best_record["val_top1"] if best_record else final["top1"]
     best_epoch = best_record["epoch"] if best_record else None
     if trainer.dist.is_main:
-        summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}),
-                   "best_top1": best, "best_epoch": best_epoch,
-                   "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
-                   "num_train": len(train), "num_val": len(val) if val is not None else 0,
-                   "num_unreadable_train": len(train.unreadable),
-                   "num_unreadable_val": len(val.unreadable) if val is not None else 0,
-                   "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
-                   "pretrained": cfg.model.pretrained}
-        (fit.output_dir / "probe_results.json").write_text(json.dumps(summary, indent=2))
+        (fit.output_dir / HEAD_FILE).unlink(missing_ok=True)  # an lbfgs head of an earlier run is not this one
+        write_results(cfg, fit.output_dir, train, val, final, best, best_epoch)
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
                  best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
+
+
+def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optional[FeatureDataset],
+                  final: dict[str, float], best: float, best_epoch: Optional[int], **extra: Any) -> None:
+    """`out/probe_results.json`: the final and best val scores, the inputs' sizes, `extra` keys."""
+    summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}),
+               "best_top1": best, "best_epoch": best_epoch,
+               "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
+               "num_train": len(train), "num_val": len(val) if val is not None else 0,
+               "num_unreadable_train": len(train.unreadable),
+               "num_unreadable_val": len(val.unreadable) if val is not None else 0,
+               "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
+               "pretrained": cfg.model.pretrained, **extra}
+    atomic_write_text(out / "probe_results.json", json.dumps(summary, indent=2))
+
+
+def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset],
+                   num_classes: int) -> ProbeResult:
+    """CLIP's probe on cached features: L2 from `eval.probe_l2` by `eval.probe_folds`-fold CV on
+    `train` (one value: no CV), then an L-BFGS logistic regression on all of `train`, scored on
+    `val`. Writes config.yaml, probe_results.json (+ l2, cv_top1) and probe_head.safetensors.
+    ConfigError for more folds than training rows; CheckpointError for a folder holding another
+    kind of run (its files are not overwritten)."""
+    from safetensors.torch import save_file
+
+    from tgmae.distributed import init_distributed
+
+    out = Path(cfg.train.output_dir)
+    _refuse_other_run(out)
+    top = max(int(d.labels.max()) for d in (train, val) if d is not None and len(d))
+    if top >= num_classes:
+        raise ConfigError(f"eval.num_classes={num_classes}: the features' labels reach {top}")
+    grid = sorted(set(cfg.eval.probe_l2))
+    cv: dict[float, float] = {}
+    if len(grid) == 1:
+        l2 = grid[0]
+    elif cfg.eval.probe_folds > len(train):
+        raise ConfigError(f"eval.probe_folds={cfg.eval.probe_folds}: more folds than the {len(train)} "
+                          "training features")
+    else:
+        l2, cv = select_l2(train.features, train.labels, grid, cfg.eval.probe_folds, cfg.train.seed, num_classes)
+        log.info("linear probe (L-BFGS): L2 %g chosen by %d-fold CV on the training features (top-1 per L2: %s)",
+                 l2, cfg.eval.probe_folds, ", ".join(f"{k:g}: {v:.4f}" for k, v in cv.items()))
+    head = fit_logistic(train.features, train.labels, l2, num_classes)
+    final = score_logits(head.logits(val.features), val.labels) if val is not None else {"top1": float("nan")}
+    if init_distributed(cfg.train.device).is_main:  # every rank fits alike; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        with atomic_path(out / HEAD_FILE) as tmp:
+            save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})
+        write_results(cfg, out, train, val, final, final["top1"], None, l2=l2, cv_top1=cv,
+                      cv_folds=cfg.eval.probe_folds if cv else None)
+        log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
+    history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
+    return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
+
+
+def _refuse_other_run(out: Path) -> None:
+    """CheckpointError when `out/checkpoints` holds a run that is no probe (a pretraining run):
+    an lbfgs probe would overwrite its config.yaml. A LARS / SGD probe's checkpoints are fine."""
+    source = ckpt.find_latest(out / "checkpoints")
+    if source is None:
+        return
+    loaded = ckpt.load_checkpoint(source)
+    fits = {k.split(".")[0] for k in loaded.model_state} <= {"bn", "head"}
+    ckpt.check_run_kind(source, loaded.extra.get("task"), ProbeTask.name, str(out), fits=fits)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -278,4 +360,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
-           "probe_features", "linear_probe", "main"]
+           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results", "main"]
