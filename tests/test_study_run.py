@@ -215,6 +215,27 @@ def test_study_refuses_a_synthetic_set_of_other_settings(tmp_path):
     check_data_settings(StudyConfig(), paths)
     with pytest.raises(ConfigError, match="study.num_videos=40"):
         check_data_settings(StudyConfig(num_videos=40), paths)
+    # a set with another validation split: its validation videos are other videos
+    with pytest.raises(ConfigError, match="study.val_fraction=0.5 but .* holds a set with 0.2"):
+        check_data_settings(StudyConfig(val_fraction=0.5), paths)
+    (paths.data / "meta.json").write_text(json.dumps(meta | {"distractors": 0, "val_fraction": 0.5}))
+    check_data_settings(StudyConfig(val_fraction=0.5), paths)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match="study.val_fraction"):
+            StudyConfig(val_fraction=bad)
+
+
+def test_report_names_the_linear_probe(tmp_path):
+    def rec(seed, probe):
+        return {"masking": "tube", "objective": "mae", "seed": seed, "mask_ratio": 0.75, "finetune_top1": 0.5,
+                "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(tmp_path), "probe": probe}
+    one = write_report([rec(0, "lbfgs"), rec(1, "lbfgs")], tmp_path / "a").read_text()
+    assert "LP: linear probe on frozen features (L-BFGS logistic regression, L2 chosen by k-fold" in one
+    assert "eval.probe_optimizer=lbfgs)" in one
+    mixed = write_report([rec(0, "lbfgs"), rec(1, "lars")], tmp_path / "b").read_text()
+    assert "probes differ between runs: ['lars', 'lbfgs']" in mixed
+    old = write_report([rec(0, None)], tmp_path / "c").read_text()  # records from before the field
+    assert "LP: linear probe on frozen features;" in old
 
 
 @pytest.mark.slow

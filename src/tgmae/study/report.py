@@ -297,6 +297,19 @@ def text_probe_note(probe: Optional[dict]) -> str:
             f"(bag of words: {100 * b['action']:.1f}%; chance {100 / t['action_classes']:.1f}%).")
 
 
+PROBES = {"lbfgs": "L-BFGS logistic regression, L2 chosen by k-fold cross-validation on the training features",
+          "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD"}
+
+
+def _probe_note(records: Sequence[dict]) -> str:
+    """' (<how the probe was fitted>)' from the records' `probe` field; '' when unknown or mixed."""
+    kinds = {r.get("probe") for r in records if r.get("linear_probe_top1") is not None}
+    if len(kinds) != 1 or None in kinds:
+        return "" if kinds <= {None} else f" (probes differ between runs: {sorted(map(str, kinds))})"
+    kind = kinds.pop()
+    return f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
+
+
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None) -> Path:
     """results.json, report.md, report.html (+ figures) in out_dir; returns report.md.
@@ -321,12 +334,14 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     took = f"\n\nWall time of this invocation: {seconds / 60:.1f} min." if seconds is not None else ""
     run_seconds = [r["total_seconds"] for r in records if r.get("total_seconds") is not None]
     if run_seconds:
-        took += (f" The {len(run_seconds)} runs took {sum(run_seconds) / 60:.1f} min in all (pretrain + "
-                 "probe + finetune + retrieval; shared set-up not included).")
+        took += (f" The {len(run_seconds)} runs took {sum(run_seconds) / 60:.1f} min summed over runs (pretrain + "
+                 "probe + finetune + retrieval; shared set-up not included; runs in parallel overlap, so the sum "
+                 "can exceed the wall time).")
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
-          "testing; LP: linear probe on frozen features; R@k: zero-shot retrieval against class prompts "
-          "through the contrastive head (only for runs that trained it)." + _chance_note(records) + took,
+          f"testing; LP: linear probe on frozen features{_probe_note(records)}; R@k: zero-shot retrieval "
+          "against class prompts through the contrastive head (only for runs that trained it)."
+          + _chance_note(records) + took,
           "", table, ""]
     check = chance_check(records, rows)
     if check:

@@ -57,7 +57,8 @@ class StudyConfig:
     """What the study compares and how big each phase is (YAML: configs/study_synthetic.yaml)."""
 
     out_dir: str = "runs/study"
-    num_videos: int = 360  # synthetic videos (80/20 train/val)
+    num_videos: int = 360  # synthetic videos
+    val_fraction: float = 0.2  # of them held out for validation (stratified by class)
     video_frames: int = 48
     video_size: int = 128
     distractors: int = 0  # synthetic difficulty: at most this many distractor shapes (2 = the original set)
@@ -106,6 +107,8 @@ class StudyConfig:
             raise ConfigError(f"study.cache={self.cache!r}: expected disk|memory|none")
         if self.clip_motion_weight < 0:
             raise ConfigError(f"study.clip_motion_weight={self.clip_motion_weight}: must be >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"study.val_fraction={self.val_fraction}: must be in (0, 1)")
         if self.jobs < 1:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
@@ -182,7 +185,7 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool, clip: boo
 
     if not (paths.data / "meta.json").is_file():
         info = generate_synthetic_dataset(paths.data, num_videos=study.num_videos, frames=study.video_frames,
-                                          size=study.video_size, seed=0, workers=0,
+                                          size=study.video_size, seed=0, workers=0, val_fraction=study.val_fraction,
                                           distractors=study.distractors, distractor_speed=study.distractor_speed)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
     check_data_settings(study, paths)
@@ -264,7 +267,8 @@ def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
     difficulty knobs existed hold the original 2 distractors at speed 1."""
     meta = json.loads((paths.data / "meta.json").read_text())
     have = {"num_videos": meta["num_videos"], "video_frames": meta["frames"], "video_size": meta["height"],
-            "distractors": meta.get("distractors", 2), "distractor_speed": meta.get("distractor_speed", 1.0)}
+            "distractors": meta.get("distractors", 2), "distractor_speed": meta.get("distractor_speed", 1.0),
+            "val_fraction": meta.get("val_fraction", 0.2)}
     for key, value in have.items():
         if value != getattr(study, key):
             raise ConfigError(f"study.{key}={getattr(study, key)} but {paths.data} holds a set with {value}: "
@@ -380,7 +384,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         record = json.loads(record_path.read_text())
         record.setdefault("num_classes", _num_classes(paths))
         if probe is not None:
-            record.setdefault("num_val", json.loads((run / "probe" / "probe_results.json").read_text()).get("num_val"))
+            saved = json.loads((run / "probe" / "probe_results.json").read_text())
+            record.setdefault("num_val", saved.get("num_val"))
+            record.setdefault("probe", saved.get("optimizer"))
         if "attribute_probe" not in record and probe is not None:
             record["attribute_probe"] = attribute_probe(run / "probe", paths.data)
             record_path.write_text(json.dumps(record, indent=2))
@@ -421,6 +427,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "num_classes": _num_classes(paths),
         "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
         "linear_probe_top1": probe_res["top1"],
+        "probe": probe_res.get("optimizer"),
         "num_val": probe_res.get("num_val"),
         "attribute_probe": attribute_probe(run / "probe", paths.data),
         "retrieval": retrieval,
