@@ -456,3 +456,19 @@ def test_more_processes_than_gpus_is_a_config_error_naming_the_rank(monkeypatch)
     with pytest.raises(ConfigError, match=r"LOCAL_RANK=1.*1 CUDA device"):
         resolve_device("auto", 1)
     assert resolve_device("cpu", 1) == torch.device("cpu")
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):
+    class EvalTask(ToyTask):
+        def evaluate(self, model):
+            return {"val_mse": 0.0}
+
+    cfg = toy_cfg(tmp_path, "train.epochs=5", "train.eval_every=2")
+    fit = Trainer(EvalTask(cfg), cfg).fit()
+    assert [r["epoch"] for r in fit.history if "val_mse" in r] == [1, 3, 4]  # 2nd, 4th and the last
+    every = toy_cfg(tmp_path / "b", "train.epochs=3")
+    assert [r["epoch"] for r in Trainer(EvalTask(every), every).fit().history if "val_mse" in r] == [0, 1, 2]
+    from tgmae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        toy_cfg(tmp_path, "train.eval_every=0")

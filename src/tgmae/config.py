@@ -253,6 +253,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, sampling, augmentation and masks
     output_dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     log_every: int = 10  # optimizer steps between metric records
+    eval_every: int = 1  # epochs between evaluations of tasks that have one (the last epoch always)
     compile: Union[bool, str] = "off"  # off | blocks | model (torch.compile; true = blocks)
     attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
 
@@ -261,6 +262,7 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         _positive("train.accum_steps", self.accum_steps)
         _positive("train.log_every", self.log_every)
+        _positive("train.eval_every", self.eval_every)
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -44,7 +44,7 @@ class CheckpointError(RuntimeError, UserError):
 # train.max_steps extend it), never what the steps already taken computed. A key ending in "."
 # covers its whole section. Anything else that differs makes the resume a CheckpointError.
 RESUMABLE_KEYS = (
-    "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every",
+    "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every", "train.eval_every",
     "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
     "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
     "data.cache", "data.cache_dir",  # the decoded-clip cache gives the video path's samples bit for bit

@@ -72,7 +72,7 @@ class StepOutput:
 class Task(Protocol):
     """A kind of training. The loop calls these; everything else is the loop's business.
 
-    Optional: `evaluate(model) -> dict` after every epoch (its records are kept in the
+    Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (its records are kept in the
     checkpoints, so they survive a resume), `build_optimizer(groups, optim_cfg, device)`, and
     `inputs_fingerprint: str` (read after `build_model`), stored in every checkpoint: a resume on
     other inputs (other features, other weights under the same path) is refused.
@@ -382,7 +382,8 @@ class Trainer:
                 if micro_idx >= micro_total:
                     position = ckpt.TrainPosition(position.step, epoch + 1, 0)
                     evaluate = getattr(task, "evaluate", None)
-                    if evaluate is not None:
+                    due = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs
+                    if evaluate is not None and due:
                         record = {"step": position.step, "epoch": epoch, **evaluate(unwrap(model))}
                         metrics_log.write(record)
                         history.append(record)
