@@ -472,3 +472,17 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):
 
     with pytest.raises(ConfigError, match="train.eval_every"):
         toy_cfg(tmp_path, "train.eval_every=0")
+
+
+def test_evaluation_does_not_change_training(tmp_path):
+    """An evaluation that draws random numbers (a DataLoader seeds its iterator from the global RNG)
+    leaves the training run as without it: results do not depend on train.eval_every."""
+    class DrawingEvalTask(ToyTask):
+        def evaluate(self, model):
+            return {"val_draw": float(torch.rand(()))}
+
+    weights = []
+    for every in (1, 3):
+        cfg = toy_cfg(tmp_path / f"e{every}", "train.epochs=3", f"train.eval_every={every}")
+        weights.append(flat_params(Trainer(DrawingEvalTask(cfg), cfg).fit().model))
+    assert torch.equal(weights[0], weights[1])

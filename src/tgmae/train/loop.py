@@ -384,7 +384,12 @@ class Trainer:
                     evaluate = getattr(task, "evaluate", None)
                     due = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs
                     if evaluate is not None and due:
-                        record = {"step": position.step, "epoch": epoch, **evaluate(unwrap(model))}
+                        # Evaluation must not move the RNG that training draws from (its loaders'
+                        # seeds come from it), or results would depend on train.eval_every.
+                        cuda = [device.index or 0] if device.type == "cuda" else []
+                        with torch.random.fork_rng(devices=cuda):
+                            result = evaluate(unwrap(model))
+                        record = {"step": position.step, "epoch": epoch, **result}
                         metrics_log.write(record)
                         history.append(record)
                         eval_history.append(record)
