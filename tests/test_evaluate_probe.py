@@ -356,6 +356,7 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
     linear_probe(lars, **data)  # back to LARS (resumes its finished run): the lbfgs head is not left behind
     assert not (out / "probe_head.safetensors").exists()
     assert json.loads((out / "probe_results.json").read_text())["optimizer"] == "lars"
+    assert load_config(out / "config.yaml").eval.probe_optimizer == "lars"  # the folder's files agree
 
 
 def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(checkpoint, tmp_path, capsys):
@@ -366,6 +367,8 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
     for override, message in [("eval.probe_optimizer=adam", r"eval.probe_optimizer='adam': expected lars\|sgd\|lbfgs"),
                               ("eval.probe_l2=[0.1, 0]", r"eval.probe_l2=\[0.1, 0.0\]: needs at least one value"),
                               ("eval.probe_l2=[]", r"eval.probe_l2=\[\]"),
+                              ("eval.probe_l2=[inf]", r"eval.probe_l2=\[inf\]: .* all > 0 and finite"),
+                              ("eval.probe_l2=[0.1, 1, 0.1]", r"a value appears twice"),
                               ("eval.probe_folds=1", r"eval.probe_folds=1: must be >= 2")]:
         with pytest.raises(ConfigError, match=message):
             probe_cfg(tmp_path, checkpoint, override)

@@ -270,3 +270,26 @@ def test_fidelity_config_is_the_demo_with_three_seeds():
     fidelity = yaml.safe_load((configs / "study_fidelity.yaml").read_text())
     assert from_dict(StudyConfig, fidelity, prefix="study").seeds == [0, 1, 2]
     assert {**fidelity, "seeds": demo["seeds"]} == demo
+
+
+def test_study_val_fraction_must_leave_both_splits(tmp_path):
+    from tgmae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="study.val_fraction=0.01 of study.num_videos=40 leaves"):
+        StudyConfig(num_videos=40, val_fraction=0.01)
+    StudyConfig(num_videos=40, val_fraction=0.5)
+
+
+def test_report_refuses_runs_probed_differently(tmp_path, capsys):
+    from tgmae.study.report import main as report_main
+
+    for name, probe in (("a", "lars"), ("b", "lbfgs")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "study_record.json").write_text(json.dumps(
+            {"masking": "tube", "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.5,
+             "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "probe": probe}))
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
+    assert e.value.code == 2
+    assert "different linear probes (eval.probe_optimizer lars: 1 runs, lbfgs: 1 runs)" in capsys.readouterr().err

@@ -320,8 +320,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.probe_optimizer not in ("lars", "sgd", "lbfgs"):
             raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd|lbfgs")
-        if not self.probe_l2 or any(not v > 0 for v in self.probe_l2):
-            raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: needs at least one value, all > 0")
+        if not self.probe_l2 or any(not 0 < v < float("inf") for v in self.probe_l2):
+            raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: needs at least one value, all > 0 and finite")
+        if len(set(self.probe_l2)) != len(self.probe_l2):
+            raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: a value appears twice")
         if self.probe_folds < 2:
             raise ConfigError(f"eval.probe_folds={self.probe_folds}: must be >= 2")
         if not 0 <= self.label_smoothing < 1:

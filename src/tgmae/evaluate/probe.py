@@ -264,6 +264,8 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     task = ProbeTask(probe_cfg, train, val, num_classes)
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
+    if trainer.dist.is_main:  # a finished run reused after an lbfgs probe in this folder: config.yaml says lars again
+        save_config(probe_cfg, fit.output_dir / "config.yaml")
     final = score_probe(fit.model, val) if val is not None else {"top1": float("nan")}
     # fit.history holds every epoch's evaluation, those before a resume included (kept in the checkpoint).
     scored = [r for r in fit.history if "val_top1" in r]

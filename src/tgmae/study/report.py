@@ -301,6 +301,19 @@ PROBES = {"lbfgs": "L-BFGS logistic regression, L2 chosen by k-fold cross-valida
           "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD"}
 
 
+def check_one_probe(records: Sequence[dict]) -> None:
+    """ValueError when the runs were probed with different linear probes: their top-1 are not one
+    quantity, and a cell would average them as if they were seeds."""
+    kinds: dict[str, int] = {}
+    for r in records:
+        if r.get("linear_probe_top1") is not None:
+            kinds[str(r.get("probe"))] = kinds.get(str(r.get("probe")), 0) + 1
+    if len(kinds) > 1:
+        counts = ", ".join(f"{k}: {n} runs" for k, n in sorted(kinds.items()))
+        raise ValueError(f"these runs were probed with different linear probes (eval.probe_optimizer {counts}); "
+                         "report each kind separately")
+
+
 def _probe_note(records: Sequence[dict]) -> str:
     """' (<how the probe was fitted>)' from the records' `probe` field; '' when unknown or mixed."""
     kinds = {r.get("probe") for r in records if r.get("linear_probe_top1") is not None}
@@ -415,7 +428,8 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(parser, argv)
     try:
         records = collect_records(args.runs)
-    except FileNotFoundError as e:
+        check_one_probe(records)
+    except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"tgmae report: {e}\n")
     path = write_report(records, Path(args.out))
     print(markdown_table(aggregate(records)))

@@ -109,6 +109,9 @@ class StudyConfig:
             raise ConfigError(f"study.clip_motion_weight={self.clip_motion_weight}: must be >= 0")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"study.val_fraction={self.val_fraction}: must be in (0, 1)")
+        if not 1 <= round(self.num_videos * self.val_fraction) <= self.num_videos - 1:
+            raise ConfigError(f"study.val_fraction={self.val_fraction} of study.num_videos={self.num_videos} leaves "
+                              "no validation or no training videos")
         if self.jobs < 1:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
