@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+
 @dataclass
 class LogisticFit:
     """A fitted probe: logits = ((x - mean) / std) @ weight + bias. Calling it gives the logits."""

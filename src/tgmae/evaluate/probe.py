@@ -310,7 +310,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
     top = max(int(d.labels.max()) for d in (train, val) if d is not None and len(d))
     if top >= num_classes:
         raise ConfigError(f"eval.num_classes={num_classes}: the features' labels reach {top}")
-    grid = sorted(set(cfg.eval.probe_l2))
+    grid = sorted(cfg.eval.probe_l2)  # distinct: the config refuses repeats
     cv: dict[float, float] = {}
     if len(grid) == 1:
         l2 = grid[0]

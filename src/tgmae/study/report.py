@@ -301,26 +301,32 @@ PROBES = {"lbfgs": "L-BFGS logistic regression, L2 chosen by k-fold cross-valida
           "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD"}
 
 
+def _probe_kinds(records: Sequence[dict]) -> dict[Optional[str], int]:
+    """{eval.probe_optimizer of the runs' linear probes (None: not recorded): number of runs}."""
+    kinds: dict[Optional[str], int] = {}
+    for r in records:
+        if r.get("linear_probe_top1") is not None:
+            kinds[r.get("probe")] = kinds.get(r.get("probe"), 0) + 1
+    return kinds
+
+
 def check_one_probe(records: Sequence[dict]) -> None:
     """ValueError when the runs were probed with different linear probes: their top-1 are not one
     quantity, and a cell would average them as if they were seeds."""
-    kinds: dict[str, int] = {}
-    for r in records:
-        if r.get("linear_probe_top1") is not None:
-            kinds[str(r.get("probe"))] = kinds.get(str(r.get("probe")), 0) + 1
+    kinds = _probe_kinds(records)
     if len(kinds) > 1:
-        counts = ", ".join(f"{k}: {n} runs" for k, n in sorted(kinds.items()))
+        counts = ", ".join(f"{k}: {n} runs" for k, n in sorted((str(k), n) for k, n in kinds.items()))
         raise ValueError(f"these runs were probed with different linear probes (eval.probe_optimizer {counts}); "
                          "report each kind separately")
 
 
 def _probe_note(records: Sequence[dict]) -> str:
-    """' (<how the probe was fitted>)' from the records' `probe` field; '' when unknown or mixed."""
-    kinds = {r.get("probe") for r in records if r.get("linear_probe_top1") is not None}
-    if len(kinds) != 1 or None in kinds:
-        return "" if kinds <= {None} else f" (probes differ between runs: {sorted(map(str, kinds))})"
-    kind = kinds.pop()
-    return f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
+    """' (<how the probe was fitted>)' from the records' `probe` field; '' when unknown."""
+    kinds = _probe_kinds(records)
+    if len(kinds) > 1:
+        return f" (probes differ between runs: {sorted(map(str, kinds))})"
+    kind = next(iter(kinds), None)
+    return "" if kind is None else f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
 
 
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",

@@ -72,8 +72,8 @@ class StepOutput:
 class Task(Protocol):
     """A kind of training. The loop calls these; everything else is the loop's business.
 
-    Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (its records are kept in the
-    checkpoints, so they survive a resume), `build_optimizer(groups, optim_cfg, device)`, and
+    Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (its
+    records are kept in the checkpoints, so they survive a resume; it runs in a forked RNG), `build_optimizer(groups, optim_cfg, device)`, and
     `inputs_fingerprint: str` (read after `build_model`), stored in every checkpoint: a resume on
     other inputs (other features, other weights under the same path) is refused.
     """
