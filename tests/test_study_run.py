@@ -269,6 +269,8 @@ def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_p
         ("none", "none"), ("tgm", "mae"), ("tube", "mae")]
     assert all(0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0 for r in records)
     assert (root / "clip" / "config.json").is_file() and (root / "similarity_cache" / "manifest.json").is_file()
+    check = json.loads((root / "reconstruction_check" / "reconstruction_check.json").read_text())  # one more job
+    assert check["steps"] == 8 and "## Reconstruction check" in (root / "report.md").read_text()
     import yaml
 
     ran = yaml.safe_load((root / "runs" / "tgm__mae__s0" / "pretrain" / "config.yaml").read_text())
