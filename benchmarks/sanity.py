@@ -25,8 +25,8 @@ import torch
 
 from tgmae.autotune import cpu_info
 from tgmae.models.arch import PRESETS
-from tgmae.evaluate.sanity import (MEAN, STD, RunConfig, class_text_table, linear_probe, mae_errors, make_data,
-                                   pretrain, to_input, train_supervised, tube_masks)
+from tgmae.evaluate.sanity import (RunConfig, class_text_table, linear_probe, mae_errors, make_data, pretrain,
+                                   recon_figure, to_input, train_supervised, tube_masks)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
 DEC64 = MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)
@@ -109,32 +109,6 @@ DOCS_OUT, DOCS_FIGURES = Path("docs/sanity"), Path("docs/figures")
 def figures_dir(out: Path) -> Path:
     """Where the figures go: docs/figures for the docs' JSONs (the default --out), else --out itself."""
     return DOCS_FIGURES if out.resolve() == DOCS_OUT.resolve() else out
-
-
-def recon_figure(mae, data, path: Path, title: str, cfg: RunConfig) -> None:
-    """Original / masked / MAE reconstruction / true patch means of one validation clip, masked
-    as in training (cfg.mask_kind, cfg.mask_ratio)."""
-    from tgmae.models import reconstruct_video
-    from tgmae.models.target import patchify, unpatchify
-    from tgmae.viz.plotting import to_uint8_frames
-    from tgmae.viz.reconstruction import reconstruction_rows, save_reconstruction_figure
-
-    arch = mae.arch
-    video = to_input(data.val[3:4])
-    mask = cfg.masks(1, arch.grid, torch.Generator().manual_seed(0))
-    mae.eval()
-    with torch.no_grad():
-        out = mae(video, mask)
-        recon = reconstruct_video(video, out.pred, mask, arch)
-        p = patchify(video, arch.tubelet_size, arch.patch_size)  # [1, N, t*p*p*C], channel last
-        c = arch.in_chans
-        means = p.view(*p.shape[:2], -1, c).mean(dim=2, keepdim=True).expand(-1, -1, p.shape[2] // c, -1)
-        means = torch.where(mask[..., None], means.reshape(p.shape), p)
-        mean_video = unpatchify(means, arch.tubelet_size, arch.patch_size, arch.grid)
-    rows = reconstruction_rows(video[0], recon[0], mask[0], arch.grid, arch.tubelet_size, arch.patch_size, MEAN, STD)
-    rows["true patch means"] = to_uint8_frames(mean_video[0], MEAN, STD)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_reconstruction_figure(rows, path, title=title)
 
 
 def run_variant(name: str, budget: float, n_train: int, n_val: int, figures: Path = DOCS_FIGURES) -> dict:

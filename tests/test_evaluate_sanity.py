@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tgmae.evaluate.sanity import (RunConfig, copy_mse, linear_probe, mae_errors, make_arch, make_data,
-                                   patch_mean_mse, pixel_mse, pretrain, random_masks, render_clips, to_input,
-                                   train_supervised, tube_masks, visible_mean_mse)
+                                   patch_mean_mse, pixel_mse, pretrain, random_masks, reconstruction_config,
+                                   reconstruction_data, render_clips, to_input, train_supervised, tube_masks,
+                                   visible_mean_mse)
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
@@ -48,7 +49,7 @@ def test_tube_masks_and_patch_mean_baseline():
     tok = pix.reshape(3, 2, 2, 2, 16, 2, 16, 3).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(3, 8, -1, 3)
     sel = tok[mask]  # [B * N_masked, t*p*p, C]
     want = float(((sel - sel.mean(1, keepdim=True)) ** 2).mean())
-    assert patch_mean_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
+    assert patch_mean_mse(video, mask, mae.arch) == pytest.approx(want, rel=1e-4)
     # visible-mean baseline: every masked pixel predicted as the clip's visible tokens' mean colour
     colour = torch.stack([tok[b][~mask[b]].mean(dim=(0, 1)) for b in range(3)])  # [B, C]
     want = float(((tok - colour[:, None, None, :]) ** 2)[mask].mean())
@@ -99,8 +100,39 @@ def test_pixel_mse_compares_a_normalized_target_in_pixels():
         torch.nn.init.zeros_(mae.decoder.head.bias)
         pixels = video * 0.25 + 0.5  # [B, C, T, H, W] in [0, 1]
         tok = pixels.permute(0, 2, 3, 4, 1).reshape(2, 2, 2, 2, 16, 2, 16, 3).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(2, 8, -1)
-        want = patch_mean_mse(mae, video, mask) if norm else float((tok[mask] ** 2).mean())
+        want = patch_mean_mse(video, mask, mae.arch) if norm else float((tok[mask] ** 2).mean())
         assert pixel_mse(mae, video, mask) == pytest.approx(want, rel=1e-4)
+
+
+def test_reconstruction_check_writes_its_numbers_reuses_them_and_refuses_other_settings(tmp_path, monkeypatch):
+    import json
+
+    from tgmae.config import ConfigError
+    from tgmae.evaluate import sanity
+
+    torch.set_num_threads(1)
+    rec = sanity.reconstruction_check(tmp_path, steps=3)
+    saved = json.loads((tmp_path / "reconstruction_check.json").read_text())
+    assert saved == rec and rec["steps"] == 3 and rec["settings"]["steps"] == 3 and rec["settings"]["seed"] == 0
+    assert rec["settings"]["run"]["mask_kind"] == "random" and rec["settings"]["data"]["static_camera"] is True
+    assert (tmp_path / rec["figure"]).stat().st_size > 5000
+    assert 0 < rec["cpu_s"] and rec["ratio"] == pytest.approx(rec["mse"] / rec["patch_mean_mse"])
+    # the baselines are the harness's, on the recipe's held-out clips and masks
+    cfg = sanity.reconstruction_config(steps=3)
+    assert cfg.max_steps == 3 and cfg.mask_kind == "random" and cfg.mask_ratio == 0.5
+    want = sanity.mae_errors(sanity.pretrain(sanity.reconstruction_data(), cfg)["model"].mae,
+                             sanity.reconstruction_data().val, cfg)
+    assert {k: rec[k] for k in want} == pytest.approx(want, rel=1e-4)
+    # a rerun with the same settings reads the JSON and trains nothing
+    monkeypatch.setattr(sanity, "pretrain", lambda *a, **k: pytest.fail("retrained"))
+    assert sanity.reconstruction_check(tmp_path, steps=3) == rec
+    # other settings: refused, naming the key; never the other run's numbers
+    with pytest.raises(ConfigError, match=r"other settings \(steps: 3 -> 4\)"):
+        sanity.reconstruction_check(tmp_path, steps=4)
+    with pytest.raises(ConfigError, match=r"other settings \(seed: 0 -> 1\)"):
+        sanity.reconstruction_check(tmp_path, steps=3, seed=1)
+    with pytest.raises(ValueError, match="steps=0"):
+        sanity.reconstruction_check(tmp_path / "new", steps=0)
 
 
 def test_supervised_fits_a_small_set(moves):
@@ -174,10 +206,8 @@ def test_mae_reconstructs_more_than_patch_means_on_a_static_background():
     0.86x / 0.79x. Asserted: <= 0.9x the patch means (every seed measured passes; the plateau's
     end moves with tiny numeric differences) and below the visible-mean baseline."""
     torch.set_num_threads(1)
-    data = make_data(200, 64, size=40, frames=8, static_camera=True)
-    arch = dict(embed_dim=64, depth=1, num_heads=2, decoder_dim=64, decoder_depth=1, decoder_heads=4)
-    cfg = RunConfig(budget_s=1e9, max_steps=3200, patch_size=10, arch=arch, batch_size=8, shift=2, warmup_steps=20,
-                    lr=3e-3, mask_kind="random", mask_ratio=0.5, baselines=False)
+    data = reconstruction_data()  # the recipe `reconstruction_check` (and so `tgmae study`) runs
+    cfg = reconstruction_config(steps=3200)
     res = pretrain(data, cfg)
     assert res["steps"] == 3200
     errs = mae_errors(res["model"].mae, data.val, cfg)

@@ -206,3 +206,45 @@ def test_config_errors_of_the_data_come_before_the_precision_measurement(synth_r
     with pytest.raises(ConfigError, match="data.cache"):
         pretrain(cfg_for(synth_root, tmp_path / "run", "train.precision=auto", "train.device=cpu",
                          "data.cache=disk", "masking.name=mgm"))
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_reconstruction_title_gives_the_patch_mean_oracle_in_pixels(tmp_path, monkeypatch, norm_pix):
+    """The run's reconstruction figure says whether the clip is reconstructed beyond each patch's
+    mean colour: its title gives the masked MSE and the patch-mean oracle, both in pixels."""
+    import re
+
+    from tgmae.models import build_pretraining_model
+    from tgmae.models.target import pixel_target
+    from tgmae.models.tokens import mask_to_indices
+    from tgmae.train.pretrain import write_pretrain_figures
+    from tgmae.viz import reconstruction
+
+    cfg = load_config(None, SMALL + [f"model.norm_pix_loss={str(norm_pix).lower()}", "model.patch_size=16"])
+    torch.manual_seed(0)
+    model = build_pretraining_model(cfg.model, 4, 32, pixel_mean=tuple(cfg.data.mean), pixel_std=tuple(cfg.data.std))
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(3, 4, 32, 32, generator=g)
+    assert cfg.token_grid == (2, 2, 2)
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[0, 3, 4, 6, 7]] = True
+    titles = []
+    save = reconstruction.save_reconstruction_figure
+    monkeypatch.setattr(reconstruction, "save_reconstruction_figure",
+                        lambda rows, path, **kw: titles.append(kw["title"]) or save(rows, path, **kw))
+    write_pretrain_figures(model, [{"video": video, "mask": mask, "video_id": "clip"}], cfg, tmp_path)
+    mse, oracle = map(float, re.fullmatch(r"clip: masked MSE (\S+) vs patch-mean oracle (\S+) \(pixels\)",
+                                          titles[0]).groups())
+    # by hand: the masked tokens' pixels, each minus its own per-channel mean
+    pix = pixel_target(video[None], model.arch, mask_to_indices(mask[None], 8).masked)  # [1, 5, C, t*p*p]
+    assert oracle == pytest.approx(float((pix - pix.mean(-1, keepdim=True)).pow(2).mean()), abs=1e-4)
+    with torch.no_grad():
+        out = model.eval()(video[None], mask[None])
+    if not norm_pix:  # the model's own loss is already in pixels
+        assert mse == pytest.approx(float(out.loss), abs=1e-4)
+    else:  # a zero prediction is each patch's true mean: the oracle exactly
+        torch.nn.init.zeros_(model.decoder.head.weight)
+        torch.nn.init.zeros_(model.decoder.head.bias)
+        titles.clear()
+        write_pretrain_figures(model, [{"video": video, "mask": mask, "video_id": "clip"}], cfg, tmp_path)
+        assert titles[0] == f"clip: masked MSE {oracle:.4f} vs patch-mean oracle {oracle:.4f} (pixels)"

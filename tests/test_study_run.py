@@ -9,7 +9,7 @@ import pytest
 
 from tgmae.config import ConfigError, from_dict
 from tgmae.study.report import aggregate, collect_records, contrastive_gains, markdown_table, write_report
-from tgmae.study.run import StudyConfig, run_study
+from tgmae.study.run import QUICK_RECON_STEPS, StudyConfig, run_study
 
 
 def test_study_config_validation():
@@ -17,6 +17,9 @@ def test_study_config_validation():
         StudyConfig(maskings=["tube", "magic"])
     with pytest.raises(ConfigError, match="unknown config key study.epochs"):
         from_dict(StudyConfig, {"epochs": 3}, prefix="study")
+    with pytest.raises(ConfigError, match=r"study.recon_check_steps=-1: must be >= 0 \(0 = off\)"):
+        StudyConfig(recon_check_steps=-1)
+    assert StudyConfig().recon_check_steps == 3200 and StudyConfig(recon_check_steps=0).recon_check_steps == 0
 
 
 def test_aggregate_mean_std_over_seeds(tmp_path):
@@ -102,6 +105,14 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert all(0.0 <= probe[a] <= 1.0 for a in ("action", "colour", "shape"))
     assert "## What the features encode" in report
     assert "| tgm | 0.6 | ✓ | ✓ |" in report and "loss_curves.png" in report
+    # the reconstruction check: once per study folder, --quick's few steps, in the report with its figure
+    check = json.loads((root / "reconstruction_check" / "reconstruction_check.json").read_text())
+    assert check["steps"] == QUICK_RECON_STEPS and check["settings"]["run"]["mask_kind"] == "random"
+    assert "## Reconstruction check: MAE on static-camera clips" in report
+    assert (f"| {check['mse']:.4f} | {check['patch_mean_mse']:.4f} | {check['visible_mean_mse']:.4f} | "
+            f"{check['copy_mse']:.4f} | {check['ratio']:.2f} | {QUICK_RECON_STEPS} |") in report
+    assert "](reconstruction_check/reconstruction_check.png)" in report and "Reconstruction check" in (
+        root / "report.html").read_text()
     assert (root / "loss_curves.png").stat().st_size > 5000
     # A second call finds every phase done and only rewrites the report.
     before = (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime
@@ -122,6 +133,11 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert ran["captions"]["text_model"] == str(root / "word_encoder")  # text_model=words: built once, used
     assert json.loads((root / "text_probe.json").read_text())["model"] == str(root / "word_encoder")
     assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in write_report(collect_records([root]), tmp_path / "all").read_text()
+    assert f"]({root / 'reconstruction_check' / 'reconstruction_check.png'})" in (root / "variants" / "ratio_0.9" / "report.md").read_text()
+    # a full run's settings in the same folder: refused before anything runs, naming the key
+    with pytest.raises(ConfigError, match=r"study.recon_check_steps=3200: .*other settings \(steps: 8 -> 3200\)"):
+        run_study(dataclasses.replace(study, variant="full"), quick=False)
+    assert not (root / "runs" / "tgm__mae_contrastive__s0__full").exists()
 
 
 def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
@@ -251,6 +267,8 @@ def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_p
         ("none", "none"), ("tgm", "mae"), ("tube", "mae")]
     assert all(0.0 <= r["finetune_top1"] <= 1.0 and 0.0 <= r["linear_probe_top1"] <= 1.0 for r in records)
     assert (root / "clip" / "config.json").is_file() and (root / "similarity_cache" / "manifest.json").is_file()
+    check = json.loads((root / "reconstruction_check" / "reconstruction_check.json").read_text())  # one more job
+    assert check["steps"] == QUICK_RECON_STEPS and "## Reconstruction check" in (root / "report.md").read_text()
     import yaml
 
     ran = yaml.safe_load((root / "runs" / "tgm__mae__s0" / "pretrain" / "config.yaml").read_text())

@@ -17,6 +17,7 @@ about 10x faster on CPU than `var` over the (pixels, channel) layout.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -139,6 +140,51 @@ def masked_mse(pred: torch.Tensor, target_cf: torch.Tensor) -> torch.Tensor:
     return _MaskedMSE.apply(pred, target_cf, channels)
 
 
+def pixel_target(video: torch.Tensor, arch: VideoMAEArch, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The raw-pixel target (units of the data before normalization: [0, 1] for the usual mean /
+    std) float32 [B, n, C, t*p*p] of tokens idx [B, n] (all N without idx), also for a
+    norm_pix_loss model. video [B, C, T, H, W] normalized."""
+    return pretrain_target_channel_first(video, dataclasses.replace(arch, norm_pix_loss=False), idx)
+
+
+def predicted_pixels(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     arch: VideoMAEArch) -> torch.Tensor:
+    """A model's prediction of its masked tokens in raw-pixel units ([0, 1]), float32
+    [B, N_masked, C, t*p*p]. video [B, C, T, H, W] (normalized input), pred [B, N_masked, P]
+    (`PretrainOutput.pred`), mask [B, N] bool (True = masked). With `norm_pix_loss` each
+    prediction is de-normalized with its patch's true mean and std (VideoMAE's visualization),
+    so only its within-patch pattern is the model's. ValueError when pred does not fit the mask."""
+    _, mask_idx = mask_to_indices(mask, arch.num_tokens)
+    if pred.shape[:2] != mask_idx.shape or pred.shape[-1] != arch.patch_dim:
+        raise ValueError(
+            f"pred must be [B, N_masked, P] = {list(mask_idx.shape) + [arch.patch_dim]}, "
+            f"got {list(pred.shape)}"
+        )
+    p = to_channel_first(pred.float(), arch.in_chans)  # [B, n, C, t*p*p]
+    if not arch.norm_pix_loss:
+        return p
+    x = pixel_target(video, arch, mask_idx)  # the true patches, in pixels
+    std = x.std(dim=-1, unbiased=True, keepdim=True)
+    return p * (std + NORM_EPS) + x.mean(dim=-1, keepdim=True)
+
+
+def masked_pixel_mse(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, arch: VideoMAEArch) -> float:
+    """Masked MSE of a prediction in raw-pixel units ([0, 1]): the model's loss without
+    norm_pix_loss; with it, the error of `predicted_pixels` (comparable with `patch_mean_mse`,
+    which also knows each patch's true mean). Shapes as `predicted_pixels`."""
+    want = pixel_target(video, arch, mask_to_indices(mask, arch.num_tokens).masked)
+    return float((predicted_pixels(video, pred, mask, arch) - want).pow(2).mean())
+
+
+def patch_mean_mse(video: torch.Tensor, mask: torch.Tensor, arch: VideoMAEArch) -> float:
+    """The patch-mean oracle: MSE of predicting every masked token's pixels as its own true
+    per-channel mean colour, in raw-pixel units ([0, 1]) - the mean within-token pixel variance.
+    A reconstruction at about this error holds no more than each patch's colour. video
+    [B, C, T, H, W] normalized, mask [B, N] bool (True = masked). Source: docs/sanity.md (b)."""
+    target = pixel_target(video, arch, mask_to_indices(mask, arch.num_tokens).masked)
+    return float(target.var(dim=-1, unbiased=False).mean())
+
+
 def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                       arch: VideoMAEArch) -> torch.Tensor:
     """Paste predictions into the masked positions of the input, for reconstruction figures.
@@ -148,28 +194,16 @@ def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tenso
     float32 in the input's normalization; visible pixels are the input's, unchanged. With
     `norm_pix_loss` each prediction is de-normalized with its patch's true mean and std.
     """
+    x_pix = predicted_pixels(video, pred, mask, arch)  # [B, n, C, t*p*p]
+    m, s = _channel_stats(arch, x_pix)
     _, mask_idx = mask_to_indices(mask, arch.num_tokens)
-    if pred.shape[:2] != mask_idx.shape or pred.shape[-1] != arch.patch_dim:
-        raise ValueError(
-            f"pred must be [B, N_masked, P] = {list(mask_idx.shape) + [arch.patch_dim]}, "
-            f"got {list(pred.shape)}"
-        )
-    C = arch.in_chans
-    x = token_pixels(video.float(), arch.tubelet_size, arch.patch_size, mask_idx).unflatten(-1, (C, -1))
-    m, s = _channel_stats(arch, x)
-    p = to_channel_first(pred.float(), C)  # [B, n, C, t*p*p]
-    if arch.norm_pix_loss:  # prediction in pixel units: p * (std_pix + eps) + mean_pix
-        std = x.std(dim=-1, unbiased=True, keepdim=True)
-        x_pred = p * (std + NORM_EPS / s) + x.mean(dim=-1, keepdim=True)
-    else:
-        x_pred = (p - m) / s
     patches = patchify(video.float(), arch.tubelet_size, arch.patch_size).clone()  # [B, N, P]
-    pasted = to_standard_layout(x_pred)
+    pasted = to_standard_layout((x_pix - m) / s)
     patches.scatter_(1, mask_idx.unsqueeze(-1).expand(-1, -1, arch.patch_dim), pasted)
     return unpatchify(patches, arch.tubelet_size, arch.patch_size, arch.grid)
 
 
 __all__ = [
     "patchify", "unpatchify", "pretrain_target", "pretrain_target_channel_first", "masked_mse",
-    "reconstruct_video", "NORM_EPS",
+    "reconstruct_video", "NORM_EPS", "pixel_target", "predicted_pixels", "masked_pixel_mse", "patch_mean_mse",
 ]

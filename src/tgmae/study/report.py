@@ -297,6 +297,31 @@ def text_probe_note(probe: Optional[dict]) -> str:
             f"(bag of words: {100 * b['action']:.1f}%; chance {100 / t['action_classes']:.1f}%).")
 
 
+RECON_CHECK_DIR = "reconstruction_check"  # under a study folder: `tgmae.study.run.run_recon_check`'s output
+
+
+RECON_TITLE = "Reconstruction check: MAE on static-camera clips"
+RECON_HEADERS = ["held-out masked MSE", "patch-mean oracle", "visible mean", "copy", "ratio", "steps"]
+
+
+def recon_check_section(path: Optional[Path]) -> Optional[dict]:
+    """The report's section on the reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`'s
+    JSON at `path`): {"text", "row" (cells under RECON_HEADERS), "figure" (Path or None)}; None without one."""
+    if path is None or not Path(path).is_file():
+        return None
+    r = json.loads(Path(path).read_text())
+    figure = Path(path).parent / r["figure"]
+    text = ("The library's MAE trained on clips with something to copy - a static camera, so the background is "
+            "the same in every frame, under random .5 masks, so a masked token shows at the same place in another "
+            f"time slice ({r['steps']} steps, {r['cpu_s']:.0f} CPU-s on 1 thread; docs/sanity.md) - while the "
+            "compared cells below are on scrolling-camera clips under their own masks. Held-out masked MSE in "
+            "pixels ([0, 1]); a ratio to the patch-mean oracle below 1 means the reconstructions hold more than "
+            "each patch's mean colour.")
+    row = [f"{r['mse']:.4f}", f"{r['patch_mean_mse']:.4f}", f"{r['visible_mean_mse']:.4f}", f"{r['copy_mse']:.4f}",
+           f"{r['ratio']:.2f}", str(r["steps"])]
+    return {"text": text, "row": row, "figure": figure if figure.is_file() else None}
+
+
 PROBES = {"lbfgs": "L-BFGS logistic regression, L2 chosen by k-fold cross-validation on the training features",
           "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD"}
 
@@ -330,9 +355,11 @@ def _probe_note(records: Sequence[dict]) -> str:
 
 
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
-                 seconds: Optional[float] = None, text_probe: Optional[dict] = None) -> Path:
+                 seconds: Optional[float] = None, text_probe: Optional[dict] = None,
+                 recon_check: Optional[Path] = None) -> Path:
     """results.json, report.md, report.html (+ figures) in out_dir; returns report.md.
-    `text_probe`: the study's text_probe.json record, stated under the table."""
+    `text_probe`: the study's text_probe.json record, stated under the table. `recon_check`: the
+    study's reconstruction_check.json, a section before the cells' figures."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
@@ -383,10 +410,22 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
+    check_section = recon_check_section(recon_check)
+    if check_section:
+        md += [f"## {RECON_TITLE}", "", check_section["text"], "", "| " + " | ".join(RECON_HEADERS) + " |",
+               "|" + "---|" * len(RECON_HEADERS), "| " + " | ".join(check_section["row"]) + " |", ""]
+        if check_section["figure"]:
+            md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
     (out_dir / "report.md").write_text("\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
+    if check_section:
+        cells = lambda tag, xs: "<tr>" + "".join(f"<{tag}>{html.escape(x)}</{tag}>" for x in xs) + "</tr>"  # noqa: E731
+        body += [f"<h2>{html.escape(RECON_TITLE)}</h2><p>{html.escape(check_section['text'])}</p>",
+                 f"<table>{cells('th', RECON_HEADERS)}{cells('td', check_section['row'])}</table>"]
+        if check_section["figure"]:
+            body.append(f"<img src='{html.escape(_rel(check_section['figure'], out_dir))}' style='max-width:100%'>")
     for caption, path in figures:
         body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(_rel(path, out_dir))}' style='max-width:100%'>")
     (out_dir / "report.html").write_text(
@@ -437,7 +476,8 @@ def main(argv: Sequence[str]) -> int:
         check_one_probe(records)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"tgmae report: {e}\n")
-    path = write_report(records, Path(args.out))
+    checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in args.runs]
+    path = write_report(records, Path(args.out), recon_check=next((c for c in checks if c.is_file()), None))
     print(markdown_table(aggregate(records)))
     print(f"\nreport: {path}")
     return 0

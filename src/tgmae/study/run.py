@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 from tgmae.config import ConfigError, load_config
 from tgmae.study.attributes import attribute_probe
+from tgmae.study.report import RECON_CHECK_DIR
 
 log = logging.getLogger("tgmae")
 
@@ -86,6 +87,10 @@ class StudyConfig:
     pretrain: list[str] = field(default_factory=list)  # dotted overrides of every pretraining run
     probe: list[str] = field(default_factory=list)  # ... of every linear probe
     finetune: list[str] = field(default_factory=list)  # ... of every finetuning run
+    # steps of the reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`: the library's MAE
+    # on static-camera clips under random .5 masks, where there is something to copy), once per study
+    # folder beside the cells; 0 = off. --quick runs QUICK_RECON_STEPS.
+    recon_check_steps: int = 3200
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.maskings if m not in MASKINGS]
@@ -116,6 +121,8 @@ class StudyConfig:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
             raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
+        if self.recon_check_steps < 0:
+            raise ConfigError(f"study.recon_check_steps={self.recon_check_steps}: must be >= 0 (0 = off)")
 
 
 # Defaults of each phase, under the study YAML's own overrides: tiny models, short schedules.
@@ -166,6 +173,11 @@ class StudyPaths:
     def clip_cache(self) -> Path:
         """Decoded-clip cache files (`data.cache=disk`), shared by every run and seed."""
         return self.root / "clip_cache"
+
+    @property
+    def recon_check(self) -> Path:
+        """The reconstruction check's JSON and figure (`run_recon_check`), one per study folder."""
+        return self.root / RECON_CHECK_DIR
 
     def run(self, masking: str, objective: str, seed: int, variant: str = "") -> Path:
         tag = f"__{_slug(variant)}" if variant else ""
@@ -441,10 +453,57 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     return record
 
 
+QUICK_RECON_STEPS = 8  # --quick's reconstruction check: the files and the report section, not the result
+
+
+def recon_check_steps(study: StudyConfig, quick: bool) -> int:
+    """The reconstruction check's steps: study.recon_check_steps, at most QUICK_RECON_STEPS with
+    --quick (0 = off). The steps are among the check's settings, so a quick run's result is never
+    read as a full one's (`saved_reconstruction_check` refuses it)."""
+    return min(study.recon_check_steps, QUICK_RECON_STEPS) if quick else study.recon_check_steps
+
+
+def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
+    """Refuse, before anything runs, a reconstruction check in the study folder made with other
+    settings (ConfigError naming study.recon_check_steps and the differing keys)."""
+    from tgmae.evaluate.sanity import saved_reconstruction_check
+
+    steps = recon_check_steps(study, quick)
+    if steps:
+        try:
+            saved_reconstruction_check(paths.recon_check, steps)
+        except ConfigError as e:
+            raise ConfigError(f"study.recon_check_steps={steps}{' (--quick)' if quick else ''}: {e}") from None
+
+
+def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optional[Path]:
+    """The reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`) under the study
+    folder with 1 torch thread (its CPU seconds are the recipe's), reused when done -> its JSON,
+    None when off."""
+    import torch
+
+    from tgmae.evaluate.sanity import reconstruction_check
+
+    steps = recon_check_steps(study, quick)
+    if not steps:
+        return None
+    check_recon_settings(study, paths, quick)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = reconstruction_check(paths.recon_check, steps=steps)
+    finally:
+        torch.set_num_threads(threads)  # a pool worker runs cells after it
+    log.info("study: reconstruction check: held-out masked MSE %.4f vs patch means %.4f (%.2fx), %d steps",
+             record["mse"], record["patch_mean_mse"], record["ratio"], record["steps"])
+    return paths.recon_check / "reconstruction_check.json"
+
+
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
     """Run every missing phase of the study and write its report; returns the report's folder."""
     paths = StudyPaths(Path(study.out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    check_recon_settings(study, paths, quick)
     t0 = time.perf_counter()
     clip_later = study.jobs > 1 and bool(study.text_model)  # the cells' text targets do not need the CLIP
     prepare_shared(study, paths, quick, clip=not clip_later)
@@ -454,8 +513,9 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     if study.jobs > 1:
-        records = _run_cells_parallel(study, paths, cells, quick, clip_later)
+        records, recon = _run_cells_parallel(study, paths, cells, quick, clip_later)
     else:
+        recon = run_recon_check(study, paths, quick)
         for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
             log.info("study: %s / %s / seed %d", masking, objective, seed)
             records.append(run_cell(study, paths, masking, objective, seed, quick))
@@ -463,7 +523,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
 
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
-                 text_probe=json.loads((paths.root / "text_probe.json").read_text()))
+                 text_probe=json.loads((paths.root / "text_probe.json").read_text()), recon_check=recon)
     return paths.report(study.variant)
 
 
@@ -474,11 +534,13 @@ def _init_worker(threads: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
-def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool, clip_later: bool) -> list:
+def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool,
+                        clip_later: bool) -> tuple[list, Optional[Path]]:
     """`study.jobs` cells at a time in spawned processes ((CPU cores // jobs) torch threads each);
     with `clip_later` the CLIP and similarity maps are made in the pool first, alongside the cells
-    that do not need them, and the TGM cells start after. Returns the records in `cells` order;
-    the first error of any cell is raised."""
+    that do not need them, and the TGM cells start after. The reconstruction check runs as one
+    more job (1 torch thread). Returns the records in `cells` order and `run_recon_check`'s JSON;
+    the first error of any job is raised."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -490,6 +552,7 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
     with ProcessPoolExecutor(study.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
         clip = pool.submit(prepare_clip, study, paths) if clip_later else None
+        recon = pool.submit(run_recon_check, study, paths, quick)
         waiting = [c for c in order if clip is not None and _needs_clip(c[0])]
         futures = {c: pool.submit(run_cell, study, paths, *c, quick) for c in order if c not in waiting}
         if clip is not None:
@@ -498,7 +561,7 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
         for done in as_completed(futures.values()):
             record = done.result()
             log.info("study: done %s / %s / seed %d", record["masking"], record["objective"], record["seed"])
-        return [futures[c].result() for c in cells]
+        return [futures[c].result() for c in cells], recon.result()
 
 
 def main(argv: Sequence[str]) -> int:

@@ -176,8 +176,14 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
                            index: int = 0, make_mask=None) -> dict[str, Path]:
     """Loss curve + reconstruction (original / masked / reconstructed) of one clip.
 
+    The figure's title gives the clip's masked MSE in pixel units (data.mean / data.std undone; a
+    norm_pix_loss prediction de-normalized with each patch's true mean and std) next to the
+    patch-mean oracle on the same clip and mask (every masked token filled with its true mean
+    colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the oracle's error holds no
+    more than each patch's colour.
     make_mask: sample -> [1, N] mask, for runs whose masks are made on the batch (online TGM)."""
     from tgmae.models import reconstruct_video
+    from tgmae.models.target import masked_pixel_mse, patch_mean_mse
     from tgmae.train.metrics import read_metrics
     from tgmae.viz.curves import plot_curves
     from tgmae.viz.reconstruction import reconstruction_rows, save_gif, save_reconstruction_figure
@@ -195,12 +201,14 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
     mask = sample["mask"][None] if make_mask is None else make_mask(sample)
     with torch.no_grad():
         res = model(video.to(device), mask.to(device))
-        recon = reconstruct_video(video, res.pred.float().cpu(), mask.cpu(), model.arch)
+        pred, mask = res.pred.float().cpu(), mask.cpu()
+        recon = reconstruct_video(video, pred, mask, model.arch)
+        mse, oracle = masked_pixel_mse(video, pred, mask, model.arch), patch_mean_mse(video, mask, model.arch)
     rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
     out["reconstruction"] = save_reconstruction_figure(
         rows, out_dir / "reconstruction.png",
-        title=f"{sample.get('video_id', index)}: loss {float(res.loss):.3f}")
+        title=f"{sample.get('video_id', index)}: masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)")
     strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
     out["reconstruction_gif"] = save_gif(strip, out_dir / "reconstruction.gif")
     return out
