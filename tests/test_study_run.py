@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tgmae.config import ConfigError, from_dict
-from tgmae.study.report import aggregate, collect_records, contrastive_gains, markdown_table, write_report
+from tgmae.study.report import aggregate, collect_records, contrastive_gains, markdown_table, seeds_to_resolve, write_report
 from tgmae.study.run import QUICK_RECON_STEPS, StudyConfig, run_study
 
 
@@ -56,8 +56,12 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
     assert row["std"] == pytest.approx(0.03) and row["n"] == 3
     assert row["ci"] == pytest.approx((0.02 - 0.0745241, 0.02 + 0.0745241), abs=1e-6)
     assert "| tube | +2.0 ± 3.0 | [-5.5, +9.5] | 3 | +5.0, +2.0, -1.0 | 2/3 |" in report
+    # mean 2, sd 3 points: t(n-1) * 3 / sqrt(n) < 2 first at n = 12 (t(0.975, 11) = 2.201: 1.906)
+    assert seeds_to_resolve(0.02, 0.03) == 12
     assert ("- Video-text loss, tube, LP top-1: +2.0 points, within noise: the 95% interval over n = 3 seeds, "
-            "[-5.5, +9.5], includes zero.") in report
+            "[-5.5, +9.5], includes zero; at this seed-to-seed s.d. (3.0 points) a gain this size needs ~12 seeds "
+            "for its interval to exclude zero.") in report
+    assert seeds_to_resolve(0.0, 0.03) is None and seeds_to_resolve(0.001, 0.05) is None  # > MAX_SEEDS
 
 
 def test_chance_check_counts_cells_near_chance(tmp_path):

@@ -130,7 +130,27 @@ def verdict(d: dict) -> str:
         return f"{_points(d['mean'])} points, beyond noise: {where} lies above zero"
     if hi < 0:
         return f"{_points(d['mean'])} points, beyond noise in the other direction: {where} lies below zero"
-    return f"{_points(d['mean'])} points, within noise: {where} includes zero"
+    need = seeds_to_resolve(d["mean"], d["std"])
+    power = (f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points) a gain this size needs ~{need} seeds "
+             "for its interval to exclude zero" if need is not None else
+             f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points) more than {MAX_SEEDS} seeds would be needed "
+             "to tell a gain this size from zero")
+    return f"{_points(d['mean'])} points, within noise: {where} includes zero{power}"
+
+
+MAX_SEEDS = 100
+
+
+def seeds_to_resolve(mean: float, std: float, level: float = 0.95) -> Optional[int]:
+    """Smallest n >= 2 whose Student-t interval (`t_interval` at `level`) excludes zero for a paired
+    difference of this mean and seed-to-seed std, i.e. t(n-1) * std / sqrt(n) < |mean|; None above
+    MAX_SEEDS (or for a zero mean). A planning figure: it takes the observed mean and std as true."""
+    from scipy.stats import t
+
+    for n in range(2, MAX_SEEDS + 1):
+        if float(t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n) < abs(mean):
+            return n
+    return None
 
 
 def _name(key: tuple[str, str, str]) -> str:
