@@ -37,7 +37,10 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") ->
     this machine (torchrun with more processes than GPUs)."""
     from tgmae.config import ConfigError
 
-    given = f"{key} {name}" if key.startswith("-") else f"{key}={name!r}"
+    def setting(value: str) -> str:  # as the user writes it: a flag or a config key
+        return f"{key} {value}" if key.startswith("-") else f"{key}={value}"
+
+    given = setting(name if key.startswith("-") else repr(name))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -47,11 +50,12 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") ->
     except RuntimeError:
         raise ConfigError(f"{given}: not a torch device; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{given} but CUDA is not available on this machine: use auto or cpu")
+        raise ConfigError(f"{given} but CUDA is not available on this machine: use {setting('auto')} or "
+                          f"{setting('cpu')}")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"{given}: device {device} (LOCAL_RANK={local_rank}) but this machine has "
                           f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per "
-                          "node (--nproc_per_node) or use cpu")
+                          f"node (--nproc_per_node) or use {setting('cpu')}")
     return device
 
 
