@@ -363,6 +363,8 @@ def test_bad_arguments(dataset, blip_dir, tmp_path, capsys):
         cli(dataset, blip_dir, tmp_path / "c.jsonl", "--keyframes", "0")
     assert cli(dataset, blip_dir, tmp_path / "c.jsonl", "--dtype", "fp16", "--device", "cpu") == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert cli(dataset, blip_dir, tmp_path / "c.jsonl", "--device", "gpu") == 2  # the shared resolve_device
+    assert "--device gpu: not a torch device" in capsys.readouterr().err
     assert main(["--format", "csv", "--root", str(dataset), str(tmp_path / "nope.csv"), "--oracle",
                  "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_chance_check_counts_cells_near_chance(tmp_path):
 
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
-    study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8,
+    study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8, jobs=1,
                         maskings=["tube", "tgm"], objectives=["mae+contrastive"], text_model="", clip_motion_weight=1.0)
     root = run_study(study, quick=True)
     all_records = json.loads((root / "results.json").read_text())
@@ -226,20 +226,24 @@ def test_study_refuses_a_synthetic_set_of_other_settings(tmp_path):
 
     paths = StudyPaths(tmp_path)
     paths.data.mkdir()
-    meta = {"num_videos": 360, "frames": 48, "height": 128}  # written before the difficulty knobs
+    # the 360-video study of before issue 15, written before the difficulty knobs and val_fraction
+    meta = {"num_videos": 360, "frames": 48, "height": 128}
+    old = dict(num_videos=360, video_frames=48, video_size=128, val_fraction=0.2)
     (paths.data / "meta.json").write_text(json.dumps(meta))
-    check_data_settings(StudyConfig(distractors=2), paths)  # the original set: accepted
+    check_data_settings(StudyConfig(**old, distractors=2), paths)  # the original set: accepted
     with pytest.raises(ConfigError, match="study.distractors=0"):
-        check_data_settings(StudyConfig(), paths)
+        check_data_settings(StudyConfig(**old), paths)
+    with pytest.raises(ConfigError, match="study.num_videos=2304 but .* holds a set with 360"):
+        check_data_settings(StudyConfig(), paths)  # today's defaults never read that old set
     (paths.data / "meta.json").write_text(json.dumps(meta | {"distractors": 0, "distractor_speed": 1.0}))
-    check_data_settings(StudyConfig(), paths)
+    check_data_settings(StudyConfig(**old), paths)
     with pytest.raises(ConfigError, match="study.num_videos=40"):
-        check_data_settings(StudyConfig(num_videos=40), paths)
+        check_data_settings(StudyConfig(**old | {"num_videos": 40}), paths)
     # a set with another validation split: its validation videos are other videos
     with pytest.raises(ConfigError, match="study.val_fraction=0.5 but .* holds a set with 0.2"):
-        check_data_settings(StudyConfig(val_fraction=0.5), paths)
+        check_data_settings(StudyConfig(**old | {"val_fraction": 0.5}), paths)
     (paths.data / "meta.json").write_text(json.dumps(meta | {"distractors": 0, "val_fraction": 0.5}))
-    check_data_settings(StudyConfig(val_fraction=0.5), paths)
+    check_data_settings(StudyConfig(**old | {"val_fraction": 0.5}), paths)
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(ConfigError, match="study.val_fraction"):
             StudyConfig(val_fraction=bad)
@@ -292,6 +296,67 @@ def test_fidelity_config_is_the_demo_with_three_seeds():
     fidelity = yaml.safe_load((configs / "study_fidelity.yaml").read_text())
     assert from_dict(StudyConfig, fidelity, prefix="study").seeds == [0, 1, 2]
     assert {**fidelity, "seeds": demo["seeds"]} == demo
+
+
+def test_bare_study_is_the_demo_yaml():
+    """`tgmae study` (no -c) runs configs/study_synthetic.yaml's study: the YAML pins every value it
+    sets to the dataclass default (the fidelity YAML = this one with 3 seeds: the test below)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tgmae.study.run import load_study
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo = yaml.safe_load((configs / "study_synthetic.yaml").read_text())
+    defaults = dataclasses.asdict(StudyConfig())
+    assert {k: defaults[k] for k in demo} == demo  # e.g. num_videos 2304, jobs 2, the phase lists
+    assert load_study() == load_study(str(configs / "study_synthetic.yaml")) == StudyConfig()
+
+
+def test_quick_is_ci_sized_whatever_the_yaml_and_overrides_win(tmp_path):
+    from pathlib import Path
+
+    from tgmae.study.run import QUICK, load_study
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    bare, demo = load_study(quick=True), load_study(str(configs / "study_synthetic.yaml"), quick=True)
+    fidelity = load_study(str(configs / "study_fidelity.yaml"), quick=True)
+    assert bare == demo == fidelity  # the YAMLs' 2,304 videos, 400 CLIP steps and 3 seeds do not survive
+    assert (bare.num_videos, bare.clip_steps, bare.seeds) == (QUICK["num_videos"], QUICK["clip_steps"], [0])
+    assert bare.out_dir == "runs/study_quick"  # never the full study's folder
+    assert dataclasses.replace(bare, num_videos=2304, clip_steps=400, out_dir="runs/study") == StudyConfig()
+    given = load_study(str(configs / "study_fidelity.yaml"), ["num_videos=60", f"out_dir={tmp_path}",
+                                                              "seeds=[1, 2]"], quick=True)
+    assert (given.num_videos, given.out_dir, given.seeds, given.clip_steps) == (60, str(tmp_path), [1, 2], 60)
+    own = tmp_path / "mine.yaml"
+    own.write_text("out_dir: elsewhere/s\nseeds: [3, 4]\nnum_videos: 100\n")
+    assert (load_study(str(own), quick=True).out_dir, load_study(str(own), quick=True).seeds) == (
+        "elsewhere/s_quick", [3])
+    with pytest.raises(ConfigError, match="override 'num_videos': expected key=value"):
+        load_study(None, ["num_videos"])
+    own.write_text("- a\n")
+    with pytest.raises(ConfigError, match="mine.yaml: the top level must be a mapping"):
+        load_study(str(own))
+
+
+def test_study_cli_exits_2_with_one_line_on_a_bad_key_or_a_full_study_folder(tmp_path, capsys):
+    from tgmae.study.run import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "epochs=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unknown config key study.epochs" in err
+    # --quick pointed at a full study's folder: refused before anything is written there
+    (tmp_path / "data").mkdir()
+    meta = {"num_videos": 2304, "frames": 16, "height": 64, "distractors": 0, "val_fraction": 0.5}
+    (tmp_path / "data" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "study.num_videos=40 but" in err and "holds a set with 2304" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_study_val_fraction_must_leave_both_splits(tmp_path):

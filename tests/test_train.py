@@ -456,6 +456,24 @@ def test_more_processes_than_gpus_is_a_config_error_naming_the_rank(monkeypatch)
     with pytest.raises(ConfigError, match=r"LOCAL_RANK=1.*1 CUDA device"):
         resolve_device("auto", 1)
     assert resolve_device("cpu", 1) == torch.device("cpu")
+    assert resolve_device("cuda", 0) == torch.device("cuda:0")  # one device per torchrun process
+    with pytest.raises(ConfigError, match=r"--device cuda:3: device cuda:3 .*1 CUDA device"):
+        resolve_device("cuda:3", 0, key="--device")  # the key of the command that asked
+
+
+def test_a_device_the_machine_lacks_is_a_config_error_naming_the_key(monkeypatch):
+    """One resolve_device for training, captioning and `tgmae masks`: errors name the caller's key."""
+    from tgmae.config import ConfigError
+    from tgmae.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", 1) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"^train.device='cuda' but CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"^--device cuda:1 but CUDA is not available.*use --device auto or --device cpu"):
+        resolve_device("cuda:1", key="--device")
+    with pytest.raises(ConfigError, match=r"^train.device='gpu': not a torch device; expected auto, cpu"):
+        resolve_device("gpu")
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):

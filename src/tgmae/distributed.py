@@ -30,25 +30,32 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> the local CUDA device when there is one, else CPU."""
+def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """The torch device of setting `key` (`name`: auto | cpu | cuda | cuda:N | any torch device):
+    'auto' -> cuda:LOCAL_RANK when CUDA is there, else cpu; 'cuda' -> cuda:LOCAL_RANK (one device per
+    torchrun process). Raises ConfigError naming `key` when CUDA is missing or the index is not on
+    this machine (torchrun with more processes than GPUs)."""
+    from tgmae.config import ConfigError
+
+    def setting(value: str) -> str:  # as the user writes it: a flag or a config key
+        return f"{key} {value}" if key.startswith("-") else f"{key}={value}"
+
+    given = setting(name if key.startswith("-") else repr(name))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{given}: not a torch device; expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        from tgmae.config import ConfigError
-
-        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine: "
-                          "use train.device=auto or train.device=cpu")
+        raise ConfigError(f"{given} but CUDA is not available on this machine: use {setting('auto')} or "
+                          f"{setting('cpu')}")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        from tgmae.config import ConfigError
-
-        # torchrun with more processes than GPUs: rank LOCAL_RANK would find no device of its own
-        raise ConfigError(f"device {device} (LOCAL_RANK={local_rank}) but this machine has "
+        raise ConfigError(f"{given}: device {device} (LOCAL_RANK={local_rank}) but this machine has "
                           f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per "
-                          "node (--nproc_per_node) or use train.device=cpu")
+                          f"node (--nproc_per_node) or use {setting('cpu')}")
     return device
 
 

@@ -36,16 +36,6 @@ def keyframe_indices(num_frames: int, n: int, start: Optional[int] = None, end: 
     return [s + min(length - 1, (2 * i + 1) * length // (2 * n)) for i in range(n)]
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda:LOCAL_RANK when CUDA is there, else cpu."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
-    return dev
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """auto -> bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU. fp16 needs CUDA."""
     if dtype == "auto":

@@ -227,13 +227,13 @@ def _annotations(args: argparse.Namespace):
 
 
 def _run_captioner(args: argparse.Namespace) -> int:
-    from tgmae.captions.captioner import GenerationOptions, resolve_device, resolve_dtype
+    from tgmae.captions.captioner import GenerationOptions, resolve_dtype
     from tgmae.captions.shard import shard_from_env
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
 
     shard = shard_from_env(args.rank, args.world_size)
     videos, _ = _annotations(args)
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
     captioner = ImageCaptioner(args.model, device, dtype,

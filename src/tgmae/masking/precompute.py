@@ -232,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
         videos = list({r.video_id: r.path for r in records}.items())
-        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
         clip = load_clip(args.clip, device)
         if args.rebuild and shard.rank == 0:
             clear_cache(args.out)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tgmae.config import ConfigError, load_config
+from tgmae.config import ConfigError, from_dict, load_config
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.report import RECON_CHECK_DIR
 
@@ -55,38 +55,66 @@ REFERENCES = {"none": "none", "scratch": "supervised"}
 
 @dataclass
 class StudyConfig:
-    """What the study compares and how big each phase is (YAML: configs/study_synthetic.yaml)."""
+    """What the study compares and how big each phase is. The defaults are the measured study
+    (`make demo`, docs/study.md): bare `tgmae study` runs them, and configs/study_synthetic.yaml
+    pins them (tests/test_study_run.py checks the two agree)."""
 
     out_dir: str = "runs/study"
-    num_videos: int = 360  # synthetic videos
-    val_fraction: float = 0.2  # of them held out for validation (stratified by class)
-    video_frames: int = 48
-    video_size: int = 128
-    distractors: int = 0  # synthetic difficulty: at most this many distractor shapes (2 = the original set)
-    distractor_speed: float = 1.0  # ... and their speed (docs/sanity.md: the measured curve)
+    # 2,304 videos, half held out (stratified by class): the validation videos' sampling, not training
+    # randomness, is most of a probe gain's seed-to-seed spread (bootstrap s.d. ~3 points at 288 videos)
+    num_videos: int = 2304  # synthetic videos
+    val_fraction: float = 0.5  # of them held out for validation
+    # an 8-frame clip at stride 2 sees the whole action (48-frame videos: supervised top-1 28% instead of 65%)
+    video_frames: int = 16
+    video_size: int = 64
+    # synthetic difficulty (docs/sanity.md): 0 distractors is learnable from scratch; the original set
+    # (2 at speed 1.0) keeps supervised training near chance
+    distractors: int = 0  # at most this many distractor shapes
+    distractor_speed: float = 1.0  # ... and their speed
     maskings: list[str] = field(default_factory=lambda: ["tube", "mgm", "tgm", "tgm_bottom"])
     objectives: list[str] = field(default_factory=lambda: ["mae", "mae+contrastive"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    clip_steps: int = 600  # `tgmae train-clip` steps for the study's CLIP
+    seeds: list[int] = field(default_factory=lambda: [0])  # configs/study_fidelity.yaml: [0, 1, 2]
+    clip_steps: int = 400  # `tgmae train-clip` steps for the study's CLIP
     # weight of train-clip's clip-caption loss through its motion tower (its text tower learns the verbs:
     # text probe 9% -> 31% at 1.0, 63% at 3.0); 0 = frames only, enough for TGM when text_model is not the CLIP
     clip_motion_weight: float = 0.0
     # captions.text_model of every run (contrastive targets, retrieval prompts): "words" = a random
-    # word-level encoder built on the captions (tgmae.captions.tiny.save_word_encoder; text probe 100%);
-    # empty = the study's CLIP; else any text model's name or path
+    # word-level encoder built on the captions (tgmae.captions.tiny.save_word_encoder; text probe 100%,
+    # the study's CLIP 9%); empty = the study's CLIP; else any text model's name or path
     text_model: str = "words"
-    references: list[str] = field(default_factory=lambda: ["none", "scratch"])  # reference rows per seed
+    # lower (random encoder) and upper (supervised from scratch) reference rows per seed
+    references: list[str] = field(default_factory=lambda: ["none", "scratch"])
     scratch_epochs: int = 0  # "scratch" reference's finetuning epochs; 0 = pretraining + finetuning epochs
     variant: str = ""  # name of an ablation (e.g. "ratio 0.9"): its runs get their own folders and rows
-    cache: str = "disk"  # decoded-clip cache of every phase (data.cache): disk (under out_dir) | memory | none
+    # decoded-clip cache of every phase (data.cache): disk (one under out_dir, reused by every run and
+    # seed) | memory | none
+    cache: str = "disk"
     # cells run at once, each in its own process with (CPU cores // jobs) torch threads; with a text_model
     # the study's CLIP trains alongside the cells that do not need it. Results do not depend on it.
-    jobs: int = 1
+    jobs: int = 2
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
-    pretrain: list[str] = field(default_factory=list)  # dotted overrides of every pretraining run
-    probe: list[str] = field(default_factory=list)  # ... of every linear probe
-    finetune: list[str] = field(default_factory=list)  # ... of every finetuning run
+    # Dotted overrides of every pretraining run, after PRETRAIN_BASE (measured, docs/sanity.md, docs/study.md):
+    # - micro ViT (width 64, depth 2): ~4x tiny's steps per CPU-second, which the action needs (tiny: 15%
+    #   after 50 CPU-s, micro: 65%)
+    # - num_workers=0: from the decoded-clip cache loader workers cost more than they save (36 vs 52 CPU-s)
+    # - view_ratio=0, weight=0.05: InfoNCE on a second, unmasked pass at a light weight, the recipe with
+    #   which the joint objective learns the class at this scale; mae rows monitor InfoNCE on that view
+    pretrain: list[str] = field(default_factory=lambda: [
+        "model.preset=micro", "data.frame_stride=2", "data.num_workers=0", "contrastive.view_ratio=0",
+        "contrastive.weight=0.05"])
+    # ... of every linear probe: L-BFGS logistic regression with a cross-validated L2 (CLIP's probe) reads
+    # these tiny encoders' features where 100 epochs of LARS stay near chance
+    probe: list[str] = field(default_factory=lambda: ["data.num_workers=0", "eval.probe_optimizer=lbfgs"])
+    # ... of every finetuning run:
+    # - 30 epochs: finetuning sits at chance for 4-12 epochs, then takes off (at 20, one tgm_bottom MAE cell
+    #   took off at epoch 12 and ended at 30.6%; at 30 the same checkpoint reaches 67%)
+    # - head_init_scale=1.0: VideoMAE's 0.001 gives the encoder a 1000x smaller gradient at first
+    #   (MAE-initialised finetuning: 13% after 15 epochs, 54% with 1.0)
+    # - eval_every=5: the table reports the multi-view test after the last epoch; validating 1,152 videos
+    #   every epoch cost ~3 min of make demo's wall time
+    finetune: list[str] = field(default_factory=lambda: [
+        "data.num_workers=0", "train.epochs=30", "eval.head_init_scale=1.0", "train.eval_every=5"])
     # steps of the reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`: the library's MAE
     # on static-camera clips under random .5 masks, where there is something to copy), once per study
     # folder beside the cells; 0 = off. --quick runs QUICK_RECON_STEPS.
@@ -564,29 +592,60 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
         return [futures[c].result() for c in cells], recon.result()
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import parse_args
-    from tgmae.config import from_dict
+# `--quick`: a CI-sized study whatever the YAML says (num_videos, clip_steps, one seed, its own folder);
+# run_configs(quick=True) also runs every phase for 1 epoch at batch 8 and `recon_check_steps` caps the
+# reconstruction check at QUICK_RECON_STEPS. The videos' frames and size
+# stay: the phases' clip geometry must fit them, and at 40 videos they cost seconds.
+QUICK = {"num_videos": 40, "clip_steps": 60}
 
-    parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", help="study YAML (configs/study_synthetic.yaml)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized: tiny set, 1-epoch phases")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
-    args = parse_args(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+def quick_values(study: StudyConfig) -> dict:
+    """The keys `--quick` sets over `study` (the defaults or the YAML): QUICK, the first seed, and
+    out_dir + "_quick", so a quick study never runs in (or next to the runs of) the full one."""
+    return QUICK | {"seeds": study.seeds[:1], "out_dir": study.out_dir.rstrip("/") + "_quick"}
+
+
+def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
+    """The study of `tgmae study [-c CONFIG] [--quick] [key=value ...]`: the defaults, then the YAML,
+    then `quick_values`, then the command-line overrides (an explicit `key=value` wins). Raises
+    ConfigError naming the key (unknown key, bad value, an override without `=`) or the file."""
     import yaml
 
     values: dict = {}
-    if args.config:
-        values = yaml.safe_load(Path(args.config).read_text()) or {}
-    for text in args.overrides:
-        key, _, raw = text.partition("=")
-        values[key] = yaml.safe_load(raw)
-    if args.quick:
-        values.setdefault("num_videos", 40)
-        values.setdefault("clip_steps", 60)
+    if config:
+        try:
+            values = yaml.safe_load(Path(config).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{config}: not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config}: the top level must be a mapping of study keys")
+    given: dict = {}
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {text!r}: expected key=value (e.g. num_videos=400)")
+        given[key.strip()] = yaml.safe_load(raw)
+    if quick:
+        values = values | quick_values(from_dict(StudyConfig, values, prefix="study"))
+    return from_dict(StudyConfig, values | given, prefix="study")
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.run_args import parse_args
+
+    parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0],
+                                     epilog="Without -c the defaults run: the same study as "
+                                            "-c configs/study_synthetic.yaml (make demo).")
+    parser.add_argument("-c", "--config", help="study YAML (default: the built-in defaults, "
+                                               "= configs/study_synthetic.yaml)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"CI-sized: {QUICK['num_videos']} videos, {QUICK['clip_steps']} CLIP steps, the first "
+                             "seed, 1-epoch phases, in OUT_DIR_quick (key=value overrides still win)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
+    args = parse_args(parser, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        study = from_dict(StudyConfig, values, prefix="study")
+        study = load_study(args.config, args.overrides, args.quick)
     except ConfigError as e:
         parser.exit(2, f"tgmae study: config error: {e}\n")
     try:
