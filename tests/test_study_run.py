@@ -340,6 +340,24 @@ def test_quick_is_ci_sized_whatever_the_yaml_and_overrides_win(tmp_path):
         load_study(str(own))
 
 
+def test_list_overrides_extend_with_plus_equals_and_replace_with_a_warning(caplog):
+    """An ablation's `pretrain+=[...]` keeps the study's recipe (model.preset=micro, view_ratio=0, ...)
+    and adds to it; `pretrain=[...]` replaces it, with a warning naming `+=`."""
+    from tgmae.study.run import load_study
+
+    default = StudyConfig().pretrain
+    assert "model.preset=micro" in default
+    added = load_study(None, ["pretrain+=[masking.ratio=0.75]", "pretrain+=captions.draw=first", "seeds+=[1]"])
+    assert added.pretrain == default + ["masking.ratio=0.75", "captions.draw=first"] and added.seeds == [0, 1]
+    with caplog.at_level("WARNING", logger="tgmae"):
+        replaced = load_study(None, ["pretrain=[masking.ratio=0.75]"])
+    assert replaced.pretrain == ["masking.ratio=0.75"] and "pretrain+=[...] adds to them" in caplog.text
+    with pytest.raises(ConfigError, match="study.num_videos is not a list"):
+        load_study(None, ["num_videos+=[3]"])
+    with pytest.raises(ConfigError, match="unknown config key study.nope"):
+        load_study(None, ["nope+=[3]"])
+
+
 def test_study_cli_exits_2_with_one_line_on_a_bad_key_or_a_full_study_folder(tmp_path, capsys):
     from tgmae.study.run import main
 

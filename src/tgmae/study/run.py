@@ -607,7 +607,9 @@ def quick_values(study: StudyConfig) -> dict:
 
 def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
     """The study of `tgmae study [-c CONFIG] [--quick] [key=value ...]`: the defaults, then the YAML,
-    then `quick_values`, then the command-line overrides (an explicit `key=value` wins). Raises
+    then `quick_values`, then the command-line overrides (an explicit `key=value` wins; `key+=[...]`
+    extends a list key, e.g. `pretrain+=[masking.ratio=0.75]` adds to the default phase overrides
+    where `pretrain=[...]` would replace them). Raises
     ConfigError naming the key (unknown key, bad value, an override without `=`) or the file."""
     import yaml
 
@@ -619,14 +621,28 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
             raise ConfigError(f"{config}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{config}: the top level must be a mapping of study keys")
+    if quick:
+        values = values | quick_values(from_dict(StudyConfig, values, prefix="study"))
     given: dict = {}
     for text in overrides:
         key, sep, raw = text.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {text!r}: expected key=value (e.g. num_videos=400)")
-        given[key.strip()] = yaml.safe_load(raw)
-    if quick:
-        values = values | quick_values(from_dict(StudyConfig, values, prefix="study"))
+        key, append = (key[:-1], True) if key.endswith("+") else (key, False)
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {text!r}: expected key=value or key+=[...] (e.g. num_videos=400)")
+        value = yaml.safe_load(raw)
+        if key not in {f.name for f in dataclasses.fields(StudyConfig)}:
+            from_dict(StudyConfig, {key: value}, prefix="study")  # raises: unknown config key study.<key> (known: ...)
+        base = given[key] if key in given else getattr(from_dict(StudyConfig, values, prefix="study"), key)
+        if not append and key in ("pretrain", "probe", "finetune") and base:
+            log.warning("study.%s=... replaces the %d default %s overrides; %s+=[...] adds to them",
+                        key, len(base), key, key)
+        if append:  # key+=[...]: extend the list the defaults / YAML / earlier overrides give
+            current = base
+            if not isinstance(current, list):
+                raise ConfigError(f"override {text!r}: study.{key} is not a list; use {key}=...")
+            value = current + (value if isinstance(value, list) else [value])
+        given[key] = value
     return from_dict(StudyConfig, values | given, prefix="study")
 
 
