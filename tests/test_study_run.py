@@ -285,6 +285,18 @@ def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_p
         StudyConfig(jobs=0)
 
 
+def test_tgm_seeds_config_is_the_demo_for_tgm_with_ten_seeds():
+    """configs/study_tgm_seeds.yaml: the defaults (make demo's settings and folder, so its TGM runs
+    are reused) for the TGM cells only, seeds 0-9, no reference rows."""
+    from pathlib import Path
+
+    from tgmae.study.run import load_study
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    study = load_study(str(configs / "study_tgm_seeds.yaml"))
+    assert study == dataclasses.replace(StudyConfig(), maskings=["tgm"], seeds=list(range(10)), references=[])
+
+
 def test_fidelity_config_is_the_demo_with_three_seeds():
     """configs/study_fidelity.yaml reuses make demo's seed-0 runs: same settings and folder."""
     from pathlib import Path
