@@ -221,7 +221,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
-def prepare_shared(study: StudyConfig, paths: StudyPaths, quick: bool, clip: bool = True) -> None:
+def prepare_shared(study: StudyConfig, paths: StudyPaths, clip: bool = True) -> None:
     """Synthetic set, the study's CLIP (unless `clip` is False: `prepare_clip` then runs later),
     caption embeddings and TGM similarity maps (once)."""
     from tgmae.data.synthetic import generate_synthetic_dataset
@@ -534,7 +534,7 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     check_recon_settings(study, paths, quick)
     t0 = time.perf_counter()
     clip_later = study.jobs > 1 and bool(study.text_model)  # the cells' text targets do not need the CLIP
-    prepare_shared(study, paths, quick, clip=not clip_later)
+    prepare_shared(study, paths, clip=not clip_later)
     records = []
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
