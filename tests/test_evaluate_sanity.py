@@ -133,6 +133,12 @@ def test_reconstruction_check_writes_its_numbers_reuses_them_and_refuses_other_s
         sanity.reconstruction_check(tmp_path, steps=3, seed=1)
     with pytest.raises(ValueError, match="steps=0"):
         sanity.reconstruction_check(tmp_path / "new", steps=0)
+    for bad in (2.5, True, "50"):  # not silently rounded or compared as text
+        with pytest.raises(ValueError, match=r"steps=.*must be an integer >= 1"):
+            sanity.reconstruction_check(tmp_path / "new", steps=bad)
+    with pytest.raises(ValueError, match="seed=-1"):
+        sanity.reconstruction_check(tmp_path / "new", steps=3, seed=-1)
+    assert not (tmp_path / "new").exists()
 
 
 def test_supervised_fits_a_small_set(moves):

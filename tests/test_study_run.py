@@ -59,9 +59,17 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
     # mean 2, sd 3 points: t(n-1) * 3 / sqrt(n) < 2 first at n = 12 (t(0.975, 11) = 2.201: 1.906)
     assert seeds_to_resolve(0.02, 0.03) == 12
     assert ("- Video-text loss, tube, LP top-1: +2.0 points, within noise: the 95% interval over n = 3 seeds, "
-            "[-5.5, +9.5], includes zero; at this seed-to-seed s.d. (3.0 points) a gain this size needs ~12 seeds "
+            "[-5.5, +9.5], includes zero; at this seed-to-seed s.d. (3.0 points) a difference this size needs ~12 seeds "
             "for its interval to exclude zero.") in report
     assert seeds_to_resolve(0.0, 0.03) is None and seeds_to_resolve(0.001, 0.05) is None  # > MAX_SEEDS
+    from tgmae.study.report import verdict
+
+    zero = {"n": 3, "mean": -1e-9, "std": 0.02, "ci": (-0.05, 0.05)}
+    assert verdict(zero) == ("+0.0 points, within noise: the 95% interval over n = 3 seeds, [-5.0, +5.0], includes "
+                             "zero: no number of seeds tells a zero difference from zero")
+    same = {"n": 2, "mean": -0.05, "std": 0.0, "ci": (-0.05, -0.05)}  # quantised: both seeds -5 points
+    assert verdict(same) == ("-5.0 points in each of the 2 seeds: no spread between seeds to judge noise by, so it "
+                             "cannot be told from noise")
 
 
 def test_chance_check_counts_cells_near_chance(tmp_path):
@@ -80,7 +88,7 @@ def test_chance_check_counts_cells_near_chance(tmp_path):
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8, jobs=1,
-                        maskings=["tube", "tgm"], objectives=["mae+contrastive"], text_model="", clip_motion_weight=1.0)
+                        recon_check_steps=QUICK_RECON_STEPS, maskings=["tube", "tgm"], objectives=["mae+contrastive"], text_model="", clip_motion_weight=1.0)
     root = run_study(study, quick=True)
     all_records = json.loads((root / "results.json").read_text())
     assert [(r["masking"], r["objective"]) for r in all_records] == [
@@ -140,7 +148,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert f"]({root / 'reconstruction_check' / 'reconstruction_check.png'})" in (root / "variants" / "ratio_0.9" / "report.md").read_text()
     # a full run's settings in the same folder: refused before anything runs, naming the key
     with pytest.raises(ConfigError, match=r"study.recon_check_steps=3200: .*other settings \(steps: 8 -> 3200\)"):
-        run_study(dataclasses.replace(study, variant="full"), quick=False)
+        run_study(dataclasses.replace(study, variant="full", recon_check_steps=3200), quick=False)
     assert not (root / "runs" / "tgm__mae_contrastive__s0__full").exists()
 
 
@@ -267,7 +275,7 @@ def test_parallel_study_trains_the_clip_alongside_and_keeps_the_cell_order(tmp_p
     """jobs=2: cells run in two processes; with a text_model the CLIP and similarity maps are made
     in the pool while the cells that do not need them run, and TGM's cells start after."""
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=16, clip_steps=8,
-                        maskings=["tgm", "tube"], objectives=["mae"], references=["none"], jobs=2,
+                        recon_check_steps=QUICK_RECON_STEPS, maskings=["tgm", "tube"], objectives=["mae"], references=["none"], jobs=2,
                         pretrain=["data.num_workers=0"], probe=["data.num_workers=0"], finetune=["data.num_workers=0"])
     root = run_study(study, quick=True)
     records = json.loads((root / "results.json").read_text())
@@ -337,7 +345,10 @@ def test_quick_is_ci_sized_whatever_the_yaml_and_overrides_win(tmp_path):
     assert bare == demo == fidelity  # the YAMLs' 2,304 videos, 400 CLIP steps and 3 seeds do not survive
     assert (bare.num_videos, bare.clip_steps, bare.seeds) == (QUICK["num_videos"], QUICK["clip_steps"], [0])
     assert bare.out_dir == "runs/study_quick"  # never the full study's folder
-    assert dataclasses.replace(bare, num_videos=2304, clip_steps=400, out_dir="runs/study") == StudyConfig()
+    assert bare.recon_check_steps == QUICK_RECON_STEPS
+    assert dataclasses.replace(bare, num_videos=2304, clip_steps=400, out_dir="runs/study",
+                               recon_check_steps=3200) == StudyConfig()
+    assert load_study(None, ["recon_check_steps=100"], quick=True).recon_check_steps == 100  # key=value wins
     given = load_study(str(configs / "study_fidelity.yaml"), ["num_videos=60", f"out_dir={tmp_path}",
                                                               "seeds=[1, 2]"], quick=True)
     assert (given.num_videos, given.out_dir, given.seeds, given.clip_steps) == (60, str(tmp_path), [1, 2], 60)
@@ -368,6 +379,26 @@ def test_list_overrides_extend_with_plus_equals_and_replace_with_a_warning(caplo
         load_study(None, ["num_videos+=[3]"])
     with pytest.raises(ConfigError, match="unknown config key study.nope"):
         load_study(None, ["nope+=[3]"])
+
+
+def test_phase_override_mistakes_and_repeats_are_refused_before_any_set_up(tmp_path):
+    """A typo in a phase's overrides is refused naming study.<phase> before the data, CLIP or
+    similarity maps are made (--quick's 1-epoch overrides do not hide a bad value), and a repeated
+    seed / masking is refused (it would count as two seeds in the table)."""
+    from tgmae.study.run import load_study
+
+    out = tmp_path / "s"
+    for override, match in ((["pretrain+=[masking.ratoi=0.75]"], r"^study.pretrain: unknown config key masking.ratoi"),
+                            (["finetune+=[train.epochs=abc]"], r"^study.finetune: train.epochs='abc'"),
+                            (["probe+=[eval.probe_folds=1]"], r"^study.probe: eval.probe_folds")):
+        study = load_study(None, [f"out_dir={out}"] + override, quick=True)
+        with pytest.raises(ConfigError, match=match):
+            run_study(study, quick=True)
+        assert not out.exists()
+    for override, key in ((["seeds+=[0]"], "seeds: 0"), (["maskings=[tube, tube]"], "maskings: 'tube'"),
+                          (["references+=[none]"], "references: 'none'")):
+        with pytest.raises(ConfigError, match=rf"study.{key} given more than once"):
+            load_study(None, override)
 
 
 def test_study_cli_exits_2_with_one_line_on_a_bad_key_or_a_full_study_folder(tmp_path, capsys):

@@ -474,6 +474,9 @@ def test_a_device_the_machine_lacks_is_a_config_error_naming_the_key(monkeypatch
         resolve_device("cuda:1", key="--device")
     with pytest.raises(ConfigError, match=r"^train.device='gpu': not a torch device; expected auto, cpu"):
         resolve_device("gpu")
+    for known_to_torch in ("mps", "xpu", "meta"):  # torch parses them; tgmae runs on cpu / cuda
+        with pytest.raises(ConfigError, match=rf"^--device {known_to_torch}: device type '{known_to_torch}' is not supported"):
+            resolve_device(known_to_torch, key="--device")
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path):

@@ -31,7 +31,7 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
-    """The torch device of setting `key` (`name`: auto | cpu | cuda | cuda:N | any torch device):
+    """The torch device of setting `key` (`name`: auto | cpu | cuda | cuda:N):
     'auto' -> cuda:LOCAL_RANK when CUDA is there, else cpu; 'cuda' -> cuda:LOCAL_RANK (one device per
     torchrun process). Raises ConfigError naming `key` when CUDA is missing or the index is not on
     this machine (torchrun with more processes than GPUs)."""
@@ -49,6 +49,8 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") ->
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{given}: not a torch device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: not what tgmae's paths are built and tested for
+        raise ConfigError(f"{given}: device type {device.type!r} is not supported; expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{given} but CUDA is not available on this machine: use {setting('auto')} or "
                           f"{setting('cpu')}")

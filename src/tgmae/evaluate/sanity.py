@@ -491,12 +491,13 @@ def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: in
 
     A JSON already in out_dir with the same settings is returned without training; one with
     other settings raises ConfigError naming the differing keys (its numbers belong to those).
-    ValueError when steps < 1."""
+    ValueError when steps is not an integer >= 1 (or seed not an integer >= 0)."""
     from tgmae.atomic import atomic_write_text
     from tgmae.autotune import cpu_info
 
-    if steps < 1:
-        raise ValueError(f"reconstruction_check: steps={steps}: must be >= 1")
+    for name, value, least in (("steps", steps, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"reconstruction_check: {name}={value!r}: must be an integer >= {least}")
     out_dir = Path(out_dir)
     saved = saved_reconstruction_check(out_dir, steps, seed)
     if saved is not None:

@@ -116,7 +116,7 @@ def contrastive_gains(records: Sequence[dict], metric: str = "linear_probe_top1"
 
 
 def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
+    return f"{round(100 * value, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def verdict(d: dict) -> str:
@@ -125,16 +125,22 @@ def verdict(d: dict) -> str:
         return (f"{_points(d['mean'])} points from {d['n']} seed: no interval, so it cannot be told from noise "
                 "(run seeds=[0,1,2])")
     lo, hi = d["ci"]
+    if d["std"] == 0:  # a degenerate interval: no spread between seeds to judge noise by
+        return (f"{_points(d['mean'])} points in each of the {d['n']} seeds: no spread between seeds to judge "
+                "noise by, so it cannot be told from noise")
     where = f"the 95% interval over n = {d['n']} seeds, [{_points(lo)}, {_points(hi)}],"
     if lo > 0:
         return f"{_points(d['mean'])} points, beyond noise: {where} lies above zero"
     if hi < 0:
         return f"{_points(d['mean'])} points, beyond noise in the other direction: {where} lies below zero"
     need = seeds_to_resolve(d["mean"], d["std"])
-    power = (f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points) a gain this size needs ~{need} seeds "
-             "for its interval to exclude zero" if need is not None else
-             f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points) more than {MAX_SEEDS} seeds would be needed "
-             "to tell a gain this size from zero")
+    spread = f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points)"
+    if need is not None:
+        power = f"{spread} a difference this size needs ~{need} seeds for its interval to exclude zero"
+    elif round(100 * d["mean"], 1) == 0:
+        power = ": no number of seeds tells a zero difference from zero"
+    else:
+        power = f"{spread} more than {MAX_SEEDS} seeds would be needed to tell a difference this size from zero"
     return f"{_points(d['mean'])} points, within noise: {where} includes zero{power}"
 
 
@@ -333,7 +339,7 @@ def recon_check_section(path: Optional[Path]) -> Optional[dict]:
     figure = Path(path).parent / r["figure"]
     text = ("The library's MAE trained on clips with something to copy - a static camera, so the background is "
             "the same in every frame, under random .5 masks, so a masked token shows at the same place in another "
-            f"time slice ({r['steps']} steps, {r['cpu_s']:.0f} CPU-s on 1 thread; docs/sanity.md) - while the "
+            f"time slice ({r['steps']} steps, {r['cpu_s']:.1f} CPU-s on 1 thread; docs/sanity.md) - while the "
             "compared cells below are on scrolling-camera clips under their own masks. Held-out masked MSE in "
             "pixels ([0, 1]); a ratio to the patch-mean oracle below 1 means the reconstructions hold more than "
             "each patch's mean colour.")

@@ -149,6 +149,11 @@ class StudyConfig:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
             raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
+        for key in ("maskings", "objectives", "seeds", "references"):
+            values = getattr(self, key)
+            twice = sorted({repr(v) for v in values if values.count(v) > 1})
+            if twice:  # a repeated seed would be counted as two seeds in the table's mean and std
+                raise ConfigError(f"study.{key}: {', '.join(twice)} given more than once")
         if self.recon_check_steps < 0:
             raise ConfigError(f"study.recon_check_steps={self.recon_check_steps}: must be >= 0 (0 = off)")
 
@@ -331,6 +336,23 @@ def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
     log.info("study: similarity maps %s", counts)
 
 
+def _phase(key: str, build):
+    """build() of one phase's RunConfig; its ConfigError names the study key of that phase's
+    overrides (study.pretrain / probe / finetune), where such a mistake comes from."""
+    try:
+        return build()
+    except ConfigError as e:
+        raise ConfigError(f"study.{key}: {e}") from None
+
+
+def check_cells(study: StudyConfig, paths: StudyPaths, cells: Sequence[tuple]) -> None:
+    """Build every cell's phase configs without --quick's 1-epoch overrides (which would hide a bad
+    value), before any set-up runs: a mistake in study.pretrain / probe / finetune is refused in
+    seconds, naming that key, not after the data, CLIP and similarity maps are made."""
+    for masking, objective in sorted({(m, o) for m, o, _ in cells}):
+        run_configs(study, paths, masking, objective, study.seeds[0], quick=False)
+
+
 def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
                 quick: bool):
     """(pretrain, probe, finetune) RunConfigs of one study cell; for a reference row (masking in
@@ -349,22 +371,25 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
     masking_overrides = list(MASKINGS["tube" if reference else masking])
     if masking.startswith("tgm"):
         masking_overrides.append(f"masking.cache_dir={paths.mask_cache}")
-    pre = load_config(None, PRETRAIN_BASE + shared + masking_overrides + [
-        f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_pre)
+    pre = _phase("pretrain", lambda: load_config(None, PRETRAIN_BASE + shared + masking_overrides + [
+        f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"]
+        + study.pretrain + quick_pre))
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
     geometry.append(f"model.preset={pre.model.preset}")  # the scratch reference's size; a checkpoint's must match
     eval_shared = PRETRAIN_BASE[:4] + shared + geometry + ["data.flip=false", "data.num_workers=2",
                                                           f"model.pretrained={run / 'pretrain' / 'model.safetensors'}"]
-    probe = with_recipe(PROBE_RECIPE, None, eval_shared + PROBE_BASE + [f"train.output_dir={run / 'probe'}"]
-                        + study.probe + quick_eval)
-    fine = with_recipe(FINETUNE_RECIPE, None, eval_shared + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"]
-                       + study.finetune + quick_eval)
+    probe = _phase("probe", lambda: with_recipe(PROBE_RECIPE, None, eval_shared + PROBE_BASE
+                                                + [f"train.output_dir={run / 'probe'}"] + study.probe + quick_eval))
+    fine = _phase("finetune", lambda: with_recipe(FINETUNE_RECIPE, None, eval_shared + FINETUNE_BASE
+                                                  + [f"train.output_dir={run / 'finetune'}"] + study.finetune
+                                                  + quick_eval))
     if masking == "scratch":  # the labels alone, for a cell's whole budget of epochs
         epochs = study.scratch_epochs or pre.train.epochs + fine.train.epochs
-        fine = with_recipe(FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith("model.pretrained=")]
-                           + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"] + study.finetune
-                           + [f"train.epochs={epochs}"] + quick_eval)
+        fine = _phase("finetune", lambda: with_recipe(
+            FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith("model.pretrained=")]
+            + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"] + study.finetune
+            + [f"train.epochs={epochs}"] + quick_eval))
         probe = None
     return pre, probe, fine
 
@@ -485,10 +510,11 @@ QUICK_RECON_STEPS = 8  # --quick's reconstruction check: the files and the repor
 
 
 def recon_check_steps(study: StudyConfig, quick: bool) -> int:
-    """The reconstruction check's steps: study.recon_check_steps, at most QUICK_RECON_STEPS with
-    --quick (0 = off). The steps are among the check's settings, so a quick run's result is never
-    read as a full one's (`saved_reconstruction_check` refuses it)."""
-    return min(study.recon_check_steps, QUICK_RECON_STEPS) if quick else study.recon_check_steps
+    """The reconstruction check's steps: study.recon_check_steps (0 = off; `--quick` sets
+    QUICK_RECON_STEPS through `quick_values`, so an explicit `recon_check_steps=N` wins). The steps
+    are among the check's settings, so a quick run's result is never read as a full one's
+    (`saved_reconstruction_check` refuses it)."""
+    return study.recon_check_steps
 
 
 def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
@@ -530,14 +556,15 @@ def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optio
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
     """Run every missing phase of the study and write its report; returns the report's folder."""
     paths = StudyPaths(Path(study.out_dir))
+    cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
+    cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
+    check_cells(study, paths, cells)
     paths.root.mkdir(parents=True, exist_ok=True)
     check_recon_settings(study, paths, quick)
     t0 = time.perf_counter()
     clip_later = study.jobs > 1 and bool(study.text_model)  # the cells' text targets do not need the CLIP
     prepare_shared(study, paths, clip=not clip_later)
     records = []
-    cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
-    cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
     from tqdm.auto import tqdm
 
     if study.jobs > 1:
@@ -593,8 +620,8 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
 
 
 # `--quick`: a CI-sized study whatever the YAML says (num_videos, clip_steps, one seed, its own folder);
-# run_configs(quick=True) also runs every phase for 1 epoch at batch 8 and `recon_check_steps` caps the
-# reconstruction check at QUICK_RECON_STEPS. The videos' frames and size
+# run_configs(quick=True) also runs every phase for 1 epoch at batch 8, and the reconstruction check
+# runs QUICK_RECON_STEPS (unless a key=value says otherwise). The videos' frames and size
 # stay: the phases' clip geometry must fit them, and at 40 videos they cost seconds.
 QUICK = {"num_videos": 40, "clip_steps": 60}
 
@@ -602,7 +629,8 @@ QUICK = {"num_videos": 40, "clip_steps": 60}
 def quick_values(study: StudyConfig) -> dict:
     """The keys `--quick` sets over `study` (the defaults or the YAML): QUICK, the first seed, and
     out_dir + "_quick", so a quick study never runs in (or next to the runs of) the full one."""
-    return QUICK | {"seeds": study.seeds[:1], "out_dir": study.out_dir.rstrip("/") + "_quick"}
+    return QUICK | {"seeds": study.seeds[:1], "out_dir": study.out_dir.rstrip("/") + "_quick",
+                    "recon_check_steps": min(study.recon_check_steps, QUICK_RECON_STEPS)}
 
 
 def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
@@ -617,6 +645,8 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
     if config:
         try:
             values = yaml.safe_load(Path(config).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"-c {config}: cannot read it ({e.strerror or e})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{config}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(values, dict):

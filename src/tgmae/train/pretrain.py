@@ -176,11 +176,13 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
                            index: int = 0, make_mask=None) -> dict[str, Path]:
     """Loss curve + reconstruction (original / masked / reconstructed) of one clip.
 
-    The figure's title gives the clip's masked MSE in pixel units (data.mean / data.std undone; a
-    norm_pix_loss prediction de-normalized with each patch's true mean and std) next to the
-    patch-mean oracle on the same clip and mask (every masked token filled with its true mean
-    colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the oracle's error holds no
-    more than each patch's colour.
+    The figure's title gives the clip's masked MSE in pixel units (data.mean / data.std undone) next
+    to the patch-mean oracle on the same clip and mask (every masked token filled with its true
+    mean colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the oracle's error
+    holds no more than each patch's colour. With norm_pix_loss the figure must draw the prediction
+    with each patch's true mean and std (the target holds neither), so a pixel comparison would
+    hand the model the oracle's mean; the title then gives the loss on the normalized target,
+    where predicting each patch's mean scores 1.0, and says how the figure is drawn.
     make_mask: sample -> [1, N] mask, for runs whose masks are made on the batch (online TGM)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import masked_pixel_mse, patch_mean_mse
@@ -203,12 +205,17 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
         res = model(video.to(device), mask.to(device))
         pred, mask = res.pred.float().cpu(), mask.cpu()
         recon = reconstruct_video(video, pred, mask, model.arch)
-        mse, oracle = masked_pixel_mse(video, pred, mask, model.arch), patch_mean_mse(video, mask, model.arch)
+        if model.arch.norm_pix_loss:
+            title = (f"masked MSE {float(res.loss):.3f} on the normalized target (each patch's mean: ~1.0); "
+                     "drawn with the true patch means and stds")
+        else:
+            mse, oracle = masked_pixel_mse(video, pred, mask, model.arch), patch_mean_mse(video, mask, model.arch)
+            title = f"masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)"
     rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
     out["reconstruction"] = save_reconstruction_figure(
         rows, out_dir / "reconstruction.png",
-        title=f"{sample.get('video_id', index)}: masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)")
+        title=f"{sample.get('video_id', index)}: {title}")
     strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
     out["reconstruction_gif"] = save_gif(strip, out_dir / "reconstruction.gif")
     return out
