@@ -227,3 +227,25 @@ def test_checkpoint_pointer_and_geometry_everywhere_a_checkpoint_meets_a_config(
            "model.tubelet_size=4 but the checkpoint")
     _fails(capsys, ["visualize", "attention", str(model), "-c", cfg, "model.patch_size=16"],
            "model.patch_size=16 but the checkpoint")
+
+
+def test_index_device_and_encoding_mistakes_are_one_line(data, capsys, tmp_path):
+    """`visualize --index` past the set, `embed-captions --device` this machine cannot use, and a
+    config file that is not UTF-8 text: exit 2 with one line, not an IndexError / RuntimeError /
+    UnicodeDecodeError traceback."""
+    root, cfg, model = data
+    val = sum(1 for _ in open(root / "synth" / "val.csv")) - 1
+    for kind in ("recon", "attention"):
+        for index in (val, -1):
+            _fails(capsys, ["visualize", kind, str(model), "-c", cfg, "data.image_size=32", "--index", str(index)],
+                   f"--index {index}: the val set has {val} clip(s): use 0 to {val - 1}")
+    (root / "captions.jsonl").write_text('{"video_id": "a", "captions": ["a red square"]}\n')
+    for device in ("mps", "meta", "cuda:x"):
+        _fails(capsys, ["embed-captions", "--captions", str(root / "captions.jsonl"), "--clip", str(root / "clip"),
+                        "--out", str(tmp_path / "e.safetensors"), "--device", device], f"--device {device}")
+    assert not (tmp_path / "e.safetensors").exists()
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00train:")
+    for argv in (["pretrain", "-c", str(binary)], ["study", "-c", str(binary)]):
+        _fails(capsys, argv, "not a UTF-8 text file")
+    _fails(capsys, ["pretrain", "-c", str(tmp_path)], "config file not found", "(a directory)")

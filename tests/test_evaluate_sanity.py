@@ -126,6 +126,7 @@ def test_reconstruction_check_writes_its_numbers_reuses_them_and_refuses_other_s
     # a rerun with the same settings reads the JSON and trains nothing
     monkeypatch.setattr(sanity, "pretrain", lambda *a, **k: pytest.fail("retrained"))
     assert sanity.reconstruction_check(tmp_path, steps=3) == rec
+    assert sanity.reconstruction_check(tmp_path, steps=np.int64(3), seed=np.int64(0)) == rec  # numpy integers too
     # other settings: refused, naming the key; never the other run's numbers
     with pytest.raises(ConfigError, match=r"other settings \(steps: 3 -> 4\)"):
         sanity.reconstruction_check(tmp_path, steps=4)

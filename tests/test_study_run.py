@@ -67,7 +67,7 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
     zero = {"n": 3, "mean": -1e-9, "std": 0.02, "ci": (-0.05, 0.05)}
     assert verdict(zero) == ("+0.0 points, within noise: the 95% interval over n = 3 seeds, [-5.0, +5.0], includes "
                              "zero: no number of seeds tells a zero difference from zero")
-    same = {"n": 2, "mean": -0.05, "std": 0.0, "ci": (-0.05, -0.05)}  # quantised: both seeds -5 points
+    same = {"n": 2, "mean": -0.05, "std": 3e-9, "ci": (-0.05, -0.05)}  # both seeds -5 points, up to float32
     assert verdict(same) == ("-5.0 points in each of the 2 seeds: no spread between seeds to judge noise by, so it "
                              "cannot be told from noise")
 
@@ -390,11 +390,16 @@ def test_phase_override_mistakes_and_repeats_are_refused_before_any_set_up(tmp_p
     out = tmp_path / "s"
     for override, match in ((["pretrain+=[masking.ratoi=0.75]"], r"^study.pretrain: unknown config key masking.ratoi"),
                             (["finetune+=[train.epochs=abc]"], r"^study.finetune: train.epochs='abc'"),
-                            (["probe+=[eval.probe_folds=1]"], r"^study.probe: eval.probe_folds")):
+                            (["probe+=[eval.probe_folds=1]"], r"^study.probe: eval.probe_folds"),
+                            (["pretrain+=[train.device=mps]"], r"^study.pretrain: train.device='mps'"),
+                            (["finetune+=[train.device=meta]"], r"^study.finetune: train.device='meta'"),
+                            (["pretrain+=[train.output_dir=/elsewhere]"], r"^study.pretrain: train.output_dir is the study's")):
         study = load_study(None, [f"out_dir={out}"] + override, quick=True)
         with pytest.raises(ConfigError, match=match):
             run_study(study, quick=True)
         assert not out.exists()
+    with pytest.raises(ConfigError, match=r"study.seeds=\[0, -1\]: integers >= 0"):
+        load_study(None, ["seeds=[0, -1]"])
     for override, key in ((["seeds+=[0]"], "seeds: 0"), (["maskings=[tube, tube]"], "maskings: 'tube'"),
                           (["references+=[none]"], "references: 'none'")):
         with pytest.raises(ConfigError, match=rf"study.{key} given more than once"):

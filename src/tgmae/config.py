@@ -538,11 +538,13 @@ def load_config(
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+            raise ConfigError(f"config file not found: {p}" + (" (a directory)" if p.is_dir() else ""))
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         _deep_update(merged, loaded)

@@ -366,7 +366,9 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.captions.store import CaptionStoreError, read_store
 
     args = _parse(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from tgmae.distributed import resolve_device
+
+    device = resolve_device(args.device, key="--device")  # ConfigError (exit 2) for a device this machine lacks
     out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
     try:
         records = read_store(args.captions).records

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,9 +497,10 @@ def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: in
     from tgmae.autotune import cpu_info
 
     for name, value, least in (("steps", steps, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"reconstruction_check: {name}={value!r}: must be an integer >= {least}")
     out_dir = Path(out_dir)
+    steps, seed = int(steps), int(seed)  # numpy integers too; JSON keeps plain ints
     saved = saved_reconstruction_check(out_dir, steps, seed)
     if saved is not None:
         return saved

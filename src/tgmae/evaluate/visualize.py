@@ -49,6 +49,16 @@ def _dataset(cfg, args, **kwargs):
     return build_dataset(cfg.data, args.subset, train=False, seed=cfg.train.seed, **kwargs)
 
 
+def _index(dataset, args) -> int:
+    """--index checked against the dataset: ConfigError (one line, exit 2) instead of an IndexError."""
+    from tgmae.config import ConfigError
+
+    if not 0 <= args.index < len(dataset):
+        raise ConfigError(f"--index {args.index}: the {'video' if args.video else args.subset} set has "
+                          f"{len(dataset)} clip(s): use 0 to {len(dataset) - 1}")
+    return args.index
+
+
 def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
     video-text) training checkpoint or run directory; clip geometry from the run's config."""
@@ -79,7 +89,7 @@ def recon_main(argv: Sequence[str]) -> int:
     dataset = _dataset(cfg, args, token_grid=cfg.token_grid, mask_generator=build_mask_generator(cfg.masking),
                        captions=captions)
     out = Path(args.out or Path(cfg.train.output_dir) / "figures")
-    figures = write_pretrain_figures(model, dataset, cfg, out, index=args.index)
+    figures = write_pretrain_figures(model, dataset, cfg, out, index=_index(dataset, args))
     for name, path in figures.items():
         print(f"{name}: {path}")
     return 0
@@ -100,7 +110,8 @@ def attention_main(argv: Sequence[str]) -> int:
                                drop_path=0.0)
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)
-    sample = _dataset(cfg, args)[args.index]
+    dataset = _dataset(cfg, args)
+    sample = dataset[_index(dataset, args)]
     out = Path(args.out or Path(cfg.train.output_dir) / "figures")
     name = f"attention_{sample.get('video_id', args.index)}"
     figures = attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, out,

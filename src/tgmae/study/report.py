@@ -125,7 +125,7 @@ def verdict(d: dict) -> str:
         return (f"{_points(d['mean'])} points from {d['n']} seed: no interval, so it cannot be told from noise "
                 "(run seeds=[0,1,2])")
     lo, hi = d["ci"]
-    if d["std"] == 0:  # a degenerate interval: no spread between seeds to judge noise by
+    if d["std"] < 1e-6:  # a degenerate interval (float32 accuracies: ~1e-7 apart when "equal")
         return (f"{_points(d['mean'])} points in each of the {d['n']} seeds: no spread between seeds to judge "
                 "noise by, so it cannot be told from noise")
     where = f"the 95% interval over n = {d['n']} seeds, [{_points(lo)}, {_points(hi)}],"
@@ -206,7 +206,8 @@ def gains_markdown(rows: Sequence[dict]) -> str:
     for r in rows:
         per_seed = ", ".join(_points(d) for d in r["diffs"])
         ci = f"[{_points(r['ci'][0])}, {_points(r['ci'][1])}]" if r["ci"] else "-"
-        lines.append(f"| {cell_label(r['masking'], r['variant'])} | {_points(r['mean'])} ± {100 * r['std']:.1f} | "
+        spread = f" ± {100 * r['std']:.1f}" if r["n"] > 1 else ""  # one seed: no spread to give
+        lines.append(f"| {cell_label(r['masking'], r['variant'])} | {_points(r['mean'])}{spread} | "
                      f"{ci} | {r['n']} | {per_seed} | {r['wins']}/{r['n']} |")
     return "\n".join(lines)
 

@@ -129,6 +129,8 @@ class StudyConfig:
             raise ConfigError(f"study.objectives: unknown {bad}; known: {list(OBJECTIVES)}")
         if not self.seeds:
             raise ConfigError("study.seeds: at least one seed")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.seeds):
+            raise ConfigError(f"study.seeds={self.seeds}: integers >= 0")
         if self.mask_mode not in ("dense", "faithful"):
             raise ConfigError(f"study.mask_mode={self.mask_mode!r}: expected dense|faithful")
         if self.retrieval not in ("classes", "captions"):
@@ -349,8 +351,16 @@ def check_cells(study: StudyConfig, paths: StudyPaths, cells: Sequence[tuple]) -
     """Build every cell's phase configs without --quick's 1-epoch overrides (which would hide a bad
     value), before any set-up runs: a mistake in study.pretrain / probe / finetune is refused in
     seconds, naming that key, not after the data, CLIP and similarity maps are made."""
+    from tgmae.distributed import resolve_device
+
+    for key in ("pretrain", "probe", "finetune"):
+        if any(str(o).replace(" ", "").startswith("train.output_dir=") for o in getattr(study, key)):
+            raise ConfigError(f"study.{key}: train.output_dir is the study's (runs/<cell>/{key}); use study.out_dir")
     for masking, objective in sorted({(m, o) for m, o, _ in cells}):
-        run_configs(study, paths, masking, objective, study.seeds[0], quick=False)
+        for key, cfg in zip(("pretrain", "probe", "finetune"),
+                            run_configs(study, paths, masking, objective, study.seeds[0], quick=False)):
+            if cfg is not None:
+                _phase(key, lambda: resolve_device(cfg.train.device))
 
 
 def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
@@ -647,6 +657,8 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
             values = yaml.safe_load(Path(config).read_text()) or {}
         except OSError as e:
             raise ConfigError(f"-c {config}: cannot read it ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"-c {config}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{config}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(values, dict):
