@@ -145,7 +145,8 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert ran["captions"]["text_model"] == str(root / "word_encoder")  # text_model=words: built once, used
     assert json.loads((root / "text_probe.json").read_text())["model"] == str(root / "word_encoder")
     assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in write_report(collect_records([root]), tmp_path / "all").read_text()
-    assert f"]({root / 'reconstruction_check' / 'reconstruction_check.png'})" in (root / "variants" / "ratio_0.9" / "report.md").read_text()
+    # links relative to the report (the study folder can move): the variant's report is two levels down
+    assert "](../../reconstruction_check/reconstruction_check.png)" in (root / "variants" / "ratio_0.9" / "report.md").read_text()
     # a full run's settings in the same folder: refused before anything runs, naming the key
     with pytest.raises(ConfigError, match=r"study.recon_check_steps=3200: .*other settings \(steps: 8 -> 3200\)"):
         run_study(dataclasses.replace(study, variant="full", recon_check_steps=3200), quick=False)
@@ -446,3 +447,16 @@ def test_report_refuses_runs_probed_differently(tmp_path, capsys):
         report_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
     assert e.value.code == 2
     assert "different linear probes (eval.probe_optimizer lars: 1 runs, lbfgs: 1 runs)" in capsys.readouterr().err
+
+
+def test_report_links_figures_relative_to_itself(tmp_path):
+    """A combined report elsewhere (`tgmae report STUDY --out DIR`) links the runs' figures with
+    relative paths, so the folders can be moved or shared together."""
+    run = tmp_path / "study" / "runs" / "tube__mae__s0"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "reconstruction.png").write_bytes(b"\x89PNG")
+    record = {"masking": "tube", "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.5,
+              "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "num_classes": 10}
+    report = write_report([record], tmp_path / "all").read_text()
+    assert "](../study/runs/tube__mae__s0/pretrain/reconstruction.png)" in report
+    assert str(tmp_path) not in report

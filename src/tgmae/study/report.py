@@ -473,8 +473,12 @@ def _html_table(rows: Sequence[dict]) -> str:
 
 
 def _rel(path: Path, base: Path) -> str:
+    """The link from a report in `base` to `path`, relative (`../..` where needed) so the study
+    folder can be moved or shared whole; absolute only where no relative path exists (another drive)."""
+    import os
+
     try:
-        return str(Path(path).resolve().relative_to(base.resolve()))
+        return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
     except ValueError:
         return str(Path(path).resolve())
 
