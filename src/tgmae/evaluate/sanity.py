@@ -444,13 +444,6 @@ def reconstruction_config(steps: int = RECON_STEPS, seed: int = 0) -> RunConfig:
     return RunConfig(budget_s=math.inf, max_steps=steps, seed=seed, **RECON_RUN)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def reconstruction_settings(steps: int = RECON_STEPS, seed: int = 0) -> dict:
     """What a reconstruction check's numbers depend on, as its JSON records them."""
     return json.loads(json.dumps({"steps": steps, "seed": seed, "data": RECON_DATA, "run": RECON_RUN,
@@ -462,13 +455,14 @@ def saved_reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, se
     none; ConfigError naming every differing key (e.g. `steps: 3200 -> 8`) when it was made with
     others."""
     from tgmae.config import ConfigError
+    from tgmae.train.checkpoint import config_differences
 
     path = Path(out_dir) / "reconstruction_check.json"
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    have, want = _flat(saved.get("settings", {})), _flat(reconstruction_settings(steps, seed))
-    differ = [f"{k}: {have.get(k)} -> {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    differ = [f"{k}: {a} -> {b}" for k, a, b in
+              config_differences(saved.get("settings", {}), reconstruction_settings(steps, seed))]
     if differ:
         raise ConfigError(f"{path} holds a reconstruction check with other settings ({'; '.join(differ)}): "
                           f"use another folder, or delete {path}")

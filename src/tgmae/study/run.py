@@ -665,6 +665,7 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
             raise ConfigError(f"{config}: the top level must be a mapping of study keys")
     if quick:
         values = values | quick_values(from_dict(StudyConfig, values, prefix="study"))
+    before = from_dict(StudyConfig, values, prefix="study")  # what key+=[...] extends
     given: dict = {}
     for text in overrides:
         key, sep, raw = text.partition("=")
@@ -675,15 +676,14 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
         value = yaml.safe_load(raw)
         if key not in {f.name for f in dataclasses.fields(StudyConfig)}:
             from_dict(StudyConfig, {key: value}, prefix="study")  # raises: unknown config key study.<key> (known: ...)
-        base = given[key] if key in given else getattr(from_dict(StudyConfig, values, prefix="study"), key)
+        base = given[key] if key in given else getattr(before, key)
         if not append and key in ("pretrain", "probe", "finetune") and base:
             log.warning("study.%s=... replaces the %d default %s overrides; %s+=[...] adds to them",
                         key, len(base), key, key)
         if append:  # key+=[...]: extend the list the defaults / YAML / earlier overrides give
-            current = base
-            if not isinstance(current, list):
+            if not isinstance(base, list):
                 raise ConfigError(f"override {text!r}: study.{key} is not a list; use {key}=...")
-            value = current + (value if isinstance(value, list) else [value])
+            value = base + (value if isinstance(value, list) else [value])
         given[key] = value
     return from_dict(StudyConfig, values | given, prefix="study")
 
