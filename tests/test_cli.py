@@ -30,12 +30,6 @@ def test_top_level_help_and_unknown_command(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_a_renamed_command_names_its_successor(capsys):
-    assert main(["demo", "--quick"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "tgmae demo-pretrain" in err and "tgmae study" in err
-
-
 def test_config_error_is_a_message(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "masking.ratio=1.5"])

@@ -18,7 +18,6 @@ SRC = Path(tgmae.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"errors", "user_cache", "atomic"},
     {"config", "autotune", "hub", "distributed"},
-    {"run_args"},
     {"data"},
     {"captions"},
     {"clip"},
@@ -28,7 +27,9 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"evaluate"},
     {"study"},
-    {"cli", "config_show"},
+    {"config_show"},
+    {"commands"},
+    {"cli"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 
@@ -134,3 +135,20 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
     found = _imports(f, "tgmae.data.x")
     assert {_part(m) for m in found} == {"train", "models"}
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"] and not _cycle({"a": {"b"}})
+
+
+def test_argparse_only_in_the_command_layer():
+    """Every library function is callable without argv: argparse lives in `tgmae.cli` and
+    `tgmae.commands` only."""
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = _module_name(path)
+        if name == "tgmae.cli" or name.startswith("tgmae.commands"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if "argparse" in names:
+                bad.append(name)
+    assert not bad, f"argparse imported outside the command layer: {sorted(set(bad))}"

@@ -7,6 +7,7 @@ command's heavy imports (transformers, av) cost nothing elsewhere.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Sequence
@@ -37,12 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed-captions": ("tgmae.captions.embed:main", "embed captions with a CLIP text tower into a cache"),
 }
 
-# old name -> the line that says what to run instead (exit 2)
-RENAMED: dict[str, str] = {
-    "demo": "renamed: the short pretraining run is `tgmae demo-pretrain` (make demo-pretrain); "
-            "the demo (make demo) is `tgmae study -c configs/study_synthetic.yaml`",
-}
-
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
@@ -63,12 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tgmae {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
-    if name in RENAMED:
-        print(f"tgmae {name}: {RENAMED[name]}", file=sys.stderr)
-        return 2
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # the one logging set-up: library modules only get loggers
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
@@ -82,10 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message of a user error; a FileNotFoundError as `PATH: no such file or directory`."""
+    """The message of a user error; a FileNotFoundError as `PATH: no such file or directory`; a
+    ConfigError prefixed `config error: `."""
+    from tgmae.config import ConfigError
+
     if isinstance(e, FileNotFoundError) and e.filename is not None and not isinstance(e, UserError):
         return f"{e.filename}: no such file or directory"
-    return str(e) or type(e).__name__
+    msg = str(e) or type(e).__name__
+    return f"config error: {msg}" if isinstance(e, ConfigError) else msg
 
 
 if __name__ == "__main__":

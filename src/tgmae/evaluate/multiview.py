@@ -194,7 +194,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.run_args import parse_run_args
+    from tgmae.commands.args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("evaluate", argv, description=__doc__.splitlines()[0])

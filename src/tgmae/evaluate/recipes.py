@@ -34,9 +34,9 @@ PROBE_RECIPE: dict = {
 
 
 def parse_with_recipe(prog: str, argv: Sequence[str], recipe: dict, description: str = ""):
-    """`-c CONFIG.yaml section.key=value ...` (as `tgmae.run_args.parse_run_args`) with `recipe` as the
+    """`-c CONFIG.yaml section.key=value ...` (as `tgmae.commands.args.parse_run_args`) with `recipe` as the
     defaults under the file and the overrides. Returns (RunConfig, argparse.Namespace)."""
-    from tgmae.run_args import parse_run_args
+    from tgmae.commands.args import parse_run_args
 
     return parse_run_args(prog, argv, description=description, base=recipe)
 

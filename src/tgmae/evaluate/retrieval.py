@@ -282,7 +282,7 @@ def _fmt(r: dict[int, float]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import parse_run_args
+    from tgmae.commands.args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("retrieve", argv, description=__doc__.splitlines()[0])

@@ -72,7 +72,7 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
 
 
 def recon_main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import load_run_config, parse_args
+    from tgmae.commands.args import load_run_config, parse_args
     from tgmae.masking import build_mask_generator
     from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.train.pretrain import write_pretrain_figures
@@ -96,7 +96,7 @@ def recon_main(argv: Sequence[str]) -> int:
 
 
 def attention_main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import load_run_config, parse_args
+    from tgmae.commands.args import load_run_config, parse_args
     from tgmae.evaluate.sources import load_encoder_source
     from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.models.encoder import VideoViTEncoder

@@ -496,7 +496,7 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import parse_args
+    from tgmae.commands.args import parse_args
 
     parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")

@@ -689,7 +689,7 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.run_args import parse_args
+    from tgmae.commands.args import parse_args
 
     parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0],
                                      epilog="Without -c the defaults run: the same study as "

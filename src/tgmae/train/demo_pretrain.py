@@ -16,7 +16,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain_dem
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.run_args import load_run_config, parse_args
+    from tgmae.commands.args import load_run_config, parse_args
 
     parser = argparse.ArgumentParser(prog="tgmae demo-pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")

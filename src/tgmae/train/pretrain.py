@@ -243,7 +243,7 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from tgmae.run_args import parse_run_args
+    from tgmae.commands.args import parse_run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])

@@ -1,10 +1,10 @@
-"""Shared argv parsing of the commands (`tgmae.run_args`)."""
+"""Shared argv parsing of the commands (`tgmae.commands.args`)."""
 
 
 def test_options_and_overrides_in_any_order():
     import argparse
 
-    from tgmae.run_args import parse_args, parse_run_args
+    from tgmae.commands.args import parse_args, parse_run_args
 
     p = argparse.ArgumentParser()
     p.add_argument("checkpoint")

@@ -1,15 +1,11 @@
 """Command-line parsing shared by the commands: options in any order, `-c CONFIG.yaml` plus dotted
-`section.key=value` overrides -> a validated `RunConfig` (config errors exit 2 with the message).
-
-Library modules (pretraining, finetuning, evaluation, the study) parse their argv through here;
-`tgmae.cli` keeps only the command table.
+`section.key=value` overrides -> a validated `RunConfig` (a ConfigError names the key).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from typing import Sequence
 
 
@@ -21,15 +17,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 
 
 def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
-    """RunConfig from `-c` file + overrides (over `base`, a recipe); a ConfigError exits 2 with
-    `tgmae PROG: config error: ...`."""
-    from tgmae.config import ConfigError, load_config
+    """RunConfig from `-c` file + overrides (over `base`, a recipe). Raises ConfigError (a UserError:
+    `tgmae.cli` prints it as `tgmae PROG: config error: ...`, exit 2)."""
+    from tgmae.config import load_config
 
-    try:
-        return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
-    except ConfigError as e:
-        sys.stderr.write(f"tgmae {prog}: config error: {e}\n")
-        raise SystemExit(2) from None
+    return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
 
 
 def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
