@@ -10,7 +10,7 @@ from tgmae.data.transforms import (
     EvalTransform, FinetuneTransform, PretrainTransform, crop_resize, denormalize,
     multiscale_crop_box, normalize, random_resized_crop_box, spatial_view_boxes,
 )
-from tgmae.data.mask_interface import CropParams
+from tgmae.mask_contract import CropParams
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.data.mask_interface import CropParams, num_masked
+from tgmae.mask_contract import CropParams, num_masked
 from tgmae.masking.resample import (
     full_frame_crop, nearest_positions, resample_to_tokens, sample_maps, token_sample_grid,
 )

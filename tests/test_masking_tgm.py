@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgmae.data.mask_interface import CropParams, MaskContext, num_masked
+from tgmae.mask_contract import CropParams, MaskContext, num_masked
 from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
 from tgmae.clip.features import ClipPatchScorer, cosine_maps, embed_texts, load_clip, map_grid
 from tgmae.masking.resample import full_frame_crop

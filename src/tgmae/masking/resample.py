@@ -14,10 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.data.mask_interface import CropParams
-
-TUBELET_FRAMES = ("first", "mean")
-
+from tgmae.mask_contract import CropParams
 
 def full_frame_crop(height: int, width: int, flip: bool = False) -> CropParams:
     """The identity augmentation: the whole source frame, optionally flipped."""
@@ -118,8 +115,6 @@ def resample_to_tokens(
     with T divisible by T'. A tubelet of T / T' frames is represented by its first frame's map
     or by the mean of its frames' maps. Returns [T', H', W'] float32.
     """
-    if tubelet_frame not in TUBELET_FRAMES:
-        raise ValueError(f"tubelet_frame={tubelet_frame!r}: expected one of {TUBELET_FRAMES}")
     t_tok, h_tok, w_tok = grid
     t = int(frame_indices.numel())
     if t % t_tok:
@@ -139,6 +134,6 @@ def resample_to_tokens(
 
 
 __all__ = [
-    "TUBELET_FRAMES", "full_frame_crop", "nearest_positions", "resample_to_tokens",
+    "full_frame_crop", "nearest_positions", "resample_to_tokens",
     "sample_maps", "token_sample_grid",
 ]

@@ -15,7 +15,6 @@ seed gives byte-identical annotations, captions and masks (and, with one x264 th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,14 +23,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
+from tgmae.errors import SettingsError
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
-from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
 GENERATOR_VERSION = "1.0"
@@ -106,15 +105,15 @@ def check_settings(
     num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0,
     distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0, background: str | None = None,
 ) -> None:
-    """Raise ValueError naming the first invalid setting."""
+    """Raise SettingsError (a ValueError) naming the first invalid setting."""
     for name, value, lo in (("num_videos", num_videos, 1), ("frames", frames, 2), ("size", size, 32),
                             ("fps", fps, 1), ("gop", gop, 1), ("workers", workers, 0), ("seed", seed, 0)):
         if value < lo:
-            raise ValueError(f"{name}={value}: must be >= {lo}")
+            raise SettingsError(f"{name}={value}: must be >= {lo}")
     if size % 2:
-        raise ValueError(f"size={size}: must be even (yuv420p)")
+        raise SettingsError(f"size={size}: must be even (yuv420p)")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+        raise SettingsError(f"val_fraction={val_fraction}: must be in [0, 1)")
     check_scene_options(distractors, distractor_speed, background)
 
 
@@ -280,50 +279,3 @@ def generate_synthetic_dataset(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tgmae synth", description="Write the synthetic captioned video set.")
-    parser.add_argument("out_dir", help="output folder (created if missing)")
-    parser.add_argument("--num-videos", type=int, default=300, help="number of videos (default 300)")
-    parser.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
-    parser.add_argument("--size", type=int, default=128, help="frame side in pixels, even (default 128)")
-    parser.add_argument("--fps", type=int, default=15, help="frames per second (default 15)")
-    parser.add_argument("--gop", type=int, default=12, help="keyframe interval; the rest are P-frames (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share, stratified (default 0.2)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes, 0 = all CPUs (default 1)")
-    parser.add_argument("--distractors", type=int, default=MAX_DISTRACTORS,
-                        help=f"at most this many distractor shapes, 0-{MAX_DISTRACTORS} (default {MAX_DISTRACTORS}: "
-                             "the original, hardest set; 0 = learnable from scratch)")
-    parser.add_argument("--distractor-speed", type=float, default=1.0,
-                        help="distractor speed, 1 = original, 0 = static (default 1)")
-    parser.add_argument("--static-camera", action="store_true",
-                        help="the background neither scrolls nor shakes: identical over time wherever no object "
-                             "covers it, so masked patches can be copied from other frames (the data on which "
-                             "MAE learns more than patch means, docs/sanity.md (b)); default: a moving camera")
-    parser.add_argument("--background", choices=BACKGROUNDS + EXTRA_BACKGROUNDS, default=None,
-                        help="one background kind for every video (flat = one colour without grain); "
-                             "default: drawn at random per video")
-    args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction,
-                       args.seed, args.distractors, args.distractor_speed, args.background)
-    except ValueError as e:
-        parser.exit(2, f"tgmae synth: {e}\n")
-    every = max(1, args.num_videos // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % every == 0 or done == total:
-            print(f"  {done}/{total} videos", flush=True)
-
-    info = generate_synthetic_dataset(
-        args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
-        seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
-        distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
-        static_camera=args.static_camera,
-    )
-    print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
-          f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")
-    width = max(len(c) for c in info.classes)
-    for k, c in enumerate(info.classes):
-        print(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
-    return 0
