@@ -138,5 +138,3 @@ def test_finetune_multiscale_crop_keeps_most_of_the_frame():
         assert min(box.height, box.width) >= 0.75 * side - 1
     small = [rrc(clip, _g(s))[1] for s in range(30)]
     assert min(b.height * b.width for b in small) < 0.5 * 48 * 64  # the 8-100% crop does cut deep
-    with pytest.raises(ValueError, match="crop='centre'"):
-        FinetuneTransform(32, MEAN, STD, crop="centre")

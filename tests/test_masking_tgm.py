@@ -261,8 +261,6 @@ def test_cached_tgm_bad_input(dense_cache):
     ctx.crop = None
     with pytest.raises(ValueError, match="crop"):
         gen(ctx, torch.Generator())
-    with pytest.raises(ValueError, match="caption="):
-        CachedTGMMask(dense_cache, caption="best")
 
 
 def test_cached_tgm_follows_crop_and_flip_and_is_fast(dense_cache):
