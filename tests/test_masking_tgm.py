@@ -48,15 +48,20 @@ def tiny_clip(synth, tmp_path_factory):
     return str(out)
 
 
+def masks_main(argv: list[str]) -> int:
+    """`tgmae masks ARGV` through the command line's error boundary (bad input: exit 2)."""
+    from tgmae.cli import main
+
+    return main(["masks", *argv])
+
+
 @pytest.fixture(scope="module")
 def bundle(tiny_clip):
     return load_clip(tiny_clip)
 
 
 def run_masks(synth, clip, out, *extra) -> int:
-    from tgmae.masking.precompute import main
-
-    return main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"),
+    return masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"),
                  "--captions", str(synth / "captions.jsonl"), "--clip", clip, "--out", str(out),
                  "--image-size", "128", "--no-progress", *extra])
 
@@ -155,9 +160,7 @@ def test_cache_mismatch_is_refused(synth, tiny_clip, tmp_path, capsys):
     other = tmp_path / "captions_other.jsonl"
     lines = (synth / "captions.jsonl").read_text().splitlines()
     other.write_text("\n".join(l.replace('"model": "template"', '"model": "blip"') for l in lines) + "\n")
-    from tgmae.masking.precompute import main
-
-    rc = main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(other),
+    rc = masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(other),
                "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--frame-stride", "8", "--no-progress"])
     assert rc == 2 and "caption_source" in capsys.readouterr().err
     # at training time: another CLIP or another caption source
@@ -172,12 +175,10 @@ def test_missing_and_empty_captions(synth, tiny_clip, tmp_path, caplog, capsys):
     lines = (synth / "captions.jsonl").read_text().splitlines()
     missing = tmp_path / "missing.jsonl"
     missing.write_text("\n".join(lines[1:]) + "\n")  # no captions for synth_00000
-    from tgmae.masking.precompute import main
-
     args = ["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--clip", tiny_clip,
             "--image-size", "128", "--frame-stride", "8", "--no-progress"]
     with caplog.at_level("WARNING"):
-        assert main([*args, "--captions", str(missing), "--out", str(tmp_path / "c1")]) == 0
+        assert masks_main([*args, "--captions", str(missing), "--out", str(tmp_path / "c1")]) == 0
     assert any("no captions for video 'synth_00000'" in r.message for r in caplog.records)
     cache = SimilarityCache(tmp_path / "c1")
     with pytest.raises(MissingCacheEntry, match="synth_00000.*no captions"):
@@ -188,7 +189,7 @@ def test_missing_and_empty_captions(synth, tiny_clip, tmp_path, caplog, capsys):
     rec = json.loads(lines[0])
     rec["captions"][1] = "   "
     empty.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
-    assert main([*args, "--captions", str(empty), "--out", str(tmp_path / "c2")]) == 2
+    assert masks_main([*args, "--captions", str(empty), "--out", str(tmp_path / "c2")]) == 2
     assert "caption 1 is empty" in capsys.readouterr().err
 
 
