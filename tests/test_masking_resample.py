@@ -8,7 +8,7 @@ import torch
 
 from tgmae.mask_contract import CropParams, num_masked
 from tgmae.masking.resample import (
-    full_frame_crop, nearest_positions, resample_to_tokens, sample_maps, token_sample_grid,
+    full_frame_crop, resample_to_tokens, sample_maps,
 )
 from tgmae.masking.select import select_batch_per_slice, select_per_slice, topk_iou
 
@@ -58,12 +58,6 @@ def test_resampled_map_follows_the_pixel_augmentation(flip):
     assert int(tok_pix.argmax()) == int(tok_map.argmax())
 
 
-def test_nearest_positions_ties_go_earlier():
-    frames = torch.tensor([0, 4, 8])
-    wanted = torch.tensor([0, 1, 2, 3, 5, 6, 7, 9, 100])
-    assert nearest_positions(frames, wanted).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-
-
 def test_resample_to_tokens_tubelet_first_and_mean():
     maps = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 4, 4).clone()  # map f = f
     map_frames = torch.arange(0, 12, 2)  # cached every 2 frames: 0, 2, ..., 10
@@ -82,7 +76,7 @@ def test_resample_to_tokens_tubelet_first_and_mean():
 
 def test_crop_without_source_size_is_refused():
     with pytest.raises(ValueError, match="source size"):
-        token_sample_grid(CropParams(0, 0, 10, 10), (2, 2))
+        sample_maps(torch.zeros(1, 4, 4), CropParams(0, 0, 10, 10), (2, 2))
 
 
 @pytest.mark.parametrize("select", ["top", "bottom"])

@@ -129,13 +129,6 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return out.sub_(m).div_(s)
 
 
-def denormalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float [3, T, H, W] normalized -> float [3, T, H, W] in [0, 1] (for figures)."""
-    m = torch.tensor(mean, dtype=video.dtype).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=video.dtype).view(3, 1, 1, 1)
-    return (video * s + m).clamp_(0, 1)
-
-
 def _params(box: Box, flip: bool, height: int, width: int) -> CropParams:
     top, left, h, w = box
     return CropParams(float(top), float(left), float(h), float(w), bool(flip), int(height), int(width))
@@ -264,6 +257,6 @@ def erase_clip(erase, video: torch.Tensor, seed: int) -> torch.Tensor:
 
 __all__ = [
     "Box", "multiscale_crop_box", "random_resized_crop_box", "spatial_view_boxes",
-    "crop_resize", "normalize", "denormalize", "PretrainTransform", "EvalTransform", "FinetuneTransform",
+    "crop_resize", "normalize", "PretrainTransform", "EvalTransform", "FinetuneTransform",
     "rand_augment_clip", "erase_clip",
 ]

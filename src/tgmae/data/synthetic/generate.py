@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -151,21 +151,61 @@ def _clear_outputs(root: Path, keep: set[str]) -> None:
                 p.unlink()
 
 
+def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, int], None] | None) -> list[dict]:
+    """Every task's video and mask, `workers` spawned processes at a time; records in task order."""
+    records: list[dict] = []
+    if workers == 1:
+        for task in tasks:
+            records.append(_make_video(task))
+            if progress:
+                progress(len(records), len(tasks))
+        return records
+    chunk = max(1, min(8, len(tasks) // (4 * workers)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for record in pool.map(_make_video, tasks, chunksize=chunk):
+            records.append(record)
+            if progress:
+                progress(len(records), len(tasks))
+    return records
+
+
+def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> None:
+    """train.csv / val.csv / annotations.csv, classes.txt and captions.jsonl (the layout above)."""
+    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
+    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
+    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
+    write_csv(root / "annotations.csv", rows)
+    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
+    atomic_write_text(
+        root / "captions.jsonl",
+        "".join(
+            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
+            + "\n"
+            for r in records
+        ),
+    )
+
+
+def _meta_tail(records: Sequence[dict], is_val: np.ndarray, class_counts: dict[str, int]) -> dict:
+    """meta.json's keys after the settings: codec, classes, mask definition, per-video records."""
+    return {
+        "codec": "h264 (libx264, yuv420p, no B-frames)",
+        "classes": list(ACTIONS),
+        "class_counts": class_counts,
+        "mask": "visible pixels of the acting object in the rendered frames before compression",
+        "videos": {
+            r["video_id"]: {k: r[k] for k in ("label", "action", "background", "objects")}
+            | {"split": "val" if v else "train"}
+            for r, v in zip(records, is_val)
+        },
+    }
+
+
 def generate_synthetic_dataset(
-    out_dir: str | os.PathLike,
-    num_videos: int = 300,
-    frames: int = 48,
-    size: int = 128,
-    fps: int = 15,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    gop: int = 12,
-    workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-    distractors: int = MAX_DISTRACTORS,
-    distractor_speed: float = 1.0,
-    background: str | None = None,
-    static_camera: bool = False,
+    out_dir: str | os.PathLike, num_videos: int = 300, frames: int = 48, size: int = 128, fps: int = 15,
+    seed: int = 0, val_fraction: float = 0.2, gop: int = 12, workers: int = 1,
+    progress: Callable[[int, int], None] | None = None, distractors: int = MAX_DISTRACTORS,
+    distractor_speed: float = 1.0, background: str | None = None, static_camera: bool = False,
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
@@ -202,34 +242,8 @@ def generate_synthetic_dataset(
         for i in range(num_videos)
     ]
     _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
-    workers = min(workers or os.cpu_count() or 1, num_videos)
-    records: list[dict] = []
-    if workers == 1:
-        for task in tasks:
-            records.append(_make_video(task))
-            if progress:
-                progress(len(records), num_videos)
-    else:
-        chunk = max(1, min(8, num_videos // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for record in pool.map(_make_video, tasks, chunksize=chunk):
-                records.append(record)
-                if progress:
-                    progress(len(records), num_videos)
-
-    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
-    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
-    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
-    write_csv(root / "annotations.csv", rows)
-    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
-    atomic_write_text(
-        root / "captions.jsonl",
-        "".join(
-            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
-            + "\n"
-            for r in records
-        ),
-    )
+    records = _make_videos(tasks, min(workers or os.cpu_count() or 1, num_videos), progress)
+    _write_index(root, records, is_val)
     class_counts = {c: int((labels == k).sum()) for k, c in enumerate(ACTIONS)}
     meta = {
         "generator": "tgmae.data.synthetic",
@@ -249,32 +263,14 @@ def generate_synthetic_dataset(
         # only when set, so the default set's meta.json stays byte-identical to earlier versions'
         **({"background": background} if background is not None else {}),
         **({"static_camera": True} if static_camera else {}),
-        "codec": "h264 (libx264, yuv420p, no B-frames)",
-        "classes": list(ACTIONS),
-        "class_counts": class_counts,
-        "mask": "visible pixels of the acting object in the rendered frames before compression",
-        "videos": {
-            r["video_id"]: {k: r[k] for k in ("label", "action", "background", "objects")}
-            | {"split": "val" if v else "train"}
-            for r, v in zip(records, is_val)
-        },
+        **_meta_tail(records, is_val, class_counts),
     }
     atomic_write_text(root / "meta.json", json.dumps(meta, indent=1) + "\n")
     return SyntheticSetInfo(
-        root=root,
-        videos_dir=root / "videos",
-        masks_dir=root / "masks",
-        train_csv=root / "train.csv",
-        val_csv=root / "val.csv",
-        annotations_csv=root / "annotations.csv",
-        classes_txt=root / "classes.txt",
-        captions_jsonl=root / "captions.jsonl",
-        meta_json=root / "meta.json",
-        num_videos=num_videos,
-        num_train=meta["num_train"],
-        num_val=meta["num_val"],
-        classes=list(ACTIONS),
-        class_counts=class_counts,
+        root=root, videos_dir=root / "videos", masks_dir=root / "masks", train_csv=root / "train.csv",
+        val_csv=root / "val.csv", annotations_csv=root / "annotations.csv", classes_txt=root / "classes.txt",
+        captions_jsonl=root / "captions.jsonl", meta_json=root / "meta.json", num_videos=num_videos,
+        num_train=meta["num_train"], num_val=meta["num_val"], classes=list(ACTIONS), class_counts=class_counts,
         seconds=time.perf_counter() - start,
     )
 
