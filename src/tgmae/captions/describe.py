@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from tgmae.captions.sources import (CUPL_PROMPTS, META_KEY, DescriptionsError, class_text)
+from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, class_text, validate_descriptions
 from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
 
@@ -138,6 +138,21 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
         if on_class is not None:
             on_class(result)
     return {c: result[c] for c in class_names}
+
+
+def read_done(out: str | Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """The descriptions of `names` already in `out` (a resumed run), {} when it does not exist.
+    Raises DescriptionsError when it is not valid JSON or not a descriptions file."""
+    out = Path(out)
+    if not out.exists():
+        return {}
+    try:
+        loaded = json.loads(out.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
+                                "move it away to start over") from None
+    done, _ = validate_descriptions(loaded, str(out))
+    return {c: d for c, d in done.items() if c in names}
 
 
 def write_descriptions(path: str | Path, descriptions: dict[str, list[str]], meta: dict[str, Any]) -> None:

@@ -4,14 +4,12 @@ class descriptions from an OpenAI-compatible chat endpoint (`tgmae.captions.desc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
-from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list,
+from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list, read_done,
                                      write_descriptions)
-from tgmae.captions.sources import DescriptionsError, validate_descriptions
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -46,15 +44,7 @@ def main(argv: Sequence[str]) -> int:
     prompts = tuple(args.prompt or CUPL_PROMPTS)
     out = Path(args.out)
     names = read_class_list(args.classes)
-    done: dict[str, list[str]] = {}
-    if out.exists():
-        try:
-            loaded = json.loads(out.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
-                                    "move it away to start over") from None
-        done, _ = validate_descriptions(loaded, str(out))
-        done = {c: d for c, d in done.items() if c in names}
+    done = read_done(out, names)
     client = ChatClient(args.base_url, args.model, args.api_key or os.environ.get(args.api_key_env, ""),
                         timeout=args.timeout, retries=args.retries, backoff=args.backoff)
     meta = {"source": "vision-free", "model": args.model, "base_url": client.url.rsplit("/chat/", 1)[0],
