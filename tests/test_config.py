@@ -52,6 +52,7 @@ def test_roundtrip_through_yaml(tmp_path):
         ("optim.betas=[0.9]", "optim.betas=[0.9]"),
         ("contrastive.objective=mae+contrastive", "captions.file"),
         ("masking.name=tgm", "captions.file"),
+        ("masking.name=tgm captions.file=c.jsonl", "masking.cache_dir"),
         ("contrastive.weight=-1", "contrastive.weight=-1.0"),
         ("contrastive.view_ratio=0", "contrastive.view_ratio=0.0"),
         ("captions.draw=all", "captions.draw='all'"),
@@ -62,7 +63,7 @@ def test_roundtrip_through_yaml(tmp_path):
 )
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
-        load_config(None, [override])
+        load_config(None, override.split())
     assert key in str(e.value)
 
 

@@ -329,15 +329,13 @@ def test_faithful_and_dense_maps_are_comparable(synth, bundle):
 
 
 def test_factory_builds_tgm_and_mgm(dense_cache, tiny_clip, synth):
-    from tgmae.config import ConfigError, MaskingConfig
+    from tgmae.config import MaskingConfig
     from tgmae.masking import MotionGuidedMask, build_mask_generator
 
     gen = build_mask_generator(MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(dense_cache)),
                                captions_file=str(synth / "captions.jsonl"))
     assert isinstance(gen, CachedTGMMask) and gen.ratio == 0.6
     assert isinstance(build_mask_generator(MaskingConfig(name="mgm", ratio=0.75)), MotionGuidedMask)
-    with pytest.raises(ConfigError, match="cache_dir"):
-        build_mask_generator(MaskingConfig(name="tgm", ratio=0.6))
     cfg = MaskingConfig(name="tgm", ratio=0.6)
     cfg.clip_model = tiny_clip  # field requested from the lead; set directly until it exists
     assert isinstance(build_mask_generator(cfg), OnlineTGMMask)

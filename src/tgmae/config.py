@@ -383,6 +383,9 @@ class RunConfig:
                 f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
                 "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
                 "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
+        if self.masking.name == "tgm" and not self.masking.cache_dir and not self.masking.clip_model:
+            raise ConfigError("masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
+                              "masking.clip_model (CLIP in the loop)")
 
     def _check_view_ratio(self) -> None:
         """contrastive.view_ratio needs an InfoNCE to feed and may mask no more than the MAE mask

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tgmae.config import ConfigError, MaskingConfig
+from tgmae.config import MaskingConfig
 from tgmae.mask_contract import MaskGenerator
 from tgmae.masking.simple import RandomMask, TubeMask
 
@@ -36,11 +36,7 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, d
             source = caption_source_of(read_store(captions_file).records)
         cache = SimilarityCache(cfg.cache_dir, expect_clip=clip_model or None, expect_caption_source=source)
         return CachedTGMMask(cache, cfg.ratio, cfg.select, cfg.tubelet_frame, caption)
-    if not clip_model:
-        raise ConfigError(
-            "masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
-            "masking.clip_model (CLIP in the loop)"
-        )
+    # else masking.clip_model is set: RunConfig refuses tgm with neither
     from tgmae.clip.features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
 
