@@ -116,7 +116,7 @@ def trained_clip_precompute(clip_dir: str, root: str, videos: int, rounds: int) 
 
 def cached_mask_cost(batch: int, rounds: int) -> dict:
     from tgmae.data.transforms import multiscale_crop_box
-    from tgmae.data.mask_interface import CropParams, MaskContext
+    from tgmae.mask_contract import CropParams, MaskContext
     from tgmae.masking.cache import (
         CacheManifest, SimilarityCache, merge_parts, part_file, write_entry, write_manifest_or_check,
     )

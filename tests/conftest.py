@@ -5,6 +5,7 @@ and results do not depend on the machine or its load; tests of autotuning switch
 cache in their own tmp dir."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -23,8 +24,6 @@ def one_torch_thread():
 @pytest.fixture(scope="session", autouse=True)
 def frame_index_cache(tmp_path_factory):
     """Video frame indexes go to a per-session folder, never to the user's ~/.cache."""
-    import os
-
     before = os.environ.get("TGMAE_CACHE_DIR")
     os.environ["TGMAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("tgmae_cache"))
     yield
@@ -32,3 +31,11 @@ def frame_index_cache(tmp_path_factory):
         os.environ.pop("TGMAE_CACHE_DIR", None)
     else:
         os.environ["TGMAE_CACHE_DIR"] = before
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now, for a test's torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,8 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tgmae.captions.describe import ChatClient, ChatEndpointError, describe_classes, main, read_class_list
+from tgmae.captions.describe import ChatClient, ChatEndpointError, describe_classes, read_class_list
 from tgmae.captions.sources import CUPL_PROMPTS, DescriptionsError, load_descriptions
+
+
+def main(argv: list[str]) -> int:
+    """`tgmae describe-classes ARGV` through the command line's error boundary (bad input: exit 2)."""
+    from tgmae.cli import main as cli_main
+
+    return cli_main(["describe-classes", *argv])
 
 
 class FakeChat:

@@ -9,12 +9,19 @@ import pytest
 import torch
 
 from tgmae.captions.embed import (EmbeddingCache, EmbeddingCacheError, ModelIdentity, TextEmbedder,
-                                  default_cache_path, embed_texts, main, text_key)
+                                  default_cache_path, embed_texts, text_key)
 from tgmae.captions.provider import CaptionProvider
 from tgmae.captions.store import CaptionRecord, write_store
 from tgmae.captions.tiny import save_tiny_clip
 
 TEXTS = ["a man is jumping", "a dog runs on a field", "a red ball", "a man is jumping", "émoji-free café"]
+
+
+def main(argv: list[str]) -> int:
+    """`tgmae embed-captions ARGV` through the command line's error boundary (bad input: exit 2)."""
+    from tgmae.cli import main as cli_main
+
+    return cli_main(["embed-captions", *argv])
 
 
 

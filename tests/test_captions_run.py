@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tgmae.captions.captioner import GenerationOptions, ImageCaptioner, keyframe_indices, strip_prompt
-from tgmae.captions.run import caption_videos, main
+from tgmae.captions.run import caption_videos
 from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path, shard_from_env
 from tgmae.captions.store import read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
@@ -23,6 +23,13 @@ from tgmae.data.formats import load_annotations
 
 CLASSES = ["jumping", "running"]
 NUM_VIDEOS = 6
+
+
+def main(argv: list[str]) -> int:
+    """`tgmae caption ARGV` through the command line's error boundary (bad input: exit 2)."""
+    from tgmae.cli import main as cli_main
+
+    return cli_main(["caption", *argv])
 
 
 def write_mp4(path: Path, num_frames: int, seed: int, size=(48, 64)) -> None:
@@ -293,7 +300,7 @@ def test_keyframes_respect_clip_range_on_a_real_clip(tmp_path, captioner, blip_d
 
 
 def test_whole_path_caption_store_embed_provider(dataset, blip_dir, tmp_path, capsys):
-    from tgmae.captions.embed import main as embed_main
+    from tgmae.commands.embed_captions import main as embed_main
     from tgmae.captions.provider import CaptionProvider
 
     clip_dir = str(save_tiny_clip(tmp_path / "clip"))

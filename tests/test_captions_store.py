@@ -216,8 +216,6 @@ def test_provider_first_mode_and_errors():
         p.draw("nope")
     with pytest.raises(ValueError, match="needs a torch.Generator"):
         _provider().draw("a")
-    with pytest.raises(ValueError, match="captions.draw"):
-        CaptionProvider([], draw_mode="sometimes")
     with pytest.raises(ValueError, match="3 rows for 4 distinct"):
         CaptionProvider([rec("a", ["x", "y", "z", "w"])], torch.zeros(3, 2))
 

@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     _fails(capsys, ["data", "check", "--format", "csv", "--root", str(tmp_path / "nope"), "val.csv"],
            f"data root {tmp_path / 'nope'}: no such folder")
     err = _fails(capsys, ["data", "check", "--format", "csv", "--root", str(root / "synth"), "synth/nope.csv"],
-                 "tgmae data check: synth/nope.csv: annotation file or folder not found")
+                 "tgmae data: synth/nope.csv: annotation file or folder not found")
     assert "synth/synth/nope.csv and" not in err  # the path as given comes first, not the root joined twice
 
 

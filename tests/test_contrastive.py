@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -385,12 +384,6 @@ DDP_IDS = [0, 1, 2, 1, 3, 0]  # duplicates inside a rank's shard and across rank
 LOCAL = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_steps(model: nn.Module, video, mask, text, ids) -> dict:
     """Two forward/backward steps (the second surfaces DDP's unused-parameter error)."""
     for _ in range(2):
@@ -429,10 +422,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
+def test_ddp_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, free_port):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     video, mask, text, ids = batch(2 * LOCAL, seed=12, ids=DDP_IDS)

@@ -222,6 +222,6 @@ def test_disk_cache_under_ddp_is_built_once(records, tmp_path):
 def test_disk_cache_without_a_folder_when_the_user_cache_is_off(records, monkeypatch, tmp_path):
     monkeypatch.setenv("TGMAE_CACHE_DIR", "off")
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(ConfigError, match="data.cache=disk with TGMAE_CACHE_DIR=off: set data.cache_dir"):
+    with pytest.raises(ConfigError, match="data.cache=disk.*data.cache_dir"):
         build_clip_cache(records, "disk", "")
     assert list(tmp_path.iterdir()) == []  # nothing written to the home folder

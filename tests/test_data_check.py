@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from tgmae.cli import main as cli_main
-from tgmae.data.check import main
 from tgmae.data.video import write_video
 
 DATA = Path(__file__).parent / "data"
@@ -55,8 +54,8 @@ def dataset(tmp_path) -> tuple[Path, Path]:
 def test_check_report(dataset, tmp_path, capsys, workers):
     root, ann = dataset
     out = tmp_path / "report.json"
-    code = main(["check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "8",
-                 "--out", str(out), "--workers", str(workers), "--no-progress"])
+    code = cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "8",
+                     "--out", str(out), "--workers", str(workers), "--no-progress"])
     assert code == 0
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
@@ -90,9 +89,10 @@ def test_check_through_cli_and_formats(tmp_path, capsys):
 
 
 def test_check_unreadable_annotations_exit_2(tmp_path, capsys):
-    code = main(["check", "--format", "ssv2", "--root", str(tmp_path), str(tmp_path / "nothing"), "--no-progress"])
+    code = cli_main(["data", "check", "--format", "ssv2", "--root", str(tmp_path), str(tmp_path / "nothing"),
+                     "--no-progress"])
     assert code == 2 and "not found" in capsys.readouterr().err
-    assert main([]) == 2
+    assert cli_main(["data"]) == 2
     shutil.rmtree(tmp_path)
 
 

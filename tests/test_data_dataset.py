@@ -16,7 +16,7 @@ from tgmae.data.annotations import VideoRecord
 from tgmae.data.formats import load_annotations
 from tgmae.data.dataset import MultiViewDataset, VideoDataset, VideoLoadError, build_dataset, sample_generator
 from tgmae.data.video import write_video
-from tgmae.data.mask_interface import CropParams, MaskContext, num_masked
+from tgmae.mask_contract import CropParams, MaskContext, num_masked
 from tgmae.masking.simple import TubeMask
 
 FIXTURES = Path(__file__).parent / "data"

@@ -67,5 +67,3 @@ def test_clip_indices_modes_and_generator_isolation():
     assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
     assert torch.equal(clip_indices(0, 200, 16, 4, "dense", train=False),
                        dense_indices(0, 200, 16, 4, offset=0.5))
-    with pytest.raises(ValueError, match="sampling"):
-        clip_indices(0, 10, 4, 1, "uniform", train=True, generator=_g())

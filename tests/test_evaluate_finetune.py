@@ -4,7 +4,6 @@ loop, softmax averaging over views, DDP gathering, and the CLI on real (syntheti
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -210,17 +209,11 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_gather_in_memory_equals_single_process():
+def test_ddp_gather_in_memory_equals_single_process(free_port):
     single = predict_views(ViewLogits(), Clips(7, views=2), batch_size=4)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()

@@ -16,7 +16,7 @@ SRC = Path(tgmae.__file__).resolve().parent
 
 # bottom to top; parts in one layer may import each other, but without a cycle
 LAYERS: list[set[str]] = [
-    {"errors", "user_cache", "atomic"},
+    {"errors", "user_cache", "atomic", "mask_contract"},
     {"config", "autotune", "hub", "distributed"},
     {"data"},
     {"captions"},
@@ -27,7 +27,6 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"evaluate"},
     {"study"},
-    {"config_show"},
     {"commands"},
     {"cli"},
 ]

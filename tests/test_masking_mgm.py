@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.data.mask_interface import CropParams, MaskContext, num_masked
+from tgmae.mask_contract import CropParams, MaskContext, num_masked
 from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.motion import (
     block_extent, fill_from_nearest, has_codec_motion, motion_magnitude, stack_codec_motion,

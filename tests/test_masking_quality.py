@@ -143,7 +143,10 @@ def test_pair_sampling_puts_patches_on_and_off_the_object(synth):
 
 
 def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsys):
-    from tgmae.masking.quality import main
+    from tgmae.cli import main as cli_main
+
+    def main(argv: list[str]) -> int:  # `tgmae eval-masks ARGV` through the error boundary
+        return cli_main(["eval-masks", *argv])
 
     out = tmp_path / "r.json"
     args = ["--root", str(synth), "--clip", str(trained_clip), "--ratio", "0.5", "--num-frames", "8",
@@ -168,7 +171,7 @@ def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsy
 def test_visualize_masks_pngs(synth, trained_clip, tmp_path):
     from PIL import Image
 
-    from tgmae.viz.masks import main
+    from tgmae.commands.visualize_masks import main
 
     png = tmp_path / "fig.png"
     assert main(["--root", str(synth), "--clip", str(trained_clip), "--out", str(png), "--image-size", "128",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.data.mask_interface import CropParams, num_masked
+from tgmae.mask_contract import CropParams, num_masked
 from tgmae.masking.resample import (
-    full_frame_crop, nearest_positions, resample_to_tokens, sample_maps, token_sample_grid,
+    full_frame_crop, resample_to_tokens, sample_maps,
 )
 from tgmae.masking.select import select_batch_per_slice, select_per_slice, topk_iou
 
@@ -58,12 +58,6 @@ def test_resampled_map_follows_the_pixel_augmentation(flip):
     assert int(tok_pix.argmax()) == int(tok_map.argmax())
 
 
-def test_nearest_positions_ties_go_earlier():
-    frames = torch.tensor([0, 4, 8])
-    wanted = torch.tensor([0, 1, 2, 3, 5, 6, 7, 9, 100])
-    assert nearest_positions(frames, wanted).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-
-
 def test_resample_to_tokens_tubelet_first_and_mean():
     maps = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 4, 4).clone()  # map f = f
     map_frames = torch.arange(0, 12, 2)  # cached every 2 frames: 0, 2, ..., 10
@@ -78,13 +72,11 @@ def test_resample_to_tokens_tubelet_first_and_mean():
     assert stride3[:, 0, 0].tolist() == [pytest.approx((0 + 1) / 2), pytest.approx((3 + 4) / 2)]
     with pytest.raises(ValueError, match="temporal token slices"):
         resample_to_tokens(maps, map_frames, torch.arange(7), crop, (4, 4, 4))
-    with pytest.raises(ValueError, match="tubelet_frame"):
-        resample_to_tokens(maps, map_frames, clip, crop, (4, 4, 4), "middle")
 
 
 def test_crop_without_source_size_is_refused():
     with pytest.raises(ValueError, match="source size"):
-        token_sample_grid(CropParams(0, 0, 10, 10), (2, 2))
+        sample_maps(torch.zeros(1, 4, 4), CropParams(0, 0, 10, 10), (2, 2))
 
 
 @pytest.mark.parametrize("select", ["top", "bottom"])
@@ -124,8 +116,6 @@ def test_batch_selection_and_iou():
         assert torch.equal(mask[b], select_per_slice(scores[b], 0.6, "top"))
     assert topk_iou(scores[0], scores[0], 0.6) == 1.0
     assert topk_iou(scores[0], -scores[0], 0.4) == 0.0
-    with pytest.raises(ValueError, match="select"):
-        select_per_slice(scores[0], 0.6, "middle")
 
 
 def test_numpy_free_of_global_rng():

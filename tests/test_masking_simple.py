@@ -7,7 +7,7 @@ import torch
 
 from tgmae.config import MaskingConfig
 from tgmae.masking import MaskContext, RandomMask, TubeMask, build_mask_generator, check_mask, num_masked
-from tgmae.data.mask_interface import CropParams, topk_mask
+from tgmae.mask_contract import CropParams, topk_mask
 
 GRID = (8, 14, 14)
 

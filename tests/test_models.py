@@ -109,8 +109,6 @@ def test_geometry_and_overrides_come_from_config():
     assert a.drop_path == 0.1 and a.norm_pix_loss is False
     with pytest.raises(ValueError, match="decoder head width 64"):
         arch_from_config(ModelConfig(preset="base", decoder_dim=100), 16, 224)
-    with pytest.raises(ValueError, match="preset"):
-        arch_from_config(ModelConfig(preset="huge"), 16, 224)
     with pytest.raises(ValueError, match="not divisible by tubelet_size"):
         arch_from_config(ModelConfig(), 15, 224)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -243,12 +242,6 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
         Trainer(ToyTask(fp16), fp16).fit()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -262,11 +255,11 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     cleanup()
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
+def test_ddp_two_processes_match_single_process(tmp_path, free_port):
     """2 gloo processes x batch 4 == 1 process x batch 8: same samples, same averaged gradient."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port, str(tmp_path / "ddp")), nprocs=2, join=True)
     cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null", "train.device=cpu")
     single = flat_params(Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model)
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from tgmae.errors import UserError
+from tgmae.mask_contract import MASKED_COUNT
 
 
 class ConfigError(ValueError, UserError):
@@ -29,6 +30,11 @@ class ConfigError(ValueError, UserError):
 # --------------------------------------------------------------------------------------------
 
 DATASET_FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
+# ImageNet per-channel statistics of RGB in [0, 1]: the default input normalization (data.mean /
+# data.std) and the one VideoMAE's released weights expect. Their one home: the config is the lowest
+# layer that needs them (tgmae.models.arch and tgmae.masking import them from here).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -46,8 +52,8 @@ class DataConfig:
     image_size: int = 224  # square model input side
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # VideoMAE multi-scale crop
     flip: bool = True  # horizontal flip; off for direction-labelled data (SSv2)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel input mean, RGB in [0, 1] (ImageNet)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel input std, RGB in [0, 1] (ImageNet)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel input mean, RGB in [0, 1] (ImageNet)
+    std: tuple[float, float, float] = IMAGENET_STD  # per-channel input std, RGB in [0, 1] (ImageNet)
     num_workers: int = 2  # DataLoader worker processes
     max_load_retries: int = 20  # replacement attempts for unreadable videos before giving up
     test_temporal_views: int = 5  # multi-view testing: clips along time
@@ -95,7 +101,7 @@ class DataConfig:
 # The names a config may choose (tgmae.models.arch.PRESETS and tgmae.masking.build_mask_generator
 # implement them; a test keeps the lists equal), checked here so every command refuses a typo alike.
 MODEL_PRESETS = ("micro", "tiny", "small", "base", "large")
-MASKING_NAMES = ("random", "tube", "tgm", "mgm")
+MASKING_NAMES = tuple(MASKED_COUNT)  # random, tube, tgm, mgm
 
 
 @dataclass
@@ -109,6 +115,10 @@ class CaptionConfig:
     text_model: str = ""
     embedding_cache: str = ""  # safetensors text-embedding cache; empty = <captions stem>.<model>-<hash8>.emb.safetensors
     draw: str = "random"  # "random": one caption per video per epoch; "first": always the first
+
+    def __post_init__(self) -> None:
+        if self.draw not in ("random", "first"):
+            raise ConfigError(f"captions.draw={self.draw!r}: expected random|first")
 
     @property
     def target_model(self) -> str:
@@ -191,7 +201,6 @@ class ContrastiveConfig:
     # objective mae: also compute (never optimize) InfoNCE through a frozen head and log it as
     # loss_nce (paper Figure 4's "without optimization" curve); off = mae builds no contrastive head
     monitor_nce: bool = False
-    text_norm: bool = False  # BatchNorm (no affine) on the text side: removes what all captions share
     # None (the paper's): InfoNCE pools the MAE pass's visible tokens. In [0, masking.ratio]: a second
     # encoder pass over a lighter view feeds InfoNCE; the MASKED fraction of that view (0 = whole clip).
     # Needs InfoNCE: an objective with contrastive, or mae with monitor_nce (then the monitor uses the view)
@@ -254,7 +263,9 @@ class TrainConfig:
     output_dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     log_every: int = 10  # optimizer steps between metric records
     eval_every: int = 1  # epochs between evaluations of tasks that have one (the last epoch always)
-    compile: Union[bool, str] = "off"  # off | blocks | model (torch.compile; true = blocks)
+    # torch.compile: off | blocks (the transformer blocks) | model (the whole forward). A bool only
+    # because YAML 1.1 reads a bare `off` as false; true names no mode and is refused
+    compile: Union[bool, str] = "off"
     attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
 
     def __post_init__(self) -> None:
@@ -267,10 +278,11 @@ class TrainConfig:
             _positive("train.max_steps", self.max_steps)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision={self.precision!r}: expected auto|fp32|bf16|fp16")
-        if isinstance(self.compile, bool):
-            self.compile = "blocks" if self.compile else "off"
+        if self.compile is False:  # YAML's reading of `off`
+            self.compile = "off"
         if self.compile not in ("off", "blocks", "model"):
-            raise ConfigError(f"train.compile={self.compile!r}: expected off|blocks|model")
+            shown = "true" if self.compile is True else repr(self.compile)
+            raise ConfigError(f"train.compile={shown}: expected off|blocks|model")
         if self.attention not in ("auto", "sdpa", "sdpa_fp32", "math"):
             raise ConfigError(f"train.attention={self.attention!r}: expected auto|sdpa|sdpa_fp32|math")
 
@@ -371,6 +383,9 @@ class RunConfig:
                 f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
                 "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
                 "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
+        if self.masking.name == "tgm" and not self.masking.cache_dir and not self.masking.clip_model:
+            raise ConfigError("masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
+                              "masking.clip_model (CLIP in the loop)")
 
     def _check_view_ratio(self) -> None:
         """contrastive.view_ratio needs an InfoNCE to feed and may mask no more than the MAE mask
@@ -385,9 +400,7 @@ class RunConfig:
                 "leave contrastive.view_ratio null")
         t, h, w = self.token_grid
         n = t * h * w
-        # the mask generators' counts (tgmae.data.mask_interface.num_masked is mask_count): per clip
-        # for random masks, per temporal slice for tube / tgm / mgm
-        masked = mask_count(n, m.ratio) if m.name == "random" else t * mask_count(h * w, m.ratio)
+        masked = MASKED_COUNT[m.name](self.token_grid, m.ratio)  # the generator's own count
         view = int(round(c.view_ratio * n))
         if view > masked:
             raise ConfigError(
@@ -405,12 +418,6 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------
 # Loading, overrides, serialization
 # --------------------------------------------------------------------------------------------
-
-
-def mask_count(count: int, ratio: float) -> int:
-    """Masked tokens out of `count` at `ratio` (rounded to nearest, at least 1 visible and 1 masked):
-    the mask generators' rule (tgmae.data.mask_interface.num_masked), here so the config checks it."""
-    return max(1, min(count - 1, int(round(count * ratio))))
 
 
 def _positive(name: str, value: int) -> None:

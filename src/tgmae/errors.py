@@ -15,4 +15,9 @@ class UserError(Exception):
     """Bad input whose message names the key or path and the way out (CLI: exit 2, no traceback)."""
 
 
-__all__ = ["UserError"]
+class SettingsError(ValueError, UserError):
+    """A setting passed as an argument (a command's flag, a library function's keyword) is invalid;
+    the message names it and the valid values."""
+
+
+__all__ = ["SettingsError", "UserError"]

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from tgmae.errors import SettingsError
 from tgmae.hub import ModelUnavailableError, load_pretrained, quiet_transformers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,9 +44,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
+        raise SettingsError(f"--dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type != "cuda":
-        raise ValueError("--dtype fp16 needs a CUDA device")
+        raise SettingsError("--dtype fp16 needs a CUDA device")
     return DTYPES[dtype]
 
 

@@ -15,25 +15,22 @@ OPENAI_API_KEY); local servers may need none.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from tgmae.captions.sources import (CUPL_PROMPTS, META_KEY, DescriptionsError, class_text,
-                                    validate_descriptions)
+from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, class_text, validate_descriptions
 from tgmae.atomic import atomic_write_text
+from tgmae.errors import UserError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 SYSTEM_PROMPT = "You describe what actions look like, in one or two plain sentences."
 
 
-class ChatEndpointError(RuntimeError):
+class ChatEndpointError(RuntimeError, UserError):
     """The endpoint refused or kept failing; the message has the URL, status and body excerpt."""
 
 
@@ -143,65 +140,23 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
     return {c: result[c] for c in class_names}
 
 
+def read_done(out: str | Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """The descriptions of `names` already in `out` (a resumed run), {} when it does not exist.
+    Raises DescriptionsError when it is not valid JSON or not a descriptions file."""
+    out = Path(out)
+    if not out.exists():
+        return {}
+    try:
+        loaded = json.loads(out.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
+                                "move it away to start over") from None
+    done, _ = validate_descriptions(loaded, str(out))
+    return {c: d for c, d in done.items() if c in names}
+
+
 def write_descriptions(path: str | Path, descriptions: dict[str, list[str]], meta: dict[str, Any]) -> None:
     obj = {META_KEY: meta, **descriptions}
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", fsync=True)
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tgmae describe-classes",
-                                description="vision-free class descriptions from an OpenAI-compatible chat endpoint")
-    p.add_argument("--classes", required=True, help="text file, one class name per line")
-    p.add_argument("--out", required=True, help="descriptions JSON (resumed if it exists)")
-    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", ""),
-                   help="endpoint base, e.g. https://api.openai.com/v1 (default: $OPENAI_BASE_URL)")
-    p.add_argument("--model", default=os.environ.get("TGMAE_CHAT_MODEL", "gpt-3.5-turbo"), help="chat model name")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    p.add_argument("--api-key", default="", help="the key itself (prefer --api-key-env: argv is visible to others)")
-    p.add_argument("--per-prompt", type=int, default=10, help="answers per prompt and class")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="prompt template with {} for the class (repeatable; default: the 3 of Table 6a)")
-    p.add_argument("--temperature", type=float, default=0.99)
-    p.add_argument("--max-tokens", type=int, default=60)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=5)
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(list(argv))
-    if args.per_prompt < 1:
-        p.error("--per-prompt must be >= 1")
-    if args.prompt and any("{}" not in t for t in args.prompt):
-        p.error("each --prompt needs {} where the class name goes")
-    return args
-
-
-def main(argv: Sequence[str]) -> int:
-    args = _parse(argv)
-    prompts = tuple(args.prompt or CUPL_PROMPTS)
-    out = Path(args.out)
-    try:
-        names = read_class_list(args.classes)
-        done: dict[str, list[str]] = {}
-        if out.exists():
-            try:
-                loaded = json.loads(out.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
-                                        "move it away to start over") from None
-            done, _ = validate_descriptions(loaded, str(out))
-            done = {c: d for c, d in done.items() if c in names}
-        client = ChatClient(args.base_url, args.model, args.api_key or os.environ.get(args.api_key_env, ""),
-                            timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-        meta = {"source": "vision-free", "model": args.model, "base_url": client.url.rsplit("/chat/", 1)[0],
-                "prompts": list(prompts), "per_prompt": args.per_prompt, "temperature": args.temperature}
-        result = describe_classes(names, client, prompts, args.per_prompt, done,
-                                  on_class=lambda r: write_descriptions(out, r, meta),
-                                  progress=not args.no_progress, temperature=args.temperature,
-                                  max_tokens=args.max_tokens)
-        write_descriptions(out, result, meta)
-    except (DescriptionsError, ChatEndpointError) as e:
-        print(f"tgmae describe-classes: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(result)} classes x {len(prompts) * args.per_prompt} descriptions -> {out} "
-          f"({len(done)} were already there)")
-    return 0

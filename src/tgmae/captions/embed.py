@@ -15,10 +15,8 @@ the cache, so a kill leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,7 +25,6 @@ import torch
 
 from tgmae.atomic import atomic_path
 from tgmae.hub import (
-    ModelUnavailableError,
     load_pretrained,
     looks_like_path,
     quiet_transformers,
@@ -350,33 +347,3 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     return cache.lookup(texts)
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tgmae embed-captions", description=__doc__.split("\n\n")[0])
-    p.add_argument("--captions", required=True, help="caption store (JSONL)")
-    p.add_argument("--clip", required=True, help="CLIP hub id or local directory, e.g. openai/clip-vit-base-patch16")
-    p.add_argument("--out", default="", help="cache file (default: next to the captions file)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--rebuild", action="store_true", help="replace a cache built with another model")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(list(argv))
-
-
-def main(argv: Sequence[str]) -> int:
-    from tgmae.captions.store import CaptionStoreError, read_store
-
-    args = _parse(argv)
-    from tgmae.distributed import resolve_device
-
-    device = resolve_device(args.device, key="--device")  # ConfigError (exit 2) for a device this machine lacks
-    out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
-    try:
-        records = read_store(args.captions).records
-        texts = list(dict.fromkeys(c for r in records for c in r.captions))
-        emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,
-                          rebuild=args.rebuild, progress=not args.no_progress)
-    except (CaptionStoreError, EmbeddingCacheError, ModelUnavailableError) as e:
-        print(f"tgmae embed-captions: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(texts)} distinct captions of {len(records)} videos -> {out} ({tuple(emb.shape)}, L2-normalised)")
-    return 0

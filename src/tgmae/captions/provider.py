@@ -18,21 +18,17 @@ import torch
 from tgmae.captions.store import CaptionRecord, CaptionStoreError, read_store
 from tgmae.config import CaptionConfig
 
-DRAW_MODES = ("random", "first")
-
-
 class CaptionProvider:
     """video_id -> caption ids; draws one per call.
 
     records: the caption store (each video's captions, in order).
     embeddings: [num_distinct, D] rows aligned with `texts`, or None (no text model).
-    draw_mode: "random" (uniform over the video's captions, paper: 1 of 3 per epoch) or "first".
+    draw_mode: "random" (uniform over the video's captions, paper: 1 of 3 per epoch) or "first"
+    (captions.draw, validated by `CaptionConfig`).
     """
 
     def __init__(self, records: Sequence[CaptionRecord], embeddings: Optional[torch.Tensor] = None,
                  draw_mode: str = "random", source_file: str = ""):
-        if draw_mode not in DRAW_MODES:
-            raise ValueError(f"captions.draw={draw_mode!r}: expected one of {DRAW_MODES}")
         self.draw_mode = draw_mode
         self.source_file = source_file
         self.texts: list[str] = []

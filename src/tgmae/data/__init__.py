@@ -7,12 +7,11 @@
   `VideoReader`, `video_verdict`, `write_video`); `frame_index`: which frames a file presents
   (one decode, cached) and its verdict; `frame_folder`: folders of frame images.
 - `sampling`: which frames make a clip (dense, TSN, multi-view).
-- `transforms`: crop boxes and clip augmentation on tensors, returning `CropParams`.
-- `mask_interface`: what the dataset hands a mask generator (`MaskContext`, `CropParams`) and
-  the generator protocol and mask helpers `tgmae.masking` implements.
+- `transforms`: crop boxes and clip augmentation on tensors, returning `CropParams`
+  (`tgmae.mask_contract`: what the dataset hands a mask generator).
 - `dataset`: `VideoDataset`, `MultiViewDataset`, `build_dataset` (sample contract in
   docs/CONTRACTS.md).
-- `check`: `tgmae data check`.
+- `check`: the dataset check behind `tgmae data check`.
 - `synthetic`: the synthetic captioned video set.
 
 Submodules are imported on use, so `import tgmae.data` stays cheap.

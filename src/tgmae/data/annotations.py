@@ -86,7 +86,7 @@ def subset_kind(subset: str) -> str:
         return "val"
     if s == "test":
         return "test"
-    raise ValueError(f"subset={subset!r}: expected train, val or test")
+    raise AnnotationError(f"subset={subset!r}: expected train, val or test")
 
 
 def parse_int(text: str, file: Path, line: int, what: str, rows: RowErrors) -> Optional[int]:

@@ -60,7 +60,6 @@ from tgmae.user_cache import cache_root
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-CACHE_MODES = ("none", "memory", "disk")
 
 
 @dataclass
@@ -315,15 +314,13 @@ def _dist() -> tuple[bool, int]:
 
 def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str = "", *,
                      threads: int = 1, workers: int = 1) -> Optional[ClipCache]:
-    """`mode` "none" -> None; "memory" / "disk" -> a ClipCache of the records' videos.
+    """`mode` (data.cache, validated) "none" -> None; "memory" / "disk" -> a ClipCache of the records' videos.
     `workers`: videos decoded at once while building; `threads`: decoder threads per video.
     Under torch.distributed, "disk" is built by local rank 0 while the other ranks wait."""
     if mode == "none":
         return None
     if mode == "memory":
         return build_memory_cache(records, threads=threads, workers=workers)
-    if mode != "disk":
-        raise ValueError(f"data.cache={mode!r}: expected one of {CACHE_MODES}")
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     on, local = _dist()
     if on:
@@ -335,5 +332,5 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
     return build_disk_cache(records, folder, threads=threads, workers=workers)
 
 
-__all__ = ["ClipCache", "CACHE_MODES", "build_clip_cache", "build_memory_cache", "build_disk_cache",
+__all__ = ["ClipCache", "build_clip_cache", "build_memory_cache", "build_disk_cache",
            "cache_key", "frame_spans", "default_cache_dir"]

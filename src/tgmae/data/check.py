@@ -1,6 +1,7 @@
 """`tgmae data check`: validate a dataset (rows, files, decodability, duration, labels).
 
     tgmae data check --format k400 --root /data/k400 train.csv --out report.json --workers 4
+    (the command: tgmae.commands.data)
 
 Each record's video gets the one verdict every reader of it uses (`tgmae.data.video.video_verdict`:
 the file's frame index, built by decoding it once, names missing / zero_bytes / unreadable /
@@ -13,16 +14,13 @@ cannot be read or the arguments are wrong.
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from tgmae.config import DATASET_FORMATS
-from tgmae.data.annotations import AnnotationError, VideoRecord
+from tgmae.data.annotations import VideoRecord
 from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
@@ -83,20 +81,6 @@ def unreadable_records(records: Sequence[VideoRecord], min_frames: int, workers:
         return [r for r in pool.map(_work, jobs) if r.kind != "ok"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tgmae data check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
-    p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
-    p.add_argument("annotations", help="annotation file, or the folder of split files")
-    p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split number")
-    p.add_argument("--subset", default="train", help="train | val | test (split-file formats)")
-    p.add_argument("--min-frames", type=int, default=16, help="shorter clips are reported (data.num_frames)")
-    p.add_argument("--out", default="", help="write the JSON report here")
-    p.add_argument("--workers", type=int, default=1, help="processes checking videos in parallel")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
 def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: str = "train",
               min_frames: int = 16, workers: int = 1, progress: bool = True) -> dict:
     """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable)."""
@@ -138,37 +122,4 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]"
-    if argv[:1] in (["-h"], ["--help"], ["help"]):
-        print(f"{usage}\n\ntools:\n  check  {__doc__.splitlines()[0]}\n\n"
-              "`tgmae data check --help` shows its arguments.")
-        return 0
-    if not argv or argv[0] != "check":
-        print(usage if not argv else f"tgmae data: unknown tool {argv[0]!r} (expected: check)\n{usage}",
-              file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv[1:])
-    try:
-        report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
-                           min_frames=args.min_frames, workers=max(1, args.workers),
-                           progress=not args.no_progress)
-    except (AnnotationError, ValueError) as e:
-        print(f"tgmae data check: {e}", file=sys.stderr)
-        return 2
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-    c = report["counts"]
-    print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
-          f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
-          f"{report['bad_rows']} bad annotation rows" + (f"; report: {args.out}" if args.out else ""))
-    for item in report["items"][:10]:
-        print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
-    for row in report["rows"][:10]:
-        print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
-    return 0
-
-
-__all__ = ["main", "run_check", "check_record", "unreadable_records", "ItemResult"]
+__all__ = ["run_check", "check_record", "unreadable_records", "ItemResult"]

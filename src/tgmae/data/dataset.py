@@ -34,7 +34,7 @@ from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTran
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
-from tgmae.data.mask_interface import MaskContext, MaskGenerator
+from tgmae.mask_contract import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
 

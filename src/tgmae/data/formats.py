@@ -377,7 +377,7 @@ def load_annotations(
       to `problems`).
     """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}: expected one of {FORMATS}")
+        raise AnnotationError(f"format={format!r}: expected one of {FORMATS}")
     rows = RowErrors(on_error, problems)
     root_p = Path(root) if str(root) else Path(".")
     if str(root) and not root_p.is_dir():

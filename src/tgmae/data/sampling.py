@@ -80,10 +80,8 @@ def temporal_views(
         if mode == "dense":
             off = 0.5 if num_views == 1 else k / (num_views - 1)
             views.append(dense_indices(start, end, num_frames, stride, offset=off))
-        elif mode == "tsn":
+        else:  # tsn (data.sampling is validated: dense | tsn)
             views.append(tsn_indices(start, end, num_frames, offset=(k + 1) / (num_views + 1)))
-        else:
-            raise ValueError(f"mode={mode!r}: expected dense or tsn")
     return torch.stack(views)
 
 
@@ -95,10 +93,8 @@ def clip_indices(
     if mode == "dense":
         return dense_indices(start, end, num_frames, stride,
                              generator=generator if train else None, offset=None if train else 0.5)
-    if mode == "tsn":
-        return tsn_indices(start, end, num_frames,
-                           generator=generator if train else None, offset=None if train else 0.5)
-    raise ValueError(f"sampling={mode!r}: expected dense or tsn")
+    return tsn_indices(start, end, num_frames,  # tsn (data.sampling is validated: dense | tsn)
+                       generator=generator if train else None, offset=None if train else 0.5)
 
 
 __all__ = ["dense_indices", "tsn_indices", "temporal_views", "clip_indices"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.data.mask_interface import CropParams
+from tgmae.mask_contract import CropParams
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
@@ -96,10 +96,6 @@ def spatial_view_boxes(height: int, width: int, num_views: int) -> list[Box]:
     return boxes
 
 
-def center_crop_box(height: int, width: int) -> Box:
-    return spatial_view_boxes(height, width, 1)[0]
-
-
 # --------------------------------------------------------------------------------------------
 # Pixel work
 # --------------------------------------------------------------------------------------------
@@ -133,13 +129,6 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return out.sub_(m).div_(s)
 
 
-def denormalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float [3, T, H, W] normalized -> float [3, T, H, W] in [0, 1] (for figures)."""
-    m = torch.tensor(mean, dtype=video.dtype).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=video.dtype).view(3, 1, 1, 1)
-    return (video * s + m).clamp_(0, 1)
-
-
 def _params(box: Box, flip: bool, height: int, width: int) -> CropParams:
     top, left, h, w = box
     return CropParams(float(top), float(left), float(h), float(w), bool(flip), int(height), int(width))
@@ -152,9 +141,6 @@ def _flip_draw(enabled: bool, generator: torch.Generator) -> bool:
 # --------------------------------------------------------------------------------------------
 # Clip transforms
 # --------------------------------------------------------------------------------------------
-
-
-FINETUNE_CROPS = ("random_resized", "multiscale")
 
 
 class PretrainTransform:
@@ -203,8 +189,6 @@ class FinetuneTransform:
     def __init__(self, size: int, mean, std, flip: bool = True, rand_augment: Optional[tuple[int, int]] = (4, 7),
                  erase_prob: float = 0.25, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop: str = "random_resized",
                  scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66)):
-        if crop not in FINETUNE_CROPS:
-            raise ValueError(f"crop={crop!r}: expected one of {FINETUNE_CROPS}")
         self.size, self.mean, self.std, self.flip = size, mean, std, flip
         self.scale, self.ratio, self.erase_prob = scale, ratio, erase_prob
         self.crop, self.scales = crop, tuple(scales)
@@ -272,7 +256,7 @@ def erase_clip(erase, video: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 __all__ = [
-    "Box", "multiscale_crop_box", "random_resized_crop_box", "spatial_view_boxes", "center_crop_box",
-    "crop_resize", "normalize", "denormalize", "PretrainTransform", "EvalTransform", "FinetuneTransform",
+    "Box", "multiscale_crop_box", "random_resized_crop_box", "spatial_view_boxes",
+    "crop_resize", "normalize", "PretrainTransform", "EvalTransform", "FinetuneTransform",
     "rand_augment_clip", "erase_clip",
 ]

@@ -130,9 +130,9 @@ def main(argv: Sequence[str]) -> int:
     kind, rest = argv[0], argv[1:]
     if kind == "masks":
         try:
-            module = importlib.import_module("tgmae.viz.masks")
+            module = importlib.import_module("tgmae.commands.visualize_masks")
         except ModuleNotFoundError as e:
-            if e.name != "tgmae.viz.masks":
+            if e.name != "tgmae.commands.visualize_masks":
                 raise
             print("tgmae visualize masks: tgmae.viz.masks is not installed in this version", file=sys.stderr)
             return 2

@@ -2,12 +2,13 @@
 
 Content-free: `RandomMask`, `TubeMask`. Content-guided: `CachedTGMMask` / `OnlineTGMMask` /
 `BatchTGMMask` (text-guided, paper section 3.3) and `MotionGuidedMask` (codec motion vectors).
-The generator interface (`MaskContext`, `CropParams`, `MaskGenerator`) lives in
-`tgmae.data.mask_interface`, where the data pipeline calls it; the CLIP TGM scores with is
-`tgmae.clip`. Commands: `tgmae masks` (precompute), `tgmae eval-masks`.
+The generator interface (`MaskContext`, `CropParams`, `MaskGenerator`, the masked counts) lives
+in `tgmae.mask_contract`, the bottom layer the data pipeline, these generators and the models
+share; the CLIP TGM scores with is `tgmae.clip`. Commands (tgmae.commands): `tgmae masks`
+(precompute), `tgmae eval-masks`.
 """
 
-from tgmae.data.mask_interface import CropParams, MaskContext, MaskGenerator, check_mask, num_masked, topk_mask
+from tgmae.mask_contract import CropParams, MaskContext, MaskGenerator, check_mask, num_masked, topk_mask
 from tgmae.masking.batch import BatchMaskGenerator, is_batch_generator
 from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
 from tgmae.masking.factory import build_mask_generator

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tgmae.config import ConfigError, MaskingConfig
-from tgmae.data.mask_interface import MaskGenerator
+from tgmae.config import MaskingConfig
+from tgmae.mask_contract import MaskGenerator
 from tgmae.masking.simple import RandomMask, TubeMask
 
 
@@ -11,18 +11,15 @@ def build_mask_generator(cfg: MaskingConfig, *, captions_file: str = "", device:
                          data_mean=None, data_std=None) -> MaskGenerator:
     """`captions_file` (the run's captions.file) lets a TGM similarity cache be checked against
     the run's caption source; `device` is where online TGM runs CLIP (a batch generator, see
-    `tgmae.masking.batch`, when it is not the CPU)."""
-    if cfg.name == "random":
-        return RandomMask(cfg.ratio)
-    if cfg.name == "tube":
-        return TubeMask(cfg.ratio)
+    `tgmae.masking.batch`, when it is not the CPU). `cfg` is validated (`MaskingConfig`): a name it
+    lists has a generator here (tests/test_config.py keeps the lists equal)."""
+    if cfg.name == "tgm":
+        return _build_tgm(cfg, captions_file, device, data_mean, data_std)
     if cfg.name == "mgm":
         from tgmae.masking.mgm import MotionGuidedMask
 
         return MotionGuidedMask(cfg.ratio, cfg.motion_source)
-    if cfg.name == "tgm":
-        return _build_tgm(cfg, captions_file, device, data_mean, data_std)
-    raise ConfigError(f"masking.name={cfg.name!r}: known generators are random, tube, tgm, mgm")
+    return {"random": RandomMask, "tube": TubeMask}[cfg.name](cfg.ratio)  # the name is validated
 
 
 def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, data_std):
@@ -39,11 +36,7 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, d
             source = caption_source_of(read_store(captions_file).records)
         cache = SimilarityCache(cfg.cache_dir, expect_clip=clip_model or None, expect_caption_source=source)
         return CachedTGMMask(cache, cfg.ratio, cfg.select, cfg.tubelet_frame, caption)
-    if not clip_model:
-        raise ConfigError(
-            "masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
-            "masking.clip_model (CLIP in the loop)"
-        )
+    # else masking.clip_model is set: RunConfig refuses tgm with neither
     from tgmae.clip.features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
 

@@ -30,15 +30,13 @@ from typing import Optional
 import torch
 
 from tgmae.data.seen import SeenVideos
-from tgmae.data.mask_interface import MaskContext
+from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.motion import (
     codec_token_motion, fill_from_nearest, frame_difference, gaussian_smooth, has_codec_motion,
 )
 from tgmae.masking.select import select_per_slice
 
 log = logging.getLogger(__name__)
-
-MOTION_SOURCES = ("codec", "framediff")
 
 
 class MotionGuidedMask:
@@ -47,17 +45,16 @@ class MotionGuidedMask:
     ratio: masked fraction (0.75 in the TGM paper's comparison). motion_source: "codec" (falls
     back to frame differences, logged, where the video has no vectors) or "framediff".
     sigma: spatial smoothing in tokens. floor: fraction of the slice's peak below which a token
-    counts as static. compensate_camera: subtract each frame's median vector.
+    counts as static. compensate_camera: subtract each frame's median vector. ratio and
+    motion_source as validated by `MaskingConfig` (not checked again).
     """
+
+    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["mgm"]
 
     def __init__(
         self, ratio: float = 0.75, motion_source: str = "codec", sigma: float = 1.0,
         floor: float = 0.05, compensate_camera: bool = True,
     ):
-        if not 0.0 < ratio < 1.0:
-            raise ValueError(f"ratio={ratio}: must be strictly between 0 and 1")
-        if motion_source not in MOTION_SOURCES:
-            raise ValueError(f"motion_source={motion_source!r}: expected one of {MOTION_SOURCES}")
         self.ratio, self.motion_source = ratio, motion_source
         self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
         self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
@@ -111,4 +108,4 @@ class MotionGuidedMask:
                 f"sigma={self.sigma}, floor={self.floor})")
 
 
-__all__ = ["MOTION_SOURCES", "MotionGuidedMask"]
+__all__ = ["MotionGuidedMask"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.data.mask_interface import CropParams
+from tgmae.mask_contract import CropParams
 from tgmae.masking.resample import sample_maps
 
 MACROBLOCK = 16  # codec motion vectors are per 16x16 block

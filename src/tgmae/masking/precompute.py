@@ -1,4 +1,4 @@
-"""`tgmae masks`: precompute per-video CLIP similarity maps for cached text-guided masking.
+"""Per-video CLIP similarity maps for cached text-guided masking (`tgmae masks`: tgmae.commands.masks).
 
     tgmae masks --format F --root DIR ANNOTATIONS --captions captions.jsonl \\
         --clip NAME_OR_PATH --mode faithful|dense --out CACHE_DIR [--frame-stride 4]
@@ -16,12 +16,9 @@ another CLIP, mode, caption source or geometry is refused.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,12 +27,12 @@ import torch
 
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, CacheMismatchError, clear_cache, merge_parts, part_file, read_parts, write_entry,
+    CacheManifest, part_file, read_parts, write_entry,
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
 from tgmae.clip.features import (
-    MODES, ClipBundle, ClipPatchScorer, cosine_maps, load_clip, map_grid, uint8_to_unit,
+    ClipBundle, ClipPatchScorer, cosine_maps, map_grid, uint8_to_unit,
 )
 
 log = logging.getLogger(__name__)
@@ -177,93 +174,4 @@ def _append(f, rec: dict) -> None:
     f.flush()
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="tgmae masks",
-        description="Precompute per-video CLIP similarity maps for cached text-guided masking.",
-    )
-    p.add_argument("annotations", help="annotation file or folder (as for training)")
-    p.add_argument("--format", default="csv", help="annotation format (csv, k400, ssv2, ...)")
-    p.add_argument("--root", default="", help="folder the annotation paths are relative to")
-    p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split")
-    p.add_argument("--subset", default="train", help="train | val | test")
-    p.add_argument("--captions", required=True, help="captions JSONL (tgmae caption / synth)")
-    p.add_argument("--clip", required=True, help="CLIP model name or directory")
-    p.add_argument("--mode", choices=MODES, default="dense")
-    p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--frame-stride", type=int, default=4, help="a map every N source frames")
-    p.add_argument("--image-size", type=int, default=224, help="the video model's input side")
-    p.add_argument("--patch-size", type=int, default=16, help="the video model's patch side")
-    p.add_argument("--map-scale", type=int, default=1, help="dense: map cells per patch side (finer maps)")
-    p.add_argument("--dense-size", type=int, default=None,
-                   help="dense: CLIP input short side (default: grid x CLIP patch)")
-    p.add_argument("--batch-size", type=int, default=256, help="CLIP images per forward")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--merge-only", action="store_true", help="only merge the part files into index.json")
-    p.add_argument("--rebuild", action="store_true",
-                   help="empty an existing cache in --out first (built with other weights, captions or geometry)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(list(argv))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.merge_only:
-        index = merge_parts(args.out)
-        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
-              f"-> {args.out}/index.json")
-        return 0
-    if args.frame_stride < 1 or args.map_scale < 1 or args.image_size % args.patch_size:
-        print("tgmae masks: --frame-stride and --map-scale must be >= 1, --image-size a multiple of --patch-size",
-              file=sys.stderr)
-        return 2
-    if args.mode == "faithful" and args.map_scale != 1:
-        print("tgmae masks: --map-scale > 1 is for dense mode (faithful embeds one crop per patch)", file=sys.stderr)
-        return 2
-    from tgmae.captions.shard import shard_from_env
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched
-    from tgmae.captions.store import CaptionStoreError
-    from tgmae.data.formats import load_annotations
-    from tgmae.distributed import resolve_device
-
-    shard = shard_from_env()
-    created = init_distributed_if_launched()
-    try:
-        records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
-        videos = list({r.video_id: r.path for r in records}.items())
-        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
-        clip = load_clip(args.clip, device)
-        if args.rebuild and shard.rank == 0:
-            clear_cache(args.out)
-        if args.rebuild and distributed_ready():
-            import torch.distributed as dist
-
-            dist.barrier()  # no rank writes before rank 0 has emptied the folder
-        opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
-                                 args.map_scale, args.dense_size, batch_size=args.batch_size)
-        counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
-                            progress=not args.no_progress)
-    except (CacheMismatchError, CaptionStoreError, FileNotFoundError) as e:
-        print(f"tgmae masks: {e}", file=sys.stderr)
-        return 2
-    if distributed_ready():
-        import torch.distributed as dist
-
-        dist.barrier()
-    if shard.rank == 0:
-        index = merge_parts(args.out)
-        print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
-              f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
-    if created:
-        from tgmae.distributed import cleanup
-
-        cleanup()
-    return 0
-
-
-__all__ = ["PrecomputeOptions", "captions_key", "main", "precompute", "video_similarity"]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["PrecomputeOptions", "captions_key", "precompute", "video_similarity"]

@@ -14,10 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.data.mask_interface import CropParams
-
-TUBELET_FRAMES = ("first", "mean")
-
+from tgmae.mask_contract import CropParams
 
 def full_frame_crop(height: int, width: int, flip: bool = False) -> CropParams:
     """The identity augmentation: the whole source frame, optionally flipped."""
@@ -40,22 +37,6 @@ def _extent(crop: CropParams, extent_hw: Optional[tuple[float, float]]) -> tuple
     return extent_hw if extent_hw is not None else (float(crop.source_height), float(crop.source_width))
 
 
-def token_sample_grid(
-    crop: CropParams, out_hw: tuple[int, int], extent_hw: Optional[tuple[float, float]] = None
-) -> torch.Tensor:
-    """[H', W', 2] (x, y) of each token centre in the source frame, in `grid_sample`'s
-    normalized coordinates (align_corners=False: -1 and 1 are the map's outer edges).
-
-    `extent_hw` is the source-pixel size the map covers (default: the source frame; codec motion
-    blocks cover a whole number of macroblocks, slightly more than the frame).
-    """
-    ext_h, ext_w = _extent(crop, extent_hw)
-    ys, xs = _token_centres(crop, out_hw)
-    gy = torch.from_numpy(ys * (2.0 / ext_h) - 1.0).float()
-    gx = torch.from_numpy(xs * (2.0 / ext_w) - 1.0).float()
-    return torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
-
-
 def _interp_matrix(pos: np.ndarray, size: int) -> np.ndarray:
     """Bilinear weights [len(pos), size] for cell coordinates `pos` (cell i's centre at i),
     clamped to the border (grid_sample's padding_mode="border", align_corners=False)."""
@@ -68,12 +49,6 @@ def _interp_matrix(pos: np.ndarray, size: int) -> np.ndarray:
     m[rows, lo] = 1.0 - frac
     m[rows, hi] += frac  # hi == lo only at the clamped border, where frac == 0
     return m
-
-
-def nearest_positions(map_frames: torch.Tensor, frame_indices: torch.Tensor) -> torch.Tensor:
-    """[F] sorted source frame numbers of the maps, [T] wanted frames -> [T] int64 map positions
-    of the nearest map frame in time (ties go to the earlier frame)."""
-    return torch.from_numpy(_nearest(np.asarray(map_frames, np.int64), np.asarray(frame_indices, np.int64)))
 
 
 def _nearest(map_frames: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -118,8 +93,6 @@ def resample_to_tokens(
     with T divisible by T'. A tubelet of T / T' frames is represented by its first frame's map
     or by the mean of its frames' maps. Returns [T', H', W'] float32.
     """
-    if tubelet_frame not in TUBELET_FRAMES:
-        raise ValueError(f"tubelet_frame={tubelet_frame!r}: expected one of {TUBELET_FRAMES}")
     t_tok, h_tok, w_tok = grid
     t = int(frame_indices.numel())
     if t % t_tok:
@@ -139,6 +112,6 @@ def resample_to_tokens(
 
 
 __all__ = [
-    "TUBELET_FRAMES", "full_frame_crop", "nearest_positions", "resample_to_tokens",
-    "sample_maps", "token_sample_grid",
+    "full_frame_crop", "resample_to_tokens",
+    "sample_maps",
 ]

@@ -11,10 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.data.mask_interface import num_masked
-
-SELECT = ("top", "bottom")
-
+from tgmae.mask_contract import num_masked
 
 def select_per_slice(
     scores: torch.Tensor, ratio: float, select: str = "top",
@@ -27,8 +24,6 @@ def select_per_slice(
     `generator`, so they do not pile up in the top-left corner; without a generator, by index.
     NaN scores are treated as the least preferred.
     """
-    if select not in SELECT:
-        raise ValueError(f"select={select!r}: expected one of {SELECT}")
     if scores.dim() != 2:
         raise ValueError(f"scores must be [T', M], got {tuple(scores.shape)}")
     s = scores.detach().float().cpu().numpy()
@@ -57,8 +52,6 @@ def select_batch_per_slice(
 ) -> torch.Tensor:
     """Batched `select_per_slice`: scores [B, T', M] (any device) -> [B, T' * M] bool on the same
     device. Ties are broken by one random token order per call (from `generator`, on any device)."""
-    if select not in SELECT:
-        raise ValueError(f"select={select!r}: expected one of {SELECT}")
     b, t, m = scores.shape
     s = scores.float() if select == "top" else -scores.float()
     s = torch.nan_to_num(s, nan=float("-inf"))
@@ -81,4 +74,4 @@ def topk_iou(scores_a: torch.Tensor, scores_b: torch.Tensor, ratio: float, selec
     return float((inter / union).mean())
 
 
-__all__ = ["SELECT", "select_batch_per_slice", "select_per_slice", "topk_iou"]
+__all__ = ["select_batch_per_slice", "select_per_slice", "topk_iou"]

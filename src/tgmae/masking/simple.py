@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from tgmae.data.mask_interface import MaskContext, num_masked
+from tgmae.mask_contract import MaskContext, masked_per_clip, masked_per_slice, num_masked
 
 
 class RandomMask:
     """Each token masked independently of time: exactly round(ratio * N) tokens per clip."""
+
+    masked_count = staticmethod(masked_per_clip)  # tgmae.mask_contract.MASKED_COUNT["random"]
 
     def __init__(self, ratio: float):
         self.ratio = ratio
@@ -26,6 +28,8 @@ class RandomMask:
 
 class TubeMask:
     """One random spatial mask shared by every temporal slice (VideoMAE's tube masking)."""
+
+    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["tube"]
 
     def __init__(self, ratio: float):
         self.ratio = ratio

@@ -27,42 +27,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgmae.data.mask_interface import MaskContext
+from tgmae.config import IMAGENET_MEAN, IMAGENET_STD
+from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.cache import CacheEntry, SimilarityCache
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
-from tgmae.masking.resample import TUBELET_FRAMES, resample_to_tokens
+from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import select_batch_per_slice, select_per_slice
 
 log = logging.getLogger(__name__)
 
-CAPTION_CHOICES = ("drawn", "mean")
 MATCH_MIN_COSINE = 0.99  # a sample's caption embedding must be this close to a cached caption's
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_common(ratio: float, select: str, tubelet_frame: str) -> None:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio={ratio}: must be strictly between 0 and 1")
-    if select not in ("top", "bottom"):
-        raise ValueError(f"select={select!r}: expected 'top' or 'bottom'")
-    if tubelet_frame not in TUBELET_FRAMES:
-        raise ValueError(f"tubelet_frame={tubelet_frame!r}: expected one of {TUBELET_FRAMES}")
 
 
 class CachedTGMMask:
     """TGM from an offline similarity cache: resample + top-k per slice, no CLIP call.
 
     cache: a `SimilarityCache` or its directory. caption: "drawn" | "mean" (module docstring).
+    ratio, select, tubelet_frame, caption: as validated by `MaskingConfig` (not checked again).
     """
+
+    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["tgm"]
 
     def __init__(
         self, cache: SimilarityCache | str, ratio: float = 0.6, select: str = "top",
         tubelet_frame: str = "first", caption: str = "drawn",
     ):
-        _check_common(ratio, select, tubelet_frame)
-        if caption not in CAPTION_CHOICES:
-            raise ValueError(f"caption={caption!r}: expected one of {CAPTION_CHOICES}")
         self.cache = cache if isinstance(cache, SimilarityCache) else SimilarityCache(cache)
         self.ratio, self.select = ratio, select
         self.tubelet_frame, self.caption = tubelet_frame, caption
@@ -150,14 +139,16 @@ def _slice_scores(
 
 class _ClipInTheLoop:
     """Shared settings of the online TGM generators: a CLIP scorer, ratio, top/bottom, which
-    frame stands for a tubelet, and the data normalization to undo before CLIP sees frames."""
+    frame stands for a tubelet, and the data normalization to undo before CLIP sees frames.
+    ratio, select, tubelet_frame: as validated by `MaskingConfig` (not checked again)."""
+
+    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["tgm"]
 
     def __init__(
         self, scorer: ClipPatchScorer, ratio: float = 0.6, select: str = "top",
-        tubelet_frame: str = "first", data_mean: Sequence[float] = _IMAGENET_MEAN,
-        data_std: Sequence[float] = _IMAGENET_STD,
+        tubelet_frame: str = "first", data_mean: Sequence[float] = IMAGENET_MEAN,
+        data_std: Sequence[float] = IMAGENET_STD,
     ):
-        _check_common(ratio, select, tubelet_frame)
         self.scorer, self.ratio, self.select, self.tubelet_frame = scorer, ratio, select, tubelet_frame
         self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
 
@@ -226,4 +217,4 @@ def _require_text(emb: Optional[torch.Tensor], scorer: ClipPatchScorer, video_id
     return emb
 
 
-__all__ = ["CAPTION_CHOICES", "BatchTGMMask", "CachedTGMMask", "OnlineTGMMask"]
+__all__ = ["BatchTGMMask", "CachedTGMMask", "OnlineTGMMask"]

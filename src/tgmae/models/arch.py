@@ -12,10 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tgmae.config import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tgmae.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from tgmae.data.mask_interface import check_mask
+from tgmae.mask_contract import check_mask
 
 
 class TokenSplit(NamedTuple):

@@ -201,7 +201,7 @@ class VideoTextPretrainer(nn.Module):
         """Wrap `mae` with the `contrastive` config section."""
         return cls(mae, text_dim, objective=cfg.objective, weight=cfg.weight,
                    temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
-                   proj_dim=cfg.proj_dim, text_projection=cfg.text_projection, text_norm=cfg.text_norm,
+                   proj_dim=cfg.proj_dim, text_projection=cfg.text_projection,
                    view_ratio=cfg.view_ratio)
 
     # -- stages --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`tgmae visualize masks`: Figure-1-style grids of masking algorithms on one clip.
+"""Figure-1-style grids of masking algorithms on one clip (`tgmae visualize masks`:
+tgmae.commands.visualize_masks).
 
 Rows: the input frames, then one row per algorithm (random, tube, MGM, TGM top-k, TGM bottom-k)
 with the masked patches greyed out; columns: frames (the first frame of evenly spaced temporal
@@ -10,11 +11,9 @@ token slices). On the synthetic set the acting object's outline (ground truth) i
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -109,7 +108,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     from tgmae.data.sampling import clip_indices
     from tgmae.data.transforms import EvalTransform
     from tgmae.data.video import VideoReader
-    from tgmae.data.mask_interface import MaskContext
+    from tgmae.mask_contract import MaskContext
     from tgmae.masking.motion import stack_codec_motion
     from tgmae.masking.quality import PAPER_RATIOS, make_generators
 
@@ -138,43 +137,4 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
                             ratios={k: ratios[k] for k in masks}, title=f"{Path(video).name}: \"{caption}\"")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="tgmae visualize masks",
-                                description="Figure-1-style grid of masking algorithms on a clip.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--root", help="synthetic set (`tgmae synth`): uses its captions and object masks")
-    src.add_argument("--video", help="any video file (needs --caption for TGM)")
-    p.add_argument("--video-id", default=None, help="synthetic video id (default: the first val, else train, video)")
-    p.add_argument("--caption", default="", help="caption for --video")
-    p.add_argument("--clip", default=None, help="CLIP for the TGM rows (name or directory)")
-    p.add_argument("--mode", choices=("faithful", "dense"), default="faithful")
-    p.add_argument("--ratio", type=float, default=None, help="one ratio for all rows (default: each paper ratio)")
-    p.add_argument("--out", default="masks.png")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--frame-stride", type=int, default=2)
-    p.add_argument("--columns", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.ratio is not None and not 0 < args.ratio < 1:
-        print("tgmae visualize masks: --ratio must be in (0, 1)", file=sys.stderr)
-        return 2
-    common = dict(clip_model=args.clip, ratio=args.ratio, mode=args.mode, image_size=args.image_size,
-                  num_frames=args.num_frames, frame_stride=args.frame_stride, columns=args.columns, seed=args.seed)
-    if args.root:
-        path = synthetic_figure(args.root, args.out, args.video_id, **common)
-    else:
-        if args.clip and not args.caption.strip():
-            print("tgmae visualize masks: TGM on --video needs a non-empty --caption", file=sys.stderr)
-            return 2
-        path = video_figure(args.video, args.caption, args.out, **common)
-    print(f"tgmae visualize masks: wrote {path}")
-    return 0
-
-
-__all__ = ["main", "overlay", "render_mask_grid", "synthetic_figure", "video_figure"]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["overlay", "render_mask_grid", "synthetic_figure", "video_figure"]

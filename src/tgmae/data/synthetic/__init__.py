@@ -1,6 +1,6 @@
 """Synthetic captioned video set: coloured shapes doing labelled actions over moving textures.
 
-`tgmae synth OUT_DIR` (`main`) or `generate_synthetic_dataset(out_dir, ...)`; see
+`tgmae synth OUT_DIR` (`tgmae.commands.synth`) or `generate_synthetic_dataset(out_dir, ...)`; see
 `generate.py` for the file layout and `render.py` for the ground-truth mask definition.
 """
 
@@ -9,7 +9,6 @@ from tgmae.data.synthetic.generate import (
     GENERATOR_VERSION,
     SyntheticSetInfo,
     generate_synthetic_dataset,
-    main,
     stratified_split,
 )
 from tgmae.data.synthetic.render import RenderedClip, render_scene
@@ -27,7 +26,6 @@ __all__ = [
     "SyntheticSetInfo",
     "Track",
     "generate_synthetic_dataset",
-    "main",
     "make_captions",
     "rasterize",
     "render_scene",

@@ -15,7 +15,6 @@ seed gives byte-identical annotations, captions and masks (and, with one x264 th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -28,10 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tgmae.errors import SettingsError
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
-from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
 GENERATOR_VERSION = "1.0"
@@ -106,15 +105,15 @@ def check_settings(
     num_videos: int, frames: int, size: int, fps: int, gop: int, workers: int, val_fraction: float, seed: int = 0,
     distractors: int = MAX_DISTRACTORS, distractor_speed: float = 1.0, background: str | None = None,
 ) -> None:
-    """Raise ValueError naming the first invalid setting."""
+    """Raise SettingsError (a ValueError) naming the first invalid setting."""
     for name, value, lo in (("num_videos", num_videos, 1), ("frames", frames, 2), ("size", size, 32),
                             ("fps", fps, 1), ("gop", gop, 1), ("workers", workers, 0), ("seed", seed, 0)):
         if value < lo:
-            raise ValueError(f"{name}={value}: must be >= {lo}")
+            raise SettingsError(f"{name}={value}: must be >= {lo}")
     if size % 2:
-        raise ValueError(f"size={size}: must be even (yuv420p)")
+        raise SettingsError(f"size={size}: must be even (yuv420p)")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+        raise SettingsError(f"val_fraction={val_fraction}: must be in [0, 1)")
     check_scene_options(distractors, distractor_speed, background)
 
 
@@ -152,21 +151,61 @@ def _clear_outputs(root: Path, keep: set[str]) -> None:
                 p.unlink()
 
 
+def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, int], None] | None) -> list[dict]:
+    """Every task's video and mask, `workers` spawned processes at a time; records in task order."""
+    records: list[dict] = []
+    if workers == 1:
+        for task in tasks:
+            records.append(_make_video(task))
+            if progress:
+                progress(len(records), len(tasks))
+        return records
+    chunk = max(1, min(8, len(tasks) // (4 * workers)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for record in pool.map(_make_video, tasks, chunksize=chunk):
+            records.append(record)
+            if progress:
+                progress(len(records), len(tasks))
+    return records
+
+
+def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> None:
+    """train.csv / val.csv / annotations.csv, classes.txt and captions.jsonl (the layout above)."""
+    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
+    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
+    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
+    write_csv(root / "annotations.csv", rows)
+    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
+    atomic_write_text(
+        root / "captions.jsonl",
+        "".join(
+            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
+            + "\n"
+            for r in records
+        ),
+    )
+
+
+def _meta_tail(records: Sequence[dict], is_val: np.ndarray, class_counts: dict[str, int]) -> dict:
+    """meta.json's keys after the settings: codec, classes, mask definition, per-video records."""
+    return {
+        "codec": "h264 (libx264, yuv420p, no B-frames)",
+        "classes": list(ACTIONS),
+        "class_counts": class_counts,
+        "mask": "visible pixels of the acting object in the rendered frames before compression",
+        "videos": {
+            r["video_id"]: {k: r[k] for k in ("label", "action", "background", "objects")}
+            | {"split": "val" if v else "train"}
+            for r, v in zip(records, is_val)
+        },
+    }
+
+
 def generate_synthetic_dataset(
-    out_dir: str | os.PathLike,
-    num_videos: int = 300,
-    frames: int = 48,
-    size: int = 128,
-    fps: int = 15,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    gop: int = 12,
-    workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-    distractors: int = MAX_DISTRACTORS,
-    distractor_speed: float = 1.0,
-    background: str | None = None,
-    static_camera: bool = False,
+    out_dir: str | os.PathLike, num_videos: int = 300, frames: int = 48, size: int = 128, fps: int = 15,
+    seed: int = 0, val_fraction: float = 0.2, gop: int = 12, workers: int = 1,
+    progress: Callable[[int, int], None] | None = None, distractors: int = MAX_DISTRACTORS,
+    distractor_speed: float = 1.0, background: str | None = None, static_camera: bool = False,
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
@@ -203,34 +242,8 @@ def generate_synthetic_dataset(
         for i in range(num_videos)
     ]
     _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
-    workers = min(workers or os.cpu_count() or 1, num_videos)
-    records: list[dict] = []
-    if workers == 1:
-        for task in tasks:
-            records.append(_make_video(task))
-            if progress:
-                progress(len(records), num_videos)
-    else:
-        chunk = max(1, min(8, num_videos // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for record in pool.map(_make_video, tasks, chunksize=chunk):
-                records.append(record)
-                if progress:
-                    progress(len(records), num_videos)
-
-    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
-    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
-    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
-    write_csv(root / "annotations.csv", rows)
-    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
-    atomic_write_text(
-        root / "captions.jsonl",
-        "".join(
-            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
-            + "\n"
-            for r in records
-        ),
-    )
+    records = _make_videos(tasks, min(workers or os.cpu_count() or 1, num_videos), progress)
+    _write_index(root, records, is_val)
     class_counts = {c: int((labels == k).sum()) for k, c in enumerate(ACTIONS)}
     meta = {
         "generator": "tgmae.data.synthetic",
@@ -250,80 +263,15 @@ def generate_synthetic_dataset(
         # only when set, so the default set's meta.json stays byte-identical to earlier versions'
         **({"background": background} if background is not None else {}),
         **({"static_camera": True} if static_camera else {}),
-        "codec": "h264 (libx264, yuv420p, no B-frames)",
-        "classes": list(ACTIONS),
-        "class_counts": class_counts,
-        "mask": "visible pixels of the acting object in the rendered frames before compression",
-        "videos": {
-            r["video_id"]: {k: r[k] for k in ("label", "action", "background", "objects")}
-            | {"split": "val" if v else "train"}
-            for r, v in zip(records, is_val)
-        },
+        **_meta_tail(records, is_val, class_counts),
     }
     atomic_write_text(root / "meta.json", json.dumps(meta, indent=1) + "\n")
     return SyntheticSetInfo(
-        root=root,
-        videos_dir=root / "videos",
-        masks_dir=root / "masks",
-        train_csv=root / "train.csv",
-        val_csv=root / "val.csv",
-        annotations_csv=root / "annotations.csv",
-        classes_txt=root / "classes.txt",
-        captions_jsonl=root / "captions.jsonl",
-        meta_json=root / "meta.json",
-        num_videos=num_videos,
-        num_train=meta["num_train"],
-        num_val=meta["num_val"],
-        classes=list(ACTIONS),
-        class_counts=class_counts,
+        root=root, videos_dir=root / "videos", masks_dir=root / "masks", train_csv=root / "train.csv",
+        val_csv=root / "val.csv", annotations_csv=root / "annotations.csv", classes_txt=root / "classes.txt",
+        captions_jsonl=root / "captions.jsonl", meta_json=root / "meta.json", num_videos=num_videos,
+        num_train=meta["num_train"], num_val=meta["num_val"], classes=list(ACTIONS), class_counts=class_counts,
         seconds=time.perf_counter() - start,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tgmae synth", description="Write the synthetic captioned video set.")
-    parser.add_argument("out_dir", help="output folder (created if missing)")
-    parser.add_argument("--num-videos", type=int, default=300, help="number of videos (default 300)")
-    parser.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
-    parser.add_argument("--size", type=int, default=128, help="frame side in pixels, even (default 128)")
-    parser.add_argument("--fps", type=int, default=15, help="frames per second (default 15)")
-    parser.add_argument("--gop", type=int, default=12, help="keyframe interval; the rest are P-frames (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share, stratified (default 0.2)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes, 0 = all CPUs (default 1)")
-    parser.add_argument("--distractors", type=int, default=MAX_DISTRACTORS,
-                        help=f"at most this many distractor shapes, 0-{MAX_DISTRACTORS} (default {MAX_DISTRACTORS}: "
-                             "the original, hardest set; 0 = learnable from scratch)")
-    parser.add_argument("--distractor-speed", type=float, default=1.0,
-                        help="distractor speed, 1 = original, 0 = static (default 1)")
-    parser.add_argument("--static-camera", action="store_true",
-                        help="the background neither scrolls nor shakes: identical over time wherever no object "
-                             "covers it, so masked patches can be copied from other frames (the data on which "
-                             "MAE learns more than patch means, docs/sanity.md (b)); default: a moving camera")
-    parser.add_argument("--background", choices=BACKGROUNDS + EXTRA_BACKGROUNDS, default=None,
-                        help="one background kind for every video (flat = one colour without grain); "
-                             "default: drawn at random per video")
-    args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        check_settings(args.num_videos, args.frames, args.size, args.fps, args.gop, args.workers, args.val_fraction,
-                       args.seed, args.distractors, args.distractor_speed, args.background)
-    except ValueError as e:
-        parser.exit(2, f"tgmae synth: {e}\n")
-    every = max(1, args.num_videos // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % every == 0 or done == total:
-            print(f"  {done}/{total} videos", flush=True)
-
-    info = generate_synthetic_dataset(
-        args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
-        seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
-        distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
-        static_camera=args.static_camera,
-    )
-    print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
-          f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")
-    width = max(len(c) for c in info.classes)
-    for k, c in enumerate(info.classes):
-        print(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
-    return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tgmae.errors import SettingsError
 from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS, make_texture
 from tgmae.data.synthetic.shapes import EXTENT, ROTATION_INVARIANT, SHAPES
 
@@ -179,13 +180,13 @@ def _wander_track(shape: str, colour: str, height: int, width: int, frames: int,
 
 
 def check_scene_options(distractors: int, distractor_speed: float, background: str | None) -> None:
-    """The scene's difficulty and look options; ValueError naming the bad one."""
+    """The scene's difficulty and look options; SettingsError (a ValueError) naming the bad one."""
     if not 0 <= distractors <= MAX_DISTRACTORS:
-        raise ValueError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
+        raise SettingsError(f"distractors={distractors}: must be in 0..{MAX_DISTRACTORS}")
     if not distractor_speed >= 0:
-        raise ValueError(f"distractor_speed={distractor_speed}: must be >= 0")
+        raise SettingsError(f"distractor_speed={distractor_speed}: must be >= 0")
     if background is not None and background not in BACKGROUNDS + EXTRA_BACKGROUNDS:
-        raise ValueError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS + EXTRA_BACKGROUNDS)}")
+        raise SettingsError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS + EXTRA_BACKGROUNDS)}")
 
 
 def sample_scene(label: int, height: int, width: int, frames: int, rng: np.random.Generator, *,

@@ -1,9 +1,12 @@
-"""The mask generator interface every masking algorithm implements.
+"""The mask contract: what a mask generator is given, what it returns, how many tokens it masks.
 
-A generator is a small callable object, called once per sample with a `MaskContext` (what the
+Its users are the data pipeline (which calls a generator per sample), `tgmae.masking` (the
+generators), `tgmae.models` (which checks a batch mask) and `tgmae.config` (which checks
+`contrastive.view_ratio` against the count), so it sits in the bottom layer and imports nothing of
+tgmae. A generator is a small callable object, called once per sample with a `MaskContext` (what the
 data pipeline knows about that sample) and a seeded `torch.Generator`, returning a bool mask
 over the token grid: shape [N] with N = T' * H' * W' in (t, h, w) raster order, True = masked.
-Every sample gets exactly `num_masked(grid, ratio)` masked tokens, so batches have an equal
+Every sample gets exactly `MASKED_COUNT[name](grid, ratio)` masked tokens, so batches have an equal
 visible count. Generators are called in DataLoader workers; they must not touch global RNG.
 """
 
@@ -13,8 +16,6 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
-
-from tgmae.config import mask_count
 
 
 @dataclass
@@ -85,9 +86,29 @@ class MaskGenerator(Protocol):
     def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor: ...
 
 
-# Masked tokens out of `count` at `ratio` (rounded to nearest, at least 1 visible): one rule, kept in
-# tgmae.config so the config can check contrastive.view_ratio against the mask at load time.
-num_masked = mask_count
+def num_masked(count: int, ratio: float) -> int:
+    """Masked tokens out of `count` at `ratio`: rounded to nearest, at least 1 visible and 1 masked."""
+    return max(1, min(count - 1, int(round(count * ratio))))
+
+
+def masked_per_clip(grid: tuple[int, int, int], ratio: float) -> int:
+    """Masked tokens of a clip whose generator picks over all T' x H' x W' tokens at once (random)."""
+    t, h, w = grid
+    return num_masked(t * h * w, ratio)
+
+
+def masked_per_slice(grid: tuple[int, int, int], ratio: float) -> int:
+    """Masked tokens of a clip whose generator picks `num_masked(H' x W', ratio)` in every temporal
+    slice (tube, TGM, MGM: equal counts per slice)."""
+    t, h, w = grid
+    return t * num_masked(h * w, ratio)
+
+
+# masking.name -> the masked-token count of its generator (each generator class's `masked_count`
+# is the entry under its name: tests/test_masking_simple.py keeps them equal). The config checks
+# contrastive.view_ratio against it at load time.
+MASKED_COUNT = {"random": masked_per_clip, "tube": masked_per_slice, "tgm": masked_per_slice,
+                "mgm": masked_per_slice}
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -119,15 +140,7 @@ def check_mask(mask: torch.Tensor, num_tokens: int | None = None) -> int:
     return n_vis
 
 
-def ratio_of(mask: torch.Tensor) -> float:
-    return float(mask.float().mean())
-
-
-def exact_count_ok(mask: torch.Tensor, ratio: float) -> bool:
-    return int(mask.sum()) == num_masked(mask.numel(), ratio)
-
-
 __all__ = [
-    "CropParams", "MaskContext", "MaskGenerator", "num_masked", "topk_mask", "check_mask",
-    "ratio_of", "exact_count_ok",
+    "MASKED_COUNT", "CropParams", "MaskContext", "MaskGenerator", "check_mask", "masked_per_clip",
+    "masked_per_slice", "num_masked", "topk_mask",
 ]

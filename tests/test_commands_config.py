@@ -12,7 +12,7 @@ import pytest
 from tgmae import __version__
 from tgmae.cli import main
 from tgmae.config import RunConfig, load_config
-from tgmae.config_show import field_help
+from tgmae.commands.config import field_help
 
 
 def test_every_config_field_has_one_line_help():
@@ -42,18 +42,15 @@ def test_show_prints_resolved_config_with_help_and_reloads(tmp_path, capsys):
 def test_show_with_recipe_and_errors(capsys):
     assert main(["config", "show", "--recipe", "finetune"]) == 0
     assert re.search(r"^  layer_decay: 0\.75  # ", capsys.readouterr().out, re.M)
-    with pytest.raises(SystemExit) as e:
-        main(["config", "show", "optim.lrr=1"])
-    assert e.value.code == 2 and "unknown config key optim.lrr" in capsys.readouterr().err
+    assert main(["config", "show", "optim.lrr=1"]) == 2
+    assert "config error: unknown config key optim.lrr" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["config", "frobnicate"])
     assert e.value.code == 2
     # names are validated in the config, so `config show` refuses what a training command would
-    for override, key in (("model.preset=huge", "model.preset='huge': expected one of micro, tiny, small, base, large"),
-                          ("masking.name=foo", "masking.name='foo': expected one of random, tube, tgm, mgm")):
-        with pytest.raises(SystemExit) as e:
-            main(["config", "show", override])
-        assert e.value.code == 2 and key in capsys.readouterr().err
+    for override, key in (("model.preset=huge", "model.preset='huge'"), ("masking.name=foo", "masking.name='foo'")):
+        assert main(["config", "show", override]) == 2
+        assert key in capsys.readouterr().err
 
 
 def test_every_section_has_a_one_line_help_and_the_name_lists_match_the_implementations():
@@ -62,11 +59,8 @@ def test_every_section_has_a_one_line_help_and_the_name_lists_match_the_implemen
     from tgmae.models.arch import PRESETS
 
     assert MODEL_PRESETS == tuple(PRESETS)
-    for name in MASKING_NAMES:  # each name the config accepts builds (tgm needs a cache or a CLIP to go further)
-        try:
-            build_mask_generator(MaskingConfig(name=name))
-        except ValueError as e:
-            assert "known generators" not in str(e), e
+    for name in set(MASKING_NAMES) - {"tgm"}:  # each name the config accepts builds (tgm: tests/test_masking_tgm.py)
+        assert build_mask_generator(MaskingConfig(name=name)).ratio == MaskingConfig().ratio
     for section in dataclasses.fields(RunConfig):
         doc = section.default_factory.__doc__ or ""
         assert doc and not doc.startswith(section.default_factory.__name__ + "("), section.name

@@ -81,11 +81,7 @@ def main(argv: Sequence[str]) -> int:
         from tgmae.evaluate.recipes import FINETUNE_RECIPE, PROBE_RECIPE
 
         base = {"finetune": FINETUNE_RECIPE, "probe": PROBE_RECIPE}[args.recipe]
-    try:
-        cfg = config_module.load_config(args.config, args.overrides, base=base)
-    except config_module.ConfigError as e:
-        show.exit(2, f"tgmae config show: config error: {e}\n")
-    sys.stdout.write(render(cfg))
+    sys.stdout.write(render(config_module.load_config(args.config, args.overrides, base=base)))
     return 0
 
 

@@ -1,0 +1,64 @@
+"""`tgmae eval-masks --root SYNTH_DIR [--clip CLIP_DIR] [--out results.json]`: precision / recall of
+each masking algorithm against the synthetic set's object masks (`tgmae.masking.quality`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tgmae.masking.quality import evaluate_masks, format_table
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tgmae eval-masks",
+        description="Precision / recall of masking algorithms on the synthetic set's object masks.",
+    )
+    p.add_argument("--root", required=True, help="synthetic set directory (`tgmae synth`)")
+    p.add_argument("--clip", default=None, help="CLIP directory or name for TGM (e.g. from `tgmae train-clip`)")
+    p.add_argument("--out", default=None, help="write {algorithm: {precision, recall, ratio}} JSON here")
+    p.add_argument("--ratio", type=float, default=0.3, help="mask ratio for every algorithm")
+    p.add_argument("--paper-ratios", action="store_true", help="each algorithm at its paper ratio instead")
+    p.add_argument("--split", default="val")
+    p.add_argument("--mode", choices=("faithful", "dense"), default="faithful", help="TGM similarity maps")
+    p.add_argument("--cache", default=None, help="similarity cache dir (default ROOT/mask_cache/<clip>-<mode>)")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--frame-stride", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--cache-stride", type=int, default=2, help="similarity map every N source frames")
+    p.add_argument("--augment", action="store_true", help="multi-scale crop + flip as in pretraining")
+    p.add_argument("--min-cover", type=float, default=0.5, help="object pixel fraction making a token 'on the object'")
+    p.add_argument("--max-videos", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(list(argv))
+    root = Path(args.root)
+    if not (root / "masks").is_dir() or not (root / "captions.jsonl").is_file():
+        print(f"tgmae eval-masks: {root} is not a synthetic set (needs masks/ and captions.jsonl; `tgmae synth`)",
+              file=sys.stderr)
+        return 2
+    if not 0 < args.ratio < 1:
+        print("tgmae eval-masks: --ratio must be in (0, 1)", file=sys.stderr)
+        return 2
+    if not args.clip:
+        log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
+    quality = evaluate_masks(
+        root, args.clip, ratio=args.ratio, paper_ratios=args.paper_ratios, split=args.split,
+        num_frames=args.num_frames, frame_stride=args.frame_stride, image_size=args.image_size,
+        mode=args.mode, cache_dir=args.cache, augment=args.augment, min_cover=args.min_cover,
+        max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
+        progress=not args.no_progress,
+    )
+    print(f"eval-masks: {quality.videos} videos of {args.root} ({args.split}), "
+          f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")
+    print(format_table(quality))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(quality.results, indent=2) + "\n")
+    return 0

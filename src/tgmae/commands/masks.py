@@ -1,0 +1,96 @@
+"""`tgmae masks`: precompute per-video CLIP similarity maps for cached text-guided masking
+(`tgmae.masking.precompute`, whose docstring describes the cache, resume and sharding).
+
+    tgmae masks --format F --root DIR ANNOTATIONS --captions captions.jsonl \\
+        --clip NAME_OR_PATH --mode faithful|dense --out CACHE_DIR [--frame-stride 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from tgmae.clip.features import MODES
+from tgmae.masking.cache import clear_cache, merge_parts
+from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tgmae masks",
+        description="Precompute per-video CLIP similarity maps for cached text-guided masking.",
+    )
+    p.add_argument("annotations", help="annotation file or folder (as for training)")
+    p.add_argument("--format", default="csv", help="annotation format (csv, k400, ssv2, ...)")
+    p.add_argument("--root", default="", help="folder the annotation paths are relative to")
+    p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split")
+    p.add_argument("--subset", default="train", help="train | val | test")
+    p.add_argument("--captions", required=True, help="captions JSONL (tgmae caption / synth)")
+    p.add_argument("--clip", required=True, help="CLIP model name or directory")
+    p.add_argument("--mode", choices=MODES, default="dense")
+    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--frame-stride", type=int, default=4, help="a map every N source frames")
+    p.add_argument("--image-size", type=int, default=224, help="the video model's input side")
+    p.add_argument("--patch-size", type=int, default=16, help="the video model's patch side")
+    p.add_argument("--map-scale", type=int, default=1, help="dense: map cells per patch side (finer maps)")
+    p.add_argument("--dense-size", type=int, default=None,
+                   help="dense: CLIP input short side (default: grid x CLIP patch)")
+    p.add_argument("--batch-size", type=int, default=256, help="CLIP images per forward")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--merge-only", action="store_true", help="only merge the part files into index.json")
+    p.add_argument("--rebuild", action="store_true",
+                   help="empty an existing cache in --out first (built with other weights, captions or geometry)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    if args.merge_only:
+        index = merge_parts(args.out)
+        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
+              f"-> {args.out}/index.json")
+        return 0
+    if args.frame_stride < 1 or args.map_scale < 1 or args.image_size % args.patch_size:
+        print("tgmae masks: --frame-stride and --map-scale must be >= 1, --image-size a multiple of --patch-size",
+              file=sys.stderr)
+        return 2
+    if args.mode == "faithful" and args.map_scale != 1:
+        print("tgmae masks: --map-scale > 1 is for dense mode (faithful embeds one crop per patch)", file=sys.stderr)
+        return 2
+    from tgmae.captions.shard import shard_from_env
+    from tgmae.clip.features import load_clip
+    from tgmae.data.formats import load_annotations
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+
+    shard = shard_from_env()
+    created = init_distributed_if_launched()
+    records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
+    videos = list({r.video_id: r.path for r in records}.items())
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+    clip = load_clip(args.clip, device)
+    if args.rebuild and shard.rank == 0:
+        clear_cache(args.out)
+    if args.rebuild and distributed_ready():
+        import torch.distributed as dist
+
+        dist.barrier()  # no rank writes before rank 0 has emptied the folder
+    opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
+                             args.map_scale, args.dense_size, batch_size=args.batch_size)
+    counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
+                        progress=not args.no_progress)
+    if distributed_ready():
+        import torch.distributed as dist
+
+        dist.barrier()
+    if shard.rank == 0:
+        index = merge_parts(args.out)
+        print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
+              f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
+    if created:
+        from tgmae.distributed import cleanup
+
+        cleanup()
+    return 0
