@@ -98,6 +98,7 @@ MODEL_PRESETS = ("micro", "tiny", "small", "base", "large", "huge", "giant")
 # model.patch_size's default per preset: the patch each was published with (ViT-g/14), else 16
 PRESET_PATCH_SIZE = {"giant": 14}
 DECODER_MASKS = ("running_cell", "random")  # masking.decoder_mask (tgmae.models.dual_mask)
+OBJECTIVES = ("mae", "contrastive", "mae+contrastive")  # contrastive.objective (tgmae.models.video_text)
 MASKING_NAMES = ("random", "tube", "tgm", "mgm")
 
 
@@ -211,10 +212,8 @@ class ContrastiveConfig:
     view_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.objective not in ("mae", "contrastive", "mae+contrastive"):
-            raise ConfigError(
-                f"contrastive.objective={self.objective!r}: expected mae|contrastive|mae+contrastive"
-            )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"contrastive.objective={self.objective!r}: expected {'|'.join(OBJECTIVES)}")
         if self.temperature <= 0:
             raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
         if self.weight < 0:

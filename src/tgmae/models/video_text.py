@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgmae.config import ContrastiveConfig, ModelConfig
+from tgmae.config import OBJECTIVES, ContrastiveConfig, ModelConfig
 from tgmae.models.factory import build_pretraining_model
 from tgmae.models.infonce import InfoNCE, all_reduce_with_grad, dist_rank_world
 from tgmae.models.pretrainer import VideoMAEPretrainer
-
-OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
