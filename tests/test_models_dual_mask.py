@@ -150,3 +150,14 @@ def test_dual_masking_with_the_contrastive_objective_and_the_config_keys():
     for bad in ({"decoder_ratio": 0.0}, {"decoder_ratio": 1.5}, {"decoder_mask": "cells"}):
         with pytest.raises(ConfigError, match="masking.decoder_"):
             MaskingConfig(**bad)
+
+
+def test_the_pretraining_task_builds_the_model_with_the_run_options():
+    from tgmae.config import load_config
+    from tgmae.train.pretrain import PretrainTask
+
+    cfg = load_config(overrides=["model.preset=micro", "masking.decoder_ratio=0.5", "masking.decoder_mask=random",
+                                 "train.grad_checkpoint=true"])
+    model = PretrainTask(cfg).build_model()
+    assert (model.decoder_ratio, model.decoder_mask) == (0.5, "random")
+    assert model.encoder.grad_checkpoint and model.decoder.grad_checkpoint

@@ -135,9 +135,9 @@ class MaskingConfig:
     mode: str = "dense"  # tgm online: "dense" (MaskCLIP patch features) or "faithful" (patch crops)
     dense_size: int = 0  # tgm dense: CLIP input side; 0 = automatic
     # dual masking (VideoMAEv2): fraction of the masked tokens the decoder reconstructs in training
-    # (0.5 in VideoMAEv2); null = all. Which ones: running_cell (VideoMAEv2's pattern) | random
+    # (VideoMAEv2: 0.5); null = all
     decoder_ratio: Optional[float] = None
-    decoder_mask: str = "running_cell"
+    decoder_mask: str = "running_cell"  # dual masking's subset: running_cell (VideoMAEv2's) | random
 
     def __post_init__(self) -> None:
         if self.name not in MASKING_NAMES:
