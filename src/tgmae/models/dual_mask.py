@@ -45,11 +45,13 @@ def running_cell_decoded(grid: tuple[int, int, int], ratio: float, start: torch.
     return (cell.unsqueeze(0) + start.view(-1, 1)) % 4 >= 4 - k
 
 
+@torch.compiler.disable
 def decoder_tokens(mask: torch.Tensor, ratio: float, pattern: str, grid: tuple[int, int, int],
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Encoder mask [B, N] bool (True = masked, equal counts per clip) -> decoded token indices
     [B, n_dec] int64, increasing token order, each a masked token; n_dec = max(1, round(ratio *
-    n_masked)). pattern: "running_cell" | "random" (module docstring)."""
+    n_masked)). pattern: "running_cell" | "random" (module docstring). Always eager: the count is
+    read from the data, as in `tgmae.models.tokens.mask_to_indices`."""
     n_masked = int(mask[0].sum())
     n_dec = max(1, int(round(ratio * n_masked)))
     score = torch.rand(mask.shape, device=mask.device, generator=generator)  # [B, N] in [0, 1)

@@ -103,7 +103,7 @@ class ProjectionHead(nn.Module):
 class VideoTextOutput:
     """loss: the objective's scalar; loss_mse: MSE on masked tokens (None for `contrastive`);
     loss_nce: symmetric InfoNCE of the local rows (detached for `mae`; under DDP its mean over
-    ranks is the global-batch loss); pred [B, N_masked, P] or None; mask [B, N] bool (True =
+    ranks is the global-batch loss); pred [B, N_dec, P] (the decoded tokens) or None; mask [B, N] bool (True =
     masked); latent [B, N_vis, D] encoder output; video_embedding, text_embedding [B, proj_dim]
     L2-normalized fp32; temperature: 0-D detached tau; decoded [B, N] bool: `pred`'s tokens
     (PretrainOutput.decoded; None when the decoder does not run)."""
