@@ -168,7 +168,7 @@ class ModelConfig:
     patch_size: Optional[int] = None  # spatial patch side; None = the preset's (16; giant: 14)
     tubelet_size: int = 2  # frames per token
     drop_path: float = 0.0  # stochastic depth rate (finetuning: 0.1)
-    decoder_depth: Optional[int] = None  # None = preset default (4)
+    decoder_depth: Optional[int] = None  # None = the preset's (4; huge 12, tiny 2, micro 1)
     decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
     norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
     pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
