@@ -28,10 +28,17 @@ The first lines printed name the CPU model, its speed-relevant flags and the aut
 JSON holds the full flag list): figures belong to that machine. `--attention` picks our kernel
 (default auto: measured per machine by tgmae.autotune); `--compile blocks|model` adds a third
 contestant, a torch.compile'd copy of ours with the same weights, timed in the same rounds.
+`--decoder-ratio 0.5` (dual masking, masking.decoder_ratio; `--decoder-mask` picks the pattern)
+and `--grad-checkpoint` (train.grad_checkpoint) add `ours_options`: ours with those options and
+the same weights, timed in the same rounds and measured in the same memory pass; the rows give
+its time and peak memory relative to ours (`options_speedup` = ours / options step time,
+`options_mem_ratio` = options / ours peak). With dual masking its loss covers a subset of the
+masked tokens, so it is left out of the loss agreement check (checkpointing alone is not).
 
 usage: python benchmarks/pretrain_step.py [--presets tiny,small,base] [--ratios 0.9,0.6]
        [--precisions fp32,bf16] [--batch 2] [--steps 6] [--threads N] [--clock wall|cpu]
        [--attention auto|sdpa|sdpa_fp32|math] [--compile off|blocks|model]
+       [--decoder-ratio R] [--decoder-mask running_cell|random] [--grad-checkpoint]
        [--device cpu|cuda] [--quick] [--json out.json]
 """
 
@@ -183,11 +190,31 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device, reps: int = 8) -> f
 # ------------------------------------------------------------------------------------ models
 
 
-def build_models(preset: str, device: torch.device, attention: str = "auto", compile_mode: str = "off"):
-    """{"ours": model, "hf": model[, "ours_compiled": model]} with identical weights (ours
-    copied into HF and into the compiled copy)."""
+def model_options(args) -> dict:
+    """`build_pretraining_model` options from --decoder-ratio / --decoder-mask / --grad-checkpoint
+    ({} when none is asked for)."""
+    if args.decoder_ratio is None and not args.grad_checkpoint:
+        return {}
+    return dict(decoder_ratio=args.decoder_ratio, decoder_mask=args.decoder_mask,
+                grad_checkpoint=args.grad_checkpoint)
+
+
+def options_twin(ours, preset: str, device: torch.device, attention: str, options: dict):
+    """A copy of `ours` (same weights) built with `options`."""
+    twin = build_pretraining_model(ModelConfig(preset=preset), FRAMES, SIZE, **options).to(device).train()
+    twin.load_state_dict(ours.state_dict())
+    set_attention_kernel(twin, attention)
+    return twin
+
+
+def build_models(preset: str, device: torch.device, attention: str = "auto", compile_mode: str = "off",
+                 options: dict | None = None):
+    """{"ours": model, "hf": model[, "ours_compiled": model][, "ours_options": model]} with
+    identical weights (ours copied into HF and into the copies)."""
     ours, hf = build_pair(preset, device, attention)
     models = {"ours": ours, "hf": hf}
+    if options:
+        models["ours_options"] = options_twin(ours, preset, device, attention, options)
     if compile_mode != "off":
         twin = build_pretraining_model(ModelConfig(preset=preset), FRAMES, SIZE).to(device).train()
         twin.load_state_dict(ours.state_dict())
@@ -263,7 +290,8 @@ def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict
                                else nullcontext()):
             out = m(video.permute(0, 2, 1, 3, 4), bool_masked_pos=mask) if name == "hf" else m(video, mask)
         losses[name] = float(out.loss)
-    loss_diff = max(abs(v - losses["hf"]) / max(abs(losses["hf"]), 1e-12) for v in losses.values())
+    subset = name_of_subset_loss(models)
+    loss_diff = max(abs(v - losses["hf"]) / max(abs(losses["hf"]), 1e-12) for k, v in losses.items() if k != subset)
     if loss_diff > (2e-2 if precision == "bf16" else 1e-4):
         raise SystemExit(f"{preset} r={ratio} {precision}: ours and HF disagree (losses {losses})")
     compile_s = {}
@@ -304,16 +332,29 @@ def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict
         # per-round ratios: robust to drift that hits both runs of a round alike
         row["speedup_rounds_median" + suffix] = statistics.median(
             h / o for h, o in zip(times["hf"], times[name]))
+    if "ours_options" in steps:
+        row["options_speedup"] = row["ours"]["step_s"] / row["ours_options"]["step_s"]
+        row["options_speedup_rounds_median"] = statistics.median(
+            o / v for o, v in zip(times["ours"], times["ours_options"]))
     return row
 
 
-def memory_case(ours, hf, ratio, precision, args, device) -> dict[str, float]:
-    """Peak step memory (MiB) of each model on the case's inputs, after a warm-up step."""
+def name_of_subset_loss(models) -> str:
+    """The contestant whose loss covers only part of the masked tokens (dual masking), or ""."""
+    twin = models.get("ours_options")
+    return "ours_options" if twin is not None and twin.decoder_ratio is not None else ""
+
+
+def memory_case(ours, hf, ratio, precision, args, device, twin=None) -> dict[str, float]:
+    """Peak step memory (MiB) of each model (and of the options twin, when given) on the case's
+    inputs, after a warm-up step."""
     g = torch.Generator().manual_seed(0)
     video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
     mask = random_mask(args.batch, ours.arch.num_tokens, ratio, seed=1).to(device)
     peaks = {}
-    for name, model in (("ours", ours), ("hf", hf)):
+    for name, model in (("ours", ours), ("hf", hf), ("ours_options", twin)):
+        if model is None:
+            continue
         step, _ = make_step(model, name == "hf", video, mask, precision, device)
         step()
         peaks[name] = peak_step_memory(step, device)
@@ -331,10 +372,13 @@ def measure_memory(args, device) -> dict[str, dict[str, float]]:
     peaks = {}
     for preset in args.presets.split(","):
         ours, hf = build_pair(preset, device, args.attention)
+        options = model_options(args)
+        twin = options_twin(ours, preset, device, args.attention, options) if options else None
         for ratio in (float(r) for r in args.ratios.split(",")):
             for precision in args.precisions.split(","):
-                peaks[_case_key(preset, ratio, precision)] = memory_case(ours, hf, ratio, precision, args, device)
-        del ours, hf
+                peaks[_case_key(preset, ratio, precision)] = memory_case(ours, hf, ratio, precision, args,
+                                                                         device, twin)
+        del ours, hf, twin
     return peaks
 
 
@@ -349,14 +393,18 @@ def memory_pass(args, device) -> dict[str, dict[str, float]]:
         out = Path(tmp) / "peaks.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-pass", str(out),
                "--presets", args.presets, "--ratios", args.ratios, "--precisions", args.precisions,
-               "--batch", str(args.batch), "--threads", str(args.threads), "--attention", args.attention]
+               "--batch", str(args.batch), "--threads", str(args.threads), "--attention", args.attention,
+               "--decoder-mask", args.decoder_mask]
+        cmd += ["--decoder-ratio", str(args.decoder_ratio)] if args.decoder_ratio is not None else []
+        cmd += ["--grad-checkpoint"] if args.grad_checkpoint else []
         subprocess.run(cmd, check=True)
         return json.loads(out.read_text())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", default="tiny,small,base")
+    parser.add_argument("--presets", default=None, help="comma-separated (default tiny,small,base; "
+                        "--quick: tiny,small)")
     parser.add_argument("--ratios", default="0.9,0.6")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--batch", type=int, default=2)
@@ -370,7 +418,15 @@ def main(argv=None) -> int:
                         "per machine, tgmae.autotune) | sdpa | sdpa_fp32 | math")
     parser.add_argument("--compile", default="off", choices=("off", "blocks", "model"),
                         help="also time a torch.compile'd copy of ours (cold compile in the warm-up)")
-    parser.add_argument("--quick", action="store_true", help="tiny + small at ratio 0.9, 3 steps")
+    parser.add_argument("--decoder-ratio", type=float, default=None,
+                        help="also time ours with dual masking: the decoder reconstructs this fraction "
+                             "of the masked tokens (masking.decoder_ratio)")
+    parser.add_argument("--decoder-mask", default="running_cell", choices=("running_cell", "random"),
+                        help="dual masking's pattern (masking.decoder_mask)")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="also time ours with activation checkpointing (train.grad_checkpoint)")
+    parser.add_argument("--quick", action="store_true", help="ratio 0.9, 3 steps (presets tiny,small "
+                        "unless --presets names them)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--memory-pass", metavar="OUT", help=argparse.SUPPRESS)  # internal: child process
     args = parser.parse_args(argv)
@@ -381,7 +437,8 @@ def main(argv=None) -> int:
         Path(args.memory_pass).write_text(json.dumps(measure_memory(args, torch.device("cpu"))))
         return 0
     if args.quick:
-        args.presets, args.ratios, args.steps = "tiny,small", "0.9", 3
+        args.presets, args.ratios, args.steps = args.presets or "tiny,small", "0.9", 3
+    args.presets = args.presets or "tiny,small,base"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -400,7 +457,7 @@ def main(argv=None) -> int:
     cases = [(preset, float(r), p) for preset in args.presets.split(",") for r in args.ratios.split(",")
              for p in precisions]
     for preset in args.presets.split(","):  # pass 1: time, with the allocator's default settings
-        models = build_models(preset, device, args.attention, args.compile)
+        models = build_models(preset, device, args.attention, args.compile, model_options(args))
         for _, ratio, precision in (c for c in cases if c[0] == preset):
             row = bench_case(models, preset, ratio, precision, args, device, ceilings)
             rows.append(row)
@@ -414,9 +471,11 @@ def main(argv=None) -> int:
         del models
     peaks = memory_pass(args, device)  # pass 2: memory
     for row in rows:
-        for name in ("ours", "hf"):
-            row[name]["peak_mib"] = peaks[_case_key(row["preset"], row["ratio"], row["precision"])][name]
+        for name, mib in peaks[_case_key(row["preset"], row["ratio"], row["precision"])].items():
+            row[name]["peak_mib"] = mib
         row["mem_ratio"] = row["ours"]["peak_mib"] / row["hf"]["peak_mib"]
+        if "ours_options" in row:
+            row["options_mem_ratio"] = row["ours_options"]["peak_mib"] / row["ours"]["peak_mib"]
     for row in rows:
         o, h = row["ours"], row["hf"]
         print(f"{row['preset']:>5} r={row['ratio']:.2f} {row['precision']} (ceiling {row['ceiling_gflops']:.0f}): "
@@ -427,7 +486,11 @@ def main(argv=None) -> int:
               f"{row['speedup']:.2f}x (per-round median {row['speedup_rounds_median']:.2f}x), "
               f"memory {row['mem_ratio']:.2f}x, loss agrees to {row['loss_rel_diff']:.1e}"
               + (f" | compiled {row['ours_compiled']['step_s']:.3f}s = {row['speedup_compiled']:.2f}x HF "
-                 f"({row['ours_compiled']['frac_ceiling']:.0%})" if "ours_compiled" in row else ""),
+                 f"({row['ours_compiled']['frac_ceiling']:.0%})" if "ours_compiled" in row else "")
+              + (f" | options {row['ours_options']['step_s']:.3f}s = {row['options_speedup']:.2f}x ours "
+                 f"(per-round median {row['options_speedup_rounds_median']:.2f}x), "
+                 f"{row['ours_options']['peak_mib']:.0f} MiB = {row['options_mem_ratio']:.2f}x ours"
+                 if "ours_options" in row else ""),
               flush=True)
     if args.json:
         info = dict(command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
@@ -435,7 +498,8 @@ def main(argv=None) -> int:
                     clock=args.clock, load_average=os.getloadavg(),
                     machine=machine_line(device), cpu_model=autotune.cpu_info()[0],
                     cpu_flags=" ".join(autotune.cpu_info()[1]), attention=args.attention,
-                    compile=args.compile, autotune_choices=autotune.cached_choices(device),
+                    compile=args.compile, options=model_options(args),
+                    autotune_choices=autotune.cached_choices(device),
                     memory_pass="child process, malloc pinned" if device.type == "cpu" else "in process",
                     ceilings_gflops=ceilings, hf_attention=HF_ATTENTION, rows=rows)
         Path(args.json).write_text(json.dumps(info, indent=1))

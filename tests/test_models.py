@@ -72,10 +72,11 @@ def test_every_preset_builds_with_expected_size(preset):
     with torch.device("meta"):  # no memory, no init cost: base/large only construct
         model = build_pretraining_model(ModelConfig(preset=preset), 16, 224)
     a = model.arch
-    assert a.grid == (8, 14, 14) and a.num_tokens == 1568 and a.patch_dim == 1536
+    p = 14 if preset == "giant" else 16  # ViT-g/14: model.patch_size defaults to the preset's patch
+    assert a.patch_size == p and a.grid == (8, 224 // p, 224 // p) and a.patch_dim == 2 * p * p * 3
     assert sum(p.numel() for p in model.parameters()) == expected_param_count(a)
-    assert a.decoder_depth == {"micro": 1, "tiny": 2}.get(preset, 4)
-    assert a.decoder_dim // a.decoder_heads == (32 if preset in ("micro", "tiny") else 64)
+    assert a.decoder_depth == {"micro": 1, "tiny": 2, "huge": 12}.get(preset, 4)
+    assert a.decoder_dim // a.decoder_heads == {"micro": 32, "tiny": 32, "huge": 80}.get(preset, 64)
 
 
 def test_preset_table_matches_videomae():
@@ -83,6 +84,12 @@ def test_preset_table_matches_videomae():
     assert (PRESETS["base"]["embed_dim"], PRESETS["base"]["num_heads"], PRESETS["base"]["decoder_dim"]) == (768, 12, 384)
     assert PRESETS["base"]["decoder_heads"] == 6
     assert (PRESETS["large"]["embed_dim"], PRESETS["large"]["depth"], PRESETS["large"]["decoder_dim"]) == (1024, 24, 512)
+    huge, giant = PRESETS["huge"], PRESETS["giant"]
+    assert (huge["embed_dim"], huge["depth"], huge["num_heads"], huge["decoder_dim"], huge["decoder_heads"]) == (
+        1280, 32, 16, 640, 8)
+    assert (giant["embed_dim"], giant["depth"], giant["num_heads"], giant["decoder_dim"], giant["decoder_heads"]) == (
+        1408, 40, 16, 512, 8)
+    assert int(giant["embed_dim"] * giant["mlp_ratio"]) == 6144 and ModelConfig(preset="giant").patch_size == 14
 
 
 @pytest.mark.parametrize("preset", ["micro", "tiny", "small"])

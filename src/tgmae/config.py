@@ -100,7 +100,11 @@ class DataConfig:
 
 # The names a config may choose (tgmae.models.arch.PRESETS and tgmae.masking.build_mask_generator
 # implement them; a test keeps the lists equal), checked here so every command refuses a typo alike.
-MODEL_PRESETS = ("micro", "tiny", "small", "base", "large")
+MODEL_PRESETS = ("micro", "tiny", "small", "base", "large", "huge", "giant")
+# model.patch_size's default per preset: the patch each was published with (ViT-g/14), else 16
+PRESET_PATCH_SIZE = {"giant": 14}
+DECODER_MASKS = ("running_cell", "random")  # masking.decoder_mask (tgmae.models.dual_mask)
+OBJECTIVES = ("mae", "contrastive", "mae+contrastive")  # contrastive.objective (tgmae.models.video_text)
 MASKING_NAMES = tuple(MASKED_COUNT)  # random, tube, tgm, mgm
 
 
@@ -140,6 +144,10 @@ class MaskingConfig:
     caption: str = "drawn"  # tgm cached: the sample's "drawn" caption, or the video's "mean" caption
     mode: str = "dense"  # tgm online: "dense" (MaskCLIP patch features) or "faithful" (patch crops)
     dense_size: int = 0  # tgm dense: CLIP input side; 0 = automatic
+    # dual masking (VideoMAEv2): fraction of the masked tokens the decoder reconstructs in training
+    # (VideoMAEv2: 0.5); null = all
+    decoder_ratio: Optional[float] = None
+    decoder_mask: str = "running_cell"  # dual masking's subset: running_cell (VideoMAEv2's) | random
 
     def __post_init__(self) -> None:
         if self.name not in MASKING_NAMES:
@@ -156,17 +164,21 @@ class MaskingConfig:
             raise ConfigError(f"masking.mode={self.mode!r}: expected dense|faithful")
         if self.motion_source not in ("codec", "framediff"):
             raise ConfigError(f"masking.motion_source={self.motion_source!r}: expected codec|framediff")
+        if self.decoder_ratio is not None and not 0.0 < self.decoder_ratio <= 1.0:
+            raise ConfigError(f"masking.decoder_ratio={self.decoder_ratio}: must be in (0, 1] or null")
+        if self.decoder_mask not in DECODER_MASKS:
+            raise ConfigError(f"masking.decoder_mask={self.decoder_mask!r}: expected {'|'.join(DECODER_MASKS)}")
 
 
 @dataclass
 class ModelConfig:
     """Backbone choice; full architecture comes from the preset table in tgmae.models."""
 
-    preset: str = "tiny"  # micro | tiny | small | base | large
-    patch_size: int = 16  # spatial patch side
+    preset: str = "tiny"  # micro | tiny | small | base | large | huge | giant
+    patch_size: Optional[int] = None  # spatial patch side; None = the preset's (16; giant: 14)
     tubelet_size: int = 2  # frames per token
     drop_path: float = 0.0  # stochastic depth rate (finetuning: 0.1)
-    decoder_depth: Optional[int] = None  # None = preset default (4)
+    decoder_depth: Optional[int] = None  # None = the preset's (4; huge 12, tiny 2, micro 1)
     decoder_dim: Optional[int] = None  # None = preset default (ViT-B: 384)
     norm_pix_loss: bool = True  # VideoMAE target: per-patch normalized pixels
     pretrained: str = ""  # checkpoint to start from (ours, official .pth or HF dir)
@@ -178,6 +190,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.preset not in MODEL_PRESETS:
             raise ConfigError(f"model.preset={self.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
+        if self.patch_size is None:
+            self.patch_size = PRESET_PATCH_SIZE.get(self.preset, 16)
         _positive("model.patch_size", self.patch_size)
         _positive("model.tubelet_size", self.tubelet_size)
         if self.num_heads is not None:
@@ -207,10 +221,8 @@ class ContrastiveConfig:
     view_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.objective not in ("mae", "contrastive", "mae+contrastive"):
-            raise ConfigError(
-                f"contrastive.objective={self.objective!r}: expected mae|contrastive|mae+contrastive"
-            )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"contrastive.objective={self.objective!r}: expected {'|'.join(OBJECTIVES)}")
         if self.temperature <= 0:
             raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
         if self.weight < 0:
@@ -267,6 +279,7 @@ class TrainConfig:
     # because YAML 1.1 reads a bare `off` as false; true names no mode and is refused
     compile: Union[bool, str] = "off"
     attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
+    grad_checkpoint: bool = False  # activation checkpointing of encoder and decoder blocks (less memory)
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)

@@ -125,8 +125,21 @@ class VideoMAEArch:
         return cls(**values)
 
 
-# name -> size arguments. Decoder sizes follow VideoMAE's pretrain_videomae_*_patch16_224
-# (head width 64; decoder depth 4 as in the released pretraining scripts).
+# name -> size arguments. Decoder sizes follow the peers' pretraining models and scripts:
+# - micro, tiny: ours (CPU studies and tests).
+# - small / base / large: MCG-NJU/VideoMAE modeling_pretrain.py pretrain_videomae_{small,base,large}
+#   _patch16_224 (decoder 192 / 384 / 512 wide, head width 64; decoder depth 4, the
+#   run_mae_pretraining.py default; the K400 ViT-L script passes --decoder_depth 12).
+# - huge: VideoMAE ViT-H, pretrain_videomae_huge_patch16_224 (encoder 1280 wide, 32 blocks, 16 heads;
+#   decoder_embed_dim=640, decoder_num_heads=8) with depth 12 from
+#   scripts/kinetics/videomae_vit_huge_patch16_224_tubemasking_ratio_0.9_epoch_1600/pretrain.sh
+#   (--decoder_depth 12).
+# - giant: VideoMAEv2 ViT-g/14, OpenGVLab/VideoMAEv2 models/modeling_pretrain.py
+#   pretrain_videomae_giant_patch14_224 (encoder 1408 wide, 40 blocks, 16 heads, mlp_ratio=48/11 =
+#   MLP 6144, shared by the decoder: 2234; decoder_embed_dim=512, decoder_num_heads=8, patch 14) with
+#   depth 4 from scripts/pretrain/vit_g_hybrid_pt.sh (--decoder_depth 4).
+# Geometry is not a size: model.patch_size defaults to the preset's published patch (16; giant 14:
+# tgmae.config.PRESET_PATCH_SIZE).
 PRESETS: dict[str, dict[str, Any]] = {
     # micro: the study's and the sanity checks' CPU model (learns the synthetic actions in ~1 CPU-minute)
     "micro": dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1),
@@ -134,23 +147,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=192, decoder_depth=4, decoder_heads=3),
     "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_dim=384, decoder_depth=4, decoder_heads=6),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_depth=4, decoder_heads=8),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16, decoder_dim=640, decoder_depth=12, decoder_heads=8),
+    "giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, decoder_dim=512, decoder_depth=4,
+                  decoder_heads=8),
 }
 
 
-def arch_from_config(
-    model_cfg: Any,
-    num_frames: int,
-    image_size: int,
-    pixel_mean: Optional[tuple[float, ...]] = None,
-    pixel_std: Optional[tuple[float, ...]] = None,
-) -> VideoMAEArch:
-    """`ModelConfig` + clip geometry -> `VideoMAEArch`.
+def _size_from_config(model_cfg: Any) -> dict[str, Any]:
+    """The preset's size arguments with the config's head / decoder overrides applied.
 
-    A `decoder_dim` override keeps the preset's decoder head width (64, tiny: 32). Pass the data
-    pipeline's mean/std when they differ from ImageNet, so the target matches VideoMAE's.
-    """
-    if model_cfg.preset not in PRESETS:
-        raise ConfigError(f"model.preset={model_cfg.preset!r}: expected one of {sorted(PRESETS)}")
+    A `decoder_dim` override keeps the preset's decoder head width. Raises ConfigError naming
+    model.num_heads / model.decoder_dim / model.decoder_heads when they do not divide the width."""
     size = dict(PRESETS[model_cfg.preset])
     heads = getattr(model_cfg, "num_heads", None)
     if heads is not None:
@@ -174,13 +181,28 @@ def arch_from_config(
         if size["decoder_dim"] % decoder_heads:
             raise ConfigError(f"model.decoder_heads={decoder_heads}: must divide the decoder width {size['decoder_dim']}")
         size["decoder_heads"] = decoder_heads
+    return size
+
+
+def arch_from_config(
+    model_cfg: Any,
+    num_frames: int,
+    image_size: int,
+    pixel_mean: Optional[tuple[float, ...]] = None,
+    pixel_std: Optional[tuple[float, ...]] = None,
+) -> VideoMAEArch:
+    """`ModelConfig` (validated: its preset is a known one) + clip geometry -> `VideoMAEArch`.
+
+    Pass the data pipeline's mean/std when they differ from ImageNet, so the target matches
+    VideoMAE's.
+    """
     extra: dict[str, Any] = {}
     if pixel_mean is not None:
         extra["pixel_mean"] = tuple(pixel_mean)
     if pixel_std is not None:
         extra["pixel_std"] = tuple(pixel_std)
     return VideoMAEArch(
-        **size,
+        **_size_from_config(model_cfg),
         patch_size=model_cfg.patch_size,
         tubelet_size=model_cfg.tubelet_size,
         num_frames=num_frames,
@@ -211,8 +233,8 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
         heads = PRESETS[model_cfg.preset]["num_heads"]
     if heads is not None:
         checks.append(("model.num_heads", heads, arch.num_heads))
-    if decoder and model_cfg.preset in PRESETS:
-        size = dict(PRESETS[model_cfg.preset])
+    if decoder:
+        size = PRESETS[model_cfg.preset]
         checks.append(("model.decoder_dim", model_cfg.decoder_dim or size["decoder_dim"], arch.decoder_dim))
         checks.append(("model.decoder_depth", model_cfg.decoder_depth or size["decoder_depth"], arch.decoder_depth))
     for key, mine, theirs in checks:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tgmae.models.attention import Attention, Kernel
 
@@ -75,6 +76,17 @@ class Block(nn.Module):
         return x_out + self.drop_path(self.mlp(self.norm2(x_out)))
 
 
+def run_block(blk: Block, x: torch.Tensor, grad_checkpoint: bool, q_start: int = 0) -> torch.Tensor:
+    """`blk(x, q_start)`, under activation checkpointing when `grad_checkpoint` and autograd is on.
+
+    Checkpointing (torch.utils.checkpoint, non-reentrant) keeps only the block's input and
+    recomputes its activations in the backward pass: same values and gradients (the RNG state is
+    restored, so DropPath draws the same samples), less memory, one more forward per block."""
+    if grad_checkpoint and torch.is_grad_enabled():
+        return checkpoint(blk, x, q_start, use_reentrant=False)
+    return blk(x, q_start)
+
+
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Stochastic depth per block, linear from 0 to `rate` over `depth` blocks (VideoMAE rule)."""
     return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
@@ -91,4 +103,4 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-__all__ = ["Block", "Mlp", "DropPath", "drop_path_rates", "init_vit_weights"]
+__all__ = ["Block", "Mlp", "DropPath", "run_block", "drop_path_rates", "init_vit_weights"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tgmae.models.arch import VideoMAEArch
-from tgmae.models.block import Block, drop_path_rates, init_vit_weights
+from tgmae.models.block import Block, drop_path_rates, init_vit_weights, run_block
 from tgmae.models.patch_embed import TubeletEmbed
 from tgmae.models.pos_embed import sincos_position_table
 from tgmae.models.tokens import gather_rows, mask_to_indices
@@ -22,11 +22,13 @@ class VideoViTEncoder(nn.Module):
     """video [B, C, T, H, W], mask [B, N] bool (True = masked) or None -> [B, N_vis or N, D].
 
     Parameter names follow VideoMAE's `encoder.*`: patch_embed.proj, blocks.N.*, norm.
+    grad_checkpoint: activation checkpointing of every block in training (`run_block`).
     """
 
-    def __init__(self, arch: VideoMAEArch) -> None:
+    def __init__(self, arch: VideoMAEArch, grad_checkpoint: bool = False) -> None:
         super().__init__()
         self.arch = arch
+        self.grad_checkpoint = grad_checkpoint
         self.num_tokens = arch.num_tokens
         self.patch_embed = TubeletEmbed(arch.in_chans, arch.embed_dim, arch.tubelet_size, arch.patch_size)
         self.register_buffer("pos_embed", sincos_position_table(arch.num_tokens, arch.embed_dim),
@@ -50,7 +52,7 @@ class VideoViTEncoder(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, n, D] embedded tokens -> [B, n, D] after the blocks and the final norm."""
         for blk in self.blocks:
-            x = blk(x)
+            x = run_block(blk, x, self.grad_checkpoint)
         return self.norm(x)
 
     def forward(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
-from tgmae.config import ModelConfig
+from tgmae.config import MaskingConfig, ModelConfig, TrainConfig
 from tgmae.models.arch import arch_from_config
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
@@ -15,15 +15,30 @@ def build_pretraining_model(
     image_size: int,
     pixel_mean: Optional[tuple[float, ...]] = None,
     pixel_std: Optional[tuple[float, ...]] = None,
+    *,
+    grad_checkpoint: bool = False,
+    decoder_ratio: Optional[float] = None,
+    decoder_mask: str = "running_cell",
 ) -> VideoMAEPretrainer:
     """`ModelConfig` + (data.num_frames, data.image_size) -> freshly initialized model.
 
     pixel_mean / pixel_std: the data normalization (data.mean / data.std); None = ImageNet, the
     statistics VideoMAE's target assumes. Weights come from the default torch generator: seed
     it first for reproducible initialization. `model_cfg.pretrained` is not read here; load
-    checkpoints with `tgmae.models.load_pretraining_model`.
+    checkpoints with `tgmae.models.load_pretraining_model`. grad_checkpoint (train.grad_checkpoint),
+    decoder_ratio / decoder_mask (masking.decoder_ratio / decoder_mask): `VideoMAEPretrainer`'s;
+    `training_options` reads them from a run config.
     """
-    return VideoMAEPretrainer(arch_from_config(model_cfg, num_frames, image_size, pixel_mean, pixel_std))
+    arch = arch_from_config(model_cfg, num_frames, image_size, pixel_mean, pixel_std)
+    return VideoMAEPretrainer(arch, grad_checkpoint=grad_checkpoint, decoder_ratio=decoder_ratio,
+                              decoder_mask=decoder_mask)
 
 
-__all__ = ["build_pretraining_model"]
+def training_options(masking_cfg: MaskingConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The model's training-time options from the `masking` and `train` sections, as keyword
+    arguments of `build_pretraining_model` / `build_video_text_model`."""
+    return dict(grad_checkpoint=train_cfg.grad_checkpoint, decoder_ratio=masking_cfg.decoder_ratio,
+                decoder_mask=masking_cfg.decoder_mask)
+
+
+__all__ = ["build_pretraining_model", "training_options"]

@@ -205,7 +205,8 @@ class InfoNCE(nn.Module):
     """Symmetric InfoNCE with a fixed or learnable temperature.
 
     Args:
-        temperature: tau (initial value when learnable).
+        temperature: tau > 0 (initial value when learnable; contrastive.temperature, checked by
+            the config).
         learnable: learn log(1 / tau) (CLIP's `logit_scale`), clamped in place to
             [log 1, log 100] before every use (tau in [0.01, 1], as CLIP / open_clip clamp it).
             Fixed: a buffer holding the same quantity, so checkpoints of both kinds share the key
@@ -217,8 +218,6 @@ class InfoNCE(nn.Module):
 
     def __init__(self, temperature: float = 0.07, learnable: bool = False) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature={temperature}: must be > 0")
         if learnable and not 1.0 / LOGIT_SCALE_MAX <= temperature <= 1.0 / LOGIT_SCALE_MIN:
             raise ValueError(
                 f"learnable temperature={temperature}: must start in [{1 / LOGIT_SCALE_MAX}, "

@@ -29,18 +29,16 @@ be converted, and `nn.SyncBatchNorm.convert_sync_batchnorm` must not be applied 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgmae.config import ContrastiveConfig, ModelConfig
+from tgmae.config import OBJECTIVES, ContrastiveConfig, ModelConfig
 from tgmae.models.factory import build_pretraining_model
 from tgmae.models.infonce import InfoNCE, all_reduce_with_grad, dist_rank_world
 from tgmae.models.pretrainer import VideoMAEPretrainer
-
-OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -105,9 +103,10 @@ class ProjectionHead(nn.Module):
 class VideoTextOutput:
     """loss: the objective's scalar; loss_mse: MSE on masked tokens (None for `contrastive`);
     loss_nce: symmetric InfoNCE of the local rows (detached for `mae`; under DDP its mean over
-    ranks is the global-batch loss); pred [B, N_masked, P] or None; mask [B, N] bool (True =
+    ranks is the global-batch loss); pred [B, N_dec, P] (the decoded tokens) or None; mask [B, N] bool (True =
     masked); latent [B, N_vis, D] encoder output; video_embedding, text_embedding [B, proj_dim]
-    L2-normalized fp32; temperature: 0-D detached tau."""
+    L2-normalized fp32; temperature: 0-D detached tau; decoded [B, N] bool: `pred`'s tokens
+    (PretrainOutput.decoded; None when the decoder does not run)."""
 
     loss: torch.Tensor
     loss_mse: Optional[torch.Tensor]
@@ -118,6 +117,7 @@ class VideoTextOutput:
     video_embedding: torch.Tensor
     text_embedding: torch.Tensor
     temperature: torch.Tensor
+    decoded: Optional[torch.Tensor] = None
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """Detached scalars to log: loss_nce and temperature always, loss_mse when computed."""
@@ -129,6 +129,9 @@ class VideoTextOutput:
 
 class VideoTextPretrainer(nn.Module):
     """VideoMAE + masked video-text InfoNCE.
+
+    The arguments are those of a validated `ContrastiveConfig` (objective, weight >= 0,
+    temperature > 0, view_ratio in [0, 1) or None are checked there, once).
 
     Args:
         mae: the pretraining model (fresh, or from `load_pretraining_model`); kept as `self.mae`.
@@ -163,14 +166,6 @@ class VideoTextPretrainer(nn.Module):
                  hidden_dim: Optional[int] = None, text_norm: bool = False,
                  view_ratio: Optional[float] = None) -> None:
         super().__init__()
-        if view_ratio is not None and not 0.0 <= view_ratio < 1.0:
-            raise ValueError(f"view_ratio={view_ratio}: must be in [0, 1) or None")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r}: expected one of {OBJECTIVES}")
-        if weight < 0:
-            raise ValueError(f"weight={weight}: must be >= 0")
-        if text_dim <= 0 or proj_dim <= 0:
-            raise ValueError(f"text_dim={text_dim}, proj_dim={proj_dim}: must be > 0")
         if not text_projection and text_dim != proj_dim:
             raise ValueError(
                 f"text embeddings have {text_dim} dims but contrastive.proj_dim={proj_dim}: set "
@@ -242,12 +237,12 @@ class VideoTextPretrainer(nn.Module):
         if text_embedding.shape != (b, self.text_dim):
             raise ValueError(f"text_embedding must be [B, Dt] = [{b}, {self.text_dim}], "
                              f"got {tuple(text_embedding.shape)}")
-        loss_mse = pred = None
+        loss_mse = pred = decoded = None
         if self.objective == "contrastive":  # encoder + heads only: the decoder never runs
             latent = self.mae.forward_encoder(video, self.mae.split(mask))
         else:
             mae_out = self.mae(video, mask)
-            latent, pred, loss_mse = mae_out.latent, mae_out.pred, mae_out.loss
+            latent, pred, loss_mse, decoded = mae_out.latent, mae_out.pred, mae_out.loss, mae_out.decoded
         nce_latent = latent
         if self.view_ratio is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.objective != "mae"):
@@ -263,6 +258,7 @@ class VideoTextPretrainer(nn.Module):
             loss=loss, loss_mse=loss_mse, loss_nce=loss_nce, pred=pred, mask=mask, latent=latent,
             video_embedding=v, text_embedding=t,
             temperature=torch.exp(-self.nce.log_scale.detach()),  # clamped by the loss call
+            decoded=decoded,
         )
 
     # -- parameters ----------------------------------------------------------------------------
@@ -305,11 +301,13 @@ class VideoTextPretrainer(nn.Module):
 def build_video_text_model(model_cfg: ModelConfig, contrastive_cfg: ContrastiveConfig,
                            num_frames: int, image_size: int, text_dim: int,
                            pixel_mean: Optional[tuple[float, ...]] = None,
-                           pixel_std: Optional[tuple[float, ...]] = None) -> VideoTextPretrainer:
+                           pixel_std: Optional[tuple[float, ...]] = None,
+                           **options: Any) -> VideoTextPretrainer:
     """`model` + `contrastive` sections, clip geometry and the text embedding width -> fresh
     VideoTextPretrainer (initialized from the default torch generator, like
-    `build_pretraining_model`; load pretrained MAE weights into `.mae`)."""
-    mae = build_pretraining_model(model_cfg, num_frames, image_size, pixel_mean, pixel_std)
+    `build_pretraining_model`, whose keyword `options` it passes on; load pretrained MAE weights
+    into `.mae`)."""
+    mae = build_pretraining_model(model_cfg, num_frames, image_size, pixel_mean, pixel_std, **options)
     return VideoTextPretrainer.from_config(mae, contrastive_cfg, text_dim)
 
 

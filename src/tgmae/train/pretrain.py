@@ -74,10 +74,12 @@ class PretrainTask:
 
     def build_model(self) -> nn.Module:
         from tgmae.models import build_pretraining_model
+        from tgmae.models.factory import training_options
 
         c = self.cfg
         frames, size = c.data.num_frames, c.data.image_size
-        pixels = dict(pixel_mean=tuple(c.data.mean), pixel_std=tuple(c.data.std))
+        pixels = dict(pixel_mean=tuple(c.data.mean), pixel_std=tuple(c.data.std),
+                      **training_options(c.masking, c.train))
         if not self.video_text:
             model = mae = build_pretraining_model(c.model, frames, size, **pixels)
         else:
