@@ -94,8 +94,8 @@ def position_task(n_samples: int, seed: int, tokens: int = 8, dim: int = 32, cla
 
 def test_attentive_probe_learns_what_mean_pooling_cannot():
     """Stated numbers: after 30 epochs x 8 steps (240 steps, batch 64, lr 1e-2) the attentive
-    probe reaches >= 0.9 test accuracy on 4 classes (0.97-0.99 over init seeds 0-2); an L-BFGS logistic probe on mean-pooled
-    features of the same grids stays below 0.35 (chance 0.25)."""
+    probe reaches >= 0.9 test accuracy on 4 classes (0.959-0.969 over seeds 0-2); an L-BFGS logistic probe on mean-pooled
+    features of the same grids stays below 0.35 (chance 0.25; it gets 0.273)."""
     xtr, ytr = position_task(512, seed=1)
     xte, yte = position_task(512, seed=2)
     settings = AttentiveProbeSettings(epochs=30, batch_size=64, lr=1e-2, num_heads=4, seed=0)
@@ -150,3 +150,11 @@ def test_views_train_with_their_video_label_and_on_the_fly_tokens():
 def test_settings_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         AttentiveProbeSettings(**kwargs)
+
+
+def test_init_draws_only_from_its_generator():
+    state = torch.random.get_rng_state()
+    a = AttentiveClassifier(16, 3, 2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    b = AttentiveClassifier(16, 3, 2, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

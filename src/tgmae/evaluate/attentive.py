@@ -41,8 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from tgmae.train.precision import autocast
 
 
-def _trunc_normal(t: torch.Tensor, std: float) -> None:
-    nn.init.trunc_normal_(t, std=std)  # bounds +-2 absolute, as jepa's trunc_normal_ (not +-2 std)
+def _trunc_normal(t: torch.Tensor, std: float, generator: Optional[torch.Generator]) -> None:
+    # bounds +-2 absolute, as jepa's trunc_normal_ (not +-2 std)
+    nn.init.trunc_normal_(t, std=std, generator=generator)
 
 
 class CrossAttention(nn.Module):
@@ -69,21 +70,23 @@ class CrossAttention(nn.Module):
 
 class AttentivePooler(nn.Module):
     """tokens [B, N, D] -> pooled queries [B, Q, D]: one cross-attention block (jepa's
-    `AttentivePooler` with depth 1, complete_block=True)."""
+    `AttentivePooler` with depth 1, complete_block=True). Every random init draws from
+    `generator` (None: the global RNG)."""
 
     def __init__(self, dim: int, num_heads: int, num_queries: int = 1, mlp_ratio: float = 4.0,
-                 init_std: float = 0.02) -> None:
+                 init_std: float = 0.02, generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, dim))
         self.norm1 = nn.LayerNorm(dim)
-        self.xattn = CrossAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        _trunc_normal(self.query_tokens, init_std)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init (replaced below) draws globally
+            self.xattn = CrossAttention(dim, num_heads)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        _trunc_normal(self.query_tokens, init_std, generator)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                _trunc_normal(m.weight, init_std)
+                _trunc_normal(m.weight, init_std, generator)
                 nn.init.zeros_(m.bias)
         with torch.no_grad():  # jepa's _rescale_blocks for layer 1
             self.xattn.proj.weight.div_(math.sqrt(2.0))
@@ -98,11 +101,13 @@ class AttentivePooler(nn.Module):
 class AttentiveClassifier(nn.Module):
     """tokens [B, N, D] -> logits [B, K]: `AttentivePooler`, mean over its queries, linear head."""
 
-    def __init__(self, dim: int, num_classes: int, num_heads: int, num_queries: int = 1) -> None:
+    def __init__(self, dim: int, num_classes: int, num_heads: int, num_queries: int = 1,
+                 generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
-        self.pooler = AttentivePooler(dim, num_heads, num_queries)
-        self.head = nn.Linear(dim, num_classes)
-        _trunc_normal(self.head.weight, 0.02)
+        self.pooler = AttentivePooler(dim, num_heads, num_queries, generator=generator)
+        with torch.random.fork_rng(devices=[]):
+            self.head = nn.Linear(dim, num_classes)
+        _trunc_normal(self.head.weight, 0.02, generator)
         nn.init.zeros_(self.head.bias)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -210,14 +215,9 @@ def fit_attentive_probe(train: Dataset, num_classes: int, dim: int, settings: At
     ([B, V, N, D]) trains on each view with its video's label). Seeded by `settings.seed`
     (init and batch order), so the same inputs give the same probe."""
     device = device or torch.device("cpu")
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(settings.seed)  # module init draws from the global RNG; restored below
-    try:
-        model = AttentiveClassifier(dim, num_classes, settings.num_heads, settings.num_queries).to(device)
-    finally:
-        torch.random.set_rng_state(torch_state)
+    gen = torch.Generator().manual_seed(settings.seed)  # init, then batch order
+    model = AttentiveClassifier(dim, num_classes, settings.num_heads, settings.num_queries, generator=gen).to(device)
     opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
-    gen = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=False,
                         num_workers=num_workers)
     total, warmup = settings.epochs * len(loader), int(settings.warmup_epochs * len(loader))
