@@ -94,8 +94,9 @@ def position_task(n_samples: int, seed: int, tokens: int = 8, dim: int = 32, cla
 
 def test_attentive_probe_learns_what_mean_pooling_cannot():
     """Stated numbers: after 30 epochs x 8 steps (240 steps, batch 64, lr 1e-2) the attentive
-    probe reaches >= 0.9 test accuracy on 4 classes (0.959-0.969 over seeds 0-2); an L-BFGS logistic probe on mean-pooled
-    features of the same grids stays below 0.35 (chance 0.25; it gets 0.273)."""
+    probe reaches >= 0.9 test accuracy on 4 classes (0.959-0.969 over seeds 0-2); an L-BFGS
+    logistic probe on mean-pooled features of the same grids stays below 0.35 (chance 0.25; it
+    gets 0.273)."""
     xtr, ytr = position_task(512, seed=1)
     xte, yte = position_task(512, seed=2)
     settings = AttentiveProbeSettings(epochs=30, batch_size=64, lr=1e-2, num_heads=4, seed=0)

@@ -17,7 +17,9 @@ square ("squash", as VideoMAEv2's TAD script), bilinear with antialias, then nor
 encoder's pixel mean / std. (VideoMAEv2's script feeds [0, 1] pixels without mean / std.)
 
 Outputs per window: "pooled" = mean over the encoder's output tokens [D] float32 (the linear
-probe's feature, `tgmae.evaluate.features`), or "tokens" = the token grid [N, D] float32.
+probe's feature, `tgmae.evaluate.features`), or "tokens" = the token grid [N, D] float32 (for
+the attentive probe; N x D floats per window, a video's windows held in memory until its shard
+is written, so meant for mode "clip" or short videos).
 
 Times. start_frame / end_frame are the first and last frame read (inclusive); start_sec /
 end_sec their presentation times, pts x the stream's time base, in seconds as ffprobe states
