@@ -341,8 +341,21 @@ class EvalConfig:
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
     class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
     strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
+    # frozen-backbone probes (tgmae.evaluate.knn / attentive): which one, and their knobs
+    probe: str = "linear"  # linear (probe_optimizer) | knn (DINO's weighted k-NN) | attentive (V-JEPA's)
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)  # k-NN: neighbour counts, all scored in one pass (DINO's)
+    knn_temperature: float = 0.07  # k-NN: vote weight exp(cosine / T) (DINO)
+    attentive_lr: float = 1e-3  # attentive probe: AdamW peak lr, cosine to attentive_final_lr (V-JEPA)
+    attentive_final_lr: float = 0.0  # attentive probe: lr at the last step (V-JEPA: 0)
+    attentive_warmup_epochs: float = 0.0  # attentive probe: linear lr warm-up (V-JEPA: none)
+    attentive_weight_decay: float = 0.01  # attentive probe: AdamW decay of >= 2-D weights (V-JEPA)
+    attentive_epochs: int = 20  # attentive probe: passes over the training set (V-JEPA: 20)
+    attentive_batch_size: Optional[int] = None  # None = train.batch_size (V-JEPA: 256 clips over 64 GPUs)
+    attentive_queries: int = 1  # learnable query tokens of the cross-attention pooler
+    attentive_heads: Optional[int] = None  # None = the encoder's head count
 
     def __post_init__(self) -> None:
+        self._check_frozen_probes()
         if self.probe_optimizer not in ("lars", "sgd", "lbfgs"):
             raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd|lbfgs")
         if not self.probe_l2 or any(not 0 < v < float("inf") for v in self.probe_l2):
@@ -357,6 +370,24 @@ class EvalConfig:
             raise ConfigError(f"eval.retrieval_text={self.retrieval_text!r}: expected classes|captions")
         if "{}" not in self.class_prompt:
             raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: needs a {{}} for the class name")
+
+    def _check_frozen_probes(self) -> None:
+        if self.probe not in ("linear", "knn", "attentive"):
+            raise ConfigError(f"eval.probe={self.probe!r}: expected linear|knn|attentive")
+        if not self.knn_k or any(k < 1 for k in self.knn_k) or len(set(self.knn_k)) != len(self.knn_k):
+            raise ConfigError(f"eval.knn_k={list(self.knn_k)}: needs at least one value, all >= 1, none twice")
+        if not 0 < self.knn_temperature < float("inf"):
+            raise ConfigError(f"eval.knn_temperature={self.knn_temperature}: must be > 0 and finite")
+        if not 0 < self.attentive_lr < float("inf"):
+            raise ConfigError(f"eval.attentive_lr={self.attentive_lr}: must be > 0 and finite")
+        for name in ("attentive_final_lr", "attentive_warmup_epochs", "attentive_weight_decay"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"eval.{name}={getattr(self, name)}: must be >= 0 and finite")
+        for name in ("attentive_epochs", "attentive_queries", "attentive_batch_size", "attentive_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                nullable = " or null" if name in ("attentive_batch_size", "attentive_heads") else ""
+                raise ConfigError(f"eval.{name}={value}: must be >= 1{nullable}")
 
 
 @dataclass

@@ -1,0 +1,286 @@
+"""V-JEPA's attentive probe: a cross-attention pooler + linear head on a frozen token grid.
+
+V-JEPA (Bardes et al. 2024) and V-JEPA 2 report every frozen-backbone number with this probe
+instead of mean pooling + linear, which undervalues MAE-style encoders whose information sits in
+particular tokens. Module as facebookresearch/jepa `src/models/attentive_pooler.py`
+(`AttentivePooler`, `AttentiveClassifier`) and `src/models/utils/modules.py`
+(`CrossAttentionBlock`):
+
+    q0 = learnable query tokens [1, Q, D] (trunc-normal, std 0.02)
+    y  = CrossAttention(q0, LN1(x))          x: tokens [B, N, D]; the queries are not normalised
+    q1 = q0 + y
+    q2 = q1 + MLP(LN2(q1))                   MLP: D -> 4D -> D, GELU
+    logits = Linear(mean over the Q queries of q2)   (V-JEPA: Q = 1, so the mean is a squeeze)
+
+CrossAttention: q = Wq q0, (k, v) = Wkv x, per-head softmax(q k^T / sqrt(D / H)) v, then Wproj.
+Init as jepa: Linear weights trunc-normal std 0.02, biases 0, LayerNorm (1, 0), and the two
+residual-branch outputs (attention proj, MLP fc2) divided by sqrt(2).
+
+Training as V-JEPA's frozen evaluation (`evals/video_classification_frozen/eval.py`, configs
+`configs/evals/vitl16_k400_16x8x3.yaml`, `vitl16_ssv2_16x2x3.yaml`): AdamW, lr 1e-3 with no
+warm-up and a cosine decay to 0 over the run (per step), weight decay 0.01 on >= 2-D weights
+(biases and LayerNorm parameters none), 20 epochs, gradient norm clipped to 1.0, cross-entropy
+without label smoothing. Their global batch is 256 clips (4 per GPU x 64 GPUs).
+
+Testing as finetuning does (`tgmae.evaluate.multiview`): every view's token grid goes through
+the probe, the softmax is averaged over a video's views. (V-JEPA's K400 protocol instead
+concatenates the tokens of a video's temporal segments before pooling; not done here.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tgmae.train.precision import autocast
+
+
+def _trunc_normal(t: torch.Tensor, std: float, generator: Optional[torch.Generator]) -> None:
+    # bounds +-2 absolute, as jepa's trunc_normal_ (not +-2 std)
+    nn.init.trunc_normal_(t, std=std, generator=generator)
+
+
+class CrossAttention(nn.Module):
+    """queries [B, Q, D], tokens [B, N, D] -> [B, Q, D]: multi-head attention of the queries over
+    the tokens (no mask: every token is visible)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        b, nq, d = queries.shape
+        n, h = tokens.shape[1], self.num_heads
+        q = self.q(queries).view(b, nq, h, d // h).transpose(1, 2)  # [B, H, Q, d/H]
+        k, v = self.kv(tokens).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x [B, H, N, d/H]
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d/H)) v
+        return self.proj(out.transpose(1, 2).reshape(b, nq, d))
+
+
+class AttentivePooler(nn.Module):
+    """tokens [B, N, D] -> pooled queries [B, Q, D]: one cross-attention block (jepa's
+    `AttentivePooler` with depth 1, complete_block=True). Every random init draws from
+    `generator` (None: the global RNG)."""
+
+    def __init__(self, dim: int, num_heads: int, num_queries: int = 1, mlp_ratio: float = 4.0,
+                 init_std: float = 0.02, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init (replaced below) draws globally
+            self.xattn = CrossAttention(dim, num_heads)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        _trunc_normal(self.query_tokens, init_std, generator)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                _trunc_normal(m.weight, init_std, generator)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():  # jepa's _rescale_blocks for layer 1
+            self.xattn.proj.weight.div_(math.sqrt(2.0))
+            self.mlp[2].weight.div_(math.sqrt(2.0))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q = self.query_tokens.expand(tokens.shape[0], -1, -1)
+        q = q + self.xattn(q, self.norm1(tokens))
+        return q + self.mlp(self.norm2(q))
+
+
+class AttentiveClassifier(nn.Module):
+    """tokens [B, N, D] -> logits [B, K]: `AttentivePooler`, mean over its queries, linear head."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int, num_queries: int = 1,
+                 generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.pooler = AttentivePooler(dim, num_heads, num_queries, generator=generator)
+        with torch.random.fork_rng(devices=[]):
+            self.head = nn.Linear(dim, num_classes)
+        _trunc_normal(self.head.weight, 0.02, generator)
+        nn.init.zeros_(self.head.bias)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, D] -> [B, D]."""
+        return self.pooler(tokens).mean(dim=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(tokens))
+
+
+@dataclass
+class AttentiveProbeSettings:
+    """How the probe trains (defaults: V-JEPA's frozen evaluation, see the module doc)."""
+
+    epochs: int = 20
+    batch_size: int = 256  # clips per step (V-JEPA: 4 per GPU x 64 GPUs)
+    lr: float = 1e-3  # peak learning rate (V-JEPA: start_lr = lr, no warm-up)
+    final_lr: float = 0.0  # cosine decay target at the last step
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (V-JEPA: 0)
+    weight_decay: float = 0.01  # AdamW, on >= 2-D weights only
+    clip_grad: Optional[float] = 1.0  # gradient norm clip (V-JEPA: 1.0); None = off
+    num_queries: int = 1
+    num_heads: int = 12  # must divide the token width (V-JEPA: the encoder's head count)
+    precision: str = "fp32"  # autocast of the probe's forward: fp32 | bf16 (fp16 would need a loss scaler)
+    seed: int = 0  # probe init and batch order
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "num_queries", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not self.lr > 0 or self.final_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("lr must be > 0; final_lr, weight_decay and warmup_epochs >= 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}: expected fp32|bf16")
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, final_lr: float) -> float:
+    """Learning rate of `step` (0-based) of `total`: linear 0 -> lr over `warmup` steps, then a
+    half cosine lr -> final_lr reached at step `total` (jepa's WarmupCosineSchedule)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return final_lr + (lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: >= 2-D weights (query tokens included) decayed; biases and norms not."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+class TokenDataset(Dataset):
+    """Cached token grids as a dataset: tokens [M, N, D] (or [M, V, N, D]), labels [M] ->
+    {"tokens", "label"} samples."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
+        if tokens.shape[0] != labels.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} token grids but {labels.shape[0]} labels")
+        self.tokens, self.labels = tokens, labels.long()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"tokens": self.tokens[i], "label": self.labels[i]}
+
+
+TokenFn = Callable[[dict[str, Any]], torch.Tensor]
+
+
+def cached_tokens(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's own token grids (`TokenDataset`): [B, N, D] or [B, V, N, D]."""
+    return batch["tokens"]
+
+
+def encoder_tokens(encoder: nn.Module, precision: str = "fp32") -> TokenFn:
+    """On-the-fly token grids: batch["video"] [B, C, T, H, W] or [B, V, C, T, H, W] -> the frozen
+    encoder's output [B, N, D] or [B, V, N, D] float32 (no gradient)."""
+
+    @torch.no_grad()
+    def fn(batch: dict[str, Any]) -> torch.Tensor:
+        video = batch["video"]
+        clips = video.flatten(0, 1) if video.dim() == 6 else video
+        with autocast(precision, clips.device):
+            out = encoder(clips).float()
+        return out.view(*video.shape[:2], *out.shape[1:]) if video.dim() == 6 else out
+
+    return fn
+
+
+@dataclass
+class AttentiveFit:
+    """A trained probe and its per-epoch mean training loss."""
+
+    model: AttentiveClassifier
+    losses: list[float]
+
+
+def fit_attentive_probe(train: Dataset, num_classes: int, dim: int, settings: AttentiveProbeSettings,
+                        tokens_of: TokenFn = cached_tokens, device: Optional[torch.device] = None,
+                        num_workers: int = 0) -> AttentiveFit:
+    """Train an `AttentiveClassifier` on `train` samples ({"label", and "tokens" [N, D] or
+    "video" ...}; `tokens_of` turns a batch into token grids [B, N, D]; a sample with V views
+    ([B, V, N, D]) trains on each view with its video's label). Seeded by `settings.seed`
+    (init and batch order), so the same inputs give the same probe."""
+    device = device or torch.device("cpu")
+    gen = torch.Generator().manual_seed(settings.seed)  # init, then batch order
+    model = AttentiveClassifier(dim, num_classes, settings.num_heads, settings.num_queries, generator=gen).to(device)
+    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
+    loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=False,
+                        num_workers=num_workers)
+    total, warmup = settings.epochs * len(loader), int(settings.warmup_epochs * len(loader))
+    losses, step = [], 0
+    model.train()
+    for _ in range(settings.epochs):
+        epoch_loss = []
+        for batch in loader:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, settings.lr, settings.final_lr)
+            epoch_loss.append(_train_step(model, opt, _to(batch, device), tokens_of, settings))
+            step += 1
+        losses.append(sum(epoch_loss) / len(epoch_loss))
+    model.eval()
+    return AttentiveFit(model, losses)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, Any], tokens_of: TokenFn,
+                settings: AttentiveProbeSettings) -> float:
+    tokens, labels = tokens_of(batch), batch["label"].long()
+    if tokens.dim() == 4:  # views: each one a training example with its video's label
+        labels = labels.repeat_interleave(tokens.shape[1])
+        tokens = tokens.flatten(0, 1)
+    with autocast(settings.precision, tokens.device):
+        logits = model(tokens)
+    loss = F.cross_entropy(logits.float(), labels)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"attentive probe: non-finite loss {float(loss)}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.clip_grad is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
+    opt.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def predict_attentive(model: nn.Module, batches: Iterable[dict[str, Any]], tokens_of: TokenFn = cached_tokens,
+                      device: Optional[torch.device] = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """{probs [M, K], label [M]}: per video, the softmax over classes averaged over its views
+    (token grids [B, V, N, D]; [B, N, D] is one view), as `tgmae.evaluate.multiview` does."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        for batch in batches:
+            batch = _to(batch, device)
+            tokens = tokens_of(batch)
+            views = tokens.unsqueeze(1) if tokens.dim() == 3 else tokens  # [B, V, N, D]
+            with autocast(precision, device):
+                logits = model(views.flatten(0, 1)).float()
+            probs.append(logits.softmax(dim=-1).view(views.shape[0], views.shape[1], -1).mean(dim=1).cpu())
+            labels.append(batch["label"].long().cpu())
+    finally:
+        model.train(was_training)
+    return {"probs": torch.cat(probs), "label": torch.cat(labels)}
+
+
+__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "AttentiveProbeSettings", "AttentiveFit",
+           "TokenDataset", "cached_tokens", "encoder_tokens", "fit_attentive_probe", "predict_attentive",
+           "lr_at", "param_groups"]

@@ -1,0 +1,364 @@
+"""Frozen-encoder features per video: per clip, per sliding window over the whole video, or the
+token grid; written as safetensors shards plus an index.
+
+Windows. A window is `window` frames, `frame_step` apart (the encoder's clip length: its
+`num_frames`), read exactly by `tgmae.data.video.VideoReader` (frame i = the i-th frame by
+presentation time). mode "windows" slides it over the whole video: starts 0, stride, 2 stride,
+... while the window fits, i.e. `range(0, n - span + 1, stride)` with span = (window - 1) x
+frame_step + 1. Defaults are VideoMAEv2's temporal-action-detection setting
+(OpenGVLab/VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 consecutive frames, stride 4,
+`range(0, num_frames - 15, 4)`). mode "clip" takes the one centred window (start
+(n - span) // 2). A video shorter than one window gives no window: it is listed with kind
+"too_short", never padded or replaced.
+
+Pixels. Each frame: square centre crop of the short side then resize ("center_crop", as the
+evaluation transform `tgmae.data.transforms.EvalTransform`), or the whole frame resized to a
+square ("squash", as VideoMAEv2's TAD script), bilinear with antialias, then normalised with the
+encoder's pixel mean / std. (VideoMAEv2's script feeds [0, 1] pixels without mean / std.)
+
+Outputs per window: "pooled" = mean over the encoder's output tokens [D] float32 (the linear
+probe's feature, `tgmae.evaluate.features`), or "tokens" = the token grid [N, D] float32 (for
+the attentive probe; N x D floats per window, a video's windows held in memory until its shard
+is written, so meant for mode "clip" or short videos).
+
+Times. start_frame / end_frame are the first and last frame read (inclusive); start_sec /
+end_sec their presentation times, pts x the stream's time base, in seconds as ffprobe states
+them; frame / fps where the file's time stamps are not exact; NaN for a frame folder (no rate).
+
+Files in `out_dir`: `manifest.json` (settings, encoder digest, video ids; a later run with other
+settings refuses the folder), `shard-SSSSS-of-TTTTT.safetensors` (videos
+[s x videos_per_shard, ...) in list order: `features` [R, D] or [R, N, D], and per row `video`
+(position in the manifest's list), `window`, `start_frame`, `end_frame`, `start_sec`,
+`end_sec`; the shard's unreadable videos in its metadata), and, from `write_index`, `index.csv`
+(one line per window) and `unreadable.json`. Every file is written to a temp name and renamed
+(`tgmae.atomic`), so a killed run leaves whole shards only; a rerun skips the finished ones.
+Shards are dealt round-robin to ranks (`rank`, `world`), so torchrun processes split the work.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.data.transforms import center_crop_box, crop_resize, normalize
+from tgmae.data.video import VideoInfo, VideoReader
+from tgmae.errors import UserError
+from tgmae.train.precision import autocast
+
+log = logging.getLogger("tgmae")
+
+MANIFEST_VERSION = 1
+INDEX_KEYS = ("video", "window", "start_frame", "end_frame", "start_sec", "end_sec")
+
+
+class ExtractError(ValueError, UserError):
+    """An output folder that holds another extraction, or shards that are missing."""
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What is extracted and how (see the module doc)."""
+
+    mode: str = "windows"  # windows | clip
+    output: str = "pooled"  # pooled | tokens
+    window: int = 16  # frames per window (= the encoder's num_frames)
+    stride: int = 4  # frames between window starts (mode windows)
+    frame_step: int = 1  # frames between a window's frames
+    image_size: int = 224
+    spatial: str = "center_crop"  # center_crop | squash
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    videos_per_shard: int = 64
+    batch_size: int = 8  # windows per forward pass
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the encoder's forward)
+
+    def __post_init__(self) -> None:
+        choices = {"mode": ("windows", "clip"), "output": ("pooled", "tokens"),
+                   "spatial": ("center_crop", "squash"), "precision": ("fp32", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected {'|'.join(allowed)}")
+        for name in ("window", "stride", "frame_step", "image_size", "videos_per_shard", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+
+    @property
+    def span(self) -> int:
+        """Frames from a window's first to its last, both included."""
+        return (self.window - 1) * self.frame_step + 1
+
+
+def window_starts(num_frames: int, spec: ExtractSpec) -> np.ndarray:
+    """[W] int64 first frame of each window of a `num_frames`-frame video (empty when shorter
+    than one window)."""
+    if num_frames < spec.span:
+        return np.zeros(0, np.int64)
+    if spec.mode == "clip":
+        return np.array([(num_frames - spec.span) // 2], np.int64)
+    return np.arange(0, num_frames - spec.span + 1, spec.stride, dtype=np.int64)
+
+
+def frame_seconds(path: str | os.PathLike, info: VideoInfo) -> np.ndarray:
+    """[num_frames] float64 presentation time of each frame in seconds (see the module doc)."""
+    n = info.num_frames
+    if info.pts is not None and not info.is_frame_folder:
+        import av
+
+        with av.open(str(path), metadata_errors="ignore") as c:
+            tb = c.streams.video[0].time_base
+        if tb:
+            return info.pts.astype(np.float64) * float(tb)
+    if info.fps > 0:
+        return np.arange(n, dtype=np.float64) / info.fps
+    return np.full(n, np.nan)
+
+
+def preprocess(frames: np.ndarray, spec: ExtractSpec) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [3, T, S, S] normalised (S = spec.image_size)."""
+    _, h, w, _ = frames.shape
+    box = center_crop_box(h, w) if spec.spatial == "center_crop" else (0, 0, h, w)
+    return normalize(crop_resize(frames, box, spec.image_size), spec.mean, spec.std)
+
+
+@torch.no_grad()
+def encode_windows(encoder: nn.Module, video: torch.Tensor, spec: ExtractSpec) -> torch.Tensor:
+    """video [B, C, T, H, W] -> float32 [B, D] (pooled) or [B, N, D] (tokens), on the CPU."""
+    with autocast(spec.precision, video.device):
+        tokens = encoder(video).float()
+    return (tokens.mean(dim=1) if spec.output == "pooled" else tokens).cpu()
+
+
+@dataclass
+class VideoFeatures:
+    """One video's windows: features [W, D] or [W, N, D]; frames and times [W] each."""
+
+    features: torch.Tensor
+    start_frame: np.ndarray
+    end_frame: np.ndarray
+    start_sec: np.ndarray
+    end_sec: np.ndarray
+
+
+def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec,
+                  device: Optional[torch.device] = None) -> VideoFeatures:
+    """Features of every window of one video (see the module doc). Raises
+    `tgmae.data.frame_index.VideoError` for an unusable video (kind "too_short" when it holds
+    fewer frames than one window)."""
+    from tgmae.data.frame_index import VideoError
+
+    device = device or next(encoder.parameters()).device
+    offsets = np.arange(spec.window, dtype=np.int64) * spec.frame_step
+    with VideoReader(path) as reader:
+        info = reader.info
+        starts = window_starts(info.num_frames, spec)
+        if not len(starts):
+            raise VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
+        seconds = frame_seconds(path, info)
+        parts = []
+        for i in range(0, len(starts), spec.batch_size):
+            idx = starts[i: i + spec.batch_size, None] + offsets  # [b, window] frame numbers
+            wanted = np.unique(idx)
+            clip = preprocess(reader.read(wanted), spec)  # [3, u, S, S]
+            pos = torch.from_numpy(np.searchsorted(wanted, idx))  # [b, window] rows of `clip`
+            video = clip[:, pos].permute(1, 0, 2, 3, 4).to(device)  # [b, 3, window, S, S]
+            parts.append(encode_windows(encoder, video, spec))
+    ends = starts + spec.span - 1
+    return VideoFeatures(torch.cat(parts), starts, ends, seconds[starts], seconds[ends])
+
+
+def manifest(videos: Sequence[tuple[str, str]], spec: ExtractSpec, encoder_digest: str) -> dict[str, Any]:
+    """What an output folder holds: settings, encoder digest, video ids (in order), shard count."""
+    n = len(videos)
+    return {"version": MANIFEST_VERSION, "spec": dataclasses.asdict(spec), "encoder": encoder_digest,
+            "video_ids": [v for v, _ in videos], "num_shards": max(1, -(-n // spec.videos_per_shard))}
+
+
+def _manifest_key(m: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
+    return Path(out_dir) / f"shard-{shard:05d}-of-{num_shards:05d}.safetensors"
+
+
+def _claim_folder(out_dir: Path, m: dict[str, Any]) -> None:
+    """Write the manifest, or check the folder's own is the same extraction (ExtractError)."""
+    path = out_dir / "manifest.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(m)):
+            diff = sorted(k for k in set(old) | set(m) if old.get(k) != json.loads(json.dumps(m)).get(k))
+            raise ExtractError(f"{out_dir} holds another extraction (differs in {', '.join(diff)}); "
+                               "choose another output folder or remove it")
+        return
+    atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
+
+
+def _shard_done(path: Path, key: str) -> bool:
+    """A finished shard of this extraction (written whole, by the same manifest)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("manifest") == key
+    except Exception:  # a damaged file is redone
+        return False
+
+
+def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict]) -> None:
+    """One shard: features and index tensors of its videos' windows, unreadable ones in metadata."""
+    from safetensors.torch import save_file
+
+    feats = [vf.features for _, vf in rows]
+    cols: dict[str, list] = {k: [] for k in INDEX_KEYS}
+    for v, vf in rows:
+        w = len(vf.start_frame)
+        cols["video"].append(np.full(w, v, np.int64))
+        cols["window"].append(np.arange(w, dtype=np.int64))
+        for k in ("start_frame", "end_frame", "start_sec", "end_sec"):
+            cols[k].append(np.asarray(getattr(vf, k)))
+    tensors = {"features": torch.cat(feats).contiguous() if feats else torch.zeros(0, 0)}
+    for k, parts in cols.items():
+        dtype = np.float64 if k.endswith("_sec") else np.int64
+        tensors[k] = torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable)})
+
+
+@dataclass
+class ExtractSummary:
+    """What one call did: shards written and skipped (already done), videos it could not read."""
+
+    written: list[int]
+    skipped: list[int]
+    unreadable: list[dict]
+
+
+def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
+                      spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
+                      device: Optional[torch.device] = None, progress: bool = False) -> ExtractSummary:
+    """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
+    rank, rank + world, ... and skips those already finished. An unreadable video (any
+    `VideoError`, or too short) gets no rows and is listed; the others are unaffected."""
+    from tgmae.data.frame_index import VideoError
+
+    out = Path(out_dir)
+    m = manifest(videos, spec, encoder_digest)
+    _claim_folder(out, m)
+    key = _manifest_key(m)
+    was_training = encoder.training
+    encoder.eval()
+    summary = ExtractSummary([], [], [])
+    mine = range(rank, m["num_shards"], world)
+    bar = _progress(progress, sum(len(_shard_videos(s, spec, len(videos))) for s in mine))
+    try:
+        for s in mine:
+            path = shard_path(out, s, m["num_shards"])
+            if _shard_done(path, key):
+                summary.skipped.append(s)
+                bar.update(len(_shard_videos(s, spec, len(videos))))
+                continue
+            rows, bad = [], []
+            for v in _shard_videos(s, spec, len(videos)):
+                vid, vpath = videos[v]
+                try:
+                    rows.append((v, extract_video(encoder, vpath, spec, device)))
+                except VideoError as e:
+                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e)})
+                bar.update(1)
+            _write_shard(path, key, rows, bad)
+            summary.written.append(s)
+            summary.unreadable.extend(bad)
+    finally:
+        bar.close()
+        encoder.train(was_training)
+    return summary
+
+
+def _shard_videos(shard: int, spec: ExtractSpec, n: int) -> range:
+    return range(shard * spec.videos_per_shard, min(n, (shard + 1) * spec.videos_per_shard))
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="extract", unit="video", disable=not enabled)
+
+
+def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Every shard of a finished extraction, concatenated: {features [R, ...], the index
+    columns [R] each, video_ids (the manifest's list), unreadable [list of dict]}.
+    ExtractError when a shard is missing or belongs to another extraction."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    mpath = out / "manifest.json"
+    if not mpath.is_file():
+        raise ExtractError(f"{out}: no manifest.json (not an extraction folder)")
+    m = json.loads(mpath.read_text())
+    key = _manifest_key(m)
+    parts, unreadable = [], []
+    for s in range(m["num_shards"]):
+        path = shard_path(out, s, m["num_shards"])
+        if not _shard_done(path, key):
+            raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
+        with safe_open(str(path), "pt") as f:
+            unreadable.extend(json.loads(f.metadata()["unreadable"]))
+        parts.append(load_file(str(path)))
+    out_t = {k: torch.cat([p[k] for p in parts]) for k in INDEX_KEYS}
+    feats = [p["features"] for p in parts if p["features"].shape[0]]
+    out_t["features"] = torch.cat(feats) if feats else torch.zeros(0, 0)
+    return {**out_t, "video_ids": m["video_ids"], "unreadable": unreadable}
+
+
+def write_index(out_dir: str | os.PathLike) -> Path:
+    """`index.csv` (video_id, row, window, start_frame, end_frame, start_sec, end_sec; row = the
+    window's row in `read_shards`' features) and `unreadable.json` of a finished extraction."""
+    out = Path(out_dir)
+    data = read_shards(out)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video_id", "row", "window", "start_frame", "end_frame", "start_sec", "end_sec"])
+    cols = [data[k].tolist() for k in INDEX_KEYS]
+    for row, (v, win, f0, f1, t0, t1) in enumerate(zip(*cols)):
+        w.writerow([data["video_ids"][v], row, win, f0, f1, repr(t0), repr(t1)])
+    atomic_write_text(out / "unreadable.json", json.dumps(data["unreadable"], indent=2))
+    atomic_write_text(out / "index.csv", buf.getvalue())
+    return out / "index.csv"
+
+
+def load_frozen_encoder(checkpoint: str | os.PathLike, num_frames: int, image_size: int,
+                        num_heads: Optional[int] = None, device: Optional[torch.device] = None
+                        ) -> tuple[nn.Module, Any]:
+    """(frozen `VideoViTEncoder` in eval mode, its `EncoderSource`) from any checkpoint
+    `tgmae.evaluate.sources.load_encoder_source` reads (ours, official, Hugging Face), built for
+    clips of `num_frames` x `image_size` (positions are the sin-cos table of that grid)."""
+    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.models.encoder import VideoViTEncoder
+
+    src = load_encoder_source(checkpoint, num_heads=num_heads)
+    net = VideoViTEncoder(dataclasses.replace(src.arch, num_frames=num_frames, image_size=image_size,
+                                              drop_path=0.0))
+    net.load_state_dict(src.encoder)
+    return net.requires_grad_(False).to(device or torch.device("cpu")).eval(), src
+
+
+__all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
+           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "write_index",
+           "manifest", "shard_path", "load_frozen_encoder"]

@@ -1,0 +1,100 @@
+"""Weighted k-nearest-neighbour classification of frozen features (DINO's k-NN protocol).
+
+DINO (Caron et al. 2021, `eval_knn.py` of facebookresearch/dino): features L2-normalised, cosine
+similarity of every test feature to every training feature, the k most similar training rows
+vote for their labels with weight exp(similarity / T) (T = 0.07), and the classes are ranked by
+their summed votes. DINO reports k in {10, 20, 100, 200}; its top-5 looks at min(5, k) classes.
+
+Here several k come out of one pass: one top-max(k) search per chunk of test rows (neighbours
+sorted by similarity, so the k nearest are the first k of that list), which bounds memory to
+[chunk, N_train] similarities. Classes with equal votes rank by class id (lowest first), so the
+result is a function of the inputs alone. Inputs are cast to float32 on `device` (default: the
+training features' device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+DINO_KS = (10, 20, 100, 200)
+DINO_TEMPERATURE = 0.07
+
+
+@dataclass
+class KnnResult:
+    """Accuracy for one k: top-1, and top-5 (None with 5 classes or fewer, as the other probes)."""
+
+    k: int
+    top1: float
+    top5: Optional[float]
+    num_test: int
+
+
+def _check(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+           ks: Sequence[int], temperature: float) -> list[int]:
+    """Sorted unique ks, or ValueError naming what does not fit."""
+    if train.dim() != 2 or test.dim() != 2 or train.shape[1] != test.shape[1]:
+        raise ValueError(f"features must be [N, D] and [M, D], got {tuple(train.shape)} and {tuple(test.shape)}")
+    if train_labels.shape != (train.shape[0],) or test_labels.shape != (test.shape[0],):
+        raise ValueError(f"labels must be [N] and [M], got {tuple(train_labels.shape)} and {tuple(test_labels.shape)}")
+    if not ks or any(int(k) < 1 for k in ks):
+        raise ValueError(f"k values {list(ks)}: need at least one, all >= 1")
+    if int(max(ks)) > train.shape[0]:
+        raise ValueError(f"k={int(max(ks))} exceeds the {train.shape[0]} training features")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    return sorted({int(k) for k in ks})
+
+
+def knn_votes(sim: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classes: int,
+              temperature: float) -> torch.Tensor:
+    """Class votes [M, K] of the first k neighbours: sim [M, >=k] (sorted, most similar first),
+    neighbour_labels [M, >=k] int64 -> sum over the k of exp(sim / T) into each neighbour's class."""
+    weights = (sim[:, :k] / temperature).exp()
+    votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+    return votes.scatter_add_(1, neighbour_labels[:, :k], weights)
+
+
+def rank_classes(votes: torch.Tensor, top: int) -> torch.Tensor:
+    """[M, top] class ids by votes [M, K], highest first; equal votes rank the lower id first."""
+    order = torch.sort(votes, dim=1, descending=True, stable=True).indices
+    return order[:, :top]
+
+
+@torch.no_grad()
+def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 ks: Sequence[int] = DINO_KS, temperature: float = DINO_TEMPERATURE,
+                 num_classes: Optional[int] = None, chunk: int = 1024,
+                 device: Optional[torch.device] = None) -> dict[int, KnnResult]:
+    """{k: KnnResult} of DINO's weighted k-NN: train [N, D] features with labels [N] int in
+    [0, K), test [M, D] with labels [M]. num_classes K: default 1 + the largest label. chunk:
+    test rows per similarity block ([chunk, N] floats at a time). ValueError for shapes, a k above
+    N, or T <= 0."""
+    kset = _check(train, train_labels, test, test_labels, ks, temperature)
+    device = device or train.device
+    k_cls = int(num_classes if num_classes is not None else 1 + max(int(train_labels.max()), int(test_labels.max())))
+    bank = F.normalize(train.to(device, torch.float32), dim=1)  # [N, D]
+    bank_labels = train_labels.to(device, torch.long)
+    top5 = min(5, k_cls)
+    hits1 = {k: 0 for k in kset}
+    hits5 = {k: 0 for k in kset}
+    for start in range(0, test.shape[0], chunk):
+        q = F.normalize(test[start: start + chunk].to(device, torch.float32), dim=1)  # [m, D]
+        y = test_labels[start: start + chunk].to(device, torch.long).view(-1, 1)
+        sim, idx = (q @ bank.T).topk(kset[-1], dim=1, largest=True, sorted=True)  # [m, kmax]
+        neighbours = bank_labels[idx]  # [m, kmax]
+        for k in kset:
+            ranked = rank_classes(knn_votes(sim, neighbours, k, k_cls, temperature), top5)
+            hit = ranked == y
+            hits1[k] += int(hit[:, 0].sum())
+            hits5[k] += int(hit[:, :min(5, k)].any(dim=1).sum())
+    m = test.shape[0]
+    return {k: KnnResult(k, hits1[k] / m if m else float("nan"),
+                         (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m) for k in kset}
+
+
+__all__ = ["KnnResult", "knn_classify", "knn_votes", "rank_classes", "DINO_KS", "DINO_TEMPERATURE"]

@@ -1,0 +1,199 @@
+"""Feature extraction: windows and times against the frame index of real files, features against
+the encoder run directly on the decoded frames, shards resumable after a kill, unreadable videos."""
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tgmae.data.transforms import center_crop_box, crop_resize, normalize
+from tgmae.evaluate.extract import (ExtractError, ExtractSpec, extract_to_shards, extract_video, load_frozen_encoder,
+                                    read_shards, window_starts, write_index)
+from tgmae.models.arch import VideoMAEArch
+from tgmae.models.encoder import VideoViTEncoder
+from tgmae.models.interop import save_encoder
+from video_kinds import _write, pattern, sequential_decode
+
+# ../shared/data/videos beside the repository (TGMAE_SHARED overrides), as tests/test_data_video.py
+SHARED = Path(os.environ.get("TGMAE_SHARED") or Path(__file__).resolve().parents[1].parent / "shared") / "data" / "videos"
+SHARED_FILES = ["mjpeg_vfr_gaps.avi", "mpeg4_nvop_bframes.avi"]
+ARCH = VideoMAEArch(embed_dim=32, depth=1, num_heads=2, patch_size=16, tubelet_size=2, num_frames=16, image_size=32)
+
+
+def tiny_encoder(seed: int = 0) -> VideoViTEncoder:
+    torch.manual_seed(seed)
+    return VideoViTEncoder(ARCH).eval()
+
+
+def spec(**kw) -> ExtractSpec:
+    base = dict(window=16, stride=4, image_size=32, mean=ARCH.pixel_mean, std=ARCH.pixel_std, batch_size=3)
+    return ExtractSpec(**{**base, **kw})
+
+
+def h264_mp4(path: Path, t: int = 41, rate: int = 25) -> Path:
+    """H.264 MP4 (libx264, up to 2 B-frames: packets stored out of presentation order)."""
+    return _write(path, "libx264", pattern(t, 48, 64, seed=t), rate, options={"bf": "2", "g": "12"})
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory) -> Path:
+    return h264_mp4(tmp_path_factory.mktemp("extract") / "clip.mp4")
+
+
+def reference_times(path: Path) -> np.ndarray:
+    """Presentation time (s) of frame i: PyAV's sequential decode sorted by pts, pts x time base."""
+    with av.open(str(path)) as c:
+        tb = float(c.streams.video[0].time_base)
+        pts = sorted(f.pts for f in c.decode(video=0))
+    return np.asarray(pts, np.float64) * tb
+
+
+def real_files(mp4: Path) -> list[Path]:
+    return [mp4] + [SHARED / f for f in SHARED_FILES]
+
+
+def test_window_starts_follow_videomaev2_tad():
+    s = ExtractSpec()  # 16 frames, stride 4: range(0, n - 15, 4)
+    for n in (15, 16, 17, 19, 20, 100):
+        assert window_starts(n, s).tolist() == list(range(0, n - 15, 4)), n
+    assert window_starts(30, ExtractSpec(mode="clip")).tolist() == [7]
+    assert window_starts(30, ExtractSpec(window=8, frame_step=3, stride=5)).tolist() == [0, 5]  # span 22
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["h264_mp4"] + SHARED_FILES)
+def test_windows_and_times_exact_against_frame_index(mp4, which):
+    path = real_files(mp4)[which]
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    times = reference_times(path)
+    n = len(times)
+    out = extract_video(tiny_encoder(), path, spec())
+    starts = list(range(0, n - 15, 4))
+    assert out.start_frame.tolist() == starts
+    assert out.end_frame.tolist() == [s + 15 for s in starts]
+    np.testing.assert_array_equal(out.start_sec, times[starts])
+    np.testing.assert_array_equal(out.end_sec, times[[s + 15 for s in starts]])
+    assert out.features.shape == (len(starts), ARCH.embed_dim)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["h264_mp4", SHARED_FILES[0]])
+@pytest.mark.parametrize("output", ["pooled", "tokens"])
+def test_features_equal_encoder_on_decoded_frames(mp4, which, output):
+    path = real_files(mp4)[which]
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    frames = np.stack(sequential_decode(path))  # [n, H, W, 3], the reference decode
+    enc = tiny_encoder()
+    s = spec(output=output)
+    out = extract_video(enc, path, s)
+    box = center_crop_box(frames.shape[1], frames.shape[2])
+    for w, start in enumerate(out.start_frame.tolist()):
+        clip = normalize(crop_resize(frames[start: start + 16], box, 32), ARCH.pixel_mean, ARCH.pixel_std)
+        with torch.no_grad():
+            tokens = enc(clip[None])[0]
+        expected = tokens.mean(0) if output == "pooled" else tokens
+        torch.testing.assert_close(out.features[w], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_clip_mode_and_squash(mp4):
+    frames = np.stack(sequential_decode(mp4))
+    enc = tiny_encoder()
+    out = extract_video(enc, mp4, spec(mode="clip", spatial="squash"))
+    start = (len(frames) - 16) // 2
+    assert out.start_frame.tolist() == [start]
+    clip = normalize(crop_resize(frames[start: start + 16], (0, 0, 48, 64), 32), ARCH.pixel_mean, ARCH.pixel_std)
+    with torch.no_grad():
+        expected = enc(clip[None]).mean(1)
+    torch.testing.assert_close(out.features, expected, atol=1e-5, rtol=1e-5)
+
+
+class KilledAfter(torch.nn.Module):
+    """The encoder, but the process 'dies' (raises) on forward call number `calls` + 1."""
+
+    def __init__(self, encoder, calls):
+        super().__init__()
+        self.encoder, self.left = encoder, calls
+
+    def forward(self, video):
+        if self.left == 0:
+            raise KeyboardInterrupt("killed")
+        self.left -= 1
+        return self.encoder(video)
+
+
+def video_set(tmp_path: Path, mp4: Path) -> list[tuple[str, str]]:
+    short = h264_mp4(tmp_path / "short.mp4", t=10)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
+    second = h264_mp4(tmp_path / "second.mp4", t=24)
+    return [("a", str(mp4)), ("short", str(short)), ("empty", str(tmp_path / "empty.mp4")),
+            ("junk", str(tmp_path / "junk.mp4")), ("b", str(second))]
+
+
+def test_shards_resume_after_kill_and_list_unreadable(tmp_path, mp4):
+    videos = video_set(tmp_path, mp4)
+    s = spec(videos_per_shard=2, batch_size=4)
+    enc = tiny_encoder()
+    clean = tmp_path / "clean"
+    first = extract_to_shards(enc, videos, clean, s, encoder_digest="d")
+    assert first.written == [0, 1, 2] and first.skipped == []
+    assert {u["video_id"]: u["kind"] for u in first.unreadable} == {
+        "short": "too_short", "empty": "zero_bytes", "junk": "unreadable"}
+
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # clip.mp4 (41 frames): 7 windows = 2 forwards; dies in shard 2
+        extract_to_shards(KilledAfter(enc, 2), videos, killed, s, encoder_digest="d")
+    names = sorted(p.name for p in killed.iterdir())
+    assert names == ["manifest.json", "shard-00000-of-00003.safetensors", "shard-00001-of-00003.safetensors"]
+    done = {p: p.stat().st_mtime_ns for p in killed.glob("shard-*")}
+    again = extract_to_shards(enc, videos, killed, s, encoder_digest="d")
+    assert again.skipped == [0, 1] and again.written == [2]
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished shards untouched
+
+    a, b = read_shards(clean), read_shards(killed)
+    for key in ("features", "video", "window", "start_frame", "end_frame", "start_sec", "end_sec"):
+        assert torch.equal(a[key], b[key]), key
+    assert [a["video_ids"][v] for v in a["video"].unique().tolist()] == ["a", "b"]  # nothing stands in
+    assert sorted(u["video_id"] for u in b["unreadable"]) == ["empty", "junk", "short"]
+    assert (a["video"] == 0).sum() == 7 and (a["video"] == 4).sum() == 3
+
+
+def test_index_csv_and_refusal_of_another_extraction(tmp_path, mp4):
+    videos = video_set(tmp_path, mp4)
+    out = tmp_path / "x"
+    extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3), encoder_digest="d")
+    index = write_index(out).read_text().splitlines()
+    assert index[0] == "video_id,row,window,start_frame,end_frame,start_sec,end_sec"
+    assert len(index) == 1 + 7 + 3
+    times = reference_times(mp4)
+    assert index[2].split(",")[:5] == ["a", "1", "1", "4", "19"]
+    assert float(index[2].split(",")[5]) == times[4]
+    assert "junk" in (out / "unreadable.json").read_text()
+    with pytest.raises(ExtractError, match="spec"):
+        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3, stride=8), encoder_digest="d")
+    (out / "shard-00001-of-00002.safetensors").unlink()
+    with pytest.raises(ExtractError, match="missing"):
+        read_shards(out)
+
+
+def test_ranks_split_the_shards(tmp_path, mp4):
+    videos = video_set(tmp_path, mp4)
+    s = spec(videos_per_shard=1)
+    r0 = extract_to_shards(tiny_encoder(), videos, tmp_path / "o", s, rank=0, world=2)
+    r1 = extract_to_shards(tiny_encoder(), videos, tmp_path / "o", s, rank=1, world=2)
+    assert r0.written == [0, 2, 4] and r1.written == [1, 3]
+    assert read_shards(tmp_path / "o")["features"].shape == (10, ARCH.embed_dim)
+
+
+def test_load_frozen_encoder_gives_the_same_features(tmp_path, mp4):
+    enc = tiny_encoder(seed=3)
+    save_encoder(enc, tmp_path / "enc.safetensors")
+    loaded, src = load_frozen_encoder(tmp_path / "enc.safetensors", num_frames=16, image_size=32)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    a = extract_video(enc, mp4, spec()).features
+    b = extract_video(loaded, mp4, spec()).features
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert src.kind == "tgmae"

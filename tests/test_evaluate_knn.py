@@ -1,0 +1,112 @@
+"""DINO weighted k-NN: against a plain loop reference, several k in one pass, chunking, a sanity level."""
+
+import math
+
+import pytest
+import torch
+
+from tgmae.evaluate.knn import knn_classify
+
+
+def reference_knn(train, train_labels, test, test_labels, k, temperature, num_classes):
+    """Plain loops: cosine similarity, k most similar training rows, votes exp(sim / T) per
+    class, classes ranked by votes (lower id first on equal votes)."""
+    top1 = top5 = 0
+    for i in range(test.shape[0]):
+        q = test[i].double()
+        sims = []
+        for j in range(train.shape[0]):
+            t = train[j].double()
+            sims.append((float(q @ t / (q.norm() * t.norm())), j))
+        sims.sort(key=lambda s: -s[0])
+        votes = [0.0] * num_classes
+        for s, j in sims[:k]:
+            votes[int(train_labels[j])] += math.exp(s / temperature)
+        ranked = sorted(range(num_classes), key=lambda c: (-votes[c], c))
+        y = int(test_labels[i])
+        top1 += ranked[0] == y
+        top5 += y in ranked[:min(5, k)]
+    return top1 / test.shape[0], top5 / test.shape[0]
+
+
+def fixed_set(seed=0, n_train=60, n_test=25, dim=8, classes=7):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g)
+    train_labels = torch.randint(0, classes, (n_train,), generator=g)
+    test_labels = torch.randint(0, classes, (n_test,), generator=g)
+    train = centres[train_labels] + 1.5 * torch.randn(n_train, dim, generator=g)
+    test = centres[test_labels] + 1.5 * torch.randn(n_test, dim, generator=g)
+    return train, train_labels, test, test_labels, classes
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_knn_matches_plain_reference_for_every_k(temperature):
+    train, ytr, test, yte, classes = fixed_set()
+    ks = (1, 3, 10, 20)
+    got = knn_classify(train, ytr, test, yte, ks=ks, temperature=temperature, num_classes=classes, chunk=7)
+    assert sorted(got) == list(ks)
+    for k in ks:
+        top1, top5 = reference_knn(train, ytr, test, yte, k, temperature, classes)
+        assert got[k].top1 == pytest.approx(top1, abs=1e-9), k
+        assert got[k].top5 == pytest.approx(top5, abs=1e-9), k
+        assert got[k].num_test == test.shape[0]
+    # the reference's numbers are not trivial: k changes the answer on this set
+    assert len({round(got[k].top1, 6) for k in ks}) > 1
+
+
+def test_knn_chunking_and_k_order_do_not_change_results():
+    train, ytr, test, yte, classes = fixed_set(seed=3)
+    a = knn_classify(train, ytr, test, yte, ks=(20, 5), num_classes=classes, chunk=1)
+    b = knn_classify(train, ytr, test, yte, ks=(5, 20), num_classes=classes, chunk=1000)
+    assert {k: (r.top1, r.top5) for k, r in a.items()} == {k: (r.top1, r.top5) for k, r in b.items()}
+
+
+def test_knn_is_scale_invariant_cosine():
+    train, ytr, test, yte, classes = fixed_set(seed=5)
+    a = knn_classify(train, ytr, test, yte, ks=(10,), num_classes=classes)
+    b = knn_classify(train * 7.0, ytr, test * 0.01, yte, ks=(10,), num_classes=classes)
+    assert (a[10].top1, a[10].top5) == (b[10].top1, b[10].top5)
+
+
+def test_knn_separable_features_reach_stated_accuracy():
+    """20 well-separated classes in 32-D (centres 4 apart in every direction vs noise 0.5):
+    k-NN with k = 10 and 20 must reach >= 0.98 top-1; shuffled training labels fall to chance."""
+    g = torch.Generator().manual_seed(11)
+    classes, dim = 20, 32
+    centres = 4.0 * torch.randn(classes, dim, generator=g)
+    ytr = torch.arange(classes).repeat(30)
+    yte = torch.arange(classes).repeat(10)
+    train = centres[ytr] + 0.5 * torch.randn(len(ytr), dim, generator=g)
+    test = centres[yte] + 0.5 * torch.randn(len(yte), dim, generator=g)
+    res = knn_classify(train, ytr, test, yte, ks=(10, 20))
+    assert res[10].top1 >= 0.98 and res[20].top1 >= 0.98
+    assert res[20].top5 == 1.0
+    shuffled = ytr[torch.randperm(len(ytr), generator=g)]
+    chance = knn_classify(train, shuffled, test, yte, ks=(20,))
+    assert chance[20].top1 < 0.2
+
+
+def test_knn_top5_absent_with_five_classes_or_fewer():
+    train, ytr, test, yte, _ = fixed_set(classes=4)
+    res = knn_classify(train, ytr, test, yte, ks=(5,), num_classes=4)
+    assert res[5].top5 is None and 0 <= res[5].top1 <= 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ks": ()}, "at least one"),
+    ({"ks": (0,)}, "at least one"),
+    ({"ks": (1000,)}, "exceeds"),
+    ({"ks": (5,), "temperature": 0.0}, "temperature"),
+])
+def test_knn_rejects_bad_arguments(kwargs, match):
+    train, ytr, test, yte, _ = fixed_set()
+    with pytest.raises(ValueError, match=match):
+        knn_classify(train, ytr, test, yte, **kwargs)
+
+
+def test_knn_rejects_mismatched_shapes():
+    train, ytr, test, yte, _ = fixed_set()
+    with pytest.raises(ValueError, match="features must be"):
+        knn_classify(train, ytr, test[:, :3], yte)
+    with pytest.raises(ValueError, match="labels must be"):
+        knn_classify(train, ytr[:-1], test, yte)
