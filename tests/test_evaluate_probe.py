@@ -19,8 +19,9 @@ from tgmae.evaluate.features import cached_features, extract_features, feature_c
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
 from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
-from tgmae.evaluate.sources import load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
 
@@ -135,13 +136,13 @@ def test_linear_probe_with_lars_learns_and_writes_results(checkpoint, tmp_path):
     saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
     assert saved["top1"] == pytest.approx(res.top1) and saved["feature_dim"] == 32
     assert len(list(cache.glob("*.safetensors"))) == 2  # train and val features
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints")).optimizer_state
     assert all("mu" in s for s in state["state"].values())  # LARS momentum buffers, not AdamW's
     # the probe run is no encoder: loading it as one names what it is and the encoder to pass
-    from tgmae.evaluate.sources import load_encoder_source
-    from tgmae.models.interop import CheckpointError
+    from tgmae.weights.sources import load_encoder_source
+    from tgmae.weights.files import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"without a video encoder, only bn, head \(a linear probe's.*"
                                               r"model\.pretrained="):
@@ -235,7 +236,7 @@ def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
     """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
     them again; rerunning with another optimizer or on other features is refused, not reused."""
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
                     "checkpoint.resume=auto")
@@ -362,7 +363,7 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
 def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(checkpoint, tmp_path, capsys):
     from tgmae.config import ConfigError
     from tgmae.evaluate.probe import main
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     for override, message in [("eval.probe_optimizer=adam", r"eval.probe_optimizer='adam': expected lars\|sgd\|lbfgs"),
                               ("eval.probe_l2=[0.1, 0]", r"eval.probe_l2=\[0.1, 0.0\]: needs at least one value"),

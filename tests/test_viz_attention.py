@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.models.attention import Attention
 from tgmae.viz.attention import (
     attention_figures,

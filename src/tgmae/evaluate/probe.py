@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -43,8 +42,7 @@ from tgmae.config import ConfigError, OptimConfig, RunConfig, save_config
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
-from tgmae.train import checkpoint as ckpt
-from tgmae.train.checkpoint import CheckpointError
+from tgmae.weights import checkpoint as ckpt
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 
@@ -191,7 +189,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     (train, val or None, class names).
     """
     from tgmae.evaluate.features import cached_features, feature_cache_key
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.distributed import init_distributed
@@ -346,20 +344,6 @@ def _refuse_other_run(out: Path) -> None:
     ckpt.check_run_kind(source, loaded.extra.get("task"), ProbeTask.name, str(out), fits=fits)
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.evaluate.recipes import PROBE_RECIPE, parse_with_recipe
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
-    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
-        result = linear_probe(cfg)
-    except (ConfigError, CheckpointError) as e:
-        sys.stderr.write(f"tgmae probe: {e}\n")
-        return 2
-    print(f"run directory: {result.output_dir}")
-    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
-    return 0
-
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
-           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results", "main"]
+           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results"]

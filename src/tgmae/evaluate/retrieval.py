@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
-from tgmae.models.interop import CheckpointError
+from tgmae.weights.files import CheckpointError
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -83,8 +83,8 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
 
 def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
-    from tgmae.models.interop import read_safetensors
-    from tgmae.train.checkpoint import find_latest
+    from tgmae.weights.files import read_safetensors
+    from tgmae.weights.checkpoint import find_latest
 
     candidates: list[Path] = []
     if path.is_dir():
@@ -119,7 +119,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     from tgmae.models.pretrainer import VideoMAEPretrainer
     from tgmae.models.video_text import VideoTextPretrainer
 
-    from tgmae.models.interop import resolve_checkpoint
+    from tgmae.weights.files import resolve_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -281,17 +281,6 @@ def _fmt(r: dict[int, float]) -> str:
     return "/".join(f"{100 * v:.1f}" for v in r.values())
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_run_args("retrieve", argv, description=__doc__.splitlines()[0])
-    r = evaluate_retrieval(cfg)
-    print(f"{r.mode}: {r.num_videos} videos, {r.num_texts} texts")
-    print("video->text " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.video_to_text.items()))
-    print("text->video " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.text_to_video.items()))
-    return 0
-
 
 __all__ = ["RetrievalResult", "retrieval_metrics", "load_video_text_model", "video_embeddings", "text_embeddings",
-           "class_prompts", "caption_relevance", "evaluate_retrieval", "main", "KS"]
+           "class_prompts", "caption_relevance", "evaluate_retrieval", "KS"]

@@ -8,10 +8,13 @@ import json
 import pytest
 import torch
 
-from tgmae.evaluate.classifier import VideoClassifier, build_classifier, load_classifier, save_classifier
-from tgmae.evaluate.export_hf import TOLERANCE, export_hf, main
-from tgmae.evaluate.sources import load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models.classifier import VideoClassifier
+from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
+from tgmae.weights.export_hf import TOLERANCE, export_hf
+from tgmae.commands.export_hf import main
+from tgmae.weights.sources import load_encoder_source
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import save_pretraining_model
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
@@ -106,7 +109,7 @@ def test_export_cli(pretrained, tmp_path, capsys):
 
 
 def test_classifier_with_foreign_fc_norm_eps_is_refused():
-    from tgmae.evaluate.export_hf import hf_model
+    from tgmae.weights.export_hf import hf_model
 
     with pytest.raises(ValueError, match="eps"):
         hf_model(VideoClassifier(VideoMAEArch(**{**ARCH.__dict__, "encoder_norm": False}), 3, fc_norm_eps=1e-6))

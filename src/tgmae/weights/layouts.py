@@ -3,7 +3,8 @@
 Our parameter names are the official VideoMAE pretraining names, so the official layout maps
 one to one (after stripping wrapper prefixes). The HF layout splits the fused qkv projection
 into query/key/value and renames every module; `hf_to_ours` / `ours_to_hf` convert both ways.
-Pure functions on state dicts (name -> tensor); nothing here reads or writes files.
+Pure functions on state dicts (name -> tensor); nothing here reads or writes files. A layout
+that does not fit is a CheckpointError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
+from tgmae.weights.files import CheckpointError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
@@ -111,7 +113,7 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
 def _single(value: Any, what: str) -> int:
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
-            raise ValueError(f"HF config {what}={value}: only square inputs are supported")
+            raise CheckpointError(f"HF config {what}={value}: only square inputs are supported")
         value = value[0]
     return int(value)
 
@@ -127,15 +129,15 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
     if stored is not None:
         return stored
     if config.get("model_type", "videomae") != "videomae":
-        raise ValueError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
+        raise CheckpointError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
-        raise ValueError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
+        raise CheckpointError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
     dim, ddim = int(config.get("hidden_size", 768)), int(config.get("decoder_hidden_size", 384))
     ratio = int(config.get("intermediate_size", 3072)) / dim
     dratio = int(config.get("decoder_intermediate_size", 1536)) / ddim
     if ratio != dratio:
-        raise ValueError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
+        raise CheckpointError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
                          "one shared ratio is supported (as in VideoMAE)")
     chans = int(config.get("num_channels", 3))
     return VideoMAEArch(
@@ -239,7 +241,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
             out[f"{base}attn.qkv.weight"] = torch.cat(
                 [parts["query.weight"], parts["key.weight"], parts["value.weight"]], dim=0)
         except KeyError as e:
-            raise ValueError(f"HF checkpoint: {base} lacks attention {e.args[0]}") from None
+            raise CheckpointError(f"HF checkpoint: {base} lacks attention {e.args[0]}") from None
         dim = parts["query.weight"].shape[0]
         zeros = torch.zeros(dim, dtype=parts["query.weight"].dtype)
         out[f"{base}attn.q_bias"] = parts.get("query.bias", zeros)  # qv_bias=False: zero biases

@@ -9,17 +9,13 @@ import pytest
 import torch
 
 from tgmae.config import ModelConfig
-from tgmae.models import (
-    CheckpointError,
-    build_pretraining_model,
-    load_pretraining_model,
-    pretrain_target,
-    reconstruct_video,
-    save_pretraining_model,
-)
-from tgmae.evaluate.convert import main as convert_main
-from tgmae.models.interop import FORMAT, detect_format
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.files import CheckpointError
+from tgmae.models import build_pretraining_model, pretrain_target, reconstruct_video
+from tgmae.weights.pretraining import load_pretraining_model, save_pretraining_model
+from tgmae.commands.convert import main as convert_main
+from tgmae.weights.pretraining import FORMAT
+from tgmae.weights.files import detect_format
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -230,7 +226,7 @@ def test_corrupted_and_missing_files_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="broken.pth: not a checkpoint"):
         load_pretraining_model(bad)
     from tgmae.data.video import write_video
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
 
     video = tmp_path / "clip.avi"  # a video given as the checkpoint: said so, not an IndexError
     write_video(video, torch.zeros(4, 32, 32, 3, dtype=torch.uint8).numpy(), codec="mpeg4")
@@ -266,7 +262,7 @@ def test_corrupted_and_missing_files_fail_clearly(tmp_path):
 def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, capsys):
     """A .pth stores no head count: 128 wide is no released model, so it is asked for, never guessed."""
     from tgmae.config import ConfigError
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
 
     ours = tiny_ours()  # 128 wide, 4 heads
     torch.save({"model": ours.state_dict()}, tmp_path / "tiny.pth")
@@ -279,7 +275,7 @@ def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, caps
     assert exit_.value.code == 2 and "pass model.num_heads (tgmae convert / export-hf: --num-heads)" in capsys.readouterr().err
     # every option a message names exists: export-hf takes --num-heads / --decoder-heads, pretraining
     # takes model.num_heads / model.decoder_heads
-    from tgmae.evaluate.export_hf import main as export_main
+    from tgmae.commands.export_hf import main as export_main
 
     assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hf"), "--num-heads", "4"]) == 0
     assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hfp"), "--pretraining", "--num-heads", "4",

@@ -12,7 +12,7 @@ A checkpoint directory is written under a temporary name and renamed into place,
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
 A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
 new one (`check_resume_config`). Every loader reads these paths through
-`tgmae.models.interop.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
+`tgmae.weights.files.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
 """
 
 from __future__ import annotations
@@ -30,14 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text
-from tgmae.errors import UserError
-
-LATEST = "latest"
-
-
-class CheckpointError(RuntimeError, UserError):
-    """A checkpoint cannot be read or does not match the run."""
-
+from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
 # change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
@@ -191,7 +184,7 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(
         _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
-        metadata={"tgmae_config": json.dumps(config), "format": "tgmae-train"},
+        metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
     )
     state = {
         "optimizer": optimizer.state_dict(),

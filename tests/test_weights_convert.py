@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tgmae.evaluate.classifier import build_classifier, load_classifier, save_classifier
-from tgmae.evaluate.convert import main
-from tgmae.evaluate.export_hf import export_hf
-from tgmae.evaluate.sources import load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, load_pretraining_model, save_pretraining_model
+from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
+from tgmae.commands.convert import main
+from tgmae.weights.export_hf import export_hf
+from tgmae.weights.sources import load_encoder_source
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import load_pretraining_model, save_pretraining_model
 
 # non-default decoder eps and data statistics: values HF's config has no field for
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4, image_size=16,
@@ -83,7 +84,7 @@ def train_run(tmp_path_factory):
     """A pretraining run's checkpoints folder as the shared loop writes it (step folder + `latest`)."""
     from tgmae.config import RunConfig, to_dict
     from tgmae.models import build_pretraining_model
-    from tgmae.train.checkpoint import TrainPosition, save_checkpoint
+    from tgmae.weights.checkpoint import TrainPosition, save_checkpoint
 
     cfg = RunConfig()
     cfg.data.num_frames, cfg.data.image_size = 4, 32
@@ -96,7 +97,7 @@ def train_run(tmp_path_factory):
 
 
 def test_training_checkpoint_paths_resolve_and_load_as_pretraining_models(train_run, tmp_path, capsys):
-    from tgmae.models.interop import CheckpointError, resolve_checkpoint
+    from tgmae.weights.files import CheckpointError, resolve_checkpoint
 
     model, ckpts, step = train_run
     weights = step / "model.safetensors"
@@ -123,7 +124,7 @@ def test_head_counts_given_for_a_checkpoint_that_stores_them_must_agree(pretrain
         main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--num-heads", "8"])
     assert e.value.code == 2 and "--num-heads 8: " in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
     assert main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--num-heads", "2"]) == 0  # agrees: fine
-    from tgmae.evaluate.export_hf import main as export_main
+    from tgmae.commands.export_hf import main as export_main
 
     with pytest.raises(SystemExit) as e:
         export_main([str(path), str(tmp_path / "hf2"), "--num-heads", "4"])
