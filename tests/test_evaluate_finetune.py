@@ -267,8 +267,8 @@ def _finetune_yaml(tmp_path, root, views: int, **sections) -> Path:
 
 
 def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
-    from tgmae.evaluate.finetune import main as finetune_main
-    from tgmae.evaluate.multiview import main as evaluate_main
+    from tgmae.commands.evaluate import main as evaluate_main
+    from tgmae.commands.finetune import main as finetune_main
 
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ from tgmae.evaluate.retrieval import (
     caption_relevance,
     class_prompts,
     load_video_text_model,
-    main,
     retrieval_metrics,
 )
+from tgmae.commands.retrieve import main
 from tgmae.evaluate.metrics import relevance_from_ids
 from tgmae.models.video_text import build_video_text_model
 from tgmae.weights import checkpoint as ckpt
