@@ -158,8 +158,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     """
     from tgmae.data.dataset import build_dataset
     from tgmae.weights.classifier import load_classifier
-    from tgmae.evaluate.sharded import world
-    from tgmae.distributed import init_distributed
+    from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
 
     dist_info = init_distributed(cfg.train.device)
@@ -178,7 +177,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     result = evaluate_classifier(classifier, dataset, batch_size=cfg.train.batch_size, precision=precision,
                                  num_workers=cfg.data.num_workers, device=dist_info.device,
                                  progress=progress and cfg.log.progress, strict=cfg.eval.strict)
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         names = getattr(dataset, "class_names", None) or getattr(classifier, "class_names", [])
         out = Path(cfg.train.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -85,12 +85,10 @@ class FeatureDataset(Dataset):
 def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig) -> torch.optim.Optimizer:
     """LARS (momentum 0.9, trust 0.001; biases and norms skip the adaptation) or SGD (momentum 0.9)."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    if kind == "lars":
-        return LARS(clean, lr=optim_cfg.base_lr, weight_decay=optim_cfg.weight_decay, momentum=0.9,
-                    trust_coefficient=0.001)
-    if kind == "sgd":
+    if kind == "sgd":  # `eval.probe_optimizer`, validated by the config (lbfgs fits without an optimizer)
         return torch.optim.SGD(clean, lr=optim_cfg.base_lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
-    raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd (lbfgs fits without an optimizer)")
+    return LARS(clean, lr=optim_cfg.base_lr, weight_decay=optim_cfg.weight_decay, momentum=0.9,
+                trust_coefficient=0.001)
 
 
 def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:

@@ -195,8 +195,6 @@ def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT) ->
     """One prompt per class: `template` with {} replaced by the class name as words."""
     from tgmae.captions.sources import class_text
 
-    if "{}" not in template:
-        raise ValueError(f"eval.class_prompt={template!r} has no {{}} for the class name")
     return [template.replace("{}", class_text(n)) for n in class_names]
 
 
@@ -215,13 +213,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json`.
     """
-    from tgmae.evaluate.sharded import world
-    from tgmae.distributed import init_distributed
+    from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
 
-    mode = mode or cfg.eval.retrieval_text
-    if mode not in ("classes", "captions"):
-        raise ValueError(f"retrieval text mode {mode!r}: expected classes|captions")
+    mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
     dist_info = init_distributed(cfg.train.device)
     if model is None:
         if not cfg.model.pretrained:
@@ -269,7 +264,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if unreadable:
         log.warning("retrieval: %d unreadable videos left out of the gallery (listed in retrieval_results.json)",
                     len(unreadable))
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         target = Path(cfg.train.output_dir)
         target.mkdir(parents=True, exist_ok=True)
         (target / "retrieval_results.json").write_text(json.dumps(result.summary(), indent=2))
