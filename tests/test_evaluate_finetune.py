@@ -15,19 +15,19 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import RunConfig, load_config, to_dict
-from tgmae.models.classifier import VideoClassifier
-from tgmae.weights.classifier import build_classifier, load_classifier
 from tgmae.evaluate.finetune import FinetuneTask, finetune
 from tgmae.evaluate.multiview import classification_result, predict_views
 from tgmae.evaluate.recipes import FINETUNE_RECIPE, with_recipe
 from tgmae.evaluate.sharded import map_dataset
-from tgmae.weights.files import CheckpointError
-from tgmae.weights.sources import load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer
-from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.models.arch import arch_from_config
-from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.models.classifier import VideoClassifier
 from tgmae.weights import checkpoint as ckpt
+from tgmae.weights.classifier import build_classifier, load_classifier
+from tgmae.weights.files import CheckpointError
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.pretraining import save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)

@@ -19,11 +19,11 @@ from tgmae.evaluate.features import cached_features, extract_features, feature_c
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
 from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
-from tgmae.weights.sources import load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer
-from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
+from tgmae.weights.pretraining import save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
@@ -141,8 +141,8 @@ def test_linear_probe_with_lars_learns_and_writes_results(checkpoint, tmp_path):
     state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints")).optimizer_state
     assert all("mu" in s for s in state["state"].values())  # LARS momentum buffers, not AdamW's
     # the probe run is no encoder: loading it as one names what it is and the encoder to pass
-    from tgmae.weights.sources import load_encoder_source
     from tgmae.weights.files import CheckpointError
+    from tgmae.weights.sources import load_encoder_source
 
     with pytest.raises(CheckpointError, match=r"without a video encoder, only bn, head \(a linear probe's.*"
                                               r"model\.pretrained="):

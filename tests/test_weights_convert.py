@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
 from tgmae.cli import main as cli_main
-from tgmae.weights.export_hf import export_hf
-from tgmae.weights.sources import load_encoder_source
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
+from tgmae.weights.export_hf import export_hf
 from tgmae.weights.pretraining import load_pretraining_model, save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 # non-default decoder eps and data statistics: values HF's config has no field for
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4, image_size=16,

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
+from tgmae.cli import main as cli_main
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.models.classifier import VideoClassifier
 from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
 from tgmae.weights.export_hf import TOLERANCE, export_hf
-from tgmae.cli import main as cli_main
-from tgmae.weights.sources import load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.weights.pretraining import save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.distributed import launch_env
 from tgmae.captions.store import CaptionRecord, dumps_record, read_jsonl_tolerant
+from tgmae.distributed import launch_env
 
 
 @dataclass(frozen=True)

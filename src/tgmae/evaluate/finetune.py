@@ -21,14 +21,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import RunConfig
-from tgmae.models.classifier import VideoClassifier, classifier_arch
-from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
+from tgmae.weights.classifier import build_classifier, save_classifier
 
 log = logging.getLogger("tgmae")
 
@@ -99,8 +99,8 @@ class FinetuneTask:
         c = self.cfg
         common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
         if c.model.pretrained:
-            from tgmae.weights.sources import load_encoder_source
             from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+            from tgmae.weights.sources import load_encoder_source
 
             src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
             check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)

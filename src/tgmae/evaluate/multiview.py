@@ -157,9 +157,9 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json`.
     """
     from tgmae.data.dataset import build_dataset
-    from tgmae.weights.classifier import load_classifier
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
+    from tgmae.weights.classifier import load_classifier
 
     dist_info = init_distributed(cfg.train.device)
     if classifier is None:

@@ -30,7 +30,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,9 @@ from tgmae.config import ConfigError, OptimConfig, RunConfig, save_config
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
-from tgmae.weights import checkpoint as ckpt
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
+from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
 
@@ -186,12 +186,12 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
     (train, val or None, class names).
     """
+    from tgmae.distributed import init_distributed
     from tgmae.evaluate.features import cached_features, feature_cache_key
-    from tgmae.weights.sources import load_encoder_source
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
-    from tgmae.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
+    from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
         from tgmae.config import ConfigError

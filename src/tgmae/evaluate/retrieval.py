@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
-from tgmae.weights.files import CheckpointError
 from tgmae.train.precision import autocast
+from tgmae.weights.files import CheckpointError
 
 log = logging.getLogger("tgmae")
 
@@ -83,8 +83,8 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
 
 def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
-    from tgmae.weights.files import read_safetensors
     from tgmae.weights.checkpoint import find_latest
+    from tgmae.weights.files import read_safetensors
 
     candidates: list[Path] = []
     if path.is_dir():

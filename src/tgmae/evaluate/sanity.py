@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
-from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.models.arch import PRESETS, VideoMAEArch
+from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.models.target import masked_pixel_mse, patch_mean_mse, pixel_target
 from tgmae.models.tokens import mask_to_indices

@@ -46,8 +46,8 @@ def _out(cfg, out: Optional[str]) -> Path:
 def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
     video-text) training checkpoint or run directory; clip geometry from the run's config."""
-    from tgmae.weights.pretraining import load_pretraining_model
     from tgmae.weights.files import resolve_checkpoint
+    from tgmae.weights.pretraining import load_pretraining_model
 
     p = resolve_checkpoint(path)
     if p.is_dir() and not (p / "config.json").is_file():  # a run folder: its final model, else its latest step
