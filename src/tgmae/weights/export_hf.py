@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from tgmae.errors import UserError
-from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
+from tgmae.models.arch import VideoMAEArch
 from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
 from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
-from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
 from tgmae.weights.sources import EncoderSource, check_stated_heads, load_encoder_source
@@ -113,8 +113,7 @@ def hf_target_matches(arch: VideoMAEArch) -> bool:
     ImageNet statistics (others not at all) before building the target; ours uses the arch's
     mean/std. With `norm_pix_loss` the per-patch normalization cancels any per-channel affine map
     (up to its 1e-6 guard), so only raw-pixel targets with other statistics differ."""
-    hf_mean, hf_std = (IMAGENET_MEAN, IMAGENET_STD) if arch.in_chans == 3 else ((0.0,) * arch.in_chans,
-                                                                             (1.0,) * arch.in_chans)
+    hf_mean, hf_std = released_normalization(arch.in_chans)
     return arch.norm_pix_loss or (tuple(arch.pixel_mean) == tuple(hf_mean) and tuple(arch.pixel_std) == tuple(hf_std))
 
 

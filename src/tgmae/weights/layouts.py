@@ -48,6 +48,12 @@ _QKV = "attention.attention."
 _HF_DISK_BIAS = {"q_bias": "query.bias", "v_bias": "value.bias"}
 
 
+def released_normalization(chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the input of released VideoMAE models and of HF's VideoMAE: ImageNet's for 3
+    channels (`tgmae.models.arch.IMAGENET_MEAN` / `IMAGENET_STD`), none (0, 1) for any other count."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.0,) * chans, (1.0,) * chans)
+
+
 def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove DDP `module.` and torch.compile `_orig_mod.` prefixes (anywhere they lead a name)."""
     out = {}
@@ -105,8 +111,7 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
                                      "model.decoder_heads (tgmae convert / export-hf: --decoder-heads)"),
         norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
         encoder_norm="encoder.norm.weight" in state,
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
@@ -153,8 +158,7 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
         decoder_norm_eps=1e-5,  # HF's decoder.norm is a default nn.LayerNorm
         encoder_norm=not bool(config.get("use_mean_pooling", True)),
         # HF un-normalizes 3-channel input with ImageNet statistics and leaves others as they are
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
@@ -274,7 +278,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY", "released_normalization",
 ]
 
 

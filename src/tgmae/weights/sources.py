@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch, arch_from_config
+from tgmae.models.arch import VideoMAEArch, arch_from_config
 from tgmae.weights.files import (
     CheckpointError,
     hf_directory_state,
@@ -41,6 +41,7 @@ from tgmae.weights.layouts import (
     hf_arch,
     hf_to_ours,
     official_heads,
+    released_normalization,
     strip_wrappers,
 )
 from tgmae.weights.pretraining import ENCODER_FORMAT, FORMAT as PRETRAIN_FORMAT, load_pretraining_model
@@ -268,8 +269,7 @@ def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int]
         embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
         patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
         in_chans=chans, layer_norm_eps=layer_norm_eps, encoder_norm="norm.weight" in enc,
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
