@@ -164,7 +164,7 @@ def test_visualize_takes_overrides_after_the_config(data, kind, tmp_path, capsys
     assert main(["visualize", kind, str(model), "-c", cfg, "data.image_size=32", "--out", str(out)]) == 0
     assert any(out.glob("*.png"))
     _fails(capsys, ["visualize", kind, str(model), "-c", cfg, "data.image_size=oops"],
-           f"tgmae visualize {kind}: config error: data.image_size")
+           "config error: data.image_size")
 
 
 def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_path):

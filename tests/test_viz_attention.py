@@ -91,7 +91,7 @@ def synth(tmp_path_factory):
 
 
 def test_visualize_cli(synth, tmp_path, capsys):
-    from tgmae.evaluate.visualize import main
+    from tgmae.commands.visualize import main
 
     ckpt = save_pretraining_model(model(), tmp_path / "pt.safetensors")
     cfg = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",
