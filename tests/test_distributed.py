@@ -11,7 +11,7 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(key, raising=False)
     assert not dist.is_initialized()
-    assert launch_env() == (0, 1) and rank_world() == (0, 1) and local_rank() == 0
+    assert launch_env() == (0, 1) and rank_world() == (0, 1) and local_rank() == 0 and local_rank(default=2) == 2
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.local_rank, info.is_main, info.enabled) == (0, 1, 0, True, False)
     assert not init_distributed_if_launched() and not dist.is_initialized()
@@ -21,7 +21,7 @@ def test_torchrun_environment_is_read(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert launch_env() == (3, 4) and local_rank() == 1
+    assert launch_env() == (3, 4) and local_rank() == 1 == local_rank(default=5)
     assert rank_world() == (0, 1)  # no group joined: collectives stay local
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert not init_distributed_if_launched()  # no rendezvous address: nothing to join

@@ -39,19 +39,14 @@ def launch_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def local_rank() -> int:
-    """This process's index on its node: torchrun's LOCAL_RANK; else the joined group's rank (a group
-    made without torchrun, one node); else 0."""
-    if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
-    return rank_world()[0]
+def local_rank(default: int = 0) -> int:
+    """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
+    return int(os.environ.get("LOCAL_RANK", default))
 
 
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the joined default process group; (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return (dist.get_rank(), dist.get_world_size()) if distributed_ready() else (0, 1)
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
@@ -104,13 +99,13 @@ def _join(backend: str, **kwargs) -> None:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place where distributed); returns `t` for chaining."""
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -124,7 +119,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def cleanup() -> None:
     """Leave the process group: a barrier first, so no rank tears gloo down while another is
     still inside a collective (that aborts the process with 'terminate called')."""
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         import gc
 
         dist.barrier()
@@ -145,4 +140,5 @@ def init_distributed_if_launched() -> bool:
 
 
 def distributed_ready() -> bool:
+    """Whether this process has joined a default process group."""
     return dist.is_available() and dist.is_initialized()

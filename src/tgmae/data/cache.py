@@ -318,8 +318,9 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     from tgmae.distributed import barrier, local_rank, rank_world
 
-    if rank_world()[1] > 1:
-        if local_rank() == 0:
+    rank, world = rank_world()
+    if world > 1:
+        if local_rank(default=rank) == 0:
             build_disk_cache(records, folder, threads=threads, workers=workers)
         barrier()
     return build_disk_cache(records, folder, threads=threads, workers=workers)
