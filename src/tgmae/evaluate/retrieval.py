@@ -119,7 +119,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     from tgmae.models.pretrainer import VideoMAEPretrainer
     from tgmae.models.video_text import VideoTextPretrainer
 
-    from tgmae.weights.files import resolve_checkpoint
+    from tgmae.weights.files import load_strict, resolve_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -141,12 +141,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     text_dim = int(state["text_proj.weight"].shape[1]) if text_proj else proj_dim
     model = VideoTextPretrainer(VideoMAEPretrainer(arch), text_dim, objective="mae", proj_dim=proj_dim,
                                 text_projection=text_proj, hidden_dim=hidden)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{p}: does not fit VideoTextPretrainer: missing {missing[:6]}, unexpected {unexpected[:6]}")
-    model.load_state_dict(state)
-    return model.eval()
+    return load_strict(model, state, str(p), "VideoTextPretrainer").eval()
 
 
 @torch.no_grad()

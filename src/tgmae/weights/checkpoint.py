@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text
-from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError
+from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
 # change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
@@ -270,14 +270,5 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that names missing and unexpected keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not fit this model: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    model.load_state_dict(state)
+    """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys)."""
+    load_strict(model, state, source)

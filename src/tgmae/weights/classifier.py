@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
 from tgmae.models.classifier import FC_NORM_EPS, VideoClassifier, classifier_arch
-from tgmae.weights.files import CheckpointError, write_safetensors
+from tgmae.weights.files import CheckpointError, load_strict, write_safetensors
 from tgmae.weights.sources import CLASSIFIER_FORMAT, EncoderSource, load_encoder_source
 
 
@@ -53,31 +52,19 @@ def build_classifier(
     eps = src.fc_norm_eps if (keep_head and src.fc_norm_eps is not None) else FC_NORM_EPS
     model = VideoClassifier(arch, num_classes, head_init_scale=head_init_scale, dropout=dropout, fc_norm_eps=eps)
     enc_state = {k: v for k, v in src.encoder.items() if not k.startswith("norm.")}
-    _strict_load(model.encoder, enc_state, src.path)
+    load_strict(model.encoder, enc_state, src.path)
     if keep_head:
         head_state = {k: v for k, v in src.head.items()}
         if "fc_norm.weight" not in head_state:
             raise CheckpointError(f"{src.path}: classifier without fc_norm (token pooling other than mean)")
-        _strict_load(model.fc_norm, _strip(head_state, "fc_norm."), src.path)
-        _strict_load(model.head, _strip(head_state, "head."), src.path)
+        load_strict(model.fc_norm, _strip(head_state, "fc_norm."), src.path)
+        load_strict(model.head, _strip(head_state, "head."), src.path)
     model.class_names = list(src.class_names)  # type: ignore[attr-defined]
     return model
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-           if k in state and state[k].shape != v.shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{source}: weights do not fit the model: missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]}, shape mismatch {bad[:4]}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def save_classifier(model: VideoClassifier, path: str | os.PathLike,

@@ -16,20 +16,48 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from tgmae.atomic import atomic_path
 from tgmae.errors import UserError
 
 LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (`weights.checkpoint`)
 TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a training checkpoint (`step_N/`), config in `tgmae_config`
+_LIST_LIMIT = 8  # key names an error message lists
 
 
 class CheckpointError(ValueError, UserError):
     """Weights on disk cannot be read, do not fit the model, or do not match the run that resumes
     them; the message names the file and the keys."""
+
+
+def key_names(keys: Sequence[str]) -> str:
+    """Sorted key names for an error message, at most 8 and a count of the rest."""
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return ", ".join(keys[:_LIST_LIMIT]) + more
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str = "this model",
+                extra_unexpected: Sequence[str] = ()) -> nn.Module:
+    """`module.load_state_dict(state)` once every key and shape fits, tensors cast to the module's
+    dtypes. Else CheckpointError `SOURCE does not fit WHAT: missing keys: [...]; unexpected keys:
+    [...]` (`extra_unexpected`: names a layout conversion could not place) or `... shape mismatch`."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own] + list(extra_unexpected)
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit {what}: missing keys: [{key_names(missing)}]; "
+                              f"unexpected keys: [{key_names(unexpected)}]")
+    bad = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{source} does not fit {what}: shape mismatch: {key_names(bad)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return module
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -147,5 +175,5 @@ def detect_format(path: str | os.PathLike) -> str:
     return "tgmae" if p.suffix == ".safetensors" or looks_like_safetensors(p) else "official"
 
 
-__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "read_safetensors", "write_safetensors", "read_torch",
+__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "key_names", "load_strict", "read_safetensors", "write_safetensors", "read_torch",
            "unwrap_state", "hf_directory_state", "resolve_checkpoint", "looks_like_safetensors", "detect_format"]

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ from tgmae.weights.files import (
     CheckpointError,
     detect_format,
     hf_directory_state,
+    key_names,
+    load_strict,
     read_safetensors,
     read_torch,
     resolve_checkpoint,
@@ -43,31 +45,6 @@ from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch, strip_wrap
 
 FORMAT = "tgmae.videomae-pretrain.v1"
 ENCODER_FORMAT = "tgmae.video-encoder.v1"
-_LIST_LIMIT = 8
-
-
-def _names(keys: Sequence[str]) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
-    return ", ".join(keys[:_LIST_LIMIT]) + more
-
-
-def _load_into(model: VideoMAEPretrainer, state: Mapping[str, torch.Tensor], source: str,
-               extra_unexpected: Sequence[str] = ()) -> VideoMAEPretrainer:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own] + list(extra_unexpected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: layout does not match the VideoMAE pretraining model. "
-            f"missing keys: [{_names(missing)}]; unexpected keys: [{_names(unexpected)}]"
-        )
-    bad = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        raise CheckpointError(f"{source}: shape mismatch: {_names(bad)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    return model
 
 
 def train_checkpoint_arch(meta: Mapping[str, str], source: Any) -> VideoMAEArch:
@@ -119,16 +96,16 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
         if "encoder.patch_embed.proj.weight" not in state or "encoder_to_decoder.weight" not in state:
             raise CheckpointError(
                 f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
-                f"[{_names([k for k in ('encoder.patch_embed.proj.weight', 'encoder_to_decoder.weight') if k not in state])}]; "
-                f"found keys: [{_names(list(state))}]"
+                f"[{key_names([k for k in ('encoder.patch_embed.proj.weight', 'encoder_to_decoder.weight') if k not in state])}]; "
+                f"found keys: [{key_names(list(state))}]"
             )
         geometry = {k: overrides.pop(k) for k in ("num_frames", "image_size", "num_heads",
                                                   "decoder_heads", "norm_pix_loss") if k in overrides}
         arch = official_arch(state, **geometry)
     if overrides:
         arch = dataclasses.replace(arch, **overrides)
-    model = VideoMAEPretrainer(arch)
-    return _load_into(model, state, f"{p} ({kind} layout)", extra_unexpected).eval()
+    return load_strict(VideoMAEPretrainer(arch), state, f"{p} ({kind} layout)", "the VideoMAE pretraining model",
+                       extra_unexpected).eval()
 
 
 def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -> Path:
