@@ -61,7 +61,7 @@ from tgmae import autotune
 from tgmae.config import ModelConfig
 from tgmae.models import build_pretraining_model
 from tgmae.models.attention import set_attention_kernel
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train.loop import compile_model
 
 FRAMES, SIZE = 16, 224

@@ -14,7 +14,7 @@ import torch
 from tgmae import autotune
 from tgmae.config import ConfigError, load_config
 from tgmae.models import attention
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train import precision
 
 transformers = pytest.importorskip("transformers")

@@ -46,7 +46,8 @@ def data(tmp_path_factory):
 
     from tgmae.captions.tiny import save_tiny_clip
     from tgmae.data.synthetic import generate_synthetic_dataset
-    from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
 
     root = tmp_path_factory.mktemp("cli")
     generate_synthetic_dataset(root / "synth", num_videos=14, frames=12, size=32, gop=6, seed=4, val_fraction=0.3)
@@ -163,7 +164,7 @@ def test_visualize_takes_overrides_after_the_config(data, kind, tmp_path, capsys
     assert main(["visualize", kind, str(model), "-c", cfg, "data.image_size=32", "--out", str(out)]) == 0
     assert any(out.glob("*.png"))
     _fails(capsys, ["visualize", kind, str(model), "-c", cfg, "data.image_size=oops"],
-           f"tgmae visualize {kind}: config error: data.image_size")
+           "config error: data.image_size")
 
 
 def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_path):
@@ -199,9 +200,9 @@ def test_checkpoint_pointer_and_geometry_everywhere_a_checkpoint_meets_a_config(
     import torch
 
     from tgmae.config import load_config, to_dict
-    from tgmae.evaluate.classifier import build_classifier, save_classifier
+    from tgmae.weights.classifier import build_classifier, save_classifier
     from tgmae.models import build_pretraining_model
-    from tgmae.train.checkpoint import TrainPosition, save_checkpoint
+    from tgmae.weights.checkpoint import TrainPosition, save_checkpoint
 
     root, cfg, model = data
     run_cfg = load_config(cfg, [])

@@ -21,9 +21,8 @@ from tgmae.models import (
     VideoTextPretrainer,
     build_video_text_model,
     info_nce,
-    load_pretraining_model,
-    save_pretraining_model,
 )
+from tgmae.weights.pretraining import load_pretraining_model, save_pretraining_model
 from tgmae.models.infonce import candidate_masks, first_occurrence, info_nce_rows
 from tgmae.models.video_text import OBJECTIVES, GlobalBatchNorm1d
 

@@ -13,8 +13,9 @@ import torch
 
 from tgmae.config import ModelConfig, load_config
 from tgmae.data.synthetic import generate_synthetic_dataset
-from tgmae.models import build_pretraining_model, load_pretraining_model
-from tgmae.train import checkpoint as ckpt
+from tgmae.models import build_pretraining_model
+from tgmae.weights.pretraining import load_pretraining_model
+from tgmae.weights import checkpoint as ckpt
 from tgmae.train.metrics import read_metrics
 from tgmae.train.pretrain import pretrain
 

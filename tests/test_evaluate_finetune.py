@@ -14,16 +14,19 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import RunConfig, load_config, to_dict
-from tgmae.evaluate.classifier import VideoClassifier, build_classifier, load_classifier
 from tgmae.evaluate.finetune import FinetuneTask, finetune
 from tgmae.evaluate.multiview import classification_result, predict_views
 from tgmae.evaluate.recipes import FINETUNE_RECIPE, with_recipe
 from tgmae.evaluate.sharded import map_dataset
-from tgmae.evaluate.sources import CheckpointError, load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.models.arch import arch_from_config
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
-from tgmae.train import checkpoint as ckpt
+from tgmae.models.classifier import VideoClassifier
+from tgmae.weights import checkpoint as ckpt
+from tgmae.weights.classifier import build_classifier, load_classifier
+from tgmae.weights.files import CheckpointError
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.pretraining import save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
@@ -257,8 +260,8 @@ def _finetune_yaml(tmp_path, root, views: int, **sections) -> Path:
 
 
 def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
-    from tgmae.evaluate.finetune import main as finetune_main
-    from tgmae.evaluate.multiview import main as evaluate_main
+    from tgmae.commands.evaluate import main as evaluate_main
+    from tgmae.commands.finetune import main as finetune_main
 
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
     torch.manual_seed(0)
@@ -285,7 +288,8 @@ def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, cap
 
     from tgmae.cli import main
     from tgmae.data.video import write_video
-    from tgmae.evaluate.classifier import classifier_arch, save_classifier
+    from tgmae.models.classifier import classifier_arch
+    from tgmae.weights.classifier import save_classifier
 
     root = tmp_path / "data"
     shutil.copytree(synth, root)

@@ -10,7 +10,6 @@ import torch
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.metrics import (
     mean_class_accuracy,
-    median_rank,
     per_class_accuracy,
     recall_at_k,
     relevance_from_ids,
@@ -53,7 +52,6 @@ def test_recall_single_relevant_item():
     assert retrieval_ranks(sim, rel).tolist() == [1, 3, 1]
     r = recall_at_k(sim, rel, (1, 2, 3))
     assert r == {1: pytest.approx(2 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
-    assert median_rank(sim, rel) == 1.0
 
 
 def test_recall_ties_count_against_the_query():

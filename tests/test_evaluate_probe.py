@@ -19,10 +19,11 @@ from tgmae.evaluate.features import cached_features, extract_features, feature_c
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
 from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
-from tgmae.evaluate.sources import load_encoder_source
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
+from tgmae.weights.pretraining import save_pretraining_model
+from tgmae.weights.sources import load_encoder_source
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
@@ -135,13 +136,13 @@ def test_linear_probe_with_lars_learns_and_writes_results(checkpoint, tmp_path):
     saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
     assert saved["top1"] == pytest.approx(res.top1) and saved["feature_dim"] == 32
     assert len(list(cache.glob("*.safetensors"))) == 2  # train and val features
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints")).optimizer_state
     assert all("mu" in s for s in state["state"].values())  # LARS momentum buffers, not AdamW's
     # the probe run is no encoder: loading it as one names what it is and the encoder to pass
-    from tgmae.evaluate.sources import load_encoder_source
-    from tgmae.models.interop import CheckpointError
+    from tgmae.weights.files import CheckpointError
+    from tgmae.weights.sources import load_encoder_source
 
     with pytest.raises(CheckpointError, match=r"without a video encoder, only bn, head \(a linear probe's.*"
                                               r"model\.pretrained="):
@@ -158,7 +159,7 @@ def synth(tmp_path_factory):
 
 
 def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
-    from tgmae.evaluate.probe import main
+    from tgmae.commands.probe import main
 
     torch.manual_seed(0)
     arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
@@ -235,7 +236,7 @@ def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
     """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
     them again; rerunning with another optimizer or on other features is refused, not reused."""
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=6", "optim.warmup_epochs=1", "optim.lr=5",
                     "checkpoint.resume=auto")
@@ -282,8 +283,8 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
 def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
     """A tubelet-2 checkpoint probed with model.tubelet_size=4 is refused, naming the key and both
     values; so are a patch size and a head count that differ. Nothing is trained or written."""
+    from tgmae.cli import main as cli_main
     from tgmae.config import ConfigError
-    from tgmae.evaluate.probe import main
 
     data = dict(train_data=Clips(8), val_data=None, num_classes=3, cache_dir=tmp_path / "cache")
     for override, message in [("model.tubelet_size=4", "model.tubelet_size=4 but the checkpoint .* has 2"),
@@ -293,12 +294,11 @@ def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys)
     assert not (tmp_path / "probe").exists()
     args = ["data.num_frames=4", "data.image_size=16", f"model.pretrained={checkpoint}",
             f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
-    assert main(args) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
-    assert capsys.readouterr().err.strip() == (f"tgmae probe: model.patch_size=16 but the checkpoint {checkpoint} has 8: "
-                                               "set model.patch_size=8 (its weights fix it)")
-    with pytest.raises(SystemExit) as exit_:
-        main(args[:1] + ["data.image_size=72", f"model.pretrained={checkpoint}"])
-    assert exit_.value.code == 2 and "data.image_size=72 is not divisible by model.patch_size=16" in capsys.readouterr().err
+    assert cli_main(["probe", *args]) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae probe: ") and "model.patch_size=16" in err and str(checkpoint) in err
+    assert cli_main(["probe", *args[:1], "data.image_size=72", f"model.pretrained={checkpoint}"]) == 2
+    assert "data.image_size=72" in capsys.readouterr().err
 
 
 def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,9 +360,9 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
 
 
 def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(checkpoint, tmp_path, capsys):
+    from tgmae.cli import main as cli_main
     from tgmae.config import ConfigError
-    from tgmae.evaluate.probe import main
-    from tgmae.train import checkpoint as ckpt
+    from tgmae.weights import checkpoint as ckpt
 
     for override, message in [("eval.probe_optimizer=adam", r"eval.probe_optimizer='adam': expected lars\|sgd\|lbfgs"),
                               ("eval.probe_l2=[0.1, 0]", r"eval.probe_l2=\[0.1, 0.0\]: needs at least one value"),
@@ -390,6 +390,5 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
     args = ["data.num_frames=4", "data.image_size=16", "model.patch_size=8", f"model.pretrained={checkpoint}",
             f"train.output_dir={tmp_path / 'cli'}", "log.progress=false", "eval.probe_optimizer=lbfgs",
             "eval.probe_l2=[-1]"]
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code == 2 and "eval.probe_l2=[-1.0]: needs at least one value, all > 0" in capsys.readouterr().err
+    assert cli_main(["probe", *args]) == 2
+    assert "eval.probe_l2=[-1.0]" in capsys.readouterr().err

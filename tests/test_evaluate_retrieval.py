@@ -11,17 +11,17 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from tgmae.config import load_config, to_dict
+from tgmae.config import ConfigError, load_config, to_dict
 from tgmae.evaluate.retrieval import (
     caption_relevance,
     class_prompts,
     load_video_text_model,
-    main,
     retrieval_metrics,
 )
+from tgmae.commands.retrieve import main
 from tgmae.evaluate.metrics import relevance_from_ids
 from tgmae.models.video_text import build_video_text_model
-from tgmae.train import checkpoint as ckpt
+from tgmae.weights import checkpoint as ckpt
 
 
 def test_retrieval_metrics_on_hand_made_embeddings():
@@ -43,8 +43,8 @@ def test_retrieval_metrics_on_hand_made_embeddings():
 
 def test_class_prompts_and_caption_relevance():
     assert class_prompts(["ApplyEyeMakeup", "move_left"]) == ["a video of apply eye makeup.", "a video of move left."]
-    with pytest.raises(ValueError, match="no \\{\\}"):
-        class_prompts(["x"], "a video")
+    with pytest.raises(ConfigError, match="eval.class_prompt"):  # the rule lives in the config
+        load_config(None, ["eval.class_prompt=a video"])
 
     class Provider:
         num_captions = 3
@@ -86,7 +86,8 @@ def test_load_video_text_model_from_run_and_from_file(tmp_path):
         a = model.embed_video(model.encoder(video))
         b = again.embed_video(again.encoder(video))
     assert torch.allclose(a, b)
-    from tgmae.models import VideoMAEPretrainer, save_pretraining_model
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
 
     plain = save_pretraining_model(VideoMAEPretrainer(model.arch), tmp_path / "mae.safetensors")
     with pytest.raises(Exception, match="no contrastive video head"):
@@ -174,7 +175,8 @@ def test_retrieval_leaves_out_an_unreadable_video(synth, tmp_path):
 
 def test_retrieve_names_the_checkpoint_that_holds_the_head(synth, tmp_path, capsys):
     from tgmae.cli import main as cli
-    from tgmae.models import VideoMAEPretrainer, save_pretraining_model
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
 
     root, clip = synth
     path = _retrieval_config(root, clip, tmp_path)

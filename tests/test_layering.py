@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"clip"},
     {"masking"},
     {"models"},
+    {"weights"},
     {"viz"},
     {"train"},
     {"evaluate"},

@@ -9,7 +9,7 @@ import torch
 
 from tgmae.config import load_config
 from tgmae.data.synthetic import generate_synthetic_dataset
-from tgmae.train import checkpoint as ckpt
+from tgmae.weights import checkpoint as ckpt
 from tgmae.train.metrics import read_metrics
 from tgmae.train.pretrain import pretrain
 
@@ -34,7 +34,7 @@ def cfg_for(synth_root: Path, out: Path, *extra: str):
 
 
 def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):
-    from tgmae.models import load_pretraining_model
+    from tgmae.weights.pretraining import load_pretraining_model
 
     run = pretrain(cfg_for(synth_root, tmp_path / "run"))
     records = read_metrics(run / "metrics.jsonl")
@@ -87,7 +87,7 @@ def test_corrupt_video_is_counted_not_fatal(synth_root, tmp_path):
 def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
     """Captions -> cached CLIP text embeddings -> InfoNCE logged in every objective (Figure 4)."""
     from tgmae.captions.tiny import save_tiny_clip
-    from tgmae.models import load_pretraining_model
+    from tgmae.weights.pretraining import load_pretraining_model
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
     cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1",
@@ -163,7 +163,8 @@ def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth
     from safetensors.torch import load_file
 
     from tgmae.config import ConfigError, ModelConfig
-    from tgmae.models import build_pretraining_model, save_pretraining_model
+    from tgmae.models import build_pretraining_model
+    from tgmae.weights.pretraining import save_pretraining_model
     from tgmae.train.pretrain import PretrainTask
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import RunConfig, load_config
-from tgmae.train import checkpoint as ckpt
+from tgmae.weights import checkpoint as ckpt
 from tgmae.train.loop import NonFiniteLossError, StepOutput, Trainer
 from tgmae.train.metrics import read_metrics
 from tgmae.train.optim import param_groups

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from tgmae.models import VideoMAEArch, VideoMAEPretrainer, save_pretraining_model
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.models.attention import Attention
 from tgmae.viz.attention import (
     attention_figures,
@@ -90,7 +91,7 @@ def synth(tmp_path_factory):
 
 
 def test_visualize_cli(synth, tmp_path, capsys):
-    from tgmae.evaluate.visualize import main
+    from tgmae.commands.visualize import main
 
     ckpt = save_pretraining_model(model(), tmp_path / "pt.safetensors")
     cfg = {"data": {"format": "csv", "root": str(synth), "train_annotations": "train.csv",

@@ -307,7 +307,7 @@ class CheckpointConfig:
     every_steps: int = 200  # optimizer steps between checkpoints (also written at each epoch end)
     keep_last: int = 2  # older step checkpoints are deleted
     # "auto" = latest in output_dir, "" = never, or a checkpoint path; a checkpoint trained with other
-    # settings is refused (keys allowed to change: tgmae.train.checkpoint.RESUMABLE_KEYS) unless
+    # settings is refused (keys allowed to change: tgmae.weights.checkpoint.RESUMABLE_KEYS) unless
     # "ignore_config" (= auto, continuing under the new settings)
     resume: str = "auto"
 

@@ -1,7 +1,11 @@
-"""Process-group set-up for torchrun (single node, multi-node, SLURM via torchrun) and helpers.
+"""Rank, world and process-group set-up for torchrun (single node, multi-node, SLURM via torchrun).
 
-One process per device. Without torchrun's environment everything degrades to a single process
-and the helpers become no-ops, so the same loop runs on a laptop CPU and on a cluster.
+The one home of these questions: what torchrun says this process is (`launch_env`, `local_rank`),
+what the joined group says (`rank_world`), joining it (`init_distributed` for training and
+evaluation, `init_distributed_if_launched` for the sharded precompute commands; both through
+`_join`), and the collectives on top. One process per device. Without torchrun's environment
+everything degrades to a single process and the helpers become no-ops, so the same code runs on a
+laptop CPU and on a cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def launch_env() -> tuple[int, int]:
+    """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank(default: int = 0) -> int:
+    """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
+    return int(os.environ.get("LOCAL_RANK", default))
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the joined default process group; (0, 1) when there is none."""
+    return (dist.get_rank(), dist.get_world_size()) if distributed_ready() else (0, 1)
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
@@ -62,27 +81,31 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") ->
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR): NCCL
+    for a CUDA device (made this process's current device), gloo for the CPU."""
+    rank, world = launch_env()
+    local = local_rank()
+    device = resolve_device(device_name, local)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+        _join("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _join(backend: str, **kwargs) -> None:
+    """The one call that creates the default process group."""
+    dist.init_process_group(backend=backend, **kwargs)
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place where distributed); returns `t` for chaining."""
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -96,7 +119,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def cleanup() -> None:
     """Leave the process group: a barrier first, so no rank tears gloo down while another is
     still inside a collective (that aborts the process with 'terminate called')."""
-    if dist.is_available() and dist.is_initialized():
+    if distributed_ready():
         import gc
 
         dist.barrier()
@@ -109,12 +132,13 @@ def init_distributed_if_launched() -> bool:
     barrier. Returns True if this call created the group (the caller destroys it)."""
     if not dist.is_available() or dist.is_initialized():
         return False
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+    if launch_env()[1] <= 1 or "MASTER_ADDR" not in os.environ:
         return False
     # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    _join("gloo", timeout=datetime.timedelta(hours=48))
     return True
 
 
 def distributed_ready() -> bool:
+    """Whether this process has joined a default process group."""
     return dist.is_available() and dist.is_initialized()

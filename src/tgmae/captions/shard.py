@@ -11,7 +11,6 @@ annotation order when it is known, writes OUT atomically, then deletes the parts
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.store import CaptionRecord, dumps_record, read_jsonl_tolerant
+from tgmae.distributed import launch_env
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ class Shard:
 
 def shard_from_env(rank: Optional[int] = None, world_size: Optional[int] = None) -> Shard:
     """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single process."""
-    r = rank if rank is not None else int(os.environ.get("RANK", "0"))
-    w = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    env_rank, env_world = launch_env()
+    r = rank if rank is not None else env_rank
+    w = world_size if world_size is not None else env_world
     return Shard(r, w)
 
 

@@ -303,15 +303,6 @@ def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: in
     _log_built(key, entries, offset, str(folder / f"{key}.u8"))
 
 
-def _dist() -> tuple[bool, int]:
-    """(distributed run with > 1 process, local rank)."""
-    import torch.distributed as tdist
-
-    on = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-    local = int(os.environ.get("LOCAL_RANK", tdist.get_rank() if on else 0))
-    return on, local
-
-
 def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str = "", *,
                      threads: int = 1, workers: int = 1) -> Optional[ClipCache]:
     """`mode` (data.cache, validated) "none" -> None; "memory" / "disk" -> a ClipCache of the records' videos.
@@ -322,13 +313,13 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
     if mode == "memory":
         return build_memory_cache(records, threads=threads, workers=workers)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    on, local = _dist()
-    if on:
-        import torch.distributed as tdist
+    from tgmae.distributed import barrier, local_rank, rank_world
 
-        if local == 0:
+    rank, world = rank_world()
+    if world > 1:
+        if local_rank(default=rank) == 0:
             build_disk_cache(records, folder, threads=threads, workers=workers)
-        tdist.barrier()
+        barrier()
     return build_disk_cache(records, folder, threads=threads, workers=workers)
 
 

@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.atomic import atomic_path
-from tgmae.evaluate.sharded import (all_gather_objects, default_device, map_dataset, no_substitution,
-                                    split_unreadable, world)
+from tgmae.distributed import rank_world
+from tgmae.evaluate.sharded import all_gather_objects, default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -132,7 +132,7 @@ def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[P
     if unreadable is not None:
         unreadable.extend(skipped)
     failures = int(out["load_failures"].sum()) + len(skipped)
-    if cache_path is not None and world()[0] == 0:
+    if cache_path is not None and rank_world()[0] == 0:
         if failures:
             log.warning("%d videos could not be read while extracting features (left out); not caching", failures)
         else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,15 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import ConfigError, RunConfig
-from tgmae.evaluate.classifier import VideoClassifier, build_classifier, classifier_arch, save_classifier
+from tgmae.config import RunConfig
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
-from tgmae.train.checkpoint import CheckpointError
+from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
+from tgmae.weights.classifier import build_classifier, save_classifier
 
 log = logging.getLogger("tgmae")
 
@@ -100,8 +99,8 @@ class FinetuneTask:
         c = self.cfg
         common = dict(head_init_scale=c.eval.head_init_scale, dropout=head_dropout(c))
         if c.model.pretrained:
-            from tgmae.evaluate.sources import load_encoder_source
             from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+            from tgmae.weights.sources import load_encoder_source
 
             src = load_encoder_source(c.model.pretrained, num_heads=c.model.num_heads)
             check_checkpoint_geometry(c.model, src.arch, c.model.pretrained)
@@ -225,20 +224,5 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     return FinetuneResult(out, path, fit.history, test)
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.evaluate.recipes import FINETUNE_RECIPE, parse_with_recipe
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_with_recipe("finetune", argv, FINETUNE_RECIPE, description=__doc__.splitlines()[0])
-    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
-        result = finetune(cfg)
-    except (ConfigError, CheckpointError) as e:
-        sys.stderr.write(f"tgmae finetune: {e}\n")
-        return 2
-    print(f"run directory: {result.output_dir}")
-    if result.test is not None:
-        print(f"test {topk_text(result.test.top1, result.test.top5)}")
-    return 0
-
-
-__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "require_readable", "resolve_num_classes", "main"]
+__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "require_readable", "resolve_num_classes"]

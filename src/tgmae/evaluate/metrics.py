@@ -95,11 +95,6 @@ def recall_at_k(sim: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (
     return {k: float((ranks <= k).float().mean()) for k in ks}
 
 
-def median_rank(sim: torch.Tensor, relevant: torch.Tensor) -> float:
-    """Median of `retrieval_ranks` (lower is better)."""
-    return float(retrieval_ranks(sim, relevant).float().median())
-
-
 def relevance_from_ids(query_ids: Sequence | torch.Tensor, gallery_ids: Sequence | torch.Tensor) -> torch.Tensor:
     """[Q, G] bool: query q and gallery item g share an id (a class id, or a caption text id)."""
     q = torch.as_tensor(query_ids).view(-1, 1)
@@ -109,5 +104,5 @@ def relevance_from_ids(query_ids: Sequence | torch.Tensor, gallery_ids: Sequence
 
 __all__ = [
     "topk_accuracy", "topk_correct", "reported_ks", "topk_text", "per_class_accuracy", "mean_class_accuracy",
-    "retrieval_ranks", "recall_at_k", "median_rank", "relevance_from_ids",
+    "retrieval_ranks", "recall_at_k", "relevance_from_ids",
 ]

@@ -157,10 +157,9 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json`.
     """
     from tgmae.data.dataset import build_dataset
-    from tgmae.evaluate.classifier import load_classifier
-    from tgmae.evaluate.sharded import world
-    from tgmae.distributed import init_distributed
+    from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
+    from tgmae.weights.classifier import load_classifier
 
     dist_info = init_distributed(cfg.train.device)
     if classifier is None:
@@ -178,7 +177,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     result = evaluate_classifier(classifier, dataset, batch_size=cfg.train.batch_size, precision=precision,
                                  num_workers=cfg.data.num_workers, device=dist_info.device,
                                  progress=progress and cfg.log.progress, strict=cfg.eval.strict)
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         names = getattr(dataset, "class_names", None) or getattr(classifier, "class_names", [])
         out = Path(cfg.train.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -193,18 +192,6 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     return result
 
 
-def main(argv: list[str]) -> int:
-    from tgmae.commands.args import parse_run_args
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_run_args("evaluate", argv, description=__doc__.splitlines()[0])
-    result = evaluate_checkpoint(cfg)
-    print(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
-          f"({result.num_videos} videos x {result.num_views} views"
-          + (f"; {result.num_unreadable} unreadable videos not scored, listed in test_results.json)"
-             if result.unreadable else ")"))
-    return 0
-
 
 __all__ = ["ClassificationResult", "predict_views", "evaluate_classifier", "classification_result",
-           "evaluate_checkpoint", "views_per_sample", "main"]
+           "evaluate_checkpoint", "views_per_sample"]

@@ -28,10 +28,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +42,9 @@ from tgmae.config import ConfigError, OptimConfig, RunConfig, save_config
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
-from tgmae.train import checkpoint as ckpt
-from tgmae.train.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
+from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
 
@@ -87,12 +85,10 @@ class FeatureDataset(Dataset):
 def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig) -> torch.optim.Optimizer:
     """LARS (momentum 0.9, trust 0.001; biases and norms skip the adaptation) or SGD (momentum 0.9)."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    if kind == "lars":
-        return LARS(clean, lr=optim_cfg.base_lr, weight_decay=optim_cfg.weight_decay, momentum=0.9,
-                    trust_coefficient=0.001)
-    if kind == "sgd":
+    if kind == "sgd":  # `eval.probe_optimizer`, validated by the config (lbfgs fits without an optimizer)
         return torch.optim.SGD(clean, lr=optim_cfg.base_lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
-    raise ValueError(f"eval.probe_optimizer={kind!r}: expected lars|sgd (lbfgs fits without an optimizer)")
+    return LARS(clean, lr=optim_cfg.base_lr, weight_decay=optim_cfg.weight_decay, momentum=0.9,
+                trust_coefficient=0.001)
 
 
 def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
@@ -190,12 +186,12 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
     (train, val or None, class names).
     """
+    from tgmae.distributed import init_distributed
     from tgmae.evaluate.features import cached_features, feature_cache_key
-    from tgmae.evaluate.sources import load_encoder_source
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
-    from tgmae.distributed import init_distributed
     from tgmae.train.precision import resolve_precision
+    from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
         from tgmae.config import ConfigError
@@ -346,20 +342,6 @@ def _refuse_other_run(out: Path) -> None:
     ckpt.check_run_kind(source, loaded.extra.get("task"), ProbeTask.name, str(out), fits=fits)
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.evaluate.recipes import PROBE_RECIPE, parse_with_recipe
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_with_recipe("probe", argv, PROBE_RECIPE, description=__doc__.splitlines()[0])
-    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
-        result = linear_probe(cfg)
-    except (ConfigError, CheckpointError) as e:
-        sys.stderr.write(f"tgmae probe: {e}\n")
-        return 2
-    print(f"run directory: {result.output_dir}")
-    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
-    return 0
-
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
-           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results", "main"]
+           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results"]

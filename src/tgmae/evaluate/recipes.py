@@ -33,14 +33,6 @@ PROBE_RECIPE: dict = {
 }
 
 
-def parse_with_recipe(prog: str, argv: Sequence[str], recipe: dict, description: str = ""):
-    """`-c CONFIG.yaml section.key=value ...` (as `tgmae.commands.args.parse_run_args`) with `recipe` as the
-    defaults under the file and the overrides. Returns (RunConfig, argparse.Namespace)."""
-    from tgmae.commands.args import parse_run_args
-
-    return parse_run_args(prog, argv, description=description, base=recipe)
-
-
 def with_recipe(recipe: dict, path: str | None = None, overrides: Sequence[str] = ()):
     """RunConfig = defaults < recipe < YAML `path` < overrides (for scripts and the study)."""
     import copy
@@ -50,4 +42,4 @@ def with_recipe(recipe: dict, path: str | None = None, overrides: Sequence[str] 
     return load_config(path, list(overrides), base=copy.deepcopy(recipe))  # the shared recipe stays as written
 
 
-__all__ = ["FINETUNE_RECIPE", "PROBE_RECIPE", "parse_with_recipe", "with_recipe"]
+__all__ = ["FINETUNE_RECIPE", "PROBE_RECIPE", "with_recipe"]

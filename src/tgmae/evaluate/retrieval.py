@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
-from tgmae.models.interop import CheckpointError
 from tgmae.train.precision import autocast
+from tgmae.weights.files import CheckpointError
 
 log = logging.getLogger("tgmae")
 
@@ -83,8 +83,8 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
 
 def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
-    from tgmae.models.interop import read_safetensors
-    from tgmae.train.checkpoint import find_latest
+    from tgmae.weights.checkpoint import find_latest
+    from tgmae.weights.files import read_safetensors
 
     candidates: list[Path] = []
     if path.is_dir():
@@ -119,7 +119,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     from tgmae.models.pretrainer import VideoMAEPretrainer
     from tgmae.models.video_text import VideoTextPretrainer
 
-    from tgmae.models.interop import resolve_checkpoint
+    from tgmae.weights.files import load_strict, resolve_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -141,12 +141,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
     text_dim = int(state["text_proj.weight"].shape[1]) if text_proj else proj_dim
     model = VideoTextPretrainer(VideoMAEPretrainer(arch), text_dim, objective="mae", proj_dim=proj_dim,
                                 text_projection=text_proj, hidden_dim=hidden)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{p}: does not fit VideoTextPretrainer: missing {missing[:6]}, unexpected {unexpected[:6]}")
-    model.load_state_dict(state)
-    return model.eval()
+    return load_strict(model, state, str(p), "VideoTextPretrainer").eval()
 
 
 @torch.no_grad()
@@ -195,8 +190,6 @@ def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT) ->
     """One prompt per class: `template` with {} replaced by the class name as words."""
     from tgmae.captions.sources import class_text
 
-    if "{}" not in template:
-        raise ValueError(f"eval.class_prompt={template!r} has no {{}} for the class name")
     return [template.replace("{}", class_text(n)) for n in class_names]
 
 
@@ -215,13 +208,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json`.
     """
-    from tgmae.evaluate.sharded import world
-    from tgmae.distributed import init_distributed
+    from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
 
-    mode = mode or cfg.eval.retrieval_text
-    if mode not in ("classes", "captions"):
-        raise ValueError(f"retrieval text mode {mode!r}: expected classes|captions")
+    mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
     dist_info = init_distributed(cfg.train.device)
     if model is None:
         if not cfg.model.pretrained:
@@ -269,7 +259,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if unreadable:
         log.warning("retrieval: %d unreadable videos left out of the gallery (listed in retrieval_results.json)",
                     len(unreadable))
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         target = Path(cfg.train.output_dir)
         target.mkdir(parents=True, exist_ok=True)
         (target / "retrieval_results.json").write_text(json.dumps(result.summary(), indent=2))
@@ -281,17 +271,6 @@ def _fmt(r: dict[int, float]) -> str:
     return "/".join(f"{100 * v:.1f}" for v in r.values())
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_run_args("retrieve", argv, description=__doc__.splitlines()[0])
-    r = evaluate_retrieval(cfg)
-    print(f"{r.mode}: {r.num_videos} videos, {r.num_texts} texts")
-    print("video->text " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.video_to_text.items()))
-    print("text->video " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.text_to_video.items()))
-    return 0
-
 
 __all__ = ["RetrievalResult", "retrieval_metrics", "load_video_text_model", "video_embeddings", "text_embeddings",
-           "class_prompts", "caption_relevance", "evaluate_retrieval", "main", "KS"]
+           "class_prompts", "caption_relevance", "evaluate_retrieval", "KS"]

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
-from tgmae.evaluate.classifier import VideoClassifier, classifier_arch
 from tgmae.models.arch import PRESETS, VideoMAEArch
+from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.models.target import masked_pixel_mse, patch_mean_mse, pixel_target
 from tgmae.models.tokens import mask_to_indices
@@ -455,7 +455,7 @@ def saved_reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, se
     none; ConfigError naming every differing key (e.g. `steps: 3200 -> 8`) when it was made with
     others."""
     from tgmae.config import ConfigError
-    from tgmae.train.checkpoint import config_differences
+    from tgmae.weights.checkpoint import config_differences
 
     path = Path(out_dir) / "reconstruction_check.json"
     if not path.is_file():

@@ -15,17 +15,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-
-def world() -> tuple[int, int]:
-    """(rank, world_size) of the initialized process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from tgmae.distributed import rank_world
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] without a process group."""
-    rank, size = world()
+    rank, size = rank_world()
     if size == 1:
         return [obj]
     out: list[Any] = [None] * size
@@ -51,7 +46,7 @@ def map_dataset(
     [N] bool and `load_error` (a list of N strings). Row i is dataset item i whichever rank
     computed it.
     """
-    rank, size = world()
+    rank, size = rank_world()
     n = len(dataset)
     mine = list(range(rank, n, size))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,

@@ -1,9 +1,8 @@
-"""tgmae.models: VideoMAE encoder / pretraining model, its target, and checkpoint interop."""
+"""tgmae.models: VideoMAE encoder / pretraining model, and its target (weights on disk: `tgmae.weights`)."""
 
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, PRESETS, VideoMAEArch, arch_from_config
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.factory import build_pretraining_model
-from tgmae.models.interop import CheckpointError, load_pretraining_model, save_pretraining_model
 from tgmae.models.pretrainer import PretrainOutput, VideoMAEPretrainer
 from tgmae.models.target import (
     masked_mse,
@@ -19,8 +18,7 @@ from tgmae.models.video_text import VideoTextOutput, VideoTextPretrainer, build_
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "VideoMAEArch", "arch_from_config",
-    "VideoViTEncoder", "build_pretraining_model", "CheckpointError", "load_pretraining_model",
-    "save_pretraining_model", "PretrainOutput", "VideoMAEPretrainer",
+    "VideoViTEncoder", "build_pretraining_model", "PretrainOutput", "VideoMAEPretrainer",
     "patchify", "unpatchify", "pretrain_target", "pretrain_target_channel_first", "masked_mse",
     "reconstruct_video", "TokenSplit",
     "mask_to_indices",

@@ -39,6 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from tgmae.distributed import rank_world
+
 LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on 1 / tau (tau >= 0.01)
 LOGIT_SCALE_MIN = 1.0  # open_clip's lower clamp (tau <= 1)
 
@@ -47,19 +49,12 @@ LOGIT_SCALE_MIN = 1.0  # open_clip's lower clamp (tau <= 1)
 # Autograd-aware collectives
 # --------------------------------------------------------------------------------------------
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class _GatherWithGrad(torch.autograd.Function):
     """[B, ...] local -> [world * B, ...] in rank order; backward: all-reduce, local slice."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        rank, world = dist_rank_world()
+        rank, world = rank_world()
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x)
@@ -95,7 +90,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     Every rank must pass the same shape. Identity when not distributed. Without autograd
     (no_grad or x not requiring grad) it is a plain all_gather.
     """
-    _, world = dist_rank_world()
+    _, world = rank_world()
     if world == 1:
         return x
     if torch.is_grad_enabled() and x.requires_grad:
@@ -108,7 +103,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, differentiable (gradient = sum of the ranks' gradients). Identity when
     not distributed."""
-    if dist_rank_world()[1] == 1:
+    if rank_world()[1] == 1:
         return x
     if torch.is_grad_enabled() and x.requires_grad:
         return _AllReduceWithGrad.apply(x)
@@ -171,7 +166,7 @@ def info_nce_rows(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Te
     with torch.autocast(device_type=video.device.type, enabled=False):
         v = F.normalize(video.float(), dim=-1)
         t = F.normalize(text.float(), dim=-1)
-        rank, world = dist_rank_world() if gather else (0, 1)
+        rank, world = rank_world() if gather else (0, 1)
         offset = rank * b
         if world > 1:
             v_all, t_all = all_gather_with_grad(v), all_gather_with_grad(t)
@@ -255,6 +250,6 @@ class InfoNCE(nn.Module):
 
 __all__ = [
     "InfoNCE", "info_nce", "info_nce_rows", "candidate_masks", "first_occurrence",
-    "all_gather_with_grad", "all_reduce_with_grad", "dist_rank_world",
+    "all_gather_with_grad", "all_reduce_with_grad",
     "LOGIT_SCALE_MAX", "LOGIT_SCALE_MIN",
 ]

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgmae.config import OBJECTIVES, ContrastiveConfig, ModelConfig
+from tgmae.distributed import rank_world
 from tgmae.models.factory import build_pretraining_model
-from tgmae.models.infonce import InfoNCE, all_reduce_with_grad, dist_rank_world
+from tgmae.models.infonce import InfoNCE, all_reduce_with_grad
 from tgmae.models.pretrainer import VideoMAEPretrainer
 
 
@@ -56,7 +57,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         if x.dim() != 2:
             raise ValueError(f"GlobalBatchNorm1d expects [B, C], got {tuple(x.shape)}")
-        if x.shape[0] < 2 and dist_rank_world()[1] == 1:
+        if x.shape[0] < 2 and rank_world()[1] == 1:
             raise ValueError(f"GlobalBatchNorm1d needs more than 1 value per channel in training, "
                              f"got a batch of {x.shape[0]}")
         xf = x.float()

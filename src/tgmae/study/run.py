@@ -410,7 +410,7 @@ def save_random_encoder(pre, path: Path) -> None:
     import torch
 
     from tgmae.models import build_pretraining_model
-    from tgmae.models.interop import save_pretraining_model
+    from tgmae.weights.pretraining import save_pretraining_model
 
     if path.is_file():
         return
@@ -427,12 +427,12 @@ def _num_classes(paths: StudyPaths) -> int:
 
 def check_phase_settings(cfg) -> None:
     """Refuse a phase folder whose config.yaml (what ran there) differs from `cfg` in a training-
-    relevant key (`tgmae.train.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
+    relevant key (`tgmae.weights.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
     otherwise skip the phase and report the old run's numbers. ConfigError, one line per key."""
     import yaml
 
     from tgmae.config import RunConfig, to_dict
-    from tgmae.train.checkpoint import config_differences
+    from tgmae.weights.checkpoint import config_differences
 
     saved = Path(cfg.train.output_dir) / "config.yaml"
     if not saved.is_file():
@@ -491,7 +491,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         return record
     retrieval = {}
     if objective in ("contrastive", "mae+contrastive"):
-        from tgmae.train import checkpoint as ckpt
+        from tgmae.weights import checkpoint as ckpt
 
         latest = ckpt.find_latest(run / "pretrain" / "checkpoints")
         model = load_video_text_model(latest)

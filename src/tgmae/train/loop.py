@@ -26,7 +26,7 @@ from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, save_config, to_dict
 from tgmae.models.attention import set_attention_kernel
 from tgmae.models.block import Block
-from tgmae.train import checkpoint as ckpt
+from tgmae.weights import checkpoint as ckpt
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import build_optimizer, set_lr

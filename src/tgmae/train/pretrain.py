@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, RunConfig
-from tgmae.train.checkpoint import CheckpointError
+from tgmae.weights.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer, unwrap
 from tgmae.train.optim import param_groups
 
@@ -103,9 +103,9 @@ class PretrainTask:
 
     def _pretrained_state(self, arch) -> dict[str, torch.Tensor]:
         """model.pretrained's weights, after checking they fit the model the config builds."""
-        from tgmae.models import load_pretraining_model
+        from tgmae.weights.pretraining import load_pretraining_model
         from tgmae.models.arch import check_checkpoint_geometry
-        from tgmae.models.interop import detect_format
+        from tgmae.weights.files import detect_format
 
         m, path = self.cfg.model, self.cfg.model.pretrained
         heads = {}
@@ -225,7 +225,7 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
 
 def pretrain(cfg: RunConfig, hooks=None) -> Path:
     """Run pretraining; returns the run directory."""
-    from tgmae.models import save_pretraining_model
+    from tgmae.weights.pretraining import save_pretraining_model
 
     task = PretrainTask(cfg)
     trainer = Trainer(task, cfg, hooks=hooks)

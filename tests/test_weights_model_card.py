@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tgmae.config import RunConfig, save_config
-from tgmae.evaluate.model_card import read_run
+from tgmae.weights.model_card import read_run
 
 
 def test_step_checkpoint_reports_its_step_not_the_runs_end(tmp_path):
@@ -27,8 +27,8 @@ def test_card_labels_results_names_changes_and_shows_no_local_paths(tmp_path):
     under changed settings says so and names config_changes.jsonl; no absolute local path, no
     title from the file name."""
     from tgmae.config import load_config
-    from tgmae.evaluate.model_card import render_card
     from tgmae.models.arch import VideoMAEArch
+    from tgmae.weights.model_card import render_card
 
     run = tmp_path / "secret_home" / "ft"
     run.mkdir(parents=True)

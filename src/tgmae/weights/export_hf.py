@@ -1,4 +1,4 @@
-"""Export to transformers: `tgmae export-hf CKPT OUT_DIR [--classifier | --pretraining]`.
+"""Export to transformers (`tgmae export-hf CKPT OUT_DIR [--classifier | --pretraining]`).
 
 - default: a `VideoMAEModel` directory whose `last_hidden_state` equals our encoder's output on
   all tokens (the pretrained encoder with its final norm: HF `use_mean_pooling=False`, so HF's
@@ -8,20 +8,19 @@
   `id2label` from the stored class names.
 - `--pretraining`: the whole pretraining model (encoder + decoder) as `VideoMAEForPreTraining`,
   whose `logits` and `loss` for a video and `bool_masked_pos` equal our `pred` and `loss`.
-Weights are mapped with the models package's `ours_to_hf` (fused qkv -> query/key/value, q/v
+Weights are mapped with `weights.layouts.ours_to_hf` (fused qkv -> query/key/value, q/v
 biases, no key bias), the config with `hf_config` (eps, widths, geometry, and our arch as
 `tgmae_arch`, so `tgmae convert` gives back the same file). Beside the weights: a
 `preprocessor_config.json` (`VideoMAEImageProcessor`: resize the short side to the model size,
 centre crop, the run's mean/std: our single-view evaluation transform), so `AutoImageProcessor`
 and `pipeline("video-classification", model=DIR)` work, and a model card `README.md`
-(`evaluate.model_card`). After writing, the directory is loaded back with `from_pretrained` and
+(`weights.model_card`). After writing, the directory is loaded back with `from_pretrained` and
 compared with our model on a random clip (HF input order [B, T, C, H, W]); the max abs difference
 is printed and must be <= 1e-4.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +29,23 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from tgmae.evaluate.classifier import VideoClassifier, build_classifier
-from tgmae.evaluate.model_card import RunInfo, read_run, render_card
-from tgmae.evaluate.sources import CheckpointError, EncoderSource, check_stated_heads, load_encoder_source
-from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
+from tgmae.errors import UserError
+from tgmae.models.arch import VideoMAEArch
+from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
-from tgmae.models.interop import detect_format, load_pretraining_model, resolve_checkpoint
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.models.pretrainer import VideoMAEPretrainer
+from tgmae.weights.classifier import build_classifier
+from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
+from tgmae.weights.model_card import RunInfo, read_run, render_card
+from tgmae.weights.pretraining import load_pretraining_model
+from tgmae.weights.sources import EncoderSource, check_stated_heads, load_encoder_source
 
 TOLERANCE = 1e-4
+
+
+class ExportMismatchError(RuntimeError, UserError):
+    """The exported directory, loaded back into transformers, does not reproduce our model."""
 
 
 @dataclass
@@ -56,7 +62,7 @@ def _encoder_from_source(src: EncoderSource) -> VideoViTEncoder:
 
 
 def _hf_encoder_state(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our encoder state dict -> HF names under `videomae.` (via the models package's mapping)."""
+    """Our encoder state dict -> HF names under `videomae.` (`ours_to_hf`)."""
     return ours_to_hf({f"encoder.{k}": v for k, v in encoder_state.items()})
 
 
@@ -72,9 +78,9 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
         state = ours_to_hf(module.state_dict())
     elif isinstance(module, VideoClassifier):
         if module.arch.encoder_norm:
-            raise ValueError("a classifier whose encoder keeps its final norm has no HF counterpart")
+            raise CheckpointError("a classifier whose encoder keeps its final norm has no HF counterpart")
         if abs(module.fc_norm.eps - 1e-5) > 1e-12:
-            raise ValueError(f"HF's fc_norm eps is fixed at 1e-5; this classifier uses {module.fc_norm.eps}")
+            raise CheckpointError(f"HF's fc_norm eps is fixed at 1e-5; this classifier uses {module.fc_norm.eps}")
         kwargs = hf_config(module.arch)
         kwargs["use_mean_pooling"] = True
         names = list(class_names) if len(class_names) == module.num_classes else [f"class_{i}" for i in range(module.num_classes)]
@@ -107,8 +113,7 @@ def hf_target_matches(arch: VideoMAEArch) -> bool:
     ImageNet statistics (others not at all) before building the target; ours uses the arch's
     mean/std. With `norm_pix_loss` the per-patch normalization cancels any per-channel affine map
     (up to its 1e-6 guard), so only raw-pixel targets with other statistics differ."""
-    hf_mean, hf_std = (IMAGENET_MEAN, IMAGENET_STD) if arch.in_chans == 3 else ((0.0,) * arch.in_chans,
-                                                                             (1.0,) * arch.in_chans)
+    hf_mean, hf_std = released_normalization(arch.in_chans)
     return arch.norm_pix_loss or (tuple(arch.pixel_mean) == tuple(hf_mean) and tuple(arch.pixel_std) == tuple(hf_std))
 
 
@@ -233,7 +238,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         if bars:
             hf_logging.enable_progress_bar()
     if diff is not None and diff > TOLERANCE:
-        raise RuntimeError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
+        raise ExportMismatchError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
     hf_class = type(model).__name__
     if diff is None:
         check = "Not verified after writing (--no-verify)."
@@ -250,31 +255,5 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     return ExportResult(out, hf_class, diff)
 
 
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tgmae export-hf", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="ours (.safetensors, run dir, checkpoint dir), official .pth or HF dir")
-    parser.add_argument("out_dir", help="output directory (transformers save_pretrained layout)")
-    parser.add_argument("--classifier", action="store_true",
-                        help="export a finetuned classifier as VideoMAEForVideoClassification")
-    parser.add_argument("--pretraining", action="store_true",
-                        help="export the whole pretraining model (encoder + decoder) as VideoMAEForPreTraining")
-    parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
-    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth of a width no released model has)")
-    parser.add_argument("--decoder-heads", type=int, help="decoder heads (--pretraining from such an official .pth)")
-    args = parser.parse_args(list(argv))
-    if args.classifier and args.pretraining:
-        parser.error("--classifier and --pretraining exclude each other")
-    try:
-        res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
-                        pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads)
-    except (CheckpointError, ValueError) as e:  # bad input: exit 2, as every command
-        parser.exit(2, f"tgmae export-hf: {e}\n")
-    except RuntimeError as e:  # e.g. the exported model does not reproduce ours
-        parser.exit(1, f"tgmae export-hf: {e}\n")
-    check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
-    print(f"wrote {res.hf_class} to {res.out_dir}{check}")
-    return 0
-
-
 __all__ = ["export_hf", "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
-           "write_processor_config", "ExportResult", "TOLERANCE", "main"]
+           "write_processor_config", "ExportResult", "ExportMismatchError", "TOLERANCE"]

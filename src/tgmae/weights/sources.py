@@ -1,13 +1,13 @@
 """Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets.
 
 `load_encoder_source(path)` accepts:
-- ours: a pretraining `.safetensors` (`tgmae.models.save_pretraining_model`), an encoder-only one
-  (`tgmae.models.interop.save_encoder`), or a finetuned classifier `.safetensors`
+- ours: a pretraining `.safetensors` (`tgmae.weights.pretraining.save_pretraining_model`), an encoder-only one
+  (`tgmae.weights.pretraining.save_encoder`), or a finetuned classifier `.safetensors`
   (`save_classifier`, format CLASSIFIER_FORMAT);
-- an official VideoMAE `.pth`: pretraining (through `tgmae.models.load_pretraining_model`) or
+- an official VideoMAE `.pth`: pretraining (through `load_pretraining_model`) or
   finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`);
 - a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
-  `VideoMAEForVideoClassification`), mapped with `tgmae.models.layouts.hf_to_ours`;
+  `VideoMAEForVideoClassification`), mapped with `tgmae.weights.layouts.hf_to_ours`;
 - a training checkpoint of the shared loop (`.../checkpoints/step_N/`, its `model.safetensors`)
   or a run directory (its `classifier.safetensors`, `model.safetensors`, or latest checkpoint).
 Whatever module held the encoder (pretrainer, classifier, a contrastive wrapper), the encoder is
@@ -25,26 +25,26 @@ from typing import Any, Optional
 
 import torch
 
-from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch, arch_from_config
-from tgmae.models.interop import (
-    ENCODER_FORMAT,
-    FORMAT as PRETRAIN_FORMAT,
+from tgmae.models.arch import VideoMAEArch, arch_from_config
+from tgmae.weights.files import (
     CheckpointError,
-    _hf_directory_state,
+    hf_directory_state,
+    looks_like_safetensors,
     read_safetensors,
-    _read_torch,
-    _unwrap,
-    load_pretraining_model,
+    read_torch,
     resolve_checkpoint,
+    unwrap_state,
 )
-from tgmae.models.layouts import (
+from tgmae.weights.layouts import (
     OFFICIAL_DECODER_HEADS,
     OFFICIAL_ENCODER_HEADS,
     hf_arch,
     hf_to_ours,
     official_heads,
+    released_normalization,
     strip_wrappers,
 )
+from tgmae.weights.pretraining import ENCODER_FORMAT, FORMAT as PRETRAIN_FORMAT, load_pretraining_model
 
 CLASSIFIER_FORMAT = "tgmae.video-classifier.v1"
 _EMBED_KEY = "patch_embed.proj.weight"
@@ -100,7 +100,7 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its model.safetensors
     if p.is_dir():
         return _from_directory(p, num_heads)
-    if p.suffix == ".safetensors" or _looks_like_safetensors(p):
+    if p.suffix == ".safetensors" or looks_like_safetensors(p):
         return _from_safetensors(p)
     return _from_pth(p, num_heads)
 
@@ -120,19 +120,13 @@ def check_stated_heads(src: Any, arch: VideoMAEArch, stated: dict[str, int]) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _looks_like_safetensors(p: Path) -> bool:
-    with open(p, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
 def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
     if (p / "config.json").is_file():
         return _from_hf(p)
     for name in ("classifier.safetensors", "model.safetensors"):
         if (p / name).is_file():
             return _from_safetensors(p / name)
-    from tgmae.train.checkpoint import find_latest
+    from tgmae.weights.checkpoint import find_latest
 
     latest = find_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
     if latest is not None:
@@ -205,7 +199,7 @@ def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMA
 
 
 def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
-    state = strip_wrappers(_unwrap(_read_torch(p), p))
+    state = strip_wrappers(unwrap_state(read_torch(p), p))
     if "encoder_to_decoder.weight" in state:  # official pretraining layout
         overrides = {"num_heads": num_heads} if num_heads else {}
         # Only the encoder is kept: the dropped decoder's head count changes nothing here.
@@ -220,7 +214,7 @@ def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
 
 def _from_hf(p: Path) -> EncoderSource:
     config = json.loads((p / "config.json").read_text())
-    raw = _hf_directory_state(p)
+    raw = hf_directory_state(p)
     prefixed = {(f"videomae.{k}" if k.startswith(_HF_BASE_PREFIXES) else k): v for k, v in raw.items()}
     ours, unknown = hf_to_ours(prefixed)
     head = {}
@@ -275,9 +269,8 @@ def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int]
         embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
         patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
         in_chans=chans, layer_norm_eps=layer_norm_eps, encoder_norm="norm.weight" in enc,
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
-__all__ = ["EncoderSource", "load_encoder_source", "check_stated_heads", "infer_encoder_arch", "CLASSIFIER_FORMAT", "CheckpointError"]
+__all__ = ["EncoderSource", "load_encoder_source", "check_stated_heads", "infer_encoder_arch", "CLASSIFIER_FORMAT"]

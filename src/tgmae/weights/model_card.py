@@ -8,6 +8,7 @@ loss), the architecture, and how to load the folder in transformers and back int
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,16 @@ def checkpoint_step(checkpoint: str | Path) -> Optional[int]:
     return None
 
 
+def _json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines log (metrics.jsonl, config_changes.jsonl); a torn line is left
+    out, a missing file has none."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
 def read_run(checkpoint: str | Path) -> RunInfo:
     """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
     only the records up to its step count, and the run's result files (which belong to its
@@ -64,7 +75,6 @@ def read_run(checkpoint: str | Path) -> RunInfo:
     import yaml
 
     from tgmae.config import ConfigError, RunConfig, from_dict
-    from tgmae.train.metrics import read_metrics
 
     run = find_run_dir(checkpoint)
     if run is None:
@@ -74,15 +84,10 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.config = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
     except (ConfigError, yaml.YAMLError) as e:
         info.note = f"{run / 'config.yaml'} could not be read ({e})"
-    if (run / "config_changes.jsonl").is_file():
-        for line in (run / "config_changes.jsonl").read_text().splitlines():
-            try:
-                info.changes.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    info.changes = _json_lines(run / "config_changes.jsonl")
     at = checkpoint_step(checkpoint)
     if (run / "metrics.jsonl").is_file():
-        records = [r for r in read_metrics(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
+        records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
         steps = [int(r["step"]) for r in records if "step" in r]
         losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
         info.steps = max(steps) if steps else None

@@ -1,4 +1,4 @@
-"""tgmae.models.interop: HF directories, official .pth files and our safetensors agree exactly."""
+"""tgmae.weights.pretraining (with files, layouts): HF directories, official .pth files and our safetensors agree exactly."""
 
 from __future__ import annotations
 
@@ -8,23 +8,16 @@ import json
 import pytest
 import torch
 
+from tgmae.cli import main as cli_main
 from tgmae.config import ModelConfig
-from tgmae.models import (
-    CheckpointError,
-    build_pretraining_model,
-    load_pretraining_model,
-    pretrain_target,
-    reconstruct_video,
-    save_pretraining_model,
-)
-from tgmae.evaluate.convert import main as convert_main
-from tgmae.models.interop import FORMAT, detect_format
-from tgmae.models.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.models import build_pretraining_model, pretrain_target, reconstruct_video
+from tgmae.weights.files import CheckpointError, detect_format
+from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
+from tgmae.weights.pretraining import FORMAT, load_pretraining_model, save_pretraining_model
 
 transformers = pytest.importorskip("transformers")
 
 FRAMES, SIZE, PATCH = 4, 32, 8  # grid (2, 4, 4) = 32 tokens
-
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
@@ -200,11 +193,11 @@ def test_convert_command(tmp_path, capsys):
     hf = tiny_hf(False)
     hf.save_pretrained(tmp_path / "hf")
     out = tmp_path / "converted.safetensors"
-    assert convert_main([str(tmp_path / "hf"), str(out)]) == 0
+    assert cli_main(["convert", str(tmp_path / "hf"), str(out)]) == 0
     assert "hf -> tgmae" in capsys.readouterr().out
     assert_same_weights(load_pretraining_model(out), load_pretraining_model(tmp_path / "hf"))
     with pytest.raises(SystemExit):
-        convert_main([str(tmp_path / "hf"), str(tmp_path / "x.pth")])
+        cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "x.pth")])
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -230,7 +223,7 @@ def test_corrupted_and_missing_files_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="broken.pth: not a checkpoint"):
         load_pretraining_model(bad)
     from tgmae.data.video import write_video
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
 
     video = tmp_path / "clip.avi"  # a video given as the checkpoint: said so, not an IndexError
     write_video(video, torch.zeros(4, 32, 32, 3, dtype=torch.uint8).numpy(), codec="mpeg4")
@@ -266,7 +259,7 @@ def test_corrupted_and_missing_files_fail_clearly(tmp_path):
 def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, capsys):
     """A .pth stores no head count: 128 wide is no released model, so it is asked for, never guessed."""
     from tgmae.config import ConfigError
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
 
     ours = tiny_ours()  # 128 wide, 4 heads
     torch.save({"model": ours.state_dict()}, tmp_path / "tiny.pth")
@@ -274,12 +267,11 @@ def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, caps
         load_pretraining_model(tmp_path / "tiny.pth", num_frames=FRAMES, image_size=SIZE, decoder_heads=2)
     with pytest.raises(ConfigError, match="model.num_heads"):
         load_encoder_source(tmp_path / "tiny.pth")
-    with pytest.raises(SystemExit) as exit_:
-        convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors")])
-    assert exit_.value.code == 2 and "pass model.num_heads (tgmae convert / export-hf: --num-heads)" in capsys.readouterr().err
+    assert cli_main(["convert", str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors")]) == 2
+    assert "model.num_heads" in capsys.readouterr().err
     # every option a message names exists: export-hf takes --num-heads / --decoder-heads, pretraining
     # takes model.num_heads / model.decoder_heads
-    from tgmae.evaluate.export_hf import main as export_main
+    from tgmae.commands.export_hf import main as export_main  # a success: no boundary needed
 
     assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hf"), "--num-heads", "4"]) == 0
     assert export_main([str(tmp_path / "tiny.pth"), str(tmp_path / "hfp"), "--pretraining", "--num-heads", "4",
@@ -294,7 +286,7 @@ def test_official_pth_of_an_unreleased_width_needs_the_head_count(tmp_path, caps
             PretrainTask(load_config(None, base + extra)).build_model()
     built = PretrainTask(load_config(None, base + ["model.num_heads=4", "model.decoder_heads=2"])).build_model()
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in built.state_dict().items())
-    assert convert_main([str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors"), "--num-heads", "4",
+    assert cli_main(["convert", str(tmp_path / "tiny.pth"), str(tmp_path / "out.safetensors"), "--num-heads", "4",
                          "--decoder-heads", "2", "--num-frames", str(FRAMES), "--image-size", str(SIZE)]) == 0
     assert load_pretraining_model(tmp_path / "out.safetensors").arch == ours.arch
     src = load_encoder_source(tmp_path / "tiny.pth", num_heads=4)

@@ -3,7 +3,8 @@
 Our parameter names are the official VideoMAE pretraining names, so the official layout maps
 one to one (after stripping wrapper prefixes). The HF layout splits the fused qkv projection
 into query/key/value and renames every module; `hf_to_ours` / `ours_to_hf` convert both ways.
-Pure functions on state dicts (name -> tensor); nothing here reads or writes files.
+Pure functions on state dicts (name -> tensor); nothing here reads or writes files. A layout
+that does not fit is a CheckpointError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
+from tgmae.weights.files import CheckpointError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
@@ -44,6 +46,12 @@ _QKV = "attention.attention."
 # transformers 5 keeps query.bias / value.bias in memory but writes them to disk under the
 # older names attention.attention.q_bias / v_bias (its conversion mapping renames on load/save).
 _HF_DISK_BIAS = {"q_bias": "query.bias", "v_bias": "value.bias"}
+
+
+def released_normalization(chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the input of released VideoMAE models and of HF's VideoMAE: ImageNet's for 3
+    channels (`tgmae.models.arch.IMAGENET_MEAN` / `IMAGENET_STD`), none (0, 1) for any other count."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.0,) * chans, (1.0,) * chans)
 
 
 def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -103,15 +111,14 @@ def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, im
                                      "model.decoder_heads (tgmae convert / export-hf: --decoder-heads)"),
         norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
         encoder_norm="encoder.norm.weight" in state,
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
 def _single(value: Any, what: str) -> int:
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
-            raise ValueError(f"HF config {what}={value}: only square inputs are supported")
+            raise CheckpointError(f"HF config {what}={value}: only square inputs are supported")
         value = value[0]
     return int(value)
 
@@ -127,15 +134,15 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
     if stored is not None:
         return stored
     if config.get("model_type", "videomae") != "videomae":
-        raise ValueError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
+        raise CheckpointError(f"HF config model_type={config.get('model_type')!r}: expected 'videomae'")
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
-        raise ValueError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
+        raise CheckpointError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
     dim, ddim = int(config.get("hidden_size", 768)), int(config.get("decoder_hidden_size", 384))
     ratio = int(config.get("intermediate_size", 3072)) / dim
     dratio = int(config.get("decoder_intermediate_size", 1536)) / ddim
     if ratio != dratio:
-        raise ValueError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
+        raise CheckpointError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
                          "one shared ratio is supported (as in VideoMAE)")
     chans = int(config.get("num_channels", 3))
     return VideoMAEArch(
@@ -151,8 +158,7 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
         decoder_norm_eps=1e-5,  # HF's decoder.norm is a default nn.LayerNorm
         encoder_norm=not bool(config.get("use_mean_pooling", True)),
         # HF un-normalizes 3-channel input with ImageNet statistics and leaves others as they are
-        pixel_mean=IMAGENET_MEAN if chans == 3 else (0.0,) * chans,
-        pixel_std=IMAGENET_STD if chans == 3 else (1.0,) * chans,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
     )
 
 
@@ -239,7 +245,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
             out[f"{base}attn.qkv.weight"] = torch.cat(
                 [parts["query.weight"], parts["key.weight"], parts["value.weight"]], dim=0)
         except KeyError as e:
-            raise ValueError(f"HF checkpoint: {base} lacks attention {e.args[0]}") from None
+            raise CheckpointError(f"HF checkpoint: {base} lacks attention {e.args[0]}") from None
         dim = parts["query.weight"].shape[0]
         zeros = torch.zeros(dim, dtype=parts["query.weight"].dtype)
         out[f"{base}attn.q_bias"] = parts.get("query.bias", zeros)  # qv_bias=False: zero biases
@@ -272,7 +278,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY", "released_normalization",
 ]
 
 

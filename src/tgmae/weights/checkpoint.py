@@ -12,7 +12,7 @@ A checkpoint directory is written under a temporary name and renamed into place,
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
 A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
 new one (`check_resume_config`). Every loader reads these paths through
-`tgmae.models.interop.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
+`tgmae.weights.files.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
 """
 
 from __future__ import annotations
@@ -30,14 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text
-from tgmae.errors import UserError
-
-LATEST = "latest"
-
-
-class CheckpointError(RuntimeError, UserError):
-    """A checkpoint cannot be read or does not match the run."""
-
+from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
 # change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
@@ -191,7 +184,7 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(
         _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
-        metadata={"tgmae_config": json.dumps(config), "format": "tgmae-train"},
+        metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
     )
     state = {
         "optimizer": optimizer.state_dict(),
@@ -277,14 +270,5 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that names missing and unexpected keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not fit this model: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    model.load_state_dict(state)
+    """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys)."""
+    load_strict(model, state, source)

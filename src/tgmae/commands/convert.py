@@ -1,0 +1,31 @@
+"""`tgmae convert SRC OUT.safetensors`: any VideoMAE checkpoint we read -> our safetensors
+(`tgmae.weights.convert`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.weights.convert import convert
+
+    parser = argparse.ArgumentParser(prog="tgmae convert", description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="checkpoint: .pth file, HF directory, or tgmae .safetensors")
+    parser.add_argument("out", help="output .safetensors path")
+    parser.add_argument("--num-frames", type=int, help="clip length (official .pth: default 16)")
+    parser.add_argument("--image-size", type=int, help="input side (official .pth: default 224)")
+    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth: released value)")
+    parser.add_argument("--decoder-heads", type=int, help="decoder heads (official .pth: released value)")
+    parser.add_argument("--no-norm-pix-loss", action="store_true",
+                        help="the model was trained on raw pixels, not per-patch normalized ones")
+    args = parser.parse_args(list(argv))
+    overrides: dict[str, Any] = {f: getattr(args, f) for f in ("num_frames", "image_size", "num_heads", "decoder_heads")
+                                 if getattr(args, f) is not None}
+    if args.no_norm_pix_loss:
+        overrides["norm_pix_loss"] = False
+    if not args.out.endswith(".safetensors"):
+        parser.error(f"OUT must end in .safetensors, got {args.out!r}")
+    what = convert(args.src, args.out, **overrides)
+    print(f"wrote {args.out}: {what}")
+    return 0

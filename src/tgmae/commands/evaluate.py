@@ -1,0 +1,20 @@
+"""`tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER`: the multi-view test of a finetuned
+classifier (`tgmae.evaluate.multiview`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.commands.args import parse_run_args
+    from tgmae.evaluate import multiview as lib
+    from tgmae.evaluate.metrics import topk_text
+
+    cfg, _ = parse_run_args("evaluate", argv, description=lib.__doc__.splitlines()[0])
+    result = lib.evaluate_checkpoint(cfg)
+    print(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
+          f"({result.num_videos} videos x {result.num_views} views"
+          + (f"; {result.num_unreadable} unreadable videos not scored, listed in test_results.json)"
+             if result.unreadable else ")"))
+    return 0

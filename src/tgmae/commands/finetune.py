@@ -1,0 +1,20 @@
+"""`tgmae finetune -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: VideoMAE's recipe
+under the YAML and the overrides (`tgmae.evaluate.finetune`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.commands.args import parse_run_args
+    from tgmae.evaluate import finetune as lib
+    from tgmae.evaluate.metrics import topk_text
+    from tgmae.evaluate.recipes import FINETUNE_RECIPE
+
+    cfg, _ = parse_run_args("finetune", argv, description=lib.__doc__.splitlines()[0], base=FINETUNE_RECIPE)
+    result = lib.finetune(cfg)
+    print(f"run directory: {result.output_dir}")
+    if result.test is not None:
+        print(f"test {topk_text(result.test.top1, result.test.top5)}")
+    return 0

@@ -1,0 +1,19 @@
+"""`tgmae probe -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: MAE's linear probe
+recipe under the YAML and the overrides (`tgmae.evaluate.probe`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.commands.args import parse_run_args
+    from tgmae.evaluate import probe as lib
+    from tgmae.evaluate.metrics import topk_text
+    from tgmae.evaluate.recipes import PROBE_RECIPE
+
+    cfg, _ = parse_run_args("probe", argv, description=lib.__doc__.splitlines()[0], base=PROBE_RECIPE)
+    result = lib.linear_probe(cfg)
+    print(f"run directory: {result.output_dir}")
+    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
+    return 0

@@ -1,0 +1,18 @@
+"""`tgmae retrieve -c CONFIG.yaml model.pretrained=CKPT`: zero-shot video <-> text Recall@K with the
+contrastive head (`tgmae.evaluate.retrieval`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.commands.args import parse_run_args
+    from tgmae.evaluate import retrieval as lib
+
+    cfg, _ = parse_run_args("retrieve", argv, description=lib.__doc__.splitlines()[0])
+    r = lib.evaluate_retrieval(cfg)
+    print(f"{r.mode}: {r.num_videos} videos, {r.num_texts} texts")
+    print("video->text " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.video_to_text.items()))
+    print("text->video " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in r.text_to_video.items()))
+    return 0

@@ -1,0 +1,179 @@
+"""The containers weights live in, and the paths users give for them.
+
+- safetensors files (ours: string metadata beside the tensors), written atomically;
+- torch pickles (official VideoMAE `.pth`, HF `pytorch_model.bin`), read with `weights_only=True`;
+- transformers directories (config.json plus model.safetensors, sharded or not, or
+  pytorch_model.bin), read without importing transformers;
+- a training run's layout (`checkpoints/latest` -> `step_N/model.safetensors`), which
+  `resolve_checkpoint` follows for every loader of this package.
+There is one `CheckpointError` for all of them: a file that cannot be read, or weights that do not
+fit; its message names the file and the keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tgmae.atomic import atomic_path
+from tgmae.errors import UserError
+
+LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (`weights.checkpoint`)
+TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a training checkpoint (`step_N/`), config in `tgmae_config`
+_LIST_LIMIT = 8  # key names an error message lists
+
+
+class CheckpointError(ValueError, UserError):
+    """Weights on disk cannot be read, do not fit the model, or do not match the run that resumes
+    them; the message names the file and the keys."""
+
+
+def key_names(keys: Sequence[str]) -> str:
+    """Sorted key names for an error message, at most 8 and a count of the rest."""
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return ", ".join(keys[:_LIST_LIMIT]) + more
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str = "this model",
+                extra_unexpected: Sequence[str] = ()) -> nn.Module:
+    """`module.load_state_dict(state)` once every key and shape fits, tensors cast to the module's
+    dtypes. Else CheckpointError `SOURCE does not fit WHAT: missing keys: [...]; unexpected keys:
+    [...]` (`extra_unexpected`: names a layout conversion could not place) or `... shape mismatch`."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own] + list(extra_unexpected)
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit {what}: missing keys: [{key_names(missing)}]; "
+                              f"unexpected keys: [{key_names(unexpected)}]")
+    bad = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{source} does not fit {what}: shape mismatch: {key_names(bad)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return module
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors on CPU, string metadata) of one safetensors file; CheckpointError when unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:  # safetensors raises its own error types for bad headers / data
+        raise CheckpointError(f"cannot read {path} as safetensors ({type(e).__name__}: {e})") from None
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: Mapping[str, str]) -> Path:
+    """Write a state dict + string metadata as one safetensors file, atomically (temp, rename)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
+    return p
+
+
+class PickledArgs:
+    """What an `argparse.Namespace` in a pickle (the `args` entry of VideoMAE's training
+    checkpoints) is read as: plain attributes, nothing called."""
+
+
+def read_torch(path: Path) -> Any:
+    """torch.load with weights_only=True; an `argparse.Namespace` is read as `PickledArgs`."""
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: zip, or legacy pickle
+        raise CheckpointError(
+            f"{path}: not a checkpoint (neither a torch .pth, a tgmae .safetensors file nor a Hugging Face "
+            "model directory)")
+    try:
+        with allow([(PickledArgs, "argparse.Namespace")]) if allow else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors, or objects weights_only refuses
+        raise CheckpointError(
+            f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); expected a "
+            "VideoMAE .pth, a tgmae .safetensors file or a Hugging Face model directory"
+        ) from None
+
+
+def unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A loaded .pth object -> its state dict (under `model` / `module` / `state_dict` or bare)."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return unwrap_state(obj[key], path)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return dict(tensors)
+    raise CheckpointError(f"{path}: no state dict found (looked under 'model', 'module', 'state_dict')")
+
+
+def hf_directory_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a transformers `save_pretrained` directory, under HF names."""
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        return read_safetensors(path / "model.safetensors")[0]
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_safetensors(path / shard)[0])
+        return state
+    if (path / "pytorch_model.bin").is_file():
+        return unwrap_state(read_torch(path / "pytorch_model.bin"), path)
+    raise CheckpointError(f"{path}: HF directory without model.safetensors or pytorch_model.bin")
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The file or folder to read for a checkpoint path as a user gives it. Follows the training
+    layout (`runs/X/checkpoints/`): the `latest` pointer file (or the `checkpoints/` folder that
+    holds one) -> the step folder it names; a step folder (`step_N/`, model.safetensors + state.pt)
+    -> its model.safetensors. Any other path is returned as given. Raises CheckpointError when the
+    pointer names a step folder that does not exist. Every loader of this package goes through here."""
+    p = Path(path)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / LATEST).is_file():
+        p = p / LATEST
+    if p.is_file() and p.name == LATEST and p.stat().st_size < 4096:
+        name = p.read_text(errors="replace").strip()
+        if not name or "/" in name or not (p.parent / name).is_dir():
+            raise CheckpointError(f"{p} names {name!r}, which is not a checkpoint folder next to it")
+        p = p.parent / name
+    if p.is_dir() and (p / "model.safetensors").is_file() and (p / "state.pt").is_file():
+        p = p / "model.safetensors"
+    return p
+
+
+def looks_like_safetensors(p: Path) -> bool:
+    """By the header, whatever the suffix: 8 bytes of length, then the JSON header's `{`."""
+    with open(p, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'tgmae', 'hf' or 'official' for a checkpoint path (by its container, not its keys; training
+    layout paths are followed first, `resolve_checkpoint`)."""
+    p = resolve_checkpoint(path)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return "hf"
+        raise CheckpointError(f"{p}: a directory without config.json is not a Hugging Face model")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return "tgmae" if p.suffix == ".safetensors" or looks_like_safetensors(p) else "official"
+
+
+__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "key_names", "load_strict", "read_safetensors", "write_safetensors", "read_torch",
+           "unwrap_state", "hf_directory_state", "resolve_checkpoint", "looks_like_safetensors", "detect_format"]

@@ -1,0 +1,140 @@
+"""Load and save pretraining models (encoder + decoder): our safetensors, official VideoMAE .pth, HF
+directories (the containers: `tgmae.weights.files`; the key layouts: `tgmae.weights.layouts`).
+
+- Ours: one `.safetensors` file; metadata `format` = FORMAT and `arch` = VideoMAEArch JSON, so
+  the model rebuilds from the file alone. Written atomically (temp file + rename).
+- Official VideoMAE pretraining `.pth`: the state dict under `model` (or `module`), names as
+  ours after stripping `module.` / `_orig_mod.`. Heads, frames and image size are not stored:
+  the released models' values are assumed unless given.
+- transformers `VideoMAEForPreTraining` directories (`save_pretrained`): config.json plus
+  model.safetensors (sharded or not) or pytorch_model.bin. Read without importing transformers.
+
+- Ours, encoder only: `.safetensors` with `format` = ENCODER_FORMAT and `arch` (what `tgmae
+  convert` makes of a transformers `VideoMAEModel` directory); `save_encoder` writes it.
+
+`tgmae convert` (`tgmae.weights.convert`) turns every foreign layout into ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from tgmae.models.arch import VideoMAEArch
+from tgmae.models.pretrainer import VideoMAEPretrainer
+from tgmae.weights.files import (
+    TRAIN_FORMAT,
+    CheckpointError,
+    detect_format,
+    hf_directory_state,
+    key_names,
+    load_strict,
+    read_safetensors,
+    read_torch,
+    resolve_checkpoint,
+    unwrap_state,
+    write_safetensors,
+)
+from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch, strip_wrappers
+
+FORMAT = "tgmae.videomae-pretrain.v1"
+ENCODER_FORMAT = "tgmae.video-encoder.v1"
+
+
+def train_checkpoint_arch(meta: Mapping[str, str], source: Any) -> VideoMAEArch:
+    """The pretraining architecture of a training checkpoint's weights, from the run config it
+    stores (`tgmae_config`): what `tgmae pretrain` builds from that config."""
+    from tgmae.config import ConfigError, RunConfig, from_dict
+    from tgmae.models.arch import arch_from_config
+
+    try:
+        cfg = from_dict(RunConfig, json.loads(meta["tgmae_config"]))
+        d = cfg.data
+        return arch_from_config(cfg.model, d.num_frames, d.image_size, tuple(d.mean), tuple(d.std))
+    except (ConfigError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{source}: the run configuration stored with the weights is unusable ({e})") from None
+
+
+def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMAEPretrainer:
+    """Rebuild a VideoMAEPretrainer from ours (.safetensors), an official .pth or an HF directory.
+
+    overrides: VideoMAEArch fields replacing the stored / inferred ones; for an official .pth
+    also the values it does not store (num_frames, image_size, num_heads, decoder_heads,
+    norm_pix_loss). Position embeddings are fixed sin-cos, so num_frames / image_size may
+    change freely. Returns the model in eval mode on CPU.
+    """
+    p = resolve_checkpoint(path)
+    kind = detect_format(p)
+    extra_unexpected: list[str] = []
+    if kind == "tgmae":
+        state, meta = read_safetensors(p)
+        if "arch" not in meta and "tgmae_config" in meta:  # a training checkpoint (step folder)
+            prefix = "mae." if "mae.encoder_to_decoder.weight" in state else ""  # a video-text run
+            if f"{prefix}encoder_to_decoder.weight" not in state:
+                raise CheckpointError(f"{p}: a training checkpoint without a decoder (a finetune or probe run), "
+                                      "not a pretraining model; export its encoder (no --pretraining) instead")
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            meta = {**meta, "arch": train_checkpoint_arch(meta, p).to_json()}
+        if "arch" not in meta:
+            raise CheckpointError(
+                f"{p}: safetensors file without tgmae 'arch' metadata (format={meta.get('format')!r}); "
+                "for a Hugging Face model pass its directory (with config.json); convert other "
+                "weights with `tgmae convert`"
+            )
+        arch = VideoMAEArch.from_json(meta["arch"])
+    elif kind == "hf":
+        arch = hf_arch(json.loads((p / "config.json").read_text()))
+        state, extra_unexpected = hf_to_ours(hf_directory_state(p))
+    else:
+        state = strip_wrappers(unwrap_state(read_torch(p), p))
+        if "encoder.patch_embed.proj.weight" not in state or "encoder_to_decoder.weight" not in state:
+            raise CheckpointError(
+                f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
+                f"[{key_names([k for k in ('encoder.patch_embed.proj.weight', 'encoder_to_decoder.weight') if k not in state])}]; "
+                f"found keys: [{key_names(list(state))}]"
+            )
+        geometry = {k: overrides.pop(k) for k in ("num_frames", "image_size", "num_heads",
+                                                  "decoder_heads", "norm_pix_loss") if k in overrides}
+        arch = official_arch(state, **geometry)
+    if overrides:
+        arch = dataclasses.replace(arch, **overrides)
+    return load_strict(VideoMAEPretrainer(arch), state, f"{p} ({kind} layout)", "the VideoMAE pretraining model",
+                       extra_unexpected).eval()
+
+
+def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -> Path:
+    """Write weights + arch as one safetensors file, atomically (temp file, then rename)."""
+    return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json()})
+
+
+def save_encoder(encoder: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT."""
+    return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json()})
+
+
+def holds_decoder(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint is a whole pretraining model (encoder + decoder), by its container:
+    our FORMAT, an HF `VideoMAEForPreTraining` directory, an official pretraining `.pth`."""
+    p = resolve_checkpoint(path)
+    kind = detect_format(p)
+    if kind == "tgmae":
+        state, meta = read_safetensors(p)
+        if meta.get("format") == TRAIN_FORMAT:  # a pretraining run's step folder
+            return any(k.endswith("encoder_to_decoder.weight") for k in state)
+        return meta.get("format") == FORMAT
+    if kind == "hf":
+        archs = json.loads((p / "config.json").read_text()).get("architectures") or []
+        if archs:
+            return "VideoMAEForPreTraining" in archs
+        return any(k.startswith("decoder.") for k in hf_directory_state(p))
+    return "encoder_to_decoder.weight" in strip_wrappers(unwrap_state(read_torch(p), p))
+
+
+__all__ = ["FORMAT", "ENCODER_FORMAT", "load_pretraining_model", "train_checkpoint_arch", "save_pretraining_model",
+           "save_encoder", "holds_decoder"]
