@@ -96,6 +96,9 @@ def test_precision_and_attention_follow_the_cached_measurement(tuning):
     (tuning / "autotune.json").write_text(json.dumps({key: entries}))
     assert precision.resolve_precision("auto", CPU) == "bf16"
     assert precision.resolve_precision("fp32", CPU) == "fp32"  # explicit config wins
+    assert attention.pick_kernel(q, "auto") == "sdpa"  # not planned at set-up: the default
+    layer = attention.Attention(32, 2)
+    assert attention.plan_kernels(layer, CPU, torch.bfloat16, [20]) == {(16, 32): "math"}
     assert attention.pick_kernel(q, "auto") == "math"
     assert attention.pick_kernel(q, "sdpa_fp32") == "sdpa_fp32"
     # a batch whose [B, H, N, N] probabilities exceed the memory bound never gets "math"
@@ -106,8 +109,13 @@ def test_precision_and_attention_follow_the_cached_measurement(tuning):
 
 def test_attention_measurement_picks_a_kernel_and_stores_its_times(tuning):
     q = torch.randn(1, 2, 40, 16, dtype=torch.bfloat16)
-    with torch.inference_mode():  # a first call from inference code can still measure
-        kernel = attention.pick_kernel(q, "auto")
+    layer = attention.Attention(32, 2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(1, 40, 32))  # forward never measures
+    assert not (tuning / "autotune.json").exists()
+    with torch.inference_mode():  # set-up from inference code can still measure
+        attention.plan_kernels(layer, CPU, torch.bfloat16, [40])
+    kernel = attention.pick_kernel(q, "auto")
     entry = json.loads((tuning / "autotune.json").read_text())[autotune.machine_key(CPU)]
     times = entry["attention/cpu/bfloat16/d16/n64"]["seconds"]
     assert set(times) == {"sdpa", "sdpa_fp32", "math"} and kernel == entry["attention/cpu/bfloat16/d16/n64"]["choice"]
