@@ -265,3 +265,14 @@ def test_a_cache_folder_that_is_a_file_warns_once(tuning, monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2  # once each: cannot read it, cannot write it - not once per choice
     assert "unreadable" in warnings[0] and "not written" in warnings[1]
+
+
+def test_the_loop_plans_attention_for_the_run_lengths():
+    """The kernel is decided at set-up for every length the run's attention sees: all tokens and
+    the visible ones under each masking ratio (forward never measures)."""
+    from tgmae.train.loop import attention_lengths
+
+    cfg = load_config(overrides=["data.image_size=64", "model.patch_size=16", "data.num_frames=16",
+                                 "masking.ratio=0.75"])
+    t, h, w = cfg.token_grid
+    assert attention_lengths(cfg) == {t * h * w, t * h * w // 4}

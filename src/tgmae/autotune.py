@@ -13,7 +13,9 @@ Cache: `autotune.json` in the user cache folder (tgmae.user_cache: `$TGMAE_CACHE
 machine key (CPU model + a hash of its flags + thread count, or the CUDA device name; torch
 version) and choice name, with the measured times. Delete the file (or an entry) to measure again;
 `TGMAE_AUTOTUNE=off` disables measuring: callers then get their documented default. Explicit
-config values (`train.precision`, `train.attention`) bypass this module altogether.
+config values (`train.precision`, `train.attention`) bypass this module altogether. Choices are
+made at set-up (the training loop resolves the precision and plans the attention kernels,
+`tgmae.models.attention.plan_kernels`, before the first step), never inside a forward pass.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.config import RunConfig
+from tgmae.config import ConfigError, RunConfig
 from tgmae.train.loop import StepOutput, Trainer, unwrap
 from tgmae.train.optim import param_groups
 
