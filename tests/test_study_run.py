@@ -456,3 +456,21 @@ def test_report_links_figures_relative_to_itself(tmp_path):
     report = write_report([record], tmp_path / "all").read_text()
     assert "](../study/runs/tube__mae__s0/pretrain/reconstruction.png)" in report
     assert str(tmp_path) not in report
+
+
+def test_study_phases_yaml_holds_valid_overrides(tmp_path):
+    """configs/study_phases.yaml: every masking's and phase's overrides build a RunConfig; a list
+    that is not one of strings is refused naming its key."""
+    from tgmae.config import load_config
+    from tgmae.study.run import FINETUNE_BASE, MASKINGS, PRETRAIN_BASE, PROBE_BASE, load_phases
+
+    assert set(MASKINGS) == {"tube", "random", "mgm", "tgm", "tgm_bottom"}
+    for overrides in [PRETRAIN_BASE, PRETRAIN_BASE[:4] + PROBE_BASE, PRETRAIN_BASE[:4] + FINETUNE_BASE]:
+        load_config(None, overrides)
+    text = ["captions.file=c.jsonl", "captions.clip_model=clip", "masking.cache_dir=maps"]  # what run_configs adds
+    for name, overrides in MASKINGS.items():
+        assert load_config(None, PRETRAIN_BASE + text + overrides).masking.name == name.removesuffix("_bottom")
+    bad = tmp_path / "phases.yaml"
+    bad.write_text("maskings: {tube: masking.name=tube}\npretrain: []\nprobe: []\nfinetune: []\n")
+    with pytest.raises(ConfigError, match="maskings.tube"):
+        load_phases(bad)

@@ -3,19 +3,19 @@ their batch -> loss step, parameters and evaluation into it.
 
 The loop owns everything a task should not have to think about: devices and DDP, mixed
 precision, gradient accumulation and clipping, the lr schedule, non-finite-loss stops, metrics,
-progress, atomic checkpoints and step-exact resume. `Trainer.fit` reads like MAE's
-`train_one_epoch`: set-up steps (precision, model, resume, run folder, loader), then per batch a
-micro-step and, every `train.accum_steps`, an optimizer step, then the end of the epoch
-(evaluation, checkpoint). The host waits for the device only at a log step, a checkpoint or an
-epoch end's evaluation: losses and metrics are summed on the device, and a non-finite loss is
-found there, before anything (a record, a checkpoint, an evaluation) is made from the model.
+progress, atomic checkpoints and step-exact resume (its policy: `tgmae.train.resume`).
+`Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume, run
+folder, loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step,
+then the end of the epoch (evaluation, checkpoint). The host waits for the device only at a log
+step, a checkpoint or an epoch end's evaluation: losses and metrics are summed on the device,
+and a non-finite loss is found there, before anything (a record, a checkpoint, an evaluation)
+is made from the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
 import time
@@ -29,13 +29,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from tgmae.autotune import enabled as autotune_enabled
-from tgmae.config import ConfigError, RunConfig, save_config, to_dict
+from tgmae.config import ConfigError, RunConfig, to_dict
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.train import checkpoint as ckpt
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
+from tgmae.train.resume import resume, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
 
@@ -133,17 +134,6 @@ def autocast_dtype(precision: str) -> torch.dtype:
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     nb = device.type == "cuda"
     return {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-@dataclass
-class _Resumed:
-    """What a resume restores beyond the weights and optimizer (a fresh run: the defaults)."""
-
-    source: Optional[Path] = None
-    position: ckpt.TrainPosition = field(default_factory=ckpt.TrainPosition)
-    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, stored, now)
-    eval_history: list[dict] = field(default_factory=list)
-    load_failures: float = 0.0  # unreadable videos replaced so far (this rank's share)
 
 
 @dataclass
@@ -277,9 +267,9 @@ class Trainer:
         optimizer = make_optimizer(task.param_groups(model), cfg.optim, dist.device)
         scaler = make_grad_scaler(precision, dist.device)
         self.fingerprint = getattr(task, "inputs_fingerprint", None)
-        resumed = self._resume(model, optimizer, scaler, total_steps)
+        resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps)
         train_model = self._wrap(model)
-        self._write_run_folder(resumed, total_steps)
+        write_run_folder(cfg, dist.is_main, resumed, total_steps)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
                    torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device))
@@ -294,71 +284,6 @@ class Trainer:
         run.window = _Window(dist.device)
         return run
 
-    def _resume_source(self) -> Optional[Path]:
-        spec = self.cfg.checkpoint.resume
-        if not spec:
-            return None
-        if spec in ("auto", ckpt.IGNORE_CONFIG):
-            return ckpt.find_latest(self.ckpt_dir)
-        path = Path(spec)
-        if not path.exists():
-            raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
-        return path
-
-    def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                total_steps: int) -> _Resumed:
-        """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
-        the checks that it belongs to this run (kind, settings, inputs, something left to do)."""
-        cfg, dist, task = self.cfg, self.dist, self.task
-        source = self._resume_source()
-        if source is None:
-            return _Resumed()
-        loaded = ckpt.load_checkpoint(source)
-        out = str(cfg.train.output_dir)
-        ckpt.check_run_kind(source, loaded.extra.get("task"), task.name, out,
-                            fits=set(loaded.model_state) == set(model.state_dict()))
-        changes = ckpt.check_resume_config(source, loaded.config, to_dict(cfg), to_dict(RunConfig()),
-                                           output_dir=out)
-        changes += self._input_changes(source, loaded.extra.get("inputs_fingerprint"))
-        position = loaded.position
-        if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
-            raise ckpt.CheckpointError(
-                f"{source} has finished (step {position.step}) under other settings "
-                f"({_describe(changes)}): with nothing left to train, "
-                f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
-                "not made with. Start a new run with another train.output_dir, or raise train.epochs to "
-                "continue this one under the new settings.")
-        try:
-            ckpt.load_model_weights(model, loaded.model_state, str(source))
-        except ckpt.CheckpointError as e:
-            raise ckpt.CheckpointError(f"{e}. {ckpt.another_run_hint(out)}") from None
-        optimizer.load_state_dict(loaded.optimizer_state)
-        if loaded.scaler_state:
-            scaler.load_state_dict(loaded.scaler_state)
-        if dist.world_size == loaded.extra.get("world_size", dist.world_size):
-            ckpt.set_rng_state(loaded.rng)
-        if dist.is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", source, position.step,
-                     position.epoch, position.batches_in_epoch)
-        # Evaluations made under other settings (checkpoint.resume=ignore_config) do not count
-        # for this run's best: only those since the change (they stay in metrics.jsonl).
-        return _Resumed(source, position, changes, [] if changes else list(loaded.extra.get("eval_history", [])),
-                        float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0)
-
-    def _input_changes(self, source: Path, stored: Optional[str]) -> list[tuple[str, Any, Any]]:
-        """A resume on other task inputs (other features, other weights under the same path) is
-        refused, or recorded as a change under checkpoint.resume=ignore_config."""
-        now = self.fingerprint
-        if not (now and stored and stored != now):
-            return []
-        if self.cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
-            raise ckpt.CheckpointError(
-                f"cannot resume {source}: the {self.task.name} inputs differ from the ones it was trained on "
-                f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights "
-                f"changed). Start a new run with another train.output_dir, or continue this one with "
-                f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
-        return [(f"{self.task.name} inputs (fingerprint)", stored[:12], now[:12])]
-
     def _wrap(self, model: nn.Module) -> nn.Module:
         """train.compile in place, then DDP when distributed: the module the step runs."""
         compile_model(model, self.cfg.train.compile)
@@ -368,23 +293,6 @@ class Trainer:
         return DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
-
-    def _write_run_folder(self, resumed: _Resumed, total_steps: int) -> None:
-        """The run folder: config.yaml (only settings that run: a finished run resumed keeps its
-        own) and, under checkpoint.resume=ignore_config, what changed and when in
-        config_changes.jsonl. Main rank only."""
-        if not self.dist.is_main:
-            return
-        cfg, pos = self.cfg, resumed.position
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resumed.source is None or (pos.step < total_steps and pos.epoch < cfg.train.epochs):
-            save_config(cfg, self.out_dir / "config.yaml")
-        if resumed.changes:
-            log.warning("resuming %s at step %d under changed settings: %s", resumed.source, pos.step,
-                        _describe(resumed.changes))
-            with open(self.out_dir / "config_changes.jsonl", "a") as f:
-                f.write(json.dumps({"step": pos.step, "changes": {k: [a, b] for k, a, b in resumed.changes}})
-                        + "\n")
 
     def _make_loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
         """One loader for the whole run: its worker processes persist across epochs. Each epoch's
@@ -523,10 +431,6 @@ def attention_lengths(cfg: RunConfig) -> set[int]:
     n = t * h * w
     ratios = [cfg.masking.ratio] + ([cfg.contrastive.view_ratio] if cfg.contrastive.view_ratio is not None else [])
     return {n} | {n - t * int(round(r * h * w)) for r in ratios} | {n - int(round(r * n)) for r in ratios}
-
-
-def _describe(changes: list[tuple[str, Any, Any]]) -> str:
-    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
 
 
 class _Window:
