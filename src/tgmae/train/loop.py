@@ -64,7 +64,9 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+    """The loss became NaN/inf. Found at the next log step, checkpoint or evaluation (the loss is
+    checked on the device, without a host sync per step), before any is made from the model: the
+    run stops there, the last good checkpoint left as it was, and the message names the step."""
 
 
 @dataclass
@@ -98,7 +100,8 @@ class Task(Protocol):
 
 @dataclass
 class LoopState:
-    """Passed to hooks after every optimizer step."""
+    """Passed to hooks after every optimizer step (a non-finite loss since the last log step is
+    not yet checked: `NonFiniteLossError`)."""
 
     position: ckpt.TrainPosition
     total_steps: int
