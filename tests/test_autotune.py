@@ -29,10 +29,12 @@ def tuning(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
     autotune.forget()
     attention._resolved.clear()
+    attention._looked_up.clear()
     precision.cpu_prefers_bf16.cache_clear()
     yield tmp_path
     autotune.forget()
     attention._resolved.clear()
+    attention._looked_up.clear()
     precision.cpu_prefers_bf16.cache_clear()
 
 
@@ -96,9 +98,8 @@ def test_precision_and_attention_follow_the_cached_measurement(tuning):
     (tuning / "autotune.json").write_text(json.dumps({key: entries}))
     assert precision.resolve_precision("auto", CPU) == "bf16"
     assert precision.resolve_precision("fp32", CPU) == "fp32"  # explicit config wins
-    assert attention.pick_kernel(q, "auto") == "sdpa"  # not planned at set-up: the default
-    layer = attention.Attention(32, 2)
-    assert attention.plan_kernels(layer, CPU, torch.bfloat16, [20]) == {(16, 32): "math"}
+    assert attention.pick_kernel(q, "auto") == "math"  # not planned in this process: the stored choice
+    assert attention.plan_kernels(attention.Attention(32, 2), CPU, torch.bfloat16, [20]) == {(16, 32): "math"}
     assert attention.pick_kernel(q, "auto") == "math"
     assert attention.pick_kernel(q, "sdpa_fp32") == "sdpa_fp32"
     # a batch whose [B, H, N, N] probabilities exceed the memory bound never gets "math"
