@@ -127,10 +127,9 @@ def random_clip(out: Path, captions: list[str], quick: bool) -> None:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    try:
-        from tgmae.study.clip.tokenizer import train_clip_tokenizer
-    except ImportError:
-        from tgmae.clip.tokenizer import train_clip_tokenizer
+    from tgmae.study.clip.tokenizer import train_clip_tokenizer
+    from tgmae.study.clip.train import save_clip
+
     tok = train_clip_tokenizer(captions, vocab_size=1024)
     vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                   patch_size=16, image_size=224)
@@ -143,10 +142,6 @@ def random_clip(out: Path, captions: list[str], quick: bool) -> None:
     torch.manual_seed(0)
     cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=512 if not quick else 64)
     model = CLIPModel(cfg).eval()
-    try:
-        from tgmae.study.clip.train import save_clip
-    except ImportError:
-        from tgmae.clip.train import save_clip
     save_clip(out, model, tok, 224)
 
 

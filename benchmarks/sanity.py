@@ -25,7 +25,7 @@ import torch
 
 from tgmae.autotune import cpu_info
 from tgmae.models.arch import PRESETS
-from tgmae.evaluate.sanity import (RunConfig, class_text_table, linear_probe, mae_errors, make_data, pretrain,
+from tgmae.study.sanity import (SanityRun, class_text_table, linear_probe, mae_errors, make_data, pretrain,
                                    recon_figure, to_input, train_supervised, tube_masks)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
@@ -33,7 +33,7 @@ DEC64 = MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)
 BASE = dict(patch_size=12, arch=MICRO, batch_size=16, shift=2, warmup_steps=20)
 SIZE, FRAMES = 48, 8
 
-# name -> (kind, RunConfig overrides, data overrides, text cosine)
+# name -> (kind, SanityRun overrides, data overrides, text cosine)
 VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "supervised": ("supervised", {}, {}, 0.0),
     "supervised_1dis_slow": ("supervised", {}, dict(distractors=1, distractor_speed=0.5), 0.0),
@@ -114,7 +114,7 @@ def figures_dir(out: Path) -> Path:
 def run_variant(name: str, budget: float, n_train: int, n_val: int, figures: Path = DOCS_FIGURES) -> dict:
     kind, over, data_kw, cosine = VARIANTS[name]
     data = make_data(n_train, n_val, **({"size": SIZE, "frames": FRAMES} | data_kw))
-    cfg = RunConfig(**(BASE | {"budget_s": budget, "eval_every_s": budget / 4} | over))
+    cfg = SanityRun(**(BASE | {"budget_s": budget, "eval_every_s": budget / 4} | over))
     row: dict = {"variant": name, "kind": kind, "config": {k: v for k, v in over.items()}, "data": data_kw}
     if kind == "supervised":
         res = train_supervised(data, cfg)
@@ -143,13 +143,13 @@ def gradient_scales(batches: int = 4) -> list[dict]:
     (tiny preset, 64 px, 16 px patches, 8 frames, tube .75, batch 16), per text kind."""
     from tgmae.models.pretrainer import VideoMAEPretrainer
     from tgmae.models.video_text import VideoTextPretrainer
-    from tgmae.evaluate.sanity import make_arch
+    from tgmae.study.sanity import make_arch
 
     data = make_data(16 * batches, 1, size=64, frames=8)
     rows = []
     for cosine, proj, norm, view in ((0.0, False, False, None), (0.999, True, False, None), (0.999, True, True, None),
                                      (0.0, False, False, 0.0)):
-        cfg = RunConfig(patch_size=16, proj_dim=64, text_projection=proj, text_norm=norm)
+        cfg = SanityRun(patch_size=16, proj_dim=64, text_projection=proj, text_norm=norm)
         torch.manual_seed(0)
         mae = VideoMAEPretrainer(make_arch(cfg, 8, 64))
         table = class_text_table(data.num_classes, 512 if proj else 64, cosine=cosine)

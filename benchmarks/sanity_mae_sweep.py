@@ -63,7 +63,7 @@ def pos3d(grid):
 def run(name, budget):
     import torch
     torch.set_num_threads(1)
-    from tgmae.evaluate.sanity import RunConfig, make_data, pretrain, mae_errors
+    from tgmae.study.sanity import SanityRun, make_data, pretrain, mae_errors
     over, data_kw = dict(CONFIGS[name][0]), dict(CONFIGS[name][1])
     if over.pop("pos3d", False):
         size0 = data_kw.get("size", 48); ps = over.get("patch_size", 12)
@@ -73,7 +73,7 @@ def run(name, budget):
     t0 = time.process_time()
     data = make_data(n_train, 100, size=size, **(dict(frames=8) | data_kw))
     render = time.process_time() - t0
-    cfg = RunConfig(**(base | over))
+    cfg = SanityRun(**(base | over))
     res = pretrain(data, cfg)
     ev = mae_errors(res["model"].mae, data.val, cfg)
     return dict(name=name, budget=budget, render_cpu_s=render, steps=res["steps"], cpu_s=res["cpu_s"],

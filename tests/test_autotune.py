@@ -29,10 +29,12 @@ def tuning(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
     autotune.forget()
     attention._resolved.clear()
+    attention._looked_up.clear()
     precision.cpu_prefers_bf16.cache_clear()
     yield tmp_path
     autotune.forget()
     attention._resolved.clear()
+    attention._looked_up.clear()
     precision.cpu_prefers_bf16.cache_clear()
 
 
@@ -96,6 +98,8 @@ def test_precision_and_attention_follow_the_cached_measurement(tuning):
     (tuning / "autotune.json").write_text(json.dumps({key: entries}))
     assert precision.resolve_precision("auto", CPU) == "bf16"
     assert precision.resolve_precision("fp32", CPU) == "fp32"  # explicit config wins
+    assert attention.pick_kernel(q, "auto") == "math"  # not planned in this process: the stored choice
+    assert attention.plan_kernels(attention.Attention(32, 2), CPU, torch.bfloat16, [20]) == {(16, 32): "math"}
     assert attention.pick_kernel(q, "auto") == "math"
     assert attention.pick_kernel(q, "sdpa_fp32") == "sdpa_fp32"
     # a batch whose [B, H, N, N] probabilities exceed the memory bound never gets "math"
@@ -106,8 +110,13 @@ def test_precision_and_attention_follow_the_cached_measurement(tuning):
 
 def test_attention_measurement_picks_a_kernel_and_stores_its_times(tuning):
     q = torch.randn(1, 2, 40, 16, dtype=torch.bfloat16)
-    with torch.inference_mode():  # a first call from inference code can still measure
-        kernel = attention.pick_kernel(q, "auto")
+    layer = attention.Attention(32, 2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(1, 40, 32))  # forward never measures
+    assert not (tuning / "autotune.json").exists()
+    with torch.inference_mode():  # set-up from inference code can still measure
+        attention.plan_kernels(layer, CPU, torch.bfloat16, [40])
+    kernel = attention.pick_kernel(q, "auto")
     entry = json.loads((tuning / "autotune.json").read_text())[autotune.machine_key(CPU)]
     times = entry["attention/cpu/bfloat16/d16/n64"]["seconds"]
     assert set(times) == {"sdpa", "sdpa_fp32", "math"} and kernel == entry["attention/cpu/bfloat16/d16/n64"]["choice"]
@@ -257,3 +266,14 @@ def test_a_cache_folder_that_is_a_file_warns_once(tuning, monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2  # once each: cannot read it, cannot write it - not once per choice
     assert "unreadable" in warnings[0] and "not written" in warnings[1]
+
+
+def test_the_loop_plans_attention_for_the_run_lengths():
+    """The kernel is decided at set-up for every length the run's attention sees: all tokens and
+    the visible ones under each masking ratio (forward never measures)."""
+    from tgmae.train.loop import attention_lengths
+
+    cfg = load_config(overrides=["data.image_size=64", "model.patch_size=16", "data.num_frames=16",
+                                 "masking.ratio=0.75"])
+    t, h, w = cfg.token_grid
+    assert attention_lengths(cfg) == {t * h * w, t * h * w // 4}

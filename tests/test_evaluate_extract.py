@@ -14,7 +14,7 @@ from tgmae.evaluate.extract import (ExtractError, ExtractSpec, extract_to_shards
                                     read_shards, window_starts, write_index)
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
-from tgmae.models.interop import save_encoder
+from tgmae.weights.pretraining import save_encoder
 from video_kinds import _write, pattern, sequential_decode
 
 # ../shared/data/videos beside the repository (TGMAE_SHARED overrides), as tests/test_data_video.py

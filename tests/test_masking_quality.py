@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgmae.clip.data import _coverage, load_synthetic_clip_set, sample_clips, sample_pairs
-from tgmae.clip.train import grouped_contrastive_loss
+from tgmae.study.clip.data import _coverage, load_synthetic_clip_set, sample_clips, sample_pairs
+from tgmae.study.clip.train import grouped_contrastive_loss
 
 
 
@@ -26,7 +26,7 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_clip(synth, tmp_path_factory):
     """`tgmae train-clip` with a tiny model and a short schedule."""
-    from tgmae.clip.train import main
+    from tgmae.commands.train_clip import main
 
     out = tmp_path_factory.mktemp("clip_trained")
     rc = main(["--root", str(synth), "--out", str(out), "--steps", "60", "--image-size", "32", "--patch-size", "8",
@@ -82,7 +82,7 @@ def test_sample_clips_keep_time_order_and_group_by_object_and_action(synth):
 
 
 def test_train_clip_refuses_a_folder_without_captions(tmp_path, capsys):
-    from tgmae.clip.train import main
+    from tgmae.commands.train_clip import main
 
     with pytest.raises(SystemExit) as e:
         main(["--root", str(tmp_path), "--out", str(tmp_path / "o")])
@@ -105,7 +105,7 @@ def test_grouped_contrastive_loss():
 def test_dense_training_path_is_the_inference_path(trained_clip):
     """The dense loss trains exactly the features `tgmae masks --mode dense` reads."""
     from tgmae.clip.features import ClipPatchScorer, load_clip
-    from tgmae.clip.train import dense_loss, maskclip_tokens
+    from tgmae.study.clip.train import dense_loss, maskclip_tokens
 
     bundle = load_clip(str(trained_clip))
     model, vision = bundle.model, bundle.model.vision_model

@@ -35,8 +35,8 @@ def synth(tmp_path_factory):
 def tiny_clip(synth, tmp_path_factory):
     """A randomly initialized tiny CLIP saved like a public one (model, tokenizer, processor)."""
     from tgmae.captions.store import read_store
-    from tgmae.clip.tokenizer import train_clip_tokenizer
-    from tgmae.clip.train import ClipTrainConfig, build_clip_model, save_clip
+    from tgmae.study.clip.tokenizer import train_clip_tokenizer
+    from tgmae.study.clip.train import ClipTrainConfig, build_clip_model, save_clip
 
     cfg = ClipTrainConfig(**TINY)
     texts = [c for r in read_store(synth / "captions.jsonl").records for c in r.captions]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tgmae.config import MaskingConfig, ModelConfig, load_config
-from tgmae.data.mask_interface import CropParams, MaskContext
+from tgmae.mask_contract import CropParams, MaskContext
 from tgmae.masking import build_mask_generator
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import select_per_slice

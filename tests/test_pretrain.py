@@ -139,7 +139,8 @@ def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_p
     """TGM, MAE only (Table 1): captions guide the masks; no video-text head is built or checked,
     whatever contrastive.proj_dim says. Under mae+contrastive a width mismatch is a config error."""
     from tgmae.captions.tiny import save_tiny_clip
-    from tgmae.train.pretrain import PretrainTask, main
+    from tgmae.cli import main
+    from tgmae.train.pretrain import PretrainTask
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
     tgm = [f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
@@ -151,11 +152,11 @@ def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_p
     records = read_metrics(pretrain(cfg) / "metrics.jsonl")
     assert records and all("loss_nce" not in r and r["loss"] > 0 for r in records)
 
-    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1", *tgm,
-            "contrastive.objective=mae+contrastive"]
+    args = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1",
+            *tgm, "contrastive.objective=mae+contrastive"]
     assert main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bars
-    assert last.startswith("tgmae pretrain: contrastive.proj_dim=256") and "text_projection=true" in last
+    assert last.startswith("tgmae pretrain: ") and "contrastive.proj_dim=256" in last and "text_projection=true" in last
 
 
 def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth_root, tmp_path):
@@ -182,9 +183,9 @@ def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth
 
 def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tmp_path, capsys):
     """Was: 'resumed at step 3', trained nothing, kept the tube weights, rewrote config.yaml."""
-    from tgmae.train.pretrain import main
+    from tgmae.cli import main
 
-    args = [*SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"]
+    args = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"]
     assert main(args) == 0
     saved = (tmp_path / "run" / "config.yaml").read_text()
     capsys.readouterr()

@@ -13,7 +13,9 @@ Cache: `autotune.json` in the user cache folder (tgmae.user_cache: `$TGMAE_CACHE
 machine key (CPU model + a hash of its flags + thread count, or the CUDA device name; torch
 version) and choice name, with the measured times. Delete the file (or an entry) to measure again;
 `TGMAE_AUTOTUNE=off` disables measuring: callers then get their documented default. Explicit
-config values (`train.precision`, `train.attention`) bypass this module altogether.
+config values (`train.precision`, `train.attention`) bypass this module altogether. Choices are
+made at set-up (the training loop resolves the precision and plans the attention kernels,
+`tgmae.models.attention.plan_kernels`, before the first step), never inside a forward pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import platform
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -168,17 +170,12 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
         rounds: timed calls per candidate.
     Returns the chosen key of `candidates`. The choice and the times are logged at INFO.
     """
-    key = machine_key(device)
-    memo = _memo.get((key, name))
-    if memo is not None:
-        return memo
+    known = lookup(name, device, candidates)
+    if known is not None:
+        return known
     if not enabled():
         return default
-    entry = _load().get(key, {}).get(name)
-    if isinstance(entry, dict) and entry.get("choice") in candidates:
-        _memo[(key, name)] = entry["choice"]
-        log.info("autotune %s: %s (cached in %s)", name, entry["choice"], cache_path())
-        return entry["choice"]
+    key = machine_key(device)
     device = torch.device(device)
     t0 = time.perf_counter()
     if device.type == "cuda":
@@ -196,6 +193,25 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
     return best
 
 
+def lookup(name: str, device: torch.device, choices: Optional[Iterable[str]] = None) -> Optional[str]:
+    """The choice made for `name` on this machine (this process's memo, then the cache file), or
+    None when there is none (the file is not read with autotuning off); never measures.
+    `choices`: the keys a stored choice must be one of (another version's choice is ignored)."""
+    key = machine_key(device)
+    memo = _memo.get((key, name))
+    if memo is not None:
+        return memo
+    if not enabled():
+        return None
+    entry = _load().get(key, {}).get(name)
+    choice = entry.get("choice") if isinstance(entry, dict) else None
+    if choice is None or (choices is not None and choice not in choices):
+        return None
+    _memo[(key, name)] = choice
+    log.info("autotune %s: %s (cached in %s)", name, choice, cache_path())
+    return choice
+
+
 def cached_choices(device: Optional[torch.device] = None) -> dict[str, str]:
     """{choice name: choice} known for this machine (process memo and cache file)."""
     key = machine_key(device or torch.device("cpu"))
@@ -210,5 +226,5 @@ def forget() -> None:
     _warned.clear()
 
 
-__all__ = ["cache_path", "enabled", "cpu_info", "machine_key", "time_candidates", "choose",
+__all__ = ["cache_path", "enabled", "cpu_info", "machine_key", "time_candidates", "choose", "lookup",
            "cached_choices", "forget", "CACHE_ENV", "SWITCH_ENV"]

@@ -581,8 +581,10 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     cls: type = RunConfig,
     base: dict | None = None,
+    prefix: str = "",
 ) -> Any:
-    """defaults < `base` dict < YAML file < dotted overrides, validated into `cls`."""
+    """defaults < `base` dict < YAML file < dotted overrides, validated into `cls` (errors name
+    keys under `prefix`, e.g. "study")."""
     merged: dict = {}
     if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
         _deep_update(merged, copy.deepcopy(base))
@@ -607,7 +609,7 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return from_dict(cls, merged)
+    return from_dict(cls, merged, prefix=prefix)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -347,9 +347,9 @@ def load_frozen_encoder(checkpoint: str | os.PathLike, num_frames: int, image_si
                         num_heads: Optional[int] = None, device: Optional[torch.device] = None
                         ) -> tuple[nn.Module, Any]:
     """(frozen `VideoViTEncoder` in eval mode, its `EncoderSource`) from any checkpoint
-    `tgmae.evaluate.sources.load_encoder_source` reads (ours, official, Hugging Face), built for
+    `tgmae.weights.sources.load_encoder_source` reads (ours, official, Hugging Face), built for
     clips of `num_frames` x `image_size` (positions are the sin-cos table of that grid)."""
-    from tgmae.evaluate.sources import load_encoder_source
+    from tgmae.weights.sources import load_encoder_source
     from tgmae.models.encoder import VideoViTEncoder
 
     src = load_encoder_source(checkpoint, num_heads=num_heads)

@@ -8,9 +8,11 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 - "sdpa_fp32": the same in float32 (q, k, v upcast, output cast back), autocast off inside.
 - "math": explicit matmul-softmax-matmul (reference; stores the [N, N] probabilities).
 - "auto" (default): the fastest of these for the device, dtype, head width and sequence length
-  (rounded up to a power of two), measured once per machine and torch version by
-  `tgmae.autotune.choose` (forward + backward of [1, min(H, 2), n, d], about 0.1-2 s per
-  length; cached on disk, logged). The answer differs between machines with the same CPU flags:
+  (rounded up to a power of two), measured at set-up (`plan_kernels`, which the training loop
+  calls once the model is built) once per machine and torch version by `tgmae.autotune.choose`
+  (forward + backward of [1, min(H, 2), n, d], about 0.1-2 s per length; cached on disk,
+  logged). `forward` only looks the choice up and never measures: a length no set-up of the
+  process planned takes the choice stored on this machine, else "sdpa". The answer differs between machines with the same CPU flags:
   on an Intel Xeon with AVX512-BF16 but no AMX (bf16 GEMMs ~0.5x fp32's rate) "sdpa_fp32" won
   at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) "math" won in bf16 at every
   length (faster, but it keeps the [n, n] probabilities for backward: more memory than flash
@@ -21,7 +23,7 @@ Kernels for softmax(q k^T / sqrt(d)) v:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,11 @@ MATH_MAX_BYTES = 64 * 2**20
 _resolved: dict[tuple, str] = {}  # (device type, dtype, d, n, threads) -> kernel
 
 
+def _choice_name(device_type: str, dtype: torch.dtype, d: int, n: int) -> str:
+    """The autotune name of the kernel choice for head width d at length bucket n."""
+    return f"attention/{device_type}/{str(dtype).removeprefix('torch.')}/d{d}/n{n}"
+
+
 def length_bucket(n: int) -> int:
     """Sequence length -> the power of two (>= 16) the kernel choice is measured at."""
     return max(16, 1 << (max(n, 1) - 1).bit_length())
@@ -67,6 +74,7 @@ def _run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
 def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int, n: int) -> str:
     """Fastest kernel for forward + backward of [1, min(heads, 2), n, d] in `dtype` on this
     machine, via tgmae.autotune.choose (cached on disk; runs eagerly under torch.compile).
+    Called at set-up (`plan_kernels`), never from `forward`.
     "sdpa" (flash: no [n, n] buffer) is kept unless another kernel is 5% faster."""
     from tgmae import autotune  # below models in the import order; imported late for start-up
 
@@ -74,7 +82,7 @@ def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int,
     key = (dev.type, dtype, d, n, torch.get_num_threads())
     if key in _resolved:
         return _resolved[key]
-    name = f"attention/{dev.type}/{str(dtype).removeprefix('torch.')}/d{d}/n{n}"
+    name = _choice_name(dev.type, dtype, d, n)
     g = torch.Generator().manual_seed(0)
     shape = (1, min(heads, 2), n, d)
     with torch.inference_mode(False):  # the first call may come from an inference-mode forward
@@ -95,17 +103,44 @@ def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int,
 
 def pick_kernel(q: torch.Tensor, kernel: Kernel, n: int | None = None) -> str:
     """Resolve "auto" to a concrete kernel for queries [B, H, Nq, d] attending to n keys
-    (default Nq): the measured fastest at that length's bucket (see the module docstring)."""
+    (default Nq): the fastest measured at set-up for that length's bucket (`plan_kernels`), or
+    the stored choice / "sdpa" where none was planned (`_known_kernel`). Never measures."""
     if kernel != "auto":
         return kernel
     keys = q.shape[-2] if n is None else n
     if q.shape[0] * q.shape[1] * q.shape[-2] * keys * q.element_size() > MATH_MAX_BYTES:
         return "sdpa"  # "math" would keep a large [B, H, N, N] buffer per block for backward
-    n = length_bucket(keys)
-    key = (q.device.type, q.dtype, q.shape[-1], n, torch.get_num_threads())
-    if key in _resolved:
-        return _resolved[key]
-    return measure_kernel(q.device, q.dtype, q.shape[1], q.shape[-1], n)
+    key = (q.device.type, q.dtype, q.shape[-1], length_bucket(keys), torch.get_num_threads())
+    if key not in _resolved:
+        return _known_kernel(key)
+    return _resolved[key]
+
+
+_looked_up: dict[tuple, str] = {}  # keys no set-up planned in this process: the cached choice or "sdpa"
+
+
+@torch.compiler.disable
+def _known_kernel(key: tuple) -> str:
+    """A length no set-up of this process planned (e.g. evaluation code that builds its own model):
+    the choice an earlier set-up on this machine stored (`tgmae.autotune.lookup`), else "sdpa".
+    Never measures."""
+    if key not in _looked_up:
+        from tgmae import autotune
+
+        dev, dtype, d, n, _ = key
+        _looked_up[key] = autotune.lookup(_choice_name(dev, dtype, d, n), torch.device(dev), KERNELS) or "sdpa"
+    return _looked_up[key]
+
+
+def plan_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype, lengths: Iterable[int]) -> dict:
+    """Set-up: measure the "auto" kernel of every Attention module of `model` (its heads and
+    head width) for each sequence length in `lengths` (bucketed, `length_bucket`) in `dtype` on
+    `device`, so `forward` finds the choice made (`pick_kernel`). Modules with an explicit kernel
+    are skipped. Returns {(head width, length bucket): kernel}. Cached per machine on disk
+    (tgmae.autotune); with autotuning off every choice is "sdpa" and nothing is measured."""
+    shapes = {(m.num_heads, m.head_dim) for m in model.modules() if isinstance(m, Attention) and m.kernel == "auto"}
+    buckets = sorted({length_bucket(n) for n in lengths})
+    return {(d, n): measure_kernel(device, dtype, heads, d, n) for heads, d in sorted(shapes) for n in buckets}
 
 
 class Attention(nn.Module):
@@ -158,5 +193,5 @@ def set_attention_kernel(model: nn.Module, kernel: Kernel) -> None:
             m.kernel = kernel
 
 
-__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "measure_kernel",
+__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "measure_kernel", "plan_kernels",
            "length_bucket", "set_attention_kernel"]

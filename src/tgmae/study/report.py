@@ -1,5 +1,6 @@
 """Study reports: the results table (paper Table 2 layout), loss curves (Figure 4 layout) and
-figures, as Markdown, HTML and JSON. `tgmae report RUN_DIRS...` rebuilds one from finished runs.
+figures, as Markdown, HTML and JSON. `tgmae report RUN_DIRS...` (`tgmae.commands.report`, `report_runs`)
+rebuilds one from finished runs.
 
 Statistics: every cell is a (masking, objective, variant) over seeds, shown as mean ± sample
 standard deviation (n - 1). Comparisons (the video-text loss's gain, masking vs masking, a variant
@@ -12,13 +13,14 @@ standard error in the report's chance sentence).
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Optional, Sequence
+
+from tgmae.config import ConfigError
 
 COLUMNS = [  # (header, getter)
     ("FT top-1", lambda r: r.get("finetune_top1")),
@@ -332,7 +334,7 @@ RECON_HEADERS = ["held-out masked MSE", "patch-mean oracle", "visible mean", "co
 
 
 def recon_check_section(path: Optional[Path]) -> Optional[dict]:
-    """The report's section on the reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`'s
+    """The report's section on the reconstruction check (`tgmae.study.recon_check.reconstruction_check`'s
     JSON at `path`): {"text", "row" (cells under RECON_HEADERS), "figure" (Path or None)}; None without one."""
     if path is None or not Path(path).is_file():
         return None
@@ -363,12 +365,12 @@ def _probe_kinds(records: Sequence[dict]) -> dict[Optional[str], int]:
 
 
 def check_one_probe(records: Sequence[dict]) -> None:
-    """ValueError when the runs were probed with different linear probes: their top-1 are not one
-    quantity, and a cell would average them as if they were seeds."""
+    """ConfigError (a ValueError) naming eval.probe_optimizer when the runs were probed with different
+    linear probes: their top-1 are not one quantity, and a cell would average them as if they were seeds."""
     kinds = _probe_kinds(records)
     if len(kinds) > 1:
         counts = ", ".join(f"{k}: {n} runs" for k, n in sorted((str(k), n) for k, n in kinds.items()))
-        raise ValueError(f"these runs were probed with different linear probes (eval.probe_optimizer {counts}); "
+        raise ConfigError(f"these runs were probed with different linear probes (eval.probe_optimizer {counts}); "
                          "report each kind separately")
 
 
@@ -495,20 +497,14 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
     return records
 
 
-def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_args
-
-    parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
-    parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
-    args = parse_args(parser, argv)
-    try:
-        records = collect_records(args.runs)
-        check_one_probe(records)
-    except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"tgmae report: {e}\n")
-    checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in args.runs]
-    path = write_report(records, Path(args.out), recon_check=next((c for c in checks if c.is_file()), None))
+def report_runs(runs: Sequence[str | Path], out: str | Path) -> Path:
+    """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
+    first reconstruction check found in them); prints the table; returns report.md's path.
+    FileNotFoundError for a folder without records, ConfigError for runs probed differently."""
+    records = collect_records(runs)
+    check_one_probe(records)
+    checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in runs]
+    path = write_report(records, Path(out), recon_check=next((c for c in checks if c.is_file()), None))
     print(markdown_table(aggregate(records)))
     print(f"\nreport: {path}")
-    return 0
+    return path

@@ -24,30 +24,44 @@ study resumes where it stopped. Runs are ordinary run directories: `tgmae report
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from tgmae.config import ConfigError, from_dict, load_config
+from tgmae.config import ConfigError, from_dict, load_config, parse_override, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.report import RECON_CHECK_DIR
 
 log = logging.getLogger("tgmae")
 
-# masking name -> config overrides; ratios as in the paper's comparison (Table 2).
-MASKINGS: dict[str, list[str]] = {
-    "tube": ["masking.name=tube", "masking.ratio=0.75"],
-    "random": ["masking.name=random", "masking.ratio=0.75"],
-    # the decoded-clip cache holds no codec motion vectors: MGM's pretraining decodes
-    "mgm": ["masking.name=mgm", "masking.ratio=0.75", "data.with_motion=true", "data.cache=none"],
-    "tgm": ["masking.name=tgm", "masking.ratio=0.6", "masking.select=top"],
-    "tgm_bottom": ["masking.name=tgm", "masking.ratio=0.6", "masking.select=bottom"],
-}
+# The study's maskings (name -> RunConfig overrides) and each phase's default overrides, with the why
+# of each value: configs/study_phases.yaml.
+PHASES_FILE = Path(__file__).resolve().parents[3] / "configs" / "study_phases.yaml"
+
+
+def load_phases(path: Path = PHASES_FILE) -> dict[str, Any]:
+    """{"maskings": {name: [override, ...]}, "pretrain" / "probe" / "finetune": [override, ...]}
+    from `path`. ConfigError names the file and the entry that is not a list of strings."""
+    import yaml
+
+    phases = yaml.safe_load(Path(path).read_text())
+    lists = [("pretrain", phases.get("pretrain")), ("probe", phases.get("probe")), ("finetune", phases.get("finetune"))]
+    lists += [(f"maskings.{k}", v) for k, v in (phases.get("maskings") or {}).items()]
+    for key, value in lists:
+        if not (isinstance(value, list) and all(isinstance(o, str) for o in value)):
+            raise ConfigError(f"{path}: {key} must be a list of section.key=value overrides")
+    return phases
+
+
+_PHASES = load_phases()
+MASKINGS: dict[str, list[str]] = _PHASES["maskings"]
+PRETRAIN_BASE: list[str] = _PHASES["pretrain"]
+PROBE_BASE: list[str] = _PHASES["probe"]
+FINETUNE_BASE: list[str] = _PHASES["finetune"]
 OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
 # reference rows: name -> the objective its records carry
 REFERENCES = {"none": "none", "scratch": "supervised"}
@@ -94,7 +108,7 @@ class StudyConfig:
     jobs: int = 2
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
-    # Dotted overrides of every pretraining run, after PRETRAIN_BASE (measured, docs/sanity.md, docs/study.md):
+    # Dotted overrides of every pretraining run, after configs/study_phases.yaml's (measured, docs/sanity.md, docs/study.md):
     # - micro ViT (width 64, depth 2): ~4x tiny's steps per CPU-second, which the action needs (tiny: 15%
     #   after 50 CPU-s, micro: 65%)
     # - num_workers=0: from the decoded-clip cache loader workers cost more than they save (36 vs 52 CPU-s)
@@ -115,7 +129,7 @@ class StudyConfig:
     #   every epoch cost ~3 min of make demo's wall time
     finetune: list[str] = field(default_factory=lambda: [
         "data.num_workers=0", "train.epochs=30", "eval.head_init_scale=1.0", "train.eval_every=5"])
-    # steps of the reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`: the library's MAE
+    # steps of the reconstruction check (`tgmae.study.recon_check.reconstruction_check`: the library's MAE
     # on static-camera clips under random .5 masks, where there is something to copy), once per study
     # folder beside the cells; 0 = off. --quick runs QUICK_RECON_STEPS.
     recon_check_steps: int = 3200
@@ -158,30 +172,6 @@ class StudyConfig:
                 raise ConfigError(f"study.{key}: {', '.join(twice)} given more than once")
         if self.recon_check_steps < 0:
             raise ConfigError(f"study.recon_check_steps={self.recon_check_steps}: must be >= 0 (0 = off)")
-
-
-# Defaults of each phase, under the study YAML's own overrides: tiny models, short schedules.
-PRETRAIN_BASE = [
-    "data.format=csv", "data.train_annotations=train.csv", "data.val_annotations=val.csv",
-    "data.num_frames=8", "data.frame_stride=4", "data.image_size=64", "data.flip=false",
-    "data.crop_scales=[1.0, 0.875, 0.75]", "data.num_workers=2", "model.preset=tiny",
-    "model.norm_pix_loss=false",  # flat synthetic shapes: the normalized target is mostly codec noise
-    "optim.lr=1e-3", "optim.warmup_epochs=1", "train.epochs=10", "train.batch_size=16",
-    "train.log_every=2", "checkpoint.every_steps=1000", "log.progress=false",
-    "contrastive.text_projection=true", "contrastive.proj_dim=64",
-    "contrastive.monitor_nce=true",  # mae runs log InfoNCE too (the Figure 4 curves)
-]
-# Absolute lrs: the recipes' batch/256 scaling assumes ImageNet-scale epochs; on a few hundred
-# videos it leaves the probe's LARS head and the finetuned model barely moved from their init.
-PROBE_BASE = ["train.epochs=100", "train.batch_size=32", "optim.lr=1.0", "optim.warmup_epochs=10",
-              "log.progress=false"]
-FINETUNE_BASE = [
-    "train.epochs=6", "train.batch_size=16", "optim.lr=2e-3", "optim.warmup_epochs=1", "eval.mixup=0.0",
-    "eval.cutmix=0.0",
-    "data.rand_augment=null", "data.random_erase=0.0", "data.test_temporal_views=2",
-    "data.finetune_crop=multiscale",  # the 8-100% random-resized crop often cuts the actor out (issue 14)
-    "data.test_spatial_views=1", "log.progress=false",
-]
 
 
 @dataclass
@@ -253,7 +243,7 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, clip: bool = True) -> 
 
 def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
     """The study's CLIP (`tgmae train-clip`) and, for TGM, its similarity maps (once)."""
-    from tgmae.clip.train import ClipTrainConfig, train_clip
+    from tgmae.study.clip.train import ClipTrainConfig, train_clip
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
     if not (paths.clip / "config.json").is_file():
@@ -458,17 +448,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     for phase in phases:  # results of other settings are never reused
         check_phase_settings(phase)
     record_path = run / "study_record.json"
-    if record_path.is_file():  # done; records of earlier versions get the fields added since
-        record = json.loads(record_path.read_text())
-        record.setdefault("num_classes", _num_classes(paths))
-        if probe is not None:
-            saved = json.loads((run / "probe" / "probe_results.json").read_text())
-            record.setdefault("num_val", saved.get("num_val"))
-            record.setdefault("probe", saved.get("optimizer"))
-        if "attribute_probe" not in record and probe is not None:
-            record["attribute_probe"] = attribute_probe(run / "probe", paths.data)
-            record_path.write_text(json.dumps(record, indent=2))
-        return record
+    if record_path.is_file():  # done
+        return json.loads(record_path.read_text())
     t0 = time.perf_counter()
     if masking == "none":
         save_random_encoder(pre, run / "pretrain" / "model.safetensors")
@@ -530,7 +511,7 @@ def recon_check_steps(study: StudyConfig, quick: bool) -> int:
 def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
     """Refuse, before anything runs, a reconstruction check in the study folder made with other
     settings (ConfigError naming study.recon_check_steps and the differing keys)."""
-    from tgmae.evaluate.sanity import saved_reconstruction_check
+    from tgmae.study.recon_check import saved_reconstruction_check
 
     steps = recon_check_steps(study, quick)
     if steps:
@@ -541,12 +522,12 @@ def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> 
 
 
 def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optional[Path]:
-    """The reconstruction check (`tgmae.evaluate.sanity.reconstruction_check`) under the study
+    """The reconstruction check (`tgmae.study.recon_check.reconstruction_check`) under the study
     folder with 1 torch thread (its CPU seconds are the recipe's), reused when done -> its JSON,
     None when off."""
     import torch
 
-    from tgmae.evaluate.sanity import reconstruction_check
+    from tgmae.study.recon_check import reconstruction_check
 
     steps = recon_check_steps(study, quick)
     if not steps:
@@ -592,11 +573,17 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     return paths.report(study.variant)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, log_queue, log_level: int) -> None:
+    """A spawned cell process: its torch threads, and its log records sent to the parent, whose
+    handlers (the command's one logging set-up, `tgmae.cli.main`) write them."""
+    import logging.handlers
+
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(log_level)
 
 
 def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool,
@@ -606,16 +593,34 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
     that do not need them, and the TGM cells start after. The reconstruction check runs as one
     more job (1 torch thread). Returns the records in `cells` order and `run_recon_check`'s JSON;
     the first error of any job is raised."""
+    import logging.handlers
     import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // study.jobs)
     log.info("study: %d cells, %d at a time, %d torch thread(s) each", len(cells), study.jobs, threads)
     order = sorted(cells, key=lambda c: c[0] != "scratch")  # the longest run first
-    with ProcessPoolExecutor(study.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    root = logging.getLogger()
+    log_queue = ctx.Queue()
+    listener = logging.handlers.QueueListener(log_queue, *root.handlers, respect_handler_level=True)
+    listener.start()
+    try:
+        return _run_pool(study, paths, cells, order, quick, clip_later,
+                         ProcessPoolExecutor(study.jobs, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(threads, log_queue, root.getEffectiveLevel())))
+    finally:
+        listener.stop()
+
+
+def _run_pool(study: StudyConfig, paths: StudyPaths, cells: list, order: list, quick: bool, clip_later: bool,
+              executor) -> tuple[list, Optional[Path]]:
+    """`_run_cells_parallel`'s jobs on `executor` (shut down on return)."""
+    from concurrent.futures import as_completed
+
+    with executor as pool:
         clip = pool.submit(prepare_clip, study, paths) if clip_later else None
         recon = pool.submit(run_recon_check, study, paths, quick)
         waiting = [c for c in order if clip is not None and _needs_clip(c[0])]
@@ -644,39 +649,23 @@ def quick_values(study: StudyConfig) -> dict:
 
 
 def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
-    """The study of `tgmae study [-c CONFIG] [--quick] [key=value ...]`: the defaults, then the YAML,
-    then `quick_values`, then the command-line overrides (an explicit `key=value` wins; `key+=[...]`
-    extends a list key, e.g. `pretrain+=[masking.ratio=0.75]` adds to the default phase overrides
-    where `pretrain=[...]` would replace them). Raises
-    ConfigError naming the key (unknown key, bad value, an override without `=`) or the file."""
-    import yaml
-
-    values: dict = {}
-    if config:
-        try:
-            values = yaml.safe_load(Path(config).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"-c {config}: cannot read it ({e.strerror or e})") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"-c {config}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{config}: not valid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{config}: the top level must be a mapping of study keys")
+    """The study of `tgmae study [-c CONFIG] [--quick] [key=value ...]`: the defaults, then the YAML
+    (`tgmae.config.load_config`), then `quick_values`, then the command-line overrides
+    (`tgmae.config.parse_override`; an explicit `key=value` wins; `key+=[...]` extends a list key,
+    e.g. `pretrain+=[masking.ratio=0.75]` adds to the default phase overrides where
+    `pretrain=[...]` would replace them). Raises ConfigError naming the key or the file."""
+    study = load_config(config, cls=StudyConfig, prefix="study") if config else StudyConfig()
     if quick:
-        values = values | quick_values(from_dict(StudyConfig, values, prefix="study"))
-    before = from_dict(StudyConfig, values, prefix="study")  # what key+=[...] extends
-    given: dict = {}
+        study = dataclasses.replace(study, **quick_values(study))
+    values, given = to_dict(study), {}
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        key, append = (key[:-1], True) if key.endswith("+") else (key, False)
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {text!r}: expected key=value or key+=[...] (e.g. num_videos=400)")
-        value = yaml.safe_load(raw)
-        if key not in {f.name for f in dataclasses.fields(StudyConfig)}:
+        keys, value = parse_override(text)
+        key, append = ".".join(keys), False
+        if key.endswith("+"):
+            key, append = key[:-1].strip(), True
+        if key not in values:
             from_dict(StudyConfig, {key: value}, prefix="study")  # raises: unknown config key study.<key> (known: ...)
-        base = given[key] if key in given else getattr(before, key)
+        base = given.get(key, values[key])
         if not append and key in ("pretrain", "probe", "finetune") and base:
             log.warning("study.%s=... replaces the %d default %s overrides; %s+=[...] adds to them",
                         key, len(base), key, key)
@@ -686,29 +675,3 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
             value = base + (value if isinstance(value, list) else [value])
         given[key] = value
     return from_dict(StudyConfig, values | given, prefix="study")
-
-
-def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_args
-
-    parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0],
-                                     epilog="Without -c the defaults run: the same study as "
-                                            "-c configs/study_synthetic.yaml (make demo).")
-    parser.add_argument("-c", "--config", help="study YAML (default: the built-in defaults, "
-                                               "= configs/study_synthetic.yaml)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"CI-sized: {QUICK['num_videos']} videos, {QUICK['clip_steps']} CLIP steps, the first "
-                             "seed, 1-epoch phases, in OUT_DIR_quick (key=value overrides still win)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
-    args = parse_args(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        study = load_study(args.config, args.overrides, args.quick)
-    except ConfigError as e:
-        parser.exit(2, f"tgmae study: config error: {e}\n")
-    try:
-        out = run_study(study, quick=args.quick)
-    except ConfigError as e:
-        parser.exit(2, f"tgmae study: {e}\n")
-    print(f"study report: {out / 'report.md'}")  # an ablation's: STUDY/variants/<variant>/
-    return 0

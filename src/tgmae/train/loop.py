@@ -3,13 +3,19 @@ their batch -> loss step, parameters and evaluation into it.
 
 The loop owns everything a task should not have to think about: devices and DDP, mixed
 precision, gradient accumulation and clipping, the lr schedule, non-finite-loss stops, metrics,
-progress, atomic checkpoints and step-exact resume.
+progress, atomic checkpoints and step-exact resume (its policy: `tgmae.train.resume`).
+`Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume, run
+folder, loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step,
+then the end of the epoch (evaluation, checkpoint). The host waits for the device only at a log
+step, a checkpoint or an epoch end's evaluation: losses and metrics are summed on the device,
+and a non-finite loss is found there, before anything (a record, a checkpoint, an evaluation)
+is made from the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import json
 import logging
 import math
 import time
@@ -23,16 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from tgmae.autotune import enabled as autotune_enabled
-from tgmae.config import ConfigError, RunConfig, save_config, to_dict
-from tgmae.models.attention import set_attention_kernel
+from tgmae.config import ConfigError, RunConfig, to_dict
+from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
-from tgmae.train.optim import build_optimizer, set_lr
+from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
+from tgmae.train.resume import resume, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
-from tgmae.train.schedule import scaled_lr, warmup_cosine
 
 log = logging.getLogger("tgmae")
 
@@ -58,7 +64,9 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+    """The loss became NaN/inf. Found at the next log step, checkpoint or evaluation (the loss is
+    checked on the device, without a host sync per step), before any is made from the model: the
+    run stops there, the last good checkpoint left as it was, and the message names the step."""
 
 
 @dataclass
@@ -92,7 +100,8 @@ class Task(Protocol):
 
 @dataclass
 class LoopState:
-    """Passed to hooks after every optimizer step."""
+    """Passed to hooks after every optimizer step (a non-finite loss since the last log step is
+    not yet checked: `NonFiniteLossError`)."""
 
     position: ckpt.TrainPosition
     total_steps: int
@@ -120,9 +129,40 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def autocast_dtype(precision: str) -> torch.dtype:
+    """The dtype attention inputs have under `autocast(precision)`."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     nb = device.type == "cuda"
     return {k: (v.to(device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@dataclass
+class _Run:
+    """One fit's moving parts, set up by `Trainer.fit` and advanced by its steps."""
+
+    model: nn.Module  # unwrapped
+    train_model: nn.Module  # compiled / DDP-wrapped: what the task's step sees
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    lr: LrPlan
+    steps_per_epoch: int
+    position: ckpt.TrainPosition
+    eval_history: list[dict]  # evaluations since the settings last changed, kept in checkpoints
+    history: list[dict]  # every record of this fit (earlier evaluations survive a resume)
+    last_ckpt: Optional[Path]
+    load_failures: torch.Tensor  # float64 scalar on the device: no host sync per batch
+    metrics_log: Optional[MetricsLog] = None
+    bar: Any = None
+    window: Optional["_Window"] = None
+    losses: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # unchecked (step, epoch, loss)
+
+    @property
+    def total_steps(self) -> int:
+        return self.lr.total_steps
 
 
 class Trainer:
@@ -134,292 +174,279 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.train.device)
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-
-    # ---------------------------------------------------------------------------------------
-    def _resume_source(self) -> Optional[Path]:
-        spec = self.cfg.checkpoint.resume
-        if not spec:
-            return None
-        if spec in ("auto", ckpt.IGNORE_CONFIG):
-            return ckpt.find_latest(self.ckpt_dir)
-        path = Path(spec)
-        if not path.exists():
-            raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
-        return path
+        self.fingerprint: Optional[str] = None  # the task's inputs (e.g. the probe's features)
 
     def fit(self) -> FitResult:
+        """Train from scratch or resume; returns the unwrapped model, the position, the run folder,
+        the last checkpoint and the history of metric and evaluation records."""
         cfg, dist, task = self.cfg, self.dist, self.task
-        device = dist.device
         dataset = task.train_dataset()  # first: its config errors come before any measurement
-        precision = resolve_precision(cfg.train.precision, device)
-        if dist.enabled and cfg.train.precision == "auto":  # a collective: every rank calls it
-            # each rank measured for itself: all ranks must train alike, so fp32 unless all agree
-            precision = "fp32" if any_rank(precision == "fp32", device) else precision
+        precision = self._choose_precision()
+        torch.manual_seed(cfg.train.seed + dist.rank)
+        model = self._build_model(precision)
+        sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
+                                   seed=cfg.train.seed)
+        run = self._set_up(model, precision, len(dataset))
+        loader = self._make_loader(dataset, sampler)
+        bs, accum = cfg.train.batch_size, cfg.train.accum_steps
+        start_epoch = run.position.epoch
+        try:
+            while run.position.step < run.total_steps and run.position.epoch < cfg.train.epochs:
+                epoch, micro_idx = run.position.epoch, run.position.batches_in_epoch
+                micro_total = run.steps_per_epoch * accum
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch, start=micro_idx * bs)
+                run.train_model.train()
+                if cfg.data.num_workers > 0 and epoch == start_epoch:
+                    # A PyAV frame left in a reference cycle, freed by a forked worker's collector,
+                    # can block that worker inside FFmpeg: collect before the workers fork.
+                    gc.collect()
+                t_wait = time.perf_counter()
+                for batch in loader:
+                    if micro_idx >= micro_total or run.position.step >= run.total_steps:
+                        break
+                    run.window.data_time += time.perf_counter() - t_wait
+                    micro_idx += 1
+                    self._micro_step(run, batch, last=micro_idx % accum == 0)
+                    if micro_idx % accum == 0:
+                        self._optimizer_step(run, epoch, micro_idx)
+                    t_wait = time.perf_counter()
+                if micro_idx >= micro_total:  # the epoch is finished
+                    self._end_epoch(run, epoch)
+                elif run.position.step >= run.total_steps:  # the step budget ran out inside it
+                    run.last_ckpt = self._save(run, run.position)
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+            run.metrics_log.close()
+            del loader  # shuts its persistent workers down now, not at garbage collection
+        return FitResult(unwrap(model), run.position, self.out_dir, run.last_ckpt, run.history)
+
+    # ------------------------------------------------------------------ set-up
+    def _choose_precision(self) -> str:
+        """train.precision resolved for this device; with "auto" under DDP every rank measured
+        for itself, and all must train alike: fp32 unless all agree (a collective)."""
+        cfg, dist = self.cfg, self.dist
+        precision = resolve_precision(cfg.train.precision, dist.device)
+        if dist.enabled and cfg.train.precision == "auto":
+            precision = "fp32" if any_rank(precision == "fp32", dist.device) else precision
         if dist.is_main:
             how = ""
             if cfg.train.precision == "auto":
                 how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
             log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
-        torch.manual_seed(cfg.train.seed + dist.rank)
+        return precision
 
-        model = task.build_model().to(device)
-        if cfg.train.attention != "auto":  # "auto": each call's kernel is measured per machine
-            set_attention_kernel(model, cfg.train.attention)
-        sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
-                                   seed=cfg.train.seed)
+    def _build_model(self, precision: str) -> nn.Module:
+        """The task's model on the device, its attention kernel decided now: train.attention, or
+        with "auto" measured for the run's sequence lengths (`plan_kernels`; never in forward)."""
+        model = self.task.build_model().to(self.dist.device)
+        if self.cfg.train.attention != "auto":
+            set_attention_kernel(model, self.cfg.train.attention)
+        elif autotune_enabled():
+            plan_kernels(model, self.dist.device, autocast_dtype(precision), attention_lengths(self.cfg))
+        return model
+
+    def _plan_steps(self, num_items: int) -> tuple[int, int]:
+        """(optimizer steps per epoch, total steps); ConfigError when an epoch has none."""
+        cfg, world = self.cfg, self.dist.world_size
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
-        steps_per_epoch = (len(dataset) // dist.world_size) // (bs * accum)
+        steps_per_epoch = (num_items // world) // (bs * accum)
         if steps_per_epoch == 0:
-            raise ConfigError(
-                f"dataset has {len(dataset)} items: too few for train.batch_size={bs} x "
-                f"train.accum_steps={accum} x {dist.world_size} processes"
-            )
+            raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "
+                              f"train.accum_steps={accum} x {world} processes")
         total_steps = cfg.train.epochs * steps_per_epoch
-        if cfg.train.max_steps is not None:
-            total_steps = min(total_steps, cfg.train.max_steps)
+        return steps_per_epoch, min(total_steps, cfg.train.max_steps or total_steps)
 
-        global_batch = bs * accum * dist.world_size
-        o = cfg.optim
-        peak = o.lr if o.lr is not None else max(scaled_lr(o.base_lr, global_batch), o.lr_floor or 0.0)
-        ratio = peak / o.base_lr if o.lr is None else 1.0  # min/warmup lrs scale like base_lr
-        min_lr, warmup_lr = o.min_lr * ratio, o.warmup_lr * ratio
-        warmup_steps = min(total_steps, int(round(o.warmup_epochs * steps_per_epoch)))
-
+    def _set_up(self, model: nn.Module, precision: str, num_items: int) -> _Run:
+        """Optimizer, scaler and lr plan; the resume; compile / DDP; the run folder and its logs."""
+        cfg, dist, task = self.cfg, self.dist, self.task
+        steps_per_epoch, total_steps = self._plan_steps(num_items)
+        global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
+        plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
         # A task may bring its own optimizer (the linear probe's LARS); AdamW otherwise.
         make_optimizer = getattr(task, "build_optimizer", build_optimizer)
-        optimizer = make_optimizer(task.param_groups(model), o, device)
-        scaler = make_grad_scaler(precision, device)
-
-        position = ckpt.TrainPosition()
-        load_failures_total = 0.0  # unreadable videos replaced so far (this rank's share)
-        cfg_dict = to_dict(cfg)
-        # What the task's inputs are (e.g. the probe's features): a resume must see the same.
-        fingerprint = getattr(task, "inputs_fingerprint", None)
-        eval_history: list[dict] = []  # every evaluation record so far, kept in each checkpoint
-        changes: list[tuple[str, Any, Any]] = []
-        source = self._resume_source()
-        if source is not None:
-            loaded = ckpt.load_checkpoint(source)
-            ckpt.check_run_kind(source, loaded.extra.get("task"), task.name, str(cfg.train.output_dir),
-                                fits=set(loaded.model_state) == set(model.state_dict()))
-            changes = ckpt.check_resume_config(source, loaded.config, cfg_dict, to_dict(RunConfig()),
-                                               output_dir=str(cfg.train.output_dir))
-            stored_fp = loaded.extra.get("inputs_fingerprint")
-            if fingerprint and stored_fp and stored_fp != fingerprint:
-                if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
-                    raise ckpt.CheckpointError(
-                        f"cannot resume {source}: the {task.name} inputs differ from the ones it was trained on "
-                        f"(fingerprint {stored_fp[:12]} -> {fingerprint[:12]}; e.g. model.pretrained's weights "
-                        f"changed). Start a new run with another train.output_dir, or continue this one with "
-                        f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
-                changes.append((f"{task.name} inputs (fingerprint)", stored_fp[:12], fingerprint[:12]))
-            # Evaluations made under other settings (checkpoint.resume=ignore_config) do not count
-            # for this run's best: only those since the change (they stay in metrics.jsonl).
-            eval_history = [] if changes else list(loaded.extra.get("eval_history", []))
-            position = loaded.position
-            if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
-                raise ckpt.CheckpointError(
-                    f"{source} has finished (step {position.step}) under other settings "
-                    f"({'; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in changes)}): with nothing left to train, "
-                    f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
-                    "not made with. Start a new run with another train.output_dir, or raise train.epochs to "
-                    "continue this one under the new settings.")
-            try:
-                ckpt.load_model_weights(model, loaded.model_state, str(source))
-            except ckpt.CheckpointError as e:
-                raise ckpt.CheckpointError(f"{e}. {ckpt.another_run_hint(str(cfg.train.output_dir))}") from None
-            optimizer.load_state_dict(loaded.optimizer_state)
-            if loaded.scaler_state:
-                scaler.load_state_dict(loaded.scaler_state)
-            if dist.is_main:
-                load_failures_total = float(loaded.extra.get("load_failures", 0.0))
-            if dist.world_size == loaded.extra.get("world_size", dist.world_size):
-                ckpt.set_rng_state(loaded.rng)
-            if dist.is_main:
-                log.info("resumed from %s at step %d (epoch %d, batch %d)", source, position.step,
-                         position.epoch, position.batches_in_epoch)
-
-        train_model: nn.Module = model
-        compile_model(train_model, cfg.train.compile)
-        if dist.enabled:
-            train_model = DistributedDataParallel(
-                train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=getattr(task, "find_unused_parameters", False),
-            )
-
-        if dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            will_train = position.step < total_steps and position.epoch < cfg.train.epochs
-            if source is None or will_train:  # config.yaml records only settings that run
-                save_config(cfg, self.out_dir / "config.yaml")
-            if changes:  # checkpoint.resume=ignore_config (something is left to train): what changed, and when
-                log.warning("resuming %s at step %d under changed settings: %s", source, position.step,
-                            "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
-                with open(self.out_dir / "config_changes.jsonl", "a") as f:
-                    f.write(json.dumps({"step": position.step, "changes": {k: [a, b] for k, a, b in changes}})
-                            + "\n")
-        metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
-                                 tensorboard=cfg.log.tensorboard,
-                                 resume_step=position.step if source is not None else None)
-        history: list[dict] = list(eval_history)  # earlier evaluations survive a resume
-        last_ckpt: Optional[Path] = source
-
-        def save(pos: ckpt.TrainPosition) -> Optional[Path]:
-            path = None
-            failures = all_reduce_sum(torch.tensor([load_failures_total], device=device)).item()
-            if dist.is_main:
-                path = ckpt.save_checkpoint(
-                    self.ckpt_dir, model, optimizer, scaler, pos, cfg_dict,
-                    keep_last=cfg.checkpoint.keep_last,
-                    extra={"world_size": dist.world_size, "load_failures": failures, "task": task.name,
-                           "eval_history": eval_history, "inputs_fingerprint": fingerprint},
-                )
-            barrier()
-            return path
-
-        bar = None
+        optimizer = make_optimizer(task.param_groups(model), cfg.optim, dist.device)
+        scaler = make_grad_scaler(precision, dist.device)
+        self.fingerprint = getattr(task, "inputs_fingerprint", None)
+        resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps)
+        train_model = self._wrap(model)
+        write_run_folder(cfg, dist.is_main, resumed, total_steps)
+        run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
+                   resumed.eval_history, list(resumed.eval_history), resumed.source,
+                   torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device))
+        run.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
+                                     tensorboard=cfg.log.tensorboard,
+                                     resume_step=resumed.position.step if resumed.source is not None else None)
         if dist.is_main and cfg.log.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total_steps, initial=position.step, unit="step", dynamic_ncols=True,
-                       desc=task.name)
+            run.bar = tqdm(total=total_steps, initial=resumed.position.step, unit="step", dynamic_ncols=True,
+                           desc=task.name)
+        run.window = _Window(dist.device)
+        return run
 
-        window = _Window()
-        # One loader for the whole run: its worker processes persist across epochs. Each epoch's
-        # iterator is created after `set_epoch`, and samples are seeded by (seed, epoch, index)
-        # through the dataset's shared epoch counter, so they do not depend on worker reuse.
-        workers = cfg.data.num_workers
-        loader = DataLoader(
-            dataset, batch_size=bs, sampler=sampler, num_workers=workers,
-            drop_last=True, pin_memory=device.type == "cuda",
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """train.compile in place, then DDP when distributed: the module the step runs."""
+        compile_model(model, self.cfg.train.compile)
+        if not self.dist.enabled:
+            return model
+        device = self.dist.device
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
+
+    def _make_loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
+        """One loader for the whole run: its worker processes persist across epochs. Each epoch's
+        iterator is created after `set_epoch`, and samples are seeded by (seed, epoch, index)
+        through the dataset's shared epoch counter, so they do not depend on worker reuse."""
+        cfg, workers = self.cfg, self.cfg.data.num_workers
+        return DataLoader(
+            dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+            drop_last=True, pin_memory=self.dist.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
-        start_epoch = position.epoch
-        try:
-            while position.step < total_steps and position.epoch < cfg.train.epochs:
-                epoch = position.epoch
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(epoch)
-                sampler.set_epoch(epoch, start=position.batches_in_epoch * bs)
-                micro_total = steps_per_epoch * accum
-                train_model.train()
-                t_wait = time.perf_counter()
-                micro_idx = position.batches_in_epoch
-                if workers > 0 and epoch == start_epoch:
-                    # A PyAV frame left in a reference cycle, freed by a forked worker's collector,
-                    # can block that worker inside FFmpeg: collect before the workers fork.
-                    gc.collect()
-                for batch in loader:
-                    if micro_idx >= micro_total or position.step >= total_steps:
-                        break
-                    window.data_time += time.perf_counter() - t_wait
-                    batch = to_device(batch, device)
-                    load_failures_total += float(torch.as_tensor(batch.get("load_failures", 0)).sum())
-                    last_micro = (micro_idx + 1) % accum == 0
-                    sync_ctx = (train_model.no_sync() if dist.enabled and not last_micro
-                                else _null())
-                    with sync_ctx:
-                        with autocast(precision, device):
-                            out = task.step(train_model, batch)
-                        loss = out.loss.float()
-                        bad = not bool(torch.isfinite(loss.detach()))
-                        if any_rank(bad, device) if dist.enabled else bad:
-                            raise NonFiniteLossError(
-                                f"non-finite loss ({loss.item()}) at step {position.step}, epoch "
-                                f"{epoch}: stopping. The last good checkpoint is "
-                                f"{last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
-                                "set optim.clip_grad, or try train.precision=fp32."
-                            )
-                        scaler.scale(loss / accum).backward()
-                    window.add(out, bs)
-                    micro_idx += 1
-                    if not last_micro:
-                        t_wait = time.perf_counter()
-                        continue
 
-                    lr = warmup_cosine(position.step, total_steps, warmup_steps, peak, min_lr, warmup_lr)
-                    set_lr(optimizer, lr)
-                    next_step = position.step + 1
-                    logs_now = next_step % cfg.train.log_every == 0 or next_step == total_steps
-                    grad_norm = float("nan")
-                    if o.clip_grad is not None:
-                        scaler.unscale_(optimizer)
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad))
-                    elif logs_now:  # unclipped runs (finetune, probe) still log the norm they step with
-                        scaler.unscale_(optimizer)
-                        grads = [p.grad for p in model.parameters() if p.grad is not None]
-                        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    position = ckpt.TrainPosition(position.step + 1, epoch, micro_idx)
-                    if bar is not None:
-                        bar.update(1)
+    # ------------------------------------------------------------------ the steps
+    def _micro_step(self, run: _Run, batch: dict[str, Any], last: bool) -> None:
+        """Forward and backward of one batch (gradients summed over train.accum_steps; DDP
+        synchronises them only on the last). No host sync: the loss is checked later
+        (`_check_finite`)."""
+        device = self.dist.device
+        batch = to_device(batch, device)
+        if "load_failures" in batch:
+            run.load_failures += torch.as_tensor(batch["load_failures"]).sum().to(device, torch.float64)
+        no_sync = self.dist.enabled and not last
+        with run.train_model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(run.precision, device):
+                out = self.task.step(run.train_model, batch)
+            loss = out.loss.float()
+            run.losses.append((run.position.step, run.position.epoch, loss.detach()))
+            run.scaler.scale(loss / self.cfg.train.accum_steps).backward()
+        run.window.add(out, self.cfg.train.batch_size)
 
-                    record = None
-                    if position.step % cfg.train.log_every == 0 or position.step == total_steps:
-                        record = window.flush(dist, device)
-                        record.update(step=position.step, epoch=epoch, lr=lr, grad_norm=grad_norm,
-                                      load_failures=float(all_reduce_sum(
-                                          torch.tensor([load_failures_total], device=device)).item()))
-                        metrics_log.write(record)
-                        history.append(record)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                                            clips_s=f"{record['clips_per_s']:.1f}")
-                        elif dist.is_main:  # log.progress=false: one console line per record
-                            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s", task.name,
-                                     position.step, total_steps, record["loss"], lr, record["clips_per_s"])
-                    if position.step % cfg.checkpoint.every_steps == 0:
-                        last_ckpt = save(position)
-                    state = LoopState(position, total_steps, record or {}, model)
-                    for hook in self.hooks:
-                        hook(state)
-                    t_wait = time.perf_counter()
+    def _optimizer_step(self, run: _Run, epoch: int, micro_idx: int) -> None:
+        """lr, (clipped) gradients, the update; then the log record, a checkpoint, the hooks."""
+        cfg, model = self.cfg, run.model
+        lr = run.lr.at(run.position.step)
+        set_lr(run.optimizer, lr)
+        logs_now = self._logs_at(run.position.step + 1, run.total_steps)
+        grad_norm: torch.Tensor | float = float("nan")
+        if cfg.optim.clip_grad is not None:
+            run.scaler.unscale_(run.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+        elif logs_now:  # unclipped runs (finetune, probe) still log the norm they step with
+            run.scaler.unscale_(run.optimizer)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.position = ckpt.TrainPosition(run.position.step + 1, epoch, micro_idx)
+        if run.bar is not None:
+            run.bar.update(1)
+        record = self._log(run, epoch, lr, float(grad_norm)) if logs_now else None
+        if run.position.step % cfg.checkpoint.every_steps == 0:
+            run.last_ckpt = self._save(run, run.position)
+        state = LoopState(run.position, run.total_steps, record or {}, model)
+        for hook in self.hooks:
+            hook(state)
 
-                # Epoch finished (or the step budget ran out inside it).
-                if micro_idx >= micro_total:
-                    position = ckpt.TrainPosition(position.step, epoch + 1, 0)
-                    evaluate = getattr(task, "evaluate", None)
-                    due = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs
-                    if evaluate is not None and due:
-                        # Evaluation must not move the RNG that training draws from (its loaders'
-                        # seeds come from it), or results would depend on train.eval_every.
-                        cuda = [device.index or 0] if device.type == "cuda" else []
-                        with torch.random.fork_rng(devices=cuda):
-                            result = evaluate(unwrap(model))
-                        record = {"step": position.step, "epoch": epoch, **result}
-                        metrics_log.write(record)
-                        history.append(record)
-                        eval_history.append(record)
-                    last_ckpt = save(position)
-                elif position.step >= total_steps:
-                    last_ckpt = save(position)
-        finally:
-            if bar is not None:
-                bar.close()
-            metrics_log.close()
-            del loader  # shuts its persistent workers down now, not at garbage collection
-        return FitResult(unwrap(model), position, self.out_dir, last_ckpt, history)
+    def _logs_at(self, step: int, total_steps: int) -> bool:
+        """Whether the record of optimizer step `step` (1-based) is written: every train.log_every
+        steps and the last."""
+        return step % self.cfg.train.log_every == 0 or step == total_steps
+
+    def _log(self, run: _Run, epoch: int, lr: float, grad_norm: float) -> dict:
+        """The window's averaged record (global over ranks) -> metrics.jsonl, history, console."""
+        self._check_finite(run)
+        record = run.window.flush(self.dist)
+        record.update(step=run.position.step, epoch=epoch, lr=lr, grad_norm=grad_norm,
+                      load_failures=float(all_reduce_sum(run.load_failures.clone().view(1)).item()))
+        run.metrics_log.write(record)
+        run.history.append(record)
+        if run.bar is not None:
+            run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
+        elif self.dist.is_main:  # log.progress=false: one console line per record
+            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s", self.task.name, run.position.step,
+                     run.total_steps, record["loss"], lr, record["clips_per_s"])
+        return record
+
+    def _check_finite(self, run: _Run) -> None:
+        """Raise NonFiniteLossError when a loss since the last check was NaN/inf on any rank (one
+        host sync; a collective under DDP). Called before anything is made from the model: a log
+        record, a checkpoint, an evaluation."""
+        if not run.losses:
+            return
+        finite = torch.isfinite(torch.stack([loss for _, _, loss in run.losses])).tolist()
+        bad = [(step, epoch, loss) for (step, epoch, loss), ok in zip(run.losses, finite) if not ok]
+        run.losses.clear()
+        if not (any_rank(bool(bad), self.dist.device) if self.dist.enabled else bad):
+            return
+        where = (f"({bad[0][2].item()}) at step {bad[0][0]}, epoch {bad[0][1]}" if bad
+                 else f"on another rank before step {run.position.step}")
+        raise NonFiniteLossError(
+            f"non-finite loss {where}: stopping. The last good checkpoint is "
+            f"{run.last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
+            "set optim.clip_grad, or try train.precision=fp32.")
+
+    def _end_epoch(self, run: _Run, epoch: int) -> None:
+        """After every train.eval_every-th epoch and the last: the task's evaluation, in a forked
+        RNG (it must not move the RNG training draws from, or results would depend on
+        train.eval_every); then a checkpoint."""
+        cfg, device = self.cfg, self.dist.device
+        run.position = ckpt.TrainPosition(run.position.step, epoch + 1, 0)
+        evaluate = getattr(self.task, "evaluate", None)
+        if evaluate is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs):
+            self._check_finite(run)
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                result = evaluate(unwrap(run.model))
+            record = {"step": run.position.step, "epoch": epoch, **result}
+            run.metrics_log.write(record)
+            run.history.append(record)
+            run.eval_history.append(record)
+        run.last_ckpt = self._save(run, run.position)
+
+    def _save(self, run: _Run, pos: ckpt.TrainPosition) -> Optional[Path]:
+        """A checkpoint at `pos` (main rank writes; every rank waits), after the finite check."""
+        self._check_finite(run)
+        failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(
+                self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg),
+                keep_last=self.cfg.checkpoint.keep_last,
+                extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
+                       "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint},
+            )
+        barrier()
+        return path
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def attention_lengths(cfg: RunConfig) -> set[int]:
+    """Sequence lengths a run's attention sees, for the set-up kernel plan: all tokens (decoder,
+    finetuning, evaluation) and the encoder's visible tokens at masking.ratio and
+    contrastive.view_ratio (tube and random roundings; a kernel is chosen per power-of-two
+    bucket, `tgmae.models.attention.length_bucket`)."""
+    t, h, w = cfg.token_grid
+    n = t * h * w
+    ratios = [cfg.masking.ratio] + ([cfg.contrastive.view_ratio] if cfg.contrastive.view_ratio is not None else [])
+    return {n} | {n - t * int(round(r * h * w)) for r in ratios} | {n - int(round(r * n)) for r in ratios}
 
 
 class _Window:
-    """Running sums between log records; flushed into one averaged record (global over ranks)."""
+    """Running sums between log records; flushed into one averaged record (global over ranks).
+    Tensor metrics are summed on the device in float64 (no host sync per step; the same sums as
+    adding their Python floats), plain numbers on the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.count = 0
         self.clips = 0
         self.data_time = 0.0
@@ -428,18 +455,20 @@ class _Window:
     def add(self, out: StepOutput, batch_size: int) -> None:
         values = {"loss": out.loss, **out.metrics}
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+            v = v.detach().to(self.device, torch.float64) if torch.is_tensor(v) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
         self.clips += batch_size
 
-    def flush(self, dist: DistInfo, device: torch.device) -> dict[str, float]:
+    def flush(self, dist: DistInfo) -> dict[str, float]:
         keys = sorted(self.sums)
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        vec = torch.tensor([self.sums[k] for k in keys] + [float(self.count), float(self.clips)],
-                           device=device, dtype=torch.float64)
+        vec = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float64, device=self.device).reshape(())
+                           for k in keys] + [torch.tensor(float(n), dtype=torch.float64, device=self.device)
+                                             for n in (self.count, self.clips)])
         all_reduce_sum(vec)
-        count, clips = vec[-2].item(), vec[-1].item()
-        record = {k: vec[i].item() / max(count, 1.0) for i, k in enumerate(keys)}
+        *sums, count, clips = vec.tolist()  # the one host sync of a log step's metrics
+        record = {k: sums[i] / max(count, 1.0) for i, k in enumerate(keys)}
         record["clips_per_s"] = clips / elapsed
         record["data_wait_frac"] = min(1.0, self.data_time / elapsed)
         for k, v in record.items():

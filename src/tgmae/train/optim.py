@@ -1,13 +1,16 @@
-"""Optimizer construction: weight-decay groups, layer-wise lr decay, AdamW."""
+"""Optimizer construction: weight-decay groups, layer-wise lr decay, AdamW, and the run's lr plan
+(batch-scaled peak, warmup, cosine floor)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from tgmae.config import OptimConfig
+from tgmae.train.schedule import scaled_lr, warmup_cosine
 
 
 def param_groups(
@@ -52,3 +55,34 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+@dataclass(frozen=True)
+class LrPlan:
+    """The run's lr at every optimizer step: linear warmup from `warmup_lr` to `peak` over
+    `warmup_steps`, then a half cosine down to `min_lr` at `total_steps` (`warmup_cosine`)."""
+
+    peak: float
+    min_lr: float
+    warmup_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def at(self, step: int) -> float:
+        """lr at 0-based optimizer step `step`."""
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak, self.min_lr, self.warmup_lr)
+
+
+def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int) -> LrPlan:
+    """The lr plan of a run whose optimizer steps see `global_batch` clips (batch x accumulation x
+    ranks). `optim.lr` set: that peak, the min / warmup lrs as written. Otherwise MAE's linear
+    scaling rule, peak = base_lr x global_batch / 256 (at least `optim.lr_floor`), and the min /
+    warmup lrs scale by the same ratio. Warmup: `optim.warmup_epochs` x steps_per_epoch, rounded,
+    at most total_steps."""
+    if cfg.lr is not None:
+        peak, ratio = cfg.lr, 1.0
+    else:
+        peak = max(scaled_lr(cfg.base_lr, global_batch), cfg.lr_floor or 0.0)
+        ratio = peak / cfg.base_lr
+    warmup_steps = min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return LrPlan(peak, cfg.min_lr * ratio, cfg.warmup_lr * ratio, warmup_steps, total_steps)

@@ -1,6 +1,6 @@
 """Pretraining as a Task for the shared loop: VideoMAE reconstruction on masked clips.
 
-`tgmae pretrain -c configs/pretrain_tiny.yaml optim.base_lr=3e-4` runs it; under `torchrun` the
+`tgmae pretrain -c configs/pretrain_tiny.yaml optim.base_lr=3e-4` runs it (`tgmae.commands.pretrain`); under `torchrun` the
 same command runs data-parallel. After training, rank 0 writes the portable model
 (`model.safetensors`, loadable by `tgmae.models.load_pretraining_model`), a loss curve and a
 reconstruction figure into the run directory.
@@ -9,7 +9,6 @@ reconstruction figure into the run directory.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +17,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, RunConfig
-from tgmae.weights.checkpoint import CheckpointError
 from tgmae.train.loop import StepOutput, Trainer, unwrap
 from tgmae.train.optim import param_groups
 
@@ -242,17 +240,3 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
         for name, path in figures.items():
             log.info("%s: %s", name, path)
     return result.output_dir
-
-
-def main(argv: list[str]) -> int:
-    from tgmae.commands.args import parse_run_args
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])
-    try:  # a resume under other settings, a checkpoint that does not fit the config: one line, exit 2
-        out = pretrain(cfg)
-    except (ConfigError, CheckpointError) as e:
-        sys.stderr.write(f"tgmae pretrain: {e}\n")
-        return 2
-    print(f"run directory: {out}")
-    return 0

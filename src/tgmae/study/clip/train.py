@@ -1,4 +1,4 @@
-"""`tgmae train-clip --root SYNTH_DIR --out DIR`: a small CLIP trained on the synthetic set.
+"""A small CLIP trained on the synthetic set (command: `tgmae train-clip --root SYNTH_DIR --out DIR`).
 
 Gives text-guided masking a meaningful CLIP offline (and is a legitimate tool where no public
 CLIP suits a domain). A transformers `CLIPModel` (small ViT image tower + text tower, symmetric
@@ -6,7 +6,7 @@ contrastive loss), a byte-level BPE tokenizer trained in code on the captions, a
 processor are saved together, so the directory loads exactly like a public CLIP:
 `CLIPModel.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`,
 `AutoProcessor.from_pretrained(DIR)`. Training pairs: whole frames, object boxes and patch-sized
-object windows with their captions, and off-object windows as negatives (`tgmae.clip.data`), so that
+object windows with their captions, and off-object windows as negatives (`tgmae.study.clip.data`), so that
 the paper-faithful mode (16 px patch crops embedded as images) finds the named object. A second
 loss (`--dense-weight`) applies the same grouping to the whole frames' patch tokens on the dense
 MaskCLIP path (last block's value projection -> post-LN -> projection): object patches are
@@ -25,21 +25,19 @@ image tower TGM uses still scores single frames. The motion tower is saved in DI
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from tgmae.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
-from tgmae.clip.tokenizer import train_clip_tokenizer
+from tgmae.clip.data import read_split_ids
+from tgmae.study.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
+from tgmae.study.clip.tokenizer import train_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +234,6 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     model = build_clip_model(
         cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     train = load_synthetic_clip_set(root, "train", cfg.frames_per_video)
-    from tgmae.clip.data import read_split_ids
-
     val_split = "val" if read_split_ids(root, "val") else "train"  # tiny sets may have no val videos
     val = load_synthetic_clip_set(root, val_split, 2, max_videos=24)
     log.info("train-clip: %d train videos, %d parameters", len(train), sum(p.numel() for p in model.parameters()))
@@ -296,39 +292,5 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tgmae train-clip",
-        description="Train a small CLIP on a synthetic set (`tgmae synth`); saves a transformers CLIP directory.",
-    )
-    parser.add_argument("--root", required=True, help="synthetic set directory")
-    parser.add_argument("--out", required=True, help="output directory (CLIPModel + tokenizer + processor)")
-    defaults = ClipTrainConfig()
-    for name in ("steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--dense-weight", type=float, default=defaults.dense_weight,
-                        help="weight of the dense (MaskCLIP patch-token) loss; 0 = CLS pairs only")
-    parser.add_argument("--motion-weight", type=float, default=defaults.motion_weight,
-                        help="weight of the clip-caption loss through a motion tower, which makes the text "
-                             "tower separate the actions; 0 = frame pairs only")
-    parser.add_argument("--motion-frames", type=int, default=defaults.motion_frames)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = ClipTrainConfig(**{k: getattr(args, k) for k in (
-        "steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed", "lr",
-        "dense_weight", "motion_weight", "motion_frames")})
-    if not (Path(args.root) / "captions.jsonl").is_file():
-        parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
-    s = train_clip(args.root, args.out, cfg, progress=not args.no_progress)
-    print(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
-          f"val patch AUC {s['val_patch_auc']:.3f} (dense {s['val_patch_auc_dense']:.3f}) -> {args.out}")
-    return 0
+__all__ = ["ClipTrainConfig", "build_clip_model", "build_motion_tower", "motion_loss", "grouped_contrastive_loss", "save_clip", "train_clip"]
 
-
-__all__ = ["ClipTrainConfig", "build_clip_model", "build_motion_tower", "motion_loss", "grouped_contrastive_loss", "main", "save_clip", "train_clip"]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCRIPT = """
 import json, sys
-from tgmae.clip.tokenizer import train_clip_tokenizer
+from tgmae.study.clip.tokenizer import train_clip_tokenizer
 texts = ["a red circle moves left.", "a blue square grows.", "a green triangle moves up quickly.",
          "the small yellow star bounces.", "a red square gets smaller."] * 3
 tok = train_clip_tokenizer(texts, vocab_size=600)
@@ -35,7 +35,7 @@ def test_same_captions_same_token_ids_in_every_process():
 
 
 def test_renumbered_tokenizer_round_trips_captions():
-    from tgmae.clip.tokenizer import train_clip_tokenizer
+    from tgmae.study.clip.tokenizer import train_clip_tokenizer
 
     texts = ["a red circle moves left.", "a blue square grows.", "an orange hexagon flickers."] * 4
     tok = train_clip_tokenizer(texts, vocab_size=600)
@@ -50,7 +50,7 @@ def test_renumbered_tokenizer_round_trips_captions():
 def test_bpe_merges_most_frequent_pair_first_ties_by_pair():
     from collections import Counter
 
-    from tgmae.clip.tokenizer import learn_bpe_merges
+    from tgmae.study.clip.tokenizer import learn_bpe_merges
 
     # "ab" x3 beats "cd" x2; then "cd" and "ef" tie at 2: the smaller pair comes first
     merges = learn_bpe_merges(Counter({"ab": 3, "cd": 2, "ef": 2, "abab": 0}), 10)

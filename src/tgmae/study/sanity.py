@@ -11,19 +11,22 @@ DataLoader), so a check measures the objective, not the data path:
   means; `visible_mean_mse` and `copy_mse` (the same place in the nearest time slice): baselines
   that need no learning. All in pixels ([0, 1]); `pixel_mse` puts a norm_pix_loss model's error
   in the same units.
-- `reconstruction_check`: the recipe with which MAE goes below the patch means on CPU (static
-  camera, random .5 masks), as one cached run with its JSON and figure (`tgmae study` runs it).
+The study's reconstruction check (`tgmae.study.recon_check`) is one of these runs with a fixed
+recipe.
+
+Built on the library's model (`VideoMAEPretrainer`, `VideoTextPretrainer`, `VideoClassifier`),
+target and baselines (`tgmae.models.target`) and optimizer (`tgmae.train.optim`). The step loop
+(`_loop`) is this harness's own: a budget in CPU seconds, clips in memory, and one seeded
+generator drawing the data order, shifts and masks, which the documented numbers were made with.
 
 Budgets are CPU seconds of this process (`time.process_time`; run with 1 torch thread), so a
 figure does not depend on what else shares the machine. `benchmarks/sanity.py` runs the full
-checks and writes the figures of docs/sanity.md; tests/test_evaluate_sanity.py the fast ones.
+checks and writes the figures of docs/sanity.md; tests/test_study_sanity.py the fast ones.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +163,9 @@ def visible_mean_colour(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 @dataclass
-class RunConfig:
-    """One budgeted run. budget_s: CPU seconds of training (evaluation not counted)."""
+class SanityRun:
+    """One budgeted sanity run (not a `tgmae.config.RunConfig`: no data files, no run folder; the
+    fields are the harness's). budget_s: CPU seconds of training (evaluation not counted)."""
 
     budget_s: float = 60.0
     batch_size: int = 32
@@ -200,33 +204,40 @@ class RunConfig:
         return fn(batch, grid, self.mask_ratio, generator)
 
 
-def make_arch(cfg: RunConfig, frames: int, size: int) -> VideoMAEArch:
+def make_arch(cfg: SanityRun, frames: int, size: int) -> VideoMAEArch:
     return VideoMAEArch(**(PRESETS[cfg.preset] | cfg.arch), patch_size=cfg.patch_size, tubelet_size=2, num_frames=frames,
                         image_size=size, norm_pix_loss=cfg.norm_pix_loss, pixel_mean=MEAN, pixel_std=STD)
 
 
-def _optimizer(params_groups, cfg: RunConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+def _optimizer(groups: list[dict], cfg: SanityRun) -> torch.optim.Optimizer:
+    """The library's AdamW (`tgmae.train.optim.build_optimizer`) over `groups` ({"params",
+    "lr_scale"}), weight decay on every parameter (as the documented runs were made), betas
+    (0.9, 0.95), unfused (the documented numbers' kernel)."""
+    from tgmae.config import OptimConfig
+    from tgmae.train.optim import build_optimizer
+
+    groups = [g | {"weight_decay": cfg.weight_decay} for g in groups]
+    return build_optimizer(groups, OptimConfig(base_lr=cfg.lr, betas=(0.9, 0.95), fused=False), torch.device("cpu"))
 
 
-def _lr_at(step: int, cfg: RunConfig) -> float:
+def _lr_at(step: int, cfg: SanityRun) -> float:
     return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
-def _loop(cfg: RunConfig, n_train: int, step_fn: Callable[[torch.Tensor, torch.Generator], dict],
+def _loop(cfg: SanityRun, n_train: int, step_fn: Callable[[torch.Tensor, torch.Generator], dict],
           opt: torch.optim.Optimizer, eval_fn: Optional[Callable[[], dict]] = None) -> dict:
     """Shuffled minibatches until the CPU budget (or max_steps) is spent; constant lr after a
     linear warmup. A step may return "untimed_s": CPU seconds of bookkeeping (baselines) that
     are not charged to the budget. Returns {"steps", "cpu_s", "log": [per-step dicts], "curve": [eval dicts]}."""
+    from tgmae.train.optim import set_lr
+
     g = torch.Generator().manual_seed(cfg.seed)
-    base = [grp["lr"] for grp in opt.param_groups]
     spent, step, log, curve, next_eval = 0.0, 0, [], [], cfg.eval_every_s
     while spent < cfg.budget_s and (cfg.max_steps is None or step < cfg.max_steps):
         perm = torch.randperm(n_train, generator=g)
         for i in range(0, n_train - cfg.batch_size + 1, cfg.batch_size):
             t0 = time.process_time()
-            for grp, lr in zip(opt.param_groups, base):
-                grp["lr"] = lr * _lr_at(step, cfg)
+            set_lr(opt, cfg.lr * _lr_at(step, cfg))
             out = step_fn(perm[i:i + cfg.batch_size], g)
             opt.zero_grad(set_to_none=True)
             out.pop("loss").backward()
@@ -252,12 +263,12 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, la
     return hits / len(clips)
 
 
-def train_supervised(data: SanityData, cfg: RunConfig) -> dict:
+def train_supervised(data: SanityData, cfg: SanityRun) -> dict:
     """Cross-entropy from scratch -> {"train_top1", "val_top1", "steps", "cpu_s", "curve"}."""
     torch.manual_seed(cfg.seed)
     arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
     model = VideoClassifier(classifier_arch(arch), data.num_classes, head_init_scale=1.0)
-    opt = _optimizer(model.parameters(), cfg)
+    opt = _optimizer([{"params": list(model.parameters())}], cfg)
 
     def step(idx, g):
         model.train()
@@ -286,7 +297,7 @@ def class_text_table(num_classes: int, dim: int, cosine: float = 0.0, seed: int 
     return F.normalize(math.sqrt(cosine) * common + math.sqrt(1 - cosine) * own, dim=1)
 
 
-def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor] = None) -> dict:
+def pretrain(data: SanityData, cfg: SanityRun, text_table: Optional[torch.Tensor] = None) -> dict:
     """MAE / video-text / both from scratch on data.train with tube masking at cfg.mask_ratio.
 
     text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
@@ -304,8 +315,7 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
                                 text_norm=cfg.text_norm, view_ratio=cfg.view_ratio)
     heads = [p for n, p in model.named_parameters() if not n.startswith("mae.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if n.startswith("mae.") and p.requires_grad]
-    opt = _optimizer([{"params": rest, "lr": cfg.lr},
-                      {"params": heads, "lr": cfg.lr * cfg.head_lr_scale}], cfg)
+    opt = _optimizer([{"params": rest}, {"params": heads, "lr_scale": cfg.head_lr_scale}], cfg)
 
     def step(idx, g):
         model.train()
@@ -349,7 +359,7 @@ def pixel_mse(mae: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) 
 
 
 @torch.no_grad()
-def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
+def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: SanityRun, seed: int = 0, batch: int = 64) -> dict:
     """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
     training (cfg.mask_kind, cfg.mask_ratio; masks from `seed`), next to the per-patch-mean and
     visible-mean and copy baselines on the same masks -> {"mse", "patch_mean_mse",
@@ -394,7 +404,7 @@ def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: flo
     return {"train_top1": top1(ftr, data.train_labels), "val_top1": top1(fva, data.val_labels)}
 
 
-def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: RunConfig,
+def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: SanityRun,
                  clip: int = 3) -> Path:
     """Original / masked / MAE reconstruction / true patch means of validation clip `clip`, masked
     as in training (cfg.mask_kind, cfg.mask_ratio; masks from seed 0) -> the PNG's path. The last
@@ -421,105 +431,10 @@ def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: s
     return save_reconstruction_figure(rows, path, title=title)
 
 
-# The recipe with which the library's MAE reconstructs more than patch means on CPU (docs/sanity.md,
-# "(b) MAE reconstructs more than patch means"): static-camera clips (the background is the same in
-# every frame) under random .5 masks, so a masked token shows at the same place in another time slice.
-# 200 training / 64 held-out clips of 8 frames at 40 px, 10 px patches (4x4 tokens per slice); a
-# 1-block 64-wide encoder and a 1-block 64-wide decoder (4 heads); batch 8, lr 3e-3. The slow test
-# test_mae_reconstructs_more_than_patch_means_on_a_static_background and `reconstruction_check` use it.
-RECON_DATA = dict(num_train=200, num_val=64, size=40, frames=8, static_camera=True)
-RECON_RUN = dict(patch_size=10, arch=dict(embed_dim=64, depth=1, num_heads=2, decoder_dim=64, decoder_depth=1,
-                                          decoder_heads=4),
-                 batch_size=8, shift=2, warmup_steps=20, lr=3e-3, mask_kind="random", mask_ratio=0.5, baselines=False)
-RECON_STEPS = 3200
-
-
-def reconstruction_data() -> SanityData:
-    """The reconstruction recipe's clips (`RECON_DATA`; the same for every seed)."""
-    return make_data(**RECON_DATA)
-
-
-def reconstruction_config(steps: int = RECON_STEPS, seed: int = 0) -> RunConfig:
-    """The reconstruction recipe's run (`RECON_RUN`): `steps` optimizer steps, no CPU budget."""
-    return RunConfig(budget_s=math.inf, max_steps=steps, seed=seed, **RECON_RUN)
-
-
-def reconstruction_settings(steps: int = RECON_STEPS, seed: int = 0) -> dict:
-    """What a reconstruction check's numbers depend on, as its JSON records them."""
-    return json.loads(json.dumps({"steps": steps, "seed": seed, "data": RECON_DATA, "run": RECON_RUN,
-                                  "eval_mask_seed": 0}))
-
-
-def saved_reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: int = 0) -> Optional[dict]:
-    """out_dir/reconstruction_check.json when it was made with these settings, None when there is
-    none; ConfigError naming every differing key (e.g. `steps: 3200 -> 8`) when it was made with
-    others."""
-    from tgmae.config import ConfigError
-    from tgmae.weights.checkpoint import config_differences
-
-    path = Path(out_dir) / "reconstruction_check.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    differ = [f"{k}: {a} -> {b}" for k, a, b in
-              config_differences(saved.get("settings", {}), reconstruction_settings(steps, seed))]
-    if differ:
-        raise ConfigError(f"{path} holds a reconstruction check with other settings ({'; '.join(differ)}): "
-                          f"use another folder, or delete {path}")
-    return saved
-
-
-def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: int = 0) -> dict:
-    """Train the library's MAE with the reconstruction recipe (`RECON_DATA`, `RECON_RUN`) for
-    `steps` steps (seed: initialisation, data order and training masks) and measure it on the
-    held-out clips. Writes out_dir/reconstruction_check.png (`recon_figure`, titled with the
-    numbers) and out_dir/reconstruction_check.json -> its dict: "settings", "steps", "seed",
-    "cpu_s" (training CPU seconds of this process; run with 1 torch thread), "mse" (held-out
-    masked MSE), "patch_mean_mse" (the oracle that fills every masked token with its true mean
-    colour), "visible_mean_mse" (every masked pixel = the clip's visible mean colour), "copy_mse"
-    (each masked token copied from the same place in the nearest slice where it shows), "ratio"
-    = mse / patch_mean_mse, "figure" (file name beside the JSON), "cpu", "torch".
-    Errors are in pixel units ([0, 1]), means over the held-out clips with random .5 masks.
-    ratio < 1: the reconstructions hold more than each patch's mean colour (measured at 3,200
-    steps: 0.75-0.86 over seeds; ~1.0 below ~1,500 steps, the plateau at the visible mean).
-    Source: docs/sanity.md, "(b) MAE reconstructs more than patch means".
-
-    A JSON already in out_dir with the same settings is returned without training; one with
-    other settings raises ConfigError naming the differing keys (its numbers belong to those).
-    ValueError when steps is not an integer >= 1 (or seed not an integer >= 0)."""
-    from tgmae.atomic import atomic_write_text
-    from tgmae.autotune import cpu_info
-
-    for name, value, least in (("steps", steps, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise ValueError(f"reconstruction_check: {name}={value!r}: must be an integer >= {least}")
-    out_dir = Path(out_dir)
-    steps, seed = int(steps), int(seed)  # numpy integers too; JSON keeps plain ints
-    saved = saved_reconstruction_check(out_dir, steps, seed)
-    if saved is not None:
-        return saved
-    settings = reconstruction_settings(steps, seed)
-    data = reconstruction_data()
-    cfg = reconstruction_config(steps, seed)
-    res = pretrain(data, cfg)
-    mae = res["model"].mae
-    held = mae_errors(mae, data.val, cfg, seed=settings["eval_mask_seed"])
-    record = {"settings": settings, "steps": res["steps"], "seed": seed, "cpu_s": res["cpu_s"], **held,
-              "ratio": held["mse"] / held["patch_mean_mse"], "figure": "reconstruction_check.png",
-              "units": "pixels in [0, 1]", "cpu": cpu_info()[0], "torch": torch.__version__}
-    recon_figure(mae, data, out_dir / record["figure"],
-                 f"MAE, static camera, random .5 masks, {res['steps']} steps: held-out masked MSE {held['mse']:.4f} vs "
-                 f"patch-mean oracle {held['patch_mean_mse']:.4f} ({record['ratio']:.2f}x; visible mean "
-                 f"{held['visible_mean_mse']:.4f}, copy {held['copy_mse']:.4f})", cfg)
-    atomic_write_text(out_dir / "reconstruction_check.json", json.dumps(record, indent=1) + "\n")
-    return record
-
-
 __all__ = [
-    "MEAN", "RECON_DATA", "RECON_RUN", "RECON_STEPS", "STD", "RunConfig", "SanityData", "accuracy", "class_text_table", "copy_mse", "encoder_features",
+    "MEAN", "STD", "SanityData", "SanityRun", "accuracy", "class_text_table", "copy_mse", "encoder_features",
     "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pixel_mse", "pretrain",
-    "random_masks", "recon_figure", "reconstruction_check", "reconstruction_config", "reconstruction_data",
-    "reconstruction_settings", "saved_reconstruction_check",
+    "random_masks", "recon_figure",
     "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_colour",
     "visible_mean_mse",
 ]

@@ -1,0 +1,20 @@
+"""`tgmae report RUN_OR_STUDY_DIR... [--out DIR]`: the results table, findings and figures from
+finished study runs (`tgmae.study.report`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from tgmae.commands.args import parse_args
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.study.report import report_runs
+
+    parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
+    parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
+    args = parse_args(parser, argv)
+    report_runs(args.runs, args.out)
+    return 0

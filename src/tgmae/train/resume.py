@@ -1,0 +1,122 @@
+"""Resume policy of the training loop: which checkpoint a run continues from, the checks that it
+belongs to the run (kind, settings, task inputs, something left to do), what it restores, and the
+run folder's record of the settings (config.yaml, config_changes.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.distributed import DistInfo
+from tgmae.train import checkpoint as ckpt
+
+log = logging.getLogger("tgmae")
+
+
+@dataclass
+class Resumed:
+    """What a resume restores beyond the weights and optimizer (a fresh run: the defaults)."""
+
+    source: Optional[Path] = None
+    position: ckpt.TrainPosition = field(default_factory=ckpt.TrainPosition)
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, stored, now)
+    eval_history: list[dict] = field(default_factory=list)
+    load_failures: float = 0.0  # unreadable videos replaced so far (this rank's share)
+
+
+def resume_source(cfg: RunConfig) -> Optional[Path]:
+    """checkpoint.resume: none, the latest of the run's (auto / ignore_config) or a path."""
+    spec = cfg.checkpoint.resume
+    if not spec:
+        return None
+    if spec in ("auto", ckpt.IGNORE_CONFIG):
+        return ckpt.find_latest(Path(cfg.train.output_dir) / "checkpoints")
+    path = Path(spec)
+    if not path.exists():
+        raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
+    return path
+
+
+def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
+           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int) -> Resumed:
+    """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
+    the checks that it belongs to this run (kind, settings, inputs, something left to do)."""
+    source = resume_source(cfg)
+    if source is None:
+        return Resumed()
+    loaded = ckpt.load_checkpoint(source)
+    out = str(cfg.train.output_dir)
+    ckpt.check_run_kind(source, loaded.extra.get("task"), task_name, out,
+                        fits=set(loaded.model_state) == set(model.state_dict()))
+    changes = ckpt.check_resume_config(source, loaded.config, to_dict(cfg), to_dict(RunConfig()),
+                                       output_dir=out)
+    changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
+    position = loaded.position
+    if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
+        raise ckpt.CheckpointError(
+            f"{source} has finished (step {position.step}) under other settings "
+            f"({describe(changes)}): with nothing left to train, "
+            f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
+            "not made with. Start a new run with another train.output_dir, or raise train.epochs to "
+            "continue this one under the new settings.")
+    try:
+        ckpt.load_model_weights(model, loaded.model_state, str(source))
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e}. {ckpt.another_run_hint(out)}") from None
+    optimizer.load_state_dict(loaded.optimizer_state)
+    if loaded.scaler_state:
+        scaler.load_state_dict(loaded.scaler_state)
+    if dist.world_size == loaded.extra.get("world_size", dist.world_size):
+        ckpt.set_rng_state(loaded.rng)
+    if dist.is_main:
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", source, position.step,
+                 position.epoch, position.batches_in_epoch)
+    # Evaluations made under other settings (checkpoint.resume=ignore_config) do not count
+    # for this run's best: only those since the change (they stay in metrics.jsonl).
+    return Resumed(source, position, changes, [] if changes else list(loaded.extra.get("eval_history", [])),
+                   float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0)
+
+
+def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional[str],
+                  now: Optional[str]) -> list[tuple[str, Any, Any]]:
+    """A resume on other task inputs (other features, other weights under the same path) is
+    refused, or recorded as a change under checkpoint.resume=ignore_config."""
+    if not (now and stored and stored != now):
+        return []
+    if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
+        raise ckpt.CheckpointError(
+            f"cannot resume {source}: the {task_name} inputs differ from the ones it was trained on "
+            f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights "
+            f"changed). Start a new run with another train.output_dir, or continue this one with "
+            f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+    return [(f"{task_name} inputs (fingerprint)", stored[:12], now[:12])]
+
+
+def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_steps: int) -> None:
+    """The run folder: config.yaml (only settings that run: a finished run resumed keeps its
+    own) and, under checkpoint.resume=ignore_config, what changed and when in
+    config_changes.jsonl. Main rank only."""
+    if not is_main:
+        return
+    pos, out_dir = resumed.position, Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resumed.source is None or (pos.step < total_steps and pos.epoch < cfg.train.epochs):
+        save_config(cfg, out_dir / "config.yaml")
+    if resumed.changes:
+        log.warning("resuming %s at step %d under changed settings: %s", resumed.source, pos.step,
+                    describe(resumed.changes))
+        with open(out_dir / "config_changes.jsonl", "a") as f:
+            f.write(json.dumps({"step": pos.step, "changes": {k: [a, b] for k, a, b in resumed.changes}})
+                    + "\n")
+
+
+def describe(changes: list[tuple[str, Any, Any]]) -> str:
+    """(key, before, now) changes as `key: before -> now; ...`."""
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
