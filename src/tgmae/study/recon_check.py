@@ -80,7 +80,8 @@ def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: in
     = mse / patch_mean_mse, "figure" (file name beside the JSON), "cpu", "torch".
     Errors are in pixel units ([0, 1]), means over the held-out clips with random .5 masks.
     ratio < 1: the reconstructions hold more than each patch's mean colour (measured at 3,200
-    steps: 0.75-0.86 over seeds; ~1.0 below ~1,500 steps, the plateau at the visible mean).
+    steps on the library's loop: 0.82 / 0.75 / 0.77 for seeds 0 / 1 / 2; ~1.0 below ~1,500 steps, the
+    plateau at the visible mean).
     Source: docs/sanity.md, "(b) MAE reconstructs more than patch means".
 
     A JSON already in out_dir with the same settings is returned without training; one with
