@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tgmae.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from tgmae.config import ConfigError, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.report import RECON_CHECK_DIR
 
@@ -46,9 +46,7 @@ PHASES_FILE = Path(__file__).resolve().parents[3] / "configs" / "study_phases.ya
 def load_phases(path: Path = PHASES_FILE) -> dict[str, Any]:
     """{"maskings": {name: [override, ...]}, "pretrain" / "probe" / "finetune": [override, ...]}
     from `path`. ConfigError names the file and the entry that is not a list of strings."""
-    import yaml
-
-    phases = yaml.safe_load(Path(path).read_text())
+    phases = read_yaml(path)
     lists = [("pretrain", phases.get("pretrain")), ("probe", phases.get("probe")), ("finetune", phases.get("finetune"))]
     lists += [(f"maskings.{k}", v) for k, v in (phases.get("maskings") or {}).items()]
     for key, value in lists:
