@@ -52,13 +52,12 @@ def write_mp4(path: Path, num_frames: int, seed: int, size=(48, 64)) -> None:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
-    (root / "videos").mkdir()
-    rows = ["path,label"]
+    rows = ["path,label"]  # videos in the root: their ids are their names (v0, ..., broken)
     for i in range(NUM_VIDEOS):
-        write_mp4(root / "videos" / f"v{i}.mp4", num_frames=8 + 2 * i, seed=i)
-        rows.append(f"videos/v{i}.mp4,{CLASSES[i % 2]}")
-    (root / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    rows.append("videos/broken.mp4,jumping")
+        write_mp4(root / f"v{i}.mp4", num_frames=8 + 2 * i, seed=i)
+        rows.append(f"v{i}.mp4,{CLASSES[i % 2]}")
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    rows.append("broken.mp4,jumping")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     return root
@@ -152,7 +151,7 @@ def test_empty_captions_are_dropped_and_an_all_empty_video_is_an_error(videos, t
 def test_prompt_conditions_generation_and_is_not_echoed(blip_dir, dataset):
     from tgmae.data.video import read_frames
 
-    images = list(read_frames(dataset / "videos" / "v0.mp4", [0, 4]))
+    images = list(read_frames(dataset / "v0.mp4", [0, 4]))
     prompted = ImageCaptioner(blip_dir, "cpu", torch.float32, GenerationOptions(max_new_tokens=4, prompt="a video of"))
     caps = prompted(images)
     assert len(caps) == 2 and all(c and not c.startswith("a video of") for c in caps)
@@ -185,7 +184,7 @@ def test_synthetic_set_captioned_and_combined_with_its_own_captions(blip_dir, tm
 def test_batched_captions_equal_one_by_one(captioner, dataset):
     from tgmae.data.video import read_frames
 
-    frames = [read_frames(dataset / "videos" / f"v{i}.mp4", [0, 5]) for i in range(3)]
+    frames = [read_frames(dataset / f"v{i}.mp4", [0, 5]) for i in range(3)]
     images = [img for f in frames for img in f]
     assert captioner(images) == [captioner([img])[0] for img in images]
 
@@ -344,6 +343,24 @@ def test_oracle_descriptions_and_combined_stores(dataset, reference, tmp_path, c
     desc.write_text(json.dumps({"jumping": ["ok"], "running": [""]}))
     assert main([*ann, "--descriptions", str(desc), "--out", str(vf)]) == 2
     assert "'running': description 0 is empty" in capsys.readouterr().err
+
+
+def test_oracle_captions_each_same_named_video_by_its_own_class(tmp_path, capsys):
+    """issue 28: `*/clip1.avi` in three class folders shared one caption ("2 videos, 2 captions")."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\nAnimation/clip1.avi,Animation\nBiking/clip1.avi,Biking\n"
+                   "Walking/clip1.avi,Walking\nWalking/clip2.avi,Walking\n")
+    out = tmp_path / "oracle.jsonl"
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--out", str(out)]) == 0
+    assert "4 videos, 4 captions" in capsys.readouterr().out
+    got = {v: r.captions for v, r in read_store(out).by_video().items()}
+    assert got == {"Animation/clip1": ["Animation"], "Biking/clip1": ["Biking"], "Walking/clip1": ["Walking"],
+                   "Walking/clip2": ["Walking"]}
+    ann.write_text("path,label\ntruncated.avi,Walking\ntruncated.mp4,Biking\n")
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--out",
+                 str(tmp_path / "o2.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "ann.csv:3: video id 'truncated' already on line 2 (truncated.avi and truncated.mp4)" in err
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -3,7 +3,7 @@
 Layout (the data pipeline relies on it):
     OUT/videos/<id>.mp4      H.264 (libx264, yuv420p), GOP `gop`, no B-frames
     OUT/masks/<id>.npz       `masks` bool [T, H, W] visible acting-object pixels; `boxes` int16 [T, 4]
-    OUT/train.csv, val.csv   `path,label,caption` (path relative to OUT), stratified by class
+    OUT/train.csv, val.csv   `path,label,caption,video_id` (path relative to OUT), stratified by class
     OUT/annotations.csv      all videos, same columns
     OUT/classes.txt          line i = name of class i
     OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
@@ -171,7 +171,7 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
 
 def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> None:
     """train.csv / val.csv / annotations.csv, classes.txt and captions.jsonl (the layout above)."""
-    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
+    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0], r["video_id"]) for r in records]
     write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
     write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
     write_csv(root / "annotations.csv", rows)
