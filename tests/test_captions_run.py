@@ -363,6 +363,23 @@ def test_oracle_captions_each_same_named_video_by_its_own_class(tmp_path, capsys
     assert "ann.csv:3: video id 'truncated' already on line 2 (truncated.avi and truncated.mp4)" in err
 
 
+def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_path, capsys):
+    """issue 28: a VideoMAE `path label` list with classes.txt beside it gave captions "2", "0"."""
+    lst = tmp_path / "train.txt"
+    lst.write_text("abseiling/a_000001_000011.mp4 0\nzumba/b_000001_000011.mp4 2\n")
+    (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nzumba\n")
+    out = tmp_path / "oracle.jsonl"
+    argv = ["--format", "k400", "--root", str(tmp_path), str(lst), "--oracle"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert {v: r.captions for v, r in read_store(out).by_video().items()} == {
+        "a_000001_000011": ["abseiling"], "b_000001_000011": ["zumba"]}
+    (tmp_path / "classes.txt").unlink()
+    assert main([*argv, "--out", str(tmp_path / "numbers.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(lst) in err[0] and "class names" in err[0] and "classes.txt" in err[0]
+    assert not (tmp_path / "numbers.jsonl").exists()
+
+
 # ------------------------------------------------------------------------------- bad inputs
 
 

@@ -250,3 +250,17 @@ def test_an_absolute_path_outside_the_root_gives_its_file_name(tmp_path):
     ann.write_text("path,label\n/elsewhere/a/clip.mp4,0\n/elsewhere/b/clip.mp4,0\n")
     with pytest.raises(AnnotationError, match=r"ann\.csv:3: video id 'clip' already on line 2"):
         load_annotations("csv", tmp_path, ann)
+
+
+def test_k400_videomae_list_reads_class_names_from_classes_txt_beside_it(tmp_path):
+    """issue 28: `path label` lists with classes.txt beside them gave class names "0".."N-1"."""
+    lst = tmp_path / "train.txt"
+    lst.write_text("train/abseiling/a_000001_000011.mp4 0\ntrain/zumba/b_000001_000011.mp4 2\n")
+    (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nzumba\n")
+    recs, classes = load_annotations("k400", tmp_path, lst)
+    assert classes == ["abseiling", "air drumming", "zumba"] and [classes[r.label] for r in recs] == ["abseiling", "zumba"]
+    lst.write_text("train/abseiling/a_000001_000011.mp4 3\n")
+    with pytest.raises(AnnotationError, match=r"train\.txt:1: label 3 out of range \[0, 3\) of .*classes\.txt"):
+        load_annotations("k400", tmp_path, lst)
+    (tmp_path / "classes.txt").unlink()
+    assert load_annotations("k400", tmp_path, lst)[1] == ["0", "1", "2", "3"]  # numbered: no names to give

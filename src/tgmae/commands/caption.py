@@ -122,7 +122,7 @@ def _run_text_source(args: argparse.Namespace) -> int:
         n = write_store(args.out, recs)
         print(f"{n} videos, {n} captions (annotation) -> {args.out}")
         return 0
-    pairs = list({vid: cls for vid, cls in videos_with_classes(records, classes)}.items())
+    pairs = videos_with_classes(records, classes, args.annotations)
     if args.oracle:
         recs = oracle_records(pairs, args.template or [ORACLE_TEMPLATE])
     else:

@@ -271,6 +271,12 @@ def _opt_int(v, ann: Path, line: int, what: str, rows: RowErrors):
     return False if r is None else r
 
 
+def unnamed_classes(class_names: list[str]) -> bool:
+    """True when the names are only the numbers "0".."N-1": the annotations carried no class names
+    (no classes.txt, a vocabulary file missing), so nothing that needs names may use them."""
+    return bool(class_names) and all(c == str(i) for i, c in enumerate(class_names))
+
+
 def read_classes(path: Path) -> Optional[list[str]]:
     if not path.is_file():
         return None
@@ -278,4 +284,4 @@ def read_classes(path: Path) -> Optional[list[str]]:
 
 
 __all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "UniqueIds", "read_generic", "relative_id",
-           "VIDEO_EXTS"]
+           "unnamed_classes", "VIDEO_EXTS"]

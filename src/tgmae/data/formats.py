@@ -90,7 +90,11 @@ def _k400_classes(ann: Path, raw: list) -> list[str]:
 
 def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """VideoMAE's lists: `path label` (space separated; the path may itself contain spaces). Ids:
-    the file name when it is an official Kinetics clip name, else the root-relative path."""
+    the file name when it is an official Kinetics clip name, else the root-relative path. Class
+    names: `classes.txt` (one per line, line order = label) beside the list or in the root; without
+    one the classes are numbered "0".."N-1" (`unnamed_classes`)."""
+    names_file = next((p for p in (ann.parent / "classes.txt", root / "classes.txt") if p.is_file()), None)
+    names = read_classes(names_file) if names_file else None
     records = []
     ids = UniqueIds(rows)
     for line, text in read_lines(ann):
@@ -101,14 +105,17 @@ def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[V
         label = parse_int(parts[1], ann, line, "label", rows)
         if label is None:
             continue
-        if label < 0:
-            rows.bad(ann, line, f"label {label} is negative")
+        if label < 0 or (names is not None and label >= len(names)):
+            why = "is negative" if label < 0 else f"out of range [0, {len(names)}) of {names_file}"
+            rows.bad(ann, line, f"label {label} {why}")
             continue
         path = parts[0]
         full = path if os.path.isabs(path) else str(root / path)
         vid = stem_id(path) if _K400_NAME.fullmatch(stem_id(path)) else relative_id(root, path)
         if ids.add(vid, ann, line, path):
             records.append(VideoRecord(full, label, vid))
+    if names is not None:
+        return records, names
     n = max((r.label for r in records), default=-1) + 1
     return records, [str(i) for i in range(n)]
 
