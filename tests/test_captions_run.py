@@ -213,6 +213,7 @@ def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, 
         seen.append(len(images))
         return captioner(images)
 
+    counting.options = captioner.options  # the same generation settings, recorded in each record
     summary = caption_videos(videos, counting, blip_dir, out, keyframes=3, batch_size=2, progress=False)
     assert summary.skipped == 2 and summary.captioned == NUM_VIDEOS - 2
     assert sum(seen) == 3 * (NUM_VIDEOS - 2)  # only the missing videos were captioned
@@ -378,6 +379,77 @@ def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(lst) in err[0] and "class names" in err[0] and "classes.txt" in err[0]
     assert not (tmp_path / "numbers.jsonl").exists()
+
+
+# ------------------------------------------------------ stores remember what made them (issue 28)
+
+
+def test_a_store_refuses_a_run_with_another_source_or_settings(dataset, blip_dir, tmp_path, capsys):
+    """`--model M` into an `--oracle` store said "0 captioned, 7 already done" and kept the old
+    captions; another --keyframes likewise. Now refused naming the key; --rebuild replaces."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    out = tmp_path / "s.jsonl"
+    assert main([*ann, "--oracle", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(dataset, blip_dir, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "source" in err[0] and "'oracle'" in err[0]
+    assert "'captioner'" in err[0] and "--rebuild" in err[0]
+    assert {r.source for r in read_store(out).records} == {"oracle"}  # untouched
+    assert cli(dataset, blip_dir, out, "--keyframes", "1", "--rebuild") == 0
+    assert {r.source for r in read_store(out).records} == {"captioner"}
+    capsys.readouterr()
+    assert cli(dataset, blip_dir, out, "--keyframes", "2") == 2
+    err = capsys.readouterr().err
+    assert "keyframes" in err and "1" in err and "2" in err
+    assert main([*ann, "--oracle", "--out", str(out)]) == 2  # a text source into a captioner store
+    assert "'captioner'" in capsys.readouterr().err
+
+
+def test_oracle_into_a_store_with_other_videos_keeps_them(dataset, tmp_path, capsys):
+    """A test-subset `--oracle` run into the train store left 4 of 16 lines; now the store keeps
+    its other videos, and other templates are refused unless --rebuild."""
+    ann = ["--format", "csv", "--root", str(dataset)]
+    out = tmp_path / "oracle.jsonl"
+    assert main([*ann, str(dataset / "train.csv"), "--oracle", "--out", str(out)]) == 0
+    subset = dataset / "subset.csv"
+    subset.write_text("path,label\nv0.mp4,jumping\nv1.mp4,running\n")
+    assert main([*ann, str(subset), "--oracle", "--out", str(out)]) == 0
+    assert len(read_store(out).records) == NUM_VIDEOS + 1
+    assert "0 added, 2 already there, 5 other videos kept" in capsys.readouterr().out
+    assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "'a video of {}'" in err and "--rebuild" in err
+    assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out), "--rebuild"]) == 0
+    assert [r.captions for r in read_store(out).records] == [["a video of jumping"], ["a video of running"]]
+
+
+def test_two_caption_runs_into_one_store_the_second_is_refused(dataset, tmp_path, capsys):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "s.jsonl"
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(out)!r}, "--out")
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+        assert main([*ann, "--oracle", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {proc.pid}" in err[0] and "in use by another run" in err[0]
+        assert not out.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--oracle",
+                 "--out", str(out)]) == 0  # the holder is gone: its lock is taken over
 
 
 # ------------------------------------------------------------------------------- bad inputs

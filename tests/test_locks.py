@@ -1,0 +1,66 @@
+"""tgmae.locks: one writer per run folder and store; the holder named; stale locks taken over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tgmae.locks import LockHeldError, acquire, hold, lock_file, release
+
+
+def _holder(target, tmp_path):
+    """A process that holds `target`'s lock until killed (started once it holds it)."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from tgmae.locks import acquire
+        acquire({str(target)!r}, "--out")
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, "caption", "--out", str(target)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_ones_lock_is_taken_over(tmp_path, caplog):
+    store = tmp_path / "captions.jsonl"
+    proc = _holder(store, tmp_path)
+    try:
+        with pytest.raises(LockHeldError) as e:
+            acquire(store, "--out")
+        msg = str(e.value)
+        assert str(store) in msg and f"pid {proc.pid}" in msg and socket.gethostname() in msg
+        assert "caption --out" in msg and "UTC" in msg and "--out" in msg and str(lock_file(store)) in msg
+        assert "\n" not in msg
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    held = json.loads(lock_file(store).read_text())  # kill -9 leaves the file; the kernel freed the lock
+    assert held["pid"] == proc.pid
+    with caplog.at_level(logging.WARNING, logger="tgmae"):
+        with hold(store, "--out"):
+            assert json.loads(lock_file(store).read_text())["pid"] == os.getpid()
+    assert f"taking over the lock of pid {proc.pid}" in caplog.text and "has ended" in caplog.text
+    assert not lock_file(store).exists()  # released: removed
+
+
+def test_locks_are_reentrant_in_a_process_and_beside_the_target(tmp_path):
+    run = tmp_path / "run"
+    with hold(run, "train.output_dir"):
+        with hold(tmp_path / "x" / ".." / "run", "train.output_dir"):  # another spelling, same lock
+            assert lock_file(run) == tmp_path / ".run.lock" and lock_file(run).exists()
+        assert lock_file(run).exists()
+        assert not run.exists()  # nothing written into the target itself
+    assert not lock_file(run).exists()
+    with hold(run, "train.output_dir", enabled=False):
+        assert not lock_file(run).exists()
+    release(run)  # not held: nothing to do
