@@ -87,10 +87,12 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
 
 
-def acquire(target: str | os.PathLike, what: str) -> Path:
+def acquire(target: str | os.PathLike, what: str, wait: float = 0.0) -> Path:
     """Take the lock of `target` (a file or folder, existing or not) for this process.
 
     what: the setting that chose the target (`train.output_dir`, `--out`), named in the refusal.
+    wait: seconds to wait for a holder to finish (a shared cache that concurrent runs fill alike;
+    logged once) before refusing; 0 = refuse at once.
     Returns the lock file. Raises LockHeldError naming the holder; logs the take-over of a lock
     file whose process has ended. Re-entrant within a process (`release` as often as `acquire`).
     """
@@ -102,11 +104,18 @@ def acquire(target: str | os.PathLike, what: str) -> Path:
             _held[key] = (fd, n + 1)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = _open_locked(path)
-        except LockHeldError as e:
-            raise LockHeldError(f"{target} is in use by another run ({e}); wait for it to end or give this "
-                                f"run another {what} (lock file {path})") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fd = _open_locked(path)
+                break
+            except LockHeldError as e:
+                if time.monotonic() >= deadline:
+                    raise LockHeldError(f"{target} is in use by another run ({e}); wait for it to end or give "
+                                        f"this run another {what} (lock file {path})") from None
+                if deadline - time.monotonic() >= wait - 0.5:
+                    log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
+                time.sleep(0.5)
         old = _read_holder(fd)
         if old:
             log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
@@ -132,18 +141,24 @@ def release(target: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def shard_target(target: str | os.PathLike, rank: int, world_size: int) -> str:
+    """What one rank of a sharded writer locks: `target` itself for a single process, else
+    `<target>.rank<r>-of-<w>` (ranks write their own parts; a second run's same rank is refused)."""
+    return str(target) if world_size == 1 else f"{target}.rank{rank}-of-{world_size}"
+
+
 @contextmanager
-def hold(target: str | os.PathLike, what: str, enabled: bool = True) -> Iterator[None]:
+def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float = 0.0) -> Iterator[None]:
     """`acquire` for the block, `release` after it (also on an exception). enabled=False holds
     nothing (DDP ranks other than the one that writes)."""
     if not enabled:
         yield
         return
-    acquire(target, what)
+    acquire(target, what, wait)
     try:
         yield
     finally:
         release(target)
 
 
-__all__ = ["LockHeldError", "acquire", "hold", "lock_file", "release"]
+__all__ = ["LockHeldError", "acquire", "hold", "lock_file", "release", "shard_target"]
