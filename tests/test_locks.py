@@ -64,3 +64,39 @@ def test_locks_are_reentrant_in_a_process_and_beside_the_target(tmp_path):
     with hold(run, "train.output_dir", enabled=False):
         assert not lock_file(run).exists()
     release(run)  # not held: nothing to do
+
+
+def test_a_waiting_writer_gets_the_lock_when_the_holder_ends(tmp_path):
+    cache = tmp_path / "emb.safetensors"
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import hold
+        with hold({str(cache)!r}, "--out"):
+            print("held", flush=True)
+            time.sleep(1.5)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeldError):
+            acquire(cache, "--out", wait=0.2)
+        with hold(cache, "--out", wait=60):  # waits for the holder, then takes it
+            assert json.loads(lock_file(cache).read_text())["pid"] == os.getpid()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_masks_refuses_a_cache_folder_another_run_writes(tmp_path, capsys):
+    from tgmae.cli import main
+
+    out = tmp_path / "maps"
+    proc = _holder(out, tmp_path)
+    try:
+        rc = main(["masks", "--format", "csv", "--root", str(tmp_path), "a.csv", "--captions", "c.jsonl",
+                   "--clip", "clip", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"pid {proc.pid}" in err[0] and str(out) in err[0]
+    finally:
+        proc.kill()
+        proc.wait()

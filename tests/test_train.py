@@ -500,3 +500,39 @@ def test_evaluation_does_not_change_training(tmp_path):
         cfg = toy_cfg(tmp_path / f"e{every}", "train.epochs=3", f"train.eval_every={every}")
         weights.append(flat_params(Trainer(DrawingEvalTask(cfg), cfg).fit().model))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_a_second_run_into_a_held_run_folder_is_refused_naming_the_first(tmp_path, capsys):
+    """issue 28: two `tgmae pretrain` at once into one train.output_dir both ran, interleaving
+    metrics and checkpoints. The folder's lock is held for the whole run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.cli import main
+    from tgmae.locks import LockHeldError, lock_file
+
+    cfg = toy_cfg(tmp_path)
+    held = []
+    Trainer(ToyTask(cfg), cfg, hooks=[lambda state: held.append(lock_file(tmp_path / "run").is_file())]).fit()
+    assert held and all(held) and not lock_file(tmp_path / "run").exists()
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(tmp_path / 'run')!r}, "train.output_dir")
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code, "pretrain", "masking.name=tube"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeldError, match=f"pid {first.pid}"):
+            Trainer(ToyTask(cfg), cfg).fit()
+        assert main(["pretrain", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {first.pid}" in err[0] and "pretrain masking.name=tube" in err[0]
+        assert "train.output_dir" in err[0]
+    finally:
+        first.kill()
+        first.wait()
