@@ -157,6 +157,36 @@ def test_checkpoint_roundtrip_prune_and_corruption(tmp_path):
         ckpt.load_model_weights(nn.Linear(3, 3, bias=False), {"w": torch.zeros(1)}, "x")
 
 
+def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, monkeypatch):
+    """issue 28: temp folders of killed or failed checkpoint writes stayed (a full disk stayed full)."""
+    import subprocess
+    import sys
+
+    from tgmae.atomic import temp_path
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    d = tmp_path / "ck"
+    real_save = torch.save
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(1, 0, 1), {})
+    assert list(d.iterdir()) == []  # the half-written temp folder is gone
+    monkeypatch.setattr(torch, "save", real_save)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has ended
+    mine = temp_path(d / "step_00000001")
+    killed = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    killed.mkdir()
+    (killed / "state.pt").write_bytes(b"x" * 100)
+    ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(2, 0, 2), {})
+    assert sorted(p.name for p in d.iterdir()) == ["latest", "step_00000002"]
+
+
 def test_training_reduces_loss_and_logs(tmp_path):
     cfg = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.03")
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from tgmae.atomic import atomic_path
+from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.hub import (
     load_pretrained,
     looks_like_path,
@@ -210,6 +210,7 @@ class EmbeddingCache:
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
+        remove_stale_temps(path.parent)  # of saves killed before their rename
         with atomic_path(path, fsync=True) as tmp:
             save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 

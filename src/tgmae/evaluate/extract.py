@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
@@ -267,6 +267,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
     from tgmae.data.frame_index import VideoError
 
     m = manifest(videos, spec, encoder_digest)
+    remove_stale_temps(out)  # shards of a killed run
     _claim_folder(out, m)
     key = _manifest_key(m)
     was_training = encoder.training
