@@ -571,13 +571,17 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     return paths.report(study.variant)
 
 
-def _init_worker(threads: int, log_queue, log_level: int) -> None:
-    """A spawned cell process: its torch threads, and its log records sent to the parent, whose
-    handlers (the command's one logging set-up, `tgmae.cli.main`) write them."""
+def _init_worker(threads: int, log_queue, log_level: int, parent_pid: int) -> None:
+    """A spawned cell process: it ends with its parent (`tgmae.lifetime`, kill -9 included), its
+    torch threads, and its log records sent to the parent, whose handlers (the command's one
+    logging set-up, `tgmae.cli.main`) write them."""
     import logging.handlers
 
     import torch
 
+    from tgmae.lifetime import end_with_parent
+
+    end_with_parent(parent_pid)
     torch.set_num_threads(threads)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
@@ -608,7 +612,7 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
     try:
         return _run_pool(study, paths, cells, order, quick, clip_later,
                          ProcessPoolExecutor(study.jobs, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(threads, log_queue, root.getEffectiveLevel())))
+                                             initargs=(threads, log_queue, root.getEffectiveLevel(), os.getpid())))
     finally:
         listener.stop()
 

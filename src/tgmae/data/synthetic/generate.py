@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tgmae.errors import SettingsError
+from tgmae.lifetime import end_with_parent
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
@@ -161,7 +162,8 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
                 progress(len(records), len(tasks))
         return records
     chunk = max(1, min(8, len(tasks) // (4 * workers)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=end_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # workers end with this process
         for record in pool.map(_make_video, tasks, chunksize=chunk):
             records.append(record)
             if progress:
