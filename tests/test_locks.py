@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tgmae.locks import LockHeldError, acquire, hold, lock_file, release
+from tgmae.locks import LockError, acquire, hold, lock_file, release
 
 
 def _holder(target, tmp_path):
@@ -35,7 +35,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_ones_lock_is_ta
     store = tmp_path / "captions.jsonl"
     proc = _holder(store, tmp_path)
     try:
-        with pytest.raises(LockHeldError) as e:
+        with pytest.raises(LockError) as e:
             acquire(store, "--out")
         msg = str(e.value)
         assert str(store) in msg and f"pid {proc.pid}" in msg and socket.gethostname() in msg
@@ -78,7 +78,7 @@ def test_a_waiting_writer_gets_the_lock_when_the_holder_ends(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
-        with pytest.raises(LockHeldError):
+        with pytest.raises(LockError):
             acquire(cache, "--out", wait=0.2)
         with hold(cache, "--out", wait=60):  # waits for the holder, then takes it
             assert json.loads(lock_file(cache).read_text())["pid"] == os.getpid()
@@ -100,3 +100,10 @@ def test_masks_refuses_a_cache_folder_another_run_writes(tmp_path, capsys):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_folder_that_cannot_hold_the_lock_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LockError, match=r"cannot write its lock file .*file.*choose a folder") as e:
+        acquire(tmp_path / "file" / "run", "train.output_dir")
+    assert "train.output_dir" in str(e.value) and "\n" not in str(e.value)

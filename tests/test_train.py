@@ -540,7 +540,7 @@ def test_a_second_run_into_a_held_run_folder_is_refused_naming_the_first(tmp_pat
     import textwrap
 
     from tgmae.cli import main
-    from tgmae.locks import LockHeldError, lock_file
+    from tgmae.locks import LockError, lock_file
 
     cfg = toy_cfg(tmp_path)
     held = []
@@ -557,7 +557,7 @@ def test_a_second_run_into_a_held_run_folder_is_refused_naming_the_first(tmp_pat
                              text=True)
     try:
         assert first.stdout.readline().strip() == "held"
-        with pytest.raises(LockHeldError, match=f"pid {first.pid}"):
+        with pytest.raises(LockError, match=f"pid {first.pid}"):
             Trainer(ToyTask(cfg), cfg).fit()
         assert main(["pretrain", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

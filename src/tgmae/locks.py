@@ -29,8 +29,9 @@ from tgmae.errors import UserError
 log = logging.getLogger("tgmae")
 
 
-class LockHeldError(RuntimeError, UserError):
-    """Another live process holds the target's lock; the message names it and the lock file."""
+class LockError(RuntimeError, UserError):
+    """The target's lock cannot be taken: another live process holds it (the message names that
+    process and the lock file), or the folder cannot hold the lock file."""
 
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process
@@ -65,7 +66,7 @@ def _read_holder(fd: int) -> dict:
 
 
 def _open_locked(path: Path) -> int:
-    """An fd of `path` holding its flock; LockHeldError when another process holds it. Retries
+    """An fd of `path` holding its flock; LockError when another process holds it. Retries
     when the file was removed or replaced between open and lock (its holder released it)."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,7 +75,7 @@ def _open_locked(path: Path) -> int:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise LockHeldError(_describe(holder)) from None
+            raise LockError(_describe(holder)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -93,7 +94,7 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0) -> Path:
     what: the setting that chose the target (`train.output_dir`, `--out`), named in the refusal.
     wait: seconds to wait for a holder to finish (a shared cache that concurrent runs fill alike;
     logged once) before refusing; 0 = refuse at once.
-    Returns the lock file. Raises LockHeldError naming the holder; logs the take-over of a lock
+    Returns the lock file. Raises LockError naming the holder; logs the take-over of a lock
     file whose process has ended. Re-entrant within a process (`release` as often as `acquire`).
     """
     path = lock_file(target)
@@ -103,15 +104,18 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0) -> Path:
             fd, n = _held[key]
             _held[key] = (fd, n + 1)
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait
         while True:
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = _open_locked(path)
                 break
-            except LockHeldError as e:
+            except OSError as e:  # a read-only or full folder, a file where the folder should be
+                raise LockError(f"{target} ({what}): cannot write its lock file {path} "
+                                    f"({e.strerror or e}); choose a folder this user can write") from None
+            except LockError as e:
                 if time.monotonic() >= deadline:
-                    raise LockHeldError(f"{target} is in use by another run ({e}); wait for it to end or give "
+                    raise LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
                                         f"this run another {what} (lock file {path})") from None
                 if deadline - time.monotonic() >= wait - 0.5:
                     log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
@@ -161,4 +165,4 @@ def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float
         release(target)
 
 
-__all__ = ["LockHeldError", "acquire", "hold", "lock_file", "release", "shard_target"]
+__all__ = ["LockError", "acquire", "hold", "lock_file", "release", "shard_target"]
