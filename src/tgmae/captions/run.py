@@ -125,11 +125,17 @@ def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = No
     return {"keyframes": keyframes, **(dataclasses.asdict(options) if options is not None else {})}
 
 
-def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[str, Any]) -> None:
-    """CaptionStoreError naming the key when `out` or one of its part files holds captions made
-    by another source, model or settings (a rerun would skip those videos and keep them)."""
+def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[str, Any],
+                       shard: Shard = Shard()) -> None:
+    """CaptionStoreError naming the key when what this shard resumes or merges into holds captions
+    made by another source, model or settings (a rerun would skip those videos and keep them):
+    its part; for rank 0 also the store (it merges into it), and for a single process every part
+    (it merges them). Another rank's part is that rank's to check."""
     want = {"source": source, "model": model, **settings}
-    for f in [Path(out), *existing_parts(out)]:
+    files = [part_path(out, shard)]
+    if shard.rank == 0:
+        files += [Path(out), *(existing_parts(out) if shard.world_size == 1 else [])]
+    for f in dict.fromkeys(files):
         refuse_other_provenance(f, [want])
 
 
@@ -165,7 +171,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     out = Path(out)
     load = load or load_keyframes
     settings = captioner_settings(keyframes, getattr(captioner, "options", None))
-    refuse_other_store(out, SOURCE, model_name, settings)
+    refuse_other_store(out, SOURCE, model_name, settings, shard)
     seen: set[str] = set()
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]
     mine = shard.take(unique)

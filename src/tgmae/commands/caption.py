@@ -83,7 +83,7 @@ def _caption(args: argparse.Namespace, shard) -> int:
     options = GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams)
     if args.rebuild:
         clear_outputs(args.out, shard)
-    refuse_other_store(args.out, SOURCE, args.model, captioner_settings(args.keyframes, options))  # before loading
+    refuse_other_store(args.out, SOURCE, args.model, captioner_settings(args.keyframes, options), shard)  # first
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
