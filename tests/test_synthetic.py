@@ -483,3 +483,13 @@ def test_static_camera_and_background_reach_the_generator_and_cli(tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "bad"), "--background", "plaid"])
     assert e.value.code == 2 and "--background" in capsys.readouterr().err
+
+
+def test_a_folder_holding_another_data_sets_index_is_refused(tmp_path):
+    """The same kind as issue 28's stores: writing a set deleted a user's train.csv first."""
+    from tgmae.errors import SettingsError
+
+    (tmp_path / "train.csv").write_text("path,label\nmine.mp4,0\n")
+    with pytest.raises(SettingsError, match=r"holds train\.csv but no synthetic set's meta\.json"):
+        generate_synthetic_dataset(tmp_path, num_videos=4, frames=6, size=32, gop=3)
+    assert (tmp_path / "train.csv").read_text() == "path,label\nmine.mp4,0\n"

@@ -36,7 +36,7 @@ from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_opt
 
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
-_OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\.\d+\.tmp)$")
+_OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\..+\.tmp)$")  # and killed writes' temps
 
 
 @dataclass
@@ -144,6 +144,21 @@ def _make_video(task: _Task) -> dict:
     }
 
 
+def _refuse_other_folder(root: Path) -> None:
+    """SettingsError when `root` holds index files (train.csv, ...) of something other than a
+    synthetic set: regenerating deletes them first, and they may be a user's own data set's."""
+    found = [n for n in INDEX_FILES if (root / n).exists()]
+    if not found:
+        return
+    try:
+        ours = json.loads((root / "meta.json").read_text()).get("generator") == "tgmae.data.synthetic"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise SettingsError(f"{root} holds {', '.join(found)} but no synthetic set's meta.json: writing a set "
+                            "there would replace them; choose another folder")
+
+
 def _clear_outputs(root: Path, keep: set[str]) -> None:
     """Delete this generator's files (by name pattern) that are not part of the new set."""
     for sub in ("videos", "masks"):
@@ -230,6 +245,7 @@ def generate_synthetic_dataset(
                    background)
     start = time.perf_counter()
     root = Path(out_dir)
+    _refuse_other_folder(root)
     for sub in ("videos", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for name in INDEX_FILES:  # a half-regenerated set must not look complete
