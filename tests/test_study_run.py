@@ -474,3 +474,19 @@ def test_study_phases_yaml_holds_valid_overrides(tmp_path):
     bad.write_text("maskings: {tube: masking.name=tube}\npretrain: []\nprobe: []\nfinetune: []\n")
     with pytest.raises(ConfigError, match="maskings.tube"):
         load_phases(bad)
+
+
+def test_study_cell_workers_end_when_the_study_is_killed():
+    """issue 28: kill -9 of `tgmae study` left its worker pool running (600-900 MB each, 12
+    minutes later). The cells' initializer is the study's own."""
+    import os
+    import signal
+
+    from test_lifetime import _wait_gone, worker_pids_after_parent_kill
+
+    pids = worker_pids_after_parent_kill("from tgmae.study.run import _init_worker as init",
+                                         "(1, ctx.Queue(), 20, os.getpid())")
+    left = _wait_gone(pids)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert len(pids) == 2 and left == []
