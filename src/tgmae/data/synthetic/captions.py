@@ -38,6 +38,22 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
+# The sentence frames a class description uses: those of TEMPLATES that name neither the background
+# nor the scene's context, which a description of the class alone cannot know.
+DESCRIPTION_TEMPLATES: tuple[str, ...] = tuple(t for t in TEMPLATES if "{bg}" not in t and "{context}" not in t)
+
+
+def class_descriptions() -> dict[str, list[str]]:
+    """Vision-free descriptions of every action class (class -> texts, the `tgmae describe-classes`
+    format): each of the class's verb phrases in each colour-free sentence frame, about "a shape"
+    ("a shape slides downward", "a video of a shape that sinks down", ...). Written from the class
+    definitions alone, as a language model writes them for real classes (paper Table 6a), in the
+    captions' words: zero-shot retrieval averages them per class (`eval.class_descriptions`), where a
+    class name's own words ("move", "grow", "blink") never occur in a caption (docs/study.md)."""
+    return {action: [t.format(a="a", obj="shape", verb=v) for v in verbs for t in DESCRIPTION_TEMPLATES]
+            for action, verbs in VERBS.items()}
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
