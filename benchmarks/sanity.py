@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from tgmae.autotune import cpu_info
+from tgmae.evaluate.chance import ChanceBand
 from tgmae.models.arch import PRESETS
-from tgmae.study.sanity import (SanityRun, class_text_table, linear_probe, mae_errors, make_data, pretrain,
-                                   recon_figure, to_input, train_supervised, tube_masks)
+from tgmae.study.sanity import (SanityRun, class_text_table, linear_probe, mae_errors, make_data, pretrain, recon_figure,
+                                to_input, train_supervised, tube_masks, zero_shot_retrieval)
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1)
 DEC64 = MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=4)
@@ -100,6 +101,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
                                     mask_ratio=0.5, lr=3e-3), dict(size=64, static_camera=True), 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
+    # the retrieval check (issue 27): zero-shot class retrieval of the held-out clips through the trained
+    # heads, for InfoNCE alone on unmasked clips and for the study's joint recipe (view 0, weight .05)
+    "retrieval_contrastive_r0": ("pretrain", dict(objective="contrastive", mask_ratio=0.0), {}, 0.0),
+    "retrieval_joint_view0_w0.05": ("pretrain", dict(objective="mae+contrastive", view_ratio=0.0, nce_weight=0.05), {}, 0.0),
 }
 
 
@@ -126,6 +131,10 @@ def run_variant(name: str, budget: float, n_train: int, n_val: int, figures: Pat
         row.update(probe_val_top1=probe["val_top1"], probe_train_top1=probe["train_top1"], text_cosine=cosine,
                    loss_nce=res.get("loss_nce"), loss_mse=res.get("loss_mse"), patch_mean_mse=res.get("patch_mean_mse"),
                    visible_mean_mse=res.get("visible_mean_mse"), copy_mse=res.get("copy_mse"), curve=res["curve"])
+        if cfg.objective != "mae":  # the heads were trained: what they retrieve zero-shot (held-out clips)
+            r = zero_shot_retrieval(res["model"], data.val, data.val_labels, table)
+            row.update(zero_shot_v2t_r1=r.video_to_text[1], zero_shot_v2t_r5=r.video_to_text[5],
+                       zero_shot_chance=r.chance["video_to_text"][1].as_dict())
         if cfg.objective != "contrastive":
             held = mae_errors(res["model"].mae, data.val, cfg)  # held-out clips, masks as in training
             row.update({f"val_{k}": v for k, v in held.items()})
@@ -173,8 +182,8 @@ def gradient_scales(batches: int = 4) -> list[dict]:
 def table(out: Path) -> str:
     """OUT/*.json (the variants' rows; other JSON files are skipped) -> a markdown table. Rows written
     before a column was recorded (held-out MSE, copy MSE, the `curve` key) leave it empty."""
-    lines = ["| variant | CPU-s | steps | held-out top-1 | InfoNCE | masked MSE | patch-mean MSE | visible-mean MSE "
-             "| copy MSE | held-out MSE / patch-mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | CPU-s | steps | held-out top-1 | zero-shot V->T R@1 | InfoNCE | masked MSE | patch-mean MSE "
+             "| visible-mean MSE | copy MSE | held-out MSE / patch-mean |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(out.glob("*.json")):
         r = json.loads(p.read_text())
         if not isinstance(r, dict) or "variant" not in r:
@@ -182,7 +191,11 @@ def table(out: Path) -> str:
         top1 = r.get("val_top1", r.get("probe_val_top1"))
         ratio = r["val_mse"] / r["val_patch_mean_mse"] if r.get("val_mse") is not None else None
         f = lambda v, d=4: "" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['budget_cpu_s']:g} | {r['steps']} | {top1:.2f} | {f(r.get('loss_nce'), 3)} | "
+        zero_shot = f(r.get("zero_shot_v2t_r1"), 2)
+        if zero_shot and ChanceBand.from_dict(r["zero_shot_chance"]).contains(r["zero_shot_v2t_r1"]):
+            zero_shot += " (at chance)"
+        lines.append(f"| {r['variant']} | {r['budget_cpu_s']:g} | {r['steps']} | {top1:.2f} | {zero_shot} | "
+                     f"{f(r.get('loss_nce'), 3)} | "
                      f"{f(r.get('loss_mse'))} | {f(r.get('patch_mean_mse'))} | {f(r.get('visible_mean_mse'))} | "
                      f"{f(r.get('copy_mse'))} | {f(ratio, 2)} |")
     return "\n".join(lines)
