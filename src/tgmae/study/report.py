@@ -219,6 +219,21 @@ def _retrieval_texts(records: Sequence[dict]) -> str:
     return " / ".join(RETRIEVAL_TEXTS.get(k, k) for k in sorted(kinds)) or RETRIEVAL_TEXTS["names"]
 
 
+def findings_section(records: Sequence[dict], rows: Sequence[dict]) -> list[str]:
+    """The report's findings, as markdown lines: the figures at chance (`at_chance`), then every
+    comparison of `findings` with its verdict (and its cells at chance); [] when there is none."""
+    found = findings(records)
+    chance_lines = at_chance_lines(rows, lambda r: _name(cell_key(r))) + certain_lines(rows)
+    if not found and not chance_lines:
+        return []
+    return (["## Findings: beyond noise?", "",
+             "Each comparison is paired by seed; beyond noise = its 95% t-interval over seeds excludes zero. "
+             "The interval covers training randomness, not the sampling of the validation videos, which "
+             "every run shares. At chance = inside the 95% band of a random guesser over the same queries.", ""]
+            + [f"- {line}." for line in chance_lines]
+            + [f"- {title}: {verdict(d)}{_chance_suffix(d, rows)}." for title, d in found] + [""])
+
+
 def _chance_suffix(d: dict, rows: Sequence[dict]) -> str:
     """'; tube mae's LP top-1 (12.3) is at chance' for a comparison whose cells' means lie in their bands."""
     header = METRICS.get(d["metric"])
@@ -466,15 +481,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed; "
                "95% Student-t interval over the n seeds.", "",
                gains_markdown(gains), ""]
-    found = findings(records)
-    chance_lines = at_chance_lines(rows, lambda r: _name(cell_key(r))) + certain_lines(rows)
-    if found or chance_lines:
-        md += ["## Findings: beyond noise?", "",
-               "Each comparison is paired by seed; beyond noise = its 95% t-interval over seeds excludes zero. "
-               "The interval covers training randomness, not the sampling of the validation videos, which "
-               "every run shares. At chance = inside the 95% band of a random guesser over the same queries.", ""]
-        md += [f"- {line}." for line in chance_lines]
-        md += [f"- {title}: {verdict(d)}{_chance_suffix(d, rows)}." for title, d in found] + [""]
+    md += findings_section(records, rows)
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
