@@ -111,7 +111,7 @@ class StudyConfig:
     # class texts of "classes" retrieval: "descriptions" = each class's vision-free descriptions of the set
     # (data/descriptions.json, eval.class_descriptions) averaged; "names" = eval.class_prompt's template with the
     # class name, whose words ("move", "grow", "blink") no caption holds: its prompts land on their class in 3-4 of
-    # the 10 classes, the descriptions in 8 (docs/study.md, "Zero-shot retrieval at chance")
+    # the 10 classes, the descriptions in 10 (docs/study.md, "Zero-shot retrieval at chance")
     retrieval_prompts: str = "descriptions"
     # Dotted overrides of every pretraining run, after configs/study_phases.yaml's (measured, docs/sanity.md, docs/study.md):
     # - micro ViT (width 64, depth 2): ~4x tiny's steps per CPU-second, which the action needs (tiny: 15%
