@@ -15,6 +15,8 @@ from tgmae.config import ConfigError, load_config, to_dict
 from tgmae.evaluate.retrieval import (
     caption_relevance,
     class_prompts,
+    class_texts,
+    ensemble_embeddings,
     load_video_text_model,
     retrieval_metrics,
 )
@@ -53,6 +55,62 @@ def test_class_prompts_and_caption_relevance():
             return {"a": [0, 2], "b": [2]}[vid]
 
     assert caption_relevance(["a", "b"], Provider()).tolist() == [[True, False, True], [False, False, True]]
+
+
+def test_retrieval_results_carry_a_random_rankings_band():
+    # 20 videos of 4 classes; a perfect ranking is far outside chance, a constant one inside
+    labels = torch.arange(20) % 4
+    rel = relevance_from_ids(labels, torch.arange(4))
+    perfect = retrieval_metrics(torch.eye(4)[labels], torch.eye(4), rel, ks=(1, 4))
+    assert perfect.video_to_text[1] == 1.0 and not perfect.at_chance("video_to_text", 1)
+    assert perfect.chance["video_to_text"][1].p == pytest.approx(0.25) and perfect.chance["text_to_video"][1].n == 4
+    assert perfect.at_chance("video_to_text", 4)  # 4 texts, k = 4: every ranking finds it
+    summary = perfect.summary()["chance"]["video_to_text"]["R@1"]
+    assert summary["n"] == 20 and summary["lo"] <= 0.25 <= summary["hi"]
+    torch.manual_seed(0)
+    noise = retrieval_metrics(torch.randn(20, 4), torch.randn(4, 4), rel, ks=(1,))
+    assert noise.chance == retrieval_metrics(torch.randn(20, 4), torch.randn(4, 4), rel, ks=(1,)).chance
+
+
+def test_class_texts_from_templates_or_descriptions():
+    from tgmae.captions.sources import DescriptionsError
+
+    names = ["ApplyEyeMakeup", "move_left"]
+    assert class_texts(names) == [["a video of apply eye makeup."], ["a video of move left."]]
+    assert class_texts(names, ("a video of {}.", "{}")) == [["a video of apply eye makeup.", "apply eye makeup"],
+                                                            ["a video of move left.", "move left"]]
+    described = {"apply eye makeup": ["a brush near an eye", "make-up"], "move_left": ["it slides left"]}
+    assert class_texts(names, "ignored {}", described) == [["a brush near an eye", "make-up"], ["it slides left"]]
+    with pytest.raises(DescriptionsError, match="'move_left'"):
+        class_texts(names, descriptions={"apply eye makeup": ["x"]})
+    # the config takes one template or a list of them, each with its {}
+    assert load_config(None, ['eval.class_prompt=["a {}.", "b {}"]']).eval.class_prompt == ("a {}.", "b {}")
+    with pytest.raises(ConfigError, match=r"eval.class_prompt=.*'b' needs a \{\}"):
+        load_config(None, ['eval.class_prompt=["a {}", "b"]'])
+    with pytest.raises(ConfigError, match=r"eval.class_prompt=\[\]: needs at least one template"):
+        load_config(None, ["eval.class_prompt=[]"])
+
+
+def test_ensemble_embeddings_average_the_normalized_texts_in_the_joint_space():
+    class TextMap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 2, bias=False)
+
+        def embed_text(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model = TextMap()
+    raw = torch.randn(5, 3)
+    out = ensemble_embeddings(model, raw, [2, 3])
+    joint = torch.nn.functional.normalize(model.proj(raw), dim=-1).detach()
+    want = torch.nn.functional.normalize(torch.stack([joint[:2].mean(0), joint[2:].mean(0)]), dim=-1)
+    assert torch.allclose(out, want, atol=1e-6) and out.shape == (2, 2)
+    # one text per class: the plain text embedding
+    assert torch.allclose(ensemble_embeddings(model, raw[:2], [1, 1]), joint[:2], atol=1e-6)
+    with pytest.raises(ValueError, match="sum to the 5 embeddings"):
+        ensemble_embeddings(model, raw, [2, 2])
 
 
 def _video_text_run(tmp_path: Path, cfg) -> Path:
@@ -119,7 +177,7 @@ def _retrieval_config(root: Path, clip, tmp_path: Path) -> Path:
     return path
 
 
-def test_retrieve_cli_classes_and_captions(synth, tmp_path):
+def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     root, clip = synth
     path = _retrieval_config(root, clip, tmp_path)
     run = _video_text_run(tmp_path, load_config(path))
@@ -127,13 +185,43 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path):
     val_labels = {line.split(",")[1] for line in (root / "val.csv").read_text().strip().splitlines()[1:]}
 
     assert main(["-c", str(path), f"model.pretrained={run}"]) == 0
+    printed = capsys.readouterr().out
     res = json.loads((tmp_path / "out" / "retrieval_results.json").read_text())
+    # the printout names the figures a random ranking reaches often, with their bands
+    assert f"R@10 (100.0-100.0% over {res['num_videos']} queries)" in printed.splitlines()[1]
     assert res["mode"] == "classes" and res["num_videos"] == num_val
     assert res["num_texts"] == len(val_labels)  # classes without a val video are not queries
     for direction in ("video_to_text", "text_to_video"):
         r = res[direction]
         assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1.0
     assert res["video_to_text"]["R@10"] == 1.0  # 10 classes: every class is within the top 10
+    assert res["chance"]["video_to_text"]["R@10"]["lo"] == 1.0  # ... which a random ranking always reaches
+    assert res["chance"]["text_to_video"]["R@1"]["n"] == res["num_texts"]
+
+    # prompt ensembles: a template list, or the set's descriptions (synth writes descriptions.json); an
+    # ensemble of one text per class is that text's embedding, so the figures equal the single prompt's
+    classes = (root / "classes.txt").read_text().split("\n")[:-1]
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({c: [f"a video of {c}."] for c in classes}))
+    for override in (f"eval.class_descriptions={single}", 'eval.class_prompt=["a video of {}.", "a video of {}."]'):
+        assert main(["-c", str(path), f"model.pretrained={run}", override, f"train.output_dir={tmp_path / 'ens'}"]) == 0
+        again = json.loads((tmp_path / "ens" / "retrieval_results.json").read_text())
+        assert again["video_to_text"] == res["video_to_text"] and again["text_to_video"] == res["text_to_video"]
+    described = json.loads((root / "descriptions.json").read_text())
+    assert set(described) - {"_meta"} == set(classes)
+    assert main(["-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={root / 'descriptions.json'}",
+                 f"train.output_dir={tmp_path / 'desc'}"]) == 0
+    from tgmae.captions.embed import EmbeddingCache
+
+    cached = EmbeddingCache.read(tmp_path / "desc" / "class_prompts.emb.safetensors")
+    assert all(d in cached for d in described["grow"])  # every description embedded, once
+    from tgmae.cli import main as cli
+
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({c: ["x"] for c in classes[1:]}))
+    with pytest.raises(ConfigError, match=rf"eval.class_descriptions={partial}: 1 class\(es\) have no descriptions"):
+        main(["-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}"])
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}"]) == 2
 
     from tgmae.evaluate.retrieval import evaluate_retrieval
 

@@ -72,19 +72,6 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
                              "cannot be told from noise")
 
 
-def test_chance_check_counts_cells_near_chance(tmp_path):
-    def rec(masking, lp):
-        return {"masking": masking, "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.1,
-                "linear_probe_top1": lp, "retrieval": {}, "run_dir": str(tmp_path), "num_classes": 10,
-                "num_val": 100}
-    # chance 0.1, SE = sqrt(0.09 / 100) = 3 points: 0.15 is within 2 SE, 0.4 is not
-    near = write_report([rec("tube", 0.15), rec("tgm", 0.05)], tmp_path / "a").read_text()
-    assert "binomial standard error of 3.0 points; 4 of 4 FT / LP means lie within" in near
-    assert "no condition is distinguishable from chance" in near
-    far = write_report([rec("tube", 0.15), rec("tgm", 0.4)], tmp_path / "b").read_text()
-    assert "3 of 4 FT / LP means" in far and "distinguishable" not in far
-
-
 @pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     study = StudyConfig(out_dir=str(tmp_path / "study"), num_videos=24, video_frames=24, clip_steps=8, jobs=1,
@@ -490,3 +477,22 @@ def test_study_cell_workers_end_when_the_study_is_killed():
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert len(pids) == 2 and left == []
+
+
+def test_retrieval_ranks_the_sets_class_descriptions_by_default(tmp_path):
+    from tgmae.study.run import StudyPaths, retrieval_config, run_configs
+
+    study = StudyConfig(out_dir=str(tmp_path))
+    paths = StudyPaths(tmp_path)
+    _, probe, _ = run_configs(study, paths, "tube", "mae+contrastive", 0, quick=False)
+    run = paths.run("tube", "mae+contrastive", 0)
+    ret = retrieval_config(study, paths, probe, run)
+    assert study.retrieval_prompts == "descriptions"
+    assert ret.eval.class_descriptions == str(paths.data / "descriptions.json")
+    assert ret.train.output_dir == str(run / "retrieval")
+    # the probe's own config (what check_phase_settings compares on resume) is untouched
+    assert probe.eval.class_descriptions == "" and probe.train.output_dir == str(run / "probe")
+    names = retrieval_config(StudyConfig(out_dir=str(tmp_path), retrieval_prompts="names"), paths, probe, run)
+    assert names.eval.class_descriptions == "" and names.eval.class_prompt == "a video of {}."
+    with pytest.raises(ConfigError, match=r"study.retrieval_prompts='labels': expected descriptions\|names"):
+        StudyConfig(retrieval_prompts="labels")

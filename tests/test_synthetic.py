@@ -27,7 +27,7 @@ from tgmae.data.synthetic import (
 from tgmae.data.synthetic.shapes import unit_shape
 
 N, FRAMES, SIZE, GOP, SEED = 12, 24, 64, 8, 3
-INDEX = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
+INDEX = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "descriptions.json", "meta.json")
 # Words a caption of each class must contain (one of), independent of the generator's tables.
 ACTION_WORDS = {
     "move left": ("left",),
@@ -251,6 +251,30 @@ def test_captions_name_object_and_action(synth):
             others = [o for o in meta["videos"][vid]["objects"] if o["role"] != "acting"]
             assert not any(f"{o['colour']} {o['shape']}" in text for o in others)
     assert set(VERBS) == set(ACTIONS)
+
+
+def test_class_descriptions_describe_each_class_in_the_captions_words(synth):
+    """descriptions.json: every class's vision-free descriptions (tgmae describe-classes format), about
+    each of the set's shapes, naming neither colour nor background, in words the captions use (a
+    text model built on the captions knows them; the class names' "move", "grow", "blink" it may not)."""
+    import re
+
+    from tgmae.captions.sources import load_descriptions
+    from tgmae.data.synthetic.captions import TEMPLATES
+
+    root, _ = synth
+    table, meta = load_descriptions(root / "descriptions.json")
+    assert list(table) == list(ACTIONS) and meta["source"].endswith("class_descriptions")
+    # the words captions are made of: sentence frames, shape names, verb phrases (and colours, backgrounds)
+    frames = {w for t in TEMPLATES for w in re.findall(r"\w+", t.format(a="a", obj="", verb="", bg="", context=""))}
+    vocab = {w for phrases in VERBS.values() for p in phrases for w in p.split()} | set(SHAPES) | frames | {"an"}
+    for action, texts in table.items():
+        assert len(texts) == len(set(texts)) == 3 * len(VERBS[action]) * len(SHAPES)
+        for text in texts:
+            assert any(v in text for v in VERBS[action]) and any(s in text.split() for s in SHAPES), text
+            assert set(re.findall(r"\w+", text)) <= vocab, text
+            assert not (set(COLOURS) | {"background"}) & set(text.split()), text
+    assert not {"move", "grow", "blink", "bounce"} & vocab  # why the class names are not the prompts
 
 
 def test_split_is_stratified(synth):

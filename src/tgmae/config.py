@@ -339,7 +339,12 @@ class EvalConfig:
     head_dropout: float = 0.0  # dropout before the classifier head
     feature_cache: str = ""  # linear-probe feature cache; empty = <train.output_dir>/features
     retrieval_text: str = "classes"  # zero-shot retrieval against "classes" prompts or "captions"
-    class_prompt: str = "a video of {}."  # prompt template for class-name retrieval
+    # class-name retrieval: a prompt template, or a list of them whose embeddings are averaged per class (CLIP's
+    # prompt ensemble)
+    class_prompt: str | tuple[str, ...] = "a video of {}."
+    # class-name retrieval from descriptions instead (a `tgmae describe-classes` JSON, class -> [texts]): each class's
+    # descriptions averaged (CuPL); empty = the templates of class_prompt
+    class_descriptions: str = ""
     strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
     # frozen-backbone probes (tgmae.evaluate.knn / attentive): which one, and their knobs
     probe: str = "linear"  # linear (probe_optimizer) | knn (DINO's weighted k-NN) | attentive (V-JEPA's)
@@ -368,8 +373,12 @@ class EvalConfig:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
         if self.retrieval_text not in ("classes", "captions"):
             raise ConfigError(f"eval.retrieval_text={self.retrieval_text!r}: expected classes|captions")
-        if "{}" not in self.class_prompt:
-            raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: needs a {{}} for the class name")
+        templates = [self.class_prompt] if isinstance(self.class_prompt, str) else list(self.class_prompt)
+        if not templates:
+            raise ConfigError("eval.class_prompt=[]: needs at least one template")
+        for t in templates:
+            if "{}" not in t:
+                raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: {t!r} needs a {{}} for the class name")
 
     def _check_frozen_probes(self) -> None:
         if self.probe not in ("linear", "knn", "attentive"):

@@ -4,12 +4,18 @@ Video embedding: the encoder on all tokens of the clip (no mask), mean over toke
 projection head (`VideoTextPretrainer.embed_video`, eval mode), L2-normalized; a sample with
 several views averages the pooled encoder output over them first. Text embedding: the frozen CLIP
 text embedding through the model's text map (`embed_text`), L2-normalized. The texts are
-- `classes`: one prompt per class (`eval.class_prompt`, default "a video of {}."), relevant to
-  every video of that class (the usual zero-shot protocol on UCF101 / HMDB51 / Diving48), or
+- `classes`: one text embedding per class, relevant to every video of that class (the usual
+  zero-shot protocol on UCF101 / HMDB51 / Diving48): the class name in each of the templates of
+  `eval.class_prompt` (default "a video of {}."), or the class's descriptions of
+  `eval.class_descriptions` (a `tgmae describe-classes` JSON: CuPL's route), each text through
+  the text map and L2-normalized, averaged over the class's texts and normalized again (CLIP's
+  prompt ensemble); or
 - `captions`: every distinct caption of the evaluated videos (`captions.file`), relevant to the
   videos that carry it.
 Recall@1/5/10 in both directions (`metrics.recall_at_k`; ties count against the query). Text
-queries without any relevant video (a class absent from the split) are left out.
+queries without any relevant video (a class absent from the split) are left out. Each figure
+comes with a random ranking's 95% band for the same queries and gallery
+(`tgmae.evaluate.chance`): a figure inside it is at chance.
 A video that cannot be read is left out of the gallery (never replaced by another) and listed
 in the results with its reason; `eval.strict=true` fails instead.
 
@@ -32,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError
+from tgmae.evaluate.chance import ChanceBand, retrieval_bands
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
@@ -46,7 +53,8 @@ DEFAULT_PROMPT = "a video of {}."
 
 @dataclass
 class RetrievalResult:
-    """Recall@K both ways (fractions in [0, 1]) and the sizes they were measured on."""
+    """Recall@K both ways (fractions in [0, 1]), the sizes they were measured on, and a random
+    ranking's band for each (`chance[direction][k]`, `tgmae.evaluate.chance.retrieval_bands`)."""
 
     video_to_text: dict[int, float]
     text_to_video: dict[int, float]
@@ -54,12 +62,18 @@ class RetrievalResult:
     num_texts: int
     mode: str
     unreadable: list = field(default_factory=list)  # videos left out: {index, video_id, label, reason}
+    chance: dict[str, dict[int, ChanceBand]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "num_videos": self.num_videos, "num_texts": self.num_texts,
                 "num_unreadable": len(self.unreadable), "unreadable": self.unreadable,
                 "video_to_text": {f"R@{k}": v for k, v in self.video_to_text.items()},
-                "text_to_video": {f"R@{k}": v for k, v in self.text_to_video.items()}}
+                "text_to_video": {f"R@{k}": v for k, v in self.text_to_video.items()},
+                "chance": {d: {f"R@{k}": b.as_dict() for k, b in bands.items()} for d, bands in self.chance.items()}}
+
+    def at_chance(self, direction: str, k: int) -> bool:
+        """True when R@k in `direction` ("video_to_text" | "text_to_video") lies in its chance band."""
+        return self.chance[direction][k].contains(getattr(self, direction)[k])
 
 
 def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant: torch.Tensor,
@@ -74,7 +88,8 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
     v2t = recall_at_k(sim, relevant, ks)
     used = relevant.any(dim=0)
     t2v = recall_at_k(sim.T[used], relevant.T[used], ks)
-    return RetrievalResult(v2t, t2v, int(sim.shape[0]), int(used.sum()), mode)
+    return RetrievalResult(v2t, t2v, int(sim.shape[0]), int(used.sum()), mode,
+                           chance=retrieval_bands(relevant, ks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +209,56 @@ def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT) ->
     return [template.replace("{}", class_text(n)) for n in class_names]
 
 
+def class_texts(class_names: Sequence[str], templates: str | Sequence[str] = DEFAULT_PROMPT,
+                descriptions: Optional[dict[str, list[str]]] = None) -> list[list[str]]:
+    """Per class, the texts whose embeddings `ensemble_embeddings` averages: its descriptions
+    (`descriptions`: class -> [texts], matched by `tgmae.captions.sources.match_classes`, which
+    raises DescriptionsError naming the classes without any) when given, else the class name in
+    each of `templates` (a string is one template)."""
+    if descriptions is not None:
+        from tgmae.captions.sources import match_classes
+
+        table = match_classes(class_names, descriptions)
+        return [list(table[n]) for n in class_names]
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    per_template = [class_prompts(class_names, t) for t in templates]
+    return [[prompts[c] for prompts in per_template] for c in range(len(class_names))]
+
+
+@torch.no_grad()
+def ensemble_embeddings(model: nn.Module, clip_embeddings: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """[sum(counts), Dt] frozen text embeddings, `counts[c]` consecutive rows per class ->
+    [C, P] L2-normalized: each text through the model's text map and normalized, the mean over
+    its class's texts normalized again (CLIP's prompt ensemble, in the joint space)."""
+    if sum(counts) != clip_embeddings.shape[0] or min(counts, default=0) < 1:
+        raise ValueError(f"counts {list(counts)} must be >= 1 and sum to the {clip_embeddings.shape[0]} embeddings")
+    texts = text_embeddings(model, clip_embeddings)
+    return F.normalize(torch.stack([t.mean(dim=0) for t in texts.split(list(counts))]), dim=-1)
+
+
+def class_text_embeddings(cfg, model: nn.Module, class_names: Sequence[str], device: str = "cpu") -> torch.Tensor:
+    """[C, P] class texts of `eval.class_descriptions` (if set) or `eval.class_prompt`'s templates,
+    embedded by `captions.target_model` (cached in <train.output_dir>/class_prompts.emb.safetensors)
+    and averaged per class by `ensemble_embeddings`. ConfigError naming the key when no text model
+    is set or the descriptions file lacks a class."""
+    from tgmae.captions.embed import embed_texts
+    from tgmae.captions.sources import DescriptionsError, load_descriptions
+
+    if not cfg.captions.target_model:
+        raise ConfigError("captions.clip_model (or captions.text_model) must name the model that embeds the prompts")
+    descriptions = None
+    if cfg.eval.class_descriptions:
+        descriptions = load_descriptions(cfg.eval.class_descriptions)[0]
+    try:
+        texts = class_texts(class_names, cfg.eval.class_prompt, descriptions)
+    except DescriptionsError as e:
+        raise ConfigError(f"eval.class_descriptions={cfg.eval.class_descriptions}: {e}") from None
+    cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
+    flat = [t for per_class in texts for t in per_class]
+    clip = embed_texts(flat, cfg.captions.target_model, cache, device=device)
+    return ensemble_embeddings(model, clip, [len(t) for t in texts])
+
+
 def caption_relevance(video_ids: Sequence[str], provider: Any) -> torch.Tensor:
     """[Nv, Nt] bool: caption t of the provider's distinct texts belongs to video v."""
     rel = torch.zeros(len(video_ids), provider.num_captions, dtype=torch.bool)
@@ -236,13 +301,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         names = list(getattr(dataset, "class_names", None) or [])
         if not names:
             raise ValueError("class-prompt retrieval needs the dataset's class names")
-        if not cfg.captions.target_model:
-            raise ConfigError("captions.clip_model (or captions.text_model) must name the model that embeds the prompts")
-        from tgmae.captions.embed import embed_texts
-
-        prompts = class_prompts(names, cfg.eval.class_prompt)
-        cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
-        clip = embed_texts(prompts, cfg.captions.target_model, cache, device=str(dist_info.device))
+        text = class_text_embeddings(cfg, model, names, device=str(dist_info.device))
         relevant = relevance_from_ids(out["label"], torch.arange(len(names)))
     else:
         from tgmae.captions.provider import CaptionProvider
@@ -255,8 +314,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
             raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
         relevant = caption_relevance([records[int(i)].video_id for i in out["index"]], provider)
         used = relevant.any(dim=0)  # the gallery: captions of the evaluated videos only
-        clip, relevant = provider.embeddings[used], relevant[:, used]
-    result = retrieval_metrics(out["embedding"], text_embeddings(model, clip), relevant, KS, mode)
+        text, relevant = text_embeddings(model, provider.embeddings[used]), relevant[:, used]
+    result = retrieval_metrics(out["embedding"], text, relevant, KS, mode)
     result.unreadable = unreadable
     if unreadable:
         log.warning("retrieval: %d unreadable videos left out of the gallery (listed in retrieval_results.json)",
@@ -273,6 +332,15 @@ def _fmt(r: dict[int, float]) -> str:
     return "/".join(f"{100 * v:.1f}" for v in r.values())
 
 
+def chance_text(result: RetrievalResult, direction: str) -> str:
+    """'R@1 at chance (band 8.3-11.8% over 1152 queries), ...': which figures of `direction` a
+    random ranking reaches often; "" when none is."""
+    parts = [f"R@{k} ({100 * b.lo:.1f}-{100 * b.hi:.1f}% over {b.n} queries)"
+             for k, b in result.chance.get(direction, {}).items() if result.at_chance(direction, k)]
+    return "at chance: " + ", ".join(parts) if parts else ""
+
+
 
 __all__ = ["RetrievalResult", "retrieval_metrics", "load_video_text_model", "video_embeddings", "text_embeddings",
-           "class_prompts", "caption_relevance", "evaluate_retrieval", "KS"]
+           "class_prompts", "class_texts", "ensemble_embeddings", "class_text_embeddings", "caption_relevance",
+           "evaluate_retrieval", "chance_text", "KS"]

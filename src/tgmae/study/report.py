@@ -7,8 +7,9 @@ standard deviation (n - 1). Comparisons (the video-text loss's gain, masking vs 
 vs the base run, pretraining vs none) are paired by seed: the difference per seed, its mean and a
 two-sided 95% Student-t interval over the n seeds (n >= 2). A finding is "beyond noise" when that
 interval excludes zero. The interval covers the training randomness (initialisation, data order,
-masks), not the sampling of the validation videos, which every run shares (the binomial
-standard error in the report's chance sentence).
+masks), not the sampling of the validation videos, which every run shares. Every figure a random
+guesser reaches often (inside its 95% band for the same queries, `tgmae.study.at_chance`) is marked
+"(at chance)" in the table and named in the findings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.config import ConfigError
+from tgmae.evaluate.chance import accuracy_band
+from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
 
 COLUMNS = [  # (header, getter)
     ("FT top-1", lambda r: r.get("finetune_top1")),
@@ -60,7 +63,9 @@ def _std(values: Sequence[float]) -> float:
 
 def aggregate(records: Sequence[dict]) -> list[dict]:
     """One row per (masking, objective, variant): mean, sample std and count over seeds of every
-    column (None where no run has the value)."""
+    column (None where no run has the value), and "chance": {column: a random guesser's band for
+    that mean (`at_chance.pooled_band`), None where unknown}."""
+    num_val = _common([r for r in records if r.get("num_val")], "num_val")
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
         groups.setdefault(cell_key(r), []).append(r)
@@ -71,6 +76,8 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
         for header, get in COLUMNS:
             values = [get(r) for r in runs if get(r) is not None and not math.isnan(get(r))]
             row[header] = (statistics.fmean(values), _std(values), len(values)) if values else None
+        row["chance"] = {h: pooled_band([r for r in runs if get(r) is not None], h, num_val) if row[h] else None
+                         for h, get in COLUMNS}
         rows.append(row)
     return rows
 
@@ -201,6 +208,44 @@ def findings(records: Sequence[dict]) -> list[tuple[str, dict]]:
     return out
 
 
+RETRIEVAL_TEXTS = {"names": "class prompts", "descriptions": "each class's descriptions, averaged per class",
+                   "captions": "the validation videos' captions"}
+
+
+def _retrieval_texts(records: Sequence[dict]) -> str:
+    """What the recalls ranked, from the records' retrieval (mode and `prompts`; older records: class prompts)."""
+    kinds = {"captions" if r["retrieval"].get("mode") == "captions" else r["retrieval"].get("prompts", "names")
+             for r in records if r.get("retrieval")}
+    return " / ".join(RETRIEVAL_TEXTS.get(k, k) for k in sorted(kinds)) or RETRIEVAL_TEXTS["names"]
+
+
+def findings_section(records: Sequence[dict], rows: Sequence[dict]) -> list[str]:
+    """The report's findings, as markdown lines: the figures at chance (`at_chance`), then every
+    comparison of `findings` with its verdict (and its cells at chance); [] when there is none."""
+    found = findings(records)
+    chance_lines = at_chance_lines(rows, lambda r: _name(cell_key(r))) + certain_lines(rows)
+    if not found and not chance_lines:
+        return []
+    return (["## Findings: beyond noise?", "",
+             "Each comparison is paired by seed; beyond noise = its 95% t-interval over seeds excludes zero. "
+             "The interval covers training randomness, not the sampling of the validation videos, which "
+             "every run shares. At chance = inside the 95% band of a random guesser over the same queries.", ""]
+            + [f"- {line}." for line in chance_lines]
+            + [f"- {title}: {verdict(d)}{_chance_suffix(d, rows)}." for title, d in found] + [""])
+
+
+def _chance_suffix(d: dict, rows: Sequence[dict]) -> str:
+    """'; tube mae's LP top-1 (12.3) is at chance' for a comparison whose cells' means lie in their bands."""
+    header = METRICS.get(d["metric"])
+    by_key = {cell_key(r): r for r in rows}
+    names = [f"{_name(key)} ({100 * by_key[key][header][0]:.1f})" for key in (d["a"], d["b"])
+             if key in by_key and by_key[key].get(header) and by_key[key]["chance"].get(header) is not None
+             and by_key[key]["chance"][header].contains(by_key[key][header][0])]
+    if not names:
+        return ""
+    return f"; {' and '.join(names)} {'is' if len(names) == 1 else 'are'} at chance in {header}"
+
+
 def gains_markdown(rows: Sequence[dict]) -> str:
     """Table of paired video-text gains (rows of `contrastive_gains`), with 95% t-intervals."""
     lines = ["| Mask | gain of +V->T (points) | 95% interval | n | per seed | seeds where it helps |",
@@ -260,27 +305,34 @@ def attribute_markdown(records: Sequence[dict]) -> str:
 
 
 def chance_check(records: Sequence[dict], rows: Sequence[dict]) -> str:
-    """A sentence on how far the top-1 columns are from chance, in binomial standard errors of
-    a chance-level accuracy on the validation set (small synthetic sets are noisy: say so)."""
-    k, n = _common(records, "num_classes"), _common(records, "num_val")
-    if not k or not n:
-        return ""
-    p = 1.0 / k
-    se = math.sqrt(p * (1 - p) / n)
-    means = [r[h][0] for r in rows for h in ("FT top-1", "LP top-1") if r[h] is not None]
-    near = sum(abs(m - p) <= 2 * se for m in means)
-    text = (f"With {n} validation videos a chance-level top-1 has a binomial standard error of "
-            f"{100 * se:.1f} points; {near} of {len(means)} FT / LP means lie within two of them of chance")
-    if near == len(means):
-        return text + ": at this size no condition is distinguishable from chance, so the table says nothing about the maskings or objectives."
-    return text + "."
+    """A sentence on the top-1 columns against a random guesser's 95% band on the validation set
+    (small synthetic sets are noisy: say so), and one on how coarse the T->V recalls are."""
+    k, n = _common(records, "num_classes"), _common([r for r in records if r.get("num_val")], "num_val")
+    text = ""
+    if k and n:
+        b = accuracy_band(n, k)
+        means = [(r[h][0], r["chance"][h]) for r in rows for h in ("FT top-1", "LP top-1") if r[h] is not None]
+        near = sum(band is not None and band.contains(m) for m, band in means)
+        text = (f"With {n} validation videos a random guesser's top-1 lies in {100 * b.lo:.1f}-{100 * b.hi:.1f}% "
+                f"95% of the time; {near} of {len(means)} FT / LP means lie in that band (the band of a mean over "
+                "seeds is narrower) and are marked \"(at chance)\"")
+        text += (": at this size no condition is distinguishable from chance, so the table says nothing about the "
+                 "maskings or objectives." if near == len(means) else ".")
+    t2v = [r["chance"]["T->V R@1"] for r in rows if r["chance"].get("T->V R@1") is not None]
+    if t2v:
+        b = min(t2v, key=lambda x: x.n)
+        text += (f" T->V recalls rank the videos for each of only {b.n} text queries per run: they move in steps of "
+                 f"{100 / b.n:.1f} points, and a random ranking's R@1 lies in {100 * b.lo:.0f}-{100 * b.hi:.0f}%.")
+    return text.strip()
 
 
-def _cell(value) -> str:
+def _cell(value, band=None) -> str:
+    """'10.6', '20.1 ± 3.2', '-'; ' (at chance)' after a mean inside `band` (a ChanceBand)."""
     if value is None:
         return "-"
     mean, std, n = value
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+    text = f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+    return text + (" (at chance)" if band is not None and band.contains(mean) else "")
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -290,7 +342,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for r in rows:
         mae = "✓" if "mae" in r["objective"].split("+") else ""
         vt = "✓" if "contrastive" in r["objective"] else ""
-        cells = " | ".join(_cell(r[h]) for h, _ in COLUMNS)
+        cells = " | ".join(_cell(r[h], r.get("chance", {}).get(h)) for h, _ in COLUMNS)
         ratio = "-" if r["mask_ratio"] is None else r["mask_ratio"]
         lines.append(f"| {cell_label(r['masking'], r.get('variant', ''))} | {ratio} | {mae} | {vt} | {cells} | "
                      f"{len(r['seeds'])} |")
@@ -415,7 +467,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           f"testing; LP: linear probe on frozen features{_probe_note(records)}; R@k: zero-shot retrieval "
-          "against class prompts through the contrastive head (only for runs that trained it)."
+          f"against {_retrieval_texts(records)} through the contrastive head (only for runs that trained it)."
           + _chance_note(records) + took,
           "", table, ""]
     check = chance_check(records, rows)
@@ -429,13 +481,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                "Linear-probe top-1 of MAE + contrastive minus MAE alone, same masking, paired by seed; "
                "95% Student-t interval over the n seeds.", "",
                gains_markdown(gains), ""]
-    found = findings(records)
-    if found:
-        md += ["## Findings: beyond noise?", "",
-               "Each comparison is paired by seed; beyond noise = its 95% t-interval over seeds excludes zero. "
-               "The interval covers training randomness, not the sampling of the validation videos, which "
-               "every run shares.", ""]
-        md += [f"- {title}: {verdict(d)}." for title, d in found] + [""]
+    md += findings_section(records, rows)
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
@@ -469,7 +515,8 @@ def _html_table(rows: Sequence[dict]) -> str:
     lines = [f"<table><tr>{head}</tr>"]
     for r in rows:
         ratio = "-" if r["mask_ratio"] is None else str(r["mask_ratio"])
-        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [_cell(r[h]) for h, _ in COLUMNS]
+        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [
+            _cell(r[h], r.get("chance", {}).get(h)) for h, _ in COLUMNS]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 

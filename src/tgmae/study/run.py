@@ -106,6 +106,11 @@ class StudyConfig:
     jobs: int = 2
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
+    # class texts of "classes" retrieval: "descriptions" = each class's vision-free descriptions of the set
+    # (data/descriptions.json, eval.class_descriptions) averaged; "names" = eval.class_prompt's template with the
+    # class name, whose words ("move", "grow", "blink") no caption holds: its prompts land on their class in 3-4 of
+    # the 10 classes, the descriptions in 10 (docs/study.md, "Zero-shot retrieval at chance")
+    retrieval_prompts: str = "descriptions"
     # Dotted overrides of every pretraining run, after configs/study_phases.yaml's (measured, docs/sanity.md, docs/study.md):
     # - micro ViT (width 64, depth 2): ~4x tiny's steps per CPU-second, which the action needs (tiny: 15%
     #   after 50 CPU-s, micro: 65%)
@@ -147,6 +152,8 @@ class StudyConfig:
             raise ConfigError(f"study.mask_mode={self.mask_mode!r}: expected dense|faithful")
         if self.retrieval not in ("classes", "captions"):
             raise ConfigError(f"study.retrieval={self.retrieval!r}: expected classes|captions")
+        if self.retrieval_prompts not in ("descriptions", "names"):
+            raise ConfigError(f"study.retrieval_prompts={self.retrieval_prompts!r}: expected descriptions|names")
         bad = [r for r in self.references if r not in REFERENCES]
         if bad:
             raise ConfigError(f"study.references: unknown {bad}; known: {list(REFERENCES)}")
@@ -227,6 +234,10 @@ def prepare_shared(study: StudyConfig, paths: StudyPaths, clip: bool = True) -> 
                                           distractors=study.distractors, distractor_speed=study.distractor_speed)
         log.info("study: synthetic set %d videos in %.1fs", info.num_videos, info.seconds)
     check_data_settings(study, paths)
+    if not (paths.data / "descriptions.json").is_file():  # a set written before the file existed
+        from tgmae.data.synthetic.generate import write_class_descriptions
+
+        write_class_descriptions(paths.data)
     if clip:
         prepare_clip(study, paths)
     if study.text_model == "words" and not (paths.word_encoder / "config.json").is_file():
@@ -432,6 +443,15 @@ def check_phase_settings(cfg) -> None:
                           "Use another study out_dir, or delete that folder to rerun it.")
 
 
+def retrieval_config(study: StudyConfig, paths: StudyPaths, probe, run: Path):
+    """The retrieval phase's RunConfig: the probe's, writing to <run>/retrieval, with the class
+    descriptions of the set when `study.retrieval_prompts` is "descriptions" (not part of the probe's
+    saved config, so a study folder probed before this key existed resumes)."""
+    descriptions = str(paths.data / "descriptions.json") if study.retrieval_prompts == "descriptions" else ""
+    return dataclasses.replace(probe, train=dataclasses.replace(probe.train, output_dir=str(run / "retrieval")),
+                               eval=dataclasses.replace(probe.eval, class_descriptions=descriptions))
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results already exist."""
@@ -474,9 +494,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
 
         latest = ckpt.find_latest(run / "pretrain" / "checkpoints")
         model = load_video_text_model(latest)
-        ret_cfg = dataclasses.replace(probe, train=dataclasses.replace(probe.train, output_dir=str(run / "retrieval")))
-        result = evaluate_retrieval(ret_cfg, model=model, mode=study.retrieval, progress=False)
-        retrieval = result.summary()
+        result = evaluate_retrieval(retrieval_config(study, paths, probe, run), model=model, mode=study.retrieval,
+                                    progress=False)
+        retrieval = dict(result.summary(), prompts=study.retrieval_prompts)
     probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
     record = {
         "masking": masking, "objective": objective, "variant": study.variant, "seed": seed,

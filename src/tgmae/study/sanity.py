@@ -9,6 +9,9 @@ loop (`tgmae.train.loop.Trainer`) with the library's tasks, models, masks and op
   vectors, or both); `OracleCaptions` stands in for the caption embeddings.
 - `linear_probe`: the library's logistic regression (`tgmae.evaluate.logistic`) on the frozen
   encoder's mean-pooled features.
+- `zero_shot_retrieval`: the trained heads' class retrieval of held-out clips against the class
+  texts, through the library's retrieval metric (`tgmae.evaluate.retrieval`), with a random
+  ranking's band: the check that what the contrastive branch learnt is readable zero-shot.
 - `patch_mean_mse` (from `tgmae.models.target`): the masked MSE of predicting every masked
   token's true per-channel mean colour, the bar MAE must go under to have learnt more than patch
   means; `visible_mean_mse` and `copy_mse` (the same place in the nearest time slice): baselines
@@ -376,6 +379,28 @@ def linear_probe(encoder: nn.Module, data: SanityData, l2: float = 1e-3) -> dict
     return {"train_top1": top1(ftr, data.train_labels), "val_top1": top1(fva, data.val_labels)}
 
 
+@torch.no_grad()
+def zero_shot_retrieval(model: VideoTextPretrainer, clips: torch.Tensor, labels: torch.Tensor,
+                        text_table: torch.Tensor, ks: Sequence[int] = (1, 5), batch: int = 64):
+    """Class retrieval with the trained heads, as `tgmae retrieve` does it: uint8 clips [N, T, H, W, 3]
+    through the encoder with no mask, mean-pooled, the video head (eval mode); the class texts
+    `text_table` [K, Dt] (class k's caption embedding) through the text map; Recall@ks both ways,
+    each with its chance band (`tgmae.evaluate.retrieval.RetrievalResult`). labels [N] in [0, K)."""
+    from tgmae.evaluate.metrics import relevance_from_ids
+    from tgmae.evaluate.retrieval import retrieval_metrics, text_embeddings
+
+    was_training = model.training
+    model.eval()
+    try:
+        video = torch.cat([model.embed_video(model.encoder(to_input(clips[i:i + batch])))
+                           for i in range(0, len(clips), batch)])
+        text = text_embeddings(model, text_table)
+    finally:
+        model.train(was_training)
+    relevant = relevance_from_ids(labels, torch.arange(len(text_table)))
+    return retrieval_metrics(video, text, relevant, ks, mode="classes")
+
+
 def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: RunConfig,
                  clip: int = 3) -> Path:
     """Original / masked / MAE reconstruction / true patch means of validation clip `clip`, masked
@@ -407,5 +432,5 @@ __all__ = [
     "HARNESS", "MEAN", "ORACLE_CAPTIONS", "STD", "ClipSet", "OracleCaptions", "SanityData", "SanityPretrainTask",
     "accuracy", "class_text_table", "copy_mse", "encoder_features", "fit", "linear_probe", "mae_errors",
     "make_data", "make_masks", "patch_mean_mse", "pixel_mse", "pretrain", "recon_figure", "render_clips",
-    "sanity_config", "to_input", "train_supervised", "visible_mean_colour", "visible_mean_mse",
+    "sanity_config", "to_input", "train_supervised", "visible_mean_colour", "visible_mean_mse", "zero_shot_retrieval",
 ]

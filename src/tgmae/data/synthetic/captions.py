@@ -10,6 +10,7 @@ import numpy as np
 
 from tgmae.data.synthetic.background import BACKGROUND_WORDS
 from tgmae.data.synthetic.scene import Scene
+from tgmae.data.synthetic.shapes import SHAPES
 
 # Verb phrases per action. Every phrase of a "move X" action contains the word X, every rotation
 # phrase its direction, so a caption can never be read as a different class.
@@ -36,6 +37,25 @@ TEMPLATES: tuple[str, ...] = (
     "in this clip the {obj} {verb}",
     "on a {bg} background {a} {obj} {verb}",
 )
+
+
+# The sentence frames a class description uses: those of TEMPLATES that name neither the background
+# nor the scene's context, which a description of the class alone cannot know.
+DESCRIPTION_TEMPLATES: tuple[str, ...] = tuple(t for t in TEMPLATES if "{bg}" not in t and "{context}" not in t)
+
+
+def class_descriptions() -> dict[str, list[str]]:
+    """Vision-free descriptions of every action class (class -> texts, the `tgmae describe-classes`
+    format): each of the class's verb phrases about each of the set's shapes in each colour-free
+    sentence frame ("a circle slides downward", "a video of a star that sinks down", ...). Written
+    from the class definitions and the set's object names alone, as a language model writes them
+    for real classes (paper Table 6a), in the captions' words: zero-shot retrieval averages them per
+    class (`eval.class_descriptions`), where a class name's own words ("move", "grow", "blink")
+    occur in no caption (docs/study.md). Every shape is named because the captions hold no generic
+    object word ("shape" occurs only with distractors)."""
+    return {action: [t.format(a=_article(shape), obj=shape, verb=v) for t in DESCRIPTION_TEMPLATES for v in verbs
+                     for shape in SHAPES]
+            for action, verbs in VERBS.items()}
 
 
 def _article(word: str) -> str:

@@ -7,6 +7,7 @@ Layout (the data pipeline relies on it):
     OUT/annotations.csv      all videos, same columns
     OUT/classes.txt          line i = name of class i
     OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
+    OUT/descriptions.json    class -> [vision-free descriptions] (`captions.class_descriptions`; eval.class_descriptions)
     OUT/meta.json            settings, counts, classes, per-video objects (written last)
 
 Video i depends only on (seed, i): the set is the same for any number of workers, and the same
@@ -29,13 +30,14 @@ import numpy as np
 
 from tgmae.errors import SettingsError
 from tgmae.lifetime import end_with_parent
-from tgmae.data.synthetic.captions import make_captions
+from tgmae.data.synthetic.captions import class_descriptions, make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
 GENERATOR_VERSION = "1.0"
-INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
+INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "descriptions.json",
+               "meta.json")
 _OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\..+\.tmp)$")  # and killed writes' temps
 
 
@@ -201,6 +203,16 @@ def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> Non
             for r in records
         ),
     )
+    write_class_descriptions(root)
+
+
+def write_class_descriptions(root: Path) -> Path:
+    """root/descriptions.json: the classes' vision-free descriptions (`captions.class_descriptions`)
+    in the `tgmae describe-classes` format, for `eval.class_descriptions`."""
+    meta = {"source": "tgmae.data.synthetic.captions.class_descriptions", "generator_version": GENERATOR_VERSION}
+    path = Path(root) / "descriptions.json"
+    atomic_write_text(path, json.dumps({"_meta": meta, **class_descriptions()}, indent=1) + "\n")
+    return path
 
 
 def _meta_tail(records: Sequence[dict], is_val: np.ndarray, class_counts: dict[str, int]) -> dict:

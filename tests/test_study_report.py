@@ -1,0 +1,94 @@
+"""tgmae.study.report and tgmae.study.at_chance: every figure a random guesser reaches often is
+marked "at chance" in the table and named in the findings, with its band."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tgmae.evaluate.metrics import relevance_from_ids
+from tgmae.evaluate.retrieval import retrieval_metrics
+from tgmae.study.at_chance import pooled_band, record_band
+from tgmae.study.report import aggregate, markdown_table, write_report
+
+
+def _retrieval(v2t_r1: float, t2v_r1: float, videos: int = 1152, texts: int = 10, stored: bool = True) -> dict:
+    """A classes-mode retrieval summary as evaluate_retrieval writes it (figures set by hand)."""
+    rel = relevance_from_ids(torch.arange(videos) % texts, torch.arange(texts))
+    summary = retrieval_metrics(torch.randn(videos, 4), torch.randn(texts, 4), rel, mode="classes").summary()
+    summary["video_to_text"].update({"R@1": v2t_r1, "R@5": 0.505})
+    summary["text_to_video"].update({"R@1": float(np.float32(t2v_r1)), "R@5": 0.3})
+    if not stored:  # a record written before retrieval results carried their bands
+        del summary["chance"]
+    return summary
+
+
+def _record(tmp_path, masking, objective, lp, seed=0, retrieval=None, ft=0.8):
+    return {"masking": masking, "objective": objective, "seed": seed, "mask_ratio": 0.75, "finetune_top1": ft,
+            "linear_probe_top1": lp, "retrieval": retrieval or {}, "run_dir": str(tmp_path), "num_classes": 10,
+            "num_val": 1152}
+
+
+def test_table_and_findings_mark_every_figure_at_chance(tmp_path):
+    records = [_record(tmp_path, "tube", "mae", 0.110),
+               _record(tmp_path, "tube", "mae+contrastive", 0.184, retrieval=_retrieval(0.106, 0.3))]
+    rows = aggregate(records)
+    table = markdown_table(rows)
+    # LP 11.0 over 1,152 videos lies in 8.3-11.8%; 18.4 does not; FT 80 is far from it
+    assert "| tube | 0.75 | ✓ |  | 80.0 | 11.0 (at chance) | - |" in table
+    # V->T R@1 10.6 and R@5 50.5 at chance; T->V over 10 prompts: 30% (stored as float32) is in 0-30%
+    assert ("| tube | 0.75 | ✓ | ✓ | 80.0 | 18.4 | 10.6 (at chance) | 50.5 (at chance) | 30.0 (at chance) | "
+            "30.0 (at chance) | 1 |") in table
+    report = write_report(records, tmp_path / "rep").read_text()
+    assert table in report and "10.6 (at chance)" in (tmp_path / "rep" / "report.html").read_text()
+    assert ("- tube mae+contrastive: V->T R@1 10.6, V->T R@5 50.5, T->V R@1 30.0, T->V R@5 30.0 at chance (95% band "
+            "of a random guesser: V->T R@1 8.3-11.8% over 1152 queries; V->T R@5 47.1-52.9% over 1152 queries; "
+            "T->V R@1 0.0-30.0% over 10 queries, in steps of 10.0 points; ") in report
+    assert "- tube mae: LP top-1 11.0 at chance (95% band of a random guesser: LP top-1 8.3-11.8% over 1152 queries)." in report
+    # a comparison whose cell is at chance says so
+    assert ("- Video-text loss, tube, LP top-1: +7.4 points from 1 seed: no interval, so it cannot be told from noise "
+            "(run seeds=[0,1,2]); tube mae (11.0) is at chance in LP top-1.") in report
+    # the top-1 sentence uses the band, and T->V says how coarse it is
+    assert ("With 1152 validation videos a random guesser's top-1 lies in 8.3-11.8% 95% of the time; 1 of 4 FT / LP "
+            "means lie in that band") in report
+    assert "only 10 text queries per run: they move in steps of 10.0 points, and a random ranking's R@1 lies in 0-30%." in report
+
+
+def test_a_mean_over_seeds_is_compared_with_the_band_of_all_its_queries(tmp_path):
+    # LP 11.5% is at chance for one run of 1,152 videos, not for the mean of three (3,456 guesses)
+    one = [_record(tmp_path, "tube", "mae", 0.115)]
+    three = [_record(tmp_path, "tube", "mae", lp, seed=s) for s, lp in enumerate((0.114, 0.115, 0.116))]
+    assert aggregate(one)[0]["chance"]["LP top-1"].contains(0.115)
+    pooled = aggregate(three)[0]["chance"]["LP top-1"]
+    assert pooled.n == 3 * 1152 and not pooled.contains(0.115) and pooled.contains(0.105)
+    assert "11.5 ± 0.1 |" in markdown_table(aggregate(three)) and "(at chance)" not in markdown_table(aggregate(three))[:200]
+    assert pooled_band(three, "LP top-1") == pooled
+
+
+def test_bands_of_records_without_stored_ones(tmp_path):
+    # a classes-mode record from before the bands were stored: one prompt per class, videos / texts per prompt
+    old = _record(tmp_path, "tube", "mae+contrastive", 0.2, retrieval=_retrieval(0.106, 0.0, stored=False))
+    new = _record(tmp_path, "tube", "mae+contrastive", 0.2, retrieval=_retrieval(0.106, 0.0))
+    for header in ("V->T R@1", "V->T R@5", "T->V R@1"):
+        a, b = record_band(old, header), record_band(new, header)
+        assert (a.n, a.lo, a.hi) == (b.n, b.lo, b.hi) and a.p == pytest.approx(b.p, abs=1e-3)  # 115 vs 115.2 per prompt
+    # caption galleries: the relevance was not recorded, so no band and no mark
+    captions = dict(old, retrieval=dict(old["retrieval"], mode="captions"))
+    assert record_band(captions, "V->T R@1") is None
+    assert "(at chance)" not in markdown_table(aggregate([dict(captions, linear_probe_top1=0.5, finetune_top1=0.5)]))
+    # the supervised reference carries no num_val: the study's is used
+    scratch = {k: v for k, v in old.items() if k != "num_val"}
+    assert record_band(scratch, "FT top-1") is None and record_band(scratch, "FT top-1", num_val=1152).n == 1152
+
+
+def test_chance_sentence_counts_the_means_in_the_band(tmp_path):
+    def rec(masking, lp):
+        return dict(_record(tmp_path, masking, "mae", lp, ft=0.1), num_val=100)
+
+    # 100 videos, p = .1: a guesser's top-1 lies in 5-16%; 0.15 and 0.05 and FT 0.1 lie in it, 0.4 does not
+    near = write_report([rec("tube", 0.15), rec("tgm", 0.05)], tmp_path / "a").read_text()
+    assert "top-1 lies in 5.0-16.0% 95% of the time; 4 of 4 FT / LP means lie in that band" in near
+    assert "no condition is distinguishable from chance" in near
+    far = write_report([rec("tube", 0.15), rec("tgm", 0.4)], tmp_path / "b").read_text()
+    assert "3 of 4 FT / LP means" in far and "distinguishable" not in far
