@@ -191,3 +191,16 @@ def test_yaml_with_a_key_twice_is_refused_naming_key_file_and_lines(tmp_path):
     nested.write_text("optim:\n  base_lr: 1.0e-3\n  base_lr: 2.0e-3\n")
     with pytest.raises(ConfigError, match=r"'optim.base_lr'.*line 2 and line 3"):
         load_config(nested)
+
+
+def test_a_retired_key_at_its_inert_value_still_loads():
+    """Checkpoints from before contrastive.text_norm was removed hold `text_norm: false`: they
+    load; `true` described a model this version cannot build and is refused naming the key."""
+    from tgmae.config import RunConfig, from_dict, to_dict
+
+    old = to_dict(RunConfig())
+    old["contrastive"]["text_norm"] = False
+    assert from_dict(RunConfig, old) == RunConfig()
+    old["contrastive"]["text_norm"] = True
+    with pytest.raises(ConfigError, match="contrastive.text_norm=True"):
+        from_dict(RunConfig, old)

@@ -539,12 +539,32 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation}")
 
 
+# Keys a release removed -> the value under which they changed nothing: a config (a checkpoint's,
+# a run folder's) holding that value still loads; any other value is refused, since the run it
+# describes cannot be rebuilt.
+RETIRED_KEYS: dict[str, Any] = {"contrastive.text_norm": False}
+
+
+def _drop_retired(values: dict, prefix: str) -> dict:
+    kept = dict(values)
+    for key, inert in RETIRED_KEYS.items():
+        section, _, name = key.rpartition(".")
+        if section == prefix and name in kept:
+            if kept[name] != inert:
+                raise ConfigError(f"{key}={kept[name]!r}: this setting was removed (only {inert!r} still "
+                                  "loads); the run it describes cannot be rebuilt by this version")
+            del kept[name]
+    return kept
+
+
 def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict; unknown keys and bad types raise ConfigError."""
+    """Build dataclass `cls` from a nested dict; unknown keys and bad types raise ConfigError
+    (a retired key at its inert value, `RETIRED_KEYS`, is dropped)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    values = _drop_retired(values, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
