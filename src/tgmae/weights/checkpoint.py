@@ -216,6 +216,10 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
     order = _param_names(model, optimizer)
     set_optimizer_state_dict(model, optimizer, _rekey(state, dict(enumerate(order))), options=_fsdp_options())
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+        # the hyperparameters as saved (torch.distributed.checkpoint turns AdamW's betas tuple into
+        # a list), so the next checkpoint's groups equal this one's under either strategy
+        group.update({k: v for k, v in saved.items() if k != "params"})
 
 
 def full_model(model: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
