@@ -281,7 +281,8 @@ class TrainConfig:
     attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
     grad_checkpoint: bool = False  # activation checkpointing of encoder and decoder blocks (less memory)
     # parallel strategy on several processes: ddp (replicated model, averaged gradients) | fsdp (each
-    # process holds 1/world of the parameters, gradients and optimizer state: fully_shard per block)
+    # process holds 1/world of the parameters, gradients and optimizer state: fully_shard per block);
+    # one process trains the plain model either way
     strategy: str = "ddp"
 
     def __post_init__(self) -> None:
