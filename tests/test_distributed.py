@@ -25,3 +25,88 @@ def test_torchrun_environment_is_read(monkeypatch):
     assert rank_world() == (0, 1)  # no group joined: collectives stay local
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert not init_distributed_if_launched()  # no rendezvous address: nothing to join
+
+
+
+def _net():
+    from torch import nn
+
+    from tgmae.models.block import Block
+
+    return nn.Sequential(nn.Linear(8, 16), Block(16, 2), Block(16, 2), nn.LayerNorm(16))
+
+
+def _batch(rank: int):
+    import torch
+
+    return torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(10 + rank))
+
+
+def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from tgmae.distributed import fsdp_shard, grad_sync, is_fsdp, local_numel
+    from tgmae.weights import checkpoint as ckpt
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # different inits: sharding takes rank 0's
+    model = _net()
+    blocks = [model[1], model[2]]
+    fsdp_shard(model, blocks)
+    assert is_fsdp(model) and all(is_fsdp(b) for b in blocks)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = _batch(rank)
+    for micro, last in ((0, False), (1, True)):  # one accumulated step: reduced on the last only
+        with grad_sync(model, enabled=last):
+            model(x[micro * 2:(micro + 1) * 2]).pow(2).mean().backward()
+    opt.step()
+    states = ckpt.train_states(model, opt)  # collective; full on rank 0 only
+    held = local_numel(model.parameters())
+    if rank == 0:
+        torch.save(states, Path(out) / "states.pt")
+    dist.barrier()
+    # every rank reads the file and keeps its shard; gathering again gives the same states
+    again = fsdp_shard(_net(), [])
+    opt2 = torch.optim.AdamW(again.parameters(), lr=1e-2)
+    model_state, optim_state = torch.load(Path(out) / "states.pt", weights_only=True)
+    ckpt.load_model_weights(again, model_state, "states.pt")
+    ckpt.load_optimizer_state(again, opt2, optim_state)
+    back = ckpt.train_states(again, opt2)
+    if rank == 0:
+        torch.save({"states": states, "back": back, "held": held}, Path(out) / "result.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_fsdp_shards_take_rank_0s_weights_and_gather_into_the_usual_state_dicts(tmp_path, free_port):
+    """2 gloo processes: `fsdp_shard` (per block, then the root), an accumulated step under
+    `grad_sync`, `train_states` (full dicts in torch's layouts) and the way back
+    (`load_model_weights`, `load_optimizer_state`) against one plain process."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
+    result = torch.load(tmp_path / "result.pt", weights_only=True)
+    torch.manual_seed(0)
+    ref = _net()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    # FSDP averages over ranks the gradients each rank summed over its micro-batches
+    sum(ref(_batch(r)[m * 2:(m + 1) * 2]).pow(2).mean() for r in (0, 1) for m in (0, 1)).div(2).backward()
+    opt.step()
+    (model_state, optim_state), (model_back, optim_back) = result["states"], result["back"]
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model_state[k], v, rtol=0, atol=1e-6)
+        assert torch.equal(model_back[k], model_state[k])
+    want = opt.state_dict()
+    assert optim_state["param_groups"] == want["param_groups"] == optim_back["param_groups"]
+    for i, s in want["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optim_state["state"][i][name], s[name], rtol=0, atol=1e-6)
+            assert torch.equal(optim_back["state"][i][name], optim_state["state"][i][name])
+    full = sum(p.numel() for p in ref.parameters())
+    assert abs(result["held"] / full - 0.5) < 0.05  # rank 0 holds about half of every tensor

@@ -280,6 +280,10 @@ class TrainConfig:
     compile: Union[bool, str] = "off"
     attention: str = "auto"  # attention kernel: auto (measured per machine) | sdpa | sdpa_fp32 | math
     grad_checkpoint: bool = False  # activation checkpointing of encoder and decoder blocks (less memory)
+    # parallel strategy on several processes: ddp (replicated model, averaged gradients) | fsdp (each
+    # process holds 1/world of the parameters, gradients and optimizer state: fully_shard per block);
+    # one process trains the plain model either way
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -298,6 +302,11 @@ class TrainConfig:
             raise ConfigError(f"train.compile={shown}: expected off|blocks|model")
         if self.attention not in ("auto", "sdpa", "sdpa_fp32", "math"):
             raise ConfigError(f"train.attention={self.attention!r}: expected auto|sdpa|sdpa_fp32|math")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy={self.strategy!r}: expected ddp|fsdp")
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ConfigError("train.strategy=fsdp with train.precision=fp16: the loss scaler is DDP's; "
+                              "use train.precision=bf16 (or fp32)")
 
 
 @dataclass

@@ -5,17 +5,22 @@ what the joined group says (`rank_world`), joining it (`init_distributed` for tr
 evaluation, `init_distributed_if_launched` for the sharded precompute commands; both through
 `_join`), and the collectives on top. One process per device. Without torchrun's environment
 everything degrades to a single process and the helpers become no-ops, so the same code runs on a
-laptop CPU and on a cluster.
+laptop CPU and on a cluster. The parallel strategies' wrapping lives here too: DDP (the loop wraps
+with `DistributedDataParallel`) and FSDP (`fsdp_shard`: PyTorch's `fully_shard` per transformer
+block, then the root), with `grad_sync` for accumulation under either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -142,3 +147,58 @@ def init_distributed_if_launched() -> bool:
 def distributed_ready() -> bool:
     """Whether this process has joined a default process group."""
     return dist.is_available() and dist.is_initialized()
+
+
+def fsdp_shard(model: nn.Module, units: Iterable[nn.Module], param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Shard `model` in place with FSDP (`torch.distributed.fsdp.fully_shard`): each module of
+    `units` (the transformer blocks: one all-gather per block in forward and backward), then the
+    root (what is left: embeddings, norms, heads). `param_dtype` (bf16) computes in that dtype
+    (`MixedPrecisionPolicy`) and reduces gradients in float32; the sharded parameters and the
+    optimizer state stay float32. Returns `model`, whose parameters are now DTensors sharded on
+    dim 0 across the default group (each process holds about 1/world of every tensor).
+
+    Every rank first takes rank 0's parameters and buffers (what DDP does at construction): a
+    rank's shard is cut from its own full tensor, so differently seeded inits would otherwise
+    make a model no rank ever built."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    for unit in units:
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether `model` was sharded with `fully_shard` (its state dicts hold DTensor shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Backward passes inside reduce gradients across ranks only when `enabled` (the last
+    micro-batch of an accumulated step): DDP's `no_sync`, FSDP's `set_requires_gradient_sync`
+    (it then keeps unsharded gradients until the reducing backward), nothing for one process."""
+    if enabled or not distributed_ready():
+        yield
+    elif is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with model.no_sync():
+            yield
+
+
+def local_numel(tensors: Iterable[torch.Tensor]) -> int:
+    """Elements this process holds of `tensors`: a DTensor's local shard, a plain tensor whole."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)

@@ -1,9 +1,10 @@
 """The one training loop. Pretraining, finetuning and linear probing are `Task` objects that plug
 their batch -> loss step, parameters and evaluation into it.
 
-The loop owns everything a task should not have to think about: devices and DDP, mixed
-precision, gradient accumulation and clipping, the lr schedule, non-finite-loss stops, metrics,
-progress, atomic checkpoints and step-exact resume (its policy: `tgmae.train.resume`).
+The loop owns everything a task should not have to think about: devices, DDP or FSDP
+(`train.strategy`), mixed precision, gradient accumulation and clipping, the lr schedule,
+non-finite-loss stops, metrics, progress, atomic checkpoints and step-exact resume (its policy:
+`tgmae.train.resume`).
 `Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume, run
 folder, loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step,
 then the end of the epoch (evaluation, checkpoint). The host waits for the device only at a log
@@ -14,7 +15,6 @@ is made from the model.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -33,7 +33,7 @@ from tgmae.config import ConfigError, RunConfig, to_dict
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
-from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
+from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
 from tgmae.train.resume import resume, run_folder_lock, write_run_folder
@@ -226,7 +226,7 @@ class Trainer:
                 run.bar.close()
             run.metrics_log.close()
             del loader  # shuts its persistent workers down now, not at garbage collection
-        return FitResult(unwrap(model), run.position, self.out_dir, run.last_ckpt, run.history)
+        return FitResult(self._full_model(model), run.position, self.out_dir, run.last_ckpt, run.history)
 
     # ------------------------------------------------------------------ set-up
     def _choose_precision(self) -> str:
@@ -272,6 +272,7 @@ class Trainer:
         plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
         # A task may bring its own optimizer (the linear probe's LARS); AdamW otherwise.
         make_optimizer = getattr(task, "build_optimizer", build_optimizer)
+        model = self._shard(model, precision)  # before the optimizer: under FSDP it holds the shards
         optimizer = make_optimizer(task.param_groups(model), cfg.optim, dist.device)
         scaler = make_grad_scaler(precision, dist.device)
         self.fingerprint = getattr(task, "inputs_fingerprint", None)
@@ -292,10 +293,32 @@ class Trainer:
         run.window = _Window(dist.device)
         return run
 
+    def _shard(self, model: nn.Module, precision: str) -> nn.Module:
+        """train.strategy=fsdp on several processes: `fully_shard` per transformer block, then the
+        root (`tgmae.distributed.fsdp_shard`), computing in bf16 when the run's precision is bf16."""
+        if self.cfg.train.strategy != "fsdp" or not self.dist.enabled:
+            return model
+        blocks = [m for m in model.modules() if isinstance(m, Block)]
+        if self.dist.is_main:
+            log.info("FSDP: %d blocks sharded over %d processes", len(blocks), self.dist.world_size)
+        return fsdp_shard(model, blocks, torch.bfloat16 if precision == "bf16" else None)
+
+    def _full_model(self, model: nn.Module) -> nn.Module:
+        """The model unwrapped; a sharded one gathered into a fresh plain copy on every rank (a
+        collective), so what evaluates it or follows a fit (export, figures) sees ordinary tensors
+        and runs on each rank alone."""
+        if not is_fsdp(model):
+            return unwrap(model)
+        plain = self.task.build_model().to(self.dist.device)
+        if self.cfg.train.attention != "auto":  # "auto": the set-up's plan serves this copy too
+            set_attention_kernel(plain, self.cfg.train.attention)
+        return ckpt.full_model(model, plain)
+
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """train.compile in place, then DDP when distributed: the module the step runs."""
+        """train.compile in place, then DDP when distributed (an FSDP model is already sharded):
+        the module the step runs."""
         compile_model(model, self.cfg.train.compile)
-        if not self.dist.enabled:
+        if not self.dist.enabled or is_fsdp(model):
             return model
         device = self.dist.device
         return DistributedDataParallel(
@@ -323,8 +346,7 @@ class Trainer:
         batch = to_device(batch, device)
         if "load_failures" in batch:
             run.load_failures += torch.as_tensor(batch["load_failures"]).sum().to(device, torch.float64)
-        no_sync = self.dist.enabled and not last
-        with run.train_model.no_sync() if no_sync else contextlib.nullcontext():
+        with grad_sync(run.train_model, enabled=last):
             with autocast(run.precision, device):
                 out = self.task.step(run.train_model, batch)
             loss = out.loss.float()
@@ -407,7 +429,7 @@ class Trainer:
         if evaluate is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs):
             self._check_finite(run)
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-                result = evaluate(unwrap(run.model))
+                result = evaluate(self._full_model(run.model))
             record = {"step": run.position.step, "epoch": epoch, **result}
             run.metrics_log.write(record)
             run.history.append(record)
@@ -419,9 +441,10 @@ class Trainer:
         self._check_finite(run)
         failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
         path = None
+        states = ckpt.train_states(run.model, run.optimizer)  # a collective under FSDP
         if self.dist.is_main:
             path = ckpt.save_checkpoint(
-                self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg),
+                self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states,
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
                        "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint},

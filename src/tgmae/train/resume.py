@@ -73,7 +73,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
         ckpt.load_model_weights(model, loaded.model_state, str(source))
     except ckpt.CheckpointError as e:
         raise ckpt.CheckpointError(f"{e}. {ckpt.another_run_hint(out)}") from None
-    optimizer.load_state_dict(loaded.optimizer_state)
+    ckpt.load_optimizer_state(model, optimizer, loaded.optimizer_state)
     if loaded.scaler_state:
         scaler.load_state_dict(loaded.scaler_state)
     if dist.world_size == loaded.extra.get("world_size", dist.world_size):

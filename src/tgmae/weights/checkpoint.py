@@ -11,7 +11,10 @@ Layout under `<output_dir>/checkpoints/`:
 A checkpoint directory is written under a temporary name and renamed into place, and `latest`
 is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
 A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
-new one (`check_resume_config`). Every loader reads these paths through
+new one (`check_resume_config`). The files are the same under every train.strategy: an FSDP run
+gathers full state dicts (`train_states`: model by parameter name, optimizer in torch's own
+layout, by parameter index) and scatters them back on resume (`load_model_weights`,
+`load_optimizer_state`), so a DDP checkpoint resumes under FSDP and back. Every loader reads these paths through
 `tgmae.weights.files.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
 """
 
@@ -30,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path
-from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
+from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
 # change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
@@ -38,7 +41,7 @@ from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_stri
 # covers its whole section. Anything else that differs makes the resume a CheckpointError.
 RESUMABLE_KEYS = (
     "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every", "train.eval_every",
-    "train.device", "train.compile", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
+    "train.device", "train.compile", "train.strategy", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
     "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
     "data.cache", "data.cache_dir",  # the decoded-clip cache gives the video path's samples bit for bit
 )
@@ -159,9 +162,77 @@ def _durable_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def _state_dict_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # Detached contiguous copies: safetensors refuses views and shared storage.
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def _fsdp_options(**kwargs: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters as names, in the order `optimizer.state_dict()` numbers them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _rekey(state: dict, old_to_new: dict) -> dict:
+    """An optimizer state dict with its parameter keys (state keys, groups' `params`) mapped."""
+    return {"state": {old_to_new[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [old_to_new[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
+def train_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model state dict, optimizer state dict) as a checkpoint stores them: full tensors, the
+    optimizer's in torch's layout (state by parameter index). Under FSDP a collective that every
+    rank calls (torch.distributed.checkpoint.state_dict, full_state_dict + cpu_offload): the main
+    rank gets the full dicts, the others empty ones. Otherwise the modules' own state dicts."""
+    from tgmae.distributed import is_fsdp
+
+    if not is_fsdp(model):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    model_state = get_model_state_dict(model, options=_fsdp_options(cpu_offload=True))
+    optim_state = get_optimizer_state_dict(model, optimizer, options=_fsdp_options(cpu_offload=True))
+    if not model_state:  # not the main rank
+        return {}, {}
+    order = _param_names(model, optimizer)
+    return model_state, _rekey(optim_state, {n: i for i, n in enumerate(order)})
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """A checkpoint's optimizer state (torch's layout) into `optimizer`; under FSDP each rank keeps
+    its shard of the full tensors (every rank passes the whole state)."""
+    from tgmae.distributed import is_fsdp
+
+    if not is_fsdp(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    order = _param_names(model, optimizer)
+    set_optimizer_state_dict(model, optimizer, _rekey(state, dict(enumerate(order))), options=_fsdp_options())
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+        # the hyperparameters as saved (torch.distributed.checkpoint turns AdamW's betas tuple into
+        # a list), so the next checkpoint's groups equal this one's under either strategy
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def full_model(model: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
+    """`plain` (a fresh unsharded copy of `model`'s architecture) with `model`'s full weights:
+    under FSDP a collective that every rank calls (each gets the whole model); else `model`."""
+    from tgmae.distributed import is_fsdp
+
+    if not is_fsdp(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    plain.load_state_dict(get_model_state_dict(model, options=_fsdp_options()))
+    return plain
 
 
 def save_checkpoint(
@@ -173,17 +244,20 @@ def save_checkpoint(
     config: dict,
     keep_last: int = 2,
     extra: Optional[dict] = None,
+    states: Optional[tuple[dict, dict]] = None,
 ) -> Path:
     """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones.
-    The checkpoint is built in a temp folder that a failed write removes; temp folders of killed
-    writers are removed first (`remove_stale_temps`)."""
+    `states`: the (model, optimizer) state dicts `train_states` gathered (a sharded model's);
+    default the modules' own. The checkpoint is built in a temp folder that a failed write
+    removes; temp folders of killed writers are removed first (`remove_stale_temps`)."""
+    model_state, optim_state = states if states is not None else (model.state_dict(), optimizer.state_dict())
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(directory)
     name = f"step_{position.step:08d}"
     tmp = temp_path(directory / name)
     tmp.mkdir()
     try:
-        _write_checkpoint_folder(tmp, model, optimizer, scaler, position, config, extra)
+        _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
         raise
@@ -197,16 +271,16 @@ def save_checkpoint(
     return final
 
 
-def _write_checkpoint_folder(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], optim_state: dict,
                              scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
                              extra: Optional[dict]) -> None:
     """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced."""
     save_file(
-        _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
+        _state_dict_for_safetensors(model_state), str(tmp / "model.safetensors"),
         metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
     )
     state = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optim_state,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
         "position": {"step": position.step, "epoch": position.epoch,
                      "batches_in_epoch": position.batches_in_epoch},
@@ -282,5 +356,14 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys)."""
-    load_strict(model, state, source)
+    """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys);
+    under FSDP each rank keeps its shard of the full tensors (every rank passes the whole state)."""
+    from tgmae.distributed import is_fsdp
+
+    if not is_fsdp(model):
+        load_strict(model, state, source)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    own = check_fits(model, state, source)
+    set_model_state_dict(model, {k: v.to(own[k].dtype) for k, v in state.items()}, options=_fsdp_options(strict=True))

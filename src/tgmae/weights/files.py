@@ -46,6 +46,15 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
     """`module.load_state_dict(state)` once every key and shape fits, tensors cast to the module's
     dtypes. Else CheckpointError `SOURCE does not fit WHAT: missing keys: [...]; unexpected keys:
     [...]` (`extra_unexpected`: names a layout conversion could not place) or `... shape mismatch`."""
+    own = check_fits(module, state, source, what, extra_unexpected)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return module
+
+
+def check_fits(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str = "this model",
+               extra_unexpected: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """`load_strict`'s checks alone (keys, then shapes; shapes are global ones for a sharded
+    module's DTensors); returns `module.state_dict()`."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own] + list(extra_unexpected)
@@ -56,8 +65,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
            if tuple(state[k].shape) != tuple(v.shape)]
     if bad:
         raise CheckpointError(f"{source} does not fit {what}: shape mismatch: {key_names(bad)}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    return module
+    return own
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -176,5 +184,5 @@ def detect_format(path: str | os.PathLike) -> str:
     return "tgmae" if p.suffix == ".safetensors" or looks_like_safetensors(p) else "official"
 
 
-__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "key_names", "load_strict", "read_safetensors", "write_safetensors", "read_torch",
+__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "key_names", "load_strict", "check_fits", "read_safetensors", "write_safetensors", "read_torch",
            "unwrap_state", "hf_directory_state", "resolve_checkpoint", "looks_like_safetensors", "detect_format"]

@@ -16,13 +16,14 @@ import torch
 
 from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
-from tgmae.weights.files import CheckpointError
+from tgmae.weights.files import CheckpointError, key_names
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
 
-# Head counts of the released VideoMAE models (not stored in the .pth): width -> heads.
-OFFICIAL_ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
+# Head counts of the released VideoMAE / VideoMAEv2 models (not stored in the .pth): width -> heads
+# (1408: VideoMAEv2's ViT-g/14; its distilled ViT-S / ViT-B are 384 / 768 wide like VideoMAE's).
+OFFICIAL_ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 OFFICIAL_DECODER_HEADS = {192: 3, 384: 6, 512: 8, 640: 8}
 
 # HF block sub-module -> ours (the q/k/v split is handled separately).
@@ -66,6 +67,37 @@ def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
                     name, changed = name[len(prefix):], True
         out[name.replace("._orig_mod.", ".")] = value
     return out
+
+
+# VideoMAEv2 options whose weights our blocks have no place for (models/modeling_finetune.py):
+# key suffix -> the option that makes it.
+_UNSUPPORTED_OFFICIAL = {
+    ".attn.scale": "cos_attn (cosine attention with a learned per-head logit scale)",
+    ".gamma_1": "init_values > 0 (layer scale)",
+    ".gamma_2": "init_values > 0 (layer scale)",
+    "pos_embed": "use_learnable_pos_emb (learned position embeddings; ours are fixed sin-cos)",
+}
+
+
+def official_state(state: Mapping[str, torch.Tensor], source: Any) -> dict[str, torch.Tensor]:
+    """An official VideoMAE / VideoMAEv2 state dict (already unwrapped from `model` / `module`)
+    with wrapper prefixes stripped (`strip_wrappers`).
+
+    VideoMAEv2's pretraining and finetuning models use VideoMAE's names (encoder.* / decoder.* /
+    encoder_to_decoder / mask_token; patch_embed / blocks / fc_norm or norm / head) and the same
+    fused qkv weight with separate q_bias / v_bias; it adds options our model does not implement.
+    A checkpoint trained with one is a CheckpointError naming the keys and the option."""
+    state = strip_wrappers(state)
+    found: dict[str, list[str]] = {}
+    for key in state:
+        for suffix, option in _UNSUPPORTED_OFFICIAL.items():
+            if key == suffix or key.endswith("." + suffix.lstrip(".")):
+                found.setdefault(option, []).append(key)
+    if found:
+        what = "; ".join(f"{option}: keys [{key_names(keys)}]" for option, keys in found.items())
+        raise CheckpointError(f"{source}: a VideoMAE / VideoMAEv2 checkpoint trained with options tgmae's model "
+                              f"does not implement: {what}")
+    return state
 
 
 def _count_blocks(state: Mapping[str, Any], prefix: str) -> int:
@@ -140,10 +172,13 @@ def hf_arch(config: Mapping[str, Any]) -> VideoMAEArch:
         raise CheckpointError(f"HF config hidden_act={act!r}: only 'gelu' (erf) is supported")
     dim, ddim = int(config.get("hidden_size", 768)), int(config.get("decoder_hidden_size", 384))
     ratio = int(config.get("intermediate_size", 3072)) / dim
-    dratio = int(config.get("decoder_intermediate_size", 1536)) / ddim
-    if ratio != dratio:
-        raise CheckpointError(f"HF config: encoder MLP ratio {ratio} != decoder MLP ratio {dratio}; "
-                         "one shared ratio is supported (as in VideoMAE)")
+    dhidden = int(config.get("decoder_intermediate_size", 1536))
+    # One ratio shared by encoder and decoder (VideoMAE, VideoMAEv2), the decoder's width rounded
+    # down as their Block does: int(dim * mlp_ratio). ViT-g's 48/11 gives 6144 and 512 -> 2234.
+    if int(ddim * ratio) != dhidden:
+        raise CheckpointError(f"HF config: decoder_intermediate_size={dhidden} but the encoder's MLP ratio "
+                              f"{ratio} (intermediate_size / hidden_size) gives int({ddim} * ratio) = "
+                              f"{int(ddim * ratio)}; one shared ratio is supported (as in VideoMAE)")
     chans = int(config.get("num_channels", 3))
     return VideoMAEArch(
         embed_dim=dim, depth=int(config.get("num_hidden_layers", 12)),
@@ -278,7 +313,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "ARCH_KEY", "released_normalization",
+    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "official_state", "ARCH_KEY", "released_normalization",
 ]
 
 

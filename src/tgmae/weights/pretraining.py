@@ -3,8 +3,10 @@ directories (the containers: `tgmae.weights.files`; the key layouts: `tgmae.weig
 
 - Ours: one `.safetensors` file; metadata `format` = FORMAT and `arch` = VideoMAEArch JSON, so
   the model rebuilds from the file alone. Written atomically (temp file + rename).
-- Official VideoMAE pretraining `.pth`: the state dict under `model` (or `module`), names as
-  ours after stripping `module.` / `_orig_mod.`. Heads, frames and image size are not stored:
+- Official VideoMAE and VideoMAEv2 pretraining `.pth` (VideoMAEv2 with the same names: only its
+  options cos_attn, layer scale and learned position embeddings differ, and are refused,
+  `layouts.official_state`): the state dict under `model` (or `module`), names as ours after
+  stripping `module.` / `_orig_mod.`. Heads, frames and image size are not stored:
   the released models' values are assumed unless given.
 - transformers `VideoMAEForPreTraining` directories (`save_pretrained`): config.json plus
   model.safetensors (sharded or not) or pytorch_model.bin. Read without importing transformers.
@@ -41,7 +43,7 @@ from tgmae.weights.files import (
     unwrap_state,
     write_safetensors,
 )
-from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch, strip_wrappers
+from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch, official_state
 
 FORMAT = "tgmae.videomae-pretrain.v1"
 ENCODER_FORMAT = "tgmae.video-encoder.v1"
@@ -92,7 +94,7 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
         arch = hf_arch(json.loads((p / "config.json").read_text()))
         state, extra_unexpected = hf_to_ours(hf_directory_state(p))
     else:
-        state = strip_wrappers(unwrap_state(read_torch(p), p))
+        state = official_state(unwrap_state(read_torch(p), p), p)
         if "encoder.patch_embed.proj.weight" not in state or "encoder_to_decoder.weight" not in state:
             raise CheckpointError(
                 f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
@@ -133,7 +135,7 @@ def holds_decoder(path: str | os.PathLike) -> bool:
         if archs:
             return "VideoMAEForPreTraining" in archs
         return any(k.startswith("decoder.") for k in hf_directory_state(p))
-    return "encoder_to_decoder.weight" in strip_wrappers(unwrap_state(read_torch(p), p))
+    return "encoder_to_decoder.weight" in official_state(unwrap_state(read_torch(p), p), p)
 
 
 __all__ = ["FORMAT", "ENCODER_FORMAT", "load_pretraining_model", "train_checkpoint_arch", "save_pretraining_model",

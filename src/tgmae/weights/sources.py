@@ -4,8 +4,10 @@
 - ours: a pretraining `.safetensors` (`tgmae.weights.pretraining.save_pretraining_model`), an encoder-only one
   (`tgmae.weights.pretraining.save_encoder`), or a finetuned classifier `.safetensors`
   (`save_classifier`, format CLASSIFIER_FORMAT);
-- an official VideoMAE `.pth`: pretraining (through `load_pretraining_model`) or
-  finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`);
+- an official VideoMAE or VideoMAEv2 `.pth`: pretraining (through `load_pretraining_model`),
+  finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`: VideoMAEv2's distilled
+  ViT-S / ViT-B too) or an encoder alone (`encoder.*` without the decoder, as some released
+  VideoMAEv2 pretraining files are);
 - a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
   `VideoMAEForVideoClassification`), mapped with `tgmae.weights.layouts.hf_to_ours`;
 - a training checkpoint of the shared loop (`.../checkpoints/step_N/`, its `model.safetensors`)
@@ -41,6 +43,7 @@ from tgmae.weights.layouts import (
     hf_arch,
     hf_to_ours,
     official_heads,
+    official_state,
     released_normalization,
     strip_wrappers,
 )
@@ -199,7 +202,7 @@ def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMA
 
 
 def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
-    state = strip_wrappers(unwrap_state(read_torch(p), p))
+    state = official_state(unwrap_state(read_torch(p), p), p)
     if "encoder_to_decoder.weight" in state:  # official pretraining layout
         overrides = {"num_heads": num_heads} if num_heads else {}
         # Only the encoder is kept: the dropped decoder's head count changes nothing here.
