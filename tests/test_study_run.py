@@ -474,3 +474,17 @@ def test_study_phases_yaml_holds_valid_overrides(tmp_path):
     bad.write_text("maskings: {tube: masking.name=tube}\npretrain: []\nprobe: []\nfinetune: []\n")
     with pytest.raises(ConfigError, match="maskings.tube"):
         load_phases(bad)
+
+
+def test_a_study_setting_can_pretrain_with_repeated_sampling(tmp_path):
+    """study.pretrain += data.num_sample / repeat_mode: the pretraining phase takes k views per
+    video; the evaluation phases stay one view per clip."""
+    from pathlib import Path
+
+    from tgmae.study.run import StudyPaths, load_study, run_configs
+
+    study = load_study(None, [f"out_dir={tmp_path / 's'}", "pretrain+=[data.num_sample=4, data.repeat_mode=clips]"],
+                       quick=True)
+    pre, probe, finetune = run_configs(study, StudyPaths(Path(study.out_dir)), "tube", "mae", 0, quick=True)
+    assert (pre.data.num_sample, pre.data.repeat_mode) == (4, "clips")
+    assert probe.data.num_sample == finetune.data.num_sample == 1
