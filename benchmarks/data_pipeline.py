@@ -47,9 +47,10 @@ with `--workers`), and the cache build time and size.
 --views: repeated sampling (`data.num_sample`, issue 24). Views/s per core (CPU time of one
 process, torch 1 thread) for 16x4 clips at 224 from a 10 s 568x320 H.264 MP4 (Kinetics after
 `tgmae data prepare`, GOP 32) and a 10 s 426x240 VP9 WebM (SSv2-like), at k = 1, 2, 4 in both
-repeat modes, end to end (`VideoDataset` samples: decode + sampling + multi-scale crop + flip +
-normalize + tube mask 0.9), with each view's CPU time split into decode (everything but the
-next two), augmentation (the transform) and mask (the generator). Variants alternate in every
+repeat modes, end to end (`VideoDataset` samples collated into a batch, a worker's whole job:
+decode + sampling + multi-scale crop + flip + normalize + tube mask 0.9 + collate), with each
+view's CPU time split into decode (everything but the next two: open, seek, decode, RGB
+conversion, sampling, collate), augmentation (the transform) and mask (the generator). Variants alternate in every
 round; medians over rounds.
 """
 
@@ -368,9 +369,17 @@ VIEW_VARIANTS = (("k1", 1, "views"), ("k2_views", 2, "views"), ("k4_views", 4, "
                  ("k2_clips", 2, "clips"), ("k4_clips", 4, "clips"))
 
 
-def bench_views(rounds: int, clips: int) -> dict:
-    """Views/s per core and the per-view split (decode / augmentation / mask) at k = 1, 2, 4."""
+def bench_views(rounds: int, clips: int, worker_malloc: bool = False) -> dict:
+    """Views/s per core and the per-view split (decode / augmentation / mask) at k = 1, 2, 4.
+    worker_malloc: this process set up as the training loop's DataLoader workers are
+    (`keep_freed_memory`: freed sample buffers reused rather than page-faulted afresh)."""
+    from torch.utils.data import default_collate
+
+    from tgmae.data.dataset import keep_freed_memory
+
     torch.set_num_threads(1)
+    if worker_malloc and not keep_freed_memory():
+        print("keep_freed_memory: not glibc, nothing set")
     tmp = Path(tempfile.mkdtemp(prefix="tgmae_bench_views_"))
     os.environ["TGMAE_CACHE_DIR"] = str(tmp / "cache")
     mp4 = tmp / "k400_320p.mp4"
@@ -395,7 +404,8 @@ def bench_views(rounds: int, clips: int) -> dict:
                 ds, k = sets[n]
                 ds.set_epoch(r)
                 ds.transform.cpu = ds.mask_generator.cpu = 0.0
-                _, tc = _timed(lambda: [ds[i] for i in range(clips)])
+                collate = getattr(ds, "collate", default_collate)  # a worker's whole job: samples -> batch
+                _, tc = _timed(lambda: collate([ds[i] for i in range(clips)]))
                 views = clips * k
                 for key, v in (("total", tc), ("augment", ds.transform.cpu), ("mask", ds.mask_generator.cpu)):
                     per_view[n][key].append(v / views)
@@ -414,7 +424,7 @@ def bench_views(rounds: int, clips: int) -> dict:
     result = {"cpu_model": cpu_info()[0], "cpus": os.cpu_count(),
               "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
               "av": av.__version__, "torch_threads": 1, "clip": f"{NUM_FRAMES} frames x stride {STRIDE} at 224",
-              "rounds": rounds, "videos_per_round": clips, "rows": rows}
+              "rounds": rounds, "videos_per_round": clips, "worker_malloc": worker_malloc, "rows": rows}
     print(f"CPU: {result['cpu_model']} ({result['cpus']} cores), load {result['load_average']}")
     return result
 
@@ -425,12 +435,14 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=8, help="clip positions per video per round")
     ap.add_argument("--cache", action="store_true", help="decoded-clip cache and persistent workers vs video")
     ap.add_argument("--views", action="store_true", help="repeated sampling: views/s per core at k = 1, 2, 4")
+    ap.add_argument("--worker-malloc", action="store_true",
+                    help="--views: set this process up as a training DataLoader worker (keep_freed_memory)")
     ap.add_argument("--videos", type=int, default=160, help="--cache: synthetic videos (80%% train)")
     ap.add_argument("--workers", type=int, default=2, help="--cache: DataLoader workers")
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
     if args.views:
-        result = bench_views(args.rounds, args.clips)
+        result = bench_views(args.rounds, args.clips, args.worker_malloc)
     elif args.cache:
         result = bench_cache(args.videos, args.rounds, args.workers)
     else:

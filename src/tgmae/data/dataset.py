@@ -61,6 +61,29 @@ def sample_generator(seed: int, epoch: int, index: int, attempt: int, stream: in
     return g
 
 
+def keep_freed_memory() -> bool:
+    """glibc only (elsewhere a no-op, False): keep freed memory in this process for reuse instead of
+    returning it to the OS (mallopt M_MMAP_THRESHOLD 256 MiB, M_TRIM_THRESHOLD 1 GiB). A sample
+    allocates ~10 MB float buffers per view (16 x 224 x 224 x 3); by default glibc gives each
+    back when freed, and every page of the next sample's buffers faults afresh, which cost a
+    worker more CPU than the augmentation itself (docs/benchmarks.md). For DataLoader workers
+    (`loader_worker_init`), whose memory is the samples in flight."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc's: musl / macOS have no such mallopt parameters
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 256 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: `keep_freed_memory` in each worker process."""
+    keep_freed_memory()
+
+
 def _load_errors() -> tuple[type, ...]:
     import av
 
@@ -172,9 +195,9 @@ class VideoDataset(_RobustBase):
     cache: a prebuilt `ClipCache` holding the records' videos; by default one is built here when
       `cfg.cache` is "memory" or "disk" (decoding `cfg.num_workers` videos at a time).
     With `cfg.num_sample` = k > 1 (train only) a sample holds k views from one decode
-      (`tgmae.data.views`): `video` [k, C, T, H, W], `frame_indices` [k, T], `crop` [k, 7],
-      `caption_id` [k] (one caption per video), `mask` [k, N]; the dataset's `collate`
-      (`collate_views`) flattens a batch to [B*k, ...].
+      (`tgmae.data.views`): `video`, `frame_indices`, `crop`, `caption_id` (one caption per
+      video) and `mask` are lists of k per-view values; the dataset's `collate`
+      (`collate_views`) stacks a batch to [B*k, ...].
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, train: bool,
@@ -349,4 +372,4 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
 
 
 __all__ = ["VideoDataset", "MultiViewDataset", "VideoLoadError", "CaptionProvider", "sample_generator",
-           "build_dataset"]
+           "build_dataset", "keep_freed_memory", "loader_worker_init"]

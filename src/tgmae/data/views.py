@@ -12,7 +12,9 @@ independent of the number of DataLoader workers, and a resumed run sees the same
 
 The batch size stays in videos (VideoMAEv2): a batch of B videos holds B x k views, flattened by
 `collate_views` to [B*k, ...] (video-major: row b*k + v is view v of video b). Per-video keys
-(label, index, video_id, targets) are repeated per view; `load_failures` stays per video.
+(label, index, video_id, targets) are repeated per view; `load_failures` stays per video. A
+k-view sample holds each view key (video, frame_indices, crop, mask, caption_id) as a list of k
+per-view values.
 
 Contrastive loss: the k views of a video share one caption (drawn once, by view 0), so the
 video-text InfoNCE never treats a video's other views as negatives: its duplicate-caption rule
@@ -46,34 +48,32 @@ def view_generators(g: torch.Generator, k: int) -> list[torch.Generator]:
     return gens
 
 
-def stack_views(views: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """k per-view dicts (tensors) -> one dict of [k, ...] tensors."""
-    return {key: torch.stack([v[key] for v in views]) for key in views[0]}
+def stack_views(views: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """k per-view dicts -> one dict of k-long lists. Lists, not [k, ...] tensors: stacking k
+    float clips here would copy each view once more (into a buffer over glibc's mmap threshold
+    at k = 4, page-faulted afresh for every sample: 30% of a k = 4 sample's CPU time, measured);
+    `collate_views` stacks each view once, straight into the batch."""
+    return {key: [v[key] for v in views] for key in views[0]}
 
 
 def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Samples of k views each (view keys [k, ...]) -> one batch of B*k rows (video-major);
-    per-video keys repeated k times (lists too), `load_failures` kept per video [B]."""
-    batch = default_collate(samples)
-    k = samples[0]["video"].shape[0]
-    out: dict[str, Any] = {}
-    for key, val in batch.items():
-        if key in VIEW_KEYS and torch.is_tensor(val):
-            out[key] = val.flatten(0, 1)  # [B, k, ...] -> [B*k, ...]
-        elif key in PER_VIDEO_KEYS:
-            out[key] = val
-        elif torch.is_tensor(val):
-            out[key] = val.repeat_interleave(k, dim=0)
-        elif isinstance(val, list):
-            out[key] = [x for x in val for _ in range(k)]
-        else:
-            out[key] = val
-    return out
+    """Samples of k views each (view keys: k-long lists) -> one batch of B*k rows, video-major
+    (row b*k + v = view v of video b): view keys [B*k, ...], per-video keys repeated k times
+    (lists too), `load_failures` kept per video [B]. Stacks into shared memory in a worker, as
+    `default_collate` does."""
+    k = len(samples[0]["video"])
+    rows = [{key: (val[v] if key in VIEW_KEYS else val) for key, val in s.items() if key not in PER_VIDEO_KEYS}
+            for s in samples for v in range(k)]
+    batch = default_collate(rows)
+    for key in PER_VIDEO_KEYS:
+        if key in samples[0]:
+            batch[key] = default_collate([s[key] for s in samples])
+    return batch
 
 
 def first_view(sample: dict[str, Any]) -> dict[str, Any]:
     """A k-view sample -> its view 0 as a single-view sample (figures, previews)."""
-    return {key: (val[0] if key in VIEW_KEYS and torch.is_tensor(val) else val) for key, val in sample.items()}
+    return {key: (val[0] if key in VIEW_KEYS and isinstance(val, list) else val) for key, val in sample.items()}
 
 
 __all__ = ["view_generators", "stack_views", "collate_views", "first_view", "VIEW_KEYS"]

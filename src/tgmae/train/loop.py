@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, to_dict
+from tgmae.data.dataset import loader_worker_init
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
@@ -312,6 +313,7 @@ class Trainer:
         return DataLoader(
             dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
             collate_fn=getattr(dataset, "collate", None),  # k views per video: flattened to [B*k, ...]
+            worker_init_fn=loader_worker_init if workers > 0 else None,  # sample buffers reused, not re-faulted
             drop_last=True, pin_memory=self.dist.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
