@@ -26,11 +26,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
-import multiprocessing
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,11 +37,10 @@ import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_text
 from tgmae.data.annotations import VideoRecord
-from tgmae.data.check import run_check
+from tgmae.data.check import parallel_map, run_check
 from tgmae.data.formats import load_annotations
 from tgmae.errors import UserError
 
-log = logging.getLogger(__name__)
 
 MANIFEST = "prepare.json"
 ANNOTATION_EXTS = (".txt", ".csv", ".json", ".jsonl", ".tsv")
@@ -316,7 +312,7 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     out_p.mkdir(parents=True, exist_ok=True)
     man["renamed"].update(renamed)
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
-    results = _run_jobs(jobs, workers, progress)
+    results = parallel_map(_work, jobs, workers, "preparing videos", progress)
     man["renamed"] = {k: v for k, v in man["renamed"].items() if (out_p / v).exists()}
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
     new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"])
@@ -328,30 +324,6 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
             "failed": [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"],
             "check": check}
-
-
-def _run_jobs(jobs: list, workers: int, progress: bool) -> list[FileResult]:
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="preparing videos", unit="video", file=sys.stderr)
-    results = []
-    if workers > 1 and len(jobs) > 1:
-        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        with ctx.Pool(workers) as pool:
-            for r in pool.imap_unordered(_work, jobs):
-                results.append(r)
-                if bar:
-                    bar.update()
-    else:
-        for job in jobs:
-            results.append(_work(job))
-            if bar:
-                bar.update()
-    if bar:
-        bar.close()
-    return results
 
 
 __all__ = ["PrepareSettings", "PrepareError", "FileResult", "run_prepare", "transcode", "output_size",
