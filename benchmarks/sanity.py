@@ -98,14 +98,15 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
     "mae_study_tube75": ("pretrain", dict(objective="mae", patch_size=16, arch=PRESETS["tiny"]), dict(size=64), 0.0),
     "mae_study_static_r50_lr3e-3": ("pretrain", dict(objective="mae", patch_size=16, arch=PRESETS["tiny"], mask_kind="random",
                                     mask_ratio=0.5, lr=3e-3), dict(size=64, static_camera=True), 0.0),
-    # repeated sampling (issue 24, data.num_sample): the same steps and batch rows, each clip k = 4
-    # times with its own shift and mask, so a quarter of the passes
-    "contrastive_distinct_r0_k4": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, num_sample=4), {}, 0.0),
+    # repeated sampling (issue 24, data.num_sample): each step's 16 clips k = 4 times, each view with
+    # its own shift and mask (64 rows), so the same views in a quarter of the passes and steps;
+    # lr as k = 1's, and x 4 as the training loop's linear scaling rule gives it
     "contrastive_distinct_r0_seed1": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, seed=1), {}, 0.0),
+    "contrastive_distinct_r0_k4": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, num_sample=4), {}, 0.0),
     "contrastive_distinct_r0_k4_seed1": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, num_sample=4, seed=1),
                                          {}, 0.0),
-    "mae_static_r50_dec64_lr3e-3_k4": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5, lr=3e-3,
-                                       arch=DEC64, num_sample=4), dict(static_camera=True), 0.0),
+    "contrastive_distinct_r0_k4_lr4e-3": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, num_sample=4,
+                                          lr=4e-3), {}, 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
 }

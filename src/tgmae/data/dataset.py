@@ -33,7 +33,7 @@ from tgmae.data.seen import SeenVideos
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
-from tgmae.data.views import collate_views, stack_views, view_generators
+from tgmae.data.views import collate_views, gather_views, view_generators
 from tgmae.errors import UserError
 from tgmae.mask_contract import MaskContext, MaskGenerator
 
@@ -260,7 +260,7 @@ class VideoDataset(_RobustBase):
                 view["mask"] = self.mask_generator(ctx, gv).to(torch.bool)
             views.append(view)
         sample = self._base_sample(idx, rec)
-        sample.update(views[0] if k == 1 else stack_views(views))
+        sample.update(views[0] if k == 1 else gather_views(views))
         return sample
 
     def _clips(self, rec: VideoRecord, gens: list[torch.Generator]) -> list[tuple]:

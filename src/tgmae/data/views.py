@@ -48,7 +48,7 @@ def view_generators(g: torch.Generator, k: int) -> list[torch.Generator]:
     return gens
 
 
-def stack_views(views: Sequence[dict[str, Any]]) -> dict[str, list]:
+def gather_views(views: Sequence[dict[str, Any]]) -> dict[str, list]:
     """k per-view dicts -> one dict of k-long lists. Lists, not [k, ...] tensors: stacking k
     float clips here would copy each view once more (into a buffer over glibc's mmap threshold
     at k = 4, page-faulted afresh for every sample: 30% of a k = 4 sample's CPU time, measured);
@@ -76,4 +76,4 @@ def first_view(sample: dict[str, Any]) -> dict[str, Any]:
     return {key: (val[0] if key in VIEW_KEYS and isinstance(val, list) else val) for key, val in sample.items()}
 
 
-__all__ = ["view_generators", "stack_views", "collate_views", "first_view", "VIEW_KEYS"]
+__all__ = ["view_generators", "gather_views", "collate_views", "first_view", "VIEW_KEYS"]

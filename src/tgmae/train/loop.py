@@ -383,9 +383,9 @@ class Trainer:
             run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
                                 eff_epoch=f"{record['effective_epoch']:.2f}")
         elif self.dist.is_main:  # log.progress=false: one console line per record
-            log.info("%s step %d/%d  effective epoch %.2f  loss %.4f  lr %.2e  %.1f clips/s", self.task.name,
-                     run.position.step, run.total_steps, record["effective_epoch"], record["loss"], lr,
-                     record["clips_per_s"])
+            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  effective epoch %.2f", self.task.name,
+                     run.position.step, run.total_steps, record["loss"], lr, record["clips_per_s"],
+                     record["effective_epoch"])
         return record
 
     def _check_finite(self, run: _Run) -> None:
