@@ -151,6 +151,28 @@ def test_batch_mask_generator_runs_in_step(synth_root, tmp_path):
     assert int(again[0].sum()) == int(again[1].sum())
 
 
+def test_batch_mask_generator_masks_every_view(synth_root, tmp_path):
+    """Online (batch) masking with 2 views per video: one mask per view row of the flattened batch."""
+    from tgmae.masking import MaskContext, TubeMask
+    from tgmae.train.pretrain import PretrainTask
+
+    shapes = []
+
+    class BatchTube:
+        batched, ratio = True, 0.5
+
+        def __call__(self, video, text, grid, generator=None):
+            shapes.append(tuple(video.shape))
+            return torch.stack([TubeMask(self.ratio)(MaskContext(grid=grid), generator) for _ in range(video.shape[0])])
+
+    task = PretrainTask(cfg_for(synth_root, tmp_path / "run", "data.num_sample=2"))
+    dataset = task.train_dataset()
+    task.batch_masker, dataset.mask_generator = BatchTube(), None
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    out = task.step(task.build_model(), batch)
+    assert shapes == [(8, 3, 4, 32, 32)] and torch.isfinite(out.loss)
+
+
 def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_path, capsys):
     """TGM, MAE only (Table 1): captions guide the masks; no video-text head is built or checked,
     whatever contrastive.proj_dim says. Under mae+contrastive a width mismatch is a config error."""
