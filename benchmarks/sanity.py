@@ -107,6 +107,8 @@ VARIANTS: dict[str, tuple[str, dict, dict, float]] = {
                                          {}, 0.0),
     "contrastive_distinct_r0_k4_lr4e-3": ("pretrain", dict(objective="contrastive", mask_ratio=0.0, num_sample=4,
                                           lr=4e-3), {}, 0.0),
+    "mae_static_r50_dec64_lr3e-3_k4": ("pretrain", dict(objective="mae", mask_kind="random", mask_ratio=0.5, lr=3e-3,
+                                       arch=DEC64, num_sample=4), dict(static_camera=True), 0.0),
     "mae_flat_4x4_r75_dec64": ("pretrain", dict(objective="mae", arch=MICRO | dict(decoder_dim=64, decoder_depth=2, decoder_heads=2)),
                                dict(background="flat"), 0.0),
 }
