@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from tgmae.atomic import atomic_path, atomic_write_text
-from tgmae.data.transforms import center_crop_box, crop_resize, normalize
+from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
 from tgmae.train.precision import autocast
@@ -129,7 +129,7 @@ def frame_seconds(path: str | os.PathLike, info: VideoInfo) -> np.ndarray:
 def preprocess(frames: np.ndarray, spec: ExtractSpec) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float32 [3, T, S, S] normalised (S = spec.image_size)."""
     _, h, w, _ = frames.shape
-    box = center_crop_box(h, w) if spec.spatial == "center_crop" else (0, 0, h, w)
+    box = spatial_view_boxes(h, w, 1)[0] if spec.spatial == "center_crop" else (0, 0, h, w)
     return normalize(crop_resize(frames, box, spec.image_size), spec.mean, spec.std)
 
 
