@@ -3,6 +3,7 @@ with --cache, the decoded-clip cache and persistent workers against the video pa
 
     python benchmarks/data_pipeline.py [--rounds 7] [--clips 8] [--json PATH]
     python benchmarks/data_pipeline.py --cache [--videos 160] [--rounds 5] [--workers 2] [--json PATH]
+    python benchmarks/data_pipeline.py --views [--rounds 7] [--clips 8] [--json PATH]
 
 Writes 10 s, 30 fps H.264 test videos (340x256 and 640x360, GOP 30 and 250) into a temporary
 folder, then for each video times, on the same clip positions (16 frames x stride 4):
@@ -42,6 +43,15 @@ each one epoch of the training videos per round:
 Reported: training steps/s (wall, `--workers` workers, torch 1 thread in the main process), the
 loader alone in clips/s (CPU time of one process with 0 workers: what a worker costs, and wall
 with `--workers`), and the cache build time and size.
+
+--views: repeated sampling (`data.num_sample`, issue 24). Views/s per core (CPU time of one
+process, torch 1 thread) for 16x4 clips at 224 from a 10 s 568x320 H.264 MP4 (Kinetics after
+`tgmae data prepare`, GOP 32) and a 10 s 426x240 VP9 WebM (SSv2-like), at k = 1, 2, 4 in both
+repeat modes, end to end (`VideoDataset` samples collated into a batch, a worker's whole job:
+decode + sampling + multi-scale crop + flip + normalize + tube mask 0.9 + collate), with each
+view's CPU time split into decode (everything but the next two: open, seek, decode, RGB
+conversion, sampling, collate), augmentation (the transform) and mask (the generator). Variants alternate in every
+round; medians over rounds.
 """
 
 from __future__ import annotations
@@ -324,16 +334,119 @@ def bench_cache(videos: int, rounds: int, workers: int) -> dict:
     return result
 
 
+class _Timed:
+    """Wraps a callable, summing the CPU time of its calls (the per-view cost split)."""
+
+    def __init__(self, fn):
+        self.fn, self.cpu = fn, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+    def __call__(self, *a, **k):
+        c = time.process_time()
+        try:
+            return self.fn(*a, **k)
+        finally:
+            self.cpu += time.process_time() - c
+
+
+def make_vp9(path: Path, src: Path, width: int, height: int) -> None:
+    """`src`'s frames at width x height as VP9 in WebM (libvpx realtime, alt-ref frames on)."""
+    with av.open(str(src)) as c_in, av.open(str(path), "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=FPS)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "g": "60"}
+        for f in c_in.decode(video=0):
+            f.pts = None
+            for p in s.encode(f.reformat(width=width, height=height, format="yuv420p")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+VIEW_VARIANTS = (("k1", 1, "views"), ("k2_views", 2, "views"), ("k4_views", 4, "views"),
+                 ("k2_clips", 2, "clips"), ("k4_clips", 4, "clips"))
+
+
+def bench_views(rounds: int, clips: int, worker_malloc: bool = False) -> dict:
+    """Views/s per core and the per-view split (decode / augmentation / mask) at k = 1, 2, 4.
+    worker_malloc: this process set up as the training loop's DataLoader workers are
+    (`keep_freed_memory`: freed sample buffers reused rather than page-faulted afresh)."""
+    from torch.utils.data import default_collate
+
+    from tgmae.data.dataset import keep_freed_memory
+
+    torch.set_num_threads(1)
+    if worker_malloc and not keep_freed_memory():
+        print("keep_freed_memory: not glibc, nothing set")
+    tmp = Path(tempfile.mkdtemp(prefix="tgmae_bench_views_"))
+    os.environ["TGMAE_CACHE_DIR"] = str(tmp / "cache")
+    mp4 = tmp / "k400_320p.mp4"
+    make_video(mp4, 568, 320, gop=32)
+    webm = tmp / "ssv2_240p.webm"
+    make_vp9(webm, mp4, 426, 240)
+    rows = []
+    for kind, path in (("320p H.264 MP4 (Kinetics-like)", mp4), ("240p VP9 WebM (SSv2-like)", webm)):
+        fidx.frame_index(str(path))  # index built once per file, as `tgmae data check` does
+        sets = {}
+        for name, k, mode in VIEW_VARIANTS:
+            cfg = DataConfig(num_frames=NUM_FRAMES, frame_stride=STRIDE, image_size=224, num_sample=k,
+                             repeat_mode=mode)
+            ds = VideoDataset([VideoRecord(str(path), 0, path.stem)] * clips, cfg, train=True,
+                              token_grid=(8, 14, 14), mask_generator=TubeMask(0.9))
+            ds.transform, ds.mask_generator = _Timed(ds.transform), _Timed(ds.mask_generator)
+            sets[name] = (ds, k)
+        per_view: dict[str, dict[str, list[float]]] = {n: {"total": [], "augment": [], "mask": []} for n in sets}
+        names = list(sets)
+        for r in range(rounds):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                ds, k = sets[n]
+                ds.set_epoch(r)
+                ds.transform.cpu = ds.mask_generator.cpu = 0.0
+                collate = getattr(ds, "collate", default_collate)  # a worker's whole job: samples -> batch
+                _, tc = _timed(lambda: collate([ds[i] for i in range(clips)]))
+                views = clips * k
+                for key, v in (("total", tc), ("augment", ds.transform.cpu), ("mask", ds.mask_generator.cpu)):
+                    per_view[n][key].append(v / views)
+        row: dict = {"video": kind}
+        for n in names:
+            m = {key: statistics.median(v) for key, v in per_view[n].items()}
+            row[n] = {"views_per_s_cpu": round(1 / m["total"], 1), "ms_per_view": round(m["total"] * 1e3, 2),
+                      "decode_ms": round((m["total"] - m["augment"] - m["mask"]) * 1e3, 2),
+                      "augment_ms": round(m["augment"] * 1e3, 2), "mask_ms": round(m["mask"] * 1e3, 2)}
+        for n in names[1:]:
+            row[n]["vs_k1"] = round(row[n]["views_per_s_cpu"] / row["k1"]["views_per_s_cpu"], 2)
+        rows.append(row)
+        print(f"{kind}: " + "  ".join(f"{n} {row[n]['views_per_s_cpu']} views/s (decode {row[n]['decode_ms']} "
+                                      f"aug {row[n]['augment_ms']} mask {row[n]['mask_ms']} ms/view)"
+                                      for n in names), flush=True)
+    result = {"cpu_model": cpu_info()[0], "cpus": os.cpu_count(),
+              "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
+              "av": av.__version__, "torch_threads": 1, "clip": f"{NUM_FRAMES} frames x stride {STRIDE} at 224",
+              "rounds": rounds, "videos_per_round": clips, "worker_malloc": worker_malloc, "rows": rows}
+    print(f"CPU: {result['cpu_model']} ({result['cpus']} cores), load {result['load_average']}")
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--clips", type=int, default=8, help="clip positions per video per round")
     ap.add_argument("--cache", action="store_true", help="decoded-clip cache and persistent workers vs video")
+    ap.add_argument("--views", action="store_true", help="repeated sampling: views/s per core at k = 1, 2, 4")
+    ap.add_argument("--worker-malloc", action="store_true",
+                    help="--views: set this process up as a training DataLoader worker (keep_freed_memory)")
     ap.add_argument("--videos", type=int, default=160, help="--cache: synthetic videos (80%% train)")
     ap.add_argument("--workers", type=int, default=2, help="--cache: DataLoader workers")
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
-    result = bench_cache(args.videos, args.rounds, args.workers) if args.cache else bench(args.rounds, args.clips)
+    if args.views:
+        result = bench_views(args.rounds, args.clips, args.worker_malloc)
+    elif args.cache:
+        result = bench_cache(args.videos, args.rounds, args.workers)
+    else:
+        result = bench(args.rounds, args.clips)
     result["command"] = "python benchmarks/data_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -44,6 +44,11 @@ VARIANTS: dict[str, tuple[str, list[str], dict, float]] = {
     "contrastive_distinct": ("pretrain", NCE, {}, 0.0),
     "contrastive_distinct_r50": ("pretrain", NCE + ["masking.ratio=0.5"], {}, 0.0),
     "contrastive_distinct_r0": ("pretrain", NCE + VIEW0, {}, 0.0),  # InfoNCE pools the whole clip
+    # repeated sampling (issue 24): 4 views of each clip (own shift and mask) for a quarter of the
+    # steps (`run_variant` divides them by data.num_sample): the same views, a quarter of the passes
+    "contrastive_distinct_r0_k4": ("pretrain", NCE + VIEW0 + ["data.num_sample=4"], {}, 0.0),
+    "contrastive_distinct_r0_k4_seed1": ("pretrain", NCE + VIEW0 + ["data.num_sample=4", "train.seed=1"], {}, 0.0),
+    "contrastive_distinct_r0_seed1": ("pretrain", NCE + VIEW0 + ["train.seed=1"], {}, 0.0),
     "contrastive_collinear": ("pretrain", NCE + COLLINEAR, {}, 0.999),
     "joint_collinear": ("pretrain", JOINT + COLLINEAR, {}, 0.999),
     "joint_distinct": ("pretrain", JOINT, {}, 0.0),
@@ -82,6 +87,8 @@ VARIANTS: dict[str, tuple[str, list[str], dict, float]] = {
     "mae_static_r50": ("pretrain", RAND + ["masking.ratio=0.5"], dict(static_camera=True), 0.0),
     "mae_static_r50_dec64_lr3e-3": ("pretrain", RAND + ["masking.ratio=0.5", "optim.lr=3e-3"] + DEC64,
                                     dict(static_camera=True), 0.0),
+    "mae_static_r50_dec64_lr3e-3_k4": ("pretrain", RAND + ["masking.ratio=0.5", "optim.lr=3e-3", "data.num_sample=4"]
+                                       + DEC64, dict(static_camera=True), 0.0),
     # the same with VideoMAE's per-patch normalized target; its held-out MSE is in pixels, each
     # prediction de-normalized with the true patch mean and std (`pixel_mse`)
     "mae_static_r50_dec64_lr3e-3_normpix": ("pretrain", RAND + ["masking.ratio=0.5", "optim.lr=3e-3",
@@ -109,8 +116,9 @@ def run_variant(name: str, steps: int, n_train: int, n_val: int, figures: Path =
     data = make_data(n_train, n_val, **data_kw)
     if any(o.startswith("contrastive.objective=") and not o.endswith("=mae") for o in over):
         over = over + [f"captions.file={ORACLE_CAPTIONS}"]
-    cfg = sanity_config(over, num_train=n_train, frames=data_kw["frames"], size=data_kw["size"], steps=steps,
-                        evals=4)
+    views = next((int(o.split("=")[1]) for o in over if o.startswith("data.num_sample=")), 1)
+    cfg = sanity_config(over, num_train=n_train, frames=data_kw["frames"], size=data_kw["size"],
+                        steps=max(1, steps // views), evals=4)  # k views: a k-th of the steps, the same views
     row: dict = {"variant": name, "kind": kind, "config": over, "data": data_kw}
     if kind == "supervised":
         res = train_supervised(data, cfg)

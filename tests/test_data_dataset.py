@@ -311,7 +311,7 @@ def test_mgm_turns_motion_vector_reading_on(root, caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("reading codec motion vectors" in m for m in msgs) == 1
     assert not any("no codec motion vectors" in m for m in msgs), msgs
-    _, _, motion = ds._decode(recs[0], torch.Generator().manual_seed(0), ds.read_motion)
+    _, _, motion = ds._decode(recs[0], [torch.Generator().manual_seed(0)], ds.read_motion)
     assert motion is not None and motion.abs().sum() > 0
     with pytest.raises(ConfigError, match="data.cache='memory'"):
         VideoDataset(recs[:2], _cfg(cache="memory"), train=True, token_grid=(2, 2, 2),

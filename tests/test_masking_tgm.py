@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -379,6 +381,16 @@ def test_generators_inside_the_training_dataset(synth, tiny_clip, dense_cache, t
             sample = ds[i]
             assert sample["mask"].shape == (256,) and (sample["mask"].view(4, 64).sum(1) == k).all()
         assert torch.equal(ds[1]["mask"], ds[1]["mask"])  # deterministic per (seed, epoch, index)
+        # k = 3 views of one decode: each view masked on its own crop (view 0 = the k = 1 sample)
+        views = VideoDataset(records, dataclasses.replace(cfg, num_sample=3), train=True, token_grid=(4, 8, 8),
+                             mask_generator=gen, captions=provider, seed=0)
+        for i in range(3):
+            sample = views[i]
+            assert torch.equal(sample["mask"][0], ds[i]["mask"])
+            assert all((m.view(4, 64).sum(1) == k).all() for m in sample["mask"])
+            crops = {tuple(c.tolist()) for c in sample["crop"]}
+            masks = {tuple(m.tolist()) for m in sample["mask"]}
+            assert len(masks) > 1 or len(crops) == 1  # other crops, other masks
 
 
 def test_factory_online_tgm_undoes_the_runs_data_normalization(tiny_clip):

@@ -49,9 +49,12 @@ def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):
         assert torch.equal(v, latest.model_state[k]), k
 
 
-def test_pretrain_resume_after_kill_matches_uninterrupted(synth_root, tmp_path):
-    """Video decode, augmentation and masks are re-drawn identically after a resume."""
-    ref = pretrain(cfg_for(synth_root, tmp_path / "ref"))
+@pytest.mark.parametrize("views", [[], ["data.num_sample=4"], ["data.num_sample=4", "data.repeat_mode=clips"]],
+                         ids=["k1", "k4_views", "k4_clips"])
+def test_pretrain_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, views):
+    """Video decode, augmentation and masks (k views per video too) are re-drawn identically
+    after a resume: bit-identical weights."""
+    ref = pretrain(cfg_for(synth_root, tmp_path / "ref", *views))
 
     class Killed(Exception):
         pass
@@ -60,7 +63,7 @@ def test_pretrain_resume_after_kill_matches_uninterrupted(synth_root, tmp_path):
         if state.position.step == 3:
             raise Killed()
 
-    cfg = cfg_for(synth_root, tmp_path / "killed")
+    cfg = cfg_for(synth_root, tmp_path / "killed", *views)
     with pytest.raises(Killed):
         pretrain(cfg, hooks=[kill])
     assert ckpt.find_latest(tmp_path / "killed" / "checkpoints").name == "step_00000002"
@@ -69,6 +72,17 @@ def test_pretrain_resume_after_kill_matches_uninterrupted(synth_root, tmp_path):
     b = ckpt.load_checkpoint(ckpt.find_latest(resumed / "checkpoints")).model_state
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_views_count_for_lr_logs_and_effective_epochs(synth_root, tmp_path):
+    """data.num_sample=2: batches hold 2 x 4 views, the lr is scaled for 8 clips per step, the
+    records give effective epochs (passes x 2) and views per second; figures draw view 0."""
+    run = pretrain(cfg_for(synth_root, tmp_path / "run", "data.num_sample=2", "optim.warmup_epochs=0"))
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # the batch stays 4 videos
+    assert records[0]["lr"] == pytest.approx(1e-3 * 8 / 256)
+    assert records[2]["effective_epoch"] == pytest.approx(2.0) and records[-1]["effective_epoch"] == pytest.approx(4.0)
+    assert (run / "reconstruction.png").stat().st_size > 1000
 
 
 def test_corrupt_video_is_counted_not_fatal(synth_root, tmp_path):
@@ -83,14 +97,16 @@ def test_corrupt_video_is_counted_not_fatal(synth_root, tmp_path):
     assert records[-1]["load_failures"] >= 1
 
 
-@pytest.mark.parametrize("objective", ["mae", "mae+contrastive", "contrastive"])
-def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective):
-    """Captions -> cached CLIP text embeddings -> InfoNCE logged in every objective (Figure 4)."""
+@pytest.mark.parametrize("objective,views", [("mae", 1), ("mae+contrastive", 1), ("contrastive", 1),
+                                             ("mae+contrastive", 2)])
+def test_pretrain_with_captions_logs_infonce(synth_root, tmp_path, objective, views):
+    """Captions -> cached CLIP text embeddings -> InfoNCE logged in every objective (Figure 4);
+    with 2 views per video (one caption each video: views are not each other's negatives)."""
     from tgmae.captions.tiny import save_tiny_clip
     from tgmae.weights.pretraining import load_pretraining_model
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
-    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1",
+    cfg = cfg_for(synth_root, tmp_path / "run", "train.epochs=1", f"data.num_sample={views}",
                   f"captions.file={synth_root / 'captions.jsonl'}", f"captions.clip_model={clip_dir}",
                   f"contrastive.objective={objective}", "contrastive.text_projection=true",
                   "contrastive.proj_dim=32", "contrastive.monitor_nce=true")
@@ -133,6 +149,28 @@ def test_batch_mask_generator_runs_in_step(synth_root, tmp_path):
     again = task._batch_mask(batch)
     assert torch.equal(again, task._batch_mask(batch))  # seeded by the batch's sample indices
     assert int(again[0].sum()) == int(again[1].sum())
+
+
+def test_batch_mask_generator_masks_every_view(synth_root, tmp_path):
+    """Online (batch) masking with 2 views per video: one mask per view row of the flattened batch."""
+    from tgmae.masking import MaskContext, TubeMask
+    from tgmae.train.pretrain import PretrainTask
+
+    shapes = []
+
+    class BatchTube:
+        batched, ratio = True, 0.5
+
+        def __call__(self, video, text, grid, generator=None):
+            shapes.append(tuple(video.shape))
+            return torch.stack([TubeMask(self.ratio)(MaskContext(grid=grid), generator) for _ in range(video.shape[0])])
+
+    task = PretrainTask(cfg_for(synth_root, tmp_path / "run", "data.num_sample=2"))
+    dataset = task.train_dataset()
+    task.batch_masker, dataset.mask_generator = BatchTube(), None
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    out = task.step(task.build_model(), batch)
+    assert shapes == [(8, 3, 4, 32, 32)] and torch.isfinite(out.loss)
 
 
 def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_path, capsys):

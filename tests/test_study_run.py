@@ -463,6 +463,19 @@ def test_study_phases_yaml_holds_valid_overrides(tmp_path):
         load_phases(bad)
 
 
+def test_a_study_setting_can_pretrain_with_repeated_sampling(tmp_path):
+    """study.pretrain += data.num_sample / repeat_mode: the pretraining phase takes k views per
+    video; the evaluation phases stay one view per clip."""
+    from pathlib import Path
+
+    from tgmae.study.run import StudyPaths, load_study, run_configs
+
+    study = load_study(None, [f"out_dir={tmp_path / 's'}", "pretrain+=[data.num_sample=4, data.repeat_mode=clips]"],
+                       quick=True)
+    pre, probe, finetune = run_configs(study, StudyPaths(Path(study.out_dir)), "tube", "mae", 0, quick=True)
+    assert (pre.data.num_sample, pre.data.repeat_mode) == (4, "clips")
+    assert probe.data.num_sample == finetune.data.num_sample == 1
+
 def test_study_cell_workers_end_when_the_study_is_killed():
     """issue 28: kill -9 of `tgmae study` left its worker pool running (600-900 MB each, 12
     minutes later). The cells' initializer is the study's own."""

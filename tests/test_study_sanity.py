@@ -273,3 +273,20 @@ def test_mae_reconstructs_more_than_patch_means_on_a_static_background():
     assert res["steps"] == 3200
     errs = mae_errors(res["mae"], data.val, cfg)
     assert errs["mse"] <= 0.9 * errs["patch_mean_mse"] and errs["mse"] < errs["visible_mean_mse"], errs
+
+
+def test_repeated_sampling_gives_k_views_per_clip_on_the_loop(moves):
+    """data.num_sample=4: a ClipSet item is 4 views of one clip (own shift and mask; view 0 = the
+    k = 1 item), batches of 4 clips are 16 rows, and a run trains on the library's loop."""
+    clips, labels = moves.train[:4], moves.train_labels[:4]
+    geo = dict(frames=8, size=48)
+    one = ClipSet(clips, labels, shift=2, masking=config("masking.ratio=0.5", **geo))
+    four = ClipSet(clips, labels, shift=2, masking=config("masking.ratio=0.5", "data.num_sample=4", **geo))
+    item = four[1]
+    assert len(item["video"]) == len(item["mask"]) == 4 and four.num_sample == 4
+    assert torch.equal(item["video"][0], one[1]["video"]) and torch.equal(item["mask"][0], one[1]["mask"])
+    assert len({tuple(m.tolist()) for m in item["mask"]}) > 1  # 4 masks, not one repeated
+    batch = four.collate([four[i] for i in range(4)])
+    assert batch["video"].shape[0] == 16 and batch["index"].tolist() == [i for i in range(4) for _ in range(4)]
+    res = pretrain(moves, config("data.num_sample=2", steps=3, **geo))
+    assert res["steps"] == 3 and np.isfinite(res["loss_mse"])

@@ -272,12 +272,48 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
         Trainer(ToyTask(fp16), fp16).fit()
 
 
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+class ViewToyData(ToyData):
+    """ToyData with 2 noisy views per item (as `data.num_sample=2`): x [2, 8], flattened by collate."""
+
+    num_sample = 2
+
+    def __getitem__(self, i: int) -> dict:
+        s = super().__getitem__(i)
+        g = torch.Generator().manual_seed(1000 * self.epoch + i)
+        s["x"] = s["x"] + 0.01 * torch.randn(2, 8, generator=g)
+        return s
+
+    def collate(self, samples: list) -> dict:
+        from tgmae.data.views import collate_views
+
+        return collate_views([{**s, "video": s["x"]} for s in samples])
+
+
+class ViewToyTask(ToyTask):
+    def train_dataset(self) -> Dataset:
+        return ViewToyData()
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        return super().step(model, {"x": batch["video"], "y": batch["y"]})
+
+
+def test_views_count_for_the_lr_and_the_logs(tmp_path):
+    """2 views per item: the same steps (the batch is in items), the lr scaled for 2 x 8 clips, and
+    records giving effective epochs (passes x 2) and views per second."""
+    cfg = toy_cfg(tmp_path, "optim.lr=null", "optim.base_lr=0.1", "optim.warmup_epochs=0")
+    result = Trainer(ViewToyTask(cfg), cfg).fit()
+    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert result.position.step == 16 and len(recs) == 16
+    assert recs[0]["lr"] == pytest.approx(0.1 * 16 / 256)
+    assert [r["effective_epoch"] for r in recs[7::8]] == [pytest.approx(2.0), pytest.approx(4.0)]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, views: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "optim.clip_grad=null", "train.device=cpu")
-    result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
+    result = Trainer((ViewToyTask if views else ToyTask)(cfg, dropout=0.0), cfg).fit()
     torch.save(flat_params(result.model), Path(out_dir) / f"rank{rank}.pt")
     del result
     from tgmae.distributed import cleanup
@@ -285,13 +321,15 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     cleanup()
 
 
-def test_ddp_two_processes_match_single_process(tmp_path, free_port):
-    """2 gloo processes x batch 4 == 1 process x batch 8: same samples, same averaged gradient."""
+@pytest.mark.parametrize("views", [False, True], ids=["k1", "k2"])
+def test_ddp_two_processes_match_single_process(tmp_path, free_port, views):
+    """2 gloo processes x batch 4 == 1 process x batch 8: same samples, same averaged gradient
+    (with 2 views per item too: each rank's views are its own items')."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, free_port, str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port, str(tmp_path / "ddp"), views), nprocs=2, join=True)
     cfg = toy_cfg(tmp_path / "single", "train.batch_size=8", "optim.clip_grad=null", "train.device=cpu")
-    single = flat_params(Trainer(ToyTask(cfg, dropout=0.0), cfg).fit().model)
+    single = flat_params(Trainer((ViewToyTask if views else ToyTask)(cfg, dropout=0.0), cfg).fit().model)
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     assert torch.equal(r0, r1)

@@ -66,6 +66,8 @@ class DataConfig:
     decoder_threads: int = 1  # PyAV threads per reader (1 measured fastest per worker)
     cache: str = "none"  # decoded-clip cache: "none" (decode every sample), "memory" or "disk" (tgmae.data.cache)
     cache_dir: str = ""  # data.cache=disk: folder of the cache files; empty = ~/.cache/tgmae/clips
+    num_sample: int = 1  # training views per decoded video (VideoMAEv2 num_sample; batch stays in videos)
+    repeat_mode: str = "views"  # num_sample > 1: "views" (k crops / masks of one clip) | "clips" (k clips, mae_st repeat_aug)
 
     def __post_init__(self) -> None:
         if self.format not in DATASET_FORMATS:
@@ -89,6 +91,9 @@ class DataConfig:
         if not 0.0 <= self.random_erase <= 1.0:
             raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
         _positive("data.decoder_threads", self.decoder_threads)
+        _positive("data.num_sample", self.num_sample)
+        if self.repeat_mode not in ("views", "clips"):
+            raise ConfigError(f"data.repeat_mode={self.repeat_mode!r}: expected 'views' or 'clips'")
         if self.cache not in ("none", "memory", "disk"):
             raise ConfigError(f"data.cache={self.cache!r}: expected 'none', 'memory' or 'disk'")
         if self.cache != "none" and self.with_motion:

@@ -1,5 +1,7 @@
-"""`tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]`: the
-dataset tools (`tgmae.data.check.run_check`). Unreadable annotations are an `AnnotationError` (exit 2)."""
+"""`tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]` and
+`tgmae data prepare --format F --root DIR ANNOTATIONS --out DIR [--short-side 320] [--workers N]`:
+the dataset tools (`tgmae.data.check.run_check`, `tgmae.data.prepare.run_prepare`). Unreadable
+annotations are an `AnnotationError`, a refused preparation a `PrepareError` (exit 2)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import sys
 from typing import Sequence
 
 from tgmae.config import DATASET_FORMATS
-from tgmae.data import check
+from tgmae.data import check, prepare
 from tgmae.data.check import run_check
+from tgmae.data.prepare import PrepareSettings, run_prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,17 +30,64 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_prepare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tgmae data prepare", description=prepare.__doc__.split("\n\n")[0])
+    p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
+    p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
+    p.add_argument("annotations", help="annotation file, or the folder of split files")
+    p.add_argument("--out", required=True, help="new data root: videos, annotations, prepare.json")
+    p.add_argument("--short-side", type=int, default=PrepareSettings.short_side,
+                   help="short side in pixels (never enlarged; 0 keeps the size)")
+    p.add_argument("--crf", type=int, default=PrepareSettings.crf, help="x264 quality (lower = better)")
+    p.add_argument("--preset", default=PrepareSettings.preset, help="x264 preset")
+    p.add_argument("--gop", type=int, default=PrepareSettings.gop, help="keyframe interval in frames")
+    p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split number")
+    p.add_argument("--subset", default="train", help="train | val | test (split-file formats)")
+    p.add_argument("--min-frames", type=int, default=16, help="for the data check of the output")
+    p.add_argument("--workers", type=int, default=1, help="processes converting videos in parallel")
+    p.add_argument("--report", default="", help="write the JSON report here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def prepare_main(argv: Sequence[str]) -> int:
+    args = build_prepare_parser().parse_args(argv)
+    settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
+    report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
+                         subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
+                         progress=not args.no_progress)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=2)
+    c, ch = report["counts"], report["check"]
+    print(f"{sum(c.values())} videos: {c['converted']} converted, {c['copied']} copied, {c['skipped']} "
+          f"already done, {c['failed']} failed; annotations: {report['annotations']}")
+    for item in report["failed"][:10]:
+        print(f"  {item['path']}: {item['reason']}")
+    print(f"data check of {report['out']}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
+    for item in ch["items"][:10]:
+        print(f"  {item['path']}: {item['reason']}")
+    return 0
+
+
+TOOLS = ("check", "prepare")
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    usage = "usage: tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]"
+    usage = ("usage: tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]\n"
+             "       tgmae data prepare --format F --root DIR ANNOTATIONS --out DIR [--short-side 320]")
     if argv[:1] in (["-h"], ["--help"], ["help"]):
-        print(f"{usage}\n\ntools:\n  check  {check.__doc__.splitlines()[0]}\n\n"
-              "`tgmae data check --help` shows its arguments.")
+        print(f"{usage}\n\ntools:\n  check    {check.__doc__.splitlines()[0]}\n"
+              f"  prepare  {prepare.__doc__.splitlines()[0]}\n\n"
+              "`tgmae data TOOL --help` shows its arguments.")
         return 0
-    if not argv or argv[0] != "check":
-        print(usage if not argv else f"tgmae data: unknown tool {argv[0]!r} (expected: check)\n{usage}",
+    if not argv or argv[0] not in TOOLS:
+        print(usage if not argv else f"tgmae data: unknown tool {argv[0]!r} (expected: check, prepare)\n{usage}",
               file=sys.stderr)
         return 2
+    if argv[0] == "prepare":
+        return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)

@@ -18,7 +18,7 @@ import multiprocessing
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.formats import load_annotations
@@ -81,6 +81,31 @@ def unreadable_records(records: Sequence[VideoRecord], min_frames: int, workers:
         return [r for r in pool.map(_work, jobs) if r.kind != "ok"]
 
 
+def parallel_map(fn: Callable, jobs: Sequence, workers: int, desc: str, progress: bool, chunksize: int = 1) -> list:
+    """[fn(job) for job in jobs], in order, on `workers` processes (fork on Linux) when > 1, with a
+    tqdm progress bar on stderr named `desc` when `progress` (the data tools' worker pool)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="video", file=sys.stderr)
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
+            for r in pool.imap(fn, jobs, chunksize=chunksize):
+                results.append(r)
+                if bar:
+                    bar.update()
+    else:
+        for job in jobs:
+            results.append(fn(job))
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    return results
+
+
 def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: str = "train",
               min_frames: int = 16, workers: int = 1, progress: bool = True) -> dict:
     """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable)."""
@@ -88,25 +113,7 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     records, classes = load_annotations(fmt, root, annotations, split=split, subset=subset,
                                         on_error="skip", problems=problems)
     jobs = [(i, r, len(classes), min_frames) for i, r in enumerate(records)]
-    results: list[ItemResult] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="checking videos", unit="video", file=sys.stderr)
-    if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
-            for r in pool.imap(_work, jobs, chunksize=4):
-                results.append(r)
-                if bar:
-                    bar.update()
-    else:
-        for job in jobs:
-            results.append(_work(job))
-            if bar:
-                bar.update()
-    if bar:
-        bar.close()
+    results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)
     counts = Counter(r.kind for r in results)
     bad = [r for r in results if r.kind != "ok"]
     frames = [r.num_frames for r in results if r.kind == "ok"]
@@ -122,4 +129,4 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     }
 
 
-__all__ = ["run_check", "check_record", "unreadable_records", "ItemResult"]
+__all__ = ["run_check", "check_record", "unreadable_records", "ItemResult", "parallel_map"]

@@ -33,6 +33,7 @@ from tgmae.data.seen import SeenVideos
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
+from tgmae.data.views import collate_views, gather_views, view_generators
 from tgmae.errors import UserError
 from tgmae.mask_contract import MaskContext, MaskGenerator
 
@@ -58,6 +59,29 @@ def sample_generator(seed: int, epoch: int, index: int, attempt: int, stream: in
     g = torch.Generator()
     g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
     return g
+
+
+def keep_freed_memory() -> bool:
+    """glibc only (elsewhere a no-op, False): keep freed memory in this process for reuse instead of
+    returning it to the OS (mallopt M_MMAP_THRESHOLD 256 MiB, M_TRIM_THRESHOLD 1 GiB). A sample
+    allocates ~10 MB float buffers per view (16 x 224 x 224 x 3); by default glibc gives each
+    back when freed, and every page of the next sample's buffers faults afresh, which cost a
+    worker more CPU than the augmentation itself (docs/benchmarks.md). For DataLoader workers
+    (`loader_worker_init`), whose memory is the samples in flight."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc's: musl / macOS have no such mallopt parameters
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 256 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: `keep_freed_memory` in each worker process."""
+    keep_freed_memory()
 
 
 def _load_errors() -> tuple[type, ...]:
@@ -170,6 +194,10 @@ class VideoDataset(_RobustBase):
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
     cache: a prebuilt `ClipCache` holding the records' videos; by default one is built here when
       `cfg.cache` is "memory" or "disk" (decoding `cfg.num_workers` videos at a time).
+    With `cfg.num_sample` = k > 1 (train only) a sample holds k views from one decode
+      (`tgmae.data.views`): `video`, `frame_indices`, `crop`, `caption_id` (one caption per
+      video) and `mask` are lists of k per-view values; the dataset's `collate`
+      (`collate_views`) stacks a batch to [B*k, ...].
     """
 
     def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, *, train: bool,
@@ -205,52 +233,75 @@ class VideoDataset(_RobustBase):
                                   f"which the decoded-clip cache (data.cache={cfg.cache!r}) does not hold: set "
                                   "data.cache=none, or masking.motion_source=framediff")
             log.info("masking.name=mgm: reading codec motion vectors (data.with_motion turned on)")
+        # repeated sampling (tgmae.data.views): k views per decoded video, training only
+        self.num_sample = cfg.num_sample if train else 1
+        self.repeat_mode = cfg.repeat_mode
+        if self.num_sample > 1:
+            self.collate = collate_views
         self.cache = cache if cache is not None else build_clip_cache(
             self.records, cfg.cache, cfg.cache_dir, threads=self.reader_threads, workers=cfg.num_workers)
 
     def _load(self, idx: int, g: torch.Generator) -> dict[str, Any]:
-        rec, cfg = self.records[idx], self.cfg
-        want_motion = self.read_motion
+        rec, k = self.records[idx], self.num_sample
+        gens = view_generators(g, k)
+        clips = self._clips(rec, gens)
+        caption_id, text = -1, None
+        views = []
+        for v, ((frames, fi, motion), gv) in enumerate(zip(clips, gens)):
+            video, crop = self.transform(frames, gv)
+            if v == 0 and self.captions is not None:  # one caption per video (tgmae.data.views)
+                caption_id, text = self.captions.draw(rec.video_id, g)
+            view = {"video": video, "frame_indices": fi, "crop": crop.as_tensor(),
+                    "caption_id": torch.tensor(int(caption_id), dtype=torch.int64)}
+            if self.mask_generator is not None:
+                ctx = MaskContext(grid=self.token_grid, frames=video, frame_indices=fi, crop=crop,
+                                  video_id=rec.video_id, text_embedding=text, motion=motion,
+                                  caption=self._caption_text(caption_id))
+                view["mask"] = self.mask_generator(ctx, gv).to(torch.bool)
+            views.append(view)
+        sample = self._base_sample(idx, rec)
+        sample.update(views[0] if k == 1 else gather_views(views))
+        return sample
+
+    def _clips(self, rec: VideoRecord, gens: list[torch.Generator]) -> list[tuple]:
+        """One (frames uint8 [T, H, W, 3], frame indices [T], motion or None) per view, from one
+        decode: repeat_mode "views" shares view 0's clip; "clips" draws each view's clip indices
+        from its generator and decodes their union once."""
+        cfg = self.cfg
+        draws = gens if self.repeat_mode == "clips" else gens[:1]
         if self.cache is not None:  # same indices, same frames, same generator draws as below
             start, end = self._frame_range(rec, self.cache.num_frames(rec.path))
-            fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
-                              train=self.train, generator=g)
-            frames, motion = self.cache.read(rec.path, fi.numpy()), None
+            fis = [clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
+                                train=self.train, generator=gv) for gv in draws]
+            frames, motion = self.cache.read(rec.path, torch.cat(fis).numpy()), None
         else:
-            frames, fi, motion = self._decode(rec, g, want_motion)
-        video, crop = self.transform(frames, g)
-        sample = self._base_sample(idx, rec)
-        sample.update(video=video, frame_indices=fi, crop=crop.as_tensor())
-        caption_id, text = -1, None
-        if self.captions is not None:
-            caption_id, text = self.captions.draw(rec.video_id, g)
-        sample["caption_id"] = torch.tensor(int(caption_id), dtype=torch.int64)
-        if self.mask_generator is not None:
-            ctx = MaskContext(grid=self.token_grid, frames=video, frame_indices=fi, crop=crop,
-                              video_id=rec.video_id, text_embedding=text, motion=motion,
-                              caption=self._caption_text(caption_id))
-            sample["mask"] = self.mask_generator(ctx, g).to(torch.bool)
-        return sample
+            frames, fis, motion = self._decode(rec, draws, self.read_motion)
+        t = cfg.num_frames
+        clips = [(frames[j * t:(j + 1) * t], fi, None if motion is None else motion[j * t:(j + 1) * t])
+                 for j, fi in enumerate(fis)]
+        return clips if len(clips) == len(gens) else clips * len(gens)
 
     def _caption_text(self, caption_id: int) -> Optional[str]:
         """The text of a drawn caption id, None without one (or from a provider without `texts`)."""
         texts = getattr(self.captions, "texts", None)
         return texts[caption_id] if texts is not None and caption_id >= 0 else None
 
-    def _decode(self, rec: VideoRecord, g: torch.Generator, want_motion: bool):
-        """-> (frames uint8 [T, H, W, 3], frame indices [T], motion [T, Hb, Wb, 2] or None)."""
+    def _decode(self, rec: VideoRecord, gens: list[torch.Generator], want_motion: bool):
+        """Clip indices from each generator, decoded in one read -> (frames uint8 [len * T, H, W, 3],
+        frame indices [T] per generator, motion [len * T, Hb, Wb, 2] or None)."""
         cfg = self.cfg
         with VideoReader(rec.path, threads=self.reader_threads) as reader:
             start, end = self._frame_range(rec, reader.info.num_frames)
-            fi = clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
-                              train=self.train, generator=g)
+            fis = [clip_indices(start, end, cfg.num_frames, cfg.frame_stride, cfg.sampling,
+                                train=self.train, generator=g) for g in gens]
+            wanted = torch.cat(fis).numpy()
             motion = None
             if want_motion and not reader.info.is_frame_folder:
-                frames, mvs = reader.read(fi.numpy(), with_motion=True)
+                frames, mvs = reader.read(wanted, with_motion=True)
                 motion = _stack_motion(mvs)
             else:
-                frames = reader.read(fi.numpy())
-        return frames, fi, motion
+                frames = reader.read(wanted)
+        return frames, fis, motion
 
 
 def _stack_motion(mvs: list[Optional[np.ndarray]]) -> torch.Tensor:
@@ -321,4 +372,4 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
 
 
 __all__ = ["VideoDataset", "MultiViewDataset", "VideoLoadError", "CaptionProvider", "sample_generator",
-           "build_dataset"]
+           "build_dataset", "keep_freed_memory", "loader_worker_init"]

@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -329,6 +329,45 @@ class VideoReader:
                             return
         except av.FFmpegError:
             return
+
+
+    def frames_in_order(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame once, in index order: (i, uint8 [H, W, 3]) for i = 0 .. num_frames - 1,
+        from one sequential decode (as the index pass: the m-th decoded frame is frame `rank[m]`);
+        frames that come out ahead of their turn wait in a buffer. Files only. Raises VideoError
+        ("undecodable") when the decode ends before every frame came out."""
+        import av
+
+        x = self._index
+        self._open()
+        self._fresh, m, nxt, ahead = False, 0, 0, {}
+        try:
+            for pkt in self._container.demux(self._stream):
+                if pkt.size == 0 and pkt.pts is not None:
+                    continue  # empty time slot (see frame_index.build_index)
+                try:
+                    decoded = pkt.decode()
+                except av.FFmpegError:
+                    continue  # as the index pass, which counted no frame for this packet
+                for frame in decoded:
+                    if m >= len(x.rank):
+                        break
+                    ahead[int(x.rank[m])] = _to_rgb(frame, x.rotation)
+                    m += 1
+                    while nxt in ahead:
+                        yield nxt, ahead.pop(nxt)
+                        nxt += 1
+        except av.FFmpegError:
+            pass
+        if nxt < x.num_frames:
+            raise VideoError(f"{self.path}: sequential decode ended at frame {nxt} of {x.num_frames}", "undecodable")
+
+    @property
+    def time_base(self):
+        """The video stream's time base (a Fraction; `info.pts` counts in it). Files only."""
+        if self._container is None:
+            self._open()
+        return self._stream.time_base
 
 
 def _to_rgb(frame, rotation: int) -> np.ndarray:

@@ -116,7 +116,8 @@ def make_masks(cfg: RunConfig, batch: int, generator: torch.Generator) -> torch.
 class ClipSet(Dataset):
     """In-memory clips as the library's training items: {"video": float [3, T, H, W] (`to_input`,
     shifted by up to `shift` px), "label", "caption_id" (= label: its class's oracle text), "index",
-    and with `masking` (a RunConfig) "mask": [N] bool, True = masked}. Shift and mask come from a
+    and with `masking` (a RunConfig) "mask": [N] bool, True = masked; with its data.num_sample = k > 1,
+    k views of each clip as `VideoDataset` gives them}. Shift and mask come from a
     generator seeded by (seed, epoch, index) (`tgmae.data.dataset.sample_generator`), as
     `VideoDataset` seeds its samples; the loop calls `set_epoch`.
     clips uint8 [N, T, H, W, 3], labels int64 [N]."""
@@ -127,6 +128,12 @@ class ClipSet(Dataset):
         self.make_mask = build_mask_generator(masking.masking) if masking is not None else None
         self.grid = masking.token_grid if masking is not None else None
         self.epoch = 0
+        # repeated sampling (data.num_sample, `tgmae.data.views`): k views per clip, batches of B*k rows
+        self.num_sample = masking.data.num_sample if masking is not None else 1
+        if self.num_sample > 1:
+            from tgmae.data.views import collate_views
+
+            self.collate = collate_views
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -136,14 +143,17 @@ class ClipSet(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         from tgmae.data.dataset import sample_generator
+        from tgmae.data.views import gather_views, view_generators
 
         g = sample_generator(self.seed, self.epoch, i, 0)
         label = self.labels[i]
-        item = {"video": to_input(self.clips[i:i + 1], self.shift, g)[0], "label": label, "caption_id": label,
-                "index": i}
-        if self.make_mask is not None:
-            item["mask"] = self.make_mask(MaskContext(self.grid), g)
-        return item
+        views = []
+        for gv in view_generators(g, self.num_sample):  # k views: own shift and mask each
+            view = {"video": to_input(self.clips[i:i + 1], self.shift, gv)[0], "caption_id": label}
+            if self.make_mask is not None:
+                view["mask"] = self.make_mask(MaskContext(self.grid), gv)
+            views.append(view)
+        return {"label": label, "index": i, **(views[0] if self.num_sample == 1 else gather_views(views))}
 
 
 # The harness's settings (docs/sanity.md): the micro preset (64 wide, 2 blocks; decoder 32 x 1) on

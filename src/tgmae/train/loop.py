@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, to_dict
+from tgmae.data.dataset import loader_worker_init
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
@@ -159,6 +160,7 @@ class _Run:
     bar: Any = None
     window: Optional["_Window"] = None
     losses: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # unchecked (step, epoch, loss)
+    views: int = 1  # training views per video (data.num_sample): a pass is `views` effective epochs
 
     @property
     def total_steps(self) -> int:
@@ -191,7 +193,7 @@ class Trainer:
         model = self._build_model(precision)
         sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
                                    seed=cfg.train.seed)
-        run = self._set_up(model, precision, len(dataset))
+        run = self._set_up(model, precision, len(dataset), views_per_video(dataset))
         loader = self._make_loader(dataset, sampler)
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         start_epoch = run.position.epoch
@@ -264,12 +266,18 @@ class Trainer:
         total_steps = cfg.train.epochs * steps_per_epoch
         return steps_per_epoch, min(total_steps, cfg.train.max_steps or total_steps)
 
-    def _set_up(self, model: nn.Module, precision: str, num_items: int) -> _Run:
-        """Optimizer, scaler and lr plan; the resume; compile / DDP; the run folder and its logs."""
+    def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
+        """Optimizer, scaler and lr plan (an optimizer step sees batch x accumulation x ranks x
+        `views` clips: the linear scaling rule counts views); the resume; compile / DDP; the run
+        folder and its logs."""
         cfg, dist, task = self.cfg, self.dist, self.task
         steps_per_epoch, total_steps = self._plan_steps(num_items)
-        global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
+        global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
         plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
+        if views > 1 and dist.is_main:
+            log.info("data.num_sample=%d (%s): %d views per optimizer step, lr scaled for them; "
+                     "train.epochs=%d passes = %d effective epochs", views, cfg.data.repeat_mode, global_batch,
+                     cfg.train.epochs, cfg.train.epochs * views)
         # A task may bring its own optimizer (the linear probe's LARS); AdamW otherwise.
         make_optimizer = getattr(task, "build_optimizer", build_optimizer)
         model = self._shard(model, precision)  # before the optimizer: under FSDP it holds the shards
@@ -281,7 +289,7 @@ class Trainer:
         write_run_folder(cfg, dist.is_main, resumed, total_steps)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
-                   torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device))
+                   torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device), views=views)
         run.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
                                      tensorboard=cfg.log.tensorboard,
                                      resume_step=resumed.position.step if resumed.source is not None else None)
@@ -332,6 +340,8 @@ class Trainer:
         cfg, workers = self.cfg, self.cfg.data.num_workers
         return DataLoader(
             dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+            collate_fn=getattr(dataset, "collate", None),  # k views per video: flattened to [B*k, ...]
+            worker_init_fn=loader_worker_init if workers > 0 else None,  # sample buffers reused, not re-faulted
             drop_last=True, pin_memory=self.dist.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
@@ -352,7 +362,7 @@ class Trainer:
             loss = out.loss.float()
             run.losses.append((run.position.step, run.position.epoch, loss.detach()))
             run.scaler.scale(loss / self.cfg.train.accum_steps).backward()
-        run.window.add(out, self.cfg.train.batch_size)
+        run.window.add(out, self.cfg.train.batch_size * run.views)
 
     def _optimizer_step(self, run: _Run, epoch: int, micro_idx: int) -> None:
         """lr, (clipped) gradients, the update; then the log record, a checkpoint, the hooks."""
@@ -390,15 +400,19 @@ class Trainer:
         """The window's averaged record (global over ranks) -> metrics.jsonl, history, console."""
         self._check_finite(run)
         record = run.window.flush(self.dist)
+        done = run.position.batches_in_epoch / (run.steps_per_epoch * self.cfg.train.accum_steps)
         record.update(step=run.position.step, epoch=epoch, lr=lr, grad_norm=grad_norm,
+                      effective_epoch=(epoch + done) * run.views,
                       load_failures=float(all_reduce_sum(run.load_failures.clone().view(1)).item()))
         run.metrics_log.write(record)
         run.history.append(record)
         if run.bar is not None:
-            run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
+            run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}",
+                                eff_epoch=f"{record['effective_epoch']:.2f}")
         elif self.dist.is_main:  # log.progress=false: one console line per record
-            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s", self.task.name, run.position.step,
-                     run.total_steps, record["loss"], lr, record["clips_per_s"])
+            log.info("%s step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  effective epoch %.2f", self.task.name,
+                     run.position.step, run.total_steps, record["loss"], lr, record["clips_per_s"],
+                     record["effective_epoch"])
         return record
 
     def _check_finite(self, run: _Run) -> None:
@@ -453,6 +467,12 @@ class Trainer:
         return path
 
 
+def views_per_video(dataset: Dataset) -> int:
+    """Training views one dataset item gives (`data.num_sample`, `tgmae.data.views`); 1 for
+    datasets without repeated sampling."""
+    return int(getattr(dataset, "num_sample", 1))
+
+
 def attention_lengths(cfg: RunConfig) -> set[int]:
     """Sequence lengths a run's attention sees, for the set-up kernel plan: all tokens (decoder,
     finetuning, evaluation) and the encoder's visible tokens at masking.ratio and
@@ -497,7 +517,7 @@ class _Window:
         all_reduce_sum(vec)
         *sums, count, clips = vec.tolist()  # the one host sync of a log step's metrics
         record = {k: sums[i] / max(count, 1.0) for i, k in enumerate(keys)}
-        record["clips_per_s"] = clips / elapsed
+        record["clips_per_s"] = clips / elapsed  # training views per second (k per video with data.num_sample=k)
         record["data_wait_frac"] = min(1.0, self.data_time / elapsed)
         for k, v in record.items():
             if isinstance(v, float) and not math.isfinite(v):

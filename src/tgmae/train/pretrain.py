@@ -198,6 +198,10 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
         out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", "lr"], out_dir / "loss_curve.png",
                                         title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
     sample = dataset[index]
+    if getattr(dataset, "num_sample", 1) > 1:  # k views per item (data.num_sample): draw the first
+        from tgmae.data.views import first_view
+
+        sample = first_view(sample)
     model = mae_part(model).eval()
     device = next(model.parameters()).device  # the trained model stays where it trained (a GPU)
     video = sample["video"][None]

