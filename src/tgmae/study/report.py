@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.config import ConfigError
+from tgmae.study.frozen_probes import COLUMNS as FROZEN_COLUMNS, frozen_probes_markdown
 
 COLUMNS = [  # (header, getter)
     ("FT top-1", lambda r: r.get("finetune_top1")),
@@ -30,6 +31,15 @@ COLUMNS = [  # (header, getter)
     ("T->V R@1", lambda r: _recall(r, "text_to_video", 1)),
     ("T->V R@5", lambda r: _recall(r, "text_to_video", 5)),
 ]
+
+
+COLUMNS += FROZEN_COLUMNS  # shown only when a record has them (`shown_columns`)
+
+
+def shown_columns(rows: Sequence[dict]) -> list:
+    """COLUMNS less the extra probes' (`study.probes`) that no row has."""
+    optional = {h for h, _ in FROZEN_COLUMNS}
+    return [(h, g) for h, g in COLUMNS if h not in optional or any(r.get(h) is not None for r in rows)]
 
 
 def _recall(record: dict, direction: str, k: int) -> Optional[float]:
@@ -284,13 +294,14 @@ def _cell(value) -> str:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    head = "| Mask | ratio | MAE | V->T | " + " | ".join(h for h, _ in COLUMNS) + " | seeds |"
-    sep = "|" + "---|" * (len(COLUMNS) + 5)
+    columns = shown_columns(rows)
+    head = "| Mask | ratio | MAE | V->T | " + " | ".join(h for h, _ in columns) + " | seeds |"
+    sep = "|" + "---|" * (len(columns) + 5)
     lines = [head, sep]
     for r in rows:
         mae = "✓" if "mae" in r["objective"].split("+") else ""
         vt = "✓" if "contrastive" in r["objective"] else ""
-        cells = " | ".join(_cell(r[h]) for h, _ in COLUMNS)
+        cells = " | ".join(_cell(r[h]) for h, _ in columns)
         ratio = "-" if r["mask_ratio"] is None else r["mask_ratio"]
         lines.append(f"| {cell_label(r['masking'], r.get('variant', ''))} | {ratio} | {mae} | {vt} | {cells} | "
                      f"{len(r['seeds'])} |")
@@ -436,6 +447,9 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                "The interval covers training randomness, not the sampling of the validation videos, which "
                "every run shares.", ""]
         md += [f"- {title}: {verdict(d)}." for title, d in found] + [""]
+    frozen = frozen_probes_markdown(records)
+    if frozen:
+        md += [frozen, ""]
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
@@ -465,11 +479,12 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
 
 
 def _html_table(rows: Sequence[dict]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in COLUMNS])
+    columns = shown_columns(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in columns])
     lines = [f"<table><tr>{head}</tr>"]
     for r in rows:
         ratio = "-" if r["mask_ratio"] is None else str(r["mask_ratio"])
-        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [_cell(r[h]) for h, _ in COLUMNS]
+        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [_cell(r[h]) for h, _ in columns]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 
