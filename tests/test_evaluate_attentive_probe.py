@@ -13,7 +13,7 @@ import torch
 from test_evaluate_probe import Clips, checkpoint, encoder_of, probe_cfg  # noqa: F401 (fixture)
 from tgmae.evaluate.attentive import AttentiveProbeSettings, TokenDataset, fit_attentive_probe
 from tgmae.evaluate.attentive_probe import loop_config
-from tgmae.evaluate.probe import run_probe
+from tgmae.evaluate.probes import run_probe
 from tgmae.weights import checkpoint as ckpt
 
 ATTENTIVE = ["eval.probe=attentive", "eval.attentive_epochs=4", "eval.attentive_lr=3e-3", "eval.attentive_heads=2"]

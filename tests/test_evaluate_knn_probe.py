@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
 from tgmae.config import ConfigError
 from tgmae.evaluate.features import pooled_features
-from tgmae.evaluate.probe import run_probe
+from tgmae.evaluate.probes import run_probe
 
 
 def reference_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, t: float,

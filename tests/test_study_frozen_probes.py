@@ -12,8 +12,8 @@ import torch
 from test_evaluate_probe import ARCH, synth  # noqa: F401 (fixture)
 from tgmae.config import ConfigError
 from tgmae.evaluate.recipes import PROBE_RECIPE, FINETUNE_RECIPE, with_recipe
-from tgmae.study.frozen_probes import frozen_probe_configs, missing, probe_gains, run_frozen_probes
-from tgmae.study.report import write_report
+from tgmae.study.frozen_probes import frozen_probe_configs, missing, run_frozen_probes
+from tgmae.study.report import probe_gains, write_report
 from tgmae.study.run import StudyConfig
 
 
@@ -47,6 +47,8 @@ def test_extra_probes_share_the_linear_probe_features_and_record_their_results(s
     assert configs["knn"].eval.feature_cache == str(run / "probe" / "features")
     assert configs["attentive"].train.output_dir == str(run / "probe_attentive")
     assert (configs["attentive"].data.test_temporal_views, configs["attentive"].eval.attentive_epochs) == (2, 1)
+    full = frozen_probe_configs(["linear", "attentive"], probe, fine, run, quick=False)["attentive"].eval
+    assert (full.attentive_lr, full.attentive_batch_size, full.attentive_epochs) == (1e-2, 128, 60)
     assert missing({}, configs) and not missing({}, {})
     fields = run_frozen_probes(configs)
     assert set(fields["probe_seconds"]) == {"knn", "attentive"}

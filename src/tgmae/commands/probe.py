@@ -14,7 +14,9 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.recipes import PROBE_RECIPE
 
     cfg, _ = parse_run_args("probe", argv, description=lib.__doc__.splitlines()[0], base=PROBE_RECIPE)
-    result = lib.run_probe(cfg)
+    from tgmae.evaluate.probes import run_probe
+
+    result = run_probe(cfg)
     print(f"run directory: {result.output_dir}")
     if cfg.eval.probe == "knn":
         for k, r in result.by_k.items():

@@ -21,7 +21,7 @@ probe_results.json adds `l2` and `cv_top1` ({l2: held-out top-1}); the head goes
 Per-video predictions of the val videos (`tgmae.evaluate.predictions`: video id, true label, top-5
 labels and scores) go to `test_predictions.csv` beside probe_results.json, for every probe.
 
-`eval.probe` picks the probe (`run_probe`): linear (this module), knn (DINO's weighted k-NN over
+`eval.probe` picks the probe (`tgmae.evaluate.probes.run_probe`): linear (this module), knn (DINO's weighted k-NN over
 the same cached features, `tgmae.evaluate.knn_probe`) or attentive (V-JEPA's cross-attention
 probe on cached token grids, on the same loop, `tgmae.evaluate.attentive_probe`).
 
@@ -288,20 +288,6 @@ def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Opti
         return
     write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, scores,
                       names if len(names) == scores.shape[1] else ())
-
-
-def run_probe(cfg: RunConfig, hooks=None, **kwargs: Any) -> Any:
-    """The probe `eval.probe` names: `linear_probe` (linear), `tgmae.evaluate.knn_probe.knn_probe`
-    (knn) or `tgmae.evaluate.attentive_probe.attentive_probe` (attentive); kwargs go through."""
-    if cfg.eval.probe == "knn":
-        from tgmae.evaluate.knn_probe import knn_probe
-
-        return knn_probe(cfg, **kwargs)
-    if cfg.eval.probe == "attentive":
-        from tgmae.evaluate.attentive_probe import attentive_probe
-
-        return attentive_probe(cfg, hooks, **kwargs)
-    return linear_probe(cfg, hooks, **kwargs)
 
 
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.config import ConfigError
-from tgmae.study.frozen_probes import COLUMNS as FROZEN_COLUMNS, frozen_probes_markdown
 
 COLUMNS = [  # (header, getter)
     ("FT top-1", lambda r: r.get("finetune_top1")),
@@ -33,7 +32,9 @@ COLUMNS = [  # (header, getter)
 ]
 
 
-COLUMNS += FROZEN_COLUMNS  # shown only when a record has them (`shown_columns`)
+# the extra frozen probes of `study.probes` (tgmae.study.frozen_probes): shown only when a record has them
+FROZEN_COLUMNS = [("kNN top-1", lambda r: r.get("knn_top1")), ("AP top-1", lambda r: r.get("attentive_probe_top1"))]
+COLUMNS += FROZEN_COLUMNS
 
 
 def shown_columns(rows: Sequence[dict]) -> list:
@@ -392,6 +393,45 @@ def _probe_note(records: Sequence[dict]) -> str:
         return f" (probes differ between runs: {sorted(map(str, kinds))})"
     kind = next(iter(kinds), None)
     return "" if kind is None else f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
+
+
+def probe_gains(records: Sequence[dict]) -> list[dict]:
+    """Per cell (masking, objective, variant): attentive-probe minus linear-probe top-1, paired by
+    seed, as `tgmae.study.report.paired_difference`'s rows (+ "cell"); cells without both skipped."""
+    cells: dict[tuple, list[tuple[int, float]]] = {}
+    for r in records:
+        ap, lp = r.get("attentive_probe_top1"), r.get("linear_probe_top1")
+        if ap is not None and lp is not None:
+            cells.setdefault(cell_key(r), []).append((r["seed"], ap - lp))
+    rows = []
+    for key, pairs in sorted(cells.items()):
+        diffs = [d for _, d in sorted(pairs)]
+        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), "diffs": diffs, "n": len(diffs),
+                     "mean": statistics.fmean(diffs), "std": _std(diffs), "ci": t_interval(diffs),
+                     "wins": sum(d > 0 for d in diffs)})
+    return rows
+
+
+def frozen_probes_markdown(records: Sequence[dict]) -> str:
+    """The report's section on the extra probes: attentive vs linear per cell (beyond noise?) and
+    each probe's mean wall seconds per run; "" when no record has an extra probe."""
+    if not any(r.get(key) is not None for r in records for key in ("knn_top1", "attentive_probe_top1")):
+        return ""
+    lines = ["## Frozen-backbone probes", "",
+             "kNN: DINO's weighted k-NN on the linear probe's features (top-1 of the first k in eval.knn_k); "
+             "AP: V-JEPA's attentive probe (one cross-attention block with a learnable query, then linear) on "
+             "the frozen token grids, tested on the finetuning's views. Attentive minus linear probe, paired "
+             "by seed:", ""]
+    lines += [f"- {_name(d['cell'])}: {verdict(d)}." for d in probe_gains(records)]
+    costs = {}
+    for r in records:
+        for kind, s in (r.get("probe_seconds") or {}).items():
+            costs.setdefault(kind, []).append(s)
+    if costs:
+        lines += ["", "Wall seconds per run (mean over the runs that ran it in this process): "
+                  + ", ".join(f"{k} {statistics.fmean(v):.1f} s (n = {len(v)})" for k, v in sorted(costs.items()))
+                  + "."]
+    return "\n".join(lines)
 
 
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
