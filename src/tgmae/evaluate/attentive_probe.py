@@ -25,13 +25,11 @@ and best val top-1 / top-5, views, queries, heads) and test_predictions.csv.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,23 +37,11 @@ from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.evaluate.attentive import AttentiveClassifier, TokenDataset, predict_attentive
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, tensors_fingerprint, write_results,
+                                  write_val_predictions)
 from tgmae.train.optim import param_groups
 
 log = logging.getLogger("tgmae")
-
-
-def tokens_fingerprint(train: TokenDataset, val: Optional[TokenDataset], num_classes: int) -> str:
-    """sha256 over the train / val token grids and labels and the class count."""
-    h = hashlib.sha256(f"classes={num_classes}".encode())
-    for part in (train, val):
-        if part is None:
-            h.update(b"none")
-            continue
-        for t in (part.tokens, part.labels):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def loop_config(cfg: RunConfig) -> RunConfig:
@@ -85,7 +71,9 @@ class AttentiveTask:
             raise ConfigError(f"eval.attentive_heads={num_heads}: does not divide the token width {dim}")
         self.cfg, self.train, self.val = cfg, train, val
         self.num_classes, self.num_heads = num_classes, num_heads
-        self.inputs_fingerprint = tokens_fingerprint(train, val, num_classes)
+        # stored in every checkpoint: a resume on other token grids is refused
+        self.inputs_fingerprint = tensors_fingerprint(
+            [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
 
     def build_model(self) -> AttentiveClassifier:
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
@@ -100,10 +88,7 @@ class AttentiveTask:
         return param_groups(model.named_parameters(), self.cfg.optim.weight_decay)
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        logits = model(batch["tokens"])
-        labels = batch["label"].long()
-        loss = F.cross_entropy(logits.float(), labels)
-        return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
+        return probe_step(model, batch["tokens"], batch["label"])  # cross-entropy, as the linear probe
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -141,8 +126,6 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     checkpoint.resume), test the val videos' views; writes the outputs of the module doc and
     returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
-    from tgmae.evaluate.probe import ProbeResult, best_of, probe_features, write_results, write_val_predictions
-
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True)
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
@@ -166,4 +149,4 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
 
 
-__all__ = ["AttentiveTask", "attentive_probe", "loop_config", "score_probs", "tokens_fingerprint"]
+__all__ = ["AttentiveTask", "attentive_probe", "loop_config", "score_probs"]

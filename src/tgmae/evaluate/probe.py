@@ -99,18 +99,34 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
                 trust_coefficient=0.001)
 
 
-def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
-    """sha256 over the train / val features and labels and the class count: what the probe learns from."""
+def tensors_fingerprint(parts: Sequence[Optional[tuple[torch.Tensor, ...]]], num_classes: int) -> str:
+    """sha256 over each part's tensors (shape, dtype, bytes; None for a missing part) and the class
+    count: what a probe learns from (the linear probe's features, the attentive probe's tokens)."""
     h = hashlib.sha256(f"classes={num_classes}".encode())
-    for part in (train, val):
+    for part in parts:
         if part is None:
             h.update(b"none")
             continue
-        for t in (part.features, part.labels):
+        for t in part:
             t = t.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
+    """`tensors_fingerprint` of the train / val features and labels."""
+    return tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in (train, val)],
+                               num_classes)
+
+
+def probe_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    """A probe's training step: cross-entropy of model(inputs) -> logits [B, K] against labels [B]
+    (no smoothing), with the batch's top-1 as a metric."""
+    logits = model(inputs)
+    labels = labels.long()
+    loss = F.cross_entropy(logits.float(), labels)
+    return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
 
 
 class ProbeTask:
@@ -141,10 +157,7 @@ class ProbeTask:
         return build_probe_optimizer(groups, self.cfg.eval.probe_optimizer, optim_cfg)
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        logits = model(batch["features"])
-        labels = batch["label"].long()
-        loss = F.cross_entropy(logits.float(), labels)
-        return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
+        return probe_step(model, batch["features"], batch["label"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -400,4 +413,4 @@ def refuse_other_run(out: Path) -> None:
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
            "score_logits", "probe_logits", "best_of", "frozen_probe_encoder", "probe_features", "run_probe", "linear_probe", "logistic_probe",
-           "write_results", "write_val_predictions", "scored_video_ids", "refuse_other_run"]
+           "write_results", "write_val_predictions", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run"]
