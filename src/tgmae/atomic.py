@@ -1,17 +1,74 @@
 """Atomic file writes: write a temp file next to the target, then rename it over the target.
 
 A reader (another worker, a resumed run) sees the old file or the new one, never a torn one; a
-write that fails leaves no temp file behind. Temp names are `.{name}.{pid}-{random}.tmp` in the
-target's folder (same filesystem, so the rename is atomic; unique per thread and process).
+write that fails leaves no temp file behind. Temp names are `.{name}.{host}-{pid}-{random}.tmp`
+in the target's folder (same filesystem, so the rename is atomic; unique per thread and process).
+A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` (called where runs
+start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
+this host that have ended, recognised by that name and their pid.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger("tgmae")
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temp name next to `path`: `.{name}.{host}-{pid}-{random}.tmp`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Remove the temp files and folders in `folder` (not below it) left by writers on this host
+    whose process has ended (killed, or failed before their clean-up ran); those of live processes
+    and of other hosts are kept. Logs what it removed; returns the count (0 for a missing folder)."""
+    folder = Path(folder)
+    removed, nbytes = 0, 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if not m or m["host"] != _HOST or not _ended(int(m["pid"])):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                nbytes += sum(f.stat().st_size for f in Path(e.path).rglob("*") if f.is_file())
+                shutil.rmtree(e.path)
+            else:
+                nbytes += e.stat().st_size
+                os.unlink(e.path)
+            removed += 1
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+    if removed:
+        log.info("%s: removed %d temp files of ended writers (%.1f MiB)", folder, removed, nbytes / 2**20)
+    return removed
 
 
 @contextmanager
@@ -23,7 +80,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     try:
         yield tmp
         if fsync:
@@ -46,4 +103,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps", "temp_path"]

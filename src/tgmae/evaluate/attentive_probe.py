@@ -40,6 +40,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, tensors_fingerprint, write_results,
                                   write_val_predictions)
 from tgmae.train.optim import param_groups
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -119,6 +120,7 @@ def encoder_heads(cfg: RunConfig) -> int:
     return load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads).arch.num_heads
 
 
+@locks_run_folder
 def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                     val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
                     cache_dir: Optional[str | Path] = None):

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError, RunConfig, save_config
 from tgmae.evaluate.knn import KnnResult, knn_classify, knn_scores
 from tgmae.evaluate.metrics import topk_text
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -40,6 +41,7 @@ class KnnProbeResult:
     by_k: dict[int, KnnResult]
 
 
+@locks_run_folder
 def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
               num_classes: Optional[int] = None, cache_dir: Optional[str | Path] = None) -> KnnProbeResult:
     """Score the val features by their k nearest training features for every k of `eval.knn_k`

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -151,6 +152,7 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, *, batch_size: int =
                                  int(out["load_failures"].sum()), unreadable)
 
 
+@locks_run_folder
 def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 

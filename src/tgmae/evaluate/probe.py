@@ -52,6 +52,7 @@ from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -303,6 +304,7 @@ def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Opti
                       names if len(names) == scores.shape[1] else ())
 
 
+@locks_run_folder
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                  val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
                  cache_dir: Optional[str | Path] = None) -> ProbeResult:

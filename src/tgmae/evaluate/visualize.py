@@ -92,7 +92,7 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     encoder.load_state_dict(src.encoder)
     dataset = _dataset(cfg, subset, video)
     sample = dataset[_index(dataset, index, "video" if video else subset)]
-    name = f"attention_{sample.get('video_id', index)}"
+    name = "attention_" + str(sample.get('video_id', index)).replace("/", "_")  # ids may hold folders
     return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, _out(cfg, out),
                              layer=layer, name=name)
 

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text
+from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -174,14 +174,33 @@ def save_checkpoint(
     keep_last: int = 2,
     extra: Optional[dict] = None,
 ) -> Path:
-    """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones."""
+    """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones.
+    The checkpoint is built in a temp folder that a failed write removes; temp folders of killed
+    writers are removed first (`remove_stale_temps`)."""
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory)
     name = f"step_{position.step:08d}"
-    final = directory / name
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_path(directory / name)
     tmp.mkdir()
+    try:
+        _write_checkpoint_folder(tmp, model, optimizer, scaler, position, config, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
+        raise
+    final = directory / name
+    if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    _durable_write_text(directory / LATEST, name + "\n")
+    _prune(directory, keep_last, keep=name)
+    return final
+
+
+def _write_checkpoint_folder(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
+                             extra: Optional[dict]) -> None:
+    """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced."""
     save_file(
         _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
         metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
@@ -199,13 +218,6 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    _durable_write_text(directory / LATEST, name + "\n")
-    _prune(directory, keep_last, keep=name)
-    return final
 
 
 def _prune(directory: Path, keep_last: int, keep: str) -> None:
