@@ -487,9 +487,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                "The interval covers training randomness, not the sampling of the validation videos, which "
                "every run shares.", ""]
         md += [f"- {title}: {verdict(d)}." for title, d in found] + [""]
-    frozen = frozen_probes_markdown(records)
-    if frozen:
-        md += [frozen, ""]
+    md += [frozen, ""] if (frozen := frozen_probes_markdown(records)) else []
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
