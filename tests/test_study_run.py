@@ -119,6 +119,13 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert (root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").stat().st_mtime == before
     assert len(collect_records([root])) == 4
     assert [f.stat().st_mtime_ns for f in cached] == stamps
+    # probes added later (study.probes): finished cells gain the k-NN and attentive probes, nothing else reruns
+    run_study(dataclasses.replace(study, probes=["linear", "knn", "attentive"]), quick=True)
+    rec = json.loads((root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").read_text())
+    assert 0.0 <= rec["knn_top1"] <= 1.0 and 0.0 <= rec["attentive_probe_top1"] <= 1.0
+    assert set(rec["probe_seconds"]) == {"linear", "knn", "attentive"} and set(rec["knn"]) == {"1", "3"}
+    assert (root / "runs" / "tube__mae_contrastive__s0" / "probe_attentive" / "test_predictions.csv").is_file()
+    assert "| kNN top-1 | AP top-1 |" in (root / "report.md").read_text()
     # an ablation in the same folder: its own runs and rows, the shared set-up reused
     ablation = dataclasses.replace(study, maskings=["tgm"], references=[], variant="ratio 0.9",
                                    pretrain=["masking.ratio=0.9"], text_model="words")

@@ -1,5 +1,6 @@
-"""`tgmae probe -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: MAE's linear probe
-recipe under the YAML and the overrides (`tgmae.evaluate.probe`)."""
+"""`tgmae probe -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: a frozen-backbone
+probe under MAE's linear-probe recipe, the YAML and the overrides (`tgmae.evaluate.probe`):
+`eval.probe=linear` (default), `knn` (DINO's weighted k-NN) or `attentive` (V-JEPA's)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.recipes import PROBE_RECIPE
 
     cfg, _ = parse_run_args("probe", argv, description=lib.__doc__.splitlines()[0], base=PROBE_RECIPE)
-    result = lib.linear_probe(cfg)
+    from tgmae.evaluate.probes import run_probe
+
+    result = run_probe(cfg)
     print(f"run directory: {result.output_dir}")
-    print(f"linear probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
+    if cfg.eval.probe == "knn":
+        for k, r in result.by_k.items():
+            print(f"k-NN probe k={k}: {topk_text(r.top1, r.top5)}")
+        return 0
+    print(f"{cfg.eval.probe} probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
     return 0

@@ -368,6 +368,46 @@ def load_frozen_encoder(checkpoint: str | os.PathLike, num_frames: int, image_si
     return net.requires_grad_(False).to(device or torch.device("cpu")).eval(), src
 
 
+def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str]]:
+    """(video_id, path) of every video the annotations of `subsets` ("train" / "val") name, in
+    annotation order, each path once, through the data set's own format (`data.format`)."""
+    from tgmae.config import ConfigError
+    from tgmae.data.formats import load_annotations
+
+    videos, seen = [], set()
+    for subset in subsets:
+        ann = data_cfg.train_annotations if subset == "train" else data_cfg.val_annotations
+        if not ann:
+            raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations")
+        records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
+        for r in records:
+            if r.path not in seen:
+                seen.add(r.path)
+                videos.append((r.video_id, r.path))
+    return videos
+
+
+def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str]
+                    ) -> tuple[ExtractSummary, Optional[Path]]:
+    """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
+    for `spec.window` frames of `spec.image_size`) over the videos of `subsets` into `out_dir`, this
+    process's shards under torchrun (`tgmae.distributed`); after every rank is done, rank 0 writes
+    index.csv and unreadable.json. Returns (this rank's summary, the index path on rank 0 else None)."""
+    from tgmae.config import ConfigError
+    from tgmae.distributed import barrier, init_distributed
+
+    if not cfg.model.pretrained:
+        raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
+    dist = init_distributed(cfg.train.device)
+    videos = dataset_videos(cfg.data, subsets)
+    encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
+                                       dist.device)
+    summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
+                                world=dist.world_size, device=dist.device, progress=cfg.log.progress and dist.is_main)
+    barrier()
+    return summary, write_index(out_dir) if dist.is_main else None
+
+
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
            "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "write_index",
-           "manifest", "shard_path", "load_frozen_encoder"]
+           "manifest", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]

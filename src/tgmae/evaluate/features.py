@@ -46,16 +46,23 @@ def pooled_features(encoder: nn.Module, video: torch.Tensor, precision: str = "f
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
                      num_workers: int = 0, device: Optional[torch.device] = None,
-                     progress: bool = False) -> dict[str, torch.Tensor]:
+                     progress: bool = False, tokens: bool = False) -> dict[str, torch.Tensor]:
     """{features [N, D] float32, label [N], index [N], load_failures [N]} in dataset order; an
     unreadable video is never replaced by another (its row is marked in `unreadable`, with the
-    reason in `load_error`, for a `tgmae.data.dataset` dataset)."""
+    reason in `load_error`, for a `tgmae.data.dataset` dataset). tokens: the encoder's whole
+    output instead of its mean, [N, L, D] (or [N, V, L, D] for samples of V views), for the
+    attentive probe."""
+    from tgmae.evaluate.attentive import encoder_tokens
+
     device = device or default_device(encoder)
     was_training = encoder.training
     encoder.eval()
+    grid = encoder_tokens(encoder, precision)
+    fn = (lambda b: {"features": grid(b)}) if tokens else (
+        lambda b: {"features": pooled_features(encoder, b["video"], precision)})
     try:
         with no_substitution(dataset):
-            return map_dataset(dataset, lambda b: {"features": pooled_features(encoder, b["video"], precision)},
+            return map_dataset(dataset, fn,
                                batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
                                desc="features")
     finally:
@@ -72,12 +79,16 @@ def _file_fingerprint(path: str, root: str) -> str:
     return str(p.resolve()) if str(path) else ""
 
 
-def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str) -> tuple[str, dict]:
-    """(key, inputs): the cache key of one subset's features and what it was computed from."""
+def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: str = POOLING,
+                      views: str = "") -> tuple[str, dict]:
+    """(key, inputs): the cache key of one subset's features and what it was computed from.
+    pooling: POOLING, or "tokens" (the whole token grid); views: "TxS" for multi-view samples
+    ("" = the centre clip; only then is the key the linear probe's)."""
     d = data_cfg
     ann = d.train_annotations if subset == "train" else d.val_annotations
+    extra = {"views": views} if views else {}
     inputs = {
-        "version": CACHE_VERSION, "pooling": POOLING, "encoder": encoder_digest, "subset": subset,
+        "version": CACHE_VERSION, "pooling": pooling, **extra, "encoder": encoder_digest, "subset": subset,
         "data": {"format": d.format, "root": str(Path(d.root).resolve()) if d.root else "",
                  "annotations": ann, "annotations_sha256": _file_fingerprint(ann, d.root), "split": d.split,
                  "num_frames": d.num_frames, "frame_stride": d.frame_stride, "sampling": d.sampling,

@@ -65,6 +65,24 @@ def rank_classes(votes: torch.Tensor, top: int) -> torch.Tensor:
     return order[:, :top]
 
 
+def _neighbours(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, kmax: int, chunk: int,
+                device: torch.device):
+    """Per chunk of test rows (start, sim [m, kmax] sorted most similar first, neighbour labels
+    [m, kmax]): cosine similarity of L2-normalised float32 features on `device`."""
+    bank = F.normalize(train.to(device, torch.float32), dim=1)  # [N, D]
+    bank_labels = train_labels.to(device, torch.long)
+    for start in range(0, test.shape[0], chunk):
+        q = F.normalize(test[start: start + chunk].to(device, torch.float32), dim=1)  # [m, D]
+        sim, idx = (q @ bank.T).topk(kmax, dim=1, largest=True, sorted=True)  # [m, kmax]
+        yield start, sim, bank_labels[idx]
+
+
+def _num_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: Optional[int]) -> int:
+    if num_classes is not None:
+        return int(num_classes)
+    return 1 + max(int(train_labels.max()), int(test_labels.max()) if test_labels.numel() else 0)
+
+
 @torch.no_grad()
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
                  ks: Sequence[int] = DINO_KS, temperature: float = DINO_TEMPERATURE,
@@ -76,17 +94,12 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
     N, or T <= 0."""
     kset = _check(train, train_labels, test, test_labels, ks, temperature)
     device = device or train.device
-    k_cls = int(num_classes if num_classes is not None else 1 + max(int(train_labels.max()), int(test_labels.max())))
-    bank = F.normalize(train.to(device, torch.float32), dim=1)  # [N, D]
-    bank_labels = train_labels.to(device, torch.long)
+    k_cls = _num_classes(train_labels, test_labels, num_classes)
     top5 = min(5, k_cls)
     hits1 = {k: 0 for k in kset}
     hits5 = {k: 0 for k in kset}
-    for start in range(0, test.shape[0], chunk):
-        q = F.normalize(test[start: start + chunk].to(device, torch.float32), dim=1)  # [m, D]
+    for start, sim, neighbours in _neighbours(train, train_labels, test, kset[-1], chunk, device):
         y = test_labels[start: start + chunk].to(device, torch.long).view(-1, 1)
-        sim, idx = (q @ bank.T).topk(kset[-1], dim=1, largest=True, sorted=True)  # [m, kmax]
-        neighbours = bank_labels[idx]  # [m, kmax]
         for k in kset:
             ranked = rank_classes(knn_votes(sim, neighbours, k, k_cls, temperature), top5)
             hit = ranked == y
@@ -97,4 +110,20 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
                          (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m) for k in kset}
 
 
-__all__ = ["KnnResult", "knn_classify", "knn_votes", "rank_classes", "DINO_KS", "DINO_TEMPERATURE"]
+@torch.no_grad()
+def knn_scores(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
+               temperature: float = DINO_TEMPERATURE, num_classes: Optional[int] = None, chunk: int = 1024,
+               device: Optional[torch.device] = None) -> torch.Tensor:
+    """[M, K] float64 on the CPU: each test row's class votes of its k nearest training rows
+    (as `knn_classify`), divided by their sum: a distribution whose ranking is the k-NN's (for
+    per-video predictions). Same inputs and errors as `knn_classify` with one k."""
+    _check(train, train_labels, test, torch.zeros(test.shape[0], dtype=torch.long), [k], temperature)
+    device = device or train.device
+    k_cls = _num_classes(train_labels, train_labels, num_classes)
+    parts = [knn_votes(sim, nb, k, k_cls, temperature).double().cpu()
+             for _, sim, nb in _neighbours(train, train_labels, test, k, chunk, device)]
+    votes = torch.cat(parts) if parts else torch.zeros(0, k_cls, dtype=torch.float64)
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
+__all__ = ["KnnResult", "knn_classify", "knn_scores", "knn_votes", "rank_classes", "DINO_KS", "DINO_TEMPERATURE"]

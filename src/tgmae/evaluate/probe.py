@@ -18,6 +18,13 @@ probe_results.json adds `l2` and `cv_top1` ({l2: held-out top-1}); the head goes
 `probe_head.safetensors` (weight [D, K], bias [K], mean [D], std [D]; logits =
 ((x - mean) / std) @ weight + bias).
 
+Per-video predictions of the val videos (`tgmae.evaluate.predictions`: video id, true label, top-5
+labels and scores) go to `test_predictions.csv` beside probe_results.json, for every probe.
+
+`eval.probe` picks the probe (`tgmae.evaluate.probes.run_probe`): linear (this module), knn (DINO's weighted k-NN over
+the same cached features, `tgmae.evaluate.knn_probe`) or attentive (V-JEPA's cross-attention
+probe on cached token grids, on the same loop, `tgmae.evaluate.attentive_probe`).
+
 The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
 task has one (LARS / SGD here), else its AdamW.
 """
@@ -30,7 +37,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +82,7 @@ class FeatureDataset(Dataset):
         self.features = features.float()
         self.labels = labels.long()
         self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
+        self.video_ids: list[str] = [str(i) for i in range(len(self.labels))]  # of each row (probe_features)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -92,18 +100,34 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
                 trust_coefficient=0.001)
 
 
-def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
-    """sha256 over the train / val features and labels and the class count: what the probe learns from."""
+def tensors_fingerprint(parts: Sequence[Optional[tuple[torch.Tensor, ...]]], num_classes: int) -> str:
+    """sha256 over each part's tensors (shape, dtype, bytes; None for a missing part) and the class
+    count: what a probe learns from (the linear probe's features, the attentive probe's tokens)."""
     h = hashlib.sha256(f"classes={num_classes}".encode())
-    for part in (train, val):
+    for part in parts:
         if part is None:
             h.update(b"none")
             continue
-        for t in (part.features, part.labels):
+        for t in part:
             t = t.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
+    """`tensors_fingerprint` of the train / val features and labels."""
+    return tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in (train, val)],
+                               num_classes)
+
+
+def probe_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    """A probe's training step: cross-entropy of model(inputs) -> logits [B, K] against labels [B]
+    (no smoothing), with the batch's top-1 as a metric."""
+    logits = model(inputs)
+    labels = labels.long()
+    loss = F.cross_entropy(logits.float(), labels)
+    return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
 
 
 class ProbeTask:
@@ -134,10 +158,7 @@ class ProbeTask:
         return build_probe_optimizer(groups, self.cfg.eval.probe_optimizer, optim_cfg)
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        logits = model(batch["features"])
-        labels = batch["label"].long()
-        loss = F.cross_entropy(logits.float(), labels)
-        return StepOutput(loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean().detach()})
+        return probe_step(model, batch["features"], batch["label"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -147,15 +168,21 @@ class ProbeTask:
 
 
 @torch.no_grad()
-def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
-    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
-    top5 only with more than 5 classes."""
+def probe_logits(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> torch.Tensor:
+    """logits [N, K] float32 on the CPU of a probe head on a feature set (eval mode: BN running
+    statistics)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    return score_logits(logits, data.labels)
+    return logits
+
+
+def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
+    top5 only with more than 5 classes."""
+    return score_logits(probe_logits(model, data, batch_size), data.labels)
 
 
 def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -172,34 +199,20 @@ class ProbeResult:
     top5: Optional[float]  # None with 5 classes or fewer
     best_top1: float
     history: list[dict]
-    model: ProbeHead | LogisticFit  # features [B, D] -> logits [B, K] either way
+    model: nn.Module | LogisticFit  # features [B, D] (attentive: tokens [B, L, D]) -> logits [B, K]
     best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set (or for lbfgs)
 
 
-def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
-                   cache_dir: Optional[str | Path] = None, progress: bool = True
-                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
-    """Features of the train / val clips from `cfg.model.pretrained`'s frozen encoder, via the cache.
-
-    Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
-    given here are cached only under an explicit `cache_dir` and keyed by their length and the
-    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
-    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). Returns
-    (train, val or None, class names).
-    """
-    from tgmae.distributed import init_distributed
-    from tgmae.evaluate.features import cached_features, feature_cache_key
+def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
+    """(`cfg.model.pretrained`'s encoder, frozen, in eval mode on `device`, built for
+    `cfg.data`'s clip geometry; its weights' digest). ConfigError without model.pretrained or
+    when the checkpoint's geometry does not fit the config."""
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.models.encoder import VideoViTEncoder
-    from tgmae.train.precision import resolve_precision
     from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
-        from tgmae.config import ConfigError
-
         raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
-    dist_info = init_distributed(cfg.train.device)
-    device = dist_info.device
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
     check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
     if note := size_from_checkpoint(cfg.model, src.arch):
@@ -207,8 +220,29 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)
-    encoder.requires_grad_(False).to(device).eval()
-    digest = src.digest()
+    return encoder.requires_grad_(False).to(device).eval(), src.digest()
+
+
+def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
+                   cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False
+                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+    """Features of the train / val clips from `cfg.model.pretrained`'s frozen encoder, via the cache.
+
+    Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
+    given here are cached only under an explicit `cache_dir` and keyed by their length and the
+    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
+    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). tokens: the
+    token grids [N, L, D] instead of their mean [N, D] (the attentive probe), and the default val
+    set is the multi-view test set (`data.test_temporal_views` x `data.test_spatial_views`,
+    [N, V, L, D]), as finetuning tests. Returns (train, val or None, class names).
+    """
+    from tgmae.distributed import init_distributed
+    from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
+    from tgmae.evaluate.multiview import views_per_sample
+    from tgmae.train.precision import resolve_precision
+
+    device = init_distributed(cfg.train.device).device
+    encoder, digest = frozen_probe_encoder(cfg, device)
     from_cfg = {"train": train_data is None, "val": val_data is None}
     if train_data is None:
         from tgmae.data.dataset import build_dataset
@@ -217,33 +251,57 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     if val_data is None and cfg.data.val_annotations:
         from tgmae.data.dataset import build_dataset
 
-        val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
+        val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
-    kwargs = dict(batch_size=cfg.train.batch_size, precision=resolve_precision(cfg.train.precision, device),
-                  num_workers=cfg.data.num_workers, device=device, progress=progress and cfg.log.progress)
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
+        views = views_per_sample(data)
+        view_tag = f"{data.num_temporal}x{data.num_spatial}" if views > 1 else ""
         if from_cfg[subset]:
-            key, inputs = feature_cache_key(digest, cfg.data, subset)
+            key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag)
             path: Optional[Path] = root / f"{subset}-{key}.safetensors"
         elif cache_dir is not None:
-            inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": arch.num_frames,
-                      "image_size": arch.image_size}
+            inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": cfg.data.num_frames,
+                      "image_size": cfg.data.image_size, **({"tokens": True} if tokens else {})}
             key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
             path = root / f"{subset}-{key}.safetensors"
         else:
             path, inputs = None, {}
         skipped: list = []
-        feats, labels = cached_features(encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
-                                        **kwargs)
+        feats, labels = cached_features(
+            encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
+            batch_size=max(1, cfg.train.batch_size // views), precision=resolve_precision(cfg.train.precision, device),
+            num_workers=cfg.data.num_workers, device=device, progress=progress and cfg.log.progress,
+            **({"tokens": True} if tokens else {}))
         features = FeatureDataset(feats, labels)
         features.unreadable = skipped
+        features.video_ids = scored_video_ids(data, skipped)
         return features
 
     train = get("train", train_data)
     val = get("val", val_data) if val_data is not None else None
     names = list(getattr(train_data, "class_names", None) or [])
     return train, val, names
+
+
+def scored_video_ids(data: Dataset, unreadable: list[dict]) -> list[str]:
+    """Video ids of a dataset's rows that have features (in order, the unreadable left out):
+    `records[i].video_id` of a `tgmae.data.dataset` dataset, else the row number."""
+    records = getattr(data, "records", None)
+    left_out = {u["index"] for u in unreadable}
+    return [records[i].video_id if records is not None else str(i) for i in range(len(data)) if i not in left_out]
+
+
+def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Optional[torch.Tensor],
+                          names: list[str]) -> None:
+    """`out/test_predictions.csv` (`tgmae.evaluate.predictions`) of the val videos: scores [N, K]
+    logits or probabilities, row i = val.video_ids[i]. Class names only when they count K."""
+    from tgmae.evaluate.predictions import write_predictions
+
+    if val is None or scores is None:
+        return
+    write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, scores,
+                      names if len(names) == scores.shape[1] else ())
 
 
 @locks_run_folder
@@ -256,7 +314,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     if num_classes is None:
         num_classes = cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     if cfg.eval.probe_optimizer == "lbfgs":
-        return logistic_probe(cfg, train, val, num_classes)
+        return logistic_probe(cfg, train, val, num_classes, names)
     # The features are in memory: DataLoader worker processes would only add start-up cost.
     probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
     task = ProbeTask(probe_cfg, train, val, num_classes)
@@ -264,18 +322,25 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     fit = trainer.fit()
     if trainer.dist.is_main:  # a finished run reused after an lbfgs probe in this folder: config.yaml says lars again
         save_config(probe_cfg, fit.output_dir / "config.yaml")
-    final = score_probe(fit.model, val) if val is not None else {"top1": float("nan")}
-    # fit.history holds every epoch's evaluation, those before a resume included (kept in the checkpoint).
-    scored = [r for r in fit.history if "val_top1" in r]
-    best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None  # first of equal bests
-    best = best_record["val_top1"] if best_record else final["top1"]
-    best_epoch = best_record["epoch"] if best_record else None
+    logits = probe_logits(fit.model, val) if val is not None else None
+    final = score_logits(logits, val.labels) if val is not None else {"top1": float("nan")}
+    best, best_epoch = best_of(fit.history, final)
     if trainer.dist.is_main:
         (fit.output_dir / HEAD_FILE).unlink(missing_ok=True)  # an lbfgs head of an earlier run is not this one
         write_results(cfg, fit.output_dir, train, val, final, best, best_epoch)
+        write_val_predictions(fit.output_dir, val, logits, names)
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
                  best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
+
+
+def best_of(history: list[dict], final: dict[str, float]) -> tuple[float, Optional[int]]:
+    """(best val top-1, its epoch) over a fit's evaluation records (every epoch's, those before a
+    resume included: the loop keeps them in the checkpoint); the first of equal bests; without
+    records, (final top-1, None)."""
+    scored = [r for r in history if "val_top1" in r]
+    best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None
+    return (best_record["val_top1"], best_record["epoch"]) if best_record else (final["top1"], None)
 
 
 def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optional[FeatureDataset],
@@ -283,7 +348,8 @@ def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optiona
     """`out/probe_results.json`: the final and best val scores, the inputs' sizes, `extra` keys."""
     summary = {"top1": final["top1"], **({"top5": final["top5"]} if "top5" in final else {}),
                "best_top1": best, "best_epoch": best_epoch,
-               "optimizer": cfg.eval.probe_optimizer, "feature_dim": int(train.features.shape[1]),
+               "probe": cfg.eval.probe, "optimizer": {"linear": cfg.eval.probe_optimizer, "attentive": "adamw"}.get(
+                   cfg.eval.probe), "feature_dim": int(train.features.shape[-1]),
                "num_train": len(train), "num_val": len(val) if val is not None else 0,
                "num_unreadable_train": len(train.unreadable),
                "num_unreadable_val": len(val.unreadable) if val is not None else 0,
@@ -293,7 +359,7 @@ def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optiona
 
 
 def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset],
-                   num_classes: int) -> ProbeResult:
+                   num_classes: int, names: Sequence[str] = ()) -> ProbeResult:
     """CLIP's probe on cached features: L2 from `eval.probe_l2` by `eval.probe_folds`-fold CV on
     `train` (one value: no CV), then an L-BFGS logistic regression on all of `train`, scored on
     `val`. Writes config.yaml, probe_results.json (+ l2, cv_top1) and probe_head.safetensors.
@@ -304,7 +370,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
     from tgmae.distributed import init_distributed
 
     out = Path(cfg.train.output_dir)
-    _refuse_other_run(out)
+    refuse_other_run(out)
     top = max(int(d.labels.max()) for d in (train, val) if d is not None and len(d))
     if top >= num_classes:
         raise ConfigError(f"eval.num_classes={num_classes}: the features' labels reach {top}")
@@ -320,7 +386,8 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         log.info("linear probe (L-BFGS): L2 %g chosen by %d-fold CV on the training features (top-1 per L2: %s)",
                  l2, cfg.eval.probe_folds, ", ".join(f"{k:g}: {v:.4f}" for k, v in cv.items()))
     head = fit_logistic(train.features, train.labels, l2, num_classes)
-    final = score_logits(head.logits(val.features), val.labels) if val is not None else {"top1": float("nan")}
+    logits = head.logits(val.features) if val is not None else None
+    final = score_logits(logits, val.labels) if val is not None else {"top1": float("nan")}
     if init_distributed(cfg.train.device).is_main:  # every rank fits alike; one writes
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -328,12 +395,13 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
             save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})
         write_results(cfg, out, train, val, final, final["top1"], None, l2=l2, cv_top1=cv,
                       cv_folds=cfg.eval.probe_folds if cv else None)
+        write_val_predictions(out, val, logits, list(names))
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
 
 
-def _refuse_other_run(out: Path) -> None:
+def refuse_other_run(out: Path) -> None:
     """CheckpointError when `out/checkpoints` holds a run that is no probe (a pretraining run):
     an lbfgs probe would overwrite its config.yaml. A LARS / SGD probe's checkpoints are fine."""
     source = ckpt.find_latest(out / "checkpoints")
@@ -346,4 +414,5 @@ def _refuse_other_run(out: Path) -> None:
 
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
-           "score_logits", "probe_features", "linear_probe", "logistic_probe", "write_results"]
+           "score_logits", "probe_logits", "best_of", "frozen_probe_encoder", "probe_features", "run_probe", "linear_probe", "logistic_probe",
+           "write_results", "write_val_predictions", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run"]

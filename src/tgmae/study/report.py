@@ -35,6 +35,17 @@ COLUMNS = [  # (header, getter)
 ]
 
 
+# the extra frozen probes of `study.probes` (tgmae.study.frozen_probes): shown only when a record has them
+FROZEN_COLUMNS = [("kNN top-1", lambda r: r.get("knn_top1")), ("AP top-1", lambda r: r.get("attentive_probe_top1"))]
+COLUMNS += FROZEN_COLUMNS
+
+
+def shown_columns(rows: Sequence[dict]) -> list:
+    """COLUMNS less the extra probes' (`study.probes`) that no row has."""
+    optional = {h for h, _ in FROZEN_COLUMNS}
+    return [(h, g) for h, g in COLUMNS if h not in optional or any(r.get(h) is not None for r in rows)]
+
+
 def _recall(record: dict, direction: str, k: int) -> Optional[float]:
     table = (record.get("retrieval") or {}).get(direction) or {}
     value = table.get(f"R@{k}")
@@ -336,13 +347,14 @@ def _cell(value, band=None) -> str:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    head = "| Mask | ratio | MAE | V->T | " + " | ".join(h for h, _ in COLUMNS) + " | seeds |"
-    sep = "|" + "---|" * (len(COLUMNS) + 5)
+    columns = shown_columns(rows)
+    head = "| Mask | ratio | MAE | V->T | " + " | ".join(h for h, _ in columns) + " | seeds |"
+    sep = "|" + "---|" * (len(columns) + 5)
     lines = [head, sep]
     for r in rows:
         mae = "✓" if "mae" in r["objective"].split("+") else ""
         vt = "✓" if "contrastive" in r["objective"] else ""
-        cells = " | ".join(_cell(r[h], r.get("chance", {}).get(h)) for h, _ in COLUMNS)
+        cells = " | ".join(_cell(r[h], r.get("chance", {}).get(h)) for h, _ in columns)
         ratio = "-" if r["mask_ratio"] is None else r["mask_ratio"]
         lines.append(f"| {cell_label(r['masking'], r.get('variant', ''))} | {ratio} | {mae} | {vt} | {cells} | "
                      f"{len(r['seeds'])} |")
@@ -435,6 +447,45 @@ def _probe_note(records: Sequence[dict]) -> str:
     return "" if kind is None else f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
 
 
+def probe_gains(records: Sequence[dict]) -> list[dict]:
+    """Per cell (masking, objective, variant): attentive-probe minus linear-probe top-1, paired by
+    seed, as `tgmae.study.report.paired_difference`'s rows (+ "cell"); cells without both skipped."""
+    cells: dict[tuple, list[tuple[int, float]]] = {}
+    for r in records:
+        ap, lp = r.get("attentive_probe_top1"), r.get("linear_probe_top1")
+        if ap is not None and lp is not None:
+            cells.setdefault(cell_key(r), []).append((r["seed"], ap - lp))
+    rows = []
+    for key, pairs in sorted(cells.items()):
+        diffs = [d for _, d in sorted(pairs)]
+        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), "diffs": diffs, "n": len(diffs),
+                     "mean": statistics.fmean(diffs), "std": _std(diffs), "ci": t_interval(diffs),
+                     "wins": sum(d > 0 for d in diffs)})
+    return rows
+
+
+def frozen_probes_markdown(records: Sequence[dict]) -> str:
+    """The report's section on the extra probes: attentive vs linear per cell (beyond noise?) and
+    each probe's mean wall seconds per run; "" when no record has an extra probe."""
+    if not any(r.get(key) is not None for r in records for key in ("knn_top1", "attentive_probe_top1")):
+        return ""
+    lines = ["## Frozen-backbone probes", "",
+             "kNN: DINO's weighted k-NN on the linear probe's features (top-1 of the first k in eval.knn_k); "
+             "AP: V-JEPA's attentive probe (one cross-attention block with a learnable query, then linear) on "
+             "the frozen token grids, tested on the finetuning's views. Attentive minus linear probe, paired "
+             "by seed:", ""]
+    lines += [f"- {_name(d['cell'])}: {verdict(d)}." for d in probe_gains(records)]
+    costs = {}
+    for r in records:
+        for kind, s in (r.get("probe_seconds") or {}).items():
+            costs.setdefault(kind, []).append(s)
+    if costs:
+        lines += ["", "Wall seconds per run (mean over the runs that ran it in this process): "
+                  + ", ".join(f"{k} {statistics.fmean(v):.1f} s (n = {len(v)})" for k, v in sorted(costs.items()))
+                  + "."]
+    return "\n".join(lines)
+
+
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None,
                  recon_check: Optional[Path] = None) -> Path:
@@ -482,6 +533,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                "95% Student-t interval over the n seeds.", "",
                gains_markdown(gains), ""]
     md += findings_section(records, rows)
+    md += [frozen, ""] if (frozen := frozen_probes_markdown(records)) else []
     attributes = attribute_markdown(records)
     if attributes:
         md += ["## What the features encode", "", attributes, ""]
@@ -511,12 +563,13 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
 
 
 def _html_table(rows: Sequence[dict]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in COLUMNS])
+    columns = shown_columns(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in columns])
     lines = [f"<table><tr>{head}</tr>"]
     for r in rows:
         ratio = "-" if r["mask_ratio"] is None else str(r["mask_ratio"])
         cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [
-            _cell(r[h], r.get("chance", {}).get(h)) for h, _ in COLUMNS]
+            _cell(r[h], r.get("chance", {}).get(h)) for h, _ in columns]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 

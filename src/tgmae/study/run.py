@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 
 from tgmae.config import ConfigError, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
+from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR
 
 log = logging.getLogger("tgmae")
@@ -136,6 +137,10 @@ class StudyConfig:
     # on static-camera clips under random .5 masks, where there is something to copy), once per study
     # folder beside the cells; 0 = off. --quick runs QUICK_RECON_STEPS.
     recon_check_steps: int = 3200
+    # frozen-backbone probes of every pretrained encoder: linear (the LP column, always) and optionally knn
+    # (DINO's k-NN on the same cached features) and attentive (V-JEPA's attentive probe on token grids),
+    # columns beside LP (tgmae.study.frozen_probes; their costs: docs/study.md)
+    probes: list[str] = field(default_factory=lambda: ["linear"])
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.maskings if m not in MASKINGS]
@@ -170,7 +175,9 @@ class StudyConfig:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
             raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
-        for key in ("maskings", "objectives", "seeds", "references"):
+        if problem := check_probes(self.probes):
+            raise ConfigError(problem)
+        for key in ("maskings", "objectives", "seeds", "references", "probes"):
             values = getattr(self, key)
             twice = sorted({repr(v) for v in values if values.count(v) > 1})
             if twice:  # a repeated seed would be counted as two seeds in the table's mean and std
@@ -463,19 +470,28 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
     run = paths.run(masking, objective, seed, study.variant)
     phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
-    for phase in phases:  # results of other settings are never reused
+    extra = frozen_probe_configs(study.probes, probe, fine, run, quick) if probe is not None else {}
+    for phase in phases + list(extra.values()):  # results of other settings are never reused
         check_phase_settings(phase)
     record_path = run / "study_record.json"
-    if record_path.is_file():  # done
-        return json.loads(record_path.read_text())
+    if record_path.is_file():  # done; probes added to study.probes since run now
+        record = json.loads(record_path.read_text())
+        if missing(record, extra):
+            fields = run_frozen_probes(extra)
+            record.update(fields, probe_seconds={**record.get("probe_seconds", {}), **fields["probe_seconds"]})
+            record_path.write_text(json.dumps(record, indent=2))
+        return record
     t0 = time.perf_counter()
     if masking == "none":
         save_random_encoder(pre, run / "pretrain" / "model.safetensors")
     elif masking != "scratch" and not (run / "pretrain" / "model.safetensors").is_file():
         pretrain(pre)
     t_pre = time.perf_counter() - t0
+    t_probe = None
     if probe is not None and not (run / "probe" / "probe_results.json").is_file():
+        t_probe = time.perf_counter()
         linear_probe(probe)
+        t_probe = time.perf_counter() - t_probe
     if not (run / "finetune" / "finetune_results.json").is_file():
         finetune(fine)
     fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
@@ -498,6 +514,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
                                     progress=False)
         retrieval = dict(result.summary(), prompts=study.retrieval_prompts)
     probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
+    frozen = run_frozen_probes(extra)
+    if t_probe is not None:
+        frozen["probe_seconds"]["linear"] = t_probe
     record = {
         "masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
         "mask_ratio": None if masking == "none" else pre.masking.ratio,
@@ -509,7 +528,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "attribute_probe": attribute_probe(run / "probe", paths.data),
         "retrieval": retrieval,
         "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
-        "run_dir": str(run),
+        "run_dir": str(run), **frozen,
     }
     record_path.write_text(json.dumps(record, indent=2))
     return record

@@ -1,0 +1,64 @@
+"""`tgmae extract -c CONFIG.yaml model.pretrained=CKPT --out DIR [options] [section.key=value ...]`:
+frozen-encoder features per video (`tgmae.evaluate.extract`): pooled per clip, per sliding window
+over the whole video, or the token grid; safetensors shards + index.csv; torchrun-sharded and
+resumable (rerun the same command after a kill)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tgmae.evaluate.extract import ExtractSpec
+
+    d = ExtractSpec()
+    p = argparse.ArgumentParser(prog="tgmae extract", description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", help="YAML config: data.* names the videos (any data.format), model.pretrained "
+                                         "the checkpoint (ours, official .pth, Hugging Face dir)")
+    p.add_argument("--out", required=True, help="output folder (shards, manifest.json, index.csv, unreadable.json)")
+    p.add_argument("--subset", choices=("train", "val", "both"), default="both",
+                   help="annotations to read: data.train_annotations, data.val_annotations or both (default)")
+    p.add_argument("--mode", choices=("windows", "clip"), default=d.mode,
+                   help="windows: slide over the whole video (VideoMAEv2's TAD); clip: the centred window")
+    p.add_argument("--output", choices=("pooled", "tokens"), default=d.output,
+                   help="pooled: mean over tokens [D]; tokens: the token grid [N, D] per window")
+    p.add_argument("--window", type=int, default=None, help="frames per window (default data.num_frames)")
+    p.add_argument("--stride", type=int, default=d.stride, help="frames between window starts (mode windows)")
+    p.add_argument("--frame-step", type=int, default=None,
+                   help="frames between a window's frames (default: 1 for windows, data.frame_stride for clip)")
+    p.add_argument("--spatial", choices=("center_crop", "squash"), default=d.spatial,
+                   help="center_crop: the evaluation transform's crop; squash: whole frame resized (TAD script)")
+    p.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/videos")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    from tgmae.commands.args import load_run_config, parse_args
+    from tgmae.config import ConfigError
+    from tgmae.distributed import local_rank, resolve_device
+    from tgmae.evaluate.extract import ExtractSpec, extract_dataset
+    from tgmae.train.precision import resolve_precision
+
+    args = parse_args(build_parser(), argv)
+    cfg = load_run_config("extract", args.config, args.overrides)
+    step = args.frame_step or (1 if args.mode == "windows" else cfg.data.frame_stride)
+    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device, local_rank()))
+    try:
+        spec = ExtractSpec(mode=args.mode, output=args.output, window=args.window or cfg.data.num_frames,
+                           stride=args.stride, frame_step=step, image_size=cfg.data.image_size,
+                           spatial=args.spatial, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                           videos_per_shard=args.videos_per_shard, batch_size=cfg.train.batch_size,
+                           precision=precision)
+    except ValueError as e:  # "name=value: why"; the name as the user wrote it
+        name = str(e).split("=")[0]
+        where = {"image_size": "data.image_size", "batch_size": "train.batch_size"}.get(name, "--" + name.replace("_", "-"))
+        raise ConfigError(f"{where}: {e}") from None
+    subsets = ("train", "val") if args.subset == "both" else (args.subset,)
+    summary, index = extract_dataset(cfg, args.out, spec, subsets)
+    print(f"shards written {len(summary.written)}, already done {len(summary.skipped)}, "
+          f"unreadable videos {len(summary.unreadable)}")
+    if index is not None:
+        print(f"index: {index}")
+    return 0

@@ -1,0 +1,154 @@
+"""`tgmae probe eval.probe=attentive`: V-JEPA's attentive probe (`tgmae.evaluate.attentive`) as a
+task of the shared training loop, on cached token grids of the frozen encoder.
+
+Inputs: the encoder's whole output (token grid [L, D] per clip, float32) of every training
+video's centre clip (the evaluation transform, as the linear probe's features) and of every val
+video's `data.test_temporal_views` x `data.test_spatial_views` views ([V, L, D]), extracted once
+and cached beside the linear probe's features (`tgmae.evaluate.features`, keyed "tokens" and the
+views). Memory: (N_train + V x N_val) x L x D x 4 bytes.
+
+Training (`AttentiveTask` on `tgmae.train.loop.Trainer`): V-JEPA's recipe from the `eval.attentive_*`
+keys, which replace the run's optimizer and schedule (`loop_config`): AdamW (0.9, 0.999), peak lr
+`attentive_lr` (absolute, no batch scaling), linear warm-up over `attentive_warmup_epochs` then a
+cosine to `attentive_final_lr`, weight decay `attentive_weight_decay` on >= 2-D weights, gradient
+norm clipped to 1.0, `attentive_epochs` epochs of `attentive_batch_size` clips (None: train.batch_size),
+cross-entropy without label smoothing. Init and batch order follow train.seed. Checkpoints,
+step-exact resume and the refusals of a folder trained under other settings or on other inputs
+are the loop's (`tgmae.train.resume`), as for every run.
+
+Testing as finetuning: each val view through the probe, the softmax averaged over a video's views
+(`predict_attentive`) after every `train.eval_every`-th epoch and the last. Outputs in
+`train.output_dir`: the loop's checkpoints / metrics.jsonl / config.yaml, probe_results.json (final
+and best val top-1 / top-5, views, queries, heads) and test_predictions.csv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tgmae.config import ConfigError, OptimConfig, RunConfig
+from tgmae.evaluate.attentive import AttentiveClassifier, TokenDataset, predict_attentive
+from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
+from tgmae.train.loop import StepOutput, Trainer
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, tensors_fingerprint, write_results,
+                                  write_val_predictions)
+from tgmae.train.optim import param_groups
+from tgmae.train.resume import locks_run_folder
+
+log = logging.getLogger("tgmae")
+
+
+def loop_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the `eval.attentive_*` recipe as the loop's batch, epochs and optimizer (module
+    doc); features are in memory, so no loader workers. Stored in the checkpoints, so a rerun
+    under other attentive settings is refused by the loop."""
+    e = cfg.eval
+    optim = OptimConfig(lr=e.attentive_lr, min_lr=e.attentive_final_lr, warmup_lr=0.0,
+                        warmup_epochs=e.attentive_warmup_epochs, weight_decay=e.attentive_weight_decay,
+                        betas=(0.9, 0.999), clip_grad=1.0, layer_decay=1.0, fused=cfg.optim.fused)
+    train = dataclasses.replace(cfg.train, epochs=e.attentive_epochs,
+                                batch_size=e.attentive_batch_size or cfg.train.batch_size)
+    return dataclasses.replace(cfg, optim=optim, train=train, data=dataclasses.replace(cfg.data, num_workers=0))
+
+
+class AttentiveTask:
+    """batch {tokens [B, L, D], label [B]} -> cross-entropy of the attentive classifier; evaluates
+    on multi-view val grids [M, V, L, D] (softmax averaged over the views)."""
+
+    name = "attentive_probe"
+    find_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, train: TokenDataset, val: Optional[TokenDataset], num_classes: int,
+                 num_heads: int) -> None:
+        dim = train.tokens.shape[-1]
+        if dim % num_heads:
+            raise ConfigError(f"eval.attentive_heads={num_heads}: does not divide the token width {dim}")
+        self.cfg, self.train, self.val = cfg, train, val
+        self.num_classes, self.num_heads = num_classes, num_heads
+        # stored in every checkpoint: a resume on other token grids is refused
+        self.inputs_fingerprint = tensors_fingerprint(
+            [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
+
+    def build_model(self) -> AttentiveClassifier:
+        gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        return AttentiveClassifier(self.train.tokens.shape[-1], self.num_classes, self.num_heads,
+                                   self.cfg.eval.attentive_queries, generator=gen)
+
+    def train_dataset(self) -> Dataset:
+        return self.train
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        # >= 2-D weights (query tokens included) decayed, biases and norms not: V-JEPA's groups
+        return param_groups(model.named_parameters(), self.cfg.optim.weight_decay)
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        return probe_step(model, batch["tokens"], batch["label"])  # cross-entropy, as the linear probe
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        return {f"val_{k}": v for k, v in score_probs(self.predict(model), self.val.labels).items()}
+
+    def predict(self, model: nn.Module) -> torch.Tensor:
+        """probs [M, K] of the val videos, averaged over their views."""
+        loader = DataLoader(self.val, batch_size=max(1, self.cfg.train.batch_size), shuffle=False)
+        return predict_attentive(model, loader, precision=self.cfg.train.precision
+                                 if self.cfg.train.precision in ("fp32", "bf16") else "fp32")["probs"]
+
+
+def score_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """probs [N, K], labels [N] -> {top1, top5 (more than 5 classes), loss (NLL)}."""
+    acc = topk_accuracy(probs, labels, reported_ks(probs.shape[1]))
+    nll = -torch.log(probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12)).mean()
+    return {f"top{k}": v for k, v in acc.items()} | {"loss": float(nll)}
+
+
+def encoder_heads(cfg: RunConfig) -> int:
+    """eval.attentive_heads, else the probed encoder's head count (V-JEPA's choice)."""
+    if cfg.eval.attentive_heads:
+        return cfg.eval.attentive_heads
+    from tgmae.weights.sources import load_encoder_source
+
+    return load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads).arch.num_heads
+
+
+@locks_run_folder
+def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
+                    val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
+                    cache_dir: Optional[str | Path] = None):
+    """Extract (or load) the token grids, train the probe on the loop (resuming per
+    checkpoint.resume), test the val videos' views; writes the outputs of the module doc and
+    returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
+    given val dataset may yield several views per sample: [V, C, T, H, W])."""
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True)
+    k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
+    run_cfg = loop_config(cfg)
+    if run_cfg.train.batch_size * run_cfg.train.accum_steps > len(train):
+        key = "eval.attentive_batch_size" if cfg.eval.attentive_batch_size else "train.batch_size"
+        raise ConfigError(f"{key}={run_cfg.train.batch_size}: more than the {len(train)} training videos")
+    grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731
+    task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, encoder_heads(cfg))
+    trainer = Trainer(task, run_cfg, hooks=hooks)
+    fit = trainer.fit()
+    probs = task.predict(fit.model) if val is not None else None
+    final = score_probs(probs, val.labels) if val is not None else {"top1": float("nan")}
+    best, best_epoch = best_of(fit.history, final)
+    if trainer.dist.is_main:
+        views = int(val.features.shape[1]) if val is not None and val.features.dim() == 4 else 1
+        write_results(run_cfg, fit.output_dir, train, val, final, best, best_epoch, views=views,
+                      queries=cfg.eval.attentive_queries, heads=task.num_heads)
+        write_val_predictions(fit.output_dir, val, probs, names)
+        log.info("attentive probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")),
+                 best, best_epoch)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
+
+
+__all__ = ["AttentiveTask", "attentive_probe", "loop_config", "score_probs"]

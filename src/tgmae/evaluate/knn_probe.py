@@ -1,0 +1,79 @@
+"""`tgmae probe eval.probe=knn`: DINO's weighted k-NN (`tgmae.evaluate.knn`) over the linear
+probe's cached features.
+
+The features are the linear probe's (`tgmae.evaluate.probe.probe_features`: mean-pooled frozen
+encoder output of the centre clip, cached under the same key), so a k-NN and a linear probe of
+one encoder extract once. Every k of `eval.knn_k` is scored in one pass (cosine similarity,
+votes exp(cos / `eval.knn_temperature`)); nothing is trained, so nothing resumes or checkpoints.
+
+Outputs in `train.output_dir`: config.yaml; probe_results.json with `knn` = {k: {top1, top5}}
+(top5 only with more than 5 classes), and `top1` / `top5` / `k` of the first k as written in
+`eval.knn_k` (the headline, chosen before seeing any result); test_predictions.csv of that k
+(scores: its votes divided by their sum). ConfigError (naming `eval.knn_k`) for a k above the
+number of training features, and without `data.val_annotations`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from torch.utils.data import Dataset
+
+from tgmae.config import ConfigError, RunConfig, save_config
+from tgmae.evaluate.knn import KnnResult, knn_classify, knn_scores
+from tgmae.evaluate.metrics import topk_text
+from tgmae.train.resume import locks_run_folder
+
+log = logging.getLogger("tgmae")
+
+
+@dataclass
+class KnnProbeResult:
+    """The headline k's accuracy and every k's (`by_k`), and the run folder."""
+
+    output_dir: Path
+    k: int
+    top1: float
+    top5: Optional[float]  # None with 5 classes or fewer
+    by_k: dict[int, KnnResult]
+
+
+@locks_run_folder
+def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
+              num_classes: Optional[int] = None, cache_dir: Optional[str | Path] = None) -> KnnProbeResult:
+    """Score the val features by their k nearest training features for every k of `eval.knn_k`
+    and write the outputs of the module doc. Datasets and cache as `probe_features`."""
+    from tgmae.distributed import init_distributed
+    from tgmae.evaluate.probe import probe_features, refuse_other_run, write_results, write_val_predictions
+
+    ks, temperature = list(cfg.eval.knn_k), cfg.eval.knn_temperature
+    if val_data is None and not cfg.data.val_annotations:
+        raise ConfigError("eval.probe=knn scores the val videos: set data.val_annotations")
+    out = Path(cfg.train.output_dir)
+    refuse_other_run(out)
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
+    if max(ks) > len(train):
+        raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features")
+    k_cls = num_classes or cfg.eval.num_classes or len(names) or 1 + int(max(train.labels.max(), val.labels.max()))
+    top = max(int(train.labels.max()), int(val.labels.max()) if len(val) else 0)
+    if top >= k_cls:
+        raise ConfigError(f"eval.num_classes={k_cls}: the features' labels reach {top}")
+    by_k = knn_classify(train.features, train.labels, val.features, val.labels, ks, temperature, k_cls)
+    head = by_k[ks[0]]
+    if init_distributed(cfg.train.device).is_main:  # every rank scores alike; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        final = {"top1": head.top1, **({"top5": head.top5} if head.top5 is not None else {})}
+        table = {str(k): {"top1": r.top1, **({"top5": r.top5} if r.top5 is not None else {})} for k, r in by_k.items()}
+        write_results(cfg, out, train, val, final, head.top1, None, k=ks[0], knn=table, temperature=temperature)
+        scores = knn_scores(train.features, train.labels, val.features, ks[0], temperature, k_cls)
+        write_val_predictions(out, val, scores, names)
+        log.info("k-NN probe (T %g): %s", temperature,
+                 "; ".join(f"k={k} {topk_text(r.top1, r.top5)}" for k, r in by_k.items()))
+    return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k)
+
+
+__all__ = ["KnnProbeResult", "knn_probe"]

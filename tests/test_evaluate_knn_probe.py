@@ -1,0 +1,98 @@
+"""`eval.probe=knn`: DINO's k-NN over the linear probe's cached features, every k of
+`eval.knn_k` against a plain reference, test_predictions.csv, and the refusals naming the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
+from tgmae.config import ConfigError
+from tgmae.evaluate.features import pooled_features
+from tgmae.evaluate.probes import run_probe
+
+
+def reference_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, t: float,
+                  num_classes: int) -> list[list[float]]:
+    """One test row at a time, plain Python: cosine similarity to every training row, the k most
+    similar vote exp(sim / t) for their label; returns each row's votes."""
+    out = []
+    for q in test:
+        sims = [float(F.cosine_similarity(q, x, dim=0)) for x in train]
+        order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * num_classes
+        for i in order:
+            votes[int(train_labels[i])] += math.exp(sims[i] / t)
+        out.append(votes)
+    return out
+
+
+def test_knn_probe_matches_a_plain_reference_for_every_k(checkpoint, tmp_path):
+    train_data, val_data = Clips(24), Clips(12, seed=1)
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe=knn", "eval.knn_k=[3,1,10]", "eval.knn_temperature=0.1")
+    result = run_probe(cfg, train_data=train_data, val_data=val_data, num_classes=3, cache_dir=tmp_path / "cache")
+    enc = encoder_of(checkpoint)
+    feats = lambda d: pooled_features(enc, torch.stack([d[i]["video"] for i in range(len(d))]))  # noqa: E731
+    train, val = feats(train_data), feats(val_data)
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert saved["probe"] == "knn" and saved["k"] == 3 and set(saved["knn"]) == {"1", "3", "10"}
+    for k in (1, 3, 10):
+        votes = reference_knn(train, train_data.labels, val, k, 0.1, 3)
+        top1 = sum(max(range(3), key=lambda c: v[c]) == int(y) for v, y in zip(votes, val_data.labels)) / 12
+        assert saved["knn"][str(k)]["top1"] == pytest.approx(top1)
+        assert result.by_k[k].top1 == pytest.approx(top1)
+        assert "top5" not in saved["knn"][str(k)]  # 3 classes: no top-5
+    assert saved["top1"] == saved["knn"]["3"]["top1"] and result.k == 3  # the first k as written
+    rows = list(csv.DictReader((tmp_path / "probe" / "test_predictions.csv").open()))
+    votes = reference_knn(train, train_data.labels, val, 3, 0.1, 3)
+    assert [r["video_id"] for r in rows] == [str(i) for i in range(12)]
+    for row, v, y in zip(rows, votes, val_data.labels.tolist()):
+        assert row["true_label"] == str(y) and row["pred_1"] == str(max(range(3), key=lambda c: v[c]))
+        assert float(row["score_1"]) == pytest.approx(max(v) / sum(v), abs=2e-6)
+    assert (tmp_path / "probe" / "config.yaml").is_file()
+
+
+def test_knn_probe_refuses_a_k_above_the_training_features(checkpoint, tmp_path):
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe=knn", "eval.knn_k=[5,25]")
+    with pytest.raises(ConfigError, match=r"eval.knn_k=\[5, 25\]: k=25 exceeds the 24 training features"):
+        run_probe(cfg, train_data=Clips(24), val_data=Clips(6, seed=1), num_classes=3)
+    assert not (tmp_path / "probe" / "probe_results.json").exists()
+
+
+def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa: F811
+    """Through `tgmae probe`: the k-NN reads the linear probe's cached features (no second
+    extraction), names its videos by id in test_predictions.csv; a k above the training videos
+    is a one-line config error naming eval.knn_k."""
+    from tgmae.cli import main
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    base = ["probe", "data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "model.patch_size=8", "train.batch_size=3", "train.epochs=1",
+            "train.precision=fp32", "log.progress=false", "log.tensorboard=false", f"model.pretrained={pt}",
+            f"eval.feature_cache={tmp_path / 'features'}"]
+    assert main(base + [f"train.output_dir={tmp_path / 'linear'}"]) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "features").iterdir()}
+    assert main(base + [f"train.output_dir={tmp_path / 'knn'}", "eval.probe=knn", "eval.knn_k=[1,2]"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "features").iterdir()} == stamps
+    out = capsys.readouterr().out
+    assert "k-NN probe k=1:" in out and "k-NN probe k=2:" in out
+    from tgmae.data.formats import load_annotations
+
+    val_ids = [r.video_id for r in load_annotations("csv", synth, "val.csv")[0]]
+    for run in ("linear", "knn"):
+        rows = list(csv.DictReader((tmp_path / run / "test_predictions.csv").open()))
+        assert [r["video_id"] for r in rows] == val_ids and len(val_ids) > 0
+    assert main(base + [f"train.output_dir={tmp_path / 'knn2'}", "eval.probe=knn", "eval.knn_k=[1,999]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae probe: config error: eval.knn_k=[1, 999]: k=999 exceeds") and "\n" not in err

@@ -1,0 +1,90 @@
+"""The study's extra frozen probes (`study.probes`): their configs, runs and record fields, the
+report's columns (only when present) and the attentive-vs-linear comparison paired by seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_evaluate_probe import ARCH, synth  # noqa: F401 (fixture)
+from tgmae.config import ConfigError
+from tgmae.evaluate.recipes import PROBE_RECIPE, FINETUNE_RECIPE, with_recipe
+from tgmae.study.frozen_probes import frozen_probe_configs, missing, run_frozen_probes
+from tgmae.study.report import probe_gains, write_report
+from tgmae.study.run import StudyConfig
+
+
+def test_study_probes_are_checked():
+    assert StudyConfig().probes == ["linear"]  # make demo's default: the linear probe only
+    with pytest.raises(ConfigError, match=r"study.probes: unknown \['svm'\]"):
+        StudyConfig(probes=["linear", "svm"])
+    with pytest.raises(ConfigError, match="must include linear"):
+        StudyConfig(probes=["knn"])
+    with pytest.raises(ConfigError, match="study.probes: 'knn' given more than once"):
+        StudyConfig(probes=["linear", "knn", "knn"])
+
+
+def test_extra_probes_share_the_linear_probe_features_and_record_their_results(synth, tmp_path):  # noqa: F811
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    run = tmp_path / "run"
+    shared = ["data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+              "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+              "data.num_workers=0", "model.patch_size=8", "train.batch_size=3", "train.precision=fp32",
+              "log.progress=false", "log.tensorboard=false", f"model.pretrained={pt}"]
+    probe = with_recipe(PROBE_RECIPE, None, shared + [f"train.output_dir={run / 'probe'}", "eval.knn_k=[1,2]",
+                                                      "eval.probe_optimizer=lbfgs"])
+    fine = with_recipe(FINETUNE_RECIPE, None, shared + ["data.test_temporal_views=2", "data.test_spatial_views=1"])
+    configs = frozen_probe_configs(["linear", "knn", "attentive"], probe, fine, run, quick=True)
+    assert set(configs) == {"knn", "attentive"}
+    assert configs["knn"].eval.feature_cache == str(run / "probe" / "features")
+    assert configs["attentive"].train.output_dir == str(run / "probe_attentive")
+    assert (configs["attentive"].data.test_temporal_views, configs["attentive"].eval.attentive_epochs) == (2, 1)
+    full = frozen_probe_configs(["linear", "attentive"], probe, fine, run, quick=False)["attentive"].eval
+    assert (full.attentive_lr, full.attentive_batch_size, full.attentive_epochs) == (1e-2, 128, 60)
+    assert configs["attentive"].train.precision == "fp32" and configs["knn"].train.precision == probe.train.precision
+    assert missing({}, configs) and not missing({}, {})
+    fields = run_frozen_probes(configs)
+    assert set(fields["probe_seconds"]) == {"knn", "attentive"}
+    knn = json.loads((run / "probe_knn" / "probe_results.json").read_text())
+    attentive = json.loads((run / "probe_attentive" / "probe_results.json").read_text())
+    assert fields["knn_top1"] == knn["top1"] and fields["knn"] == {"1": knn["knn"]["1"]["top1"],
+                                                                  "3": knn["knn"]["3"]["top1"]}  # --quick's ks
+    assert fields["attentive_probe_top1"] == attentive["top1"] and attentive["views"] == 2
+    assert sorted(p.name.split("-")[0] for p in (run / "probe" / "features").iterdir()) == ["train", "train", "val",
+                                                                                           "val"]  # pooled + tokens
+    again = run_frozen_probes(configs)  # finished probes are read, not run again
+    assert again["probe_seconds"] == {} and again["attentive_probe_top1"] == fields["attentive_probe_top1"]
+    assert not missing(again, configs)
+
+
+def record(masking: str, seed: int, lp: float, ap=None, knn=None) -> dict:
+    r = {"masking": masking, "objective": "mae", "variant": "", "seed": seed, "mask_ratio": 0.75,
+         "num_classes": 10, "finetune_top1": 0.5, "linear_probe_top1": lp, "probe": "lbfgs", "retrieval": {},
+         "run_dir": "/nowhere", "total_seconds": 1.0}
+    if ap is not None:
+        r.update(attentive_probe_top1=ap, knn_top1=knn, probe_seconds={"attentive": 4.0, "knn": 1.0})
+    return r
+
+
+def test_report_shows_the_extra_probe_columns_only_when_run(tmp_path):
+    plain = [record("tube", s, 0.2 + 0.01 * s) for s in range(3)]
+    md = write_report(plain, tmp_path / "plain").read_text()
+    assert "AP top-1" not in md and "kNN top-1" not in md and "Frozen-backbone probes" not in md
+    runs = [record("tube", s, 0.2 + 0.01 * s, ap=0.3 + 0.012 * s, knn=0.15) for s in range(3)]
+    runs += [record("tgm", s, 0.25, ap=0.25 + (0.01 if s else -0.01), knn=0.2) for s in range(3)]
+    md = write_report(runs, tmp_path / "full").read_text()
+    assert "| kNN top-1 | AP top-1 |" in md and "| 31.2 ± 1.2 |" in md
+    gains = {d["cell"][0]: d for d in probe_gains(runs)}
+    assert gains["tube"]["diffs"] == pytest.approx([0.1, 0.102, 0.104]) and gains["tube"]["ci"][0] > 0
+    assert gains["tgm"]["wins"] == 2 and gains["tgm"]["ci"][0] < 0 < gains["tgm"]["ci"][1]
+    assert "- tube mae: +10.2 points, beyond noise" in md and "- tgm mae: +0.3 points, within noise" in md
+    assert "attentive 4.0 s (n = 6), knn 1.0 s (n = 6)" in md
+    assert "AP top-1" in (tmp_path / "full" / "report.html").read_text()
