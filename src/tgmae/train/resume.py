@@ -15,7 +15,7 @@ from torch import nn
 
 from tgmae.config import RunConfig, save_config, to_dict
 from tgmae.distributed import DistInfo
-from tgmae.train import checkpoint as ckpt
+from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
 
