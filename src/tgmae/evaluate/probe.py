@@ -371,6 +371,7 @@ def _refuse_other_optimizer(cfg: RunConfig) -> None:
     if stored is None and (out / HEAD_FILE).is_file():
         stored = "lbfgs"
     if stored is None and ckpt.find_latest(out / "checkpoints") is not None:
+        _refuse_other_run(out)  # another kind of run is named as such first
         stored = "lars"
     now = cfg.eval.probe_optimizer
     if _probe_kind(stored) in (None, _probe_kind(now)) or cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
