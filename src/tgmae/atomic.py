@@ -90,6 +90,26 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             pass
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, before long work, if `path` could not be written later: creates its folder and
+    an empty temp file beside it (removed). OutputError naming `path` for a full disk, a folder
+    that cannot be written, or a folder at `path` itself."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(errno.EISDIR, f"{path}: is a folder; give a file name")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"")
+    except OSError as e:
+        raise (write_failure(e, path) or e) from e
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
     """Write `data` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path, fsync=fsync) as tmp:
@@ -101,4 +121,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_failure"]
+__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "check_writable", "atomic_write_text", "write_failure"]

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from tgmae.config import DATASET_FORMATS
 from tgmae.data import check
-from tgmae.data.check import run_check
+from tgmae.atomic import atomic_write_text, check_writable
+from tgmae.data.check import found_problems, run_check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write the JSON report here")
     p.add_argument("--workers", type=int, default=1, help="processes checking videos in parallel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-bad", action="store_true",
+                   help="exit 0 even when bad videos or rows are found (default: exit 1)")
     return p
 
 
@@ -39,11 +42,12 @@ def main(argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv[1:])
+    if args.out:  # before checking every video, not after
+        check_writable(args.out)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_text(args.out, json.dumps(report, indent=2))
     c = report["counts"]
     print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
@@ -52,4 +56,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
-    return 0
+    for dup in report["duplicates"][:10]:
+        print(f"  duplicate: {dup['path']} listed {len(dup['records'])} times (records "
+              f"{', '.join(str(i + 1) for i in dup['records'])})")
+    if report["empty"]:
+        print(f"  empty: {args.annotations} lists no videos")
+    return 1 if found_problems(report) and not args.allow_bad else 0
