@@ -427,6 +427,11 @@ def test_probe_scores_val_classes_by_name_and_refuses_unknown_ones(checkpoint, t
     other = linear_probe(probe_cfg(*base, f"train.output_dir={tmp_path / 'other'}"), train_data=train,
                          val_data=Named(24, 1, ["c", "a", "b"]))
     assert same.top1 >= 0.9 and other.top1 == same.top1
+    import csv  # per-video predictions of the val set, labels named in the val set's terms
+
+    rows = list(csv.reader((tmp_path / "other" / "test_predictions.csv").open()))
+    assert rows[0][:4] == ["video_id", "true_label", "pred_1", "score_1"] and len(rows) == 25
+    assert sum(r[1] == r[2] for r in rows[1:]) / 24 == other.top1 and {r[1] for r in rows[1:]} == {"a", "b", "c"}
     with pytest.raises(ClassMismatchError, match="does not know 1 of the 3 classes of the val set: zebra"):
         linear_probe(probe_cfg(*base, f"train.output_dir={tmp_path / 'bad'}"), train_data=train,
                      val_data=Named(24, 1, ["a", "zebra", "c"]))

@@ -30,7 +30,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,7 @@ class FeatureDataset(Dataset):
         self.features = features.float()
         self.labels = labels.long()
         self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
+        self.video_ids: list[str] = [str(i) for i in range(features.shape[0])]  # of each row
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -146,15 +147,31 @@ class ProbeTask:
 
 
 @torch.no_grad()
-def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
-    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
-    top5 only with more than 5 classes."""
+def probe_logits(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> torch.Tensor:
+    """logits [N, K] of a probe head on a feature set (eval mode: BN running statistics)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(f.to(device)).float().cpu() for f in data.features.split(batch_size)])
     model.train(was_training)
-    return score_logits(logits, data.labels)
+    return logits
+
+
+def write_probe_predictions(out: Path, val: FeatureDataset, logits: torch.Tensor, names: Sequence[str]) -> None:
+    """`out/test_predictions.csv` (`evaluate.predictions`): per scored val video, its id, true
+    label and the top-5 classes of the head (named when the names count its classes)."""
+    from tgmae.evaluate.predictions import write_predictions
+
+    k = logits.shape[1]
+    write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, logits,
+                      list(names) if len(names) == k else ())
+
+
+@torch.no_grad()
+def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
+    """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
+    top5 only with more than 5 classes."""
+    return score_logits(probe_logits(model, data, batch_size), data.labels)
 
 
 def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -237,6 +254,10 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
                                         **kwargs)
         features = FeatureDataset(feats, labels)
         features.unreadable = skipped
+        left_out = {int(u["index"]) for u in skipped}
+        records = getattr(data, "records", None)
+        if records is not None and len(records) - len(left_out) == len(features):
+            features.video_ids = [r.video_id for i, r in enumerate(records) if i not in left_out]
         return features
 
     train = get("train", train_data)
@@ -275,7 +296,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":
-        return logistic_probe(cfg, train, val, num_classes)
+        return logistic_probe(cfg, train, val, num_classes, names)
     # The features are in memory: DataLoader worker processes would only add start-up cost.
     probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
     task = ProbeTask(probe_cfg, train, val, num_classes)
@@ -292,6 +313,8 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     if trainer.dist.is_main:
         (fit.output_dir / HEAD_FILE).unlink(missing_ok=True)  # an lbfgs head of an earlier run is not this one
         write_results(cfg, fit.output_dir, train, val, final, best, best_epoch)
+        if val is not None:
+            write_probe_predictions(fit.output_dir, val, probe_logits(fit.model, val), names)
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
                  best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
@@ -312,7 +335,7 @@ def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optiona
 
 
 def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset],
-                   num_classes: int) -> ProbeResult:
+                   num_classes: int, names: Sequence[str] = ()) -> ProbeResult:
     """CLIP's probe on cached features: L2 from `eval.probe_l2` by `eval.probe_folds`-fold CV on
     `train` (one value: no CV), then an L-BFGS logistic regression on all of `train`, scored on
     `val`. Writes config.yaml, probe_results.json (+ l2, cv_top1) and probe_head.safetensors.
@@ -347,6 +370,8 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
             save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})
         write_results(cfg, out, train, val, final, final["top1"], None, l2=l2, cv_top1=cv,
                       cv_folds=cfg.eval.probe_folds if cv else None)
+        if val is not None:
+            write_probe_predictions(out, val, head.logits(val.features), names)
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
