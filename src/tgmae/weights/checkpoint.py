@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text
+from tgmae.atomic import atomic_write_text, write_failure
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -181,24 +181,30 @@ def save_checkpoint(
     tmp = directory / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(
-        _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
-        metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
-    )
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
-        "position": {"step": position.step, "epoch": position.epoch,
-                     "batches_in_epoch": position.batches_in_epoch},
-        "rng": rng_state(),
-        "config_json": json.dumps(config),
-        "extra_json": json.dumps(extra or {}),
-    }
-    torch.save(state, tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir()
+        save_file(
+            _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
+            metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
+        )
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+            "position": {"step": position.step, "epoch": position.epoch,
+                         "batches_in_epoch": position.batches_in_epoch},
+            "rng": rng_state(),
+            "config_json": json.dumps(config),
+            "extra_json": json.dumps(extra or {}),
+        }
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except Exception as e:  # a full disk: torch / safetensors raise RuntimeErrors naming no file
+        failure = write_failure(e, final)
+        if failure is None:
+            raise
+        raise failure from e
     if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
         shutil.rmtree(final)
     os.replace(tmp, final)
