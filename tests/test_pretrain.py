@@ -290,3 +290,16 @@ def test_loss_figure_plots_each_term_and_a_contrastive_run_draws_no_reconstructi
         assert keys == ["loss", "loss_mse", "loss_nce", "lr"]
         assert "objective mae+contrastive (loss = loss_mse + 0.5 x loss_nce)" in title and "tube mask" in title
         assert (tmp_path / "reconstruction.png").is_file()
+
+
+def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root, tmp_path, capsys):
+    """data.num_frames beyond every video, read by 2 DataLoader workers: one line naming the key,
+    exit 2 (issue 28: a traceback from the worker)."""
+    from tgmae.cli import main
+
+    args = [f"{k}" for k in SMALL if not k.startswith(("data.num_workers", "data.num_frames"))]
+    code = main(["pretrain", *args, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
+                 "data.num_frames=16", "data.num_workers=2", "data.max_load_retries=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("tgmae pretrain: no video long enough in 4 tries: a clip needs"), err
+    assert "data.num_frames=16" in err[-1] and not any("Traceback" in line for line in err)
