@@ -263,7 +263,15 @@ def test_every_writer_names_the_path_it_cannot_write(data, capsys, tmp_path):
     bad = _unwritable()
     synth, clip = root / "synth", root / "clip"
     captions = str(synth / "captions.jsonl")
+    from tgmae.models.classifier import VideoClassifier, classifier_arch
+    from tgmae.weights.classifier import save_classifier
+    from tgmae.weights.sources import load_encoder_source
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    clf = save_classifier(VideoClassifier(classifier_arch(load_encoder_source(model).arch), len(names)),
+                          tmp_path / "clf.safetensors", names)
     commands = [
+        ["evaluate", "-c", cfg, "data.image_size=32", f"model.pretrained={clf}", f"train.output_dir={bad}/ev"],
         ["synth", f"{bad}/set", "--num-videos", "2", "--frames", "8", "--size", "32"],
         ["pretrain", "-c", cfg, f"train.output_dir={bad}/run"],
         ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'run'}", "data.cache=disk", f"data.cache_dir={bad}/c"],

@@ -191,6 +191,10 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     from tgmae.weights.classifier import load_classifier
 
     dist_info = init_distributed(cfg.train.device)
+    if rank_world()[0] == 0:  # fail before the test, not after it
+        from tgmae.atomic import check_writable
+
+        check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
         if not cfg.model.pretrained:
             from tgmae.config import ConfigError
