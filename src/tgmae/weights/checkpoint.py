@@ -201,6 +201,7 @@ def save_checkpoint(
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except Exception as e:  # a full disk: torch / safetensors raise RuntimeErrors naming no file
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves no temp folder
         failure = write_failure(e, final)
         if failure is None:
             raise

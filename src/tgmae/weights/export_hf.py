@@ -208,6 +208,21 @@ def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEP
     return load_pretraining_model(p, **heads)
 
 
+def _save(model: nn.Module, out: Path, arch: VideoMAEArch, mean, std) -> None:
+    """save_pretrained + the processor config into `out`; a write the disk or folder refuses is an
+    OutputError naming `out` (transformers' own errors name no file)."""
+    from tgmae.atomic import write_failure
+
+    try:
+        model.save_pretrained(str(out))
+        write_processor_config(out, arch, mean, std)
+    except Exception as e:
+        failure = write_failure(e, out)
+        if failure is None:
+            raise
+        raise failure from e
+
+
 def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_heads: Optional[int]
                ) -> tuple[dict[str, int], dict[str, int]]:
     """(head counts to build with, head counts to check against the stored ones): an official
@@ -261,8 +276,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     hf_logging.disable_progress_bar()
     try:
         model = hf_model(module, names)
-        model.save_pretrained(str(out))
-        write_processor_config(out, module.arch, mean, std)
+        _save(model, out, module.arch, mean, std)
         diff = compare_with_hf(module, out) if verify else None
     finally:
         restore()
