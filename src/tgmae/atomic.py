@@ -121,4 +121,5 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "check_writable", "atomic_write_text", "write_failure"]
+__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
+           "write_failure"]

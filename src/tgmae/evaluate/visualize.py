@@ -58,13 +58,14 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
     (`run_settings`) < `overrides`. Logs what the run's settings replaced in -c."""
-    from tgmae.config import RunConfig, _deep_update, load_config, to_dict
+    from tgmae.config import RunConfig, load_config, to_dict
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
     settings, source = run_settings(checkpoint)
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
-    _deep_update(given, settings)
+    for section, values in settings.items():
+        given[section].update(values)
     if replaced:
         log.info("%s: %s from the run (%s), not -c %s", checkpoint, ", ".join(replaced[:6])
                  + (" ..." if len(replaced) > 6 else ""), source, config)
@@ -178,7 +179,8 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
 
     if not trains_decoder(cfg):
         raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
-                          "decoder, so it has no reconstruction to draw (`tgmae visualize attention` shows its encoder)")
+                          "decoder, so it has no reconstruction to draw (`tgmae visualize attention` shows its "
+                          "encoder)")
     model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
     check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
     generator, captions = _masking(cfg, video, caption)

@@ -300,5 +300,6 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     return ExportResult(out, hf_class, diff)
 
 
-__all__ = ["export_hf", "check_output_folder", "OutputFolderError", "RUN_MARKERS", "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
+__all__ = ["export_hf", "check_output_folder", "OutputFolderError", "RUN_MARKERS",
+           "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
            "write_processor_config", "ExportResult", "ExportMismatchError", "TOLERANCE"]
