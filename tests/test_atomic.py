@@ -78,3 +78,42 @@ def test_other_errors_pass_through_unchanged(tmp_path):
     with pytest.raises(ValueError, match="bug"):
         with atomic_path(tmp_path / "x"):
             raise ValueError("bug")
+
+
+def test_temps_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path, caplog):
+    """issue 28: temp files of killed writes were never removed (650 MB in one trial)."""
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.atomic import remove_stale_temps, temp_path
+
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.atomic import atomic_path
+        with atomic_path({str(tmp_path / 'big.u8')!r}) as tmp:
+            tmp.write_bytes(b"x" * 1000)
+            print(tmp, flush=True)
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    killed = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    live = temp_path(tmp_path / "big.u8")  # this process's: alive
+    live.write_bytes(b"y")
+    other_host = tmp_path / f".big.u8.otherhost-{proc.pid}-0123abcd.tmp"  # cannot be checked: kept
+    other_host.write_bytes(b"z")
+    assert os.path.exists(killed)
+    mine = temp_path(tmp_path / "step_00000003")  # a killed checkpoint's folder: the dead pid's name
+    dead_dir = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{proc.pid}-"))
+    dead_dir.mkdir()
+    (dead_dir / "state.pt").write_bytes(b"s")
+    with caplog.at_level(logging.INFO, logger="tgmae"):
+        assert remove_stale_temps(tmp_path) == 2
+    assert not os.path.exists(killed) and not dead_dir.exists() and live.exists() and other_host.exists()
+    assert "removed 2 temp files of ended writers" in caplog.text and str(tmp_path) in caplog.text
+    assert remove_stale_temps(tmp_path / "missing") == 0

@@ -154,6 +154,28 @@ def test_cli_writes_resumes_and_reports(fake, tmp_path, monkeypatch, capsys):
     assert fake.requests[-1]["auth"] == "Bearer sk-arg"  # an explicit key wins over the environment
 
 
+def test_a_descriptions_store_keeps_other_classes_and_refuses_other_settings(fake, tmp_path, capsys):
+    """The same kinds as the caption store's (issue 28): a run on fewer classes dropped the others;
+    another model or prompts resumed the file, mixing descriptions of two settings."""
+    classes, out = tmp_path / "classes.txt", tmp_path / "d.json"
+    classes.write_text("jumping\nrunning\n")
+    args = ["--classes", str(classes), "--out", str(out), "--base-url", fake.base_url, "--model", "fake-gpt",
+            "--per-prompt", "1", "--backoff", "0", "--no-progress"]
+    assert main(args) == 0
+    (tmp_path / "one.txt").write_text("jumping\n")
+    assert main([*args[:1], str(tmp_path / "one.txt"), *args[2:]]) == 0
+    assert list(load_descriptions(out)[0]) == ["jumping", "running"]  # running kept
+    capsys.readouterr()
+    assert main([*args, "--per-prompt", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "per_prompt 1 (this run: 2)" in err[0] and "--rebuild" in err[0] and str(out) in err[0]
+    assert main([*args[:6], "--model", "other-gpt", "--per-prompt", "1", "--backoff", "0", "--no-progress"]) == 2
+    assert "model 'fake-gpt' (this run: 'other-gpt')" in capsys.readouterr().err
+    assert main([*args, "--per-prompt", "2", "--rebuild"]) == 0
+    table, meta = load_descriptions(out)
+    assert meta["per_prompt"] == 2 and all(len(v) == 6 for v in table.values())
+
+
 def test_cli_bad_inputs(tmp_path, capsys):
     empty = tmp_path / "c.txt"
     empty.write_text("\n\n")

@@ -52,13 +52,12 @@ def write_mp4(path: Path, num_frames: int, seed: int, size=(48, 64)) -> None:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
-    (root / "videos").mkdir()
-    rows = ["path,label"]
+    rows = ["path,label"]  # videos in the root: their ids are their names (v0, ..., broken)
     for i in range(NUM_VIDEOS):
-        write_mp4(root / "videos" / f"v{i}.mp4", num_frames=8 + 2 * i, seed=i)
-        rows.append(f"videos/v{i}.mp4,{CLASSES[i % 2]}")
-    (root / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    rows.append("videos/broken.mp4,jumping")
+        write_mp4(root / f"v{i}.mp4", num_frames=8 + 2 * i, seed=i)
+        rows.append(f"v{i}.mp4,{CLASSES[i % 2]}")
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    rows.append("broken.mp4,jumping")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     return root
@@ -152,7 +151,7 @@ def test_empty_captions_are_dropped_and_an_all_empty_video_is_an_error(videos, t
 def test_prompt_conditions_generation_and_is_not_echoed(blip_dir, dataset):
     from tgmae.data.video import read_frames
 
-    images = list(read_frames(dataset / "videos" / "v0.mp4", [0, 4]))
+    images = list(read_frames(dataset / "v0.mp4", [0, 4]))
     prompted = ImageCaptioner(blip_dir, "cpu", torch.float32, GenerationOptions(max_new_tokens=4, prompt="a video of"))
     caps = prompted(images)
     assert len(caps) == 2 and all(c and not c.startswith("a video of") for c in caps)
@@ -185,7 +184,7 @@ def test_synthetic_set_captioned_and_combined_with_its_own_captions(blip_dir, tm
 def test_batched_captions_equal_one_by_one(captioner, dataset):
     from tgmae.data.video import read_frames
 
-    frames = [read_frames(dataset / "videos" / f"v{i}.mp4", [0, 5]) for i in range(3)]
+    frames = [read_frames(dataset / f"v{i}.mp4", [0, 5]) for i in range(3)]
     images = [img for f in frames for img in f]
     assert captioner(images) == [captioner([img])[0] for img in images]
 
@@ -214,6 +213,7 @@ def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, 
         seen.append(len(images))
         return captioner(images)
 
+    counting.options = captioner.options  # the same generation settings, recorded in each record
     summary = caption_videos(videos, counting, blip_dir, out, keyframes=3, batch_size=2, progress=False)
     assert summary.skipped == 2 and summary.captioned == NUM_VIDEOS - 2
     assert sum(seen) == 3 * (NUM_VIDEOS - 2)  # only the missing videos were captioned
@@ -344,6 +344,112 @@ def test_oracle_descriptions_and_combined_stores(dataset, reference, tmp_path, c
     desc.write_text(json.dumps({"jumping": ["ok"], "running": [""]}))
     assert main([*ann, "--descriptions", str(desc), "--out", str(vf)]) == 2
     assert "'running': description 0 is empty" in capsys.readouterr().err
+
+
+def test_oracle_captions_each_same_named_video_by_its_own_class(tmp_path, capsys):
+    """issue 28: `*/clip1.avi` in three class folders shared one caption ("2 videos, 2 captions")."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\nAnimation/clip1.avi,Animation\nBiking/clip1.avi,Biking\n"
+                   "Walking/clip1.avi,Walking\nWalking/clip2.avi,Walking\n")
+    out = tmp_path / "oracle.jsonl"
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--out", str(out)]) == 0
+    assert "4 videos, 4 captions" in capsys.readouterr().out
+    got = {v: r.captions for v, r in read_store(out).by_video().items()}
+    assert got == {"Animation/clip1": ["Animation"], "Biking/clip1": ["Biking"], "Walking/clip1": ["Walking"],
+                   "Walking/clip2": ["Walking"]}
+    ann.write_text("path,label\ntruncated.avi,Walking\ntruncated.mp4,Biking\n")
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--out",
+                 str(tmp_path / "o2.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "ann.csv:3: video id 'truncated' already on line 2 (truncated.avi and truncated.mp4)" in err
+
+
+def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_path, capsys):
+    """issue 28: a VideoMAE `path label` list with classes.txt beside it gave captions "2", "0"."""
+    lst = tmp_path / "train.txt"
+    lst.write_text("abseiling/a_000001_000011.mp4 0\nzumba/b_000001_000011.mp4 2\n")
+    (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nzumba\n")
+    out = tmp_path / "oracle.jsonl"
+    argv = ["--format", "k400", "--root", str(tmp_path), str(lst), "--oracle"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert {v: r.captions for v, r in read_store(out).by_video().items()} == {
+        "a_000001_000011": ["abseiling"], "b_000001_000011": ["zumba"]}
+    (tmp_path / "classes.txt").unlink()
+    assert main([*argv, "--out", str(tmp_path / "numbers.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(lst) in err[0] and "class names" in err[0] and "classes.txt" in err[0]
+    assert not (tmp_path / "numbers.jsonl").exists()
+
+
+# ------------------------------------------------------ stores remember what made them (issue 28)
+
+
+def test_a_store_refuses_a_run_with_another_source_or_settings(dataset, blip_dir, tmp_path, capsys):
+    """`--model M` into an `--oracle` store said "0 captioned, 7 already done" and kept the old
+    captions; another --keyframes likewise. Now refused naming the key; --rebuild replaces."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    out = tmp_path / "s.jsonl"
+    assert main([*ann, "--oracle", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(dataset, blip_dir, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "source" in err[0] and "'oracle'" in err[0]
+    assert "'captioner'" in err[0] and "--rebuild" in err[0]
+    assert {r.source for r in read_store(out).records} == {"oracle"}  # untouched
+    assert cli(dataset, blip_dir, out, "--keyframes", "1", "--rebuild") == 0
+    assert {r.source for r in read_store(out).records} == {"captioner"}
+    capsys.readouterr()
+    assert cli(dataset, blip_dir, out, "--keyframes", "2") == 2
+    err = capsys.readouterr().err
+    assert "keyframes" in err and "1" in err and "2" in err
+    assert main([*ann, "--oracle", "--out", str(out)]) == 2  # a text source into a captioner store
+    assert "'captioner'" in capsys.readouterr().err
+
+
+def test_oracle_into_a_store_with_other_videos_keeps_them(dataset, tmp_path, capsys):
+    """A test-subset `--oracle` run into the train store left 4 of 16 lines; now the store keeps
+    its other videos, and other templates are refused unless --rebuild."""
+    ann = ["--format", "csv", "--root", str(dataset)]
+    out = tmp_path / "oracle.jsonl"
+    assert main([*ann, str(dataset / "train.csv"), "--oracle", "--out", str(out)]) == 0
+    subset = dataset / "subset.csv"
+    subset.write_text("path,label\nv0.mp4,jumping\nv1.mp4,running\n")
+    assert main([*ann, str(subset), "--oracle", "--out", str(out)]) == 0
+    assert len(read_store(out).records) == NUM_VIDEOS + 1
+    assert "0 added, 2 already there, 5 other videos kept" in capsys.readouterr().out
+    assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "'a video of {}'" in err and "--rebuild" in err
+    assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out), "--rebuild"]) == 0
+    assert [r.captions for r in read_store(out).records] == [["a video of jumping"], ["a video of running"]]
+
+
+def test_two_caption_runs_into_one_store_the_second_is_refused(dataset, tmp_path, capsys):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "s.jsonl"
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(out)!r}, "--out")
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+        assert main([*ann, "--oracle", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {proc.pid}" in err[0] and "in use by another run" in err[0]
+        assert not out.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--oracle",
+                 "--out", str(out)]) == 0  # the holder is gone: its lock is taken over
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -214,6 +214,8 @@ def test_provider_first_mode_and_errors():
     assert p.draw("c")[0] == 3
     with pytest.raises(CaptionStoreError, match="video 'nope' has no captions"):
         p.draw("nope")
+    with pytest.raises(CaptionStoreError, match="store has 'a': it was keyed by file names"):
+        p.draw("Walking/a")  # a store written when ids were file names
     with pytest.raises(ValueError, match="needs a torch.Generator"):
         _provider().draw("a")
     with pytest.raises(ValueError, match="3 rows for 4 distinct"):

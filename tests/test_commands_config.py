@@ -48,7 +48,7 @@ def test_show_with_recipe_and_errors(capsys):
         main(["config", "frobnicate"])
     assert e.value.code == 2
     # names are validated in the config, so `config show` refuses what a training command would
-    for override, key in (("model.preset=huge", "model.preset='huge'"), ("masking.name=foo", "masking.name='foo'")):
+    for override, key in (("model.preset=colossal", "model.preset='colossal'"), ("masking.name=foo", "masking.name='foo'")):
         assert main(["config", "show", override]) == 2
         assert key in capsys.readouterr().err
 

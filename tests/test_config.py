@@ -177,3 +177,17 @@ def test_view_ratio_needs_an_infonce():
         load_config(None, mae + ["contrastive.view_ratio=0", "contrastive.monitor_nce=true"])  # no captions
     cfg = load_config(None, mae + ["contrastive.view_ratio=0", "contrastive.monitor_nce=true", "captions.file=c.jsonl"])
     assert cfg.contrastive.view_ratio == 0.0
+
+
+def test_yaml_with_a_key_twice_is_refused_naming_key_file_and_lines(tmp_path):
+    # issue 28: two `data:` blocks kept the second one silently
+    f = tmp_path / "twice.yaml"
+    f.write_text("data:\n  num_frames: 8\noptim:\n  base_lr: 1.0e-3\ndata:\n  num_frames: 16\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert "'data'" in msg and str(f) in msg and "line 5" in msg and "line 1" in msg
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim:\n  base_lr: 1.0e-3\n  base_lr: 2.0e-3\n")
+    with pytest.raises(ConfigError, match=r"'optim.base_lr'.*line 2 and line 3"):
+        load_config(nested)

@@ -18,7 +18,7 @@ def test_generic_csv_with_classes_txt(tmp_path):
     recs, classes = load_annotations("csv", tmp_path, DATA / "csv" / "train.csv")
     assert classes == ["walking", "jumping"]
     assert [r.label for r in recs] == [0, 1, 0, 1]  # "walking" resolved through classes.txt
-    assert recs[0].path == str(tmp_path / "videos" / "walk.mp4") and recs[0].video_id == "walk"
+    assert recs[0].path == str(tmp_path / "videos" / "walk.mp4") and recs[0].video_id == "videos/walk"
     assert recs[1].caption == "a person jumps, then lands"  # quoted comma kept
     assert recs[2].caption is None and recs[0].start_frame is None
 
@@ -26,7 +26,7 @@ def test_generic_csv_with_classes_txt(tmp_path):
 def test_generic_jsonl_frame_folder_and_range(tmp_path):
     recs, classes = load_annotations("csv", tmp_path, DATA / "csv" / "val.jsonl")
     assert [r.label for r in recs] == [0, 1]
-    assert recs[1].path == str(tmp_path / "frames" / "jump") and recs[1].video_id == "jump"
+    assert recs[1].path == str(tmp_path / "frames" / "jump") and recs[1].video_id == "frames/jump"
     assert (recs[1].start_frame, recs[1].end_frame) == (2, 14)
 
 
@@ -180,3 +180,87 @@ def test_unknown_format_and_missing_files(tmp_path):
         load_annotations("csv", tmp_path, tmp_path / "nope.csv")
     with pytest.raises(AnnotationError, match="no \\*_test_split3"):
         load_annotations("hmdb51", tmp_path, DATA / "hmdb51" / "testTrainMulti_7030_splits", split=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Video ids: unique within a data set (issue 28), class names wherever the format carries them
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_ids_are_root_relative_paths_so_same_names_in_class_folders_differ(tmp_path):
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\nAnimation/clip1.avi,Animation\nBiking/clip1.avi,Biking\n"
+                   "Walking/clip1.avi,Walking\n./frames/jump,Walking\n")
+    recs, classes = load_annotations("csv", tmp_path, ann)
+    assert [r.video_id for r in recs] == ["Animation/clip1", "Biking/clip1", "Walking/clip1", "frames/jump"]
+    assert [classes[r.label] for r in recs] == ["Animation", "Biking", "Walking", "Walking"]
+    absolute = tmp_path / "abs.csv"
+    absolute.write_text(f"path,label\n{tmp_path / 'Biking' / 'clip1.avi'},0\n")
+    assert load_annotations("csv", tmp_path, absolute)[0][0].video_id == "Biking/clip1"
+
+
+def test_a_video_id_twice_is_refused_naming_both_rows(tmp_path):
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\ntruncated.avi,0\nok.mp4,0\ntruncated.mp4,1\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("csv", tmp_path, ann)
+    msg = str(e.value)
+    assert "ann.csv:4" in msg and "line 2" in msg and "'truncated'" in msg
+    assert "truncated.avi" in msg and "truncated.mp4" in msg and "video_id" in msg
+    problems: list = []
+    recs, _ = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert [r.video_id for r in recs] == ["truncated", "ok"] and [p.line for p in problems] == [4]
+    given = tmp_path / "given.csv"  # the way out: ids of one's own
+    given.write_text("path,label,video_id\ntruncated.avi,0,t_avi\ntruncated.mp4,1,t_mp4\n")
+    assert [r.video_id for r in load_annotations("csv", tmp_path, given)[0]] == ["t_avi", "t_mp4"]
+    same = tmp_path / "same.csv"
+    same.write_text("path,label\na.mp4,0\na.mp4,0\n")
+    with pytest.raises(AnnotationError, match=r"same\.csv:3: video id 'a' .*line 2.*same video"):
+        load_annotations("csv", tmp_path, same)
+
+
+def test_ucf101_layout_ids_keep_official_names_and_tell_clip1s_apart(tmp_path):
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "classInd.txt").write_text("1 Animation\n2 Biking\n3 Walking\n")
+    (folder / "trainlist01.txt").write_text("Animation/clip1.avi 1\nBiking/clip1.avi 2\nWalking/clip1.avi 3\n"
+                                            "Walking/v_Walking_g01_c01.avi 3\n")
+    recs, _ = load_annotations("ucf101", tmp_path, folder)
+    assert [r.video_id for r in recs] == ["Animation/clip1", "Biking/clip1", "Walking/clip1", "v_Walking_g01_c01"]
+    (folder / "trainlist01.txt").write_text("Walking/v_Walking_g01_c01.avi 3\nWalking/v_Walking_g01_c01.avi 3\n")
+    with pytest.raises(AnnotationError, match=r"trainlist01\.txt:2: video id 'v_Walking_g01_c01'.*line 1"):
+        load_annotations("ucf101", tmp_path, folder)
+
+
+def test_hmdb51_and_k400_list_ids_twice_are_refused(tmp_path):
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    (folder / "run_test_split1.txt").write_text("a.avi 1\n")
+    (folder / "walk_test_split1.txt").write_text("a.avi 1\n")
+    with pytest.raises(AnnotationError, match=r"walk_test_split1\.txt:1: video id 'a' .*run_test_split1\.txt:1"):
+        load_annotations("hmdb51", tmp_path, folder)
+    lst = tmp_path / "list.txt"
+    lst.write_text("train/a/x_000001_000011.mp4 0\nval/b/clip1.mp4 1\ntrain/b/clip1.mp4 1\n")
+    recs, _ = load_annotations("k400", tmp_path, lst)
+    assert [r.video_id for r in recs] == ["x_000001_000011", "val/b/clip1", "train/b/clip1"]
+
+
+def test_an_absolute_path_outside_the_root_gives_its_file_name(tmp_path):
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\n/elsewhere/a/clip.mp4,0\n/elsewhere/b/clip.mp4,0\n")
+    with pytest.raises(AnnotationError, match=r"ann\.csv:3: video id 'clip' already on line 2"):
+        load_annotations("csv", tmp_path, ann)
+
+
+def test_k400_videomae_list_reads_class_names_from_classes_txt_beside_it(tmp_path):
+    """issue 28: `path label` lists with classes.txt beside them gave class names "0".."N-1"."""
+    lst = tmp_path / "train.txt"
+    lst.write_text("train/abseiling/a_000001_000011.mp4 0\ntrain/zumba/b_000001_000011.mp4 2\n")
+    (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nzumba\n")
+    recs, classes = load_annotations("k400", tmp_path, lst)
+    assert classes == ["abseiling", "air drumming", "zumba"] and [classes[r.label] for r in recs] == ["abseiling", "zumba"]
+    lst.write_text("train/abseiling/a_000001_000011.mp4 3\n")
+    with pytest.raises(AnnotationError, match=r"train\.txt:1: label 3 out of range \[0, 3\) of .*classes\.txt"):
+        load_annotations("k400", tmp_path, lst)
+    (tmp_path / "classes.txt").unlink()
+    assert load_annotations("k400", tmp_path, lst)[1] == ["0", "1", "2", "3"]  # numbered: no names to give

@@ -146,6 +146,23 @@ def test_disk_cache_is_reused_and_never_stale(records, tmp_path, monkeypatch, ca
     assert "truncated" in caplog.text and fresh.key in caplog.text
 
 
+def test_a_killed_builds_temp_file_is_removed_by_the_next_build(records, tmp_path):
+    """issue 28: a killed disk-cache build left its temp file (650 MB in one trial) for good."""
+    import subprocess
+    import sys
+
+    from tgmae.atomic import temp_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    key = cache_mod.cache_key(records[:1])[0]
+    mine = temp_path(tmp_path / f"{key}.u8")
+    left = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    left.write_bytes(b"\x00" * 4096)
+    build_disk_cache(records[:1], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.u8"]
+
+
 def test_key_changes_with_frame_ranges_and_files(records):
     base, _ = cache_key(records[:2])
     assert cache_key(records[:2])[0] == base

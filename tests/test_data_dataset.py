@@ -64,7 +64,7 @@ def test_sample_contract(root):
     assert set(s) == {"video", "label", "index", "video_id", "frame_indices", "crop", "mask",
                       "caption_id", "load_failures"}
     assert s["video"].dtype == torch.float32 and s["video"].shape == (3, 4, 32, 32)
-    assert s["label"] == 0 and s["index"] == 0 and s["video_id"] == "walk"
+    assert s["label"] == 0 and s["index"] == 0 and s["video_id"] == "videos/walk"
     assert s["frame_indices"].dtype == torch.int64 and s["frame_indices"].shape == (4,)
     assert (s["frame_indices"].diff() == 2).all()
     assert s["crop"].dtype == torch.float32 and s["crop"].shape == (7,)
@@ -166,7 +166,7 @@ class _Captions:
         self.texts = [f"caption {i}" for i in range(10)]
 
     def draw(self, video_id, generator):
-        cid = int(torch.randint(2, (1,), generator=generator)) + (2 if video_id == "jump" else 0)
+        cid = int(torch.randint(2, (1,), generator=generator)) + (2 if video_id == "videos/jump" else 0)
         return cid, self.table[cid]
 
 
@@ -190,7 +190,7 @@ def test_mask_context_captions_and_motion(root):
                       mask_generator=rec, captions=_Captions())
     s = ds[1]
     ctx = rec.contexts[-1]
-    assert ctx.grid == (2, 2, 2) and ctx.video_id == "jump"
+    assert ctx.grid == (2, 2, 2) and ctx.video_id == "videos/jump"
     assert torch.equal(ctx.frames, s["video"]) and torch.equal(ctx.frame_indices, s["frame_indices"])
     assert torch.equal(ctx.crop.as_tensor(), s["crop"])
     assert int(s["caption_id"]) in (2, 3) and torch.equal(ctx.text_embedding, _Captions().table[int(s["caption_id"])])
@@ -282,8 +282,8 @@ def test_evaluation_mode_reports_an_unreadable_video_instead_of_replacing_it(roo
           else VideoDataset(recs, _cfg(), train=False))
     ds.substitute = False
     good, bad = ds[0], ds[3]
-    assert good["unreadable"] is False and good["load_error"] == "" and good["video_id"] == "walk"
-    assert bad["unreadable"] is True and bad["index"] == 3 and bad["label"] == 1 and bad["video_id"] == "broken"
+    assert good["unreadable"] is False and good["load_error"] == "" and good["video_id"] == "videos/walk"
+    assert bad["unreadable"] is True and bad["index"] == 3 and bad["label"] == 1 and bad["video_id"] == "videos/broken"
     assert "broken.mp4" in bad["load_error"]
     for k in ("video", "frame_indices", "crop"):  # a placeholder of the sample's shapes: batches collate
         assert bad[k].shape == good[k].shape and bad[k].dtype == good[k].dtype, k
@@ -291,7 +291,7 @@ def test_evaluation_mode_reports_an_unreadable_video_instead_of_replacing_it(roo
     assert batch["unreadable"].tolist() == [False, False, False, True]
     assert batch["index"].tolist() == [0, 1, 2, 3]  # no video stands in for another
     ds.substitute = True
-    assert ds[3]["video_id"] != "broken"  # training keeps replacing (counted in load_failures)
+    assert ds[3]["video_id"] != "videos/broken"  # training keeps replacing (counted in load_failures)
 
 
 def test_mgm_turns_motion_vector_reading_on(root, caplog):

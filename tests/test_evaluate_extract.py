@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tgmae.data.transforms import center_crop_box, crop_resize, normalize
+from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.evaluate.extract import (ExtractError, ExtractSpec, extract_to_shards, extract_video, load_frozen_encoder,
                                     read_shards, window_starts, write_index)
 from tgmae.models.arch import VideoMAEArch
@@ -89,7 +89,7 @@ def test_features_equal_encoder_on_decoded_frames(mp4, which, output):
     enc = tiny_encoder()
     s = spec(output=output)
     out = extract_video(enc, path, s)
-    box = center_crop_box(frames.shape[1], frames.shape[2])
+    box = spatial_view_boxes(frames.shape[1], frames.shape[2], 1)[0]
     for w, start in enumerate(out.start_frame.tolist()):
         clip = normalize(crop_resize(frames[start: start + 16], box, 32), ARCH.pixel_mean, ARCH.pixel_std)
         with torch.no_grad():

@@ -480,3 +480,21 @@ def test_incomplete_or_stale_cache_and_missing_captions_are_refused_at_set_up(sy
     few.write_text("\n".join(lines[1:]) + "\n")
     with pytest.raises(CaptionStoreError, match=rf"{few}: no captions for 1 of the {len(ids)} videos"):
         dataset(dense_cache, provider=CaptionProvider.from_files(few))
+
+
+def test_same_named_videos_in_other_folders_get_their_own_maps(tmp_path):
+    """issue 28: `Animation/clip1` and `Biking/clip1` shared one similarity map; ids are now
+    root-relative paths, and the cache keeps one file per id."""
+    from tgmae.masking.cache import CacheManifest, merge_parts, part_file, write_entry, write_manifest_or_check
+
+    out = tmp_path / "maps"
+    write_manifest_or_check(out, CacheManifest("clip", "fp", "faithful", "source=oracle,model={}", "sha", 1, 32,
+                                               16, 1, None, 4))
+    part_file(out, 0, 1).parent.mkdir(parents=True)
+    with open(part_file(out, 0, 1), "w") as f:
+        for i, vid in enumerate(("Animation/clip1", "Biking/clip1")):
+            rel = write_entry(out, vid, torch.full((1, 1, 2, 2), float(i)), torch.zeros(1), torch.ones(1, 4), [vid])
+            f.write(json.dumps({"video_id": vid, "file": rel}) + "\n")
+    assert len(set(merge_parts(out)["videos"].values())) == 2
+    cache = SimilarityCache(out)
+    assert cache.entry("Animation/clip1").sim.max() == 0 and cache.entry("Biking/clip1").sim.min() == 1

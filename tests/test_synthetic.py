@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -85,11 +86,11 @@ def test_layout_and_headers(synth):
     for name in INDEX:
         assert (root / name).is_file(), name
     header, rows = _rows(root / "annotations.csv")
-    assert header == ["path", "label", "caption"]
+    assert header == ["path", "label", "caption", "video_id"]
     assert len(rows) == N == info.num_videos
-    ids = [Path(p).stem for p, _, _ in rows]
-    assert ids == [f"synth_{i:05d}" for i in range(N)]
-    for path, label, caption in rows:
+    ids = [vid for _, _, _, vid in rows]
+    assert ids == [f"synth_{i:05d}" for i in range(N)] == [Path(p).stem for p, _, _, _ in rows]
+    for path, label, caption, _ in rows:
         assert path.startswith("videos/") and path.endswith(".mp4") and (root / path).is_file()
         assert (root / "masks" / f"{Path(path).stem}.npz").is_file()
         assert 0 <= int(label) < len(ACTIONS) and caption
@@ -236,8 +237,7 @@ def test_captions_name_object_and_action(synth):
     meta = _meta(root)
     _, rows = _rows(root / "annotations.csv")
     caps = {c["video_id"]: c["captions"] for c in map(json.loads, (root / "captions.jsonl").read_text().splitlines())}
-    for path, label, caption in rows:
-        vid = Path(path).stem
+    for path, label, caption, vid in rows:
         actor = _actor(meta, vid)
         action = ACTIONS[int(label)]
         assert caption == caps[vid][0]
@@ -434,7 +434,13 @@ def _content_digest(root: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("annotations.csv", "captions.jsonl", "meta.json"):
+    # annotations.csv without the video_id column (added after the digest was recorded; the stems)
+    header, rows = _rows(root / "annotations.csv")
+    assert header[-1] == "video_id" and all(r[-1] == Path(r[0]).stem for r in rows)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header[:-1]] + [r[:-1] for r in rows])
+    h.update(buf.getvalue().encode())
+    for name in ("captions.jsonl", "meta.json"):
         h.update((root / name).read_bytes())
     for p in sorted((root / "masks").iterdir()):
         with np.load(p) as z:
@@ -477,3 +483,13 @@ def test_static_camera_and_background_reach_the_generator_and_cli(tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "bad"), "--background", "plaid"])
     assert e.value.code == 2 and "--background" in capsys.readouterr().err
+
+
+def test_a_folder_holding_another_data_sets_index_is_refused(tmp_path):
+    """The same kind as issue 28's stores: writing a set deleted a user's train.csv first."""
+    from tgmae.errors import SettingsError
+
+    (tmp_path / "train.csv").write_text("path,label\nmine.mp4,0\n")
+    with pytest.raises(SettingsError, match=r"holds train\.csv but no synthetic set's meta\.json"):
+        generate_synthetic_dataset(tmp_path, num_videos=4, frames=6, size=32, gop=3)
+    assert (tmp_path / "train.csv").read_text() == "path,label\nmine.mp4,0\n"

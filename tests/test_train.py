@@ -157,6 +157,36 @@ def test_checkpoint_roundtrip_prune_and_corruption(tmp_path):
         ckpt.load_model_weights(nn.Linear(3, 3, bias=False), {"w": torch.zeros(1)}, "x")
 
 
+def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, monkeypatch):
+    """issue 28: temp folders of killed or failed checkpoint writes stayed (a full disk stayed full)."""
+    import subprocess
+    import sys
+
+    from tgmae.atomic import temp_path
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    d = tmp_path / "ck"
+    real_save = torch.save
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(1, 0, 1), {})
+    assert list(d.iterdir()) == []  # the half-written temp folder is gone
+    monkeypatch.setattr(torch, "save", real_save)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has ended
+    mine = temp_path(d / "step_00000001")
+    killed = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    killed.mkdir()
+    (killed / "state.pt").write_bytes(b"x" * 100)
+    ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(2, 0, 2), {})
+    assert sorted(p.name for p in d.iterdir()) == ["latest", "step_00000002"]
+
+
 def test_training_reduces_loss_and_logs(tmp_path):
     cfg = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.03")
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()
@@ -500,3 +530,39 @@ def test_evaluation_does_not_change_training(tmp_path):
         cfg = toy_cfg(tmp_path / f"e{every}", "train.epochs=3", f"train.eval_every={every}")
         weights.append(flat_params(Trainer(DrawingEvalTask(cfg), cfg).fit().model))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_a_second_run_into_a_held_run_folder_is_refused_naming_the_first(tmp_path, capsys):
+    """issue 28: two `tgmae pretrain` at once into one train.output_dir both ran, interleaving
+    metrics and checkpoints. The folder's lock is held for the whole run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.cli import main
+    from tgmae.locks import LockError, lock_file
+
+    cfg = toy_cfg(tmp_path)
+    held = []
+    Trainer(ToyTask(cfg), cfg, hooks=[lambda state: held.append(lock_file(tmp_path / "run").is_file())]).fit()
+    assert held and all(held) and not lock_file(tmp_path / "run").exists()
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(tmp_path / 'run')!r}, "train.output_dir")
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code, "pretrain", "masking.name=tube"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(LockError, match=f"pid {first.pid}"):
+            Trainer(ToyTask(cfg), cfg).fit()
+        assert main(["pretrain", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {first.pid}" in err[0] and "pretrain masking.name=tube" in err[0]
+        assert "train.output_dir" in err[0]
+    finally:
+        first.kill()
+        first.wait()

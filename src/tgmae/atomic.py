@@ -1,8 +1,11 @@
 """Atomic file writes: write a temp file next to the target, then rename it over the target.
 
 A reader (another worker, a resumed run) sees the old file or the new one, never a torn one; a
-write that fails leaves no temp file behind. Temp names are `.{name}.{pid}-{random}.tmp` in the
-target's folder (same filesystem, so the rename is atomic; unique per thread and process).
+write that fails leaves no temp file behind. Temp names are `.{name}.{host}-{pid}-{random}.tmp`
+in the target's folder (same filesystem, so the rename is atomic; unique per thread and process).
+A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` (called where runs
+start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
+this host that have ended, recognised by that name and their pid.
 
 A write that fails for want of room or rights (a full disk, a read-only or foreign folder) is a
 `OutputError` naming the file (`write_failure`): the command line shows it as one line, exit 2.
@@ -12,8 +15,11 @@ A write that fails for want of room or rights (a full disk, a read-only or forei
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +67,57 @@ def _free_bytes(path: Path) -> int:
     return 1 << 62
 
 
+log = logging.getLogger("tgmae")
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temp name next to `path`: `.{name}.{host}-{pid}-{random}.tmp`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Remove the temp files and folders in `folder` (not below it) left by writers on this host
+    whose process has ended (killed, or failed before their clean-up ran); those of live processes
+    and of other hosts are kept. Logs what it removed; returns the count (0 for a missing folder)."""
+    folder = Path(folder)
+    removed, nbytes = 0, 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if not m or m["host"] != _HOST or not _ended(int(m["pid"])):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                nbytes += sum(f.stat().st_size for f in Path(e.path).rglob("*") if f.is_file())
+                shutil.rmtree(e.path)
+            else:
+                nbytes += e.stat().st_size
+                os.unlink(e.path)
+            removed += 1
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+    if removed:
+        log.info("%s: removed %d temp files of ended writers (%.1f MiB)", folder, removed, nbytes / 2**20)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
@@ -70,7 +127,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -97,7 +154,7 @@ def check_writable(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputError(errno.EISDIR, f"{path}: is a folder; give a file name")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(b"")
@@ -122,4 +179,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
 
 
 __all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "write_failure"]
+           "remove_stale_temps", "temp_path", "write_failure"]

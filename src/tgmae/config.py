@@ -592,12 +592,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}" + (" (a directory)" if p.is_dir() else ""))
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         _deep_update(merged, loaded)
@@ -610,6 +605,37 @@ def load_config(
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
     return from_dict(cls, merged, prefix=prefix)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents; ConfigError names the file when it is not UTF-8 or not YAML, and
+    the key and both lines when a mapping holds a key twice (YAML keeps the second silently)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+        _refuse_duplicate_keys(yaml.compose(text), p, "")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+
+
+def _refuse_duplicate_keys(node: Any, path: Path, prefix: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[str, int] = {}
+    for key, value in node.value:
+        name = f"{prefix}{key.value}" if isinstance(key, yaml.ScalarNode) else prefix + "?"
+        line = key.start_mark.line + 1
+        if name in first:
+            raise ConfigError(f"{path}: key {name!r} appears twice (line {first[name]} and line {line}); "
+                              "keep one")
+        first[name] = line
+        _refuse_duplicate_keys(value, path, name + ".")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -140,19 +140,29 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
     return {c: result[c] for c in class_names}
 
 
-def read_done(out: str | Path, names: Sequence[str]) -> dict[str, list[str]]:
-    """The descriptions of `names` already in `out` (a resumed run), {} when it does not exist.
-    Raises DescriptionsError when it is not valid JSON or not a descriptions file."""
+# What a descriptions file records of its run (`_meta`) and a resumed run must share
+SETTINGS = ("model", "prompts", "per_prompt", "temperature")
+
+
+def read_existing(out: str | Path, meta: dict[str, Any], rebuild: bool = False) -> dict[str, list[str]]:
+    """Every class's descriptions already in `out` ({} when it does not exist, or with `rebuild`).
+    Raises DescriptionsError when it is not a descriptions file, or was made with other SETTINGS
+    than `meta` (naming each differing key; `--rebuild` starts over)."""
     out = Path(out)
-    if not out.exists():
+    if rebuild or not out.exists():
         return {}
     try:
         loaded = json.loads(out.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
                                 "move it away to start over") from None
-    done, _ = validate_descriptions(loaded, str(out))
-    return {c: d for c, d in done.items() if c in names}
+    done, old = validate_descriptions(loaded, str(out))
+    diff = [k for k in SETTINGS if k in old and old[k] != meta.get(k)]
+    if diff:
+        what = ", ".join(f"{k} {old[k]!r} (this run: {meta.get(k)!r})" for k in diff)
+        raise DescriptionsError(f"{out} holds descriptions made otherwise: {what}; give this run another --out, "
+                                "or pass --rebuild to replace the file")
+    return done
 
 
 def write_descriptions(path: str | Path, descriptions: dict[str, list[str]], meta: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from tgmae.atomic import atomic_path
+from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.hub import (
     load_pretrained,
     looks_like_path,
@@ -31,8 +31,10 @@ from tgmae.hub import (
     weights_fingerprint,
 )
 from tgmae.errors import UserError
+from tgmae.locks import hold
 
 CACHE_FORMAT = "tgmae-text-embeddings/1"
+WRITE_WAIT_S = 1800.0  # how long a run waits for another process that is filling the same cache
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
                          "_attn_implementation_autoset", "_attn_implementation", "architectures"}
 
@@ -208,6 +210,7 @@ class EmbeddingCache:
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
+        remove_stale_temps(path.parent)  # of saves killed before their rename
         with atomic_path(path, fsync=True) as tmp:
             save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 
@@ -334,16 +337,22 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
                 device: str = "cpu", rebuild: bool = False, progress: bool = False) -> torch.Tensor:
     """[len(texts), D] embeddings of `texts`, computing only those not in the cache (then saved).
 
-    The model's weights are loaded only when some text is missing from the cache.
+    The model's weights are loaded only when some text is missing from the cache. One process
+    writes a cache at a time: another one (a second run on the same captions, another DDP rank)
+    waits up to `WRITE_WAIT_S` for it (`tgmae.locks`), then reads what it added.
     """
     identity = ModelIdentity.of(clip_model)
     cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
-    missing = cache.missing(texts)
-    if missing or not Path(cache_path).exists():
-        if missing:
-            embedder = TextEmbedder(clip_model, device=device)
-            cache.add(missing, embedder(missing, batch_size=batch_size, progress=progress))
-        cache.save(cache_path)
+    if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
+        return cache.lookup(texts)
+    with hold(cache_path, "captions.embedding_cache (embed-captions --out)", wait=WRITE_WAIT_S):
+        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)  # as the last writer left it
+        missing = cache.missing(texts)
+        if missing or not Path(cache_path).exists():
+            if missing:
+                embedder = TextEmbedder(clip_model, device=device)
+                cache.add(missing, embedder(missing, batch_size=batch_size, progress=progress))
+            cache.save(cache_path)
     return cache.lookup(texts)
 
 

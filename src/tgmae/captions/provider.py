@@ -66,9 +66,13 @@ class CaptionProvider:
         ids = self._ids.get(video_id)
         if ids is None:
             where = f" in {self.source_file}" if self.source_file else ""
+            old = video_id.rsplit("/", 1)[-1]
+            why = (f"; the store has {old!r}: it was keyed by file names, which collide across folders "
+                   "(video ids are now paths relative to the data root), so caption the set again"
+                   if old != video_id and old in self._ids else "")
             raise CaptionStoreError(
                 f"video {video_id!r} has no captions{where} ({len(self._ids)} videos have captions); "
-                "caption it (`tgmae caption`) or check that the store's video ids match the annotations"
+                f"caption it (`tgmae caption`) or check that the store's video ids match the annotations{why}"
             )
         return list(ids)
 

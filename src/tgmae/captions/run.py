@@ -21,6 +21,7 @@ the batch in flight. Videos that fail to decode go to `<out stem>.errors.jsonl`
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from tgmae.atomic import atomic_write_text
-from tgmae.captions.captioner import keyframe_indices
+from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
 from tgmae.captions.store import (CaptionRecord, StoreAppender, read_jsonl_tolerant,
-                                  video_ids_in)
+                                  refuse_other_provenance, video_ids_in)
 
 SOURCE = "captioner"
 
@@ -118,13 +119,49 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
             atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
+def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = None) -> dict[str, Any]:
+    """The settings a captioner run records in each record (`settings`) and a rerun must share:
+    keyframes and the generation options (max_new_tokens, prompt, num_beams)."""
+    return {"keyframes": keyframes, **(dataclasses.asdict(options) if options is not None else {})}
+
+
+def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[str, Any],
+                       shard: Shard = Shard()) -> None:
+    """CaptionStoreError naming the key when what this shard resumes or merges into holds captions
+    made by another source, model or settings (a rerun would skip those videos and keep them):
+    its part; for rank 0 also the store (it merges into it), and for a single process every part
+    (it merges them). Another rank's part is that rank's to check."""
+    want = {"source": source, "model": model, **settings}
+    files = [part_path(out, shard)]
+    if shard.rank == 0:
+        files += [Path(out), *(existing_parts(out) if shard.world_size == 1 else [])]
+    for f in dict.fromkeys(files):
+        refuse_other_provenance(f, [want])
+
+
+def clear_outputs(out: str | Path, shard: Shard) -> None:
+    """Remove what a captioner run writes (`--rebuild`): this shard's part and errors part; for a
+    single process or rank 0 also the store, its errors file and a single run's leftover parts."""
+    out = Path(out)
+    files = [part_path(out, shard), part_path(errors_path(out), shard)]
+    if shard.rank == 0:
+        files += [out, errors_path(out)]
+    if shard.world_size == 1:
+        files += [*existing_parts(out), *existing_parts(errors_path(out))]
+    for f in files:
+        f.unlink(missing_ok=True)
+
+
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
                    out: str | Path, keyframes: int = 3, batch_size: int = 8, shard: Shard = Shard(),
                    workers: int = 2, retry_errors: bool = False, progress: bool = True,
                    load: Optional[Callable[[Any, int], tuple[np.ndarray, list[int]]]] = None) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
-    captioner: images -> captions (an `ImageCaptioner`); model_name goes into each record.
+    captioner: images -> captions (an `ImageCaptioner`); model_name goes into each record, and so
+    do the settings (`captioner_settings`: keyframes, the captioner's `options` when it has them):
+    a store made by another source,
+    model or settings raises CaptionStoreError (`refuse_other_store`) before anything is written.
     Duplicate video ids in `videos` are captioned once.
     """
     from tqdm import tqdm
@@ -133,6 +170,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
     load = load or load_keyframes
+    settings = captioner_settings(keyframes, getattr(captioner, "options", None))
+    refuse_other_store(out, SOURCE, model_name, settings, shard)
     seen: set[str] = set()
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]
     mine = shard.take(unique)
@@ -161,7 +200,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                                    "error": "the captioner produced only empty captions"})
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model_name,
-                                             {"frame_indices": [int(i) for _, i in keep]}))
+                                             {"frame_indices": [int(i) for _, i in keep], "settings": settings}))
             store.write_batch(records)
             errs.write_batch(failed)
             summary.captioned += len(records)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tgmae.captions.store import CaptionRecord, CaptionStoreError
+from tgmae.data.annotations import unnamed_classes
 from tgmae.errors import UserError
 
 # Table 6a: prompts given to GPT-3.5 per action class, after CuPL.
@@ -126,8 +127,14 @@ def description_records(videos: Sequence[tuple[str, str]], descriptions: dict[st
     return [CaptionRecord(vid, list(table[cls]), "vision-free", model) for vid, cls in videos]
 
 
-def videos_with_classes(records: Sequence[Any], class_names: Sequence[str]) -> list[tuple[str, str]]:
-    """`VideoRecord`s -> (video_id, class name); unlabelled (-1) or out-of-range labels raise."""
+def videos_with_classes(records: Sequence[Any], class_names: Sequence[str], annotations: str = "annotations"
+                        ) -> list[tuple[str, str]]:
+    """`VideoRecord`s -> (video_id, class name); unlabelled (-1) or out-of-range labels raise, and
+    so do classes without names (numbered "0".."N-1": a caption "2" is no class name)."""
+    if unnamed_classes(list(class_names)):
+        raise CaptionStoreError(f"{annotations}: its classes have no names (labels 0..{len(class_names) - 1} "
+                                "only); oracle and vision-free captions need class names: put classes.txt (one name "
+                                "per line, line order = label) beside it")
     out = []
     for r in records:
         if not 0 <= r.label < len(class_names):

@@ -248,6 +248,62 @@ def write_store(path: str | Path, records: Iterable[CaptionRecord]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# What made a store: source, model, settings
+# --------------------------------------------------------------------------------------------
+
+
+def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
+    """What made a record: {"source", "model", **settings} (its `settings` key, e.g. keyframes)."""
+    obj = rec.to_json() if isinstance(rec, CaptionRecord) else rec
+    settings = obj.get("settings")
+    return {"source": obj.get("source"), "model": obj.get("model"), **(settings if isinstance(settings, dict) else {})}
+
+
+def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -> None:
+    """CaptionStoreError naming the line and each differing key when a record of the store at
+    `path` (torn tail allowed; missing = nothing to check) was made otherwise than every one of
+    `wants` (provenances as `provenance` gives them). A key the record does not hold (a store
+    written before it was recorded) is not compared."""
+    path = Path(path)
+    if not path.is_file() or not wants:
+        return
+    items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
+    for n, obj in items:
+        if not isinstance(obj, dict):
+            continue
+        have = provenance(obj)
+        diffs = [[k for k in want if k in have and have[k] != want[k]] for want in wants]
+        if all(diffs):
+            want, diff = min(zip(wants, diffs), key=lambda wd: len(wd[1]))
+            what = ", ".join(f"{k} {have[k]!r} (this run: {want[k]!r})" for k in diff)
+            raise CaptionStoreError(f"{path}:{n} holds captions made otherwise: {what}; give this run another "
+                                    "--out, or pass --rebuild to replace the store")
+
+
+def update_store(path: str | Path, records: Sequence[CaptionRecord], rebuild: bool = False,
+                 keep_others: bool = True) -> tuple[int, int, int]:
+    """Write `records` (all of one provenance) into the store at `path` without losing what it
+    holds: its records must have been made alike (else `refuse_other_provenance` raises, unless
+    `rebuild`, which replaces the store), this run's videos are added or rewritten in place, and
+    its other videos are kept (`keep_others`; False: a store derived wholly from its inputs, such
+    as a combination, is replaced by this run's). Returns (added, already there, others kept)."""
+    path = Path(path)
+    records = list(records)
+    if rebuild or not path.exists():
+        write_store(path, records)
+        return len(records), 0, 0
+    refuse_other_provenance(path, list({json.dumps(provenance(r), sort_keys=True): provenance(r)
+                                        for r in records}.values()))
+    old = {r.video_id: r for r in read_store(path).records}
+    new = {r.video_id: r for r in records}
+    there = sum(v in old for v in new)
+    kept = [v for v in old if v not in new] if keep_others else []
+    order = [v for v in old if v in new or keep_others] + [v for v in new if v not in old]
+    write_store(path, [new.get(v) or old[v] for v in order])  # this run's record where it has one
+    return len(new) - there, there, len(kept)
+
+
+# --------------------------------------------------------------------------------------------
 # Combining sources
 # --------------------------------------------------------------------------------------------
 

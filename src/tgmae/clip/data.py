@@ -8,9 +8,10 @@ from pathlib import Path
 
 
 def read_split_ids(root: Path, split: str) -> list[str]:
-    """Video ids of `root/<split>.csv` (`path,label,caption`; id = file stem)."""
+    """Video ids of `root/<split>.csv` (`path,label,caption,video_id`; sets made before the
+    video_id column: the file stem, which they used as the id)."""
     path = root / f"{split}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a synthetic set (`tgmae synth`)?")
     with open(path, newline="") as f:
-        return [Path(row["path"]).stem for row in csv.DictReader(f)]
+        return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]

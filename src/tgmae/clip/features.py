@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("faithful", "dense")
-_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's input normalization (RGB in [0, 1])
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBund
 
     model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model").to(device).eval()
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
-    mean, std = _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
+    mean, std = CLIP_MEAN, CLIP_STD
     try:
         from transformers import AutoImageProcessor
 
@@ -224,6 +224,6 @@ def uint8_to_unit(frames: "object") -> torch.Tensor:
 
 
 __all__ = [
-    "MODES", "ClipBundle", "ClipPatchScorer", "cosine_maps", "embed_texts", "frames_to_unit",
+    "CLIP_MEAN", "CLIP_STD", "MODES", "ClipBundle", "ClipPatchScorer", "cosine_maps", "embed_texts", "frames_to_unit",
     "load_clip", "map_grid", "uint8_to_unit",
 ]

@@ -12,10 +12,11 @@ from typing import Sequence
 
 from tgmae.captions import run
 from tgmae.captions.captioner import ImageCaptioner
-from tgmae.captions.run import caption_videos
+from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear_outputs, refuse_other_store
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
 from tgmae.captions.store import CaptionRecord
 from tgmae.config import DATASET_FORMATS
+from tgmae.locks import hold
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -48,6 +49,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--retry-errors", action="store_true", help="try again videos listed in the errors file")
     p.add_argument("--template", action="append", default=None, help="oracle template with {} (repeatable)")
     p.add_argument("--require-all", action="store_true", help="--combine: every video must be in every store")
+    p.add_argument("--rebuild", action="store_true",
+                   help="replace an existing --out made by another source, model or settings (else refused)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(list(argv))
     needs_ann = args.model or args.oracle or args.descriptions or args.annotation_captions
@@ -65,17 +68,26 @@ def _annotations(args: argparse.Namespace):
 
 
 def _run_captioner(args: argparse.Namespace) -> int:
-    from tgmae.captions.captioner import GenerationOptions, resolve_dtype
     from tgmae.captions.shard import shard_from_env
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
 
     shard = shard_from_env(args.rank, args.world_size)
+    with hold(part_path(args.out, shard), "--out"):  # one writer per part (the store itself: one process)
+        return _caption(args, shard)
+
+
+def _caption(args: argparse.Namespace, shard) -> int:
+    from tgmae.captions.captioner import GenerationOptions, resolve_dtype
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+
     videos, _ = _annotations(args)
+    options = GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams)
+    if args.rebuild:
+        clear_outputs(args.out, shard)
+    refuse_other_store(args.out, SOURCE, args.model, captioner_settings(args.keyframes, options), shard)  # first
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
-    captioner = ImageCaptioner(args.model, device, dtype,
-                               GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams))
+    captioner = ImageCaptioner(args.model, device, dtype, options)
     summary = caption_videos(videos, captioner, args.model, args.out, args.keyframes, args.batch_size, shard,
                              args.workers, args.retry_errors, progress=not args.no_progress)
     print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos, "
@@ -93,7 +105,8 @@ def _run_captioner(args: argparse.Namespace) -> int:
 
             dist.barrier()
             if shard.rank == 0:
-                n, ne = merge_parts(args.out, [v.video_id for v in videos])
+                with hold(args.out, "--out"):
+                    n, ne = merge_parts(args.out, [v.video_id for v in videos])
                 print(f"merged {shard.world_size} parts: {n} videos in {args.out}, {ne} failures")
             if created:
                 from tgmae.distributed import cleanup
@@ -109,7 +122,7 @@ def _run_captioner(args: argparse.Namespace) -> int:
 def _run_text_source(args: argparse.Namespace) -> int:
     from tgmae.captions.sources import (ORACLE_TEMPLATE, description_records, load_descriptions,
                                         oracle_records, videos_with_classes)
-    from tgmae.captions.store import CaptionStoreError, write_store
+    from tgmae.captions.store import CaptionStoreError, update_store
 
     records, classes = _annotations(args)
     if args.annotation_captions:
@@ -119,25 +132,32 @@ def _run_text_source(args: argparse.Namespace) -> int:
             raise CaptionStoreError(f"{len(missing)} video(s) have no caption in the annotations, "
                                     f"e.g. {missing[0]!r} (format {args.format!r})")
         recs = [CaptionRecord(v, [c], "annotation", f"{args.format} annotations") for v, c in texts.items()]
-        n = write_store(args.out, recs)
-        print(f"{n} videos, {n} captions (annotation) -> {args.out}")
-        return 0
-    pairs = list({vid: cls for vid, cls in videos_with_classes(records, classes)}.items())
-    if args.oracle:
-        recs = oracle_records(pairs, args.template or [ORACLE_TEMPLATE])
     else:
-        table, meta = load_descriptions(args.descriptions)
-        model = str(meta.get("model") or f"file:{Path(args.descriptions).name}")
-        recs = description_records(pairs, table, model)
-    n = write_store(args.out, recs)
-    print(f"{n} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) -> {args.out}")
+        pairs = videos_with_classes(records, classes, args.annotations)
+        if args.oracle:
+            recs = oracle_records(pairs, args.template or [ORACLE_TEMPLATE])
+        else:
+            table, meta = load_descriptions(args.descriptions)
+            model = str(meta.get("model") or f"file:{Path(args.descriptions).name}")
+            recs = description_records(pairs, table, model)
+    added, there, kept = update_store(args.out, recs, rebuild=args.rebuild)
+    counts = f" ({added} added, {there} already there, {kept} other videos kept)" if there or kept else ""
+    print(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
+          f"-> {args.out}{counts}")
     return 0
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.captions.store import merge_stores, read_store, write_store
-
     args = _parse(argv)
+    if args.model:
+        return _run_captioner(args)
+    with hold(args.out, "--out"):
+        return _write_store(args)
+
+
+def _write_store(args: argparse.Namespace) -> int:
+    from tgmae.captions.store import merge_stores, read_store, update_store
+
     if args.merge:
         order = [v.video_id for v in _annotations(args)[0]] if args.annotations else None
         n, ne = merge_parts(args.out, order)
@@ -145,9 +165,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.combine:
         recs = merge_stores([read_store(f).records for f in args.combine], require_all=args.require_all)
-        write_store(args.out, recs)
+        update_store(args.out, recs, rebuild=args.rebuild, keep_others=False)
         print(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
         return 0
-    if args.model:
-        return _run_captioner(args)
     return _run_text_source(args)

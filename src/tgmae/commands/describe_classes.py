@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list, read_done,
+from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list, read_existing,
                                      write_descriptions)
+from tgmae.locks import hold
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -17,6 +18,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                                 description="vision-free class descriptions from an OpenAI-compatible chat endpoint")
     p.add_argument("--classes", required=True, help="text file, one class name per line")
     p.add_argument("--out", required=True, help="descriptions JSON (resumed if it exists)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="replace an existing --out made with another model, prompts, per-prompt or temperature")
     p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", ""),
                    help="endpoint base, e.g. https://api.openai.com/v1 (default: $OPENAI_BASE_URL)")
     p.add_argument("--model", default=os.environ.get("TGMAE_CHAT_MODEL", "gpt-3.5-turbo"), help="chat model name")
@@ -41,19 +44,25 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
+    with hold(args.out, "--out"):
+        return _describe(args)
+
+
+def _describe(args: argparse.Namespace) -> int:
     prompts = tuple(args.prompt or CUPL_PROMPTS)
     out = Path(args.out)
     names = read_class_list(args.classes)
-    done = read_done(out, names)
     client = ChatClient(args.base_url, args.model, args.api_key or os.environ.get(args.api_key_env, ""),
                         timeout=args.timeout, retries=args.retries, backoff=args.backoff)
     meta = {"source": "vision-free", "model": args.model, "base_url": client.url.rsplit("/chat/", 1)[0],
             "prompts": list(prompts), "per_prompt": args.per_prompt, "temperature": args.temperature}
+    existing = read_existing(out, meta, rebuild=args.rebuild)  # classes of other runs are kept, in place
+    done = {c: d for c, d in existing.items() if c in names}
     result = describe_classes(names, client, prompts, args.per_prompt, done,
-                              on_class=lambda r: write_descriptions(out, r, meta),
+                              on_class=lambda r: write_descriptions(out, {**existing, **r}, meta),
                               progress=not args.no_progress, temperature=args.temperature,
                               max_tokens=args.max_tokens)
-    write_descriptions(out, result, meta)
+    write_descriptions(out, {**existing, **result}, meta)
     print(f"{len(result)} classes x {len(prompts) * args.per_prompt} descriptions -> {out} "
           f"({len(done)} were already there)")
     return 0

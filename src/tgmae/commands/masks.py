@@ -15,6 +15,7 @@ from typing import Sequence
 from tgmae.clip.features import MODES
 from tgmae.masking.cache import clear_cache, merge_parts
 from tgmae.masking.precompute import PrecomputeOptions, precompute
+from tgmae.locks import hold, shard_target
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -49,7 +50,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     if args.merge_only:
-        index = merge_parts(args.out)
+        with hold(args.out, "--out"):
+            index = merge_parts(args.out)
         print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
               f"-> {args.out}/index.json")
         return 0
@@ -61,11 +63,17 @@ def main(argv: Sequence[str]) -> int:
         print("tgmae masks: --map-scale > 1 is for dense mode (faithful embeds one crop per patch)", file=sys.stderr)
         return 2
     from tgmae.captions.shard import shard_from_env
+
+    shard = shard_from_env()
+    with hold(shard_target(args.out, shard.rank, shard.world_size), "--out"):  # one writer per cache (rank)
+        return _precompute(args, shard)
+
+
+def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
     from tgmae.data.formats import load_annotations
     from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
 
-    shard = shard_from_env()
     created = init_distributed_if_launched()
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())

@@ -9,6 +9,7 @@ from typing import Sequence
 from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.generate import generate_synthetic_dataset
 from tgmae.data.synthetic.scene import MAX_DISTRACTORS
+from tgmae.locks import hold
 
 
 def main(argv: Sequence[str]) -> int:
@@ -41,15 +42,20 @@ def main(argv: Sequence[str]) -> int:
         if done % every == 0 or done == total:
             print(f"  {done}/{total} videos", flush=True)
 
-    info = generate_synthetic_dataset(
-        args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
-        seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
-        distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
-        static_camera=args.static_camera,
-    )
+    with hold(args.out_dir, "OUT_DIR"):  # one writer per set folder
+        info = _generate(args, progress)
     print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
           f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")
     width = max(len(c) for c in info.classes)
     for k, c in enumerate(info.classes):
         print(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
     return 0
+
+
+def _generate(args: argparse.Namespace, progress):
+    return generate_synthetic_dataset(
+        args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
+        seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
+        distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
+        static_camera=args.static_camera,
+    )

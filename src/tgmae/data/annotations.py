@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ class VideoRecord:
 
     path: str  # absolute path of the video file or frame folder
     label: int  # 0-based class id (EPIC: action id)
-    video_id: str  # key for captions and caches
+    video_id: str  # key for captions and caches, unique within a data set (see `UniqueIds`)
     start_frame: Optional[int] = None  # 0-based first frame of the clip; None = 0
     end_frame: Optional[int] = None  # 0-based, exclusive; None = the video's end
     caption: Optional[str] = None  # text shipped with the annotation (SSv2 label, EPIC narration)
@@ -137,9 +138,48 @@ def json_item_lines(path: Path) -> list[int]:
 
 
 def stem_id(path: str) -> str:
+    """A file's name without its video extension (formats whose official ids are file names)."""
     name = os.path.basename(path.rstrip("/"))
     stem, ext = os.path.splitext(name)
     return stem if ext.lower() in VIDEO_EXTS else name
+
+
+def relative_id(root: Path, path: str) -> str:
+    """A video's id where the format defines none: its path relative to the data root,
+    '/'-separated, without a video extension (`Biking/clip1.avi` -> `Biking/clip1`; a frame folder
+    keeps its name). An absolute path outside the root gives its file name (ids must not change
+    when a data set moves; two such names alike are refused by `UniqueIds`)."""
+    p = path.replace("\\", "/")
+    if os.path.isabs(p):
+        try:
+            p = Path(p).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return stem_id(p)
+    p = posixpath.normpath(p)
+    stem, ext = posixpath.splitext(p)
+    return stem if ext.lower() in VIDEO_EXTS else p
+
+
+class UniqueIds:
+    """Refuses a row whose video id an earlier row of the data set has: captions, similarity maps
+    and every other store are keyed by the id, so two videos under one id would share them."""
+
+    def __init__(self, rows: RowErrors, hint: str = ""):
+        self.rows, self.hint = rows, hint
+        self.first: dict[str, tuple[str, int, str]] = {}
+
+    def add(self, vid: str, file: Path | str, line: int, path: str) -> bool:
+        """True for a new id; else the row is reported (raise or skip, see `RowErrors`)."""
+        prev = self.first.get(vid)
+        if prev is None:
+            self.first[vid] = (str(file), line, path)
+            return True
+        f0, l0, p0 = prev
+        where = f"line {l0}" if f0 == str(file) else f"{f0}:{l0}"
+        what = "the same video" if p0 == path else f"{p0} and {path}"
+        self.rows.bad(file, line, f"video id {vid!r} already on {where} ({what}); captions and caches are "
+                                  f"keyed by the id, so each row needs its own{self.hint}")
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +189,9 @@ def stem_id(path: str) -> str:
 
 def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """`path,label[,caption]` CSV with a header, or JSONL objects with the same keys.
+
+    Ids: the `video_id` column, else the path relative to `root` without its extension
+    (`relative_id`); an id twice is a bad row naming both.
 
     Labels are ints, or class names looked up in `classes.txt` (next to the file or in root;
     one name per line, line order = id); without that file, names are numbered in sorted order.
@@ -186,6 +229,7 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
             log.warning("%s: class names without a classes.txt are numbered in sorted order of this "
                         "file only; add classes.txt so every split shares the ids", ann)
     records: list[VideoRecord] = []
+    ids = UniqueIds(rows, " (give the rows distinct values in a video_id column)")
     for line, obj in raw:
         path = str(obj.get("path") or "").strip()
         if not path:
@@ -209,7 +253,9 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
         caption = obj.get("caption")
         caption = str(caption) if caption not in (None, "") else None
         full = path if os.path.isabs(path) else str(root / path)
-        vid = str(obj.get("video_id") or "").strip() or stem_id(path)
+        vid = str(obj.get("video_id") or "").strip() or relative_id(root, path)
+        if not ids.add(vid, ann, line, path):
+            continue
         records.append(VideoRecord(full, label, vid, start, end, caption))
     if classes is None:
         n = max((r.label for r in records), default=-1) + 1
@@ -225,10 +271,17 @@ def _opt_int(v, ann: Path, line: int, what: str, rows: RowErrors):
     return False if r is None else r
 
 
+def unnamed_classes(class_names: list[str]) -> bool:
+    """True when the names are only the numbers "0".."N-1": the annotations carried no class names
+    (no classes.txt, a vocabulary file missing), so nothing that needs names may use them."""
+    return bool(class_names) and all(c == str(i) for i, c in enumerate(class_names))
+
+
 def read_classes(path: Path) -> Optional[list[str]]:
     if not path.is_file():
         return None
     return [t for _, t in read_lines(path)]
 
 
-__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "read_generic", "VIDEO_EXTS"]
+__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "UniqueIds", "read_generic", "relative_id",
+           "unnamed_classes", "VIDEO_EXTS"]

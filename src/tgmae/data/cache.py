@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tgmae.atomic import OutputError, atomic_path, atomic_write_text, check_writable
+from tgmae.atomic import OutputError, atomic_path, atomic_write_text, check_writable, remove_stale_temps
 from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
@@ -260,9 +260,11 @@ def _read_meta(meta_path: Path) -> Optional[dict]:
 def build_disk_cache(records: Sequence[VideoRecord], cache_dir: str | Path, *, threads: int = 1,
                      workers: int = 1) -> ClipCache:
     """Open `<cache_dir>/<key>.u8` (+ `.json`) when its metadata matches this key's inputs;
-    otherwise decode every video into it (written to a temporary name, then renamed)."""
+    otherwise decode every video into it (written to a temporary name, then renamed). Temp files
+    of builds killed on this host are removed first (`remove_stale_temps`)."""
     key, inputs = cache_key(records)
     folder = Path(cache_dir)
+    remove_stale_temps(folder)
     data_path, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
     meta = _read_meta(meta_path)
     if meta is not None and meta.get("inputs") != inputs:

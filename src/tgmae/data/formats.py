@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tgmae.data.annotations import (
-    AnnotationError, RowErrors, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
-    read_classes, read_generic, read_lines, stem_id, subset_kind,
+    AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
+    read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
 )
+
+# Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
+_K400_NAME = re.compile(r".+_\d{6}_\d{6}")
+_UCF101_NAME = re.compile(r"v_[A-Za-z0-9]+_g\d+_c\d+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,6 +48,7 @@ def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[Vi
     classes = _k400_classes(ann, raw)
     by_name = {c: i for i, c in enumerate(classes)}
     records = []
+    ids = UniqueIds(rows)
     for line, r in raw:
         yid, label = r.get("youtube_id", ""), r.get("label", "")
         if not yid or not label:
@@ -57,6 +62,8 @@ def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[Vi
             rows.bad(ann, line, f"label {label!r} not in classes.txt")
             continue
         name = f"{yid}_{s:06d}_{e:06d}"
+        if not ids.add(name, ann, line, name):
+            continue
         path = first_existing(root, [name + ".mp4", f"{label}/{name}.mp4",
                                       f"{label.replace(' ', '_')}/{name}.mp4", name + ".mkv", name + ".webm"])
         records.append(VideoRecord(path, by_name[label], name))
@@ -82,8 +89,14 @@ def _k400_classes(ann: Path, raw: list) -> list[str]:
 
 
 def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
-    """VideoMAE's lists: `path label` (space separated; the path may itself contain spaces)."""
+    """VideoMAE's lists: `path label` (space separated; the path may itself contain spaces). Ids:
+    the file name when it is an official Kinetics clip name, else the root-relative path. Class
+    names: `classes.txt` (one per line, line order = label) beside the list or in the root; without
+    one the classes are numbered "0".."N-1" (`unnamed_classes`)."""
+    names_file = next((p for p in (ann.parent / "classes.txt", root / "classes.txt") if p.is_file()), None)
+    names = read_classes(names_file) if names_file else None
     records = []
+    ids = UniqueIds(rows)
     for line, text in read_lines(ann):
         parts = text.rsplit(None, 1)
         if len(parts) != 2:
@@ -92,12 +105,17 @@ def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[V
         label = parse_int(parts[1], ann, line, "label", rows)
         if label is None:
             continue
-        if label < 0:
-            rows.bad(ann, line, f"label {label} is negative")
+        if label < 0 or (names is not None and label >= len(names)):
+            why = "is negative" if label < 0 else f"out of range [0, {len(names)}) of {names_file}"
+            rows.bad(ann, line, f"label {label} {why}")
             continue
         path = parts[0]
         full = path if os.path.isabs(path) else str(root / path)
-        records.append(VideoRecord(full, label, stem_id(path)))
+        vid = stem_id(path) if _K400_NAME.fullmatch(stem_id(path)) else relative_id(root, path)
+        if ids.add(vid, ann, line, path):
+            records.append(VideoRecord(full, label, vid))
+    if names is not None:
+        return records, names
     n = max((r.label for r in records), default=-1) + 1
     return records, [str(i) for i in range(n)]
 
@@ -123,11 +141,14 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
         classes[i] = name
     line_of = json_item_lines(data_file)
     records = []
+    seen = UniqueIds(rows)
     for n, it in enumerate(items):
         line = line_of[n] if n < len(line_of) else 0
         vid = str(it.get("id", "")).strip()
         if not vid:
             rows.bad(data_file, line, "item without id")
+            continue
+        if not seen.add(vid, data_file, line, vid):
             continue
         template = it.get("template")
         if template is None:  # test.json: ids only, no labels
@@ -166,6 +187,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     kind = subset_kind(subset)
     list_file = ann if ann.is_file() else folder / f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt"
     records = []
+    ids = UniqueIds(rows)
     for line, text in read_lines(list_file):
         parts = text.split()
         rel = parts[0]
@@ -181,14 +203,17 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
             if given - 1 != label:
                 rows.bad(list_file, line, f"label {given} disagrees with class folder {folder_name!r}")
                 continue
-        records.append(VideoRecord(str(root / rel), label, stem_id(rel)))
+        vid = stem_id(rel) if _UCF101_NAME.fullmatch(stem_id(rel)) else relative_id(root, rel)
+        if ids.add(vid, list_file, line, rel):
+            records.append(VideoRecord(str(root / rel), label, vid))
     return records, classes
 
 
 def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`testTrainMulti_7030_splits/<class>_test_split<N>.txt`: `name.avi 1` (1 train, 2 test,
-    0 unused). Videos are `{root}/<class>/<name>.avi`; classes in sorted order."""
+    0 unused). Videos are `{root}/<class>/<name>.avi`; classes in sorted order; ids are the names
+    (as the split files give them), a name twice is refused."""
     folder = ann if ann.is_dir() else ann.parent
     pat = re.compile(rf"^(.+)_test_split{split}\.txt$")
     files = sorted(p for p in folder.iterdir() if pat.match(p.name))
@@ -197,13 +222,14 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     classes = [pat.match(p.name).group(1) for p in files]
     want = 1 if subset_kind(subset) == "train" else 2
     records = []
+    ids = UniqueIds(rows)
     for label, (cls, f) in enumerate(zip(classes, files)):
         for line, text in read_lines(f):
             parts = text.split()
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 rows.bad(f, line, "expected `name.avi 0|1|2`")
                 continue
-            if int(parts[1]) == want:
+            if int(parts[1]) == want and ids.add(stem_id(parts[0]), f, line, f"{cls}/{parts[0]}"):
                 records.append(VideoRecord(str(root / cls / parts[0]), label, stem_id(parts[0])))
     return records, classes
 
@@ -228,6 +254,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     classes = [" ".join(v) for v in load_json(vocab_file)] if vocab_file else None
     line_of = json_item_lines(data_file)
     records = []
+    ids = UniqueIds(rows)
     for n, it in enumerate(items):
         line = line_of[n] if n < len(line_of) else 0
         name = it.get("vid_name")
@@ -243,7 +270,8 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
             rows.bad(data_file, line, f"end_frame {end} <= start_frame {start}")
             continue
         path = first_existing(root, [f"rgb/{name}.mp4", f"{name}.mp4"])
-        records.append(VideoRecord(path, label, name, start, end))
+        if ids.add(name, data_file, line, name):
+            records.append(VideoRecord(path, label, name, start, end))
     if classes is None:
         classes = [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
     return records, classes
@@ -274,7 +302,10 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     for r in base:
         names.setdefault((r.verb, r.noun), r.name)
     records = []
+    ids = UniqueIds(rows)
     for r in parsed:
+        if not ids.add(r.uid, data_file, r.line, f"{r.video}[{r.start}:{r.stop}]"):
+            continue
         if (r.verb, r.noun) not in action_of:
             rows.bad(data_file, r.line, f"(verb {r.verb}, noun {r.noun}) pair does not occur in {train_file.name}")
             continue

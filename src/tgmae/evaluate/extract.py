@@ -52,10 +52,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tgmae.atomic import atomic_path, atomic_write_text
-from tgmae.data.transforms import center_crop_box, crop_resize, normalize
+from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
+from tgmae.locks import hold, shard_target
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -129,7 +130,7 @@ def frame_seconds(path: str | os.PathLike, info: VideoInfo) -> np.ndarray:
 def preprocess(frames: np.ndarray, spec: ExtractSpec) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float32 [3, T, S, S] normalised (S = spec.image_size)."""
     _, h, w, _ = frames.shape
-    box = center_crop_box(h, w) if spec.spatial == "center_crop" else (0, 0, h, w)
+    box = spatial_view_boxes(h, w, 1)[0] if spec.spatial == "center_crop" else (0, 0, h, w)
     return normalize(crop_resize(frames, box, spec.image_size), spec.mean, spec.std)
 
 
@@ -254,11 +255,19 @@ def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out
                       device: Optional[torch.device] = None, progress: bool = False) -> ExtractSummary:
     """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
     rank, rank + world, ... and skips those already finished. An unreadable video (any
-    `VideoError`, or too short) gets no rows and is listed; the others are unaffected."""
+    `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
+    process extracting into the folder as the same rank is refused (`tgmae.locks`)."""
+    with hold(shard_target(out_dir, rank, world), "output folder"):
+        return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress)
+
+
+def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, spec: ExtractSpec,
+             encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool
+             ) -> ExtractSummary:
     from tgmae.data.frame_index import VideoError
 
-    out = Path(out_dir)
     m = manifest(videos, spec, encoder_digest)
+    remove_stale_temps(out)  # shards of a killed run
     _claim_folder(out, m)
     key = _manifest_key(m)
     was_training = encoder.training

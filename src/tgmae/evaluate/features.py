@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tgmae.atomic import atomic_path
+from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.distributed import rank_world
 from tgmae.evaluate.sharded import all_gather_objects, default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
@@ -106,6 +106,7 @@ def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
 def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, inputs: dict) -> Path:
     from safetensors.torch import save_file
 
+    remove_stale_temps(path.parent)  # of writes killed before their rename
     with atomic_path(path) as tmp:
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
                   metadata={"inputs": json.dumps(inputs, sort_keys=True)})

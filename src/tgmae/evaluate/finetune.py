@@ -30,6 +30,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -197,6 +198,7 @@ class FinetuneResult:
     test: Optional[ClassificationResult]  # multi-view test; None without a test set
 
 
+@locks_run_folder
 def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
              val_data: Optional[Dataset] = None, test_data: Optional[Dataset] = None,
              num_classes: Optional[int] = None) -> FinetuneResult:

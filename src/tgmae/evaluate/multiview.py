@@ -31,6 +31,7 @@ from tgmae.evaluate.classes import align_classes, data_class_count
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -180,6 +181,7 @@ def video_ids(dataset: Dataset, index: torch.Tensor) -> list[str]:
     return [str(getattr(records[i], "video_id", i)) for i in rows]
 
 
+@locks_run_folder
 def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 

@@ -45,6 +45,7 @@ from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -284,6 +285,7 @@ def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val
     return classes.order[labels.long()] if len(labels) else labels
 
 
+@locks_run_folder
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                  val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
                  cache_dir: Optional[str | Path] = None) -> ProbeResult:

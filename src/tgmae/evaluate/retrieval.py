@@ -36,6 +36,7 @@ from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
 from tgmae.weights.files import CheckpointError
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -201,6 +202,7 @@ def caption_relevance(video_ids: Sequence[str], provider: Any) -> torch.Tensor:
     return rel
 
 
+@locks_run_folder
 def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional[Dataset] = None,
                        *, mode: Optional[str] = None, progress: bool = True) -> RetrievalResult:
     """Retrieval on `data.val_annotations` (or `dataset`) with `cfg.model.pretrained` (or `model`).

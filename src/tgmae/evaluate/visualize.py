@@ -206,10 +206,11 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     encoder.load_state_dict(src.encoder)
     dataset = _dataset(cfg, subset, video)
     sample = _sample(dataset, index, video, subset)
-    name = f"attention_{sample.get('video_id', index)}"
+    vid = str(sample.get("video_id", index))
+    name = "attention_" + vid.replace("/", "_")  # ids may hold folders
     depth = arch.depth
-    title = (f"{sample.get('video_id', index)}: attention of the centre patch, block {layer % depth + 1}/{depth} "
-             f"(head mean); {cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
+    title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
+             f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
     return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, _out(cfg, out),
                              layer=layer, name=name, title=title)

@@ -25,21 +25,20 @@ tube/random masking. Same masked count in every slice and sample; deterministic 
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 
 from tgmae.data.seen import SeenVideos
-from tgmae.mask_contract import MaskContext, masked_per_slice
+from tgmae.mask_contract import MaskContext
 from tgmae.masking.motion import (
     codec_token_motion, fill_from_nearest, frame_difference, gaussian_smooth, has_codec_motion,
 )
-from tgmae.masking.select import select_per_slice
+from tgmae.masking.select import ScoredMask
 
 log = logging.getLogger(__name__)
 
 
-class MotionGuidedMask:
+class MotionGuidedMask(ScoredMask):
     """MGM generator: (MaskContext with `motion` and/or `frames`, generator) -> [N] bool.
 
     ratio: masked fraction (0.75 in the TGM paper's comparison). motion_source: "codec" (falls
@@ -48,8 +47,6 @@ class MotionGuidedMask:
     counts as static. compensate_camera: subtract each frame's median vector. ratio and
     motion_source as validated by `MaskingConfig` (not checked again).
     """
-
-    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["mgm"]
 
     def __init__(
         self, ratio: float = 0.75, motion_source: str = "codec", sigma: float = 1.0,
@@ -98,10 +95,6 @@ class MotionGuidedMask:
         """[T', H', W'] motion score of each token of the augmented clip."""
         motion, _ = self.token_motion(ctx)
         return self.slice_scores(motion, ctx.grid)
-
-    def __call__(self, ctx: MaskContext, generator: Optional[torch.Generator]) -> torch.Tensor:
-        t, h, w = ctx.grid
-        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, "top", generator)
 
     def __repr__(self) -> str:
         return (f"MotionGuidedMask(ratio={self.ratio}, motion_source={self.motion_source!r}, "

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from tgmae.atomic import remove_stale_temps
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, part_file, read_parts, write_entry,
@@ -104,6 +105,7 @@ def precompute(
     from tgmae.data.video import VideoError
 
     out = Path(out)
+    remove_stale_temps(out / "maps")  # maps of a killed run
     records = read_store(captions_file).records
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)

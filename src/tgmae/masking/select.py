@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tgmae.mask_contract import num_masked
+from tgmae.mask_contract import MaskContext, masked_per_slice, num_masked
 
 def select_per_slice(
     scores: torch.Tensor, ratio: float, select: str = "top",
@@ -46,6 +46,19 @@ def select_per_slice(
     return torch.from_numpy(mask.reshape(-1))
 
 
+class ScoredMask:
+    """Base of the per-sample content-guided generators (TGM, MGM): a subclass gives
+    `scores(ctx)` -> [T', H', W'] and `ratio` (and `select`, "top" unless it sets it)."""
+
+    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["tgm"] / ["mgm"]
+    select = "top"
+
+    def __call__(self, ctx: MaskContext, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """[N] bool, True = masked: the `select_per_slice` choice of each slice's scores."""
+        t, h, w = ctx.grid
+        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, self.select, generator)
+
+
 def select_batch_per_slice(
     scores: torch.Tensor, ratio: float, select: str = "top",
     generator: Optional[torch.Generator] = None,
@@ -74,4 +87,4 @@ def topk_iou(scores_a: torch.Tensor, scores_b: torch.Tensor, ratio: float, selec
     return float((inter / union).mean())
 
 
-__all__ = ["select_batch_per_slice", "select_per_slice", "topk_iou"]
+__all__ = ["ScoredMask", "select_batch_per_slice", "select_per_slice", "topk_iou"]

@@ -32,21 +32,19 @@ from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.cache import CacheEntry, CacheMismatchError, SimilarityCache
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
-from tgmae.masking.select import select_batch_per_slice, select_per_slice
+from tgmae.masking.select import ScoredMask, select_batch_per_slice
 
 log = logging.getLogger(__name__)
 
 MATCH_MIN_COSINE = 0.99  # a sample's caption embedding must be this close to a cached caption's
 
 
-class CachedTGMMask:
+class CachedTGMMask(ScoredMask):
     """TGM from an offline similarity cache: resample + top-k per slice, no CLIP call.
 
     cache: a `SimilarityCache` or its directory. caption: "drawn" | "mean" (module docstring).
     ratio, select, tubelet_frame, caption: as validated by `MaskingConfig` (not checked again).
     """
-
-    masked_count = staticmethod(masked_per_slice)  # tgmae.mask_contract.MASKED_COUNT["tgm"]
 
     def __init__(
         self, cache: SimilarityCache | str, ratio: float = 0.6, select: str = "top",
@@ -120,10 +118,6 @@ class CachedTGMMask:
             )
         return resample_to_tokens(maps, entry.frames, ctx.frame_indices, crop, ctx.grid, self.tubelet_frame)
 
-    def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
-        t, h, w = ctx.grid
-        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, self.select, generator)
-
     def __repr__(self) -> str:
         return (f"CachedTGMMask(ratio={self.ratio}, select={self.select!r}, tubelet_frame="
                 f"{self.tubelet_frame!r}, caption={self.caption!r}, cache={str(self.cache.root)!r})")
@@ -167,7 +161,7 @@ class _ClipInTheLoop:
         self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
 
 
-class OnlineTGMMask(_ClipInTheLoop):
+class OnlineTGMMask(_ClipInTheLoop, ScoredMask):
     """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
 
     Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
@@ -180,10 +174,6 @@ class OnlineTGMMask(_ClipInTheLoop):
         text = _require_text(ctx.text_embedding, self.scorer, ctx.video_id)
         frames01 = frames_to_unit(ctx.frames, self.data_mean, self.data_std)
         return _slice_scores(self.scorer, frames01, text[None], ctx.grid, self.tubelet_frame)[0].cpu()
-
-    def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
-        t, h, w = ctx.grid
-        return select_per_slice(self.scores(ctx).reshape(t, h * w), self.ratio, self.select, generator)
 
     def __repr__(self) -> str:
         return (f"OnlineTGMMask(mode={self.scorer.mode!r}, ratio={self.ratio}, select={self.select!r}, "

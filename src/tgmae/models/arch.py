@@ -41,25 +41,26 @@ class VideoMAEArch:
             with them first, exactly as VideoMAE does with the ImageNet statistics.
     """
 
+    # grouped encoder / input / decoder / numerics (to_json sorts the keys: the order is free)
     embed_dim: int = 128
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    encoder_norm: bool = True
     patch_size: int = 16
     tubelet_size: int = 2
     num_frames: int = 16
     image_size: int = 224
     in_chans: int = 3
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: tuple[float, ...] = IMAGENET_STD
     decoder_dim: int = 64
     decoder_depth: int = 2
     decoder_heads: int = 2
+    decoder_norm_eps: Optional[float] = None
     drop_path: float = 0.0
     norm_pix_loss: bool = True
     layer_norm_eps: float = 1e-6
-    decoder_norm_eps: Optional[float] = None
-    encoder_norm: bool = True
-    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
-    pixel_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
@@ -68,20 +69,10 @@ class VideoMAEArch:
                      "image_size", "in_chans", "decoder_dim", "decoder_depth", "decoder_heads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VideoMAEArch.{name}={getattr(self, name)}: must be > 0")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
-        if self.decoder_dim % self.decoder_heads:
-            raise ValueError(
-                f"decoder_dim={self.decoder_dim} is not divisible by decoder_heads={self.decoder_heads}"
-            )
-        if self.num_frames % self.tubelet_size:
-            raise ValueError(
-                f"num_frames={self.num_frames} is not divisible by tubelet_size={self.tubelet_size}"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
-            )
+        for whole, part in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads"),
+                            ("num_frames", "tubelet_size"), ("image_size", "patch_size")):
+            if getattr(self, whole) % getattr(self, part):
+                raise ValueError(f"{whole}={getattr(self, whole)} is not divisible by {part}={getattr(self, part)}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"drop_path={self.drop_path}: must be in [0, 1)")
         if len(self.pixel_mean) != self.in_chans or len(self.pixel_std) != self.in_chans:
@@ -184,23 +175,14 @@ def _size_from_config(model_cfg: Any) -> dict[str, Any]:
     return size
 
 
-def arch_from_config(
-    model_cfg: Any,
-    num_frames: int,
-    image_size: int,
-    pixel_mean: Optional[tuple[float, ...]] = None,
-    pixel_std: Optional[tuple[float, ...]] = None,
-) -> VideoMAEArch:
+def arch_from_config(model_cfg: Any, num_frames: int, image_size: int, pixel_mean: Optional[tuple[float, ...]] = None,
+                     pixel_std: Optional[tuple[float, ...]] = None) -> VideoMAEArch:
     """`ModelConfig` (validated: its preset is a known one) + clip geometry -> `VideoMAEArch`.
 
     Pass the data pipeline's mean/std when they differ from ImageNet, so the target matches
     VideoMAE's.
     """
-    extra: dict[str, Any] = {}
-    if pixel_mean is not None:
-        extra["pixel_mean"] = tuple(pixel_mean)
-    if pixel_std is not None:
-        extra["pixel_std"] = tuple(pixel_std)
+    extra = {k: tuple(v) for k, v in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)) if v is not None}
     return VideoMAEArch(
         **_size_from_config(model_cfg),
         patch_size=model_cfg.patch_size,

@@ -66,9 +66,8 @@ class VideoClassifier(nn.Module):
 
     def layer_id(self, name: str) -> int:
         """Layer-wise lr decay id: 0 embedding, i + 1 block i, depth + 1 encoder norm / fc_norm / head."""
-        if name.startswith("encoder."):
-            return self.encoder.layer_id(name[len("encoder."):])
-        return self.arch.depth + 1
+        inner = name.removeprefix("encoder.")
+        return self.encoder.layer_id(inner) if inner != name else self.arch.depth + 1
 
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}

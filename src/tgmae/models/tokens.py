@@ -33,11 +33,6 @@ def mask_to_indices(mask: torch.Tensor, num_tokens: int) -> TokenSplit:
     return TokenSplit(order[:, :n_vis], order[:, n_vis:])
 
 
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, N, D], idx [B, n] -> [B, n, D]."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Shared table [N, D], idx [B, n] -> [B, n, D] (e.g. position embeddings per sample)."""
     return table[idx]
@@ -62,4 +57,4 @@ def token_pixels(video: torch.Tensor, tubelet: int, patch: int,
     return rows.index_select(0, flat).view(B, idx.shape[1], k)
 
 
-__all__ = ["TokenSplit", "mask_to_indices", "gather_tokens", "gather_rows", "token_pixels"]
+__all__ = ["TokenSplit", "mask_to_indices", "gather_rows", "token_pixels"]

@@ -145,11 +145,6 @@ class VideoTextPretrainer(nn.Module):
         text_projection: learnable Linear(Dt, proj_dim, no bias) on the frozen text embedding.
             Off, the text embedding is used as is, so Dt must equal proj_dim (else ValueError).
         hidden_dim: projection head hidden width; None = the encoder width D.
-        text_norm: BatchNorm (no affine, global batch) on the projected text embedding, as the
-            video head's output BN: removes the component all captions share (a frozen text
-            encoder can give class names a pairwise cosine near 1; field notes). Measured with a
-            learnt text projection it changed nothing at small scale (docs/sanity.md), so off by
-            default.
         view_ratio: None (default, the paper's): InfoNCE pools the one MAE encoder pass's visible
             tokens. A float in [0, 1): InfoNCE pools a second encoder pass over a lighter-masked
             view - the MAE mask with random masked tokens uncovered until only `view_ratio` of
@@ -164,8 +159,7 @@ class VideoTextPretrainer(nn.Module):
     def __init__(self, mae: VideoMAEPretrainer, text_dim: int, *, objective: str = "mae",
                  weight: float = 1.0, temperature: float = 0.07, learnable_temperature: bool = False,
                  proj_dim: int = 256, text_projection: bool = False,
-                 hidden_dim: Optional[int] = None, text_norm: bool = False,
-                 view_ratio: Optional[float] = None) -> None:
+                 hidden_dim: Optional[int] = None, view_ratio: Optional[float] = None) -> None:
         super().__init__()
         if not text_projection and text_dim != proj_dim:
             raise ValueError(
@@ -182,10 +176,9 @@ class VideoTextPretrainer(nn.Module):
         d = mae.arch.embed_dim
         self.video_head = ProjectionHead(d, hidden_dim or d, proj_dim)
         self.text_proj = nn.Linear(text_dim, proj_dim, bias=False) if text_projection else nn.Identity()
-        self.text_norm = GlobalBatchNorm1d(proj_dim, affine=False) if text_norm else nn.Identity()
         self.nce = InfoNCE(temperature, learnable_temperature)
         if objective == "mae":
-            for module in (self.video_head, self.text_proj, self.text_norm, self.nce):
+            for module in (self.video_head, self.text_proj, self.nce):
                 module.requires_grad_(False)
         elif objective == "contrastive":
             for p in self.decoder_parameters():
@@ -207,9 +200,8 @@ class VideoTextPretrainer(nn.Module):
         return self.video_head(latent.mean(dim=1))
 
     def embed_text(self, text_embedding: torch.Tensor) -> torch.Tensor:
-        """[B, Dt] frozen text embedding -> [B, proj_dim]: text_projection, then text_norm
-        (identity when both are off)."""
-        return self.text_norm(self.text_proj(text_embedding.float()))
+        """[B, Dt] frozen text embedding -> [B, proj_dim]: text_projection (identity when off)."""
+        return self.text_proj(text_embedding.float())
 
     def forward_contrastive(
         self, latent: torch.Tensor, text_embedding: torch.Tensor, caption_id: Optional[torch.Tensor]

@@ -49,7 +49,7 @@ def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_
 
 def _split_ids(annotations: Path) -> list[str]:
     with open(annotations, newline="") as f:
-        return [Path(row["path"]).stem for row in csv.DictReader(f)]
+        return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]
 
 
 def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv",

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tgmae.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from tgmae.config import ConfigError, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.report import RECON_CHECK_DIR
 
@@ -46,9 +46,7 @@ PHASES_FILE = Path(__file__).resolve().parents[3] / "configs" / "study_phases.ya
 def load_phases(path: Path = PHASES_FILE) -> dict[str, Any]:
     """{"maskings": {name: [override, ...]}, "pretrain" / "probe" / "finetune": [override, ...]}
     from `path`. ConfigError names the file and the entry that is not a list of strings."""
-    import yaml
-
-    phases = yaml.safe_load(Path(path).read_text())
+    phases = read_yaml(path)
     lists = [("pretrain", phases.get("pretrain")), ("probe", phases.get("probe")), ("finetune", phases.get("finetune"))]
     lists += [(f"maskings.{k}", v) for k, v in (phases.get("maskings") or {}).items()]
     for key, value in lists:
@@ -573,13 +571,17 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     return paths.report(study.variant)
 
 
-def _init_worker(threads: int, log_queue, log_level: int) -> None:
-    """A spawned cell process: its torch threads, and its log records sent to the parent, whose
-    handlers (the command's one logging set-up, `tgmae.cli.main`) write them."""
+def _init_worker(threads: int, log_queue, log_level: int, parent_pid: int) -> None:
+    """A spawned cell process: it ends with its parent (`tgmae.lifetime`, kill -9 included), its
+    torch threads, and its log records sent to the parent, whose handlers (the command's one
+    logging set-up, `tgmae.cli.main`) write them."""
     import logging.handlers
 
     import torch
 
+    from tgmae.lifetime import end_with_parent
+
+    end_with_parent(parent_pid)
     torch.set_num_threads(threads)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
@@ -610,7 +612,7 @@ def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quic
     try:
         return _run_pool(study, paths, cells, order, quick, clip_later,
                          ProcessPoolExecutor(study.jobs, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(threads, log_queue, root.getEffectiveLevel())))
+                                             initargs=(threads, log_queue, root.getEffectiveLevel(), os.getpid())))
     finally:
         listener.stop()
 

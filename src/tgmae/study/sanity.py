@@ -1,49 +1,50 @@
 """Learning sanity checks: does each objective learn on data where it must? (issue 14)
 
-Small, CPU-budgeted runs on synthetic clips rendered straight to memory (no codec, no
-DataLoader), so a check measures the objective, not the data path:
-- `train_supervised`: the tiny ViT + linear head, cross-entropy from scratch (the reference).
-- `pretrain`: MAE, video-text InfoNCE against fixed per-class ("oracle") text vectors, or both,
-  with the library's own `VideoMAEPretrainer` / `VideoTextPretrainer`.
-- `linear_probe`: logistic regression on the frozen encoder's mean-pooled features.
+Small CPU runs on synthetic clips rendered straight to memory (no codec, no video files), so a
+check measures the objective, not the data path. Every run is a `tgmae.config.RunConfig`
+(`sanity_config`: the harness's defaults under `key=value` overrides) trained by the library's
+loop (`tgmae.train.loop.Trainer`) with the library's tasks, models, masks and optimizer:
+- `train_supervised`: `FinetuneTask` from scratch, cross-entropy (the reference).
+- `pretrain`: `PretrainTask` (MAE, video-text InfoNCE against fixed per-class "oracle" text
+  vectors, or both); `OracleCaptions` stands in for the caption embeddings.
+- `linear_probe`: the library's logistic regression (`tgmae.evaluate.logistic`) on the frozen
+  encoder's mean-pooled features.
 - `patch_mean_mse` (from `tgmae.models.target`): the masked MSE of predicting every masked
   token's true per-channel mean colour, the bar MAE must go under to have learnt more than patch
   means; `visible_mean_mse` and `copy_mse` (the same place in the nearest time slice): baselines
   that need no learning. All in pixels ([0, 1]); `pixel_mse` puts a norm_pix_loss model's error
   in the same units.
 The study's reconstruction check (`tgmae.study.recon_check`) is one of these runs with a fixed
-recipe.
-
-Built on the library's model (`VideoMAEPretrainer`, `VideoTextPretrainer`, `VideoClassifier`),
-target and baselines (`tgmae.models.target`) and optimizer (`tgmae.train.optim`). The step loop
-(`_loop`) is this harness's own: a budget in CPU seconds, clips in memory, and one seeded
-generator drawing the data order, shifts and masks, which the documented numbers were made with.
-
-Budgets are CPU seconds of this process (`time.process_time`; run with 1 torch thread), so a
-figure does not depend on what else shares the machine. `benchmarks/sanity.py` runs the full
-checks and writes the figures of docs/sanity.md; tests/test_study_sanity.py the fast ones.
+recipe. Runs are fixed step counts (`train.max_steps`), so their numbers do not depend on what
+else shares the machine; `cpu_s` reports this process's CPU seconds (run with 1 torch thread).
+`benchmarks/sanity.py` runs the full checks and writes the figures of docs/sanity.md;
+tests/test_study_sanity.py the fast ones.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
+from tgmae.config import RunConfig, load_config
 from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
-from tgmae.models.arch import PRESETS, VideoMAEArch
-from tgmae.models.classifier import VideoClassifier, classifier_arch
+from tgmae.mask_contract import MaskContext
+from tgmae.masking import build_mask_generator
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.models.target import masked_pixel_mse, patch_mean_mse, pixel_target
 from tgmae.models.tokens import mask_to_indices
-from tgmae.models.video_text import VideoTextPretrainer
+from tgmae.train.loop import StepOutput
+from tgmae.train.pretrain import PretrainTask, mae_part
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -102,23 +103,123 @@ def to_input(clips: torch.Tensor, shift: int = 0, generator: Optional[torch.Gene
     return x
 
 
-def tube_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, N] bool, True = masked: one random spatial mask per clip repeated over time (tube)."""
-    t, h, w = grid
-    n_masked = int(round(ratio * h * w))
-    order = torch.rand(batch, h * w, generator=generator).argsort(dim=1)
-    plane = torch.zeros(batch, h * w, dtype=torch.bool)
-    plane.scatter_(1, order[:, :n_masked], True)
-    return plane.repeat(1, t)
+def make_masks(cfg: RunConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, N] bool (True = masked): one mask per clip from the library's generator of cfg.masking
+    (random | tube), on cfg's token grid."""
+    make = build_mask_generator(cfg.masking)
+    return torch.stack([make(MaskContext(cfg.token_grid), generator) for _ in range(batch)])
 
 
-def random_masks(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, N] bool, True = masked: round(ratio * N) tokens per clip drawn uniformly over space and
-    time (VideoMAE's "random" masking; unlike a tube, a token hidden at time t may show at t+1)."""
-    n = grid[0] * grid[1] * grid[2]
-    order = torch.rand(batch, n, generator=generator).argsort(dim=1)
-    mask = torch.zeros(batch, n, dtype=torch.bool)
-    return mask.scatter_(1, order[:, :int(round(ratio * n))], True)
+class ClipSet(Dataset):
+    """In-memory clips as the library's training items: {"video": float [3, T, H, W] (`to_input`,
+    shifted by up to `shift` px), "label", "caption_id" (= label: its class's oracle text), "index",
+    and with `masking` (a RunConfig) "mask": [N] bool, True = masked}. Shift and mask come from a
+    generator seeded by (seed, epoch, index) (`tgmae.data.dataset.sample_generator`), as
+    `VideoDataset` seeds its samples; the loop calls `set_epoch`.
+    clips uint8 [N, T, H, W, 3], labels int64 [N]."""
+
+    def __init__(self, clips: torch.Tensor, labels: torch.Tensor, *, shift: int = 0, seed: int = 0,
+                 masking: Optional[RunConfig] = None):
+        self.clips, self.labels, self.shift, self.seed = clips, labels, shift, seed
+        self.make_mask = build_mask_generator(masking.masking) if masking is not None else None
+        self.grid = masking.token_grid if masking is not None else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from tgmae.data.dataset import sample_generator
+
+        g = sample_generator(self.seed, self.epoch, i, 0)
+        label = self.labels[i]
+        item = {"video": to_input(self.clips[i:i + 1], self.shift, g)[0], "label": label, "caption_id": label,
+                "index": i}
+        if self.make_mask is not None:
+            item["mask"] = self.make_mask(MaskContext(self.grid), g)
+        return item
+
+
+# The harness's settings (docs/sanity.md): the micro preset (64 wide, 2 blocks; decoder 32 x 1) on
+# 12 px patches, raw-pixel target, tube .75, batch 16, AdamW lr 1e-3 held constant after 20 warmup
+# steps (optim.min_lr = optim.lr), wd .05 (biases, norms and tokens excluded, as the library
+# groups them), no gradient clipping; fp32 on the CPU, no run-folder extras.
+HARNESS: dict[str, dict[str, Any]] = {
+    "data": {"mean": list(MEAN), "std": list(STD), "num_workers": 0},
+    "model": {"preset": "micro", "patch_size": 12, "norm_pix_loss": False},
+    "masking": {"name": "tube", "ratio": 0.75},
+    "contrastive": {"proj_dim": 64},
+    "optim": {"lr": 1e-3, "warmup_lr": 0.0, "weight_decay": 0.05, "clip_grad": None},
+    "train": {"batch_size": 16, "device": "cpu", "precision": "fp32", "attention": "sdpa"},
+    "checkpoint": {"every_steps": 10**9, "keep_last": 1, "resume": ""},
+    "log": {"progress": False, "tensorboard": False},
+    "eval": {"label_smoothing": 0.0, "head_init_scale": 1.0},
+}
+
+
+def sanity_config(overrides: Sequence[str], *, num_train: int, frames: int, size: int, steps: int,
+                  warmup_steps: int = 20, evals: int = 0, output_dir: str = "") -> RunConfig:
+    """The RunConfig of a `steps`-step sanity run on num_train clips of `frames` x size x size:
+    `HARNESS` < `overrides` (`section.key=value`, e.g. "optim.lr=3e-3"), then what follows from
+    them: train.epochs / train.max_steps for `steps` optimizer steps, warmup_steps of linear warmup
+    (optim.warmup_epochs), optim.min_lr = optim.lr (constant after the warmup), 10 metric records
+    (train.log_every) and `evals` evaluations (train.eval_every; 0 = the last epoch only).
+    ConfigError naming the key for an unknown key or bad value."""
+    base = HARNESS | {"data": HARNESS["data"] | {"num_frames": frames, "image_size": size}}
+    first = load_config(None, list(overrides), base=base)
+    per_epoch = num_train // first.train.batch_size
+    epochs = math.ceil(steps / per_epoch)
+    derived = [f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.log_every={max(1, steps // 10)}",
+               f"train.eval_every={max(1, epochs // evals) if evals else epochs}",
+               f"optim.warmup_epochs={warmup_steps / per_epoch}", f"optim.min_lr={first.optim.lr}",
+               f"train.output_dir={output_dir or '.'}"]
+    return load_config(None, list(overrides) + derived, base=base)
+
+
+@dataclass
+class OracleCaptions:
+    """Stands in for `CaptionProvider`: the caption embedding of caption id k is row k of
+    `embeddings` [K, D] (one fixed text vector per class; the items' caption_id is their label)."""
+
+    embeddings: torch.Tensor
+
+
+class SanityPretrainTask(PretrainTask):
+    """`PretrainTask` on in-memory clips with oracle class texts; `baselines`: each step also logs
+    the patch-mean, visible-mean and copy baselines of its batch and masks (pixels, no gradient)."""
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, text_table: torch.Tensor, baselines: bool = False):
+        super().__init__(cfg, dataset)
+        self._captions = OracleCaptions(text_table) if cfg.captions.file else None
+        self.baselines = baselines
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        out = super().step(model, batch)
+        if self.baselines and "loss_mse" in out.metrics:
+            mae, video, mask = mae_part(model), batch["video"], batch["mask"]
+            with torch.no_grad():
+                out.metrics.update(patch_mean_mse=patch_mean_mse(video, mask, mae.arch),
+                                   visible_mean_mse=visible_mean_mse(mae, video, mask),
+                                   copy_mse=copy_mse(mae, video, mask))
+        return out
+
+
+def fit(task: Any, cfg: RunConfig) -> tuple[Any, float]:
+    """`Trainer(task, cfg).fit()` in a temporary run folder (cfg.train.output_dir "." = a fresh
+    one, deleted after) -> (FitResult, CPU seconds of this process)."""
+    from dataclasses import replace
+
+    from tgmae.train.loop import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="tgmae-sanity-") as tmp:
+        if cfg.train.output_dir == ".":
+            cfg = replace(cfg, train=replace(cfg.train, output_dir=tmp))
+        t0 = time.process_time()
+        result = Trainer(task, cfg).fit()
+        return result, time.process_time() - t0
 
 
 def visible_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
@@ -162,96 +263,6 @@ def visible_mean_colour(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (tokens * vis).sum(dim=(1, 3), keepdim=True) / (vis.sum(dim=1, keepdim=True) * tokens.shape[-1])
 
 
-@dataclass
-class SanityRun:
-    """One budgeted sanity run (not a `tgmae.config.RunConfig`: no data files, no run folder; the
-    fields are the harness's). budget_s: CPU seconds of training (evaluation not counted)."""
-
-    budget_s: float = 60.0
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    patch_size: int = 16
-    preset: str = "tiny"
-    arch: dict = field(default_factory=dict)  # overrides of the preset's sizes (tests: a smaller model)
-    mask_ratio: float = 0.75
-    mask_kind: str = "tube"  # tube | random
-    norm_pix_loss: bool = False  # VideoMAE's per-patch normalized target (mae_errors compares in pixels)
-    baselines: bool = True  # the baselines of every training batch (~40% more CPU, not charged to budget_s)
-    shift: int = 4  # random translation (px) of training clips
-    seed: int = 0
-    max_steps: Optional[int] = None  # stop earlier than the budget (tests)
-    eval_every_s: Optional[float] = None  # evaluate every this many CPU seconds (curves)
-    # video-text
-    objective: str = "mae"  # mae | contrastive | mae+contrastive
-    nce_weight: float = 1.0
-    temperature: float = 0.07
-    learnable_temperature: bool = False
-    proj_dim: int = 64
-    text_projection: bool = False
-    text_norm: bool = True
-    head_lr_scale: float = 1.0
-    view_ratio: Optional[float] = None  # contrastive.view_ratio (None: pool the MAE pass)
-
-    def __post_init__(self) -> None:
-        if self.mask_kind not in ("tube", "random"):
-            raise ValueError(f"mask_kind={self.mask_kind!r}: expected tube|random")
-
-    def masks(self, batch: int, grid: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-        """[B, N] bool training masks (True = masked) of this run's kind and ratio."""
-        fn = tube_masks if self.mask_kind == "tube" else random_masks
-        return fn(batch, grid, self.mask_ratio, generator)
-
-
-def make_arch(cfg: SanityRun, frames: int, size: int) -> VideoMAEArch:
-    return VideoMAEArch(**(PRESETS[cfg.preset] | cfg.arch), patch_size=cfg.patch_size, tubelet_size=2, num_frames=frames,
-                        image_size=size, norm_pix_loss=cfg.norm_pix_loss, pixel_mean=MEAN, pixel_std=STD)
-
-
-def _optimizer(groups: list[dict], cfg: SanityRun) -> torch.optim.Optimizer:
-    """The library's AdamW (`tgmae.train.optim.build_optimizer`) over `groups` ({"params",
-    "lr_scale"}), weight decay on every parameter (as the documented runs were made), betas
-    (0.9, 0.95), unfused (the documented numbers' kernel)."""
-    from tgmae.config import OptimConfig
-    from tgmae.train.optim import build_optimizer
-
-    groups = [g | {"weight_decay": cfg.weight_decay} for g in groups]
-    return build_optimizer(groups, OptimConfig(base_lr=cfg.lr, betas=(0.9, 0.95), fused=False), torch.device("cpu"))
-
-
-def _lr_at(step: int, cfg: SanityRun) -> float:
-    return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-
-
-def _loop(cfg: SanityRun, n_train: int, step_fn: Callable[[torch.Tensor, torch.Generator], dict],
-          opt: torch.optim.Optimizer, eval_fn: Optional[Callable[[], dict]] = None) -> dict:
-    """Shuffled minibatches until the CPU budget (or max_steps) is spent; constant lr after a
-    linear warmup. A step may return "untimed_s": CPU seconds of bookkeeping (baselines) that
-    are not charged to the budget. Returns {"steps", "cpu_s", "log": [per-step dicts], "curve": [eval dicts]}."""
-    from tgmae.train.optim import set_lr
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    spent, step, log, curve, next_eval = 0.0, 0, [], [], cfg.eval_every_s
-    while spent < cfg.budget_s and (cfg.max_steps is None or step < cfg.max_steps):
-        perm = torch.randperm(n_train, generator=g)
-        for i in range(0, n_train - cfg.batch_size + 1, cfg.batch_size):
-            t0 = time.process_time()
-            set_lr(opt, cfg.lr * _lr_at(step, cfg))
-            out = step_fn(perm[i:i + cfg.batch_size], g)
-            opt.zero_grad(set_to_none=True)
-            out.pop("loss").backward()
-            opt.step()
-            spent += time.process_time() - t0 - out.pop("untimed_s", 0.0)
-            step += 1
-            log.append(out)
-            if eval_fn is not None and next_eval is not None and spent >= next_eval:
-                curve.append({"cpu_s": spent, "step": step, **eval_fn()})
-                next_eval += cfg.eval_every_s
-            if spent >= cfg.budget_s or (cfg.max_steps is not None and step >= cfg.max_steps):
-                break
-    return {"steps": step, "cpu_s": spent, "log": log, "curve": curve}
-
 
 @torch.no_grad()
 def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, labels: torch.Tensor,
@@ -263,28 +274,20 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor, la
     return hits / len(clips)
 
 
-def train_supervised(data: SanityData, cfg: SanityRun) -> dict:
-    """Cross-entropy from scratch -> {"train_top1", "val_top1", "steps", "cpu_s", "curve"}."""
-    torch.manual_seed(cfg.seed)
-    arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
-    model = VideoClassifier(classifier_arch(arch), data.num_classes, head_init_scale=1.0)
-    opt = _optimizer([{"params": list(model.parameters())}], cfg)
+def train_supervised(data: SanityData, cfg: RunConfig, shift: int = 2) -> dict:
+    """Cross-entropy from scratch (`FinetuneTask` on `ClipSet`s, the harness's config `cfg`,
+    training clips shifted by up to `shift` px) -> {"model", "train_top1", "val_top1", "steps",
+    "cpu_s", "curve": [{"step", "epoch", "val_top1", ...}, one per evaluation]}."""
+    from tgmae.evaluate.finetune import FinetuneTask
 
-    def step(idx, g):
-        model.train()
-        logits = model(to_input(data.train[idx], cfg.shift, g))
-        return {"loss": F.cross_entropy(logits, data.train_labels[idx])}
-
-    def evaluate():
-        model.eval()
-        return {"val_top1": accuracy(model, data.val, data.val_labels)}
-
-    res = _loop(cfg, len(data.train), step, opt, evaluate)
-    model.eval()
-    res.update(train_top1=accuracy(model, data.train, data.train_labels),
-               val_top1=accuracy(model, data.val, data.val_labels))
-    res.pop("log")
-    return res
+    task = FinetuneTask(cfg, ClipSet(data.train, data.train_labels, shift=shift, seed=cfg.train.seed),
+                        ClipSet(data.val, data.val_labels), num_classes=data.num_classes)
+    result, cpu_s = fit(task, cfg)
+    model = result.model.eval()
+    curve = [{k: r[k] for k in ("step", "epoch", "val_top1")} for r in result.history if "val_top1" in r]
+    return {"model": model, "train_top1": accuracy(model, data.train, data.train_labels),
+            "val_top1": accuracy(model, data.val, data.val_labels), "steps": result.position.step,
+            "cpu_s": cpu_s, "curve": curve}
 
 
 def class_text_table(num_classes: int, dim: int, cosine: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -297,54 +300,30 @@ def class_text_table(num_classes: int, dim: int, cosine: float = 0.0, seed: int 
     return F.normalize(math.sqrt(cosine) * common + math.sqrt(1 - cosine) * own, dim=1)
 
 
-def pretrain(data: SanityData, cfg: SanityRun, text_table: Optional[torch.Tensor] = None) -> dict:
-    """MAE / video-text / both from scratch on data.train with tube masking at cfg.mask_ratio.
+ORACLE_CAPTIONS = "oracle-class-texts"  # captions.file of a sanity run with InfoNCE: no file is read
 
-    text_table [K, Dt]: the caption embedding of each class (oracle captions; caption_id = label).
-    -> {"model", "steps", "cpu_s", "loss_mse", "loss_nce", "patch_mean_mse", "curve", ...}
-    (losses: means over the last 20% of steps; patch_mean_mse / visible_mean_mse / copy_mse over
-    the same batches' masks, computed outside the CPU budget)."""
-    torch.manual_seed(cfg.seed)
-    arch = make_arch(cfg, data.train.shape[1], data.train.shape[2])
-    mae = VideoMAEPretrainer(arch)
+
+def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor] = None, shift: int = 2,
+             baselines: bool = False) -> dict:
+    """MAE / video-text / both from scratch on data.train (`SanityPretrainTask`: the library's
+    `PretrainTask`, masks of cfg.masking; training clips shifted by up to `shift` px).
+
+    cfg: `sanity_config`'s; an objective with InfoNCE needs captions.file=ORACLE_CAPTIONS.
+    text_table [K, Dt]: the caption embedding of each class (default: `class_text_table` at
+    contrastive.proj_dim, distinct texts). -> {"model", "mae" (its VideoMAEPretrainer), "steps", "cpu_s", "loss_mse", "loss_nce",
+    "curve": [metric records, train.log_every steps each], with `baselines` "patch_mean_mse",
+    "visible_mean_mse", "copy_mse"} (losses and baselines: means over the last 20% of the records,
+    in pixels for the baselines)."""
     if text_table is None:
-        text_table = class_text_table(data.num_classes, cfg.proj_dim)
-    model = VideoTextPretrainer(mae, text_table.shape[1], objective=cfg.objective, weight=cfg.nce_weight,
-                                temperature=cfg.temperature, learnable_temperature=cfg.learnable_temperature,
-                                proj_dim=cfg.proj_dim, text_projection=cfg.text_projection,
-                                text_norm=cfg.text_norm, view_ratio=cfg.view_ratio)
-    heads = [p for n, p in model.named_parameters() if not n.startswith("mae.") and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if n.startswith("mae.") and p.requires_grad]
-    opt = _optimizer([{"params": rest}, {"params": heads, "lr_scale": cfg.head_lr_scale}], cfg)
-
-    def step(idx, g):
-        model.train()
-        video = to_input(data.train[idx], cfg.shift, g)
-        mask = cfg.masks(len(idx), arch.grid, g)
-        out = model(video, mask, text_table[data.train_labels[idx]], data.train_labels[idx])
-        rec = {"loss": out.loss, "loss_nce": float(out.loss_nce.detach())}
-        if out.loss_mse is not None:
-            rec["loss_mse"] = float(out.loss_mse.detach())
-        if out.loss_mse is not None and cfg.baselines:
-            t0 = time.process_time()
-            rec["patch_mean_mse"] = patch_mean_mse(video, mask, mae.arch)
-            rec["visible_mean_mse"] = visible_mean_mse(mae, video, mask)
-            rec["copy_mse"] = copy_mse(mae, video, mask)
-            rec["untimed_s"] = time.process_time() - t0
-        return rec
-
-    res = _loop(cfg, len(data.train), step, opt)
-    log = res["log"]
-    tail = log[-max(1, len(log) // 5):]
+        text_table = class_text_table(data.num_classes, cfg.contrastive.proj_dim)
+    clips = ClipSet(data.train, data.train_labels, shift=shift, seed=cfg.train.seed, masking=cfg)
+    result, cpu_s = fit(SanityPretrainTask(cfg, clips, text_table, baselines), cfg)
+    records = [r for r in result.history if "loss" in r]
+    tail = records[-max(1, len(records) // 5):]
     keys = [k for k in ("loss_mse", "loss_nce", "patch_mean_mse", "visible_mean_mse", "copy_mse") if k in tail[0]]
-    for key in keys:
-        res[key] = float(np.mean([r[key] for r in tail]))
-    # the training curve: means over 10 consecutive windows of steps
-    edges = np.linspace(0, len(log), 11).astype(int)
-    res["curve"] = [{"step": int(b), **{k: float(np.mean([r[k] for r in log[a:b]])) for k in keys}}
-                    for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    res["model"] = model
-    res.pop("log")
+    res = {key: float(np.mean([r[key] for r in tail])) for key in keys}
+    res.update(model=result.model, mae=mae_part(result.model), steps=result.position.step, cpu_s=cpu_s,
+               curve=[{k: r[k] for k in ["step", *keys]} for r in records])
     return res
 
 
@@ -352,24 +331,24 @@ def pretrain(data: SanityData, cfg: SanityRun, text_table: Optional[torch.Tensor
 def pixel_mse(mae: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
     """Masked MSE of `mae`'s reconstruction in pixel units ([0, 1]): its loss without
     norm_pix_loss; with it, each prediction de-normalized with its patch's true mean and std
-    (`tgmae.models.target.predicted_pixels`), so the comparison with `patch_mean_mse` - which also knows the true
-    mean - asks whether the predicted within-patch pattern beats a flat patch.
+    (`tgmae.models.target.predicted_pixels`), so the comparison with `patch_mean_mse` - which also
+    knows the true mean - asks whether the predicted within-patch pattern beats a flat patch.
     video [B, C, T, H, W] (normalized), mask [B, N] bool (True = masked)."""
     return masked_pixel_mse(video, mae(video, mask).pred, mask, mae.arch)
 
 
 @torch.no_grad()
-def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: SanityRun, seed: int = 0, batch: int = 64) -> dict:
+def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
     """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
-    training (cfg.mask_kind, cfg.mask_ratio; masks from `seed`), next to the per-patch-mean and
-    visible-mean and copy baselines on the same masks -> {"mse", "patch_mean_mse",
-    "visible_mean_mse", "copy_mse"} (means over clips, in pixel units [0, 1]; see `pixel_mse`)."""
+    training (cfg.masking; masks from `seed`), next to the per-patch-mean and visible-mean and
+    copy baselines on the same masks -> {"mse", "patch_mean_mse", "visible_mean_mse", "copy_mse"}
+    (means over clips, in pixel units [0, 1]; see `pixel_mse`)."""
     mae.eval()
     g = torch.Generator().manual_seed(seed)
     sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0, "copy_mse": 0.0}
     for i in range(0, len(clips), batch):
         video = to_input(clips[i:i + batch])
-        mask = cfg.masks(len(video), mae.arch.grid, g)
+        mask = make_masks(cfg, len(video), g)
         n = len(video)
         sums["mse"] += pixel_mse(mae, video, mask) * n
         sums["patch_mean_mse"] += patch_mean_mse(video, mask, mae.arch) * n
@@ -385,38 +364,31 @@ def encoder_features(encoder: nn.Module, clips: torch.Tensor, batch: int = 64) -
     return torch.cat([encoder(to_input(clips[i:i + batch])).mean(dim=1) for i in range(0, len(clips), batch)])
 
 
-def linear_probe(encoder: nn.Module, data: SanityData, steps: int = 300, lr: float = 0.05,
-                 weight_decay: float = 1e-4) -> dict:
-    """Multinomial logistic regression on standardized frozen features (full-batch AdamW, fixed
-    steps) -> {"train_top1", "val_top1"}."""
+def linear_probe(encoder: nn.Module, data: SanityData, l2: float = 1e-3) -> dict:
+    """Multinomial logistic regression (`tgmae.evaluate.logistic.fit_logistic`: standardized
+    features, L-BFGS, weight `l2` on sum(W^2)) on the frozen encoder's mean-pooled features
+    -> {"train_top1", "val_top1"}."""
+    from tgmae.evaluate.logistic import fit_logistic
+
     ftr, fva = encoder_features(encoder, data.train), encoder_features(encoder, data.val)
-    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
-    ftr, fva = (ftr - mu) / sd, (fva - mu) / sd
-    torch.manual_seed(0)
-    head = nn.Linear(ftr.shape[1], data.num_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(head(ftr), data.train_labels).backward()
-            opt.step()
-    top1 = lambda f, y: float((head(f).argmax(-1) == y).float().mean())  # noqa: E731
+    probe = fit_logistic(ftr, data.train_labels, l2, data.num_classes)
+    top1 = lambda f, y: float((probe.predict(f) == y).float().mean())  # noqa: E731
     return {"train_top1": top1(ftr, data.train_labels), "val_top1": top1(fva, data.val_labels)}
 
 
-def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: SanityRun,
+def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: RunConfig,
                  clip: int = 3) -> Path:
     """Original / masked / MAE reconstruction / true patch means of validation clip `clip`, masked
-    as in training (cfg.mask_kind, cfg.mask_ratio; masks from seed 0) -> the PNG's path. The last
-    row is the patch-mean oracle's picture (`patch_mean_mse`): each masked token filled with its
-    own true mean colour."""
+    as in training (cfg.masking; masks from seed 0) -> the PNG's path. The last row is the
+    patch-mean oracle's picture (`patch_mean_mse`): each masked token filled with its own true
+    mean colour."""
     from tgmae.models.target import patchify, reconstruct_video, unpatchify
     from tgmae.viz.plotting import to_uint8_frames
     from tgmae.viz.reconstruction import reconstruction_rows, save_reconstruction_figure
 
     arch = mae.arch
     video = to_input(data.val[clip:clip + 1])
-    mask = cfg.masks(1, arch.grid, torch.Generator().manual_seed(0))
+    mask = make_masks(cfg, 1, torch.Generator().manual_seed(0))
     mae.eval()
     with torch.no_grad():
         out = mae(video, mask)
@@ -432,9 +404,8 @@ def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: s
 
 
 __all__ = [
-    "MEAN", "STD", "SanityData", "SanityRun", "accuracy", "class_text_table", "copy_mse", "encoder_features",
-    "linear_probe", "mae_errors", "make_arch", "make_data", "patch_mean_mse", "pixel_mse", "pretrain",
-    "random_masks", "recon_figure",
-    "render_clips", "to_input", "train_supervised", "tube_masks", "visible_mean_colour",
-    "visible_mean_mse",
+    "HARNESS", "MEAN", "ORACLE_CAPTIONS", "STD", "ClipSet", "OracleCaptions", "SanityData", "SanityPretrainTask",
+    "accuracy", "class_text_table", "copy_mse", "encoder_features", "fit", "linear_probe", "mae_errors",
+    "make_data", "make_masks", "patch_mean_mse", "pixel_mse", "pretrain", "recon_figure", "render_clips",
+    "sanity_config", "to_input", "train_supervised", "visible_mean_colour", "visible_mean_mse",
 ]

@@ -36,7 +36,7 @@ from tgmae.weights import checkpoint as ckpt
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
-from tgmae.train.resume import resume, write_run_folder
+from tgmae.train.resume import resume, run_folder_lock, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
 
@@ -178,7 +178,12 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train from scratch or resume; returns the unwrapped model, the position, the run folder,
-        the last checkpoint and the history of metric and evaluation records."""
+        the last checkpoint and the history of metric and evaluation records. Holds the run
+        folder's lock throughout (a second run into it is refused, `run_folder_lock`)."""
+        with run_folder_lock(self.cfg):
+            return self._fit()
+
+    def _fit(self) -> FitResult:
         cfg, dist, task = self.cfg, self.dist, self.task
         dataset = task.train_dataset()  # first: its config errors come before any measurement
         precision = self._choose_precision()

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError, RunConfig
 from tgmae.train.loop import StepOutput, Trainer, unwrap
 from tgmae.train.optim import param_groups
+from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
 
@@ -248,6 +249,7 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
     return out
 
 
+@locks_run_folder
 def pretrain(cfg: RunConfig, hooks=None) -> Path:
     """Run pretraining; returns the run directory."""
     from tgmae.weights.pretraining import save_pretraining_model

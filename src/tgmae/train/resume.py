@@ -4,8 +4,10 @@ run folder's record of the settings (config.yaml, config_changes.jsonl)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 from tgmae.config import RunConfig, save_config, to_dict
-from tgmae.distributed import DistInfo
+from tgmae.distributed import DistInfo, launch_env, rank_world
+from tgmae.locks import hold
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -97,6 +100,21 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
             f"changed). Start a new run with another train.output_dir, or continue this one with "
             f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
     return [(f"{task_name} inputs (fingerprint)", stored[:12], now[:12])]
+
+
+def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
+    """One run per `train.output_dir` at a time: its lock (`tgmae.locks`), held by the main
+    process; a second command into the folder is refused naming the first one."""
+    return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0)
+
+
+def locks_run_folder(fn):
+    """Decorator: `fn(cfg, ...)` runs holding `cfg.train.output_dir`'s lock (`run_folder_lock`)."""
+    @functools.wraps(fn)
+    def wrapped(cfg: RunConfig, *args, **kwargs):
+        with run_folder_lock(cfg):
+            return fn(cfg, *args, **kwargs)
+    return wrapped
 
 
 def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_steps: int) -> None:

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text, write_failure
+from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path, write_failure
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -174,38 +174,24 @@ def save_checkpoint(
     keep_last: int = 2,
     extra: Optional[dict] = None,
 ) -> Path:
-    """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones."""
+    """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones.
+    The checkpoint is built in a temp folder that a failed write removes; temp folders of killed
+    writers are removed first (`remove_stale_temps`)."""
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory)
     name = f"step_{position.step:08d}"
-    final = directory / name
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_path(directory / name)
+    tmp.mkdir()
     try:
-        tmp.mkdir()
-        save_file(
-            _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
-            metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
-        )
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
-            "position": {"step": position.step, "epoch": position.epoch,
-                         "batches_in_epoch": position.batches_in_epoch},
-            "rng": rng_state(),
-            "config_json": json.dumps(config),
-            "extra_json": json.dumps(extra or {}),
-        }
-        torch.save(state, tmp / "state.pt")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    except Exception as e:  # a full disk: torch / safetensors raise RuntimeErrors naming no file
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves no temp folder
-        failure = write_failure(e, final)
+        _write_checkpoint_folder(tmp, model, optimizer, scaler, position, config, extra)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
+        # a full disk: torch / safetensors raise RuntimeErrors naming no file
+        failure = write_failure(e, directory / name) if isinstance(e, Exception) else None
         if failure is None:
             raise
         raise failure from e
+    final = directory / name
     if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -213,6 +199,29 @@ def save_checkpoint(
     _durable_write_text(directory / LATEST, name + "\n")
     _prune(directory, keep_last, keep=name)
     return final
+
+
+def _write_checkpoint_folder(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
+                             extra: Optional[dict]) -> None:
+    """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced."""
+    save_file(
+        _state_dict_for_safetensors(model), str(tmp / "model.safetensors"),
+        metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
+    )
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "position": {"step": position.step, "epoch": position.epoch,
+                     "batches_in_epoch": position.batches_in_epoch},
+        "rng": rng_state(),
+        "config_json": json.dumps(config),
+        "extra_json": json.dumps(extra or {}),
+    }
+    torch.save(state, tmp / "state.pt")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def _prune(directory: Path, keep_last: int, keep: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from tgmae.atomic import atomic_path
+from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.errors import UserError
 
 LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (`weights.checkpoint`)
@@ -79,6 +79,7 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
 
     p = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    remove_stale_temps(p.parent)  # of writes killed before their rename
     with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata))
     return p

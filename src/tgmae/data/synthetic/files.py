@@ -19,12 +19,12 @@ import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
-CSV_HEADER = ("path", "label", "caption")
+CSV_HEADER = ("path", "label", "caption", "video_id")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def write_csv(path: Path, rows: Iterable[tuple[str, int, str]]) -> None:
-    """`path,label,caption` CSV (RFC 4180 quoting, \\n line ends)."""
+def write_csv(path: Path, rows: Iterable[tuple[str, int, str, str]]) -> None:
+    """`path,label,caption,video_id` CSV (RFC 4180 quoting, \\n line ends)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)

@@ -3,7 +3,7 @@
 Layout (the data pipeline relies on it):
     OUT/videos/<id>.mp4      H.264 (libx264, yuv420p), GOP `gop`, no B-frames
     OUT/masks/<id>.npz       `masks` bool [T, H, W] visible acting-object pixels; `boxes` int16 [T, 4]
-    OUT/train.csv, val.csv   `path,label,caption` (path relative to OUT), stratified by class
+    OUT/train.csv, val.csv   `path,label,caption,video_id` (path relative to OUT), stratified by class
     OUT/annotations.csv      all videos, same columns
     OUT/classes.txt          line i = name of class i
     OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tgmae.errors import SettingsError
+from tgmae.lifetime import end_with_parent
 from tgmae.data.synthetic.captions import make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
@@ -35,7 +36,7 @@ from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_opt
 
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "meta.json")
-_OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\.\d+\.tmp)$")
+_OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\..+\.tmp)$")  # and killed writes' temps
 
 
 @dataclass
@@ -143,6 +144,21 @@ def _make_video(task: _Task) -> dict:
     }
 
 
+def _refuse_other_folder(root: Path) -> None:
+    """SettingsError when `root` holds index files (train.csv, ...) of something other than a
+    synthetic set: regenerating deletes them first, and they may be a user's own data set's."""
+    found = [n for n in INDEX_FILES if (root / n).exists()]
+    if not found:
+        return
+    try:
+        ours = json.loads((root / "meta.json").read_text()).get("generator") == "tgmae.data.synthetic"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise SettingsError(f"{root} holds {', '.join(found)} but no synthetic set's meta.json: writing a set "
+                            "there would replace them; choose another folder")
+
+
 def _clear_outputs(root: Path, keep: set[str]) -> None:
     """Delete this generator's files (by name pattern) that are not part of the new set."""
     for sub in ("videos", "masks"):
@@ -161,7 +177,8 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
                 progress(len(records), len(tasks))
         return records
     chunk = max(1, min(8, len(tasks) // (4 * workers)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=end_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # workers end with this process
         for record in pool.map(_make_video, tasks, chunksize=chunk):
             records.append(record)
             if progress:
@@ -171,7 +188,7 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
 
 def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> None:
     """train.csv / val.csv / annotations.csv, classes.txt and captions.jsonl (the layout above)."""
-    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0]) for r in records]
+    rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0], r["video_id"]) for r in records]
     write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
     write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
     write_csv(root / "annotations.csv", rows)
@@ -228,6 +245,7 @@ def generate_synthetic_dataset(
                    background)
     start = time.perf_counter()
     root = Path(out_dir)
+    _refuse_other_folder(root)
     for sub in ("videos", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for name in INDEX_FILES:  # a half-regenerated set must not look complete

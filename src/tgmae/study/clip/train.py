@@ -36,13 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from tgmae.clip.data import read_split_ids
+from tgmae.clip.features import CLIP_MEAN, CLIP_STD
 from tgmae.study.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
 from tgmae.study.clip.tokenizer import train_clip_tokenizer
 
 log = logging.getLogger(__name__)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""One writer per run folder and per store: an exclusive lock file beside the target.
+
+Two runs writing one `train.output_dir`, caption store, similarity cache, embedding cache or
+extract folder interleave their outputs without a word; `hold(target, what)` refuses the second
+one in one line naming the holder (pid, host, command, start time). The lock is `flock` on
+`<parent>/.<name>.lock`, written with the holder's JSON: the kernel releases it when its process
+ends, however it ends (kill -9 included), so a lock file left by a dead process is taken over with
+a log line. It lies beside the target, not in it, so a folder's own contents stay as its writer
+made them. Held locks are counted per process: a function that holds a target may call another
+that takes it again. Lock files are removed on release.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tgmae.errors import UserError
+
+log = logging.getLogger("tgmae")
+
+
+class LockError(RuntimeError, UserError):
+    """The target's lock cannot be taken: another live process holds it (the message names that
+    process and the lock file), or the folder cannot hold the lock file."""
+
+
+_held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process
+_guard = threading.Lock()
+
+
+def lock_file(target: str | os.PathLike) -> Path:
+    """`<parent>/.<name>.lock` of a file or folder (its real path, so two spellings share one)."""
+    p = Path(target).resolve()
+    return p.parent / f".{p.name}.lock"
+
+
+def _holder_text() -> str:
+    cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)) or "python"
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": cmd[:300],
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+
+
+def _describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+            f"{holder.get('command', '?')}")
+
+
+def _read_holder(fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    try:
+        out = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        out = {"command": raw[:100]}
+    return out if isinstance(out, dict) else {}
+
+
+def _open_locked(path: Path) -> int:
+    """An fd of `path` holding its flock; LockError when another process holds it. Retries
+    when the file was removed or replaced between open and lock (its holder released it)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockError(_describe(holder)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def acquire(target: str | os.PathLike, what: str, wait: float = 0.0) -> Path:
+    """Take the lock of `target` (a file or folder, existing or not) for this process.
+
+    what: the setting that chose the target (`train.output_dir`, `--out`), named in the refusal.
+    wait: seconds to wait for a holder to finish (a shared cache that concurrent runs fill alike;
+    logged once) before refusing; 0 = refuse at once.
+    Returns the lock file. Raises LockError naming the holder; logs the take-over of a lock
+    file whose process has ended. Re-entrant within a process (`release` as often as `acquire`).
+    """
+    path = lock_file(target)
+    key = str(path)
+    with _guard:
+        if key in _held:
+            fd, n = _held[key]
+            _held[key] = (fd, n + 1)
+            return path
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = _open_locked(path)
+                break
+            except OSError as e:  # a read-only or full folder, a file where the folder should be
+                raise LockError(f"{target} ({what}): cannot write its lock file {path} "
+                                    f"({e.strerror or e}); choose a folder this user can write") from None
+            except LockError as e:
+                if time.monotonic() >= deadline:
+                    raise LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
+                                        f"this run another {what} (lock file {path})") from None
+                if deadline - time.monotonic() >= wait - 0.5:
+                    log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
+                time.sleep(0.5)
+        old = _read_holder(fd)
+        if old:
+            log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (_holder_text() + "\n").encode())
+        _held[key] = (fd, 1)
+        return path
+
+
+def release(target: str | os.PathLike) -> None:
+    """Give back one `acquire` of `target`; the last one removes the lock file and unlocks it."""
+    path = lock_file(target)
+    key = str(path)
+    with _guard:
+        fd, n = _held.get(key, (-1, 0))
+        if n > 1:
+            _held[key] = (fd, n - 1)
+            return
+        if n == 1:
+            del _held[key]
+            path.unlink(missing_ok=True)  # before unlocking: a waiter then sees no stale file
+            os.close(fd)
+
+
+def shard_target(target: str | os.PathLike, rank: int, world_size: int) -> str:
+    """What one rank of a sharded writer locks: `target` itself for a single process, else
+    `<target>.rank<r>-of-<w>` (ranks write their own parts; a second run's same rank is refused)."""
+    return str(target) if world_size == 1 else f"{target}.rank{rank}-of-{world_size}"
+
+
+@contextmanager
+def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float = 0.0) -> Iterator[None]:
+    """`acquire` for the block, `release` after it (also on an exception). enabled=False holds
+    nothing (DDP ranks other than the one that writes)."""
+    if not enabled:
+        yield
+        return
+    acquire(target, what, wait)
+    try:
+        yield
+    finally:
+        release(target)
+
+
+__all__ = ["LockError", "acquire", "hold", "lock_file", "release", "shard_target"]
