@@ -100,9 +100,8 @@ def test_check_reports_duplicate_rows_and_empty_lists_and_exits_1(tmp_path, caps
     assert cli_main([*args, str(tmp_path / "ok.csv")]) == 0
     capsys.readouterr()
     assert cli_main([*args, str(tmp_path / "dup.csv"), "--out", str(tmp_path / "r.json")]) == 1
-    assert f"duplicate: {root / 'a.mp4'} listed 2 times (records 1, 3)" in capsys.readouterr().out
-    dups = json.loads((tmp_path / "r.json").read_text())["duplicates"]
-    assert [(Path(d["path"]).name, d["records"]) for d in dups] == [("a.mp4", [0, 2])]
+    assert f"bad row: {tmp_path / 'dup.csv'}:4: video id 'a' already on line 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["bad_rows"] == 1
     assert cli_main([*args, str(tmp_path / "empty.csv")]) == 1
     assert "lists no videos" in capsys.readouterr().out
     assert cli_main([*args, str(tmp_path / "dup.csv"), "--allow-bad"]) == 0

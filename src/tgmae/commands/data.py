@@ -56,9 +56,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
-    for dup in report["duplicates"][:10]:
-        print(f"  duplicate: {dup['path']} listed {len(dup['records'])} times (records "
-              f"{', '.join(str(i + 1) for i in dup['records'])})")
     if report["empty"]:
         print(f"  empty: {args.annotations} lists no videos")
     return 1 if found_problems(report) and not args.allow_bad else 0

@@ -7,10 +7,10 @@ Each record's video gets the one verdict every reader of it uses (`tgmae.data.vi
 the file's frame index, built by decoding it once, names missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable files), then the first, middle and last frame
 of its range are read; clips shorter than `--min-frames` and labels outside the class list are
-reported too, as are annotation rows that cannot be read (file:line), rows listing the same clip
-again (`duplicates`) and a list without records (`empty`). The report holds counts and one entry
+reported too, as are annotation rows that cannot be read (file:line; a row repeating another's
+video id among them) and a list without records (`empty`). The report holds counts and one entry
 per bad item (path, reason). Exit status: 0 when nothing was found; 1 when anything was (bad
-videos, bad or duplicate rows, an empty list; `--allow-bad` keeps 0); 2 when the annotations
+videos, bad rows, an empty list; `--allow-bad` keeps 0); 2 when the annotations
 themselves cannot be read, `--out` cannot be written (checked first) or the arguments are wrong.
 """
 
@@ -110,7 +110,6 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     if bar:
         bar.close()
     counts = Counter(r.kind for r in results)
-    duplicates = duplicate_rows(records)
     bad = [r for r in results if r.kind != "ok"]
     frames = [r.num_frames for r in results if r.kind == "ok"]
     return {
@@ -118,7 +117,6 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
         "min_frames": min_frames, "num_classes": len(classes),
         "records": len(records), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
         "bad_rows": len(problems), "empty": not records,
-        "duplicates": duplicates,
         "counts": {k: counts.get(k, 0) for k in KINDS},
         "frames": {"min": min(frames), "max": max(frames), "mean": sum(frames) / len(frames)} if frames else None,
         "items": [{k: v for k, v in asdict(r).items() if k != "num_frames"} for r in bad],
@@ -126,19 +124,9 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     }
 
 
-def duplicate_rows(records: Sequence[VideoRecord]) -> list[dict]:
-    """Clips listed more than once (same file and frame range): [{path, start_frame, end_frame,
-    records: [i, j, ...]}] with the records' 0-based places in the list."""
-    seen: dict[tuple, list[int]] = {}
-    for i, r in enumerate(records):
-        seen.setdefault((r.path, r.start_frame, r.end_frame), []).append(i)
-    return [{"path": p, "start_frame": s, "end_frame": e, "records": idx}
-            for (p, s, e), idx in seen.items() if len(idx) > 1]
-
-
 def found_problems(report: dict) -> bool:
     """True when a `run_check` report found anything wrong (the command's exit 1)."""
-    return bool(report["bad"] or report["bad_rows"] or report["duplicates"] or report["empty"])
+    return bool(report["bad"] or report["bad_rows"] or report["empty"])
 
 
-__all__ = ["duplicate_rows", "found_problems", "run_check", "check_record", "unreadable_records", "ItemResult"]
+__all__ = ["found_problems", "run_check", "check_record", "unreadable_records", "ItemResult"]
