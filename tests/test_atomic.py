@@ -1,8 +1,12 @@
 """Atomic writes (`tgmae.atomic`): the target holds the old or the new content, never a part."""
 
+import errno
+from pathlib import Path
+
 import pytest
 
-from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from tgmae.atomic import WRITE_ERRNOS, OutputError, atomic_path, atomic_write_bytes, atomic_write_text, write_failure
+from tgmae.errors import UserError
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path):
@@ -33,6 +37,47 @@ def test_temp_names_differ_per_call(tmp_path):
         a.write_text("a")
         b.write_text("b")
     assert (tmp_path / "x").read_text() == "a"  # b is renamed first, then a: the last rename wins
+
+
+# ------------------------------------------------- full disks and folders that cannot be written
+def _unwritable_folder() -> Path:
+    """/sys refuses new files even to root (a read-only folder we need not make); skip elsewhere."""
+    folder = Path("/sys/tgmae_test_out")
+    try:
+        folder.mkdir()
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            return folder
+    pytest.skip("no folder here refuses writes")
+
+
+def test_a_folder_that_cannot_be_written_is_an_output_error_naming_the_file():
+    target = _unwritable_folder() / "results.json"
+    with pytest.raises(OutputError, match=rf"^{target}: operation not permitted|^{target}: permission denied") as e:
+        atomic_write_text(target, "{}")
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
+
+
+def test_a_full_disk_inside_an_atomic_write_names_the_target_and_leaves_no_temp_file(tmp_path):
+    """/dev/full fails every write with ENOSPC, as a full disk does."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(OutputError, match=rf"^{target}: no space left on device; free some space"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            with open("/dev/full", "w") as full:
+                full.write("x" * 10)
+                full.flush()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_pass_through_unchanged(tmp_path):
+    assert write_failure(ValueError("bug"), tmp_path / "x") is None
+    assert write_failure(OSError(errno.ENOENT, "gone")) is None
+    with pytest.raises(ValueError, match="bug"):
+        with atomic_path(tmp_path / "x"):
+            raise ValueError("bug")
 
 
 def test_temps_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path, caplog):

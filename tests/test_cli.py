@@ -243,3 +243,47 @@ def test_index_device_and_encoding_mistakes_are_one_line(data, capsys, tmp_path)
     for argv in (["pretrain", "-c", str(binary)], ["study", "-c", str(binary)]):
         _fails(capsys, argv, "not a UTF-8 text file")
     _fails(capsys, ["pretrain", "-c", str(tmp_path)], "config file not found", "(a directory)")
+
+
+def _unwritable() -> str:
+    """A folder that refuses new files even to root (/sys); the test is skipped where none is."""
+    from pathlib import Path
+
+    try:
+        Path("/sys/tgmae_cli_test").mkdir()
+    except OSError:
+        return "/sys/tgmae_cli_test"
+    pytest.skip("no folder here refuses writes")
+
+
+def test_every_writer_names_the_path_it_cannot_write(data, capsys, tmp_path):
+    """Full disks and read-only folders (issue 28): every writer gives one line naming the path,
+    exit 2 (`atomic.write_failure` at the one boundary)."""
+    root, cfg, model = data
+    bad = _unwritable()
+    synth, clip = root / "synth", root / "clip"
+    captions = str(synth / "captions.jsonl")
+    from tgmae.models.classifier import VideoClassifier, classifier_arch
+    from tgmae.weights.classifier import save_classifier
+    from tgmae.weights.sources import load_encoder_source
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    clf = save_classifier(VideoClassifier(classifier_arch(load_encoder_source(model).arch), len(names)),
+                          tmp_path / "clf.safetensors", names)
+    commands = [
+        ["evaluate", "-c", cfg, "data.image_size=32", f"model.pretrained={clf}", f"train.output_dir={bad}/ev"],
+        ["synth", f"{bad}/set", "--num-videos", "2", "--frames", "8", "--size", "32"],
+        ["pretrain", "-c", cfg, f"train.output_dir={bad}/run"],
+        ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'run'}", "data.cache=disk", f"data.cache_dir={bad}/c"],
+        ["caption", "--format", "csv", "--root", str(synth), "--oracle", "--out", f"{bad}/c.jsonl", "train.csv"],
+        ["masks", "--format", "csv", "--root", str(synth), "train.csv", "--captions", captions, "--clip", str(clip),
+         "--out", f"{bad}/maps", "--image-size", "32", "--patch-size", "8", "--no-progress"],
+        ["embed-captions", "--captions", captions, "--clip", str(clip), "--out", f"{bad}/e.safetensors",
+         "--no-progress"],
+        ["export-hf", str(model), f"{bad}/hf"],
+        ["visualize", "attention", str(model), "-c", cfg, "--out", f"{bad}/fig", "--subset", "train"],
+        ["data", "check", "--format", "csv", "--root", str(synth), "train.csv", "--out", f"{bad}/r.json"],
+    ]
+    for argv in commands:
+        line = _fails(capsys, argv, bad).lower()
+        assert "operation not permitted" in line or "permission denied" in line or "read-only" in line, line

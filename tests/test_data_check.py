@@ -56,7 +56,7 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     out = tmp_path / "report.json"
     code = cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "8",
                      "--out", str(out), "--workers", str(workers), "--no-progress"])
-    assert code == 0
+    assert code == 1  # bad videos found
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
     assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "unreadable": 1, "no_video_stream": 0, "no_frames": 0,
@@ -81,11 +81,47 @@ def test_check_through_cli_and_formats(tmp_path, capsys):
     out = tmp_path / "r.json"
     code = cli_main(["data", "check", "--format", "ucf101", "--root", str(root),
                      str(DATA / "ucf101" / "ucfTrainTestlist"), "--subset", "test", "--min-frames", "16",
-                     "--out", str(out), "--no-progress"])
-    assert code == 0
+                     "--out", str(out), "--no-progress", "--allow-bad"])
+    assert code == 0  # --allow-bad: exit 0 whatever was found
     rep = json.loads(out.read_text())
     assert rep["checked"] == 3 and rep["ok"] == 2 and rep["counts"]["missing"] == 1
     assert rep["items"][0]["video_id"] == "v_HandStandPushups_g01_c01"
+
+
+def test_check_reports_duplicate_rows_and_empty_lists_and_exits_1(tmp_path, capsys):
+    root = tmp_path / "v"
+    root.mkdir()
+    write_video(root / "a.mp4", _clip(20))
+    write_video(root / "b.mp4", _clip(20))
+    (tmp_path / "dup.csv").write_text("path,label\na.mp4,0\nb.mp4,1\na.mp4,0\n")
+    (tmp_path / "ok.csv").write_text("path,label\na.mp4,0\nb.mp4,1\n")
+    (tmp_path / "empty.csv").write_text("path,label\n")
+    args = ["data", "check", "--format", "csv", "--root", str(root), "--min-frames", "8", "--no-progress"]
+    assert cli_main([*args, str(tmp_path / "ok.csv")]) == 0
+    capsys.readouterr()
+    assert cli_main([*args, str(tmp_path / "dup.csv"), "--out", str(tmp_path / "r.json")]) == 1
+    assert f"bad row: {tmp_path / 'dup.csv'}:4: video id 'a' already on line 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["bad_rows"] == 1
+    assert cli_main([*args, str(tmp_path / "empty.csv")]) == 1
+    assert "lists no videos" in capsys.readouterr().out
+    assert cli_main([*args, str(tmp_path / "dup.csv"), "--allow-bad"]) == 0
+
+
+def test_check_out_that_cannot_be_written_fails_before_checking(tmp_path, capsys):
+    """--out in a folder that refuses writes: one line naming the file, exit 2, before any video
+    is opened (issue 28: every video was checked first, then a traceback)."""
+    target = Path("/sys/tgmae_test/report.json")
+    try:
+        target.parent.mkdir()
+        pytest.skip("no folder here refuses writes")
+    except OSError:
+        pass
+    (tmp_path / "a.csv").write_text("path,label\nmissing.mp4,0\n")
+    code = cli_main(["data", "check", "--format", "csv", "--root", str(tmp_path), str(tmp_path / "a.csv"),
+                     "--out", str(target)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.startswith(f"tgmae data: {target}: ") and captured.err.count("\n") == 1
+    assert "checking videos" not in captured.err and captured.out == ""
 
 
 def test_check_unreadable_annotations_exit_2(tmp_path, capsys):

@@ -259,7 +259,7 @@ def _finetune_yaml(tmp_path, root, views: int, **sections) -> Path:
     return path
 
 
-def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
+def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path, capsys):
     from tgmae.commands.evaluate import main as evaluate_main
     from tgmae.commands.finetune import main as finetune_main
 
@@ -269,6 +269,7 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     path = _finetune_yaml(tmp_path, synth, views=2)
     run = tmp_path / "ft"
     assert finetune_main(["-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}"]) == 0
+    assert "(4 videos x 4 views)" in capsys.readouterr().out  # as evaluate says it (left-out videos too)
     saved = load_config(run / "config.yaml")
     assert saved.optim.layer_decay == 0.75 and saved.model.drop_path == 0.1  # the recipe applied
     results = json.loads((run / "finetune_results.json").read_text())
@@ -279,6 +280,16 @@ def test_finetune_and_evaluate_cli_on_synthetic_videos(synth, tmp_path):
     assert evaluate_main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
     again = json.loads((out / "test_results.json").read_text())
     assert again["top1"] == test["top1"] and again["views"] == "2x2"
+    # per-video predictions of the videos evaluated: id, true label, top-5 names and scores
+    import csv
+
+    rows = list(csv.reader((out / "test_predictions.csv").open()))
+    ids = {line.split(",")[0].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+           for line in (synth / "val.csv").read_text().splitlines()[1:]}
+    names = (synth / "classes.txt").read_text().split("\n")
+    assert rows[0][:4] == ["video_id", "true_label", "pred_1", "score_1"] and len(rows[0]) == 12
+    assert {r[0] for r in rows[1:]} == ids and all(r[1] in names and r[2] in names for r in rows[1:])
+    assert (run / "test_predictions.csv").read_text().splitlines()[0] == ",".join(rows[0])
 
 
 def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, capsys):
@@ -388,3 +399,20 @@ def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, 
     assert "\n" not in err and "eval.strict=true: 1 of" in err and err.count(str(root / broken)) == 1, err
     assert "cannot open as a video" in err  # (a non-faststart MP4 cut short loses its moov)
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+
+
+def test_finetune_refuses_test_classes_the_training_set_lacks_before_training(tmp_path):
+    """A test set with a class the training set lacks (and eval.num_classes below the data's
+    classes) is refused at set-up, naming the class (the key), before any training step."""
+    from tgmae.evaluate.classes import ClassMismatchError
+    from tgmae.config import ConfigError
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    test = Clips(6, views=2)
+    test.class_names = ["class 0", "zebra", "class 2"]
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1")
+    with pytest.raises(ClassMismatchError, match="does not know 1 of the 3 classes of the test set: zebra"):
+        finetune(cfg, train_data=Clips(8), test_data=test)
+    with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 3 classes"):
+        finetune(run_cfg(tmp_path, f"model.pretrained={path}", "eval.num_classes=2"), train_data=Clips(8))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import Dataset
 
-from tgmae.config import load_config
+from tgmae.config import ConfigError, load_config
+from tgmae.evaluate.classes import ClassMismatchError
 from tgmae.evaluate.features import cached_features, extract_features, feature_cache_key, pooled_features
 from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.probe import FeatureDataset, ProbeHead, ProbeTask, build_probe_optimizer, linear_probe, score_probe
@@ -22,6 +23,7 @@ from tgmae.evaluate.recipes import PROBE_RECIPE, with_recipe
 from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.train.loop import Trainer
 from tgmae.train.optim import param_groups
+from tgmae.weights import checkpoint as ckpt
 from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.weights.sources import load_encoder_source
 
@@ -311,8 +313,9 @@ def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoint, tmp_path):
     """eval.probe_optimizer=lbfgs: no loop; the L2 comes from 4-fold CV on the training features,
-    the results file and the head match an independent fit on the same cache, a rerun is identical,
-    and a LARS probe's checkpoints in the folder change nothing."""
+    the results file and the head match an independent fit on the same cache, a rerun is identical;
+    a switch between a LARS probe and L-BFGS in one folder is refused as other settings unless
+    asked (checkpoint.resume=ignore_config), and then a LARS probe's checkpoints change nothing."""
     from safetensors.torch import load_file
 
     from tgmae.evaluate.logistic import fit_logistic, select_l2
@@ -322,6 +325,11 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
     linear_probe(lars, **data)
     assert (tmp_path / "probe" / "checkpoints").is_dir()
     cfg = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "train.seed=3")
+    with pytest.raises(ckpt.CheckpointError, match=r"holds a probe made with other settings \(eval.probe_optimizer: "
+                                                   r"'lars' -> 'lbfgs'\).*checkpoint.resume=ignore_config"):
+        linear_probe(cfg, **data)
+    assert json.loads((tmp_path / "probe" / "probe_results.json").read_text())["optimizer"] == "lars"
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "train.seed=3", "checkpoint.resume=ignore_config")
     res = linear_probe(cfg, **data)
     out = tmp_path / "probe"
     saved = json.loads((out / "probe_results.json").read_text())
@@ -353,7 +361,11 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
     one = json.loads((tmp_path / "fixed" / "probe_results.json").read_text())
     assert one["l2"] == 0.01 and one["cv_top1"] == {} and one["cv_folds"] is None
 
-    linear_probe(lars, **data)  # back to LARS (resumes its finished run): the lbfgs head is not left behind
+    with pytest.raises(ckpt.CheckpointError, match=r"eval.probe_optimizer: 'lbfgs' -> 'lars'"):
+        linear_probe(lars, **data)
+    assert (out / "probe_head.safetensors").exists()
+    lars = probe_cfg(tmp_path, checkpoint, "train.epochs=2", "optim.lr=5", "checkpoint.resume=ignore_config")
+    linear_probe(lars, **data)  # back to LARS, asked (resumes its finished run): the lbfgs head is not left behind
     assert not (out / "probe_head.safetensors").exists()
     assert json.loads((out / "probe_results.json").read_text())["optimizer"] == "lars"
     assert load_config(out / "config.yaml").eval.probe_optimizer == "lars"  # the folder's files agree
@@ -392,3 +404,36 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
             "eval.probe_l2=[-1]"]
     assert cli_main(["probe", *args]) == 2
     assert "eval.probe_l2=[-1.0]" in capsys.readouterr().err
+
+
+class Named(Clips):
+    """Clips whose classes carry names; `order` lists the names in this set's label order."""
+
+    def __init__(self, n: int, seed: int, order: list[str], content: list[str] = ["a", "b", "c"]):
+        super().__init__(n, k=3, seed=seed)
+        self.class_names = order
+        # the clip of content class c (brightness c) is labelled with its name's place in `order`
+        self.labels = torch.tensor([order.index(content[int(y)]) if content[int(y)] in order else 0
+                                    for y in self.labels])
+
+
+def test_probe_scores_val_classes_by_name_and_refuses_unknown_ones(checkpoint, tmp_path):
+    """The val set's classes in another order score as in the training set's order (issue 28:
+    labels were compared by id); a val class the training set lacks is refused by name."""
+    base = [tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.01]"]
+    train = Named(48, 0, ["a", "b", "c"])
+    same = linear_probe(probe_cfg(*base, f"train.output_dir={tmp_path / 'same'}"), train_data=train,
+                        val_data=Named(24, 1, ["a", "b", "c"]))
+    other = linear_probe(probe_cfg(*base, f"train.output_dir={tmp_path / 'other'}"), train_data=train,
+                         val_data=Named(24, 1, ["c", "a", "b"]))
+    assert same.top1 >= 0.9 and other.top1 == same.top1
+    import csv  # per-video predictions of the val set, labels named in the val set's terms
+
+    rows = list(csv.reader((tmp_path / "other" / "test_predictions.csv").open()))
+    assert rows[0][:4] == ["video_id", "true_label", "pred_1", "score_1"] and len(rows) == 25
+    assert sum(r[1] == r[2] for r in rows[1:]) / 24 == other.top1 and {r[1] for r in rows[1:]} == {"a", "b", "c"}
+    with pytest.raises(ClassMismatchError, match="does not know 1 of the 3 classes of the val set: zebra"):
+        linear_probe(probe_cfg(*base, f"train.output_dir={tmp_path / 'bad'}"), train_data=train,
+                     val_data=Named(24, 1, ["a", "zebra", "c"]))
+    with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 3 classes \(a, b, c\)"):
+        linear_probe(probe_cfg(*base, "eval.num_classes=2", f"train.output_dir={tmp_path / 'k'}"), train_data=train)

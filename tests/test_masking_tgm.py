@@ -437,6 +437,63 @@ def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_c
     assert SimilarityCache(out, expect_clip=str(clip)).manifest.clip_fingerprint == new_print
 
 
+def test_incomplete_or_stale_cache_and_missing_captions_are_refused_at_set_up(synth, tiny_clip, dense_cache,
+                                                                               tmp_path):
+    """Issue 28: an incomplete cache (a killed `tgmae masks`), captions edited after `tgmae masks`,
+    a lost map file and captions missing for some videos were found in a DataLoader worker at
+    step N (a traceback, the first blaming the annotations); now the dataset refuses at set-up,
+    naming the cache or file and the videos."""
+    import json
+    import shutil
+
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError
+    from tgmae.config import DataConfig, MaskingConfig
+    from tgmae.data.dataset import VideoDataset
+    from tgmae.data.formats import load_annotations
+    from tgmae.masking import build_mask_generator
+    from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry
+
+    records, _ = load_annotations("csv", synth, "annotations.csv")
+    cfg = DataConfig(root=str(synth), num_frames=8, frame_stride=2, image_size=128)
+    ids = [r.video_id for r in records]
+
+    def dataset(cache_dir, captions_file=synth / "captions.jsonl", provider=None):
+        gen = build_mask_generator(MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(cache_dir)),
+                                   captions_file=str(captions_file))
+        return VideoDataset(records, cfg, train=True, token_grid=(4, 8, 8), mask_generator=gen, captions=provider)
+
+    dataset(dense_cache)  # complete and current: accepted
+    cut = tmp_path / "cut"
+    shutil.copytree(dense_cache, cut)
+    index = json.loads((cut / "index.json").read_text())
+    del index["videos"][ids[-1]]  # as a `tgmae masks` killed before the last video
+    (cut / "index.json").write_text(json.dumps(index))
+    with pytest.raises(MissingCacheEntry, match=rf"{cut} has no maps for 1 of this run's {len(ids)} videos "
+                                                rf"\('{ids[-1]}'.*`tgmae masks` did not finish") as e:
+        dataset(cut)
+    assert "annotations when" not in str(e.value)
+
+    lost = tmp_path / "lost"
+    shutil.copytree(dense_cache, lost)
+    next((lost / "maps").glob("*.npz")).unlink()
+    with pytest.raises(MissingCacheEntry, match="map files listed in its index are missing"):
+        dataset(lost)
+
+    edited = tmp_path / "captions.jsonl"
+    lines = (synth / "captions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["captions"] = ["a completely different caption"]
+    edited.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(CacheMismatchError, match=rf"other captions of 1 videos \('{first['video_id']}'\).*edited"):
+        dataset(dense_cache, edited)
+
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(CaptionStoreError, match=rf"{few}: no captions for 1 of the {len(ids)} videos"):
+        dataset(dense_cache, provider=CaptionProvider.from_files(few))
+
+
 def test_same_named_videos_in_other_folders_get_their_own_maps(tmp_path):
     """issue 28: `Animation/clip1` and `Biking/clip1` shared one similarity map; ids are now
     root-relative paths, and the cache keeps one file per id."""

@@ -278,7 +278,8 @@ def test_reconstruction_title_gives_the_patch_mean_oracle(tmp_path, monkeypatch,
     with torch.no_grad():
         out = model.eval()(video[None], mask[None])
     if not norm_pix:
-        mse, oracle = map(float, re.fullmatch(r"clip: masked MSE (\S+) vs patch-mean oracle (\S+) \(pixels\)",
+        mse, oracle = map(float, re.fullmatch(r"clip \(tube mask, ratio 0.75; 4 frames x 32 px \(stride \d+, tubelet 2, patch 16\)\): "
+                                              r"masked MSE (\S+) vs patch-mean oracle (\S+) \(pixels\)",
                                               titles[0]).groups())
         # by hand: the masked tokens' pixels, each minus its own per-channel mean
         pix = pixel_target(video[None], model.arch, mask_to_indices(mask[None], 8).masked)  # [1, 5, C, t*p*p]
@@ -286,7 +287,7 @@ def test_reconstruction_title_gives_the_patch_mean_oracle(tmp_path, monkeypatch,
         assert mse == pytest.approx(float(out.loss), abs=1e-4)  # the model's own loss is already in pixels
         assert mse > oracle  # an untrained model is worse than each patch's mean colour
     else:
-        pattern = (r"clip: masked MSE (\S+) on the normalized target \(each patch's mean: ~1\.0\); "
+        pattern = (r"clip \(.*\): masked MSE (\S+) on the normalized target \(each patch's mean: ~1\.0\); "
                    r"drawn with the true patch means and stds")
         assert float(re.fullmatch(pattern, titles[0]).group(1)) == pytest.approx(float(out.loss), abs=1e-3)
         torch.nn.init.zeros_(model.decoder.head.weight)  # a zero prediction is each patch's mean: 1.0
@@ -294,3 +295,49 @@ def test_reconstruction_title_gives_the_patch_mean_oracle(tmp_path, monkeypatch,
         titles.clear()
         write_pretrain_figures(model, [{"video": video, "mask": mask, "video_id": "clip"}], cfg, tmp_path)
         assert float(re.fullmatch(pattern, titles[0]).group(1)) == pytest.approx(1.0, abs=0.01)  # up to the std estimator and eps
+
+
+@pytest.mark.parametrize("objective", ["mae+contrastive", "contrastive"])
+def test_loss_figure_plots_each_term_and_a_contrastive_run_draws_no_reconstruction(tmp_path, monkeypatch, objective):
+    """The loss curve has a panel per logged term (MSE, InfoNCE) and names the objective; a
+    contrastive-only run never trains its decoder, so no reconstruction is drawn (issue 28)."""
+    import json
+
+    from tgmae.models import build_pretraining_model
+    from tgmae.train.pretrain import write_pretrain_figures
+    from tgmae.viz import curves
+
+    cfg = load_config(None, SMALL + ["model.patch_size=16", "captions.file=captions.jsonl",
+                                     f"contrastive.objective={objective}", "contrastive.weight=0.5"])
+    terms = {"loss_nce": 2.0} | ({"loss_mse": 0.8} if objective != "contrastive" else {})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "lr": 1e-3, **terms}) + "\n"
+                                                    for s in (1, 2)))
+    plotted = []
+    plot = curves.plot_curves
+    monkeypatch.setattr(curves, "plot_curves", lambda runs, keys, path, **kw: plotted.append((keys, kw["title"]))
+                        or plot(runs, keys, path, **kw))
+    torch.manual_seed(0)
+    model = build_pretraining_model(cfg.model, 4, 32, pixel_mean=tuple(cfg.data.mean), pixel_std=tuple(cfg.data.std))
+    sample = {"video": torch.randn(3, 4, 32, 32), "mask": torch.arange(8) % 2 == 0, "video_id": "clip"}
+    out = write_pretrain_figures(model, [sample], cfg, tmp_path)
+    keys, title = plotted[0]
+    if objective == "contrastive":
+        assert keys == ["loss", "loss_nce", "lr"] and "objective contrastive (loss = loss_nce)" in title
+        assert set(out) == {"loss_curve"} and not (tmp_path / "reconstruction.png").exists()
+    else:
+        assert keys == ["loss", "loss_mse", "loss_nce", "lr"]
+        assert "objective mae+contrastive (loss = loss_mse + 0.5 x loss_nce)" in title and "tube mask" in title
+        assert (tmp_path / "reconstruction.png").is_file()
+
+
+def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root, tmp_path, capsys):
+    """data.num_frames beyond every video, read by 2 DataLoader workers: one line naming the key,
+    exit 2 (issue 28: a traceback from the worker)."""
+    from tgmae.cli import main
+
+    args = [f"{k}" for k in SMALL if not k.startswith(("data.num_workers", "data.num_frames"))]
+    code = main(["pretrain", *args, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
+                 "data.num_frames=16", "data.num_workers=2", "data.max_load_retries=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("tgmae pretrain: no video long enough in 4 tries: a clip needs"), err
+    assert "data.num_frames=16" in err[-1] and not any("Traceback" in line for line in err)

@@ -173,7 +173,7 @@ def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=r"ck/step_00000001: no space left on device"):  # names the checkpoint
         ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(1, 0, 1), {})
     assert list(d.iterdir()) == []  # the half-written temp folder is gone
     monkeypatch.setattr(torch, "save", real_save)

@@ -112,6 +112,33 @@ def test_export_cli(pretrained, tmp_path, capsys):
     assert "not a finetuned classifier" in capsys.readouterr().err
 
 
+def test_export_refuses_a_run_folder_and_a_non_empty_one_without_overwrite(pretrained, tmp_path, capsys):
+    """`tgmae export-hf RUN RUN` wrote an encoder-only model.safetensors over the run's model (the
+    decoder lost): a folder holding a run or the checkpoint is refused; another non-empty folder
+    needs --overwrite (issue 28)."""
+    from tgmae.cli import main as cli
+
+    _, path = pretrained
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(path.read_bytes())
+    (run / "config.yaml").write_text("model: {}\n")
+    before = (run / "model.safetensors").read_bytes()
+    for args in ([str(run), str(run)], [str(run), str(run), "--overwrite"],
+                 [str(run / "model.safetensors"), str(run), "--overwrite"]):
+        assert cli(["export-hf", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tgmae export-hf: {run}: holds") and err.count("\n") == 1, err
+    assert (run / "model.safetensors").read_bytes() == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli(["export-hf", str(path), str(other)]) == 2
+    assert "not empty" in capsys.readouterr().err and "--overwrite" not in str(list(other.iterdir()))
+    assert cli(["export-hf", str(path), str(other), "--overwrite"]) == 0
+    assert (other / "config.json").is_file() and (other / "notes.txt").read_text() == "mine"
+
+
 def test_classifier_with_foreign_fc_norm_eps_is_refused():
     from tgmae.weights.export_hf import hf_model
 

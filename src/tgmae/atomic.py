@@ -6,10 +6,15 @@ in the target's folder (same filesystem, so the rename is atomic; unique per thr
 A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` (called where runs
 start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
 this host that have ended, recognised by that name and their pid.
+
+A write that fails for want of room or rights (a full disk, a read-only or foreign folder) is a
+`OutputError` naming the file (`write_failure`): the command line shows it as one line, exit 2.
+`tgmae.cli` applies the same rule to the OSErrors of writers that do not come through here.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -18,7 +23,49 @@ import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+from tgmae.errors import UserError
+
+# errno of a write the user's disk or folder refused: full, read-only, not theirs, over quota
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG})
+LOW_SPACE = 1 << 20  # bytes free below which a failed write is blamed on a full disk
+
+
+class OutputError(OSError, UserError):
+    """A file could not be written: the disk is full or the folder read-only / not writable."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) -> Optional[OutputError]:
+    """An OutputError naming `path` (else the error's own file name) when `e` is a write the disk
+    or folder refused: an OSError with an errno of WRITE_ERRNOS, or any error (torch / safetensors
+    writers raise RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
+    target = path if path is not None else getattr(e, "filename", None)
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        code = e.errno
+    elif target is not None and _free_bytes(Path(target)) < LOW_SPACE:
+        code = errno.ENOSPC
+    else:
+        return None
+    full = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = "free some space or write elsewhere" if full else "choose a folder you can write to"
+    where = f"{target}: " if target is not None else ""
+    return OutputError(code, f"{where}{os.strerror(code).lower()}; {hint}")
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the disk of `path` (its nearest existing folder); a large number when unknown."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                break
+    return 1 << 62
+
 
 log = logging.getLogger("tgmae")
 
@@ -76,20 +123,48 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
 
     fsync: flush the temp file to disk before the rename (files a crash must not lose).
-    Creates `path`'s folder. On an exception the temp file is removed and the error propagates.
+    Creates `path`'s folder. On an exception the temp file is removed and the error propagates
+    (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        failure = write_failure(e, path)
+        if failure is not None:
+            raise failure from e
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, before long work, if `path` could not be written later: creates its folder and
+    an empty temp file beside it (removed). OutputError naming `path` for a full disk, a folder
+    that cannot be written, or a folder at `path` itself."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(errno.EISDIR, f"{path}: is a folder; give a file name")
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"")
+    except OSError as e:
+        raise (write_failure(e, path) or e) from e
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
@@ -103,4 +178,5 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps", "temp_path"]
+__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
+           "remove_stale_temps", "temp_path", "write_failure"]

@@ -68,21 +68,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(rest) or 0)
-    except (UserError, FileNotFoundError) as e:
-        # bad input (a key, a path, the wrong checkpoint kind): the message, not a traceback
-        if os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+    except Exception as e:
+        # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
+        # DataLoader worker raised it: the message, not a traceback
+        line = _one_line(e)
+        if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        print(f"tgmae {name}: {_one_line(e)}", file=sys.stderr)
+        print(f"tgmae {name}: {line}", file=sys.stderr)
         return 2
 
 
-def _one_line(e: BaseException) -> str:
-    """The message of a user error; a FileNotFoundError as `PATH: no such file or directory`; a
-    ConfigError prefixed `config error: `."""
+def _one_line(e: BaseException) -> str | None:
+    """The one line of a user error, None for any other exception (a bug: its traceback). A
+    FileNotFoundError reads `PATH: no such file or directory`; a ConfigError is prefixed
+    `config error: `; a write refused by the disk or folder names the file (`atomic.write_failure`);
+    a UserError raised in a DataLoader worker gives the worker's message (`errors.worker_user_error`)."""
+    from tgmae.atomic import write_failure
     from tgmae.config import ConfigError
+    from tgmae.errors import worker_user_error
 
+    if (worker := worker_user_error(e)) is not None:
+        return f"config error: {worker}" if isinstance(e, ConfigError) else worker
     if isinstance(e, FileNotFoundError) and e.filename is not None and not isinstance(e, UserError):
         return f"{e.filename}: no such file or directory"
+    if isinstance(e, OSError) and not isinstance(e, UserError) and (failure := write_failure(e)) is not None:
+        return str(failure)
+    if not isinstance(e, (UserError, FileNotFoundError)):
+        return None
     msg = str(e) or type(e).__name__
     return f"config error: {msg}" if isinstance(e, ConfigError) else msg
 

@@ -682,7 +682,10 @@ def _refuse_duplicate_keys(node: Any, path: Path, prefix: str) -> None:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a full disk: OutputError naming `path`)."""
+    from tgmae.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _deep_update(dst: dict, src: dict) -> None:

@@ -10,6 +10,10 @@ those keep working. Set `TGMAE_DEBUG=1` to see the traceback of a user error too
 
 from __future__ import annotations
 
+import importlib
+import re
+from typing import Optional
+
 
 class UserError(Exception):
     """Bad input whose message names the key or path and the way out (CLI: exit 2, no traceback)."""
@@ -20,4 +24,32 @@ class SettingsError(ValueError, UserError):
     the message names it and the valid values."""
 
 
-__all__ = ["SettingsError", "UserError"]
+_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def worker_user_error(e: BaseException) -> Optional[str]:
+    """The message of a UserError raised inside a DataLoader worker, else None.
+
+    torch re-raises a worker's exception in the main process as `type(msg)` (a RuntimeError when
+    the type cannot be built from one string) with msg = "Caught T in DataLoader worker process
+    N." + the worker's traceback; the traceback's last `module.T: message` holds the original
+    message. T must be a UserError subclass (imported from its module to check)."""
+    found = _WORKER.match(str(e))
+    if found is None:
+        return None
+    name = found.group(1)
+    lines = list(re.finditer(rf"^(?:([\w.]+)\.)?{name}: ", str(e), re.MULTILINE))
+    if not lines:
+        return None
+    last = lines[-1]
+    module = last.group(1) or "builtins"
+    try:
+        kind = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(kind, type) and issubclass(kind, (UserError, FileNotFoundError))):
+        return None
+    return str(e)[last.end():].strip()
+
+
+__all__ = ["SettingsError", "UserError", "worker_user_error"]

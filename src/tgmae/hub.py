@@ -1,8 +1,10 @@
 """Loading transformers models by hub id or local path, with a clear message when offline.
 
 A cached or local model loads without touching the network (`local_files_only=True` first);
-only a miss goes to the hub, and only when `HF_HUB_OFFLINE` is not set. When nothing works,
-`ModelUnavailableError` names the model and the ways to provide it, instead of a stack trace.
+only a miss goes to the hub, and only when `HF_HUB_OFFLINE` is not set and the hub answers a
+quick connection (`hub_reachable`: a few seconds, instead of transformers' ~28 s of retries
+without a network). When nothing works, `ModelUnavailableError` names the model and the ways
+to provide it, instead of a stack trace.
 """
 
 from __future__ import annotations
@@ -25,6 +27,25 @@ def hub_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+HUB_CONNECT_TIMEOUT = 3.0  # seconds to open a TCP connection to the hub before calling it unreachable
+
+
+def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
+    """True when a TCP connection to the hub (HF_ENDPOINT, default https://huggingface.co) opens
+    within `timeout` seconds (name lookup included)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def looks_like_path(name: str) -> bool:
     """A local directory rather than a hub id (`org/name` or `name`). `runs/clip` is a path when
     the folder `runs` exists here (a missing model folder inside it is then reported at once,
@@ -45,7 +66,7 @@ def unavailable_message(name: str, what: str, cause: str = "") -> str:
         f"cannot load {what} {name!r}: it is not a local model directory and its files are not in "
         f"the Hugging Face cache (HF_HOME={hf_home})"
         + (", and the hub is switched off (HF_HUB_OFFLINE=1)." if hub_offline() else
-           ", and the hub could not be reached."),
+           ", and the hub could not be reached (no network?)."),
         "Provide it in one of these ways:",
         f"  1. pass a local directory written by save_pretrained (config.json, weights, "
         f"processor/tokenizer files) instead of {name!r};",
@@ -78,7 +99,7 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", **
         return loader(name, local_files_only=True, **kwargs)
     except OSError as e:
         first_error = str(e)
-    if hub_offline():
+    if hub_offline() or not hub_reachable():  # fail now, not after the hub client's retries
         raise ModelUnavailableError(unavailable_message(name, what, first_error))
     try:
         return loader(name, **kwargs)

@@ -87,6 +87,17 @@ class CaptionProvider:
         """The given ids that have no captions (check a dataset before training)."""
         return [v for v in video_ids if v not in self._ids]
 
+    def check_videos(self, video_ids: Sequence[str]) -> None:
+        """CaptionStoreError (naming the file and the first videos) unless every id has captions:
+        a dataset checks this at set-up, not at the first sample without one."""
+        missing = self.missing(video_ids)
+        if missing:
+            where = self.source_file or "the captions"
+            shown = ", ".join(repr(v) for v in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise CaptionStoreError(
+                f"{where}: no captions for {len(missing)} of the {len(video_ids)} videos ({shown}); caption "
+                "them (`tgmae caption`, which resumes) or check that the store's video ids match the annotations")
+
     # -- drawing -------------------------------------------------------------------------------
 
     def draw(self, video_id: str, generator: Optional[torch.Generator] = None) -> tuple[int, Optional[torch.Tensor]]:

@@ -11,8 +11,9 @@ import sys
 from typing import Sequence
 
 from tgmae.config import DATASET_FORMATS
+from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.data import check, prepare
-from tgmae.data.check import run_check
+from tgmae.data.check import found_problems, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
 
 
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write the JSON report here")
     p.add_argument("--workers", type=int, default=1, help="processes checking videos in parallel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-bad", action="store_true",
+                   help="exit 0 even when bad videos or rows are found (default: exit 1)")
     return p
 
 
@@ -89,11 +92,12 @@ def main(argv: Sequence[str]) -> int:
     if argv[0] == "prepare":
         return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
+    if args.out:  # before checking every video, not after
+        check_writable(args.out)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_text(args.out, json.dumps(report, indent=2))
     c = report["counts"]
     print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
@@ -102,4 +106,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
-    return 0
+    if report["empty"]:
+        print(f"  empty: {args.annotations} lists no videos")
+    return 1 if found_problems(report) and not args.allow_bad else 0

@@ -37,6 +37,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--max-videos", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rebuild", action="store_true", help="empty the similarity cache (--cache) and build it anew")
     args = p.parse_args(list(argv))
     root = Path(args.root)
     if not (root / "masks").is_dir() or not (root / "captions.jsonl").is_file():
@@ -53,7 +54,7 @@ def main(argv: Sequence[str]) -> int:
         num_frames=args.num_frames, frame_stride=args.frame_stride, image_size=args.image_size,
         mode=args.mode, cache_dir=args.cache, augment=args.augment, min_cover=args.min_cover,
         max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
-        progress=not args.no_progress,
+        progress=not args.no_progress, rebuild=args.rebuild,
     )
     print(f"eval-masks: {quality.videos} videos of {args.root} ({args.split}), "
           f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")

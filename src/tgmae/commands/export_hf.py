@@ -17,6 +17,8 @@ def main(argv: Sequence[str]) -> int:
                         help="export a finetuned classifier as VideoMAEForVideoClassification")
     parser.add_argument("--pretraining", action="store_true",
                         help="export the whole pretraining model (encoder + decoder) as VideoMAEForPreTraining")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT_DIR (never one holding a run or the checkpoint)")
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth of a width no released model has)")
     parser.add_argument("--decoder-heads", type=int, help="decoder heads (--pretraining from such an official .pth)")
@@ -24,7 +26,8 @@ def main(argv: Sequence[str]) -> int:
     if args.classifier and args.pretraining:
         parser.error("--classifier and --pretraining exclude each other")
     res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
-                    pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads)
+                    pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads,
+                    overwrite=args.overwrite)
     check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
     print(f"wrote {res.hf_class} to {res.out_dir}{check}")
     return 0

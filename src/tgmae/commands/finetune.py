@@ -16,5 +16,8 @@ def main(argv: Sequence[str]) -> int:
     result = lib.finetune(cfg)
     print(f"run directory: {result.output_dir}")
     if result.test is not None:
-        print(f"test {topk_text(result.test.top1, result.test.top5)}")
+        t = result.test
+        print(f"test {topk_text(t.top1, t.top5)}  ({t.num_videos} videos x {t.num_views} views"
+              + (f"; {t.num_unreadable} unreadable videos not scored, listed in test_results.json)"
+                 if t.unreadable else ")"))
     return 0

@@ -12,11 +12,14 @@ from typing import Sequence
 def _parser(kind: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"tgmae visualize {kind}", description=description)
     p.add_argument("checkpoint", help="model: ours (.safetensors / run / checkpoint dir), official .pth or HF dir")
-    p.add_argument("-c", "--config", help="YAML config (data, masking, model sections)")
+    p.add_argument("-c", "--config", help="YAML config: data annotations and what the checkpoint's run lacks "
+                                          "(its own masking, model and clip geometry come first)")
     p.add_argument("--index", type=int, default=0, help="dataset item to show")
     p.add_argument("--subset", default="val", choices=("train", "val"), help="annotations to read")
     p.add_argument("--video", help="a video file or frame folder instead of the dataset")
     p.add_argument("--out", help="output folder (default: <train.output_dir>/figures)")
+    if kind == "recon":
+        p.add_argument("--caption", help="the --video's caption, for a run masking with TGM")
     if kind == "attention":
         p.add_argument("--layer", type=int, default=-1, help="block whose attention is shown (-1 = last)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.image_size=112")
@@ -24,14 +27,14 @@ def _parser(kind: str, description: str) -> argparse.ArgumentParser:
 
 
 def _figures(kind: str, argv: Sequence[str]) -> int:
-    from tgmae.commands.args import load_run_config, parse_args
+    from tgmae.commands.args import parse_args
     from tgmae.evaluate import visualize as lib
 
     args = parse_args(_parser(kind, lib.__doc__.splitlines()[0]), argv)
-    cfg = load_run_config(f"visualize {kind}", args.config, args.overrides)
+    cfg = lib.figure_config(args.config, args.overrides, args.checkpoint)
     where = dict(index=args.index, subset=args.subset, video=args.video, out=args.out)
     if kind == "recon":
-        figures = lib.recon_figures(cfg, args.checkpoint, **where)
+        figures = lib.recon_figures(cfg, args.checkpoint, caption=args.caption, **where)
     else:
         figures = lib.attention_maps(cfg, args.checkpoint, layer=args.layer, **where)
     for name, path in figures.items():

@@ -30,6 +30,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--frame-stride", type=int, default=2)
     p.add_argument("--columns", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rebuild", action="store_true",
+                   help="--root with --clip: empty the similarity cache and build it anew")
     args = p.parse_args(list(argv))
     if args.ratio is not None and not 0 < args.ratio < 1:
         print("tgmae visualize masks: --ratio must be in (0, 1)", file=sys.stderr)
@@ -37,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
     common = dict(clip_model=args.clip, ratio=args.ratio, mode=args.mode, image_size=args.image_size,
                   num_frames=args.num_frames, frame_stride=args.frame_stride, columns=args.columns, seed=args.seed)
     if args.root:
-        path = synthetic_figure(args.root, args.out, args.video_id, **common)
+        path = synthetic_figure(args.root, args.out, args.video_id, rebuild=args.rebuild, **common)
     else:
         if args.clip and not args.caption.strip():
             print("tgmae visualize masks: TGM on --video needs a non-empty --caption", file=sys.stderr)

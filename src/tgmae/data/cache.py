@@ -49,7 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from tgmae.atomic import OutputError, atomic_path, atomic_write_text, check_writable, remove_stale_temps
 from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
@@ -285,10 +285,10 @@ def build_disk_cache(records: Sequence[VideoRecord], cache_dir: str | Path, *, t
 
 
 def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: int, workers: int) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"data.cache_dir={str(folder)!r}: cannot create it ({err})") from err
+    try:  # before decoding every video, not after
+        check_writable(folder / f"{key}.u8")
+    except OutputError as err:
+        raise OutputError(err.errno, f"data.cache_dir: {err}") from None
     spans = frame_spans(records)
     log.info("building decoded-clip cache %s in %s (%d videos)", key, folder, len(spans))
     entries, offset = {}, 0

@@ -7,9 +7,11 @@ Each record's video gets the one verdict every reader of it uses (`tgmae.data.vi
 the file's frame index, built by decoding it once, names missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable files), then the first, middle and last frame
 of its range are read; clips shorter than `--min-frames` and labels outside the class list are
-reported too, as are annotation rows that cannot be read (file:line). The report holds counts and one entry per bad item (path, reason). Exit status is
-0 whenever everything could be checked, whatever was found; 2 when the annotations themselves
-cannot be read or the arguments are wrong.
+reported too, as are annotation rows that cannot be read (file:line; a row repeating another's
+video id among them) and a list without records (`empty`). The report holds counts and one entry
+per bad item (path, reason). Exit status: 0 when nothing was found; 1 when anything was (bad
+videos, bad rows, an empty list; `--allow-bad` keeps 0); 2 when the annotations
+themselves cannot be read, `--out` cannot be written (checked first) or the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
         "format": fmt, "root": str(root), "annotations": str(annotations), "subset": subset, "split": split,
         "min_frames": min_frames, "num_classes": len(classes),
         "records": len(records), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
-        "bad_rows": len(problems),
+        "bad_rows": len(problems), "empty": not records,
         "counts": {k: counts.get(k, 0) for k in KINDS},
         "frames": {"min": min(frames), "max": max(frames), "mean": sum(frames) / len(frames)} if frames else None,
         "items": [{k: v for k, v in asdict(r).items() if k != "num_frames"} for r in bad],
@@ -129,4 +131,9 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     }
 
 
-__all__ = ["run_check", "check_record", "unreadable_records", "ItemResult", "parallel_map"]
+def found_problems(report: dict) -> bool:
+    """True when a `run_check` report found anything wrong (the command's exit 1)."""
+    return bool(report["bad"] or report["bad_rows"] or report["empty"])
+
+
+__all__ = ["found_problems", "run_check", "check_record", "unreadable_records", "ItemResult", "parallel_map"]

@@ -132,7 +132,7 @@ class _RobustBase(Dataset):
         index = int(index)
         if not 0 <= index < len(self.records):
             raise IndexError(index)
-        epoch, idx, reasons = self.epoch, index, []
+        epoch, idx, reasons, kinds = self.epoch, index, [], set()
         for attempt in range(self.cfg.max_load_retries + 1):
             g = sample_generator(self.seed, epoch, idx, attempt)
             try:
@@ -142,6 +142,7 @@ class _RobustBase(Dataset):
                 if not self.substitute:
                     return self._unreadable(index, e)
                 reasons.append(error_text(self.records[idx].path, e))
+                kinds.add(getattr(e, "kind", None))
                 idx = int(torch.randint(len(self.records), (1,),
                                         generator=sample_generator(self.seed, epoch, index, attempt, 1)))
                 continue
@@ -149,6 +150,11 @@ class _RobustBase(Dataset):
             if not self.substitute:
                 sample.update(unreadable=False, load_error="")
             return sample
+        if kinds == {"too_short"}:  # every try: a clip longer than the videos (a setting, not the files)
+            raise VideoLoadError(
+                f"no video long enough in {self.cfg.max_load_retries + 1} tries: a clip needs {self.min_frames} "
+                f"frames (data.num_frames={self.cfg.num_frames}); lower data.num_frames or check the videos "
+                "(`tgmae data check --min-frames N`); last: " + " | ".join(reasons[-2:]))
         raise VideoLoadError(
             f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
             f"(data.max_load_retries); last errors: " + " | ".join(reasons[-3:]))
@@ -211,6 +217,7 @@ class VideoDataset(_RobustBase):
             raise ValueError("mask_generator needs token_grid (T', H', W')")
         self.train, self.token_grid, self.mask_generator = train, token_grid, mask_generator
         self.captions = captions
+        check_videos_known(self.records, captions, mask_generator)
         self.reader_threads = cfg.decoder_threads if reader_threads is None else reader_threads
         size = cfg.image_size
         if not train:
@@ -348,6 +355,19 @@ class MultiViewDataset(_RobustBase):
         return sample
 
 
+def check_videos_known(records: Sequence[VideoRecord], captions: Optional[CaptionProvider],
+                       mask_generator: Optional[MaskGenerator]) -> None:
+    """At set-up, not in a DataLoader worker at step N: the caption provider and the mask
+    generator know every record's video (their `check_videos(ids)` where they have one: captions
+    for each video, a TGM similarity cache's maps and captions). They raise a UserError naming
+    the videos and the file."""
+    ids = [r.video_id for r in records]
+    for part in (captions, mask_generator):
+        check = getattr(part, "check_videos", None)
+        if check is not None:
+            check(ids)
+
+
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,
                   multi_view: bool = False, **kwargs) -> Dataset:
     """Annotations named by `cfg` -> dataset. subset "train" reads `cfg.train_annotations`;
@@ -372,4 +392,4 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
 
 
 __all__ = ["VideoDataset", "MultiViewDataset", "VideoLoadError", "CaptionProvider", "sample_generator",
-           "build_dataset", "keep_freed_memory", "loader_worker_init"]
+           "build_dataset", "keep_freed_memory", "loader_worker_init", "check_videos_known"]

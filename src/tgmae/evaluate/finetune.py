@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from tgmae.atomic import atomic_write_text
 from tgmae.config import RunConfig
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
@@ -40,16 +41,15 @@ def head_dropout(cfg: RunConfig) -> float:
 
 
 def resolve_num_classes(cfg: RunConfig, dataset: Dataset) -> int:
-    """eval.num_classes, else the dataset's class names, else max label + 1 over its records."""
-    if cfg.eval.num_classes is not None:
-        return int(cfg.eval.num_classes)
-    names = getattr(dataset, "class_names", None)
-    if names:
-        return len(names)
+    """eval.num_classes, else the dataset's class names, else max label + 1 over its records;
+    ConfigError naming eval.num_classes when it is below the data's classes or, with named
+    classes, other than their count (`evaluate.classes.resolve_num_classes`)."""
+    from tgmae.evaluate.classes import data_class_count, resolve_num_classes as resolve
+
+    names = list(getattr(dataset, "class_names", None) or [])
     records = getattr(dataset, "records", None)
-    if records:
-        return max(int(r.label) for r in records) + 1
-    raise ValueError("cannot tell the number of classes: set eval.num_classes")
+    top = max((int(r.label) for r in records), default=-1) if records else data_class_count(dataset) - 1
+    return resolve(cfg.eval.num_classes, names, top)
 
 
 class FinetuneTask:
@@ -149,10 +149,24 @@ class FinetuneTask:
         return {"val_top1": res.top1, **top5, "val_loss": res.loss}
 
     def test(self, model: nn.Module, dataset: Dataset) -> ClassificationResult:
+        """Scores of `model` on `dataset`, its classes matched by name to the training set's."""
         device = next(model.parameters()).device
         return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
                                    precision=resolve_precision(self.cfg.train.precision, device),
-                                   num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict)
+                                   num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict,
+                                   head_names=self.class_names, head="the classes of data.train_annotations",
+                                   data=self.cfg.data.val_annotations or "the test set")
+
+    def check_classes(self, *datasets: Optional[Dataset]) -> None:
+        """At set-up: the head's class count (eval.num_classes) and the test sets' classes, which
+        must all be among the training set's (ConfigError / ClassMismatchError, naming them)."""
+        from tgmae.evaluate.classes import align_classes, data_class_count
+
+        k = self.num_classes
+        for ds in datasets:
+            if ds is not None:
+                align_classes(self.class_names, k, getattr(ds, "class_names", None) or [], data_class_count(ds),
+                              "the classes of data.train_annotations", self.cfg.data.val_annotations or "the test set")
 
 
 def require_readable(datasets: Sequence[Optional[Dataset]], workers: int = 0) -> None:
@@ -198,7 +212,8 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
         from tgmae.data.dataset import build_dataset
 
         test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
-    if cfg.eval.strict:  # fail before training, not after it
+    task.check_classes(task.val_dataset(), test_data)  # fail before training, not after it
+    if cfg.eval.strict:
         require_readable([task.val_dataset(), test_data], cfg.data.num_workers)
     trainer = Trainer(task, cfg, hooks=hooks)
     fit = trainer.fit()
@@ -213,8 +228,10 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
         if val:
             summary.update({k: val[-1][k] for k in ("val_top1", "val_top5") if k in val[-1]})
         if test is not None:
-            test_summary = test.summary(names)
-            (out / "test_results.json").write_text(json.dumps(test_summary, indent=2))
+            from tgmae.evaluate.multiview import write_test_results
+
+            write_test_results(test, out, f"{test_data.num_temporal}x{test_data.num_spatial}"
+                               if hasattr(test_data, "num_temporal") else None)
             if test.top5 is not None:
                 summary["test_top5"] = test.top5
             summary.update(test_top1=test.top1, test_views=test.num_views,
@@ -222,7 +239,7 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
                            test_unreadable=test.num_unreadable)
             log.info("multi-view test: %s (%d videos x %d views)", topk_text(test.top1, test.top5),
                      test.num_videos, test.num_views)
-        (out / "finetune_results.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(out / "finetune_results.json", json.dumps(summary, indent=2))
     return FinetuneResult(out, path, fit.history, test)
 
 

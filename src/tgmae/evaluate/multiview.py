@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tgmae.evaluate.classes import align_classes, data_class_count
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
 from tgmae.train.precision import autocast
@@ -50,6 +51,8 @@ class ClassificationResult:
     probs: torch.Tensor = field(repr=False)
     labels: torch.Tensor = field(repr=False)
     unreadable: list[dict] = field(default_factory=list)  # left out: {index, video_id, label, reason}
+    class_names: list[str] = field(default_factory=list)  # name of each column of probs (`evaluate.classes`)
+    video_ids: list[str] = field(default_factory=list)  # id of each scored video, in probs' row order
 
     @property
     def num_unreadable(self) -> int:
@@ -60,6 +63,7 @@ class ClassificationResult:
         counts the scored (readable) videos; `per_class_videos` gives each class's scored and
         unreadable counts, so a class whose videos could not be read stays visible."""
         k = len(self.per_class)
+        class_names = list(class_names) or self.class_names
         names = list(class_names) if len(class_names) == k else [str(i) for i in range(k)]
         scored = torch.bincount(self.labels, minlength=k).tolist()
         missing = [0] * k
@@ -120,8 +124,10 @@ def predict_views(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
 
 
 def classification_result(probs: torch.Tensor, labels: torch.Tensor, views: int = 1,
-                          load_failures: int = 0, unreadable: Sequence[dict] = ()) -> ClassificationResult:
-    """Metrics of view-averaged probabilities [N, K] against labels [N]."""
+                          load_failures: int = 0, unreadable: Sequence[dict] = (),
+                          class_names: Sequence[str] = (), video_ids: Sequence[str] = ()) -> ClassificationResult:
+    """Metrics of view-averaged probabilities [N, K] against labels [N] (columns in the labels' class
+    order; `class_names` names them)."""
     k = probs.shape[1]
     acc = topk_accuracy(probs, labels, reported_ks(k))
     per_class = per_class_accuracy(probs.argmax(dim=1), labels, k)
@@ -130,16 +136,27 @@ def classification_result(probs: torch.Tensor, labels: torch.Tensor, views: int 
     return ClassificationResult(
         top1=acc[1], top5=acc.get(5), mean_class_accuracy=float(present.mean()) if present.numel() else float("nan"),
         per_class=[float(a) for a in per_class], loss=float(nll), num_videos=int(labels.shape[0]),
-        num_views=views, load_failures=load_failures, probs=probs, labels=labels, unreadable=list(unreadable))
+        num_views=views, load_failures=load_failures, probs=probs, labels=labels, unreadable=list(unreadable),
+        class_names=list(class_names), video_ids=list(video_ids))
 
 
 def evaluate_classifier(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, precision: str = "fp32",
                         num_workers: int = 0, device: Optional[torch.device] = None,
-                        progress: bool = False, strict: bool = False) -> ClassificationResult:
+                        progress: bool = False, strict: bool = False,
+                        head_names: Optional[Sequence[str]] = None, head: str = "the classifier",
+                        data: str = "the test set") -> ClassificationResult:
     """Test `model` (video [B, C, T, H, W] -> logits [B, K]) on `dataset`, all ranks together.
 
-    Only readable videos are scored; the others are in `result.unreadable`. strict: an unreadable
-    video raises `VideoLoadError` instead."""
+    The head's classes (`head_names`, default `model.class_names`) are matched to the dataset's
+    `class_names` by name (`evaluate.classes.align_classes`: ClassMismatchError, naming `head` and
+    `data`, for classes the head does not know). Only readable videos are scored; the others are
+    in `result.unreadable`. strict: an unreadable video raises `VideoLoadError` instead."""
+    if head_names is None:
+        head_names = getattr(model, "class_names", ())
+    data_names = list(getattr(dataset, "class_names", None) or [])
+    k_head = getattr(getattr(model, "module", model), "num_classes", None)
+    if k_head is not None:  # refused before any video is read
+        align_classes(head_names, k_head, data_names, data_class_count(dataset), head, data)
     out = predict_views(model, dataset, batch_size=batch_size, precision=precision, num_workers=num_workers,
                         device=device, progress=progress)
     out, unreadable = split_unreadable(out, dataset, strict, "multi-view test")
@@ -148,8 +165,20 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, *, batch_size: int =
 
         raise VideoLoadError(f"none of the {len(unreadable)} test videos can be read: "
                              + "; ".join(u["reason"] for u in unreadable[:3]))
-    return classification_result(out["probs"], out["label"], int(out["views"].max()),
-                                 int(out["load_failures"].sum()), unreadable)
+    classes = align_classes(head_names, out["probs"].shape[1], data_names, data_class_count(dataset, out["label"]),
+                            head, data)
+    ids = video_ids(dataset, out["index"])
+    return classification_result(classes.apply(out["probs"]), out["label"], int(out["views"].max()),
+                                 int(out["load_failures"].sum()), unreadable, classes.names, ids)
+
+
+def video_ids(dataset: Dataset, index: torch.Tensor) -> list[str]:
+    """The id of each dataset row in `index` [N] (its record's `video_id`, else the row number)."""
+    records = getattr(dataset, "records", None)
+    rows = [int(i) for i in index.tolist()]
+    if records is None:
+        return [str(i) for i in rows]
+    return [str(getattr(records[i], "video_id", i)) for i in rows]
 
 
 @locks_run_folder
@@ -164,6 +193,10 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     from tgmae.weights.classifier import load_classifier
 
     dist_info = init_distributed(cfg.train.device)
+    if rank_world()[0] == 0:  # fail before the test, not after it
+        from tgmae.atomic import check_writable
+
+        check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
         if not cfg.model.pretrained:
             from tgmae.config import ConfigError
@@ -175,17 +208,16 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
+    where = dict(head=cfg.model.pretrained or "the classifier", data=cfg.data.val_annotations or "the test set")
+    head_names = list(getattr(classifier, "class_names", []))
     precision = resolve_precision(cfg.train.precision, dist_info.device)
     result = evaluate_classifier(classifier, dataset, batch_size=cfg.train.batch_size, precision=precision,
                                  num_workers=cfg.data.num_workers, device=dist_info.device,
-                                 progress=progress and cfg.log.progress, strict=cfg.eval.strict)
+                                 progress=progress and cfg.log.progress, strict=cfg.eval.strict,
+                                 head_names=head_names, **where)
     if rank_world()[0] == 0:
-        names = getattr(dataset, "class_names", None) or getattr(classifier, "class_names", [])
         out = Path(cfg.train.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        summary = result.summary(names)
-        summary["views"] = f"{dataset.num_temporal}x{dataset.num_spatial}"
-        (out / "test_results.json").write_text(json.dumps(summary, indent=2))
+        summary = write_test_results(result, out, f"{dataset.num_temporal}x{dataset.num_spatial}")
         log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
                  result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
         if result.unreadable:
@@ -194,6 +226,20 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     return result
 
 
+def write_test_results(result: ClassificationResult, out: Path, views: Optional[str] = None) -> dict[str, Any]:
+    """`out/test_results.json` (the summary, + `views` "TxS") and `out/test_predictions.csv` (per
+    scored video: id, true label, top-5 labels and scores; `evaluate.predictions`). Returns the summary."""
+    from tgmae.atomic import atomic_write_text
+    from tgmae.evaluate.predictions import write_predictions
+
+    summary = result.summary()
+    if views is not None:
+        summary["views"] = views
+    atomic_write_text(out / "test_results.json", json.dumps(summary, indent=2))
+    names = result.class_names if len(result.class_names) == result.probs.shape[1] else ()
+    write_predictions(out / "test_predictions.csv", result.video_ids, result.labels, result.probs, names)
+    return summary
+
 
 __all__ = ["ClassificationResult", "predict_views", "evaluate_classifier", "classification_result",
-           "evaluate_checkpoint", "views_per_sample"]
+           "evaluate_checkpoint", "views_per_sample", "video_ids", "write_test_results"]

@@ -179,6 +179,7 @@ def probe_logits(model: nn.Module, data: FeatureDataset, batch_size: int = 4096)
     return logits
 
 
+@torch.no_grad()
 def score_probe(model: nn.Module, data: FeatureDataset, batch_size: int = 4096) -> dict[str, float]:
     """{top1, top5, loss} of a probe head on a feature set (eval mode: BN running statistics);
     top5 only with more than 5 classes."""
@@ -281,6 +282,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     train = get("train", train_data)
     val = get("val", val_data) if val_data is not None else None
     names = list(getattr(train_data, "class_names", None) or [])
+    if val is not None:
+        val.labels = val_labels_in_train_order(names, train, val_data, val.labels,
+                                               cfg.data.val_annotations or "the val set")
     return train, val, names
 
 
@@ -304,15 +308,33 @@ def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Opti
                       names if len(names) == scores.shape[1] else ())
 
 
+def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val_data: Dataset,
+                              labels: torch.Tensor, where: str) -> torch.Tensor:
+    """Val labels [N] as ids of the training set's classes (the head's), matched by name
+    (`evaluate.classes`; ClassMismatchError naming val classes the training set lacks)."""
+    from tgmae.evaluate.classes import align_classes, data_class_count
+
+    val_names = list(getattr(val_data, "class_names", None) or [])
+    k_train = max(len(train_names), int(train.labels.max()) + 1 if len(train) else 0)
+    classes = align_classes(train_names, k_train, val_names, data_class_count(val_data, labels),
+                            "the classes of data.train_annotations", where)
+    if classes.order is None:
+        return labels
+    return classes.order[labels.long()] if len(labels) else labels
+
+
 @locks_run_folder
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                  val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
                  cache_dir: Optional[str | Path] = None) -> ProbeResult:
     """Extract (or load) features, train the probe with the shared loop (or fit it with L-BFGS,
     `eval.probe_optimizer=lbfgs`: `hooks` then go unused), write probe_results.json."""
+    from tgmae.evaluate.classes import resolve_num_classes
+
+    _refuse_other_optimizer(cfg)
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
     if num_classes is None:
-        num_classes = cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
+        num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":
         return logistic_probe(cfg, train, val, num_classes, names)
     # The features are in memory: DataLoader worker processes would only add start-up cost.
@@ -399,6 +421,36 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
+
+
+def _probe_kind(optimizer: Optional[str]) -> Optional[str]:
+    return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else "loop (LARS / SGD)")
+
+
+def _refuse_other_optimizer(cfg: RunConfig) -> None:
+    """CheckpointError when train.output_dir holds a probe fitted the other way (an L-BFGS head
+    where a LARS / SGD probe would train, or the reverse): its results would be replaced under
+    other settings. checkpoint.resume=ignore_config asks for it."""
+    out = Path(cfg.train.output_dir)
+    stored: Optional[str] = None
+    results = out / "probe_results.json"
+    if results.is_file():
+        try:
+            stored = json.loads(results.read_text()).get("optimizer")
+        except (OSError, ValueError):
+            stored = None
+    if stored is None and (out / HEAD_FILE).is_file():
+        stored = "lbfgs"
+    if stored is None and ckpt.find_latest(out / "checkpoints") is not None:
+        refuse_other_run(out)  # another kind of run is named as such first
+        stored = "lars"
+    now = cfg.eval.probe_optimizer
+    if _probe_kind(stored) in (None, _probe_kind(now)) or cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
+        return
+    raise ckpt.CheckpointError(
+        f"train.output_dir={str(out)!r} holds a probe made with other settings (eval.probe_optimizer: "
+        f"{stored!r} -> {now!r}): start a new run with another train.output_dir, or replace it with "
+        f"checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
 def refuse_other_run(out: Path) -> None:

@@ -7,15 +7,69 @@
   the frames (`tgmae.viz.attention`); any checkpoint with an encoder (pretrained or finetuned).
 - masks ...: the masking figures of `tgmae.viz.masks` (its own arguments).
 The clip is item `index` of `subset` (val by default, the evaluation transform) of the
-config's annotations, or `video` (a file or frame folder). Outputs go to `out` (default
-train.output_dir/figures).
+config's annotations, or `video` (a file or frame folder, never substituted: an unreadable one
+is a `VideoLoadError`). Outputs go to `out` (default train.output_dir/figures).
+
+The figure is the run's (`figure_config`): its masking, model and clip geometry come from the
+checkpoint's own run (config.yaml of its run folder; a checkpoint without one gives its frames,
+image size, tubelet and patch), over `-c`, which supplies only what the checkpoint lacks (data
+annotations, an output folder); dotted overrides come last. Titles name the masking, ratio and
+geometry. TGM on a `--video` masks it by `--caption`, scored online by `masking.clip_model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import torch
+
+log = logging.getLogger("tgmae")
+
+
+# what makes a run's figure, taken from the checkpoint's run over -c (whole sections, or these data keys)
+RUN_SECTIONS = ("masking", "model", "captions", "contrastive")
+RUN_DATA_KEYS = ("num_frames", "image_size", "frame_stride", "mean", "std", "sampling")
+
+
+def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
+    """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
+    where they came from): its run folder's config.yaml; else the geometry stored with the
+    weights (frames, image size, tubelet, patch); else nothing."""
+    from tgmae.config import to_dict
+    from tgmae.weights.model_card import read_run
+
+    run = read_run(checkpoint)
+    if run.config is not None:
+        full = to_dict(run.config)
+        settings = {k: full[k] for k in RUN_SECTIONS}
+        settings["data"] = {k: full["data"][k] for k in RUN_DATA_KEYS}
+        return settings, str(run.run_dir / "config.yaml")
+    from tgmae.weights.sources import load_encoder_source
+
+    arch = load_encoder_source(checkpoint).arch
+    return ({"data": {"num_frames": arch.num_frames, "image_size": arch.image_size},
+             "model": {"patch_size": arch.patch_size, "tubelet_size": arch.tubelet_size}},
+            f"the geometry stored in {checkpoint}")
+
+
+def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
+    """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
+    (`run_settings`) < `overrides`. Logs what the run's settings replaced in -c."""
+    from tgmae.config import RunConfig, load_config, to_dict
+
+    given = to_dict(load_config(config)) if config else to_dict(RunConfig())
+    settings, source = run_settings(checkpoint)
+    replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
+                if config and given[sec].get(k) != v]
+    for section, values in settings.items():
+        given[section].update(values)
+    if replaced:
+        log.info("%s: %s from the run (%s), not -c %s", checkpoint, ", ".join(replaced[:6])
+                 + (" ..." if len(replaced) > 6 else ""), source, config)
+    return load_config(None, list(overrides), base=given)
 
 
 def _dataset(cfg, subset: str, video: Optional[str], **kwargs):
@@ -24,9 +78,13 @@ def _dataset(cfg, subset: str, video: Optional[str], **kwargs):
     if video:
         from tgmae.data.annotations import VideoRecord
 
-        path = Path(video).resolve()
-        record = VideoRecord(path=str(path), label=0, video_id=path.stem)
-        return VideoDataset([record], cfg.data, train=False, seed=cfg.train.seed, **kwargs)
+        path = Path(video)
+        if not path.exists():
+            raise FileNotFoundError(2, "no such file or directory", str(video))
+        record = VideoRecord(path=str(path.resolve()), label=0, video_id=path.stem)
+        # one named video: never replaced by another (max_load_retries 0 fails on the first try)
+        return VideoDataset([record], dataclasses.replace(cfg.data, max_load_retries=0), train=False,
+                            seed=cfg.train.seed, **kwargs)
     return build_dataset(cfg.data, subset, train=False, seed=cfg.train.seed, **kwargs)
 
 
@@ -55,30 +113,86 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     return load_pretraining_model(p, num_frames=num_frames, image_size=image_size)
 
 
-def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
-                  out: Optional[str] = None) -> dict[str, Path]:
-    """Original / masked / reconstructed frames of clip `index` with the run's mask generator;
-    returns figure name -> path."""
-    from tgmae.masking import build_mask_generator
-    from tgmae.models.arch import check_checkpoint_geometry
-    from tgmae.train.pretrain import write_pretrain_figures
+def _sample(dataset, index: int, video: Optional[str], subset: str) -> dict:
+    """Item `index`, read once and never replaced by another video (VideoLoadError naming the
+    file when it cannot be read)."""
+    from tgmae.data.dataset import VideoLoadError
 
-    model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
-    check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
+    index = _index(dataset, index, "video" if video else subset)
+    dataset.substitute = False
+    sample = dataset[index]
+    if sample.get("unreadable"):
+        what = f"--video {video}" if video else f"--index {index} of the {subset} set"
+        raise VideoLoadError(f"{what}: cannot be read ({sample['load_error']})")
+    return sample
+
+
+class _OneCaption:
+    """The caption provider of a single `--video`: its `--caption` (id 0) with its CLIP embedding."""
+
+    def __init__(self, text: str, embedding: torch.Tensor):
+        self.texts, self.embedding = [text], embedding
+
+    def draw(self, video_id: str, generator: torch.Generator):
+        return 0, self.embedding
+
+
+def _masking(cfg, video: Optional[str], caption: Optional[str]):
+    """(mask generator, caption provider) of a figure: the run's; TGM on a `--video` scores its
+    `--caption` online with masking.clip_model (no similarity map exists for a new video)."""
+    from tgmae.config import ConfigError
+    from tgmae.errors import SettingsError
+    from tgmae.masking import build_mask_generator
+
+    if cfg.masking.name == "tgm" and video:
+        if not caption:
+            raise SettingsError(f"the run masks with TGM, which needs a caption for --video {video}: pass "
+                                "--caption TEXT (or show the run's own videos with --index)")
+        if not cfg.masking.clip_model:
+            raise ConfigError("masking.clip_model: TGM on a --video scores its --caption online with a CLIP "
+                              "model; the run used a similarity cache only (set masking.clip_model=NAME_OR_DIR)")
+        from tgmae.clip.features import embed_texts
+
+        online = dataclasses.replace(cfg.masking, cache_dir="")
+        generator = build_mask_generator(online, data_mean=cfg.data.mean, data_std=cfg.data.std)
+        with torch.no_grad():
+            text = embed_texts(generator.scorer.clip, [caption])[0].cpu()
+        return generator, _OneCaption(caption, text)
+    if caption:
+        log.info("--caption is used by TGM on a --video only; the run masks with %s", cfg.masking.name)
     captions = None
     if cfg.captions.file:
         from tgmae.captions.provider import CaptionProvider
 
         captions = CaptionProvider.from_config(cfg.captions)
-    dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=build_mask_generator(cfg.masking),
-                       captions=captions)
-    return write_pretrain_figures(model, dataset, cfg, _out(cfg, out), index=_index(dataset, index, "video" if video else subset))
+    return build_mask_generator(cfg.masking, captions_file=cfg.captions.file, data_mean=cfg.data.mean,
+                                data_std=cfg.data.std), captions
+
+
+def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
+                  out: Optional[str] = None, caption: Optional[str] = None) -> dict[str, Path]:
+    """Original / masked / reconstructed frames of clip `index` (or `video`) with the run's mask
+    generator (cfg: `figure_config`); returns figure name -> path."""
+    from tgmae.config import ConfigError
+    from tgmae.models.arch import check_checkpoint_geometry
+    from tgmae.train.pretrain import trains_decoder, write_pretrain_figures
+
+    if not trains_decoder(cfg):
+        raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
+                          "decoder, so it has no reconstruction to draw (`tgmae visualize attention` shows its "
+                          "encoder)")
+    model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
+    check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
+    generator, captions = _masking(cfg, video, caption)
+    dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
+    sample = _sample(dataset, index, video, subset)
+    return write_pretrain_figures(model, [sample], cfg, _out(cfg, out), index=0)
 
 
 def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
                    out: Optional[str] = None, layer: int = -1) -> dict[str, Path]:
     """The encoder's attention of the centre patch of the centre frame (block `layer`, -1 = last)
-    over clip `index`; returns figure name -> path."""
+    over clip `index` (or `video`; cfg: `figure_config`); returns figure name -> path."""
     from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.models.encoder import VideoViTEncoder
     from tgmae.viz.attention import attention_figures
@@ -91,10 +205,15 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     encoder = VideoViTEncoder(arch)
     encoder.load_state_dict(src.encoder)
     dataset = _dataset(cfg, subset, video)
-    sample = dataset[_index(dataset, index, "video" if video else subset)]
-    name = "attention_" + str(sample.get('video_id', index)).replace("/", "_")  # ids may hold folders
+    sample = _sample(dataset, index, video, subset)
+    vid = str(sample.get("video_id", index))
+    name = "attention_" + vid.replace("/", "_")  # ids may hold folders
+    depth = arch.depth
+    title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
+             f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
+             f"patch {arch.patch_size})")
     return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, _out(cfg, out),
-                             layer=layer, name=name)
+                             layer=layer, name=name, title=title)
 
 
-__all__ = ["recon_figures", "attention_maps", "load_pretrainer"]
+__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "run_settings"]

@@ -265,6 +265,38 @@ class SimilarityCache:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.videos
 
+    def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
+                     captions_sha256: Optional[str] = None) -> None:
+        """At set-up: maps exist for every id (or a reason they were skipped), and (given the run's
+        captions file's sha256 and captions {id: [text]}) the captions the maps were made from are
+        the run's. Raises MissingCacheEntry / CacheMismatchError naming the cache and the videos."""
+        absent = [v for v in video_ids if v not in self.videos and v not in self.skipped]
+        if absent:
+            done = len(self.videos) + len(self.skipped)
+            shown = ", ".join(repr(v) for v in absent[:5]) + (" ..." if len(absent) > 5 else "")
+            raise MissingCacheEntry(
+                f"similarity cache {self.root} has no maps for {len(absent)} of this run's {len(video_ids)} videos "
+                f"({shown}; it holds {done}): `tgmae masks` did not finish (rerun it with --out {self.root}: it "
+                "resumes) or ran on other annotations or captions")
+        files = [(v, self.root / self.videos[v]) for v in video_ids if v in self.videos]
+        lost = [str(f) for _, f in files if not f.is_file()]
+        if lost:
+            raise MissingCacheEntry(
+                f"similarity cache {self.root}: {len(lost)} map files listed in its index are missing ({lost[0]}"
+                f"{' ...' if len(lost) > 1 else ''}); rerun `tgmae masks --out {self.root} --rebuild`")
+        if captions is None or captions_sha256 is None or captions_sha256 == self.manifest.captions_sha256:
+            return
+        changed = []
+        for vid, f in files:  # the captions file changed since: do this run's videos' captions differ?
+            with np.load(f) as z:
+                if [str(c) for c in z["captions"]] != [c.strip() for c in captions.get(vid, [])]:
+                    changed.append(vid)
+        if changed:
+            raise CacheMismatchError(
+                f"similarity cache {self.root} was built from other captions of {len(changed)} videos "
+                f"({', '.join(repr(v) for v in changed[:3])}{' ...' if len(changed) > 3 else ''}): the captions file "
+                f"was edited after `tgmae masks`; rebuild with `tgmae masks --out {self.root} --rebuild`")
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -278,7 +310,11 @@ class SimilarityCache:
             why = self.skipped.get(video_id)
             reason = f": {why}" if why else " (it was not in the annotations when `tgmae masks` ran)"
             raise MissingCacheEntry(f"no cached similarity maps for video {video_id!r} in {self.root}{reason}")
-        with np.load(self.root / rel) as z:
+        path = self.root / rel
+        if not path.is_file():  # a map file, not the video: never reported as an unreadable video
+            raise MissingCacheEntry(f"similarity cache {self.root}: the maps of video {video_id!r} ({path}) are "
+                                    f"missing; rerun `tgmae masks --out {self.root} --rebuild`")
+        with np.load(path) as z:
             entry = CacheEntry(
                 torch.from_numpy(z["sim"].astype(np.float32)),
                 torch.from_numpy(z["frames"].astype(np.int64)),

@@ -35,7 +35,9 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, d
 
             source = caption_source_of(read_store(captions_file).records)
         cache = SimilarityCache(cfg.cache_dir, expect_clip=clip_model or None, expect_caption_source=source)
-        return CachedTGMMask(cache, cfg.ratio, cfg.select, cfg.tubelet_frame, caption)
+        generator = CachedTGMMask(cache, cfg.ratio, cfg.select, cfg.tubelet_frame, caption)
+        generator.captions_file = captions_file
+        return generator
     # else masking.clip_model is set: RunConfig refuses tgm with neither
     from tgmae.clip.features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask

@@ -120,9 +120,10 @@ def evaluate_masks(
     split: str = "val", num_frames: int = 16, frame_stride: int = 2, image_size: int = 224,
     patch_size: int = 16, tubelet: int = 2, mode: str = "faithful", cache_dir: Optional[str] = None,
     augment: bool = False, min_cover: float = 0.5, max_videos: Optional[int] = None, seed: int = 0,
-    cache_stride: int = 2, progress: bool = True,
+    cache_stride: int = 2, progress: bool = True, rebuild: bool = False,
 ) -> MaskQuality:
-    """Precision / recall / ratio per algorithm over the split (module docstring)."""
+    """Precision / recall / ratio per algorithm over the split (module docstring). rebuild: empty
+    the similarity cache first (one built differently is refused otherwise)."""
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store
@@ -135,7 +136,8 @@ def evaluate_masks(
     grid = (num_frames // tubelet, image_size // patch_size, image_size // patch_size)
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
-        ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress)
+        ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress,
+                     rebuild)
     gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
     totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
     for i, vid in enumerate(tqdm(ids, desc="eval-masks", unit="video", disable=not progress)):
@@ -160,12 +162,14 @@ def evaluate_masks(
 
 
 def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,
-                 image_size: int, patch_size: int, frame_stride: int, progress: bool) -> None:
-    """Build (or resume) the similarity cache of these videos."""
-    from tgmae.masking.cache import merge_parts
+                 image_size: int, patch_size: int, frame_stride: int, progress: bool, rebuild: bool = False) -> None:
+    """Build (or resume) the similarity cache of these videos; rebuild: empty it first."""
+    from tgmae.masking.cache import clear_cache, merge_parts
     from tgmae.clip.features import load_clip
     from tgmae.masking.precompute import PrecomputeOptions, precompute
 
+    if rebuild:
+        clear_cache(cache_dir)
     clip = load_clip(clip_model)
     videos = [(v, str(root / "videos" / f"{v}.mp4")) for v in ids]
     opts = PrecomputeOptions(mode=mode, frame_stride=frame_stride, image_size=image_size, patch_size=patch_size)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from tgmae.config import IMAGENET_MEAN, IMAGENET_STD
 from tgmae.mask_contract import MaskContext, masked_per_slice
-from tgmae.masking.cache import CacheEntry, SimilarityCache
+from tgmae.masking.cache import CacheEntry, CacheMismatchError, SimilarityCache
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import ScoredMask, select_batch_per_slice
@@ -53,6 +53,20 @@ class CachedTGMMask(ScoredMask):
         self.cache = cache if isinstance(cache, SimilarityCache) else SimilarityCache(cache)
         self.ratio, self.select = ratio, select
         self.tubelet_frame, self.caption = tubelet_frame, caption
+        self.captions_file = ""  # the run's captions file: `check_videos` compares the maps' captions
+
+    def check_videos(self, video_ids: list[str]) -> None:
+        """At set-up (`tgmae.data.dataset`): the cache holds maps for every video, made from the
+        run's captions (`SimilarityCache.check_videos`)."""
+        captions = sha = None
+        if self.captions_file:
+            from tgmae.captions.store import read_store
+            from tgmae.masking.caption_source import file_sha256
+
+            sha = file_sha256(self.captions_file)
+            if sha != self.cache.manifest.captions_sha256:
+                captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}
+        self.cache.check_videos(list(video_ids), captions, sha)
 
     def caption_maps(self, entry: CacheEntry, ctx: MaskContext) -> np.ndarray:
         """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
@@ -63,7 +77,7 @@ class CachedTGMMask(ScoredMask):
         if isinstance(text, str):
             if text.strip() in entry.captions:
                 return sim[entry.captions.index(text.strip())]
-            raise ValueError(
+            raise CacheMismatchError(
                 f"video {ctx.video_id!r}: the drawn caption {text!r} is not among the {sim.shape[0]} "
                 f"captions cached for it; rebuild the cache ({self.cache.root}) from this run's captions"
             )

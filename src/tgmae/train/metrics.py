@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from tgmae.atomic import write_failure
+
 log = logging.getLogger("tgmae")
 
 
@@ -70,8 +72,11 @@ class MetricsLog:
             return
         clean = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch") else v)
                  for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as e:  # a full disk: name the log (a write error names no file)
+            raise (write_failure(e, self.path) or e) from e
         if self._tb is not None:
             step = int(record.get("step", 0))
             for k, v in clean.items():

@@ -173,6 +173,26 @@ def mae_part(model: nn.Module) -> nn.Module:
     return getattr(model, "mae", model)
 
 
+def describe_run(cfg: RunConfig) -> str:
+    """The masking, ratio and clip geometry a figure was drawn under, for its title."""
+    m, d = cfg.model, cfg.data
+    return (f"{cfg.masking.name} mask, ratio {cfg.masking.ratio:g}; {d.num_frames} frames x {d.image_size} px "
+            f"(stride {d.frame_stride}, tubelet {m.tubelet_size}, patch {m.patch_size})")
+
+
+def describe_objective(cfg: RunConfig) -> str:
+    """contrastive.objective and the loss it optimizes, in the terms the metrics log."""
+    c = cfg.contrastive
+    loss = {"mae": "loss_mse", "contrastive": "loss_nce",
+            "mae+contrastive": f"loss_mse + {c.weight:g} x loss_nce"}[c.objective]
+    return f"objective {c.objective} (loss = {loss})"
+
+
+def trains_decoder(cfg: RunConfig) -> bool:
+    """False for contrastive.objective=contrastive: the decoder never trains, its reconstruction means nothing."""
+    return cfg.contrastive.objective != "contrastive"
+
+
 def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, out_dir: Path,
                            index: int = 0, make_mask=None) -> dict[str, Path]:
     """Loss curve + reconstruction (original / masked / reconstructed) of one clip.
@@ -184,6 +204,9 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
     with each patch's true mean and std (the target holds neither), so a pixel comparison would
     hand the model the oracle's mean; the title then gives the loss on the normalized target,
     where predicting each patch's mean scores 1.0, and says how the figure is drawn.
+    The loss curve has a panel per term the run logged (MSE, InfoNCE) and names the objective;
+    a contrastive-only run (`trains_decoder` False) gets no reconstruction figure: its decoder never
+    trained. `dataset`: anything indexable giving the sample dicts of `tgmae.data.dataset`.
     make_mask: sample -> [1, N] mask, for runs whose masks are made on the batch (online TGM)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import masked_pixel_mse, patch_mean_mse
@@ -195,8 +218,12 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
     metrics = out_dir / "metrics.jsonl"
     if metrics.exists():
         records = [r for r in read_metrics(metrics) if "loss" in r]
-        out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", "lr"], out_dir / "loss_curve.png",
-                                        title=f"pretraining ({cfg.masking.name} mask, ratio {cfg.masking.ratio})")
+        terms = [k for k in ("loss_mse", "loss_nce") if any(k in r for r in records)]
+        out["loss_curve"] = plot_curves({"pretrain": records}, ["loss", *terms, "lr"], out_dir / "loss_curve.png",
+                                        title=f"pretraining, {describe_objective(cfg)}; {describe_run(cfg)}")
+    if not trains_decoder(cfg):
+        log.info("no reconstruction figure: contrastive.objective=contrastive never trains the decoder")
+        return out
     sample = dataset[index]
     if getattr(dataset, "num_sample", 1) > 1:  # k views per item (data.num_sample): draw the first
         from tgmae.data.views import first_view
@@ -220,7 +247,7 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
     out["reconstruction"] = save_reconstruction_figure(
         rows, out_dir / "reconstruction.png",
-        title=f"{sample.get('video_id', index)}: {title}")
+        title=f"{sample.get('video_id', index)} ({describe_run(cfg)}): {title}")
     strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
     out["reconstruction_gif"] = save_gif(strip, out_dir / "reconstruction.gif")
     return out

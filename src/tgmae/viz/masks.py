@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,17 +36,27 @@ def overlay(frame: np.ndarray, mask: np.ndarray, patch: int, grey: int = 128, al
 def render_mask_grid(
     frames: np.ndarray, masks: dict[str, torch.Tensor], out: str | Path, *, tubelet: int,
     columns: int = 4, ratios: Optional[dict[str, float]] = None, object_cover: Optional[torch.Tensor] = None,
-    title: str = "",
+    title: str = "", frame_numbers: Optional[Sequence[int]] = None,
 ) -> Path:
     """frames uint8 [T, H, W, 3] (the model's input clip), masks {name: [T', H', W'] bool}.
-    Writes a PNG with rows = input + algorithms, columns = `columns` temporal slices."""
+    Writes a PNG with rows = input + algorithms, columns = up to `columns` temporal slices.
+    frame_numbers [T]: the source frame of each clip frame; columns are titled with them, and a
+    slice showing the same source frame as an earlier one (a clip longer than its video repeats
+    frames) gets no column of its own."""
     from tgmae.viz.plotting import pyplot, save_figure
 
     plt = pyplot()
     t_tok = next(iter(masks.values())).shape[0]
     h, w = frames.shape[1:3]
     patch = h // next(iter(masks.values())).shape[1]
-    slices = np.linspace(0, t_tok - 1, min(columns, t_tok)).round().astype(int)
+    if frame_numbers is None:
+        source = [s * tubelet for s in range(t_tok)]
+        candidates = list(range(t_tok))
+    else:
+        source = [int(frame_numbers[s * tubelet]) for s in range(t_tok)]
+        candidates = [s for s in range(t_tok) if source[s] not in source[:s]]  # each source frame once
+    picks = np.linspace(0, len(candidates) - 1, min(columns, len(candidates))).round().astype(int)
+    slices = sorted({candidates[i] for i in picks})
     rows = ["input", *masks]
     fig, axes = plt.subplots(len(rows), len(slices), figsize=(2.0 * len(slices), 2.0 * len(rows) + 0.4), squeeze=False)
     for r, name in enumerate(rows):
@@ -61,7 +71,7 @@ def render_mask_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"slice {s} (frame {s * tubelet})", fontsize=8)
+                ax.set_title(f"slice {s} (frame {source[s]})", fontsize=8)
             if c == 0:
                 label = ROW_TITLES.get(name, name)
                 if ratios and name in ratios:
@@ -76,7 +86,7 @@ def _masks_for(gens: dict, ctx, grid, seed: int) -> dict[str, torch.Tensor]:
 
 def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str], clip_model: Optional[str],
                      ratio: Optional[float], mode: str, image_size: int, num_frames: int, frame_stride: int,
-                     columns: int, seed: int) -> Path:
+                     columns: int, seed: int, rebuild: bool = False) -> Path:
     """Grid for one video of a synthetic set, with the ground-truth object outline."""
     from tgmae.captions.store import read_store
     from tgmae.clip.data import read_split_ids
@@ -90,7 +100,7 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     cache_dir = None
     if clip_model:
         cache_dir = str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
-        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False)
+        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False, rebuild=rebuild)
     gens = make_generators(ratios, cache_dir)
     clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps, grid, num_frames,
                           frame_stride, image_size, False, torch.Generator().manual_seed(seed))
@@ -99,24 +109,21 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     frames = (clip.frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
     return render_mask_grid(frames, masks, out, tubelet=2, columns=columns,
                             ratios={k: ratios[k] for k in masks}, object_cover=clip.object_cover,
-                            title=f"{vid}: \"{caps[0]}\" (red: object tokens, ground truth)")
+                            title=f"{vid}: \"{caps[0]}\" (red: object tokens, ground truth)",
+                            frame_numbers=clip.frame_indices.tolist())
 
 
 def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional[str], ratio: Optional[float],
                  mode: str, image_size: int, num_frames: int, frame_stride: int, columns: int, seed: int) -> Path:
     """Grid for any video file: TGM online with the given CLIP and caption, MGM from its codec."""
-    from tgmae.data.sampling import clip_indices
     from tgmae.data.transforms import EvalTransform
-    from tgmae.data.video import VideoReader
     from tgmae.mask_contract import MaskContext
     from tgmae.masking.motion import stack_codec_motion
     from tgmae.masking.quality import PAPER_RATIOS, make_generators
 
     grid = (num_frames // 2, image_size // 16, image_size // 16)
     ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
-    with VideoReader(video) as reader:
-        fi = clip_indices(0, reader.info.num_frames, num_frames, frame_stride, "dense", train=False)
-        frames, mvs = reader.read(fi.numpy(), with_motion=True)
+    frames, mvs, fi = _read_video(video, num_frames, frame_stride)
     clip, crop = EvalTransform(image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(frames)
     gens = make_generators(ratios, None)
     text = None
@@ -134,7 +141,29 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     masks = _masks_for(gens, ctx, grid, seed)
     pix = (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
     return render_mask_grid(pix, masks, out, tubelet=2, columns=columns,
-                            ratios={k: ratios[k] for k in masks}, title=f"{Path(video).name}: \"{caption}\"")
+                            ratios={k: ratios[k] for k in masks}, title=f"{Path(video).name}: \"{caption}\"",
+                            frame_numbers=fi.tolist())
+
+
+def _read_video(video: str, num_frames: int, frame_stride: int):
+    """(frames, motion vectors, source frame indices [T]) of the first clip of `video`;
+    VideoLoadError naming `--video` when it cannot be read."""
+    import av
+
+    from tgmae.data.dataset import VideoLoadError
+    from tgmae.data.frame_index import error_text
+    from tgmae.data.sampling import clip_indices
+    from tgmae.data.video import VideoError, VideoReader
+
+    if not Path(video).exists():
+        raise FileNotFoundError(2, "no such file or directory", str(video))
+    try:
+        with VideoReader(video) as reader:
+            fi = clip_indices(0, reader.info.num_frames, num_frames, frame_stride, "dense", train=False)
+            frames, mvs = reader.read(fi.numpy(), with_motion=True)
+    except (VideoError, OSError, EOFError, av.FFmpegError) as e:
+        raise VideoLoadError(f"--video {video}: cannot be read ({error_text(video, e)})") from None
+    return frames, mvs, fi
 
 
 __all__ = ["overlay", "render_mask_grid", "synthetic_figure", "video_figure"]

@@ -33,14 +33,19 @@ def token_mask_to_pixels(mask: torch.Tensor, grid: tuple[int, int, int], tubelet
 
 
 def save_figure(fig, out_path, title: str = "", dpi: int = 110):
-    """Title, tight layout, write the PNG (parents created), free the figure; returns the Path."""
+    """Title, tight layout, write the PNG atomically (parents created; a full disk is an
+    `OutputError` naming it, no partial file), free the figure; returns the Path."""
     from pathlib import Path
+
+    from tgmae.atomic import atomic_path
 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    pyplot().close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=out.suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(fig)
     return out

@@ -57,8 +57,10 @@ def save_gif(frames: torch.Tensor, out_path: str | Path, fps: int = 6) -> Path:
     """[T, H, W, 3] uint8 -> animated GIF."""
     from PIL import Image
 
+    from tgmae.atomic import atomic_path
+
     images = [Image.fromarray(f.numpy()) for f in frames]
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    with atomic_path(out) as tmp:  # a full disk: OutputError naming `out`, no partial file
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return out

@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path
+from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path, write_failure
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -258,9 +258,13 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
-        raise
+        # a full disk: torch / safetensors raise RuntimeErrors naming no file
+        failure = write_failure(e, directory / name) if isinstance(e, Exception) else None
+        if failure is None:
+            raise
+        raise failure from e
     final = directory / name
     if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
         shutil.rmtree(final)

@@ -48,6 +48,35 @@ class ExportMismatchError(RuntimeError, UserError):
     """The exported directory, loaded back into transformers, does not reproduce our model."""
 
 
+class OutputFolderError(FileExistsError, UserError):
+    """The export's output folder holds a run, or other files the export would overwrite."""
+
+
+# files a tgmae run folder holds (pretrain / finetune / probe); an export never writes over them
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safetensors", "probe_results.json")
+
+
+def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse (`OutputFolderError`, naming the folder) an output folder that is the checkpoint, holds
+    it or holds a run (`RUN_MARKERS`: `tgmae export-hf RUN RUN` wrote an encoder-only
+    model.safetensors over the run's model), or any other non-empty folder without `overwrite`."""
+    out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out_dir}: exists and is not a folder (give the export a new folder)")
+    if out == ckpt or out in ckpt.parents:
+        raise OutputFolderError(f"{out_dir}: holds the checkpoint {checkpoint} being exported; give the export "
+                                "a folder of its own")
+    if not out.is_dir():
+        return
+    run = [m for m in RUN_MARKERS if (out / m).exists()]
+    if run:
+        raise OutputFolderError(f"{out_dir}: holds a run ({', '.join(run)}), which an export would overwrite; "
+                                "give the export a folder of its own")
+    if not overwrite and any(out.iterdir()):
+        raise OutputFolderError(f"{out_dir}: not empty; give the export a new folder, or --overwrite to "
+                                "replace the files an export writes there")
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
@@ -179,6 +208,21 @@ def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEP
     return load_pretraining_model(p, **heads)
 
 
+def _save(model: nn.Module, out: Path, arch: VideoMAEArch, mean, std) -> None:
+    """save_pretrained + the processor config into `out`; a write the disk or folder refuses is an
+    OutputError naming `out` (transformers' own errors name no file)."""
+    from tgmae.atomic import write_failure
+
+    try:
+        model.save_pretrained(str(out))
+        write_processor_config(out, arch, mean, std)
+    except Exception as e:
+        failure = write_failure(e, out)
+        if failure is None:
+            raise
+        raise failure from e
+
+
 def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_heads: Optional[int]
                ) -> tuple[dict[str, int], dict[str, int]]:
     """(head counts to build with, head counts to check against the stored ones): an official
@@ -191,10 +235,11 @@ def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classifier: bool = False,
               verify: bool = True, pretraining: bool = False, num_heads: Optional[int] = None,
-              decoder_heads: Optional[int] = None) -> ExportResult:
+              decoder_heads: Optional[int] = None, overwrite: bool = False) -> ExportResult:
     """Write an HF directory for `checkpoint` (see the module doc); returns where and the check.
     num_heads / decoder_heads: for an official .pth (which does not store them); for any other
-    checkpoint they must equal the stored counts (CheckpointError)."""
+    checkpoint they must equal the stored counts (CheckpointError). out_dir: a new or empty
+    folder, or (overwrite) one without a run in it (`check_output_folder`)."""
     from tgmae import __version__
     from tgmae.hub import quiet_transformers
 
@@ -203,6 +248,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     names: list[str] = []
     if not Path(checkpoint).exists():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    check_output_folder(out_dir, checkpoint, overwrite)
     build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
     if pretraining:
         module: nn.Module = _pretraining_model(checkpoint, **build).eval()
@@ -230,8 +276,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     hf_logging.disable_progress_bar()
     try:
         model = hf_model(module, names)
-        model.save_pretrained(str(out))
-        write_processor_config(out, module.arch, mean, std)
+        _save(model, out, module.arch, mean, std)
         diff = compare_with_hf(module, out) if verify else None
     finally:
         restore()
@@ -255,5 +300,6 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     return ExportResult(out, hf_class, diff)
 
 
-__all__ = ["export_hf", "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
+__all__ = ["export_hf", "check_output_folder", "OutputFolderError", "RUN_MARKERS",
+           "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
            "write_processor_config", "ExportResult", "ExportMismatchError", "TOLERANCE"]

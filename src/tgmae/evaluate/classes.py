@@ -1,0 +1,126 @@
+"""Where a trained head meets a data set: its classes matched to the data's by name.
+
+A classifier (or a probe head) scores K_head classes in the order it was trained on; a test set
+labels its videos 0..K_data-1 in its own order (its `class_names`). Scoring the head's column i
+as the data's class i is right only when both lists agree; a 4-class head on a 2-class set, or
+the same classes in another order, gave wrong numbers without a word. `align_classes` compares
+the two lists and returns the column order that puts the data's classes first, in the data's
+order, then the head's other classes (a prediction of one of those is a wrong prediction, never
+dropped), or refuses (`ClassMismatchError`) naming the data's classes the head does not know.
+
+Names that carry no meaning (`0..K-1`, transformers' `LABEL_i`, `class_i`, empty) match by id:
+class i is class i, and the data may have fewer classes than the head, never more.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from tgmae.errors import UserError
+
+_PLACEHOLDER = re.compile(r"^(?:label_|class_)?(\d+)$", re.IGNORECASE)
+
+
+class ClassMismatchError(ValueError, UserError):
+    """A head's classes cannot score a data set's labels (classes it does not know, or too few)."""
+
+
+def named(names: Sequence[str]) -> bool:
+    """True when `names` are real class names (not empty, not the placeholders `i`, `LABEL_i`,
+    `class_i` in id order)."""
+    if not names:
+        return False
+    return not all((m := _PLACEHOLDER.match(str(n).strip())) and int(m.group(1)) == i for i, n in enumerate(names))
+
+
+@dataclass(frozen=True)
+class ClassAlignment:
+    """`order` [K_head]: head columns in scoring order (data classes first, in the data's order);
+    `names`: the class name of each scored column; `num_data` = K_data."""
+
+    order: Optional[torch.Tensor]  # None: the identity (nothing to reorder)
+    names: list[str]
+    num_data: int
+
+    def apply(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores [N, K_head] (logits or probabilities) -> [N, K_head] in scoring order."""
+        return scores if self.order is None else scores[:, self.order.to(scores.device)]
+
+
+def _preview(names: Sequence[str], n: int = 8) -> str:
+    return ", ".join(map(str, names[:n])) + (f" ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def align_classes(head_names: Sequence[str], num_head: int, data_names: Sequence[str], num_data: int,
+                  head: str = "the classifier", data: str = "the data set") -> ClassAlignment:
+    """Match a head of `num_head` classes (`head_names`, may be empty) to a data set of `num_data`
+    classes (`data_names`, may be empty). head / data: how messages name the two (paths).
+
+    Both named: the data's classes looked up by name in the head's (ClassMismatchError naming those
+    missing). Otherwise by id: ClassMismatchError when the data has more classes than the head.
+    """
+    head_names, data_names = [str(n) for n in head_names], [str(n) for n in data_names]
+    if named(head_names) and named(data_names) and len(head_names) == num_head:
+        index = {n: i for i, n in enumerate(head_names)}
+        missing = [n for n in data_names if n not in index]
+        if missing:
+            raise ClassMismatchError(
+                f"{head} does not know {len(missing)} of the {len(data_names)} classes of {data}: "
+                f"{_preview(missing)} (its classes: {_preview(head_names)})")
+        first = [index[n] for n in data_names]
+        rest = [i for i in range(num_head) if i not in set(first)]
+        order = first + rest
+        if order == list(range(num_head)):
+            return ClassAlignment(None, head_names, len(data_names))
+        return ClassAlignment(torch.tensor(order), [head_names[i] for i in order], len(data_names))
+    if num_data > num_head:
+        raise ClassMismatchError(f"{head} has {num_head} classes but {data} has {num_data}; "
+                                 "test a classifier trained on these classes")
+    names = data_names + [f"class_{i}" for i in range(len(data_names), num_head)]
+    if named(head_names) and len(head_names) == num_head:
+        names = head_names
+    return ClassAlignment(None, names if len(names) == num_head else [str(i) for i in range(num_head)], num_data)
+
+
+def data_class_count(dataset, labels: Optional[torch.Tensor] = None) -> int:
+    """K of a data set: its class names, else 1 + its largest label (records or `labels`)."""
+    names = getattr(dataset, "class_names", None)
+    if names:
+        return len(names)
+    records = getattr(dataset, "records", None)
+    if records:
+        return max(int(r.label) for r in records) + 1
+    if labels is not None and labels.numel():
+        return int(labels.max()) + 1
+    return 0
+
+
+def resolve_num_classes(num_classes: Optional[int], names: Sequence[str], top_label: int,
+                        key: str = "eval.num_classes") -> int:
+    """The class count of a new head: `num_classes` (the config's `key`) when set, else the data's
+    names, else top_label + 1. ConfigError (naming `key`) for a count below the data's classes, or
+    other than the count of the data's real class names (a head of 10 on 4 named classes would
+    be exported as class_0..class_9)."""
+    from tgmae.config import ConfigError
+
+    have = len(names) if names else top_label + 1
+    if num_classes is None:
+        if have <= 0:
+            raise ConfigError(f"cannot tell the number of classes: set {key}")
+        return have
+    if num_classes < max(have, top_label + 1):
+        raise ConfigError(f"{key}={num_classes}: the data set has {max(have, top_label + 1)} classes"
+                          + (f" ({_preview(list(names))})" if named(names) else "")
+                          + f"; leave {key} empty to use the data's")
+    if named(names) and num_classes != len(names):
+        raise ConfigError(f"{key}={num_classes}: the data set names {len(names)} classes ({_preview(list(names))}); "
+                          f"leave {key} empty to use them")
+    return num_classes
+
+
+__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "data_class_count", "named",
+           "resolve_num_classes"]

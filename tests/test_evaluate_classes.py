@@ -1,0 +1,88 @@
+"""A trained head meets a data set: classes matched by name (or refused), class counts checked
+at set-up (issue 28: a 4-class classifier on a 2-class set scored 0.0 with rc 0; the same
+classes in another order scored 0.33 instead of 0.67)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tgmae.config import ConfigError
+from tgmae.errors import UserError
+from tgmae.evaluate.classes import ClassMismatchError, align_classes, named, resolve_num_classes
+from tgmae.evaluate.multiview import evaluate_classifier
+
+
+class Brightness(Dataset):
+    """Clips whose mean brightness is the index of their class name in `known`; labels in `names` order."""
+
+    def __init__(self, names: list[str], known: list[str], per_class: int = 3):
+        self.class_names = names
+        self.items = [(names.index(n), known.index(n)) for n in names for _ in range(per_class)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        label, brightness = self.items[i]
+        return {"video": torch.full((3, 2, 4, 4), float(brightness)), "label": label, "index": i,
+                "load_failures": 0}
+
+
+class Oracle(nn.Module):
+    """Predicts the class whose index is the clip's brightness (a perfect head over `names`)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        self.class_names = names
+        self.num_classes = len(names)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        idx = video.mean(dim=(1, 2, 3, 4)).round().long()
+        return 10.0 * nn.functional.one_hot(idx, len(self.class_names)).float() + 0 * self.dummy
+
+
+HEAD = ["archery", "biking", "diving", "golf"]
+
+
+def test_four_class_head_on_two_class_set_is_remapped_by_name():
+    data = Brightness(["diving", "biking"], HEAD)
+    res = evaluate_classifier(Oracle(HEAD), data)
+    assert res.top1 == 1.0 and res.class_names[:2] == ["diving", "biking"]
+    assert res.summary()["per_class"]["diving"] == 1.0 and set(res.class_names) == set(HEAD)
+
+
+def test_same_classes_in_another_order_score_alike():
+    order = ["golf", "archery", "diving", "biking"]
+    assert evaluate_classifier(Oracle(HEAD), Brightness(order, HEAD)).top1 == 1.0
+    assert evaluate_classifier(Oracle(HEAD), Brightness(HEAD, HEAD)).top1 == 1.0
+
+
+def test_classes_the_head_does_not_know_are_refused_by_name():
+    data = Brightness(["diving", "surfing", "yoga"], HEAD + ["surfing", "yoga"])
+    with pytest.raises(ClassMismatchError, match=r"clf\.safetensors does not know 2 of the 3 classes of val\.csv: "
+                                                 r"surfing, yoga") as e:
+        evaluate_classifier(Oracle(HEAD), data, head="clf.safetensors", data="val.csv")
+    assert isinstance(e.value, UserError)
+
+
+def test_nameless_classes_match_by_id_and_refuse_more_data_classes():
+    assert not named(["0", "1", "2"]) and not named(["LABEL_0", "LABEL_1"]) and named(["0", "cat"])
+    assert align_classes([], 4, ["0", "1"], 2).order is None
+    assert align_classes(["LABEL_0", "LABEL_1", "LABEL_2"], 3, ["a", "b"], 2).names[:2] == ["a", "b"]
+    with pytest.raises(ClassMismatchError, match="has 2 classes but the data set has 3"):
+        align_classes([], 2, [], 3)
+
+
+def test_num_classes_below_or_beside_the_data_classes_is_refused_naming_the_key():
+    assert resolve_num_classes(None, ["a", "b", "c", "d"], 3) == 4
+    assert resolve_num_classes(10, ["0", "1", "2"], 2) == 10  # ids only: room for more classes
+    with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 4 classes \(a, b, c, d\)"):
+        resolve_num_classes(2, ["a", "b", "c", "d"], 3)
+    with pytest.raises(ConfigError, match=r"eval.num_classes=10: the data set names 4 classes"):
+        resolve_num_classes(10, ["a", "b", "c", "d"], 3)
+    with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 5 classes"):
+        resolve_num_classes(2, [], 4)

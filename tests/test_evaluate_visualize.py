@@ -1,0 +1,112 @@
+"""Figures of a run (`tgmae visualize recon|attention`): the checkpoint's own masking and clip
+geometry over -c, titles that name them, one named --video never substituted, TGM on a --video
+by its --caption (issue 28: a run trained with one masking at 32 px and 4 frames was drawn at
+224 px and 16 frames under -c's masking)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tgmae.cli import main as cli
+from tgmae.config import load_config, save_config
+from tgmae.evaluate.visualize import figure_config
+from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+from tgmae.weights.pretraining import save_pretraining_model
+
+ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=4, patch_size=8, tubelet_size=2, num_frames=4,
+                    image_size=32, decoder_dim=16, decoder_depth=1, decoder_heads=1)
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory) -> Path:
+    from tgmae.data.video import write_video
+
+    path = tmp_path_factory.mktemp("v") / "walk.mp4"
+    frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    write_video(path, frames, fps=10)
+    return path
+
+
+def _run(tmp_path: Path, *overrides: str) -> Path:
+    """A run folder (model.safetensors + config.yaml) trained under random 0.6, 4 frames, 32 px."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    save_pretraining_model(VideoMAEPretrainer(ARCH), run / "model.safetensors")
+    cfg = load_config(None, ["masking.name=random", "masking.ratio=0.6", "data.num_frames=4", "data.image_size=32",
+                             "model.patch_size=8", *overrides])
+    save_config(cfg, run / "config.yaml")
+    return run
+
+
+def _other_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump({"masking": {"name": "tube", "ratio": 0.9},
+                                    "data": {"num_frames": 16, "image_size": 224},
+                                    "train": {"output_dir": str(tmp_path / "elsewhere")}}))
+    return path
+
+
+def test_the_run_config_comes_before_c_and_overrides_come_last(tmp_path):
+    run = _run(tmp_path)
+    cfg = figure_config(str(_other_yaml(tmp_path)), [], str(run))
+    assert (cfg.masking.name, cfg.masking.ratio, cfg.data.num_frames, cfg.data.image_size) == ("random", 0.6, 4, 32)
+    assert cfg.train.output_dir == str(tmp_path / "elsewhere")  # what the run does not decide: -c's
+    assert figure_config(None, ["masking.ratio=0.8"], str(run)).masking.ratio == 0.8
+    # a checkpoint without a run folder: the geometry stored with its weights
+    bare = save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path / "bare" / "pt.safetensors")
+    cfg = figure_config(str(_other_yaml(tmp_path)), [], str(bare))
+    assert (cfg.data.num_frames, cfg.data.image_size, cfg.model.patch_size) == (4, 32, 8)
+
+
+def test_recon_of_a_video_uses_the_run_and_titles_it(tmp_path, clip_file, monkeypatch):
+    from tgmae.viz import reconstruction
+
+    run = _run(tmp_path)
+    titles = []
+    save = reconstruction.save_reconstruction_figure
+    monkeypatch.setattr(reconstruction, "save_reconstruction_figure",
+                        lambda rows, path, **kw: titles.append(kw["title"]) or save(rows, path, **kw))
+    out = tmp_path / "fig"
+    assert cli(["visualize", "recon", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
+                "--out", str(out)]) == 0
+    assert titles[0].startswith("walk (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8)): ")
+    assert (out / "reconstruction.png").is_file()
+
+
+def test_one_unreadable_video_is_one_line_and_never_substituted(tmp_path, capsys):
+    run = _run(tmp_path)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    for kind in ("recon", "attention"):
+        assert cli(["visualize", kind, str(run), "--video", str(bad), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tgmae visualize: --video {bad}: cannot be read") and err.count("\n") == 1, err
+        assert "replacement" not in err
+    assert cli(["visualize", "recon", str(run), "--video", str(tmp_path / "gone.mp4")]) == 2
+    assert "gone.mp4: no such file or directory" in capsys.readouterr().err
+
+
+def test_tgm_on_a_video_needs_a_caption_and_a_contrastive_run_no_reconstruction(tmp_path, clip_file, capsys):
+    run = _run(tmp_path, "masking.name=tgm", f"masking.cache_dir={tmp_path / 'maps'}", "captions.file=caps.jsonl")
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file)]) == 2
+    assert "--caption TEXT" in capsys.readouterr().err
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--caption", "a man walks"]) == 2
+    assert "masking.clip_model" in capsys.readouterr().err
+    run2 = tmp_path / "c"
+    run2.mkdir()
+    contrastive = _run(run2, "captions.file=caps.jsonl", "contrastive.objective=contrastive")
+    assert cli(["visualize", "recon", str(contrastive), "--video", str(clip_file)]) == 2
+    assert "never trained its decoder" in capsys.readouterr().err
+
+
+def test_attention_title_names_the_geometry(tmp_path, clip_file):
+    run = _run(tmp_path)
+    out = tmp_path / "att"
+    assert cli(["visualize", "attention", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
+                "--out", str(out)]) == 0
+    assert (out / "attention_walk.png").is_file()
