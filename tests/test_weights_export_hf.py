@@ -130,6 +130,14 @@ def test_export_refuses_a_run_folder_and_a_non_empty_one_without_overwrite(pretr
         err = capsys.readouterr().err
         assert err.startswith(f"tgmae export-hf: {run}: holds") and err.count("\n") == 1, err
     assert (run / "model.safetensors").read_bytes() == before
+    # a run's step checkpoint (model.safetensors + state.pt) is refused even with --overwrite
+    step = tmp_path / "run2" / "checkpoints" / "step_00000038"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(path.read_bytes())
+    (step / "state.pt").write_bytes(b"state")
+    assert cli(["export-hf", str(path), str(step), "--overwrite", "--pretraining"]) == 2
+    assert "holds a run (state.pt)" in capsys.readouterr().err
+    assert (step / "model.safetensors").read_bytes() == path.read_bytes()
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -52,8 +52,10 @@ class OutputFolderError(FileExistsError, UserError):
     """The export's output folder holds a run, or other files the export would overwrite."""
 
 
-# files a tgmae run folder holds (pretrain / finetune / probe); an export never writes over them
-RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safetensors", "probe_results.json")
+# files a tgmae run folder or one of its step checkpoints holds (pretrain / finetune / probe); an
+# export never writes over them, --overwrite or not
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safetensors", "probe_results.json",
+               "state.pt")
 
 
 def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
