@@ -229,3 +229,105 @@ def test_frame_folders_and_outside_paths_are_refused(tmp_path):
         run_prepare("k400", str(root), str(root / "list.txt"), str(tmp_path / "out"), SMALL, progress=False)
     with pytest.raises(PrepareError, match="data root"):
         run_prepare("k400", str(root), str(root / "list.txt"), str(root), SMALL, progress=False)
+
+
+def test_two_videos_with_one_output_name_are_refused_naming_both(tmp_path):
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["A/clip1.avi"])
+    write_video(root / "A" / "clip1.mp4", pattern(12, 48, 64, 5), gop=4)
+    ann = root / "train.csv"
+    ann.write_text("path,label,video_id\nA/clip1.avi,walk,v1\nA/clip1.mp4,walk,v2\n")
+    with pytest.raises(PrepareError, match=r"A/clip1\.avi.*A/clip1\.mp4") as e:
+        run_prepare("csv", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert "\n" not in str(e.value)
+    assert not (out / "A").exists()  # refused before converting anything
+
+
+def test_csv_siblings_are_converted_and_rewritten(tmp_path):
+    """A val.csv next to train.csv is carried into the output: its videos are converted and its
+    paths rewritten, so no annotation file under --out names a missing video."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["A/clip1.avi", "B/clip2.avi"])
+    (root / "C").mkdir()
+    vp9_webm(root / "C" / "vp9.webm")
+    (root / "train.csv").write_text("path,label\nB/clip2.avi,run\n")
+    (root / "val.csv").write_text("path,label\nA/clip1.avi,walk\nC/vp9.webm,run\n")
+    (root / "classes.txt").write_text("walk\nrun\n")
+    rep = run_prepare("csv", str(root), str(root / "train.csv"), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 3 and rep["check"]["ok"] == 1
+    for name in ("train.csv", "val.csv"):
+        recs, _ = load_annotations("csv", out, out / name)
+        assert recs and all(r.path.endswith(".mp4") and Path(r.path).is_file() for r in recs), name
+    assert (out / "classes.txt").read_text() == "walk\nrun\n"
+
+
+def test_ucf101_prepares_every_subset(tmp_path):
+    root, out = tmp_path / "ucf", tmp_path / "out"
+    _clips(root, ["Jump/v_Jump_g01_c01.avi", "Run/v_Run_g01_c01.avi", "Run/v_Run_g02_c01.avi"])
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Jump\n2 Run\n")
+    (lists / "trainlist01.txt").write_text("Jump/v_Jump_g01_c01.avi 1\nRun/v_Run_g01_c01.avi 2\n")
+    (lists / "testlist01.txt").write_text("Run/v_Run_g02_c01.avi\n")
+    rep = run_prepare("ucf101", str(root), str(lists), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 3
+    test, _ = load_annotations("ucf101", out, out / "ucfTrainTestlist", subset="test")
+    assert [Path(r.path).name for r in test] == ["v_Run_g02_c01.mp4"] and Path(test[0].path).is_file()
+
+
+def test_temp_files_of_killed_runs_are_removed(tmp_path):
+    from tgmae import atomic
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["A/clip1.avi", "A/clip2.avi"])
+    (root / "list.txt").write_text("A/clip1.avi 0\nA/clip2.avi 1\n")
+    run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale = out / "A" / f".clip2.mp4.{atomic._HOST}-{dead}-0123abcd.tmp"
+    stale.write_bytes(b"\x00" * 100)
+    run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+    assert not stale.exists()
+    assert sorted(p.name for p in (out / "A").iterdir()) == ["clip1.mp4", "clip2.mp4"]
+
+
+@pytest.mark.parametrize("flag,value", [("--short-side", "-5"), ("--gop", "0"), ("--crf", "99"), ("--crf", "-1")])
+def test_bad_settings_are_refused_naming_the_option(tmp_path, capsys, flag, value):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "list.txt").write_text("")
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"),
+            "--out", str(tmp_path / "out"), flag, value, "--no-progress"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert flag in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    from tgmae.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=flag.lstrip("-").replace("-", "_")):
+        PrepareSettings(**{flag.lstrip("-").replace("-", "_"): int(value)})
+    PrepareSettings(short_side=0, crf=0, gop=1)  # the edges are valid
+    PrepareSettings(crf=51)
+
+
+def test_a_second_run_into_the_same_out_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from tgmae.locks import LockError
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tgmae.locks import acquire; "
+                               f"acquire({str(out)!r}, '--out'); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError, match="in use"):
+            run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+        assert not (out / "v.mp4").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    rep = run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 1

@@ -17,8 +17,18 @@ The annotation files are copied to the same place under `out` (or its top when t
 `root`) and stay valid for the same format: the same labels, ids and order, paths ending in
 `.mp4` (path lists rewritten; id-named formats such as k400 CSVs, SSv2 and Diving48 JSON find
 `{id}.mp4`). Resume: outputs are written to a temp name and renamed, so an existing output is a
-finished one and is skipped; `out/prepare.json` records the settings and a run with other
-settings is refused, naming them. The output is checked with `tgmae data check` at the end.
+finished one and is skipped, and temp files left by killed runs (this host, ended process) are
+removed at the start; `out/prepare.json` records the settings and a run with other settings is
+refused, naming them. A run holds the lock of `out` (`tgmae.locks`): a second run into the same
+`out` is refused (LockError) instead of converting the same files. Two rows whose videos would
+get the same output name (`A/clip1.avi`, `A/clip1.mp4`) are refused, naming both, before
+anything is converted. The output is checked with `tgmae data check` at the end.
+
+No dangling paths: every annotation file carried into `out` is prepared, not only the asked
+subset. For a split folder (UCF101, HMDB51) the videos of every split and subset are converted;
+for an annotation file, each sibling annotation file that is copied (other splits: `val.csv`
+next to `train.csv`) has its videos converted and its paths rewritten too. Siblings that name no
+videos (class lists, label maps) are copied unchanged.
 """
 
 from __future__ import annotations
@@ -35,11 +45,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.check import parallel_map, run_check
 from tgmae.data.formats import load_annotations
-from tgmae.errors import UserError
+from tgmae.errors import SettingsError, UserError
+from tgmae.locks import hold
 
 
 MANIFEST = "prepare.json"
@@ -55,12 +66,23 @@ class PrepareSettings:
     """What an output folder was made with; a rerun must ask for the same.
 
     short_side: target short side in pixels (0 = keep the size); crf / preset: x264 quality and
-    speed; gop: keyframe interval in frames (a sampled clip seeks to the keyframe before it)."""
+    speed; gop: keyframe interval in frames (a sampled clip seeks to the keyframe before it).
+    Raises SettingsError (one line naming the option) for short_side < 0, crf outside 0-51 or
+    gop < 1."""
 
     short_side: int = 320
     crf: int = 20
     preset: str = "veryfast"
     gop: int = 32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.short_side, int) or self.short_side < 0:
+            raise SettingsError(f"short_side={self.short_side!r} (--short-side): expected pixels >= 0 "
+                                "(0 keeps the size)")
+        if not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
+            raise SettingsError(f"crf={self.crf!r} (--crf): expected 0-51 (x264 quality, lower = better)")
+        if not isinstance(self.gop, int) or self.gop < 1:
+            raise SettingsError(f"gop={self.gop!r} (--gop): expected a keyframe interval >= 1 frames")
 
 
 @dataclass
@@ -248,7 +270,7 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
             text = _rewrite_line_paths(text, fmt, f.name, renamed)
-        elif fmt == "csv" and f == ann:
+        elif fmt == "csv" and f.suffix.lower() in (".csv", ".jsonl", ".json"):
             text = _rewrite_csv(text, f.suffix.lower(), root, out, renamed)
         atomic_write_text(dest_dir / f.name, text)
     return dest_dir / ann.name if ann.is_file() else dest_dir
@@ -280,8 +302,10 @@ def _verify(fmt: str, out: Path, new_ann: Path, src: list[VideoRecord], dst: dic
 
 def _jobs(records: Sequence[VideoRecord], root: Path, out: Path, settings: PrepareSettings
           ) -> tuple[list[tuple[str, str, PrepareSettings]], dict[str, str]]:
-    """(src, dst, settings) per distinct video, and the renaming (old rel path -> new rel path)."""
-    jobs, renamed, seen = [], {}, set()
+    """(src, dst, settings) per distinct video, and the renaming (old rel path -> new rel path).
+    Raises PrepareError for frame folders, paths outside root, and two videos sharing an output
+    name (naming both)."""
+    jobs, renamed, seen, owner = [], {}, set(), {}
     for r in records:
         if os.path.isdir(r.path):
             raise PrepareError(f"{r.path}: a frame folder (already decoded images); data prepare converts video files")
@@ -289,6 +313,10 @@ def _jobs(records: Sequence[VideoRecord], root: Path, out: Path, settings: Prepa
         if rel is None:
             raise PrepareError(f"{r.path}: outside the data root {root} (--root); its output place is undefined")
         new = _target(str(rel))
+        other = owner.setdefault(new, str(rel))
+        if other != str(rel):
+            raise PrepareError(f"rows {other} and {rel} are two videos that would both become {out / new}: "
+                               "rename one of them; nothing was converted")
         renamed[str(rel)] = new
         if r.path not in seen:
             seen.add(r.path)
@@ -307,9 +335,43 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
         raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
     ann = Path(annotations) if Path(annotations).exists() else root_p / annotations
+    with hold(out_p, "--out"):
+        return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
+                           progress)
+
+
+def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
+    """The records of every annotation file carried into the output besides the asked one: all
+    splits and subsets of a split folder, or the sibling files of an annotation file (files that
+    do not read as annotations of `fmt` name no videos and add none)."""
+    got: list[VideoRecord] = []
+
+    def load(target: Path, sp: int = 1, sub: str = "train") -> None:
+        try:
+            recs, _ = load_annotations(fmt, root, target, split=sp, subset=sub, on_error="skip", problems=[])
+        except Exception:  # noqa: BLE001 - not an annotation file of this format: names no videos
+            return
+        got.extend(r for r in recs if os.path.exists(r.path))
+
+    if ann.is_dir():
+        for sp in (1, 2, 3):
+            for sub in ("train", "val", "test"):
+                load(ann, sp, sub)
+    else:
+        for f in _annotation_files(root, ann):
+            if f != ann:
+                load(f)
+    return got
+
+
+def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: PrepareSettings,
+                records: list[VideoRecord], split: int, subset: str, workers: int, min_frames: int,
+                progress: bool) -> dict:
     man = _check_manifest(out_p, settings)
-    jobs, renamed = _jobs(records, root_p, out_p, settings)
+    jobs, renamed = _jobs([*records, *_carried_records(fmt, root_p, ann)], root_p, out_p, settings)
     out_p.mkdir(parents=True, exist_ok=True)
+    for folder in sorted({out_p, *(Path(j[1]).parent for j in jobs)}):
+        remove_stale_temps(folder)
     man["renamed"].update(renamed)
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
     results = parallel_map(_work, jobs, workers, "preparing videos", progress)
