@@ -406,6 +406,18 @@ def test_a_store_refuses_a_run_with_another_source_or_settings(dataset, blip_dir
     assert "'captioner'" in capsys.readouterr().err
 
 
+def test_oracle_template_without_braces_is_one_line_exit_2(tmp_path, capsys):
+    """`--template "a video"` raised ValueError from the library: a traceback, exit 1."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\nBiking/clip1.avi,Biking\n")
+    out = tmp_path / "cap.jsonl"
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--template", "a video",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--template 'a video' has no {}" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
 def test_oracle_into_a_store_with_other_videos_keeps_them(dataset, tmp_path, capsys):
     """A test-subset `--oracle` run into the train store left 4 of 16 lines; now the store keeps
     its other videos, and other templates are refused unless --rebuild."""
@@ -419,7 +431,7 @@ def test_oracle_into_a_store_with_other_videos_keeps_them(dataset, tmp_path, cap
     assert "0 added, 2 already there, 5 other videos kept" in capsys.readouterr().out
     assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "model" in err and "'a video of {}'" in err and "--rebuild" in err
+    assert "template '{}' (this run: 'a video of {}')" in err and "model" not in err and "--rebuild" in err
     assert main([*ann, str(subset), "--oracle", "--template", "a video of {}", "--out", str(out), "--rebuild"]) == 0
     assert [r.captions for r in read_store(out).records] == [["a video of jumping"], ["a video of running"]]
 

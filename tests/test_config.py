@@ -85,6 +85,17 @@ def test_a_separate_text_model_needs_cached_tgm_maps():
     assert load_config(None, base + ["masking.cache_dir=maps"]).captions.target_model == "words-dir"
 
 
+def test_online_tgm_needs_captions_clip_model():
+    """CLIP in the loop scores the caption's text embedding: without captions.clip_model the samples have
+    none, which once surfaced as a traceback from a DataLoader worker; refused at validation instead."""
+    base = ["masking.name=tgm", "captions.file=c.jsonl", "masking.clip_model=clip"]
+    with pytest.raises(ConfigError, match=r"^captions\.clip_model .*captions\.clip_model=clip") as e:
+        load_config(None, base)
+    assert "\n" not in str(e.value)
+    assert load_config(None, base + ["captions.clip_model=clip"]).captions.clip_model == "clip"
+    assert load_config(None, base + ["masking.cache_dir=maps"]).masking.cache_dir == "maps"
+
+
 def test_bad_override_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="expected section.key=value"):
         parse_override("optim.lr")

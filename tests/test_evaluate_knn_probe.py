@@ -96,3 +96,23 @@ def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa
     assert main(base + [f"train.output_dir={tmp_path / 'knn2'}", "eval.probe=knn", "eval.knn_k=[1,999]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgmae probe: config error: eval.knn_k=[1, 999]: k=999 exceeds") and "\n" not in err
+
+
+def test_knn_probe_refuses_a_folder_holding_a_linear_probe(checkpoint, tmp_path):
+    """k-NN into a linear probe's folder replaced its probe_results.json and test_predictions.csv
+    (attentive was refused): one kind of probe per folder, checkpoint.resume=ignore_config replaces."""
+    from tgmae.weights.files import CheckpointError
+
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    run_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"), **data)
+    out = tmp_path / "probe"
+    kept = {n: (out / n).read_bytes() for n in ("probe_results.json", "test_predictions.csv")}
+    knn = ["eval.probe=knn", "eval.knn_k=[1,3]"]
+    with pytest.raises(CheckpointError, match=r"eval\.probe: 'linear' -> 'knn'.*checkpoint\.resume=ignore_config"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn, "checkpoint.resume=ignore_config"), **data)
+    assert json.loads((out / "probe_results.json").read_text())["probe"] == "knn"
+    with pytest.raises(CheckpointError, match=r"eval\.probe: 'knn' -> 'linear'"):  # and the reverse
+        run_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"), **data)
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)  # the same kind again is fine

@@ -453,6 +453,11 @@ class RunConfig:
         if self.masking.name == "tgm" and not self.masking.cache_dir and not self.masking.clip_model:
             raise ConfigError("masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
                               "masking.clip_model (CLIP in the loop)")
+        if self.masking.name == "tgm" and not self.masking.cache_dir and not self.captions.clip_model:
+            raise ConfigError(
+                f"captions.clip_model is empty with online TGM (masking.clip_model={self.masking.clip_model!r}, "
+                "masking.cache_dir empty): CLIP in the loop scores each sample's caption embedding, so set "
+                f"captions.clip_model={self.masking.clip_model} to embed the captions with the same CLIP")
 
     def _check_view_ratio(self) -> None:
         """contrastive.view_ratio needs an InfoNCE to feed and may mask no more than the MAE mask

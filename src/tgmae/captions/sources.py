@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from tgmae.captions.store import CaptionRecord, CaptionStoreError
 from tgmae.data.annotations import unnamed_classes
-from tgmae.errors import UserError
+from tgmae.errors import SettingsError, UserError
 
 # Table 6a: prompts given to GPT-3.5 per action class, after CuPL.
 CUPL_PROMPTS: tuple[str, ...] = (
@@ -44,14 +44,15 @@ def class_text(name: str) -> str:
 
 def _fill(template: str, name: str) -> str:
     if "{}" not in template:
-        raise ValueError(f"template {template!r} has no {{}} for the class name")
+        raise SettingsError(f"--template {template!r} has no {{}} for the class name "
+                            "(e.g. --template 'a video of {}')")
     return template.replace("{}", class_text(name))
 
 
 def oracle_records(videos: Sequence[tuple[str, str]], templates: Sequence[str] = (ORACLE_TEMPLATE,)) -> list[CaptionRecord]:
     """(video_id, class name) pairs -> one record per video, one caption per template."""
     if not templates:
-        raise ValueError("need at least one oracle template")
+        raise SettingsError("--template: need at least one oracle template")
     model = " | ".join(templates)
     return [CaptionRecord(vid, [_fill(t, cls) for t in templates], "oracle", model) for vid, cls in videos]
 

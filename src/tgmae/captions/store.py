@@ -259,6 +259,13 @@ def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
     return {"source": obj.get("source"), "model": obj.get("model"), **(settings if isinstance(settings, dict) else {})}
 
 
+def _key_name(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
+    """How a refusal names a provenance key: an oracle store's `model` is its --template(s)."""
+    if key == "model" and "oracle" in (have.get("source"), want.get("source")):
+        return "template"
+    return key
+
+
 def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -> None:
     """CaptionStoreError naming the line and each differing key when a record of the store at
     `path` (torn tail allowed; missing = nothing to check) was made otherwise than every one of
@@ -275,7 +282,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -
         diffs = [[k for k in want if k in have and have[k] != want[k]] for want in wants]
         if all(diffs):
             want, diff = min(zip(wants, diffs), key=lambda wd: len(wd[1]))
-            what = ", ".join(f"{k} {have[k]!r} (this run: {want[k]!r})" for k in diff)
+            what = ", ".join(f"{_key_name(k, have, want)} {have[k]!r} (this run: {want[k]!r})" for k in diff)
             raise CaptionStoreError(f"{path}:{n} holds captions made otherwise: {what}; give this run another "
                                     "--out, or pass --rebuild to replace the store")
 

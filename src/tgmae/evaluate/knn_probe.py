@@ -47,13 +47,15 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     """Score the val features by their k nearest training features for every k of `eval.knn_k`
     and write the outputs of the module doc. Datasets and cache as `probe_features`."""
     from tgmae.distributed import init_distributed
-    from tgmae.evaluate.probe import probe_features, refuse_other_run, write_results, write_val_predictions
+    from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, write_results,
+                                      write_val_predictions)
 
     ks, temperature = list(cfg.eval.knn_k), cfg.eval.knn_temperature
     if val_data is None and not cfg.data.val_annotations:
         raise ConfigError("eval.probe=knn scores the val videos: set data.val_annotations")
     out = Path(cfg.train.output_dir)
     refuse_other_run(out)
+    refuse_other_probe(cfg)
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
     if max(ks) > len(train):
         raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features")

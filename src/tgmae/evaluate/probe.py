@@ -331,7 +331,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     `eval.probe_optimizer=lbfgs`: `hooks` then go unused), write probe_results.json."""
     from tgmae.evaluate.classes import resolve_num_classes
 
-    _refuse_other_optimizer(cfg)
+    refuse_other_probe(cfg)
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
@@ -423,34 +423,46 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
 
 
-def _probe_kind(optimizer: Optional[str]) -> Optional[str]:
+def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]:
+    """The kind of probe a folder holds: k-NN, attentive, or a linear head fitted by L-BFGS or by
+    the loop; None: nothing to compare (a linear probe's results written before `optimizer` was)."""
+    if probe == "knn":
+        return "k-NN"
+    if probe == "attentive":
+        return "attentive"
     return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else "loop (LARS / SGD)")
 
 
-def _refuse_other_optimizer(cfg: RunConfig) -> None:
-    """CheckpointError when train.output_dir holds a probe fitted the other way (an L-BFGS head
-    where a LARS / SGD probe would train, or the reverse): its results would be replaced under
-    other settings. checkpoint.resume=ignore_config asks for it."""
+def refuse_other_probe(cfg: RunConfig) -> None:
+    """CheckpointError when train.output_dir holds another kind of probe (eval.probe: linear, knn,
+    attentive; a linear one fitted the other way, an L-BFGS head where a LARS / SGD probe would
+    train, or the reverse): its results would be replaced under other settings.
+    checkpoint.resume=ignore_config asks for it."""
     out = Path(cfg.train.output_dir)
+    stored_probe: Optional[str] = None
     stored: Optional[str] = None
     results = out / "probe_results.json"
     if results.is_file():
         try:
-            stored = json.loads(results.read_text()).get("optimizer")
-        except (OSError, ValueError):
-            stored = None
-    if stored is None and (out / HEAD_FILE).is_file():
-        stored = "lbfgs"
-    if stored is None and ckpt.find_latest(out / "checkpoints") is not None:
+            saved = json.loads(results.read_text())
+            stored_probe, stored = saved.get("probe") or "linear", saved.get("optimizer")
+        except (OSError, ValueError, AttributeError):
+            stored_probe, stored = None, None
+    if stored is None and stored_probe in (None, "linear") and (out / HEAD_FILE).is_file():
+        stored_probe, stored = "linear", "lbfgs"
+    if stored is None and stored_probe in (None, "linear") and ckpt.find_latest(out / "checkpoints") is not None:
         refuse_other_run(out)  # another kind of run is named as such first
-        stored = "lars"
-    now = cfg.eval.probe_optimizer
-    if _probe_kind(stored) in (None, _probe_kind(now)) or cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
+        stored_probe, stored = "linear", "lars"
+    now_probe = cfg.eval.probe
+    now = cfg.eval.probe_optimizer if now_probe == "linear" else None
+    have, want = _probe_kind(stored_probe, stored), _probe_kind(now_probe, now)
+    if have in (None, want) or cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
         return
+    what = (f"eval.probe: {stored_probe!r} -> {now_probe!r}" if stored_probe != now_probe
+            else f"eval.probe_optimizer: {stored!r} -> {now!r}")
     raise ckpt.CheckpointError(
-        f"train.output_dir={str(out)!r} holds a probe made with other settings (eval.probe_optimizer: "
-        f"{stored!r} -> {now!r}): start a new run with another train.output_dir, or replace it with "
-        f"checkpoint.resume={ckpt.IGNORE_CONFIG}")
+        f"train.output_dir={str(out)!r} holds a probe made with other settings ({what}): start a new run "
+        f"with another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
 def refuse_other_run(out: Path) -> None:
@@ -467,4 +479,5 @@ def refuse_other_run(out: Path) -> None:
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
            "score_logits", "probe_logits", "best_of", "frozen_probe_encoder", "probe_features", "run_probe", "linear_probe", "logistic_probe",
-           "write_results", "write_val_predictions", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run"]
+           "write_results", "write_val_predictions", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run",
+           "refuse_other_probe"]
