@@ -212,6 +212,23 @@ def pretrain_run(out: Path, common: list[str], masking: list[str], k: int, devic
 # 4. torchrun, kill, resume
 # ---------------------------------------------------------------------------------------------
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
 def torchrun_kill_resume(out: Path, common: list[str], device: str, steps: int) -> dict:
     """SIGKILL the launcher's process group at the first step checkpoint, start again: the second
     start must resume from a step checkpoint before the last step and finish."""
@@ -230,8 +247,12 @@ def torchrun_kill_resume(out: Path, common: list[str], device: str, steps: int) 
                 break
             time.sleep(0.5)
         killed = p.poll() is None
-        if killed:
-            os.killpg(p.pid, signal.SIGKILL)
+        if killed:  # the launcher and its workers (torchrun starts them in sessions of their own)
+            for pid in [p.pid, *descendants(p.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         p.wait()
     log2 = out / "torchrun_2.log"
     with open(log2, "w") as f:
