@@ -92,3 +92,18 @@ def test_attentive_settings_are_checked_against_the_data(checkpoint, tmp_path):
         run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=32"), **data())
     with pytest.raises(ConfigError, match="eval.attentive_heads=3: does not divide the token width 32"):
         run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_heads=3"), **data())
+
+
+def test_attentive_probe_refuses_a_folder_holding_a_knn_probe(checkpoint, tmp_path):
+    """An attentive probe into a finished k-NN probe's folder (no checkpoints there) would replace
+    its probe_results.json: refused naming eval.probe; ignore_config replaces."""
+    from tgmae.weights.files import CheckpointError
+
+    knn = ["eval.probe=knn", "eval.knn_k=[1,3]"]
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data(views=1))
+    out = tmp_path / "probe"
+    kept = (out / "probe_results.json").read_bytes()
+    attentive = [*ATTENTIVE, "eval.attentive_batch_size=8"]
+    with pytest.raises(CheckpointError, match=r"eval\.probe: 'knn' -> 'attentive'"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *attentive), **data())
+    assert (out / "probe_results.json").read_bytes() == kept

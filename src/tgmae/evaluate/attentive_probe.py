@@ -37,7 +37,7 @@ from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.evaluate.attentive import AttentiveClassifier, TokenDataset, predict_attentive
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, tensors_fingerprint, write_results,
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, write_results,
                                   write_val_predictions)
 from tgmae.train.optim import param_groups
 from tgmae.train.resume import locks_run_folder
@@ -128,6 +128,7 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     checkpoint.resume), test the val videos' views; writes the outputs of the module doc and
     returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
+    refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True)
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)

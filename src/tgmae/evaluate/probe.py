@@ -433,11 +433,12 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
     return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else "loop (LARS / SGD)")
 
 
-def refuse_other_probe(cfg: RunConfig) -> None:
+def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     """CheckpointError when train.output_dir holds another kind of probe (eval.probe: linear, knn,
     attentive; a linear one fitted the other way, an L-BFGS head where a LARS / SGD probe would
     train, or the reverse): its results would be replaced under other settings.
-    checkpoint.resume=ignore_config asks for it."""
+    checkpoint.resume=ignore_config asks for it. checkpoints=False: step checkpoints without
+    results are left to the training loop's run-kind check (the attentive probe's own)."""
     out = Path(cfg.train.output_dir)
     stored_probe: Optional[str] = None
     stored: Optional[str] = None
@@ -450,7 +451,8 @@ def refuse_other_probe(cfg: RunConfig) -> None:
             stored_probe, stored = None, None
     if stored is None and stored_probe in (None, "linear") and (out / HEAD_FILE).is_file():
         stored_probe, stored = "linear", "lbfgs"
-    if stored is None and stored_probe in (None, "linear") and ckpt.find_latest(out / "checkpoints") is not None:
+    if (checkpoints and stored is None and stored_probe in (None, "linear")
+            and ckpt.find_latest(out / "checkpoints") is not None):
         refuse_other_run(out)  # another kind of run is named as such first
         stored_probe, stored = "linear", "lars"
     now_probe = cfg.eval.probe
