@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -17,15 +16,9 @@ from tgmae.data.dataset import VideoDataset
 from tgmae.data.video import write_video
 from tgmae.data.views import collate_views, first_view, view_generators
 from tgmae.masking.mgm import MotionGuidedMask
+from test_data_dataset import _clip  # the textured, scrolling test clip
 from tgmae.masking.simple import TubeMask
 from tgmae.models.infonce import info_nce_rows
-
-
-def _clip(t: int, h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    base = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h, :w]
-    return np.stack([np.roll(base, 2 * i, axis=1) for i in range(t)])
 
 
 @pytest.fixture(scope="module")
