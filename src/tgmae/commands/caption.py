@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -77,14 +76,14 @@ def _run_captioner(args: argparse.Namespace) -> int:
 
 def _caption(args: argparse.Namespace, shard) -> int:
     from tgmae.captions.captioner import GenerationOptions, resolve_dtype
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
 
     videos, _ = _annotations(args)
     options = GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams)
     if args.rebuild:
         clear_outputs(args.out, shard)
     refuse_other_store(args.out, SOURCE, args.model, captioner_settings(args.keyframes, options), shard)  # first
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+    device = resolve_device(args.device, local_rank(), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
     captioner = ImageCaptioner(args.model, device, dtype, options)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -72,12 +71,12 @@ def main(argv: Sequence[str]) -> int:
 def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
     from tgmae.data.formats import load_annotations
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
 
     created = init_distributed_if_launched()
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+    device = resolve_device(args.device, local_rank(), key="--device")
     clip = load_clip(args.clip, device)
     if args.rebuild and shard.rank == 0:
         clear_cache(args.out)

@@ -123,12 +123,10 @@ class PretrainTask:
 
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
-            import os
-
             from tgmae.masking import build_mask_generator, is_batch_generator
-            from tgmae.distributed import resolve_device
+            from tgmae.distributed import local_rank, resolve_device
 
-            device = resolve_device(self.cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+            device = resolve_device(self.cfg.train.device, local_rank())
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
                                              device=str(device), data_mean=self.cfg.data.mean,
                                              data_std=self.cfg.data.std)
