@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
@@ -23,6 +23,19 @@ from tgmae.mask_contract import MASKED_COUNT
 
 class ConfigError(ValueError, UserError):
     """A configuration value or key is invalid; the message names it."""
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """ConfigError `key=value: expected a|b|c` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: expected {'|'.join(choices)}")
+
+
+def check_known(key: str, values: Sequence, known: Sequence) -> None:
+    """ConfigError `key: unknown [...]; known: [...]` when any of `values` is not in `known`."""
+    bad = [v for v in values if v not in known]
+    if bad:
+        raise ConfigError(f"{key}: unknown {bad}; known: {list(known)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -35,6 +48,7 @@ DATASET_FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic5
 # layer that needs them (tgmae.models.arch and tgmae.masking import them from here).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CACHE_MODES = ("none", "memory", "disk")  # data.cache and study.cache (tgmae.data.cache)
 
 
 @dataclass
@@ -72,8 +86,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.format not in DATASET_FORMATS:
             raise ConfigError(f"data.format={self.format!r}: expected one of {DATASET_FORMATS}")
-        if self.sampling not in ("dense", "tsn"):
-            raise ConfigError(f"data.sampling={self.sampling!r}: expected 'dense' or 'tsn'")
+        check_choice("data.sampling", self.sampling, ("dense", "tsn"))
         _positive("data.num_frames", self.num_frames)
         _positive("data.frame_stride", self.frame_stride)
         _positive("data.image_size", self.image_size)
@@ -83,8 +96,7 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
         if not self.crop_scales or any(not 0 < s <= 1 for s in self.crop_scales):
             raise ConfigError(f"data.crop_scales={self.crop_scales}: each scale must be in (0, 1]")
-        if self.finetune_crop not in ("random_resized", "multiscale"):
-            raise ConfigError(f"data.finetune_crop={self.finetune_crop!r}: expected random_resized|multiscale")
+        check_choice("data.finetune_crop", self.finetune_crop, ("random_resized", "multiscale"))
         lo, hi = self.finetune_crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.finetune_crop_scale={self.finetune_crop_scale}: need 0 < min <= max <= 1")
@@ -92,10 +104,8 @@ class DataConfig:
             raise ConfigError(f"data.random_erase={self.random_erase}: must be in [0, 1]")
         _positive("data.decoder_threads", self.decoder_threads)
         _positive("data.num_sample", self.num_sample)
-        if self.repeat_mode not in ("views", "clips"):
-            raise ConfigError(f"data.repeat_mode={self.repeat_mode!r}: expected 'views' or 'clips'")
-        if self.cache not in ("none", "memory", "disk"):
-            raise ConfigError(f"data.cache={self.cache!r}: expected 'none', 'memory' or 'disk'")
+        check_choice("data.repeat_mode", self.repeat_mode, ("views", "clips"))
+        check_choice("data.cache", self.cache, CACHE_MODES)
         if self.cache != "none" and self.with_motion:
             raise ConfigError(f"data.cache={self.cache!r}: the cache holds no codec motion vectors "
                               "(data.with_motion=true); set data.cache=none")
@@ -126,8 +136,7 @@ class CaptionConfig:
     draw: str = "random"  # "random": one caption per video per epoch; "first": always the first
 
     def __post_init__(self) -> None:
-        if self.draw not in ("random", "first"):
-            raise ConfigError(f"captions.draw={self.draw!r}: expected random|first")
+        check_choice("captions.draw", self.draw, ("random", "first"))
 
     @property
     def target_model(self) -> str:
@@ -159,20 +168,14 @@ class MaskingConfig:
             raise ConfigError(f"masking.name={self.name!r}: expected one of {', '.join(MASKING_NAMES)}")
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
-        if self.select not in ("top", "bottom"):
-            raise ConfigError(f"masking.select={self.select!r}: expected 'top' or 'bottom'")
-        if self.tubelet_frame not in ("first", "mean"):
-            raise ConfigError(f"masking.tubelet_frame={self.tubelet_frame!r}: expected first|mean")
-        if self.caption not in ("drawn", "mean"):
-            raise ConfigError(f"masking.caption={self.caption!r}: expected drawn|mean")
-        if self.mode not in ("dense", "faithful"):
-            raise ConfigError(f"masking.mode={self.mode!r}: expected dense|faithful")
-        if self.motion_source not in ("codec", "framediff"):
-            raise ConfigError(f"masking.motion_source={self.motion_source!r}: expected codec|framediff")
+        check_choice("masking.select", self.select, ("top", "bottom"))
+        check_choice("masking.tubelet_frame", self.tubelet_frame, ("first", "mean"))
+        check_choice("masking.caption", self.caption, ("drawn", "mean"))
+        check_choice("masking.mode", self.mode, ("dense", "faithful"))
+        check_choice("masking.motion_source", self.motion_source, ("codec", "framediff"))
         if self.decoder_ratio is not None and not 0.0 < self.decoder_ratio <= 1.0:
             raise ConfigError(f"masking.decoder_ratio={self.decoder_ratio}: must be in (0, 1] or null")
-        if self.decoder_mask not in DECODER_MASKS:
-            raise ConfigError(f"masking.decoder_mask={self.decoder_mask!r}: expected {'|'.join(DECODER_MASKS)}")
+        check_choice("masking.decoder_mask", self.decoder_mask, DECODER_MASKS)
 
 
 @dataclass
@@ -226,8 +229,7 @@ class ContrastiveConfig:
     view_ratio: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"contrastive.objective={self.objective!r}: expected {'|'.join(OBJECTIVES)}")
+        check_choice("contrastive.objective", self.objective, OBJECTIVES)
         if self.temperature <= 0:
             raise ConfigError(f"contrastive.temperature={self.temperature}: must be > 0")
         if self.weight < 0:
@@ -298,17 +300,14 @@ class TrainConfig:
         _positive("train.eval_every", self.eval_every)
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision={self.precision!r}: expected auto|fp32|bf16|fp16")
+        check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.compile is False:  # YAML's reading of `off`
             self.compile = "off"
         if self.compile not in ("off", "blocks", "model"):
             shown = "true" if self.compile is True else repr(self.compile)
             raise ConfigError(f"train.compile={shown}: expected off|blocks|model")
-        if self.attention not in ("auto", "sdpa", "sdpa_fp32", "math"):
-            raise ConfigError(f"train.attention={self.attention!r}: expected auto|sdpa|sdpa_fp32|math")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ConfigError(f"train.strategy={self.strategy!r}: expected ddp|fsdp")
+        check_choice("train.attention", self.attention, ("auto", "sdpa", "sdpa_fp32", "math"))
+        check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
         if self.strategy == "fsdp" and self.precision == "fp16":
             raise ConfigError("train.strategy=fsdp with train.precision=fp16: the loss scaler is DDP's; "
                               "use train.precision=bf16 (or fp32)")
@@ -375,8 +374,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self._check_frozen_probes()
-        if self.probe_optimizer not in ("lars", "sgd", "lbfgs"):
-            raise ConfigError(f"eval.probe_optimizer={self.probe_optimizer!r}: expected lars|sgd|lbfgs")
+        check_choice("eval.probe_optimizer", self.probe_optimizer, ("lars", "sgd", "lbfgs"))
         if not self.probe_l2 or any(not 0 < v < float("inf") for v in self.probe_l2):
             raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: needs at least one value, all > 0 and finite")
         if len(set(self.probe_l2)) != len(self.probe_l2):
@@ -385,8 +383,7 @@ class EvalConfig:
             raise ConfigError(f"eval.probe_folds={self.probe_folds}: must be >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
-        if self.retrieval_text not in ("classes", "captions"):
-            raise ConfigError(f"eval.retrieval_text={self.retrieval_text!r}: expected classes|captions")
+        check_choice("eval.retrieval_text", self.retrieval_text, ("classes", "captions"))
         templates = [self.class_prompt] if isinstance(self.class_prompt, str) else list(self.class_prompt)
         if not templates:
             raise ConfigError("eval.class_prompt=[]: needs at least one template")
@@ -395,8 +392,7 @@ class EvalConfig:
                 raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: {t!r} needs a {{}} for the class name")
 
     def _check_frozen_probes(self) -> None:
-        if self.probe not in ("linear", "knn", "attentive"):
-            raise ConfigError(f"eval.probe={self.probe!r}: expected linear|knn|attentive")
+        check_choice("eval.probe", self.probe, ("linear", "knn", "attentive"))
         if not self.knn_k or any(k < 1 for k in self.knn_k) or len(set(self.knn_k)) != len(self.knn_k):
             raise ConfigError(f"eval.knn_k={list(self.knn_k)}: needs at least one value, all >= 1, none twice")
         if not 0 < self.knn_temperature < float("inf"):

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.distributed import rank_world
-from tgmae.evaluate.sharded import all_gather_objects, default_device, map_dataset, no_substitution, split_unreadable
+from tgmae.evaluate.sharded import all_gather_objects, default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -54,19 +54,11 @@ def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 
     attentive probe."""
     from tgmae.evaluate.attentive import encoder_tokens
 
-    device = device or default_device(encoder)
-    was_training = encoder.training
-    encoder.eval()
     grid = encoder_tokens(encoder, precision)
     fn = (lambda b: {"features": grid(b)}) if tokens else (
         lambda b: {"features": pooled_features(encoder, b["video"], precision)})
-    try:
-        with no_substitution(dataset):
-            return map_dataset(dataset, fn,
-                               batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
-                               desc="features")
-    finally:
-        encoder.train(was_training)
+    return map_eval(encoder, dataset, fn, batch_size=batch_size, device=device or default_device(encoder),
+                    num_workers=num_workers, progress=progress, desc="features")
 
 
 def _file_fingerprint(path: str, root: str) -> str:

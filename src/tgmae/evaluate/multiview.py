@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from tgmae.evaluate.classes import align_classes, data_class_count
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
-from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
+from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
 from tgmae.train.resume import locks_run_folder
 
@@ -97,8 +97,6 @@ def predict_views(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
     `tgmae.data.dataset`: rows of videos that could not be read hold no prediction to score).
     batch_size counts clips per forward pass."""
     device = device or default_device(model)
-    was_training = model.training
-    model.eval()
     per_loader = max(1, batch_size // views_per_sample(dataset))
     # (unreadable videos come back as placeholders marked `unreadable`, never as another video)
 
@@ -115,12 +113,8 @@ def predict_views(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
         probs = torch.cat(logits).softmax(dim=-1).view(b, v, -1).mean(dim=1)
         return {"probs": probs, "views": torch.full((b,), v, dtype=torch.int64)}
 
-    try:
-        with no_substitution(dataset):
-            return map_dataset(dataset, fn, batch_size=per_loader, device=device, num_workers=num_workers,
-                               progress=progress, desc="testing")
-    finally:
-        model.train(was_training)
+    return map_eval(model, dataset, fn, batch_size=per_loader, device=device, num_workers=num_workers,
+                    progress=progress, desc="testing")
 
 
 def classification_result(probs: torch.Tensor, labels: torch.Tensor, views: int = 1,

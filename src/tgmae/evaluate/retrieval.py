@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from tgmae.config import ConfigError
 from tgmae.evaluate.chance import ChanceBand, retrieval_bands
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
-from tgmae.evaluate.sharded import default_device, map_dataset, no_substitution, split_unreadable
+from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
 from tgmae.weights.files import CheckpointError
 from tgmae.train.resume import locks_run_folder
@@ -169,8 +169,6 @@ def video_embeddings(model: nn.Module, dataset: Dataset, *, batch_size: int = 8,
 
     model: a VideoTextPretrainer (its `encoder` and `embed_video` are used, in eval mode)."""
     device = device or default_device(model)
-    was_training = model.training
-    model.eval()
 
     def fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         video = batch["video"]
@@ -182,12 +180,8 @@ def video_embeddings(model: nn.Module, dataset: Dataset, *, batch_size: int = 8,
             latent = latent.view(video.shape[0], video.shape[1], *latent.shape[1:]).mean(dim=1)
         return {"embedding": F.normalize(model.embed_video(latent).float(), dim=-1)}
 
-    try:
-        with no_substitution(dataset):
-            return map_dataset(dataset, fn, batch_size=batch_size, device=device, num_workers=num_workers,
-                               progress=progress, desc="video embeddings")
-    finally:
-        model.train(was_training)
+    return map_eval(model, dataset, fn, batch_size=batch_size, device=device, num_workers=num_workers,
+                    progress=progress, desc="video embeddings")
 
 
 @torch.no_grad()

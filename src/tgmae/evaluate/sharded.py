@@ -104,6 +104,19 @@ def no_substitution(dataset: Dataset) -> Iterator[Dataset]:
             dataset.substitute = before  # type: ignore[attr-defined]
 
 
+def map_eval(model: torch.nn.Module, dataset: Dataset, fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
+             **kwargs: Any) -> dict[str, torch.Tensor]:
+    """`map_dataset(dataset, fn, **kwargs)` with `model` in eval mode (its mode restored after) and
+    the dataset never replacing an unreadable video (`no_substitution`): how a model scores a set."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_substitution(dataset):
+            return map_dataset(dataset, fn, **kwargs)
+    finally:
+        model.train(was_training)
+
+
 def split_unreadable(out: dict[str, Any], dataset: Dataset, strict: bool = False,
                      what: str = "evaluation") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(rows of `out` (a `map_dataset` result) for the readable videos, the unreadable videos as
@@ -136,4 +149,4 @@ def default_device(model: torch.nn.Module, fallback: Optional[torch.device] = No
     return fallback or torch.device("cpu")
 
 
-__all__ = ["world", "all_gather_objects", "map_dataset", "default_device", "no_substitution", "split_unreadable"]
+__all__ = ["all_gather_objects", "map_dataset", "map_eval", "default_device", "no_substitution", "split_unreadable"]

@@ -18,7 +18,9 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
+
+from tgmae.config import ConfigError, check_known
 
 PROBE_KINDS = ("linear", "knn", "attentive")
 RECORD_KEYS = {"knn": "knn_top1", "attentive": "attentive_probe_top1"}
@@ -77,14 +79,12 @@ def run_frozen_probes(configs: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def check_probes(probes: Sequence[str]) -> Optional[str]:
-    """The error message for a bad `study.probes`, None when it is fine."""
-    bad = [p for p in probes if p not in PROBE_KINDS]
-    if bad:
-        return f"study.probes: unknown {bad}; known: {list(PROBE_KINDS)}"
+def check_probes(probes: Sequence[str]) -> None:
+    """ConfigError for a bad `study.probes`: an unknown kind, or no linear probe."""
+    check_known("study.probes", probes, PROBE_KINDS)
     if "linear" not in probes:
-        return f"study.probes={list(probes)}: must include linear (the table's LP column and its comparisons)"
-    return None
+        raise ConfigError(f"study.probes={list(probes)}: must include linear (the table's LP column and its "
+                          "comparisons)")
 
 
 __all__ = ["PROBE_KINDS", "RECORD_KEYS", "frozen_probe_configs", "run_frozen_probes", "missing", "check_probes"]

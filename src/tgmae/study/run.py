@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tgmae.config import ConfigError, from_dict, load_config, parse_override, read_yaml, to_dict
+from tgmae.config import CACHE_MODES, OBJECTIVES, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR
@@ -61,7 +61,6 @@ MASKINGS: dict[str, list[str]] = _PHASES["maskings"]
 PRETRAIN_BASE: list[str] = _PHASES["pretrain"]
 PROBE_BASE: list[str] = _PHASES["probe"]
 FINETUNE_BASE: list[str] = _PHASES["finetune"]
-OBJECTIVES = ("mae", "contrastive", "mae+contrastive")
 # reference rows: name -> the objective its records carry
 REFERENCES = {"none": "none", "scratch": "supervised"}
 
@@ -143,27 +142,17 @@ class StudyConfig:
     probes: list[str] = field(default_factory=lambda: ["linear"])
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.maskings if m not in MASKINGS]
-        if unknown:
-            raise ConfigError(f"study.maskings: unknown {unknown}; known: {sorted(MASKINGS)}")
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad:
-            raise ConfigError(f"study.objectives: unknown {bad}; known: {list(OBJECTIVES)}")
+        check_known("study.maskings", self.maskings, sorted(MASKINGS))
+        check_known("study.objectives", self.objectives, OBJECTIVES)
         if not self.seeds:
             raise ConfigError("study.seeds: at least one seed")
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.seeds):
             raise ConfigError(f"study.seeds={self.seeds}: integers >= 0")
-        if self.mask_mode not in ("dense", "faithful"):
-            raise ConfigError(f"study.mask_mode={self.mask_mode!r}: expected dense|faithful")
-        if self.retrieval not in ("classes", "captions"):
-            raise ConfigError(f"study.retrieval={self.retrieval!r}: expected classes|captions")
-        if self.retrieval_prompts not in ("descriptions", "names"):
-            raise ConfigError(f"study.retrieval_prompts={self.retrieval_prompts!r}: expected descriptions|names")
-        bad = [r for r in self.references if r not in REFERENCES]
-        if bad:
-            raise ConfigError(f"study.references: unknown {bad}; known: {list(REFERENCES)}")
-        if self.cache not in ("none", "memory", "disk"):
-            raise ConfigError(f"study.cache={self.cache!r}: expected disk|memory|none")
+        check_choice("study.mask_mode", self.mask_mode, ("dense", "faithful"))
+        check_choice("study.retrieval", self.retrieval, ("classes", "captions"))
+        check_choice("study.retrieval_prompts", self.retrieval_prompts, ("descriptions", "names"))
+        check_known("study.references", self.references, list(REFERENCES))
+        check_choice("study.cache", self.cache, CACHE_MODES)
         if self.clip_motion_weight < 0:
             raise ConfigError(f"study.clip_motion_weight={self.clip_motion_weight}: must be >= 0")
         if not 0 < self.val_fraction < 1:
@@ -175,8 +164,7 @@ class StudyConfig:
             raise ConfigError(f"study.jobs={self.jobs}: must be >= 1")
         if self.scratch_epochs < 0:
             raise ConfigError(f"study.scratch_epochs={self.scratch_epochs}: must be >= 0 (0 = automatic)")
-        if problem := check_probes(self.probes):
-            raise ConfigError(problem)
+        check_probes(self.probes)
         for key in ("maskings", "objectives", "seeds", "references", "probes"):
             values = getattr(self, key)
             twice = sorted({repr(v) for v in values if values.count(v) > 1})
@@ -188,33 +176,17 @@ class StudyConfig:
 
 @dataclass
 class StudyPaths:
+    """A study folder's layout: `data` (the synthetic set), `clip` (the study's CLIP), `mask_cache` (TGM
+    similarity maps), `word_encoder`, `clip_cache` (decoded-clip cache files, `data.cache=disk`, shared
+    by every run and seed), `recon_check` (the reconstruction check's JSON and figure,
+    `run_recon_check`, one per study folder); `run(...)` and `report(...)` below."""
+
     root: Path
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def clip(self) -> Path:
-        return self.root / "clip"
-
-    @property
-    def mask_cache(self) -> Path:
-        return self.root / "similarity_cache"
-
-    @property
-    def word_encoder(self) -> Path:
-        return self.root / "word_encoder"
-
-    @property
-    def clip_cache(self) -> Path:
-        """Decoded-clip cache files (`data.cache=disk`), shared by every run and seed."""
-        return self.root / "clip_cache"
-
-    @property
-    def recon_check(self) -> Path:
-        """The reconstruction check's JSON and figure (`run_recon_check`), one per study folder."""
-        return self.root / RECON_CHECK_DIR
+    def __post_init__(self) -> None:
+        self.data, self.clip, self.word_encoder = self.root / "data", self.root / "clip", self.root / "word_encoder"
+        self.mask_cache, self.clip_cache = self.root / "similarity_cache", self.root / "clip_cache"
+        self.recon_check = self.root / RECON_CHECK_DIR
 
     def run(self, masking: str, objective: str, seed: int, variant: str = "") -> Path:
         tag = f"__{_slug(variant)}" if variant else ""
