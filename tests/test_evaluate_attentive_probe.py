@@ -1,5 +1,5 @@
 """`eval.probe=attentive`: V-JEPA's attentive probe as a task of the shared loop, on cached token
-grids: the same training as `fit_attentive_probe`, multi-view testing, predictions, exact
+grids: the same training as the recipe written out (`test_evaluate_attentive.fit_reference`), multi-view testing, predictions, exact
 resume after a kill, and a folder that refuses other settings."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from test_evaluate_probe import Clips, checkpoint, encoder_of, probe_cfg  # noqa: F401 (fixture)
-from tgmae.evaluate.attentive import AttentiveProbeSettings, TokenDataset, fit_attentive_probe
+from test_evaluate_attentive import fit_reference
+from tgmae.evaluate.attentive import TokenDataset
 from tgmae.evaluate.attentive_probe import loop_config
 from tgmae.evaluate.probes import run_probe
 from tgmae.weights import checkpoint as ckpt
@@ -28,9 +29,9 @@ def tokens_of(enc, d) -> torch.Tensor:
         return torch.stack([enc(d[i]["video"].view(-1, 3, 4, 16, 16)) for i in range(len(d))])  # [M, V, L, D]
 
 
-def test_loop_task_trains_as_fit_attentive_probe_and_tests_every_view(checkpoint, tmp_path):
+def test_loop_task_trains_as_the_recipe_and_tests_every_view(checkpoint, tmp_path):
     """Full-batch steps (batch order cannot matter): the loop's task ends where V-JEPA's recipe in
-    `fit_attentive_probe` ends, from the same init; the val probabilities are the softmax averaged
+    `fit_reference` ends, from the same init; the val probabilities are the softmax averaged
     over each video's views; probe_results.json and test_predictions.csv say so."""
     cfg = probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=24", "eval.attentive_final_lr=1e-4",
                     "eval.attentive_weight_decay=0.05")
@@ -38,10 +39,9 @@ def test_loop_task_trains_as_fit_attentive_probe_and_tests_every_view(checkpoint
     result = run_probe(cfg, **d)
     enc = encoder_of(checkpoint)
     train_tokens = tokens_of(enc, d["train_data"])[:, 0]  # [24, L, D]
-    settings = AttentiveProbeSettings(epochs=4, batch_size=24, lr=3e-3, final_lr=1e-4, weight_decay=0.05,
-                                      num_heads=2, seed=cfg.train.seed)
-    ref = fit_attentive_probe(TokenDataset(train_tokens, d["train_data"].labels), 3, train_tokens.shape[-1], settings)
-    for (name, a), b in zip(result.model.state_dict().items(), ref.model.state_dict().values()):
+    ref, _ = fit_reference(TokenDataset(train_tokens, d["train_data"].labels), 3, train_tokens.shape[-1], epochs=4,
+                           batch_size=24, lr=3e-3, final_lr=1e-4, weight_decay=0.05, num_heads=2, seed=cfg.train.seed)
+    for (name, a), b in zip(result.model.state_dict().items(), ref.state_dict().values()):
         assert torch.allclose(a, b, atol=2e-5), name
     val_tokens = tokens_of(enc, d["val_data"])  # [12, 2, L, D]
     with torch.no_grad():

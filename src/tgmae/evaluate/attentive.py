@@ -16,7 +16,8 @@ CrossAttention: q = Wq q0, (k, v) = Wkv x, per-head softmax(q k^T / sqrt(D / H))
 Init as jepa: Linear weights trunc-normal std 0.02, biases 0, LayerNorm (1, 0), and the two
 residual-branch outputs (attention proj, MLP fc2) divided by sqrt(2).
 
-Training as V-JEPA's frozen evaluation (`evals/video_classification_frozen/eval.py`, configs
+Training (the shared loop's task, `tgmae.evaluate.attentive_probe`) as V-JEPA's frozen evaluation
+(`evals/video_classification_frozen/eval.py`, configs
 `configs/evals/vitl16_k400_16x8x3.yaml`, `vitl16_ssv2_16x2x3.yaml`): AdamW, lr 1e-3 with no
 warm-up and a cosine decay to 0 over the run (per step), weight decay 0.01 on >= 2-D weights
 (biases and LayerNorm parameters none), 20 epochs, gradient norm clipped to 1.0, cross-entropy
@@ -30,13 +31,12 @@ concatenates the tokens of a video's temporal segments before pooling; not done 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tgmae.train.precision import autocast
 
@@ -118,48 +118,6 @@ class AttentiveClassifier(nn.Module):
         return self.head(self.pool(tokens))
 
 
-@dataclass
-class AttentiveProbeSettings:
-    """How the probe trains (defaults: V-JEPA's frozen evaluation, see the module doc)."""
-
-    epochs: int = 20
-    batch_size: int = 256  # clips per step (V-JEPA: 4 per GPU x 64 GPUs)
-    lr: float = 1e-3  # peak learning rate (V-JEPA: start_lr = lr, no warm-up)
-    final_lr: float = 0.0  # cosine decay target at the last step
-    warmup_epochs: float = 0.0  # linear warm-up from 0 (V-JEPA: 0)
-    weight_decay: float = 0.01  # AdamW, on >= 2-D weights only
-    clip_grad: Optional[float] = 1.0  # gradient norm clip (V-JEPA: 1.0); None = off
-    num_queries: int = 1
-    num_heads: int = 12  # must divide the token width (V-JEPA: the encoder's head count)
-    precision: str = "fp32"  # autocast of the probe's forward: fp32 | bf16 (fp16 would need a loss scaler)
-    seed: int = 0  # probe init and batch order
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "num_queries", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if not self.lr > 0 or self.final_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError("lr must be > 0; final_lr, weight_decay and warmup_epochs >= 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={self.precision!r}: expected fp32|bf16")
-
-
-def lr_at(step: int, total: int, warmup: int, lr: float, final_lr: float) -> float:
-    """Learning rate of `step` (0-based) of `total`: linear 0 -> lr over `warmup` steps, then a
-    half cosine lr -> final_lr reached at step `total` (jepa's WarmupCosineSchedule)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return final_lr + (lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: >= 2-D weights (query tokens included) decayed; biases and norms not."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-
-
 class TokenDataset(Dataset):
     """Cached token grids as a dataset: tokens [M, N, D] (or [M, V, N, D]), labels [M] ->
     {"tokens", "label"} samples."""
@@ -199,63 +157,8 @@ def encoder_tokens(encoder: nn.Module, precision: str = "fp32") -> TokenFn:
     return fn
 
 
-@dataclass
-class AttentiveFit:
-    """A trained probe and its per-epoch mean training loss."""
-
-    model: AttentiveClassifier
-    losses: list[float]
-
-
-def fit_attentive_probe(train: Dataset, num_classes: int, dim: int, settings: AttentiveProbeSettings,
-                        tokens_of: TokenFn = cached_tokens, device: Optional[torch.device] = None,
-                        num_workers: int = 0) -> AttentiveFit:
-    """Train an `AttentiveClassifier` on `train` samples ({"label", and "tokens" [N, D] or
-    "video" ...}; `tokens_of` turns a batch into token grids [B, N, D]; a sample with V views
-    ([B, V, N, D]) trains on each view with its video's label). Seeded by `settings.seed`
-    (init and batch order), so the same inputs give the same probe."""
-    device = device or torch.device("cpu")
-    gen = torch.Generator().manual_seed(settings.seed)  # init, then batch order
-    model = AttentiveClassifier(dim, num_classes, settings.num_heads, settings.num_queries, generator=gen).to(device)
-    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
-    loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=False,
-                        num_workers=num_workers)
-    total, warmup = settings.epochs * len(loader), int(settings.warmup_epochs * len(loader))
-    losses, step = [], 0
-    model.train()
-    for _ in range(settings.epochs):
-        epoch_loss = []
-        for batch in loader:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, settings.lr, settings.final_lr)
-            epoch_loss.append(_train_step(model, opt, _to(batch, device), tokens_of, settings))
-            step += 1
-        losses.append(sum(epoch_loss) / len(epoch_loss))
-    model.eval()
-    return AttentiveFit(model, losses)
-
-
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, Any], tokens_of: TokenFn,
-                settings: AttentiveProbeSettings) -> float:
-    tokens, labels = tokens_of(batch), batch["label"].long()
-    if tokens.dim() == 4:  # views: each one a training example with its video's label
-        labels = labels.repeat_interleave(tokens.shape[1])
-        tokens = tokens.flatten(0, 1)
-    with autocast(settings.precision, tokens.device):
-        logits = model(tokens)
-    loss = F.cross_entropy(logits.float(), labels)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"attentive probe: non-finite loss {float(loss)}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if settings.clip_grad is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-    opt.step()
-    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -281,6 +184,5 @@ def predict_attentive(model: nn.Module, batches: Iterable[dict[str, Any]], token
     return {"probs": torch.cat(probs), "label": torch.cat(labels)}
 
 
-__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "AttentiveProbeSettings", "AttentiveFit",
-           "TokenDataset", "cached_tokens", "encoder_tokens", "fit_attentive_probe", "predict_attentive",
-           "lr_at", "param_groups"]
+__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "TokenDataset", "cached_tokens",
+           "encoder_tokens", "predict_attentive"]
