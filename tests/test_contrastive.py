@@ -356,8 +356,6 @@ def test_wraps_a_loaded_checkpoint_and_exports_the_official_layout(tmp_path):
     again = load_pretraining_model(save_pretraining_model(model.mae, tmp_path / "out.safetensors"))
     assert again.state_dict().keys() == loaded.state_dict().keys()
     assert model.no_weight_decay() >= {"mae.mask_token", "nce.log_scale"}
-    assert model.layer_id("video_head.fc1.weight") == model.num_layers - 1
-    assert model.layer_id("mae.encoder.blocks.0.attn.proj.weight") == 1
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

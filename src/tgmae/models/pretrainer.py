@@ -117,21 +117,5 @@ class VideoMAEPretrainer(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}
         return names
 
-    @property
-    def num_layers(self) -> int:
-        """Distinct layer ids: embedding, each encoder block, and the rest (depth + 2)."""
-        return self.arch.depth + 2
-
-    def layer_id(self, name: str) -> int:
-        """Layer-wise lr decay id: 0 embedding, i + 1 encoder block i, depth + 1 encoder norm,
-        encoder_to_decoder, mask_token and the decoder."""
-        if name.startswith("encoder."):
-            return self.encoder.layer_id(name[len("encoder."):])
-        return self.arch.depth + 1
-
-    def param_layer_ids(self) -> dict[str, int]:
-        """{parameter name: layer id} for every parameter."""
-        return {n: self.layer_id(n) for n, _ in self.named_parameters()}
-
 
 __all__ = ["VideoMAEPretrainer", "PretrainOutput"]

@@ -273,19 +273,6 @@ class VideoTextPretrainer(nn.Module):
     def encoder(self) -> nn.Module:
         return self.mae.encoder
 
-    @property
-    def num_layers(self) -> int:
-        return self.mae.num_layers
-
-    def layer_id(self, name: str) -> int:
-        """Layer-wise lr decay id: MAE's for `mae.*`, the last id for the heads."""
-        if name.startswith("mae."):
-            return self.mae.layer_id(name[len("mae."):])
-        return self.mae.num_layers - 1
-
-    def param_layer_ids(self) -> dict[str, int]:
-        return {n: self.layer_id(n) for n, _ in self.named_parameters()}
-
     def extra_repr(self) -> str:
         return (f"objective={self.objective!r}, weight={self.weight}, text_dim={self.text_dim}, "
                 f"view_ratio={self.view_ratio}")
