@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from tgmae.config import DATASET_FORMATS
 from tgmae.data.annotations import (
     AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
     read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
@@ -384,9 +385,6 @@ def _readers() -> dict[str, Callable]:
     }
 
 
-FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
-
-
 def load_annotations(
     format: str,
     root: str | Path,
@@ -407,8 +405,8 @@ def load_annotations(
     on_error: "raise" (AnnotationError naming file:line) or "skip" (log and append `Problem`s
       to `problems`).
     """
-    if format not in FORMATS:
-        raise AnnotationError(f"format={format!r}: expected one of {FORMATS}")
+    if format not in DATASET_FORMATS:
+        raise AnnotationError(f"format={format!r}: expected one of {DATASET_FORMATS}")
     rows = RowErrors(on_error, problems)
     root_p = Path(root) if str(root) else Path(".")
     if str(root) and not root_p.is_dir():

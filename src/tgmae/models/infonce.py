@@ -49,23 +49,33 @@ LOGIT_SCALE_MIN = 1.0  # open_clip's lower clamp (tau <= 1)
 # Autograd-aware collectives
 # --------------------------------------------------------------------------------------------
 
+def _gathered(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[B, ...] -> [world * B, ...]: every rank's x, in rank order."""
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=0)
+
+
+def _summed(x: torch.Tensor) -> torch.Tensor:
+    """x summed over ranks, in a new tensor."""
+    y = x.contiguous().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """[B, ...] local -> [world * B, ...] in rank order; backward: all-reduce, local slice."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         rank, world = rank_world()
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x)
         ctx.rank, ctx.rows = rank, x.shape[0]
-        return torch.cat(parts, dim=0)
+        return _gathered(x, world)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return _summed(grad)[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 class _AllReduceWithGrad(torch.autograd.Function):
@@ -73,15 +83,11 @@ class _AllReduceWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = x.contiguous().clone()
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
-        return y
+        return _summed(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return _summed(grad)
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +99,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = rank_world()
     if world == 1:
         return x
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _GatherWithGrad.apply(x)
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    return _GatherWithGrad.apply(x) if torch.is_grad_enabled() and x.requires_grad else _gathered(x, world)
 
 
 def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -105,11 +107,7 @@ def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     not distributed."""
     if rank_world()[1] == 1:
         return x
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _AllReduceWithGrad.apply(x)
-    y = x.contiguous().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y
+    return _AllReduceWithGrad.apply(x) if torch.is_grad_enabled() and x.requires_grad else _summed(x)
 
 
 # --------------------------------------------------------------------------------------------

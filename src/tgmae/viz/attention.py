@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgmae.viz.plotting import pyplot, to_uint8_frames, save_figure
+from tgmae.viz.plotting import frame_columns, frame_grid, pyplot, save_figure, to_uint8_frames
 
 
 @dataclass
@@ -113,27 +113,17 @@ def save_attention_figure(frames: torch.Tensor, blended: torch.Tensor, out_path:
                           max_frames: int = 8, title: str = "") -> Path:
     """Two rows (frames, attention overlay) of up to `max_frames` evenly spaced frames; the query
     patch is outlined in the frames its tubelet covers."""
-    plt = pyplot()
     from matplotlib.patches import Rectangle
 
-    t = frames.shape[0]
-    cols = torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
+    cols = frame_columns(frames.shape[0], max_frames)
     if box is not None and not any(c in box[0] for c in cols):  # always show the query frame
         cols = sorted(set(cols[:-1]) | {box[0][0]})
-    fig, axes = plt.subplots(2, len(cols), figsize=(1.6 * len(cols), 3.5), squeeze=False)
-    for r, (name, rows) in enumerate((("frames", frames), ("attention", blended))):
-        for c, ti in enumerate(cols):
-            ax = axes[r][c]
-            ax.imshow(rows[ti].numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if box is not None and ti in box[0]:
-                ax.add_patch(Rectangle((box[2] - 0.5, box[1] - 0.5), patch, patch, fill=False,
-                                       edgecolor="white", linewidth=1.2))
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(f"frame {ti}", fontsize=7)
+    fig, axes = frame_grid({"frames": frames, "attention": blended}, cols, 3.5)
+    for c, ti in enumerate(cols):
+        if box is not None and ti in box[0]:
+            for ax in axes[:, c]:  # the query patch, outlined in both rows
+                ax.add_patch(Rectangle((box[2] - 0.5, box[1] - 0.5), patch, patch, fill=False, edgecolor="white",
+                                       linewidth=1.2))
     return save_figure(fig, out_path, title)
 
 

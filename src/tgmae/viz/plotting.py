@@ -32,6 +32,28 @@ def token_mask_to_pixels(mask: torch.Tensor, grid: tuple[int, int, int], tubelet
     return m.repeat_interleave(tubelet, 0).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
 
 
+def frame_columns(t: int, max_frames: int) -> list[int]:
+    """Up to `max_frames` evenly spaced frame indices of a T-frame clip."""
+    return torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
+
+
+def frame_grid(rows: dict[str, torch.Tensor], cols: Sequence[int], height: float):
+    """A grid figure: one row per entry of `rows` (uint8 frames [T, H, W, 3], the name as its
+    label), the frames `cols` as columns titled `frame i`; -> (fig, axes[row][col])."""
+    fig, axes = pyplot().subplots(len(rows), len(cols), figsize=(1.6 * len(cols), height), squeeze=False)
+    for r, (name, frames) in enumerate(rows.items()):
+        for c, ti in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(frames[ti].numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(f"frame {ti}", fontsize=7)
+    return fig, axes
+
+
 def save_figure(fig, out_path, title: str = "", dpi: int = 110):
     """Title, tight layout, write the PNG atomically (parents created; a full disk is an
     `OutputError` naming it, no partial file), free the figure; returns the Path."""

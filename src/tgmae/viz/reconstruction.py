@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from tgmae.viz.plotting import pyplot, to_uint8_frames, token_mask_to_pixels, save_figure
+from tgmae.viz.plotting import frame_columns, frame_grid, save_figure, to_uint8_frames, token_mask_to_pixels
 
 
 def reconstruction_rows(
@@ -35,21 +35,8 @@ def save_reconstruction_figure(
     rows: dict[str, torch.Tensor], out_path: str | Path, max_frames: int = 8, title: str = ""
 ) -> Path:
     """A grid: one row per entry of `rows`, up to `max_frames` evenly spaced frames as columns."""
-    plt = pyplot()
-    t = next(iter(rows.values())).shape[0]
-    cols = torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.6 * len(cols), 1.7 * len(rows)),
-                             squeeze=False)
-    for r, (name, frames) in enumerate(rows.items()):
-        for c, ti in enumerate(cols):
-            ax = axes[r][c]
-            ax.imshow(frames[ti].numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(f"frame {ti}", fontsize=7)
+    cols = frame_columns(next(iter(rows.values())).shape[0], max_frames)
+    fig, _ = frame_grid(rows, cols, 1.7 * len(rows))
     return save_figure(fig, out_path, title)
 
 
