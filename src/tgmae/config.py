@@ -49,6 +49,7 @@ DATASET_FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic5
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_MODES = ("none", "memory", "disk")  # data.cache and study.cache (tgmae.data.cache)
+CROP_SCALES = (1.0, 0.875, 0.75, 0.66)  # VideoMAE's multi-scale crop (data.crop_scales' default)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class DataConfig:
     frame_stride: int = 4  # temporal stride between sampled frames (K400: 4, SSv2: 2)
     sampling: str = "dense"  # "dense" (VideoMAE clip) or "tsn" (segment sampling, SSv2)
     image_size: int = 224  # square model input side
-    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # VideoMAE multi-scale crop
+    crop_scales: tuple[float, ...] = CROP_SCALES  # VideoMAE multi-scale crop
     flip: bool = True  # horizontal flip; off for direction-labelled data (SSv2)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel input mean, RGB in [0, 1] (ImageNet)
     std: tuple[float, float, float] = IMAGENET_STD  # per-channel input std, RGB in [0, 1] (ImageNet)
@@ -121,6 +122,9 @@ PRESET_PATCH_SIZE = {"giant": 14}
 DECODER_MASKS = ("running_cell", "random")  # masking.decoder_mask (tgmae.models.dual_mask)
 OBJECTIVES = ("mae", "contrastive", "mae+contrastive")  # contrastive.objective (tgmae.models.video_text)
 MASKING_NAMES = tuple(MASKED_COUNT)  # random, tube, tgm, mgm
+ATTENTION_KERNELS = ("auto", "sdpa", "sdpa_fp32", "math")  # train.attention (tgmae.models.attention)
+PROBE_KINDS = ("linear", "knn", "attentive")  # eval.probe and study.probes
+RETRIEVAL_TEXTS = ("classes", "captions")  # eval.retrieval_text and study.retrieval
 
 
 @dataclass
@@ -306,7 +310,7 @@ class TrainConfig:
         if self.compile not in ("off", "blocks", "model"):
             shown = "true" if self.compile is True else repr(self.compile)
             raise ConfigError(f"train.compile={shown}: expected off|blocks|model")
-        check_choice("train.attention", self.attention, ("auto", "sdpa", "sdpa_fp32", "math"))
+        check_choice("train.attention", self.attention, ATTENTION_KERNELS)
         check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
         if self.strategy == "fsdp" and self.precision == "fp16":
             raise ConfigError("train.strategy=fsdp with train.precision=fp16: the loss scaler is DDP's; "
@@ -383,7 +387,7 @@ class EvalConfig:
             raise ConfigError(f"eval.probe_folds={self.probe_folds}: must be >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
-        check_choice("eval.retrieval_text", self.retrieval_text, ("classes", "captions"))
+        check_choice("eval.retrieval_text", self.retrieval_text, RETRIEVAL_TEXTS)
         templates = [self.class_prompt] if isinstance(self.class_prompt, str) else list(self.class_prompt)
         if not templates:
             raise ConfigError("eval.class_prompt=[]: needs at least one template")
@@ -392,7 +396,7 @@ class EvalConfig:
                 raise ConfigError(f"eval.class_prompt={self.class_prompt!r}: {t!r} needs a {{}} for the class name")
 
     def _check_frozen_probes(self) -> None:
-        check_choice("eval.probe", self.probe, ("linear", "knn", "attentive"))
+        check_choice("eval.probe", self.probe, PROBE_KINDS)
         if not self.knn_k or any(k < 1 for k in self.knn_k) or len(set(self.knn_k)) != len(self.knn_k):
             raise ConfigError(f"eval.knn_k={list(self.knn_k)}: needs at least one value, all >= 1, none twice")
         if not 0 < self.knn_temperature < float("inf"):

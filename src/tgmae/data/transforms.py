@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tgmae.config import CROP_SCALES
 from tgmae.mask_contract import CropParams
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
@@ -188,7 +189,7 @@ class FinetuneTransform:
 
     def __init__(self, size: int, mean, std, flip: bool = True, rand_augment: Optional[tuple[int, int]] = (4, 7),
                  erase_prob: float = 0.25, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop: str = "random_resized",
-                 scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66)):
+                 scales: Sequence[float] = CROP_SCALES):
         self.size, self.mean, self.std, self.flip = size, mean, std, flip
         self.scale, self.ratio, self.erase_prob = scale, ratio, erase_prob
         self.crop, self.scales = crop, tuple(scales)

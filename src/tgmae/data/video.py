@@ -79,10 +79,6 @@ def video_verdict(path: str | Path) -> Verdict:
         return Verdict(e.kind, str(e))
 
 
-def is_frame_folder(path: str | Path) -> bool:
-    return os.path.isdir(path)
-
-
 class VideoReader:
     """One open video file or frame folder. Use as a context manager.
 
@@ -448,4 +444,4 @@ def read_motion_vectors(path: str | Path, frame_indices: Sequence[int]) -> list[
 
 
 __all__ = ["VideoInfo", "VideoReader", "VideoError", "Verdict", "video_verdict", "probe_video", "read_frames",
-           "read_motion_vectors", "write_video", "is_frame_folder", "IMAGE_EXTS"]
+           "read_motion_vectors", "write_video", "IMAGE_EXTS"]

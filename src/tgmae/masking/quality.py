@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tgmae.config import CROP_SCALES
 from tgmae.mask_contract import CropParams, MaskContext
 from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.motion import stack_codec_motion
@@ -84,7 +85,7 @@ def load_eval_clip(
         frames, mvs = reader.read(fi.numpy(), with_motion=True)
     unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # keep [0, 1] pixels: no data normalization here
     if augment:
-        video, crop = PretrainTransform(image_size, (1.0, 0.875, 0.75, 0.66), *unit, flip=True)(frames, g)
+        video, crop = PretrainTransform(image_size, CROP_SCALES, *unit, flip=True)(frames, g)
     else:
         video, crop = EvalTransform(image_size, *unit)(frames)
     with np.load(root / "masks" / f"{video_id}.npz") as z:

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Kernel = Literal["auto", "sdpa", "sdpa_fp32", "math"]
-KERNELS = ("auto", "sdpa", "sdpa_fp32", "math")
+from tgmae.config import ATTENTION_KERNELS as KERNELS
+
+Kernel = Literal["auto", "sdpa", "sdpa_fp32", "math"]  # one of KERNELS
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tgmae.config import ConfigError, check_known
+from tgmae.config import PROBE_KINDS, ConfigError, check_known
 
-PROBE_KINDS = ("linear", "knn", "attentive")
 RECORD_KEYS = {"knn": "knn_top1", "attentive": "attentive_probe_top1"}
 # The study's attentive probe: V-JEPA's recipe (lr 1e-3, 20 epochs) is ~19k steps on K400; on the study's
 # 1,152 training videos at batch 32 it is 720 steps and leaves the probe near chance (tube MAE seed 0:

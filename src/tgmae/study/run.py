@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tgmae.config import CACHE_MODES, OBJECTIVES, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
+from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR
@@ -149,7 +149,7 @@ class StudyConfig:
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.seeds):
             raise ConfigError(f"study.seeds={self.seeds}: integers >= 0")
         check_choice("study.mask_mode", self.mask_mode, ("dense", "faithful"))
-        check_choice("study.retrieval", self.retrieval, ("classes", "captions"))
+        check_choice("study.retrieval", self.retrieval, RETRIEVAL_TEXTS)
         check_choice("study.retrieval_prompts", self.retrieval_prompts, ("descriptions", "names"))
         check_known("study.references", self.references, list(REFERENCES))
         check_choice("study.cache", self.cache, CACHE_MODES)
@@ -353,31 +353,30 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
               f"captions.file={paths.data / 'captions.jsonl'}", f"captions.clip_model={paths.clip}",
               f"captions.text_model={target_text_model(study, paths)}",
               f"data.cache={study.cache}", f"data.cache_dir={paths.clip_cache}"]
-    quick_pre = ["train.epochs=1", "train.batch_size=8"] if quick else []
-    quick_eval = ["train.epochs=1", "train.batch_size=8"] if quick else []
+    quick_o = ["train.epochs=1", "train.batch_size=8"] if quick else []  # every phase's --quick overrides
     reference = masking in REFERENCES
     masking_overrides = list(MASKINGS["tube" if reference else masking])
     if masking.startswith("tgm"):
         masking_overrides.append(f"masking.cache_dir={paths.mask_cache}")
     pre = _phase("pretrain", lambda: load_config(None, PRETRAIN_BASE + shared + masking_overrides + [
         f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"]
-        + study.pretrain + quick_pre))
+        + study.pretrain + quick_o))
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
     geometry.append(f"model.preset={pre.model.preset}")  # the scratch reference's size; a checkpoint's must match
     eval_shared = PRETRAIN_BASE[:4] + shared + geometry + ["data.flip=false", "data.num_workers=2",
                                                           f"model.pretrained={run / 'pretrain' / 'model.safetensors'}"]
     probe = _phase("probe", lambda: with_recipe(PROBE_RECIPE, None, eval_shared + PROBE_BASE
-                                                + [f"train.output_dir={run / 'probe'}"] + study.probe + quick_eval))
+                                                + [f"train.output_dir={run / 'probe'}"] + study.probe + quick_o))
     fine = _phase("finetune", lambda: with_recipe(FINETUNE_RECIPE, None, eval_shared + FINETUNE_BASE
                                                   + [f"train.output_dir={run / 'finetune'}"] + study.finetune
-                                                  + quick_eval))
+                                                  + quick_o))
     if masking == "scratch":  # the labels alone, for a cell's whole budget of epochs
         epochs = study.scratch_epochs or pre.train.epochs + fine.train.epochs
         fine = _phase("finetune", lambda: with_recipe(
             FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith("model.pretrained=")]
             + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"] + study.finetune
-            + [f"train.epochs={epochs}"] + quick_eval))
+            + [f"train.epochs={epochs}"] + quick_o))
         probe = None
     return pre, probe, fine
 
