@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgmae.config import ContrastiveConfig, ModelConfig
-from tgmae.masking import MaskContext, RandomMask, TubeMask, num_masked, topk_mask
+from tgmae.masking import MaskContext, RandomMask, TubeMask
+from tgmae.masking.select import select_batch_per_slice
 from tgmae.models import (
     InfoNCE,
     VideoMAEArch,
@@ -276,9 +277,7 @@ def _tgm_like(b: int, select: str) -> torch.Tensor:
     """Per-time-slice top/bottom-k of a score map, as TGM builds its masks."""
     g = torch.Generator().manual_seed(7)
     t, h, w = GRID
-    scores = torch.rand(b, t, h * w, generator=g)
-    k = num_masked(h * w, 0.5)
-    return topk_mask(scores if select == "top" else -scores, k).reshape(b, -1)
+    return select_batch_per_slice(torch.rand(b, t, h * w, generator=g), 0.5, select)
 
 
 @pytest.mark.parametrize("masks", ["random", "tube", "tgm-top", "tgm-bottom"])

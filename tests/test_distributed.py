@@ -7,6 +7,13 @@ import torch.distributed as dist
 from tgmae.distributed import init_distributed, init_distributed_if_launched, launch_env, local_rank, rank_world
 
 
+def local_numel(tensors) -> int:
+    """Elements this process holds of `tensors`: a DTensor's local shard, a plain tensor whole."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)
+
+
 def test_without_torchrun_everything_is_one_process(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(key, raising=False)
@@ -48,7 +55,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
 
     import torch
 
-    from tgmae.distributed import fsdp_shard, grad_sync, is_fsdp, local_numel
+    from tgmae.distributed import fsdp_shard, grad_sync, is_fsdp
     from tgmae.weights import checkpoint as ckpt
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

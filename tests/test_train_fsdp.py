@@ -99,7 +99,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, strategy: str, kill_
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from tgmae.distributed import cleanup, local_numel
+    from test_distributed import local_numel
+    from tgmae.distributed import cleanup
 
     cfg = _cfg(Path(out_dir), strategy, *extra)
     task = BlockTask(cfg)

@@ -195,10 +195,3 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     else:
         with model.no_sync():
             yield
-
-
-def local_numel(tensors: Iterable[torch.Tensor]) -> int:
-    """Elements this process holds of `tensors`: a DTensor's local shard, a plain tensor whole."""
-    from torch.distributed.tensor import DTensor
-
-    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)

@@ -111,13 +111,6 @@ MASKED_COUNT = {"random": masked_per_clip, "tube": masked_per_slice, "tgm": mask
                 "mgm": masked_per_slice}
 
 
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[..., M] scores -> [..., M] bool, True at the k largest per row (ties by index)."""
-    idx = scores.topk(k, dim=-1).indices
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    return mask.scatter_(-1, idx, True)
-
-
 def check_mask(mask: torch.Tensor, num_tokens: int | None = None) -> int:
     """Validate a [B, N] bool batch mask; returns the per-sample visible count.
 
@@ -142,5 +135,5 @@ def check_mask(mask: torch.Tensor, num_tokens: int | None = None) -> int:
 
 __all__ = [
     "MASKED_COUNT", "CropParams", "MaskContext", "MaskGenerator", "check_mask", "masked_per_clip",
-    "masked_per_slice", "num_masked", "topk_mask",
+    "masked_per_slice", "num_masked",
 ]

@@ -8,7 +8,7 @@ share; the CLIP TGM scores with is `tgmae.clip`. Commands (tgmae.commands): `tgm
 (precompute), `tgmae eval-masks`.
 """
 
-from tgmae.mask_contract import CropParams, MaskContext, MaskGenerator, check_mask, num_masked, topk_mask
+from tgmae.mask_contract import CropParams, MaskContext, MaskGenerator, check_mask, num_masked
 from tgmae.masking.batch import BatchMaskGenerator, is_batch_generator
 from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
 from tgmae.masking.factory import build_mask_generator
@@ -22,5 +22,5 @@ __all__ = [
     "BatchMaskGenerator", "BatchTGMMask", "CacheMismatchError", "CachedTGMMask", "CropParams",
     "MaskContext", "MaskGenerator", "MissingCacheEntry", "MotionGuidedMask", "OnlineTGMMask",
     "RandomMask", "SimilarityCache", "TubeMask", "build_mask_generator", "check_mask",
-    "is_batch_generator", "num_masked", "resample_to_tokens", "select_per_slice", "topk_mask",
+    "is_batch_generator", "num_masked", "resample_to_tokens", "select_per_slice",
 ]
