@@ -157,6 +157,21 @@ def test_checkpoint_roundtrip_prune_and_corruption(tmp_path):
         ckpt.load_model_weights(nn.Linear(3, 3, bias=False), {"w": torch.zeros(1)}, "x")
 
 
+def test_checkpoint_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """issue 28: a checkpoint's model.safetensors came out 0600 (state.pt 0644): 0666 minus the umask."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        model = nn.Linear(3, 2)
+        step = ckpt.save_checkpoint(tmp_path / "ck", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                                    ckpt.TrainPosition(1, 0, 1), {})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in step.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "state.pt": 0o640}, {k: oct(v) for k, v in modes.items()}
+
+
 def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, monkeypatch):
     """issue 28: temp folders of killed or failed checkpoint writes stayed (a full disk stayed full)."""
     import subprocess

@@ -7,6 +7,9 @@ A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` 
 start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
 this host that have ended, recognised by that name and their pid.
 
+Written files get the mode a plain `open()` would give them (`open_mode`): 0666 minus the umask
+for a new file, the old file's mode for one replaced; some writers (safetensors) create 0600 files.
+
 A write that fails for want of room or rights (a full disk, a read-only or foreign folder) is a
 `OutputError` naming the file (`write_failure`): the command line shows it as one line, exit 2.
 `tgmae.cli` applies the same rule to the OSErrors of writers that do not come through here.
@@ -20,6 +23,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,6 +123,45 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     return removed
 
 
+_umask_guard = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: read from /proc/self/status where Linux shows it (nothing changes),
+    else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_guard:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = None) -> None:
+    """Give the files just written at `written` (a file, or every file in a folder) the mode
+    `open(target, "w")` would have: an existing `target`'s permission bits, else 0666 minus the
+    umask. A filesystem that does not take modes is left as it is."""
+    written = Path(written)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode) if target is not None and os.path.isfile(target) else None
+    except OSError:
+        mode = None
+    if mode is None:
+        mode = 0o666 & ~current_umask()
+    files = [written] if not written.is_dir() else [p for p in written.rglob("*") if p.is_file()]
+    for f in files:
+        try:
+            if stat.S_IMODE(f.stat().st_mode) != mode:
+                os.chmod(f, mode)
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
@@ -134,6 +178,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        open_mode(tmp, path)
         os.replace(tmp, path)
     except Exception as e:
         failure = write_failure(e, path)
@@ -179,4 +224,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
 
 
 __all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "remove_stale_temps", "temp_path", "write_failure"]
+           "current_umask", "open_mode", "remove_stale_temps", "temp_path", "write_failure"]

@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path, write_failure
+from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -265,6 +265,7 @@ def save_checkpoint(
         if failure is None:
             raise
         raise failure from e
+    open_mode(tmp)  # safetensors creates 0600: the mode open() gives, as every file of a run
     final = directory / name
     if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
         shutil.rmtree(final)
