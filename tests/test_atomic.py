@@ -156,3 +156,25 @@ def test_written_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
     kept.chmod(0o640)
     atomic_write_text(kept, "new")
     assert kept.read_text() == "new" and mode(kept) == 0o640  # as open(path, "w") keeps it
+
+
+def test_a_file_where_a_folder_should_be_is_an_output_error_naming_the_file(tmp_path):
+    """issue 28: a write under a plain file (an output folder given as a file) ended in `File
+    exists` / `Not a directory` tracebacks; it names the file in one line (also at the CLI's
+    boundary, which applies write_failure to any OSError)."""
+    from tgmae.atomic import check_writable
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    for write in (lambda p: atomic_write_text(p, "{}"), check_writable):
+        for target in (plain / "x.json", plain / "sub" / "x.json"):
+            with pytest.raises(OutputError) as e:
+                write(target)
+            assert str(e.value) == f"{target}: {plain} is a file, not a folder; choose another path"
+    with pytest.raises(FileExistsError) as raw:
+        plain.mkdir(parents=True, exist_ok=True)
+    assert str(write_failure(raw.value)) == f"{plain}: is a file, not a folder; choose another path"
+    with pytest.raises(FileExistsError) as raw:
+        tmp_path.mkdir()  # a folder that exists: a bug of the caller, not a file in the way
+    assert write_failure(raw.value) is None
+    assert plain.read_text() == "x"

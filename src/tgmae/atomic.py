@@ -46,9 +46,12 @@ class OutputError(OSError, UserError):
 
 def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) -> Optional[OutputError]:
     """An OutputError naming `path` (else the error's own file name) when `e` is a write the disk
-    or folder refused: an OSError with an errno of WRITE_ERRNOS, or any error (torch / safetensors
-    writers raise RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
+    or folder refused: an OSError with an errno of WRITE_ERRNOS, a folder that could not be made
+    for a file in its place (naming the file), or any error (torch / safetensors writers raise
+    RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
     target = path if path is not None else getattr(e, "filename", None)
+    if (blocked := _in_the_way(e, path)) is not None:
+        return blocked
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
         code = e.errno
     elif target is not None and _free_bytes(Path(target)) < LOW_SPACE:
@@ -59,6 +62,30 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
     hint = "free some space or write elsewhere" if full else "choose a folder you can write to"
     where = f"{target}: " if target is not None else ""
     return OutputError(code, f"{where}{os.strerror(code).lower()}; {hint}")
+
+
+def file_in_the_way(path: str | os.PathLike) -> Optional[Path]:
+    """The file (anything but a folder) at `path` or at the nearest of its folders that exists:
+    what stops a folder from being made at `path`; None when that is a folder."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
+
+
+def _in_the_way(e: BaseException, path: Optional[str | os.PathLike]) -> Optional[OutputError]:
+    """An OutputError for a folder that could not be made because a file stands where it or one
+    of its parents should be (mkdir: EEXIST / ENOTDIR), naming that file; else None."""
+    if not (isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTDIR)):
+        return None
+    for where in (getattr(e, "filename", None), Path(path).parent if path is not None else None):
+        blocker = file_in_the_way(where) if where is not None else None
+        if blocker is not None:
+            target = Path(path) if path is not None else blocker
+            what = f"{blocker}: is a file" if target == blocker else f"{target}: {blocker} is a file"
+            return OutputError(errno.ENOTDIR, f"{what}, not a folder; choose another path")
+    return None
 
 
 def _free_bytes(path: Path) -> int:
@@ -224,4 +251,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
 
 
 __all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "current_umask", "open_mode", "remove_stale_temps", "temp_path", "write_failure"]
+           "current_umask", "file_in_the_way", "open_mode", "remove_stale_temps", "temp_path", "write_failure"]

@@ -56,7 +56,7 @@ from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
-from tgmae.locks import hold, shard_target
+from tgmae.locks import check_kind, hold, shard_target
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -252,12 +252,15 @@ class ExtractSummary:
 
 def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
                       spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
-                      device: Optional[torch.device] = None, progress: bool = False) -> ExtractSummary:
+                      device: Optional[torch.device] = None, progress: bool = False,
+                      what: str = "output folder") -> ExtractSummary:
     """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
     rank, rank + world, ... and skips those already finished. An unreadable video (any
     `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
-    process extracting into the folder as the same rank is refused (`tgmae.locks`)."""
-    with hold(shard_target(out_dir, rank, world), "output folder"):
+    process extracting into the folder as the same rank is refused (`tgmae.locks`; `what` names
+    the setting that chose the folder), as is a file at `out_dir`."""
+    check_kind(out_dir, what, folder=True)
+    with hold(shard_target(out_dir, rank, world), what):
         return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress)
 
 
@@ -399,11 +402,14 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
     dist = init_distributed(cfg.train.device)
-    videos = dataset_videos(cfg.data, subsets)
-    encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
-                                       dist.device)
-    summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
-                                world=dist.world_size, device=dist.device, progress=cfg.log.progress and dist.is_main)
+    check_kind(out_dir, "--out", folder=True)
+    with hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
+        videos = dataset_videos(cfg.data, subsets)
+        encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
+                                           dist.device)
+        summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
+                                    world=dist.world_size, device=dist.device,
+                                    progress=cfg.log.progress and dist.is_main, what="--out")
     barrier()
     return summary, write_index(out_dir) if dist.is_main else None
 
