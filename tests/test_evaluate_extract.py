@@ -172,8 +172,14 @@ def test_index_csv_and_refusal_of_another_extraction(tmp_path, mp4):
     assert index[2].split(",")[:5] == ["a", "1", "1", "4", "19"]
     assert float(index[2].split(",")[5]) == times[4]
     assert "junk" in (out / "unreadable.json").read_text()
-    with pytest.raises(ExtractError, match="spec"):
-        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3, stride=8), encoder_digest="d")
+    with pytest.raises(ExtractError) as e:  # issue 28: it said "differs in spec", not which setting
+        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3, stride=8, window=8),
+                          encoder_digest="d", names={"stride": "--stride"})
+    msg = str(e.value)
+    assert "--stride: 4 -> 8" in msg and "window: 16 -> 8" in msg and str(out) in msg and "\n" not in msg
+    assert "spec" not in msg and "num_shards" not in msg  # the settings, not the manifest's fields
+    with pytest.raises(ExtractError, match=r"encoder weights: d -> e; videos: 5 -> 4 \(first other: 'a' -> 'short'\)"):
+        extract_to_shards(tiny_encoder(), videos[1:], out, spec(videos_per_shard=3), encoder_digest="e")
     (out / "shard-00001-of-00002.safetensors").unlink()
     with pytest.raises(ExtractError, match="missing"):
         read_shards(out)

@@ -26,7 +26,7 @@ end_sec their presentation times, pts x the stream's time base, in seconds as ff
 them; frame / fps where the file's time stamps are not exact; NaN for a frame folder (no rate).
 
 Files in `out_dir`: `manifest.json` (settings, encoder digest, video ids; a later run with other
-settings refuses the folder), `shard-SSSSS-of-TTTTT.safetensors` (videos
+settings refuses the folder, naming each that differs: `manifest_differences`), `shard-SSSSS-of-TTTTT.safetensors` (videos
 [s x videos_per_shard, ...) in list order: `features` [R, D] or [R, N, D], and per row `video`
 (position in the manifest's list), `window`, `start_frame`, `end_frame`, `start_sec`,
 `end_sec`; the shard's unreadable videos in its metadata), and, from `write_index`, `index.csv`
@@ -46,7 +46,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -195,15 +195,43 @@ def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
     return Path(out_dir) / f"shard-{shard:05d}-of-{num_shards:05d}.safetensors"
 
 
-def _claim_folder(out_dir: Path, m: dict[str, Any]) -> None:
-    """Write the manifest, or check the folder's own is the same extraction (ExtractError)."""
+def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Optional[Mapping[str, str]] = None
+                         ) -> list[str]:
+    """`setting: old -> new` for each setting two manifests differ in: the spec's fields, the
+    encoder (digest), the videos (count and the first that differs) and the manifest version.
+    names: how the caller's user sets them (spec field, "encoder", "videos" -> e.g. `--stride`)."""
+    names = names or {}
+    new = json.loads(json.dumps(new))  # tuples as the JSON file holds them
+    out = []
+    o_spec, n_spec = old.get("spec") or {}, new["spec"]
+    for k in list(n_spec) + [k for k in o_spec if k not in n_spec]:
+        if o_spec.get(k) != n_spec.get(k):
+            out.append(f"{names.get(k, k)}: {o_spec.get(k)!r} -> {n_spec.get(k)!r}")
+    if old.get("encoder") != new["encoder"]:
+        out.append(f"{names.get('encoder', 'encoder weights')}: {str(old.get('encoder'))[:12]} -> {new['encoder'][:12]}")
+    o_ids, n_ids = list(old.get("video_ids") or []), new["video_ids"]
+    if o_ids != n_ids:
+        first = next((i for i, (a, b) in enumerate(zip(o_ids, n_ids)) if a != b), None)
+        other = f" (first other: {o_ids[first]!r} -> {n_ids[first]!r})" if first is not None else ""
+        out.append(f"{names.get('videos', 'videos')}: {len(o_ids)} -> {len(n_ids)}{other}")
+    if old.get("version") != new["version"]:
+        out.append(f"manifest version: {old.get('version')!r} -> {new['version']!r}")
+    if not out and old != new:  # a field only a damaged or foreign manifest differs in
+        out += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return out
+
+
+def _claim_folder(out_dir: Path, m: dict[str, Any], names: Optional[Mapping[str, str]] = None,
+                  what: str = "output folder") -> None:
+    """Write the manifest, or check the folder's own is the same extraction (ExtractError naming
+    each setting that differs, as `names` calls it, with the folder's value and this run's)."""
     path = out_dir / "manifest.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(m)):
-            diff = sorted(k for k in set(old) | set(m) if old.get(k) != json.loads(json.dumps(m)).get(k))
-            raise ExtractError(f"{out_dir} holds another extraction (differs in {', '.join(diff)}); "
-                               "choose another output folder or remove it")
+        diffs = manifest_differences(old, m, names)
+        if diffs:
+            raise ExtractError(f"{out_dir} holds another extraction, made with other settings (that one -> this "
+                               f"run): {'; '.join(diffs)}; choose another {what} or remove that folder")
         return
     atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
 
@@ -253,25 +281,27 @@ class ExtractSummary:
 def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
                       spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
                       device: Optional[torch.device] = None, progress: bool = False,
-                      what: str = "output folder") -> ExtractSummary:
+                      what: str = "output folder", names: Optional[Mapping[str, str]] = None) -> ExtractSummary:
     """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
     rank, rank + world, ... and skips those already finished. An unreadable video (any
     `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
     process extracting into the folder as the same rank is refused (`tgmae.locks`; `what` names
-    the setting that chose the folder), as is a file at `out_dir`."""
+    the setting that chose the folder), as is a file at `out_dir`, and a folder holding an
+    extraction of other settings (named as `names` gives them, `manifest_differences`)."""
     check_kind(out_dir, what, folder=True)
     with hold(shard_target(out_dir, rank, world), what):
-        return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress)
+        return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress,
+                        what, names)
 
 
 def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, spec: ExtractSpec,
-             encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool
-             ) -> ExtractSummary:
+             encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool,
+             what: str, names: Optional[Mapping[str, str]]) -> ExtractSummary:
     from tgmae.data.frame_index import VideoError
 
     m = manifest(videos, spec, encoder_digest)
     remove_stale_temps(out)  # shards of a killed run
-    _claim_folder(out, m)
+    _claim_folder(out, m, names, what)
     key = _manifest_key(m)
     was_training = encoder.training
     encoder.eval()
@@ -390,12 +420,13 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
     return videos
 
 
-def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str]
-                    ) -> tuple[ExtractSummary, Optional[Path]]:
+def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
+                    names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
     for `spec.window` frames of `spec.image_size`) over the videos of `subsets` into `out_dir`, this
     process's shards under torchrun (`tgmae.distributed`); after every rank is done, rank 0 writes
-    index.csv and unreadable.json. Returns (this rank's summary, the index path on rank 0 else None)."""
+    index.csv and unreadable.json. Returns (this rank's summary, the index path on rank 0 else None).
+    names: the command's names of the spec's fields (`--stride`), for its messages."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
 
@@ -409,11 +440,12 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
                                            dist.device)
         summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
                                     world=dist.world_size, device=dist.device,
-                                    progress=cfg.log.progress and dist.is_main, what="--out")
+                                    progress=cfg.log.progress and dist.is_main, what="--out",
+                                    names={"encoder": "model.pretrained's weights", **(names or {})})
     barrier()
     return summary, write_index(out_dir) if dist.is_main else None
 
 
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
            "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "write_index",
-           "manifest", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
+           "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
