@@ -9,7 +9,8 @@ frame_step + 1. Defaults are VideoMAEv2's temporal-action-detection setting
 (OpenGVLab/VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 consecutive frames, stride 4,
 `range(0, num_frames - 15, 4)`). mode "clip" takes the one centred window (start
 (n - span) // 2). A video shorter than one window gives no window: it is listed with kind
-"too_short", never padded or replaced.
+"too_short", never padded or replaced; an extraction in which no video gives one is an error
+naming the window and the longest video (`check_extracted`), not an empty index.
 
 Pixels. Each frame: square centre crop of the short side then resize ("center_crop", as the
 evaluation transform `tgmae.data.transforms.EvalTransform`), or the whole frame resized to a
@@ -166,7 +167,9 @@ def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec
         info = reader.info
         starts = window_starts(info.num_frames, spec)
         if not len(starts):
-            raise VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
+            err = VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
+            err.num_frames = info.num_frames  # type: ignore[attr-defined]  # the longest is named when none fits
+            raise err
         seconds = frame_seconds(path, info)
         parts = []
         for i in range(0, len(starts), spec.batch_size):
@@ -321,7 +324,8 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                 try:
                     rows.append((v, extract_video(encoder, vpath, spec, device)))
                 except VideoError as e:
-                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e)})
+                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
+                                **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
             _write_shard(path, key, rows, bad)
             summary.written.append(s)
@@ -367,6 +371,54 @@ def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
     feats = [p["features"] for p in parts if p["features"].shape[0]]
     out_t["features"] = torch.cat(feats) if feats else torch.zeros(0, 0)
     return {**out_t, "video_ids": m["video_ids"], "unreadable": unreadable}
+
+
+def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str]] = None,
+                    made_folder: bool = False) -> None:
+    """ExtractError when a finished extraction holds no window at all: every video too short for
+    the window (the message names the window, its frame step, and the longest video's frames) or
+    unreadable. Its files (manifest.json, its shards; the folder when made_folder) are removed
+    first, so the folder takes the extraction of another window. Videos too short or unreadable
+    beside extracted ones are no error: they are listed (unreadable.json).
+    names: the caller's names of the spec's fields (`--window`)."""
+    from safetensors import safe_open
+
+    names = names or {}
+    out = Path(out_dir)
+    m = json.loads((out / "manifest.json").read_text())
+    key, rows, unreadable, shards = _manifest_key(m), 0, [], []
+    for s in range(m["num_shards"]):
+        path = shard_path(out, s, m["num_shards"])
+        if not _shard_done(path, key):
+            raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
+        with safe_open(str(path), "pt") as f:
+            rows += f.get_slice("features").get_shape()[0]
+            unreadable.extend(json.loads(f.metadata()["unreadable"]))
+        shards.append(path)
+    if rows or not m["video_ids"]:
+        return
+    for path in shards + [out / "manifest.json"]:
+        path.unlink(missing_ok=True)
+    if made_folder:
+        try:
+            out.rmdir()
+        except OSError:  # something else lies there
+            pass
+    spec, n = m["spec"], len(m["video_ids"])
+    short = [u for u in unreadable if u.get("kind") == "too_short"]
+    if short:
+        win, step_name, step = names.get("window", "window"), names.get("frame_step", "frame_step"), spec["frame_step"]
+        span = (spec["window"] - 1) * step + 1
+        longest = max(u.get("num_frames", 0) for u in short)
+        fits = max(1, (longest - 1) // step + 1)
+        stepped = f" x {step_name}={step}" if step > 1 else ""
+        also = f" ({n - len(short)} others unreadable)" if len(short) < n else ""
+        raise ExtractError(f"{win}={spec['window']}{stepped}: a window spans {span} frames and no video holds one: "
+                           f"the longest has {longest} frames{also}; nothing extracted. Lower {win} to {fits} "
+                           f"or less" + (f" (or {step_name})" if step > 1 else ""))
+    first = "; ".join(u["reason"] for u in unreadable[:2]) + (" ..." if len(unreadable) > 2 else "")
+    raise ExtractError(f"nothing extracted: none of the {n} videos can be read ({first}); `tgmae data check` "
+                       "lists them")
 
 
 def write_index(out_dir: str | os.PathLike) -> Path:
@@ -425,7 +477,8 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
     for `spec.window` frames of `spec.image_size`) over the videos of `subsets` into `out_dir`, this
     process's shards under torchrun (`tgmae.distributed`); after every rank is done, rank 0 writes
-    index.csv and unreadable.json. Returns (this rank's summary, the index path on rank 0 else None).
+    index.csv and unreadable.json, or, when no video gave a window, raises ExtractError
+    (`check_extracted`). Returns (this rank's summary, the index path on rank 0 else None).
     names: the command's names of the spec's fields (`--stride`), for its messages."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
@@ -434,6 +487,7 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
     dist = init_distributed(cfg.train.device)
     check_kind(out_dir, "--out", folder=True)
+    made_folder = not Path(out_dir).exists()
     with hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
         videos = dataset_videos(cfg.data, subsets)
         encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
@@ -443,9 +497,12 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
                                     progress=cfg.log.progress and dist.is_main, what="--out",
                                     names={"encoder": "model.pretrained's weights", **(names or {})})
     barrier()
-    return summary, write_index(out_dir) if dist.is_main else None
+    if not dist.is_main:
+        return summary, None
+    check_extracted(out_dir, names, made_folder)  # a window no video holds: an error, not an empty index
+    return summary, write_index(out_dir)
 
 
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
-           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "write_index",
-           "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
+           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "check_extracted",
+           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
