@@ -142,6 +142,23 @@ def test_pair_sampling_puts_patches_on_and_off_the_object(synth):
     assert cov.tolist() == [[1.0, 0.0]]
 
 
+def test_eval_masks_refuses_a_similarity_cache_another_run_writes(tmp_path, capsys):
+    """issue 28: eval-masks / visualize masks built `ROOT/mask_cache/...` without the cache's lock."""
+    from test_locks import _holder
+    from tgmae.locks import LockError
+    from tgmae.masking.quality import ensure_cache
+
+    cache = tmp_path / "mask_cache" / "clip-faithful"
+    proc = _holder(cache, tmp_path)
+    try:
+        with pytest.raises(LockError, match=rf"{cache} is in use by another run \(pid {proc.pid}"):
+            ensure_cache(tmp_path, ["v"], "clip", "faithful", str(cache), 64, 16, 2, progress=False, rebuild=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not cache.exists()  # not emptied (--rebuild) nor written
+
+
 def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsys):
     from tgmae.cli import main as cli_main
 
