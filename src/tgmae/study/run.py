@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tgmae.atomic import atomic_write_text
 from tgmae.config import ConfigError, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
@@ -311,7 +312,7 @@ def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
     corpus = [c for r in read_store(paths.data / "captions.jsonl").records for c in r.captions]
     result = {"model": model, "weights": weights, "text_model": text_action_probe(paths.data, TextEmbedder(model)),
               "bag_of_words": text_action_probe(paths.data, bag_of_words(corpus))}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     log.info("study: text probe of the action from held-out captions: %.1f%% (%s), bag of words %.1f%%",
              100 * result["text_model"]["action"], model, 100 * result["bag_of_words"]["action"])
     return result
@@ -479,7 +480,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         if missing(record, extra):
             fields = run_frozen_probes(extra)
             record.update(fields, probe_seconds={**record.get("probe_seconds", {}), **fields["probe_seconds"]})
-            record_path.write_text(json.dumps(record, indent=2))
+            atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
     t0 = time.perf_counter()
     if masking == "none":
@@ -502,7 +503,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
                   "retrieval": {}, "pretrain_seconds": 0.0, "total_seconds": time.perf_counter() - t0,
                   "run_dir": str(run)}
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2))
+        atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
     retrieval = {}
     if objective in ("contrastive", "mae+contrastive"):
@@ -530,7 +531,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
         "run_dir": str(run), **frozen,
     }
-    record_path.write_text(json.dumps(record, indent=2))
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
 
 
