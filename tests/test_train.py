@@ -444,6 +444,8 @@ def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
 
     with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a probe run: give this probe run its own"):
         Trainer(OtherTask(cfg), cfg).fit()
+    with pytest.raises(ckpt.CheckpointError, match="not an attentive_probe run"):  # not "a attentive_probe"
+        ckpt.check_run_kind(tmp_path, "toy", "attentive_probe", str(tmp_path))
     class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
         def build_model(self) -> nn.Module:
             return nn.Linear(8, 1)

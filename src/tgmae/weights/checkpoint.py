@@ -85,13 +85,14 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
     `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
     train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
     then weights that do not fit the task's model (`fits`) tell)."""
+    a = lambda kind: "an" if kind[:1] in "aeiou" else "a"  # noqa: E731  # "an attentive_probe run"
     if stored and stored != task:
         raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds a {stored} run ({source}), not a {task} run: "
+            f"train.output_dir={output_dir!r} holds {a(stored)} {stored} run ({source}), not {a(task)} {task} run: "
             f"give this {task} run its own train.output_dir")
     if not stored and not fits:
         raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit a {task} model "
+            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit {a(task)} {task} model "
             f"(another kind of run, or another model): give this {task} run its own train.output_dir")
 
 
