@@ -117,3 +117,64 @@ def test_temps_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path, caplo
     assert not os.path.exists(killed) and not dead_dir.exists() and live.exists() and other_host.exists()
     assert "removed 2 temp files of ended writers" in caplog.text and str(tmp_path) in caplog.text
     assert remove_stale_temps(tmp_path / "missing") == 0
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test (restored after): `umask(0o022)`."""
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def test_written_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    """issue 28: weights and shards came out 0600 (safetensors creates its file so), unlike every
+    other file a run writes; an atomic write now leaves the mode `open()` would: 0666 minus the
+    umask for a new file, the old file's mode when it replaces one."""
+    import stat
+
+    from safetensors.torch import save_file
+    import torch
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    for mask, want in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        umask(mask)
+        weights = tmp_path / f"w{mask:o}.safetensors"
+        with atomic_path(weights) as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+        assert mode(weights) == want, (oct(mask), oct(mode(weights)))
+        atomic_write_text(tmp_path / f"t{mask:o}.txt", "x")
+        assert mode(tmp_path / f"t{mask:o}.txt") == want
+    umask(0o022)
+    kept = tmp_path / "kept.txt"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write_text(kept, "new")
+    assert kept.read_text() == "new" and mode(kept) == 0o640  # as open(path, "w") keeps it
+
+
+def test_a_file_where_a_folder_should_be_is_an_output_error_naming_the_file(tmp_path):
+    """issue 28: a write under a plain file (an output folder given as a file) ended in `File
+    exists` / `Not a directory` tracebacks; it names the file in one line (also at the CLI's
+    boundary, which applies write_failure to any OSError)."""
+    from tgmae.atomic import check_writable
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    for write in (lambda p: atomic_write_text(p, "{}"), check_writable):
+        for target in (plain / "x.json", plain / "sub" / "x.json"):
+            with pytest.raises(OutputError) as e:
+                write(target)
+            assert str(e.value) == f"{target}: {plain} is a file, not a folder; choose another path"
+    with pytest.raises(FileExistsError) as raw:
+        plain.mkdir(parents=True, exist_ok=True)
+    assert str(write_failure(raw.value)) == f"{plain}: is a file, not a folder; choose another path"
+    with pytest.raises(FileExistsError) as raw:
+        tmp_path.mkdir()  # a folder that exists: a bug of the caller, not a file in the way
+    assert write_failure(raw.value) is None
+    assert plain.read_text() == "x"

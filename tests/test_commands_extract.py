@@ -134,3 +134,31 @@ def test_extract_refuses_bad_settings_naming_them(dataset, encoder_file, tmp_pat
     assert "config error: --stride: stride=0: must be >= 1" in capsys.readouterr().err
     assert main(["extract", *args(dataset, encoder_file, tmp_path / "b", "model.pretrained=")]) == 2
     assert "model.pretrained" in capsys.readouterr().err
+
+
+def test_extract_into_a_folder_of_other_settings_names_them(dataset, encoder_file, tmp_path, capsys):
+    """issue 28: the refusal said `differs in spec`; it names the options and both values."""
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
+    capsys.readouterr()
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "--stride", "4",
+                                  "data.image_size=64", "--spatial", "squash")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0], err
+    assert "--stride: 8 -> 4" in err[0] and "data.image_size: 32 -> 64" in err[0]
+    assert "--spatial: 'center_crop' -> 'squash'" in err[0] and "spec" not in err[0]
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "both")]) == 2
+    assert "videos (data.train_annotations / data.val_annotations, --subset): 2 -> 5" in capsys.readouterr().err
+
+
+def test_extract_with_a_window_longer_than_every_video_exits_2_naming_it(dataset, encoder_file, tmp_path, capsys):
+    """issue 28: exit 0 with every video listed as too short. Now one line naming --window and the
+    longest video (mjpeg_vfr_gaps.avi: 30 frames), nothing left in --out; a window that fits then
+    extracts into the same folder."""
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "--window", "32")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--window=32" in err[0] and "the longest has 30 frames" in err[0], err
+    assert not out.exists()
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
+    assert "unreadable videos 1" in capsys.readouterr().out

@@ -163,6 +163,62 @@ def test_a_killed_builds_temp_file_is_removed_by_the_next_build(records, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.json", f"{key}.u8"]
 
 
+def test_two_runs_building_one_disk_cache_take_turns(records, tmp_path, caplog):
+    """issue 28: the decoded-clip disk cache had no lock: two runs sharing data.cache_dir decoded the
+    same videos into it at once. A second builder now waits for the first (refused naming it when
+    the wait runs out), then uses what it built; a killed builder's lock is taken over."""
+    import subprocess
+    import sys
+    import textwrap
+    import threading
+
+    from tgmae.locks import LockError, lock_file
+
+    recs = records[:2]
+    data_path = tmp_path / f"{cache_key(recs)[0]}.u8"
+    code = textwrap.dedent(f"""
+        import sys
+        from tgmae.data.annotations import VideoRecord
+        from tgmae.data.cache import build_disk_cache
+        from tgmae.locks import acquire
+        acquire({str(data_path)!r}, "data.cache_dir")
+        print("held", flush=True)
+        sys.stdin.readline()
+        build_disk_cache([VideoRecord(p, 0, v) for p, v in {[(r.path, r.video_id) for r in recs]!r}],
+                         {str(tmp_path)!r})
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code, "pretrain", "data.cache=disk"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as e:
+            build_disk_cache(recs, tmp_path, wait=0.2)
+        assert f"pid {first.pid}" in str(e.value) and "data.cache_dir" in str(e.value)
+        got = {}
+        second = threading.Thread(target=lambda: got.update(cache=build_disk_cache(recs, tmp_path, wait=120)))
+        with caplog.at_level(logging.INFO):
+            second.start()
+            first.stdin.write("go\n")  # the first builds, then ends; the second waited for it
+            first.stdin.flush()
+            assert first.wait(timeout=120) == 0
+            second.join(timeout=120)
+        assert got["cache"].key == data_path.stem and ": using " in caplog.text
+        assert "building decoded-clip cache" not in caplog.text  # built once, by the first
+    finally:
+        first.kill()
+        first.wait()
+    assert not lock_file(data_path).exists()
+    dead = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert dead.stdout.readline().strip() == "held"
+    dead.kill()  # killed while building: its lock file stays, its lock does not
+    dead.wait()
+    data_path.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_disk_cache(recs, tmp_path, wait=0)
+    assert f"taking over the lock of pid {dead.pid}" in caplog.text and "building decoded-clip cache" in caplog.text
+
+
 def test_key_changes_with_frame_ranges_and_files(records):
     base, _ = cache_key(records[:2])
     assert cache_key(records[:2])[0] == base

@@ -184,6 +184,19 @@ def test_other_settings_are_refused_naming_them(tmp_path, capsys):
                     progress=False)
 
 
+def test_a_report_that_cannot_be_written_is_refused_before_the_videos(tmp_path, capsys):
+    """issue 28: --report under a file failed after every video was prepared, in a traceback."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    (tmp_path / "plain").write_text("x")
+    assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"),
+                     "--out", str(out), "--report", str(tmp_path / "plain" / "r.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'plain'} is a file, not a folder" in err[0], err
+    assert not out.exists()
+
+
 def test_split_formats_keep_their_layout(tmp_path):
     """UCF101 lists (class/name.avi), HMDB51 split files (name.avi per class file) and SSv2
     (`{id}.webm` from labels.json + train.json) read back with the same ids and labels."""

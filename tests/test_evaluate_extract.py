@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
-from tgmae.evaluate.extract import (ExtractError, ExtractSpec, extract_to_shards, extract_video, load_frozen_encoder,
-                                    read_shards, window_starts, write_index)
+from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, extract_to_shards, extract_video,
+                                    load_frozen_encoder, read_shards, window_starts, write_index)
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.pretraining import save_encoder
@@ -172,11 +172,40 @@ def test_index_csv_and_refusal_of_another_extraction(tmp_path, mp4):
     assert index[2].split(",")[:5] == ["a", "1", "1", "4", "19"]
     assert float(index[2].split(",")[5]) == times[4]
     assert "junk" in (out / "unreadable.json").read_text()
-    with pytest.raises(ExtractError, match="spec"):
-        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3, stride=8), encoder_digest="d")
+    with pytest.raises(ExtractError) as e:  # issue 28: it said "differs in spec", not which setting
+        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=3, stride=8, window=8),
+                          encoder_digest="d", names={"stride": "--stride"})
+    msg = str(e.value)
+    assert "--stride: 4 -> 8" in msg and "window: 16 -> 8" in msg and str(out) in msg and "\n" not in msg
+    assert "spec" not in msg and "num_shards" not in msg  # the settings, not the manifest's fields
+    with pytest.raises(ExtractError, match=r"encoder weights: d -> e; videos: 5 -> 4 \(first other: 'a' -> 'short'\)"):
+        extract_to_shards(tiny_encoder(), videos[1:], out, spec(videos_per_shard=3), encoder_digest="e")
     (out / "shard-00001-of-00002.safetensors").unlink()
     with pytest.raises(ExtractError, match="missing"):
         read_shards(out)
+
+
+def test_a_window_longer_than_every_video_is_an_error_naming_it_and_the_longest_video(tmp_path, mp4):
+    """issue 28: a window no video holds gave an empty extraction, every video listed as too short,
+    and exit 0. With nothing extracted, `check_extracted` names the window (and frame step) and the
+    longest video's frames, and removes the empty extraction so the folder takes a new one; with
+    some videos too short, it passes (they are listed as before)."""
+    videos = video_set(tmp_path, mp4)  # 41, 10, empty, junk, 24 frames
+    out = tmp_path / "o"
+    extract_to_shards(tiny_encoder(), videos, out, spec(window=22, frame_step=2, videos_per_shard=2), encoder_digest="d")
+    with pytest.raises(ExtractError) as e:
+        check_extracted(out, names={"window": "--window", "frame_step": "--frame-step"}, made_folder=True)
+    msg = str(e.value)
+    assert "--window=22" in msg and "--frame-step=2" in msg and "43 frames" in msg and "\n" not in msg
+    assert "the longest has 41 frames" in msg and "nothing extracted" in msg
+    assert not out.exists()  # the empty extraction is gone: another window may use the folder
+    extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=2), encoder_digest="d")
+    check_extracted(out)  # 'short' too short, two unreadable: listed, not an error
+    assert sorted(u["video_id"] for u in read_shards(out)["unreadable"]) == ["empty", "junk", "short"]
+    bad = tmp_path / "bad"
+    extract_to_shards(tiny_encoder(), videos[2:4], bad, spec(), encoder_digest="d")
+    with pytest.raises(ExtractError, match=r"none of the 2 videos can be read .*empty.mp4.*tgmae data check"):
+        check_extracted(bad)
 
 
 def test_ranks_split_the_shards(tmp_path, mp4):

@@ -110,3 +110,35 @@ def test_attention_title_names_the_geometry(tmp_path, clip_file):
     assert cli(["visualize", "attention", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
     assert (out / "attention_walk.png").is_file()
+
+
+def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, clip_file, monkeypatch):
+    """issue 28: `--video` without --out wrote to runs/default/figures under the working folder (or
+    -c's train.output_dir), a folder unrelated to the run drawn. Figures go to the checkpoint's run
+    folder (figures/), for a step checkpoint or `checkpoints/latest` too; a checkpoint outside a run:
+    figures/ beside it."""
+    run = _run(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file)]) == 0
+    assert cli(["visualize", "attention", str(run / "model.safetensors"), "-c", str(_other_yaml(tmp_path)),
+                "--video", str(clip_file)]) == 0
+    assert sorted(p.name for p in (run / "figures").iterdir()) == [
+        "attention_walk.gif", "attention_walk.png", "reconstruction.gif", "reconstruction.png"]
+    assert list(work.iterdir()) == [] and not (tmp_path / "elsewhere").exists()
+    # a step checkpoint named through the run's `latest`: its run's figures/ and its run's masking
+    step = run / "checkpoints" / "step_00000002"
+    save_pretraining_model(VideoMAEPretrainer(ARCH), step / "model.safetensors")
+    (step / "state.pt").write_bytes(b"")
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    (run / "figures").rename(tmp_path / "old_figures")
+    assert cli(["visualize", "recon", str(run / "checkpoints" / "latest"), "--video", str(clip_file)]) == 0
+    assert (run / "figures" / "reconstruction.png").is_file()
+    assert figure_config(None, [], str(run / "checkpoints" / "latest")).masking.ratio == 0.6  # the run's
+    bare = save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path / "bare" / "pt.safetensors")
+    assert cli(["visualize", "attention", str(bare), "--video", str(clip_file)]) == 0
+    assert (tmp_path / "bare" / "figures" / "attention_walk.png").is_file() and list(work.iterdir()) == []
+    out = tmp_path / "mine"
+    assert cli(["visualize", "attention", str(run), "--video", str(clip_file), "--out", str(out)]) == 0
+    assert (out / "attention_walk.png").is_file()

@@ -102,8 +102,57 @@ def test_masks_refuses_a_cache_folder_another_run_writes(tmp_path, capsys):
         proc.wait()
 
 
-def test_a_folder_that_cannot_hold_the_lock_file_is_one_line_naming_it(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(LockError, match=r"cannot write its lock file .*file.*choose a folder") as e:
-        acquire(tmp_path / "file" / "run", "train.output_dir")
-    assert "train.output_dir" in str(e.value) and "\n" not in str(e.value)
+def test_a_path_under_a_file_or_a_file_for_a_folder_is_one_line_naming_it(tmp_path):
+    """issue 28: an output folder under a plain file read `cannot write its lock file ... (File
+    exists)`, and train.output_dir naming an existing file ended in a FileExistsError traceback."""
+    plain = tmp_path / "file"
+    plain.write_text("x")
+    with pytest.raises(LockError) as e:
+        acquire(plain / "run", "train.output_dir")
+    msg = str(e.value)
+    assert f"{plain} is a file, not a folder" in msg and "train.output_dir" in msg and str(plain / "run") in msg
+    assert "File exists" not in msg and "\n" not in msg
+    with pytest.raises(LockError, match=rf"{plain} \(--out\) is a file, not a folder"):
+        acquire(plain, "--out", folder=True)
+    with pytest.raises(LockError, match=rf"{tmp_path} \(--out\) is a folder, not a file"):
+        acquire(tmp_path, "--out", folder=False)
+    with hold(plain, "--out"), hold(tmp_path / "run", "--out", folder=True):  # either kind where not said
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made, locks removed
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            return  # root writes anyway
+        with pytest.raises(LockError, match=r"cannot write its lock file .*ro.*choose a folder"):
+            acquire(ro / "run", "train.output_dir")
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "probe", "extract", "masks", "caption", "prepare", "synth"])
+def test_each_writer_names_a_file_given_as_its_folder(tmp_path, capsys, command):
+    """The writers' output folders (train.output_dir, --out, OUT_DIR) given as an existing file, or
+    under one: one line naming the file, exit 2, before any work."""
+    from tgmae.cli import main
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    (tmp_path / "a.csv").write_text("path,label\nv.mp4,0\n")
+    for out, named in ((plain, f"{plain} (") if command not in ("caption",) else (plain / "c.jsonl", str(plain)),
+                       (plain / "sub", str(plain))):
+        argv = {
+            "pretrain": ["pretrain", f"train.output_dir={out}"],
+            "probe": ["probe", f"train.output_dir={out}", "model.pretrained=x.safetensors"],
+            "extract": ["extract", "model.pretrained=x.safetensors", "--out", str(out)],
+            "masks": ["masks", "--format", "csv", "--root", str(tmp_path), "a.csv", "--captions", "c.jsonl",
+                      "--clip", "clip", "--out", str(out)],
+            "caption": ["caption", "--format", "csv", "--root", str(tmp_path), "a.csv", "--oracle", "--out", str(out)],
+            "prepare": ["data", "prepare", "--format", "csv", "--root", str(tmp_path), "a.csv", "--out", str(out)],
+            "synth": ["synth", str(out), "--num-videos", "2"],
+        }[command]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0] and "is a file, not a folder" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "plain"]

@@ -87,6 +87,14 @@ def test_train_clip_refuses_a_folder_without_captions(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--root", str(tmp_path), "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "captions.jsonl" in capsys.readouterr().err
+    (tmp_path / "captions.jsonl").write_text("")
+    (tmp_path / "plain").write_text("x")
+    from tgmae.cli import main as cli
+
+    # issue 28: --out naming a file failed only after training, in a FileExistsError traceback
+    assert cli(["train-clip", "--root", str(tmp_path), "--out", str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'plain'} (--out) is a file, not a folder" in err[0], err
 
 
 def test_grouped_contrastive_loss():
@@ -142,6 +150,23 @@ def test_pair_sampling_puts_patches_on_and_off_the_object(synth):
     assert cov.tolist() == [[1.0, 0.0]]
 
 
+def test_eval_masks_refuses_a_similarity_cache_another_run_writes(tmp_path, capsys):
+    """issue 28: eval-masks / visualize masks built `ROOT/mask_cache/...` without the cache's lock."""
+    from test_locks import _holder
+    from tgmae.locks import LockError
+    from tgmae.masking.quality import ensure_cache
+
+    cache = tmp_path / "mask_cache" / "clip-faithful"
+    proc = _holder(cache, tmp_path)
+    try:
+        with pytest.raises(LockError, match=rf"{cache} is in use by another run \(pid {proc.pid}"):
+            ensure_cache(tmp_path, ["v"], "clip", "faithful", str(cache), 64, 16, 2, progress=False, rebuild=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not cache.exists()  # not emptied (--rebuild) nor written
+
+
 def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsys):
     from tgmae.cli import main as cli_main
 
@@ -166,6 +191,12 @@ def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsy
     assert res["tgm_top"]["precision"] > 1.3 * res["random"]["precision"] > res["tgm_bottom"]["precision"]
     assert main(["--root", str(tmp_path), "--no-progress"]) == 2
     assert main([*args, "--ratio", "1.5"]) == 2
+    capsys.readouterr()
+    # issue 28: an --out under a file failed after the whole evaluation, in a traceback
+    (tmp_path / "plain").write_text("x")
+    assert main([*args, "--out", str(tmp_path / "plain" / "r.json")]) == 2
+    err = capsys.readouterr()
+    assert f"{tmp_path / 'plain'} is a file, not a folder" in err.err and "tgm_top" not in err.out
 
 
 def test_visualize_masks_pngs(synth, trained_clip, tmp_path):

@@ -153,6 +153,26 @@ def test_masks_command_writes_a_cache_resumes_and_shards(synth, tiny_clip, tmp_p
     assert torch.allclose(a.sim, b.sim, atol=1e-3)
 
 
+def test_a_second_writer_of_a_similarity_cache_is_refused_naming_the_first(tmp_path):
+    """issue 28: only `tgmae masks` locked the cache; the study, `tgmae eval-masks` and `tgmae
+    visualize masks` wrote it through `precompute` without a lock, so two writers interleaved
+    their part files and maps. `precompute` takes the lock first thing (its rank's under torchrun)."""
+    from test_locks import _holder
+    from tgmae.locks import LockError
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+    out = tmp_path / "cache"
+    proc = _holder(out, tmp_path)
+    try:
+        with pytest.raises(LockError) as e:
+            precompute([("v", "v.mp4")], "captions.jsonl", None, out, PrecomputeOptions(), progress=False)
+        assert f"pid {proc.pid}" in str(e.value) and "similarity cache" in str(e.value) and str(out) in str(e.value)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not out.exists()  # refused before writing anything
+
+
 def test_cache_mismatch_is_refused(synth, tiny_clip, tmp_path, capsys):
     out = tmp_path / "cache"
     assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "8") == 0

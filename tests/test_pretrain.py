@@ -234,6 +234,19 @@ def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tm
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
 
 
+def test_a_clip_longer_than_every_video_leaves_no_run_folder(synth_root, tmp_path, capsys):
+    """issue 28: refused by its data (16 frames asked, 12 in every video), a new run left its
+    folder holding a config.yaml of settings that never ran."""
+    from tgmae.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={out}", "data.num_frames=16",
+                 "log.tensorboard=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.num_frames=16" in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_config_errors_of_the_data_come_before_the_precision_measurement(synth_root, tmp_path, monkeypatch):
     """precision=auto measures the machine (seconds); a data setting that cannot work must fail first."""
     from tgmae.config import ConfigError

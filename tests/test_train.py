@@ -157,6 +157,21 @@ def test_checkpoint_roundtrip_prune_and_corruption(tmp_path):
         ckpt.load_model_weights(nn.Linear(3, 3, bias=False), {"w": torch.zeros(1)}, "x")
 
 
+def test_checkpoint_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """issue 28: a checkpoint's model.safetensors came out 0600 (state.pt 0644): 0666 minus the umask."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        model = nn.Linear(3, 2)
+        step = ckpt.save_checkpoint(tmp_path / "ck", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                                    ckpt.TrainPosition(1, 0, 1), {})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in step.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "state.pt": 0o640}, {k: oct(v) for k, v in modes.items()}
+
+
 def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, monkeypatch):
     """issue 28: temp folders of killed or failed checkpoint writes stayed (a full disk stayed full)."""
     import subprocess
@@ -387,6 +402,37 @@ def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     assert len((tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_run_refused_at_its_first_batch_writes_nothing_into_its_folder(tmp_path):
+    """issue 28: a run refused when its first batch is drawn (a clip longer than every video, a
+    caption missing) left a config.yaml (and TensorBoard events) in a new run folder, and rewrote an
+    existing run's config.yaml and metrics.jsonl. The folder is written once training starts."""
+    from tgmae.config import ConfigError
+
+    class Refused(ToyData):
+        def __getitem__(self, i: int) -> dict:
+            raise ConfigError("data.num_frames=16: no video long enough")
+
+    class RefusedTask(ToyTask):
+        def train_dataset(self) -> Dataset:
+            return Refused()
+
+    cfg = toy_cfg(tmp_path, "log.tensorboard=true")
+    with pytest.raises(ConfigError, match="data.num_frames"):
+        Trainer(RefusedTask(cfg), cfg).fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no lock file
+
+    done = toy_cfg(tmp_path)
+    Trainer(ToyTask(done), done).fit()  # a finished run; then one that would extend it
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    longer = toy_cfg(tmp_path, "train.epochs=3", "log.tensorboard=true", "train.log_every=2")
+    with pytest.raises(ConfigError, match="data.num_frames"):
+        Trainer(RefusedTask(longer), longer).fit()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert after == before and not (tmp_path / "run" / "tensorboard").exists()
+    assert Trainer(ToyTask(longer), longer).fit().position.step == 24  # it trains once the data serve
+    assert load_config(tmp_path / "run" / "config.yaml").train.epochs == 3
+
+
 def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
     """A probe (or any task) run into a folder holding another kind of run: the message says so and
     names the way out (its own train.output_dir), not a list of keys; one differing key 'differs'."""
@@ -398,6 +444,8 @@ def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
 
     with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a probe run: give this probe run its own"):
         Trainer(OtherTask(cfg), cfg).fit()
+    with pytest.raises(ckpt.CheckpointError, match="not an attentive_probe run"):  # not "a attentive_probe"
+        ckpt.check_run_kind(tmp_path, "toy", "attentive_probe", str(tmp_path))
     class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
         def build_model(self) -> nn.Module:
             return nn.Linear(8, 1)

@@ -20,6 +20,14 @@ def test_step_checkpoint_reports_its_step_not_the_runs_end(tmp_path):
     final = read_run(run)
     assert final.steps == 6 and abs(final.last_loss - 1 / 6) < 1e-12 and final.results == {"test (multi-view): top1": 0.5}
     assert read_run(tmp_path / "elsewhere.safetensors").run_dir is None
+    # issue 28: `RUN/checkpoints/latest` (as every loader takes it) found no run: the card and the
+    # processor settings of `export-hf RUN/checkpoints/latest`, `visualize`'s masking, went without it
+    (step / "model.safetensors").write_bytes(b"x")
+    (step / "state.pt").write_bytes(b"x")
+    (run / "checkpoints" / "latest").write_text("step_00000004\n")
+    for named in (run / "checkpoints" / "latest", run / "checkpoints"):
+        latest = read_run(named)
+        assert latest.run_dir == run and latest.steps == 4 and latest.config is not None, named
 
 
 def test_card_labels_results_names_changes_and_shows_no_local_paths(tmp_path):

@@ -7,6 +7,9 @@ A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` 
 start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
 this host that have ended, recognised by that name and their pid.
 
+Written files get the mode a plain `open()` would give them (`open_mode`): 0666 minus the umask
+for a new file, the old file's mode for one replaced; some writers (safetensors) create 0600 files.
+
 A write that fails for want of room or rights (a full disk, a read-only or foreign folder) is a
 `OutputError` naming the file (`write_failure`): the command line shows it as one line, exit 2.
 `tgmae.cli` applies the same rule to the OSErrors of writers that do not come through here.
@@ -20,6 +23,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,9 +46,12 @@ class OutputError(OSError, UserError):
 
 def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) -> Optional[OutputError]:
     """An OutputError naming `path` (else the error's own file name) when `e` is a write the disk
-    or folder refused: an OSError with an errno of WRITE_ERRNOS, or any error (torch / safetensors
-    writers raise RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
+    or folder refused: an OSError with an errno of WRITE_ERRNOS, a folder that could not be made
+    for a file in its place (naming the file), or any error (torch / safetensors writers raise
+    RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
     target = path if path is not None else getattr(e, "filename", None)
+    if (blocked := _in_the_way(e, path)) is not None:
+        return blocked
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
         code = e.errno
     elif target is not None and _free_bytes(Path(target)) < LOW_SPACE:
@@ -54,6 +62,30 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
     hint = "free some space or write elsewhere" if full else "choose a folder you can write to"
     where = f"{target}: " if target is not None else ""
     return OutputError(code, f"{where}{os.strerror(code).lower()}; {hint}")
+
+
+def file_in_the_way(path: str | os.PathLike) -> Optional[Path]:
+    """The file (anything but a folder) at `path` or at the nearest of its folders that exists:
+    what stops a folder from being made at `path`; None when that is a folder."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
+
+
+def _in_the_way(e: BaseException, path: Optional[str | os.PathLike]) -> Optional[OutputError]:
+    """An OutputError for a folder that could not be made because a file stands where it or one
+    of its parents should be (mkdir: EEXIST / ENOTDIR), naming that file; else None."""
+    if not (isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTDIR)):
+        return None
+    for where in (getattr(e, "filename", None), Path(path).parent if path is not None else None):
+        blocker = file_in_the_way(where) if where is not None else None
+        if blocker is not None:
+            target = Path(path) if path is not None else blocker
+            what = f"{blocker}: is a file" if target == blocker else f"{target}: {blocker} is a file"
+            return OutputError(errno.ENOTDIR, f"{what}, not a folder; choose another path")
+    return None
 
 
 def _free_bytes(path: Path) -> int:
@@ -118,6 +150,45 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     return removed
 
 
+_umask_guard = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: read from /proc/self/status where Linux shows it (nothing changes),
+    else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_guard:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = None) -> None:
+    """Give the files just written at `written` (a file, or every file in a folder) the mode
+    `open(target, "w")` would have: an existing `target`'s permission bits, else 0666 minus the
+    umask. A filesystem that does not take modes is left as it is."""
+    written = Path(written)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode) if target is not None and os.path.isfile(target) else None
+    except OSError:
+        mode = None
+    if mode is None:
+        mode = 0o666 & ~current_umask()
+    files = [written] if not written.is_dir() else [p for p in written.rglob("*") if p.is_file()]
+    for f in files:
+        try:
+            if stat.S_IMODE(f.stat().st_mode) != mode:
+                os.chmod(f, mode)
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
@@ -134,6 +205,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        open_mode(tmp, path)
         os.replace(tmp, path)
     except Exception as e:
         failure = write_failure(e, path)
@@ -179,4 +251,4 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
 
 
 __all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "remove_stale_temps", "temp_path", "write_failure"]
+           "current_umask", "file_in_the_way", "open_mode", "remove_stale_temps", "temp_path", "write_failure"]

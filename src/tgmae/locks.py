@@ -7,7 +7,9 @@ one in one line naming the holder (pid, host, command, start time). The lock is 
 ends, however it ends (kill -9 included), so a lock file left by a dead process is taken over with
 a log line. It lies beside the target, not in it, so a folder's own contents stay as its writer
 made them. Held locks are counted per process: a function that holds a target may call another
-that takes it again. Lock files are removed on release.
+that takes it again. Lock files are removed on release. A target that cannot be what its writer
+makes (a file where its folder or one of its parents should be, a folder where a file store
+goes) is refused first, in one line naming the file (`check_kind`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
+from tgmae.atomic import file_in_the_way
 from tgmae.errors import UserError
 
 log = logging.getLogger("tgmae")
@@ -88,15 +91,31 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
 
 
-def acquire(target: str | os.PathLike, what: str, wait: float = 0.0) -> Path:
+def check_kind(target: str | os.PathLike, what: str, folder: Optional[bool] = None) -> None:
+    """LockError when `target` cannot be what its writer makes there: a file stands where one of
+    its folders should be, or (folder True / False) it exists as a file / as a folder."""
+    target = Path(target)
+    blocker = file_in_the_way(target.parent)
+    if blocker is not None:
+        raise LockError(f"{target} ({what}): {blocker} is a file, not a folder; give {what} another path")
+    if folder is True and os.path.lexists(target) and not target.is_dir():
+        raise LockError(f"{target} ({what}) is a file, not a folder; give {what} a folder (new or existing)")
+    if folder is False and target.is_dir():
+        raise LockError(f"{target} ({what}) is a folder, not a file; give {what} a file name")
+
+
+def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Optional[bool] = None) -> Path:
     """Take the lock of `target` (a file or folder, existing or not) for this process.
 
     what: the setting that chose the target (`train.output_dir`, `--out`), named in the refusal.
     wait: seconds to wait for a holder to finish (a shared cache that concurrent runs fill alike;
     logged once) before refusing; 0 = refuse at once.
+    folder: the writer makes a folder (True) or a file (False) at `target`; an existing one of
+    the other kind is refused (`check_kind`), as is a file where one of its folders should be.
     Returns the lock file. Raises LockError naming the holder; logs the take-over of a lock
     file whose process has ended. Re-entrant within a process (`release` as often as `acquire`).
     """
+    check_kind(target, what, folder)
     path = lock_file(target)
     key = str(path)
     with _guard:
@@ -152,17 +171,18 @@ def shard_target(target: str | os.PathLike, rank: int, world_size: int) -> str:
 
 
 @contextmanager
-def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float = 0.0) -> Iterator[None]:
+def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float = 0.0,
+         folder: Optional[bool] = None) -> Iterator[None]:
     """`acquire` for the block, `release` after it (also on an exception). enabled=False holds
     nothing (DDP ranks other than the one that writes)."""
     if not enabled:
         yield
         return
-    acquire(target, what, wait)
+    acquire(target, what, wait, folder)
     try:
         yield
     finally:
         release(target)
 
 
-__all__ = ["LockError", "acquire", "hold", "lock_file", "release", "shard_target"]
+__all__ = ["LockError", "acquire", "check_kind", "hold", "lock_file", "release", "shard_target"]

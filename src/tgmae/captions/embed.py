@@ -345,7 +345,7 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
-    with hold(cache_path, "captions.embedding_cache (embed-captions --out)", wait=WRITE_WAIT_S):
+    with hold(cache_path, "captions.embedding_cache (embed-captions --out)", wait=WRITE_WAIT_S, folder=False):
         cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)  # as the last writer left it
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():

@@ -15,7 +15,7 @@ from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
 from tgmae.captions.store import CaptionRecord
 from tgmae.config import DATASET_FORMATS
-from tgmae.locks import hold
+from tgmae.locks import check_kind, hold
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -70,6 +70,7 @@ def _run_captioner(args: argparse.Namespace) -> int:
     from tgmae.captions.shard import shard_from_env
 
     shard = shard_from_env(args.rank, args.world_size)
+    check_kind(args.out, "--out", folder=False)
     with hold(part_path(args.out, shard), "--out"):  # one writer per part (the store itself: one process)
         return _caption(args, shard)
 
@@ -104,7 +105,7 @@ def _caption(args: argparse.Namespace, shard) -> int:
 
             dist.barrier()
             if shard.rank == 0:
-                with hold(args.out, "--out"):
+                with hold(args.out, "--out", folder=False):
                     n, ne = merge_parts(args.out, [v.video_id for v in videos])
                 print(f"merged {shard.world_size} parts: {n} videos in {args.out}, {ne} failures")
             if created:
@@ -150,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     if args.model:
         return _run_captioner(args)
-    with hold(args.out, "--out"):
+    with hold(args.out, "--out", folder=False):
         return _write_store(args)
 
 

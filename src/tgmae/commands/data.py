@@ -56,12 +56,13 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: Sequence[str]) -> int:
     args = build_prepare_parser().parse_args(argv)
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
+    if args.report:
+        check_writable(args.report)  # before the videos are prepared, not after
     report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
                          subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
                          progress=not args.no_progress)
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_text(args.report, json.dumps(report, indent=2))
     c, ch = report["counts"], report["check"]
     print(f"{sum(c.values())} videos: {c['converted']} converted, {c['copied']} copied, {c['skipped']} "
           f"already done, {c['failed']} failed; annotations: {report['annotations']}")

@@ -44,7 +44,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
-    with hold(args.out, "--out"):
+    with hold(args.out, "--out", folder=False):
         return _describe(args)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.masking.quality import evaluate_masks, format_table
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < args.ratio < 1:
         print("tgmae eval-masks: --ratio must be in (0, 1)", file=sys.stderr)
         return 2
+    if args.out:
+        check_writable(args.out)  # before the evaluation, not after it
     if not args.clip:
         log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
     quality = evaluate_masks(
@@ -60,6 +63,5 @@ def main(argv: Sequence[str]) -> int:
           f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")
     print(format_table(quality))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(quality.results, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(quality.results, indent=2) + "\n")
     return 0

@@ -8,6 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+# how a user of this command sets each field of ExtractSpec (named in its messages)
+SPEC_SETTINGS = {"mode": "--mode", "output": "--output", "window": "--window", "stride": "--stride",
+                 "frame_step": "--frame-step", "image_size": "data.image_size", "spatial": "--spatial",
+                 "mean": "data.mean", "std": "data.std", "videos_per_shard": "--videos-per-shard",
+                 "batch_size": "train.batch_size", "precision": "train.precision",
+                 "videos": "videos (data.train_annotations / data.val_annotations, --subset)"}
 
 def build_parser() -> argparse.ArgumentParser:
     from tgmae.evaluate.extract import ExtractSpec
@@ -53,10 +59,9 @@ def main(argv: Sequence[str]) -> int:
                            precision=precision)
     except ValueError as e:  # "name=value: why"; the name as the user wrote it
         name = str(e).split("=")[0]
-        where = {"image_size": "data.image_size", "batch_size": "train.batch_size"}.get(name, "--" + name.replace("_", "-"))
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{SPEC_SETTINGS.get(name, name)}: {e}") from None
     subsets = ("train", "val") if args.subset == "both" else (args.subset,)
-    summary, index = extract_dataset(cfg, args.out, spec, subsets)
+    summary, index = extract_dataset(cfg, args.out, spec, subsets, names=SPEC_SETTINGS)
     print(f"shards written {len(summary.written)}, already done {len(summary.skipped)}, "
           f"unreadable videos {len(summary.unreadable)}")
     if index is not None:

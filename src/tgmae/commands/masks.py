@@ -14,7 +14,7 @@ from typing import Sequence
 from tgmae.clip.features import MODES
 from tgmae.masking.cache import clear_cache, merge_parts
 from tgmae.masking.precompute import PrecomputeOptions, precompute
-from tgmae.locks import hold, shard_target
+from tgmae.locks import check_kind, hold, shard_target
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     if args.merge_only:
-        with hold(args.out, "--out"):
+        with hold(args.out, "--out", folder=True):
             index = merge_parts(args.out)
         print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
               f"-> {args.out}/index.json")
@@ -64,6 +64,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.captions.shard import shard_from_env
 
     shard = shard_from_env()
+    check_kind(args.out, "--out", folder=True)
     with hold(shard_target(args.out, shard.rank, shard.world_size), "--out"):  # one writer per cache (rank)
         return _precompute(args, shard)
 

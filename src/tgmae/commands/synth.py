@@ -42,7 +42,7 @@ def main(argv: Sequence[str]) -> int:
         if done % every == 0 or done == total:
             print(f"  {done}/{total} videos", flush=True)
 
-    with hold(args.out_dir, "OUT_DIR"):  # one writer per set folder
+    with hold(args.out_dir, "OUT_DIR", folder=True):  # one writer per set folder
         info = _generate(args, progress)
     print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
           f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")

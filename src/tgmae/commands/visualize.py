@@ -13,11 +13,14 @@ def _parser(kind: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"tgmae visualize {kind}", description=description)
     p.add_argument("checkpoint", help="model: ours (.safetensors / run / checkpoint dir), official .pth or HF dir")
     p.add_argument("-c", "--config", help="YAML config: data annotations and what the checkpoint's run lacks "
-                                          "(its own masking, model and clip geometry come first)")
+                                          "(its own masking, model and clip geometry come first; its "
+                                          "train.output_dir is not used)")
     p.add_argument("--index", type=int, default=0, help="dataset item to show")
     p.add_argument("--subset", default="val", choices=("train", "val"), help="annotations to read")
     p.add_argument("--video", help="a video file or frame folder instead of the dataset")
-    p.add_argument("--out", help="output folder (default: <train.output_dir>/figures)")
+    p.add_argument("--out", help="output folder (default: figures/ in the checkpoint's run folder, the one "
+                                 "holding its config.yaml, also for RUN/checkpoints/...; a checkpoint outside "
+                                 "a run: figures/ beside it); the same for --index and --video")
     if kind == "recon":
         p.add_argument("--caption", help="the --video's caption, for a run masking with TGM")
     if kind == "attention":

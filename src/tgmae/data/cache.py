@@ -32,7 +32,9 @@ when its metadata holds exactly this key's inputs; otherwise it is rebuilt, with
 the key, so a changed, replaced or touched video never serves stale frames.
 
 Under torch.distributed a disk cache is built by local rank 0 of each node while the other ranks
-wait at a barrier; a memory cache is built by every rank (one copy per process).
+wait at a barrier; a memory cache is built by every rank (one copy per process). Runs that share
+`data.cache_dir` build a key one at a time (`tgmae.locks` on `<key>.u8`): a second run needing
+the same cache waits for the first (up to `BUILD_WAIT_S`, then refused naming it) and uses it.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
+from tgmae.locks import hold
 from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
+
+BUILD_WAIT_S = 1800.0  # how long a run waits for another process building the same disk cache
 
 CACHE_FORMAT = 1
 
@@ -257,28 +262,46 @@ def _read_meta(meta_path: Path) -> Optional[dict]:
         return None
 
 
+def _usable_meta(key: str, inputs: dict, data_path: Path, meta_path: Path, say: bool) -> Optional[dict]:
+    """The metadata of a complete cache of exactly these inputs, else None (say: log why not)."""
+    meta = _read_meta(meta_path)
+    if meta is not None and meta.get("inputs") != inputs:
+        if say:
+            log.warning("decoded-clip cache %s at %s was built from other videos or settings: rebuilding",
+                        key, meta_path)
+        return None
+    if meta is not None and (not data_path.exists() or data_path.stat().st_size != meta["nbytes"]):
+        if say:
+            log.warning("decoded-clip cache %s: %s is missing or truncated: rebuilding", key, data_path)
+        return None
+    return meta
+
+
 def build_disk_cache(records: Sequence[VideoRecord], cache_dir: str | Path, *, threads: int = 1,
-                     workers: int = 1) -> ClipCache:
+                     workers: int = 1, wait: float = BUILD_WAIT_S) -> ClipCache:
     """Open `<cache_dir>/<key>.u8` (+ `.json`) when its metadata matches this key's inputs;
     otherwise decode every video into it (written to a temporary name, then renamed). Temp files
-    of builds killed on this host are removed first (`remove_stale_temps`)."""
+    of builds killed on this host are removed first (`remove_stale_temps`).
+
+    One process builds a key at a time (`tgmae.locks` on `<key>.u8`): another run that needs the
+    same cache waits up to `wait` seconds for it, then uses what it built (LockError naming the
+    builder after the wait); a lock left by a killed build is taken over."""
     key, inputs = cache_key(records)
     folder = Path(cache_dir)
     remove_stale_temps(folder)
     data_path, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
-    meta = _read_meta(meta_path)
-    if meta is not None and meta.get("inputs") != inputs:
-        log.warning("decoded-clip cache %s at %s was built from other videos or settings: rebuilding",
-                    key, meta_path)
-        meta = None
-    if meta is not None and (not data_path.exists() or data_path.stat().st_size != meta["nbytes"]):
-        log.warning("decoded-clip cache %s: %s is missing or truncated: rebuilding", key, data_path)
-        meta = None
+    meta = _usable_meta(key, inputs, data_path, meta_path, say=False)
     if meta is None:
-        _write_disk_cache(records, key, inputs, folder, threads, workers)
-        meta = json.loads(meta_path.read_text())
-    else:
-        log.info("decoded-clip cache %s: using %s", key, data_path)
+        with hold(data_path, "data.cache_dir", wait=wait, folder=False):
+            meta = _usable_meta(key, inputs, data_path, meta_path, say=True)  # as the last builder left it
+            if meta is None:
+                _write_disk_cache(records, key, inputs, folder, threads, workers)
+                return _open_disk_cache(key, json.loads(meta_path.read_text()), data_path)
+    log.info("decoded-clip cache %s: using %s", key, data_path)
+    return _open_disk_cache(key, meta, data_path)
+
+
+def _open_disk_cache(key: str, meta: dict, data_path: Path) -> ClipCache:
     entries = {p: _Entry(**e) for p, e in meta["entries"].items()}
     data = (np.memmap(data_path, dtype=np.uint8, mode="r") if meta["nbytes"] else np.zeros(0, np.uint8))
     return ClipCache(key, entries, data, str(data_path))

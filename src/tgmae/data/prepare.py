@@ -335,7 +335,7 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
         raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
     ann = Path(annotations) if Path(annotations).exists() else root_p / annotations
-    with hold(out_p, "--out"):
+    with hold(out_p, "--out", folder=True):
         return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
                            progress)
 

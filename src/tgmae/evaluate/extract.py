@@ -9,7 +9,8 @@ frame_step + 1. Defaults are VideoMAEv2's temporal-action-detection setting
 (OpenGVLab/VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 consecutive frames, stride 4,
 `range(0, num_frames - 15, 4)`). mode "clip" takes the one centred window (start
 (n - span) // 2). A video shorter than one window gives no window: it is listed with kind
-"too_short", never padded or replaced.
+"too_short", never padded or replaced; an extraction in which no video gives one is an error
+naming the window and the longest video (`check_extracted`), not an empty index.
 
 Pixels. Each frame: square centre crop of the short side then resize ("center_crop", as the
 evaluation transform `tgmae.data.transforms.EvalTransform`), or the whole frame resized to a
@@ -26,7 +27,7 @@ end_sec their presentation times, pts x the stream's time base, in seconds as ff
 them; frame / fps where the file's time stamps are not exact; NaN for a frame folder (no rate).
 
 Files in `out_dir`: `manifest.json` (settings, encoder digest, video ids; a later run with other
-settings refuses the folder), `shard-SSSSS-of-TTTTT.safetensors` (videos
+settings refuses the folder, naming each that differs: `manifest_differences`), `shard-SSSSS-of-TTTTT.safetensors` (videos
 [s x videos_per_shard, ...) in list order: `features` [R, D] or [R, N, D], and per row `video`
 (position in the manifest's list), `window`, `start_frame`, `end_frame`, `start_sec`,
 `end_sec`; the shard's unreadable videos in its metadata), and, from `write_index`, `index.csv`
@@ -46,7 +47,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
-from tgmae.locks import hold, shard_target
+from tgmae.locks import check_kind, hold, shard_target
 from tgmae.train.precision import autocast
 
 log = logging.getLogger("tgmae")
@@ -166,7 +167,9 @@ def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec
         info = reader.info
         starts = window_starts(info.num_frames, spec)
         if not len(starts):
-            raise VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
+            err = VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
+            err.num_frames = info.num_frames  # type: ignore[attr-defined]  # the longest is named when none fits
+            raise err
         seconds = frame_seconds(path, info)
         parts = []
         for i in range(0, len(starts), spec.batch_size):
@@ -195,15 +198,43 @@ def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
     return Path(out_dir) / f"shard-{shard:05d}-of-{num_shards:05d}.safetensors"
 
 
-def _claim_folder(out_dir: Path, m: dict[str, Any]) -> None:
-    """Write the manifest, or check the folder's own is the same extraction (ExtractError)."""
+def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Optional[Mapping[str, str]] = None
+                         ) -> list[str]:
+    """`setting: old -> new` for each setting two manifests differ in: the spec's fields, the
+    encoder (digest), the videos (count and the first that differs) and the manifest version.
+    names: how the caller's user sets them (spec field, "encoder", "videos" -> e.g. `--stride`)."""
+    names = names or {}
+    new = json.loads(json.dumps(new))  # tuples as the JSON file holds them
+    out = []
+    o_spec, n_spec = old.get("spec") or {}, new["spec"]
+    for k in list(n_spec) + [k for k in o_spec if k not in n_spec]:
+        if o_spec.get(k) != n_spec.get(k):
+            out.append(f"{names.get(k, k)}: {o_spec.get(k)!r} -> {n_spec.get(k)!r}")
+    if old.get("encoder") != new["encoder"]:
+        out.append(f"{names.get('encoder', 'encoder weights')}: {str(old.get('encoder'))[:12]} -> {new['encoder'][:12]}")
+    o_ids, n_ids = list(old.get("video_ids") or []), new["video_ids"]
+    if o_ids != n_ids:
+        first = next((i for i, (a, b) in enumerate(zip(o_ids, n_ids)) if a != b), None)
+        other = f" (first other: {o_ids[first]!r} -> {n_ids[first]!r})" if first is not None else ""
+        out.append(f"{names.get('videos', 'videos')}: {len(o_ids)} -> {len(n_ids)}{other}")
+    if old.get("version") != new["version"]:
+        out.append(f"manifest version: {old.get('version')!r} -> {new['version']!r}")
+    if not out and old != new:  # a field only a damaged or foreign manifest differs in
+        out += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return out
+
+
+def _claim_folder(out_dir: Path, m: dict[str, Any], names: Optional[Mapping[str, str]] = None,
+                  what: str = "output folder") -> None:
+    """Write the manifest, or check the folder's own is the same extraction (ExtractError naming
+    each setting that differs, as `names` calls it, with the folder's value and this run's)."""
     path = out_dir / "manifest.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(m)):
-            diff = sorted(k for k in set(old) | set(m) if old.get(k) != json.loads(json.dumps(m)).get(k))
-            raise ExtractError(f"{out_dir} holds another extraction (differs in {', '.join(diff)}); "
-                               "choose another output folder or remove it")
+        diffs = manifest_differences(old, m, names)
+        if diffs:
+            raise ExtractError(f"{out_dir} holds another extraction, made with other settings (that one -> this "
+                               f"run): {'; '.join(diffs)}; choose another {what} or remove that folder")
         return
     atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
 
@@ -252,23 +283,28 @@ class ExtractSummary:
 
 def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
                       spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
-                      device: Optional[torch.device] = None, progress: bool = False) -> ExtractSummary:
+                      device: Optional[torch.device] = None, progress: bool = False,
+                      what: str = "output folder", names: Optional[Mapping[str, str]] = None) -> ExtractSummary:
     """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
     rank, rank + world, ... and skips those already finished. An unreadable video (any
     `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
-    process extracting into the folder as the same rank is refused (`tgmae.locks`)."""
-    with hold(shard_target(out_dir, rank, world), "output folder"):
-        return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress)
+    process extracting into the folder as the same rank is refused (`tgmae.locks`; `what` names
+    the setting that chose the folder), as is a file at `out_dir`, and a folder holding an
+    extraction of other settings (named as `names` gives them, `manifest_differences`)."""
+    check_kind(out_dir, what, folder=True)
+    with hold(shard_target(out_dir, rank, world), what):
+        return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress,
+                        what, names)
 
 
 def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, spec: ExtractSpec,
-             encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool
-             ) -> ExtractSummary:
+             encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool,
+             what: str, names: Optional[Mapping[str, str]]) -> ExtractSummary:
     from tgmae.data.frame_index import VideoError
 
     m = manifest(videos, spec, encoder_digest)
     remove_stale_temps(out)  # shards of a killed run
-    _claim_folder(out, m)
+    _claim_folder(out, m, names, what)
     key = _manifest_key(m)
     was_training = encoder.training
     encoder.eval()
@@ -288,7 +324,8 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                 try:
                     rows.append((v, extract_video(encoder, vpath, spec, device)))
                 except VideoError as e:
-                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e)})
+                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
+                                **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
             _write_shard(path, key, rows, bad)
             summary.written.append(s)
@@ -334,6 +371,54 @@ def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
     feats = [p["features"] for p in parts if p["features"].shape[0]]
     out_t["features"] = torch.cat(feats) if feats else torch.zeros(0, 0)
     return {**out_t, "video_ids": m["video_ids"], "unreadable": unreadable}
+
+
+def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str]] = None,
+                    made_folder: bool = False) -> None:
+    """ExtractError when a finished extraction holds no window at all: every video too short for
+    the window (the message names the window, its frame step, and the longest video's frames) or
+    unreadable. Its files (manifest.json, its shards; the folder when made_folder) are removed
+    first, so the folder takes the extraction of another window. Videos too short or unreadable
+    beside extracted ones are no error: they are listed (unreadable.json).
+    names: the caller's names of the spec's fields (`--window`)."""
+    from safetensors import safe_open
+
+    names = names or {}
+    out = Path(out_dir)
+    m = json.loads((out / "manifest.json").read_text())
+    key, rows, unreadable, shards = _manifest_key(m), 0, [], []
+    for s in range(m["num_shards"]):
+        path = shard_path(out, s, m["num_shards"])
+        if not _shard_done(path, key):
+            raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
+        with safe_open(str(path), "pt") as f:
+            rows += f.get_slice("features").get_shape()[0]
+            unreadable.extend(json.loads(f.metadata()["unreadable"]))
+        shards.append(path)
+    if rows or not m["video_ids"]:
+        return
+    for path in shards + [out / "manifest.json"]:
+        path.unlink(missing_ok=True)
+    if made_folder:
+        try:
+            out.rmdir()
+        except OSError:  # something else lies there
+            pass
+    spec, n = m["spec"], len(m["video_ids"])
+    short = [u for u in unreadable if u.get("kind") == "too_short"]
+    if short:
+        win, step_name, step = names.get("window", "window"), names.get("frame_step", "frame_step"), spec["frame_step"]
+        span = (spec["window"] - 1) * step + 1
+        longest = max(u.get("num_frames", 0) for u in short)
+        fits = max(1, (longest - 1) // step + 1)
+        stepped = f" x {step_name}={step}" if step > 1 else ""
+        also = f" ({n - len(short)} others unreadable)" if len(short) < n else ""
+        raise ExtractError(f"{win}={spec['window']}{stepped}: a window spans {span} frames and no video holds one: "
+                           f"the longest has {longest} frames{also}; nothing extracted. Lower {win} to {fits} "
+                           f"or less" + (f" (or {step_name})" if step > 1 else ""))
+    first = "; ".join(u["reason"] for u in unreadable[:2]) + (" ..." if len(unreadable) > 2 else "")
+    raise ExtractError(f"nothing extracted: none of the {n} videos can be read ({first}); `tgmae data check` "
+                       "lists them")
 
 
 def write_index(out_dir: str | os.PathLike) -> Path:
@@ -387,27 +472,37 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
     return videos
 
 
-def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str]
-                    ) -> tuple[ExtractSummary, Optional[Path]]:
+def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
+                    names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
     for `spec.window` frames of `spec.image_size`) over the videos of `subsets` into `out_dir`, this
     process's shards under torchrun (`tgmae.distributed`); after every rank is done, rank 0 writes
-    index.csv and unreadable.json. Returns (this rank's summary, the index path on rank 0 else None)."""
+    index.csv and unreadable.json, or, when no video gave a window, raises ExtractError
+    (`check_extracted`). Returns (this rank's summary, the index path on rank 0 else None).
+    names: the command's names of the spec's fields (`--stride`), for its messages."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
 
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
     dist = init_distributed(cfg.train.device)
-    videos = dataset_videos(cfg.data, subsets)
-    encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
-                                       dist.device)
-    summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
-                                world=dist.world_size, device=dist.device, progress=cfg.log.progress and dist.is_main)
+    check_kind(out_dir, "--out", folder=True)
+    made_folder = not Path(out_dir).exists()
+    with hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
+        videos = dataset_videos(cfg.data, subsets)
+        encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
+                                           dist.device)
+        summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
+                                    world=dist.world_size, device=dist.device,
+                                    progress=cfg.log.progress and dist.is_main, what="--out",
+                                    names={"encoder": "model.pretrained's weights", **(names or {})})
     barrier()
-    return summary, write_index(out_dir) if dist.is_main else None
+    if not dist.is_main:
+        return summary, None
+    check_extracted(out_dir, names, made_folder)  # a window no video holds: an error, not an empty index
+    return summary, write_index(out_dir)
 
 
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
-           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "write_index",
-           "manifest", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
+           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "check_extracted",
+           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]

@@ -315,9 +315,9 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         log.warning("retrieval: %d unreadable videos left out of the gallery (listed in retrieval_results.json)",
                     len(unreadable))
     if rank_world()[0] == 0:
-        target = Path(cfg.train.output_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "retrieval_results.json").write_text(json.dumps(result.summary(), indent=2))
+        from tgmae.atomic import atomic_write_text
+
+        atomic_write_text(Path(cfg.train.output_dir) / "retrieval_results.json", json.dumps(result.summary(), indent=2))
         log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
     return result
 

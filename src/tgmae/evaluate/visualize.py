@@ -8,12 +8,14 @@
 - masks ...: the masking figures of `tgmae.viz.masks` (its own arguments).
 The clip is item `index` of `subset` (val by default, the evaluation transform) of the
 config's annotations, or `video` (a file or frame folder, never substituted: an unreadable one
-is a `VideoLoadError`). Outputs go to `out` (default train.output_dir/figures).
+is a `VideoLoadError`). Outputs go to `out`, by default beside the run they draw
+(`figures_folder`): figures/ in the checkpoint's run folder (for a step checkpoint or
+`checkpoints/latest` too), figures/ beside a checkpoint outside a run; never train.output_dir.
 
 The figure is the run's (`figure_config`): its masking, model and clip geometry come from the
 checkpoint's own run (config.yaml of its run folder; a checkpoint without one gives its frames,
 image size, tubelet and patch), over `-c`, which supplies only what the checkpoint lacks (data
-annotations, an output folder); dotted overrides come last. Titles name the masking, ratio and
+annotations); dotted overrides come last. Titles name the masking, ratio and
 geometry. TGM on a `--video` masks it by `--caption`, scored online by `masking.clip_model`.
 """
 
@@ -97,8 +99,20 @@ def _index(dataset, index: int, what: str) -> int:
     return index
 
 
-def _out(cfg, out: Optional[str]) -> Path:
-    return Path(out or Path(cfg.train.output_dir) / "figures")
+def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> Path:
+    """Where the figures of `checkpoint` go: `out`; else figures/ in its run folder (the one
+    holding its config.yaml: a run folder, the folder of its model.safetensors, the run above a
+    `checkpoints/step_N/` or `checkpoints/latest`); else figures/ beside it (in its folder, or in
+    a checkpoint folder such as a transformers directory)."""
+    from tgmae.weights.model_card import find_run_dir
+
+    if out:
+        return Path(out)
+    run = find_run_dir(checkpoint)
+    if run is not None:
+        return run / "figures"
+    p = Path(checkpoint)
+    return (p if p.is_dir() else p.parent) / "figures"
 
 
 def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
@@ -186,7 +200,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     generator, captions = _masking(cfg, video, caption)
     dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
     sample = _sample(dataset, index, video, subset)
-    return write_pretrain_figures(model, [sample], cfg, _out(cfg, out), index=0)
+    return write_pretrain_figures(model, [sample], cfg, figures_folder(checkpoint, out), index=0)
 
 
 def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
@@ -212,8 +226,8 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
-    return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, _out(cfg, out),
+    return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
                              layer=layer, name=name, title=title)
 
 
-__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "run_settings"]
+__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "figures_folder", "run_settings"]

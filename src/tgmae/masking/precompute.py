@@ -11,7 +11,9 @@ Layout, manifest and caption choice: `tgmae.masking.cache`.
 Resume: videos already in a part file with the same captions are skipped. Sharding: under
 `torchrun`, rank r of W takes videos r, r+W, ... and writes its own part file; rank 0 merges the
 parts into index.json after a barrier (or run again with --merge-only). A cache built with
-another CLIP, mode, caption source or geometry is refused.
+another CLIP, mode, caption source or geometry is refused. One writer per cache (per rank):
+`precompute` holds its lock (`tgmae.locks`), whoever calls it (`tgmae masks`, the study,
+`tgmae eval-masks`, `tgmae visualize masks`), so a second writer is refused naming the first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.atomic import remove_stale_temps
+from tgmae.locks import check_kind, hold, shard_target
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, part_file, read_parts, write_entry,
@@ -93,18 +96,29 @@ def build_manifest(clip: ClipBundle, captions_file: str, records: Sequence, opts
     )
 
 
+CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"  # named in refusals
+
+
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True,
 ) -> dict:
-    """Compute this rank's share of (video_id, path) pairs into cache `out`.
+    """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
+    (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
     Returns counts {"done", "skipped", "resumed"} for this rank."""
+    check_kind(out, CACHE_SETTING, folder=True)
+    with hold(shard_target(out, rank, world), CACHE_SETTING):
+        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress)
+
+
+
+def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
+                opts: PrecomputeOptions, rank: int, world: int, progress: bool) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store
     from tgmae.data.video import VideoError
 
-    out = Path(out)
     remove_stale_temps(out / "maps")  # maps of a killed run
     records = read_store(captions_file).records
     by_video = {r.video_id: r.captions for r in records}

@@ -164,18 +164,21 @@ def evaluate_masks(
 
 def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,
                  image_size: int, patch_size: int, frame_stride: int, progress: bool, rebuild: bool = False) -> None:
-    """Build (or resume) the similarity cache of these videos; rebuild: empty it first."""
+    """Build (or resume) the similarity cache of these videos; rebuild: empty it first. Holds the
+    cache's lock throughout (`tgmae.locks`): another writer is refused, naming it."""
+    from tgmae.locks import hold
     from tgmae.masking.cache import clear_cache, merge_parts
     from tgmae.clip.features import load_clip
-    from tgmae.masking.precompute import PrecomputeOptions, precompute
+    from tgmae.masking.precompute import CACHE_SETTING, PrecomputeOptions, precompute
 
-    if rebuild:
-        clear_cache(cache_dir)
-    clip = load_clip(clip_model)
-    videos = [(v, str(root / "videos" / f"{v}.mp4")) for v in ids]
-    opts = PrecomputeOptions(mode=mode, frame_stride=frame_stride, image_size=image_size, patch_size=patch_size)
-    precompute(videos, str(root / "captions.jsonl"), clip, cache_dir, opts, progress=progress)
-    merge_parts(cache_dir)
+    with hold(cache_dir, CACHE_SETTING, folder=True):
+        if rebuild:
+            clear_cache(cache_dir)
+        clip = load_clip(clip_model)
+        videos = [(v, str(root / "videos" / f"{v}.mp4")) for v in ids]
+        opts = PrecomputeOptions(mode=mode, frame_stride=frame_stride, image_size=image_size, patch_size=patch_size)
+        precompute(videos, str(root / "captions.jsonl"), clip, cache_dir, opts, progress=progress)
+        merge_parts(cache_dir)
 
 
 def format_table(quality: MaskQuality) -> str:

@@ -21,6 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
+from tgmae.atomic import atomic_write_text
+
 from tgmae.config import ConfigError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
@@ -495,7 +497,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
-    (out_dir / "results.json").write_text(json.dumps(list(records), indent=2))
+    atomic_write_text(out_dir / "results.json", json.dumps(list(records), indent=2))
     rows = aggregate(records)
     table = markdown_table(rows)
     figures: list[tuple[str, Path]] = []
@@ -545,7 +547,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
             md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
     if check_section:
         cells = lambda tag, xs: "<tr>" + "".join(f"<{tag}>{html.escape(x)}</{tag}>" for x in xs) + "</tr>"  # noqa: E731
@@ -555,8 +557,8 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
             body.append(f"<img src='{html.escape(_rel(check_section['figure'], out_dir))}' style='max-width:100%'>")
     for caption, path in figures:
         body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(_rel(path, out_dir))}' style='max-width:100%'>")
-    (out_dir / "report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+    atomic_write_text(
+        out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 10px;"
         "border-bottom:1px solid #ddd;text-align:right}</style>" + "\n".join(body))
     return out_dir / "report.md"

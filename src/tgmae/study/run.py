@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tgmae.atomic import atomic_write_text
 from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
@@ -235,7 +236,7 @@ def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
     if not (paths.clip / "config.json").is_file():
-        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False)
+        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False, what="study out_dir")
         log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
     check_clip_settings(clip_cfg, paths)
     if any(_needs_clip(m) for m in study.maskings):
@@ -283,7 +284,7 @@ def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
     corpus = [c for r in read_store(paths.data / "captions.jsonl").records for c in r.captions]
     result = {"model": model, "weights": weights, "text_model": text_action_probe(paths.data, TextEmbedder(model)),
               "bag_of_words": text_action_probe(paths.data, bag_of_words(corpus))}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     log.info("study: text probe of the action from held-out captions: %.1f%% (%s), bag of words %.1f%%",
              100 * result["text_model"]["action"], model, 100 * result["bag_of_words"]["action"])
     return result
@@ -450,7 +451,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         if missing(record, extra):
             fields = run_frozen_probes(extra)
             record.update(fields, probe_seconds={**record.get("probe_seconds", {}), **fields["probe_seconds"]})
-            record_path.write_text(json.dumps(record, indent=2))
+            atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
     t0 = time.perf_counter()
     if masking == "none":
@@ -473,7 +474,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
                   "retrieval": {}, "pretrain_seconds": 0.0, "total_seconds": time.perf_counter() - t0,
                   "run_dir": str(run)}
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2))
+        atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
     retrieval = {}
     if objective in ("contrastive", "mae+contrastive"):
@@ -501,7 +502,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
         "run_dir": str(run), **frozen,
     }
-    record_path.write_text(json.dumps(record, indent=2))
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
 
 

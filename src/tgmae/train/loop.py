@@ -5,9 +5,10 @@ The loop owns everything a task should not have to think about: devices, DDP or 
 (`train.strategy`), mixed precision, gradient accumulation and clipping, the lr schedule,
 non-finite-loss stops, metrics, progress, atomic checkpoints and step-exact resume (its policy:
 `tgmae.train.resume`).
-`Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume, run
-folder, loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step,
-then the end of the epoch (evaluation, checkpoint). The host waits for the device only at a log
+`Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume,
+loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step, then the
+end of the epoch (evaluation, checkpoint). The run folder (config.yaml, metrics.jsonl) is written
+when the first batch has come: a run refused before that leaves nothing in it. The host waits for the device only at a log
 step, a checkpoint or an epoch end's evaluation: losses and metrics are summed on the device,
 and a non-finite loss is found there, before anything (a record, a checkpoint, an evaluation)
 is made from the model.
@@ -37,7 +38,7 @@ from tgmae.weights import checkpoint as ckpt
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
-from tgmae.train.resume import resume, run_folder_lock, write_run_folder
+from tgmae.train.resume import Resumed, resume, run_folder_lock, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
 
@@ -161,6 +162,7 @@ class _Run:
     window: Optional["_Window"] = None
     losses: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # unchecked (step, epoch, loss)
     views: int = 1  # training views per video (data.num_sample): a pass is `views` effective epochs
+    resumed: Optional[Resumed] = None  # what the run folder's record is written from (`_open_run_folder`)
 
     @property
     def total_steps(self) -> int:
@@ -213,6 +215,7 @@ class Trainer:
                 for batch in loader:
                     if micro_idx >= micro_total or run.position.step >= run.total_steps:
                         break
+                    self._open_run_folder(run)  # a batch came: the data serve, training starts
                     run.window.data_time += time.perf_counter() - t_wait
                     micro_idx += 1
                     self._micro_step(run, batch, last=micro_idx % accum == 0)
@@ -226,7 +229,8 @@ class Trainer:
         finally:
             if run.bar is not None:
                 run.bar.close()
-            run.metrics_log.close()
+            if run.metrics_log is not None:
+                run.metrics_log.close()
             del loader  # shuts its persistent workers down now, not at garbage collection
         return FitResult(self._full_model(model), run.position, self.out_dir, run.last_ckpt, run.history)
 
@@ -268,8 +272,8 @@ class Trainer:
 
     def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
         """Optimizer, scaler and lr plan (an optimizer step sees batch x accumulation x ranks x
-        `views` clips: the linear scaling rule counts views); the resume; compile / DDP; the run
-        folder and its logs."""
+        `views` clips: the linear scaling rule counts views); the resume; compile / DDP. The run
+        folder is written later, at the first batch (`_open_run_folder`)."""
         cfg, dist, task = self.cfg, self.dist, self.task
         steps_per_epoch, total_steps = self._plan_steps(num_items)
         global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
@@ -286,13 +290,10 @@ class Trainer:
         self.fingerprint = getattr(task, "inputs_fingerprint", None)
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps)
         train_model = self._wrap(model)
-        write_run_folder(cfg, dist.is_main, resumed, total_steps)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
-                   torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device), views=views)
-        run.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
-                                     tensorboard=cfg.log.tensorboard,
-                                     resume_step=resumed.position.step if resumed.source is not None else None)
+                   torch.tensor(resumed.load_failures, dtype=torch.float64, device=dist.device), views=views,
+                   resumed=resumed)
         if dist.is_main and cfg.log.progress:
             from tqdm.auto import tqdm
 
@@ -300,6 +301,19 @@ class Trainer:
                            desc=task.name)
         run.window = _Window(dist.device)
         return run
+
+    def _open_run_folder(self, run: _Run) -> None:
+        """The run folder's record (config.yaml, config_changes.jsonl: `write_run_folder`) and its
+        logs (metrics.jsonl, TensorBoard), once: when the first batch has come, so a run refused
+        at set-up or by its data (a clip longer than every video, a missing caption) writes nothing
+        into its folder and leaves an existing run's files as they were."""
+        if run.metrics_log is not None:
+            return
+        cfg, dist, resumed = self.cfg, self.dist, run.resumed
+        write_run_folder(cfg, dist.is_main, resumed, run.total_steps)
+        run.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=dist.is_main,
+                                     tensorboard=cfg.log.tensorboard,
+                                     resume_step=resumed.position.step if resumed.source is not None else None)
 
     def _shard(self, model: nn.Module, precision: str) -> nn.Module:
         """train.strategy=fsdp on several processes: `fully_shard` per transformer block, then the
@@ -438,6 +452,7 @@ class Trainer:
         RNG (it must not move the RNG training draws from, or results would depend on
         train.eval_every); then a checkpoint."""
         cfg, device = self.cfg, self.dist.device
+        self._open_run_folder(run)  # an epoch that a resume found finished ends without a batch
         run.position = ckpt.TrainPosition(run.position.step, epoch + 1, 0)
         evaluate = getattr(self.task, "evaluate", None)
         if evaluate is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 >= cfg.train.epochs):
@@ -452,6 +467,7 @@ class Trainer:
 
     def _save(self, run: _Run, pos: ckpt.TrainPosition) -> Optional[Path]:
         """A checkpoint at `pos` (main rank writes; every rank waits), after the finite check."""
+        self._open_run_folder(run)
         self._check_finite(run)
         failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
         path = None

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from tgmae.atomic import write_failure
+from tgmae.atomic import atomic_write_text, write_failure
 
 log = logging.getLogger("tgmae")
 
@@ -65,7 +65,7 @@ class MetricsLog:
                 continue  # torn last line from a kill
             if rec.get("step", 0) <= step:
                 kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept))
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))  # a kill now keeps the log
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -105,7 +105,8 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
 def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
     """One run per `train.output_dir` at a time: its lock (`tgmae.locks`), held by the main
     process; a second command into the folder is refused naming the first one."""
-    return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0)
+    return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
+                folder=True)
 
 
 def locks_run_folder(fn):

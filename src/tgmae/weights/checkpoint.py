@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text, remove_stale_temps, temp_path, write_failure
+from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -85,13 +85,14 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
     `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
     train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
     then weights that do not fit the task's model (`fits`) tell)."""
+    a = lambda kind: "an" if kind[:1] in "aeiou" else "a"  # noqa: E731  # "an attentive_probe run"
     if stored and stored != task:
         raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds a {stored} run ({source}), not a {task} run: "
+            f"train.output_dir={output_dir!r} holds {a(stored)} {stored} run ({source}), not {a(task)} {task} run: "
             f"give this {task} run its own train.output_dir")
     if not stored and not fits:
         raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit a {task} model "
+            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit {a(task)} {task} model "
             f"(another kind of run, or another model): give this {task} run its own train.output_dir")
 
 
@@ -265,6 +266,7 @@ def save_checkpoint(
         if failure is None:
             raise
         raise failure from e
+    open_mode(tmp)  # safetensors creates 0600: the mode open() gives, as every file of a run
     final = directory / name
     if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
         shutil.rmtree(final)

@@ -298,7 +298,9 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
                        mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
                        version=__version__)
-    (out / "README.md").write_text(card)
+    from tgmae.atomic import atomic_write_text
+
+    atomic_write_text(out / "README.md", card)
     return ExportResult(out, hf_class, diff)
 
 

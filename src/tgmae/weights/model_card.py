@@ -39,8 +39,9 @@ class RunInfo:
 
 def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
     """The run folder of a checkpoint: the folder itself, the file's folder, or the run above a
-    `checkpoints/step_N/` checkpoint - whichever holds the run's `config.yaml`."""
-    p = Path(checkpoint)
+    `checkpoints/step_N/` checkpoint (also named as `checkpoints/latest` or `checkpoints/`:
+    `files.resolve_checkpoint`) - whichever holds the run's `config.yaml`."""
+    p = _resolved(checkpoint)
     candidates = [p] if p.is_dir() else [p.parent]
     base = candidates[0]
     if base.parent.name == "checkpoints":
@@ -48,9 +49,21 @@ def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
     return next((c for c in candidates if (c / "config.yaml").is_file()), None)
 
 
+def _resolved(checkpoint: str | Path) -> Path:
+    """The path a loader reads for `checkpoint` (`checkpoints/latest` -> its step folder's
+    model.safetensors); the path as given when it names no training checkpoint."""
+    from tgmae.weights.files import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(checkpoint)
+    except (CheckpointError, OSError):
+        return Path(checkpoint)
+
+
 def checkpoint_step(checkpoint: str | Path) -> Optional[int]:
-    """N of a `checkpoints/step_N/` checkpoint (the folder or a file in it), else None."""
-    p = Path(checkpoint)
+    """N of a `checkpoints/step_N/` checkpoint (the folder, a file in it, or `checkpoints/latest`
+    naming it), else None."""
+    p = _resolved(checkpoint)
     for part in (p, p.parent):
         m = re.fullmatch(r"step_(\d+)", part.name)
         if m and part.parent.name == "checkpoints":

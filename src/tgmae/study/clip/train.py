@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tgmae.atomic import atomic_write_text
 from tgmae.clip.data import read_split_ids
 from tgmae.clip.features import CLIP_MEAN, CLIP_STD
 from tgmae.study.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
@@ -219,8 +220,18 @@ def patch_auc(
     return sum(aucs) / max(1, len(aucs))
 
 
-def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress: bool = True) -> dict:
-    """Train and save; returns a summary (also written to DIR/train_clip.json)."""
+def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress: bool = True,
+               what: str = "--out") -> dict:
+    """Train and save; returns a summary (also written to DIR/train_clip.json). Holds `out`'s lock
+    (`tgmae.locks`; `what` names the setting that chose it): a second writer, or a file at `out`,
+    is refused before training, not after it."""
+    from tgmae.locks import hold
+
+    with hold(out, what, folder=True):
+        return _train_clip(Path(root), Path(out), cfg, progress)
+
+
+def _train_clip(root: Path, out: Path, cfg: ClipTrainConfig, progress: bool) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store
@@ -286,7 +297,7 @@ def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress
         "seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg),
     }
-    (Path(out) / "train_clip.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "train_clip.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
