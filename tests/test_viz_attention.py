@@ -104,7 +104,9 @@ def test_visualize_cli(synth, tmp_path, capsys):
     assert main(["recon", str(ckpt), "-c", str(path), "--subset", "train", "--index", "1"]) == 0
     video = next((synth / "videos").glob("*.mp4"))
     assert main(["attention", str(ckpt), "-c", str(path), "--video", str(video), "--out", str(tmp_path / "one")]) == 0
-    figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
+    # a checkpoint outside any run: figures/ beside it (`-c`'s train.output_dir is not the run drawn)
+    assert not (tmp_path / "run").exists()
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert "reconstruction.png" in figures and "reconstruction.gif" in figures
     assert any(f.startswith("attention_") and f.endswith(".png") for f in figures)
     assert (tmp_path / "one" / f"attention_{video.stem}.gif").is_file()
