@@ -64,6 +64,14 @@ def test_attribute_probe_reads_cached_features_in_annotation_order(tmp_path):
     assert video_attributes(tmp_path / "nowhere") is None
 
 
+def test_attribute_probe_skips_the_attentive_probes_token_caches(tmp_path):
+    data, probe = _fake_study(tmp_path)
+    for split, n in (("train", 40), ("val", 12)):  # written later, so newer than the pooled caches
+        save_file({"features": torch.zeros(n, 4, 3), "labels": torch.zeros(n, dtype=torch.int64)},
+                  str(probe / "features" / f"{split}-tokens.safetensors"))
+    assert attribute_probe(probe, data)["colour"] == 1.0
+
+
 def test_attribute_probe_rejects_features_of_another_split(tmp_path):
     data, probe = _fake_study(tmp_path)
     save_file({"features": torch.zeros(5, 3), "labels": torch.zeros(5, dtype=torch.int64)},

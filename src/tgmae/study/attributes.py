@@ -52,10 +52,20 @@ def _split_ids(annotations: Path) -> list[str]:
         return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]
 
 
+def _pooled(path: Path) -> bool:
+    """Whether a feature cache holds pooled [N, D] features (the linear probe's), not the token
+    grids the attentive probe caches beside them ([N, n, D] or [N, views, n, D])."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return len(f.get_slice("features").get_shape()) == 2
+
+
 def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv",
                     val_csv: str = "val.csv") -> Optional[dict[str, float]]:
-    """{attribute: validation top-1, "<attribute>_classes": count} from the cached features of a
-    finished linear probe (rows in annotation order); None where the set has no attributes."""
+    """{attribute: validation top-1, "<attribute>_classes": count} from the cached pooled features
+    of a finished linear probe (rows in annotation order; the newest pooled cache per split, token
+    caches of the attentive probe skipped); None where the set has no attributes."""
     from safetensors.torch import load_file
 
     attrs = video_attributes(data_dir)
@@ -64,7 +74,8 @@ def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv
     ids = {"train": _split_ids(Path(data_dir) / train_csv), "val": _split_ids(Path(data_dir) / val_csv)}
     feats = {}
     for split in ("train", "val"):
-        files = sorted((Path(probe_dir) / "features").glob(f"{split}-*.safetensors"), key=lambda f: f.stat().st_mtime)
+        files = sorted((f for f in (Path(probe_dir) / "features").glob(f"{split}-*.safetensors") if _pooled(f)),
+                       key=lambda f: f.stat().st_mtime)
         if not files:
             raise FileNotFoundError(f"{probe_dir}/features: no cached {split} features (run the probe first)")
         feats[split] = load_file(str(files[-1]))["features"].float()  # newest: the probe's last run
