@@ -3,6 +3,7 @@ report's columns (only when present) and the attentive-vs-linear comparison pair
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_extra_probes_share_the_linear_probe_features_and_record_their_results(s
     again = run_frozen_probes(configs)  # finished probes are read, not run again
     assert again["probe_seconds"] == {} and again["attentive_probe_top1"] == fields["attentive_probe_top1"]
     assert not missing(again, configs)
+    from tgmae.study.run import check_phase_settings
+
+    for cfg in configs.values():  # a rerun of the study accepts the finished folders as its own
+        check_phase_settings(cfg)
+    with pytest.raises(ConfigError, match="eval.attentive_lr"):
+        check_phase_settings(dataclasses.replace(configs["attentive"], eval=dataclasses.replace(
+            configs["attentive"].eval, attentive_lr=0.5)))
 
 
 def record(masking: str, seed: int, lp: float, ap=None, knn=None) -> dict:

@@ -404,17 +404,21 @@ def _num_classes(paths: StudyPaths) -> int:
 
 
 def check_phase_settings(cfg) -> None:
-    """Refuse a phase folder whose config.yaml (what ran there) differs from `cfg` in a training-
-    relevant key (`tgmae.weights.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
+    """Refuse a phase folder whose config.yaml (what ran there; for the attentive probe, `cfg` as its
+    loop runs it) differs from `cfg` in a training-relevant key (`tgmae.weights.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
     otherwise skip the phase and report the old run's numbers. ConfigError, one line per key."""
     import yaml
 
     from tgmae.config import RunConfig, to_dict
     from tgmae.weights.checkpoint import config_differences
 
+    from tgmae.evaluate.attentive_probe import loop_config
+
     saved = Path(cfg.train.output_dir) / "config.yaml"
     if not saved.is_file():
         return
+    if cfg.eval.probe == "attentive":  # its folder holds the loop's config: the recipe as batch and optimizer
+        cfg = loop_config(cfg)
     diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg), to_dict(RunConfig()))
     if diffs:
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
