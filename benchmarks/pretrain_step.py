@@ -60,7 +60,7 @@ import torch
 from tgmae import autotune
 from tgmae.config import ModelConfig
 from tgmae.models import build_pretraining_model
-from tgmae.models.attention import set_attention_kernel
+from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train.loop import compile_model
 
@@ -281,6 +281,11 @@ def bench_case(models, preset, ratio, precision, args, device, ceilings) -> dict
     g = torch.Generator().manual_seed(0)
     video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE, generator=g).to(device)
     mask = random_mask(args.batch, n, ratio, seed=1).to(device)
+    if args.attention == "auto":  # the training loop's set-up: measure the kernels for these lengths
+        lengths = {n, n - int(mask[0].sum())}
+        for name, m in models.items():
+            if name != "hf":
+                plan_kernels(m, device, torch.bfloat16 if precision == "bf16" else torch.float32, lengths)
     steps = {name: make_step(m, name == "hf", video, mask, precision, device) for name, m in models.items()}
     # Same weights, video and mask: the losses must agree before any step is timed (a fast wrong
     # model is no result). Measured before the warm-up step, which moves the weights.
