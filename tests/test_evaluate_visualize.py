@@ -181,3 +181,19 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(
         [f"attention_{i}.png" for i in [*ids, *map(_outside_id, outside)]] + [f"recon_{i}.png" for i in ids])
     assert len({_outside_id(p) for p in outside}) == 2 and not list(out.glob(".recon-*"))
+
+
+def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
+    """`visualize recon RUN` without -c said `no annotations for subset 'val': set
+    data.val_annotations` though RUN/config.yaml names data.root / format / val_annotations."""
+    import shutil
+
+    root = tmp_path / "data"
+    (root / "Biking").mkdir(parents=True)
+    shutil.copy(clip_file, root / "Biking" / "clip1.mp4")
+    (root / "val.csv").write_text("path,label\nBiking/clip1.mp4,0\n")
+    run = _run(tmp_path, f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv")
+    assert cli(["visualize", "recon", str(run)]) == 0
+    assert (run / "figures" / "recon_Biking%2Fclip1.png").is_file()
+    assert cli(["visualize", "attention", str(run), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "attention_Biking%2Fclip1.png").is_file()

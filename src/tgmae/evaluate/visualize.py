@@ -19,7 +19,8 @@ its id there, one outside by its stem and a hash of its resolved path (`clip2-1a
 The figure is the run's (`figure_config`): its masking, model and clip geometry come from the
 checkpoint's own run (config.yaml of its run folder; a checkpoint without one gives its frames,
 image size, tubelet and patch), over `-c`, which supplies only what the checkpoint lacks (data
-annotations); dotted overrides come last. Titles name the masking, ratio and
+annotations; without -c the run's own data section gives them); dotted overrides come last.
+Titles name the masking, ratio and
 geometry. TGM on a `--video` masks it by `--caption`, scored online by `masking.clip_model`.
 """
 
@@ -65,10 +66,17 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
-    (`run_settings`) < `overrides`. Logs what the run's settings replaced in -c."""
+    (`run_settings`) < `overrides`; without -c the run's whole data section (its annotations) is
+    the base. Logs what the run's settings replaced in -c."""
     from tgmae.config import RunConfig, load_config, to_dict
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
+    if not config:  # no -c: the annotations (data.root, format, ...) are the run's own too
+        from tgmae.weights.model_card import read_run
+
+        run = read_run(checkpoint)
+        if run.config is not None:
+            given["data"] = to_dict(run.config)["data"]
     settings, source = run_settings(checkpoint)
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
