@@ -232,3 +232,17 @@ def test_provider_from_files_and_config(tmp_path):
     assert CaptionProvider.from_config(CaptionConfig()) is None
     with pytest.raises(CaptionStoreError, match=f"in {p}"):
         prov.draw("zzz")
+
+
+def test_another_source_is_named_by_its_settings_with_both_values(tmp_path):
+    """A captioner run into an oracle store said `template '{}' (this run: 'blip')`: 'blip' is no
+    template. The refusal names source and model as what they are on each side."""
+    from tgmae.captions.store import refuse_other_provenance
+
+    path = tmp_path / "S"
+    write_store(path, [CaptionRecord("v1", ["a bike"], "oracle", "{}")])
+    with pytest.raises(CaptionStoreError) as e:
+        refuse_other_provenance(path, [{"source": "captioner", "model": "blip", "keyframes": 4}])
+    assert "source 'oracle' (this run: 'captioner'), template '{}' (this run: model 'blip')" in str(e.value)
+    with pytest.raises(CaptionStoreError, match=r"template '\{\}' \(this run: 'a video of \{\}'\)"):
+        refuse_other_provenance(path, [{"source": "oracle", "model": "a video of {}"}])

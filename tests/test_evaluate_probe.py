@@ -437,3 +437,33 @@ def test_probe_scores_val_classes_by_name_and_refuses_unknown_ones(checkpoint, t
                      val_data=Named(24, 1, ["a", "zebra", "c"]))
     with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 3 classes \(a, b, c\)"):
         linear_probe(probe_cfg(*base, "eval.num_classes=2", f"train.output_dir={tmp_path / 'k'}"), train_data=train)
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn", "attentive"])
+def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsys, probe):
+    """Too few eval.num_classes, or a val class the training set lacks, are refused at set-up as
+    finetune refuses them: one line naming the key / file, nothing written (features were
+    extracted first)."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    other = tmp_path / "other"
+    other.mkdir()
+    names = (synth / "classes.txt").read_text().splitlines()
+    (other / "classes.txt").write_text("\n".join(["zebra", *names[1:]]) + "\n")
+    rows = (synth / "val.csv").read_text().splitlines()
+    (other / "other.csv").write_text("\n".join(rows) + "\n")
+    assert any(",0," in r for r in rows[1:])  # a val video of class 0, 'zebra' in other/classes.txt
+    base = ["probe", f"data.root={synth}", "data.format=csv", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "model.patch_size=8", f"model.pretrained={pt}", "train.precision=fp32",
+            "log.progress=false", "log.tensorboard=false", f"eval.probe={probe}"]
+    for override, named in [("eval.num_classes=2", "eval.num_classes=2"),
+                            (f"data.val_annotations={other / 'other.csv'}", "zebra")]:
+        run = tmp_path / f"run-{override.split('=')[0]}"
+        assert cli_main([*base, f"train.output_dir={run}", override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
+        assert not (run / "features").exists() and not list(run.rglob("*.safetensors"))

@@ -43,6 +43,13 @@ def _run(tmp_path: Path, *overrides: str) -> Path:
     return run
 
 
+def _outside_id(path: Path) -> str:
+    """The figure name of a --video outside any data set: its stem and a hash of its path."""
+    import hashlib
+
+    return f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
 def _other_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "other.yaml"
     path.write_text(yaml.safe_dump({"masking": {"name": "tube", "ratio": 0.9},
@@ -75,7 +82,7 @@ def test_recon_of_a_video_uses_the_run_and_titles_it(tmp_path, clip_file, monkey
     assert cli(["visualize", "recon", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
     assert titles[0].startswith("walk (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8)): ")
-    assert (out / "reconstruction.png").is_file()
+    assert (out / f"recon_{_outside_id(clip_file)}.png").is_file()
 
 
 def test_one_unreadable_video_is_one_line_and_never_substituted(tmp_path, capsys):
@@ -109,7 +116,7 @@ def test_attention_title_names_the_geometry(tmp_path, clip_file):
     out = tmp_path / "att"
     assert cli(["visualize", "attention", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
-    assert (out / "attention_walk.png").is_file()
+    assert (out / f"attention_{_outside_id(clip_file)}.png").is_file()
 
 
 def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, clip_file, monkeypatch):
@@ -124,8 +131,9 @@ def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, cli
     assert cli(["visualize", "recon", str(run), "--video", str(clip_file)]) == 0
     assert cli(["visualize", "attention", str(run / "model.safetensors"), "-c", str(_other_yaml(tmp_path)),
                 "--video", str(clip_file)]) == 0
+    walk = _outside_id(clip_file)
     assert sorted(p.name for p in (run / "figures").iterdir()) == [
-        "attention_walk.gif", "attention_walk.png", "reconstruction.gif", "reconstruction.png"]
+        f"attention_{walk}.gif", f"attention_{walk}.png", f"recon_{walk}.gif", f"recon_{walk}.png"]
     assert list(work.iterdir()) == [] and not (tmp_path / "elsewhere").exists()
     # a step checkpoint named through the run's `latest`: its run's figures/ and its run's masking
     step = run / "checkpoints" / "step_00000002"
@@ -134,11 +142,58 @@ def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, cli
     (run / "checkpoints" / "latest").write_text("step_00000002\n")
     (run / "figures").rename(tmp_path / "old_figures")
     assert cli(["visualize", "recon", str(run / "checkpoints" / "latest"), "--video", str(clip_file)]) == 0
-    assert (run / "figures" / "reconstruction.png").is_file()
+    assert (run / "figures" / f"recon_{_outside_id(clip_file)}.png").is_file()
     assert figure_config(None, [], str(run / "checkpoints" / "latest")).masking.ratio == 0.6  # the run's
     bare = save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path / "bare" / "pt.safetensors")
     assert cli(["visualize", "attention", str(bare), "--video", str(clip_file)]) == 0
-    assert (tmp_path / "bare" / "figures" / "attention_walk.png").is_file() and list(work.iterdir()) == []
+    assert (tmp_path / "bare" / "figures" / f"attention_{_outside_id(clip_file)}.png").is_file() and list(work.iterdir()) == []
     out = tmp_path / "mine"
     assert cli(["visualize", "attention", str(run), "--video", str(clip_file), "--out", str(out)]) == 0
-    assert (out / "attention_walk.png").is_file()
+    assert (out / f"attention_{_outside_id(clip_file)}.png").is_file()
+
+
+def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
+    """Figures of other clips never overwrite each other: recon of --index 0 and 1 wrote one
+    reconstruction.png; attention of a/Biking/clip2 and b/Animation/clip2 one attention_clip2.png.
+    Named by the video id under data.root ('/' encoded as the similarity maps encode it), a video
+    outside it by its stem and a hash of its path."""
+    import shutil
+
+    run = _run(tmp_path)
+    root = tmp_path / "data"
+    for folder in ("Biking", "Animation"):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(clip_file, root / folder / "clip2.mp4")
+    (root / "val.csv").write_text("path,label\nBiking/clip2.mp4,0\nAnimation/clip2.mp4,0\n")
+    data = [f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv"]
+    out = tmp_path / "figs"
+    for index in (0, 1):
+        assert cli(["visualize", "recon", str(run), "--index", str(index), "--out", str(out), *data]) == 0
+    for folder in ("Biking", "Animation"):
+        assert cli(["visualize", "attention", str(run), "--video", str(root / folder / "clip2.mp4"),
+                    "--out", str(out), *data]) == 0
+    outside = [tmp_path / "a" / "clip2.mp4", tmp_path / "b" / "clip2.mp4"]
+    for path in outside:
+        path.parent.mkdir()
+        shutil.copy(clip_file, path)
+        assert cli(["visualize", "attention", str(run), "--video", str(path), "--out", str(out)]) == 0
+    ids = sorted(["Animation%2Fclip2", "Biking%2Fclip2"])
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        [f"attention_{i}.png" for i in [*ids, *map(_outside_id, outside)]] + [f"recon_{i}.png" for i in ids])
+    assert len({_outside_id(p) for p in outside}) == 2 and not list(out.glob(".recon-*"))
+
+
+def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
+    """`visualize recon RUN` without -c said `no annotations for subset 'val': set
+    data.val_annotations` though RUN/config.yaml names data.root / format / val_annotations."""
+    import shutil
+
+    root = tmp_path / "data"
+    (root / "Biking").mkdir(parents=True)
+    shutil.copy(clip_file, root / "Biking" / "clip1.mp4")
+    (root / "val.csv").write_text("path,label\nBiking/clip1.mp4,0\n")
+    run = _run(tmp_path, f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv")
+    assert cli(["visualize", "recon", str(run)]) == 0
+    assert (run / "figures" / "recon_Biking%2Fclip1.png").is_file()
+    assert cli(["visualize", "attention", str(run), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "attention_Biking%2Fclip1.png").is_file()

@@ -156,3 +156,25 @@ def test_each_writer_names_a_file_given_as_its_folder(tmp_path, capsys, command)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and named in err[0] and "is a file, not a folder" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "plain"]
+
+
+@pytest.mark.parametrize("argv,target", [
+    (["synth", "{out}/syn", "--num-videos", "2"], "syn"),
+    (["caption", "{out}/a.csv", "--model", "blip", "--out", "{out}/S"], "S"),
+])
+def test_a_full_disk_leaves_no_lock_file_and_names_the_path(tmp_path, capsys, monkeypatch, argv, target):
+    """Writing the lock's holder line on a full disk left `.S.lock` / `.syn.lock` behind and said
+    `no space left on device` without a path."""
+    import errno
+
+    from tgmae import locks
+    from tgmae.cli import main as cli_main
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks.os, "write", full)
+    assert cli_main([a.format(out=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / target}: no space left on device" in err, err
+    assert not list(tmp_path.glob(".*.lock")) and not list(tmp_path.rglob("*.lock"))

@@ -1,58 +1,44 @@
-"""`tgmae visualize masks` on any video: columns titled with the source frames they show (issue
-28: a 3-frame clip was titled with frames 4 and 6), and an unreadable --video is one line."""
+"""The masking grid (`tgmae.viz.masks`): what a cell shows is the mask it draws."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 
-from tgmae.cli import main as cli
+from tgmae.masking.mgm import MotionGuidedMask
+from tgmae.mask_contract import MaskContext
+from tgmae.viz import masks as vm
 
 
-def _titles(monkeypatch) -> list[str]:
-    """Collects the column titles of every figure `tgmae.viz.plotting.save_figure` writes."""
+def test_a_visible_patch_of_a_grey_frame_is_not_drawn_as_masked():
+    """A frame of the mask's grey: masked and visible patches looked alike, so a row of 12 of
+    16 masked read as 16 of 16 (the MGM row of a short clip)."""
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.ones((4, 4), bool)
+    mask[1, 2] = False
+    img = vm.overlay(frame, mask, 16)
+    assert (img[16:32, 32:48] != 128).any()  # the visible patch is outlined
+    assert (np.delete(img.reshape(4, 16, 4, 16, 3).transpose(0, 2, 1, 3, 4).reshape(16, -1), 6, axis=0) == 128).all()
+
+
+def test_grid_cells_state_the_masked_count_of_their_slice(tmp_path, monkeypatch):
+    """Each algorithm's cell names the count of the mask it draws: for MGM on a 3-frame clip
+    (repeated to 8 frames) 12 of 16 in every slice, the first included."""
+    torch.manual_seed(0)
+    clip = torch.rand(3, 8, 64, 64)
+    clip[:, 3:] = clip[:, 2:3]  # a 3-frame video: its last frame repeated
+    grid = (4, 4, 4)
+    ctx = MaskContext(grid=grid, frames=clip, frame_indices=torch.tensor([0, 1, 2, 2, 2, 2, 2, 2]), video_id="v")
+    mgm = MotionGuidedMask(0.75, motion_source="framediff")(ctx, torch.Generator().manual_seed(0)).view(grid)
+    assert mgm.flatten(1).sum(1).tolist() == [12, 12, 12, 12]
+    labels = []
     from tgmae.viz import plotting
 
-    titles: list[str] = []
-    save = plotting.save_figure
+    def save(fig, out, title=""):
+        labels.extend(ax.get_xlabel() for ax in fig.axes if ax.get_xlabel())
+        return out
 
-    def spy(fig, path, title="", **kw):
-        titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
-        return save(fig, path, title, **kw)
-
-    monkeypatch.setattr(plotting, "save_figure", spy)
-    return titles
-
-
-def test_a_three_frame_clip_titles_only_frames_it_has(tmp_path, monkeypatch):
-    from tgmae.data.video import write_video
-
-    video = tmp_path / "three.mp4"
-    write_video(video, np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8), fps=5)
-    titles = _titles(monkeypatch)
-    out = tmp_path / "m.png"
-    assert cli(["visualize", "masks", "--video", str(video), "--image-size", "32", "--out", str(out)]) == 0
-    assert out.is_file() and titles
-    shown = [int(t.split("frame ")[1].rstrip(")")) for t in titles]
-    assert set(shown) <= {0, 1, 2} and len(shown) == len(set(shown))  # each of its frames once, no others
-
-
-def test_an_unreadable_video_is_one_line(tmp_path, capsys):
-    bad = tmp_path / "bad.mp4"
-    bad.write_bytes(b"\x00" * 100)
-    assert cli(["visualize", "masks", "--video", str(bad), "--out", str(tmp_path / "m.png")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"tgmae visualize: --video {bad}: cannot be read") and err.count("\n") == 1
-    assert cli(["visualize", "masks", "--video", str(tmp_path / "none.mp4")]) == 2
-    assert "none.mp4: no such file or directory" in capsys.readouterr().err
-
-
-def test_rebuild_is_an_option_where_the_advice_names_it(capsys):
-    """A cache built differently is refused with "rerun with --rebuild": both commands that build
-    a cache have that option."""
-    from tgmae.commands import eval_masks, visualize_masks
-
-    for module in (eval_masks, visualize_masks):
-        with pytest.raises(SystemExit) as done:
-            module.main(["--help"])
-        assert done.value.code == 0 and "--rebuild" in capsys.readouterr().out
+    monkeypatch.setattr(plotting, "save_figure", save)
+    frames = (clip.permute(1, 2, 3, 0) * 255).to(torch.uint8).numpy()
+    vm.render_mask_grid(frames, {"mgm": mgm}, tmp_path / "m.png", tubelet=2, columns=4)
+    assert labels == ["masked 12/16"] * 4

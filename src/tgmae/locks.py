@@ -139,12 +139,21 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
                 if deadline - time.monotonic() >= wait - 0.5:
                     log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
                 time.sleep(0.5)
-        old = _read_holder(fd)
-        if old:
-            log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, (_holder_text() + "\n").encode())
+        try:
+            old = _read_holder(fd)
+            if old:
+                log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (_holder_text() + "\n").encode())
+        except BaseException as e:  # a full disk: no lock file is left behind, the error names the target
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            from tgmae.atomic import write_failure
+
+            if isinstance(e, OSError) and (failure := write_failure(e, target)) is not None:
+                raise failure from None
+            raise
         _held[key] = (fd, 1)
         return path
 

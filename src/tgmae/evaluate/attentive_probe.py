@@ -129,7 +129,7 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
     refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True)
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes)
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
     if run_cfg.train.batch_size * run_cfg.train.accum_steps > len(train):

@@ -122,5 +122,25 @@ def resolve_num_classes(num_classes: Optional[int], names: Sequence[str], top_la
     return num_classes
 
 
-__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "data_class_count", "named",
-           "resolve_num_classes"]
+def check_head_classes(train_data, tests: Sequence[tuple[object, str]], num_classes: Optional[int] = None,
+                       configured: Optional[int] = None, key: str = "eval.num_classes",
+                       head: str = "the classes of data.train_annotations") -> int:
+    """The set-up check of a head trained on `train_data` (finetune and the probes share it, so they
+    refuse before extracting or training): its class count (`num_classes`, else `configured` =
+    the config's `key` checked by `resolve_num_classes`, else the data's) and every test set of
+    `tests` ((dataset or None, how messages name it)) matched by name or id (`align_classes`).
+    Returns the count; ConfigError / ClassMismatchError naming the key or the test set."""
+    names = [str(n) for n in (getattr(train_data, "class_names", None) or [])]
+    if num_classes is None:
+        records = getattr(train_data, "records", None)
+        top = max((int(r.label) for r in records), default=-1) if records else data_class_count(train_data) - 1
+        num_classes = resolve_num_classes(configured, names, top, key)
+    for ds, where in tests:
+        if ds is not None:
+            align_classes(names, num_classes, getattr(ds, "class_names", None) or [], data_class_count(ds),
+                          head, where)
+    return num_classes
+
+
+__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "check_head_classes", "data_class_count",
+           "named", "resolve_num_classes"]

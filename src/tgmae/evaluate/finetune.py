@@ -160,13 +160,10 @@ class FinetuneTask:
     def check_classes(self, *datasets: Optional[Dataset]) -> None:
         """At set-up: the head's class count (eval.num_classes) and the test sets' classes, which
         must all be among the training set's (ConfigError / ClassMismatchError, naming them)."""
-        from tgmae.evaluate.classes import align_classes, data_class_count
+        from tgmae.evaluate.classes import check_head_classes
 
-        k = self.num_classes
-        for ds in datasets:
-            if ds is not None:
-                align_classes(self.class_names, k, getattr(ds, "class_names", None) or [], data_class_count(ds),
-                              "the classes of data.train_annotations", self.cfg.data.val_annotations or "the test set")
+        where = self.cfg.data.val_annotations or "the test set"
+        check_head_classes(self.train_dataset(), [(ds, where) for ds in datasets], num_classes=self.num_classes)
 
 
 def require_readable(datasets: Sequence[Optional[Dataset]], workers: int = 0) -> None:

@@ -56,7 +56,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     out = Path(cfg.train.output_dir)
     refuse_other_run(out)
     refuse_other_probe(cfg)
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes)
     if max(ks) > len(train):
         raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features")
     k_cls = num_classes or cfg.eval.num_classes or len(names) or 1 + int(max(train.labels.max(), val.labels.max()))

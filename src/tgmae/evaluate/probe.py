@@ -225,8 +225,8 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
-                   cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False
-                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+                   cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
+                   num_classes: Optional[int] = None) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
     """Features of the train / val clips from `cfg.model.pretrained`'s frozen encoder, via the cache.
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
@@ -236,14 +236,20 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     token grids [N, L, D] instead of their mean [N, D] (the attentive probe), and the default val
     set is the multi-view test set (`data.test_temporal_views` x `data.test_spatial_views`,
     [N, V, L, D]), as finetuning tests. Returns (train, val or None, class names).
+
+    Before anything is extracted (or written), the classes are checked as finetuning checks them
+    (`evaluate.classes.check_head_classes`): eval.num_classes (or `num_classes`) against the
+    training set's, the val set's classes among the training set's. In-memory datasets that
+    carry neither class names nor records are checked after extraction instead.
     """
     from tgmae.distributed import init_distributed
+    from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
     from tgmae.evaluate.multiview import views_per_sample
     from tgmae.train.precision import resolve_precision
 
     device = init_distributed(cfg.train.device).device
-    encoder, digest = frozen_probe_encoder(cfg, device)
+    encoder, digest = frozen_probe_encoder(cfg, device)  # reads only: the checkpoint's geometry first
     from_cfg = {"train": train_data is None, "val": val_data is None}
     if train_data is None:
         from tgmae.data.dataset import build_dataset
@@ -253,6 +259,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         from tgmae.data.dataset import build_dataset
 
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
+    if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
+        check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
+                           num_classes=num_classes, configured=cfg.eval.num_classes)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
@@ -332,7 +341,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     from tgmae.evaluate.classes import resolve_num_classes
 
     refuse_other_probe(cfg)
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir)
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes)
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":

@@ -11,11 +11,16 @@ config's annotations, or `video` (a file or frame folder, never substituted: an 
 is a `VideoLoadError`). Outputs go to `out`, by default beside the run they draw
 (`figures_folder`): figures/ in the checkpoint's run folder (for a step checkpoint or
 `checkpoints/latest` too), figures/ beside a checkpoint outside a run; never train.output_dir.
+Figures are named by the clip they draw (`figure_id`), so figures of other clips never overwrite
+each other: `recon_ID.png|gif`, `attention_ID.png|gif`, ID the clip's video id with '/' encoded
+as the similarity maps encode it (`Animation%2Fclip1`); a `--video` under data.root is named by
+its id there, one outside by its stem and a hash of its resolved path (`clip2-1a2b3c4d`).
 
 The figure is the run's (`figure_config`): its masking, model and clip geometry come from the
 checkpoint's own run (config.yaml of its run folder; a checkpoint without one gives its frames,
 image size, tubelet and patch), over `-c`, which supplies only what the checkpoint lacks (data
-annotations); dotted overrides come last. Titles name the masking, ratio and
+annotations; without -c the run's own data section gives them); dotted overrides come last.
+Titles name the masking, ratio and
 geometry. TGM on a `--video` masks it by `--caption`, scored online by `masking.clip_model`.
 """
 
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -59,10 +66,17 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
-    (`run_settings`) < `overrides`. Logs what the run's settings replaced in -c."""
+    (`run_settings`) < `overrides`; without -c the run's whole data section (its annotations) is
+    the base. Logs what the run's settings replaced in -c."""
     from tgmae.config import RunConfig, load_config, to_dict
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
+    if not config:  # no -c: the annotations (data.root, format, ...) are the run's own too
+        from tgmae.weights.model_card import read_run
+
+        run = read_run(checkpoint)
+        if run.config is not None:
+            given["data"] = to_dict(run.config)["data"]
     settings, source = run_settings(checkpoint)
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
@@ -113,6 +127,27 @@ def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> 
         return run / "figures"
     p = Path(checkpoint)
     return (p if p.is_dir() else p.parent) / "figures"
+
+
+def figure_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
+    """The file-name part of a figure of one clip: its video id (a `--video` under data.root: its
+    id there; outside: its stem + 8 hex digits of the hash of its resolved path), percent-encoded
+    with nothing kept (`Animation/clip1` -> `Animation%2Fclip1`, as `masking.cache` names maps)."""
+    import hashlib
+    import urllib.parse
+
+    if video:
+        from tgmae.data.annotations import relative_id
+
+        path = Path(video).resolve()
+        root = Path(cfg.data.root).resolve() if cfg.data.root else None
+        if root is not None and path.is_relative_to(root) and path != root:
+            vid = relative_id(root, str(path))
+        else:
+            vid = f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    else:
+        vid = str(sample.get("video_id", index))
+    return urllib.parse.quote(vid, safe="")
 
 
 def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
@@ -200,7 +235,17 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     generator, captions = _masking(cfg, video, caption)
     dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
     sample = _sample(dataset, index, video, subset)
-    return write_pretrain_figures(model, [sample], cfg, figures_folder(checkpoint, out), index=0)
+    folder, name = figures_folder(checkpoint, out), "recon_" + figure_id(cfg, sample, video, index)
+    folder.mkdir(parents=True, exist_ok=True)
+    # drawn under the fixed names of a pretraining run's figures, in a folder of its own, then named
+    with tempfile.TemporaryDirectory(prefix=".recon-", dir=folder) as tmp:
+        drawn = write_pretrain_figures(model, [sample], cfg, Path(tmp), index=0)
+        figures = {}
+        for key, path in drawn.items():
+            if key.startswith("reconstruction"):
+                figures[key] = folder / f"{name}{path.suffix}"
+                os.replace(path, figures[key])
+    return figures
 
 
 def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
@@ -221,7 +266,7 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     dataset = _dataset(cfg, subset, video)
     sample = _sample(dataset, index, video, subset)
     vid = str(sample.get("video_id", index))
-    name = "attention_" + vid.replace("/", "_")  # ids may hold folders
+    name = "attention_" + figure_id(cfg, sample, video, index)
     depth = arch.depth
     title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
@@ -230,4 +275,5 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
                              layer=layer, name=name, title=title)
 
 
-__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "figures_folder", "run_settings"]
+__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "figure_id", "figures_folder",
+           "run_settings"]

@@ -144,6 +144,14 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
     atomic_write_text(path, json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
+def remove_stale_cache_temps(root: str | Path) -> int:
+    """Remove the temp files a killed writer left in a similarity cache: in its top folder (where
+    index.json / manifest.json are written) and in maps/. Returns the count removed."""
+    from tgmae.atomic import remove_stale_temps
+
+    return remove_stale_temps(root) + remove_stale_temps(Path(root) / "maps")
+
+
 def entry_file(video_id: str) -> str:
     """File name of a video's maps (video ids may contain '/' and other path characters)."""
     return "maps/" + urllib.parse.quote(video_id, safe="") + ".npz"

@@ -27,11 +27,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from tgmae.atomic import remove_stale_temps
 from tgmae.locks import check_kind, hold, shard_target
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, part_file, read_parts, write_entry,
+    CacheManifest, part_file, read_parts, remove_stale_cache_temps, write_entry,
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -119,7 +118,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     from tgmae.captions.store import read_store
     from tgmae.data.video import VideoError
 
-    remove_stale_temps(out / "maps")  # maps of a killed run
+    remove_stale_cache_temps(out)  # index / manifest / maps of a killed run
     records = read_store(captions_file).records
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)

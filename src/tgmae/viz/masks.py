@@ -2,7 +2,8 @@
 tgmae.commands.visualize_masks).
 
 Rows: the input frames, then one row per algorithm (random, tube, MGM, TGM top-k, TGM bottom-k)
-with the masked patches greyed out; columns: frames (the first frame of evenly spaced temporal
+with the masked patches greyed out, the visible ones outlined, and each cell's masked count
+(`masked K/M`) under it; columns: frames (the first frame of evenly spaced temporal
 token slices). On the synthetic set the acting object's outline (ground truth) is drawn too.
 
     tgmae visualize masks --root SYNTH_DIR [--video-id ID] [--clip CLIP_DIR] --out masks.png
@@ -24,13 +25,24 @@ ROW_TITLES = {"random": "random", "tube": "tube", "mgm": "MGM (motion)", "tgm_to
               "tgm_bottom": "TGM bottom-k"}
 
 
-def overlay(frame: np.ndarray, mask: np.ndarray, patch: int, grey: int = 128, alpha: float = 0.85) -> np.ndarray:
+def overlay(frame: np.ndarray, mask: np.ndarray, patch: int, grey: int = 128, alpha: float = 0.85,
+            border: int = 255) -> np.ndarray:
     """frame uint8 [H, W, 3], mask bool [H/p, W/p] (True = masked) -> frame with masked patches
-    greyed out and thin patch borders."""
+    greyed out and a thin `border` outline around each visible patch, so a visible patch of a
+    grey frame (a fade, an empty first frame) is never taken for a masked one."""
     up = np.kron(mask.astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
     out = frame.astype(np.float32)
     out[up] = (1 - alpha) * out[up] + alpha * grey
+    edge = np.zeros((patch, patch), bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    outline = np.kron((~mask.astype(bool)).astype(np.uint8), edge.astype(np.uint8)).astype(bool)
+    out[outline] = border
     return out.clip(0, 255).astype(np.uint8)
+
+
+def masked_label(mask: torch.Tensor) -> str:
+    """The count a grid cell states under its slice: `masked K/M` of a [H', W'] mask."""
+    return f"masked {int(mask.sum())}/{mask.numel()}"
 
 
 def render_mask_grid(
@@ -65,6 +77,8 @@ def render_mask_grid(
             frame = frames[s * tubelet]
             img = frame if name == "input" else overlay(frame, masks[name][s].numpy(), patch)
             ax.imshow(img)
+            if name != "input":
+                ax.set_xlabel(masked_label(masks[name][s]), fontsize=7)
             if object_cover is not None:
                 ax.contour(np.kron(object_cover[s].numpy(), np.ones((patch, patch))), levels=[0.5],
                            colors="red", linewidths=0.8)
@@ -166,4 +180,4 @@ def _read_video(video: str, num_frames: int, frame_stride: int):
     return frames, mvs, fi
 
 
-__all__ = ["overlay", "render_mask_grid", "synthetic_figure", "video_figure"]
+__all__ = ["masked_label", "overlay", "render_mask_grid", "synthetic_figure", "video_figure"]
