@@ -97,7 +97,10 @@ def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
     original = path.read_bytes()
 
     def dying_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
+        from pathlib import Path
+
+        # as safetensors' save_file does: a `.tmpXXXXXX` of its own beside the file, renamed at the end
+        with open(Path(filename).parent / ".tmpAb12Cd", "wb") as f:
             f.write(b"partial")
         raise KeyboardInterrupt  # killed mid-write
 
@@ -106,6 +109,7 @@ def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cache.save(path)
     assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.safetensors"]  # safetensors' temp is not left beside it
     monkeypatch.undo()
     assert len(EmbeddingCache.open(path, ident)) == 1
 

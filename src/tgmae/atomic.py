@@ -216,17 +216,23 @@ def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = 
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
 
     fsync: flush the temp file to disk before the rename (files a crash must not lose).
+    own_folder: the temp path is `path`'s name inside a temp folder (named as a temp file), for
+    writers that make temp files of their own beside the file they write (safetensors' `save_file`:
+    `.tmpXXXXXX`): a killed write leaves only our temp folder, which `remove_stale_temps` removes.
     Creates `path`'s folder. On an exception the temp file is removed and the error propagates
     (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
     """
     path = Path(path)
-    tmp = temp_path(path)
+    folder = temp_path(path) if own_folder else None
+    tmp = folder / path.name if folder is not None else temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if folder is not None:
+            folder.mkdir()
         yield tmp
         if fsync:
             with open(tmp, "rb") as f:
@@ -243,6 +249,8 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_writable(path: str | os.PathLike) -> None:

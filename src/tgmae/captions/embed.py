@@ -211,7 +211,7 @@ class EmbeddingCache:
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
         remove_stale_temps(path.parent)  # of saves killed before their rename
-        with atomic_path(path, fsync=True) as tmp:
+        with atomic_path(path, fsync=True, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from tgmae.atomic import open_mode, remove_stale_temps, temp_path, write_failure
+from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.errors import UserError
 
 LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (`weights.checkpoint`)
@@ -84,7 +83,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                       metadata: Mapping[str, str]) -> Path:
     """Write a state dict + string metadata as one safetensors file, atomically: saved inside a
-    temp folder beside `path` (`atomic.temp_path`), then renamed into place. safetensors' own
+    temp folder beside `path` (`atomic.atomic_path(own_folder=True)`), then renamed into place. safetensors' own
     `save_file` writes a `.tmpXXXXXX` of its own in the folder it writes to; inside our temp folder
     a killed write leaves nothing but that folder, which the next write here removes
     (`remove_stale_temps`). The file gets the mode `open()` gives (safetensors makes 0600). A write
@@ -95,21 +94,8 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     p = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     remove_stale_temps(p.parent)  # of writes killed before their rename
-    folder = temp_path(p)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir()
-        written = folder / p.name
-        save_file(tensors, str(written), metadata=dict(metadata))
-        open_mode(written, p)
-        os.replace(written, p)
-    except Exception as e:
-        failure = write_failure(e, p)  # before the clean-up: a full disk is told by its free space
-        if failure is None:
-            raise
-        raise failure from e
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with atomic_path(p, own_folder=True) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
     return p
 
 
