@@ -147,6 +147,48 @@ def test_export_refuses_a_run_folder_and_a_non_empty_one_without_overwrite(pretr
     assert (other / "config.json").is_file() and (other / "notes.txt").read_text() == "mine"
 
 
+def test_exported_files_get_the_mode_open_gives(pretrained, tmp_path):
+    """model.safetensors came out 0600 (save_pretrained goes through safetensors), the others 0644."""
+    import os
+    import stat
+
+    _, path = pretrained
+    old = os.umask(0o027)
+    try:
+        export_hf(path, tmp_path / "hf", verify=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "hf").iterdir()}
+    assert set(modes.values()) == {"0o640"} and "model.safetensors" in modes, modes
+
+
+def test_a_failed_export_leaves_no_partial_folder_and_the_retry_succeeds(pretrained, tmp_path, monkeypatch, capsys):
+    """A full disk during export-hf left OUT with an empty config.json: the retry was refused
+    (`not empty; --overwrite`). The export is written beside OUT and moved into place."""
+    import errno
+
+    import tgmae.weights.export_hf as ex
+
+    _, path = pretrained
+    out = tmp_path / "hf"
+    real = ex.write_processor_config
+
+    def full_disk(folder, *args):
+        (folder / "preprocessor_config.json").write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_processor_config", full_disk)
+    assert main([str(path), str(out), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tgmae export-hf: {out}: no space left on device; free some space or write elsewhere\n", err
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor the temp folder
+    monkeypatch.setattr(ex, "write_processor_config", real)
+    assert main([str(path), str(out), "--no-verify"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in out.iterdir()}
+
+
 def test_classifier_with_foreign_fc_norm_eps_is_refused():
     from tgmae.weights.export_hf import hf_model
 

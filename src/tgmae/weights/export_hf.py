@@ -16,12 +16,15 @@ centre crop, the run's mean/std: our single-view evaluation transform), so `Auto
 and `pipeline("video-classification", model=DIR)` work, and a model card `README.md`
 (`weights.model_card`). After writing, the directory is loaded back with `from_pretrained` and
 compared with our model on a random clip (HF input order [B, T, C, H, W]); the max abs difference
-is printed and must be <= 1e-4.
+is printed and must be <= 1e-4. All of it is written into a temp folder beside OUT_DIR (named as
+`tgmae.atomic` names temps) and then moved into place, its files with the mode `open()` gives: a
+failed export (a full disk, a mismatch) leaves OUT_DIR as it was.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -68,12 +71,12 @@ def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLik
     if out == ckpt or out in ckpt.parents:
         raise OutputFolderError(f"{out_dir}: holds the checkpoint {checkpoint} being exported; give the export "
                                 "a folder of its own")
-    if not out.is_dir():
-        return
-    run = [m for m in RUN_MARKERS if (out / m).exists()]
+    run = [m for m in RUN_MARKERS if out.is_dir() and (out / m).exists()]
     if run:
         raise OutputFolderError(f"{out_dir}: holds a run ({', '.join(run)}), which an export would overwrite; "
                                 "give the export a folder of its own")
+    if not out.is_dir():
+        return
     if not overwrite and any(out.iterdir()):
         raise OutputFolderError(f"{out_dir}: not empty; give the export a new folder, or --overwrite to "
                                 "replace the files an export writes there")
@@ -211,18 +214,32 @@ def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEP
 
 
 def _save(model: nn.Module, out: Path, arch: VideoMAEArch, mean, std) -> None:
-    """save_pretrained + the processor config into `out`; a write the disk or folder refuses is an
-    OutputError naming `out` (transformers' own errors name no file)."""
-    from tgmae.atomic import write_failure
+    """save_pretrained + the processor config into `out` (a write the disk or folder refuses is an
+    OutputError naming the export's folder: `export_hf`; transformers' own errors name no file)."""
+    model.save_pretrained(str(out))
+    write_processor_config(out, arch, mean, std)
 
-    try:
-        model.save_pretrained(str(out))
-        write_processor_config(out, arch, mean, std)
-    except Exception as e:
-        failure = write_failure(e, out)
-        if failure is None:
-            raise
-        raise failure from e
+
+# weight files of a transformers directory: those an earlier export left in an --overwrite'd
+# folder and this one did not write would be read with (or instead of) the new ones
+_WEIGHT_FILES = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """The finished export `work` becomes `out`: renamed when `out` is missing or empty, else
+    (--overwrite) its files replace theirs one by one and an earlier export's other weight files go."""
+    if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        os.replace(work, out)  # rename(2) replaces an empty folder
+        return
+    new = {p.relative_to(work) for p in work.rglob("*") if p.is_file()}
+    for pattern in _WEIGHT_FILES:
+        for old in out.glob(pattern):
+            if old.is_file() and old.relative_to(out) not in new:
+                old.unlink()
+    for rel in sorted(new):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / rel, out / rel)
 
 
 def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_heads: Optional[int]
@@ -270,37 +287,48 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     run = read_run(checkpoint)
     mean, std, stride = processor_settings(module.arch, run)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
+    from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
+
+    remove_stale_temps(out.parent)  # of exports killed before their move
+    work = temp_path(out)  # the export is written here, then moved into place: a failure leaves no partial OUT
     restore = quiet_transformers()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir()
         model = hf_model(module, names)
-        _save(model, out, module.arch, mean, std)
-        diff = compare_with_hf(module, out) if verify else None
+        _save(model, work, module.arch, mean, std)
+        diff = compare_with_hf(module, work) if verify else None
+        if diff is not None and diff > TOLERANCE:
+            raise ExportMismatchError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
+        hf_class = type(model).__name__
+        if diff is None:
+            check = "Not verified after writing (--no-verify)."
+        else:
+            what = {"pretraining": "prediction" + (" and loss" if hf_target_matches(module.arch) else
+                                                     " (HF's loss un-normalizes with ImageNet statistics, this run's "
+                                                     "raw-pixel target does not: the losses differ)"),
+                    "classifier": "logits", "encoder": "last_hidden_state"}[kind]
+            check = f"Reloaded with `from_pretrained`, its {what} matched ours on a random clip to {diff:.1e}."
+        card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
+                           mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
+                           version=__version__)
+        atomic_write_text(work / "README.md", card)
+        open_mode(work)  # safetensors (save_pretrained) makes 0600 files: the mode open() gives, as the others
+        _move_into_place(work, out)
+    except Exception as e:
+        failure = write_failure(e, out)  # before the clean-up: a full disk is told by its free space
+        if failure is None:
+            raise
+        raise failure from e
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         restore()
         if bars:
             hf_logging.enable_progress_bar()
-    if diff is not None and diff > TOLERANCE:
-        raise ExportMismatchError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
-    hf_class = type(model).__name__
-    if diff is None:
-        check = "Not verified after writing (--no-verify)."
-    else:
-        what = {"pretraining": "prediction" + (" and loss" if hf_target_matches(module.arch) else
-                                                 " (HF's loss un-normalizes with ImageNet statistics, this run's "
-                                                 "raw-pixel target does not: the losses differ)"),
-                "classifier": "logits", "encoder": "last_hidden_state"}[kind]
-        check = f"Reloaded with `from_pretrained`, its {what} matched ours on a random clip to {diff:.1e}."
-    card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
-                       mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
-                       version=__version__)
-    from tgmae.atomic import atomic_write_text
-
-    atomic_write_text(out / "README.md", card)
     return ExportResult(out, hf_class, diff)
 
 
