@@ -189,6 +189,28 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_retry_succeeds(pretrai
         p.name for p in out.iterdir()}
 
 
+def test_an_output_folder_inside_a_run_is_refused(pretrained, tmp_path, capsys):
+    """`export-hf RUN/model.safetensors RUN/checkpoints --overwrite` wrote HF files into the run's
+    checkpoints folder (breaking `RUN/checkpoints` resolution); RUN/figures was accepted too."""
+    _, path = pretrained
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    (step / "model.safetensors").write_bytes(path.read_bytes())
+    (step / "state.pt").write_bytes(b"state")
+    (run / "model.safetensors").write_bytes(path.read_bytes())
+    (run / "config.yaml").write_text("model: {}\n")
+    (run / "figures").mkdir()
+    for out in (run / "checkpoints", run / "figures", run / "figures" / "hf", step / "hf"):
+        assert main([str(run / "model.safetensors"), str(out), "--overwrite", "--no-verify"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tgmae export-hf: {out}: inside the run {run}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000002"]
+    assert list((run / "figures").iterdir()) == []
+    assert main([str(run / "model.safetensors"), str(tmp_path / "hf"), "--no-verify"]) == 0  # beside the run
+
+
 def test_classifier_with_foreign_fc_norm_eps_is_refused():
     from tgmae.weights.export_hf import hf_model
 

@@ -38,7 +38,7 @@ from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
-from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
+from tgmae.weights.files import LATEST, CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
@@ -61,10 +61,24 @@ RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safete
                "state.pt")
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` is a run folder (its config.yaml beside the run's checkpoints, metrics or
+    results; or a `checkpoints/latest`) or a run's step checkpoint (model.safetensors + state.pt)."""
+    if (folder / "checkpoints" / LATEST).is_file():
+        return True
+    if (folder / "state.pt").is_file() and (folder / "model.safetensors").is_file():
+        return True
+    return (folder / "config.yaml").is_file() and any(
+        (folder / m).exists() for m in ("checkpoints", "metrics.jsonl", "model.safetensors", "classifier.safetensors",
+                                        "probe_results.json"))
+
+
 def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse (`OutputFolderError`, naming the folder) an output folder that is the checkpoint, holds
     it or holds a run (`RUN_MARKERS`: `tgmae export-hf RUN RUN` wrote an encoder-only
-    model.safetensors over the run's model), or any other non-empty folder without `overwrite`."""
+    model.safetensors over the run's model), lies inside a run (`RUN/checkpoints`, `RUN/figures`:
+    HF files there break the run's layout; `holds_run`), or any other non-empty folder without
+    `overwrite`."""
     out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out_dir}: exists and is not a folder (give the export a new folder)")
@@ -75,6 +89,10 @@ def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLik
     if run:
         raise OutputFolderError(f"{out_dir}: holds a run ({', '.join(run)}), which an export would overwrite; "
                                 "give the export a folder of its own")
+    above = next((a for a in out.parents if holds_run(a)), None)
+    if above is not None:
+        raise OutputFolderError(f"{out_dir}: inside the run {above}, whose layout an export would break; "
+                                "give the export a folder outside the run")
     if not out.is_dir():
         return
     if not overwrite and any(out.iterdir()):
@@ -332,6 +350,6 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     return ExportResult(out, hf_class, diff)
 
 
-__all__ = ["export_hf", "check_output_folder", "OutputFolderError", "RUN_MARKERS",
+__all__ = ["export_hf", "check_output_folder", "holds_run", "OutputFolderError", "RUN_MARKERS",
            "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
            "write_processor_config", "ExportResult", "ExportMismatchError", "TOLERANCE"]
