@@ -178,3 +178,21 @@ def test_a_file_where_a_folder_should_be_is_an_output_error_naming_the_file(tmp_
         tmp_path.mkdir()  # a folder that exists: a bug of the caller, not a file in the way
     assert write_failure(raw.value) is None
     assert plain.read_text() == "x"
+
+
+def test_other_writers_errors_that_carry_a_write_errno_or_tell_a_full_disk(tmp_path, monkeypatch):
+    """safetensors' SafetensorError and torch.save's RuntimeError are not OSErrors: the OS error
+    code in safetensors' text, and torch's short write on a (nearly) full disk, still count."""
+    import tgmae.atomic as atomic
+
+    ro = RuntimeError("Error while serializing: I/O error: Read-only file system (os error 30)")
+    assert str(write_failure(ro, tmp_path / "x")) == f"{tmp_path / 'x'}: read-only file system; choose a folder you can write to"
+    debug = RuntimeError('IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    assert write_failure(debug, tmp_path / "x").errno == errno.ENOSPC
+    assert write_failure(RuntimeError("(os error 2)"), tmp_path / "x") is None  # not a refused write
+    torch_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 8 << 20)  # nearly full: torch's buffers are larger
+    assert write_failure(torch_short, tmp_path / "x").errno == errno.ENOSPC
+    assert write_failure(RuntimeError("bug"), tmp_path / "x") is None
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 1 << 30)
+    assert write_failure(torch_short, tmp_path / "x") is None

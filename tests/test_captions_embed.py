@@ -97,7 +97,10 @@ def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
     original = path.read_bytes()
 
     def dying_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
+        from pathlib import Path
+
+        # as safetensors' save_file does: a `.tmpXXXXXX` of its own beside the file, renamed at the end
+        with open(Path(filename).parent / ".tmpAb12Cd", "wb") as f:
             f.write(b"partial")
         raise KeyboardInterrupt  # killed mid-write
 
@@ -106,6 +109,7 @@ def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cache.save(path)
     assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.safetensors"]  # safetensors' temp is not left beside it
     monkeypatch.undo()
     assert len(EmbeddingCache.open(path, ident)) == 1
 
@@ -309,3 +313,23 @@ def test_word_encoder_keeps_the_words_apart(tmp_path):
     assert emb.shape == (3, 32) and torch.allclose(emb[0], emb[2]) and float(emb[0] @ emb[1]) < 0.999
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.convert_ids_to_tokens(tok("slides LEFT. upward")["input_ids"])[1:-1] == ["slides", "left", ".", "[UNK]"]
+
+
+def test_an_existing_folder_as_out_is_refused_not_called_an_unreadable_cache(tmp_path, clip_dir, capsys):
+    """`embed-captions --out EXISTING_FOLDER` said `unreadable embedding cache (No such device (os
+    error 19)); delete it to rebuild`: advice to delete the user's folder."""
+    from tgmae.cli import main as cli_main
+
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    assert cli_main(["embed-captions", "--captions", str(caps), "--clip", clip_dir, "--out", str(folder),
+                     "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} (--out) is a folder, not a file" in err and "delete" not in err and err.count("\n") == 1, err
+    with pytest.raises(EmbeddingCacheError, match="is a folder, not an embedding cache file") as e:
+        EmbeddingCache.open(folder, ModelIdentity.of(clip_dir))
+    assert "delete" not in str(e.value)
+    assert (folder / "keep.txt").read_text() == "mine"

@@ -202,6 +202,29 @@ def test_failed_and_killed_checkpoint_writes_leave_no_temp_folders(tmp_path, mon
     assert sorted(p.name for p in d.iterdir()) == ["latest", "step_00000002"]
 
 
+def test_a_checkpoint_that_fills_the_disk_is_a_full_disk_error_not_torchs_runtime_error(tmp_path, monkeypatch):
+    """A full disk during torch.save raised torch's `[enforce fail at inline_container.cc:672]
+    unexpected pos` RuntimeError: the free space was checked after the half checkpoint was removed."""
+    import tgmae.atomic as atomic
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    d = tmp_path / "ck"
+
+    def fill_the_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 48")
+
+    def free_bytes(path):  # the half checkpoint holds the disk's last bytes; its removal frees them
+        return 0 if any(p.name.endswith(".tmp") for p in d.iterdir()) else 64 << 20
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    monkeypatch.setattr(atomic, "_free_bytes", free_bytes)
+    with pytest.raises(atomic.OutputError, match=r"ck/step_00000001: no space left on device; free some space"):
+        ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(1, 0, 1), {})
+    assert list(d.iterdir()) == []  # and the half checkpoint is gone
+
+
 def test_training_reduces_loss_and_logs(tmp_path):
     cfg = toy_cfg(tmp_path, "train.epochs=4", "optim.lr=0.03")
     result = Trainer(ToyTask(cfg, dropout=0.0), cfg).fit()

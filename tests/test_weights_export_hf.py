@@ -147,6 +147,70 @@ def test_export_refuses_a_run_folder_and_a_non_empty_one_without_overwrite(pretr
     assert (other / "config.json").is_file() and (other / "notes.txt").read_text() == "mine"
 
 
+def test_exported_files_get_the_mode_open_gives(pretrained, tmp_path):
+    """model.safetensors came out 0600 (save_pretrained goes through safetensors), the others 0644."""
+    import os
+    import stat
+
+    _, path = pretrained
+    old = os.umask(0o027)
+    try:
+        export_hf(path, tmp_path / "hf", verify=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "hf").iterdir()}
+    assert set(modes.values()) == {"0o640"} and "model.safetensors" in modes, modes
+
+
+def test_a_failed_export_leaves_no_partial_folder_and_the_retry_succeeds(pretrained, tmp_path, monkeypatch, capsys):
+    """A full disk during export-hf left OUT with an empty config.json: the retry was refused
+    (`not empty; --overwrite`). The export is written beside OUT and moved into place."""
+    import errno
+
+    import tgmae.weights.export_hf as ex
+
+    _, path = pretrained
+    out = tmp_path / "hf"
+    real = ex.write_processor_config
+
+    def full_disk(folder, *args):
+        (folder / "preprocessor_config.json").write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_processor_config", full_disk)
+    assert main([str(path), str(out), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tgmae export-hf: {out}: no space left on device; free some space or write elsewhere\n", err
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor the temp folder
+    monkeypatch.setattr(ex, "write_processor_config", real)
+    assert main([str(path), str(out), "--no-verify"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in out.iterdir()}
+
+
+def test_an_output_folder_inside_a_run_is_refused(pretrained, tmp_path, capsys):
+    """`export-hf RUN/model.safetensors RUN/checkpoints --overwrite` wrote HF files into the run's
+    checkpoints folder (breaking `RUN/checkpoints` resolution); RUN/figures was accepted too."""
+    _, path = pretrained
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    (step / "model.safetensors").write_bytes(path.read_bytes())
+    (step / "state.pt").write_bytes(b"state")
+    (run / "model.safetensors").write_bytes(path.read_bytes())
+    (run / "config.yaml").write_text("model: {}\n")
+    (run / "figures").mkdir()
+    for out in (run / "checkpoints", run / "figures", run / "figures" / "hf", step / "hf"):
+        assert main([str(run / "model.safetensors"), str(out), "--overwrite", "--no-verify"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tgmae export-hf: {out}: inside the run {run}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000002"]
+    assert list((run / "figures").iterdir()) == []
+    assert main([str(run / "model.safetensors"), str(tmp_path / "hf"), "--no-verify"]) == 0  # beside the run
+
+
 def test_classifier_with_foreign_fc_norm_eps_is_refused():
     from tgmae.weights.export_hf import hf_model
 

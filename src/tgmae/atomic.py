@@ -46,15 +46,19 @@ class OutputError(OSError, UserError):
 
 def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) -> Optional[OutputError]:
     """An OutputError naming `path` (else the error's own file name) when `e` is a write the disk
-    or folder refused: an OSError with an errno of WRITE_ERRNOS, a folder that could not be made
-    for a file in its place (naming the file), or any error (torch / safetensors writers raise
-    RuntimeErrors) while `path`'s disk has under 1 MiB free. None otherwise."""
+    or folder refused: an OSError with an errno of WRITE_ERRNOS (or another writer's error whose
+    text carries such an OS error code: safetensors' `... (os error 30)`), a folder that could not
+    be made for a file in its place (naming the file), or any error (torch / safetensors writers
+    raise RuntimeErrors) while `path`'s disk has under 1 MiB free (16 MiB for torch.save's short
+    write, `[enforce fail at inline_container.cc] unexpected pos`). None otherwise. Call it before
+    removing what the failed write left: the check of free space must see the disk as it failed."""
     target = path if path is not None else getattr(e, "filename", None)
     if (blocked := _in_the_way(e, path)) is not None:
         return blocked
-    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-        code = e.errno
-    elif target is not None and _free_bytes(Path(target)) < LOW_SPACE:
+    code = _errno_of(e)
+    if code in WRITE_ERRNOS:
+        pass
+    elif target is not None and _free_bytes(Path(target)) < (TORCH_LOW_SPACE if _torch_write_error(e) else LOW_SPACE):
         code = errno.ENOSPC
     else:
         return None
@@ -62,6 +66,28 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
     hint = "free some space or write elsewhere" if full else "choose a folder you can write to"
     where = f"{target}: " if target is not None else ""
     return OutputError(code, f"{where}{os.strerror(code).lower()}; {hint}")
+
+
+# the errno inside another library's error text: Rust's io::Error as safetensors shows it
+# ("Read-only file system (os error 30)", or its Debug form "Os { code: 28, kind: StorageFull, ...")
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+# torch.save's zip writer (caffe2 inline_container.cc) when a write comes up short: a full disk
+_TORCH_WRITE_TEXT = re.compile(r"inline_container\.cc.*(unexpected pos|file write failed)|"
+                               r"PytorchStreamWriter failed writing", re.S)
+TORCH_LOW_SPACE = 16 << 20  # bytes free below which such a torch write failure is blamed on a full disk
+
+
+def _errno_of(e: BaseException) -> Optional[int]:
+    """An OSError's errno, or the OS error code another writer (safetensors) put in its message."""
+    if isinstance(e, OSError):
+        return e.errno
+    m = _OS_ERROR_TEXT.search(str(e))
+    return int(m[1] or m[2]) if m else None
+
+
+def _torch_write_error(e: BaseException) -> bool:
+    """Whether `e` is torch.save's RuntimeError for a write that came up short (it names no errno)."""
+    return isinstance(e, RuntimeError) and bool(_TORCH_WRITE_TEXT.search(str(e)))
 
 
 def file_in_the_way(path: str | os.PathLike) -> Optional[Path]:
@@ -190,17 +216,23 @@ def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = 
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
 
     fsync: flush the temp file to disk before the rename (files a crash must not lose).
+    own_folder: the temp path is `path`'s name inside a temp folder (named as a temp file), for
+    writers that make temp files of their own beside the file they write (safetensors' `save_file`:
+    `.tmpXXXXXX`): a killed write leaves only our temp folder, which `remove_stale_temps` removes.
     Creates `path`'s folder. On an exception the temp file is removed and the error propagates
     (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
     """
     path = Path(path)
-    tmp = temp_path(path)
+    folder = temp_path(path) if own_folder else None
+    tmp = folder / path.name if folder is not None else temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if folder is not None:
+            folder.mkdir()
         yield tmp
         if fsync:
             with open(tmp, "rb") as f:
@@ -217,6 +249,8 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_writable(path: str | os.PathLike) -> None:

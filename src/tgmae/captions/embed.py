@@ -31,7 +31,7 @@ from tgmae.hub import (
     weights_fingerprint,
 )
 from tgmae.errors import UserError
-from tgmae.locks import hold
+from tgmae.locks import check_kind, hold
 
 CACHE_FORMAT = "tgmae-text-embeddings/1"
 WRITE_WAIT_S = 1800.0  # how long a run waits for another process that is filling the same cache
@@ -109,6 +109,8 @@ class EmbeddingCache:
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir():  # safetensors: "No such device (os error 19)"; the advice to delete it would be wrong
+            raise EmbeddingCacheError(f"{path} is a folder, not an embedding cache file; give the cache a file name")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -211,7 +213,7 @@ class EmbeddingCache:
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
                 "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
         remove_stale_temps(path.parent)  # of saves killed before their rename
-        with atomic_path(path, fsync=True) as tmp:
+        with atomic_path(path, fsync=True, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
 
 
@@ -333,6 +335,9 @@ def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:
     return captions_file.with_name(f"{captions_file.stem}.{slug}-{digest}.emb.safetensors")
 
 
+CACHE_SETTING = "captions.embedding_cache (embed-captions --out)"  # what chose a cache path, in refusals
+
+
 def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, batch_size: int = 256,
                 device: str = "cpu", rebuild: bool = False, progress: bool = False) -> torch.Tensor:
     """[len(texts), D] embeddings of `texts`, computing only those not in the cache (then saved).
@@ -341,11 +346,12 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     writes a cache at a time: another one (a second run on the same captions, another DDP rank)
     waits up to `WRITE_WAIT_S` for it (`tgmae.locks`), then reads what it added.
     """
+    check_kind(cache_path, CACHE_SETTING, folder=False)  # a folder there is the user's: refused, never "delete it"
     identity = ModelIdentity.of(clip_model)
     cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
-    with hold(cache_path, "captions.embedding_cache (embed-captions --out)", wait=WRITE_WAIT_S, folder=False):
+    with hold(cache_path, CACHE_SETTING, wait=WRITE_WAIT_S, folder=False):
         cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)  # as the last writer left it
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():

@@ -11,6 +11,7 @@ from tgmae.captions import embed
 from tgmae.captions.embed import default_cache_path, embed_texts
 from tgmae.captions.store import read_store
 from tgmae.distributed import resolve_device
+from tgmae.locks import check_kind
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -29,6 +30,7 @@ def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     device = resolve_device(args.device, key="--device")  # ConfigError (exit 2) for a device this machine lacks
     out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
+    check_kind(out, "--out" if args.out else "the default cache file", folder=False)  # a folder: refused, not "delete it"
     records = read_store(args.captions).records
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,

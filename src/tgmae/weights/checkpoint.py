@@ -260,9 +260,10 @@ def save_checkpoint(
     try:
         _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
-        # a full disk: torch / safetensors raise RuntimeErrors naming no file
+        # a full disk: torch / safetensors raise RuntimeErrors naming no file, told by the free
+        # space, so decided while the half checkpoint still fills the disk (before its removal)
         failure = write_failure(e, directory / name) if isinstance(e, Exception) else None
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
         if failure is None:
             raise
         raise failure from e

@@ -82,13 +82,19 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                       metadata: Mapping[str, str]) -> Path:
-    """Write a state dict + string metadata as one safetensors file, atomically (temp, rename)."""
+    """Write a state dict + string metadata as one safetensors file, atomically: saved inside a
+    temp folder beside `path` (`atomic.atomic_path(own_folder=True)`), then renamed into place. safetensors' own
+    `save_file` writes a `.tmpXXXXXX` of its own in the folder it writes to; inside our temp folder
+    a killed write leaves nothing but that folder, which the next write here removes
+    (`remove_stale_temps`). The file gets the mode `open()` gives (safetensors makes 0600). A write
+    the disk or folder refuses (safetensors' errors carry the OS error in their text) is an
+    OutputError naming `path` (`atomic.write_failure`)."""
     from safetensors.torch import save_file
 
     p = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     remove_stale_temps(p.parent)  # of writes killed before their rename
-    with atomic_path(p) as tmp:
+    with atomic_path(p, own_folder=True) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata))
     return p
 

@@ -1,0 +1,90 @@
+"""`tgmae.weights.files.write_safetensors`: the one writer of our safetensors weights files."""
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tgmae.atomic import OutputError, temp_path
+from tgmae.weights.files import read_safetensors, write_safetensors
+
+
+def test_a_read_only_folder_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
+    """`tgmae convert X /ro/x.safetensors` showed safetensors' own error (not an OSError) as a
+    traceback: `SafetensorError: ... Read-only file system (os error 30)`."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def read_only(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: Read-only file system (os error 30)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", read_only)
+    target = tmp_path / "x.safetensors"
+    with pytest.raises(OutputError, match=rf"^{target}: read-only file system; choose a folder you can write to$"):
+        write_safetensors({"w": torch.zeros(2)}, target, {"format": "t"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_safetensors_is_an_output_error(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OutputError, match=r"x.safetensors: no space left on device; free some space") as e:
+        write_safetensors({"w": torch.zeros(2)}, tmp_path / "x.safetensors", {})
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_a_killed_write_leaves_nothing_the_next_write_does_not_remove(tmp_path):
+    """safetensors' save_file writes its own `.tmpXXXXXX` (0600) beside the file, then renames: a
+    kill -9 mid-write left it in the user's folder forever (1.2 GB). It now lives in our temp folder,
+    which the next write into the folder removes (its writer's pid has ended)."""
+    target = tmp_path / "model.safetensors"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        import safetensors.torch, torch
+        from tgmae.weights.files import write_safetensors
+
+        def killed(tensors, filename, metadata=None):  # as save_file does: its temp beside the file
+            (Path(filename).parent / ".tmpAb12Cd").write_bytes(b"x" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        safetensors.torch.save_file = killed
+        write_safetensors({{"w": torch.zeros(2)}}, {str(target)!r}, {{}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert target.name not in os.listdir(tmp_path) and len(os.listdir(tmp_path)) == 1  # the killed write's folder
+    write_safetensors({"w": torch.ones(2)}, target, {"format": "t"})
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+    state, meta = read_safetensors(target)
+    assert torch.equal(state["w"], torch.ones(2)) and meta == {"format": "t"}
+
+
+def test_a_stale_temp_folder_of_a_dead_writer_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine = temp_path(tmp_path / "model.safetensors")
+    killed = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    killed.mkdir()
+    (killed / ".tmpXyZ123").write_bytes(b"x" * 100)
+    write_safetensors({"w": torch.zeros(2)}, tmp_path / "other.safetensors", {})
+    assert os.listdir(tmp_path) == ["other.safetensors"]
+
+
+def test_the_file_gets_the_mode_open_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = write_safetensors({"w": torch.zeros(2)}, tmp_path / "a.safetensors", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
