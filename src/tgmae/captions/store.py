@@ -259,11 +259,16 @@ def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
     return {"source": obj.get("source"), "model": obj.get("model"), **(settings if isinstance(settings, dict) else {})}
 
 
-def _key_name(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
-    """How a refusal names a provenance key: an oracle store's `model` is its --template(s)."""
-    if key == "model" and "oracle" in (have.get("source"), want.get("source")):
-        return "template"
-    return key
+def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
+    """How a refusal names one differing provenance key, with the store's and this run's values:
+    an oracle's `model` is its --template(s), so `model` is named as what it is on each side
+    (`template '{}' (this run: model 'blip')`)."""
+    if key != "model":
+        return f"{key} {have[key]!r} (this run: {want[key]!r})"
+    name = lambda prov: "template" if prov.get("source") == "oracle" else "model"  # noqa: E731
+    if name(have) == name(want):
+        return f"{name(have)} {have[key]!r} (this run: {want[key]!r})"
+    return f"{name(have)} {have[key]!r} (this run: {name(want)} {want[key]!r})"
 
 
 def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -> None:
@@ -282,7 +287,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -
         diffs = [[k for k in want if k in have and have[k] != want[k]] for want in wants]
         if all(diffs):
             want, diff = min(zip(wants, diffs), key=lambda wd: len(wd[1]))
-            what = ", ".join(f"{_key_name(k, have, want)} {have[k]!r} (this run: {want[k]!r})" for k in diff)
+            what = ", ".join(_difference(k, have, want) for k in diff)
             raise CaptionStoreError(f"{path}:{n} holds captions made otherwise: {what}; give this run another "
                                     "--out, or pass --rebuild to replace the store")
 
