@@ -268,7 +268,7 @@ def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], un
     for k, parts in cols.items():
         dtype = np.float64 if k.endswith("_sec") else np.int64
         tensors[k] = torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
         save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable)})
 
 

@@ -110,7 +110,7 @@ def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, input
     from safetensors.torch import save_file
 
     remove_stale_temps(path.parent)  # of writes killed before their rename
-    with atomic_path(path) as tmp:
+    with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
                   metadata={"inputs": json.dumps(inputs, sort_keys=True)})
     return path

@@ -422,7 +422,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
     if init_distributed(cfg.train.device).is_main:  # every rank fits alike; one writes
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        with atomic_path(out / HEAD_FILE) as tmp:
+        with atomic_path(out / HEAD_FILE, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})
         write_results(cfg, out, train, val, final, final["top1"], None, l2=l2, cv_top1=cv,
                       cv_folds=cfg.eval.probe_folds if cv else None)
