@@ -107,7 +107,7 @@ def test_visualize_cli(synth, tmp_path, capsys):
     # a checkpoint outside any run: figures/ beside it (`-c`'s train.output_dir is not the run drawn)
     assert not (tmp_path / "run").exists()
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
-    assert "reconstruction.png" in figures and "reconstruction.gif" in figures
+    assert "recon_synth_00001.png" in figures and "recon_synth_00001.gif" in figures  # named by the clip drawn
     assert any(f.startswith("attention_") and f.endswith(".png") for f in figures)
     assert (tmp_path / "one" / f"attention_{video.stem}.gif").is_file()
     assert main(["nonsense"]) == 2
