@@ -109,7 +109,7 @@ def test_visualize_cli(synth, tmp_path, capsys):
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert "recon_synth_00001.png" in figures and "recon_synth_00001.gif" in figures  # named by the clip drawn
     assert any(f.startswith("attention_") and f.endswith(".png") for f in figures)
-    assert (tmp_path / "one" / f"attention_{video.stem}.gif").is_file()
+    assert (tmp_path / "one" / f"attention_videos%2F{video.stem}.gif").is_file()  # its id under data.root
     assert main(["nonsense"]) == 2
     assert "unknown figure" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:  # `masks` goes to tgmae.viz.masks with its own arguments
