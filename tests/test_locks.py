@@ -178,3 +178,27 @@ def test_a_full_disk_leaves_no_lock_file_and_names_the_path(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{tmp_path / target}: no space left on device" in err, err
     assert not list(tmp_path.glob(".*.lock")) and not list(tmp_path.rglob("*.lock"))
+
+
+def test_a_locked_run_folder_is_cleared_of_killed_writers_temps(tmp_path):
+    """A probe / k-NN / attentive run (`locks_run_folder`) removes what a killed writer left there,
+    e.g. the temp folder of a probe head written when the process was killed."""
+    import subprocess
+    import sys
+
+    from tgmae.atomic import temp_path
+    from tgmae.config import load_config
+    from tgmae.train.resume import locks_run_folder
+
+    out = tmp_path / "probe"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = temp_path(out / "probe_head.safetensors")
+    stale = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    stale.mkdir()
+    (stale / ".tmpAbCdEf").write_bytes(b"partial")
+    seen = []
+    run = locks_run_folder(lambda cfg: seen.append(sorted(p.name for p in out.iterdir())))
+    run(load_config(None, [f"train.output_dir={out}"]))
+    assert not stale.exists() and seen and all(not n.endswith(".tmp") for n in seen[0])

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, save_config, to_dict
 from tgmae.distributed import DistInfo, launch_env, rank_world
 from tgmae.locks import hold
@@ -110,10 +111,13 @@ def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
 
 
 def locks_run_folder(fn):
-    """Decorator: `fn(cfg, ...)` runs holding `cfg.train.output_dir`'s lock (`run_folder_lock`)."""
+    """Decorator: `fn(cfg, ...)` runs holding `cfg.train.output_dir`'s lock (`run_folder_lock`),
+    after removing the temp files that killed writers left in that folder (`remove_stale_temps`:
+    the folder is this run's alone once the lock is held)."""
     @functools.wraps(fn)
     def wrapped(cfg: RunConfig, *args, **kwargs):
         with run_folder_lock(cfg):
+            remove_stale_temps(cfg.train.output_dir)
             return fn(cfg, *args, **kwargs)
     return wrapped
 
