@@ -344,3 +344,21 @@ def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
         handler.close()
     lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "unreadable video" in l]
     assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines
+
+
+def test_an_empty_val_annotations_reads_the_test_list_beside_a_train_list_file(tmp_path):
+    """UCF101 with data.train_annotations = the trainlist file and no val annotations: the val set
+    is testlist01.txt of that folder, never the train list read again (a silent train-as-val)."""
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import build_dataset
+
+    folder = tmp_path / "ucfTrainTestlist"
+    folder.mkdir()
+    (folder / "classInd.txt").write_text("1 Animation\n2 Biking\n")
+    (folder / "trainlist01.txt").write_text("Animation/a.avi 1\nBiking/b.avi 2\n")
+    (folder / "testlist01.txt").write_text("Biking/c.avi\n")
+    cfg = DataConfig(format="ucf101", root=str(tmp_path), train_annotations="ucfTrainTestlist/trainlist01.txt",
+                     val_annotations="")
+    val = build_dataset(cfg, "val")
+    assert [r.video_id for r in val.records] == ["Biking/c"]
+    assert [r.video_id for r in build_dataset(cfg, "train").records] == ["Animation/a", "Biking/b"]

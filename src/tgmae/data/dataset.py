@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
@@ -371,8 +372,9 @@ def check_videos_known(records: Sequence[VideoRecord], captions: Optional[Captio
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,
                   multi_view: bool = False, **kwargs) -> Dataset:
     """Annotations named by `cfg` -> dataset. subset "train" reads `cfg.train_annotations`;
-    "val"/"test" read `cfg.val_annotations` (for split-folder formats an empty value reuses the
-    train folder with that subset). `train` defaults to subset == "train". Extra keyword arguments
+    "val"/"test" read `cfg.val_annotations` (for split-folder formats an empty value reads the
+    folder of the train annotations for that subset: testlistNN.txt beside trainlistNN.txt, never
+    the train list itself). `train` defaults to subset == "train". Extra keyword arguments
     go to the dataset class. The dataset's `class_names` attribute lists the classes."""
     is_train = subset == "train"
     ann = cfg.train_annotations if is_train else (cfg.val_annotations or (
@@ -380,6 +382,11 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
     if not ann:
         key = "train_annotations" if is_train else "val_annotations"
         raise ConfigError(f"no annotations for subset {subset!r}: set data.{key}")
+    if not is_train and not cfg.val_annotations:  # the train list's folder, read for this subset
+        from tgmae.data.formats import _resolve
+
+        given = _resolve(Path(cfg.root) if cfg.root else Path("."), ann)
+        ann = str(given.parent) if given.is_file() else ann  # not the train list file itself
     records, classes = load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset)
     if not records:
         raise AnnotationError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
