@@ -124,7 +124,7 @@ def resolve_num_classes(num_classes: Optional[int], names: Sequence[str], top_la
 
 def check_head_classes(train_data, tests: Sequence[tuple[object, str]], num_classes: Optional[int] = None,
                        configured: Optional[int] = None, key: str = "eval.num_classes",
-                       head: str = "the classes of data.train_annotations") -> int:
+                       head: str = "the training set (data.train_annotations)") -> int:
     """The set-up check of a head trained on `train_data` (finetune and the probes share it, so they
     refuse before extracting or training): its class count (`num_classes`, else `configured` =
     the config's `key` checked by `resolve_num_classes`, else the data's) and every test set of

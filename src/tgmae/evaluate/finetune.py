@@ -154,7 +154,7 @@ class FinetuneTask:
         return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
                                    precision=resolve_precision(self.cfg.train.precision, device),
                                    num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict,
-                                   head_names=self.class_names, head="the classes of data.train_annotations",
+                                   head_names=self.class_names, head="the training set (data.train_annotations)",
                                    data=self.cfg.data.val_annotations or "the test set")
 
     def check_classes(self, *datasets: Optional[Dataset]) -> None:

@@ -326,7 +326,7 @@ def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val
     val_names = list(getattr(val_data, "class_names", None) or [])
     k_train = max(len(train_names), int(train.labels.max()) + 1 if len(train) else 0)
     classes = align_classes(train_names, k_train, val_names, data_class_count(val_data, labels),
-                            "the classes of data.train_annotations", where)
+                            "the training set (data.train_annotations)", where)
     if classes.order is None:
         return labels
     return classes.order[labels.long()] if len(labels) else labels
