@@ -354,3 +354,5 @@ def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("tgmae pretrain: no video long enough in 4 tries: a clip needs"), err
     assert "data.num_frames=16" in err[-1] and not any("Traceback" in line for line in err)
+    last = err[-1].split("; last: ")[1].split(" | ")
+    assert len(last) == len(set(last))  # each reason once

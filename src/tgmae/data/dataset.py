@@ -155,7 +155,7 @@ class _RobustBase(Dataset):
             raise VideoLoadError(
                 f"no video long enough in {self.cfg.max_load_retries + 1} tries: a clip needs {self.min_frames} "
                 f"frames (data.num_frames={self.cfg.num_frames}); lower data.num_frames or check the videos "
-                "(`tgmae data check --min-frames N`); last: " + " | ".join(reasons[-2:]))
+                "(`tgmae data check --min-frames N`); last: " + " | ".join(dict.fromkeys(reasons[-2:])))  # once each
         raise VideoLoadError(
             f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
             f"(data.max_load_retries); last errors: " + " | ".join(reasons[-3:]))
