@@ -183,6 +183,24 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
     assert len({_outside_id(p) for p in outside}) == 2 and not list(out.glob(".recon-*"))
 
 
+def test_a_full_disk_names_the_recon_figure_and_leaves_no_empty_folder(tmp_path, clip_file, monkeypatch, capsys):
+    import errno
+
+    import tgmae.train.pretrain as pretrain
+
+    run = _run(tmp_path)
+
+    def full(model, samples, cfg, folder, index=0):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "reconstruction.png"))
+
+    monkeypatch.setattr(pretrain, "write_pretrain_figures", full)
+    out = tmp_path / "figs"
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left" in err[0] and f"{out}/recon_" in err[0] and ".recon-" not in err[0]
+    assert not out.exists()
+
+
 def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
     """`visualize recon RUN` without -c said `no annotations for subset 'val': set
     data.val_annotations` though RUN/config.yaml names data.root / format / val_annotations."""

@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from tgmae.atomic import write_failure
+
 log = logging.getLogger("tgmae")
 
 
@@ -236,15 +238,23 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
     sample = _sample(dataset, index, video, subset)
     folder, name = figures_folder(checkpoint, out), "recon_" + figure_id(cfg, sample, video, index)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    # drawn under the fixed names of a pretraining run's figures, in a folder of its own, then named
-    with tempfile.TemporaryDirectory(prefix=".recon-", dir=folder) as tmp:
-        drawn = write_pretrain_figures(model, [sample], cfg, Path(tmp), index=0)
-        figures = {}
-        for key, path in drawn.items():
-            if key.startswith("reconstruction"):
-                figures[key] = folder / f"{name}{path.suffix}"
-                os.replace(path, figures[key])
+    try:  # drawn under the fixed names of a pretraining run's figures, in a folder of its own, then named
+        with tempfile.TemporaryDirectory(prefix=".recon-", dir=folder) as tmp:
+            drawn = write_pretrain_figures(model, [sample], cfg, Path(tmp), index=0)
+            figures = {}
+            for key, path in drawn.items():
+                if key.startswith("reconstruction"):
+                    figures[key] = folder / f"{name}{path.suffix}"
+                    os.replace(path, figures[key])
+    except Exception as e:  # a full disk names the figure, not the drawing folder; no empty folder is left
+        fail = write_failure(e, folder / f"{name}.png")
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        if fail is not None:
+            raise fail from e
+        raise
     return figures
 
 
