@@ -362,3 +362,23 @@ def test_an_empty_val_annotations_reads_the_test_list_beside_a_train_list_file(t
     val = build_dataset(cfg, "val")
     assert [r.video_id for r in val.records] == ["Biking/c"]
     assert [r.video_id for r in build_dataset(cfg, "train").records] == ["Animation/a", "Biking/b"]
+
+
+def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
+    """trainlist01.txt with data.split=2 would pair split 1's train list with split 2's test list
+    (videos in both): refused naming data.split."""
+    from tgmae.config import ConfigError, DataConfig
+    from tgmae.data.dataset import build_dataset, subset_annotations
+
+    folder = tmp_path / "ucfTrainTestlist"
+    folder.mkdir()
+    (folder / "classInd.txt").write_text("1 Animation\n2 Biking\n")
+    (folder / "trainlist01.txt").write_text("Animation/a.avi 1\nBiking/b.avi 2\n")
+    (folder / "testlist02.txt").write_text("Animation/a.avi\n")
+    cfg = DataConfig(format="ucf101", root=str(tmp_path), train_annotations="ucfTrainTestlist/trainlist01.txt",
+                     val_annotations="", split=2)
+    with pytest.raises(ConfigError, match=r"data.split=2: .*trainlist01.txt"):
+        build_dataset(cfg, "val")
+    assert subset_annotations(cfg, "train") == "ucfTrainTestlist/trainlist01.txt"
+    csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="")
+    assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside

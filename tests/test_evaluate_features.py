@@ -26,3 +26,41 @@ def test_a_killed_cache_write_leaves_no_temp_of_safetensors_beside_the_cache(tmp
     monkeypatch.undo()
     write_cached(path, torch.ones(2, 3), torch.zeros(2, dtype=torch.int64), {"k": 1})
     assert [p.name for p in path.parent.iterdir()] == ["train-abc.safetensors"]
+
+
+def test_a_cache_hit_clears_killed_writers_temps_beside_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tgmae.atomic import temp_path
+    from tgmae.evaluate.features import read_cached
+
+    path = tmp_path / "features" / "train-abc.safetensors"
+    write_cached(path, torch.ones(2, 3), torch.zeros(2, dtype=torch.int64), {"k": 1})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = temp_path(path.parent / "val-def.safetensors")
+    stale = mine.with_name(mine.name.replace(f"-{__import__('os').getpid()}-", f"-{dead.pid}-"))
+    stale.mkdir()
+    (stale / ".tmpAbCdEf").write_bytes(b"partial")
+    assert read_cached(path) is not None
+    assert [p.name for p in path.parent.iterdir()] == ["train-abc.safetensors"]
+
+
+def test_val_features_beside_a_train_list_are_keyed_by_the_test_list_read(tmp_path):
+    """UCF101 with only data.train_annotations (a trainlist file): the val features come from the
+    folder's test list, and a change to that list is another cache key (never a stale hit)."""
+    from tgmae.config import DataConfig
+    from tgmae.evaluate.features import feature_cache_key
+
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "classInd.txt").write_text("1 A\n")
+    (folder / "trainlist01.txt").write_text("A/a.avi 1\n")
+    (folder / "testlist01.txt").write_text("A/b.avi\n")
+    cfg = DataConfig(format="ucf101", root=str(tmp_path), train_annotations="lists/trainlist01.txt", val_annotations="")
+    key, inputs = feature_cache_key("enc", cfg, "val")
+    assert inputs["data"]["annotations"] == str(folder)
+    (folder / "testlist01.txt").write_text("A/c.avi\n")
+    assert feature_cache_key("enc", cfg, "val")[0] != key
+    assert feature_cache_key("enc", cfg, "train")[1]["data"]["annotations"] == "lists/trainlist01.txt"

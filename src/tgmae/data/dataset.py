@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 
@@ -369,6 +370,32 @@ def check_videos_known(records: Sequence[VideoRecord], captions: Optional[Captio
             check(ids)
 
 
+SPLIT_FOLDER_FORMATS = ("ssv2", "ucf101", "hmdb51", "diving48")  # train and test lists side by side
+
+
+def subset_annotations(cfg: DataConfig, subset: str) -> str:
+    """The annotations a subset reads ("" = none): "train" `cfg.train_annotations`; "val"/"test"
+    `cfg.val_annotations`, or for a split-folder format (`SPLIT_FOLDER_FORMATS`) with that empty,
+    the folder of the train annotations, read for the subset (testlistNN.txt beside
+    trainlistNN.txt; never the train list file itself). ConfigError when a UCF101 train list file's
+    split number is not `data.split` (its test list would be another split's)."""
+    if subset == "train":
+        return cfg.train_annotations
+    if cfg.val_annotations or cfg.format not in SPLIT_FOLDER_FORMATS or not cfg.train_annotations:
+        return cfg.val_annotations
+    from tgmae.data.formats import _resolve
+
+    given = _resolve(Path(cfg.root) if cfg.root else Path("."), cfg.train_annotations)
+    if not given.is_file():
+        return cfg.train_annotations
+    numbered = re.fullmatch(r"trainlist(\d+)\.txt", given.name)
+    if cfg.format == "ucf101" and numbered and int(numbered.group(1)) != cfg.split:
+        raise ConfigError(f"data.split={cfg.split}: data.train_annotations names {given.name} (split "
+                          f"{int(numbered.group(1))}), so the test list would be another split's; set "
+                          "data.split to match, or data.val_annotations")
+    return str(given.parent)
+
+
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,
                   multi_view: bool = False, **kwargs) -> Dataset:
     """Annotations named by `cfg` -> dataset. subset "train" reads `cfg.train_annotations`;
@@ -377,16 +404,10 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
     the train list itself). `train` defaults to subset == "train". Extra keyword arguments
     go to the dataset class. The dataset's `class_names` attribute lists the classes."""
     is_train = subset == "train"
-    ann = cfg.train_annotations if is_train else (cfg.val_annotations or (
-        cfg.train_annotations if cfg.format in ("ssv2", "ucf101", "hmdb51", "diving48") else ""))
+    ann = subset_annotations(cfg, subset)
     if not ann:
         key = "train_annotations" if is_train else "val_annotations"
         raise ConfigError(f"no annotations for subset {subset!r}: set data.{key}")
-    if not is_train and not cfg.val_annotations:  # the train list's folder, read for this subset
-        from tgmae.data.formats import _resolve
-
-        given = _resolve(Path(cfg.root) if cfg.root else Path("."), ann)
-        ann = str(given.parent) if given.is_file() else ann  # not the train list file itself
     records, classes = load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset)
     if not records:
         raise AnnotationError(f"{ann}: no {subset} records (format {cfg.format}, split {cfg.split})")
@@ -398,5 +419,5 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
     return ds
 
 
-__all__ = ["VideoDataset", "MultiViewDataset", "VideoLoadError", "CaptionProvider", "sample_generator",
+__all__ = ["VideoDataset", "MultiViewDataset", "subset_annotations", "SPLIT_FOLDER_FORMATS", "VideoLoadError", "CaptionProvider", "sample_generator",
            "build_dataset", "keep_freed_memory", "loader_worker_init", "check_videos_known"]

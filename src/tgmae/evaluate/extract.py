@@ -59,6 +59,7 @@ from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
 from tgmae.locks import check_kind, hold, shard_target
 from tgmae.train.precision import autocast
+from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -461,7 +462,7 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
 
     videos, seen = [], set()
     for subset in subsets:
-        ann = data_cfg.train_annotations if subset == "train" else data_cfg.val_annotations
+        ann = subset_annotations(data_cfg, "train" if subset == "train" else "val")
         if not ann:
             raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations")
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)

@@ -26,6 +26,7 @@ from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.distributed import rank_world
 from tgmae.evaluate.sharded import all_gather_objects, default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
+from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -62,12 +63,18 @@ def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 
 
 
 def _file_fingerprint(path: str, root: str) -> str:
-    """sha256 of an annotation file (found from the working directory or under root), else its path."""
+    """sha256 of an annotation file (found from the working directory or under root), or of the files
+    of an annotation folder, else its path."""
     p = Path(path)
     if not p.exists() and root:
         p = Path(root) / path
     if p.is_file():
         return hashlib.sha256(p.read_bytes()).hexdigest()
+    if p.is_dir():  # a split folder read for a subset: every list in it
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.iterdir() if q.is_file()):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()
     return str(p.resolve()) if str(path) else ""
 
 
@@ -77,7 +84,7 @@ def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: 
     pooling: POOLING, or "tokens" (the whole token grid); views: "TxS" for multi-view samples
     ("" = the centre clip; only then is the key the linear probe's)."""
     d = data_cfg
-    ann = d.train_annotations if subset == "train" else d.val_annotations
+    ann = subset_annotations(d, "train" if subset == "train" else "val")
     extra = {"views": views} if views else {}
     inputs = {
         "version": CACHE_VERSION, "pooling": pooling, **extra, "encoder": encoder_digest, "subset": subset,
@@ -91,9 +98,11 @@ def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: 
 
 
 def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
-    """The cached tensors, or None when the file is missing or unreadable (then recomputed)."""
+    """The cached tensors, or None when the file is missing or unreadable (then recomputed). Temps of
+    killed writers in its folder are removed first (a cache hit writes nothing, so nothing else would)."""
     from safetensors.torch import load_file
 
+    remove_stale_temps(path.parent)
     if not path.is_file():
         return None
     try:

@@ -31,6 +31,7 @@ from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.train.resume import locks_run_folder
+from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -79,7 +80,7 @@ class FinetuneTask:
         return self._train
 
     def val_dataset(self) -> Optional[Dataset]:
-        if self._val is None and self.cfg.data.val_annotations:
+        if self._val is None and subset_annotations(self.cfg.data, "val"):
             from tgmae.data.dataset import build_dataset
 
             self._val = build_dataset(self.cfg.data, "val", train=False, seed=self.cfg.train.seed)
@@ -205,7 +206,7 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
     """
     task = FinetuneTask(cfg, train_data, val_data, num_classes)
-    if test_data is None and cfg.data.val_annotations:
+    if test_data is None and subset_annotations(cfg.data, "val"):
         from tgmae.data.dataset import build_dataset
 
         test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)

@@ -26,6 +26,7 @@ from tgmae.config import ConfigError, RunConfig, save_config
 from tgmae.evaluate.knn import KnnResult, knn_classify, knn_scores
 from tgmae.evaluate.metrics import topk_text
 from tgmae.train.resume import locks_run_folder
+from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -51,7 +52,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
                                       write_val_predictions)
 
     ks, temperature = list(cfg.eval.knn_k), cfg.eval.knn_temperature
-    if val_data is None and not cfg.data.val_annotations:
+    if val_data is None and not subset_annotations(cfg.data, "val"):
         raise ConfigError("eval.probe=knn scores the val videos: set data.val_annotations")
     out = Path(cfg.train.output_dir)
     refuse_other_run(out)

@@ -53,6 +53,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.resume import locks_run_folder
+from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -255,7 +256,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         from tgmae.data.dataset import build_dataset
 
         train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
-    if val_data is None and cfg.data.val_annotations:
+    if val_data is None and subset_annotations(cfg.data, "val"):
         from tgmae.data.dataset import build_dataset
 
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
