@@ -60,9 +60,10 @@ def test_knn_probe_matches_a_plain_reference_for_every_k(checkpoint, tmp_path):
 
 def test_knn_probe_refuses_a_k_above_the_training_features(checkpoint, tmp_path):
     cfg = probe_cfg(tmp_path, checkpoint, "eval.probe=knn", "eval.knn_k=[5,25]")
-    with pytest.raises(ConfigError, match=r"eval.knn_k=\[5, 25\]: k=25 exceeds the 24 training features"):
+    with pytest.raises(ConfigError, match=r"eval.knn_k=\[5, 25\]: k=25 exceeds the 24 training videos"):
         run_probe(cfg, train_data=Clips(24), val_data=Clips(6, seed=1), num_classes=3)
     assert not (tmp_path / "probe" / "probe_results.json").exists()
+    assert not (tmp_path / "probe" / "features").exists()  # refused before extracting
 
 
 def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa: F811

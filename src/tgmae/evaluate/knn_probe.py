@@ -57,6 +57,14 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     out = Path(cfg.train.output_dir)
     refuse_other_run(out)
     refuse_other_probe(cfg)
+    if train_data is None:  # refused before any feature is extracted: the list's length bounds the features
+        from tgmae.data.dataset import build_dataset
+
+        listed = len(build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed))
+    else:
+        listed = len(train_data)
+    if max(ks) > listed:
+        raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {listed} training videos")
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes)
     if max(ks) > len(train):
         raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features")
