@@ -346,21 +346,27 @@ def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
     assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines
 
 
-def test_an_empty_val_annotations_reads_the_test_list_beside_a_train_list_file(tmp_path):
-    """UCF101 with data.train_annotations = the trainlist file and no val annotations: the val set
-    is testlist01.txt of that folder, never the train list read again (a silent train-as-val)."""
+def _ucf_lists(root, test_list: str, test_rows: str, split: int = 1):
+    """A UCF101 list folder under root (classes Animation, Biking; trainlist01 of a.avi, b.avi) and
+    its DataConfig naming the train list file, with no val annotations."""
     from tgmae.config import DataConfig
-    from tgmae.data.dataset import build_dataset
 
-    folder = tmp_path / "ucfTrainTestlist"
+    folder = root / "ucfTrainTestlist"
     folder.mkdir()
     (folder / "classInd.txt").write_text("1 Animation\n2 Biking\n")
     (folder / "trainlist01.txt").write_text("Animation/a.avi 1\nBiking/b.avi 2\n")
-    (folder / "testlist01.txt").write_text("Biking/c.avi\n")
-    cfg = DataConfig(format="ucf101", root=str(tmp_path), train_annotations="ucfTrainTestlist/trainlist01.txt",
-                     val_annotations="")
-    val = build_dataset(cfg, "val")
-    assert [r.video_id for r in val.records] == ["Biking/c"]
+    (folder / test_list).write_text(test_rows)
+    return DataConfig(format="ucf101", root=str(root), train_annotations="ucfTrainTestlist/trainlist01.txt",
+                      val_annotations="", split=split)
+
+
+def test_an_empty_val_annotations_reads_the_test_list_beside_a_train_list_file(tmp_path):
+    """UCF101 with data.train_annotations = the trainlist file and no val annotations: the val set
+    is testlist01.txt of that folder, never the train list read again (a silent train-as-val)."""
+    from tgmae.data.dataset import build_dataset
+
+    cfg = _ucf_lists(tmp_path, "testlist01.txt", "Biking/c.avi\n")
+    assert [r.video_id for r in build_dataset(cfg, "val").records] == ["Biking/c"]
     assert [r.video_id for r in build_dataset(cfg, "train").records] == ["Animation/a", "Biking/b"]
 
 
@@ -370,13 +376,7 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     from tgmae.config import ConfigError, DataConfig
     from tgmae.data.dataset import build_dataset, subset_annotations
 
-    folder = tmp_path / "ucfTrainTestlist"
-    folder.mkdir()
-    (folder / "classInd.txt").write_text("1 Animation\n2 Biking\n")
-    (folder / "trainlist01.txt").write_text("Animation/a.avi 1\nBiking/b.avi 2\n")
-    (folder / "testlist02.txt").write_text("Animation/a.avi\n")
-    cfg = DataConfig(format="ucf101", root=str(tmp_path), train_annotations="ucfTrainTestlist/trainlist01.txt",
-                     val_annotations="", split=2)
+    cfg = _ucf_lists(tmp_path, "testlist02.txt", "Animation/a.avi\n", split=2)
     with pytest.raises(ConfigError, match=r"data.split=2: .*trainlist01.txt"):
         build_dataset(cfg, "val")
     assert subset_annotations(cfg, "train") == "ucfTrainTestlist/trainlist01.txt"
