@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -379,6 +380,8 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     cfg = _ucf_lists(tmp_path, "testlist02.txt", "Animation/a.avi\n", split=2)
     with pytest.raises(ConfigError, match=r"data.split=2: .*trainlist01.txt"):
         build_dataset(cfg, "val")
+    with pytest.raises(ConfigError, match=r"data.split=2: .*trainlist01.txt"):  # the folder named as val
+        build_dataset(dataclasses.replace(cfg, val_annotations="ucfTrainTestlist"), "val")
     assert subset_annotations(cfg, "train") == "ucfTrainTestlist/trainlist01.txt"
     csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="")
     assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside

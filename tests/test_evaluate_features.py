@@ -64,3 +64,22 @@ def test_val_features_beside_a_train_list_are_keyed_by_the_test_list_read(tmp_pa
     (folder / "testlist01.txt").write_text("A/c.avi\n")
     assert feature_cache_key("enc", cfg, "val")[0] != key
     assert feature_cache_key("enc", cfg, "train")[1]["data"]["annotations"] == "lists/trainlist01.txt"
+
+
+def test_another_file_at_a_video_path_is_another_feature_cache_key(tmp_path):
+    """Features belong to the files they were computed from: a video replaced in place (same path,
+    other bytes) must not hit the old cache (re-trial: a probe reused stale features)."""
+    import os
+
+    from tgmae.config import DataConfig
+    from tgmae.evaluate.features import feature_cache_key
+
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,0\n")
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"one")
+    cfg = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv")
+    key = feature_cache_key("enc", cfg, "train", videos=[str(video)])[0]
+    assert feature_cache_key("enc", cfg, "train", videos=[str(video)])[0] == key
+    video.write_bytes(b"other")
+    os.utime(video, ns=(1, 1))
+    assert feature_cache_key("enc", cfg, "train", videos=[str(video)])[0] != key

@@ -459,7 +459,7 @@ def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsy
     base = ["probe", f"data.root={synth}", "data.format=csv", "data.train_annotations=train.csv",
             "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
             "data.num_workers=0", "model.patch_size=8", f"model.pretrained={pt}", "train.precision=fp32",
-            "log.progress=false", "log.tensorboard=false", f"eval.probe={probe}"]
+            "log.progress=false", "log.tensorboard=false", f"eval.probe={probe}", "eval.knn_k=[1]"]
     for override, named in [("eval.num_classes=2", "eval.num_classes=2"),
                             (f"data.val_annotations={other / 'other.csv'}", "zebra")]:
         run = tmp_path / f"run-{override.split('=')[0]}"

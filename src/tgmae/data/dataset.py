@@ -378,22 +378,25 @@ def subset_annotations(cfg: DataConfig, subset: str) -> str:
     `cfg.val_annotations`, or for a split-folder format (`SPLIT_FOLDER_FORMATS`) with that empty,
     the folder of the train annotations, read for the subset (testlistNN.txt beside
     trainlistNN.txt; never the train list file itself). ConfigError when a UCF101 train list file's
-    split number is not `data.split` (its test list would be another split's)."""
+    split number is not `data.split` and the test list comes from a folder (it would be another
+    split's)."""
     if subset == "train":
         return cfg.train_annotations
-    if cfg.val_annotations or cfg.format not in SPLIT_FOLDER_FORMATS or not cfg.train_annotations:
+    if cfg.format not in SPLIT_FOLDER_FORMATS or not cfg.train_annotations:
         return cfg.val_annotations
     from tgmae.data.formats import _resolve
 
-    given = _resolve(Path(cfg.root) if cfg.root else Path("."), cfg.train_annotations)
-    if not given.is_file():
-        return cfg.train_annotations
+    root = Path(cfg.root) if cfg.root else Path(".")
+    given = _resolve(root, cfg.train_annotations)
     numbered = re.fullmatch(r"trainlist(\d+)\.txt", given.name)
-    if cfg.format == "ucf101" and numbered and int(numbered.group(1)) != cfg.split:
+    val_is_folder = not cfg.val_annotations or _resolve(root, cfg.val_annotations).is_dir()
+    if cfg.format == "ucf101" and numbered and int(numbered.group(1)) != cfg.split and val_is_folder:
         raise ConfigError(f"data.split={cfg.split}: data.train_annotations names {given.name} (split "
                           f"{int(numbered.group(1))}), so the test list would be another split's; set "
                           "data.split to match, or data.val_annotations")
-    return str(given.parent)
+    if cfg.val_annotations:
+        return cfg.val_annotations
+    return str(given.parent) if given.is_file() else cfg.train_annotations
 
 
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -78,11 +79,26 @@ def _file_fingerprint(path: str, root: str) -> str:
     return str(p.resolve()) if str(path) else ""
 
 
+def videos_fingerprint(paths: Sequence[str]) -> str:
+    """sha256 over each video's path, size and modification time (ns): another file at a path (a
+    re-encode, a replaced copy) is another fingerprint. A missing file counts as (path, -1, -1)."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        h.update(f"{p}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
+
+
 def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: str = POOLING,
-                      views: str = "") -> tuple[str, dict]:
+                      views: str = "", videos: Sequence[str] = ()) -> tuple[str, dict]:
     """(key, inputs): the cache key of one subset's features and what it was computed from.
     pooling: POOLING, or "tokens" (the whole token grid); views: "TxS" for multi-view samples
-    ("" = the centre clip; only then is the key the linear probe's)."""
+    ("" = the centre clip; only then is the key the linear probe's); videos: the subset's video
+    paths, whose files are part of the key (`videos_fingerprint`)."""
     d = data_cfg
     ann = subset_annotations(d, "train" if subset == "train" else "val")
     extra = {"views": views} if views else {}
@@ -91,7 +107,8 @@ def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: 
         "data": {"format": d.format, "root": str(Path(d.root).resolve()) if d.root else "",
                  "annotations": ann, "annotations_sha256": _file_fingerprint(ann, d.root), "split": d.split,
                  "num_frames": d.num_frames, "frame_stride": d.frame_stride, "sampling": d.sampling,
-                 "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std)},
+                 "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std),
+                 **({"videos_sha256": videos_fingerprint(videos)} if videos else {})},
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
     return key, inputs

@@ -269,7 +269,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         views = views_per_sample(data)
         view_tag = f"{data.num_temporal}x{data.num_spatial}" if views > 1 else ""
         if from_cfg[subset]:
-            key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag)
+            key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag,
+                                            videos=[r.path for r in getattr(data, "records", [])])
             path: Optional[Path] = root / f"{subset}-{key}.safetensors"
         elif cache_dir is not None:
             inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": cfg.data.num_frames,
