@@ -97,6 +97,11 @@ def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa
     assert main(base + [f"train.output_dir={tmp_path / 'knn2'}", "eval.probe=knn", "eval.knn_k=[1,999]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgmae probe: config error: eval.knn_k=[1, 999]: k=999 exceeds") and "\n" not in err
+    knn = base + [f"train.output_dir={tmp_path / 'knn'}", "eval.probe=knn", "eval.knn_k=[1,2]"]
+    assert main(knn + ["data.val_annotations=train.csv"]) == 2  # other videos: its results are not replaced
+    err = capsys.readouterr().err.strip()
+    assert "data.val_annotations: 'val.csv' -> 'train.csv'" in err and "\n" not in err
+    assert main(knn) == 0  # the same inputs again: fine
 
 
 def test_knn_probe_refuses_a_folder_holding_a_linear_probe(checkpoint, tmp_path):

@@ -469,13 +469,38 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     now_probe = cfg.eval.probe
     now = cfg.eval.probe_optimizer if now_probe == "linear" else None
     have, want = _probe_kind(stored_probe, stored), _probe_kind(now_probe, now)
-    if have in (None, want) or cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
+    if cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
+        return
+    if have == want and results.is_file():
+        _refuse_other_inputs(cfg, out)
+    if have in (None, want):
         return
     what = (f"eval.probe: {stored_probe!r} -> {now_probe!r}" if stored_probe != now_probe
             else f"eval.probe_optimizer: {stored!r} -> {now!r}")
     raise ckpt.CheckpointError(
         f"train.output_dir={str(out)!r} holds a probe made with other settings ({what}): start a new run "
         f"with another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
+
+
+def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
+    """CheckpointError when a finished probe's config.yaml names other data or another encoder
+    (`data.*` keys that matter, `tgmae.weights.checkpoint.config_differences`, and
+    `model.pretrained`; the rest of `model` is filled from the checkpoint): its results would be
+    replaced by those of other videos without a word."""
+    import yaml
+
+    from tgmae.config import to_dict
+
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    diffs = [d for d in ckpt.config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg),
+                                                to_dict(RunConfig())) if d[0].startswith("data.") or d[0] == "model.pretrained"]
+    if diffs:
+        what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+        raise ckpt.CheckpointError(
+            f"train.output_dir={str(out)!r} holds a probe of other inputs ({what}): start a new run with "
+            f"another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
 def refuse_other_run(out: Path) -> None:
