@@ -222,7 +222,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
     fsync: flush the temp file to disk before the rename (files a crash must not lose).
     own_folder: the temp path is `path`'s name inside a temp folder (named as a temp file), for
     writers that make temp files of their own beside the file they write (safetensors' `save_file`:
-    `.tmpXXXXXX`): a killed write leaves only our temp folder, which `remove_stale_temps` removes.
+    `.tmp<6 random characters>`): a killed write leaves only our temp folder, which `remove_stale_temps` removes.
     Creates `path`'s folder. On an exception the temp file is removed and the error propagates
     (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
     """

@@ -84,7 +84,7 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
                       metadata: Mapping[str, str]) -> Path:
     """Write a state dict + string metadata as one safetensors file, atomically: saved inside a
     temp folder beside `path` (`atomic.atomic_path(own_folder=True)`), then renamed into place. safetensors' own
-    `save_file` writes a `.tmpXXXXXX` of its own in the folder it writes to; inside our temp folder
+    `save_file` writes a `.tmp<6 random characters>` of its own in the folder it writes to; inside our temp folder
     a killed write leaves nothing but that folder, which the next write here removes
     (`remove_stale_temps`). The file gets the mode `open()` gives (safetensors makes 0600). A write
     the disk or folder refuses (safetensors' errors carry the OS error in their text) is an
