@@ -1,5 +1,6 @@
 """V-JEPA attentive probe: forward against the equations, schedule, and a task only it can learn."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,8 @@ from torch.utils.data import DataLoader
 
 import torch.nn.functional as F
 
-from tgmae.evaluate.attentive import AttentiveClassifier, TokenDataset, cached_tokens, encoder_tokens, predict_attentive
+from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, TokenDataset, cached_tokens, encoder_tokens,
+                                      ensemble_loss, predict_attentive)
 from tgmae.evaluate.logistic import fit_logistic
 from tgmae.train.optim import param_groups
 
@@ -172,3 +174,30 @@ def test_init_draws_only_from_its_generator():
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
     b = AttentiveClassifier(16, 3, 2, generator=torch.Generator().manual_seed(5))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_ensemble_members_train_alone_and_predict_their_mean_softmax():
+    """`AttentiveEnsemble` of K probes: logits [K, B, C], member k as the k-th probe drawn from one
+    generator; `ensemble_loss` gives each member the gradient of its own cross-entropy; the
+    prediction is the members' softmax averaged (over views too)."""
+    gen = torch.Generator().manual_seed(3)
+    members = [AttentiveClassifier(16, 3, 2, generator=gen) for _ in range(3)]
+    alone = [AttentiveClassifier(16, 3, 2, generator=torch.Generator().manual_seed(3))]
+    ens = AttentiveEnsemble(members)
+    assert all(torch.equal(a, b) for a, b in zip(alone[0].state_dict().values(), members[0].state_dict().values()))
+    assert not torch.equal(members[0].head.weight, members[1].head.weight)
+    x, y = torch.randn(5, 7, 16, generator=gen), torch.tensor([0, 1, 2, 0, 1])
+    logits = ens(x)
+    assert logits.shape == (3, 5, 3)
+    ensemble_loss(logits, y).backward()
+    for m in members:
+        ref = copy.deepcopy(m)
+        ref.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        for p, q in zip(m.parameters(), ref.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    views = torch.randn(4, 2, 7, 16, generator=gen)
+    out = predict_attentive(ens.eval(), [{"tokens": views, "label": torch.zeros(4, dtype=torch.long)}])
+    with torch.no_grad():
+        want = torch.stack([m(views.flatten(0, 1)).softmax(-1) for m in members]).mean(0).view(4, 2, 3).mean(1)
+    assert torch.allclose(out["probs"], want, atol=1e-6)

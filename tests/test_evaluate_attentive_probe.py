@@ -107,3 +107,25 @@ def test_attentive_probe_refuses_a_folder_holding_a_knn_probe(checkpoint, tmp_pa
     with pytest.raises(CheckpointError, match=r"eval\.probe: 'knn' -> 'attentive'"):
         run_probe(probe_cfg(tmp_path, checkpoint, *attentive), **data())
     assert (out / "probe_results.json").read_bytes() == kept
+
+
+def test_an_ensemble_probe_trains_k_members_and_scores_their_mean(checkpoint, tmp_path):
+    """eval.attentive_ensemble=2: two members from one init stream, the first initialised as the
+    single probe; the val figure is the members' softmax averaged over members and views."""
+    d = data()
+    cfg = probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_ensemble=2")
+    result = run_probe(cfg, **d)
+    members = result.model.members
+    assert len(members) == 2 and not torch.equal(members[0].head.weight, members[1].head.weight)
+    val_tokens = tokens_of(encoder_of(checkpoint), d["val_data"])  # [12, 2, L, D]
+    with torch.no_grad():
+        probs = torch.stack([m(val_tokens.flatten(0, 1)).softmax(-1) for m in members]).mean(0).view(12, 2, 3).mean(1)
+    saved = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert saved["ensemble"] == 2
+    assert saved["top1"] == pytest.approx(float((probs.argmax(1) == d["val_data"].labels).float().mean()))
+    single = probe_cfg(tmp_path / "one", checkpoint, *ATTENTIVE, "train.epochs=1", "eval.attentive_epochs=1")
+    from tgmae.evaluate.attentive_probe import AttentiveTask
+
+    task = lambda c: AttentiveTask(loop_config(c), TokenDataset(val_tokens[:, 0], d["val_data"].labels), None, 3, 2)  # noqa: E731
+    one, two = task(single).build_model(), task(cfg).build_model()
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.members[0].state_dict().values()))

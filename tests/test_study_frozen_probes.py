@@ -49,7 +49,8 @@ def test_extra_probes_share_the_linear_probe_features_and_record_their_results(s
     assert configs["attentive"].train.output_dir == str(run / "probe_attentive")
     assert (configs["attentive"].data.test_temporal_views, configs["attentive"].eval.attentive_epochs) == (2, 1)
     full = frozen_probe_configs(["linear", "attentive"], probe, fine, run, quick=False)["attentive"].eval
-    assert (full.attentive_lr, full.attentive_batch_size, full.attentive_epochs) == (1e-2, 128, 60)
+    assert (full.attentive_lr, full.attentive_batch_size, full.attentive_epochs, full.attentive_ensemble) == (1e-2, 128, 60, 4)
+    assert configs["attentive"].eval.attentive_ensemble == 1  # --quick: one probe
     assert configs["attentive"].train.precision == "fp32" and configs["knn"].train.precision == probe.train.precision
     assert missing({}, configs) and not missing({}, {})
     fields = run_frozen_probes(configs)

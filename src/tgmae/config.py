@@ -375,6 +375,9 @@ class EvalConfig:
     attentive_batch_size: Optional[int] = None  # None = train.batch_size (V-JEPA: 256 clips over 64 GPUs)
     attentive_queries: int = 1  # learnable query tokens of the cross-attention pooler
     attentive_heads: Optional[int] = None  # None = the encoder's head count
+    # independently initialised probes trained on the same batches, their softmax averaged (one probe's
+    # top-1 depends on its init; V-JEPA 2 trains several heads at once); 1 = a single probe
+    attentive_ensemble: int = 1
 
     def __post_init__(self) -> None:
         self._check_frozen_probes()
@@ -406,7 +409,8 @@ class EvalConfig:
         for name in ("attentive_final_lr", "attentive_warmup_epochs", "attentive_weight_decay"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"eval.{name}={getattr(self, name)}: must be >= 0 and finite")
-        for name in ("attentive_epochs", "attentive_queries", "attentive_batch_size", "attentive_heads"):
+        for name in ("attentive_epochs", "attentive_queries", "attentive_batch_size", "attentive_heads",
+                     "attentive_ensemble"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 nullable = " or null" if name in ("attentive_batch_size", "attentive_heads") else ""

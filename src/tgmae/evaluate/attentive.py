@@ -118,6 +118,34 @@ class AttentiveClassifier(nn.Module):
         return self.head(self.pool(tokens))
 
 
+class AttentiveEnsemble(nn.Module):
+    """K independently initialised `AttentiveClassifier`s (`members`) on the same tokens: tokens
+    [B, N, D] -> logits [K, B, C], one row per member. Each member trains on its own cross-entropy
+    (`ensemble_loss`); `predict_attentive` averages the members' softmax. Why: one attentive probe's
+    result depends on its init (the study's tube MAE encoder, seed 0: 18.7 / 32.2 / 41.2% top-1 for
+    probe seeds 0 / 1 / 2, docs/study.md); averaging K of them, as V-JEPA 2 trains several heads on
+    the same features, gives the encoder's figure instead of one init's."""
+
+    def __init__(self, members: Iterable[AttentiveClassifier]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(tokens) for m in self.members])
+
+
+def ensemble_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [K, B, C] of K members, labels [B] -> the sum of the members' cross-entropies: each
+    member's gradient is the one it would get trained alone."""
+    return sum(F.cross_entropy(member.float(), labels) for member in logits)
+
+
+def class_probs(logits: torch.Tensor) -> torch.Tensor:
+    """A probe's logits [B, C] (or an ensemble's [K, B, C]) -> softmax [B, C] (averaged over members)."""
+    probs = logits.float().softmax(dim=-1)
+    return probs.mean(dim=0) if probs.dim() == 3 else probs
+
+
 class TokenDataset(Dataset):
     """Cached token grids as a dataset: tokens [M, N, D] (or [M, V, N, D]), labels [M] ->
     {"tokens", "label"} samples."""
@@ -165,7 +193,8 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def predict_attentive(model: nn.Module, batches: Iterable[dict[str, Any]], tokens_of: TokenFn = cached_tokens,
                       device: Optional[torch.device] = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
     """{probs [M, K], label [M]}: per video, the softmax over classes averaged over its views
-    (token grids [B, V, N, D]; [B, N, D] is one view), as `tgmae.evaluate.multiview` does."""
+    (token grids [B, V, N, D]; [B, N, D] is one view), as `tgmae.evaluate.multiview` does, and over
+    an `AttentiveEnsemble`'s members."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -176,13 +205,14 @@ def predict_attentive(model: nn.Module, batches: Iterable[dict[str, Any]], token
             tokens = tokens_of(batch)
             views = tokens.unsqueeze(1) if tokens.dim() == 3 else tokens  # [B, V, N, D]
             with autocast(precision, device):
-                logits = model(views.flatten(0, 1)).float()
-            probs.append(logits.softmax(dim=-1).view(views.shape[0], views.shape[1], -1).mean(dim=1).cpu())
+                logits = model(views.flatten(0, 1))
+            probs.append(class_probs(logits).view(views.shape[0], views.shape[1], -1).mean(dim=1).cpu())
             labels.append(batch["label"].long().cpu())
     finally:
         model.train(was_training)
     return {"probs": torch.cat(probs), "label": torch.cat(labels)}
 
 
-__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "TokenDataset", "cached_tokens",
+__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "AttentiveEnsemble", "ensemble_loss",
+           "class_probs", "TokenDataset", "cached_tokens",
            "encoder_tokens", "predict_attentive"]

@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tgmae.config import ConfigError, OptimConfig, RunConfig
-from tgmae.evaluate.attentive import AttentiveClassifier, TokenDataset, predict_attentive
+from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, TokenDataset, class_probs, ensemble_loss,
+                                      predict_attentive)
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, write_results,
@@ -76,10 +77,14 @@ class AttentiveTask:
         self.inputs_fingerprint = tensors_fingerprint(
             [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
 
-    def build_model(self) -> AttentiveClassifier:
+    def build_model(self) -> nn.Module:
+        """One `AttentiveClassifier`, or with eval.attentive_ensemble = K > 1 an `AttentiveEnsemble` of
+        K (member 0 initialised as the single probe, the others from the same generator after it)."""
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
-        return AttentiveClassifier(self.train.tokens.shape[-1], self.num_classes, self.num_heads,
-                                   self.cfg.eval.attentive_queries, generator=gen)
+        members = [AttentiveClassifier(self.train.tokens.shape[-1], self.num_classes, self.num_heads,
+                                       self.cfg.eval.attentive_queries, generator=gen)
+                   for _ in range(self.cfg.eval.attentive_ensemble)]
+        return members[0] if len(members) == 1 else AttentiveEnsemble(members)
 
     def train_dataset(self) -> Dataset:
         return self.train
@@ -89,7 +94,12 @@ class AttentiveTask:
         return param_groups(model.named_parameters(), self.cfg.optim.weight_decay)
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        return probe_step(model, batch["tokens"], batch["label"])  # cross-entropy, as the linear probe
+        if self.cfg.eval.attentive_ensemble == 1:
+            return probe_step(model, batch["tokens"], batch["label"])  # cross-entropy, as the linear probe
+        labels = batch["label"].long()
+        logits = model(batch["tokens"])  # [K, B, C]
+        top1 = (class_probs(logits.detach()).argmax(dim=1) == labels).float().mean()
+        return StepOutput(ensemble_loss(logits, labels), {"train_top1": top1})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -145,7 +155,7 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     if trainer.dist.is_main:
         views = int(val.features.shape[1]) if val is not None and val.features.dim() == 4 else 1
         write_results(run_cfg, fit.output_dir, train, val, final, best, best_epoch, views=views,
-                      queries=cfg.eval.attentive_queries, heads=task.num_heads)
+                      queries=cfg.eval.attentive_queries, heads=task.num_heads, ensemble=cfg.eval.attentive_ensemble)
         write_val_predictions(fit.output_dir, val, probs, names)
         log.info("attentive probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")),
                  best, best_epoch)
