@@ -84,7 +84,8 @@ class DataConfig:
     repeat_mode: str = "views"  # num_sample > 1: "views" (k crops / masks of one clip) | "clips" (k clips, mae_st repeat_aug)
 
     def __post_init__(self) -> None:
-        check_choice("data.format", self.format, DATASET_FORMATS)
+        if self.format not in DATASET_FORMATS:
+            raise ConfigError(f"data.format={self.format!r}: expected one of {DATASET_FORMATS}")
         check_choice("data.sampling", self.sampling, ("dense", "tsn"))
         _positive("data.num_frames", self.num_frames)
         _positive("data.frame_stride", self.frame_stride)
@@ -166,7 +167,8 @@ class MaskingConfig:
     decoder_mask: str = "running_cell"  # dual masking's subset: running_cell (VideoMAEv2's) | random
 
     def __post_init__(self) -> None:
-        check_choice("masking.name", self.name, MASKING_NAMES)
+        if self.name not in MASKING_NAMES:
+            raise ConfigError(f"masking.name={self.name!r}: expected one of {', '.join(MASKING_NAMES)}")
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
         check_choice("masking.select", self.select, ("top", "bottom"))
@@ -197,7 +199,8 @@ class ModelConfig:
     decoder_heads: Optional[int] = None  # decoder attention heads; None = the preset's (or the checkpoint's)
 
     def __post_init__(self) -> None:
-        check_choice("model.preset", self.preset, MODEL_PRESETS)
+        if self.preset not in MODEL_PRESETS:
+            raise ConfigError(f"model.preset={self.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
         if self.patch_size is None:
             self.patch_size = PRESET_PATCH_SIZE.get(self.preset, 16)
         _positive("model.patch_size", self.patch_size)
