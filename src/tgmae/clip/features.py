@@ -197,11 +197,10 @@ def frames_to_unit(frames: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     [T, 3, H, W] (or [B*T, 3, H, W])."""
     m = torch.tensor(mean, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
     s = torch.tensor(std, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
-    if frames.dim() == 4:
-        return (frames.float() * s + m).clamp(0, 1).permute(1, 0, 2, 3)
-    b, c, t, h, w = frames.shape
     x = (frames.float() * s + m).clamp(0, 1)
-    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    if frames.dim() == 4:
+        return x.permute(1, 0, 2, 3)
+    return x.transpose(1, 2).flatten(0, 1)
 
 
 def uint8_to_unit(frames: "object") -> torch.Tensor:
