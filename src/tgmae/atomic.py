@@ -1,18 +1,9 @@
 """Atomic file writes: write a temp file next to the target, then rename it over the target.
 
-A reader (another worker, a resumed run) sees the old file or the new one, never a torn one; a
-write that fails leaves no temp file behind. Temp names are `.{name}.{host}-{pid}-{random}.tmp`
-in the target's folder (same filesystem, so the rename is atomic; unique per thread and process).
-A writer killed before its rename leaves its temp; `remove_stale_temps(folder)` (called where runs
-start writing a folder: checkpoints, clip / map / feature caches) removes the temps of writers on
-this host that have ended, recognised by that name and their pid.
-
-Written files get the mode a plain `open()` would give them (`open_mode`): 0666 minus the umask
-for a new file, the old file's mode for one replaced; some writers (safetensors) create 0600 files.
-
-A write that fails for want of room or rights (a full disk, a read-only or foreign folder) is a
-`OutputError` naming the file (`write_failure`): the command line shows it as one line, exit 2.
-`tgmae.cli` applies the same rule to the OSErrors of writers that do not come through here.
+Readers see the old file or the new one, never a torn one. Temp names are
+`.{name}.{host}-{pid}-{random}.tmp`, so `remove_stale_temps` can remove those of ended writers.
+Written files get the mode a plain `open()` would give (`open_mode`). A write refused for want of
+room or rights is an `OutputError` naming the file (`write_failure`): one line, exit 2.
 """
 
 from __future__ import annotations
@@ -45,13 +36,11 @@ class OutputError(OSError, UserError):
 
 
 def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) -> Optional[OutputError]:
-    """An OutputError naming `path` (else the error's own file name) when `e` is a write the disk
-    or folder refused: an OSError with an errno of WRITE_ERRNOS (or another writer's error whose
-    text carries such an OS error code: safetensors' `... (os error 30)`), a folder that could not
-    be made for a file in its place (naming the file), or any error (torch / safetensors writers
-    raise RuntimeErrors) while `path`'s disk has under 1 MiB free (16 MiB for torch.save's short
-    write, `[enforce fail at inline_container.cc] unexpected pos`). None otherwise. Call it before
-    removing what the failed write left: the check of free space must see the disk as it failed."""
+    """An OutputError naming `path` (else the error's file) when `e` is a write the disk or folder
+    refused: an errno of WRITE_ERRNOS (also in a safetensors message, `(os error 30)`), a file
+    where a folder must be made, or any error while the disk has under LOW_SPACE free
+    (TORCH_LOW_SPACE for torch.save's short write). None otherwise. Call it before removing what
+    the failed write left: the free-space check must see the disk as it failed."""
     target = path if path is not None else getattr(e, "filename", None)
     if (blocked := _in_the_way(e, path)) is not None:
         return blocked
@@ -148,9 +137,8 @@ def _ended(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Remove the temp files and folders in `folder` (not below it) left by writers on this host
-    whose process has ended (killed, or failed before their clean-up ran); those of live processes
-    and of other hosts are kept. Logs what it removed; returns the count (0 for a missing folder)."""
+    """Remove the temp files and folders directly in `folder` left by ended writers on this host
+    (live processes' and other hosts' are kept). Returns the count (0 for a missing folder)."""
     folder = Path(folder)
     removed, nbytes = 0, 0
     try:
@@ -196,9 +184,8 @@ def current_umask() -> int:
 
 
 def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = None) -> None:
-    """Give the files just written at `written` (a file, or every file in a folder) the mode
-    `open(target, "w")` would have: an existing `target`'s permission bits, else 0666 minus the
-    umask. A filesystem that does not take modes is left as it is."""
+    """Give the files at `written` (a file, or every file in a folder) the mode `open(target, "w")`
+    would: an existing `target`'s permission bits, else 0666 minus the umask."""
     written = Path(written)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode) if target is not None and os.path.isfile(target) else None
@@ -219,12 +206,10 @@ def open_mode(written: str | os.PathLike, target: Optional[str | os.PathLike] = 
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: bool = False) -> Iterator[Path]:
     """Yield a temp path for the caller to write; on a clean exit rename it over `path`.
 
-    fsync: flush the temp file to disk before the rename (files a crash must not lose).
-    own_folder: the temp path is `path`'s name inside a temp folder (named as a temp file), for
-    writers that make temp files of their own beside the file they write (safetensors' `save_file`:
-    `.tmp<6 random characters>`): a killed write leaves only our temp folder, which `remove_stale_temps` removes.
-    Creates `path`'s folder. On an exception the temp file is removed and the error propagates
-    (an `OutputError` naming `path` for a full disk or a folder that cannot be written).
+    fsync: flush the temp file to disk before the rename. own_folder: the temp path is `path`'s
+    name inside a temp folder, for writers that make temp files of their own (safetensors).
+    Creates `path`'s folder. On an exception the temp is removed and the error propagates (an
+    `OutputError` naming `path` for a write the disk or folder refused).
     """
     path = Path(path)
     folder = temp_path(path) if own_folder else None
@@ -254,9 +239,8 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Fail now, before long work, if `path` could not be written later: creates its folder and
-    an empty temp file beside it (removed). OutputError naming `path` for a full disk, a folder
-    that cannot be written, or a folder at `path` itself."""
+    """Fail now, before long work, if `path` could not be written later (writes and removes an
+    empty temp beside it). OutputError naming `path`, also for a folder at `path`."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(errno.EISDIR, f"{path}: is a folder; give a file name")

@@ -1,21 +1,10 @@
 """Hardware-dependent choices made by a short measurement, cached per machine and torch version.
 
-Which kernel is fastest depends on the machine, not on what its CPU flags promise: an Intel
-Xeon with AVX512-BF16 but no AMX runs bf16 matmuls at ~0.5x the fp32 rate, an AMD EPYC Zen 4
-with the same flags at ~4x (docs/benchmarks.md), and `torch.cpu._is_amx_tile_supported()` is
-False on both. So each choice (`choose`) times its candidates once, alternating (on CPU by the
-process's CPU time, which other jobs sharing the cores barely move; on CUDA by synchronized wall
-time), and keeps the fastest; the result is logged and stored in a small JSON file so later runs on the same machine
-reuse it without measuring.
-
-Cache: `autotune.json` in the user cache folder (tgmae.user_cache: `$TGMAE_CACHE_DIR`, default
-`~/.cache/tgmae`; `TGMAE_CACHE_DIR=off` keeps choices in memory), one entry per
-machine key (CPU model + a hash of its flags + thread count, or the CUDA device name; torch
-version) and choice name, with the measured times. Delete the file (or an entry) to measure again;
-`TGMAE_AUTOTUNE=off` disables measuring: callers then get their documented default. Explicit
-config values (`train.precision`, `train.attention`) bypass this module altogether. Choices are
-made at set-up (the training loop resolves the precision and plans the attention kernels,
-`tgmae.models.attention.plan_kernels`, before the first step), never inside a forward pass.
+CPU flags do not predict the fastest kernel (docs/benchmarks.md), so `choose` times the candidates
+once, alternating (CPU: process time; CUDA: synchronized wall time), and stores the fastest in
+`autotune.json` in the user cache folder (`tgmae.user_cache`); delete it to measure again.
+`TGMAE_AUTOTUNE=off` disables measuring (callers get their default). Choices are made at set-up,
+never inside a forward pass; explicit config values bypass this module.
 """
 
 from __future__ import annotations
@@ -44,8 +33,7 @@ _memo: dict[tuple[str, str], str] = {}  # (machine key, choice name) -> choice, 
 
 
 def cache_path() -> Optional[Path]:
-    """Where measured choices are stored: autotune.json in the user cache folder
-    (tgmae.user_cache); None with `TGMAE_CACHE_DIR=off` (choices then last this process only)."""
+    """autotune.json in the user cache folder; None with `TGMAE_CACHE_DIR=off` (memory only)."""
     root = cache_root()
     return None if root is None else root / CACHE_FILE
 
@@ -75,12 +63,9 @@ def cpu_info() -> tuple[str, tuple[str, ...]]:
 
 
 def machine_key(device: torch.device) -> str:
-    """What a measured choice belongs to: the hardware and the torch version.
-
-    CPU: model name + the first 12 hex digits of sha1(sorted flags) (the same model name can
-    hide different hosts' flags under a hypervisor) + torch's intra-op thread count (the
-    fastest kernel changes with it); CUDA: the device name and capability.
-    """
+    """What a measured choice belongs to: the hardware and the torch version. CPU: model name,
+    sha1(sorted flags)[:12] (one model name can hide other flags under a hypervisor) and torch's
+    thread count; CUDA: the device name and capability."""
     device = torch.device(device)
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
@@ -127,7 +112,6 @@ def _store(key: str, name: str, entry: dict) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = _load()
         data.setdefault(key, {})[name] = entry
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
@@ -160,15 +144,13 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
     """The fastest of `candidates` for `name` on this machine, measured once and cached.
 
     Args:
-        name: what is chosen, including every shape it depends on (e.g.
-            "attention/bf16/d64/n2048"); the cache key adds the machine and torch version.
-        candidates: {choice: zero-argument callable doing the work once}; called only when
-            nothing is cached.
+        name: what is chosen, with every shape it depends on (e.g. "attention/bf16/d64/n2048").
+        candidates: {choice: zero-argument callable doing the work once}.
         device: where the work runs (part of the cache key; CUDA work is synchronized).
-        default: returned without measuring when autotuning is switched off, and preferred
-            unless another candidate is faster by more than `margin` (a fraction).
+        default: returned when autotuning is off, and preferred unless another candidate is
+            faster by more than `margin` (a fraction).
         rounds: timed calls per candidate.
-    Returns the chosen key of `candidates`. The choice and the times are logged at INFO.
+    Returns the chosen key of `candidates`.
     """
     known = lookup(name, device, candidates)
     if known is not None:
@@ -194,9 +176,8 @@ def choose(name: str, candidates: dict[str, Callable[[], object]], device: torch
 
 
 def lookup(name: str, device: torch.device, choices: Optional[Iterable[str]] = None) -> Optional[str]:
-    """The choice made for `name` on this machine (this process's memo, then the cache file), or
-    None when there is none (the file is not read with autotuning off); never measures.
-    `choices`: the keys a stored choice must be one of (another version's choice is ignored)."""
+    """The choice made for `name` on this machine (memo, then the cache file unless autotuning is
+    off) or None; never measures. A stored choice outside `choices` is ignored."""
     key = machine_key(device)
     memo = _memo.get((key, name))
     if memo is not None:

@@ -79,10 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str | None:
-    """The one line of a user error, None for any other exception (a bug: its traceback). A
-    FileNotFoundError reads `PATH: no such file or directory`; a ConfigError is prefixed
-    `config error: `; a write refused by the disk or folder names the file (`atomic.write_failure`);
-    a UserError raised in a DataLoader worker gives the worker's message (`errors.worker_user_error`)."""
+    """The one line of a user error (also one raised in a DataLoader worker, or a write the disk
+    refused), None for any other exception (a bug: its traceback)."""
     from tgmae.atomic import write_failure
     from tgmae.config import ConfigError
     from tgmae.errors import worker_user_error

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 
@@ -43,9 +43,8 @@ def check_known(key: str, values: Sequence, known: Sequence) -> None:
 # --------------------------------------------------------------------------------------------
 
 DATASET_FORMATS = ("csv", "k400", "ssv2", "ucf101", "hmdb51", "diving48", "epic55")
-# ImageNet per-channel statistics of RGB in [0, 1]: the default input normalization (data.mean /
-# data.std) and the one VideoMAE's released weights expect. Their one home: the config is the lowest
-# layer that needs them (tgmae.models.arch and tgmae.masking import them from here).
+# ImageNet per-channel statistics of RGB in [0, 1]: data.mean / data.std's default, and what
+# VideoMAE's released weights expect (tgmae.models.arch and tgmae.masking import them from here).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_MODES = ("none", "memory", "disk")  # data.cache and study.cache (tgmae.data.cache)
@@ -449,15 +448,16 @@ class RunConfig:
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
         self._check_view_ratio()
-        if self.masking.name == "tgm" and not self.masking.cache_dir and self.captions.text_model:
+        online_tgm = self.masking.name == "tgm" and not self.masking.cache_dir
+        if online_tgm and self.captions.text_model:
             raise ConfigError(
                 f"captions.text_model={self.captions.text_model!r} with online TGM (masking.cache_dir empty): "
                 "online TGM scores the samples' caption embeddings against CLIP patches, and these would "
                 "come from the text model; precompute the maps (`tgmae masks`) and set masking.cache_dir")
-        if self.masking.name == "tgm" and not self.masking.cache_dir and not self.masking.clip_model:
+        if online_tgm and not self.masking.clip_model:
             raise ConfigError("masking.name='tgm' needs masking.cache_dir (similarity maps from `tgmae masks`) or "
                               "masking.clip_model (CLIP in the loop)")
-        if self.masking.name == "tgm" and not self.masking.cache_dir and not self.captions.clip_model:
+        if online_tgm and not self.captions.clip_model:
             raise ConfigError(
                 f"captions.clip_model is empty with online TGM (masking.clip_model={self.masking.clip_model!r}, "
                 "masking.cache_dir empty): CLIP in the loop scores each sample's caption embedding, so set "
@@ -519,10 +519,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}={value!r}: expected one of {args}")
-        return value
     if origin in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")

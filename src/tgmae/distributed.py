@@ -1,13 +1,6 @@
-"""Rank, world and process-group set-up for torchrun (single node, multi-node, SLURM via torchrun).
-
-The one home of these questions: what torchrun says this process is (`launch_env`, `local_rank`),
-what the joined group says (`rank_world`), joining it (`init_distributed` for training and
-evaluation, `init_distributed_if_launched` for the sharded precompute commands; both through
-`_join`), and the collectives on top. One process per device. Without torchrun's environment
-everything degrades to a single process and the helpers become no-ops, so the same code runs on a
-laptop CPU and on a cluster. The parallel strategies' wrapping lives here too: DDP (the loop wraps
-with `DistributedDataParallel`) and FSDP (`fsdp_shard`: PyTorch's `fully_shard` per transformer
-block, then the root), with `grad_sync` for accumulation under either.
+"""Rank, world and process-group set-up for torchrun, the collectives on top, FSDP sharding and
+`grad_sync` for accumulation. One process per device; without torchrun's environment everything
+is a single process and the helpers are no-ops.
 """
 
 from __future__ import annotations
@@ -55,10 +48,9 @@ def rank_world() -> tuple[int, int]:
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
-    """The torch device of setting `key` (`name`: auto | cpu | cuda | cuda:N):
-    'auto' -> cuda:LOCAL_RANK when CUDA is there, else cpu; 'cuda' -> cuda:LOCAL_RANK (one device per
-    torchrun process). Raises ConfigError naming `key` when CUDA is missing or the index is not on
-    this machine (torchrun with more processes than GPUs)."""
+    """The torch device of setting `key` (`name`: auto | cpu | cuda | cuda:N; auto and cuda mean
+    cuda:LOCAL_RANK when CUDA is there). ConfigError naming `key` when CUDA is missing or the
+    index is not on this machine."""
     from tgmae.config import ConfigError
 
     def setting(value: str) -> str:  # as the user writes it: a flag or a config key
@@ -94,13 +86,8 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        _join("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
-
-
-def _join(backend: str, **kwargs) -> None:
-    """The one call that creates the default process group."""
-    dist.init_process_group(backend=backend, **kwargs)
 
 
 def barrier() -> None:
@@ -140,7 +127,7 @@ def init_distributed_if_launched() -> bool:
     if launch_env()[1] <= 1 or "MASTER_ADDR" not in os.environ:
         return False
     # Ranks can finish far apart (uneven video lengths), so the barrier may wait long.
-    _join("gloo", timeout=datetime.timedelta(hours=48))
+    dist.init_process_group(backend="gloo", timeout=datetime.timedelta(hours=48))
     return True
 
 
@@ -150,16 +137,10 @@ def distributed_ready() -> bool:
 
 
 def fsdp_shard(model: nn.Module, units: Iterable[nn.Module], param_dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Shard `model` in place with FSDP (`torch.distributed.fsdp.fully_shard`): each module of
-    `units` (the transformer blocks: one all-gather per block in forward and backward), then the
-    root (what is left: embeddings, norms, heads). `param_dtype` (bf16) computes in that dtype
-    (`MixedPrecisionPolicy`) and reduces gradients in float32; the sharded parameters and the
-    optimizer state stay float32. Returns `model`, whose parameters are now DTensors sharded on
-    dim 0 across the default group (each process holds about 1/world of every tensor).
-
-    Every rank first takes rank 0's parameters and buffers (what DDP does at construction): a
-    rank's shard is cut from its own full tensor, so differently seeded inits would otherwise
-    make a model no rank ever built."""
+    """Shard `model` in place with FSDP's `fully_shard`: each of `units` (the transformer blocks),
+    then the root. `param_dtype` (bf16) computes in that dtype, reducing gradients in float32.
+    Every rank first takes rank 0's parameters and buffers (as DDP does), since each cuts its
+    shard from its own full tensor. Returns `model` (parameters now DTensors sharded on dim 0)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     with torch.no_grad():
@@ -181,9 +162,8 @@ def is_fsdp(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Backward passes inside reduce gradients across ranks only when `enabled` (the last
-    micro-batch of an accumulated step): DDP's `no_sync`, FSDP's `set_requires_gradient_sync`
-    (it then keeps unsharded gradients until the reducing backward), nothing for one process."""
+    """Backward passes inside reduce gradients across ranks only when `enabled`: DDP's `no_sync`,
+    FSDP's `set_requires_gradient_sync`, nothing for one process."""
     if enabled or not distributed_ready():
         yield
     elif is_fsdp(model):

@@ -1,11 +1,6 @@
-"""The one error kind the command line shows as a message: a mistake in the user's input.
-
-`UserError` marks an exception whose message alone tells the user what is wrong and what to do
-(a config key, a path, the wrong kind of checkpoint). `tgmae.cli.main` prints it as one line,
-`tgmae COMMAND: message`, and exits 2; any other exception keeps its traceback (a bug). The
-project's input errors (`ConfigError`, `CheckpointError`, `AnnotationError`, ...) derive from it
-as well as from the builtin they always were (ValueError, RuntimeError), so callers that catch
-those keep working. Set `TGMAE_DEBUG=1` to see the traceback of a user error too.
+"""`UserError`: a mistake in the user's input, which `tgmae.cli` prints as one line (exit 2)
+instead of a traceback (`TGMAE_DEBUG=1` shows it). Input errors (`ConfigError`, ...) derive from
+it and from their builtin (ValueError, RuntimeError).
 """
 
 from __future__ import annotations
@@ -28,12 +23,9 @@ _WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOrigina
 
 
 def worker_user_error(e: BaseException) -> Optional[str]:
-    """The message of a UserError raised inside a DataLoader worker, else None.
-
-    torch re-raises a worker's exception in the main process as `type(msg)` (a RuntimeError when
-    the type cannot be built from one string) with msg = "Caught T in DataLoader worker process
-    N." + the worker's traceback; the traceback's last `module.T: message` holds the original
-    message. T must be a UserError subclass (imported from its module to check)."""
+    """The message of a UserError raised inside a DataLoader worker, else None: torch re-raises it
+    with msg "Caught T in DataLoader worker process N." + the traceback, whose last
+    `module.T: message` line holds it."""
     found = _WORKER.match(str(e))
     if found is None:
         return None

@@ -1,10 +1,7 @@
-"""Loading transformers models by hub id or local path, with a clear message when offline.
+"""Loading transformers models by hub id or local path, cache first, with a clear message offline.
 
-A cached or local model loads without touching the network (`local_files_only=True` first);
-only a miss goes to the hub, and only when `HF_HUB_OFFLINE` is not set and the hub answers a
-quick connection (`hub_reachable`: a few seconds, instead of transformers' ~28 s of retries
-without a network). When nothing works, `ModelUnavailableError` names the model and the ways
-to provide it, instead of a stack trace.
+Only a cache miss goes to the hub, and only when it is not switched off and answers a quick
+connection (`hub_reachable`); otherwise `ModelUnavailableError` says how to provide the model.
 """
 
 from __future__ import annotations
@@ -47,9 +44,8 @@ def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
 
 
 def looks_like_path(name: str) -> bool:
-    """A local directory rather than a hub id (`org/name` or `name`). `runs/clip` is a path when
-    the folder `runs` exists here (a missing model folder inside it is then reported at once,
-    not tried on the hub)."""
+    """A local directory rather than a hub id (`org/name` or `name`); `runs/clip` is a path when
+    the folder `runs` exists here."""
     return (
         name.startswith(("/", "./", "../", "~"))
         or name.endswith("/")
@@ -122,8 +118,7 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def projection_fingerprint(tensors: Sequence[Any]) -> str:
-    """16 hex digits of sha256 over the tensors' float32 bytes, in order (the projection weights:
-    they change whenever a CLIP is trained, whatever path it is saved under)."""
+    """16 hex digits of sha256 over the tensors' float32 bytes, in order."""
     import hashlib
 
     h = hashlib.sha256()
@@ -151,11 +146,9 @@ def _weight_files(name_or_path: str) -> list[Path]:
 
 
 def weights_fingerprint(name_or_path: str) -> Optional[str]:
-    """Fingerprint of a model's weights as stored (no model is built), None when no weight file is
-    local. CLIP-like models: `projection_fingerprint` of PROJECTION_KEYS found (the value
-    `tgmae.clip.features.ClipBundle.fingerprint` gives the loaded model); other models:
-    sha256 of the weight files' bytes. Caches of model outputs are keyed by it, so new weights
-    written over the same folder never reuse the old outputs."""
+    """Fingerprint of a model's stored weights (None when no weight file is local): CLIP-like
+    models `projection_fingerprint` of PROJECTION_KEYS (= `ClipBundle.fingerprint`), others
+    sha256 of the files. Caches of model outputs are keyed by it."""
     import hashlib
 
     files = _weight_files(name_or_path)

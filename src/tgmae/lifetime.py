@@ -1,11 +1,8 @@
-"""Worker processes end with their parent.
+"""Worker processes end with their parent, even one killed with SIGKILL.
 
-A process pool's workers outlive a parent killed with SIGKILL (it cannot shut them down): the
-study's cells kept running, 600-900 MB each, 12 minutes after `kill -9` of `tgmae study`.
-`end_with_parent(parent_pid)`, run in each worker (a pool's `initializer`), ends the worker when
-its parent does: on Linux the kernel sends it SIGKILL at once (`prctl(PR_SET_PDEATHSIG)`); a
-daemon thread also checks once a second that the parent is still the one it started with (other
-systems, and a parent thread that ended: the death signal follows the thread that forked).
+`end_with_parent(parent_pid)`, a pool's `initializer`: on Linux `prctl(PR_SET_PDEATHSIG)`, plus
+a daemon thread checking the parent once a second (other systems; the death signal follows the
+thread that forked).
 """
 
 from __future__ import annotations

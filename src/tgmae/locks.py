@@ -1,15 +1,9 @@
 """One writer per run folder and per store: an exclusive lock file beside the target.
 
-Two runs writing one `train.output_dir`, caption store, similarity cache, embedding cache or
-extract folder interleave their outputs without a word; `hold(target, what)` refuses the second
-one in one line naming the holder (pid, host, command, start time). The lock is `flock` on
-`<parent>/.<name>.lock`, written with the holder's JSON: the kernel releases it when its process
-ends, however it ends (kill -9 included), so a lock file left by a dead process is taken over with
-a log line. It lies beside the target, not in it, so a folder's own contents stay as its writer
-made them. Held locks are counted per process: a function that holds a target may call another
-that takes it again. Lock files are removed on release. A target that cannot be what its writer
-makes (a file where its folder or one of its parents should be, a folder where a file store
-goes) is refused first, in one line naming the file (`check_kind`).
+`hold(target, what)` refuses a second writer in one line naming the holder (pid, host, command,
+start). The lock is `flock` on `<parent>/.<name>.lock` holding the holder's JSON; the kernel
+releases it when its process ends (kill -9 included), so a dead holder's file is taken over.
+Locks are re-entrant within a process and removed on release.
 """
 
 from __future__ import annotations
@@ -108,12 +102,9 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
     """Take the lock of `target` (a file or folder, existing or not) for this process.
 
     what: the setting that chose the target (`train.output_dir`, `--out`), named in the refusal.
-    wait: seconds to wait for a holder to finish (a shared cache that concurrent runs fill alike;
-    logged once) before refusing; 0 = refuse at once.
-    folder: the writer makes a folder (True) or a file (False) at `target`; an existing one of
-    the other kind is refused (`check_kind`), as is a file where one of its folders should be.
-    Returns the lock file. Raises LockError naming the holder; logs the take-over of a lock
-    file whose process has ended. Re-entrant within a process (`release` as often as `acquire`).
+    wait: seconds to wait for a holder to finish before refusing; 0 = refuse at once.
+    folder: the writer makes a folder (True) or a file (False) at `target` (`check_kind`).
+    Returns the lock file; LockError naming the holder. Re-entrant (`release` once per `acquire`).
     """
     check_kind(target, what, folder)
     path = lock_file(target)

@@ -1,13 +1,9 @@
 """The mask contract: what a mask generator is given, what it returns, how many tokens it masks.
 
-Its users are the data pipeline (which calls a generator per sample), `tgmae.masking` (the
-generators), `tgmae.models` (which checks a batch mask) and `tgmae.config` (which checks
-`contrastive.view_ratio` against the count), so it sits in the bottom layer and imports nothing of
-tgmae. A generator is a small callable object, called once per sample with a `MaskContext` (what the
-data pipeline knows about that sample) and a seeded `torch.Generator`, returning a bool mask
-over the token grid: shape [N] with N = T' * H' * W' in (t, h, w) raster order, True = masked.
-Every sample gets exactly `MASKED_COUNT[name](grid, ratio)` masked tokens, so batches have an equal
-visible count. Generators are called in DataLoader workers; they must not touch global RNG.
+A generator is called once per sample (in DataLoader workers) with a `MaskContext` and a seeded
+`torch.Generator`, never the global RNG, and returns an [N] bool mask over the token grid in
+(t, h, w) raster order, True = masked, with exactly `MASKED_COUNT[name](grid, ratio)` masked.
+Bottom layer: imports nothing of tgmae (data, masking, models and config all use it).
 """
 
 from __future__ import annotations
@@ -20,12 +16,8 @@ import torch
 
 @dataclass
 class CropParams:
-    """Where the model's clip came from in the source frames (from the spatial augmentation).
-
-    The crop box is in source-frame pixels; the crop was resized to the model input and then
-    flipped horizontally when `flip` is True. Lets a map computed on the original frames
-    (similarity, motion) be carried into the augmented token grid.
-    """
+    """The spatial augmentation's crop box in source-frame pixels (resized to the model input,
+    then flipped when `flip`): carries maps of the source frames into the augmented token grid."""
 
     top: float
     left: float
@@ -104,19 +96,14 @@ def masked_per_slice(grid: tuple[int, int, int], ratio: float) -> int:
     return t * num_masked(h * w, ratio)
 
 
-# masking.name -> the masked-token count of its generator (each generator class's `masked_count`
-# is the entry under its name: tests/test_masking_simple.py keeps them equal). The config checks
-# contrastive.view_ratio against it at load time.
+# masking.name -> its generator's masked-token count (tests/test_masking_simple.py keeps them equal)
 MASKED_COUNT = {"random": masked_per_clip, "tube": masked_per_slice, "tgm": masked_per_slice,
                 "mgm": masked_per_slice}
 
 
 def check_mask(mask: torch.Tensor, num_tokens: int | None = None) -> int:
-    """Validate a [B, N] bool batch mask; returns the per-sample visible count.
-
-    Every sample must keep the same number of visible tokens: the encoder gathers visible tokens
-    into a dense [B, N_vis, D] tensor, and unequal counts would mix samples silently.
-    """
+    """Validate a [B, N] bool batch mask; returns the per-sample visible count. ValueError unless
+    every sample keeps the same, non-zero number of visible tokens (the encoder packs them dense)."""
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError(f"mask must be a [B, N] bool tensor, got {tuple(mask.shape)} {mask.dtype}")
     if num_tokens is not None and mask.shape[1] != num_tokens:

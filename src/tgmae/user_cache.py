@@ -1,9 +1,7 @@
 """The one folder where tgmae keeps what it measured or decoded on this machine.
 
-`$TGMAE_CACHE_DIR`, else `$XDG_CACHE_HOME/tgmae`, else `~/.cache/tgmae`. `TGMAE_CACHE_DIR=off`
-(or 0 / none / empty) keeps such state in memory only: nothing is written. Users of it: the frame
-index (`frame_index/`), the autotune choices (`autotune.json`) and the default decoded-clip cache
-folder (`clips/`).
+`$TGMAE_CACHE_DIR`, else `$XDG_CACHE_HOME/tgmae`, else `~/.cache/tgmae`; `TGMAE_CACHE_DIR=off`
+(or 0 / none / empty) writes nothing.
 """
 
 from __future__ import annotations

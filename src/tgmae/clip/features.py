@@ -1,18 +1,9 @@
-"""CLIP patch features for text-guided masking: paper-faithful patch crops and dense MaskCLIP.
-
-Both produce, for frames [F, 3, H, W] (RGB in [0, 1]) and a grid (gh, gw) of model patches over
-the frame, L2-normalized image embeddings [F, gh, gw, D] in CLIP's joint space:
-
-- faithful (paper section 3.3): the frame is resized to gh*p x gw*p (p = the video model's patch,
-  16), cut into its p x p patches, each patch resized to CLIP's input resolution and embedded as
-  a whole image (CLS -> post-layernorm -> visual projection). gh*gw CLIP forwards per frame.
-- dense (MaskCLIP, Zhou et al. 2022): one forward per frame at a chosen input resolution with
-  interpolated position embeddings; per-patch features are read from the last block's value path
-  (layer_norm1 -> v_proj -> out_proj, skipping the query-key attention that mixes in the global
-  context), then post-layernorm -> visual projection, and interpolated bilinearly to the grid.
-
-Cosine similarity with a caption embedding (CLIP text tower, EOS token -> projection) gives the
-map that TGM ranks.
+"""CLIP patch features for text-guided masking: frames [F, 3, H, W] in [0, 1] and a patch grid
+(gh, gw) -> L2-normalized embeddings [F, gh, gw, D] in CLIP's joint space, by
+- faithful (paper section 3.3): each p x p patch resized to CLIP's input and embedded as an image;
+- dense (MaskCLIP, Zhou et al. 2022): one forward per frame, patch features from the last block's
+  value path (no query-key mixing), interpolated to the grid.
+Their cosine with a caption embedding is the map TGM ranks.
 """
 
 from __future__ import annotations
@@ -56,8 +47,7 @@ class ClipBundle:
         return int(self.model.config.projection_dim)
 
     def fingerprint(self) -> str:
-        """Short hash of the projection weights: identifies the weights whatever the path (equal to
-        `tgmae.hub.weights_fingerprint` of the files they were loaded from)."""
+        """Short hash of the projection weights (= `tgmae.hub.weights_fingerprint` of their files)."""
         from tgmae.hub import projection_fingerprint
 
         return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
@@ -65,9 +55,7 @@ class ClipBundle:
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
     """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory.
-
-    Raises `ModelUnavailableError` (one message) for a local path that does not exist or a hub id
-    that is neither cached nor reachable."""
+    ModelUnavailableError for a missing local path or a hub id neither cached nor reachable."""
     from transformers import AutoTokenizer, CLIPModel
 
     from tgmae.hub import load_pretrained  # a missing local path fails at once, offline explained
@@ -95,8 +83,8 @@ def map_grid(height: int, width: int, image_size: int = 224, patch_size: int = 1
 
 @torch.no_grad()
 def embed_texts(clip: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
-    """[C] caption strings -> [C, D] L2-normalized CLIP text embeddings (EOS -> projection): the
-    same vectors as `tgmae.captions.embed.TextEmbedder`, from the already loaded CLIP."""
+    """[C] caption strings -> [C, D] L2-normalized CLIP text embeddings (as `TextEmbedder`'s).
+    ValueError for no or empty texts."""
     if not texts:
         raise ValueError("no caption text to embed")
     empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
@@ -111,11 +99,10 @@ def embed_texts(clip: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
 
 
 class ClipPatchScorer:
-    """Per-patch CLIP image embeddings of frames, faithful or dense (see the module docstring).
+    """Per-patch CLIP image embeddings of frames, faithful or dense (module docstring).
 
-    dense_size: dense mode's input short side; None = the grid's short side x CLIP's patch, so
-    CLIP's own token grid matches the patch grid (448 for ViT-B/32 and a 14-patch side).
-    batch_size: CLIP images per forward (faithful crops; dense uses batch_size // 16 frames).
+    dense_size: dense input short side; None = grid short side x CLIP's patch (grids match).
+    batch_size: CLIP images per forward (faithful crops; dense: batch_size // 16 frames).
     """
 
     def __init__(
@@ -210,11 +197,10 @@ def frames_to_unit(frames: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     [T, 3, H, W] (or [B*T, 3, H, W])."""
     m = torch.tensor(mean, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
     s = torch.tensor(std, device=frames.device, dtype=torch.float32).view(-1, 1, 1, 1)
-    if frames.dim() == 4:
-        return (frames.float() * s + m).clamp(0, 1).permute(1, 0, 2, 3)
-    b, c, t, h, w = frames.shape
     x = (frames.float() * s + m).clamp(0, 1)
-    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    if frames.dim() == 4:
+        return x.permute(1, 0, 2, 3)
+    return x.transpose(1, 2).flatten(0, 1)
 
 
 def uint8_to_unit(frames: "object") -> torch.Tensor:

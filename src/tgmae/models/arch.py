@@ -116,21 +116,12 @@ class VideoMAEArch:
         return cls(**values)
 
 
-# name -> size arguments. Decoder sizes follow the peers' pretraining models and scripts:
-# - micro, tiny: ours (CPU studies and tests).
-# - small / base / large: MCG-NJU/VideoMAE modeling_pretrain.py pretrain_videomae_{small,base,large}
-#   _patch16_224 (decoder 192 / 384 / 512 wide, head width 64; decoder depth 4, the
-#   run_mae_pretraining.py default; the K400 ViT-L script passes --decoder_depth 12).
-# - huge: VideoMAE ViT-H, pretrain_videomae_huge_patch16_224 (encoder 1280 wide, 32 blocks, 16 heads;
-#   decoder_embed_dim=640, decoder_num_heads=8) with depth 12 from
-#   scripts/kinetics/videomae_vit_huge_patch16_224_tubemasking_ratio_0.9_epoch_1600/pretrain.sh
-#   (--decoder_depth 12).
-# - giant: VideoMAEv2 ViT-g/14, OpenGVLab/VideoMAEv2 models/modeling_pretrain.py
-#   pretrain_videomae_giant_patch14_224 (encoder 1408 wide, 40 blocks, 16 heads, mlp_ratio=48/11 =
-#   MLP 6144, shared by the decoder: 2234; decoder_embed_dim=512, decoder_num_heads=8, patch 14) with
-#   depth 4 from scripts/pretrain/vit_g_hybrid_pt.sh (--decoder_depth 4).
-# Geometry is not a size: model.patch_size defaults to the preset's published patch (16; giant 14:
-# tgmae.config.PRESET_PATCH_SIZE).
+# name -> size arguments. Sources: micro, tiny: ours (CPU studies and tests); small / base / large /
+# huge: MCG-NJU/VideoMAE modeling_pretrain.py pretrain_videomae_*_patch16_224, decoder depth 4
+# (run_mae_pretraining.py default; huge: 12, from its K400 ViT-H pretrain.sh); giant: VideoMAEv2
+# ViT-g/14, OpenGVLab/VideoMAEv2 models/modeling_pretrain.py pretrain_videomae_giant_patch14_224
+# (mlp_ratio 48/11 = MLP 6144) with decoder depth 4 from scripts/pretrain/vit_g_hybrid_pt.sh.
+# Geometry is not a size (patch size: tgmae.config.PRESET_PATCH_SIZE).
 PRESETS: dict[str, dict[str, Any]] = {
     # micro: the study's and the sanity checks' CPU model (learns the synthetic actions in ~1 CPU-minute)
     "micro": dict(embed_dim=64, depth=2, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=1),
@@ -150,7 +141,7 @@ def _size_from_config(model_cfg: Any) -> dict[str, Any]:
     A `decoder_dim` override keeps the preset's decoder head width. Raises ConfigError naming
     model.num_heads / model.decoder_dim / model.decoder_heads when they do not divide the width."""
     size = dict(PRESETS[model_cfg.preset])
-    heads = getattr(model_cfg, "num_heads", None)
+    heads = model_cfg.num_heads
     if heads is not None:
         if size["embed_dim"] % heads:
             raise ConfigError(f"model.num_heads={heads}: must divide the preset's width {size['embed_dim']} "
@@ -167,7 +158,7 @@ def _size_from_config(model_cfg: Any) -> dict[str, Any]:
             )
         size["decoder_dim"] = model_cfg.decoder_dim
         size["decoder_heads"] = model_cfg.decoder_dim // head_dim
-    decoder_heads = getattr(model_cfg, "decoder_heads", None)
+    decoder_heads = model_cfg.decoder_heads
     if decoder_heads is not None:
         if size["decoder_dim"] % decoder_heads:
             raise ConfigError(f"model.decoder_heads={decoder_heads}: must divide the decoder width {size['decoder_dim']}")
@@ -177,11 +168,7 @@ def _size_from_config(model_cfg: Any) -> dict[str, Any]:
 
 def arch_from_config(model_cfg: Any, num_frames: int, image_size: int, pixel_mean: Optional[tuple[float, ...]] = None,
                      pixel_std: Optional[tuple[float, ...]] = None) -> VideoMAEArch:
-    """`ModelConfig` (validated: its preset is a known one) + clip geometry -> `VideoMAEArch`.
-
-    Pass the data pipeline's mean/std when they differ from ImageNet, so the target matches
-    VideoMAE's.
-    """
+    """`ModelConfig` + clip geometry (+ the data's mean/std; None = ImageNet) -> `VideoMAEArch`."""
     extra = {k: tuple(v) for k, v in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)) if v is not None}
     return VideoMAEArch(
         **_size_from_config(model_cfg),
@@ -196,21 +183,16 @@ def arch_from_config(model_cfg: Any, num_frames: int, image_size: int, pixel_mea
 
 
 def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, decoder: bool = False) -> None:
-    """Refuse a checkpoint whose geometry is not the one the config states (`model.pretrained`).
-
-    Compared: model.patch_size, model.tubelet_size, model.num_heads (when set), the size
-    (width, depth, heads) when the checkpoint's is a preset's, and with `decoder` the decoder's
-    width and depth (model.decoder_dim / model.decoder_depth, or the preset's). A checkpoint
-    of a size no preset has keeps its own (the caller logs it). Clip length and image side may
-    differ (fixed sin-cos position embeddings). Raises ConfigError naming the key, the config's
-    value and the checkpoint's.
-    """
+    """ConfigError naming the key and both values when `model.pretrained`'s geometry is not the
+    config's: patch and tubelet size, head count, the preset when the checkpoint's size is a
+    preset's, and with `decoder` the decoder's width and depth. Clip length and image side may
+    differ (sin-cos positions)."""
     checks = [("model.patch_size", model_cfg.patch_size, arch.patch_size),
               ("model.tubelet_size", model_cfg.tubelet_size, arch.tubelet_size)]
     named = [n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth)]
     if named and model_cfg.preset not in named:
         checks.append(("model.preset", model_cfg.preset, named[0]))
-    heads = getattr(model_cfg, "num_heads", None)
+    heads = model_cfg.num_heads
     if heads is None and model_cfg.preset in named:  # the preset implies its head count
         heads = PRESETS[model_cfg.preset]["num_heads"]
     if heads is not None:
@@ -226,11 +208,8 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
-    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored).
-
-    The config has fields for the head count but not for width and depth: `model_cfg.num_heads`
-    is set to the checkpoint's, so the run's config.yaml records it; width and depth are those of
-    `model.pretrained` (which config.yaml records), and `model.preset` is not used."""
+    """A line for the log when a checkpoint's encoder size is no preset (it then runs as stored);
+    sets `model_cfg.num_heads` to the checkpoint's, so config.yaml records it."""
     if any((p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth) for p in PRESETS.values()):
         return None
     model_cfg.num_heads = arch.num_heads

@@ -3,22 +3,11 @@
 Parameters match the official VideoMAE names: `qkv.weight` [3D, D] without bias, plus separate
 `q_bias` and `v_bias` [D] (the key bias is fixed at zero), then `proj`.
 
-Kernels for softmax(q k^T / sqrt(d)) v:
-- "sdpa": `torch.nn.functional.scaled_dot_product_attention` in the input dtype.
-- "sdpa_fp32": the same in float32 (q, k, v upcast, output cast back), autocast off inside.
-- "math": explicit matmul-softmax-matmul (reference; stores the [N, N] probabilities).
-- "auto" (default): the fastest of these for the device, dtype, head width and sequence length
-  (rounded up to a power of two), measured at set-up (`plan_kernels`, which the training loop
-  calls once the model is built) once per machine and torch version by `tgmae.autotune.choose`
-  (forward + backward of [1, min(H, 2), n, d], about 0.1-2 s per length; cached on disk,
-  logged). `forward` only looks the choice up and never measures: a length no set-up of the
-  process planned takes the choice stored on this machine, else "sdpa". The answer differs between machines with the same CPU flags:
-  on an Intel Xeon with AVX512-BF16 but no AMX (bf16 GEMMs ~0.5x fp32's rate) "sdpa_fp32" won
-  at every length; on an AMD EPYC Zen 4 (bf16 GEMMs ~4x fp32's) "math" won in bf16 at every
-  length (faster, but it keeps the [n, n] probabilities for backward: more memory than flash
-  SDPA) and "sdpa" in fp32 (docs/benchmarks.md). "sdpa" is kept unless another kernel is 5%
-  faster; "math" is skipped where its probability buffer would exceed MATH_MAX_BYTES (64 MiB
-  per block). With autotuning off (TGMAE_AUTOTUNE=off) "auto" is "sdpa".
+Kernels for softmax(q k^T / sqrt(d)) v: "sdpa" (torch SDPA in the input dtype), "sdpa_fp32"
+(the same in float32), "math" (explicit matmuls; keeps the [N, N] probabilities), and "auto": the
+fastest for device, dtype, head width and length bucket, measured at set-up (`plan_kernels`) by
+`tgmae.autotune.choose`, "sdpa" unless another is 5% faster (docs/benchmarks.md). `forward` never
+measures: an unplanned length takes the stored choice, else "sdpa" (also with autotuning off).
 """
 
 from __future__ import annotations
@@ -74,9 +63,7 @@ def _run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
 @torch.compiler.disable
 def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int, n: int) -> str:
     """Fastest kernel for forward + backward of [1, min(heads, 2), n, d] in `dtype` on this
-    machine, via tgmae.autotune.choose (cached on disk; runs eagerly under torch.compile).
-    Called at set-up (`plan_kernels`), never from `forward`.
-    "sdpa" (flash: no [n, n] buffer) is kept unless another kernel is 5% faster."""
+    machine (tgmae.autotune.choose; "sdpa" unless another is 5% faster). Set-up only."""
     from tgmae import autotune  # below models in the import order; imported late for start-up
 
     dev = torch.device(device)
@@ -103,9 +90,8 @@ def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int,
 
 
 def pick_kernel(q: torch.Tensor, kernel: Kernel, n: int | None = None) -> str:
-    """Resolve "auto" to a concrete kernel for queries [B, H, Nq, d] attending to n keys
-    (default Nq): the fastest measured at set-up for that length's bucket (`plan_kernels`), or
-    the stored choice / "sdpa" where none was planned (`_known_kernel`). Never measures."""
+    """Resolve "auto" for queries [B, H, Nq, d] attending to n keys (default Nq): the set-up's
+    choice for that length bucket, else the stored one / "sdpa" (`_known_kernel`). Never measures."""
     if kernel != "auto":
         return kernel
     keys = q.shape[-2] if n is None else n
@@ -122,9 +108,7 @@ _looked_up: dict[tuple, str] = {}  # keys no set-up planned in this process: the
 
 @torch.compiler.disable
 def _known_kernel(key: tuple) -> str:
-    """A length no set-up of this process planned (e.g. evaluation code that builds its own model):
-    the choice an earlier set-up on this machine stored (`tgmae.autotune.lookup`), else "sdpa".
-    Never measures."""
+    """An unplanned length: the choice stored on this machine (`tgmae.autotune.lookup`), else "sdpa"."""
     if key not in _looked_up:
         from tgmae import autotune
 
@@ -134,11 +118,8 @@ def _known_kernel(key: tuple) -> str:
 
 
 def plan_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype, lengths: Iterable[int]) -> dict:
-    """Set-up: measure the "auto" kernel of every Attention module of `model` (its heads and
-    head width) for each sequence length in `lengths` (bucketed, `length_bucket`) in `dtype` on
-    `device`, so `forward` finds the choice made (`pick_kernel`). Modules with an explicit kernel
-    are skipped. Returns {(head width, length bucket): kernel}. Cached per machine on disk
-    (tgmae.autotune); with autotuning off every choice is "sdpa" and nothing is measured."""
+    """Set-up: measure the kernel of every "auto" Attention module of `model` for each length in
+    `lengths` (bucketed) in `dtype` on `device`. Returns {(head width, length bucket): kernel}."""
     shapes = {(m.num_heads, m.head_dim) for m in model.modules() if isinstance(m, Attention) and m.kernel == "auto"}
     buckets = sorted({length_bucket(n) for n in lengths})
     return {(d, n): measure_kernel(device, dtype, heads, d, n) for heads, d in sorted(shapes) for n in buckets}

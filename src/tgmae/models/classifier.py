@@ -1,11 +1,8 @@
 """Video classifier for finetuning: the encoder on all tokens, mean pooling, fc_norm, a linear head.
 
-VideoMAE's finetuning model (`use_mean_pooling=True`): the encoder's own final norm is dropped
-(Identity), tokens are averaged, `fc_norm` (LayerNorm) normalizes the pooled vector, dropout,
-then the head, initialized trunc-normal(0.02) scaled by `head_init_scale` (0.001). fc_norm eps is
-1e-5, as in transformers' `VideoMAEForVideoClassification` (VideoMAE itself uses 1e-6, a
-negligible difference), so exported classifiers give the same logits there. Built from a
-checkpoint, saved and loaded by `tgmae.weights.classifier`.
+VideoMAE's finetuning model (`use_mean_pooling=True`), head init trunc-normal(0.02) x
+`head_init_scale`. fc_norm eps 1e-5 as transformers' `VideoMAEForVideoClassification`, so
+exported classifiers give the same logits there. Saved and loaded by `tgmae.weights.classifier`.
 """
 
 from __future__ import annotations
@@ -77,14 +74,8 @@ def classifier_arch(arch: VideoMAEArch, num_frames: Optional[int] = None, image_
                     drop_path: Optional[float] = None) -> VideoMAEArch:
     """A pretrained encoder's arch for finetuning: no final encoder norm, the run's clip geometry
     and stochastic depth (sin-cos positions, so frames and image size may change freely)."""
-    changes: dict = {"encoder_norm": False}
-    if num_frames is not None:
-        changes["num_frames"] = num_frames
-    if image_size is not None:
-        changes["image_size"] = image_size
-    if drop_path is not None:
-        changes["drop_path"] = drop_path
-    return dataclasses.replace(arch, **changes)
+    given = dict(num_frames=num_frames, image_size=image_size, drop_path=drop_path)
+    return dataclasses.replace(arch, encoder_norm=False, **{k: v for k, v in given.items() if v is not None})
 
 
 __all__ = ["VideoClassifier", "classifier_arch", "FC_NORM_EPS"]

@@ -1,26 +1,12 @@
 """Dual masking (VideoMAEv2): the decoder reconstructs only part of the encoder's masked tokens.
 
-VideoMAE's decoder runs on every token (visible + one mask token per masked token); at mask
-ratio 0.9 most of its cost is the masked tokens. VideoMAEv2 (Wang et al. 2023, section 3.2) lets
-the decoder see the visible tokens and only a subset of the mask tokens, and computes the loss on
-that subset. Here the subset is `ratio` of each clip's masked tokens (`masking.decoder_ratio`),
-chosen by one of two patterns (`masking.decoder_mask`):
-
-- `running_cell` (VideoMAEv2's default, OpenGVLab/VideoMAEv2 dataset/masking_generator.py
-  `RunningCellMaskingGenerator`): the (h, w) token plane is tiled with 2x2 cells; in each cell
-  k = round(4 * ratio) of the 4 positions are decoded, and the decoded positions shift by one
-  cell position per temporal token, from a random start per clip. Their generator's map, for
-  start s, time t and cell position c = 2 * (h % 2) + (w % 2): decoder-masked (not decoded) iff
-  (c + s + t + 1) % 4 < 4 - k (their `Cell` queue of 4 - k ones then k zeros, pointer advanced
-  once before each frame). Their map covers all N tokens and is not tied to the encoder mask;
-  here it ranks the encoder's masked tokens - the decoded ones are the masked tokens the pattern
-  decodes, a random subset of them when there are more than the count, topped up with random
-  other masked tokens when fewer - so every clip of a batch decodes the same number of tokens
-  (static shapes). The pattern is defined for any grid (odd sides crop the tiling).
-- `random`: a uniformly random subset of the masked tokens.
-
-Count: round(ratio * n_masked), at least 1. Draws come from the given generator (default: torch's
-default generator on the mask's device, like dropout).
+VideoMAEv2 (Wang et al. 2023, section 3.2): the decoder sees the visible tokens and a subset of
+the mask tokens, round(ratio * n_masked) (at least 1) per clip, and the loss covers that subset.
+Patterns (`masking.decoder_mask`): `random`, or `running_cell` (OpenGVLab/VideoMAEv2
+dataset/masking_generator.py `RunningCellMaskingGenerator`): 2x2 cells over the (h, w) plane, k =
+round(4 * ratio) positions per cell decoded, shifting by one per temporal token from a random
+start; here it ranks the encoder's masked tokens (random ones fill or trim to the count, so
+shapes stay static).
 """
 
 from __future__ import annotations
@@ -49,9 +35,7 @@ def running_cell_decoded(grid: tuple[int, int, int], ratio: float, start: torch.
 def decoder_tokens(mask: torch.Tensor, ratio: float, pattern: str, grid: tuple[int, int, int],
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Encoder mask [B, N] bool (True = masked, equal counts per clip) -> decoded token indices
-    [B, n_dec] int64, increasing token order, each a masked token; n_dec = max(1, round(ratio *
-    n_masked)). pattern: "running_cell" | "random" (module docstring). Always eager: the count is
-    read from the data, as in `tgmae.models.tokens.mask_to_indices`."""
+    [B, n_dec] int64, increasing, each a masked token. Draws from `generator` (default torch's)."""
     n_masked = int(mask[0].sum())
     n_dec = max(1, int(round(ratio * n_masked)))
     score = torch.rand(mask.shape, device=mask.device, generator=generator)  # [B, N] in [0, 1)

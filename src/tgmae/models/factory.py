@@ -20,14 +20,9 @@ def build_pretraining_model(
     decoder_ratio: Optional[float] = None,
     decoder_mask: str = "running_cell",
 ) -> VideoMAEPretrainer:
-    """`ModelConfig` + (data.num_frames, data.image_size) -> freshly initialized model.
-
-    pixel_mean / pixel_std: the data normalization (data.mean / data.std); None = ImageNet, the
-    statistics VideoMAE's target assumes. Weights come from the default torch generator: seed
-    it first for reproducible initialization. `model_cfg.pretrained` is not read here; load
-    checkpoints with `tgmae.models.load_pretraining_model`. grad_checkpoint (train.grad_checkpoint),
-    decoder_ratio / decoder_mask (masking.decoder_ratio / decoder_mask): `VideoMAEPretrainer`'s;
-    `training_options` reads them from a run config.
+    """`ModelConfig` + (data.num_frames, data.image_size) -> model initialized from the default
+    torch generator (`model_cfg.pretrained` is not read). pixel_mean / pixel_std: data.mean /
+    data.std; None = ImageNet. The keyword options are `VideoMAEPretrainer`'s (`training_options`).
     """
     arch = arch_from_config(model_cfg, num_frames, image_size, pixel_mean, pixel_std)
     return VideoMAEPretrainer(arch, grad_checkpoint=grad_checkpoint, decoder_ratio=decoder_ratio,

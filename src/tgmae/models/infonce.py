@@ -1,32 +1,11 @@
 """Symmetric video-text InfoNCE over the global batch (paper section 3.4, eq. 4).
 
-loss = (L_v->t + L_t->v) / 2 with logits = cos(v_i, t_j) / tau on L2-normalized embeddings,
-computed in fp32 with autocast off (bf16 logits would lose ~0.5% of a logit of 1 / 0.07).
-
-Under torch.distributed (any backend, gloo/CPU included) the negatives are the global batch:
-each rank gathers every rank's embeddings and caption ids, computes the loss of its own rows
-(local queries against all global keys, both directions) and the gather sends gradient back to
-the local shard: its backward all-reduces (sums) the gradient over ranks and keeps the local
-slice, i.e. each shard receives the gradient of the *sum* of the rank losses. DDP then averages
-over ranks, so the optimized gradient is exactly that of the mean of the rank losses, which is
-the single-process loss of the concatenated batch (all ranks must hold the same local batch
-size, as DDP with drop_last gives). Gathering only happens when asked (`gather=True`, the
-`InfoNCE` module does it in training mode only): evaluation on one rank never blocks.
-
-Duplicate captions (same `caption_id`, e.g. two clips of one class with the same oracle caption)
-are never negatives of each other. Choice: **mask them out of the denominators, and count each
-distinct caption once as a candidate**:
-- video -> text: row i is a softmax over the *distinct* captions of the (global) batch: its own
-  caption (column i) plus the first occurrence of every other caption id. A caption drawn by k
-  clips is one text, so it is neither a negative of its own clips nor k-fold weighted as a
-  negative of the others.
-- text -> video: row i (the caption of clip i) is a softmax over the clips whose caption id
-  differs, plus clip i itself (the positive). The other clips of the same caption are positives
-  of that text, not negatives, so they leave the denominator; the clips themselves are distinct
-  samples, so clips of other captions all stay.
-Without duplicates (or `caption_id=None`) this is exactly the CLIP loss. Consequence, tested: a
-clip that repeats another clip's (caption, video) pair gets the losses of the original row, and
-adding it leaves the video -> text loss of every other row unchanged.
+loss = (L_v->t + L_t->v) / 2, logits = cos(v_i, t_j) / tau, in fp32 with autocast off. Under
+torch.distributed each rank scores its rows against every rank's keys; the gather's backward
+sums gradients over ranks, so after DDP's average the gradient is that of the concatenated batch.
+Duplicate captions (same `caption_id`) are never negatives of each other: video -> text scores
+each distinct caption once (its own plus first occurrences of others); text -> video drops the
+other clips of the same caption. Without duplicates this is exactly the CLIP loss.
 """
 
 from __future__ import annotations
@@ -91,11 +70,8 @@ class _AllReduceWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """[B, ...] -> [world * B, ...] (rank order); gradient flows back to this rank's rows.
-
-    Every rank must pass the same shape. Identity when not distributed. Without autograd
-    (no_grad or x not requiring grad) it is a plain all_gather.
-    """
+    """[B, ...] -> [world * B, ...] (rank order; same shape on every rank); gradient flows back to
+    this rank's rows. Identity when not distributed."""
     _, world = rank_world()
     if world == 1:
         return x
@@ -139,13 +115,10 @@ def candidate_masks(local_ids: torch.Tensor, global_ids: torch.Tensor,
 def info_nce_rows(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
                   caption_id: Optional[torch.Tensor] = None,
                   gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row InfoNCE terms of the local rows.
-
-    video [B, D], text [B, D] (paired by row; any norm, L2-normalized here), logit_scale = 1 / tau
-    (float or 0-D tensor, may require grad), caption_id [B] int64 >= 0 or None (all distinct),
-    gather: use the global batch as negatives when distributed.
-    -> (loss_v2t [B], loss_t2v [B]) fp32: -log softmax of the positive, row by row.
-    """
+    """video [B, D], text [B, D] (paired by row, normalized here), logit_scale = 1 / tau, caption_id
+    [B] int64 >= 0 or None (all distinct), gather: global-batch negatives when distributed
+    -> (loss_v2t [B], loss_t2v [B]) fp32: -log softmax of the positive. ValueError on bad shapes
+    or a negative caption id."""
     if video.dim() != 2 or video.shape != text.shape:
         raise ValueError(f"video and text embeddings must both be [B, D], got {tuple(video.shape)} "
                          f"and {tuple(text.shape)}")
@@ -195,18 +168,12 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor 
 
 
 class InfoNCE(nn.Module):
-    """Symmetric InfoNCE with a fixed or learnable temperature.
+    """Symmetric InfoNCE with a fixed or learnable temperature tau.
 
-    Args:
-        temperature: tau > 0 (initial value when learnable; contrastive.temperature, checked by
-            the config).
-        learnable: learn log(1 / tau) (CLIP's `logit_scale`), clamped in place to
-            [log 1, log 100] before every use (tau in [0.01, 1], as CLIP / open_clip clamp it).
-            Fixed: a buffer holding the same quantity, so checkpoints of both kinds share the key
-            `log_scale`.
-
-    forward(video [B, D], text [B, D], caption_id [B] or None) -> scalar. Gathers the global batch
-    in training mode only (so a single rank can evaluate without blocking).
+    learnable: learn log(1 / tau) (CLIP's `logit_scale`), clamped to [log 1, log 100] before every
+    use; fixed, the same quantity is a buffer (both checkpoint as `log_scale`).
+    forward(video [B, D], text [B, D], caption_id [B] or None) -> scalar; gathers the global batch
+    in training mode only, so one rank can evaluate without blocking.
     """
 
     def __init__(self, temperature: float = 0.07, learnable: bool = False) -> None:

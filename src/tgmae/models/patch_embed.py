@@ -1,10 +1,7 @@
 """Tubelet patch embedding: a Conv3d with kernel = stride = (t, p, p), run only where needed.
 
-The parameter is stored as `proj` (nn.Conv3d, weight [D, C, t, p, p]) so checkpoints match
-VideoMAE. Because kernel = stride, the convolution is one matrix product per token:
-token (t', h', w') = W.flatten(1) @ video[:, t't:(t'+1)t, h'p:(h'+1)p, w'p:(w'+1)p].flatten() + b.
-Given a list of visible tokens we select just those tokens' pixels and run the Linear; masked
-tokens cost no FLOPs (HF and VideoMAE run the Conv3d on every token, then drop the masked).
+Stored as `proj` (nn.Conv3d, weight [D, C, t, p, p]) as in VideoMAE; since kernel = stride it
+runs as one Linear over the selected tokens' pixels, so masked tokens cost nothing.
 """
 
 from __future__ import annotations

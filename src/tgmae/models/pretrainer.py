@@ -1,14 +1,9 @@
 """VideoMAE pretraining model: encoder on visible tokens, decoder predicts the masked ones.
 
-Stages: `split` (mask -> token indices), `forward_encoder`, `forward_decoder`, `forward_loss`.
-`forward(video, mask)` runs them all and returns a `PretrainOutput`; its `latent` is the
-encoder output the contrastive head pools, so no second encoder pass is needed.
-Dual masking (VideoMAEv2, `tgmae.models.dual_mask`): in training, with `decoder_ratio` set, the
-decoder gets the visible tokens and the mask tokens of only a subset of the masked tokens, and
-the loss covers that subset; in eval mode (figures, validation) the decoder reconstructs every
-masked token.
-Parameter names match the official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`,
-`mask_token`, `decoder.*`).
+Stages: `split`, `forward_encoder`, `forward_decoder`, `forward_loss`; `forward` returns a
+`PretrainOutput`. Dual masking (VideoMAEv2, `tgmae.models.dual_mask`): in training the decoder may
+reconstruct only a subset of the masked tokens; in eval mode it reconstructs all. Parameter
+names match the official VideoMAE checkpoints.
 """
 
 from __future__ import annotations
@@ -111,8 +106,7 @@ class VideoMAEPretrainer(nn.Module):
         return PretrainOutput(loss=loss, pred=pred, mask=mask, latent=latent, decoded=decoded)
 
     def no_weight_decay(self) -> set[str]:
-        """Names that must not decay: mask_token and every attention q/v bias. (Norm weights
-        and other biases are 1-D; the usual `ndim <= 1` rule catches them too.)"""
+        """Names that must not decay: mask_token and every attention q/v bias."""
         names = {"mask_token"}
         names |= {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}
         return names

@@ -1,18 +1,9 @@
-"""Pure functions for VideoMAE's reconstruction target and for pasting predictions back.
+"""VideoMAE's reconstruction target and pasting predictions back (pure functions).
 
-Token layout of targets and predictions (VideoMAE): `b c (t p0) (h p1) (w p2) -> b (t h w)
-(p0 p1 p2) c`, flattened to P = t*p*p*C values per token, tokens in (t, h, w) raster order.
-
-The input video is normalized with the data mean/std. Like VideoMAE (which un-normalizes with
-the ImageNet statistics), the target is defined on pixel values x_pix = x * arch.pixel_std +
-arch.pixel_mean, so it equals the official one when those match the data pipeline. With
-`norm_pix_loss` each patch is normalized per channel over its t*p*p pixels:
-(x_pix - mean) / (sqrt(unbiased var) + 1e-6). Without it the target is x_pix.
-
-Computation: per channel c, (x_pix - mean(x_pix)) / (std(x_pix) + eps) equals
-(x - mean(x)) / (std(x) + eps / std_c), so the normalized target never materializes x_pix;
-statistics are two-pass (mean, then the norm of the deviations) over contiguous channel rows,
-about 10x faster on CPU than `var` over the (pixels, channel) layout.
+Token layout (VideoMAE): `b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c`, P = t*p*p*C values
+per token, raster order. The target is on pixels x_pix = x * pixel_std + pixel_mean; with
+`norm_pix_loss` each patch is normalized per channel: (x_pix - mean) / (unbiased std + 1e-6),
+computed as (x - mean(x)) / (std(x) + eps / std_c) so x_pix never materializes.
 """
 
 from __future__ import annotations
@@ -60,11 +51,7 @@ def _channel_stats(arch: VideoMAEArch, like: torch.Tensor) -> tuple[torch.Tensor
 def pretrain_target_channel_first(video: torch.Tensor, arch: VideoMAEArch,
                                   idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Normalized video [B, C, T, H, W] (+ token indices [B, n]) -> float32 target
-    [B, n, C, t*p*p]: the standard target with each token's (pixels, channel) axes swapped.
-
-    Built in place in the one buffer that gathers the tokens' pixels: the loss compares it with
-    the prediction seen through the same swap, so no layout change and no extra copy is made.
-    """
+    [B, n, C, t*p*p] (the standard target, channel-first), built in the gathered pixels' buffer."""
     C = arch.in_chans
     x = token_pixels(video.float(), arch.tubelet_size, arch.patch_size, idx).unflatten(-1, (C, -1))
     if idx is None and x.data_ptr() == video.data_ptr():  # never normalize the caller's video
@@ -97,13 +84,8 @@ def to_channel_first(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class _MaskedMSE(torch.autograd.Function):
-    """mean((pred - target)^2) with the prediction compared in the target's channel-first layout.
-
-    One float32 buffer holds pred - target; the loss is its dot product with itself and the
-    backward pass scales that buffer in place. F.mse_loss on the standard layout needs the
-    target transposed, an elementwise loss buffer and a separate gradient buffer: three more
-    clip-sized tensors, whose fresh pages dominate the loss's cost on CPU.
-    """
+    """mean((pred - target)^2) in the target's channel-first layout, in one float32 buffer that
+    the backward scales in place (F.mse_loss needs three more clip-sized buffers)."""
 
     @staticmethod
     def forward(ctx, pred: torch.Tensor, target_cf: torch.Tensor, channels: int) -> torch.Tensor:
@@ -124,14 +106,9 @@ class _MaskedMSE(torch.autograd.Function):
 
 
 def masked_mse(pred: torch.Tensor, target_cf: torch.Tensor) -> torch.Tensor:
-    """pred [B, n, P] (any float dtype, standard layout), target_cf [B, n, C, t*p*p] float32 from
-    `pretrain_target_channel_first` -> scalar float32 MSE, equal to
-    F.mse_loss(pred.float(), pretrain_target(...)).
-
-    Under torch.compile the plain expression is traced instead of the hand-written autograd
-    function (its `out=` buffer and flat view are eager-memory tricks that inductor's fusion
-    makes unnecessary, and the traced `out=` buffer can take strides that cannot be viewed flat).
-    """
+    """pred [B, n, P] (standard layout), target_cf [B, n, C, t*p*p] float32 -> scalar float32
+    MSE, = F.mse_loss(pred.float(), pretrain_target(...)). Under torch.compile the plain
+    expression is traced (inductor fuses it; the `out=` buffer may not view flat there)."""
     channels = target_cf.shape[-2]
     if pred.shape[:2] != target_cf.shape[:2] or pred.shape[-1] != target_cf.shape[-2] * target_cf.shape[-1]:
         raise ValueError(f"masked_mse: pred {tuple(pred.shape)} does not match target {tuple(target_cf.shape)}")
@@ -141,19 +118,17 @@ def masked_mse(pred: torch.Tensor, target_cf: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_target(video: torch.Tensor, arch: VideoMAEArch, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The raw-pixel target (units of the data before normalization: [0, 1] for the usual mean /
-    std) float32 [B, n, C, t*p*p] of tokens idx [B, n] (all N without idx), also for a
-    norm_pix_loss model. video [B, C, T, H, W] normalized."""
+    """Normalized video [B, C, T, H, W] -> raw-pixel target float32 [B, n, C, t*p*p] ([0, 1]) of
+    tokens idx [B, n] (all N without idx), whatever norm_pix_loss."""
     return pretrain_target_channel_first(video, dataclasses.replace(arch, norm_pix_loss=False), idx)
 
 
 def predicted_pixels(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      arch: VideoMAEArch) -> torch.Tensor:
-    """A model's prediction of its masked tokens in raw-pixel units ([0, 1]), float32
-    [B, N_masked, C, t*p*p]. video [B, C, T, H, W] (normalized input), pred [B, N_masked, P]
-    (`PretrainOutput.pred`), mask [B, N] bool (True = masked). With `norm_pix_loss` each
-    prediction is de-normalized with its patch's true mean and std (VideoMAE's visualization),
-    so only its within-patch pattern is the model's. ValueError when pred does not fit the mask."""
+    """video [B, C, T, H, W] normalized, pred [B, N_masked, P], mask [B, N] bool (True = masked)
+    -> the prediction in raw pixels ([0, 1]) float32 [B, N_masked, C, t*p*p]; with norm_pix_loss
+    de-normalized with each patch's true mean and std (VideoMAE's visualization). ValueError when
+    pred does not fit the mask."""
     _, mask_idx = mask_to_indices(mask, arch.num_tokens)
     if pred.shape[:2] != mask_idx.shape or pred.shape[-1] != arch.patch_dim:
         raise ValueError(
@@ -169,18 +144,15 @@ def predicted_pixels(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
 
 
 def masked_pixel_mse(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, arch: VideoMAEArch) -> float:
-    """Masked MSE of a prediction in raw-pixel units ([0, 1]): the model's loss without
-    norm_pix_loss; with it, the error of `predicted_pixels` (comparable with `patch_mean_mse`,
-    which also knows each patch's true mean). Shapes as `predicted_pixels`."""
+    """Masked MSE in raw pixels ([0, 1]) of `predicted_pixels` (comparable with `patch_mean_mse`).
+    Shapes as `predicted_pixels`."""
     want = pixel_target(video, arch, mask_to_indices(mask, arch.num_tokens).masked)
     return float((predicted_pixels(video, pred, mask, arch) - want).pow(2).mean())
 
 
 def patch_mean_mse(video: torch.Tensor, mask: torch.Tensor, arch: VideoMAEArch) -> float:
-    """The patch-mean oracle: MSE of predicting every masked token's pixels as its own true
-    per-channel mean colour, in raw-pixel units ([0, 1]) - the mean within-token pixel variance.
-    A reconstruction at about this error holds no more than each patch's colour. video
-    [B, C, T, H, W] normalized, mask [B, N] bool (True = masked). Source: docs/sanity.md (b)."""
+    """The patch-mean oracle: MSE in raw pixels of predicting each masked token as its true mean
+    colour. video [B, C, T, H, W] normalized, mask [B, N] bool (True = masked). docs/sanity.md (b)."""
     target = pixel_target(video, arch, mask_to_indices(mask, arch.num_tokens).masked)
     return float(target.var(dim=-1, unbiased=False).mean())
 
@@ -188,12 +160,8 @@ def patch_mean_mse(video: torch.Tensor, mask: torch.Tensor, arch: VideoMAEArch) 
 def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                       arch: VideoMAEArch) -> torch.Tensor:
     """Paste predictions into the masked positions of the input, for reconstruction figures.
-
-    video [B, C, T, H, W] (normalized input), pred [B, N_masked, P] (masked tokens in increasing
-    token order, as `PretrainOutput.pred`), mask [B, N] bool (True = masked) -> [B, C, T, H, W]
-    float32 in the input's normalization; visible pixels are the input's, unchanged. With
-    `norm_pix_loss` each prediction is de-normalized with its patch's true mean and std.
-    """
+    video [B, C, T, H, W] normalized, pred [B, N_masked, P] (increasing token order), mask [B, N]
+    bool (True = masked) -> [B, C, T, H, W] float32 in the input's normalization."""
     x_pix = predicted_pixels(video, pred, mask, arch)  # [B, n, C, t*p*p]
     m, s = _channel_stats(arch, x_pix)
     _, mask_idx = mask_to_indices(mask, arch.num_tokens)

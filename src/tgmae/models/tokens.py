@@ -21,13 +21,9 @@ class TokenSplit(NamedTuple):
 
 @torch.compiler.disable
 def mask_to_indices(mask: torch.Tensor, num_tokens: int) -> TokenSplit:
-    """[B, N] bool mask (True = masked) -> TokenSplit(visible [B, N_vis], masked [B, N_masked]).
-
-    Both lists are in increasing token order (the order of `x[~mask]` / `x[mask]` in VideoMAE).
-    Raises ValueError (from `check_mask`) when samples keep different visible counts.
-    Always eager: N_vis is read from the data (a data-dependent shape), so torch.compile runs
-    this between graphs instead of tracing into `check_mask`.
-    """
+    """[B, N] bool mask (True = masked) -> TokenSplit(visible [B, N_vis], masked [B, N_masked]),
+    both in increasing token order. ValueError (`check_mask`) for unequal visible counts. Eager
+    under torch.compile: N_vis is a data-dependent shape."""
     n_vis = check_mask(mask, num_tokens)
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible first, then masked
     return TokenSplit(order[:, :n_vis], order[:, n_vis:])
@@ -41,11 +37,8 @@ def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def token_pixels(video: torch.Tensor, tubelet: int, patch: int,
                  idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """video [B, C, T, H, W] -> [B, n, C*t*p*p], each token's pixels in Conv3d weight order
-    (c, t, p, p); all N tokens in raster order when idx is None, else the tokens idx [B, n].
-
-    One token-major copy of the clip, then whole rows are selected: several times faster on
-    CPU than advanced indexing into the 8-D strided view (rows of p values).
-    """
+    (c, t, p, p); all N tokens when idx is None, else the tokens idx [B, n] (whole rows of one
+    token-major copy: faster than indexing the strided view)."""
     B, C, T, H, W = video.shape
     gt, gh, gw = T // tubelet, H // patch, W // patch
     x = video.reshape(B, C, gt, tubelet, gh, patch, gw, patch).permute(0, 2, 4, 6, 1, 3, 5, 7)

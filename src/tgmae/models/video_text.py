@@ -1,29 +1,11 @@
-"""Masked video-text contrastive learning on top of VideoMAE, and the unified objective
-(paper sections 3.4-3.5, Table 2, Figure 4).
+"""Masked video-text contrastive learning on top of VideoMAE (paper sections 3.4-3.5, Figure 4).
 
-`VideoTextPretrainer` wraps a `VideoMAEPretrainer` (under the attribute / state-dict prefix
-`mae.`, so `load_pretraining_model` output plugs in as is and `save_pretraining_model(m.mae)`
-exports the official layout) and adds:
-- video embedding: mean of the encoder outputs over the visible tokens (the `latent` of the one
-  MAE encoder pass; no second pass) -> `ProjectionHead` (SimCLR-style MLP with global BN);
-- text embedding: the cached frozen CLIP text embedding of the caption drawn for the clip,
-  optionally through a learnable linear map (`text_projection`);
-- `InfoNCE`: symmetric, global-batch negatives under DDP, duplicate captions masked.
-
-Objectives (`ContrastiveConfig.objective`); the InfoNCE value is computed and reported in all:
-- `mae`: loss = MSE. InfoNCE runs under `torch.no_grad()` (no backward cost; Figure 4's
-  "without optimization" curve). The heads and the temperature are frozen (requires_grad False).
-- `contrastive`: loss = InfoNCE. The decoder never runs: `loss_mse` and `pred` are None, and the
-  decoder side (`encoder_to_decoder`, `mask_token`, `decoder.*`) is frozen.
-- `mae+contrastive`: loss = MSE + weight x InfoNCE.
-Freezing what an objective does not use means every parameter that requires grad gets one each
-step, so DDP runs with `find_unused_parameters=False` in every mode.
-
-Global BatchNorm: the head's `GlobalBatchNorm1d` takes its training statistics over the global
-batch whenever a process group with more than one rank is initialized (autograd-aware
-all-reduce; works with gloo on CPU, unlike `nn.SyncBatchNorm`, and with NCCL). Nothing has to
-be converted, and `nn.SyncBatchNorm.convert_sync_batchnorm` must not be applied to this model
-(it would swap these layers for SyncBatchNorm, which rejects CPU tensors).
+`VideoTextPretrainer` wraps a `VideoMAEPretrainer` as `mae.` and adds a projection head on the
+mean visible-token latent, an optional linear map on the frozen text embedding, and `InfoNCE`.
+Objectives: `mae` (InfoNCE only monitored, under no_grad, heads frozen), `contrastive` (the
+decoder never runs and is frozen), `mae+contrastive` (MSE + weight x InfoNCE). Freezing what is
+unused lets DDP run with `find_unused_parameters=False`. Do not apply `convert_sync_batchnorm`:
+`GlobalBatchNorm1d` already spans ranks (and works on gloo/CPU, unlike SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -45,11 +27,9 @@ from tgmae.models.pretrainer import VideoMAEPretrainer
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """[B, C] -> [B, C] BatchNorm1d whose training statistics span every rank's batch.
 
-    Training mode: mean and (biased) variance over the global batch, two-pass, in fp32, through a
-    differentiable all-reduce when a process group of > 1 ranks is initialized (identical to
-    BatchNorm1d of the concatenated batch, gradients included); running statistics as
-    BatchNorm1d (unbiased variance, momentum). Eval mode: plain BatchNorm1d on the running
-    statistics, no communication. Same parameters and buffers as nn.BatchNorm1d.
+    Training: two-pass fp32 mean and biased variance through a differentiable all-reduce (equal to
+    BatchNorm1d of the concatenated batch, gradients included); running statistics as BatchNorm1d.
+    Eval: plain BatchNorm1d. Same parameters and buffers as nn.BatchNorm1d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,12 +61,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR-style projection MLP: [B, in_dim] -> [B, out_dim].
-
-    Linear(in, hidden, no bias) - BN - ReLU - Linear(hidden, out, no bias) - BN(affine=False),
-    every BN a GlobalBatchNorm1d (global batch statistics under DDP, as SimCLR's global BN).
-    The output BN without affine follows SimCLR v2 / MoCo v3; the loss L2-normalizes after it.
-    """
+    """SimCLR-style projection MLP: [B, in_dim] -> [B, out_dim]. Linear - BN - ReLU - Linear -
+    BN(affine=False) (SimCLR v2 / MoCo v3), no biases, every BN a GlobalBatchNorm1d."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -103,11 +79,10 @@ class ProjectionHead(nn.Module):
 @dataclass
 class VideoTextOutput:
     """loss: the objective's scalar; loss_mse: MSE on masked tokens (None for `contrastive`);
-    loss_nce: symmetric InfoNCE of the local rows (detached for `mae`; under DDP its mean over
-    ranks is the global-batch loss); pred [B, N_dec, P] (the decoded tokens) or None; mask [B, N] bool (True =
-    masked); latent [B, N_vis, D] encoder output; video_embedding, text_embedding [B, proj_dim]
-    L2-normalized fp32; temperature: 0-D detached tau; decoded [B, N] bool: `pred`'s tokens
-    (PretrainOutput.decoded; None when the decoder does not run)."""
+    loss_nce: InfoNCE of the local rows (detached for `mae`); pred [B, N_dec, P] or None; mask
+    [B, N] bool (True = masked); latent [B, N_vis, D]; video_embedding, text_embedding
+    [B, proj_dim] L2-normalized fp32; temperature: 0-D detached tau; decoded [B, N] bool: `pred`'s
+    tokens (None when the decoder does not run)."""
 
     loss: torch.Tensor
     loss_mse: Optional[torch.Tensor]
@@ -129,28 +104,22 @@ class VideoTextOutput:
 
 
 class VideoTextPretrainer(nn.Module):
-    """VideoMAE + masked video-text InfoNCE.
-
-    The arguments are those of a validated `ContrastiveConfig` (objective, weight >= 0,
-    temperature > 0, view_ratio in [0, 1) or None are checked there, once).
+    """VideoMAE + masked video-text InfoNCE; the arguments are a validated `ContrastiveConfig`'s.
 
     Args:
-        mae: the pretraining model (fresh, or from `load_pretraining_model`); kept as `self.mae`.
+        mae: the pretraining model; kept as `self.mae`.
         text_dim: width Dt of the cached text embeddings.
         objective: "mae" | "contrastive" | "mae+contrastive".
-        weight: lambda on InfoNCE in "mae+contrastive" (unused by the other objectives).
+        weight: lambda on InfoNCE in "mae+contrastive".
         temperature: tau (initial value when learnable).
         learnable_temperature: learn tau (CLIP-style clamped log-parameter).
         proj_dim: output width of the video projection head (and of the text side).
-        text_projection: learnable Linear(Dt, proj_dim, no bias) on the frozen text embedding.
-            Off, the text embedding is used as is, so Dt must equal proj_dim (else ValueError).
+        text_projection: learnable Linear(Dt, proj_dim, no bias) on the text embedding; off, Dt
+            must equal proj_dim (else ValueError).
         hidden_dim: projection head hidden width; None = the encoder width D.
-        view_ratio: None (default, the paper's): InfoNCE pools the one MAE encoder pass's visible
-            tokens. A float in [0, 1): InfoNCE pools a second encoder pass over a lighter-masked
-            view - the MAE mask with random masked tokens uncovered until only `view_ratio` of
-            the N tokens stay masked (0: the whole clip), drawn per clip with the default torch
-            generator on the video's device. Costs a second encoder pass; at mask ratio .75 the
-            pooled 25% often misses the actor (docs/sanity.md), which this removes.
+        view_ratio: None (the paper's): InfoNCE pools the MAE pass's visible tokens. In [0, 1):
+            a second encoder pass over the MAE mask with masked tokens uncovered until
+            `view_ratio` of the N stay masked (`view_mask`; docs/sanity.md).
 
     forward(video [B, C, T, H, W], mask [B, N] bool (True = masked), text_embedding [B, Dt],
     caption_id [B] int64 or None) -> VideoTextOutput. Masks are inputs: any generator works.
@@ -214,8 +183,8 @@ class VideoTextPretrainer(nn.Module):
         return F.normalize(v.float(), dim=-1), F.normalize(t.float(), dim=-1), loss
 
     def view_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """[B, N] MAE mask -> [B, N] lighter mask for InfoNCE (True = masked): a random subset of
-        the masked tokens, round(view_ratio * N) per clip, stays masked; the rest is uncovered."""
+        """[B, N] MAE mask -> [B, N] lighter mask (True = masked): round(view_ratio * N) random
+        masked tokens per clip stay masked (default torch generator on the mask's device)."""
         n_keep = int(round(self.view_ratio * mask.shape[1]))
         if n_keep > int(mask.sum(dim=1).min()):
             raise ValueError(f"contrastive.view_ratio={self.view_ratio} masks more tokens than the MAE mask")
@@ -283,10 +252,8 @@ def build_video_text_model(model_cfg: ModelConfig, contrastive_cfg: ContrastiveC
                            pixel_mean: Optional[tuple[float, ...]] = None,
                            pixel_std: Optional[tuple[float, ...]] = None,
                            **options: Any) -> VideoTextPretrainer:
-    """`model` + `contrastive` sections, clip geometry and the text embedding width -> fresh
-    VideoTextPretrainer (initialized from the default torch generator, like
-    `build_pretraining_model`, whose keyword `options` it passes on; load pretrained MAE weights
-    into `.mae`)."""
+    """`model` + `contrastive` sections, clip geometry and text width -> fresh VideoTextPretrainer
+    (`options` go to `build_pretraining_model`; load pretrained MAE weights into `.mae`)."""
     mae = build_pretraining_model(model_cfg, num_frames, image_size, pixel_mean, pixel_std, **options)
     return VideoTextPretrainer.from_config(mae, contrastive_cfg, text_dim)
 

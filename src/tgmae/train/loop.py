@@ -1,17 +1,8 @@
-"""The one training loop. Pretraining, finetuning and linear probing are `Task` objects that plug
-their batch -> loss step, parameters and evaluation into it.
+"""The one training loop; pretraining, finetuning and probing are `Task`s plugging in their step.
 
-The loop owns everything a task should not have to think about: devices, DDP or FSDP
-(`train.strategy`), mixed precision, gradient accumulation and clipping, the lr schedule,
-non-finite-loss stops, metrics, progress, atomic checkpoints and step-exact resume (its policy:
-`tgmae.train.resume`).
-`Trainer.fit` reads like MAE's `train_one_epoch`: set-up steps (precision, model, resume,
-loader), then per batch a micro-step and, every `train.accum_steps`, an optimizer step, then the
-end of the epoch (evaluation, checkpoint). The run folder (config.yaml, metrics.jsonl) is written
-when the first batch has come: a run refused before that leaves nothing in it. The host waits for the device only at a log
-step, a checkpoint or an epoch end's evaluation: losses and metrics are summed on the device,
-and a non-finite loss is found there, before anything (a record, a checkpoint, an evaluation)
-is made from the model.
+The loop owns devices, DDP / FSDP, precision, accumulation, clipping, the lr schedule, non-finite
+stops, metrics, checkpoints and resume (policy: `tgmae.train.resume`). The run folder is written
+at the first batch; the host syncs with the device only at a log step, checkpoint or evaluation.
 """
 
 from __future__ import annotations
@@ -46,29 +37,23 @@ log = logging.getLogger("tgmae")
 
 
 def compile_model(model: nn.Module, mode: str) -> nn.Module:
-    """torch.compile `model` in place (`train.compile`): "off"; "blocks" = every transformer
-    Block (one graph per block shape, no graph breaks; the mask split, embedding, target and
-    loss stay eager); "model" = the whole forward (the mask split runs eagerly between graphs,
-    see `tgmae.models.tokens.mask_to_indices`). In place (`nn.Module.compile`), so parameter
-    names and checkpoints are unchanged. Cold compile takes 30-60 s on a 2-core CPU.
-    Returns `model`."""
+    """torch.compile `model` in place (`train.compile`, validated): "off"; "blocks" = every
+    transformer Block (the mask split, embedding, target and loss stay eager); "model" = the whole
+    forward. In place, so parameter names and checkpoints are unchanged. Returns `model`."""
     if mode == "blocks":
         for m in model.modules():
             if isinstance(m, Block):
                 m.compile()
     elif mode == "model":
         model.compile()
-    elif mode != "off":
-        raise ValueError(f"train.compile={mode!r}: expected off|blocks|model")
     if mode != "off":
         log.info("torch.compile: %s", mode)
     return model
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf. Found at the next log step, checkpoint or evaluation (the loss is
-    checked on the device, without a host sync per step), before any is made from the model: the
-    run stops there, the last good checkpoint left as it was, and the message names the step."""
+    """The loss became NaN/inf; found at the next log step, checkpoint or evaluation, before any
+    is made from the model. The message names the step and the last good checkpoint."""
 
 
 @dataclass
@@ -82,10 +67,9 @@ class StepOutput:
 class Task(Protocol):
     """A kind of training. The loop calls these; everything else is the loop's business.
 
-    Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (its
-    records are kept in the checkpoints, so they survive a resume; it runs in a forked RNG), `build_optimizer(groups, optim_cfg, device)`, and
-    `inputs_fingerprint: str` (read after `build_model`), stored in every checkpoint: a resume on
-    other inputs (other features, other weights under the same path) is refused.
+    Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (kept
+    in checkpoints), `build_optimizer(groups, optim_cfg, device)`, and `inputs_fingerprint: str`
+    (read after `build_model`, stored in checkpoints: a resume on other inputs is refused).
     """
 
     name: str
@@ -102,8 +86,7 @@ class Task(Protocol):
 
 @dataclass
 class LoopState:
-    """Passed to hooks after every optimizer step (a non-finite loss since the last log step is
-    not yet checked: `NonFiniteLossError`)."""
+    """Passed to hooks after every optimizer step (losses since the last log step are unchecked)."""
 
     position: ckpt.TrainPosition
     total_steps: int
@@ -181,9 +164,7 @@ class Trainer:
         self.fingerprint: Optional[str] = None  # the task's inputs (e.g. the probe's features)
 
     def fit(self) -> FitResult:
-        """Train from scratch or resume; returns the unwrapped model, the position, the run folder,
-        the last checkpoint and the history of metric and evaluation records. Holds the run
-        folder's lock throughout (a second run into it is refused, `run_folder_lock`)."""
+        """Train from scratch or resume, holding the run folder's lock (`run_folder_lock`)."""
         with run_folder_lock(self.cfg):
             return self._fit()
 
@@ -236,8 +217,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _choose_precision(self) -> str:
-        """train.precision resolved for this device; with "auto" under DDP every rank measured
-        for itself, and all must train alike: fp32 unless all agree (a collective)."""
+        """train.precision for this device; "auto" under DDP: fp32 unless all ranks agree."""
         cfg, dist = self.cfg, self.dist
         precision = resolve_precision(cfg.train.precision, dist.device)
         if dist.enabled and cfg.train.precision == "auto":
@@ -250,8 +230,8 @@ class Trainer:
         return precision
 
     def _build_model(self, precision: str) -> nn.Module:
-        """The task's model on the device, its attention kernel decided now: train.attention, or
-        with "auto" measured for the run's sequence lengths (`plan_kernels`; never in forward)."""
+        """The task's model on the device with its attention kernel: train.attention, or with
+        "auto" measured for the run's sequence lengths (`plan_kernels`)."""
         model = self.task.build_model().to(self.dist.device)
         if self.cfg.train.attention != "auto":
             set_attention_kernel(model, self.cfg.train.attention)
@@ -271,9 +251,8 @@ class Trainer:
         return steps_per_epoch, min(total_steps, cfg.train.max_steps or total_steps)
 
     def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
-        """Optimizer, scaler and lr plan (an optimizer step sees batch x accumulation x ranks x
-        `views` clips: the linear scaling rule counts views); the resume; compile / DDP. The run
-        folder is written later, at the first batch (`_open_run_folder`)."""
+        """Optimizer, scaler and lr plan (the linear scaling rule counts batch x accumulation x
+        ranks x `views`); the resume; compile / DDP."""
         cfg, dist, task = self.cfg, self.dist, self.task
         steps_per_epoch, total_steps = self._plan_steps(num_items)
         global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
@@ -303,10 +282,8 @@ class Trainer:
         return run
 
     def _open_run_folder(self, run: _Run) -> None:
-        """The run folder's record (config.yaml, config_changes.jsonl: `write_run_folder`) and its
-        logs (metrics.jsonl, TensorBoard), once: when the first batch has come, so a run refused
-        at set-up or by its data (a clip longer than every video, a missing caption) writes nothing
-        into its folder and leaves an existing run's files as they were."""
+        """The run folder's record (`write_run_folder`) and logs, once, at the first batch: a run
+        refused at set-up or by its data leaves the folder as it was."""
         if run.metrics_log is not None:
             return
         cfg, dist, resumed = self.cfg, self.dist, run.resumed
@@ -316,8 +293,7 @@ class Trainer:
                                      resume_step=resumed.position.step if resumed.source is not None else None)
 
     def _shard(self, model: nn.Module, precision: str) -> nn.Module:
-        """train.strategy=fsdp on several processes: `fully_shard` per transformer block, then the
-        root (`tgmae.distributed.fsdp_shard`), computing in bf16 when the run's precision is bf16."""
+        """train.strategy=fsdp on several processes: `fsdp_shard` per transformer block and root."""
         if self.cfg.train.strategy != "fsdp" or not self.dist.enabled:
             return model
         blocks = [m for m in model.modules() if isinstance(m, Block)]
@@ -326,9 +302,7 @@ class Trainer:
         return fsdp_shard(model, blocks, torch.bfloat16 if precision == "bf16" else None)
 
     def _full_model(self, model: nn.Module) -> nn.Module:
-        """The model unwrapped; a sharded one gathered into a fresh plain copy on every rank (a
-        collective), so what evaluates it or follows a fit (export, figures) sees ordinary tensors
-        and runs on each rank alone."""
+        """The model unwrapped; a sharded one gathered into a plain copy on every rank (a collective)."""
         if not is_fsdp(model):
             return unwrap(model)
         plain = self.task.build_model().to(self.dist.device)
@@ -337,8 +311,7 @@ class Trainer:
         return ckpt.full_model(model, plain)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """train.compile in place, then DDP when distributed (an FSDP model is already sharded):
-        the module the step runs."""
+        """train.compile in place, then DDP when distributed and not FSDP: the module the step runs."""
         compile_model(model, self.cfg.train.compile)
         if not self.dist.enabled or is_fsdp(model):
             return model
@@ -348,9 +321,8 @@ class Trainer:
             find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
 
     def _make_loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
-        """One loader for the whole run: its worker processes persist across epochs. Each epoch's
-        iterator is created after `set_epoch`, and samples are seeded by (seed, epoch, index)
-        through the dataset's shared epoch counter, so they do not depend on worker reuse."""
+        """One loader for the whole run, persistent workers; samples are seeded by (seed, epoch,
+        index), so they do not depend on worker reuse."""
         cfg, workers = self.cfg, self.cfg.data.num_workers
         return DataLoader(
             dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
@@ -363,9 +335,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the steps
     def _micro_step(self, run: _Run, batch: dict[str, Any], last: bool) -> None:
-        """Forward and backward of one batch (gradients summed over train.accum_steps; DDP
-        synchronises them only on the last). No host sync: the loss is checked later
-        (`_check_finite`)."""
+        """Forward and backward of one batch; DDP syncs gradients on the `last` micro-batch only."""
         device = self.dist.device
         batch = to_device(batch, device)
         if "load_failures" in batch:
@@ -406,8 +376,7 @@ class Trainer:
             hook(state)
 
     def _logs_at(self, step: int, total_steps: int) -> bool:
-        """Whether the record of optimizer step `step` (1-based) is written: every train.log_every
-        steps and the last."""
+        """Whether optimizer step `step` (1-based) writes a record: every train.log_every and the last."""
         return step % self.cfg.train.log_every == 0 or step == total_steps
 
     def _log(self, run: _Run, epoch: int, lr: float, grad_norm: float) -> dict:
@@ -430,9 +399,7 @@ class Trainer:
         return record
 
     def _check_finite(self, run: _Run) -> None:
-        """Raise NonFiniteLossError when a loss since the last check was NaN/inf on any rank (one
-        host sync; a collective under DDP). Called before anything is made from the model: a log
-        record, a checkpoint, an evaluation."""
+        """NonFiniteLossError when a loss since the last check was NaN/inf on any rank (one host sync)."""
         if not run.losses:
             return
         finite = torch.isfinite(torch.stack([loss for _, _, loss in run.losses])).tolist()
@@ -448,9 +415,8 @@ class Trainer:
             "set optim.clip_grad, or try train.precision=fp32.")
 
     def _end_epoch(self, run: _Run, epoch: int) -> None:
-        """After every train.eval_every-th epoch and the last: the task's evaluation, in a forked
-        RNG (it must not move the RNG training draws from, or results would depend on
-        train.eval_every); then a checkpoint."""
+        """Every train.eval_every-th epoch and the last: the task's evaluation in a forked RNG (so
+        training draws do not depend on train.eval_every); then a checkpoint."""
         cfg, device = self.cfg, self.dist.device
         self._open_run_folder(run)  # an epoch that a resume found finished ends without a batch
         run.position = ckpt.TrainPosition(run.position.step, epoch + 1, 0)
@@ -484,16 +450,13 @@ class Trainer:
 
 
 def views_per_video(dataset: Dataset) -> int:
-    """Training views one dataset item gives (`data.num_sample`, `tgmae.data.views`); 1 for
-    datasets without repeated sampling."""
+    """Training views one dataset item gives (`data.num_sample`); 1 without repeated sampling."""
     return int(getattr(dataset, "num_sample", 1))
 
 
 def attention_lengths(cfg: RunConfig) -> set[int]:
-    """Sequence lengths a run's attention sees, for the set-up kernel plan: all tokens (decoder,
-    finetuning, evaluation) and the encoder's visible tokens at masking.ratio and
-    contrastive.view_ratio (tube and random roundings; a kernel is chosen per power-of-two
-    bucket, `tgmae.models.attention.length_bucket`)."""
+    """Sequence lengths a run's attention sees: all tokens and the encoder's visible tokens at
+    masking.ratio and contrastive.view_ratio (tube and random roundings)."""
     t, h, w = cfg.token_grid
     n = t * h * w
     ratios = [cfg.masking.ratio] + ([cfg.contrastive.view_ratio] if cfg.contrastive.view_ratio is not None else [])
@@ -501,9 +464,8 @@ def attention_lengths(cfg: RunConfig) -> set[int]:
 
 
 class _Window:
-    """Running sums between log records; flushed into one averaged record (global over ranks).
-    Tensor metrics are summed on the device in float64 (no host sync per step; the same sums as
-    adding their Python floats), plain numbers on the host."""
+    """Running sums between log records (tensors on the device in float64, numbers on the host),
+    flushed into one record averaged over steps and ranks."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

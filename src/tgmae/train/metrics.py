@@ -1,8 +1,5 @@
-"""Run outputs a person reads: JSONL metrics (always), TensorBoard (when installed), progress bar.
-
-TensorBoard events go to `<train.output_dir>/tensorboard/`; open every run under `runs/` with
-`tensorboard --logdir runs` (the `tensorboard` package comes with `pip install -e ".[tensorboard]"` from the repository).
-"""
+"""Run metrics: JSONL (always) and TensorBoard events in `<train.output_dir>/tensorboard/` (when
+the package is installed: `pip install -e ".[tensorboard]"`)."""
 
 from __future__ import annotations
 
@@ -30,11 +27,8 @@ def _warn_no_tensorboard(path: Path) -> None:
 
 
 class MetricsLog:
-    """Append-only JSONL of metric records; only rank 0 writes.
-
-    On resume, records past the resumed step are dropped first, so the log of a killed-and-
-    resumed run reads like the log of an uninterrupted one.
-    """
+    """Append-only JSONL of metric records; only rank 0 writes. On resume, records past the
+    resumed step are dropped first, so the log reads like an uninterrupted run's."""
 
     def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False,
                  resume_step: Optional[int] = None):
@@ -46,8 +40,8 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        else:
+            self.path.unlink(missing_ok=True)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

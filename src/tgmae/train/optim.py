@@ -74,11 +74,9 @@ class LrPlan:
 
 
 def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int) -> LrPlan:
-    """The lr plan of a run whose optimizer steps see `global_batch` clips (batch x accumulation x
-    ranks). `optim.lr` set: that peak, the min / warmup lrs as written. Otherwise MAE's linear
-    scaling rule, peak = base_lr x global_batch / 256 (at least `optim.lr_floor`), and the min /
-    warmup lrs scale by the same ratio. Warmup: `optim.warmup_epochs` x steps_per_epoch, rounded,
-    at most total_steps."""
+    """The lr plan for optimizer steps of `global_batch` clips: peak `optim.lr` if set, else MAE's
+    linear scaling base_lr x global_batch / 256 (at least `optim.lr_floor`), min / warmup lrs
+    scaled alike; warmup `optim.warmup_epochs` x steps_per_epoch, rounded, at most total_steps."""
     if cfg.lr is not None:
         peak, ratio = cfg.lr, 1.0
     else:

@@ -15,16 +15,9 @@ PRECISION_PROBE_TOKENS, PRECISION_PROBE_WIDTH = 256, 768  # a ViT-B MLP on 256 t
 
 @lru_cache(maxsize=1)
 def cpu_prefers_bf16() -> bool:
-    """Whether a bf16-autocast training step is faster than fp32 on this CPU, measured.
-
-    CPU flags do not say it: on a Zen 4 bf16 GEMMs ran ~4x fp32's rate, on an Intel Xeon with
-    the same AVX512-BF16 flag but no AMX ~0.5x. The probe is what a transformer step is made of:
-    forward + backward of LayerNorm -> Linear(D, 4D) -> GELU -> Linear(4D, D) on [T, D] tokens
-    (T = 256, D = 768), fp32 against bf16 autocast (weight casts included), timed alternating
-    (1-4 s once on the shared 2-core Zen 4; then cached per machine and torch version by
-    tgmae.autotune, and logged).
-    bf16 must win by 10% to be chosen (fp32 is the more accurate). Autotuning off: fp32.
-    """
+    """Whether a bf16-autocast training step is faster than fp32 on this CPU, measured (CPU flags
+    do not say it, docs/benchmarks.md): forward + backward of a ViT-B MLP block on [256, 768]
+    tokens, via `tgmae.autotune.choose`. bf16 must win by 10%; autotuning off: fp32."""
     from tgmae import autotune
 
     T, D = PRECISION_PROBE_TOKENS, PRECISION_PROBE_WIDTH

@@ -1,9 +1,6 @@
-"""Pretraining as a Task for the shared loop: VideoMAE reconstruction on masked clips.
-
-`tgmae pretrain -c configs/pretrain_tiny.yaml optim.base_lr=3e-4` runs it (`tgmae.commands.pretrain`); under `torchrun` the
-same command runs data-parallel. After training, rank 0 writes the portable model
-(`model.safetensors`, loadable by `tgmae.models.load_pretraining_model`), a loss curve and a
-reconstruction figure into the run directory.
+"""Pretraining as a Task for the shared loop (`tgmae pretrain`): VideoMAE reconstruction on masked
+clips, optionally with video-text InfoNCE. Rank 0 then writes `model.safetensors`, a loss curve and
+a reconstruction figure into the run folder.
 """
 
 from __future__ import annotations
@@ -26,11 +23,8 @@ log = logging.getLogger("tgmae")
 
 def build_video_dataset(cfg: RunConfig, subset: str, train: bool, mask_generator=None,
                         captions=None) -> Dataset:
-    """Annotations -> VideoDataset; a per-sample mask generator runs inside its workers.
-
-    `captions` (a CaptionProvider) is built by the caller in the main process, so caption
-    embeddings missing from the cache are computed once, before DataLoader workers start.
-    """
+    """Annotations -> VideoDataset; a per-sample mask generator runs inside its workers. `captions`
+    (a CaptionProvider) is built in the main process, before the workers start."""
     from tgmae.data.dataset import build_dataset
 
     return build_dataset(cfg.data, subset, train=train, token_grid=cfg.token_grid,
@@ -38,13 +32,8 @@ def build_video_dataset(cfg: RunConfig, subset: str, train: bool, mask_generator
 
 
 class PretrainTask:
-    """batch -> loss for VideoMAE pretraining, optionally with masked video-text InfoNCE.
-
-    The model is a `VideoMAEPretrainer` (MSE on masked tokens) under `contrastive.objective=mae`,
-    captions or not (TGM masking uses them for its masks only). It is a `VideoTextPretrainer`
-    under the objectives with InfoNCE, and under mae with `contrastive.monitor_nce` (InfoNCE
-    logged, never optimized: paper Figure 4).
-    """
+    """batch -> loss for VideoMAE pretraining: a `VideoMAEPretrainer`, or a `VideoTextPretrainer`
+    when captions feed an InfoNCE (optimized, or monitored with `contrastive.monitor_nce`)."""
 
     name = "pretrain"
     find_unused_parameters = False  # every objective freezes what it does not use
@@ -193,19 +182,11 @@ def trains_decoder(cfg: RunConfig) -> bool:
 
 def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, out_dir: Path,
                            index: int = 0, make_mask=None) -> dict[str, Path]:
-    """Loss curve + reconstruction (original / masked / reconstructed) of one clip.
-
-    The figure's title gives the clip's masked MSE in pixel units (data.mean / data.std undone) next
-    to the patch-mean oracle on the same clip and mask (every masked token filled with its true
-    mean colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the oracle's error
-    holds no more than each patch's colour. With norm_pix_loss the figure must draw the prediction
-    with each patch's true mean and std (the target holds neither), so a pixel comparison would
-    hand the model the oracle's mean; the title then gives the loss on the normalized target,
-    where predicting each patch's mean scores 1.0, and says how the figure is drawn.
-    The loss curve has a panel per term the run logged (MSE, InfoNCE) and names the objective;
-    a contrastive-only run (`trains_decoder` False) gets no reconstruction figure: its decoder never
-    trained. `dataset`: anything indexable giving the sample dicts of `tgmae.data.dataset`.
-    make_mask: sample -> [1, N] mask, for runs whose masks are made on the batch (online TGM)."""
+    """Loss curve (a panel per logged term) + reconstruction (original / masked / reconstructed)
+    of one clip, titled with its masked MSE in pixels next to the patch-mean oracle
+    (`patch_mean_mse`); with norm_pix_loss (drawn with the true patch statistics) the loss on the
+    normalized target instead. No reconstruction when the decoder never trained (`trains_decoder`).
+    `dataset`: indexable sample dicts; make_mask: sample -> [1, N] mask (masks made on the batch)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import masked_pixel_mse, patch_mean_mse
     from tgmae.train.metrics import read_metrics

@@ -104,16 +104,14 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
 
 
 def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
-    """One run per `train.output_dir` at a time: its lock (`tgmae.locks`), held by the main
-    process; a second command into the folder is refused naming the first one."""
+    """One run per `train.output_dir`: its lock (`tgmae.locks`), held by the main process."""
     return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
                 folder=True)
 
 
 def locks_run_folder(fn):
-    """Decorator: `fn(cfg, ...)` runs holding `cfg.train.output_dir`'s lock (`run_folder_lock`),
-    after removing the temp files that killed writers left in that folder (`remove_stale_temps`:
-    the folder is this run's alone once the lock is held)."""
+    """Decorator: `fn(cfg, ...)` runs holding `cfg.train.output_dir`'s lock, after removing the
+    temps of killed writers in that folder (`remove_stale_temps`)."""
     @functools.wraps(fn)
     def wrapped(cfg: RunConfig, *args, **kwargs):
         with run_folder_lock(cfg):

@@ -9,13 +9,9 @@ from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """Shuffled (seed, epoch) permutation, interleaved across ranks, with a start offset.
-
-    Rank r takes positions r, r + world, r + 2 world, ... of the permutation, so at every step
-    the union of the ranks' batches equals the single-process batch of world x batch_size.
-    Every rank gets the same count (the tail that does not divide evenly is dropped, as
-    `drop_last` does), which keeps collective calls in lock step.
-    """
+    """Shuffled (seed, epoch) permutation, interleaved across ranks (rank r takes r, r + world,
+    ...: the ranks' batches together are the single-process batch), with a start offset. Every
+    rank gets the same count (the uneven tail is dropped)."""
 
     def __init__(self, dataset_size: int, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, seed: int = 0):
