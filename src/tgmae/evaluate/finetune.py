@@ -205,6 +205,11 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     test_data: the multi-view test set; default `MultiViewDataset` over `data.val_annotations`
     (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
     """
+    from tgmae.evaluate.multiview import FINETUNE, refuse_other_results
+    from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+    # a test that `tgmae evaluate` wrote here is not replaced by this run's
+    refuse_other_results(Path(cfg.train.output_dir), FINETUNE, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     task = FinetuneTask(cfg, train_data, val_data, num_classes)
     if test_data is None and subset_annotations(cfg.data, "val"):
         from tgmae.data.dataset import build_dataset
@@ -229,7 +234,7 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
             from tgmae.evaluate.multiview import write_test_results
 
             write_test_results(test, out, f"{test_data.num_temporal}x{test_data.num_spatial}"
-                               if hasattr(test_data, "num_temporal") else None)
+                               if hasattr(test_data, "num_temporal") else None, written_by=FINETUNE)
             if test.top5 is not None:
                 summary["test_top5"] = test.top5
             summary.update(test_top1=test.top1, test_views=test.num_views,
