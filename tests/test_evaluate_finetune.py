@@ -323,7 +323,7 @@ def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, cap
     args = ["evaluate", "-c", str(path), f"model.pretrained={clf}"]
 
     assert main([*args, f"train.output_dir={tmp_path / 'all'}"]) == 0
-    assert "2 unreadable videos not scored" in capsys.readouterr().out
+    assert f"2 of {len(rows)} test videos left out" in capsys.readouterr().out  # `metrics.left_out_text`
     res = json.loads((tmp_path / "all" / "test_results.json").read_text())
     assert res["num_videos"] == len(rows) - 2 and res["num_unreadable"] == 2
     listed = {u["video_id"]: u for u in res["unreadable"]}
