@@ -160,11 +160,13 @@ class FinetuneTask:
 
     def check_classes(self, *datasets: Optional[Dataset]) -> None:
         """At set-up: the head's class count (eval.num_classes) and the test sets' classes, which
-        must all be among the training set's (ConfigError / ClassMismatchError, naming them)."""
+        must all be among the training set's (ConfigError / ClassMismatchError, naming them); a class
+        no training video has is one warning naming it."""
         from tgmae.evaluate.classes import check_head_classes
 
         where = self.cfg.data.val_annotations or "the test set"
-        check_head_classes(self.train_dataset(), [(ds, where) for ds in datasets], num_classes=self.num_classes)
+        check_head_classes(self.train_dataset(), [(ds, where) for ds in datasets], num_classes=self.num_classes,
+                           train_where=f"data.train_annotations={self.cfg.data.train_annotations}")
 
 
 def require_readable(datasets: Sequence[Optional[Dataset]], workers: int = 0) -> None:

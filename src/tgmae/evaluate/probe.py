@@ -271,7 +271,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
     if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
-                           num_classes=num_classes, configured=cfg.eval.num_classes)
+                           num_classes=num_classes, configured=cfg.eval.num_classes,
+                           train_where=f"data.train_annotations={cfg.data.train_annotations}")
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
