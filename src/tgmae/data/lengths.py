@@ -98,7 +98,7 @@ def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: st
         return  # not cheap to be sure: the readers tell
     best, longest = max(((_in_range(r, exact_frames(r.path)), r) for r in unsure or [near[0][1]]),
                         key=lambda x: x[0])
-    if best >= min_frames:
+    if best >= min_frames or best <= 0:  # a clip fits, or nothing could be read: the readers name the files
         return
     rest = [have for have, r in near if r not in unsure]
     if rest and max(rest) > best:  # a stated count above the confirmed ones: take it as stated
