@@ -455,6 +455,10 @@ def test_evaluate_never_replaces_a_finetune_runs_test_results(synth, tmp_path, c
     # nor does a finetune run replace the test that evaluate wrote (refused before training)
     assert main(["finetune", "-c", str(path), f"train.output_dir={own}"]) == 2
     assert "test_results.json" in capsys.readouterr().err and not (own / "classifier.safetensors").exists()
+    for probe in ("linear", "knn"):  # nor a probe's test_predictions.csv
+        assert main(["probe", "-c", str(path), f"model.pretrained={clf}", f"eval.probe={probe}",
+                     f"train.output_dir={own}"]) == 2
+        assert "test_results.json" in capsys.readouterr().err and not (own / "probe_results.json").exists()
     (own / "test_results.json").unlink()  # predictions alone are another run's too
     assert main([*args, "data.test_temporal_views=2", f"train.output_dir={own}"]) == 2
     assert "test_predictions.csv" in capsys.readouterr().err

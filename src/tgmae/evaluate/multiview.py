@@ -193,10 +193,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable
-        from tgmae.weights.checkpoint import IGNORE_CONFIG
 
-        refuse_other_results(Path(cfg.train.output_dir), EVALUATE, settings,
-                             replace=cfg.checkpoint.resume == IGNORE_CONFIG)
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
         if not cfg.model.pretrained:
@@ -205,6 +202,11 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
+    if rank_world()[0] == 0:  # before the test: another run's results are not replaced
+        from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+        refuse_other_results(Path(cfg.train.output_dir), EVALUATE, settings,
+                             replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     where = dict(head=cfg.model.pretrained or "the classifier", data=cfg.data.val_annotations or "the test set")
@@ -247,7 +249,7 @@ def write_test_results(result: ClassificationResult, out: Path, views: Optional[
     return summary
 
 
-EVALUATE, FINETUNE = "tgmae evaluate", "tgmae finetune"  # `written_by` of test_results.json
+EVALUATE, FINETUNE, PROBE = "tgmae evaluate", "tgmae finetune", "tgmae probe"  # `written_by` of test_results.json
 RESULT_FILES = ("test_results.json", "test_predictions.csv")
 
 
@@ -266,17 +268,19 @@ def test_settings(cfg) -> dict[str, Any]:
 
 
 def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,
-                         replace: bool = False) -> None:
+                         replace: bool = False, predictions: bool = True) -> None:
     """ConfigError naming the file (and the keys that differ) when `out` holds test results that
     `writer` with `settings` did not write: a finetune run's, or a test of other settings. A file
     without `written_by` (older versions) counts as `FINETUNE`'s. settings None: any of writer's
-    results are its own (a finetune run resumes its folder). replace: asked to replace them."""
+    results are its own (a finetune run resumes its folder). replace: asked to replace them.
+    predictions: test_predictions.csv without test_results.json is another run's too (a probe's);
+    False for a probe, whose own predictions they are."""
     if replace:
         return
     results = out / RESULT_FILES[0]
     if not results.is_file():
         stray = out / RESULT_FILES[1]
-        if stray.is_file():
+        if predictions and stray.is_file():
             raise ConfigError(f"train.output_dir={str(out)!r} holds {stray.name} of another test: choose another "
                               "train.output_dir, or replace it with checkpoint.resume=ignore_config")
         return

@@ -461,7 +461,11 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     train, or the reverse): its results would be replaced under other settings.
     checkpoint.resume=ignore_config asks for it. checkpoints=False: step checkpoints without
     results are left to the training loop's run-kind check (the attentive probe's own)."""
+    from tgmae.evaluate.multiview import PROBE, refuse_other_results
+
     out = Path(cfg.train.output_dir)
+    # its test_predictions.csv would replace those of a finetune run's or evaluate's test there
+    refuse_other_results(out, PROBE, replace=cfg.checkpoint.resume == ckpt.IGNORE_CONFIG, predictions=False)
     stored_probe: Optional[str] = None
     stored: Optional[str] = None
     results = out / "probe_results.json"
