@@ -146,6 +146,21 @@ def test_hmdb51_split_files(tmp_path, split, subset, expected):
     assert recs[0].path == str(tmp_path / expected[0][0] / (expected[0][1] + ".avi"))
 
 
+def test_hmdb51_split_file_of_another_split_is_refused_naming_data_split(tmp_path):
+    """Issue #28.6: a named HMDB51 split file (`brush_hair_test_split2.txt`) read the split of
+    data.split instead. As for UCF101 (trainlistNN vs data.split), a mismatch is refused naming
+    data.split; the matching split reads as the folder does."""
+    from tgmae.config import ConfigError
+
+    folder = DATA / "hmdb51" / "testTrainMulti_7030_splits"
+    with pytest.raises(ConfigError) as e:
+        load_annotations("hmdb51", tmp_path, folder / "brush_hair_test_split2.txt", split=1, subset="train")
+    assert "data.split=1" in str(e.value) and "brush_hair_test_split2.txt" in str(e.value)
+    named, _ = load_annotations("hmdb51", tmp_path, folder / "brush_hair_test_split2.txt", split=2, subset="test")
+    whole, _ = load_annotations("hmdb51", tmp_path, folder, split=2, subset="test")
+    assert [r.video_id for r in named] == [r.video_id for r in whole]
+
+
 def test_diving48(tmp_path):
     recs, classes = load_annotations("diving48", tmp_path, DATA / "diving48", subset="train")
     assert len(classes) == 48 and classes[0] == "Back 15som NoTwis PIKE"

@@ -190,3 +190,27 @@ def test_one_verdict_everywhere(tmp_path, caplog):
     ds.substitute = False  # evaluation: the reason in load_error (results JSON, strict errors)
     err = ds[1]["load_error"]
     assert err.count(str(bad["cut.mkv"])) == 1 and err.count("truncated") == 1, err
+
+
+def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too(tmp_path, capsys):
+    """Issue #28.5: `data check` given a UCF101 trainlistNN.txt checked that list only, though a run
+    with it as data.train_annotations (data.val_annotations empty) reads the folder's testlistNN.txt
+    too (`data.dataset.subset_annotations`). Every list the run reads is checked now."""
+    root = tmp_path / "UCF-101"
+    train = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c02.avi",
+             "ApplyLipstick/v_ApplyLipstick_g08_c01.avi", "Archery/v_Archery_g08_c01.avi",
+             "HandstandPushups/v_HandStandPushups_g08_c01.avi"]
+    for rel in train:  # every train video is there; the test list's are not
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / rel, _clip(20), codec="mpeg4")
+    out = tmp_path / "r.json"
+    code = cli_main(["data", "check", "--format", "ucf101", "--root", str(root),
+                     str(DATA / "ucf101" / "ucfTrainTestlist" / "trainlist01.txt"), "--min-frames", "16",
+                     "--out", str(out), "--no-progress"])
+    assert code == 1  # the test list's videos are missing
+    rep = json.loads(out.read_text())
+    assert rep["records"] == rep["checked"] == 5 + 3 and rep["ok"] == 5 and rep["counts"]["missing"] == 3
+    assert [(x["subset"], Path(x["annotations"]).name, x["records"]) for x in rep["lists"]] == [
+        ("train", "trainlist01.txt", 5), ("val", "ucfTrainTestlist", 3)]
+    assert {i["subset"] for i in rep["items"]} == {"val"}
+    assert "lists: train trainlist01.txt (5), val ucfTrainTestlist (3)" in capsys.readouterr().out

@@ -385,3 +385,27 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     assert subset_annotations(cfg, "train") == "ucfTrainTestlist/trainlist01.txt"
     csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="")
     assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside
+
+
+def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):
+    """Issue #28.7: data.num_frames beyond every video was refused only after each item's retries
+    (max_load_retries + 1 decodes per item). The frame counts known cheaply (the frame index when
+    cached, a frame folder's files, else the container's stated count; the longest confirmed by
+    its index) now refuse it at set-up, naming data.num_frames and the longest video's frames."""
+    from tgmae.config import ConfigError
+
+    paths = []
+    for i, t in enumerate((6, 10, 8)):
+        paths.append(tmp_path / f"v{i}.mp4")
+        write_video(paths[-1], _clip(t, 32, 32, i))
+    recs = [VideoRecord(str(p), 0, p.stem) for p in paths] + [VideoRecord(str(tmp_path / "gone.mp4"), 0, "gone")]
+    with pytest.raises(ConfigError) as e:
+        VideoDataset(recs, _cfg(num_frames=12, max_load_retries=50), train=True)
+    msg = str(e.value)
+    assert "data.num_frames=12" in msg and "10 frames" in msg and "v1.mp4" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="data.num_frames=12"):
+        MultiViewDataset(recs, _cfg(num_frames=12))
+    ranged = [VideoRecord(str(paths[1]), 0, "r", start_frame=4)]  # 6 frames in its range
+    with pytest.raises(ConfigError, match="6 frames"):
+        VideoDataset(ranged, _cfg(num_frames=8), train=True)
+    assert len(VideoDataset(recs, _cfg(num_frames=10), train=True)) == 4  # one video holds a clip: no refusal

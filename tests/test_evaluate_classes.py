@@ -86,3 +86,25 @@ def test_num_classes_below_or_beside_the_data_classes_is_refused_naming_the_key(
         resolve_num_classes(10, ["a", "b", "c", "d"], 3)
     with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 5 classes"):
         resolve_num_classes(2, [], 4)
+
+
+def test_a_listed_class_without_training_videos_is_one_warning_naming_it(caplog):
+    """Issue #28.3: a class listed (classes.txt) with no training video trained a head silently
+    badly; the set-up check (finetune and the probes) now logs one line naming the classes."""
+    import logging
+    from types import SimpleNamespace
+
+    from tgmae.evaluate.classes import check_head_classes
+
+    train = SimpleNamespace(class_names=["cat", "dog", "eel", "fox"],
+                            records=[SimpleNamespace(label=i) for i in (0, 2, 0, 2)])
+    with caplog.at_level(logging.WARNING, logger="tgmae"):
+        assert check_head_classes(train, [], train_where="data.train_annotations=train.csv") == 4
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "dog" in lines[0] and "fox" in lines[0] and "cat" not in lines[0]
+    assert "2 of 4 classes" in lines[0] and "data.train_annotations=train.csv" in lines[0]
+    caplog.clear()
+    every = SimpleNamespace(class_names=["cat", "dog"], records=[SimpleNamespace(label=i) for i in (0, 1)])
+    with caplog.at_level(logging.WARNING, logger="tgmae"):
+        check_head_classes(every, [])
+    assert not caplog.records

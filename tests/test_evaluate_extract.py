@@ -161,6 +161,66 @@ def test_shards_resume_after_kill_and_list_unreadable(tmp_path, mp4):
     assert (a["video"] == 0).sum() == 7 and (a["video"] == 4).sum() == 3
 
 
+def test_a_video_replaced_in_place_after_a_kill_is_extracted_again(tmp_path, mp4):
+    """Issue #28.2: a finished shard was kept on resume although one of its videos had been replaced
+    in place (same path, other content): the old video's features under the new file. Shards are
+    now tied to their videos' files (`tgmae.data.fileid.videos_fingerprint`, as the feature cache)."""
+    import shutil
+
+    videos = video_set(tmp_path, mp4)
+    own = tmp_path / "a.mp4"
+    shutil.copy(mp4, own)
+    videos[0] = ("a", str(own))
+    s = spec(videos_per_shard=2, batch_size=4)
+    enc = tiny_encoder()
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # shards 0 and 1 done, killed in shard 2
+        extract_to_shards(KilledAfter(enc, 2), videos, out, s, encoder_digest="d")
+    h264_mp4(tmp_path / "other.mp4", t=30)
+    os.replace(tmp_path / "other.mp4", own)  # replaced in place: 30 frames, not 41
+    again = extract_to_shards(enc, videos, out, s, encoder_digest="d")
+    assert again.written == [0, 2] and again.skipped == [1]  # shard 0 holds a.mp4: redone
+    clean = extract_to_shards(enc, videos, tmp_path / "clean", s, encoder_digest="d")
+    a, b = read_shards(tmp_path / "clean"), read_shards(out)
+    assert clean.written == [0, 1, 2] and (b["video"] == 0).sum() == 4  # 30 frames: 4 windows
+    for key in ("features", "video", "window", "end_frame"):
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_second_job_into_an_extract_folder_is_refused_naming_the_holder(tmp_path, mp4):
+    """Issue #28.8: a single-process extract (it locks the folder) and a torchrun extract (each rank
+    locked only `<folder>.rankR-of-W`) into one folder both ran. Rank 0 of a sharded job now holds
+    the folder too, so either is refused in one line naming the holder."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.locks import LockError
+
+    videos = video_set(tmp_path, mp4)[:1]
+    out = tmp_path / "o"
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(out)!r}, "--out", folder=True)
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, "extract", "--out", str(out)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockError) as e:
+            extract_to_shards(tiny_encoder(), videos, out, spec(), encoder_digest="d", rank=0, world=2)
+        assert f"pid {proc.pid}" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not any(out.glob("shard-*"))
+    extract_to_shards(tiny_encoder(), videos, out, spec(), encoder_digest="d", rank=0, world=2)
+
+
 def test_index_csv_and_refusal_of_another_extraction(tmp_path, mp4):
     videos = video_set(tmp_path, mp4)
     out = tmp_path / "x"

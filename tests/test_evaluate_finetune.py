@@ -323,7 +323,7 @@ def test_evaluate_cli_never_substitutes_an_unreadable_video(synth, tmp_path, cap
     args = ["evaluate", "-c", str(path), f"model.pretrained={clf}"]
 
     assert main([*args, f"train.output_dir={tmp_path / 'all'}"]) == 0
-    assert "2 unreadable videos not scored" in capsys.readouterr().out
+    assert f"2 of {len(rows)} test videos left out" in capsys.readouterr().out  # `metrics.left_out_text`
     res = json.loads((tmp_path / "all" / "test_results.json").read_text())
     assert res["num_videos"] == len(rows) - 2 and res["num_unreadable"] == 2
     listed = {u["video_id"]: u for u in res["unreadable"]}
@@ -416,3 +416,52 @@ def test_finetune_refuses_test_classes_the_training_set_lacks_before_training(tm
     with pytest.raises(ConfigError, match=r"eval.num_classes=2: the data set has 3 classes"):
         finetune(run_cfg(tmp_path, f"model.pretrained={path}", "eval.num_classes=2"), train_data=Clips(8))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_evaluate_never_replaces_a_finetune_runs_test_results(synth, tmp_path, capsys):
+    """Issue #28.1: `tgmae evaluate` into a finetune run folder replaced that run's test_results.json
+    and test_predictions.csv without a word; now refused naming the file, unless asked
+    (checkpoint.resume=ignore_config). Its own folder, rerun with the same settings, is fine; with
+    other settings it is refused naming the key."""
+    from tgmae.cli import main
+    from tgmae.models.classifier import classifier_arch
+    from tgmae.weights.classifier import save_classifier
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    torch.manual_seed(0)
+    arch = classifier_arch(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32}))
+    clf = save_classifier(VideoClassifier(arch, len(names), head_init_scale=1.0), tmp_path / "clf.safetensors", names)
+    path = _finetune_yaml(tmp_path, synth, views=1)
+    run = tmp_path / "ft"
+    run.mkdir()
+    finetuned = {"top1": 0.5, "views": "2x2", "written_by": "tgmae finetune"}
+    (run / "test_results.json").write_text(json.dumps(finetuned))
+    (run / "test_predictions.csv").write_text("video_id,true_label\n")
+    args = ["evaluate", "-c", str(path), f"model.pretrained={clf}"]
+    assert main([*args, f"train.output_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "test_results.json" in err and "train.output_dir" in err and "\n" not in err.strip()
+    assert json.loads((run / "test_results.json").read_text()) == finetuned  # untouched
+    assert (run / "test_predictions.csv").read_text() == "video_id,true_label\n"
+
+    own = tmp_path / "ev"
+    assert main([*args, f"train.output_dir={own}"]) == 0
+    first = json.loads((own / "test_results.json").read_text())
+    assert main([*args, f"train.output_dir={own}"]) == 0  # the same test again: its own results
+    assert json.loads((own / "test_results.json").read_text())["top1"] == first["top1"]
+    capsys.readouterr()
+    assert main([*args, "data.test_temporal_views=2", f"train.output_dir={own}"]) == 2
+    assert "data.test_temporal_views" in capsys.readouterr().err
+    # nor does a finetune run replace the test that evaluate wrote (refused before training)
+    assert main(["finetune", "-c", str(path), f"train.output_dir={own}"]) == 2
+    assert "test_results.json" in capsys.readouterr().err and not (own / "classifier.safetensors").exists()
+    for probe in ("linear", "knn"):  # nor a probe's test_predictions.csv
+        assert main(["probe", "-c", str(path), f"model.pretrained={clf}", f"eval.probe={probe}",
+                     f"train.output_dir={own}"]) == 2
+        assert "test_results.json" in capsys.readouterr().err and not (own / "probe_results.json").exists()
+    (own / "test_results.json").unlink()  # predictions alone are another run's too
+    assert main([*args, "data.test_temporal_views=2", f"train.output_dir={own}"]) == 2
+    assert "test_predictions.csv" in capsys.readouterr().err
+    # asked: replaced
+    assert main([*args, f"train.output_dir={run}", "checkpoint.resume=ignore_config"]) == 0
+    assert json.loads((run / "test_results.json").read_text())["written_by"] == "tgmae evaluate"

@@ -467,3 +467,29 @@ def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
         assert not (run / "features").exists() and not list(run.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn", "attentive"])
+def test_probe_final_line_says_how_many_val_videos_were_left_out(synth, tmp_path, capsys, probe):
+    """Issue #28.4: undecodable val videos were skipped, logged and recorded in probe_results.json,
+    but the final printed line said nothing; it now says "N of M val videos left out", as
+    finetune / evaluate say it (one helper, `evaluate.metrics.left_out_text`)."""
+    import shutil
+
+    from tgmae.cli import main as cli_main
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    rows = (root / "val.csv").read_text().strip().splitlines()[1:]
+    (root / rows[0].split(",")[0]).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))  # does not decode
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    args = ["probe", f"data.root={root}", "data.format=csv", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "model.patch_size=8", f"model.pretrained={pt}", "train.precision=fp32",
+            "log.progress=false", "log.tensorboard=false", f"eval.probe={probe}", "eval.knn_k=[1]",
+            "train.epochs=1", "train.batch_size=4", f"train.output_dir={tmp_path / 'run'}"]
+    assert cli_main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"1 of {len(rows)} val videos left out" in last and "probe_results.json" in last

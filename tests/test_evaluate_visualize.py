@@ -186,14 +186,14 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
 def test_a_full_disk_names_the_recon_figure_and_leaves_no_empty_folder(tmp_path, clip_file, monkeypatch, capsys):
     import errno
 
-    import tgmae.train.pretrain as pretrain
+    from tgmae.viz import reconstruction
 
     run = _run(tmp_path)
 
-    def full(model, samples, cfg, folder, index=0):
-        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "reconstruction.png"))
+    def full(model, sample, cfg, folder, name, title, make_mask=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{name}.png"))
 
-    monkeypatch.setattr(pretrain, "write_pretrain_figures", full)
+    monkeypatch.setattr(reconstruction, "write_reconstruction", full)
     out = tmp_path / "figs"
     assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -215,3 +215,26 @@ def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
     assert (run / "figures" / "recon_Biking%2Fclip1.png").is_file()
     assert cli(["visualize", "attention", str(run), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "attention_Biking%2Fclip1.png").is_file()
+
+
+def test_recon_figures_are_written_under_their_final_names_and_leave_the_run_alone(tmp_path, clip_file, monkeypatch):
+    """Issue #28.9: the recon figures were drawn under a pretraining run's fixed names in a temp
+    folder, then renamed. They are now written straight to recon_ID.png / .gif (each file
+    atomically: `viz.plotting.save_figure`, `viz.reconstruction.save_gif`); a run folder's own
+    loss curve and reconstruction figures are not touched."""
+    from tgmae.viz import reconstruction
+
+    run = _run(tmp_path)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "lr": 0.001}\n')
+    (run / "reconstruction.png").write_bytes(b"the run's own")
+    paths = []
+    for name in ("save_reconstruction_figure", "save_gif"):
+        real = getattr(reconstruction, name)
+        monkeypatch.setattr(reconstruction, name, lambda rows, path, _real=real, **kw: paths.append(Path(path))
+                            or _real(rows, path, **kw))
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(run)]) == 0
+    name = f"recon_{_outside_id(clip_file)}"
+    assert paths == [run / f"{name}.png", run / f"{name}.gif"]
+    assert (run / "reconstruction.png").read_bytes() == b"the run's own" and not (run / "loss_curve.png").exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted(["config.yaml", "metrics.jsonl", "model.safetensors",
+                                                            "reconstruction.png", f"{name}.png", f"{name}.gif"])

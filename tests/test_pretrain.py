@@ -343,10 +343,13 @@ def test_loss_figure_plots_each_term_and_a_contrastive_run_draws_no_reconstructi
         assert (tmp_path / "reconstruction.png").is_file()
 
 
-def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root, tmp_path, capsys):
+def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root, tmp_path, capsys, monkeypatch):
     """data.num_frames beyond every video, read by 2 DataLoader workers: one line naming the key,
-    exit 2 (issue 28: a traceback from the worker)."""
+    exit 2 (issue 28: a traceback from the worker). (The set-up check, `tgmae.data.lengths`, is
+    off here: this is the workers' refusal, for videos whose length headers do not tell.)"""
     from tgmae.cli import main
+
+    monkeypatch.setattr("tgmae.data.dataset.check_clip_fits", lambda *a: None)
 
     args = [f"{k}" for k in SMALL if not k.startswith(("data.num_workers", "data.num_frames"))]
     code = main(["pretrain", *args, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",

@@ -516,3 +516,35 @@ def test_retrieval_ranks_the_sets_class_descriptions_by_default(tmp_path):
     assert names.eval.class_descriptions == "" and names.eval.class_prompt == "a video of {}."
     with pytest.raises(ConfigError, match=r"study.retrieval_prompts='labels': expected descriptions\|names"):
         StudyConfig(retrieval_prompts="labels")
+
+
+def test_a_second_study_into_one_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    """Issue #28.8: two `tgmae study` runs into one out_dir both ran, their phases interleaved. The
+    study folder is locked (`tgmae.locks`): the second is refused in one line naming the first,
+    before anything is written there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.cli import main
+
+    out = tmp_path / "s"
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(out)!r}, "study.out_dir", folder=True)
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, "study"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert main(["study", "--quick", f"out_dir={out}"]) == 2
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pid {proc.pid}" in err and "study.out_dir" in err
+    assert not out.exists()

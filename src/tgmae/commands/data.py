@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tgmae.config import DATASET_FORMATS
@@ -100,13 +101,17 @@ def main(argv: Sequence[str]) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2))
     c = report["counts"]
+    lists = report["lists"]
+    read = ("; lists: " + ", ".join(f"{x['subset']} {Path(x['annotations']).name} ({x['records']})" for x in lists)
+            if len(lists) > 1 else "")  # what a run reads besides the list given
     print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
-          f"{report['bad_rows']} bad annotation rows" + (f"; report: {args.out}" if args.out else ""))
+          f"{report['bad_rows']} bad annotation rows{read}" + (f"; report: {args.out}" if args.out else ""))
     for item in report["items"][:10]:
         print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
-    if report["empty"]:
-        print(f"  empty: {args.annotations} lists no videos")
+    for x in report["lists"]:
+        if not x["records"]:
+            print(f"  empty: {x['annotations']} lists no videos ({x['subset']})")
     return 1 if found_problems(report) and not args.allow_bad else 0

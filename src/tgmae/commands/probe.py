@@ -10,7 +10,7 @@ from typing import Sequence
 def main(argv: Sequence[str]) -> int:
     from tgmae.commands.args import parse_run_args
     from tgmae.evaluate import probe as lib
-    from tgmae.evaluate.metrics import topk_text
+    from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import PROBE_RECIPE
 
     cfg, _ = parse_run_args("probe", argv, description=lib.__doc__.splitlines()[0], base=PROBE_RECIPE)
@@ -18,9 +18,11 @@ def main(argv: Sequence[str]) -> int:
 
     result = run_probe(cfg)
     print(f"run directory: {result.output_dir}")
+    left_out = left_out_text(result.val_left_out, result.val_videos, "val", "probe_results.json")
     if cfg.eval.probe == "knn":
-        for k, r in result.by_k.items():
-            print(f"k-NN probe k={k}: {topk_text(r.top1, r.top5)}")
-        return 0
-    print(f"{cfg.eval.probe} probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})")
+        lines = [f"k-NN probe k={k}: {topk_text(r.top1, r.top5)}" for k, r in result.by_k.items()]
+    else:
+        lines = [f"{cfg.eval.probe} probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})"]
+    lines[-1] += f"; {left_out}" if left_out else ""  # the final line: what the scores leave out
+    print("\n".join(lines))
     return 0

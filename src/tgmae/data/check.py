@@ -8,7 +8,10 @@ the file's frame index, built by decoding it once, names missing / zero_bytes / 
 no_video_stream / no_frames / truncated / undecodable files), then the first, middle and last frame
 of its range are read; clips shorter than `--min-frames` and labels outside the class list are
 reported too, as are annotation rows that cannot be read (file:line; a row repeating another's
-video id among them) and a list without records (`empty`). The report holds counts and one entry
+video id among them) and a list without records (`empty`). Every list a run would read is checked:
+a split-folder format's train list (`trainlist01.txt`, subset train) brings the test list of its
+folder that a run with it as data.train_annotations and no data.val_annotations reads
+(`tgmae.data.dataset.subset_annotations`); `lists` says which, and each item its `subset`. The report holds counts and one entry
 per bad item (path, reason). Exit status: 0 when nothing was found; 1 when anything was (bad
 videos, bad rows, an empty list; `--allow-bad` keeps 0); 2 when the annotations
 themselves cannot be read, `--out` cannot be written (checked first) or the arguments are wrong.
@@ -40,6 +43,7 @@ class ItemResult:
     kind: str  # ok | one of KINDS
     reason: str = ""
     num_frames: int = 0
+    subset: str = ""  # the list's subset (run_check)
 
 
 def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_frames: int) -> ItemResult:
@@ -108,27 +112,63 @@ def parallel_map(fn: Callable, jobs: Sequence, workers: int, desc: str, progress
     return results
 
 
+def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset: str) -> list[tuple[str, str]]:
+    """(subset, annotations) of every list a run reads given `annotations` for `subset`: itself,
+    and for a split-folder format's train list file the val list that a run with it as
+    data.train_annotations (data.val_annotations empty) reads (`subset_annotations`; its
+    ConfigError for a list of another split names data.split, i.e. --split here)."""
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import SPLIT_FOLDER_FORMATS, subset_annotations
+
+    out = [(subset, annotations)]
+    if fmt in SPLIT_FOLDER_FORMATS and subset == "train":
+        cfg = DataConfig(format=fmt, root=root, train_annotations=annotations, val_annotations="", split=split)
+        val = subset_annotations(cfg, "val")
+        if val and val != annotations:
+            out.append(("val", val))
+    return out
+
+
 def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: str = "train",
-              min_frames: int = 16, workers: int = 1, progress: bool = True) -> dict:
-    """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable)."""
+              min_frames: int = 16, workers: int = 1, progress: bool = True, run_lists: bool = True) -> dict:
+    """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable):
+    every list a run reads (`lists_a_run_reads`; run_lists False: `annotations` alone, as
+    `tgmae data prepare` checks the list it wrote), records in list order."""
     problems: list = []
-    records, classes = load_annotations(fmt, root, annotations, split=split, subset=subset,
-                                        on_error="skip", problems=problems)
-    jobs = [(i, r, len(classes), min_frames) for i, r in enumerate(records)]
+    jobs, lists, classes, empty = [], [], [], False
+    todo = lists_a_run_reads(fmt, root, annotations, split, subset) if run_lists else [(subset, annotations)]
+    for sub, ann in todo:
+        records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
+        classes = classes or names
+        jobs += [(len(jobs) + i, r, len(names), min_frames) for i, r in enumerate(records)]
+        lists.append({"subset": sub, "annotations": str(ann), "records": len(records)})
+        empty = empty or not records
     results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)
+    bounds = [x["records"] for x in lists]
+    for r in results:
+        r.subset = _subset_of(r.index, bounds, lists)
     counts = Counter(r.kind for r in results)
     bad = [r for r in results if r.kind != "ok"]
     frames = [r.num_frames for r in results if r.kind == "ok"]
     return {
         "format": fmt, "root": str(root), "annotations": str(annotations), "subset": subset, "split": split,
         "min_frames": min_frames, "num_classes": len(classes),
-        "records": len(records), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
-        "bad_rows": len(problems), "empty": not records,
+        "records": len(jobs), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
+        "bad_rows": len(problems), "empty": empty, "lists": lists,
         "counts": {k: counts.get(k, 0) for k in KINDS},
         "frames": {"min": min(frames), "max": max(frames), "mean": sum(frames) / len(frames)} if frames else None,
         "items": [{k: v for k, v in asdict(r).items() if k != "num_frames"} for r in bad],
         "rows": [{"file": p.file, "line": p.line, "reason": p.reason} for p in problems],
     }
+
+
+def _subset_of(index: int, counts: list[int], lists: list[dict]) -> str:
+    """The subset of the list that job `index` came from (lists' records in order)."""
+    for n, x in zip(counts, lists):
+        if index < n:
+            return x["subset"]
+        index -= n
+    return lists[-1]["subset"]
 
 
 def found_problems(report: dict) -> bool:

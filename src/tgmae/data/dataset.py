@@ -34,6 +34,7 @@ from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.seen import SeenVideos
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.frame_index import error_text
+from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
 from tgmae.errors import UserError
@@ -103,6 +104,9 @@ class _RobustBase(Dataset):
         self.cfg = cfg
         self.seed = seed
         self.min_frames = cfg.num_frames if min_frames is None else min_frames
+        # at set-up, not after every item's retries: a clip longer than every video (`data.lengths`)
+        check_clip_fits(self.records, self.min_frames, f"data.num_frames={cfg.num_frames}"
+                        + (f" (a clip of {self.min_frames} frames)" if self.min_frames != cfg.num_frames else ""))
         self._logged = SeenVideos()  # unreadable paths already logged, by any worker
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # workers see set_epoch
         self.failures = 0  # in this process; DataLoader users sum the samples' load_failures

@@ -9,7 +9,9 @@ ctime and costs one rebuild.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from typing import Sequence
 
 
 def file_identity(path: str) -> list[int]:
@@ -24,4 +26,18 @@ def entry_identity(entry: os.DirEntry) -> list:
     return [entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
-__all__ = ["file_identity", "entry_identity"]
+def videos_fingerprint(paths: Sequence[str]) -> str:
+    """sha256 over each video's path and `file_identity` (size, mtime, inode, ctime): another file at
+    a path (a re-encode, a replaced copy) is another fingerprint. A missing file counts as
+    (path, -1). The one key of "these videos, as they are on disk" (feature caches, extract shards)."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            ident = file_identity(p)
+        except OSError:
+            ident = [-1]
+        h.update(f"{p}\0{ident}\n".encode())
+    return h.hexdigest()
+
+
+__all__ = ["file_identity", "entry_identity", "videos_fingerprint"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tgmae.config import DATASET_FORMATS
+from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
     AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
     read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
@@ -214,8 +214,15 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`testTrainMulti_7030_splits/<class>_test_split<N>.txt`: `name.avi 1` (1 train, 2 test,
     0 unused). Videos are `{root}/<class>/<name>.avi`; classes in sorted order; ids are the names
-    (as the split files give them), a name twice is refused."""
+    (as the split files give them), a name twice is refused. A split file named (rather than the
+    folder) must be of `split`: another split's is refused naming data.split, as a UCF101 list
+    of another split is (`tgmae.data.dataset.subset_annotations`)."""
     folder = ann if ann.is_dir() else ann.parent
+    named = re.fullmatch(r"(.+)_test_split(\d+)\.txt", ann.name) if ann.is_file() else None
+    if named and int(named.group(2)) != split:
+        n = int(named.group(2))
+        raise ConfigError(f"data.split={split}: {ann.name} is a split-{n} file, but the split-{split} files of its "
+                          f"folder would be read; set data.split={n} (tgmae data check: --split {n})")
     pat = re.compile(rf"^(.+)_test_split{split}\.txt$")
     files = sorted(p for p in folder.iterdir() if pat.match(p.name))
     if not files:

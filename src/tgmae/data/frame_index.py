@@ -300,6 +300,21 @@ def frame_index(path: str) -> FrameIndex:
     return idx
 
 
+def cached_frame_index(path: str) -> Optional[FrameIndex]:
+    """The FrameIndex of a video file when the memory or disk cache holds it, else None (never
+    decodes: for cheap questions such as `tgmae.data.lengths`)."""
+    try:
+        key = _key(path)
+    except OSError:
+        return None
+    with _lock:
+        hit = _memory.get(key)
+    if hit is not None:
+        return hit
+    f = _entry_file(key)
+    return _load(f, key) if f is not None and f.exists() else None
+
+
 def forget(path: str) -> None:
     """Drop a file's cached index (memory and disk), e.g. when a read contradicts it."""
     try:
@@ -316,4 +331,5 @@ def forget(path: str) -> None:
             pass
 
 
-__all__ = ["FrameIndex", "VideoError", "KINDS", "error_text", "error_detail", "build_index", "frame_index", "forget", "cache_dir"]
+__all__ = ["FrameIndex", "VideoError", "KINDS", "error_text", "error_detail", "build_index", "frame_index", "cached_frame_index", "forget",
+           "cache_dir"]

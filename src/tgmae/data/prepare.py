@@ -381,7 +381,7 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     dst = {j[0]: j[1] for j in jobs}
     _verify(fmt, out_p, new_ann, records, dst, split, subset)
     check = run_check(fmt, str(out_p), str(new_ann), split=split, subset=subset, min_frames=min_frames,
-                      workers=workers, progress=progress)
+                      workers=workers, progress=progress, run_lists=False)  # the list prepared, as given
     counts = {k: sum(r.status == k for r in results) for k in ("converted", "copied", "skipped", "failed")}
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
             "failed": [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"],

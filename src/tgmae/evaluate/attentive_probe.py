@@ -38,7 +38,7 @@ from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, To
                                       predict_attentive)
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, write_results,
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, val_counts, write_results,
                                   write_val_predictions)
 from tgmae.train.optim import param_groups
 from tgmae.train.resume import locks_run_folder
@@ -159,7 +159,8 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
         write_val_predictions(fit.output_dir, val, probs, names)
         log.info("attentive probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")),
                  best, best_epoch)
-    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch,
+                       **val_counts(val))
 
 
 __all__ = ["AttentiveTask", "attentive_probe", "loop_config", "score_probs"]

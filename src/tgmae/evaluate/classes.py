@@ -14,13 +14,16 @@ class i is class i, and the data may have fewer classes than the head, never mor
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 
 from tgmae.errors import UserError
+
+log = logging.getLogger("tgmae")
 
 _PLACEHOLDER = re.compile(r"^(?:label_|class_)?(\d+)$", re.IGNORECASE)
 
@@ -124,12 +127,14 @@ def resolve_num_classes(num_classes: Optional[int], names: Sequence[str], top_la
 
 def check_head_classes(train_data, tests: Sequence[tuple[object, str]], num_classes: Optional[int] = None,
                        configured: Optional[int] = None, key: str = "eval.num_classes",
-                       head: str = "the training set (data.train_annotations)") -> int:
+                       head: str = "the training set (data.train_annotations)",
+                       train_where: str = "data.train_annotations") -> int:
     """The set-up check of a head trained on `train_data` (finetune and the probes share it, so they
     refuse before extracting or training): its class count (`num_classes`, else `configured` =
     the config's `key` checked by `resolve_num_classes`, else the data's) and every test set of
     `tests` ((dataset or None, how messages name it)) matched by name or id (`align_classes`).
-    Returns the count; ConfigError / ClassMismatchError naming the key or the test set."""
+    Returns the count; ConfigError / ClassMismatchError naming the key or the test set. Classes of
+    the head that no training record has are one warning naming them (`warn_unseen_classes`)."""
     names = [str(n) for n in (getattr(train_data, "class_names", None) or [])]
     if num_classes is None:
         records = getattr(train_data, "records", None)
@@ -139,8 +144,25 @@ def check_head_classes(train_data, tests: Sequence[tuple[object, str]], num_clas
         if ds is not None:
             align_classes(names, num_classes, getattr(ds, "class_names", None) or [], data_class_count(ds),
                           head, where)
+    records = getattr(train_data, "records", None)
+    if records:
+        warn_unseen_classes(names, (int(r.label) for r in records), num_classes, train_where)
     return num_classes
 
 
-__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "check_head_classes", "data_class_count",
+def warn_unseen_classes(names: Sequence[str], labels: Iterable[int], num_classes: int,
+                        where: str = "data.train_annotations") -> list[int]:
+    """Log one warning naming the classes (of `num_classes`; `names` name them, else their ids)
+    that none of the training `labels` is: a head trained on these data never learns them and
+    scores them by chance, silently. Returns their ids."""
+    seen = set(labels)
+    unseen = [c for c in range(num_classes) if c not in seen]
+    if unseen:
+        label = [str(names[c]) if c < len(names) else str(c) for c in unseen]
+        log.warning("%d of %d classes have no training video in %s: %s (a head trained on it never learns them)",
+                    len(unseen), num_classes, where, _preview(label))
+    return unseen
+
+
+__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "check_head_classes", "data_class_count", "warn_unseen_classes",
            "named", "resolve_num_classes"]

@@ -32,7 +32,9 @@ settings refuses the folder, naming each that differs: `manifest_differences`), 
 (position in the manifest's list), `window`, `start_frame`, `end_frame`, `start_sec`,
 `end_sec`; the shard's unreadable videos in its metadata), and, from `write_index`, `index.csv`
 (one line per window) and `unreadable.json`. Every file is written to a temp name and renamed
-(`tgmae.atomic`), so a killed run leaves whole shards only; a rerun skips the finished ones.
+(`tgmae.atomic`), so a killed run leaves whole shards only; a rerun skips the finished ones whose
+videos are the same files (`tgmae.data.fileid.videos_fingerprint`, in each shard's metadata: a
+video replaced in place is extracted again).
 Shards are dealt round-robin to ranks (`rank`, `world`), so torchrun processes split the work.
 """
 
@@ -45,9 +47,10 @@ import io
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +63,7 @@ from tgmae.errors import UserError
 from tgmae.locks import check_kind, hold, shard_target
 from tgmae.train.precision import autocast
 from tgmae.data.dataset import subset_annotations
+from tgmae.data.fileid import videos_fingerprint
 
 log = logging.getLogger("tgmae")
 
@@ -240,21 +244,25 @@ def _claim_folder(out_dir: Path, m: dict[str, Any], names: Optional[Mapping[str,
     atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
 
 
-def _shard_done(path: Path, key: str) -> bool:
-    """A finished shard of this extraction (written whole, by the same manifest)."""
+def _shard_done(path: Path, key: str, videos: Optional[str] = None) -> bool:
+    """A finished shard of this extraction (written whole, by the same manifest) and, given
+    `videos` (the fingerprint of its videos' files), of these very files."""
     from safetensors import safe_open
 
     if not path.is_file():
         return False
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("manifest") == key
+            meta = f.metadata() or {}
     except Exception:  # a damaged file is redone
         return False
+    return meta.get("manifest") == key and (videos is None or meta.get("videos") == videos)
 
 
-def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict]) -> None:
-    """One shard: features and index tensors of its videos' windows, unreadable ones in metadata."""
+def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
+                 videos: str = "") -> None:
+    """One shard: features and index tensors of its videos' windows, unreadable ones and the
+    fingerprint of its videos' files (`videos`) in metadata."""
     from safetensors.torch import save_file
 
     feats = [vf.features for _, vf in rows]
@@ -270,7 +278,8 @@ def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], un
         dtype = np.float64 if k.endswith("_sec") else np.int64
         tensors[k] = torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
     with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
-        save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable)})
+        save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable),
+                                                 "videos": videos})
 
 
 @dataclass
@@ -290,10 +299,12 @@ def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out
     rank, rank + world, ... and skips those already finished. An unreadable video (any
     `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
     process extracting into the folder as the same rank is refused (`tgmae.locks`; `what` names
-    the setting that chose the folder), as is a file at `out_dir`, and a folder holding an
-    extraction of other settings (named as `names` gives them, `manifest_differences`)."""
+    the setting that chose the folder), as is a second job: rank 0 (or the single process) holds
+    the folder itself, so a single-process run and a sharded one never mix. Refused too: a file
+    at `out_dir`, and a folder holding an extraction of other settings (named as `names` gives
+    them, `manifest_differences`)."""
     check_kind(out_dir, what, folder=True)
-    with hold(shard_target(out_dir, rank, world), what):
+    with hold(out_dir, what, enabled=rank == 0), hold(shard_target(out_dir, rank, world), what):
         return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress,
                         what, names)
 
@@ -315,7 +326,8 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
     try:
         for s in mine:
             path = shard_path(out, s, m["num_shards"])
-            if _shard_done(path, key):
+            files = videos_fingerprint([videos[v][1] for v in _shard_videos(s, spec, len(videos))])
+            if _shard_done(path, key, files):
                 summary.skipped.append(s)
                 bar.update(len(_shard_videos(s, spec, len(videos))))
                 continue
@@ -328,7 +340,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                     bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
                                 **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
-            _write_shard(path, key, rows, bad)
+            _write_shard(path, key, rows, bad, files)
             summary.written.append(s)
             summary.unreadable.extend(bad)
     finally:
@@ -473,6 +485,33 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
     return videos
 
 
+@contextmanager
+def job_lock(out_dir: str | os.PathLike, what: str, rank: int, world: int) -> Iterator[None]:
+    """One job per extract folder: rank 0 (or the single process) holds `out_dir`'s lock for the
+    block; under torchrun every rank learns whether it got it before any rank starts work, and all
+    raise the one LockError naming the holder when it did not (a second job's other ranks would
+    otherwise write shards beside the first job's)."""
+    from tgmae.evaluate.sharded import all_gather_objects
+    from tgmae.locks import LockError, acquire, release
+
+    error = None
+    if rank == 0:
+        try:
+            acquire(out_dir, what, folder=True)
+        except LockError as e:
+            error = e
+    first = all_gather_objects(None if error is None else str(error))[0] if world > 1 else None
+    if error is not None:
+        raise error
+    if first is not None:
+        raise LockError(first)
+    try:
+        yield
+    finally:
+        if rank == 0:
+            release(out_dir)
+
+
 def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
                     names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
@@ -489,7 +528,8 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     dist = init_distributed(cfg.train.device)
     check_kind(out_dir, "--out", folder=True)
     made_folder = not Path(out_dir).exists()
-    with hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
+    with job_lock(out_dir, "--out", dist.rank, dist.world_size), \
+            hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
         videos = dataset_videos(cfg.data, subsets)
         encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
                                            dist.device)
@@ -506,4 +546,4 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
 
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
            "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "check_extracted",
-           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset"]
+           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset", "job_lock"]

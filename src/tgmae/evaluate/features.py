@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,6 +27,7 @@ from tgmae.distributed import rank_world
 from tgmae.evaluate.sharded import all_gather_objects, default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
 from tgmae.data.dataset import subset_annotations
+from tgmae.data.fileid import videos_fingerprint
 
 log = logging.getLogger("tgmae")
 
@@ -77,20 +77,6 @@ def _file_fingerprint(path: str, root: str) -> str:
             h.update(f.name.encode() + b"\0" + f.read_bytes())
         return h.hexdigest()
     return str(p.resolve()) if str(path) else ""
-
-
-def videos_fingerprint(paths: Sequence[str]) -> str:
-    """sha256 over each video's path, size and modification time (ns): another file at a path (a
-    re-encode, a replaced copy) is another fingerprint. A missing file counts as (path, -1, -1)."""
-    h = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        h.update(f"{p}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()
 
 
 def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: str = POOLING,

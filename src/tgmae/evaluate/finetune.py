@@ -160,11 +160,13 @@ class FinetuneTask:
 
     def check_classes(self, *datasets: Optional[Dataset]) -> None:
         """At set-up: the head's class count (eval.num_classes) and the test sets' classes, which
-        must all be among the training set's (ConfigError / ClassMismatchError, naming them)."""
+        must all be among the training set's (ConfigError / ClassMismatchError, naming them); a class
+        no training video has is one warning naming it."""
         from tgmae.evaluate.classes import check_head_classes
 
         where = self.cfg.data.val_annotations or "the test set"
-        check_head_classes(self.train_dataset(), [(ds, where) for ds in datasets], num_classes=self.num_classes)
+        check_head_classes(self.train_dataset(), [(ds, where) for ds in datasets], num_classes=self.num_classes,
+                           train_where=f"data.train_annotations={self.cfg.data.train_annotations}")
 
 
 def require_readable(datasets: Sequence[Optional[Dataset]], workers: int = 0) -> None:
@@ -205,6 +207,11 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     test_data: the multi-view test set; default `MultiViewDataset` over `data.val_annotations`
     (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
     """
+    from tgmae.evaluate.multiview import FINETUNE, refuse_other_results
+    from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+    # a test that `tgmae evaluate` wrote here is not replaced by this run's
+    refuse_other_results(Path(cfg.train.output_dir), FINETUNE, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     task = FinetuneTask(cfg, train_data, val_data, num_classes)
     if test_data is None and subset_annotations(cfg.data, "val"):
         from tgmae.data.dataset import build_dataset
@@ -229,7 +236,7 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
             from tgmae.evaluate.multiview import write_test_results
 
             write_test_results(test, out, f"{test_data.num_temporal}x{test_data.num_spatial}"
-                               if hasattr(test_data, "num_temporal") else None)
+                               if hasattr(test_data, "num_temporal") else None, written_by=FINETUNE)
             if test.top5 is not None:
                 summary["test_top5"] = test.top5
             summary.update(test_top1=test.top1, test_views=test.num_views,

@@ -40,6 +40,8 @@ class KnnProbeResult:
     top1: float
     top5: Optional[float]  # None with 5 classes or fewer
     by_k: dict[int, KnnResult]
+    val_left_out: int = 0  # val videos left out (unreadable), of
+    val_videos: int = 0  # the val videos listed
 
 
 @locks_run_folder
@@ -48,8 +50,8 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     """Score the val features by their k nearest training features for every k of `eval.knn_k`
     and write the outputs of the module doc. Datasets and cache as `probe_features`."""
     from tgmae.distributed import init_distributed
-    from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, write_results,
-                                      write_val_predictions)
+    from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, val_counts,
+                                      write_results, write_val_predictions)
 
     ks, temperature = list(cfg.eval.knn_k), cfg.eval.knn_temperature
     if val_data is None and not subset_annotations(cfg.data, "val"):
@@ -84,7 +86,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         write_val_predictions(out, val, scores, names)
         log.info("k-NN probe (T %g): %s", temperature,
                  "; ".join(f"k={k} {topk_text(r.top1, r.top5)}" for k, r in by_k.items()))
-    return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k)
+    return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k, **val_counts(val))
 
 
 __all__ = ["KnnProbeResult", "knn_probe"]

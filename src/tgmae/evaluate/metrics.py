@@ -31,6 +31,14 @@ def topk_text(top1: float, top5: Optional[float]) -> str:
     return f"top-1 {top1:.4f}" + ("" if top5 is None else f"  top-5 {top5:.4f}")
 
 
+def left_out_text(left_out: int, total: int, subset: str, listed_in: str) -> str:
+    """'N of M <subset> videos left out (unreadable, listed in <listed_in>)', or '' when N is 0: the
+    one wording of the final line of every evaluation command (probe, finetune, evaluate)."""
+    if left_out <= 0:
+        return ""
+    return f"{left_out} of {total} {subset} videos left out (unreadable, listed in {listed_in})"
+
+
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
     """{k: [N] bool, label among the top-k scores of its row}; k is capped at K."""
     _check_scores(scores, labels)

@@ -8,7 +8,9 @@ and the per-video probabilities gathered in memory (`evaluate.sharded`).
 `tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER` tests a finetuned classifier on
 `data.val_annotations` with `data.test_temporal_views` x `data.test_spatial_views` views and
 writes `<train.output_dir>/test_results.json` (top-1, top-5 with more than 5 classes, mean class
-accuracy, per class). A test video that cannot be read (or is shorter than the clip) is never
+accuracy, per class, and `written_by` / `settings`: which command and test made it). It never
+replaces test results another run wrote there (a finetune run's, or a test of other settings):
+refused naming the file and the keys (`refuse_other_results`) unless `checkpoint.resume=ignore_config`. A test video that cannot be read (or is shorter than the clip) is never
 replaced by another: the readable videos are scored, the others listed with their reasons
 (`unreadable`) and counted per class; with `eval.strict=true` the test fails instead
 (`VideoLoadError`).
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tgmae.config import ConfigError
 from tgmae.evaluate.classes import align_classes, data_class_count
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
@@ -187,19 +190,23 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     from tgmae.weights.classifier import load_classifier
 
     dist_info = init_distributed(cfg.train.device)
+    settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable
 
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
         if not cfg.model.pretrained:
-            from tgmae.config import ConfigError
-
             raise ConfigError("model.pretrained must name a finetuned classifier to test")
         classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size)
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
+    if rank_world()[0] == 0:  # before the test: another run's results are not replaced
+        from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+        refuse_other_results(Path(cfg.train.output_dir), EVALUATE, settings,
+                             replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     where = dict(head=cfg.model.pretrained or "the classifier", data=cfg.data.val_annotations or "the test set")
@@ -211,7 +218,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
                                  head_names=head_names, **where)
     if rank_world()[0] == 0:
         out = Path(cfg.train.output_dir)
-        summary = write_test_results(result, out, f"{dataset.num_temporal}x{dataset.num_spatial}")
+        summary = write_test_results(result, out, f"{dataset.num_temporal}x{dataset.num_spatial}",
+                                     written_by=EVALUATE, settings=settings)
         log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
                  result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
         if result.unreadable:
@@ -220,20 +228,77 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     return result
 
 
-def write_test_results(result: ClassificationResult, out: Path, views: Optional[str] = None) -> dict[str, Any]:
-    """`out/test_results.json` (the summary, + `views` "TxS") and `out/test_predictions.csv` (per
-    scored video: id, true label, top-5 labels and scores; `evaluate.predictions`). Returns the summary."""
+def write_test_results(result: ClassificationResult, out: Path, views: Optional[str] = None, *,
+                       written_by: str = "", settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`out/test_results.json` (the summary, + `views` "TxS", `written_by` the command, `settings`
+    the test's, `test_settings`) and `out/test_predictions.csv` (per scored video: id, true label,
+    top-5 labels and scores; `evaluate.predictions`). Returns the summary."""
     from tgmae.atomic import atomic_write_text
     from tgmae.evaluate.predictions import write_predictions
 
     summary = result.summary()
     if views is not None:
         summary["views"] = views
+    if written_by:
+        summary["written_by"] = written_by
+    if settings is not None:
+        summary["settings"] = settings
     atomic_write_text(out / "test_results.json", json.dumps(summary, indent=2))
     names = result.class_names if len(result.class_names) == result.probs.shape[1] else ()
     write_predictions(out / "test_predictions.csv", result.video_ids, result.labels, result.probs, names)
     return summary
 
 
-__all__ = ["ClassificationResult", "predict_views", "evaluate_classifier", "classification_result",
+EVALUATE, FINETUNE, PROBE = "tgmae evaluate", "tgmae finetune", "tgmae probe"  # `written_by` of test_results.json
+RESULT_FILES = ("test_results.json", "test_predictions.csv")
+
+
+def test_settings(cfg) -> dict[str, Any]:
+    """What decides a multi-view test's numbers: the classifier (`model.pretrained` as given) and
+    the `data` keys that choose the videos and the pixels of their views; {key: value}."""
+    from tgmae.data.dataset import subset_annotations
+
+    d = cfg.data
+    root = str(Path(d.root).resolve()) if d.root else ""
+    return {"model.pretrained": str(cfg.model.pretrained), "data.format": d.format, "data.root": root,
+            "data.val_annotations": subset_annotations(d, "val"), "data.split": d.split,
+            "data.num_frames": d.num_frames, "data.frame_stride": d.frame_stride, "data.sampling": d.sampling,
+            "data.image_size": d.image_size, "data.test_temporal_views": d.test_temporal_views,
+            "data.test_spatial_views": d.test_spatial_views, "data.mean": list(d.mean), "data.std": list(d.std)}
+
+
+def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,
+                         replace: bool = False, predictions: bool = True) -> None:
+    """ConfigError naming the file (and the keys that differ) when `out` holds test results that
+    `writer` with `settings` did not write: a finetune run's, or a test of other settings. A file
+    without `written_by` (older versions) counts as `FINETUNE`'s. settings None: any of writer's
+    results are its own (a finetune run resumes its folder). replace: asked to replace them.
+    predictions: test_predictions.csv without test_results.json is another run's too (a probe's);
+    False for a probe, whose own predictions they are."""
+    if replace:
+        return
+    results = out / RESULT_FILES[0]
+    if not results.is_file():
+        stray = out / RESULT_FILES[1]
+        if predictions and stray.is_file():
+            raise ConfigError(f"train.output_dir={str(out)!r} holds {stray.name} of another test: choose another "
+                              "train.output_dir, or replace it with checkpoint.resume=ignore_config")
+        return
+    try:
+        old = json.loads(results.read_text())
+    except (OSError, ValueError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    by = old.get("written_by", FINETUNE)
+    diffs = []
+    if by == writer and settings is not None:
+        stored = old.get("settings") or {}
+        diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    if by != writer or diffs:
+        what = f"written by {by}" if by != writer else "of other settings (" + "; ".join(diffs) + ")"
+        raise ConfigError(f"train.output_dir={str(out)!r} holds {results.name} {what}: it is not replaced; choose "
+                          "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
+
+
+__all__ = ["ClassificationResult", "refuse_other_results", "test_settings", "RESULT_FILES", "predict_views", "evaluate_classifier", "classification_result",
            "evaluate_checkpoint", "views_per_sample", "video_ids", "write_test_results"]

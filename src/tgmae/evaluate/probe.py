@@ -203,6 +203,15 @@ class ProbeResult:
     history: list[dict]
     model: nn.Module | LogisticFit  # features [B, D] (attentive: tokens [B, L, D]) -> logits [B, K]
     best_epoch: Optional[int] = None  # epoch (0-based) of best_top1; None without a val set (or for lbfgs)
+    val_left_out: int = 0  # val videos left out (unreadable), of
+    val_videos: int = 0  # the val videos listed
+
+
+def val_counts(val: Optional["FeatureDataset"]) -> dict[str, int]:
+    """{val_left_out, val_videos} of a val feature set (its unreadable videos and all it lists)."""
+    if val is None:
+        return {"val_left_out": 0, "val_videos": 0}
+    return {"val_left_out": len(val.unreadable), "val_videos": len(val) + len(val.unreadable)}
 
 
 def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
@@ -262,7 +271,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
     if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
-                           num_classes=num_classes, configured=cfg.eval.num_classes)
+                           num_classes=num_classes, configured=cfg.eval.num_classes,
+                           train_where=f"data.train_annotations={cfg.data.train_annotations}")
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
@@ -364,7 +374,8 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
         write_val_predictions(fit.output_dir, val, logits, names)
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
                  best_epoch)
-    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch)
+    return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch,
+                       **val_counts(val))
 
 
 def best_of(history: list[dict], final: dict[str, float]) -> tuple[float, Optional[int]]:
@@ -431,7 +442,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         write_val_predictions(out, val, logits, list(names))
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
-    return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None)
+    return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None, **val_counts(val))
 
 
 def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]:
@@ -450,7 +461,11 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     train, or the reverse): its results would be replaced under other settings.
     checkpoint.resume=ignore_config asks for it. checkpoints=False: step checkpoints without
     results are left to the training loop's run-kind check (the attentive probe's own)."""
+    from tgmae.evaluate.multiview import PROBE, refuse_other_results
+
     out = Path(cfg.train.output_dir)
+    # its test_predictions.csv would replace those of a finetune run's or evaluate's test there
+    refuse_other_results(out, PROBE, replace=cfg.checkpoint.resume == ckpt.IGNORE_CONFIG, predictions=False)
     stored_probe: Optional[str] = None
     stored: Optional[str] = None
     results = out / "probe_results.json"
@@ -517,5 +532,5 @@ def refuse_other_run(out: Path) -> None:
 
 __all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
            "score_logits", "probe_logits", "best_of", "frozen_probe_encoder", "probe_features", "run_probe", "linear_probe", "logistic_probe",
-           "write_results", "write_val_predictions", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run",
+           "write_results", "write_val_predictions", "val_counts", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run",
            "refuse_other_probe"]

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -226,7 +224,8 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     generator (cfg: `figure_config`); returns figure name -> path."""
     from tgmae.config import ConfigError
     from tgmae.models.arch import check_checkpoint_geometry
-    from tgmae.train.pretrain import trains_decoder, write_pretrain_figures
+    from tgmae.train.pretrain import describe_run, mae_part, trains_decoder
+    from tgmae.viz.reconstruction import write_reconstruction
 
     if not trains_decoder(cfg):
         raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
@@ -240,14 +239,9 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     folder, name = figures_folder(checkpoint, out), "recon_" + figure_id(cfg, sample, video, index)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    try:  # drawn under the fixed names of a pretraining run's figures, in a folder of its own, then named
-        with tempfile.TemporaryDirectory(prefix=".recon-", dir=folder) as tmp:
-            drawn = write_pretrain_figures(model, [sample], cfg, Path(tmp), index=0)
-            figures = {}
-            for key, path in drawn.items():
-                if key.startswith("reconstruction"):
-                    figures[key] = folder / f"{name}{path.suffix}"
-                    os.replace(path, figures[key])
+    try:  # under their final names, each file written atomically
+        return write_reconstruction(mae_part(model), sample, cfg, folder, name,
+                                    f"{sample.get('video_id', index)} ({describe_run(cfg)})")
     except Exception as e:  # a full disk names the figure, not the drawing folder; no empty folder is left
         fail = write_failure(e, folder / f"{name}.png")
         if made and not any(folder.iterdir()):
@@ -255,7 +249,6 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
         if fail is not None:
             raise fail from e
         raise
-    return figures
 
 
 def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,

@@ -558,11 +558,21 @@ def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optio
 
 
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
-    """Run every missing phase of the study and write its report; returns the report's folder."""
+    """Run every missing phase of the study and write its report; returns the report's folder.
+    A study already running in `study.out_dir` (its lock, `tgmae.locks`) is refused naming it."""
     paths = StudyPaths(Path(study.out_dir))
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
     check_cells(study, paths, cells)
+    from tgmae.locks import hold
+
+    # one study per folder: a second one's phases would interleave with this one's
+    with hold(paths.root, "study.out_dir", folder=True):
+        return _run_study(study, paths, cells, quick)
+
+
+def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) -> Path:
+    """`run_study` once the study folder is this process's (its lock held)."""
     paths.root.mkdir(parents=True, exist_ok=True)
     check_recon_settings(study, paths, quick)
     t0 = time.perf_counter()

@@ -187,11 +187,9 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
     (`patch_mean_mse`); with norm_pix_loss (drawn with the true patch statistics) the loss on the
     normalized target instead. No reconstruction when the decoder never trained (`trains_decoder`).
     `dataset`: indexable sample dicts; make_mask: sample -> [1, N] mask (masks made on the batch)."""
-    from tgmae.models import reconstruct_video
-    from tgmae.models.target import masked_pixel_mse, patch_mean_mse
     from tgmae.train.metrics import read_metrics
     from tgmae.viz.curves import plot_curves
-    from tgmae.viz.reconstruction import reconstruction_rows, save_gif, save_reconstruction_figure
+    from tgmae.viz.reconstruction import write_reconstruction
 
     out: dict[str, Path] = {}
     metrics = out_dir / "metrics.jsonl"
@@ -208,27 +206,8 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
         from tgmae.data.views import first_view
 
         sample = first_view(sample)
-    model = mae_part(model).eval()
-    device = next(model.parameters()).device  # the trained model stays where it trained (a GPU)
-    video = sample["video"][None]
-    mask = sample["mask"][None] if make_mask is None else make_mask(sample)
-    with torch.no_grad():
-        res = model(video.to(device), mask.to(device))
-        pred, mask = res.pred.float().cpu(), mask.cpu()
-        recon = reconstruct_video(video, pred, mask, model.arch)
-        if model.arch.norm_pix_loss:
-            title = (f"masked MSE {float(res.loss):.3f} on the normalized target (each patch's mean: ~1.0); "
-                     "drawn with the true patch means and stds")
-        else:
-            mse, oracle = masked_pixel_mse(video, pred, mask, model.arch), patch_mean_mse(video, mask, model.arch)
-            title = f"masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)"
-    rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
-                               cfg.model.patch_size, cfg.data.mean, cfg.data.std)
-    out["reconstruction"] = save_reconstruction_figure(
-        rows, out_dir / "reconstruction.png",
-        title=f"{sample.get('video_id', index)} ({describe_run(cfg)}): {title}")
-    strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
-    out["reconstruction_gif"] = save_gif(strip, out_dir / "reconstruction.gif")
+    out.update(write_reconstruction(mae_part(model), sample, cfg, out_dir, "reconstruction",
+                                    f"{sample.get('video_id', index)} ({describe_run(cfg)})", make_mask))
     return out
 
 

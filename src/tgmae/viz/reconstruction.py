@@ -1,11 +1,17 @@
-"""Reconstruction figures: original / masked / reconstructed frames (paper Figure 3, rows 1-3)."""
+"""Reconstruction figures: original / masked / reconstructed frames (paper Figure 3, rows 1-3).
+
+`write_reconstruction` draws one clip under the names it is given (a pretraining run's
+`reconstruction.png` / `.gif`, `tgmae visualize recon`'s `recon_<id>.png` / `.gif`), each file
+written atomically (temp file + rename, `tgmae.atomic`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from tgmae.viz.plotting import frame_columns, frame_grid, save_figure, to_uint8_frames, token_mask_to_pixels
 
@@ -38,6 +44,46 @@ def save_reconstruction_figure(
     cols = frame_columns(next(iter(rows.values())).shape[0], max_frames)
     fig, _ = frame_grid(rows, cols, 1.7 * len(rows))
     return save_figure(fig, out_path, title)
+
+
+def write_reconstruction(model: nn.Module, sample: dict[str, Any], cfg: Any, out_dir: Path, name: str,
+                         title: str, make_mask: Optional[Callable] = None) -> dict[str, Path]:
+    """`out_dir/<name>.png` (original / masked / reconstructed rows) and `<name>.gif` (the three
+    side by side) of one sample dict (`video` [C, T, H, W], `mask` [N] bool, True = masked) drawn
+    by `model` (a `VideoMAEPretrainer`, used in eval mode on its device); cfg: the run's config
+    (clip geometry, data.mean / std). Returns {"reconstruction": png, "reconstruction_gif": gif}.
+
+    The title (after `title`) gives the clip's masked MSE in pixel units (data.mean / data.std
+    undone) next to the patch-mean oracle on the same clip and mask (every masked token filled
+    with its true mean colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the
+    oracle's error holds no more than each patch's colour. With norm_pix_loss the figure draws the
+    prediction with each patch's true mean and std (the target holds neither), so a pixel
+    comparison would hand the model the oracle's mean; the title then gives the loss on the
+    normalized target, where predicting each patch's mean scores 1.0. make_mask: sample -> [1, N]
+    mask, for runs whose masks are made on the batch (online TGM)."""
+    from tgmae.models import reconstruct_video
+    from tgmae.models.target import masked_pixel_mse, patch_mean_mse
+
+    model = model.eval()
+    device = next(model.parameters()).device  # the trained model stays where it trained (a GPU)
+    video = sample["video"][None]
+    mask = sample["mask"][None] if make_mask is None else make_mask(sample)
+    with torch.no_grad():
+        res = model(video.to(device), mask.to(device))
+        pred, mask = res.pred.float().cpu(), mask.cpu()
+        recon = reconstruct_video(video, pred, mask, model.arch)
+        if model.arch.norm_pix_loss:
+            how = (f"masked MSE {float(res.loss):.3f} on the normalized target (each patch's mean: ~1.0); "
+                   "drawn with the true patch means and stds")
+        else:
+            mse, oracle = masked_pixel_mse(video, pred, mask, model.arch), patch_mean_mse(video, mask, model.arch)
+            how = f"masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)"
+    rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
+                               cfg.model.patch_size, cfg.data.mean, cfg.data.std)
+    out = {"reconstruction": save_reconstruction_figure(rows, out_dir / f"{name}.png", title=f"{title}: {how}")}
+    strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
+    out["reconstruction_gif"] = save_gif(strip, out_dir / f"{name}.gif")
+    return out
 
 
 def save_gif(frames: torch.Tensor, out_path: str | Path, fps: int = 6) -> Path:

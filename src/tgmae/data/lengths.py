@@ -1,0 +1,113 @@
+"""How many frames a video holds, as cheaply as it can be known, and the set-up check that a clip
+fits at least one video of a data set.
+
+A clip longer than every video (`data.num_frames` above every video's frames) used to surface
+only when the first batch was drawn, after `data.max_load_retries` + 1 decodes per item. The
+datasets now ask `check_clip_fits` at set-up. It reads each video's frame count without decoding
+it (`stated_frames`: the frame index when cached, exact; a frame folder's image count; else the
+container's stated count: the stream's frame count, or duration x average rate) and stops at the
+first video whose range holds a clip, so a usable set costs one header read. Only when none does,
+the near misses are confirmed by their frame index (one decode each, `CONFIRM_AT_MOST`), and a
+set is refused only when every video is known to be too short (a container's count can be off;
+a wrong refusal would stop a run that works).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from tgmae.config import ConfigError
+from tgmae.data.annotations import VideoRecord
+
+CONFIRM_AT_MOST = 32  # near misses confirmed by their frame index before a refusal; more: no refusal
+
+
+def stated_frames(path: str) -> Optional[int]:
+    """Frames of a video or frame folder, without decoding it (see the module doc); None when not
+    known cheaply (no count stated, a header that does not open), 0 for a missing or empty file."""
+    from tgmae.data.frame_index import VideoError, cached_frame_index
+
+    if os.path.isdir(path):
+        from tgmae.data.frame_folder import FrameFolder
+
+        try:
+            return FrameFolder(path).info()[0]
+        except (VideoError, OSError):
+            return 0
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return 0
+    idx = cached_frame_index(path)
+    if idx is not None:
+        return 0 if idx.kind else idx.num_frames
+    return _container_frames(path)
+
+
+def _container_frames(path: str) -> Optional[int]:
+    """The frame count a container states for its first video stream, else None."""
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as c:
+            s = c.streams.video[0]
+            rate = float(s.average_rate) if s.average_rate else 0.0
+            if s.frames:
+                return int(s.frames)
+            if s.duration and s.time_base and rate:
+                return int(round(float(s.duration * s.time_base) * rate))
+            if c.duration and rate:
+                return int(round(c.duration / 1e6 * rate))
+    except (av.FFmpegError, OSError, IndexError, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+def exact_frames(path: str) -> int:
+    """Frames of a video by its frame index (decodes it once when not cached); 0 when unreadable."""
+    from tgmae.data.video import VideoError, VideoReader
+
+    try:
+        with VideoReader(path) as r:
+            return r.info.num_frames
+    except (VideoError, OSError, EOFError):
+        return 0
+
+
+def _in_range(rec: VideoRecord, n: int) -> int:
+    """Frames of a record's range (start_frame / end_frame) in a video of n frames."""
+    start = max(rec.start_frame or 0, 0)
+    end = n if rec.end_frame is None else min(rec.end_frame, n)
+    return max(end - start, 0)
+
+
+def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: str) -> None:
+    """ConfigError, in one line naming `setting` (e.g. `data.num_frames=16`) and the longest
+    video's frames, when no record's range holds `min_frames` frames (see the module doc)."""
+    near: list[tuple[int, VideoRecord]] = []  # (stated frames in range, record) of possible fits
+    for rec in records:
+        n = stated_frames(rec.path)
+        if n is not None and _in_range(rec, n) >= min_frames:
+            return
+        if n is None or n > 0:
+            near.append((-1 if n is None else _in_range(rec, n), rec))
+    if not near:
+        return  # nothing readable: the readers name each file
+    near.sort(key=lambda x: -x[0])
+    unsure = [r for have, r in near if have < 0 or have >= 0.75 * min_frames - 2]
+    if len(unsure) > CONFIRM_AT_MOST:
+        return  # not cheap to be sure: the readers tell
+    best, longest = max(((_in_range(r, exact_frames(r.path)), r) for r in unsure or [near[0][1]]),
+                        key=lambda x: x[0])
+    if best >= min_frames or best <= 0:  # a clip fits, or nothing could be read: the readers name the files
+        return
+    rest = [have for have, r in near if r not in unsure]
+    if rest and max(rest) > best:  # a stated count above the confirmed ones: take it as stated
+        best, longest = max(rest), next(r for have, r in near if have == max(rest))
+    ranged = longest.start_frame is not None or longest.end_frame is not None
+    key = setting.split("=")[0]
+    raise ConfigError(f"{setting}: a clip needs {min_frames} frames and no video holds one: the longest has {best} "
+                      f"frames{' in its range' if ranged else ''} ({longest.path}); lower {key} to {best} or less, "
+                      f"or check the videos (`tgmae data check --min-frames {min_frames}`)")
+
+
+__all__ = ["stated_frames", "exact_frames", "check_clip_fits", "CONFIRM_AT_MOST"]
