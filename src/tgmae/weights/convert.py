@@ -16,7 +16,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
@@ -57,9 +56,7 @@ def convert(src: str | Path, out: str | Path, **overrides: Any) -> str:
         save_classifier(clf, out, source.class_names)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
                 f"{a.num_frames} frames at {a.image_size}px")
-    encoder = VideoViTEncoder(a)
-    encoder.load_state_dict(source.encoder)
-    save_encoder(encoder, out)
+    save_encoder(source.build_encoder(), out)
     return f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at {a.image_size}px"
 
 
