@@ -37,9 +37,7 @@ class Shard:
 def shard_from_env(rank: Optional[int] = None, world_size: Optional[int] = None) -> Shard:
     """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single process."""
     env_rank, env_world = launch_env()
-    r = rank if rank is not None else env_rank
-    w = world_size if world_size is not None else env_world
-    return Shard(r, w)
+    return Shard(env_rank if rank is None else rank, env_world if world_size is None else world_size)
 
 
 def errors_path(out: str | Path) -> Path:
