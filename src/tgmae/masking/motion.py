@@ -74,10 +74,8 @@ def fill_from_nearest(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 def block_extent(blocks_hw: tuple[int, int], source_hw: tuple[int, int]) -> tuple[float, float]:
     """Source pixels covered by a [Hb, Wb] block grid: whole macroblocks (ceil(H/16) blocks cover
     a little more than the frame); any other grid is taken to span the frame exactly."""
-    out = []
-    for b, s in zip(blocks_hw, source_hw):
-        out.append(float(b * MACROBLOCK) if b == math.ceil(s / MACROBLOCK) else float(s))
-    return out[0], out[1]
+    h, w = (float(b * MACROBLOCK) if b == math.ceil(s / MACROBLOCK) else float(s) for b, s in zip(blocks_hw, source_hw))
+    return h, w
 
 
 def codec_token_motion(

@@ -1,19 +1,12 @@
-"""How well each masking algorithm hits the acting object, on the synthetic set (`tgmae eval-masks`:
-tgmae.commands.eval_masks).
+"""How well each masking algorithm hits the acting object, on the synthetic set (`tgmae eval-masks`).
 
-    tgmae eval-masks --root SYNTH_DIR [--clip CLIP_DIR] [--out results.json]
-
-For each video of the split, one clip goes through the real data pipeline (frame sampling,
-crop/flip transform, codec motion vectors) and each algorithm masks it: random, tube, MGM, and
-with a CLIP, TGM top-k and bottom-k (from a similarity cache built on the fly with `tgmae masks`
-machinery, resumed when it exists). Ground truth: a token is "on the object" when at least
-`--min-cover` of its pixels (in the augmented clip, averaged over the tubelet's frames) belong to
-the synthetic set's acting-object mask. Per algorithm, summed over videos:
-precision = masked object tokens / masked tokens, recall = masked object tokens / object tokens.
-
-Precision is capped by the ratio: with object fraction f, masking a fraction r of the tokens gives
-at most min(1, f / r). So all algorithms are compared at one ratio (--ratio) by default;
---paper-ratios uses each method's ratio in the paper (random/tube 0.9, MGM 0.75, TGM 0.6).
+One clip per video goes through the real data pipeline (sampling, crop/flip, codec motion) and
+each algorithm masks it: random, tube, MGM and, with a CLIP, TGM top-k and bottom-k (from a
+similarity cache built on the fly). A token is "on the object" when at least `min_cover` of its
+pixels (tubelet mean) belong to the acting object. Summed over videos: precision = masked object
+tokens / masked tokens, recall = masked object tokens / object tokens. Precision is capped by
+the ratio (object fraction f, ratio r: at most min(1, f / r)), so all algorithms share one ratio
+unless `paper_ratios` (random/tube 0.9, MGM 0.75, TGM 0.6).
 """
 
 from __future__ import annotations

@@ -84,7 +84,6 @@ def resample_to_tokens(
     crop: CropParams,
     grid: tuple[int, int, int],
     tubelet_frame: str = "first",
-    extent_hw: Optional[tuple[float, float]] = None,
 ) -> torch.Tensor:
     """Cached maps -> per-token scores of one augmented clip.
 
@@ -105,7 +104,7 @@ def resample_to_tokens(
     if isinstance(maps, torch.Tensor) and maps.device.type == "cpu":
         maps = maps.detach().numpy()
     chosen = maps[pos] if isinstance(maps, np.ndarray) else maps[torch.from_numpy(pos).to(maps.device)]
-    sampled = sample_maps(chosen, crop, (h_tok, w_tok), extent_hw)
+    sampled = sample_maps(chosen, crop, (h_tok, w_tok))
     if tubelet_frame == "mean":
         sampled = sampled.reshape(t_tok, tubelet, h_tok, w_tok).mean(dim=1)
     return sampled

@@ -1,21 +1,13 @@
 """Text-guided masking (TGM, paper section 3.3): mask the patches most (or least) similar to the
 sample's caption in CLIP space, k = ratio x patches per temporal slice.
 
-Three ways to run it, same masks up to the source of the similarity maps:
-
-- `CachedTGMMask` (training default): similarity maps precomputed by `tgmae masks` over the full
-  source frames; per sample it resamples them into the augmented token grid (nearest cached
-  frame in time, bilinear in space through the crop and flip) and takes top-k. No CLIP call.
-- `OnlineTGMMask`: CLIP on the sample's augmented frames, per sample in the DataLoader worker.
-- `BatchTGMMask`: CLIP on the whole batch in the main process (GPU), see `tgmae.masking.batch`.
-
+- `CachedTGMMask` (training default): maps precomputed by `tgmae masks`, resampled into the
+  augmented token grid (`tgmae.masking.resample`); no CLIP call. It masks with the map of the
+  caption drawn for the sample (`caption="drawn"`: found by its text, `ctx.caption`, else by its
+  embedding among the cached ones) or with the video's mean caption (`caption="mean"`).
+- `OnlineTGMMask` / `BatchTGMMask`: CLIP on the augmented frames, per sample in the DataLoader
+  worker / per batch in the main process; `ctx.text_embedding` must come from the same CLIP.
 A temporal slice (tubelet) is represented by its first frame or by the mean of its frames' maps.
-Caption: the cached generator masks with the map of the caption drawn for the sample
-(`caption="drawn"`: found by its text when the context carries one (`ctx.caption`), else by
-matching `ctx.text_embedding` to the caption embeddings stored in the cache, which needs the
-captions embedded with the cache's CLIP), or with the video's mean caption (`caption="mean"`).
-The online generators embed nothing themselves: they use `ctx.text_embedding`, which must come
-from the same CLIP as their image tower.
 """
 
 from __future__ import annotations
@@ -109,14 +101,12 @@ class CachedTGMMask(ScoredMask):
         """[T', H', W'] cosine similarity of each token of the augmented clip."""
         if ctx.video_id is None or ctx.frame_indices is None:
             raise ValueError("cached text-guided masking needs ctx.video_id and ctx.frame_indices")
+        if ctx.crop is None:
+            raise ValueError(
+                f"cached text-guided masking needs the clip's crop parameters (ctx.crop) for video {ctx.video_id!r}")
         entry = self.cache.entry(ctx.video_id)
         maps = self.caption_maps(entry, ctx)
-        crop = ctx.crop
-        if crop is None:
-            raise ValueError(
-                f"cached text-guided masking needs the clip's crop parameters (ctx.crop) for video {ctx.video_id!r}"
-            )
-        return resample_to_tokens(maps, entry.frames, ctx.frame_indices, crop, ctx.grid, self.tubelet_frame)
+        return resample_to_tokens(maps, entry.frames, ctx.frame_indices, ctx.crop, ctx.grid, self.tubelet_frame)
 
     def __repr__(self) -> str:
         return (f"CachedTGMMask(ratio={self.ratio}, select={self.select!r}, tubelet_frame="
