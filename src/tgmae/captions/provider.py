@@ -50,9 +50,6 @@ class CaptionProvider:
         """Number of videos with captions."""
         return len(self._ids)
 
-    def __contains__(self, video_id: str) -> bool:
-        return video_id in self._ids
-
     @property
     def num_captions(self) -> int:
         """Number of distinct caption texts (rows of `embeddings`)."""

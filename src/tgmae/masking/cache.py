@@ -266,9 +266,6 @@ class SimilarityCache:
         self.max_entries = max_entries
         self._lru: OrderedDict[str, CacheEntry] = OrderedDict()
 
-    def __contains__(self, video_id: str) -> bool:
-        return video_id in self.videos
-
     def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
                      captions_sha256: Optional[str] = None) -> None:
         """At set-up: maps exist for every id (or a reason they were skipped), and (given the run's

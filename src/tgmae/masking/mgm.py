@@ -42,18 +42,15 @@ class MotionGuidedMask(ScoredMask):
     """MGM generator: (MaskContext with `motion` and/or `frames`, generator) -> [N] bool.
 
     ratio: masked fraction (0.75 in the TGM paper's comparison). motion_source: "codec" (falls
-    back to frame differences, logged, where the video has no vectors) or "framediff".
-    sigma: spatial smoothing in tokens. floor: fraction of the slice's peak below which a token
-    counts as static. compensate_camera: subtract each frame's median vector. ratio and
-    motion_source as validated by `MaskingConfig` (not checked again).
+    back to frame differences, logged, where the video has no vectors) or "framediff". Both as
+    validated by `MaskingConfig` (not checked again).
     """
 
-    def __init__(
-        self, ratio: float = 0.75, motion_source: str = "codec", sigma: float = 1.0,
-        floor: float = 0.05, compensate_camera: bool = True,
-    ):
+    sigma = 1.0  # spatial smoothing, in tokens
+    floor = 0.05  # fraction of a slice's peak below which a token counts as static (codec noise)
+
+    def __init__(self, ratio: float = 0.75, motion_source: str = "codec"):
         self.ratio, self.motion_source = ratio, motion_source
-        self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
         self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
         # the dataset reads codec motion vectors for a generator that asks for them
         self.needs_motion = motion_source == "codec"
@@ -62,7 +59,7 @@ class MotionGuidedMask(ScoredMask):
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""
         _, h, w = ctx.grid
         if self.motion_source == "codec" and has_codec_motion(ctx.motion):
-            return codec_token_motion(ctx.motion, ctx.crop, (h, w), self.compensate_camera), "codec"
+            return codec_token_motion(ctx.motion, ctx.crop, (h, w)), "codec"
         if ctx.frames is None:
             raise ValueError(
                 f"motion-guided masking for video {ctx.video_id!r}: no codec motion vectors and no "

@@ -41,21 +41,16 @@ def has_codec_motion(motion: Optional[torch.Tensor]) -> bool:
     return bool((m != 0).any())
 
 
-def motion_magnitude(motion: torch.Tensor, compensate_camera: bool = True) -> torch.Tensor:
-    """[T, Hb, Wb, 2] block motion -> [T, Hb, Wb] magnitude (pixels per frame).
-
-    Frames without vectors (all zero or NaN: I-frames) take the magnitude of the nearest frame
-    that has some. With `compensate_camera`, each frame's median vector (the dominant, camera or
-    background motion) is subtracted first, so a pan does not outweigh the moving object.
-    """
+def motion_magnitude(motion: torch.Tensor) -> torch.Tensor:
+    """[T, Hb, Wb, 2] block motion -> [T, Hb, Wb] magnitude (pixels per frame), after subtracting
+    each frame's median vector (camera or background motion: a pan must not outweigh the moving
+    object). Frames without vectors (all zero or NaN: I-frames) take the nearest frame's."""
     m = motion.float()
     valid = torch.isfinite(m).all(dim=-1)  # [T, Hb, Wb]
     m = torch.nan_to_num(m, nan=0.0)
     has = ((m != 0).any(dim=-1) & valid).flatten(1).any(dim=1)  # [T] frames with vectors
-    if compensate_camera:
-        t = m.shape[0]
-        med = m.reshape(t, -1, 2).median(dim=1).values  # [T, 2]
-        m = m - med[:, None, None, :]
+    med = m.reshape(m.shape[0], -1, 2).median(dim=1).values  # [T, 2]
+    m = m - med[:, None, None, :]
     mag = m.norm(dim=-1) * valid
     return fill_from_nearest(mag, has)
 
@@ -78,13 +73,10 @@ def block_extent(blocks_hw: tuple[int, int], source_hw: tuple[int, int]) -> tupl
     return h, w
 
 
-def codec_token_motion(
-    motion: torch.Tensor, crop: Optional[CropParams], out_hw: tuple[int, int],
-    compensate_camera: bool = True,
-) -> torch.Tensor:
+def codec_token_motion(motion: torch.Tensor, crop: Optional[CropParams], out_hw: tuple[int, int]) -> torch.Tensor:
     """Source-frame block motion [T, Hb, Wb, 2] -> [T, H', W'] magnitude at the augmented clip's
     token centres (through crop and flip). Without a crop, the clip is the whole frame."""
-    mag = motion_magnitude(motion, compensate_camera)
+    mag = motion_magnitude(motion)
     hb, wb = mag.shape[1:]
     if crop is None:
         crop = CropParams(0.0, 0.0, float(hb * MACROBLOCK), float(wb * MACROBLOCK), False,
