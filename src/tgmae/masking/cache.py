@@ -14,6 +14,7 @@ mean (the mean of the per-caption cosine maps has the top-k of the mean caption'
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import urllib.parse
@@ -175,12 +176,10 @@ class CacheEntry:
     text: torch.Tensor
     captions: list[str]
 
+    @functools.cached_property
     def mean_sim(self) -> np.ndarray:
-        """[F, gh, gw] mean over captions (computed once)."""
-        cached = self.__dict__.get("_mean")
-        if cached is None:
-            cached = self.__dict__["_mean"] = self.sim.numpy().mean(axis=0)
-        return cached
+        """[F, gh, gw] mean over captions."""
+        return self.sim.numpy().mean(axis=0)
 
 
 def part_file(root: str | Path, rank: int, world: int) -> Path:

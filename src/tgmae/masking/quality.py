@@ -11,7 +11,6 @@ unless `paper_ratios` (random/tube 0.9, MGM 0.75, TGM 0.6).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -26,8 +25,6 @@ from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.motion import stack_codec_motion
 from tgmae.masking.resample import sample_maps
 from tgmae.masking.simple import RandomMask, TubeMask
-
-log = logging.getLogger(__name__)
 
 ALGORITHMS = ("random", "tube", "mgm", "tgm_top", "tgm_bottom")
 PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
@@ -86,12 +83,6 @@ def load_eval_clip(
     return EvalClip(video_id, video, fi, crop, stack_codec_motion(mvs), object_coverage(masks, crop, grid), captions)
 
 
-def build_tgm(cache_dir: str, select: str, ratio: float):
-    from tgmae.masking.tgm import CachedTGMMask
-
-    return CachedTGMMask(cache_dir, ratio=ratio, select=select, tubelet_frame="first", caption="drawn")
-
-
 def clip_context(clip: EvalClip, grid: tuple[int, int, int], text: Optional[torch.Tensor]) -> MaskContext:
     return MaskContext(grid=grid, frames=clip.frames, frame_indices=clip.frame_indices, crop=clip.crop,
                        video_id=clip.video_id, text_embedding=text, motion=clip.motion)
@@ -104,8 +95,11 @@ def make_generators(ratios: dict[str, float], cache_dir: Optional[str]) -> dict[
         "mgm": MotionGuidedMask(ratios["mgm"]),
     }
     if cache_dir:
-        gens["tgm_top"] = build_tgm(cache_dir, "top", ratios["tgm_top"])
-        gens["tgm_bottom"] = build_tgm(cache_dir, "bottom", ratios["tgm_bottom"])
+        from tgmae.masking.tgm import CachedTGMMask
+
+        for select in ("top", "bottom"):
+            gens[f"tgm_{select}"] = CachedTGMMask(cache_dir, ratio=ratios[f"tgm_{select}"], select=select,
+                                                  tubelet_frame="first", caption="drawn")
     return gens
 
 

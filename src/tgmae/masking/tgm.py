@@ -12,7 +12,6 @@ A temporal slice (tubelet) is represented by its first frame or by the mean of i
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,17 +25,12 @@ from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import ScoredMask, select_batch_per_slice
 
-log = logging.getLogger(__name__)
-
 MATCH_MIN_COSINE = 0.99  # a sample's caption embedding must be this close to a cached caption's
 
 
 class CachedTGMMask(ScoredMask):
     """TGM from an offline similarity cache: resample + top-k per slice, no CLIP call.
-
-    cache: a `SimilarityCache` or its directory. caption: "drawn" | "mean" (module docstring).
-    ratio, select, tubelet_frame, caption: as validated by `MaskingConfig` (not checked again).
-    """
+    cache: a `SimilarityCache` or its directory; the rest as validated by `MaskingConfig`."""
 
     def __init__(
         self, cache: SimilarityCache | str, ratio: float = 0.6, select: str = "top",
@@ -64,7 +58,7 @@ class CachedTGMMask(ScoredMask):
         """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
         sim = entry.sim.numpy()
         if self.caption == "mean" or sim.shape[0] == 1:
-            return sim[0] if sim.shape[0] == 1 else entry.mean_sim()
+            return sim[0] if sim.shape[0] == 1 else entry.mean_sim
         text = getattr(ctx, "caption", None)  # the drawn caption's text, where the pipeline gives it
         if isinstance(text, str):
             if text.strip() in entry.captions:
@@ -152,11 +146,8 @@ class _ClipInTheLoop:
 
 
 class OnlineTGMMask(_ClipInTheLoop, ScoredMask):
-    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
-
-    Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
-    caption embedding `ctx.text_embedding` (same CLIP as `scorer`).
-    """
+    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode),
+    on `ctx.frames` (data-normalized with `data_mean`/`data_std`) and `ctx.text_embedding`."""
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         if ctx.frames is None:

@@ -99,12 +99,11 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.note = f"{run / 'config.yaml'} could not be read ({e})"
     info.changes = _json_lines(run / "config_changes.jsonl")
     at = checkpoint_step(checkpoint)
-    if (run / "metrics.jsonl").is_file():
-        records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
-        steps = [int(r["step"]) for r in records if "step" in r]
-        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
-        info.steps = max(steps) if steps else None
-        info.last_loss = float(losses[-1]) if losses else None
+    records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
+    steps = [int(r["step"]) for r in records if "step" in r]
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    info.steps = max(steps) if steps else None
+    info.last_loss = float(losses[-1]) if losses else None
     if at is not None:
         info.steps = at
         info.changes = [c for c in info.changes if c.get("step", 0) < at]
