@@ -273,7 +273,7 @@ class TextEmbedder:
         if not texts:
             raise ValueError("no texts to embed")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out: list[Optional[torch.Tensor]] = [None] * len(texts)
+        chunks = []
         padding = "max_length" if self.model_type.startswith("siglip") else True
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc="embedding captions", unit="batch", disable=not progress):
@@ -288,10 +288,8 @@ class TextEmbedder:
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             else:
                 feats = pool_tokens(self.model(**enc).last_hidden_state, enc["attention_mask"], self.pooling)
-            feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
-            for j, i in enumerate(idx):
-                out[i] = feats[j]
-        return torch.stack(out)  # type: ignore[arg-type]
+            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+        return torch.cat(chunks)[torch.argsort(torch.tensor(order))]  # back to the texts' order
 
 
 def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -193,8 +193,7 @@ class StoreAppender:
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._f.close()
 
     def __enter__(self) -> "StoreAppender":
         return self

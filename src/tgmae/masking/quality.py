@@ -141,11 +141,9 @@ def evaluate_masks(
         for name, gen in gens.items():
             mask = gen(ctx, torch.Generator().manual_seed(seed * 7919 + i))
             totals[name] += [float((mask & obj).sum()), float(mask.sum()), float(obj.sum())]
-    out = {}
     n_tok = float(np.prod(grid)) * len(ids)
-    for name, (hit, masked, objects) in totals.items():
-        out[name] = {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0),
-                     "ratio": masked / n_tok}
+    out = {name: {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0), "ratio": masked / n_tok}
+           for name, (hit, masked, objects) in totals.items()}
     return MaskQuality(out, float(totals["random"][2] / n_tok), len(ids))
 
 

@@ -109,27 +109,22 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
     from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
     if isinstance(module, VideoMAEPretrainer):
-        config = VideoMAEConfig(**hf_config(module.arch))
-        model = VideoMAEForPreTraining(config)
+        model = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(module.arch)))
         state = ours_to_hf(module.state_dict())
     elif isinstance(module, VideoClassifier):
         if module.arch.encoder_norm:
             raise CheckpointError("a classifier whose encoder keeps its final norm has no HF counterpart")
         if abs(module.fc_norm.eps - 1e-5) > 1e-12:
             raise CheckpointError(f"HF's fc_norm eps is fixed at 1e-5; this classifier uses {module.fc_norm.eps}")
-        kwargs = hf_config(module.arch)
-        kwargs["use_mean_pooling"] = True
         names = list(class_names) if len(class_names) == module.num_classes else [f"class_{i}" for i in range(module.num_classes)]
-        config = VideoMAEConfig(**kwargs, num_labels=module.num_classes,
-                                id2label={i: n for i, n in enumerate(names)},
-                                label2id={n: i for i, n in enumerate(names)})
+        config = VideoMAEConfig(**{**hf_config(module.arch), "use_mean_pooling": True}, num_labels=module.num_classes,
+                                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         model = VideoMAEForVideoClassification(config)
         state = _hf_encoder_state(module.encoder.state_dict())
         state.update({f"fc_norm.{k}": v for k, v in module.fc_norm.state_dict().items()})
         state.update({f"classifier.{k}": v for k, v in module.head.state_dict().items()})
     elif isinstance(module, VideoViTEncoder):
-        config = VideoMAEConfig(**hf_config(module.arch))
-        model = VideoMAEModel(config)
+        model = VideoMAEModel(VideoMAEConfig(**hf_config(module.arch)))
         state = {k[len("videomae."):]: v for k, v in _hf_encoder_state(module.state_dict()).items()}
     else:
         raise TypeError(f"cannot export {type(module).__name__}: expected VideoViTEncoder, VideoClassifier "
