@@ -29,19 +29,13 @@ class CaptionProvider:
                  draw_mode: str = "random", source_file: str = ""):
         self.draw_mode = draw_mode
         self.source_file = source_file
-        self.texts: list[str] = []
-        index: dict[str, int] = {}
+        index: dict[str, int] = {}  # caption text -> its id, the next free one when new
         self._ids: dict[str, list[int]] = {}
         for rec in records:
             if rec.video_id in self._ids:
                 raise CaptionStoreError(f"video {rec.video_id!r} has two caption records")
-            ids = []
-            for text in rec.captions:
-                if text not in index:
-                    index[text] = len(self.texts)
-                    self.texts.append(text)
-                ids.append(index[text])
-            self._ids[rec.video_id] = ids
+            self._ids[rec.video_id] = [index.setdefault(text, len(index)) for text in rec.captions]
+        self.texts: list[str] = list(index)
         if embeddings is not None and embeddings.shape[0] != len(self.texts):
             raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(self.texts)} distinct captions")
         self.embeddings = embeddings

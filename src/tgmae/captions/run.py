@@ -135,8 +135,7 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
                    out: str | Path, keyframes: int = 3, batch_size: int = 8, shard: Shard = Shard(),
-                   workers: int = 2, retry_errors: bool = False, progress: bool = True,
-                   load: Optional[Callable[[Any, int], tuple[np.ndarray, list[int]]]] = None) -> CaptionSummary:
+                   workers: int = 2, retry_errors: bool = False, progress: bool = True) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
     captioner: images -> captions (an `ImageCaptioner`); model_name and the settings
@@ -149,7 +148,6 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
-    load = load or load_keyframes
     settings = captioner_settings(keyframes, getattr(captioner, "options", None))
     refuse_other_store(out, SOURCE, model_name, settings, shard)
     seen: set[str] = set()
@@ -163,7 +161,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     bar = tqdm(total=len(todo), desc=f"captioning (rank {shard.rank})", unit="video",
                disable=not progress or shard.rank != 0)
     with StoreAppender(part_path(out, shard)) as store, StoreAppender(part_path(errors_path(out), shard)) as errs:
-        loaded = _prefetch(todo, lambda v: load(v, keyframes), workers, depth=2 * batch_size)
+        loaded = _prefetch(todo, lambda v: load_keyframes(v, keyframes), workers, depth=2 * batch_size)
         for batch in _batches(loaded, batch_size):
             good = [(v, r) for v, r in batch if not isinstance(r, BaseException)]
             failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}"}
