@@ -93,12 +93,9 @@ def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int 
 
 
 def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised sentence encoder over `corpus`'s words in `path`: a `BertModel`
-    (width `width`, `layers` blocks) with a word-level `BertTokenizer` of the corpus's lower-cased
-    words (punctuation split off), mean-pooled by `tgmae.captions.embed.TextEmbedder`. Its
-    embeddings keep which words a text has, and nothing of their meaning: a text space in which
-    a learnt linear map can read what the words say (e.g. a caption's verb), for offline studies
-    without a pretrained text model. Words outside the corpus are [UNK]."""
+    """A random `BertModel` (width `width`, `layers` blocks) with a word-level tokenizer of
+    `corpus`'s lower-cased words ([UNK] for others) in `path`: its mean-pooled embeddings keep which
+    words a text has and nothing of their meaning, for offline studies without a text model."""
     import re
 
     from transformers import BertConfig, BertModel, BertTokenizer

@@ -64,11 +64,9 @@ def holds_run(folder: Path) -> bool:
 
 
 def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse (`OutputFolderError`, naming the folder) an output folder that is the checkpoint, holds
-    it or holds a run (`RUN_MARKERS`: `tgmae export-hf RUN RUN` wrote an encoder-only
-    model.safetensors over the run's model), lies inside a run (`RUN/checkpoints`, `RUN/figures`:
-    HF files there break the run's layout; `holds_run`), or any other non-empty folder without
-    `overwrite`."""
+    """Refuse (`OutputFolderError`, naming the folder) an output folder that is or holds the
+    checkpoint, holds a run (`RUN_MARKERS`) or lies inside one (`holds_run`), or any other
+    non-empty folder without `overwrite`."""
     out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out_dir}: exists and is not a folder (give the export a new folder)")

@@ -75,13 +75,9 @@ _UNSUPPORTED_OFFICIAL = {
 
 
 def official_state(state: Mapping[str, torch.Tensor], source: Any) -> dict[str, torch.Tensor]:
-    """An official VideoMAE / VideoMAEv2 state dict (already unwrapped from `model` / `module`)
-    with wrapper prefixes stripped (`strip_wrappers`).
-
-    VideoMAEv2's pretraining and finetuning models use VideoMAE's names (encoder.* / decoder.* /
-    encoder_to_decoder / mask_token; patch_embed / blocks / fc_norm or norm / head) and the same
-    fused qkv weight with separate q_bias / v_bias; it adds options our model does not implement.
-    A checkpoint trained with one is a CheckpointError naming the keys and the option."""
+    """An official VideoMAE / VideoMAEv2 state dict (unwrapped) with wrapper prefixes stripped.
+    VideoMAEv2 uses VideoMAE's names; a checkpoint trained with one of its options our model does
+    not implement (`_UNSUPPORTED_OFFICIAL`) is a CheckpointError naming the keys and the option."""
     state = strip_wrappers(state)
     found: dict[str, list[str]] = {}
     for key in state:
