@@ -3,15 +3,11 @@
     {"video_id": "abc", "captions": ["a man ...", "..."], "source": "captioner",
      "model": "Salesforce/blip-image-captioning-base"}
 
-`video_id` is the dataset's `VideoRecord.video_id`; `captions` is a non-empty list of
-non-empty strings (stored stripped); `source` says where they came from (`captioner`, `oracle`,
-`vision-free`, `synthetic`, or `a+b` for combined stores); `model` names what made them (a
-model id or path, a prompt template, an LLM name). Other keys (e.g. `frame_indices` from the
-captioner) are kept as they are. A video appears at most once per store.
-
-Writers append and flush line by line, so a killed writer can leave at most a torn last line;
-`read_store(..., allow_torn_tail=True)` detects it and `truncate_torn_tail` drops it before a
-resumed writer appends. A bad line anywhere else is an error naming the file and line.
+`captions`: non-empty strings (stored stripped); `source`: `captioner`, `oracle`, `vision-free`,
+`synthetic`, or `a+b` for combined stores; `model`: what made them (a model, a template, an LLM).
+Other keys are kept as they are. A video appears at most once per store. Writers append line by
+line, so a kill leaves at most a torn last line, which `truncate_torn_tail` drops before a
+resumed writer appends; a bad line anywhere else is an error naming the file and line.
 """
 
 from __future__ import annotations

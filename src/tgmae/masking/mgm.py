@@ -1,25 +1,17 @@
 """Motion-guided masking (MGM, Fan et al., ICCV 2023, arXiv 2308.12962): a masked volume that
-follows the region of highest motion over time, located with the motion vectors the video codec
-already stores (no optical flow).
+follows the region of highest motion over time, located with the codec's motion vectors.
 
-Fan et al.'s exact construction is not published as code. Our reading, and what this module does:
-
-1. Motion per token. Codec block vectors of each clip frame (I-frames, which carry none, take the
-   nearest frame's) minus the frame's median vector (camera / background motion), as magnitudes,
-   sampled at the token centres of the augmented clip (through the same crop and flip as the
-   pixels). Without codec vectors, mean absolute frame differences of the augmented frames.
-2. Per temporal slice (tubelet): the mean over its frames, smoothed by a Gaussian of `sigma`
-   tokens (so the region is a blob, not isolated blocks), divided by the slice's maximum.
-   A slice with no motion at all takes the nearest slice's map: the volume keeps following the
-   object through pauses and I-frames.
-3. Masked volume per slice: the k = ratio x H' x W' tokens ranked by that motion score: the
-   highest-motion region first, strongest first, moving with it from slice to slice. Tokens
-   below `floor` (a fraction of the slice's peak: codec noise) count as static; the volume is
-   completed to exactly k with static tokens in a random order from the sample's generator.
-
-So at MGM's ratio 0.75 the moving object is masked in every slice (unless it covers more than
-75% of the frame, when its strongest-moving part is) and the rest of the budget is random, like
-tube/random masking. Same masked count in every slice and sample; deterministic given the seed.
+Fan et al.'s construction is not published as code; our reading:
+1. Motion per token: codec block vectors of each clip frame (I-frames take the nearest frame's)
+   minus the frame's median vector (camera motion), as magnitudes at the augmented clip's token
+   centres (same crop and flip as the pixels); without vectors, mean absolute frame differences.
+2. Per temporal slice: the mean over its frames, smoothed by a Gaussian of `sigma` tokens (a blob,
+   not isolated blocks), divided by the slice's maximum; a motionless slice takes the nearest
+   slice's map, so the volume follows the object through pauses and I-frames.
+3. Per slice, the k = ratio x H' x W' tokens of highest score are masked; tokens below `floor`
+   (codec noise) count as static, and the volume is completed to exactly k with static tokens in
+   a random order from the sample's generator (so at ratio 0.75 the moving object is masked and
+   the rest of the budget is random).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Motion maps for motion-guided masking: codec motion vectors, or frame differences as fallback.
 
-Codec motion comes from the data pipeline (`MaskContext.motion`, float [T, Hb, Wb, 2]: the
-forward displacement (dx, dy) in pixels of each 16x16 macroblock of the *source* frame, zeros on
-I-frames, see `tgmae.data.video`). It is carried into the augmented clip's token grid through the
-same crop and flip as the pixels (`tgmae.masking.resample`). Frame differences are computed on the
-augmented frames themselves, so they need no resampling.
+Codec motion (`MaskContext.motion`, float [T, Hb, Wb, 2]: displacement (dx, dy) in pixels of each
+16x16 macroblock of the *source* frame, zeros on I-frames) is carried into the augmented token
+grid through the clip's crop and flip; frame differences are taken on the augmented frames.
 """
 
 from __future__ import annotations

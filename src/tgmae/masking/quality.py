@@ -26,7 +26,6 @@ from tgmae.masking.motion import stack_codec_motion
 from tgmae.masking.resample import sample_maps
 from tgmae.masking.simple import RandomMask, TubeMask
 
-ALGORITHMS = ("random", "tube", "mgm", "tgm_top", "tgm_bottom")
 PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
 
 
@@ -120,7 +119,7 @@ def evaluate_masks(
     root = Path(root)
     ids = read_split_ids(root, split)[: max_videos or None]
     caps = {r.video_id: r.captions for r in read_store(root / "captions.jsonl").records}
-    ratios = dict(PAPER_RATIOS) if paper_ratios else {a: ratio for a in ALGORITHMS}
+    ratios = dict(PAPER_RATIOS) if paper_ratios else dict.fromkeys(PAPER_RATIOS, ratio)
     grid = (num_frames // tubelet, image_size // patch_size, image_size // patch_size)
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
@@ -179,6 +178,6 @@ def format_table(quality: MaskQuality) -> str:
 
 
 __all__ = [
-    "ALGORITHMS", "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table",
+    "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table",
     "object_coverage",
 ]

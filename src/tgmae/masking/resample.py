@@ -1,10 +1,6 @@
-"""Carry a per-frame map of the source video (similarity, motion) into the augmented token grid.
-
-The maps cover the whole source frame; the model sees a crop of it, resized and maybe flipped.
-For each token of the augmented clip we look up the map at the token centre's position in the
-source frame (bilinear in space) and at the cached frame nearest in time to the clip frame.
-This is how the cached text-guided mask and the motion-guided mask follow the same spatial
-augmentation as the pixels, without recomputing anything from the frames.
+"""Carry a per-frame map of the source video (similarity, motion) into the augmented token grid:
+each token of the augmented clip (a crop of the source frame, resized and maybe flipped) reads
+the map at its centre's source position (bilinear) in the map frame nearest in time.
 """
 
 from __future__ import annotations

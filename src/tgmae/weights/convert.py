@@ -1,13 +1,8 @@
 """Any VideoMAE checkpoint we read -> our safetensors (`tgmae convert SRC OUT.safetensors`).
 
-What SRC holds decides what OUT is:
-- a pretraining model (official `.pth`, HF `VideoMAEForPreTraining` directory, ours) -> our
-  pretraining file (`save_pretraining_model`);
-- a classifier (HF `VideoMAEForVideoClassification`, an official finetuned `.pth`, ours) -> our
-  classifier file (`save_classifier`, class names from `id2label`);
-- an encoder alone (HF `VideoMAEModel`, ours) -> our encoder file (`save_encoder`).
-Every layout `tgmae export-hf` writes converts back to the file it was exported from, weights
-bit for bit and the arch equal (the export stores our arch in config.json as `tgmae_arch`).
+What SRC holds decides what OUT is: a pretraining model -> our pretraining file, a classifier ->
+our classifier file (class names from `id2label`), an encoder alone -> our encoder file. What
+`tgmae export-hf` writes converts back bit for bit (the export keeps our arch as `tgmae_arch`).
 """
 
 from __future__ import annotations

@@ -81,9 +81,7 @@ def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLik
     if above is not None:
         raise OutputFolderError(f"{out_dir}: inside the run {above}, whose layout an export would break; "
                                 "give the export a folder outside the run")
-    if not out.is_dir():
-        return
-    if not overwrite and any(out.iterdir()):
+    if out.is_dir() and not overwrite and any(out.iterdir()):
         raise OutputFolderError(f"{out_dir}: not empty; give the export a new folder, or --overwrite to "
                                 "replace the files an export writes there")
 

@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 from tgmae.models.arch import VideoMAEArch
 
-RESULT_FILES = ("test_results.json", "finetune_results.json", "probe_results.json")
-# How the card labels each file's numbers (one table, so every row says where it comes from)
+# a run's result files and how the card labels their numbers (every row says where it comes from)
 RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
                  "probe_results.json": "linear probe (validation)"}
 
@@ -108,10 +107,10 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.steps = at
         info.changes = [c for c in info.changes if c.get("step", 0) < at]
         return info
-    for name in RESULT_FILES:
+    for name, label in RESULT_LABELS.items():
         if (run / name).is_file():
             data = json.loads((run / name).read_text())
-            info.results.update({f"{RESULT_LABELS[name]}: {k}": v for k, v in data.items()
+            info.results.update({f"{label}: {k}": v for k, v in data.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return info
 
