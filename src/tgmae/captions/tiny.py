@@ -8,6 +8,7 @@ vocabulary for BLIP, a byte-level CLIP BPE with no merges (every byte is a token
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -96,8 +97,6 @@ def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, laye
     """A random `BertModel` (width `width`, `layers` blocks) with a word-level tokenizer of
     `corpus`'s lower-cased words ([UNK] for others) in `path`: its mean-pooled embeddings keep which
     words a text has and nothing of their meaning, for offline studies without a text model."""
-    import re
-
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from tgmae.hub import quiet_transformers

@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-similarity-cache"
@@ -139,8 +139,6 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
 def remove_stale_cache_temps(root: str | Path) -> int:
     """Remove the temp files a killed writer left in a similarity cache: in its top folder (where
     index.json / manifest.json are written) and in maps/. Returns the count removed."""
-    from tgmae.atomic import remove_stale_temps
-
     return remove_stale_temps(root) + remove_stale_temps(Path(root) / "maps")
 
 

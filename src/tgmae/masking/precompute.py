@@ -25,9 +25,7 @@ from tgmae.masking.cache import (
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
-from tgmae.clip.features import (
-    ClipBundle, ClipPatchScorer, cosine_maps, map_grid, uint8_to_unit,
-)
+from tgmae.clip.features import ClipBundle, ClipPatchScorer, cosine_maps, embed_texts, map_grid, uint8_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +148,6 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
 
 def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]) -> torch.Tensor:
     """[C, D] normalized embeddings of a video's captions (memoized per text: videos share them)."""
-    from tgmae.clip.features import embed_texts
-
     missing = [c for c in dict.fromkeys(captions) if c not in cache]
     if missing:
         for c, e in zip(missing, embed_texts(clip, missing)):

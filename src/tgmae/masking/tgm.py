@@ -18,9 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tgmae.captions.store import read_store
 from tgmae.config import IMAGENET_MEAN, IMAGENET_STD
 from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.cache import CacheEntry, CacheMismatchError, SimilarityCache
+from tgmae.masking.caption_source import file_sha256
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import ScoredMask, select_batch_per_slice
@@ -46,9 +48,6 @@ class CachedTGMMask(ScoredMask):
         run's captions (`SimilarityCache.check_videos`)."""
         captions = sha = None
         if self.captions_file:
-            from tgmae.captions.store import read_store
-            from tgmae.masking.caption_source import file_sha256
-
             sha = file_sha256(self.captions_file)
             if sha != self.cache.manifest.captions_sha256:
                 captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}

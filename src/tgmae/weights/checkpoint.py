@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
+from tgmae.distributed import is_fsdp
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -166,8 +167,6 @@ def train_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tu
     optimizer's in torch's layout (state by parameter index). Under FSDP a collective that every
     rank calls (torch.distributed.checkpoint.state_dict, full_state_dict + cpu_offload): the main
     rank gets the full dicts, the others empty ones. Otherwise the modules' own state dicts."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         return model.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
@@ -183,8 +182,6 @@ def train_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tu
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """A checkpoint's optimizer state (torch's layout) into `optimizer`; under FSDP each rank keeps
     its shard of the full tensors (every rank passes the whole state)."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         optimizer.load_state_dict(state)
         return
@@ -201,8 +198,6 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def full_model(model: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
     """`plain` (a fresh unsharded copy of `model`'s architecture) with `model`'s full weights:
     under FSDP a collective that every rank calls (each gets the whole model); else `model`."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         return model
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -340,8 +335,6 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys);
     under FSDP each rank keeps its shard of the full tensors (every rank passes the whole state)."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         load_strict(model, state, source)
         return

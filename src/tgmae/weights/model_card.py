@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tgmae.models.arch import VideoMAEArch
+from tgmae.weights.files import CheckpointError, resolve_checkpoint
 
 # a run's result files and how the card labels their numbers (every row says where it comes from)
 RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
@@ -51,8 +52,6 @@ def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
 def _resolved(checkpoint: str | Path) -> Path:
     """The path a loader reads for `checkpoint` (`checkpoints/latest` -> its step folder's
     model.safetensors); the path as given when it names no training checkpoint."""
-    from tgmae.weights.files import CheckpointError, resolve_checkpoint
-
     try:
         return resolve_checkpoint(checkpoint)
     except (CheckpointError, OSError):

@@ -8,6 +8,7 @@ by its `patch_embed.proj.weight` and returned under `VideoViTEncoder` names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -69,8 +70,6 @@ class EncoderSource:
 
     def digest(self) -> str:
         """sha256 over the encoder weights (names, shapes, bytes): identifies features it makes."""
-        import hashlib
-
         h = hashlib.sha256()
         for name in sorted(self.encoder):
             t = self.encoder[name].detach().to("cpu").contiguous()
