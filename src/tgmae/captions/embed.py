@@ -108,16 +108,13 @@ class EmbeddingCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("format") != CACHE_FORMAT:
-                    raise EmbeddingCacheError(
-                        f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})"
-                    )
-                emb = f.get_tensor("embeddings").float()
-                keys = f.get_tensor("keys")
-        except EmbeddingCacheError:
-            raise
+                ours = meta.get("format") == CACHE_FORMAT
+                if ours:
+                    emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
+        if not ours:
+            raise EmbeddingCacheError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})")
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
             raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
         identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
