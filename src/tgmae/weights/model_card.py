@@ -42,10 +42,8 @@ def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
     `checkpoints/step_N/` checkpoint (also named as `checkpoints/latest` or `checkpoints/`:
     `files.resolve_checkpoint`) - whichever holds the run's `config.yaml`."""
     p = _resolved(checkpoint)
-    candidates = [p] if p.is_dir() else [p.parent]
-    base = candidates[0]
-    if base.parent.name == "checkpoints":
-        candidates.append(base.parent.parent)
+    base = p if p.is_dir() else p.parent
+    candidates = [base, base.parent.parent] if base.parent.name == "checkpoints" else [base]
     return next((c for c in candidates if (c / "config.yaml").is_file()), None)
 
 

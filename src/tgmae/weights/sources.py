@@ -19,6 +19,7 @@ import torch
 
 from tgmae.models.arch import VideoMAEArch, arch_from_config
 from tgmae.models.encoder import VideoViTEncoder
+from tgmae.weights.checkpoint import find_latest
 from tgmae.weights.files import (
     CheckpointError,
     hf_directory_state,
@@ -118,9 +119,7 @@ def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
     for name in ("classifier.safetensors", "model.safetensors"):
         if (p / name).is_file():
             return _from_safetensors(p / name)
-    from tgmae.weights.checkpoint import find_latest
-
-    latest = find_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
+    latest = find_latest(p / "checkpoints")  # None without a checkpoints/latest
     if latest is not None:
         return _from_safetensors(latest / "model.safetensors")
     raise CheckpointError(
