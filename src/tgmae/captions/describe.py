@@ -71,7 +71,7 @@ class ChatClient:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.strip().replace(".", "", 1).isdigit():
                     wait = min(float(retry_after), 300.0)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            except OSError as e:  # URLError, timeouts, refused connections
                 reason = getattr(e, "reason", e)
                 last = f"{type(reason).__name__}: {reason}"
             if attempt < self.retries:
