@@ -1,10 +1,7 @@
-"""Keyframes -> captions with any transformers image-to-text model (BLIP, BLIP-2, GIT, ...).
-
-The model loads through `AutoProcessor` + `AutoModelForImageTextToText` (transformers 5's
-successor of `AutoModelForVision2Seq`), by hub id or local directory, cache first (see
-`hub.py`). Decoding is greedy unless `num_beams` is set, so captions are deterministic for a
-given model, device and dtype. A prompt (e.g. BLIP's "a picture of") conditions generation and
-is removed from the front of the caption when the model echoes it.
+"""Keyframes -> captions with any transformers image-to-text model (BLIP, BLIP-2, GIT, ...),
+loaded by hub id or local directory (`tgmae.hub`). Decoding is greedy unless `num_beams` is set,
+so captions are deterministic for a given model, device and dtype. A prompt (e.g. BLIP's "a
+picture of") conditions generation and is removed from the caption when the model echoes it.
 """
 
 from __future__ import annotations

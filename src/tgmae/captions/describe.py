@@ -1,16 +1,11 @@
-"""Vision-free class descriptions from any OpenAI-compatible chat endpoint (paper Table 6a).
+"""Vision-free class descriptions from any OpenAI-compatible chat endpoint (paper Table 6a,
+`tgmae describe-classes`).
 
-Each class name is put into the three CuPL-style prompts (`sources.CUPL_PROMPTS`) and each
-prompt is sent `--per-prompt` times to `POST {base_url}/chat/completions`; the answers become
-the class's descriptions. The output JSON (`{class: [descriptions], "_meta": {...}}`) is
-rewritten atomically after every class, and classes already in it are skipped, so a killed run
-resumes. Only the standard library talks to the endpoint (urllib); transient failures (timeouts,
-connection errors, HTTP 408/409/429/5xx) are retried with exponential backoff.
-
-    tgmae describe-classes --classes classes.txt --out descriptions.json \
-        --base-url https://api.openai.com/v1 --model gpt-3.5-turbo --per-prompt 10
-The key comes from `--api-key`, else the variable named by `--api-key-env` (default
-OPENAI_API_KEY); local servers may need none.
+Each class name goes into the CuPL-style prompts (`sources.CUPL_PROMPTS`), each sent
+`--per-prompt` times to `POST {base_url}/chat/completions` (urllib; transient failures retried
+with exponential backoff). The output JSON (`{class: [descriptions], "_meta": {...}}`) is
+rewritten atomically after every class and its classes are skipped on a rerun, so a killed run
+resumes.
 """
 
 from __future__ import annotations
@@ -37,10 +32,10 @@ class ChatEndpointError(RuntimeError, UserError):
 class ChatClient:
     """Minimal client for `/chat/completions` of an OpenAI-compatible server.
 
-    base_url: e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1` (a URL already
-      ending in `/chat/completions` is used as is). api_key: sent as a Bearer token if given.
-    timeout: seconds per request. retries: extra attempts after a transient failure, waiting
-      backoff * 2**k seconds (or the server's numeric Retry-After) before attempt k+1.
+    base_url: e.g. `http://localhost:8000/v1` (one ending in `/chat/completions` is used as is).
+    api_key: sent as a Bearer token if given. timeout: seconds per request. retries: extra
+    attempts after a transient failure, waiting backoff * 2**k seconds (or the server's numeric
+    Retry-After) before attempt k+1.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 60.0,
@@ -76,7 +71,7 @@ class ChatClient:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.strip().replace(".", "", 1).isdigit():
                     wait = min(float(retry_after), 300.0)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            except OSError as e:  # URLError, timeouts, refused connections
                 reason = getattr(e, "reason", e)
                 last = f"{type(reason).__name__}: {reason}"
             if attempt < self.retries:
@@ -109,8 +104,8 @@ def read_class_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"classes file not found: {path}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    names = [n for n in lines if n and not n.startswith("#")]
     if not names:
         raise DescriptionsError(f"{path}: no class names")
     if len(set(names)) != len(names):
@@ -130,11 +125,8 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
     result = dict(done or {})
     todo = [c for c in class_names if c not in result]
     for name in tqdm(todo, desc="describing classes", unit="class", disable=not progress):
-        texts = []
-        for p in prompts:
-            prompt = p.replace("{}", class_text(name))
-            texts.extend(client.complete(prompt, temperature, max_tokens) for _ in range(per_prompt))
-        result[name] = texts
+        result[name] = [client.complete(p.replace("{}", class_text(name)), temperature, max_tokens)
+                        for p in prompts for _ in range(per_prompt)]
         if on_class is not None:
             on_class(result)
     return {c: result[c] for c in class_names}

@@ -1,16 +1,10 @@
-"""Frozen CLIP text embeddings of captions, computed once and cached on disk.
+"""Frozen text embeddings of captions, computed once and cached (`tgmae embed-captions`).
 
-The cache is one safetensors file:
-  `embeddings` float32 [N, D]  L2-normalised projected text embeddings (CLIP `text_embeds`),
-                               so a dot product is the cosine similarity TGM and InfoNCE use;
+The cache is one safetensors file, written atomically:
+  `embeddings` float32 [N, D]  L2-normalised projected text embeddings (CLIP `text_embeds`);
   `keys`       uint8 [N, 16]   first 16 bytes of sha256(utf-8 text) of each row's caption;
-and metadata naming the model (`model`: hub id or absolute local path, `config_hash`: sha256 of
-its config without version fields, `weights`: fingerprint of its weights, so new weights written
-over the same folder never reuse old embeddings). Opening a cache for another model is refused with a message
-(or, with `rebuild=True`, starts an empty cache). Writes go to a temp file that is renamed over
-the cache, so a kill leaves either the old or the new file, never a torn one.
-
-`tgmae embed-captions --captions captions.jsonl --clip NAME_OR_PATH --out cache.safetensors`
+metadata `model` (hub id or absolute path), `config_hash` and `weights` (fingerprint). A cache
+of another model or other weights is refused (or, with `rebuild=True`, started anew).
 """
 
 from __future__ import annotations
@@ -114,16 +108,13 @@ class EmbeddingCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("format") != CACHE_FORMAT:
-                    raise EmbeddingCacheError(
-                        f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})"
-                    )
-                emb = f.get_tensor("embeddings").float()
-                keys = f.get_tensor("keys")
-        except EmbeddingCacheError:
-            raise
+                ours = meta.get("format") == CACHE_FORMAT
+                if ours:
+                    emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
+        if not ours:
+            raise EmbeddingCacheError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})")
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
             raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
         identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
@@ -141,14 +132,12 @@ class EmbeddingCache:
             if rebuild:
                 return cls(identity)
             raise
-        old = cache.identity
-        same = (old.model, old.config_hash) == (identity.model, identity.config_hash) and (
-            old.weights == identity.weights or not identity.weights)  # "" = no local weights to compare
-        if not same:
+        old, new = cache.identity, identity
+        same_model = (old.model, old.config_hash) == (new.model, new.config_hash)
+        if not same_model or (old.weights != new.weights and new.weights):  # "" = no local weights to compare
             if rebuild:
                 return cls(identity)
-            old, new = cache.identity, identity
-            if (old.model, old.config_hash) == (new.model, new.config_hash):
+            if same_model:
                 raise EmbeddingCacheError(
                     f"embedding cache {path} was built with other weights of {new.model!r} (weights "
                     f"{old.weights or 'unrecorded'}, now {new.weights}): its embeddings are stale. Use another "
@@ -164,13 +153,7 @@ class EmbeddingCache:
 
     def missing(self, texts: Sequence[str]) -> list[str]:
         """Distinct texts without a row, in first-seen order."""
-        out, seen = [], set()
-        for t in texts:
-            k = text_key(t)
-            if k not in self._row and k not in seen:
-                seen.add(k)
-                out.append(t)
-        return out
+        return [t for t in dict.fromkeys(texts) if text_key(t) not in self._row]
 
     def add(self, texts: Sequence[str], embeddings: torch.Tensor) -> None:
         """Append rows [len(texts), D] for texts not yet cached."""
@@ -178,18 +161,15 @@ class EmbeddingCache:
             raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match {len(texts)} texts")
         if len(self) and embeddings.shape[1] != self.dim:
             raise EmbeddingCacheError(f"embedding width {embeddings.shape[1]} != cached width {self.dim}")
-        new_rows, new_keys = [], []
+        rows: dict[bytes, torch.Tensor] = {}  # the first row of each new text
         for t, e in zip(texts, embeddings):
-            k = text_key(t)
-            if k in self._row or k in new_keys:
-                continue
-            new_keys.append(k)
-            new_rows.append(e)
-        if not new_rows:
+            if text_key(t) not in self._row:
+                rows.setdefault(text_key(t), e)
+        if not rows:
             return
-        block = torch.stack(new_rows).float().cpu()
+        block = torch.stack(list(rows.values())).float().cpu()
         self.embeddings = block if not len(self) else torch.cat([self.embeddings, block])
-        for k in new_keys:
+        for k in rows:
             self._row[k] = len(self._row)
 
     def lookup(self, texts: Sequence[str]) -> torch.Tensor:
@@ -258,22 +238,19 @@ class TextEmbedder:
         self.device = torch.device(device)
         config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
+        text_cfg = getattr(config, "text_config", config)
         restore = quiet_transformers()
         try:
-            if config.model_type == "clip":
-                text_cfg = config.text_config
-                text_cfg.projection_dim = config.projection_dim
+            if config.model_type in ("clip", "clip_text_model"):  # the text tower alone
+                options = {}
+                if config.model_type == "clip":
+                    text_cfg.projection_dim = config.projection_dim
+                    options["config"] = text_cfg
                 self.model = load_pretrained(CLIPTextModelWithProjection.from_pretrained, name_or_path,
-                                             what="CLIP text model", config=text_cfg, dtype=torch.float32)
-                text_cfg_for_len = text_cfg
-            elif config.model_type == "clip_text_model":
-                self.model = load_pretrained(CLIPTextModelWithProjection.from_pretrained, name_or_path,
-                                             what="CLIP text model", dtype=torch.float32)
-                text_cfg_for_len = config
+                                             what="CLIP text model", dtype=torch.float32, **options)
             else:
                 self.model = load_pretrained(AutoModel.from_pretrained, name_or_path, what="text model",
                                              dtype=torch.float32)
-                text_cfg_for_len = getattr(config, "text_config", config)
         finally:
             restore()
         self.model.eval().requires_grad_(False).to(self.device)
@@ -281,7 +258,7 @@ class TextEmbedder:
         # "features": the model's get_text_features; else a sentence pooling of its hidden states
         self.pooling = ("features" if self.model_type in ("clip", "clip_text_model")
                         or hasattr(self.model, "get_text_features") else sentence_pooling(name_or_path))
-        context = getattr(text_cfg_for_len, "max_position_embeddings", None) or 77
+        context = getattr(text_cfg, "max_position_embeddings", None) or 77
         tok_max = getattr(self.tokenizer, "model_max_length", context) or context
         self.max_length = int(min(context, tok_max))
 
@@ -293,7 +270,7 @@ class TextEmbedder:
         if not texts:
             raise ValueError("no texts to embed")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out: list[Optional[torch.Tensor]] = [None] * len(texts)
+        chunks = []
         padding = "max_length" if self.model_type.startswith("siglip") else True
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc="embedding captions", unit="batch", disable=not progress):
@@ -308,10 +285,8 @@ class TextEmbedder:
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             else:
                 feats = pool_tokens(self.model(**enc).last_hidden_state, enc["attention_mask"], self.pooling)
-            feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
-            for j, i in enumerate(idx):
-                out[i] = feats[j]
-        return torch.stack(out)  # type: ignore[arg-type]
+            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+        return torch.cat(chunks)[torch.argsort(torch.tensor(order))]  # back to the texts' order
 
 
 def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -1,11 +1,9 @@
 """Captions for the training Dataset: one caption per video per sample, with its text embedding.
 
-The provider holds a table of distinct caption texts (`texts`, index = caption id), each
-video's caption ids, and optionally `embeddings` [num_distinct, D] (L2-normalised CLIP text
-embeddings from `tgmae.captions.embed`). The Dataset calls `draw(video_id, generator)` with a
-generator it seeded by (seed, epoch, index), so the caption drawn for a sample depends only on
-those, never on worker count or order. Equal caption texts share one id (the contrastive loss
-uses ids to spot duplicate captions within a batch).
+A table of distinct caption texts (`texts`, index = caption id: equal texts share one, which the
+contrastive loss uses to spot duplicates), each video's caption ids, and optionally `embeddings`
+[num_distinct, D] (L2-normalised, `tgmae.captions.embed`). The Dataset seeds `draw`'s generator
+by (seed, epoch, index), so a sample's caption never depends on worker count or order.
 """
 
 from __future__ import annotations
@@ -31,31 +29,20 @@ class CaptionProvider:
                  draw_mode: str = "random", source_file: str = ""):
         self.draw_mode = draw_mode
         self.source_file = source_file
-        self.texts: list[str] = []
-        index: dict[str, int] = {}
+        index: dict[str, int] = {}  # caption text -> its id, the next free one when new
         self._ids: dict[str, list[int]] = {}
         for rec in records:
             if rec.video_id in self._ids:
                 raise CaptionStoreError(f"video {rec.video_id!r} has two caption records")
-            ids = []
-            for text in rec.captions:
-                if text not in index:
-                    index[text] = len(self.texts)
-                    self.texts.append(text)
-                ids.append(index[text])
-            self._ids[rec.video_id] = ids
+            self._ids[rec.video_id] = [index.setdefault(text, len(index)) for text in rec.captions]
+        self.texts: list[str] = list(index)
         if embeddings is not None and embeddings.shape[0] != len(self.texts):
             raise ValueError(f"embeddings have {embeddings.shape[0]} rows for {len(self.texts)} distinct captions")
         self.embeddings = embeddings
 
-    # -- lookup --------------------------------------------------------------------------------
-
     def __len__(self) -> int:
         """Number of videos with captions."""
         return len(self._ids)
-
-    def __contains__(self, video_id: str) -> bool:
-        return video_id in self._ids
 
     @property
     def num_captions(self) -> int:
@@ -98,15 +85,9 @@ class CaptionProvider:
                 f"{where}: no captions for {len(missing)} of the {len(video_ids)} videos ({shown}); caption "
                 "them (`tgmae caption`, which resumes) or check that the store's video ids match the annotations")
 
-    # -- drawing -------------------------------------------------------------------------------
-
     def draw(self, video_id: str, generator: Optional[torch.Generator] = None) -> tuple[int, Optional[torch.Tensor]]:
-        """(caption_id, text_embedding [D] or None) for one sample.
-
-        "random" draws uniformly from the video's captions with `generator` (required);
-        (one draw, even for a single caption); "first" always returns the first caption and
-        does not touch the generator.
-        """
+        """(caption_id, text_embedding [D] or None) for one sample: "random" draws uniformly with
+        `generator` (required; one draw even for a single caption); "first" does not touch it."""
         ids = self.caption_ids(video_id)
         if self.draw_mode == "first":
             cid = ids[0]
@@ -115,8 +96,6 @@ class CaptionProvider:
                 raise ValueError("draw='random' needs a torch.Generator (seeded by the dataset)")
             cid = ids[int(torch.randint(len(ids), (1,), generator=generator).item())]
         return cid, self.embedding(cid)
-
-    # -- construction --------------------------------------------------------------------------
 
     @classmethod
     def from_files(cls, captions_file: str | Path, clip_model: str = "", embedding_cache: str = "",

@@ -1,27 +1,17 @@
-"""`tgmae caption`: build a caption store for a dataset.
+"""`tgmae caption` with a captioner: one caption per keyframe of each video.
 
-    tgmae caption --format F --root DIR ANNOTATIONS --model NAME_OR_PATH --out captions.jsonl
-        [--keyframes 3] [--batch-size 8] [--device auto] [--dtype auto] [--max-new-tokens 30]
-        [--prompt TEXT] [--num-beams N] [--workers 2] [--rank R --world-size W] [--retry-errors]
-    tgmae caption --format F --root DIR ANNOTATIONS --oracle [--template "a video of {}"] --out oracle.jsonl
-    tgmae caption --format F --root DIR ANNOTATIONS --descriptions descriptions.json --out vf.jsonl
-    tgmae caption --format F --root DIR ANNOTATIONS --annotation-captions --out ann.jsonl
-    tgmae caption --combine blip.jsonl vf.jsonl --out combined.jsonl [--require-all]
-    tgmae caption --merge --out captions.jsonl   # join the part files of a sharded run
-
-Captioning takes N uniformly spaced keyframes per video (segment centres of the clip's frame
-range; N=1 = centre frame) and stores one caption per keyframe. Videos are batched across
-(batch-size videos -> batch-size x N images per generate call) while a thread pool decodes the
-next ones. Output is appended and flushed per batch: rerunning the same command skips videos
-already in the output (or in the errors file, unless --retry-errors), and a kill loses at most
-the batch in flight. Videos that fail to decode go to `<out stem>.errors.jsonl`
-({"video_id", "path", "error"}) and are skipped.
+N uniformly spaced keyframes per video (segment centres of the clip's frame range); batch-size
+videos -> batch-size x N images per generate call, while a thread pool decodes the next ones.
+Output is appended and flushed per batch: a rerun skips videos already in the output (or in the
+errors file, unless --retry-errors), and a kill loses at most the batch in flight. Videos that
+fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error"}).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,32 +58,23 @@ def _prefetch(videos: Sequence[Any], load: Callable[[Any], Any], workers: int, d
             return e
 
     if workers <= 0:
-        for v in videos:
-            yield v, safe(v)
+        yield from ((v, safe(v)) for v in videos)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         queue: collections.deque[tuple[Any, Future]] = collections.deque()
-        it = iter(videos)
-        for v in it:
+        for v in videos:
             queue.append((v, pool.submit(safe, v)))
-            if len(queue) >= depth:
-                break
+            if len(queue) > depth:
+                done, fut = queue.popleft()
+                yield done, fut.result()
         while queue:
-            v, fut = queue.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(safe, nxt)))
-            yield v, fut.result()
+            done, fut = queue.popleft()
+            yield done, fut.result()
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for x in items:
-        batch.append(x)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
         yield batch
 
 
@@ -154,22 +135,19 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
                    out: str | Path, keyframes: int = 3, batch_size: int = 8, shard: Shard = Shard(),
-                   workers: int = 2, retry_errors: bool = False, progress: bool = True,
-                   load: Optional[Callable[[Any, int], tuple[np.ndarray, list[int]]]] = None) -> CaptionSummary:
+                   workers: int = 2, retry_errors: bool = False, progress: bool = True) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
-    captioner: images -> captions (an `ImageCaptioner`); model_name goes into each record, and so
-    do the settings (`captioner_settings`: keyframes, the captioner's `options` when it has them):
-    a store made by another source,
-    model or settings raises CaptionStoreError (`refuse_other_store`) before anything is written.
-    Duplicate video ids in `videos` are captioned once.
+    captioner: images -> captions (an `ImageCaptioner`); model_name and the settings
+    (`captioner_settings`) go into each record: a store made by another source, model or settings
+    raises CaptionStoreError (`refuse_other_store`) before anything is written. Duplicate video
+    ids in `videos` are captioned once.
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
-    load = load or load_keyframes
     settings = captioner_settings(keyframes, getattr(captioner, "options", None))
     refuse_other_store(out, SOURCE, model_name, settings, shard)
     seen: set[str] = set()
@@ -183,7 +161,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     bar = tqdm(total=len(todo), desc=f"captioning (rank {shard.rank})", unit="video",
                disable=not progress or shard.rank != 0)
     with StoreAppender(part_path(out, shard)) as store, StoreAppender(part_path(errors_path(out), shard)) as errs:
-        loaded = _prefetch(todo, lambda v: load(v, keyframes), workers, depth=2 * batch_size)
+        loaded = _prefetch(todo, lambda v: load_keyframes(v, keyframes), workers, depth=2 * batch_size)
         for batch in _batches(loaded, batch_size):
             good = [(v, r) for v, r in batch if not isinstance(r, BaseException)]
             failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}"}
@@ -208,10 +186,5 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
             bar.update(len(batch))
     bar.close()
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
 
 

@@ -1,11 +1,9 @@
 """Sharding a captioning run across processes (torchrun) and merging the part files.
 
-Rank r of W takes videos r, r+W, r+2W, ... of the annotation list and appends to its own part
-file `<out stem>.part-RRRRR-of-WWWWW<suffix>` (errors: `<errors stem>.part-...`). When
-`torch.distributed` is initialised, rank 0 merges after a barrier; otherwise run
-`tgmae caption --merge --out OUT` once all ranks have finished. Merging keeps records already in
-OUT, drops torn tails, keeps the first record of a video seen twice, orders records by the
-annotation order when it is known, writes OUT atomically, then deletes the parts.
+Rank r of W takes videos r, r+W, ... and appends to its own part file
+`<out stem>.part-RRRRR-of-WWWWW<suffix>`. Merging keeps records already in OUT, drops torn tails,
+keeps the first record of a video seen twice, orders records by the annotation order when known,
+writes OUT atomically, then deletes the parts.
 """
 
 from __future__ import annotations
@@ -37,9 +35,7 @@ class Shard:
 def shard_from_env(rank: Optional[int] = None, world_size: Optional[int] = None) -> Shard:
     """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single process."""
     env_rank, env_world = launch_env()
-    r = rank if rank is not None else env_rank
-    w = world_size if world_size is not None else env_world
-    return Shard(r, w)
+    return Shard(env_rank if rank is None else rank, env_world if world_size is None else world_size)
 
 
 def errors_path(out: str | Path) -> Path:

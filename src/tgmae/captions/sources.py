@@ -58,7 +58,7 @@ def oracle_records(videos: Sequence[tuple[str, str]], templates: Sequence[str] =
 
 
 def _normalise(name: str) -> str:
-    return re.sub(r"\s+", " ", class_text(name).casefold())
+    return class_text(name).casefold()
 
 
 def validate_descriptions(obj: Any, where: str = "descriptions") -> tuple[dict[str, list[str]], dict]:

@@ -3,15 +3,11 @@
     {"video_id": "abc", "captions": ["a man ...", "..."], "source": "captioner",
      "model": "Salesforce/blip-image-captioning-base"}
 
-`video_id` is the dataset's `VideoRecord.video_id`; `captions` is a non-empty list of
-non-empty strings (stored stripped); `source` says where they came from (`captioner`, `oracle`,
-`vision-free`, `synthetic`, or `a+b` for combined stores); `model` names what made them (a
-model id or path, a prompt template, an LLM name). Other keys (e.g. `frame_indices` from the
-captioner) are kept as they are. A video appears at most once per store.
-
-Writers append and flush line by line, so a killed writer can leave at most a torn last line;
-`read_store(..., allow_torn_tail=True)` detects it and `truncate_torn_tail` drops it before a
-resumed writer appends. A bad line anywhere else is an error naming the file and line.
+`captions`: non-empty strings (stored stripped); `source`: `captioner`, `oracle`, `vision-free`,
+`synthetic`, or `a+b` for combined stores; `model`: what made them (a model, a template, an LLM).
+Other keys are kept as they are. A video appears at most once per store. Writers append line by
+line, so a kill leaves at most a torn last line, which `truncate_torn_tail` drops before a
+resumed writer appends; a bad line anywhere else is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
@@ -46,12 +42,7 @@ class CaptionRecord:
         validate_record(self)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "video_id": self.video_id,
-            "captions": list(self.captions),
-            "source": self.source,
-            "model": self.model,
-        }
+        out = {"video_id": self.video_id, "captions": list(self.captions), "source": self.source, "model": self.model}
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
@@ -91,11 +82,6 @@ def validate_record(rec: CaptionRecord) -> None:
             raise CaptionStoreError(f"video {vid!r}: {key} must be a non-empty string, got {value!r}")
 
 
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class StoreContents:
     """What `read_store` found: records in file order, and whether the last line was torn."""
@@ -108,28 +94,20 @@ class StoreContents:
         return {r.video_id: r for r in self.records}
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool, int]]:
-    """(line number, raw line, ends with newline, byte offset after the line)."""
-    offset = 0
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            offset += len(raw)
-            yield n, raw, raw.endswith(b"\n"), offset
-
-
 def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple[list[tuple[int, Any]], bool, int]:
     """Parse a JSONL file written line by line. Returns ([(line_no, obj)], torn_tail, good_bytes).
 
     Blank lines are skipped. The last line may be torn (no newline, or not valid JSON) when
     `allow_torn_tail`; it is then left out and reported. A bad line elsewhere raises.
     """
-    path = Path(path)
+    with open(path, "rb") as f:
+        lines = f.readlines()
     items: list[tuple[int, Any]] = []
-    lines = list(_iter_lines(path))
-    good_bytes = 0
+    good_bytes = end = 0
     torn = False
-    for i, (n, raw, has_nl, end) in enumerate(lines):
-        last = i == len(lines) - 1
+    for n, raw in enumerate(lines, start=1):
+        end += len(raw)  # byte offset after this line
+        last, has_nl = n == len(lines), raw.endswith(b"\n")
         text = raw.decode("utf-8", errors="replace").strip()
         if not text:
             if has_nl:
@@ -142,11 +120,10 @@ def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple
                 torn = True
                 break
             raise CaptionStoreError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not has_nl:
-            # A complete object without its newline: a writer died between write and newline.
-            # Accept it (the content is whole) but callers appending must add the newline.
-            if not (last and allow_torn_tail):
-                raise CaptionStoreError(f"{path}:{n}: line is not newline-terminated")
+        # a complete object without its newline (a writer died before it) is whole: accepted as
+        # the last line; an appending caller adds the newline
+        if not has_nl and not (last and allow_torn_tail):
+            raise CaptionStoreError(f"{path}:{n}: line is not newline-terminated")
         items.append((n, obj))
         good_bytes = end
     return items, torn, good_bytes
@@ -176,27 +153,16 @@ def truncate_torn_tail(path: str | Path) -> bool:
     path = Path(path)
     if not path.exists():
         return False
-    _, torn, good = read_jsonl_tolerant(path, allow_torn_tail=True)
-    size = path.stat().st_size
-    changed = False
-    if torn or good < size:
-        with open(path, "r+b") as f:
+    _, _, good = read_jsonl_tolerant(path, allow_torn_tail=True)
+    with open(path, "r+b") as f:
+        changed = good < f.seek(0, os.SEEK_END)  # a torn tail, or blank lines after the last record
+        if changed:
             f.truncate(good)
-        changed = True
-    if good > 0:
-        with open(path, "rb") as f:
-            f.seek(good - 1)
-            ends_nl = f.read(1) == b"\n"
-        if not ends_nl:
-            with open(path, "ab") as f:
-                f.write(b"\n")
+        f.seek(max(good - 1, 0))
+        if good and f.read(1) != b"\n":  # a whole last record without its newline
+            f.write(b"\n")
             changed = True
     return changed
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
 
 
 def dumps_record(rec: CaptionRecord) -> str:
@@ -209,24 +175,21 @@ class StoreAppender:
     A torn tail left by an earlier kill is removed on open, so appending resumes cleanly.
     """
 
-    def __init__(self, path: str | Path, fsync: bool = True):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_torn_tail(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
-        self._fsync = fsync
 
     def write_batch(self, objs: Iterable[CaptionRecord | dict]) -> None:
         for obj in objs:
             line = dumps_record(obj) if isinstance(obj, CaptionRecord) else json.dumps(obj, ensure_ascii=False) + "\n"
             self._f.write(line)
         self._f.flush()
-        if self._fsync:
-            os.fsync(self._f.fileno())
+        os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._f.close()
 
     def __enter__(self) -> "StoreAppender":
         return self
@@ -245,11 +208,6 @@ def write_store(path: str | Path, records: Iterable[CaptionRecord]) -> int:
         seen.add(r.video_id)
     atomic_write_text(path, "".join(dumps_record(r) for r in records), fsync=True)
     return len(records)
-
-
-# --------------------------------------------------------------------------------------------
-# What made a store: source, model, settings
-# --------------------------------------------------------------------------------------------
 
 
 def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
@@ -315,11 +273,6 @@ def update_store(path: str | Path, records: Sequence[CaptionRecord], rebuild: bo
     return len(new) - there, there, len(kept)
 
 
-# --------------------------------------------------------------------------------------------
-# Combining sources
-# --------------------------------------------------------------------------------------------
-
-
 def _join_unique(values: Sequence[str]) -> str:
     out: list[str] = []
     for v in values:
@@ -329,47 +282,38 @@ def _join_unique(values: Sequence[str]) -> str:
     return "+".join(out)
 
 
-def merge_stores(
-    stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False, dedupe: bool = True
-) -> list[CaptionRecord]:
+def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False) -> list[CaptionRecord]:
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
-    (exact duplicates dropped when `dedupe`); `source`/`model` become `a+b`. Videos are listed
-    in first-seen order. With `require_all`, a video missing from any store is an error.
+    (exact duplicates dropped); `source`/`model` become `a+b`. Videos are listed in first-seen
+    order. With `require_all`, a video missing from any store is an error.
     """
-    order: list[str] = []
-    parts: dict[str, list[CaptionRecord]] = {}
+    parts: dict[str, list[CaptionRecord]] = {}  # in first-seen order
     for store in stores:
         seen_here: set[str] = set()
         for rec in store:
             if rec.video_id in seen_here:
                 raise CaptionStoreError(f"video {rec.video_id!r} appears twice in one source")
             seen_here.add(rec.video_id)
-            if rec.video_id not in parts:
-                order.append(rec.video_id)
-                parts[rec.video_id] = []
-            parts[rec.video_id].append(rec)
+            parts.setdefault(rec.video_id, []).append(rec)
     if require_all:
-        incomplete = [v for v in order if len(parts[v]) != len(stores)]
+        incomplete = [v for v in parts if len(parts[v]) != len(stores)]
         if incomplete:
             raise CaptionStoreError(
                 f"{len(incomplete)} video(s) are missing from some caption source, e.g. {incomplete[0]!r}"
             )
     merged = []
-    for vid in order:
-        recs = parts[vid]
+    for vid, recs in parts.items():
         caps: list[str] = []
         for r in recs:
-            caps.extend(c for c in r.captions if not (dedupe and c in caps))
+            caps.extend(c for c in r.captions if c not in caps)
         extra: dict[str, Any] = {}
         for r in recs:
             for k, v in r.extra.items():
                 extra.setdefault(k, v)
-        merged.append(
-            CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
-                          _join_unique([r.model for r in recs]), extra)
-        )
+        merged.append(CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
+                                    _join_unique([r.model for r in recs]), extra))
     return merged
 
 

@@ -8,6 +8,7 @@ vocabulary for BLIP, a byte-level CLIP BPE with no merges (every byte is a token
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -59,27 +60,20 @@ def save_tiny_blip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pat
     return path
 
 
-def tiny_clip_tokenizer():
-    """A `CLIPTokenizer` whose vocabulary is the 256 byte symbols (+ word-end forms) and no merges."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
 def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int = 77) -> Path:
-    """A tiny `CLIPModel` (text width 32, projection `dim`) + its tokenizer in `path`."""
-    from transformers import CLIPConfig, CLIPModel
+    """A tiny `CLIPModel` (text width 32, projection `dim`) + its tokenizer in `path`: the 256 byte
+    symbols (+ word-end forms) as its vocabulary, no merges."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     from tgmae.hub import quiet_transformers
 
     path = Path(path)
-    tokenizer = tiny_clip_tokenizer()
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     bos, eos = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -100,14 +94,9 @@ def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int 
 
 
 def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised sentence encoder over `corpus`'s words in `path`: a `BertModel`
-    (width `width`, `layers` blocks) with a word-level `BertTokenizer` of the corpus's lower-cased
-    words (punctuation split off), mean-pooled by `tgmae.captions.embed.TextEmbedder`. Its
-    embeddings keep which words a text has, and nothing of their meaning: a text space in which
-    a learnt linear map can read what the words say (e.g. a caption's verb), for offline studies
-    without a pretrained text model. Words outside the corpus are [UNK]."""
-    import re
-
+    """A random `BertModel` (width `width`, `layers` blocks) with a word-level tokenizer of
+    `corpus`'s lower-cased words ([UNK] for others) in `path`: its mean-pooled embeddings keep which
+    words a text has and nothing of their meaning, for offline studies without a text model."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from tgmae.hub import quiet_transformers

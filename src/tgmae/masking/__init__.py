@@ -2,10 +2,7 @@
 
 Content-free: `RandomMask`, `TubeMask`. Content-guided: `CachedTGMMask` / `OnlineTGMMask` /
 `BatchTGMMask` (text-guided, paper section 3.3) and `MotionGuidedMask` (codec motion vectors).
-The generator interface (`MaskContext`, `CropParams`, `MaskGenerator`, the masked counts) lives
-in `tgmae.mask_contract`, the bottom layer the data pipeline, these generators and the models
-share; the CLIP TGM scores with is `tgmae.clip`. Commands (tgmae.commands): `tgmae masks`
-(precompute), `tgmae eval-masks`.
+The interface (`MaskContext`, `CropParams`, the masked counts) is `tgmae.mask_contract`.
 """
 
 from tgmae.mask_contract import CropParams, MaskContext, MaskGenerator, check_mask, num_masked

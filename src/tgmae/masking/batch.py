@@ -1,15 +1,7 @@
-"""Batch mask generators: masks made on the batch in the main process (e.g. CLIP on the GPU).
-
-Per-sample generators (`MaskGenerator`) run in DataLoader workers. A generator that needs a big
-model (online text-guided masking with CLIP in the loop) is better run once per batch on the
-accelerator, after the batch is moved there and before the model's forward:
-
-    if is_batch_generator(gen):
-        mask = gen(batch["video"], text_embedding, grid, generator)   # [B, N] bool, on device
-
-The dataset then builds no mask (its generator is None); everything else is unchanged. The
-returned mask satisfies the same contract as per-sample masks: [B, N] bool, True = masked,
-(t, h, w) raster order, the same masked count in every sample.
+"""Batch mask generators: masks made on the batch in the main process (e.g. CLIP on the GPU),
+after the batch is moved there and before the model's forward, instead of per sample in the
+DataLoader workers (the dataset then builds no mask). Same contract as per-sample masks:
+[B, N] bool, True = masked, (t, h, w) raster order, the same masked count in every sample.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """On-disk similarity-map cache written by `tgmae masks`, read by the cached TGM generator.
 
-Layout of a cache directory:
-
     manifest.json        what the maps were computed with (CLIP, mode, captions, geometry)
     maps/<id>.npz        per video: sim float16 [C, F, gh, gw] (one map per caption, per cached
                          frame, over the full source frame), frames int32 [F] (source frame
@@ -10,28 +8,25 @@ Layout of a cache directory:
     parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding)
     index.json           the merged parts: {"videos": {id: file}, "skipped": {id: reason}}
 
-Caption choice: the cache keeps one map per caption of the video (captions in the order of the
-captions JSONL), not only a map for the mean caption. The training-time generator then uses the
-caption drawn for the sample (identified by its text, or by matching the sample's text
-embedding to the cached ones), or the mean caption: the mean of the per-caption cosine maps is
-the cosine map of the mean of the normalized caption embeddings up to a positive per-video
-factor, so its top-k is exactly the mean-caption top-k.
+One map per caption, so training can mask with the caption drawn for the sample, or with their
+mean (the mean of the per-caption cosine maps has the top-k of the mean caption's map).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
-from tgmae.atomic import atomic_path, atomic_write_text
+from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-similarity-cache"
@@ -66,9 +61,6 @@ class CacheManifest:
     embed_dim: int  # CLIP joint-space width (text embeddings must match)
     format: str = CACHE_FORMAT
     version: int = CACHE_VERSION
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "CacheManifest":
@@ -141,14 +133,12 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
             )
         return
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(manifest.to_json(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(asdict(manifest), indent=2) + "\n")
 
 
 def remove_stale_cache_temps(root: str | Path) -> int:
     """Remove the temp files a killed writer left in a similarity cache: in its top folder (where
     index.json / manifest.json are written) and in maps/. Returns the count removed."""
-    from tgmae.atomic import remove_stale_temps
-
     return remove_stale_temps(root) + remove_stale_temps(Path(root) / "maps")
 
 
@@ -184,37 +174,40 @@ class CacheEntry:
     text: torch.Tensor
     captions: list[str]
 
+    @functools.cached_property
     def mean_sim(self) -> np.ndarray:
-        """[F, gh, gw] mean over captions (computed once)."""
-        cached = self.__dict__.get("_mean")
-        if cached is None:
-            cached = self.__dict__["_mean"] = self.sim.numpy().mean(axis=0)
-        return cached
+        """[F, gh, gw] mean over captions."""
+        return self.sim.numpy().mean(axis=0)
 
 
 def part_file(root: str | Path, rank: int, world: int) -> Path:
     return Path(root) / "parts" / f"rank{rank}-of-{world}.jsonl"
 
 
+def part_records(root: str | Path) -> Iterator[dict]:
+    """The lines of every rank's part file, in file order: {"video_id", "file", "captions"} or
+    {"video_id", "reason"}."""
+    parts = Path(root) / "parts"
+    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # blank, or cut by a crash: that video is simply redone
+                continue
+            yield rec
+
+
 def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
     """All part files -> (videos {id: file}, skipped {id: reason}); later lines win."""
     videos: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    parts = Path(root) / "parts"
-    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: that video is simply redone
-                continue
-            vid = rec["video_id"]
-            if rec.get("file"):
-                videos[vid] = rec["file"]
-                skipped.pop(vid, None)
-            else:
-                skipped[vid] = rec.get("reason", "skipped")
+    for rec in part_records(root):
+        vid = rec["video_id"]
+        if rec.get("file"):
+            videos[vid] = rec["file"]
+            skipped.pop(vid, None)
+        else:
+            skipped[vid] = rec.get("reason", "skipped")
     return videos, skipped
 
 
@@ -269,9 +262,6 @@ class SimilarityCache:
             self.videos, self.skipped = read_parts(self.root)
         self.max_entries = max_entries
         self._lru: OrderedDict[str, CacheEntry] = OrderedDict()
-
-    def __contains__(self, video_id: str) -> bool:
-        return video_id in self.videos
 
     def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
                      captions_sha256: Optional[str] = None) -> None:
@@ -343,5 +333,5 @@ def _clip_id(name: str) -> str:
 __all__ = [
     "CACHE_FORMAT", "CACHE_VERSION", "CacheEntry", "CacheManifest", "CacheMismatchError", "clear_cache",
     "MissingCacheEntry", "SimilarityCache", "entry_file", "manifest_differences", "merge_parts",
-    "part_file", "read_manifest", "read_parts", "write_entry", "write_manifest_or_check",
+    "part_file", "part_records", "read_manifest", "read_parts", "write_entry", "write_manifest_or_check",
 ]

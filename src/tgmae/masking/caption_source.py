@@ -1,10 +1,5 @@
-"""Naming where captions came from, to key similarity caches by their caption source.
-
-A captions file (`tgmae.captions.store`) has one record per video: `video_id`, `captions`,
-`source` (captioner, oracle, vision-free, synthetic, ...) and `model`. A similarity cache is keyed
-by the distinct (source, model) pairs of the file it was built from; each cached video also keeps
-its caption texts, so a video whose captions changed since is recomputed on resume, and a sample
-whose caption is not among its video's cached captions is refused at training time.
+"""Naming where captions came from, to key similarity caches by their caption source: the
+distinct (source, model) pairs of the captions file (`tgmae.captions.store`) they were built from.
 """
 
 from __future__ import annotations

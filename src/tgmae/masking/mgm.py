@@ -1,25 +1,17 @@
 """Motion-guided masking (MGM, Fan et al., ICCV 2023, arXiv 2308.12962): a masked volume that
-follows the region of highest motion over time, located with the motion vectors the video codec
-already stores (no optical flow).
+follows the region of highest motion over time, located with the codec's motion vectors.
 
-Fan et al.'s exact construction is not published as code. Our reading, and what this module does:
-
-1. Motion per token. Codec block vectors of each clip frame (I-frames, which carry none, take the
-   nearest frame's) minus the frame's median vector (camera / background motion), as magnitudes,
-   sampled at the token centres of the augmented clip (through the same crop and flip as the
-   pixels). Without codec vectors, mean absolute frame differences of the augmented frames.
-2. Per temporal slice (tubelet): the mean over its frames, smoothed by a Gaussian of `sigma`
-   tokens (so the region is a blob, not isolated blocks), divided by the slice's maximum.
-   A slice with no motion at all takes the nearest slice's map: the volume keeps following the
-   object through pauses and I-frames.
-3. Masked volume per slice: the k = ratio x H' x W' tokens ranked by that motion score: the
-   highest-motion region first, strongest first, moving with it from slice to slice. Tokens
-   below `floor` (a fraction of the slice's peak: codec noise) count as static; the volume is
-   completed to exactly k with static tokens in a random order from the sample's generator.
-
-So at MGM's ratio 0.75 the moving object is masked in every slice (unless it covers more than
-75% of the frame, when its strongest-moving part is) and the rest of the budget is random, like
-tube/random masking. Same masked count in every slice and sample; deterministic given the seed.
+Fan et al.'s construction is not published as code; our reading:
+1. Motion per token: codec block vectors of each clip frame (I-frames take the nearest frame's)
+   minus the frame's median vector (camera motion), as magnitudes at the augmented clip's token
+   centres (same crop and flip as the pixels); without vectors, mean absolute frame differences.
+2. Per temporal slice: the mean over its frames, smoothed by a Gaussian of `sigma` tokens (a blob,
+   not isolated blocks), divided by the slice's maximum; a motionless slice takes the nearest
+   slice's map, so the volume follows the object through pauses and I-frames.
+3. Per slice, the k = ratio x H' x W' tokens of highest score are masked; tokens below `floor`
+   (codec noise) count as static, and the volume is completed to exactly k with static tokens in
+   a random order from the sample's generator (so at ratio 0.75 the moving object is masked and
+   the rest of the budget is random).
 """
 
 from __future__ import annotations
@@ -42,18 +34,15 @@ class MotionGuidedMask(ScoredMask):
     """MGM generator: (MaskContext with `motion` and/or `frames`, generator) -> [N] bool.
 
     ratio: masked fraction (0.75 in the TGM paper's comparison). motion_source: "codec" (falls
-    back to frame differences, logged, where the video has no vectors) or "framediff".
-    sigma: spatial smoothing in tokens. floor: fraction of the slice's peak below which a token
-    counts as static. compensate_camera: subtract each frame's median vector. ratio and
-    motion_source as validated by `MaskingConfig` (not checked again).
+    back to frame differences, logged, where the video has no vectors) or "framediff". Both as
+    validated by `MaskingConfig` (not checked again).
     """
 
-    def __init__(
-        self, ratio: float = 0.75, motion_source: str = "codec", sigma: float = 1.0,
-        floor: float = 0.05, compensate_camera: bool = True,
-    ):
+    sigma = 1.0  # spatial smoothing, in tokens
+    floor = 0.05  # fraction of a slice's peak below which a token counts as static (codec noise)
+
+    def __init__(self, ratio: float = 0.75, motion_source: str = "codec"):
         self.ratio, self.motion_source = ratio, motion_source
-        self.sigma, self.floor, self.compensate_camera = sigma, floor, compensate_camera
         self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
         # the dataset reads codec motion vectors for a generator that asks for them
         self.needs_motion = motion_source == "codec"
@@ -62,7 +51,7 @@ class MotionGuidedMask(ScoredMask):
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""
         _, h, w = ctx.grid
         if self.motion_source == "codec" and has_codec_motion(ctx.motion):
-            return codec_token_motion(ctx.motion, ctx.crop, (h, w), self.compensate_camera), "codec"
+            return codec_token_motion(ctx.motion, ctx.crop, (h, w)), "codec"
         if ctx.frames is None:
             raise ValueError(
                 f"motion-guided masking for video {ctx.video_id!r}: no codec motion vectors and no "

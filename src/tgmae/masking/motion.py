@@ -1,10 +1,8 @@
 """Motion maps for motion-guided masking: codec motion vectors, or frame differences as fallback.
 
-Codec motion comes from the data pipeline (`MaskContext.motion`, float [T, Hb, Wb, 2]: the
-forward displacement (dx, dy) in pixels of each 16x16 macroblock of the *source* frame, zeros on
-I-frames, see `tgmae.data.video`). It is carried into the augmented clip's token grid through the
-same crop and flip as the pixels (`tgmae.masking.resample`). Frame differences are computed on the
-augmented frames themselves, so they need no resampling.
+Codec motion (`MaskContext.motion`, float [T, Hb, Wb, 2]: displacement (dx, dy) in pixels of each
+16x16 macroblock of the *source* frame, zeros on I-frames) is carried into the augmented token
+grid through the clip's crop and flip; frame differences are taken on the augmented frames.
 """
 
 from __future__ import annotations
@@ -41,21 +39,16 @@ def has_codec_motion(motion: Optional[torch.Tensor]) -> bool:
     return bool((m != 0).any())
 
 
-def motion_magnitude(motion: torch.Tensor, compensate_camera: bool = True) -> torch.Tensor:
-    """[T, Hb, Wb, 2] block motion -> [T, Hb, Wb] magnitude (pixels per frame).
-
-    Frames without vectors (all zero or NaN: I-frames) take the magnitude of the nearest frame
-    that has some. With `compensate_camera`, each frame's median vector (the dominant, camera or
-    background motion) is subtracted first, so a pan does not outweigh the moving object.
-    """
+def motion_magnitude(motion: torch.Tensor) -> torch.Tensor:
+    """[T, Hb, Wb, 2] block motion -> [T, Hb, Wb] magnitude (pixels per frame), after subtracting
+    each frame's median vector (camera or background motion: a pan must not outweigh the moving
+    object). Frames without vectors (all zero or NaN: I-frames) take the nearest frame's."""
     m = motion.float()
     valid = torch.isfinite(m).all(dim=-1)  # [T, Hb, Wb]
     m = torch.nan_to_num(m, nan=0.0)
     has = ((m != 0).any(dim=-1) & valid).flatten(1).any(dim=1)  # [T] frames with vectors
-    if compensate_camera:
-        t = m.shape[0]
-        med = m.reshape(t, -1, 2).median(dim=1).values  # [T, 2]
-        m = m - med[:, None, None, :]
+    med = m.reshape(m.shape[0], -1, 2).median(dim=1).values  # [T, 2]
+    m = m - med[:, None, None, :]
     mag = m.norm(dim=-1) * valid
     return fill_from_nearest(mag, has)
 
@@ -74,19 +67,14 @@ def fill_from_nearest(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 def block_extent(blocks_hw: tuple[int, int], source_hw: tuple[int, int]) -> tuple[float, float]:
     """Source pixels covered by a [Hb, Wb] block grid: whole macroblocks (ceil(H/16) blocks cover
     a little more than the frame); any other grid is taken to span the frame exactly."""
-    out = []
-    for b, s in zip(blocks_hw, source_hw):
-        out.append(float(b * MACROBLOCK) if b == math.ceil(s / MACROBLOCK) else float(s))
-    return out[0], out[1]
+    h, w = (float(b * MACROBLOCK) if b == math.ceil(s / MACROBLOCK) else float(s) for b, s in zip(blocks_hw, source_hw))
+    return h, w
 
 
-def codec_token_motion(
-    motion: torch.Tensor, crop: Optional[CropParams], out_hw: tuple[int, int],
-    compensate_camera: bool = True,
-) -> torch.Tensor:
+def codec_token_motion(motion: torch.Tensor, crop: Optional[CropParams], out_hw: tuple[int, int]) -> torch.Tensor:
     """Source-frame block motion [T, Hb, Wb, 2] -> [T, H', W'] magnitude at the augmented clip's
     token centres (through crop and flip). Without a crop, the clip is the whole frame."""
-    mag = motion_magnitude(motion, compensate_camera)
+    mag = motion_magnitude(motion)
     hb, wb = mag.shape[1:]
     if crop is None:
         crop = CropParams(0.0, 0.0, float(hb * MACROBLOCK), float(wb * MACROBLOCK), False,

@@ -1,19 +1,10 @@
-"""Per-video CLIP similarity maps for cached text-guided masking (`tgmae masks`: tgmae.commands.masks).
+"""Per-video CLIP similarity maps for cached text-guided masking (`tgmae masks`).
 
-    tgmae masks --format F --root DIR ANNOTATIONS --captions captions.jsonl \\
-        --clip NAME_OR_PATH --mode faithful|dense --out CACHE_DIR [--frame-stride 4]
-
-For every video of the annotations: frames 0, s, 2s, ... (s = --frame-stride) over the whole
-video, the full source frame cut into the model's patch grid (short side --image-size /
---patch-size cells, x --map-scale in dense mode), one cosine map per caption of the video.
-Layout, manifest and caption choice: `tgmae.masking.cache`.
-
-Resume: videos already in a part file with the same captions are skipped. Sharding: under
-`torchrun`, rank r of W takes videos r, r+W, ... and writes its own part file; rank 0 merges the
-parts into index.json after a barrier (or run again with --merge-only). A cache built with
-another CLIP, mode, caption source or geometry is refused. One writer per cache (per rank):
-`precompute` holds its lock (`tgmae.locks`), whoever calls it (`tgmae masks`, the study,
-`tgmae eval-masks`, `tgmae visualize masks`), so a second writer is refused naming the first.
+For every video: frames 0, s, 2s, ... (s = --frame-stride), the full source frame cut into the
+model's patch grid (x --map-scale in dense mode), one cosine map per caption of the video
+(layout: `tgmae.masking.cache`). Videos already in a part file with the same captions are
+skipped (resume); rank r of W takes videos r, r+W, ... into its own part file. `precompute`
+holds the cache's lock (per rank), so a second writer is refused naming the first.
 """
 
 from __future__ import annotations
@@ -30,13 +21,11 @@ import torch
 from tgmae.locks import check_kind, hold, shard_target
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, part_file, read_parts, remove_stale_cache_temps, write_entry,
+    CacheManifest, part_file, part_records, remove_stale_cache_temps, write_entry,
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
-from tgmae.clip.features import (
-    ClipBundle, ClipPatchScorer, cosine_maps, map_grid, uint8_to_unit,
-)
+from tgmae.clip.features import ClipBundle, ClipPatchScorer, cosine_maps, embed_texts, map_grid, uint8_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +99,6 @@ def precompute(
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress)
 
 
-
 def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
                 opts: PrecomputeOptions, rank: int, world: int, progress: bool) -> dict:
     from tqdm import tqdm
@@ -123,8 +111,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer))
-    done_files, _ = read_parts(out)
-    done_keys = _done_caption_keys(out)
+    done = {r["video_id"]: r for r in part_records(out) if r.get("file")}  # the latest of each video
     share = list(videos)[rank::world]
     counts = {"done": 0, "skipped": 0, "resumed": 0}
     part = part_file(out, rank, world)
@@ -141,7 +128,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 counts["skipped"] += 1
                 continue
             key = captions_key(caps)
-            if vid in done_files and done_keys.get(vid) == key and (out / done_files[vid]).is_file():
+            if vid in done and done[vid].get("captions") == key and (out / done[vid]["file"]).is_file():
                 counts["resumed"] += 1
                 continue
             try:
@@ -161,27 +148,11 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
 
 def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]) -> torch.Tensor:
     """[C, D] normalized embeddings of a video's captions (memoized per text: videos share them)."""
-    from tgmae.clip.features import embed_texts
-
     missing = [c for c in dict.fromkeys(captions) if c not in cache]
     if missing:
         for c, e in zip(missing, embed_texts(clip, missing)):
             cache[c] = e.cpu()
     return torch.stack([cache[c] for c in captions])
-
-
-def _done_caption_keys(out: Path) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    parts = out / "parts"
-    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("file"):
-                keys[rec["video_id"]] = rec.get("captions", "")
-    return keys
 
 
 def _append(f, rec: dict) -> None:

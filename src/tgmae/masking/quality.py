@@ -1,24 +1,16 @@
-"""How well each masking algorithm hits the acting object, on the synthetic set (`tgmae eval-masks`:
-tgmae.commands.eval_masks).
+"""How well each masking algorithm hits the acting object, on the synthetic set (`tgmae eval-masks`).
 
-    tgmae eval-masks --root SYNTH_DIR [--clip CLIP_DIR] [--out results.json]
-
-For each video of the split, one clip goes through the real data pipeline (frame sampling,
-crop/flip transform, codec motion vectors) and each algorithm masks it: random, tube, MGM, and
-with a CLIP, TGM top-k and bottom-k (from a similarity cache built on the fly with `tgmae masks`
-machinery, resumed when it exists). Ground truth: a token is "on the object" when at least
-`--min-cover` of its pixels (in the augmented clip, averaged over the tubelet's frames) belong to
-the synthetic set's acting-object mask. Per algorithm, summed over videos:
-precision = masked object tokens / masked tokens, recall = masked object tokens / object tokens.
-
-Precision is capped by the ratio: with object fraction f, masking a fraction r of the tokens gives
-at most min(1, f / r). So all algorithms are compared at one ratio (--ratio) by default;
---paper-ratios uses each method's ratio in the paper (random/tube 0.9, MGM 0.75, TGM 0.6).
+One clip per video goes through the real data pipeline (sampling, crop/flip, codec motion) and
+each algorithm masks it: random, tube, MGM and, with a CLIP, TGM top-k and bottom-k (from a
+similarity cache built on the fly). A token is "on the object" when at least `min_cover` of its
+pixels (tubelet mean) belong to the acting object. Summed over videos: precision = masked object
+tokens / masked tokens, recall = masked object tokens / object tokens. Precision is capped by
+the ratio (object fraction f, ratio r: at most min(1, f / r)), so all algorithms share one ratio
+unless `paper_ratios` (random/tube 0.9, MGM 0.75, TGM 0.6).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -34,9 +26,6 @@ from tgmae.masking.motion import stack_codec_motion
 from tgmae.masking.resample import sample_maps
 from tgmae.masking.simple import RandomMask, TubeMask
 
-log = logging.getLogger(__name__)
-
-ALGORITHMS = ("random", "tube", "mgm", "tgm_top", "tgm_bottom")
 PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
 
 
@@ -93,12 +82,6 @@ def load_eval_clip(
     return EvalClip(video_id, video, fi, crop, stack_codec_motion(mvs), object_coverage(masks, crop, grid), captions)
 
 
-def build_tgm(cache_dir: str, select: str, ratio: float):
-    from tgmae.masking.tgm import CachedTGMMask
-
-    return CachedTGMMask(cache_dir, ratio=ratio, select=select, tubelet_frame="first", caption="drawn")
-
-
 def clip_context(clip: EvalClip, grid: tuple[int, int, int], text: Optional[torch.Tensor]) -> MaskContext:
     return MaskContext(grid=grid, frames=clip.frames, frame_indices=clip.frame_indices, crop=clip.crop,
                        video_id=clip.video_id, text_embedding=text, motion=clip.motion)
@@ -111,8 +94,11 @@ def make_generators(ratios: dict[str, float], cache_dir: Optional[str]) -> dict[
         "mgm": MotionGuidedMask(ratios["mgm"]),
     }
     if cache_dir:
-        gens["tgm_top"] = build_tgm(cache_dir, "top", ratios["tgm_top"])
-        gens["tgm_bottom"] = build_tgm(cache_dir, "bottom", ratios["tgm_bottom"])
+        from tgmae.masking.tgm import CachedTGMMask
+
+        for select in ("top", "bottom"):
+            gens[f"tgm_{select}"] = CachedTGMMask(cache_dir, ratio=ratios[f"tgm_{select}"], select=select,
+                                                  tubelet_frame="first", caption="drawn")
     return gens
 
 
@@ -133,7 +119,7 @@ def evaluate_masks(
     root = Path(root)
     ids = read_split_ids(root, split)[: max_videos or None]
     caps = {r.video_id: r.captions for r in read_store(root / "captions.jsonl").records}
-    ratios = dict(PAPER_RATIOS) if paper_ratios else {a: ratio for a in ALGORITHMS}
+    ratios = dict(PAPER_RATIOS) if paper_ratios else dict.fromkeys(PAPER_RATIOS, ratio)
     grid = (num_frames // tubelet, image_size // patch_size, image_size // patch_size)
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
@@ -154,11 +140,9 @@ def evaluate_masks(
         for name, gen in gens.items():
             mask = gen(ctx, torch.Generator().manual_seed(seed * 7919 + i))
             totals[name] += [float((mask & obj).sum()), float(mask.sum()), float(obj.sum())]
-    out = {}
     n_tok = float(np.prod(grid)) * len(ids)
-    for name, (hit, masked, objects) in totals.items():
-        out[name] = {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0),
-                     "ratio": masked / n_tok}
+    out = {name: {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0), "ratio": masked / n_tok}
+           for name, (hit, masked, objects) in totals.items()}
     return MaskQuality(out, float(totals["random"][2] / n_tok), len(ids))
 
 
@@ -194,6 +178,6 @@ def format_table(quality: MaskQuality) -> str:
 
 
 __all__ = [
-    "ALGORITHMS", "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table",
+    "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table",
     "object_coverage",
 ]

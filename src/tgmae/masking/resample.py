@@ -1,10 +1,6 @@
-"""Carry a per-frame map of the source video (similarity, motion) into the augmented token grid.
-
-The maps cover the whole source frame; the model sees a crop of it, resized and maybe flipped.
-For each token of the augmented clip we look up the map at the token centre's position in the
-source frame (bilinear in space) and at the cached frame nearest in time to the clip frame.
-This is how the cached text-guided mask and the motion-guided mask follow the same spatial
-augmentation as the pixels, without recomputing anything from the frames.
+"""Carry a per-frame map of the source video (similarity, motion) into the augmented token grid:
+each token of the augmented clip (a crop of the source frame, resized and maybe flipped) reads
+the map at its centre's source position (bilinear) in the map frame nearest in time.
 """
 
 from __future__ import annotations
@@ -84,7 +80,6 @@ def resample_to_tokens(
     crop: CropParams,
     grid: tuple[int, int, int],
     tubelet_frame: str = "first",
-    extent_hw: Optional[tuple[float, float]] = None,
 ) -> torch.Tensor:
     """Cached maps -> per-token scores of one augmented clip.
 
@@ -105,7 +100,7 @@ def resample_to_tokens(
     if isinstance(maps, torch.Tensor) and maps.device.type == "cpu":
         maps = maps.detach().numpy()
     chosen = maps[pos] if isinstance(maps, np.ndarray) else maps[torch.from_numpy(pos).to(maps.device)]
-    sampled = sample_maps(chosen, crop, (h_tok, w_tok), extent_hw)
+    sampled = sample_maps(chosen, crop, (h_tok, w_tok))
     if tubelet_frame == "mean":
         sampled = sampled.reshape(t_tok, tubelet, h_tok, w_tok).mean(dim=1)
     return sampled

@@ -28,9 +28,7 @@ def select_per_slice(
         raise ValueError(f"scores must be [T', M], got {tuple(scores.shape)}")
     s = scores.detach().float().cpu().numpy()
     s = -s if select == "bottom" else s  # rank descending: k largest of s
-    nan = np.isnan(s)
-    if nan.any():
-        s = np.where(nan, -np.inf, s)
+    s = np.where(np.isnan(s), -np.inf, s)
     t, m = s.shape
     k = num_masked(m, ratio)
     if generator is not None:

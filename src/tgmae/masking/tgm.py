@@ -1,50 +1,38 @@
 """Text-guided masking (TGM, paper section 3.3): mask the patches most (or least) similar to the
 sample's caption in CLIP space, k = ratio x patches per temporal slice.
 
-Three ways to run it, same masks up to the source of the similarity maps:
-
-- `CachedTGMMask` (training default): similarity maps precomputed by `tgmae masks` over the full
-  source frames; per sample it resamples them into the augmented token grid (nearest cached
-  frame in time, bilinear in space through the crop and flip) and takes top-k. No CLIP call.
-- `OnlineTGMMask`: CLIP on the sample's augmented frames, per sample in the DataLoader worker.
-- `BatchTGMMask`: CLIP on the whole batch in the main process (GPU), see `tgmae.masking.batch`.
-
+- `CachedTGMMask` (training default): maps precomputed by `tgmae masks`, resampled into the
+  augmented token grid (`tgmae.masking.resample`); no CLIP call. It masks with the map of the
+  caption drawn for the sample (`caption="drawn"`: found by its text, `ctx.caption`, else by its
+  embedding among the cached ones) or with the video's mean caption (`caption="mean"`).
+- `OnlineTGMMask` / `BatchTGMMask`: CLIP on the augmented frames, per sample in the DataLoader
+  worker / per batch in the main process; `ctx.text_embedding` must come from the same CLIP.
 A temporal slice (tubelet) is represented by its first frame or by the mean of its frames' maps.
-Caption: the cached generator masks with the map of the caption drawn for the sample
-(`caption="drawn"`: found by its text when the context carries one (`ctx.caption`), else by
-matching `ctx.text_embedding` to the caption embeddings stored in the cache, which needs the
-captions embedded with the cache's CLIP), or with the video's mean caption (`caption="mean"`).
-The online generators embed nothing themselves: they use `ctx.text_embedding`, which must come
-from the same CLIP as their image tower.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tgmae.captions.store import read_store
 from tgmae.config import IMAGENET_MEAN, IMAGENET_STD
 from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.cache import CacheEntry, CacheMismatchError, SimilarityCache
+from tgmae.masking.caption_source import file_sha256
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import ScoredMask, select_batch_per_slice
-
-log = logging.getLogger(__name__)
 
 MATCH_MIN_COSINE = 0.99  # a sample's caption embedding must be this close to a cached caption's
 
 
 class CachedTGMMask(ScoredMask):
     """TGM from an offline similarity cache: resample + top-k per slice, no CLIP call.
-
-    cache: a `SimilarityCache` or its directory. caption: "drawn" | "mean" (module docstring).
-    ratio, select, tubelet_frame, caption: as validated by `MaskingConfig` (not checked again).
-    """
+    cache: a `SimilarityCache` or its directory; the rest as validated by `MaskingConfig`."""
 
     def __init__(
         self, cache: SimilarityCache | str, ratio: float = 0.6, select: str = "top",
@@ -60,9 +48,6 @@ class CachedTGMMask(ScoredMask):
         run's captions (`SimilarityCache.check_videos`)."""
         captions = sha = None
         if self.captions_file:
-            from tgmae.captions.store import read_store
-            from tgmae.masking.caption_source import file_sha256
-
             sha = file_sha256(self.captions_file)
             if sha != self.cache.manifest.captions_sha256:
                 captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}
@@ -72,7 +57,7 @@ class CachedTGMMask(ScoredMask):
         """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
         sim = entry.sim.numpy()
         if self.caption == "mean" or sim.shape[0] == 1:
-            return sim[0] if sim.shape[0] == 1 else entry.mean_sim()
+            return sim[0] if sim.shape[0] == 1 else entry.mean_sim
         text = getattr(ctx, "caption", None)  # the drawn caption's text, where the pipeline gives it
         if isinstance(text, str):
             if text.strip() in entry.captions:
@@ -109,14 +94,12 @@ class CachedTGMMask(ScoredMask):
         """[T', H', W'] cosine similarity of each token of the augmented clip."""
         if ctx.video_id is None or ctx.frame_indices is None:
             raise ValueError("cached text-guided masking needs ctx.video_id and ctx.frame_indices")
+        if ctx.crop is None:
+            raise ValueError(
+                f"cached text-guided masking needs the clip's crop parameters (ctx.crop) for video {ctx.video_id!r}")
         entry = self.cache.entry(ctx.video_id)
         maps = self.caption_maps(entry, ctx)
-        crop = ctx.crop
-        if crop is None:
-            raise ValueError(
-                f"cached text-guided masking needs the clip's crop parameters (ctx.crop) for video {ctx.video_id!r}"
-            )
-        return resample_to_tokens(maps, entry.frames, ctx.frame_indices, crop, ctx.grid, self.tubelet_frame)
+        return resample_to_tokens(maps, entry.frames, ctx.frame_indices, ctx.crop, ctx.grid, self.tubelet_frame)
 
     def __repr__(self) -> str:
         return (f"CachedTGMMask(ratio={self.ratio}, select={self.select!r}, tubelet_frame="
@@ -162,11 +145,8 @@ class _ClipInTheLoop:
 
 
 class OnlineTGMMask(_ClipInTheLoop, ScoredMask):
-    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode).
-
-    Uses the augmented frames `ctx.frames` (data-normalized with `data_mean`/`data_std`) and the
-    caption embedding `ctx.text_embedding` (same CLIP as `scorer`).
-    """
+    """TGM with CLIP in the loop, per sample (on the worker's device; slow on CPU in faithful mode),
+    on `ctx.frames` (data-normalized with `data_mean`/`data_std`) and `ctx.text_embedding`."""
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         if ctx.frames is None:

@@ -1,25 +1,18 @@
-"""Atomic training checkpoints: safetensors weights + a weights-only-loadable state file.
+"""Atomic training checkpoints under `<output_dir>/checkpoints/`:
 
-Layout under `<output_dir>/checkpoints/`:
     step_00000120/model.safetensors   model weights (metadata: resolved run config as JSON)
-    step_00000120/state.pt            optimizer, grad scaler, step, epoch, data position, RNG,
-                                      resolved config, extra (evaluation records so far, the
-                                      task's inputs fingerprint, the task's name): plain tensors/containers
-                                      only, loaded with `torch.load(weights_only=True)`
+    step_00000120/state.pt            optimizer, grad scaler, position, RNG, config, extra (plain
+                                      containers, loaded with `torch.load(weights_only=True)`)
     latest                            name of the newest complete checkpoint
 
-A checkpoint directory is written under a temporary name and renamed into place, and `latest`
-is replaced atomically after it: a kill at any moment leaves the previous checkpoint usable.
-A resume refuses another kind of run (`check_run_kind`) and compares the stored config with the
-new one (`check_resume_config`). The files are the same under every train.strategy: an FSDP run
-gathers full state dicts (`train_states`: model by parameter name, optimizer in torch's own
-layout, by parameter index) and scatters them back on resume (`load_model_weights`,
-`load_optimizer_state`), so a DDP checkpoint resumes under FSDP and back. Every loader reads these paths through
-`tgmae.weights.files.resolve_checkpoint` (`latest`, the folder, a step folder -> its weights).
+A step folder is written under a temp name and renamed into place before `latest` moves: a kill
+leaves the previous checkpoint usable. The files are the same under every train.strategy (FSDP
+gathers full state dicts, `train_states`, and scatters them back on resume).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -33,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
+from tgmae.distributed import is_fsdp
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -125,7 +119,8 @@ class TrainPosition:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_rng_to_plain()}
+    version, internal, gauss = random.getstate()  # a list, not a tuple: weights_only loads it
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": (version, list(internal), gauss)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -139,33 +134,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _python_rng_to_plain() -> tuple:
-    version, internal, gauss = random.getstate()
-    return (version, list(internal), gauss)
-
-
 def _fsync_dir(path: Path) -> None:
-    try:
+    """Make a rename in `path` durable; a file system that cannot fsync a folder is left as is."""
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _durable_write_text(path: Path, text: str) -> None:
-    """Atomic, fsync'd, and the rename itself made durable (the folder fsync'd)."""
-    atomic_write_text(path, text, fsync=True)
-    _fsync_dir(path.parent)
-
-
-def _state_dict_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # Detached contiguous copies: safetensors refuses views and shared storage.
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsdp_options(**kwargs: bool) -> Any:
@@ -191,8 +167,6 @@ def train_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tu
     optimizer's in torch's layout (state by parameter index). Under FSDP a collective that every
     rank calls (torch.distributed.checkpoint.state_dict, full_state_dict + cpu_offload): the main
     rank gets the full dicts, the others empty ones. Otherwise the modules' own state dicts."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         return model.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
@@ -208,8 +182,6 @@ def train_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tu
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """A checkpoint's optimizer state (torch's layout) into `optimizer`; under FSDP each rank keeps
     its shard of the full tensors (every rank passes the whole state)."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         optimizer.load_state_dict(state)
         return
@@ -226,8 +198,6 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def full_model(model: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
     """`plain` (a fresh unsharded copy of `model`'s architecture) with `model`'s full weights:
     under FSDP a collective that every rank calls (each gets the whole model); else `model`."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         return model
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -273,7 +243,8 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(directory)
-    _durable_write_text(directory / LATEST, name + "\n")
+    atomic_write_text(directory / LATEST, name + "\n", fsync=True)
+    _fsync_dir(directory)
     _prune(directory, keep_last, keep=name)
     return final
 
@@ -282,10 +253,9 @@ def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], op
                              scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
                              extra: Optional[dict]) -> None:
     """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced."""
-    save_file(
-        _state_dict_for_safetensors(model_state), str(tmp / "model.safetensors"),
-        metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT},
-    )
+    # detached contiguous copies: safetensors refuses views and shared storage
+    save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"),
+              metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT})
     state = {
         "optimizer": optim_state,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
@@ -365,8 +335,6 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """A run checkpoint's weights into the run's model (`files.load_strict`: an error names the keys);
     under FSDP each rank keeps its shard of the full tensors (every rank passes the whole state)."""
-    from tgmae.distributed import is_fsdp
-
     if not is_fsdp(model):
         load_strict(model, state, source)
         return

@@ -54,11 +54,10 @@ def build_classifier(
     enc_state = {k: v for k, v in src.encoder.items() if not k.startswith("norm.")}
     load_strict(model.encoder, enc_state, src.path)
     if keep_head:
-        head_state = {k: v for k, v in src.head.items()}
-        if "fc_norm.weight" not in head_state:
+        if "fc_norm.weight" not in src.head:
             raise CheckpointError(f"{src.path}: classifier without fc_norm (token pooling other than mean)")
-        load_strict(model.fc_norm, _strip(head_state, "fc_norm."), src.path)
-        load_strict(model.head, _strip(head_state, "head."), src.path)
+        load_strict(model.fc_norm, _strip(src.head, "fc_norm."), src.path)
+        load_strict(model.head, _strip(src.head, "head."), src.path)
     model.class_names = list(src.class_names)  # type: ignore[attr-defined]
     return model
 

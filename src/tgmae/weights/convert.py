@@ -1,13 +1,8 @@
 """Any VideoMAE checkpoint we read -> our safetensors (`tgmae convert SRC OUT.safetensors`).
 
-What SRC holds decides what OUT is:
-- a pretraining model (official `.pth`, HF `VideoMAEForPreTraining` directory, ours) -> our
-  pretraining file (`save_pretraining_model`);
-- a classifier (HF `VideoMAEForVideoClassification`, an official finetuned `.pth`, ours) -> our
-  classifier file (`save_classifier`, class names from `id2label`);
-- an encoder alone (HF `VideoMAEModel`, ours) -> our encoder file (`save_encoder`).
-Every layout `tgmae export-hf` writes converts back to the file it was exported from, weights
-bit for bit and the arch equal (the export stores our arch in config.json as `tgmae_arch`).
+What SRC holds decides what OUT is: a pretraining model -> our pretraining file, a classifier ->
+our classifier file (class names from `id2label`), an encoder alone -> our encoder file. What
+`tgmae export-hf` writes converts back bit for bit (the export keeps our arch as `tgmae_arch`).
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
@@ -57,9 +51,7 @@ def convert(src: str | Path, out: str | Path, **overrides: Any) -> str:
         save_classifier(clf, out, source.class_names)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
                 f"{a.num_frames} frames at {a.image_size}px")
-    encoder = VideoViTEncoder(a)
-    encoder.load_state_dict(source.encoder)
-    save_encoder(encoder, out)
+    save_encoder(source.build_encoder(), out)
     return f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at {a.image_size}px"
 
 

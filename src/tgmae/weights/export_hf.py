@@ -1,24 +1,14 @@
 """Export to transformers (`tgmae export-hf CKPT OUT_DIR [--classifier | --pretraining]`).
 
-- default: a `VideoMAEModel` directory whose `last_hidden_state` equals our encoder's output on
-  all tokens (the pretrained encoder with its final norm: HF `use_mean_pooling=False`, so HF's
-  `layernorm` carries it; an encoder without one exports with `use_mean_pooling=True`).
-- `--classifier`: a finetuned classifier (`classifier.safetensors`, a finetune run or checkpoint)
-  as `VideoMAEForVideoClassification` (mean pooling + `fc_norm`, `classifier` = our head), with
-  `id2label` from the stored class names.
-- `--pretraining`: the whole pretraining model (encoder + decoder) as `VideoMAEForPreTraining`,
-  whose `logits` and `loss` for a video and `bool_masked_pos` equal our `pred` and `loss`.
-Weights are mapped with `weights.layouts.ours_to_hf` (fused qkv -> query/key/value, q/v
-biases, no key bias), the config with `hf_config` (eps, widths, geometry, and our arch as
-`tgmae_arch`, so `tgmae convert` gives back the same file). Beside the weights: a
-`preprocessor_config.json` (`VideoMAEImageProcessor`: resize the short side to the model size,
-centre crop, the run's mean/std: our single-view evaluation transform), so `AutoImageProcessor`
-and `pipeline("video-classification", model=DIR)` work, and a model card `README.md`
-(`weights.model_card`). After writing, the directory is loaded back with `from_pretrained` and
-compared with our model on a random clip (HF input order [B, T, C, H, W]); the max abs difference
-is printed and must be <= 1e-4. All of it is written into a temp folder beside OUT_DIR (named as
-`tgmae.atomic` names temps) and then moved into place, its files with the mode `open()` gives: a
-failed export (a full disk, a mismatch) leaves OUT_DIR as it was.
+- default: a `VideoMAEModel` whose `last_hidden_state` equals our encoder's output (its final
+  norm as HF's `layernorm`, `use_mean_pooling=False`; an encoder without one: True);
+- `--classifier`: `VideoMAEForVideoClassification` (mean pooling + `fc_norm`, `classifier` = our
+  head), `id2label` from the stored class names;
+- `--pretraining`: `VideoMAEForPreTraining`, whose `logits` and `loss` equal our `pred` and `loss`.
+Beside the weights: `preprocessor_config.json` (our single-view evaluation transform) and a model
+card (`weights.model_card`). The folder is loaded back and compared with our model on a random
+clip (max abs difference <= TOLERANCE). It is written in a temp folder beside OUT_DIR, then moved
+into place: a failed export leaves OUT_DIR as it was.
 """
 
 from __future__ import annotations
@@ -42,7 +32,7 @@ from tgmae.weights.files import LATEST, CheckpointError, detect_format, resolve_
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
-from tgmae.weights.sources import EncoderSource, check_stated_heads, load_encoder_source
+from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
 TOLERANCE = 1e-4
 
@@ -74,11 +64,9 @@ def holds_run(folder: Path) -> bool:
 
 
 def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse (`OutputFolderError`, naming the folder) an output folder that is the checkpoint, holds
-    it or holds a run (`RUN_MARKERS`: `tgmae export-hf RUN RUN` wrote an encoder-only
-    model.safetensors over the run's model), lies inside a run (`RUN/checkpoints`, `RUN/figures`:
-    HF files there break the run's layout; `holds_run`), or any other non-empty folder without
-    `overwrite`."""
+    """Refuse (`OutputFolderError`, naming the folder) an output folder that is or holds the
+    checkpoint, holds a run (`RUN_MARKERS`) or lies inside one (`holds_run`), or any other
+    non-empty folder without `overwrite`."""
     out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out_dir}: exists and is not a folder (give the export a new folder)")
@@ -93,9 +81,7 @@ def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLik
     if above is not None:
         raise OutputFolderError(f"{out_dir}: inside the run {above}, whose layout an export would break; "
                                 "give the export a folder outside the run")
-    if not out.is_dir():
-        return
-    if not overwrite and any(out.iterdir()):
+    if out.is_dir() and not overwrite and any(out.iterdir()):
         raise OutputFolderError(f"{out_dir}: not empty; give the export a new folder, or --overwrite to "
                                 "replace the files an export writes there")
 
@@ -105,12 +91,6 @@ class ExportResult:
     out_dir: Path
     hf_class: str
     max_abs_diff: Optional[float]  # None when not verified
-
-
-def _encoder_from_source(src: EncoderSource) -> VideoViTEncoder:
-    enc = VideoViTEncoder(src.arch)
-    enc.load_state_dict(src.encoder)
-    return enc.eval()
 
 
 def _hf_encoder_state(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,27 +105,22 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
     from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
     if isinstance(module, VideoMAEPretrainer):
-        config = VideoMAEConfig(**hf_config(module.arch))
-        model = VideoMAEForPreTraining(config)
+        model = VideoMAEForPreTraining(VideoMAEConfig(**hf_config(module.arch)))
         state = ours_to_hf(module.state_dict())
     elif isinstance(module, VideoClassifier):
         if module.arch.encoder_norm:
             raise CheckpointError("a classifier whose encoder keeps its final norm has no HF counterpart")
         if abs(module.fc_norm.eps - 1e-5) > 1e-12:
             raise CheckpointError(f"HF's fc_norm eps is fixed at 1e-5; this classifier uses {module.fc_norm.eps}")
-        kwargs = hf_config(module.arch)
-        kwargs["use_mean_pooling"] = True
         names = list(class_names) if len(class_names) == module.num_classes else [f"class_{i}" for i in range(module.num_classes)]
-        config = VideoMAEConfig(**kwargs, num_labels=module.num_classes,
-                                id2label={i: n for i, n in enumerate(names)},
-                                label2id={n: i for i, n in enumerate(names)})
+        config = VideoMAEConfig(**{**hf_config(module.arch), "use_mean_pooling": True}, num_labels=module.num_classes,
+                                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         model = VideoMAEForVideoClassification(config)
         state = _hf_encoder_state(module.encoder.state_dict())
         state.update({f"fc_norm.{k}": v for k, v in module.fc_norm.state_dict().items()})
         state.update({f"classifier.{k}": v for k, v in module.head.state_dict().items()})
     elif isinstance(module, VideoViTEncoder):
-        config = VideoMAEConfig(**hf_config(module.arch))
-        model = VideoMAEModel(config)
+        model = VideoMAEModel(VideoMAEConfig(**hf_config(module.arch)))
         state = {k[len("videomae."):]: v for k, v in _hf_encoder_state(module.state_dict()).items()}
     else:
         raise TypeError(f"cannot export {type(module).__name__}: expected VideoViTEncoder, VideoClassifier "
@@ -231,13 +206,6 @@ def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEP
     return load_pretraining_model(p, **heads)
 
 
-def _save(model: nn.Module, out: Path, arch: VideoMAEArch, mean, std) -> None:
-    """save_pretrained + the processor config into `out` (a write the disk or folder refuses is an
-    OutputError naming the export's folder: `export_hf`; transformers' own errors name no file)."""
-    model.save_pretrained(str(out))
-    write_processor_config(out, arch, mean, std)
-
-
 # weight files of a transformers directory: those an earlier export left in an --overwrite'd
 # folder and this one did not write would be read with (or instead of) the new ones
 _WEIGHT_FILES = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
@@ -300,7 +268,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
             module = build_classifier(src, keep_head=True).eval()
             names = list(src.class_names)
         else:
-            module = _encoder_from_source(src)
+            module = src.build_encoder()
         kind = "classifier" if classifier else "encoder"
     run = read_run(checkpoint)
     mean, std, stride = processor_settings(module.arch, run)
@@ -318,7 +286,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         out.parent.mkdir(parents=True, exist_ok=True)
         work.mkdir()
         model = hf_model(module, names)
-        _save(model, work, module.arch, mean, std)
+        model.save_pretrained(str(work))
+        write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:
             raise ExportMismatchError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")

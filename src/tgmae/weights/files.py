@@ -1,13 +1,6 @@
-"""The containers weights live in, and the paths users give for them.
-
-- safetensors files (ours: string metadata beside the tensors), written atomically;
-- torch pickles (official VideoMAE `.pth`, HF `pytorch_model.bin`), read with `weights_only=True`;
-- transformers directories (config.json plus model.safetensors, sharded or not, or
-  pytorch_model.bin), read without importing transformers;
-- a training run's layout (`checkpoints/latest` -> `step_N/model.safetensors`), which
-  `resolve_checkpoint` follows for every loader of this package.
-There is one `CheckpointError` for all of them: a file that cannot be read, or weights that do not
-fit; its message names the file and the keys.
+"""The containers weights live in (safetensors, weights-only torch pickles, transformers
+directories read without transformers) and the paths users give for them (`resolve_checkpoint`).
+One `CheckpointError` for all of them, naming the file and the keys.
 """
 
 from __future__ import annotations
@@ -53,8 +46,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
 
 def check_fits(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str = "this model",
                extra_unexpected: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """`load_strict`'s checks alone (keys, then shapes; shapes are global ones for a sharded
-    module's DTensors); returns `module.state_dict()`."""
+    """`load_strict`'s checks alone (keys, then global shapes); returns `module.state_dict()`."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own] + list(extra_unexpected)
@@ -82,13 +74,10 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                       metadata: Mapping[str, str]) -> Path:
-    """Write a state dict + string metadata as one safetensors file, atomically: saved inside a
-    temp folder beside `path` (`atomic.atomic_path(own_folder=True)`), then renamed into place. safetensors' own
-    `save_file` writes a `.tmp<6 random characters>` of its own in the folder it writes to; inside our temp folder
-    a killed write leaves nothing but that folder, which the next write here removes
-    (`remove_stale_temps`). The file gets the mode `open()` gives (safetensors makes 0600). A write
-    the disk or folder refuses (safetensors' errors carry the OS error in their text) is an
-    OutputError naming `path` (`atomic.write_failure`)."""
+    """Write a state dict + string metadata as one safetensors file, atomically. It is saved in a
+    temp folder of its own (`atomic_path(own_folder=True)`: safetensors writes a temp of its own
+    beside its target), which a killed write leaves for the next write here to remove. A write
+    the disk refuses is an OutputError naming `path`."""
     from safetensors.torch import save_file
 
     p = Path(path)
@@ -152,11 +141,9 @@ def hf_directory_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The file or folder to read for a checkpoint path as a user gives it. Follows the training
-    layout (`runs/X/checkpoints/`): the `latest` pointer file (or the `checkpoints/` folder that
-    holds one) -> the step folder it names; a step folder (`step_N/`, model.safetensors + state.pt)
-    -> its model.safetensors. Any other path is returned as given. Raises CheckpointError when the
-    pointer names a step folder that does not exist. Every loader of this package goes through here."""
+    """The file or folder to read for a checkpoint path as a user gives it: `latest` (or the
+    `checkpoints/` folder holding it) -> the step folder it names; a step folder -> its
+    model.safetensors; any other path as given. CheckpointError when `latest` names no folder."""
     p = Path(path)
     if p.is_dir() and not (p / "config.json").is_file() and (p / LATEST).is_file():
         p = p / LATEST

@@ -1,14 +1,13 @@
 """Checkpoint key layouts: official VideoMAE and transformers' VideoMAEForPreTraining <-> ours.
 
-Our parameter names are the official VideoMAE pretraining names, so the official layout maps
-one to one (after stripping wrapper prefixes). The HF layout splits the fused qkv projection
-into query/key/value and renames every module; `hf_to_ours` / `ours_to_hf` convert both ways.
-Pure functions on state dicts (name -> tensor); nothing here reads or writes files. A layout
-that does not fit is a CheckpointError.
+Our names are the official VideoMAE names (one to one after stripping wrapper prefixes); the HF
+layout splits the fused qkv into query/key/value and renames every module. Pure functions on
+state dicts; a layout that does not fit is a CheckpointError.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Optional
 
@@ -59,12 +58,8 @@ def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Remove DDP `module.` and torch.compile `_orig_mod.` prefixes (anywhere they lead a name)."""
     out = {}
     for name, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if name.startswith(prefix):
-                    name, changed = name[len(prefix):], True
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.partition(".")[2]
         out[name.replace("._orig_mod.", ".")] = value
     return out
 
@@ -80,13 +75,9 @@ _UNSUPPORTED_OFFICIAL = {
 
 
 def official_state(state: Mapping[str, torch.Tensor], source: Any) -> dict[str, torch.Tensor]:
-    """An official VideoMAE / VideoMAEv2 state dict (already unwrapped from `model` / `module`)
-    with wrapper prefixes stripped (`strip_wrappers`).
-
-    VideoMAEv2's pretraining and finetuning models use VideoMAE's names (encoder.* / decoder.* /
-    encoder_to_decoder / mask_token; patch_embed / blocks / fc_norm or norm / head) and the same
-    fused qkv weight with separate q_bias / v_bias; it adds options our model does not implement.
-    A checkpoint trained with one is a CheckpointError naming the keys and the option."""
+    """An official VideoMAE / VideoMAEv2 state dict (unwrapped) with wrapper prefixes stripped.
+    VideoMAEv2 uses VideoMAE's names; a checkpoint trained with one of its options our model does
+    not implement (`_UNSUPPORTED_OFFICIAL`) is a CheckpointError naming the keys and the option."""
     state = strip_wrappers(state)
     found: dict[str, list[str]] = {}
     for key in state:
@@ -100,7 +91,7 @@ def official_state(state: Mapping[str, torch.Tensor], source: Any) -> dict[str, 
     return state
 
 
-def _count_blocks(state: Mapping[str, Any], prefix: str) -> int:
+def count_blocks(state: Mapping[str, Any], prefix: str = "blocks.") -> int:
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     ids = {int(m.group(1)) for k in state if (m := pat.match(k))}
     return max(ids) + 1 if ids else 0
@@ -120,31 +111,35 @@ def official_heads(width: int, given: Optional[int], table: Mapping[int, int], o
         f"does not store its head count: pass {option}")
 
 
+def infer_encoder_arch(enc: Mapping[str, torch.Tensor], *, num_heads: Optional[int] = None,
+                       layer_norm_eps: float = 1e-6, num_frames: int = 16, image_size: int = 224) -> VideoMAEArch:
+    """Encoder architecture from its state dict's shapes (heads: `num_heads`, else the released
+    VideoMAE count of that width; another width without `num_heads` is a ConfigError)."""
+    w = enc["patch_embed.proj.weight"]  # [D, C, t, p, p]
+    dim, chans, tub, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
+    hidden = int(enc["blocks.0.mlp.fc1.weight"].shape[0])
+    heads = official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert / export-hf: --num-heads)")
+    return VideoMAEArch(
+        embed_dim=dim, depth=count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
+        patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
+        in_chans=chans, layer_norm_eps=layer_norm_eps, encoder_norm="norm.weight" in enc,
+        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
+    )
+
+
 def official_arch(state: Mapping[str, torch.Tensor], *, num_frames: int = 16, image_size: int = 224,
                   num_heads: Optional[int] = None, decoder_heads: Optional[int] = None,
                   norm_pix_loss: bool = True) -> VideoMAEArch:
-    """Infer the architecture from an official state dict (already unwrapped).
-
-    Widths, depths, patch, tubelet and channels come from tensor shapes; head counts, clip
-    geometry and the loss flavour are not stored, so they come from the arguments (heads default
-    to the released models' counts; another width without them is a ConfigError).
-    """
-    w = state["encoder.patch_embed.proj.weight"]  # [D, C, t, p, p]
-    dim, chans, tub, patch = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    ddim = state["encoder_to_decoder.weight"].shape[0]
-    hidden = state["encoder.blocks.0.mlp.fc1.weight"].shape[0]
-    return VideoMAEArch(
-        embed_dim=dim, depth=_count_blocks(state, "encoder.blocks."),
-        num_heads=official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert / export-hf: --num-heads)"),
-        mlp_ratio=hidden / dim, patch_size=patch, tubelet_size=tub, num_frames=num_frames,
-        image_size=image_size, in_chans=chans, decoder_dim=ddim,
-        decoder_depth=_count_blocks(state, "decoder.blocks."),
+    """The architecture of an official pretraining state dict (unwrapped): sizes from tensor
+    shapes; head counts (default: the released models'), clip geometry and the loss flavour are
+    not stored, so they come from the arguments."""
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    arch = infer_encoder_arch(encoder, num_heads=num_heads, num_frames=num_frames, image_size=image_size)
+    ddim = int(state["encoder_to_decoder.weight"].shape[0])
+    return dataclasses.replace(
+        arch, decoder_dim=ddim, decoder_depth=count_blocks(state, "decoder.blocks."), norm_pix_loss=norm_pix_loss,
         decoder_heads=official_heads(ddim, decoder_heads, OFFICIAL_DECODER_HEADS,
-                                     "model.decoder_heads (tgmae convert / export-hf: --decoder-heads)"),
-        norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6,
-        encoder_norm="encoder.norm.weight" in state,
-        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
-    )
+                                     "model.decoder_heads (tgmae convert / export-hf: --decoder-heads)"))
 
 
 def _single(value: Any, what: str) -> int:
@@ -312,7 +307,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "strip_wrappers", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
+    "strip_wrappers", "count_blocks", "infer_encoder_arch", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
     "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "official_state", "ARCH_KEY", "released_normalization",
 ]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tgmae.models.arch import VideoMAEArch
+from tgmae.weights.files import CheckpointError, resolve_checkpoint
 
-RESULT_FILES = ("test_results.json", "finetune_results.json", "probe_results.json")
-# How the card labels each file's numbers (one table, so every row says where it comes from)
+# a run's result files and how the card labels their numbers (every row says where it comes from)
 RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
                  "probe_results.json": "linear probe (validation)"}
 
@@ -42,18 +42,14 @@ def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
     `checkpoints/step_N/` checkpoint (also named as `checkpoints/latest` or `checkpoints/`:
     `files.resolve_checkpoint`) - whichever holds the run's `config.yaml`."""
     p = _resolved(checkpoint)
-    candidates = [p] if p.is_dir() else [p.parent]
-    base = candidates[0]
-    if base.parent.name == "checkpoints":
-        candidates.append(base.parent.parent)
+    base = p if p.is_dir() else p.parent
+    candidates = [base, base.parent.parent] if base.parent.name == "checkpoints" else [base]
     return next((c for c in candidates if (c / "config.yaml").is_file()), None)
 
 
 def _resolved(checkpoint: str | Path) -> Path:
     """The path a loader reads for `checkpoint` (`checkpoints/latest` -> its step folder's
     model.safetensors); the path as given when it names no training checkpoint."""
-    from tgmae.weights.files import CheckpointError, resolve_checkpoint
-
     try:
         return resolve_checkpoint(checkpoint)
     except (CheckpointError, OSError):
@@ -99,20 +95,19 @@ def read_run(checkpoint: str | Path) -> RunInfo:
         info.note = f"{run / 'config.yaml'} could not be read ({e})"
     info.changes = _json_lines(run / "config_changes.jsonl")
     at = checkpoint_step(checkpoint)
-    if (run / "metrics.jsonl").is_file():
-        records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
-        steps = [int(r["step"]) for r in records if "step" in r]
-        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
-        info.steps = max(steps) if steps else None
-        info.last_loss = float(losses[-1]) if losses else None
+    records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
+    steps = [int(r["step"]) for r in records if "step" in r]
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    info.steps = max(steps) if steps else None
+    info.last_loss = float(losses[-1]) if losses else None
     if at is not None:
         info.steps = at
         info.changes = [c for c in info.changes if c.get("step", 0) < at]
         return info
-    for name in RESULT_FILES:
+    for name, label in RESULT_LABELS.items():
         if (run / name).is_file():
             data = json.loads((run / name).read_text())
-            info.results.update({f"{RESULT_LABELS[name]}: {k}": v for k, v in data.items()
+            info.results.update({f"{label}: {k}": v for k, v in data.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return info
 

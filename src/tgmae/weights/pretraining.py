@@ -1,20 +1,10 @@
-"""Load and save pretraining models (encoder + decoder): our safetensors, official VideoMAE .pth, HF
-directories (the containers: `tgmae.weights.files`; the key layouts: `tgmae.weights.layouts`).
+"""Load and save pretraining models (encoder + decoder).
 
-- Ours: one `.safetensors` file; metadata `format` = FORMAT and `arch` = VideoMAEArch JSON, so
-  the model rebuilds from the file alone. Written atomically (temp file + rename).
-- Official VideoMAE and VideoMAEv2 pretraining `.pth` (VideoMAEv2 with the same names: only its
-  options cos_attn, layer scale and learned position embeddings differ, and are refused,
-  `layouts.official_state`): the state dict under `model` (or `module`), names as ours after
-  stripping `module.` / `_orig_mod.`. Heads, frames and image size are not stored:
-  the released models' values are assumed unless given.
-- transformers `VideoMAEForPreTraining` directories (`save_pretrained`): config.json plus
-  model.safetensors (sharded or not) or pytorch_model.bin. Read without importing transformers.
-
-- Ours, encoder only: `.safetensors` with `format` = ENCODER_FORMAT and `arch` (what `tgmae
-  convert` makes of a transformers `VideoMAEModel` directory); `save_encoder` writes it.
-
-`tgmae convert` (`tgmae.weights.convert`) turns every foreign layout into ours.
+- Ours: one `.safetensors`, metadata `format` = FORMAT and `arch` = VideoMAEArch JSON, so the
+  model rebuilds from the file alone (ENCODER_FORMAT: an encoder alone, `save_encoder`).
+- Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads, frames and image size are not
+  stored, so the released models' values are assumed unless given.
+- transformers `VideoMAEForPreTraining` directories, read without importing transformers.
 """
 
 from __future__ import annotations
@@ -25,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from tgmae.models.arch import VideoMAEArch
@@ -95,12 +84,10 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
         state, extra_unexpected = hf_to_ours(hf_directory_state(p))
     else:
         state = official_state(unwrap_state(read_torch(p), p), p)
-        if "encoder.patch_embed.proj.weight" not in state or "encoder_to_decoder.weight" not in state:
-            raise CheckpointError(
-                f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
-                f"[{key_names([k for k in ('encoder.patch_embed.proj.weight', 'encoder_to_decoder.weight') if k not in state])}]; "
-                f"found keys: [{key_names(list(state))}]"
-            )
+        missing = [k for k in ("encoder.patch_embed.proj.weight", "encoder_to_decoder.weight") if k not in state]
+        if missing:
+            raise CheckpointError(f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
+                                  f"[{key_names(missing)}]; found keys: [{key_names(list(state))}]")
         geometry = {k: overrides.pop(k) for k in ("num_frames", "image_size", "num_heads",
                                                   "decoder_heads", "norm_pix_loss") if k in overrides}
         arch = official_arch(state, **geometry)

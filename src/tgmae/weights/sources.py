@@ -1,26 +1,16 @@
-"""Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets.
-
-`load_encoder_source(path)` accepts:
-- ours: a pretraining `.safetensors` (`tgmae.weights.pretraining.save_pretraining_model`), an encoder-only one
-  (`tgmae.weights.pretraining.save_encoder`), or a finetuned classifier `.safetensors`
-  (`save_classifier`, format CLASSIFIER_FORMAT);
-- an official VideoMAE or VideoMAEv2 `.pth`: pretraining (through `load_pretraining_model`),
-  finetuned (keys `patch_embed.*`, `blocks.*`, `fc_norm.*`, `head.*`: VideoMAEv2's distilled
-  ViT-S / ViT-B too) or an encoder alone (`encoder.*` without the decoder, as some released
-  VideoMAEv2 pretraining files are);
-- a transformers directory (`VideoMAEForPreTraining`, `VideoMAEModel`,
-  `VideoMAEForVideoClassification`), mapped with `tgmae.weights.layouts.hf_to_ours`;
-- a training checkpoint of the shared loop (`.../checkpoints/step_N/`, its `model.safetensors`)
-  or a run directory (its `classifier.safetensors`, `model.safetensors`, or latest checkpoint).
-Whatever module held the encoder (pretrainer, classifier, a contrastive wrapper), the encoder is
-found by its `patch_embed.proj.weight` and returned under `VideoViTEncoder` names.
+"""Encoder (and classifier head) weights from every checkpoint kind downstream evaluation meets:
+ours (pretraining, encoder-only, classifier `.safetensors`); an official VideoMAE / VideoMAEv2
+`.pth` (pretraining, finetuned, or an encoder alone); a transformers directory
+(`VideoMAEForPreTraining`, `VideoMAEModel`, `VideoMAEForVideoClassification`); a training
+checkpoint (`checkpoints/step_N/`) or a run folder. Whatever module held the encoder, it is found
+by its `patch_embed.proj.weight` and returned under `VideoViTEncoder` names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +18,8 @@ from typing import Any, Optional
 import torch
 
 from tgmae.models.arch import VideoMAEArch, arch_from_config
+from tgmae.models.encoder import VideoViTEncoder
+from tgmae.weights.checkpoint import find_latest
 from tgmae.weights.files import (
     CheckpointError,
     hf_directory_state,
@@ -39,12 +31,11 @@ from tgmae.weights.files import (
 )
 from tgmae.weights.layouts import (
     OFFICIAL_DECODER_HEADS,
-    OFFICIAL_ENCODER_HEADS,
+    count_blocks,
     hf_arch,
     hf_to_ours,
-    official_heads,
+    infer_encoder_arch,
     official_state,
-    released_normalization,
     strip_wrappers,
 )
 from tgmae.weights.pretraining import ENCODER_FORMAT, FORMAT as PRETRAIN_FORMAT, load_pretraining_model
@@ -80,8 +71,6 @@ class EncoderSource:
 
     def digest(self) -> str:
         """sha256 over the encoder weights (names, shapes, bytes): identifies features it makes."""
-        import hashlib
-
         h = hashlib.sha256()
         for name in sorted(self.encoder):
             t = self.encoder[name].detach().to("cpu").contiguous()
@@ -89,6 +78,12 @@ class EncoderSource:
             if t.numel():
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+    def build_encoder(self) -> VideoViTEncoder:
+        """A `VideoViTEncoder` of `arch` holding these weights, in eval mode."""
+        encoder = VideoViTEncoder(self.arch)
+        encoder.load_state_dict(self.encoder)
+        return encoder.eval()
 
 
 def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None) -> EncoderSource:
@@ -118,20 +113,13 @@ def check_stated_heads(src: Any, arch: VideoMAEArch, stated: dict[str, int]) -> 
                 "(it is for an official .pth, which does not store its head counts)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Containers
-# ---------------------------------------------------------------------------------------------
-
-
 def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
     if (p / "config.json").is_file():
         return _from_hf(p)
     for name in ("classifier.safetensors", "model.safetensors"):
         if (p / name).is_file():
             return _from_safetensors(p / name)
-    from tgmae.weights.checkpoint import find_latest
-
-    latest = find_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
+    latest = find_latest(p / "checkpoints")  # None without a checkpoints/latest
     if latest is not None:
         return _from_safetensors(latest / "model.safetensors")
     raise CheckpointError(
@@ -144,8 +132,7 @@ def _from_safetensors(p: Path) -> EncoderSource:
     fmt = meta.get("format")
     if fmt == PRETRAIN_FORMAT:
         model = load_pretraining_model(p)
-        enc = {k: v for k, v in model.encoder.state_dict().items()}
-        return EncoderSource(model.arch, enc, kind="tgmae", path=str(p))
+        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="tgmae", path=str(p))
     if fmt == ENCODER_FORMAT:
         return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p))
     if fmt == CLASSIFIER_FORMAT:
@@ -191,7 +178,7 @@ def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMA
     if pretrained and Path(pretrained).exists() and Path(pretrained).resolve() != Path(source).resolve():
         candidates.insert(0, load_encoder_source(pretrained).arch)
     w = enc[_EMBED_KEY]
-    shape = (int(w.shape[0]), _count_blocks(enc), int(w.shape[3]), int(w.shape[2]))
+    shape = (int(w.shape[0]), count_blocks(enc), int(w.shape[3]), int(w.shape[2]))
     for arch in candidates:
         if (arch.embed_dim, arch.depth, arch.patch_size, arch.tubelet_size) == shape:
             return arch
@@ -236,11 +223,6 @@ def _from_hf(p: Path) -> EncoderSource:
                          fc_norm_eps=1e-5 if head else None)
 
 
-# ---------------------------------------------------------------------------------------------
-# State dict surgery
-# ---------------------------------------------------------------------------------------------
-
-
 def _split(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Any state dict holding one video encoder -> (encoder state, classifier head state)."""
     prefixes = sorted({k[: -len(_EMBED_KEY)] for k in state if k.endswith(_EMBED_KEY)})
@@ -254,26 +236,6 @@ def _split(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch
     head = {k: v for k, v in state.items() if k.startswith(_HEAD_PREFIXES)}
     return enc, head
 
-
-def _count_blocks(state: dict[str, Any]) -> int:
-    ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    return max(ids) + 1 if ids else 0
-
-
-def infer_encoder_arch(enc: dict[str, torch.Tensor], *, num_heads: Optional[int] = None,
-                       layer_norm_eps: float = 1e-6, num_frames: int = 16, image_size: int = 224) -> VideoMAEArch:
-    """Encoder architecture from its state dict's shapes (heads: `num_heads`, else the released
-    VideoMAE count of that width; another width without `num_heads` is a ConfigError)."""
-    w = enc[_EMBED_KEY]  # [D, C, t, p, p]
-    dim, chans, tub, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
-    hidden = int(enc["blocks.0.mlp.fc1.weight"].shape[0])
-    heads = official_heads(dim, num_heads, OFFICIAL_ENCODER_HEADS, "model.num_heads (tgmae convert / export-hf: --num-heads)")
-    return VideoMAEArch(
-        embed_dim=dim, depth=_count_blocks(enc), num_heads=heads, mlp_ratio=hidden / dim,
-        patch_size=patch, tubelet_size=tub, num_frames=num_frames, image_size=image_size,
-        in_chans=chans, layer_norm_eps=layer_norm_eps, encoder_norm="norm.weight" in enc,
-        pixel_mean=released_normalization(chans)[0], pixel_std=released_normalization(chans)[1],
-    )
 
 
 __all__ = ["EncoderSource", "load_encoder_source", "check_stated_heads", "infer_encoder_arch", "CLASSIFIER_FORMAT"]
