@@ -218,8 +218,8 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
     """(`cfg.model.pretrained`'s encoder, frozen, in eval mode on `device`, built for
     `cfg.data`'s clip geometry; its weights' digest). ConfigError without model.pretrained or
     when the checkpoint's geometry does not fit the config."""
+    from tgmae.evaluate.extract import frozen_encoder
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
-    from tgmae.models.encoder import VideoViTEncoder
     from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
@@ -228,10 +228,7 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
     check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
     if note := size_from_checkpoint(cfg.model, src.arch):
         log.info("%s: %s", cfg.model.pretrained, note)
-    arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
-    encoder = VideoViTEncoder(arch)
-    encoder.load_state_dict(src.encoder)
-    return encoder.requires_grad_(False).to(device).eval(), src.digest()
+    return frozen_encoder(src, cfg.data.num_frames, cfg.data.image_size, device), src.digest()
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
