@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from tgmae.errors import UserError
 
@@ -135,6 +135,17 @@ def json_item_lines(path: Path) -> list[int]:
         elif ch in "]}":
             depth -= 1
     return out
+
+
+def json_items(path: Path, items: list) -> list[tuple[int, Any]]:
+    """(line where it starts, or 0, item) of each item of the JSON array `items` read from `path`."""
+    line_of = json_item_lines(path)
+    return [(line_of[n] if n < len(line_of) else 0, it) for n, it in enumerate(items)]
+
+
+def numbered_classes(records: list[VideoRecord]) -> list[str]:
+    """Class names "0".."N-1" up to the records' highest label: annotations without class names."""
+    return [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
 
 
 def stem_id(path: str) -> str:

@@ -1,40 +1,19 @@
 """Decoded-clip cache: every video's frames decoded once into uint8, so training skips decoding.
 
-`data.cache=memory` keeps the frames in one shared-memory uint8 tensor (DataLoader workers,
-forked or spawned, map the same pages); `data.cache=disk` keeps them in one flat file under
-`data.cache_dir` read through `np.memmap` (workers and concurrent runs share the OS page cache).
+`data.cache=memory`: one shared-memory uint8 tensor (DataLoader workers map the same pages);
+`data.cache=disk`: one flat file under `data.cache_dir` read through `np.memmap`.
+Stored per distinct path: the RGB frames [lo, hi) any of its records can sample, at the source
+resolution, exactly as `VideoReader.read` returns them, so a cached sample is bit-identical to the
+decoded one for the same (seed, epoch, index) (tests/test_data_cache.py). Frames are not stored
+downscaled: crop boxes are drawn in source pixels, and rescaled frames change the crops. A video
+that cannot be decoded is stored as its error message (`video_verdict`) and replaced as on the
+video path.
 
-What is stored: for each distinct video path of the records, the RGB frames [lo, hi) that any
-record of that path can sample (its start/end frame range clipped to the video), at the source
-resolution, exactly as `VideoReader.read` returns them. The dataset then samples frame indices
-and runs the same augmentation with the same generator as on the video path, so a sample from
-the cache is bit-identical to the sample decoded from the video for the same (seed, epoch, index)
-(tests/test_data_cache.py). Videos that cannot be decoded at build time are stored as their error
-message, and the dataset replaces them exactly as the video path does (both refuse a video by
-its one verdict, `tgmae.data.video.video_verdict`, given when it is opened).
-
-Why the source resolution and not the training one: the crop boxes are drawn in source pixels on
-a 4x4 step grid with integer rounding, so frames stored downscaled give boxes that are only
-approximately the same. Measured on the study's set (128 px source, 64 px training, scales
-1/.875/.75, same seeds): frames stored at short side 96 (all box sides and offsets scale exactly)
-differ by 1.6/255 mean absolute pixel after the double resampling, at short side 86 (the smallest
-that avoids upscaling) by 11/255, with crop positions 3 px apart. That changes training, so the
-cache stores the decoded frames as they are: 2.25 MiB per 128 px x 48 frame video.
-
-Key: a SHA-256 over a cache format version, the PyAV version, the reader's frame numbering
-version (`tgmae.data.frame_index.INDEX_VERSION`) and, per path, (path, size in bytes,
-mtime in ns, inode, ctime in ns, lo, hi) - for frame folders the listing of their files with the
-same (`tgmae.data.fileid`: a video swapped for one with the same size and mtime, as `cp -p`,
-`tar` or `rsync -t` leave it, changes the key). The
-data settings that choose the records (format, root, annotations, split) enter through the paths
-and frame ranges; augmentation settings do not change what is stored. A disk cache is used only
-when its metadata holds exactly this key's inputs; otherwise it is rebuilt, with a log line naming
-the key, so a changed, replaced or touched video never serves stale frames.
-
-Under torch.distributed a disk cache is built by local rank 0 of each node while the other ranks
-wait at a barrier; a memory cache is built by every rank (one copy per process). Runs that share
-`data.cache_dir` build a key one at a time (`tgmae.locks` on `<key>.u8`): a second run needing
-the same cache waits for the first (up to `BUILD_WAIT_S`, then refused naming it) and uses it.
+Key: SHA-256 over a format version, the PyAV version, `frame_index.INDEX_VERSION` and per path
+(path, `tgmae.data.fileid` identity, lo, hi); a disk cache whose metadata holds other inputs is
+rebuilt, with a log line. Under torch.distributed local rank 0 builds a disk cache while the others
+wait; runs sharing `data.cache_dir` build a key one at a time (`tgmae.locks` on `<key>.u8`, waiting
+up to `BUILD_WAIT_S`).
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """`tgmae data check`: validate a dataset (rows, files, decodability, duration, labels).
 
-    tgmae data check --format k400 --root /data/k400 train.csv --out report.json --workers 4
-    (the command: tgmae.commands.data)
-
-Each record's video gets the one verdict every reader of it uses (`tgmae.data.video.video_verdict`:
-the file's frame index, built by decoding it once, names missing / zero_bytes / unreadable /
-no_video_stream / no_frames / truncated / undecodable files), then the first, middle and last frame
-of its range are read; clips shorter than `--min-frames` and labels outside the class list are
-reported too, as are annotation rows that cannot be read (file:line; a row repeating another's
-video id among them) and a list without records (`empty`). Every list a run would read is checked:
-a split-folder format's train list (`trainlist01.txt`, subset train) brings the test list of its
-folder that a run with it as data.train_annotations and no data.val_annotations reads
-(`tgmae.data.dataset.subset_annotations`); `lists` says which, and each item its `subset`. The report holds counts and one entry
-per bad item (path, reason). Exit status: 0 when nothing was found; 1 when anything was (bad
-videos, bad rows, an empty list; `--allow-bad` keeps 0); 2 when the annotations
-themselves cannot be read, `--out` cannot be written (checked first) or the arguments are wrong.
+Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
+no_video_stream / no_frames / truncated / undecodable), then the first, middle and last frame of
+its range are read; clips shorter than `--min-frames`, labels outside the class list, unreadable
+rows (file:line) and empty lists are reported. Every list a run would read is checked (a
+split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
+status: 0 clean; 1 anything found (`--allow-bad`: 0); 2 unreadable annotations, an unwritable
+`--out` (checked first) or wrong arguments.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Datasets: records + DataConfig -> sample dicts as specified in docs/CONTRACTS.md.
 
-`VideoDataset` gives one augmented clip per index (pretraining, finetuning, single-view eval);
-`MultiViewDataset` gives every temporal x spatial test view of a video. Randomness per sample
-comes from a `torch.Generator` seeded by (seed, epoch, index, attempt), so samples do not depend
-on the number of DataLoader workers or their order. Unreadable videos (missing, zero-byte,
-corrupt, truncated, too short) are logged once per path and run (DataLoader workers share the
-table, `tgmae.data.seen`), counted, and replaced by another index
-drawn from the same seeded scheme, up to `max_load_retries`; then `VideoLoadError`.
-With `data.cache=memory|disk`, `VideoDataset` takes the frames from a decoded-clip cache
-(`tgmae.data.cache`) built when the dataset is made; samples are identical to the video path's.
-Evaluation never substitutes: with `substitute = False` every sample carries `unreadable` (bool)
-and an unreadable video gives a placeholder sample of the right shapes (zeros, its own label and
-index) with `unreadable` True and the reason in `load_error`, for the caller to leave out.
+`VideoDataset`: one augmented clip per index; `MultiViewDataset`: every temporal x spatial test
+view of a video. Each sample's generator is seeded by (seed, epoch, index, attempt), independent
+of the workers. Unreadable videos are logged once per path and run (`tgmae.data.seen`), counted
+and replaced by another seeded index up to `max_load_retries` (then `VideoLoadError`); with
+`substitute = False` (evaluation) they give a placeholder of the right shapes with `unreadable`
+True and `load_error`. `data.cache=memory|disk` reads from `tgmae.data.cache`, bit-identically.
 """
 
 from __future__ import annotations
@@ -65,12 +59,9 @@ def sample_generator(seed: int, epoch: int, index: int, attempt: int, stream: in
 
 
 def keep_freed_memory() -> bool:
-    """glibc only (elsewhere a no-op, False): keep freed memory in this process for reuse instead of
-    returning it to the OS (mallopt M_MMAP_THRESHOLD 256 MiB, M_TRIM_THRESHOLD 1 GiB). A sample
-    allocates ~10 MB float buffers per view (16 x 224 x 224 x 3); by default glibc gives each
-    back when freed, and every page of the next sample's buffers faults afresh, which cost a
-    worker more CPU than the augmentation itself (docs/benchmarks.md). For DataLoader workers
-    (`loader_worker_init`), whose memory is the samples in flight."""
+    """glibc only (elsewhere a no-op, False): keep freed memory in the process (mallopt M_MMAP_THRESHOLD
+    256 MiB, M_TRIM_THRESHOLD 1 GiB), so each sample's ~10 MB buffers do not fault afresh
+    (docs/benchmarks.md). For DataLoader workers (`loader_worker_init`)."""
     import ctypes
 
     try:

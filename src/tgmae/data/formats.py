@@ -18,13 +18,19 @@ from typing import Callable, Optional
 
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
-    AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_item_lines, load_json, parse_int,
+    AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
     read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
 )
 
 # Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
 _K400_NAME = re.compile(r".+_\d{6}_\d{6}")
 _UCF101_NAME = re.compile(r"v_[A-Za-z0-9]+_g\d+_c\d+")
+
+
+def _split_file(ann: Path, name: str) -> tuple[Path, Path]:
+    """(the annotation folder, the file to read): `ann` itself when a file, else `name` in it."""
+    folder = ann if ann.is_dir() else ann.parent
+    return folder, ann if ann.is_file() else folder / name
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,10 +121,7 @@ def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[V
         vid = stem_id(path) if _K400_NAME.fullmatch(stem_id(path)) else relative_id(root, path)
         if ids.add(vid, ann, line, path):
             records.append(VideoRecord(full, label, vid))
-    if names is not None:
-        return records, names
-    n = max((r.label for r in records), default=-1) + 1
-    return records, [str(i) for i in range(n)]
+    return records, names if names is not None else numbered_classes(records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +133,8 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
     `label` sentence becomes the record's caption."""
-    folder = ann if ann.is_dir() else ann.parent
-    data_file = ann if ann.is_file() else folder / {"train": "train.json", "val": "validation.json",
-                                                     "test": "test.json"}[subset_kind(subset)]
+    folder, data_file = _split_file(ann, {"train": "train.json", "val": "validation.json",
+                                          "test": "test.json"}[subset_kind(subset)])
     labels_file = folder / "labels.json"
     templates = load_json(labels_file)
     items = load_json(data_file)
@@ -140,11 +142,9 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     classes = [""] * len(ids)
     for name, i in ids.items():
         classes[i] = name
-    line_of = json_item_lines(data_file)
     records = []
     seen = UniqueIds(rows)
-    for n, it in enumerate(items):
-        line = line_of[n] if n < len(line_of) else 0
+    for line, it in json_items(data_file, items):
         vid = str(it.get("id", "")).strip()
         if not vid:
             rows.bad(data_file, line, "item without id")
@@ -174,7 +174,8 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
     (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
-    folder = ann if ann.is_dir() else ann.parent
+    kind = subset_kind(subset)
+    folder, list_file = _split_file(ann, f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt")
     class_file = folder / "classInd.txt"
     classes, by_name = [], {}
     for line, text in read_lines(class_file):
@@ -185,8 +186,6 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
             raise AnnotationError(f"{class_file}:{line}: class ids must be 1, 2, 3, ... in order")
         classes.append(parts[1])
         by_name[parts[1].lower()] = len(classes) - 1
-    kind = subset_kind(subset)
-    list_file = ann if ann.is_file() else folder / f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt"
     records = []
     ids = UniqueIds(rows)
     for line, text in read_lines(list_file):
@@ -251,20 +250,14 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
-    folder = ann if ann.is_dir() else ann.parent
-    if ann.is_file():
-        data_file = ann
-    else:
-        data_file = folder / f"Diving48_V2_{'train' if subset_kind(subset) == 'train' else 'test'}.json"
+    folder, data_file = _split_file(ann, f"Diving48_V2_{'train' if subset_kind(subset) == 'train' else 'test'}.json")
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file)
     classes = [" ".join(v) for v in load_json(vocab_file)] if vocab_file else None
-    line_of = json_item_lines(data_file)
     records = []
     ids = UniqueIds(rows)
-    for n, it in enumerate(items):
-        line = line_of[n] if n < len(line_of) else 0
+    for line, it in json_items(data_file, items):
         name = it.get("vid_name")
         label = it.get("label")
         if not name or not isinstance(label, int):
@@ -280,9 +273,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         path = first_existing(root, [f"rgb/{name}.mp4", f"{name}.mp4"])
         if ids.add(name, data_file, line, name):
             records.append(VideoRecord(path, label, name, start, end))
-    if classes is None:
-        classes = [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
-    return records, classes
+    return records, classes if classes is not None else numbered_classes(records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,8 +289,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end).
     """
-    folder = ann if ann.is_dir() else ann.parent
-    data_file = ann if ann.is_file() else folder / "EPIC_train_action_labels.csv"
+    folder, data_file = _split_file(ann, "EPIC_train_action_labels.csv")
     train_file = folder / "EPIC_train_action_labels.csv"
     parsed = _epic_rows(data_file, rows)
     use_own = not train_file.is_file() or train_file == data_file

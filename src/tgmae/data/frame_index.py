@@ -1,20 +1,12 @@
 """The frame index of a video file: which frames it presents, built by decoding it once.
 
-Frame i of a file is the i-th frame of PyAV's sequential decode sorted by `frame.pts` (stable,
-so ties keep decode order). Container tables are not trusted for this: an XviD / DivX AVI emits
-B-frames out of time-stamp order and stores 7-byte "not coded" placeholder packets, an AVI's
-header can count time slots rather than frames, and an MP4 can hold a packet that presents no
-frame. So `build_index` decodes every packet (no RGB conversion, deblocking skipped: pixels are
-not kept) and records each frame's pts, keyframe flag and decode position, plus the verdict:
-the file is usable, or why not (`VideoError.kind`).
-
-The index is cached per file, keyed by (real path, size, mtime_ns, inode, ctime_ns) (see
-`tgmae.data.fileid`: a file swapped for one with the same size and mtime is re-indexed): in memory (LRU) and on disk
-under `$TGMAE_CACHE_DIR/frame_index` (default `$XDG_CACHE_HOME/tgmae` or `~/.cache/tgmae`;
-`TGMAE_CACHE_DIR=off` keeps it in memory only). An entry stores its key and is used only when
-the key matches, so a changed file is re-indexed; a read that finds the file decoding differently
-from its index rebuilds the index once (`VideoReader`). Cost: one decode of the file the first time
-(e.g. 0.1 s CPU for 250 frames at 640x272 H.264), 0.1-0.3 ms per open afterwards.
+Frame i is the i-th frame of PyAV's decode sorted (stably) by `frame.pts`; container tables are
+not trusted (AVI B-frame order and "not coded" placeholders, headers counting time slots, MP4
+packets that present nothing). `build_index` decodes every packet (no RGB, no deblocking) and
+records each frame's pts, keyframe flag and decode position, plus the verdict (`VideoError.kind`).
+Cached per file by (real path, `tgmae.data.fileid` identity): in memory (LRU) and under
+`$TGMAE_CACHE_DIR/frame_index` (default `$XDG_CACHE_HOME/tgmae` or `~/.cache/tgmae`; `off`: memory
+only); an entry is used only when its key matches.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """How many frames a video holds, as cheaply as it can be known, and the set-up check that a clip
 fits at least one video of a data set.
 
-A clip longer than every video (`data.num_frames` above every video's frames) used to surface
-only when the first batch was drawn, after `data.max_load_retries` + 1 decodes per item. The
-datasets now ask `check_clip_fits` at set-up. It reads each video's frame count without decoding
-it (`stated_frames`: the frame index when cached, exact; a frame folder's image count; else the
-container's stated count: the stream's frame count, or duration x average rate) and stops at the
-first video whose range holds a clip, so a usable set costs one header read. Only when none does,
-the near misses are confirmed by their frame index (one decode each, `CONFIRM_AT_MOST`), and a
-set is refused only when every video is known to be too short (a container's count can be off;
-a wrong refusal would stop a run that works).
+`check_clip_fits` reads frame counts without decoding (`stated_frames`: the cached frame index,
+a frame folder's image count, or the container's count / duration x rate) and stops at the first
+video that holds a clip. Only when none does are the near misses confirmed by their frame index
+(`CONFIRM_AT_MOST` decodes); a set is refused only when every video is known to be too short.
 """
 
 from __future__ import annotations

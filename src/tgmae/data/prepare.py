@@ -1,34 +1,15 @@
-"""`tgmae data prepare`: resize a data set's videos to a short side and re-encode them to H.264 MP4.
+"""`tgmae data prepare`: resize a data set's videos to a short side and re-encode them to H.264 MP4
+(decoding starves the GPUs, docs/benchmarks.md; VP9 WebM exports no motion vectors for MGM).
 
-    tgmae data prepare --format k400 --root /data/k400 train.csv --out /data/k400_320 --workers 8
-    (the command: tgmae.commands.data)
-
-Why: decoding is what starves the GPUs (docs/benchmarks.md); a 320p H.264 file decodes several
-times faster than a 1080p one, and VP9 WebM (Something-Something v2) exports no codec motion
-vectors for MGM. Each record's video `root/REL.ext` becomes `out/REL.mp4`: every frame of the
-source (frame i = the reader's frame i, so the frame count is kept), upright (rotation applied),
-short side `short_side` (never enlarged; sides rounded to even for 4:2:0), H.264 at `crf`.
-Time stamps: each output frame keeps its source time stamp in the source time base, so a
-variable-frame-rate source stays variable-frame-rate with the same times; a source without
-usable time stamps gets frame i at i / fps. A source that is already H.264 in MP4 and needs no
-resize is copied byte for byte.
-
-The annotation files are copied to the same place under `out` (or its top when they lie outside
-`root`) and stay valid for the same format: the same labels, ids and order, paths ending in
-`.mp4` (path lists rewritten; id-named formats such as k400 CSVs, SSv2 and Diving48 JSON find
-`{id}.mp4`). Resume: outputs are written to a temp name and renamed, so an existing output is a
-finished one and is skipped, and temp files left by killed runs (this host, ended process) are
-removed at the start; `out/prepare.json` records the settings and a run with other settings is
-refused, naming them. A run holds the lock of `out` (`tgmae.locks`): a second run into the same
-`out` is refused (LockError) instead of converting the same files. Two rows whose videos would
-get the same output name (`A/clip1.avi`, `A/clip1.mp4`) are refused, naming both, before
-anything is converted. The output is checked with `tgmae data check` at the end.
-
-No dangling paths: every annotation file carried into `out` is prepared, not only the asked
-subset. For a split folder (UCF101, HMDB51) the videos of every split and subset are converted;
-for an annotation file, each sibling annotation file that is copied (other splits: `val.csv`
-next to `train.csv`) has its videos converted and its paths rewritten too. Siblings that name no
-videos (class lists, label maps) are copied unchanged.
+`root/REL.ext` -> `out/REL.mp4`: every source frame (the frame count is kept), upright, short side
+`short_side` (never enlarged; sides even for 4:2:0), H.264 at `crf`, each frame at its source time
+stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
+Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
+annotation file carried along (other splits, sibling files) has its videos prepared too, so no
+path dangles. Resume: atomic outputs, an existing one is skipped; `out/prepare.json` holds the
+settings and other settings are refused by name; `out` is locked (`tgmae.locks`). Two rows that
+would get one output name are refused before anything is converted; the output is checked with
+`tgmae data check` at the end.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Clip augmentation on tensors: crop boxes, crop + resize on uint8, flip, normalize, kornia extras.
 
-Every spatial transform chooses one box for the whole clip and returns it as `CropParams`
-(source-pixel box, flip, source size), so maps computed on the source frames can follow the
-clip. The crop is taken from the uint8 frames and resized in uint8 (bilinear, antialiased like
-PIL's resize that VideoMAE uses); only the `size x size` result is converted to float. No Python
-loop runs over frames or pixels.
-
 Clip transforms are callables `(frames uint8 [T, H, W, 3], generator) -> (video float32
-[C, T, S, S] normalized, CropParams)`. Batch-level mixup / cutmix lives with finetuning
-(`tgmae.evaluate.mixup`), since it mixes samples of a batch.
+[C, T, S, S] normalized, CropParams)`: one box per clip (source pixels, flip, source size), so
+maps on the source frames can follow. Crop and resize run in uint8 (bilinear, antialiased like
+PIL's resize in VideoMAE). Mixup / cutmix: `tgmae.evaluate.mixup`.
 """
 
 from __future__ import annotations

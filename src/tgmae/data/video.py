@@ -2,22 +2,16 @@
 
 `probe_video(path) -> VideoInfo`; `read_frames(path, frame_indices) -> uint8 [T, H, W, 3]`;
 `read_motion_vectors(path, frame_indices) -> list of [Hb, Wb, 2] float32 or None (I-frames)`;
-`video_verdict(path) -> Verdict` (usable, or which kind of fault). `VideoReader` opens once and
-does all of them, which is what the Dataset, captioning, masks and evaluation use.
+`video_verdict(path) -> Verdict`. `VideoReader` opens once and does all of them.
 
-Frame i of a file is the i-th frame of PyAV's sequential decode sorted by presentation time
-stamp; `num_frames` counts the frames present (not the header's count, which for an AVI can
-count time slots). Both come from the file's frame index (`tgmae.data.frame_index`: one decode
-of the file, cached per file in memory and on disk), which also holds the verdict, so every
-caller refuses the same files for the same named reason. A read seeks to the keyframe at or
-before the first wanted frame and decodes forward until every wanted frame is out, placing each
-decoded frame by its pts in the index; a seek that lands after that keyframe backs off to the
-previous one, and a decoded frame the index does not hold sends the read back to a decode from
-the start; a file that decodes differently from its (stale) index is re-indexed once. Where each packet is one frame, packets of unwanted frames that nothing references
-are skipped by the decoder (`skip_frame=NONREF`); only wanted frames are converted to RGB.
-Rotation metadata is applied, so frames come out upright. A frame folder is a directory of
-images: EPIC-style `frame_0000000001.jpg` (1-based, opened by name, counted by binary search
-without listing) or any naturally sorted image files.
+Frame i of a file is the i-th frame of its decode sorted by pts; `num_frames` counts the frames
+present. Both come from the cached frame index (`tgmae.data.frame_index`), which also holds the
+verdict, so every caller refuses the same files for the same reason. A read seeks to the keyframe
+at or before the first wanted frame and decodes forward, placing frames by pts (backing off a seek
+that lands late; a frame the index lacks restarts from the start; a file that decodes unlike its
+stale index is re-indexed once); unreferenced unwanted packets are skipped (`skip_frame=NONREF`).
+Rotation is applied. A frame folder: EPIC-style `frame_0000000001.jpg` (1-based, counted by
+binary search) or any naturally sorted images.
 """
 
 from __future__ import annotations

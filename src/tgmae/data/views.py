@@ -1,25 +1,12 @@
 """Repeated sampling: k training views from one decode of a video (`data.num_sample`).
 
-VideoMAEv2 / MGMAE (`num_sample`) take k independent crop / flip draws and k masks of one decoded
-clip ("views"); mae_st (`repeat_aug`) takes k different temporal clips from one decode of the
-frames they span ("clips", `data.repeat_mode`). Decoding is the dominant cost of a sample, so k
-views cost far less than k samples (docs/benchmarks.md).
-
-Seeding: view 0 draws from the sample's own generator, seeded by (seed, epoch, index, attempt)
-(`tgmae.data.dataset.sample_generator`), so k = 1 is exactly the single-view sample; view v >= 1
-draws from a generator seeded by (that generator's seed, v). Views are therefore reproducible and
-independent of the number of DataLoader workers, and a resumed run sees the same views.
-
-The batch size stays in videos (VideoMAEv2): a batch of B videos holds B x k views, flattened by
-`collate_views` to [B*k, ...] (video-major: row b*k + v is view v of video b). Per-video keys
-(label, index, video_id, targets) are repeated per view; `load_failures` stays per video. A
-k-view sample holds each view key (video, frame_indices, crop, mask, caption_id) as a list of k
-per-view values.
-
-Contrastive loss: the k views of a video share one caption (drawn once, by view 0), so the
-video-text InfoNCE never treats a video's other views as negatives: its duplicate-caption rule
-(`tgmae.models.infonce`) already leaves clips of the same caption out of each other's
-denominators.
+"views": k crop / flip draws and masks of one decoded clip (VideoMAEv2 / MGMAE `num_sample`);
+"clips": k temporal clips from one decode of the frames they span (mae_st `repeat_aug`,
+`data.repeat_mode`). View 0 draws from the sample's own generator (k = 1 is the single-view
+sample), view v from one seeded by (that seed, v): reproducible whatever the workers.
+A batch of B videos holds B x k views, flattened by `collate_views` to [B*k, ...] (row b*k + v is
+view v of video b); per-video keys are repeated, `load_failures` stays per video. The k views
+share one caption, so InfoNCE's duplicate-caption rule keeps them out of each other's negatives.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """What a random guesser scores: the exact 95% band of top-1 and Recall@K at chance.
 
-A figure is "at chance" when a classifier (or a ranking) that guesses uniformly at random would
-reach it often: it lies inside the central `level` interval of the guesser's score over the same
-queries. The guesser's number of hits over n queries is a sum of independent Bernoulli draws, one
-per query, with the query's own hit probability p_i:
-- top-1 over C classes: p = 1 / C for every query (whatever the class frequencies);
-- Recall@K of a query with r relevant items in a gallery of G: a random ranking puts none of
-  them in its first K with probability C(G - r, K) / C(G, K) (hypergeometric), so
-  p = 1 - C(G - r, K) / C(G, K); K >= G - r + 1 gives p = 1 (e.g. R@10 over 10 class prompts).
-The count's distribution is binomial when every p_i is equal, else Poisson-binomial; both are
-computed exactly here (scipy's binomial, or the convolution of the binomial laws of the queries
-grouped by probability). The
-band is [q(a), q(1 - a)] / n with a = (1 - level) / 2 and q the count's quantile function, so a
-coarse measurement says how coarse it is: T->V over 10 class prompts moves in steps of 10 points
-and its band at R@1 is [0, 30]%.
+A figure is "at chance" when it lies inside the central `level` interval of a uniform guesser's
+score over the same queries. Hits over n queries are independent Bernoulli draws with p_i: top-1
+over C classes p = 1 / C; Recall@K with r relevant of G, p = 1 - C(G - r, K) / C(G, K)
+(hypergeometric; 1 when K >= G - r + 1). The count is binomial or Poisson-binomial, computed
+exactly; the band is [q(a), q(1 - a)] / n with a = (1 - level) / 2.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Where a trained head meets a data set: its classes matched to the data's by name.
 
-A classifier (or a probe head) scores K_head classes in the order it was trained on; a test set
-labels its videos 0..K_data-1 in its own order (its `class_names`). Scoring the head's column i
-as the data's class i is right only when both lists agree; a 4-class head on a 2-class set, or
-the same classes in another order, gave wrong numbers without a word. `align_classes` compares
-the two lists and returns the column order that puts the data's classes first, in the data's
-order, then the head's other classes (a prediction of one of those is a wrong prediction, never
-dropped), or refuses (`ClassMismatchError`) naming the data's classes the head does not know.
-
-Names that carry no meaning (`0..K-1`, transformers' `LABEL_i`, `class_i`, empty) match by id:
-class i is class i, and the data may have fewer classes than the head, never more.
+`align_classes` returns the head's column order that puts the data's classes first, in the data's
+order, then the head's others (predicting one is a wrong prediction, never dropped), or raises
+`ClassMismatchError` naming the data's classes the head lacks. Names without meaning (`0..K-1`,
+`LABEL_i`, `class_i`, empty) match by id, and the data may have fewer classes, never more.
 """
 
 from __future__ import annotations

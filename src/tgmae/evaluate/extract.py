@@ -1,41 +1,23 @@
-"""Frozen-encoder features per video: per clip, per sliding window over the whole video, or the
-token grid; written as safetensors shards plus an index.
+"""Frozen-encoder features per video (per clip, per sliding window, or the token grid), written as
+safetensors shards plus an index.
 
-Windows. A window is `window` frames, `frame_step` apart (the encoder's clip length: its
-`num_frames`), read exactly by `tgmae.data.video.VideoReader` (frame i = the i-th frame by
-presentation time). mode "windows" slides it over the whole video: starts 0, stride, 2 stride,
-... while the window fits, i.e. `range(0, n - span + 1, stride)` with span = (window - 1) x
-frame_step + 1. Defaults are VideoMAEv2's temporal-action-detection setting
-(OpenGVLab/VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 consecutive frames, stride 4,
-`range(0, num_frames - 15, 4)`). mode "clip" takes the one centred window (start
-(n - span) // 2). A video shorter than one window gives no window: it is listed with kind
-"too_short", never padded or replaced; an extraction in which no video gives one is an error
-naming the window and the longest video (`check_extracted`), not an empty index.
+Windows: `window` frames, `frame_step` apart, read exactly by `tgmae.data.video.VideoReader`.
+mode "windows": starts `range(0, n - span + 1, stride)`, span = (window - 1) x frame_step + 1
+(VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 frames, stride 4); mode "clip": the centred
+window, start (n - span) // 2. A video shorter than one window is listed as "too_short", never
+padded; an extraction where no video fits is an error (`check_extracted`).
+Pixels: centre crop of the short side then resize ("center_crop", as `EvalTransform`) or the whole
+frame resized ("squash", as VideoMAEv2's TAD script), bilinear + antialias, encoder mean / std.
+Outputs per window: "pooled" mean token [D] or "tokens" [N, D], float32. Times: first / last frame
+read (inclusive) and their presentation times in seconds (frame / fps without exact pts; NaN for a
+frame folder).
 
-Pixels. Each frame: square centre crop of the short side then resize ("center_crop", as the
-evaluation transform `tgmae.data.transforms.EvalTransform`), or the whole frame resized to a
-square ("squash", as VideoMAEv2's TAD script), bilinear with antialias, then normalised with the
-encoder's pixel mean / std. (VideoMAEv2's script feeds [0, 1] pixels without mean / std.)
-
-Outputs per window: "pooled" = mean over the encoder's output tokens [D] float32 (the linear
-probe's feature, `tgmae.evaluate.features`), or "tokens" = the token grid [N, D] float32 (for
-the attentive probe; N x D floats per window, a video's windows held in memory until its shard
-is written, so meant for mode "clip" or short videos).
-
-Times. start_frame / end_frame are the first and last frame read (inclusive); start_sec /
-end_sec their presentation times, pts x the stream's time base, in seconds as ffprobe states
-them; frame / fps where the file's time stamps are not exact; NaN for a frame folder (no rate).
-
-Files in `out_dir`: `manifest.json` (settings, encoder digest, video ids; a later run with other
-settings refuses the folder, naming each that differs: `manifest_differences`), `shard-SSSSS-of-TTTTT.safetensors` (videos
-[s x videos_per_shard, ...) in list order: `features` [R, D] or [R, N, D], and per row `video`
-(position in the manifest's list), `window`, `start_frame`, `end_frame`, `start_sec`,
-`end_sec`; the shard's unreadable videos in its metadata), and, from `write_index`, `index.csv`
-(one line per window) and `unreadable.json`. Every file is written to a temp name and renamed
-(`tgmae.atomic`), so a killed run leaves whole shards only; a rerun skips the finished ones whose
-videos are the same files (`tgmae.data.fileid.videos_fingerprint`, in each shard's metadata: a
-video replaced in place is extracted again).
-Shards are dealt round-robin to ranks (`rank`, `world`), so torchrun processes split the work.
+Files in `out_dir`: `manifest.json` (settings, encoder digest, video ids; other settings are refused
+by name, `manifest_differences`), `shard-SSSSS-of-TTTTT.safetensors` (`features` [R, D] or
+[R, N, D] and per row `video`, `window`, `start_frame`, `end_frame`, `start_sec`, `end_sec`;
+metadata: unreadable videos, `videos_fingerprint` of its files), and from `write_index`
+`index.csv` + `unreadable.json`. Atomic writes; a rerun skips finished shards of unchanged files.
+Shards are dealt round-robin to ranks.
 """
 
 from __future__ import annotations
@@ -205,9 +187,8 @@ def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
 
 def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Optional[Mapping[str, str]] = None
                          ) -> list[str]:
-    """`setting: old -> new` for each setting two manifests differ in: the spec's fields, the
-    encoder (digest), the videos (count and the first that differs) and the manifest version.
-    names: how the caller's user sets them (spec field, "encoder", "videos" -> e.g. `--stride`)."""
+    """`setting: old -> new` for each difference: spec fields, encoder digest, videos (count and first
+    other id), version. names: the caller's names (spec field, "encoder", "videos" -> `--stride`)."""
     names = names or {}
     new = json.loads(json.dumps(new))  # tuples as the JSON file holds them
     out = []
@@ -231,8 +212,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Option
 
 def _claim_folder(out_dir: Path, m: dict[str, Any], names: Optional[Mapping[str, str]] = None,
                   what: str = "output folder") -> None:
-    """Write the manifest, or check the folder's own is the same extraction (ExtractError naming
-    each setting that differs, as `names` calls it, with the folder's value and this run's)."""
+    """Write the manifest, or ExtractError naming each setting the folder's own differs in."""
     path = out_dir / "manifest.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -295,14 +275,10 @@ def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out
                       spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
                       device: Optional[torch.device] = None, progress: bool = False,
                       what: str = "output folder", names: Optional[Mapping[str, str]] = None) -> ExtractSummary:
-    """Extract (video_id, path) pairs into `out_dir` (see the module doc); this rank does shards
-    rank, rank + world, ... and skips those already finished. An unreadable video (any
-    `VideoError`, or too short) gets no rows and is listed; the others are unaffected. A second
-    process extracting into the folder as the same rank is refused (`tgmae.locks`; `what` names
-    the setting that chose the folder), as is a second job: rank 0 (or the single process) holds
-    the folder itself, so a single-process run and a sharded one never mix. Refused too: a file
-    at `out_dir`, and a folder holding an extraction of other settings (named as `names` gives
-    them, `manifest_differences`)."""
+    """Extract (video_id, path) pairs into `out_dir`: this rank's shards (rank, rank + world, ...),
+    finished ones skipped; an unreadable or too short video (`VideoError`) is listed, not extracted.
+    LockError for a second process on the same rank, or a second job (rank 0 holds the folder; `what`
+    names the setting); ExtractError for a folder of other settings (named as `names` gives them)."""
     check_kind(out_dir, what, folder=True)
     with hold(out_dir, what, enabled=rank == 0), hold(shard_target(out_dir, rank, world), what):
         return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress,
@@ -359,27 +335,34 @@ def _progress(enabled: bool, total: int) -> Any:
     return tqdm(total=total, desc="extract", unit="video", disable=not enabled)
 
 
-def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Every shard of a finished extraction, concatenated: {features [R, ...], the index
-    columns [R] each, video_ids (the manifest's list), unreadable [list of dict]}.
-    ExtractError when a shard is missing or belongs to another extraction."""
+def _finished_shards(out: Path) -> tuple[dict[str, Any], list[Path], list[dict]]:
+    """(manifest, shard paths, their unreadable videos) of a finished extraction; ExtractError
+    naming a shard that is missing or belongs to another extraction."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    out = Path(out_dir)
-    mpath = out / "manifest.json"
-    if not mpath.is_file():
-        raise ExtractError(f"{out}: no manifest.json (not an extraction folder)")
-    m = json.loads(mpath.read_text())
-    key = _manifest_key(m)
-    parts, unreadable = [], []
+    m = json.loads((out / "manifest.json").read_text())
+    key, shards, unreadable = _manifest_key(m), [], []
     for s in range(m["num_shards"]):
         path = shard_path(out, s, m["num_shards"])
         if not _shard_done(path, key):
             raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
         with safe_open(str(path), "pt") as f:
             unreadable.extend(json.loads(f.metadata()["unreadable"]))
-        parts.append(load_file(str(path)))
+        shards.append(path)
+    return m, shards, unreadable
+
+
+def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Every shard of a finished extraction, concatenated: {features [R, ...], the index
+    columns [R] each, video_ids (the manifest's list), unreadable [list of dict]}.
+    ExtractError when a shard is missing or belongs to another extraction."""
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    if not (out / "manifest.json").is_file():
+        raise ExtractError(f"{out}: no manifest.json (not an extraction folder)")
+    m, shards, unreadable = _finished_shards(out)
+    parts = [load_file(str(path)) for path in shards]
     out_t = {k: torch.cat([p[k] for p in parts]) for k in INDEX_KEYS}
     feats = [p["features"] for p in parts if p["features"].shape[0]]
     out_t["features"] = torch.cat(feats) if feats else torch.zeros(0, 0)
@@ -388,26 +371,18 @@ def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str]] = None,
                     made_folder: bool = False) -> None:
-    """ExtractError when a finished extraction holds no window at all: every video too short for
-    the window (the message names the window, its frame step, and the longest video's frames) or
-    unreadable. Its files (manifest.json, its shards; the folder when made_folder) are removed
-    first, so the folder takes the extraction of another window. Videos too short or unreadable
-    beside extracted ones are no error: they are listed (unreadable.json).
-    names: the caller's names of the spec's fields (`--window`)."""
+    """ExtractError when a finished extraction holds no window (every video too short, naming the
+    window, frame step and longest video; or unreadable), after removing its manifest and shards
+    (and the folder when made_folder). names: the caller's names of the spec's fields (`--window`)."""
     from safetensors import safe_open
 
     names = names or {}
     out = Path(out_dir)
-    m = json.loads((out / "manifest.json").read_text())
-    key, rows, unreadable, shards = _manifest_key(m), 0, [], []
-    for s in range(m["num_shards"]):
-        path = shard_path(out, s, m["num_shards"])
-        if not _shard_done(path, key):
-            raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
+    m, shards, unreadable = _finished_shards(out)
+    rows = 0
+    for path in shards:
         with safe_open(str(path), "pt") as f:
             rows += f.get_slice("features").get_shape()[0]
-            unreadable.extend(json.loads(f.metadata()["unreadable"]))
-        shards.append(path)
     if rows or not m["video_ids"]:
         return
     for path in shards + [out / "manifest.json"]:
@@ -453,17 +428,23 @@ def write_index(out_dir: str | os.PathLike) -> Path:
 def load_frozen_encoder(checkpoint: str | os.PathLike, num_frames: int, image_size: int,
                         num_heads: Optional[int] = None, device: Optional[torch.device] = None
                         ) -> tuple[nn.Module, Any]:
-    """(frozen `VideoViTEncoder` in eval mode, its `EncoderSource`) from any checkpoint
-    `tgmae.weights.sources.load_encoder_source` reads (ours, official, Hugging Face), built for
-    clips of `num_frames` x `image_size` (positions are the sin-cos table of that grid)."""
+    """(frozen encoder for `num_frames` x `image_size` clips, its `EncoderSource`) from any checkpoint
+    `tgmae.weights.sources.load_encoder_source` reads (ours, official, Hugging Face)."""
     from tgmae.weights.sources import load_encoder_source
-    from tgmae.models.encoder import VideoViTEncoder
 
     src = load_encoder_source(checkpoint, num_heads=num_heads)
+    return frozen_encoder(src, num_frames, image_size, device), src
+
+
+def frozen_encoder(src: Any, num_frames: int, image_size: int, device: Optional[torch.device] = None) -> nn.Module:
+    """An `EncoderSource`'s `VideoViTEncoder`, frozen, in eval mode on `device` (default CPU), for
+    clips of `num_frames` x `image_size` (no drop path)."""
+    from tgmae.models.encoder import VideoViTEncoder
+
     net = VideoViTEncoder(dataclasses.replace(src.arch, num_frames=num_frames, image_size=image_size,
                                               drop_path=0.0))
     net.load_state_dict(src.encoder)
-    return net.requires_grad_(False).to(device or torch.device("cpu")).eval(), src
+    return net.requires_grad_(False).to(device or torch.device("cpu")).eval()
 
 
 def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str]]:
@@ -487,10 +468,8 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
 
 @contextmanager
 def job_lock(out_dir: str | os.PathLike, what: str, rank: int, world: int) -> Iterator[None]:
-    """One job per extract folder: rank 0 (or the single process) holds `out_dir`'s lock for the
-    block; under torchrun every rank learns whether it got it before any rank starts work, and all
-    raise the one LockError naming the holder when it did not (a second job's other ranks would
-    otherwise write shards beside the first job's)."""
+    """One job per extract folder: rank 0 holds `out_dir`'s lock; under torchrun every rank learns the
+    outcome before any work, and all raise the one LockError naming the holder."""
     from tgmae.evaluate.sharded import all_gather_objects
     from tgmae.locks import LockError, acquire, release
 
@@ -514,12 +493,9 @@ def job_lock(out_dir: str | os.PathLike, what: str, rank: int, world: int) -> It
 
 def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
                     names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
-    """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder (ours, official, Hugging Face; built
-    for `spec.window` frames of `spec.image_size`) over the videos of `subsets` into `out_dir`, this
-    process's shards under torchrun (`tgmae.distributed`); after every rank is done, rank 0 writes
-    index.csv and unreadable.json, or, when no video gave a window, raises ExtractError
-    (`check_extracted`). Returns (this rank's summary, the index path on rank 0 else None).
-    names: the command's names of the spec's fields (`--stride`), for its messages."""
+    """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder over the videos of `subsets` into
+    `out_dir` (this rank's shards); then rank 0 runs `check_extracted` and `write_index`. Returns
+    (this rank's summary, the index path on rank 0 else None). names: the command's flag names."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
 
@@ -546,4 +522,4 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
 
 __all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
            "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "check_extracted",
-           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "dataset_videos", "extract_dataset", "job_lock"]
+           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "frozen_encoder", "dataset_videos", "extract_dataset", "job_lock"]

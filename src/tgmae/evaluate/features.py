@@ -1,13 +1,10 @@
 """Frozen-encoder features for the linear probe: extracted once, cached on disk.
 
-Feature of a clip = mean over all tokens of the encoder output (no mask, the encoder's own final
-norm kept), fp32. A sample with several views ([V, C, T, H, W]) gets the mean of its views'
-features. Extraction is sharded over DDP ranks and gathered in memory (`evaluate.sharded`).
-
-Cache: `<dir>/<key>.safetensors` with `features` [N, D] float32, `labels` [N] int64 and
-metadata (the key's inputs as JSON). The key hashes the encoder weights (content, not path),
-the clip geometry and the data settings that decide which pixels a clip holds; DataLoader workers,
-training augmentation and seeds do not enter it. Files are written to a temp name and renamed.
+Feature of a clip: mean over all tokens of the unmasked encoder output, fp32 (mean over views of
+a multi-view sample); extraction sharded over DDP ranks (`evaluate.sharded`). Cache:
+`<dir>/<key>.safetensors` with `features` [N, D] float32, `labels` [N] int64 and the key's inputs
+as metadata; the key hashes the encoder weights, clip geometry and the data settings that decide
+a clip's pixels (not workers, augmentation or seeds). Atomic writes.
 """
 
 from __future__ import annotations

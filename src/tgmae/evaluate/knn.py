@@ -1,15 +1,10 @@
 """Weighted k-nearest-neighbour classification of frozen features (DINO's k-NN protocol).
 
-DINO (Caron et al. 2021, `eval_knn.py` of facebookresearch/dino): features L2-normalised, cosine
-similarity of every test feature to every training feature, the k most similar training rows
-vote for their labels with weight exp(similarity / T) (T = 0.07), and the classes are ranked by
-their summed votes. DINO reports k in {10, 20, 100, 200}; its top-5 looks at min(5, k) classes.
-
-Here several k come out of one pass: one top-max(k) search per chunk of test rows (neighbours
-sorted by similarity, so the k nearest are the first k of that list), which bounds memory to
-[chunk, N_train] similarities. Classes with equal votes rank by class id (lowest first), so the
-result is a function of the inputs alone. Inputs are cast to float32 on `device` (default: the
-training features' device).
+DINO (Caron et al. 2021, `eval_knn.py`): L2-normalised features, cosine similarity, the k nearest
+training rows vote with weight exp(similarity / T) (T = 0.07); top-5 looks at min(5, k) classes.
+Several k come out of one top-max(k) search per chunk of test rows (memory [chunk, N_train]);
+equal votes rank by class id (lowest first). Inputs are cast to float32 on `device` (default: the
+training features').
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
-"""`tgmae probe eval.probe=knn`: DINO's weighted k-NN (`tgmae.evaluate.knn`) over the linear
-probe's cached features.
+"""`tgmae probe eval.probe=knn`: DINO's weighted k-NN (`tgmae.evaluate.knn`) over the linear probe's
+cached features (`probe_features`, the same cache key), every k of `eval.knn_k` in one pass;
+nothing trains, resumes or checkpoints.
 
-The features are the linear probe's (`tgmae.evaluate.probe.probe_features`: mean-pooled frozen
-encoder output of the centre clip, cached under the same key), so a k-NN and a linear probe of
-one encoder extract once. Every k of `eval.knn_k` is scored in one pass (cosine similarity,
-votes exp(cos / `eval.knn_temperature`)); nothing is trained, so nothing resumes or checkpoints.
-
-Outputs in `train.output_dir`: config.yaml; probe_results.json with `knn` = {k: {top1, top5}}
-(top5 only with more than 5 classes), and `top1` / `top5` / `k` of the first k as written in
-`eval.knn_k` (the headline, chosen before seeing any result); test_predictions.csv of that k
-(scores: its votes divided by their sum). ConfigError (naming `eval.knn_k`) for a k above the
-number of training features, and without `data.val_annotations`.
+Outputs in `train.output_dir`: config.yaml; probe_results.json with `knn` = {k: {top1, top5}} and
+`top1` / `top5` / `k` of the first k of `eval.knn_k` (chosen before any result);
+test_predictions.csv of that k (votes / their sum). ConfigError naming `eval.knn_k` for a k above
+the training features' count, and without `data.val_annotations`.
 """
 
 from __future__ import annotations

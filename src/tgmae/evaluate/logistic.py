@@ -1,11 +1,9 @@
-"""Multinomial logistic regression on frozen features, full batch with L-BFGS (CLIP's linear probe).
+"""Multinomial logistic regression on frozen features, full batch with L-BFGS (CLIP's linear probe,
+Radford et al. 2021, appendix A.3).
 
-CLIP (Radford et al. 2021, appendix A.3) fits an L-BFGS logistic regression on frozen features
-and picks the L2 strength on a held-out part of the training set. Here: features standardized
-with the training rows' mean and std (+1e-6), zero init, `torch.optim.LBFGS` with a strong-Wolfe
-line search, loss = mean cross-entropy + l2 x sum(W^2) (the bias is not penalized), in float64
-by default. Zero init and a full batch make a fit a function of its inputs alone (no RNG).
-`select_l2` picks l2 by k-fold cross-validation on the training rows only.
+Features standardized with the training rows' mean and std (+1e-6), zero init, `LBFGS` with a
+strong-Wolfe line search, loss = mean cross-entropy + l2 x sum(W^2) (bias not penalized), float64
+by default: a fit is a function of its inputs alone. `select_l2`: k-fold CV on the training rows.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """Classification testing: T temporal x S spatial views per video, softmax averaged per video.
 
-Works on any dataset whose samples carry `video` [V, C, T, H, W] (`tgmae.data.dataset.
-MultiViewDataset`: 5 x 3 views by default, 2 x 3 TSN views for SSv2) or a single clip
-[C, T, H, W] (V = 1, the per-epoch validation of finetuning). Videos are split across DDP ranks
-and the per-video probabilities gathered in memory (`evaluate.sharded`).
-
-`tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER` tests a finetuned classifier on
-`data.val_annotations` with `data.test_temporal_views` x `data.test_spatial_views` views and
-writes `<train.output_dir>/test_results.json` (top-1, top-5 with more than 5 classes, mean class
-accuracy, per class, and `written_by` / `settings`: which command and test made it). It never
-replaces test results another run wrote there (a finetune run's, or a test of other settings):
-refused naming the file and the keys (`refuse_other_results`) unless `checkpoint.resume=ignore_config`. A test video that cannot be read (or is shorter than the clip) is never
-replaced by another: the readable videos are scored, the others listed with their reasons
-(`unreadable`) and counted per class; with `eval.strict=true` the test fails instead
-(`VideoLoadError`).
+Samples carry `video` [V, C, T, H, W] (`MultiViewDataset`) or [C, T, H, W] (V = 1); videos are
+split across DDP ranks and gathered in memory (`evaluate.sharded`). `tgmae evaluate` tests
+`model.pretrained` on `data.val_annotations` and writes `<train.output_dir>/test_results.json`
+(top-1, top-5 with more than 5 classes, mean class accuracy, per class, `written_by`, `settings`);
+another run's results there are refused naming the file and keys (`refuse_other_results`) unless
+`checkpoint.resume=ignore_config`. Unreadable videos are left out and listed (`eval.strict=true`:
+`VideoLoadError`).
 """
 
 from __future__ import annotations
@@ -269,12 +262,10 @@ def test_settings(cfg) -> dict[str, Any]:
 
 def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,
                          replace: bool = False, predictions: bool = True) -> None:
-    """ConfigError naming the file (and the keys that differ) when `out` holds test results that
-    `writer` with `settings` did not write: a finetune run's, or a test of other settings. A file
-    without `written_by` (older versions) counts as `FINETUNE`'s. settings None: any of writer's
-    results are its own (a finetune run resumes its folder). replace: asked to replace them.
-    predictions: test_predictions.csv without test_results.json is another run's too (a probe's);
-    False for a probe, whose own predictions they are."""
+    """ConfigError naming the file (and the differing keys) when `out` holds test results `writer` with
+    `settings` did not write (no `written_by`: `FINETUNE`'s). settings None: any of writer's are its
+    own. replace: asked to replace them. predictions: a stray test_predictions.csv is another run's
+    too (False for a probe, whose own they are)."""
     if replace:
         return
     results = out / RESULT_FILES[0]

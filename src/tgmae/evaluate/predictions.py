@@ -1,12 +1,9 @@
-"""Per-video predictions as a CSV (`test_predictions.csv`), for error analysis and for checking
-against other tools.
+"""Per-video predictions as a CSV (`test_predictions.csv`), for error analysis.
 
-One row per scored video: `video_id, true_label, pred_1, score_1, ..., pred_k, score_k`, labels
-as class names (class ids when no names are given), scores the class probabilities with 6
-decimals, best first. Given logits (a row that is not a probability distribution: a value
-outside [0, 1] or a sum off 1 by more than 1e-4) the softmax is taken first. Classes with equal
-scores rank by class id. Written atomically (`tgmae.atomic`): a reader sees the old file or the
-whole new one.
+One row per scored video: `video_id, true_label, pred_1, score_1, ..., pred_k, score_k`, labels as
+class names (else ids), scores the class probabilities (6 decimals) best first; rows that are not
+a distribution (a value outside [0, 1] or a sum off 1 by > 1e-4) are softmaxed first. Equal scores
+rank by class id. Written atomically.
 """
 
 from __future__ import annotations

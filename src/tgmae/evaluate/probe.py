@@ -1,32 +1,14 @@
-"""Linear probe on features of a frozen encoder: MAE's protocol on the shared loop, or CLIP's.
+"""Linear probe on a frozen encoder's cached features: MAE's protocol on the shared loop, or CLIP's.
 
-`tgmae probe -c configs/... model.pretrained=PATH` (MAE's recipe, `recipes.PROBE_RECIPE`, under
-the YAML and overrides): the encoder's mean-pooled features of every train and val clip (centre
-clip, centre crop: the evaluation transform, so they can be cached) are extracted once and cached
-(`evaluate.features`); then BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)
-trains on them with LARS (or SGD, `eval.probe_optimizer`), base lr 0.1 x batch/256 with a floor
-of 1.0 (`optim.lr_floor`: small sets train too), no weight decay, warmup + cosine. Top-1 / top-5
-(with more than 5 classes) on the val features after every epoch; the final numbers
-go to `<train.output_dir>/probe_results.json`.
-
-`eval.probe_optimizer=lbfgs` (CLIP, Radford et al. 2021): the same cached features, no loop, no
-epochs, no checkpoints (nothing resumes; a LARS probe's checkpoints in the folder are left
-alone): a multinomial logistic regression fitted full batch with L-BFGS in float64
-(`evaluate.logistic`), its L2 chosen from `eval.probe_l2` by `eval.probe_folds`-fold
-cross-validation on the training features (seeded by `train.seed`; one value: that L2, no CV).
-probe_results.json adds `l2` and `cv_top1` ({l2: held-out top-1}); the head goes to
-`probe_head.safetensors` (weight [D, K], bias [K], mean [D], std [D]; logits =
-((x - mean) / std) @ weight + bias).
-
-Per-video predictions of the val videos (`tgmae.evaluate.predictions`: video id, true label, top-5
-labels and scores) go to `test_predictions.csv` beside probe_results.json, for every probe.
-
-`eval.probe` picks the probe (`tgmae.evaluate.probes.run_probe`): linear (this module), knn (DINO's weighted k-NN over
-the same cached features, `tgmae.evaluate.knn_probe`) or attentive (V-JEPA's cross-attention
-probe on cached token grids, on the same loop, `tgmae.evaluate.attentive_probe`).
-
-The loop builds the optimizer with `task.build_optimizer(groups, optim_cfg, device)` when the
-task has one (LARS / SGD here), else its AdamW.
+MAE (`recipes.PROBE_RECIPE`): mean-pooled features of the centre clip / centre crop, cached by
+`evaluate.features`; BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01) trained
+with LARS or SGD (`eval.probe_optimizer`), lr 0.1 x batch/256 (floor `optim.lr_floor`), no weight
+decay, warmup + cosine; val top-1 / top-5 every epoch; results in `probe_results.json`.
+`eval.probe_optimizer=lbfgs` (CLIP, Radford et al. 2021): L-BFGS multinomial logistic regression in
+float64 (`evaluate.logistic`), L2 from `eval.probe_l2` by `eval.probe_folds`-fold CV (seed
+`train.seed`); adds `l2` and `cv_top1` to the results and writes `probe_head.safetensors`
+(weight [D, K], bias [K], mean [D], std [D]; logits = ((x - mean) / std) @ weight + bias).
+Every probe writes the val videos' `test_predictions.csv` (`evaluate.predictions`).
 """
 
 from __future__ import annotations
@@ -53,7 +35,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.resume import locks_run_folder
-from tgmae.data.dataset import subset_annotations
+from tgmae.data.dataset import build_dataset, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -102,8 +84,7 @@ def build_probe_optimizer(groups: list[dict], kind: str, optim_cfg: OptimConfig)
 
 
 def tensors_fingerprint(parts: Sequence[Optional[tuple[torch.Tensor, ...]]], num_classes: int) -> str:
-    """sha256 over each part's tensors (shape, dtype, bytes; None for a missing part) and the class
-    count: what a probe learns from (the linear probe's features, the attentive probe's tokens)."""
+    """sha256 over each part's tensors (shape, dtype, bytes; None for a missing part) and the class count."""
     h = hashlib.sha256(f"classes={num_classes}".encode())
     for part in parts:
         if part is None:
@@ -218,8 +199,8 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
     """(`cfg.model.pretrained`'s encoder, frozen, in eval mode on `device`, built for
     `cfg.data`'s clip geometry; its weights' digest). ConfigError without model.pretrained or
     when the checkpoint's geometry does not fit the config."""
+    from tgmae.evaluate.extract import frozen_encoder
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
-    from tgmae.models.encoder import VideoViTEncoder
     from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
@@ -228,30 +209,20 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
     check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
     if note := size_from_checkpoint(cfg.model, src.arch):
         log.info("%s: %s", cfg.model.pretrained, note)
-    arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, drop_path=0.0)
-    encoder = VideoViTEncoder(arch)
-    encoder.load_state_dict(src.encoder)
-    return encoder.requires_grad_(False).to(device).eval(), src.digest()
+    return frozen_encoder(src, cfg.data.num_frames, cfg.data.image_size, device), src.digest()
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
                    num_classes: Optional[int] = None) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
-    """Features of the train / val clips from `cfg.model.pretrained`'s frozen encoder, via the cache.
+    """(train, val or None, class names): features of `cfg.model.pretrained`'s frozen encoder, via the cache.
 
-    Datasets default to `cfg.data`'s annotations with the evaluation transform. In-memory datasets
-    given here are cached only under an explicit `cache_dir` and keyed by their length and the
-    encoder (the caller vouches they do not change). Videos that cannot be read are left out and
-    listed in each set's `unreadable` (`eval.strict=true`: `VideoLoadError` instead). tokens: the
-    token grids [N, L, D] instead of their mean [N, D] (the attentive probe), and the default val
-    set is the multi-view test set (`data.test_temporal_views` x `data.test_spatial_views`,
-    [N, V, L, D]), as finetuning tests. Returns (train, val or None, class names).
-
-    Before anything is extracted (or written), the classes are checked as finetuning checks them
-    (`evaluate.classes.check_head_classes`): eval.num_classes (or `num_classes`) against the
-    training set's, the val set's classes among the training set's. In-memory datasets that
-    carry neither class names nor records are checked after extraction instead.
-    """
+    Datasets default to `cfg.data`'s annotations with the evaluation transform; in-memory datasets are
+    cached only under an explicit `cache_dir`, keyed by length and encoder. Unreadable videos are left
+    out and listed in `unreadable` (`eval.strict=true`: `VideoLoadError`). tokens: token grids [N, L, D]
+    instead of means [N, D], and the default val set is multi-view ([N, V, L, D]). Classes are checked
+    before extraction as finetuning checks them (`evaluate.classes.check_head_classes`), or after it for
+    in-memory datasets without class names or records."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
@@ -262,12 +233,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     encoder, digest = frozen_probe_encoder(cfg, device)  # reads only: the checkpoint's geometry first
     from_cfg = {"train": train_data is None, "val": val_data is None}
     if train_data is None:
-        from tgmae.data.dataset import build_dataset
-
         train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
     if val_data is None and subset_annotations(cfg.data, "val"):
-        from tgmae.data.dataset import build_dataset
-
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
     if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
@@ -379,9 +346,8 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
 
 
 def best_of(history: list[dict], final: dict[str, float]) -> tuple[float, Optional[int]]:
-    """(best val top-1, its epoch) over a fit's evaluation records (every epoch's, those before a
-    resume included: the loop keeps them in the checkpoint); the first of equal bests; without
-    records, (final top-1, None)."""
+    """(best val top-1, its epoch) over the loop's records (the first of equal bests); without
+    records (final top-1, None)."""
     scored = [r for r in history if "val_top1" in r]
     best_record = max(scored, key=lambda r: r["val_top1"]) if scored else None
     return (best_record["val_top1"], best_record["epoch"]) if best_record else (final["top1"], None)
@@ -404,11 +370,9 @@ def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optiona
 
 def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset],
                    num_classes: int, names: Sequence[str] = ()) -> ProbeResult:
-    """CLIP's probe on cached features: L2 from `eval.probe_l2` by `eval.probe_folds`-fold CV on
-    `train` (one value: no CV), then an L-BFGS logistic regression on all of `train`, scored on
-    `val`. Writes config.yaml, probe_results.json (+ l2, cv_top1) and probe_head.safetensors.
-    ConfigError for more folds than training rows; CheckpointError for a folder holding another
-    kind of run (its files are not overwritten)."""
+    """CLIP's probe: L2 by CV on `train` (one value: no CV), L-BFGS fit on all of `train`, scored on `val`;
+    writes config.yaml, probe_results.json and probe_head.safetensors. ConfigError for more folds than
+    training rows or labels past num_classes; CheckpointError for a folder holding another kind of run."""
     from safetensors.torch import save_file
 
     from tgmae.distributed import init_distributed
@@ -446,8 +410,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
 
 
 def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]:
-    """The kind of probe a folder holds: k-NN, attentive, or a linear head fitted by L-BFGS or by
-    the loop; None: nothing to compare (a linear probe's results written before `optimizer` was)."""
+    """k-NN, attentive, L-BFGS or loop; None: unknown (results written before `optimizer` was)."""
     if probe == "knn":
         return "k-NN"
     if probe == "attentive":
@@ -456,11 +419,9 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
 
 
 def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
-    """CheckpointError when train.output_dir holds another kind of probe (eval.probe: linear, knn,
-    attentive; a linear one fitted the other way, an L-BFGS head where a LARS / SGD probe would
-    train, or the reverse): its results would be replaced under other settings.
-    checkpoint.resume=ignore_config asks for it. checkpoints=False: step checkpoints without
-    results are left to the training loop's run-kind check (the attentive probe's own)."""
+    """CheckpointError when train.output_dir holds another kind of probe (eval.probe, or a linear one
+    fitted the other way), unless checkpoint.resume=ignore_config. checkpoints=False: step checkpoints
+    without results are left to the loop's run-kind check (the attentive probe)."""
     from tgmae.evaluate.multiview import PROBE, refuse_other_results
 
     out = Path(cfg.train.output_dir)
@@ -498,10 +459,8 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
 
 
 def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
-    """CheckpointError when a finished probe's config.yaml names other data or another encoder
-    (`data.*` keys that matter, `tgmae.weights.checkpoint.config_differences`, and
-    `model.pretrained`; the rest of `model` is filled from the checkpoint): its results would be
-    replaced by those of other videos without a word."""
+    """CheckpointError when a finished probe's config.yaml differs in `data.*` keys that matter
+    (`config_differences`) or `model.pretrained`: its results would be replaced silently."""
     import yaml
 
     from tgmae.config import to_dict
@@ -519,8 +478,8 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
 
 
 def refuse_other_run(out: Path) -> None:
-    """CheckpointError when `out/checkpoints` holds a run that is no probe (a pretraining run):
-    an lbfgs probe would overwrite its config.yaml. A LARS / SGD probe's checkpoints are fine."""
+    """CheckpointError when `out/checkpoints` holds a run that is no probe (an lbfgs probe would
+    overwrite its config.yaml)."""
     source = ckpt.find_latest(out / "checkpoints")
     if source is None:
         return

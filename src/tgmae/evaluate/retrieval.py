@@ -1,26 +1,15 @@
 """Zero-shot video <-> text retrieval with the contrastive head (paper Table 3).
 
-Video embedding: the encoder on all tokens of the clip (no mask), mean over tokens, the trained
-projection head (`VideoTextPretrainer.embed_video`, eval mode), L2-normalized; a sample with
-several views averages the pooled encoder output over them first. Text embedding: the frozen CLIP
-text embedding through the model's text map (`embed_text`), L2-normalized. The texts are
-- `classes`: one text embedding per class, relevant to every video of that class (the usual
-  zero-shot protocol on UCF101 / HMDB51 / Diving48): the class name in each of the templates of
-  `eval.class_prompt` (default "a video of {}."), or the class's descriptions of
-  `eval.class_descriptions` (a `tgmae describe-classes` JSON: CuPL's route), each text through
-  the text map and L2-normalized, averaged over the class's texts and normalized again (CLIP's
-  prompt ensemble); or
-- `captions`: every distinct caption of the evaluated videos (`captions.file`), relevant to the
-  videos that carry it.
-Recall@1/5/10 in both directions (`metrics.recall_at_k`; ties count against the query). Text
-queries without any relevant video (a class absent from the split) are left out. Each figure
-comes with a random ranking's 95% band for the same queries and gallery
-(`tgmae.evaluate.chance`): a figure inside it is at chance.
-A video that cannot be read is left out of the gallery (never replaced by another) and listed
-in the results with its reason; `eval.strict=true` fails instead.
-
-`tgmae retrieve -c CONFIG.yaml model.pretrained=RUN_OR_CHECKPOINT [eval.retrieval_text=captions]`
-writes `<train.output_dir>/retrieval_results.json`.
+Video: the unmasked encoder's mean token through the trained head (`embed_video`, eval mode),
+L2-normalized; several views average the pooled output first. Text: the frozen CLIP embedding
+through the text map (`embed_text`), L2-normalized. `classes`: one text per class, relevant to its
+videos: the class name in each `eval.class_prompt` template or the class's descriptions
+(`eval.class_descriptions`, CuPL), averaged and renormalized (CLIP's prompt ensemble); `captions`:
+every distinct caption of the evaluated videos, relevant to the videos that carry it.
+Recall@1/5/10 both ways (ties count against the query), queries without a relevant video left
+out, each with a random ranking's 95% band (`tgmae.evaluate.chance`). Unreadable videos are left
+out and listed (`eval.strict=true`: an error). `tgmae retrieve` writes
+`<train.output_dir>/retrieval_results.json`.
 """
 
 from __future__ import annotations

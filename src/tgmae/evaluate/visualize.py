@@ -1,27 +1,13 @@
-"""Paper Figure 3 for one clip of a dataset (`tgmae visualize {recon,attention,masks}`).
+"""Paper Figure 3 for one clip (`tgmae visualize {recon,attention,masks}`).
 
-- recon CKPT: original / masked / reconstructed frames (PNG + GIF) of a pretraining model, with
-  the run's mask generator (`masking.*`), un-normalized with the dataset's mean/std
-  (`tgmae.viz.reconstruction`, as the pretraining run's own figures).
-- attention CKPT: the encoder's attention of the centre patch of the centre frame, overlaid on
-  the frames (`tgmae.viz.attention`); any checkpoint with an encoder (pretrained or finetuned).
-- masks ...: the masking figures of `tgmae.viz.masks` (its own arguments).
-The clip is item `index` of `subset` (val by default, the evaluation transform) of the
-config's annotations, or `video` (a file or frame folder, never substituted: an unreadable one
-is a `VideoLoadError`). Outputs go to `out`, by default beside the run they draw
-(`figures_folder`): figures/ in the checkpoint's run folder (for a step checkpoint or
-`checkpoints/latest` too), figures/ beside a checkpoint outside a run; never train.output_dir.
-Figures are named by the clip they draw (`figure_id`), so figures of other clips never overwrite
-each other: `recon_ID.png|gif`, `attention_ID.png|gif`, ID the clip's video id with '/' encoded
-as the similarity maps encode it (`Animation%2Fclip1`); a `--video` under data.root is named by
-its id there, one outside by its stem and a hash of its resolved path (`clip2-1a2b3c4d`).
-
-The figure is the run's (`figure_config`): its masking, model and clip geometry come from the
-checkpoint's own run (config.yaml of its run folder; a checkpoint without one gives its frames,
-image size, tubelet and patch), over `-c`, which supplies only what the checkpoint lacks (data
-annotations; without -c the run's own data section gives them); dotted overrides come last.
-Titles name the masking, ratio and
-geometry. TGM on a `--video` masks it by `--caption`, scored online by `masking.clip_model`.
+recon: original / masked / reconstructed frames (PNG + GIF) under the run's mask generator;
+attention: the encoder's attention of the centre patch, overlaid (any checkpoint with an
+encoder); masks: `tgmae.viz.masks`. The clip is item `index` of `subset` (val, evaluation
+transform) or `video` (never substituted: `VideoLoadError`). Outputs default to figures/ of the
+checkpoint's run folder (`figures_folder`), named by the clip (`figure_id`: the video id with '/'
+encoded as `%2F`; a `--video` outside data.root: stem + hash of its path). Settings
+(`figure_config`): the checkpoint's own run config over `-c` (which supplies only what it lacks),
+then overrides. TGM on a `--video` masks it by `--caption`, scored by `masking.clip_model`.
 """
 
 from __future__ import annotations
@@ -255,17 +241,15 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
                    out: Optional[str] = None, layer: int = -1) -> dict[str, Path]:
     """The encoder's attention of the centre patch of the centre frame (block `layer`, -1 = last)
     over clip `index` (or `video`; cfg: `figure_config`); returns figure name -> path."""
+    from tgmae.evaluate.extract import frozen_encoder
     from tgmae.models.arch import check_checkpoint_geometry
-    from tgmae.models.encoder import VideoViTEncoder
     from tgmae.viz.attention import attention_figures
     from tgmae.weights.sources import load_encoder_source
 
     src = load_encoder_source(checkpoint)
     check_checkpoint_geometry(cfg.model, src.arch, checkpoint)
-    arch = dataclasses.replace(src.arch, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
-                               drop_path=0.0)
-    encoder = VideoViTEncoder(arch)
-    encoder.load_state_dict(src.encoder)
+    encoder = frozen_encoder(src, cfg.data.num_frames, cfg.data.image_size)
+    arch = encoder.arch
     dataset = _dataset(cfg, subset, video)
     sample = _sample(dataset, index, video, subset)
     vid = str(sample.get("video_id", index))
@@ -274,7 +258,7 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
-    return attention_figures(encoder.eval(), sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
+    return attention_figures(encoder, sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
                              layer=layer, name=name, title=title)
 
 

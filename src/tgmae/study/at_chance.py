@@ -1,13 +1,9 @@
 """Which of a study report's figures a random guesser reaches often ("at chance").
 
-Every FT / LP top-1 and every retrieval recall of the table gets the 95% band of a guesser on the
-same queries (`tgmae.evaluate.chance`): top-1 over `num_val` videos and `num_classes` classes; a
-recall over the record's own queries and gallery (the band `evaluate_retrieval` stored with it,
-else - records written before it did - one relevant class prompt per video, `num_videos` /
-`num_texts` videos per prompt). A mean over s seeds is compared with the band of s x n queries
-(the guesser's mean over as many runs). The table marks a figure inside its band "(at chance)",
-and the findings say so in words, with the band, so a coarse measurement reads as coarse: T->V
-over 10 class prompts moves in steps of 10 points and a random ranking's R@1 lies in 0-30%.
+Every FT / LP top-1 and retrieval recall gets the 95% band of a guesser on the same queries
+(`tgmae.evaluate.chance`): top-1 over `num_val` videos and `num_classes` classes; a recall over the
+band `evaluate_retrieval` stored (older records: one relevant class prompt per video). A mean over
+s seeds is compared with the band of s x n queries. Figures inside are marked "(at chance)".
 """
 
 from __future__ import annotations

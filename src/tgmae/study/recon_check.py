@@ -69,24 +69,15 @@ def saved_reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, se
 
 
 def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: int = 0) -> dict:
-    """Train the library's MAE with the reconstruction recipe (`RECON_DATA`, `RECON_RUN`) for
-    `steps` steps (seed: initialisation, data order and training masks) and measure it on the
-    held-out clips. Writes out_dir/reconstruction_check.png (`sanity.recon_figure`, titled with the
-    numbers) and out_dir/reconstruction_check.json -> its dict: "settings", "steps", "seed",
-    "cpu_s" (training CPU seconds of this process; run with 1 torch thread), "mse" (held-out
-    masked MSE), "patch_mean_mse" (the oracle that fills every masked token with its true mean
-    colour), "visible_mean_mse" (every masked pixel = the clip's visible mean colour), "copy_mse"
-    (each masked token copied from the same place in the nearest slice where it shows), "ratio"
-    = mse / patch_mean_mse, "figure" (file name beside the JSON), "cpu", "torch".
-    Errors are in pixel units ([0, 1]), means over the held-out clips with random .5 masks.
-    ratio < 1: the reconstructions hold more than each patch's mean colour (measured at 3,200
-    steps on the library's loop: 0.82 / 0.75 / 0.77 for seeds 0 / 1 / 2; ~1.0 below ~1,500 steps, the
-    plateau at the visible mean).
-    Source: docs/sanity.md, "(b) MAE reconstructs more than patch means".
-
-    A JSON already in out_dir with the same settings is returned without training; one with
-    other settings raises ConfigError naming the differing keys (its numbers belong to those).
-    ValueError when steps is not an integer >= 1 (or seed not an integer >= 0)."""
+    """Train the library's MAE with the reconstruction recipe (`RECON_DATA`, `RECON_RUN`) for `steps`
+    steps (seed: initialisation, data order, masks) and measure it on the held-out clips under random
+    .5 masks. Writes out_dir/reconstruction_check.png (`sanity.recon_figure`) and
+    out_dir/reconstruction_check.json -> its dict: "settings", "steps", "seed", "cpu_s" (this
+    process's training CPU seconds), "mse", "patch_mean_mse", "visible_mean_mse", "copy_mse" (held-out
+    means in pixels [0, 1]; baselines as in `tgmae.study.sanity`), "ratio" = mse / patch_mean_mse
+    (< 1: more than patch means; measured values in docs/sanity.md (b)), "figure", "cpu", "torch".
+    A JSON in out_dir with the same settings is returned without training; other settings:
+    ConfigError naming the keys. ValueError when steps is not an integer >= 1 (or seed not >= 0)."""
     from tgmae.atomic import atomic_write_text
     from tgmae.autotune import cpu_info
 

@@ -1,15 +1,11 @@
-"""Study reports: the results table (paper Table 2 layout), loss curves (Figure 4 layout) and
-figures, as Markdown, HTML and JSON. `tgmae report RUN_DIRS...` (`tgmae.commands.report`, `report_runs`)
-rebuilds one from finished runs.
+"""Study reports: the results table (paper Table 2 layout), loss curves (Figure 4) and figures, as
+Markdown, HTML and JSON; `tgmae report RUN_DIRS...` (`report_runs`) rebuilds one from finished runs.
 
-Statistics: every cell is a (masking, objective, variant) over seeds, shown as mean ± sample
-standard deviation (n - 1). Comparisons (the video-text loss's gain, masking vs masking, a variant
-vs the base run, pretraining vs none) are paired by seed: the difference per seed, its mean and a
-two-sided 95% Student-t interval over the n seeds (n >= 2). A finding is "beyond noise" when that
-interval excludes zero. The interval covers the training randomness (initialisation, data order,
-masks), not the sampling of the validation videos, which every run shares. Every figure a random
-guesser reaches often (inside its 95% band for the same queries, `tgmae.study.at_chance`) is marked
-"(at chance)" in the table and named in the findings.
+Every cell is a (masking, objective, variant) over seeds: mean ± sample std (n - 1). Comparisons
+are paired by seed: the per-seed difference, its mean and a two-sided 95% Student-t interval
+(n >= 2); "beyond noise" when it excludes zero. The interval covers training randomness, not the
+sampling of the validation videos. Figures inside a random guesser's 95% band
+(`tgmae.study.at_chance`) are marked "(at chance)".
 """
 
 from __future__ import annotations
@@ -79,11 +75,8 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
     column (None where no run has the value), and "chance": {column: a random guesser's band for
     that mean (`at_chance.pooled_band`), None where unknown}."""
     num_val = _common([r for r in records if r.get("num_val")], "num_val")
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault(cell_key(r), []).append(r)
     rows = []
-    for (masking, objective, variant), runs in groups.items():
+    for (masking, objective, variant), runs in _by_cell(records).items():
         row = {"masking": masking, "objective": objective, "variant": variant,
                "seeds": sorted(r["seed"] for r in runs), "mask_ratio": runs[0].get("mask_ratio")}
         for header, get in COLUMNS:
@@ -93,6 +86,20 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
                          for h, get in COLUMNS}
         rows.append(row)
     return rows
+
+
+def _by_cell(records: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """{cell_key: its records}, in first-seen order."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault(cell_key(r), []).append(r)
+    return groups
+
+
+def _diff_stats(diffs: list[float]) -> dict:
+    """{"diffs", "n", "mean", "std", "ci" (95% t-interval or None), "wins"} of paired differences."""
+    return {"diffs": diffs, "n": len(diffs), "mean": statistics.fmean(diffs), "std": _std(diffs),
+            "ci": t_interval(diffs), "wins": sum(d > 0 for d in diffs)}
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
@@ -109,10 +116,8 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[f
 
 def paired_difference(records: Sequence[dict], a: tuple[str, str, str], b: tuple[str, str, str],
                       metric: str = "linear_probe_top1") -> Optional[dict]:
-    """`metric` of cell a minus cell b (keys as `cell_key`), paired by seed: {"a", "b", "metric",
-    "seeds", "diffs", "n", "mean", "std", "ci" (95% t-interval or None), "wins"}; None when no seed
-    has both runs with the metric. Pairing removes the spread the two runs share (data order,
-    initialisation)."""
+    """`metric` of cell a minus cell b (`cell_key`s), paired by seed: {"a", "b", "metric", "seeds"} +
+    `_diff_stats`; None when no seed has both."""
     by_key = {cell_key(r) + (r["seed"],): r for r in records}
     seeds = sorted({r["seed"] for r in records})
     pairs = [(s, by_key[a + (s,)].get(metric), by_key[b + (s,)].get(metric)) for s in seeds
@@ -120,10 +125,8 @@ def paired_difference(records: Sequence[dict], a: tuple[str, str, str], b: tuple
     pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
     if not pairs:
         return None
-    diffs = [x - y for _, x, y in pairs]
-    return {"a": a, "b": b, "metric": metric, "seeds": [s for s, _, _ in pairs], "diffs": diffs, "n": len(diffs),
-            "mean": statistics.fmean(diffs), "std": _std(diffs), "ci": t_interval(diffs),
-            "wins": sum(d > 0 for d in diffs)}
+    return {"a": a, "b": b, "metric": metric, "seeds": [s for s, _, _ in pairs],
+            **_diff_stats([x - y for _, x, y in pairs])}
 
 
 def contrastive_gains(records: Sequence[dict], metric: str = "linear_probe_top1") -> list[dict]:
@@ -170,9 +173,8 @@ MAX_SEEDS = 100
 
 
 def seeds_to_resolve(mean: float, std: float, level: float = 0.95) -> Optional[int]:
-    """Smallest n >= 2 whose Student-t interval (`t_interval` at `level`) excludes zero for a paired
-    difference of this mean and seed-to-seed std, i.e. t(n-1) * std / sqrt(n) < |mean|; None above
-    MAX_SEEDS (or for a zero mean). A planning figure: it takes the observed mean and std as true."""
+    """Smallest n >= 2 with t(n-1) * std / sqrt(n) < |mean| (the interval excludes zero), taking the
+    observed mean and std as true; None above MAX_SEEDS or for a zero mean."""
     from scipy.stats import t
 
     for n in range(2, MAX_SEEDS + 1):
@@ -189,10 +191,9 @@ def _name(key: tuple[str, str, str]) -> str:
 
 
 def findings(records: Sequence[dict]) -> list[tuple[str, dict]]:
-    """The report's comparisons, each (title, paired difference): the video-text loss's gain per
-    masking (Table 2; LP and FT), every masking against tube and TGM top-k against bottom-k per
-    objective (Table 5b; LP), every variant against its base run (Table 5's other ablations; LP)
-    and every pretrained cell against no pretraining (LP)."""
+    """The report's comparisons, (title, paired difference): the video-text loss's gain per masking (LP,
+    FT), maskings against tube and TGM top-k against bottom-k (LP), variants against their base run,
+    pretrained cells against no pretraining."""
     out: list[tuple[str, dict]] = []
     for metric, short in METRICS.items():
         for g in contrastive_gains(records, metric):
@@ -297,10 +298,7 @@ def attribute_markdown(records: Sequence[dict]) -> str:
              "the acting object's colour and shape that every caption names; validation top-1 %, "
              f"chance: {chance}.", "",
              "| Mask | objective | " + " | ".join(ATTRIBUTES) + " | seeds |", "|---|---|" + "---|" * (len(ATTRIBUTES) + 1)]
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in recs:
-        groups.setdefault(cell_key(r), []).append(r)
-    for (masking, objective, variant), runs in sorted(groups.items()):
+    for (masking, objective, variant), runs in sorted(_by_cell(recs).items()):
         cells = []
         for a in ATTRIBUTES:
             v = [100 * r["attribute_probe"][a] for r in runs]
@@ -400,8 +398,8 @@ RECON_HEADERS = ["held-out masked MSE", "patch-mean oracle", "visible mean", "co
 
 
 def recon_check_section(path: Optional[Path]) -> Optional[dict]:
-    """The report's section on the reconstruction check (`tgmae.study.recon_check.reconstruction_check`'s
-    JSON at `path`): {"text", "row" (cells under RECON_HEADERS), "figure" (Path or None)}; None without one."""
+    """{"text", "row" (under RECON_HEADERS), "figure" (Path or None)} of the reconstruction check's
+    JSON at `path`; None without one."""
     if path is None or not Path(path).is_file():
         return None
     r = json.loads(Path(path).read_text())
@@ -431,8 +429,8 @@ def _probe_kinds(records: Sequence[dict]) -> dict[Optional[str], int]:
 
 
 def check_one_probe(records: Sequence[dict]) -> None:
-    """ConfigError (a ValueError) naming eval.probe_optimizer when the runs were probed with different
-    linear probes: their top-1 are not one quantity, and a cell would average them as if they were seeds."""
+    """ConfigError naming eval.probe_optimizer when the runs used different linear probes (a cell would
+    average them as seeds)."""
     kinds = _probe_kinds(records)
     if len(kinds) > 1:
         counts = ", ".join(f"{k}: {n} runs" for k, n in sorted((str(k), n) for k, n in kinds.items()))
@@ -450,8 +448,7 @@ def _probe_note(records: Sequence[dict]) -> str:
 
 
 def probe_gains(records: Sequence[dict]) -> list[dict]:
-    """Per cell (masking, objective, variant): attentive-probe minus linear-probe top-1, paired by
-    seed, as `tgmae.study.report.paired_difference`'s rows (+ "cell"); cells without both skipped."""
+    """Per cell: attentive minus linear probe top-1, paired by seed ({"cell", "seeds"} + `_diff_stats`)."""
     cells: dict[tuple, list[tuple[int, float]]] = {}
     for r in records:
         ap, lp = r.get("attentive_probe_top1"), r.get("linear_probe_top1")
@@ -459,10 +456,7 @@ def probe_gains(records: Sequence[dict]) -> list[dict]:
             cells.setdefault(cell_key(r), []).append((r["seed"], ap - lp))
     rows = []
     for key, pairs in sorted(cells.items()):
-        diffs = [d for _, d in sorted(pairs)]
-        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), "diffs": diffs, "n": len(diffs),
-                     "mean": statistics.fmean(diffs), "std": _std(diffs), "ci": t_interval(diffs),
-                     "wins": sum(d > 0 for d in diffs)})
+        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), **_diff_stats([d for _, d in sorted(pairs)])})
     return rows
 
 
@@ -491,9 +485,8 @@ def frozen_probes_markdown(records: Sequence[dict]) -> str:
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None,
                  recon_check: Optional[Path] = None) -> Path:
-    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md.
-    `text_probe`: the study's text_probe.json record, stated under the table. `recon_check`: the
-    study's reconstruction_check.json, a section before the cells' figures."""
+    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md. `text_probe`:
+    the study's text_probe.json record; `recon_check`: its reconstruction_check.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
@@ -577,8 +570,8 @@ def _html_table(rows: Sequence[dict]) -> str:
 
 
 def _rel(path: Path, base: Path) -> str:
-    """The link from a report in `base` to `path`, relative (`../..` where needed) so the study
-    folder can be moved or shared whole; absolute only where no relative path exists (another drive)."""
+    """The relative link from a report in `base` to `path` (the folder stays movable); absolute where
+    none exists (another drive)."""
     import os
 
     try:

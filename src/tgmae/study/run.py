@@ -1,25 +1,11 @@
 """`tgmae study`: the paper's comparison (Tables 1-2, Figure 4) on one command.
 
 For every (masking, objective, seed): pretrain -> linear probe -> finetune -> zero-shot retrieval,
-then one report (`report.md`, `report.html`, `results.json`, loss curves, mask and
-reconstruction figures). The synthetic set gives it data and ground truth offline, and a CLIP
-trained by `tgmae train-clip` on that set gives TGM a meaningful text-image space. The video-text
-loss's targets come from `text_model`: by default a random word-level encoder built on the
-captions, whose embeddings keep the verbs (the CLIP's text tower, trained on frames, discards
-them; with its motion tower, `clip_motion_weight`, it keeps some); `text_probe.json` measures it.
-
-Two reference rows per seed (`references`): "none" probes and finetunes a randomly initialised
-encoder with the cells' schedules (lower reference), "scratch" trains the classifier from random
-initialisation for as many epochs as a cell's pretraining and finetuning together (upper
-reference: what the labels alone give). Ablations (paper Table 5) run in the same folder under a
-`variant` name, which keeps their runs apart and labels their rows; `tgmae report STUDY_DIR`
-puts every variant in one table (docs/study.md lists the commands).
-
-All phases read frames through one decoded-clip cache (`cache`, under the study folder): each
-split's videos are decoded once and every run and seed reuses the files.
-
-Every phase leaves its own outputs and the study skips phases whose outputs exist, so a killed
-study resumes where it stopped. Runs are ordinary run directories: `tgmae report` reads them.
+then one report (`tgmae.study.report`), on the synthetic set with a CLIP trained by
+`tgmae train-clip` on it. Reference rows per seed: "none" (a random encoder, probed and finetuned)
+and "scratch" (supervised from random initialisation for a cell's whole epoch budget). Ablations
+(Table 5) run under a `variant` name (docs/study.md). Every phase reads through one decoded-clip
+cache and is skipped when its outputs exist, so a killed study resumes.
 """
 
 from __future__ import annotations
@@ -69,77 +55,52 @@ REFERENCES = {"none": "none", "scratch": "supervised"}
 @dataclass
 class StudyConfig:
     """What the study compares and how big each phase is. The defaults are the measured study
-    (`make demo`, docs/study.md): bare `tgmae study` runs them, and configs/study_synthetic.yaml
-    pins them (tests/test_study_run.py checks the two agree)."""
+    (`make demo`, docs/study.md); configs/study_synthetic.yaml pins them (tests check they agree)."""
 
     out_dir: str = "runs/study"
-    # 2,304 videos, half held out (stratified by class): the validation videos' sampling, not training
-    # randomness, is most of a probe gain's seed-to-seed spread (bootstrap s.d. ~3 points at 288 videos)
+    # half held out (stratified): the val videos' sampling dominates a probe gain's spread (docs/study.md)
     num_videos: int = 2304  # synthetic videos
     val_fraction: float = 0.5  # of them held out for validation
-    # an 8-frame clip at stride 2 sees the whole action (48-frame videos: supervised top-1 28% instead of 65%)
-    video_frames: int = 16
+    video_frames: int = 16  # an 8-frame clip at stride 2 then sees the whole action
     video_size: int = 64
-    # synthetic difficulty (docs/sanity.md): 0 distractors is learnable from scratch; the original set
-    # (2 at speed 1.0) keeps supervised training near chance
+    # synthetic difficulty (docs/sanity.md): 0 distractors is learnable from scratch
     distractors: int = 0  # at most this many distractor shapes
     distractor_speed: float = 1.0  # ... and their speed
     maskings: list[str] = field(default_factory=lambda: ["tube", "mgm", "tgm", "tgm_bottom"])
     objectives: list[str] = field(default_factory=lambda: ["mae", "mae+contrastive"])
     seeds: list[int] = field(default_factory=lambda: [0])  # configs/study_fidelity.yaml: [0, 1, 2]
     clip_steps: int = 400  # `tgmae train-clip` steps for the study's CLIP
-    # weight of train-clip's clip-caption loss through its motion tower (its text tower learns the verbs:
-    # text probe 9% -> 31% at 1.0, 63% at 3.0); 0 = frames only, enough for TGM when text_model is not the CLIP
+    # weight of train-clip's clip-caption loss through its motion tower (teaches its text tower the verbs);
+    # 0 = frames only, enough for TGM when text_model is not the CLIP
     clip_motion_weight: float = 0.0
-    # captions.text_model of every run (contrastive targets, retrieval prompts): "words" = a random
-    # word-level encoder built on the captions (tgmae.captions.tiny.save_word_encoder; text probe 100%,
-    # the study's CLIP 9%); empty = the study's CLIP; else any text model's name or path
+    # captions.text_model of every run: "words" = a random word-level encoder built on the captions
+    # (tgmae.captions.tiny.save_word_encoder); empty = the study's CLIP; else a text model's name or path
     text_model: str = "words"
     # lower (random encoder) and upper (supervised from scratch) reference rows per seed
     references: list[str] = field(default_factory=lambda: ["none", "scratch"])
     scratch_epochs: int = 0  # "scratch" reference's finetuning epochs; 0 = pretraining + finetuning epochs
     variant: str = ""  # name of an ablation (e.g. "ratio 0.9"): its runs get their own folders and rows
-    # decoded-clip cache of every phase (data.cache): disk (one under out_dir, reused by every run and
-    # seed) | memory | none
-    cache: str = "disk"
-    # cells run at once, each in its own process with (CPU cores // jobs) torch threads; with a text_model
-    # the study's CLIP trains alongside the cells that do not need it. Results do not depend on it.
+    cache: str = "disk"  # decoded-clip cache of every phase (data.cache): disk (shared, under out_dir) | memory | none
+    # cells run at once, each in its own process with (CPU cores // jobs) torch threads; results do not depend on it
     jobs: int = 2
     mask_mode: str = "dense"  # TGM similarity precompute: dense | faithful
     retrieval: str = "classes"  # zero-shot retrieval texts: classes | captions
-    # class texts of "classes" retrieval: "descriptions" = each class's vision-free descriptions of the set
-    # (data/descriptions.json, eval.class_descriptions) averaged; "names" = eval.class_prompt's template with the
-    # class name, whose words ("move", "grow", "blink") no caption holds: its prompts land on their class in 3-4 of
-    # the 10 classes, the descriptions in 10 (docs/study.md, "Zero-shot retrieval at chance")
+    # class texts of "classes" retrieval: "descriptions" (data/descriptions.json, averaged per class) or
+    # "names" (eval.class_prompt with the class name; docs/study.md, "Zero-shot retrieval at chance")
     retrieval_prompts: str = "descriptions"
-    # Dotted overrides of every pretraining run, after configs/study_phases.yaml's (measured, docs/sanity.md, docs/study.md):
-    # - micro ViT (width 64, depth 2): ~4x tiny's steps per CPU-second, which the action needs (tiny: 15%
-    #   after 50 CPU-s, micro: 65%)
-    # - num_workers=0: from the decoded-clip cache loader workers cost more than they save (36 vs 52 CPU-s)
-    # - view_ratio=0, weight=0.05: InfoNCE on a second, unmasked pass at a light weight, the recipe with
-    #   which the joint objective learns the class at this scale; mae rows monitor InfoNCE on that view
+    # overrides of every pretraining run after configs/study_phases.yaml's (why each: docs/sanity.md, docs/study.md)
     pretrain: list[str] = field(default_factory=lambda: [
         "model.preset=micro", "data.frame_stride=2", "data.num_workers=0", "contrastive.view_ratio=0",
         "contrastive.weight=0.05"])
-    # ... of every linear probe: L-BFGS logistic regression with a cross-validated L2 (CLIP's probe) reads
-    # these tiny encoders' features where 100 epochs of LARS stay near chance
+    # ... of every linear probe: CLIP's L-BFGS probe reads these tiny encoders' features where LARS stays at chance
     probe: list[str] = field(default_factory=lambda: ["data.num_workers=0", "eval.probe_optimizer=lbfgs"])
-    # ... of every finetuning run:
-    # - 30 epochs: finetuning sits at chance for 4-12 epochs, then takes off (at 20, one tgm_bottom MAE cell
-    #   took off at epoch 12 and ended at 30.6%; at 30 the same checkpoint reaches 67%)
-    # - head_init_scale=1.0: VideoMAE's 0.001 gives the encoder a 1000x smaller gradient at first
-    #   (MAE-initialised finetuning: 13% after 15 epochs, 54% with 1.0)
-    # - eval_every=5: the table reports the multi-view test after the last epoch; validating 1,152 videos
-    #   every epoch cost ~3 min of make demo's wall time
+    # ... of every finetuning run: 30 epochs (finetuning takes off after 4-12), head_init_scale 1.0, the
+    # multi-view test after the last epoch
     finetune: list[str] = field(default_factory=lambda: [
         "data.num_workers=0", "train.epochs=30", "eval.head_init_scale=1.0", "train.eval_every=5"])
-    # steps of the reconstruction check (`tgmae.study.recon_check.reconstruction_check`: the library's MAE
-    # on static-camera clips under random .5 masks, where there is something to copy), once per study
-    # folder beside the cells; 0 = off. --quick runs QUICK_RECON_STEPS.
+    # steps of the reconstruction check (`tgmae.study.recon_check`), once per study folder; 0 = off
     recon_check_steps: int = 3200
-    # frozen-backbone probes of every pretrained encoder: linear (the LP column, always) and optionally knn
-    # (DINO's k-NN on the same cached features) and attentive (V-JEPA's attentive probe on token grids),
-    # columns beside LP (tgmae.study.frozen_probes; their costs: docs/study.md)
+    # frozen-backbone probes: linear (always) and optionally knn and attentive (tgmae.study.frozen_probes)
     probes: list[str] = field(default_factory=lambda: ["linear"])
 
     def __post_init__(self) -> None:
@@ -177,10 +138,8 @@ class StudyConfig:
 
 @dataclass
 class StudyPaths:
-    """A study folder's layout: `data` (the synthetic set), `clip` (the study's CLIP), `mask_cache` (TGM
-    similarity maps), `word_encoder`, `clip_cache` (decoded-clip cache files, `data.cache=disk`, shared
-    by every run and seed), `recon_check` (the reconstruction check's JSON and figure,
-    `run_recon_check`, one per study folder); `run(...)` and `report(...)` below."""
+    """A study folder's layout: data, clip, word_encoder, similarity_cache, clip_cache, the
+    reconstruction check; `run(...)` and `report(...)` below."""
 
     root: Path
 
@@ -266,9 +225,8 @@ def check_clip_settings(cfg, paths: StudyPaths) -> None:
 
 
 def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
-    """How well the contrastive targets' text space separates the actions (held-out captions,
-    `tgmae.study.attributes.text_action_probe`), next to bag of words; cached in
-    text_probe.json keyed by the text model's weights fingerprint."""
+    """How well the contrastive targets' text space separates the actions (`text_action_probe` on
+    held-out captions) next to bag of words; cached in text_probe.json keyed by the weights' fingerprint."""
     from tgmae.captions.embed import TextEmbedder
     from tgmae.hub import weights_fingerprint
     from tgmae.captions.store import read_store
@@ -291,9 +249,8 @@ def text_probe(study: StudyConfig, paths: StudyPaths) -> dict:
 
 
 def check_data_settings(study: StudyConfig, paths: StudyPaths) -> None:
-    """Refuse a synthetic set written with other settings than the study's (ConfigError naming
-    the key): its runs would report numbers of another data set. Sets written before the
-    difficulty knobs existed hold the original 2 distractors at speed 1."""
+    """ConfigError naming the study key when the synthetic set was written with other settings (sets
+    older than the difficulty knobs hold 2 distractors at speed 1)."""
     meta = json.loads((paths.data / "meta.json").read_text())
     have = {"num_videos": meta["num_videos"], "video_frames": meta["frames"], "video_size": meta["height"],
             "distractors": meta.get("distractors", 2), "distractor_speed": meta.get("distractor_speed", 1.0),
@@ -327,9 +284,8 @@ def _phase(key: str, build):
 
 
 def check_cells(study: StudyConfig, paths: StudyPaths, cells: Sequence[tuple]) -> None:
-    """Build every cell's phase configs without --quick's 1-epoch overrides (which would hide a bad
-    value), before any set-up runs: a mistake in study.pretrain / probe / finetune is refused in
-    seconds, naming that key, not after the data, CLIP and similarity maps are made."""
+    """Build every cell's phase configs (without --quick, which would hide a bad value) before any
+    set-up runs: a mistake in study.pretrain / probe / finetune is refused naming that key."""
     from tgmae.distributed import resolve_device
 
     for key in ("pretrain", "probe", "finetune"):
@@ -344,9 +300,8 @@ def check_cells(study: StudyConfig, paths: StudyPaths, cells: Sequence[tuple]) -
 
 def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
                 quick: bool):
-    """(pretrain, probe, finetune) RunConfigs of one study cell; for a reference row (masking in
-    REFERENCES) the pretraining config only sets the model geometry ("none" saves its random
-    initialisation), and "scratch" has no probe (None) and finetunes from random initialisation."""
+    """(pretrain, probe, finetune) RunConfigs of one cell; a reference row's pretraining config only sets
+    the geometry ("none" saves its random initialisation), and "scratch" has no probe (None)."""
     from tgmae.evaluate.recipes import FINETUNE_RECIPE, PROBE_RECIPE, with_recipe
 
     run = paths.run(masking, objective, seed, study.variant)
@@ -404,9 +359,9 @@ def _num_classes(paths: StudyPaths) -> int:
 
 
 def check_phase_settings(cfg) -> None:
-    """Refuse a phase folder whose config.yaml (what ran there; for the attentive probe, `cfg` as its
-    loop runs it) differs from `cfg` in a training-relevant key (`tgmae.weights.checkpoint.RESUMABLE_KEYS` may differ): a changed study would
-    otherwise skip the phase and report the old run's numbers. ConfigError, one line per key."""
+    """ConfigError, one line per key, when a phase folder's config.yaml differs from `cfg` in a key
+    outside `RESUMABLE_KEYS` (the attentive probe: its loop config): a changed study would otherwise
+    report the old run's numbers."""
     import yaml
 
     from tgmae.config import RunConfig, to_dict
@@ -427,9 +382,8 @@ def check_phase_settings(cfg) -> None:
 
 
 def retrieval_config(study: StudyConfig, paths: StudyPaths, probe, run: Path):
-    """The retrieval phase's RunConfig: the probe's, writing to <run>/retrieval, with the class
-    descriptions of the set when `study.retrieval_prompts` is "descriptions" (not part of the probe's
-    saved config, so a study folder probed before this key existed resumes)."""
+    """The retrieval phase's RunConfig: the probe's, writing to <run>/retrieval, with the set's class
+    descriptions when `study.retrieval_prompts` is "descriptions"."""
     descriptions = str(paths.data / "descriptions.json") if study.retrieval_prompts == "descriptions" else ""
     return dataclasses.replace(probe, train=dataclasses.replace(probe.train, output_dir=str(run / "retrieval")),
                                eval=dataclasses.replace(probe.eval, class_descriptions=descriptions))
@@ -471,17 +425,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     if not (run / "finetune" / "finetune_results.json").is_file():
         finetune(fine)
     fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
-    if probe is None:
-        record = {"masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
-                  "mask_ratio": None, "num_classes": _num_classes(paths),
-                  "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")), "linear_probe_top1": None,
-                  "retrieval": {}, "pretrain_seconds": 0.0, "total_seconds": time.perf_counter() - t0,
-                  "run_dir": str(run)}
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record_path, json.dumps(record, indent=2))
-        return record
-    retrieval = {}
-    if objective in ("contrastive", "mae+contrastive"):
+    retrieval, probed, frozen = {}, {"linear_probe_top1": None}, {}
+    if probe is not None and objective in ("contrastive", "mae+contrastive"):
         from tgmae.weights import checkpoint as ckpt
 
         latest = ckpt.find_latest(run / "pretrain" / "checkpoints")
@@ -489,23 +434,19 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         result = evaluate_retrieval(retrieval_config(study, paths, probe, run), model=model, mode=study.retrieval,
                                     progress=False)
         retrieval = dict(result.summary(), prompts=study.retrieval_prompts)
-    probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
-    frozen = run_frozen_probes(extra)
-    if t_probe is not None:
-        frozen["probe_seconds"]["linear"] = t_probe
-    record = {
-        "masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
-        "mask_ratio": None if masking == "none" else pre.masking.ratio,
-        "num_classes": _num_classes(paths),
-        "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")),
-        "linear_probe_top1": probe_res["top1"],
-        "probe": probe_res.get("optimizer"),
-        "num_val": probe_res.get("num_val"),
-        "attribute_probe": attribute_probe(run / "probe", paths.data),
-        "retrieval": retrieval,
-        "pretrain_seconds": t_pre, "total_seconds": time.perf_counter() - t0,
-        "run_dir": str(run), **frozen,
-    }
+    if probe is not None:  # "scratch" has none
+        probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
+        probed = {"linear_probe_top1": probe_res["top1"], "probe": probe_res.get("optimizer"),
+                  "num_val": probe_res.get("num_val"), "attribute_probe": attribute_probe(run / "probe", paths.data)}
+        frozen = run_frozen_probes(extra)
+        if t_probe is not None:
+            frozen["probe_seconds"]["linear"] = t_probe
+    record = {"masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
+              "mask_ratio": None if masking in REFERENCES else pre.masking.ratio, "num_classes": _num_classes(paths),
+              "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")), **probed,
+              "retrieval": retrieval, "pretrain_seconds": 0.0 if probe is None else t_pre,
+              "total_seconds": time.perf_counter() - t0, "run_dir": str(run), **frozen}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
 
@@ -513,20 +454,12 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
 QUICK_RECON_STEPS = 8  # --quick's reconstruction check: the files and the report section, not the result
 
 
-def recon_check_steps(study: StudyConfig, quick: bool) -> int:
-    """The reconstruction check's steps: study.recon_check_steps (0 = off; `--quick` sets
-    QUICK_RECON_STEPS through `quick_values`, so an explicit `recon_check_steps=N` wins). The steps
-    are among the check's settings, so a quick run's result is never read as a full one's
-    (`saved_reconstruction_check` refuses it)."""
-    return study.recon_check_steps
-
-
 def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> None:
     """Refuse, before anything runs, a reconstruction check in the study folder made with other
     settings (ConfigError naming study.recon_check_steps and the differing keys)."""
     from tgmae.study.recon_check import saved_reconstruction_check
 
-    steps = recon_check_steps(study, quick)
+    steps = study.recon_check_steps  # 0 = off; --quick lowers it through `quick_values`
     if steps:
         try:
             saved_reconstruction_check(paths.recon_check, steps)
@@ -535,14 +468,13 @@ def check_recon_settings(study: StudyConfig, paths: StudyPaths, quick: bool) -> 
 
 
 def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optional[Path]:
-    """The reconstruction check (`tgmae.study.recon_check.reconstruction_check`) under the study
-    folder with 1 torch thread (its CPU seconds are the recipe's), reused when done -> its JSON,
-    None when off."""
+    """The reconstruction check under the study folder with 1 torch thread, reused when done -> its
+    JSON; None when off."""
     import torch
 
     from tgmae.study.recon_check import reconstruction_check
 
-    steps = recon_check_steps(study, quick)
+    steps = study.recon_check_steps  # 0 = off; --quick lowers it through `quick_values`
     if not steps:
         return None
     check_recon_settings(study, paths, quick)
@@ -597,9 +529,8 @@ def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) 
 
 
 def _init_worker(threads: int, log_queue, log_level: int, parent_pid: int) -> None:
-    """A spawned cell process: it ends with its parent (`tgmae.lifetime`, kill -9 included), its
-    torch threads, and its log records sent to the parent, whose handlers (the command's one
-    logging set-up, `tgmae.cli.main`) write them."""
+    """A spawned cell process: ends with its parent (`tgmae.lifetime`), sets its torch threads, and
+    sends its log records to the parent's handlers."""
     import logging.handlers
 
     import torch
@@ -615,11 +546,9 @@ def _init_worker(threads: int, log_queue, log_level: int, parent_pid: int) -> No
 
 def _run_cells_parallel(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool,
                         clip_later: bool) -> tuple[list, Optional[Path]]:
-    """`study.jobs` cells at a time in spawned processes ((CPU cores // jobs) torch threads each);
-    with `clip_later` the CLIP and similarity maps are made in the pool first, alongside the cells
-    that do not need them, and the TGM cells start after. The reconstruction check runs as one
-    more job (1 torch thread). Returns the records in `cells` order and `run_recon_check`'s JSON;
-    the first error of any job is raised."""
+    """`study.jobs` cells at a time in spawned processes ((CPU cores // jobs) threads each); with
+    `clip_later` the CLIP is made in the pool first and the TGM cells wait for it; the
+    reconstruction check is one more job. Returns the records in `cells` order and the check's JSON."""
     import logging.handlers
     import multiprocessing
     import os
@@ -676,11 +605,8 @@ def quick_values(study: StudyConfig) -> dict:
 
 
 def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
-    """The study of `tgmae study [-c CONFIG] [--quick] [key=value ...]`: the defaults, then the YAML
-    (`tgmae.config.load_config`), then `quick_values`, then the command-line overrides
-    (`tgmae.config.parse_override`; an explicit `key=value` wins; `key+=[...]` extends a list key,
-    e.g. `pretrain+=[masking.ratio=0.75]` adds to the default phase overrides where
-    `pretrain=[...]` would replace them). Raises ConfigError naming the key or the file."""
+    """`tgmae study [-c CONFIG] [--quick] [key=value ...]`: defaults < YAML < `quick_values` < overrides
+    (`key+=[...]` extends a list key). ConfigError naming the key or the file."""
     study = load_config(config, cls=StudyConfig, prefix="study") if config else StudyConfig()
     if quick:
         study = dataclasses.replace(study, **quick_values(study))

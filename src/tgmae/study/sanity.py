@@ -1,27 +1,13 @@
-"""Learning sanity checks: does each objective learn on data where it must? (issue 14)
+"""Learning sanity checks: does each objective learn on data where it must? (docs/sanity.md)
 
-Small CPU runs on synthetic clips rendered straight to memory (no codec, no video files), so a
-check measures the objective, not the data path. Every run is a `tgmae.config.RunConfig`
-(`sanity_config`: the harness's defaults under `key=value` overrides) trained by the library's
-loop (`tgmae.train.loop.Trainer`) with the library's tasks, models, masks and optimizer:
-- `train_supervised`: `FinetuneTask` from scratch, cross-entropy (the reference).
-- `pretrain`: `PretrainTask` (MAE, video-text InfoNCE against fixed per-class "oracle" text
-  vectors, or both); `OracleCaptions` stands in for the caption embeddings.
-- `linear_probe`: the library's logistic regression (`tgmae.evaluate.logistic`) on the frozen
-  encoder's mean-pooled features.
-- `zero_shot_retrieval`: the trained heads' class retrieval of held-out clips against the class
-  texts, through the library's retrieval metric (`tgmae.evaluate.retrieval`), with a random
-  ranking's band: the check that what the contrastive branch learnt is readable zero-shot.
-- `patch_mean_mse` (from `tgmae.models.target`): the masked MSE of predicting every masked
-  token's true per-channel mean colour, the bar MAE must go under to have learnt more than patch
-  means; `visible_mean_mse` and `copy_mse` (the same place in the nearest time slice): baselines
-  that need no learning. All in pixels ([0, 1]); `pixel_mse` puts a norm_pix_loss model's error
-  in the same units.
-The study's reconstruction check (`tgmae.study.recon_check`) is one of these runs with a fixed
-recipe. Runs are fixed step counts (`train.max_steps`), so their numbers do not depend on what
-else shares the machine; `cpu_s` reports this process's CPU seconds (run with 1 torch thread).
-`benchmarks/sanity.py` runs the full checks and writes the figures of docs/sanity.md;
-tests/test_study_sanity.py the fast ones.
+Small CPU runs on synthetic clips rendered to memory (no codec), each a `RunConfig`
+(`sanity_config`) trained by the library's loop, tasks, models, masks and optimizer:
+`train_supervised` (the reference), `pretrain` (MAE, InfoNCE against per-class oracle text vectors,
+or both), `linear_probe` (`tgmae.evaluate.logistic`), `zero_shot_retrieval` (with a random
+ranking's band), and the no-learning baselines `patch_mean_mse`, `visible_mean_mse`, `copy_mse`
+(pixels, [0, 1]; `pixel_mse` puts a norm_pix_loss model's error in the same units). Runs are
+fixed step counts; `cpu_s` is this process's CPU seconds. `benchmarks/sanity.py` runs the full
+checks; `tgmae.study.recon_check` is one run with a fixed recipe.
 """
 
 from __future__ import annotations
@@ -214,10 +200,14 @@ class SanityPretrainTask(PretrainTask):
         if self.baselines and "loss_mse" in out.metrics:
             mae, video, mask = mae_part(model), batch["video"], batch["mask"]
             with torch.no_grad():
-                out.metrics.update(patch_mean_mse=patch_mean_mse(video, mask, mae.arch),
-                                   visible_mean_mse=visible_mean_mse(mae, video, mask),
-                                   copy_mse=copy_mse(mae, video, mask))
+                out.metrics.update(baseline_mses(mae, video, mask))
         return out
+
+
+def baseline_mses(mae: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """{"patch_mean_mse", "visible_mean_mse", "copy_mse"} of a batch under its masks (pixels)."""
+    return {"patch_mean_mse": patch_mean_mse(video, mask, mae.arch),
+            "visible_mean_mse": visible_mean_mse(mae, video, mask), "copy_mse": copy_mse(mae, video, mask)}
 
 
 def fit(task: Any, cfg: RunConfig) -> tuple[Any, float]:
@@ -247,11 +237,9 @@ def visible_mean_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch
 
 
 def copy_mse(model: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
-    """MSE of a hand-written local rule: predict each masked token as the visible token at the
-    same place in the nearest time slice (the earlier one on a tie), or as the clip's visible mean
-    colour where that place is masked in every slice. It needs no learning and shows how much of
-    the data is copyable from another time (a static background under random masks).
-    video [B, C, T, H, W], mask [B, N] bool (True = masked); in pixel units [0, 1]."""
+    """MSE of predicting each masked token as the visible token at the same place in the nearest time
+    slice (the earlier on a tie), else the clip's visible mean colour: how much is copyable from
+    another time. video [B, C, T, H, W], mask [B, N] bool (True = masked); pixels [0, 1]."""
     gt, gh, gw = model.arch.grid
     tok = pixel_target(video, model.arch)  # [B, N, C, t*p*p]
     b = tok.shape[0]
@@ -318,15 +306,11 @@ ORACLE_CAPTIONS = "oracle-class-texts"  # captions.file of a sanity run with Inf
 
 def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor] = None, shift: int = 2,
              baselines: bool = False) -> dict:
-    """MAE / video-text / both from scratch on data.train (`SanityPretrainTask`: the library's
-    `PretrainTask`, masks of cfg.masking; training clips shifted by up to `shift` px).
-
-    cfg: `sanity_config`'s; an objective with InfoNCE needs captions.file=ORACLE_CAPTIONS.
-    text_table [K, Dt]: the caption embedding of each class (default: `class_text_table` at
-    contrastive.proj_dim, distinct texts). -> {"model", "mae" (its VideoMAEPretrainer), "steps", "cpu_s", "loss_mse", "loss_nce",
-    "curve": [metric records, train.log_every steps each], with `baselines` "patch_mean_mse",
-    "visible_mean_mse", "copy_mse"} (losses and baselines: means over the last 20% of the records,
-    in pixels for the baselines)."""
+    """MAE / video-text / both from scratch on data.train (`SanityPretrainTask`, masks of cfg.masking,
+    clips shifted by up to `shift` px). cfg: `sanity_config`'s (InfoNCE needs
+    captions.file=ORACLE_CAPTIONS); text_table [K, Dt]: each class's caption embedding (default
+    `class_text_table`). -> {"model", "mae", "steps", "cpu_s", "loss_mse", "loss_nce", "curve", and
+    with `baselines` their three MSEs}: means over the last 20% of the records."""
     if text_table is None:
         text_table = class_text_table(data.num_classes, cfg.contrastive.proj_dim)
     clips = ClipSet(data.train, data.train_labels, shift=shift, seed=cfg.train.seed, masking=cfg)
@@ -342,31 +326,24 @@ def pretrain(data: SanityData, cfg: RunConfig, text_table: Optional[torch.Tensor
 
 @torch.no_grad()
 def pixel_mse(mae: VideoMAEPretrainer, video: torch.Tensor, mask: torch.Tensor) -> float:
-    """Masked MSE of `mae`'s reconstruction in pixel units ([0, 1]): its loss without
-    norm_pix_loss; with it, each prediction de-normalized with its patch's true mean and std
-    (`tgmae.models.target.predicted_pixels`), so the comparison with `patch_mean_mse` - which also
-    knows the true mean - asks whether the predicted within-patch pattern beats a flat patch.
-    video [B, C, T, H, W] (normalized), mask [B, N] bool (True = masked)."""
+    """Masked MSE of `mae`'s reconstruction in pixels ([0, 1]); with norm_pix_loss each prediction is
+    de-normalized with its patch's true mean and std (`predicted_pixels`), as `patch_mean_mse` knows
+    them. video [B, C, T, H, W] (normalized), mask [B, N] bool (True = masked)."""
     return masked_pixel_mse(video, mae(video, mask).pred, mask, mae.arch)
 
 
 @torch.no_grad()
 def mae_errors(mae: VideoMAEPretrainer, clips: torch.Tensor, cfg: RunConfig, seed: int = 0, batch: int = 64) -> dict:
-    """Held-out reconstruction: masked MSE of `mae` on uint8 clips [N, T, H, W, 3], masked as in
-    training (cfg.masking; masks from `seed`), next to the per-patch-mean and visible-mean and
-    copy baselines on the same masks -> {"mse", "patch_mean_mse", "visible_mean_mse", "copy_mse"}
-    (means over clips, in pixel units [0, 1]; see `pixel_mse`)."""
+    """Held-out {"mse", "patch_mean_mse", "visible_mean_mse", "copy_mse"} of `mae` on uint8 clips
+    [N, T, H, W, 3] under training's masks (seeded by `seed`); means over clips, pixels [0, 1]."""
     mae.eval()
     g = torch.Generator().manual_seed(seed)
     sums = {"mse": 0.0, "patch_mean_mse": 0.0, "visible_mean_mse": 0.0, "copy_mse": 0.0}
     for i in range(0, len(clips), batch):
         video = to_input(clips[i:i + batch])
         mask = make_masks(cfg, len(video), g)
-        n = len(video)
-        sums["mse"] += pixel_mse(mae, video, mask) * n
-        sums["patch_mean_mse"] += patch_mean_mse(video, mask, mae.arch) * n
-        sums["visible_mean_mse"] += visible_mean_mse(mae, video, mask) * n
-        sums["copy_mse"] += copy_mse(mae, video, mask) * n
+        for k, v in {"mse": pixel_mse(mae, video, mask), **baseline_mses(mae, video, mask)}.items():
+            sums[k] += v * len(video)
     return {k: v / len(clips) for k, v in sums.items()}
 
 
@@ -392,10 +369,9 @@ def linear_probe(encoder: nn.Module, data: SanityData, l2: float = 1e-3) -> dict
 @torch.no_grad()
 def zero_shot_retrieval(model: VideoTextPretrainer, clips: torch.Tensor, labels: torch.Tensor,
                         text_table: torch.Tensor, ks: Sequence[int] = (1, 5), batch: int = 64):
-    """Class retrieval with the trained heads, as `tgmae retrieve` does it: uint8 clips [N, T, H, W, 3]
-    through the encoder with no mask, mean-pooled, the video head (eval mode); the class texts
-    `text_table` [K, Dt] (class k's caption embedding) through the text map; Recall@ks both ways,
-    each with its chance band (`tgmae.evaluate.retrieval.RetrievalResult`). labels [N] in [0, K)."""
+    """Class retrieval as `tgmae retrieve` does it: uint8 clips [N, T, H, W, 3] through the unmasked
+    encoder and the video head; `text_table` [K, Dt] through the text map; Recall@ks both ways with
+    chance bands (`RetrievalResult`). labels [N] in [0, K)."""
     from tgmae.evaluate.metrics import relevance_from_ids
     from tgmae.evaluate.retrieval import retrieval_metrics, text_embeddings
 
@@ -413,10 +389,8 @@ def zero_shot_retrieval(model: VideoTextPretrainer, clips: torch.Tensor, labels:
 
 def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: str, cfg: RunConfig,
                  clip: int = 3) -> Path:
-    """Original / masked / MAE reconstruction / true patch means of validation clip `clip`, masked
-    as in training (cfg.masking; masks from seed 0) -> the PNG's path. The last row is the
-    patch-mean oracle's picture (`patch_mean_mse`): each masked token filled with its own true
-    mean colour."""
+    """Original / masked / reconstruction / true patch means (`patch_mean_mse`'s picture) of validation
+    clip `clip` under training's masks (seed 0) -> the PNG's path."""
     from tgmae.models.target import patchify, reconstruct_video, unpatchify
     from tgmae.viz.plotting import to_uint8_frames
     from tgmae.viz.reconstruction import reconstruction_rows, save_reconstruction_figure
@@ -440,7 +414,7 @@ def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: s
 
 __all__ = [
     "HARNESS", "MEAN", "ORACLE_CAPTIONS", "STD", "ClipSet", "OracleCaptions", "SanityData", "SanityPretrainTask",
-    "accuracy", "class_text_table", "copy_mse", "encoder_features", "fit", "linear_probe", "mae_errors",
+    "accuracy", "baseline_mses", "class_text_table", "copy_mse", "encoder_features", "fit", "linear_probe", "mae_errors",
     "make_data", "make_masks", "patch_mean_mse", "pixel_mse", "pretrain", "recon_figure", "render_clips",
     "sanity_config", "to_input", "train_supervised", "visible_mean_colour", "visible_mean_mse", "zero_shot_retrieval",
 ]

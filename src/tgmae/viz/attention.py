@@ -1,13 +1,9 @@
 """Encoder attention maps (paper Figure 3, row 4): where one query token looks, per layer and head.
 
-The models package computes attention inside SDPA and never materializes the weights, so they are
-recomputed here without touching it: a forward pre-hook on every block's `attn` captures the
-block's attention input (norm1(x)) during one ordinary forward pass, then the query's row of
-softmax(q k^T / sqrt(d)) is rebuilt from that block's own `qkv.weight` and `q_bias` (VideoMAE's
-key bias is zero). Default query: the centre patch of the centre frame.
-
-Figures: the clip's frames with the (head-averaged) attention of a layer overlaid as a heat map,
-the query patch outlined, as a PNG grid and an animated GIF over time.
+SDPA never materializes the weights, so a forward pre-hook on each block's `attn` captures its
+input (norm1(x)) and the query's row of softmax(q k^T / sqrt(d)) is rebuilt from the block's
+`qkv.weight` and `q_bias` (VideoMAE's key bias is zero). Default query: the centre patch of the
+centre frame. Figures: head-averaged attention overlaid on the frames, PNG grid and GIF.
 """
 
 from __future__ import annotations

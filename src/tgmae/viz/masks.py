@@ -1,13 +1,8 @@
-"""Figure-1-style grids of masking algorithms on one clip (`tgmae visualize masks`:
-tgmae.commands.visualize_masks).
+"""Figure-1-style grids of masking algorithms on one clip (`tgmae visualize masks`).
 
-Rows: the input frames, then one row per algorithm (random, tube, MGM, TGM top-k, TGM bottom-k)
-with the masked patches greyed out, the visible ones outlined, and each cell's masked count
-(`masked K/M`) under it; columns: frames (the first frame of evenly spaced temporal
-token slices). On the synthetic set the acting object's outline (ground truth) is drawn too.
-
-    tgmae visualize masks --root SYNTH_DIR [--video-id ID] [--clip CLIP_DIR] --out masks.png
-    tgmae visualize masks --video clip.mp4 --caption "a man ..." --clip CLIP --out masks.png
+Rows: the input frames, then random, tube, MGM, TGM top-k, TGM bottom-k with masked patches
+greyed, visible ones outlined and `masked K/M` under each cell; columns: the first frame of evenly
+spaced token slices. On the synthetic set the acting object's outline is drawn too.
 """
 
 from __future__ import annotations

@@ -48,19 +48,13 @@ def save_reconstruction_figure(
 
 def write_reconstruction(model: nn.Module, sample: dict[str, Any], cfg: Any, out_dir: Path, name: str,
                          title: str, make_mask: Optional[Callable] = None) -> dict[str, Path]:
-    """`out_dir/<name>.png` (original / masked / reconstructed rows) and `<name>.gif` (the three
-    side by side) of one sample dict (`video` [C, T, H, W], `mask` [N] bool, True = masked) drawn
-    by `model` (a `VideoMAEPretrainer`, used in eval mode on its device); cfg: the run's config
-    (clip geometry, data.mean / std). Returns {"reconstruction": png, "reconstruction_gif": gif}.
-
-    The title (after `title`) gives the clip's masked MSE in pixel units (data.mean / data.std
-    undone) next to the patch-mean oracle on the same clip and mask (every masked token filled
-    with its true mean colour, `tgmae.models.target.patch_mean_mse`): a reconstruction at the
-    oracle's error holds no more than each patch's colour. With norm_pix_loss the figure draws the
-    prediction with each patch's true mean and std (the target holds neither), so a pixel
-    comparison would hand the model the oracle's mean; the title then gives the loss on the
-    normalized target, where predicting each patch's mean scores 1.0. make_mask: sample -> [1, N]
-    mask, for runs whose masks are made on the batch (online TGM)."""
+    """`out_dir/<name>.png` (original / masked / reconstructed rows) and `<name>.gif` (side by side) of
+    one sample (`video` [C, T, H, W], `mask` [N] bool, True = masked) drawn by `model` (a
+    `VideoMAEPretrainer`, eval mode); cfg: the run's config. Returns {"reconstruction": png,
+    "reconstruction_gif": gif}. The title gives the clip's masked MSE in pixels next to the patch-mean
+    oracle's (`tgmae.models.target.patch_mean_mse`); with norm_pix_loss (the figure borrows each
+    patch's true mean and std) the loss on the normalized target instead, where the mean scores 1.0.
+    make_mask: sample -> [1, N] mask, for masks made on the batch (online TGM)."""
     from tgmae.models import reconstruct_video
     from tgmae.models.target import masked_pixel_mse, patch_mean_mse
 

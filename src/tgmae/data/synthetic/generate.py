@@ -238,21 +238,12 @@ def generate_synthetic_dataset(
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
-    workers: processes rendering/encoding in parallel (0 = all CPUs); output does not depend on it.
-      Workers are spawned, so a script calling this with workers != 1 needs the usual
-      `if __name__ == "__main__":` guard.
-    progress: called as progress(done, total) after each video.
-    distractors, distractor_speed: difficulty (`sample_scene`): at most this many distractor
-      shapes (0-2), their speed (1 = the original set). The defaults give the original, hardest
-      set, byte for byte; supervised training from scratch learns the action at 0 distractors
-      (docs/sanity.md has the measured curve).
-    background: one background kind for every video (BACKGROUNDS, or "flat": one colour without
-      grain) instead of a random one per video; None (default) draws them.
-    static_camera: the background neither scrolls nor shakes, so it is identical over time wherever
-      no object covers it (the data on which MAE learns more than patch means, docs/sanity.md (b)).
-    Both draw the same random numbers as the default set: only what they name changes. The
-    defaults write the default set byte for byte (meta.json records either only when set).
-    """
+    workers: rendering / encoding processes (0 = all CPUs; spawned: callers need the
+    `if __name__ == "__main__":` guard); output does not depend on it. progress(done, total) after
+    each video. distractors, distractor_speed, background, static_camera: difficulty knobs of
+    `sample_scene` ("flat": one colour without grain; None draws a background per video). They draw
+    the same random numbers, and the defaults write the original set byte for byte (meta.json
+    records a knob only when set)."""
     check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed,
                    background)
     start = time.perf_counter()

@@ -194,17 +194,12 @@ def sample_scene(label: int, height: int, width: int, frames: int, rng: np.rando
                  background: str | None = None, static_camera: bool = False) -> Scene:
     """Sample one scene whose acting object performs ACTIONS[label].
 
-    Difficulty knobs (the defaults are the original, hardest set; any setting draws the same
-    random numbers, so a scene differs from the default one only in what the knob changes):
-    distractors: at most this many distractor shapes (0-2; the count is drawn as 0/1/2 with
-      p = .15/.4/.45 and capped). distractor_speed: multiplies their path cycles and spin
-      (1 = the original, 0 = static). background: one of BACKGROUNDS or EXTRA_BACKGROUNDS ("flat")
-      instead of a random one. static_camera: the background neither scrolls nor shakes (every
-      frame shows the same window, so it is identical over time wherever no object covers it;
-      the MAE sanity check's copyable structure, issue 14); the random numbers are drawn as
-      before and then the motion is dropped, so the objects' tracks are the default scene's.
-    Raises ValueError naming the bad argument.
-    """
+    Difficulty knobs (defaults: the original, hardest set; every setting draws the same random
+    numbers, so only what the knob names changes): distractors: at most this many (0-2; drawn as
+    0/1/2 with p = .15/.4/.45, then capped); distractor_speed: scales their path cycles and spin
+    (0 = static); background: one of BACKGROUNDS or EXTRA_BACKGROUNDS instead of a random one;
+    static_camera: the background neither scrolls nor shakes (the objects' tracks are unchanged).
+    Raises ValueError naming the bad argument."""
     if not 0 <= label < len(ACTIONS):
         raise ValueError(f"label={label}: expected 0..{len(ACTIONS) - 1}")
     check_scene_options(distractors, distractor_speed, background)

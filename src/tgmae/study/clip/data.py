@@ -1,22 +1,11 @@
 """Training pairs for the small CLIP of `tgmae train-clip`, cut from the synthetic set.
 
-The synthetic set (`tgmae synth`) gives, per video, frames, three captions naming the acting
-object ("a red circle slides left ...") and a per-frame mask of that object. TGM's faithful mode
-embeds single 16x16 model patches as whole images, so the CLIP must also work on such tiny
-crops. Each sampled frame yields four images:
-
-- the whole frame, the object's box (random margin) and a patch-sized window on the object:
-  positives of the video's captions;
-- a patch-sized window off the object (background, distractors): a negative that only enlarges
-  the caption -> image softmax, pushing the caption away from the rest of its own frame.
-
-Positives are grouped by the object's name (colour + shape): every caption naming a red circle
-is a positive of every red-circle image in the batch, so repeated objects are not false negatives.
-
-A single frame cannot show the action the captions name ("slides left"), so the text tower would
-learn to ignore the verbs. `sample_clips` therefore also cuts short clips (a few frames in time
-order, stacked on the channel axis) for the motion tower of `tgmae train-clip`; their positives
-are grouped by object name and action.
+Each sampled frame yields the whole frame, the object's box (random margin) and a patch-sized
+window on the object (positives of the video's captions: TGM's faithful mode embeds 16x16 patches
+as images), and a patch-sized window off the object (a negative in the caption -> image softmax).
+Positives are grouped by object name (colour + shape), so repeated objects are no false negatives.
+`sample_clips` cuts short clips (frames stacked on channels) for the motion tower, grouped by
+object and action: a single frame cannot show the verb.
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
-"""A small CLIP trained on the synthetic set (command: `tgmae train-clip --root SYNTH_DIR --out DIR`).
+"""A small CLIP trained on the synthetic set (`tgmae train-clip --root SYNTH_DIR --out DIR`), so
+text-guided masking has a meaningful CLIP offline.
 
-Gives text-guided masking a meaningful CLIP offline (and is a legitimate tool where no public
-CLIP suits a domain). A transformers `CLIPModel` (small ViT image tower + text tower, symmetric
-contrastive loss), a byte-level BPE tokenizer trained in code on the captions, and a CLIP image
-processor are saved together, so the directory loads exactly like a public CLIP:
-`CLIPModel.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`,
-`AutoProcessor.from_pretrained(DIR)`. Training pairs: whole frames, object boxes and patch-sized
-object windows with their captions, and off-object windows as negatives (`tgmae.study.clip.data`), so that
-the paper-faithful mode (16 px patch crops embedded as images) finds the named object. A second
-loss (`--dense-weight`) applies the same grouping to the whole frames' patch tokens on the dense
-MaskCLIP path (last block's value projection -> post-LN -> projection): object patches are
-positives of the caption, the others negatives, so the fast dense mode works with this CLIP too
-(large public CLIPs have that property from pretraining; a small one trained on CLS pairs only
-does not).
-
-Frames cannot show the action a caption names, so on frame pairs alone the text tower learns to
-ignore the verbs ("moves left" and "moves right" end up at cosine ~1). A third loss
-(`--motion-weight`) pairs the same text tower with a motion tower: a small ViT that sees a short
-clip (`--motion-frames` frames stacked on the channel axis) and is trained to match the clip's
-caption, grouped by object and action. The text tower then has to separate the verbs, while the
-image tower TGM uses still scores single frames. The motion tower is saved in DIR/motion
-(a `CLIPVisionModelWithProjection`); TGM and the caption embeddings never load it.
+A transformers `CLIPModel` (small ViT + text tower, symmetric contrastive loss), a byte-level BPE
+tokenizer trained on the captions and a CLIP image processor, saved so DIR loads like a public CLIP
+(`CLIPModel` / `AutoTokenizer` / `AutoProcessor.from_pretrained(DIR)`). Pairs: frames, object boxes
+and patch-sized object windows with their captions, off-object windows as negatives
+(`tgmae.study.clip.data`), so the faithful mode's 16 px crops find the named object.
+`--dense-weight`: the same grouping on the frames' patch tokens of the dense MaskCLIP path (value
+projection -> post-LN -> projection), so the dense mode works too. `--motion-weight`: the text
+tower also matches a motion tower (a small ViT on `--motion-frames` frames stacked on channels,
+saved in DIR/motion, never loaded by TGM), so it separates the verbs frames cannot show.
 """
 
 from __future__ import annotations
