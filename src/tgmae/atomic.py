@@ -266,7 +266,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
     """Write `text` (UTF-8) to `path` atomically (see `atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
-
-
-__all__ = ["OutputError", "WRITE_ERRNOS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "current_umask", "file_in_the_way", "open_mode", "remove_stale_temps", "temp_path", "write_failure"]

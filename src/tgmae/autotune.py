@@ -205,7 +205,3 @@ def forget() -> None:
     """Drop this process's memo and warnings (the cache file stays): the next `choose` reads the file."""
     _memo.clear()
     _warned.clear()
-
-
-__all__ = ["cache_path", "enabled", "cpu_info", "machine_key", "time_candidates", "choose", "lookup",
-           "cached_choices", "forget", "CACHE_ENV", "SWITCH_ENV"]

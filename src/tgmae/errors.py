@@ -42,6 +42,3 @@ def worker_user_error(e: BaseException) -> Optional[str]:
     if not (isinstance(kind, type) and issubclass(kind, (UserError, FileNotFoundError))):
         return None
     return str(e)[last.end():].strip()
-
-
-__all__ = ["SettingsError", "UserError", "worker_user_error"]

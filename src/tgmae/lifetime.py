@@ -38,6 +38,3 @@ def end_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     if _parent_gone(parent_pid):  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid, every_s), name="end-with-parent", daemon=True).start()
-
-
-__all__ = ["end_with_parent"]

@@ -183,6 +183,3 @@ def hold(target: str | os.PathLike, what: str, enabled: bool = True, wait: float
         yield
     finally:
         release(target)
-
-
-__all__ = ["LockError", "acquire", "check_kind", "hold", "lock_file", "release", "shard_target"]

@@ -118,9 +118,3 @@ def check_mask(mask: torch.Tensor, num_tokens: int | None = None) -> int:
     if n_vis == 0:
         raise ValueError("mask hides every token: the encoder needs at least one visible token")
     return n_vis
-
-
-__all__ = [
-    "MASKED_COUNT", "CropParams", "MaskContext", "MaskGenerator", "check_mask", "masked_per_clip",
-    "masked_per_slice", "num_masked",
-]

@@ -21,6 +21,3 @@ def cache_root() -> Optional[Path]:
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tgmae")
     return Path(root)
-
-
-__all__ = ["CACHE_ENV", "cache_root"]

@@ -207,9 +207,3 @@ def uint8_to_unit(frames: "object") -> torch.Tensor:
     """np.uint8 [T, H, W, 3] -> float [T, 3, H, W] in [0, 1]."""
     x = torch.as_tensor(frames)
     return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-__all__ = [
-    "CLIP_MEAN", "CLIP_STD", "MODES", "ClipBundle", "ClipPatchScorer", "cosine_maps", "embed_texts", "frames_to_unit",
-    "load_clip", "map_grid", "uint8_to_unit",
-]

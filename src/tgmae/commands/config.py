@@ -83,6 +83,3 @@ def main(argv: Sequence[str]) -> int:
         base = {"finetune": FINETUNE_RECIPE, "probe": PROBE_RECIPE}[args.recipe]
     sys.stdout.write(render(config_module.load_config(args.config, args.overrides, base=base)))
     return 0
-
-
-__all__ = ["field_help", "render", "main"]

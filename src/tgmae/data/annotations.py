@@ -292,7 +292,3 @@ def read_classes(path: Path) -> Optional[list[str]]:
     if not path.is_file():
         return None
     return [t for _, t in read_lines(path)]
-
-
-__all__ = ["VideoRecord", "Problem", "AnnotationError", "RowErrors", "UniqueIds", "read_generic", "relative_id",
-           "unnamed_classes", "VIDEO_EXTS"]

@@ -325,7 +325,3 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
             build_disk_cache(records, folder, threads=threads, workers=workers)
         barrier()
     return build_disk_cache(records, folder, threads=threads, workers=workers)
-
-
-__all__ = ["ClipCache", "build_clip_cache", "build_memory_cache", "build_disk_cache",
-           "cache_key", "frame_spans", "default_cache_dir"]

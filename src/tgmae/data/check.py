@@ -166,6 +166,3 @@ def _subset_of(index: int, counts: list[int], lists: list[dict]) -> str:
 def found_problems(report: dict) -> bool:
     """True when a `run_check` report found anything wrong (the command's exit 1)."""
     return bool(report["bad"] or report["bad_rows"] or report["empty"])
-
-
-__all__ = ["found_problems", "run_check", "check_record", "unreadable_records", "ItemResult", "parallel_map"]

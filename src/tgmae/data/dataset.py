@@ -415,7 +415,3 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
         ds = VideoDataset(records, cfg, train=is_train if train is None else train, **kwargs)
     ds.class_names = classes  # type: ignore[attr-defined]
     return ds
-
-
-__all__ = ["VideoDataset", "MultiViewDataset", "subset_annotations", "SPLIT_FOLDER_FORMATS", "VideoLoadError", "CaptionProvider", "sample_generator",
-           "build_dataset", "keep_freed_memory", "loader_worker_init", "check_videos_known"]

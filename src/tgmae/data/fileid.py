@@ -38,6 +38,3 @@ def videos_fingerprint(paths: Sequence[str]) -> str:
             ident = [-1]
         h.update(f"{p}\0{ident}\n".encode())
     return h.hexdigest()
-
-
-__all__ = ["file_identity", "entry_identity", "videos_fingerprint"]

@@ -355,8 +355,6 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
     return out
 
 
-__all__ = ["read_k400", "read_path_label_list", "read_ssv2", "read_ucf101", "read_hmdb51",
-           "read_diving48", "read_epic55"]
 
 
 def _resolve(root: Path, annotations: str | Path) -> Path:

@@ -87,6 +87,3 @@ class FrameFolder:
 
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-__all__ = ["FrameFolder", "IMAGE_EXTS"]

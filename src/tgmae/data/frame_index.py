@@ -321,7 +321,3 @@ def forget(path: str) -> None:
             f.unlink()
         except OSError:
             pass
-
-
-__all__ = ["FrameIndex", "VideoError", "KINDS", "error_text", "error_detail", "build_index", "frame_index", "cached_frame_index", "forget",
-           "cache_dir"]

@@ -103,6 +103,3 @@ def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: st
     raise ConfigError(f"{setting}: a clip needs {min_frames} frames and no video holds one: the longest has {best} "
                       f"frames{' in its range' if ranged else ''} ({longest.path}); lower {key} to {best} or less, "
                       f"or check the videos (`tgmae data check --min-frames {min_frames}`)")
-
-
-__all__ = ["stated_frames", "exact_frames", "check_clip_fits", "CONFIRM_AT_MOST"]

@@ -49,6 +49,3 @@ def rotate_motion(m: np.ndarray, rotation: int) -> np.ndarray:
         m = np.rot90(m, k=1)
         m = np.stack([m[..., 1], -m[..., 0]], -1)
     return np.ascontiguousarray(m)
-
-
-__all__ = ["block_motion", "rotate_motion"]

@@ -367,7 +367,3 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
             "failed": [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"],
             "check": check}
-
-
-__all__ = ["PrepareSettings", "PrepareError", "FileResult", "run_prepare", "transcode", "output_size",
-           "write_annotations"]

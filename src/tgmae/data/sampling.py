@@ -95,6 +95,3 @@ def clip_indices(
                              generator=generator if train else None, offset=None if train else 0.5)
     return tsn_indices(start, end, num_frames,  # tsn (data.sampling is validated: dense | tsn)
                        generator=generator if train else None, offset=None if train else 0.5)
-
-
-__all__ = ["dense_indices", "tsn_indices", "temporal_views", "clip_indices"]

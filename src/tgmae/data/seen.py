@@ -40,6 +40,3 @@ class SeenVideos:
             return False
         self._local.add(video_id)
         return True
-
-
-__all__ = ["SeenVideos"]

@@ -249,10 +249,3 @@ def erase_clip(erase, video: torch.Tensor, seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
         out = erase(video.reshape(1, c * t, h, w))
     return out.reshape(c, t, h, w)
-
-
-__all__ = [
-    "Box", "multiscale_crop_box", "random_resized_crop_box", "spatial_view_boxes",
-    "crop_resize", "normalize", "PretrainTransform", "EvalTransform", "FinetuneTransform",
-    "rand_augment_clip", "erase_clip",
-]

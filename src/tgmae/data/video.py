@@ -435,7 +435,3 @@ def read_motion_vectors(path: str | Path, frame_indices: Sequence[int]) -> list[
     I-frames. Hb, Wb = ceil(H / 16), ceil(W / 16) of the (rotated) frame."""
     with VideoReader(path) as r:
         return r.read(frame_indices, with_motion=True)[1]
-
-
-__all__ = ["VideoInfo", "VideoReader", "VideoError", "Verdict", "video_verdict", "probe_video", "read_frames",
-           "read_motion_vectors", "write_video", "IMAGE_EXTS"]

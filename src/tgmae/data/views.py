@@ -61,6 +61,3 @@ def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def first_view(sample: dict[str, Any]) -> dict[str, Any]:
     """A k-view sample -> its view 0 as a single-view sample (figures, previews)."""
     return {key: (val[0] if key in VIEW_KEYS and isinstance(val, list) else val) for key, val in sample.items()}
-
-
-__all__ = ["view_generators", "gather_views", "collate_views", "first_view", "VIEW_KEYS"]

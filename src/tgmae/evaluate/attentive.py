@@ -211,8 +211,3 @@ def predict_attentive(model: nn.Module, batches: Iterable[dict[str, Any]], token
     finally:
         model.train(was_training)
     return {"probs": torch.cat(probs), "label": torch.cat(labels)}
-
-
-__all__ = ["CrossAttention", "AttentivePooler", "AttentiveClassifier", "AttentiveEnsemble", "ensemble_loss",
-           "class_probs", "TokenDataset", "cached_tokens",
-           "encoder_tokens", "predict_attentive"]

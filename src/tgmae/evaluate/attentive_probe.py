@@ -161,6 +161,3 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
                  best, best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch,
                        **val_counts(val))
-
-
-__all__ = ["AttentiveTask", "attentive_probe", "loop_config", "score_probs"]

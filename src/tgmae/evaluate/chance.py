@@ -117,7 +117,3 @@ def retrieval_bands(relevant: torch.Tensor, ks: Sequence[int], level: float = LE
     used = relevant.any(dim=0)
     return {"video_to_text": {k: recall_band(relevant, k, level) for k in ks},
             "text_to_video": {k: recall_band(relevant.T[used], k, level) for k in ks}}
-
-
-__all__ = ["LEVEL", "ChanceBand", "hits_distribution", "band", "accuracy_band", "recall_chance", "recall_band",
-           "retrieval_bands"]

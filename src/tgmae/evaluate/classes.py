@@ -156,7 +156,3 @@ def warn_unseen_classes(names: Sequence[str], labels: Iterable[int], num_classes
         log.warning("%d of %d classes have no training video in %s: %s (a head trained on it never learns them)",
                     len(unseen), num_classes, where, _preview(label))
     return unseen
-
-
-__all__ = ["ClassAlignment", "ClassMismatchError", "align_classes", "check_head_classes", "data_class_count", "warn_unseen_classes",
-           "named", "resolve_num_classes"]

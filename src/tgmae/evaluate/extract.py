@@ -518,8 +518,3 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
         return summary, None
     check_extracted(out_dir, names, made_folder)  # a window no video holds: an error, not an empty index
     return summary, write_index(out_dir)
-
-
-__all__ = ["ExtractSpec", "ExtractError", "ExtractSummary", "VideoFeatures", "window_starts", "frame_seconds",
-           "preprocess", "encode_windows", "extract_video", "extract_to_shards", "read_shards", "check_extracted",
-           "write_index", "manifest", "manifest_differences", "shard_path", "load_frozen_encoder", "frozen_encoder", "dataset_videos", "extract_dataset", "job_lock"]

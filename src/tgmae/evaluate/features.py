@@ -151,7 +151,3 @@ def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[P
         else:
             write_cached(cache_path, out["features"], out["label"], inputs or {})
     return out["features"], out["label"]
-
-
-__all__ = ["pooled_features", "extract_features", "feature_cache_key", "cached_features", "read_cached",
-           "write_cached", "POOLING"]

@@ -246,7 +246,3 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
                      test.num_videos, test.num_views)
         atomic_write_text(out / "finetune_results.json", json.dumps(summary, indent=2))
     return FinetuneResult(out, path, fit.history, test)
-
-
-
-__all__ = ["FinetuneTask", "FinetuneResult", "finetune", "require_readable", "resolve_num_classes"]

@@ -119,6 +119,3 @@ def knn_scores(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tens
              for _, sim, nb in _neighbours(train, train_labels, test, k, chunk, device)]
     votes = torch.cat(parts) if parts else torch.zeros(0, k_cls, dtype=torch.float64)
     return votes / votes.sum(dim=1, keepdim=True)
-
-
-__all__ = ["KnnResult", "knn_classify", "knn_scores", "knn_votes", "rank_classes", "DINO_KS", "DINO_TEMPERATURE"]

@@ -82,6 +82,3 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         log.info("k-NN probe (T %g): %s", temperature,
                  "; ".join(f"k={k} {topk_text(r.top1, r.top5)}" for k, r in by_k.items()))
     return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k, **val_counts(val))
-
-
-__all__ = ["KnnProbeResult", "knn_probe"]

@@ -49,6 +49,3 @@ class LARS(torch.optim.Optimizer):
                 mu.mul_(g["momentum"]).add_(dp)
                 p.add_(mu, alpha=-g["lr"])
         return loss
-
-
-__all__ = ["LARS"]

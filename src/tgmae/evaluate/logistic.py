@@ -104,6 +104,3 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, grid: Sequence[float], folds: in
         scores[l2] = correct / x.shape[0]
     best = max(reversed(values), key=lambda v: scores[v])  # max keeps the first: the strongest of equals
     return best, scores
-
-
-__all__ = ["LogisticFit", "fit_logistic", "fold_ids", "select_l2"]

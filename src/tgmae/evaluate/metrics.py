@@ -108,9 +108,3 @@ def relevance_from_ids(query_ids: Sequence | torch.Tensor, gallery_ids: Sequence
     q = torch.as_tensor(query_ids).view(-1, 1)
     g = torch.as_tensor(gallery_ids).view(1, -1)
     return q == g
-
-
-__all__ = [
-    "topk_accuracy", "topk_correct", "reported_ks", "topk_text", "per_class_accuracy", "mean_class_accuracy",
-    "retrieval_ranks", "recall_at_k", "relevance_from_ids",
-]

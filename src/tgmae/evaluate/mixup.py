@@ -100,6 +100,3 @@ def _gamma_icdf(shape: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
     return (lo + hi) / 2
-
-
-__all__ = ["mix_batch", "MixResult", "smooth_one_hot", "soft_cross_entropy", "cutmix_box"]

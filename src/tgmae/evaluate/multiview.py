@@ -289,7 +289,3 @@ def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, An
         what = f"written by {by}" if by != writer else "of other settings (" + "; ".join(diffs) + ")"
         raise ConfigError(f"train.output_dir={str(out)!r} holds {results.name} {what}: it is not replaced; choose "
                           "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
-
-
-__all__ = ["ClassificationResult", "refuse_other_results", "test_settings", "RESULT_FILES", "predict_views", "evaluate_classifier", "classification_result",
-           "evaluate_checkpoint", "views_per_sample", "video_ids", "write_test_results"]

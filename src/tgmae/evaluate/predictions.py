@@ -62,6 +62,3 @@ def write_predictions(path: str | os.PathLike, video_ids: Sequence[str], labels:
                                                                     class_names, k))
     atomic_write_text(path, buf.getvalue())
     return Path(path)
-
-
-__all__ = ["write_predictions", "prediction_rows", "as_probabilities"]

@@ -486,10 +486,3 @@ def refuse_other_run(out: Path) -> None:
     loaded = ckpt.load_checkpoint(source)
     fits = {k.split(".")[0] for k in loaded.model_state} <= {"bn", "head"}
     ckpt.check_run_kind(source, loaded.extra.get("task"), ProbeTask.name, str(out), fits=fits)
-
-
-
-__all__ = ["ProbeHead", "FeatureDataset", "ProbeTask", "ProbeResult", "build_probe_optimizer", "score_probe",
-           "score_logits", "probe_logits", "best_of", "frozen_probe_encoder", "probe_features", "run_probe", "linear_probe", "logistic_probe",
-           "write_results", "write_val_predictions", "val_counts", "tensors_fingerprint", "probe_step", "scored_video_ids", "refuse_other_run",
-           "refuse_other_probe"]

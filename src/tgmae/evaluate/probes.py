@@ -24,6 +24,3 @@ def run_probe(cfg: RunConfig, hooks=None, **kwargs: Any) -> Any:
     from tgmae.evaluate.probe import linear_probe
 
     return linear_probe(cfg, hooks, **kwargs)
-
-
-__all__ = ["run_probe"]

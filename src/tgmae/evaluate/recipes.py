@@ -40,6 +40,3 @@ def with_recipe(recipe: dict, path: str | None = None, overrides: Sequence[str] 
     from tgmae.config import load_config
 
     return load_config(path, list(overrides), base=copy.deepcopy(recipe))  # the shared recipe stays as written
-
-
-__all__ = ["FINETUNE_RECIPE", "PROBE_RECIPE", "with_recipe"]

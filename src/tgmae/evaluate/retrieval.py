@@ -321,9 +321,3 @@ def chance_text(result: RetrievalResult, direction: str) -> str:
     parts = [f"R@{k} ({100 * b.lo:.1f}-{100 * b.hi:.1f}% over {b.n} queries)"
              for k, b in result.chance.get(direction, {}).items() if result.at_chance(direction, k)]
     return "at chance: " + ", ".join(parts) if parts else ""
-
-
-
-__all__ = ["RetrievalResult", "retrieval_metrics", "load_video_text_model", "video_embeddings", "text_embeddings",
-           "class_prompts", "class_texts", "ensemble_embeddings", "class_text_embeddings", "caption_relevance",
-           "evaluate_retrieval", "chance_text", "KS"]

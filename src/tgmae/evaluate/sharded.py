@@ -147,6 +147,3 @@ def default_device(model: torch.nn.Module, fallback: Optional[torch.device] = No
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return fallback or torch.device("cpu")
-
-
-__all__ = ["all_gather_objects", "map_dataset", "map_eval", "default_device", "no_substitution", "split_unreadable"]

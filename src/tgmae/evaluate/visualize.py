@@ -260,7 +260,3 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
              f"patch {arch.patch_size})")
     return attention_figures(encoder, sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
                              layer=layer, name=name, title=title)
-
-
-__all__ = ["recon_figures", "attention_maps", "load_pretrainer", "figure_config", "figure_id", "figures_folder",
-           "run_settings"]

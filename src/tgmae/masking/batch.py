@@ -29,6 +29,3 @@ class BatchMaskGenerator(Protocol):
 def is_batch_generator(obj: object) -> bool:
     """True for generators meant to run on the batch in the main process."""
     return bool(getattr(obj, "batched", False))
-
-
-__all__ = ["BatchMaskGenerator", "is_batch_generator"]

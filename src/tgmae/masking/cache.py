@@ -328,10 +328,3 @@ class SimilarityCache:
 def _clip_id(name: str) -> str:
     p = Path(name)
     return str(p.resolve()) if p.exists() else name
-
-
-__all__ = [
-    "CACHE_FORMAT", "CACHE_VERSION", "CacheEntry", "CacheManifest", "CacheMismatchError", "clear_cache",
-    "MissingCacheEntry", "SimilarityCache", "entry_file", "manifest_differences", "merge_parts",
-    "part_file", "part_records", "read_manifest", "read_parts", "write_entry", "write_manifest_or_check",
-]

@@ -21,6 +21,3 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-__all__ = ["caption_source_of", "file_sha256"]

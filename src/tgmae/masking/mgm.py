@@ -88,6 +88,3 @@ class MotionGuidedMask(ScoredMask):
     def __repr__(self) -> str:
         return (f"MotionGuidedMask(ratio={self.ratio}, motion_source={self.motion_source!r}, "
                 f"sigma={self.sigma}, floor={self.floor})")
-
-
-__all__ = ["MotionGuidedMask"]

@@ -104,9 +104,3 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(x[:, None].float(), k.view(1, 1, 1, -1), padding=(0, r))
     y = F.conv2d(y, k.view(1, 1, -1, 1), padding=(r, 0))
     return y[:, 0]
-
-
-__all__ = [
-    "MACROBLOCK", "block_extent", "codec_token_motion", "fill_from_nearest", "frame_difference",
-    "gaussian_smooth", "has_codec_motion", "motion_magnitude", "stack_codec_motion",
-]

@@ -158,6 +158,3 @@ def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]
 def _append(f, rec: dict) -> None:
     f.write(json.dumps(rec) + "\n")
     f.flush()
-
-
-__all__ = ["PrecomputeOptions", "captions_key", "precompute", "video_similarity"]

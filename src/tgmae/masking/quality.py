@@ -175,9 +175,3 @@ def format_table(quality: MaskQuality) -> str:
                      f"{r['precision'] / base:>12.2f} {ceiling:>8.4f}")
     lines.append(f"(object tokens: {object_fraction:.4f} of all; ceiling = best possible precision at that ratio)")
     return "\n".join(lines)
-
-
-__all__ = [
-    "PAPER_RATIOS", "EvalClip", "MaskQuality", "evaluate_masks", "format_table",
-    "object_coverage",
-]

@@ -104,9 +104,3 @@ def resample_to_tokens(
     if tubelet_frame == "mean":
         sampled = sampled.reshape(t_tok, tubelet, h_tok, w_tok).mean(dim=1)
     return sampled
-
-
-__all__ = [
-    "full_frame_crop", "resample_to_tokens",
-    "sample_maps",
-]

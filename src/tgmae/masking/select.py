@@ -83,6 +83,3 @@ def topk_iou(scores_a: torch.Tensor, scores_b: torch.Tensor, ratio: float, selec
     inter = (a & b).sum(dim=1).float()
     union = (a | b).sum(dim=1).float().clamp(min=1)
     return float((inter / union).mean())
-
-
-__all__ = ["ScoredMask", "select_batch_per_slice", "select_per_slice", "topk_iou"]

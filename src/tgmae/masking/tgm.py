@@ -199,6 +199,3 @@ def _require_text(emb: Optional[torch.Tensor], scorer: ClipPatchScorer, video_id
             f"{scorer.clip.embed_dim}: embed captions with the same CLIP as masking.clip_model"
         )
     return emb
-
-
-__all__ = ["BatchTGMMask", "CachedTGMMask", "OnlineTGMMask"]

@@ -173,7 +173,3 @@ def set_attention_kernel(model: nn.Module, kernel: Kernel) -> None:
     for m in model.modules():
         if isinstance(m, Attention):
             m.kernel = kernel
-
-
-__all__ = ["Attention", "KERNELS", "math_attention", "sdpa_fp32", "pick_kernel", "measure_kernel", "plan_kernels",
-           "length_bucket", "set_attention_kernel"]

@@ -101,6 +101,3 @@ def init_vit_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-__all__ = ["Block", "Mlp", "DropPath", "run_block", "drop_path_rates", "init_vit_weights"]

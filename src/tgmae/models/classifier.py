@@ -76,6 +76,3 @@ def classifier_arch(arch: VideoMAEArch, num_frames: Optional[int] = None, image_
     and stochastic depth (sin-cos positions, so frames and image size may change freely)."""
     given = dict(num_frames=num_frames, image_size=image_size, drop_path=drop_path)
     return dataclasses.replace(arch, encoder_norm=False, **{k: v for k, v in given.items() if v is not None})
-
-
-__all__ = ["VideoClassifier", "classifier_arch", "FC_NORM_EPS"]

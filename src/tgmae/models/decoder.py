@@ -36,6 +36,3 @@ class VideoMAEDecoder(nn.Module):
             x = run_block(blk, x, self.grad_checkpoint)
         x = run_block(self.blocks[-1], x, self.grad_checkpoint, q_start=first_masked)  # [B, num_masked, Dd]
         return self.head(self.norm(x))
-
-
-__all__ = ["VideoMAEDecoder"]

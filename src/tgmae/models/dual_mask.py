@@ -50,6 +50,3 @@ def indices_to_mask(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Token indices [B, n] -> [B, num_tokens] bool, True at the indices."""
     out = torch.zeros(idx.shape[0], num_tokens, dtype=torch.bool, device=idx.device)
     return out.scatter_(1, idx, True)
-
-
-__all__ = ["DECODER_MASKS", "running_cell_decoded", "decoder_tokens", "indices_to_mask"]

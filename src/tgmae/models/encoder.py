@@ -79,6 +79,3 @@ class VideoViTEncoder(nn.Module):
                 f"video must be [B, C, T, H, W] = [B, {', '.join(map(str, want))}], "
                 f"got {tuple(video.shape)}"
             )
-
-
-__all__ = ["VideoViTEncoder"]

@@ -34,6 +34,3 @@ def training_options(masking_cfg: MaskingConfig, train_cfg: TrainConfig) -> dict
     arguments of `build_pretraining_model` / `build_video_text_model`."""
     return dict(grad_checkpoint=train_cfg.grad_checkpoint, decoder_ratio=masking_cfg.decoder_ratio,
                 decoder_mask=masking_cfg.decoder_mask)
-
-
-__all__ = ["build_pretraining_model", "training_options"]

@@ -211,10 +211,3 @@ class InfoNCE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:.4g}, learnable={self.learnable}"
-
-
-__all__ = [
-    "InfoNCE", "info_nce", "info_nce_rows", "candidate_masks", "first_occurrence",
-    "all_gather_with_grad", "all_reduce_with_grad",
-    "LOGIT_SCALE_MAX", "LOGIT_SCALE_MIN",
-]

@@ -34,6 +34,3 @@ class TubeletEmbed(nn.Module):
     def forward(self, video: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         pixels = token_pixels(video, self.tubelet, self.patch, idx)  # [B, n, C*t*p*p]
         return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)
-
-
-__all__ = ["TubeletEmbed"]

@@ -20,6 +20,3 @@ def sincos_position_table(num_tokens: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
     return table.to(torch.float32)
-
-
-__all__ = ["sincos_position_table"]

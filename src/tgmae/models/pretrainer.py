@@ -110,6 +110,3 @@ class VideoMAEPretrainer(nn.Module):
         names = {"mask_token"}
         names |= {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}
         return names
-
-
-__all__ = ["VideoMAEPretrainer", "PretrainOutput"]

@@ -169,9 +169,3 @@ def reconstruct_video(video: torch.Tensor, pred: torch.Tensor, mask: torch.Tenso
     pasted = to_standard_layout((x_pix - m) / s)
     patches.scatter_(1, mask_idx.unsqueeze(-1).expand(-1, -1, arch.patch_dim), pasted)
     return unpatchify(patches, arch.tubelet_size, arch.patch_size, arch.grid)
-
-
-__all__ = [
-    "patchify", "unpatchify", "pretrain_target", "pretrain_target_channel_first", "masked_mse",
-    "reconstruct_video", "NORM_EPS", "pixel_target", "predicted_pixels", "masked_pixel_mse", "patch_mean_mse",
-]

@@ -48,6 +48,3 @@ def token_pixels(video: torch.Tensor, tubelet: int, patch: int,
         return rows.view(B, n_all, k)
     flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * n_all).reshape(-1)
     return rows.index_select(0, flat).view(B, idx.shape[1], k)
-
-
-__all__ = ["TokenSplit", "mask_to_indices", "gather_rows", "token_pixels"]

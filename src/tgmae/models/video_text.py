@@ -256,9 +256,3 @@ def build_video_text_model(model_cfg: ModelConfig, contrastive_cfg: ContrastiveC
     (`options` go to `build_pretraining_model`; load pretrained MAE weights into `.mae`)."""
     mae = build_pretraining_model(model_cfg, num_frames, image_size, pixel_mean, pixel_std, **options)
     return VideoTextPretrainer.from_config(mae, contrastive_cfg, text_dim)
-
-
-__all__ = [
-    "OBJECTIVES", "GlobalBatchNorm1d", "ProjectionHead", "VideoTextOutput", "VideoTextPretrainer",
-    "build_video_text_model",
-]

@@ -83,6 +83,3 @@ def certain_lines(rows: Sequence[dict]) -> list[str]:
     measure nothing, and the findings say so once per column."""
     seen = sorted({h for row in rows for h, b in row.get("chance", {}).items() if b is not None and b.lo >= 1.0})
     return [f"{h}: every ranking reaches 100% (as many texts as k or fewer), so it measures nothing" for h in seen]
-
-
-__all__ = ["TOP1", "RECALL", "record_band", "pooled_band", "band_text", "at_chance_lines", "certain_lines"]

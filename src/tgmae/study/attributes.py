@@ -134,7 +134,3 @@ def bag_of_words(corpus: list[str]) -> Callable[[list[str]], torch.Tensor]:
         return out
 
     return embed
-
-
-__all__ = ["ATTRIBUTES", "attribute_probe", "bag_of_words", "fit_logistic_probe", "text_action_probe",
-           "video_attributes"]

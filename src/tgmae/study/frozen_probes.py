@@ -86,6 +86,3 @@ def check_probes(probes: Sequence[str]) -> None:
     if "linear" not in probes:
         raise ConfigError(f"study.probes={list(probes)}: must include linear (the table's LP column and its "
                           "comparisons)")
-
-
-__all__ = ["PROBE_KINDS", "RECORD_KEYS", "frozen_probe_configs", "run_frozen_probes", "missing", "check_probes"]

@@ -104,7 +104,3 @@ def reconstruction_check(out_dir: str | Path, steps: int = RECON_STEPS, seed: in
                  f"{held['visible_mean_mse']:.4f}, copy {held['copy_mse']:.4f})", cfg)
     atomic_write_text(out_dir / "reconstruction_check.json", json.dumps(record, indent=1) + "\n")
     return record
-
-
-__all__ = ["RECON_DATA", "RECON_RUN", "RECON_STEPS", "reconstruction_check", "reconstruction_config",
-           "reconstruction_data", "reconstruction_settings", "saved_reconstruction_check"]

@@ -410,11 +410,3 @@ def recon_figure(mae: VideoMAEPretrainer, data: SanityData, path: Path, title: s
     rows = reconstruction_rows(video[0], recon[0], mask[0], arch.grid, arch.tubelet_size, arch.patch_size, MEAN, STD)
     rows["true patch means"] = to_uint8_frames(mean_video[0], MEAN, STD)
     return save_reconstruction_figure(rows, path, title=title)
-
-
-__all__ = [
-    "HARNESS", "MEAN", "ORACLE_CAPTIONS", "STD", "ClipSet", "OracleCaptions", "SanityData", "SanityPretrainTask",
-    "accuracy", "baseline_mses", "class_text_table", "copy_mse", "encoder_features", "fit", "linear_probe", "mae_errors",
-    "make_data", "make_masks", "patch_mean_mse", "pixel_mse", "pretrain", "recon_figure", "render_clips",
-    "sanity_config", "to_input", "train_supervised", "visible_mean_colour", "visible_mean_mse", "zero_shot_retrieval",
-]

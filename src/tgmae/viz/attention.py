@@ -146,7 +146,3 @@ def attention_figures(encoder: nn.Module, video: torch.Tensor, mean: Sequence[fl
         "attention": save_attention_figure(frames, blended, out / f"{name}.png", box, arch.patch_size, title=label),
         "attention_gif": save_gif(torch.cat([frames, blended], dim=2), out / f"{name}.gif"),
     }
-
-
-__all__ = ["AttentionMaps", "centre_query", "attention_rows", "encoder_attention", "attention_video", "overlay",
-           "query_box", "save_attention_figure", "attention_figures"]

@@ -173,6 +173,3 @@ def _read_video(video: str, num_frames: int, frame_stride: int):
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
         raise VideoLoadError(f"--video {video}: cannot be read ({error_text(video, e)})") from None
     return frames, mvs, fi
-
-
-__all__ = ["masked_label", "overlay", "render_mask_grid", "synthetic_figure", "video_figure"]

@@ -79,6 +79,3 @@ def load_classifier(path: str | os.PathLike, num_frames: Optional[int] = None,
                     image_size: Optional[int] = None) -> VideoClassifier:
     """A finetuned classifier (ours, a training checkpoint, an HF or official finetuned model), eval mode."""
     return build_classifier(path, num_frames=num_frames, image_size=image_size, keep_head=True).eval()
-
-
-__all__ = ["build_classifier", "save_classifier", "load_classifier"]

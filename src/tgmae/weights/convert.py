@@ -53,6 +53,3 @@ def convert(src: str | Path, out: str | Path, **overrides: Any) -> str:
                 f"{a.num_frames} frames at {a.image_size}px")
     save_encoder(source.build_encoder(), out)
     return f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at {a.image_size}px"
-
-
-__all__ = ["convert"]

@@ -317,8 +317,3 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         if bars:
             hf_logging.enable_progress_bar()
     return ExportResult(out, hf_class, diff)
-
-
-__all__ = ["export_hf", "check_output_folder", "holds_run", "OutputFolderError", "RUN_MARKERS",
-           "hf_model", "compare_with_hf", "hf_target_matches", "processor_settings",
-           "write_processor_config", "ExportResult", "ExportMismatchError", "TOLERANCE"]

@@ -175,7 +175,3 @@ def detect_format(path: str | os.PathLike) -> str:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     return "tgmae" if p.suffix == ".safetensors" or looks_like_safetensors(p) else "official"
-
-
-__all__ = ["CheckpointError", "LATEST", "TRAIN_FORMAT", "key_names", "load_strict", "check_fits", "read_safetensors", "write_safetensors", "read_torch",
-           "unwrap_state", "hf_directory_state", "resolve_checkpoint", "looks_like_safetensors", "detect_format"]

@@ -306,10 +306,6 @@ def ours_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = [
-    "strip_wrappers", "count_blocks", "infer_encoder_arch", "official_arch", "hf_arch", "hf_config", "hf_to_ours", "ours_to_hf",
-    "OFFICIAL_ENCODER_HEADS", "OFFICIAL_DECODER_HEADS", "official_heads", "official_state", "ARCH_KEY", "released_normalization",
-]
 
 
 def fill_key_biases(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

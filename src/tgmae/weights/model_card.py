@@ -214,6 +214,3 @@ def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str
         lines += ["features = model(**inputs).last_hidden_state  # [1, num_tokens, hidden]"]
     lines += ["```", "", "Back to a tgmae checkpoint, bit for bit: `tgmae convert THIS_FOLDER out.safetensors`.", ""]
     return "\n".join(lines)
-
-
-__all__ = ["RunInfo", "find_run_dir", "checkpoint_step", "read_run", "render_card"]

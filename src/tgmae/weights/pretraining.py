@@ -123,7 +123,3 @@ def holds_decoder(path: str | os.PathLike) -> bool:
             return "VideoMAEForPreTraining" in archs
         return any(k.startswith("decoder.") for k in hf_directory_state(p))
     return "encoder_to_decoder.weight" in official_state(unwrap_state(read_torch(p), p), p)
-
-
-__all__ = ["FORMAT", "ENCODER_FORMAT", "load_pretraining_model", "train_checkpoint_arch", "save_pretraining_model",
-           "save_encoder", "holds_decoder"]

@@ -235,7 +235,3 @@ def _split(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch
            if k.startswith(prefix) and k[len(prefix):].startswith(("patch_embed.", "blocks.", "norm."))}
     head = {k: v for k, v in state.items() if k.startswith(_HEAD_PREFIXES)}
     return enc, head
-
-
-
-__all__ = ["EncoderSource", "load_encoder_source", "check_stated_heads", "infer_encoder_arch", "CLASSIFIER_FORMAT"]

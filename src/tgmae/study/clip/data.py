@@ -212,9 +212,3 @@ def sample_clips(data: SyntheticClipSet, videos: int, image_size: int, g: torch.
             texts.append(caps[int(torch.randint(len(caps), (1,), generator=g))])
         key[i] = key_of[group]
     return ClipBatch(x.clamp_(0, 1), key, texts)
-
-
-__all__ = [
-    "PATCH_MIN", "PATCH_MAX", "ClipBatch", "PairBatch", "SyntheticClipSet", "load_synthetic_clip_set",
-    "sample_clips", "sample_pairs",
-]

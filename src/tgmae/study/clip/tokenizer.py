@@ -69,6 +69,3 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1024, max_lengt
     for token in base + [a + b for a, b in merges]:
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-__all__ = ["BOS", "EOS", "learn_bpe_merges", "train_clip_tokenizer"]

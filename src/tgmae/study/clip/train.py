@@ -288,7 +288,3 @@ def _train_clip(root: Path, out: Path, cfg: ClipTrainConfig, progress: bool) -> 
     }
     atomic_write_text(out / "train_clip.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-__all__ = ["ClipTrainConfig", "build_clip_model", "build_motion_tower", "motion_loss", "grouped_contrastive_loss", "save_clip", "train_clip"]
-
