@@ -79,6 +79,9 @@ def test_attentive_probe_resumes_exactly_after_a_kill_and_refuses_other_settings
     other = probe_cfg(tmp_path / "b", checkpoint, *overrides, "eval.attentive_lr=1e-2")
     with pytest.raises(ckpt.CheckpointError, match="eval.attentive_lr: 0.003 -> 0.01"):
         run_probe(other, **data())
+    ignore = probe_cfg(tmp_path / "b", checkpoint, *overrides, "eval.attentive_lr=1e-2", "checkpoint.resume=ignore_config")
+    with pytest.raises(ckpt.CheckpointError, match="has finished .*raise eval.attentive_epochs to"):
+        run_probe(ignore, **data())  # the probe's length is eval.attentive_epochs, not train.epochs
     with pytest.raises(ckpt.CheckpointError):  # the linear probe in the attentive probe's folder
         run_probe(probe_cfg(tmp_path / "b", checkpoint, "checkpoint.resume=auto"), **data())
     with pytest.raises(ckpt.CheckpointError, match="inputs differ"):  # other token grids

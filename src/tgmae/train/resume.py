@@ -68,7 +68,8 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
             f"{source} has finished (step {position.step}) under other settings "
             f"({describe(changes)}): with nothing left to train, "
             f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
-            "not made with. Start a new run with another train.output_dir, or raise train.epochs to "
+            "not made with. Start a new run with another train.output_dir, or raise "
+            f"{'eval.attentive_epochs' if task_name == 'attentive_probe' else 'train.epochs'} to "
             "continue this one under the new settings.")
     try:
         ckpt.load_model_weights(model, loaded.model_state, str(source))
