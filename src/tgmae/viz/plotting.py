@@ -61,13 +61,15 @@ def save_figure(fig, out_path, title: str = "", dpi: int = 110):
 
     from tgmae.atomic import atomic_path
 
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width (~0.6 em per character): a narrow figure clipped long titles
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, max(20, int(fig.get_figwidth() * 72 / (9 * 0.6)))), fontsize=9)
     fig.tight_layout()
     out = Path(out_path)
     try:
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=out.suffix.lstrip(".") or "png")
+            fig.savefig(tmp, dpi=dpi, format=out.suffix.lstrip(".") or "png", bbox_inches="tight")
     finally:
         pyplot().close(fig)
     return out
