@@ -132,6 +132,9 @@ def test_extract_rerun_after_a_kill_finishes_the_same_output(dataset, encoder_fi
 def test_extract_refuses_bad_settings_naming_them(dataset, encoder_file, tmp_path, capsys):
     assert main(["extract", *args(dataset, encoder_file, tmp_path / "a", "--stride", "0")]) == 2
     assert "config error: --stride: stride=0: must be >= 1" in capsys.readouterr().err
+    for flag in ("--window", "--frame-step"):  # 0 is refused too, not read as "the default"
+        assert main(["extract", *args(dataset, encoder_file, tmp_path / "a", flag, "0")]) == 2
+        assert f"config error: {flag}:" in capsys.readouterr().err
     assert main(["extract", *args(dataset, encoder_file, tmp_path / "b", "model.pretrained=")]) == 2
     assert "model.pretrained" in capsys.readouterr().err
 

@@ -49,10 +49,11 @@ def main(argv: Sequence[str]) -> int:
 
     args = parse_args(build_parser(), argv)
     cfg = load_run_config("extract", args.config, args.overrides)
-    step = args.frame_step or (1 if args.mode == "windows" else cfg.data.frame_stride)
+    # `is None`, not `or`: 0 is the user's value (refused by ExtractSpec), not a request for the default
+    step = args.frame_step if args.frame_step is not None else (1 if args.mode == "windows" else cfg.data.frame_stride)
     precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device, local_rank()))
     try:
-        spec = ExtractSpec(mode=args.mode, output=args.output, window=args.window or cfg.data.num_frames,
+        spec = ExtractSpec(mode=args.mode, output=args.output, window=cfg.data.num_frames if args.window is None else args.window,
                            stride=args.stride, frame_step=step, image_size=cfg.data.image_size,
                            spatial=args.spatial, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
                            videos_per_shard=args.videos_per_shard, batch_size=cfg.train.batch_size,
