@@ -189,6 +189,34 @@ def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
     assert 0.0 <= result["top1"] <= 1.0
 
 
+def test_probe_features_miss_the_cache_when_classes_txt_is_reordered(synth, tmp_path):
+    """Labels given as class names: reordering classes.txt renumbers them, so the cached features
+    (labels in the old numbering) must not be reused (re-trial: wrong true labels from the cache)."""
+    import shutil
+
+    from tgmae.evaluate.probe import probe_features
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    names = (root / "classes.txt").read_text().splitlines()
+    for split in ("train", "val"):
+        lines = (root / f"{split}.csv").read_text().splitlines()
+        rows = [line.split(",", 2) for line in lines[1:]]
+        (root / f"{split}.csv").write_text("path,label\n" + "".join(f"{r[0]},{names[int(r[1])]}\n" for r in rows))
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    cfg = probe_cfg(tmp_path, pt, "data.format=csv", f"data.root={root}", "data.train_annotations=train.csv",
+                    "data.val_annotations=val.csv", "data.image_size=32", "data.frame_stride=2")
+    cache = tmp_path / "fcache"
+    train, _, first = probe_features(cfg, cache_dir=cache, progress=False)
+    before = [first[i] for i in train.labels.tolist()]
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in reversed(names)))
+    train, _, second = probe_features(cfg, cache_dir=cache, progress=False)
+    assert second == list(reversed(names))
+    assert [second[i] for i in train.labels.tolist()] == before  # each video keeps its class name
+
+
 def _separable(n: int, dim: int, seed: int) -> FeatureDataset:
     """Two classes 6 std apart along one random direction: linearly separable with a wide margin."""
     g = torch.Generator().manual_seed(seed)
