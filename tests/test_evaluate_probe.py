@@ -263,6 +263,24 @@ def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
         cached_features(enc, data, cache, {}, strict=True, batch_size=4)
 
 
+def test_probe_resume_refuses_reordered_class_names(checkpoint, tmp_path):
+    """A probe's loop checkpoints carry the class names in label order: a rerun whose classes.txt
+    was reordered is refused naming the labels that changed."""
+    from tgmae.weights import checkpoint as ckpt
+
+    def named(n: int, names: list[str], seed: int = 0) -> Clips:
+        data = Clips(n, seed=seed)
+        data.class_names = names
+        return data
+
+    cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=2", "optim.warmup_epochs=1", "checkpoint.resume=auto")
+    linear_probe(cfg, train_data=named(12, ["a", "b", "c"]), num_classes=3)
+    saved = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints"))
+    assert saved.extra["class_names"] == ["a", "b", "c"]
+    with pytest.raises(ckpt.CheckpointError, match=r"class names.*label 0: 'a' -> 'c'"):
+        linear_probe(cfg, train_data=named(12, ["c", "b", "a"]), num_classes=3)
+
+
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
     """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
     them again; rerunning with another optimizer or on other features is refused, not reused."""

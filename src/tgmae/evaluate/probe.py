@@ -126,6 +126,7 @@ class ProbeTask:
         # The loop stores this in every checkpoint and refuses to resume on other features
         # (e.g. new weights written over the same model.pretrained path).
         self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
+        self.class_names: list[str] = []  # label order; set by linear_probe, kept in checkpoints
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -329,6 +330,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     # The features are in memory: DataLoader worker processes would only add start-up cost.
     probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
     task = ProbeTask(probe_cfg, train, val, num_classes)
+    task.class_names = names  # kept in its checkpoints: a resume refuses other names / order
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
     if trainer.dist.is_main:  # a finished run reused after an lbfgs probe in this folder: config.yaml says lars again
