@@ -111,6 +111,34 @@ def test_ssv2_unknown_template_names_line(tmp_path):
         load_annotations("ssv2", tmp_path, tmp_path, subset="train")
 
 
+@pytest.mark.parametrize("labels,named", [
+    ({"Pushing something": "0", "Pulling something": "0", "Moving something": "1"},
+     r"'Pushing something' and 'Pulling something'.*id 0"),  # two classes merged
+    ({"Pushing something": "0", "Moving something": "2"}, r"id 1"),  # not contiguous
+    ({"Pushing something": "0", "Moving something": "one"}, r"'Moving something'.*'one'"),  # not an integer
+    (["Pushing something", "Moving something"], r"template -> id"),  # a list, not an object
+])
+def test_ssv2_malformed_labels_json_is_refused_naming_the_file(tmp_path, labels, named):
+    """labels.json must map each template to its own id 0..N-1: a repeated id silently merged two
+    classes; gaps, non-integers and a list were tracebacks (IndexError / ValueError / AttributeError)."""
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    (tmp_path / "train.json").write_text('[{"id": "1", "label": "pushing a box", "template": "Pushing [something]"}]')
+    with pytest.raises(AnnotationError, match=named) as e:
+        load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+    assert str(tmp_path / "labels.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_data_check_on_a_malformed_ssv2_labels_json_is_one_line(tmp_path, capsys):
+    from tgmae.cli import main
+
+    (tmp_path / "labels.json").write_text('{"Pushing something": "0", "Moving something": "2"}')
+    (tmp_path / "train.json").write_text('[{"id": "1", "label": "pushing a box", "template": "Pushing [something]"}]')
+    capsys.readouterr()
+    assert main(["data", "check", "--format", "ssv2", "--root", str(tmp_path), str(tmp_path / "train.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "labels.json" in err
+
+
 @pytest.mark.parametrize("split,subset,expected", [
     (1, "train", [0, 0, 1, 2, 3]), (1, "test", [0, 1, 3]), (2, "train", [0, 2]), (2, "test", [0]),
 ])

@@ -83,3 +83,17 @@ def test_another_file_at_a_video_path_is_another_feature_cache_key(tmp_path):
     video.write_bytes(b"other")
     os.utime(video, ns=(1, 1))
     assert feature_cache_key("enc", cfg, "train", videos=[str(video)])[0] != key
+
+
+def test_class_names_in_their_order_are_part_of_the_feature_cache_key(tmp_path):
+    """Cached labels are numbers in the dataset's class order: a reordered classes.txt (same
+    annotation file, labels given as names) must miss the cache, not hand back the old numbers."""
+    from tgmae.config import DataConfig
+    from tgmae.evaluate.features import feature_cache_key
+
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,Walking\n")
+    cfg = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv")
+    key, inputs = feature_cache_key("enc", cfg, "train", classes=["Animation", "Biking", "Walking"])
+    assert inputs["data"]["class_names"] == ["Animation", "Biking", "Walking"]
+    assert feature_cache_key("enc", cfg, "train", classes=["Animation", "Biking", "Walking"])[0] == key
+    assert feature_cache_key("enc", cfg, "train", classes=["Walking", "Biking", "Animation"])[0] != key

@@ -375,6 +375,26 @@ def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp
         finetune(cfg, **data)
 
 
+def test_finetune_resume_refuses_reordered_class_names(tmp_path):
+    """Checkpoints carry the class names in label order: a resume after classes.txt was reordered
+    (same class count, so the head still fits) is refused naming the change, not continued with
+    label 0 meaning another class (re-trial: "resumed from step_4" with Animation -> Walking)."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "checkpoint.resume=auto",
+                  "eval.mixup=0", "eval.cutmix=0")
+    finetune(cfg, train_data=Clips(8))
+    saved = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "run" / "checkpoints"))
+    assert saved.extra["class_names"] == ["class 0", "class 1", "class 2"]
+    reordered = Clips(8)
+    reordered.class_names = ["class 2", "class 1", "class 0"]
+    more = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=2", "checkpoint.resume=auto",
+                   "eval.mixup=0", "eval.cutmix=0")
+    with pytest.raises(ckpt.CheckpointError, match=r"class names.*data\.train_annotations.*"
+                                                  r"label 0: 'class 0' -> 'class 2'"):
+        finetune(more, train_data=reordered)
+    finetune(more, train_data=Clips(8))  # the same classes resume as before
+
+
 def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, tmp_path, capsys):
     """eval.strict=true with unreadable val/test videos: one line, exit 2, before any training step
     (no metrics, no checkpoints); the same run without them trains and tests."""

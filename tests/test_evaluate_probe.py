@@ -189,6 +189,34 @@ def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
     assert 0.0 <= result["top1"] <= 1.0
 
 
+def test_probe_features_miss_the_cache_when_classes_txt_is_reordered(synth, tmp_path):
+    """Labels given as class names: reordering classes.txt renumbers them, so the cached features
+    (labels in the old numbering) must not be reused (re-trial: wrong true labels from the cache)."""
+    import shutil
+
+    from tgmae.evaluate.probe import probe_features
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    names = (root / "classes.txt").read_text().splitlines()
+    for split in ("train", "val"):
+        lines = (root / f"{split}.csv").read_text().splitlines()
+        rows = [line.split(",", 2) for line in lines[1:]]
+        (root / f"{split}.csv").write_text("path,label\n" + "".join(f"{r[0]},{names[int(r[1])]}\n" for r in rows))
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    cfg = probe_cfg(tmp_path, pt, "data.format=csv", f"data.root={root}", "data.train_annotations=train.csv",
+                    "data.val_annotations=val.csv", "data.image_size=32", "data.frame_stride=2")
+    cache = tmp_path / "fcache"
+    train, _, first = probe_features(cfg, cache_dir=cache, progress=False)
+    before = [first[i] for i in train.labels.tolist()]
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in reversed(names)))
+    train, _, second = probe_features(cfg, cache_dir=cache, progress=False)
+    assert second == list(reversed(names))
+    assert [second[i] for i in train.labels.tolist()] == before  # each video keeps its class name
+
+
 def _separable(n: int, dim: int, seed: int) -> FeatureDataset:
     """Two classes 6 std apart along one random direction: linearly separable with a wide margin."""
     g = torch.Generator().manual_seed(seed)
@@ -233,6 +261,24 @@ def test_features_leave_out_unreadable_videos(checkpoint, synth, tmp_path):
     assert not cache.exists()  # an incomplete set is not cached
     with pytest.raises(VideoLoadError, match="feature extraction: 1 of"):
         cached_features(enc, data, cache, {}, strict=True, batch_size=4)
+
+
+def test_probe_resume_refuses_reordered_class_names(checkpoint, tmp_path):
+    """A probe's loop checkpoints carry the class names in label order: a rerun whose classes.txt
+    was reordered is refused naming the labels that changed."""
+    from tgmae.weights import checkpoint as ckpt
+
+    def named(n: int, names: list[str], seed: int = 0) -> Clips:
+        data = Clips(n, seed=seed)
+        data.class_names = names
+        return data
+
+    cfg = probe_cfg(tmp_path, checkpoint, "train.epochs=2", "optim.warmup_epochs=1", "checkpoint.resume=auto")
+    linear_probe(cfg, train_data=named(12, ["a", "b", "c"]), num_classes=3)
+    saved = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "probe" / "checkpoints"))
+    assert saved.extra["class_names"] == ["a", "b", "c"]
+    with pytest.raises(ckpt.CheckpointError, match=r"class names.*label 0: 'a' -> 'c'"):
+        linear_probe(cfg, train_data=named(12, ["c", "b", "a"]), num_classes=3)
 
 
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):

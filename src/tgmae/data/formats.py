@@ -136,12 +136,8 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     folder, data_file = _split_file(ann, {"train": "train.json", "val": "validation.json",
                                           "test": "test.json"}[subset_kind(subset)])
     labels_file = folder / "labels.json"
-    templates = load_json(labels_file)
+    ids, classes = _ssv2_classes(labels_file)
     items = load_json(data_file)
-    ids = {k: int(v) for k, v in templates.items()}
-    classes = [""] * len(ids)
-    for name, i in ids.items():
-        classes[i] = name
     records = []
     seen = UniqueIds(rows)
     for line, it in json_items(data_file, items):
@@ -163,6 +159,32 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
         path = first_existing(root, [f"{vid}.webm", f"{vid}.mp4"])
         records.append(VideoRecord(path, label, vid, caption=it.get("label")))
     return records, classes
+
+
+def _ssv2_classes(labels_file: Path) -> tuple[dict[str, int], list[str]]:
+    """({template: id}, class names in id order) of an SSv2 `labels.json`: an object mapping each
+    template to its own integer id (a string, as shipped), the ids 0..N-1. AnnotationError naming
+    the file otherwise (a repeated id would silently merge two classes)."""
+    templates = load_json(labels_file)
+    if not isinstance(templates, dict):
+        raise AnnotationError(f"{labels_file}: expected a JSON object of template -> id, "
+                              f"got a {type(templates).__name__}")
+    ids: dict[str, int] = {}
+    by_id: dict[int, str] = {}
+    for name, v in templates.items():
+        try:
+            i = int(str(v).strip())
+        except ValueError:
+            raise AnnotationError(f"{labels_file}: template {name!r} has id {v!r}, not an integer") from None
+        if i in by_id:
+            raise AnnotationError(f"{labels_file}: templates {by_id[i]!r} and {name!r} share id {i}; "
+                                  "each class needs its own id")
+        ids[name], by_id[i] = i, name
+    missing = [i for i in range(len(ids)) if i not in by_id]
+    if missing:
+        raise AnnotationError(f"{labels_file}: ids must be 0..{len(ids) - 1}; no template has id {missing[0]}"
+                              f" (highest id {max(by_id)})")
+    return ids, [by_id[i] for i in range(len(ids))]
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class AttentiveTask:
         # stored in every checkpoint: a resume on other token grids is refused
         self.inputs_fingerprint = tensors_fingerprint(
             [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
+        self.class_names: list[str] = []  # label order; set by attentive_probe, kept in checkpoints
 
     def build_model(self) -> nn.Module:
         """One `AttentiveClassifier`, or with eval.attentive_ensemble = K > 1 an `AttentiveEnsemble` of
@@ -147,6 +148,7 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
         raise ConfigError(f"{key}={run_cfg.train.batch_size}: more than the {len(train)} training videos")
     grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731
     task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, encoder_heads(cfg))
+    task.class_names = names  # kept in its checkpoints: a resume refuses other names / order
     trainer = Trainer(task, run_cfg, hooks=hooks)
     fit = trainer.fit()
     probs = task.predict(fit.model) if val is not None else None

@@ -3,8 +3,9 @@
 Feature of a clip: mean over all tokens of the unmasked encoder output, fp32 (mean over views of
 a multi-view sample); extraction sharded over DDP ranks (`evaluate.sharded`). Cache:
 `<dir>/<key>.safetensors` with `features` [N, D] float32, `labels` [N] int64 and the key's inputs
-as metadata; the key hashes the encoder weights, clip geometry and the data settings that decide
-a clip's pixels (not workers, augmentation or seeds). Atomic writes.
+as metadata; the key hashes the encoder weights, clip geometry, the data settings that decide
+a clip's pixels (not workers, augmentation or seeds) and the class names in label order (which
+number the cached labels). Atomic writes.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def _file_fingerprint(path: str, root: str) -> str:
 
 
 def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: str = POOLING,
-                      views: str = "", videos: Sequence[str] = ()) -> tuple[str, dict]:
+                      views: str = "", videos: Sequence[str] = (),
+                      classes: Sequence[str] = ()) -> tuple[str, dict]:
     """(key, inputs): the cache key of one subset's features and what it was computed from.
     pooling: POOLING, or "tokens" (the whole token grid); views: "TxS" for multi-view samples
     ("" = the centre clip; only then is the key the linear probe's); videos: the subset's video
-    paths, whose files are part of the key (`videos_fingerprint`)."""
+    paths, whose files are part of the key (`videos_fingerprint`); classes: the subset's class names
+    in label order (a reordered classes.txt renumbers labels given as names, so it is another key)."""
     d = data_cfg
     ann = subset_annotations(d, "train" if subset == "train" else "val")
     extra = {"views": views} if views else {}
@@ -91,7 +94,8 @@ def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: 
                  "annotations": ann, "annotations_sha256": _file_fingerprint(ann, d.root), "split": d.split,
                  "num_frames": d.num_frames, "frame_stride": d.frame_stride, "sampling": d.sampling,
                  "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std),
-                 **({"videos_sha256": videos_fingerprint(videos)} if videos else {})},
+                 **({"videos_sha256": videos_fingerprint(videos)} if videos else {}),
+                 **({"class_names": list(classes)} if classes else {})},
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
     return key, inputs

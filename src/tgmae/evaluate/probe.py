@@ -126,6 +126,7 @@ class ProbeTask:
         # The loop stores this in every checkpoint and refuses to resume on other features
         # (e.g. new weights written over the same model.pretrained path).
         self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
+        self.class_names: list[str] = []  # label order; set by linear_probe, kept in checkpoints
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -247,7 +248,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         view_tag = f"{data.num_temporal}x{data.num_spatial}" if views > 1 else ""
         if from_cfg[subset]:
             key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag,
-                                            videos=[r.path for r in getattr(data, "records", [])])
+                                            videos=[r.path for r in getattr(data, "records", [])],
+                                            classes=list(getattr(data, "class_names", None) or []))
             path: Optional[Path] = root / f"{subset}-{key}.safetensors"
         elif cache_dir is not None:
             inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": cfg.data.num_frames,
@@ -328,6 +330,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     # The features are in memory: DataLoader worker processes would only add start-up cost.
     probe_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0))
     task = ProbeTask(probe_cfg, train, val, num_classes)
+    task.class_names = names  # kept in its checkpoints: a resume refuses other names / order
     trainer = Trainer(task, probe_cfg, hooks=hooks)
     fit = trainer.fit()
     if trainer.dist.is_main:  # a finished run reused after an lbfgs probe in this folder: config.yaml says lars again

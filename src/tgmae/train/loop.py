@@ -267,7 +267,10 @@ class Trainer:
         optimizer = make_optimizer(task.param_groups(model), cfg.optim, dist.device)
         scaler = make_grad_scaler(precision, dist.device)
         self.fingerprint = getattr(task, "inputs_fingerprint", None)
-        resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps)
+        # label i's class: kept in every checkpoint, a resume refuses other names or order
+        self.class_names = list(getattr(task, "class_names", None) or [])
+        resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
+                         class_names=self.class_names)
         train_model = self._wrap(model)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
@@ -443,7 +446,8 @@ class Trainer:
                 self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states,
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
-                       "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint},
+                       "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
+                       **({"class_names": self.class_names} if self.class_names else {})},
             )
         barrier()
         return path

@@ -10,7 +10,7 @@ import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -49,9 +49,11 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
 
 
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
-           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int) -> Resumed:
+           optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
+           class_names: Sequence[str] = ()) -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
-    the checks that it belongs to this run (kind, settings, inputs, something left to do)."""
+    the checks that it belongs to this run (kind, settings, inputs, class names in label order,
+    something left to do)."""
     source = resume_source(cfg)
     if source is None:
         return Resumed()
@@ -61,6 +63,8 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
                         fits=set(loaded.model_state) == set(model.state_dict()))
     changes = ckpt.check_resume_config(source, loaded.config, to_dict(cfg), to_dict(RunConfig()),
                                        output_dir=out)
+    # class names first: a renumbering also changes a probe's fingerprint, and this names it
+    changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
     position = loaded.position
     if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
@@ -102,6 +106,27 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
             f"changed). Start a new run with another train.output_dir, or continue this one with "
             f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
     return [(f"{task_name} inputs (fingerprint)", stored[:12], now[:12])]
+
+
+def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
+                  now: Sequence[str]) -> list[tuple[str, Any, Any]]:
+    """A resume whose class names (label order) differ from the checkpoint's is refused, naming the
+    first labels that changed (a reordered classes.txt keeps the head's shape, so nothing else
+    notices), or recorded as a change under checkpoint.resume=ignore_config. Checkpoints written
+    before class names were stored (none) are not checked."""
+    if not (stored and now) or list(stored) == list(now):
+        return []
+    moved = [f"label {i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(stored, now)) if a != b]
+    if len(stored) != len(now):
+        moved.append(f"{len(stored)} -> {len(now)} classes")
+    what = ", ".join(moved[:3]) + (" ..." if len(moved) > 3 else "")
+    if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
+        raise ckpt.CheckpointError(
+            f"cannot resume {source}: the class names of data.train_annotations={cfg.data.train_annotations} "
+            f"(e.g. its classes.txt) differ from the ones it was trained on ({what}). Restore them, start "
+            f"a new run with another train.output_dir, or continue this one with "
+            f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+    return [("class names", list(stored), list(now))]
 
 
 def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
