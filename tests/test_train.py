@@ -469,6 +469,9 @@ def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
         Trainer(OtherTask(cfg), cfg).fit()
     with pytest.raises(ckpt.CheckpointError, match="not an attentive_probe run"):  # not "a attentive_probe"
         ckpt.check_run_kind(tmp_path, "toy", "attentive_probe", str(tmp_path))
+    # checkpoint.resume naming another folder's checkpoint: that path is named, not the (empty) new folder
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint.resume names a toy run .*not a probe run: name a probe"):
+        ckpt.check_run_kind(tmp_path / "run" / "checkpoints", "toy", "probe", str(tmp_path / "new"))
     class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
         def build_model(self) -> nn.Module:
             return nn.Linear(8, 1)

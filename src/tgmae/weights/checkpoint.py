@@ -80,14 +80,15 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
     train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
     then weights that do not fit the task's model (`fits`) tell)."""
     a = lambda kind: "an" if kind[:1] in "aeiou" else "a"  # noqa: E731  # "an attentive_probe run"
+    # a checkpoint.resume path outside the run folder is the user's choice of checkpoint, not the folder's content
+    own = not output_dir or Path(source).resolve().is_relative_to(Path(output_dir).resolve())
+    where, fix = ((f"train.output_dir={output_dir!r} holds", f"give this {task} run its own train.output_dir") if own else
+                  (f"checkpoint.resume names", f"name {a(task)} {task} run's checkpoint in checkpoint.resume"))
     if stored and stored != task:
-        raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds {a(stored)} {stored} run ({source}), not {a(task)} {task} run: "
-            f"give this {task} run its own train.output_dir")
+        raise CheckpointError(f"{where} {a(stored)} {stored} run ({source}), not {a(task)} {task} run: {fix}")
     if not stored and not fits:
-        raise CheckpointError(
-            f"train.output_dir={output_dir!r} holds a run whose weights ({source}) do not fit {a(task)} {task} model "
-            f"(another kind of run, or another model): give this {task} run its own train.output_dir")
+        raise CheckpointError(f"{where} a run whose weights ({source}) do not fit {a(task)} {task} model "
+                              f"(another kind of run, or another model): {fix}")
 
 
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
