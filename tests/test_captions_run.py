@@ -497,3 +497,39 @@ def test_bad_arguments(dataset, blip_dir, tmp_path, capsys):
     corrupt.write_text('{"video_id": "v0"}\n{not json\n{"video_id": "v1"}\n')
     assert cli(dataset, blip_dir, corrupt) == 2
     assert "corrupt.jsonl:2" in capsys.readouterr().err
+
+
+def test_a_video_replaced_in_place_is_captioned_again(dataset, tmp_path, caplog):
+    """Issue #28.5: a video replaced at the same path (other content) kept its captions, whose
+    frame_indices no longer existed. Each record holds its video's identity
+    (`data.fileid.video_identity`); one whose video changed is captioned again, with a log line."""
+    import shutil
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(3):
+        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
+    (root / "train.csv").write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, root / "train.csv")[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out = tmp_path / "c.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    before = read_store(out).by_video()
+    assert before["v1"].extra["frame_indices"] == keyframe_indices(10, 2)
+    write_mp4(root / "new.mp4", num_frames=30, seed=9)
+    (root / "new.mp4").replace(root / "v1.mp4")  # same path, other content
+    with caplog.at_level("INFO"):
+        summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    assert summary.captioned == 1 and summary.skipped == 2
+    after = read_store(out).by_video()
+    assert after["v1"].extra["frame_indices"] == keyframe_indices(30, 2)
+    assert after["v0"] == before["v0"] and after["v2"] == before["v2"]
+    assert any("v1" in r.getMessage() and "changed" in r.getMessage() for r in caplog.records)
+    # a rank that cannot rewrite the store holding the stale record refuses, naming the video
+    write_mp4(root / "new.mp4", num_frames=20, seed=10)
+    (root / "new.mp4").replace(root / "v1.mp4")
+    from tgmae.captions.store import CaptionStoreError
+
+    with pytest.raises(CaptionStoreError, match="'v1'"):
+        caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False,
+                       shard=Shard(1, 2))

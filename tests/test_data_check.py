@@ -214,3 +214,35 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
         ("train", "trainlist01.txt", 5), ("val", "ucfTrainTestlist", 3)]
     assert {i["subset"] for i in rep["items"]} == {"val"}
     assert "lists: train trainlist01.txt (5), val ucfTrainTestlist (3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["hmdb51", "ucf101"])
+def test_check_of_a_split_folder_checks_its_test_list_too(tmp_path, capsys, fmt):
+    """Issue #28.10: given the FOLDER of split files ("annotation file, or the folder of split
+    files"), `data check` checked the train list only (rc 0) though the test list's video was
+    corrupt; a run with the folder as data.train_annotations reads both, so both are checked."""
+    if fmt == "hmdb51":
+        folder = DATA / "hmdb51" / "testTrainMulti_7030_splits"
+        train = ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+                 "cartwheel/Bodenturnen_2004_cartwheel_f_cm_np1_le_med_0.avi",
+                 "catch/96-_Torwarttraining_1_catch_f_cm_np1_le_bad_0.avi"]
+        test = ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi",
+                "cartwheel/Boden_bung_spitzbergen_cartwheel_f_cm_np1_ri_bad_0.avi",
+                "catch/Amazing_Soccer_Goalie_catch_f_cm_np1_fr_med_1.avi"]
+    else:
+        folder = DATA / "ucf101" / "ucfTrainTestlist"
+        train = [ln.split()[0] for ln in (folder / "trainlist01.txt").read_text().splitlines() if ln.strip()]
+        test = [ln.strip() for ln in (folder / "testlist01.txt").read_text().splitlines() if ln.strip()]
+    root = tmp_path / "videos"
+    for rel in train + test:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / rel, _clip(20), codec="mpeg4")
+    (root / test[0]).write_bytes(b"not a video")  # the test list's video is corrupt
+    out = tmp_path / "r.json"
+    code = cli_main(["data", "check", "--format", fmt, "--root", str(root), str(folder), "--min-frames", "16",
+                     "--out", str(out), "--no-progress"])
+    assert code == 1
+    rep = json.loads(out.read_text())
+    assert [(x["subset"], x["records"]) for x in rep["lists"]] == [("train", len(train)), ("val", len(test))]
+    assert rep["checked"] == len(train) + len(test) and rep["bad"] == 1
+    assert [(i["subset"], Path(i["path"]).name) for i in rep["items"]] == [("val", Path(test[0]).name)]

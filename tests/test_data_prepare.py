@@ -344,3 +344,31 @@ def test_a_second_run_into_the_same_out_is_refused(tmp_path):
         holder.wait(timeout=30)
     rep = run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
     assert rep["counts"]["converted"] == 1
+
+
+def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):
+    """Issue #28.5: a source video replaced at the same path (other content) kept its old prepared
+    copy ("skipped"). prepare.json records each output's source identity
+    (`data.fileid.video_identity`); an output whose source changed is prepared again, with a log line."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    names = [f"c/v{i}.avi" for i in range(2)]
+    _clips(root, names)
+    ann = root / "list.txt"
+    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 2
+    with VideoReader(str(out / "c" / "v1.mp4")) as r:
+        assert r.info.num_frames == 12
+    new = root / "c" / "new.avi"
+    write_video(new, pattern(20, 48, 64, 7), codec="mpeg4", gop=4)
+    new.replace(root / "c" / "v1.avi")  # same path, other content
+    with caplog.at_level("INFO"):
+        rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"] == {"converted": 1, "copied": 0, "skipped": 1, "failed": 0}
+    with VideoReader(str(out / "c" / "v1.mp4")) as r:
+        assert r.info.num_frames == 20
+    assert any("v1.avi" in r.getMessage() and "changed" in r.getMessage() for r in caplog.records)
+    # a changed source that no longer decodes: its stale copy is not left behind
+    (root / "c" / "v1.avi").write_bytes(b"not a video")
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["failed"] == 1 and not (out / "c" / "v1.mp4").exists()

@@ -203,9 +203,9 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     classes = (root / "classes.txt").read_text().split("\n")[:-1]
     single = tmp_path / "single.json"
     single.write_text(json.dumps({c: [f"a video of {c}."] for c in classes}))
-    for override in (f"eval.class_descriptions={single}", 'eval.class_prompt=["a video of {}.", "a video of {}."]'):
-        assert main(["-c", str(path), f"model.pretrained={run}", override, f"train.output_dir={tmp_path / 'ens'}"]) == 0
-        again = json.loads((tmp_path / "ens" / "retrieval_results.json").read_text())
+    for i, override in enumerate((f"eval.class_descriptions={single}", 'eval.class_prompt=["a video of {}.", "a video of {}."]')):
+        assert main(["-c", str(path), f"model.pretrained={run}", override, f"train.output_dir={tmp_path / f'ens{i}'}"]) == 0
+        again = json.loads((tmp_path / f"ens{i}" / "retrieval_results.json").read_text())
         assert again["video_to_text"] == res["video_to_text"] and again["text_to_video"] == res["text_to_video"]
     described = json.loads((root / "descriptions.json").read_text())
     assert set(described) - {"_meta"} == set(classes)
@@ -220,8 +220,10 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({c: ["x"] for c in classes[1:]}))
     with pytest.raises(ConfigError, match=rf"eval.class_descriptions={partial}: 1 class\(es\) have no descriptions"):
-        main(["-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}"])
-    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}"]) == 2
+        main(["-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}",
+              f"train.output_dir={tmp_path / 'partial'}"])
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}", f"eval.class_descriptions={partial}",
+                f"train.output_dir={tmp_path / 'partial'}"]) == 2
 
     from tgmae.evaluate.retrieval import evaluate_retrieval
 
@@ -276,3 +278,41 @@ def test_retrieve_names_the_checkpoint_that_holds_the_head(synth, tmp_path, caps
     assert err.startswith(f"tgmae retrieve: {final}: no contrastive video head") and f"is in {latest}" in err
     assert "\n" not in err
     assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}"]) == 0  # the run folder finds it
+
+
+def test_retrieve_records_its_settings_and_refuses_results_of_other_settings(synth, tmp_path, capsys):
+    from tgmae.cli import main as cli
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path))
+    rows = (root / "val.csv").read_text().strip().splitlines()
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("\n".join(rows[:3]) + "\n")
+    out = tmp_path / "ret1"
+    assert main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
+    saved = json.loads((out / "retrieval_results.json").read_text())
+    assert saved["written_by"] == "tgmae retrieve"
+    assert saved["settings"]["model.pretrained"] == str(run) and saved["settings"]["data.val_annotations"] == "val.csv"
+    assert saved["settings"]["eval.retrieval_text"] == "classes"
+    before = (out / "retrieval_results.json").read_text()
+    # the same settings again: its own results, replaced
+    assert main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0
+    # other annotations into the same folder: refused naming the key, the results kept
+    capsys.readouterr()
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}",
+                f"data.val_annotations={fewer}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "retrieval_results.json" in err and "data.val_annotations" in err and "\n" not in err
+    assert (out / "retrieval_results.json").read_text() == before
+    with pytest.raises(ConfigError, match="eval.class_prompt"):
+        main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}", "eval.class_prompt=a clip of {}."])
+    # asked to replace them: replaced
+    assert main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}",
+                 f"data.val_annotations={fewer}", "checkpoint.resume=ignore_config"]) == 0
+    again = json.loads((out / "retrieval_results.json").read_text())
+    assert again["num_videos"] == 2 and again["settings"]["data.val_annotations"] == str(fewer)
+    # results without settings (an older tgmae) are not replaced either
+    (out / "retrieval_results.json").write_text(json.dumps({"mode": "classes", "num_videos": 9}))
+    with pytest.raises(ConfigError, match="retrieval_results.json"):
+        main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"])

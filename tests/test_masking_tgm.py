@@ -530,3 +530,27 @@ def test_same_named_videos_in_other_folders_get_their_own_maps(tmp_path):
     assert len(set(merge_parts(out)["videos"].values())) == 2
     cache = SimilarityCache(out)
     assert cache.entry("Animation/clip1").sim.max() == 0 and cache.entry("Biking/clip1").sim.min() == 1
+
+
+def test_a_video_replaced_in_place_gets_its_maps_recomputed(synth, tiny_clip, tmp_path, caplog):
+    """Issue #28.5: a video replaced at the same path (other content, other length) kept its old
+    maps ("0 computed, 5 already done": a 16-frame video's maps for an 8-frame one). Each entry
+    records its video's identity (`data.fileid.video_identity`); one whose video changed is redone."""
+    import shutil
+
+    from tgmae.data.video import write_video
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root, ignore=shutil.ignore_patterns("clip*"))
+    out = tmp_path / "cache"
+    assert run_masks(root, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    assert SimilarityCache(out).entry("synth_00001").frames.tolist() == [0, 4, 8, 12]
+    other = root / "videos" / "synth_00001.tmp.mp4"
+    write_video(other, np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8))
+    other.replace(root / "videos" / "synth_00001.mp4")  # same path, other content
+    untouched = (out / "maps" / "synth_00000.npz").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert run_masks(root, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    assert SimilarityCache(out).entry("synth_00001").frames.tolist() == [0, 4]
+    assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == untouched  # the others are kept
+    assert any("synth_00001" in r.getMessage() and "changed" in r.getMessage() for r in caplog.records)

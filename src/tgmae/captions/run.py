@@ -3,7 +3,9 @@
 N uniformly spaced keyframes per video (segment centres of the clip's frame range); batch-size
 videos -> batch-size x N images per generate call, while a thread pool decodes the next ones.
 Output is appended and flushed per batch: a rerun skips videos already in the output (or in the
-errors file, unless --retry-errors), and a kill loses at most the batch in flight. Videos that
+errors file, unless --retry-errors), and a kill loses at most the batch in flight. Each record
+holds its video's identity (`video`: `tgmae.data.fileid.video_identity`): a video replaced in
+place since is captioned again. Videos that
 fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error"}).
 """
 
@@ -13,6 +15,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,11 @@ import numpy as np
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
-from tgmae.captions.store import (CaptionRecord, StoreAppender, read_jsonl_tolerant,
+from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, read_jsonl_tolerant,
                                   refuse_other_provenance, video_ids_in)
+from tgmae.data.fileid import video_identity
+
+log = logging.getLogger("tgmae")
 
 SOURCE = "captioner"
 
@@ -100,6 +106,30 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
             atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
+def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> None:
+    """Drop the records of videos whose file changed since they were captioned (their `video`
+    differs from `identity` {id: `video_identity` now}; a record without one is not compared),
+    each logged, so they are captioned again. A stale record in a file this shard does not write
+    (another rank's part, or the merged store under torchrun) is a CaptionStoreError naming the
+    video: rewriting it would race that rank."""
+    own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
+    for f in [out, *existing_parts(out)]:
+        if not f.is_file():
+            continue
+        items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
+        stale = [o["video_id"] for _, o in items if isinstance(o, dict) and o.get("video_id") in identity
+                 and "video" in o and o["video"] != identity[o["video_id"]]]
+        if not stale:
+            continue
+        if f not in own:
+            raise CaptionStoreError(f"{f}: video {stale[0]!r} changed since it was captioned, and this rank cannot "
+                                    "rewrite that file: caption again in one process, or pass --rebuild")
+        for vid in stale:
+            log.info("tgmae caption: %r: its video changed since it was captioned (%s): captioning it again", vid, f)
+        keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in stale)]
+        atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
+
+
 def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = None) -> dict[str, Any]:
     """The settings a captioner run records in each record (`settings`) and a rerun must share:
     keyframes and the generation options (max_new_tokens, prompt, num_beams)."""
@@ -155,6 +185,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     mine = shard.take(unique)
     if retry_errors:
         _forget_errors(out, {v.video_id for v in mine})
+    identity = {v.video_id: video_identity(str(v.path)) for v in mine}
+    _forget_changed(out, identity, shard)
     done = done_video_ids(out, include_errors=not retry_errors)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
@@ -178,7 +210,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                                    "error": "the captioner produced only empty captions"})
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model_name,
-                                             {"frame_indices": [int(i) for _, i in keep], "settings": settings}))
+                                             {"frame_indices": [int(i) for _, i in keep], "settings": settings,
+                                              "video": identity[v.video_id]}))
             store.write_batch(records)
             errs.write_batch(failed)
             summary.captioned += len(records)

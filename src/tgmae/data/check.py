@@ -15,6 +15,7 @@ import multiprocessing
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tgmae.data.annotations import VideoRecord
@@ -106,17 +107,20 @@ def parallel_map(fn: Callable, jobs: Sequence, workers: int, desc: str, progress
 
 def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset: str) -> list[tuple[str, str]]:
     """(subset, annotations) of every list a run reads given `annotations` for `subset`: itself,
-    and for a split-folder format's train list file the val list that a run with it as
-    data.train_annotations (data.val_annotations empty) reads (`subset_annotations`; its
-    ConfigError for a list of another split names data.split, i.e. --split here)."""
+    and for a split-folder format's train list file or folder of split files the val list that a
+    run with it as data.train_annotations (data.val_annotations empty) reads (`subset_annotations`:
+    the folder, read for "val"; its ConfigError for a list of another split names data.split,
+    i.e. --split here)."""
     from tgmae.config import DataConfig
     from tgmae.data.dataset import SPLIT_FOLDER_FORMATS, subset_annotations
+    from tgmae.data.formats import _resolve
 
     out = [(subset, annotations)]
     if fmt in SPLIT_FOLDER_FORMATS and subset == "train":
         cfg = DataConfig(format=fmt, root=root, train_annotations=annotations, val_annotations="", split=split)
         val = subset_annotations(cfg, "val")
-        if val and val != annotations:
+        folder = _resolve(Path(root) if root else Path("."), val).is_dir() if val else False
+        if val and (val != annotations or folder):  # a folder holds the test list beside the train list
             out.append(("val", val))
     return out
 

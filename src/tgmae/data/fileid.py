@@ -38,3 +38,15 @@ def videos_fingerprint(paths: Sequence[str]) -> str:
             ident = [-1]
         h.update(f"{p}\0{ident}\n".encode())
     return h.hexdigest()
+
+
+def video_identity(path: str) -> list | None:
+    """`file_identity` of a video file, or the sorted `entry_identity` listing of a frame folder
+    (a frame replaced in place changes it); None for a missing path. JSON-ready: the per-entry key
+    of caches keyed per video (similarity maps, caption stores, prepared copies)."""
+    try:
+        if os.path.isdir(path):
+            return sorted(entry_identity(e) for e in os.scandir(path) if e.is_file())
+        return file_identity(path)
+    except OSError:
+        return None

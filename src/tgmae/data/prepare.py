@@ -6,8 +6,10 @@
 stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
 Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
 annotation file carried along (other splits, sibling files) has its videos prepared too, so no
-path dangles. Resume: atomic outputs, an existing one is skipped; `out/prepare.json` holds the
-settings and other settings are refused by name; `out` is locked (`tgmae.locks`). Two rows that
+path dangles. Resume: atomic outputs, an existing one is skipped unless its source changed since
+(`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
+replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
+are refused by name; `out` is locked (`tgmae.locks`). Two rows that
 would get one output name are refused before anything is converted; the output is checked with
 `tgmae data check` at the end.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -29,10 +32,12 @@ import numpy as np
 from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.check import parallel_map, run_check
+from tgmae.data.fileid import video_identity
 from tgmae.data.formats import load_annotations
 from tgmae.errors import SettingsError, UserError
 from tgmae.locks import hold
 
+log = logging.getLogger("tgmae")
 
 MANIFEST = "prepare.json"
 ANNOTATION_EXTS = (".txt", ".csv", ".json", ".jsonl", ".tsv")
@@ -145,11 +150,34 @@ def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base:
             c.mux(p)
 
 
-def _work(job: tuple[str, str, PrepareSettings]) -> FileResult:
-    src, dst, settings = job
-    if os.path.exists(dst):
+def _work(job: tuple[str, str, PrepareSettings, bool]) -> FileResult:
+    """One job (src, dst, settings, redo): an existing `dst` is skipped unless `redo` (its source
+    changed); a redone source that fails leaves no stale `dst` behind."""
+    src, dst, settings, redo = job
+    if os.path.exists(dst) and not redo:
         return FileResult(src, dst, "skipped")
-    return transcode(src, dst, settings)
+    result = transcode(src, dst, settings)
+    if redo and result.status == "failed":
+        Path(dst).unlink(missing_ok=True)
+    return result
+
+
+def _changed_sources(out: Path, man: dict, jobs: Sequence[tuple[str, str, PrepareSettings]]) -> dict[str, list]:
+    """{dst: its source's identity now} of the outputs whose source changed since they were made
+    (`man["sources"]`: output path relative to `out` -> `video_identity` of its source; an output
+    without one, from before it was recorded, is not compared), each logged. Records the other
+    jobs' source identity in `man`; a changed one keeps its old one until it is redone (a kill
+    before then leaves it changed)."""
+    had = man.setdefault("sources", {})
+    changed = {}
+    for src, dst, _ in jobs:
+        rel, now = os.path.relpath(dst, out), video_identity(src)
+        if os.path.exists(dst) and rel in had and had[rel] != now:
+            log.info("tgmae data prepare: %s changed since %s was prepared from it: preparing it again", src, dst)
+            changed[dst] = now
+        else:
+            had[rel] = now
+    return changed
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,9 +382,13 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     for folder in sorted({out_p, *(Path(j[1]).parent for j in jobs)}):
         remove_stale_temps(folder)
     man["renamed"].update(renamed)
+    redo = _changed_sources(out_p, man, jobs)
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
-    results = parallel_map(_work, jobs, workers, "preparing videos", progress)
+    results = parallel_map(_work, [(*j, j[1] in redo) for j in jobs], workers, "preparing videos", progress)
     man["renamed"] = {k: v for k, v in man["renamed"].items() if (out_p / v).exists()}
+    man["sources"].update({os.path.relpath(r.dst, out_p): redo[r.dst] for r in results
+                           if r.dst in redo and r.status in ("converted", "copied")})
+    man["sources"] = {k: v for k, v in man["sources"].items() if (out_p / k).exists()}
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
     new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"])
     dst = {j[0]: j[1] for j in jobs}

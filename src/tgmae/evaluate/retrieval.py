@@ -9,7 +9,9 @@ every distinct caption of the evaluated videos, relevant to the videos that carr
 Recall@1/5/10 both ways (ties count against the query), queries without a relevant video left
 out, each with a random ranking's 95% band (`tgmae.evaluate.chance`). Unreadable videos are left
 out and listed (`eval.strict=true`: an error). `tgmae retrieve` writes
-`<train.output_dir>/retrieval_results.json`.
+`<train.output_dir>/retrieval_results.json` with `written_by` and the `settings` that decide its
+numbers (`retrieval_settings`); results there of other settings (or without any) are refused
+naming the file and keys (`refuse_other_retrieval`) unless `checkpoint.resume=ignore_config`.
 """
 
 from __future__ import annotations
@@ -263,6 +265,13 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
     mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
     dist_info = init_distributed(cfg.train.device)
+    settings = retrieval_settings(cfg, mode)
+    if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
+        from tgmae.atomic import check_writable
+        from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+        check_writable(Path(cfg.train.output_dir) / RESULTS)
+        refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     if model is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
@@ -306,9 +315,59 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if rank_world()[0] == 0:
         from tgmae.atomic import atomic_write_text
 
-        atomic_write_text(Path(cfg.train.output_dir) / "retrieval_results.json", json.dumps(result.summary(), indent=2))
+        summary = dict(result.summary(), written_by=RETRIEVE, settings=settings)
+        atomic_write_text(Path(cfg.train.output_dir) / RESULTS, json.dumps(summary, indent=2))
         log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
     return result
+
+
+RETRIEVE, RESULTS = "tgmae retrieve", "retrieval_results.json"  # `written_by`, the file
+
+
+def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
+    """What decides retrieval's numbers: the model (`model.pretrained` as given), the `data` keys that
+    choose the videos and their pixels (`test_settings`' but the multi-view counts), the texts
+    (`eval.retrieval_text` = mode, the class prompts or descriptions, the caption file) and the
+    model that embeds them; {key: value}."""
+    from tgmae.evaluate.multiview import test_settings
+
+    settings = {k: v for k, v in test_settings(cfg).items() if not k.startswith("data.test_")}
+    prompt = cfg.eval.class_prompt
+    settings.update({"eval.retrieval_text": mode, "captions.target_model": str(cfg.captions.target_model)})
+    if mode == "classes" and cfg.eval.class_descriptions:  # they replace the templates
+        settings["eval.class_descriptions"] = _resolved(cfg.eval.class_descriptions)
+    elif mode == "classes":
+        settings["eval.class_prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+    else:
+        settings["captions.file"] = _resolved(cfg.captions.file)
+    return settings
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
+
+
+def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False) -> None:
+    """ConfigError naming `out/retrieval_results.json` and the differing keys when it holds results
+    of other `settings`, or of unknown ones (written before they were recorded). replace: asked to
+    replace them."""
+    results = out / RESULTS
+    if replace or not results.is_file():
+        return
+    try:
+        old = json.loads(results.read_text())
+    except (OSError, ValueError):
+        old = {}
+    stored = old.get("settings") if isinstance(old, dict) else None
+    if isinstance(stored, dict):
+        diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+        if not diffs:
+            return
+        what = "of other settings (" + "; ".join(diffs) + ")"
+    else:
+        what = "of unrecorded settings"
+    raise ConfigError(f"train.output_dir={str(out)!r} holds {results.name} {what}: it is not replaced; choose "
+                      "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
 
 
 def _fmt(r: dict[int, float]) -> str:

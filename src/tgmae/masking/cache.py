@@ -185,8 +185,8 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 
 
 def part_records(root: str | Path) -> Iterator[dict]:
-    """The lines of every rank's part file, in file order: {"video_id", "file", "captions"} or
-    {"video_id", "reason"}."""
+    """The lines of every rank's part file, in file order: {"video_id", "file", "captions", "video"
+    (`tgmae.data.fileid.video_identity` of the file the maps were made from)} or {"video_id", "reason"}."""
     parts = Path(root) / "parts"
     for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
         for line in path.read_text().splitlines():

@@ -2,8 +2,9 @@
 
 For every video: frames 0, s, 2s, ... (s = --frame-stride), the full source frame cut into the
 model's patch grid (x --map-scale in dense mode), one cosine map per caption of the video
-(layout: `tgmae.masking.cache`). Videos already in a part file with the same captions are
-skipped (resume); rank r of W takes videos r, r+W, ... into its own part file. `precompute`
+(layout: `tgmae.masking.cache`). Videos already in a part file with the same captions and the
+same video file (`tgmae.data.fileid.video_identity`) are skipped (resume; a video replaced in
+place is redone); rank r of W takes videos r, r+W, ... into its own part file. `precompute`
 holds the cache's lock (per rank), so a second writer is refused naming the first.
 """
 
@@ -19,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.locks import check_kind, hold, shard_target
+from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, part_file, part_records, remove_stale_cache_temps, write_entry,
@@ -127,8 +129,8 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 _append(log_file, {"video_id": vid, "reason": reason})
                 counts["skipped"] += 1
                 continue
-            key = captions_key(caps)
-            if vid in done and done[vid].get("captions") == key and (out / done[vid]["file"]).is_file():
+            key, ident = captions_key(caps), video_identity(path)
+            if _is_done(out, done.get(vid), key, ident, vid, path):
                 counts["resumed"] += 1
                 continue
             try:
@@ -141,9 +143,22 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 counts["skipped"] += 1
                 continue
             rel = write_entry(out, vid, sim, frames, text, caps)
-            _append(log_file, {"video_id": vid, "file": rel, "captions": key})
+            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident})
             counts["done"] += 1
     return counts
+
+
+def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str) -> bool:
+    """True when part record `rec` holds `vid`'s maps from these captions (`key`) and this video
+    file (`ident`, `video_identity`); a video changed since (replaced in place: same path, other
+    content) is logged and redone, as is an entry recorded before the identity was."""
+    if rec is None or rec.get("captions") != key or not (out / rec["file"]).is_file():
+        return False
+    if rec.get("video") == ident:
+        return True
+    log.info("tgmae masks: %r: its video %s changed since its maps were made (or they predate the video's "
+             "identity in the cache): recomputing them", vid, path)
+    return False
 
 
 def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]) -> torch.Tensor:
