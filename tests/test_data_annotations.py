@@ -307,3 +307,16 @@ def test_k400_videomae_list_reads_class_names_from_classes_txt_beside_it(tmp_pat
         load_annotations("k400", tmp_path, lst)
     (tmp_path / "classes.txt").unlink()
     assert load_annotations("k400", tmp_path, lst)[1] == ["0", "1", "2", "3"]  # numbered: no names to give
+
+
+def test_generic_unknown_columns_are_named_and_extra_values_are_bad_rows(tmp_path, caplog):
+    """`start,end` instead of `start_frame,end_frame` would use the whole video without a word: the
+    ignored columns are named in a warning; a row with more values than the header is a bad row."""
+    ann = tmp_path / "own.csv"
+    ann.write_text("path,label,start,end\na.mp4,0,4,12\nb.mp4,1,0,8,extra\n")
+    problems: list = []
+    with caplog.at_level("WARNING", logger="tgmae.data.annotations"):
+        recs, _ = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert "ignored column(s) end, start" in caplog.text and "start_frame" in caplog.text
+    assert [r.video_id for r in recs] == ["a"] and recs[0].start_frame is None
+    assert [(p.line, "more than the header" in p.reason) for p in problems] == [(3, True)]

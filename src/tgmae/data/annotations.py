@@ -198,6 +198,9 @@ class UniqueIds:
 # --------------------------------------------------------------------------------------------
 
 
+GENERIC_COLUMNS = ("path", "label", "caption", "video_id", "start_frame", "end_frame")
+
+
 def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """`path,label[,caption]` CSV with a header, or JSONL objects with the same keys.
 
@@ -229,7 +232,13 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
                 raise AnnotationError(f"{ann}:1: header must name columns path,label (got {fields})")
             reader.fieldnames = fields
             for obj in reader:
+                if obj.get(None):  # DictReader's key for values beyond the header's columns
+                    rows.bad(ann, reader.line_num, f"{len(obj[None])} value(s) more than the header's {len(fields)} columns")
+                    continue
                 raw.append((reader.line_num, obj))
+    unknown = sorted({k for _, o in raw for k in o if k is not None and k not in GENERIC_COLUMNS})
+    if unknown:  # a misspelt start_frame would otherwise use the whole video without a word
+        log.warning("%s: ignored column(s) %s; the known ones are %s", ann, ", ".join(unknown), ", ".join(GENERIC_COLUMNS))
     classes = read_classes(ann.parent / "classes.txt") or read_classes(root / "classes.txt")
     by_name = {c: i for i, c in enumerate(classes or [])}
     if classes is None:  # names in the label column without a classes.txt: sorted order
