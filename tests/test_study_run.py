@@ -439,6 +439,27 @@ def test_report_refuses_runs_probed_differently(tmp_path, capsys):
     assert "eval.probe_optimizer lars: 1 runs, lbfgs: 1 runs" in capsys.readouterr().err
 
 
+def test_report_refuses_to_replace_a_report_of_other_runs(tmp_path, capsys):
+    """`tgmae report A --out R` then `tgmae report B --out R`: B's report does not silently replace
+    A's (named, exit 2; --overwrite replaces); the same runs, or more of them, rewrite it."""
+    from tgmae.cli import main
+
+    for name in ("a", "b", "a2"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "study_record.json").write_text(json.dumps(
+            {"masking": "tube", "objective": "mae", "seed": 0 if name != "a2" else 1, "mask_ratio": 0.75,
+             "finetune_top1": 0.5, "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "probe": "lbfgs"}))
+    out = str(tmp_path / "rep")
+    assert main(["report", str(tmp_path / "a"), "--out", out]) == 0
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "a2"), "--out", out]) == 0  # more runs: rewritten
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "b"), "--out", out]) == 2
+    assert "results.json holds a report of other runs" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "b"), "--out", out, "--overwrite"]) == 0
+    assert [r["run_dir"] for r in json.loads((tmp_path / "rep" / "results.json").read_text())] == [str(tmp_path / "b")]
+
+
 def test_report_links_figures_relative_to_itself(tmp_path):
     """A combined report elsewhere (`tgmae report STUDY --out DIR`) links the runs' figures with
     relative paths, so the folders can be moved or shared together."""

@@ -15,6 +15,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
     parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace a report of other runs in --out")
     args = parse_args(parser, argv)
-    report_runs(args.runs, args.out)
+    report_runs(args.runs, args.out, overwrite=args.overwrite)
     return 0

@@ -592,12 +592,32 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
     return records
 
 
-def report_runs(runs: Sequence[str | Path], out: str | Path) -> Path:
+def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
+    """ConfigError when `out` holds a report (results.json) of runs that are not among `records`'
+    (`run_dir`): another study's report is not replaced without --overwrite. The same runs, or
+    more of them (cells finished since), are rewritten."""
+    saved = out / "results.json"
+    if not saved.is_file():
+        return
+    try:
+        old = {r.get("run_dir") for r in json.loads(saved.read_text())}
+    except (ValueError, AttributeError):
+        old = {None}
+    other = sorted(str(d) for d in old - {r.get("run_dir") for r in records})
+    if other:
+        raise ConfigError(f"{saved} holds a report of other runs ({len(other)}, e.g. {other[0]}): it is not "
+                          "replaced; give --out another folder, or --overwrite to replace it")
+
+
+def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check found in them); prints the table; returns report.md's path.
-    FileNotFoundError for a folder without records, ConfigError for runs probed differently."""
+    FileNotFoundError for a folder without records, ConfigError for runs probed differently or an
+    `out` holding a report of other runs (`refuse_other_report`) unless `overwrite`."""
     records = collect_records(runs)
     check_one_probe(records)
+    if not overwrite:
+        refuse_other_report(Path(out), records)
     checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in runs]
     path = write_report(records, Path(out), recon_check=next((c for c in checks if c.is_file()), None))
     print(markdown_table(aggregate(records)))
