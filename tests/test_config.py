@@ -215,3 +215,20 @@ def test_a_retired_key_at_its_inert_value_still_loads():
     old["contrastive"]["text_norm"] = True
     with pytest.raises(ConfigError, match="contrastive.text_norm=True"):
         from_dict(RunConfig, old)
+
+
+def test_an_empty_train_output_dir_is_refused(tmp_path, monkeypatch, capsys):
+    """Issue 28: `train.output_dir=` (an unset $OUT) ran in the current folder and replaced the
+    user's config.yaml there; the sanity harness's explicit "." stays a valid folder."""
+    from tgmae.cli import main as cli_main
+
+    for value in ("", " "):
+        with pytest.raises(ConfigError, match="train.output_dir"):
+            load_config(None, [f"train.output_dir={value}"])
+    assert load_config(None, ["train.output_dir=."]).train.output_dir == "."
+    monkeypatch.chdir(tmp_path)
+    mine = "# my settings\ntrain:\n  epochs: 2  # two passes\n"
+    (tmp_path / "config.yaml").write_text(mine)
+    assert cli_main(["pretrain", "-c", "config.yaml", "train.output_dir="]) == 2
+    assert "train.output_dir" in capsys.readouterr().err
+    assert (tmp_path / "config.yaml").read_text() == mine

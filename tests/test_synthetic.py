@@ -517,3 +517,48 @@ def test_a_folder_holding_another_data_sets_index_is_refused(tmp_path):
     with pytest.raises(SettingsError, match=r"holds train\.csv but no synthetic set's meta\.json"):
         generate_synthetic_dataset(tmp_path, num_videos=4, frames=6, size=32, gop=3)
     assert (tmp_path / "train.csv").read_text() == "path,label\nmine.mp4,0\n"
+
+
+def _snapshot(root: Path) -> dict:
+    """Every file's bytes and mtime: a no-op rerun rewrites nothing."""
+    return {p.relative_to(root): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_set_of_other_settings_is_refused_and_the_same_settings_are_a_no_op(tmp_path, capsys):
+    """Issue 28: a second `tgmae synth DIR` with other settings replaced the set (rc 0)."""
+    out = tmp_path / "set"
+    argv = [str(out), "--frames", "6", "--size", "32", "--gop", "3"]
+    assert main(argv + ["--num-videos", "12"]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(argv + ["--num-videos", "6", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "num_videos=12" in err and "seed=0" in err and "frames" not in err
+    assert _snapshot(out) == before
+    assert main(argv + ["--num-videos", "12"]) == 0  # the same settings: the set is there already
+    assert "12 videos" in capsys.readouterr().out and _snapshot(out) == before
+
+
+def test_a_killed_set_keeps_its_settings_and_nothing_is_removed_before_the_check(tmp_path, monkeypatch):
+    from tgmae.data.synthetic import generate as gen
+    from tgmae.errors import SettingsError
+
+    kw = dict(frames=6, size=32, gop=3)
+    done = generate_synthetic_dataset(tmp_path / "done", num_videos=8, **kw).root
+    before = _snapshot(done)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_make_videos", killed)
+    with pytest.raises(SettingsError, match="num_videos=8"):  # refused before anything of the set goes
+        generate_synthetic_dataset(done, num_videos=4, **kw)
+    assert _snapshot(done) == before
+    with pytest.raises(KeyboardInterrupt):  # a run killed while rendering
+        generate_synthetic_dataset(tmp_path / "half", num_videos=8, seed=1, **kw)
+    with pytest.raises(SettingsError, match="seed=1"):  # the killed run's settings still count
+        generate_synthetic_dataset(tmp_path / "half", num_videos=8, **kw)
+    monkeypatch.undo()
+    info = generate_synthetic_dataset(tmp_path / "half", num_videos=8, seed=1, **kw)  # same settings: resumed
+    assert info.num_videos == 8 and _meta(info.root)["seed"] == 1
+    assert not [p for p in info.root.iterdir() if p.name.startswith(".synth")]

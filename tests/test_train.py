@@ -678,3 +678,21 @@ def test_a_second_run_into_a_held_run_folder_is_refused_naming_the_first(tmp_pat
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_config_yaml_that_is_not_a_runs_is_never_replaced(tmp_path):
+    """Issue 28: a run in a folder holding the user's own config.yaml (the `-c` file, with its
+    comments) wrote the run's over it; refused naming the file, before anything is written."""
+    mine = "# my settings\ntrain:\n  epochs: 2  # two passes\n"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(mine)
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match=r"run/config\.yaml"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert (tmp_path / "run" / "config.yaml").read_text() == mine
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    (tmp_path / "run" / "config.yaml").unlink()  # a run's own config.yaml: rerun and resumed as before
+    Trainer(ToyTask(cfg), cfg).fit()
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert Trainer(ToyTask(cfg), cfg).fit().position.step > 0
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved

@@ -129,3 +129,35 @@ def test_head_counts_given_for_a_checkpoint_that_stores_them_must_agree(pretrain
     assert main([str(tmp_path / "hf"), str(tmp_path / "x.safetensors"), "--num-heads", "2"]) == 0  # agrees: fine
     assert cli_main(["export-hf", str(path), str(tmp_path / "hf2"), "--num-heads", "4"]) == 2
     assert "--num-heads 4" in capsys.readouterr().err
+
+
+# ----------------------------------------------------- the output file (issue #28: never silently overwritten)
+def test_output_inside_a_run_or_existing_or_the_source_itself_is_refused(pretrained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    _, path = pretrained
+    run = tmp_path / "runs" / "ptv"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "metrics.jsonl").write_text("")
+    before = path.read_bytes()
+    (run / "model.safetensors").write_bytes(before)
+    # a run's own weights: refused, --overwrite or not (as export-hf refuses a folder inside a run)
+    for extra in ([], ["--overwrite"]):
+        assert main([str(path), str(run / "model.safetensors"), *extra]) == 2
+        assert str(run) in capsys.readouterr().err
+        assert (run / "model.safetensors").read_bytes() == before
+    assert main([str(path), str(run / "other.safetensors"), "--overwrite"]) == 2
+    assert not (run / "other.safetensors").exists()
+    # SRC as its own OUT: refused, --overwrite or not
+    for extra in ([], ["--overwrite"]):
+        assert main([str(path), str(path), *extra]) == 2
+        assert str(path) in capsys.readouterr().err
+    # any other existing file: only with --overwrite
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"mine")
+    assert main([str(path), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and out.read_bytes() == b"mine"
+    assert main([str(path), str(out), "--overwrite"]) == 0
+    assert load_file(out).keys() == load_file(path).keys()

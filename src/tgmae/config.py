@@ -296,6 +296,9 @@ class TrainConfig:
     strategy: str = "ddp"
 
     def __post_init__(self) -> None:
+        if not str(self.output_dir).strip():  # an unset $OUT: the run would write into the current folder
+            raise ConfigError(f"train.output_dir={self.output_dir!r}: empty; give the run a folder "
+                              "(train.output_dir=runs/NAME, or . for the current one)")
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.accum_steps", self.accum_steps)
@@ -691,6 +694,17 @@ def save_config(cfg: Any, path: str | Path) -> None:
     from tgmae.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def is_saved_config(path: str | Path) -> bool:
+    """Whether `path` holds what `save_config` writes (a run's config.yaml), not a file of the
+    user's (comments, own layout): a YAML mapping that `save_config`'s dump reproduces."""
+    try:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(loaded, dict) and yaml.safe_dump(loaded, sort_keys=False) == text
 
 
 def _deep_update(dst: dict, src: dict) -> None:

@@ -19,6 +19,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--decoder-heads", type=int, help="decoder heads (official .pth: released value)")
     parser.add_argument("--no-norm-pix-loss", action="store_true",
                         help="the model was trained on raw pixels, not per-patch normalized ones")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT (never the checkpoint itself or a file inside a run)")
     args = parser.parse_args(list(argv))
     overrides: dict[str, Any] = {f: getattr(args, f) for f in ("num_frames", "image_size", "num_heads", "decoder_heads")
                                  if getattr(args, f) is not None}
@@ -26,6 +28,6 @@ def main(argv: Sequence[str]) -> int:
         overrides["norm_pix_loss"] = False
     if not args.out.endswith(".safetensors"):
         parser.error(f"OUT must end in .safetensors, got {args.out!r}")
-    what = convert(args.src, args.out, **overrides)
+    what = convert(args.src, args.out, overwrite=args.overwrite, **overrides)
     print(f"wrote {args.out}: {what}")
     return 0

@@ -27,6 +27,8 @@ def main(argv: Sequence[str]) -> int:
                         help="weight of the clip-caption loss through a motion tower, which makes the text "
                              "tower separate the actions; 0 = frame pairs only")
     parser.add_argument("--motion-frames", type=int, default=defaults.motion_frames)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out (never one holding a run or the synthetic set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(list(argv))
     cfg = ClipTrainConfig(**{k: getattr(args, k) for k in (
@@ -34,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
         "dense_weight", "motion_weight", "motion_frames")})
     if not (Path(args.root) / "captions.jsonl").is_file():
         parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
-    s = train_clip(args.root, args.out, cfg, progress=not args.no_progress)
+    s = train_clip(args.root, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
           f"val patch AUC {s['val_patch_auc']:.3f} (dense {s['val_patch_auc_dense']:.3f}) -> {args.out}")
     return 0

@@ -195,7 +195,8 @@ def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
     if not (paths.clip / "config.json").is_file():
-        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False, what="study out_dir")
+        # the study's own folder: an unfinished CLIP there (no config.json) is retrained
+        summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False, what="study out_dir", overwrite=True)
         log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
     check_clip_settings(clip_cfg, paths)
     if any(_needs_clip(m) for m in study.maskings):

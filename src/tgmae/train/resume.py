@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tgmae.atomic import remove_stale_temps
-from tgmae.config import RunConfig, save_config, to_dict
+from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.distributed import DistInfo, launch_env, rank_world
 from tgmae.locks import hold
 from tgmae.weights import checkpoint as ckpt
@@ -129,8 +129,23 @@ def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
     return [("class names", list(stored), list(now))]
 
 
+def check_config_file(out_dir: str | Path) -> None:
+    """CheckpointError naming `out_dir`/config.yaml when it is there but not a run's (not what
+    `save_config` writes, nor beside a run's checkpoints / metrics): a file of the user's (the `-c`
+    file, with its comments) that the run's config.yaml would replace."""
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file() or is_saved_config(path):
+        return
+    if any((path.parent / m).exists() for m in ("checkpoints", "metrics.jsonl")):
+        return
+    raise ckpt.CheckpointError(f"{path}: not a run's config.yaml (a file of yours?), which the run's would "
+                               "replace; give the run another train.output_dir")
+
+
 def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
-    """One run per `train.output_dir`: its lock (`tgmae.locks`), held by the main process."""
+    """One run per `train.output_dir`: its lock (`tgmae.locks`), held by the main process, after
+    `check_config_file`."""
+    check_config_file(cfg.train.output_dir)
     return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
                 folder=True)
 

@@ -11,20 +11,44 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from tgmae.errors import UserError
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
 
-def convert(src: str | Path, out: str | Path, **overrides: Any) -> str:
+class OutputFileError(FileExistsError, UserError):
+    """The conversion's output file is its source, lies inside a run, or exists (without overwrite)."""
+
+
+def check_output_file(out: str | Path, src: Path, overwrite: bool = False) -> None:
+    """Refuse (`OutputFileError`, naming the file) an output that is the source, lies inside a run
+    folder or step checkpoint (`holds_run`: its weights are the run's, --overwrite or not), or
+    exists without `overwrite`."""
+    from tgmae.weights.export_hf import holds_run
+
+    target = Path(out).resolve()
+    if target == src.resolve():
+        raise OutputFileError(f"{out}: is the checkpoint being converted; give the output a file of its own")
+    run = next((a for a in target.parents if holds_run(a)), None)
+    if run is not None:
+        raise OutputFileError(f"{out}: inside the run {run}, whose files a conversion would replace; "
+                              "write the output outside the run")
+    if target.exists() and not overwrite:
+        raise OutputFileError(f"{out}: exists; give the output a new file, or --overwrite to replace it")
+
+
+def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrides: Any) -> str:
     """Convert `src` into our file at `out`; returns a one-line description of what was written.
 
     overrides: VideoMAEArch fields for pretraining checkpoints that do not store them (official
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss). Raises
-    CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit.
+    CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit;
+    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`.
     """
     src = resolve_checkpoint(src)  # checkpoints/latest, a step folder -> its weights file
+    check_output_file(out, src, overwrite)
     kind = detect_format(src)
     # Head counts are options for a .pth only (it does not store them); any other layout stores
     # them, and a given value must agree, never be silently replaced or ignored.

@@ -9,6 +9,11 @@ Layout (the data pipeline relies on it):
     OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
     OUT/descriptions.json    class -> [vision-free descriptions] (`captions.class_descriptions`; eval.class_descriptions)
     OUT/meta.json            settings, counts, classes, per-video objects (written last)
+    OUT/.synth_settings.json the settings of a set being written (removed once meta.json is there)
+
+One set per folder: a folder holding a set (or a killed run's part of one) made with other
+settings is refused naming them, before anything of it is removed; the same settings resume an
+unfinished set, or leave a finished one as it is.
 
 Video i depends only on (seed, i): the set is the same for any number of workers, and the same
 seed gives byte-identical annotations, captions and masks (and, with one x264 thread, videos).
@@ -38,6 +43,7 @@ from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_opt
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "descriptions.json",
                "meta.json")
+PENDING = ".synth_settings.json"
 _OWN_FILE = re.compile(r"^(synth_\d+\.(mp4|npz)|\.synth_\d+\.(mp4|npz)\..+\.tmp)$")  # and killed writes' temps
 
 
@@ -161,6 +167,58 @@ def _refuse_other_folder(root: Path) -> None:
                             "there would replace them; choose another folder")
 
 
+def _settings_of(meta: dict) -> dict:
+    """The settings a set's meta.json (or a pending run's settings file) records; a set older
+    than the difficulty knobs holds MAX_DISTRACTORS at speed 1."""
+    return {"version": meta.get("version"), "num_videos": meta.get("num_videos"), "seed": meta.get("seed"),
+            "frames": meta.get("frames"), "size": meta.get("height"), "fps": meta.get("fps"), "gop": meta.get("gop"),
+            "val_fraction": meta.get("val_fraction"), "distractors": meta.get("distractors", MAX_DISTRACTORS),
+            "distractor_speed": float(meta.get("distractor_speed", 1.0)), "background": meta.get("background"),
+            "static_camera": bool(meta.get("static_camera", False))}
+
+
+def _check_same_settings(root: Path, settings: dict) -> bool:
+    """Whether `root` holds a finished set of `settings` (its meta.json); SettingsError naming
+    each differing setting when its set, or a killed run's part of one, was made with others."""
+    for name in ("meta.json", PENDING):
+        try:
+            had = _settings_of(json.loads((root / name).read_text()))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError) as e:
+            raise SettingsError(f"{root / name}: unreadable ({e}); remove it or choose another folder") from None
+        diff = [f"{k}={had[k]!r} (this run: {settings[k]!r})" for k in settings if had[k] != settings[k]]
+        if diff:
+            what = "a synthetic set" if name == "meta.json" else "part of a synthetic set (a killed run)"
+            raise SettingsError(f"{root} holds {what} made with other settings: {', '.join(diff)}; use the same "
+                                "settings to resume, or another folder")
+        return name == "meta.json"
+    return False
+
+
+def _existing_set(root: Path, settings: dict) -> SyntheticSetInfo | None:
+    """The finished set of `settings` in `root` (every video and mask there), else None."""
+    if not _check_same_settings(root, settings):
+        return None
+    meta = json.loads((root / "meta.json").read_text())
+    ids = list(meta.get("videos", {}))
+    if not all((root / "videos" / f"{v}.mp4").is_file() and (root / "masks" / f"{v}.npz").is_file() for v in ids):
+        return None
+    if not (root / "descriptions.json").is_file():  # a set written before the file existed
+        write_class_descriptions(root)
+    return _info(root, meta, 0.0)
+
+
+def _info(root: Path, meta: dict, seconds: float) -> SyntheticSetInfo:
+    return SyntheticSetInfo(
+        root=root, videos_dir=root / "videos", masks_dir=root / "masks", train_csv=root / "train.csv",
+        val_csv=root / "val.csv", annotations_csv=root / "annotations.csv", classes_txt=root / "classes.txt",
+        captions_jsonl=root / "captions.jsonl", meta_json=root / "meta.json", num_videos=meta["num_videos"],
+        num_train=meta["num_train"], num_val=meta["num_val"], classes=list(meta["classes"]),
+        class_counts=dict(meta["class_counts"]), seconds=seconds,
+    )
+
+
 def _clear_outputs(root: Path, keep: set[str]) -> None:
     """Delete this generator's files (by name pattern) that are not part of the new set."""
     for sub in ("videos", "masks"):
@@ -249,8 +307,16 @@ def generate_synthetic_dataset(
     start = time.perf_counter()
     root = Path(out_dir)
     _refuse_other_folder(root)
+    settings = {"version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed, "frames": frames, "size": size,
+                "fps": fps, "gop": gop, "val_fraction": val_fraction, "distractors": distractors,
+                "distractor_speed": float(distractor_speed), "background": background,
+                "static_camera": bool(static_camera)}
+    existing = _existing_set(root, settings)  # refuses other settings before anything is removed
+    if existing is not None:
+        return existing
     for sub in ("videos", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / PENDING, json.dumps(_pending_meta(settings)) + "\n")  # a killed run's settings
     for name in INDEX_FILES:  # a half-regenerated set must not look complete
         (root / name).unlink(missing_ok=True)
 
@@ -287,12 +353,13 @@ def generate_synthetic_dataset(
         **_meta_tail(records, is_val, class_counts),
     }
     atomic_write_text(root / "meta.json", json.dumps(meta, indent=1) + "\n")
-    return SyntheticSetInfo(
-        root=root, videos_dir=root / "videos", masks_dir=root / "masks", train_csv=root / "train.csv",
-        val_csv=root / "val.csv", annotations_csv=root / "annotations.csv", classes_txt=root / "classes.txt",
-        captions_jsonl=root / "captions.jsonl", meta_json=root / "meta.json", num_videos=num_videos,
-        num_train=meta["num_train"], num_val=meta["num_val"], classes=list(ACTIONS), class_counts=class_counts,
-        seconds=time.perf_counter() - start,
-    )
+    (root / PENDING).unlink(missing_ok=True)
+    return _info(root, meta, time.perf_counter() - start)
+
+
+def _pending_meta(settings: dict) -> dict:
+    """`settings` under meta.json's keys (`_settings_of` reads both files alike)."""
+    keys = {"size": "height"}
+    return {keys.get(k, k): v for k, v in settings.items()}
 
 

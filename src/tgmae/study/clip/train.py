@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from tgmae.atomic import atomic_write_text
 from tgmae.clip.data import read_split_ids
 from tgmae.clip.features import CLIP_MEAN, CLIP_STD
+from tgmae.errors import SettingsError, UserError
 from tgmae.study.clip.data import SyntheticClipSet, load_synthetic_clip_set, sample_clips, sample_pairs
 from tgmae.study.clip.tokenizer import train_clip_tokenizer
 
@@ -60,6 +62,28 @@ class ClipTrainConfig:
     motion_weight: float = 0.0  # weight of the clip-caption loss through the motion tower; 0 = frames only
     motion_frames: int = 4  # frames per motion-tower clip, in time order
     motion_stride: int = 2  # ... this many loaded frames apart (frames_per_video span the whole video)
+
+
+class ClipOutputError(FileExistsError, UserError):
+    """train-clip's output folder holds a run or the synthetic set, or other files (without overwrite)."""
+
+
+def check_clip_output(out: Path, root: Path, overwrite: bool, what: str = "--out") -> None:
+    """Refuse (`ClipOutputError`, naming the folder) an output folder that holds a run
+    (`weights.export_hf.holds_run` / `RUN_MARKERS`: a CLIP's model.safetensors would replace the
+    run's) or the synthetic set, --overwrite or not, or any other non-empty folder without `overwrite`."""
+    from tgmae.weights.export_hf import RUN_MARKERS, holds_run
+
+    target, data = out.resolve(), root.resolve()
+    run = [m for m in RUN_MARKERS if (target / m).exists()]
+    if run or (target.is_dir() and holds_run(target)):
+        raise ClipOutputError(f"{out} ({what}): holds a run ({', '.join(run) or 'model.safetensors'}), which a "
+                              "CLIP would overwrite; give train-clip a folder of its own")
+    if target == data or target in data.parents:
+        raise ClipOutputError(f"{out} ({what}): holds the synthetic set {root}; give train-clip a folder of its own")
+    if target.is_dir() and not overwrite and any(target.iterdir()):
+        raise ClipOutputError(f"{out} ({what}): not empty; give train-clip a new folder, or --overwrite to "
+                              "replace the files train-clip writes there")
 
 
 def build_clip_model(cfg: ClipTrainConfig, vocab_size: int, bos_id: int = 0, eos_id: int = 1, pad_id: int = 1):
@@ -210,13 +234,17 @@ def patch_auc(
 
 
 def train_clip(root: str | Path, out: str | Path, cfg: ClipTrainConfig, progress: bool = True,
-               what: str = "--out") -> dict:
+               what: str = "--out", overwrite: bool = False) -> dict:
     """Train and save; returns a summary (also written to DIR/train_clip.json). Holds `out`'s lock
-    (`tgmae.locks`; `what` names the setting that chose it): a second writer, or a file at `out`,
-    is refused before training, not after it."""
+    (`tgmae.locks`; `what` names the setting that chose it): a second writer, a file at `out`, an
+    output folder `check_clip_output` refuses (a run's, the set's, a non-empty one without
+    `overwrite`) or steps < 1 (SettingsError) are refused before training, not after it."""
     from tgmae.locks import hold
 
+    if cfg.steps < 1:
+        raise SettingsError(f"steps={cfg.steps}: must be >= 1 (train-clip --steps)")
     with hold(out, what, folder=True):
+        check_clip_output(Path(out), Path(root), overwrite, what)
         return _train_clip(Path(root), Path(out), cfg, progress)
 
 
@@ -280,6 +308,8 @@ def _train_clip(root: Path, out: Path, cfg: ClipTrainConfig, progress: bool) -> 
     save_clip(out, model, tokenizer, cfg.image_size)
     if motion is not None:
         motion.eval().save_pretrained(Path(out) / "motion")
+    elif (out / "motion" / "config.json").is_file():  # an earlier CLIP's (--overwrite), not this one's
+        shutil.rmtree(out / "motion")
     summary = {
         "root": str(root), "steps": cfg.steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "val_patch_auc": auc["faithful"], "val_patch_auc_dense": auc["dense"], "auc_split": val_split,

@@ -1,0 +1,54 @@
+"""`tgmae train-clip`'s output folder and settings (issue #28): a run's folder, the synthetic set
+or any other non-empty folder is never written over without --overwrite, and a schedule without
+steps is refused before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from tgmae.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A tiny synthetic set: what train-clip would train on if the refusals let it."""
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_videos=8, frames=8, size=32).root
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_steps_below_one_are_refused_before_writing(root, tmp_path, capsys):
+    out = tmp_path / "clip"
+    assert cli_main(["train-clip", "--root", str(root), "--out", str(out), "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "steps" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_holding_a_run_is_refused(root, tmp_path, capsys, overwrite):
+    run = tmp_path / "runs" / "ptv"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "model.safetensors").write_bytes(b"the run's encoder + decoder")
+    before = _files(run)
+    argv = ["train-clip", "--root", str(root), "--out", str(run), "--steps", "2"] + (["--overwrite"] if overwrite else [])
+    assert cli_main(argv) == 2
+    assert str(run) in capsys.readouterr().err
+    assert _files(run) == before
+
+
+def test_a_non_empty_folder_needs_overwrite_and_the_set_itself_is_refused(root, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert cli_main(["train-clip", "--root", str(root), "--out", str(mine), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(mine) in err and "--overwrite" in err
+    assert _files(mine) == {(mine / "notes.txt").relative_to(mine): b"keep"}
+    assert cli_main(["train-clip", "--root", str(root), "--out", str(root), "--steps", "2", "--overwrite"]) == 2
+    assert str(root) in capsys.readouterr().err
