@@ -530,3 +530,32 @@ def test_same_named_videos_in_other_folders_get_their_own_maps(tmp_path):
     assert len(set(merge_parts(out)["videos"].values())) == 2
     cache = SimilarityCache(out)
     assert cache.entry("Animation/clip1").sim.max() == 0 and cache.entry("Biking/clip1").sim.min() == 1
+
+
+@pytest.mark.parametrize("kind", ["empty", "videomae", "run", "bert"])
+def test_a_folder_that_is_not_a_clip_is_one_line_naming_it_and_the_flag(synth, tmp_path, kind, capsys):
+    """issue 28: `tgmae masks --clip` of a VideoMAE export ("ValueError ... sentencepiece or tiktoken"),
+    of an empty or a run folder ("ValueError: Unrecognized model ... model_type") were tracebacks; a text
+    model without a vision tower has no patch features either."""
+    from tgmae.errors import UserError
+
+    bad = tmp_path / kind
+    bad.mkdir()
+    if kind == "videomae":
+        from transformers import VideoMAEConfig, VideoMAEModel
+
+        VideoMAEModel(VideoMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     image_size=32, patch_size=16, num_frames=2)).save_pretrained(bad)
+    elif kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(bad)
+    elif kind == "run":
+        (bad / "config.yaml").write_text("model:\n  preset: tiny\n")
+    capsys.readouterr()
+    assert run_masks(synth, str(bad), tmp_path / "cache") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "--clip" in err[0], err
+    with pytest.raises(UserError, match="masking.clip_model"):
+        load_clip(str(bad), setting="masking.clip_model")
