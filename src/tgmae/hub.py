@@ -87,8 +87,8 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", se
         path = Path(name).expanduser()
         if not path.exists():
             raise ModelUnavailableError(
-                f"cannot load {what} {name!r}{by}: no such file or directory. Pass an existing folder "
-                "written by save_pretrained, or a hub id such as 'org/model'."
+                f"cannot load {what} {name!r}: no such file or directory. Pass {setting or 'it'} an existing "
+                "folder written by save_pretrained, or a hub id such as 'org/model'."
             )
         try:
             return loader(str(path), **kwargs)
