@@ -67,6 +67,22 @@ def test_invalid_values_name_the_key(override, key):
     assert key in str(e.value)
 
 
+@pytest.mark.parametrize("key", ["base_lr", "lr", "lr_floor", "min_lr", "warmup_lr", "warmup_epochs",
+                                 "weight_decay", "clip_grad", "layer_decay"])
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", ".inf", "-.inf"])
+def test_optim_floats_refuse_nan_and_inf(key, value):
+    """nan passed `base_lr <= 0` and reached AdamW's "Invalid learning rate: nan" traceback; inf
+    trained into a non-finite loss. Every float optim key is refused at validation, naming it."""
+    with pytest.raises(ConfigError, match=rf"^optim\.{key}=") as e:
+        load_config(None, [f"optim.{key}={value}"])
+    assert "finite" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_optim_betas_refuse_nan():
+    with pytest.raises(ConfigError, match=r"^optim\.betas="):
+        load_config(None, ["optim.betas=[.nan, 0.95]"])
+
+
 def test_compile_takes_its_modes_and_yaml_off():
     """`off` is YAML 1.1's false, so false means off; `true` (once an alias of blocks) names no mode."""
     assert load_config(None, ["train.compile=off"]).train.compile == "off"

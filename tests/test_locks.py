@@ -202,3 +202,87 @@ def test_a_locked_run_folder_is_cleared_of_killed_writers_temps(tmp_path):
     run = locks_run_folder(lambda cfg: seen.append(sorted(p.name for p in out.iterdir())))
     run(load_config(None, [f"train.output_dir={out}"]))
     assert not stale.exists() and seen and all(not n.endswith(".tmp") for n in seen[0])
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_the_forked_children_of_a_killed_holder_do_not_keep_its_lock(tmp_path):
+    """issue 28: kill -9 of a run with data.num_workers=2 left its DataLoader workers (forked, parent pid 1)
+    holding the run folder's flock for seconds; an immediate rerun was refused naming the dead process."""
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from tgmae.locks import acquire
+        acquire({str(run)!r}, "train.output_dir")
+        print("held", flush=True)
+        if os.fork() == 0:  # a DataLoader worker: forked, outlives its killed parent
+            print("child", os.getpid(), flush=True)
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        child = int(proc.stdout.readline().split()[1])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the orphan lives on
+        with hold(run, "train.output_dir"):  # wait=0: taken at once
+            assert json.loads(lock_file(run).read_text())["pid"] == os.getpid()
+    finally:
+        proc.kill()
+        proc.wait()
+        if child is not None:
+            os.kill(child, signal.SIGKILL)
+
+
+def _orphan_holder(target, dead: int, seconds: float):
+    """A process holding `target`'s lock under the record of the ended process `dead` (as the orphaned
+    children of a killed holder do), for `seconds`."""
+    code = textwrap.dedent(f"""
+        import fcntl, json, os, socket, time
+        from tgmae.locks import lock_file
+        fd = os.open(lock_file({str(target)!r}), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({{"pid": {dead}, "host": socket.gethostname(), "command": "tgmae pretrain",
+                                  "started": "then"}}).encode())
+        print("held", flush=True)
+        time.sleep({seconds})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_lock_whose_holder_has_ended_is_waited_for_then_refused_naming_the_orphans(tmp_path, caplog, monkeypatch):
+    """When the pid recorded in a held lock is dead, its orphaned children hold it: wait (one log line)
+    up to locks.ORPHAN_WAIT_S for them to exit before refusing, and then say so."""
+    from tgmae import locks
+
+    run, dead = tmp_path / "run", _dead_pid()
+    proc = _orphan_holder(run, dead, 1.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="tgmae"):
+            with hold(run, "train.output_dir"):  # wait=0, yet the orphans' exit is waited for
+                assert json.loads(lock_file(run).read_text())["pid"] == os.getpid()
+        waits = [r.message for r in caplog.records if "orphan" in r.message]
+        assert len(waits) == 1 and f"pid {dead}" in waits[0] and "has ended" in waits[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    monkeypatch.setattr(locks, "ORPHAN_WAIT_S", 0.2)
+    proc = _orphan_holder(run, dead, 60)
+    try:
+        with pytest.raises(LockError) as e:
+            acquire(run, "train.output_dir")
+        msg = str(e.value)
+        assert f"pid {dead}" in msg and "has ended" in msg and "orphan" in msg and str(run) in msg
+        assert "train.output_dir" in msg and "\n" not in msg
+    finally:
+        proc.kill()
+        proc.wait()

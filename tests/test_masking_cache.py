@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+from torch.utils.data import Dataset
+
 from tgmae.atomic import temp_path
 from tgmae.masking.cache import remove_stale_cache_temps
 
@@ -26,3 +29,54 @@ def test_stale_temps_of_the_top_folder_and_of_maps_are_removed(tmp_path):
     live.write_text("{")
     assert remove_stale_cache_temps(tmp_path) == 3
     assert not any(p.exists() for p in stale) and live.exists()
+
+
+def _one_map_cache(root):
+    """A cache of one video 'v/1' with one caption, as `tgmae masks` writes it."""
+    import json
+
+    import torch
+
+    from tgmae.masking.cache import CacheManifest, write_entry, write_manifest_or_check
+
+    write_manifest_or_check(root, CacheManifest("clip", "f", "faithful", "source=s", "sha", 2, 32, 16, 1, None, 4))
+    rel = write_entry(root, "v/1", torch.rand(1, 2, 2, 2), torch.tensor([0, 2]), torch.rand(1, 4), ["a cat"])
+    (root / "index.json").write_text(json.dumps({"videos": {"v/1": rel}, "skipped": {}}))
+    return root / rel
+
+
+class _Maps(Dataset):
+    def __init__(self, root):
+        self.root = root
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        from tgmae.masking.cache import SimilarityCache
+
+        return SimilarityCache(self.root).entry("v/1").sim
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_map_file_is_one_line_naming_it(tmp_path, damage):
+    """issue 28: a truncated .npz (zipfile.BadZipFile) or a garbage file ("This file contains pickled
+    (object) data") was raised in DataLoader worker 0 without naming the file."""
+    import torch
+
+    from tgmae.errors import UserError, worker_user_error
+    from tgmae.masking.cache import SimilarityCache
+
+    path = _one_map_cache(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x93NUMPY garbage" * 20)
+    with pytest.raises(UserError) as e:
+        SimilarityCache(tmp_path).entry("v/1")
+    assert str(path) in str(e.value) and "tgmae masks" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError):  # the caption check at set-up reads the same files
+        SimilarityCache(tmp_path).check_videos(["v/1"], {"v/1": ["a dog"]}, "other sha")
+    loader = torch.utils.data.DataLoader(_Maps(tmp_path), num_workers=1)
+    with pytest.raises(Exception) as e:
+        next(iter(loader))
+    line = worker_user_error(e.value)
+    assert line is not None and str(path) in line

@@ -554,3 +554,32 @@ def test_a_video_replaced_in_place_gets_its_maps_recomputed(synth, tiny_clip, tm
     assert SimilarityCache(out).entry("synth_00001").frames.tolist() == [0, 4]
     assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == untouched  # the others are kept
     assert any("synth_00001" in r.getMessage() and "changed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["empty", "videomae", "run", "bert"])
+def test_a_folder_that_is_not_a_clip_is_one_line_naming_it_and_the_flag(synth, tmp_path, kind, capsys):
+    """issue 28: `tgmae masks --clip` of a VideoMAE export ("ValueError ... sentencepiece or tiktoken"),
+    of an empty or a run folder ("ValueError: Unrecognized model ... model_type") were tracebacks; a text
+    model without a vision tower has no patch features either."""
+    from tgmae.errors import UserError
+
+    bad = tmp_path / kind
+    bad.mkdir()
+    if kind == "videomae":
+        from transformers import VideoMAEConfig, VideoMAEModel
+
+        VideoMAEModel(VideoMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     image_size=32, patch_size=16, num_frames=2)).save_pretrained(bad)
+    elif kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(bad)
+    elif kind == "run":
+        (bad / "config.yaml").write_text("model:\n  preset: tiny\n")
+    capsys.readouterr()
+    assert run_masks(synth, str(bad), tmp_path / "cache") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "--clip" in err[0], err
+    with pytest.raises(UserError, match="masking.clip_model"):
+        load_clip(str(bad), setting="masking.clip_model")

@@ -234,6 +234,16 @@ def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tm
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
 
 
+def test_a_learning_rate_that_diverges_is_one_line(synth_root, tmp_path, capsys):
+    """issue 28: optim.base_lr=1e12 ended in a 25-line traceback of NonFiniteLossError."""
+    from tgmae.cli import main
+
+    assert main(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
+                 "train.epochs=1", "optim.base_lr=1e12", "optim.clip_grad=null"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite loss" in err[0] and "optim.base_lr" in err[0]
+
+
 def test_a_clip_longer_than_every_video_leaves_no_run_folder(synth_root, tmp_path, capsys):
     """issue 28: refused by its data (16 frames asked, 12 in every video), a new run left its
     folder holding a config.yaml of settings that never ran."""

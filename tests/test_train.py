@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from tgmae.config import RunConfig, load_config
 from tgmae.weights import checkpoint as ckpt
+from tgmae.errors import UserError
 from tgmae.train.loop import NonFiniteLossError, StepOutput, Trainer
 from tgmae.train.metrics import read_metrics
 from tgmae.train.optim import param_groups
@@ -284,8 +285,9 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     cfg = toy_cfg(tmp_path)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 4.*step_00000003"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 4.*step_00000003") as e:
         Trainer(ToyTask(cfg, nan_at_step=4), cfg).fit()
+    assert isinstance(e.value, UserError)  # the CLI's one line (exit 2) naming optim.base_lr, no traceback
     latest = ckpt.find_latest(tmp_path / "run" / "checkpoints")
     assert latest.name == "step_00000003"
     loaded = ckpt.load_checkpoint(latest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tgmae.masking.mgm import MotionGuidedMask
@@ -42,3 +43,38 @@ def test_grid_cells_state_the_masked_count_of_their_slice(tmp_path, monkeypatch)
     frames = (clip.permute(1, 2, 3, 0) * 255).to(torch.uint8).numpy()
     vm.render_mask_grid(frames, {"mgm": mgm}, tmp_path / "m.png", tubelet=2, columns=4)
     assert labels == ["masked 12/16"] * 4
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("vizmasks")
+    generate_synthetic_dataset(root, num_videos=3, frames=8, size=32, seed=2, val_fraction=0.0)
+    return root
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--num-frames", "0"], "--num-frames"),
+    (["--num-frames", "3"], "--num-frames"),
+    (["--columns", "0"], "--columns"),
+    (["--image-size", "40"], "--image-size"),
+    (["--frame-stride", "0"], "--frame-stride"),
+    (["--video-id", "nope"], "--video-id"),
+    (["--out", "{tmp}/p.txt"], "--out"),
+    (["--out", "{tmp}"], "--out"),
+])
+def test_bad_arguments_are_one_line_naming_the_flag(synth, tmp_path, capsys, argv, named):
+    """issue 28: --num-frames 0 ("frame_indices is empty"), --columns 0, --out an existing folder (an
+    IsADirectoryError naming an internal temp path), --video-id nope (KeyError: 'nope'), --out p.txt
+    ("Format 'txt' is not supported") were tracebacks."""
+    from tgmae.cli import main
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "m.png")]
+    capsys.readouterr()
+    assert main(["visualize", "masks", "--root", str(synth), "--image-size", "32", "--num-frames", "4", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temp left

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -259,6 +260,11 @@ class OptimConfig:
     fused: bool = True  # fused AdamW kernel where available (much faster on CPU)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # nan passes every `<= 0` test below; inf trains into a nan loss
+            value = getattr(self, f.name)
+            if any(isinstance(v, float) and not math.isfinite(v)
+                   for v in (value if isinstance(value, tuple) else (value,))):
+                raise ConfigError(f"optim.{f.name}={value}: must be a finite number")
         if self.base_lr <= 0 or (self.lr is not None and self.lr <= 0):
             raise ConfigError("optim.base_lr / optim.lr must be > 0")
         if self.lr_floor is not None and self.lr_floor <= 0:

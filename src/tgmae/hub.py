@@ -75,22 +75,29 @@ def unavailable_message(name: str, what: str, cause: str = "") -> str:
     return "\n".join(lines)
 
 
-def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", **kwargs: Any) -> T:
-    """`loader(name, **kwargs)` (e.g. `AutoProcessor.from_pretrained`) cache-first, explained on failure."""
+def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", setting: str = "",
+                    **kwargs: Any) -> T:
+    """`loader(name, **kwargs)` (e.g. `AutoProcessor.from_pretrained`) cache-first, explained on failure.
+
+    setting: the key or flag that named the model (`--clip`, `captions.clip_model`), named in the
+    errors. A local folder that is not such a model (empty, a run folder, a video model without a
+    tokenizer: transformers' OSError or ValueError) is a ModelUnavailableError naming it."""
+    by = f" ({setting})" if setting else ""
     if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():
             raise ModelUnavailableError(
-                f"cannot load {what} {name!r}: no such file or directory. Pass an existing folder "
-                "written by save_pretrained, or a hub id such as 'org/model'."
+                f"cannot load {what} {name!r}: no such file or directory. Pass {setting or 'it'} an existing "
+                "folder written by save_pretrained, or a hub id such as 'org/model'."
             )
         try:
             return loader(str(path), **kwargs)
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":. ")[:300]
             raise ModelUnavailableError(
-                f"cannot load {what} from {str(path)!r}: the folder is not a complete saved "
-                f"transformers model ({str(e).strip().splitlines()[0][:300]})"
-            ) from None
+                f"cannot load {what} from {str(path)!r}{by}: the folder is not a complete saved "
+                f"transformers model ({cause}); give {setting or 'it'} a folder written by save_pretrained "
+                "or a hub id") from None
     try:
         return loader(name, local_files_only=True, **kwargs)
     except OSError as e:

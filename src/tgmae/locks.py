@@ -3,7 +3,10 @@
 `hold(target, what)` refuses a second writer in one line naming the holder (pid, host, command,
 start). The lock is `flock` on `<parent>/.<name>.lock` holding the holder's JSON; the kernel
 releases it when its process ends (kill -9 included), so a dead holder's file is taken over.
-Locks are re-entrant within a process and removed on release.
+Locks are re-entrant within a process and removed on release. A forked child (a DataLoader
+worker) closes its copies at the fork, so it never keeps a killed parent's lock; a lock still held
+under the record of an ended process (its orphans) is waited for up to ORPHAN_WAIT_S, then refused
+saying so.
 """
 
 from __future__ import annotations
@@ -33,6 +36,47 @@ class LockError(RuntimeError, UserError):
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process
 _guard = threading.Lock()
+ORPHAN_WAIT_S = 15.0  # how long to wait for the orphaned children of an ended holder to let go
+
+
+def _forget_in_child() -> None:
+    """After a fork, the child (a DataLoader worker) closes its copies of the held lock fds: a flock
+    belongs to the open file, which a forked child shares, so a worker orphaned by a kill -9 of its
+    parent would go on holding the run's lock. Closing (never LOCK_UN) leaves the parent's lock held."""
+    global _guard
+    _guard = threading.Lock()  # another thread may have held it at the fork
+    for fd, _ in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class _Busy(Exception):
+    """Another process holds the lock; `holder` is what its file says (pid, host, command, start)."""
+
+    def __init__(self, holder: dict):
+        super().__init__(_describe(holder))
+        self.holder = holder
+
+
+def _ended(holder: dict) -> bool:
+    """Whether the holder recorded in a lock file is a process of this host that no longer runs
+    (the lock is then held by its forked children: a holder on another host is never judged)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it runs, as another user
+        return False
+    return False
 
 
 def lock_file(target: str | os.PathLike) -> Path:
@@ -63,7 +107,7 @@ def _read_holder(fd: int) -> dict:
 
 
 def _open_locked(path: Path) -> int:
-    """An fd of `path` holding its flock; LockError when another process holds it. Retries
+    """An fd of `path` holding its flock; _Busy when another process holds it. Retries
     when the file was removed or replaced between open and lock (its holder released it)."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -72,7 +116,7 @@ def _open_locked(path: Path) -> int:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise LockError(_describe(holder)) from None
+            raise _Busy(holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -98,6 +142,39 @@ def check_kind(target: str | os.PathLike, what: str, folder: Optional[bool] = No
         raise LockError(f"{target} ({what}) is a folder, not a file; give {what} a file name")
 
 
+def _wait_for(path: Path, target: str | os.PathLike, what: str, wait: float) -> int:
+    """The fd holding `path`'s flock, polling up to `wait` s for a live holder and up to
+    ORPHAN_WAIT_S for the children of one that has ended (one log line each); LockError after."""
+    start = time.monotonic()
+    told: set[str] = set()
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _open_locked(path)
+        except OSError as e:  # a read-only or full folder, a file where the folder should be
+            raise LockError(f"{target} ({what}): cannot write its lock file {path} "
+                            f"({e.strerror or e}); choose a folder this user can write") from None
+        except _Busy as e:
+            ended = _ended(e.holder)
+            limit = max(wait, ORPHAN_WAIT_S) if ended else wait
+            if time.monotonic() - start >= limit:
+                if ended:
+                    raise LockError(
+                        f"{target}: the run that locked it ({e}) has ended, but processes it left behind (orphaned "
+                        f"children such as DataLoader workers) still hold its lock after {limit:.0f} s; wait for "
+                        f"them to exit (`fuser -v {path}` names them) or give this run another {what}") from None
+                raise LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
+                                f"this run another {what} (lock file {path})") from None
+            if ended and "orphans" not in told:
+                told.add("orphans")
+                log.info("%s: the run that locked it (%s) has ended; waiting up to %.0f s for its orphaned "
+                         "child processes to release the lock", target, e, limit)
+            elif not ended and "holder" not in told:
+                told.add("holder")
+                log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
+            time.sleep(min(0.5, max(limit - (time.monotonic() - start), 0.05)))
+
+
 def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Optional[bool] = None) -> Path:
     """Take the lock of `target` (a file or folder, existing or not) for this process.
 
@@ -114,22 +191,7 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
             fd, n = _held[key]
             _held[key] = (fd, n + 1)
             return path
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = _open_locked(path)
-                break
-            except OSError as e:  # a read-only or full folder, a file where the folder should be
-                raise LockError(f"{target} ({what}): cannot write its lock file {path} "
-                                    f"({e.strerror or e}); choose a folder this user can write") from None
-            except LockError as e:
-                if time.monotonic() >= deadline:
-                    raise LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
-                                        f"this run another {what} (lock file {path})") from None
-                if deadline - time.monotonic() >= wait - 0.5:
-                    log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
-                time.sleep(0.5)
+        fd = _wait_for(path, target, what, wait)
         try:
             old = _read_holder(fd)
             if old:

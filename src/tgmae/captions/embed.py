@@ -68,11 +68,12 @@ class ModelIdentity:
         return str(Path(name_or_path).expanduser().resolve()) if looks_like_path(name_or_path) else name_or_path
 
     @classmethod
-    def of(cls, name_or_path: str) -> "ModelIdentity":
-        """Reads the config and the weights' fingerprint (a few tensors; no model is built)."""
+    def of(cls, name_or_path: str, setting: str = "") -> "ModelIdentity":
+        """Reads the config and the weights' fingerprint (a few tensors; no model is built).
+        setting: the key or flag that named the model, named in ModelUnavailableError."""
         from transformers import AutoConfig
 
-        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
+        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
         return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "")
 
 
@@ -228,16 +229,19 @@ class TextEmbedder:
     `text_embeds`); other models with `get_text_features` (e.g. SigLIP) load whole; any other
     transformers model (a BERT, a sentence-transformers folder) is a sentence encoder: its last
     hidden states [N, L, H] pooled over the real tokens as its sentence-transformers pooling config
-    says (mean when it has none). Texts are truncated to the model's context.
+    says (mean when it has none). Texts are truncated to the model's context. setting: the key or
+    flag that named the model (`--clip`, `captions.text_model`), named in ModelUnavailableError
+    (a folder that is no saved text model: empty, a run folder, a video model without a tokenizer).
     """
 
-    def __init__(self, name_or_path: str, device: str | torch.device = "cpu"):
+    def __init__(self, name_or_path: str, device: str | torch.device = "cpu", setting: str = ""):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
-        self.identity = ModelIdentity.of(name_or_path)
+        self.identity = ModelIdentity.of(name_or_path, setting)
         self.device = torch.device(device)
-        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config")
-        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
+        config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path,
+                                         what=f"text tokenizer ({config.model_type} config)", setting=setting)
         text_cfg = getattr(config, "text_config", config)
         restore = quiet_transformers()
         try:
@@ -247,10 +251,10 @@ class TextEmbedder:
                     text_cfg.projection_dim = config.projection_dim
                     options["config"] = text_cfg
                 self.model = load_pretrained(CLIPTextModelWithProjection.from_pretrained, name_or_path,
-                                             what="CLIP text model", dtype=torch.float32, **options)
+                                             what="CLIP text model", setting=setting, dtype=torch.float32, **options)
             else:
                 self.model = load_pretrained(AutoModel.from_pretrained, name_or_path, what="text model",
-                                             dtype=torch.float32)
+                                             setting=setting, dtype=torch.float32)
         finally:
             restore()
         self.model.eval().requires_grad_(False).to(self.device)
@@ -314,15 +318,17 @@ CACHE_SETTING = "captions.embedding_cache (embed-captions --out)"  # what chose 
 
 
 def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, batch_size: int = 256,
-                device: str = "cpu", rebuild: bool = False, progress: bool = False) -> torch.Tensor:
+                device: str = "cpu", rebuild: bool = False, progress: bool = False,
+                setting: str = "") -> torch.Tensor:
     """[len(texts), D] embeddings of `texts`, computing only those not in the cache (then saved).
+    setting: the key or flag that named `clip_model`, named when it is not a loadable text model.
 
     The model's weights are loaded only when some text is missing from the cache. One process
     writes a cache at a time: another one (a second run on the same captions, another DDP rank)
     waits up to `WRITE_WAIT_S` for it (`tgmae.locks`), then reads what it added.
     """
     check_kind(cache_path, CACHE_SETTING, folder=False)  # a folder there is the user's: refused, never "delete it"
-    identity = ModelIdentity.of(clip_model)
+    identity = ModelIdentity.of(clip_model, setting)
     cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
@@ -331,7 +337,7 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():
             if missing:
-                embedder = TextEmbedder(clip_model, device=device)
+                embedder = TextEmbedder(clip_model, device=device, setting=setting)
                 cache.add(missing, embedder(missing, batch_size=batch_size, progress=progress))
             cache.save(cache_path)
     return cache.lookup(texts)

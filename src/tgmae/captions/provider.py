@@ -99,8 +99,10 @@ class CaptionProvider:
 
     @classmethod
     def from_files(cls, captions_file: str | Path, clip_model: str = "", embedding_cache: str = "",
-                   draw: str = "random", device: str = "cpu", progress: bool = False) -> "CaptionProvider":
-        """Read a caption store; with `clip_model`, attach cached text embeddings.
+                   draw: str = "random", device: str = "cpu", progress: bool = False,
+                   setting: str = "") -> "CaptionProvider":
+        """Read a caption store; with `clip_model`, attach cached text embeddings (`setting`: the key
+        that named it, in errors).
 
         Missing embeddings are computed once (needs the model) and written to the cache;
         `embedding_cache` empty = `default_cache_path(captions_file, clip_model)`.
@@ -111,7 +113,8 @@ class CaptionProvider:
             from tgmae.captions.embed import default_cache_path, embed_texts
 
             cache = embedding_cache or default_cache_path(captions_file, clip_model)
-            provider.embeddings = embed_texts(provider.texts, clip_model, cache, device=device, progress=progress)
+            provider.embeddings = embed_texts(provider.texts, clip_model, cache, device=device, progress=progress,
+                                              setting=setting)
         return provider
 
     @classmethod
@@ -120,4 +123,5 @@ class CaptionProvider:
         when no file."""
         if not cfg.file:
             return None
-        return cls.from_files(cfg.file, cfg.target_model, cfg.embedding_cache, cfg.draw, device, progress)
+        setting = "captions.text_model" if cfg.text_model else "captions.clip_model"
+        return cls.from_files(cfg.file, cfg.target_model, cfg.embedding_cache, cfg.draw, device, progress, setting)

@@ -53,15 +53,25 @@ class ClipBundle:
         return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
 
 
-def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> ClipBundle:
+def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: str = "") -> ClipBundle:
     """`CLIPModel` + tokenizer + image mean/std from a hub name or a local directory.
-    ModelUnavailableError for a missing local path or a hub id neither cached nor reachable."""
-    from transformers import AutoTokenizer, CLIPModel
+    setting: the key or flag that named the model (`--clip`, `masking.clip_model`), named in errors.
+    ModelUnavailableError for a missing local path, a folder that is no saved model (empty, a run
+    folder) or a hub id neither cached nor reachable; SettingsError for a model that is not a CLIP
+    (a VideoMAE export, a BERT: CLIPModel would load it as random weights)."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
+    from tgmae.errors import SettingsError
     from tgmae.hub import load_pretrained  # a missing local path fails at once, offline explained
 
-    model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model").to(device).eval()
-    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer")
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
+    if config.model_type != "clip":
+        by = f" ({setting})" if setting else ""
+        raise SettingsError(f"{name_or_path!r}{by} is a {config.model_type} model, not a CLIP: give "
+                            f"{setting or 'it'} a CLIP hub id or a folder holding a saved CLIPModel")
+    model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model", setting=setting)
+    model = model.to(device).eval()
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer", setting=setting)
     mean, std = CLIP_MEAN, CLIP_STD
     try:
         from transformers import AutoImageProcessor

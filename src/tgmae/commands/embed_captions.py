@@ -34,6 +34,6 @@ def main(argv: Sequence[str]) -> int:
     records = read_store(args.captions).records
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,
-                      rebuild=args.rebuild, progress=not args.no_progress)
+                      rebuild=args.rebuild, progress=not args.no_progress, setting="--clip")
     print(f"{len(texts)} distinct captions of {len(records)} videos -> {out} ({tuple(emb.shape)}, L2-normalised)")
     return 0

@@ -78,7 +78,7 @@ def _precompute(args: argparse.Namespace, shard) -> int:
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())
     device = resolve_device(args.device, local_rank(), key="--device")
-    clip = load_clip(args.clip, device)
+    clip = load_clip(args.clip, device, setting="--clip")
     if args.rebuild and shard.rank == 0:
         clear_cache(args.out)
     if args.rebuild and distributed_ready():

@@ -8,9 +8,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from tgmae.locks import check_kind
 from tgmae.viz.masks import synthetic_figure, video_figure
+
+TUBELET = 2  # the grid's frames per token slice (tgmae.viz.masks), as the paper's models
+PATCH = 16  # the grid's patch side in pixels (tgmae.viz.masks)
+
+
+def _wrong_argument(args: argparse.Namespace) -> str:
+    """The one-line refusal of a flag's value that cannot make a figure, "" when all can."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        return f"--ratio {args.ratio}: must be in (0, 1)"
+    if args.num_frames < TUBELET or args.num_frames % TUBELET:
+        return f"--num-frames {args.num_frames}: must be a positive multiple of {TUBELET} (frames per token slice)"
+    if args.image_size < PATCH or args.image_size % PATCH:
+        return f"--image-size {args.image_size}: must be a positive multiple of {PATCH} (the patch side)"
+    if args.frame_stride < 1:
+        return f"--frame-stride {args.frame_stride}: must be >= 1"
+    if args.columns < 1:
+        return f"--columns {args.columns}: must be >= 1"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(args.out).suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        return f"--out {args.out}: the image format {suffix!r} is not one of {', '.join(sorted(formats))}"
+    return ""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -33,9 +59,11 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--rebuild", action="store_true",
                    help="--root with --clip: empty the similarity cache and build it anew")
     args = p.parse_args(list(argv))
-    if args.ratio is not None and not 0 < args.ratio < 1:
-        print("tgmae visualize masks: --ratio must be in (0, 1)", file=sys.stderr)
+    wrong = _wrong_argument(args)
+    if wrong:
+        print(f"tgmae visualize masks: {wrong}", file=sys.stderr)
         return 2
+    check_kind(args.out, "--out", folder=False)  # a folder there: one line, not a temp file's IsADirectoryError
     common = dict(clip_model=args.clip, ratio=args.ratio, mode=args.mode, image_size=args.image_size,
                   num_frames=args.num_frames, frame_stride=args.frame_stride, columns=args.columns, seed=args.seed)
     if args.root:

@@ -240,7 +240,8 @@ def class_text_embeddings(cfg, model: nn.Module, class_names: Sequence[str], dev
         raise ConfigError(f"eval.class_descriptions={cfg.eval.class_descriptions}: {e}") from None
     cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
     flat = [t for per_class in texts for t in per_class]
-    clip = embed_texts(flat, cfg.captions.target_model, cache, device=device)
+    clip = embed_texts(flat, cfg.captions.target_model, cache, device=device,
+                       setting="captions.text_model" if cfg.captions.text_model else "captions.clip_model")
     return ensemble_embeddings(model, clip, [len(t) for t in texts])
 
 

@@ -7,7 +7,7 @@ The interface (`MaskContext`, `CropParams`, the masked counts) is `tgmae.mask_co
 
 from tgmae.mask_contract import CropParams, MaskContext, MaskGenerator, check_mask, num_masked
 from tgmae.masking.batch import BatchMaskGenerator, is_batch_generator
-from tgmae.masking.cache import CacheMismatchError, MissingCacheEntry, SimilarityCache
+from tgmae.masking.cache import CacheMismatchError, DamagedCacheEntry, MissingCacheEntry, SimilarityCache
 from tgmae.masking.factory import build_mask_generator
 from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.resample import resample_to_tokens
@@ -17,7 +17,7 @@ from tgmae.masking.tgm import BatchTGMMask, CachedTGMMask, OnlineTGMMask
 
 __all__ = [
     "BatchMaskGenerator", "BatchTGMMask", "CacheMismatchError", "CachedTGMMask", "CropParams",
-    "MaskContext", "MaskGenerator", "MissingCacheEntry", "MotionGuidedMask", "OnlineTGMMask",
+    "DamagedCacheEntry", "MaskContext", "MaskGenerator", "MissingCacheEntry", "MotionGuidedMask", "OnlineTGMMask",
     "RandomMask", "SimilarityCache", "TubeMask", "build_mask_generator", "check_mask",
     "is_batch_generator", "num_masked", "resample_to_tokens", "select_per_slice",
 ]

@@ -37,6 +37,10 @@ class CacheMismatchError(ValueError, UserError):
     """The cache was built with another CLIP, mode, caption source or geometry."""
 
 
+class DamagedCacheEntry(ValueError, UserError):
+    """A video's map file cannot be read (truncated, overwritten); the message names it and the rerun."""
+
+
 class MissingCacheEntry(LookupError, UserError):
     """A video has no cached similarity map (with the reason recorded when the cache was built)."""
 
@@ -286,9 +290,8 @@ class SimilarityCache:
             return
         changed = []
         for vid, f in files:  # the captions file changed since: do this run's videos' captions differ?
-            with np.load(f) as z:
-                if [str(c) for c in z["captions"]] != [c.strip() for c in captions.get(vid, [])]:
-                    changed.append(vid)
+            if [str(c) for c in self._read(f)["captions"]] != [c.strip() for c in captions.get(vid, [])]:
+                changed.append(vid)
         if changed:
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built from other captions of {len(changed)} videos "
@@ -297,6 +300,18 @@ class SimilarityCache:
 
     def __len__(self) -> int:
         return len(self.videos)
+
+    def _read(self, path: Path) -> dict[str, np.ndarray]:
+        """The arrays of one map file (sim, frames, text, captions); DamagedCacheEntry naming it when
+        it cannot be read (numpy raises BadZipFile, ValueError, EOFError, KeyError, ... by damage)."""
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in ("sim", "frames", "text", "captions")}
+        except Exception as e:
+            raise DamagedCacheEntry(
+                f"similarity cache {self.root}: the map file {path} is damaged ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]}); delete it and rerun `tgmae masks --out {self.root}` with the "
+                "same arguments (it recomputes missing maps), or rebuild with --rebuild") from None
 
     def entry(self, video_id: str) -> CacheEntry:
         hit = self._lru.get(video_id)
@@ -312,13 +327,13 @@ class SimilarityCache:
         if not path.is_file():  # a map file, not the video: never reported as an unreadable video
             raise MissingCacheEntry(f"similarity cache {self.root}: the maps of video {video_id!r} ({path}) are "
                                     f"missing; rerun `tgmae masks --out {self.root} --rebuild`")
-        with np.load(path) as z:
-            entry = CacheEntry(
-                torch.from_numpy(z["sim"].astype(np.float32)),
-                torch.from_numpy(z["frames"].astype(np.int64)),
-                torch.nn.functional.normalize(torch.from_numpy(z["text"].astype(np.float32)), dim=-1),
-                [str(c) for c in z["captions"]],
-            )
+        z = self._read(path)
+        entry = CacheEntry(
+            torch.from_numpy(z["sim"].astype(np.float32)),
+            torch.from_numpy(z["frames"].astype(np.int64)),
+            torch.nn.functional.normalize(torch.from_numpy(z["text"].astype(np.float32)), dim=-1),
+            [str(c) for c in z["captions"]],
+        )
         self._lru[video_id] = entry
         if len(self._lru) > self.max_entries:
             self._lru.popitem(last=False)

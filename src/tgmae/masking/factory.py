@@ -42,7 +42,7 @@ def _build_tgm(cfg: MaskingConfig, captions_file: str, device: str, data_mean, d
     from tgmae.clip.features import ClipPatchScorer, load_clip
     from tgmae.masking.tgm import BatchTGMMask, OnlineTGMMask
 
-    scorer = ClipPatchScorer(load_clip(clip_model, device), cfg.mode,
+    scorer = ClipPatchScorer(load_clip(clip_model, device, setting="masking.clip_model"), cfg.mode,
                              cfg.dense_size or None)
     cls = OnlineTGMMask if str(device) == "cpu" else BatchTGMMask
     norm = {k: tuple(v) for k, v in (("data_mean", data_mean), ("data_std", data_std)) if v is not None}

@@ -26,6 +26,7 @@ from tgmae.data.dataset import loader_worker_init
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
+from tgmae.errors import UserError
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
@@ -51,9 +52,10 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, UserError):
     """The loss became NaN/inf; found at the next log step, checkpoint or evaluation, before any
-    is made from the model. The message names the step and the last good checkpoint."""
+    is made from the model. The message names the step, the last good checkpoint and the keys to
+    change (a too-high optim.base_lr, most often): the CLI's one line, exit 2."""
 
 
 @dataclass

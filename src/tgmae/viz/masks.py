@@ -102,8 +102,16 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     from tgmae.masking.quality import PAPER_RATIOS, clip_context, ensure_cache, load_eval_clip, make_generators
 
     root = Path(root)
-    vid = video_id or (read_split_ids(root, "val") or read_split_ids(root, "train"))[0]
-    caps = read_store(root / "captions.jsonl").by_video()[vid].captions
+    stored = read_store(root / "captions.jsonl").by_video()
+    ids = read_split_ids(root, "val") or read_split_ids(root, "train")
+    vid = video_id or (ids[0] if ids else "")
+    if vid not in stored:
+        from tgmae.errors import SettingsError
+
+        known = ", ".join(sorted(stored)[:5]) + (" ..." if len(stored) > 5 else "")
+        raise SettingsError(f"--video-id {vid!r}: not a video of {root / 'captions.jsonl'} ({known or 'none'})"
+                            if video_id else f"--root {root}: no val or train video with captions")
+    caps = stored[vid].captions
     grid = (num_frames // 2, image_size // 16, image_size // 16)
     ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
     cache_dir = None
