@@ -39,3 +39,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def not_a_clip(root, kind: str) -> str:
+    """A folder a user may pass as a CLIP by mistake: empty, a VideoMAE export (no tokenizer), a BERT (no
+    vision tower), a run folder."""
+    path = root / kind
+    path.mkdir()
+    if kind == "videomae":
+        from transformers import VideoMAEConfig, VideoMAEModel
+
+        VideoMAEModel(VideoMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     image_size=32, patch_size=16, num_frames=2)).save_pretrained(path)
+    elif kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(path)
+    elif kind == "run":
+        (path / "config.yaml").write_text("model:\n  preset: tiny\n")
+        (path / "metrics.jsonl").write_text("")
+        (path / "config.json").write_text("{}")  # e.g. a TensorBoard or other tool's file
+    return str(path)

@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+
+from conftest import not_a_clip
 import torch
 
 from tgmae.captions.embed import (EmbeddingCache, EmbeddingCacheError, ModelIdentity, TextEmbedder,
@@ -335,22 +337,6 @@ def test_an_existing_folder_as_out_is_refused_not_called_an_unreadable_cache(tmp
     assert (folder / "keep.txt").read_text() == "mine"
 
 
-def _not_a_clip(root, kind: str) -> str:
-    """A folder a user may pass by mistake: empty, a VideoMAE export (no tokenizer), a run folder."""
-    path = root / kind
-    path.mkdir()
-    if kind == "videomae":
-        from transformers import VideoMAEConfig, VideoMAEModel
-
-        VideoMAEModel(VideoMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                     image_size=32, patch_size=16, num_frames=2)).save_pretrained(path)
-    elif kind == "run":
-        (path / "config.yaml").write_text("model:\n  preset: tiny\n")
-        (path / "metrics.jsonl").write_text("")
-        (path / "config.json").write_text("{}")  # e.g. a TensorBoard or other tool's file
-    return str(path)
-
-
 @pytest.mark.parametrize("kind", ["empty", "videomae", "run"])
 def test_a_folder_that_is_not_a_text_model_is_one_line_naming_it_and_the_key(tmp_path, kind, capsys):
     """issue 28: --clip W/hf1 (a VideoMAE export) ended in "ValueError ... sentencepiece or tiktoken",
@@ -360,7 +346,7 @@ def test_a_folder_that_is_not_a_text_model_is_one_line_naming_it_and_the_key(tmp
 
     caps = tmp_path / "captions.jsonl"
     write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
-    bad = _not_a_clip(tmp_path, kind)
+    bad = not_a_clip(tmp_path, kind)
     capsys.readouterr()
     assert main(["--captions", str(caps), "--clip", bad, "--out", str(tmp_path / "e.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import not_a_clip
 import torch
 import torch.nn.functional as F
 
@@ -563,20 +565,7 @@ def test_a_folder_that_is_not_a_clip_is_one_line_naming_it_and_the_flag(synth, t
     model without a vision tower has no patch features either."""
     from tgmae.errors import UserError
 
-    bad = tmp_path / kind
-    bad.mkdir()
-    if kind == "videomae":
-        from transformers import VideoMAEConfig, VideoMAEModel
-
-        VideoMAEModel(VideoMAEConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                     image_size=32, patch_size=16, num_frames=2)).save_pretrained(bad)
-    elif kind == "bert":
-        from transformers import BertConfig, BertModel
-
-        BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=32)).save_pretrained(bad)
-    elif kind == "run":
-        (bad / "config.yaml").write_text("model:\n  preset: tiny\n")
+    bad = not_a_clip(tmp_path, kind)
     capsys.readouterr()
     assert run_masks(synth, str(bad), tmp_path / "cache") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -99,13 +99,18 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
     refused, or recorded as a change under checkpoint.resume=ignore_config."""
     if not (now and stored and stored != now):
         return []
+    return _refuse_or_record(cfg, source, f"the {task_name} inputs differ from the ones it was trained on "
+                             f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights changed)",
+                             (f"{task_name} inputs (fingerprint)", stored[:12], now[:12]))
+
+
+def _refuse_or_record(cfg: RunConfig, source: Path, why: str, change: tuple[str, Any, Any]) -> list:
+    """CheckpointError "cannot resume SOURCE: WHY" with the ways out, or [change] under
+    checkpoint.resume=ignore_config."""
     if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
-        raise ckpt.CheckpointError(
-            f"cannot resume {source}: the {task_name} inputs differ from the ones it was trained on "
-            f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights "
-            f"changed). Start a new run with another train.output_dir, or continue this one with "
-            f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
-    return [(f"{task_name} inputs (fingerprint)", stored[:12], now[:12])]
+        raise ckpt.CheckpointError(f"cannot resume {source}: {why}. Start a new run with another train.output_dir, "
+                                   f"or continue this one with checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+    return [change]
 
 
 def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
@@ -120,13 +125,9 @@ def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
     if len(stored) != len(now):
         moved.append(f"{len(stored)} -> {len(now)} classes")
     what = ", ".join(moved[:3]) + (" ..." if len(moved) > 3 else "")
-    if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
-        raise ckpt.CheckpointError(
-            f"cannot resume {source}: the class names of data.train_annotations={cfg.data.train_annotations} "
-            f"(e.g. its classes.txt) differ from the ones it was trained on ({what}). Restore them, start "
-            f"a new run with another train.output_dir, or continue this one with "
-            f"checkpoint.resume={ckpt.IGNORE_CONFIG}.")
-    return [("class names", list(stored), list(now))]
+    return _refuse_or_record(cfg, source, f"the class names of data.train_annotations={cfg.data.train_annotations} "
+                             f"(e.g. its classes.txt) differ from the ones it was trained on ({what}); restore them",
+                             ("class names", list(stored), list(now)))
 
 
 def check_config_file(out_dir: str | Path) -> None:
