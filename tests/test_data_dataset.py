@@ -409,3 +409,20 @@ def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(
     with pytest.raises(ConfigError, match="6 frames"):
         VideoDataset(ranged, _cfg(num_frames=8), train=True)
     assert len(VideoDataset(recs, _cfg(num_frames=10), train=True)) == 4  # one video holds a clip: no refusal
+
+
+def test_check_videos_known_gives_the_mask_generator_each_records_file():
+    """A TGM cache checks its maps were made from the files the run reads (a video replaced in
+    place since `tgmae masks` is refused at set-up): the generator gets {id: path}."""
+    from tgmae.data.annotations import VideoRecord
+    from tgmae.data.dataset import check_videos_known
+
+    seen = {}
+
+    class Generator:
+        def check_videos(self, ids, paths):
+            seen.update(ids=ids, paths=paths)
+
+    records = [VideoRecord("/d/a.mp4", 0, "a"), VideoRecord("/d/b.mp4", 1, "b")]
+    check_videos_known(records, None, Generator())
+    assert seen == {"ids": ["a", "b"], "paths": {"a": "/d/a.mp4", "b": "/d/b.mp4"}}

@@ -550,11 +550,15 @@ def test_a_video_replaced_in_place_gets_its_maps_recomputed(synth, tiny_clip, tm
     other = root / "videos" / "synth_00001.tmp.mp4"
     write_video(other, np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8))
     other.replace(root / "videos" / "synth_00001.mp4")  # same path, other content
+    paths = {f"synth_0000{i}": str(root / "videos" / f"synth_0000{i}.mp4") for i in range(2)}
+    with pytest.raises(CacheMismatchError, match=r"1 videos changed since their maps were made \('synth_00001'"):
+        SimilarityCache(out).check_videos(list(paths), paths=paths)  # a pretrain's set-up, before `masks` reran
     untouched = (out / "maps" / "synth_00000.npz").stat().st_mtime_ns
     with caplog.at_level("INFO"):
         assert run_masks(root, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
     assert SimilarityCache(out).entry("synth_00001").frames.tolist() == [0, 4]
     assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == untouched  # the others are kept
+    SimilarityCache(out).check_videos(list(paths), paths=paths)  # redone: the set-up check passes
     assert any("synth_00001" in r.getMessage() and "changed" in r.getMessage() for r in caplog.records)
 
 

@@ -355,14 +355,14 @@ class MultiViewDataset(_RobustBase):
 def check_videos_known(records: Sequence[VideoRecord], captions: Optional[CaptionProvider],
                        mask_generator: Optional[MaskGenerator]) -> None:
     """At set-up, not in a DataLoader worker at step N: the caption provider and the mask
-    generator know every record's video (their `check_videos(ids)` where they have one: captions
-    for each video, a TGM similarity cache's maps and captions). They raise a UserError naming
+    generator know every record's video (their `check_videos` where they have one: captions
+    for each video, a TGM similarity cache's maps, made from the record's file, and captions). They raise a UserError naming
     the videos and the file."""
     ids = [r.video_id for r in records]
-    for part in (captions, mask_generator):
-        check = getattr(part, "check_videos", None)
-        if check is not None:
-            check(ids)
+    if getattr(captions, "check_videos", None) is not None:
+        captions.check_videos(ids)
+    if getattr(mask_generator, "check_videos", None) is not None:  # maps made from these very files
+        mask_generator.check_videos(ids, {r.video_id: r.path for r in records})
 
 
 SPLIT_FOLDER_FORMATS = ("ssv2", "ucf101", "hmdb51", "diving48")  # train and test lists side by side

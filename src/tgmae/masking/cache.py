@@ -268,10 +268,13 @@ class SimilarityCache:
         self._lru: OrderedDict[str, CacheEntry] = OrderedDict()
 
     def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
-                     captions_sha256: Optional[str] = None) -> None:
-        """At set-up: maps exist for every id (or a reason they were skipped), and (given the run's
-        captions file's sha256 and captions {id: [text]}) the captions the maps were made from are
-        the run's. Raises MissingCacheEntry / CacheMismatchError naming the cache and the videos."""
+                     captions_sha256: Optional[str] = None, paths: Optional[dict[str, str]] = None) -> None:
+        """At set-up: maps exist for every id (or a reason they were skipped); (given `paths`
+        {id: video path}) each map was made from the file at that path now (a video replaced in place
+        since `tgmae masks` has another `video_identity`; entries made before identities were
+        recorded are not checked); and (given the run's captions file's sha256 and captions {id:
+        [text]}) the captions the maps were made from are the run's. Raises MissingCacheEntry /
+        CacheMismatchError naming the cache and the videos."""
         absent = [v for v in video_ids if v not in self.videos and v not in self.skipped]
         if absent:
             done = len(self.videos) + len(self.skipped)
@@ -286,6 +289,8 @@ class SimilarityCache:
             raise MissingCacheEntry(
                 f"similarity cache {self.root}: {len(lost)} map files listed in its index are missing ({lost[0]}"
                 f"{' ...' if len(lost) > 1 else ''}); rerun `tgmae masks --out {self.root} --rebuild`")
+        if paths:
+            self._check_identities([v for v in video_ids if v in self.videos], paths)
         if captions is None or captions_sha256 is None or captions_sha256 == self.manifest.captions_sha256:
             return
         changed = []
@@ -297,6 +302,18 @@ class SimilarityCache:
                 f"similarity cache {self.root} was built from other captions of {len(changed)} videos "
                 f"({', '.join(repr(v) for v in changed[:3])}{' ...' if len(changed) > 3 else ''}): the captions file "
                 f"was edited after `tgmae masks`; rebuild with `tgmae masks --out {self.root} --rebuild`")
+
+    def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
+        from tgmae.data.fileid import video_identity
+
+        made_from = {r["video_id"]: r.get("video") for r in part_records(self.root) if r.get("file")}
+        changed = [v for v in video_ids if made_from.get(v) is not None and v in paths
+                   and json.loads(json.dumps(video_identity(paths[v]))) != made_from[v]]
+        if changed:
+            raise CacheMismatchError(
+                f"similarity cache {self.root}: {len(changed)} videos changed since their maps were made "
+                f"({', '.join(repr(v) for v in changed[:3])}{' ...' if len(changed) > 3 else ''}; replaced in "
+                f"place?): rerun `tgmae masks` with --out {self.root} (it redoes them)")
 
     def __len__(self) -> int:
         return len(self.videos)

@@ -43,15 +43,15 @@ class CachedTGMMask(ScoredMask):
         self.tubelet_frame, self.caption = tubelet_frame, caption
         self.captions_file = ""  # the run's captions file: `check_videos` compares the maps' captions
 
-    def check_videos(self, video_ids: list[str]) -> None:
+    def check_videos(self, video_ids: list[str], paths: Optional[dict[str, str]] = None) -> None:
         """At set-up (`tgmae.data.dataset`): the cache holds maps for every video, made from the
-        run's captions (`SimilarityCache.check_videos`)."""
+        files at `paths` ({id: path}) and the run's captions (`SimilarityCache.check_videos`)."""
         captions = sha = None
         if self.captions_file:
             sha = file_sha256(self.captions_file)
             if sha != self.cache.manifest.captions_sha256:
                 captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}
-        self.cache.check_videos(list(video_ids), captions, sha)
+        self.cache.check_videos(list(video_ids), captions, sha, paths)
 
     def caption_maps(self, entry: CacheEntry, ctx: MaskContext) -> np.ndarray:
         """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
