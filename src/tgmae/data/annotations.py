@@ -201,15 +201,9 @@ class UniqueIds:
 GENERIC_COLUMNS = ("path", "label", "caption", "video_id", "start_frame", "end_frame")
 
 
-def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
-    """`path,label[,caption]` CSV with a header, or JSONL objects with the same keys.
-
-    Ids: the `video_id` column, else the path relative to `root` without its extension
-    (`relative_id`); an id twice is a bad row naming both.
-
-    Labels are ints, or class names looked up in `classes.txt` (next to the file or in root;
-    one name per line, line order = id); without that file, names are numbered in sorted order.
-    """
+def _generic_rows(ann: Path, rows: RowErrors) -> list[tuple[int, dict]]:
+    """(line, row dict) of a generic CSV (header with path,label) or JSONL file; bad rows go to
+    `rows`; columns outside GENERIC_COLUMNS are named in a warning."""
     if not ann.is_file():
         raise AnnotationError(f"{ann}: annotation file not found")
     raw: list[tuple[int, dict]] = []
@@ -239,6 +233,19 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
     unknown = sorted({k for _, o in raw for k in o if k is not None and k not in GENERIC_COLUMNS})
     if unknown:  # a misspelt start_frame would otherwise use the whole video without a word
         log.warning("%s: ignored column(s) %s; the known ones are %s", ann, ", ".join(unknown), ", ".join(GENERIC_COLUMNS))
+    return raw
+
+
+def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
+    """`path,label[,caption]` CSV with a header, or JSONL objects with the same keys.
+
+    Ids: the `video_id` column, else the path relative to `root` without its extension
+    (`relative_id`); an id twice is a bad row naming both.
+
+    Labels are ints, or class names looked up in `classes.txt` (next to the file or in root;
+    one name per line, line order = id); without that file, names are numbered in sorted order.
+    """
+    raw = _generic_rows(ann, rows)
     classes = read_classes(ann.parent / "classes.txt") or read_classes(root / "classes.txt")
     by_name = {c: i for i, c in enumerate(classes or [])}
     if classes is None:  # names in the label column without a classes.txt: sorted order
