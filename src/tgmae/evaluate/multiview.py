@@ -260,6 +260,26 @@ def test_settings(cfg) -> dict[str, Any]:
             "data.test_spatial_views": d.test_spatial_views, "data.mean": list(d.mean), "data.std": list(d.std)}
 
 
+def read_results(path: Path) -> dict:
+    """A results JSON as a dict; {} when it cannot be read or is not an object."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def setting_diffs(stored: dict, settings: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for each of `settings` that `stored` records otherwise."""
+    return [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+
+
+def not_replaced(out: Path, name: str, what: str) -> ConfigError:
+    """The refusal to replace `out/name` (`what`: whose results they are), with the ways out."""
+    return ConfigError(f"train.output_dir={str(out)!r} holds {name} {what}: it is not replaced; choose "
+                       "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
+
+
 def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,
                          replace: bool = False, predictions: bool = True) -> None:
     """ConfigError naming the file (and the differing keys) when `out` holds test results `writer` with
@@ -272,20 +292,11 @@ def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, An
     if not results.is_file():
         stray = out / RESULT_FILES[1]
         if predictions and stray.is_file():
-            raise ConfigError(f"train.output_dir={str(out)!r} holds {stray.name} of another test: choose another "
-                              "train.output_dir, or replace it with checkpoint.resume=ignore_config")
+            raise not_replaced(out, stray.name, "of another test")
         return
-    try:
-        old = json.loads(results.read_text())
-    except (OSError, ValueError):
-        old = {}
-    old = old if isinstance(old, dict) else {}
+    old = read_results(results)
     by = old.get("written_by", FINETUNE)
-    diffs = []
-    if by == writer and settings is not None:
-        stored = old.get("settings") or {}
-        diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    diffs = setting_diffs(old.get("settings") or {}, settings) if by == writer and settings is not None else []
     if by != writer or diffs:
-        what = f"written by {by}" if by != writer else "of other settings (" + "; ".join(diffs) + ")"
-        raise ConfigError(f"train.output_dir={str(out)!r} holds {results.name} {what}: it is not replaced; choose "
-                          "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
+        raise not_replaced(out, results.name, f"written by {by}" if by != writer else
+                           "of other settings (" + "; ".join(diffs) + ")")

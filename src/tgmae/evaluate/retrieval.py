@@ -352,23 +352,17 @@ def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = 
     """ConfigError naming `out/retrieval_results.json` and the differing keys when it holds results
     of other `settings`, or of unknown ones (written before they were recorded). replace: asked to
     replace them."""
+    from tgmae.evaluate.multiview import not_replaced, read_results, setting_diffs
+
     results = out / RESULTS
     if replace or not results.is_file():
         return
-    try:
-        old = json.loads(results.read_text())
-    except (OSError, ValueError):
-        old = {}
-    stored = old.get("settings") if isinstance(old, dict) else None
-    if isinstance(stored, dict):
-        diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
-        if not diffs:
-            return
-        what = "of other settings (" + "; ".join(diffs) + ")"
-    else:
-        what = "of unrecorded settings"
-    raise ConfigError(f"train.output_dir={str(out)!r} holds {results.name} {what}: it is not replaced; choose "
-                      "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
+    stored = read_results(results).get("settings")
+    if not isinstance(stored, dict):
+        raise not_replaced(out, results.name, "of unrecorded settings")
+    diffs = setting_diffs(stored, settings)
+    if diffs:
+        raise not_replaced(out, results.name, "of other settings (" + "; ".join(diffs) + ")")
 
 
 def _fmt(r: dict[int, float]) -> str:
