@@ -213,7 +213,8 @@ def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, 
         seen.append(len(images))
         return captioner(images)
 
-    counting.options = captioner.options  # the same generation settings, recorded in each record
+    counting.options = captioner.options  # the same generation settings and weights, recorded in each record
+    counting.weights = captioner.weights
     summary = caption_videos(videos, counting, blip_dir, out, keyframes=3, batch_size=2, progress=False)
     assert summary.skipped == 2 and summary.captioned == NUM_VIDEOS - 2
     assert sum(seen) == 3 * (NUM_VIDEOS - 2)  # only the missing videos were captioned
@@ -533,3 +534,34 @@ def test_a_video_replaced_in_place_is_captioned_again(dataset, tmp_path, caplog)
     with pytest.raises(CaptionStoreError, match="'v1'"):
         caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False,
                        shard=Shard(1, 2))
+
+
+def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp_path, capsys):
+    """Issue #28 (B): a model folder whose weights changed at the same path said "N already done"
+    and kept the old captions (a partial store got lines of two models). Each record now holds
+    the weights' fingerprint (`settings.weights`); other weights are refused naming the store and
+    `weights`, and so is a store written before the fingerprint was recorded (its weights are not
+    known, so resuming into it could mix two models); --rebuild replaces it."""
+    model = save_tiny_blip(tmp_path / "blip", seed=0)
+    out = tmp_path / "s.jsonl"
+    assert cli(dataset, str(model), out) == 0
+    weights = {r.extra["settings"]["weights"] for r in read_store(out).records}
+    assert len(weights) == 1 and weights != {""}
+    capsys.readouterr()
+    save_tiny_blip(model, seed=1)  # same path, other weights
+    capsys.readouterr()
+    assert cli(dataset, str(model), out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "weights" in err[0] and "--rebuild" in err[0]
+    assert {r.extra["settings"]["weights"] for r in read_store(out).records} == weights  # untouched
+    # a store from before the fingerprint: refused too (which weights made it is not known)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    for obj in lines:
+        del obj["settings"]["weights"]
+    out.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    assert cli(dataset, str(model), out) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "weights" in err and "unrecorded" in err
+    assert len(read_store(out).records) == len(lines)  # still readable
+    assert cli(dataset, str(model), out, "--rebuild") == 0
+    assert {r.extra["settings"]["weights"] for r in read_store(out).records} != weights

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tgmae.errors import SettingsError
-from tgmae.hub import ModelUnavailableError, load_pretrained, quiet_transformers
+from tgmae.hub import ModelUnavailableError, load_pretrained, quiet_transformers, weights_fingerprint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,7 +55,9 @@ class GenerationOptions:
 
 
 class ImageCaptioner:
-    """A frozen image-to-text model: list of uint8 [H, W, 3] images -> one caption each."""
+    """A frozen image-to-text model: list of uint8 [H, W, 3] images -> one caption each.
+    `weights`: fingerprint of its weight files (`tgmae.hub.weights_fingerprint`, "" = not known),
+    which caption stores record."""
 
     def __init__(self, model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  options: Optional[GenerationOptions] = None):
@@ -79,6 +81,7 @@ class ImageCaptioner:
                                          what="captioning model", config=config, dtype=dtype)
         finally:
             restore()
+        self.weights = weights_fingerprint(model) or ""  # the files are local once loaded
         self.model.eval().requires_grad_(False).to(self.device)
 
     @torch.no_grad()

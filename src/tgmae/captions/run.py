@@ -130,24 +130,29 @@ def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> None:
         atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
-def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = None) -> dict[str, Any]:
+def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = None,
+                       weights: Optional[str] = None) -> dict[str, Any]:
     """The settings a captioner run records in each record (`settings`) and a rerun must share:
-    keyframes and the generation options (max_new_tokens, prompt, num_beams)."""
-    return {"keyframes": keyframes, **(dataclasses.asdict(options) if options is not None else {})}
+    keyframes, the generation options (max_new_tokens, prompt, num_beams) and the fingerprint of
+    the model's weights (`tgmae.hub.weights_fingerprint`; left out when not known, e.g. a hub id
+    not downloaded yet: weights changed at the same path or hub id are other captions)."""
+    out = {"keyframes": keyframes, **(dataclasses.asdict(options) if options is not None else {})}
+    return {**out, "weights": weights} if weights else out
 
 
 def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[str, Any],
                        shard: Shard = Shard()) -> None:
     """CaptionStoreError naming the key when what this shard resumes or merges into holds captions
-    made by another source, model or settings (a rerun would skip those videos and keep them):
-    its part; for rank 0 also the store (it merges into it), and for a single process every part
+    made by another source, model or settings (a rerun would skip those videos and keep them), or
+    by weights it did not record (a store written before they were: which model made it is not
+    known, so resuming into it could mix two): its part; for rank 0 also the store (it merges into it), and for a single process every part
     (it merges them). Another rank's part is that rank's to check."""
     want = {"source": source, "model": model, **settings}
     files = [part_path(out, shard)]
     if shard.rank == 0:
         files += [Path(out), *(existing_parts(out) if shard.world_size == 1 else [])]
     for f in dict.fromkeys(files):
-        refuse_other_provenance(f, [want])
+        refuse_other_provenance(f, [want], required=("weights",))
 
 
 def clear_outputs(out: str | Path, shard: Shard) -> None:
@@ -168,8 +173,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                    workers: int = 2, retry_errors: bool = False, progress: bool = True) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
-    captioner: images -> captions (an `ImageCaptioner`); model_name and the settings
-    (`captioner_settings`) go into each record: a store made by another source, model or settings
+    captioner: images -> captions (an `ImageCaptioner`; its `options` and `weights` fingerprint,
+    where it has them, are settings); model_name and the settings (`captioner_settings`) go into each record: a store made by another source, model or settings
     raises CaptionStoreError (`refuse_other_store`) before anything is written. Duplicate video
     ids in `videos` are captioned once.
     """
@@ -178,7 +183,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
-    settings = captioner_settings(keyframes, getattr(captioner, "options", None))
+    settings = captioner_settings(keyframes, getattr(captioner, "options", None), getattr(captioner, "weights", None))
     refuse_other_store(out, SOURCE, model_name, settings, shard)
     seen: set[str] = set()
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]

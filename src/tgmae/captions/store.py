@@ -221,6 +221,8 @@ def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
     """How a refusal names one differing provenance key, with the store's and this run's values:
     an oracle's `model` is its --template(s), so `model` is named as what it is on each side
     (`template '{}' (this run: model 'blip')`)."""
+    if key not in have:
+        return f"{key} unrecorded (a store written before it was recorded) (this run: {want[key]!r})"
     if key != "model":
         return f"{key} {have[key]!r} (this run: {want[key]!r})"
     name = lambda prov: "template" if prov.get("source") == "oracle" else "model"  # noqa: E731
@@ -229,11 +231,12 @@ def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
     return f"{name(have)} {have[key]!r} (this run: {name(want)} {want[key]!r})"
 
 
-def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -> None:
+def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], required: Sequence[str] = ()) -> None:
     """CaptionStoreError naming the line and each differing key when a record of the store at
     `path` (torn tail allowed; missing = nothing to check) was made otherwise than every one of
     `wants` (provenances as `provenance` gives them). A key the record does not hold (a store
-    written before it was recorded) is not compared."""
+    written before it was recorded) is not compared, unless it is `required` (and the want holds
+    it): then it counts as different, "unrecorded" (e.g. a captioner's weights)."""
     path = Path(path)
     if not path.is_file() or not wants:
         return
@@ -242,7 +245,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]]) -
         if not isinstance(obj, dict):
             continue
         have = provenance(obj)
-        diffs = [[k for k in want if k in have and have[k] != want[k]] for want in wants]
+        diffs = [[k for k in want if (have[k] != want[k] if k in have else k in required)] for want in wants]
         if all(diffs):
             want, diff = min(zip(wants, diffs), key=lambda wd: len(wd[1]))
             what = ", ".join(_difference(k, have, want) for k in diff)

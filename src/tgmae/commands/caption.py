@@ -83,7 +83,11 @@ def _caption(args: argparse.Namespace, shard) -> int:
     options = GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams)
     if args.rebuild:
         clear_outputs(args.out, shard)
-    refuse_other_store(args.out, SOURCE, args.model, captioner_settings(args.keyframes, options), shard)  # first
+    from tgmae.hub import weights_fingerprint
+
+    # first, before a model is loaded (weights known only once local: caption_videos checks again)
+    refuse_other_store(args.out, SOURCE, args.model,
+                       captioner_settings(args.keyframes, options, weights_fingerprint(args.model)), shard)
     device = resolve_device(args.device, local_rank(), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
