@@ -576,3 +576,27 @@ def test_a_folder_that_is_not_a_clip_is_one_line_naming_it_and_the_flag(synth, t
     assert len(err) == 1 and str(bad) in err[0] and "--clip" in err[0], err
     with pytest.raises(UserError, match="masking.clip_model"):
         load_clip(str(bad), setting="masking.clip_model")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other keys"])
+def test_a_rerun_redoes_damaged_map_files(synth, tiny_clip, tmp_path, caplog, damage):
+    """Issue #28 (F): a rerun counted a damaged map file (truncated, garbage, or a .npz without
+    the arrays a map holds) as done, and the run that read it failed later. A rerun now opens
+    each existing entry (its arrays and their shapes) and redoes a damaged one with a log line."""
+    out = tmp_path / "cache"
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    path = out / "maps" / "synth_00002.npz"
+    good = SimilarityCache(out).entry("synth_00002").sim
+    untouched = (out / "maps" / "synth_00000.npz").stat().st_mtime_ns
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x93NUMPY garbage" * 20)
+    else:
+        np.savez(open(path, "wb"), sim=np.zeros((2, 3), np.float16))
+    with caplog.at_level("INFO"):
+        assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    assert torch.allclose(SimilarityCache(out).entry("synth_00002").sim, good)
+    assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == untouched  # sound entries are kept
+    assert any("synth_00002" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)

@@ -168,6 +168,32 @@ def write_entry(
     return rel
 
 
+ENTRY_KEYS = ("sim", "frames", "text", "captions")
+
+
+def read_entry_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of one map file (ENTRY_KEYS); numpy's error when it cannot be read (BadZipFile,
+    ValueError, EOFError, KeyError, ... by damage)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in ENTRY_KEYS}
+
+
+def entry_problem(path: str | Path, num_captions: int) -> Optional[str]:
+    """What is wrong with a map file as `write_entry` writes it for `num_captions` captions, or
+    None when sound: it must load, hold ENTRY_KEYS, and its shapes agree (sim [C, F, gh, gw],
+    frames [F], text [C, D], captions [C]). Reads the one file (a few small arrays)."""
+    try:
+        z = read_entry_arrays(path)
+    except Exception as e:
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    sim, frames, text, caps = z["sim"], z["frames"], z["text"], z["captions"]
+    if sim.ndim != 4 or frames.shape != sim.shape[1:2] or text.ndim != 2 or \
+            not sim.shape[0] == text.shape[0] == caps.shape[0] == num_captions:
+        return (f"shapes sim {list(sim.shape)}, frames {list(frames.shape)}, text {list(text.shape)}, captions "
+                f"{list(caps.shape)} do not fit {num_captions} caption(s)")
+    return None
+
+
 @dataclass
 class CacheEntry:
     """One video's cached maps: sim [C, F, gh, gw] float32, frames [F] int64, text [C, D] float32
@@ -322,8 +348,7 @@ class SimilarityCache:
         """The arrays of one map file (sim, frames, text, captions); DamagedCacheEntry naming it when
         it cannot be read (numpy raises BadZipFile, ValueError, EOFError, KeyError, ... by damage)."""
         try:
-            with np.load(path) as z:
-                return {k: z[k] for k in ("sim", "frames", "text", "captions")}
+            return read_entry_arrays(path)
         except Exception as e:
             raise DamagedCacheEntry(
                 f"similarity cache {self.root}: the map file {path} is damaged ({type(e).__name__}: "

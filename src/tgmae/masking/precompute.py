@@ -23,7 +23,7 @@ from tgmae.locks import check_kind, hold, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, part_file, part_records, remove_stale_cache_temps, write_entry,
+    CacheManifest, entry_problem, part_file, part_records, remove_stale_cache_temps, write_entry,
     write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -130,7 +130,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 counts["skipped"] += 1
                 continue
             key, ident = captions_key(caps), video_identity(path)
-            if _is_done(out, done.get(vid), key, ident, vid, path):
+            if _is_done(out, done.get(vid), key, ident, vid, path, len(caps)):
                 counts["resumed"] += 1
                 continue
             try:
@@ -148,14 +148,20 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     return counts
 
 
-def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str) -> bool:
+def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str,
+             num_captions: int) -> bool:
     """True when part record `rec` holds `vid`'s maps from these captions (`key`) and this video
-    file (`ident`, `video_identity`); a video changed since (replaced in place: same path, other
-    content) is logged and redone, as is an entry recorded before the identity was."""
+    file (`ident`, `video_identity`), in a sound map file (`entry_problem`); a video changed since
+    (replaced in place: same path, other content), an entry recorded before the identity was, and
+    a damaged map file (truncated, garbage) are logged and redone."""
     if rec is None or rec.get("captions") != key or not (out / rec["file"]).is_file():
         return False
     if rec.get("video") == ident:
-        return True
+        problem = entry_problem(out / rec["file"], num_captions)
+        if problem is None:
+            return True
+        log.warning("tgmae masks: %r: its map file %s is damaged (%s): recomputing it", vid, out / rec["file"], problem)
+        return False
     log.info("tgmae masks: %r: its video %s changed since its maps were made (or they predate the video's "
              "identity in the cache): recomputing them", vid, path)
     return False
