@@ -565,3 +565,22 @@ def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp
     assert len(read_store(out).records) == len(lines)  # still readable
     assert cli(dataset, str(model), out, "--rebuild") == 0
     assert {r.extra["settings"]["weights"] for r in read_store(out).records} != weights
+
+
+def test_every_video_failing_is_exit_2_naming_the_count_and_the_errors_file(dataset, blip_dir, tmp_path, capsys):
+    """Issue #28 (E): `tgmae caption --model` exited 0 when every video failed (all unreadable),
+    also on a rerun (they were "already done" in the errors file). Now exit 2, one line naming
+    how many failed and the errors file; a partial failure (the dataset's broken.mp4) exits 0."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (root / name).write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    (root / "train.csv").write_text("path,label\na.mp4,jumping\nb.mp4,running\n")
+    out = tmp_path / "s.jsonl"
+    for _ in range(2):  # the first run, and a rerun that finds them in the errors file
+        capsys.readouterr()
+        assert cli(root, blip_dir, out) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "all 2 video(s) failed" in err[-1] and str(errors_path(out)) in err[-1]
+        assert not any("Traceback" in line for line in err)
+    assert cli(dataset, blip_dir, tmp_path / "partial.jsonl") == 0

@@ -372,3 +372,23 @@ def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):
     (root / "c" / "v1.avi").write_bytes(b"not a video")
     rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
     assert rep["counts"]["failed"] == 1 and not (out / "c" / "v1.mp4").exists()
+
+
+def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
+    """Issue #28 (E): a prepare where every video was unreadable exited 0; now exit 2, one line
+    naming how many failed and where their list is. A partial failure still exits 0."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    root.mkdir()
+    for name in ("a.avi", "b.avi"):
+        (root / name).write_bytes(b"not a video")
+    (root / "list.txt").write_text("a.avi 0\nb.avi 1\n")
+    report = tmp_path / "report.json"
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out", str(out),
+            "--min-frames", "8", "--no-progress"]
+    assert cli_main([*args, "--report", str(report)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "all 2 video(s) failed" in err[0] and str(report) in err[0]
+    assert len(json.loads(report.read_text())["failed"]) == 2
+    _clips(root, ["a.avi"])  # one good video: a partial failure
+    assert cli_main(args) == 0
+    assert "1 failed" in capsys.readouterr().out

@@ -600,3 +600,21 @@ def test_a_rerun_redoes_damaged_map_files(synth, tiny_clip, tmp_path, caplog, da
     assert torch.allclose(SimilarityCache(out).entry("synth_00002").sim, good)
     assert (out / "maps" / "synth_00000.npz").stat().st_mtime_ns == untouched  # sound entries are kept
     assert any("synth_00002" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_masks_where_every_video_fails_is_exit_2(synth, tiny_clip, tmp_path, capsys):
+    """Issue #28 (E): `tgmae masks` exited 0 when every video was unreadable; now exit 2, one line
+    naming how many failed and where their reasons are (index.json's `skipped`)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root, ignore=shutil.ignore_patterns("clip*"))
+    for video in (root / "videos").iterdir():
+        video.write_bytes(b"not a video")
+    out = tmp_path / "cache"
+    capsys.readouterr()
+    assert run_masks(root, tiny_clip, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "all 5 video(s) failed" in err[-1] and str(out / "index.json") in err[-1]  # (above: a load bar)
+    assert not any("Traceback" in line for line in err)
+    assert len(json.loads((out / "index.json").read_text())["skipped"]) == 5

@@ -42,3 +42,14 @@ def worker_user_error(e: BaseException) -> Optional[str]:
     if not (isinstance(kind, type) and issubclass(kind, (UserError, FileNotFoundError))):
         return None
     return str(e)[last.end():].strip()
+
+
+class NothingDoneError(RuntimeError, UserError):
+    """A per-video tool (`data prepare`, `caption --model`, `masks`) failed on every video it was
+    given: nothing came out, so the run must not look like a success (CLI: exit 2). The message
+    names how many failed and where their list is. A partial failure is only warned about."""
+
+
+def nothing_done(tool: str, failed: int, where: str) -> NothingDoneError:
+    """The one line of a `NothingDoneError`: `tool: all N videos failed ...; their reasons: where`."""
+    return NothingDoneError(f"{tool}: all {failed} video(s) failed, nothing was made; their reasons: {where}")

@@ -43,6 +43,7 @@ class CaptionSummary:
     skipped: int = 0  # videos already in the output or errors file
     errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error"} of this run
     out: str = ""  # the file this rank appended to
+    stored: int = 0  # this shard's videos with captions in the output (now or before)
 
 
 def load_keyframes(video: Any, n: int) -> tuple[np.ndarray, list[int]]:
@@ -223,6 +224,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
             summary.errors.extend(failed)
             bar.update(len(batch))
     bar.close()
+    summary.stored = len({v.video_id for v in mine} & done_video_ids(out, include_errors=False))
     return summary
 
 

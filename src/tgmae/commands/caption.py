@@ -120,6 +120,11 @@ def _caption(args: argparse.Namespace, shard) -> int:
                 dist.barrier()
         else:
             print(f"when all {shard.world_size} ranks are done: tgmae caption --merge --out {args.out}")
+    if summary.stored == 0 and summary.skipped + len(summary.errors):  # every video of this shard failed
+        from tgmae.errors import nothing_done
+
+        raise nothing_done("tgmae caption", summary.skipped + len(summary.errors),
+                           str(part_path(errors_path(args.out), shard)))
     return 0
 
 

@@ -16,6 +16,7 @@ from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.data import check, prepare
 from tgmae.data.check import found_problems, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
+from tgmae.errors import nothing_done
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,9 @@ def prepare_main(argv: Sequence[str]) -> int:
     print(f"data check of {report['out']}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
     for item in ch["items"][:10]:
         print(f"  {item['path']}: {item['reason']}")
+    if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before
+        raise nothing_done("tgmae data prepare", c["failed"],
+                           args.report or "the lines above (--report FILE keeps them all)")
     return 0
 
 

@@ -101,4 +101,10 @@ def _precompute(args: argparse.Namespace, shard) -> int:
         from tgmae.distributed import cleanup
 
         cleanup()
+    if shard.rank == 0 and index["skipped"] and not index["videos"]:  # after the group is left
+        from pathlib import Path
+
+        from tgmae.errors import nothing_done
+
+        raise nothing_done("tgmae masks", len(index["skipped"]), f"'skipped' in {Path(args.out) / 'index.json'}")
     return 0
