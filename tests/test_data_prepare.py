@@ -392,3 +392,24 @@ def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
     _clips(root, ["a.avi"])  # one good video: a partial failure
     assert cli_main(args) == 0
     assert "1 failed" in capsys.readouterr().out
+
+
+def test_csv_reads_only_its_split_files_not_the_folders_other_files(tmp_path, caplog):
+    """Issue #28 (H): `--format csv` read every text file beside the list as annotations: a
+    scores.csv with path/label columns had its videos prepared, a meta.json warned about its
+    "bad annotation rows". Now only the list, its split siblings (train/val/validate/test with
+    its suffix) and classes.txt are carried; other files are neither read nor copied."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["a.avi", "b.avi", "c.avi"])
+    (root / "train.csv").write_text("path,label\na.avi,walk\n")
+    (root / "val.csv").write_text("path,label\nb.avi,walk\n")
+    (root / "classes.txt").write_text("walk\n")
+    (root / "scores.csv").write_text("path,label\nc.avi,walk\n")
+    (root / "meta.json").write_text('[{"path": "c.avi", "label": "walk"}]')
+    (root / "notes.txt").write_text("c.avi is a nice clip\n")
+    with caplog.at_level("WARNING"):
+        rep = run_prepare("csv", str(root), str(root / "train.csv"), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 2 and not (out / "c.mp4").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4", "classes.txt", "prepare.json",
+                                                     "train.csv", "val.csv"]
+    assert not any("meta.json" in r.getMessage() or "scores.csv" in r.getMessage() for r in caplog.records)

@@ -5,8 +5,8 @@
 `short_side` (never enlarged; sides even for 4:2:0), H.264 at `crf`, each frame at its source time
 stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
 Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
-annotation file carried along (other splits, sibling files) has its videos prepared too, so no
-path dangles. Resume: atomic outputs, an existing one is skipped unless its source changed since
+annotation file carried along (other splits, sibling files; for `csv` only its split siblings and
+classes.txt, not the folder's other files) has its videos prepared too, so no path dangles. Resume: atomic outputs, an existing one is skipped unless its source changed since
 (`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
 replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
 are refused by name; `out` is locked (`tgmae.locks`). Two rows that
@@ -209,10 +209,19 @@ def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _annotation_files(root: Path, ann: Path) -> list[Path]:
+# The files a generic `csv` list names beside itself: its class list and its split siblings
+# (with its own suffix); any other file of its folder (notes, scores, metadata) is not annotations.
+GENERIC_SPLITS = ("train", "val", "validate", "test")
+
+
+def _annotation_files(fmt: str, ann: Path) -> list[Path]:
     """The annotation file and its text siblings (class lists, label maps, other splits), or
-    every text file of an annotation folder."""
+    every text file of an annotation folder; for a `csv` list file only itself, classes.txt and
+    its GENERIC_SPLITS siblings."""
     folder = ann if ann.is_dir() else ann.parent
+    if fmt == "csv" and ann.is_file():
+        names = {ann.name, "classes.txt", *(s + ann.suffix for s in GENERIC_SPLITS)}
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.name in names)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS
                   and p.name != MANIFEST)
 
@@ -275,7 +284,7 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
     """Copy the annotation file(s) under `out` with prepared paths -> the new annotations path."""
     rel_parent = _under(root, ann if ann.is_dir() else ann.parent)
     dest_dir = out / rel_parent if rel_parent is not None else out
-    for f in _annotation_files(root, ann):
+    for f in _annotation_files(fmt, ann):
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
             text = _rewrite_line_paths(text, fmt, f.name, renamed)
@@ -367,7 +376,7 @@ def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
             for sub in ("train", "val", "test"):
                 load(ann, sp, sub)
     else:
-        for f in _annotation_files(root, ann):
+        for f in _annotation_files(fmt, ann):
             if f != ann:
                 load(f)
     return got
