@@ -146,8 +146,9 @@ def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[
     """CaptionStoreError naming the key when what this shard resumes or merges into holds captions
     made by another source, model or settings (a rerun would skip those videos and keep them), or
     by weights it did not record (a store written before they were: which model made it is not
-    known, so resuming into it could mix two): its part; for rank 0 also the store (it merges into it), and for a single process every part
-    (it merges them). Another rank's part is that rank's to check."""
+    known, so resuming into it could mix two): its part; for rank 0 also the store (it merges into
+    it), and for a single process every part (it merges them). Another rank's part is that rank's
+    to check."""
     want = {"source": source, "model": model, **settings}
     files = [part_path(out, shard)]
     if shard.rank == 0:
@@ -175,8 +176,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
     captioner: images -> captions (an `ImageCaptioner`; its `options` and `weights` fingerprint,
-    where it has them, are settings); model_name and the settings (`captioner_settings`) go into each record: a store made by another source, model or settings
-    raises CaptionStoreError (`refuse_other_store`) before anything is written. Duplicate video
+    where it has them, are settings); model_name and the settings (`captioner_settings`) go into
+    each record: a store made by another source, model or settings raises CaptionStoreError (`refuse_other_store`) before anything is written. Duplicate video
     ids in `videos` are captioned once.
     """
     from tqdm import tqdm

@@ -6,7 +6,8 @@
 stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
 Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
 annotation file carried along (other splits, sibling files; for `csv` only its split siblings and
-classes.txt, not the folder's other files) has its videos prepared too, so no path dangles. Resume: atomic outputs, an existing one is skipped unless its source changed since
+classes.txt, not the folder's other files) has its videos prepared too, so no path dangles.
+Resume: atomic outputs, an existing one is skipped unless its source changed since
 (`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
 replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
 are refused by name; `out` is locked (`tgmae.locks`). Two rows that
