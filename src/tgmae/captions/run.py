@@ -177,8 +177,9 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
 
     captioner: images -> captions (an `ImageCaptioner`; its `options` and `weights` fingerprint,
     where it has them, are settings); model_name and the settings (`captioner_settings`) go into
-    each record: a store made by another source, model or settings raises CaptionStoreError (`refuse_other_store`) before anything is written. Duplicate video
-    ids in `videos` are captioned once.
+    each record: a store made by another source, model or settings raises CaptionStoreError
+    (`refuse_other_store`) before anything is written. Duplicate video ids in `videos` are
+    captioned once.
     """
     from tqdm import tqdm
 
