@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tgmae.config import ConfigError, RunConfig, load_config, parse_override, save_config, to_dict
 
@@ -248,3 +249,18 @@ def test_an_empty_train_output_dir_is_refused(tmp_path, monkeypatch, capsys):
     assert cli_main(["pretrain", "-c", "config.yaml", "train.output_dir="]) == 2
     assert "train.output_dir" in capsys.readouterr().err
     assert (tmp_path / "config.yaml").read_text() == mine
+
+
+def test_only_what_save_config_writes_is_a_saved_config(tmp_path):
+    """Issue 28: a user's config.yaml without comments, in the layout yaml.safe_dump writes, passed
+    for a run's saved config (guessed by YAML shape) and was replaced; save_config marks its file."""
+    from tgmae.config import is_saved_config
+
+    cfg = load_config(None, ["masking.name=random"])
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert is_saved_config(tmp_path / "saved.yaml")
+    assert to_dict(load_config(tmp_path / "saved.yaml")) == to_dict(cfg)
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a dump, no marker
+    (tmp_path / "small.yaml").write_text("train:\n  epochs: 2\n")
+    assert not is_saved_config(tmp_path / "mine.yaml") and not is_saved_config(tmp_path / "small.yaml")
+    assert not is_saved_config(tmp_path / "missing.yaml")

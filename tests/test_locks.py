@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +287,30 @@ def test_a_lock_whose_holder_has_ended_is_waited_for_then_refused_naming_the_orp
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("argv", [["synth", "{ro}/set", "--num-videos", "4", "--frames", "6", "--size", "32"],
+                                  ["pretrain", "train.output_dir={ro}/run", "train.max_steps=1"]])
+def test_a_lock_in_a_read_only_folder_is_one_line_naming_it(tmp_path, monkeypatch, capsys, argv):
+    """m2 (issue 28): a writer whose lock file's folder cannot be written gives one line naming the
+    folder (exit 2), neither a traceback nor a run without its lock. The folder is made read-only by
+    refusing the lock file's open (EACCES), as the kernel does for a user other than root."""
+    import errno
+
+    from tgmae import locks
+    from tgmae.cli import main
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if Path(path).parent == ro and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(locks.os, "open", read_only)
+    assert main([a.replace("{ro}", str(ro)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ro) in err[0] and "lock file" in err[0], err
+    assert list(ro.iterdir()) == []

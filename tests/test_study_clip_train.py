@@ -52,3 +52,20 @@ def test_a_non_empty_folder_needs_overwrite_and_the_set_itself_is_refused(root, 
     assert _files(mine) == {(mine / "notes.txt").relative_to(mine): b"keep"}
     assert cli_main(["train-clip", "--root", str(root), "--out", str(root), "--steps", "2", "--overwrite"]) == 2
     assert str(root) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/clip", "checkpoints/step_2"])
+def test_a_folder_inside_a_run_is_refused_even_with_overwrite(root, tmp_path, capsys, inside):
+    """Issue 28: `--out RUN/checkpoints --overwrite` wrote the CLIP among the run's checkpoints."""
+    run = tmp_path / "runs" / "ptv"
+    (run / "checkpoints" / "step_2").mkdir(parents=True)
+    (run / "checkpoints" / "step_2" / "model.safetensors").write_bytes(b"the run's weights")
+    (run / "checkpoints" / "step_2" / "state.pt").write_bytes(b"its state")
+    (run / "checkpoints" / "latest").write_text("step_2")
+    (run / "config.yaml").write_text("train: {}\n")
+    before = _files(run)
+    argv = ["train-clip", "--root", str(root), "--out", str(run / inside), "--steps", "2", "--overwrite"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run / inside) in err[0] and "--out" in err[0]
+    assert _files(run) == before and (inside != "checkpoints/clip" or not (run / inside).exists())

@@ -562,3 +562,17 @@ def test_a_killed_set_keeps_its_settings_and_nothing_is_removed_before_the_check
     info = generate_synthetic_dataset(tmp_path / "half", num_videos=8, seed=1, **kw)  # same settings: resumed
     assert info.num_videos == 8 and _meta(info.root)["seed"] == 1
     assert not [p for p in info.root.iterdir() if p.name.startswith(".synth")]
+
+
+@pytest.mark.parametrize("inside", ["", "data"])
+def test_a_run_folder_or_a_folder_inside_one_is_refused(tmp_path, capsys, inside):
+    """Issue 28: `tgmae synth RUN_FOLDER` wrote the set's videos and index among a run's files."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "metrics.jsonl").write_text("")
+    out = run / inside if inside else run
+    assert main([str(out), "--num-videos", "4", "--frames", "6", "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and str(run) in err[0], err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["checkpoints", "config.yaml", "metrics.jsonl"]

@@ -698,3 +698,31 @@ def test_a_config_yaml_that_is_not_a_runs_is_never_replaced(tmp_path):
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert Trainer(ToyTask(cfg), cfg).fit().position.step > 0
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+def test_a_users_config_yaml_without_comments_is_never_replaced(tmp_path, capsys):
+    """Issue 28: a user's config.yaml without comments (the layout yaml.safe_dump writes) passed for
+    a run's and was replaced; refused in one line naming it. A run folder written before the
+    marker (its config.yaml beside checkpoints/ and metrics.jsonl) still resumes."""
+    import yaml
+
+    from tgmae.cli import main
+    from tgmae.config import to_dict
+
+    cfg = toy_cfg(tmp_path)
+    (tmp_path / "run").mkdir()
+    mine = yaml.safe_dump({"train": {"epochs": 2}}, sort_keys=False)
+    (tmp_path / "run" / "config.yaml").write_text(mine)
+    with pytest.raises(ckpt.CheckpointError, match=r"run/config\.yaml"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert main(["pretrain", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "run" / "config.yaml") in err[0], err
+    assert (tmp_path / "run" / "config.yaml").read_text() == mine
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    (tmp_path / "run" / "config.yaml").unlink()
+    Trainer(ToyTask(cfg), cfg).fit()
+    legacy = yaml.safe_dump(to_dict(cfg), sort_keys=False)  # what save_config wrote before its marker
+    (tmp_path / "run" / "config.yaml").write_text(legacy)
+    resumed = toy_cfg(tmp_path, "train.epochs=3")
+    assert Trainer(ToyTask(resumed), resumed).fit().position.epoch == 3

@@ -78,3 +78,22 @@ def test_bad_arguments_are_one_line_naming_the_flag(synth, tmp_path, capsys, arg
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temp left
+
+
+@pytest.mark.parametrize("out", ["run/masks.png", "run/checkpoints/masks.png"])
+def test_an_out_inside_a_run_folder_is_refused(synth, tmp_path, capsys, out):
+    """Issue 28: `--out RUN/x.png` wrote the figure among a run's files; refused in one line naming
+    the file, as export-hf refuses a folder inside a run."""
+    from tgmae.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "metrics.jsonl").write_text("")
+    capsys.readouterr()
+    argv = ["visualize", "masks", "--root", str(synth), "--image-size", "32", "--num-frames", "4",
+            "--out", str(tmp_path / out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / out) in err[0] and str(run) in err[0], err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["checkpoints", "config.yaml", "metrics.jsonl"]

@@ -161,3 +161,17 @@ def test_output_inside_a_run_or_existing_or_the_source_itself_is_refused(pretrai
     assert str(out) in err and "--overwrite" in err and out.read_bytes() == b"mine"
     assert main([str(path), str(out), "--overwrite"]) == 0
     assert load_file(out).keys() == load_file(path).keys()
+
+
+def test_output_inside_the_source_folder_is_refused(pretrained, tmp_path, capsys):
+    """Issue 28: `convert SRC_HF SRC_HF/model.safetensors --overwrite` replaced the source's own
+    weights with its conversion; an output inside the folder being read is refused, --overwrite or not."""
+    _, path = pretrained
+    export_hf(path, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    before = weights.read_bytes()
+    for out, extra in ((weights, []), (weights, ["--overwrite"]), (tmp_path / "hf" / "other.safetensors", [])):
+        assert main([str(tmp_path / "hf"), str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0] and str(tmp_path / "hf") in err[0]
+    assert weights.read_bytes() == before and not (tmp_path / "hf" / "other.safetensors").exists()

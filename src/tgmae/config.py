@@ -695,22 +695,30 @@ def _refuse_duplicate_keys(node: Any, path: Path, prefix: str) -> None:
         _refuse_duplicate_keys(value, path, name + ".")
 
 
+# save_config's first line: what marks a file as a run's saved config (`is_saved_config`), never
+# its YAML layout (a user's file without comments can look exactly like a dump)
+SAVED_CONFIG_MARK = "# tgmae saved config"
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (a full disk: OutputError naming `path`)."""
+    """Write the resolved config as YAML, atomically (a full disk: OutputError naming `path`),
+    under a first line `SAVED_CONFIG_MARK (schema)` naming its dataclass."""
     from tgmae.atomic import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    head = f"{SAVED_CONFIG_MARK} ({type(cfg).__name__}): the settings this run used, rewritten when it runs again\n"
+    atomic_write_text(path, head + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def is_saved_config(path: str | Path) -> bool:
-    """Whether `path` holds what `save_config` writes (a run's config.yaml), not a file of the
-    user's (comments, own layout): a YAML mapping that `save_config`'s dump reproduces."""
+    """Whether `path` holds what `save_config` writes (a run's config.yaml, by its first line
+    `SAVED_CONFIG_MARK`), not a file of the user's; False when it is missing or unreadable. A run
+    folder written before the mark is recognised by its run files (`locks.holds_run`), never here."""
     try:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
         return False
-    return isinstance(loaded, dict) and yaml.safe_dump(loaded, sort_keys=False) == text
+    return first.startswith(SAVED_CONFIG_MARK + " (")
 
 
 def _deep_update(dst: dict, src: dict) -> None:

@@ -7,6 +7,9 @@ Locks are re-entrant within a process and removed on release. A forked child (a 
 worker) closes its copies at the fork, so it never keeps a killed parent's lock; a lock still held
 under the record of an ended process (its orphans) is waited for up to ORPHAN_WAIT_S, then refused
 saying so.
+
+A run folder (or one of its step checkpoints) is recognised by its files (`holds_run`); writers
+that are not the run refuse an output that is one or lies inside one (`refuse_inside_run`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,47 @@ log = logging.getLogger("tgmae")
 class LockError(RuntimeError, UserError):
     """The target's lock cannot be taken: another live process holds it (the message names that
     process and the lock file), or the folder cannot hold the lock file."""
+
+
+class RunFolderError(FileExistsError, UserError):
+    """A writer's output is a run folder (or step checkpoint) or lies inside one, whose files are
+    the run's (`refuse_inside_run`)."""
+
+
+LATEST = "latest"  # a run's checkpoints/latest: the name of its newest step folder (`weights.files`)
+# files a tgmae run folder or one of its step checkpoints holds (pretrain / finetune / probe)
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safetensors", "probe_results.json",
+               "state.pt")
+
+
+def holds_run(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a run folder (its config.yaml beside the run's checkpoints, metrics or
+    results; or a `checkpoints/latest`) or a run's step checkpoint (model.safetensors + state.pt)."""
+    folder = Path(folder)
+    if (folder / "checkpoints" / LATEST).is_file():
+        return True
+    if (folder / "state.pt").is_file() and (folder / "model.safetensors").is_file():
+        return True
+    return (folder / "config.yaml").is_file() and any(
+        (folder / m).exists() for m in ("checkpoints", "metrics.jsonl", "model.safetensors", "classifier.safetensors",
+                                        "probe_results.json"))
+
+
+def run_around(path: str | os.PathLike) -> Optional[Path]:
+    """The run folder or step checkpoint (`holds_run`) that `path` is or lies inside (resolved:
+    symlinks and `..` followed), else None."""
+    p = Path(path).resolve()
+    return next((a for a in (p, *p.parents) if holds_run(a)), None)
+
+
+def refuse_inside_run(path: str | os.PathLike, what: str) -> None:
+    """RunFolderError naming `path` and the run when it is a run folder or step checkpoint or lies
+    inside one: a writer other than the run itself would replace or mix with the run's files."""
+    run = run_around(path)
+    if run is not None:
+        where = "is the run" if run == Path(path).resolve() else f"inside the run {run}"
+        raise RunFolderError(f"{path} ({what}): {where}, whose files it would replace or mix with; "
+                             f"give {what} a path outside any run")
 
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process

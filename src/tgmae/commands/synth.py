@@ -9,7 +9,7 @@ from typing import Sequence
 from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.generate import generate_synthetic_dataset
 from tgmae.data.synthetic.scene import MAX_DISTRACTORS
-from tgmae.locks import hold
+from tgmae.locks import hold, refuse_inside_run
 
 
 def main(argv: Sequence[str]) -> int:
@@ -42,6 +42,7 @@ def main(argv: Sequence[str]) -> int:
         if done % every == 0 or done == total:
             print(f"  {done}/{total} videos", flush=True)
 
+    refuse_inside_run(args.out_dir, "OUT_DIR")  # before its lock file lands there
     with hold(args.out_dir, "OUT_DIR", folder=True):  # one writer per set folder
         info = _generate(args, progress)
     print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "

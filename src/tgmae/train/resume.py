@@ -18,7 +18,7 @@ from torch import nn
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.distributed import DistInfo, launch_env, rank_world
-from tgmae.locks import hold
+from tgmae.locks import hold, holds_run
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -131,13 +131,11 @@ def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
 
 
 def check_config_file(out_dir: str | Path) -> None:
-    """CheckpointError naming `out_dir`/config.yaml when it is there but not a run's (not what
-    `save_config` writes, nor beside a run's checkpoints / metrics): a file of the user's (the `-c`
-    file, with its comments) that the run's config.yaml would replace."""
+    """CheckpointError naming `out_dir`/config.yaml when it is there but not a run's (not marked
+    by `save_config`, nor in a run folder written before the mark, `locks.holds_run`: beside the
+    run's checkpoints / metrics): a file of the user's (the `-c` file) that the run's would replace."""
     path = Path(out_dir) / "config.yaml"
-    if not path.is_file() or is_saved_config(path):
-        return
-    if any((path.parent / m).exists() for m in ("checkpoints", "metrics.jsonl")):
+    if not path.is_file() or is_saved_config(path) or holds_run(path.parent):
         return
     raise ckpt.CheckpointError(f"{path}: not a run's config.yaml (a file of yours?), which the run's would "
                                "replace; give the run another train.output_dir")

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from tgmae.locks import refuse_inside_run
+
 log = logging.getLogger(__name__)
 
 ROW_TITLES = {"random": "random", "tube": "tube", "mgm": "MGM (motion)", "tgm_top": "TGM top-k",
@@ -96,11 +98,13 @@ def _masks_for(gens: dict, ctx, grid, seed: int) -> dict[str, torch.Tensor]:
 def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str], clip_model: Optional[str],
                      ratio: Optional[float], mode: str, image_size: int, num_frames: int, frame_stride: int,
                      columns: int, seed: int, rebuild: bool = False) -> Path:
-    """Grid for one video of a synthetic set, with the ground-truth object outline."""
+    """Grid for one video of a synthetic set, with the ground-truth object outline. RunFolderError
+    when `out` lies inside a run folder (`locks.refuse_inside_run`)."""
     from tgmae.captions.store import read_store
     from tgmae.clip.data import read_split_ids
     from tgmae.masking.quality import PAPER_RATIOS, clip_context, ensure_cache, load_eval_clip, make_generators
 
+    refuse_inside_run(out, "--out")
     root = Path(root)
     stored = read_store(root / "captions.jsonl").by_video()
     ids = read_split_ids(root, "val") or read_split_ids(root, "train")
@@ -132,12 +136,14 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
 
 def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional[str], ratio: Optional[float],
                  mode: str, image_size: int, num_frames: int, frame_stride: int, columns: int, seed: int) -> Path:
-    """Grid for any video file: TGM online with the given CLIP and caption, MGM from its codec."""
+    """Grid for any video file: TGM online with the given CLIP and caption, MGM from its codec.
+    RunFolderError when `out` lies inside a run folder (`locks.refuse_inside_run`)."""
     from tgmae.data.transforms import EvalTransform
     from tgmae.mask_contract import MaskContext
     from tgmae.masking.motion import stack_codec_motion
     from tgmae.masking.quality import PAPER_RATIOS, make_generators
 
+    refuse_inside_run(out, "--out")
     grid = (num_frames // 2, image_size // 16, image_size // 16)
     ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
     frames, mvs, fi = _read_video(video, num_frames, frame_stride)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tgmae.errors import UserError
+from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
@@ -19,19 +20,20 @@ from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
 
 class OutputFileError(FileExistsError, UserError):
-    """The conversion's output file is its source, lies inside a run, or exists (without overwrite)."""
+    """The conversion's output file is its source or inside it, lies inside a run, or exists (without overwrite)."""
 
 
-def check_output_file(out: str | Path, src: Path, overwrite: bool = False) -> None:
-    """Refuse (`OutputFileError`, naming the file) an output that is the source, lies inside a run
-    folder or step checkpoint (`holds_run`: its weights are the run's, --overwrite or not), or
-    exists without `overwrite`."""
-    from tgmae.weights.export_hf import holds_run
-
+def check_output_file(out: str | Path, src: str | Path, overwrite: bool = False) -> None:
+    """Refuse (`OutputFileError`, naming the file) an output that is the source (as given or as
+    `resolve_checkpoint` reads it) or lies inside the source folder (a transformers folder's
+    model.safetensors), lies inside a run folder or step checkpoint (`locks.run_around`: its weights
+    are the run's), all --overwrite or not, or exists without `overwrite`."""
     target = Path(out).resolve()
-    if target == src.resolve():
-        raise OutputFileError(f"{out}: is the checkpoint being converted; give the output a file of its own")
-    run = next((a for a in target.parents if holds_run(a)), None)
+    for source in {Path(src).resolve(), resolve_checkpoint(src).resolve()}:
+        if target == source or source in target.parents:
+            raise OutputFileError(f"{out}: {'is' if target == source else 'inside'} the checkpoint {src} being "
+                                  "converted, which it would replace; give the output a file outside it")
+    run = run_around(target.parent)
     if run is not None:
         raise OutputFileError(f"{out}: inside the run {run}, whose files a conversion would replace; "
                               "write the output outside the run")
@@ -47,8 +49,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit;
     OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`.
     """
-    src = resolve_checkpoint(src)  # checkpoints/latest, a step folder -> its weights file
     check_output_file(out, src, overwrite)
+    src = resolve_checkpoint(src)  # checkpoints/latest, a step folder -> its weights file
     kind = detect_format(src)
     # Head counts are options for a .pth only (it does not store them); any other layout stores
     # them, and a given value must agree, never be silently replaced or ignored.

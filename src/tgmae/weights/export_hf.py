@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from tgmae.errors import UserError
+from tgmae.locks import RUN_MARKERS, run_around
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
-from tgmae.weights.files import LATEST, CheckpointError, detect_format, resolve_checkpoint
+from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
@@ -45,27 +46,9 @@ class OutputFolderError(FileExistsError, UserError):
     """The export's output folder holds a run, or other files the export would overwrite."""
 
 
-# files a tgmae run folder or one of its step checkpoints holds (pretrain / finetune / probe); an
-# export never writes over them, --overwrite or not
-RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "classifier.safetensors", "probe_results.json",
-               "state.pt")
-
-
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` is a run folder (its config.yaml beside the run's checkpoints, metrics or
-    results; or a `checkpoints/latest`) or a run's step checkpoint (model.safetensors + state.pt)."""
-    if (folder / "checkpoints" / LATEST).is_file():
-        return True
-    if (folder / "state.pt").is_file() and (folder / "model.safetensors").is_file():
-        return True
-    return (folder / "config.yaml").is_file() and any(
-        (folder / m).exists() for m in ("checkpoints", "metrics.jsonl", "model.safetensors", "classifier.safetensors",
-                                        "probe_results.json"))
-
-
 def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse (`OutputFolderError`, naming the folder) an output folder that is or holds the
-    checkpoint, holds a run (`RUN_MARKERS`) or lies inside one (`holds_run`), or any other
+    checkpoint, holds a run (`RUN_MARKERS`) or lies inside one (`locks.run_around`), or any other
     non-empty folder without `overwrite`."""
     out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
     if out.exists() and not out.is_dir():
@@ -77,7 +60,7 @@ def check_output_folder(out_dir: str | os.PathLike, checkpoint: str | os.PathLik
     if run:
         raise OutputFolderError(f"{out_dir}: holds a run ({', '.join(run)}), which an export would overwrite; "
                                 "give the export a folder of its own")
-    above = next((a for a in out.parents if holds_run(a)), None)
+    above = run_around(out.parent)
     if above is not None:
         raise OutputFolderError(f"{out_dir}: inside the run {above}, whose layout an export would break; "
                                 "give the export a folder outside the run")

@@ -16,8 +16,8 @@ from torch import nn
 
 from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.errors import UserError
+from tgmae.locks import LATEST  # noqa: F401  (a training run's pointer file: its newest step folder's name)
 
-LATEST = "latest"  # a training run's pointer file: the name of its newest step folder (`weights.checkpoint`)
 TRAIN_FORMAT = "tgmae-train"  # model.safetensors of a training checkpoint (`step_N/`), config in `tgmae_config`
 _LIST_LIMIT = 8  # key names an error message lists
 

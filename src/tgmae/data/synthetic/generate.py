@@ -35,6 +35,7 @@ import numpy as np
 
 from tgmae.errors import SettingsError
 from tgmae.lifetime import end_with_parent
+from tgmae.locks import refuse_inside_run
 from tgmae.data.synthetic.captions import class_descriptions, make_captions
 from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
 from tgmae.data.synthetic.render import render_scene
@@ -301,11 +302,13 @@ def generate_synthetic_dataset(
     each video. distractors, distractor_speed, background, static_camera: difficulty knobs of
     `sample_scene` ("flat": one colour without grain; None draws a background per video). They draw
     the same random numbers, and the defaults write the original set byte for byte (meta.json
-    records a knob only when set)."""
+    records a knob only when set). RunFolderError when out_dir is a run folder or lies inside one
+    (`locks.refuse_inside_run`); SettingsError for a bad setting or a folder of another data set."""
     check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed,
                    background)
     start = time.perf_counter()
     root = Path(out_dir)
+    refuse_inside_run(root, "out_dir")  # its videos and index would mix with a run's files
     _refuse_other_folder(root)
     settings = {"version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed, "frames": frames, "size": size,
                 "fps": fps, "gop": gop, "val_fraction": val_fraction, "distractors": distractors,

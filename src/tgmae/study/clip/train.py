@@ -70,15 +70,20 @@ class ClipOutputError(FileExistsError, UserError):
 
 def check_clip_output(out: Path, root: Path, overwrite: bool, what: str = "--out") -> None:
     """Refuse (`ClipOutputError`, naming the folder) an output folder that holds a run
-    (`weights.export_hf.holds_run` / `RUN_MARKERS`: a CLIP's model.safetensors would replace the
-    run's) or the synthetic set, --overwrite or not, or any other non-empty folder without `overwrite`."""
-    from tgmae.weights.export_hf import RUN_MARKERS, holds_run
+    (`locks.RUN_MARKERS`: a CLIP's model.safetensors would replace the run's), lies inside one
+    (`locks.run_around`: a run's checkpoints/) or holds the synthetic set, --overwrite or not, or
+    any other non-empty folder without `overwrite`."""
+    from tgmae.locks import RUN_MARKERS, run_around
 
     target, data = out.resolve(), root.resolve()
     run = [m for m in RUN_MARKERS if (target / m).exists()]
-    if run or (target.is_dir() and holds_run(target)):
-        raise ClipOutputError(f"{out} ({what}): holds a run ({', '.join(run) or 'model.safetensors'}), which a "
+    if run:
+        raise ClipOutputError(f"{out} ({what}): holds a run ({', '.join(run)}), which a "
                               "CLIP would overwrite; give train-clip a folder of its own")
+    around = run_around(target)
+    if around is not None:
+        raise ClipOutputError(f"{out} ({what}): {'holds' if around == target else 'inside'} the run {around}, "
+                              "whose files a CLIP would replace or mix with; give train-clip a folder outside it")
     if target == data or target in data.parents:
         raise ClipOutputError(f"{out} ({what}): holds the synthetic set {root}; give train-clip a folder of its own")
     if target.is_dir() and not overwrite and any(target.iterdir()):
