@@ -419,6 +419,19 @@ class Trainer:
             f"{run.last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
             "set optim.clip_grad, or try train.precision=fp32.")
 
+    def _check_finite_weights(self, run: _Run) -> None:
+        """NonFiniteLossError when a weight is NaN/inf on any rank: a finite loss can give NaN
+        gradients (an overflow in the backward), and a checkpoint of those weights must not be saved
+        and then named as the last good one. One host sync, at checkpoints only."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in run.model.parameters()]  # FSDP: own shard
+        bad = any(not bool(torch.isfinite(t.detach()).all()) for t in local)
+        if not (any_rank(bad, self.dist.device) if self.dist.enabled else bad):
+            return
+        raise NonFiniteLossError(
+            f"non-finite weights after step {run.position.step} (the update from a NaN/inf gradient): stopping. "
+            f"The last good checkpoint is {run.last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
+            "set optim.clip_grad, or try train.precision=fp32.")
+
     def _end_epoch(self, run: _Run, epoch: int) -> None:
         """Every train.eval_every-th epoch and the last: the task's evaluation in a forked RNG (so
         training draws do not depend on train.eval_every); then a checkpoint."""
@@ -440,6 +453,7 @@ class Trainer:
         """A checkpoint at `pos` (main rank writes; every rank waits), after the finite check."""
         self._open_run_folder(run)
         self._check_finite(run)
+        self._check_finite_weights(run)
         failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
         path = None
         states = ckpt.train_states(run.model, run.optimizer)  # a collective under FSDP
