@@ -369,3 +369,42 @@ def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root,
     assert "data.num_frames=16" in err[-1] and not any("Traceback" in line for line in err)
     last = err[-1].split("; last: ")[1].split(" | ")
     assert len(last) == len(set(last))  # each reason once
+
+
+def test_a_pretrain_killed_while_drawing_its_figures_is_not_done_and_its_rerun_redraws_them(synth_root, tmp_path,
+                                                                                            monkeypatch):
+    """issue 28 (a study killed during the figure phase lost one reconstruction.png for good): the
+    model file, which says the run is done (`pretrain_done`), is written after the figures; a rerun
+    draws them again and removes the killed write's temp."""
+    import os
+    import subprocess
+    import sys
+
+    import tgmae.viz.reconstruction as reconstruction
+    from tgmae.atomic import temp_path
+    from tgmae.train.pretrain import pretrain_done
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    cfg = cfg_for(synth_root, tmp_path / "run")
+    monkeypatch.setattr(reconstruction, "save_reconstruction_figure", killed)
+    with pytest.raises(Killed):
+        pretrain(cfg)
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not pretrain_done(cfg)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # an ended writer's pid
+    proc.wait()
+    mine = temp_path(run / "reconstruction.png")
+    stale = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{proc.pid}-"))
+    stale.write_bytes(b"half a png")
+    monkeypatch.undo()
+    pretrain(cfg)
+    assert (run / "reconstruction.png").stat().st_size > 1000 and not stale.exists() and pretrain_done(cfg)
+    (run / "reconstruction.png").unlink()  # a run finished before the files came last: not done either
+    assert not pretrain_done(cfg)
+    pretrain(cfg)
+    assert pretrain_done(cfg) and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]

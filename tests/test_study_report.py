@@ -92,3 +92,52 @@ def test_chance_sentence_counts_the_means_in_the_band(tmp_path):
     assert "no condition is distinguishable from chance" in near
     far = write_report([rec("tube", 0.15), rec("tgm", 0.4)], tmp_path / "b").read_text()
     assert "3 of 4 FT / LP means" in far and "distinguishable" not in far
+
+
+def _study_run(root, name="tube__mae__s0", recon=True):
+    """A finished study cell under `root`/runs with its record, pretraining metrics and figure."""
+    import json
+
+    run = root / "runs" / name
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss_mse": 1.0 / (s + 1)}) + "\n" for s in range(6)))
+    if recon:
+        (run / "pretrain" / "reconstruction.png").write_bytes(b"\x89PNG")
+    record = {"masking": "tube", "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.5,
+              "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "num_classes": 10,
+              "total_seconds": 12.5}
+    (run / "study_record.json").write_text(json.dumps(record))
+    return run
+
+
+def test_report_of_a_moved_study_reads_its_figures_where_the_records_are(tmp_path):
+    """`tgmae report STUDY` of a study folder moved elsewhere: curves and reconstructions come from
+    where the records were found, never from the recorded (old) run_dir, which may hold another study."""
+    import json
+    import shutil
+
+    from tgmae.study.report import report_runs
+
+    old = tmp_path / "old"
+    _study_run(old)
+    report_runs([old], old)  # the study's own report, in its folder
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    _study_run(old, recon=False)  # the old place now holds another study, without a reconstruction
+    report = report_runs([moved], moved).read_text()  # the moved study's own report: rewritten
+    assert "](runs/tube__mae__s0/pretrain/reconstruction.png)" in report and "](loss_curves.png)" in report
+    assert "old" not in report
+    assert json.loads((moved / "results.json").read_text())[0]["run_dir"] == str(moved / "runs" / "tube__mae__s0")
+
+
+def test_report_names_a_missing_figure(tmp_path, caplog):
+    """A run whose reconstruction (or loss log) is gone is said in the report and the log, not dropped."""
+    from tgmae.study.report import report_runs
+
+    run = _study_run(tmp_path / "study", recon=False)
+    (run / "pretrain" / "metrics.jsonl").unlink()
+    with caplog.at_level("WARNING", logger="tgmae"):
+        report = report_runs([tmp_path / "study"], tmp_path / "rep").read_text()
+    for name in ("reconstruction.png", "metrics.jsonl"):  # the report's paths are relative to it, as its links
+        assert f"- ../study/runs/tube__mae__s0/pretrain/{name}" in report and str(run / "pretrain" / name) in caplog.text

@@ -726,3 +726,29 @@ def test_a_users_config_yaml_without_comments_is_never_replaced(tmp_path, capsys
     (tmp_path / "run" / "config.yaml").write_text(legacy)
     resumed = toy_cfg(tmp_path, "train.epochs=3")
     assert Trainer(ToyTask(resumed), resumed).fit().position.epoch == 3
+
+
+class _NanGradTask(ToyTask):
+    """A finite loss whose gradient is NaN at call `nan_at_step` (sqrt's slope at 0 times 0): the
+    update makes the weights NaN before any loss is."""
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        out = super().step(model, batch)
+        if self.calls == self.nan_at_step:
+            out = StepOutput(out.loss + torch.sqrt(model[0].weight.sum() * 0), out.metrics)
+        return out
+
+
+def test_the_last_good_checkpoint_named_holds_finite_weights(tmp_path):
+    """issue 28: a step whose finite loss gave NaN gradients was saved as a checkpoint (step 3) and
+    named as the last good one when the next loss came out NaN. Weights are checked before a save."""
+    cfg = toy_cfg(tmp_path, "optim.clip_grad=null")
+    with pytest.raises(NonFiniteLossError, match="after step 3") as e:
+        Trainer(_NanGradTask(cfg, nan_at_step=3), cfg).fit()
+    assert "last good checkpoint is none" in str(e.value)
+    assert ckpt.find_latest(tmp_path / "run" / "checkpoints") is None  # no checkpoint of NaN weights
+    cfg = toy_cfg(tmp_path / "b", "optim.clip_grad=null")
+    with pytest.raises(NonFiniteLossError, match="step_00000003") as e:
+        Trainer(_NanGradTask(cfg, nan_at_step=5), cfg).fit()
+    latest = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "b" / "run" / "checkpoints"))
+    assert latest.position.step == 3 and all(torch.isfinite(v).all() for v in latest.model_state.values())

@@ -97,3 +97,23 @@ def test_an_out_inside_a_run_folder_is_refused(synth, tmp_path, capsys, out):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / out) in err[0] and str(run) in err[0], err
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+
+
+def test_masks_of_a_frame_folder_are_drawn_without_the_motion_row(tmp_path, capsys, caplog):
+    """issue 28: `tgmae visualize masks --video FRAME_FOLDER` refused the whole folder ("frame folders
+    carry no codec motion vectors"); the rows that need no codec are drawn and the MGM row's absence is said."""
+    import numpy as np
+    from PIL import Image
+
+    from tgmae.cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 21):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"frame_{i:010d}.jpg")
+    out = tmp_path / "masks.png"
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main(["visualize", "masks", "--video", str(folder), "--out", str(out), "--image-size", "32",
+                     "--num-frames", "4"]) == 0
+    assert out.stat().st_size > 1000 and "MGM" in caplog.text and "frame folder" in caplog.text

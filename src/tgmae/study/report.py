@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -22,6 +23,8 @@ from tgmae.atomic import atomic_write_text
 from tgmae.config import ConfigError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
+
+log = logging.getLogger("tgmae")
 
 COLUMNS = [  # (header, getter)
     ("FT top-1", lambda r: r.get("finetune_top1")),
@@ -379,6 +382,22 @@ def loss_curves(records: Sequence[dict], out: Path) -> Optional[Path]:
                        smooth=3)
 
 
+def missing_figures(records: Sequence[dict]) -> list[Path]:
+    """The pretraining files the report draws (metrics.jsonl for the curves, reconstruction.png) that
+    the first seed's pretrained runs lack: said in the report, never silently dropped. Reference
+    rows have no pretraining; contrastive-only runs no reconstruction (their decoder never trains)."""
+    first = min((r["seed"] for r in records), default=None)
+    missing = []
+    for r in records:
+        if r["seed"] != first or r["masking"] in REFERENCE_LABELS:
+            continue
+        names = ["metrics.jsonl"] + (["reconstruction.png"] if r["objective"] != "contrastive" else [])
+        missing += [f for n in names if not (f := Path(r["run_dir"]) / "pretrain" / n).is_file()]
+    for f in missing:
+        log.warning("report: %s is missing: its figure is left out", f)
+    return missing
+
+
 def text_probe_note(probe: Optional[dict]) -> str:
     """A sentence on how well the contrastive targets' text space separates the actions
     (`tgmae.study.run.text_probe`'s record), "" without one."""
@@ -540,6 +559,9 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
             md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
+    if missing := missing_figures(records):
+        md += ["## Missing figures", "", "These runs' files are gone, so their figures are left out:", ""]
+        md += [f"- {_rel(f, out_dir)}" for f in missing] + [""]  # relative, as the links
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
     if check_section:
@@ -581,29 +603,41 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def collect_records(paths: Sequence[str | Path]) -> list[dict]:
-    """study_record.json files under each path (a run directory or a whole study folder)."""
+    """study_record.json files under each path (a run directory or a whole study folder), each
+    record's `run_dir` set to the folder it was found in: a study moved or copied elsewhere reads its
+    own figures, never those at the recorded place (which may since hold another study)."""
     records = []
     for p in paths:
         p = Path(p)
         files = [p / "study_record.json"] if (p / "study_record.json").is_file() else sorted(p.rglob("study_record.json"))
         if not files:
             raise FileNotFoundError(f"{p}: no study_record.json (not a finished study run)")
-        records += [json.loads(f.read_text()) for f in files]
+        records += [dict(json.loads(f.read_text()), run_dir=str(f.parent)) for f in files]
     return records
 
 
+def _same_run(a: dict, b: dict) -> bool:
+    """Whether two study records are one run: the same folder, or the same record at another place
+    (the folder moved or copied since)."""
+    if a.get("run_dir") and b.get("run_dir") and Path(a["run_dir"]).resolve() == Path(b["run_dir"]).resolve():
+        return True
+    return {k: v for k, v in a.items() if k != "run_dir"} == {k: v for k, v in b.items() if k != "run_dir"}
+
+
 def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
-    """ConfigError when `out` holds a report (results.json) of runs that are not among `records`'
-    (`run_dir`): another study's report is not replaced without --overwrite. The same runs, or
-    more of them (cells finished since), are rewritten."""
+    """ConfigError when `out` holds a report (results.json) of runs that are not among `records`
+    (`_same_run`): another study's report is not replaced without --overwrite. The same runs (also
+    moved since), or more of them (cells finished since), are rewritten."""
     saved = out / "results.json"
     if not saved.is_file():
         return
     try:
-        old = {r.get("run_dir") for r in json.loads(saved.read_text())}
-    except (ValueError, AttributeError):
-        old = {None}
-    other = sorted(str(d) for d in old - {r.get("run_dir") for r in records})
+        old = json.loads(saved.read_text())
+    except ValueError:
+        old = None
+    if not (isinstance(old, list) and all(isinstance(r, dict) for r in old)):
+        old = [{"run_dir": None}]  # not a report's results.json: not ours to replace
+    other = sorted(str(r.get("run_dir")) for r in old if not any(_same_run(r, n) for n in records))
     if other:
         raise ConfigError(f"{saved} holds a report of other runs ({len(other)}, e.g. {other[0]}): it is not "
                           "replaced; give --out another folder, or --overwrite to replace it")

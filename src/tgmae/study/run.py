@@ -396,7 +396,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     from tgmae.evaluate.finetune import finetune
     from tgmae.evaluate.probe import linear_probe
     from tgmae.evaluate.retrieval import evaluate_retrieval, load_video_text_model
-    from tgmae.train.pretrain import pretrain
+    from tgmae.train.pretrain import pretrain, pretrain_done
 
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
     run = paths.run(masking, objective, seed, study.variant)
@@ -415,7 +415,7 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     t0 = time.perf_counter()
     if masking == "none":
         save_random_encoder(pre, run / "pretrain" / "model.safetensors")
-    elif masking != "scratch" and not (run / "pretrain" / "model.safetensors").is_file():
+    elif masking != "scratch" and not pretrain_done(pre):  # also a run killed while drawing its figures
         pretrain(pre)
     t_pre = time.perf_counter() - t0
     t_probe = None

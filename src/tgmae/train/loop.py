@@ -154,6 +154,13 @@ class _Run:
         return self.lr.total_steps
 
 
+
+def _non_finite(what: str, run: "_Run") -> NonFiniteLossError:
+    """The one line that stops a run whose loss or weights went NaN/inf, naming the last good checkpoint."""
+    return NonFiniteLossError(
+        f"{what}: stopping. The last good checkpoint is {run.last_ckpt or 'none (no checkpoint yet)'}. "
+        "Lower optim.base_lr, set optim.clip_grad, or try train.precision=fp32.")
+
 class Trainer:
     def __init__(self, task: Task, cfg: RunConfig, hooks: Optional[list[Callable[[LoopState], None]]] = None,
                  dist_info: Optional[DistInfo] = None):
@@ -414,10 +421,18 @@ class Trainer:
             return
         where = (f"({bad[0][2].item()}) at step {bad[0][0]}, epoch {bad[0][1]}" if bad
                  else f"on another rank before step {run.position.step}")
-        raise NonFiniteLossError(
-            f"non-finite loss {where}: stopping. The last good checkpoint is "
-            f"{run.last_ckpt or 'none (no checkpoint yet)'}. Lower optim.base_lr, "
-            "set optim.clip_grad, or try train.precision=fp32.")
+        raise _non_finite(f"non-finite loss {where}", run)
+
+    def _check_finite_weights(self, run: _Run) -> None:
+        """NonFiniteLossError when a weight is NaN/inf on any rank: a finite loss can give NaN
+        gradients (an overflow in the backward), and a checkpoint of those weights must not be saved
+        and then named as the last good one. One host sync, at checkpoints only."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in run.model.parameters()]  # FSDP: own shard
+        bad = bool(local) and not bool(torch.stack([torch.isfinite(t.detach()).all() for t in local]).all())
+        if not (any_rank(bad, self.dist.device) if self.dist.enabled else bad):
+            return
+        raise _non_finite(f"non-finite weights after step {run.position.step} (the update from a NaN/inf "
+                          "gradient)", run)
 
     def _end_epoch(self, run: _Run, epoch: int) -> None:
         """Every train.eval_every-th epoch and the last: the task's evaluation in a forked RNG (so
@@ -440,6 +455,7 @@ class Trainer:
         """A checkpoint at `pos` (main rank writes; every rank waits), after the finite check."""
         self._open_run_folder(run)
         self._check_finite(run)
+        self._check_finite_weights(run)
         failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
         path = None
         states = ckpt.train_states(run.model, run.optimizer)  # a collective under FSDP

@@ -220,7 +220,6 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
     trainer = Trainer(task, cfg, hooks=hooks)
     result = trainer.fit()
     if trainer.dist.is_main:
-        save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors")
         make_mask = None
         if task.batch_masker is not None:
             from torch.utils.data import default_collate
@@ -230,4 +229,22 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
                                          make_mask=make_mask)
         for name, path in figures.items():
             log.info("%s: %s", name, path)
+        # last: the model file says the run is done (`pretrain_done`), so a run killed while drawing
+        # its figures is rerun (a finished run's resume: the figures again), not taken as done
+        save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors")
     return result.output_dir
+
+
+def pretrain_outputs(cfg: RunConfig) -> list[Path]:
+    """The files a finished pretraining run leaves in train.output_dir: model.safetensors, the loss
+    curve, and the reconstruction figures where the decoder trains (`trains_decoder`)."""
+    out = Path(cfg.train.output_dir)
+    names = ["model.safetensors", "loss_curve.png"]
+    names += ["reconstruction.png", "reconstruction.gif"] if trains_decoder(cfg) else []
+    return [out / n for n in names]
+
+
+def pretrain_done(cfg: RunConfig) -> bool:
+    """Whether `cfg`'s run folder holds every file of `pretrain_outputs`: else `pretrain(cfg)` is due
+    (it resumes a finished run from its last checkpoint and writes the missing files)."""
+    return all(p.is_file() for p in pretrain_outputs(cfg))

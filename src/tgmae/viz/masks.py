@@ -149,6 +149,9 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     frames, mvs, fi = _read_video(video, num_frames, frame_stride)
     clip, crop = EvalTransform(image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(frames)
     gens = make_generators(ratios, None)
+    if mvs is None:  # a frame folder: no codec, so no motion for MGM; the other rows stand on the frames
+        log.warning("--video %s: a frame folder carries no codec motion vectors: the MGM row is left out", video)
+        gens.pop("mgm", None)
     text = None
     if clip_model:
         from tgmae.clip.features import ClipPatchScorer, embed_texts, load_clip
@@ -160,7 +163,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
         for name, select in (("tgm_top", "top"), ("tgm_bottom", "bottom")):
             gens[name] = OnlineTGMMask(scorer, ratios[name], select, data_mean=(0, 0, 0), data_std=(1, 1, 1))
     ctx = MaskContext(grid=grid, frames=clip, frame_indices=fi, crop=crop, video_id=Path(video).stem,
-                      text_embedding=text, motion=stack_codec_motion(mvs))
+                      text_embedding=text, motion=None if mvs is None else stack_codec_motion(mvs))
     masks = _masks_for(gens, ctx, grid, seed)
     pix = (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
     return render_mask_grid(pix, masks, out, tubelet=2, columns=columns,
@@ -169,8 +172,8 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
 
 
 def _read_video(video: str, num_frames: int, frame_stride: int):
-    """(frames, motion vectors, source frame indices [T]) of the first clip of `video`;
-    VideoLoadError naming `--video` when it cannot be read."""
+    """(frames, motion vectors (None for a frame folder: no codec), source frame indices [T]) of the
+    first clip of `video`; VideoLoadError naming `--video` when it cannot be read."""
     import av
 
     from tgmae.data.dataset import VideoLoadError
@@ -183,7 +186,8 @@ def _read_video(video: str, num_frames: int, frame_stride: int):
     try:
         with VideoReader(video) as reader:
             fi = clip_indices(0, reader.info.num_frames, num_frames, frame_stride, "dense", train=False)
-            frames, mvs = reader.read(fi.numpy(), with_motion=True)
+            frames, mvs = reader.read(fi.numpy(), with_motion=True) if not Path(video).is_dir() else (
+                reader.read(fi.numpy()), None)
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
         raise VideoLoadError(f"--video {video}: cannot be read ({error_text(video, e)})") from None
     return frames, mvs, fi
