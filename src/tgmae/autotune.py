@@ -46,20 +46,15 @@ def enabled() -> bool:
 @lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, tuple[str, ...]]:
     """(CPU model name, sorted CPU flags) from /proc/cpuinfo; platform fallbacks elsewhere."""
-    model, flags = "", ()
+    first: dict[str, str] = {}  # each key's value on the first CPU
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not model:
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = tuple(sorted(value.split()))
-            if model and flags:
-                break
+            first.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model or platform.processor() or platform.machine(), flags
+    flags = tuple(sorted((first.get("flags") or first.get("Features") or "").split()))  # x86 / ARM
+    return first.get("model name") or platform.processor() or platform.machine(), flags
 
 
 def machine_key(device: torch.device) -> str:

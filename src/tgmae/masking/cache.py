@@ -217,14 +217,12 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 def part_records(root: str | Path) -> Iterator[dict]:
     """The lines of every rank's part file, in file order: {"video_id", "file", "captions", "video"
     (`tgmae.data.fileid.video_identity` of the file the maps were made from)} or {"video_id", "reason"}."""
-    parts = Path(root) / "parts"
-    for path in sorted(parts.glob("rank*-of-*.jsonl")) if parts.is_dir() else []:
+    for path in sorted((Path(root) / "parts").glob("rank*-of-*.jsonl")):
         for line in path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:  # blank, or cut by a crash: that video is simply redone
                 continue
-            yield rec
 
 
 def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -303,12 +301,10 @@ class SimilarityCache:
         CacheMismatchError naming the cache and the videos."""
         absent = [v for v in video_ids if v not in self.videos and v not in self.skipped]
         if absent:
-            done = len(self.videos) + len(self.skipped)
-            shown = ", ".join(repr(v) for v in absent[:5]) + (" ..." if len(absent) > 5 else "")
             raise MissingCacheEntry(
                 f"similarity cache {self.root} has no maps for {len(absent)} of this run's {len(video_ids)} videos "
-                f"({shown}; it holds {done}): `tgmae masks` did not finish (rerun it with --out {self.root}: it "
-                "resumes) or ran on other annotations or captions")
+                f"({_some(absent, 5)}; it holds {len(self.videos) + len(self.skipped)}): `tgmae masks` did not "
+                f"finish (rerun it with --out {self.root}: it resumes) or ran on other annotations or captions")
         files = [(v, self.root / self.videos[v]) for v in video_ids if v in self.videos]
         lost = [str(f) for _, f in files if not f.is_file()]
         if lost:
@@ -319,14 +315,13 @@ class SimilarityCache:
             self._check_identities([v for v in video_ids if v in self.videos], paths)
         if captions is None or captions_sha256 is None or captions_sha256 == self.manifest.captions_sha256:
             return
-        changed = []
-        for vid, f in files:  # the captions file changed since: do this run's videos' captions differ?
-            if [str(c) for c in self._read(f)["captions"]] != [c.strip() for c in captions.get(vid, [])]:
-                changed.append(vid)
+        # the captions file changed since: do this run's videos' captions differ?
+        changed = [vid for vid, f in files
+                   if [str(c) for c in self._read(f)["captions"]] != [c.strip() for c in captions.get(vid, [])]]
         if changed:
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built from other captions of {len(changed)} videos "
-                f"({', '.join(repr(v) for v in changed[:3])}{' ...' if len(changed) > 3 else ''}): the captions file "
+                f"({_some(changed)}): the captions file "
                 f"was edited after `tgmae masks`; rebuild with `tgmae masks --out {self.root} --rebuild`")
 
     def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
@@ -338,7 +333,7 @@ class SimilarityCache:
         if changed:
             raise CacheMismatchError(
                 f"similarity cache {self.root}: {len(changed)} videos changed since their maps were made "
-                f"({', '.join(repr(v) for v in changed[:3])}{' ...' if len(changed) > 3 else ''}; replaced in "
+                f"({_some(changed)}; replaced in "
                 f"place?): rerun `tgmae masks` with --out {self.root} (it redoes them)")
 
     def __len__(self) -> int:
@@ -380,6 +375,11 @@ class SimilarityCache:
         if len(self._lru) > self.max_entries:
             self._lru.popitem(last=False)
         return entry
+
+
+def _some(ids: list[str], n: int = 3) -> str:
+    """The first `n` ids, quoted, with " ..." when there are more (refusals name a few, not all)."""
+    return ", ".join(repr(v) for v in ids[:n]) + (" ..." if len(ids) > n else "")
 
 
 def _clip_id(name: str) -> str:

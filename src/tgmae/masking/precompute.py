@@ -120,14 +120,17 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     part.parent.mkdir(parents=True, exist_ok=True)
     text_cache: dict[str, torch.Tensor] = {}
     with open(part, "a", encoding="utf-8") as log_file:
+
+        def skip(vid: str, reason: str) -> None:
+            log.warning("tgmae masks: skipping %r: %s", vid, reason)
+            _append(log_file, {"video_id": vid, "reason": reason})
+            counts["skipped"] += 1
+
         bar = tqdm(share, desc=f"similarity maps [{opts.mode}]", unit="video", disable=not progress or rank != 0)
         for vid, path in bar:
             caps = by_video.get(vid)
             if caps is None:
-                reason = f"no captions for video {vid!r} in {captions_file}"
-                log.warning("tgmae masks: skipping: %s", reason)
-                _append(log_file, {"video_id": vid, "reason": reason})
-                counts["skipped"] += 1
+                skip(vid, f"no captions for video {vid!r} in {captions_file}")
                 continue
             key, ident = captions_key(caps), video_identity(path)
             if _is_done(out, done.get(vid), key, ident, vid, path, len(caps)):
@@ -137,10 +140,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 text = _embed(clip, caps, text_cache)
                 sim, frames = video_similarity(scorer, path, text, opts)
             except (VideoError, OSError) as e:
-                reason = f"unreadable video {error_text(path, e)}"
-                log.warning("tgmae masks: skipping %r: %s", vid, reason)
-                _append(log_file, {"video_id": vid, "reason": reason})
-                counts["skipped"] += 1
+                skip(vid, f"unreadable video {error_text(path, e)}")
                 continue
             rel = write_entry(out, vid, sim, frames, text, caps)
             _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident})

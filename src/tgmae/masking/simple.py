@@ -7,6 +7,13 @@ import torch
 from tgmae.mask_contract import MaskContext, masked_per_clip, masked_per_slice, num_masked
 
 
+def _random_subset(n: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """[n] bool with exactly num_masked(n, ratio) True at random positions."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[: num_masked(n, ratio)]] = True
+    return mask
+
+
 class RandomMask:
     """Each token masked independently of time: exactly round(ratio * N) tokens per clip."""
 
@@ -16,14 +23,10 @@ class RandomMask:
         self.ratio = ratio
 
     def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
-        n = ctx.num_tokens
-        order = torch.randperm(n, generator=generator)
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[order[: num_masked(n, self.ratio)]] = True
-        return mask
+        return _random_subset(ctx.num_tokens, self.ratio, generator)
 
     def __repr__(self) -> str:
-        return f"RandomMask(ratio={self.ratio})"
+        return f"{type(self).__name__}(ratio={self.ratio})"
 
 
 class TubeMask:
@@ -34,13 +37,8 @@ class TubeMask:
     def __init__(self, ratio: float):
         self.ratio = ratio
 
+    __repr__ = RandomMask.__repr__
+
     def __call__(self, ctx: MaskContext, generator: torch.Generator) -> torch.Tensor:
         t, h, w = ctx.grid
-        per_slice = h * w
-        order = torch.randperm(per_slice, generator=generator)
-        plane = torch.zeros(per_slice, dtype=torch.bool)
-        plane[order[: num_masked(per_slice, self.ratio)]] = True
-        return plane.repeat(t)
-
-    def __repr__(self) -> str:
-        return f"TubeMask(ratio={self.ratio})"
+        return _random_subset(h * w, self.ratio, generator).repeat(t)

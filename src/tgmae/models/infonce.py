@@ -24,10 +24,6 @@ LOGIT_SCALE_MAX = 100.0  # CLIP's clamp on 1 / tau (tau >= 0.01)
 LOGIT_SCALE_MIN = 1.0  # open_clip's lower clamp (tau <= 1)
 
 
-# --------------------------------------------------------------------------------------------
-# Autograd-aware collectives
-# --------------------------------------------------------------------------------------------
-
 def _gathered(x: torch.Tensor, world: int) -> torch.Tensor:
     """[B, ...] -> [world * B, ...]: every rank's x, in rank order."""
     x = x.contiguous()
@@ -86,10 +82,6 @@ def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllReduceWithGrad.apply(x) if torch.is_grad_enabled() and x.requires_grad else _summed(x)
 
 
-# --------------------------------------------------------------------------------------------
-# The loss
-# --------------------------------------------------------------------------------------------
-
 def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     """[G] int -> [G] bool, True where ids[j] appears for the first time (in index order)."""
     same = ids[:, None] == ids[None, :]  # [G, G]
@@ -123,31 +115,24 @@ def info_nce_rows(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Te
         raise ValueError(f"video and text embeddings must both be [B, D], got {tuple(video.shape)} "
                          f"and {tuple(text.shape)}")
     b = video.shape[0]
-    if caption_id is None:
-        caption_id = torch.arange(b, device=video.device)  # all distinct (made global below)
-        distinct = True
-    else:
+    if caption_id is not None:
         if caption_id.shape != (b,):
             raise ValueError(f"caption_id must be [B] = [{b}], got {tuple(caption_id.shape)}")
         if bool((caption_id < 0).any()):
             raise ValueError("caption_id < 0 (a clip without a caption) cannot enter the contrastive "
                              "loss: every clip needs a caption (check captions.file covers the data)")
-        distinct = False
-    caption_id = caption_id.to(device=video.device, dtype=torch.int64)
+        caption_id = caption_id.to(device=video.device, dtype=torch.int64)
     with torch.autocast(device_type=video.device.type, enabled=False):
         v = F.normalize(video.float(), dim=-1)
         t = F.normalize(text.float(), dim=-1)
         rank, world = rank_world() if gather else (0, 1)
         offset = rank * b
-        if world > 1:
-            v_all, t_all = all_gather_with_grad(v), all_gather_with_grad(t)
-            if distinct:
-                ids_all = torch.arange(world * b, device=video.device)
-                caption_id = ids_all[offset:offset + b]
-            else:
-                ids_all = all_gather_with_grad(caption_id)
+        v_all, t_all = (all_gather_with_grad(v), all_gather_with_grad(t)) if world > 1 else (v, t)
+        if caption_id is None:  # all distinct: every row of the global batch its own id
+            ids_all = torch.arange(world * b, device=video.device)
+            caption_id = ids_all[offset:offset + b]
         else:
-            v_all, t_all, ids_all = v, t, caption_id
+            ids_all = all_gather_with_grad(caption_id) if world > 1 else caption_id
         scale = torch.as_tensor(logit_scale, device=v.device).float()
         keep_v2t, keep_t2v = candidate_masks(caption_id, ids_all, offset)
         target = torch.arange(b, device=v.device) + offset

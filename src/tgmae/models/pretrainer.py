@@ -107,6 +107,4 @@ class VideoMAEPretrainer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Names that must not decay: mask_token and every attention q/v bias."""
-        names = {"mask_token"}
-        names |= {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}
-        return names
+        return {"mask_token"} | {n for n, _ in self.named_parameters() if n.endswith((".q_bias", ".v_bias"))}

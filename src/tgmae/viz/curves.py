@@ -35,12 +35,7 @@ def plot_curves(
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and up to `window` - 1 before it."""
     if window <= 1:
         return values
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
+    return [sum(values[max(0, i + 1 - window):i + 1]) / min(i + 1, window) for i in range(len(values))]

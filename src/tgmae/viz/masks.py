@@ -91,8 +91,13 @@ def render_mask_grid(
     return save_figure(fig, out, title)
 
 
-def _masks_for(gens: dict, ctx, grid, seed: int) -> dict[str, torch.Tensor]:
-    return {name: gen(ctx, torch.Generator().manual_seed(seed)).view(grid) for name, gen in gens.items()}
+def _draw(gens: dict, ctx, seed: int, ratios: dict[str, float], out: str | Path, columns: int, title: str,
+          object_cover: Optional[torch.Tensor] = None) -> Path:
+    """Mask `ctx` (frames [C, T, H, W] in [0, 1]) with every generator and render the grid."""
+    masks = {name: gen(ctx, torch.Generator().manual_seed(seed)).view(ctx.grid) for name, gen in gens.items()}
+    frames = (ctx.frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
+    return render_mask_grid(frames, masks, out, tubelet=2, columns=columns, ratios={k: ratios[k] for k in masks},
+                            object_cover=object_cover, title=title, frame_numbers=ctx.frame_indices.tolist())
 
 
 def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str], clip_model: Optional[str],
@@ -126,12 +131,8 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps, grid, num_frames,
                           frame_stride, image_size, False, torch.Generator().manual_seed(seed))
     text = gens["tgm_top"].cache.entry(vid).text[0] if "tgm_top" in gens else None
-    masks = _masks_for(gens, clip_context(clip, grid, text), grid, seed)
-    frames = (clip.frames.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
-    return render_mask_grid(frames, masks, out, tubelet=2, columns=columns,
-                            ratios={k: ratios[k] for k in masks}, object_cover=clip.object_cover,
-                            title=f"{vid}: \"{caps[0]}\" (red: object tokens, ground truth)",
-                            frame_numbers=clip.frame_indices.tolist())
+    return _draw(gens, clip_context(clip, grid, text), seed, ratios, out, columns,
+                 f"{vid}: \"{caps[0]}\" (red: object tokens, ground truth)", clip.object_cover)
 
 
 def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional[str], ratio: Optional[float],
@@ -164,11 +165,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
             gens[name] = OnlineTGMMask(scorer, ratios[name], select, data_mean=(0, 0, 0), data_std=(1, 1, 1))
     ctx = MaskContext(grid=grid, frames=clip, frame_indices=fi, crop=crop, video_id=Path(video).stem,
                       text_embedding=text, motion=None if mvs is None else stack_codec_motion(mvs))
-    masks = _masks_for(gens, ctx, grid, seed)
-    pix = (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
-    return render_mask_grid(pix, masks, out, tubelet=2, columns=columns,
-                            ratios={k: ratios[k] for k in masks}, title=f"{Path(video).name}: \"{caption}\"",
-                            frame_numbers=fi.tolist())
+    return _draw(gens, ctx, seed, ratios, out, columns, f"{Path(video).name}: \"{caption}\"")
 
 
 def _read_video(video: str, num_frames: int, frame_stride: int):
