@@ -539,3 +539,35 @@ def test_probe_final_line_says_how_many_val_videos_were_left_out(synth, tmp_path
     assert cli_main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"1 of {len(rows)} val videos left out" in last and "probe_results.json" in last
+
+
+@pytest.mark.parametrize("kind", [
+    ["train.epochs=1"],
+    ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"],
+    ["eval.probe=knn", "eval.knn_k=[3]"],
+    ["eval.probe=attentive", "eval.attentive_epochs=1", "eval.attentive_heads=2"],
+], ids=["lars", "lbfgs", "knn", "attentive"])
+def test_a_probe_killed_before_its_predictions_has_no_results_and_its_rerun_writes_both(checkpoint, tmp_path,
+                                                                                        monkeypatch, kind):
+    """issue 28: probe_results.json says a probe is done (the study skips it then); it is written
+    after test_predictions.csv, so a probe killed while writing the predictions is rerun, not
+    taken as done without them."""
+    import tgmae.evaluate.predictions as predictions
+    from tgmae.evaluate.probes import run_probe
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    cfg = probe_cfg(tmp_path, checkpoint, *kind)
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3)
+    monkeypatch.setattr(predictions, "write_predictions", killed)
+    with pytest.raises(Killed):
+        run_probe(cfg, **data)
+    out = tmp_path / "probe"
+    assert not (out / "probe_results.json").exists()
+    monkeypatch.undo()
+    run_probe(cfg, **data)
+    assert (out / "probe_results.json").is_file() and (out / "test_predictions.csv").is_file()

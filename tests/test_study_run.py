@@ -569,3 +569,53 @@ def test_a_second_study_into_one_folder_is_refused_naming_the_holder(tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"pid {proc.pid}" in err and "study.out_dir" in err
     assert not out.exists()
+
+
+def test_a_study_clip_killed_while_saving_is_trained_again(tmp_path, monkeypatch):
+    """issue 28: a CLIP's config.json is its first file (save_pretrained), train_clip.json its last;
+    a study killed in between took config.json as done, then failed on the missing summary for
+    good. The study trains a CLIP again unless its train_clip.json is there."""
+    import tgmae.study.clip.train as clip_train
+    from tgmae.study.run import StudyPaths, prepare_clip
+
+    paths = StudyPaths(tmp_path)
+    paths.clip.mkdir()
+    (paths.clip / "config.json").write_text("{}")  # the killed save's first file
+    trained = []
+
+    def train_clip(root, out, cfg, **kwargs):
+        trained.append(out)
+        (out / "train_clip.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}))
+        return {"steps": cfg.steps}
+
+    monkeypatch.setattr(clip_train, "train_clip", train_clip)
+    study = StudyConfig(maskings=["tube"])
+    prepare_clip(study, paths)
+    assert trained == [paths.clip]
+    prepare_clip(study, paths)  # done now
+    assert trained == [paths.clip]
+
+
+def test_a_word_encoder_killed_while_saving_is_saved_again(tmp_path, monkeypatch):
+    """issue 28: the study took the word encoder's config.json (save_pretrained's first file) as
+    done; a kill before its weights and tokenizer left a folder no text model loads. It is saved
+    whole into place (a temp folder renamed), so a half one is never there."""
+    import transformers
+
+    from tgmae.captions.tiny import save_word_encoder
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    out = tmp_path / "word_encoder"
+    monkeypatch.setattr(transformers.BertTokenizer, "save_pretrained", killed)
+    with pytest.raises(Killed):
+        save_word_encoder(out, ["a red square moves left."])
+    assert not (out / "config.json").exists() and [p.name for p in tmp_path.iterdir()] == []
+    monkeypatch.undo()
+    save_word_encoder(out, ["a red square moves left."])
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["word_encoder"]

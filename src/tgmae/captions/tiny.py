@@ -8,10 +8,14 @@ vocabulary for BLIP, a byte-level CLIP BPE with no merges (every byte is a token
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
+
+from tgmae.atomic import remove_stale_temps, temp_path
 
 TINY_WORDS = ("a video of the person man woman dog cat ball car red blue green yellow small big is "
               "playing running jumping walking holding throwing moving on in with and field room street "
@@ -96,7 +100,8 @@ def save_tiny_clip(path: str | Path, dim: int = 16, seed: int = 0, context: int 
 def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """A random `BertModel` (width `width`, `layers` blocks) with a word-level tokenizer of
     `corpus`'s lower-cased words ([UNK] for others) in `path`: its mean-pooled embeddings keep which
-    words a text has and nothing of their meaning, for offline studies without a text model."""
+    words a text has and nothing of their meaning, for offline studies without a text model.
+    The folder appears whole (written aside, then renamed over any folder at `path`)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from tgmae.hub import quiet_transformers
@@ -104,13 +109,22 @@ def save_word_encoder(path: str | Path, corpus: list[str], width: int = 64, laye
     path = Path(path)
     words = sorted({w for t in corpus for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    # saved whole into a temp folder, then renamed into place: config.json is save_pretrained's first
+    # file, and a folder killed after it (no weights, no tokenizer) looked like a finished encoder
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
+    work = temp_path(path)
     restore = quiet_transformers()
     try:
         torch.manual_seed(seed)
         BertModel(BertConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
                              num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=128)
-                  ).eval().save_pretrained(path)
-        BertTokenizer(vocab=vocab).save_pretrained(path)
+                  ).eval().save_pretrained(work)
+        BertTokenizer(vocab=vocab).save_pretrained(work)
+        if path.is_dir():  # a half folder of a killed save (no config.json: its caller saves it again)
+            shutil.rmtree(path)
+        os.replace(work, path)
     finally:
         restore()
+        shutil.rmtree(work, ignore_errors=True)
     return path

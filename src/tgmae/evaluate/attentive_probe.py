@@ -156,9 +156,10 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     best, best_epoch = best_of(fit.history, final)
     if trainer.dist.is_main:
         views = int(val.features.shape[1]) if val is not None and val.features.dim() == 4 else 1
+        write_val_predictions(fit.output_dir, val, probs, names)
+        # last: probe_results.json says the probe is done (the study skips it then)
         write_results(run_cfg, fit.output_dir, train, val, final, best, best_epoch, views=views,
                       queries=cfg.eval.attentive_queries, heads=task.num_heads, ensemble=cfg.eval.attentive_ensemble)
-        write_val_predictions(fit.output_dir, val, probs, names)
         log.info("attentive probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")),
                  best, best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch,

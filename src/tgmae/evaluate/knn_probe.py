@@ -76,9 +76,10 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         save_config(cfg, out / "config.yaml")
         final = {"top1": head.top1, **({"top5": head.top5} if head.top5 is not None else {})}
         table = {str(k): {"top1": r.top1, **({"top5": r.top5} if r.top5 is not None else {})} for k, r in by_k.items()}
-        write_results(cfg, out, train, val, final, head.top1, None, k=ks[0], knn=table, temperature=temperature)
         scores = knn_scores(train.features, train.labels, val.features, ks[0], temperature, k_cls)
         write_val_predictions(out, val, scores, names)
+        # last: probe_results.json says the probe is done (the study skips it then)
+        write_results(cfg, out, train, val, final, head.top1, None, k=ks[0], knn=table, temperature=temperature)
         log.info("k-NN probe (T %g): %s", temperature,
                  "; ".join(f"k={k} {topk_text(r.top1, r.top5)}" for k, r in by_k.items()))
     return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k, **val_counts(val))

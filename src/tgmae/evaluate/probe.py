@@ -340,8 +340,9 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     best, best_epoch = best_of(fit.history, final)
     if trainer.dist.is_main:
         (fit.output_dir / HEAD_FILE).unlink(missing_ok=True)  # an lbfgs head of an earlier run is not this one
-        write_results(cfg, fit.output_dir, train, val, final, best, best_epoch)
         write_val_predictions(fit.output_dir, val, logits, names)
+        # last: probe_results.json says the probe is done (the study skips it then)
+        write_results(cfg, fit.output_dir, train, val, final, best, best_epoch)
         log.info("linear probe: %s (best top-1 %.4f, epoch %s)", topk_text(final["top1"], final.get("top5")), best,
                  best_epoch)
     return ProbeResult(fit.output_dir, final["top1"], final.get("top5"), best, fit.history, fit.model, best_epoch,
@@ -404,9 +405,10 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         save_config(cfg, out / "config.yaml")
         with atomic_path(out / HEAD_FILE, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})
+        write_val_predictions(out, val, logits, list(names))
+        # last: probe_results.json says the probe is done (the study skips it then)
         write_results(cfg, out, train, val, final, final["top1"], None, l2=l2, cv_top1=cv,
                       cv_folds=cfg.eval.probe_folds if cv else None)
-        write_val_predictions(out, val, logits, list(names))
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None, **val_counts(val))

@@ -194,8 +194,9 @@ def prepare_clip(study: StudyConfig, paths: StudyPaths) -> None:
     from tgmae.study.clip.train import ClipTrainConfig, train_clip
 
     clip_cfg = ClipTrainConfig(steps=study.clip_steps, motion_weight=study.clip_motion_weight)
-    if not (paths.clip / "config.json").is_file():
-        # the study's own folder: an unfinished CLIP there (no config.json) is retrained
+    if not (paths.clip / "train_clip.json").is_file():
+        # the study's own folder: an unfinished CLIP there is retrained; train_clip.json is its last
+        # file (config.json its first: a kill while saving left one without weights or summary)
         summary = train_clip(paths.data, paths.clip, clip_cfg, progress=False, what="study out_dir", overwrite=True)
         log.info("study: CLIP trained: %s", {k: summary[k] for k in list(summary)[:6]})
     check_clip_settings(clip_cfg, paths)
