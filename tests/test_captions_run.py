@@ -582,5 +582,6 @@ def test_every_video_failing_is_exit_2_naming_the_count_and_the_errors_file(data
         assert cli(root, blip_dir, out) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert "all 2 video(s) failed" in err[-1] and str(errors_path(out)) in err[-1]
+        assert err[-1].startswith("tgmae caption: all")  # the tool named once, not twice
         assert not any("Traceback" in line for line in err)
     assert cli(dataset, blip_dir, tmp_path / "partial.jsonl") == 0

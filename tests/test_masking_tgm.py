@@ -616,5 +616,6 @@ def test_masks_where_every_video_fails_is_exit_2(synth, tiny_clip, tmp_path, cap
     assert run_masks(root, tiny_clip, out) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "all 5 video(s) failed" in err[-1] and str(out / "index.json") in err[-1]  # (above: a load bar)
+    assert err[-1].startswith("tgmae masks: all")  # the tool named once, not twice
     assert not any("Traceback" in line for line in err)
     assert len(json.loads((out / "index.json").read_text())["skipped"]) == 5

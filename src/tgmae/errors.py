@@ -50,6 +50,7 @@ class NothingDoneError(RuntimeError, UserError):
     names how many failed and where their list is. A partial failure is only warned about."""
 
 
-def nothing_done(tool: str, failed: int, where: str) -> NothingDoneError:
-    """The one line of a `NothingDoneError`: `tool: all N videos failed ...; their reasons: where`."""
-    return NothingDoneError(f"{tool}: all {failed} video(s) failed, nothing was made; their reasons: {where}")
+def nothing_done(failed: int, where: str) -> NothingDoneError:
+    """The one line of a `NothingDoneError`: `all N videos failed ...; their reasons: where`. No
+    tool name: `tgmae.cli.main` puts `tgmae COMMAND:` before every user error's line."""
+    return NothingDoneError(f"all {failed} video(s) failed, nothing was made; their reasons: {where}")

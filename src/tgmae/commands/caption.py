@@ -123,7 +123,7 @@ def _caption(args: argparse.Namespace, shard) -> int:
     if summary.stored == 0 and summary.skipped + len(summary.errors):  # every video of this shard failed
         from tgmae.errors import nothing_done
 
-        raise nothing_done("tgmae caption", summary.skipped + len(summary.errors),
+        raise nothing_done(summary.skipped + len(summary.errors),
                            str(part_path(errors_path(args.out), shard)))
     return 0
 

@@ -74,7 +74,7 @@ def prepare_main(argv: Sequence[str]) -> int:
     for item in ch["items"][:10]:
         print(f"  {item['path']}: {item['reason']}")
     if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before
-        raise nothing_done("tgmae data prepare", c["failed"],
+        raise nothing_done(c["failed"],
                            args.report or "the lines above (--report FILE keeps them all)")
     return 0
 

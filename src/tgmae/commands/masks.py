@@ -106,5 +106,5 @@ def _precompute(args: argparse.Namespace, shard) -> int:
 
         from tgmae.errors import nothing_done
 
-        raise nothing_done("tgmae masks", len(index["skipped"]), f"'skipped' in {Path(args.out) / 'index.json'}")
+        raise nothing_done(len(index["skipped"]), f"'skipped' in {Path(args.out) / 'index.json'}")
     return 0
