@@ -395,6 +395,29 @@ def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
     assert "1 failed" in capsys.readouterr().out
 
 
+def test_every_video_failing_leaves_no_annotations_or_manifest(tmp_path, capsys):
+    """Issue #28: an all-failed prepare said "nothing was made" but left the rewritten list and
+    prepare.json (naming videos that were never made) in --out, and its closing data check printed
+    "file not found" for each. Now nothing is left that this run made, and no check is run; a
+    folder holding an earlier preparation keeps its manifest."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    root.mkdir()
+    for name in ("a.avi", "b.avi"):
+        (root / name).write_bytes(b"not a video")
+    (root / "list.txt").write_text("a.avi 0\nb.avi 1\n")
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out", str(out),
+            "--min-frames", "8", "--no-progress"]
+    assert cli_main(args) == 2
+    std = capsys.readouterr()
+    assert "file not found" not in std.out and "data check" not in std.out
+    assert len(std.err.strip().splitlines()) == 1
+    assert not out.exists()  # made by this run, empty: removed
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(args) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's folder, as it was
+
+
 def test_csv_reads_only_its_split_files_not_the_folders_other_files(tmp_path, caplog):
     """Issue #28 (H): `--format csv` read every text file beside the list as annotations: a
     scores.csv with path/label columns had its videos prepared, a meta.json warned about its

@@ -67,12 +67,13 @@ def prepare_main(argv: Sequence[str]) -> int:
         atomic_write_text(args.report, json.dumps(report, indent=2))
     c, ch = report["counts"], report["check"]
     print(f"{sum(c.values())} videos: {c['converted']} converted, {c['copied']} copied, {c['skipped']} "
-          f"already done, {c['failed']} failed; annotations: {report['annotations']}")
+          f"already done, {c['failed']} failed; annotations: {report['annotations'] or 'none written'}")
     for item in report["failed"][:10]:
         print(f"  {item['path']}: {item['reason']}")
-    print(f"data check of {report['out']}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
-    for item in ch["items"][:10]:
-        print(f"  {item['path']}: {item['reason']}")
+    if ch is not None:  # None: nothing was prepared, nothing to check
+        print(f"data check of {report['out']}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
+        for item in ch["items"][:10]:
+            print(f"  {item['path']}: {item['reason']}")
     if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before
         raise nothing_done(c["failed"],
                            args.report or "the lines above (--report FILE keeps them all)")

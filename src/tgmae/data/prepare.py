@@ -348,7 +348,9 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
                 progress: bool = True) -> dict:
     """Prepare the records of (`annotations`, `split`, `subset`) into `out` -> report dict:
     counts per status, failures (path, reason), the new annotations path and the data-check
-    report of the output. Raises PrepareError / AnnotationError as described above."""
+    report of the output. When every video failed, nothing is made: `annotations` and `check` are
+    None, and the manifest and folders this run created are removed. Raises PrepareError /
+    AnnotationError as described above."""
     root_p, out_p = Path(root), Path(out)
     if out_p.resolve() == root_p.resolve():
         raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
@@ -386,8 +388,10 @@ def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
 def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: PrepareSettings,
                 records: list[VideoRecord], split: int, subset: str, workers: int, min_frames: int,
                 progress: bool) -> dict:
+    had_manifest = (out_p / MANIFEST).is_file()
     man = _check_manifest(out_p, settings)
     jobs, renamed = _jobs([*records, *_carried_records(fmt, root_p, ann)], root_p, out_p, settings)
+    new_dirs = _new_folders(out_p, [Path(j[1]) for j in jobs])
     out_p.mkdir(parents=True, exist_ok=True)
     for folder in sorted({out_p, *(Path(j[1]).parent for j in jobs)}):
         remove_stale_temps(folder)
@@ -399,13 +403,42 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     man["sources"].update({os.path.relpath(r.dst, out_p): redo[r.dst] for r in results
                            if r.dst in redo and r.status in ("converted", "copied")})
     man["sources"] = {k: v for k, v in man["sources"].items() if (out_p / k).exists()}
+    counts = {k: sum(r.status == k for r in results) for k in ("converted", "copied", "skipped", "failed")}
+    failed = [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"]
+    if results and counts["failed"] == len(results):
+        # nothing was made: no annotations naming videos that do not exist, no data check of them
+        # (one "file not found" each), and no manifest or folder this run created
+        if had_manifest:
+            atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
+        else:
+            _remove_new(out_p / MANIFEST, new_dirs)
+        return {"out": str(out_p), "annotations": None, "settings": asdict(settings), "counts": counts,
+                "failed": failed, "check": None}
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
     new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"])
     dst = {j[0]: j[1] for j in jobs}
     _verify(fmt, out_p, new_ann, records, dst, split, subset)
     check = run_check(fmt, str(out_p), str(new_ann), split=split, subset=subset, min_frames=min_frames,
                       workers=workers, progress=progress, run_lists=False)  # the list prepared, as given
-    counts = {k: sum(r.status == k for r in results) for k in ("converted", "copied", "skipped", "failed")}
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
-            "failed": [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"],
-            "check": check}
+            "failed": failed, "check": check}
+
+
+def _new_folders(out: Path, outputs: Sequence[Path]) -> list[Path]:
+    """The folders a run writing `outputs` under `out` would create (`out` and the folders between
+    it and each output): those that do not exist yet, deepest first."""
+    want = {out}
+    for f in outputs:
+        want.update(p for p in f.parents if p == out or out in p.parents)
+    return sorted((p for p in want if not p.exists()), key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_new(manifest: Path, new_dirs: Sequence[Path]) -> None:
+    """Undo a run that made nothing: its manifest, and the folders it created (deepest first) that
+    are empty; a folder holding anything else is kept."""
+    manifest.unlink(missing_ok=True)
+    for d in new_dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (another file was put there), or gone: keep it
+            pass
