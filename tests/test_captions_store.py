@@ -86,6 +86,19 @@ def test_torn_tail_detected_dropped_and_appending_resumes(tmp_path):
     assert p.read_bytes().startswith(whole)
 
 
+def test_an_appender_that_wrote_nothing_leaves_no_file(tmp_path):
+    """Issue #28: a `tgmae caption --model` where every video failed left a 0-byte store (its
+    appender opened the file before anything was written). The file is made by the first record."""
+    p = tmp_path / "c.jsonl"
+    with StoreAppender(p) as app:
+        app.write_batch([])
+    assert not p.exists()
+    with StoreAppender(p) as app:
+        app.write_batch([])
+        app.write_batch([rec("a", ["x"])])
+    assert [r.video_id for r in read_store(p).records] == ["a"]
+
+
 def test_complete_last_line_without_newline_is_kept_and_terminated(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text(json.dumps({"video_id": "a", "captions": ["x"], "source": "s", "model": "m"}))

@@ -75,7 +75,8 @@ def _objects(path: Path) -> list[dict]:
 def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple[int, int]:
     """Merge `out` + its parts (and the errors file + its parts). Returns (records, errors).
 
-    Records are validated; an error entry is dropped once its video has a record.
+    Records are validated; an error entry is dropped once its video has a record. Without any
+    record (every video failed) no store is created.
     """
     out = Path(out)
     err = errors_path(out)
@@ -94,7 +95,8 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
                 errors[vid] = obj  # the latest attempt wins
     rank_of = {v: i for i, v in enumerate(order or ())}
     ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
-    atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids), fsync=True)
+    if ids or out.exists():  # no empty store when every video failed: only their errors file
+        atomic_write_text(out, "".join(dumps_record(records[v]) for v in ids), fsync=True)
     if errors or err.exists():
         eids = sorted(errors, key=lambda v: rank_of.get(v, len(rank_of)))
         atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids), fsync=True)

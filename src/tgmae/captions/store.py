@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
@@ -172,24 +172,31 @@ def dumps_record(rec: CaptionRecord) -> str:
 class StoreAppender:
     """Append records to a JSONL file, flushed (and fsynced) after each `write_batch`.
 
-    A torn tail left by an earlier kill is removed on open, so appending resumes cleanly.
+    A torn tail left by an earlier kill is removed on open, so appending resumes cleanly. The file
+    is opened (created) by the first non-empty batch: an appender that wrote nothing leaves no
+    empty store behind.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_torn_tail(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f: Optional[IO[str]] = None
 
     def write_batch(self, objs: Iterable[CaptionRecord | dict]) -> None:
-        for obj in objs:
-            line = dumps_record(obj) if isinstance(obj, CaptionRecord) else json.dumps(obj, ensure_ascii=False) + "\n"
-            self._f.write(line)
+        lines = [dumps_record(o) if isinstance(o, CaptionRecord) else json.dumps(o, ensure_ascii=False) + "\n"
+                 for o in objs]
+        if not lines:
+            return
+        if self._f is None:
+            self._f = open(self.path, "a", encoding="utf-8")
+        self._f.writelines(lines)
         self._f.flush()
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self) -> "StoreAppender":
         return self
