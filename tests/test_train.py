@@ -285,13 +285,36 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     cfg = toy_cfg(tmp_path)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 4.*step_00000003") as e:
-        Trainer(ToyTask(cfg, nan_at_step=4), cfg).fit()
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss.* in step 5\b.*step_00000003") as e:
+        Trainer(ToyTask(cfg, nan_at_step=4), cfg).fit()  # the 5th loss is NaN
     assert isinstance(e.value, UserError)  # the CLI's one line (exit 2) naming optim.base_lr, no traceback
     latest = ckpt.find_latest(tmp_path / "run" / "checkpoints")
     assert latest.name == "step_00000003"
     loaded = ckpt.load_checkpoint(latest)
     assert all(torch.isfinite(v).all() for v in loaded.model_state.values())
+
+
+def test_non_finite_loss_names_its_step_as_the_log_and_checkpoints_do(tmp_path):
+    """Issue #28: "non-finite loss at step 3 ... The last good checkpoint is step_00000003": the
+    step was counted from 0 (the steps done before it), the checkpoints and metrics.jsonl from 1,
+    so the failing step read as checkpointed. The 4th loss is NaN: step 4, after step_00000003,
+    whose step is the last one logged."""
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"in step 4\b.*step_00000003") as e:
+        Trainer(ToyTask(cfg, nan_at_step=3), cfg).fit()
+    assert "step 3" not in str(e.value)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_non_finite_loss_advises_fp32_only_to_a_run_not_in_fp32(tmp_path):
+    """Issue #28: an fp32 run that went NaN was told to "try train.precision=fp32"."""
+    cfg = toy_cfg(tmp_path / "a")
+    with pytest.raises(NonFiniteLossError) as e:
+        Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
+    assert "precision" not in str(e.value) and "optim.base_lr" in str(e.value)
+    cfg = toy_cfg(tmp_path / "b", "train.precision=bf16", "train.device=cpu")
+    with pytest.raises(NonFiniteLossError, match=r"train\.precision=fp32"):
+        Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
 
 
 def test_resume_from_corrupted_checkpoint_is_a_clear_error(tmp_path):

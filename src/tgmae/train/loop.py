@@ -145,7 +145,7 @@ class _Run:
     metrics_log: Optional[MetricsLog] = None
     bar: Any = None
     window: Optional["_Window"] = None
-    losses: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # unchecked (step, epoch, loss)
+    losses: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # unchecked (step from 1, epoch, loss)
     views: int = 1  # training views per video (data.num_sample): a pass is `views` effective epochs
     resumed: Optional[Resumed] = None  # what the run folder's record is written from (`_open_run_folder`)
 
@@ -156,10 +156,13 @@ class _Run:
 
 
 def _non_finite(what: str, run: "_Run") -> NonFiniteLossError:
-    """The one line that stops a run whose loss or weights went NaN/inf, naming the last good checkpoint."""
+    """The one line that stops a run whose loss or weights went NaN/inf, naming the last good
+    checkpoint (written before the bad step: each save checks the losses and weights first); fp32
+    is advised only to a run in another precision."""
+    fp32 = "" if run.precision == "fp32" else ", or try train.precision=fp32"
     return NonFiniteLossError(
         f"{what}: stopping. The last good checkpoint is {run.last_ckpt or 'none (no checkpoint yet)'}. "
-        "Lower optim.base_lr, set optim.clip_grad, or try train.precision=fp32.")
+        f"Lower optim.base_lr or set optim.clip_grad{fp32}.")
 
 class Trainer:
     def __init__(self, task: Task, cfg: RunConfig, hooks: Optional[list[Callable[[LoopState], None]]] = None,
@@ -356,7 +359,8 @@ class Trainer:
             with autocast(run.precision, device):
                 out = self.task.step(run.train_model, batch)
             loss = out.loss.float()
-            run.losses.append((run.position.step, run.position.epoch, loss.detach()))
+            # the step this loss makes, counted from 1 as metrics.jsonl and step_XXXXXXXX are
+            run.losses.append((run.position.step + 1, run.position.epoch, loss.detach()))
             run.scaler.scale(loss / self.cfg.train.accum_steps).backward()
         run.window.add(out, self.cfg.train.batch_size * run.views)
 
@@ -419,8 +423,8 @@ class Trainer:
         run.losses.clear()
         if not (any_rank(bool(bad), self.dist.device) if self.dist.enabled else bad):
             return
-        where = (f"({bad[0][2].item()}) at step {bad[0][0]}, epoch {bad[0][1]}" if bad
-                 else f"on another rank before step {run.position.step}")
+        where = (f"({bad[0][2].item()}) in step {bad[0][0]}, epoch {bad[0][1]}" if bad
+                 else f"on another rank, in step {run.position.step} or before")
         raise _non_finite(f"non-finite loss {where}", run)
 
     def _check_finite_weights(self, run: _Run) -> None:
