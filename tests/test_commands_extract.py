@@ -165,3 +165,20 @@ def test_extract_with_a_window_longer_than_every_video_exits_2_naming_it(dataset
     assert not out.exists()
     assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
     assert "unreadable videos 1" in capsys.readouterr().out
+
+
+def test_extract_into_a_run_or_a_users_folder_exits_2_naming_it(dataset, encoder_file, tmp_path, capsys):
+    """issue 28: `--out runs/pt` wrote shards, index.csv, manifest.json and unreadable.json into the
+    run, and a folder of a user's index.csv was overwritten, exit 0; now one line naming the folder."""
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.csv").write_text("mine\n")
+    for out in (run, mine):
+        assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0], err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    assert sorted(p.name for p in mine.iterdir()) == ["index.csv"]

@@ -246,3 +246,28 @@ def test_check_of_a_split_folder_checks_its_test_list_too(tmp_path, capsys, fmt)
     assert [(x["subset"], x["records"]) for x in rep["lists"]] == [("train", len(train)), ("val", len(test))]
     assert rep["checked"] == len(train) + len(test) and rep["bad"] == 1
     assert [(i["subset"], Path(i["path"]).name) for i in rep["items"]] == [("val", Path(test[0]).name)]
+
+
+def test_check_out_refuses_a_file_that_is_not_a_check_report_and_anything_in_a_run(tmp_path, capsys):
+    """--out over the annotation list being checked, a user's file or a run's config.yaml: one line
+    naming the file, exit 2, the file unchanged (issue 28: each was replaced by the report, exit 0).
+    A previous report is replaced; another file only with --overwrite; a run's file never."""
+    (tmp_path / "a.csv").write_text("path,label\nmissing.mp4,0\n")
+    ann_text = (tmp_path / "a.csv").read_text()
+    args = ["data", "check", "--format", "csv", "--root", str(tmp_path), str(tmp_path / "a.csv"), "--no-progress",
+            "--allow-bad"]
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "mine.json").write_text('{"mine": 1}')
+    for target, flags in ((tmp_path / "a.csv", []), (tmp_path / "a.csv", ["--overwrite"]),
+                          (tmp_path / "mine.json", []), (run / "config.yaml", ["--overwrite"]),
+                          (run / "report.json", [])):
+        code = cli_main([*args, "--out", str(target), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and str(target) in err and err.count("\n") == 1, (target, err)
+    assert (tmp_path / "a.csv").read_text() == ann_text and (tmp_path / "mine.json").read_text() == '{"mine": 1}'
+    assert (run / "config.yaml").read_text() == "model: {}\n" and not (run / "report.json").exists()
+    assert cli_main([*args, "--out", str(tmp_path / "mine.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "mine.json").read_text())["records"] == 1
+    assert cli_main([*args, "--out", str(tmp_path / "mine.json")]) == 0  # a previous report: replaced

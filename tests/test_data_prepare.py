@@ -437,3 +437,33 @@ def test_csv_reads_only_its_split_files_not_the_folders_other_files(tmp_path, ca
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4", "classes.txt", "prepare.json",
                                                      "train.csv", "val.csv"]
     assert not any("meta.json" in r.getMessage() or "scores.csv" in r.getMessage() for r in caplog.records)
+
+
+def test_a_users_folder_or_a_run_as_out_is_refused_naming_it(tmp_path, capsys):
+    """--out a non-empty folder without prepare.json (a user's train.csv, classes.txt) or inside a
+    run: one line naming the folder, exit 2, nothing replaced (issue 28: their files were replaced,
+    exit 0); an empty folder is prepared into."""
+    root = tmp_path / "src"
+    _clips(root, ["v.avi"])
+    (root / "train.csv").write_text("path,label\nv.avi,0\n")
+    (root / "classes.txt").write_text("a\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.csv").write_text("mine\n")
+    (mine / "classes.txt").write_text("mine\n")
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    args = ["data", "prepare", "--format", "csv", "--root", str(root), str(root / "train.csv"), "--short-side", "40",
+            "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    for out in (mine, run, run / "prepared"):
+        code = cli_main([*args, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2, (out, err)
+        assert str(out) in err and err.count("\n") == 1, err
+    assert (mine / "train.csv").read_text() == "mine\n" and (mine / "classes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["classes.txt", "train.csv"]
+    assert not (run / "prepared").exists() and not (run / "prepare.json").exists()
+    (tmp_path / "empty").mkdir()
+    assert cli_main([*args, "--out", str(tmp_path / "empty")]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "empty")]) == 0  # its own output: resumed

@@ -12,6 +12,7 @@ import torch
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, extract_to_shards, extract_video,
                                     load_frozen_encoder, read_shards, window_starts, write_index)
+from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.pretraining import save_encoder
@@ -286,3 +287,33 @@ def test_load_frozen_encoder_gives_the_same_features(tmp_path, mp4):
     b = extract_video(loaded, mp4, spec()).features
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert src.kind == "tgmae"
+
+
+def test_an_output_in_a_run_or_a_users_folder_or_manifest_is_refused_naming_it(tmp_path, mp4):
+    """issue 28: an extraction into a run folder, or a folder holding a user's index.csv and
+    unreadable.json (no manifest.json), replaced their files, exit 0; a user's manifest.json was
+    called "another extraction, made with other settings" with ~16 `None -> value` lines."""
+    videos = [("a", str(mp4))]
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    for out in (run, run / "checkpoints", run / "features"):
+        with pytest.raises(UserError, match=f"^{out}"):
+            extract_to_shards(tiny_encoder(), videos, out, spec(), encoder_digest="d")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.csv").write_text("mine\n")
+    (mine / "unreadable.json").write_text("[1]")
+    with pytest.raises(ExtractError, match=f"^{mine}.*not empty.*manifest.json") as e:
+        extract_to_shards(tiny_encoder(), videos, mine, spec(), encoder_digest="d")
+    assert "\n" not in str(e.value)
+    assert (mine / "index.csv").read_text() == "mine\n" and (mine / "unreadable.json").read_text() == "[1]"
+    assert sorted(p.name for p in mine.iterdir()) == ["index.csv", "unreadable.json"]
+    (mine / "manifest.json").write_text('{"name": "my project", "files": [1, 2]}')
+    with pytest.raises(ExtractError, match="not an extraction's manifest") as e:
+        extract_to_shards(tiny_encoder(), videos, mine, spec(), encoder_digest="d")
+    assert str(mine / "manifest.json") in str(e.value) and "None ->" not in str(e.value)
+    assert (mine / "manifest.json").read_text() == '{"name": "my project", "files": [1, 2]}'
+    (tmp_path / "empty").mkdir()
+    assert extract_to_shards(tiny_encoder(), videos, tmp_path / "empty", spec(), encoder_digest="d").written == [0]

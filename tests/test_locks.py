@@ -314,3 +314,58 @@ def test_a_lock_in_a_read_only_folder_is_one_line_naming_it(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ro) in err[0] and "lock file" in err[0], err
     assert list(ro.iterdir()) == []
+
+
+def _run_folder(tmp_path):
+    """A pretrain run's folder: config.yaml, checkpoints/ with a step checkpoint."""
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints" / "step_10").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (run / "checkpoints" / "step_10" / "state.pt").write_bytes(b"x")
+    (run / "checkpoints" / "step_10" / "model.safetensors").write_bytes(b"x")
+    return run
+
+
+def test_refuse_in_checkpoints_names_the_path_and_allows_the_run_folder(tmp_path):
+    from tgmae.locks import RunFolderError, refuse_in_checkpoints
+
+    run = _run_folder(tmp_path)
+    for p in (run / "checkpoints", run / "checkpoints" / "new", run / "checkpoints" / "step_10" / "a.json"):
+        with pytest.raises(RunFolderError, match=rf"^{p} \(--out\): .*checkpoints"):
+            refuse_in_checkpoints(p, "--out")
+    for p in (run, run / "eval", tmp_path / "other"):
+        refuse_in_checkpoints(p, "--out")
+
+
+@pytest.mark.parametrize("command", ["masks", "masks-merge", "caption", "embed-captions", "evaluate", "retrieve"])
+def test_each_writer_refuses_a_run_or_its_checkpoints_naming_it(tmp_path, capsys, command):
+    """issue 28: `masks --out runs/pt/checkpoints` (and caption, embed-captions, evaluate and retrieve
+    outputs in a run's checkpoints/) wrote there, exit 0; now one line naming the folder, exit 2,
+    before any work. masks refuses the run folder itself too; evaluate / retrieve may write beside a run."""
+    from tgmae.cli import main
+
+    run = _run_folder(tmp_path)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    (tmp_path / "a.csv").write_text("path,label\nv.mp4,0\n")
+    ckpt = run / "checkpoints"
+    outs = {"masks": [run, ckpt], "masks-merge": [run, ckpt], "caption": [ckpt / "c.jsonl"],
+            "embed-captions": [ckpt / "c.safetensors", ckpt / "step_10" / "c.safetensors"],
+            "evaluate": [ckpt, ckpt / "step_10"], "retrieve": [ckpt, ckpt / "step_10"]}[command]
+    for out in outs:
+        argv = {
+            "masks": ["masks", "--format", "csv", "--root", str(tmp_path), "a.csv", "--captions", "c.jsonl",
+                      "--clip", "clip", "--out", str(out)],
+            "masks-merge": ["masks", "a.csv", "--captions", "c.jsonl", "--clip", "clip", "--merge-only",
+                            "--out", str(out)],
+            "caption": ["caption", "--format", "csv", "--root", str(tmp_path), "a.csv", "--oracle", "--out", str(out)],
+            "embed-captions": ["embed-captions", "--captions", "c.jsonl", "--clip", "clip", "--out", str(out)],
+            "evaluate": ["evaluate", f"train.output_dir={out}", "model.pretrained=x.safetensors"],
+            "retrieve": ["retrieve", f"train.output_dir={out}", "model.pretrained=x.safetensors"],
+        }[command]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out} (" in err[0] and "run" in err[0], err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    if command in ("evaluate", "retrieve"):  # the run folder itself: no refusal of it (the classifier is missing)
+        assert main([command, f"train.output_dir={run}", "model.pretrained=x.safetensors"]) == 2
+        assert "checkpoints" not in capsys.readouterr().err

@@ -141,3 +141,33 @@ def test_report_names_a_missing_figure(tmp_path, caplog):
         report = report_runs([tmp_path / "study"], tmp_path / "rep").read_text()
     for name in ("reconstruction.png", "metrics.jsonl"):  # the report's paths are relative to it, as its links
         assert f"- ../study/runs/tube__mae__s0/pretrain/{name}" in report and str(run / "pretrain" / name) in caplog.text
+
+
+def test_report_into_a_run_or_over_a_users_results_json_is_refused_naming_it(tmp_path):
+    """issue 28: `tgmae report STUDY --out runs/pt` wrote report.md / results.json into the run,
+    exit 0; a user's results.json was called "a report of other runs (1, e.g. None)"."""
+    import json
+
+    from tgmae.config import ConfigError
+    from tgmae.errors import UserError
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    _study_run(study)
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    for out in (run, run / "checkpoints", run / "report"):
+        with pytest.raises(UserError, match=f"^{out}"):
+            report_runs([study], out)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for text in ('{"accuracy": 0.9}', '[{"accuracy": 0.9}]', "not json"):
+        (mine / "results.json").write_text(text)
+        with pytest.raises(ConfigError, match="not a study report's") as e:
+            report_runs([study], mine)
+        assert str(mine / "results.json") in str(e.value) and "None" not in str(e.value)
+        assert (mine / "results.json").read_text() == text
+    report_runs([study], mine, overwrite=True)
+    assert json.loads((mine / "results.json").read_text())[0]["masking"] == "tube"

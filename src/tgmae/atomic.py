@@ -120,6 +120,11 @@ _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
+def is_temp(name: str) -> bool:
+    """Whether a file or folder name is one of `temp_path`'s (a writer's, live or ended)."""
+    return _TEMP.match(name) is not None
+
+
 def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temp name next to `path`: `.{name}.{host}-{pid}-{random}.tmp`."""
     path = Path(path)

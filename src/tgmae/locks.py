@@ -9,7 +9,8 @@ under the record of an ended process (its orphans) is waited for up to ORPHAN_WA
 saying so.
 
 A run folder (or one of its step checkpoints) is recognised by its files (`holds_run`); writers
-that are not the run refuse an output that is one or lies inside one (`refuse_inside_run`).
+that are not the run refuse an output that is one or lies inside one (`refuse_inside_run`); those
+whose results belong beside a run refuse only its checkpoints (`refuse_in_checkpoints`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def refuse_inside_run(path: str | os.PathLike, what: str) -> None:
         where = "is the run" if run == Path(path).resolve() else f"inside the run {run}"
         raise RunFolderError(f"{path} ({what}): {where}, whose files it would replace or mix with; "
                              f"give {what} a path outside any run")
+
+
+def refuse_in_checkpoints(path: str | os.PathLike, what: str) -> None:
+    """RunFolderError naming `path` when it is or lies inside a run's checkpoints/ folder or one of
+    its step checkpoints: the run's resume and `checkpoints/latest` read those folders, so nothing
+    else is written there. (Writers whose results belong beside a run, such as evaluate's
+    test_results.json in its run folder, may write into the run folder itself.)"""
+    p = Path(path).resolve()
+    run = run_around(p)
+    if run is None:
+        return
+    step = (run / "state.pt").is_file() and (run / "model.safetensors").is_file()
+    if step or p == run / "checkpoints" or run / "checkpoints" in p.parents:
+        where = "is" if p in (run, run / "checkpoints") else "lies inside"
+        folder = run if step else run / "checkpoints"
+        raise RunFolderError(f"{path} ({what}): {where} {folder}, a run's checkpoints, which its resume reads; "
+                             f"give {what} a path outside checkpoints/ (the run folder itself is fine)")
 
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process

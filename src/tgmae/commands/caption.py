@@ -15,7 +15,7 @@ from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
 from tgmae.captions.store import CaptionRecord
 from tgmae.config import DATASET_FORMATS
-from tgmae.locks import check_kind, hold
+from tgmae.locks import check_kind, hold, refuse_in_checkpoints
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -158,6 +158,7 @@ def _run_text_source(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
+    refuse_in_checkpoints(args.out, "--out")  # a run's resume reads its checkpoints/
     if args.model:
         return _run_captioner(args)
     with hold(args.out, "--out", folder=False):

@@ -14,7 +14,7 @@ from typing import Sequence
 from tgmae.config import DATASET_FORMATS
 from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.data import check, prepare
-from tgmae.data.check import found_problems, run_check
+from tgmae.data.check import check_report_out, found_problems, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
 from tgmae.errors import nothing_done
 
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split number")
     p.add_argument("--subset", default="train", help="train | val | test (split-file formats)")
     p.add_argument("--min-frames", type=int, default=16, help="shorter clips are reported (data.num_frames)")
-    p.add_argument("--out", default="", help="write the JSON report here")
+    p.add_argument("--out", default="", help="write the JSON report here (a new file or an earlier report)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not an earlier report")
     p.add_argument("--workers", type=int, default=1, help="processes checking videos in parallel")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-bad", action="store_true",
@@ -100,6 +101,7 @@ def main(argv: Sequence[str]) -> int:
         return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
     if args.out:  # before checking every video, not after
+        check_report_out(args.out, args.root, args.annotations, args.overwrite)
         check_writable(args.out)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)

@@ -11,7 +11,7 @@ from tgmae.captions import embed
 from tgmae.captions.embed import default_cache_path, embed_texts
 from tgmae.captions.store import read_store
 from tgmae.distributed import resolve_device
-from tgmae.locks import check_kind
+from tgmae.locks import check_kind, refuse_in_checkpoints
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -31,6 +31,7 @@ def main(argv: Sequence[str]) -> int:
     device = resolve_device(args.device, key="--device")  # ConfigError (exit 2) for a device this machine lacks
     out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
     check_kind(out, "--out" if args.out else "the default cache file", folder=False)  # a folder: refused, not "delete it"
+    refuse_in_checkpoints(out, "--out" if args.out else "the default cache file")  # a run's resume reads them
     records = read_store(args.captions).records
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,

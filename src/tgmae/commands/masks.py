@@ -14,7 +14,7 @@ from typing import Sequence
 from tgmae.clip.features import MODES
 from tgmae.masking.cache import clear_cache, merge_parts
 from tgmae.masking.precompute import PrecomputeOptions, precompute
-from tgmae.locks import check_kind, hold, shard_target
+from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -48,6 +48,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
+    check_kind(args.out, "--out", folder=True)
+    refuse_inside_run(args.out, "--out")  # before CLIP is loaded (`precompute` refuses it too)
     if args.merge_only:
         with hold(args.out, "--out", folder=True):
             index = merge_parts(args.out)
@@ -64,7 +66,6 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.captions.shard import shard_from_env
 
     shard = shard_from_env()
-    check_kind(args.out, "--out", folder=True)
     with hold(shard_target(args.out, shard.rank, shard.world_size), "--out"):  # one writer per cache (rank)
         return _precompute(args, shard)
 

@@ -6,11 +6,13 @@ its range are read; clips shorter than `--min-frames`, labels outside the class 
 rows (file:line) and empty lists are reported. Every list a run would read is checked (a
 split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
 status: 0 clean; 1 anything found (`--allow-bad`: 0); 2 unreadable annotations, an unwritable
-`--out` (checked first) or wrong arguments.
+`--out` (checked first), an `--out` that is not a previous report (`check_report_out`) or wrong
+arguments.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 from collections import Counter
@@ -23,6 +25,8 @@ from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
 from tgmae.data.video import VideoError, VideoReader
+from tgmae.errors import UserError
+from tgmae.locks import refuse_inside_run
 
 
 KINDS = (*VIDEO_KINDS, "too_short", "bad_label")
@@ -37,6 +41,40 @@ class ItemResult:
     reason: str = ""
     num_frames: int = 0
     subset: str = ""  # the list's subset (run_check)
+
+
+class ReportFileError(FileExistsError, UserError):
+    """The report's file (`--out`) is the list being checked, or an existing file that is not an
+    earlier report of `tgmae data check` (without overwrite)."""
+
+
+# keys every `run_check` report holds: a file with them is an earlier report, replaced on a rerun
+REPORT_KEYS = ("format", "root", "annotations", "lists", "counts", "items", "rows")
+
+
+def is_check_report(path: str | Path) -> bool:
+    """Whether `path` holds a report of `tgmae data check` (a JSON object with its REPORT_KEYS)."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
+
+
+def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bool = False) -> None:
+    """Refuse, before any video is checked, a report file `out` that would replace what is not an
+    earlier report: RunFolderError when it lies inside a run (`locks.refuse_inside_run`) and
+    ReportFileError when it is the annotation list being checked, --overwrite or not, or another
+    existing file without `overwrite`; each names `out`."""
+    refuse_inside_run(out, "--out")  # a run's config.yaml, metrics, checkpoints
+    target = Path(out).resolve()
+    ann = Path(annotations) if Path(annotations).exists() else Path(root) / annotations
+    if target == ann.resolve():
+        raise ReportFileError(f"{out} (--out): is the annotation list being checked, which the report would "
+                              "replace; give the report another file")
+    if target.is_file() and not overwrite and not is_check_report(target):
+        raise ReportFileError(f"{out} (--out): exists and is not a report of tgmae data check; give the report "
+                              "a new file, or --overwrite to replace it")
 
 
 def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_frames: int) -> ItemResult:

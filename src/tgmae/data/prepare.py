@@ -10,7 +10,8 @@ classes.txt, not the folder's other files) has its videos prepared too, so no pa
 Resume: atomic outputs, an existing one is skipped unless its source changed since
 (`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
 replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
-are refused by name; `out` is locked (`tgmae.locks`). Two rows that
+are refused by name; a non-empty `out` without it (a user's folder) or one inside a run is refused;
+`out` is locked (`tgmae.locks`). Two rows that
 would get one output name are refused before anything is converted; the output is checked with
 `tgmae data check` at the end.
 """
@@ -36,7 +37,7 @@ from tgmae.data.check import parallel_map, run_check
 from tgmae.data.fileid import video_identity
 from tgmae.data.formats import load_annotations
 from tgmae.errors import SettingsError, UserError
-from tgmae.locks import hold
+from tgmae.locks import hold, refuse_inside_run
 
 log = logging.getLogger("tgmae")
 
@@ -187,10 +188,14 @@ def _changed_sources(out: Path, man: dict, jobs: Sequence[tuple[str, str, Prepar
 
 
 def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
-    """The output's manifest (a new one for a new folder); PrepareError when it was made with
-    other settings, naming them."""
+    """The output's manifest (a new one for a new or empty folder); PrepareError when it was made
+    with other settings, naming them, or when `out` holds files but no manifest (not an output of
+    this tool: its train.csv, classes.txt, ... would be replaced)."""
     f = out / MANIFEST
     if not f.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise PrepareError(f"{out} (--out): not empty and holds no {MANIFEST}, so it is not a prepared data set; "
+                               "preparing into it would replace its files; give --out a new or empty folder")
         return {"settings": asdict(settings), "renamed": {}}
     try:
         man = json.loads(f.read_text())
@@ -350,8 +355,10 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     counts per status, failures (path, reason), the new annotations path and the data-check
     report of the output. When every video failed, nothing is made: `annotations` and `check` are
     None, and the manifest and folders this run created are removed. Raises PrepareError /
-    AnnotationError as described above."""
+    AnnotationError as described above, RunFolderError for an `out` that is a run or lies inside
+    one (`locks.refuse_inside_run`)."""
     root_p, out_p = Path(root), Path(out)
+    refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
     if out_p.resolve() == root_p.resolve():
         raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)

@@ -17,7 +17,8 @@ by name, `manifest_differences`), `shard-SSSSS-of-TTTTT.safetensors` (`features`
 [R, N, D] and per row `video`, `window`, `start_frame`, `end_frame`, `start_sec`, `end_sec`;
 metadata: unreadable videos, `videos_fingerprint` of its files), and from `write_index`
 `index.csv` + `unreadable.json`. Atomic writes; a rerun skips finished shards of unchanged files.
-Shards are dealt round-robin to ranks.
+Shards are dealt round-robin to ranks. `out_dir` inside a run, a non-empty folder without a
+manifest.json or with one that is not an extraction's is refused (`check_output_folder`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from tgmae.atomic import atomic_path, atomic_write_text, is_temp, remove_stale_temps
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
-from tgmae.locks import check_kind, hold, shard_target
+from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.train.precision import autocast
 from tgmae.data.dataset import subset_annotations
 from tgmae.data.fileid import videos_fingerprint
@@ -54,7 +55,7 @@ INDEX_KEYS = ("video", "window", "start_frame", "end_frame", "start_sec", "end_s
 
 
 class ExtractError(ValueError, UserError):
-    """An output folder that holds another extraction, or shards that are missing."""
+    """An output folder that holds another extraction or other files, or shards that are missing."""
 
 
 @dataclass(frozen=True)
@@ -210,12 +211,43 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Option
     return out
 
 
+MANIFEST_KEYS = ("version", "spec", "encoder", "video_ids", "num_shards")  # what `manifest` writes
+
+
+def check_output_folder(out_dir: str | os.PathLike, what: str = "output folder") -> None:
+    """Refuse an output folder whose files are not an extraction's, each naming it: LockError for a
+    file at `out_dir` (`locks.check_kind`), RunFolderError for a run folder or a folder inside one
+    (`locks.refuse_inside_run`), ExtractError for a non-empty folder without manifest.json (a user's
+    index.csv, unreadable.json would be replaced; writers' temp files aside)."""
+    check_kind(out_dir, what, folder=True)
+    refuse_inside_run(out_dir, what)
+    out = Path(out_dir)
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(not is_temp(p.name) for p in out.iterdir()):
+        raise ExtractError(f"{out} ({what}): not empty and holds no manifest.json, so it is not an extraction; "
+                           f"its files (index.csv, unreadable.json, ...) would be replaced; choose another {what}")
+
+
+def _read_manifest(path: Path, what: str) -> dict[str, Any]:
+    """The extraction manifest at `path`; ExtractError naming it when it is not one (unreadable
+    JSON, or without `MANIFEST_KEYS`: a user's own manifest.json)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or any(k not in old for k in MANIFEST_KEYS):
+        raise ExtractError(f"{path}: not an extraction's manifest (no {', '.join(MANIFEST_KEYS)}), so its folder "
+                           f"is not an extraction; choose another {what} or remove that file")
+    return old
+
+
 def _claim_folder(out_dir: Path, m: dict[str, Any], names: Optional[Mapping[str, str]] = None,
                   what: str = "output folder") -> None:
-    """Write the manifest, or ExtractError naming each setting the folder's own differs in."""
+    """Write the manifest, or ExtractError naming each setting the folder's own differs in (or
+    the folder's other files, `check_output_folder`; a manifest that is not one, `_read_manifest`)."""
     path = out_dir / "manifest.json"
+    check_output_folder(out_dir, what)
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = _read_manifest(path, what)
         diffs = manifest_differences(old, m, names)
         if diffs:
             raise ExtractError(f"{out_dir} holds another extraction, made with other settings (that one -> this "
@@ -279,7 +311,7 @@ def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out
     finished ones skipped; an unreadable or too short video (`VideoError`) is listed, not extracted.
     LockError for a second process on the same rank, or a second job (rank 0 holds the folder; `what`
     names the setting); ExtractError for a folder of other settings (named as `names` gives them)."""
-    check_kind(out_dir, what, folder=True)
+    check_output_folder(out_dir, what)
     with hold(out_dir, what, enabled=rank == 0), hold(shard_target(out_dir, rank, world), what):
         return _extract(encoder, videos, Path(out_dir), spec, encoder_digest, rank, world, device, progress,
                         what, names)
@@ -502,7 +534,9 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
     dist = init_distributed(cfg.train.device)
-    check_kind(out_dir, "--out", folder=True)
+    check_output_folder(out_dir, "--out")  # before the encoder is loaded
+    if (Path(out_dir) / "manifest.json").is_file():
+        _read_manifest(Path(out_dir) / "manifest.json", "--out")
     made_folder = not Path(out_dir).exists()
     with job_lock(out_dir, "--out", dist.rank, dist.world_size), \
             hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder

@@ -175,7 +175,8 @@ def video_ids(dataset: Dataset, index: torch.Tensor) -> list[str]:
 def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 
-    Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json`.
+    Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
+    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
     """
     from tgmae.data.dataset import build_dataset
     from tgmae.distributed import init_distributed, rank_world
@@ -186,7 +187,9 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable
+        from tgmae.locks import refuse_in_checkpoints
 
+        refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
         if not cfg.model.pretrained:

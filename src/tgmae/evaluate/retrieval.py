@@ -259,7 +259,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     """Retrieval on `data.val_annotations` (or `dataset`) with `cfg.model.pretrained` (or `model`).
 
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
-    takes part; rank 0 writes `<train.output_dir>/retrieval_results.json`.
+    takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
+    train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
@@ -269,8 +270,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     settings = retrieval_settings(cfg, mode)
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
         from tgmae.atomic import check_writable
+        from tgmae.locks import refuse_in_checkpoints
         from tgmae.weights.checkpoint import IGNORE_CONFIG
 
+        refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / RESULTS)
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     if model is None:

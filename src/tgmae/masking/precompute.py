@@ -5,7 +5,8 @@ model's patch grid (x --map-scale in dense mode), one cosine map per caption of 
 (layout: `tgmae.masking.cache`). Videos already in a part file with the same captions and the
 same video file (`tgmae.data.fileid.video_identity`) are skipped (resume; a video replaced in
 place is redone); rank r of W takes videos r, r+W, ... into its own part file. `precompute`
-holds the cache's lock (per rank), so a second writer is refused naming the first.
+holds the cache's lock (per rank), so a second writer is refused naming the first; a cache inside a
+run folder is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from tgmae.locks import check_kind, hold, shard_target
+from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
@@ -95,8 +96,11 @@ def precompute(
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
-    Returns counts {"done", "skipped", "resumed"} for this rank."""
+    Returns counts {"done", "skipped", "resumed"} for this rank. RunFolderError when `out` is a
+    run folder or lies inside one (`locks.refuse_inside_run`: its maps and parts would mix with the
+    run's checkpoints)."""
     check_kind(out, CACHE_SETTING, folder=True)
+    refuse_inside_run(out, CACHE_SETTING)
     with hold(shard_target(out, rank, world), CACHE_SETTING):
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress)
 

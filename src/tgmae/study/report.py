@@ -22,6 +22,7 @@ from tgmae.atomic import atomic_write_text
 
 from tgmae.config import ConfigError
 from tgmae.evaluate.chance import accuracy_band
+from tgmae.locks import refuse_inside_run
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
 
 log = logging.getLogger("tgmae")
@@ -626,7 +627,8 @@ def _same_run(a: dict, b: dict) -> bool:
 
 def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
     """ConfigError when `out` holds a report (results.json) of runs that are not among `records`
-    (`_same_run`): another study's report is not replaced without --overwrite. The same runs (also
+    (`_same_run`), or a results.json that is not a report's: another study's report is not
+    replaced without --overwrite. The same runs (also
     moved since), or more of them (cells finished since), are rewritten."""
     saved = out / "results.json"
     if not saved.is_file():
@@ -635,8 +637,9 @@ def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
         old = json.loads(saved.read_text())
     except ValueError:
         old = None
-    if not (isinstance(old, list) and all(isinstance(r, dict) for r in old)):
-        old = [{"run_dir": None}]  # not a report's results.json: not ours to replace
+    if not (isinstance(old, list) and all(isinstance(r, dict) and "run_dir" in r for r in old)):
+        raise ConfigError(f"{saved}: not a study report's results.json (a list of study records), so it is not "
+                          "replaced; give --out another folder, or --overwrite to replace it")
     other = sorted(str(r.get("run_dir")) for r in old if not any(_same_run(r, n) for n in records))
     if other:
         raise ConfigError(f"{saved} holds a report of other runs ({len(other)}, e.g. {other[0]}): it is not "
@@ -647,7 +650,10 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check found in them); prints the table; returns report.md's path.
     FileNotFoundError for a folder without records, ConfigError for runs probed differently or an
-    `out` holding a report of other runs (`refuse_other_report`) unless `overwrite`."""
+    `out` holding a report of other runs or another results.json (`refuse_other_report`) unless
+    `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
+    (`locks.refuse_inside_run`)."""
+    refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
     check_one_probe(records)
     if not overwrite:
