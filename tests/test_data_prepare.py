@@ -274,6 +274,24 @@ def test_csv_siblings_are_converted_and_rewritten(tmp_path):
     assert (out / "classes.txt").read_text() == "walk\nrun\n"
 
 
+def test_a_subset_list_carries_no_split_siblings(tmp_path, capsys):
+    """Issue 28: `prepare part.csv` also prepared the train.csv / val.csv beside it (videos and
+    lists), while its closing check counted part.csv alone. A list not named for a split carries
+    only itself and classes.txt, and the closing line names the list it checked."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["A/clip1.avi", "B/clip2.avi"])
+    (root / "part.csv").write_text("path,label\nB/clip2.avi,run\n")
+    (root / "train.csv").write_text("path,label\nA/clip1.avi,walk\nB/clip2.avi,run\n")
+    (root / "val.csv").write_text("path,label\nA/clip1.avi,walk\n")
+    (root / "classes.txt").write_text("walk\nrun\n")
+    assert cli_main(["data", "prepare", "--format", "csv", "--root", str(root), str(root / "part.csv"),
+                     "--out", str(out), "--min-frames", "8", "--short-side", "40", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".txt")) == ["classes.txt", "part.csv"]
+    assert not (out / "A").exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("1 videos") and f"data check of {out / 'part.csv'}: 1 videos" in lines[-1], lines
+
+
 def test_ucf101_prepares_every_subset(tmp_path):
     root, out = tmp_path / "ucf", tmp_path / "out"
     _clips(root, ["Jump/v_Jump_g01_c01.avi", "Run/v_Run_g01_c01.avi", "Run/v_Run_g02_c01.avi"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -50,3 +51,51 @@ def test_a_reachable_endpoint_is_seen_as_such(monkeypatch):
         server.listen(1)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
         assert hub_reachable()
+
+
+def _tiny_clip(path):
+    """A randomly initialized tiny CLIPModel saved to `path` (weights and config only)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(text_config=dict(vocab_size=64, max_position_embeddings=16, **small),
+                        vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=8)
+    model = CLIPModel(config)
+    model.save_pretrained(path)
+    return model
+
+
+def test_the_weights_fingerprint_covers_the_text_tower_not_only_the_projections(tmp_path):
+    """Issue 28: a CLIP whose text tower was retrained into the same folder (projections unchanged)
+    kept the fingerprint, so embedding and similarity caches of the old weights were reused."""
+    import torch
+
+    from tgmae.hub import weights_fingerprint
+
+    model = _tiny_clip(tmp_path / "clip")
+    before = weights_fingerprint(str(tmp_path / "clip"))
+    with torch.no_grad():
+        model.text_model.final_layer_norm.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "clip")
+    after = weights_fingerprint(str(tmp_path / "clip"))
+    assert before and after and before != after
+
+
+def test_the_weights_fingerprint_is_cached_by_file_identity(tmp_path, monkeypatch):
+    """Hashing a 1.7 GB CLIP on every run costs seconds: a file seen with the same path, size,
+    mtime and inode is not read again, in this process or the next (the user cache), and a file
+    rewritten in place is."""
+    import tgmae.hub as hub
+
+    _tiny_clip(tmp_path / "clip")
+    first = hub.weights_fingerprint(str(tmp_path / "clip"))
+    hub._file_digests.clear()  # as a new process: only the disk cache is left
+    read: list = []
+    monkeypatch.setattr(hub, "_hash_file", lambda p: read.append(p) or "x")
+    assert hub.weights_fingerprint(str(tmp_path / "clip")) == first and not read
+    _tiny_clip(tmp_path / "clip")  # written again (the same bytes here): a new mtime
+    f = tmp_path / "clip" / "model.safetensors"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert hub.weights_fingerprint(str(tmp_path / "clip")) != first and read

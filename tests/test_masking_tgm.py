@@ -602,6 +602,29 @@ def test_a_rerun_redoes_damaged_map_files(synth, tiny_clip, tmp_path, caplog, da
     assert any("synth_00002" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("damage", ["copied from another video", "not finite"])
+def test_a_rerun_redoes_map_files_of_other_captions_or_not_finite(synth, tiny_clip, tmp_path, caplog, damage):
+    """Issue 28: a rerun kept a map file copied from another video (loadable, same shapes) and one
+    whose sim is all NaN as done. A map file must hold this video's captions and finite maps."""
+    import shutil
+
+    out = tmp_path / "cache"
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    good = SimilarityCache(out).entry("synth_00002").sim
+    path = out / "maps" / "synth_00002.npz"
+    if damage == "not finite":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["sim"] = np.full_like(arrays["sim"], np.nan)
+        np.savez(open(path, "wb"), **arrays)
+    else:
+        shutil.copyfile(out / "maps" / "synth_00000.npz", path)
+    with caplog.at_level("INFO"):
+        assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "4") == 0
+    assert torch.allclose(SimilarityCache(out).entry("synth_00002").sim, good)
+    assert any("synth_00002" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+
+
 def test_masks_where_every_video_fails_is_exit_2(synth, tiny_clip, tmp_path, capsys):
     """Issue #28 (E): `tgmae masks` exited 0 when every video was unreadable; now exit 2, one line
     naming how many failed and where their reasons are (index.json's `skipped`)."""

@@ -751,6 +751,25 @@ def test_a_users_config_yaml_without_comments_is_never_replaced(tmp_path, capsys
     assert Trainer(ToyTask(resumed), resumed).fit().position.epoch == 3
 
 
+@pytest.mark.parametrize("beside", ["metrics.jsonl", "probe_results.json"])
+def test_a_users_config_yaml_beside_a_lone_run_file_is_never_replaced(tmp_path, beside):
+    """Issue 28: a user's unmarked config.yaml beside a metrics.jsonl (or another single file a run
+    writes) passed for a run folder from before the marker and was replaced. That legacy rule now
+    needs the run's checkpoints/ folder: with it the old run still resumes (see above)."""
+    from tgmae.train.resume import check_config_file
+
+    (tmp_path / "run").mkdir()
+    mine = "train:\n  epochs: 2\n"
+    (tmp_path / "run" / "config.yaml").write_text(mine)
+    (tmp_path / "run" / beside).write_text("{}\n")
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match=r"run/config\.yaml"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert (tmp_path / "run" / "config.yaml").read_text() == mine
+    (tmp_path / "run" / "checkpoints").mkdir()  # the run's checkpoint folder: a run from before the marker
+    check_config_file(tmp_path / "run")
+
+
 class _NanGradTask(ToyTask):
     """A finite loss whose gradient is NaN at call `nan_at_step` (sqrt's slope at 0 times 0): the
     update makes the weights NaN before any loss is."""

@@ -712,7 +712,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def is_saved_config(path: str | Path) -> bool:
     """Whether `path` holds what `save_config` writes (a run's config.yaml, by its first line
     `SAVED_CONFIG_MARK`), not a file of the user's; False when it is missing or unreadable. A run
-    folder written before the mark is recognised by its run files (`locks.holds_run`), never here."""
+    folder written before the mark is recognised by its checkpoints/ folder
+    (`train.resume.check_config_file`), never here."""
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline()

@@ -119,9 +119,10 @@ def quiet_transformers() -> Callable[[], None]:
     return lambda: hf_logging.set_verbosity(level)
 
 
-# The tensors that identify a CLIP's weights (`ClipBundle.fingerprint` hashes the same ones).
-PROJECTION_KEYS = ("visual_projection.weight", "text_projection.weight")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+FINGERPRINT_CACHE = "weights_fingerprints"  # folder in the user cache: one small file per weight file seen
+_file_digests: dict[tuple, str] = {}  # file key -> sha256 of its bytes, this process
 
 
 def projection_fingerprint(tensors: Sequence[Any]) -> str:
@@ -134,47 +135,96 @@ def projection_fingerprint(tensors: Sequence[Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def _local_weight_files(root: Path) -> list[Path]:
+    """Every weight file transformers may load from a saved folder: single files and shards."""
+    found = {root / f for f in _WEIGHT_FILES if (root / f).is_file()}
+    found |= {*root.glob("model-*-of-*.safetensors"), *root.glob("pytorch_model-*-of-*.bin")}
+    return sorted(found)
+
+
 def _weight_files(name_or_path: str) -> list[Path]:
     if looks_like_path(name_or_path):
-        root = Path(name_or_path).expanduser()
-        found = [root / f for f in _WEIGHT_FILES if (root / f).is_file()]
-        return found[:1] or sorted(root.glob("model-*.safetensors"))
+        return _local_weight_files(Path(name_or_path).expanduser())
+    import json
+
     from transformers.utils import cached_file
 
-    for name in _WEIGHT_FILES:
+    def cached(name: str) -> Optional[str]:
         try:
-            path = cached_file(name_or_path, name, local_files_only=True,
+            return cached_file(name_or_path, name, local_files_only=True,
                                _raise_exceptions_for_missing_entries=False)
         except OSError:
-            path = None
-        if path:
+            return None
+
+    for name in _WEIGHT_FILES:
+        if path := cached(name):
             return [Path(path)]
+    for index in _SHARD_INDEXES:  # a sharded hub model: the shards its index names
+        if path := cached(index):
+            shards = sorted(set(json.loads(Path(path).read_text()).get("weight_map", {}).values()))
+            files = [cached(s) for s in shards]
+            return [Path(f) for f in files] if files and all(files) else []
     return []
 
 
+def _hash_file(path: Path) -> str:
+    """sha256 hex of a file's bytes, read in 4 MiB blocks (~0.5 s per 500 MB here)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """`_hash_file`, remembered (this process and the user cache) by the file's real path, size,
+    mtime, inode and ctime: a file rewritten or replaced changes one of them and is read again."""
+    import hashlib
+    import json
+
+    from tgmae.atomic import atomic_write_text
+    from tgmae.user_cache import cache_root
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key in _file_digests:
+        return _file_digests[key]
+    root = cache_root()
+    entry = None
+    if root is not None:
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        entry = root / FINGERPRINT_CACHE / name[:2] / name
+        try:
+            saved = json.loads(entry.read_text())
+            if saved.get("key") == list(key):
+                _file_digests[key] = saved["sha256"]
+                return saved["sha256"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # no entry or a torn/foreign one: hash the file
+    digest = _file_digests[key] = _hash_file(Path(real))
+    if entry is not None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(entry, json.dumps({"key": list(key), "sha256": digest}) + "\n")
+        except OSError:
+            pass  # an unwritable cache costs a rehash next time, never the run
+    return digest
+
+
 def weights_fingerprint(name_or_path: str) -> Optional[str]:
-    """Fingerprint of a model's stored weights (None when no weight file is local): CLIP-like
-    models `projection_fingerprint` of PROJECTION_KEYS (= `ClipBundle.fingerprint`), others
-    sha256 of the files. Caches of model outputs are keyed by it."""
+    """16 hex digits of sha256 over every weight file of a saved model (name and sha256 of its bytes,
+    in name order; None when no weight file is local). Any tensor saved anew into the same folder
+    (a retrained text tower too) changes it; caches of model outputs are keyed by it. Each file's
+    hash is remembered by its identity (`_file_digest`), so only new or rewritten files are read."""
     import hashlib
 
     files = _weight_files(name_or_path)
     if not files:
         return None
-    if all(f.suffix == ".safetensors" for f in files):
-        from safetensors import safe_open
-
-        found: dict[str, Any] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt") as st:
-                for key in PROJECTION_KEYS:
-                    if key in st.keys():
-                        found[key] = st.get_tensor(key)
-        if found:
-            return projection_fingerprint([found[k] for k in PROJECTION_KEYS if k in found])
     h = hashlib.sha256()
     for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
+        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
     return h.hexdigest()[:16]

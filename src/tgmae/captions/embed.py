@@ -69,7 +69,8 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, name_or_path: str, setting: str = "") -> "ModelIdentity":
-        """Reads the config and the weights' fingerprint (a few tensors; no model is built).
+        """Reads the config and the weights' fingerprint (its files hashed once, then remembered by
+        `tgmae.hub`; no model is built).
         setting: the key or flag that named the model, named in ModelUnavailableError."""
         from transformers import AutoConfig
 

@@ -47,10 +47,12 @@ class ClipBundle:
         return int(self.model.config.projection_dim)
 
     def fingerprint(self) -> str:
-        """Short hash of the projection weights (= `tgmae.hub.weights_fingerprint` of their files)."""
-        from tgmae.hub import projection_fingerprint
+        """`tgmae.hub.weights_fingerprint` of the files it was loaded from (every weight, the text
+        tower too); the projections' hash only when those files are not local."""
+        from tgmae.hub import projection_fingerprint, weights_fingerprint
 
-        return projection_fingerprint([self.model.visual_projection.weight, self.model.text_projection.weight])
+        return weights_fingerprint(self.name) or projection_fingerprint(
+            [self.model.visual_projection.weight, self.model.text_projection.weight])
 
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: str = "") -> ClipBundle:

@@ -72,7 +72,8 @@ def prepare_main(argv: Sequence[str]) -> int:
     for item in report["failed"][:10]:
         print(f"  {item['path']}: {item['reason']}")
     if ch is not None:  # None: nothing was prepared, nothing to check
-        print(f"data check of {report['out']}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
+        checked = ", ".join(x["annotations"] for x in ch["lists"])  # the list given, not every list carried
+        print(f"data check of {checked}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
         for item in ch["items"][:10]:
             print(f"  {item['path']}: {item['reason']}")
     if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before

@@ -215,18 +215,20 @@ def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-# The files a generic `csv` list names beside itself: its class list and its split siblings
-# (with its own suffix); any other file of its folder (notes, scores, metadata) is not annotations.
+# The files a generic `csv` list names beside itself: its class list and, when it is itself a
+# split list (train.csv), its split siblings (with its own suffix); a list of another name (a
+# subset, part.csv) carries no splits, and no other file of its folder is annotations.
 GENERIC_SPLITS = ("train", "val", "validate", "test")
 
 
 def _annotation_files(fmt: str, ann: Path) -> list[Path]:
     """The annotation file and its text siblings (class lists, label maps, other splits), or
-    every text file of an annotation folder; for a `csv` list file only itself, classes.txt and
-    its GENERIC_SPLITS siblings."""
+    every text file of an annotation folder; for a `csv` list file only itself, classes.txt and,
+    when its stem is one of GENERIC_SPLITS, its GENERIC_SPLITS siblings."""
     folder = ann if ann.is_dir() else ann.parent
     if fmt == "csv" and ann.is_file():
-        names = {ann.name, "classes.txt", *(s + ann.suffix for s in GENERIC_SPLITS)}
+        splits = GENERIC_SPLITS if ann.stem in GENERIC_SPLITS else ()
+        names = {ann.name, "classes.txt", *(s + ann.suffix for s in splits)}
         return sorted(p for p in folder.iterdir() if p.is_file() and p.name in names)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS
                   and p.name != MANIFEST)

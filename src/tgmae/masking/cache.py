@@ -21,7 +21,7 @@ import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -178,19 +178,24 @@ def read_entry_arrays(path: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in ENTRY_KEYS}
 
 
-def entry_problem(path: str | Path, num_captions: int) -> Optional[str]:
-    """What is wrong with a map file as `write_entry` writes it for `num_captions` captions, or
-    None when sound: it must load, hold ENTRY_KEYS, and its shapes agree (sim [C, F, gh, gw],
-    frames [F], text [C, D], captions [C]). Reads the one file (a few small arrays)."""
+def entry_problem(path: str | Path, captions: Sequence[str]) -> Optional[str]:
+    """What is wrong with a map file as `write_entry` writes it for a video's `captions`, or None
+    when sound: it must load, hold ENTRY_KEYS, its shapes agree (sim [C, F, gh, gw], frames [F],
+    text [C, D], captions [C]), its captions be these (a map file copied from another video is
+    not this video's) and its maps finite. Reads the one file (a few small arrays)."""
     try:
         z = read_entry_arrays(path)
     except Exception as e:
         return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     sim, frames, text, caps = z["sim"], z["frames"], z["text"], z["captions"]
     if sim.ndim != 4 or frames.shape != sim.shape[1:2] or text.ndim != 2 or \
-            not sim.shape[0] == text.shape[0] == caps.shape[0] == num_captions:
+            not sim.shape[0] == text.shape[0] == caps.shape[0] == len(captions):
         return (f"shapes sim {list(sim.shape)}, frames {list(frames.shape)}, text {list(text.shape)}, captions "
-                f"{list(caps.shape)} do not fit {num_captions} caption(s)")
+                f"{list(caps.shape)} do not fit {len(captions)} caption(s)")
+    if [str(c) for c in caps] != list(captions):
+        return "its maps were made from other captions (another video's file?)"
+    if not (np.isfinite(sim).all() and np.isfinite(text).all()):
+        return "its maps or text embeddings are not finite (NaN or inf)"
     return None
 
 

@@ -137,7 +137,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 skip(vid, f"no captions for video {vid!r} in {captions_file}")
                 continue
             key, ident = captions_key(caps), video_identity(path)
-            if _is_done(out, done.get(vid), key, ident, vid, path, len(caps)):
+            if _is_done(out, done.get(vid), key, ident, vid, path, caps):
                 counts["resumed"] += 1
                 continue
             try:
@@ -153,15 +153,15 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
 
 
 def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str,
-             num_captions: int) -> bool:
+             captions: list[str]) -> bool:
     """True when part record `rec` holds `vid`'s maps from these captions (`key`) and this video
     file (`ident`, `video_identity`), in a sound map file (`entry_problem`); a video changed since
     (replaced in place: same path, other content), an entry recorded before the identity was, and
-    a damaged map file (truncated, garbage) are logged and redone."""
+    a damaged map file (truncated, garbage, another video's captions, NaN maps) are logged and redone."""
     if rec is None or rec.get("captions") != key or not (out / rec["file"]).is_file():
         return False
     if rec.get("video") == ident:
-        problem = entry_problem(out / rec["file"], num_captions)
+        problem = entry_problem(out / rec["file"], captions)
         if problem is None:
             return True
         log.warning("tgmae masks: %r: its map file %s is damaged (%s): recomputing it", vid, out / rec["file"], problem)

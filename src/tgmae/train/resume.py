@@ -18,7 +18,7 @@ from torch import nn
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.distributed import DistInfo, launch_env, rank_world
-from tgmae.locks import hold, holds_run
+from tgmae.locks import hold
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -130,12 +130,20 @@ def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
                              ("class names", list(stored), list(now)))
 
 
+def _legacy_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a run folder written before `save_config` marked its config.yaml: it holds
+    the run's checkpoints/ folder (every run has it once a step is saved) or the model.safetensors
+    a finished run writes. A lone metrics.jsonl or probe_results.json is not enough: beside a
+    user's own config.yaml it made the run replace that file."""
+    return (folder / "checkpoints").is_dir() or (folder / "model.safetensors").is_file()
+
+
 def check_config_file(out_dir: str | Path) -> None:
     """CheckpointError naming `out_dir`/config.yaml when it is there but not a run's (not marked
-    by `save_config`, nor in a run folder written before the mark, `locks.holds_run`: beside the
-    run's checkpoints / metrics): a file of the user's (the `-c` file) that the run's would replace."""
+    by `save_config`, nor in a run folder written before the mark, `_legacy_run_folder`): a file
+    of the user's (the `-c` file) that the run's would replace."""
     path = Path(out_dir) / "config.yaml"
-    if not path.is_file() or is_saved_config(path) or holds_run(path.parent):
+    if not path.is_file() or is_saved_config(path) or _legacy_run_folder(path.parent):
         return
     raise ckpt.CheckpointError(f"{path}: not a run's config.yaml (a file of yours?), which the run's would "
                                "replace; give the run another train.output_dir")
