@@ -485,3 +485,32 @@ def test_a_users_folder_or_a_run_as_out_is_refused_naming_it(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main([*args, "--out", str(tmp_path / "empty")]) == 0
     assert cli_main([*args, "--out", str(tmp_path / "empty")]) == 0  # its own output: resumed
+
+
+def test_report_refuses_a_file_that_is_not_a_prepare_report_and_anything_in_a_run(tmp_path, capsys):
+    """--report over the annotation list, a user's file, a run's config.yaml, a new file inside a
+    run or the output's own prepare.json: one line naming the file, exit 2, before any video, the
+    file unchanged (issue 28: each was replaced by the report, exit 0). A previous report is
+    replaced; a user's file only with --overwrite; a run's file and the lists never."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "mine.json").write_text('{"mine": 1}')
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out", str(out),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    for target, flags in ((root / "list.txt", []), (root / "list.txt", ["--overwrite"]),
+                          (tmp_path / "mine.json", []), (run / "config.yaml", ["--overwrite"]),
+                          (run / "report.json", []), (out / "prepare.json", [])):
+        code = cli_main([*args, "--report", str(target), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and str(target) in err and "--report" in err and err.count("\n") == 1, (target, err)
+        assert not out.exists(), target  # refused before any video
+    assert (root / "list.txt").read_text() == "v.avi 0\n" and (tmp_path / "mine.json").read_text() == '{"mine": 1}'
+    assert (run / "config.yaml").read_text() == "model: {}\n" and not (run / "report.json").exists()
+    assert cli_main([*args, "--report", str(tmp_path / "mine.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "mine.json").read_text())["counts"]["converted"] == 1
+    assert cli_main([*args, "--report", str(tmp_path / "mine.json")]) == 0  # a previous report: replaced
+    assert json.loads((tmp_path / "mine.json").read_text())["counts"]["skipped"] == 1

@@ -51,7 +51,8 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="train", help="train | val | test (split-file formats)")
     p.add_argument("--min-frames", type=int, default=16, help="for the data check of the output")
     p.add_argument("--workers", type=int, default=1, help="processes converting videos in parallel")
-    p.add_argument("--report", default="", help="write the JSON report here")
+    p.add_argument("--report", default="", help="write the JSON report here (a new file or an earlier report)")
+    p.add_argument("--overwrite", action="store_true", help="replace a --report file that is not an earlier report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -59,8 +60,11 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: Sequence[str]) -> int:
     args = build_prepare_parser().parse_args(argv)
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
-    if args.report:
-        check_writable(args.report)  # before the videos are prepared, not after
+    if args.report:  # before the videos are prepared, not after
+        check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
+                         tool="tgmae data prepare", keys=prepare.REPORT_KEYS,
+                         inputs=[Path(args.out) / prepare.MANIFEST])  # its resume reads the manifest
+        check_writable(args.report)
     report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
                          subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
                          progress=not args.no_progress)

@@ -44,36 +44,43 @@ class ItemResult:
 
 
 class ReportFileError(FileExistsError, UserError):
-    """The report's file (`--out`) is the list being checked, or an existing file that is not an
-    earlier report of `tgmae data check` (without overwrite)."""
+    """The report's file (`--out`, `--report`) is a list being read, or an existing file that is not
+    an earlier report of its tool (without overwrite)."""
 
 
 # keys every `run_check` report holds: a file with them is an earlier report, replaced on a rerun
 REPORT_KEYS = ("format", "root", "annotations", "lists", "counts", "items", "rows")
 
 
-def is_check_report(path: str | Path) -> bool:
-    """Whether `path` holds a report of `tgmae data check` (a JSON object with its REPORT_KEYS)."""
+def is_check_report(path: str | Path, keys: Sequence[str] = REPORT_KEYS) -> bool:
+    """Whether `path` holds a report of `tgmae data check` (a JSON object with its REPORT_KEYS; or
+    with `keys`, another tool's report)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
+    return isinstance(report, dict) and all(k in report for k in keys)
 
 
-def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bool = False) -> None:
+def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bool = False, *,
+                     what: str = "--out", tool: str = "tgmae data check", keys: Sequence[str] = REPORT_KEYS,
+                     inputs: Sequence[str | Path] = ()) -> None:
     """Refuse, before any video is checked, a report file `out` that would replace what is not an
     earlier report: RunFolderError when it lies inside a run (`locks.refuse_inside_run`) and
-    ReportFileError when it is the annotation list being checked, --overwrite or not, or another
-    existing file without `overwrite`; each names `out`."""
-    refuse_inside_run(out, "--out")  # a run's config.yaml, metrics, checkpoints
+    ReportFileError when it is the annotation list being read or one of `inputs` (files the tool
+    reads back), --overwrite or not, or another existing file without `overwrite`; each names `out`
+    and `what` (the flag). `tool` / `keys`: whose reports (`is_check_report`) are replaced."""
+    refuse_inside_run(out, what)  # a run's config.yaml, metrics, checkpoints
     target = Path(out).resolve()
     ann = Path(annotations) if Path(annotations).exists() else Path(root) / annotations
     if target == ann.resolve():
-        raise ReportFileError(f"{out} (--out): is the annotation list being checked, which the report would "
+        raise ReportFileError(f"{out} ({what}): is the annotation list being read, which the report would "
                               "replace; give the report another file")
-    if target.is_file() and not overwrite and not is_check_report(target):
-        raise ReportFileError(f"{out} (--out): exists and is not a report of tgmae data check; give the report "
+    if any(target == Path(f).resolve() for f in inputs):
+        raise ReportFileError(f"{out} ({what}): is a file {tool} writes and reads back, which the report would "
+                              "replace; give the report another file")
+    if target.is_file() and not overwrite and not is_check_report(target, keys):
+        raise ReportFileError(f"{out} ({what}): exists and is not a report of {tool}; give the report "
                               "a new file, or --overwrite to replace it")
 
 

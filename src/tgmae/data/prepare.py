@@ -42,6 +42,8 @@ from tgmae.locks import hold, refuse_inside_run
 log = logging.getLogger("tgmae")
 
 MANIFEST = "prepare.json"
+# keys every `run_prepare` report holds: a --report file with them is an earlier report, replaced
+REPORT_KEYS = ("out", "annotations", "settings", "counts", "failed", "check")
 ANNOTATION_EXTS = (".txt", ".csv", ".json", ".jsonl", ".tsv")
 
 
