@@ -80,3 +80,30 @@ def test_a_damaged_map_file_is_one_line_naming_it(tmp_path, damage):
         next(iter(loader))
     line = worker_user_error(e.value)
     assert line is not None and str(path) in line
+
+
+@pytest.mark.parametrize("extra", [[], ["--merge-only"], ["--rebuild"]])
+def test_masks_refuses_a_users_folder_that_is_not_a_cache_naming_it(tmp_path, capsys, extra):
+    """issue 28: `masks --out DIR` into a non-empty folder without manifest.json (a user's index.json,
+    maps/) was accepted (only --rebuild refused it); now one line naming the folder, exit 2, before
+    CLIP is loaded, nothing written. An empty folder and writers' temps are not refused."""
+    from tgmae.cli import main
+    from tgmae.masking.cache import check_cache_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.json").write_text('{"mine": 1}')
+    (tmp_path / "a.csv").write_text("path,label\nv.mp4,0\n")
+    argv = ["masks", "--format", "csv", "--root", str(tmp_path), "a.csv", "--captions", "c.jsonl",
+            "--clip", str(tmp_path / "no-clip"), "--out", str(mine), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{mine} (" in err[0] and "manifest.json" in err[0] and "no-clip" not in err[0], err
+    assert sorted(p.name for p in mine.iterdir()) == ["index.json"] and (mine / "index.json").read_text() == '{"mine": 1}'
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    temp_path(empty / "manifest.json").write_text("{")  # a writer's temp (another rank's manifest)
+    check_cache_folder(empty, "--out")
+    check_cache_folder(tmp_path / "new", "--out")
+    (mine / "manifest.json").write_text("{}")  # a cache's folder: its manifest is checked later
+    check_cache_folder(mine, "--out")

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from tgmae.clip.features import MODES
-from tgmae.masking.cache import clear_cache, merge_parts
+from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts
 from tgmae.masking.precompute import PrecomputeOptions, precompute
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 
@@ -50,6 +50,7 @@ def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     check_kind(args.out, "--out", folder=True)
     refuse_inside_run(args.out, "--out")  # before CLIP is loaded (`precompute` refuses it too)
+    check_cache_folder(args.out, "--out")  # a user's folder: never built, merged or emptied into
     if args.merge_only:
         with hold(args.out, "--out", folder=True):
             index = merge_parts(args.out)

@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from tgmae.atomic import atomic_path, atomic_write_text, is_temp, remove_stale_temps
 from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-similarity-cache"
@@ -108,15 +108,24 @@ def read_manifest(root: str | Path) -> CacheManifest:
     return CacheManifest.from_json(data)
 
 
+def check_cache_folder(root: str | Path, what: str = "--out") -> None:
+    """CacheMismatchError naming `root` and `what` when it is a non-empty folder without
+    manifest.json (writers' temps aside): not a similarity cache but a user's folder, whose
+    index.json, maps/ or parts/ a build, a merge or --rebuild would replace."""
+    root = Path(root)
+    if root.is_dir() and not (root / "manifest.json").is_file() and any(not is_temp(p.name) for p in root.iterdir()):
+        raise CacheMismatchError(f"{root} ({what}): not empty and holds no manifest.json, so it is not a similarity "
+                                 f"cache; its files would be replaced or mixed with; choose another {what}")
+
+
 def clear_cache(root: str | Path) -> None:
     """Delete a similarity cache's files (manifest, index, part logs, maps) so it is built anew.
-    A folder that holds files but no manifest.json is not a cache and is refused, never emptied."""
+    A folder that holds files but no manifest.json is not a cache and is refused, never emptied
+    (`check_cache_folder`)."""
     root = Path(root)
     if not root.is_dir():
         return
-    if not (root / "manifest.json").is_file() and any(root.iterdir()):
-        raise CacheMismatchError(f"{root} is not a similarity cache (no manifest.json); --rebuild empties "
-                                 "only a cache folder: choose another --out")
+    check_cache_folder(root, "--out")
     for name in ("maps", "parts"):
         shutil.rmtree(root / name, ignore_errors=True)
     for name in ("index.json", "manifest.json"):

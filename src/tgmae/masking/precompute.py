@@ -24,8 +24,8 @@ from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, entry_problem, part_file, part_records, remove_stale_cache_temps, write_entry,
-    write_manifest_or_check,
+    CacheManifest, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
+    write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
 from tgmae.clip.features import ClipBundle, ClipPatchScorer, cosine_maps, embed_texts, map_grid, uint8_to_unit
@@ -98,9 +98,11 @@ def precompute(
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
     Returns counts {"done", "skipped", "resumed"} for this rank. RunFolderError when `out` is a
     run folder or lies inside one (`locks.refuse_inside_run`: its maps and parts would mix with the
-    run's checkpoints)."""
+    run's checkpoints); CacheMismatchError for a non-empty folder that is not a cache
+    (`cache.check_cache_folder`)."""
     check_kind(out, CACHE_SETTING, folder=True)
     refuse_inside_run(out, CACHE_SETTING)
+    check_cache_folder(out, CACHE_SETTING)
     with hold(shard_target(out, rank, world), CACHE_SETTING):
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress)
 
