@@ -215,3 +215,31 @@ def test_visualize_masks_pngs(synth, trained_clip, tmp_path):
                  "--out", str(png2), "--image-size", "128", "--num-frames", "8", "--ratio", "0.5"]) == 0
     assert Image.open(png2).size[0] > 100
     assert main(["--video", str(video), "--caption", " ", "--clip", str(trained_clip), "--out", str(png2)]) == 2
+
+
+def test_eval_masks_out_refuses_inputs_users_files_and_runs(tmp_path, capsys):
+    """issue 28: `eval-masks --out` replaced any file: the set's captions.jsonl it reads, a user's
+    file, a run's config.yaml (exit 0). Now one line naming the file, exit 2, before the
+    evaluation; an earlier result file is replaced, a user's only with --overwrite, the set's and a
+    run's files never."""
+    from tgmae.cli import main as cli_main
+    from tgmae.masking.quality import is_quality_results
+
+    root = tmp_path / "set"
+    (root / "masks").mkdir(parents=True)
+    (root / "captions.jsonl").write_text("{}\n")
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "mine.json").write_text('{"mine": 1}')
+    args = ["eval-masks", "--root", str(root), "--ratio", "0.5", "--no-progress"]
+    for target, flags in ((root / "captions.jsonl", []), (root / "captions.jsonl", ["--overwrite"]),
+                          (tmp_path / "mine.json", []), (run / "config.yaml", ["--overwrite"]),
+                          (run / "r.json", [])):
+        assert cli_main([*args, "--out", str(target), *flags]) == 2, target
+        err = capsys.readouterr().err
+        assert str(target) in err and "--out" in err and err.count("\n") == 1, (target, err)
+    assert (root / "captions.jsonl").read_text() == "{}\n" and (tmp_path / "mine.json").read_text() == '{"mine": 1}'
+    assert (run / "config.yaml").read_text() == "model: {}\n" and not (run / "r.json").exists()
+    (tmp_path / "old.json").write_text('{"random": {"precision": 0.1, "recall": 0.9, "ratio": 0.9}}')
+    assert is_quality_results(tmp_path / "old.json") and not is_quality_results(tmp_path / "mine.json")

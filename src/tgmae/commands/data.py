@@ -62,7 +62,8 @@ def prepare_main(argv: Sequence[str]) -> int:
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
     if args.report:  # before the videos are prepared, not after
         check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
-                         tool="tgmae data prepare", keys=prepare.REPORT_KEYS,
+                         tool="tgmae data prepare",
+                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS),
                          inputs=[Path(args.out) / prepare.MANIFEST])  # its resume reads the manifest
         check_writable(args.report)
     report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tgmae.atomic import atomic_write_text, check_writable
-from tgmae.masking.quality import evaluate_masks, format_table
+from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--clip", default=None, help="CLIP directory or name for TGM (e.g. from `tgmae train-clip`)")
     p.add_argument("--out", default=None, help="write {algorithm: {precision, recall, ratio}} JSON here")
     p.add_argument("--ratio", type=float, default=0.3, help="mask ratio for every algorithm")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not an earlier result")
     p.add_argument("--paper-ratios", action="store_true", help="each algorithm at its paper ratio instead")
     p.add_argument("--split", default="val")
     p.add_argument("--mode", choices=("faithful", "dense"), default="faithful", help="TGM similarity maps")
@@ -48,8 +49,12 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < args.ratio < 1:
         print("tgmae eval-masks: --ratio must be in (0, 1)", file=sys.stderr)
         return 2
-    if args.out:
-        check_writable(args.out)  # before the evaluation, not after it
+    if args.out:  # before the evaluation, not after it
+        from tgmae.data.check import check_report_out
+
+        check_report_out(args.out, str(root), "captions.jsonl", args.overwrite, tool="tgmae eval-masks",
+                         is_report=is_quality_results, inputs=[f for f in root.iterdir() if f.is_file()])
+        check_writable(args.out)
     if not args.clip:
         log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
     quality = evaluate_masks(

@@ -26,6 +26,19 @@ from tgmae.masking.motion import stack_codec_motion
 from tgmae.masking.resample import sample_maps
 from tgmae.masking.simple import RandomMask, TubeMask
 
+def is_quality_results(path: str | Path) -> bool:
+    """Whether `path` holds results of `tgmae eval-masks --out` ({algorithm: {precision, recall,
+    ratio}}, at least one algorithm): an earlier result file, which a rerun replaces."""
+    import json
+
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(res, dict) and bool(res)
+            and all(isinstance(r, dict) and {"precision", "recall", "ratio"} <= set(r) for r in res.values()))
+
+
 PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
 
 
