@@ -355,3 +355,25 @@ def test_a_folder_that_is_not_a_text_model_is_one_line_naming_it_and_the_key(tmp
         with pytest.raises(UserError) as e:
             CaptionProvider.from_config(CaptionConfig(file=str(caps), **{key: bad}))
         assert bad in str(e.value) and f"captions.{key}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_out_never_replaces_the_captions_read_or_another_safetensors_file(tmp_path, clip_dir, capsys):
+    """issue 28: `embed-captions --out` = its own --captions (with --rebuild) replaced the caption
+    store with the cache, and --rebuild replaced any safetensors file that is not a cache (the
+    CLIP's model.safetensors, a run's weights). Now one line naming the file, exit 2, the file
+    unchanged; an unreadable file (a torn cache) is still started anew with --rebuild."""
+    from safetensors.torch import load_file, save_file
+
+    from tgmae.cli import main as cli_main
+
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    before = caps.read_bytes()
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2)}, str(weights), metadata={"format": "pt"})
+    args = ["embed-captions", "--captions", str(caps), "--clip", clip_dir, "--device", "cpu", "--no-progress"]
+    for out, flags in ((caps, []), (caps, ["--rebuild"]), (weights, ["--rebuild"])):
+        assert cli_main([*args, "--out", str(out), *flags]) == 2, out
+        err = capsys.readouterr().err
+        assert str(out) in err and err.count("\n") == 1, (out, err)
+    assert caps.read_bytes() == before and torch.equal(load_file(str(weights))["w"], torch.ones(2))

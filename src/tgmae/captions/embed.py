@@ -37,6 +37,11 @@ class EmbeddingCacheError(RuntimeError, UserError):
     """A cache file is unreadable, or belongs to another model; the message says what to do."""
 
 
+class ForeignFileError(EmbeddingCacheError):
+    """The cache path holds a readable safetensors file that is not a text-embedding cache (a
+    model's weights): never replaced, `rebuild` or not."""
+
+
 def text_key(text: str) -> bytes:
     """16-byte key of a caption text (sha256 prefix)."""
     return hashlib.sha256(text.encode("utf-8")).digest()[:16]
@@ -116,7 +121,8 @@ class EmbeddingCache:
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
         if not ours:
-            raise EmbeddingCacheError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r})")
+            raise ForeignFileError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r}), "
+                                   "so it is never replaced (--rebuild or not); give the cache another file")
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
             raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
         identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
@@ -130,8 +136,10 @@ class EmbeddingCache:
             return cls(identity)
         try:
             cache = cls.read(path)
+        except ForeignFileError:
+            raise
         except EmbeddingCacheError:
-            if rebuild:
+            if rebuild:  # an unreadable (torn) file
                 return cls(identity)
             raise
         old, new = cache.identity, identity

@@ -11,6 +11,7 @@ from tgmae.captions import embed
 from tgmae.captions.embed import default_cache_path, embed_texts
 from tgmae.captions.store import read_store
 from tgmae.distributed import resolve_device
+from tgmae.errors import SettingsError
 from tgmae.locks import check_kind, refuse_in_checkpoints
 
 
@@ -32,6 +33,9 @@ def main(argv: Sequence[str]) -> int:
     out = Path(args.out) if args.out else default_cache_path(args.captions, args.clip)
     check_kind(out, "--out" if args.out else "the default cache file", folder=False)  # a folder: refused, not "delete it"
     refuse_in_checkpoints(out, "--out" if args.out else "the default cache file")  # a run's resume reads them
+    if out.resolve() == Path(args.captions).resolve():
+        raise SettingsError(f"{out} (--out): is the caption store --captions, which the cache would replace; "
+                            "give the cache another file")
     records = read_store(args.captions).records
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,
