@@ -193,3 +193,21 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert "'a': description 0 is empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--classes", "c", "--out", "o", "--prompt", "no placeholder"])
+
+
+def test_out_refuses_the_class_list_and_anything_in_a_run(tmp_path, capsys):
+    """issue 28: `describe-classes --out` = its own --classes with --rebuild replaced the class list,
+    and an --out inside a run folder was written there (exit 0). Now one line naming the file,
+    exit 2, before any request, the file unchanged."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\n")
+    run = tmp_path / "runs" / "pt"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    args = ["--classes", str(classes), "--base-url", "http://127.0.0.1:9", "--retries", "0", "--no-progress"]
+    for out, flags in ((classes, ["--rebuild"]), (run / "d.json", []), (run / "config.yaml", ["--rebuild"])):
+        assert main([*args, "--out", str(out), *flags]) == 2, out
+        err = capsys.readouterr().err
+        assert str(out) in err and "--out" in err and err.count("\n") == 1, (out, err)
+    assert classes.read_text() == "a\nb\n" and (run / "config.yaml").read_text() == "model: {}\n"
+    assert not (run / "d.json").exists()

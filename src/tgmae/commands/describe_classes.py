@@ -10,7 +10,8 @@ from typing import Sequence
 
 from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list, read_existing,
                                      write_descriptions)
-from tgmae.locks import hold
+from tgmae.errors import SettingsError
+from tgmae.locks import hold, refuse_inside_run
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -44,6 +45,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
+    refuse_inside_run(args.out, "--out")  # before any request: a run's files are not replaced or mixed with
+    if Path(args.out).resolve() == Path(args.classes).resolve():
+        raise SettingsError(f"{args.out} (--out): is the class list --classes, which the descriptions would "
+                            "replace; give them another file")
     with hold(args.out, "--out", folder=False):
         return _describe(args)
 
