@@ -596,3 +596,26 @@ def test_every_video_failing_is_exit_2_naming_the_count_and_the_errors_file(data
         assert not any("Traceback" in line for line in err)
         assert not out.exists() and errors_path(out).is_file()  # no empty store, only the failures
     assert cli(dataset, blip_dir, tmp_path / "partial.jsonl") == 0
+
+
+def test_out_never_replaces_a_file_the_command_reads(tmp_path, capsys):
+    """issue 28: `caption --oracle --out ANNOTATIONS --rebuild` replaced the annotation list with
+    the caption store (exit 0); likewise its classes.txt, a --descriptions file or a --combine
+    input. Now one line naming the file, exit 2, the file unchanged."""
+    from tgmae.cli import main as cli_main
+
+    (tmp_path / "a.csv").write_text("path,label\nv.mp4,0\n")
+    (tmp_path / "classes.txt").write_text("cat\n")
+    (tmp_path / "d.json").write_text('{"cat": ["a small cat"]}')
+    base = ["caption", "--format", "csv", "--root", str(tmp_path), str(tmp_path / "a.csv"), "--rebuild"]
+    store = tmp_path / "s.jsonl"
+    assert cli_main([*base, "--oracle", "--out", str(store)]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out, what in ((tmp_path / "a.csv", ["--oracle"]), (tmp_path / "classes.txt", ["--oracle"]),
+                      (tmp_path / "d.json", ["--descriptions", str(tmp_path / "d.json")])):
+        assert cli_main([*base, *what, "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert str(out) in err and "--out" in err and err.count("\n") == 1, (out, err)
+    assert cli_main(["caption", "--combine", str(store), "--out", str(store)]) == 2
+    assert str(store) in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

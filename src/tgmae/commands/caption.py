@@ -156,9 +156,28 @@ def _run_text_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_inputs(args: argparse.Namespace) -> None:
+    """SettingsError naming --out when it is a file this command reads: the annotation list, the
+    classes.txt beside it (in a folder of split lists: in it), --descriptions or a --combine
+    store; the caption store written there would replace it (--rebuild or not)."""
+    from tgmae.errors import SettingsError
+
+    out = Path(args.out).resolve()
+    inputs = [*(args.combine or []), *([args.descriptions] if args.descriptions else [])]
+    if args.annotations:
+        ann = Path(args.annotations) if Path(args.annotations).exists() else Path(args.root) / args.annotations
+        ann = ann.resolve()
+        inputs += [ann, (ann if ann.is_dir() else ann.parent) / "classes.txt"]
+    if any(out == Path(f).resolve() for f in inputs):
+        raise SettingsError(f"{args.out} (--out): is a file this command reads (annotations, classes.txt, "
+                            "--descriptions or --combine), which the caption store would replace; "
+                            "give --out another file")
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     refuse_in_checkpoints(args.out, "--out")  # a run's resume reads its checkpoints/
+    _refuse_inputs(args)
     if args.model:
         return _run_captioner(args)
     with hold(args.out, "--out", folder=False):
