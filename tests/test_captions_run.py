@@ -619,3 +619,20 @@ def test_out_never_replaces_a_file_the_command_reads(tmp_path, capsys):
     assert cli_main(["caption", "--combine", str(store), "--out", str(store)]) == 2
     assert str(store) in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("text", ['{"name": "my notes"}\n', "not json at all\n", '[1, 2]\n'])
+def test_a_users_file_as_out_is_never_replaced_rebuild_or_not(dataset, blip_dir, tmp_path, capsys, text):
+    """Issue 28 (re-trial 7): `caption --out user.json --rebuild` replaced a JSON of the user's, and
+    without --rebuild the refusal called it "captions made otherwise". A file that is not a caption
+    store is refused by name, --rebuild or not (captioner and oracle), and left as it was."""
+    out = tmp_path / "user.json"
+    out.write_text(text)
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    for argv in ([], ["--rebuild"]):
+        for run in (lambda: cli(dataset, blip_dir, out, *argv), lambda: main([*ann, "--oracle", "--out", str(out), *argv])):
+            capsys.readouterr()
+            assert run() == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and str(out) in err[0] and "not a caption store" in err[0], err
+            assert out.read_text() == text

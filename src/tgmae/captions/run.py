@@ -27,7 +27,7 @@ from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, read_jsonl_tolerant,
-                                  refuse_other_provenance, video_ids_in)
+                                  refuse_foreign_file, refuse_other_provenance, video_ids_in)
 from tgmae.data.fileid import video_identity
 
 log = logging.getLogger("tgmae")
@@ -159,14 +159,19 @@ def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[
 
 def clear_outputs(out: str | Path, shard: Shard) -> None:
     """Remove what a captioner run writes (`--rebuild`): this shard's part and errors part; for a
-    single process or rank 0 also the store, its errors file and a single run's leftover parts."""
+    single process or rank 0 also the store, its errors file and a single run's leftover parts.
+    CaptionStoreError, before anything is removed, when one of those stores is not a caption store
+    (`refuse_foreign_file`: a file of the user's given as --out)."""
     out = Path(out)
-    files = [part_path(out, shard), part_path(errors_path(out), shard)]
+    stores = [part_path(out, shard)]
+    errors = [part_path(errors_path(out), shard)]
     if shard.rank == 0:
-        files += [out, errors_path(out)]
+        stores, errors = stores + [out], errors + [errors_path(out)]
     if shard.world_size == 1:
-        files += [*existing_parts(out), *existing_parts(errors_path(out))]
-    for f in files:
+        stores, errors = stores + existing_parts(out), errors + existing_parts(errors_path(out))
+    for f in stores:
+        refuse_foreign_file(f)
+    for f in stores + errors:
         f.unlink(missing_ok=True)
 
 

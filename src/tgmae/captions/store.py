@@ -238,6 +238,31 @@ def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
     return f"{name(have)} {have[key]!r} (this run: {name(want)} {want[key]!r})"
 
 
+def refuse_foreign_file(path: str | Path) -> None:
+    """CaptionStoreError naming `path` when it exists and is not a caption store, which neither a
+    run nor --rebuild may replace: its first line is not a JSON object with a video_id
+    (a file of the user's, such as an annotation list or notes). Only the first line is read; the
+    store's readers name damage further on. A lone torn first line (a writer killed in its first
+    record: no newline) counts as a store's."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        first, n = b"", 0
+        for n, first in enumerate(f, start=1):
+            if first.strip():
+                break
+    if not first.strip() or (not first.endswith(b"\n") and first.lstrip().startswith(b'{"video_id"')):
+        return
+    try:
+        obj = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = None
+    if not (isinstance(obj, dict) and "video_id" in obj):
+        raise CaptionStoreError(f"{path}:{n}: not a caption store (not a record with a video_id): "
+                                "it is not replaced, --rebuild or not; give --out another file")
+
+
 def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], required: Sequence[str] = ()) -> None:
     """CaptionStoreError naming the line and each differing key when a record of the store at
     `path` (torn tail allowed; missing = nothing to check) was made otherwise than every one of
@@ -247,6 +272,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
     path = Path(path)
     if not path.is_file() or not wants:
         return
+    refuse_foreign_file(path)
     items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
     for n, obj in items:
         if not isinstance(obj, dict):
@@ -269,6 +295,7 @@ def update_store(path: str | Path, records: Sequence[CaptionRecord], rebuild: bo
     as a combination, is replaced by this run's). Returns (added, already there, others kept)."""
     path = Path(path)
     records = list(records)
+    refuse_foreign_file(path)
     if rebuild or not path.exists():
         write_store(path, records)
         return len(records), 0, 0
