@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from test_evaluate_probe import Clips, checkpoint, encoder_of, probe_cfg  # noqa: F401 (fixture)
+from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
 from test_evaluate_attentive import fit_reference
 from tgmae.evaluate.attentive import TokenDataset
 from tgmae.evaluate.attentive_probe import loop_config
@@ -132,3 +132,27 @@ def test_an_ensemble_probe_trains_k_members_and_scores_their_mean(checkpoint, tm
     task = lambda c: AttentiveTask(loop_config(c), TokenDataset(val_tokens[:, 0], d["val_data"].labels), None, 3, 2)  # noqa: E731
     one, two = task(single).build_model(), task(cfg).build_model()
     assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.members[0].state_dict().values()))
+
+
+@pytest.mark.parametrize("bad", [["eval.attentive_heads=3"], ["eval.attentive_batch_size=999"]], ids=["heads", "batch"])
+def test_a_refused_attentive_probe_leaves_no_folder(synth, tmp_path, capsys, bad):  # noqa: F811
+    """`tgmae probe eval.probe=attentive eval.attentive_heads=3` exited 2 only after extracting the
+    token grids, leaving train.output_dir/features/ behind: the settings are checked against the
+    encoder's width and the listed videos first, and a refused run leaves no folder."""
+    from tgmae.cli import main
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    out = tmp_path / "z1"
+    args = ["probe", "data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "model.patch_size=8", "train.batch_size=3", "train.precision=fp32",
+            "log.progress=false", "log.tensorboard=false", f"model.pretrained={pt}", f"train.output_dir={out}",
+            "eval.probe=attentive", "eval.attentive_epochs=1", *bad]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert bad[0].split("=")[0] in err and "\n" not in err
+    assert not out.exists()

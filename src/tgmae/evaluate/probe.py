@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +215,8 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
-                   num_classes: Optional[int] = None) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+                   num_classes: Optional[int] = None, check: Optional[Callable[[Any, Dataset], None]] = None,
+                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
     """(train, val or None, class names): features of `cfg.model.pretrained`'s frozen encoder, via the cache.
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform; in-memory datasets are
@@ -223,7 +224,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     out and listed in `unreadable` (`eval.strict=true`: `VideoLoadError`). tokens: token grids [N, L, D]
     instead of means [N, D], and the default val set is multi-view ([N, V, L, D]). Classes are checked
     before extraction as finetuning checks them (`evaluate.classes.check_head_classes`), or after it for
-    in-memory datasets without class names or records."""
+    in-memory datasets without class names or records. check(arch, train_data): the caller's own
+    refusals (ConfigError) of the encoder's `VideoMAEArch` and the training set, also before
+    anything is extracted or any folder made."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
@@ -241,6 +244,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
                            num_classes=num_classes, configured=cfg.eval.num_classes,
                            train_where=f"data.train_annotations={cfg.data.train_annotations}")
+    if check is not None:
+        check(encoder.arch, train_data)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
