@@ -156,3 +156,44 @@ def test_a_refused_attentive_probe_leaves_no_folder(synth, tmp_path, capsys, bad
     err = capsys.readouterr().err.strip()
     assert bad[0].split("=")[0] in err and "\n" not in err
     assert not out.exists()
+
+
+def test_attentive_folder_compares_only_its_keys_and_continues_on_more_epochs(checkpoint, tmp_path):
+    """An attentive folder refused eval.knn_k changes (a key it never reads) and eval.attentive_epochs
+    6 -> 8 (its train.epochs, which a linear probe may raise to continue): other probes' keys may
+    change, raising the epochs continues the finished probe (the schedule of the new length from
+    there on, as train.epochs), and the attentive knobs it reads are still refused."""
+    base = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.resume=auto"]
+    run_probe(probe_cfg(tmp_path / "a", checkpoint, *base), **data())
+    again = run_probe(probe_cfg(tmp_path / "a", checkpoint, *base, "eval.knn_k=[1,3]", "eval.probe_l2=[0.5]"), **data())
+    assert len([r for r in again.history if "val_top1" in r]) == 4
+    more = [*base, "eval.attentive_epochs=6"]
+    longer = run_probe(probe_cfg(tmp_path / "a", checkpoint, *more), **data())
+    assert [r["epoch"] for r in longer.history if "val_top1" in r][-2:] == [4, 5]  # two more epochs
+    assert not torch.equal(longer.model.pooler.query_tokens, again.model.pooler.query_tokens)
+    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_queries: 1 -> 2"):
+        run_probe(probe_cfg(tmp_path / "a", checkpoint, *more, "eval.attentive_queries=2"), **data())
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "unfinished"])
+@pytest.mark.parametrize("probe", [["eval.probe=knn", "eval.knn_k=[1,3]"], ["eval.probe=linear"]], ids=["knn", "linear"])
+def test_other_probes_into_an_attentive_folder_get_one_message(checkpoint, tmp_path, finished, probe):
+    """eval.probe=knn into an attentive folder said "holds an attentive_probe run ..., not a probe run",
+    eval.probe=linear "probe made with other settings (eval.probe: 'attentive' -> 'linear')": one
+    message, naming eval.probe, for both, finished or not."""
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == 2:
+            raise Killed()
+
+    attentive = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.every_steps=1", "checkpoint.resume=auto"]
+    if finished:
+        run_probe(probe_cfg(tmp_path, checkpoint, *attentive), **data())
+    else:
+        with pytest.raises(Killed):
+            run_probe(probe_cfg(tmp_path, checkpoint, *attentive), hooks=[kill], **data())
+    with pytest.raises(ckpt.CheckpointError, match=r"other settings \(eval\.probe: 'attentive' -> '"
+                                                   + probe[0].split("=")[1] + "'"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *probe, "checkpoint.resume=auto"), **data(views=1))

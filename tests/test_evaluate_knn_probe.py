@@ -154,3 +154,23 @@ def test_predictions_csv_agrees_with_the_results(checkpoint, tmp_path, probe):
                    for r in rows)
         if saved["k"] == 1:
             assert all(r["pred_2"] == "" for r in rows)
+
+
+@pytest.mark.parametrize("other", ["eval.knn_k=[3,5]", "eval.knn_temperature=0.5"])
+def test_knn_rerun_under_other_settings_is_refused_naming_the_key(checkpoint, tmp_path, other):
+    """A k-NN rerun into a k-NN folder with another eval.knn_k / eval.knn_temperature silently
+    replaced probe_results.json, the CSV and config.yaml: refused naming the key, as the linear
+    probe refuses other settings; keys the k-NN never reads may change; ignore_config replaces."""
+    from tgmae.weights.files import CheckpointError
+
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    knn = ["eval.probe=knn", "eval.knn_k=[1,5]"]
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)
+    out = tmp_path / "probe"
+    kept = {n: (out / n).read_bytes() for n in ("probe_results.json", "test_predictions.csv", "config.yaml")}
+    with pytest.raises(CheckpointError, match=other.split("=")[0].replace(".", r"\.") + ": "):
+        run_probe(probe_cfg(tmp_path, checkpoint, *knn, other), **data)
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn, "eval.attentive_lr=0.5", "eval.probe_l2=[0.5]"), **data)
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn, other, "checkpoint.resume=ignore_config"), **data)
+    assert (out / "probe_results.json").read_bytes() != kept["probe_results.json"]

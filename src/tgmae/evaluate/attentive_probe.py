@@ -38,7 +38,8 @@ from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, To
                                       predict_attentive)
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, val_counts, write_results,
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe,
+                                  tensors_fingerprint, unused_probe_keys, val_counts, write_results,
                                   write_val_predictions)
 from tgmae.train.optim import param_groups
 from tgmae.train.resume import locks_run_folder
@@ -77,6 +78,9 @@ class AttentiveTask:
         self.inputs_fingerprint = tensors_fingerprint(
             [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
         self.class_names: list[str] = []  # label order; set by attentive_probe, kept in checkpoints
+        # a resume may change the other probes' knobs, and raise eval.attentive_epochs as train.epochs
+        # (the loop's train.epochs is it: a finished probe continues, as a linear probe's raised train.epochs)
+        self.unused_keys = unused_probe_keys("attentive") + ("eval.attentive_epochs",)
 
     def build_model(self) -> nn.Module:
         """One `AttentiveClassifier`, or with eval.attentive_ensemble = K > 1 an `AttentiveEnsemble` of

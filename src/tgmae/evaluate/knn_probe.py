@@ -53,8 +53,8 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     if val_data is None and not subset_annotations(cfg.data, "val"):
         raise ConfigError("eval.probe=knn scores the val videos: set data.val_annotations")
     out = Path(cfg.train.output_dir)
+    refuse_other_probe(cfg)  # another probe's folder named by eval.probe, as the linear probe's refusal
     refuse_other_run(out)
-    refuse_other_probe(cfg)
     if train_data is None:  # refused before any feature is extracted: the list's length bounds the features
         from tgmae.data.dataset import build_dataset
 

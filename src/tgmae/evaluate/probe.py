@@ -40,6 +40,24 @@ from tgmae.data.dataset import build_dataset, subset_annotations
 log = logging.getLogger("tgmae")
 
 HEAD_FILE = "probe_head.safetensors"  # the lbfgs probe's fitted head
+LOOP = "loop (LARS / SGD)"  # the linear probe trained on the shared loop (`_probe_kind`)
+
+
+def probe_keys(kind: str) -> tuple[str, ...]:
+    """The `eval.*` keys only this kind of probe (`_probe_kind`: k-NN, L-BFGS, attentive, LOOP) reads."""
+    from tgmae.config import EvalConfig
+
+    attentive = tuple(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig) if f.name.startswith("attentive_"))
+    return {"k-NN": ("eval.knn_k", "eval.knn_temperature"), "L-BFGS": ("eval.probe_l2", "eval.probe_folds"),
+            "attentive": attentive}.get(kind, ())
+
+
+def unused_probe_keys(kind: str) -> tuple[str, ...]:
+    """The `eval.*` keys a probe of `kind` never reads (the other kinds' knobs): a rerun or resume
+    in its folder may change them."""
+    own = set(probe_keys(kind))
+    other = [k for o in ("k-NN", "L-BFGS", "attentive", LOOP) if o != kind for k in probe_keys(o) if k not in own]
+    return tuple(other) + (("eval.probe_optimizer",) if kind in ("k-NN", "attentive") else ())
 
 
 class ProbeHead(nn.Module):
@@ -127,6 +145,7 @@ class ProbeTask:
         # (e.g. new weights written over the same model.pretrained path).
         self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
         self.class_names: list[str] = []  # label order; set by linear_probe, kept in checkpoints
+        self.unused_keys = unused_probe_keys(LOOP)  # a resume may change the other probes' knobs
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -426,7 +445,7 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
         return "k-NN"
     if probe == "attentive":
         return "attentive"
-    return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else "loop (LARS / SGD)")
+    return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else LOOP)
 
 
 def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
@@ -451,15 +470,18 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
         stored_probe, stored = "linear", "lbfgs"
     if (checkpoints and stored is None and stored_probe in (None, "linear")
             and ckpt.find_latest(out / "checkpoints") is not None):
-        refuse_other_run(out)  # another kind of run is named as such first
-        stored_probe, stored = "linear", "lars"
+        # an unfinished attentive probe is named as a probe (eval.probe), another kind of run as such
+        stored_probe = "attentive" if checkpoint_task(out) == "attentive_probe" else None
+        if stored_probe is None:
+            refuse_other_run(out)
+            stored_probe, stored = "linear", "lars"
     now_probe = cfg.eval.probe
     now = cfg.eval.probe_optimizer if now_probe == "linear" else None
     have, want = _probe_kind(stored_probe, stored), _probe_kind(now_probe, now)
     if cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
         return
     if have == want and results.is_file():
-        _refuse_other_inputs(cfg, out)
+        _refuse_other_inputs(cfg, out, want)
     if have in (None, want):
         return
     what = (f"eval.probe: {stored_probe!r} -> {now_probe!r}" if stored_probe != now_probe
@@ -469,9 +491,11 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
         f"with another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
-def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
+def _refuse_other_inputs(cfg: RunConfig, out: Path, kind: Optional[str]) -> None:
     """CheckpointError when a finished probe's config.yaml differs in `data.*` keys that matter
-    (`config_differences`) or `model.pretrained`: its results would be replaced silently."""
+    (`config_differences`), `model.pretrained`, eval.num_classes or, for the probes without a loop
+    (k-NN, L-BFGS: the loop checks its own runs), the keys of `probe_keys(kind)` (and train.seed,
+    which draws L-BFGS's CV folds): its results would be replaced silently."""
     import yaml
 
     from tgmae.config import to_dict
@@ -479,13 +503,21 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
     saved = out / "config.yaml"
     if not saved.is_file():
         return
+    keys = {"model.pretrained", "eval.num_classes"} | set(probe_keys(kind) if kind in ("k-NN", "L-BFGS") else ())
+    keys |= {"train.seed"} if kind == "L-BFGS" else set()
     diffs = [d for d in ckpt.config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg),
-                                                to_dict(RunConfig())) if d[0].startswith("data.") or d[0] == "model.pretrained"]
+                                                to_dict(RunConfig())) if d[0].startswith("data.") or d[0] in keys]
     if diffs:
         what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise ckpt.CheckpointError(
-            f"train.output_dir={str(out)!r} holds a probe of other inputs ({what}): start a new run with "
+            f"train.output_dir={str(out)!r} holds a probe of other inputs or settings ({what}): start a new run with "
             f"another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
+
+
+def checkpoint_task(out: Path) -> Optional[str]:
+    """The task name stored in `out/checkpoints`' latest checkpoint (None: none, or not kept)."""
+    source = ckpt.find_latest(out / "checkpoints")
+    return None if source is None else ckpt.load_checkpoint(source).extra.get("task")
 
 
 def refuse_other_run(out: Path) -> None:
