@@ -174,3 +174,15 @@ def test_knn_rerun_under_other_settings_is_refused_naming_the_key(checkpoint, tm
     run_probe(probe_cfg(tmp_path, checkpoint, *knn, "eval.attentive_lr=0.5", "eval.probe_l2=[0.5]"), **data)
     run_probe(probe_cfg(tmp_path, checkpoint, *knn, other, "checkpoint.resume=ignore_config"), **data)
     assert (out / "probe_results.json").read_bytes() != kept["probe_results.json"]
+
+
+def test_lbfgs_rerun_under_another_l2_is_refused_naming_the_key(checkpoint, tmp_path):
+    """The L-BFGS probe's results were replaced by a rerun with another eval.probe_l2, as the k-NN's."""
+    from tgmae.weights.files import CheckpointError
+
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    lbfgs = ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"]
+    run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs), **data)
+    with pytest.raises(CheckpointError, match=r"eval\.probe_l2: "):
+        run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.probe_l2=[0.1]"), **data)
+    run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.knn_k=[1]"), **data)  # a key it never reads
