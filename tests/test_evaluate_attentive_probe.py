@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from test_evaluate_probe import Clips, checkpoint, encoder_of, probe_cfg  # noqa: F401 (fixture)
+from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
 from test_evaluate_attentive import fit_reference
 from tgmae.evaluate.attentive import TokenDataset
 from tgmae.evaluate.attentive_probe import loop_config
@@ -132,3 +132,68 @@ def test_an_ensemble_probe_trains_k_members_and_scores_their_mean(checkpoint, tm
     task = lambda c: AttentiveTask(loop_config(c), TokenDataset(val_tokens[:, 0], d["val_data"].labels), None, 3, 2)  # noqa: E731
     one, two = task(single).build_model(), task(cfg).build_model()
     assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.members[0].state_dict().values()))
+
+
+@pytest.mark.parametrize("bad", [["eval.attentive_heads=3"], ["eval.attentive_batch_size=999"]], ids=["heads", "batch"])
+def test_a_refused_attentive_probe_leaves_no_folder(synth, tmp_path, capsys, bad):  # noqa: F811
+    """`tgmae probe eval.probe=attentive eval.attentive_heads=3` exited 2 only after extracting the
+    token grids, leaving train.output_dir/features/ behind: the settings are checked against the
+    encoder's width and the listed videos first, and a refused run leaves no folder."""
+    from tgmae.cli import main
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    out = tmp_path / "z1"
+    args = ["probe", "data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "model.patch_size=8", "train.batch_size=3", "train.precision=fp32",
+            "log.progress=false", "log.tensorboard=false", f"model.pretrained={pt}", f"train.output_dir={out}",
+            "eval.probe=attentive", "eval.attentive_epochs=1", *bad]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert bad[0].split("=")[0] in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_attentive_folder_compares_only_its_keys_and_continues_on_more_epochs(checkpoint, tmp_path):
+    """An attentive folder refused eval.knn_k changes (a key it never reads) and eval.attentive_epochs
+    6 -> 8 (its train.epochs, which a linear probe may raise to continue): other probes' keys may
+    change, raising the epochs continues the finished probe (the schedule of the new length from
+    there on, as train.epochs), and the attentive knobs it reads are still refused."""
+    base = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.resume=auto"]
+    run_probe(probe_cfg(tmp_path / "a", checkpoint, *base), **data())
+    again = run_probe(probe_cfg(tmp_path / "a", checkpoint, *base, "eval.knn_k=[1,3]", "eval.probe_l2=[0.5]"), **data())
+    assert len([r for r in again.history if "val_top1" in r]) == 4
+    more = [*base, "eval.attentive_epochs=6"]
+    longer = run_probe(probe_cfg(tmp_path / "a", checkpoint, *more), **data())
+    assert [r["epoch"] for r in longer.history if "val_top1" in r][-2:] == [4, 5]  # two more epochs
+    assert not torch.equal(longer.model.pooler.query_tokens, again.model.pooler.query_tokens)
+    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_queries: 1 -> 2"):
+        run_probe(probe_cfg(tmp_path / "a", checkpoint, *more, "eval.attentive_queries=2"), **data())
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "unfinished"])
+@pytest.mark.parametrize("probe", [["eval.probe=knn", "eval.knn_k=[1,3]"], ["eval.probe=linear"]], ids=["knn", "linear"])
+def test_other_probes_into_an_attentive_folder_get_one_message(checkpoint, tmp_path, finished, probe):
+    """eval.probe=knn into an attentive folder said "holds an attentive_probe run ..., not a probe run",
+    eval.probe=linear "probe made with other settings (eval.probe: 'attentive' -> 'linear')": one
+    message, naming eval.probe, for both, finished or not."""
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == 2:
+            raise Killed()
+
+    attentive = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.every_steps=1", "checkpoint.resume=auto"]
+    if finished:
+        run_probe(probe_cfg(tmp_path, checkpoint, *attentive), **data())
+    else:
+        with pytest.raises(Killed):
+            run_probe(probe_cfg(tmp_path, checkpoint, *attentive), hooks=[kill], **data())
+    with pytest.raises(ckpt.CheckpointError, match=r"other settings \(eval\.probe: 'attentive' -> '"
+                                                   + probe[0].split("=")[1] + "'"):
+        run_probe(probe_cfg(tmp_path, checkpoint, *probe, "checkpoint.resume=auto"), **data(views=1))

@@ -10,7 +10,8 @@ from tgmae.evaluate.knn import knn_classify
 
 def reference_knn(train, train_labels, test, test_labels, k, temperature, num_classes):
     """Plain loops: cosine similarity, k most similar training rows, votes exp(sim / T) per
-    class, classes ranked by votes (lower id first on equal votes)."""
+    class, classes ranked by votes (lower id first on equal votes); a class without votes is no
+    prediction."""
     top1 = top5 = 0
     for i in range(test.shape[0]):
         q = test[i].double()
@@ -25,7 +26,7 @@ def reference_knn(train, train_labels, test, test_labels, k, temperature, num_cl
         ranked = sorted(range(num_classes), key=lambda c: (-votes[c], c))
         y = int(test_labels[i])
         top1 += ranked[0] == y
-        top5 += y in ranked[:min(5, k)]
+        top5 += y in [c for c in ranked[:5] if votes[c] > 0]
     return top1 / test.shape[0], top5 / test.shape[0]
 
 
@@ -110,3 +111,17 @@ def test_knn_rejects_mismatched_shapes():
         knn_classify(train, ytr, test[:, :3], yte)
     with pytest.raises(ValueError, match="labels must be"):
         knn_classify(train, ytr[:-1], test, yte)
+
+
+def test_ties_and_unvoted_classes_rank_alike_in_results_and_predictions():
+    """Two equal neighbours of classes 4 and 2 tie: both the accuracy and the CSV rank class 2 first;
+    the classes without votes are neither counted in top-5 nor listed (empty slots)."""
+    from tgmae.evaluate.predictions import prediction_rows
+
+    train = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    train_labels = torch.tensor([4, 2, 0, 1])
+    test, test_labels = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([2, 5])
+    res = knn_classify(train, train_labels, test, test_labels, [2], 0.07, num_classes=8, keep_scores=[2])[2]
+    assert (res.top1, res.top5) == (0.5, 0.5)  # class 5 has no votes: not a top-5 hit
+    rows = prediction_rows(["a", "b"], test_labels, res.scores, voted_only=True)
+    assert [r[2::2] for r in rows[1:]] == [["2", "4", "", "", ""]] * 2

@@ -122,3 +122,67 @@ def test_knn_probe_refuses_a_folder_holding_a_linear_probe(checkpoint, tmp_path)
     with pytest.raises(CheckpointError, match=r"eval\.probe: 'knn' -> 'linear'"):  # and the reverse
         run_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"), **data)
     run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)  # the same kind again is fine
+
+
+def csv_topk(path: Path) -> tuple[float, float]:
+    """(top-1, top-5) counted from a test_predictions.csv: the true label among pred_1..5 (an empty
+    slot is no prediction)."""
+    rows = list(csv.DictReader(path.open()))
+    top1 = sum(r["true_label"] == r["pred_1"] for r in rows) / len(rows)
+    top5 = sum(r["true_label"] in [r.get(f"pred_{j}") for j in range(1, 6) if r.get(f"pred_{j}")] for r in rows)
+    return top1, top5 / len(rows)
+
+
+@pytest.mark.parametrize("probe", [["eval.probe=knn", "eval.knn_k=[1,5]"], ["eval.probe=knn", "eval.knn_k=[3]"],
+                                   ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"],
+                                   ["eval.probe=attentive", "eval.attentive_epochs=2", "eval.attentive_heads=2",
+                                    "eval.attentive_batch_size=8"]],
+                         ids=["knn-k1", "knn-k3", "lbfgs", "attentive"])
+def test_predictions_csv_agrees_with_the_results(checkpoint, tmp_path, probe):
+    """k-NN with k < 5 filled pred_2..5 with classes of no votes (score 0, in class-id order): top-5
+    from the CSV 0.467 against 0.100 in probe_results.json. A class without votes is no prediction
+    (its slot stays empty), and every probe's CSV counts the results' top-1 / top-5."""
+    data = dict(train_data=Clips(32, k=8), val_data=Clips(16, k=8, seed=1), num_classes=8)
+    run_probe(probe_cfg(tmp_path, checkpoint, *probe), cache_dir=tmp_path / "cache", **data)
+    out = tmp_path / "probe"
+    saved = json.loads((out / "probe_results.json").read_text())
+    top1, top5 = csv_topk(out / "test_predictions.csv")
+    assert (top1, top5) == (pytest.approx(saved["top1"]), pytest.approx(saved["top5"]))
+    if saved["probe"] == "knn" and saved["k"] < 5:
+        rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+        assert all(r["score_1"] and all(r[f"score_{j}"] == "" or float(r[f"score_{j}"]) > 0 for j in range(2, 6))
+                   for r in rows)
+        if saved["k"] == 1:
+            assert all(r["pred_2"] == "" for r in rows)
+
+
+@pytest.mark.parametrize("other", ["eval.knn_k=[3,5]", "eval.knn_temperature=0.5"])
+def test_knn_rerun_under_other_settings_is_refused_naming_the_key(checkpoint, tmp_path, other):
+    """A k-NN rerun into a k-NN folder with another eval.knn_k / eval.knn_temperature silently
+    replaced probe_results.json, the CSV and config.yaml: refused naming the key, as the linear
+    probe refuses other settings; keys the k-NN never reads may change; ignore_config replaces."""
+    from tgmae.weights.files import CheckpointError
+
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    knn = ["eval.probe=knn", "eval.knn_k=[1,5]"]
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)
+    out = tmp_path / "probe"
+    kept = {n: (out / n).read_bytes() for n in ("probe_results.json", "test_predictions.csv", "config.yaml")}
+    with pytest.raises(CheckpointError, match=other.split("=")[0].replace(".", r"\.") + ": "):
+        run_probe(probe_cfg(tmp_path, checkpoint, *knn, other), **data)
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn, "eval.attentive_lr=0.5", "eval.probe_l2=[0.5]"), **data)
+    run_probe(probe_cfg(tmp_path, checkpoint, *knn, other, "checkpoint.resume=ignore_config"), **data)
+    assert (out / "probe_results.json").read_bytes() != kept["probe_results.json"]
+
+
+def test_lbfgs_rerun_under_another_l2_is_refused_naming_the_key(checkpoint, tmp_path):
+    """The L-BFGS probe's results were replaced by a rerun with another eval.probe_l2, as the k-NN's."""
+    from tgmae.weights.files import CheckpointError
+
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    lbfgs = ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"]
+    run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs), **data)
+    with pytest.raises(CheckpointError, match=r"eval\.probe_l2: "):
+        run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.probe_l2=[0.1]"), **data)
+    run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.knn_k=[1]"), **data)  # a key it never reads

@@ -38,7 +38,8 @@ from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, To
                                       predict_attentive)
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe, tensors_fingerprint, val_counts, write_results,
+from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe,
+                                  tensors_fingerprint, unused_probe_keys, val_counts, write_results,
                                   write_val_predictions)
 from tgmae.train.optim import param_groups
 from tgmae.train.resume import locks_run_folder
@@ -77,6 +78,9 @@ class AttentiveTask:
         self.inputs_fingerprint = tensors_fingerprint(
             [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
         self.class_names: list[str] = []  # label order; set by attentive_probe, kept in checkpoints
+        # a resume may change the other probes' knobs, and raise eval.attentive_epochs as train.epochs
+        # (the loop's train.epochs is it: a finished probe continues, as a linear probe's raised train.epochs)
+        self.unused_keys = unused_probe_keys("attentive") + ("eval.attentive_epochs",)
 
     def build_model(self) -> nn.Module:
         """One `AttentiveClassifier`, or with eval.attentive_ensemble = K > 1 an `AttentiveEnsemble` of
@@ -122,13 +126,36 @@ def score_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     return {f"top{k}": v for k, v in acc.items()} | {"loss": float(nll)}
 
 
-def encoder_heads(cfg: RunConfig) -> int:
-    """eval.attentive_heads, else the probed encoder's head count (V-JEPA's choice)."""
+def encoder_heads(cfg: RunConfig, arch: Any = None) -> int:
+    """eval.attentive_heads, else the probed encoder's head count (V-JEPA's choice; `arch`: its
+    `VideoMAEArch`, else read from model.pretrained)."""
     if cfg.eval.attentive_heads:
         return cfg.eval.attentive_heads
-    from tgmae.weights.sources import load_encoder_source
+    if arch is None:
+        from tgmae.weights.sources import load_encoder_source
 
-    return load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads).arch.num_heads
+        arch = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads).arch
+    return arch.num_heads
+
+
+def check_attentive(cfg: RunConfig, arch: Any, train_data: Dataset) -> int:
+    """The probe's head count, once the encoder's `VideoMAEArch` and the training set are known
+    and before any token grid is extracted (a refused run leaves no folder): ConfigError naming
+    eval.attentive_heads when it does not divide the width, or the batch key when one batch
+    holds more clips than the training set lists."""
+    heads = encoder_heads(cfg, arch)
+    if arch.embed_dim % heads:
+        raise ConfigError(f"eval.attentive_heads={heads}: does not divide the token width {arch.embed_dim}")
+    _check_batch(cfg, len(train_data))
+    return heads
+
+
+def _check_batch(cfg: RunConfig, videos: int) -> None:
+    """ConfigError when one batch of the probe's loop holds more clips than `videos`."""
+    run = loop_config(cfg).train
+    if run.batch_size * run.accum_steps > videos:
+        key = "eval.attentive_batch_size" if cfg.eval.attentive_batch_size else "train.batch_size"
+        raise ConfigError(f"{key}={run.batch_size}: more than the {videos} training videos")
 
 
 @locks_run_folder
@@ -140,14 +167,14 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
     refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes)
+    heads: list[int] = []
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes,
+                                       check=lambda arch, data: heads.append(check_attentive(cfg, arch, data)))
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
-    if run_cfg.train.batch_size * run_cfg.train.accum_steps > len(train):
-        key = "eval.attentive_batch_size" if cfg.eval.attentive_batch_size else "train.batch_size"
-        raise ConfigError(f"{key}={run_cfg.train.batch_size}: more than the {len(train)} training videos")
+    _check_batch(cfg, len(train))  # again: unreadable videos are left out of the grids
     grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731
-    task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, encoder_heads(cfg))
+    task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, heads[0] if heads else encoder_heads(cfg))
     task.class_names = names  # kept in its checkpoints: a resume refuses other names / order
     trainer = Trainer(task, run_cfg, hooks=hooks)
     fit = trainer.fit()

@@ -1,7 +1,8 @@
 """Weighted k-nearest-neighbour classification of frozen features (DINO's k-NN protocol).
 
 DINO (Caron et al. 2021, `eval_knn.py`): L2-normalised features, cosine similarity, the k nearest
-training rows vote with weight exp(similarity / T) (T = 0.07); top-5 looks at min(5, k) classes.
+training rows vote with weight exp(similarity / T) (T = 0.07). A class without votes is no
+prediction: top-5 looks at the (at most min(5, k)) voted classes, as test_predictions.csv lists them.
 Several k come out of one top-max(k) search per chunk of test rows (memory [chunk, N_train]);
 equal votes rank by class id (lowest first). Inputs are cast to float32 on `device` (default: the
 training features').
@@ -21,12 +22,14 @@ DINO_TEMPERATURE = 0.07
 
 @dataclass
 class KnnResult:
-    """Accuracy for one k: top-1, and top-5 (None with 5 classes or fewer, as the other probes)."""
+    """Accuracy for one k: top-1, and top-5 (None with 5 classes or fewer, as the other probes);
+    scores [M, K] float64 (votes / their sum) when asked for (`knn_classify`'s keep_scores)."""
 
     k: int
     top1: float
     top5: Optional[float]
     num_test: int
+    scores: Optional[torch.Tensor] = None
 
 
 def _check(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
@@ -82,27 +85,39 @@ def _num_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, num_clas
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
                  ks: Sequence[int] = DINO_KS, temperature: float = DINO_TEMPERATURE,
                  num_classes: Optional[int] = None, chunk: int = 1024,
-                 device: Optional[torch.device] = None) -> dict[int, KnnResult]:
+                 device: Optional[torch.device] = None, keep_scores: Sequence[int] = ()) -> dict[int, KnnResult]:
     """{k: KnnResult} of DINO's weighted k-NN: train [N, D] features with labels [N] int in
     [0, K), test [M, D] with labels [M]. num_classes K: default 1 + the largest label. chunk:
-    test rows per similarity block ([chunk, N] floats at a time). ValueError for shapes, a k above
-    N, or T <= 0."""
+    test rows per similarity block ([chunk, N] floats at a time). keep_scores: the ks whose
+    result carries the scores it was counted from (the same neighbours, for per-video
+    predictions). ValueError for shapes, a k above N, or T <= 0."""
     kset = _check(train, train_labels, test, test_labels, ks, temperature)
     device = device or train.device
     k_cls = _num_classes(train_labels, test_labels, num_classes)
     top5 = min(5, k_cls)
     hits1 = {k: 0 for k in kset}
     hits5 = {k: 0 for k in kset}
+    kept: dict[int, list[torch.Tensor]] = {int(k): [] for k in keep_scores}
     for start, sim, neighbours in _neighbours(train, train_labels, test, kset[-1], chunk, device):
         y = test_labels[start: start + chunk].to(device, torch.long).view(-1, 1)
         for k in kset:
-            ranked = rank_classes(knn_votes(sim, neighbours, k, k_cls, temperature), top5)
-            hit = ranked == y
+            votes = knn_votes(sim, neighbours, k, k_cls, temperature)
+            ranked = rank_classes(votes, top5)
+            hit = (ranked == y) & (votes.gather(1, ranked) > 0)  # a class without votes is no prediction
             hits1[k] += int(hit[:, 0].sum())
-            hits5[k] += int(hit[:, :min(5, k)].any(dim=1).sum())
+            hits5[k] += int(hit.any(dim=1).sum())
+            if k in kept:
+                kept[k].append(votes.double().cpu())
     m = test.shape[0]
     return {k: KnnResult(k, hits1[k] / m if m else float("nan"),
-                         (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m) for k in kset}
+                         (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m,
+                         _as_scores(kept[k], k_cls) if k in kept else None) for k in kset}
+
+
+def _as_scores(parts: list[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """[M, K] float64: the chunks' votes, each row divided by its sum (the ranking stays the votes')."""
+    votes = torch.cat(parts) if parts else torch.zeros(0, num_classes, dtype=torch.float64)
+    return votes / votes.sum(dim=1, keepdim=True)
 
 
 @torch.no_grad()
@@ -117,5 +132,4 @@ def knn_scores(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tens
     k_cls = _num_classes(train_labels, train_labels, num_classes)
     parts = [knn_votes(sim, nb, k, k_cls, temperature).double().cpu()
              for _, sim, nb in _neighbours(train, train_labels, test, k, chunk, device)]
-    votes = torch.cat(parts) if parts else torch.zeros(0, k_cls, dtype=torch.float64)
-    return votes / votes.sum(dim=1, keepdim=True)
+    return _as_scores(parts, k_cls)

@@ -4,7 +4,8 @@ nothing trains, resumes or checkpoints.
 
 Outputs in `train.output_dir`: config.yaml; probe_results.json with `knn` = {k: {top1, top5}} and
 `top1` / `top5` / `k` of the first k of `eval.knn_k` (chosen before any result);
-test_predictions.csv of that k (votes / their sum). ConfigError naming `eval.knn_k` for a k above
+test_predictions.csv of that k (votes / their sum; a class without votes is no prediction, its
+slots stay empty, as the results' top-5 counts it). ConfigError naming `eval.knn_k` for a k above
 the training features' count, and without `data.val_annotations`.
 """
 
@@ -18,7 +19,7 @@ from typing import Optional
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError, RunConfig, save_config
-from tgmae.evaluate.knn import KnnResult, knn_classify, knn_scores
+from tgmae.evaluate.knn import KnnResult, knn_classify
 from tgmae.evaluate.metrics import topk_text
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import subset_annotations
@@ -52,8 +53,8 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     if val_data is None and not subset_annotations(cfg.data, "val"):
         raise ConfigError("eval.probe=knn scores the val videos: set data.val_annotations")
     out = Path(cfg.train.output_dir)
+    refuse_other_probe(cfg)  # another probe's folder named by eval.probe, as the linear probe's refusal
     refuse_other_run(out)
-    refuse_other_probe(cfg)
     if train_data is None:  # refused before any feature is extracted: the list's length bounds the features
         from tgmae.data.dataset import build_dataset
 
@@ -69,15 +70,15 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     top = max(int(train.labels.max()), int(val.labels.max()) if len(val) else 0)
     if top >= k_cls:
         raise ConfigError(f"eval.num_classes={k_cls}: the features' labels reach {top}")
-    by_k = knn_classify(train.features, train.labels, val.features, val.labels, ks, temperature, k_cls)
+    by_k = knn_classify(train.features, train.labels, val.features, val.labels, ks, temperature, k_cls,
+                        keep_scores=[ks[0]])  # the CSV's scores: the neighbours the results counted
     head = by_k[ks[0]]
     if init_distributed(cfg.train.device).is_main:  # every rank scores alike; one writes
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         final = {"top1": head.top1, **({"top5": head.top5} if head.top5 is not None else {})}
         table = {str(k): {"top1": r.top1, **({"top5": r.top5} if r.top5 is not None else {})} for k, r in by_k.items()}
-        scores = knn_scores(train.features, train.labels, val.features, ks[0], temperature, k_cls)
-        write_val_predictions(out, val, scores, names)
+        write_val_predictions(out, val, head.scores, names, voted_only=True)
         # last: probe_results.json says the probe is done (the study skips it then)
         write_results(cfg, out, train, val, final, head.top1, None, k=ks[0], knn=table, temperature=temperature)
         log.info("k-NN probe (T %g): %s", temperature,

@@ -40,10 +40,11 @@ def left_out_text(left_out: int, total: int, subset: str, listed_in: str) -> str
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
-    """{k: [N] bool, label among the top-k scores of its row}; k is capped at K."""
+    """{k: [N] bool, label among the top-k scores of its row}; k is capped at K. Equal scores rank
+    the lower class id first, as test_predictions.csv lists them (topk's order of ties is unspecified)."""
     _check_scores(scores, labels)
     kmax = min(max(ks), scores.shape[1])
-    top = scores.topk(kmax, dim=1).indices  # [N, kmax]
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]  # [N, kmax]
     hit = top == labels.view(-1, 1)
     return {k: hit[:, :min(k, kmax)].any(dim=1) for k in ks}
 

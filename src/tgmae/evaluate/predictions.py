@@ -3,7 +3,8 @@
 One row per scored video: `video_id, true_label, pred_1, score_1, ..., pred_k, score_k`, labels as
 class names (else ids), scores the class probabilities (6 decimals) best first; rows that are not
 a distribution (a value outside [0, 1] or a sum off 1 by > 1e-4) are softmaxed first. Equal scores
-rank by class id. Written atomically.
+rank by class id (as `metrics.topk_correct`). voted_only (k-NN): a class scoring 0 had no votes and is
+no prediction, its slots stay empty. Written atomically.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def as_probabilities(scores: torch.Tensor) -> torch.Tensor:
 
 
 def prediction_rows(video_ids: Sequence[str], labels: torch.Tensor, logits_or_probs: torch.Tensor,
-                    class_names: Sequence[str] = (), k: int = 5) -> list[list[str]]:
+                    class_names: Sequence[str] = (), k: int = 5, voted_only: bool = False) -> list[list[str]]:
     """The CSV rows (header first) of `write_predictions`; k is capped at the number of classes."""
     scores = logits_or_probs
     if scores.dim() != 2 or labels.shape != (scores.shape[0],) or len(video_ids) != scores.shape[0]:
@@ -48,17 +49,19 @@ def prediction_rows(video_ids: Sequence[str], labels: torch.Tensor, logits_or_pr
     rows = [header]
     for vid, y, top, p in zip(video_ids, labels.tolist(), order.tolist(), probs.tolist()):
         true = names[y] if 0 <= y < num_classes else str(y)
-        rows.append([str(vid), true] + [x for c in top for x in (names[c], f"{p[c]:.6f}")])
+        slots = [(names[c], f"{p[c]:.6f}") if p[c] > 0 or not voted_only else ("", "") for c in top]
+        rows.append([str(vid), true] + [x for slot in slots for x in slot])
     return rows
 
 
 def write_predictions(path: str | os.PathLike, video_ids: Sequence[str], labels: torch.Tensor,
-                      logits_or_probs: torch.Tensor, class_names: Sequence[str] = (), k: int = 5) -> Path:
+                      logits_or_probs: torch.Tensor, class_names: Sequence[str] = (), k: int = 5,
+                      voted_only: bool = False) -> Path:
     """Write `path` (e.g. `<output_dir>/test_predictions.csv`) from video ids [N], true labels
     [N] int and scores [N, K] (logits or probabilities); returns the path. ValueError when the
-    lengths disagree or the names do not count K."""
+    lengths disagree or the names do not count K. voted_only: as the module doc."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(prediction_rows(video_ids, labels, logits_or_probs,
-                                                                    class_names, k))
+                                                                    class_names, k, voted_only))
     atomic_write_text(path, buf.getvalue())
     return Path(path)

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,24 @@ from tgmae.data.dataset import build_dataset, subset_annotations
 log = logging.getLogger("tgmae")
 
 HEAD_FILE = "probe_head.safetensors"  # the lbfgs probe's fitted head
+LOOP = "loop (LARS / SGD)"  # the linear probe trained on the shared loop (`_probe_kind`)
+
+
+def probe_keys(kind: str) -> tuple[str, ...]:
+    """The `eval.*` keys only this kind of probe (`_probe_kind`: k-NN, L-BFGS, attentive, LOOP) reads."""
+    from tgmae.config import EvalConfig
+
+    attentive = tuple(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig) if f.name.startswith("attentive_"))
+    return {"k-NN": ("eval.knn_k", "eval.knn_temperature"), "L-BFGS": ("eval.probe_l2", "eval.probe_folds"),
+            "attentive": attentive}.get(kind, ())
+
+
+def unused_probe_keys(kind: str) -> tuple[str, ...]:
+    """The `eval.*` keys a probe of `kind` never reads (the other kinds' knobs): a rerun or resume
+    in its folder may change them."""
+    own = set(probe_keys(kind))
+    other = [k for o in ("k-NN", "L-BFGS", "attentive", LOOP) if o != kind for k in probe_keys(o) if k not in own]
+    return tuple(other) + (("eval.probe_optimizer",) if kind in ("k-NN", "attentive") else ())
 
 
 class ProbeHead(nn.Module):
@@ -127,6 +145,7 @@ class ProbeTask:
         # (e.g. new weights written over the same model.pretrained path).
         self.inputs_fingerprint = features_fingerprint(train, val, num_classes)
         self.class_names: list[str] = []  # label order; set by linear_probe, kept in checkpoints
+        self.unused_keys = unused_probe_keys(LOOP)  # a resume may change the other probes' knobs
 
     def build_model(self) -> ProbeHead:
         return ProbeHead(self.train.features.shape[1], self.num_classes)
@@ -215,7 +234,8 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
-                   num_classes: Optional[int] = None) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+                   num_classes: Optional[int] = None, check: Optional[Callable[[Any, Dataset], None]] = None,
+                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
     """(train, val or None, class names): features of `cfg.model.pretrained`'s frozen encoder, via the cache.
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform; in-memory datasets are
@@ -223,7 +243,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     out and listed in `unreadable` (`eval.strict=true`: `VideoLoadError`). tokens: token grids [N, L, D]
     instead of means [N, D], and the default val set is multi-view ([N, V, L, D]). Classes are checked
     before extraction as finetuning checks them (`evaluate.classes.check_head_classes`), or after it for
-    in-memory datasets without class names or records."""
+    in-memory datasets without class names or records. check(arch, train_data): the caller's own
+    refusals (ConfigError) of the encoder's `VideoMAEArch` and the training set, also before
+    anything is extracted or any folder made."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
@@ -241,6 +263,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
                            num_classes=num_classes, configured=cfg.eval.num_classes,
                            train_where=f"data.train_annotations={cfg.data.train_annotations}")
+    if check is not None:
+        check(encoder.arch, train_data)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
@@ -287,15 +311,16 @@ def scored_video_ids(data: Dataset, unreadable: list[dict]) -> list[str]:
 
 
 def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Optional[torch.Tensor],
-                          names: list[str]) -> None:
+                          names: list[str], voted_only: bool = False) -> None:
     """`out/test_predictions.csv` (`tgmae.evaluate.predictions`) of the val videos: scores [N, K]
-    logits or probabilities, row i = val.video_ids[i]. Class names only when they count K."""
+    logits or probabilities, row i = val.video_ids[i]. Class names only when they count K.
+    voted_only (k-NN): classes scoring 0 are no predictions (empty slots)."""
     from tgmae.evaluate.predictions import write_predictions
 
     if val is None or scores is None:
         return
     write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, scores,
-                      names if len(names) == scores.shape[1] else ())
+                      names if len(names) == scores.shape[1] else (), voted_only=voted_only)
 
 
 def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val_data: Dataset,
@@ -420,7 +445,7 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
         return "k-NN"
     if probe == "attentive":
         return "attentive"
-    return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else "loop (LARS / SGD)")
+    return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else LOOP)
 
 
 def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
@@ -445,15 +470,18 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
         stored_probe, stored = "linear", "lbfgs"
     if (checkpoints and stored is None and stored_probe in (None, "linear")
             and ckpt.find_latest(out / "checkpoints") is not None):
-        refuse_other_run(out)  # another kind of run is named as such first
-        stored_probe, stored = "linear", "lars"
+        # an unfinished attentive probe is named as a probe (eval.probe), another kind of run as such
+        stored_probe = "attentive" if checkpoint_task(out) == "attentive_probe" else None
+        if stored_probe is None:
+            refuse_other_run(out)
+            stored_probe, stored = "linear", "lars"
     now_probe = cfg.eval.probe
     now = cfg.eval.probe_optimizer if now_probe == "linear" else None
     have, want = _probe_kind(stored_probe, stored), _probe_kind(now_probe, now)
     if cfg.checkpoint.resume == ckpt.IGNORE_CONFIG:
         return
     if have == want and results.is_file():
-        _refuse_other_inputs(cfg, out)
+        _refuse_other_inputs(cfg, out, want)
     if have in (None, want):
         return
     what = (f"eval.probe: {stored_probe!r} -> {now_probe!r}" if stored_probe != now_probe
@@ -463,9 +491,11 @@ def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
         f"with another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
-def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
+def _refuse_other_inputs(cfg: RunConfig, out: Path, kind: Optional[str]) -> None:
     """CheckpointError when a finished probe's config.yaml differs in `data.*` keys that matter
-    (`config_differences`) or `model.pretrained`: its results would be replaced silently."""
+    (`config_differences`), `model.pretrained`, eval.num_classes or, for the probes without a loop
+    (k-NN, L-BFGS: the loop checks its own runs), the keys of `probe_keys(kind)` (and train.seed,
+    which draws L-BFGS's CV folds): its results would be replaced silently."""
     import yaml
 
     from tgmae.config import to_dict
@@ -473,13 +503,21 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path) -> None:
     saved = out / "config.yaml"
     if not saved.is_file():
         return
+    keys = {"model.pretrained", "eval.num_classes"} | set(probe_keys(kind) if kind in ("k-NN", "L-BFGS") else ())
+    keys |= {"train.seed"} if kind == "L-BFGS" else set()
     diffs = [d for d in ckpt.config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg),
-                                                to_dict(RunConfig())) if d[0].startswith("data.") or d[0] == "model.pretrained"]
+                                                to_dict(RunConfig())) if d[0].startswith("data.") or d[0] in keys]
     if diffs:
         what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise ckpt.CheckpointError(
-            f"train.output_dir={str(out)!r} holds a probe of other inputs ({what}): start a new run with "
+            f"train.output_dir={str(out)!r} holds a probe of other inputs or settings ({what}): start a new run with "
             f"another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
+
+
+def checkpoint_task(out: Path) -> Optional[str]:
+    """The task name stored in `out/checkpoints`' latest checkpoint (None: none, or not kept)."""
+    source = ckpt.find_latest(out / "checkpoints")
+    return None if source is None else ckpt.load_checkpoint(source).extra.get("task")
 
 
 def refuse_other_run(out: Path) -> None:

@@ -71,7 +71,8 @@ class Task(Protocol):
 
     Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (kept
     in checkpoints), `build_optimizer(groups, optim_cfg, device)`, and `inputs_fingerprint: str`
-    (read after `build_model`, stored in checkpoints: a resume on other inputs is refused).
+    (read after `build_model`, stored in checkpoints: a resume on other inputs is refused), and
+    `unused_keys: tuple[str, ...]` (config keys the task never reads: a resume may change them).
     """
 
     name: str
@@ -282,7 +283,7 @@ class Trainer:
         # label i's class: kept in every checkpoint, a resume refuses other names or order
         self.class_names = list(getattr(task, "class_names", None) or [])
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
-                         class_names=self.class_names)
+                         class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())))
         train_model = self._wrap(model)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,

@@ -19,7 +19,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -52,16 +52,18 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None) -> list[tuple[str, Any, Any]]:
+def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
+                       unused: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
     """(dotted key, stored value, new value) for every training-relevant key that differs.
 
-    Keys in RESUMABLE_KEYS are left out. A key the stored config lacks (written before the key
-    existed) counts as its value in `defaults` (the nested dict of the default config)."""
+    Keys in RESUMABLE_KEYS and `unused` (keys this kind of run never reads, or may change as
+    train.epochs) are left out. A key the stored config lacks (written before the key existed)
+    counts as its value in `defaults` (the nested dict of the default config)."""
     old = {**_flatten(defaults or {}), **_flatten(stored)}
     cur = _flatten(new)
     out = []
     for key in sorted(set(old) | set(cur)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+        if key in unused or any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
             continue
         a, b = old.get(key, "<absent>"), cur.get(key, "<absent>")
         if a != b:
@@ -92,13 +94,13 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
 
 
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
-                        output_dir: str = "") -> list[tuple[str, Any, Any]]:
+                        output_dir: str = "", unused: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
     """Refuse to resume `source` under settings it was not trained with.
 
     Raises CheckpointError listing each differing key (`key: old -> new`, one per line) and the
     ways out: a new train.output_dir, or checkpoint.resume=ignore_config. Returns the differences
-    (empty when the configs agree on every training-relevant key)."""
-    diffs = config_differences(stored, new, defaults)
+    (empty when the configs agree on every training-relevant key; `unused` as `config_differences`)."""
+    diffs = config_differences(stored, new, defaults, unused)
     if diffs and new.get("checkpoint", {}).get("resume") != IGNORE_CONFIG:
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise CheckpointError(
