@@ -271,6 +271,14 @@ def _shard_done(path: Path, key: str, videos: Optional[str] = None) -> bool:
     return meta.get("manifest") == key and (videos is None or meta.get("videos") == videos)
 
 
+def _shard_unreadable(path: Path) -> list[dict]:
+    """The unreadable videos a finished shard lists in its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["unreadable"])
+
+
 def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
                  videos: str = "") -> None:
     """One shard: features and index tensors of its videos' windows, unreadable ones and the
@@ -296,11 +304,13 @@ def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], un
 
 @dataclass
 class ExtractSummary:
-    """What one call did: shards written and skipped (already done), videos it could not read."""
+    """What one call did: shards written and skipped (already done); the unreadable videos of
+    all those shards (skipped ones' included: the folder's, for this rank) and of the shards it wrote."""
 
     written: list[int]
     skipped: list[int]
     unreadable: list[dict]
+    unreadable_new: list[dict] = dataclasses.field(default_factory=list)
 
 
 def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
@@ -337,6 +347,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             files = videos_fingerprint([videos[v][1] for v in _shard_videos(s, spec, len(videos))])
             if _shard_done(path, key, files):
                 summary.skipped.append(s)
+                summary.unreadable.extend(_shard_unreadable(path))  # the rerun reports the folder's
                 bar.update(len(_shard_videos(s, spec, len(videos))))
                 continue
             rows, bad = [], []
@@ -351,6 +362,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             _write_shard(path, key, rows, bad, files)
             summary.written.append(s)
             summary.unreadable.extend(bad)
+            summary.unreadable_new.extend(bad)
     finally:
         bar.close()
         encoder.train(was_training)
@@ -370,16 +382,13 @@ def _progress(enabled: bool, total: int) -> Any:
 def _finished_shards(out: Path) -> tuple[dict[str, Any], list[Path], list[dict]]:
     """(manifest, shard paths, their unreadable videos) of a finished extraction; ExtractError
     naming a shard that is missing or belongs to another extraction."""
-    from safetensors import safe_open
-
     m = json.loads((out / "manifest.json").read_text())
     key, shards, unreadable = _manifest_key(m), [], []
     for s in range(m["num_shards"]):
         path = shard_path(out, s, m["num_shards"])
         if not _shard_done(path, key):
             raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
-        with safe_open(str(path), "pt") as f:
-            unreadable.extend(json.loads(f.metadata()["unreadable"]))
+        unreadable.extend(_shard_unreadable(path))
         shards.append(path)
     return m, shards, unreadable
 
