@@ -539,23 +539,32 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     (this rank's summary, the index path on rank 0 else None). names: the command's flag names."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+    from tgmae.weights.sources import load_encoder_source
 
+    names = names or {}
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
-    dist = init_distributed(cfg.train.device)
+    if spec.window % cfg.model.tubelet_size:  # before any work; the checkpoint's tubelet is checked below
+        raise ConfigError(f"{names.get('window', 'window')}={spec.window}: must be a multiple of "
+                          f"model.tubelet_size={cfg.model.tubelet_size} (frames per token)")
     check_output_folder(out_dir, "--out")  # before the encoder is loaded
     if (Path(out_dir) / "manifest.json").is_file():
         _read_manifest(Path(out_dir) / "manifest.json", "--out")
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)  # as probe / finetune refuse it
+    if note := size_from_checkpoint(cfg.model, src.arch):
+        log.info("%s: %s", cfg.model.pretrained, note)
+    dist = init_distributed(cfg.train.device)
     made_folder = not Path(out_dir).exists()
     with job_lock(out_dir, "--out", dist.rank, dist.world_size), \
             hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
         videos = dataset_videos(cfg.data, subsets)
-        encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
-                                           dist.device)
+        encoder = frozen_encoder(src, spec.window, spec.image_size, dist.device)
         summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
                                     world=dist.world_size, device=dist.device,
                                     progress=cfg.log.progress and dist.is_main, what="--out",
-                                    names={"encoder": "model.pretrained's weights", **(names or {})})
+                                    names={"encoder": "model.pretrained's weights", **names})
     barrier()
     if not dist.is_main:
         return summary, None
