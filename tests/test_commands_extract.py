@@ -230,7 +230,7 @@ def test_extract_rerun_with_another_batch_size_or_unused_stride_reuses_the_folde
     assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
     assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "train.batch_size=8")]) == 0
     assert "already done 2" in capsys.readouterr().out
-    assert main(["extract", *args(dataset, encoder_file, clip, "--subset", "val", "--mode", "clip")]) == 0
-    assert main(["extract", *args(dataset, encoder_file, clip, "--subset", "val", "--mode", "clip",
-                                  "--stride", "4")]) == 0
+    clip_args = ("--subset", "val", "--mode", "clip", "--frame-step", "1")
+    assert main(["extract", *args(dataset, encoder_file, clip, *clip_args)]) == 0
+    assert main(["extract", *args(dataset, encoder_file, clip, *clip_args, "--stride", "4")]) == 0
     assert "already done 2" in capsys.readouterr().out

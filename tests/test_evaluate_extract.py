@@ -342,7 +342,8 @@ def test_settings_that_cannot_change_the_features_are_not_refused(tmp_path, mp4)
     assert again.skipped == [0, 1] and again.written == []
     clip = tmp_path / "c"
     extract_to_shards(tiny_encoder(), videos, clip, spec(mode="clip", stride=4), encoder_digest="d")
-    assert extract_to_shards(tiny_encoder(), videos, clip, spec(mode="clip", stride=8), encoder_digest="d").skipped == [0]
+    reused = extract_to_shards(tiny_encoder(), videos, clip, spec(mode="clip", stride=8), encoder_digest="d")
+    assert reused.skipped == [0]
     with pytest.raises(ExtractError, match="stride: 4 -> 8"):  # in windows mode stride is a setting
         extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1, stride=8), encoder_digest="d")
 

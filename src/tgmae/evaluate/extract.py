@@ -171,15 +171,32 @@ def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec
     return VideoFeatures(torch.cat(parts), starts, ends, seconds[starts], seconds[ends])
 
 
+def output_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's fields that change what a folder holds: batch_size (windows per forward pass) never
+    does, stride only in mode "windows" (clip mode takes the centred window); a rerun that differs
+    only in those reuses the folder."""
+    out = {k: v for k, v in spec.items() if k != "batch_size"}
+    if out.get("mode") == "clip":
+        out.pop("stride", None)
+    return out
+
+
 def manifest(videos: Sequence[tuple[str, str]], spec: ExtractSpec, encoder_digest: str) -> dict[str, Any]:
-    """What an output folder holds: settings, encoder digest, video ids (in order), shard count."""
+    """What an output folder holds: settings (`output_settings`), encoder digest, video ids (in
+    order), shard count."""
     n = len(videos)
-    return {"version": MANIFEST_VERSION, "spec": dataclasses.asdict(spec), "encoder": encoder_digest,
+    return {"version": MANIFEST_VERSION, "spec": output_settings(dataclasses.asdict(spec)), "encoder": encoder_digest,
             "video_ids": [v for v, _ in videos], "num_shards": max(1, -(-n // spec.videos_per_shard))}
 
 
+def _normalized(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest as `manifest` writes it now: one written before `output_settings` also held
+    batch_size (and stride in clip mode), which are no settings of the folder."""
+    return {**m, "spec": output_settings(m["spec"])} if isinstance(m.get("spec"), dict) else m
+
+
 def _manifest_key(m: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps(_normalized(m), sort_keys=True).encode()).hexdigest()[:24]
 
 
 def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
@@ -191,7 +208,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Option
     """`setting: old -> new` for each difference: spec fields, encoder digest, videos (count and first
     other id), version. names: the caller's names (spec field, "encoder", "videos" -> `--stride`)."""
     names = names or {}
-    new = json.loads(json.dumps(new))  # tuples as the JSON file holds them
+    old, new = _normalized(old), _normalized(json.loads(json.dumps(new)))  # tuples as the JSON file holds them
     out = []
     o_spec, n_spec = old.get("spec") or {}, new["spec"]
     for k in list(n_spec) + [k for k in o_spec if k not in n_spec]:
