@@ -297,9 +297,10 @@ def _shard_unreadable(path: Path) -> list[dict]:
 
 
 def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
-                 videos: str = "") -> None:
+                 videos: str = "", feature_dims: Sequence[int] = (0,)) -> None:
     """One shard: features and index tensors of its videos' windows, unreadable ones and the
-    fingerprint of its videos' files (`videos`) in metadata."""
+    fingerprint of its videos' files (`videos`) in metadata (keys sorted: the same shard is the
+    same bytes). feature_dims: a window's feature shape ([D] or [N, D]), for a shard without rows."""
     from safetensors.torch import save_file
 
     feats = [vf.features for _, vf in rows]
@@ -310,13 +311,31 @@ def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], un
         cols["window"].append(np.arange(w, dtype=np.int64))
         for k in ("start_frame", "end_frame", "start_sec", "end_sec"):
             cols[k].append(np.asarray(getattr(vf, k)))
-    tensors = {"features": torch.cat(feats).contiguous() if feats else torch.zeros(0, 0)}
+    tensors = {"features": torch.cat(feats).contiguous() if feats else torch.zeros(0, *feature_dims)}
     for k, parts in cols.items():
         dtype = np.float64 if k.endswith("_sec") else np.int64
         tensors[k] = torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
     with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
         save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable),
                                                  "videos": videos})
+        _sort_header(Path(tmp))
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys (and the metadata's) sorted: the
+    library writes the metadata in a per-process hash order, so a re-written shard differed in bytes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header = {k: (dict(sorted(v.items())) if k == "__metadata__" else v) for k, v in sorted(header.items())}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the same entries in another order: the same length, padded as the library pads
+            f.seek(8)
+            f.write(text.ljust(size))
+            return
+        data = f.read()
+    text = text.ljust(-(-len(text) // 8) * 8)  # the data stays 8-byte aligned
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
 
 
 @dataclass
@@ -355,7 +374,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
     key = _manifest_key(m)
     was_training = encoder.training
     encoder.eval()
-    summary = ExtractSummary([], [], [])
+    summary, dims = ExtractSummary([], [], []), None  # dims: a window's feature shape
     mine = range(rank, m["num_shards"], world)
     bar = _progress(progress, sum(len(_shard_videos(s, spec, len(videos))) for s in mine))
     try:
@@ -376,7 +395,11 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                     bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
                                 **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
-            _write_shard(path, key, rows, bad, files)
+            if not rows and dims is None:  # only unreadable videos: the features' shape from one forward pass
+                dims = tuple(encode_windows(encoder, torch.zeros(1, 3, spec.window, spec.image_size, spec.image_size,
+                                                                 device=device or _device_of(encoder)), spec).shape[1:])
+            dims = dims or tuple(rows[0][1].features.shape[1:])
+            _write_shard(path, key, rows, bad, files, dims)
             summary.written.append(s)
             summary.unreadable.extend(bad)
             summary.unreadable_new.extend(bad)
@@ -384,6 +407,10 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
         bar.close()
         encoder.train(was_training)
     return summary
+
+
+def _device_of(encoder: nn.Module) -> torch.device:
+    return next(encoder.parameters()).device
 
 
 def _shard_videos(shard: int, spec: ExtractSpec, n: int) -> range:
