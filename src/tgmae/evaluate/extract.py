@@ -395,10 +395,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                     bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
                                 **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
-            if not rows and dims is None:  # only unreadable videos: the features' shape from one forward pass
-                dims = tuple(encode_windows(encoder, torch.zeros(1, 3, spec.window, spec.image_size, spec.image_size,
-                                                                 device=device or _device_of(encoder)), spec).shape[1:])
-            dims = dims or tuple(rows[0][1].features.shape[1:])
+            dims = dims or (tuple(rows[0][1].features.shape[1:]) if rows else _feature_dims(encoder, spec, device))
             _write_shard(path, key, rows, bad, files, dims)
             summary.written.append(s)
             summary.unreadable.extend(bad)
@@ -409,8 +406,16 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
     return summary
 
 
-def _device_of(encoder: nn.Module) -> torch.device:
-    return next(encoder.parameters()).device
+def _feature_dims(encoder: nn.Module, spec: ExtractSpec, device: Optional[torch.device]) -> tuple[int, ...]:
+    """A window's feature shape, [D] (pooled) or [N, D] (tokens), for a shard without rows: from the
+    encoder's `arch` (N from the window and image geometry), else from one forward pass of zeros."""
+    arch = getattr(encoder, "arch", None)
+    if arch is not None:
+        n = (spec.window // arch.tubelet_size) * (spec.image_size // arch.patch_size) ** 2
+        return (arch.embed_dim,) if spec.output == "pooled" else (n, arch.embed_dim)
+    device = device or next(encoder.parameters()).device
+    zeros = torch.zeros(1, 3, spec.window, spec.image_size, spec.image_size, device=device)
+    return tuple(encode_windows(encoder, zeros, spec).shape[1:])
 
 
 def _shard_videos(shard: int, spec: ExtractSpec, n: int) -> range:
