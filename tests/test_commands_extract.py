@@ -182,3 +182,55 @@ def test_extract_into_a_run_or_a_users_folder_exits_2_naming_it(dataset, encoder
         assert len(err) == 1 and str(out) in err[0], err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
     assert sorted(p.name for p in mine.iterdir()) == ["index.csv"]
+
+
+def test_extract_rerun_prints_the_folders_unreadable_videos(dataset, encoder_file, tmp_path, capsys):
+    """issue 29: the rerun printed `unreadable videos 0` while unreadable.json listed the junk file."""
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
+    capsys.readouterr()
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
+    printed = capsys.readouterr().out
+    assert "already done 2" in printed and "unreadable videos 1 (0 new)" in printed, printed
+    assert len(json.loads((out / "unreadable.json").read_text())) == 1
+
+
+@pytest.mark.parametrize("setting", ["model.patch_size=8", "model.tubelet_size=4", "model.preset=tiny"])
+def test_extract_refuses_model_geometry_other_than_the_checkpoints(dataset, encoder_file, tmp_path, capsys, setting):
+    """issue 29: exit 0 with the checkpoint's geometry; now probe's refusal, one line naming the key
+    (the preset against a checkpoint of the micro preset's size)."""
+    import dataclasses
+
+    from tgmae.models.encoder import VideoViTEncoder
+
+    if setting.startswith("model.preset"):
+        micro = VideoViTEncoder(dataclasses.replace(ARCH, embed_dim=64, depth=2))
+        encoder_file = save_encoder(micro, tmp_path / "micro.safetensors")
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", setting)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting.split("=")[0] in err[0] and "checkpoint" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [("--window", "7"), ("--window", "3", "--frame-step", "2")])
+def test_extract_refuses_a_window_the_tubelet_does_not_divide(dataset, encoder_file, tmp_path, capsys, extra):
+    """issue 29: a traceback (num_frames=7 is not divisible by tubelet_size=2); now one line naming --window."""
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", *extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--window={extra[1]}" in err[0] and "tubelet" in err[0], err
+    assert not out.exists()
+
+
+def test_extract_rerun_with_another_batch_size_or_unused_stride_reuses_the_folder(dataset, encoder_file, tmp_path,
+                                                                                  capsys):
+    """issue 29: train.batch_size 4 -> 8, or --stride in --mode clip, were refused as other settings."""
+    out, clip = tmp_path / "o", tmp_path / "c"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "train.batch_size=8")]) == 0
+    assert "already done 2" in capsys.readouterr().out
+    clip_args = ("--subset", "val", "--mode", "clip", "--frame-step", "1")
+    assert main(["extract", *args(dataset, encoder_file, clip, *clip_args)]) == 0
+    assert main(["extract", *args(dataset, encoder_file, clip, *clip_args, "--stride", "4")]) == 0
+    assert "already done 2" in capsys.readouterr().out

@@ -317,3 +317,57 @@ def test_an_output_in_a_run_or_a_users_folder_or_manifest_is_refused_naming_it(t
     assert (mine / "manifest.json").read_text() == '{"name": "my project", "files": [1, 2]}'
     (tmp_path / "empty").mkdir()
     assert extract_to_shards(tiny_encoder(), videos, tmp_path / "empty", spec(), encoder_digest="d").written == [0]
+
+
+def test_a_rerun_summary_counts_the_unreadable_videos_of_finished_shards(tmp_path, mp4):
+    """issue 29: a rerun that skipped every shard reported 0 unreadable videos while unreadable.json
+    listed 3; the summary holds this rank's total and, apart, the ones found now."""
+    videos = video_set(tmp_path, mp4)
+    out = tmp_path / "x"
+    first = extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1), encoder_digest="d")
+    assert len(first.unreadable) == 3 and len(first.unreadable_new) == 3
+    again = extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1), encoder_digest="d")
+    assert again.written == [] and len(again.skipped) == 5
+    assert sorted(u["video_id"] for u in again.unreadable) == ["empty", "junk", "short"]
+    assert again.unreadable_new == []
+
+
+def test_settings_that_cannot_change_the_features_are_not_refused(tmp_path, mp4):
+    """issue 29: a rerun with another batch size (windows per forward), or in clip mode another
+    stride (unused there), was refused as other settings; the folder's shards are reused."""
+    videos = video_set(tmp_path, mp4)[:2]
+    out = tmp_path / "x"
+    extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1, batch_size=2), encoder_digest="d")
+    again = extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1, batch_size=5), encoder_digest="d")
+    assert again.skipped == [0, 1] and again.written == []
+    clip = tmp_path / "c"
+    extract_to_shards(tiny_encoder(), videos, clip, spec(mode="clip", stride=4), encoder_digest="d")
+    reused = extract_to_shards(tiny_encoder(), videos, clip, spec(mode="clip", stride=8), encoder_digest="d")
+    assert reused.skipped == [0]
+    with pytest.raises(ExtractError, match="stride: 4 -> 8"):  # in windows mode stride is a setting
+        extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1, stride=8), encoder_digest="d")
+
+
+@pytest.mark.parametrize("output", ["pooled", "tokens"])
+def test_a_shard_of_unreadable_videos_has_the_features_trailing_dims(tmp_path, mp4, output):
+    """issue 29: a shard whose only video is unreadable stored features [0, 0], so torch.cat of the
+    shards failed; it is [0, D] (pooled) or [0, N, D] (tokens). Its metadata keys are written in
+    sorted order, so a re-written shard is byte-identical."""
+    import json as _json
+    import struct
+
+    from safetensors.torch import load_file
+
+    videos = video_set(tmp_path, mp4)
+    out = tmp_path / "x"
+    extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=1, output=output), encoder_digest="d")
+    shards = sorted(out.glob("shard-*"))
+    feats = [load_file(str(p))["features"] for p in shards]
+    full = feats[0].shape[1:]
+    assert full == ((32,) if output == "pooled" else (ARCH.num_tokens, 32))
+    assert [f.shape[1:] for f in feats] == [full] * 5 and feats[2].shape[0] == 0
+    assert torch.equal(torch.cat(feats), read_shards(out)["features"])
+    for p in shards:
+        raw = p.read_bytes()
+        header = _json.loads(raw[8: 8 + struct.unpack("<Q", raw[:8])[0]])
+        assert list(header["__metadata__"]) == sorted(header["__metadata__"]), p

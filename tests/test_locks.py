@@ -369,3 +369,15 @@ def test_each_writer_refuses_a_run_or_its_checkpoints_naming_it(tmp_path, capsys
     if command in ("evaluate", "retrieve"):  # the run folder itself: no refusal of it (the classifier is missing)
         assert main([command, f"train.output_dir={run}", "model.pretrained=x.safetensors"]) == 2
         assert "checkpoints" not in capsys.readouterr().err
+
+
+def test_holds_extraction_knows_an_extract_folder_not_a_similarity_cache(tmp_path):
+    """Issue 29: an extraction folder is its own kind: its manifest (settings, videos, shards) or shards."""
+    from tgmae.locks import holds_extraction
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "manifest.json").write_text(json.dumps({"spec": {}, "video_ids": [], "num_shards": 1}))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps({"clip": "ViT-B/16"}))  # a masks cache
+    assert holds_extraction(tmp_path / "x") and not holds_extraction(tmp_path / "cache")
+    assert not holds_extraction(tmp_path / "none")

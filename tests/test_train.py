@@ -794,3 +794,27 @@ def test_the_last_good_checkpoint_named_holds_finite_weights(tmp_path):
         Trainer(_NanGradTask(cfg, nan_at_step=5), cfg).fit()
     latest = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "b" / "run" / "checkpoints"))
     assert latest.position.step == 3 and all(torch.isfinite(v).all() for v in latest.model_state.values())
+
+
+def test_a_run_into_an_extraction_folder_is_refused_naming_it(tmp_path, capsys):
+    """Issue 29: `tgmae pretrain` with train.output_dir = a `tgmae extract` folder ran and mixed its
+    config.yaml, metrics and checkpoints with the shards; refused in one line naming the folder,
+    before anything is written (extract --out RUN is refused the other way, `refuse_inside_run`)."""
+    from tgmae.cli import main
+    from tgmae.locks import RunFolderError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"version": 1, "spec": {}, "encoder": "d", "video_ids": ["a"],
+                                                   "num_shards": 1}))
+    cfg = toy_cfg(tmp_path)
+    with pytest.raises(RunFolderError, match="extract"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert main(["pretrain", f"train.output_dir={run}", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "train.output_dir" in err[0], err
+    (run / "manifest.json").unlink()
+    (run / "shard-00000-of-00001.safetensors").write_bytes(b"")  # the shards alone tell too
+    with pytest.raises(RunFolderError, match="extract"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert sorted(p.name for p in run.iterdir()) == ["shard-00000-of-00001.safetensors"]

@@ -79,6 +79,27 @@ def refuse_inside_run(path: str | os.PathLike, what: str) -> None:
                              f"give {what} a path outside any run")
 
 
+def holds_extraction(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a `tgmae extract` output: its shards (`shard-SSSSS-of-TTTTT.safetensors`)
+    or the manifest.json that lists an extraction's settings and videos (`tgmae.evaluate.extract`)."""
+    folder = Path(folder)
+    if any(folder.glob("shard-[0-9]*-of-[0-9]*.safetensors")):
+        return True
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"spec", "video_ids", "num_shards"} <= set(manifest)
+
+
+def refuse_extraction(path: str | os.PathLike, what: str) -> None:
+    """RunFolderError naming `path` when it holds an extraction (`holds_extraction`): a run's
+    config.yaml, metrics and checkpoints would mix with its shards and index."""
+    if holds_extraction(path):
+        raise RunFolderError(f"{path} ({what}): holds a `tgmae extract` output (manifest.json, shards), "
+                             f"another kind of folder, whose files the run would mix with; give {what} another path")
+
+
 def refuse_in_checkpoints(path: str | os.PathLike, what: str) -> None:
     """RunFolderError naming `path` when it is or lies inside a run's checkpoints/ folder or one of
     its step checkpoints: the run's resume and `checkpoints/latest` read those folders, so nothing

@@ -171,15 +171,32 @@ def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec
     return VideoFeatures(torch.cat(parts), starts, ends, seconds[starts], seconds[ends])
 
 
+def output_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's fields that change what a folder holds: batch_size (windows per forward pass) never
+    does, stride only in mode "windows" (clip mode takes the centred window); a rerun that differs
+    only in those reuses the folder."""
+    out = {k: v for k, v in spec.items() if k != "batch_size"}
+    if out.get("mode") == "clip":
+        out.pop("stride", None)
+    return out
+
+
 def manifest(videos: Sequence[tuple[str, str]], spec: ExtractSpec, encoder_digest: str) -> dict[str, Any]:
-    """What an output folder holds: settings, encoder digest, video ids (in order), shard count."""
+    """What an output folder holds: settings (`output_settings`), encoder digest, video ids (in
+    order), shard count."""
     n = len(videos)
-    return {"version": MANIFEST_VERSION, "spec": dataclasses.asdict(spec), "encoder": encoder_digest,
+    return {"version": MANIFEST_VERSION, "spec": output_settings(dataclasses.asdict(spec)), "encoder": encoder_digest,
             "video_ids": [v for v, _ in videos], "num_shards": max(1, -(-n // spec.videos_per_shard))}
 
 
+def _normalized(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest as `manifest` writes it now: one written before `output_settings` also held
+    batch_size (and stride in clip mode), which are no settings of the folder."""
+    return {**m, "spec": output_settings(m["spec"])} if isinstance(m.get("spec"), dict) else m
+
+
 def _manifest_key(m: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps(_normalized(m), sort_keys=True).encode()).hexdigest()[:24]
 
 
 def shard_path(out_dir: str | os.PathLike, shard: int, num_shards: int) -> Path:
@@ -191,7 +208,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Option
     """`setting: old -> new` for each difference: spec fields, encoder digest, videos (count and first
     other id), version. names: the caller's names (spec field, "encoder", "videos" -> `--stride`)."""
     names = names or {}
-    new = json.loads(json.dumps(new))  # tuples as the JSON file holds them
+    old, new = _normalized(old), _normalized(json.loads(json.dumps(new)))  # tuples as the JSON file holds them
     out = []
     o_spec, n_spec = old.get("spec") or {}, new["spec"]
     for k in list(n_spec) + [k for k in o_spec if k not in n_spec]:
@@ -271,10 +288,19 @@ def _shard_done(path: Path, key: str, videos: Optional[str] = None) -> bool:
     return meta.get("manifest") == key and (videos is None or meta.get("videos") == videos)
 
 
+def _shard_unreadable(path: Path) -> list[dict]:
+    """The unreadable videos a finished shard lists in its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["unreadable"])
+
+
 def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
-                 videos: str = "") -> None:
+                 videos: str = "", feature_dims: Sequence[int] = (0,)) -> None:
     """One shard: features and index tensors of its videos' windows, unreadable ones and the
-    fingerprint of its videos' files (`videos`) in metadata."""
+    fingerprint of its videos' files (`videos`) in metadata (keys sorted: the same shard is the
+    same bytes). feature_dims: a window's feature shape ([D] or [N, D]), for a shard without rows."""
     from safetensors.torch import save_file
 
     feats = [vf.features for _, vf in rows]
@@ -285,22 +311,42 @@ def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], un
         cols["window"].append(np.arange(w, dtype=np.int64))
         for k in ("start_frame", "end_frame", "start_sec", "end_sec"):
             cols[k].append(np.asarray(getattr(vf, k)))
-    tensors = {"features": torch.cat(feats).contiguous() if feats else torch.zeros(0, 0)}
+    tensors = {"features": torch.cat(feats).contiguous() if feats else torch.zeros(0, *feature_dims)}
     for k, parts in cols.items():
         dtype = np.float64 if k.endswith("_sec") else np.int64
         tensors[k] = torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
     with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
         save_file(tensors, str(tmp), metadata={"manifest": key, "unreadable": json.dumps(unreadable),
                                                  "videos": videos})
+        _sort_header(Path(tmp))
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys (and the metadata's) sorted: the
+    library writes the metadata in a per-process hash order, so a re-written shard differed in bytes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header = {k: (dict(sorted(v.items())) if k == "__metadata__" else v) for k, v in sorted(header.items())}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the same entries in another order: the same length, padded as the library pads
+            f.seek(8)
+            f.write(text.ljust(size))
+            return
+        data = f.read()
+    text = text.ljust(-(-len(text) // 8) * 8)  # the data stays 8-byte aligned
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
 
 
 @dataclass
 class ExtractSummary:
-    """What one call did: shards written and skipped (already done), videos it could not read."""
+    """What one call did: shards written and skipped (already done); the unreadable videos of
+    all those shards (skipped ones' included: the folder's, for this rank) and of the shards it wrote."""
 
     written: list[int]
     skipped: list[int]
     unreadable: list[dict]
+    unreadable_new: list[dict] = dataclasses.field(default_factory=list)
 
 
 def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
@@ -328,7 +374,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
     key = _manifest_key(m)
     was_training = encoder.training
     encoder.eval()
-    summary = ExtractSummary([], [], [])
+    summary, dims = ExtractSummary([], [], []), None  # dims: a window's feature shape
     mine = range(rank, m["num_shards"], world)
     bar = _progress(progress, sum(len(_shard_videos(s, spec, len(videos))) for s in mine))
     try:
@@ -337,6 +383,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             files = videos_fingerprint([videos[v][1] for v in _shard_videos(s, spec, len(videos))])
             if _shard_done(path, key, files):
                 summary.skipped.append(s)
+                summary.unreadable.extend(_shard_unreadable(path))  # the rerun reports the folder's
                 bar.update(len(_shard_videos(s, spec, len(videos))))
                 continue
             rows, bad = [], []
@@ -348,13 +395,27 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                     bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
                                 **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
-            _write_shard(path, key, rows, bad, files)
+            dims = dims or (tuple(rows[0][1].features.shape[1:]) if rows else _feature_dims(encoder, spec, device))
+            _write_shard(path, key, rows, bad, files, dims)
             summary.written.append(s)
             summary.unreadable.extend(bad)
+            summary.unreadable_new.extend(bad)
     finally:
         bar.close()
         encoder.train(was_training)
     return summary
+
+
+def _feature_dims(encoder: nn.Module, spec: ExtractSpec, device: Optional[torch.device]) -> tuple[int, ...]:
+    """A window's feature shape, [D] (pooled) or [N, D] (tokens), for a shard without rows: from the
+    encoder's `arch` (N from the window and image geometry), else from one forward pass of zeros."""
+    arch = getattr(encoder, "arch", None)
+    if arch is not None:
+        n = (spec.window // arch.tubelet_size) * (spec.image_size // arch.patch_size) ** 2
+        return (arch.embed_dim,) if spec.output == "pooled" else (n, arch.embed_dim)
+    device = device or next(encoder.parameters()).device
+    zeros = torch.zeros(1, 3, spec.window, spec.image_size, spec.image_size, device=device)
+    return tuple(encode_windows(encoder, zeros, spec).shape[1:])
 
 
 def _shard_videos(shard: int, spec: ExtractSpec, n: int) -> range:
@@ -370,16 +431,13 @@ def _progress(enabled: bool, total: int) -> Any:
 def _finished_shards(out: Path) -> tuple[dict[str, Any], list[Path], list[dict]]:
     """(manifest, shard paths, their unreadable videos) of a finished extraction; ExtractError
     naming a shard that is missing or belongs to another extraction."""
-    from safetensors import safe_open
-
     m = json.loads((out / "manifest.json").read_text())
     key, shards, unreadable = _manifest_key(m), [], []
     for s in range(m["num_shards"]):
         path = shard_path(out, s, m["num_shards"])
         if not _shard_done(path, key):
             raise ExtractError(f"{path}: missing or from another extraction; run the extraction again to finish it")
-        with safe_open(str(path), "pt") as f:
-            unreadable.extend(json.loads(f.metadata()["unreadable"]))
+        unreadable.extend(_shard_unreadable(path))
         shards.append(path)
     return m, shards, unreadable
 
@@ -530,23 +588,32 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     (this rank's summary, the index path on rank 0 else None). names: the command's flag names."""
     from tgmae.config import ConfigError
     from tgmae.distributed import barrier, init_distributed
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+    from tgmae.weights.sources import load_encoder_source
 
+    names = names or {}
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
-    dist = init_distributed(cfg.train.device)
+    if spec.window % cfg.model.tubelet_size:  # before any work; the checkpoint's tubelet is checked below
+        raise ConfigError(f"{names.get('window', 'window')}={spec.window}: must be a multiple of "
+                          f"model.tubelet_size={cfg.model.tubelet_size} (frames per token)")
     check_output_folder(out_dir, "--out")  # before the encoder is loaded
     if (Path(out_dir) / "manifest.json").is_file():
         _read_manifest(Path(out_dir) / "manifest.json", "--out")
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)  # as probe / finetune refuse it
+    if note := size_from_checkpoint(cfg.model, src.arch):
+        log.info("%s: %s", cfg.model.pretrained, note)
+    dist = init_distributed(cfg.train.device)
     made_folder = not Path(out_dir).exists()
     with job_lock(out_dir, "--out", dist.rank, dist.world_size), \
             hold(shard_target(out_dir, dist.rank, dist.world_size), "--out"):  # before any work: a busy folder
         videos = dataset_videos(cfg.data, subsets)
-        encoder, src = load_frozen_encoder(cfg.model.pretrained, spec.window, spec.image_size, cfg.model.num_heads,
-                                           dist.device)
+        encoder = frozen_encoder(src, spec.window, spec.image_size, dist.device)
         summary = extract_to_shards(encoder, videos, out_dir, spec, encoder_digest=src.digest(), rank=dist.rank,
                                     world=dist.world_size, device=dist.device,
                                     progress=cfg.log.progress and dist.is_main, what="--out",
-                                    names={"encoder": "model.pretrained's weights", **(names or {})})
+                                    names={"encoder": "model.pretrained's weights", **names})
     barrier()
     if not dist.is_main:
         return summary, None

@@ -18,7 +18,7 @@ from torch import nn
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.distributed import DistInfo, launch_env, rank_world
-from tgmae.locks import hold
+from tgmae.locks import hold, refuse_extraction
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -151,7 +151,8 @@ def check_config_file(out_dir: str | Path) -> None:
 
 def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
     """One run per `train.output_dir`: its lock (`tgmae.locks`), held by the main process, after
-    `check_config_file`."""
+    `check_config_file` and the refusal of an extraction's folder (`locks.refuse_extraction`)."""
+    refuse_extraction(cfg.train.output_dir, "train.output_dir")
     check_config_file(cfg.train.output_dir)
     return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
                 folder=True)
