@@ -118,18 +118,3 @@ def _as_scores(parts: list[torch.Tensor], num_classes: int) -> torch.Tensor:
     """[M, K] float64: the chunks' votes, each row divided by its sum (the ranking stays the votes')."""
     votes = torch.cat(parts) if parts else torch.zeros(0, num_classes, dtype=torch.float64)
     return votes / votes.sum(dim=1, keepdim=True)
-
-
-@torch.no_grad()
-def knn_scores(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
-               temperature: float = DINO_TEMPERATURE, num_classes: Optional[int] = None, chunk: int = 1024,
-               device: Optional[torch.device] = None) -> torch.Tensor:
-    """[M, K] float64 on the CPU: each test row's class votes of its k nearest training rows
-    (as `knn_classify`), divided by their sum: a distribution whose ranking is the k-NN's (for
-    per-video predictions). Same inputs and errors as `knn_classify` with one k."""
-    _check(train, train_labels, test, torch.zeros(test.shape[0], dtype=torch.long), [k], temperature)
-    device = device or train.device
-    k_cls = _num_classes(train_labels, train_labels, num_classes)
-    parts = [knn_votes(sim, nb, k, k_cls, temperature).double().cpu()
-             for _, sim, nb in _neighbours(train, train_labels, test, k, chunk, device)]
-    return _as_scores(parts, k_cls)
