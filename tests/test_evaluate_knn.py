@@ -8,10 +8,11 @@ import torch
 from tgmae.evaluate.knn import knn_classify
 
 
-def reference_knn(train, train_labels, test, test_labels, k, temperature, num_classes):
+def reference_knn(train, train_labels, test, test_labels, k, temperature, num_classes, shift=False):
     """Plain loops: cosine similarity, k most similar training rows, votes exp(sim / T) per
     class, classes ranked by votes (lower id first on equal votes); a class without votes is no
-    prediction."""
+    prediction. shift: votes exp((sim - the query's top sim) / T) in float64 (the same ranking in
+    exact arithmetic; finite for a tiny T)."""
     top1 = top5 = 0
     for i in range(test.shape[0]):
         q = test[i].double()
@@ -20,9 +21,10 @@ def reference_knn(train, train_labels, test, test_labels, k, temperature, num_cl
             t = train[j].double()
             sims.append((float(q @ t / (q.norm() * t.norm())), j))
         sims.sort(key=lambda s: -s[0])
+        top = sims[0][0] if shift else 0.0
         votes = [0.0] * num_classes
         for s, j in sims[:k]:
-            votes[int(train_labels[j])] += math.exp(s / temperature)
+            votes[int(train_labels[j])] += math.exp((s - top) / temperature)
         ranked = sorted(range(num_classes), key=lambda c: (-votes[c], c))
         y = int(test_labels[i])
         top1 += ranked[0] == y
@@ -53,6 +55,25 @@ def test_knn_matches_plain_reference_for_every_k(temperature):
         assert got[k].num_test == test.shape[0]
     # the reference's numbers are not trivial: k changes the answer on this set
     assert len({round(got[k].top1, 6) for k in ks}) > 1
+
+
+def test_knn_tiny_temperature_votes_stay_finite_and_match_float64_reference():
+    """T = 1e-4: exp(sim / T) overflows (inf votes, NaN scores); the votes are taken per query
+    relative to its most similar neighbour, so results match a float64 reference and scores are
+    a finite distribution. The first test pins the results for a usual T."""
+    train, ytr, test, yte, classes = fixed_set(seed=2)
+    ks = (1, 3, 10, 20)
+    got = knn_classify(train, ytr, test, yte, ks=ks, temperature=1e-4, num_classes=classes, keep_scores=ks)
+    for k in ks:
+        top1, top5 = reference_knn(train, ytr, test, yte, k, 1e-4, classes, shift=True)
+        assert (got[k].top1, got[k].top5) == (pytest.approx(top1, abs=1e-9), pytest.approx(top5, abs=1e-9)), k
+        scores = got[k].scores
+        assert torch.isfinite(scores).all(), k
+        assert torch.allclose(scores.sum(dim=1), torch.ones(test.shape[0], dtype=torch.float64)), k
+    # a usual T gives the same numbers with and without the shift
+    for k in ks:
+        assert reference_knn(train, ytr, test, yte, k, 0.07, classes) == pytest.approx(
+            reference_knn(train, ytr, test, yte, k, 0.07, classes, shift=True), abs=1e-12)
 
 
 def test_knn_chunking_and_k_order_do_not_change_results():

@@ -3,6 +3,8 @@
 DINO (Caron et al. 2021, `eval_knn.py`): L2-normalised features, cosine similarity, the k nearest
 training rows vote with weight exp(similarity / T) (T = 0.07). A class without votes is no
 prediction: top-5 looks at the (at most min(5, k)) voted classes, as test_predictions.csv lists them.
+Each query's weights are taken relative to its most similar neighbour (`knn_votes`), so a tiny T
+stays finite.
 Several k come out of one top-max(k) search per chunk of test rows (memory [chunk, N_train]);
 equal votes rank by class id (lowest first). Inputs are cast to float32 on `device` (default: the
 training features').
@@ -50,9 +52,15 @@ def _check(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, 
 
 def knn_votes(sim: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classes: int,
               temperature: float) -> torch.Tensor:
-    """Class votes [M, K] of the first k neighbours: sim [M, >=k] (sorted, most similar first),
-    neighbour_labels [M, >=k] int64 -> sum over the k of exp(sim / T) into each neighbour's class."""
-    weights = (sim[:, :k] / temperature).exp()
+    """Class votes [M, K] float64 of the first k neighbours: sim [M, >=k] (sorted, most similar
+    first), neighbour_labels [M, >=k] int64 -> sum over the k of exp((sim - sim[:, 0]) / T) into
+    each neighbour's class: DINO's exp(sim / T) over the query's exp(sim[:, 0] / T), a per-query
+    factor that the ranking and the normalised scores do not see."""
+    # exp(sim / T) overflows (inf votes, NaN scores) for a small T (e.g. 1e-4); relative to the
+    # query's best neighbour the weights lie in (0, 1], the best one 1. float64: a weight only
+    # underflows to 0 (no vote) below exp(-745), a share of the votes no score could show.
+    sim = sim[:, :k].double()
+    weights = ((sim - sim[:, :1]) / temperature).exp()
     votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
     return votes.scatter_add_(1, neighbour_labels[:, :k], weights)
 
@@ -107,7 +115,7 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
             hits1[k] += int(hit[:, 0].sum())
             hits5[k] += int(hit.any(dim=1).sum())
             if k in kept:
-                kept[k].append(votes.double().cpu())
+                kept[k].append(votes.cpu())
     m = test.shape[0]
     return {k: KnnResult(k, hits1[k] / m if m else float("nan"),
                          (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m,
