@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
+from test_evaluate_probe import ARCH, Broken, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
 from test_evaluate_attentive import fit_reference
 from tgmae.evaluate.attentive import TokenDataset
 from tgmae.evaluate.attentive_probe import loop_config
@@ -95,6 +95,18 @@ def test_attentive_settings_are_checked_against_the_data(checkpoint, tmp_path):
         run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=32"), **data())
     with pytest.raises(ConfigError, match="eval.attentive_heads=3: does not divide the token width 32"):
         run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_heads=3"), **data())
+
+
+def test_attentive_batch_above_the_readable_videos_is_refused_before_extracting_val(checkpoint, tmp_path):
+    """A batch within the listed training videos but above the readable ones (known only after
+    their extraction) is refused before the val grids are extracted: the cache folder is not made."""
+    from tgmae.config import ConfigError
+
+    val, cache = Clips(6, seed=1, views=2), tmp_path / "cache"
+    cfg = probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_batch_size=6")
+    with pytest.raises(ConfigError, match="eval.attentive_batch_size=6: more than the 4 training videos"):
+        run_probe(cfg, train_data=Broken(6, {0, 5}), val_data=val, num_classes=3, cache_dir=cache)
+    assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
 
 
 def test_attentive_probe_refuses_a_folder_holding_a_knn_probe(checkpoint, tmp_path):

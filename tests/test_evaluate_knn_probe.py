@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_evaluate_probe import ARCH, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
+from test_evaluate_probe import ARCH, Broken, Clips, checkpoint, encoder_of, probe_cfg, synth  # noqa: F401 (fixtures)
 from tgmae.config import ConfigError
 from tgmae.evaluate.features import pooled_features
 from tgmae.evaluate.probes import run_probe
@@ -64,6 +64,16 @@ def test_knn_probe_refuses_a_k_above_the_training_features(checkpoint, tmp_path)
         run_probe(cfg, train_data=Clips(24), val_data=Clips(6, seed=1), num_classes=3)
     assert not (tmp_path / "probe" / "probe_results.json").exists()
     assert not (tmp_path / "probe" / "features").exists()  # refused before extracting
+
+
+def test_knn_probe_refuses_a_k_above_the_readable_videos_before_extracting_val(checkpoint, tmp_path):
+    """A k within the listed training videos but above the readable ones (known only after their
+    extraction) is refused before the val set is extracted: the cache folder is not made."""
+    val, cache = Clips(6, seed=1), tmp_path / "cache"
+    cfg = probe_cfg(tmp_path, checkpoint, "eval.probe=knn", "eval.knn_k=[5]")
+    with pytest.raises(ConfigError, match=r"eval.knn_k=\[5\]: k=5 exceeds the 4 training features"):
+        run_probe(cfg, train_data=Broken(6, {1, 2}), val_data=val, num_classes=3, cache_dir=cache)
+    assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
 
 
 def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa: F811

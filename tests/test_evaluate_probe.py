@@ -48,6 +48,17 @@ class Clips(Dataset):
         return {"video": v, "label": int(self.labels[i]), "index": i, "load_failures": 0}
 
 
+class Broken(Clips):
+    """Clips whose rows in `bad` cannot be read (as a `tgmae.data.dataset` dataset marks them in evaluation)."""
+
+    def __init__(self, n: int, bad: set[int], **kwargs):
+        super().__init__(n, **kwargs)
+        self.bad = bad
+
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "unreadable": i in self.bad, "load_error": "broken" if i in self.bad else ""}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -431,7 +442,7 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
         with pytest.raises(ConfigError, match=message):
             probe_cfg(tmp_path, checkpoint, override)
     data = dict(train_data=Clips(6), val_data=None, num_classes=3, cache_dir=tmp_path / "cache")
-    with pytest.raises(ConfigError, match="eval.probe_folds=8: more folds than the 6 training features"):
+    with pytest.raises(ConfigError, match="eval.probe_folds=8: more folds than the 6 training videos"):
         linear_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_folds=8"), **data)
     with pytest.raises(ConfigError, match="eval.num_classes=2: the features' labels reach 2"):
         linear_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs"), **{**data, "num_classes": 2})
@@ -450,6 +461,33 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
             "eval.probe_l2=[-1]"]
     assert cli_main(["probe", *args]) == 2
     assert "eval.probe_l2=[-1.0]" in capsys.readouterr().err
+
+
+def test_lbfgs_probe_refuses_folds_and_other_runs_before_extracting(checkpoint, tmp_path):
+    """eval.probe_folds above the listed training videos, and a folder holding a pretraining run,
+    are refused before any video is read; folds above the readable videos (known only after
+    extraction) are refused before the val set is extracted: no new cache folder either way."""
+    from tgmae.weights import checkpoint as ckpt
+
+    lbfgs = ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.1, 1]"]
+    train, cache = Clips(6), tmp_path / "cache"
+    with pytest.raises(ConfigError, match="eval.probe_folds=8"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.probe_folds=8"), train_data=train,
+                     val_data=Clips(3, seed=1), num_classes=3, cache_dir=cache)
+    assert train.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+    run = tmp_path / "pretrain_run"
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(run / "checkpoints", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                         ckpt.TrainPosition(), config={}, extra={"task": "pretrain"})
+    with pytest.raises(ckpt.CheckpointError, match="holds a pretrain run"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", f"train.output_dir={run}"),
+                     train_data=train, val_data=Clips(3, seed=1), num_classes=3, cache_dir=cache)
+    assert train.loads == 0 and not cache.exists()
+    val = Clips(3, seed=1)
+    with pytest.raises(ConfigError, match=r"eval.probe_folds=6: more folds than the 4 training features"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.probe_folds=6"),
+                     train_data=Broken(6, {0, 3}), val_data=val, num_classes=3, cache_dir=cache)
+    assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
 
 
 class Named(Clips):

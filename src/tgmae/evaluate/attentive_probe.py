@@ -150,12 +150,14 @@ def check_attentive(cfg: RunConfig, arch: Any, train_data: Dataset) -> int:
     return heads
 
 
-def _check_batch(cfg: RunConfig, videos: int) -> None:
-    """ConfigError when one batch of the probe's loop holds more clips than `videos`."""
+def _check_batch(cfg: RunConfig, videos: int, unreadable: int = 0) -> None:
+    """ConfigError when one batch of the probe's loop holds more clips than `videos` (the
+    readable ones, when `unreadable` were left out)."""
     run = loop_config(cfg).train
     if run.batch_size * run.accum_steps > videos:
         key = "eval.attentive_batch_size" if cfg.eval.attentive_batch_size else "train.batch_size"
-        raise ConfigError(f"{key}={run.batch_size}: more than the {videos} training videos")
+        left = f" ({unreadable} unreadable left out)" if unreadable else ""
+        raise ConfigError(f"{key}={run.batch_size}: more than the {videos} training videos{left}")
 
 
 @locks_run_folder
@@ -169,10 +171,11 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
     heads: list[int] = []
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes,
-                                       check=lambda arch, data: heads.append(check_attentive(cfg, arch, data)))
+                                       check=lambda arch, data: heads.append(check_attentive(cfg, arch, data)),
+                                       # again once unreadable videos are left out, before the val grids
+                                       check_train=lambda t: _check_batch(cfg, len(t), len(t.unreadable)))
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
-    _check_batch(cfg, len(train))  # again: unreadable videos are left out of the grids
     grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731
     task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, heads[0] if heads else encoder_heads(cfg))
     task.class_names = names  # kept in its checkpoints: a resume refuses other names / order

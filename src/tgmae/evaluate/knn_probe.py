@@ -63,9 +63,8 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         listed = len(train_data)
     if max(ks) > listed:
         raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {listed} training videos")
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes)
-    if max(ks) > len(train):
-        raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features")
+    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes,
+                                       check_train=lambda t: _check_k(ks, t))  # before the val set
     k_cls = num_classes or cfg.eval.num_classes or len(names) or 1 + int(max(train.labels.max(), val.labels.max()))
     top = max(int(train.labels.max()), int(val.labels.max()) if len(val) else 0)
     if top >= k_cls:
@@ -84,3 +83,11 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         log.info("k-NN probe (T %g): %s", temperature,
                  "; ".join(f"k={k} {topk_text(r.top1, r.top5)}" for k, r in by_k.items()))
     return KnnProbeResult(out, ks[0], head.top1, head.top5, by_k, **val_counts(val))
+
+
+def _check_k(ks: list[int], train) -> None:
+    """ConfigError naming eval.knn_k when its largest k exceeds the training features (the
+    readable videos: the listed count is checked before extraction)."""
+    if max(ks) > len(train):
+        left = f" ({len(train.unreadable)} unreadable training videos left out)" if train.unreadable else ""
+        raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {len(train)} training features{left}")

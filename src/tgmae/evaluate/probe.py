@@ -235,6 +235,7 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Modul
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
                    num_classes: Optional[int] = None, check: Optional[Callable[[Any, Dataset], None]] = None,
+                   check_train: Optional[Callable[[FeatureDataset], None]] = None,
                    ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
     """(train, val or None, class names): features of `cfg.model.pretrained`'s frozen encoder, via the cache.
 
@@ -245,7 +246,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     before extraction as finetuning checks them (`evaluate.classes.check_head_classes`), or after it for
     in-memory datasets without class names or records. check(arch, train_data): the caller's own
     refusals (ConfigError) of the encoder's `VideoMAEArch` and the training set, also before
-    anything is extracted or any folder made."""
+    anything is extracted or any folder made. check_train(train features): the refusals that hang
+    on the readable training videos, before the val set is extracted (a training set with
+    unreadable videos is not cached, so a refusal there leaves no new file or folder)."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
@@ -294,6 +297,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         return features
 
     train = get("train", train_data)
+    if check_train is not None:
+        check_train(train)
     val = get("val", val_data) if val_data is not None else None
     names = list(getattr(train_data, "class_names", None) or [])
     if val is not None:
@@ -347,7 +352,13 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     from tgmae.evaluate.classes import resolve_num_classes
 
     refuse_other_probe(cfg)
-    train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes)
+    lbfgs = cfg.eval.probe_optimizer == "lbfgs"
+    if lbfgs:  # before extraction: a folder of another kind of run (the loop refuses those itself)
+        refuse_other_run(Path(cfg.train.output_dir))
+    train, val, names = probe_features(
+        cfg, train_data, val_data, cache_dir, num_classes=num_classes,
+        check=(lambda arch, data: check_folds(cfg, len(data), "training videos")) if lbfgs else None,
+        check_train=(lambda t: check_folds(cfg, len(t), "training features", len(t.unreadable))) if lbfgs else None)
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":
@@ -413,11 +424,9 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         raise ConfigError(f"eval.num_classes={num_classes}: the features' labels reach {top}")
     grid = sorted(cfg.eval.probe_l2)  # distinct: the config refuses repeats
     cv: dict[float, float] = {}
+    check_folds(cfg, len(train), "training features", len(train.unreadable))
     if len(grid) == 1:
         l2 = grid[0]
-    elif cfg.eval.probe_folds > len(train):
-        raise ConfigError(f"eval.probe_folds={cfg.eval.probe_folds}: more folds than the {len(train)} "
-                          "training features")
     else:
         l2, cv = select_l2(train.features, train.labels, grid, cfg.eval.probe_folds, cfg.train.seed, num_classes)
         log.info("linear probe (L-BFGS): L2 %g chosen by %d-fold CV on the training features (top-1 per L2: %s)",
@@ -437,6 +446,15 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None, **val_counts(val))
+
+
+def check_folds(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> None:
+    """ConfigError naming eval.probe_folds when the L2 grid (two values or more) is chosen by more
+    CV folds than `rows` (`what`: the listed training videos, or their features; `unreadable`:
+    the videos left out of those)."""
+    if len(cfg.eval.probe_l2) > 1 and cfg.eval.probe_folds > rows:
+        left = f" ({unreadable} unreadable training videos left out)" if unreadable else ""
+        raise ConfigError(f"eval.probe_folds={cfg.eval.probe_folds}: more folds than the {rows} {what}{left}")
 
 
 def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]:
