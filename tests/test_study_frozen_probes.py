@@ -72,6 +72,18 @@ def test_extra_probes_share_the_linear_probe_features_and_record_their_results(s
     with pytest.raises(ConfigError, match="eval.attentive_lr"):
         check_phase_settings(dataclasses.replace(configs["attentive"], eval=dataclasses.replace(
             configs["attentive"].eval, attentive_lr=0.5)))
+    # a probe phase compares only the keys its kind reads (as the probe itself does): another kind's
+    # knob does not make the study rerun it, its own does
+    changed = lambda kind, **kw: dataclasses.replace(configs[kind], eval=dataclasses.replace(  # noqa: E731
+        configs[kind].eval, **kw))
+    check_phase_settings(changed("attentive", knn_temperature=0.5, knn_k=(1, 2)), probe=True)
+    check_phase_settings(changed("knn", attentive_lr=0.5, attentive_queries=3, probe_l2=(0.5,)), probe=True)
+    with pytest.raises(ConfigError, match="eval.knn_temperature"):
+        check_phase_settings(changed("knn", knn_temperature=0.5), probe=True)
+    with pytest.raises(ConfigError, match="eval.attentive_lr"):
+        check_phase_settings(changed("attentive", attentive_lr=0.5), probe=True)
+    with pytest.raises(ConfigError, match="eval.knn_temperature"):  # not a probe phase: every key counts
+        check_phase_settings(changed("attentive", knn_temperature=0.5))
 
 
 def record(masking: str, seed: int, lp: float, ap=None, knn=None) -> dict:

@@ -457,6 +457,11 @@ def check_folds(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> No
         raise ConfigError(f"eval.probe_folds={cfg.eval.probe_folds}: more folds than the {rows} {what}{left}")
 
 
+def probe_kind(cfg: RunConfig) -> str:
+    """The kind of probe `cfg` runs (`_probe_kind`: k-NN, L-BFGS, attentive or LOOP)."""
+    return _probe_kind(cfg.eval.probe, cfg.eval.probe_optimizer if cfg.eval.probe == "linear" else None) or LOOP
+
+
 def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]:
     """k-NN, attentive, L-BFGS or loop; None: unknown (results written before `optimizer` was)."""
     if probe == "knn":

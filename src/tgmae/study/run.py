@@ -360,23 +360,26 @@ def _num_classes(paths: StudyPaths) -> int:
     return len(json.loads((paths.data / "meta.json").read_text())["classes"])
 
 
-def check_phase_settings(cfg) -> None:
+def check_phase_settings(cfg, probe: bool = False) -> None:
     """ConfigError, one line per key, when a phase folder's config.yaml differs from `cfg` in a key
     outside `RESUMABLE_KEYS` (the attentive probe: its loop config): a changed study would otherwise
-    report the old run's numbers."""
+    report the old run's numbers. probe: `cfg` is a probe phase's, and the other probe kinds' keys
+    (`unused_probe_keys` of its kind, which the probe's own rerun check leaves out too) do not count."""
     import yaml
 
     from tgmae.config import RunConfig, to_dict
     from tgmae.weights.checkpoint import config_differences
 
     from tgmae.evaluate.attentive_probe import loop_config
+    from tgmae.evaluate.probe import probe_kind, unused_probe_keys
 
     saved = Path(cfg.train.output_dir) / "config.yaml"
     if not saved.is_file():
         return
+    unused = unused_probe_keys(probe_kind(cfg)) if probe else ()
     if cfg.eval.probe == "attentive":  # its folder holds the loop's config: the recipe as batch and optimizer
         cfg = loop_config(cfg)
-    diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg), to_dict(RunConfig()))
+    diffs = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg), to_dict(RunConfig()), unused)
     if diffs:
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise ConfigError(f"{saved.parent} holds a run made with other settings (that run -> this study):\n{lines}\n"
@@ -404,7 +407,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
     extra = frozen_probe_configs(study.probes, probe, fine, run, quick) if probe is not None else {}
     for phase in phases + list(extra.values()):  # results of other settings are never reused
-        check_phase_settings(phase)
+        # a probe phase as the probe's own rerun check: another probe kind's knobs do not count
+        check_phase_settings(phase, probe=phase is probe or any(phase is e for e in extra.values()))
     record_path = run / "study_record.json"
     if record_path.is_file():  # done; probes added to study.probes since run now
         record = json.loads(record_path.read_text())
