@@ -99,3 +99,38 @@ def test_the_weights_fingerprint_is_cached_by_file_identity(tmp_path, monkeypatc
     f = tmp_path / "clip" / "model.safetensors"
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     assert hub.weights_fingerprint(str(tmp_path / "clip")) != first and read
+
+
+@pytest.mark.parametrize("name, text", [
+    ("tokenizer_config.json", '{"model_max_length": 5}'),
+    ("tokenizer.json", '{"truncation": {"max_length": 5}}'),
+    ("config.json", None),
+    ("generation_config.json", '{"max_new_tokens": 3}'),
+    ("preprocessor_config.json", '{"crop_size": 16}'),
+    ("1_Pooling/config.json", '{"pooling_mode_cls_token": true}'),
+])
+def test_the_fingerprint_covers_the_files_that_shape_the_outputs_besides_the_weights(tmp_path, name, text):
+    """Issue 28: a CLIP whose tokenizer was changed in place (model_max_length 32 -> 5) kept its
+    fingerprint, so embed-captions reused embeddings of the untruncated captions."""
+    from tgmae.hub import weights_fingerprint
+
+    _tiny_clip(tmp_path / "clip")
+    for kept in ("tokenizer_config.json", "tokenizer.json", "generation_config.json",
+                 "preprocessor_config.json", "1_Pooling/config.json"):
+        (tmp_path / "clip" / kept).parent.mkdir(exist_ok=True)
+        (tmp_path / "clip" / kept).write_text("{}")
+    before = weights_fingerprint(str(tmp_path / "clip"))
+    f = tmp_path / "clip" / name
+    old = f.read_text()
+    f.write_text(text if text is not None else old.replace('"projection_dim": 8', '"projection_dim": 9'))
+    assert f.read_text() != old and weights_fingerprint(str(tmp_path / "clip")) != before
+
+
+def test_an_unrelated_file_in_the_model_folder_keeps_the_fingerprint(tmp_path):
+    from tgmae.hub import weights_fingerprint
+
+    _tiny_clip(tmp_path / "clip")
+    before = weights_fingerprint(str(tmp_path / "clip"))
+    (tmp_path / "clip" / "README.md").write_text("# notes\n")
+    (tmp_path / "clip" / "train_clip.json").write_text('{"loss": 1.0}\n')
+    assert weights_fingerprint(str(tmp_path / "clip")) == before

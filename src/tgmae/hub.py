@@ -120,6 +120,15 @@ def quiet_transformers() -> Callable[[], None]:
 
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The small files besides the weights that shape a model's outputs (architecture, tokenizer,
+# image/video processor, generation defaults, a sentence-transformers pooling); a README or a
+# training summary in the same folder does not.
+_SHAPING_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                  "video_preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+                  "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model", "modules.json",
+                  "sentence_bert_config.json", "config_sentence_transformers.json")
+_SHAPING_GLOBS = ("vocab*", "*Pooling/config.json")
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 FINGERPRINT_CACHE = "weights_fingerprints"  # folder in the user cache: one small file per weight file seen
 _file_digests: dict[tuple, str] = {}  # file key -> sha256 of its bytes, this process
@@ -165,6 +174,14 @@ def _weight_files(name_or_path: str) -> list[Path]:
             files = [cached(s) for s in shards]
             return [Path(f) for f in files] if files and all(files) else []
     return []
+
+
+def _shaping_files(root: Path) -> list[Path]:
+    """The `_SHAPING_FILES` / `_SHAPING_GLOBS` present in a model folder (a hub id's cached
+    snapshot: only the files downloaded, the ones a local_files_only load reads)."""
+    found = {root / f for f in _SHAPING_FILES if (root / f).is_file()}
+    found |= {p for g in _SHAPING_GLOBS for p in root.glob(g) if p.is_file()}
+    return sorted(found)
 
 
 def _hash_file(path: Path) -> str:
@@ -215,10 +232,13 @@ def _file_digest(path: Path) -> str:
 
 
 def weights_fingerprint(name_or_path: str) -> Optional[str]:
-    """16 hex digits of sha256 over every weight file of a saved model (name and sha256 of its bytes,
-    in name order; None when no weight file is local). Any tensor saved anew into the same folder
-    (a retrained text tower too) changes it; caches of model outputs are keyed by it. Each file's
-    hash is remembered by its identity (`_file_digest`), so only new or rewritten files are read."""
+    """16 hex digits of sha256 over a saved model's files that shape its outputs: every weight file
+    (sha256 of its bytes, remembered by its identity (`_file_digest`), so only new or rewritten
+    files are read) and the small files beside them, hashed by content each time: config.json,
+    the tokenizer's and processor's files, generation_config.json, a sentence pooling config
+    (`_SHAPING_FILES`). Relative name and digest, in name order; None when no weight file is local.
+    Any tensor saved anew into the same folder (a retrained text tower too) or a tokenizer edited
+    in place (a new model_max_length) changes it; caches of model outputs are keyed by it."""
     import hashlib
 
     files = _weight_files(name_or_path)
@@ -227,4 +247,7 @@ def weights_fingerprint(name_or_path: str) -> Optional[str]:
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+    root = files[0].parent  # the folder, or a hub id's snapshot folder
+    for f in _shaping_files(root):
+        h.update(f"{f.relative_to(root).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
     return h.hexdigest()[:16]

@@ -56,7 +56,8 @@ class GenerationOptions:
 
 class ImageCaptioner:
     """A frozen image-to-text model: list of uint8 [H, W, 3] images -> one caption each.
-    `weights`: fingerprint of its weight files (`tgmae.hub.weights_fingerprint`, "" = not known),
+    `weights`: fingerprint of its files (`tgmae.hub.weights_fingerprint`: weights, config, tokenizer,
+    processor, generation config; "" = not known),
     which caption stores record."""
 
     def __init__(self, model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -62,7 +62,7 @@ def _config_hash(config: Any) -> str:
 @dataclass(frozen=True)
 class ModelIdentity:
     """Which text model made a set of embeddings: its name/path, a hash of its config and a
-    fingerprint of its weights (`tgmae.hub.weights_fingerprint`; "" = not known)."""
+    fingerprint of its files (`tgmae.hub.weights_fingerprint`: weights, config, tokenizer; "" = not known)."""
 
     model: str
     config_hash: str
@@ -149,8 +149,9 @@ class EmbeddingCache:
                 return cls(identity)
             if same_model:
                 raise EmbeddingCacheError(
-                    f"embedding cache {path} was built with other weights of {new.model!r} (weights "
-                    f"{old.weights or 'unrecorded'}, now {new.weights}): its embeddings are stale. Use another "
+                    f"embedding cache {path} was built with other weights of {new.model!r}, or other config / "
+                    f"tokenizer files beside them (fingerprint {old.weights or 'unrecorded'}, now {new.weights}): "
+                    "its embeddings are stale. Use another "
                     "cache path, delete the file, or rebuild it (`tgmae embed-captions ... --rebuild`)."
                 )
             raise EmbeddingCacheError(

@@ -135,8 +135,9 @@ def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = No
                        weights: Optional[str] = None) -> dict[str, Any]:
     """The settings a captioner run records in each record (`settings`) and a rerun must share:
     keyframes, the generation options (max_new_tokens, prompt, num_beams) and the fingerprint of
-    the model's weights (`tgmae.hub.weights_fingerprint`; left out when not known, e.g. a hub id
-    not downloaded yet: weights changed at the same path or hub id are other captions)."""
+    the model's files (`tgmae.hub.weights_fingerprint`: weights, config, tokenizer, processor,
+    generation config; left out when not known, e.g. a hub id not downloaded yet: any of them
+    changed at the same path or hub id are other captions)."""
     out = {"keyframes": keyframes, **(dataclasses.asdict(options) if options is not None else {})}
     return {**out, "weights": weights} if weights else out
 

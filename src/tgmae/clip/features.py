@@ -48,7 +48,7 @@ class ClipBundle:
 
     def fingerprint(self) -> str:
         """`tgmae.hub.weights_fingerprint` of the files it was loaded from (every weight, the text
-        tower too); the projections' hash only when those files are not local."""
+        tower too, and the config / tokenizer / processor files beside them); the projections' hash only when those files are not local."""
         from tgmae.hub import projection_fingerprint, weights_fingerprint
 
         return weights_fingerprint(self.name) or projection_fingerprint(

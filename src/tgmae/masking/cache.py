@@ -280,14 +280,14 @@ class SimilarityCache:
                 f"similarity cache {self.root} was built with CLIP {m.clip_model!r}, but this run "
                 f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
             )
-        if expect_clip:  # same path, other weights (a CLIP retrained into the same folder)
+        if expect_clip:  # same path, other files (a CLIP retrained into the same folder, a tokenizer edited)
             from tgmae.hub import weights_fingerprint
 
             now = weights_fingerprint(expect_clip)
             if now is not None and now != m.clip_fingerprint:
                 raise CacheMismatchError(
-                    f"similarity cache {self.root} was built with other weights of CLIP {expect_clip!r} "
-                    f"(fingerprint {m.clip_fingerprint}, now {now}); rebuild it with "
+                    f"similarity cache {self.root} was built with other weights of CLIP {expect_clip!r}, or "
+                    f"other config / tokenizer files beside them (fingerprint {m.clip_fingerprint}, now {now}); rebuild it with "
                     f"`tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
                 )
         if expect_caption_source is not None and expect_caption_source != m.caption_source:
