@@ -187,6 +187,15 @@ def test_attentive_folder_compares_only_its_keys_and_continues_on_more_epochs(ch
         run_probe(probe_cfg(tmp_path / "a", checkpoint, *more, "eval.attentive_queries=2"), **data())
 
 
+def test_fewer_attentive_epochs_than_the_probe_trained_are_refused(checkpoint, tmp_path):
+    """issue 28: eval.attentive_epochs 4 -> 2 into a finished attentive probe's folder returned the
+    4-epoch probe's results with exit 0; refused naming eval.attentive_epochs."""
+    base = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.resume=auto"]
+    run_probe(probe_cfg(tmp_path / "a", checkpoint, *base), **data())
+    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_epochs"):
+        run_probe(probe_cfg(tmp_path / "a", checkpoint, *base, "eval.attentive_epochs=2"), **data())
+
+
 @pytest.mark.parametrize("finished", [True, False], ids=["finished", "unfinished"])
 @pytest.mark.parametrize("probe", [["eval.probe=knn", "eval.knn_k=[1,3]"], ["eval.probe=linear"]], ids=["knn", "linear"])
 def test_other_probes_into_an_attentive_folder_get_one_message(checkpoint, tmp_path, finished, probe):

@@ -450,6 +450,38 @@ def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     assert len((tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.parametrize("fewer, key", [("train.epochs=1", "train.epochs"), ("train.max_steps=10", "train.max_steps")])
+def test_fewer_epochs_than_a_run_already_trained_are_refused_naming_the_key(tmp_path, fewer, key):
+    """issue 28: train.epochs 2 -> 1 into a finished run's folder "resumed ... at step 16 (epoch 2)"
+    and returned the longer run with exit 0 (config.yaml still said 2 epochs). A run cannot be
+    shortened: refused naming the key and the folder; raising it still continues."""
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+    yaml_before = (tmp_path / "run" / "config.yaml").read_text()
+    shorter = toy_cfg(tmp_path, fewer)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(ToyTask(shorter), shorter).fit()
+    assert key in str(err.value) and str(tmp_path / "run") in str(err.value) and "train.output_dir" in str(err.value)
+    assert (tmp_path / "run" / "config.yaml").read_text() == yaml_before
+
+
+def test_an_unfinished_run_past_the_fewer_epochs_asked_for_is_refused(tmp_path):
+    """A run stopped in its second epoch, rerun with train.epochs=1: it trained more than asked for."""
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == 12:
+            raise Killed()
+
+    cfg = toy_cfg(tmp_path, "checkpoint.resume=auto")
+    with pytest.raises(Killed):
+        Trainer(ToyTask(cfg), cfg, hooks=[kill]).fit()
+    shorter = toy_cfg(tmp_path, "checkpoint.resume=auto", "train.epochs=1")
+    with pytest.raises(ckpt.CheckpointError, match="train.epochs"):
+        Trainer(ToyTask(shorter), shorter).fit()
+
+
 def test_a_run_refused_at_its_first_batch_writes_nothing_into_its_folder(tmp_path):
     """issue 28: a run refused when its first batch is drawn (a clip longer than every video, a
     caption missing) left a config.yaml (and TensorBoard events) in a new run folder, and rewrote an

@@ -67,14 +67,14 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
     position = loaded.position
+    refuse_shorter(cfg, task_name, source, position)
     if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
         raise ckpt.CheckpointError(
             f"{source} has finished (step {position.step}) under other settings "
             f"({describe(changes)}): with nothing left to train, "
             f"checkpoint.resume={ckpt.IGNORE_CONFIG} would report its results under settings they were "
             "not made with. Start a new run with another train.output_dir, or raise "
-            f"{'eval.attentive_epochs' if task_name == 'attentive_probe' else 'train.epochs'} to "
-            "continue this one under the new settings.")
+            f"{_epochs_key(task_name)} to continue this one under the new settings.")
     try:
         ckpt.load_model_weights(model, loaded.model_state, str(source))
     except ckpt.CheckpointError as e:
@@ -91,6 +91,34 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     # for this run's best: only those since the change (they stay in metrics.jsonl).
     return Resumed(source, position, changes, [] if changes else list(loaded.extra.get("eval_history", [])),
                    float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0)
+
+
+def _epochs_key(task_name: str) -> str:
+    """The key a user sets for the loop's train.epochs (the attentive probe's is its own)."""
+    return "eval.attentive_epochs" if task_name == "attentive_probe" else "train.epochs"
+
+
+def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.TrainPosition) -> None:
+    """CheckpointError naming the key when the checkpoint is past the run asked for (more epochs
+    than train.epochs / eval.attentive_epochs, counting a started one; more steps than
+    train.max_steps): resuming it would hand back the longer run's weights and results as this
+    one's. Raising the key continues. (Steps alone are not compared: fewer steps per epoch, other
+    data, is not a shorter run.)"""
+    epochs, key = cfg.train.epochs, _epochs_key(task_name)
+    over_epochs = position.epoch > epochs or (position.epoch == epochs and position.batches_in_epoch > 0)
+    over_steps = bool(cfg.train.max_steps) and position.step > cfg.train.max_steps
+    if not (over_epochs or over_steps):
+        return
+    where = f"the run in {cfg.train.output_dir}" if cfg.checkpoint.resume in ("auto", ckpt.IGNORE_CONFIG) \
+        else f"checkpoint.resume={source}"
+    done = f"{position.epoch} epochs"
+    if position.batches_in_epoch:
+        done += f" and {position.batches_in_epoch} batches"
+    asked = f"the {epochs} asked for ({key}={epochs})" if over_epochs \
+        else f"the {cfg.train.max_steps} steps asked for (train.max_steps={cfg.train.max_steps})"
+    raise ckpt.CheckpointError(
+        f"{where} already trained {done} ({position.step} steps), more than {asked}: a run is not "
+        "shortened. Use another train.output_dir (raising the key continues this run).")
 
 
 def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional[str],
