@@ -311,9 +311,20 @@ def test_non_finite_loss_advises_fp32_only_to_a_run_not_in_fp32(tmp_path):
     cfg = toy_cfg(tmp_path / "a")
     with pytest.raises(NonFiniteLossError) as e:
         Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
-    assert "precision" not in str(e.value) and "optim.base_lr" in str(e.value)
+    assert "precision" not in str(e.value) and "optim.lr" in str(e.value)
     cfg = toy_cfg(tmp_path / "b", "train.precision=bf16", "train.device=cpu")
     with pytest.raises(NonFiniteLossError, match=r"train\.precision=fp32"):
+        Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
+
+
+def test_non_finite_loss_names_the_lr_key_in_effect(tmp_path):
+    """issue 28: the NaN stop advised "Lower optim.base_lr" to a run whose optim.lr overrides it."""
+    cfg = toy_cfg(tmp_path / "a")  # optim.lr=0.01
+    with pytest.raises(NonFiniteLossError) as e:
+        Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
+    assert "optim.lr" in str(e.value) and "base_lr" not in str(e.value)
+    cfg = toy_cfg(tmp_path / "b", "optim.lr=null", "optim.base_lr=0.1")
+    with pytest.raises(NonFiniteLossError, match=r"optim\.base_lr"):
         Trainer(ToyTask(cfg, nan_at_step=1), cfg).fit()
 
 

@@ -66,6 +66,7 @@ class AttentiveTask:
 
     name = "attentive_probe"
     find_unused_parameters = False
+    lr_key = "eval.attentive_lr"  # the loop's optim.lr (`loop_config`), named after a NaN
 
     def __init__(self, cfg: RunConfig, train: TokenDataset, val: Optional[TokenDataset], num_classes: int,
                  num_heads: int) -> None:

@@ -156,14 +156,16 @@ class _Run:
 
 
 
-def _non_finite(what: str, run: "_Run") -> NonFiniteLossError:
+def _non_finite(what: str, run: "_Run", advice: str) -> NonFiniteLossError:
     """The one line that stops a run whose loss or weights went NaN/inf, naming the last good
-    checkpoint (written before the bad step: each save checks the losses and weights first); fp32
-    is advised only to a run in another precision."""
+    checkpoint (written before the bad step: each save checks the losses and weights first) and
+    `advice` (`Trainer._lr_advice`: the lr key in effect); fp32 is advised only to a run in
+    another precision."""
     fp32 = "" if run.precision == "fp32" else ", or try train.precision=fp32"
     return NonFiniteLossError(
         f"{what}: stopping. The last good checkpoint is {run.last_ckpt or 'none (no checkpoint yet)'}. "
-        f"Lower optim.base_lr or set optim.clip_grad{fp32}.")
+        f"{advice}{fp32}.")
+
 
 class Trainer:
     def __init__(self, task: Task, cfg: RunConfig, hooks: Optional[list[Callable[[LoopState], None]]] = None,
@@ -426,7 +428,16 @@ class Trainer:
             return
         where = (f"({bad[0][2].item()}) in step {bad[0][0]}, epoch {bad[0][1]}" if bad
                  else f"on another rank, in step {run.position.step} or before")
-        raise _non_finite(f"non-finite loss {where}", run)
+        raise _non_finite(f"non-finite loss {where}", run, self._lr_advice())
+
+    def _lr_advice(self) -> str:
+        """What to lower after a NaN: the lr key in effect (optim.lr overrides optim.base_lr; a task
+        deriving its lr from its own key names it as `lr_key`, e.g. eval.attentive_lr)."""
+        task_key = getattr(self.task, "lr_key", None)
+        if task_key:
+            return f"Lower {task_key}"
+        key = "optim.lr" if self.cfg.optim.lr is not None else "optim.base_lr"
+        return f"Lower {key} or set optim.clip_grad"
 
     def _check_finite_weights(self, run: _Run) -> None:
         """NonFiniteLossError when a weight is NaN/inf on any rank: a finite loss can give NaN
@@ -437,7 +448,7 @@ class Trainer:
         if not (any_rank(bad, self.dist.device) if self.dist.enabled else bad):
             return
         raise _non_finite(f"non-finite weights after step {run.position.step} (the update from a NaN/inf "
-                          "gradient)", run)
+                          "gradient)", run, self._lr_advice())
 
     def _end_epoch(self, run: _Run, epoch: int) -> None:
         """Every train.eval_every-th epoch and the last: the task's evaluation in a forked RNG (so
