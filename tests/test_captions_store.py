@@ -259,3 +259,20 @@ def test_another_source_is_named_by_its_settings_with_both_values(tmp_path):
     assert "source 'oracle' (this run: 'captioner'), template '{}' (this run: model 'blip')" in str(e.value)
     with pytest.raises(CaptionStoreError, match=r"template '\{\}' \(this run: 'a video of \{\}'\)"):
         refuse_other_provenance(path, [{"source": "oracle", "model": "a video of {}"}])
+
+
+def test_a_store_of_another_source_is_not_called_old_for_the_weights_it_never_had(tmp_path):
+    """issue 28: `caption --model` into an --oracle store listed "weights unrecorded (a store
+    written before it was recorded)" beside the source: an oracle has no weights. 'unrecorded' is
+    for a captioner store written before the weights were recorded (same source)."""
+    from tgmae.captions.store import refuse_other_provenance
+
+    want = {"source": "captioner", "model": "blip", "keyframes": 4, "weights": "abc"}
+    oracle, old = tmp_path / "oracle", tmp_path / "old"
+    write_store(oracle, [CaptionRecord("v1", ["a bike"], "oracle", "{}")])
+    with pytest.raises(CaptionStoreError) as e:
+        refuse_other_provenance(oracle, [want], required=("weights",))
+    assert "source 'oracle'" in str(e.value) and "weights" not in str(e.value)
+    write_store(old, [CaptionRecord("v1", ["a bike"], "captioner", "blip", extra={"settings": {"keyframes": 4}})])
+    with pytest.raises(CaptionStoreError, match="weights unrecorded"):
+        refuse_other_provenance(old, [want], required=("weights",))

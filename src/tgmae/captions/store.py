@@ -268,7 +268,8 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
     `path` (torn tail allowed; missing = nothing to check) was made otherwise than every one of
     `wants` (provenances as `provenance` gives them). A key the record does not hold (a store
     written before it was recorded) is not compared, unless it is `required` (and the want holds
-    it): then it counts as different, "unrecorded" (e.g. a captioner's weights)."""
+    it) and the record's source is the want's: then it counts as different, "unrecorded" (e.g. a
+    captioner's weights; a store of another source never had them)."""
     path = Path(path)
     if not path.is_file() or not wants:
         return
@@ -278,7 +279,11 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
         if not isinstance(obj, dict):
             continue
         have = provenance(obj)
-        diffs = [[k for k in want if (have[k] != want[k] if k in have else k in required)] for want in wants]
+        # a required key missing is an old store's only where the source matches: an oracle store
+        # has no weights to have recorded, its source already differs
+        diffs = [[k for k in want if (have[k] != want[k] if k in have
+                                      else k in required and have.get("source") == want.get("source"))]
+                 for want in wants]
         if all(diffs):
             want, diff = min(zip(wants, diffs), key=lambda wd: len(wd[1]))
             what = ", ".join(_difference(k, have, want) for k in diff)
