@@ -428,6 +428,20 @@ def test_lbfgs_probe_fits_the_cached_features_with_a_cross_validated_l2(checkpoi
     assert load_config(out / "config.yaml").eval.probe_optimizer == "lars"  # the folder's files agree
 
 
+def test_lbfgs_probe_folds_are_compared_only_when_cross_validation_chooses_the_l2(checkpoint, tmp_path):
+    """issue 28: eval.probe_folds 4 -> 2 was refused for an L-BFGS probe with one fixed eval.probe_l2
+    (no cross-validation: the folds are unused); with an L2 grid they choose the L2 and are compared."""
+    data = dict(train_data=Clips(48), val_data=Clips(24, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    fixed = [tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.01]", "checkpoint.resume=auto"]
+    first = linear_probe(probe_cfg(*fixed, f"train.output_dir={tmp_path / 'one'}"), **data)
+    again = linear_probe(probe_cfg(*fixed, "eval.probe_folds=2", f"train.output_dir={tmp_path / 'one'}"), **data)
+    assert again.top1 == first.top1
+    grid = [*fixed[:3], "eval.probe_l2=[0.01, 1]", "checkpoint.resume=auto", f"train.output_dir={tmp_path / 'cv'}"]
+    linear_probe(probe_cfg(*grid), **data)
+    with pytest.raises(ckpt.CheckpointError, match=r"eval.probe_folds: 4 -> 2"):
+        linear_probe(probe_cfg(*grid, "eval.probe_folds=2"), **data)
+
+
 def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(checkpoint, tmp_path, capsys):
     from tgmae.cli import main as cli_main
     from tgmae.config import ConfigError

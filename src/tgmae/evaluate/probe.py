@@ -518,7 +518,8 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path, kind: Optional[str]) -> None
     """CheckpointError when a finished probe's config.yaml differs in `data.*` keys that matter
     (`config_differences`), `model.pretrained`, eval.num_classes or, for the probes without a loop
     (k-NN, L-BFGS: the loop checks its own runs), the keys of `probe_keys(kind)` (and train.seed,
-    which draws L-BFGS's CV folds): its results would be replaced silently."""
+    which draws L-BFGS's CV folds; eval.probe_folds only when an L2 grid is cross-validated): its
+    results would be replaced silently."""
     import yaml
 
     from tgmae.config import to_dict
@@ -528,6 +529,8 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path, kind: Optional[str]) -> None
         return
     keys = {"model.pretrained", "eval.num_classes"} | set(probe_keys(kind) if kind in ("k-NN", "L-BFGS") else ())
     keys |= {"train.seed"} if kind == "L-BFGS" else set()
+    if len(cfg.eval.probe_l2) < 2:  # one fixed L2: no cross-validation, its folds unused
+        keys.discard("eval.probe_folds")  # (an L2 grid before differs in eval.probe_l2 itself)
     diffs = [d for d in ckpt.config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg),
                                                 to_dict(RunConfig())) if d[0].startswith("data.") or d[0] in keys]
     if diffs:
