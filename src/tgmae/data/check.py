@@ -68,7 +68,7 @@ def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bo
     """Refuse, before any video is checked, a report file `out` that would replace what is not an
     earlier report: RunFolderError when it lies inside a run (`locks.refuse_inside_run`) and
     ReportFileError when it is the annotation list being read or one of `inputs` (files the tool
-    reads back), --overwrite or not, or another existing file without `overwrite`; each names `out`
+    reads or writes), --overwrite or not, or another existing file without `overwrite`; each names `out`
     and `what` (the flag). `tool` / `is_report`: whose reports are replaced (`is_check_report`)."""
     refuse_inside_run(out, what)  # a run's config.yaml, metrics, checkpoints
     target = Path(out).resolve()
@@ -77,8 +77,8 @@ def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bo
         raise ReportFileError(f"{out} ({what}): is the annotation list being read, which the report would "
                               "replace; give the report another file")
     if any(target == Path(f).resolve() for f in inputs):
-        raise ReportFileError(f"{out} ({what}): is a file {tool} writes and reads back, which the report would "
-                              "replace; give the report another file")
+        raise ReportFileError(f"{out} ({what}): is a file {tool} reads or writes, which the report would "
+                              "replace (--overwrite or not); give the report another file")
     if target.is_file() and not overwrite and not is_report(target):
         raise ReportFileError(f"{out} ({what}): exists and is not a report of {tool}; give the report "
                               "a new file, or --overwrite to replace it")

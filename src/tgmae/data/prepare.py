@@ -292,8 +292,7 @@ def _rewrite_csv(text: str, suffix: str, root: Path, out: Path, renamed: dict[st
 
 def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[str, str]) -> Path:
     """Copy the annotation file(s) under `out` with prepared paths -> the new annotations path."""
-    rel_parent = _under(root, ann if ann.is_dir() else ann.parent)
-    dest_dir = out / rel_parent if rel_parent is not None else out
+    dest_dir = _annotations_dest(root, ann, out)
     for f in _annotation_files(fmt, ann):
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
@@ -302,6 +301,12 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
             text = _rewrite_csv(text, f.suffix.lower(), root, out, renamed)
         atomic_write_text(dest_dir / f.name, text)
     return dest_dir / ann.name if ann.is_file() else dest_dir
+
+
+def _annotations_dest(root: Path, ann: Path, out: Path) -> Path:
+    """The folder under `out` the annotation files of `ann` are written to (its place under `root`)."""
+    rel_parent = _under(root, ann if ann.is_dir() else ann.parent)
+    return out / rel_parent if rel_parent is not None else out
 
 
 def _under(root: Path, p: Path) -> Optional[Path]:
@@ -362,14 +367,40 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     AnnotationError as described above, RunFolderError for an `out` that is a run or lies inside
     one (`locks.refuse_inside_run`)."""
     root_p, out_p = Path(root), Path(out)
-    refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
-    if out_p.resolve() == root_p.resolve():
-        raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
+    check_out(out_p, root_p, settings)
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
-    ann = Path(annotations) if Path(annotations).exists() else root_p / annotations
+    ann = _annotations_path(root_p, annotations)
     with hold(out_p, "--out", folder=True):
         return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
                            progress)
+
+
+def check_out(out: str | Path, root: str | Path, settings: PrepareSettings) -> None:
+    """Refuse, before anything is made, an `out` that `run_prepare` would refuse: one inside a run
+    (RunFolderError), the data root, a user's non-empty folder or one prepared with other settings
+    (PrepareError, `_check_manifest`); reads only."""
+    out_p = Path(out)
+    refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
+    if out_p.resolve() == Path(root).resolve():
+        raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
+    _check_manifest(out_p, settings)
+
+
+def files_written(fmt: str, root: str, annotations: str, out: str, *, split: int = 1,
+                  subset: str = "train") -> list[Path]:
+    """Every file `run_prepare` writes into `out` for these arguments: prepare.json, the annotation
+    files carried along (lists, classes.txt, label maps) and the videos. Raises as `run_prepare`
+    (AnnotationError, PrepareError) when the annotations cannot be prepared."""
+    root_p, out_p = Path(root), Path(out)
+    records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
+    ann = _annotations_path(root_p, annotations)
+    jobs, _ = _jobs([*records, *_carried_records(fmt, root_p, ann)], root_p, out_p, PrepareSettings())
+    dest = _annotations_dest(root_p, ann, out_p)
+    return [out_p / MANIFEST, *(dest / f.name for f in _annotation_files(fmt, ann)), *(Path(j[1]) for j in jobs)]
+
+
+def _annotations_path(root: Path, annotations: str) -> Path:
+    return Path(annotations) if Path(annotations).exists() else root / annotations
 
 
 def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
