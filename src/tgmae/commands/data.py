@@ -109,8 +109,9 @@ def main(argv: Sequence[str]) -> int:
         return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
     if args.out:  # before checking every video, not after
-        check_report_out(args.out, args.root, args.annotations, args.overwrite)
-        check_writable(args.out)
+        check_report_out(args.out, args.root, args.annotations, args.overwrite,
+                         inputs=prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset))
+        check_writable(args.out, keep_new_folders=False)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)
     if args.out:

@@ -33,9 +33,9 @@ import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
-from tgmae.data.check import parallel_map, run_check
+from tgmae.data.check import is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
-from tgmae.data.formats import load_annotations
+from tgmae.data.formats import _resolve, load_annotations
 from tgmae.errors import SettingsError, UserError
 from tgmae.locks import hold, refuse_inside_run
 
@@ -234,6 +234,38 @@ def _annotation_files(fmt: str, ann: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.name in names)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS
                   and p.name != MANIFEST)
+
+
+def files_a_check_reads(fmt: str, root: str, annotations: str, split: int = 1, subset: str = "train") -> list[Path]:
+    """The files `tgmae data check` (`run_check`) reads, which its `--out` report may never
+    replace: every list a run reads (`lists_a_run_reads`; a folder: its files) with the class
+    lists, label maps and split siblings beside it (`_annotation_files`) and `root`/classes.txt,
+    the videos they list, and where the root or a list's folder is a prepared data set (its
+    MANIFEST), the manifest, its annotation files and the videos it names. Earlier check reports
+    are left out (a rerun replaces them). Raises AnnotationError as `run_check` does."""
+    root_p = Path(root) if root else Path(".")
+    files, folders = [root_p / "classes.txt"], {root_p}
+    for sub, ann in lists_a_run_reads(fmt, root, annotations, split, subset):
+        path = _resolve(root_p, ann)
+        records, _ = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=[])
+        files += [path, *_annotation_files(fmt, path), *(Path(r.path) for r in records)]
+        folders.add(path if path.is_dir() else path.parent)
+    for folder in folders:
+        files += _prepared_set_files(folder)
+    return [f for f in files if not is_check_report(f)]
+
+
+def _prepared_set_files(folder: Path) -> list[Path]:
+    """A prepared data set's own files when `folder` is one (its prepare.json holds `renamed`):
+    the manifest, the annotation files beside it and the videos it names; else none."""
+    manifest = folder / MANIFEST
+    try:
+        renamed = json.loads(manifest.read_text())["renamed"]
+        named = [folder / v for v in renamed.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    lists = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS]
+    return [manifest, *lists, *named]
 
 
 def _rewrite_line_paths(text: str, fmt: str, name: str, renamed: dict[str, str]) -> str:
