@@ -557,3 +557,20 @@ def test_report_in_a_new_folder_inside_a_new_out_is_written_and_a_refusal_leaves
     err = capsys.readouterr().err
     assert code == 2 and str(mine) in err and err.count("\n") == 1
     assert not (tmp_path / "rep").exists() and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
+    """Issue 28 (F): a failure line read "bad/a.avi: bad/a.avi: zero-byte file" (the path twice);
+    now the path once, as `tgmae data check` prints it, and the report's reason has no path."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["good.avi"])
+    (root / "zero.avi").write_bytes(b"")
+    (root / "list.txt").write_text("good.avi 0\nzero.avi 0\n")
+    report = tmp_path / "r.json"
+    assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
+                     str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
+                     "--no-progress", "--report", str(report)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "zero.avi" in x)
+    assert line.count("zero.avi") == 1 and "zero-byte" in line, line
+    (item,) = json.loads(report.read_text())["failed"]
+    assert item["path"].endswith("zero.avi") and "zero.avi" not in item["reason"]

@@ -106,10 +106,11 @@ def _is_h264_mp4(path: str) -> bool:
 
 def transcode(src: str, dst: str, settings: PrepareSettings) -> FileResult:
     """Write `src`'s frames to `dst` (H.264 MP4) as described in the module docstring; written to
-    a temp name and renamed. Returns the result; never raises for a bad source (status failed)."""
+    a temp name and renamed. Returns the result; never raises for a bad source (status failed,
+    reason without the path, which `src` holds)."""
     import av
 
-    from tgmae.data.frame_index import error_text
+    from tgmae.data.frame_index import error_detail
     from tgmae.data.video import VideoError, VideoReader
 
     try:
@@ -127,7 +128,7 @@ def transcode(src: str, dst: str, settings: PrepareSettings) -> FileResult:
                 _encode(r, str(tmp), (w, h), rate, tb if pts is not None else 1 / rate, pts, settings)
         return FileResult(src, dst, "converted", info.num_frames)
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
-        return FileResult(src, dst, "failed", 0, error_text(src, e))
+        return FileResult(src, dst, "failed", 0, error_detail(src, e))  # the path has its own field
 
 
 def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base: Fraction,
