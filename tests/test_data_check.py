@@ -271,3 +271,31 @@ def test_check_out_refuses_a_file_that_is_not_a_check_report_and_anything_in_a_r
     assert cli_main([*args, "--out", str(tmp_path / "mine.json"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "mine.json").read_text())["records"] == 1
     assert cli_main([*args, "--out", str(tmp_path / "mine.json")]) == 0  # a previous report: replaced
+
+
+def test_check_out_refuses_every_file_the_check_reads_and_a_prepared_sets_files(tmp_path, capsys):
+    """Issue 28 (B): --out classes.txt (read for the class names), val.csv (a split sibling) or a
+    prepared set's prepare.json with --overwrite exited 0 and the report replaced them. Every file
+    the check reads (the list, classes.txt beside it, its split siblings, the videos) and a
+    prepared set's own files (prepare.json, its lists, its videos) are refused, --overwrite or not,
+    naming the file; a new report beside them is written."""
+    root = tmp_path / "prep"
+    (root / "videos").mkdir(parents=True)
+    write_video(root / "videos" / "a.mp4", _clip(24), gop=8)
+    (root / "train.csv").write_text("path,label\nvideos/a.mp4,walk\n")
+    (root / "val.csv").write_text("path,label\nvideos/a.mp4,walk\n")
+    (root / "part.csv").write_text("path,label\nvideos/a.mp4,walk\n")
+    (root / "classes.txt").write_text("walk\n")
+    (root / "prepare.json").write_text(json.dumps({"settings": {"short_side": 320},
+                                                   "renamed": {"videos/a.mp4": "videos/a.mp4"}}))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    args = ["data", "check", "--format", "csv", "--root", str(root), str(root / "train.csv"), "--no-progress",
+            "--min-frames", "8"]
+    for name in ("classes.txt", "val.csv", "prepare.json", "part.csv", "videos/a.mp4"):
+        for flags in ([], ["--overwrite"]):
+            code = cli_main([*args, "--out", str(root / name), *flags])
+            err = capsys.readouterr().err
+            assert code == 2 and str(root / name) in err and "--out" in err and err.count("\n") == 1, (name, err)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert cli_main([*args, "--out", str(root / "check.json")]) == 0
+    assert cli_main([*args, "--out", str(root / "check.json")]) == 0  # its own earlier report: replaced

@@ -514,3 +514,63 @@ def test_report_refuses_a_file_that_is_not_a_prepare_report_and_anything_in_a_ru
     assert json.loads((tmp_path / "mine.json").read_text())["counts"]["converted"] == 1
     assert cli_main([*args, "--report", str(tmp_path / "mine.json")]) == 0  # a previous report: replaced
     assert json.loads((tmp_path / "mine.json").read_text())["counts"]["skipped"] == 1
+
+
+def test_report_refuses_every_file_prepare_writes_into_out(tmp_path, capsys):
+    """Issue 28 (A): --report out/part.csv (or out/classes.txt) exited 0 and the report replaced the
+    prepared annotation list. Every file prepare writes into --out (the lists, classes.txt, the
+    videos, prepare.json) is refused, --overwrite or not, naming the file; the output keeps its
+    files; a report beside them is written."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v/a.avi", "v/b.avi"])
+    (root / "part.csv").write_text("path,label\nv/a.avi,walk\n")
+    (root / "classes.txt").write_text("walk\n")
+    args = ["data", "prepare", "--format", "csv", "--root", str(root), str(root / "part.csv"), "--out", str(out),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    assert cli_main(args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for target in (out / "part.csv", out / "classes.txt", out / "v" / "a.mp4", out / "prepare.json"):
+        for flags in ([], ["--overwrite"]):
+            code = cli_main([*args, "--report", str(target), *flags])
+            err = capsys.readouterr().err
+            assert code == 2 and str(target) in err and "--report" in err and err.count("\n") == 1, (target, err)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert cli_main([*args, "--report", str(out / "report.json")]) == 0
+    assert json.loads((out / "report.json").read_text())["counts"]["skipped"] == 1
+
+
+def test_report_in_a_new_folder_inside_a_new_out_is_written_and_a_refusal_leaves_nothing(tmp_path, capsys):
+    """Issue 28 (E): --out new --report new/sub/r.json made new/sub first, then refused new as "not
+    empty ... not a prepared data set", leaving new/ and new/sub. Now the report's folder is not
+    made before the preparation; a refused --out leaves no folder of the report behind."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["a.avi"])
+    (root / "list.txt").write_text("a.avi 0\n")
+    args = ["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    assert cli_main([*args, "--out", str(out), "--report", str(out / "sub" / "r.json")]) == 0, capsys.readouterr()
+    assert json.loads((out / "sub" / "r.json").read_text())["counts"]["converted"] == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code = cli_main([*args, "--out", str(mine), "--report", str(tmp_path / "rep" / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(mine) in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists() and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
+    """Issue 28 (F): a failure line read "bad/a.avi: bad/a.avi: zero-byte file" (the path twice);
+    now the path once, as `tgmae data check` prints it, and the report's reason has no path."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["good.avi"])
+    (root / "zero.avi").write_bytes(b"")
+    (root / "list.txt").write_text("good.avi 0\nzero.avi 0\n")
+    report = tmp_path / "r.json"
+    assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
+                     str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
+                     "--no-progress", "--report", str(report)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "zero.avi" in x)
+    assert line.count("zero.avi") == 1 and "zero-byte" in line, line
+    (item,) = json.loads(report.read_text())["failed"]
+    assert item["path"].endswith("zero.avi") and "zero.avi" not in item["reason"]

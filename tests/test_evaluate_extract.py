@@ -371,3 +371,24 @@ def test_a_shard_of_unreadable_videos_has_the_features_trailing_dims(tmp_path, m
         raw = p.read_bytes()
         header = _json.loads(raw[8: 8 + struct.unpack("<Q", raw[:8])[0]])
         assert list(header["__metadata__"]) == sorted(header["__metadata__"]), p
+
+
+def test_a_users_folder_as_out_is_refused_naming_the_files_it_holds(tmp_path):
+    """Issue 28 (F): the refusal of a non-empty folder without manifest.json always named
+    "(index.csv, unreadable.json, ...)" whatever it held; now it names the files that are there
+    (a few, then how many more), and a writer's temp file is not one of them."""
+    from tgmae.evaluate.extract import check_output_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "scores.csv").write_text("mine")
+    with pytest.raises(ExtractError) as e:
+        check_output_folder(mine, "--out")
+    msg = str(e.value)
+    assert str(mine) in msg and "notes.txt" in msg and "scores.csv" in msg and "unreadable.json" not in msg, msg
+    for i in range(8):
+        (mine / f"f{i}.bin").write_text("")
+    with pytest.raises(ExtractError) as e:
+        check_output_folder(mine, "--out")
+    assert "f0.bin" in str(e.value) and "more" in str(e.value) and "f7.bin" not in str(e.value), str(e.value)

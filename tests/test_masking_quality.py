@@ -243,3 +243,16 @@ def test_eval_masks_out_refuses_inputs_users_files_and_runs(tmp_path, capsys):
     assert (run / "config.yaml").read_text() == "model: {}\n" and not (run / "r.json").exists()
     (tmp_path / "old.json").write_text('{"random": {"precision": 0.1, "recall": 0.9, "ratio": 0.9}}')
     assert is_quality_results(tmp_path / "old.json") and not is_quality_results(tmp_path / "mine.json")
+
+
+def test_eval_masks_out_over_the_caption_file_names_it_as_the_caption_file(tmp_path, capsys):
+    """Issue 28 (F): `eval-masks --out SET/captions.jsonl` said "is the annotation list being read";
+    it is the set's caption file, and the line says so."""
+    from tgmae.cli import main as cli_main
+
+    root = tmp_path / "set"
+    (root / "masks").mkdir(parents=True)
+    (root / "captions.jsonl").write_text("{}\n")
+    assert cli_main(["eval-masks", "--root", str(root), "--out", str(root / "captions.jsonl"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "caption" in err and "annotation list" not in err and str(root / "captions.jsonl") in err, err

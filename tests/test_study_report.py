@@ -148,9 +148,8 @@ def test_report_into_a_run_or_over_a_users_results_json_is_refused_naming_it(tmp
     exit 0; a user's results.json was called "a report of other runs (1, e.g. None)"."""
     import json
 
-    from tgmae.config import ConfigError
     from tgmae.errors import UserError
-    from tgmae.study.report import report_runs
+    from tgmae.study.report import ReportFolderError, report_runs
 
     study = tmp_path / "study"
     _study_run(study)
@@ -165,9 +164,25 @@ def test_report_into_a_run_or_over_a_users_results_json_is_refused_naming_it(tmp
     mine.mkdir()
     for text in ('{"accuracy": 0.9}', '[{"accuracy": 0.9}]', "not json"):
         (mine / "results.json").write_text(text)
-        with pytest.raises(ConfigError, match="not a study report's") as e:
+        with pytest.raises(ReportFolderError, match="not a study report's") as e:
             report_runs([study], mine)
         assert str(mine / "results.json") in str(e.value) and "None" not in str(e.value)
         assert (mine / "results.json").read_text() == text
     report_runs([study], mine, overwrite=True)
     assert json.loads((mine / "results.json").read_text())[0]["masking"] == "tube"
+
+
+def test_report_refusing_an_out_folder_is_a_file_problem_not_a_config_error(tmp_path, capsys):
+    """Issue 28 (F): `tgmae report --out DIR` with a user's results.json in DIR (or another study's
+    report) printed "config error: ..."; no key is wrong, a file is in the way: the line names it
+    without that prefix, exit 2."""
+    from tgmae.cli import main
+
+    study = tmp_path / "study"
+    _study_run(study)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"accuracy": 0.9}')
+    assert main(["report", str(study), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert str(mine / "results.json") in err and "config error" not in err and err.count("\n") == 1, err

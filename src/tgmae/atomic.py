@@ -243,13 +243,16 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def check_writable(path: str | os.PathLike, *, keep_new_folders: bool = True) -> None:
     """Fail now, before long work, if `path` could not be written later (writes and removes an
-    empty temp beside it). OutputError naming `path`, also for a folder at `path`."""
+    empty temp beside it). OutputError naming `path`, also for a folder at `path`.
+    keep_new_folders False: the folders made for the probe are removed again, so a refusal or
+    failure before the real write leaves nothing behind (`atomic_path` makes them when writing)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(errno.EISDIR, f"{path}: is a folder; give a file name")
     tmp = temp_path(path)
+    new = [p for p in reversed(path.parents) if not p.exists()]  # outermost first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(b"")
@@ -260,6 +263,11 @@ def check_writable(path: str | os.PathLike) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        for folder in [] if keep_new_folders else reversed(new):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # another process put a file there meanwhile: keep it
+                pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:

@@ -60,12 +60,14 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: Sequence[str]) -> int:
     args = build_prepare_parser().parse_args(argv)
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
-    if args.report:  # before the videos are prepared, not after
+    if args.report:  # before the videos are prepared, not after; --out first: its refusal names it
+        prepare.check_out(args.out, args.root, settings)
+        written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
+                                        subset=args.subset)  # the lists, classes.txt, videos, prepare.json
         check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
                          tool="tgmae data prepare",
-                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS),
-                         inputs=[Path(args.out) / prepare.MANIFEST])  # its resume reads the manifest
-        check_writable(args.report)
+                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS), inputs=written)
+        check_writable(args.report, keep_new_folders=False)  # a refused --out leaves no report folder
     report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
                          subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
                          progress=not args.no_progress)
@@ -107,8 +109,9 @@ def main(argv: Sequence[str]) -> int:
         return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
     if args.out:  # before checking every video, not after
-        check_report_out(args.out, args.root, args.annotations, args.overwrite)
-        check_writable(args.out)
+        check_report_out(args.out, args.root, args.annotations, args.overwrite,
+                         inputs=prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset))
+        check_writable(args.out, keep_new_folders=False)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)
     if args.out:

@@ -52,9 +52,10 @@ def main(argv: Sequence[str]) -> int:
     if args.out:  # before the evaluation, not after it
         from tgmae.data.check import check_report_out
 
-        check_report_out(args.out, str(root), "captions.jsonl", args.overwrite, tool="tgmae eval-masks",
-                         is_report=is_quality_results, inputs=[f for f in root.iterdir() if f.is_file()])
-        check_writable(args.out)
+        check_report_out(args.out, str(root), str(root / "captions.jsonl"), args.overwrite, tool="tgmae eval-masks",
+                         is_report=is_quality_results, inputs=[f for f in root.iterdir() if f.is_file()],
+                         read_as="the synthetic set's caption file being read")
+        check_writable(args.out, keep_new_folders=False)
     if not args.clip:
         log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
     quality = evaluate_masks(

@@ -64,21 +64,23 @@ def is_check_report(path: str | Path, keys: Sequence[str] = REPORT_KEYS) -> bool
 
 def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bool = False, *,
                      what: str = "--out", tool: str = "tgmae data check",
-                     is_report: Callable[[Path], bool] = is_check_report, inputs: Sequence[str | Path] = ()) -> None:
+                     is_report: Callable[[Path], bool] = is_check_report, inputs: Sequence[str | Path] = (),
+                     read_as: str = "the annotation list being read") -> None:
     """Refuse, before any video is checked, a report file `out` that would replace what is not an
     earlier report: RunFolderError when it lies inside a run (`locks.refuse_inside_run`) and
     ReportFileError when it is the annotation list being read or one of `inputs` (files the tool
-    reads back), --overwrite or not, or another existing file without `overwrite`; each names `out`
-    and `what` (the flag). `tool` / `is_report`: whose reports are replaced (`is_check_report`)."""
+    reads or writes), --overwrite or not, or another existing file without `overwrite`; each names `out`
+    and `what` (the flag). `tool` / `is_report`: whose reports are replaced (`is_check_report`);
+    `read_as`: what `annotations` is to the tool, for the refusal."""
     refuse_inside_run(out, what)  # a run's config.yaml, metrics, checkpoints
     target = Path(out).resolve()
     ann = Path(annotations) if Path(annotations).exists() else Path(root) / annotations
     if target == ann.resolve():
-        raise ReportFileError(f"{out} ({what}): is the annotation list being read, which the report would "
-                              "replace; give the report another file")
+        raise ReportFileError(f"{out} ({what}): is {read_as}, which the report would replace; "
+                              "give the report another file")
     if any(target == Path(f).resolve() for f in inputs):
-        raise ReportFileError(f"{out} ({what}): is a file {tool} writes and reads back, which the report would "
-                              "replace; give the report another file")
+        raise ReportFileError(f"{out} ({what}): is a file {tool} reads or writes, which the report would "
+                              "replace (--overwrite or not); give the report another file")
     if target.is_file() and not overwrite and not is_report(target):
         raise ReportFileError(f"{out} ({what}): exists and is not a report of {tool}; give the report "
                               "a new file, or --overwrite to replace it")

@@ -33,9 +33,9 @@ import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
-from tgmae.data.check import parallel_map, run_check
+from tgmae.data.check import is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
-from tgmae.data.formats import load_annotations
+from tgmae.data.formats import _resolve, load_annotations
 from tgmae.errors import SettingsError, UserError
 from tgmae.locks import hold, refuse_inside_run
 
@@ -106,10 +106,11 @@ def _is_h264_mp4(path: str) -> bool:
 
 def transcode(src: str, dst: str, settings: PrepareSettings) -> FileResult:
     """Write `src`'s frames to `dst` (H.264 MP4) as described in the module docstring; written to
-    a temp name and renamed. Returns the result; never raises for a bad source (status failed)."""
+    a temp name and renamed. Returns the result; never raises for a bad source (status failed,
+    reason without the path, which `src` holds)."""
     import av
 
-    from tgmae.data.frame_index import error_text
+    from tgmae.data.frame_index import error_detail
     from tgmae.data.video import VideoError, VideoReader
 
     try:
@@ -127,7 +128,7 @@ def transcode(src: str, dst: str, settings: PrepareSettings) -> FileResult:
                 _encode(r, str(tmp), (w, h), rate, tb if pts is not None else 1 / rate, pts, settings)
         return FileResult(src, dst, "converted", info.num_frames)
     except (VideoError, OSError, EOFError, av.FFmpegError) as e:
-        return FileResult(src, dst, "failed", 0, error_text(src, e))
+        return FileResult(src, dst, "failed", 0, error_detail(src, e))  # the path has its own field
 
 
 def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base: Fraction,
@@ -236,6 +237,38 @@ def _annotation_files(fmt: str, ann: Path) -> list[Path]:
                   and p.name != MANIFEST)
 
 
+def files_a_check_reads(fmt: str, root: str, annotations: str, split: int = 1, subset: str = "train") -> list[Path]:
+    """The files `tgmae data check` (`run_check`) reads, which its `--out` report may never
+    replace: every list a run reads (`lists_a_run_reads`; a folder: its files) with the class
+    lists, label maps and split siblings beside it (`_annotation_files`) and `root`/classes.txt,
+    the videos they list, and where the root or a list's folder is a prepared data set (its
+    MANIFEST), the manifest, its annotation files and the videos it names. Earlier check reports
+    are left out (a rerun replaces them). Raises AnnotationError as `run_check` does."""
+    root_p = Path(root) if root else Path(".")
+    files, folders = [root_p / "classes.txt"], {root_p}
+    for sub, ann in lists_a_run_reads(fmt, root, annotations, split, subset):
+        path = _resolve(root_p, ann)
+        records, _ = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=[])
+        files += [path, *_annotation_files(fmt, path), *(Path(r.path) for r in records)]
+        folders.add(path if path.is_dir() else path.parent)
+    for folder in folders:
+        files += _prepared_set_files(folder)
+    return [f for f in files if not is_check_report(f)]
+
+
+def _prepared_set_files(folder: Path) -> list[Path]:
+    """A prepared data set's own files when `folder` is one (its prepare.json holds `renamed`):
+    the manifest, the annotation files beside it and the videos it names; else none."""
+    manifest = folder / MANIFEST
+    try:
+        renamed = json.loads(manifest.read_text())["renamed"]
+        named = [folder / v for v in renamed.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    lists = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS]
+    return [manifest, *lists, *named]
+
+
 def _rewrite_line_paths(text: str, fmt: str, name: str, renamed: dict[str, str]) -> str:
     """Replace the video path of each line of a path-list file by its prepared name, where the
     video was prepared (`renamed`: old path relative to root -> new one)."""
@@ -292,8 +325,7 @@ def _rewrite_csv(text: str, suffix: str, root: Path, out: Path, renamed: dict[st
 
 def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[str, str]) -> Path:
     """Copy the annotation file(s) under `out` with prepared paths -> the new annotations path."""
-    rel_parent = _under(root, ann if ann.is_dir() else ann.parent)
-    dest_dir = out / rel_parent if rel_parent is not None else out
+    dest_dir = _annotations_dest(root, ann, out)
     for f in _annotation_files(fmt, ann):
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
@@ -302,6 +334,12 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
             text = _rewrite_csv(text, f.suffix.lower(), root, out, renamed)
         atomic_write_text(dest_dir / f.name, text)
     return dest_dir / ann.name if ann.is_file() else dest_dir
+
+
+def _annotations_dest(root: Path, ann: Path, out: Path) -> Path:
+    """The folder under `out` the annotation files of `ann` are written to (its place under `root`)."""
+    rel_parent = _under(root, ann if ann.is_dir() else ann.parent)
+    return out / rel_parent if rel_parent is not None else out
 
 
 def _under(root: Path, p: Path) -> Optional[Path]:
@@ -362,14 +400,40 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     AnnotationError as described above, RunFolderError for an `out` that is a run or lies inside
     one (`locks.refuse_inside_run`)."""
     root_p, out_p = Path(root), Path(out)
-    refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
-    if out_p.resolve() == root_p.resolve():
-        raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
+    check_out(out_p, root_p, settings)
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
-    ann = Path(annotations) if Path(annotations).exists() else root_p / annotations
+    ann = _annotations_path(root_p, annotations)
     with hold(out_p, "--out", folder=True):
         return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
                            progress)
+
+
+def check_out(out: str | Path, root: str | Path, settings: PrepareSettings) -> None:
+    """Refuse, before anything is made, an `out` that `run_prepare` would refuse: one inside a run
+    (RunFolderError), the data root, a user's non-empty folder or one prepared with other settings
+    (PrepareError, `_check_manifest`); reads only."""
+    out_p = Path(out)
+    refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
+    if out_p.resolve() == Path(root).resolve():
+        raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
+    _check_manifest(out_p, settings)
+
+
+def files_written(fmt: str, root: str, annotations: str, out: str, *, split: int = 1,
+                  subset: str = "train") -> list[Path]:
+    """Every file `run_prepare` writes into `out` for these arguments: prepare.json, the annotation
+    files carried along (lists, classes.txt, label maps) and the videos. Raises as `run_prepare`
+    (AnnotationError, PrepareError) when the annotations cannot be prepared."""
+    root_p, out_p = Path(root), Path(out)
+    records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
+    ann = _annotations_path(root_p, annotations)
+    jobs, _ = _jobs([*records, *_carried_records(fmt, root_p, ann)], root_p, out_p, PrepareSettings())
+    dest = _annotations_dest(root_p, ann, out_p)
+    return [out_p / MANIFEST, *(dest / f.name for f in _annotation_files(fmt, ann)), *(Path(j[1]) for j in jobs)]
+
+
+def _annotations_path(root: Path, annotations: str) -> Path:
+    return Path(annotations) if Path(annotations).exists() else root / annotations
 
 
 def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:

@@ -234,14 +234,16 @@ MANIFEST_KEYS = ("version", "spec", "encoder", "video_ids", "num_shards")  # wha
 def check_output_folder(out_dir: str | os.PathLike, what: str = "output folder") -> None:
     """Refuse an output folder whose files are not an extraction's, each naming it: LockError for a
     file at `out_dir` (`locks.check_kind`), RunFolderError for a run folder or a folder inside one
-    (`locks.refuse_inside_run`), ExtractError for a non-empty folder without manifest.json (a user's
-    index.csv, unreadable.json would be replaced; writers' temp files aside)."""
+    (`locks.refuse_inside_run`), ExtractError for a non-empty folder without manifest.json, naming
+    up to 5 of its files (a user's files could be replaced; writers' temp files aside)."""
     check_kind(out_dir, what, folder=True)
     refuse_inside_run(out_dir, what)
     out = Path(out_dir)
-    if out.is_dir() and not (out / "manifest.json").is_file() and any(not is_temp(p.name) for p in out.iterdir()):
-        raise ExtractError(f"{out} ({what}): not empty and holds no manifest.json, so it is not an extraction; "
-                           f"its files (index.csv, unreadable.json, ...) would be replaced; choose another {what}")
+    held = sorted(p.name for p in out.iterdir() if not is_temp(p.name)) if out.is_dir() else []
+    if held and not (out / "manifest.json").is_file():
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise ExtractError(f"{out} ({what}): not empty ({shown}) and holds no manifest.json, so it is not an "
+                           f"extraction; its files could be replaced; choose another {what}")
 
 
 def _read_manifest(path: Path, what: str) -> dict[str, Any]:

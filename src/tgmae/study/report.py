@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from tgmae.atomic import atomic_write_text
 
 from tgmae.config import ConfigError
+from tgmae.errors import UserError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.locks import refuse_inside_run
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
@@ -625,8 +626,13 @@ def _same_run(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "run_dir"} == {k: v for k, v in b.items() if k != "run_dir"}
 
 
+class ReportFolderError(FileExistsError, UserError):
+    """`tgmae report --out` holds a results.json that is not a report of these runs (a file in the
+    way, not a wrong key: no "config error" prefix); the message names the file."""
+
+
 def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
-    """ConfigError when `out` holds a report (results.json) of runs that are not among `records`
+    """ReportFolderError when `out` holds a report (results.json) of runs that are not among `records`
     (`_same_run`), or a results.json that is not a report's: another study's report is not
     replaced without --overwrite. The same runs (also
     moved since), or more of them (cells finished since), are rewritten."""
@@ -638,20 +644,20 @@ def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
     except ValueError:
         old = None
     if not (isinstance(old, list) and all(isinstance(r, dict) and "run_dir" in r for r in old)):
-        raise ConfigError(f"{saved}: not a study report's results.json (a list of study records), so it is not "
-                          "replaced; give --out another folder, or --overwrite to replace it")
+        raise ReportFolderError(f"{saved}: not a study report's results.json (a list of study records), so it is "
+                                "not replaced; give --out another folder, or --overwrite to replace it")
     other = sorted(str(r.get("run_dir")) for r in old if not any(_same_run(r, n) for n in records))
     if other:
-        raise ConfigError(f"{saved} holds a report of other runs ({len(other)}, e.g. {other[0]}): it is not "
-                          "replaced; give --out another folder, or --overwrite to replace it")
+        raise ReportFolderError(f"{saved} holds a report of other runs ({len(other)}, e.g. {other[0]}): it is "
+                                "not replaced; give --out another folder, or --overwrite to replace it")
 
 
 def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check found in them); prints the table; returns report.md's path.
-    FileNotFoundError for a folder without records, ConfigError for runs probed differently or an
-    `out` holding a report of other runs or another results.json (`refuse_other_report`) unless
-    `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
+    FileNotFoundError for a folder without records, ConfigError for runs probed differently,
+    ReportFolderError for an `out` holding a report of other runs or another results.json
+    (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
     (`locks.refuse_inside_run`)."""
     refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
