@@ -29,6 +29,18 @@ def tokens_of(enc, d) -> torch.Tensor:
         return torch.stack([enc(d[i]["video"].view(-1, 3, 4, 16, 16)) for i in range(len(d))])  # [M, V, L, D]
 
 
+
+class Killed(Exception):
+    """A kill at a step, as a training hook raises it."""
+
+
+def kill_at(step: int):
+    """A training hook that raises Killed once the run reaches `step`."""
+    def kill(state):
+        if state.position.step == step:
+            raise Killed()
+    return kill
+
 def test_loop_task_trains_as_the_recipe_and_tests_every_view(checkpoint, tmp_path):
     """Full-batch steps (batch order cannot matter): the loop's task ends where V-JEPA's recipe in
     `fit_reference` ends, from the same init; the val probabilities are the softmax averaged
@@ -57,13 +69,7 @@ def test_loop_task_trains_as_the_recipe_and_tests_every_view(checkpoint, tmp_pat
 
 
 def test_attentive_probe_resumes_exactly_after_a_kill_and_refuses_other_settings(checkpoint, tmp_path):
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == 5:
-            raise Killed()
-
+    kill = kill_at(5)
     overrides = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.every_steps=1", "checkpoint.resume=auto"]
     whole = run_probe(probe_cfg(tmp_path / "a", checkpoint, *overrides), **data())
     cfg = probe_cfg(tmp_path / "b", checkpoint, *overrides)
@@ -202,13 +208,7 @@ def test_other_probes_into_an_attentive_folder_get_one_message(checkpoint, tmp_p
     """eval.probe=knn into an attentive folder said "holds an attentive_probe run ..., not a probe run",
     eval.probe=linear "probe made with other settings (eval.probe: 'attentive' -> 'linear')": one
     message, naming eval.probe, for both, finished or not."""
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == 2:
-            raise Killed()
-
+    kill = kill_at(2)
     attentive = [*ATTENTIVE, "eval.attentive_batch_size=8", "checkpoint.every_steps=1", "checkpoint.resume=auto"]
     if finished:
         run_probe(probe_cfg(tmp_path, checkpoint, *attentive), **data())
