@@ -41,6 +41,7 @@ def kill_at(step: int):
             raise Killed()
     return kill
 
+
 def test_loop_task_trains_as_the_recipe_and_tests_every_view(checkpoint, tmp_path):
     """Full-batch steps (batch order cannot matter): the loop's task ends where V-JEPA's recipe in
     `fit_reference` ends, from the same init; the val probabilities are the softmax averaged
