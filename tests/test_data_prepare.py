@@ -574,3 +574,24 @@ def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
     assert line.count("zero.avi") == 1 and "zero-byte" in line, line
     (item,) = json.loads(report.read_text())["failed"]
     assert item["path"].endswith("zero.avi") and "zero.avi" not in item["reason"]
+
+
+def test_report_refuses_every_file_prepare_reads_even_with_overwrite(tmp_path, capsys):
+    """Issue 28 (re-trial 9, 1): --report src/A/clip1.avi --overwrite replaced a SOURCE video with the
+    report (exit 0); so did --report src/classes.txt and a split sibling (src/val.csv with
+    src/train.csv given) and a video that sibling lists. Every file prepare reads is refused,
+    --overwrite or not, naming it, before any video; the files keep their bytes."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["A/clip1.avi", "B/clip2.avi"])
+    (root / "train.csv").write_text("path,label\nA/clip1.avi,walk\n")
+    (root / "val.csv").write_text("path,label\nB/clip2.avi,run\n")
+    (root / "classes.txt").write_text("walk\nrun\n")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    args = ["data", "prepare", "--format", "csv", "--root", str(root), str(root / "train.csv"), "--out", str(out),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    for target in (root / "A" / "clip1.avi", root / "classes.txt", root / "val.csv", root / "B" / "clip2.avi"):
+        code = cli_main([*args, "--report", str(target), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and str(target) in err and "--report" in err and err.count("\n") == 1, (target, err)
+        assert not out.exists(), target  # refused before any video
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before

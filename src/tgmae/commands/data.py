@@ -64,9 +64,10 @@ def prepare_main(argv: Sequence[str]) -> int:
         prepare.check_out(args.out, args.root, settings)
         written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
                                         subset=args.subset)  # the lists, classes.txt, videos, prepare.json
+        read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)
         check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
                          tool="tgmae data prepare",
-                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS), inputs=written)
+                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS), inputs=[*written, *read])
         check_writable(args.report, keep_new_folders=False)  # a refused --out leaves no report folder
     report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
                          subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,

@@ -238,18 +238,21 @@ def _annotation_files(fmt: str, ann: Path) -> list[Path]:
 
 
 def files_a_check_reads(fmt: str, root: str, annotations: str, split: int = 1, subset: str = "train") -> list[Path]:
-    """The files `tgmae data check` (`run_check`) reads, which its `--out` report may never
-    replace: every list a run reads (`lists_a_run_reads`; a folder: its files) with the class
-    lists, label maps and split siblings beside it (`_annotation_files`) and `root`/classes.txt,
-    the videos they list, and where the root or a list's folder is a prepared data set (its
-    MANIFEST), the manifest, its annotation files and the videos it names. Earlier check reports
-    are left out (a rerun replaces them). Raises AnnotationError as `run_check` does."""
+    """The files of this data set that `tgmae data check` (`run_check`) and `tgmae data prepare`
+    read, which their report (`--out`, `--report`) may never replace: every list a run reads
+    (`lists_a_run_reads`; a folder: its files) with the class lists, label maps and split siblings
+    beside it (`_annotation_files`) and `root`/classes.txt, the videos they all list (the siblings'
+    too: prepare carries them, `_carried_records`), and where the root or a list's folder is a
+    prepared data set (its MANIFEST), the manifest, its annotation files and the videos it names.
+    Earlier check reports are left out (a rerun replaces them). Raises AnnotationError as
+    `run_check` does."""
     root_p = Path(root) if root else Path(".")
     files, folders = [root_p / "classes.txt"], {root_p}
     for sub, ann in lists_a_run_reads(fmt, root, annotations, split, subset):
         path = _resolve(root_p, ann)
         records, _ = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=[])
-        files += [path, *_annotation_files(fmt, path), *(Path(r.path) for r in records)]
+        carried = _carried_records(fmt, root_p, path)
+        files += [path, *_annotation_files(fmt, path), *(Path(r.path) for r in [*records, *carried])]
         folders.add(path if path.is_dir() else path.parent)
     for folder in folders:
         files += _prepared_set_files(folder)
