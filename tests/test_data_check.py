@@ -299,3 +299,41 @@ def test_check_out_refuses_every_file_the_check_reads_and_a_prepared_sets_files(
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
     assert cli_main([*args, "--out", str(root / "check.json")]) == 0
     assert cli_main([*args, "--out", str(root / "check.json")]) == 0  # its own earlier report: replaced
+
+
+def _prepared_set(folder: Path) -> None:
+    """A prepared data set in `folder` as `tgmae data prepare` leaves it: prepare.json naming its
+    videos, its list, classes.txt, its videos (one in a sub folder)."""
+    (folder / "B").mkdir(parents=True)
+    write_video(folder / "B" / "a.mp4", _clip(24), gop=8)
+    (folder / "part.csv").write_text("path,label\nB/a.mp4,walk\n")
+    (folder / "classes.txt").write_text("walk\n")
+    (folder / "prepare.json").write_text(json.dumps({"settings": {"short_side": 64}, "renamed": {"B/a.avi": "B/a.mp4"}}))
+
+
+def test_report_refuses_the_files_of_another_prepared_set_whatever_is_checked(tmp_path, capsys):
+    """Issue 28 (re-trial 9, 2): `data check real/train.csv --out prep/prepare.json --overwrite`
+    replaced ANOTHER prepared set's manifest (also its videos, its list): a prepared set's files
+    were protected only when it was the set checked. Now they are refused like a run's files,
+    --overwrite or not, for `data check --out` and `data prepare --report` alike, naming the file;
+    a new report inside the prepared set is written."""
+    real, prep = tmp_path / "real", tmp_path / "prep"
+    real.mkdir()
+    write_video(real / "v.mp4", _clip(24), gop=8)
+    (real / "train.csv").write_text("path,label\nv.mp4,walk\n")
+    _prepared_set(prep)
+    before = {p: p.read_bytes() for p in prep.rglob("*") if p.is_file()}
+    check = ["data", "check", "--format", "csv", "--root", str(real), str(real / "train.csv"), "--no-progress",
+             "--min-frames", "8", "--out"]
+    prepare = ["data", "prepare", "--format", "csv", "--root", str(real), str(real / "train.csv"), "--no-progress",
+               "--out", str(tmp_path / "out"), "--short-side", "40", "--preset", "ultrafast", "--min-frames", "8",
+               "--report"]
+    for args, flag in ((check, "--out"), (prepare, "--report")):
+        for name in ("prepare.json", "part.csv", "classes.txt", "B/a.mp4"):
+            code = cli_main([*args, str(prep / name), "--overwrite"])
+            err = capsys.readouterr().err
+            assert code == 2 and str(prep / name) in err and flag in err and err.count("\n") == 1, (name, err)
+    assert {p: p.read_bytes() for p in prep.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out").exists()
+    assert cli_main([*check, str(prep / "check.json")]) == 0
+    assert cli_main([*check, str(prep / "check.json")]) == 0  # its own earlier report: replaced

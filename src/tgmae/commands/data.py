@@ -65,6 +65,7 @@ def prepare_main(argv: Sequence[str]) -> int:
         written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
                                         subset=args.subset)  # the lists, classes.txt, videos, prepare.json
         read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)
+        prepare.refuse_prepared_set_file(args.report, "--report")  # another prepared set's files
         check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
                          tool="tgmae data prepare",
                          is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS), inputs=[*written, *read])
@@ -110,8 +111,9 @@ def main(argv: Sequence[str]) -> int:
         return prepare_main(argv[1:])
     args = build_parser().parse_args(argv[1:])
     if args.out:  # before checking every video, not after
-        check_report_out(args.out, args.root, args.annotations, args.overwrite,
-                         inputs=prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset))
+        read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)
+        prepare.refuse_prepared_set_file(args.out, "--out")  # any prepared set's files, not only the one checked
+        check_report_out(args.out, args.root, args.annotations, args.overwrite, inputs=read)
         check_writable(args.out, keep_new_folders=False)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
                        min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)

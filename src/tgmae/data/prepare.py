@@ -33,7 +33,7 @@ import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
-from tgmae.data.check import is_check_report, lists_a_run_reads, parallel_map, run_check
+from tgmae.data.check import ReportFileError, is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
 from tgmae.data.formats import _resolve, load_annotations
 from tgmae.errors import SettingsError, UserError
@@ -262,14 +262,41 @@ def files_a_check_reads(fmt: str, root: str, annotations: str, split: int = 1, s
 def _prepared_set_files(folder: Path) -> list[Path]:
     """A prepared data set's own files when `folder` is one (its prepare.json holds `renamed`):
     the manifest, the annotation files beside it and the videos it names; else none."""
-    manifest = folder / MANIFEST
-    try:
-        renamed = json.loads(manifest.read_text())["renamed"]
-        named = [folder / v for v in renamed.values()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    named = _manifest_videos(folder)
+    if named is None:
         return []
     lists = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS]
-    return [manifest, *lists, *named]
+    return [folder / MANIFEST, *lists, *named]
+
+
+def _manifest_videos(folder: Path) -> Optional[list[Path]]:
+    """The videos `folder`'s MANIFEST names (its `renamed` outputs, existing or not), or None when
+    `folder` holds no readable manifest (it is not a prepared data set)."""
+    try:
+        renamed = json.loads((folder / MANIFEST).read_text())["renamed"]
+        return [folder / v for v in renamed.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def refuse_prepared_set_file(path: str | Path, what: str) -> None:
+    """ReportFileError naming `path` and `what` (the flag) when a report written there would replace
+    a file of a prepared data set (any folder above it holding MANIFEST), whichever set is checked
+    or prepared: its MANIFEST, a video it names, or an annotation file under it (ANNOTATION_EXTS)
+    that is not an earlier report of `tgmae data check` / `prepare`. A prepared set's files are
+    refused like a run's (`locks.refuse_inside_run`), --overwrite or not; a new file is not."""
+    p = Path(path).resolve()
+    if is_check_report(p) or is_check_report(p, REPORT_KEYS):
+        return  # an earlier report: replaced on a rerun
+    for folder in p.parents:
+        named = _manifest_videos(folder)
+        if named is None:
+            continue
+        listed = p.is_file() and p.suffix.lower() in ANNOTATION_EXTS
+        if listed or p == folder / MANIFEST or any(p == v.resolve() for v in named):
+            raise ReportFileError(f"{path} ({what}): is a file of the prepared data set {folder} (its {MANIFEST}, "
+                                  "lists and videos), which the report would replace (--overwrite or not); "
+                                  "give the report another file")
 
 
 def _rewrite_line_paths(text: str, fmt: str, name: str, renamed: dict[str, str]) -> str:
