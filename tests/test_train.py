@@ -476,6 +476,19 @@ def test_fewer_epochs_than_a_run_already_trained_are_refused_naming_the_key(tmp_
     assert (tmp_path / "run" / "config.yaml").read_text() == yaml_before
 
 
+@pytest.mark.parametrize("fewer, asked", [("train.max_steps=1", "the 1 step asked for"),
+                                           ("train.epochs=1", "the 1 epoch asked for"),
+                                           ("train.max_steps=2", "the 2 steps asked for")])
+def test_the_shorter_run_refusal_counts_in_words(tmp_path, fewer, asked):
+    """Issue 28 (re-trial 9, 3): the refusal read "more than the 1 steps asked for"; one is singular."""
+    from tgmae.train.resume import refuse_shorter
+
+    cfg = toy_cfg(tmp_path, fewer)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        refuse_shorter(cfg, "pretrain", tmp_path / "run", ckpt.TrainPosition(step=16, epoch=2))
+    assert asked in str(err.value) and "2 epochs (16 steps)" in str(err.value), str(err.value)
+
+
 def test_an_unfinished_run_past_the_fewer_epochs_asked_for_is_refused(tmp_path):
     """A run stopped in its second epoch, rerun with train.epochs=1: it trained more than asked for."""
     class Killed(Exception):

@@ -98,6 +98,11 @@ def _epochs_key(task_name: str) -> str:
     return "eval.attentive_epochs" if task_name == "attentive_probe" else "train.epochs"
 
 
+def _count(n: int, one: str, many: str = "") -> str:
+    """`n` with its noun in the number it takes: 1 step, 2 steps."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.TrainPosition) -> None:
     """CheckpointError naming the key when the checkpoint is past the run asked for (more epochs
     than train.epochs / eval.attentive_epochs, counting a started one; more steps than
@@ -111,13 +116,13 @@ def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.
         return
     where = f"the run in {cfg.train.output_dir}" if cfg.checkpoint.resume in ("auto", ckpt.IGNORE_CONFIG) \
         else f"checkpoint.resume={source}"
-    done = f"{position.epoch} epochs"
+    done = _count(position.epoch, "epoch")
     if position.batches_in_epoch:
-        done += f" and {position.batches_in_epoch} batches"
-    asked = f"the {epochs} asked for ({key}={epochs})" if over_epochs \
-        else f"the {cfg.train.max_steps} steps asked for (train.max_steps={cfg.train.max_steps})"
+        done += f" and {_count(position.batches_in_epoch, 'batch', 'batches')}"
+    asked = f"the {_count(epochs, 'epoch')} asked for ({key}={epochs})" if over_epochs \
+        else f"the {_count(cfg.train.max_steps, 'step')} asked for (train.max_steps={cfg.train.max_steps})"
     raise ckpt.CheckpointError(
-        f"{where} already trained {done} ({position.step} steps), more than {asked}: a run is not "
+        f"{where} already trained {done} ({_count(position.step, 'step')}), more than {asked}: a run is not "
         "shortened. Use another train.output_dir (raising the key continues this run).")
 
 
