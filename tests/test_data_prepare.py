@@ -595,3 +595,23 @@ def test_report_refuses_every_file_prepare_reads_even_with_overwrite(tmp_path, c
         assert code == 2 and str(target) in err and "--report" in err and err.count("\n") == 1, (target, err)
         assert not out.exists(), target  # refused before any video
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_the_closing_check_says_a_failed_video_was_not_prepared_not_lost(tmp_path, capsys):
+    """Issue 28 (re-trial 9, 3): after a partial failure the closing check listed the failed video
+    as "out/zero.avi: file not found", reading as if prepare had lost it. It says "not prepared
+    (failed above)", on screen and in the report; the counts are unchanged."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["good.avi"])
+    (root / "zero.avi").write_bytes(b"")
+    (root / "list.txt").write_text("good.avi 0\nzero.avi 0\n")
+    report = tmp_path / "r.json"
+    assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
+                     str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
+                     "--no-progress", "--report", str(report)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    check = lines[lines.index(next(x for x in lines if x.startswith("data check of"))):]
+    assert len(check) == 2 and "zero.avi" in check[1] and "not prepared (failed above)" in check[1], lines
+    assert "not found" not in check[1]
+    rep = json.loads(report.read_text())["check"]
+    assert rep["bad"] == 1 and rep["items"][0]["reason"] == "not prepared (failed above)"

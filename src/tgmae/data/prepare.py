@@ -525,8 +525,22 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     _verify(fmt, out_p, new_ann, records, dst, split, subset)
     check = run_check(fmt, str(out_p), str(new_ann), split=split, subset=subset, min_frames=min_frames,
                       workers=workers, progress=progress, run_lists=False)  # the list prepared, as given
+    _mark_not_prepared(check, root_p, out_p, results)
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
             "failed": failed, "check": check}
+
+
+NOT_PREPARED = "not prepared (failed above)"
+
+
+def _mark_not_prepared(check: dict, root: Path, out: Path, results: Sequence[FileResult]) -> None:
+    """In the closing check's items, a video whose preparation failed (its row keeps its source
+    name, which `out` lacks) reads NOT_PREPARED instead of "file not found", which reads as if
+    prepare had lost it; its kind and the counts are kept."""
+    failed = {_under(root, Path(r.src)) for r in results if r.status == "failed"}
+    for item in check["items"]:
+        if not os.path.exists(item["path"]) and _under(out, Path(item["path"])) in failed:
+            item["reason"] = NOT_PREPARED
 
 
 def _new_folders(out: Path, outputs: Sequence[Path]) -> list[Path]:
