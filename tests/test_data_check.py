@@ -308,7 +308,8 @@ def _prepared_set(folder: Path) -> None:
     write_video(folder / "B" / "a.mp4", _clip(24), gop=8)
     (folder / "part.csv").write_text("path,label\nB/a.mp4,walk\n")
     (folder / "classes.txt").write_text("walk\n")
-    (folder / "prepare.json").write_text(json.dumps({"settings": {"short_side": 64}, "renamed": {"B/a.avi": "B/a.mp4"}}))
+    manifest = {"settings": {"short_side": 64}, "renamed": {"B/a.avi": "B/a.mp4"}}
+    (folder / "prepare.json").write_text(json.dumps(manifest))
 
 
 def test_report_refuses_the_files_of_another_prepared_set_whatever_is_checked(tmp_path, capsys):
