@@ -102,9 +102,30 @@ def test_extract_tokens_of_the_centre_clip_for_one_subset(dataset, encoder_file,
                                   "--output", "tokens", "data.frame_stride=2")]) == 0
     index = list(csv.DictReader((out / "index.csv").open()))
     assert [r["video_id"] for r in index] == ["mpeg4_nvop_bframes", "carphone_pristine", "bikes"]
-    n = len(reference_times(dataset / "carphone_pristine.mp4"))  # 120 frames, span 31: start (120 - 31) // 2
-    assert (int(index[1]["start_frame"]), int(index[1]["end_frame"])) == ((n - 31) // 2, (n - 31) // 2 + 30)
+    n = len(reference_times(dataset / "carphone_pristine.mp4"))  # 120 frames, span 31: start round(89 / 2)
+    assert (int(index[1]["start_frame"]), int(index[1]["end_frame"])) == (round((n - 31) / 2), round((n - 31) / 2) + 30)
     assert read_shards(out)["features"].shape == (3, ARCH.num_tokens, ARCH.embed_dim)
+
+
+def test_extract_clip_features_equal_the_probes_on_the_datasets_evaluation_clip(dataset, encoder_file, tmp_path):
+    """issue 29: --mode clip started at (n - span) // 2, the dataset's evaluation clip (what the probes,
+    finetune and evaluate read) at round((n - span) / 2): bikes.mp4 (250 frames, span 31, 219 free)
+    109 vs 110, features differing. Now the same clip, so the features equal the probe's."""
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import build_dataset
+    from tgmae.evaluate.extract import load_frozen_encoder
+    from tgmae.evaluate.features import extract_features
+
+    out = tmp_path / "c"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "train", "--mode", "clip",
+                                  "data.frame_stride=2")]) == 0
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert [(r["video_id"], int(r["start_frame"])) for r in index][2] == ("bikes", 110)
+    cfg = DataConfig(format="csv", root=str(dataset), train_annotations="train.csv", num_frames=16,
+                     frame_stride=2, image_size=32)
+    encoder, _ = load_frozen_encoder(encoder_file, num_frames=16, image_size=32)
+    probe = extract_features(encoder, build_dataset(cfg, "train", train=False), batch_size=3)
+    torch.testing.assert_close(read_shards(out)["features"], probe["features"], atol=1e-5, rtol=1e-5)
 
 
 def test_extract_rerun_after_a_kill_finishes_the_same_output(dataset, encoder_file, tmp_path):

@@ -61,6 +61,8 @@ def test_window_starts_follow_videomaev2_tad():
     for n in (15, 16, 17, 19, 20, 100):
         assert window_starts(n, s).tolist() == list(range(0, n - 15, 4)), n
     assert window_starts(30, ExtractSpec(mode="clip")).tolist() == [7]
+    # the dataset's evaluation clip (issue 29): 27 free frames start at round(13.5) = 14, not 27 // 2
+    assert window_starts(43, ExtractSpec(mode="clip")).tolist() == [14]
     assert window_starts(30, ExtractSpec(window=8, frame_step=3, stride=5)).tolist() == [0, 5]  # span 22
 
 
@@ -103,7 +105,7 @@ def test_clip_mode_and_squash(mp4):
     frames = np.stack(sequential_decode(mp4))
     enc = tiny_encoder()
     out = extract_video(enc, mp4, spec(mode="clip", spatial="squash"))
-    start = (len(frames) - 16) // 2
+    start = round((len(frames) - 16) / 2)  # the dataset's evaluation clip
     assert out.start_frame.tolist() == [start]
     clip = normalize(crop_resize(frames[start: start + 16], (0, 0, 48, 64), 32), ARCH.pixel_mean, ARCH.pixel_std)
     with torch.no_grad():

@@ -4,7 +4,8 @@ safetensors shards plus an index.
 Windows: `window` frames, `frame_step` apart, read exactly by `tgmae.data.video.VideoReader`.
 mode "windows": starts `range(0, n - span + 1, stride)`, span = (window - 1) x frame_step + 1
 (VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 frames, stride 4); mode "clip": the centred
-window, start (n - span) // 2. A video shorter than one window is listed as "too_short", never
+window, the dataset's single-view evaluation clip (`tgmae.data.sampling.clip_indices`, dense, start
+round((n - span) / 2)), so its features are the probes'. A video shorter than one window is listed as "too_short", never
 padded; an extraction where no video fits is an error (`check_extracted`).
 Pixels: centre crop of the short side then resize ("center_crop", as `EvalTransform`) or the whole
 frame resized ("squash", as VideoMAEv2's TAD script), bilinear + antialias, encoder mean / std.
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from tgmae.atomic import atomic_path, atomic_write_text, is_temp, remove_stale_temps
+from tgmae.data.sampling import clip_indices
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
@@ -96,8 +98,9 @@ def window_starts(num_frames: int, spec: ExtractSpec) -> np.ndarray:
     than one window)."""
     if num_frames < spec.span:
         return np.zeros(0, np.int64)
-    if spec.mode == "clip":
-        return np.array([(num_frames - spec.span) // 2], np.int64)
+    if spec.mode == "clip":  # the probes' clip: one home for "the centre clip" (round, not floor)
+        first = clip_indices(0, num_frames, spec.window, spec.frame_step, "dense", train=False)[0]
+        return np.array([int(first)], np.int64)
     return np.arange(0, num_frames - spec.span + 1, spec.stride, dtype=np.int64)
 
 
