@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
-from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, extract_to_shards, extract_video,
-                                    load_frozen_encoder, read_shards, window_starts, write_index)
+from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, dataset_videos, extract_to_shards,
+                                    extract_video, load_frozen_encoder, read_shards, window_starts, write_index)
 from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
@@ -394,3 +394,29 @@ def test_a_users_folder_as_out_is_refused_naming_the_files_it_holds(tmp_path):
     with pytest.raises(ExtractError) as e:
         check_output_folder(mine, "--out")
     assert "f0.bin" in str(e.value) and "more" in str(e.value) and "f7.bin" not in str(e.value), str(e.value)
+
+
+def test_videos_of_both_subsets_have_unique_ids(tmp_path, mp4, caplog):
+    """issue 29: --subset both extracted v5.avi (train) and another file v5.mp4 (val) both as 'v5'
+    (manifest ['v5', 'v4', 'v5']). Two files under one id are refused naming both and their
+    annotation files; one file listed in both subsets is extracted once, with a log line."""
+    import dataclasses
+    import logging
+
+    from tgmae.config import DataConfig
+
+    for name in ("v5.avi", "v5.mp4", "v4.mp4"):
+        (tmp_path / name).symlink_to(mp4)
+    (tmp_path / "tr.csv").write_text("path,label\nv5.avi,1\nv4.mp4,0\n")
+    (tmp_path / "va.csv").write_text("path,label\nv5.mp4,1\n")
+    (tmp_path / "va_same.csv").write_text("path,label\nv4.mp4,0\n")
+    cfg = DataConfig(format="csv", root=str(tmp_path), train_annotations="tr.csv", val_annotations="va.csv")
+    with pytest.raises(UserError) as e:
+        dataset_videos(cfg, ("train", "val"))
+    msg = str(e.value)
+    assert "'v5'" in msg and "v5.avi" in msg and "v5.mp4" in msg and "tr.csv" in msg and "va.csv" in msg, msg
+    assert [v for v, _ in dataset_videos(cfg, ("val",))] == ["v5"]  # one subset: its own ids
+    with caplog.at_level(logging.INFO, logger="tgmae"):
+        videos = dataset_videos(dataclasses.replace(cfg, val_annotations="va_same.csv"), ("train", "val"))
+    assert [v for v, _ in videos] == ["v5", "v4"]
+    assert "v4" in caplog.text and "once" in caplog.text, caplog.text

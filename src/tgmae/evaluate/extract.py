@@ -544,20 +544,36 @@ def frozen_encoder(src: Any, num_frames: int, image_size: int, device: Optional[
 
 def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str]]:
     """(video_id, path) of every video the annotations of `subsets` ("train" / "val") name, in
-    annotation order, each path once, through the data set's own format (`data.format`)."""
+    annotation order, each path once (a file listed in both subsets is extracted once, logged),
+    through the data set's own format (`data.format`). AnnotationError naming both files and their
+    annotation files when two files of different subsets share a video id (the index is keyed by
+    it; within one list `UniqueIds` refuses that already)."""
     from tgmae.config import ConfigError
+    from tgmae.data.annotations import AnnotationError
     from tgmae.data.formats import load_annotations
 
-    videos, seen = [], set()
+    videos, seen, owner, both = [], {}, {}, []  # seen: path -> subset; owner: video id -> (path, annotations)
     for subset in subsets:
         ann = subset_annotations(data_cfg, "train" if subset == "train" else "val")
         if not ann:
             raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations")
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
+        where = f"data.{subset}_annotations={ann}"
         for r in records:
-            if r.path not in seen:
-                seen.add(r.path)
-                videos.append((r.video_id, r.path))
+            if r.path in seen:
+                if seen[r.path] != subset:
+                    both.append(r.video_id)
+                continue
+            first = owner.get(r.video_id)
+            if first is not None and first[0] != r.path:
+                raise AnnotationError(f"video id {r.video_id!r} names two files: {first[0]} ({first[1]}) and "
+                                      f"{r.path} ({where}); index.csv and the manifest are keyed by the id, so each "
+                                      "video needs its own (rename one, or extract one --subset)")
+            seen[r.path], owner[r.video_id] = subset, (r.path, where)
+            videos.append((r.video_id, r.path))
+    if both:
+        log.info("%d video(s) listed in both subsets, extracted once each: %s%s", len(both), ", ".join(both[:5]),
+                 " ..." if len(both) > 5 else "")
     return videos
 
 
