@@ -334,6 +334,24 @@ def test_a_rerun_summary_counts_the_unreadable_videos_of_finished_shards(tmp_pat
     assert again.unreadable_new == []
 
 
+def test_a_rerun_counts_as_new_only_the_unreadable_videos_the_folder_did_not_list(tmp_path, mp4):
+    """issue 29: junk.mp4 replaced by a good video, the rerun redid its shard and said "2 (1 new)":
+    'short', listed before, counted as new. New: unreadable now and not listed in the folder before."""
+    videos = video_set(tmp_path, mp4)  # a, short, empty, junk, b: one shard
+    out = tmp_path / "x"
+    s = spec(videos_per_shard=5)
+    assert len(extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d").unreadable_new) == 3
+    h264_mp4(tmp_path / "good.mp4", t=20)
+    os.replace(tmp_path / "good.mp4", tmp_path / "junk.mp4")
+    again = extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d")
+    assert again.written == [0] and sorted(u["video_id"] for u in again.unreadable) == ["empty", "short"]
+    assert again.unreadable_new == []
+    (tmp_path / "b.mp4").write_bytes(b"")
+    os.replace(tmp_path / "b.mp4", videos[4][1])  # 'b' is unreadable now
+    third = extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d")
+    assert [u["video_id"] for u in third.unreadable_new] == ["b"] and len(third.unreadable) == 3
+
+
 def test_settings_that_cannot_change_the_features_are_not_refused(tmp_path, mp4):
     """issue 29: a rerun with another batch size (windows per forward), or in clip mode another
     stride (unused there), was refused as other settings; the folder's shards are reused."""

@@ -301,6 +301,12 @@ def _shard_unreadable(path: Path) -> list[dict]:
         return json.loads(f.metadata()["unreadable"])
 
 
+def _listed_before(path: Path, key: str) -> set[tuple[str, str]]:
+    """(video id, path) of each unreadable video a shard of this extraction listed before it is
+    redone (its files changed): a rerun reports as new only the others."""
+    return {(u["video_id"], u["path"]) for u in _shard_unreadable(path)} if _shard_done(path, key) else set()
+
+
 def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
                  videos: str = "", feature_dims: Sequence[int] = (0,)) -> None:
     """One shard: features and index tensors of its videos' windows, unreadable ones and the
@@ -346,7 +352,8 @@ def _sort_header(path: Path) -> None:
 @dataclass
 class ExtractSummary:
     """What one call did: shards written and skipped (already done); the unreadable videos of
-    all those shards (skipped ones' included: the folder's, for this rank) and of the shards it wrote."""
+    all those shards (skipped ones' included: the folder's, for this rank) and the new ones (of the
+    shards it wrote, not listed by the shard it replaced)."""
 
     written: list[int]
     skipped: list[int]
@@ -391,6 +398,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                 summary.unreadable.extend(_shard_unreadable(path))  # the rerun reports the folder's
                 bar.update(len(_shard_videos(s, spec, len(videos))))
                 continue
+            listed = _listed_before(path, key)
             rows, bad = [], []
             for v in _shard_videos(s, spec, len(videos)):
                 vid, vpath = videos[v]
@@ -404,7 +412,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             _write_shard(path, key, rows, bad, files, dims)
             summary.written.append(s)
             summary.unreadable.extend(bad)
-            summary.unreadable_new.extend(bad)
+            summary.unreadable_new.extend(u for u in bad if (u["video_id"], u["path"]) not in listed)
     finally:
         bar.close()
         encoder.train(was_training)
