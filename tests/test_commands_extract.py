@@ -188,6 +188,18 @@ def test_extract_with_a_window_longer_than_every_video_exits_2_naming_it(dataset
     assert "unreadable videos 1" in capsys.readouterr().out
 
 
+def test_extract_a_too_long_window_hint_is_a_multiple_of_the_tubelet(dataset, encoder_file, tmp_path, capsys):
+    """issue 29: "Lower --window to 15 or less", then 15 was refused as not a multiple of
+    model.tubelet_size=2. mjpeg_vfr_gaps.avi (30 frames), --frame-step 2: 15 frames fit, 14 is the hint,
+    and it extracts."""
+    out = tmp_path / "o"
+    extra = ("--subset", "val", "--frame-step", "2")
+    assert main(["extract", *args(dataset, encoder_file, out, *extra, "--window", "16")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--window to 14 or less" in err[0] and "model.tubelet_size=2" in err[0], err
+    assert main(["extract", *args(dataset, encoder_file, out, *extra, "--window", "14")]) == 0
+
+
 def test_extract_into_a_run_or_a_users_folder_exits_2_naming_it(dataset, encoder_file, tmp_path, capsys):
     """issue 28: `--out runs/pt` wrote shards, index.csv, manifest.json and unreadable.json into the
     run, and a folder of a user's index.csv was overwritten, exit 0; now one line naming the folder."""

@@ -473,10 +473,12 @@ def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str]] = None,
-                    made_folder: bool = False) -> None:
+                    made_folder: bool = False, tubelet: int = 1) -> None:
     """ExtractError when a finished extraction holds no window (every video too short, naming the
-    window, frame step and longest video; or unreadable), after removing its manifest and shards
-    (and the folder when made_folder). names: the caller's names of the spec's fields (`--window`)."""
+    window, frame step and longest video, and the longest window that fits, a multiple of `tubelet`
+    (the encoder's frames per token: any other window is refused); or unreadable), after removing
+    its manifest and shards (and the folder when made_folder). names: the caller's names of the
+    spec's fields (`--window`)."""
     from safetensors import safe_open
 
     names = names or {}
@@ -501,12 +503,15 @@ def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str
         win, step_name, step = names.get("window", "window"), names.get("frame_step", "frame_step"), spec["frame_step"]
         span = (spec["window"] - 1) * step + 1
         longest = max(u.get("num_frames", 0) for u in short)
-        fits = max(1, (longest - 1) // step + 1)
+        fits = (longest - 1) // step + 1 if longest else 0  # frames of the longest window that fits
+        fits -= fits % tubelet  # a window the encoder takes
         stepped = f" x {step_name}={step}" if step > 1 else ""
         also = f" ({n - len(short)} others unreadable)" if len(short) < n else ""
+        whole = f" (a multiple of model.tubelet_size={tubelet})" if tubelet > 1 else ""
+        hint = (f"Lower {win} to {fits} or less{whole}" + (f" (or {step_name})" if step > 1 else "") if fits else
+                f"no window of model.tubelet_size={tubelet} frames fits" + (f"; lower {step_name}" if step > 1 else ""))
         raise ExtractError(f"{win}={spec['window']}{stepped}: a window spans {span} frames and no video holds one: "
-                           f"the longest has {longest} frames{also}; nothing extracted. Lower {win} to {fits} "
-                           f"or less" + (f" (or {step_name})" if step > 1 else ""))
+                           f"the longest has {longest} frames{also}; nothing extracted. {hint}")
     first = "; ".join(u["reason"] for u in unreadable[:2]) + (" ..." if len(unreadable) > 2 else "")
     raise ExtractError(f"nothing extracted: none of the {n} videos can be read ({first}); `tgmae data check` "
                        "lists them")
@@ -646,5 +651,5 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     barrier()
     if not dist.is_main:
         return summary, None
-    check_extracted(out_dir, names, made_folder)  # a window no video holds: an error, not an empty index
+    check_extracted(out_dir, names, made_folder, cfg.model.tubelet_size)  # a window no video holds: an error, not an empty index
     return summary, write_index(out_dir)
