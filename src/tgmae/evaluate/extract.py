@@ -651,5 +651,6 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     barrier()
     if not dist.is_main:
         return summary, None
-    check_extracted(out_dir, names, made_folder, cfg.model.tubelet_size)  # a window no video holds: an error, not an empty index
+    # a window no video holds: an error, not an empty index
+    check_extracted(out_dir, names, made_folder, cfg.model.tubelet_size)
     return summary, write_index(out_dir)
