@@ -267,3 +267,24 @@ def test_extract_rerun_with_another_batch_size_or_unused_stride_reuses_the_folde
     assert main(["extract", *args(dataset, encoder_file, clip, *clip_args)]) == 0
     assert main(["extract", *args(dataset, encoder_file, clip, *clip_args, "--stride", "4")]) == 0
     assert "already done 2" in capsys.readouterr().out
+
+
+def test_extract_under_torchrun_prints_the_folders_totals_once(dataset, encoder_file, tmp_path):
+    """issue 29: under torchrun each rank printed its own summary line with its own counts; rank 0
+    now prints the folder's totals (every rank's, gathered) once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = "import sys; from tgmae.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = tmp_path / "o"
+    procs = [subprocess.Popen([sys.executable, "-c", code, "extract", *args(dataset, encoder_file, out)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}) for r in range(2)]
+    printed = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    lines = [line for text in printed for line in text.splitlines() if line.startswith("shards written")]
+    assert lines == ["shards written 5, already done 0, unreadable videos 1"], printed

@@ -615,13 +615,28 @@ def job_lock(out_dir: str | os.PathLike, what: str, rank: int, world: int) -> It
             release(out_dir)
 
 
+def _folder_summary(summary: ExtractSummary) -> ExtractSummary:
+    """Every rank's summary in one (shards sorted, unreadable videos in video order); the rank's own
+    without a process group. A collective: every rank calls it."""
+    from tgmae.evaluate.sharded import all_gather_objects
+
+    parts = all_gather_objects(summary)
+    if len(parts) == 1:
+        return summary
+    joined = {f.name: [x for p in parts for x in getattr(p, f.name)] for f in dataclasses.fields(ExtractSummary)}
+    return ExtractSummary(sorted(joined["written"]), sorted(joined["skipped"]),
+                          sorted(joined["unreadable"], key=lambda u: u["video"]),
+                          sorted(joined["unreadable_new"], key=lambda u: u["video"]))
+
+
 def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
                     names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder over the videos of `subsets` into
     `out_dir` (this rank's shards); then rank 0 runs `check_extracted` and `write_index`. Returns
-    (this rank's summary, the index path on rank 0 else None). names: the command's flag names."""
+    (the folder's summary, every rank's gathered; the index path on rank 0 else None). names: the
+    command's flag names."""
     from tgmae.config import ConfigError
-    from tgmae.distributed import barrier, init_distributed
+    from tgmae.distributed import init_distributed
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.weights.sources import load_encoder_source
 
@@ -648,7 +663,7 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
                                     world=dist.world_size, device=dist.device,
                                     progress=cfg.log.progress and dist.is_main, what="--out",
                                     names={"encoder": "model.pretrained's weights", **names})
-    barrier()
+    summary = _folder_summary(summary)  # also the barrier: every rank's shards are written
     if not dist.is_main:
         return summary, None
     # a window no video holds: an error, not an empty index
