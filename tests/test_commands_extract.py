@@ -102,9 +102,30 @@ def test_extract_tokens_of_the_centre_clip_for_one_subset(dataset, encoder_file,
                                   "--output", "tokens", "data.frame_stride=2")]) == 0
     index = list(csv.DictReader((out / "index.csv").open()))
     assert [r["video_id"] for r in index] == ["mpeg4_nvop_bframes", "carphone_pristine", "bikes"]
-    n = len(reference_times(dataset / "carphone_pristine.mp4"))  # 120 frames, span 31: start (120 - 31) // 2
-    assert (int(index[1]["start_frame"]), int(index[1]["end_frame"])) == ((n - 31) // 2, (n - 31) // 2 + 30)
+    n = len(reference_times(dataset / "carphone_pristine.mp4"))  # 120 frames, span 31: start round(89 / 2)
+    assert (int(index[1]["start_frame"]), int(index[1]["end_frame"])) == (round((n - 31) / 2), round((n - 31) / 2) + 30)
     assert read_shards(out)["features"].shape == (3, ARCH.num_tokens, ARCH.embed_dim)
+
+
+def test_extract_clip_features_equal_the_probes_on_the_datasets_evaluation_clip(dataset, encoder_file, tmp_path):
+    """issue 29: --mode clip started at (n - span) // 2, the dataset's evaluation clip (what the probes,
+    finetune and evaluate read) at round((n - span) / 2): bikes.mp4 (250 frames, span 31, 219 free)
+    109 vs 110, features differing. Now the same clip, so the features equal the probe's."""
+    from tgmae.config import DataConfig
+    from tgmae.data.dataset import build_dataset
+    from tgmae.evaluate.extract import load_frozen_encoder
+    from tgmae.evaluate.features import extract_features
+
+    out = tmp_path / "c"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "train", "--mode", "clip",
+                                  "data.frame_stride=2")]) == 0
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert [(r["video_id"], int(r["start_frame"])) for r in index][2] == ("bikes", 110)
+    cfg = DataConfig(format="csv", root=str(dataset), train_annotations="train.csv", num_frames=16,
+                     frame_stride=2, image_size=32)
+    encoder, _ = load_frozen_encoder(encoder_file, num_frames=16, image_size=32)
+    probe = extract_features(encoder, build_dataset(cfg, "train", train=False), batch_size=3)
+    torch.testing.assert_close(read_shards(out)["features"], probe["features"], atol=1e-5, rtol=1e-5)
 
 
 def test_extract_rerun_after_a_kill_finishes_the_same_output(dataset, encoder_file, tmp_path):
@@ -165,6 +186,18 @@ def test_extract_with_a_window_longer_than_every_video_exits_2_naming_it(dataset
     assert not out.exists()
     assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val")]) == 0
     assert "unreadable videos 1" in capsys.readouterr().out
+
+
+def test_extract_a_too_long_window_hint_is_a_multiple_of_the_tubelet(dataset, encoder_file, tmp_path, capsys):
+    """issue 29: "Lower --window to 15 or less", then 15 was refused as not a multiple of
+    model.tubelet_size=2. mjpeg_vfr_gaps.avi (30 frames), --frame-step 2: 15 frames fit, 14 is the hint,
+    and it extracts."""
+    out = tmp_path / "o"
+    extra = ("--subset", "val", "--frame-step", "2")
+    assert main(["extract", *args(dataset, encoder_file, out, *extra, "--window", "16")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--window to 14 or less" in err[0] and "model.tubelet_size=2" in err[0], err
+    assert main(["extract", *args(dataset, encoder_file, out, *extra, "--window", "14")]) == 0
 
 
 def test_extract_into_a_run_or_a_users_folder_exits_2_naming_it(dataset, encoder_file, tmp_path, capsys):
@@ -234,3 +267,24 @@ def test_extract_rerun_with_another_batch_size_or_unused_stride_reuses_the_folde
     assert main(["extract", *args(dataset, encoder_file, clip, *clip_args)]) == 0
     assert main(["extract", *args(dataset, encoder_file, clip, *clip_args, "--stride", "4")]) == 0
     assert "already done 2" in capsys.readouterr().out
+
+
+def test_extract_under_torchrun_prints_the_folders_totals_once(dataset, encoder_file, tmp_path):
+    """issue 29: under torchrun each rank printed its own summary line with its own counts; rank 0
+    now prints the folder's totals (every rank's, gathered) once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = "import sys; from tgmae.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = tmp_path / "o"
+    procs = [subprocess.Popen([sys.executable, "-c", code, "extract", *args(dataset, encoder_file, out)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}) for r in range(2)]
+    printed = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    lines = [line for text in printed for line in text.splitlines() if line.startswith("shards written")]
+    assert lines == ["shards written 5, already done 0, unreadable videos 1"], printed

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
-from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, extract_to_shards, extract_video,
-                                    load_frozen_encoder, read_shards, window_starts, write_index)
+from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, dataset_videos, extract_to_shards,
+                                    extract_video, load_frozen_encoder, read_shards, window_starts, write_index)
 from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
@@ -61,6 +61,8 @@ def test_window_starts_follow_videomaev2_tad():
     for n in (15, 16, 17, 19, 20, 100):
         assert window_starts(n, s).tolist() == list(range(0, n - 15, 4)), n
     assert window_starts(30, ExtractSpec(mode="clip")).tolist() == [7]
+    # the dataset's evaluation clip (issue 29): 27 free frames start at round(13.5) = 14, not 27 // 2
+    assert window_starts(43, ExtractSpec(mode="clip")).tolist() == [14]
     assert window_starts(30, ExtractSpec(window=8, frame_step=3, stride=5)).tolist() == [0, 5]  # span 22
 
 
@@ -103,7 +105,7 @@ def test_clip_mode_and_squash(mp4):
     frames = np.stack(sequential_decode(mp4))
     enc = tiny_encoder()
     out = extract_video(enc, mp4, spec(mode="clip", spatial="squash"))
-    start = (len(frames) - 16) // 2
+    start = round((len(frames) - 16) / 2)  # the dataset's evaluation clip
     assert out.start_frame.tolist() == [start]
     clip = normalize(crop_resize(frames[start: start + 16], (0, 0, 48, 64), 32), ARCH.pixel_mean, ARCH.pixel_std)
     with torch.no_grad():
@@ -332,6 +334,24 @@ def test_a_rerun_summary_counts_the_unreadable_videos_of_finished_shards(tmp_pat
     assert again.unreadable_new == []
 
 
+def test_a_rerun_counts_as_new_only_the_unreadable_videos_the_folder_did_not_list(tmp_path, mp4):
+    """issue 29: junk.mp4 replaced by a good video, the rerun redid its shard and said "2 (1 new)":
+    'short', listed before, counted as new. New: unreadable now and not listed in the folder before."""
+    videos = video_set(tmp_path, mp4)  # a, short, empty, junk, b: one shard
+    out = tmp_path / "x"
+    s = spec(videos_per_shard=5)
+    assert len(extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d").unreadable_new) == 3
+    h264_mp4(tmp_path / "good.mp4", t=20)
+    os.replace(tmp_path / "good.mp4", tmp_path / "junk.mp4")
+    again = extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d")
+    assert again.written == [0] and sorted(u["video_id"] for u in again.unreadable) == ["empty", "short"]
+    assert again.unreadable_new == []
+    (tmp_path / "b.mp4").write_bytes(b"")
+    os.replace(tmp_path / "b.mp4", videos[4][1])  # 'b' is unreadable now
+    third = extract_to_shards(tiny_encoder(), videos, out, s, encoder_digest="d")
+    assert [u["video_id"] for u in third.unreadable_new] == ["b"] and len(third.unreadable) == 3
+
+
 def test_settings_that_cannot_change_the_features_are_not_refused(tmp_path, mp4):
     """issue 29: a rerun with another batch size (windows per forward), or in clip mode another
     stride (unused there), was refused as other settings; the folder's shards are reused."""
@@ -392,3 +412,29 @@ def test_a_users_folder_as_out_is_refused_naming_the_files_it_holds(tmp_path):
     with pytest.raises(ExtractError) as e:
         check_output_folder(mine, "--out")
     assert "f0.bin" in str(e.value) and "more" in str(e.value) and "f7.bin" not in str(e.value), str(e.value)
+
+
+def test_videos_of_both_subsets_have_unique_ids(tmp_path, mp4, caplog):
+    """issue 29: --subset both extracted v5.avi (train) and another file v5.mp4 (val) both as 'v5'
+    (manifest ['v5', 'v4', 'v5']). Two files under one id are refused naming both and their
+    annotation files; one file listed in both subsets is extracted once, with a log line."""
+    import dataclasses
+    import logging
+
+    from tgmae.config import DataConfig
+
+    for name in ("v5.avi", "v5.mp4", "v4.mp4"):
+        (tmp_path / name).symlink_to(mp4)
+    (tmp_path / "tr.csv").write_text("path,label\nv5.avi,1\nv4.mp4,0\n")
+    (tmp_path / "va.csv").write_text("path,label\nv5.mp4,1\n")
+    (tmp_path / "va_same.csv").write_text("path,label\nv4.mp4,0\n")
+    cfg = DataConfig(format="csv", root=str(tmp_path), train_annotations="tr.csv", val_annotations="va.csv")
+    with pytest.raises(UserError) as e:
+        dataset_videos(cfg, ("train", "val"))
+    msg = str(e.value)
+    assert "'v5'" in msg and "v5.avi" in msg and "v5.mp4" in msg and "tr.csv" in msg and "va.csv" in msg, msg
+    assert [v for v, _ in dataset_videos(cfg, ("val",))] == ["v5"]  # one subset: its own ids
+    with caplog.at_level(logging.INFO, logger="tgmae"):
+        videos = dataset_videos(dataclasses.replace(cfg, val_annotations="va_same.csv"), ("train", "val"))
+    assert [v for v, _ in videos] == ["v5", "v4"]
+    assert "v4" in caplog.text and "once" in caplog.text, caplog.text

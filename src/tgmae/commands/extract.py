@@ -63,9 +63,10 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{SPEC_SETTINGS.get(name, name)}: {e}") from None
     subsets = ("train", "val") if args.subset == "both" else (args.subset,)
     summary, index = extract_dataset(cfg, args.out, spec, subsets, names=SPEC_SETTINGS)
+    if index is None:  # another torchrun rank: rank 0 prints the folder's totals
+        return 0
     new = f" ({len(summary.unreadable_new)} new)" if summary.skipped else ""  # a rerun: the folder's, of which new
     print(f"shards written {len(summary.written)}, already done {len(summary.skipped)}, "
           f"unreadable videos {len(summary.unreadable)}{new}")
-    if index is not None:
-        print(f"index: {index}")
+    print(f"index: {index}")
     return 0

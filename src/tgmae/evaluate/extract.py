@@ -4,7 +4,8 @@ safetensors shards plus an index.
 Windows: `window` frames, `frame_step` apart, read exactly by `tgmae.data.video.VideoReader`.
 mode "windows": starts `range(0, n - span + 1, stride)`, span = (window - 1) x frame_step + 1
 (VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 frames, stride 4); mode "clip": the centred
-window, start (n - span) // 2. A video shorter than one window is listed as "too_short", never
+window, the dataset's single-view evaluation clip (`tgmae.data.sampling.clip_indices`, dense, start
+round((n - span) / 2)), so its features are the probes'. A video shorter than one window is listed as "too_short", never
 padded; an extraction where no video fits is an error (`check_extracted`).
 Pixels: centre crop of the short side then resize ("center_crop", as `EvalTransform`) or the whole
 frame resized ("squash", as VideoMAEv2's TAD script), bilinear + antialias, encoder mean / std.
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from tgmae.atomic import atomic_path, atomic_write_text, is_temp, remove_stale_temps
+from tgmae.data.sampling import clip_indices
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.data.video import VideoInfo, VideoReader
 from tgmae.errors import UserError
@@ -96,8 +98,9 @@ def window_starts(num_frames: int, spec: ExtractSpec) -> np.ndarray:
     than one window)."""
     if num_frames < spec.span:
         return np.zeros(0, np.int64)
-    if spec.mode == "clip":
-        return np.array([(num_frames - spec.span) // 2], np.int64)
+    if spec.mode == "clip":  # the probes' clip: one home for "the centre clip" (round, not floor)
+        first = clip_indices(0, num_frames, spec.window, spec.frame_step, "dense", train=False)[0]
+        return np.array([int(first)], np.int64)
     return np.arange(0, num_frames - spec.span + 1, spec.stride, dtype=np.int64)
 
 
@@ -298,6 +301,12 @@ def _shard_unreadable(path: Path) -> list[dict]:
         return json.loads(f.metadata()["unreadable"])
 
 
+def _listed_before(path: Path, key: str) -> set[tuple[str, str]]:
+    """(video id, path) of each unreadable video a shard of this extraction listed before it is
+    redone (its files changed): a rerun reports as new only the others."""
+    return {(u["video_id"], u["path"]) for u in _shard_unreadable(path)} if _shard_done(path, key) else set()
+
+
 def _write_shard(path: Path, key: str, rows: list[tuple[int, VideoFeatures]], unreadable: list[dict],
                  videos: str = "", feature_dims: Sequence[int] = (0,)) -> None:
     """One shard: features and index tensors of its videos' windows, unreadable ones and the
@@ -343,7 +352,8 @@ def _sort_header(path: Path) -> None:
 @dataclass
 class ExtractSummary:
     """What one call did: shards written and skipped (already done); the unreadable videos of
-    all those shards (skipped ones' included: the folder's, for this rank) and of the shards it wrote."""
+    all those shards (skipped ones' included: the folder's, for this rank) and the new ones (of the
+    shards it wrote, not listed by the shard it replaced)."""
 
     written: list[int]
     skipped: list[int]
@@ -388,6 +398,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
                 summary.unreadable.extend(_shard_unreadable(path))  # the rerun reports the folder's
                 bar.update(len(_shard_videos(s, spec, len(videos))))
                 continue
+            listed = _listed_before(path, key)
             rows, bad = [], []
             for v in _shard_videos(s, spec, len(videos)):
                 vid, vpath = videos[v]
@@ -401,7 +412,7 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             _write_shard(path, key, rows, bad, files, dims)
             summary.written.append(s)
             summary.unreadable.extend(bad)
-            summary.unreadable_new.extend(bad)
+            summary.unreadable_new.extend(u for u in bad if (u["video_id"], u["path"]) not in listed)
     finally:
         bar.close()
         encoder.train(was_training)
@@ -462,10 +473,12 @@ def read_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str]] = None,
-                    made_folder: bool = False) -> None:
+                    made_folder: bool = False, tubelet: int = 1) -> None:
     """ExtractError when a finished extraction holds no window (every video too short, naming the
-    window, frame step and longest video; or unreadable), after removing its manifest and shards
-    (and the folder when made_folder). names: the caller's names of the spec's fields (`--window`)."""
+    window, frame step and longest video, and the longest window that fits, a multiple of `tubelet`
+    (the encoder's frames per token: any other window is refused); or unreadable), after removing
+    its manifest and shards (and the folder when made_folder). names: the caller's names of the
+    spec's fields (`--window`)."""
     from safetensors import safe_open
 
     names = names or {}
@@ -490,12 +503,15 @@ def check_extracted(out_dir: str | os.PathLike, names: Optional[Mapping[str, str
         win, step_name, step = names.get("window", "window"), names.get("frame_step", "frame_step"), spec["frame_step"]
         span = (spec["window"] - 1) * step + 1
         longest = max(u.get("num_frames", 0) for u in short)
-        fits = max(1, (longest - 1) // step + 1)
+        fits = (longest - 1) // step + 1 if longest else 0  # frames of the longest window that fits
+        fits -= fits % tubelet  # a window the encoder takes
         stepped = f" x {step_name}={step}" if step > 1 else ""
         also = f" ({n - len(short)} others unreadable)" if len(short) < n else ""
+        whole = f" (a multiple of model.tubelet_size={tubelet})" if tubelet > 1 else ""
+        hint = (f"Lower {win} to {fits} or less{whole}" + (f" (or {step_name})" if step > 1 else "") if fits else
+                f"no window of model.tubelet_size={tubelet} frames fits" + (f"; lower {step_name}" if step > 1 else ""))
         raise ExtractError(f"{win}={spec['window']}{stepped}: a window spans {span} frames and no video holds one: "
-                           f"the longest has {longest} frames{also}; nothing extracted. Lower {win} to {fits} "
-                           f"or less" + (f" (or {step_name})" if step > 1 else ""))
+                           f"the longest has {longest} frames{also}; nothing extracted. {hint}")
     first = "; ".join(u["reason"] for u in unreadable[:2]) + (" ..." if len(unreadable) > 2 else "")
     raise ExtractError(f"nothing extracted: none of the {n} videos can be read ({first}); `tgmae data check` "
                        "lists them")
@@ -541,20 +557,36 @@ def frozen_encoder(src: Any, num_frames: int, image_size: int, device: Optional[
 
 def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str]]:
     """(video_id, path) of every video the annotations of `subsets` ("train" / "val") name, in
-    annotation order, each path once, through the data set's own format (`data.format`)."""
+    annotation order, each path once (a file listed in both subsets is extracted once, logged),
+    through the data set's own format (`data.format`). AnnotationError naming both files and their
+    annotation files when two files of different subsets share a video id (the index is keyed by
+    it; within one list `UniqueIds` refuses that already)."""
     from tgmae.config import ConfigError
+    from tgmae.data.annotations import AnnotationError
     from tgmae.data.formats import load_annotations
 
-    videos, seen = [], set()
+    videos, seen, owner, both = [], {}, {}, []  # seen: path -> subset; owner: video id -> (path, annotations)
     for subset in subsets:
         ann = subset_annotations(data_cfg, "train" if subset == "train" else "val")
         if not ann:
             raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations")
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
+        where = f"data.{subset}_annotations={ann}"
         for r in records:
-            if r.path not in seen:
-                seen.add(r.path)
-                videos.append((r.video_id, r.path))
+            if r.path in seen:
+                if seen[r.path] != subset:
+                    both.append(r.video_id)
+                continue
+            first = owner.get(r.video_id)
+            if first is not None and first[0] != r.path:
+                raise AnnotationError(f"video id {r.video_id!r} names two files: {first[0]} ({first[1]}) and "
+                                      f"{r.path} ({where}); index.csv and the manifest are keyed by the id, so each "
+                                      "video needs its own (rename one, or extract one --subset)")
+            seen[r.path], owner[r.video_id] = subset, (r.path, where)
+            videos.append((r.video_id, r.path))
+    if both:
+        log.info("%d video(s) listed in both subsets, extracted once each: %s%s", len(both), ", ".join(both[:5]),
+                 " ..." if len(both) > 5 else "")
     return videos
 
 
@@ -583,13 +615,28 @@ def job_lock(out_dir: str | os.PathLike, what: str, rank: int, world: int) -> It
             release(out_dir)
 
 
+def _folder_summary(summary: ExtractSummary) -> ExtractSummary:
+    """Every rank's summary in one (shards sorted, unreadable videos in video order); the rank's own
+    without a process group. A collective: every rank calls it."""
+    from tgmae.evaluate.sharded import all_gather_objects
+
+    parts = all_gather_objects(summary)
+    if len(parts) == 1:
+        return summary
+    joined = {f.name: [x for p in parts for x in getattr(p, f.name)] for f in dataclasses.fields(ExtractSummary)}
+    return ExtractSummary(sorted(joined["written"]), sorted(joined["skipped"]),
+                          sorted(joined["unreadable"], key=lambda u: u["video"]),
+                          sorted(joined["unreadable_new"], key=lambda u: u["video"]))
+
+
 def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
                     names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder over the videos of `subsets` into
     `out_dir` (this rank's shards); then rank 0 runs `check_extracted` and `write_index`. Returns
-    (this rank's summary, the index path on rank 0 else None). names: the command's flag names."""
+    (the folder's summary, every rank's gathered; the index path on rank 0 else None). names: the
+    command's flag names."""
     from tgmae.config import ConfigError
-    from tgmae.distributed import barrier, init_distributed
+    from tgmae.distributed import init_distributed
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
     from tgmae.weights.sources import load_encoder_source
 
@@ -616,8 +663,9 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
                                     world=dist.world_size, device=dist.device,
                                     progress=cfg.log.progress and dist.is_main, what="--out",
                                     names={"encoder": "model.pretrained's weights", **names})
-    barrier()
+    summary = _folder_summary(summary)  # also the barrier: every rank's shards are written
     if not dist.is_main:
         return summary, None
-    check_extracted(out_dir, names, made_folder)  # a window no video holds: an error, not an empty index
+    # a window no video holds: an error, not an empty index
+    check_extracted(out_dir, names, made_folder, cfg.model.tubelet_size)
     return summary, write_index(out_dir)
