@@ -316,16 +316,16 @@ def scored_video_ids(data: Dataset, unreadable: list[dict]) -> list[str]:
 
 
 def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Optional[torch.Tensor],
-                          names: list[str], voted_only: bool = False) -> None:
+                          names: list[str], voted: Optional[torch.Tensor] = None) -> None:
     """`out/test_predictions.csv` (`tgmae.evaluate.predictions`) of the val videos: scores [N, K]
     logits or probabilities, row i = val.video_ids[i]. Class names only when they count K.
-    voted_only (k-NN): classes scoring 0 are no predictions (empty slots)."""
+    voted [N, K] bool (k-NN): only these classes are predictions (the others' slots stay empty)."""
     from tgmae.evaluate.predictions import write_predictions
 
     if val is None or scores is None:
         return
     write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, scores,
-                      names if len(names) == scores.shape[1] else (), voted_only=voted_only)
+                      names if len(names) == scores.shape[1] else (), voted=voted)
 
 
 def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val_data: Dataset,
