@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -84,8 +85,10 @@ def test_attentive_probe_resumes_exactly_after_a_kill_and_refuses_other_settings
     assert loop_config(cfg).train.epochs == 4 and loop_config(cfg).optim.lr == 3e-3
 
     other = probe_cfg(tmp_path / "b", checkpoint, *overrides, "eval.attentive_lr=1e-2")
-    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_lr: 0.003 -> 0.01"):
+    with pytest.raises(ckpt.CheckpointError, match="eval.attentive_lr: 0.003 -> 0.01") as refused:
         run_probe(other, **data())
+    # issue 29: the loop's optim.lr, a copy of eval.attentive_lr (`loop_config`), is not listed as a second key
+    assert "1 key differs" in str(refused.value) and "optim.lr" not in str(refused.value)
     ignore = probe_cfg(tmp_path / "b", checkpoint, *overrides, "eval.attentive_lr=1e-2", "checkpoint.resume=ignore_config")
     with pytest.raises(ckpt.CheckpointError, match="has finished .*raise eval.attentive_epochs to"):
         run_probe(ignore, **data())  # the probe's length is eval.attentive_epochs, not train.epochs
@@ -151,6 +154,16 @@ def test_an_ensemble_probe_trains_k_members_and_scores_their_mean(checkpoint, tm
     task = lambda c: AttentiveTask(loop_config(c), TokenDataset(val_tokens[:, 0], d["val_data"].labels), None, 3, 2)  # noqa: E731
     one, two = task(single).build_model(), task(cfg).build_model()
     assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.members[0].state_dict().values()))
+    # issue 29: the optimised loss is the members' sum (each member's gradient its own), the logged
+    # one their mean (~ln 3 at the start, as a single probe's), not the sum (~2 ln 3)
+    batch = {"tokens": val_tokens[:, 0], "label": d["val_data"].labels}
+    with torch.no_grad():
+        out = task(cfg).step(two, batch)
+        each = [torch.nn.functional.cross_entropy(m(val_tokens[:, 0]), batch["label"]) for m in two.members]
+    assert float(out.loss) == pytest.approx(float(each[0] + each[1]), rel=1e-5)
+    assert float(out.metrics["loss"]) == pytest.approx(float(each[0] + each[1]) / 2, rel=1e-5)
+    first = next(r for r in result.history if "loss" in r)
+    assert first["loss"] < 1.5 * math.log(3)
 
 
 @pytest.mark.parametrize("bad", [["eval.attentive_heads=3"], ["eval.attentive_batch_size=999"]], ids=["heads", "batch"])

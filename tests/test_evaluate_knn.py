@@ -11,8 +11,10 @@ from tgmae.evaluate.knn import knn_classify
 def reference_knn(train, train_labels, test, test_labels, k, temperature, num_classes, shift=False):
     """Plain loops: cosine similarity, k most similar training rows, votes exp(sim / T) per
     class, classes ranked by votes (lower id first on equal votes); a class without votes is no
-    prediction. shift: votes exp((sim - the query's top sim) / T) in float64 (the same ranking in
-    exact arithmetic; finite for a tiny T)."""
+    prediction; a class with a neighbour among the k is voted whatever its weight (a weight that
+    underflows to 0 still votes), and equal votes (0 included) rank the lower id first. shift:
+    votes exp((sim - the query's top sim) / T) in float64 (the same ranking in exact arithmetic;
+    finite for a tiny T)."""
     top1 = top5 = 0
     for i in range(test.shape[0]):
         q = test[i].double()
@@ -22,13 +24,14 @@ def reference_knn(train, train_labels, test, test_labels, k, temperature, num_cl
             sims.append((float(q @ t / (q.norm() * t.norm())), j))
         sims.sort(key=lambda s: -s[0])
         top = sims[0][0] if shift else 0.0
-        votes = [0.0] * num_classes
+        votes, voted = [0.0] * num_classes, set()
         for s, j in sims[:k]:
             votes[int(train_labels[j])] += math.exp((s - top) / temperature)
-        ranked = sorted(range(num_classes), key=lambda c: (-votes[c], c))
+            voted.add(int(train_labels[j]))
+        ranked = sorted(voted, key=lambda c: (-votes[c], c))
         y = int(test_labels[i])
         top1 += ranked[0] == y
-        top5 += y in [c for c in ranked[:5] if votes[c] > 0]
+        top5 += y in ranked[:5]
     return top1 / test.shape[0], top5 / test.shape[0]
 
 
@@ -144,5 +147,33 @@ def test_ties_and_unvoted_classes_rank_alike_in_results_and_predictions():
     test, test_labels = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([2, 5])
     res = knn_classify(train, train_labels, test, test_labels, [2], 0.07, num_classes=8, keep_scores=[2])[2]
     assert (res.top1, res.top5) == (0.5, 0.5)  # class 5 has no votes: not a top-5 hit
-    rows = prediction_rows(["a", "b"], test_labels, res.scores, voted_only=True)
+    rows = prediction_rows(["a", "b"], test_labels, res.scores, voted=res.voted)
     assert [r[2::2] for r in rows[1:]] == [["2", "4", "", "", ""]] * 2
+
+
+def test_knn_class_whose_weights_underflow_still_votes_in_results_and_predictions():
+    """T = 1e-30: every neighbour but the nearest weighs exp(-1e27) = 0 in float64, yet each class
+    among the k has a neighbour there and is a prediction (exact arithmetic gives it a vote > 0);
+    the voted classes with 0 votes rank by class id, ahead of the classes with no neighbour. The
+    CSV lists the same classes in the same order as the results count."""
+    from tgmae.evaluate.predictions import prediction_rows
+
+    angles = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 3.0])
+    train = torch.stack([angles.cos(), angles.sin()], dim=1)
+    train_labels = torch.tensor([6, 5, 1, 3, 2, 0])
+    test = torch.tensor([[1.0, 0.0]] * 3)
+    test_labels = torch.tensor([6, 3, 0])
+    res = knn_classify(train, train_labels, test, test_labels, [5], 1e-30, num_classes=8, keep_scores=[5])[5]
+    assert (res.top1, res.top5) == (pytest.approx(1 / 3), pytest.approx(2 / 3))  # class 0: no neighbour
+    rows = prediction_rows(["a", "b", "c"], test_labels, res.scores, voted=res.voted)
+    assert [r[2::2] for r in rows[1:]] == [["6", "1", "2", "3", "5"]] * 3
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-300])
+def test_knn_extreme_temperature_matches_plain_reference(temperature):
+    train, ytr, test, yte, classes = fixed_set(seed=4, classes=12)
+    ks = (5, 10, 20)
+    got = knn_classify(train, ytr, test, yte, ks=ks, temperature=temperature, num_classes=classes)
+    for k in ks:
+        top1, top5 = reference_knn(train, ytr, test, yte, k, temperature, classes, shift=True)
+        assert (got[k].top1, got[k].top5) == (pytest.approx(top1, abs=1e-9), pytest.approx(top5, abs=1e-9)), k

@@ -166,3 +166,16 @@ def test_top5_is_reported_only_with_more_than_5_classes():
     seven = classification_result(torch.rand(14, 7, generator=g).softmax(1), torch.arange(14) % 7)
     assert seven.top5 is not None and 0 < seven.top5 < 1 and seven.summary()["top5"] == seven.top5
     assert reported_ks(5) == (1,) and reported_ks(6) == (1, 5)
+
+
+def test_accuracies_are_the_exact_fractions_not_float32():
+    """issue 29: top-5 2/5 was stored as 0.4000000059604645 (a float32 mean): each accuracy and
+    recall is the Python float of correct / total, as JSON stores it."""
+    scores = torch.eye(5)
+    labels = torch.tensor([0, 1, 0, 0, 0])
+    assert topk_accuracy(scores, labels, (1,))[1] == 2 / 5
+    relevant = torch.eye(5, dtype=torch.bool)
+    relevant[2:] = torch.eye(5, dtype=torch.bool).roll(1, dims=1)[2:]  # rows 2-4: an item below the best
+    assert recall_at_k(torch.eye(5), relevant, (1,))[1] == 2 / 5
+    per_class = per_class_accuracy(torch.tensor([0, 1, 1, 0, 0]), torch.tensor([0, 0, 0, 1, 1]), 2)
+    assert float(per_class[0]) == 1 / 3

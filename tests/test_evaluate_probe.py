@@ -623,3 +623,17 @@ def test_a_probe_killed_before_its_predictions_has_no_results_and_its_rerun_writ
     monkeypatch.undo()
     run_probe(cfg, **data)
     assert (out / "probe_results.json").is_file() and (out / "test_predictions.csv").is_file()
+
+
+def test_lars_probe_batch_above_the_training_videos_is_refused_before_extracting(checkpoint, tmp_path):
+    """issue 29: train.batch_size above the listed training videos was refused by the loop only after
+    the features were extracted and cached (a folder left). Refused before any video is read; above
+    the readable ones (known after their extraction), before the val set is: no cache folder either way."""
+    train, val, cache = Clips(6), Clips(3, seed=1), tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"train.batch_size=8: more than the 6 training videos"):
+        linear_probe(probe_cfg(tmp_path, checkpoint), train_data=train, val_data=val, num_classes=3, cache_dir=cache)
+    assert train.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+    with pytest.raises(ConfigError, match=r"train.batch_size=8: more than the 6 training videos \(2 unreadable"):
+        linear_probe(probe_cfg(tmp_path, checkpoint), train_data=Broken(8, {0, 5}), val_data=val, num_classes=3,
+                     cache_dir=cache)
+    assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()

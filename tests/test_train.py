@@ -874,3 +874,14 @@ def test_a_run_into_an_extraction_folder_is_refused_naming_it(tmp_path, capsys):
     with pytest.raises(RunFolderError, match="extract"):
         Trainer(ToyTask(cfg), cfg).fit()
     assert sorted(p.name for p in run.iterdir()) == ["shard-00000-of-00001.safetensors"]
+
+
+def test_config_differences_name_the_users_key_not_its_copy():
+    """issue 29: the attentive probe's loop copies eval.attentive_lr into optim.lr; a change listed
+    both. A copy is left out when its source differs too, and listed when it differs alone."""
+    copies = {"optim.lr": "eval.attentive_lr"}
+    stored = {"eval": {"attentive_lr": 1e-3}, "optim": {"lr": 1e-3}}
+    assert ckpt.config_differences(stored, {"eval": {"attentive_lr": 1e-2}, "optim": {"lr": 1e-2}},
+                                   copies=copies) == [("eval.attentive_lr", 1e-3, 1e-2)]
+    assert ckpt.config_differences(stored, {"eval": {"attentive_lr": 1e-3}, "optim": {"lr": 1e-2}},
+                                   copies=copies) == [("optim.lr", 1e-3, 1e-2)]

@@ -67,6 +67,11 @@ class AttentiveTask:
     name = "attentive_probe"
     find_unused_parameters = False
     lr_key = "eval.attentive_lr"  # the loop's optim.lr (`loop_config`), named after a NaN
+    # the loop's keys that `loop_config` copies from the user's: a change is named by the user's key alone
+    copied_keys = {"optim.lr": "eval.attentive_lr", "optim.min_lr": "eval.attentive_final_lr",
+                   "optim.warmup_epochs": "eval.attentive_warmup_epochs",
+                   "optim.weight_decay": "eval.attentive_weight_decay",
+                   "train.batch_size": "eval.attentive_batch_size", "train.epochs": "eval.attentive_epochs"}
 
     def __init__(self, cfg: RunConfig, train: TokenDataset, val: Optional[TokenDataset], num_classes: int,
                  num_heads: int) -> None:
@@ -105,7 +110,9 @@ class AttentiveTask:
         labels = batch["label"].long()
         logits = model(batch["tokens"])  # [K, B, C]
         top1 = (class_probs(logits.detach()).argmax(dim=1) == labels).float().mean()
-        return StepOutput(ensemble_loss(logits, labels), {"train_top1": top1})
+        loss = ensemble_loss(logits, labels)  # the sum: each member's gradient is its own
+        # logged: the members' mean cross-entropy, comparable with a single probe's (~ln K at the start)
+        return StepOutput(loss, {"train_top1": top1, "loss": loss.detach() / logits.shape[0]})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

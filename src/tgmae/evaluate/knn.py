@@ -1,12 +1,13 @@
 """Weighted k-nearest-neighbour classification of frozen features (DINO's k-NN protocol).
 
 DINO (Caron et al. 2021, `eval_knn.py`): L2-normalised features, cosine similarity, the k nearest
-training rows vote with weight exp(similarity / T) (T = 0.07). A class without votes is no
-prediction: top-5 looks at the (at most min(5, k)) voted classes, as test_predictions.csv lists them.
-Each query's weights are taken relative to its most similar neighbour (`knn_votes`), so a tiny T
-stays finite.
+training rows vote with weight exp(similarity / T) (T = 0.07). A class is voted when one of the k
+neighbours has it, whatever its weight (one that underflows to 0 in float64 still votes: in exact
+arithmetic it is > 0); a class without a neighbour is no prediction: top-5 looks at the (at most
+min(5, k)) voted classes, as test_predictions.csv lists them. Each query's weights are taken
+relative to its most similar neighbour (`knn_votes`), so a tiny T stays finite.
 Several k come out of one top-max(k) search per chunk of test rows (memory [chunk, N_train]);
-equal votes rank by class id (lowest first). Inputs are cast to float32 on `device` (default: the
+equal votes (0 included) rank by class id (lowest first). Inputs are cast to float32 on `device` (default: the
 training features').
 """
 
@@ -25,13 +26,15 @@ DINO_TEMPERATURE = 0.07
 @dataclass
 class KnnResult:
     """Accuracy for one k: top-1, and top-5 (None with 5 classes or fewer, as the other probes);
-    scores [M, K] float64 (votes / their sum) when asked for (`knn_classify`'s keep_scores)."""
+    scores [M, K] float64 (votes / their sum) and voted [M, K] bool (the classes with a neighbour
+    among the k) when asked for (`knn_classify`'s keep_scores)."""
 
     k: int
     top1: float
     top5: Optional[float]
     num_test: int
     scores: Optional[torch.Tensor] = None
+    voted: Optional[torch.Tensor] = None
 
 
 def _check(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
@@ -51,23 +54,28 @@ def _check(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, 
 
 
 def knn_votes(sim: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classes: int,
-              temperature: float) -> torch.Tensor:
-    """Class votes [M, K] float64 of the first k neighbours: sim [M, >=k] (sorted, most similar
-    first), neighbour_labels [M, >=k] int64 -> sum over the k of exp((sim - sim[:, 0]) / T) into
-    each neighbour's class: DINO's exp(sim / T) over the query's exp(sim[:, 0] / T), a per-query
-    factor that the ranking and the normalised scores do not see."""
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(votes [M, K] float64, voted [M, K] bool) of the first k neighbours: sim [M, >=k] (sorted,
+    most similar first), neighbour_labels [M, >=k] int64 -> votes: the sum over the k of
+    exp((sim - sim[:, 0]) / T) into each neighbour's class (DINO's exp(sim / T) over the query's
+    exp(sim[:, 0] / T), a per-query factor that the ranking and the normalised scores do not see);
+    voted: the classes with a neighbour among the k."""
     # exp(sim / T) overflows (inf votes, NaN scores) for a small T (e.g. 1e-4); relative to the
-    # query's best neighbour the weights lie in (0, 1], the best one 1. float64: a weight only
-    # underflows to 0 (no vote) below exp(-745), a share of the votes no score could show.
-    sim = sim[:, :k].double()
+    # query's best neighbour the weights lie in (0, 1], the best one 1. A weight below exp(-745)
+    # underflows to 0 in float64, so whether a class is voted comes from the labels, not the votes.
+    sim, labels = sim[:, :k].double(), neighbour_labels[:, :k]
     weights = ((sim - sim[:, :1]) / temperature).exp()
     votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-    return votes.scatter_add_(1, neighbour_labels[:, :k], weights)
+    voted = torch.zeros(sim.shape[0], num_classes, dtype=torch.bool, device=weights.device)
+    return votes.scatter_add_(1, labels, weights), voted.scatter_(1, labels, True)
 
 
-def rank_classes(votes: torch.Tensor, top: int) -> torch.Tensor:
-    """[M, top] class ids by votes [M, K], highest first; equal votes rank the lower id first."""
-    order = torch.sort(votes, dim=1, descending=True, stable=True).indices
+def rank_classes(votes: torch.Tensor, voted: torch.Tensor, top: int) -> torch.Tensor:
+    """[M, top] class ids: the voted classes (voted [M, K] bool) by votes [M, K], highest first,
+    then the others; equal votes (0 included) rank the lower id first."""
+    # votes are >= 0: -1 puts the classes without a neighbour after every voted one
+    key = torch.where(voted, votes, torch.full_like(votes, -1.0))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
     return order[:, :top]
 
 
@@ -105,24 +113,28 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
     top5 = min(5, k_cls)
     hits1 = {k: 0 for k in kset}
     hits5 = {k: 0 for k in kset}
-    kept: dict[int, list[torch.Tensor]] = {int(k): [] for k in keep_scores}
+    kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {int(k): [] for k in keep_scores}
     for start, sim, neighbours in _neighbours(train, train_labels, test, kset[-1], chunk, device):
         y = test_labels[start: start + chunk].to(device, torch.long).view(-1, 1)
         for k in kset:
-            votes = knn_votes(sim, neighbours, k, k_cls, temperature)
-            ranked = rank_classes(votes, top5)
-            hit = (ranked == y) & (votes.gather(1, ranked) > 0)  # a class without votes is no prediction
+            votes, voted = knn_votes(sim, neighbours, k, k_cls, temperature)
+            ranked = rank_classes(votes, voted, top5)
+            hit = (ranked == y) & voted.gather(1, ranked)  # a class without a neighbour is no prediction
             hits1[k] += int(hit[:, 0].sum())
             hits5[k] += int(hit.any(dim=1).sum())
             if k in kept:
-                kept[k].append(votes.cpu())
+                kept[k].append((votes.cpu(), voted.cpu()))
     m = test.shape[0]
     return {k: KnnResult(k, hits1[k] / m if m else float("nan"),
                          (hits5[k] / m if m else float("nan")) if k_cls > 5 else None, m,
-                         _as_scores(kept[k], k_cls) if k in kept else None) for k in kset}
+                         *(_as_scores(kept[k], k_cls) if k in kept else (None, None))) for k in kset}
 
 
-def _as_scores(parts: list[torch.Tensor], num_classes: int) -> torch.Tensor:
-    """[M, K] float64: the chunks' votes, each row divided by its sum (the ranking stays the votes')."""
-    votes = torch.cat(parts) if parts else torch.zeros(0, num_classes, dtype=torch.float64)
-    return votes / votes.sum(dim=1, keepdim=True)
+def _as_scores(parts: list[tuple[torch.Tensor, torch.Tensor]],
+               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [M, K] float64: the chunks' votes, each row divided by its sum (> 0: the nearest
+    neighbour weighs 1), voted [M, K] bool)."""
+    if not parts:
+        return torch.zeros(0, num_classes, dtype=torch.float64), torch.zeros(0, num_classes, dtype=torch.bool)
+    votes, voted = torch.cat([v for v, _ in parts]), torch.cat([m for _, m in parts])
+    return votes / votes.sum(dim=1, keepdim=True), voted

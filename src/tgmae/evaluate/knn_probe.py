@@ -4,8 +4,8 @@ nothing trains, resumes or checkpoints.
 
 Outputs in `train.output_dir`: config.yaml; probe_results.json with `knn` = {k: {top1, top5}} and
 `top1` / `top5` / `k` of the first k of `eval.knn_k` (chosen before any result);
-test_predictions.csv of that k (votes / their sum; a class without votes is no prediction, its
-slots stay empty, as the results' top-5 counts it). ConfigError naming `eval.knn_k` for a k above
+test_predictions.csv of that k (votes / their sum; a class without a neighbour among the k is no
+prediction, its slots stay empty, as the results' top-5 counts it). ConfigError naming `eval.knn_k` for a k above
 the training features' count, and without `data.val_annotations`.
 """
 
@@ -77,7 +77,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
         save_config(cfg, out / "config.yaml")
         final = {"top1": head.top1, **({"top5": head.top5} if head.top5 is not None else {})}
         table = {str(k): {"top1": r.top1, **({"top5": r.top5} if r.top5 is not None else {})} for k, r in by_k.items()}
-        write_val_predictions(out, val, head.scores, names, voted_only=True)
+        write_val_predictions(out, val, head.scores, names, voted=head.voted)
         # last: probe_results.json says the probe is done (the study skips it then)
         write_results(cfg, out, train, val, final, head.top1, None, k=ks[0], knn=table, temperature=temperature)
         log.info("k-NN probe (T %g): %s", temperature,

@@ -15,9 +15,10 @@ import torch
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """{k: fraction of rows whose label is among the k highest scores}; k is capped at K."""
+    """{k: fraction of rows whose label is among the k highest scores}; k is capped at K. The
+    Python float of correct / rows (a float32 mean would store 2/5 as 0.4000000059604645)."""
     correct = topk_correct(scores, labels, ks)
-    return {k: float(c.float().mean()) if c.numel() else float("nan") for k, c in correct.items()}
+    return {k: int(c.sum()) / c.numel() if c.numel() else float("nan") for k, c in correct.items()}
 
 
 def reported_ks(num_classes: int) -> tuple[int, ...]:
@@ -50,14 +51,15 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """pred, labels [N] int -> [num_classes] float accuracy per class (NaN for absent classes)."""
+    """pred, labels [N] int -> [num_classes] float64 accuracy per class (NaN for absent classes):
+    each the exact fraction right / total, as a Python float of it stores."""
     if pred.shape != labels.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and labels {tuple(labels.shape)} differ in shape")
     labels = labels.long()
     total = torch.bincount(labels, minlength=num_classes).double()
     right = torch.bincount(labels[pred.long() == labels], minlength=num_classes).double()
     acc = right / total
-    return torch.where(total > 0, acc, torch.full_like(acc, float("nan"))).float()
+    return torch.where(total > 0, acc, torch.full_like(acc, float("nan")))
 
 
 def mean_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
@@ -99,9 +101,10 @@ def retrieval_ranks(sim: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
 
 
 def recall_at_k(sim: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """{k: fraction of queries with a relevant item among their k highest-similarity items}."""
+    """{k: fraction of queries with a relevant item among their k highest-similarity items}, the
+    Python float of hits / queries (as `topk_accuracy`)."""
     ranks = retrieval_ranks(sim, relevant)
-    return {k: float((ranks <= k).float().mean()) for k in ks}
+    return {k: int((ranks <= k).sum()) / ranks.numel() if ranks.numel() else float("nan") for k in ks}
 
 
 def relevance_from_ids(query_ids: Sequence | torch.Tensor, gallery_ids: Sequence | torch.Tensor) -> torch.Tensor:

@@ -316,16 +316,16 @@ def scored_video_ids(data: Dataset, unreadable: list[dict]) -> list[str]:
 
 
 def write_val_predictions(out: Path, val: Optional[FeatureDataset], scores: Optional[torch.Tensor],
-                          names: list[str], voted_only: bool = False) -> None:
+                          names: list[str], voted: Optional[torch.Tensor] = None) -> None:
     """`out/test_predictions.csv` (`tgmae.evaluate.predictions`) of the val videos: scores [N, K]
     logits or probabilities, row i = val.video_ids[i]. Class names only when they count K.
-    voted_only (k-NN): classes scoring 0 are no predictions (empty slots)."""
+    voted [N, K] bool (k-NN): only these classes are predictions (the others' slots stay empty)."""
     from tgmae.evaluate.predictions import write_predictions
 
     if val is None or scores is None:
         return
     write_predictions(out / "test_predictions.csv", val.video_ids, val.labels, scores,
-                      names if len(names) == scores.shape[1] else (), voted_only=voted_only)
+                      names if len(names) == scores.shape[1] else (), voted=voted)
 
 
 def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val_data: Dataset,
@@ -355,10 +355,13 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     lbfgs = cfg.eval.probe_optimizer == "lbfgs"
     if lbfgs:  # before extraction: a folder of another kind of run (the loop refuses those itself)
         refuse_other_run(Path(cfg.train.output_dir))
+    # L-BFGS: its CV folds; LARS: the loop's batch (which the loop would refuse only after extraction).
+    # Against the listed videos before any is read, again against the readable ones before the val set.
+    fits, readable = (check_folds, "training features") if lbfgs else (check_batch, "training videos")
     train, val, names = probe_features(
         cfg, train_data, val_data, cache_dir, num_classes=num_classes,
-        check=(lambda arch, data: check_folds(cfg, len(data), "training videos")) if lbfgs else None,
-        check_train=(lambda t: check_folds(cfg, len(t), "training features", len(t.unreadable))) if lbfgs else None)
+        check=lambda arch, data: fits(cfg, len(data), "training videos"),
+        check_train=lambda t: fits(cfg, len(t), readable, len(t.unreadable)))
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":
@@ -446,6 +449,19 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
         log.info("linear probe (L-BFGS, L2 %g): %s", l2, topk_text(final["top1"], final.get("top5")))
     history = [{f"val_{k}": v for k, v in final.items()} | {"l2": l2}]
     return ProbeResult(out, final["top1"], final.get("top5"), final["top1"], history, head, None, **val_counts(val))
+
+
+def check_batch(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> None:
+    """ConfigError naming train.batch_size when one batch of the LARS probe's loop (x accumulation
+    x processes, as `Trainer` counts it) holds more than `rows` (`what`: the training videos;
+    `unreadable`: the videos left out of those)."""
+    from tgmae.distributed import init_distributed
+
+    accum, world = cfg.train.accum_steps, init_distributed(cfg.train.device).world_size
+    if cfg.train.batch_size * accum * world > rows:
+        times = (f" x train.accum_steps={accum}" if accum > 1 else "") + (f" x {world} processes" if world > 1 else "")
+        left = f" ({unreadable} unreadable left out)" if unreadable else ""
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}{times}: more than the {rows} {what}{left}")
 
 
 def check_folds(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> None:

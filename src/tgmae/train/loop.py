@@ -60,7 +60,9 @@ class NonFiniteLossError(RuntimeError, UserError):
 
 @dataclass
 class StepOutput:
-    """What a task's step returns: the loss to optimize and detached scalars to log."""
+    """What a task's step returns: the loss to optimize and detached scalars to log. The logged
+    `loss` is `loss` unless metrics name a "loss" of their own (an ensemble optimises its members'
+    sum and logs their mean)."""
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
@@ -72,7 +74,9 @@ class Task(Protocol):
     Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (kept
     in checkpoints), `build_optimizer(groups, optim_cfg, device)`, and `inputs_fingerprint: str`
     (read after `build_model`, stored in checkpoints: a resume on other inputs is refused), and
-    `unused_keys: tuple[str, ...]` (config keys the task never reads: a resume may change them).
+    `unused_keys: tuple[str, ...]` (config keys the task never reads: a resume may change them),
+    `copied_keys: dict[str, str]` ({loop key: the user's key the task copied into it}: a change
+    is named by the user's key alone).
     """
 
     name: str
@@ -285,7 +289,8 @@ class Trainer:
         # label i's class: kept in every checkpoint, a resume refuses other names or order
         self.class_names = list(getattr(task, "class_names", None) or [])
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
-                         class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())))
+                         class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())),
+                         copied_keys=getattr(task, "copied_keys", None))
         train_model = self._wrap(model)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
@@ -517,7 +522,7 @@ class _Window:
         self.t0 = time.perf_counter()
 
     def add(self, out: StepOutput, batch_size: int) -> None:
-        values = {"loss": out.loss, **out.metrics}
+        values = {"loss": out.loss, **out.metrics}  # a "loss" metric replaces the logged loss (StepOutput)
         for k, v in values.items():
             v = v.detach().to(self.device, torch.float64) if torch.is_tensor(v) else float(v)
             self.sums[k] = self.sums[k] + v if k in self.sums else v

@@ -10,7 +10,7 @@ import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -50,10 +50,12 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
 
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
-           class_names: Sequence[str] = (), unused_keys: Sequence[str] = ()) -> Resumed:
+           class_names: Sequence[str] = (), unused_keys: Sequence[str] = (),
+           copied_keys: Optional[Mapping[str, str]] = None) -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
     the checks that it belongs to this run (kind, settings, inputs, class names in label order,
-    something left to do). unused_keys: config keys the task never reads (`config_differences`)."""
+    something left to do). unused_keys: config keys the task never reads; copied_keys: {key: the
+    user's key the task copies into it} (`config_differences`)."""
     source = resume_source(cfg)
     if source is None:
         return Resumed()
@@ -62,7 +64,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     ckpt.check_run_kind(source, loaded.extra.get("task"), task_name, out,
                         fits=set(loaded.model_state) == set(model.state_dict()))
     changes = ckpt.check_resume_config(source, loaded.config, to_dict(cfg), to_dict(RunConfig()),
-                                       output_dir=out, unused=unused_keys)
+                                       output_dir=out, unused=unused_keys, copies=copied_keys)
     # class names first: a renumbering also changes a probe's fingerprint, and this names it
     changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)

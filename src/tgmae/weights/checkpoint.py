@@ -19,7 +19,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -52,13 +52,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
-                       unused: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None, unused: Sequence[str] = (),
+                       copies: Optional[Mapping[str, str]] = None) -> list[tuple[str, Any, Any]]:
     """(dotted key, stored value, new value) for every training-relevant key that differs.
 
     Keys in RESUMABLE_KEYS and `unused` (keys this kind of run never reads, or may change as
     train.epochs) are left out. A key the stored config lacks (written before the key existed)
-    counts as its value in `defaults` (the nested dict of the default config)."""
+    counts as its value in `defaults` (the nested dict of the default config). copies {key: the
+    user's key it is copied from} (e.g. optim.lr from eval.attentive_lr): a copy is left out when
+    its source differs too, so the change is named once, by the user's key."""
     old = {**_flatten(defaults or {}), **_flatten(stored)}
     cur = _flatten(new)
     out = []
@@ -68,7 +70,8 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
         a, b = old.get(key, "<absent>"), cur.get(key, "<absent>")
         if a != b:
             out.append((key, a, b))
-    return out
+    changed = {key for key, _, _ in out}
+    return [d for d in out if (copies or {}).get(d[0]) not in changed]
 
 
 def another_run_hint(output_dir: str) -> str:
@@ -94,13 +97,15 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
 
 
 def check_resume_config(source: Path, stored: dict, new: dict, defaults: Optional[dict] = None,
-                        output_dir: str = "", unused: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+                        output_dir: str = "", unused: Sequence[str] = (),
+                        copies: Optional[Mapping[str, str]] = None) -> list[tuple[str, Any, Any]]:
     """Refuse to resume `source` under settings it was not trained with.
 
     Raises CheckpointError listing each differing key (`key: old -> new`, one per line) and the
     ways out: a new train.output_dir, or checkpoint.resume=ignore_config. Returns the differences
-    (empty when the configs agree on every training-relevant key; `unused` as `config_differences`)."""
-    diffs = config_differences(stored, new, defaults, unused)
+    (empty when the configs agree on every training-relevant key; `unused`, `copies` as
+    `config_differences`)."""
+    diffs = config_differences(stored, new, defaults, unused, copies)
     if diffs and new.get("checkpoint", {}).get("resume") != IGNORE_CONFIG:
         lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise CheckpointError(
