@@ -288,3 +288,31 @@ def test_extract_under_torchrun_prints_the_folders_totals_once(dataset, encoder_
     assert [p.returncode for p in procs] == [0, 0]
     lines = [line for text in printed for line in text.splitlines() if line.startswith("shards written")]
     assert lines == ["shards written 5, already done 0, unreadable videos 1"], printed
+
+
+def test_extract_clip_follows_data_sampling_tsn_on_segments(encoder_file, tmp_path):
+    """issue 29: `tgmae extract --mode clip` took the dense centre clip whatever data.sampling, and
+    each file once over its whole length; with data.sampling=tsn the probes read TSN segments of each
+    record's range. The command now passes data.sampling, so its features equal the probe's per segment."""
+    import dataclasses
+
+    from test_evaluate_extract import h264_mp4, segment_set
+    from tgmae.data.dataset import build_dataset
+    from tgmae.evaluate.extract import load_frozen_encoder
+    from tgmae.evaluate.features import extract_features
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "data").mkdir()
+    root, cfg = segment_set(tmp_path / "data", h264_mp4(tmp_path / "src" / "clip.mp4"))
+    out = tmp_path / "o"
+    assert main(["extract", "data.format=csv", f"data.root={root}", "data.train_annotations=seg.csv",
+                 "data.num_frames=16", "data.frame_stride=1", "data.sampling=tsn", "data.image_size=32",
+                 f"data.mean={list(ARCH.pixel_mean)}", f"data.std={list(ARCH.pixel_std)}", "train.device=cpu",
+                 "train.precision=fp32", "log.progress=false", f"model.pretrained={encoder_file}", "--out", str(out),
+                 "--subset", "train", "--mode", "clip"]) == 0
+    data = read_shards(out)
+    assert data["video_ids"] == ["seg_a", "seg_b", "whole"]
+    encoder, _ = load_frozen_encoder(encoder_file, num_frames=16, image_size=32)
+    probe = extract_features(encoder, build_dataset(dataclasses.replace(cfg, sampling="tsn"), "train", train=False),
+                             batch_size=3)
+    torch.testing.assert_close(data["features"], probe["features"], atol=1e-5, rtol=1e-5)

@@ -433,8 +433,75 @@ def test_videos_of_both_subsets_have_unique_ids(tmp_path, mp4, caplog):
         dataset_videos(cfg, ("train", "val"))
     msg = str(e.value)
     assert "'v5'" in msg and "v5.avi" in msg and "v5.mp4" in msg and "tr.csv" in msg and "va.csv" in msg, msg
-    assert [v for v, _ in dataset_videos(cfg, ("val",))] == ["v5"]  # one subset: its own ids
+    assert [v[0] for v in dataset_videos(cfg, ("val",))] == ["v5"]  # one subset: its own ids
     with caplog.at_level(logging.INFO, logger="tgmae"):
         videos = dataset_videos(dataclasses.replace(cfg, val_annotations="va_same.csv"), ("train", "val"))
-    assert [v for v, _ in videos] == ["v5", "v4"]
+    assert [v[0] for v in videos] == ["v5", "v4"]
     assert "v4" in caplog.text and "once" in caplog.text, caplog.text
+
+
+def segment_set(tmp_path: Path, mp4: Path) -> tuple[Path, object]:
+    """A csv listing clip.mp4 (41 frames) as two segments of their own ids and frame ranges (EPIC's
+    layout: action segments of one long video) and once more, whole, under a third id."""
+    from tgmae.config import DataConfig
+
+    (tmp_path / "clip.mp4").symlink_to(mp4)
+    (tmp_path / "seg.csv").write_text("path,label,video_id,start_frame,end_frame\n"
+                                      "clip.mp4,0,seg_a,0,20\nclip.mp4,1,seg_b,18,41\nclip.mp4,0,whole,,\n")
+    return tmp_path, DataConfig(format="csv", root=str(tmp_path), train_annotations="seg.csv",
+                                val_annotations="seg.csv", num_frames=16, frame_stride=1, image_size=32,
+                                mean=ARCH.pixel_mean, std=ARCH.pixel_std)
+
+
+def test_segments_of_one_file_are_each_extracted_over_their_own_range(tmp_path, mp4):
+    """issue 29: `dataset_videos` kept each file once and ignored start_frame / end_frame: of a file
+    listed as two segments only the first id was extracted, over the whole file, the others
+    dropped without a word. Now one unit per record, its windows inside its range (frame numbers
+    and times still the source file's), features the encoder's on those frames."""
+    root, cfg = segment_set(tmp_path, mp4)
+    videos = dataset_videos(cfg, ("train", "val"))  # the same records in both subsets: each once
+    assert [v[0] for v in videos] == ["seg_a", "seg_b", "whole"]
+    out = tmp_path / "o"
+    extract_to_shards(tiny_encoder(), videos, out, spec(videos_per_shard=2), encoder_digest="d")
+    data = read_shards(out)
+    assert data["video_ids"] == ["seg_a", "seg_b", "whole"]
+    starts = {vid: data["start_frame"][data["video"] == v].tolist() for v, vid in enumerate(data["video_ids"])}
+    assert starts == {"seg_a": [0, 4], "seg_b": [18, 22], "whole": list(range(0, 26, 4))}
+    times = reference_times(mp4)
+    np.testing.assert_array_equal(data["start_sec"][data["video"] == 1].numpy(), times[[18, 22]])
+    frames = np.stack(sequential_decode(mp4))
+    box = spatial_view_boxes(frames.shape[1], frames.shape[2], 1)[0]
+    enc = tiny_encoder()
+    for row, start in enumerate(data["start_frame"].tolist()):
+        clip = normalize(crop_resize(frames[start: start + 16], box, 32), ARCH.pixel_mean, ARCH.pixel_std)
+        with torch.no_grad():
+            expected = enc(clip[None]).mean(1)[0]
+        torch.testing.assert_close(data["features"][row], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ExtractError, match="seg_b"):  # another range of a segment: another extraction
+        moved = [v if v[0] != "seg_b" else (*v[:2], 20, 41) for v in videos]
+        extract_to_shards(tiny_encoder(), moved, out, spec(videos_per_shard=2), encoder_digest="d")
+
+
+@pytest.mark.parametrize("sampling", ["dense", "tsn"])
+def test_clip_mode_of_segments_equals_the_probes_clip(tmp_path, mp4, sampling):
+    """issue 29: clip mode took the dense centre clip of the whole file whatever the record's range
+    and data.sampling; the probes read the dataset's evaluation clip (TSN segments with
+    data.sampling=tsn) of the range. Now the same function, so the features are the probe's."""
+    import dataclasses
+
+    from tgmae.data.dataset import build_dataset
+    from tgmae.evaluate.features import extract_features
+
+    root, cfg = segment_set(tmp_path, mp4)
+    cfg = dataclasses.replace(cfg, sampling=sampling)
+    out = tmp_path / "o"
+    s = spec(mode="clip", sampling=sampling)
+    extract_to_shards(tiny_encoder(), dataset_videos(cfg, ("train",)), out, s, encoder_digest="d")
+    data = read_shards(out)
+    assert data["video_ids"] == ["seg_a", "seg_b", "whole"] and data["features"].shape[0] == 3
+    from tgmae.data.sampling import clip_indices
+
+    seg_b = clip_indices(18, 41, 16, 1, sampling, train=False)  # the evaluation clip of [18, 41)
+    assert (data["start_frame"][1].item(), data["end_frame"][1].item()) == (seg_b[0].item(), seg_b[-1].item())
+    probe = extract_features(tiny_encoder(), build_dataset(cfg, "train", train=False), batch_size=3)
+    torch.testing.assert_close(data["features"], probe["features"], atol=1e-5, rtol=1e-5)

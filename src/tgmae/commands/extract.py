@@ -12,7 +12,7 @@ from typing import Sequence
 SPEC_SETTINGS = {"mode": "--mode", "output": "--output", "window": "--window", "stride": "--stride",
                  "frame_step": "--frame-step", "image_size": "data.image_size", "spatial": "--spatial",
                  "mean": "data.mean", "std": "data.std", "videos_per_shard": "--videos-per-shard",
-                 "batch_size": "train.batch_size", "precision": "train.precision",
+                 "batch_size": "train.batch_size", "precision": "train.precision", "sampling": "data.sampling",
                  "videos": "videos (data.train_annotations / data.val_annotations, --subset)"}
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=("train", "val", "both"), default="both",
                    help="annotations to read: data.train_annotations, data.val_annotations or both (default)")
     p.add_argument("--mode", choices=("windows", "clip"), default=d.mode,
-                   help="windows: slide over the whole video (VideoMAEv2's TAD); clip: the centred window")
+                   help="windows: slide over each video or segment (VideoMAEv2's TAD); clip: the evaluation clip "
+                        "(data.sampling)")
     p.add_argument("--output", choices=("pooled", "tokens"), default=d.output,
                    help="pooled: mean over tokens [D]; tokens: the token grid [N, D] per window")
     p.add_argument("--window", type=int, default=None, help="frames per window (default data.num_frames)")
@@ -57,7 +58,7 @@ def main(argv: Sequence[str]) -> int:
                            stride=args.stride, frame_step=step, image_size=cfg.data.image_size,
                            spatial=args.spatial, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
                            videos_per_shard=args.videos_per_shard, batch_size=cfg.train.batch_size,
-                           precision=precision)
+                           precision=precision, sampling=cfg.data.sampling)  # clip mode: the dataset's clip
     except ValueError as e:  # "name=value: why"; the name as the user wrote it
         name = str(e).split("=")[0]
         raise ConfigError(f"{SPEC_SETTINGS.get(name, name)}: {e}") from None

@@ -1,12 +1,17 @@
 """Frozen-encoder features per video (per clip, per sliding window, or the token grid), written as
 safetensors shards plus an index.
 
+Units: one per annotation record (video id), over its frame range [start_frame, end_frame) of
+the file (the whole file without one; clipped to the file as the dataset clips it): segments of
+one long video (EPIC-Kitchens) are each their own unit. Frame numbers and times are the file's.
 Windows: `window` frames, `frame_step` apart, read exactly by `tgmae.data.video.VideoReader`.
-mode "windows": starts `range(0, n - span + 1, stride)`, span = (window - 1) x frame_step + 1
-(VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 frames, stride 4); mode "clip": the centred
-window, the dataset's single-view evaluation clip (`tgmae.data.sampling.clip_indices`, dense, start
-round((n - span) / 2)), so its features are the probes'. A video shorter than one window is listed as "too_short", never
-padded; an extraction where no video fits is an error (`check_extracted`).
+mode "windows": starts `start + range(0, n - span + 1, stride)` (n frames in range), span =
+(window - 1) x frame_step + 1 (VideoMAEv2 `extract_tad_feature.py`, THUMOS14: 16 frames, stride
+4); mode "clip": the dataset's single-view evaluation clip of the range
+(`tgmae.data.sampling.clip_indices` with `sampling`: dense, start round((n - span) / 2); tsn, the
+centre frame of each of `window` segments), so its features are the probes'. A unit shorter than
+one window (span; `window` frames for tsn) is listed as "too_short", never padded; an extraction
+where no unit fits is an error (`check_extracted`).
 Pixels: centre crop of the short side then resize ("center_crop", as `EvalTransform`) or the whole
 frame resized ("squash", as VideoMAEv2's TAD script), bilinear + antialias, encoder mean / std.
 Outputs per window: "pooled" mean token [D] or "tokens" [N, D], float32. Times: first / last frame
@@ -76,10 +81,12 @@ class ExtractSpec:
     videos_per_shard: int = 64
     batch_size: int = 8  # windows per forward pass
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the encoder's forward)
+    sampling: str = "dense"  # dense | tsn: the evaluation clip of mode "clip" (data.sampling)
 
     def __post_init__(self) -> None:
         choices = {"mode": ("windows", "clip"), "output": ("pooled", "tokens"),
-                   "spatial": ("center_crop", "squash"), "precision": ("fp32", "bf16", "fp16")}
+                   "spatial": ("center_crop", "squash"), "precision": ("fp32", "bf16", "fp16"),
+                   "sampling": ("dense", "tsn")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected {'|'.join(allowed)}")
@@ -92,16 +99,34 @@ class ExtractSpec:
         """Frames from a window's first to its last, both included."""
         return (self.window - 1) * self.frame_step + 1
 
+    @property
+    def min_frames(self) -> int:
+        """Frames a unit's range must hold: one window's span (TSN clips: one frame per segment)."""
+        return self.window if self.mode == "clip" and self.sampling == "tsn" else self.span
 
-def window_starts(num_frames: int, spec: ExtractSpec) -> np.ndarray:
-    """[W] int64 first frame of each window of a `num_frames`-frame video (empty when shorter
-    than one window)."""
-    if num_frames < spec.span:
-        return np.zeros(0, np.int64)
-    if spec.mode == "clip":  # the probes' clip: one home for "the centre clip" (round, not floor)
-        first = clip_indices(0, num_frames, spec.window, spec.frame_step, "dense", train=False)[0]
-        return np.array([int(first)], np.int64)
-    return np.arange(0, num_frames - spec.span + 1, spec.stride, dtype=np.int64)
+
+def frame_range(num_frames: int, start_frame: Optional[int], end_frame: Optional[int]) -> tuple[int, int]:
+    """[start, end) of a record's range in a file of `num_frames` frames, clipped as the dataset
+    clips it (`VideoDataset._frame_range`): None = the file's start / end."""
+    start = max(start_frame or 0, 0)
+    return start, num_frames if end_frame is None else min(end_frame, num_frames)
+
+
+def window_frames(num_frames: int, spec: ExtractSpec, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+    """[W, window] int64 frames of each window inside [start, end) (default the whole
+    `num_frames`-frame file); W = 0 when the range holds fewer than `spec.min_frames`."""
+    end = num_frames if end is None else end
+    if end - start < spec.min_frames:
+        return np.zeros((0, spec.window), np.int64)
+    if spec.mode == "clip":  # the probes' clip: the dataset's own function, with its sampling
+        return clip_indices(start, end, spec.window, spec.frame_step, spec.sampling, train=False).numpy()[None]
+    starts = np.arange(start, end - spec.span + 1, spec.stride, dtype=np.int64)
+    return starts[:, None] + np.arange(spec.window, dtype=np.int64) * spec.frame_step
+
+
+def window_starts(num_frames: int, spec: ExtractSpec, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+    """[W] int64 first frame of each window (`window_frames`)."""
+    return window_frames(num_frames, spec, start, end)[:, 0]
 
 
 def frame_seconds(path: str | os.PathLike, info: VideoInfo) -> np.ndarray:
@@ -146,50 +171,70 @@ class VideoFeatures:
 
 
 def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec,
-                  device: Optional[torch.device] = None) -> VideoFeatures:
-    """Features of every window of one video (see the module doc). Raises
-    `tgmae.data.frame_index.VideoError` for an unusable video (kind "too_short" when it holds
-    fewer frames than one window)."""
+                  device: Optional[torch.device] = None, start_frame: Optional[int] = None,
+                  end_frame: Optional[int] = None) -> VideoFeatures:
+    """Features of every window of one video, inside [start_frame, end_frame) (`frame_range`; see
+    the module doc). Raises `tgmae.data.frame_index.VideoError` for an unusable video (kind
+    "too_short" when its range holds fewer frames than one window)."""
     from tgmae.data.frame_index import VideoError
 
     device = device or next(encoder.parameters()).device
-    offsets = np.arange(spec.window, dtype=np.int64) * spec.frame_step
     with VideoReader(path) as reader:
         info = reader.info
-        starts = window_starts(info.num_frames, spec)
-        if not len(starts):
-            err = VideoError(f"{path}: {info.num_frames} frames, fewer than one window ({spec.span})", "too_short")
-            err.num_frames = info.num_frames  # type: ignore[attr-defined]  # the longest is named when none fits
+        start, end = frame_range(info.num_frames, start_frame, end_frame)
+        frames = window_frames(info.num_frames, spec, start, end)  # [W, window] frame numbers
+        if not len(frames):
+            have = max(end - start, 0)
+            where = f" in range [{start}, {end})" if (start_frame, end_frame) != (None, None) else ""
+            err = VideoError(f"{path}: {have} frames{where}, fewer than one window ({spec.min_frames})", "too_short")
+            err.num_frames = have  # type: ignore[attr-defined]  # the longest is named when none fits
             raise err
         seconds = frame_seconds(path, info)
         parts = []
-        for i in range(0, len(starts), spec.batch_size):
-            idx = starts[i: i + spec.batch_size, None] + offsets  # [b, window] frame numbers
+        for i in range(0, len(frames), spec.batch_size):
+            idx = frames[i: i + spec.batch_size]  # [b, window] frame numbers
             wanted = np.unique(idx)
             clip = preprocess(reader.read(wanted), spec)  # [3, u, S, S]
             pos = torch.from_numpy(np.searchsorted(wanted, idx))  # [b, window] rows of `clip`
             video = clip[:, pos].permute(1, 0, 2, 3, 4).to(device)  # [b, 3, window, S, S]
             parts.append(encode_windows(encoder, video, spec))
-    ends = starts + spec.span - 1
+    starts, ends = frames[:, 0], frames[:, -1]
     return VideoFeatures(torch.cat(parts), starts, ends, seconds[starts], seconds[ends])
 
 
 def output_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec's fields that change what a folder holds: batch_size (windows per forward pass) never
-    does, stride only in mode "windows" (clip mode takes the centred window); a rerun that differs
-    only in those reuses the folder."""
+    does, stride only in mode "windows" (clip mode takes the evaluation clip), sampling only in mode
+    "clip" and only when not "dense" (what every folder held before it was a setting, so theirs
+    stay valid); a rerun that differs only in those reuses the folder."""
     out = {k: v for k, v in spec.items() if k != "batch_size"}
     if out.get("mode") == "clip":
         out.pop("stride", None)
+    if out.get("mode") != "clip" or out.get("sampling", "dense") == "dense":
+        out.pop("sampling", None)
     return out
 
 
-def manifest(videos: Sequence[tuple[str, str]], spec: ExtractSpec, encoder_digest: str) -> dict[str, Any]:
+Unit = tuple  # (video_id, path) or (video_id, path, start_frame, end_frame): one extraction unit
+
+
+def unit_fields(unit: Sequence) -> tuple[str, str, Optional[int], Optional[int]]:
+    """(video_id, path, start_frame, end_frame) of a unit; None = the file's start / end."""
+    vid, path, *rng = unit
+    start, end = (list(rng) + [None, None])[:2]
+    return vid, path, start, end
+
+
+def manifest(videos: Sequence[Unit], spec: ExtractSpec, encoder_digest: str) -> dict[str, Any]:
     """What an output folder holds: settings (`output_settings`), encoder digest, video ids (in
-    order), shard count."""
-    n = len(videos)
-    return {"version": MANIFEST_VERSION, "spec": output_settings(dataclasses.asdict(spec)), "encoder": encoder_digest,
-            "video_ids": [v for v, _ in videos], "num_shards": max(1, -(-n // spec.videos_per_shard))}
+    order), shard count, and, when a unit has a frame range, every unit's [start, end] ("video_ranges";
+    null = the file's start / end; absent otherwise, as in folders made before ranges counted)."""
+    n, units = len(videos), [unit_fields(v) for v in videos]
+    m = {"version": MANIFEST_VERSION, "spec": output_settings(dataclasses.asdict(spec)), "encoder": encoder_digest,
+         "video_ids": [u[0] for u in units], "num_shards": max(1, -(-n // spec.videos_per_shard))}
+    if any(u[2:] != (None, None) for u in units):
+        m["video_ranges"] = [list(u[2:]) for u in units]
+    return m
 
 
 def _normalized(m: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +269,11 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any], names: Option
         first = next((i for i, (a, b) in enumerate(zip(o_ids, n_ids)) if a != b), None)
         other = f" (first other: {o_ids[first]!r} -> {n_ids[first]!r})" if first is not None else ""
         out.append(f"{names.get('videos', 'videos')}: {len(o_ids)} -> {len(n_ids)}{other}")
+    o_r = old.get("video_ranges") or [[None, None]] * len(o_ids)  # absent: every unit a whole file
+    n_r = new.get("video_ranges") or [[None, None]] * len(n_ids)
+    if o_ids == n_ids and o_r != n_r:
+        i = next(i for i, (a, b) in enumerate(zip(o_r, n_r)) if a != b)
+        out.append(f"{names.get('videos', 'videos')}: frame range of {n_ids[i]!r}: {o_r[i]} -> {n_r[i]}")
     if old.get("version") != new["version"]:
         out.append(f"manifest version: {old.get('version')!r} -> {new['version']!r}")
     if not out and old != new:  # a field only a damaged or foreign manifest differs in
@@ -361,11 +411,12 @@ class ExtractSummary:
     unreadable_new: list[dict] = dataclasses.field(default_factory=list)
 
 
-def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
+def extract_to_shards(encoder: nn.Module, videos: Sequence[Unit], out_dir: str | os.PathLike,
                       spec: ExtractSpec, *, encoder_digest: str = "", rank: int = 0, world: int = 1,
                       device: Optional[torch.device] = None, progress: bool = False,
                       what: str = "output folder", names: Optional[Mapping[str, str]] = None) -> ExtractSummary:
-    """Extract (video_id, path) pairs into `out_dir`: this rank's shards (rank, rank + world, ...),
+    """Extract units ((video_id, path) or (video_id, path, start_frame, end_frame), `unit_fields`;
+    ids unique) into `out_dir`: this rank's shards (rank, rank + world, ...),
     finished ones skipped; an unreadable or too short video (`VideoError`) is listed, not extracted.
     LockError for a second process on the same rank, or a second job (rank 0 holds the folder; `what`
     names the setting); ExtractError for a folder of other settings (named as `names` gives them)."""
@@ -375,7 +426,7 @@ def extract_to_shards(encoder: nn.Module, videos: Sequence[tuple[str, str]], out
                         what, names)
 
 
-def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, spec: ExtractSpec,
+def _extract(encoder: nn.Module, videos: Sequence[Unit], out: Path, spec: ExtractSpec,
              encoder_digest: str, rank: int, world: int, device: Optional[torch.device], progress: bool,
              what: str, names: Optional[Mapping[str, str]]) -> ExtractSummary:
     from tgmae.data.frame_index import VideoError
@@ -401,11 +452,13 @@ def _extract(encoder: nn.Module, videos: Sequence[tuple[str, str]], out: Path, s
             listed = _listed_before(path, key)
             rows, bad = [], []
             for v in _shard_videos(s, spec, len(videos)):
-                vid, vpath = videos[v]
+                vid, vpath, first, stop = unit_fields(videos[v])
+                ranged = {"start_frame": first, "end_frame": stop} if (first, stop) != (None, None) else {}
                 try:
-                    rows.append((v, extract_video(encoder, vpath, spec, device)))
+                    rows.append((v, extract_video(encoder, vpath, spec, device, first, stop)))
                 except VideoError as e:
-                    bad.append({"video": v, "video_id": vid, "path": str(vpath), "kind": e.kind, "reason": str(e),
+                    bad.append({"video": v, "video_id": vid, "path": str(vpath), **ranged, "kind": e.kind,
+                                "reason": str(e),
                                 **({"num_frames": e.num_frames} if hasattr(e, "num_frames") else {})})
                 bar.update(1)
             dims = dims or (tuple(rows[0][1].features.shape[1:]) if rows else _feature_dims(encoder, spec, device))
@@ -555,17 +608,19 @@ def frozen_encoder(src: Any, num_frames: int, image_size: int, device: Optional[
     return net.requires_grad_(False).to(device or torch.device("cpu")).eval()
 
 
-def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str]]:
-    """(video_id, path) of every video the annotations of `subsets` ("train" / "val") name, in
-    annotation order, each path once (a file listed in both subsets is extracted once, logged),
-    through the data set's own format (`data.format`). AnnotationError naming both files and their
-    annotation files when two files of different subsets share a video id (the index is keyed by
-    it; within one list `UniqueIds` refuses that already)."""
+def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str, Optional[int], Optional[int]]]:
+    """(video_id, path, start_frame, end_frame) of every record the annotations of `subsets`
+    ("train" / "val") name, in annotation order, through the data set's own format (`data.format`):
+    one unit per record, so segments of one file (EPIC-Kitchens) and a file under two ids are each
+    extracted over their own range. A record listed in both subsets (same id, file and range) is
+    extracted once, logged. AnnotationError naming both files (or ranges) and their annotation
+    files when one video id names two of them (the index is keyed by it; within one list
+    `UniqueIds` refuses that already)."""
     from tgmae.config import ConfigError
     from tgmae.data.annotations import AnnotationError
     from tgmae.data.formats import load_annotations
 
-    videos, seen, owner, both = [], {}, {}, []  # seen: path -> subset; owner: video id -> (path, annotations)
+    videos, owner, both = [], {}, []  # owner: video id -> (unit, annotations)
     for subset in subsets:
         ann = subset_annotations(data_cfg, "train" if subset == "train" else "val")
         if not ann:
@@ -573,21 +628,27 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
         where = f"data.{subset}_annotations={ann}"
         for r in records:
-            if r.path in seen:
-                if seen[r.path] != subset:
-                    both.append(r.video_id)
-                continue
+            unit = (r.video_id, r.path, r.start_frame, r.end_frame)
             first = owner.get(r.video_id)
-            if first is not None and first[0] != r.path:
-                raise AnnotationError(f"video id {r.video_id!r} names two files: {first[0]} ({first[1]}) and "
-                                      f"{r.path} ({where}); index.csv and the manifest are keyed by the id, so each "
-                                      "video needs its own (rename one, or extract one --subset)")
-            seen[r.path], owner[r.video_id] = subset, (r.path, where)
-            videos.append((r.video_id, r.path))
+            if first is None:
+                owner[r.video_id] = (unit, where)
+                videos.append(unit)
+            elif first[0] == unit:
+                both.append(r.video_id)
+            else:
+                raise AnnotationError(f"video id {r.video_id!r} names two videos: {_unit_text(first[0])} ({first[1]}) "
+                                      f"and {_unit_text(unit)} ({where}); index.csv and the manifest are keyed by the "
+                                      "id, so each video needs its own (rename one, or extract one --subset)")
     if both:
         log.info("%d video(s) listed in both subsets, extracted once each: %s%s", len(both), ", ".join(both[:5]),
                  " ..." if len(both) > 5 else "")
     return videos
+
+
+def _unit_text(unit: Sequence) -> str:
+    """A unit's file, with its frame range when it has one."""
+    _, path, start, end = unit_fields(unit)
+    return path if (start, end) == (None, None) else f"{path} frames [{start or 0}, {'end' if end is None else end})"
 
 
 @contextmanager
