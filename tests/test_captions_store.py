@@ -276,3 +276,26 @@ def test_a_store_of_another_source_is_not_called_old_for_the_weights_it_never_ha
     write_store(old, [CaptionRecord("v1", ["a bike"], "captioner", "blip", extra={"settings": {"keyframes": 4}})])
     with pytest.raises(CaptionStoreError, match="weights unrecorded"):
         refuse_other_provenance(old, [want], required=("weights",))
+
+
+def test_a_video_whose_captions_would_change_is_refused_not_silently_rewritten(tmp_path):
+    """Issue 28 (re-trial 9): an --oracle store rerun with classes.txt reordered rewrote all its
+    captions under "0 added, 4 already there": masks and caches built from the store were silently
+    invalidated. A video already there whose captions would change is refused naming the video,
+    the store and --rebuild; unchanged ones count as already there; --rebuild replaces."""
+    from tgmae.captions.store import update_store
+
+    path = tmp_path / "or.jsonl"
+    first = [CaptionRecord("a", ["Walking"], "oracle", "{}"), CaptionRecord("b", ["Biking"], "oracle", "{}")]
+    assert update_store(path, first) == (2, 0, 0)
+    before = path.read_bytes()
+    assert update_store(path, first + [CaptionRecord("c", ["Biking"], "oracle", "{}")]) == (1, 2, 0)
+    swapped = [CaptionRecord("a", ["Biking"], "oracle", "{}"), CaptionRecord("b", ["Walking"], "oracle", "{}")]
+    after_add = path.read_bytes()
+    with pytest.raises(CaptionStoreError) as e:
+        update_store(path, swapped)
+    msg = str(e.value)
+    assert str(path) in msg and "'a'" in msg and "'b'" in msg and "--rebuild" in msg
+    assert path.read_bytes() == after_add != before  # untouched by the refusal
+    assert update_store(path, swapped, rebuild=True) == (2, 0, 0)
+    assert [r.captions for r in read_store(path).records] == [["Biking"], ["Walking"]]

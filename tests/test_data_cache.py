@@ -229,7 +229,7 @@ def test_key_changes_with_frame_ranges_and_files(records):
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_workers_persist_share_the_cache_and_match_one_process(records, tmp_path, mode):
-    cfg = _cfg(cache=mode, cache_dir=str(tmp_path))
+    cfg = _cfg(cache=mode, cache_dir=str(tmp_path), num_workers=2)  # the loader's: the epoch is shared
     ds = VideoDataset(records, cfg, train=True, seed=3, token_grid=(2, 2, 2), mask_generator=TubeMask(0.5))
     loader = DataLoader(ds, batch_size=7, num_workers=2, persistent_workers=True)
     for epoch in range(2):

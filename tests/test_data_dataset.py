@@ -426,3 +426,20 @@ def test_check_videos_known_gives_the_mask_generator_each_records_file():
     records = [VideoRecord("/d/a.mp4", 0, "a"), VideoRecord("/d/b.mp4", 1, "b")]
     check_videos_known(records, None, Generator())
     assert seen == {"ids": ["a", "b"], "paths": {"a": "/d/a.mp4", "b": "/d/b.mp4"}}
+
+
+def test_without_workers_a_dataset_puts_nothing_in_shared_memory(root):
+    """Issue 28 (re-trial 9): `pretrain data.num_workers=0` under a small file-size limit (or a full
+    /dev/shm) died in build_dataset with torch's "unable to resize file </torch_...>": the
+    epoch counter and the logged-videos table went to shared memory for workers there were none
+    of. Without workers they are plain tensors; with workers they are still shared."""
+    recs, _ = _records(root)
+    alone = VideoDataset(recs, _cfg(num_workers=0), train=True)
+    assert not alone._epoch.is_shared() and not alone._logged.table.is_shared()
+    alone.set_epoch(3)
+    assert alone.epoch == 3
+    # read by persistent workers anyway: refused, not every epoch drawn as the first
+    with pytest.raises(RuntimeError, match="data.num_workers=0"):
+        next(iter(DataLoader(alone, batch_size=1, num_workers=1)))
+    shared = VideoDataset(recs, _cfg(num_workers=2), train=True)
+    assert shared._epoch.is_shared() and shared._logged.table.is_shared()

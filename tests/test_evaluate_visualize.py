@@ -81,7 +81,8 @@ def test_recon_of_a_video_uses_the_run_and_titles_it(tmp_path, clip_file, monkey
     out = tmp_path / "fig"
     assert cli(["visualize", "recon", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
-    assert titles[0].startswith("walk (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8)): ")
+    assert titles[0].startswith("walk (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8))")
+    assert "masked 19/32 tokens (0.59, configured ratio 0.60)" in titles[0]  # round(0.6 * 32) = 19
     assert (out / f"recon_{_outside_id(clip_file)}.png").is_file()
 
 
@@ -238,3 +239,24 @@ def test_recon_figures_are_written_under_their_final_names_and_leave_the_run_alo
     assert (run / "reconstruction.png").read_bytes() == b"the run's own" and not (run / "loss_curve.png").exists()
     assert sorted(p.name for p in run.iterdir()) == sorted(["config.yaml", "metrics.jsonl", "model.safetensors",
                                                             "reconstruction.png", f"{name}.png", f"{name}.gif"])
+
+
+def test_recon_titles_the_masked_fraction_used_and_the_source_frames(tmp_path, clip_file, monkeypatch):
+    """Issue 28 (re-trial 9): `visualize recon` titled "tube mask, ratio 0.9" where 14 of the 16
+    patches of a frame were masked (0.875), and its columns read "frame 0..3" at stride 2. The title
+    gives the masked fraction actually used beside the configured ratio; the columns the source
+    frame numbers of the clip."""
+    from tgmae.viz import reconstruction
+
+    run = _run(tmp_path, "masking.name=tube", "masking.ratio=0.9", "data.frame_stride=2")
+    seen = {}
+    save = reconstruction.save_figure
+
+    def spy(fig, out_path, title=""):
+        seen["title"], seen["columns"] = title, [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return save(fig, out_path, title)
+
+    monkeypatch.setattr(reconstruction, "save_figure", spy)
+    assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(tmp_path / "fig")]) == 0
+    assert "masked 28/32 tokens (0.88" in seen["title"] and "ratio 0.90" in seen["title"]
+    assert seen["columns"] == ["frame 2", "frame 4", "frame 6", "frame 8"]  # the centred clip of 12 frames

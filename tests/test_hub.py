@@ -134,3 +134,23 @@ def test_an_unrelated_file_in_the_model_folder_keeps_the_fingerprint(tmp_path):
     (tmp_path / "clip" / "README.md").write_text("# notes\n")
     (tmp_path / "clip" / "train_clip.json").write_text('{"loss": 1.0}\n')
     assert weights_fingerprint(str(tmp_path / "clip")) == before
+
+
+def test_a_corrupt_tokenizer_file_is_one_error_naming_the_folder_and_the_file(tmp_path):
+    """Issue 28 (re-trial 9): a tokenizer.json with `"strategy": "longest_first"` made `masks --clip`
+    end in the tokenizers library's bare `Exception: unknown variant ...` (a traceback, exit 1).
+    It is the model-load error naming the folder, the file and the setting."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tgmae.captions.tiny import save_tiny_clip
+
+    folder = save_tiny_clip(tmp_path / "clip")
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["truncation"] = {"direction": "Right", "max_length": 77, "strategy": "longest_first", "stride": 0}
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pretrained(AutoTokenizer.from_pretrained, str(folder), what="CLIP tokenizer", setting="--clip")
+    msg = str(e.value)
+    assert str(folder) in msg and "tokenizer.json" in msg and "--clip" in msg and "longest_first" in msg

@@ -81,7 +81,8 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", se
 
     setting: the key or flag that named the model (`--clip`, `captions.clip_model`), named in the
     errors. A local folder that is not such a model (empty, a run folder, a video model without a
-    tokenizer: transformers' OSError or ValueError) is a ModelUnavailableError naming it."""
+    tokenizer: transformers' OSError or ValueError), or one whose tokenizer.json the tokenizers
+    library cannot parse (its bare Exception), is a ModelUnavailableError naming it."""
     by = f" ({setting})" if setting else ""
     if looks_like_path(name):
         path = Path(name).expanduser()
@@ -98,6 +99,16 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", se
                 f"cannot load {what} from {str(path)!r}{by}: the folder is not a complete saved "
                 f"transformers model ({cause}); give {setting or 'it'} a folder written by save_pretrained "
                 "or a hub id") from None
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exception
+            if type(e) is not Exception or not (path / "tokenizer.json").is_file():
+                raise
+            # tokenizers' (Rust) parse errors are plain Exceptions, and tokenizer.json is the one
+            # file of the folder it reads: a damaged or hand-edited one, not a bug of ours
+            cause = (str(e).strip().splitlines() or ["unreadable"])[0][:300]
+            raise ModelUnavailableError(
+                f"cannot load {what} from {str(path)!r}{by}: its tokenizer file "
+                f"{str(path / 'tokenizer.json')!r} cannot be read ({cause}); fix or re-save it "
+                "(save_pretrained), or give another folder") from None
     try:
         return loader(name, local_files_only=True, **kwargs)
     except OSError as e:

@@ -291,11 +291,28 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
                                     "--out, or pass --rebuild to replace the store")
 
 
+def refuse_changed_captions(path: str | Path, old: dict[str, CaptionRecord], new: dict[str, CaptionRecord]) -> None:
+    """CaptionStoreError naming the store, the videos (up to 5, then how many more) and --rebuild
+    when a video of `old` (the store's) would get other captions from `new` (this run's), e.g. an
+    oracle store rerun after classes.txt was reordered: the store's captions are inputs of masks
+    and training caches, so rewriting them in place would silently invalidate that work."""
+    changed = [v for v, r in new.items() if v in old and old[v].captions != r.captions]
+    if not changed:
+        return
+    names = ", ".join(repr(v) for v in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    first = changed[0]
+    raise CaptionStoreError(
+        f"{path}: {len(changed)} video(s) already there would get other captions: {names} (e.g. {first!r}: "
+        f"{old[first].captions!r} -> {new[first].captions!r}); masks and caches made from the store would no "
+        "longer match it: give this run another --out, or pass --rebuild to replace the store")
+
+
 def update_store(path: str | Path, records: Sequence[CaptionRecord], rebuild: bool = False,
                  keep_others: bool = True) -> tuple[int, int, int]:
     """Write `records` (all of one provenance) into the store at `path` without losing what it
     holds: its records must have been made alike (else `refuse_other_provenance` raises, unless
-    `rebuild`, which replaces the store), this run's videos are added or rewritten in place, and
+    `rebuild`, which replaces the store), a video already there must keep its captions (else
+    `refuse_changed_captions` raises, unless `rebuild`), this run's videos are added, and
     its other videos are kept (`keep_others`; False: a store derived wholly from its inputs, such
     as a combination, is replaced by this run's). Returns (added, already there, others kept)."""
     path = Path(path)
@@ -308,6 +325,7 @@ def update_store(path: str | Path, records: Sequence[CaptionRecord], rebuild: bo
                                         for r in records}.values()))
     old = {r.video_id: r for r in read_store(path).records}
     new = {r.video_id: r for r in records}
+    refuse_changed_captions(path, old, new)
     there = sum(v in old for v in new)
     kept = [v for v in old if v not in new] if keep_others else []
     order = [v for v in old if v in new or keep_others] + [v for v in new if v not in old]

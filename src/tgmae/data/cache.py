@@ -34,6 +34,7 @@ from tgmae.atomic import OutputError, atomic_path, atomic_write_text, check_writ
 from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.fileid import entry_identity, file_identity
+from tgmae.data.shm import share_memory
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.locks import hold
@@ -213,11 +214,9 @@ def build_memory_cache(records: Sequence[VideoRecord], *, threads: int = 1, work
         e = _entry_for(path, spans[path][0], frames, total, err, offset)
         offset += 0 if frames is None else frames.nbytes
         chunks.append((path, e, frames))
-    try:
-        data = torch.empty(offset, dtype=torch.uint8).share_memory_()
-    except RuntimeError as err:  # e.g. a small /dev/shm in a container
-        raise RuntimeError(f"data.cache=memory: cannot allocate {offset / 2**30:.2f} GiB of shared memory "
-                           f"({err}); use data.cache=disk") from err
+    # e.g. a small /dev/shm in a container: one line naming it, and data.cache=disk
+    data = share_memory(torch.empty(offset, dtype=torch.uint8), "the decoded-clip cache (data.cache=memory)",
+                        way_out="use data.cache=disk")
     entries = {}
     for i, (path, e, frames) in enumerate(chunks):
         if frames is not None and frames.size:

@@ -18,7 +18,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import AnnotationError, VideoRecord
@@ -26,6 +26,7 @@ from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, temporal_views
 from tgmae.data.seen import SeenVideos
+from tgmae.data.shm import share_memory
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
 from tgmae.data.frame_index import error_text
 from tgmae.data.lengths import check_clip_fits
@@ -98,8 +99,13 @@ class _RobustBase(Dataset):
         # at set-up, not after every item's retries: a clip longer than every video (`data.lengths`)
         check_clip_fits(self.records, self.min_frames, f"data.num_frames={cfg.num_frames}"
                         + (f" (a clip of {self.min_frames} frames)" if self.min_frames != cfg.num_frames else ""))
-        self._logged = SeenVideos()  # unreadable paths already logged, by any worker
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # workers see set_epoch
+        # shared with DataLoader workers (cfg.num_workers: the loader built from the same config);
+        # without workers in /dev/shm for nothing, where a small one fails the run
+        shared = cfg.num_workers > 0
+        self._logged = SeenVideos(shared=shared)  # unreadable paths already logged, by any worker
+        self._epoch = torch.zeros(1, dtype=torch.int64)  # workers see set_epoch
+        if shared:
+            share_memory(self._epoch, "the dataset's epoch counter")
         self.failures = 0  # in this process; DataLoader users sum the samples' load_failures
         self._errors = _load_errors()
         self._targets = sorted(self.records[0].targets)
@@ -129,6 +135,11 @@ class _RobustBase(Dataset):
         index = int(index)
         if not 0 <= index < len(self.records):
             raise IndexError(index)
+        if not self._epoch.is_shared() and get_worker_info() is not None:
+            # persistent workers would draw every epoch as the one they were started in
+            raise RuntimeError(f"a dataset built with data.num_workers={self.cfg.num_workers} is read by DataLoader "
+                               "workers: its epoch counter is not shared with them; build it with the "
+                               "loader's num_workers")
         epoch, idx, reasons, kinds = self.epoch, index, [], set()
         for attempt in range(self.cfg.max_load_retries + 1):
             g = sample_generator(self.seed, epoch, idx, attempt)

@@ -11,6 +11,8 @@ import hashlib
 
 import torch
 
+from tgmae.data.shm import share_memory
+
 
 class SeenVideos:
     """Keys (video ids, paths) seen so far, shared by every process that holds this object: DataLoader workers
@@ -19,8 +21,11 @@ class SeenVideos:
     `capacity` ids (or 64 probes) it falls back to a per-process set. Two workers meeting a new
     id at the same instant may both see it first (rare; a duplicate log line, nothing else)."""
 
-    def __init__(self, capacity: int = 1 << 14):
-        self.table = torch.zeros(capacity, dtype=torch.int64).share_memory_()
+    def __init__(self, capacity: int = 1 << 14, shared: bool = True):
+        """shared: False for a process without DataLoader workers (a plain tensor, no /dev/shm).
+        Raises SharedMemoryError (naming /dev/shm) when shared memory cannot hold the table."""
+        table = torch.zeros(capacity, dtype=torch.int64)
+        self.table = share_memory(table, "the table of videos already logged") if shared else table
         self._local: set[str] = set()
 
     def first_time(self, video_id: str) -> bool:

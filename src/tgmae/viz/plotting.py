@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -37,9 +37,12 @@ def frame_columns(t: int, max_frames: int) -> list[int]:
     return torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
 
 
-def frame_grid(rows: dict[str, torch.Tensor], cols: Sequence[int], height: float):
+def frame_grid(rows: dict[str, torch.Tensor], cols: Sequence[int], height: float,
+               frame_numbers: Optional[Sequence[int]] = None):
     """A grid figure: one row per entry of `rows` (uint8 frames [T, H, W, 3], the name as its
-    label), the frames `cols` as columns titled `frame i`; -> (fig, axes[row][col])."""
+    label), the frames `cols` as columns titled `frame i`: i the source frame `frame_numbers[col]`
+    ([T], the clip's frame indices in its video) where given, else the clip's own index;
+    -> (fig, axes[row][col])."""
     fig, axes = pyplot().subplots(len(rows), len(cols), figsize=(1.6 * len(cols), height), squeeze=False)
     for r, (name, frames) in enumerate(rows.items()):
         for c, ti in enumerate(cols):
@@ -50,7 +53,7 @@ def frame_grid(rows: dict[str, torch.Tensor], cols: Sequence[int], height: float
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
             if r == 0:
-                ax.set_title(f"frame {ti}", fontsize=7)
+                ax.set_title(f"frame {ti if frame_numbers is None else int(frame_numbers[ti])}", fontsize=7)
     return fig, axes
 
 

@@ -38,11 +38,13 @@ def reconstruction_rows(
 
 
 def save_reconstruction_figure(
-    rows: dict[str, torch.Tensor], out_path: str | Path, max_frames: int = 8, title: str = ""
+    rows: dict[str, torch.Tensor], out_path: str | Path, max_frames: int = 8, title: str = "",
+    frame_numbers: Optional[Sequence[int]] = None,
 ) -> Path:
-    """A grid: one row per entry of `rows`, up to `max_frames` evenly spaced frames as columns."""
+    """A grid: one row per entry of `rows`, up to `max_frames` evenly spaced frames as columns,
+    titled with their source frame numbers (`frame_numbers` [T]) where given."""
     cols = frame_columns(next(iter(rows.values())).shape[0], max_frames)
-    fig, _ = frame_grid(rows, cols, 1.7 * len(rows))
+    fig, _ = frame_grid(rows, cols, 1.7 * len(rows), frame_numbers)
     return save_figure(fig, out_path, title)
 
 
@@ -74,10 +76,22 @@ def write_reconstruction(model: nn.Module, sample: dict[str, Any], cfg: Any, out
             how = f"masked MSE {mse:.4f} vs patch-mean oracle {oracle:.4f} (pixels)"
     rows = reconstruction_rows(video[0], recon[0], mask[0], cfg.token_grid, cfg.model.tubelet_size,
                                cfg.model.patch_size, cfg.data.mean, cfg.data.std)
-    out = {"reconstruction": save_reconstruction_figure(rows, out_dir / f"{name}.png", title=f"{title}: {how}")}
+    frames = sample.get("frame_indices")
+    out = {"reconstruction": save_reconstruction_figure(
+        rows, out_dir / f"{name}.png", title=f"{title}{masked_note(mask[0], cfg.masking.ratio)}: {how}",
+        frame_numbers=None if frames is None else torch.as_tensor(frames).tolist())}
     strip = torch.cat([rows["original"], rows["masked"], rows["reconstruction"]], dim=2)
     out["reconstruction_gif"] = save_gif(strip, out_dir / f"{name}.gif")
     return out
+
+
+def masked_note(mask: torch.Tensor, ratio: float) -> str:
+    """`; masked K/N tokens (f, configured ratio r)` when the mask [N] (True = masked) hides
+    another fraction than `ratio` (tube masking rounds per frame: 0.9 of 4 patches masks 3), else ""."""
+    k, n = int(mask.sum()), mask.numel()
+    if round(k / n, 2) == round(float(ratio), 2):
+        return ""
+    return f"; masked {k}/{n} tokens ({k / n:.2f}, configured ratio {float(ratio):.2f})"
 
 
 def save_gif(frames: torch.Tensor, out_path: str | Path, fps: int = 6) -> Path:
