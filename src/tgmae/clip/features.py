@@ -60,7 +60,8 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: st
     setting: the key or flag that named the model (`--clip`, `masking.clip_model`), named in errors.
     ModelUnavailableError for a missing local path, a folder that is no saved model (empty, a run
     folder) or a hub id neither cached nor reachable; SettingsError for a model that is not a CLIP
-    (a VideoMAE export, a BERT: CLIPModel would load it as random weights)."""
+    (a VideoMAE export, a BERT: CLIPModel would load it as random weights). Mean/std: see
+    `image_normalization` (a damaged processor file is a ModelUnavailableError naming it)."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     from tgmae.errors import SettingsError
@@ -71,19 +72,93 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: st
         by = f" ({setting})" if setting else ""
         raise SettingsError(f"{name_or_path!r}{by} is a {config.model_type} model, not a CLIP: give "
                             f"{setting or 'it'} a CLIP hub id or a folder holding a saved CLIPModel")
+    mean, std = image_normalization(name_or_path, setting)  # before the weights: a bad file fails at once
     model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model", setting=setting)
     model = model.to(device).eval()
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer", setting=setting)
-    mean, std = CLIP_MEAN, CLIP_STD
-    try:
-        from transformers import AutoImageProcessor
-
-        proc = AutoImageProcessor.from_pretrained(name_or_path)
-        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
-    except (OSError, ValueError):  # no preprocessor_config.json: CLIP's defaults
-        pass
     name = str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
     return ClipBundle(model, tokenizer, mean, std, name)
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # transformers' precedence
+
+
+def image_normalization(name_or_path: str, setting: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(image_mean, image_std), 3 floats each on [0, 1] RGB, of a CLIP hub id or local folder, read
+    where transformers' AutoImageProcessor reads them: processor_config.json's "image_processor"
+    (saved by a transformers 5 CLIPProcessor), else preprocessor_config.json. Neither file: CLIP's
+    defaults (CLIP_MEAN, CLIP_STD). A file that exists but is no JSON object or lacks a 3-channel
+    image_mean / positive image_std is a ModelUnavailableError naming it and `setting`: its
+    defaults would silently give the patch similarities another normalization."""
+    for file_name in PROCESSOR_FILES:
+        file = _model_file(name_or_path, file_name, setting)
+        if file is None:
+            continue
+        entry = _read_json(file, setting)
+        if file_name == "processor_config.json":
+            if "image_processor" not in entry:
+                continue  # an older processor file: the image processor has its own file
+            entry = entry["image_processor"]
+        return _mean_std(entry, file, setting)
+    return CLIP_MEAN, CLIP_STD
+
+
+def _model_file(name_or_path: str, file_name: str, setting: str) -> Optional[Path]:
+    """The local path of `file_name` in the model's folder (hub: downloaded or cached), None when
+    the model has none. ModelUnavailableError when the hub cannot be asked."""
+    from tgmae.hub import ModelUnavailableError, looks_like_path, unavailable_message
+
+    if looks_like_path(name_or_path):
+        file = Path(name_or_path).expanduser() / file_name
+        return file if file.is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(name_or_path, file_name, _raise_exceptions_for_missing_entries=False)
+    except OSError as e:
+        raise ModelUnavailableError(unavailable_message(name_or_path, "CLIP image processor", str(e))) from None
+    return Path(found) if found else None
+
+
+def _unreadable(file: Path, setting: str, why: str):
+    from tgmae.hub import ModelUnavailableError
+
+    by = f" ({setting})" if setting else ""
+    return ModelUnavailableError(
+        f"cannot load the CLIP image normalization from {str(file)!r}{by}: {why}; fix or re-save it "
+        "(save_pretrained), or give another model")
+
+
+def _read_json(file: Path, setting: str) -> dict:
+    import json
+
+    try:
+        entry = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise _unreadable(file, setting, f"not a readable JSON file ({cause})") from None
+    if not isinstance(entry, dict):
+        raise _unreadable(file, setting, "not a JSON object")
+    return entry
+
+
+def _mean_std(entry: object, file: Path, setting: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """image_mean / image_std of a processor entry, a number meaning all 3 channels (as transformers)."""
+    if not isinstance(entry, dict):
+        raise _unreadable(file, setting, "its image_processor is not a JSON object")
+    out = []
+    for key in ("image_mean", "image_std"):
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * 3
+        ok = (isinstance(value, list) and len(value) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        if not ok or (key == "image_std" and min(value) <= 0):
+            what = "is missing" if key not in entry else f"is {value!r}"
+            raise _unreadable(file, setting, f"its {key} {what}, expected 3 numbers"
+                              + (" above 0" if key == "image_std" else ""))
+        out.append(tuple(float(v) for v in value))
+    return out[0], out[1]
 
 
 def map_grid(height: int, width: int, image_size: int = 224, patch_size: int = 16) -> tuple[int, int]:
