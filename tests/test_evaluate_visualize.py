@@ -260,3 +260,21 @@ def test_recon_titles_the_masked_fraction_used_and_the_source_frames(tmp_path, c
     assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(tmp_path / "fig")]) == 0
     assert "masked 28/32 tokens (0.88" in seen["title"] and "ratio 0.90" in seen["title"]
     assert seen["columns"] == ["frame 2", "frame 4", "frame 6", "frame 8"]  # the centred clip of 12 frames
+
+
+def test_attention_columns_are_the_source_frames(tmp_path, clip_file, monkeypatch):
+    """Issue 28: `visualize attention` titled its columns "frame 0..3" by position in the clip at
+    stride 2, while `visualize recon` gives the source frame numbers: so does the attention figure."""
+    from tgmae.viz import attention
+
+    run = _run(tmp_path, "data.frame_stride=2")
+    seen = {}
+    save = attention.save_figure
+
+    def spy(fig, out_path, title=""):
+        seen["columns"] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return save(fig, out_path, title)
+
+    monkeypatch.setattr(attention, "save_figure", spy)
+    assert cli(["visualize", "attention", str(run), "--video", str(clip_file), "--out", str(tmp_path / "fig")]) == 0
+    assert seen["columns"] == ["frame 2", "frame 4", "frame 6", "frame 8"]  # the centred clip of 12 frames

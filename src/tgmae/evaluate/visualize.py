@@ -258,5 +258,7 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
+    frames = sample.get("frame_indices")  # the columns: source frame numbers, as `visualize recon`
     return attention_figures(encoder, sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
-                             layer=layer, name=name, title=title)
+                             layer=layer, name=name, title=title,
+                             frame_numbers=None if frames is None else torch.as_tensor(frames).tolist())

@@ -106,15 +106,17 @@ def query_box(query: int, grid: tuple[int, int, int], tubelet: int, patch: int) 
 
 def save_attention_figure(frames: torch.Tensor, blended: torch.Tensor, out_path: str | Path,
                           box: Optional[tuple[range, int, int]] = None, patch: int = 16,
-                          max_frames: int = 8, title: str = "") -> Path:
-    """Two rows (frames, attention overlay) of up to `max_frames` evenly spaced frames; the query
-    patch is outlined in the frames its tubelet covers."""
+                          max_frames: int = 8, title: str = "",
+                          frame_numbers: Optional[Sequence[int]] = None) -> Path:
+    """Two rows (frames, attention overlay) of up to `max_frames` evenly spaced frames, titled with
+    their source frame numbers (`frame_numbers` [T]) where given; the query patch is outlined in the
+    frames its tubelet covers."""
     from matplotlib.patches import Rectangle
 
     cols = frame_columns(frames.shape[0], max_frames)
     if box is not None and not any(c in box[0] for c in cols):  # always show the query frame
         cols = sorted(set(cols[:-1]) | {box[0][0]})
-    fig, axes = frame_grid({"frames": frames, "attention": blended}, cols, 3.5)
+    fig, axes = frame_grid({"frames": frames, "attention": blended}, cols, 3.5, frame_numbers)
     for c, ti in enumerate(cols):
         if box is not None and ti in box[0]:
             for ax in axes[:, c]:  # the query patch, outlined in both rows
@@ -125,11 +127,13 @@ def save_attention_figure(frames: torch.Tensor, blended: torch.Tensor, out_path:
 
 def attention_figures(encoder: nn.Module, video: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                       out_dir: str | Path, *, layer: int = -1, query: Optional[int] = None,
-                      name: str = "attention", title: str = "") -> dict[str, Path]:
+                      name: str = "attention", title: str = "",
+                      frame_numbers: Optional[Sequence[int]] = None) -> dict[str, Path]:
     """One clip [C, T, H, W] (normalized) -> `{name}.png` and `{name}.gif` in out_dir.
 
     layer: which block's attention (-1 = last); query: token index (default: centre patch of
-    the centre frame). mean/std: the dataset's normalization, undone for display."""
+    the centre frame). mean/std: the dataset's normalization, undone for display. frame_numbers
+    [T]: the clip's frame indices in its video (a sample's frame_indices), the columns' titles."""
     arch = encoder.arch
     device = next(encoder.parameters()).device
     maps = encoder_attention(encoder, video[None].to(device), query)
@@ -143,6 +147,7 @@ def attention_figures(encoder: nn.Module, video: torch.Tensor, mean: Sequence[fl
 
     out = Path(out_dir)
     return {
-        "attention": save_attention_figure(frames, blended, out / f"{name}.png", box, arch.patch_size, title=label),
+        "attention": save_attention_figure(frames, blended, out / f"{name}.png", box, arch.patch_size,
+                                            title=label, frame_numbers=frame_numbers),
         "attention_gif": save_gif(torch.cat([frames, blended], dim=2), out / f"{name}.gif"),
     }
