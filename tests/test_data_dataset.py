@@ -443,3 +443,18 @@ def test_without_workers_a_dataset_puts_nothing_in_shared_memory(root):
         next(iter(DataLoader(alone, batch_size=1, num_workers=1)))
     shared = VideoDataset(recs, _cfg(num_workers=2), train=True)
     assert shared._epoch.is_shared() and shared._logged.table.is_shared()
+
+
+def test_without_workers_the_mgm_generator_puts_nothing_in_shared_memory(root):
+    """Issue 28: MGM's table of videos whose fallback was logged went to shared memory always (the
+    generator does not know the worker count), so data.num_workers=0 under a small /dev/shm could
+    still fail there. The dataset tells its generator: shared only for DataLoader workers."""
+    from tgmae.masking.mgm import MotionGuidedMask
+
+    recs, _ = _records(root)
+    alone = MotionGuidedMask(0.5)
+    VideoDataset(recs[:2], _cfg(num_workers=0), train=True, token_grid=(2, 2, 2), mask_generator=alone)
+    assert not alone.warned.table.is_shared()
+    workers = MotionGuidedMask(0.5)
+    VideoDataset(recs[:2], _cfg(num_workers=2), train=True, token_grid=(2, 2, 2), mask_generator=workers)
+    assert workers.warned.table.is_shared()

@@ -194,6 +194,7 @@ def test_fallback_warning_once_per_video_across_workers_and_epochs():
     import gc
 
     gen = MotionGuidedMask(0.5)
+    gen.share_with_workers()  # as VideoDataset does for data.num_workers > 0
     ds = _FallbackProbe(gen)
     # a PyAV frame left in a reference cycle by earlier tests would be freed by the forked
     # worker's garbage collector, whose swscale threads do not exist there: it hangs
@@ -204,3 +205,13 @@ def test_fallback_warning_once_per_video_across_workers_and_epochs():
                                              multiprocessing_context=context, persistent_workers=False)
         firsts += int(sum(b.sum() for b in loader))
     assert firsts == 2
+
+
+def test_the_logged_videos_table_is_shared_only_when_asked():
+    """Issue 28: the fallback-warning table is a plain tensor until a dataset with DataLoader workers
+    asks for it in shared memory (`share_with_workers`); the videos already logged stay logged."""
+    gen = MotionGuidedMask(0.5)
+    assert not gen.warned.table.is_shared()
+    assert gen.warned.first_time("v")
+    gen.share_with_workers()
+    assert gen.warned.table.is_shared() and not gen.warned.first_time("v")

@@ -226,6 +226,8 @@ class VideoDataset(_RobustBase):
         self.train, self.token_grid, self.mask_generator = train, token_grid, mask_generator
         self.captions = captions
         check_videos_known(self.records, captions, mask_generator)
+        if cfg.num_workers > 0 and getattr(mask_generator, "share_with_workers", None) is not None:
+            mask_generator.share_with_workers()  # its state seen by every worker; none in /dev/shm without
         self.reader_threads = cfg.decoder_threads if reader_threads is None else reader_threads
         size = cfg.image_size
         if not train:

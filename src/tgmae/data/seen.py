@@ -28,6 +28,12 @@ class SeenVideos:
         self.table = share_memory(table, "the table of videos already logged") if shared else table
         self._local: set[str] = set()
 
+    def share(self) -> None:
+        """Move the table (the keys seen so far kept) to shared memory, for DataLoader workers started
+        after this call; a no-op when it is there. Raises SharedMemoryError naming /dev/shm."""
+        if not self.table.is_shared():
+            share_memory(self.table, "the table of videos already logged")
+
     def first_time(self, video_id: str) -> bool:
         """True the first time `video_id` is seen by any process sharing this object."""
         h = int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little") >> 1

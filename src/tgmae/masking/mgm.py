@@ -35,7 +35,8 @@ class MotionGuidedMask(ScoredMask):
 
     ratio: masked fraction (0.75 in the TGM paper's comparison). motion_source: "codec" (falls
     back to frame differences, logged, where the video has no vectors) or "framediff". Both as
-    validated by `MaskingConfig` (not checked again).
+    validated by `MaskingConfig` (not checked again). A dataset read by DataLoader workers calls
+    `share_with_workers` (the fallback table in shared memory); without workers none is used.
     """
 
     sigma = 1.0  # spatial smoothing, in tokens
@@ -43,9 +44,15 @@ class MotionGuidedMask(ScoredMask):
 
     def __init__(self, ratio: float = 0.75, motion_source: str = "codec"):
         self.ratio, self.motion_source = ratio, motion_source
-        self.warned = SeenVideos()  # each video's fallback is logged once, across workers and epochs
+        # each video's fallback is logged once, across workers (once shared) and epochs
+        self.warned = SeenVideos(shared=False)
         # the dataset reads codec motion vectors for a generator that asks for them
         self.needs_motion = motion_source == "codec"
+
+    def share_with_workers(self) -> None:
+        """Put the logged-videos table in shared memory, before DataLoader workers start (called by
+        `tgmae.data.dataset.VideoDataset` for data.num_workers > 0). Raises SharedMemoryError."""
+        self.warned.share()
 
     def token_motion(self, ctx: MaskContext) -> tuple[torch.Tensor, str]:
         """-> ([T, H', W'] motion per clip frame and token, source used: "codec" | "framediff")."""
