@@ -440,7 +440,8 @@ def test_csv_reads_only_its_split_files_not_the_folders_other_files(tmp_path, ca
     """Issue #28 (H): `--format csv` read every text file beside the list as annotations: a
     scores.csv with path/label columns had its videos prepared, a meta.json warned about its
     "bad annotation rows". Now only the list, its split siblings (train/val/validate/test with
-    its suffix) and classes.txt are carried; other files are neither read nor copied."""
+    its suffix) and classes.txt are carried; other files are neither read nor copied (those naming
+    videos are named in one "left out" warning, issue 28 re-trial 10)."""
     root, out = tmp_path / "src", tmp_path / "out"
     _clips(root, ["a.avi", "b.avi", "c.avi"])
     (root / "train.csv").write_text("path,label\na.avi,walk\n")
@@ -454,7 +455,8 @@ def test_csv_reads_only_its_split_files_not_the_folders_other_files(tmp_path, ca
     assert rep["counts"]["converted"] == 2 and not (out / "c.mp4").exists()
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4", "classes.txt", "prepare.json",
                                                      "train.csv", "val.csv"]
-    assert not any("meta.json" in r.getMessage() or "scores.csv" in r.getMessage() for r in caplog.records)
+    named = [r.getMessage() for r in caplog.records if "meta.json" in r.getMessage() or "scores.csv" in r.getMessage()]
+    assert len(named) == 1 and "left out" in named[0] and "bad annotation rows" not in named[0], named  # re-trial 10
 
 
 def test_a_users_folder_or_a_run_as_out_is_refused_naming_it(tmp_path, capsys):
@@ -615,3 +617,67 @@ def test_the_closing_check_says_a_failed_video_was_not_prepared_not_lost(tmp_pat
     assert "not found" not in check[1]
     rep = json.loads(report.read_text())["check"]
     assert rep["bad"] == 1 and rep["items"][0]["reason"] == "not prepared (failed above)"
+
+
+def test_class_lists_are_carried_as_they_are_never_read_as_lists(tmp_path, caplog):
+    """Issue 28 (re-trial 10, 3): the documented K400 layout (a `path label` list with classes.txt
+    beside it) warned "classes.txt: skipped 2 bad annotation rows (expected `path label`)", and a
+    Diving48 vocab was read as a split file too. Class lists and label maps are carried byte for
+    byte and never read as annotations: no warning names them."""
+    root = tmp_path / "k2"
+    _clips(root, ["Walking/clip1.avi", "Biking/a.avi"])
+    (root / "train.txt").write_text("Walking/clip1.avi 0\nBiking/a.avi 1\n")
+    (root / "classes.txt").write_bytes(b"\xef\xbb\xbfWalking\r\nBiking\r\n")
+    with caplog.at_level("WARNING"):
+        rep = run_prepare("k400", str(root), str(root / "train.txt"), str(tmp_path / "pk2"), SMALL, progress=False,
+                          min_frames=8)
+    assert rep["check"]["ok"] == 2
+    assert not [r for r in caplog.records if "classes.txt" in r.getMessage()], caplog.records
+    assert (tmp_path / "pk2" / "classes.txt").read_bytes() == (root / "classes.txt").read_bytes()
+
+    root = tmp_path / "div"
+    _clips(root, ["rgb/d1.mp4"])
+    (root / "Diving48_V2_train.json").write_text(json.dumps([{"vid_name": "d1", "label": 1}]))
+    (root / "Diving48_vocab.json").write_text(json.dumps([["a", "b", "c", "d"], ["e", "f", "g", "h"]]))
+    with caplog.at_level("WARNING"):
+        rep = run_prepare("diving48", str(root), str(root / "Diving48_V2_train.json"), str(tmp_path / "pd"), SMALL,
+                          progress=False, min_frames=8)
+    assert rep["check"]["ok"] == 1 and (tmp_path / "pd" / "Diving48_vocab.json").is_file()
+    named = [r.getMessage() for r in caplog.records if "classes.txt" in r.getMessage() or "vocab" in r.getMessage()]
+    assert not named, named
+
+
+def test_a_file_the_format_does_not_name_is_left_out_with_one_warning(tmp_path, caplog):
+    """Issue 28 (re-trial 10, 5): a `path,label` csv (vb.csv) beside a K400 list was copied into
+    --out unprepared, naming a video that is not there, without a word. Only the files the format
+    names are carried (the list, its split siblings, class lists / label maps); another file that
+    names videos is left out with one warning naming it; one naming none is left out silently.
+    The same holds for a UCF101 split folder."""
+    root, out = tmp_path / "raw", tmp_path / "p1"
+    _clips(root, ["Walking/clip1.avi", "Biking/a.avi"])
+    (root / "k400.txt").write_text("Walking/clip1.avi 0\n")
+    (root / "vb.csv").write_text("path,label\nWalking/clip1.avi,0\nBiking/a.avi,1\n")
+    (root / "readme.txt").write_text("my kinetics subset\n")
+    with caplog.at_level("WARNING"):
+        run_prepare("k400", str(root), str(root / "k400.txt"), str(out), SMALL, progress=False, min_frames=8)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["k400.txt", "prepare.json"]
+    assert not (out / "Biking").exists()
+    (warn,) = [r.getMessage() for r in caplog.records if "vb.csv" in r.getMessage()]
+    assert "left out" in warn and "\n" not in warn and "readme.txt" not in warn
+    assert not any("readme.txt" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    root, out = tmp_path / "ucf", tmp_path / "ucf_out"
+    _clips(root, ["Run/v_Run_g01_c01.avi", "Run/v_Run_g02_c01.avi"])
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Run\n")
+    (lists / "trainlist01.txt").write_text("Run/v_Run_g01_c01.avi 1\n")
+    (lists / "testlist01.txt").write_text("Run/v_Run_g01_c01.avi\n")
+    (lists / "mine.txt").write_text("Run/v_Run_g02_c01.avi 1\n")
+    with caplog.at_level("WARNING"):
+        run_prepare("ucf101", str(root), str(lists), str(out), SMALL, progress=False, min_frames=8)
+    assert sorted(p.name for p in (out / "ucfTrainTestlist").iterdir()) == ["classInd.txt", "testlist01.txt",
+                                                                              "trainlist01.txt"]
+    assert not (out / "Run" / "v_Run_g02_c01.mp4").exists()
+    assert [r.getMessage() for r in caplog.records if "mine.txt" in r.getMessage()]

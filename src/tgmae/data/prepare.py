@@ -5,8 +5,9 @@
 `short_side` (never enlarged; sides even for 4:2:0), H.264 at `crf`, each frame at its source time
 stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
 Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
-annotation file carried along (other splits, sibling files; for `csv` only its split siblings and
-classes.txt, not the folder's other files) has its videos prepared too, so no path dangles.
+list carried along (its split siblings, FORMAT_FILES) has its videos prepared too, so no path
+dangles; class lists and label maps are copied as they are; the folder's other files are not
+carried (those naming videos are named in one warning).
 Resume: atomic outputs, an existing one is skipped unless its source changed since
 (`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
 replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
@@ -218,23 +219,63 @@ def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-# The files a generic `csv` list names beside itself: its class list and, when it is itself a
-# split list (train.csv), its split siblings (with its own suffix); a list of another name (a
-# subset, part.csv) carries no splits, and no other file of its folder is annotations.
+# The files each format names beside its list, as (split lists, class lists / label maps) name
+# patterns: split lists are carried with their videos when the list given is itself one (a list of
+# another name, part.csv, carries no splits) or a folder of them; class lists and label maps are
+# carried as they are, never read as annotations. Any other file of the folder is the user's: not
+# carried (one naming videos is warned about, `_left_out`). csv / k400: `{split}` + the list's suffix.
 GENERIC_SPLITS = ("train", "val", "validate", "test")
+FORMAT_FILES = {
+    "csv": (None, r"classes\.txt"),
+    "k400": (None, r"classes\.txt"),
+    "ssv2": (r"(train|validation|test)\.json", r"labels\.json"),
+    "ucf101": (r"(train|test)list\d+\.txt", r"classInd\.txt"),
+    "hmdb51": (r".+_test_split\d+\.txt", None),
+    "diving48": (r"Diving48_V2_(train|test)\.json", r"Diving48(_V2)?_vocab\.json"),
+    "epic55": (r"EPIC_.+_action_labels\.csv", r"EPIC_(verb|noun)_classes\.csv"),
+}
+
+
+def _format_files(fmt: str, ann: Path) -> tuple[list[Path], list[Path]]:
+    """(the lists carried: `ann` or the split lists of its folder, the class lists / label maps
+    carried) for `ann` of format `fmt`, as FORMAT_FILES names them; both sorted."""
+    import re
+
+    folder = ann if ann.is_dir() else ann.parent
+    splits, classes = FORMAT_FILES[fmt]
+    if splits is None:  # csv / k400: the split names with the list's own suffix (any, for a folder)
+        ext = re.escape(ann.suffix) if ann.is_file() else "(" + "|".join(map(re.escape, ANNOTATION_EXTS)) + ")"
+        splits = "(" + "|".join(GENERIC_SPLITS) + ")" + ext
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    with_splits = ann.is_dir() or re.fullmatch(splits, ann.name)
+    lists = [p for p in files if p == ann or (with_splits and re.fullmatch(splits, p.name))]
+    named = [p for p in files if classes and re.fullmatch(classes, p.name) and p not in lists]
+    return lists, named
 
 
 def _annotation_files(fmt: str, ann: Path) -> list[Path]:
-    """The annotation file and its text siblings (class lists, label maps, other splits), or
-    every text file of an annotation folder; for a `csv` list file only itself, classes.txt and,
-    when its stem is one of GENERIC_SPLITS, its GENERIC_SPLITS siblings."""
+    """The annotation files carried for `ann` (`_format_files`: lists, class lists, label maps)."""
+    lists, classes = _format_files(fmt, ann)
+    return sorted([*lists, *classes])
+
+
+def _left_out(fmt: str, ann: Path) -> list[Path]:
+    """The files of `ann`'s folder that are not carried (`_format_files`) but look like lists: a
+    text file (ANNOTATION_EXTS) that names a video file (a word ending in a VIDEO_EXTS suffix)."""
+    import re
+
+    from tgmae.data.annotations import VIDEO_EXTS
+
     folder = ann if ann.is_dir() else ann.parent
-    if fmt == "csv" and ann.is_file():
-        splits = GENERIC_SPLITS if ann.stem in GENERIC_SPLITS else ()
-        names = {ann.name, "classes.txt", *(s + ann.suffix for s in splits)}
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.name in names)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ANNOTATION_EXTS
-                  and p.name != MANIFEST)
+    carried = set(_annotation_files(fmt, ann))
+    video = re.compile(r"[^\s,;\"']+(" + "|".join(map(re.escape, VIDEO_EXTS)) + r")\b", re.IGNORECASE)
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p not in carried and p.name != MANIFEST and p.suffix.lower() in ANNOTATION_EXTS:
+            with p.open(encoding="utf-8", errors="replace") as f:
+                if video.search(f.read(1 << 20)) and not is_check_report(p) and not is_check_report(p, REPORT_KEYS):
+                    out.append(p)
+    return out
 
 
 def files_a_check_reads(fmt: str, root: str, annotations: str, split: int = 1, subset: str = "train") -> list[Path]:
@@ -354,9 +395,14 @@ def _rewrite_csv(text: str, suffix: str, root: Path, out: Path, renamed: dict[st
 
 
 def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[str, str]) -> Path:
-    """Copy the annotation file(s) under `out` with prepared paths -> the new annotations path."""
+    """Copy the annotation file(s) under `out` (`_format_files`): the lists with prepared paths,
+    the class lists as they are -> the new annotations path."""
     dest_dir = _annotations_dest(root, ann, out)
-    for f in _annotation_files(fmt, ann):
+    lists, classes = _format_files(fmt, ann)
+    for f in classes:  # class lists / label maps name no videos: carried byte for byte
+        with atomic_path(dest_dir / f.name) as tmp:
+            shutil.copyfile(f, tmp)
+    for f in lists:
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
             text = _rewrite_line_paths(text, fmt, f.name, renamed)
@@ -433,6 +479,11 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     check_out(out_p, root_p, settings)
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
     ann = _annotations_path(root_p, annotations)
+    left = _left_out(fmt, ann)
+    if left:  # a list of another layout would dangle or be read wrongly: the user is told, once
+        log.warning("tgmae data prepare: %s left out of %s: not a list --format %s reads beside %s (its split "
+                    "lists, class lists and label maps); its videos are not prepared",
+                    ", ".join(map(str, left)), out_p, fmt, ann)
     with hold(out_p, "--out", folder=True):
         return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
                            progress)
@@ -469,7 +520,8 @@ def _annotations_path(root: Path, annotations: str) -> Path:
 def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
     """The records of every annotation file carried into the output besides the asked one: all
     splits and subsets of a split folder, or the sibling files of an annotation file (files that
-    do not read as annotations of `fmt` name no videos and add none)."""
+    do not read as annotations of `fmt` name no videos and add none); class lists and label maps
+    are not read (`_format_files`)."""
     got: list[VideoRecord] = []
 
     def load(target: Path, sp: int = 1, sub: str = "train") -> None:
@@ -484,7 +536,7 @@ def _carried_records(fmt: str, root: Path, ann: Path) -> list[VideoRecord]:
             for sub in ("train", "val", "test"):
                 load(ann, sp, sub)
     else:
-        for f in _annotation_files(fmt, ann):
+        for f in _format_files(fmt, ann)[0]:
             if f != ann:
                 load(f)
     return got
