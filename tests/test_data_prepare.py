@@ -394,7 +394,7 @@ def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):
 
 def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
     """Issue #28 (E): a prepare where every video was unreadable exited 0; now exit 2, one line
-    naming how many failed and where their list is. A partial failure still exits 0."""
+    naming how many failed and where their list is. A partial failure exits 1 (re-trial 10)."""
     root, out = tmp_path / "src", tmp_path / "out"
     root.mkdir()
     for name in ("a.avi", "b.avi"):
@@ -409,7 +409,7 @@ def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
     assert err[0].startswith("tgmae data: all")  # the tool named once (cli.main's prefix), not twice
     assert len(json.loads(report.read_text())["failed"]) == 2
     _clips(root, ["a.avi"])  # one good video: a partial failure
-    assert cli_main(args) == 0
+    assert cli_main(args) == 1
     assert "1 failed" in capsys.readouterr().out
 
 
@@ -571,7 +571,7 @@ def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
     report = tmp_path / "r.json"
     assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
                      str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
-                     "--no-progress", "--report", str(report)]) == 0
+                     "--no-progress", "--report", str(report)]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if "zero.avi" in x)
     assert line.count("zero.avi") == 1 and "zero-byte" in line, line
     (item,) = json.loads(report.read_text())["failed"]
@@ -610,7 +610,7 @@ def test_the_closing_check_says_a_failed_video_was_not_prepared_not_lost(tmp_pat
     report = tmp_path / "r.json"
     assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
                      str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
-                     "--no-progress", "--report", str(report)]) == 0
+                     "--no-progress", "--report", str(report)]) == 1
     lines = capsys.readouterr().out.splitlines()
     check = lines[lines.index(next(x for x in lines if x.startswith("data check of"))):]
     assert len(check) == 2 and "zero.avi" in check[1] and "not prepared (failed above)" in check[1], lines
@@ -645,6 +645,30 @@ def test_class_lists_are_carried_as_they_are_never_read_as_lists(tmp_path, caplo
     assert rep["check"]["ok"] == 1 and (tmp_path / "pd" / "Diving48_vocab.json").is_file()
     named = [r.getMessage() for r in caplog.records if "classes.txt" in r.getMessage() or "vocab" in r.getMessage()]
     assert not named, named
+
+
+def test_a_partly_failed_prepare_exits_1_unless_allow_bad(tmp_path, capsys):
+    """Issue 28 (re-trial 10, 4): a zero-byte and a truncated video failed ("2 failed ... 2 bad")
+    but prepare exited 0 while `tgmae data check` exits 1 on them, so `prepare && pretrain` went
+    on. Exit 1 when any video failed; --allow-bad (data check's flag) keeps 0. The written list
+    keeps every row (same ids, labels and order)."""
+    root, out = tmp_path / "r3", tmp_path / "p3"
+    _clips(root, ["good.avi"])
+    (root / "zero.avi").write_bytes(b"")
+    (root / "trunc.avi").write_bytes((root / "good.avi").read_bytes()[:3000])
+    (root / "l.csv").write_text("path,label\ngood.avi,a\nzero.avi,a\ntrunc.avi,b\n")
+    (root / "classes.txt").write_text("a\nb\n")
+    args = ["data", "prepare", "--format", "csv", "--root", str(root), str(root / "l.csv"), "--out", str(out),
+            "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8", "--no-progress"]
+    assert cli_main(args) == 1
+    assert "2 failed" in capsys.readouterr().out
+    src, _ = load_annotations("csv", root, root / "l.csv")
+    got, _ = load_annotations("csv", out, out / "l.csv")
+    assert [(r.video_id, r.label) for r in got] == [(r.video_id, r.label) for r in src]
+    assert cli_main([*args, "--allow-bad"]) == 0
+    with pytest.raises(SystemExit):
+        cli_main(["data", "prepare", "--help"])
+    assert "--allow-bad" in capsys.readouterr().out
 
 
 def test_a_file_the_format_does_not_name_is_left_out_with_one_warning(tmp_path, caplog):

@@ -1,7 +1,8 @@
 """`tgmae data check --format F --root DIR ANNOTATIONS [--out report.json] [--workers N]` and
 `tgmae data prepare --format F --root DIR ANNOTATIONS --out DIR [--short-side 320] [--workers N]`:
 the dataset tools (`tgmae.data.check.run_check`, `tgmae.data.prepare.run_prepare`). Unreadable
-annotations are an `AnnotationError`, a refused preparation a `PrepareError` (exit 2)."""
+annotations are an `AnnotationError`, a refused preparation a `PrepareError` (exit 2); bad videos
+found (check) or failed (prepare) are exit 1 unless --allow-bad, every video failing exit 2."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="", help="write the JSON report here (a new file or an earlier report)")
     p.add_argument("--overwrite", action="store_true", help="replace a --report file that is not an earlier report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-bad", action="store_true",
+                   help="exit 0 even when videos failed or the output's check found bad videos (default: exit 1)")
     return p
 
 
@@ -88,7 +91,9 @@ def prepare_main(argv: Sequence[str]) -> int:
     if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before
         raise nothing_done(c["failed"],
                            args.report or "the lines above (--report FILE keeps them all)")
-    return 0
+    # as `data check`: bad videos are exit 1, so `prepare && pretrain` stops (their rows are kept)
+    bad = c["failed"] or (ch is not None and found_problems(ch))
+    return 1 if bad and not args.allow_bad else 0
 
 
 TOOLS = ("check", "prepare")
