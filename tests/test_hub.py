@@ -154,3 +154,39 @@ def test_a_corrupt_tokenizer_file_is_one_error_naming_the_folder_and_the_file(tm
         load_pretrained(AutoTokenizer.from_pretrained, str(folder), what="CLIP tokenizer", setting="--clip")
     msg = str(e.value)
     assert str(folder) in msg and "tokenizer.json" in msg and "--clip" in msg and "longest_first" in msg
+
+
+@pytest.fixture(scope="module")
+def _tiny_models(tmp_path_factory):
+    from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
+
+    root = tmp_path_factory.mktemp("models")
+    return {"clip": save_tiny_clip(root / "clip"), "blip": save_tiny_blip(root / "blip")}
+
+
+@pytest.mark.parametrize("model, name, data, loader", [
+    ("clip", "tokenizer.json", b'{"version": "1.0", "truncation": nul', "AutoTokenizer"),
+    ("clip", "tokenizer_config.json", b"\x00\xff", "AutoTokenizer"),
+    ("clip", "config.json", b"\x00\xff", "AutoConfig"),
+    ("clip", "config.json", b'{"model_type": "clip",', "CLIPModel"),
+    ("blip", "tokenizer.json", None, "AutoProcessor"),  # cut to 300 bytes
+    ("blip", "processor_config.json", b"[1, 2]", "AutoProcessor"),
+    ("blip", "tokenizer_config.json", b"\x00\xff", "AutoProcessor"),
+])
+def test_a_model_file_that_is_no_json_is_named(tmp_path, _tiny_models, model, name, data, loader):
+    """Issue 28 (re-trial 10): a tokenizer.json / tokenizer_config.json / config.json that is not
+    valid JSON (or UTF-8) gave 'the folder is not a complete saved transformers model (Expecting
+    value: line 1 column 34 (char 33))', naming no file. The error names the file that cannot be read."""
+    import shutil
+
+    import transformers
+
+    folder = tmp_path / model
+    shutil.copytree(_tiny_models[model], folder)
+    bad = folder / name
+    bad.write_bytes(bad.read_bytes()[:300] if data is None else data)
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pretrained(getattr(transformers, loader).from_pretrained, str(folder), what="X", setting="--clip")
+    msg = str(e.value)
+    assert str(bad) in msg and "--clip" in msg and "\n" not in msg
+    assert "not a complete saved" not in msg

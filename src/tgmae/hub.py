@@ -75,15 +75,69 @@ def unavailable_message(name: str, what: str, cause: str = "") -> str:
     return "\n".join(lines)
 
 
+# the small JSON files of a save_pretrained folder that transformers reads while loading a model,
+# tokenizer or processor; each must be one JSON object (`unreadable_model_file`)
+MODEL_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "preprocessor_config.json", "processor_config.json",
+                    "generation_config.json", "chat_template.json", "vocab.json")
+
+
+def unreadable_model_file(folder: Path) -> Optional[tuple[Path, str]]:
+    """The first of `folder`'s MODEL_JSON_FILES that exists but is not UTF-8, not JSON or not a JSON
+    object, with the reason in a few words (the parser's first line); None when all parse."""
+    import json
+
+    for name in MODEL_JSON_FILES:
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return f, f"not UTF-8 text: {e.reason} at byte {e.start}"
+        except ValueError as e:
+            return f, f"not valid JSON: {(str(e).splitlines() or ['?'])[0][:200]}"
+        except OSError as e:
+            return f, e.strerror or str(e)
+        if not isinstance(data, dict):
+            return f, f"a JSON {type(data).__name__}, not an object"
+    return None
+
+
+def _local_failure(path: Path, what: str, setting: str, e: BaseException) -> Optional[ModelUnavailableError]:
+    """The ModelUnavailableError for a failed load of the local folder `path`: naming the file that
+    cannot be read when one of its JSON files does not parse, else the folder (an OSError or
+    ValueError of transformers: not a saved model), else the tokenizer.json that the tokenizers
+    library rejected (its bare Exception). None: an error of ours, raised as it is."""
+    by = f" ({setting})" if setting else ""
+    bad = unreadable_model_file(path)
+    if bad is None and type(e) is Exception and (path / "tokenizer.json").is_file():
+        # tokenizers' (Rust) parse errors are plain Exceptions, and tokenizer.json is the one file
+        # of the folder it reads: a damaged or hand-edited one, not a bug of ours
+        bad = path / "tokenizer.json", (str(e).strip().splitlines() or ["unreadable"])[0][:300]
+    if bad is not None:
+        return ModelUnavailableError(
+            f"cannot load {what} from {str(path)!r}{by}: its file {str(bad[0])!r} cannot be read ({bad[1]}); "
+            "fix or re-save it (save_pretrained), or give another folder")
+    if isinstance(e, (OSError, ValueError)):
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":. ")[:300]
+        return ModelUnavailableError(
+            f"cannot load {what} from {str(path)!r}{by}: the folder is not a complete saved "
+            f"transformers model ({cause}); give {setting or 'it'} a folder written by save_pretrained "
+            "or a hub id")
+    return None
+
+
 def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", setting: str = "",
                     **kwargs: Any) -> T:
     """`loader(name, **kwargs)` (e.g. `AutoProcessor.from_pretrained`) cache-first, explained on failure.
 
     setting: the key or flag that named the model (`--clip`, `captions.clip_model`), named in the
-    errors. A local folder that is not such a model (empty, a run folder, a video model without a
-    tokenizer: transformers' OSError or ValueError), or one whose tokenizer.json the tokenizers
-    library cannot parse (its bare Exception), is a ModelUnavailableError naming it."""
-    by = f" ({setting})" if setting else ""
+    errors. A local folder whose load fails is a ModelUnavailableError naming the file that cannot
+    be read when one of its JSON files (MODEL_JSON_FILES) is not UTF-8 / JSON / an object, or whose
+    tokenizer.json the tokenizers library rejects (its bare Exception); else naming the folder
+    when it is not such a model (empty, a run folder, a video model without a tokenizer:
+    transformers' OSError or ValueError)."""
     if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():
@@ -93,22 +147,11 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str = "model", se
             )
         try:
             return loader(str(path), **kwargs)
-        except (OSError, ValueError) as e:
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":. ")[:300]
-            raise ModelUnavailableError(
-                f"cannot load {what} from {str(path)!r}{by}: the folder is not a complete saved "
-                f"transformers model ({cause}); give {setting or 'it'} a folder written by save_pretrained "
-                "or a hub id") from None
-        except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exception
-            if type(e) is not Exception or not (path / "tokenizer.json").is_file():
+        except Exception as e:  # noqa: BLE001 - sorted by _local_failure; ours are raised as they are
+            failure = _local_failure(path, what, setting, e)
+            if failure is None:
                 raise
-            # tokenizers' (Rust) parse errors are plain Exceptions, and tokenizer.json is the one
-            # file of the folder it reads: a damaged or hand-edited one, not a bug of ours
-            cause = (str(e).strip().splitlines() or ["unreadable"])[0][:300]
-            raise ModelUnavailableError(
-                f"cannot load {what} from {str(path)!r}{by}: its tokenizer file "
-                f"{str(path / 'tokenizer.json')!r} cannot be read ({cause}); fix or re-save it "
-                "(save_pretrained), or give another folder") from None
+            raise failure from None
     try:
         return loader(name, local_files_only=True, **kwargs)
     except OSError as e:
