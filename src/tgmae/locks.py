@@ -2,9 +2,7 @@
 
 `hold(target, what)` refuses a second writer in one line naming the holder (pid, host, command,
 start). The lock is `flock` on `<parent>/.<name>.lock` holding the holder's JSON; the kernel
-releases it when its process ends (kill -9 included), so a dead holder's file is taken over. The
-record is written before the lock file appears (a new flocked file linked to its name, or renamed
-over a dead holder's), so two writers started at once never see a lock without its holder.
+releases it when its process ends (kill -9 included), so a dead holder's file is taken over.
 Locks are re-entrant within a process and removed on release. A forked child (a DataLoader
 worker) closes its copies at the fork, so it never keeps a killed parent's lock; a lock still held
 under the record of an ended process (its orphans) is waited for up to ORPHAN_WAIT_S, then refused
@@ -17,7 +15,6 @@ whose results belong beside a run refuse only its checkpoints (`refuse_in_checkp
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -184,14 +181,12 @@ def _describe(holder: dict) -> str:
 
 RECORD_READS = 20  # reads of an empty holder record, RECORD_PAUSE_S apart, before the refusal names it
 RECORD_PAUSE_S = 0.005
-# link() errors of a file system without hard links: the lock is then taken in place (`_take_in_place`)
-_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 
 
 def _read_holder(fd: int, wait: bool = False) -> dict:
     """The holder record in the lock file `fd`; {} when empty or not JSON. wait: an empty record is
-    read again RECORD_READS times RECORD_PAUSE_S apart (a holder that took a lock in place writes it
-    just after: an older tgmae, a file system without hard links)."""
+    read again RECORD_READS times RECORD_PAUSE_S apart, because a holder writes its record just
+    after taking the lock: two runs started at once would otherwise name "pid ?"."""
     for attempt in range(RECORD_READS if wait else 1):
         if attempt:
             time.sleep(RECORD_PAUSE_S)
@@ -206,104 +201,27 @@ def _read_holder(fd: int, wait: bool = False) -> dict:
     return out if isinstance(out, dict) else {}
 
 
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _prepared(path: Path, target: str | os.PathLike) -> tuple[Path, int]:
-    """A new file beside the lock file `path` holding this process's record, flocked: linked to
-    `path` it is the lock, so no other process ever sees the lock without its holder's record.
-    LockError naming the lock file when the folder cannot hold it; OutputError on a full disk."""
-    temp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.new")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as e:  # a read-only or full folder, a file where the folder should be
-        raise LockError(f"{target}: cannot write its lock file {path} ({e.strerror or e}); "
-                        "choose a folder this user can write") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows it yet
-        os.write(fd, (_holder_text() + "\n").encode())
-    except BaseException as e:  # a full disk: nothing is left behind, the error names the target
-        os.close(fd)
-        from tgmae.atomic import write_failure
-
-        failure = write_failure(e, target) if isinstance(e, OSError) else None
-        temp.unlink(missing_ok=True)
-        if failure is not None:
-            raise failure from None
-        raise
-    return temp, fd
-
-
-def _take_over(path: Path, temp: Path) -> Optional[dict]:
-    """Replace the lock file `path` that no process holds (its holder ended) by `temp`, returning
-    the ended holder's record; None when `path` went away or was replaced meanwhile (try again);
-    _Busy when a process holds it."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
+def _open_locked(path: Path) -> int:
+    """An fd of `path` holding its flock; _Busy when another process holds it. Retries
+    when the file was removed or replaced between open and lock (its holder released it)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd, wait=True)
-            if not _same_file(path, fd):
-                return None  # taken over meanwhile: its new holder is named on the next try
+            os.close(fd)
             raise _Busy(holder) from None
-        if not _same_file(path, fd):
-            return None
-        old = _read_holder(fd)
-        os.replace(temp, path)  # while holding the old one: no third process takes it meanwhile
-        return old
-    finally:
-        os.close(fd)
-
-
-def _take_in_place(path: Path, fd: int) -> tuple[int, dict]:
-    """The lock taken on `path` itself (no hard links here), `fd`'s record written into it after:
-    the window where it is empty is covered by the refusing side's reads (`_read_holder` wait)."""
-    while True:
-        own = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except BaseException:
+            os.close(fd)
+            raise
         try:
-            fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(own, wait=True)
-            os.close(own)
-            raise _Busy(holder) from None
-        if not _same_file(path, own):
-            os.close(own)
-            continue
-        old = _read_holder(own)
-        os.lseek(fd, 0, os.SEEK_SET)
-        record = os.read(fd, 4096)
-        os.ftruncate(own, 0)
-        os.write(own, record)
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)
-        return own, old
-
-
-def _open_locked(path: Path, temp: Path, fd: int) -> tuple[int, dict]:
-    """The fd holding the lock file `path` (the prepared `temp`/`fd` linked there, or in its place
-    when an ended holder's file is there) and that ended holder's record ({} if none); _Busy when
-    another process holds it. Retries when the file went away or was replaced meanwhile."""
-    while True:
-        try:
-            os.link(temp, path)
-            return fd, {}
-        except FileExistsError:
-            pass
-        except OSError as e:
-            if e.errno not in _NO_LINKS:
-                raise
-            return _take_in_place(path, fd)
-        old = _take_over(path, temp)
-        if old is not None:
-            return fd, old
 
 
 def check_kind(target: str | os.PathLike, what: str, folder: Optional[bool] = None) -> None:
@@ -319,47 +237,37 @@ def check_kind(target: str | os.PathLike, what: str, folder: Optional[bool] = No
         raise LockError(f"{target} ({what}) is a folder, not a file; give {what} a file name")
 
 
-def _wait_for(path: Path, target: str | os.PathLike, what: str, wait: float) -> tuple[int, dict]:
-    """The fd holding `path`'s lock and the record of an ended holder it replaced ({} if none),
-    polling up to `wait` s for a live holder and up to ORPHAN_WAIT_S for the children of one that
-    has ended (one log line each); LockError after."""
+def _wait_for(path: Path, target: str | os.PathLike, what: str, wait: float) -> int:
+    """The fd holding `path`'s flock, polling up to `wait` s for a live holder and up to
+    ORPHAN_WAIT_S for the children of one that has ended (one log line each); LockError after."""
     start = time.monotonic()
     told: set[str] = set()
-    temp, fd = _prepared(path, target)
-    try:
-        while True:
-            try:
-                return _open_locked(path, temp, fd)
-            except OSError as e:  # a read-only or full folder, a file where the folder should be
-                os.close(fd)
-                raise LockError(f"{target} ({what}): cannot write its lock file {path} "
-                                f"({e.strerror or e}); choose a folder this user can write") from None
-            except _Busy as e:
-                ended = _ended(e.holder)
-                limit = max(wait, ORPHAN_WAIT_S) if ended else wait
-                if time.monotonic() - start >= limit:
-                    os.close(fd)
-                    raise _refusal(path, target, what, e, ended, limit) from None
-                if ended and "orphans" not in told:
-                    told.add("orphans")
-                    log.info("%s: the run that locked it (%s) has ended; waiting up to %.0f s for its orphaned "
-                             "child processes to release the lock", target, e, limit)
-                elif not ended and "holder" not in told:
-                    told.add("holder")
-                    log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
-                time.sleep(min(0.5, max(limit - (time.monotonic() - start), 0.05)))
-    finally:
-        temp.unlink(missing_ok=True)  # linked or replaced to `path` by now, or not wanted
-
-
-def _refusal(path: Path, target: str | os.PathLike, what: str, e: _Busy, ended: bool, limit: float) -> LockError:
-    if ended:
-        return LockError(
-            f"{target}: the run that locked it ({e}) has ended, but processes it left behind (orphaned "
-            f"children such as DataLoader workers) still hold its lock after {limit:.0f} s; wait for "
-            f"them to exit (`fuser -v {path}` names them) or give this run another {what}")
-    return LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
-                     f"this run another {what} (lock file {path})")
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _open_locked(path)
+        except OSError as e:  # a read-only or full folder, a file where the folder should be
+            raise LockError(f"{target} ({what}): cannot write its lock file {path} "
+                            f"({e.strerror or e}); choose a folder this user can write") from None
+        except _Busy as e:
+            ended = _ended(e.holder)
+            limit = max(wait, ORPHAN_WAIT_S) if ended else wait
+            if time.monotonic() - start >= limit:
+                if ended:
+                    raise LockError(
+                        f"{target}: the run that locked it ({e}) has ended, but processes it left behind (orphaned "
+                        f"children such as DataLoader workers) still hold its lock after {limit:.0f} s; wait for "
+                        f"them to exit (`fuser -v {path}` names them) or give this run another {what}") from None
+                raise LockError(f"{target} is in use by another run ({e}); wait for it to end or give "
+                                f"this run another {what} (lock file {path})") from None
+            if ended and "orphans" not in told:
+                told.add("orphans")
+                log.info("%s: the run that locked it (%s) has ended; waiting up to %.0f s for its orphaned "
+                         "child processes to release the lock", target, e, limit)
+            elif not ended and "holder" not in told:
+                told.add("holder")
+                log.info("%s: waiting up to %.0f s for %s to finish with it", target, wait, e)
+            time.sleep(min(0.5, max(limit - (time.monotonic() - start), 0.05)))
 
 
 def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Optional[bool] = None) -> Path:
@@ -369,8 +277,6 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
     wait: seconds to wait for a holder to finish before refusing; 0 = refuse at once.
     folder: the writer makes a folder (True) or a file (False) at `target` (`check_kind`).
     Returns the lock file; LockError naming the holder. Re-entrant (`release` once per `acquire`).
-    The lock file appears with this process's record in it (written to a new file that is then
-    linked to its name), so a refusal always names the holder.
     """
     check_kind(target, what, folder)
     path = lock_file(target)
@@ -380,9 +286,22 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
             fd, n = _held[key]
             _held[key] = (fd, n + 1)
             return path
-        fd, old = _wait_for(path, target, what, wait)
-        if old:
-            log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
+        fd = _wait_for(path, target, what, wait)
+        try:
+            old = _read_holder(fd)
+            if old:
+                log.warning("%s: taking over the lock of %s, which has ended (%s)", target, _describe(old), path)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (_holder_text() + "\n").encode())
+        except BaseException as e:  # a full disk: no lock file is left behind, the error names the target
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            from tgmae.atomic import write_failure
+
+            if isinstance(e, OSError) and (failure := write_failure(e, target)) is not None:
+                raise failure from None
+            raise
         _held[key] = (fd, 1)
         return path
 
