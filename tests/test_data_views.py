@@ -86,7 +86,7 @@ def test_clips_mode_draws_k_clips_and_decodes_once(records, monkeypatch):
 
 
 def test_seeded_by_epoch_index_view_independent_of_workers(records):
-    ds = _ds(records, num_sample=2)
+    ds = _ds(records, num_sample=2, num_workers=2)  # built for workers: its epoch counter is shared
     ds.set_epoch(1)
     batches = []
     for workers in (0, 2):
