@@ -485,3 +485,31 @@ def test_evaluate_never_replaces_a_finetune_runs_test_results(synth, tmp_path, c
     # asked: replaced
     assert main([*args, f"train.output_dir={run}", "checkpoint.resume=ignore_config"]) == 0
     assert json.loads((run / "test_results.json").read_text())["written_by"] == "tgmae evaluate"
+
+
+def test_evaluate_never_replaces_results_of_other_weights_under_the_same_path(synth, tmp_path, capsys):
+    """Issue #28 re-trial 11, S2: `tgmae evaluate` rerun after model.pretrained's FILE was replaced
+    (same path, other weights) replaced test_results.json silently: refused in one line naming
+    model.pretrained's weights; the same weights rerun; ignore_config replaces."""
+    from tgmae.cli import main
+    from tgmae.models.classifier import classifier_arch
+    from tgmae.weights.classifier import save_classifier
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    arch = classifier_arch(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32}))
+    clf = tmp_path / "clf.safetensors"
+    torch.manual_seed(0)
+    save_classifier(VideoClassifier(arch, len(names), head_init_scale=1.0), clf, names)
+    args = ["evaluate", "-c", str(_finetune_yaml(tmp_path, synth, views=1)), f"model.pretrained={clf}",
+            f"train.output_dir={tmp_path / 'ev'}"]
+    assert main(args) == 0 and main(args) == 0  # the same weights: its own results
+    kept = {n: (tmp_path / "ev" / n).read_bytes() for n in ("test_results.json", "test_predictions.csv")}
+    torch.manual_seed(1)
+    save_classifier(VideoClassifier(arch, len(names), head_init_scale=1.0), clf, names)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.pretrained's weights" in err and "test_results.json" in err and "\n" not in err.strip()
+    assert {n: (tmp_path / "ev" / n).read_bytes() for n in kept} == kept
+    assert main([*args, "checkpoint.resume=ignore_config"]) == 0
+    assert (tmp_path / "ev" / "test_results.json").read_bytes() != kept["test_results.json"]

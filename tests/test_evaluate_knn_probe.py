@@ -196,3 +196,31 @@ def test_lbfgs_rerun_under_another_l2_is_refused_naming_the_key(checkpoint, tmp_
     with pytest.raises(CheckpointError, match=r"eval\.probe_l2: "):
         run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.probe_l2=[0.1]"), **data)
     run_probe(probe_cfg(tmp_path, checkpoint, *lbfgs, "eval.knn_k=[1]"), **data)  # a key it never reads
+
+
+@pytest.mark.parametrize("kind", [["eval.probe=knn", "eval.knn_k=[1]"],
+                                  ["eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.1]"]])
+def test_rerun_on_other_weights_under_the_same_path_is_refused(checkpoint, tmp_path, kind):
+    """Issue #28 re-trial 11, S2: a k-NN / L-BFGS rerun after model.pretrained's FILE was replaced
+    (same path, other weights) replaced probe_results.json silently: refused naming
+    model.pretrained's weights before anything is written, as the loop probes refuse; ignore_config replaces."""
+    import shutil
+
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.files import CheckpointError
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(checkpoint, weights)
+    data = dict(train_data=Clips(24), val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "cache")
+    run_probe(probe_cfg(tmp_path, weights, *kind), **data)
+    run_probe(probe_cfg(tmp_path, weights, *kind), **data)  # the same weights: rerun as before
+    out = tmp_path / "probe"
+    kept = {n: (out / n).read_bytes() for n in ("probe_results.json", "test_predictions.csv", "config.yaml")}
+    torch.manual_seed(1)
+    save_pretraining_model(VideoMAEPretrainer(ARCH), weights)
+    with pytest.raises(CheckpointError, match=r"model\.pretrained's weights"):
+        run_probe(probe_cfg(tmp_path, weights, *kind), **data)
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    run_probe(probe_cfg(tmp_path, weights, *kind, "checkpoint.resume=ignore_config"), **data)
+    assert (out / "probe_results.json").read_bytes() != kept["probe_results.json"]

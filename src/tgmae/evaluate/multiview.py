@@ -198,11 +198,14 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
+    from tgmae.weights.sources import tensors_digest
+
+    weights = tensors_digest(classifier.state_dict())  # other weights under the same path: other results
     if rank_world()[0] == 0:  # before the test: another run's results are not replaced
         from tgmae.weights.checkpoint import IGNORE_CONFIG
 
         refuse_other_results(Path(cfg.train.output_dir), EVALUATE, settings,
-                             replace=cfg.checkpoint.resume == IGNORE_CONFIG)
+                             replace=cfg.checkpoint.resume == IGNORE_CONFIG, weights=weights)
     classifier = classifier.to(dist_info.device)
     dataset = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     where = dict(head=cfg.model.pretrained or "the classifier", data=cfg.data.val_annotations or "the test set")
@@ -215,7 +218,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     if rank_world()[0] == 0:
         out = Path(cfg.train.output_dir)
         summary = write_test_results(result, out, f"{dataset.num_temporal}x{dataset.num_spatial}",
-                                     written_by=EVALUATE, settings=settings)
+                                     written_by=EVALUATE, settings=settings, weights=weights)
         log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
                  result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
         if result.unreadable:
@@ -225,9 +228,10 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
 
 def write_test_results(result: ClassificationResult, out: Path, views: Optional[str] = None, *,
-                       written_by: str = "", settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                       written_by: str = "", settings: Optional[dict[str, Any]] = None,
+                       weights: str = "") -> dict[str, Any]:
     """`out/test_results.json` (the summary, + `views` "TxS", `written_by` the command, `settings`
-    the test's, `test_settings`) and `out/test_predictions.csv` (per scored video: id, true label,
+    the test's, `test_settings`, `weights` the classifier's `tensors_digest`) and `out/test_predictions.csv` (per scored video: id, true label,
     top-5 labels and scores; `evaluate.predictions`). Returns the summary."""
     from tgmae.atomic import atomic_write_text
     from tgmae.evaluate.predictions import write_predictions
@@ -239,6 +243,8 @@ def write_test_results(result: ClassificationResult, out: Path, views: Optional[
         summary["written_by"] = written_by
     if settings is not None:
         summary["settings"] = settings
+    if weights:
+        summary["weights"] = weights
     atomic_write_text(out / "test_results.json", json.dumps(summary, indent=2))
     names = result.class_names if len(result.class_names) == result.probs.shape[1] else ()
     write_predictions(out / "test_predictions.csv", result.video_ids, result.labels, result.probs, names)
@@ -284,11 +290,13 @@ def not_replaced(out: Path, name: str, what: str) -> ConfigError:
 
 
 def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,
-                         replace: bool = False, predictions: bool = True) -> None:
+                         replace: bool = False, predictions: bool = True, weights: str = "") -> None:
     """ConfigError naming the file (and the differing keys) when `out` holds test results `writer` with
     `settings` did not write (no `written_by`: `FINETUNE`'s). settings None: any of writer's are its
     own. replace: asked to replace them. predictions: a stray test_predictions.csv is another run's
-    too (False for a probe, whose own they are)."""
+    too (False for a probe, whose own they are). weights: the classifier's digest; results of other
+    weights (model.pretrained's file replaced under the same path) are refused too (results
+    written before the digest was kept are not checked)."""
     if replace:
         return
     results = out / RESULT_FILES[0]
@@ -300,6 +308,9 @@ def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, An
     old = read_results(results)
     by = old.get("written_by", FINETUNE)
     diffs = setting_diffs(old.get("settings") or {}, settings) if by == writer and settings is not None else []
+    stored = old.get("weights") if by == writer else None
+    if weights and stored and stored != weights:
+        diffs.append(f"model.pretrained's weights changed: digest {stored[:12]} -> {weights[:12]}")
     if by != writer or diffs:
         raise not_replaced(out, results.name, f"written by {by}" if by != writer else
                            "of other settings (" + "; ".join(diffs) + ")")

@@ -84,6 +84,7 @@ class FeatureDataset(Dataset):
         self.labels = labels.long()
         self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
         self.video_ids: list[str] = [str(i) for i in range(len(self.labels))]  # of each row (probe_features)
+        self.encoder = ""  # digest of the encoder weights that made them (probe_features; "" = not known)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -257,6 +258,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
 
     device = init_distributed(cfg.train.device).device
     encoder, digest = frozen_probe_encoder(cfg, device)  # reads only: the checkpoint's geometry first
+    refuse_other_weights(cfg, digest)  # before anything is extracted
     from_cfg = {"train": train_data is None, "val": val_data is None}
     if train_data is None:
         train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
@@ -294,6 +296,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         features = FeatureDataset(feats, labels)
         features.unreadable = skipped
         features.video_ids = scored_video_ids(data, skipped)
+        features.encoder = digest
         return features
 
     train = get("train", train_data)
@@ -407,7 +410,7 @@ def write_results(cfg: RunConfig, out: Path, train: FeatureDataset, val: Optiona
                "num_unreadable_train": len(train.unreadable),
                "num_unreadable_val": len(val.unreadable) if val is not None else 0,
                "unreadable": {"train": train.unreadable, "val": val.unreadable if val is not None else []},
-               "pretrained": cfg.model.pretrained, **extra}
+               "pretrained": cfg.model.pretrained, **({"encoder": train.encoder} if train.encoder else {}), **extra}
     atomic_write_text(out / "probe_results.json", json.dumps(summary, indent=2))
 
 
@@ -554,6 +557,23 @@ def _refuse_other_inputs(cfg: RunConfig, out: Path, kind: Optional[str]) -> None
         raise ckpt.CheckpointError(
             f"train.output_dir={str(out)!r} holds a probe of other inputs or settings ({what}): start a new run with "
             f"another train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
+
+
+def refuse_other_weights(cfg: RunConfig, digest: str) -> None:
+    """CheckpointError naming model.pretrained's weights when train.output_dir's probe_results.json was
+    made by other encoder weights (its `encoder` digest; results written before it was kept are not
+    checked): the same path holding another file would replace them silently (the loop probes'
+    checkpoints refuse it by their inputs' fingerprint). checkpoint.resume=ignore_config replaces."""
+    from tgmae.evaluate.multiview import read_results
+
+    out = Path(cfg.train.output_dir)
+    stored = read_results(out / "probe_results.json").get("encoder")
+    if cfg.checkpoint.resume == ckpt.IGNORE_CONFIG or not stored or stored == digest:
+        return
+    raise ckpt.CheckpointError(
+        f"train.output_dir={str(out)!r} holds a probe of other weights (model.pretrained's weights changed: "
+        f"{cfg.model.pretrained}, digest {stored[:12]} -> {digest[:12]}): start a new run with another "
+        f"train.output_dir, or replace it with checkpoint.resume={ckpt.IGNORE_CONFIG}")
 
 
 def checkpoint_task(out: Path) -> Optional[str]:

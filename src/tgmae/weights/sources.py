@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -70,20 +70,26 @@ class EncoderSource:
         return None if w is None else int(w.shape[0])
 
     def digest(self) -> str:
-        """sha256 over the encoder weights (names, shapes, bytes): identifies features it makes."""
-        h = hashlib.sha256()
-        for name in sorted(self.encoder):
-            t = self.encoder[name].detach().to("cpu").contiguous()
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        """`tensors_digest` of the encoder weights: identifies features it makes."""
+        return tensors_digest(self.encoder)
 
     def build_encoder(self) -> VideoViTEncoder:
         """A `VideoViTEncoder` of `arch` holding these weights, in eval mode."""
         encoder = VideoViTEncoder(self.arch)
         encoder.load_state_dict(self.encoder)
         return encoder.eval()
+
+
+def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex over named tensors (names, shapes, dtypes, bytes, in name order): the same
+    weights give the same digest wherever they are stored (the key of what they compute)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None) -> EncoderSource:
