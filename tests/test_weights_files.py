@@ -88,3 +88,15 @@ def test_the_file_gets_the_mode_open_gives(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "classifier.safetensors"])
+def test_detect_format_names_the_file_of_a_tgmae_run_folder(tmp_path, name):
+    """Issue #28 re-trial 11, M1: `tgmae convert RUN` / pretrain model.pretrained=RUN said "a directory
+    without config.json is not a Hugging Face model": now it says the folder is a tgmae run and
+    names the file to pass."""
+    from tgmae.weights.files import CheckpointError, detect_format
+
+    (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="tgmae run folder.*" + name.replace(".", r"\.")):
+        detect_format(tmp_path)

@@ -171,6 +171,9 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.is_dir():
         if (p / "config.json").is_file():
             return "hf"
+        for name in ("classifier.safetensors", "model.safetensors"):  # a tgmae run folder: name its weights
+            if (p / name).is_file():
+                raise CheckpointError(f"{p} is a tgmae run folder, not a Hugging Face model: pass {p / name}")
         raise CheckpointError(f"{p}: a directory without config.json is not a Hugging Face model")
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
