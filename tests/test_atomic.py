@@ -195,4 +195,8 @@ def test_other_writers_errors_that_carry_a_write_errno_or_tell_a_full_disk(tmp_p
     assert write_failure(torch_short, tmp_path / "x").errno == errno.ENOSPC
     assert write_failure(RuntimeError("bug"), tmp_path / "x") is None
     monkeypatch.setattr(atomic, "_free_bytes", lambda path: 1 << 30)
+    monkeypatch.setattr(atomic, "_file_size_limited", lambda: False)
     assert write_failure(torch_short, tmp_path / "x") is None
+    monkeypatch.setattr(atomic, "_file_size_limited", lambda: True)  # `ulimit -f`: room, but files capped
+    assert str(write_failure(torch_short, tmp_path / "x")) == f"{tmp_path / 'x'}: file too large; free some space or write elsewhere"
+    assert write_failure(RuntimeError("bug"), tmp_path / "x") is None

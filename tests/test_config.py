@@ -264,3 +264,27 @@ def test_only_what_save_config_writes_is_a_saved_config(tmp_path):
     (tmp_path / "small.yaml").write_text("train:\n  epochs: 2\n")
     assert not is_saved_config(tmp_path / "mine.yaml") and not is_saved_config(tmp_path / "small.yaml")
     assert not is_saved_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("data:\n\tnum_frames: 4\n", "line 2, column 1", "cannot start any token"),  # tab-indented
+    ("data: [1,2\n", "line 2, column 1", "expected ',' or ']'"),  # unclosed list
+    ("data:\n  num_frames: 4\n---\ndata:\n  num_frames: 8\n", "line 3, column 1", "but found another document"),
+])
+def test_invalid_yaml_is_one_line_naming_the_file_line_and_column(tmp_path, text, where, problem):
+    """Issue 28 (re-trial 11, M2): PyYAML's multi-line message (context, problem, a quoted line and
+    a caret) followed "not valid YAML (": the CLI's one line was several. Now one line: the file,
+    line and column (1-based) and PyYAML's problem."""
+    path = tmp_path / "y.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and where in msg and problem in msg
+
+
+def test_an_override_that_is_not_valid_yaml_is_one_line_naming_it():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.crop_scales=[1.0,"])
+    msg = str(e.value)
+    assert "\n" not in msg and "data.crop_scales=[1.0," in msg and "column" in msg

@@ -69,3 +69,44 @@ def test_a_folder_inside_a_run_is_refused_even_with_overwrite(root, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(run / inside) in err[0] and "--out" in err[0]
     assert _files(run) == before and (inside != "checkpoints/clip" or not (run / inside).exists())
+
+
+def _train_clip_under_a_file_size_limit(root, out, *extra):
+    """`tgmae train-clip` in a child process under `ulimit -f 4` (RLIMIT_FSIZE 4 KiB): config.json
+    fits, the weights do not. Returns (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = ["train-clip", "--root", str(root), "--out", str(out), "--steps", "1", "--width", "32", "--layers", "1",
+            "--embed-dim", "16", "--image-size", "32", "--patch-size", "16", "--no-progress", *extra]
+    code = ("import resource, sys\nfrom tgmae.cli import main\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+            f"sys.exit(main({argv!r}))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    return run.returncode, run.stderr
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="RLIMIT_FSIZE is Linux's")
+def test_a_save_that_fails_is_one_line_and_leaves_the_folder_as_it_was(root, tmp_path, capsys):
+    """Issue 28 (re-trial 11, T2): under `ulimit -f 4` safetensors' `SafetensorError ... File too
+    large (os error 27)` was a traceback, and --out kept only config.json, so the retry was refused
+    as "not empty". Now one line naming --out (exit 2); the CLIP is written aside and moved in, so
+    a fresh --out stays empty and an earlier CLIP under --overwrite stays whole."""
+    fresh = tmp_path / "fresh"
+    rc, err = _train_clip_under_a_file_size_limit(root, fresh)
+    lines = [line for line in err.splitlines() if line.startswith("tgmae") or "Error" in line]
+    assert rc == 2 and len(lines) == 1 and str(fresh) in lines[0] and "file too large" in lines[0], err[-2000:]
+    assert not fresh.exists() or not any(fresh.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fresh.") and p.name.endswith(".tmp")]
+
+    earlier = tmp_path / "earlier"
+    small = ["--steps", "1", "--width", "32", "--layers", "1", "--embed-dim", "16", "--image-size", "32",
+             "--patch-size", "16", "--no-progress"]
+    assert cli_main(["train-clip", "--root", str(root), "--out", str(earlier), *small]) == 0
+    before = _files(earlier)
+    rc, err = _train_clip_under_a_file_size_limit(root, earlier, "--overwrite")
+    assert rc == 2 and str(earlier) in err, err[-2000:]
+    assert _files(earlier) == before

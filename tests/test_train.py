@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,37 @@ def test_a_checkpoint_that_fills_the_disk_is_a_full_disk_error_not_torchs_runtim
     with pytest.raises(atomic.OutputError, match=r"ck/step_00000001: no space left on device; free some space"):
         ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(1, 0, 1), {})
     assert list(d.iterdir()) == []  # and the half checkpoint is gone
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE is Linux's")
+def test_a_checkpoint_over_the_file_size_limit_is_one_line_not_torchs_runtime_error(tmp_path):
+    """Issue 28 (re-trial 11, T1): under `ulimit -f 8` torch.save's zip writer raised
+    `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 8192 vs 8120` (no
+    errno, a disk with room): a traceback. Now the same OutputError (EFBIG) naming the checkpoint,
+    and no temp folder is left."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, torch
+        from pathlib import Path
+        from torch import nn
+        from tgmae.atomic import OutputError
+        from tgmae.weights import checkpoint as ckpt
+        model = nn.Linear(32, 32)  # model.safetensors fits in 8 KiB, state.pt does not
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        model(torch.ones(1, 32)).sum().backward(); opt.step()  # optimizer state: state.pt > 8 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
+        try:
+            ckpt.save_checkpoint(Path({str(tmp_path / "ck")!r}), model, opt, None, ckpt.TrainPosition(1, 0, 1), {{}})
+        except OutputError as e:
+            print("ERR", e)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    err = next((line for line in run.stdout.splitlines() if line.startswith("ERR")), run.stderr[-500:])
+    assert "ck/step_00000001" in err and "file too large" in err
+    assert list((tmp_path / "ck").iterdir()) == []
 
 
 def test_training_reduces_loss_and_logs(tmp_path):

@@ -39,7 +39,8 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
     """An OutputError naming `path` (else the error's file) when `e` is a write the disk or folder
     refused: an errno of WRITE_ERRNOS (also in a safetensors message, `(os error 30)`), a file
     where a folder must be made, or any error while the disk has under LOW_SPACE free
-    (TORCH_LOW_SPACE for torch.save's short write). None otherwise. Call it before removing what
+    (TORCH_LOW_SPACE for torch.save's short write; that write under a file size limit, `ulimit -f`,
+    is EFBIG). None otherwise. Call it before removing what
     the failed write left: the free-space check must see the disk as it failed."""
     target = path if path is not None else getattr(e, "filename", None)
     if (blocked := _in_the_way(e, path)) is not None:
@@ -49,6 +50,8 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
         pass
     elif target is not None and _free_bytes(Path(target)) < (TORCH_LOW_SPACE if _torch_write_error(e) else LOW_SPACE):
         code = errno.ENOSPC
+    elif _torch_write_error(e) and _file_size_limited():
+        code = errno.EFBIG  # torch names no errno: its short write under `ulimit -f` is a refused write
     else:
         return None
     full = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -77,6 +80,17 @@ def _errno_of(e: BaseException) -> Optional[int]:
 def _torch_write_error(e: BaseException) -> bool:
     """Whether `e` is torch.save's RuntimeError for a write that came up short (it names no errno)."""
     return isinstance(e, RuntimeError) and bool(_TORCH_WRITE_TEXT.search(str(e)))
+
+
+def _file_size_limited() -> bool:
+    """Whether this process may write only files up to a size (`ulimit -f`: RLIMIT_FSIZE's soft
+    limit is finite), so a short write it cannot name is that limit's EFBIG."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return False
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return soft != resource.RLIM_INFINITY
 
 
 def file_in_the_way(path: str | os.PathLike) -> Optional[Path]:

@@ -618,6 +618,19 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def yaml_problem(e: yaml.YAMLError, in_line: bool = False) -> str:
+    """PyYAML's error as one line: `line L, column C: context, problem` (1-based, where the problem
+    is; `column C: ...` for a one-line text, `in_line`), without its quoted line and caret."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    words = [w for w in (getattr(e, "context", None), getattr(e, "problem", None)) if w]
+    what = ", ".join(words) if words else str(e).splitlines()[0] if str(e) else type(e).__name__
+    what = " ".join(what.split())  # a problem text spanning lines
+    if mark is None:
+        return what
+    where = f"column {mark.column + 1}" if in_line else f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{where}: {what}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); the value is parsed as YAML."""
     if "=" not in text:
@@ -629,7 +642,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot parse value ({e})") from None
+        raise ConfigError(f"override {text!r}: cannot parse value ({yaml_problem(e, in_line=True)})") from None
     return key.split("."), value
 
 
@@ -673,7 +686,7 @@ def read_yaml(path: str | Path) -> Any:
         _refuse_duplicate_keys(yaml.compose(text), p, "")
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        raise ConfigError(f"{p}: not valid YAML at {yaml_problem(e)}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tgmae.atomic import atomic_write_text
+from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
 from tgmae.clip.data import read_split_ids
 from tgmae.clip.features import CLIP_MEAN, CLIP_STD
 from tgmae.errors import SettingsError, UserError
@@ -138,6 +139,58 @@ def save_clip(out: str | Path, model, tokenizer, image_size: int) -> None:
     )
     image_processor.save_pretrained(out)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def save_clip_run(out: Path, model, tokenizer, image_size: int, motion, summary: dict) -> None:
+    """`save_clip` + the motion tower (if any, in motion/) + `summary` as train_clip.json (last),
+    written whole into a temp folder beside `out`, then moved in: a save that fails or is killed
+    leaves `out` as it was (empty, or an earlier CLIP's files under --overwrite), never a
+    config.json without weights that a retry is refused for. An earlier CLIP's motion/ goes when
+    this one has none. A write the disk refuses (full, `ulimit -f`: safetensors' SafetensorError)
+    is an OutputError naming `out`."""
+    from transformers.utils import logging as hf_logging
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # of saves killed before their move
+    work = temp_path(out)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, also under --no-progress
+    try:
+        save_clip(work, model, tokenizer, image_size)
+        if motion is not None:
+            motion.eval().save_pretrained(work / "motion")
+        atomic_write_text(work / "train_clip.json", json.dumps(summary, indent=2) + "\n")
+        open_mode(work)  # safetensors makes 0600 files: the mode open() gives, as the others
+    except Exception as e:
+        failure = write_failure(e, out)  # before the clean-up: a full disk is told by its free space
+        shutil.rmtree(work, ignore_errors=True)
+        if failure is None:
+            raise
+        raise failure from e
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    try:
+        _move_clip_into_place(work, out, keep_motion=motion is not None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _move_clip_into_place(work: Path, out: Path, keep_motion: bool) -> None:
+    """Move `work`'s files into `out`, train_clip.json last (removed first: the study takes a folder
+    with it as a finished CLIP, so a kill while moving leaves one it trains again)."""
+    out.mkdir(exist_ok=True)
+    (out / "train_clip.json").unlink(missing_ok=True)
+    if not keep_motion and (out / "motion" / "config.json").is_file():  # an earlier CLIP's, not this one's
+        shutil.rmtree(out / "motion")
+    for entry in sorted(work.iterdir(), key=lambda p: p.name == "train_clip.json"):
+        dest = out / entry.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(entry, dest)
 
 
 def grouped_contrastive_loss(
@@ -310,16 +363,11 @@ def _train_clip(root: Path, out: Path, cfg: ClipTrainConfig, progress: bool) -> 
     hook.remove()
     model.eval()
     auc = {mode: patch_auc(model, tokenizer, val, mode) for mode in ("faithful", "dense")}
-    save_clip(out, model, tokenizer, cfg.image_size)
-    if motion is not None:
-        motion.eval().save_pretrained(Path(out) / "motion")
-    elif (out / "motion" / "config.json").is_file():  # an earlier CLIP's (--overwrite), not this one's
-        shutil.rmtree(out / "motion")
     summary = {
         "root": str(root), "steps": cfg.steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "val_patch_auc": auc["faithful"], "val_patch_auc_dense": auc["dense"], "auc_split": val_split,
         "seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg),
     }
-    atomic_write_text(out / "train_clip.json", json.dumps(summary, indent=2) + "\n")
+    save_clip_run(out, model, tokenizer, cfg.image_size, motion, summary)
     return summary
