@@ -636,3 +636,45 @@ def test_a_users_file_as_out_is_never_replaced_rebuild_or_not(dataset, blip_dir,
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and str(out) in err[0] and "not a caption store" in err[0], err
             assert out.read_text() == text
+
+
+def test_a_store_of_another_data_set_with_the_same_ids_is_refused_by_combine(tmp_path, capsys, caplog):
+    """Issue #28 re-trial 11, S1: two synthetic sets share their video ids (synth_00000, ...);
+    `--combine` of this set's store with the other set's gave synth_00000 a caption of the other
+    set's video (rc 0). Every text source records each video's identity; `--combine` given the
+    data set refuses a store captioned from other files, and drops ids not in the data set."""
+    from tgmae.data.synthetic.generate import generate_synthetic_dataset
+
+    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=3, frames=6, size=32, gop=3,
+                                       val_fraction=0.0, seed=i) for i in range(2)]
+    stores = []
+    for i, info in enumerate(sets):
+        stores.append(tmp_path / f"ann{i}.jsonl")
+        assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
+                     "--out", str(stores[-1])]) == 0
+    oracle = tmp_path / "oracle1.jsonl"
+    assert main(["--format", "csv", "--root", str(sets[1].root), str(sets[1].annotations_csv), "--oracle",
+                 "--out", str(oracle)]) == 0
+    for f in (stores[1], oracle):  # each record knows the file it describes
+        assert all(r.extra.get("video") for r in read_store(f).records)
+    ann0 = ["--format", "csv", "--root", str(sets[0].root), str(sets[0].annotations_csv)]
+    out = tmp_path / "comb.jsonl"
+    capsys.readouterr()
+    assert main([*ann0, "--combine", str(stores[0]), str(stores[1]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(stores[1]) in err and "'synth_00000'" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*ann0, "--combine", str(stores[0]), str(oracle), "--out", str(out)]) == 2
+    assert str(oracle) in capsys.readouterr().err
+    # an older store (no identities) is combined as before, with a log line; foreign ids are dropped
+    old = tmp_path / "old.jsonl"
+    lines = [json.loads(x) for x in stores[1].read_text().splitlines()]
+    lines = [{k: v for k, v in o.items() if k != "video"} for o in lines] + [
+        {"video_id": "elsewhere/x", "captions": ["a cat"], "source": "annotation", "model": "csv annotations"}]
+    old.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    with caplog.at_level("INFO"):
+        assert main([*ann0, "--combine", str(stores[0]), str(old), "--out", str(out)]) == 0
+    assert set(read_store(out).by_video()) == {f"synth_0000{i}" for i in range(3)}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(str(old) in m and "1 video id(s) not in the data set" in m and "'elsewhere/x'" in m for m in msgs)
+    assert any(str(old) in m and "no video identities" in m for m in msgs)

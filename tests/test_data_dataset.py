@@ -458,3 +458,30 @@ def test_without_workers_the_mgm_generator_puts_nothing_in_shared_memory(root):
     workers = MotionGuidedMask(0.5)
     VideoDataset(recs[:2], _cfg(num_workers=2), train=True, token_grid=(2, 2, 2), mask_generator=workers)
     assert workers.warned.table.is_shared()
+
+
+def test_captions_of_another_data_sets_videos_are_refused_at_set_up(root, tmp_path, caplog):
+    """Issue #28 re-trial 11, S1: a caption store made for another data set with the same video
+    ids trained TGM with the other set's captions. A record's recorded video identity must be
+    the file's this run reads; a store without identities (older) is used as before, logged."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionRecord, CaptionStoreError, write_store
+    from tgmae.data.fileid import video_identity
+
+    recs, _ = _records(root)
+    other = tmp_path / "other.mp4"
+    write_video(other, _clip(8, 32, 32, 9))
+    ident = {r.video_id: video_identity(str(r.path)) for r in recs}
+    ident[recs[0].video_id] = video_identity(str(other))  # captioned from another set's file
+    store = tmp_path / "caps.jsonl"
+    write_store(store, [CaptionRecord(r.video_id, ["a clip"], "oracle", "{}", {"video": ident[r.video_id]})
+                        for r in recs])
+    with pytest.raises(CaptionStoreError, match=rf"{store}.*{recs[0].video_id!r}"):
+        VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))
+    write_store(store, [CaptionRecord(r.video_id, ["a clip"], "oracle", "{}", {"video": video_identity(str(r.path))})
+                        for r in recs])
+    VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))  # its own files: accepted
+    write_store(store, [CaptionRecord(r.video_id, ["a clip"], "oracle", "{}") for r in recs])
+    with caplog.at_level("INFO"):
+        VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))
+    assert any(str(store) in m.getMessage() and "no video identities" in m.getMessage() for m in caplog.records)

@@ -642,3 +642,24 @@ def test_masks_where_every_video_fails_is_exit_2(synth, tiny_clip, tmp_path, cap
     assert err[-1].startswith("tgmae masks: all")  # the tool named once, not twice
     assert not any("Traceback" in line for line in err)
     assert len(json.loads((out / "index.json").read_text())["skipped"]) == 5
+
+
+def test_masks_refuse_captions_of_another_data_sets_videos(synth, tiny_clip, tmp_path, capsys):
+    """Issue #28 re-trial 11, S1: `masks --captions` of a store made for another data set with the
+    same video ids made maps of the other set's captions (rc 0). A record whose recorded video
+    identity is not the file's here is refused, one line naming the store and the video."""
+    from tgmae.captions.store import read_store, write_store
+    from tgmae.data.fileid import video_identity
+
+    recs = read_store(synth / "captions.jsonl").records
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"another set's video")
+    recs[1].extra["video"] = video_identity(str(other))
+    caps = tmp_path / "cap2.jsonl"
+    write_store(caps, recs)
+    out = tmp_path / "cache"
+    assert masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(caps),
+                       "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(caps) in err and repr(recs[1].video_id) in err and "Traceback" not in err
+    assert not (out / "maps").exists()

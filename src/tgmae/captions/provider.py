@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from tgmae.captions.store import CaptionRecord, CaptionStoreError, read_store
+from tgmae.captions.store import CaptionRecord, CaptionStoreError, read_store, refuse_other_videos
 from tgmae.config import CaptionConfig
 
 class CaptionProvider:
@@ -29,6 +29,7 @@ class CaptionProvider:
                  draw_mode: str = "random", source_file: str = ""):
         self.draw_mode = draw_mode
         self.source_file = source_file
+        self.records = list(records)  # their recorded video identities: `check_videos` compares them
         index: dict[str, int] = {}  # caption text -> its id, the next free one when new
         self._ids: dict[str, list[int]] = {}
         for rec in records:
@@ -74,9 +75,17 @@ class CaptionProvider:
         """The given ids that have no captions (check a dataset before training)."""
         return [v for v in video_ids if v not in self._ids]
 
-    def check_videos(self, video_ids: Sequence[str]) -> None:
-        """CaptionStoreError (naming the file and the first videos) unless every id has captions:
-        a dataset checks this at set-up, not at the first sample without one."""
+    def check_videos(self, video_ids: Sequence[str], paths: Optional[dict[str, str]] = None) -> None:
+        """CaptionStoreError (naming the file and the first videos) unless every id has captions
+        and (given `paths` {id: video path}) each record's recorded video identity is the file's at
+        that path (`store.refuse_other_videos`: not captions of another data set's videos under
+        the same ids): a dataset checks this at set-up, not at the first sample without one."""
+        if paths:
+            from tgmae.data.fileid import video_identity
+
+            ids = set(video_ids)
+            refuse_other_videos(self.source_file or "the captions", self.records,
+                                {v: video_identity(str(p)) for v, p in paths.items() if v in ids})
         missing = self.missing(video_ids)
         if missing:
             where = self.source_file or "the captions"

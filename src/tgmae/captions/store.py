@@ -13,6 +13,7 @@ resumed writer appends; a bad line anywhere else is an error naming the file and
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from tgmae.atomic import atomic_write_text
 from tgmae.errors import UserError
 
 REQUIRED_KEYS = ("video_id", "captions", "source", "model")
+
+log = logging.getLogger("tgmae")
 
 
 class CaptionStoreError(ValueError, UserError):
@@ -385,3 +388,41 @@ def video_ids_in(path: str | Path) -> set[str]:
     items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
     return {str(obj.get("video_id")) for _, obj in items if isinstance(obj, dict)}
 
+
+
+def _ids_text(ids: Sequence[str], n: int = 5) -> str:
+    return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> None:
+    """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
+    video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
+    differs from `identity` ({video_id: `video_identity` of the data set's file now}): a store made
+    for another data set with the same ids, or a video replaced since, whose captions describe
+    another video. Records without one (stores written before identities were recorded, or for
+    a video that could not be read) and ids without a file now (None) are not compared; when no
+    record of the data set's videos has one, a log line says the store could not be checked."""
+    objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
+    mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
+    known = [o for o in mine if o.get("video") is not None]
+    other = [o["video_id"] for o in known
+             if json.loads(json.dumps(o["video"])) != json.loads(json.dumps(identity[o["video_id"]]))]
+    if other:
+        raise CaptionStoreError(
+            f"{path}: {len(other)} video(s) were captioned from other files than this data set's ({_ids_text(other)}): "
+            "a store made for another data set with the same video ids, or videos replaced since; "
+            "caption this data set again (`tgmae caption` with another --out, or --rebuild)")
+    if mine and not known:
+        log.info("tgmae: %s records no video identities (written before they were recorded): "
+                 "not checked against this data set's files", path)
+
+
+def drop_foreign(path: str | Path, records: Sequence[CaptionRecord], video_ids: Iterable[str]) -> list[CaptionRecord]:
+    """The records of `video_ids` (the data set's); the others are dropped with one warning line
+    naming the store, how many and a few of them."""
+    keep_ids = set(video_ids)
+    foreign = [r.video_id for r in records if r.video_id not in keep_ids]
+    if foreign:
+        log.warning("tgmae caption: %s: dropped %d video id(s) not in the data set (%s)", path, len(foreign),
+                    _ids_text(foreign, 3))
+    return [r for r in records if r.video_id in keep_ids]

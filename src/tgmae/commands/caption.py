@@ -134,6 +134,7 @@ def _run_text_source(args: argparse.Namespace) -> int:
     from tgmae.captions.store import CaptionStoreError, update_store
 
     records, classes = _annotations(args)
+    identity = _identities(records)
     if args.annotation_captions:
         texts = {r.video_id: r.caption for r in records}
         missing = [v for v, c in texts.items() if not (c and c.strip())]
@@ -149,11 +150,36 @@ def _run_text_source(args: argparse.Namespace) -> int:
             table, meta = load_descriptions(args.descriptions)
             model = str(meta.get("model") or f"file:{Path(args.descriptions).name}")
             recs = description_records(pairs, table, model)
+    for r in recs:  # which file each caption is of: `--combine`, `masks` and training compare it
+        if identity.get(r.video_id) is not None:
+            r.extra["video"] = identity[r.video_id]
     added, there, kept = update_store(args.out, recs, rebuild=args.rebuild)
     counts = f" ({added} added, {there} already there, {kept} other videos kept)" if there or kept else ""
     print(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
           f"-> {args.out}{counts}")
     return 0
+
+
+def _identities(videos) -> dict:
+    """{video_id: `tgmae.data.fileid.video_identity` of its file} of `VideoRecord`s."""
+    from tgmae.data.fileid import video_identity
+
+    return {v.video_id: video_identity(str(v.path)) for v in videos}
+
+
+def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
+    """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
+    against the data set: a store captioned from other files for its ids is refused
+    (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning."""
+    from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
+
+    stores = [read_store(f).records for f in args.combine]
+    if args.annotations:
+        identity = _identities(_annotations(args)[0])
+        for f, recs in zip(args.combine, stores):
+            refuse_other_videos(f, recs, identity)
+        stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
+    return merge_stores(stores, require_all=args.require_all)
 
 
 def _refuse_inputs(args: argparse.Namespace) -> None:
@@ -185,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _write_store(args: argparse.Namespace) -> int:
-    from tgmae.captions.store import merge_stores, read_store, update_store
+    from tgmae.captions.store import update_store
 
     if args.merge:
         order = [v.video_id for v in _annotations(args)[0]] if args.annotations else None
@@ -193,7 +219,7 @@ def _write_store(args: argparse.Namespace) -> int:
         print(f"{n} videos in {args.out}, {ne} failures in {errors_path(args.out)}")
         return 0
     if args.combine:
-        recs = merge_stores([read_store(f).records for f in args.combine], require_all=args.require_all)
+        recs = _combine(args)
         update_store(args.out, recs, rebuild=args.rebuild, keep_others=False)
         print(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
         return 0

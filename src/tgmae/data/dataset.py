@@ -369,13 +369,14 @@ def check_videos_known(records: Sequence[VideoRecord], captions: Optional[Captio
                        mask_generator: Optional[MaskGenerator]) -> None:
     """At set-up, not in a DataLoader worker at step N: the caption provider and the mask
     generator know every record's video (their `check_videos` where they have one: captions
-    for each video, a TGM similarity cache's maps, made from the record's file, and captions). They raise a UserError naming
+    for each video, captioned from the record's file where the store records it, a TGM similarity cache's maps, made from the record's file, and captions). They raise a UserError naming
     the videos and the file."""
     ids = [r.video_id for r in records]
-    if getattr(captions, "check_videos", None) is not None:
-        captions.check_videos(ids)
+    paths = {r.video_id: r.path for r in records}
+    if getattr(captions, "check_videos", None) is not None:  # captions of these very files
+        captions.check_videos(ids, paths)
     if getattr(mask_generator, "check_videos", None) is not None:  # maps made from these very files
-        mask_generator.check_videos(ids, {r.video_id: r.path for r in records})
+        mask_generator.check_videos(ids, paths)
 
 
 SPLIT_FOLDER_FORMATS = ("ssv2", "ucf101", "hmdb51", "diving48")  # train and test lists side by side

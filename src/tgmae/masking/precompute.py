@@ -111,11 +111,13 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 opts: PrecomputeOptions, rank: int, world: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from tgmae.captions.store import read_store
+    from tgmae.captions.store import read_store, refuse_other_videos
     from tgmae.data.video import VideoError
 
     remove_stale_cache_temps(out)  # index / manifest / maps of a killed run
     records = read_store(captions_file).records
+    # captions of another data set's videos under these ids would make maps of the wrong text
+    refuse_other_videos(captions_file, records, {vid: video_identity(path) for vid, path in videos})
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer))
