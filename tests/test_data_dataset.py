@@ -481,6 +481,13 @@ def test_captions_of_another_data_sets_videos_are_refused_at_set_up(root, tmp_pa
     write_store(store, [CaptionRecord(r.video_id, ["a clip"], "oracle", "{}", {"video": video_identity(str(r.path))})
                         for r in recs])
     VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))  # its own files: accepted
+    import shutil
+
+    copy = shutil.copytree(root, tmp_path / "copy")  # to a node's local disk: new inodes and ctimes
+    copied = [dataclasses.replace(r, path=str(Path(copy) / Path(r.path).relative_to(root)))
+              for r in recs]
+    assert video_identity(copied[0].path) != video_identity(str(recs[0].path))
+    VideoDataset(copied, _cfg(), train=True, captions=CaptionProvider.from_files(store))  # a copy keeps its captions
     write_store(store, [CaptionRecord(r.video_id, ["a clip"], "oracle", "{}") for r in recs])
     with caplog.at_level("INFO"):
         VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))

@@ -389,29 +389,37 @@ def video_ids_in(path: str | Path) -> set[str]:
     return {str(obj.get("video_id")) for _, obj in items if isinstance(obj, dict)}
 
 
-
 def _ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _copy_key(identity: Any) -> Any:
+    """What a copy of a video keeps of its `video_identity`: a file's size, a frame folder's (name,
+    size) per frame. A data set copied to a node's local disk (cp, rsync: new inode and ctime, maybe
+    mtime) keeps its captions, which cost a captioner pass to make; another data set's files differ."""
+    ident = json.loads(json.dumps(identity))
+    if ident and isinstance(ident[0], list):
+        return [e[:2] for e in ident]
+    return ident[:1]
 
 
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
-    differs from `identity` ({video_id: `video_identity` of the data set's file now}): a store made
-    for another data set with the same ids, or a video replaced since, whose captions describe
-    another video. Records without one (stores written before identities were recorded, or for
+    differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
+    copy keeps (`_copy_key`: the size): a store made for another data set with the same ids, or a
+    video replaced since, whose captions describe another video. Records without one (stores written before identities were recorded, or for
     a video that could not be read) and ids without a file now (None) are not compared; when no
     record of the data set's videos has one, a log line says the store could not be checked."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
-    other = [o["video_id"] for o in known
-             if json.loads(json.dumps(o["video"])) != json.loads(json.dumps(identity[o["video_id"]]))]
+    other = [o["video_id"] for o in known if _copy_key(o["video"]) != _copy_key(identity[o["video_id"]])]
     if other:
         raise CaptionStoreError(
-            f"{path}: {len(other)} video(s) were captioned from other files than this data set's ({_ids_text(other)}): "
-            "a store made for another data set with the same video ids, or videos replaced since; "
-            "caption this data set again (`tgmae caption` with another --out, or --rebuild)")
+            f"{path}: {len(other)} video(s) were captioned from files of other sizes than this data set's "
+            f"({_ids_text(other)}): a store made for another data set with the same video ids, or videos "
+            "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
     if mine and not known:
         log.info("tgmae: %s records no video identities (written before they were recorded): "
                  "not checked against this data set's files", path)
