@@ -561,9 +561,9 @@ def test_report_in_a_new_folder_inside_a_new_out_is_written_and_a_refusal_leaves
     assert not (tmp_path / "rep").exists() and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
-def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
-    """Issue 28 (F): a failure line read "bad/a.avi: bad/a.avi: zero-byte file" (the path twice);
-    now the path once, as `tgmae data check` prints it, and the report's reason has no path."""
+def _prepare_a_good_and_a_zero_byte_video(tmp_path) -> Path:
+    """`data prepare` of a k400 list of good.avi and a zero-byte zero.avi (exit 1: one failed) ->
+    its --report file."""
     root, out = tmp_path / "src", tmp_path / "out"
     _clips(root, ["good.avi"])
     (root / "zero.avi").write_bytes(b"")
@@ -572,6 +572,13 @@ def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
     assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
                      str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
                      "--no-progress", "--report", str(report)]) == 1
+    return report
+
+
+def test_a_failed_video_is_named_once_in_its_line_and_report(tmp_path, capsys):
+    """Issue 28 (F): a failure line read "bad/a.avi: bad/a.avi: zero-byte file" (the path twice);
+    now the path once, as `tgmae data check` prints it, and the report's reason has no path."""
+    report = _prepare_a_good_and_a_zero_byte_video(tmp_path)
     line = next(x for x in capsys.readouterr().out.splitlines() if "zero.avi" in x)
     assert line.count("zero.avi") == 1 and "zero-byte" in line, line
     (item,) = json.loads(report.read_text())["failed"]
@@ -603,14 +610,7 @@ def test_the_closing_check_says_a_failed_video_was_not_prepared_not_lost(tmp_pat
     """Issue 28 (re-trial 9, 3): after a partial failure the closing check listed the failed video
     as "out/zero.avi: file not found", reading as if prepare had lost it. It says "not prepared
     (failed above)", on screen and in the report; the counts are unchanged."""
-    root, out = tmp_path / "src", tmp_path / "out"
-    _clips(root, ["good.avi"])
-    (root / "zero.avi").write_bytes(b"")
-    (root / "list.txt").write_text("good.avi 0\nzero.avi 0\n")
-    report = tmp_path / "r.json"
-    assert cli_main(["data", "prepare", "--format", "k400", "--root", str(root), str(root / "list.txt"), "--out",
-                     str(out), "--short-side", "40", "--preset", "ultrafast", "--gop", "8", "--min-frames", "8",
-                     "--no-progress", "--report", str(report)]) == 1
+    report = _prepare_a_good_and_a_zero_byte_video(tmp_path)
     lines = capsys.readouterr().out.splitlines()
     check = lines[lines.index(next(x for x in lines if x.startswith("data check of"))):]
     assert len(check) == 2 and "zero.avi" in check[1] and "not prepared (failed above)" in check[1], lines
