@@ -367,7 +367,7 @@ class Trainer:
             with autocast(run.precision, device):
                 out = self.task.step(run.train_model, batch)
             loss = out.loss.float()
-            # the step this loss makes, counted from 1 as metrics.jsonl and step_XXXXXXXX are
+            # the step this loss makes, counted from 1 as metrics.jsonl and the step_N checkpoints are
             run.losses.append((run.position.step + 1, run.position.epoch, loss.detach()))
             run.scaler.scale(loss / self.cfg.train.accum_steps).backward()
         run.window.add(out, self.cfg.train.batch_size * run.views)
