@@ -43,11 +43,14 @@ def _run(tmp_path: Path, *overrides: str) -> Path:
     return run
 
 
-def _outside_id(path: Path) -> str:
-    """The figure name of a --video outside any data set: its stem and a hash of its path."""
-    import hashlib
+def _named(folder: Path, kind: str, clip: str) -> Path:
+    """The one PNG `{kind}_{clip}-HASH.png` in folder (`figure_name`: HASH over weights, settings, clip)."""
+    import re
 
-    return f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    found = [p for p in folder.glob("*.png") if re.fullmatch(rf"{re.escape(kind)}_{re.escape(clip)}-[0-9a-f]{{8}}\.png",
+                                                               p.name)]
+    assert len(found) == 1, (kind, clip, sorted(p.name for p in folder.iterdir()))
+    return found[0]
 
 
 def _other_yaml(tmp_path: Path) -> Path:
@@ -81,9 +84,9 @@ def test_recon_of_a_video_uses_the_run_and_titles_it(tmp_path, clip_file, monkey
     out = tmp_path / "fig"
     assert cli(["visualize", "recon", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
-    assert titles[0].startswith("walk (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8))")
+    assert titles[0].startswith("walk, final (random mask, ratio 0.6; 4 frames x 32 px (stride 4, tubelet 2, patch 8))")
     assert "masked 19/32 tokens (0.59, configured ratio 0.60)" in titles[0]  # round(0.6 * 32) = 19
-    assert (out / f"recon_{_outside_id(clip_file)}.png").is_file()
+    assert _named(out, "recon", "walk").is_file()
 
 
 def test_one_unreadable_video_is_one_line_and_never_substituted(tmp_path, capsys):
@@ -117,7 +120,7 @@ def test_attention_title_names_the_geometry(tmp_path, clip_file):
     out = tmp_path / "att"
     assert cli(["visualize", "attention", str(run), "-c", str(_other_yaml(tmp_path)), "--video", str(clip_file),
                 "--out", str(out)]) == 0
-    assert (out / f"attention_{_outside_id(clip_file)}.png").is_file()
+    assert _named(out, "attention", "walk").is_file()
 
 
 def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, clip_file, monkeypatch):
@@ -132,9 +135,9 @@ def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, cli
     assert cli(["visualize", "recon", str(run), "--video", str(clip_file)]) == 0
     assert cli(["visualize", "attention", str(run / "model.safetensors"), "-c", str(_other_yaml(tmp_path)),
                 "--video", str(clip_file)]) == 0
-    walk = _outside_id(clip_file)
-    assert sorted(p.name for p in (run / "figures").iterdir()) == [
-        f"attention_{walk}.gif", f"attention_{walk}.png", f"recon_{walk}.gif", f"recon_{walk}.png"]
+    recon, att = _named(run / "figures", "recon", "walk"), _named(run / "figures", "attention", "walk")
+    assert sorted(p.name for p in (run / "figures").iterdir()) == sorted(
+        p.with_suffix(s).name for p in (recon, att) for s in (".gif", ".png"))
     assert list(work.iterdir()) == [] and not (tmp_path / "elsewhere").exists()
     # a step checkpoint named through the run's `latest`: its run's figures/ and its run's masking
     step = run / "checkpoints" / "step_00000002"
@@ -143,21 +146,21 @@ def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, cli
     (run / "checkpoints" / "latest").write_text("step_00000002\n")
     (run / "figures").rename(tmp_path / "old_figures")
     assert cli(["visualize", "recon", str(run / "checkpoints" / "latest"), "--video", str(clip_file)]) == 0
-    assert (run / "figures" / f"recon_{_outside_id(clip_file)}.png").is_file()
+    assert _named(run / "figures", "recon", "walk").is_file()
     assert figure_config(None, [], str(run / "checkpoints" / "latest")).masking.ratio == 0.6  # the run's
     bare = save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path / "bare" / "pt.safetensors")
     assert cli(["visualize", "attention", str(bare), "--video", str(clip_file)]) == 0
-    assert (tmp_path / "bare" / "figures" / f"attention_{_outside_id(clip_file)}.png").is_file() and list(work.iterdir()) == []
+    assert _named(tmp_path / "bare" / "figures", "attention", "walk").is_file() and list(work.iterdir()) == []
     out = tmp_path / "mine"
     assert cli(["visualize", "attention", str(run), "--video", str(clip_file), "--out", str(out)]) == 0
-    assert (out / f"attention_{_outside_id(clip_file)}.png").is_file()
+    assert _named(out, "attention", "walk").is_file()
 
 
 def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
     """Figures of other clips never overwrite each other: recon of --index 0 and 1 wrote one
     reconstruction.png; attention of a/Biking/clip2 and b/Animation/clip2 one attention_clip2.png.
     Named by the video id under data.root ('/' encoded as the similarity maps encode it), a video
-    outside it by its stem and a hash of its path."""
+    outside it by its stem; the name's hash covers the clip's path, so same-named clips differ."""
     import shutil
 
     run = _run(tmp_path)
@@ -178,10 +181,11 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
         path.parent.mkdir()
         shutil.copy(clip_file, path)
         assert cli(["visualize", "attention", str(run), "--video", str(path), "--out", str(out)]) == 0
-    ids = sorted(["Animation%2Fclip2", "Biking%2Fclip2"])
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(
-        [f"attention_{i}.png" for i in [*ids, *map(_outside_id, outside)]] + [f"recon_{i}.png" for i in ids])
-    assert len({_outside_id(p) for p in outside}) == 2 and not list(out.glob(".recon-*"))
+    for kind in ("recon", "attention"):
+        for clip in ("Animation%2Fclip2", "Biking%2Fclip2"):
+            assert _named(out, kind, clip).is_file()
+    assert len(list(out.glob("attention_clip2-*.png"))) == 2 and len(list(out.glob("*.png"))) == 6
+    assert not list(out.glob(".recon-*"))
 
 
 def test_a_full_disk_names_the_recon_figure_and_leaves_no_empty_folder(tmp_path, clip_file, monkeypatch, capsys):
@@ -213,14 +217,14 @@ def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
     (root / "val.csv").write_text("path,label\nBiking/clip1.mp4,0\n")
     run = _run(tmp_path, f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv")
     assert cli(["visualize", "recon", str(run)]) == 0
-    assert (run / "figures" / "recon_Biking%2Fclip1.png").is_file()
+    assert _named(run / "figures", "recon", "Biking%2Fclip1").is_file()
     assert cli(["visualize", "attention", str(run), "--out", str(tmp_path / "o")]) == 0
-    assert (tmp_path / "o" / "attention_Biking%2Fclip1.png").is_file()
+    assert _named(tmp_path / "o", "attention", "Biking%2Fclip1").is_file()
 
 
 def test_recon_figures_are_written_under_their_final_names_and_leave_the_run_alone(tmp_path, clip_file, monkeypatch):
     """Issue #28.9: the recon figures were drawn under a pretraining run's fixed names in a temp
-    folder, then renamed. They are now written straight to recon_ID.png / .gif (each file
+    folder, then renamed. They are now written straight to recon_ID-HASH.png / .gif (each file
     atomically: `viz.plotting.save_figure`, `viz.reconstruction.save_gif`); a run folder's own
     loss curve and reconstruction figures are not touched."""
     from tgmae.viz import reconstruction
@@ -234,7 +238,7 @@ def test_recon_figures_are_written_under_their_final_names_and_leave_the_run_alo
         monkeypatch.setattr(reconstruction, name, lambda rows, path, _real=real, **kw: paths.append(Path(path))
                             or _real(rows, path, **kw))
     assert cli(["visualize", "recon", str(run), "--video", str(clip_file), "--out", str(run)]) == 0
-    name = f"recon_{_outside_id(clip_file)}"
+    name = _named(run, "recon", "walk").stem
     assert paths == [run / f"{name}.png", run / f"{name}.gif"]
     assert (run / "reconstruction.png").read_bytes() == b"the run's own" and not (run / "loss_curve.png").exists()
     assert sorted(p.name for p in run.iterdir()) == sorted(["config.yaml", "metrics.jsonl", "model.safetensors",
@@ -278,3 +282,40 @@ def test_attention_columns_are_the_source_frames(tmp_path, clip_file, monkeypatc
     monkeypatch.setattr(attention, "save_figure", spy)
     assert cli(["visualize", "attention", str(run), "--video", str(clip_file), "--out", str(tmp_path / "fig")]) == 0
     assert seen["columns"] == ["frame 2", "frame 4", "frame 6", "frame 8"]  # the centred clip of 12 frames
+
+
+def test_figures_of_other_checkpoints_or_settings_get_other_names_and_a_rerun_the_same(tmp_path, clip_file,
+                                                                                      monkeypatch):
+    """Issue 28 (re-trial 11): `visualize recon RUN --video V`, then the same of
+    RUN/checkpoints/step_00000002, then with masking.ratio=0.5 all wrote figures/recon_walk-HASH.png,
+    each replacing the last, titled without the checkpoint. The name's hash covers the weights drawn,
+    the settings and the clip, the same for attention; a rerun gives the same name; the titles name
+    the step (or "final")."""
+    from tgmae.viz import attention, reconstruction
+
+    run = _run(tmp_path)
+    step = run / "checkpoints" / "step_00000002"
+    torch.manual_seed(1)
+    save_pretraining_model(VideoMAEPretrainer(ARCH), step / "model.safetensors")
+    (step / "state.pt").write_bytes(b"")
+    titles = []
+    for module, name in ((reconstruction, "save_reconstruction_figure"), (attention, "save_attention_figure")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **kw: titles.append(kw["title"]) or _real(*a, **kw))
+    figures = run / "figures"
+
+    def draw(kind: str, checkpoint: Path, *overrides: str) -> set[str]:
+        before = set(p.name for p in figures.glob("*.png")) if figures.exists() else set()
+        assert cli(["visualize", kind, str(checkpoint), "--video", str(clip_file), *overrides]) == 0
+        return set(p.name for p in figures.glob("*.png")) - before
+
+    for kind in ("recon", "attention"):
+        final, second = draw(kind, run), draw(kind, step)
+        assert len(final) == len(second) == 1 and final != second, (kind, final, second)
+        assert all(n.startswith(f"{kind}_walk-") for n in final | second)
+        assert "final" in titles[-2] and "step 2" in titles[-1]
+        first = (figures / next(iter(final))).stat().st_mtime_ns
+        assert draw(kind, run) == set() and (figures / next(iter(final))).stat().st_mtime_ns >= first  # rerun
+    assert len(draw("recon", run, "masking.ratio=0.5")) == 1  # an override that changes the figure
+    assert len(draw("attention", run, "--layer", "0")) == 1
+    assert len(list(figures.glob("*.png"))) == 6 and len(list(figures.glob("*.gif"))) == 6

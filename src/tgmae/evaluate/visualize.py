@@ -4,8 +4,9 @@ recon: original / masked / reconstructed frames (PNG + GIF) under the run's mask
 attention: the encoder's attention of the centre patch, overlaid (any checkpoint with an
 encoder); masks: `tgmae.viz.masks`. The clip is item `index` of `subset` (val, evaluation
 transform) or `video` (never substituted: `VideoLoadError`). Outputs default to figures/ of the
-checkpoint's run folder (`figures_folder`), named by the clip (`figure_id`: the video id with '/'
-encoded as `%2F`; a `--video` outside data.root: stem + hash of its path). Settings
+checkpoint's run folder (`figures_folder`), named `KIND_CLIP-HASH` (`figure_name`: CLIP the video
+id with '/' encoded as `%2F`, a `--video` outside data.root its stem; HASH over the weights, the
+settings and the clip's file, so other checkpoints or overrides never overwrite a figure). Settings
 (`figure_config`): the checkpoint's own run config over `-c` (which supplies only what it lacks),
 then overrides. TGM on a `--video` masks it by `--caption`, scored by `masking.clip_model`.
 """
@@ -115,11 +116,11 @@ def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> 
     return (p if p.is_dir() else p.parent) / "figures"
 
 
-def figure_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
-    """The file-name part of a figure of one clip: its video id (a `--video` under data.root: its
-    id there; outside: its stem + 8 hex digits of the hash of its resolved path), percent-encoded
-    with nothing kept (`Animation/clip1` -> `Animation%2Fclip1`, as `masking.cache` names maps)."""
-    import hashlib
+def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
+    """The clip part of a figure's file name: its video id (a `--video` under data.root: its id
+    there; outside: its stem; the hash of `figure_name` tells same-named files apart),
+    percent-encoded with nothing kept (`Animation/clip1` -> `Animation%2Fclip1`, as
+    `masking.cache` names maps)."""
     import urllib.parse
 
     if video:
@@ -127,25 +128,72 @@ def figure_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
 
         path = Path(video).resolve()
         root = Path(cfg.data.root).resolve() if cfg.data.root else None
-        if root is not None and path.is_relative_to(root) and path != root:
-            vid = relative_id(root, str(path))
-        else:
-            vid = f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        inside = root is not None and path.is_relative_to(root) and path != root
+        vid = relative_id(root, str(path)) if inside else path.stem
     else:
         vid = str(sample.get("video_id", index))
     return urllib.parse.quote(vid, safe="")
 
 
-def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
-    """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
-    video-text) training checkpoint or run directory; clip geometry from the run's config."""
+# the keys of data.* that say how a clip is read, not what it shows: left out of a figure's name
+_DATA_IO_KEYS = ("num_workers", "max_load_retries", "decoder_threads", "cache", "cache_dir")
+
+
+def figure_name(kind: str, clip: str, weights: str, label: str, cfg, sections: Sequence[str], clip_path: str,
+                **extra) -> str:
+    """`{kind}_{clip}-{8 hex}`: the one naming rule of every `visualize` figure. The hash is sha256
+    over what the figure shows: the weights drawn (`weights`, a `tensors_digest`, and `label`, the
+    step its title names), the config `sections` the figure reads, data.* (but `_DATA_IO_KEYS`),
+    train.seed, the clip's resolved path and file (`video_identity`), and `extra` (--caption,
+    --layer, --index, --subset). Another checkpoint, override or video is another file; the same
+    command rerun writes the same file again."""
+    import hashlib
+    import json
+
+    from tgmae.config import to_dict
+    from tgmae.data.fileid import video_identity
+
+    full = to_dict(cfg)
+    what = {"kind": kind, "weights": weights, "label": label, **{s: full[s] for s in sections},
+            "data": {k: v for k, v in full["data"].items() if k not in _DATA_IO_KEYS},
+            "seed": full["train"]["seed"], "clip": [clip_path, video_identity(clip_path)], **extra}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}_{clip}-{digest[:8]}"
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """What a figure's title calls the weights it drew: `step N` of a `checkpoints/step_N/`
+    checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name."""
+    from tgmae.weights.model_card import checkpoint_step, find_run_dir
+
+    step = checkpoint_step(path)
+    if step is not None:
+        return f"step {step}"
+    return "final" if find_run_dir(path) is not None else Path(path).name
+
+
+def _clip_path(dataset, index: int) -> str:
+    """The resolved file (or frame folder) of item `index` of a `tgmae.data.dataset` dataset."""
+    return str(Path(dataset.records[index].path).resolve())
+
+
+def weights_path(path: str | Path) -> Path:
+    """The file (or transformers folder) `load_pretrainer` reads for `path`: a run folder's final
+    model, else its latest step (`files.resolve_checkpoint` for the rest)."""
     from tgmae.weights.files import resolve_checkpoint
-    from tgmae.weights.pretraining import load_pretraining_model
 
     p = resolve_checkpoint(path)
     if p.is_dir() and not (p / "config.json").is_file():  # a run folder: its final model, else its latest step
         p = resolve_checkpoint(p / "model.safetensors" if (p / "model.safetensors").is_file() else p / "checkpoints")
-    return load_pretraining_model(p, num_frames=num_frames, image_size=image_size)
+    return p
+
+
+def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
+    """A VideoMAEPretrainer (decoder included) from ours / official / HF, or a pretraining (or
+    video-text) training checkpoint or run directory; clip geometry from the run's config."""
+    from tgmae.weights.pretraining import load_pretraining_model
+
+    return load_pretraining_model(weights_path(path), num_frames=num_frames, image_size=image_size)
 
 
 def _sample(dataset, index: int, video: Optional[str], subset: str) -> dict:
@@ -212,6 +260,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     from tgmae.models.arch import check_checkpoint_geometry
     from tgmae.train.pretrain import describe_run, mae_part, trains_decoder
     from tgmae.viz.reconstruction import write_reconstruction
+    from tgmae.weights.sources import tensors_digest
 
     if not trains_decoder(cfg):
         raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
@@ -222,12 +271,16 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     generator, captions = _masking(cfg, video, caption)
     dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
     sample = _sample(dataset, index, video, subset)
-    folder, name = figures_folder(checkpoint, out), "recon_" + figure_id(cfg, sample, video, index)
+    label = checkpoint_label(weights_path(checkpoint))
+    used = caption if video and cfg.masking.name == "tgm" else ""  # the caption that masks the --video
+    name = figure_name("recon", clip_id(cfg, sample, video, index), tensors_digest(model.state_dict()), label, cfg,
+                       RUN_SECTIONS, _clip_path(dataset, index), caption=used)
+    folder = figures_folder(checkpoint, out)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:  # under their final names, each file written atomically
         return write_reconstruction(mae_part(model), sample, cfg, folder, name,
-                                    f"{sample.get('video_id', index)} ({describe_run(cfg)})")
+                                    f"{sample.get('video_id', index)}, {label} ({describe_run(cfg)})")
     except Exception as e:  # a full disk names the figure, not the drawing folder; no empty folder is left
         fail = write_failure(e, folder / f"{name}.png")
         if made and not any(folder.iterdir()):
@@ -252,10 +305,10 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     arch = encoder.arch
     dataset = _dataset(cfg, subset, video)
     sample = _sample(dataset, index, video, subset)
-    vid = str(sample.get("video_id", index))
-    name = "attention_" + figure_id(cfg, sample, video, index)
-    depth = arch.depth
-    title = (f"{vid}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
+    vid, depth, label = str(sample.get("video_id", index)), arch.depth, checkpoint_label(src.path or checkpoint)
+    name = figure_name("attention", clip_id(cfg, sample, video, index), src.digest(), label, cfg, ("model",),
+                       _clip_path(dataset, index), layer=layer % depth)
+    title = (f"{vid}, {label}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
     frames = sample.get("frame_indices")  # the columns: source frame numbers, as `visualize recon`
