@@ -117,3 +117,20 @@ def test_masks_of_a_frame_folder_are_drawn_without_the_motion_row(tmp_path, caps
         assert main(["visualize", "masks", "--video", str(folder), "--out", str(out), "--image-size", "32",
                      "--num-frames", "4"]) == 0
     assert out.stat().st_size > 1000 and "MGM" in caplog.text and "frame folder" in caplog.text
+
+
+def test_an_existing_out_file_is_replaced_only_with_overwrite(synth, tmp_path, capsys):
+    """issue 28 re-trial 11: a second `visualize masks` with other settings replaced the first run's
+    figure (the default --out masks.png) without a word; now refused naming --out, --overwrite replaces."""
+    from tgmae.cli import main
+
+    out = tmp_path / "masks.png"
+    out.write_bytes(b"earlier figure")
+    argv = ["visualize", "masks", "--root", str(synth), "--image-size", "32", "--num-frames", "4", "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "--overwrite" in err[0], err
+    assert out.read_bytes() == b"earlier figure"
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

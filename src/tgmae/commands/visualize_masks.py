@@ -32,6 +32,9 @@ def _wrong_argument(args: argparse.Namespace) -> str:
         return f"--frame-stride {args.frame_stride}: must be >= 1"
     if args.columns < 1:
         return f"--columns {args.columns}: must be >= 1"
+    if Path(args.out).is_file() and not args.overwrite:
+        # a figure of other settings (or a user's file) is never replaced unasked (issue 28)
+        return f"--out {args.out} exists; pass --overwrite to replace it"
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(args.out).suffix.lstrip(".").lower()
     if suffix and suffix not in formats:
@@ -51,6 +54,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--mode", choices=("faithful", "dense"), default="faithful")
     p.add_argument("--ratio", type=float, default=None, help="one ratio for all rows (default: each paper ratio)")
     p.add_argument("--out", default="masks.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=2)
