@@ -441,3 +441,17 @@ def test_a_pretrain_killed_while_drawing_its_figures_is_not_done_and_its_rerun_r
     assert not pretrain_done(cfg)
     pretrain(cfg)
     assert pretrain_done(cfg) and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_says_once_how_many_videos_are_shorter_than_the_clip(synth_root, tmp_path, caplog):
+    """Issue #28 re-trial 11, m1: 12-frame videos under a clip of 4 frames 4 apart (span 13) were read
+    with a smaller stride without a word; now the dataset says it for the first video and the loop
+    gives the count after the first epoch, once."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        pretrain(cfg_for(synth_root, tmp_path / "run", "data.frame_stride=4", "train.epochs=2"))
+    counts = [r.getMessage() for r in caplog.records if "videos are shorter than a clip" in r.getMessage()]
+    assert len(counts) == 1 and counts[0].startswith("12 of 12 videos") and "data.frame_stride=4" in counts[0]
+    firsts = [r.getMessage() for r in caplog.records if "shorter than a clip's 13" in r.getMessage()]
+    assert len(firsts) == 1
