@@ -338,3 +338,18 @@ def test_report_refuses_the_files_of_another_prepared_set_whatever_is_checked(tm
     assert not (tmp_path / "out").exists()
     assert cli_main([*check, str(prep / "check.json")]) == 0
     assert cli_main([*check, str(prep / "check.json")]) == 0  # its own earlier report: replaced
+
+
+def test_check_lists_videos_shorter_than_the_clip_span(dataset, tmp_path, capsys):
+    """Issue #28 re-trial 11, m1: a video of at least --min-frames frames but fewer than the clip's
+    span ((--min-frames - 1) x --frame-stride + 1) is read with a smaller stride: listed (not bad)."""
+    root, ann = dataset
+    out = tmp_path / "report.json"
+    code = cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "4",
+                     "--frame-stride", "4", "--out", str(out), "--no-progress"])
+    assert code == 1  # the other bad videos
+    rep = json.loads(out.read_text())
+    assert rep["clip_span"] == 13 and rep["counts"]["too_short"] == 0
+    assert [(Path(i["path"]).name, i["num_frames"]) for i in rep["shorter_than_clip"]] == [("short.mp4", 5)]
+    printed = capsys.readouterr().out
+    assert "1 video shorter than a clip" in printed and "short.mp4" in printed and "--frame-stride" in printed

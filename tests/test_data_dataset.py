@@ -492,3 +492,33 @@ def test_captions_of_another_data_sets_videos_are_refused_at_set_up(root, tmp_pa
     with caplog.at_level("INFO"):
         VideoDataset(recs, _cfg(), train=True, captions=CaptionProvider.from_files(store))
     assert any(str(store) in m.getMessage() and "no video identities" in m.getMessage() for m in caplog.records)
+
+
+def test_videos_shorter_than_the_clip_span_are_counted_and_said_once(tmp_path):
+    """Issue #28 re-trial 11, m1: a video shorter than the clip's span ((data.num_frames - 1) x
+    data.frame_stride + 1) was read with a smaller stride without a word. Now the dataset counts
+    such videos as it reads them (once each, across DataLoader workers and epochs: `short_videos`)
+    and says so once, naming the video and the keys; tsn sampling has no stride: nothing counted."""
+    (tmp_path / "v").mkdir()
+    write_video(tmp_path / "v" / "short.mp4", _clip(6, 32, 32, 0), fps=25)
+    write_video(tmp_path / "v" / "long.mp4", _clip(24, 32, 32, 1), fps=25)
+    recs = [VideoRecord(str(tmp_path / "v" / n), 0, n) for n in ("short.mp4", "long.mp4", "short.mp4")]
+    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
+    logger = logging.getLogger("tgmae.data.dataset")
+    logger.addHandler(handler)
+    try:
+        ds = VideoDataset(recs, _cfg(frame_stride=4, num_workers=2), train=True)  # span 13
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
+                pass
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert ds.short_videos == 1
+    lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "shorter than" in l]
+    assert len(lines) == 1 and "short.mp4" in lines[0] and "data.frame_stride=4" in lines[0], lines
+    tsn = VideoDataset(recs, _cfg(frame_stride=4, sampling="tsn"), train=True)
+    for i in range(len(recs)):
+        tsn[i]
+    assert tsn.short_videos == 0

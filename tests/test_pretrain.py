@@ -219,6 +219,39 @@ def test_pretraining_from_a_checkpoint_of_other_geometry_is_a_config_error(synth
     assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())  # same geometry: loaded
 
 
+def test_pretraining_from_a_run_folder_loads_its_weights_file(synth_root, tmp_path, capsys):
+    """Issue #28 re-trial 11, M1: model.pretrained=RUN refused a run folder ("pass RUN/model.safetensors")
+    that finetune / probe read. Now it reads the file finetune does (`files.resolve_weights`); a finetune
+    run's classifier holds no decoder: one line naming that file."""
+    from safetensors.torch import load_file
+
+    from tgmae.cli import main
+    from tgmae.config import ModelConfig
+    from tgmae.models import build_pretraining_model
+    from tgmae.weights.classifier import build_classifier, save_classifier
+    from tgmae.weights.pretraining import save_pretraining_model
+    from tgmae.train.pretrain import PretrainTask
+
+    torch.manual_seed(0)
+    run = tmp_path / "pt"
+    run.mkdir()
+    source = save_pretraining_model(build_pretraining_model(ModelConfig(preset="tiny"), 4, 32), run / "model.safetensors")
+    from_folder = PretrainTask(cfg_for(synth_root, tmp_path / "r1", f"model.pretrained={run}")).build_model()
+    from_file = PretrainTask(cfg_for(synth_root, tmp_path / "r2", f"model.pretrained={source}")).build_model()
+    stored = load_file(str(source))
+    assert from_folder.state_dict().keys() == from_file.state_dict().keys()
+    assert all(torch.equal(v, stored[k]) and torch.equal(v, from_file.state_dict()[k])
+               for k, v in from_folder.state_dict().items())
+
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    save_classifier(build_classifier(source, num_classes=3), ft / "classifier.safetensors", ["a", "b", "c"])
+    args = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'r3'}", f"model.pretrained={ft}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(ft / "classifier.safetensors") in err and "decoder" in err
+
+
 def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tmp_path, capsys):
     """Was: 'resumed at step 3', trained nothing, kept the tube weights, rewrote config.yaml."""
     from tgmae.cli import main
@@ -408,3 +441,17 @@ def test_a_pretrain_killed_while_drawing_its_figures_is_not_done_and_its_rerun_r
     assert not pretrain_done(cfg)
     pretrain(cfg)
     assert pretrain_done(cfg) and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_says_once_how_many_videos_are_shorter_than_the_clip(synth_root, tmp_path, caplog):
+    """Issue #28 re-trial 11, m1: 12-frame videos under a clip of 4 frames 4 apart (span 13) were read
+    with a smaller stride without a word; now the dataset says it for the first video and the loop
+    gives the count after the first epoch, once."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        pretrain(cfg_for(synth_root, tmp_path / "run", "data.frame_stride=4", "train.epochs=2"))
+    counts = [r.getMessage() for r in caplog.records if "videos are shorter than a clip" in r.getMessage()]
+    assert len(counts) == 1 and counts[0].startswith("12 of 12 videos") and "data.frame_stride=4" in counts[0]
+    firsts = [r.getMessage() for r in caplog.records if "shorter than a clip's 13" in r.getMessage()]
+    assert len(firsts) == 1

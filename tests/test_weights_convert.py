@@ -121,6 +121,37 @@ def test_training_checkpoint_paths_resolve_and_load_as_pretraining_models(train_
         load_encoder_source(broken / "latest")
 
 
+def test_a_run_folder_converts_as_the_weights_file_finetune_reads(pretrained, train_run, tmp_path, capsys):
+    """Issue #28 re-trial 11, M1: `tgmae convert RUN OUT` refused a run folder ("pass RUN/model.safetensors")
+    that finetune / probe read. Now it reads the file finetune does (`files.resolve_weights`): the final
+    model.safetensors (classifier.safetensors of a finetune run), else a run still training's latest step."""
+    import shutil
+
+    model, path = pretrained
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(path, run / "model.safetensors")
+    (run / "config.yaml").write_text("model: {}\n")
+    assert main([str(run), str(tmp_path / "a.safetensors")]) == 0
+    assert main([str(run / "model.safetensors"), str(tmp_path / "b.safetensors")]) == 0
+    assert "tgmae pretraining model" in capsys.readouterr().out
+    _same(load_pretraining_model(tmp_path / "a.safetensors").state_dict(),
+          load_pretraining_model(tmp_path / "b.safetensors").state_dict())
+    _same(load_pretraining_model(tmp_path / "a.safetensors").state_dict(), model.state_dict())
+
+    training, ckpts, _ = train_run  # a run still training: no model.safetensors, only checkpoints/latest
+    assert main([str(ckpts.parent), str(tmp_path / "c.safetensors")]) == 0
+    _same(load_pretraining_model(tmp_path / "c.safetensors").state_dict(), training.state_dict())
+
+    ft = tmp_path / "ft"  # a finetune run: its classifier
+    ft.mkdir()
+    names = ["a", "b", "c"]
+    save_classifier(build_classifier(load_encoder_source(path), num_classes=3), ft / "classifier.safetensors", names)
+    assert main([str(ft), str(tmp_path / "d.safetensors")]) == 0
+    assert "tgmae classifier, 3 classes" in capsys.readouterr().out
+    _same(load_classifier(tmp_path / "d.safetensors").state_dict(), load_classifier(ft / "classifier.safetensors").state_dict())
+
+
 def test_head_counts_given_for_a_checkpoint_that_stores_them_must_agree(pretrained, tmp_path, capsys):
     model, path = pretrained
     export_hf(path, tmp_path / "hf")

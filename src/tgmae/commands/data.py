@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 split number")
     p.add_argument("--subset", default="train", help="train | val | test (split-file formats)")
     p.add_argument("--min-frames", type=int, default=16, help="shorter clips are reported (data.num_frames)")
+    p.add_argument("--frame-stride", type=int, default=4,
+                   help="videos shorter than a clip of --min-frames frames this far apart are listed: a run reads "
+                        "them with a smaller stride (data.frame_stride)")
     p.add_argument("--out", default="", help="write the JSON report here (a new file or an earlier report)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not an earlier report")
     p.add_argument("--workers", type=int, default=1, help="processes checking videos in parallel")
@@ -121,7 +124,8 @@ def main(argv: Sequence[str]) -> int:
         check_report_out(args.out, args.root, args.annotations, args.overwrite, inputs=read)
         check_writable(args.out, keep_new_folders=False)
     report = run_check(args.format, args.root, args.annotations, split=args.split, subset=args.subset,
-                       min_frames=args.min_frames, workers=max(1, args.workers), progress=not args.no_progress)
+                       min_frames=args.min_frames, frame_stride=args.frame_stride, workers=max(1, args.workers),
+                       progress=not args.no_progress)
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2))
     c = report["counts"]
@@ -138,4 +142,16 @@ def main(argv: Sequence[str]) -> int:
     for x in report["lists"]:
         if not x["records"]:
             print(f"  empty: {x['annotations']} lists no videos ({x['subset']})")
+    _print_shorter(report)
     return 1 if found_problems(report) and not args.allow_bad else 0
+
+
+def _print_shorter(report: dict) -> None:
+    """The readable videos shorter than a clip's span (`run_check`'s shorter_than_clip), first ten."""
+    short = report["shorter_than_clip"]
+    if short:
+        print(f"{len(short)} video{'s' if len(short) > 1 else ''} shorter than a clip of {report['clip_span']} frames "
+              f"(--min-frames {report['min_frames']}, --frame-stride {report['frame_stride']}): a run reads "
+              f"{'them' if len(short) > 1 else 'it'} with a smaller stride (not counted as bad)")
+    for item in short[:10]:
+        print(f"  {item['path']}: {item['num_frames']} frames")

@@ -3,7 +3,8 @@
 Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable), then the first, middle and last frame of
 its range are read; clips shorter than `--min-frames`, labels outside the class list, unreadable
-rows (file:line) and empty lists are reported. Every list a run would read is checked (a
+rows (file:line) and empty lists are reported; videos shorter than a clip's span (`--frame-stride`,
+read with a smaller stride) are listed, not counted as bad. Every list a run would read is checked (a
 split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
 status: 0 clean; 1 anything found (`--allow-bad`: 0); 2 unreadable annotations, an unwritable
 `--out` (checked first), an `--out` that is not a previous report (`check_report_out`) or wrong
@@ -24,6 +25,7 @@ from tgmae.data.annotations import VideoRecord
 from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
+from tgmae.data.sampling import clip_span
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
 from tgmae.locks import refuse_inside_run
@@ -41,6 +43,7 @@ class ItemResult:
     reason: str = ""
     num_frames: int = 0
     subset: str = ""  # the list's subset (run_check)
+    in_range: int = 0  # frames of the record's range (ok records)
 
 
 class ReportFileError(FileExistsError, UserError):
@@ -91,8 +94,8 @@ def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_f
     (num_classes None: labels are not checked)."""
     import av
 
-    def res(kind: str, reason: str = "", n: int = 0) -> ItemResult:
-        return ItemResult(index, rec.path, rec.video_id, kind, reason, n)
+    def res(kind: str, reason: str = "", n: int = 0, in_range: int = 0) -> ItemResult:
+        return ItemResult(index, rec.path, rec.video_id, kind, reason, n, in_range=in_range)
 
     if num_classes is not None and not (0 <= rec.label < num_classes):
         return res("bad_label", f"bad label: {rec.label} outside [0, {num_classes})")
@@ -105,11 +108,12 @@ def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_f
                 have = max(end - start, 0)
                 return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)
             r.read([start, (start + end - 1) // 2, end - 1])
+            have = end - start
     except VideoError as e:
         return res(e.kind if e.kind in KINDS else "undecodable", error_detail(rec.path, e))
     except (OSError, EOFError, av.FFmpegError) as e:
         return res("undecodable", error_detail(rec.path, e))
-    return res("ok", "", n)
+    return res("ok", "", n, have)
 
 
 def _work(args: tuple) -> ItemResult:
@@ -173,10 +177,13 @@ def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset:
 
 
 def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: str = "train",
-              min_frames: int = 16, workers: int = 1, progress: bool = True, run_lists: bool = True) -> dict:
+              min_frames: int = 16, frame_stride: int = 4, workers: int = 1, progress: bool = True,
+              run_lists: bool = True) -> dict:
     """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable):
     every list a run reads (`lists_a_run_reads`; run_lists False: `annotations` alone, as
-    `tgmae data prepare` checks the list it wrote), records in list order."""
+    `tgmae data prepare` checks the list it wrote), records in list order. Readable videos whose
+    range is shorter than the span of a dense clip of `min_frames` frames `frame_stride` apart
+    (`clip_span`) are listed in `shorter_than_clip` (a run reads them with a smaller stride; not bad)."""
     problems: list = []
     jobs, lists, classes, empty = [], [], [], False
     todo = lists_a_run_reads(fmt, root, annotations, split, subset) if run_lists else [(subset, annotations)]
@@ -193,14 +200,18 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     counts = Counter(r.kind for r in results)
     bad = [r for r in results if r.kind != "ok"]
     frames = [r.num_frames for r in results if r.kind == "ok"]
+    span = clip_span(min_frames, frame_stride)
+    shorter = [{"path": r.path, "video_id": r.video_id, "subset": r.subset, "num_frames": r.in_range}
+               for r in results if r.kind == "ok" and r.in_range < span]
     return {
         "format": fmt, "root": str(root), "annotations": str(annotations), "subset": subset, "split": split,
-        "min_frames": min_frames, "num_classes": len(classes),
+        "min_frames": min_frames, "frame_stride": frame_stride, "clip_span": span, "num_classes": len(classes),
         "records": len(jobs), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
         "bad_rows": len(problems), "empty": empty, "lists": lists,
         "counts": {k: counts.get(k, 0) for k in KINDS},
         "frames": {"min": min(frames), "max": max(frames), "mean": sum(frames) / len(frames)} if frames else None,
-        "items": [{k: v for k, v in asdict(r).items() if k != "num_frames"} for r in bad],
+        "items": [{k: v for k, v in asdict(r).items() if k not in ("num_frames", "in_range")} for r in bad],
+        "shorter_than_clip": shorter,
         "rows": [{"file": p.file, "line": p.line, "reason": p.reason} for p in problems],
     }
 

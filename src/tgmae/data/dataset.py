@@ -24,7 +24,7 @@ from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import AnnotationError, VideoRecord
 from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
-from tgmae.data.sampling import clip_indices, temporal_views
+from tgmae.data.sampling import clip_indices, clip_span, temporal_views
 from tgmae.data.seen import SeenVideos
 from tgmae.data.shm import share_memory
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
@@ -103,6 +103,7 @@ class _RobustBase(Dataset):
         # without workers in /dev/shm for nothing, where a small one fails the run
         shared = cfg.num_workers > 0
         self._logged = SeenVideos(shared=shared)  # unreadable paths already logged, by any worker
+        self._short = SeenVideos(shared=shared)  # paths read with a smaller stride (`short_videos`)
         self._epoch = torch.zeros(1, dtype=torch.int64)  # workers see set_epoch
         if shared:
             share_memory(self._epoch, "the dataset's epoch counter")
@@ -122,6 +123,12 @@ class _RobustBase(Dataset):
         """Call before each epoch (also seen by persistent workers: the counter is shared)."""
         self._epoch[0] = int(epoch)
 
+    @property
+    def short_videos(self) -> int:
+        """Videos read so far (by this process and its DataLoader workers) whose range is shorter
+        than a dense clip's span, so read with a smaller stride (`sampling.dense_indices`)."""
+        return self._short.count()
+
     def _frame_range(self, rec: VideoRecord, num_frames: int) -> tuple[int, int]:
         start = max(rec.start_frame or 0, 0)
         end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
@@ -129,7 +136,23 @@ class _RobustBase(Dataset):
             raise VideoError(
                 f"{rec.path}: too short: {max(end - start, 0)} frames in range [{start}, {end}), need {self.min_frames}",
                 "too_short")
+        self._note_short(rec, end - start)
         return start, end
+
+    def _note_short(self, rec: VideoRecord, have: int) -> None:
+        """Count a video whose range (`have` frames) is shorter than a dense clip's span, once per
+        video (`short_videos`); the first one met is said once per run (the frame count comes
+        with the decode: no extra header read)."""
+        cfg = self.cfg
+        span = clip_span(cfg.num_frames, cfg.frame_stride)
+        if cfg.sampling != "dense" or have >= span or not self._short.first_time(rec.path):
+            return
+        if self._short.count() == 1:
+            log.warning("%s: %d frames%s, shorter than a clip's %d (data.num_frames=%d, data.frame_stride=%d): "
+                        "read with a smaller stride (said for the first one only; `tgmae data check --min-frames %d "
+                        "--frame-stride %d` lists every such video)", rec.path, have,
+                        " in its range" if rec.start_frame is not None or rec.end_frame is not None else "",
+                        span, cfg.num_frames, cfg.frame_stride, cfg.num_frames, cfg.frame_stride)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 
 
-def _span(num_frames: int, stride: int) -> int:
+def clip_span(num_frames: int, stride: int) -> int:
+    """Source frames a dense clip spans: a range shorter than this is read with a smaller stride."""
     return (num_frames - 1) * stride + 1
 
 
@@ -29,7 +30,7 @@ def dense_indices(
     length = end - start
     if length <= 0:
         raise ValueError(f"empty frame range [{start}, {end})")
-    span = _span(num_frames, stride)
+    span = clip_span(num_frames, stride)
     if span <= length:
         free = length - span
         if offset is None:

@@ -1,6 +1,7 @@
 """Log a thing once per run, not once per process: a key table shared by DataLoader workers.
 
-Used for "unreadable video replaced" (`tgmae.data.dataset`) and MGM's fallback warning
+Used for "unreadable video replaced" and the count of videos shorter than a clip
+(`tgmae.data.dataset`) and MGM's fallback warning
 (`tgmae.masking.mgm`): each worker process, and each epoch's new workers, would otherwise log
 the same video again.
 """
@@ -51,3 +52,8 @@ class SeenVideos:
             return False
         self._local.add(video_id)
         return True
+
+    def count(self) -> int:
+        """Keys seen so far by every process sharing this object (the shared table's filled slots,
+        plus this process's keys beyond `capacity`)."""
+        return int((self.table != 0).sum()) + len(self._local)

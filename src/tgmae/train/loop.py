@@ -224,6 +224,8 @@ class Trainer:
                     t_wait = time.perf_counter()
                 if micro_idx >= micro_total:  # the epoch is finished
                     self._end_epoch(run, epoch)
+                    if epoch == start_epoch and self.dist.is_main:  # every video read once by now
+                        log_short_videos(dataset, cfg.data)
                 elif run.position.step >= run.total_steps:  # the step budget ran out inside it
                     run.last_ckpt = self._save(run, run.position)
         finally:
@@ -490,6 +492,16 @@ class Trainer:
             )
         barrier()
         return path
+
+
+def log_short_videos(dataset: Dataset, data: Any) -> None:
+    """Say how many of the videos read (this process and its workers) were shorter than a clip's
+    span and so read with a smaller stride (the dataset's `short_videos`; nothing when none)."""
+    short = int(getattr(dataset, "short_videos", 0))
+    if short:
+        log.warning("%d of %d videos are shorter than a clip (data.num_frames=%d x data.frame_stride=%d): read with "
+                    "a smaller stride (`tgmae data check --min-frames %d --frame-stride %d` lists them)", short,
+                    len(dataset), data.num_frames, data.frame_stride, data.num_frames, data.frame_stride)
 
 
 def views_per_video(dataset: Dataset) -> int:

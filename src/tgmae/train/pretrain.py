@@ -90,12 +90,13 @@ class PretrainTask:
         return model
 
     def _pretrained_state(self, arch) -> dict[str, torch.Tensor]:
-        """model.pretrained's weights, after checking they fit the model the config builds."""
+        """model.pretrained's weights (a file, step checkpoint or run folder: read as finetune reads
+        it, `resolve_weights`), after checking they fit the model the config builds."""
         from tgmae.weights.pretraining import load_pretraining_model
         from tgmae.models.arch import check_checkpoint_geometry
-        from tgmae.weights.files import detect_format
+        from tgmae.weights.files import detect_format, resolve_weights
 
-        m, path = self.cfg.model, self.cfg.model.pretrained
+        m, path = self.cfg.model, resolve_weights(self.cfg.model.pretrained)
         heads = {}
         if detect_format(path) == "official":  # a .pth stores no head counts: the config's, if given
             heads = {k: getattr(m, k) for k in ("num_heads", "decoder_heads") if getattr(m, k)}

@@ -14,7 +14,7 @@ from typing import Any
 from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
-from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
+from tgmae.weights.files import CheckpointError, detect_format, resolve_weights
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
@@ -25,11 +25,11 @@ class OutputFileError(FileExistsError, UserError):
 
 def check_output_file(out: str | Path, src: str | Path, overwrite: bool = False) -> None:
     """Refuse (`OutputFileError`, naming the file) an output that is the source (as given or as
-    `resolve_checkpoint` reads it) or lies inside the source folder (a transformers folder's
+    `resolve_weights` reads it) or lies inside the source folder (a transformers folder's
     model.safetensors), lies inside a run folder or step checkpoint (`locks.run_around`: its weights
     are the run's), all --overwrite or not, or exists without `overwrite`."""
     target = Path(out).resolve()
-    for source in {Path(src).resolve(), resolve_checkpoint(src).resolve()}:
+    for source in {Path(src).resolve(), resolve_weights(src).resolve()}:
         if target == source or source in target.parents:
             raise OutputFileError(f"{out}: {'is' if target == source else 'inside'} the checkpoint {src} being "
                                   "converted, which it would replace; give the output a file outside it")
@@ -50,7 +50,7 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`.
     """
     check_output_file(out, src, overwrite)
-    src = resolve_checkpoint(src)  # checkpoints/latest, a step folder -> its weights file
+    src = resolve_weights(src)  # checkpoints/latest, a step folder, a run folder -> its weights file (as finetune reads it)
     kind = detect_format(src)
     # Head counts are options for a .pth only (it does not store them); any other layout stores
     # them, and a given value must agree, never be silently replaced or ignored.

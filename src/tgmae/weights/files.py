@@ -157,6 +157,27 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+RUN_WEIGHTS = ("classifier.safetensors", "model.safetensors")  # a run folder's final weights, in the order read
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """The path to read for weights as a user gives them, one rule for every command that takes
+    weights (finetune, probe, extract, convert, pretrain's model.pretrained): `resolve_checkpoint`'s
+    path; for a tgmae run folder (a folder without a transformers config.json) its final weights
+    (`RUN_WEIGHTS`: a finetune run's classifier, else model.safetensors), else (a run still
+    training) the model.safetensors of the step its checkpoints/latest names. A folder holding none
+    of these is returned as is (its reader names it). CheckpointError when `latest` names no folder."""
+    p = resolve_checkpoint(path)
+    if not p.is_dir() or (p / "config.json").is_file():
+        return p
+    for name in RUN_WEIGHTS:
+        if (p / name).is_file():
+            return p / name
+    if (p / "checkpoints" / LATEST).is_file():
+        step = resolve_checkpoint(p / "checkpoints" / LATEST)
+        return step / "model.safetensors" if step.is_dir() else step
+    return p
+
 def looks_like_safetensors(p: Path) -> bool:
     """By the header, whatever the suffix: 8 bytes of length, then the JSON header's `{`."""
     with open(p, "rb") as f:

@@ -19,14 +19,14 @@ import torch
 
 from tgmae.models.arch import VideoMAEArch, arch_from_config
 from tgmae.models.encoder import VideoViTEncoder
-from tgmae.weights.checkpoint import find_latest
 from tgmae.weights.files import (
+    RUN_WEIGHTS,
     CheckpointError,
     hf_directory_state,
     looks_like_safetensors,
     read_safetensors,
     read_torch,
-    resolve_checkpoint,
+    resolve_weights,
     unwrap_state,
 )
 from tgmae.weights.layouts import (
@@ -101,9 +101,9 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
-    p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its model.safetensors
+    p = resolve_weights(p)  # checkpoints/latest, a step folder, a run folder -> its weights file
     if p.is_dir():
-        return _from_directory(p, num_heads)
+        return _from_directory(p)
     if p.suffix == ".safetensors" or looks_like_safetensors(p):
         return _from_safetensors(p)
     return _from_pth(p, num_heads)
@@ -119,18 +119,12 @@ def check_stated_heads(src: Any, arch: VideoMAEArch, stated: dict[str, int]) -> 
                 "(it is for an official .pth, which does not store its head counts)")
 
 
-def _from_directory(p: Path, num_heads: Optional[int]) -> EncoderSource:
+def _from_directory(p: Path) -> EncoderSource:
+    """A transformers folder's encoder; any other folder (`resolve_weights` found no weights in it): CheckpointError."""
     if (p / "config.json").is_file():
         return _from_hf(p)
-    for name in ("classifier.safetensors", "model.safetensors"):
-        if (p / name).is_file():
-            return _from_safetensors(p / name)
-    latest = find_latest(p / "checkpoints")  # None without a checkpoints/latest
-    if latest is not None:
-        return _from_safetensors(latest / "model.safetensors")
     raise CheckpointError(
-        f"{p}: no checkpoint found (looked for config.json, classifier.safetensors, model.safetensors, "
-        "checkpoints/latest)")
+        f"{p}: no checkpoint found (looked for config.json, {', '.join(RUN_WEIGHTS)}, checkpoints/latest)")
 
 
 def _from_safetensors(p: Path) -> EncoderSource:
