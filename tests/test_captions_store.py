@@ -124,6 +124,18 @@ def test_merge_stores_combines_sources_per_video():
     assert twice[0].source == "captioner+vision-free"
 
 
+def test_a_store_without_identities_is_logged_without_guessing_its_age(tmp_path, caplog):
+    """Issue #28 re-trial 12, F1: the log line for a store without video identities said it was
+    "written before they were recorded", also of a new synthetic set's store; it says what it is."""
+    from tgmae.captions.store import refuse_other_videos
+
+    with caplog.at_level("INFO"):
+        refuse_other_videos(tmp_path / "c.jsonl", [rec("a", ["x"])], {"a": [10, 1, 2, 3]})
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("c.jsonl" in m and "no video identities" in m for m in msgs), msgs
+    assert not any("written before" in m for m in msgs), msgs
+
+
 def test_synthetic_set_captions_read_as_a_store(tmp_path):
     from tgmae.data.synthetic.generate import generate_synthetic_dataset
 

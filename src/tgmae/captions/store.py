@@ -408,9 +408,10 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
     copy keeps (`_copy_key`: the size): a store made for another data set with the same ids, or a
-    video replaced since, whose captions describe another video. Records without one (stores written before identities were recorded, or for
-    a video that could not be read) and ids without a file now (None) are not compared; when no
-    record of the data set's videos has one, a log line says the store could not be checked."""
+    video replaced since, whose captions describe another video. Records without one (a store
+    written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
+    without a file now (None) are not compared; when no record of the data set's videos has one, a
+    log line says the store could not be checked."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
@@ -421,8 +422,8 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
             f"({_ids_text(other)}): a store made for another data set with the same video ids, or videos "
             "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
     if mine and not known:
-        log.info("tgmae: %s records no video identities (written before they were recorded): "
-                 "not checked against this data set's files", path)
+        log.info("tgmae: %s records no video identities (which file each caption describes): its captions "
+                 "are not checked against this data set's files", path)
 
 
 def drop_foreign(path: str | Path, records: Sequence[CaptionRecord], video_ids: Iterable[str]) -> list[CaptionRecord]:
