@@ -345,21 +345,27 @@ def _join_unique(values: Sequence[str]) -> str:
     return "+".join(out)
 
 
-def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False) -> list[CaptionRecord]:
+def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False,
+                 names: Optional[Sequence[str]] = None) -> list[CaptionRecord]:
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
     (exact duplicates dropped); `source`/`model` become `a+b`. Videos are listed in first-seen
-    order. With `require_all`, a video missing from any store is an error.
+    order. With `require_all`, a video missing from any store is an error. CaptionStoreError
+    naming two stores (`names`, e.g. their files; else "store 1", ...) and a few ids when their
+    records of one id were captioned from different files (`refuse_mixed_videos`).
     """
     parts: dict[str, list[CaptionRecord]] = {}  # in first-seen order
-    for store in stores:
+    where: dict[str, list[int]] = {}  # the stores each id's records are from
+    for i, store in enumerate(stores):
         seen_here: set[str] = set()
         for rec in store:
             if rec.video_id in seen_here:
                 raise CaptionStoreError(f"video {rec.video_id!r} appears twice in one source")
             seen_here.add(rec.video_id)
             parts.setdefault(rec.video_id, []).append(rec)
+            where.setdefault(rec.video_id, []).append(i)
+    refuse_mixed_videos(parts, where, list(names) if names else [f"store {i + 1}" for i in range(len(stores))])
     if require_all:
         incomplete = [v for v in parts if len(parts[v]) != len(stores)]
         if incomplete:
@@ -378,6 +384,27 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
         merged.append(CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
                                     _join_unique([r.model for r in recs]), extra))
     return merged
+
+
+def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, list[int]],
+                        names: Sequence[str]) -> None:
+    """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
+    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities differing in what a
+    copy keeps (`_copy_key`): stores of two data sets with the same ids, whose merge would describe
+    one id by two videos and keep one store's stamp (then accepted by one set, refused by the other,
+    by store order). Records without an identity are not compared."""
+    clash: dict[tuple[int, int], list[str]] = {}
+    for vid, recs in parts.items():
+        known = [(i, _copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, key in known[1:] if key != known[0][1]), None)
+        if other is not None:
+            clash.setdefault(other, []).append(vid)
+    if clash:
+        (a, b), ids = next(iter(clash.items()))
+        raise CaptionStoreError(
+            f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({_ids_text(ids)}): "
+            "stores of two data sets with the same video ids; combine stores of one data set (give its "
+            "annotations, --format and --root, to check them against its files)")
 
 
 def video_ids_in(path: str | Path) -> set[str]:
