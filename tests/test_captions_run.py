@@ -678,3 +678,30 @@ def test_a_store_of_another_data_set_with_the_same_ids_is_refused_by_combine(tmp
     msgs = [r.getMessage() for r in caplog.records]
     assert any(str(old) in m and "1 video id(s) not in the data set" in m and "'elsewhere/x'" in m for m in msgs)
     assert any(str(old) in m and "no video identities" in m for m in msgs)
+
+
+def test_combine_without_the_data_set_refuses_stores_of_two_data_sets_in_either_order(tmp_path, capsys):
+    """Issue #28 re-trial 12, F2: `caption --combine cap1.jsonl cap2.jsonl --out comb.jsonl` without
+    --format/--root (the README's form) merged the stores of two synthetic sets with the same ids,
+    keeping the first store's `video` stamps: masks / training of the first set accepted it (rc 0),
+    of the second refused it. Now refused in one line naming both stores, in either order; stores
+    of one data set still combine."""
+    from tgmae.data.synthetic.generate import generate_synthetic_dataset
+
+    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=3, frames=6, size=32, gop=3,
+                                       val_fraction=0.0, seed=i + 1) for i in range(2)]
+    stores = []
+    for i, info in enumerate(sets):
+        stores.append(tmp_path / f"cap{i}.jsonl")
+        assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
+                     "--out", str(stores[-1])]) == 0
+    out = tmp_path / "comb.jsonl"
+    for pair in (stores, stores[::-1]):
+        capsys.readouterr()
+        assert main(["--combine", *map(str, pair), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(stores[0]) in err[0] and str(stores[1]) in err[0], err
+        assert "'synth_0000" in err[0] and not out.exists()
+    # a set's own stores (its annotations' captions and the generator's) combine as before
+    assert main(["--combine", str(stores[0]), str(sets[0].captions_jsonl), "--out", str(out)]) == 0
+    assert {r.video_id for r in read_store(out).records} == {f"synth_0000{i}" for i in range(3)}

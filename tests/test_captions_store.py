@@ -124,6 +124,45 @@ def test_merge_stores_combines_sources_per_video():
     assert twice[0].source == "captioner+vision-free"
 
 
+def _stamped(vid, caps, size, source="annotation"):
+    """A record captioned from a file of `size` bytes (its `video`: `data.fileid.video_identity`)."""
+    return CaptionRecord(vid, caps, source, "m", {"video": [size, 1, 2, 3]})
+
+
+def test_merge_stores_refuses_records_of_one_id_captioned_from_other_files_in_either_order():
+    """Issue #28 re-trial 12, F2: `caption --combine` without --format/--root merged the stores of
+    two data sets with the same ids, keeping the first store's `video` stamp: masks and training
+    of the first set then accepted it, of the second refused it (order-dependent). Records of one
+    id captioned from files of other sizes are refused, naming both stores and the ids."""
+    one = [_stamped("a", ["x"], 10), _stamped("b", ["y"], 20), _stamped("c", ["z"], 30)]
+    two = [_stamped("a", ["p"], 10), _stamped("b", ["q"], 21, "oracle"), _stamped("c", ["r"], 31, "oracle")]
+    for stores, names in (([one, two], ["one.jsonl", "two.jsonl"]), ([two, one], ["two.jsonl", "one.jsonl"])):
+        with pytest.raises(CaptionStoreError) as e:
+            merge_stores(stores, names=names)
+        msg = str(e.value)
+        assert "one.jsonl" in msg and "two.jsonl" in msg and "'b'" in msg and "'c'" in msg and "'a'" not in msg
+        assert "\n" not in msg
+    with pytest.raises(CaptionStoreError, match="'b'"):  # unnamed stores are refused too
+        merge_stores([one, two])
+    # the same file copied (other inode / mtime, same size), or one side without identities: merged
+    copy = [CaptionRecord("a", ["p"], "oracle", "m", {"video": [10, 9, 9, 9]}), rec("b", ["q"], "oracle")]
+    merged = {r.video_id: r for r in merge_stores([one, copy], names=["one.jsonl", "copy.jsonl"])}
+    assert merged["a"].captions == ["x", "p"] and merged["b"].captions == ["y", "q"]
+    assert merged["a"].extra["video"] == [10, 1, 2, 3]
+
+
+def test_a_store_without_identities_is_logged_without_guessing_its_age(tmp_path, caplog):
+    """Issue #28 re-trial 12, F1: the log line for a store without video identities said it was
+    "written before they were recorded", also of a new synthetic set's store; it says what it is."""
+    from tgmae.captions.store import refuse_other_videos
+
+    with caplog.at_level("INFO"):
+        refuse_other_videos(tmp_path / "c.jsonl", [rec("a", ["x"])], {"a": [10, 1, 2, 3]})
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("c.jsonl" in m and "no video identities" in m for m in msgs), msgs
+    assert not any("written before" in m for m in msgs), msgs
+
+
 def test_synthetic_set_captions_read_as_a_store(tmp_path):
     from tgmae.data.synthetic.generate import generate_synthetic_dataset
 

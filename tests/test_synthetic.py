@@ -103,7 +103,7 @@ def test_layout_and_headers(synth):
     caps = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
     assert [c["video_id"] for c in caps] == ids
     for c in caps:
-        assert set(c) == {"video_id", "captions", "source", "model"}
+        assert set(c) == {"video_id", "captions", "source", "model", "video"}
         assert (c["source"], c["model"]) == ("synthetic", "template") and len(c["captions"]) == 3
     meta = _meta(root)
     assert (meta["seed"], meta["num_videos"], meta["frames"], meta["height"], meta["width"]) == (SEED, N, FRAMES, SIZE, SIZE)
@@ -144,7 +144,9 @@ def test_deterministic_across_runs_and_workers(synth, tmp_path):
     again = tmp_path / "again"
     generate_synthetic_dataset(again, num_videos=N, frames=FRAMES, size=SIZE, gop=GOP, seed=SEED, workers=2)
     for name in INDEX:
-        assert (again / name).read_bytes() == (root / name).read_bytes(), name
+        if name != "captions.jsonl":  # its records' `video` identities are of each set's own files
+            assert (again / name).read_bytes() == (root / name).read_bytes(), name
+    assert _captions_text(again) == _captions_text(root)
     for p in sorted((root / "masks").iterdir()):
         assert (again / "masks" / p.name).read_bytes() == p.read_bytes(), p.name
     for name in ("synth_00000.mp4", "synth_00007.mp4"):
@@ -155,7 +157,7 @@ def test_deterministic_across_runs_and_workers(synth, tmp_path):
     other = tmp_path / "other"
     generate_synthetic_dataset(other, num_videos=N, frames=FRAMES, size=SIZE, gop=GOP, seed=SEED + 1)
     assert (other / "annotations.csv").read_bytes() != (root / "annotations.csv").read_bytes()
-    assert (other / "captions.jsonl").read_bytes() != (root / "captions.jsonl").read_bytes()
+    assert _captions_text(other) != _captions_text(root)
     assert (other / "masks" / "synth_00000.npz").read_bytes() != (root / "masks" / "synth_00000.npz").read_bytes()
 
 
@@ -452,6 +454,38 @@ def test_static_camera_keeps_the_scene_and_fixes_the_background():
             assert not (render_scene(drawn).frames[:, free] == render_scene(drawn).frames[:1, free]).all()
 
 
+def _captions_text(root: Path) -> str:
+    """captions.jsonl without each record's `video` (the identity of the set's own file: its size,
+    mtime, inode, ctime), as it was written before identities were recorded."""
+    lines = [json.loads(x) for x in (root / "captions.jsonl").read_text().splitlines()]
+    return "".join(json.dumps({k: v for k, v in o.items() if k != "video"}) + "\n" for o in lines)
+
+
+def test_captions_record_each_videos_identity_and_another_sets_are_refused(tmp_path):
+    """Issue #28 re-trial 12, F1: a synthetic set's captions.jsonl recorded no video identities, so
+    `masks` and training accepted another synthetic set's captions (the same ids synth_00000, ...)
+    for this set's videos (rc 0). Its records carry each video's `video_identity` as the caption
+    command's do, and the check every reader makes refuses the other set's store by name."""
+    from tgmae.captions.store import CaptionStoreError, read_store, refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=4, frames=6, size=32, gop=3, seed=i + 1)
+            for i in range(2)]
+    for info in sets:
+        for r in read_store(info.captions_jsonl).records:
+            assert r.extra["video"] == video_identity(str(info.videos_dir / f"{r.video_id}.mp4"))
+    mine = {f"synth_0000{i}": video_identity(str(sets[0].videos_dir / f"synth_0000{i}.mp4")) for i in range(4)}
+    refuse_other_videos(sets[0].captions_jsonl, read_store(sets[0].captions_jsonl).records, mine)  # its own
+    with pytest.raises(CaptionStoreError) as e:
+        refuse_other_videos(sets[1].captions_jsonl, read_store(sets[1].captions_jsonl).records, mine)
+    assert str(sets[1].captions_jsonl) in str(e.value) and "'synth_0000" in str(e.value)
+    # a set written before identities were recorded gets them when `synth` is run on it again
+    stamped = sets[0].captions_jsonl.read_text()
+    sets[0].captions_jsonl.write_text(_captions_text(sets[0].root))
+    generate_synthetic_dataset(sets[0].root, num_videos=4, frames=6, size=32, gop=3, seed=1)
+    assert sets[0].captions_jsonl.read_text() == stamped
+
+
 def _content_digest(root: Path) -> str:
     """sha256 over the index files and the masks' arrays (not the zip or mp4 bytes, which depend on
     the zlib / x264 builds)."""
@@ -464,8 +498,8 @@ def _content_digest(root: Path) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([header[:-1]] + [r[:-1] for r in rows])
     h.update(buf.getvalue().encode())
-    for name in ("captions.jsonl", "meta.json"):
-        h.update((root / name).read_bytes())
+    h.update(_captions_text(root).encode())  # without the records' identities of this set's files
+    h.update((root / "meta.json").read_bytes())
     for p in sorted((root / "masks").iterdir()):
         with np.load(p) as z:
             h.update(z["masks"].tobytes() + z["boxes"].tobytes())

@@ -345,21 +345,27 @@ def _join_unique(values: Sequence[str]) -> str:
     return "+".join(out)
 
 
-def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False) -> list[CaptionRecord]:
+def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False,
+                 names: Optional[Sequence[str]] = None) -> list[CaptionRecord]:
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
     (exact duplicates dropped); `source`/`model` become `a+b`. Videos are listed in first-seen
-    order. With `require_all`, a video missing from any store is an error.
+    order. With `require_all`, a video missing from any store is an error. CaptionStoreError
+    naming two stores (`names`, e.g. their files; else "store 1", ...) and a few ids when their
+    records of one id were captioned from different files (`refuse_mixed_videos`).
     """
     parts: dict[str, list[CaptionRecord]] = {}  # in first-seen order
-    for store in stores:
+    where: dict[str, list[int]] = {}  # the stores each id's records are from
+    for i, store in enumerate(stores):
         seen_here: set[str] = set()
         for rec in store:
             if rec.video_id in seen_here:
                 raise CaptionStoreError(f"video {rec.video_id!r} appears twice in one source")
             seen_here.add(rec.video_id)
             parts.setdefault(rec.video_id, []).append(rec)
+            where.setdefault(rec.video_id, []).append(i)
+    refuse_mixed_videos(parts, where, list(names) if names else [f"store {i + 1}" for i in range(len(stores))])
     if require_all:
         incomplete = [v for v in parts if len(parts[v]) != len(stores)]
         if incomplete:
@@ -378,6 +384,27 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
         merged.append(CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
                                     _join_unique([r.model for r in recs]), extra))
     return merged
+
+
+def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, list[int]],
+                        names: Sequence[str]) -> None:
+    """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
+    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities differing in what a
+    copy keeps (`_copy_key`): stores of two data sets with the same ids, whose merge would describe
+    one id by two videos and keep one store's stamp (then accepted by one set, refused by the other,
+    by store order). Records without an identity are not compared."""
+    clash: dict[tuple[int, int], list[str]] = {}
+    for vid, recs in parts.items():
+        known = [(i, _copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, key in known[1:] if key != known[0][1]), None)
+        if other is not None:
+            clash.setdefault(other, []).append(vid)
+    if clash:
+        (a, b), ids = next(iter(clash.items()))
+        raise CaptionStoreError(
+            f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({_ids_text(ids)}): "
+            "stores of two data sets with the same video ids; combine stores of one data set (give its "
+            "annotations, --format and --root, to check them against its files)")
 
 
 def video_ids_in(path: str | Path) -> set[str]:
@@ -408,9 +435,10 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
     copy keeps (`_copy_key`: the size): a store made for another data set with the same ids, or a
-    video replaced since, whose captions describe another video. Records without one (stores written before identities were recorded, or for
-    a video that could not be read) and ids without a file now (None) are not compared; when no
-    record of the data set's videos has one, a log line says the store could not be checked."""
+    video replaced since, whose captions describe another video. Records without one (a store
+    written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
+    without a file now (None) are not compared; when no record of the data set's videos has one, a
+    log line says the store could not be checked."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
@@ -421,8 +449,8 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
             f"({_ids_text(other)}): a store made for another data set with the same video ids, or videos "
             "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
     if mine and not known:
-        log.info("tgmae: %s records no video identities (written before they were recorded): "
-                 "not checked against this data set's files", path)
+        log.info("tgmae: %s records no video identities (which file each caption describes): its captions "
+                 "are not checked against this data set's files", path)
 
 
 def drop_foreign(path: str | Path, records: Sequence[CaptionRecord], video_ids: Iterable[str]) -> list[CaptionRecord]:

@@ -170,7 +170,9 @@ def _identities(videos) -> dict:
 def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
     """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
     against the data set: a store captioned from other files for its ids is refused
-    (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning."""
+    (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning.
+    With or without, stores whose records of one id were captioned from different files are
+    refused naming both (`merge_stores`: two data sets' stores with the same ids)."""
     from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
 
     stores = [read_store(f).records for f in args.combine]
@@ -179,7 +181,7 @@ def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
         for f, recs in zip(args.combine, stores):
             refuse_other_videos(f, recs, identity)
         stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
-    return merge_stores(stores, require_all=args.require_all)
+    return merge_stores(stores, require_all=args.require_all, names=args.combine)
 
 
 def _refuse_inputs(args: argparse.Namespace) -> None:

@@ -6,7 +6,9 @@ Layout (the data pipeline relies on it):
     OUT/train.csv, val.csv   `path,label,caption,video_id` (path relative to OUT), stratified by class
     OUT/annotations.csv      all videos, same columns
     OUT/classes.txt          line i = name of class i
-    OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template"}
+    OUT/captions.jsonl       {"video_id", "captions": [3], "source": "synthetic", "model": "template", "video"}
+                             (`video`: the `data.fileid.video_identity` of OUT/videos/<id>.mp4, as `tgmae
+                             caption` records it: `masks` and training refuse another set's captions)
     OUT/descriptions.json    class -> [vision-free descriptions] (`captions.class_descriptions`; eval.class_descriptions)
     OUT/meta.json            settings, counts, classes, per-video objects (written last)
     OUT/.synth_settings.json the settings of a set being written (removed once meta.json is there)
@@ -16,7 +18,8 @@ settings is refused naming them, before anything of it is removed; the same sett
 unfinished set, or leave a finished one as it is.
 
 Video i depends only on (seed, i): the set is the same for any number of workers, and the same
-seed gives byte-identical annotations, captions and masks (and, with one x264 thread, videos).
+seed gives byte-identical annotations, captions (but for each record's `video` identity of its
+file) and masks (and, with one x264 thread, videos).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tgmae.errors import SettingsError
+from tgmae.data.fileid import video_identity
 from tgmae.lifetime import end_with_parent
 from tgmae.locks import refuse_inside_run
 from tgmae.data.synthetic.captions import class_descriptions, make_captions
@@ -207,6 +211,7 @@ def _existing_set(root: Path, settings: dict) -> SyntheticSetInfo | None:
         return None
     if not (root / "descriptions.json").is_file():  # a set written before the file existed
         write_class_descriptions(root)
+    _stamp_captions(root)
     return _info(root, meta, 0.0)
 
 
@@ -254,15 +259,26 @@ def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> Non
     write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
     write_csv(root / "annotations.csv", rows)
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
-    atomic_write_text(
-        root / "captions.jsonl",
-        "".join(
-            json.dumps({"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic", "model": "template"})
-            + "\n"
-            for r in records
-        ),
-    )
+    _write_captions(root, [{"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic",
+                            "model": "template"} for r in records])
     write_class_descriptions(root)
+
+
+def _write_captions(root: Path, records: Sequence[dict]) -> None:
+    """root/captions.jsonl: each record with its video's `video_identity` (after the other keys)
+    under `video`, the field `tgmae caption` writes: readers compare it with the data set's files,
+    so another synthetic set's captions (the same ids) are refused. Videos are written by now."""
+    lines = [json.dumps({**r, "video": video_identity(str(root / "videos" / f"{r['video_id']}.mp4"))}) + "\n"
+             for r in records]
+    atomic_write_text(root / "captions.jsonl", "".join(lines))
+
+
+def _stamp_captions(root: Path) -> None:
+    """Give a finished set's captions.jsonl written without video identities (before they were
+    recorded) its videos' identities; a set that has them is not rewritten."""
+    records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines() if line.strip()]
+    if any("video" not in r for r in records):
+        _write_captions(root, [{k: v for k, v in r.items() if k != "video"} for r in records])
 
 
 def write_class_descriptions(root: Path) -> Path:
