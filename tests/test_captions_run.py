@@ -678,3 +678,30 @@ def test_a_store_of_another_data_set_with_the_same_ids_is_refused_by_combine(tmp
     msgs = [r.getMessage() for r in caplog.records]
     assert any(str(old) in m and "1 video id(s) not in the data set" in m and "'elsewhere/x'" in m for m in msgs)
     assert any(str(old) in m and "no video identities" in m for m in msgs)
+
+
+@pytest.mark.parametrize("source", ["--oracle", "--annotation-captions"])
+def test_text_sources_under_torchrun_are_written_by_rank_0_alone(tmp_path, monkeypatch, capsys, source):
+    """issue 28 re-trial 12 (F4): `torchrun --nproc_per_node 2 ... caption --oracle` ran the whole
+    store on every rank, and rank 1 was sometimes refused by rank 0's lock ("in use by another run"),
+    failing the run though the store was complete. Rank 0 writes it; the other ranks leave at once."""
+    from test_locks import _holder
+
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,caption\na.mp4,jumping,a jump\nb.mp4,running,a run\n")
+    out = tmp_path / "c.jsonl"
+    args = ["--format", "csv", "--root", str(tmp_path), str(ann), source, "--out", str(out)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    proc = _holder(out, tmp_path)  # rank 0 of the same run, writing the store
+    try:
+        assert main(args) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    io = capsys.readouterr()
+    assert "in use" not in io.err and "rank 0" in io.out
+    assert not out.exists()  # rank 1 wrote nothing
+    monkeypatch.setenv("RANK", "0")
+    assert main(args) == 0
+    assert set(read_store(out).by_video()) == {"a", "b"}
