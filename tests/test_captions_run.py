@@ -705,3 +705,30 @@ def test_combine_without_the_data_set_refuses_stores_of_two_data_sets_in_either_
     # a set's own stores (its annotations' captions and the generator's) combine as before
     assert main(["--combine", str(stores[0]), str(sets[0].captions_jsonl), "--out", str(out)]) == 0
     assert {r.video_id for r in read_store(out).records} == {f"synth_0000{i}" for i in range(3)}
+
+
+@pytest.mark.parametrize("source", ["--oracle", "--annotation-captions"])
+def test_text_sources_under_torchrun_are_written_by_rank_0_alone(tmp_path, monkeypatch, capsys, source):
+    """issue 28 re-trial 12 (F4): `torchrun --nproc_per_node 2 ... caption --oracle` ran the whole
+    store on every rank, and rank 1 was sometimes refused by rank 0's lock ("in use by another run"),
+    failing the run though the store was complete. Rank 0 writes it; the other ranks leave at once."""
+    from test_locks import _holder
+
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label,caption\na.mp4,jumping,a jump\nb.mp4,running,a run\n")
+    out = tmp_path / "c.jsonl"
+    args = ["--format", "csv", "--root", str(tmp_path), str(ann), source, "--out", str(out)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    proc = _holder(out, tmp_path)  # rank 0 of the same run, writing the store
+    try:
+        assert main(args) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    io = capsys.readouterr()
+    assert "in use" not in io.err and "rank 0" in io.out
+    assert not out.exists()  # rank 1 wrote nothing
+    monkeypatch.setenv("RANK", "0")
+    assert main(args) == 0
+    assert set(read_store(out).by_video()) == {"a", "b"}

@@ -60,3 +60,54 @@ def test_pool_workers_end_when_the_parent_is_killed():
     for p in left:  # do not leave them behind if the test fails
         os.kill(p, signal.SIGKILL)
     assert left == []
+
+
+def _cli_child_after_launcher_kill(tmp_path, env: dict) -> int:
+    """A parent imitating torchrun's agent (it starts the CLI with `env` from its main thread) is
+    killed -9 once the CLI runs (its OUT_DIR lock is there); the CLI's pid."""
+    out = tmp_path / "syn"
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-m", "tgmae.cli", "synth", {str(out)!r}, "--num-videos", "100000",
+                                  "--frames", "8", "--size", "64", "--workers", "1"], env={{**os.environ, **{env!r}}},
+                                 stdout=subprocess.DEVNULL)
+        print(child.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 120
+    while not (tmp_path / ".syn.lock").exists() and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the CLI has started and holds its lock: the parent-death signal is armed
+    assert (tmp_path / ".syn.lock").exists() and _alive(pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    return pid
+
+
+TORCHRUN_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0"}
+
+
+def test_a_cli_started_by_torchrun_ends_when_torchrun_is_killed(tmp_path):
+    """issue 28 re-trial 12 (F3): kill -9 of the torchrun parent left both ranks training and
+    writing checkpoints (re-parented to init). A rank started by torchrun ends with it."""
+    pid = _cli_child_after_launcher_kill(tmp_path, TORCHRUN_ENV)
+    left = _wait_gone([pid], timeout=60.0)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert left == []
+
+
+def test_end_with_launcher_is_a_no_op_outside_torchrun(monkeypatch):
+    """A run started by a shell (`nohup tgmae pretrain ... &`) outlives it: only torchrun's ranks
+    are tied to their parent."""
+    import threading
+
+    from tgmae.lifetime import end_with_launcher
+
+    for key in TORCHRUN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    end_with_launcher()
+    assert not any(t.name == "end-with-parent" for t in threading.enumerate())

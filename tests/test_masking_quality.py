@@ -178,6 +178,12 @@ def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsy
             "--image-size", "128", "--split", "train", "--cache", str(tmp_path / "cache"), "--no-progress"]
     assert main([*args, "--out", str(out)]) == 0
     table = capsys.readouterr().out
+    # issue 28 re-trial 12 (F5): the cache built with other settings is --cache's folder; the way
+    # out names --cache, not --out (the results JSON)
+    assert main([*args, "--cache-stride", "3", "--out", str(tmp_path / "r3.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--cache" in err and "--rebuild" in err and "--out" not in err
+    assert not (tmp_path / "r3.json").exists()
     assert "tgm_top" in table and "ceiling" in table
     res = json.loads(out.read_text())
     assert set(res) == {"random", "tube", "mgm", "tgm_top", "tgm_bottom"}

@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from tgmae.lifetime import end_with_launcher
+
+    end_with_launcher()  # a torchrun rank ends with torchrun, even one killed with -9
     # the one logging set-up: library modules only get loggers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")

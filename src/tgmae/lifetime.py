@@ -2,7 +2,8 @@
 
 `end_with_parent(parent_pid)`, a pool's `initializer`: on Linux `prctl(PR_SET_PDEATHSIG)`, plus
 a daemon thread checking the parent once a second (other systems; the death signal follows the
-thread that forked).
+thread that forked). `end_with_launcher()`, called by the CLI as it starts: the same for a rank
+that torchrun started, tied to torchrun's agent; a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -38,3 +39,21 @@ def end_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     if _parent_gone(parent_pid):  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid, every_s), name="end-with-parent", daemon=True).start()
+
+
+LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # set by torchrun's agent for each rank
+_tied = False
+
+
+def end_with_launcher() -> None:
+    """When torchrun started this process (its `LAUNCHER_ENV` variables are set), make it end with
+    torchrun's agent, its parent (`end_with_parent`): a kill -9 of torchrun would otherwise leave
+    its ranks, re-parented to init, training and writing checkpoints. The agent starts its workers
+    (`subprocess.Popen`) from its main thread, so the parent-death signal, which follows the thread
+    that forked, fires when the agent process ends. A no-op elsewhere: a run started from a shell
+    (`nohup tgmae pretrain ... &`) outlives it. Once per process."""
+    global _tied
+    if _tied or not any(k in os.environ for k in LAUNCHER_ENV):
+        return
+    _tied = True
+    end_with_parent(os.getppid())

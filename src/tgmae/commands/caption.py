@@ -208,6 +208,12 @@ def main(argv: Sequence[str]) -> int:
     _refuse_inputs(args)
     if args.model:
         return _run_captioner(args)
+    from tgmae.distributed import launch_env, other_launched_rank
+
+    if other_launched_rank():  # torchrun: the store is written whole, by rank 0 (only --model is sharded)
+        rank, world = launch_env()
+        print(f"rank {rank}/{world}: {args.out} is written by rank 0 (only --model captioning is sharded)")
+        return 0
     with hold(args.out, "--out", folder=False):
         return _write_store(args)
 

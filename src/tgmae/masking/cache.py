@@ -132,9 +132,13 @@ def clear_cache(root: str | Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
+MASKS_WAY_OUT = "rerun with --rebuild to replace it, or give --out another folder"  # `tgmae masks`
+
+
+def write_manifest_or_check(root: str | Path, manifest: CacheManifest, way_out: str = MASKS_WAY_OUT) -> None:
     """New cache: write the manifest. Existing cache: refuse when it was built differently
-    (CacheMismatchError listing each differing field; the way out is `tgmae masks --rebuild`)."""
+    (CacheMismatchError listing each differing field, then `way_out`: what the command that chose
+    `root` offers, e.g. `tgmae masks` --rebuild / --out, `eval-masks` --rebuild / --cache)."""
     root = Path(root)
     path = root / "manifest.json"
     if path.is_file():
@@ -142,7 +146,7 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest) -> None:
         if diffs:
             raise CacheMismatchError(
                 f"{root} holds a similarity cache built differently: " + "; ".join(diffs)
-                + ". Rerun with --rebuild to replace it, or use another --out directory."
+                + f"; {way_out}"
             )
         return
     root.mkdir(parents=True, exist_ok=True)

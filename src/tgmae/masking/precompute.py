@@ -25,7 +25,7 @@ from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
-    write_entry, write_manifest_or_check,
+    MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
 from tgmae.clip.features import ClipBundle, ClipPatchScorer, cosine_maps, embed_texts, map_grid, uint8_to_unit
@@ -92,23 +92,24 @@ CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"
 
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
-    opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True,
+    opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
     Returns counts {"done", "skipped", "resumed"} for this rank. RunFolderError when `out` is a
     run folder or lies inside one (`locks.refuse_inside_run`: its maps and parts would mix with the
     run's checkpoints); CacheMismatchError for a non-empty folder that is not a cache
-    (`cache.check_cache_folder`)."""
+    (`cache.check_cache_folder`); for a cache built with other settings, one naming each difference
+    and then `way_out` (`cache.write_manifest_or_check`: the calling command's flags)."""
     check_kind(out, CACHE_SETTING, folder=True)
     refuse_inside_run(out, CACHE_SETTING)
     check_cache_folder(out, CACHE_SETTING)
     with hold(shard_target(out, rank, world), CACHE_SETTING):
-        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress)
+        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out)
 
 
 def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
-                opts: PrecomputeOptions, rank: int, world: int, progress: bool) -> dict:
+                opts: PrecomputeOptions, rank: int, world: int, progress: bool, way_out: str) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store, refuse_other_videos
@@ -120,7 +121,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     refuse_other_videos(captions_file, records, {vid: video_identity(path) for vid, path in videos})
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
-    write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer))
+    write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
     done = {r["video_id"]: r for r in part_records(out) if r.get("file")}  # the latest of each video
     share = list(videos)[rank::world]
     counts = {"done": 0, "skipped": 0, "resumed": 0}

@@ -272,7 +272,8 @@ def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
     videos = [(r.video_id, r.path) for r in records]
     opts = PrecomputeOptions(mode=study.mask_mode, frame_stride=2, image_size=64, patch_size=16, map_scale=2)
     counts = precompute(videos, str(paths.data / "captions.jsonl"), load_clip(str(paths.clip)),
-                        paths.mask_cache, opts, progress=False)
+                        paths.mask_cache, opts, progress=False,
+                        way_out=f"use another study out_dir, or delete {paths.mask_cache} to build it again")
     log.info("study: similarity maps %s", counts)
 
 
