@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,36 @@ def test_masks_refuses_a_users_folder_that_is_not_a_cache_naming_it(tmp_path, ca
     check_cache_folder(tmp_path / "new", "--out")
     (mine / "manifest.json").write_text("{}")  # a cache's folder: its manifest is checked later
     check_cache_folder(mine, "--out")
+
+
+def test_a_manifest_written_by_another_build_a_moment_ago_is_checked_not_replaced(tmp_path, monkeypatch):
+    """issue 28 re-trial 12: a sharded `tgmae masks` locks only its ranks' parts, so a second build
+    with other settings into the same folder could pass the "no manifest yet" check at the same
+    moment and replace the first's manifest, mixing maps of both settings. The manifest is now
+    created exclusively: the build that comes second is checked against the first's and refused."""
+    import pytest
+
+    from tgmae.masking import cache
+
+    first = cache.CacheManifest("clip", "f", "faithful", "source=s", "sha", 2, 32, 16, 1, None, 4)
+    second = cache.CacheManifest("clip", "f", "faithful", "source=s", "sha", 2, 64, 16, 1, None, 4)
+    real = cache.create_exclusive_text
+
+    def other_build_first(path, text):  # the other build's manifest lands between check and write
+        real(path, json.dumps(cache.asdict(first), indent=2) + "\n")
+        return real(path, text)
+
+    monkeypatch.setattr(cache, "create_exclusive_text", other_build_first)
+    with pytest.raises(cache.CacheMismatchError, match="image_size"):
+        cache.write_manifest_or_check(tmp_path, second)
+    assert cache.read_manifest(tmp_path) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no temp left
+
+
+def test_create_exclusive_text_never_replaces(tmp_path):
+    from tgmae.atomic import create_exclusive_text
+
+    path = tmp_path / "sub" / "m.json"
+    assert create_exclusive_text(path, "one") is True
+    assert create_exclusive_text(path, "two") is False
+    assert path.read_text() == "one" and sorted(p.name for p in path.parent.iterdir()) == ["m.json"]

@@ -293,3 +293,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
     """Write `text` (UTF-8) to `path` atomically (see `atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+
+def create_exclusive_text(path: str | os.PathLike, text: str) -> bool:
+    """Write `text` (UTF-8) to `path` whole, and only if no file is there: False, nothing written,
+    when one is (also one another process created a moment ago). For the record that decides what
+    a shared folder holds (a cache's manifest): of two writers started at once exactly one's
+    stands and the other reads it, where check-then-replace would let the second replace the first.
+    OutputError naming `path` for a write the disk or folder refused."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(text.encode("utf-8"))
+        open_mode(tmp, path)
+        os.link(tmp, path)  # the exclusive step: fails when `path` exists
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise (write_failure(e, path) or e) from e
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

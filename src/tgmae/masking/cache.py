@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from tgmae.atomic import atomic_path, atomic_write_text, is_temp, remove_stale_temps
+from tgmae.atomic import atomic_path, atomic_write_text, create_exclusive_text, is_temp, remove_stale_temps
 from tgmae.errors import UserError
 
 CACHE_FORMAT = "tgmae-similarity-cache"
@@ -141,16 +141,15 @@ def write_manifest_or_check(root: str | Path, manifest: CacheManifest, way_out: 
     `root` offers, e.g. `tgmae masks` --rebuild / --out, `eval-masks` --rebuild / --cache)."""
     root = Path(root)
     path = root / "manifest.json"
-    if path.is_file():
-        diffs = manifest_differences(read_manifest(root), manifest)
-        if diffs:
-            raise CacheMismatchError(
-                f"{root} holds a similarity cache built differently: " + "; ".join(diffs)
-                + f"; {way_out}"
-            )
+    # created exclusively: of two builds started at once into one folder (a sharded run's ranks
+    # lock only their own parts) the first manifest stands and the other build is checked against it
+    if not path.is_file() and create_exclusive_text(path, json.dumps(asdict(manifest), indent=2) + "\n"):
         return
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(asdict(manifest), indent=2) + "\n")
+    diffs = manifest_differences(read_manifest(root), manifest)
+    if diffs:
+        raise CacheMismatchError(
+            f"{root} holds a similarity cache built differently: " + "; ".join(diffs) + f"; {way_out}"
+        )
 
 
 def remove_stale_cache_temps(root: str | Path) -> int:
