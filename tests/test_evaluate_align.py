@@ -151,6 +151,8 @@ def test_retrieve_aligns_a_head_on_an_mae_only_encoder_reuses_it_and_refuses_oth
     with pytest.raises(ConfigError, match=f"{HEAD_FILE}.*model.pretrained's weights"):
         evaluate_retrieval(load_config(path), progress=False)
     assert (out / HEAD_FILE).read_bytes() == head
+    with pytest.raises(ValueError, match="pass no model"):  # a pretraining head given along: never silently unused
+        evaluate_retrieval(load_config(path, [f"train.output_dir={tmp_path / 'other'}"]), model=nn.Linear(1, 1))
     # asked to replace: retrained on the new weights
     evaluate_retrieval(load_config(path, ["checkpoint.resume=ignore_config"]), progress=False)
     assert (out / HEAD_FILE).read_bytes() != head
