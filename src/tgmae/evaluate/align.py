@@ -95,9 +95,13 @@ def _resolved(path: str) -> str:
 
 def align_settings(cfg) -> dict[str, Any]:
     """What decides the aligned head, {key: value}: the `eval.retrieval_align_*` keys, train.seed,
-    the fixed recipe (pooling, width, tau, weight decay), the training videos and the captions."""
-    e = cfg.eval
-    return {"eval.retrieval_align_epochs": e.retrieval_align_epochs,
+    the fixed recipe (pooling, width, tau, weight decay), the training videos, their clips' pixels
+    and the captions."""
+    e, d = cfg.eval, cfg.data
+    pixels = {f"data.{k}": getattr(d, k) for k in ("format", "split", "num_frames", "frame_stride", "sampling",
+                                                   "image_size")}  # a clip's pixels (and T': the head's width)
+    pixels.update({"data.mean": list(d.mean), "data.std": list(d.std)})
+    return {**pixels, "eval.retrieval_align_epochs": e.retrieval_align_epochs,
             "eval.retrieval_align_batch_size": e.retrieval_align_batch_size,
             "eval.retrieval_align_lr": e.retrieval_align_lr, "train.seed": cfg.train.seed,
             "pooling": POOLING, "dim": ALIGN_DIM, "temperature": ALIGN_TEMPERATURE,
