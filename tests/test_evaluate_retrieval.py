@@ -295,6 +295,8 @@ def test_retrieve_records_its_settings_and_refuses_results_of_other_settings(syn
     assert saved["written_by"] == "tgmae retrieve"
     assert saved["settings"]["model.pretrained"] == str(run) and saved["settings"]["data.val_annotations"] == "val.csv"
     assert saved["settings"]["eval.retrieval_text"] == "classes"
+    # the pretraining's own head (eval.retrieval_align_epochs=0): no alignment keys, earlier results stay valid
+    assert not any("align" in k for k in saved["settings"]) and not (out / "aligned_head.safetensors").exists()
     before = (out / "retrieval_results.json").read_text()
     # the same settings again: its own results, replaced
     assert main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]) == 0

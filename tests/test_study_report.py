@@ -53,6 +53,17 @@ def test_table_and_findings_mark_every_figure_at_chance(tmp_path):
     assert ("With 1152 validation videos a random guesser's top-1 lies in 8.3-11.8% 95% of the time; 1 of 4 FT / LP "
             "means lie in that band") in report
     assert "only 10 text queries per run: they move in steps of 10.0 points, and a random ranking's R@1 lies in 0-30%." in report
+    assert "through the contrastive head (only for runs that trained it)" in report  # records without align_epochs
+
+
+def test_the_intro_says_retrieval_went_through_a_head_aligned_on_the_frozen_encoder(tmp_path):
+    aligned = dict(_retrieval(0.25, 0.4), align_epochs=60)
+    records = [_record(tmp_path, "tube", "mae", 0.2, retrieval=dict(_retrieval(0.14, 0.2), align_epochs=60)),
+               _record(tmp_path, "tube", "mae+contrastive", 0.23, retrieval=aligned)]
+    report = write_report(records, tmp_path / "rep").read_text()
+    assert "through a video-text head aligned on the frozen encoder for 60 epochs" in report
+    assert "contrastive head" not in report
+    assert "| tube | 0.75 | ✓ |  | 80.0 | 20.0 | 14.0 |" in markdown_table(aggregate(records))  # MAE-only: R@k too
 
 
 def test_a_mean_over_seeds_is_compared_with_the_band_of_all_its_queries(tmp_path):

@@ -530,13 +530,33 @@ def test_retrieval_ranks_the_sets_class_descriptions_by_default(tmp_path):
     ret = retrieval_config(study, paths, probe, run)
     assert study.retrieval_prompts == "descriptions"
     assert ret.eval.class_descriptions == str(paths.data / "descriptions.json")
-    assert ret.train.output_dir == str(run / "retrieval")
+    # through a head aligned on the frozen encoder (issue 27), in a folder of its own
+    assert ret.eval.retrieval_align_epochs == study.retrieval_align_epochs == 60
+    assert ret.train.output_dir == str(run / "retrieval_aligned")
+    own = retrieval_config(dataclasses.replace(study, retrieval_align_epochs=0), paths, probe, run)
+    assert own.train.output_dir == str(run / "retrieval") and own.eval.retrieval_align_epochs == 0
+    assert retrieval_config(study, paths, probe, run, quick=True).eval.retrieval_align_batch_size == 8
     # the probe's own config (what check_phase_settings compares on resume) is untouched
     assert probe.eval.class_descriptions == "" and probe.train.output_dir == str(run / "probe")
     names = retrieval_config(StudyConfig(out_dir=str(tmp_path), retrieval_prompts="names"), paths, probe, run)
     assert names.eval.class_descriptions == "" and names.eval.class_prompt == "a video of {}."
     with pytest.raises(ConfigError, match=r"study.retrieval_prompts='labels': expected descriptions\|names"):
         StudyConfig(retrieval_prompts="labels")
+
+
+def test_aligned_retrieval_covers_mae_only_cells_and_finished_cells_gain_it():
+    from tgmae.study.run import retrieves, stale_retrieval
+
+    aligned, own = StudyConfig(), StudyConfig(retrieval_align_epochs=0)
+    assert retrieves(aligned, "mae") and retrieves(aligned, "mae+contrastive")  # MAE vs MAE + V-T, one head
+    assert not retrieves(own, "mae") and retrieves(own, "mae+contrastive")  # no head of its own to read
+    old = {"masking": "tube", "objective": "mae+contrastive", "retrieval": {"video_to_text": {"R@1": 0.1}}}
+    assert stale_retrieval(aligned, old) and not stale_retrieval(own, old)  # older records: the pretraining's head
+    assert not stale_retrieval(aligned, dict(old, retrieval={"align_epochs": 60}))
+    assert stale_retrieval(aligned, {"masking": "tube", "objective": "mae", "retrieval": {}})
+    assert not stale_retrieval(aligned, {"masking": "none", "objective": "none", "retrieval": {}})
+    with pytest.raises(ConfigError, match="study.retrieval_align_epochs"):
+        StudyConfig(retrieval_align_epochs=-1)
 
 
 def test_a_second_study_into_one_folder_is_refused_naming_the_holder(tmp_path, capsys):

@@ -371,6 +371,13 @@ class EvalConfig:
     # descriptions averaged (CuPL); empty = the templates of class_prompt
     class_descriptions: str = ""
     strict: bool = False  # an unreadable test video fails the evaluation (False: scored without it, listed)
+    # retrieval through a video-text head trained afterwards on the frozen encoder (LiT's locked alignment,
+    # tgmae.evaluate.align) for this many epochs over the training videos and captions; 0 = the pretraining's
+    # own head. Its pooling is fixed to temporal (per-time-slice means, concatenated): a mean over all tokens
+    # loses the order of the slices, where motion classes live (docs/study.md, issue 27)
+    retrieval_align_epochs: int = 0
+    retrieval_align_batch_size: int = 16  # videos per alignment step (>= 2: the head's BatchNorm)
+    retrieval_align_lr: float = 1e-3  # AdamW lr of the alignment (constant; weight decay 0.05, tau 0.07)
     # frozen-backbone probes (tgmae.evaluate.knn / attentive): which one, and their knobs
     probe: str = "linear"  # linear (probe_optimizer) | knn (DINO's weighted k-NN) | attentive (V-JEPA's)
     knn_k: tuple[int, ...] = (10, 20, 100, 200)  # k-NN: neighbour counts, all scored in one pass (DINO's)
@@ -399,6 +406,13 @@ class EvalConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
         check_choice("eval.retrieval_text", self.retrieval_text, RETRIEVAL_TEXTS)
+        if isinstance(self.retrieval_align_epochs, bool) or self.retrieval_align_epochs < 0:
+            raise ConfigError(f"eval.retrieval_align_epochs={self.retrieval_align_epochs}: must be >= 0 (0 = the "
+                              "pretraining's head)")
+        if self.retrieval_align_batch_size < 2:
+            raise ConfigError(f"eval.retrieval_align_batch_size={self.retrieval_align_batch_size}: must be >= 2")
+        if not 0 < self.retrieval_align_lr < float("inf"):
+            raise ConfigError(f"eval.retrieval_align_lr={self.retrieval_align_lr}: must be > 0 and finite")
         templates = [self.class_prompt] if isinstance(self.class_prompt, str) else list(self.class_prompt)
         if not templates:
             raise ConfigError("eval.class_prompt=[]: needs at least one template")

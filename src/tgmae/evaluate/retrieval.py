@@ -1,7 +1,9 @@
 """Zero-shot video <-> text retrieval with the contrastive head (paper Table 3).
 
 Video: the unmasked encoder's mean token through the trained head (`embed_video`, eval mode),
-L2-normalized; several views average the pooled output first. Text: the frozen CLIP embedding
+L2-normalized; several views average the pooled output first. `eval.retrieval_align_epochs` > 0:
+the head (and text map) is instead one trained afterwards on `model.pretrained`'s frozen encoder,
+on temporally pooled tokens (`tgmae.evaluate.align`, LiT), kept in <train.output_dir>/aligned_head.safetensors. Text: the frozen CLIP embedding
 through the text map (`embed_text`), L2-normalized. `classes`: one text per class, relevant to its
 videos: the class name in each `eval.class_prompt` template or the class's descriptions
 (`eval.class_descriptions`, CuPL), averaged and renormalized (CLIP's prompt ensemble); `captions`:
@@ -276,7 +278,14 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / RESULTS)
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
-    if model is None:
+    if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
+        if model is not None:
+            raise ValueError("eval.retrieval_align_epochs > 0 aligns a head on model.pretrained's encoder: "
+                             "pass no model")
+        from tgmae.evaluate.align import aligned_model
+
+        model = aligned_model(cfg, dist_info.device, progress=progress)
+    elif model is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
         model = load_video_text_model(cfg.model.pretrained)
@@ -344,6 +353,10 @@ def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
         settings["eval.class_prompt"] = prompt if isinstance(prompt, str) else list(prompt)
     else:
         settings["captions.file"] = _resolved(cfg.captions.file)
+    if cfg.eval.retrieval_align_epochs > 0:  # absent at 0: results of the pretraining's head stay valid
+        from tgmae.evaluate.align import align_settings
+
+        settings.update(align_settings(cfg))
     return settings
 
 

@@ -238,6 +238,17 @@ def _retrieval_texts(records: Sequence[dict]) -> str:
     return " / ".join(RETRIEVAL_TEXTS.get(k, k) for k in sorted(kinds)) or RETRIEVAL_TEXTS["names"]
 
 
+def _retrieval_head(records: Sequence[dict]) -> str:
+    """Through which head the recalls were measured, from the records' `align_epochs` (older: 0)."""
+    epochs = sorted({int(r["retrieval"].get("align_epochs", 0)) for r in records if r.get("retrieval")})
+    aligned = [e for e in epochs if e > 0]
+    if not aligned:
+        return "through the contrastive head (only for runs that trained it)"
+    said = (f"through a video-text head aligned on the frozen encoder for {' / '.join(map(str, aligned))} epochs "
+            "(LiT; MAE-only runs too, so MAE and MAE + video-text are read by the same head)")
+    return said + (" or the contrastive head" if 0 in epochs else "")
+
+
 def findings_section(records: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     """The report's findings, as markdown lines: the figures at chance (`at_chance`), then every
     comparison of `findings` with its verdict (and its cells at chance); [] when there is none."""
@@ -534,7 +545,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           f"testing; LP: linear probe on frozen features{_probe_note(records)}; R@k: zero-shot retrieval "
-          f"against {_retrieval_texts(records)} through the contrastive head (only for runs that trained it)."
+          f"against {_retrieval_texts(records)} {_retrieval_head(records)}."
           + _chance_note(records) + took,
           "", table, ""]
     check = chance_check(records, rows)

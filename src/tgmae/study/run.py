@@ -88,6 +88,10 @@ class StudyConfig:
     # class texts of "classes" retrieval: "descriptions" (data/descriptions.json, averaged per class) or
     # "names" (eval.class_prompt with the class name; docs/study.md, "Zero-shot retrieval at chance")
     retrieval_prompts: str = "descriptions"
+    # retrieval through a head aligned afterwards on each frozen encoder for this many epochs (eval.retrieval_align_epochs,
+    # LiT): the pretraining's own head stays at colour (docs/study.md, issue 27); MAE-only cells then get
+    # retrieval too, through the same head (MAE vs MAE + video-text). 0 = the contrastive cells' own heads
+    retrieval_align_epochs: int = 60
     # overrides of every pretraining run after configs/study_phases.yaml's (why each: docs/sanity.md, docs/study.md)
     pretrain: list[str] = field(default_factory=lambda: [
         "model.preset=micro", "data.frame_stride=2", "data.num_workers=0", "contrastive.view_ratio=0",
@@ -113,6 +117,8 @@ class StudyConfig:
         check_choice("study.mask_mode", self.mask_mode, ("dense", "faithful"))
         check_choice("study.retrieval", self.retrieval, RETRIEVAL_TEXTS)
         check_choice("study.retrieval_prompts", self.retrieval_prompts, ("descriptions", "names"))
+        if isinstance(self.retrieval_align_epochs, bool) or self.retrieval_align_epochs < 0:
+            raise ConfigError(f"study.retrieval_align_epochs={self.retrieval_align_epochs}: must be >= 0")
         check_known("study.references", self.references, list(REFERENCES))
         check_choice("study.cache", self.cache, CACHE_MODES)
         if self.clip_motion_weight < 0:
@@ -387,12 +393,52 @@ def check_phase_settings(cfg, probe: bool = False) -> None:
                           "Use another study out_dir, or delete that folder to rerun it.")
 
 
-def retrieval_config(study: StudyConfig, paths: StudyPaths, probe, run: Path):
-    """The retrieval phase's RunConfig: the probe's, writing to <run>/retrieval, with the set's class
-    descriptions when `study.retrieval_prompts` is "descriptions"."""
+QUICK_ALIGN_BATCH = 8  # --quick's alignment batch: its sets hold a dozen training videos
+
+
+def retrieval_config(study: StudyConfig, paths: StudyPaths, probe, run: Path, quick: bool = False):
+    """The retrieval phase's RunConfig: the probe's, with the set's class descriptions when
+    `study.retrieval_prompts` is "descriptions", and `study.retrieval_align_epochs`; writing to
+    <run>/retrieval (the pretraining's head) or <run>/retrieval_aligned (an aligned head: a folder of
+    its own, so a finished study's results of the pretraining's head are kept, not refused)."""
     descriptions = str(paths.data / "descriptions.json") if study.retrieval_prompts == "descriptions" else ""
-    return dataclasses.replace(probe, train=dataclasses.replace(probe.train, output_dir=str(run / "retrieval")),
-                               eval=dataclasses.replace(probe.eval, class_descriptions=descriptions))
+    aligned = study.retrieval_align_epochs > 0
+    align = {"retrieval_align_epochs": study.retrieval_align_epochs}
+    if quick:
+        align["retrieval_align_batch_size"] = QUICK_ALIGN_BATCH
+    out = run / ("retrieval_aligned" if aligned else "retrieval")
+    return dataclasses.replace(probe, train=dataclasses.replace(probe.train, output_dir=str(out)),
+                               eval=dataclasses.replace(probe.eval, class_descriptions=descriptions, **align))
+
+
+def retrieves(study: StudyConfig, objective: str) -> bool:
+    """Whether a cell of `objective` gets retrieval figures: one that trained a video-text head, and
+    with an aligned head (`study.retrieval_align_epochs`) every pretrained cell, MAE-only ones too."""
+    return objective in ("contrastive", "mae+contrastive") or (study.retrieval_align_epochs > 0 and objective == "mae")
+
+
+def cell_retrieval(study: StudyConfig, paths: StudyPaths, probe, run: Path, quick: bool) -> dict:
+    """The retrieval summary of one cell (`evaluate_retrieval`) with the texts it ranked (`prompts`) and
+    `align_epochs` (0: the pretraining's own head, read from the latest pretraining checkpoint)."""
+    from tgmae.evaluate.retrieval import evaluate_retrieval, load_video_text_model
+
+    model = None
+    if study.retrieval_align_epochs == 0:
+        from tgmae.weights import checkpoint as ckpt
+
+        model = load_video_text_model(ckpt.find_latest(run / "pretrain" / "checkpoints"))
+    result = evaluate_retrieval(retrieval_config(study, paths, probe, run, quick), model=model,
+                                mode=study.retrieval, progress=False)
+    return dict(result.summary(), prompts=study.retrieval_prompts, align_epochs=study.retrieval_align_epochs)
+
+
+def stale_retrieval(study: StudyConfig, record: dict) -> bool:
+    """A finished cell's record lacks the retrieval this study asks for (another align_epochs; records
+    written before it was kept: 0)."""
+    if not retrieves(study, record["objective"]) or record["masking"] in REFERENCES:
+        return False
+    done = record.get("retrieval") or {}
+    return not done or done.get("align_epochs", 0) != study.retrieval_align_epochs
 
 
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
@@ -400,7 +446,6 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     """One (masking, objective, seed): each phase skipped when its results already exist."""
     from tgmae.evaluate.finetune import finetune
     from tgmae.evaluate.probe import linear_probe
-    from tgmae.evaluate.retrieval import evaluate_retrieval, load_video_text_model
     from tgmae.train.pretrain import pretrain, pretrain_done
 
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
@@ -416,6 +461,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         if missing(record, extra):
             fields = run_frozen_probes(extra)
             record.update(fields, probe_seconds={**record.get("probe_seconds", {}), **fields["probe_seconds"]})
+            atomic_write_text(record_path, json.dumps(record, indent=2))
+        if probe is not None and stale_retrieval(study, record):  # e.g. study.retrieval_align_epochs set since
+            record["retrieval"] = cell_retrieval(study, paths, probe, run, quick)
             atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
     t0 = time.perf_counter()
@@ -433,14 +481,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         finetune(fine)
     fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
     retrieval, probed, frozen = {}, {"linear_probe_top1": None}, {}
-    if probe is not None and objective in ("contrastive", "mae+contrastive"):
-        from tgmae.weights import checkpoint as ckpt
-
-        latest = ckpt.find_latest(run / "pretrain" / "checkpoints")
-        model = load_video_text_model(latest)
-        result = evaluate_retrieval(retrieval_config(study, paths, probe, run), model=model, mode=study.retrieval,
-                                    progress=False)
-        retrieval = dict(result.summary(), prompts=study.retrieval_prompts)
+    if probe is not None and masking not in REFERENCES and retrieves(study, objective):
+        retrieval = cell_retrieval(study, paths, probe, run, quick)
     if probe is not None:  # "scratch" has none
         probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
         probed = {"linear_probe_top1": probe_res["top1"], "probe": probe_res.get("optimizer"),
