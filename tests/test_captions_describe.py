@@ -211,3 +211,72 @@ def test_out_refuses_the_class_list_and_anything_in_a_run(tmp_path, capsys):
         assert str(out) in err and "--out" in err and err.count("\n") == 1, (out, err)
     assert classes.read_text() == "a\nb\n" and (run / "config.yaml").read_text() == "model: {}\n"
     assert not (run / "d.json").exists()
+
+
+def _describe_args(classes, out, base_url):
+    return ["--classes", str(classes), "--out", str(out), "--base-url", base_url, "--model", "fake-gpt",
+            "--per-prompt", "1", "--backoff", "0", "--no-progress"]
+
+
+def test_a_rerun_with_another_endpoint_max_tokens_or_temperature_is_refused(fake, tmp_path, capsys):
+    """issue 28 re-trial 13: a rerun against another --base-url (or with another --max-tokens) into the
+    same --out "resumed" (exit 0, "2 were already there"): every description was still the first
+    endpoint's, but _meta now named the second. Now one line naming the key and the flag, exit 2,
+    before any request, the file unchanged; --rebuild starts over with this run's settings."""
+    classes, out = tmp_path / "classes.txt", tmp_path / "d.json"
+    classes.write_text("jumping\nrunning\n")
+    args = _describe_args(classes, out, fake.base_url)
+    assert main(args) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    with FakeChat() as other:
+        changes = ((["--base-url", other.base_url], "base_url", "--base-url"),
+                   (["--max-tokens", "5"], "max_tokens", "--max-tokens"),
+                   (["--temperature", "0.5"], "temperature", "--temperature"))
+        for extra, key, flag in changes:
+            assert main([*args, *extra]) == 2, key
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and key in err[0] and flag in err[0] and str(out) in err[0], (key, err)
+            assert "--rebuild" in err[0]
+        assert other.requests == [] and out.read_bytes() == before
+        assert main([*args, "--base-url", other.base_url, "--max-tokens", "5", "--rebuild"]) == 0
+        assert len(other.requests) == 6 and all(r["body"]["max_tokens"] == 5 for r in other.requests)
+    _, meta = load_descriptions(out)
+    assert meta["base_url"] == other.base_url and meta["max_tokens"] == 5
+
+
+def test_meta_records_every_setting_that_shapes_the_text_and_never_the_key(fake, tmp_path):
+    classes, out = tmp_path / "classes.txt", tmp_path / "d.json"
+    classes.write_text("jumping\n")
+    assert main([*_describe_args(classes, out, fake.base_url + "/"), "--api-key", "sk-secret-1",
+                 "--temperature", "0.7", "--max-tokens", "33", "--prompt", "Describe {}."]) == 0
+    _, meta = load_descriptions(out)
+    assert meta["base_url"] == fake.base_url and meta["model"] == "fake-gpt" and meta["prompts"] == ["Describe {}."]
+    assert meta["per_prompt"] == 1 and meta["temperature"] == 0.7 and meta["max_tokens"] == 33
+    assert meta["system_prompt"] == fake.requests[0]["body"]["messages"][0]["content"]
+    assert "sk-secret-1" not in out.read_text()
+    # the same endpoint spelled with its full path resumes (nothing asked again)
+    assert main([*_describe_args(classes, out, fake.base_url + "/chat/completions"), "--api-key", "sk-other",
+                 "--temperature", "0.7", "--max-tokens", "33", "--prompt", "Describe {}."]) == 0
+    assert len(fake.requests) == 1
+
+
+def test_a_file_that_does_not_record_the_settings_is_not_resumed(fake, tmp_path, capsys):
+    """A file written before max_tokens was recorded, another tool's descriptions (a synthetic data
+    set's) and a hand-written one without _meta: their texts' settings are unknown, so a rerun
+    neither keeps them as this run's nor relabels them; one line naming the key, exit 2."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("jumping\n")
+    old_meta = {"source": "vision-free", "model": "fake-gpt", "base_url": fake.base_url,
+                "prompts": list(CUPL_PROMPTS), "per_prompt": 1, "temperature": 0.99}
+    files = {"old.json": ({"_meta": old_meta, "jumping": ["old text"]}, "max_tokens"),
+             "synth.json": ({"_meta": {"source": "tgmae.data.synthetic"}, "jumping": ["synthetic"]}, "source"),
+             "hand.json": ({"jumping": ["my own words"]}, "source")}
+    for name, (obj, key) in files.items():
+        out = tmp_path / name
+        out.write_text(json.dumps(obj))
+        assert main(_describe_args(classes, out, fake.base_url)) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0] and str(out) in err[0], (name, err)
+        assert json.loads(out.read_text()) == obj
+    assert fake.requests == []

@@ -132,14 +132,36 @@ def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Se
     return {c: result[c] for c in class_names}
 
 
-# What a descriptions file records of its run (`_meta`) and a resumed run must share
-SETTINGS = ("model", "prompts", "per_prompt", "temperature")
+# What a descriptions file records of its run (`_meta`) and a resumed run must share: every setting
+# that shapes the texts (the class name is each entry's key), with the flag that sets it; the key
+# and the transport's timeout/retries do not change a text and are not recorded
+SETTINGS = {"source": None, "base_url": "--base-url", "model": "--model", "prompts": "--prompt",
+            "per_prompt": "--per-prompt", "temperature": "--temperature", "max_tokens": "--max-tokens",
+            "system_prompt": None}
+SOURCE = "vision-free"
+
+
+def run_meta(client: ChatClient, prompts: Sequence[str], per_prompt: int, temperature: float,
+             max_tokens: int) -> dict[str, Any]:
+    """The `_meta` of descriptions asked of `client` with these settings (every SETTINGS key)."""
+    return {"source": SOURCE, "model": client.model, "base_url": client.url.rsplit("/chat/", 1)[0],
+            "prompts": list(prompts), "per_prompt": per_prompt, "temperature": temperature,
+            "max_tokens": max_tokens, "system_prompt": SYSTEM_PROMPT}
+
+
+def _difference(key: str, old: dict[str, Any], meta: dict[str, Any]) -> str:
+    flag = f"{SETTINGS[key]}: " if SETTINGS[key] else ""
+    if key not in old:
+        return f"{flag}{key} unrecorded (a file written before it was recorded) (this run: {meta[key]!r})"
+    return f"{flag}{key} {old[key]!r} (this run: {meta[key]!r})"
 
 
 def read_existing(out: str | Path, meta: dict[str, Any], rebuild: bool = False) -> dict[str, list[str]]:
     """Every class's descriptions already in `out` ({} when it does not exist, or with `rebuild`).
     Raises DescriptionsError when it is not a descriptions file, or was made with other SETTINGS
-    than `meta` (naming each differing key; `--rebuild` starts over)."""
+    than `meta` (`run_meta`), naming each differing key and its flag; a key the file does not
+    record counts as differing (its texts' setting is unknown), and a file of another source
+    (no `_meta`, a synthetic data set's) is named by its source alone. `--rebuild` starts over."""
     out = Path(out)
     if rebuild or not out.exists():
         return {}
@@ -149,9 +171,11 @@ def read_existing(out: str | Path, meta: dict[str, Any], rebuild: bool = False) 
         raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
                                 "move it away to start over") from None
     done, old = validate_descriptions(loaded, str(out))
-    diff = [k for k in SETTINGS if k in old and old[k] != meta.get(k)]
+    diff = [k for k in SETTINGS if k not in old or old[k] != meta[k]]
+    if "source" in diff:  # not made by describe-classes: its other keys say nothing about its texts
+        diff = ["source"]
     if diff:
-        what = ", ".join(f"{k} {old[k]!r} (this run: {meta.get(k)!r})" for k in diff)
+        what = ", ".join(_difference(k, old, meta) for k in diff)
         raise DescriptionsError(f"{out} holds descriptions made otherwise: {what}; give this run another --out, "
                                 "or pass --rebuild to replace the file")
     return done

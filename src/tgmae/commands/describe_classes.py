@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes, read_class_list, read_existing,
-                                     write_descriptions)
+                                     run_meta, write_descriptions)
 from tgmae.errors import SettingsError
 from tgmae.locks import hold, refuse_inside_run
 
@@ -20,7 +20,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--classes", required=True, help="text file, one class name per line")
     p.add_argument("--out", required=True, help="descriptions JSON (resumed if it exists)")
     p.add_argument("--rebuild", action="store_true",
-                   help="replace an existing --out made with another model, prompts, per-prompt or temperature")
+                   help="replace an existing --out made with other settings (endpoint, model, prompts, per-prompt, "
+                   "temperature, max-tokens) or by another tool")
     p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", ""),
                    help="endpoint base, e.g. https://api.openai.com/v1 (default: $OPENAI_BASE_URL)")
     p.add_argument("--model", default=os.environ.get("TGMAE_CHAT_MODEL", "gpt-3.5-turbo"), help="chat model name")
@@ -59,8 +60,7 @@ def _describe(args: argparse.Namespace) -> int:
     names = read_class_list(args.classes)
     client = ChatClient(args.base_url, args.model, args.api_key or os.environ.get(args.api_key_env, ""),
                         timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-    meta = {"source": "vision-free", "model": args.model, "base_url": client.url.rsplit("/chat/", 1)[0],
-            "prompts": list(prompts), "per_prompt": args.per_prompt, "temperature": args.temperature}
+    meta = run_meta(client, prompts, args.per_prompt, args.temperature, args.max_tokens)  # never the key
     existing = read_existing(out, meta, rebuild=args.rebuild)  # classes of other runs are kept, in place
     done = {c: d for c, d in existing.items() if c in names}
     result = describe_classes(names, client, prompts, args.per_prompt, done,
