@@ -318,3 +318,68 @@ def test_retrieve_records_its_settings_and_refuses_results_of_other_settings(syn
     (out / "retrieval_results.json").write_text(json.dumps({"mode": "classes", "num_videos": 9}))
     with pytest.raises(ConfigError, match="retrieval_results.json"):
         main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"])
+
+
+def test_retrieve_refuses_results_of_other_weights_under_the_same_path(synth, tmp_path, capsys):
+    """issue 28 re-trial 13 (S3): model.pretrained's checkpoint replaced under the same path and
+    `tgmae retrieve` rerun into the same folder replaced the results (rc 0): the settings held the
+    path, not the weights. The results now keep the model's digest; other weights are refused
+    naming model.pretrained's weights, the results kept; ignore_config replaces them."""
+    import shutil
+
+    from tgmae.cli import main as cli
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    cfg = load_config(path)
+    run = _video_text_run(tmp_path, cfg)
+    first = tmp_path / "first"
+    shutil.copytree(run, first)
+    out, weights = tmp_path / "ret", tmp_path / "w"
+    shutil.copytree(first, weights)
+    args = ["retrieve", "-c", str(path), f"model.pretrained={weights}", f"train.output_dir={out}"]
+    assert cli(args) == 0
+    before = (out / "retrieval_results.json").read_text()
+    assert json.loads(before)["weights"]
+    assert cli(args) == 0  # the same weights: its own results
+    torch.manual_seed(1)  # other weights, same path
+    shutil.rmtree(weights)
+    model = build_video_text_model(cfg.model, cfg.contrastive, cfg.data.num_frames, cfg.data.image_size, text_dim=16)
+    ckpt.save_checkpoint(weights / "checkpoints", model, torch.optim.AdamW(model.parameters()), None,
+                         ckpt.TrainPosition(2, 0, 2), to_dict(cfg))
+    capsys.readouterr()
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.pretrained's weights" in err and "retrieval_results.json" in err and "\n" not in err
+    assert (out / "retrieval_results.json").read_text() == before
+    assert cli([*args, "checkpoint.resume=ignore_config"]) == 0
+
+
+def test_retrieve_with_a_text_model_changed_in_place_names_its_own_way_out(synth, tmp_path, capsys):
+    """issue 28 re-trial 13 (M1): the text model's weights replaced in place, retrieve rerun into its
+    folder: the class-text cache there is refused (stale embeddings) with advice to use
+    `tgmae embed-captions ... --rebuild` or another cache path, neither of which retrieve has. The line
+    now names train.output_dir and checkpoint.resume=ignore_config, which replaces results and cache."""
+    import shutil
+
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.cli import main as cli
+
+    root, clip = synth
+    text_model = tmp_path / "clip"
+    shutil.copytree(clip, text_model)
+    path = _retrieval_config(root, text_model, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path))
+    out = tmp_path / "ret"
+    args = ["retrieve", "-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}",
+            f"captions.embedding_cache={tmp_path / 'emb2.safetensors'}"]
+    assert cli(args) == 0
+    shutil.rmtree(text_model)
+    save_tiny_clip(text_model, dim=16, seed=5)  # other weights under the same path
+    capsys.readouterr()
+    assert cli([*args, f"captions.embedding_cache={tmp_path / 'emb3.safetensors'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "class_prompts.emb.safetensors" in err and "train.output_dir" in err and "ignore_config" in err, err
+    assert "embed-captions" not in err and "\n" not in err
+    assert cli([*args, f"captions.embedding_cache={tmp_path / 'emb3.safetensors'}",
+                "checkpoint.resume=ignore_config"]) == 0

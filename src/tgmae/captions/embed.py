@@ -83,6 +83,11 @@ class ModelIdentity:
         return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "")
 
 
+# the way out of a cache built by another text model, for a cache a user named (`tgmae embed-captions`,
+# captions.embedding_cache); a command that keeps a cache of its own passes its own (`embed_texts`)
+REBUILD_WAY_OUT = "Use another cache path, delete the file, or rebuild it (`tgmae embed-captions ... --rebuild`)."
+
+
 class EmbeddingCache:
     """Caption text -> embedding rows for one model. Rows: [N, D] float32, L2-normalised."""
 
@@ -129,8 +134,10 @@ class EmbeddingCache:
         return cls(identity, emb, [bytes(row) for row in keys.tolist()])
 
     @classmethod
-    def open(cls, path: str | Path, identity: ModelIdentity, rebuild: bool = False) -> "EmbeddingCache":
-        """The cache at `path` for `identity`: empty if missing; a mismatch raises unless `rebuild`."""
+    def open(cls, path: str | Path, identity: ModelIdentity, rebuild: bool = False,
+             way_out: str = REBUILD_WAY_OUT) -> "EmbeddingCache":
+        """The cache at `path` for `identity`: empty if missing; a mismatch raises unless `rebuild`
+        (`way_out`: what the command that chose `path` offers)."""
         path = Path(path)
         if not path.exists():
             return cls(identity)
@@ -151,14 +158,12 @@ class EmbeddingCache:
                 raise EmbeddingCacheError(
                     f"embedding cache {path} was built with other weights of {new.model!r}, or other config / "
                     f"tokenizer files beside them (fingerprint {old.weights or 'unrecorded'}, now {new.weights}): "
-                    "its embeddings are stale. Use another "
-                    "cache path, delete the file, or rebuild it (`tgmae embed-captions ... --rebuild`)."
+                    f"its embeddings are stale. {way_out}"
                 )
             raise EmbeddingCacheError(
                 f"embedding cache {path} was built with {old.model!r} (config {old.config_hash[:12]}), "
                 f"not {new.model!r} (config {new.config_hash[:12]}); embeddings of different models "
-                "are not comparable. Use another cache path, delete the file, or rebuild it "
-                "(`tgmae embed-captions ... --rebuild`)."
+                f"are not comparable. {way_out}"
             )
         return cache
 
@@ -329,9 +334,10 @@ CACHE_SETTING = "captions.embedding_cache (embed-captions --out)"  # what chose 
 
 def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, batch_size: int = 256,
                 device: str = "cpu", rebuild: bool = False, progress: bool = False,
-                setting: str = "") -> torch.Tensor:
+                setting: str = "", way_out: str = "") -> torch.Tensor:
     """[len(texts), D] embeddings of `texts`, computing only those not in the cache (then saved).
     setting: the key or flag that named `clip_model`, named when it is not a loadable text model.
+    way_out: what the caller offers when the cache is another model's (default: `REBUILD_WAY_OUT`).
 
     The model's weights are loaded only when some text is missing from the cache. One process
     writes a cache at a time: another one (a second run on the same captions, another DDP rank)
@@ -339,11 +345,12 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     """
     check_kind(cache_path, CACHE_SETTING, folder=False)  # a folder there is the user's: refused, never "delete it"
     identity = ModelIdentity.of(clip_model, setting)
-    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)
+    way_out = way_out or REBUILD_WAY_OUT
+    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
     with hold(cache_path, CACHE_SETTING, wait=WRITE_WAIT_S, folder=False):
-        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild)  # as the last writer left it
+        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)  # as the last writer left it
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():
             if missing:

@@ -242,8 +242,14 @@ def class_text_embeddings(cfg, model: nn.Module, class_names: Sequence[str], dev
         raise ConfigError(f"eval.class_descriptions={cfg.eval.class_descriptions}: {e}") from None
     cache = Path(cfg.train.output_dir) / "class_prompts.emb.safetensors"
     flat = [t for per_class in texts for t in per_class]
+    from tgmae.weights.checkpoint import IGNORE_CONFIG
+
+    # the cache is this folder's own: another text model's is replaced when its results are (ignore_config)
     clip = embed_texts(flat, cfg.captions.target_model, cache, device=device,
-                       setting="captions.text_model" if cfg.captions.text_model else "captions.clip_model")
+                       setting="captions.text_model" if cfg.captions.text_model else "captions.clip_model",
+                       rebuild=cfg.checkpoint.resume == IGNORE_CONFIG,
+                       way_out="It holds this folder's earlier results' class texts: give another "
+                               "train.output_dir, or checkpoint.resume=ignore_config to replace both.")
     return ensemble_embeddings(model, clip, [len(t) for t in texts])
 
 
@@ -266,18 +272,19 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
+    from tgmae.weights.checkpoint import IGNORE_CONFIG
+    from tgmae.weights.sources import tensors_digest
 
     mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
     dist_info = init_distributed(cfg.train.device)
-    settings = retrieval_settings(cfg, mode)
+    settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
         from tgmae.atomic import check_writable
         from tgmae.locks import refuse_in_checkpoints
-        from tgmae.weights.checkpoint import IGNORE_CONFIG
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / RESULTS)
-        refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
+        refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
         if model is not None:
             raise ValueError("eval.retrieval_align_epochs > 0 aligns a head on model.pretrained's encoder: "
@@ -292,6 +299,9 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, model.mae.arch, cfg.model.pretrained)
+    weights = tensors_digest(model.state_dict())  # other weights under the same path: other results
+    if rank_world()[0] == 0:
+        refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace, weights=weights)
     model = model.to(dist_info.device)
     if dataset is None:
         from tgmae.data.dataset import build_dataset
@@ -328,7 +338,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if rank_world()[0] == 0:
         from tgmae.atomic import atomic_write_text
 
-        summary = dict(result.summary(), written_by=RETRIEVE, settings=settings)
+        summary = dict(result.summary(), written_by=RETRIEVE, settings=settings, weights=weights)
         atomic_write_text(Path(cfg.train.output_dir) / RESULTS, json.dumps(summary, indent=2))
         log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
     return result
@@ -364,19 +374,23 @@ def _resolved(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
 
 
-def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False) -> None:
+def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False, weights: str = "") -> None:
     """ConfigError naming `out/retrieval_results.json` and the differing keys when it holds results
     of other `settings`, or of unknown ones (written before they were recorded). replace: asked to
-    replace them."""
+    replace them. weights: the model's `tensors_digest`; results of other weights under the same
+    model.pretrained path are refused too (results written before the digest was kept are not checked)."""
     from tgmae.evaluate.multiview import not_replaced, read_results, setting_diffs
 
     results = out / RESULTS
     if replace or not results.is_file():
         return
-    stored = read_results(results).get("settings")
+    old = read_results(results)
+    stored = old.get("settings")
     if not isinstance(stored, dict):
         raise not_replaced(out, results.name, "of unrecorded settings")
     diffs = setting_diffs(stored, settings)
+    if weights and old.get("weights") and old["weights"] != weights:
+        diffs.append(f"model.pretrained's weights changed: digest {old['weights'][:12]} -> {weights[:12]}")
     if diffs:
         raise not_replaced(out, results.name, "of other settings (" + "; ".join(diffs) + ")")
 
