@@ -638,20 +638,26 @@ def test_a_users_file_as_out_is_never_replaced_rebuild_or_not(dataset, blip_dir,
             assert out.read_text() == text
 
 
+def _two_sets_and_their_stores(tmp_path, first_seed: int):
+    """Two 3-video synthetic sets with the same ids (seeds first_seed, first_seed + 1) and each
+    one's `--annotation-captions` store."""
+    from tgmae.data.synthetic.generate import generate_synthetic_dataset
+
+    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=3, frames=6, size=32, gop=3,
+                                       val_fraction=0.0, seed=first_seed + i) for i in range(2)]
+    stores = [tmp_path / f"ann{i}.jsonl" for i in range(2)]
+    for info, store in zip(sets, stores):
+        assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
+                     "--out", str(store)]) == 0
+    return sets, stores
+
+
 def test_a_store_of_another_data_set_with_the_same_ids_is_refused_by_combine(tmp_path, capsys, caplog):
     """Issue #28 re-trial 11, S1: two synthetic sets share their video ids (synth_00000, ...);
     `--combine` of this set's store with the other set's gave synth_00000 a caption of the other
     set's video (rc 0). Every text source records each video's identity; `--combine` given the
     data set refuses a store captioned from other files, and drops ids not in the data set."""
-    from tgmae.data.synthetic.generate import generate_synthetic_dataset
-
-    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=3, frames=6, size=32, gop=3,
-                                       val_fraction=0.0, seed=i) for i in range(2)]
-    stores = []
-    for i, info in enumerate(sets):
-        stores.append(tmp_path / f"ann{i}.jsonl")
-        assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
-                     "--out", str(stores[-1])]) == 0
+    sets, stores = _two_sets_and_their_stores(tmp_path, first_seed=0)
     oracle = tmp_path / "oracle1.jsonl"
     assert main(["--format", "csv", "--root", str(sets[1].root), str(sets[1].annotations_csv), "--oracle",
                  "--out", str(oracle)]) == 0
@@ -686,15 +692,7 @@ def test_combine_without_the_data_set_refuses_stores_of_two_data_sets_in_either_
     keeping the first store's `video` stamps: masks / training of the first set accepted it (rc 0),
     of the second refused it. Now refused in one line naming both stores, in either order; stores
     of one data set still combine."""
-    from tgmae.data.synthetic.generate import generate_synthetic_dataset
-
-    sets = [generate_synthetic_dataset(tmp_path / f"s{i}", num_videos=3, frames=6, size=32, gop=3,
-                                       val_fraction=0.0, seed=i + 1) for i in range(2)]
-    stores = []
-    for i, info in enumerate(sets):
-        stores.append(tmp_path / f"cap{i}.jsonl")
-        assert main(["--format", "csv", "--root", str(info.root), str(info.annotations_csv), "--annotation-captions",
-                     "--out", str(stores[-1])]) == 0
+    sets, stores = _two_sets_and_their_stores(tmp_path, first_seed=1)
     out = tmp_path / "comb.jsonl"
     for pair in (stores, stores[::-1]):
         capsys.readouterr()

@@ -57,6 +57,22 @@ def _records(root: Path):
     return recs, classes
 
 
+def _two_epochs_in_workers(ds, tmp_path) -> list[str]:
+    """Read `ds` for two epochs in 2 forked DataLoader workers; the lines its logger wrote."""
+    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
+    logger = logging.getLogger("tgmae.data.dataset")
+    logger.addHandler(handler)
+    try:
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
+                pass
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    return (tmp_path / "log.txt").read_text().splitlines()
+
+
 def test_sample_contract(root):
     recs, classes = _records(root)
     assert classes == ["walking", "jumping"]
@@ -332,18 +348,7 @@ def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
     broken = [r for r in recs if r.path.endswith("broken.mp4")]
     good = [r for r in recs if r.path.endswith("walk.mp4")]
     ds = VideoDataset([*broken * 2, *good * 3], _cfg(max_load_retries=50), train=True)
-    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
-    logger = logging.getLogger("tgmae.data.dataset")
-    logger.addHandler(handler)
-    try:
-        for epoch in range(2):
-            ds.set_epoch(epoch)
-            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
-                pass
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "unreadable video" in l]
+    lines = [l for l in _two_epochs_in_workers(ds, tmp_path) if "unreadable video" in l]
     assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines
 
 
@@ -503,20 +508,9 @@ def test_videos_shorter_than_the_clip_span_are_counted_and_said_once(tmp_path):
     write_video(tmp_path / "v" / "short.mp4", _clip(6, 32, 32, 0), fps=25)
     write_video(tmp_path / "v" / "long.mp4", _clip(24, 32, 32, 1), fps=25)
     recs = [VideoRecord(str(tmp_path / "v" / n), 0, n) for n in ("short.mp4", "long.mp4", "short.mp4")]
-    handler = logging.FileHandler(tmp_path / "log.txt")  # forked workers write to the same file
-    logger = logging.getLogger("tgmae.data.dataset")
-    logger.addHandler(handler)
-    try:
-        ds = VideoDataset(recs, _cfg(frame_stride=4, num_workers=2), train=True)  # span 13
-        for epoch in range(2):
-            ds.set_epoch(epoch)
-            for _ in DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork"):
-                pass
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
+    ds = VideoDataset(recs, _cfg(frame_stride=4, num_workers=2), train=True)  # span 13
+    lines = [l for l in _two_epochs_in_workers(ds, tmp_path) if "shorter than" in l]
     assert ds.short_videos == 1
-    lines = [l for l in (tmp_path / "log.txt").read_text().splitlines() if "shorter than" in l]
     assert len(lines) == 1 and "short.mp4" in lines[0] and "data.frame_stride=4" in lines[0], lines
     tsn = VideoDataset(recs, _cfg(frame_stride=4, sampling="tsn"), train=True)
     for i in range(len(recs)):

@@ -249,10 +249,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
             raise failure from e
         raise
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -273,15 +270,20 @@ def check_writable(path: str | os.PathLike, *, keep_new_folders: bool = True) ->
     except OSError as e:
         raise (write_failure(e, path) or e) from e
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
         for folder in [] if keep_new_folders else reversed(new):  # deepest first
             try:
                 folder.rmdir()
             except OSError:  # another process put a file there meanwhile: keep it
                 pass
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a writer's temp file, if still there; a failure to remove it is not the write's."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
@@ -293,7 +295,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
     """Write `text` (UTF-8) to `path` atomically (see `atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
-
 
 
 def create_exclusive_text(path: str | os.PathLike, text: str) -> bool:
@@ -315,7 +316,4 @@ def create_exclusive_text(path: str | os.PathLike, text: str) -> bool:
     except OSError as e:
         raise (write_failure(e, path) or e) from e
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
