@@ -119,6 +119,8 @@ def _study_run(root, name="tube__mae__s0", recon=True):
               "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "num_classes": 10,
               "total_seconds": 12.5}
     (run / "study_record.json").write_text(json.dumps(record))
+    _results(run, "finetune", "finetune_results.json", {"val_top1": 0.5})  # the figures' sources
+    _results(run, "probe", "probe_results.json", {"top1": 0.2})
     return run
 
 
@@ -197,3 +199,96 @@ def test_report_refusing_an_out_folder_is_a_file_problem_not_a_config_error(tmp_
     assert main(["report", str(study), "--out", str(mine)]) == 2
     err = capsys.readouterr().err
     assert str(mine / "results.json") in err and "config error" not in err and err.count("\n") == 1, err
+
+
+def _results(run, phase, name, value):
+    """A phase's results JSON under a study run (what the record's figure was read from)."""
+    import json
+
+    (run / phase).mkdir(parents=True, exist_ok=True)
+    (run / phase / name).write_text(json.dumps(value))
+
+
+def test_report_leaves_out_figures_whose_results_are_gone_or_damaged(tmp_path, caplog):
+    """Issue 28 re-trial 13 (S1): `tgmae report` of a study whose tube finetune folder was deleted
+    and whose tgm probe_results.json was damaged showed both figures from the study records, exit 0,
+    no word. Each figure whose results file is gone or unreadable is left out ("-"), and the run and
+    file are named in the report and the log; the other figures stay."""
+    import json
+
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    tube = _study_run(study)
+    tgm = _study_run(study, "tgm__mae__s0")
+    record = json.loads((tgm / "study_record.json").read_text())
+    (tgm / "study_record.json").write_text(json.dumps(dict(record, masking="tgm", mask_ratio=0.6)))
+    report = report_runs([study], tmp_path / "all").read_text()
+    assert "| tube | 0.75 | ✓ |  | 50.0 | 20.0 |" in report and "Missing results" not in report
+    import shutil
+
+    shutil.rmtree(tube / "finetune")
+    (tgm / "probe" / "probe_results.json").write_text('{"top1": ')
+    with caplog.at_level("WARNING", logger="tgmae"):
+        report = report_runs([study], tmp_path / "rep").read_text()
+    assert "| tube | 0.75 | ✓ |  | - | 20.0 |" in report and "| tgm | 0.6 | ✓ |  | 50.0 | - |" in report
+    for run, name in ((tube, "finetune/finetune_results.json"), (tgm, "probe/probe_results.json")):
+        assert f"../study/runs/{run.name}/{name}" in report and str(run / name) in caplog.text
+    saved = {r["masking"]: r for r in json.loads((tmp_path / "rep" / "results.json").read_text())}
+    assert saved["tube"]["finetune_top1"] is None and saved["tgm"]["linear_probe_top1"] is None
+
+
+def test_a_study_rerun_recomputes_a_phase_whose_results_are_gone(tmp_path, monkeypatch):
+    """S1's other half: a finished cell whose finetune_results.json is gone or damaged is not "done":
+    the study reruns that phase, and its record takes the new figure."""
+    import json
+
+    import tgmae.evaluate.finetune as ft
+    from tgmae.study.run import StudyConfig, StudyPaths, run_cell
+
+    paths = StudyPaths(tmp_path / "study")
+    (paths.data).mkdir(parents=True)
+    (paths.data / "meta.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    run = paths.run("scratch", "supervised", 0)
+    run.mkdir(parents=True)
+    (run / "study_record.json").write_text(json.dumps({"masking": "scratch", "objective": "supervised", "seed": 0,
+                                                       "finetune_top1": 0.15, "run_dir": str(run)}))
+    calls = []
+
+    def finetune(cfg):
+        calls.append(cfg.train.output_dir)
+        _results(run, "finetune", "finetune_results.json", {"val_top1": 0.7})
+
+    monkeypatch.setattr(ft, "finetune", finetune)
+    study = StudyConfig(references=["scratch"], recon_check_steps=0)
+    for damaged in (None, '{"val_top1": '):
+        if damaged is not None:
+            (run / "finetune" / "finetune_results.json").write_text(damaged)
+        assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["finetune_top1"] == 0.7
+    assert calls == [str(run / "finetune")] * 2
+    assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["finetune_top1"] == 0.7 and len(calls) == 2
+
+
+def test_report_of_a_moved_study_keeps_its_text_probe(tmp_path):
+    """Issue 28 re-trial 13 (M2): `tgmae report STUDY` left out the study's "Text probe: ..." line;
+    it is read from the study folder where the records are, and names the word encoder there (the
+    study moved since)."""
+    import json
+    import shutil
+
+    from tgmae.hub import weights_fingerprint
+    from tgmae.study.report import report_runs
+
+    old = tmp_path / "old"
+    _study_run(old)
+    (old / "word_encoder").mkdir()
+    (old / "word_encoder" / "model.safetensors").write_bytes(b"weights")
+    probe = {"action": 0.55, "action_classes": 10, "num_train": 60, "num_val": 60}
+    (old / "text_probe.json").write_text(json.dumps({
+        "model": str(old / "word_encoder"), "weights": weights_fingerprint(str(old / "word_encoder")),
+        "text_model": probe, "bag_of_words": dict(probe, action=0.933)}))
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    report = report_runs([moved], tmp_path / "rep").read_text()
+    assert "Text probe:" in report and "for 55.0% of 60 held-out captions" in report
+    assert str(moved / "word_encoder") in report and str(old) not in report

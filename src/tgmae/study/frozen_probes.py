@@ -65,11 +65,12 @@ def run_frozen_probes(configs: dict[str, Any]) -> dict[str, Any]:
     """Run each probe of `configs` whose probe_results.json is missing (timed), read every one's
     results -> the record fields of the module doc."""
     from tgmae.evaluate.probes import run_probe
+    from tgmae.study.report import phase_done
 
     fields: dict[str, Any] = {"probe_seconds": {}}
     for kind, cfg in configs.items():
         results = Path(cfg.train.output_dir) / "probe_results.json"
-        if not results.is_file():
+        if not phase_done(results):  # gone or damaged: rerun (the study's test of a done phase)
             t0 = time.perf_counter()
             run_probe(cfg)
             fields["probe_seconds"][kind] = time.perf_counter() - t0

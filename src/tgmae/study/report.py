@@ -411,6 +411,73 @@ def missing_figures(records: Sequence[dict]) -> list[Path]:
     return missing
 
 
+# Each figure a study record holds (its keys) and the results file, under the run folder, it was read
+# from (`tgmae.study.run.run_cell`; the extra probes: `tgmae.study.frozen_probes.run_frozen_probes`).
+FIGURE_SOURCES = {"finetune/finetune_results.json": ("finetune_top1",),
+                  "probe/probe_results.json": ("linear_probe_top1", "attribute_probe"),
+                  "retrieval/retrieval_results.json": ("retrieval",),
+                  "probe_knn/probe_results.json": ("knn_top1", "knn"),
+                  "probe_attentive/probe_results.json": ("attentive_probe_top1",)}
+SOURCE_LABELS = {"finetune/finetune_results.json": "FT top-1", "probe/probe_results.json": "LP top-1 and attributes",
+                 "retrieval/retrieval_results.json": "recalls", "probe_knn/probe_results.json": "kNN top-1",
+                 "probe_attentive/probe_results.json": "AP top-1"}
+
+
+def phase_done(results: Path) -> bool:
+    """Whether a phase's results JSON is there and reads as a JSON object: the study's test of a done
+    phase (`tgmae.study.run.run_cell` reruns one that is not) and the report's of a figure's source."""
+    try:
+        return isinstance(json.loads(Path(results).read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def lost_sources(record: dict, run: Path) -> list[str]:
+    """The FIGURE_SOURCES files (relative to `run`, the record's folder) of figures `record` holds
+    whose file is gone or unreadable (`phase_done`)."""
+    return [name for name, keys in FIGURE_SOURCES.items()
+            if any(record.get(k) not in (None, {}) for k in keys) and not phase_done(Path(run) / name)]
+
+
+def drop_lost_figures(records: Sequence[dict]) -> tuple[list[dict], list[Path]]:
+    """(records with each figure whose results file is gone or unreadable left out, those files): a
+    deleted or damaged run no longer shows the figures its study record kept; each file is logged as a
+    warning (the other figures are right: no error)."""
+    out, lost = [], []
+    for r in records:
+        names = lost_sources(r, Path(r["run_dir"]))
+        r = dict(r, **{k: ({} if k == "retrieval" else None) for n in names for k in FIGURE_SOURCES[n]})
+        for n in names:
+            lost.append(Path(r["run_dir"]) / n)
+            log.warning("report: %s is missing or unreadable: the run's %s left out (a tgmae study rerun "
+                        "recomputes it)", lost[-1], SOURCE_LABELS[n])
+        out.append(r)
+    return out, lost
+
+
+TEXT_PROBE = "text_probe.json"  # under a study folder: `tgmae.study.run.text_probe`'s record
+
+
+def read_text_probe(study_dir: Path) -> Optional[dict]:
+    """The text probe record in `study_dir` (None without a readable one), its "model" named where the
+    study is now when it is a folder of the study recorded at another place (the study moved since):
+    the folder of that name in `study_dir` holding the recorded weights (`hub.weights_fingerprint`)."""
+    from tgmae.hub import weights_fingerprint
+
+    path = Path(study_dir) / TEXT_PROBE
+    if not phase_done(path):
+        return None
+    probe = json.loads(path.read_text())
+    if not all(isinstance(probe.get(k), dict) for k in ("text_model", "bag_of_words")):
+        log.warning("report: %s is not a text probe record: its line is left out", path)
+        return None
+    model = str(probe.get("model") or "")
+    here = Path(study_dir) / Path(model).name
+    if model and Path(model) != here and here.is_dir() and weights_fingerprint(str(here)) == probe.get("weights"):
+        probe = dict(probe, model=str(here))
+    return probe
+
+
 def text_probe_note(probe: Optional[dict]) -> str:
     """A sentence on how well the contrastive targets' text space separates the actions
     (`tgmae.study.run.text_probe`'s record), "" without one."""
@@ -514,11 +581,27 @@ def frozen_probes_markdown(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Path) -> list[str]:
+    """The report's lines naming the figures' files that are gone (`missing_figures`) and the results
+    files whose figures `drop_lost_figures` left out (`lost`), relative to `out_dir` as the links."""
+    md = []
+    if missing := missing_figures(records):
+        md += ["## Missing figures", "", "These runs' files are gone, so their figures are left out:", ""]
+        md += [f"- {_rel(f, out_dir)}" for f in missing] + [""]
+    if lost:
+        md += ["## Missing results", "", "These runs' results files are gone or unreadable, so their figures are "
+               "left out (-); a tgmae study rerun recomputes them:", ""]
+        md += [f"- {_rel(f, out_dir)}: {SOURCE_LABELS.get(f'{f.parent.name}/{f.name}', 'figures')}"
+               for f in lost] + [""]
+    return md
+
+
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None,
-                 recon_check: Optional[Path] = None) -> Path:
+                 recon_check: Optional[Path] = None, lost: Sequence[Path] = ()) -> Path:
     """results.json, report.md, report.html (+ figures) in out_dir; returns report.md. `text_probe`:
-    the study's text_probe.json record; `recon_check`: its reconstruction_check.json."""
+    the study's text_probe.json record (`read_text_probe`); `recon_check`: its reconstruction_check.json;
+    `lost`: the results files whose figures `drop_lost_figures` left out (named in the report)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
@@ -572,9 +655,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
             md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
-    if missing := missing_figures(records):
-        md += ["## Missing figures", "", "These runs' files are gone, so their figures are left out:", ""]
-        md += [f"- {_rel(f, out_dir)}" for f in missing] + [""]  # relative, as the links
+    md += missing_sections(records, lost, out_dir)
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
     if check_section:
@@ -631,10 +712,11 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
 
 def _same_run(a: dict, b: dict) -> bool:
     """Whether two study records are one run: the same folder, or the same record at another place
-    (the folder moved or copied since)."""
+    (the folder moved or copied since; figures one report left out, `drop_lost_figures`, do not count)."""
     if a.get("run_dir") and b.get("run_dir") and Path(a["run_dir"]).resolve() == Path(b["run_dir"]).resolve():
         return True
-    return {k: v for k, v in a.items() if k != "run_dir"} == {k: v for k, v in b.items() if k != "run_dir"}
+    ignored = {"run_dir"}.union(*FIGURE_SOURCES.values())
+    return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
 class ReportFolderError(FileExistsError, UserError):
@@ -665,7 +747,8 @@ def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
 
 def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
-    first reconstruction check found in them); prints the table; returns report.md's path.
+    first reconstruction check and text probe found in them; figures whose results file is gone or
+    unreadable left out and named, `drop_lost_figures`); prints the table; returns report.md's path.
     FileNotFoundError for a folder without records, ConfigError for runs probed differently,
     ReportFolderError for an `out` holding a report of other runs or another results.json
     (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
@@ -675,8 +758,11 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     check_one_probe(records)
     if not overwrite:
         refuse_other_report(Path(out), records)
+    records, lost = drop_lost_figures(records)
     checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in runs]
-    path = write_report(records, Path(out), recon_check=next((c for c in checks if c.is_file()), None))
+    text_probe = next((t for p in runs if (t := read_text_probe(Path(p)))), None)  # study folders only
+    path = write_report(records, Path(out), text_probe=text_probe, lost=lost,
+                        recon_check=next((c for c in checks if c.is_file()), None))
     print(markdown_table(aggregate(records)))
     print(f"\nreport: {path}")
     return path

@@ -22,7 +22,7 @@ from tgmae.atomic import atomic_write_text
 from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
-from tgmae.study.report import RECON_CHECK_DIR
+from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
 
 log = logging.getLogger("tgmae")
 
@@ -443,7 +443,9 @@ def stale_retrieval(study: StudyConfig, record: dict) -> bool:
 
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
-    """One (masking, objective, seed): each phase skipped when its results already exist."""
+    """One (masking, objective, seed): each phase skipped when its results are there and readable
+    (`report.phase_done`); a finished cell whose results file of a figure is gone or damaged since
+    (`report.lost_sources`) reruns that phase and writes its record anew."""
     from tgmae.evaluate.finetune import finetune
     from tgmae.evaluate.probe import linear_probe
     from tgmae.train.pretrain import pretrain, pretrain_done
@@ -456,8 +458,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         # a probe phase as the probe's own rerun check: another probe kind's knobs do not count
         check_phase_settings(phase, probe=phase is probe or any(phase is e for e in extra.values()))
     record_path = run / "study_record.json"
-    if record_path.is_file():  # done; probes added to study.probes since run now
-        record = json.loads(record_path.read_text())
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if record is not None and not lost_sources(record, run):  # done; probes added to study.probes since run now
         if missing(record, extra):
             fields = run_frozen_probes(extra)
             record.update(fields, probe_seconds={**record.get("probe_seconds", {}), **fields["probe_seconds"]})
@@ -473,11 +475,11 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         pretrain(pre)
     t_pre = time.perf_counter() - t0
     t_probe = None
-    if probe is not None and not (run / "probe" / "probe_results.json").is_file():
+    if probe is not None and not phase_done(run / "probe" / "probe_results.json"):
         t_probe = time.perf_counter()
         linear_probe(probe)
         t_probe = time.perf_counter() - t_probe
-    if not (run / "finetune" / "finetune_results.json").is_file():
+    if not phase_done(run / "finetune" / "finetune_results.json"):
         finetune(fine)
     fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
     retrieval, probed, frozen = {}, {"linear_probe_top1": None}, {}
@@ -569,11 +571,12 @@ def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) 
         for masking, objective, seed in tqdm(cells, desc="study", unit="run"):
             log.info("study: %s / %s / seed %d", masking, objective, seed)
             records.append(run_cell(study, paths, masking, objective, seed, quick))
-    from tgmae.study.report import write_report
+    from tgmae.study.report import drop_lost_figures, read_text_probe, write_report
 
+    records, lost = drop_lost_figures(records)  # as `tgmae report`: a file gone since its cell ran
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
-                 text_probe=json.loads((paths.root / "text_probe.json").read_text()), recon_check=recon)
+                 text_probe=read_text_probe(paths.root), recon_check=recon, lost=lost)
     return paths.report(study.variant)
 
 
