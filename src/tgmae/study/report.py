@@ -432,10 +432,23 @@ def phase_done(results: Path) -> bool:
         return False
 
 
+ALIGNED_RETRIEVAL = "retrieval_aligned/retrieval_results.json"  # recalls through an aligned head (align_epochs > 0)
+SOURCE_LABELS[ALIGNED_RETRIEVAL] = SOURCE_LABELS["retrieval/retrieval_results.json"]
+
+
+def figure_sources(record: dict) -> dict[str, tuple[str, ...]]:
+    """FIGURE_SOURCES for `record`: its recalls come from `retrieval_aligned/` when they were measured
+    through a head aligned on the frozen encoder (`tgmae.study.run.retrieve`)."""
+    retrieval = record.get("retrieval") or {}
+    if not int(retrieval.get("align_epochs", 0)):
+        return FIGURE_SOURCES
+    return {(ALIGNED_RETRIEVAL if k == "retrieval/retrieval_results.json" else k): v for k, v in FIGURE_SOURCES.items()}
+
+
 def lost_sources(record: dict, run: Path) -> list[str]:
-    """The FIGURE_SOURCES files (relative to `run`, the record's folder) of figures `record` holds
+    """The `figure_sources` files (relative to `run`, the record's folder) of figures `record` holds
     whose file is gone or unreadable (`phase_done`)."""
-    return [name for name, keys in FIGURE_SOURCES.items()
+    return [name for name, keys in figure_sources(record).items()
             if any(record.get(k) not in (None, {}) for k in keys) and not phase_done(Path(run) / name)]
 
 
@@ -446,7 +459,8 @@ def drop_lost_figures(records: Sequence[dict]) -> tuple[list[dict], list[Path]]:
     out, lost = [], []
     for r in records:
         names = lost_sources(r, Path(r["run_dir"]))
-        r = dict(r, **{k: ({} if k == "retrieval" else None) for n in names for k in FIGURE_SOURCES[n]})
+        sources = figure_sources(r)
+        r = dict(r, **{k: ({} if k == "retrieval" else None) for n in names for k in sources[n]})
         for n in names:
             lost.append(Path(r["run_dir"]) / n)
             log.warning("report: %s is missing or unreadable: the run's %s left out (a tgmae study rerun "
