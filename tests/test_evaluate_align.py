@@ -165,3 +165,34 @@ def test_retrieval_align_keys_are_validated():
         with pytest.raises(ConfigError, match=key):
             load_config(None, [override])
     assert load_config(None, []).eval.retrieval_align_epochs == 0  # the pretraining's head by default
+
+
+def test_an_aligned_head_is_not_reused_after_its_captions_or_videos_change_in_place(synth, tmp_path):
+    """issue 28 re-trial 14 (S1): the head's settings held the captions file and training set by path,
+    so captions edited in place, training videos rewritten in place or the text model replaced
+    reused the old head (rc 0, results of other inputs). The settings now hold the training videos'
+    fingerprint and the digest of the caption embeddings (texts and text model): each change is
+    refused naming it, the head kept; as they were, the head is reused."""
+    import shutil
+
+    from tgmae.evaluate.retrieval import evaluate_retrieval
+
+    root = tmp_path / "set"
+    shutil.copytree(synth[0], root)
+    path = _config(root, synth[1], tmp_path, _mae_weights(tmp_path / "mae.safetensors", 0))
+    evaluate_retrieval(load_config(path), progress=False)
+    head = (tmp_path / "out" / HEAD_FILE).read_bytes()
+    store = root / "captions.jsonl"
+    original = store.read_text()
+    edited = [json.loads(line) for line in original.splitlines()]
+    for record in edited:
+        record["captions"] = ["a video of a thing"] * len(record["captions"])
+    store.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    with pytest.raises(ConfigError, match=f"{HEAD_FILE}.*caption embeddings"):
+        evaluate_retrieval(load_config(path), progress=False)
+    store.write_text(original)
+    video = root / (root / "train.csv").read_text().splitlines()[1].split(",")[0]
+    video.write_bytes(video.read_bytes())  # rewritten in place: another file there as far as anyone can tell
+    with pytest.raises(ConfigError, match=f"{HEAD_FILE}.*training videos"):
+        evaluate_retrieval(load_config(path), progress=False)
+    assert (tmp_path / "out" / HEAD_FILE).read_bytes() == head

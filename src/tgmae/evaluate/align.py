@@ -212,23 +212,31 @@ def aligned_model(cfg, device: torch.device, progress: bool = True) -> AlignedVi
     ConfigError naming the key for a missing captions.file / text model or a video without captions;
     refusals of other settings or weights as `stored_head`."""
     from tgmae.captions.provider import CaptionProvider
+    from tgmae.data.dataset import build_dataset
+    from tgmae.data.fileid import videos_fingerprint
     from tgmae.distributed import rank_world
     from tgmae.evaluate.probe import frozen_probe_encoder
     from tgmae.weights.checkpoint import IGNORE_CONFIG
+    from tgmae.weights.sources import tensors_digest
 
     if not cfg.captions.file or not cfg.captions.target_model:
         raise ConfigError("eval.retrieval_align_epochs > 0 trains on the training captions: set captions.file and "
                           "captions.text_model (or captions.clip_model)")
     encoder, digest = frozen_probe_encoder(cfg, device)
-    path, settings = Path(cfg.train.output_dir) / HEAD_FILE, align_settings(cfg)
-    state = stored_head(path, settings, digest, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     provider = CaptionProvider.from_config(cfg.captions, device=str(device))
+    data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
+    # what the paths in align_settings do not say: the files there now and the texts as embedded now
+    # (captions edited, videos or the text model replaced in place: another head)
+    path = Path(cfg.train.output_dir) / HEAD_FILE
+    settings = {**align_settings(cfg), "training videos": videos_fingerprint([r.path for r in data.records]),
+                "caption embeddings": tensors_digest({"embeddings": provider.embeddings})}
+    state = stored_head(path, settings, digest, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     model = build_aligned(encoder, int(provider.embeddings.shape[1]), cfg.train.seed).to(device)
     if state is not None:
         log.info("aligned head from %s", path)
         model.load_state_dict({**state, **{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}})
         return model.eval()
-    pooled, video_ids = train_pooled(cfg, encoder, digest, device, progress)
+    pooled, video_ids = train_pooled(cfg, data, encoder, digest, device, progress)
     missing = provider.missing(video_ids)
     if missing:
         raise ConfigError(f"captions.file={cfg.captions.file}: no caption for {len(missing)} training videos "
@@ -244,17 +252,16 @@ def aligned_model(cfg, device: torch.device, progress: bool = True) -> AlignedVi
     return model.eval()
 
 
-def train_pooled(cfg, encoder: nn.Module, digest: str, device: torch.device,
+def train_pooled(cfg, data, encoder: nn.Module, digest: str, device: torch.device,
                  progress: bool) -> tuple[torch.Tensor, list[str]]:
-    """([N, T' * D] temporally pooled tokens of the readable training videos' centre clips, their
-    video ids): the token grids through `tgmae.evaluate.features`' cache (the attentive probe's key,
-    under eval.feature_cache or <train.output_dir>/features), unreadable videos left out."""
-    from tgmae.data.dataset import build_dataset
+    """([N, T' * D] temporally pooled tokens of the readable videos' centre clips of `data` (the
+    training split, train=False), their video ids): the token grids through `tgmae.evaluate.features`'
+    cache (the attentive probe's key, under eval.feature_cache or <train.output_dir>/features),
+    unreadable videos left out."""
     from tgmae.evaluate.features import cached_features, feature_cache_key
     from tgmae.evaluate.probe import scored_video_ids
     from tgmae.train.precision import resolve_precision
 
-    data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
     key, inputs = feature_cache_key(digest, cfg.data, "train", "tokens", videos=[r.path for r in data.records],
                                     classes=list(getattr(data, "class_names", None) or []))
     root = Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
