@@ -532,6 +532,7 @@ def test_a_video_replaced_in_place_is_captioned_again(dataset, tmp_path, caplog)
     with caplog.at_level("INFO"):
         summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
     assert summary.captioned == 1 and summary.skipped == 2
+    assert summary.redone == 1  # the command says how many were redone (issue 28 re-trial 14, M1)
     after = read_store(out).by_video()
     assert after["v1"].extra["frame_indices"] == keyframe_indices(30, 2)
     assert after["v0"] == before["v0"] and after["v2"] == before["v2"]
@@ -730,3 +731,30 @@ def test_text_sources_under_torchrun_are_written_by_rank_0_alone(tmp_path, monke
     monkeypatch.setenv("RANK", "0")
     assert main(args) == 0
     assert set(read_store(out).by_video()) == {"a", "b"}
+
+
+def test_a_text_source_rerun_redoes_the_records_of_replaced_videos(tmp_path, capsys):
+    """issue 28 re-trial 14, M1: `--oracle` rerun after a video was replaced in place said "0 added,
+    10 already there" (exit 0) and kept the record of the old file, which `masks` and training then
+    refuse. The store's recorded identities are checked against the data set's files (as `masks`
+    does) and the replaced videos' records are redone, saying how many."""
+    from tgmae.captions.store import refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    for i in range(3):
+        write_mp4(tmp_path / f"v{i}.mp4", num_frames=6 + 2 * i, seed=i)
+    ann = tmp_path / "train.csv"
+    ann.write_text("path,label\nv0.mp4,jumping\nv1.mp4,running\nv2.mp4,jumping\n")
+    argv = ["--format", "csv", "--root", str(tmp_path), str(ann), "--oracle", "--out", str(tmp_path / "cap.jsonl")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (tmp_path / "v0.mp4").write_bytes((tmp_path / "v2.mp4").read_bytes())  # cp v2.mp4 v0.mp4
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 redone" in out and "(replaced" in out
+    recs = read_store(tmp_path / "cap.jsonl").records
+    assert read_store(tmp_path / "cap.jsonl").by_video()["v0"].extra["video"] == video_identity(str(tmp_path / "v0.mp4"))
+    refuse_other_videos(tmp_path / "cap.jsonl", recs, {f"v{i}": video_identity(str(tmp_path / f"v{i}.mp4"))
+                                                       for i in range(3)})  # what masks checks: no error
+    assert main(argv) == 0  # nothing replaced since: nothing redone
+    assert "redone" not in capsys.readouterr().out

@@ -516,3 +516,41 @@ def test_videos_shorter_than_the_clip_span_are_counted_and_said_once(tmp_path):
     for i in range(len(recs)):
         tsn[i]
     assert tsn.short_videos == 0
+
+
+def test_short_videos_beside_a_truncated_one_are_refused_at_set_up_naming_the_key(tmp_path):
+    """issue 28 re-trial 14, M2: data.num_frames=400 on a set of short videos with a truncated and a
+    zero-byte file among them was refused only after the first batch's retries, not naming
+    data.num_frames: the truncated file, confirmed at 0 frames, hid the other videos' stated counts."""
+    from tgmae.config import ConfigError
+
+    paths = []
+    for i, t in enumerate((6, 10)):
+        paths.append(tmp_path / f"v{i}.mp4")
+        write_video(paths[-1], _clip(t, 32, 32, i))
+    (tmp_path / "trunc.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    recs = [VideoRecord(str(p), 0, p.stem) for p in [*paths, tmp_path / "trunc.mp4", tmp_path / "zero.mp4"]]
+    with pytest.raises(ConfigError) as e:  # far from every video: no near miss to confirm
+        VideoDataset(recs, _cfg(num_frames=40), train=True)
+    assert "data.num_frames=40" in str(e.value) and "v1.mp4" in str(e.value) and "10 frames" in str(e.value)
+
+
+def test_every_replacement_too_short_or_unreadable_names_data_num_frames(tmp_path, monkeypatch):
+    """issue 28 re-trial 14, M2: when no video tried could be read and the readable ones were all too
+    short ("too short: 250 frames ..., need 400" beside zero-byte files), the line said only
+    data.max_load_retries; it names data.num_frames, the key to change."""
+    monkeypatch.setattr("tgmae.data.dataset.check_clip_fits", lambda *a: None)  # headers that do not tell
+    paths = []
+    for i, t in enumerate((6, 10)):
+        paths.append(tmp_path / f"v{i}.mp4")
+        write_video(paths[-1], _clip(t, 32, 32, i))
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    recs = [VideoRecord(str(p), 0, p.stem) for p in [*paths, tmp_path / "zero.mp4"]]
+    ds = VideoDataset(recs, _cfg(num_frames=12, max_load_retries=8), train=True)
+    with pytest.raises(VideoLoadError) as e:
+        ds[2]
+    msg = str(e.value)
+    assert "data.num_frames=12" in msg and "too short" in msg and "\n" not in msg
+    ok = VideoDataset(recs, _cfg(num_frames=4, max_load_retries=8), train=True)  # a clip fits: replaced, served
+    assert ok[2]["video"].shape[1] == 4

@@ -917,3 +917,123 @@ def test_config_differences_name_the_users_key_not_its_copy():
                                    copies=copies) == [("eval.attentive_lr", 1e-3, 1e-2)]
     assert ckpt.config_differences(stored, {"eval": {"attentive_lr": 1e-3}, "optim": {"lr": 1e-2}},
                                    copies=copies) == [("optim.lr", 1e-3, 1e-2)]
+
+
+# ------------------------------------------------------------------------------------------
+# issue 28 re-trial 14, S2: a run resumed after a training video was replaced in place
+# ------------------------------------------------------------------------------------------
+class _Rec:
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+
+class _VideoToyData(ToyData):
+    """ToyData whose items are "videos" on disk: `records` with paths, as the video datasets have."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        super().__init__()
+        self.records = [_Rec(folder / n) for n in names]
+
+
+class _VideoToyTask(ToyTask):
+    def __init__(self, cfg: RunConfig, folder: Path, **kw):
+        super().__init__(cfg, **kw)
+        self.folder = folder
+
+    def train_dataset(self) -> Dataset:
+        return _VideoToyData(self.folder, [f"v{i}.mp4" for i in range(4)])
+
+    def val_dataset(self) -> Dataset:
+        return _VideoToyData(self.folder, ["val0.mp4"])
+
+
+def _toy_videos(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"v{i}.mp4" for i in range(4)] + ["val0.mp4"]:
+        (folder / name).write_bytes(name.encode())
+    return folder
+
+
+def _replace(path: Path) -> None:
+    """A video replaced in place by another file (cp other.mp4 path: a new inode and ctime)."""
+    tmp = path.with_name("other.tmp")
+    tmp.write_bytes(b"another video")
+    os.replace(tmp, path)
+
+
+def test_a_resume_whose_training_videos_were_replaced_is_refused_naming_them(tmp_path):
+    """issue 28 re-trial 14, S2: a finished finetune rerun after a training video was replaced in
+    place "resumed from .../step_..." (rc 0) and handed back a classifier of the old video. The run
+    records its videos' fingerprint; a resume on other files is refused naming the split and the
+    file, and checkpoint.resume=ignore_config continues (the change recorded)."""
+    videos = _toy_videos(tmp_path / "videos")
+    cfg = toy_cfg(tmp_path)
+    Trainer(_VideoToyTask(cfg, videos), cfg).fit()
+    again = Trainer(_VideoToyTask(cfg, videos), cfg).fit()  # the same videos: resumes as before
+    assert again.position.step == 16
+
+    _replace(videos / "v2.mp4")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(_VideoToyTask(cfg, videos), cfg).fit()
+    msg = str(err.value)
+    assert "training videos" in msg and "1 of the 4" in msg and "v2.mp4" in msg
+    assert "checkpoint.resume=ignore_config" in msg and "train.output_dir" in msg
+
+    _replace(videos / "val0.mp4")
+    with pytest.raises(ckpt.CheckpointError, match="validation videos .*val0.mp4"):
+        Trainer(_VideoToyTask(cfg, videos), cfg).fit()
+
+    forced = toy_cfg(tmp_path, "train.epochs=3", "checkpoint.resume=ignore_config")
+    assert Trainer(_VideoToyTask(forced, videos), forced).fit().position.step == 24
+    changes = [json.loads(x) for x in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert any("training videos" in k for k in changes[0]["changes"])
+    # the run now holds the new files' fingerprint: resuming it again is not refused
+    longer = toy_cfg(tmp_path, "train.epochs=4")
+    assert Trainer(_VideoToyTask(longer, videos), longer).fit().position.step == 32
+
+
+def test_a_run_written_before_video_fingerprints_resumes_with_a_log_line(tmp_path, caplog):
+    """A checkpoint with no videos' fingerprint (written before it was recorded) resumes as before,
+    saying that its videos cannot be checked."""
+    videos = _toy_videos(tmp_path / "videos")
+    cfg = toy_cfg(tmp_path)
+    Trainer(_VideoToyTask(cfg, videos), cfg).fit()
+    step = ckpt.find_latest(tmp_path / "run" / "checkpoints")
+    state = torch.load(step / "state.pt", weights_only=True)
+    extra = json.loads(state["extra_json"])
+    assert "videos" in extra
+    state["extra_json"] = json.dumps({k: v for k, v in extra.items() if k != "videos"})
+    torch.save(state, step / "state.pt")
+    _replace(videos / "v0.mp4")
+    longer = toy_cfg(tmp_path, "train.epochs=3")
+    with caplog.at_level("INFO", logger="tgmae"):
+        assert Trainer(_VideoToyTask(longer, videos), longer).fit().position.step == 24
+    assert any("fingerprint" in r.getMessage() and "videos" in r.getMessage() for r in caplog.records)
+
+
+def _ddp_videos_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "train.device=cpu", "train.epochs=1")
+    from tgmae.distributed import cleanup
+
+    try:
+        Trainer(_VideoToyTask(cfg, Path(out_dir) / "videos", dropout=0.0), cfg).fit()
+    except ckpt.CheckpointError as e:
+        (Path(out_dir) / f"refused{rank}.txt").write_text(str(e))
+    cleanup()
+
+
+def test_ddp_ranks_agree_on_a_refusal_of_replaced_videos(tmp_path, free_port):
+    """The videos are fingerprinted on rank 0 alone: its refusal is every rank's (none waits in a
+    collective for a rank that left)."""
+    import torch.multiprocessing as mp
+
+    videos = _toy_videos(tmp_path / "videos")
+    cfg = toy_cfg(tmp_path, "train.batch_size=4", "train.device=cpu", "train.epochs=1")
+    Trainer(_VideoToyTask(cfg, videos, dropout=0.0), cfg).fit()
+    _replace(videos / "v1.mp4")
+    mp.spawn(_ddp_videos_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
+    assert "v1.mp4" in (tmp_path / "refused0.txt").read_text()
+    assert (tmp_path / "refused1.txt").exists()

@@ -44,6 +44,7 @@ class CaptionSummary:
     errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error"} of this run
     out: str = ""  # the file this rank appended to
     stored: int = 0  # this shard's videos with captions in the output (now or before)
+    redone: int = 0  # of those captioned: videos whose file changed since their old record
 
 
 def load_keyframes(video: Any, n: int) -> tuple[np.ndarray, list[int]]:
@@ -107,13 +108,14 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
             atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
-def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> None:
+def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> set[str]:
     """Drop the records of videos whose file changed since they were captioned (their `video`
     differs from `identity` {id: `video_identity` now}; a record without one is not compared),
     each logged, so they are captioned again. A stale record in a file this shard does not write
     (another rank's part, or the merged store under torchrun) is a CaptionStoreError naming the
-    video: rewriting it would race that rank."""
+    video: rewriting it would race that rank. Returns the ids dropped."""
     own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
+    dropped: set[str] = set()
     for f in [out, *existing_parts(out)]:
         if not f.is_file():
             continue
@@ -129,6 +131,8 @@ def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> None:
             log.info("tgmae caption: %r: its video changed since it was captioned (%s): captioning it again", vid, f)
         keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in stale)]
         atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
+        dropped.update(stale)
+    return dropped
 
 
 def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = None,
@@ -200,7 +204,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     if retry_errors:
         _forget_errors(out, {v.video_id for v in mine})
     identity = {v.video_id: video_identity(str(v.path)) for v in mine}
-    _forget_changed(out, identity, shard)
+    changed = _forget_changed(out, identity, shard)
     done = done_video_ids(out, include_errors=not retry_errors)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
@@ -232,7 +236,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
             summary.errors.extend(failed)
             bar.update(len(batch))
     bar.close()
-    summary.stored = len({v.video_id for v in mine} & done_video_ids(out, include_errors=False))
+    stored = done_video_ids(out, include_errors=False)
+    summary.stored, summary.redone = len({v.video_id for v in mine} & stored), len(changed & stored)
     return summary
 
 

@@ -402,7 +402,7 @@ def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, 
     if clash:
         (a, b), ids = next(iter(clash.items()))
         raise CaptionStoreError(
-            f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({_ids_text(ids)}): "
+            f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({ids_text(ids)}): "
             "stores of two data sets with the same video ids; combine stores of one data set (give its "
             "annotations, --format and --root, to check them against its files)")
 
@@ -416,7 +416,8 @@ def video_ids_in(path: str | Path) -> set[str]:
     return {str(obj.get("video_id")) for _, obj in items if isinstance(obj, dict)}
 
 
-def _ids_text(ids: Sequence[str], n: int = 5) -> str:
+def ids_text(ids: Sequence[str], n: int = 5) -> str:
+    """Up to `n` ids quoted, then "and K more"."""
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
@@ -428,6 +429,17 @@ def _copy_key(identity: Any) -> Any:
     if ident and isinstance(ident[0], list):
         return [e[:2] for e in ident]
     return ident[:1]
+
+
+def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
+    """Ids of `records` captioned from another file than the data set's now: their recorded `video`
+    differs from `identity` ({video_id: `video_identity` now}) in what a copy keeps (`_copy_key`).
+    Records without one and ids without a file now (None) are not compared. The check `masks` and
+    training make (`refuse_other_videos`) and a caption rerun redoes by (`tgmae caption`)."""
+    objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
+    return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
+            and identity.get(o.get("video_id")) is not None
+            and _copy_key(o["video"]) != _copy_key(identity[o["video_id"]])]
 
 
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> None:
@@ -442,11 +454,11 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
-    other = [o["video_id"] for o in known if _copy_key(o["video"]) != _copy_key(identity[o["video_id"]])]
+    other = replaced_videos(known, identity)
     if other:
         raise CaptionStoreError(
             f"{path}: {len(other)} video(s) were captioned from files of other sizes than this data set's "
-            f"({_ids_text(other)}): a store made for another data set with the same video ids, or videos "
+            f"({ids_text(other)}): a store made for another data set with the same video ids, or videos "
             "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
     if mine and not known:
         log.info("tgmae: %s records no video identities (which file each caption describes): its captions "
@@ -460,5 +472,5 @@ def drop_foreign(path: str | Path, records: Sequence[CaptionRecord], video_ids: 
     foreign = [r.video_id for r in records if r.video_id not in keep_ids]
     if foreign:
         log.warning("tgmae caption: %s: dropped %d video id(s) not in the data set (%s)", path, len(foreign),
-                    _ids_text(foreign, 3))
+                    ids_text(foreign, 3))
     return [r for r in records if r.video_id in keep_ids]

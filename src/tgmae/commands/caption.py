@@ -13,7 +13,7 @@ from tgmae.captions import run
 from tgmae.captions.captioner import ImageCaptioner
 from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear_outputs, refuse_other_store
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
-from tgmae.captions.store import CaptionRecord
+from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
 from tgmae.locks import check_kind, hold, refuse_in_checkpoints
 
@@ -94,7 +94,8 @@ def _caption(args: argparse.Namespace, shard) -> int:
     captioner = ImageCaptioner(args.model, device, dtype, options)
     summary = caption_videos(videos, captioner, args.model, args.out, args.keyframes, args.batch_size, shard,
                              args.workers, args.retry_errors, progress=not args.no_progress)
-    print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos, "
+    redone = f" ({summary.redone} redone: their video changed since it was captioned)" if summary.redone else ""
+    print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos{redone}, "
           f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}")
     for e in summary.errors[:5]:
         print(f"  failed: {e['video_id']}: {e['error'][:200]}", file=sys.stderr)
@@ -153,11 +154,25 @@ def _run_text_source(args: argparse.Namespace) -> int:
     for r in recs:  # which file each caption is of: `--combine`, `masks` and training compare it
         if identity.get(r.video_id) is not None:
             r.extra["video"] = identity[r.video_id]
-    added, there, kept = update_store(args.out, recs, rebuild=args.rebuild)
+    redone = _replaced(args.out, identity) if not args.rebuild else []
+    added, there, kept = update_store(args.out, recs, rebuild=args.rebuild)  # this run's record replaces
     counts = f" ({added} added, {there} already there, {kept} other videos kept)" if there or kept else ""
+    if redone:  # their old records (of the files before) were refused by `masks` and training
+        counts += f", {len(redone)} redone (replaced since captioned: {ids_text(redone, 3)})"
     print(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
           f"-> {args.out}{counts}")
     return 0
+
+
+def _replaced(out: str, identity: dict) -> list[str]:
+    """Ids of the store at `out` (if any) whose record was made from another file than the data
+    set's now (`replaced_videos`, the check `masks` and training make)."""
+    from tgmae.captions.store import read_store, refuse_foreign_file, replaced_videos
+
+    if not Path(out).is_file():
+        return []
+    refuse_foreign_file(out)  # a file of the user's as --out: named as such, not read as a store
+    return replaced_videos(read_store(out).records, identity)
 
 
 def _identities(videos) -> dict:

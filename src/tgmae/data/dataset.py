@@ -186,9 +186,14 @@ class _RobustBase(Dataset):
                 f"no video long enough in {self.cfg.max_load_retries + 1} tries: a clip needs {self.min_frames} "
                 f"frames (data.num_frames={self.cfg.num_frames}); lower data.num_frames or check the videos "
                 "(`tgmae data check --min-frames N`); last: " + " | ".join(dict.fromkeys(reasons[-2:])))  # once each
+        short = ""
+        if "too_short" in kinds:  # the others unreadable: the videos that open all lack a clip's frames
+            short = (f": the readable ones too short for a clip of {self.min_frames} frames "
+                     f"(data.num_frames={self.cfg.num_frames}; lower it, or check the videos with "
+                     f"`tgmae data check --min-frames {self.min_frames}`)")
         raise VideoLoadError(
             f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
-            f"(data.max_load_retries); last errors: " + " | ".join(reasons[-3:]))
+            f"(data.max_load_retries){short}; last errors: " + " | ".join(dict.fromkeys(reasons[-3:])))
 
     def _note_failure(self, path: str, err: BaseException) -> None:
         self.failures += 1

@@ -93,11 +93,15 @@ def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: st
         return  # not cheap to be sure: the readers tell
     best, longest = max(((_in_range(r, exact_frames(r.path)), r) for r in unsure or [near[0][1]]),
                         key=lambda x: x[0])
-    if best >= min_frames or best <= 0:  # a clip fits, or nothing could be read: the readers name the files
+    if best >= min_frames:  # a clip fits
         return
     rest = [have for have, r in near if r not in unsure]
-    if rest and max(rest) > best:  # a stated count above the confirmed ones: take it as stated
+    # a stated count above the confirmed ones: take it as stated (an unreadable file confirmed
+    # at 0 frames does not hide the short videos beside it)
+    if rest and max(rest) > best:
         best, longest = max(rest), next(r for have, r in near if have == max(rest))
+    if best <= 0:  # nothing could be read: the readers name the files
+        return
     ranged = longest.start_frame is not None or longest.end_frame is not None
     key = setting.split("=")[0]
     raise ConfigError(f"{setting}: a clip needs {min_frames} frames and no video holds one: the longest has {best} "

@@ -30,7 +30,7 @@ from tgmae.errors import UserError
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
-from tgmae.train.resume import Resumed, resume, run_folder_lock, write_run_folder
+from tgmae.train.resume import Resumed, resume, run_folder_lock, videos_on_disk, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
 
@@ -181,6 +181,7 @@ class Trainer:
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.fingerprint: Optional[str] = None  # the task's inputs (e.g. the probe's features)
+        self.videos: Optional[dict] = None  # its videos as they were on disk at the start (rank 0)
 
     def fit(self) -> FitResult:
         """Train from scratch or resume, holding the run folder's lock (`run_folder_lock`)."""
@@ -190,6 +191,9 @@ class Trainer:
     def _fit(self) -> FitResult:
         cfg, dist, task = self.cfg, self.dist, self.task
         dataset = task.train_dataset()  # first: its config errors come before any measurement
+        if dist.is_main:  # stat only, once: kept in checkpoints, a resume on other files is refused
+            val = getattr(task, "val_dataset", None)
+            self.videos = videos_on_disk({"train": dataset, "val": val() if val else None})
         precision = self._choose_precision()
         torch.manual_seed(cfg.train.seed + dist.rank)
         model = self._build_model(precision)
@@ -292,7 +296,7 @@ class Trainer:
         self.class_names = list(getattr(task, "class_names", None) or [])
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
                          class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())),
-                         copied_keys=getattr(task, "copied_keys", None))
+                         copied_keys=getattr(task, "copied_keys", None), videos=self.videos)
         train_model = self._wrap(model)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
@@ -488,6 +492,7 @@ class Trainer:
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
                        "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
+                       **({"videos": self.videos} if self.videos else {}),
                        **({"class_names": self.class_names} if self.class_names else {})},
             )
         barrier()

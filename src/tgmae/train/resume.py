@@ -17,7 +17,8 @@ from torch import nn
 
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
-from tgmae.distributed import DistInfo, launch_env, rank_world
+from tgmae.data.fileid import file_identity, videos_fingerprint
+from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
 from tgmae.locks import hold, refuse_extraction
 from tgmae.weights import checkpoint as ckpt
 
@@ -51,11 +52,12 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
            class_names: Sequence[str] = (), unused_keys: Sequence[str] = (),
-           copied_keys: Optional[Mapping[str, str]] = None) -> Resumed:
+           copied_keys: Optional[Mapping[str, str]] = None, videos: Optional[dict] = None) -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
     the checks that it belongs to this run (kind, settings, inputs, class names in label order,
-    something left to do). unused_keys: config keys the task never reads; copied_keys: {key: the
-    user's key the task copies into it} (`config_differences`)."""
+    videos on disk, something left to do). unused_keys: config keys the task never reads;
+    copied_keys: {key: the user's key the task copies into it} (`config_differences`); videos:
+    `videos_on_disk` of this run's data (rank 0; None on the other ranks)."""
     source = resume_source(cfg)
     if source is None:
         return Resumed()
@@ -68,6 +70,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     # class names first: a renumbering also changes a probe's fingerprint, and this names it
     changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
+    changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
     position = loaded.position
     refuse_shorter(cfg, task_name, source, position)
     if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
@@ -137,6 +140,75 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
     return _refuse_or_record(cfg, source, f"the {task_name} inputs differ from the ones it was trained on "
                              f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights changed)",
                              (f"{task_name} inputs (fingerprint)", stored[:12], now[:12]))
+
+
+FILES_KEPT = 2000  # per-file identities a checkpoint keeps up to this many videos a split (else the digest)
+_SPLITS = {"train": ("training videos", "data.train_annotations"),
+           "val": ("validation videos", "data.val_annotations")}
+
+
+def _identity(path: str) -> Optional[list[int]]:
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
+
+
+def videos_on_disk(datasets: Mapping[str, Any]) -> dict:
+    """{split: {"sha256": `videos_fingerprint`, "count": n, "files": {path: `file_identity`}}} of
+    the files of each dataset's `records` (stat only, nothing read; "files" up to FILES_KEPT
+    videos). Datasets without records (a probe's features, fingerprinted as its inputs) and None
+    are left out. Kept in every checkpoint: a resume on other files is refused (`video_changes`)."""
+    out = {}
+    for split, data in datasets.items():
+        records = getattr(data, "records", None)
+        if not records:
+            continue
+        paths = [str(r.path) for r in records]
+        entry: dict[str, Any] = {"sha256": videos_fingerprint(paths), "count": len(paths)}
+        if len(paths) <= FILES_KEPT:
+            entry["files"] = {p: _identity(p) for p in paths}
+        out[split] = entry
+    return out
+
+
+def _videos_differ(cfg: RunConfig, split: str, old: dict, new: dict) -> str:
+    """Why `split`'s videos are not the ones the checkpoint was trained on: how many and which
+    where both sides kept per-file identities, else the fingerprints."""
+    name, key = _SPLITS.get(split, (f"{split} videos", f"data.{split}_annotations"))
+    where = f"{name} ({key}={getattr(cfg.data, key.split('.')[1], '')})"
+    before, now = old.get("files"), new.get("files")
+    if before is None or now is None:
+        return (f"its {where} differ from the files it was trained on (fingerprint {old['sha256'][:12]} -> "
+                f"{new['sha256'][:12]}: a video replaced or rewritten in place)")
+    changed = sorted(p for p in set(before) | set(now) if before.get(p) != now.get(p))
+    shown = ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+    return (f"{len(changed)} of the {new['count']} {where} changed on disk since it was trained "
+            f"(replaced or rewritten in place: {shown})")
+
+
+def video_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored: Optional[dict],
+                  now: Optional[dict]) -> list[tuple[str, Any, Any]]:
+    """A resume whose training or validation videos are other files than the checkpoint's (a video
+    replaced in place keeps every setting) is refused naming the split and the files, or recorded
+    as a change under checkpoint.resume=ignore_config. `now` is rank 0's (`videos_on_disk`): its
+    verdict is every rank's, so no rank waits for one that left. A checkpoint written before the
+    fingerprint was kept (`stored` None, the same on every rank) resumes unchecked, said in a line."""
+    if stored is None:
+        if dist.is_main and now:
+            log.info("%s was written before runs recorded their videos' fingerprint: whether its videos "
+                     "changed since cannot be checked", source)
+        return []
+    whys, change = [], None
+    for split, entry in (now or {}).items() if dist.is_main else ():
+        old = stored.get(split)
+        if old and old.get("sha256") != entry["sha256"]:
+            whys.append(_videos_differ(cfg, split, old, entry))
+            change = change or (f"{_SPLITS.get(split, (split,))[0]} (fingerprint)", old["sha256"][:12],
+                                entry["sha256"][:12])
+    if dist.enabled and any_rank(change is not None, dist.device) and change is None:
+        whys, change = ["rank 0 found its videos changed on disk (its message names them)"], ("videos", "", "")
+    return _refuse_or_record(cfg, source, "; ".join(whys), change) if change else []
 
 
 def _refuse_or_record(cfg: RunConfig, source: Path, why: str, change: tuple[str, Any, Any]) -> list:
