@@ -971,6 +971,11 @@ def test_a_resume_whose_training_videos_were_replaced_is_refused_naming_them(tmp
     Trainer(_VideoToyTask(cfg, videos), cfg).fit()
     again = Trainer(_VideoToyTask(cfg, videos), cfg).fit()  # the same videos: resumes as before
     assert again.position.step == 16
+    for video in videos.iterdir():  # copied to a node's disk (new inode, ctime, mtime): the same videos
+        copy = video.with_name("copy.tmp")
+        copy.write_bytes(video.read_bytes())
+        os.replace(copy, video)
+    assert Trainer(_VideoToyTask(cfg, videos), cfg).fit().position.step == 16
 
     _replace(videos / "v2.mp4")
     with pytest.raises(ckpt.CheckpointError) as err:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
+from tgmae.data.fileid import copy_key
 from tgmae.errors import UserError
 
 REQUIRED_KEYS = ("video_id", "captions", "source", "model")
@@ -390,12 +391,12 @@ def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, 
                         names: Sequence[str]) -> None:
     """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
     and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities differing in what a
-    copy keeps (`_copy_key`): stores of two data sets with the same ids, whose merge would describe
+    copy keeps (`copy_key`): stores of two data sets with the same ids, whose merge would describe
     one id by two videos and keep one store's stamp (then accepted by one set, refused by the other,
     by store order). Records without an identity are not compared."""
     clash: dict[tuple[int, int], list[str]] = {}
     for vid, recs in parts.items():
-        known = [(i, _copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
+        known = [(i, copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
         other = next(((known[0][0], i) for i, key in known[1:] if key != known[0][1]), None)
         if other is not None:
             clash.setdefault(other, []).append(vid)
@@ -421,32 +422,22 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
-def _copy_key(identity: Any) -> Any:
-    """What a copy of a video keeps of its `video_identity`: a file's size, a frame folder's (name,
-    size) per frame. A data set copied to a node's local disk (cp, rsync: new inode and ctime, maybe
-    mtime) keeps its captions, which cost a captioner pass to make; another data set's files differ."""
-    ident = json.loads(json.dumps(identity))
-    if ident and isinstance(ident[0], list):
-        return [e[:2] for e in ident]
-    return ident[:1]
-
-
 def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    differs from `identity` ({video_id: `video_identity` now}) in what a copy keeps (`_copy_key`).
+    differs from `identity` ({video_id: `video_identity` now}) in what a copy keeps (`copy_key`).
     Records without one and ids without a file now (None) are not compared. The check `masks` and
     training make (`refuse_other_videos`) and a caption rerun redoes by (`tgmae caption`)."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
-            and _copy_key(o["video"]) != _copy_key(identity[o["video_id"]])]
+            and copy_key(o["video"]) != copy_key(identity[o["video_id"]])]
 
 
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
-    copy keeps (`_copy_key`: the size): a store made for another data set with the same ids, or a
+    copy keeps (`copy_key`: the size): a store made for another data set with the same ids, or a
     video replaced since, whose captions describe another video. Records without one (a store
     written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
     without a file now (None) are not compared; when no record of the data set's videos has one, a

@@ -10,8 +10,9 @@ ctime and costs one rebuild.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def file_identity(path: str) -> list[int]:
@@ -50,3 +51,14 @@ def video_identity(path: str) -> list | None:
         return file_identity(path)
     except OSError:
         return None
+
+
+def copy_key(identity: Any) -> Any:
+    """What a copy of a video keeps of its `video_identity`: a file's [size], a frame folder's [name,
+    size] per frame. A data set copied to a node's local disk (cp, rsync: new inode and ctime, maybe
+    mtime) keeps what was made from it (captions that cost a captioner pass, a run to resume);
+    another data set's files, or a video replaced by another, differ."""
+    ident = json.loads(json.dumps(identity))
+    if ident and isinstance(ident[0], list):
+        return [e[:2] for e in ident]
+    return ident[:1] if ident else ident

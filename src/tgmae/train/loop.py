@@ -193,7 +193,7 @@ class Trainer:
         dataset = task.train_dataset()  # first: its config errors come before any measurement
         if dist.is_main:  # stat only, once: kept in checkpoints, a resume on other files is refused
             val = getattr(task, "val_dataset", None)
-            self.videos = videos_on_disk({"train": dataset, "val": val() if val else None})
+            self.videos = videos_on_disk({"train": dataset, "val": val() if val else None}, cfg.data.root)
         precision = self._choose_precision()
         torch.manual_seed(cfg.train.seed + dist.rank)
         model = self._build_model(precision)

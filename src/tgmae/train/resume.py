@@ -5,8 +5,10 @@ run folder's record of the settings (config.yaml, config_changes.jsonl)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from torch import nn
 
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
-from tgmae.data.fileid import file_identity, videos_fingerprint
+from tgmae.data.fileid import copy_key, video_identity
 from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
 from tgmae.locks import hold, refuse_extraction
 from tgmae.weights import checkpoint as ckpt
@@ -147,27 +149,27 @@ _SPLITS = {"train": ("training videos", "data.train_annotations"),
            "val": ("validation videos", "data.val_annotations")}
 
 
-def _identity(path: str) -> Optional[list[int]]:
-    try:
-        return file_identity(path)
-    except OSError:
-        return None
-
-
-def videos_on_disk(datasets: Mapping[str, Any]) -> dict:
-    """{split: {"sha256": `videos_fingerprint`, "count": n, "files": {path: `file_identity`}}} of
-    the files of each dataset's `records` (stat only, nothing read; "files" up to FILES_KEPT
-    videos). Datasets without records (a probe's features, fingerprinted as its inputs) and None
-    are left out. Kept in every checkpoint: a resume on other files is refused (`video_changes`)."""
+def videos_on_disk(datasets: Mapping[str, Any], root: str = "") -> dict:
+    """{split: {"sha256": digest, "count": n, "files": {path: `copy_key`}}} of the files of each
+    dataset's `records` (stat only, nothing read; "files" up to FILES_KEPT videos; paths relative to
+    `root`, data.root, where under it). A video's key is what a copy keeps (`copy_key`: its size):
+    a set copied to a node's local disk resumes, a video replaced by another does not. Datasets
+    without records (a probe's features, fingerprinted as its inputs) and None are left out. Kept in
+    every checkpoint: a resume on other files is refused (`video_changes`)."""
     out = {}
     for split, data in datasets.items():
         records = getattr(data, "records", None)
         if not records:
             continue
-        paths = [str(r.path) for r in records]
-        entry: dict[str, Any] = {"sha256": videos_fingerprint(paths), "count": len(paths)}
-        if len(paths) <= FILES_KEPT:
-            entry["files"] = {p: _identity(p) for p in paths}
+        files = {}
+        for r in records:
+            path = str(r.path)
+            name = os.path.relpath(path, root) if root and Path(path).is_relative_to(root) else path
+            files[name] = copy_key(video_identity(path))
+        digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+        entry: dict[str, Any] = {"sha256": digest, "count": len(files)}
+        if len(files) <= FILES_KEPT:
+            entry["files"] = files
         out[split] = entry
     return out
 
