@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
     AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
+    read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
 )
 
 # Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
@@ -141,15 +141,22 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     records = []
     seen = UniqueIds(rows)
     for line, it in json_items(data_file, items):
-        vid = str(it.get("id", "")).strip()
+        if not isinstance(it, dict):
+            rows.bad(data_file, line, f"expected a JSON object, got a {type(it).__name__}")
+            continue
+        raw_id, template = it.get("id", ""), it.get("template")
+        vid = str(raw_id).strip() if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
         if not vid:
-            rows.bad(data_file, line, "item without id")
+            rows.bad(data_file, line, f"id {raw_id!r}: expected a string or an integer" if vid is None
+                     else "item without id")
             continue
         if not seen.add(vid, data_file, line, vid):
             continue
-        template = it.get("template")
         if template is None:  # test.json: ids only, no labels
             label = -1
+        elif not isinstance(template, str):
+            rows.bad(data_file, line, f"template {template!r}: expected a string")
+            continue
         else:
             key = template.replace("[", "").replace("]", "")
             if key not in ids:
@@ -165,17 +172,23 @@ def _ssv2_classes(labels_file: Path) -> tuple[dict[str, int], list[str]]:
     """({template: id}, class names in id order) of an SSv2 `labels.json`: an object mapping each
     template to its own integer id (a string, as shipped), the ids 0..N-1. AnnotationError naming
     the file otherwise (a repeated id would silently merge two classes)."""
-    templates = load_json(labels_file)
+    objects: list[list] = []  # each object's (key, value) pairs, innermost first: a key twice is kept
+    templates = load_json(labels_file, object_pairs_hook=lambda kv: objects.append(kv) or dict(kv))
     if not isinstance(templates, dict):
         raise AnnotationError(f"{labels_file}: expected a JSON object of template -> id, "
                               f"got a {type(templates).__name__}")
-    ids: dict[str, int] = {}
-    by_id: dict[int, str] = {}
-    for name, v in templates.items():
+    entries = []
+    for name, v in objects[-1]:
         try:
-            i = int(str(v).strip())
+            if isinstance(v, (bool, float)):  # int(True) is 1, int(1.9) is 1
+                raise ValueError
+            entries.append((int(str(v).strip()), name))
         except ValueError:
             raise AnnotationError(f"{labels_file}: template {name!r} has id {v!r}, not an integer") from None
+    refuse_repeated_names(labels_file, entries, unit="ids")
+    ids: dict[str, int] = {}
+    by_id: dict[int, str] = {}
+    for i, name in entries:
         if i in by_id:
             raise AnnotationError(f"{labels_file}: templates {by_id[i]!r} and {name!r} share id {i}; "
                                   "each class needs its own id")
@@ -199,7 +212,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     kind = subset_kind(subset)
     folder, list_file = _split_file(ann, f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt")
     class_file = folder / "classInd.txt"
-    classes, by_name = [], {}
+    classes, by_name, lines = [], {}, []
     for line, text in read_lines(class_file):
         parts = text.split()
         if len(parts) != 2 or not parts[0].isdigit():
@@ -208,6 +221,9 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
             raise AnnotationError(f"{class_file}:{line}: class ids must be 1, 2, 3, ... in order")
         classes.append(parts[1])
         by_name[parts[1].lower()] = len(classes) - 1
+        lines.append(line)
+    # class folders are matched case-blind, so `Archery` and `archery` would be one class
+    refuse_repeated_names(class_file, zip(lines, classes), key=str.lower)
     records = []
     ids = UniqueIds(rows)
     for line, text in read_lines(list_file):
@@ -276,19 +292,26 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file)
-    classes = [" ".join(v) for v in load_json(vocab_file)] if vocab_file else None
+    classes = _diving48_classes(vocab_file) if vocab_file else None
     records = []
     ids = UniqueIds(rows)
     for line, it in json_items(data_file, items):
+        if not isinstance(it, dict):
+            rows.bad(data_file, line, f"expected a JSON object, got a {type(it).__name__}")
+            continue
         name = it.get("vid_name")
         label = it.get("label")
-        if not name or not isinstance(label, int):
-            rows.bad(data_file, line, "item needs vid_name and an integer label")
+        if not name or not isinstance(name, str) or not _json_int(label):
+            rows.bad(data_file, line, f"item needs vid_name and an integer label (got label {label!r})")
             continue
         if label < 0 or (classes is not None and label >= len(classes)):
             rows.bad(data_file, line, f"label {label} out of range")
             continue
         start, end = it.get("start_frame"), it.get("end_frame")
+        odd = next((k for k, v in (("start_frame", start), ("end_frame", end)) if v is not None and not _json_int(v)), None)
+        if odd:
+            rows.bad(data_file, line, f"{odd} {it[odd]!r} is not an integer")
+            continue
         if start is not None and end is not None and end <= start:
             rows.bad(data_file, line, f"end_frame {end} <= start_frame {start}")
             continue
@@ -296,6 +319,27 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         if ids.add(name, data_file, line, name):
             records.append(VideoRecord(path, label, name, start, end))
     return records, classes if classes is not None else numbered_classes(records)
+
+
+def _json_int(v) -> bool:
+    """A JSON integer: not a bool (True is an int to Python, but no label) nor a float."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _diving48_classes(vocab_file: Path) -> list[str]:
+    """Class names of `Diving48_vocab.json`: a list with, per class id, its list of words
+    ([takeoff, somersault, twist, flight]) joined by spaces. AnnotationError naming the file and
+    entry for anything else (a string entry was spelt out letter by letter) or a name twice."""
+    vocab = load_json(vocab_file)
+    if not isinstance(vocab, list):
+        raise AnnotationError(f"{vocab_file}: expected a list of word lists, got a {type(vocab).__name__}")
+    for i, words in enumerate(vocab):
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise AnnotationError(f"{vocab_file}: entry {i} (class {i}) is {words!r}; expected a list of words "
+                                  "such as [\"Back\", \"15som\", \"05Twis\", \"FREE\"]")
+    names = [" ".join(w.strip() for w in words) for words in vocab]
+    refuse_repeated_names(vocab_file, enumerate(names), unit="entries")
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,9 +362,11 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     base = parsed if use_own else _epic_rows(train_file, RowErrors("skip", None))
     pairs = sorted({(r.verb, r.noun) for r in base})
     action_of = {p: i for i, p in enumerate(pairs)}
-    names: dict[tuple[int, int], str] = {}
+    names: dict[tuple[int, int], tuple[int, str]] = {}
     for r in base:
-        names.setdefault((r.verb, r.noun), r.name)
+        names.setdefault((r.verb, r.noun), (r.line, r.name))
+    # an action's name is its first row's `verb noun`: two pairs of one name would be one class to a reader
+    refuse_repeated_names(data_file if use_own else train_file, sorted(names.values()))
     records = []
     ids = UniqueIds(rows)
     for r in parsed:
@@ -333,7 +379,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
                                       f"rgb/train/{r.participant}/{r.video}", f"train/{r.participant}/{r.video}"])
         records.append(VideoRecord(path, action_of[(r.verb, r.noun)], r.uid, r.start - 1, r.stop,
                                    caption=r.narration, targets={"verb": r.verb, "noun": r.noun}))
-    return records, [names[p] for p in pairs]
+    return records, [names[p][1] for p in pairs]
 
 
 @dataclass
