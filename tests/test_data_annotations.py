@@ -431,3 +431,15 @@ def test_ssv2_ids_and_templates_of_the_wrong_type_are_refused(tmp_path, labels, 
     with pytest.raises(AnnotationError, match=named) as e:
         load_annotations("ssv2", tmp_path, tmp_path, subset="train")
     _one_line_naming(e)
+
+
+def test_an_official_k400_csv_without_a_label_column_is_read_unlabelled(tmp_path):
+    """Kinetics' test.csv (`youtube_id,time_start,time_end,split`) was "expected `path label`" on
+    every row: it is the official layout without labels, read as SSv2's test.json is (label -1),
+    its class names those of train.csv beside it."""
+    shutil.copy(DATA / "k400" / "train.csv", tmp_path / "train.csv")
+    (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end,split\nabc,1,11,test\nghi,3,13,test\n")
+    recs, classes = load_annotations("k400", tmp_path, tmp_path / "test.csv", subset="test")
+    assert classes == ["abseiling", "air drumming", "zumba"]
+    assert [(r.video_id, r.label) for r in recs] == [("abc_000001_000011", -1), ("ghi_000003_000013", -1)]
+    assert recs[0].path == str(tmp_path / "abc_000001_000011.mp4")

@@ -31,12 +31,15 @@ class AnnotationError(ValueError, UserError):
     """An annotation file or row is malformed; the message names file and line."""
 
 
+UNLABELLED = -1  # a record's label where the list carries none (SSv2 test.json, Kinetics test.csv)
+
+
 @dataclass
 class VideoRecord:
     """One labelled clip: a video file or a frame folder, optionally a frame range of it."""
 
     path: str  # absolute path of the video file or frame folder
-    label: int  # 0-based class id (EPIC: action id)
+    label: int  # 0-based class id (EPIC: action id); UNLABELLED (-1) in a test list without labels
     video_id: str  # key for captions and caches, unique within a data set (see `UniqueIds`)
     start_frame: Optional[int] = None  # 0-based first frame of the clip; None = 0
     end_frame: Optional[int] = None  # 0-based, exclusive; None = the video's end

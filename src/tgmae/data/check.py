@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import VideoRecord
+from tgmae.data.annotations import UNLABELLED, VideoRecord
 from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
@@ -190,7 +190,9 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     for sub, ann in todo:
         records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
         classes = classes or names
-        jobs += [(len(jobs) + i, r, len(names), min_frames) for i, r in enumerate(records)]
+        # an unlabelled test list (SSv2 test.json, Kinetics test.csv) has no labels to check
+        jobs += [(len(jobs) + i, r, None if r.label == UNLABELLED else len(names), min_frames)
+                 for i, r in enumerate(records)]
         lists.append({"subset": sub, "annotations": str(ann), "records": len(records)})
         empty = empty or not records
     results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)

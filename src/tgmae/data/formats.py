@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
-    AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
+    UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
     read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
 )
 
@@ -40,10 +40,12 @@ def _split_file(ann: Path, name: str) -> tuple[Path, Path]:
 
 def read_k400(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """Official `label,youtube_id,time_start,time_end,split` CSV (clips named
-    `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders), or a VideoMAE list
-    (`path label` per line, space separated, no header)."""
+    `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders; test.csv has no label
+    column: its records are UNLABELLED), or a VideoMAE list (`path label` per line, space
+    separated, no header)."""
     lines = read_lines(ann)
-    if lines and lines[0][1].replace(" ", "").startswith("label,youtube_id"):
+    header = lines[0][1].replace(" ", "").split(",") if lines else []
+    if "youtube_id" in header and "time_start" in header:
         return _read_k400_official(root, ann, rows)
     return read_path_label_list(root, ann, rows)
 
@@ -56,24 +58,25 @@ def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[Vi
     by_name = {c: i for i, c in enumerate(classes)}
     records = []
     ids = UniqueIds(rows)
+    labelled = any("label" in r for _, r in raw)
     for line, r in raw:
-        yid, label = r.get("youtube_id", ""), r.get("label", "")
-        if not yid or not label:
+        yid, label = r.get("youtube_id", ""), r.get("label", "") if labelled else None
+        if not yid or label == "":
             rows.bad(ann, line, "missing youtube_id or label")
             continue
         s = parse_int(r.get("time_start", ""), ann, line, "time_start", rows)
         e = parse_int(r.get("time_end", ""), ann, line, "time_end", rows) if s is not None else None
         if s is None or e is None:
             continue
-        if label not in by_name:
+        if label is not None and label not in by_name:
             rows.bad(ann, line, f"label {label!r} not in classes.txt")
             continue
         name = f"{yid}_{s:06d}_{e:06d}"
         if not ids.add(name, ann, line, name):
             continue
-        path = first_existing(root, [name + ".mp4", f"{label}/{name}.mp4",
-                                      f"{label.replace(' ', '_')}/{name}.mp4", name + ".mkv", name + ".webm"])
-        records.append(VideoRecord(path, by_name[label], name))
+        folders = [f"{label}/{name}.mp4", f"{label.replace(' ', '_')}/{name}.mp4"] if label is not None else []
+        path = first_existing(root, [name + ".mp4", *folders, name + ".mkv", name + ".webm"])
+        records.append(VideoRecord(path, UNLABELLED if label is None else by_name[label], name))
     return records, classes
 
 
@@ -153,7 +156,7 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
         if not seen.add(vid, data_file, line, vid):
             continue
         if template is None:  # test.json: ids only, no labels
-            label = -1
+            label = UNLABELLED
         elif not isinstance(template, str):
             rows.bad(data_file, line, f"template {template!r}: expected a string")
             continue
