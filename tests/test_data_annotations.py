@@ -443,3 +443,14 @@ def test_an_official_k400_csv_without_a_label_column_is_read_unlabelled(tmp_path
     assert classes == ["abseiling", "air drumming", "zumba"]
     assert [(r.video_id, r.label) for r in recs] == [("abc_000001_000011", -1), ("ghi_000003_000013", -1)]
     assert recs[0].path == str(tmp_path / "abc_000001_000011.mp4")
+
+
+def test_ucf101_backslash_paths_are_normalised_in_the_file_path_too(tmp_path):
+    """A list written on Windows (`Class\\v_...avi`): the class folder was normalised but the path
+    was not, so every video was "file not found" (issue 28 re-trial 15, M7)."""
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "trainlist01.txt").write_text("Archery\\v_Archery_g01_c01.avi 3\r\n")
+    recs, _ = load_annotations("ucf101", tmp_path, folder)
+    assert recs[0].path == str(tmp_path / "Archery" / "v_Archery_g01_c01.avi")
+    assert recs[0].video_id == "v_Archery_g01_c01"

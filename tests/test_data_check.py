@@ -212,8 +212,10 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
     assert rep["records"] == rep["checked"] == 5 + 3 and rep["ok"] == 5 and rep["counts"]["missing"] == 3
     assert [(x["subset"], Path(x["annotations"]).name, x["records"]) for x in rep["lists"]] == [
         ("train", "trainlist01.txt", 5), ("val", "ucfTrainTestlist", 3)]
+    assert [Path(x["file"]).name for x in rep["lists"]] == ["trainlist01.txt", "testlist01.txt"]
     assert {i["subset"] for i in rep["items"]} == {"val"}
-    assert "lists: train trainlist01.txt (5), val ucfTrainTestlist (3)" in capsys.readouterr().out
+    # the file read, not its folder (issue 28 re-trial 15, M3)
+    assert "lists: train trainlist01.txt (5), val testlist01.txt (3)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fmt", ["hmdb51", "ucf101"])
@@ -381,3 +383,12 @@ def test_check_of_an_unlabelled_test_list_reports_no_bad_labels(tmp_path, capsys
     (tmp_path / "classes.txt").write_text("a\nb\n")
     assert cli_main(["data", "check", "--format", "csv", "--root", str(tmp_path), str(labelled),
                      "--min-frames", "8", "--no-progress"]) == 1
+
+
+def test_check_of_a_ucf101_list_of_another_split_names_the_split_flag(tmp_path, capsys):
+    """data check has --split, not data.split: the refusal names the flag, as HMDB51's does
+    (issue 28 re-trial 15, M6)."""
+    code = cli_main(["data", "check", "--format", "ucf101", "--root", str(tmp_path),
+                     str(DATA / "ucf101" / "ucfTrainTestlist" / "trainlist02.txt"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--split 2" in err and "trainlist02.txt" in err

@@ -27,10 +27,30 @@ _K400_NAME = re.compile(r".+_\d{6}_\d{6}")
 _UCF101_NAME = re.compile(r"v_[A-Za-z0-9]+_g\d+_c\d+")
 
 
-def _split_file(ann: Path, name: str) -> tuple[Path, Path]:
-    """(the annotation folder, the file to read): `ann` itself when a file, else `name` in it."""
+# the file read in a folder of split files, by format: (split, subset kind) -> its name
+_SPLIT_FILES: dict[str, Callable[[int, str], str]] = {
+    "ssv2": lambda split, kind: {"train": "train.json", "val": "validation.json", "test": "test.json"}[kind],
+    "ucf101": lambda split, kind: f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt",
+    "diving48": lambda split, kind: f"Diving48_V2_{'train' if kind == 'train' else 'test'}.json",
+    "epic55": lambda split, kind: "EPIC_train_action_labels.csv",
+}
+
+
+def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
+    """(the annotation folder, the file to read): `ann` itself when a file, else the format's
+    split file for (split, subset) in it (`_SPLIT_FILES`)."""
     folder = ann if ann.is_dir() else ann.parent
-    return folder, ann if ann.is_file() else folder / name
+    return folder, ann if ann.is_file() else folder / _SPLIT_FILES[fmt](split, subset_kind(subset))
+
+
+def list_file(format: str, root: str | Path, annotations: str | Path, split: int = 1, subset: str = "train") -> Path:
+    """The file `load_annotations` reads for these arguments, to name it: `annotations` itself
+    when a file; in a folder, the format's split file (testlist01.txt for UCF101 val, split 1);
+    a folder of many files (HMDB51: one per class) or of another format as given."""
+    ann = _resolve(Path(root) if str(root) else Path("."), annotations)
+    if ann.is_dir() and format in _SPLIT_FILES:
+        return _split_file(ann, format, split, subset)[1]
+    return ann
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,8 +156,7 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
     `label` sentence becomes the record's caption."""
-    folder, data_file = _split_file(ann, {"train": "train.json", "val": "validation.json",
-                                          "test": "test.json"}[subset_kind(subset)])
+    folder, data_file = _split_file(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
     items = load_json(data_file)
@@ -212,8 +231,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
     (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
-    kind = subset_kind(subset)
-    folder, list_file = _split_file(ann, f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt")
+    folder, list_path = _split_file(ann, "ucf101", split, subset)
     class_file = folder / "classInd.txt"
     classes, by_name, lines = [], {}, []
     for line, text in read_lines(class_file):
@@ -229,23 +247,23 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     refuse_repeated_names(class_file, zip(lines, classes), key=str.lower)
     records = []
     ids = UniqueIds(rows)
-    for line, text in read_lines(list_file):
+    for line, text in read_lines(list_path):
         parts = text.split()
-        rel = parts[0]
-        folder_name = rel.replace("\\", "/").split("/")[0]
+        rel = parts[0].replace("\\", "/")  # lists written on Windows: `Class\\v_Class_g01_c01.avi`
+        folder_name = rel.split("/")[0]
         if folder_name.lower() not in by_name:
-            rows.bad(list_file, line, f"class folder {folder_name!r} not in classInd.txt")
+            rows.bad(list_path, line, f"class folder {folder_name!r} not in classInd.txt")
             continue
         label = by_name[folder_name.lower()]
         if len(parts) > 1:
-            given = parse_int(parts[1], list_file, line, "label", rows)
+            given = parse_int(parts[1], list_path, line, "label", rows)
             if given is None:
                 continue
             if given - 1 != label:
-                rows.bad(list_file, line, f"label {given} disagrees with class folder {folder_name!r}")
+                rows.bad(list_path, line, f"label {given} disagrees with class folder {folder_name!r}")
                 continue
         vid = stem_id(rel) if _UCF101_NAME.fullmatch(stem_id(rel)) else relative_id(root, rel)
-        if ids.add(vid, list_file, line, rel):
+        if ids.add(vid, list_path, line, rel):
             records.append(VideoRecord(str(root / rel), label, vid))
     return records, classes
 
@@ -262,7 +280,7 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     if named and int(named.group(2)) != split:
         n = int(named.group(2))
         raise ConfigError(f"data.split={split}: {ann.name} is a split-{n} file, but the split-{split} files of its "
-                          f"folder would be read; set data.split={n} (tgmae data check: --split {n})")
+                          f"folder would be read; set data.split={n} (tgmae data check / prepare: --split {n})")
     pat = re.compile(rf"^(.+)_test_split{split}\.txt$")
     files = sorted(p for p in folder.iterdir() if pat.match(p.name))
     if not files:
@@ -291,7 +309,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
-    folder, data_file = _split_file(ann, f"Diving48_V2_{'train' if subset_kind(subset) == 'train' else 'test'}.json")
+    folder, data_file = _split_file(ann, "diving48", 1, subset)
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file)
@@ -358,7 +376,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end).
     """
-    folder, data_file = _split_file(ann, "EPIC_train_action_labels.csv")
+    folder, data_file = _split_file(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
     parsed = _epic_rows(data_file, rows)
     use_own = not train_file.is_file() or train_file == data_file
