@@ -320,3 +320,137 @@ def test_generic_unknown_columns_are_named_and_extra_values_are_bad_rows(tmp_pat
     assert "ignored column(s) end, start" in caplog.text and "start_frame" in caplog.text
     assert [r.video_id for r in recs] == ["a"] and recs[0].start_frame is None
     assert [(p.line, "more than the header" in p.reason) for p in problems] == [(3, True)]
+
+
+# --------------------------------------------------------------------------------------------
+# Class names: each one once (issue 28 re-trial 15, S2), JSON labels ints (S4)
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line_naming(e, *parts):
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for p in parts:
+        assert str(p) in msg, (p, msg)
+
+
+@pytest.mark.parametrize("fmt,listed", [
+    ("k400", "v0.mp4 0\nv1.mp4 1\nv2.mp4 2\n"),  # VideoMAE list
+    ("k400", "label,youtube_id,time_start,time_end,split\nalpha,abc,1,11,train\n"),  # official CSV
+    ("csv", "path,label\nv0.mp4,0\nv1.mp4,beta\n"),  # generic
+])
+def test_a_class_name_twice_in_classes_txt_is_refused_naming_both_lines(tmp_path, fmt, listed):
+    """`alpha beta alpha`: head column 2 was shown as classes 0 and 2 (the last duplicate won),
+    label2id lost class 0, an official CSV's "alpha" rows all became class 2."""
+    (tmp_path / "classes.txt").write_text("alpha\nbeta\nalpha\n")
+    ann = tmp_path / "list.txt"
+    ann.write_text(listed)
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(fmt, tmp_path, ann, on_error="skip", problems=[])
+    _one_line_naming(e, tmp_path / "classes.txt", "'alpha'", "lines 1 and 3")
+
+
+def test_a_class_name_twice_in_ucf101_classind_is_refused(tmp_path):
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 Archery\r\n3 archery\r\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ucf101", tmp_path, folder)
+    _one_line_naming(e, folder / "classInd.txt", "'archery'", "lines 2 and 3")
+
+
+def test_a_class_name_twice_in_the_diving48_vocab_is_refused(tmp_path):
+    shutil.copy(DATA / "diving48" / "Diving48_V2_train.json", tmp_path)
+    vocab = json.loads((DATA / "diving48" / "Diving48_vocab.json").read_text())
+    vocab[5] = vocab[2]
+    (tmp_path / "Diving48_vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("diving48", tmp_path, tmp_path)
+    _one_line_naming(e, tmp_path / "Diving48_vocab.json", repr(" ".join(vocab[2])), "entries 2 and 5")
+
+
+def test_a_template_twice_in_ssv2_labels_json_is_refused(tmp_path):
+    """json.loads keeps the last of a repeated key: the first id went missing without a word."""
+    (tmp_path / "labels.json").write_text('{"Pushing something": "0", "Moving something": "1", '
+                                          '"Pushing something": "2"}')
+    (tmp_path / "train.json").write_text('[{"id": "1", "label": "pushing a box", "template": "Pushing [something]"}]')
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+    _one_line_naming(e, tmp_path / "labels.json", "'Pushing something'", "ids 0 and 2")
+
+
+def test_two_epic_actions_of_one_name_are_refused(tmp_path):
+    src = (DATA / "epic55" / "EPIC_train_action_labels.csv").read_text().splitlines()
+    # the last row renamed: a second (verb, noun) pair called "open door"
+    head, rows = src[0], src[1:]
+    cols = head.split(",")
+    last = rows[-1].split(",")
+    last[cols.index("verb")], last[cols.index("noun")] = "open", "door"
+    (tmp_path / "EPIC_train_action_labels.csv").write_text("\n".join([head, *rows[:-1], ",".join(last)]) + "\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("epic55", tmp_path, tmp_path / "EPIC_train_action_labels.csv")
+    _one_line_naming(e, tmp_path / "EPIC_train_action_labels.csv", "'open door'", f"lines 2 and {len(rows) + 1}")
+
+
+@pytest.mark.parametrize("vocab,named", [
+    ('[["Back", "15som", "05Twis", "FREE"], "Inward"]', "entry 1"),  # a string: "I n w a r d"
+    ('[["Back", "15som", "05Twis", "FREE"], ["Inward", 25]]', "entry 1"),
+    ('{"0": ["Back"]}', "a list"),
+])
+def test_a_malformed_diving48_vocab_is_refused_naming_file_and_entry(tmp_path, vocab, named):
+    (tmp_path / "Diving48_vocab.json").write_text(vocab)
+    (tmp_path / "Diving48_V2_train.json").write_text('[{"vid_name": "d1", "label": 0}]')
+    with pytest.raises(AnnotationError, match=named) as e:
+        load_annotations("diving48", tmp_path, tmp_path)
+    _one_line_naming(e, tmp_path / "Diving48_vocab.json")
+
+
+@pytest.mark.parametrize("item,named", [
+    ('{"vid_name": "d1", "label": true}', "label"),  # was class 1
+    ('{"vid_name": "d1", "label": 1.0}', "label"),
+    ('{"vid_name": "d1", "label": 0, "start_frame": "0", "end_frame": 8}', "start_frame"),
+    ('{"vid_name": "d1", "label": 0, "start_frame": false, "end_frame": 8}', "start_frame"),
+    ('["d1", 0]', "object"),
+])
+def test_diving48_labels_and_frames_must_be_integers_not_booleans(tmp_path, item, named):
+    (tmp_path / "Diving48_V2_train.json").write_text(f"[\n{item}\n]")
+    with pytest.raises(AnnotationError, match=named) as e:
+        load_annotations("diving48", tmp_path, tmp_path)
+    _one_line_naming(e, "Diving48_V2_train.json:2")
+
+
+@pytest.mark.parametrize("labels,items,named", [
+    ('{"Pushing something": true}', '[{"id": "1", "template": "Pushing [something]"}]', "labels.json"),
+    ('{"Pushing something": "0"}', '[\n{"id": true, "template": "Pushing [something]"}]', "train.json:2: id"),
+    ('{"Pushing something": "0"}', '[\n{"id": "1", "template": 0}]', "train.json:2: template"),
+    ('{"Pushing something": "0"}', '[\n["1", "Pushing [something]"]]', "train.json:2"),
+])
+def test_ssv2_ids_and_templates_of_the_wrong_type_are_refused(tmp_path, labels, items, named):
+    (tmp_path / "labels.json").write_text(labels)
+    (tmp_path / "train.json").write_text(items)
+    with pytest.raises(AnnotationError, match=named) as e:
+        load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+    _one_line_naming(e)
+
+
+def test_an_official_k400_csv_without_a_label_column_is_read_unlabelled(tmp_path):
+    """Kinetics' test.csv (`youtube_id,time_start,time_end,split`) was "expected `path label`" on
+    every row: it is the official layout without labels, read as SSv2's test.json is (label -1),
+    its class names those of train.csv beside it."""
+    shutil.copy(DATA / "k400" / "train.csv", tmp_path / "train.csv")
+    (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end,split\nabc,1,11,test\nghi,3,13,test\n")
+    recs, classes = load_annotations("k400", tmp_path, tmp_path / "test.csv", subset="test")
+    assert classes == ["abseiling", "air drumming", "zumba"]
+    assert [(r.video_id, r.label) for r in recs] == [("abc_000001_000011", -1), ("ghi_000003_000013", -1)]
+    assert recs[0].path == str(tmp_path / "abc_000001_000011.mp4")
+
+
+def test_ucf101_backslash_paths_are_normalised_in_the_file_path_too(tmp_path):
+    """A list written on Windows (`Class\\v_...avi`): the class folder was normalised but the path
+    was not, so every video was "file not found" (issue 28 re-trial 15, M7)."""
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "trainlist01.txt").write_text("Archery\\v_Archery_g01_c01.avi 3\r\n")
+    recs, _ = load_annotations("ucf101", tmp_path, folder)
+    assert recs[0].path == str(tmp_path / "Archery" / "v_Archery_g01_c01.avi")
+    assert recs[0].video_id == "v_Archery_g01_c01"

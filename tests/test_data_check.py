@@ -212,8 +212,10 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
     assert rep["records"] == rep["checked"] == 5 + 3 and rep["ok"] == 5 and rep["counts"]["missing"] == 3
     assert [(x["subset"], Path(x["annotations"]).name, x["records"]) for x in rep["lists"]] == [
         ("train", "trainlist01.txt", 5), ("val", "ucfTrainTestlist", 3)]
+    assert [Path(x["file"]).name for x in rep["lists"]] == ["trainlist01.txt", "testlist01.txt"]
     assert {i["subset"] for i in rep["items"]} == {"val"}
-    assert "lists: train trainlist01.txt (5), val ucfTrainTestlist (3)" in capsys.readouterr().out
+    # the file read, not its folder (issue 28 re-trial 15, M3)
+    assert "lists: train trainlist01.txt (5), val testlist01.txt (3)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fmt", ["hmdb51", "ucf101"])
@@ -353,3 +355,40 @@ def test_check_lists_videos_shorter_than_the_clip_span(dataset, tmp_path, capsys
     assert [(Path(i["path"]).name, i["num_frames"]) for i in rep["shorter_than_clip"]] == [("short.mp4", 5)]
     printed = capsys.readouterr().out
     assert "1 video shorter than a clip" in printed and "short.mp4" in printed and "--frame-stride" in printed
+
+
+@pytest.mark.parametrize("fmt", ["ssv2", "k400"])
+def test_check_of_an_unlabelled_test_list_reports_no_bad_labels(tmp_path, capsys, fmt):
+    """Issue 28 re-trial 15, M2/M4: SSv2's test.json carries ids only (label -1, as the format
+    defines) and every video was a "bad label: -1 outside [0, 2)", exit 1; Kinetics' test.csv has
+    no label column. Unlabelled lists are checked for their videos, not their labels."""
+    if fmt == "ssv2":
+        (tmp_path / "labels.json").write_text('{"Pushing something": "0", "Moving something": "1"}')
+        (tmp_path / "test.json").write_text('[{"id": "4"}, {"id": "1"}]')
+        names, ann = ["4.mp4", "1.mp4"], tmp_path / "test.json"
+    else:
+        (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,abc,1,11,train\n")
+        (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end,split\nabc,1,11,test\nghi,3,13,test\n")
+        names, ann = ["abc_000001_000011.mp4", "ghi_000003_000013.mp4"], tmp_path / "test.csv"
+    for n in names:
+        write_video(tmp_path / n, _clip(20))
+    out = tmp_path / "r.json"
+    code = cli_main(["data", "check", "--format", fmt, "--root", str(tmp_path), str(ann), "--subset", "test",
+                     "--min-frames", "8", "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rep["ok"] == 2 and rep["counts"]["bad_label"] == 0 and rep["bad_rows"] == 0
+    labelled = tmp_path / "bad.csv"  # a labelled list's label outside the classes is still bad
+    labelled.write_text("path,label\n" + "".join(f"{n},5\n" for n in names))
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(tmp_path), str(labelled),
+                     "--min-frames", "8", "--no-progress"]) == 1
+
+
+def test_check_of_a_ucf101_list_of_another_split_names_the_split_flag(tmp_path, capsys):
+    """data check has --split, not data.split: the refusal names the flag, as HMDB51's does
+    (issue 28 re-trial 15, M6)."""
+    code = cli_main(["data", "check", "--format", "ucf101", "--root", str(tmp_path),
+                     str(DATA / "ucf101" / "ucfTrainTestlist" / "trainlist02.txt"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--split 2" in err and "trainlist02.txt" in err

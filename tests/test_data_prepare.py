@@ -705,3 +705,17 @@ def test_a_file_the_format_does_not_name_is_left_out_with_one_warning(tmp_path, 
                                                                               "trainlist01.txt"]
     assert not (out / "Run" / "v_Run_g02_c01.mp4").exists()
     assert [r.getMessage() for r in caplog.records if "mine.txt" in r.getMessage()]
+
+
+def test_an_official_kinetics_csv_beside_a_k400_list_is_warned_about_when_left_out(tmp_path, caplog):
+    """Issue 28 re-trial 15, M5: given a VideoMAE list, an official train.csv beside it (which names
+    clips by youtube_id, not by file name) was left out without the warning the reverse case gives."""
+    root, out = tmp_path / "raw", tmp_path / "p1"
+    _clips(root, ["Walking/clip1.avi"])
+    (root / "list.txt").write_text("Walking/clip1.avi 0\n")
+    (root / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nWalking,abc,1,11,train\n")
+    with caplog.at_level("WARNING"):
+        run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+    (warn,) = [r.getMessage() for r in caplog.records if "train.csv" in r.getMessage()]
+    assert "left out" in warn and "\n" not in warn
+    assert not (out / "train.csv").exists()

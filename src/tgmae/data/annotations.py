@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from tgmae.errors import UserError
 
@@ -31,12 +31,15 @@ class AnnotationError(ValueError, UserError):
     """An annotation file or row is malformed; the message names file and line."""
 
 
+UNLABELLED = -1  # a record's label where the list carries none (SSv2 test.json, Kinetics test.csv)
+
+
 @dataclass
 class VideoRecord:
     """One labelled clip: a video file or a frame folder, optionally a frame range of it."""
 
     path: str  # absolute path of the video file or frame folder
-    label: int  # 0-based class id (EPIC: action id)
+    label: int  # 0-based class id (EPIC: action id); UNLABELLED (-1) in a test list without labels
     video_id: str  # key for captions and caches, unique within a data set (see `UniqueIds`)
     start_frame: Optional[int] = None  # 0-based first frame of the clip; None = 0
     end_frame: Optional[int] = None  # 0-based, exclusive; None = the video's end
@@ -113,27 +116,41 @@ def first_existing(root: Path, candidates: list[str]) -> str:
     return str(root / candidates[0])
 
 
-def load_json(path: Path):
+def load_json(path: Path, object_pairs_hook: Optional[Callable] = None):
+    """The JSON value in `path`; AnnotationError naming the file (and line) when missing or invalid.
+    object_pairs_hook: as json.loads's (to see a key twice, which a dict keeps the last of)."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def json_item_lines(path: Path) -> list[int]:
-    """Line number where each top-level array item starts (for error messages)."""
-    out, depth, line = [], 0, 1
-    for ch in path.read_text():
+    """Line number where each top-level array item starts (for error messages): objects, lists and
+    scalars alike; brackets inside strings do not count."""
+    out, depth, line, in_str, escaped, want = [], 0, 1, False, False, False
+    for ch in path.read_text(encoding="utf-8-sig"):
         if ch == "\n":
             line += 1
+        if in_str:
+            escaped, in_str = (False, True) if escaped else (ch == "\\", ch != '"')
+            continue
+        if ch.isspace():
+            continue
+        if want and ch not in "]":
+            out.append(line)
+        want = False
+        if ch == '"':
+            in_str = True
         elif ch in "[{":
-            if depth == 1 and ch == "{":
-                out.append(line)
             depth += 1
+            want = depth == 1 and ch == "["
         elif ch in "]}":
             depth -= 1
+        elif ch == "," and depth == 1:
+            want = True
     return out
 
 
@@ -304,7 +321,28 @@ def unnamed_classes(class_names: list[str]) -> bool:
     return bool(class_names) and all(c == str(i) for i, c in enumerate(class_names))
 
 
+def refuse_repeated_names(file: Path | str, entries: Iterable[tuple[Any, str]], unit: str = "lines",
+                          key: Callable[[str], str] = str) -> None:
+    """AnnotationError naming `file`, the name and both places when a class name comes twice.
+
+    entries: (where, name) in file order, `where` a line / entry / id number shown after `unit`
+    ("lines 1 and 3"); key: what makes two names the same (UCF101 folders match case-blind).
+    Every reader of class names calls it: predictions, class alignment and an export's label2id
+    are keyed by the name, so a repeat would silently send one class's scores to another."""
+    seen: dict[str, Any] = {}
+    for where, name in entries:
+        k = key(name)
+        if k in seen:
+            raise AnnotationError(f"{file}: class name {name!r} twice ({unit} {seen[k]} and {where}); "
+                                  "each class needs its own name")
+        seen[k] = where
+
+
 def read_classes(path: Path) -> Optional[list[str]]:
+    """Class names of a `classes.txt` (one per line, line order = id), None without the file;
+    a name twice is refused (`refuse_repeated_names`)."""
     if not path.is_file():
         return None
-    return [t for _, t in read_lines(path)]
+    lines = read_lines(path)
+    refuse_repeated_names(path, lines)
+    return [t for _, t in lines]

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import VideoRecord
-from tgmae.data.formats import load_annotations
+from tgmae.data.annotations import UNLABELLED, VideoRecord
+from tgmae.data.formats import list_file, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
 from tgmae.data.sampling import clip_span
@@ -162,14 +163,19 @@ def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset:
     run with it as data.train_annotations (data.val_annotations empty) reads (`subset_annotations`:
     the folder, read for "val"; its ConfigError for a list of another split names data.split,
     i.e. --split here)."""
-    from tgmae.config import DataConfig
+    from tgmae.config import ConfigError, DataConfig
     from tgmae.data.dataset import SPLIT_FOLDER_FORMATS, subset_annotations
     from tgmae.data.formats import _resolve
 
     out = [(subset, annotations)]
     if fmt in SPLIT_FOLDER_FORMATS and subset == "train":
         cfg = DataConfig(format=fmt, root=root, train_annotations=annotations, val_annotations="", split=split)
-        val = subset_annotations(cfg, "val")
+        try:
+            val = subset_annotations(cfg, "val")
+        except ConfigError as e:  # a UCF101 list of another split: here the setting is --split
+            numbered = re.fullmatch(r"trainlist(\d+)\.txt", Path(annotations).name)
+            flag = f"--split {int(numbered.group(1))}" if numbered else "--split"
+            raise ConfigError(f"{e} (tgmae data check / prepare: {flag})") from None
         folder = _resolve(Path(root) if root else Path("."), val).is_dir() if val else False
         if val and (val != annotations or folder):  # a folder holds the test list beside the train list
             out.append(("val", val))
@@ -190,8 +196,11 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     for sub, ann in todo:
         records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
         classes = classes or names
-        jobs += [(len(jobs) + i, r, len(names), min_frames) for i, r in enumerate(records)]
-        lists.append({"subset": sub, "annotations": str(ann), "records": len(records)})
+        # an unlabelled test list (SSv2 test.json, Kinetics test.csv) has no labels to check
+        jobs += [(len(jobs) + i, r, None if r.label == UNLABELLED else len(names), min_frames)
+                 for i, r in enumerate(records)]
+        lists.append({"subset": sub, "annotations": str(ann), "file": str(list_file(fmt, root, ann, split, sub)),
+                      "records": len(records)})
         empty = empty or not records
     results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)
     bounds = [x["records"] for x in lists]

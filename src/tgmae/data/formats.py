@@ -18,8 +18,8 @@ from typing import Callable, Optional
 
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
-    AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    read_classes, read_generic, read_lines, relative_id, stem_id, subset_kind,
+    UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
+    read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
 )
 
 # Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
@@ -27,10 +27,30 @@ _K400_NAME = re.compile(r".+_\d{6}_\d{6}")
 _UCF101_NAME = re.compile(r"v_[A-Za-z0-9]+_g\d+_c\d+")
 
 
-def _split_file(ann: Path, name: str) -> tuple[Path, Path]:
-    """(the annotation folder, the file to read): `ann` itself when a file, else `name` in it."""
+# the file read in a folder of split files, by format: (split, subset kind) -> its name
+_SPLIT_FILES: dict[str, Callable[[int, str], str]] = {
+    "ssv2": lambda split, kind: {"train": "train.json", "val": "validation.json", "test": "test.json"}[kind],
+    "ucf101": lambda split, kind: f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt",
+    "diving48": lambda split, kind: f"Diving48_V2_{'train' if kind == 'train' else 'test'}.json",
+    "epic55": lambda split, kind: "EPIC_train_action_labels.csv",
+}
+
+
+def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
+    """(the annotation folder, the file to read): `ann` itself when a file, else the format's
+    split file for (split, subset) in it (`_SPLIT_FILES`)."""
     folder = ann if ann.is_dir() else ann.parent
-    return folder, ann if ann.is_file() else folder / name
+    return folder, ann if ann.is_file() else folder / _SPLIT_FILES[fmt](split, subset_kind(subset))
+
+
+def list_file(format: str, root: str | Path, annotations: str | Path, split: int = 1, subset: str = "train") -> Path:
+    """The file `load_annotations` reads for these arguments, to name it: `annotations` itself
+    when a file; in a folder, the format's split file (testlist01.txt for UCF101 val, split 1);
+    a folder of many files (HMDB51: one per class) or of another format as given."""
+    ann = _resolve(Path(root) if str(root) else Path("."), annotations)
+    if ann.is_dir() and format in _SPLIT_FILES:
+        return _split_file(ann, format, split, subset)[1]
+    return ann
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,10 +60,12 @@ def _split_file(ann: Path, name: str) -> tuple[Path, Path]:
 
 def read_k400(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """Official `label,youtube_id,time_start,time_end,split` CSV (clips named
-    `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders), or a VideoMAE list
-    (`path label` per line, space separated, no header)."""
+    `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders; test.csv has no label
+    column: its records are UNLABELLED), or a VideoMAE list (`path label` per line, space
+    separated, no header)."""
     lines = read_lines(ann)
-    if lines and lines[0][1].replace(" ", "").startswith("label,youtube_id"):
+    header = lines[0][1].replace(" ", "").split(",") if lines else []
+    if "youtube_id" in header and "time_start" in header:
         return _read_k400_official(root, ann, rows)
     return read_path_label_list(root, ann, rows)
 
@@ -56,24 +78,25 @@ def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[Vi
     by_name = {c: i for i, c in enumerate(classes)}
     records = []
     ids = UniqueIds(rows)
+    labelled = any("label" in r for _, r in raw)
     for line, r in raw:
-        yid, label = r.get("youtube_id", ""), r.get("label", "")
-        if not yid or not label:
+        yid, label = r.get("youtube_id", ""), r.get("label", "") if labelled else None
+        if not yid or label == "":
             rows.bad(ann, line, "missing youtube_id or label")
             continue
         s = parse_int(r.get("time_start", ""), ann, line, "time_start", rows)
         e = parse_int(r.get("time_end", ""), ann, line, "time_end", rows) if s is not None else None
         if s is None or e is None:
             continue
-        if label not in by_name:
+        if label is not None and label not in by_name:
             rows.bad(ann, line, f"label {label!r} not in classes.txt")
             continue
         name = f"{yid}_{s:06d}_{e:06d}"
         if not ids.add(name, ann, line, name):
             continue
-        path = first_existing(root, [name + ".mp4", f"{label}/{name}.mp4",
-                                      f"{label.replace(' ', '_')}/{name}.mp4", name + ".mkv", name + ".webm"])
-        records.append(VideoRecord(path, by_name[label], name))
+        folders = [f"{label}/{name}.mp4", f"{label.replace(' ', '_')}/{name}.mp4"] if label is not None else []
+        path = first_existing(root, [name + ".mp4", *folders, name + ".mkv", name + ".webm"])
+        records.append(VideoRecord(path, UNLABELLED if label is None else by_name[label], name))
     return records, classes
 
 
@@ -133,23 +156,29 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
     `label` sentence becomes the record's caption."""
-    folder, data_file = _split_file(ann, {"train": "train.json", "val": "validation.json",
-                                          "test": "test.json"}[subset_kind(subset)])
+    folder, data_file = _split_file(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
     items = load_json(data_file)
     records = []
     seen = UniqueIds(rows)
     for line, it in json_items(data_file, items):
-        vid = str(it.get("id", "")).strip()
+        if not isinstance(it, dict):
+            rows.bad(data_file, line, f"expected a JSON object, got a {type(it).__name__}")
+            continue
+        raw_id, template = it.get("id", ""), it.get("template")
+        vid = str(raw_id).strip() if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
         if not vid:
-            rows.bad(data_file, line, "item without id")
+            rows.bad(data_file, line, f"id {raw_id!r}: expected a string or an integer" if vid is None
+                     else "item without id")
             continue
         if not seen.add(vid, data_file, line, vid):
             continue
-        template = it.get("template")
         if template is None:  # test.json: ids only, no labels
-            label = -1
+            label = UNLABELLED
+        elif not isinstance(template, str):
+            rows.bad(data_file, line, f"template {template!r}: expected a string")
+            continue
         else:
             key = template.replace("[", "").replace("]", "")
             if key not in ids:
@@ -165,17 +194,23 @@ def _ssv2_classes(labels_file: Path) -> tuple[dict[str, int], list[str]]:
     """({template: id}, class names in id order) of an SSv2 `labels.json`: an object mapping each
     template to its own integer id (a string, as shipped), the ids 0..N-1. AnnotationError naming
     the file otherwise (a repeated id would silently merge two classes)."""
-    templates = load_json(labels_file)
+    objects: list[list] = []  # each object's (key, value) pairs, innermost first: a key twice is kept
+    templates = load_json(labels_file, object_pairs_hook=lambda kv: objects.append(kv) or dict(kv))
     if not isinstance(templates, dict):
         raise AnnotationError(f"{labels_file}: expected a JSON object of template -> id, "
                               f"got a {type(templates).__name__}")
-    ids: dict[str, int] = {}
-    by_id: dict[int, str] = {}
-    for name, v in templates.items():
+    entries = []
+    for name, v in objects[-1]:
         try:
-            i = int(str(v).strip())
+            if isinstance(v, (bool, float)):  # int(True) is 1, int(1.9) is 1
+                raise ValueError
+            entries.append((int(str(v).strip()), name))
         except ValueError:
             raise AnnotationError(f"{labels_file}: template {name!r} has id {v!r}, not an integer") from None
+    refuse_repeated_names(labels_file, entries, unit="ids")
+    ids: dict[str, int] = {}
+    by_id: dict[int, str] = {}
+    for i, name in entries:
         if i in by_id:
             raise AnnotationError(f"{labels_file}: templates {by_id[i]!r} and {name!r} share id {i}; "
                                   "each class needs its own id")
@@ -196,10 +231,9 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
     (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
-    kind = subset_kind(subset)
-    folder, list_file = _split_file(ann, f"{'train' if kind == 'train' else 'test'}list{split:02d}.txt")
+    folder, list_path = _split_file(ann, "ucf101", split, subset)
     class_file = folder / "classInd.txt"
-    classes, by_name = [], {}
+    classes, by_name, lines = [], {}, []
     for line, text in read_lines(class_file):
         parts = text.split()
         if len(parts) != 2 or not parts[0].isdigit():
@@ -208,25 +242,28 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
             raise AnnotationError(f"{class_file}:{line}: class ids must be 1, 2, 3, ... in order")
         classes.append(parts[1])
         by_name[parts[1].lower()] = len(classes) - 1
+        lines.append(line)
+    # class folders are matched case-blind, so `Archery` and `archery` would be one class
+    refuse_repeated_names(class_file, zip(lines, classes), key=str.lower)
     records = []
     ids = UniqueIds(rows)
-    for line, text in read_lines(list_file):
+    for line, text in read_lines(list_path):
         parts = text.split()
-        rel = parts[0]
-        folder_name = rel.replace("\\", "/").split("/")[0]
+        rel = parts[0].replace("\\", "/")  # lists written on Windows: `Class\\v_Class_g01_c01.avi`
+        folder_name = rel.split("/")[0]
         if folder_name.lower() not in by_name:
-            rows.bad(list_file, line, f"class folder {folder_name!r} not in classInd.txt")
+            rows.bad(list_path, line, f"class folder {folder_name!r} not in classInd.txt")
             continue
         label = by_name[folder_name.lower()]
         if len(parts) > 1:
-            given = parse_int(parts[1], list_file, line, "label", rows)
+            given = parse_int(parts[1], list_path, line, "label", rows)
             if given is None:
                 continue
             if given - 1 != label:
-                rows.bad(list_file, line, f"label {given} disagrees with class folder {folder_name!r}")
+                rows.bad(list_path, line, f"label {given} disagrees with class folder {folder_name!r}")
                 continue
         vid = stem_id(rel) if _UCF101_NAME.fullmatch(stem_id(rel)) else relative_id(root, rel)
-        if ids.add(vid, list_file, line, rel):
+        if ids.add(vid, list_path, line, rel):
             records.append(VideoRecord(str(root / rel), label, vid))
     return records, classes
 
@@ -243,7 +280,7 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     if named and int(named.group(2)) != split:
         n = int(named.group(2))
         raise ConfigError(f"data.split={split}: {ann.name} is a split-{n} file, but the split-{split} files of its "
-                          f"folder would be read; set data.split={n} (tgmae data check: --split {n})")
+                          f"folder would be read; set data.split={n} (tgmae data check / prepare: --split {n})")
     pat = re.compile(rf"^(.+)_test_split{split}\.txt$")
     files = sorted(p for p in folder.iterdir() if pat.match(p.name))
     if not files:
@@ -272,23 +309,30 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
-    folder, data_file = _split_file(ann, f"Diving48_V2_{'train' if subset_kind(subset) == 'train' else 'test'}.json")
+    folder, data_file = _split_file(ann, "diving48", 1, subset)
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file)
-    classes = [" ".join(v) for v in load_json(vocab_file)] if vocab_file else None
+    classes = _diving48_classes(vocab_file) if vocab_file else None
     records = []
     ids = UniqueIds(rows)
     for line, it in json_items(data_file, items):
+        if not isinstance(it, dict):
+            rows.bad(data_file, line, f"expected a JSON object, got a {type(it).__name__}")
+            continue
         name = it.get("vid_name")
         label = it.get("label")
-        if not name or not isinstance(label, int):
-            rows.bad(data_file, line, "item needs vid_name and an integer label")
+        if not name or not isinstance(name, str) or not _json_int(label):
+            rows.bad(data_file, line, f"item needs vid_name and an integer label (got label {label!r})")
             continue
         if label < 0 or (classes is not None and label >= len(classes)):
             rows.bad(data_file, line, f"label {label} out of range")
             continue
         start, end = it.get("start_frame"), it.get("end_frame")
+        odd = next((k for k, v in (("start_frame", start), ("end_frame", end)) if v is not None and not _json_int(v)), None)
+        if odd:
+            rows.bad(data_file, line, f"{odd} {it[odd]!r} is not an integer")
+            continue
         if start is not None and end is not None and end <= start:
             rows.bad(data_file, line, f"end_frame {end} <= start_frame {start}")
             continue
@@ -296,6 +340,27 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         if ids.add(name, data_file, line, name):
             records.append(VideoRecord(path, label, name, start, end))
     return records, classes if classes is not None else numbered_classes(records)
+
+
+def _json_int(v) -> bool:
+    """A JSON integer: not a bool (True is an int to Python, but no label) nor a float."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _diving48_classes(vocab_file: Path) -> list[str]:
+    """Class names of `Diving48_vocab.json`: a list with, per class id, its list of words
+    ([takeoff, somersault, twist, flight]) joined by spaces. AnnotationError naming the file and
+    entry for anything else (a string entry was spelt out letter by letter) or a name twice."""
+    vocab = load_json(vocab_file)
+    if not isinstance(vocab, list):
+        raise AnnotationError(f"{vocab_file}: expected a list of word lists, got a {type(vocab).__name__}")
+    for i, words in enumerate(vocab):
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise AnnotationError(f"{vocab_file}: entry {i} (class {i}) is {words!r}; expected a list of words "
+                                  "such as [\"Back\", \"15som\", \"05Twis\", \"FREE\"]")
+    names = [" ".join(w.strip() for w in words) for words in vocab]
+    refuse_repeated_names(vocab_file, enumerate(names), unit="entries")
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,16 +376,18 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end).
     """
-    folder, data_file = _split_file(ann, "EPIC_train_action_labels.csv")
+    folder, data_file = _split_file(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
     parsed = _epic_rows(data_file, rows)
     use_own = not train_file.is_file() or train_file == data_file
     base = parsed if use_own else _epic_rows(train_file, RowErrors("skip", None))
     pairs = sorted({(r.verb, r.noun) for r in base})
     action_of = {p: i for i, p in enumerate(pairs)}
-    names: dict[tuple[int, int], str] = {}
+    names: dict[tuple[int, int], tuple[int, str]] = {}
     for r in base:
-        names.setdefault((r.verb, r.noun), r.name)
+        names.setdefault((r.verb, r.noun), (r.line, r.name))
+    # an action's name is its first row's `verb noun`: two pairs of one name would be one class to a reader
+    refuse_repeated_names(data_file if use_own else train_file, sorted(names.values()))
     records = []
     ids = UniqueIds(rows)
     for r in parsed:
@@ -333,7 +400,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
                                       f"rgb/train/{r.participant}/{r.video}", f"train/{r.participant}/{r.video}"])
         records.append(VideoRecord(path, action_of[(r.verb, r.noun)], r.uid, r.start - 1, r.stop,
                                    caption=r.narration, targets={"verb": r.verb, "noun": r.noun}))
-    return records, [names[p] for p in pairs]
+    return records, [names[p][1] for p in pairs]
 
 
 @dataclass

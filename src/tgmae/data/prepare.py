@@ -261,7 +261,8 @@ def _annotation_files(fmt: str, ann: Path) -> list[Path]:
 
 def _left_out(fmt: str, ann: Path) -> list[Path]:
     """The files of `ann`'s folder that are not carried (`_format_files`) but look like lists: a
-    text file (ANNOTATION_EXTS) that names a video file (a word ending in a VIDEO_EXTS suffix)."""
+    text file (ANNOTATION_EXTS) that names a video file (a word ending in a VIDEO_EXTS suffix), or
+    an official Kinetics CSV (its header names youtube_id and time_start: clips by id, not file)."""
     import re
 
     from tgmae.data.annotations import VIDEO_EXTS
@@ -272,9 +273,12 @@ def _left_out(fmt: str, ann: Path) -> list[Path]:
     out = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p not in carried and p.name != MANIFEST and p.suffix.lower() in ANNOTATION_EXTS:
-            with p.open(encoding="utf-8", errors="replace") as f:
-                if video.search(f.read(1 << 20)) and not is_check_report(p) and not is_check_report(p, REPORT_KEYS):
-                    out.append(p)
+            with p.open(encoding="utf-8-sig", errors="replace") as f:
+                text = f.read(1 << 20)
+            header = {c.strip().lower() for c in text.split("\n", 1)[0].split(",")}
+            names_videos = video.search(text) or {"youtube_id", "time_start"} <= header
+            if names_videos and not is_check_report(p) and not is_check_report(p, REPORT_KEYS):
+                out.append(p)
     return out
 
 
