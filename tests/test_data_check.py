@@ -216,6 +216,26 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
     assert "lists: train trainlist01.txt (5), val ucfTrainTestlist (3)" in capsys.readouterr().out
 
 
+def test_check_of_a_test_list_given_as_the_train_list_checks_each_video_once(tmp_path, capsys):
+    """Issue 28 re-trial 15 (S1): `data check` of UCF101's testlist01.txt (a run reads it as the train
+    list and the folder's testlist01.txt again as the test list) checked each video twice ("2 videos
+    checked" for 1 row). A clip an earlier list brought is checked once; the list says so."""
+    folder = DATA / "ucf101" / "ucfTrainTestlist"
+    test = [ln.strip() for ln in (folder / "testlist01.txt").read_text().splitlines() if ln.strip()]
+    root = tmp_path / "videos"
+    for rel in test:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / rel, _clip(20), codec="mpeg4")
+    out = tmp_path / "r.json"
+    assert cli_main(["data", "check", "--format", "ucf101", "--root", str(root), str(folder / "testlist01.txt"),
+                     "--min-frames", "16", "--out", str(out), "--no-progress"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["checked"] == rep["ok"] == len(test)
+    assert [(x["subset"], x["records"], x.get("checked_before", 0)) for x in rep["lists"]] == [
+        ("train", len(test), 0), ("val", len(test), len(test))]
+    assert f"{len(test)} videos checked" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fmt", ["hmdb51", "ucf101"])
 def test_check_of_a_split_folder_checks_its_test_list_too(tmp_path, capsys, fmt):
     """Issue #28.10: given the FOLDER of split files ("annotation file, or the folder of split

@@ -392,6 +392,38 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside
 
 
+def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(tmp_path):
+    """Issue 28 re-trial 15 (S1): a split-folder train list that is the test list itself
+    (UCF101 testlist01.txt, SSv2 validation.json) with data.val_annotations empty read the same
+    file again as the test set: "test top-1" on the training videos. The check refuses a val/test
+    list whose videos are all training videos, naming both keys; a proper split passes."""
+    import json
+
+    from tgmae.config import ConfigError, DataConfig
+    from tgmae.data.dataset import refuse_training_videos_as_test
+
+    cfg = _ucf_lists(tmp_path, "testlist01.txt", "Biking/c.avi\n")
+    refuse_training_videos_as_test(cfg)  # trainlist01 + testlist01 beside it: other videos
+    same = dataclasses.replace(cfg, train_annotations="ucfTrainTestlist/testlist01.txt")
+    with pytest.raises(ConfigError, match=r"data.val_annotations.*data.train_annotations") as e:
+        refuse_training_videos_as_test(same)
+    assert "testlist01.txt" in str(e.value) and "\n" not in str(e.value)
+    ssv2 = tmp_path / "ssv2"
+    ssv2.mkdir()
+    (ssv2 / "labels.json").write_text(json.dumps({"Pushing something": "0"}))
+    item = {"id": "7", "template": "Pushing [something]", "label": "Pushing a cup", "placeholders": ["a cup"]}
+    (ssv2 / "validation.json").write_text(json.dumps([item]))
+    ssv2_cfg = DataConfig(format="ssv2", root=str(ssv2), train_annotations="validation.json", val_annotations="")
+    with pytest.raises(ConfigError, match=r"data.val_annotations.*data.train_annotations.*validation.json"):
+        refuse_training_videos_as_test(ssv2_cfg)
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,walk\nb.mp4,run\n")
+    (tmp_path / "copy.csv").write_text("path,label\nb.mp4,run\n")  # another file, training videos only
+    csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="copy.csv")
+    with pytest.raises(ConfigError, match=r"data.val_annotations=copy.csv.*data.train_annotations=train.csv"):
+        refuse_training_videos_as_test(csv)
+    refuse_training_videos_as_test(dataclasses.replace(csv, val_annotations=""))  # no test set: nothing to refuse
+
+
 def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):
     """Issue #28.7: data.num_frames beyond every video was refused only after each item's retries
     (max_load_retries + 1 decodes per item). The frame counts known cheaply (the frame index when

@@ -421,6 +421,26 @@ def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, 
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
 
 
+def test_finetune_and_evaluate_refuse_a_test_list_of_the_training_videos(synth, tmp_path, capsys):
+    """Issue 28 re-trial 15 (S1): a test list that lists only training videos (here the train list
+    itself as data.val_annotations) trained and tested on the same videos, exit 0 and "test top-1".
+    Finetune and evaluate refuse it in one line naming both keys, before training or loading."""
+    from tgmae.cli import main
+
+    arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
+    path = _finetune_yaml(tmp_path, synth, views=1)
+    run = tmp_path / "ft"
+    capsys.readouterr()
+    for command, weights in (("finetune", pt), ("evaluate", tmp_path / "clf.safetensors")):
+        assert main([command, "-c", str(path), f"model.pretrained={weights}", f"train.output_dir={run}",
+                     "data.val_annotations=train.csv"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "data.val_annotations=train.csv" in err and "data.train_annotations=train.csv" in err, err
+        assert "\n" not in err and not (run / "metrics.jsonl").exists() and not (run / "test_results.json").exists()
+
+
 def test_finetune_refuses_test_classes_the_training_set_lacks_before_training(tmp_path):
     """A test set with a class the training set lacks (and eval.num_classes below the data's
     classes) is refused at set-up, naming the class (the key), before any training step."""

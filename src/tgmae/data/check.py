@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import VideoRecord
+from tgmae.data.annotations import VideoRecord, clip_key
 from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail
@@ -181,20 +181,24 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
               run_lists: bool = True) -> dict:
     """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable):
     every list a run reads (`lists_a_run_reads`; run_lists False: `annotations` alone, as
-    `tgmae data prepare` checks the list it wrote), records in list order. Readable videos whose
+    `tgmae data prepare` checks the list it wrote), records in list order, each clip once (one an
+    earlier list brought counts in the later list's `checked_before`, not again in `checked`). Readable videos whose
     range is shorter than the span of a dense clip of `min_frames` frames `frame_stride` apart
     (`clip_span`) are listed in `shorter_than_clip` (a run reads them with a smaller stride; not bad)."""
     problems: list = []
-    jobs, lists, classes, empty = [], [], [], False
+    jobs, lists, classes, empty, bounds, seen = [], [], [], False, [], set()
     todo = lists_a_run_reads(fmt, root, annotations, split, subset) if run_lists else [(subset, annotations)]
     for sub, ann in todo:
         records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
         classes = classes or names
-        jobs += [(len(jobs) + i, r, len(names), min_frames) for i, r in enumerate(records)]
-        lists.append({"subset": sub, "annotations": str(ann), "records": len(records)})
+        new = [r for r in records if clip_key(r) not in seen]  # a clip an earlier list brought: checked once
+        seen.update(clip_key(r) for r in new)
+        jobs += [(len(jobs) + i, r, len(names), min_frames) for i, r in enumerate(new)]
+        bounds.append(len(new))
+        lists.append({"subset": sub, "annotations": str(ann), "records": len(records),
+                      **({"checked_before": len(records) - len(new)} if len(new) < len(records) else {})})
         empty = empty or not records
     results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)
-    bounds = [x["records"] for x in lists]
     for r in results:
         r.subset = _subset_of(r.index, bounds, lists)
     counts = Counter(r.kind for r in results)
