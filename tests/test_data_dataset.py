@@ -352,6 +352,29 @@ def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
     assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines
 
 
+def test_a_frame_range_past_the_videos_end_is_unreadable_not_clipped(root, caplog):
+    """Issue 28 re-trial 15 (S3): a record whose end_frame (or start_frame) lies past the video's end
+    was read from the frames there, clipped without a word. Now it is one of the unreadable cases
+    the dataset reports: left out (evaluation) or replaced (training), counted, named once."""
+    walk = str(root / "videos" / "walk.mp4")  # 48 frames
+    past = VideoRecord(walk, 0, "past", 4, 60)
+    ds = VideoDataset([past, VideoRecord(walk, 0, "in", 4, 40)], _cfg(), train=False)
+    ds.substitute = False
+    sample = ds[0]
+    assert sample["unreadable"] and "[4, 60)" in sample["load_error"] and "48 frames" in sample["load_error"]
+    assert not ds[1]["unreadable"]
+    late = VideoDataset([VideoRecord(walk, 0, "late", 50, None), VideoRecord(walk, 0, "in", 4, 40)], _cfg(),
+                        train=False)
+    late.substitute = False
+    assert late[0]["unreadable"] and "from frame 50" in late[0]["load_error"] and "48 frames" in late[0]["load_error"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train = VideoDataset([past, VideoRecord(walk, 0, "in", 4, 40)], _cfg(max_load_retries=50), train=True)
+        for _ in range(3):
+            assert train[0]["video_id"] == "in"  # replaced, never read clipped
+    assert train.failures >= 3 and caplog.text.count("[4, 60)") == 1, caplog.text
+
+
 def _ucf_lists(root, test_list: str, test_rows: str, split: int = 1):
     """A UCF101 list folder under root (classes Animation, Biking; trainlist01 of a.avi, b.avi) and
     its DataConfig naming the train list file, with no val annotations."""

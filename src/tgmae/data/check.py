@@ -2,7 +2,7 @@
 
 Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable), then the first, middle and last frame of
-its range are read; clips shorter than `--min-frames`, labels outside the class list, unreadable
+its range are read; ranges past the video's end (out_of_range, never clipped), clips shorter than `--min-frames`, labels outside the class list, unreadable
 rows (file:line) and empty lists are reported; videos shorter than a clip's span (`--frame-stride`,
 read with a smaller stride) are listed, not counted as bad. Every list a run would read is checked (a
 split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
@@ -24,14 +24,14 @@ from typing import Callable, Optional, Sequence
 from tgmae.data.annotations import VideoRecord, clip_key
 from tgmae.data.formats import load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
-from tgmae.data.frame_index import error_detail
+from tgmae.data.frame_index import error_detail, record_frame_range
 from tgmae.data.sampling import clip_span
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
 from tgmae.locks import refuse_inside_run
 
 
-KINDS = (*VIDEO_KINDS, "too_short", "bad_label")
+KINDS = (*VIDEO_KINDS, "out_of_range", "too_short", "bad_label")
 
 
 @dataclass
@@ -102,8 +102,7 @@ def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_f
     try:
         with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
             n = r.info.num_frames
-            start = max(rec.start_frame or 0, 0)
-            end = n if rec.end_frame is None else min(rec.end_frame, n)
+            start, end = record_frame_range(rec.path, rec.start_frame, rec.end_frame, n)  # past the end: bad
             if end - start < min_frames:
                 have = max(end - start, 0)
                 return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)

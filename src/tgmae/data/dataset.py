@@ -28,7 +28,7 @@ from tgmae.data.sampling import clip_indices, clip_span, temporal_views
 from tgmae.data.seen import SeenVideos
 from tgmae.data.shm import share_memory
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
-from tgmae.data.frame_index import error_text
+from tgmae.data.frame_index import error_text, record_frame_range
 from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
@@ -130,8 +130,7 @@ class _RobustBase(Dataset):
         return self._short.count()
 
     def _frame_range(self, rec: VideoRecord, num_frames: int) -> tuple[int, int]:
-        start = max(rec.start_frame or 0, 0)
-        end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
+        start, end = record_frame_range(rec.path, rec.start_frame, rec.end_frame, num_frames)  # never clipped
         if end - start < self.min_frames:
             raise VideoError(
                 f"{rec.path}: too short: {max(end - start, 0)} frames in range [{start}, {end}), need {self.min_frames}",
