@@ -195,7 +195,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     if classifier is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a finetuned classifier to test")
-        classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size)
+        classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size,
+                                     num_heads=cfg.model.num_heads)  # an official .pth stores none
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
