@@ -465,8 +465,9 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
     train_records = _listed(cfg, "train", train)
     if not train_records or not {clip_key(r) for r in test_records} <= {clip_key(r) for r in train_records}:
         return
-    val = cfg.val_annotations or f"(empty: {subset_annotations(cfg, 'val')} read for the test list)"
-    raise ConfigError(f"data.val_annotations={val}: its {len(test_records)} videos are all training videos "
+    val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
+           else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
+    raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
                       f"of data.train_annotations={cfg.train_annotations}; a test there scores what the model "
                       "trained on: name a test list of other videos")
 
