@@ -60,7 +60,7 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
     assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "unreadable": 1, "no_video_stream": 0, "no_frames": 0,
-                             "truncated": 1, "undecodable": 0, "too_short": 1, "bad_label": 0}
+                             "truncated": 1, "undecodable": 0, "out_of_range": 0, "too_short": 1, "bad_label": 0}
     kinds = {Path(i["path"]).name: i["kind"] for i in rep["items"]}
     assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "unreadable",
                      "missing.mp4": "missing", "cut.mkv": "truncated"}
@@ -70,6 +70,25 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     assert rep["frames"]["min"] == 24 and rep["num_classes"] == 2
     printed = capsys.readouterr().out
     assert "6 videos checked: 1 ok, 5 bad" in printed and "ann.csv:8" in printed
+
+
+def test_check_reports_a_frame_range_past_the_videos_end(tmp_path, capsys):
+    """Issue 28 re-trial 15 (S3): an annotated range past a video's end (EPIC stop_frame 60 over
+    30 frames) was clipped to the frames there without a word ("4 ok"); now a bad row of its own
+    kind, naming the range and the frames there (exit 1); a range inside the video stays ok."""
+    root = tmp_path / "root"
+    root.mkdir()
+    write_video(root / "a.mp4", _clip(20), gop=8)
+    (tmp_path / "ann.csv").write_text("path,label,video_id,start_frame,end_frame\n"
+                                      "a.mp4,0,in,2,18\na.mp4,0,past,4,60\n")
+    out = tmp_path / "r.json"
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(root), str(tmp_path / "ann.csv"),
+                     "--min-frames", "4", "--frame-stride", "1", "--out", str(out), "--no-progress"]) == 1
+    rep = json.loads(out.read_text())
+    assert rep["ok"] == 1 and rep["bad"] == 1 and rep["counts"]["out_of_range"] == 1
+    (item,) = rep["items"]
+    assert item["video_id"] == "past" and "[4, 60)" in item["reason"] and "20 frames" in item["reason"]
+    assert "[4, 60)" in capsys.readouterr().out
 
 
 def test_check_through_cli_and_formats(tmp_path, capsys):
@@ -216,6 +235,26 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
     assert {i["subset"] for i in rep["items"]} == {"val"}
     # the file read, not its folder (issue 28 re-trial 15, M3)
     assert "lists: train trainlist01.txt (5), val testlist01.txt (3)" in capsys.readouterr().out
+
+
+def test_check_of_a_test_list_given_as_the_train_list_checks_each_video_once(tmp_path, capsys):
+    """Issue 28 re-trial 15 (S1): `data check` of UCF101's testlist01.txt (a run reads it as the train
+    list and the folder's testlist01.txt again as the test list) checked each video twice ("2 videos
+    checked" for 1 row). A clip an earlier list brought is checked once; the list says so."""
+    folder = DATA / "ucf101" / "ucfTrainTestlist"
+    test = [ln.strip() for ln in (folder / "testlist01.txt").read_text().splitlines() if ln.strip()]
+    root = tmp_path / "videos"
+    for rel in test:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / rel, _clip(20), codec="mpeg4")
+    out = tmp_path / "r.json"
+    assert cli_main(["data", "check", "--format", "ucf101", "--root", str(root), str(folder / "testlist01.txt"),
+                     "--min-frames", "16", "--out", str(out), "--no-progress"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["checked"] == rep["ok"] == len(test)
+    assert [(x["subset"], x["records"], x.get("checked_before", 0)) for x in rep["lists"]] == [
+        ("train", len(test), 0), ("val", len(test), len(test))]
+    assert f"{len(test)} videos checked" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fmt", ["hmdb51", "ucf101"])

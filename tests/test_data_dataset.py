@@ -352,6 +352,29 @@ def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
     assert len(lines) == 1 and lines[0].count("broken.mp4") == 1, lines
 
 
+def test_a_frame_range_past_the_videos_end_is_unreadable_not_clipped(root, caplog):
+    """Issue 28 re-trial 15 (S3): a record whose end_frame (or start_frame) lies past the video's end
+    was read from the frames there, clipped without a word. Now it is one of the unreadable cases
+    the dataset reports: left out (evaluation) or replaced (training), counted, named once."""
+    walk = str(root / "videos" / "walk.mp4")  # 48 frames
+    past = VideoRecord(walk, 0, "past", 4, 60)
+    ds = VideoDataset([past, VideoRecord(walk, 0, "in", 4, 40)], _cfg(), train=False)
+    ds.substitute = False
+    sample = ds[0]
+    assert sample["unreadable"] and "[4, 60)" in sample["load_error"] and "48 frames" in sample["load_error"]
+    assert not ds[1]["unreadable"]
+    late = VideoDataset([VideoRecord(walk, 0, "late", 50, None), VideoRecord(walk, 0, "in", 4, 40)], _cfg(),
+                        train=False)
+    late.substitute = False
+    assert late[0]["unreadable"] and "from frame 50" in late[0]["load_error"] and "48 frames" in late[0]["load_error"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train = VideoDataset([past, VideoRecord(walk, 0, "in", 4, 40)], _cfg(max_load_retries=50), train=True)
+        for _ in range(3):
+            assert train[0]["video_id"] == "in"  # replaced, never read clipped
+    assert train.failures >= 3 and caplog.text.count("[4, 60)") == 1, caplog.text
+
+
 def _ucf_lists(root, test_list: str, test_rows: str, split: int = 1):
     """A UCF101 list folder under root (classes Animation, Biking; trainlist01 of a.avi, b.avi) and
     its DataConfig naming the train list file, with no val annotations."""
@@ -390,6 +413,38 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     assert subset_annotations(cfg, "train") == "ucfTrainTestlist/trainlist01.txt"
     csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="")
     assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside
+
+
+def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(tmp_path):
+    """Issue 28 re-trial 15 (S1): a split-folder train list that is the test list itself
+    (UCF101 testlist01.txt, SSv2 validation.json) with data.val_annotations empty read the same
+    file again as the test set: "test top-1" on the training videos. The check refuses a val/test
+    list whose videos are all training videos, naming both keys; a proper split passes."""
+    import json
+
+    from tgmae.config import ConfigError, DataConfig
+    from tgmae.data.dataset import refuse_training_videos_as_test
+
+    cfg = _ucf_lists(tmp_path, "testlist01.txt", "Biking/c.avi\n")
+    refuse_training_videos_as_test(cfg)  # trainlist01 + testlist01 beside it: other videos
+    same = dataclasses.replace(cfg, train_annotations="ucfTrainTestlist/testlist01.txt")
+    with pytest.raises(ConfigError, match=r"data.val_annotations.*data.train_annotations") as e:
+        refuse_training_videos_as_test(same)
+    assert "testlist01.txt" in str(e.value) and "\n" not in str(e.value)
+    ssv2 = tmp_path / "ssv2"
+    ssv2.mkdir()
+    (ssv2 / "labels.json").write_text(json.dumps({"Pushing something": "0"}))
+    item = {"id": "7", "template": "Pushing [something]", "label": "Pushing a cup", "placeholders": ["a cup"]}
+    (ssv2 / "validation.json").write_text(json.dumps([item]))
+    ssv2_cfg = DataConfig(format="ssv2", root=str(ssv2), train_annotations="validation.json", val_annotations="")
+    with pytest.raises(ConfigError, match=r"data.val_annotations.*data.train_annotations.*validation.json"):
+        refuse_training_videos_as_test(ssv2_cfg)
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,walk\nb.mp4,run\n")
+    (tmp_path / "copy.csv").write_text("path,label\nb.mp4,run\n")  # another file, training videos only
+    csv = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="copy.csv")
+    with pytest.raises(ConfigError, match=r"data.val_annotations=copy.csv.*data.train_annotations=train.csv"):
+        refuse_training_videos_as_test(csv)
+    refuse_training_videos_as_test(dataclasses.replace(csv, val_annotations=""))  # no test set: nothing to refuse
 
 
 def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):

@@ -453,6 +453,17 @@ def segment_set(tmp_path: Path, mp4: Path) -> tuple[Path, object]:
                                 mean=ARCH.pixel_mean, std=ARCH.pixel_std)
 
 
+def test_a_range_past_the_files_end_is_refused_not_clipped(mp4):
+    """Issue 28 re-trial 15 (S3): a unit whose end_frame lies past the file's end (41 frames) was
+    extracted over the frames there, its index stopping early without a word; now a VideoError of
+    kind out_of_range naming the range, as the dataset and `data check` say it."""
+    from tgmae.data.frame_index import VideoError
+
+    with pytest.raises(VideoError, match=r"\[0, 100\).*41 frames") as e:
+        extract_video(tiny_encoder(), mp4, spec(), start_frame=0, end_frame=100)
+    assert e.value.kind == "out_of_range"
+
+
 def test_segments_of_one_file_are_each_extracted_over_their_own_range(tmp_path, mp4):
     """issue 29: `dataset_videos` kept each file once and ignored start_frame / end_frame: of a file
     listed as two segments only the first id was extracted, over the whole file, the others

@@ -421,6 +421,45 @@ def test_finetune_strict_fails_before_training_on_unreadable_test_videos(synth, 
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
 
 
+def test_finetune_and_evaluate_refuse_a_test_list_of_the_training_videos(synth, tmp_path, capsys):
+    """Issue 28 re-trial 15 (S1): a test list that lists only training videos (here the train list
+    itself as data.val_annotations) trained and tested on the same videos, exit 0 and "test top-1".
+    Finetune and evaluate refuse it in one line naming both keys, before training or loading."""
+    from tgmae.cli import main
+
+    arch = VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(arch), tmp_path / "pt.safetensors")
+    path = _finetune_yaml(tmp_path, synth, views=1)
+    run = tmp_path / "ft"
+    capsys.readouterr()
+    for command, weights in (("finetune", pt), ("evaluate", tmp_path / "clf.safetensors")):
+        assert main([command, "-c", str(path), f"model.pretrained={weights}", f"train.output_dir={run}",
+                     "data.val_annotations=train.csv"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "data.val_annotations=train.csv" in err and "data.train_annotations=train.csv" in err, err
+        assert "\n" not in err and not (run / "metrics.jsonl").exists() and not (run / "test_results.json").exists()
+
+
+def test_evaluate_passes_model_num_heads_for_an_official_pth_classifier(synth, tmp_path, capsys):
+    """Issue 28 re-trial 15 (M1): `tgmae evaluate model.pretrained=off_ft.pth model.num_heads=2` (an
+    official-layout finetuned .pth, which stores no head count) still said "pass model.num_heads":
+    evaluate did not hand model.num_heads to the loader. Now it tests; without it, one line naming it."""
+    from tgmae.cli import main
+    from tgmae.models.classifier import classifier_arch
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    torch.manual_seed(0)
+    clf = VideoClassifier(classifier_arch(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})), len(names))
+    torch.save({"model": clf.state_dict(), "epoch": 1}, tmp_path / "off_ft.pth")
+    args = ["evaluate", "-c", str(_finetune_yaml(tmp_path, synth, views=1)), f"model.pretrained={tmp_path / 'off_ft.pth'}"]
+    capsys.readouterr()
+    assert main([*args, f"train.output_dir={tmp_path / 'no'}"]) == 2
+    assert "model.num_heads" in capsys.readouterr().err
+    assert main([*args, "model.num_heads=2", f"train.output_dir={tmp_path / 'ev'}"]) == 0
+    assert json.loads((tmp_path / "ev" / "test_results.json").read_text())["num_videos"] > 0
+
+
 def test_finetune_refuses_test_classes_the_training_set_lacks_before_training(tmp_path):
     """A test set with a class the training set lacks (and eval.num_classes below the data's
     classes) is refused at set-up, naming the class (the key), before any training step."""

@@ -541,7 +541,7 @@ def test_probe_scores_val_classes_by_name_and_refuses_unknown_ones(checkpoint, t
 def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsys, probe):
     """Too few eval.num_classes, or a val class the training set lacks, are refused at set-up as
     finetune refuses them: one line naming the key / file, nothing written (features were
-    extracted first)."""
+    extracted first). So is a val list of only training videos (issue 28 re-trial 15, S1)."""
     from tgmae.cli import main as cli_main
 
     torch.manual_seed(0)
@@ -559,7 +559,9 @@ def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsy
             "data.num_workers=0", "model.patch_size=8", f"model.pretrained={pt}", "train.precision=fp32",
             "log.progress=false", "log.tensorboard=false", f"eval.probe={probe}", "eval.knn_k=[1]"]
     for override, named in [("eval.num_classes=2", "eval.num_classes=2"),
-                            (f"data.val_annotations={other / 'other.csv'}", "zebra")]:
+                            (f"data.val_annotations={other / 'other.csv'}", "zebra"),
+                            # re-trial 15 (S1): the training videos as the val set
+                            ("data.val_annotations=train.csv", "data.train_annotations=train.csv")]:
         run = tmp_path / f"run-{override.split('=')[0]}"
         assert cli_main([*base, f"train.output_dir={run}", override]) == 2
         err = capsys.readouterr().err.strip()

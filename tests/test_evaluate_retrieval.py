@@ -41,6 +41,10 @@ def test_retrieval_metrics_on_hand_made_embeddings():
     rel4 = relevance_from_ids(torch.tensor([0, 1, 1, 2]), torch.arange(4))
     r4 = retrieval_metrics(videos, torch.cat([texts, torch.ones(1, 3)]), rel4, ks=(1,))
     assert r4.num_texts == 3
+    # ... but a video is ranked among all 4 (issue 28 re-trial 15, M8: "4 videos, 3 texts" hid it)
+    assert r4.num_gallery_texts == 4 and r4.summary()["num_gallery_texts"] == 4
+    assert r4.sizes_text() == "4 videos ranked among 4 texts; 3 texts (those with a video) among the videos"
+    assert r.sizes_text() == "4 videos, 3 texts"  # every text has a video: one gallery both ways
 
 
 def test_class_prompts_and_caption_relevance():

@@ -130,7 +130,9 @@ def main(argv: Sequence[str]) -> int:
         atomic_write_text(args.out, json.dumps(report, indent=2))
     c = report["counts"]
     lists = report["lists"]
-    read = ("; lists: " + ", ".join(f"{x['subset']} {Path(x['file']).name} ({x['records']})" for x in lists)
+    read = ("; lists: " + ", ".join(f"{x['subset']} {Path(x['file']).name} ({x['records']}"
+                                    + (f", {x['checked_before']} checked above" if x.get("checked_before") else "")
+                                    + ")" for x in lists)
             if len(lists) > 1 else "")  # what a run reads besides the list given
     print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "

@@ -47,6 +47,12 @@ class VideoRecord:
     targets: dict[str, int] = field(default_factory=dict)  # extra targets, e.g. EPIC verb/noun
 
 
+def clip_key(rec: VideoRecord) -> tuple[str, Optional[int], Optional[int]]:
+    """The clip a record names: (absolute path, start_frame, end_frame); two lists share a clip
+    when their records' keys are equal (a test list of training videos, a list checked twice)."""
+    return os.path.abspath(rec.path), rec.start_frame, rec.end_frame
+
+
 @dataclass
 class Problem:
     """A row that could not be read: where and why."""

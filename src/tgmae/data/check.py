@@ -2,7 +2,7 @@
 
 Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable), then the first, middle and last frame of
-its range are read; clips shorter than `--min-frames`, labels outside the class list, unreadable
+its range are read; ranges past the video's end (out_of_range, never clipped), clips shorter than `--min-frames`, labels outside the class list, unreadable
 rows (file:line) and empty lists are reported; videos shorter than a clip's span (`--frame-stride`,
 read with a smaller stride) are listed, not counted as bad. Every list a run would read is checked (a
 split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
@@ -22,17 +22,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import UNLABELLED, VideoRecord
+from tgmae.data.annotations import UNLABELLED, VideoRecord, clip_key
 from tgmae.data.formats import list_file, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
-from tgmae.data.frame_index import error_detail
+from tgmae.data.frame_index import error_detail, record_frame_range
 from tgmae.data.sampling import clip_span
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.errors import UserError
 from tgmae.locks import refuse_inside_run
 
 
-KINDS = (*VIDEO_KINDS, "too_short", "bad_label")
+KINDS = (*VIDEO_KINDS, "out_of_range", "too_short", "bad_label")
 
 
 @dataclass
@@ -103,8 +103,7 @@ def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_f
     try:
         with VideoReader(rec.path) as r:  # raises the video's verdict (VideoError.kind)
             n = r.info.num_frames
-            start = max(rec.start_frame or 0, 0)
-            end = n if rec.end_frame is None else min(rec.end_frame, n)
+            start, end = record_frame_range(rec.path, rec.start_frame, rec.end_frame, n)  # past the end: bad
             if end - start < min_frames:
                 have = max(end - start, 0)
                 return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)
@@ -187,23 +186,27 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
               run_lists: bool = True) -> dict:
     """Check a dataset -> report dict (raises AnnotationError when annotations are unreadable):
     every list a run reads (`lists_a_run_reads`; run_lists False: `annotations` alone, as
-    `tgmae data prepare` checks the list it wrote), records in list order. Readable videos whose
+    `tgmae data prepare` checks the list it wrote), records in list order, each clip once (one an
+    earlier list brought counts in the later list's `checked_before`, not again in `checked`). Readable videos whose
     range is shorter than the span of a dense clip of `min_frames` frames `frame_stride` apart
     (`clip_span`) are listed in `shorter_than_clip` (a run reads them with a smaller stride; not bad)."""
     problems: list = []
-    jobs, lists, classes, empty = [], [], [], False
+    jobs, lists, classes, empty, bounds, seen = [], [], [], False, [], set()
     todo = lists_a_run_reads(fmt, root, annotations, split, subset) if run_lists else [(subset, annotations)]
     for sub, ann in todo:
         records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
         classes = classes or names
+        new = [r for r in records if clip_key(r) not in seen]  # a clip an earlier list brought: checked once
+        seen.update(clip_key(r) for r in new)
         # an unlabelled test list (SSv2 test.json, Kinetics test.csv) has no labels to check
         jobs += [(len(jobs) + i, r, None if r.label == UNLABELLED else len(names), min_frames)
-                 for i, r in enumerate(records)]
+                 for i, r in enumerate(new)]
+        bounds.append(len(new))
         lists.append({"subset": sub, "annotations": str(ann), "file": str(list_file(fmt, root, ann, split, sub)),
-                      "records": len(records)})
+                      "records": len(records),
+                      **({"checked_before": len(records) - len(new)} if len(new) < len(records) else {})})
         empty = empty or not records
     results: list[ItemResult] = parallel_map(_work, jobs, workers, "checking videos", progress, chunksize=4)
-    bounds = [x["records"] for x in lists]
     for r in results:
         r.subset = _subset_of(r.index, bounds, lists)
     counts = Counter(r.kind for r in results)

@@ -21,14 +21,14 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
-from tgmae.data.annotations import AnnotationError, VideoRecord
+from tgmae.data.annotations import AnnotationError, VideoRecord, clip_key
 from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, clip_span, temporal_views
 from tgmae.data.seen import SeenVideos
 from tgmae.data.shm import share_memory
 from tgmae.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
-from tgmae.data.frame_index import error_text
+from tgmae.data.frame_index import error_text, record_frame_range
 from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
@@ -130,8 +130,7 @@ class _RobustBase(Dataset):
         return self._short.count()
 
     def _frame_range(self, rec: VideoRecord, num_frames: int) -> tuple[int, int]:
-        start = max(rec.start_frame or 0, 0)
-        end = num_frames if rec.end_frame is None else min(rec.end_frame, num_frames)
+        start, end = record_frame_range(rec.path, rec.start_frame, rec.end_frame, num_frames)  # never clipped
         if end - start < self.min_frames:
             raise VideoError(
                 f"{rec.path}: too short: {max(end - start, 0)} frames in range [{start}, {end}), need {self.min_frames}",
@@ -434,6 +433,43 @@ def subset_annotations(cfg: DataConfig, subset: str) -> str:
     if cfg.val_annotations:
         return cfg.val_annotations
     return str(given.parent) if given.is_file() else cfg.train_annotations
+
+
+def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[list[VideoRecord]]:
+    """The records of `data` (None for a dataset without records), else those `cfg` names for the
+    subset, rows that do not read left out (their refusal is the dataset's); None when none are named
+    or the list does not read (then there is nothing to compare)."""
+    if data is not None:
+        return getattr(data, "records", None)
+    ann = subset_annotations(cfg, subset)
+    if not ann:
+        return None
+    try:
+        return load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset, on_error="skip",
+                                problems=[])[0]
+    except AnnotationError:
+        return None
+
+
+def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,
+                                   train: Optional[Dataset] = None) -> None:
+    """ConfigError, naming data.val_annotations and data.train_annotations, when every clip of the
+    val/test set (`test`, else `subset_annotations(cfg, "val")` read) is a clip of the training set
+    (`train`, else `cfg.train_annotations` read): the same list file, or a split-folder train list that
+    is the test list itself (UCF101 testlistNN.txt, SSv2 validation.json with data.val_annotations
+    empty), would score the videos the model trained on. Nothing to compare (no val list, a dataset
+    without records, a list that does not read) passes; some shared clips pass."""
+    test_records = _listed(cfg, "val", test)
+    if not test_records:
+        return
+    train_records = _listed(cfg, "train", train)
+    if not train_records or not {clip_key(r) for r in test_records} <= {clip_key(r) for r in train_records}:
+        return
+    val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
+           else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
+    raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
+                      f"of data.train_annotations={cfg.train_annotations}; a test there scores what the model "
+                      "trained on: name a test list of other videos")
 
 
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,

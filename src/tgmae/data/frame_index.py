@@ -48,6 +48,20 @@ class VideoError(RuntimeError):
         self.kind = kind
 
 
+def record_frame_range(path: str, start_frame: Optional[int], end_frame: Optional[int],
+                       num_frames: int) -> tuple[int, int]:
+    """[start, end) of an annotated range (0-based, end exclusive; None = the file's start / end)
+    in a video of `num_frames` frames. A range reaching past the last frame is never clipped to the
+    frames there: VideoError kind "out_of_range" naming the range and the video's frames (the
+    dataset, `data check` and feature extraction report it as they report an unreadable video)."""
+    start = max(start_frame or 0, 0)
+    end = num_frames if end_frame is None else end_frame
+    if end > num_frames or (start_frame is not None and start >= num_frames):
+        asked = f"frames [{start}, {end})" if end_frame is not None else f"from frame {start}"
+        raise VideoError(f"{path}: {asked} beyond the video's {num_frames} frames", "out_of_range")
+    return start, end
+
+
 def plain(err: BaseException) -> str:
     """An error's message without the file name FFmpeg / OSError append (the caller names it)."""
     if getattr(err, "filename", None) and getattr(err, "strerror", None):

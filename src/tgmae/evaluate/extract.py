@@ -105,11 +105,14 @@ class ExtractSpec:
         return self.window if self.mode == "clip" and self.sampling == "tsn" else self.span
 
 
-def frame_range(num_frames: int, start_frame: Optional[int], end_frame: Optional[int]) -> tuple[int, int]:
-    """[start, end) of a record's range in a file of `num_frames` frames, clipped as the dataset
-    clips it (`VideoDataset._frame_range`): None = the file's start / end."""
-    start = max(start_frame or 0, 0)
-    return start, num_frames if end_frame is None else min(end_frame, num_frames)
+def frame_range(num_frames: int, start_frame: Optional[int], end_frame: Optional[int],
+                path: str | os.PathLike = "video") -> tuple[int, int]:
+    """[start, end) of a record's range in a file of `num_frames` frames, as the dataset reads it
+    (`tgmae.data.frame_index.record_frame_range`): None = the file's start / end; a range past the
+    file's end is a VideoError of kind "out_of_range", never clipped."""
+    from tgmae.data.frame_index import record_frame_range
+
+    return record_frame_range(str(path), start_frame, end_frame, num_frames)
 
 
 def window_frames(num_frames: int, spec: ExtractSpec, start: int = 0, end: Optional[int] = None) -> np.ndarray:
@@ -181,7 +184,7 @@ def extract_video(encoder: nn.Module, path: str | os.PathLike, spec: ExtractSpec
     device = device or next(encoder.parameters()).device
     with VideoReader(path) as reader:
         info = reader.info
-        start, end = frame_range(info.num_frames, start_frame, end_frame)
+        start, end = frame_range(info.num_frames, start_frame, end_frame, path)
         frames = window_frames(info.num_frames, spec, start, end)  # [W, window] frame numbers
         if not len(frames):
             have = max(end - start, 0)

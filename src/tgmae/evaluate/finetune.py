@@ -31,7 +31,7 @@ from tgmae.train.optim import param_groups
 from tgmae.train.precision import resolve_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.train.resume import locks_run_folder
-from tgmae.data.dataset import subset_annotations
+from tgmae.data.dataset import refuse_training_videos_as_test, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -218,6 +218,9 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
 
         test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     task.check_classes(task.val_dataset(), test_data)  # fail before training, not after it
+    for scored in (task.val_dataset(), test_data):  # never a test on the training videos
+        if scored is not None:
+            refuse_training_videos_as_test(cfg.data, scored, task.train_dataset())
     if cfg.eval.strict:
         require_readable([task.val_dataset(), test_data], cfg.data.num_workers)
     trainer = Trainer(task, cfg, hooks=hooks)

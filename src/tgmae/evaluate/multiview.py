@@ -178,7 +178,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
     for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
     """
-    from tgmae.data.dataset import build_dataset
+    from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
     from tgmae.weights.classifier import load_classifier
@@ -191,10 +191,12 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
+    refuse_training_videos_as_test(cfg.data)  # never a test on the training videos; before any weights load
     if classifier is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a finetuned classifier to test")
-        classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size)
+        classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size,
+                                     num_heads=cfg.model.num_heads)  # an official .pth stores none
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)

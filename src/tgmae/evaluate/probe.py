@@ -35,7 +35,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.resume import locks_run_folder
-from tgmae.data.dataset import build_dataset, subset_annotations
+from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -264,6 +264,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
     if val_data is None and subset_annotations(cfg.data, "val"):
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
+    if val_data is not None:  # never a probe scored on its training videos
+        refuse_training_videos_as_test(cfg.data, val_data, train_data)
     if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
                            num_classes=num_classes, configured=cfg.eval.num_classes,

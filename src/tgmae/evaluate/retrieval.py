@@ -56,13 +56,25 @@ class RetrievalResult:
     mode: str
     unreadable: list = field(default_factory=list)  # videos left out: {index, video_id, label, reason}
     chance: dict[str, dict[int, ChanceBand]] = field(default_factory=dict)
+    # the texts video -> text ranks among (num_texts: those with a relevant video, text -> video's queries)
+    num_gallery_texts: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "num_videos": self.num_videos, "num_texts": self.num_texts,
+                "num_gallery_texts": self.num_gallery_texts,
                 "num_unreadable": len(self.unreadable), "unreadable": self.unreadable,
                 "video_to_text": {f"R@{k}": v for k, v in self.video_to_text.items()},
                 "text_to_video": {f"R@{k}": v for k, v in self.text_to_video.items()},
                 "chance": {d: {f"R@{k}": b.as_dict() for k, b in bands.items()} for d, bands in self.chance.items()}}
+
+    def sizes_text(self) -> str:
+        """'N videos, M texts', or where some texts have no video (class prompts of classes the split
+        lacks) the gallery each way: 'N videos ranked among G texts; M texts (those with a video)
+        among the videos'."""
+        if self.num_gallery_texts in (0, self.num_texts):
+            return f"{self.num_videos} videos, {self.num_texts} texts"
+        return (f"{self.num_videos} videos ranked among {self.num_gallery_texts} texts; {self.num_texts} texts "
+                "(those with a video) among the videos")
 
     def at_chance(self, direction: str, k: int) -> bool:
         """True when R@k in `direction` ("video_to_text" | "text_to_video") lies in its chance band."""
@@ -82,7 +94,7 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
     used = relevant.any(dim=0)
     t2v = recall_at_k(sim.T[used], relevant.T[used], ks)
     return RetrievalResult(v2t, t2v, int(sim.shape[0]), int(used.sum()), mode,
-                           chance=retrieval_bands(relevant, ks))
+                           chance=retrieval_bands(relevant, ks), num_gallery_texts=int(sim.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------

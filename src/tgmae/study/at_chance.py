@@ -40,8 +40,8 @@ def record_band(record: dict, header: str, num_val: Optional[int] = None) -> Opt
     if retrieval.get("mode") != "classes":  # a caption gallery's relevance was not recorded
         return None
     videos, texts = int(retrieval["num_videos"]), int(retrieval["num_texts"])
-    if direction == "video_to_text":
-        return band([recall_chance(texts, 1, k)] * videos)
+    if direction == "video_to_text":  # ranked among every text (a record without the gallery size: num_texts)
+        return band([recall_chance(int(retrieval.get("num_gallery_texts") or texts), 1, k)] * videos)
     return band([recall_chance(videos, round(videos / texts), k)] * texts)
 
 

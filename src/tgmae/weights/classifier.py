@@ -76,6 +76,8 @@ def save_classifier(model: VideoClassifier, path: str | os.PathLike,
 
 
 def load_classifier(path: str | os.PathLike, num_frames: Optional[int] = None,
-                    image_size: Optional[int] = None) -> VideoClassifier:
-    """A finetuned classifier (ours, a training checkpoint, an HF or official finetuned model), eval mode."""
-    return build_classifier(path, num_frames=num_frames, image_size=image_size, keep_head=True).eval()
+                    image_size: Optional[int] = None, num_heads: Optional[int] = None) -> VideoClassifier:
+    """A finetuned classifier (ours, a training checkpoint, an HF or official finetuned model), eval mode.
+    num_heads: for an official .pth, which does not store it (`model.num_heads`; `load_encoder_source`)."""
+    src = load_encoder_source(path, num_heads=num_heads)
+    return build_classifier(src, num_frames=num_frames, image_size=image_size, keep_head=True).eval()
