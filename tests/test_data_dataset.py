@@ -415,7 +415,7 @@ def test_a_train_list_of_another_split_than_data_split_is_refused(tmp_path):
     assert subset_annotations(csv, "val") == ""  # only split-folder formats read a test list beside
 
 
-def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(tmp_path):
+def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(caplog, tmp_path):
     """Issue 28 re-trial 15 (S1): a split-folder train list that is the test list itself
     (UCF101 testlist01.txt, SSv2 validation.json) with data.val_annotations empty read the same
     file again as the test set: "test top-1" on the training videos. The check refuses a val/test
@@ -445,6 +445,11 @@ def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(tmp_pat
     with pytest.raises(ConfigError, match=r"data.val_annotations=copy.csv.*data.train_annotations=train.csv"):
         refuse_training_videos_as_test(csv)
     refuse_training_videos_as_test(dataclasses.replace(csv, val_annotations=""))  # no test set: nothing to refuse
+    # some training videos among other ones: the test goes on, the overlap said with its count
+    (tmp_path / "some.csv").write_text("path,label\nb.mp4,run\nc.mp4,walk\n")
+    with caplog.at_level("WARNING", logger="tgmae"):
+        refuse_training_videos_as_test(dataclasses.replace(csv, val_annotations="some.csv"))
+    assert "1 of its 2 videos are also training videos" in caplog.text
 
 
 def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):
