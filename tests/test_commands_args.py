@@ -17,3 +17,24 @@ def test_options_and_overrides_in_any_order():
         assert (args.checkpoint, args.config, args.overrides) == ("CKPT", "cfg.yaml", ["a.b=1", "c.d=2"]), argv
     cfg, args = parse_run_args("x", ["train.epochs=3", "optim.lr=0.5"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5
+
+
+def test_a_key_set_twice_on_the_command_line_is_refused_naming_it(tmp_path, capsys):
+    """Issue 28 (re-trial 15): `masking.ratio=0.9 ... masking.ratio=0.75` kept the last silently;
+    which one was meant cannot be known, so every command refuses it in one line (exit 2)."""
+    from tgmae.cli import main as cli_main
+
+    for argv in (["pretrain", "masking.ratio=0.9", "train.epochs=1", "masking.ratio=0.75"],
+                 ["config", "show", "masking.ratio=0.9", "masking.ratio=0.75"],
+                 ["study", "--quick", f"out_dir={tmp_path}/s", f"out_dir={tmp_path}/t"]):
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        key = {"pretrain": "masking.ratio", "config": "masking.ratio", "study": "out_dir"}[argv[0]]
+        assert key in err and "twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+    # different keys (and one key in a YAML file beside an override of it) still load
+    from tgmae.commands.args import parse_run_args
+
+    (tmp_path / "c.yaml").write_text("masking:\n  ratio: 0.8\n")
+    cfg, _ = parse_run_args("x", ["-c", str(tmp_path / "c.yaml"), "masking.ratio=0.75", "train.epochs=2"])
+    assert (cfg.masking.ratio, cfg.train.epochs) == (0.75, 2)

@@ -660,6 +660,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def refuse_repeated_overrides(overrides: Sequence[str]) -> None:
+    """A user's command line that sets one key twice (`masking.ratio=0.9 ... masking.ratio=0.75`)
+    is refused naming the key and both values: which one was meant cannot be known. Recipes that
+    layer internal overrides call `load_config`, where the later one wins."""
+    seen: dict[str, str] = {}
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key in seen:
+            raise ConfigError(f"{key}: set twice on the command line ({seen[key]!r} and {text!r}); give it once")
+        seen[key] = text
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),

@@ -12,8 +12,13 @@ from typing import Sequence
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     """`parser`'s arguments from `argv` in any order: options may come before, between or after
     the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
-    Every command with a variable-length positional (overrides, run folders) parses through here."""
-    return parser.parse_intermixed_args(list(argv))
+    Every command with a variable-length positional (overrides, run folders) parses through here;
+    a key given twice among the overrides is a ConfigError naming it."""
+    from tgmae.config import refuse_repeated_overrides
+
+    args = parser.parse_intermixed_args(list(argv))
+    refuse_repeated_overrides(getattr(args, "overrides", None) or ())
+    return args
 
 
 def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):

@@ -76,6 +76,7 @@ def main(argv: Sequence[str]) -> int:
                       help="apply the protocol defaults `tgmae finetune` / `tgmae probe` use")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
     args = parser.parse_args(list(argv))
+    config_module.refuse_repeated_overrides(args.overrides)
     base = None
     if args.recipe:
         from tgmae.evaluate.recipes import FINETUNE_RECIPE, PROBE_RECIPE
