@@ -48,11 +48,14 @@ class CaptionSummary:
 
 
 def load_keyframes(video: Any, n: int) -> tuple[np.ndarray, list[int]]:
-    """uint8 [n, H, W, 3] keyframes of a `VideoRecord` and their frame indices."""
+    """uint8 [n, H, W, 3] keyframes of a `VideoRecord` and their frame indices. A frame range past
+    the video's end is a VideoError (`record_frame_range`), reported for that video, never clipped."""
+    from tgmae.data.frame_index import record_frame_range
     from tgmae.data.video import VideoReader
 
     with VideoReader(video.path) as reader:
-        idx = keyframe_indices(reader.info.num_frames, n, video.start_frame, video.end_frame)
+        start, end = record_frame_range(video.path, video.start_frame, video.end_frame, reader.info.num_frames)
+        idx = keyframe_indices(reader.info.num_frames, n, start, end)
         return reader.read(idx), idx
 
 
