@@ -375,9 +375,8 @@ def test_retrieve_with_a_text_model_changed_in_place_names_its_own_way_out(synth
     path = _retrieval_config(root, text_model, tmp_path)
     run = _video_text_run(tmp_path, load_config(path))
     out = tmp_path / "ret"
-    args = ["retrieve", "-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}",
-            f"captions.embedding_cache={tmp_path / 'emb2.safetensors'}"]
-    assert cli(args) == 0
+    args = ["retrieve", "-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"]
+    assert cli([*args, f"captions.embedding_cache={tmp_path / 'emb2.safetensors'}"]) == 0
     shutil.rmtree(text_model)
     save_tiny_clip(text_model, dim=16, seed=5)  # other weights under the same path
     capsys.readouterr()
@@ -387,3 +386,19 @@ def test_retrieve_with_a_text_model_changed_in_place_names_its_own_way_out(synth
     assert "embed-captions" not in err and "\n" not in err
     assert cli([*args, f"captions.embedding_cache={tmp_path / 'emb3.safetensors'}",
                 "checkpoint.resume=ignore_config"]) == 0
+
+
+def test_retrieval_on_the_training_videos_is_refused_before_any_weights_load(tmp_path, capsys):
+    """Issue 28 (left from re-trial 15): `tgmae retrieve` with data.val_annotations = the training
+    list scored the videos the aligned head (and the pretraining's head) trained on; it is refused
+    as evaluate refuses it, naming both keys, before a checkpoint is read (none exists here)."""
+    from tgmae.cli import main as cli_main
+
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,walk\nb.mp4,run\n")
+    argv = ["retrieve", "data.format=csv", f"data.root={tmp_path}", "data.train_annotations=train.csv",
+            "data.val_annotations=train.csv", f"model.pretrained={tmp_path}/none", f"train.output_dir={tmp_path}/out"]
+    for align in ("0", "5"):
+        assert cli_main(argv + [f"eval.retrieval_align_epochs={align}"]) == 2
+        err = capsys.readouterr().err
+        assert "data.val_annotations" in err and "data.train_annotations" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

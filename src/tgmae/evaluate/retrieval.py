@@ -280,7 +280,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
-    train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
+    train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A val list made of the
+    training list's videos is refused as evaluate refuses it (`refuse_training_videos_as_test`).
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
@@ -288,6 +289,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     from tgmae.weights.sources import tensors_digest
 
     mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
+    if dataset is None:  # never a test on the videos the model (or the aligned head) trained on
+        from tgmae.data.dataset import refuse_training_videos_as_test
+
+        refuse_training_videos_as_test(cfg.data)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
