@@ -96,7 +96,7 @@ def cli(dataset, blip_dir, out, *extra):
 
 @pytest.mark.parametrize("num, n, start, end, want", [
     (100, 1, None, None, [50]), (100, 3, None, None, [16, 50, 83]), (9, 3, None, None, [1, 4, 7]),
-    (100, 2, 10, 20, [12, 17]), (100, 1, 90, None, [95]), (2, 3, None, None, [0, 1, 1]), (10, 1, None, 1000, [5]),
+    (100, 2, 10, 20, [12, 17]), (100, 1, 90, None, [95]), (2, 3, None, None, [0, 1, 1]), (10, 1, None, 10, [5]),
 ])
 def test_keyframes_are_uniform_segment_centres_within_the_range(num, n, start, end, want):
     assert keyframe_indices(num, n, start, end) == want
@@ -107,6 +107,8 @@ def test_keyframe_bad_inputs():
         keyframe_indices(10, 0)
     with pytest.raises(ValueError, match="empty frame range"):
         keyframe_indices(10, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\[0, 1000\) beyond a 10-frame"):  # never clipped
+        keyframe_indices(10, 1, None, 1000)
 
 
 def test_strip_prompt():

@@ -22,12 +22,16 @@ def keyframe_indices(num_frames: int, n: int, start: Optional[int] = None, end: 
     """`n` uniformly spaced frames of [start, end): the centres of `n` equal segments.
 
     n=1 gives the centre frame; frames repeat when the range is shorter than n.
-    `start`/`end` follow `VideoRecord` (0-based, end exclusive, None = video start/end).
+    `start`/`end` follow `VideoRecord` (0-based, end exclusive, None = video start/end); a range
+    past the last frame is a ValueError, never clipped (callers check it first with
+    `data.frame_index.record_frame_range`, which names the video).
     """
     if n < 1:
         raise ValueError(f"keyframes must be >= 1, got {n}")
     s = 0 if start is None else max(0, int(start))
-    e = num_frames if end is None else min(int(end), num_frames)
+    e = num_frames if end is None else int(end)
+    if e > num_frames:
+        raise ValueError(f"frame range [{s}, {e}) beyond a {num_frames}-frame video")
     if e <= s:
         raise ValueError(f"empty frame range [{s}, {e}) of a {num_frames}-frame video")
     length = e - s
