@@ -61,3 +61,20 @@ def not_a_clip(root, kind: str) -> str:
         (path / "metrics.jsonl").write_text("")
         (path / "config.json").write_text("{}")  # e.g. a TensorBoard or other tool's file
     return str(path)
+
+
+def once(argv):
+    """`argv` with each `section.key=value` override kept once, at its last place: tests that vary
+    one key of a shared command line replace it as a user edits theirs (tgmae refuses a key given
+    twice, `config.refuse_repeated_overrides`)."""
+    import re
+
+    keyed = re.compile(r"^[A-Za-z_][\w.]*=")
+    seen, kept = set(), []
+    for arg in reversed(list(argv)):
+        key = arg.split("=", 1)[0] if keyed.match(arg) else None
+        if key is None or key not in seen:
+            kept.append(arg)
+        if key is not None:
+            seen.add(key)
+    return kept[::-1]

