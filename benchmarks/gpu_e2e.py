@@ -235,9 +235,9 @@ def torchrun_kill_resume(out: Path, common: list[str], device: str, steps: int) 
     run = out / "run_torchrun"
     shutil.rmtree(run, ignore_errors=True)  # a rerun of this script measures afresh
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "tgmae.cli", "pretrain", "-c", str(ROOT / "configs/pretrain_vitb_k400.yaml"), *common,
-           "masking.name=tube", f"train.output_dir={run}", "checkpoint.every_steps=2", "log.progress=false",
-           f"train.max_steps={steps}"]
+           "-m", "tgmae.cli", "pretrain", "-c", str(ROOT / "configs/pretrain_vitb_k400.yaml"),
+           *[c for c in common if not c.startswith("train.max_steps=")],  # tgmae refuses a key given twice
+           "masking.name=tube", f"train.output_dir={run}", "checkpoint.every_steps=2", f"train.max_steps={steps}"]
     log1 = out / "torchrun_1.log"
     with open(log1, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
@@ -326,10 +326,10 @@ def main(argv=None) -> int:
 
     common = [f"data.root={data}", f"data.train_annotations={ann}", f"data.num_workers={a.workers}",
               f"train.batch_size={a.batch}", f"train.max_steps={a.steps}", "train.epochs=100000",
-              f"train.device={a.device}", "train.log_every=5", "log.progress=false", "log.tensorboard=false",
-              "optim.warmup_epochs=0"]
+              f"train.device={a.device}", f"train.log_every={1 if a.quick else 5}", "log.progress=false",
+              "log.tensorboard=false", "optim.warmup_epochs=0"]
     if a.quick:
-        common += ["model.preset=tiny", "data.image_size=64", "data.num_frames=4", "train.log_every=1"]
+        common += ["model.preset=tiny", "data.image_size=64", "data.num_frames=4"]
     tgm = ["masking.name=tgm", "masking.ratio=0.6", f"masking.cache_dir={masks}", f"captions.file={captions}",
            f"captions.clip_model={clip}"]
     samples = [1] + ([2, 4] if accepts("data.num_sample") else [])
