@@ -38,3 +38,37 @@ def test_a_key_set_twice_on_the_command_line_is_refused_naming_it(tmp_path, caps
     (tmp_path / "c.yaml").write_text("masking:\n  ratio: 0.8\n")
     cfg, _ = parse_run_args("x", ["-c", str(tmp_path / "c.yaml"), "masking.ratio=0.75", "train.epochs=2"])
     assert (cfg.masking.ratio, cfg.train.epochs) == (0.75, 2)
+
+
+def test_a_section_and_a_key_in_it_or_two_config_files_are_refused(capsys):
+    """Re-trial 16B: `masking={ratio: 0.75} masking.ratio=0.9` kept the last; `-c A -c B` kept B."""
+    from tgmae.cli import main as cli_main
+
+    for argv, named in ((["config", "show", "masking={ratio: 0.75}", "masking.ratio=0.9"], "masking"),
+                        (["config", "show", "-c", "configs/pretrain_demo.yaml", "-c", "configs/finetune_vitb_ssv2.yaml"],
+                         "configs/finetune_vitb_ssv2.yaml"),
+                        (["pretrain", "--config=configs/pretrain_demo.yaml", "-cconfigs/pretrain_demo.yaml"], "-c/--config")):
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert named in err and len(err.splitlines()) == 1, err
+    assert cli_main(["config", "show", "masking.ratio=0.9", "masking.name=tube"]) == 0  # keys side by side: fine
+
+
+def test_study_list_entries_set_a_key_once_and_appends_may_repeat():
+    """Re-trial 16B: `pretrain+=[masking.ratio=0.75, masking.ratio=0.5]` ran at 0.5; two `+=` appends
+    extend the list as documented, and an entry over a default entry of the same key still wins."""
+    import pytest
+
+    from tgmae.config import ConfigError
+    from tgmae.study.run import load_study
+
+    with pytest.raises(ConfigError, match=r"masking.ratio: set twice in study.pretrain"):
+        load_study(None, ["pretrain+=[masking.ratio=0.75, masking.ratio=0.5]"])
+    with pytest.raises(ConfigError, match=r"masking.ratio: set twice in study.pretrain"):
+        load_study(None, ["pretrain+=[masking.ratio=0.75]", "pretrain+=[masking.ratio=0.5]"])
+    study = load_study(None, ["pretrain+=[masking.ratio=0.75]", "pretrain+=[train.epochs=3]"])
+    assert study.pretrain[-2:] == ["masking.ratio=0.75", "train.epochs=3"]
+    default = load_study(None).pretrain
+    assert default, "the defaults carry pretrain entries"
+    key = default[0].split("=")[0]
+    assert load_study(None, [f"pretrain+=[{key}=1]"]).pretrain[-1] == f"{key}=1"  # over a default entry: later wins

@@ -660,16 +660,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def refuse_repeated_overrides(overrides: Sequence[str]) -> None:
-    """A user's command line that sets one key twice (`masking.ratio=0.9 ... masking.ratio=0.75`)
-    is refused naming the key and both values: which one was meant cannot be known. Recipes that
-    layer internal overrides call `load_config`, where the later one wins."""
-    seen: dict[str, str] = {}
+def refuse_repeated_overrides(overrides: Sequence[str], where: str = "on the command line") -> None:
+    """Overrides a user gave at once that set one key twice (`masking.ratio=0.9 ... masking.ratio=0.75`,
+    or a section and a key in it: `masking={ratio: 0.75} masking.ratio=0.9`) are refused naming the
+    key and both texts: which one was meant cannot be known. `key+=[...]` (the study's list
+    extension) may repeat. Recipes that layer internal overrides call `load_config`, where the later
+    one wins."""
+    seen: list[tuple[str, str]] = []
     for text in overrides:
         key = ".".join(parse_override(text)[0])
-        if key in seen:
-            raise ConfigError(f"{key}: set twice on the command line ({seen[key]!r} and {text!r}); give it once")
-        seen[key] = text
+        if key.endswith("+"):
+            continue
+        for other, other_text in seen:
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                raise ConfigError(f"{min(key, other, key=len)}: set twice {where} ({other_text!r} and {text!r}); "
+                                  "give it once")
+        seen.append((key, text))
 
 
 def load_config(

@@ -16,9 +16,27 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     a key given twice among the overrides is a ConfigError naming it."""
     from tgmae.config import refuse_repeated_overrides
 
+    refuse_repeated_config_files(argv)
     args = parser.parse_intermixed_args(list(argv))
     refuse_repeated_overrides(getattr(args, "overrides", None) or ())
     return args
+
+
+def refuse_repeated_config_files(argv: Sequence[str]) -> None:
+    """`-c A.yaml -c B.yaml`: argparse keeps B silently; refused naming both (ConfigError, exit 2)."""
+    from tgmae.config import ConfigError
+
+    files, argv = [], list(argv)
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config"):
+            files.append(argv[i + 1] if i + 1 < len(argv) else "")
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+        elif arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+            files.append(arg[2:])
+    if len(files) > 1:
+        raise ConfigError(f"-c/--config given {len(files)} times ({', '.join(files)}); give one file "
+                          "(and section.key=value overrides over it)")
 
 
 def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):

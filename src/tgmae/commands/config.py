@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import yaml
 
 from tgmae import config as config_module
+from tgmae.commands.args import refuse_repeated_config_files
 
 
 @lru_cache(maxsize=None)
@@ -75,6 +76,7 @@ def main(argv: Sequence[str]) -> int:
     show.add_argument("--recipe", choices=("finetune", "probe"),
                       help="apply the protocol defaults `tgmae finetune` / `tgmae probe` use")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
+    refuse_repeated_config_files(argv)
     args = parser.parse_args(list(argv))
     config_module.refuse_repeated_overrides(args.overrides)
     base = None

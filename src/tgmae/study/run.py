@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, to_dict
+from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, refuse_repeated_overrides, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
@@ -662,7 +662,7 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
     study = load_config(config, cls=StudyConfig, prefix="study") if config else StudyConfig()
     if quick:
         study = dataclasses.replace(study, **quick_values(study))
-    values, given = to_dict(study), {}
+    values, given, mine = to_dict(study), {}, {}
     for text in overrides:
         keys, value = parse_override(text)
         key, append = ".".join(keys), False
@@ -678,5 +678,9 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
             if not isinstance(base, list):
                 raise ConfigError(f"override {text!r}: study.{key} is not a list; use {key}=...")
             value = base + (value if isinstance(value, list) else [value])
+        if key in ("pretrain", "probe", "finetune") and isinstance(value, list):
+            # the user's own entries set a key once; over the defaults' entries the later one wins
+            mine[key] = (mine.get(key, []) if append else []) + value[len(base) if append else 0:]
+            refuse_repeated_overrides([str(v) for v in mine[key]], where=f"in study.{key}")
         given[key] = value
     return from_dict(StudyConfig, values | given, prefix="study")
