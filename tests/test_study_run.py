@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -639,3 +640,23 @@ def test_a_word_encoder_killed_while_saving_is_saved_again(tmp_path, monkeypatch
     save_word_encoder(out, ["a red square moves left."])
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["word_encoder"]
+
+
+def test_a_later_cells_folder_of_other_settings_is_named_before_any_cell_trains(tmp_path):
+    """Re-trial 16B: rerunning a variant with changed overrides retrained the first cells, then
+    stopped at the first folder of the old settings; now every cell's folders are checked first."""
+    import dataclasses
+
+    from tgmae.config import ConfigError, save_config
+    from tgmae.study.run import StudyConfig, StudyPaths, cell_phases, load_study, run_study
+
+    study = dataclasses.replace(load_study(None, [f"out_dir={tmp_path / 's'}"], quick=True),
+                                maskings=["tube", "random"], objectives=["mae"], references=[])
+    paths = StudyPaths(tmp_path / "s")
+    pre = cell_phases(study, paths, "random", "mae", study.seeds[0], True)[0]
+    old = dataclasses.replace(pre, optim=dataclasses.replace(pre.optim, base_lr=pre.optim.base_lr * 2))
+    Path(old.train.output_dir).mkdir(parents=True)
+    save_config(old, Path(old.train.output_dir) / "config.yaml")
+    with pytest.raises(ConfigError, match=r"(?s)random__mae.*other settings.*optim\.base_lr"):
+        run_study(study, quick=True)
+    assert sorted(p.name for p in paths.root.iterdir()) == ["runs"]  # no set-up, no cell trained

@@ -441,6 +441,22 @@ def stale_retrieval(study: StudyConfig, record: dict) -> bool:
     return not done or done.get("align_epochs", 0) != study.retrieval_align_epochs
 
 
+def cell_phases(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int, quick: bool):
+    """(pre, probe, fine, the phases the cell runs, {kind: config} of its extra frozen probes)."""
+    pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
+    run = paths.run(masking, objective, seed, study.variant)
+    phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
+    extra = frozen_probe_configs(study.probes, probe, fine, run, quick) if probe is not None else {}
+    return pre, probe, fine, phases, extra
+
+
+def check_cell_settings(phases: Sequence, probe, extra: dict) -> None:
+    """`check_phase_settings` of each phase: results of other settings are never reused; a probe phase
+    as the probe's own rerun check (another probe kind's knobs do not count)."""
+    for phase in list(phases) + list(extra.values()):
+        check_phase_settings(phase, probe=phase is probe or any(phase is e for e in extra.values()))
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results are there and readable
@@ -450,13 +466,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     from tgmae.evaluate.probe import linear_probe
     from tgmae.train.pretrain import pretrain, pretrain_done
 
-    pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
+    pre, probe, fine, phases, extra = cell_phases(study, paths, masking, objective, seed, quick)
     run = paths.run(masking, objective, seed, study.variant)
-    phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
-    extra = frozen_probe_configs(study.probes, probe, fine, run, quick) if probe is not None else {}
-    for phase in phases + list(extra.values()):  # results of other settings are never reused
-        # a probe phase as the probe's own rerun check: another probe kind's knobs do not count
-        check_phase_settings(phase, probe=phase is probe or any(phase is e for e in extra.values()))
+    check_cell_settings(phases, probe, extra)
     record_path = run / "study_record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     if record is not None and not lost_sources(record, run):  # done; probes added to study.probes since run now
@@ -547,6 +559,9 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
     check_cells(study, paths, cells)
+    for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
+        _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
+        check_cell_settings(phases, probe, extra)
     from tgmae.locks import hold
 
     # one study per folder: a second one's phases would interleave with this one's
