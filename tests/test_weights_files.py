@@ -100,3 +100,18 @@ def test_detect_format_names_the_file_of_a_tgmae_run_folder(tmp_path, name):
     (tmp_path / name).write_bytes(b"x")
     with pytest.raises(CheckpointError, match="tgmae run folder.*" + name.replace(".", r"\.")):
         detect_format(tmp_path)
+
+
+def test_a_hub_id_as_a_checkpoint_says_weights_are_read_locally(tmp_path, monkeypatch, capsys):
+    """Re-trial 16B: `model.pretrained=MCG-NJU/videomae-base` said only "checkpoint not found"; the
+    line now says hub ids are not downloaded and how to pass one (a path keeps the plain message)."""
+    from tgmae.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["evaluate", "model.pretrained=MCG-NJU/videomae-base", f"train.output_dir={tmp_path / 'e'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint not found: MCG-NJU/videomae-base" in err and "hub id" in err and "\n" not in err, err
+    assert cli_main(["evaluate", f"model.pretrained={tmp_path / 'none.safetensors'}",
+                     f"train.output_dir={tmp_path / 'e'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint not found" in err and "hub id" not in err, err

@@ -35,7 +35,7 @@ from tgmae.evaluate.chance import ChanceBand, retrieval_bands
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
-from tgmae.weights.files import CheckpointError
+from tgmae.weights.files import CheckpointError, checkpoint_not_found
 from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
@@ -144,7 +144,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
 
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise checkpoint_not_found(p)
     p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its weights file
     state, meta = _video_text_state(p)
     if "arch" in meta:

@@ -29,7 +29,7 @@ from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
-from tgmae.weights.files import CheckpointError, detect_format, resolve_checkpoint
+from tgmae.weights.files import CheckpointError, checkpoint_not_found, detect_format, resolve_checkpoint
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
@@ -235,7 +235,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         raise ValueError("choose one of classifier / pretraining")
     names: list[str] = []
     if not Path(checkpoint).exists():
-        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+        raise checkpoint_not_found(checkpoint)
     check_output_folder(out_dir, checkpoint, overwrite)
     build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
     if pretraining:

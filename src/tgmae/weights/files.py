@@ -27,6 +27,18 @@ class CheckpointError(ValueError, UserError):
     them; the message names the file and the keys."""
 
 
+def checkpoint_not_found(path: str | os.PathLike) -> CheckpointError:
+    """"checkpoint not found: PATH", saying so when PATH reads as a hub id (`org/name`): weights
+    are read from local files and folders only (a hub model: download it, then pass its folder)."""
+    from tgmae.hub import looks_like_path
+
+    name = str(path)
+    if looks_like_path(name) or not name or Path(name).suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        return CheckpointError(f"checkpoint not found: {name}")
+    return CheckpointError(f"checkpoint not found: {name} (a hub id? weights are read from local files and folders "
+                           "only: `huggingface-cli download ORG/NAME --local-dir DIR`, then pass DIR)")
+
+
 def key_names(keys: Sequence[str]) -> str:
     """Sorted key names for an error message, at most 8 and a count of the rest."""
     keys = sorted(keys)
@@ -197,5 +209,5 @@ def detect_format(path: str | os.PathLike) -> str:
                 raise CheckpointError(f"{p} is a tgmae run folder, not a Hugging Face model: pass {p / name}")
         raise CheckpointError(f"{p}: a directory without config.json is not a Hugging Face model")
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise checkpoint_not_found(p)
     return "tgmae" if p.suffix == ".safetensors" or looks_like_safetensors(p) else "official"

@@ -22,6 +22,7 @@ from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.files import (
     RUN_WEIGHTS,
     CheckpointError,
+    checkpoint_not_found,
     hf_directory_state,
     looks_like_safetensors,
     read_safetensors,
@@ -100,7 +101,7 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     """
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise checkpoint_not_found(p)
     p = resolve_weights(p)  # checkpoints/latest, a step folder, a run folder -> its weights file
     if p.is_dir():
         return _from_directory(p)
