@@ -60,6 +60,7 @@ def test_roundtrip_through_yaml(tmp_path):
         ("train.compile=true", "train.compile=true"),
         ("train.compile=everything", "train.compile='everything'"),
         ("contrastive.text_norm=true", "contrastive.text_norm"),  # pruned: it changed nothing
+        ("masking.decoder_mask=random", "masking.decoder_ratio"),  # re-trial 16A: did nothing, silently
     ],
 )
 def test_invalid_values_name_the_key(override, key):

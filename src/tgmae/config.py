@@ -180,6 +180,9 @@ class MaskingConfig:
         if self.decoder_ratio is not None and not 0.0 < self.decoder_ratio <= 1.0:
             raise ConfigError(f"masking.decoder_ratio={self.decoder_ratio}: must be in (0, 1] or null")
         check_choice("masking.decoder_mask", self.decoder_mask, DECODER_MASKS)
+        if self.decoder_ratio is None and self.decoder_mask != DECODER_MASKS[0]:  # it would do nothing
+            raise ConfigError(f"masking.decoder_mask={self.decoder_mask} picks dual masking's subset: "
+                              "set masking.decoder_ratio too (e.g. 0.5)")
 
 
 @dataclass
