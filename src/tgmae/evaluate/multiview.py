@@ -200,6 +200,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     from tgmae.train.precision import resolve_precision
     from tgmae.weights.classifier import load_classifier
 
+    refuse_test_of_training_videos(cfg)  # never a test on the training videos; before any folder or weights
     dist_info = init_distributed(cfg.train.device)
     settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
@@ -208,7 +209,6 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
-    refuse_test_of_training_videos(cfg)  # never a test on the training videos; before any weights load
     if classifier is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a finetuned classifier to test")
