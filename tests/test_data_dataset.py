@@ -452,6 +452,34 @@ def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(caplog,
     assert "1 of its 2 videos are also training videos" in caplog.text
 
 
+def test_a_test_list_of_a_checkpoints_training_videos_is_refused_naming_its_config(caplog, tmp_path):
+    """Issue 28 re-trial 16B (S1): `trained_on` compares the test list with the list a checkpoint
+    trained on (its run's saved data settings), not this command's data.train_annotations: all of
+    them refused naming the config file, some warned with their count, the same list as this
+    command's own left to the plain check (said once, not twice)."""
+    from tgmae.config import ConfigError, DataConfig
+    from tgmae.data.dataset import refuse_training_videos_as_test
+
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,walk\nb.mp4,run\n")
+    (tmp_path / "val.csv").write_text("path,label\nc.mp4,walk\n")
+    (tmp_path / "some.csv").write_text("path,label\nb.mp4,run\nc.mp4,walk\n")
+    run_data = DataConfig(format="csv", root=str(tmp_path), train_annotations="train.csv", val_annotations="val.csv")
+    swapped = dataclasses.replace(run_data, train_annotations="val.csv", val_annotations="train.csv")
+    refuse_training_videos_as_test(swapped)  # this command's own training list: other videos
+    with pytest.raises(ConfigError, match=r"data.val_annotations=train.csv: .*data.train_annotations=train.csv "
+                                          r"in RUN/config.yaml") as e:
+        refuse_training_videos_as_test(swapped, trained_on=(run_data, "RUN/config.yaml"))
+    assert "\n" not in str(e.value)
+    with caplog.at_level("WARNING", logger="tgmae"):
+        refuse_training_videos_as_test(dataclasses.replace(swapped, val_annotations="some.csv"),
+                                       trained_on=(run_data, "RUN/config.yaml"))
+        assert "1 of its 2 videos are also training videos of data.train_annotations=train.csv in RUN" in caplog.text
+        caplog.clear()
+        refuse_training_videos_as_test(dataclasses.replace(run_data, val_annotations="some.csv"),
+                                       trained_on=(run_data, "RUN/config.yaml"))  # cfg's own list: its own check
+        assert caplog.text == ""
+
+
 def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):
     """Issue #28.7: data.num_frames beyond every video was refused only after each item's retries
     (max_load_retries + 1 decodes per item). The frame counts known cheaply (the frame index when

@@ -552,3 +552,35 @@ def test_evaluate_never_replaces_results_of_other_weights_under_the_same_path(sy
     assert {n: (tmp_path / "ev" / n).read_bytes() for n in kept} == kept
     assert main([*args, "checkpoint.resume=ignore_config"]) == 0
     assert (tmp_path / "ev" / "test_results.json").read_bytes() != kept["test_results.json"]
+
+
+def test_evaluate_refuses_a_test_list_of_the_checkpoints_own_finetuning_videos(synth, tmp_path, capsys):
+    """Issue 28 re-trial 16B (S1, evaluate's side): a finetuned run evaluated with
+    data.val_annotations = its own finetuning list (and some other data.train_annotations) scored the
+    videos it trained on. The run folder's saved config.yaml names that list: refused in one line
+    naming data.val_annotations and the config.yaml, before the classifier loads; a classifier file
+    without a saved config beside it is checked against data.* only."""
+    from tgmae.cli import main
+    from tgmae.config import save_config
+    from tgmae.models.classifier import classifier_arch
+    from tgmae.weights.classifier import save_classifier
+
+    names = (synth / "classes.txt").read_text().splitlines()
+    torch.manual_seed(0)
+    arch = classifier_arch(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32}))
+    path = _finetune_yaml(tmp_path, synth, views=1)
+    run = tmp_path / "ft"
+    run.mkdir()
+    save_classifier(VideoClassifier(arch, len(names), head_init_scale=1.0), run / "classifier.safetensors", names)
+    save_config(load_config(path), run / "config.yaml")  # the run finetuned on train.csv
+    swapped = ["evaluate", "-c", str(path), "data.train_annotations=val.csv", "data.val_annotations=train.csv"]
+    capsys.readouterr()
+    for weights in (run, run / "classifier.safetensors"):
+        assert main([*swapped, f"model.pretrained={weights}", f"train.output_dir={tmp_path / 'ev'}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "data.val_annotations=train.csv" in err and str(run / "config.yaml") in err, err
+        assert "\n" not in err and not (tmp_path / "ev").exists()  # refused before the folder is made
+    bare = tmp_path / "bare" / "clf.safetensors"
+    bare.parent.mkdir()
+    bare.write_bytes((run / "classifier.safetensors").read_bytes())
+    assert main([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'ev'}"]) == 0

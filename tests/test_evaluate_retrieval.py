@@ -402,3 +402,49 @@ def test_retrieval_on_the_training_videos_is_refused_before_any_weights_load(tmp
         err = capsys.readouterr().err
         assert "data.val_annotations" in err and "data.train_annotations" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_retrieval_on_the_checkpoints_own_training_videos_is_refused(synth, tmp_path, capsys, caplog):
+    """Issue 28 re-trial 16B (S1): `tgmae retrieve model.pretrained=RUN data.train_annotations=val.csv
+    data.val_annotations=train.csv` scored the videos RUN pretrained on (exit 0): the check compared
+    the val list with retrieve's own training list only. A checkpoint in a run folder whose saved
+    config.yaml names its training list is checked against that list too: all of them refused in one
+    line naming data.val_annotations and that config.yaml, before any weights load; some of them
+    warned with their count; a checkpoint without a saved config is checked against data.* only."""
+    from safetensors.torch import save_file
+
+    from tgmae.cli import main as cli
+    from tgmae.config import save_config
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    cfg = load_config(path)
+    run = _video_text_run(tmp_path, cfg)
+    save_config(cfg, run / "config.yaml")  # the run pretrained on train.csv
+    swapped = ["retrieve", "-c", str(path), "data.train_annotations=val.csv", "data.val_annotations=train.csv"]
+    latest = ckpt.find_latest(run / "checkpoints")
+    capsys.readouterr()
+    for weights in (run, latest, latest / "model.safetensors"):  # the run, its step folder, the file in it
+        out = tmp_path / "refused"
+        assert cli([*swapped, f"model.pretrained={weights}", f"train.output_dir={out}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "data.val_annotations=train.csv" in err and str(run / "config.yaml") in err, err
+        assert "\n" not in err and not out.exists()
+
+    # some of the run's training videos among others: the test goes on, the overlap said with its count
+    lines = (root / "train.csv").read_text().strip().splitlines()
+    mixed = [lines[0], lines[1], *(root / "val.csv").read_text().strip().splitlines()[1:]]
+    (root / "mixed.csv").write_text("\n".join(mixed) + "\n")
+    caplog.clear()
+    assert cli([*swapped[:-1], "data.val_annotations=mixed.csv", f"model.pretrained={run}",
+                f"train.output_dir={tmp_path / 'mixed'}"]) == 0
+    warned = [r.getMessage() for r in caplog.records if str(run / "config.yaml") in r.getMessage()]
+    assert len(warned) == 1 and f"1 of its {len(mixed) - 1} videos are also training videos" in warned[0], warned
+
+    # the same weights as a bare file (no saved config beside it): checked against data.* only, as before
+    state = ckpt.load_checkpoint(latest).model_state
+    bare = tmp_path / "bare" / "vt.safetensors"
+    bare.parent.mkdir()
+    model = load_video_text_model(run)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bare), metadata={"arch": model.arch.to_json()})
+    assert cli([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'bare_out'}"]) == 0

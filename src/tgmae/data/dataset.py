@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
@@ -452,18 +453,30 @@ def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[l
 
 
 def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,
-                                   train: Optional[Dataset] = None) -> None:
+                                   train: Optional[Dataset] = None, *,
+                                   trained_on: Optional[tuple[DataConfig, str]] = None) -> None:
     """ConfigError, naming data.val_annotations and data.train_annotations, when every clip of the
     val/test set (`test`, else `subset_annotations(cfg, "val")` read) is a clip of the training set
     (`train`, else `cfg.train_annotations` read): the same list file, or a split-folder train list that
     is the test list itself (UCF101 testlistNN.txt, SSv2 validation.json with data.val_annotations
     empty), would score the videos the model trained on. Nothing to compare (no val list, a dataset
     without records, a list that does not read) passes; some shared clips pass with a warning naming
-    how many."""
+    how many.
+
+    trained_on: (the data settings a checkpoint was trained with, where they are written - its run's
+    config.yaml): the training list compared is theirs (`train`, else their train_annotations read),
+    and the refusal names it with that file; the same list as `cfg`'s passes (`cfg`'s own check says it)."""
+    of = f"data.train_annotations={cfg.train_annotations}"
+    train_cfg = cfg
+    if trained_on is not None:
+        train_cfg, where = trained_on
+        if train is None and _same_list(train_cfg, cfg):
+            return
+        of = f"data.train_annotations={train_cfg.train_annotations} in {where}"
     test_records = _listed(cfg, "val", test)
     if not test_records:
         return
-    train_records = _listed(cfg, "train", train)
+    train_records = _listed(train_cfg, "train", train)
     if not train_records:
         return
     train_clips = {clip_key(r) for r in train_records}
@@ -471,14 +484,19 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
     if len(shared) < len(test_records):
         if shared:  # a leak the user may not know of: said, the test goes on (part of some official splits)
             log.warning("data.val_annotations: %d of its %d videos are also training videos of "
-                        "data.train_annotations=%s (first: %s); their scores are of videos the model trained on",
-                        len(shared), len(test_records), cfg.train_annotations, shared[0].video_id)
+                        "%s (first: %s); their scores are of videos the model trained on",
+                        len(shared), len(test_records), of, shared[0].video_id)
         return
     val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
            else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
     raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
-                      f"of data.train_annotations={cfg.train_annotations}; a test there scores what the model "
-                      "trained on: name a test list of other videos")
+                      f"of {of}; a test there scores what the model trained on: name a test list of other videos")
+
+
+def _same_list(a: DataConfig, b: DataConfig) -> bool:
+    """Whether two data settings name the same training list (format, root, file, split)."""
+    return ((a.format, os.path.abspath(a.root or "."), a.train_annotations, a.split)
+            == (b.format, os.path.abspath(b.root or "."), b.train_annotations, b.split))
 
 
 def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[bool] = None,

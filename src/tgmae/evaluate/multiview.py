@@ -171,6 +171,23 @@ def video_ids(dataset: Dataset, index: torch.Tensor) -> list[str]:
     return [str(getattr(records[i], "video_id", i)) for i in rows]
 
 
+def refuse_test_of_training_videos(cfg) -> None:
+    """ConfigError (`refuse_training_videos_as_test`) when the val/test list `cfg.data` names is made
+    of training videos: of `data.train_annotations`, or of the list the checkpoint
+    `cfg.model.pretrained` trained on, when it lies in a run folder whose saved config.yaml names one
+    (a checkpoint without one - a bare file, an HF folder - is checked against `cfg.data` only).
+    Reads annotation lists and that config, no weights."""
+    from tgmae.data.dataset import refuse_training_videos_as_test
+    from tgmae.weights.model_card import find_run_dir, run_config
+
+    refuse_training_videos_as_test(cfg.data)
+    run = find_run_dir(cfg.model.pretrained) if cfg.model.pretrained else None
+    saved = run_config(run)[0] if run is not None else None
+    if saved is not None:  # a config.yaml that does not read says nothing of the training videos
+        where = f"{run / 'config.yaml'} (model.pretrained's run)"
+        refuse_training_videos_as_test(cfg.data, trained_on=(saved.data, where))
+
+
 @locks_run_folder
 def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
@@ -178,11 +195,12 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
     for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
     """
-    from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test
+    from tgmae.data.dataset import build_dataset
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
     from tgmae.weights.classifier import load_classifier
 
+    refuse_test_of_training_videos(cfg)  # never a test on the training videos; before any folder or weights
     dist_info = init_distributed(cfg.train.device)
     settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
@@ -191,7 +209,6 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
-    refuse_training_videos_as_test(cfg.data)  # never a test on the training videos; before any weights load
     if classifier is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a finetuned classifier to test")

@@ -281,7 +281,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
     train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A val list made of the
-    training list's videos is refused as evaluate refuses it (`refuse_training_videos_as_test`).
+    training list's videos, or of model.pretrained's run's (its saved config.yaml), is refused as
+    evaluate refuses it (`multiview.refuse_test_of_training_videos`).
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
@@ -290,9 +291,9 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
     mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
     if dataset is None:  # never a test on the videos the model (or the aligned head) trained on
-        from tgmae.data.dataset import refuse_training_videos_as_test
+        from tgmae.evaluate.multiview import refuse_test_of_training_videos
 
-        refuse_training_videos_as_test(cfg.data)
+        refuse_test_of_training_videos(cfg)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced

@@ -77,22 +77,28 @@ def _json_lines(path: Path) -> list[dict]:
     return records
 
 
-def read_run(checkpoint: str | Path) -> RunInfo:
-    """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
-    only the records up to its step count, and the run's result files (which belong to its
-    final model) are left out."""
+def run_config(run: Path) -> tuple[Any, str]:
+    """(the RunConfig in the run folder's config.yaml, ""), or (None, why it could not be read):
+    the one reader of a run's saved settings (the card, figures, the test-on-training-videos check)."""
     import yaml
 
     from tgmae.config import ConfigError, RunConfig, from_dict
 
+    try:
+        return from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text())), ""
+    except (ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        return None, f"{run / 'config.yaml'} could not be read ({e})"
+
+
+def read_run(checkpoint: str | Path) -> RunInfo:
+    """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
+    only the records up to its step count, and the run's result files (which belong to its
+    final model) are left out."""
     run = find_run_dir(checkpoint)
     if run is None:
         return RunInfo()
     info = RunInfo(run_dir=run)
-    try:
-        info.config = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    except (ConfigError, yaml.YAMLError) as e:
-        info.note = f"{run / 'config.yaml'} could not be read ({e})"
+    info.config, info.note = run_config(run)
     info.changes = _json_lines(run / "config_changes.jsonl")
     at = checkpoint_step(checkpoint)
     records = [r for r in _json_lines(run / "metrics.jsonl") if at is None or r.get("step", 0) <= at]
