@@ -439,7 +439,7 @@ def test_retrieval_on_the_checkpoints_own_training_videos_is_refused(synth, tmp_
     assert cli([*swapped[:-1], "data.val_annotations=mixed.csv", f"model.pretrained={run}",
                 f"train.output_dir={tmp_path / 'mixed'}"]) == 0
     warned = [r.getMessage() for r in caplog.records if str(run / "config.yaml") in r.getMessage()]
-    assert len(warned) == 1 and f"1 of its {len(mixed) - 1} videos are also training videos" in warned[0], warned
+    assert len(warned) == 1 and f"1 of its {len(mixed) - 1} videos is a training video" in warned[0], warned
 
     # the same weights as a bare file (no saved config beside it): checked against data.* only, as before
     state = ckpt.load_checkpoint(latest).model_state

@@ -10,6 +10,7 @@ True and `load_error`. `data.cache=memory|disk` reads from `tgmae.data.cache`, b
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -481,16 +482,22 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
         return
     train_clips = {clip_key(r) for r in train_records}
     shared = [r for r in test_records if clip_key(r) in train_clips]
-    if len(shared) < len(test_records):
-        if shared:  # a leak the user may not know of: said, the test goes on (part of some official splits)
-            log.warning("data.val_annotations: %d of its %d videos are also training videos of "
-                        "%s (first: %s); their scores are of videos the model trained on",
-                        len(shared), len(test_records), of, shared[0].video_id)
-        return
     val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
            else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
+    if len(shared) < len(test_records):
+        if shared:  # a leak the user may not know of: said (once), the test goes on (part of some official splits)
+            n = len(shared)
+            _warn_once(os.path.abspath(cfg.root or "."), f"{val}: {n} of its {len(test_records)} videos {'is a training video' if n == 1 else 'are training videos'} "
+                       f"of {of} (first: {shared[0].video_id}); their scores are of videos the model trained on")
+        return
     raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
                       f"of {of}; a test there scores what the model trained on: name a test list of other videos")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(root: str, message: str) -> None:
+    """A warning said once per process and data root (set-up and test both check the same lists)."""
+    log.warning("%s", message)
 
 
 def _same_list(a: DataConfig, b: DataConfig) -> bool:
