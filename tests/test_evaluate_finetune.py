@@ -584,3 +584,26 @@ def test_evaluate_refuses_a_test_list_of_the_checkpoints_own_finetuning_videos(s
     bare.parent.mkdir()
     bare.write_bytes((run / "classifier.safetensors").read_bytes())
     assert main([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'ev'}"]) == 0
+
+
+def test_finetune_refuses_a_test_list_of_the_pretraining_runs_videos(synth, tmp_path, capsys):
+    """Issue 28 (after re-trial 16B): finetuning an encoder whose pretraining run (its saved
+    config.yaml) trained on the very videos of data.val_annotations scored them; refused in one line
+    naming that config, before training (no classifier written)."""
+    from tgmae.cli import main
+    from tgmae.config import save_config
+
+    torch.manual_seed(0)
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                           pre / "model.safetensors")
+    path = _finetune_yaml(tmp_path, synth, views=1)
+    save_config(load_config(path), pre / "config.yaml")  # pretrained on train.csv
+    run = tmp_path / "ft"
+    argv = ["finetune", "-c", str(path), "data.train_annotations=val.csv", "data.val_annotations=train.csv",
+            f"model.pretrained={pre}", f"train.output_dir={run}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(pre / "config.yaml") in err and "data.val_annotations=train.csv" in err and "\n" not in err, err
+    assert not list(run.rglob("*.safetensors"))

@@ -568,6 +568,20 @@ def test_probe_refuses_classes_before_extracting_features(synth, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
         assert not (run / "features").exists() and not list(run.rglob("*.safetensors"))
+    # the val list the pretraining run (its saved config.yaml) trained on, whatever data.train_annotations says
+    from tgmae.config import load_config, save_config
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "model.safetensors").write_bytes(pt.read_bytes())
+    save_config(load_config(None, [f"data.root={synth}", "data.format=csv", "data.train_annotations=train.csv"]),
+                pre / "config.yaml")
+    run = tmp_path / "run-pre"
+    swapped = ["data.train_annotations=val.csv", "data.val_annotations=train.csv", f"model.pretrained={pre}"]
+    assert cli_main(once([*base, f"train.output_dir={run}", *swapped])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(pre / "config.yaml") in err and "data.val_annotations=train.csv" in err, err
+    assert not (run / "features").exists()
 
 
 @pytest.mark.parametrize("probe", ["linear", "knn", "attentive"])

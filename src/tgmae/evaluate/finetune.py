@@ -24,7 +24,7 @@ from tgmae.atomic import atomic_write_text
 from tgmae.config import RunConfig
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
-from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier
+from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier, refuse_checkpoint_training_videos
 from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
@@ -218,9 +218,10 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
 
         test_data = build_dataset(cfg.data, "val", multi_view=True, seed=cfg.train.seed)
     task.check_classes(task.val_dataset(), test_data)  # fail before training, not after it
-    for scored in (task.val_dataset(), test_data):  # never a test on the training videos
+    for scored in (task.val_dataset(), test_data):  # never a test on the training videos (nor the pretraining's)
         if scored is not None:
             refuse_training_videos_as_test(cfg.data, scored, task.train_dataset())
+            refuse_checkpoint_training_videos(cfg, scored)
     if cfg.eval.strict:
         require_readable([task.val_dataset(), test_data], cfg.data.num_workers)
     trainer = Trainer(task, cfg, hooks=hooks)

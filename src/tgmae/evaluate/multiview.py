@@ -178,14 +178,23 @@ def refuse_test_of_training_videos(cfg) -> None:
     (a checkpoint without one - a bare file, an HF folder - is checked against `cfg.data` only).
     Reads annotation lists and that config, no weights."""
     from tgmae.data.dataset import refuse_training_videos_as_test
-    from tgmae.weights.model_card import find_run_dir, run_config
 
     refuse_training_videos_as_test(cfg.data)
+    refuse_checkpoint_training_videos(cfg)
+
+
+def refuse_checkpoint_training_videos(cfg, test=None) -> None:
+    """The second half of `refuse_test_of_training_videos`: the val/test set (`test`, else the list
+    `cfg.data` names) against the list `cfg.model.pretrained`'s run trained on (its saved config),
+    for finetune and the probes too: an encoder pretrained on the test videos is scored on them."""
+    from tgmae.data.dataset import refuse_training_videos_as_test
+    from tgmae.weights.model_card import find_run_dir, run_config
+
     run = find_run_dir(cfg.model.pretrained) if cfg.model.pretrained else None
     saved = run_config(run)[0] if run is not None else None
     if saved is not None:  # a config.yaml that does not read says nothing of the training videos
         where = f"{run / 'config.yaml'} (model.pretrained's run)"
-        refuse_training_videos_as_test(cfg.data, trained_on=(saved.data, where))
+        refuse_training_videos_as_test(cfg.data, test, trained_on=(saved.data, where))
 
 
 @locks_run_folder

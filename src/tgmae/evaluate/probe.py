@@ -253,7 +253,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
-    from tgmae.evaluate.multiview import views_per_sample
+    from tgmae.evaluate.multiview import refuse_checkpoint_training_videos, views_per_sample
     from tgmae.train.precision import resolve_precision
 
     device = init_distributed(cfg.train.device).device
@@ -264,8 +264,9 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         train_data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
     if val_data is None and subset_annotations(cfg.data, "val"):
         val_data = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed, multi_view=tokens)
-    if val_data is not None:  # never a probe scored on its training videos
+    if val_data is not None:  # never a probe scored on its training videos (nor the pretraining's)
         refuse_training_videos_as_test(cfg.data, val_data, train_data)
+        refuse_checkpoint_training_videos(cfg, val_data)
     if data_class_count(train_data) > 0:  # fail before extracting, as finetune fails before training
         check_head_classes(train_data, [(val_data, cfg.data.val_annotations or "the val set")],
                            num_classes=num_classes, configured=cfg.eval.num_classes,
