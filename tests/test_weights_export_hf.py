@@ -353,3 +353,26 @@ def test_classifier_card_states_finetune_and_results(pretrained, tmp_path):
                  "| test (multi-view): top1 | 0.6250 |", "| test (multi-view): num_videos | 8 |", "Classes (4): w, x, y, z.",
                  'pipeline("video-classification", model="THIS_FOLDER")'):
         assert text in card, text
+
+
+@pytest.mark.parametrize("mode", [[], ["--pretraining"], ["--classifier"]])
+def test_an_unfinished_run_is_refused_naming_its_latest_checkpoint(tmp_path, capsys, mode):
+    """Issue #28 re-trial 16A, M2: `export-hf RUN OUT --pretraining` of a killed run (no model.safetensors)
+    said "a directory without config.json is not a Hugging Face model" (and without --pretraining its
+    latest step was exported without a word). Now: the run is unfinished, export RUN/checkpoints/latest."""
+    from tgmae.config import RunConfig, to_dict
+    from tgmae.models import build_pretraining_model
+    from tgmae.weights.checkpoint import TrainPosition, save_checkpoint
+
+    cfg = RunConfig()
+    cfg.data.num_frames, cfg.data.image_size = 4, 32
+    model = build_pretraining_model(cfg.model, 4, 32)
+    run = tmp_path / "half"
+    step = save_checkpoint(run / "checkpoints", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                           TrainPosition(35, 1, 0), to_dict(cfg))
+    assert main([str(run), str(tmp_path / "out"), *mode]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and step.name in err and str(run / "checkpoints" / "latest") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    if mode == ["--pretraining"]:
+        assert main([str(run / "checkpoints" / "latest"), str(tmp_path / "out"), *mode, "--no-verify"]) == 0

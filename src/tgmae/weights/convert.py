@@ -14,7 +14,7 @@ from typing import Any
 from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
-from tgmae.weights.files import CheckpointError, detect_format, resolve_weights
+from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
 from tgmae.weights.layouts import ARGS_FIELDS, read_official
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
@@ -65,9 +65,11 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss; a .pth's training `args`
     give the first and the last, and an override they contradict is a CheckpointError). Raises
     CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit;
-    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`.
+    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`;
+    CheckpointError for a run folder without its final weights (`files.refuse_unfinished_run`).
     """
     check_output_file(out, src, overwrite)
+    refuse_unfinished_run(src, "convert")
     src = resolve_weights(src)  # checkpoints/latest, a step folder, a run folder -> its weights file (as finetune reads it)
     kind = detect_format(src)
     # Head counts are options for a .pth only (it does not store them); any other layout stores
@@ -83,10 +85,10 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
                 f"({a.num_heads} heads), decoder {a.decoder_dim}x{a.decoder_depth} ({a.decoder_heads} heads), "
                 f"{a.num_frames} frames at {a.image_size}px, {'normalized' if a.norm_pix_loss else 'raw'}-pixel target"
                 f"{from_args}")
+    source = load_encoder_source(src, num_heads=overrides.get("num_heads"))  # no encoder: that is the fault
     unused = sorted(k for k in {**overrides, **stated} if k in ("decoder_heads", "norm_pix_loss"))
     if unused:
         raise CheckpointError(f"{src}: holds no decoder, so {', '.join(unused)} do not apply")
-    source = load_encoder_source(src, num_heads=overrides.get("num_heads"))
     check_stated_heads(src, source.arch, stated)
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:

@@ -29,7 +29,13 @@ from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
-from tgmae.weights.files import CheckpointError, checkpoint_not_found, detect_format, resolve_checkpoint
+from tgmae.weights.files import (
+    CheckpointError,
+    checkpoint_not_found,
+    detect_format,
+    refuse_unfinished_run,
+    resolve_checkpoint,
+)
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
@@ -237,6 +243,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     if not Path(checkpoint).exists():
         raise checkpoint_not_found(checkpoint)
     check_output_folder(out_dir, checkpoint, overwrite)
+    refuse_unfinished_run(checkpoint, "export")
     build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
     if pretraining:
         module: nn.Module = _pretraining_model(checkpoint, **build).eval()
