@@ -376,3 +376,28 @@ def test_an_unfinished_run_is_refused_naming_its_latest_checkpoint(tmp_path, cap
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     if mode == ["--pretraining"]:
         assert main([str(run / "checkpoints" / "latest"), str(tmp_path / "out"), *mode, "--no-verify"]) == 0
+
+
+def test_a_classifier_with_another_fc_norm_eps_says_what_to_do_and_exports_with_hf_eps(tmp_path, capsys):
+    """Issue #28 re-trial 16A, M9: a converted VideoMAEv2 classifier (fc_norm eps 1e-6; HF's is fixed at 1e-5)
+    was refused with no way out. The refusal names the option; with it the export uses HF's eps, is
+    checked against our logits like any export, and its model card says so."""
+    from transformers import VideoMAEForVideoClassification
+
+    torch.manual_seed(4)
+    clf = VideoClassifier(VideoMAEArch(**{**ARCH.__dict__, "encoder_norm": False}), 3, fc_norm_eps=1e-6)
+    randomize_1d(clf, seed=5)
+    saved = save_classifier(clf.eval(), tmp_path / "ftc.safetensors", ["a", "b", "c"])
+    assert main([str(saved), str(tmp_path / "out"), "--classifier"]) == 2
+    err = capsys.readouterr().err
+    assert "1e-06" in err and "--hf-fc-norm-eps" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert main([str(saved), str(tmp_path / "out"), "--classifier", "--hf-fc-norm-eps"]) == 0
+    hf = VideoMAEForVideoClassification.from_pretrained(tmp_path / "out").eval()
+    video = clip(6)
+    with torch.no_grad():
+        diff = (hf(pixel_values=video.permute(0, 2, 1, 3, 4)).logits - clf(video)).abs().max()
+    assert float(diff) <= TOLERANCE
+    assert "--hf-fc-norm-eps" in (tmp_path / "out" / "README.md").read_text()
+    assert main([str(saved), str(tmp_path / "enc"), "--hf-fc-norm-eps"]) == 2  # a classifier export's option only
+    assert "--classifier" in capsys.readouterr().err
