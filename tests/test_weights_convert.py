@@ -124,7 +124,9 @@ def test_training_checkpoint_paths_resolve_and_load_as_pretraining_models(train_
 def test_a_run_folder_converts_as_the_weights_file_finetune_reads(pretrained, train_run, tmp_path, capsys):
     """Issue #28 re-trial 11, M1: `tgmae convert RUN OUT` refused a run folder ("pass RUN/model.safetensors")
     that finetune / probe read. Now it reads the file finetune does (`files.resolve_weights`): the final
-    model.safetensors (classifier.safetensors of a finetune run), else a run still training's latest step."""
+    model.safetensors (classifier.safetensors of a finetune run). A run still training (or killed) has
+    none: re-trial 16A found its latest step converted without a word; it is refused, naming the step
+    and RUN/checkpoints/latest, which converts that step (as export-hf does)."""
     import shutil
 
     model, path = pretrained
@@ -139,8 +141,12 @@ def test_a_run_folder_converts_as_the_weights_file_finetune_reads(pretrained, tr
           load_pretraining_model(tmp_path / "b.safetensors").state_dict())
     _same(load_pretraining_model(tmp_path / "a.safetensors").state_dict(), model.state_dict())
 
-    training, ckpts, _ = train_run  # a run still training: no model.safetensors, only checkpoints/latest
-    assert main([str(ckpts.parent), str(tmp_path / "c.safetensors")]) == 0
+    training, ckpts, step = train_run  # a run still training: no model.safetensors, only checkpoints/latest
+    assert main([str(ckpts.parent), str(tmp_path / "c.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and step.name in err and str(ckpts / "latest") in err
+    assert not (tmp_path / "c.safetensors").exists()
+    assert main([str(ckpts / "latest"), str(tmp_path / "c.safetensors")]) == 0
     _same(load_pretraining_model(tmp_path / "c.safetensors").state_dict(), training.state_dict())
 
     ft = tmp_path / "ft"  # a finetune run: its classifier
@@ -206,3 +212,13 @@ def test_output_inside_the_source_folder_is_refused(pretrained, tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(out) in err[0] and str(tmp_path / "hf") in err[0]
     assert weights.read_bytes() == before and not (tmp_path / "hf" / "other.safetensors").exists()
+
+
+def test_a_state_without_an_encoder_is_refused_for_that_before_a_decoder_option(tmp_path, capsys):
+    """Issue #28 re-trial 16A, M3: `--decoder-heads` on a .pth holding no encoder said "holds no decoder, so
+    decoder_heads do not apply"; the missing encoder is the fault."""
+    torch.save({"model": {"foo": torch.zeros(2)}}, tmp_path / "foo.pth")
+    for extra in ([], ["--decoder-heads", "2"], ["--no-norm-pix-loss"]):
+        assert main([str(tmp_path / "foo.pth"), str(tmp_path / "x.safetensors"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "expected exactly one video encoder" in err and "foo.pth" in err

@@ -353,3 +353,51 @@ def test_classifier_card_states_finetune_and_results(pretrained, tmp_path):
                  "| test (multi-view): top1 | 0.6250 |", "| test (multi-view): num_videos | 8 |", "Classes (4): w, x, y, z.",
                  'pipeline("video-classification", model="THIS_FOLDER")'):
         assert text in card, text
+
+
+@pytest.mark.parametrize("mode", [[], ["--pretraining"], ["--classifier"]])
+def test_an_unfinished_run_is_refused_naming_its_latest_checkpoint(tmp_path, capsys, mode):
+    """Issue #28 re-trial 16A, M2: `export-hf RUN OUT --pretraining` of a killed run (no model.safetensors)
+    said "a directory without config.json is not a Hugging Face model" (and without --pretraining its
+    latest step was exported without a word). Now: the run is unfinished, export RUN/checkpoints/latest."""
+    from tgmae.config import RunConfig, to_dict
+    from tgmae.models import build_pretraining_model
+    from tgmae.weights.checkpoint import TrainPosition, save_checkpoint
+
+    cfg = RunConfig()
+    cfg.data.num_frames, cfg.data.image_size = 4, 32
+    model = build_pretraining_model(cfg.model, 4, 32)
+    run = tmp_path / "half"
+    step = save_checkpoint(run / "checkpoints", model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                           TrainPosition(35, 1, 0), to_dict(cfg))
+    assert main([str(run), str(tmp_path / "out"), *mode]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and step.name in err and str(run / "checkpoints" / "latest") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    if mode == ["--pretraining"]:
+        assert main([str(run / "checkpoints" / "latest"), str(tmp_path / "out"), *mode, "--no-verify"]) == 0
+
+
+def test_a_classifier_with_another_fc_norm_eps_says_what_to_do_and_exports_with_hf_eps(tmp_path, capsys):
+    """Issue #28 re-trial 16A, M9: a converted VideoMAEv2 classifier (fc_norm eps 1e-6; HF's is fixed at 1e-5)
+    was refused with no way out. The refusal names the option; with it the export uses HF's eps, is
+    checked against our logits like any export, and its model card says so."""
+    from transformers import VideoMAEForVideoClassification
+
+    torch.manual_seed(4)
+    clf = VideoClassifier(VideoMAEArch(**{**ARCH.__dict__, "encoder_norm": False}), 3, fc_norm_eps=1e-6)
+    randomize_1d(clf, seed=5)
+    saved = save_classifier(clf.eval(), tmp_path / "ftc.safetensors", ["a", "b", "c"])
+    assert main([str(saved), str(tmp_path / "out"), "--classifier"]) == 2
+    err = capsys.readouterr().err
+    assert "1e-06" in err and "--hf-fc-norm-eps" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert main([str(saved), str(tmp_path / "out"), "--classifier", "--hf-fc-norm-eps"]) == 0
+    hf = VideoMAEForVideoClassification.from_pretrained(tmp_path / "out").eval()
+    video = clip(6)
+    with torch.no_grad():
+        diff = (hf(pixel_values=video.permute(0, 2, 1, 3, 4)).logits - clf(video)).abs().max()
+    assert float(diff) <= TOLERANCE
+    assert "--hf-fc-norm-eps" in (tmp_path / "out" / "README.md").read_text()
+    assert main([str(saved), str(tmp_path / "enc"), "--hf-fc-norm-eps"]) == 2  # a classifier export's option only
+    assert "--classifier" in capsys.readouterr().err

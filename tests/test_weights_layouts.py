@@ -285,3 +285,56 @@ def test_giant_mlp_ratio_survives_the_hf_config(tmp_path, capsys):
     assert a.arch == b.arch
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+def _with_args(state: dict, path, **args) -> None:
+    """As VideoMAE / VideoMAEv2's utils.save_model writes it: `args` the training script's argparse Namespace."""
+    torch.save({"model": state, "epoch": 3, "args": argparse.Namespace(
+        model="pretrain_videomae_giant_patch14_224", decoder_mask_ratio=0.5, **args)}, path)
+
+
+ARGS = dict(num_frames=FRAMES, input_size=SIZE, tubelet_size=TUBELET, normlize_target=False, patch_size=(14, 14))
+
+
+def test_the_training_args_a_pth_stores_give_its_geometry_and_target(tmp_path, capsys):
+    """Issue #28 re-trial 16A, S2: `tgmae convert` of a .pth whose `args` state num_frames=4, input_size=28,
+    normlize_target=False said "16 frames at 224px" and wrote norm_pix_loss: true. The file's args are used
+    when no option gives them (read weights_only, the Namespace allowed by name)."""
+    src = tmp_path / "g_args.pth"
+    _with_args(pretrain_state(GIANT), src, **ARGS)
+    out = tmp_path / "g.safetensors"
+    assert convert([str(src), str(out), "--num-heads", "2", "--decoder-heads", "2"]) == 0
+    said = capsys.readouterr().out
+    assert f"{FRAMES} frames at {SIZE}px" in said and "raw-pixel target" in said
+    arch = load_pretraining_model(out).arch
+    assert (arch.num_frames, arch.image_size, arch.norm_pix_loss) == (FRAMES, SIZE, False)
+    source = load_encoder_source(src, num_heads=2)  # the encoder alone reads them too
+    assert (source.arch.num_frames, source.arch.image_size) == (FRAMES, SIZE)
+    clf = tmp_path / "clf.pth"  # a finetuned classifier's args (no normlize_target there)
+    _with_args(finetune_state(DISTILLED), clf, num_frames=FRAMES, input_size=SIZE, tubelet_size=TUBELET)
+    assert convert([str(clf), str(tmp_path / "clf.safetensors"), "--num-heads", "3"]) == 0
+    assert f"{FRAMES} frames at {SIZE}px" in capsys.readouterr().out
+    assert load_classifier(tmp_path / "clf.safetensors").arch.num_frames == FRAMES
+
+
+@pytest.mark.parametrize("flag,stored", [(["--num-frames", "16"], "num_frames=4"),
+                                         (["--image-size", "224"], "input_size=28"),
+                                         ([], "normlize_target=True")])
+def test_an_option_the_pth_args_contradict_is_refused_naming_both(tmp_path, capsys, flag, stored):
+    src = tmp_path / "g_args.pth"
+    _with_args(pretrain_state(GIANT), src, **{**ARGS, "normlize_target": not flag})
+    argv = [str(src), str(tmp_path / "x.safetensors"), "--num-heads", "2", "--decoder-heads", "2"]
+    assert convert([*argv, *(flag or ["--no-norm-pix-loss"])]) == 2
+    err = capsys.readouterr().err
+    assert stored in err and (flag[0] if flag else "--no-norm-pix-loss") in err and "g_args.pth" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.safetensors").exists()
+    agree = ["--num-frames", str(FRAMES), "--image-size", str(SIZE)]
+    assert convert([*argv, *agree]) == 0  # options that agree with the args are fine
+
+
+def test_args_whose_tubelet_contradicts_the_weights_are_refused(tmp_path, capsys):
+    src = tmp_path / "odd.pth"
+    _with_args(pretrain_state(GIANT), src, **{**ARGS, "tubelet_size": 4})
+    assert convert([str(src), str(tmp_path / "x.safetensors"), "--num-heads", "2", "--decoder-heads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "tubelet_size=4" in err and "odd.pth" in err

@@ -22,12 +22,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth of a width no released model has)")
     parser.add_argument("--decoder-heads", type=int, help="decoder heads (--pretraining from such an official .pth)")
+    parser.add_argument("--hf-fc-norm-eps", action="store_true",
+                        help="--classifier whose fc_norm eps is not HF's fixed 1e-5 (VideoMAE / VideoMAEv2's 1e-6): "
+                             "export it with HF's, checked against our logits")
     args = parser.parse_args(list(argv))
     if args.classifier and args.pretraining:
         parser.error("--classifier and --pretraining exclude each other")
     res = export_hf(args.checkpoint, args.out_dir, classifier=args.classifier, verify=not args.no_verify,
                     pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, hf_fc_norm_eps=args.hf_fc_norm_eps)
     check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
     print(f"wrote {res.hf_class} to {res.out_dir}{check}")
     return 0

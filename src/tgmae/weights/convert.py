@@ -14,7 +14,8 @@ from typing import Any
 from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
-from tgmae.weights.files import CheckpointError, detect_format, resolve_weights
+from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
+from tgmae.weights.layouts import ARGS_FIELDS, read_official
 from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
@@ -41,20 +42,40 @@ def check_output_file(out: str | Path, src: str | Path, overwrite: bool = False)
         raise OutputFileError(f"{out}: exists; give the output a new file, or --overwrite to replace it")
 
 
+_ARG_OPTIONS = {"num_frames": "--num-frames", "image_size": "--image-size", "norm_pix_loss": "--no-norm-pix-loss"}
+
+
+def check_stated_args(src: Any, args: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """Options for a .pth (num_frames, image_size, norm_pix_loss) that its training args
+    (`layouts.official_args`) contradict: CheckpointError naming the option and the stored value.
+    Returns what the args gave that no option did, for the summary ('' when nothing)."""
+    for name, field in ARGS_FIELDS.items():
+        if field in overrides and name in args and overrides[field] != args[name]:
+            given = _ARG_OPTIONS[field] + ("" if field == "norm_pix_loss" else f" {overrides[field]}")
+            raise CheckpointError(f"{given}: {src}'s training args state {name}={args[name]}; leave the option out "
+                                  "(the settings a .pth's args state are used)")
+    used = [name for name, field in ARGS_FIELDS.items() if name in args and field not in overrides]
+    return f" (from its training args: {', '.join(used)})" if used else ""
+
+
 def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrides: Any) -> str:
     """Convert `src` into our file at `out`; returns a one-line description of what was written.
 
     overrides: VideoMAEArch fields for pretraining checkpoints that do not store them (official
-    .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss). Raises
+    .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss; a .pth's training `args`
+    give the first and the last, and an override they contradict is a CheckpointError). Raises
     CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit;
-    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`.
+    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`;
+    CheckpointError for a run folder without its final weights (`files.refuse_unfinished_run`).
     """
     check_output_file(out, src, overwrite)
+    refuse_unfinished_run(src, "convert")
     src = resolve_weights(src)  # checkpoints/latest, a step folder, a run folder -> its weights file (as finetune reads it)
     kind = detect_format(src)
     # Head counts are options for a .pth only (it does not store them); any other layout stores
     # them, and a given value must agree, never be silently replaced or ignored.
     stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides} if kind != "official" else {}
+    from_args = check_stated_args(src, read_official(src)[1], overrides) if kind == "official" else ""
     if holds_decoder(src):
         model = load_pretraining_model(src, **overrides)
         check_stated_heads(src, model.arch, stated)
@@ -62,11 +83,12 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
         a, n = model.arch, sum(p.numel() for p in model.parameters())
         return (f"{kind} -> tgmae pretraining model, {n / 1e6:.1f}M parameters, encoder {a.embed_dim}x{a.depth} "
                 f"({a.num_heads} heads), decoder {a.decoder_dim}x{a.decoder_depth} ({a.decoder_heads} heads), "
-                f"{a.num_frames} frames at {a.image_size}px")
+                f"{a.num_frames} frames at {a.image_size}px, {'normalized' if a.norm_pix_loss else 'raw'}-pixel target"
+                f"{from_args}")
+    source = load_encoder_source(src, num_heads=overrides.get("num_heads"))  # no encoder: that is the fault
     unused = sorted(k for k in {**overrides, **stated} if k in ("decoder_heads", "norm_pix_loss"))
     if unused:
         raise CheckpointError(f"{src}: holds no decoder, so {', '.join(unused)} do not apply")
-    source = load_encoder_source(src, num_heads=overrides.get("num_heads"))
     check_stated_heads(src, source.arch, stated)
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:
@@ -76,6 +98,7 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
         clf = build_classifier(source, keep_head=True)
         save_classifier(clf, out, source.class_names)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
-                f"{a.num_frames} frames at {a.image_size}px")
+                f"{a.num_frames} frames at {a.image_size}px{from_args}")
     save_encoder(source.build_encoder(), out)
-    return f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at {a.image_size}px"
+    return (f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at "
+            f"{a.image_size}px{from_args}")

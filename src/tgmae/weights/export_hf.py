@@ -29,7 +29,13 @@ from tgmae.models.classifier import VideoClassifier
 from tgmae.models.encoder import VideoViTEncoder
 from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
-from tgmae.weights.files import CheckpointError, checkpoint_not_found, detect_format, resolve_checkpoint
+from tgmae.weights.files import (
+    CheckpointError,
+    checkpoint_not_found,
+    detect_format,
+    refuse_unfinished_run,
+    resolve_checkpoint,
+)
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import RunInfo, read_run, render_card
 from tgmae.weights.pretraining import load_pretraining_model
@@ -81,10 +87,15 @@ def _hf_encoder_state(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch
     return ours_to_hf({f"encoder.{k}": v for k, v in encoder_state.items()})
 
 
-def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
+HF_FC_NORM_EPS = 1e-5  # VideoMAEForVideoClassification's fc_norm: a default nn.LayerNorm, no config field
+
+
+def hf_model(module: nn.Module, class_names: Sequence[str] = (), hf_fc_norm_eps: bool = False) -> nn.Module:
     """An in-memory transformers model with the weights of `module`: a VideoViTEncoder ->
     VideoMAEModel, a VideoClassifier -> VideoMAEForVideoClassification, a VideoMAEPretrainer ->
-    VideoMAEForPreTraining."""
+    VideoMAEForPreTraining. A classifier whose fc_norm eps is not HF's (`HF_FC_NORM_EPS`; VideoMAE /
+    VideoMAEv2 classifiers use 1e-6) is a CheckpointError unless `hf_fc_norm_eps` accepts HF's
+    (the export's reload check then bounds the difference that makes)."""
     from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
     if isinstance(module, VideoMAEPretrainer):
@@ -93,8 +104,11 @@ def hf_model(module: nn.Module, class_names: Sequence[str] = ()) -> nn.Module:
     elif isinstance(module, VideoClassifier):
         if module.arch.encoder_norm:
             raise CheckpointError("a classifier whose encoder keeps its final norm has no HF counterpart")
-        if abs(module.fc_norm.eps - 1e-5) > 1e-12:
-            raise CheckpointError(f"HF's fc_norm eps is fixed at 1e-5; this classifier uses {module.fc_norm.eps}")
+        if abs(module.fc_norm.eps - HF_FC_NORM_EPS) > 1e-12 and not hf_fc_norm_eps:
+            raise CheckpointError(
+                f"HF's fc_norm eps is fixed at {HF_FC_NORM_EPS}; this classifier uses {module.fc_norm.eps}: add "
+                "--hf-fc-norm-eps to export it with HF's (checked against our logits like every export), or keep "
+                "using the tgmae classifier file (tgmae evaluate / finetune read it as it is)")
         names = list(class_names) if len(class_names) == module.num_classes else [f"class_{i}" for i in range(module.num_classes)]
         config = VideoMAEConfig(**{**hf_config(module.arch), "use_mean_pooling": True}, num_labels=module.num_classes,
                                 id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
@@ -221,22 +235,46 @@ def _heads_for(checkpoint: str | os.PathLike, num_heads: Optional[int], decoder_
     return (given, {}) if official else ({}, given)
 
 
+def _check_line(kind: str, module: nn.Module, diff: Optional[float]) -> str:
+    """The model card's sentence on the reload check (`compare_with_hf`'s max difference `diff`,
+    None under --no-verify), and on an fc_norm eps replaced by HF's (`hf_model`'s hf_fc_norm_eps)."""
+    if diff is None:
+        check = "Not verified after writing (--no-verify)."
+    else:
+        what = {"pretraining": "prediction" + (" and loss" if hf_target_matches(module.arch) else
+                                                 " (HF's loss un-normalizes with ImageNet statistics, this run's "
+                                                 "raw-pixel target does not: the losses differ)"),
+                "classifier": "logits", "encoder": "last_hidden_state"}[kind]
+        check = f"Reloaded with `from_pretrained`, its {what} matched ours on a random clip to {diff:.1e}."
+    eps = getattr(getattr(module, "fc_norm", None), "eps", HF_FC_NORM_EPS)
+    if abs(eps - HF_FC_NORM_EPS) > 1e-12:  # only with hf_fc_norm_eps: hf_model refuses it otherwise
+        check += f" Its fc_norm uses HF's eps {HF_FC_NORM_EPS}, the tgmae classifier {eps} (--hf-fc-norm-eps)."
+    return check
+
+
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classifier: bool = False,
               verify: bool = True, pretraining: bool = False, num_heads: Optional[int] = None,
-              decoder_heads: Optional[int] = None, overwrite: bool = False) -> ExportResult:
+              decoder_heads: Optional[int] = None, overwrite: bool = False,
+              hf_fc_norm_eps: bool = False) -> ExportResult:
     """Write an HF directory for `checkpoint` (see the module doc); returns where and the check.
     num_heads / decoder_heads: for an official .pth (which does not store them); for any other
     checkpoint they must equal the stored counts (CheckpointError). out_dir: a new or empty
-    folder, or (overwrite) one without a run in it (`check_output_folder`)."""
+    folder, or (overwrite) one without a run in it (`check_output_folder`). A run folder without its
+    final weights is a CheckpointError naming its newest step (`files.refuse_unfinished_run`).
+    hf_fc_norm_eps: a classifier whose fc_norm eps differs from HF's fixed 1e-5 is exported with HF's
+    (`hf_model`; the model card says so); without it such a classifier is refused."""
     from tgmae import __version__
     from tgmae.hub import quiet_transformers
 
     if classifier and pretraining:
         raise ValueError("choose one of classifier / pretraining")
+    if hf_fc_norm_eps and not classifier:
+        raise CheckpointError("--hf-fc-norm-eps applies to --classifier exports only (the others have no fc_norm)")
     names: list[str] = []
     if not Path(checkpoint).exists():
         raise checkpoint_not_found(checkpoint)
     check_output_folder(out_dir, checkpoint, overwrite)
+    refuse_unfinished_run(checkpoint, "export")
     build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
     if pretraining:
         module: nn.Module = _pretraining_model(checkpoint, **build).eval()
@@ -268,21 +306,14 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work.mkdir()
-        model = hf_model(module, names)
+        model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:
             raise ExportMismatchError(f"exported model differs from ours by {diff:.2e} (> {TOLERANCE}) on a random clip")
         hf_class = type(model).__name__
-        if diff is None:
-            check = "Not verified after writing (--no-verify)."
-        else:
-            what = {"pretraining": "prediction" + (" and loss" if hf_target_matches(module.arch) else
-                                                     " (HF's loss un-normalizes with ImageNet statistics, this run's "
-                                                     "raw-pixel target does not: the losses differ)"),
-                    "classifier": "logits", "encoder": "last_hidden_state"}[kind]
-            check = f"Reloaded with `from_pretrained`, its {what} matched ours on a random clip to {diff:.1e}."
+        check = _check_line(kind, module, diff)
         card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
                            mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
                            version=__version__)

@@ -190,6 +190,24 @@ def resolve_weights(path: str | os.PathLike) -> Path:
         return step / "model.safetensors" if step.is_dir() else step
     return p
 
+def refuse_unfinished_run(path: str | os.PathLike, verb: str) -> None:
+    """CheckpointError for a tgmae run folder without its final weights (`RUN_WEIGHTS`: a run killed
+    or still training), naming the step its checkpoints/latest names and that path, which `verb`s
+    that step knowingly. Commands that write a portable model (convert, export-hf) refuse such a run,
+    whose folder would read as its finished model; every other path passes."""
+    p = Path(path)
+    latest = p / "checkpoints" / LATEST
+    if not p.is_dir() or (p / "config.json").is_file() or any((p / n).is_file() for n in RUN_WEIGHTS):
+        return
+    if latest.is_file():
+        step = resolve_checkpoint(latest)
+        folder = step if step.is_dir() else step.parent  # a step folder's model.safetensors -> the folder
+        number = folder.name.rpartition("_")[2]
+        at = f"step {int(number)}, {folder}" if number.isdigit() else str(folder)
+        raise CheckpointError(f"{path}: an unfinished run (no {' or '.join(RUN_WEIGHTS)}; its newest checkpoint is "
+                              f"{at}); to {verb} that step pass {latest}")
+
+
 def looks_like_safetensors(p: Path) -> bool:
     """By the header, whatever the suffix: 8 bytes of length, then the JSON header's `{`."""
     with open(p, "rb") as f:

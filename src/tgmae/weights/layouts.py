@@ -15,7 +15,7 @@ import torch
 
 from tgmae.config import ConfigError
 from tgmae.models.arch import IMAGENET_MEAN, IMAGENET_STD, VideoMAEArch
-from tgmae.weights.files import CheckpointError, key_names
+from tgmae.weights.files import CheckpointError, key_names, read_torch, unwrap_state
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ARCH_KEY = "tgmae_arch"  # our VideoMAEArch as JSON inside an exported HF config.json
@@ -89,6 +89,49 @@ def official_state(state: Mapping[str, torch.Tensor], source: Any) -> dict[str, 
         raise CheckpointError(f"{source}: a VideoMAE / VideoMAEv2 checkpoint trained with options tgmae's model "
                               f"does not implement: {what}")
     return state
+
+
+# What VideoMAE / VideoMAEv2's training scripts save as a .pth's `args` (their argparse Namespace;
+# `normlize_target` is spelled so there): its name -> our VideoMAEArch field. Their tubelet_size and
+# patch_size are checked against the weights (`read_official`), which fix them.
+ARGS_FIELDS = {"num_frames": "num_frames", "input_size": "image_size", "normlize_target": "norm_pix_loss"}
+_ARGS_READ = (*ARGS_FIELDS, "tubelet_size", "patch_size")
+
+
+def official_args(obj: Any) -> dict[str, Any]:
+    """The training settings a loaded .pth states in its `args` (an argparse Namespace, read as
+    `files.PickledArgs`, or a dict), under their names there (`_ARGS_READ`): ints (a square
+    patch_size tuple as one int), normlize_target a bool. {} when it stores none."""
+    args = obj.get("args") if isinstance(obj, Mapping) else None
+    values = dict(args) if isinstance(args, Mapping) else dict(getattr(args, "__dict__", None) or {})
+    out: dict[str, Any] = {}
+    for name in _ARGS_READ:
+        value = values.get(name)
+        if name == "patch_size" and isinstance(value, (list, tuple)) and len(set(value)) == 1:
+            value = value[0]
+        if isinstance(value, bool) == (name == "normlize_target") and isinstance(value, int):
+            out[name] = value
+    return out
+
+
+def args_arch_fields(args: Mapping[str, Any]) -> dict[str, Any]:
+    """`official_args` -> the VideoMAEArch fields they give (num_frames, image_size, norm_pix_loss)."""
+    return {ARGS_FIELDS[k]: v for k, v in args.items() if k in ARGS_FIELDS}
+
+
+def read_official(path: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(`official_state`, `official_args`) of a VideoMAE / VideoMAEv2 .pth, read weights_only
+    (`files.read_torch`). Args whose tubelet_size / patch_size differ from the weights' patch
+    embedding are a CheckpointError naming both (the file contradicts itself)."""
+    obj = read_torch(path)
+    state, args = official_state(unwrap_state(obj, path), path), official_args(obj)
+    embed = next((v for k, v in state.items() if k.endswith("patch_embed.proj.weight") and v.dim() == 5), None)
+    if embed is not None:
+        for name, got in (("tubelet_size", int(embed.shape[2])), ("patch_size", int(embed.shape[3]))):
+            if name in args and args[name] != got:
+                raise CheckpointError(f"{path}: its args state {name}={args[name]} but its weights' patch embedding "
+                                      f"has {name.split('_')[0]} {got}; a file that contradicts itself is not read")
+    return state, args
 
 
 def count_blocks(state: Mapping[str, Any], prefix: str = "blocks.") -> int:

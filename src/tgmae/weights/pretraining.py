@@ -2,8 +2,9 @@
 
 - Ours: one `.safetensors`, metadata `format` = FORMAT and `arch` = VideoMAEArch JSON, so the
   model rebuilds from the file alone (ENCODER_FORMAT: an encoder alone, `save_encoder`).
-- Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads, frames and image size are not
-  stored, so the released models' values are assumed unless given.
+- Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads are not stored (the released models'
+  values are assumed unless given); frames, image size and target are its training `args`' when it
+  stores them, else the released models' (16, 224, normalized pixels) unless given.
 - transformers `VideoMAEForPreTraining` directories, read without importing transformers.
 """
 
@@ -32,7 +33,14 @@ from tgmae.weights.files import (
     unwrap_state,
     write_safetensors,
 )
-from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch, official_state
+from tgmae.weights.layouts import (
+    args_arch_fields,
+    hf_arch,
+    hf_to_ours,
+    official_arch,
+    official_state,
+    read_official,
+)
 
 FORMAT = "tgmae.videomae-pretrain.v1"
 ENCODER_FORMAT = "tgmae.video-encoder.v1"
@@ -83,13 +91,14 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
         arch = hf_arch(json.loads((p / "config.json").read_text()))
         state, extra_unexpected = hf_to_ours(hf_directory_state(p))
     else:
-        state = official_state(unwrap_state(read_torch(p), p), p)
+        state, args = read_official(p)
         missing = [k for k in ("encoder.patch_embed.proj.weight", "encoder_to_decoder.weight") if k not in state]
         if missing:
             raise CheckpointError(f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
                                   f"[{key_names(missing)}]; found keys: [{key_names(list(state))}]")
-        geometry = {k: overrides.pop(k) for k in ("num_frames", "image_size", "num_heads",
-                                                  "decoder_heads", "norm_pix_loss") if k in overrides}
+        # what the file's training args state (`read_official`), then the given values
+        geometry = {**args_arch_fields(args), **{k: overrides.pop(k) for k in (
+            "num_frames", "image_size", "num_heads", "decoder_heads", "norm_pix_loss") if k in overrides}}
         arch = official_arch(state, **geometry)
     if overrides:
         arch = dataclasses.replace(arch, **overrides)

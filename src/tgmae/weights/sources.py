@@ -26,17 +26,16 @@ from tgmae.weights.files import (
     hf_directory_state,
     looks_like_safetensors,
     read_safetensors,
-    read_torch,
     resolve_weights,
-    unwrap_state,
 )
 from tgmae.weights.layouts import (
     OFFICIAL_DECODER_HEADS,
+    args_arch_fields,
     count_blocks,
     hf_arch,
     hf_to_ours,
     infer_encoder_arch,
-    official_state,
+    read_official,
     strip_wrappers,
 )
 from tgmae.weights.pretraining import ENCODER_FORMAT, FORMAT as PRETRAIN_FORMAT, load_pretraining_model
@@ -190,7 +189,7 @@ def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMA
 
 
 def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
-    state = official_state(unwrap_state(read_torch(p), p), p)
+    state, args = read_official(p)
     if "encoder_to_decoder.weight" in state:  # official pretraining layout
         overrides = {"num_heads": num_heads} if num_heads else {}
         # Only the encoder is kept: the dropped decoder's head count changes nothing here.
@@ -199,7 +198,8 @@ def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
         model = load_pretraining_model(p, **overrides)
         return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(p))
     enc, head = _split(state, str(p))
-    arch = infer_encoder_arch(enc, num_heads=num_heads, layer_norm_eps=1e-6)
+    geometry = {k: v for k, v in args_arch_fields(args).items() if k != "norm_pix_loss"}  # its training args'
+    arch = infer_encoder_arch(enc, num_heads=num_heads, layer_norm_eps=1e-6, **geometry)
     return EncoderSource(arch, enc, head, kind="official", path=str(p), fc_norm_eps=1e-6)
 
 
