@@ -1137,3 +1137,15 @@ def test_a_mid_epoch_checkpoint_of_2_processes_resumed_by_1_is_refused(tmp_path)
     torch.save(state, step / "state.pt")
     with pytest.raises(ckpt.CheckpointError, match=r"2 processes.*global batch 16 -> 8"):
         Trainer(ToyTask(cfg), cfg).fit()
+
+
+def test_fewer_training_videos_than_processes_names_the_annotations_key(tmp_path, free_port):
+    """re-trial 16A: one training video on 2 processes was a traceback per rank (the sampler's
+    ValueError). A ConfigError naming data.train_annotations and the process count, on every rank."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_world_worker, args=(2, free_port, str(tmp_path), ("train.batch_size=1",), 1), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        msg = (tmp_path / f"refused{rank}.txt").read_text()
+        assert msg.startswith("ConfigError") and "data.train_annotations" in msg and "2 processes" in msg, msg
