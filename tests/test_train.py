@@ -1149,3 +1149,13 @@ def test_fewer_training_videos_than_processes_names_the_annotations_key(tmp_path
     for rank in (0, 1):
         msg = (tmp_path / f"refused{rank}.txt").read_text()
         assert msg.startswith("ConfigError") and "data.train_annotations" in msg and "2 processes" in msg, msg
+
+
+def test_resuming_with_grad_checkpoint_toggled_continues(tmp_path):
+    """re-trial 16A: train.grad_checkpoint changes memory, not the weights a step computes: a run
+    that ran out of memory may switch it on to resume."""
+    assert ckpt.config_differences({"train": {"grad_checkpoint": False}}, {"train": {"grad_checkpoint": True}}) == []
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+    longer = toy_cfg(tmp_path, "train.epochs=3", "train.grad_checkpoint=true")
+    assert Trainer(ToyTask(longer), longer).fit().position.step == 24
