@@ -271,8 +271,8 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         if num_items < world:  # every process needs a video of its own
             raise ConfigError(f"data.train_annotations={cfg.data.train_annotations}: {num_items} training "
-                              f"video{'' if num_items == 1 else 's'}, fewer than the {world} processes started (torchrun --nproc_per_node): "
-                              "list more videos or start fewer processes")
+                              f"video{'' if num_items == 1 else 's'}, fewer than the {world} processes started "
+                              "(torchrun --nproc_per_node): list more videos or start fewer processes")
         steps_per_epoch = (num_items // world) // (bs * accum)
         if steps_per_epoch == 0:
             raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "
