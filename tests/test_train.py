@@ -1042,3 +1042,120 @@ def test_ddp_ranks_agree_on_a_refusal_of_replaced_videos(tmp_path, free_port):
     mp.spawn(_ddp_videos_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     assert "v1.mp4" in (tmp_path / "refused0.txt").read_text()
     assert (tmp_path / "refused1.txt").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# issue 28, re-trial 16A: resuming on another number of processes, too few videos for them,
+# train.grad_checkpoint toggled.
+# ------------------------------------------------------------------------------------------
+class _SizedToyTask(ToyTask):
+    def __init__(self, cfg: RunConfig, items: int, **kw):
+        super().__init__(cfg, **kw)
+        self.items = items
+
+    def train_dataset(self) -> Dataset:
+        return ToyData(n=self.items)
+
+
+def _ddp_world_worker(rank: int, world: int, port: int, out_dir: str, overrides: tuple, items: int = 64) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "train.device=cpu", *overrides)
+    from tgmae.config import ConfigError
+    from tgmae.distributed import cleanup
+
+    try:
+        Trainer(_SizedToyTask(cfg, items, dropout=0.0), cfg).fit()
+    except (ckpt.CheckpointError, ConfigError) as e:
+        (Path(out_dir) / f"refused{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+    cleanup()
+
+
+def test_a_resume_on_another_number_of_processes_is_refused_naming_them_and_the_global_batch(tmp_path, free_port):
+    """re-trial 16A: a run of 2 processes resumed by 1 went on silently with half the global batch,
+    another lr and schedule length, and the data position counted in the other world's batches
+    (videos trained twice). Refused naming the process count and the global batch (saved -> now);
+    checkpoint.resume=ignore_config continues and records the change."""
+    import torch.multiprocessing as mp
+
+    # 64 items, 2 processes x batch 4: 8 steps an epoch; stopped by the step budget inside epoch 0
+    mp.spawn(_ddp_world_worker, args=(2, free_port, str(tmp_path), ("train.max_steps=3",)), nprocs=2, join=True)
+    assert not list(tmp_path.glob("refused*.txt"))
+    longer = toy_cfg(tmp_path, "train.batch_size=4", "train.device=cpu")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(ToyTask(longer, dropout=0.0), longer).fit()
+    msg = str(err.value)
+    assert "2 processes" in msg and "1 process" in msg and "global batch 8 -> 4" in msg, msg
+    assert "checkpoint.resume=ignore_config" in msg
+    # a finished run rerun on 1 process trains nothing: nothing to refuse
+    done = toy_cfg(tmp_path, "train.batch_size=4", "train.device=cpu", "train.max_steps=3")
+    assert Trainer(ToyTask(done, dropout=0.0), done).fit().position.step == 3
+    # ignore_config continues where the 2 processes stopped: 3 x 8 = 24 of epoch 0's 64 videos were
+    # trained on, i.e. 6 of the 16 batches of 4 on one process, 10 left; then 16 in epoch 1
+    forced = toy_cfg(tmp_path, "train.batch_size=4", "train.device=cpu", "checkpoint.resume=ignore_config")
+    assert Trainer(ToyTask(forced, dropout=0.0), forced).fit().position.step == 3 + 10 + 16
+    changes = [json.loads(x) for x in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"step": 3, "changes": {"processes (global batch)": ["2 (8)", "1 (4)"]}}]
+
+
+def test_a_resume_on_as_many_processes_mid_epoch_is_exact_and_unrefused(tmp_path):
+    """The world-size check leaves a resume on the same count alone (the step-exact resume)."""
+    cfg = toy_cfg(tmp_path)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(state):
+        if state.position.step == 4:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(ToyTask(cfg), cfg, hooks=[kill_at_4]).fit()
+    step = ckpt.find_latest(tmp_path / "run" / "checkpoints")
+    extra = json.loads(torch.load(step / "state.pt", weights_only=True)["extra_json"])
+    assert extra["world_size"] == 1
+    assert Trainer(ToyTask(cfg), cfg).fit().position.step == 16
+
+
+def test_a_mid_epoch_checkpoint_of_2_processes_resumed_by_1_is_refused(tmp_path):
+    """The same refusal for a checkpoint taken inside an epoch (its saved world size edited to 2)."""
+    cfg = toy_cfg(tmp_path)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(state):
+        if state.position.step == 7:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        Trainer(ToyTask(cfg), cfg, hooks=[kill_at_7]).fit()
+    step = ckpt.find_latest(tmp_path / "run" / "checkpoints")
+    state = torch.load(step / "state.pt", weights_only=True)
+    state["extra_json"] = json.dumps({**json.loads(state["extra_json"]), "world_size": 2})
+    torch.save(state, step / "state.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"2 processes.*global batch 16 -> 8"):
+        Trainer(ToyTask(cfg), cfg).fit()
+
+
+def test_fewer_training_videos_than_processes_names_the_annotations_key(tmp_path, free_port):
+    """re-trial 16A: one training video on 2 processes was a traceback per rank (the sampler's
+    ValueError). A ConfigError naming data.train_annotations and the process count, on every rank."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_world_worker, args=(2, free_port, str(tmp_path), ("train.batch_size=1",), 1), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        msg = (tmp_path / f"refused{rank}.txt").read_text()
+        assert msg.startswith("ConfigError") and "data.train_annotations" in msg and "2 processes" in msg, msg
+
+
+def test_resuming_with_grad_checkpoint_toggled_continues(tmp_path):
+    """re-trial 16A: train.grad_checkpoint changes memory, not the weights a step computes: a run
+    that ran out of memory may switch it on to resume."""
+    assert ckpt.config_differences({"train": {"grad_checkpoint": False}}, {"train": {"grad_checkpoint": True}}) == []
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+    longer = toy_cfg(tmp_path, "train.epochs=3", "train.grad_checkpoint=true")
+    assert Trainer(ToyTask(longer), longer).fit().position.step == 24

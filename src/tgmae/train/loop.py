@@ -197,9 +197,9 @@ class Trainer:
         precision = self._choose_precision()
         torch.manual_seed(cfg.train.seed + dist.rank)
         model = self._build_model(precision)
+        run = self._set_up(model, precision, len(dataset), views_per_video(dataset))  # refuses too few videos
         sampler = ResumableSampler(len(dataset), rank=dist.rank, world_size=dist.world_size,
                                    seed=cfg.train.seed)
-        run = self._set_up(model, precision, len(dataset), views_per_video(dataset))
         loader = self._make_loader(dataset, sampler)
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         start_epoch = run.position.epoch
@@ -265,9 +265,14 @@ class Trainer:
         return model
 
     def _plan_steps(self, num_items: int) -> tuple[int, int]:
-        """(optimizer steps per epoch, total steps); ConfigError when an epoch has none."""
+        """(optimizer steps per epoch, total steps); ConfigError when an epoch has none, naming
+        data.train_annotations when it lists fewer videos than there are processes."""
         cfg, world = self.cfg, self.dist.world_size
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
+        if num_items < world:  # every process needs a video of its own
+            raise ConfigError(f"data.train_annotations={cfg.data.train_annotations}: {num_items} training "
+                              f"video{'' if num_items == 1 else 's'}, fewer than the {world} processes started "
+                              "(torchrun --nproc_per_node): list more videos or start fewer processes")
         steps_per_epoch = (num_items // world) // (bs * accum)
         if steps_per_epoch == 0:
             raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "

@@ -74,6 +74,9 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
     changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
     position = loaded.position
+    if position.step < total_steps and position.epoch < cfg.train.epochs:  # something left to train
+        changes += world_changes(cfg, dist, source, loaded.extra.get("world_size"), loaded.config)
+        position = rebase_position(cfg, dist, position, loaded.extra.get("world_size"), loaded.config)
     refuse_shorter(cfg, task_name, source, position)
     if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
         raise ckpt.CheckpointError(
@@ -211,6 +214,53 @@ def video_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored: Optional
     if dist.enabled and any_rank(change is not None, dist.device) and change is None:
         whys, change = ["rank 0 found its videos changed on disk (its message names them)"], ("videos", "", "")
     return _refuse_or_record(cfg, source, "; ".join(whys), change) if change else []
+
+
+def world_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored_world: Optional[int],
+                  stored_config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """A resume on another number of processes than the checkpoint was trained on is refused,
+    naming both counts and the global batch (train.batch_size x train.accum_steps x processes;
+    saved -> now), or recorded as a change under checkpoint.resume=ignore_config: the lr (scaled
+    with the global batch), the schedule's length and the data position inside the epoch (counted
+    in the other count's batches) would all differ. Checkpoints written before the count was kept
+    (`stored_world` None) are not checked."""
+    if stored_world is None or int(stored_world) == dist.world_size:
+        return []
+    batch, accum = _stored_micro_batch(cfg, stored_config)
+    before = batch * accum * int(stored_world)
+    now = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
+    was = f"{_count(int(stored_world), 'process', 'processes')}"
+    return _refuse_or_record(
+        cfg, source, f"it was trained on {was}, this run has {_count(dist.world_size, 'process', 'processes')} "
+        f"(global batch {before} -> {now}: the lr scaled with it, the schedule's length and the data position "
+        f"would differ); resume it on {was} (torchrun --nproc_per_node={stored_world})",
+        ("processes (global batch)", f"{stored_world} ({before})", f"{dist.world_size} ({now})"))
+
+
+def _stored_micro_batch(cfg: RunConfig, stored_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(train.batch_size, train.accum_steps) a checkpoint was trained with (this run's where absent)."""
+    train = dict(stored_config.get("train") or {})
+    return int(train.get("batch_size", cfg.train.batch_size)), int(train.get("accum_steps", cfg.train.accum_steps))
+
+
+def rebase_position(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition, stored_world: Optional[int],
+                    stored_config: Mapping[str, Any]) -> ckpt.TrainPosition:
+    """The position inside the epoch in this run's micro-batches when the checkpoint's process
+    count differs (checkpoint.resume=ignore_config; otherwise `world_changes` refused it): the
+    ranks together had trained on the epoch's first batches_in_epoch x batch x processes videos
+    of the shared permutation (`ResumableSampler`), so this run starts after them, at the first whole
+    optimizer step of its own past them (no video trained twice; less than one global batch skipped)."""
+    if stored_world is None or int(stored_world) == dist.world_size or not position.batches_in_epoch:
+        return position
+    batch, _ = _stored_micro_batch(cfg, stored_config)
+    seen = position.batches_in_epoch * batch * int(stored_world)
+    step_videos = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
+    micro = -(-seen // step_videos) * cfg.train.accum_steps  # rounded up: none trained twice
+    if dist.is_main:
+        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run of %d starts "
+                    "the epoch at its micro-batch %d", int(stored_world), seen, position.epoch, dist.world_size,
+                    micro)
+    return ckpt.TrainPosition(position.step, position.epoch, micro)
 
 
 def _refuse_or_record(cfg: RunConfig, source: Path, why: str, change: tuple[str, Any, Any]) -> list:

@@ -36,6 +36,7 @@ from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fit
 RESUMABLE_KEYS = (
     "log.", "checkpoint.", "train.epochs", "train.max_steps", "train.output_dir", "train.log_every", "train.eval_every",
     "train.device", "train.compile", "train.strategy", "data.num_workers", "data.decoder_threads", "data.max_load_retries",
+    "train.grad_checkpoint",  # recomputes the blocks' activations: less memory, the same loss and gradients
     "eval.feature_cache", "eval.strict",  # strict: the same numbers, or a refusal
     "data.cache", "data.cache_dir",  # the decoded-clip cache gives the video path's samples bit for bit
 )
