@@ -53,6 +53,13 @@ def clip_key(rec: VideoRecord) -> tuple[str, Optional[int], Optional[int]]:
     return os.path.abspath(rec.path), rec.start_frame, rec.end_frame
 
 
+def clip_range(rec: VideoRecord) -> list:
+    """The range a record names, as caption stores keep it (`frames`): [start_frame, end_frame]
+    (0-based, end exclusive; start None = 0, end None (JSON null) = the video's end). The same file
+    over another range is another clip: captions of other frames."""
+    return [rec.start_frame or 0, rec.end_frame]
+
+
 @dataclass
 class Problem:
     """A row that could not be read: where and why."""
