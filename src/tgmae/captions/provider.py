@@ -80,9 +80,9 @@ class CaptionProvider:
         """CaptionStoreError (naming the file and the first videos) unless every id has captions
         and (given `paths` {id: video path}) each record's recorded video identity is the file's at
         that path (`store.refuse_other_videos`: not captions of another data set's videos under
-        the same ids), and (given `frames` {id: `data.annotations.clip_range`}) each record's recorded range is
-        the clip's (not captions of other frames of the file): a dataset checks this at set-up, not
-        at the first sample without one."""
+        the same ids), and (given `frames` {id: `data.annotations.clip_range`}) each record's
+        recorded range is the clip's (not captions of other frames of the file): a dataset checks
+        this at set-up, not at the first sample without one."""
         if paths or frames:
             from tgmae.data.fileid import video_identity
 

@@ -27,8 +27,8 @@ import numpy as np
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
-from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text, read_jsonl_tolerant,
-                                  refuse_foreign_file, refuse_other_provenance, video_ids_in)
+from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
+                                  read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import video_identity
 
