@@ -106,6 +106,10 @@ def test_check_names_the_id_of_each_segment_of_one_file(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "[4, 60)" in ln]
     assert len(lines) == 3
     assert "'seg1'" in lines[0] and "'seg2'" in lines[1] and "'b'" not in lines[2]  # b.mp4's id is its name
+    (tmp_path / "ann.csv").write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg1,0,6\n")
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(root), str(tmp_path / "ann.csv"),
+                     "--min-frames", "4", "--no-progress"]) == 0
+    assert "a.mp4 (video 'seg1'): 6 frames" in capsys.readouterr().out  # shorter than a clip: named too
 
 
 def test_check_through_cli_and_formats(tmp_path, capsys):

@@ -156,4 +156,4 @@ def _print_shorter(report: dict) -> None:
               f"(--min-frames {report['min_frames']}, --frame-stride {report['frame_stride']}): a run reads "
               f"{'them' if len(short) > 1 else 'it'} with a smaller stride (not counted as bad)")
     for item in short[:10]:
-        print(f"  {item['path']}: {item['num_frames']} frames")
+        print(f"  {item_where(item)}: {item['num_frames']} frames")
