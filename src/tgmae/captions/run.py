@@ -7,7 +7,8 @@ errors file, unless --retry-errors), and a kill loses at most the batch in fligh
 holds its video's identity (`video`: `tgmae.data.fileid.video_identity`) and its clip's frame range
 (`frames`: `tgmae.data.annotations.clip_range`): a video replaced in place since, or a row whose
 start_frame / end_frame changed, is captioned again. Videos that
-fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error"}).
+fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error", "video", "frames"}):
+one whose file or range changed since is tried again.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class CaptionSummary:
 
     captioned: int = 0  # videos captioned now
     skipped: int = 0  # videos already in the output or errors file
-    errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error"} of this run
+    errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error", "video", "frames"} of this run
     out: str = ""  # the file this rank appended to
     stored: int = 0  # this shard's videos with captions in the output (now or before)
     redone: int = 0  # of those captioned: videos whose file or frame range changed since their old record
@@ -127,12 +128,14 @@ def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Opti
     return None
 
 
-def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: dict[str, list]) -> set[str]:
+def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: dict[str, list],
+                    done: str = "captioned") -> set[str]:
     """Drop the records of videos whose file or frame range changed since they were captioned
     (`_change`: their `video` differs from `identity` {id: `video_identity` now}, their `frames` from
     `frames` {id: `clip_range` now}), each logged, so they are captioned again. A stale record in a
     file this shard does not write (another rank's part, or the merged store under torchrun) is a
-    CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped."""
+    CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped.
+    `out` may be the errors file (`done` "failed"): its entries carry the same keys."""
     own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
     dropped: set[str] = set()
     for f in [out, *existing_parts(out)]:
@@ -144,10 +147,10 @@ def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: d
             continue
         if f not in own:
             vid, why = next(iter(stale.items()))
-            raise CaptionStoreError(f"{f}: video {vid!r}: {why} since it was captioned, and this rank cannot "
+            raise CaptionStoreError(f"{f}: video {vid!r}: {why} since it was {done}, and this rank cannot "
                                     "rewrite that file: caption again in one process, or pass --rebuild")
         for vid, why in stale.items():
-            log.info("tgmae caption: %r: %s since it was captioned (%s): captioning it again", vid, why, f)
+            log.info("tgmae caption: %r: %s since it was %s (%s): captioning it again", vid, why, done, f)
         keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in stale)]
         atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
         dropped.update(stale)
@@ -225,6 +228,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     identity = {v.video_id: video_identity(str(v.path)) for v in mine}
     ranges = {v.video_id: clip_range(v) for v in mine}
     changed = _forget_changed(out, identity, shard, ranges)
+    changed |= _forget_changed(errors_path(out), identity, shard, ranges, done="failed")  # a fixed range: tried again
     done = done_video_ids(out, include_errors=not retry_errors)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
@@ -234,7 +238,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         loaded = _prefetch(todo, lambda v: load_keyframes(v, keyframes), workers, depth=2 * batch_size)
         for batch in _batches(loaded, batch_size):
             good = [(v, r) for v, r in batch if not isinstance(r, BaseException)]
-            failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}"}
+            failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}",
+                       "video": identity[v.video_id], "frames": ranges[v.video_id]}
                       for v, r in batch if isinstance(r, BaseException)]
             images = [img for _, (frames, _) in good for img in frames]
             texts = captioner(images) if images else []
@@ -245,7 +250,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                 keep = [(c, i) for c, i in zip(caps, idx) if c.strip()]
                 if not keep:
                     failed.append({"video_id": v.video_id, "path": str(v.path),
-                                   "error": "the captioner produced only empty captions"})
+                                   "error": "the captioner produced only empty captions",
+                                   "video": identity[v.video_id], "frames": ranges[v.video_id]})
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model_name,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,

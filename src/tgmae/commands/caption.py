@@ -94,7 +94,7 @@ def _caption(args: argparse.Namespace, shard) -> int:
     captioner = ImageCaptioner(args.model, device, dtype, options)
     summary = caption_videos(videos, captioner, args.model, args.out, args.keyframes, args.batch_size, shard,
                              args.workers, args.retry_errors, progress=not args.no_progress)
-    redone = (f" ({summary.redone} redone: their video or frame range changed since it was captioned)"
+    redone = (f" ({summary.redone} redone: their video or frame range changed since the last run)"
               if summary.redone else "")
     print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos{redone}, "
           f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}")
