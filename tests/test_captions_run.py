@@ -146,8 +146,11 @@ def test_empty_captions_are_dropped_and_an_all_empty_video_is_an_error(videos, t
     recs = read_store(out).by_video()
     assert set(recs) == {"v1", "v2"} and recs["v1"].captions == ["words 2"]
     assert recs["v1"].extra["frame_indices"] == [keyframe_indices(10, 2)[1]]  # the kept caption's frame
+    from tgmae.data.fileid import video_identity
+
     assert summary.errors == [{"video_id": "v0", "path": videos[0].path,
-                               "error": "the captioner produced only empty captions"}]
+                               "error": "the captioner produced only empty captions",
+                               "video": video_identity(videos[0].path), "frames": [0, None]}]
 
 
 def test_prompt_conditions_generation_and_is_not_echoed(blip_dir, dataset):
@@ -765,3 +768,67 @@ def test_a_text_source_rerun_redoes_the_records_of_replaced_videos(tmp_path, cap
                                                        for i in range(3)})  # what masks checks: no error
     assert main(argv) == 0  # nothing replaced since: nothing redone
     assert "redone" not in capsys.readouterr().out
+
+
+def test_a_changed_frame_range_is_captioned_again(dataset, blip_dir, tmp_path, capsys):
+    """issue 28 re-trial 16B, S2: a row's start_frame/end_frame changed for the same video id said
+    "0 captioned, 1 already done" and kept captions of frames outside the new range. Each record
+    holds its clip's range (`frames`) beside its file's identity: a changed range is captioned again
+    and counted as redone; a rank that cannot rewrite the store, and --combine checking the stores
+    against the annotations, refuse naming the id."""
+    import shutil
+
+    from tgmae.captions.store import CaptionStoreError
+
+    shutil.copy(dataset / "v5.mp4", tmp_path / "a.mp4")  # 18 frames
+    ann = tmp_path / "r.csv"
+    ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,0,6\n")
+    argv = ["--format", "csv", "--root", str(tmp_path), str(ann), "--model", blip_dir, "--out",
+            str(tmp_path / "r.jsonl"), "--max-new-tokens", "6", "--no-progress"]
+    assert main(argv) == 0
+    first = read_store(tmp_path / "r.jsonl").by_video()["seg"]
+    assert first.extra["frames"] == [0, 6] and max(first.extra["frame_indices"]) < 6
+    capsys.readouterr()
+    ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,6,18\n")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "captioned 1 videos" in out and "1 redone" in out and "frame range" in out
+    again = read_store(tmp_path / "r.jsonl").by_video()["seg"]
+    assert again.extra["frames"] == [6, 18] and min(again.extra["frame_indices"]) >= 6
+    assert main(argv) == 0  # nothing changed since: nothing redone
+    assert "0 videos" in capsys.readouterr().out
+    videos = load_annotations("csv", tmp_path, ann)[0]
+    ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,2,8\n")
+    moved = load_annotations("csv", tmp_path, ann)[0]
+    capsys.readouterr()
+    assert main(["--format", "csv", "--root", str(tmp_path), str(ann), "--combine", str(tmp_path / "r.jsonl"),
+                 "--out", str(tmp_path / "both.jsonl")]) == 2  # a store that cannot redo: refused
+    err = capsys.readouterr().err
+    assert "r.jsonl" in err and "'seg'" in err and "frame range" in err
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    store = tmp_path / "f.jsonl"
+    caption_videos(videos, fake, "fake", store, keyframes=2, workers=0, progress=False)
+    with pytest.raises(CaptionStoreError, match="'seg'"):  # rank 0 of 2 cannot rewrite the merged store
+        caption_videos(moved, fake, "fake", store, keyframes=2, workers=0, progress=False, shard=Shard(0, 2))
+
+
+def test_a_failed_clip_whose_range_was_fixed_is_tried_again(dataset, tmp_path):
+    """issue 28 re-trial 16B (beside S2): a clip that failed (its range past the video's end) stayed
+    "already done" through its errors-file entry after the row's range was fixed. An errors entry
+    holds the clip's file identity and range like a record; a changed one is tried again."""
+    import shutil
+
+    shutil.copy(dataset / "v5.mp4", tmp_path / "a.mp4")  # 18 frames
+    ann = tmp_path / "r.csv"
+    ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,4,60\na.mp4,0,ok,0,6\n")
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out = tmp_path / "r.jsonl"
+    first = caption_videos(load_annotations("csv", tmp_path, ann)[0], fake, "fake", out, keyframes=2, workers=0,
+                           progress=False)
+    assert first.captioned == 1 and [e["video_id"] for e in first.errors] == ["seg"]
+    ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,4,18\na.mp4,0,ok,0,6\n")
+    again = caption_videos(load_annotations("csv", tmp_path, ann)[0], fake, "fake", out, keyframes=2, workers=0,
+                           progress=False)
+    assert again.captioned == 1 and again.skipped == 1 and not again.errors
+    assert read_store(out).by_video()["seg"].extra["frames"] == [4, 18]
+    assert "seg" not in errors_path(out).read_text()

@@ -338,3 +338,25 @@ def test_a_video_whose_captions_would_change_is_refused_not_silently_rewritten(t
     assert path.read_bytes() == after_add != before  # untouched by the refusal
     assert update_store(path, swapped, rebuild=True) == (2, 0, 0)
     assert [r.captions for r in read_store(path).records] == [["Biking"], ["Walking"]]
+
+
+def test_a_store_captioned_from_other_frame_ranges_is_refused_naming_the_id(tmp_path):
+    """issue 28 re-trial 16B, S2: training (and masks) checked a record's file identity but not its
+    frame range, so captions of frames [0, 20) were used for a clip now [20, 48). A record's `frames`
+    other than the data set's range now is refused naming the store and the id; records without one
+    (older or hand-written stores) and the same range are accepted."""
+    from tgmae.captions.store import refuse_other_videos
+
+    recs = [CaptionRecord("seg", ["x"], "captioner", "m", {"video": [10, 1, 2, 3], "frames": [0, 20]}),
+            CaptionRecord("whole", ["y"], "captioner", "m", {"video": [10, 1, 2, 3], "frames": [0, None]}),
+            CaptionRecord("old", ["z"], "captioner", "m", {"video": [10, 1, 2, 3]})]
+    identity = {v: [10, 1, 2, 3] for v in ("seg", "whole", "old")}
+    refuse_other_videos(tmp_path / "c.jsonl", recs, identity, {"seg": [0, 20], "whole": [0, None], "old": [5, 9]})
+    with pytest.raises(CaptionStoreError) as e:
+        refuse_other_videos(tmp_path / "c.jsonl", recs, identity, {"seg": [20, 48], "whole": [0, None]})
+    msg = str(e.value)
+    assert "c.jsonl" in msg and "'seg'" in msg and "'whole'" not in msg and "[20, 48)" in msg and "\n" not in msg
+    provider = CaptionProvider(recs, source_file=str(tmp_path / "c.jsonl"))
+    with pytest.raises(CaptionStoreError, match="'seg'"):
+        provider.check_videos(["seg"], {"seg": str(tmp_path / "nope.mp4")}, {"seg": [20, 48]})
+    provider.check_videos(["seg"], {"seg": str(tmp_path / "nope.mp4")}, {"seg": [0, 20]})

@@ -454,3 +454,42 @@ def test_ucf101_backslash_paths_are_normalised_in_the_file_path_too(tmp_path):
     recs, _ = load_annotations("ucf101", tmp_path, folder)
     assert recs[0].path == str(tmp_path / "Archery" / "v_Archery_g01_c01.avi")
     assert recs[0].video_id == "v_Archery_g01_c01"
+
+
+@pytest.mark.parametrize("row,named", [
+    ("a.mp4,1,negstart,-5,10", "start_frame -5"),
+    ("a.mp4,1,negend,0,-3", "end_frame -3"),
+    ("a.mp4,1,inverted,30,20", "end_frame 20"),
+    ("a.mp4,1,empty,10,10", "end_frame 10"),
+])
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_generic_row_with_a_bad_frame_range_is_refused_naming_file_line_and_id(tmp_path, row, named, suffix):
+    """issue 28 re-trial 16B, S5: a negative start_frame was clipped to 0 (the row captioned from
+    [0, 10), `data check` "too short") and end <= start was read as it came; the Diving48 and EPIC
+    readers refuse bad ranges when reading. A CSV / JSONL row's range is refused the same way, in
+    one line naming the file, the line and the id; with on_error="skip" the row is left out."""
+    path, label, vid, start, end = row.split(",")
+    ann = tmp_path / f"r.{suffix}"
+    if suffix == "csv":
+        ann.write_text(f"path,label,video_id,start_frame,end_frame\nb.mp4,0,ok,0,10\n{row}\n")
+    else:
+        ann.write_text(json.dumps({"path": "b.mp4", "label": 0, "video_id": "ok"}) + "\n" + json.dumps(
+            {"path": path, "label": int(label), "video_id": vid, "start_frame": int(start), "end_frame": int(end)}) + "\n")
+    with pytest.raises(AnnotationError, match=named) as e:
+        load_annotations("csv", tmp_path, ann)
+    _one_line_naming(e, f"r.{suffix}:" + ("3" if suffix == "csv" else "2"))
+    assert repr(vid) in str(e.value)
+    problems = []
+    recs, _ = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert [r.video_id for r in recs] == ["ok"] and len(problems) == 1
+
+
+@pytest.mark.parametrize("start,end", [(-5, 10), (0, -2)])
+def test_a_negative_diving48_frame_is_refused(tmp_path, start, end):
+    """issue 28 re-trial 16B, S5: Diving48 refused end <= start but read a negative start_frame
+    (later clipped to 0)."""
+    item = json.dumps({"vid_name": "d1", "label": 0, "start_frame": start, "end_frame": end})
+    (tmp_path / "Diving48_V2_train.json").write_text(f"[\n{item}\n]")
+    with pytest.raises(AnnotationError, match="negative") as e:
+        load_annotations("diving48", tmp_path, tmp_path)
+    _one_line_naming(e, "Diving48_V2_train.json:2")

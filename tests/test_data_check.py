@@ -91,6 +91,27 @@ def test_check_reports_a_frame_range_past_the_videos_end(tmp_path, capsys):
     assert "[4, 60)" in capsys.readouterr().out
 
 
+def test_check_names_the_id_of_each_segment_of_one_file(tmp_path, capsys):
+    """issue 28 re-trial 16B, M7: with several segments of one file past its end, `data check`
+    printed `/x/a.mp4: frames [40, 100) beyond ...` once per row, never saying which row: each
+    line names the id where it is not the file's own name."""
+    root = tmp_path / "root"
+    root.mkdir()
+    write_video(root / "a.mp4", _clip(20), gop=8)
+    write_video(root / "b.mp4", _clip(20), gop=8)
+    (tmp_path / "ann.csv").write_text("path,label,video_id,start_frame,end_frame\n"
+                                      "a.mp4,0,seg1,4,60\na.mp4,0,seg2,4,60\nb.mp4,0,b,4,60\n")
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(root), str(tmp_path / "ann.csv"),
+                     "--min-frames", "4", "--frame-stride", "1", "--no-progress"]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "[4, 60)" in ln]
+    assert len(lines) == 3
+    assert "'seg1'" in lines[0] and "'seg2'" in lines[1] and "'b'" not in lines[2]  # b.mp4's id is its name
+    (tmp_path / "ann.csv").write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg1,0,6\n")
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(root), str(tmp_path / "ann.csv"),
+                     "--min-frames", "4", "--no-progress"]) == 0
+    assert "a.mp4 (video 'seg1'): 6 frames" in capsys.readouterr().out  # shorter than a clip: named too
+
+
 def test_check_through_cli_and_formats(tmp_path, capsys):
     """The `tgmae data check` entry point on a shipped layout (UCF101 split files)."""
     root = tmp_path / "UCF-101"

@@ -646,3 +646,20 @@ def test_every_replacement_too_short_or_unreadable_names_data_num_frames(tmp_pat
     assert "data.num_frames=12" in msg and "too short" in msg and "\n" not in msg
     ok = VideoDataset(recs, _cfg(num_frames=4, max_load_retries=8), train=True)  # a clip fits: replaced, served
     assert ok[2]["video"].shape[1] == 4
+
+
+def test_check_videos_known_gives_the_captions_each_records_frame_range():
+    """issue 28 re-trial 16B, S2: the caption provider compares each record's captioned range with
+    the clip's now, so check_videos_known hands it {id: [start, end]} beside the paths."""
+    from tgmae.data.annotations import VideoRecord
+    from tgmae.data.dataset import check_videos_known
+
+    seen = {}
+
+    class Captions:
+        def check_videos(self, ids, paths, frames=None):
+            seen.update(ids=ids, paths=paths, frames=frames)
+
+    records = [VideoRecord("/d/a.mp4", 0, "a", 20, 48), VideoRecord("/d/b.mp4", 1, "b")]
+    check_videos_known(records, Captions(), None)
+    assert seen["frames"] == {"a": [20, 48], "b": [0, None]}

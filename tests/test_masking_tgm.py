@@ -674,3 +674,54 @@ def test_masks_refuse_captions_of_another_data_sets_videos(synth, tiny_clip, tmp
     err = capsys.readouterr().err
     assert str(caps) in err and repr(recs[1].video_id) in err and "Traceback" not in err
     assert not (out / "maps").exists()
+
+
+def _ranged_annotations(root: Path, rows: list[tuple[str, int, int]]) -> Path:
+    """A generic CSV of synthetic videos `(id, start_frame, end_frame)` (their 16 frames each)."""
+    ann = root / "ranged.csv"
+    ann.write_text("path,label,video_id,start_frame,end_frame\n"
+                   + "".join(f"videos/{vid}.mp4,0,{vid},{s},{e}\n" for vid, s, e in rows))
+    return ann
+
+
+def test_masks_skips_a_range_past_the_videos_end_with_its_reason(synth, tiny_clip, tmp_path, capsys):
+    """issue 28 re-trial 16B, M8: `tgmae masks` counted records whose range is past the video's end
+    as cached ("3 videos cached, 0 skipped") while `caption` and `data check` report them bad. They
+    are skipped with the same reason (`record_frame_range`'s VideoError), also on a rerun after the
+    range moved past the end of a video whose maps were made."""
+    out = tmp_path / "cache"
+    ann = _ranged_annotations(tmp_path, [("synth_00000", 4, 60), ("synth_00001", 0, 16)])
+    argv = ["--format", "csv", "--root", str(synth), str(ann), "--captions", str(synth / "captions.jsonl"),
+            "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]
+    assert masks_main(argv) == 0
+    assert "1 videos cached, 1 skipped" in capsys.readouterr().out
+    skipped = json.loads((out / "index.json").read_text())["skipped"]
+    assert list(skipped) == ["synth_00000"]  # {id: reason}
+    assert "[4, 60)" in skipped["synth_00000"] and "16 frames" in skipped["synth_00000"]
+    _ranged_annotations(tmp_path, [("synth_00000", 4, 60), ("synth_00001", 0, 40), ("synth_00002", 2, 16)])
+    assert masks_main(argv) == 0
+    assert "1 videos cached, 2 skipped" in capsys.readouterr().out
+    index = json.loads((out / "index.json").read_text())
+    assert set(index["videos"]) == {"synth_00002"}
+    assert set(index["skipped"]) == {"synth_00000", "synth_00001"}
+    _ranged_annotations(tmp_path, [("synth_00000", 4, 60), ("synth_00001", 0, 16), ("synth_00002", 2, 16)])
+    assert masks_main(argv) == 0  # the range fixed: cached again, not "already done" yet skipped in the index
+    assert "2 videos cached, 1 skipped" in capsys.readouterr().out
+
+
+def test_masks_refuse_captions_of_other_frame_ranges(synth, tiny_clip, tmp_path, capsys):
+    """issue 28 re-trial 16B, S2: captions made from frames [0, 16) of a clip now [2, 10) (its
+    row's start_frame / end_frame changed) describe other frames: refused naming the store and id."""
+    from tgmae.captions.store import read_store, write_store
+
+    recs = read_store(synth / "captions.jsonl").records
+    recs[1].extra["frames"] = [0, 16]
+    caps = tmp_path / "cap2.jsonl"
+    write_store(caps, recs)
+    ann = _ranged_annotations(tmp_path, [(recs[1].video_id, 2, 10)])
+    out = tmp_path / "cache"
+    assert masks_main(["--format", "csv", "--root", str(synth), str(ann), "--captions", str(caps),
+                       "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(caps) in err and repr(recs[1].video_id) in err and "frame range" in err
+    assert not (out / "maps").exists()

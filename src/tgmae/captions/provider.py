@@ -75,17 +75,21 @@ class CaptionProvider:
         """The given ids that have no captions (check a dataset before training)."""
         return [v for v in video_ids if v not in self._ids]
 
-    def check_videos(self, video_ids: Sequence[str], paths: Optional[dict[str, str]] = None) -> None:
+    def check_videos(self, video_ids: Sequence[str], paths: Optional[dict[str, str]] = None,
+                     frames: Optional[dict[str, Sequence]] = None) -> None:
         """CaptionStoreError (naming the file and the first videos) unless every id has captions
         and (given `paths` {id: video path}) each record's recorded video identity is the file's at
         that path (`store.refuse_other_videos`: not captions of another data set's videos under
-        the same ids): a dataset checks this at set-up, not at the first sample without one."""
-        if paths:
+        the same ids), and (given `frames` {id: `data.annotations.clip_range`}) each record's
+        recorded range is the clip's (not captions of other frames of the file): a dataset checks
+        this at set-up, not at the first sample without one."""
+        if paths or frames:
             from tgmae.data.fileid import video_identity
 
             ids = set(video_ids)
             refuse_other_videos(self.source_file or "the captions", self.records,
-                                {v: video_identity(str(p)) for v, p in paths.items() if v in ids})
+                                {v: video_identity(str(p)) for v, p in (paths or {}).items() if v in ids},
+                                {v: f for v, f in (frames or {}).items() if v in ids})
         missing = self.missing(video_ids)
         if missing:
             where = self.source_file or "the captions"

@@ -4,9 +4,11 @@ N uniformly spaced keyframes per video (segment centres of the clip's frame rang
 videos -> batch-size x N images per generate call, while a thread pool decodes the next ones.
 Output is appended and flushed per batch: a rerun skips videos already in the output (or in the
 errors file, unless --retry-errors), and a kill loses at most the batch in flight. Each record
-holds its video's identity (`video`: `tgmae.data.fileid.video_identity`): a video replaced in
-place since is captioned again. Videos that
-fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error"}).
+holds its video's identity (`video`: `tgmae.data.fileid.video_identity`) and its clip's frame range
+(`frames`: `tgmae.data.annotations.clip_range`): a video replaced in place since, or a row whose
+start_frame / end_frame changed, is captioned again. Videos that
+fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error", "video", "frames"}):
+one whose file or range changed since is tried again.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import numpy as np
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
-from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, read_jsonl_tolerant,
-                                  refuse_foreign_file, refuse_other_provenance, video_ids_in)
+from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
+                                  read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
+from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import video_identity
 
 log = logging.getLogger("tgmae")
@@ -41,10 +44,10 @@ class CaptionSummary:
 
     captioned: int = 0  # videos captioned now
     skipped: int = 0  # videos already in the output or errors file
-    errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error"} of this run
+    errors: list[dict] = field(default_factory=list)  # {"video_id", "path", "error", "video", "frames"} of this run
     out: str = ""  # the file this rank appended to
     stored: int = 0  # this shard's videos with captions in the output (now or before)
-    redone: int = 0  # of those captioned: videos whose file changed since their old record
+    redone: int = 0  # of those captioned: videos whose file or frame range changed since their old record
 
 
 def load_keyframes(video: Any, n: int) -> tuple[np.ndarray, list[int]]:
@@ -111,27 +114,43 @@ def _forget_errors(out: Path, ids: set[str]) -> None:
             atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
-def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard) -> set[str]:
-    """Drop the records of videos whose file changed since they were captioned (their `video`
-    differs from `identity` {id: `video_identity` now}; a record without one is not compared),
-    each logged, so they are captioned again. A stale record in a file this shard does not write
-    (another rank's part, or the merged store under torchrun) is a CaptionStoreError naming the
-    video: rewriting it would race that rank. Returns the ids dropped."""
+def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Optional[str]:
+    """Why a stored record `obj` no longer describes its clip, or None: its file changed (`video`
+    differs from `identity`), or its frame range (`frames` differs from the clip's, `clip_range`).
+    A record without the key is not compared on it."""
+    vid = obj.get("video_id") if isinstance(obj, dict) else None
+    if vid not in identity:
+        return None
+    if "video" in obj and obj["video"] != identity[vid]:
+        return "its video changed"
+    if obj.get("frames") is not None and list(obj["frames"]) != list(frames.get(vid, obj["frames"])):
+        return f"its frame range changed ({range_text(obj['frames'])} -> {range_text(frames[vid])})"
+    return None
+
+
+def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: dict[str, list],
+                    done: str = "captioned") -> set[str]:
+    """Drop the records of videos whose file or frame range changed since they were captioned
+    (`_change`: their `video` differs from `identity` {id: `video_identity` now}, their `frames` from
+    `frames` {id: `clip_range` now}), each logged, so they are captioned again. A stale record in a
+    file this shard does not write (another rank's part, or the merged store under torchrun) is a
+    CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped.
+    `out` may be the errors file (`done` "failed"): its entries carry the same keys."""
     own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
     dropped: set[str] = set()
     for f in [out, *existing_parts(out)]:
         if not f.is_file():
             continue
         items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
-        stale = [o["video_id"] for _, o in items if isinstance(o, dict) and o.get("video_id") in identity
-                 and "video" in o and o["video"] != identity[o["video_id"]]]
+        stale = {o["video_id"]: why for _, o in items if (why := _change(o, identity, frames))}
         if not stale:
             continue
         if f not in own:
-            raise CaptionStoreError(f"{f}: video {stale[0]!r} changed since it was captioned, and this rank cannot "
+            vid, why = next(iter(stale.items()))
+            raise CaptionStoreError(f"{f}: video {vid!r}: {why} since it was {done}, and this rank cannot "
                                     "rewrite that file: caption again in one process, or pass --rebuild")
-        for vid in stale:
-            log.info("tgmae caption: %r: its video changed since it was captioned (%s): captioning it again", vid, f)
+        for vid, why in stale.items():
+            log.info("tgmae caption: %r: %s since it was %s (%s): captioning it again", vid, why, done, f)
         keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in stale)]
         atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
         dropped.update(stale)
@@ -207,7 +226,9 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     if retry_errors:
         _forget_errors(out, {v.video_id for v in mine})
     identity = {v.video_id: video_identity(str(v.path)) for v in mine}
-    changed = _forget_changed(out, identity, shard)
+    ranges = {v.video_id: clip_range(v) for v in mine}
+    changed = _forget_changed(out, identity, shard, ranges)
+    changed |= _forget_changed(errors_path(out), identity, shard, ranges, done="failed")  # a fixed range: tried again
     done = done_video_ids(out, include_errors=not retry_errors)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
@@ -217,7 +238,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         loaded = _prefetch(todo, lambda v: load_keyframes(v, keyframes), workers, depth=2 * batch_size)
         for batch in _batches(loaded, batch_size):
             good = [(v, r) for v, r in batch if not isinstance(r, BaseException)]
-            failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}"}
+            failed = [{"video_id": v.video_id, "path": str(v.path), "error": f"{type(r).__name__}: {r}",
+                       "video": identity[v.video_id], "frames": ranges[v.video_id]}
                       for v, r in batch if isinstance(r, BaseException)]
             images = [img for _, (frames, _) in good for img in frames]
             texts = captioner(images) if images else []
@@ -228,11 +250,12 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                 keep = [(c, i) for c, i in zip(caps, idx) if c.strip()]
                 if not keep:
                     failed.append({"video_id": v.video_id, "path": str(v.path),
-                                   "error": "the captioner produced only empty captions"})
+                                   "error": "the captioner produced only empty captions",
+                                   "video": identity[v.video_id], "frames": ranges[v.video_id]})
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model_name,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,
-                                              "video": identity[v.video_id]}))
+                                              "video": identity[v.video_id], "frames": ranges[v.video_id]}))
             store.write_batch(records)
             errs.write_batch(failed)
             summary.captioned += len(records)

@@ -433,7 +433,23 @@ def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str,
             and copy_key(o["video"]) != copy_key(identity[o["video_id"]])]
 
 
-def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> None:
+def range_text(frames: Sequence) -> str:
+    """`[20, 48)` of a recorded `frames` ([start, end]; end None: `[20, end)`)."""
+    return f"[{frames[0]}, {'end' if frames[1] is None else frames[1]})"
+
+
+def moved_clips(records: Iterable[CaptionRecord | dict], frames: dict[str, Sequence]) -> list[str]:
+    """Ids of `records` whose recorded clip range (`frames`) differs from `frames` ({video_id:
+    `tgmae.data.annotations.clip_range` now}). Records without one (older or hand-written stores;
+    oracle and vision-free captions describe the class, not frames) and ids not in `frames` are
+    not compared."""
+    objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
+    return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("frames") is not None
+            and o.get("video_id") in frames and list(o["frames"]) != list(frames[o["video_id"]])]
+
+
+def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
+                        frames: Optional[dict[str, Sequence]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
@@ -441,7 +457,9 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     video replaced since, whose captions describe another video. Records without one (a store
     written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
     without a file now (None) are not compared; when no record of the data set's videos has one, a
-    log line says the store could not be checked."""
+    log line says the store could not be checked. Given `frames` ({video_id:
+    `data.annotations.clip_range`}), a record whose recorded range differs (`moved_clips`) is
+    refused too, naming it."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
@@ -451,6 +469,14 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
             f"{path}: {len(other)} video(s) were captioned from files of other sizes than this data set's "
             f"({ids_text(other)}): a store made for another data set with the same video ids, or videos "
             "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
+    moved = moved_clips(objs, frames or {})
+    if moved:
+        was = next(o["frames"] for o in objs if isinstance(o, dict) and o.get("video_id") == moved[0])
+        raise CaptionStoreError(
+            f"{path}: {len(moved)} video(s) were captioned from other frame ranges than this data set's "
+            f"({ids_text(moved)}; e.g. {moved[0]!r}: frames {range_text(was)} in the store, "
+            f"{range_text(frames[moved[0]])} now): their captions describe other frames; caption them again "
+            "(a `tgmae caption --model` rerun into the same --out redoes them)")
     if mine and not known:
         log.info("tgmae: %s records no video identities (which file each caption describes): its captions "
                  "are not checked against this data set's files", path)

@@ -94,7 +94,8 @@ def _caption(args: argparse.Namespace, shard) -> int:
     captioner = ImageCaptioner(args.model, device, dtype, options)
     summary = caption_videos(videos, captioner, args.model, args.out, args.keyframes, args.batch_size, shard,
                              args.workers, args.retry_errors, progress=not args.no_progress)
-    redone = f" ({summary.redone} redone: their video changed since it was captioned)" if summary.redone else ""
+    redone = (f" ({summary.redone} redone: their video or frame range changed since the last run)"
+              if summary.redone else "")
     print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos{redone}, "
           f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}")
     for e in summary.errors[:5]:
@@ -184,17 +185,20 @@ def _identities(videos) -> dict:
 
 def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
     """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
-    against the data set: a store captioned from other files for its ids is refused
-    (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning.
+    against the data set: a store captioned from other files or frame ranges for its ids is
+    refused (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning.
     With or without, stores whose records of one id were captioned from different files are
     refused naming both (`merge_stores`: two data sets' stores with the same ids)."""
     from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
 
     stores = [read_store(f).records for f in args.combine]
     if args.annotations:
-        identity = _identities(_annotations(args)[0])
+        from tgmae.data.annotations import clip_range
+
+        videos = _annotations(args)[0]
+        identity, ranges = _identities(videos), {v.video_id: clip_range(v) for v in videos}
         for f, recs in zip(args.combine, stores):
-            refuse_other_videos(f, recs, identity)
+            refuse_other_videos(f, recs, identity, ranges)
         stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
     return merge_stores(stores, require_all=args.require_all, names=args.combine)
 

@@ -15,7 +15,7 @@ from typing import Sequence
 from tgmae.config import DATASET_FORMATS
 from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.data import check, prepare
-from tgmae.data.check import check_report_out, found_problems, run_check
+from tgmae.data.check import check_report_out, found_problems, item_where, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
 from tgmae.errors import nothing_done
 
@@ -90,7 +90,7 @@ def prepare_main(argv: Sequence[str]) -> int:
         checked = ", ".join(x["annotations"] for x in ch["lists"])  # the list given, not every list carried
         print(f"data check of {checked}: {ch['checked']} videos, {ch['ok']} ok, {ch['bad']} bad")
         for item in ch["items"][:10]:
-            print(f"  {item['path']}: {item['reason']}")
+            print(f"  {item_where(item)}: {item['reason']}")
     if c["failed"] and c["failed"] == sum(c.values()):  # nothing converted, copied or done before
         raise nothing_done(c["failed"],
                            args.report or "the lines above (--report FILE keeps them all)")
@@ -138,7 +138,7 @@ def main(argv: Sequence[str]) -> int:
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
           f"{report['bad_rows']} bad annotation rows{read}" + (f"; report: {args.out}" if args.out else ""))
     for item in report["items"][:10]:
-        print(f"  {item['path']}: {item['reason']}")  # the reason names the kind
+        print(f"  {item_where(item)}: {item['reason']}")  # the reason names the kind; the id, which row
     for row in report["rows"][:10]:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
     for x in report["lists"]:
@@ -156,4 +156,4 @@ def _print_shorter(report: dict) -> None:
               f"(--min-frames {report['min_frames']}, --frame-stride {report['frame_stride']}): a run reads "
               f"{'them' if len(short) > 1 else 'it'} with a smaller stride (not counted as bad)")
     for item in short[:10]:
-        print(f"  {item['path']}: {item['num_frames']} frames")
+        print(f"  {item_where(item)}: {item['num_frames']} frames")

@@ -73,12 +73,14 @@ def main(argv: Sequence[str]) -> int:
 
 def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
+    from tgmae.data.annotations import clip_range
     from tgmae.data.formats import load_annotations
     from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
 
     created = init_distributed_if_launched()
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())
+    ranges = {r.video_id: clip_range(r) for r in records}
     device = resolve_device(args.device, local_rank(), key="--device")
     clip = load_clip(args.clip, device, setting="--clip")
     if args.rebuild and shard.rank == 0:
@@ -90,7 +92,7 @@ def _precompute(args: argparse.Namespace, shard) -> int:
     opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
                              args.map_scale, args.dense_size, batch_size=args.batch_size)
     counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, ranges=ranges)
     if distributed_ready():
         import torch.distributed as dist
 

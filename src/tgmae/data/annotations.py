@@ -53,6 +53,25 @@ def clip_key(rec: VideoRecord) -> tuple[str, Optional[int], Optional[int]]:
     return os.path.abspath(rec.path), rec.start_frame, rec.end_frame
 
 
+def clip_range(rec: VideoRecord) -> list:
+    """The range a record names, as caption stores keep it (`frames`): [start_frame, end_frame]
+    (0-based, end exclusive; start None = 0, end None (JSON null) = the video's end). The same file
+    over another range is another clip: captions of other frames."""
+    return [rec.start_frame or 0, rec.end_frame]
+
+
+def range_problem(start: Optional[int], end: Optional[int]) -> Optional[str]:
+    """Why an annotated frame range [start, end) (0-based, end exclusive; None = the video's
+    start / end) is no range, or None: a negative frame (which would be clipped to 0, a clip the
+    row does not name) or end <= start (no frames). Readers refuse such a row when reading."""
+    for key, v in (("start_frame", start), ("end_frame", end)):
+        if v is not None and v < 0:
+            return f"{key} {v} is negative"
+    if end is not None and end <= (start or 0):
+        return f"end_frame {end} <= start_frame {start or 0}: the range holds no frames"
+    return None
+
+
 @dataclass
 class Problem:
     """A row that could not be read: where and why."""
@@ -304,6 +323,10 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
         caption = str(caption) if caption not in (None, "") else None
         full = path if os.path.isabs(path) else str(root / path)
         vid = str(obj.get("video_id") or "").strip() or relative_id(root, path)
+        why = range_problem(start, end)
+        if why:
+            rows.bad(ann, line, f"video {vid!r}: {why}")
+            continue
         if not ids.add(vid, ann, line, path):
             continue
         records.append(VideoRecord(full, label, vid, start, end, caption))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import sys
 from collections import Counter
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import UNLABELLED, VideoRecord, clip_key
+from tgmae.data.annotations import UNLABELLED, VIDEO_EXTS, VideoRecord, clip_key
 from tgmae.data.formats import list_file, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail, record_frame_range
@@ -235,6 +236,18 @@ def _subset_of(index: int, counts: list[int], lists: list[dict]) -> str:
             return x["subset"]
         index -= n
     return lists[-1]["subset"]
+
+
+def item_where(item: dict) -> str:
+    """How a printed line names a bad item of a report: its path, and its id where that is not the
+    file's own name (segments of one file: `/x/a.mp4 (video 'seg2')`), so lines of one file differ."""
+    path, vid = str(item["path"]), str(item.get("video_id") or "")
+    stem = path.rstrip("/").replace("\\", "/")
+    base, ext = os.path.splitext(stem)
+    stem = base if ext.lower() in VIDEO_EXTS else stem
+    if not vid or stem == vid or stem.endswith("/" + vid):
+        return path
+    return f"{path} (video {vid!r})"
 
 
 def found_problems(report: dict) -> bool:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
-from tgmae.data.annotations import AnnotationError, VideoRecord, clip_key
+from tgmae.data.annotations import AnnotationError, VideoRecord, clip_key, clip_range
 from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, clip_span, temporal_views
@@ -402,8 +402,8 @@ def check_videos_known(records: Sequence[VideoRecord], captions: Optional[Captio
     the videos and the file."""
     ids = [r.video_id for r in records]
     paths = {r.video_id: r.path for r in records}
-    if getattr(captions, "check_videos", None) is not None:  # captions of these very files
-        captions.check_videos(ids, paths)
+    if getattr(captions, "check_videos", None) is not None:  # captions of these very files and frames
+        captions.check_videos(ids, paths, {r.video_id: clip_range(r) for r in records})
     if getattr(mask_generator, "check_videos", None) is not None:  # maps made from these very files
         mask_generator.check_videos(ids, paths)
 

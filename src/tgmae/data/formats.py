@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
     UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
+    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
 )
 
 # Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
@@ -333,8 +333,9 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         if odd:
             rows.bad(data_file, line, f"{odd} {it[odd]!r} is not an integer")
             continue
-        if start is not None and end is not None and end <= start:
-            rows.bad(data_file, line, f"end_frame {end} <= start_frame {start}")
+        why = range_problem(start, end)
+        if why:
+            rows.bad(data_file, line, f"video {name!r}: {why}")
             continue
         path = first_existing(root, [f"rgb/{name}.mp4", f"{name}.mp4"])
         if ids.add(name, data_file, line, name):

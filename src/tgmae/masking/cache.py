@@ -243,7 +243,9 @@ def part_records(root: str | Path) -> Iterator[dict]:
 
 
 def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
-    """All part files -> (videos {id: file}, skipped {id: reason}); later lines win."""
+    """All part files -> (videos {id: file}, skipped {id: reason}); later lines win: a video skipped
+    after its maps were made (its range now past its end, its file now unreadable) is skipped, not
+    served the maps of before."""
     videos: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for rec in part_records(root):
@@ -253,6 +255,7 @@ def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
             skipped.pop(vid, None)
         else:
             skipped[vid] = rec.get("reason", "skipped")
+            videos.pop(vid, None)
     return videos, skipped
 
 

@@ -93,6 +93,7 @@ CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
+    ranges: Optional[dict[str, list]] = None,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
@@ -100,16 +101,40 @@ def precompute(
     run folder or lies inside one (`locks.refuse_inside_run`: its maps and parts would mix with the
     run's checkpoints); CacheMismatchError for a non-empty folder that is not a cache
     (`cache.check_cache_folder`); for a cache built with other settings, one naming each difference
-    and then `way_out` (`cache.write_manifest_or_check`: the calling command's flags)."""
+    and then `way_out` (`cache.write_manifest_or_check`: the calling command's flags).
+    ranges: {video_id: `data.annotations.clip_range`} of the annotated clips (None: whole videos):
+    a video whose range is past its end is skipped with `record_frame_range`'s reason (maps are of
+    every frame; the clip must exist), and a caption store whose records were made from other
+    ranges is refused (`refuse_other_videos`)."""
     check_kind(out, CACHE_SETTING, folder=True)
     refuse_inside_run(out, CACHE_SETTING)
     check_cache_folder(out, CACHE_SETTING)
     with hold(shard_target(out, rank, world), CACHE_SETTING):
-        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out)
+        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {})
+
+
+def range_error(path: str, frames: Optional[list]) -> Optional[str]:
+    """Why a clip's annotated range (`clip_range`: [start, end], end None = the video's end) is
+    unreadable in the video at `path` (`record_frame_range`'s VideoError: past the video's end), or
+    None; a whole video ([0, None]) is not opened. An unreadable video is left to the maps' reader."""
+    from tgmae.data.frame_index import record_frame_range
+    from tgmae.data.video import VideoError, VideoReader
+
+    if not frames or list(frames) == [0, None]:
+        return None
+    try:
+        with VideoReader(path) as reader:
+            record_frame_range(path, frames[0], frames[1], reader.info.num_frames)
+    except VideoError as e:
+        return error_text(path, e) if e.kind == "out_of_range" else None
+    except OSError:
+        return None
+    return None
 
 
 def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
-                opts: PrecomputeOptions, rank: int, world: int, progress: bool, way_out: str) -> dict:
+                opts: PrecomputeOptions, rank: int, world: int, progress: bool, way_out: str,
+                ranges: dict[str, list]) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store, refuse_other_videos
@@ -118,11 +143,16 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     remove_stale_cache_temps(out)  # index / manifest / maps of a killed run
     records = read_store(captions_file).records
     # captions of another data set's videos under these ids would make maps of the wrong text
-    refuse_other_videos(captions_file, records, {vid: video_identity(path) for vid, path in videos})
+    refuse_other_videos(captions_file, records, {vid: video_identity(path) for vid, path in videos}, ranges)
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
-    done = {r["video_id"]: r for r in part_records(out) if r.get("file")}  # the latest of each video
+    done: dict[str, dict] = {}  # the latest maps of each video, unless skipped since (as the index reads them)
+    for r in part_records(out):
+        if r.get("file"):
+            done[r["video_id"]] = r
+        else:
+            done.pop(r["video_id"], None)
     share = list(videos)[rank::world]
     counts = {"done": 0, "skipped": 0, "resumed": 0}
     part = part_file(out, rank, world)
@@ -140,6 +170,10 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
             caps = by_video.get(vid)
             if caps is None:
                 skip(vid, f"no captions for video {vid!r} in {captions_file}")
+                continue
+            bad_range = range_error(path, ranges.get(vid))
+            if bad_range:  # as `caption` and `data check` report it: never counted as cached
+                skip(vid, bad_range)
                 continue
             key, ident = captions_key(caps), video_identity(path)
             if _is_done(out, done.get(vid), key, ident, vid, path, caps):
