@@ -330,24 +330,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
                            num_workers=cfg.data.num_workers, device=dist_info.device,
                            progress=progress and cfg.log.progress)
     out, unreadable = split_unreadable(out, dataset, cfg.eval.strict, "retrieval")
-    if mode == "classes":
-        names = list(getattr(dataset, "class_names", None) or [])
-        if not names:
-            raise ValueError("class-prompt retrieval needs the dataset's class names")
-        text = class_text_embeddings(cfg, model, names, device=str(dist_info.device))
-        relevant = relevance_from_ids(out["label"], torch.arange(len(names)))
-    else:
-        from tgmae.captions.provider import CaptionProvider
-
-        provider = CaptionProvider.from_config(cfg.captions, device=str(dist_info.device))
-        if provider is None or provider.embeddings is None:
-            raise ValueError("caption retrieval needs captions.file and captions.clip_model (or captions.text_model)")
-        records = getattr(dataset, "records", None)
-        if records is None:
-            raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
-        relevant = caption_relevance([records[int(i)].video_id for i in out["index"]], provider)
-        used = relevant.any(dim=0)  # the gallery: captions of the evaluated videos only
-        text, relevant = text_embeddings(model, provider.embeddings[used]), relevant[:, used]
+    text, relevant = gallery_texts(cfg, model, dataset, out, mode, str(dist_info.device))
     result = retrieval_metrics(out["embedding"], text, relevant, KS, mode)
     result.unreadable = unreadable
     if unreadable:
@@ -360,6 +343,29 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         atomic_write_text(Path(cfg.train.output_dir) / RESULTS, json.dumps(summary, indent=2))
         log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
     return result
+
+
+def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.Tensor], mode: str,
+                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """([T, D] embedded texts, [N, T] relevance of the N embedded videos `out`): the dataset's class
+    prompts (mode "classes") or the captions of those videos (the gallery: theirs only)."""
+    if mode == "classes":
+        names = list(getattr(dataset, "class_names", None) or [])
+        if not names:
+            raise ValueError("class-prompt retrieval needs the dataset's class names")
+        return (class_text_embeddings(cfg, model, names, device=device),
+                relevance_from_ids(out["label"], torch.arange(len(names))))
+    from tgmae.captions.provider import CaptionProvider
+
+    provider = CaptionProvider.from_config(cfg.captions, device=device)
+    if provider is None or provider.embeddings is None:
+        raise ValueError("caption retrieval needs captions.file and captions.clip_model (or captions.text_model)")
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
+    relevant = caption_relevance([records[int(i)].video_id for i in out["index"]], provider)
+    used = relevant.any(dim=0)
+    return text_embeddings(model, provider.embeddings[used]), relevant[:, used]
 
 
 RETRIEVE, RESULTS = "tgmae retrieve", "retrieval_results.json"  # `written_by`, the file
