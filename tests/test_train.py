@@ -1099,19 +1099,24 @@ def test_a_resume_on_another_number_of_processes_is_refused_naming_them_and_the_
     assert changes == [{"step": 3, "changes": {"processes (global batch)": ["2 (8)", "1 (4)"]}}]
 
 
-def test_a_resume_on_as_many_processes_mid_epoch_is_exact_and_unrefused(tmp_path):
-    """The world-size check leaves a resume on the same count alone (the step-exact resume)."""
-    cfg = toy_cfg(tmp_path)
+def _train_until_killed(cfg, step: int) -> None:
+    """The toy run of `cfg`, stopped by an exception at `step` (as a kill: its last checkpoint stays)."""
 
     class Killed(Exception):
         pass
 
-    def kill_at_4(state):
-        if state.position.step == 4:
+    def kill(state):
+        if state.position.step == step:
             raise Killed()
 
     with pytest.raises(Killed):
-        Trainer(ToyTask(cfg), cfg, hooks=[kill_at_4]).fit()
+        Trainer(ToyTask(cfg), cfg, hooks=[kill]).fit()
+
+
+def test_a_resume_on_as_many_processes_mid_epoch_is_exact_and_unrefused(tmp_path):
+    """The world-size check leaves a resume on the same count alone (the step-exact resume)."""
+    cfg = toy_cfg(tmp_path)
+    _train_until_killed(cfg, 4)
     step = ckpt.find_latest(tmp_path / "run" / "checkpoints")
     extra = json.loads(torch.load(step / "state.pt", weights_only=True)["extra_json"])
     assert extra["world_size"] == 1
@@ -1121,16 +1126,7 @@ def test_a_resume_on_as_many_processes_mid_epoch_is_exact_and_unrefused(tmp_path
 def test_a_mid_epoch_checkpoint_of_2_processes_resumed_by_1_is_refused(tmp_path):
     """The same refusal for a checkpoint taken inside an epoch (its saved world size edited to 2)."""
     cfg = toy_cfg(tmp_path)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_7(state):
-        if state.position.step == 7:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        Trainer(ToyTask(cfg), cfg, hooks=[kill_at_7]).fit()
+    _train_until_killed(cfg, 7)
     step = ckpt.find_latest(tmp_path / "run" / "checkpoints")
     state = torch.load(step / "state.pt", weights_only=True)
     state["extra_json"] = json.dumps({**json.loads(state["extra_json"]), "world_size": 2})
