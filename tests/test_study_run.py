@@ -660,3 +660,30 @@ def test_a_later_cells_folder_of_other_settings_is_named_before_any_cell_trains(
     with pytest.raises(ConfigError, match=r"(?s)random__mae.*other settings.*optim\.base_lr"):
         run_study(study, quick=True)
     assert sorted(p.name for p in paths.root.iterdir()) == ["runs"]  # no set-up, no cell trained
+
+
+def test_a_later_cells_retrieval_of_other_settings_is_named_before_any_cell_trains(tmp_path):
+    """Re-trial 17B (N1): a rerun with another retrieval_align_epochs trained the first cell, then
+    stopped at the next cell's retrieval_aligned folder with advice (train.output_dir,
+    checkpoint.resume) a study user cannot follow; now named up front with the study's way out."""
+    import dataclasses
+
+    from tgmae.config import ConfigError
+    from tgmae.evaluate.retrieval import RESULTS, RETRIEVE, retrieval_settings
+    from tgmae.study.run import StudyPaths, cell_phases, load_study, retrieval_config, run_study
+
+    study = dataclasses.replace(load_study(None, [f"out_dir={tmp_path / 's'}"], quick=True),
+                                maskings=["tube", "random"], objectives=["mae"], references=[])
+    assert study.retrieval_align_epochs > 0
+    paths = StudyPaths(tmp_path / "s")
+    run = paths.run("random", "mae", study.seeds[0], study.variant)
+    probe = cell_phases(study, paths, "random", "mae", study.seeds[0], True)[1]
+    before = dataclasses.replace(study, retrieval_align_epochs=3)
+    cfg = retrieval_config(before, paths, probe, run, True)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True)
+    (out / RESULTS).write_text(json.dumps({"written_by": RETRIEVE, "settings": retrieval_settings(cfg, study.retrieval)}))
+    with pytest.raises(ConfigError, match=r"(?s)random__mae.*retrieval_aligned.*retrieval_align_epochs.*another study out_dir"):
+        run_study(study, quick=True)
+    assert sorted(p.name for p in paths.root.iterdir()) == ["runs"]
+    assert not (paths.run("tube", "mae", study.seeds[0], study.variant)).exists()

@@ -457,6 +457,24 @@ def check_cell_settings(phases: Sequence, probe, extra: dict) -> None:
         check_phase_settings(phase, probe=phase is probe or any(phase is e for e in extra.values()))
 
 
+def check_retrieval_folder(study: StudyConfig, paths: StudyPaths, probe, run: Path, quick: bool) -> None:
+    """ConfigError when the cell's retrieval folder holds results of other settings (e.g. another
+    study.retrieval_align_epochs), named with the study's way out, before any cell runs."""
+    from tgmae.evaluate.multiview import read_results, setting_diffs
+    from tgmae.evaluate.retrieval import RESULTS, retrieval_settings
+
+    cfg = retrieval_config(study, paths, probe, run, quick)
+    results = Path(cfg.train.output_dir) / RESULTS
+    if not results.is_file():
+        return
+    stored = read_results(results).get("settings")
+    diffs = setting_diffs(stored, retrieval_settings(cfg, study.retrieval)) if isinstance(stored, dict) else [
+        "its settings were not recorded"]
+    if diffs:
+        raise ConfigError(f"{results.parent} holds retrieval results of other settings ({'; '.join(diffs)}). "
+                          "Use another study out_dir, or delete that folder to rerun it.")
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results are there and readable
@@ -562,6 +580,8 @@ def run_study(study: StudyConfig, quick: bool = False) -> Path:
     for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
         _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
         check_cell_settings(phases, probe, extra)
+        if probe is not None and cell[0] not in REFERENCES and retrieves(study, cell[1]):
+            check_retrieval_folder(study, paths, probe, paths.run(cell[0], cell[1], cell[2], study.variant), quick)
     from tgmae.locks import hold
 
     # one study per folder: a second one's phases would interleave with this one's
