@@ -502,9 +502,11 @@ def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(
     assert "data.num_frames=12" in msg and "10 frames" in msg and "v1.mp4" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="data.num_frames=12"):
         MultiViewDataset(recs, _cfg(num_frames=12))
+    assert "no video holds one" in msg and "multiple of model.tubelet_size" in msg  # re-trial 17B (N2)
     ranged = [VideoRecord(str(paths[1]), 0, "r", start_frame=4)]  # 6 frames in its range
-    with pytest.raises(ConfigError, match="6 frames"):
+    with pytest.raises(ConfigError, match="6 frames") as e:
         VideoDataset(ranged, _cfg(num_frames=8), train=True)
+    assert "and the video has 6 frames in its range" in str(e.value)  # one video (`visualize --video`): said so
     assert len(VideoDataset(recs, _cfg(num_frames=10), train=True)) == 4  # one video holds a clip: no refusal
 
 

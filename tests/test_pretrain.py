@@ -456,3 +456,14 @@ def test_a_run_says_once_how_many_videos_are_shorter_than_the_clip(synth_root, t
     assert len(counts) == 1 and counts[0].startswith("12 of 12 videos") and "data.frame_stride=4" in counts[0]
     firsts = [r.getMessage() for r in caplog.records if "shorter than a clip's 13" in r.getMessage()]
     assert len(firsts) == 1
+
+
+def test_a_figure_title_gives_the_stride_its_columns_were_read_at():
+    """Re-trial 17B (N3): a 3-frame video drawn at data.frame_stride=4 is read at stride 2 (frames
+    0 and 2), but the title said "stride 4"; the stride used is given, with the one asked."""
+    from tgmae.config import load_config
+    from tgmae.train.pretrain import describe_run
+
+    cfg = load_config(None, ["data.frame_stride=4", "data.num_frames=2"])
+    assert "(stride 2 (4 asked: a short video)," in describe_run(cfg, [0, 2])
+    assert "(stride 4," in describe_run(cfg, [0, 4]) and "(stride 4," in describe_run(cfg)

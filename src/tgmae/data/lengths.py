@@ -104,6 +104,8 @@ def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: st
         return
     ranged = longest.start_frame is not None or longest.end_frame is not None
     key = setting.split("=")[0]
-    raise ConfigError(f"{setting}: a clip needs {min_frames} frames and no video holds one: the longest has {best} "
-                      f"frames{' in its range' if ranged else ''} ({longest.path}); lower {key} to {best} or less, "
-                      f"or check the videos (`tgmae data check --min-frames {min_frames}`)")
+    which = "the video has" if len(records) == 1 else "no video holds one: the longest has"
+    raise ConfigError(f"{setting}: a clip needs {min_frames} frames and {which} {best} "
+                      f"frames{' in its range' if ranged else ''} ({longest.path}); lower {key} to {best} or less "
+                      f"(a multiple of model.tubelet_size), or check the videos "
+                      f"(`tgmae data check --min-frames {min_frames}`)")

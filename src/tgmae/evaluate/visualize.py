@@ -280,7 +280,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     folder.mkdir(parents=True, exist_ok=True)
     try:  # under their final names, each file written atomically
         return write_reconstruction(mae_part(model), sample, cfg, folder, name,
-                                    f"{sample.get('video_id', index)}, {label} ({describe_run(cfg)})")
+                                    f"{sample.get('video_id', index)}, {label} ({describe_run(cfg, _frame_numbers(sample))})")
     except Exception as e:  # a full disk names the figure, not the drawing folder; no empty folder is left
         fail = write_failure(e, folder / f"{name}.png")
         if made and not any(folder.iterdir()):
@@ -311,7 +311,11 @@ def attention_maps(cfg, checkpoint: str, *, index: int = 0, subset: str = "val",
     title = (f"{vid}, {label}: attention of the centre patch, block {layer % depth + 1}/{depth} (head mean); "
              f"{cfg.data.num_frames} frames x {cfg.data.image_size} px (tubelet {arch.tubelet_size}, "
              f"patch {arch.patch_size})")
-    frames = sample.get("frame_indices")  # the columns: source frame numbers, as `visualize recon`
     return attention_figures(encoder, sample["video"], cfg.data.mean, cfg.data.std, figures_folder(checkpoint, out),
-                             layer=layer, name=name, title=title,
-                             frame_numbers=None if frames is None else torch.as_tensor(frames).tolist())
+                             layer=layer, name=name, title=title, frame_numbers=_frame_numbers(sample))
+
+
+def _frame_numbers(sample: dict) -> Optional[list[int]]:
+    """The clip's source frame numbers (the figures' columns), when the dataset gives them."""
+    frames = sample.get("frame_indices")
+    return None if frames is None else [int(f) for f in torch.as_tensor(frames).reshape(-1).tolist()]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -161,11 +161,15 @@ def mae_part(model: nn.Module) -> nn.Module:
     return getattr(model, "mae", model)
 
 
-def describe_run(cfg: RunConfig) -> str:
-    """The masking, ratio and clip geometry a figure was drawn under, for its title."""
+def describe_run(cfg: RunConfig, frames: Optional[Sequence[int]] = None) -> str:
+    """The masking, ratio and clip geometry a figure was drawn under, for its title. frames: the
+    clip's source frame numbers, when known: a short video read at a smaller stride says so."""
     m, d = cfg.model, cfg.data
+    steps = {int(b) - int(a) for a, b in zip(frames, frames[1:])} if frames is not None and len(frames) > 1 else set()
+    stride = (f"stride {steps.pop()} ({d.frame_stride} asked: a short video)" if len(steps) == 1
+              and d.frame_stride not in steps else f"stride {d.frame_stride}")
     return (f"{cfg.masking.name} mask, ratio {cfg.masking.ratio:g}; {d.num_frames} frames x {d.image_size} px "
-            f"(stride {d.frame_stride}, tubelet {m.tubelet_size}, patch {m.patch_size})")
+            f"({stride}, tubelet {m.tubelet_size}, patch {m.patch_size})")
 
 
 def describe_objective(cfg: RunConfig) -> str:
