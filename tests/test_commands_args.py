@@ -72,3 +72,24 @@ def test_study_list_entries_set_a_key_once_and_appends_may_repeat():
     assert default, "the defaults carry pretrain entries"
     key = default[0].split("=")[0]
     assert load_study(None, [f"pretrain+=[{key}=1]"]).pretrain[-1] == f"{key}=1"  # over a default entry: later wins
+
+
+def test_a_key_twice_inside_an_override_value_or_a_study_files_list_is_refused(tmp_path, capsys):
+    """Re-trial 17A (S4): `masking={ratio: 0.75, ratio: 0.8}` kept 0.8, and a study YAML's
+    `pretrain: [..., data.num_workers=0, data.num_workers=1]` trained with 1; both refused as the
+    same key twice in a YAML file or on the command line is."""
+    import pytest
+
+    from tgmae.cli import main as cli_main
+    from tgmae.config import ConfigError
+    from tgmae.study.run import load_study
+
+    assert cli_main(["config", "show", "masking={ratio: 0.75, ratio: 0.8}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'masking.ratio' appears twice" in err and len(err.splitlines()) == 1, err
+    path = tmp_path / "study.yaml"
+    path.write_text("pretrain: [model.preset=micro, data.num_workers=0, data.num_workers=1]\n")
+    with pytest.raises(ConfigError, match=rf"data.num_workers: set twice in study.pretrain of {path}"):
+        load_study(str(path))
+    path.write_text("pretrain: [model.preset=micro, data.num_workers=0]\n")
+    assert load_study(str(path)).pretrain == ["model.preset=micro", "data.num_workers=0"]

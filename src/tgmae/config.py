@@ -657,6 +657,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
+        if raw.strip():  # a mapping value holds each key once, as a YAML file must
+            _refuse_duplicate_keys(yaml.compose(raw), f"override {text!r}", key.strip().lstrip("-") + ".", in_line=True)
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: cannot parse value ({yaml_problem(e, in_line=True)})") from None
@@ -726,21 +728,22 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
-def _refuse_duplicate_keys(node: Any, path: Path, prefix: str) -> None:
+def _refuse_duplicate_keys(node: Any, where: Any, prefix: str, in_line: bool = False) -> None:
+    """ConfigError naming `where` (a file, or an override), the key and both places when a mapping
+    under `node` holds a key twice (YAML keeps the second silently)."""
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _refuse_duplicate_keys(item, path, prefix)
+            _refuse_duplicate_keys(item, where, prefix, in_line)
     if not isinstance(node, yaml.MappingNode):
         return
-    first: dict[str, int] = {}
+    first: dict[str, str] = {}
     for key, value in node.value:
         name = f"{prefix}{key.value}" if isinstance(key, yaml.ScalarNode) else prefix + "?"
-        line = key.start_mark.line + 1
+        at = f"column {key.start_mark.column + 1}" if in_line else f"line {key.start_mark.line + 1}"
         if name in first:
-            raise ConfigError(f"{path}: key {name!r} appears twice (line {first[name]} and line {line}); "
-                              "keep one")
-        first[name] = line
-        _refuse_duplicate_keys(value, path, name + ".")
+            raise ConfigError(f"{where}: key {name!r} appears twice ({first[name]} and {at}); keep one")
+        first[name] = at
+        _refuse_duplicate_keys(value, where, name + ".", in_line)
 
 
 # save_config's first line: what marks a file as a run's saved config (`is_saved_config`), never

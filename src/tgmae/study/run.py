@@ -695,6 +695,10 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
     """`tgmae study [-c CONFIG] [--quick] [key=value ...]`: defaults < YAML < `quick_values` < overrides
     (`key+=[...]` extends a list key). ConfigError naming the key or the file."""
     study = load_config(config, cls=StudyConfig, prefix="study") if config else StudyConfig()
+    if config:  # the file's own entries set a key once, as the command line's do
+        for key in ("pretrain", "probe", "finetune"):
+            if key in (read_yaml(config) or {}):
+                refuse_repeated_overrides([str(v) for v in getattr(study, key)], where=f"in study.{key} of {config}")
     if quick:
         study = dataclasses.replace(study, **quick_values(study))
     values, given, mine = to_dict(study), {}, {}
