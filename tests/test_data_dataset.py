@@ -482,6 +482,10 @@ def test_a_test_list_of_a_checkpoints_training_videos_is_refused_naming_its_conf
         refuse_training_videos_as_test(dataclasses.replace(run_data, val_annotations="some.csv"),
                                        trained_on=(run_data, "RUN/config.yaml"))  # cfg's own list: its own check
         assert caplog.text == ""
+        # re-trial 17A (S3): the run's list does not read from here (a relative root, a deleted file): said
+        gone = dataclasses.replace(run_data, root="elsewhere")
+        refuse_training_videos_as_test(swapped, trained_on=(gone, "RUN/config.yaml"))
+        assert "not compared with the training videos of data.train_annotations=train.csv in RUN" in caplog.text
 
 
 def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(tmp_path):

@@ -584,6 +584,11 @@ def test_evaluate_refuses_a_test_list_of_the_checkpoints_own_finetuning_videos(s
     bare.parent.mkdir()
     bare.write_bytes((run / "classifier.safetensors").read_bytes())
     assert main([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'ev'}"]) == 0
+    # re-trial 17A (M1): evaluate trains on nothing; with the run's own list known, a data.train_annotations
+    # that happens to hold the test videos is not what the model trained on: no refusal
+    same = ["evaluate", "-c", str(path), "data.train_annotations=val.csv", "data.val_annotations=val.csv"]
+    assert main([*same, f"model.pretrained={run}", f"train.output_dir={tmp_path / 'ev2'}"]) == 0
+    assert main([*same, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'ev3'}"]) == 2  # unknown: the guess
 
 
 def test_finetune_refuses_a_test_list_of_the_pretraining_runs_videos(synth, tmp_path, capsys):

@@ -455,7 +455,7 @@ def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[l
 
 def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,
                                    train: Optional[Dataset] = None, *,
-                                   trained_on: Optional[tuple[DataConfig, str]] = None) -> None:
+                                   trained_on: Optional[tuple[DataConfig, str]] = None, own_checked: bool = True) -> None:
     """ConfigError, naming data.val_annotations and data.train_annotations, when every clip of the
     val/test set (`test`, else `subset_annotations(cfg, "val")` read) is a clip of the training set
     (`train`, else `cfg.train_annotations` read): the same list file, or a split-folder train list that
@@ -466,29 +466,35 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
 
     trained_on: (the data settings a checkpoint was trained with, where they are written - its run's
     config.yaml): the training list compared is theirs (`train`, else their train_annotations read),
-    and the refusal names it with that file; the same list as `cfg`'s passes (`cfg`'s own check says it)."""
+    and the refusal names it with that file; the same list as `cfg`'s passes when `own_checked` (the
+    caller checks `cfg`'s own list too). A list of theirs that does not read is warned about."""
     of = f"data.train_annotations={cfg.train_annotations}"
     train_cfg = cfg
     if trained_on is not None:
         train_cfg, where = trained_on
-        if train is None and _same_list(train_cfg, cfg):
+        if train is None and own_checked and _same_list(train_cfg, cfg):  # the caller's own check says it
             return
         of = f"data.train_annotations={train_cfg.train_annotations} in {where}"
     test_records = _listed(cfg, "val", test)
     if not test_records:
         return
+    val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
+           else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
+    root = os.path.abspath(cfg.root or ".")
     train_records = _listed(train_cfg, "train", train)
     if not train_records:
+        if trained_on is not None:  # a checkpoint's list gone or relative to another folder: the check is not made
+            _warn_once(root, f"{val}: not compared with the training videos of {of} (that list does not read from "
+                             f"here, data.root={train_cfg.root!r}); a test of videos the model trained on would go unnoticed")
         return
     train_clips = {clip_key(r) for r in train_records}
     shared = [r for r in test_records if clip_key(r) in train_clips]
-    val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
-           else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
     if len(shared) < len(test_records):
         if shared:  # a leak the user may not know of: said (once), the test goes on (part of some official splits)
             n = len(shared)
-            _warn_once(os.path.abspath(cfg.root or "."), f"{val}: {n} of its {len(test_records)} videos {'is a training video' if n == 1 else 'are training videos'} "
-                       f"of {of} (first: {shared[0].video_id}); their scores are of videos the model trained on")
+            _warn_once(root, f"{val}: {n} of its {len(test_records)} videos "
+                             f"{'is a training video' if n == 1 else 'are training videos'} of {of} "
+                             f"(first: {shared[0].video_id}); their scores are of videos the model trained on")
         return
     raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
                       f"of {of}; a test there scores what the model trained on: name a test list of other videos")

@@ -171,22 +171,24 @@ def video_ids(dataset: Dataset, index: torch.Tensor) -> list[str]:
     return [str(getattr(records[i], "video_id", i)) for i in rows]
 
 
-def refuse_test_of_training_videos(cfg) -> None:
+def refuse_test_of_training_videos(cfg, trains: bool = False) -> None:
     """ConfigError (`refuse_training_videos_as_test`) when the val/test list `cfg.data` names is made
-    of training videos: of `data.train_annotations`, or of the list the checkpoint
-    `cfg.model.pretrained` trained on, when it lies in a run folder whose saved config.yaml names one
-    (a checkpoint without one - a bare file, an HF folder - is checked against `cfg.data` only).
-    Reads annotation lists and that config, no weights."""
+    of the videos `cfg.model.pretrained` trained on: the list its run's saved config.yaml names, when
+    it lies in such a run; else (a bare file, an HF folder: unknown) `data.train_annotations`, the
+    best guess. trains: this command trains on `data.train_annotations` too (retrieve's aligned
+    head), which is then checked as well. Reads annotation lists and that config, no weights."""
     from tgmae.data.dataset import refuse_training_videos_as_test
 
-    refuse_training_videos_as_test(cfg.data)
-    refuse_checkpoint_training_videos(cfg)
+    known = refuse_checkpoint_training_videos(cfg, own_checked=trains)
+    if trains or not known:
+        refuse_training_videos_as_test(cfg.data)
 
 
-def refuse_checkpoint_training_videos(cfg, test=None) -> None:
-    """The second half of `refuse_test_of_training_videos`: the val/test set (`test`, else the list
-    `cfg.data` names) against the list `cfg.model.pretrained`'s run trained on (its saved config),
-    for finetune and the probes too: an encoder pretrained on the test videos is scored on them."""
+def refuse_checkpoint_training_videos(cfg, test=None, own_checked: bool = True) -> bool:
+    """The val/test set (`test`, else the list `cfg.data` names) against the list
+    `cfg.model.pretrained`'s run trained on (its saved config), for finetune and the probes too: an
+    encoder pretrained on the test videos is scored on them. own_checked: the caller checks
+    `data.train_annotations` as well (the same list is then said once). Whether that run's config was read."""
     from tgmae.data.dataset import refuse_training_videos_as_test
     from tgmae.weights.model_card import find_run_dir, run_config
 
@@ -194,7 +196,8 @@ def refuse_checkpoint_training_videos(cfg, test=None) -> None:
     saved = run_config(run)[0] if run is not None else None
     if saved is not None:  # a config.yaml that does not read says nothing of the training videos
         where = f"{run / 'config.yaml'} (model.pretrained's run)"
-        refuse_training_videos_as_test(cfg.data, test, trained_on=(saved.data, where))
+        refuse_training_videos_as_test(cfg.data, test, trained_on=(saved.data, where), own_checked=own_checked)
+    return saved is not None
 
 
 @locks_run_folder

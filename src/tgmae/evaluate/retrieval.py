@@ -293,7 +293,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if dataset is None:  # never a test on the videos the model (or the aligned head) trained on
         from tgmae.evaluate.multiview import refuse_test_of_training_videos
 
-        refuse_test_of_training_videos(cfg)
+        refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
