@@ -292,3 +292,29 @@ def test_report_of_a_moved_study_keeps_its_text_probe(tmp_path):
     report = report_runs([moved], tmp_path / "rep").read_text()
     assert "Text probe:" in report and "for 55.0% of 60 held-out captions" in report
     assert str(moved / "word_encoder") in report and str(old) not in report
+
+
+def test_report_refuses_two_records_of_one_cell_and_seed_naming_both_folders(tmp_path, capsys):
+    """Issue 28 re-trial 17A (S1): `tgmae report S S` and `tgmae report COPY S` (a study and its copy)
+    counted seed 0 of every cell twice: each row "| 2" seeds, ± 0.0, chance bands narrowed, exit 0. Two
+    records of one (masking, objective, variant, seed) are refused in one line naming both folders."""
+    import shutil
+
+    from tgmae.cli import main
+    from tgmae.errors import UserError
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    _study_run(study)
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    for runs, first, second in (([study, study], study, study), ([copy, study], copy, study)):
+        with pytest.raises(UserError, match="seed 0") as e:
+            report_runs(runs, tmp_path / "rep")
+        for folder in (first, second):
+            assert str(folder / "runs" / "tube__mae__s0") in str(e.value)
+        assert not (tmp_path / "rep").exists()
+    assert main(["report", str(copy), str(study), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config error" not in err and str(copy / "runs" / "tube__mae__s0") in err
+    report_runs([study / "runs" / "tube__mae__s0"], tmp_path / "one")  # one record of the cell: reported

@@ -724,6 +724,29 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
     return records
 
 
+class RepeatedRunError(ValueError, UserError):
+    """`tgmae report` was given two records of one (masking, objective, variant, seed): the same runs
+    twice or a study and its copy; averaged, they would pass as two seeds. The message names both
+    folders (not a wrong key: no "config error" prefix)."""
+
+
+def refuse_repeated_runs(records: Sequence[dict]) -> None:
+    """RepeatedRunError naming both run folders when two of `records` are one cell's same seed
+    (`cell_key` + seed): the table would count the run twice, as seeds with no spread between them."""
+    seen: dict[tuple, str] = {}
+    for r in records:
+        key = cell_key(r) + (r["seed"],)
+        if key not in seen:
+            seen[key] = r["run_dir"]
+            continue
+        first, second = seen[key], r["run_dir"]
+        how = ("the same folder given twice" if Path(first).resolve() == Path(second).resolve()
+               else "two folders of one cell and seed, e.g. a study and its copy")
+        variant = f" [{key[2]}]" if key[2] else ""
+        raise RepeatedRunError(f"{first} and {second} both hold {key[0]} {key[1]}{variant} seed {key[3]} ({how}): "
+                               "a report would count it as two seeds; give each study or run once")
+
+
 def _same_run(a: dict, b: dict) -> bool:
     """Whether two study records are one run: the same folder, or the same record at another place
     (the folder moved or copied since; figures one report left out, `drop_lost_figures`, do not count)."""
@@ -763,12 +786,14 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check and text probe found in them; figures whose results file is gone or
     unreadable left out and named, `drop_lost_figures`); prints the table; returns report.md's path.
-    FileNotFoundError for a folder without records, ConfigError for runs probed differently,
+    FileNotFoundError for a folder without records, RepeatedRunError for two records of one cell and
+    seed (`refuse_repeated_runs`), ConfigError for runs probed differently,
     ReportFolderError for an `out` holding a report of other runs or another results.json
     (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
     (`locks.refuse_inside_run`)."""
     refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
+    refuse_repeated_runs(records)
     check_one_probe(records)
     if not overwrite:
         refuse_other_report(Path(out), records)
