@@ -318,3 +318,31 @@ def test_report_refuses_two_records_of_one_cell_and_seed_naming_both_folders(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config error" not in err and str(copy / "runs" / "tube__mae__s0") in err
     report_runs([study / "runs" / "tube__mae__s0"], tmp_path / "one")  # one record of the cell: reported
+
+
+def test_report_of_a_partly_finished_study_names_its_unfinished_cells(tmp_path, capsys, caplog):
+    """Issue 28 re-trial 17A (S5): `tgmae report` of a study killed after 6 of 10 cells said nothing
+    of the rest: 6 rows, "The 6 runs took ...", exit 0, though runs/tgm__mae__s0 held an unfinished
+    run. Run folders without a study_record.json are named in the report (a "Not finished" section
+    and its opening paragraph, so the HTML too), the log and the command's printed lines."""
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    _study_run(study)
+    (study / "runs" / "tgm__mae__s0" / "pretrain" / "checkpoints").mkdir(parents=True)
+    (study / "runs" / "scratch__supervised__s0").mkdir()
+    (study / "runs" / "notes").mkdir()  # not a cell's folder
+    with caplog.at_level("WARNING", logger="tgmae"):
+        report = report_runs([study], tmp_path / "rep").read_text()
+    printed = capsys.readouterr().out
+    assert "## Not finished" in report and "2 run folders" in report.split("\n\n")[1]
+    for name in ("tgm__mae__s0", "scratch__supervised__s0"):
+        assert f"- ../study/runs/{name}" in report and str(study / "runs" / name) in printed
+        assert str(study / "runs" / name) in caplog.text
+    assert "notes" not in report and "not finished" in printed.lower()
+    assert "not finished" in (tmp_path / "rep" / "report.html").read_text().lower()
+    one = report_runs([study / "runs" / "tube__mae__s0"], tmp_path / "one").read_text()  # one run asked for
+    assert "Not finished" not in one and "tgm__mae" not in one
+    (study / "runs" / "tgm__mae__s0" / "pretrain" / "checkpoints").rmdir()
+    done = report_runs([tmp_path / "study"], tmp_path / "rep2").read_text()
+    assert "tgm__mae__s0" in done and "scratch__supervised" in done  # empty folders are still cells not done
