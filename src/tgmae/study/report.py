@@ -837,8 +837,8 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     (`locks.refuse_inside_run`)."""
     refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
+    check_one_probe(records)  # first: runs probed differently are not copies, whatever their seeds
     refuse_repeated_runs(records)
-    check_one_probe(records)
     if not overwrite:
         refuse_other_report(Path(out), records)
     records, lost = drop_lost_figures(records)
