@@ -346,3 +346,33 @@ def test_report_of_a_partly_finished_study_names_its_unfinished_cells(tmp_path, 
     (study / "runs" / "tgm__mae__s0" / "pretrain" / "checkpoints").rmdir()
     done = report_runs([tmp_path / "study"], tmp_path / "rep2").read_text()
     assert "tgm__mae__s0" in done and "scratch__supervised" in done  # empty folders are still cells not done
+
+
+def test_a_cell_resumed_after_its_phases_ran_keeps_their_time(tmp_path, monkeypatch):
+    """Issue 28 re-trial 17A: a cell killed after its phases ran but before its study_record.json
+    was reused on rerun with pretrain_seconds ~3.5e-05, so the report's summed run time undercounted.
+    A phase's seconds are kept in the cell's folder as it ends and counted by a later invocation that
+    finds it done (a fake clock: 100 s of finetuning)."""
+    import json
+
+    import tgmae.evaluate.finetune as ft
+    import tgmae.study.run as study_run
+    from tgmae.study.run import StudyConfig, StudyPaths, run_cell
+
+    now = [0.0]
+    monkeypatch.setattr(study_run.time, "perf_counter", lambda: now[0])
+    paths = StudyPaths(tmp_path / "study")
+    paths.data.mkdir(parents=True)
+    (paths.data / "meta.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    run = paths.run("scratch", "supervised", 0)
+
+    def finetune(cfg):
+        now[0] += 100.0
+        _results(run, "finetune", "finetune_results.json", {"val_top1": 0.7})
+
+    monkeypatch.setattr(ft, "finetune", finetune)
+    study = StudyConfig(references=["scratch"], recon_check_steps=0)
+    assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["total_seconds"] == 100.0
+    (run / "study_record.json").unlink()  # killed after the finetuning, before its record
+    now[0] += 5.0
+    assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["total_seconds"] == 100.0
