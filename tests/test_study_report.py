@@ -292,3 +292,87 @@ def test_report_of_a_moved_study_keeps_its_text_probe(tmp_path):
     report = report_runs([moved], tmp_path / "rep").read_text()
     assert "Text probe:" in report and "for 55.0% of 60 held-out captions" in report
     assert str(moved / "word_encoder") in report and str(old) not in report
+
+
+def test_report_refuses_two_records_of_one_cell_and_seed_naming_both_folders(tmp_path, capsys):
+    """Issue 28 re-trial 17A (S1): `tgmae report S S` and `tgmae report COPY S` (a study and its copy)
+    counted seed 0 of every cell twice: each row "| 2" seeds, ± 0.0, chance bands narrowed, exit 0. Two
+    records of one (masking, objective, variant, seed) are refused in one line naming both folders."""
+    import shutil
+
+    from tgmae.cli import main
+    from tgmae.errors import UserError
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    _study_run(study)
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    for runs, first, second in (([study, study], study, study), ([copy, study], copy, study)):
+        with pytest.raises(UserError, match="seed 0") as e:
+            report_runs(runs, tmp_path / "rep")
+        for folder in (first, second):
+            assert str(folder / "runs" / "tube__mae__s0") in str(e.value)
+        assert not (tmp_path / "rep").exists()
+    assert main(["report", str(copy), str(study), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config error" not in err and str(copy / "runs" / "tube__mae__s0") in err
+    report_runs([study / "runs" / "tube__mae__s0"], tmp_path / "one")  # one record of the cell: reported
+
+
+def test_report_of_a_partly_finished_study_names_its_unfinished_cells(tmp_path, capsys, caplog):
+    """Issue 28 re-trial 17A (S5): `tgmae report` of a study killed after 6 of 10 cells said nothing
+    of the rest: 6 rows, "The 6 runs took ...", exit 0, though runs/tgm__mae__s0 held an unfinished
+    run. Run folders without a study_record.json are named in the report (a "Not finished" section
+    and its opening paragraph, so the HTML too), the log and the command's printed lines."""
+    from tgmae.study.report import report_runs
+
+    study = tmp_path / "study"
+    _study_run(study)
+    (study / "runs" / "tgm__mae__s0" / "pretrain" / "checkpoints").mkdir(parents=True)
+    (study / "runs" / "scratch__supervised__s0").mkdir()
+    (study / "runs" / "notes").mkdir()  # not a cell's folder
+    with caplog.at_level("WARNING", logger="tgmae"):
+        report = report_runs([study], tmp_path / "rep").read_text()
+    printed = capsys.readouterr().out
+    assert "## Not finished" in report and "2 run folders" in report.split("\n\n")[1]
+    for name in ("tgm__mae__s0", "scratch__supervised__s0"):
+        assert f"- ../study/runs/{name}" in report and str(study / "runs" / name) in printed
+        assert str(study / "runs" / name) in caplog.text
+    assert "notes" not in report and "not finished" in printed.lower()
+    assert "not finished" in (tmp_path / "rep" / "report.html").read_text().lower()
+    one = report_runs([study / "runs" / "tube__mae__s0"], tmp_path / "one").read_text()  # one run asked for
+    assert "Not finished" not in one and "tgm__mae" not in one
+    (study / "runs" / "tgm__mae__s0" / "pretrain" / "checkpoints").rmdir()
+    done = report_runs([tmp_path / "study"], tmp_path / "rep2").read_text()
+    assert "tgm__mae__s0" in done and "scratch__supervised" in done  # empty folders are still cells not done
+
+
+def test_a_cell_resumed_after_its_phases_ran_keeps_their_time(tmp_path, monkeypatch):
+    """Issue 28 re-trial 17A: a cell killed after its phases ran but before its study_record.json
+    was reused on rerun with pretrain_seconds ~3.5e-05, so the report's summed run time undercounted.
+    A phase's seconds are kept in the cell's folder as it ends and counted by a later invocation that
+    finds it done (a fake clock: 100 s of finetuning)."""
+    import json
+
+    import tgmae.evaluate.finetune as ft
+    import tgmae.study.run as study_run
+    from tgmae.study.run import StudyConfig, StudyPaths, run_cell
+
+    now = [0.0]
+    monkeypatch.setattr(study_run.time, "perf_counter", lambda: now[0])
+    paths = StudyPaths(tmp_path / "study")
+    paths.data.mkdir(parents=True)
+    (paths.data / "meta.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    run = paths.run("scratch", "supervised", 0)
+
+    def finetune(cfg):
+        now[0] += 100.0
+        _results(run, "finetune", "finetune_results.json", {"val_top1": 0.7})
+
+    monkeypatch.setattr(ft, "finetune", finetune)
+    study = StudyConfig(references=["scratch"], recon_check_steps=0)
+    assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["total_seconds"] == 100.0
+    (run / "study_record.json").unlink()  # killed after the finetuning, before its record
+    now[0] += 5.0
+    assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["total_seconds"] == 100.0

@@ -14,6 +14,7 @@ import html
 import json
 import logging
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Optional, Sequence
@@ -595,10 +596,16 @@ def frozen_probes_markdown(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Path) -> list[str]:
-    """The report's lines naming the figures' files that are gone (`missing_figures`) and the results
-    files whose figures `drop_lost_figures` left out (`lost`), relative to `out_dir` as the links."""
+def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Path,
+                     unfinished: Sequence[Path] = ()) -> list[str]:
+    """The report's lines naming the cells that did not finish (`unfinished_runs`), the figures' files
+    that are gone (`missing_figures`) and the results files whose figures `drop_lost_figures` left out
+    (`lost`), relative to `out_dir` as the links."""
     md = []
+    if unfinished:
+        md += ["## Not finished", "", "These run folders have no study_record.json (the cell was killed or is "
+               "still running), so they are not in the table:", ""]
+        md += [f"- {_rel(d, out_dir)}" for d in unfinished] + [""]
     if missing := missing_figures(records):
         md += ["## Missing figures", "", "These runs' files are gone, so their figures are left out:", ""]
         md += [f"- {_rel(f, out_dir)}" for f in missing] + [""]
@@ -612,10 +619,12 @@ def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Pat
 
 def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae report",
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None,
-                 recon_check: Optional[Path] = None, lost: Sequence[Path] = ()) -> Path:
+                 recon_check: Optional[Path] = None, lost: Sequence[Path] = (),
+                 unfinished: Sequence[Path] = ()) -> Path:
     """results.json, report.md, report.html (+ figures) in out_dir; returns report.md. `text_probe`:
     the study's text_probe.json record (`read_text_probe`); `recon_check`: its reconstruction_check.json;
-    `lost`: the results files whose figures `drop_lost_figures` left out (named in the report)."""
+    `lost`: the results files whose figures `drop_lost_figures` left out; `unfinished`: cell folders
+    without a record (`unfinished_runs`); both named in the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
@@ -633,17 +642,11 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     masks_png = out_dir / "masks.png"
     if masks_png.is_file():
         figures.insert(0, ("Masks (Figure 1 layout)", masks_png))
-    took = f"\n\nWall time of this invocation: {seconds / 60:.1f} min." if seconds is not None else ""
-    run_seconds = [r["total_seconds"] for r in records if r.get("total_seconds") is not None]
-    if run_seconds:
-        took += (f" The {len(run_seconds)} runs took {sum(run_seconds) / 60:.1f} min summed over runs (pretrain + "
-                 "probe + finetune + retrieval; shared set-up not included; runs in parallel overlap, so the sum "
-                 "can exceed the wall time).")
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           f"testing; LP: linear probe on frozen features{_probe_note(records)}; R@k: zero-shot retrieval "
           f"against {_retrieval_texts(records)} {_retrieval_head(records)}."
-          + _chance_note(records) + took,
+          + _chance_note(records) + _took(records, seconds) + unfinished_note(unfinished),
           "", table, ""]
     check = chance_check(records, rows)
     if check:
@@ -669,7 +672,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
             md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
-    md += missing_sections(records, lost, out_dir)
+    md += missing_sections(records, lost, out_dir, unfinished)
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
     if check_section:
@@ -685,6 +688,17 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 10px;"
         "border-bottom:1px solid #ddd;text-align:right}</style>" + "\n".join(body))
     return out_dir / "report.md"
+
+
+def _took(records: Sequence[dict], seconds: Optional[float]) -> str:
+    """The opening paragraph's sentences on this invocation's wall time and the runs' summed time."""
+    took = f"\n\nWall time of this invocation: {seconds / 60:.1f} min." if seconds is not None else ""
+    run_seconds = [r["total_seconds"] for r in records if r.get("total_seconds") is not None]
+    if run_seconds:
+        took += (f" The {len(run_seconds)} runs took {sum(run_seconds) / 60:.1f} min summed over runs (pretrain + "
+                 "probe + finetune + retrieval; shared set-up not included; runs in parallel overlap, so the sum "
+                 "can exceed the wall time).")
+    return took
 
 
 def _html_table(rows: Sequence[dict]) -> str:
@@ -722,6 +736,58 @@ def collect_records(paths: Sequence[str | Path]) -> list[dict]:
             raise FileNotFoundError(f"{p}: no study_record.json (not a finished study run)")
         records += [dict(json.loads(f.read_text()), run_dir=str(f.parent)) for f in files]
     return records
+
+
+class RepeatedRunError(ValueError, UserError):
+    """`tgmae report` was given two records of one (masking, objective, variant, seed): the same runs
+    twice or a study and its copy; averaged, they would pass as two seeds. The message names both
+    folders (not a wrong key: no "config error" prefix)."""
+
+
+def refuse_repeated_runs(records: Sequence[dict]) -> None:
+    """RepeatedRunError naming both run folders when two of `records` are one cell's same seed
+    (`cell_key` + seed): the table would count the run twice, as seeds with no spread between them."""
+    seen: dict[tuple, str] = {}
+    for r in records:
+        key = cell_key(r) + (r["seed"],)
+        if key not in seen:
+            seen[key] = r["run_dir"]
+            continue
+        first, second = seen[key], r["run_dir"]
+        how = ("the same folder given twice" if Path(first).resolve() == Path(second).resolve()
+               else "two folders of one cell and seed, e.g. a study and its copy")
+        variant = f" [{key[2]}]" if key[2] else ""
+        raise RepeatedRunError(f"{first} and {second} both hold {key[0]} {key[1]}{variant} seed {key[3]} ({how}): "
+                               "a report would count it as two seeds; give each study or run once")
+
+
+CELL_FOLDER = re.compile(r".+__.+__s\d+(__.+)?")  # `tgmae.study.run.StudyPaths.run`'s names
+
+
+def unfinished_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """The cell folders (named as `StudyPaths.run`) without a study_record.json beside the finished
+    ones under each study folder of `paths` (its runs/ and the folders holding its records): cells
+    killed or still running. A run folder given itself brings none of its siblings."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if (p / "study_record.json").is_file():
+            continue
+        homes = {f.parent.parent for f in p.rglob("study_record.json")}
+        homes |= {p / "runs"} if (p / "runs").is_dir() else set()  # a study with no cell finished yet
+        found |= {d for home in homes for d in home.iterdir()
+                  if d.is_dir() and CELL_FOLDER.fullmatch(d.name) and not (d / "study_record.json").is_file()}
+    for d in sorted(found):
+        log.warning("report: %s has no study_record.json: the cell did not finish (killed, or still running), "
+                    "so it is not in the table", d)
+    return sorted(found)
+
+
+def unfinished_note(unfinished: Sequence[Path]) -> str:
+    """The opening paragraph's sentence on the cells that did not finish ("" for none)."""
+    if not unfinished:
+        return ""
+    return (f" Not finished: {len(unfinished)} run folders have no study_record.json (a cell killed or still "
+            "running) and are not in the table; a tgmae study rerun with the same settings finishes them.")
 
 
 def _same_run(a: dict, b: dict) -> bool:
@@ -762,21 +828,28 @@ def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
 def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check and text probe found in them; figures whose results file is gone or
-    unreadable left out and named, `drop_lost_figures`); prints the table; returns report.md's path.
-    FileNotFoundError for a folder without records, ConfigError for runs probed differently,
+    unreadable left out and named, `drop_lost_figures`; cell folders without a record named,
+    `unfinished_runs`); prints the table; returns report.md's path.
+    FileNotFoundError for a folder without records, RepeatedRunError for two records of one cell and
+    seed (`refuse_repeated_runs`), ConfigError for runs probed differently,
     ReportFolderError for an `out` holding a report of other runs or another results.json
     (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
     (`locks.refuse_inside_run`)."""
     refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
-    check_one_probe(records)
+    check_one_probe(records)  # first: runs probed differently are not copies, whatever their seeds
+    refuse_repeated_runs(records)
     if not overwrite:
         refuse_other_report(Path(out), records)
     records, lost = drop_lost_figures(records)
     checks = [Path(p) / RECON_CHECK_DIR / "reconstruction_check.json" for p in runs]
     text_probe = next((t for p in runs if (t := read_text_probe(Path(p)))), None)  # study folders only
-    path = write_report(records, Path(out), text_probe=text_probe, lost=lost,
+    unfinished = unfinished_runs(runs)
+    path = write_report(records, Path(out), text_probe=text_probe, lost=lost, unfinished=unfinished,
                         recon_check=next((c for c in checks if c.is_file()), None))
     print(markdown_table(aggregate(records)))
+    if unfinished:
+        print(f"\nnot finished ({len(unfinished)} run folders without a study_record.json, not in the table): "
+              + ", ".join(map(str, unfinished)))
     print(f"\nreport: {path}")
     return path

@@ -475,6 +475,29 @@ def check_retrieval_folder(study: StudyConfig, paths: StudyPaths, probe, run: Pa
                           "Use another study out_dir, or delete that folder to rerun it.")
 
 
+class PhaseTimes:
+    """Wall seconds of a cell's phases, kept in its folder's phase_seconds.json as each ends: a cell
+    killed after some phases ran, before its study_record.json, counts their time when a rerun finds
+    them done (not the ~0 s of finding them). Phases of older folders, never timed, count 0."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = run / "phase_seconds.json"
+        self.seconds: dict[str, float] = json.loads(self.path.read_text()) if phase_done(self.path) else {}
+        self.now: set[str] = set()  # the phases this invocation ran
+
+    def ran(self, phase: str, seconds: float) -> float:
+        """Keep `phase`'s `seconds` (it ran now); returns them."""
+        self.seconds[phase] = seconds
+        self.now.add(phase)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.seconds, indent=2))
+        return seconds
+
+    def earlier(self) -> float:
+        """Seconds of the phases an earlier invocation ran and this one found done."""
+        return sum(v for k, v in self.seconds.items() if k not in self.now)
+
+
 def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int,
              quick: bool) -> dict:
     """One (masking, objective, seed): each phase skipped when its results are there and readable
@@ -498,19 +521,22 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
             record["retrieval"] = cell_retrieval(study, paths, probe, run, quick)
             atomic_write_text(record_path, json.dumps(record, indent=2))
         return record
-    t0 = time.perf_counter()
+    t0, times = time.perf_counter(), PhaseTimes(run)
     if masking == "none":
         save_random_encoder(pre, run / "pretrain" / "model.safetensors")
+        times.ran("pretrain", time.perf_counter() - t0)
     elif masking != "scratch" and not pretrain_done(pre):  # also a run killed while drawing its figures
         pretrain(pre)
-    t_pre = time.perf_counter() - t0
+        times.ran("pretrain", time.perf_counter() - t0)
     t_probe = None
     if probe is not None and not phase_done(run / "probe" / "probe_results.json"):
         t_probe = time.perf_counter()
         linear_probe(probe)
-        t_probe = time.perf_counter() - t_probe
+        t_probe = times.ran("probe", time.perf_counter() - t_probe)
     if not phase_done(run / "finetune" / "finetune_results.json"):
+        t_fine = time.perf_counter()
         finetune(fine)
+        times.ran("finetune", time.perf_counter() - t_fine)
     fine_res = json.loads((run / "finetune" / "finetune_results.json").read_text())
     retrieval, probed, frozen = {}, {"linear_probe_top1": None}, {}
     if probe is not None and masking not in REFERENCES and retrieves(study, objective):
@@ -525,8 +551,8 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
     record = {"masking": masking, "objective": objective, "variant": study.variant, "seed": seed,
               "mask_ratio": None if masking in REFERENCES else pre.masking.ratio, "num_classes": _num_classes(paths),
               "finetune_top1": fine_res.get("test_top1", fine_res.get("val_top1")), **probed,
-              "retrieval": retrieval, "pretrain_seconds": 0.0 if probe is None else t_pre,
-              "total_seconds": time.perf_counter() - t0, "run_dir": str(run), **frozen}
+              "retrieval": retrieval, "pretrain_seconds": 0.0 if probe is None else times.seconds.get("pretrain", 0.0),
+              "total_seconds": time.perf_counter() - t0 + times.earlier(), "run_dir": str(run), **frozen}
     record_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
