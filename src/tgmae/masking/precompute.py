@@ -11,7 +11,6 @@ run folder is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
+    CacheManifest, captions_key, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
     MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -45,11 +44,6 @@ class PrecomputeOptions:
     dense_size: Optional[int] = None
     frames_per_chunk: int = 32  # frames decoded and embedded at once (bounds memory)
     batch_size: int = 256
-
-
-def captions_key(captions: Sequence[str]) -> str:
-    """Short hash of a video's caption list (resume recomputes a video whose captions changed)."""
-    return hashlib.sha1(json.dumps(list(captions)).encode()).hexdigest()[:12]
 
 
 def video_similarity(
