@@ -774,3 +774,19 @@ def test_a_single_cached_caption_is_checked_against_the_drawn_one(dense_cache):
     assert CachedTGMMask(cache, ratio=0.6, caption="mean").caption_maps(one, ctx_of(one, caption="x")).shape \
         == entry.sim.shape[1:]  # the mean of the video's cached captions, whatever was drawn
 
+
+def test_a_cache_built_for_another_image_or_patch_size_is_refused_naming_the_settings(dense_cache):
+    """issue 28 (re-trial 17A S6): a cache built for 32 px was used by a 64 px run without a word
+    (its 2 x 2 maps resampled to the 4 x 4 token grid); `tgmae masks` and `eval-masks` refuse it."""
+    from tgmae.config import MaskingConfig
+    from tgmae.masking import build_mask_generator
+
+    cfg = MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(dense_cache))  # built for 128 px, patch 16
+    assert isinstance(build_mask_generator(cfg, image_size=128, patch_size=16), CachedTGMMask)
+    with pytest.raises(CacheMismatchError) as e:
+        build_mask_generator(cfg, image_size=64, patch_size=16)
+    msg = str(e.value)
+    assert "data.image_size" in msg and "masking.cache_dir" in msg and str(dense_cache) in msg and "128" in msg
+    assert "tgmae masks" in msg and "\n" not in msg
+    with pytest.raises(CacheMismatchError, match="model.patch_size"):
+        build_mask_generator(cfg, image_size=128, patch_size=8)

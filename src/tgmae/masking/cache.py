@@ -367,6 +367,21 @@ class SimilarityCache:
                 f"since, or `tgmae masks` last ran on another one); rerun `tgmae masks` with --captions "
                 f"{captions_file or 'CAPTIONS'} --out {self.root} (it redoes those videos)")
 
+    def check_geometry(self, image_size: Optional[int], patch_size: Optional[int]) -> None:
+        """A run's data.image_size / model.patch_size (None: not checked) are the ones the maps were
+        made for (`tgmae masks --image-size / --patch-size`): maps of another token grid would be
+        resampled to this run's without a word. CacheMismatchError naming both settings."""
+        m = self.manifest
+        diffs = [f"{key}={want} but the cache was built for {flag} {have}"
+                 for key, flag, have, want in (("data.image_size", "--image-size", m.image_size, image_size),
+                                               ("model.patch_size", "--patch-size", m.patch_size, patch_size))
+                 if want is not None and want != have]
+        if diffs:
+            raise CacheMismatchError(
+                f"masking.cache_dir={self.root}: this run's " + "; ".join(diffs) + " (its maps are of another "
+                f"token grid); build a cache for this run with `tgmae masks --image-size {image_size or m.image_size} "
+                f"--patch-size {patch_size or m.patch_size}` into another --out, and set masking.cache_dir to it")
+
     def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
         from tgmae.data.fileid import video_identity
 
