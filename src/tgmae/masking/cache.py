@@ -120,14 +120,14 @@ def check_cache_folder(root: str | Path, what: str = "--out") -> None:
                                  f"cache; its files would be replaced or mixed with; choose another {what}")
 
 
-def clear_cache(root: str | Path) -> None:
+def clear_cache(root: str | Path, what: str = "--out") -> None:
     """Delete a similarity cache's files (manifest, index, part logs, maps) so it is built anew.
     A folder that holds files but no manifest.json is not a cache and is refused, never emptied
-    (`check_cache_folder`)."""
+    (`check_cache_folder`, naming `what`: the setting that chose `root`)."""
     root = Path(root)
     if not root.is_dir():
         return
-    check_cache_folder(root, "--out")
+    check_cache_folder(root, what)
     for name in ("maps", "parts"):
         shutil.rmtree(root / name, ignore_errors=True)
     for name in ("index.json", "manifest.json"):

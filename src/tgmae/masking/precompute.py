@@ -87,7 +87,7 @@ CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
-    ranges: Optional[dict[str, list]] = None,
+    ranges: Optional[dict[str, list]] = None, setting: str = CACHE_SETTING,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
@@ -99,11 +99,12 @@ def precompute(
     ranges: {video_id: `data.annotations.clip_range`} of the annotated clips (None: whole videos):
     a video whose range is past its end is skipped with `record_frame_range`'s reason (maps are of
     every frame; the clip must exist), and a caption store whose records were made from other
-    ranges is refused (`refuse_other_videos`)."""
-    check_kind(out, CACHE_SETTING, folder=True)
-    refuse_inside_run(out, CACHE_SETTING)
-    check_cache_folder(out, CACHE_SETTING)
-    with hold(shard_target(out, rank, world), CACHE_SETTING):
+    ranges is refused (`refuse_other_videos`). setting: what chose `out`, named in the refusals of
+    the folder (`CACHE_SETTING`; eval-masks names its --cache)."""
+    check_kind(out, setting, folder=True)
+    refuse_inside_run(out, setting)
+    check_cache_folder(out, setting)
+    with hold(shard_target(out, rank, world), setting):
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {})
 
 
