@@ -75,7 +75,7 @@ def test_a_damaged_map_file_is_one_line_naming_it(tmp_path, damage):
         SimilarityCache(tmp_path).entry("v/1")
     assert str(path) in str(e.value) and "tgmae masks" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError):  # the caption check at set-up reads the same files
-        SimilarityCache(tmp_path).check_videos(["v/1"], {"v/1": ["a dog"]}, "other sha")
+        SimilarityCache(tmp_path).check_videos(["v/1"], {"v/1": ["a dog"]})
     loader = torch.utils.data.DataLoader(_Maps(tmp_path), num_workers=1)
     with pytest.raises(Exception) as e:
         next(iter(loader))

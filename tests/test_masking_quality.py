@@ -262,3 +262,34 @@ def test_eval_masks_out_over_the_caption_file_names_it_as_the_caption_file(tmp_p
     assert cli_main(["eval-masks", "--root", str(root), "--out", str(root / "captions.jsonl"), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "caption" in err and "annotation list" not in err and str(root / "captions.jsonl") in err, err
+
+
+@pytest.mark.parametrize("case", ["locked", "users_folder", "users_folder_rebuild"])
+def test_eval_masks_refusals_of_its_cache_name_its_own_flag(synth, tmp_path, capsys, case):
+    """issue 28 (re-trial 17A M2): eval-masks' refusals of its similarity cache folder advised
+    "another similarity cache folder (tgmae masks --out, masking.cache_dir)" (or "--out" for a
+    user's folder under --rebuild); eval-masks takes --cache. Refused before CLIP is loaded."""
+    from test_locks import _holder
+    from tgmae.cli import main
+
+    cache = tmp_path / "cache"
+    args = ["eval-masks", "--root", str(synth), "--clip", str(tmp_path / "no-clip"), "--cache", str(cache),
+            "--split", "train", "--no-progress"] + (["--rebuild"] if case.endswith("rebuild") else [])
+    proc = None
+    if case == "locked":
+        proc = _holder(cache, tmp_path)
+    else:
+        cache.mkdir()
+        (cache / "notes.txt").write_text("mine")
+    try:
+        assert main(args) == 2
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(cache) in err and "--cache" in err, err
+    advice = err.split("wait for it to end")[-1]  # (the holder's command line, quoted, has its own --out)
+    assert "--out" not in advice and "masking.cache_dir" not in advice, err
+    if case != "locked":
+        assert (cache / "notes.txt").read_text() == "mine"

@@ -508,7 +508,8 @@ def test_incomplete_or_stale_cache_and_missing_captions_are_refused_at_set_up(sy
     first = json.loads(lines[0])
     first["captions"] = ["a completely different caption"]
     edited.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
-    with pytest.raises(CacheMismatchError, match=rf"other captions of 1 videos \('{first['video_id']}'\).*edited"):
+    with pytest.raises(CacheMismatchError, match=rf"maps of 1 of this run's {len(ids)} videos \('{first['video_id']}'\) "
+                                                 rf"were made from other captions.*edited"):
         dataset(dense_cache, edited)
 
     few = tmp_path / "few.jsonl"
@@ -725,3 +726,67 @@ def test_masks_refuse_captions_of_other_frame_ranges(synth, tiny_clip, tmp_path,
     err = capsys.readouterr().err
     assert str(caps) in err and repr(recs[1].video_id) in err and "frame range" in err
     assert not (out / "maps").exists()
+
+
+def test_maps_redone_for_edited_captions_are_refused_to_a_run_of_the_former_captions(synth, tiny_clip, tmp_path):
+    """issue 28 (re-trial 17A S2): `tgmae masks` rerun on edited captions redid that video's maps but
+    kept the manifest's captions_sha256 of the first build; a pretrain on the former captions file
+    (hashing to that value) skipped the caption check and masked synth_00000 with the maps of the
+    edited caption. The run's captions are compared per video, whatever the manifest's hash says."""
+    from tgmae.config import MaskingConfig
+    from tgmae.masking import build_mask_generator
+
+    out, former = tmp_path / "cache", synth / "captions.jsonl"
+    assert run_masks(synth, tiny_clip, out, "--mode", "dense", "--frame-stride", "8") == 0
+    lines = former.read_text().splitlines()
+    first = json.loads(lines[0])
+    vid, first["captions"] = first["video_id"], ["a red ball on a table"]
+    edited = tmp_path / "captions.jsonl"
+    edited.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions",
+                       str(edited), "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--frame-stride",
+                       "8", "--mode", "dense", "--no-progress"]) == 0
+    assert SimilarityCache(out).entry(vid).captions == ["a red ball on a table"]  # redone
+    ids = sorted(json.loads((out / "index.json").read_text())["videos"])
+
+    def generator(captions_file):
+        return build_mask_generator(MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(out)),
+                                    captions_file=str(captions_file))
+
+    with pytest.raises(CacheMismatchError) as e:
+        generator(former).check_videos(ids)
+    msg = str(e.value)
+    assert f"1 of this run's {len(ids)} videos ('{vid}')" in msg and str(former) in msg and "tgmae masks" in msg
+    assert "\n" not in msg
+    generator(edited).check_videos(ids)  # the captions the maps were made from: accepted
+
+
+def test_a_single_cached_caption_is_checked_against_the_drawn_one(dense_cache):
+    """issue 28 (re-trial 17A S2): a video with one cached caption had its map returned whatever
+    caption the sample drew; the drawn caption must be the cached one, as with several."""
+    cache = SimilarityCache(dense_cache)
+    entry = cache.entry("synth_00001")
+    one = dataclasses.replace(entry, sim=entry.sim[:1], text=entry.text[:1], captions=entry.captions[:1])
+    gen = CachedTGMMask(cache, ratio=0.6)
+    assert gen.caption_maps(one, ctx_of(one, caption=entry.captions[0])).shape == entry.sim.shape[1:]
+    with pytest.raises(CacheMismatchError, match="'a red ball on a table' is not among the 1 captions"):
+        gen.caption_maps(one, ctx_of(one, caption="a red ball on a table"))
+    assert CachedTGMMask(cache, ratio=0.6, caption="mean").caption_maps(one, ctx_of(one, caption="x")).shape \
+        == entry.sim.shape[1:]  # the mean of the video's cached captions, whatever was drawn
+
+
+def test_a_cache_built_for_another_image_or_patch_size_is_refused_naming_the_settings(dense_cache):
+    """issue 28 (re-trial 17A S6): a cache built for 32 px was used by a 64 px run without a word
+    (its 2 x 2 maps resampled to the 4 x 4 token grid); `tgmae masks` and `eval-masks` refuse it."""
+    from tgmae.config import MaskingConfig
+    from tgmae.masking import build_mask_generator
+
+    cfg = MaskingConfig(name="tgm", ratio=0.6, cache_dir=str(dense_cache))  # built for 128 px, patch 16
+    assert isinstance(build_mask_generator(cfg, image_size=128, patch_size=16), CachedTGMMask)
+    with pytest.raises(CacheMismatchError) as e:
+        build_mask_generator(cfg, image_size=64, patch_size=16)
+    msg = str(e.value)
+    assert "data.image_size" in msg and "masking.cache_dir" in msg and str(dense_cache) in msg and "128" in msg
+    assert "tgmae masks" in msg and "\n" not in msg
+    with pytest.raises(CacheMismatchError, match="model.patch_size"):
+        build_mask_generator(cfg, image_size=128, patch_size=8)

@@ -467,3 +467,26 @@ def test_a_figure_title_gives_the_stride_its_columns_were_read_at():
     cfg = load_config(None, ["data.frame_stride=4", "data.num_frames=2"])
     assert "(stride 2 (4 asked: a short video)," in describe_run(cfg, [0, 2])
     assert "(stride 4," in describe_run(cfg, [0, 4]) and "(stride 4," in describe_run(cfg)
+
+
+def test_pretrain_refuses_a_similarity_cache_of_another_image_size(synth_root, tmp_path, capsys):
+    """issue 28 (re-trial 17A S6): a TGM cache built for 32 px was used by a 64 px run without a word
+    (its maps resampled 2 x 2 -> 4 x 4); `tgmae masks --image-size 64` into it is refused, and so
+    is the run, at set-up, naming data.image_size and masking.cache_dir."""
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.cli import main
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    cache = tmp_path / "mc"
+    assert main(["masks", "--format", "csv", "--root", str(synth_root), str(synth_root / "train.csv"),
+                 "--captions", str(synth_root / "captions.jsonl"), "--clip", str(clip_dir), "--out", str(cache),
+                 "--image-size", "32", "--patch-size", "16", "--mode", "dense", "--frame-stride", "4",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    args = once(["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
+                 "train.epochs=1", f"captions.file={synth_root / 'captions.jsonl'}", "masking.name=tgm",
+                 f"masking.cache_dir={cache}", "masking.ratio=0.6", "data.image_size=64"])
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("tgmae pretrain: ") and "data.image_size" in last and "masking.cache_dir" in last, last
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

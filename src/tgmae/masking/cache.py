@@ -15,6 +15,7 @@ mean (the mean of the per-caption cosine maps has the top-k of the mean caption'
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shutil
 import urllib.parse
@@ -56,7 +57,8 @@ class CacheManifest:
     clip_fingerprint: str  # hash of its projection weights (the same weights under any path)
     mode: str  # faithful | dense
     caption_source: str  # "source=...,model=..." pairs found in the captions JSONL
-    captions_sha256: str  # content hash of the captions file at build time (informational)
+    captions_sha256: str  # content hash of the captions file at build time (informational: a rerun on
+    # edited captions redoes those videos and keeps it; the caption check is per video)
     frame_stride: int  # a map every `frame_stride` source frames
     image_size: int  # the video model's input side the patch grid refers to
     patch_size: int  # the video model's patch side
@@ -118,14 +120,14 @@ def check_cache_folder(root: str | Path, what: str = "--out") -> None:
                                  f"cache; its files would be replaced or mixed with; choose another {what}")
 
 
-def clear_cache(root: str | Path) -> None:
+def clear_cache(root: str | Path, what: str = "--out") -> None:
     """Delete a similarity cache's files (manifest, index, part logs, maps) so it is built anew.
     A folder that holds files but no manifest.json is not a cache and is refused, never emptied
-    (`check_cache_folder`)."""
+    (`check_cache_folder`, naming `what`: the setting that chose `root`)."""
     root = Path(root)
     if not root.is_dir():
         return
-    check_cache_folder(root, "--out")
+    check_cache_folder(root, what)
     for name in ("maps", "parts"):
         shutil.rmtree(root / name, ignore_errors=True)
     for name in ("index.json", "manifest.json"):
@@ -227,6 +229,12 @@ class CacheEntry:
         return self.sim.numpy().mean(axis=0)
 
 
+def captions_key(captions: Sequence[str]) -> str:
+    """Short hash of a video's caption list, kept in its part record: a resume recomputes a video
+    whose captions changed, and a run's set-up compares its own captions with it."""
+    return hashlib.sha1(json.dumps(list(captions)).encode()).hexdigest()[:12]
+
+
 def part_file(root: str | Path, rank: int, world: int) -> Path:
     return Path(root) / "parts" / f"rank{rank}-of-{world}.jsonl"
 
@@ -312,13 +320,13 @@ class SimilarityCache:
         self._lru: OrderedDict[str, CacheEntry] = OrderedDict()
 
     def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
-                     captions_sha256: Optional[str] = None, paths: Optional[dict[str, str]] = None) -> None:
+                     paths: Optional[dict[str, str]] = None, captions_file: str = "") -> None:
         """At set-up: maps exist for every id (or a reason they were skipped); (given `paths`
         {id: video path}) each map was made from the file at that path now (a video replaced in place
         since `tgmae masks` has another `video_identity`; entries made before identities were
-        recorded are not checked); and (given the run's captions file's sha256 and captions {id:
-        [text]}) the captions the maps were made from are the run's. Raises MissingCacheEntry /
-        CacheMismatchError naming the cache and the videos."""
+        recorded are not checked); and (given the run's captions {id: [text]}, read from
+        `captions_file`) each video's maps were made from its captions there (`_check_captions`).
+        Raises MissingCacheEntry / CacheMismatchError naming the cache and the videos."""
         absent = [v for v in video_ids if v not in self.videos and v not in self.skipped]
         if absent:
             raise MissingCacheEntry(
@@ -333,16 +341,46 @@ class SimilarityCache:
                 f"{' ...' if len(lost) > 1 else ''}); rerun `tgmae masks --out {self.root} --rebuild`")
         if paths:
             self._check_identities([v for v in video_ids if v in self.videos], paths)
-        if captions is None or captions_sha256 is None or captions_sha256 == self.manifest.captions_sha256:
-            return
-        # the captions file changed since: do this run's videos' captions differ?
-        changed = [vid for vid, f in files
-                   if [str(c) for c in self._read(f)["captions"]] != [c.strip() for c in captions.get(vid, [])]]
+        if captions is not None:
+            self._check_captions(files, captions, captions_file, len(video_ids))
+
+    def _check_captions(self, files: list[tuple[str, Path]], captions: dict[str, list[str]], captions_file: str,
+                        total: int) -> None:
+        """Each video's maps were made from its `captions` (stripped, in order), per video and never
+        by the manifest's whole-file hash: `tgmae masks` rerun on edited captions redoes those videos
+        and keeps the manifest, so a file hashing to the manifest's value may differ from the maps.
+        Compares the caption key each part record keeps (no map file read); a video recorded without
+        one (an index without part files) has its map file's captions read."""
+        keys = {r["video_id"]: r.get("captions") for r in part_records(self.root) if r.get("file")}
+        changed = []
+        for vid, path in files:
+            want = [c.strip() for c in captions.get(vid, [])]
+            key = keys.get(vid)
+            made = key == captions_key(want) if key else [str(c) for c in self._read(path)["captions"]] == want
+            if not made:
+                changed.append(vid)
         if changed:
+            where = f"{captions_file} holds" if captions_file else "this run's captions are"
             raise CacheMismatchError(
-                f"similarity cache {self.root} was built from other captions of {len(changed)} videos "
-                f"({_some(changed)}): the captions file "
-                f"was edited after `tgmae masks`; rebuild with `tgmae masks --out {self.root} --rebuild`")
+                f"similarity cache {self.root}: the maps of {len(changed)} of this run's {total} videos "
+                f"({_some(changed)}) were made from other captions than {where} (the captions file was edited "
+                f"since, or `tgmae masks` last ran on another one); rerun `tgmae masks` with --captions "
+                f"{captions_file or 'CAPTIONS'} --out {self.root} (it redoes those videos)")
+
+    def check_geometry(self, image_size: Optional[int], patch_size: Optional[int]) -> None:
+        """A run's data.image_size / model.patch_size (None: not checked) are the ones the maps were
+        made for (`tgmae masks --image-size / --patch-size`): maps of another token grid would be
+        resampled to this run's without a word. CacheMismatchError naming both settings."""
+        m = self.manifest
+        diffs = [f"{key}={want} but the cache was built for {flag} {have}"
+                 for key, flag, have, want in (("data.image_size", "--image-size", m.image_size, image_size),
+                                               ("model.patch_size", "--patch-size", m.patch_size, patch_size))
+                 if want is not None and want != have]
+        if diffs:
+            raise CacheMismatchError(
+                f"masking.cache_dir={self.root}: this run's " + "; ".join(diffs) + " (its maps are of another "
+                f"token grid); build a cache for this run with `tgmae masks --image-size {image_size or m.image_size} "
+                f"--patch-size {patch_size or m.patch_size}` into another --out, and set masking.cache_dir to it")
 
     def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
         from tgmae.data.fileid import video_identity

@@ -11,7 +11,6 @@ run folder is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
+    CacheManifest, captions_key, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
     MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -45,11 +44,6 @@ class PrecomputeOptions:
     dense_size: Optional[int] = None
     frames_per_chunk: int = 32  # frames decoded and embedded at once (bounds memory)
     batch_size: int = 256
-
-
-def captions_key(captions: Sequence[str]) -> str:
-    """Short hash of a video's caption list (resume recomputes a video whose captions changed)."""
-    return hashlib.sha1(json.dumps(list(captions)).encode()).hexdigest()[:12]
 
 
 def video_similarity(
@@ -93,7 +87,7 @@ CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
-    ranges: Optional[dict[str, list]] = None,
+    ranges: Optional[dict[str, list]] = None, setting: str = CACHE_SETTING,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
@@ -105,11 +99,12 @@ def precompute(
     ranges: {video_id: `data.annotations.clip_range`} of the annotated clips (None: whole videos):
     a video whose range is past its end is skipped with `record_frame_range`'s reason (maps are of
     every frame; the clip must exist), and a caption store whose records were made from other
-    ranges is refused (`refuse_other_videos`)."""
-    check_kind(out, CACHE_SETTING, folder=True)
-    refuse_inside_run(out, CACHE_SETTING)
-    check_cache_folder(out, CACHE_SETTING)
-    with hold(shard_target(out, rank, world), CACHE_SETTING):
+    ranges is refused (`refuse_other_videos`). setting: what chose `out`, named in the refusals of
+    the folder (`CACHE_SETTING`; eval-masks names its --cache)."""
+    check_kind(out, setting, folder=True)
+    refuse_inside_run(out, setting)
+    check_cache_folder(out, setting)
+    with hold(shard_target(out, rank, world), setting):
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {})
 
 

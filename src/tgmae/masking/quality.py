@@ -137,7 +137,7 @@ def evaluate_masks(
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
         ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress,
-                     rebuild, way_out=EVAL_WAY_OUT)
+                     rebuild, way_out=EVAL_WAY_OUT, setting=EVAL_SETTING)
     gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
     totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
     for i, vid in enumerate(tqdm(ids, desc="eval-masks", unit="video", disable=not progress)):
@@ -160,27 +160,34 @@ def evaluate_masks(
 
 
 EVAL_WAY_OUT = "rerun with --rebuild to replace it, or give --cache another folder"  # eval-masks
+EVAL_SETTING = "similarity cache folder (eval-masks --cache)"  # what chose it, in eval-masks' refusals
 
 
 def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,
                  image_size: int, patch_size: int, frame_stride: int, progress: bool, rebuild: bool = False,
-                 way_out: str = "rerun with --rebuild to replace it") -> None:
+                 way_out: str = "rerun with --rebuild to replace it", setting: str = "similarity cache folder") -> None:
     """Build (or resume) the similarity cache of these videos; rebuild: empty it first. Holds the
     cache's lock throughout (`tgmae.locks`): another writer is refused, naming it. A cache built
     with other settings is refused (CacheMismatchError), ending with `way_out`: what the calling
-    command offers (eval-masks: `EVAL_WAY_OUT`; visualize masks has no --cache, only --rebuild)."""
-    from tgmae.locks import hold
-    from tgmae.masking.cache import clear_cache, merge_parts
+    command offers (eval-masks: `EVAL_WAY_OUT`; visualize masks has no --cache, only --rebuild).
+    `setting`: what chose `cache_dir`, named in the refusals of a folder in use, inside a run or
+    not a cache (eval-masks: `EVAL_SETTING`), which come before CLIP is loaded."""
+    from tgmae.locks import check_kind, hold, refuse_inside_run
+    from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts
     from tgmae.clip.features import load_clip
-    from tgmae.masking.precompute import CACHE_SETTING, PrecomputeOptions, precompute
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
 
-    with hold(cache_dir, CACHE_SETTING, folder=True):
+    check_kind(cache_dir, setting, folder=True)
+    refuse_inside_run(cache_dir, setting)
+    check_cache_folder(cache_dir, setting)
+    with hold(cache_dir, setting, folder=True):
         if rebuild:
-            clear_cache(cache_dir)
+            clear_cache(cache_dir, setting)
         clip = load_clip(clip_model)
         videos = [(v, str(root / "videos" / f"{v}.mp4")) for v in ids]
         opts = PrecomputeOptions(mode=mode, frame_stride=frame_stride, image_size=image_size, patch_size=patch_size)
-        precompute(videos, str(root / "captions.jsonl"), clip, cache_dir, opts, progress=progress, way_out=way_out)
+        precompute(videos, str(root / "captions.jsonl"), clip, cache_dir, opts, progress=progress, way_out=way_out,
+                   setting=setting)
         merge_parts(cache_dir)
 
 

@@ -22,7 +22,6 @@ from tgmae.captions.store import read_store
 from tgmae.config import IMAGENET_MEAN, IMAGENET_STD
 from tgmae.mask_contract import MaskContext, masked_per_slice
 from tgmae.masking.cache import CacheEntry, CacheMismatchError, SimilarityCache
-from tgmae.masking.caption_source import file_sha256
 from tgmae.clip.features import ClipPatchScorer, frames_to_unit
 from tgmae.masking.resample import resample_to_tokens
 from tgmae.masking.select import ScoredMask, select_batch_per_slice
@@ -45,21 +44,22 @@ class CachedTGMMask(ScoredMask):
 
     def check_videos(self, video_ids: list[str], paths: Optional[dict[str, str]] = None) -> None:
         """At set-up (`tgmae.data.dataset`): the cache holds maps for every video, made from the
-        files at `paths` ({id: path}) and the run's captions (`SimilarityCache.check_videos`)."""
-        captions = sha = None
+        files at `paths` ({id: path}) and each from its captions in the run's captions file, compared
+        per video (`SimilarityCache.check_videos`)."""
+        captions = None
         if self.captions_file:
-            sha = file_sha256(self.captions_file)
-            if sha != self.cache.manifest.captions_sha256:
-                captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}
-        self.cache.check_videos(list(video_ids), captions, sha, paths)
+            captions = {r.video_id: list(r.captions) for r in read_store(self.captions_file).records}
+        self.cache.check_videos(list(video_ids), captions, paths, captions_file=self.captions_file)
 
     def caption_maps(self, entry: CacheEntry, ctx: MaskContext) -> np.ndarray:
         """The [F, gh, gw] maps of the caption this sample uses (see the module docstring)."""
         sim = entry.sim.numpy()
-        if self.caption == "mean" or sim.shape[0] == 1:
+        if self.caption == "mean":
             return sim[0] if sim.shape[0] == 1 else entry.mean_sim
         text = getattr(ctx, "caption", None)  # the drawn caption's text, where the pipeline gives it
-        if isinstance(text, str):
+        if sim.shape[0] == 1 and not isinstance(text, str):
+            return sim[0]  # the video's one caption: no embedding to match
+        if isinstance(text, str):  # one cached caption too: the map of another caption is not this one's
             if text.strip() in entry.captions:
                 return sim[entry.captions.index(text.strip())]
             raise CacheMismatchError(

@@ -119,7 +119,8 @@ class PretrainTask:
             device = resolve_device(self.cfg.train.device, local_rank())
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,
                                              device=str(device), data_mean=self.cfg.data.mean,
-                                             data_std=self.cfg.data.std)
+                                             data_std=self.cfg.data.std, image_size=self.cfg.data.image_size,
+                                             patch_size=self.cfg.model.patch_size)
             if is_batch_generator(generator):
                 self.batch_masker, generator = generator, None
             self._dataset = build_video_dataset(self.cfg, "train", train=True, mask_generator=generator,
