@@ -687,3 +687,24 @@ def test_a_later_cells_retrieval_of_other_settings_is_named_before_any_cell_trai
         run_study(study, quick=True)
     assert sorted(p.name for p in paths.root.iterdir()) == ["runs"]
     assert not (paths.run("tube", "mae", study.seeds[0], study.variant)).exists()
+
+
+def test_the_studys_similarity_cache_follows_the_pretraining_grid(tmp_path, monkeypatch):
+    """After re-trial 17A (S6: a cache of another image size is refused at pretraining), the study's
+    own cache is built at the image and patch size its TGM cells train with, not a fixed 64 / 16."""
+    import dataclasses
+
+    from tgmae.study import run as study_run
+
+    seen = {}
+    monkeypatch.setattr("tgmae.clip.features.load_clip", lambda path: None)
+    monkeypatch.setattr("tgmae.masking.precompute.precompute",
+                        lambda videos, captions, clip, out, opts, **kw: seen.update(opts=opts) or {})
+    study = study_run.load_study(None, [f"out_dir={tmp_path / 's'}", "pretrain+=[data.image_size=32]"])
+    paths = study_run.StudyPaths(tmp_path / "s")
+    paths.data.mkdir(parents=True)
+    (paths.data / "annotations.csv").write_text("path,label\na.mp4,0\n")
+    study_run._precompute_masks(study, paths)
+    assert (seen["opts"].image_size, seen["opts"].patch_size) == (32, 16)
+    study_run._precompute_masks(dataclasses.replace(study, pretrain=study.pretrain[:-1]), paths)
+    assert (seen["opts"].image_size, seen["opts"].patch_size) == (64, 16)  # the defaults: make demo's cache

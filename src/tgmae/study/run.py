@@ -276,7 +276,9 @@ def _precompute_masks(study: StudyConfig, paths: StudyPaths) -> None:
 
     records, _ = load_annotations("csv", paths.data, "annotations.csv")
     videos = [(r.video_id, r.path) for r in records]
-    opts = PrecomputeOptions(mode=study.mask_mode, frame_stride=2, image_size=64, patch_size=16, map_scale=2)
+    pre = run_configs(study, paths, "tgm", "mae", study.seeds[0], quick=False)[0]  # the grid the TGM cells train on
+    opts = PrecomputeOptions(mode=study.mask_mode, frame_stride=2, image_size=pre.data.image_size,
+                             patch_size=pre.model.patch_size, map_scale=2)
     counts = precompute(videos, str(paths.data / "captions.jsonl"), load_clip(str(paths.clip)),
                         paths.mask_cache, opts, progress=False,
                         way_out=f"use another study out_dir, or delete {paths.mask_cache} to build it again")
