@@ -249,7 +249,8 @@ def _masking(cfg, video: Optional[str], caption: Optional[str]):
 
         captions = CaptionProvider.from_config(cfg.captions)
     return build_mask_generator(cfg.masking, captions_file=cfg.captions.file, data_mean=cfg.data.mean,
-                                data_std=cfg.data.std), captions
+                                data_std=cfg.data.std, image_size=cfg.data.image_size,
+                                patch_size=cfg.model.patch_size), captions
 
 
 def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
