@@ -167,12 +167,8 @@ def describe_run(cfg: RunConfig, frames: Optional[Sequence[int]] = None) -> str:
     clip's source frame numbers, when known: a short video read at a smaller stride says so."""
     m, d = cfg.model, cfg.data
     steps = {int(b) - int(a) for a, b in zip(frames, frames[1:])} if frames is not None and len(frames) > 1 else set()
-    if len(steps) > 1:  # a short video spread over its frames unevenly: the frames themselves
-        stride = f"frames {', '.join(str(int(f)) for f in frames)} ({d.frame_stride} stride asked: a short video)"
-    elif steps and d.frame_stride not in steps:
-        stride = f"stride {steps.pop()} ({d.frame_stride} asked: a short video)"
-    else:
-        stride = f"stride {d.frame_stride}"
+    stride = (f"stride {steps.pop()} ({d.frame_stride} asked: a short video)" if len(steps) == 1
+              and d.frame_stride not in steps else f"stride {d.frame_stride}")
     return (f"{cfg.masking.name} mask, ratio {cfg.masking.ratio:g}; {d.num_frames} frames x {d.image_size} px "
             f"({stride}, tubelet {m.tubelet_size}, patch {m.patch_size})")
 
