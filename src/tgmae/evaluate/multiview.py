@@ -314,10 +314,13 @@ def setting_diffs(stored: dict, settings: dict[str, Any]) -> list[str]:
     return [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
 
 
-def not_replaced(out: Path, name: str, what: str) -> ConfigError:
-    """The refusal to replace `out/name` (`what`: whose results they are), with the ways out."""
-    return ConfigError(f"train.output_dir={str(out)!r} holds {name} {what}: it is not replaced; choose "
-                       "another train.output_dir, or replace it with checkpoint.resume=ignore_config")
+REPLACE_WAYS = "choose another train.output_dir, or replace it with checkpoint.resume=ignore_config"
+
+
+def not_replaced(out: Path, name: str, what: str, ways: str = REPLACE_WAYS) -> ConfigError:
+    """The refusal to replace `out/name` (`what`: whose results they are), with the ways out (`ways`:
+    the caller's own, e.g. a study's)."""
+    return ConfigError(f"train.output_dir={str(out)!r} holds {name} {what}: it is not replaced; {ways}")
 
 
 def refuse_other_results(out: Path, writer: str, settings: Optional[dict[str, Any]] = None,

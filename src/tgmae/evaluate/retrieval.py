@@ -398,25 +398,28 @@ def _resolved(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
 
 
-def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False, weights: str = "") -> None:
+def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False, weights: str = "",
+                           ways: str = "") -> None:
     """ConfigError naming `out/retrieval_results.json` and the differing keys when it holds results
     of other `settings`, or of unknown ones (written before they were recorded). replace: asked to
     replace them. weights: the model's `tensors_digest`; results of other weights under the same
-    model.pretrained path are refused too (results written before the digest was kept are not checked)."""
-    from tgmae.evaluate.multiview import not_replaced, read_results, setting_diffs
+    model.pretrained path are refused too (results written before the digest was kept are not checked).
+    ways: the caller's ways out (a study's), instead of the command's keys."""
+    from tgmae.evaluate.multiview import REPLACE_WAYS, not_replaced, read_results, setting_diffs
 
+    ways = ways or REPLACE_WAYS
     results = out / RESULTS
     if replace or not results.is_file():
         return
     old = read_results(results)
     stored = old.get("settings")
     if not isinstance(stored, dict):
-        raise not_replaced(out, results.name, "of unrecorded settings")
+        raise not_replaced(out, results.name, "of unrecorded settings", ways)
     diffs = setting_diffs(stored, settings)
     if weights and old.get("weights") and old["weights"] != weights:
         diffs.append(f"model.pretrained's weights changed: digest {old['weights'][:12]} -> {weights[:12]}")
     if diffs:
-        raise not_replaced(out, results.name, "of other settings (" + "; ".join(diffs) + ")")
+        raise not_replaced(out, results.name, "of other settings (" + "; ".join(diffs) + ")", ways)
 
 
 def _fmt(r: dict[int, float]) -> str:

@@ -462,19 +462,11 @@ def check_cell_settings(phases: Sequence, probe, extra: dict) -> None:
 def check_retrieval_folder(study: StudyConfig, paths: StudyPaths, probe, run: Path, quick: bool) -> None:
     """ConfigError when the cell's retrieval folder holds results of other settings (e.g. another
     study.retrieval_align_epochs), named with the study's way out, before any cell runs."""
-    from tgmae.evaluate.multiview import read_results, setting_diffs
-    from tgmae.evaluate.retrieval import RESULTS, retrieval_settings
+    from tgmae.evaluate.retrieval import refuse_other_retrieval, retrieval_settings
 
     cfg = retrieval_config(study, paths, probe, run, quick)
-    results = Path(cfg.train.output_dir) / RESULTS
-    if not results.is_file():
-        return
-    stored = read_results(results).get("settings")
-    diffs = setting_diffs(stored, retrieval_settings(cfg, study.retrieval)) if isinstance(stored, dict) else [
-        "its settings were not recorded"]
-    if diffs:
-        raise ConfigError(f"{results.parent} holds retrieval results of other settings ({'; '.join(diffs)}). "
-                          "Use another study out_dir, or delete that folder to rerun it.")
+    refuse_other_retrieval(Path(cfg.train.output_dir), retrieval_settings(cfg, study.retrieval),
+                           ways="use another study out_dir, or delete that folder to rerun it")
 
 
 class PhaseTimes:
