@@ -696,13 +696,7 @@ def load_config(
     if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
         _deep_update(merged, copy.deepcopy(base))
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}" + (" (a directory)" if p.is_dir() else ""))
-        loaded = read_yaml(p) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-        _deep_update(merged, loaded)
+        _deep_update(merged, read_config_file(path))
     for text in overrides:
         keys, value = parse_override(text)
         node = merged
@@ -712,6 +706,18 @@ def load_config(
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
     return from_dict(cls, merged, prefix=prefix)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file's mapping of sections; ConfigError naming the file when it is missing, not
+    YAML or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (" (a directory)" if p.is_dir() else ""))
+    loaded = read_yaml(p) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return loaded
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_yaml, refuse_repeated_overrides, to_dict
+from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_config_file, read_yaml, refuse_repeated_overrides, to_dict
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
@@ -714,11 +714,11 @@ def quick_values(study: StudyConfig) -> dict:
 def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quick: bool = False) -> StudyConfig:
     """`tgmae study [-c CONFIG] [--quick] [key=value ...]`: defaults < YAML < `quick_values` < overrides
     (`key+=[...]` extends a list key). ConfigError naming the key or the file."""
-    study = load_config(config, cls=StudyConfig, prefix="study") if config else StudyConfig()
-    if config:  # the file's own entries set a key once, as the command line's do
-        for key in ("pretrain", "probe", "finetune"):
-            if key in (read_yaml(config) or {}):
-                refuse_repeated_overrides([str(v) for v in getattr(study, key)], where=f"in study.{key} of {config}")
+    own = read_config_file(config) if config else {}
+    study = load_config(cls=StudyConfig, base=own, prefix="study")
+    for key in ("pretrain", "probe", "finetune"):  # the file's own entries set a key once, as the command line's do
+        if key in own:
+            refuse_repeated_overrides([str(v) for v in getattr(study, key)], where=f"in study.{key} of {config}")
     if quick:
         study = dataclasses.replace(study, **quick_values(study))
     values, given, mine = to_dict(study), {}, {}
