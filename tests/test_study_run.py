@@ -708,3 +708,28 @@ def test_the_studys_similarity_cache_follows_the_pretraining_grid(tmp_path, monk
     assert (seen["opts"].image_size, seen["opts"].patch_size) == (32, 16)
     study_run._precompute_masks(dataclasses.replace(study, pretrain=study.pretrain[:-1]), paths)
     assert (seen["opts"].image_size, seen["opts"].patch_size) == (64, 16)  # the defaults: make demo's cache
+
+
+def test_a_killed_study_leaves_every_cell_it_never_started_for_the_report_to_name(tmp_path, monkeypatch):
+    """Re-trial 18: `tgmae report` of a study killed in its first cell named that cell only; the
+    cells never started were not named. Every cell's folder is made when the study starts, so the
+    report's "Not finished" lists them all."""
+    import dataclasses
+
+    from tgmae.study import run as study_run
+    from tgmae.study.report import unfinished_runs
+
+    study = dataclasses.replace(study_run.load_study(None, [f"out_dir={tmp_path / 's'}"], quick=True),
+                                maskings=["tube", "random"], objectives=["mae"], references=[], jobs=1)
+    monkeypatch.setattr(study_run, "prepare_shared", lambda *a, **k: None)
+    monkeypatch.setattr(study_run, "run_recon_check", lambda *a, **k: None)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_run, "run_cell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        study_run.run_study(study, quick=True)
+    paths = study_run.StudyPaths(tmp_path / "s")
+    expected = sorted(paths.run(m, "mae", s, study.variant) for s in study.seeds for m in ("tube", "random"))
+    assert len(expected) >= 2 and unfinished_runs([tmp_path / "s"]) == expected

@@ -616,6 +616,8 @@ def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) 
     t0 = time.perf_counter()
     clip_later = study.jobs > 1 and bool(study.text_model)  # the cells' text targets do not need the CLIP
     prepare_shared(study, paths, clip=not clip_later)
+    for cell in cells:  # every cell's folder once set-up is done: a report of a killed study names those never started
+        paths.run(*cell, study.variant).mkdir(parents=True, exist_ok=True)
     records = []
     from tqdm.auto import tqdm
 
