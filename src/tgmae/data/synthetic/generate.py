@@ -427,8 +427,9 @@ def generate_synthetic_dataset(
 
 def _on_disk(root: Path, task: _Task) -> bool:
     """Whether `task`'s video and mask are in `root` as this set's (readable, its size and length)."""
-    return (mp4_ok(root / "videos" / f"{task.video_id}.mp4", task.frames, task.size)
-            and masks_ok(root / "masks" / f"{task.video_id}.npz", task.frames, task.size))
+    video, mask = root / "videos" / f"{task.video_id}.mp4", root / "masks" / f"{task.video_id}.npz"
+    return (video.is_file() and mask.is_file()  # a new set's: no reading of 100000 missing files
+            and mp4_ok(video, task.frames, task.size) and masks_ok(mask, task.frames, task.size))
 
 
 def _set_meta(settings: dict, is_val: np.ndarray, tail: dict) -> dict:
