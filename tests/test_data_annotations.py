@@ -211,6 +211,7 @@ def test_epic55_actions_verbs_nouns(tmp_path):
     assert recs[0].path == str(tmp_path / "P01" / "P01_01")
     assert (recs[0].start_frame, recs[0].end_frame) == (7, 202)  # 1-based inclusive 8..202
     assert recs[5].caption == "wash cup and spoon" and recs[5].video_id == "5"
+    (tmp_path / "P02" / "P02_03").mkdir(parents=True)  # the val rows' frame folder
     val, val_classes = load_annotations("epic55", tmp_path, DATA / "epic55" / "EPIC_val_action_labels.csv")
     assert val_classes == classes  # ids from the training file next to it
     assert [r.label for r in val] == [recs[0].label, recs[4].label]
@@ -493,3 +494,55 @@ def test_a_negative_diving48_frame_is_refused(tmp_path, start, end):
     with pytest.raises(AnnotationError, match="negative") as e:
         load_annotations("diving48", tmp_path, tmp_path)
     _one_line_naming(e, "Diving48_V2_train.json:2")
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 28 re-trial 18 A3: one line naming the file, the row and what was expected
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lines", [1, 2])
+def test_diving48_json_lines_are_refused_naming_the_file_and_the_shape(tmp_path, lines):
+    """Diving48 items given one JSON object per line: two lines read as "not valid JSON (Extra
+    data)", one line as a JSON object whose keys were 4 bad rows "expected a JSON object, got a str"."""
+    items = [{"vid_name": f"v{i}", "label": 0, "start_frame": 0, "end_frame": 10} for i in range(lines)]
+    ann = tmp_path / "Diving48_V2_train.json"
+    ann.write_text("".join(json.dumps(it) + "\n" for it in items))
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("diving48", tmp_path, ann)
+    _one_line_naming(e, ann, "one JSON list", "vid_name", "per line")
+
+
+@pytest.mark.parametrize("value", ["12.5", "abc"])
+@pytest.mark.parametrize("layout", ["csv", "jsonl", "epic55"])
+def test_a_non_integer_start_frame_names_the_file_line_and_video(tmp_path, layout, value):
+    if layout == "epic55":
+        ann = tmp_path / "EPIC_train_action_labels.csv"
+        ann.write_text("uid,participant_id,video_id,start_frame,stop_frame,verb,verb_class,noun,noun_class\n"
+                       "0,P01,P01_01,1,20,open,3,door,8\n"
+                       f"1,P01,P01_07,{value},30,close,4,door,8\n")
+        (tmp_path / "P01" / "P01_01").mkdir(parents=True)
+        where, vid = f"{ann}:3", "P01_07"
+    elif layout == "csv":
+        ann = tmp_path / "list.csv"
+        ann.write_text(f"path,label,start_frame\na.mp4,0,1\nclips/b.mp4,0,{value}\n")
+        where, vid = f"{ann}:3", "clips/b"
+    else:
+        ann = tmp_path / "list.jsonl"
+        ann.write_text(json.dumps({"path": "a.mp4", "label": 0}) + "\n"
+                       + json.dumps({"path": "b.mp4", "label": 0, "video_id": "bee", "start_frame": value}) + "\n")
+        where, vid = f"{ann}:2", "bee"
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(layout if layout == "epic55" else "csv", tmp_path, ann)
+    _one_line_naming(e, where, "start_frame", repr(vid), repr(value))
+
+
+def test_an_epic_root_without_its_frame_folders_is_refused_naming_the_folder_expected(tmp_path):
+    """An EPIC-Kitchens-55 root where no row's frame folder is (another layout, the wrong --root)
+    read as one "file not found" per video; it is one line naming the folder the first row needs."""
+    (tmp_path / "frames" / "P01_01").mkdir(parents=True)  # not a layout the reader knows
+    ann = DATA / "epic55" / "EPIC_train_action_labels.csv"
+    for on_error in ("raise", "skip"):
+        with pytest.raises(AnnotationError) as e:
+            load_annotations("epic55", tmp_path, ann, on_error=on_error, problems=[])
+        _one_line_naming(e, ann, tmp_path / "P01" / "P01_01", "frame_0000000001.jpg", "line 2")

@@ -719,3 +719,73 @@ def test_an_official_kinetics_csv_beside_a_k400_list_is_warned_about_when_left_o
     (warn,) = [r.getMessage() for r in caplog.records if "train.csv" in r.getMessage()]
     assert "left out" in warn and "\n" not in warn
     assert not (out / "train.csv").exists()
+
+
+def _damage(out: Path) -> None:
+    """v0 truncated, v1 zero bytes, v2 replaced by another (readable) video of the same name."""
+    v0 = out / "c" / "v0.mp4"
+    v0.write_bytes(v0.read_bytes()[: v0.stat().st_size // 2])
+    (out / "c" / "v1.mp4").write_bytes(b"")
+    write_video(out / "c" / "other.mp4", pattern(5, 48, 64, 9), codec="libx264", gop=4)
+    (out / "c" / "other.mp4").replace(out / "c" / "v2.mp4")
+
+
+@pytest.mark.parametrize("records", ["recorded", "before records"])
+def test_a_damaged_output_is_prepared_again_on_resume(tmp_path, caplog, records):
+    """Issue 28 re-trial 18 A2: a resumed prepare skipped as done an output that was truncated,
+    emptied or replaced since. An output counts as done only as prepare finished it (its size and
+    mtime, recorded after its rename; an output of a manifest from before those records: a
+    readable file of its source's frame count); a damaged one is prepared again, one log line each."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    names = [f"c/v{i}.avi" for i in range(4)]
+    _clips(root, names)
+    ann = root / "list.txt"
+    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 4
+    if records == "before records":
+        man = json.loads((out / "prepare.json").read_text())
+        man.pop("outputs")
+        (out / "prepare.json").write_text(json.dumps(man))
+    _damage(out)
+    with caplog.at_level("INFO"):
+        rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"] == {"converted": 3, "copied": 0, "skipped": 1, "failed": 0}
+    assert rep["check"]["ok"] == 4
+    for i in range(4):
+        with VideoReader(str(out / "c" / f"v{i}.mp4")) as r:
+            assert r.info.num_frames == 12
+    for i in range(3):
+        said = [r.getMessage() for r in caplog.records if f"v{i}.mp4" in r.getMessage()]
+        assert len(said) == 1 and "again" in said[0], said
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["skipped"] == 4
+
+
+def test_an_output_damaged_after_a_killed_run_is_prepared_again(tmp_path, monkeypatch):
+    """Issue 28 re-trial 18 A2: the record that an output is finished is kept as each file is
+    renamed into place, so an output of a killed run damaged afterwards is made again."""
+    root, out = tmp_path / "src", tmp_path / "out"
+    names = [f"c/v{i}.avi" for i in range(3)]
+    _clips(root, names)
+    ann = root / "list.txt"
+    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    real = prep._encode
+    calls = []
+
+    def dies_on_third(reader, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(reader, path, *a, **k)
+
+    monkeypatch.setattr(prep, "_encode", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    monkeypatch.setattr(prep, "_encode", real)
+    v0 = out / "c" / "v0.mp4"
+    v0.write_bytes(v0.read_bytes()[:-300])  # truncated: what a copy cut short leaves
+    rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"] == {"converted": 2, "copied": 0, "skipped": 1, "failed": 0}
+    assert rep["check"]["ok"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["c", "list.txt", "prepare.json"]

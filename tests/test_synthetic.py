@@ -610,3 +610,93 @@ def test_a_run_folder_or_a_folder_inside_one_is_refused(tmp_path, capsys, inside
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0] and str(run) in err[0], err
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+
+
+_KW = ["--num-videos", "6", "--frames", "6", "--size", "32", "--gop", "3"]
+
+
+def _valid_video(path: Path, frames: int = 6, size: int = 32) -> bool:
+    _, decoded = _decode(path)
+    return len(decoded) == frames and decoded[0].width == size and decoded[0].height == size
+
+
+def test_a_rerun_renders_only_the_missing_damaged_or_wrong_size_videos_and_keeps_the_lists(tmp_path, capsys):
+    """Issue 28 re-trial 18 A1: a rerun into a set with one video deleted re-rendered every video
+    and rewrote every list. Only the missing, unreadable and wrong-size videos (and masks) are made
+    again; the others and the lists (but captions.jsonl's identities of the new files) stay as they were."""
+    from tgmae.data.fileid import video_identity
+    from tgmae.data.synthetic.files import write_mp4
+
+    out = tmp_path / "set"
+    assert main([str(out), *_KW]) == 0
+    before = _snapshot(out)
+    captions = _captions_text(out)
+    videos = out / "videos"
+    (videos / "synth_00002.mp4").unlink()
+    (out / "masks" / "synth_00003.npz").unlink()
+    damaged = videos / "synth_00004.mp4"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # truncated
+    write_mp4(videos / "synth_00005.mp4", np.zeros((6, 48, 48, 3), np.uint8), 15, 3)  # another size
+    capsys.readouterr()
+    assert main([str(out), *_KW]) == 0
+    after = _snapshot(out)
+    redone = {Path("videos/synth_00002.mp4"), Path("masks/synth_00003.npz"), Path("videos/synth_00003.mp4"),
+              Path("masks/synth_00002.npz"), Path("videos/synth_00004.mp4"), Path("masks/synth_00004.npz"),
+              Path("videos/synth_00005.mp4"), Path("masks/synth_00005.npz"), Path("captions.jsonl")}
+    assert {p for p in before if after.get(p) != before[p]} <= redone
+    assert {p for p in before if after.get(p) != before[p]} >= {Path("videos/synth_00002.mp4"), Path(
+        "masks/synth_00003.npz"), Path("videos/synth_00004.mp4"), Path("videos/synth_00005.mp4")}
+    for i in (2, 4, 5):
+        assert _valid_video(videos / f"synth_0000{i}.mp4")
+    assert after[Path("masks/synth_00003.npz")][0] == before[Path("masks/synth_00003.npz")][0]  # the same mask
+    assert _captions_text(out) == captions  # the same captions, with the identities of today's files
+    for r in map(json.loads, (out / "captions.jsonl").read_text().splitlines()):
+        assert r["video"] == video_identity(str(videos / f"{r['video_id']}.mp4"))
+    assert main([str(out), *_KW]) == 0 and _snapshot(out) == after  # now complete: a no-op
+
+
+def test_a_rerun_does_not_overwrite_an_edited_list_without_overwrite(tmp_path, capsys):
+    """Issue 28 re-trial 18 A1: the rerun rewrote a list the user had edited. It is refused in one
+    line naming the list (the missing video is made meanwhile); --overwrite replaces it."""
+    out = tmp_path / "set"
+    assert main([str(out), *_KW]) == 0
+    original = (out / "train.csv").read_text()
+    edited = original.replace("videos/synth_00000.mp4", "videos/mine.mp4")
+    (out / "train.csv").write_text(edited)
+    (out / "videos" / "synth_00001.mp4").unlink()
+    capsys.readouterr()
+    for _ in range(2):  # refused again: the refused run's set is not taken as finished
+        assert main([str(out), *_KW]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out / "train.csv") in err[0] and "--overwrite" in err[0], err
+        assert (out / "train.csv").read_text() == edited
+    assert _valid_video(out / "videos" / "synth_00001.mp4")
+    assert main([str(out), *_KW, "--overwrite"]) == 0
+    assert (out / "train.csv").read_text() == original
+    assert main([str(out), *_KW]) == 0  # and it is finished
+
+
+def test_a_rerun_killed_while_rendering_leaves_the_lists_in_place(tmp_path, monkeypatch):
+    """Issue 28 re-trial 18 A1: a kill -9 mid-rerun left the folder with no lists (they were
+    removed before rendering); they are written (atomically) only at the end."""
+    from tgmae.data.synthetic import generate as gen
+
+    kw = dict(num_videos=6, frames=6, size=32, gop=3)
+    root = generate_synthetic_dataset(tmp_path / "set", **kw).root
+    lists = {n: (root / n).read_bytes() for n in INDEX}
+    (root / "videos" / "synth_00001.mp4").unlink()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "write_mp4", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_dataset(root, **kw)
+    assert {n: (root / n).read_bytes() for n in INDEX if (root / n).exists()} == lists
+    with pytest.raises(gen.SettingsError, match="num_videos=6"):  # other settings: still refused
+        generate_synthetic_dataset(root, **{**kw, "num_videos": 5})
+    monkeypatch.undo()
+    generate_synthetic_dataset(root, **kw)
+    assert _valid_video(root / "videos" / "synth_00001.mp4")
+    assert {n: (root / n).read_bytes() for n in INDEX if n != "captions.jsonl"} == \
+        {n: b for n, b in lists.items() if n != "captions.jsonl"}

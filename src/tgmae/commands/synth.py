@@ -35,6 +35,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--background", choices=BACKGROUNDS + EXTRA_BACKGROUNDS, default=None,
                         help="one background kind for every video (flat = one colour without grain); "
                              "default: drawn at random per video")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="on a rerun, replace lists (train.csv, ...) that differ from the set's (edited); "
+                             "default: such a list is kept and the run refused naming it")
     args = parser.parse_args(list(argv))
     every = max(1, args.num_videos // 10)
 
@@ -58,5 +61,5 @@ def _generate(args: argparse.Namespace, progress):
         args.out_dir, num_videos=args.num_videos, frames=args.frames, size=args.size, fps=args.fps,
         seed=args.seed, val_fraction=args.val_fraction, gop=args.gop, workers=args.workers, progress=progress,
         distractors=args.distractors, distractor_speed=args.distractor_speed, background=args.background,
-        static_camera=args.static_camera,
+        static_camera=args.static_camera, overwrite=args.overwrite,
     )

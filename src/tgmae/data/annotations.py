@@ -141,15 +141,33 @@ def first_existing(root: Path, candidates: list[str]) -> str:
     return str(root / candidates[0])
 
 
-def load_json(path: Path, object_pairs_hook: Optional[Callable] = None):
+def load_json(path: Path, object_pairs_hook: Optional[Callable] = None, shape: Optional[str] = None):
     """The JSON value in `path`; AnnotationError naming the file (and line) when missing or invalid.
-    object_pairs_hook: as json.loads's (to see a key twice, which a dict keeps the last of)."""
+    object_pairs_hook: as json.loads's (to see a key twice, which a dict keeps the last of).
+    shape: what the file must hold, e.g. "one JSON list of objects [...]": named in the error, which
+    for a file of one JSON value per line (JSON lines) says so."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
+    text = path.read_text(encoding="utf-8-sig")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=object_pairs_hook)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        expected = f"; expected {shape}" if shape else ""
+        if e.msg == "Extra data" and _json_lines(text):
+            raise AnnotationError(f"{path}: one JSON value per line (JSON lines), not one JSON document"
+                                  f"{expected}") from None
+        raise AnnotationError(f"{path}:{e.lineno}: not valid JSON ({e.msg}){expected}") from None
+
+
+def _json_lines(text: str) -> bool:
+    """Whether every non-empty line of `text` is a JSON value of its own."""
+    try:
+        for line in text.splitlines():
+            if line.strip():
+                json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def json_item_lines(path: Path) -> list[int]:
@@ -315,14 +333,14 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
         if label < 0 or (classes is not None and label >= len(classes)):
             rows.bad(ann, line, f"label {label} out of range" + (f" [0, {len(classes)})" if classes else ""))
             continue
-        start = _opt_int(obj.get("start_frame"), ann, line, "start_frame", rows)
-        end = _opt_int(obj.get("end_frame"), ann, line, "end_frame", rows)
+        vid = str(obj.get("video_id") or "").strip() or relative_id(root, path)
+        start = _opt_int(obj.get("start_frame"), ann, line, f"video {vid!r}: start_frame", rows)
+        end = _opt_int(obj.get("end_frame"), ann, line, f"video {vid!r}: end_frame", rows)
         if start is False or end is False:
             continue
         caption = obj.get("caption")
         caption = str(caption) if caption not in (None, "") else None
         full = path if os.path.isabs(path) else str(root / path)
-        vid = str(obj.get("video_id") or "").strip() or relative_id(root, path)
         why = range_problem(start, end)
         if why:
             rows.bad(ann, line, f"video {vid!r}: {why}")

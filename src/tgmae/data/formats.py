@@ -305,6 +305,10 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
 # --------------------------------------------------------------------------------------------
 
 
+DIVING48_SHAPE = ('one JSON list of objects [{"vid_name": ..., "label": ..., "start_frame": ..., '
+                  '"end_frame": ...}, ...]')
+
+
 def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
@@ -312,7 +316,10 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     folder, data_file = _split_file(ann, "diving48", 1, subset)
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
-    items = load_json(data_file)
+    items = load_json(data_file, shape=DIVING48_SHAPE)
+    if not isinstance(items, list):  # one object per line reads as one object when there is one line
+        what = "one JSON object (one object per line is JSON lines)" if isinstance(items, dict) else "a single JSON value"
+        raise AnnotationError(f"{data_file}: holds {what}; expected {DIVING48_SHAPE}")
     classes = _diving48_classes(vocab_file) if vocab_file else None
     records = []
     ids = UniqueIds(rows)
@@ -397,11 +404,31 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
         if (r.verb, r.noun) not in action_of:
             rows.bad(data_file, r.line, f"(verb {r.verb}, noun {r.noun}) pair does not occur in {train_file.name}")
             continue
-        path = first_existing(root, [f"{r.participant}/{r.video}", r.video,
-                                      f"rgb/train/{r.participant}/{r.video}", f"train/{r.participant}/{r.video}"])
+        path = first_existing(root, _epic_folders(r))
         records.append(VideoRecord(path, action_of[(r.verb, r.noun)], r.uid, r.start - 1, r.stop,
                                    caption=r.narration, targets={"verb": r.verb, "noun": r.noun}))
+    _refuse_missing_layout(root, data_file, parsed, records)
     return records, [names[p][1] for p in pairs]
+
+
+def _epic_folders(r: "_EpicRow") -> list[str]:
+    """The places under the root where a row's frame folder may be, the first the usual one."""
+    return [f"{r.participant}/{r.video}", r.video, f"rgb/train/{r.participant}/{r.video}",
+            f"train/{r.participant}/{r.video}"]
+
+
+def _refuse_missing_layout(root: Path, data_file: Path, parsed: list["_EpicRow"], records: list[VideoRecord]) -> None:
+    """AnnotationError when no record's frame folder is there (the root has another layout, or is
+    not the frames' root): one line naming the folder the first row needs, instead of one "not
+    found" per video."""
+    if not records or any(os.path.exists(r.path) for r in records):
+        return
+    first = parsed[0]
+    places = _epic_folders(first)
+    raise AnnotationError(
+        f"{data_file}: none of its {len(records)} rows' EPIC-Kitchens-55 frame folders is under {root} (data.root / "
+        f"--root); line {first.line} needs {root / places[0]}/frame_0000000001.jpg, ... (or the folder "
+        f"{', '.join(str(root / p) for p in places[1:])})")
 
 
 @dataclass
@@ -431,7 +458,8 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
             raise AnnotationError(f"{path}:1: header lacks columns {missing}")
         for r in reader:
             line = reader.line_num
-            vals = [parse_int(r[c], path, line, c, rows) for c in need[2:]]
+            video = (r["video_id"] or "").strip()
+            vals = [parse_int(r[c], path, line, f"video {video!r}: {c}", rows) for c in need[2:]]
             if any(v is None for v in vals):
                 continue
             s, e, v, n = vals

@@ -10,7 +10,10 @@ dangles; class lists and label maps are copied as they are; the folder's other f
 carried (those naming videos are named in one warning).
 Resume: atomic outputs, an existing one is skipped unless its source changed since
 (`out/prepare.json` `sources`: each output's source `tgmae.data.fileid.video_identity`; a source
-replaced in place is prepared again); `out/prepare.json` holds the settings and other settings
+replaced in place is prepared again) or it is not as prepare finished it (`outputs`: each output's
+[size, mtime ns], recorded as it is renamed into place, in `out/.prepare.done` until the run's end;
+an output without a record must read as its source's frame count): a damaged one (truncated,
+emptied, replaced) is prepared again, one log line each; `out/prepare.json` holds the settings and other settings
 are refused by name; a non-empty `out` without it (a user's folder) or one inside a run is refused;
 `out` is locked (`tgmae.locks`). Two rows that
 would get one output name are refused before anything is converted; the output is checked with
@@ -43,6 +46,7 @@ from tgmae.locks import hold, refuse_inside_run
 log = logging.getLogger("tgmae")
 
 MANIFEST = "prepare.json"
+DONE = ".prepare.done"  # JSON lines {"output": path, "identity": [size, mtime ns]} per output finished this run
 # keys every `run_prepare` report holds: a --report file with them is an earlier report, replaced
 REPORT_KEYS = ("out", "annotations", "settings", "counts", "failed", "check")
 ANNOTATION_EXTS = (".txt", ".csv", ".json", ".jsonl", ".tsv")
@@ -83,6 +87,7 @@ class FileResult:
     status: str  # converted | copied | skipped | failed
     frames: int = 0
     reason: str = ""
+    identity: Optional[list] = None  # `_output_identity(dst)` of an output finished or found whole
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -156,16 +161,72 @@ def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base:
             c.mux(p)
 
 
-def _work(job: tuple[str, str, PrepareSettings, bool]) -> FileResult:
-    """One job (src, dst, settings, redo): an existing `dst` is skipped unless `redo` (its source
-    changed); a redone source that fails leaves no stale `dst` behind."""
-    src, dst, settings, redo = job
+def _work(job: tuple[str, str, PrepareSettings, bool, Optional[list], str]) -> FileResult:
+    """One job (src, dst, settings, redo, record, done): an existing `dst` is skipped unless `redo`
+    (its source changed) or it is not whole (`_whole`: not as `record` says prepare finished it);
+    a redone source that fails leaves no stale `dst` behind. A finished output's identity is
+    appended to the file `done` as soon as it is in place (a killed run keeps it)."""
+    src, dst, settings, redo, record, done = job
     if os.path.exists(dst) and not redo:
-        return FileResult(src, dst, "skipped")
+        if _whole(src, dst, record):
+            return FileResult(src, dst, "skipped", identity=_output_identity(dst))
+        redo = True  # the damaged output goes even if its source now fails
     result = transcode(src, dst, settings)
-    if redo and result.status == "failed":
-        Path(dst).unlink(missing_ok=True)
+    if result.status == "failed":
+        if redo:
+            Path(dst).unlink(missing_ok=True)
+        return result
+    result.identity = _output_identity(dst)
+    line = json.dumps({"output": dst, "identity": result.identity}) + "\n"
+    with open(done, "a", encoding="utf-8") as f:  # one short append: whole lines from parallel workers
+        f.write(line)
     return result
+
+
+def _output_identity(path: str) -> Optional[list]:
+    """[size in bytes, mtime ns] of an output: what a truncation, an emptied or replaced file
+    changes, and a move or `cp -p` / `rsync -a` of the prepared folder keeps. None when missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _whole(src: str, dst: str, record: Optional[list]) -> bool:
+    """Whether the existing output `dst` is as prepare finished it: its identity is `record`, or
+    without one (a manifest from before records, a record lost to a kill) it reads as `src`'s frame
+    count. Logs one line naming `dst` when it is not."""
+    from tgmae.data.video import VideoError, VideoReader
+
+    if record is not None:
+        whole = _output_identity(dst) == list(record)
+    else:
+        try:
+            with VideoReader(dst) as out, VideoReader(src) as source:
+                whole = out.info.num_frames == source.info.num_frames
+        except (VideoError, OSError, EOFError, ValueError):
+            whole = False
+    if not whole:
+        log.info("tgmae data prepare: %s is not as prepare finished it (truncated, emptied or replaced since): "
+                 "preparing it again", dst)
+    return whole
+
+
+def _read_done(out: Path, man: dict) -> None:
+    """Move the records of `out`/DONE (a killed run's finished outputs) into `man["outputs"]`
+    (output path relative to `out` -> identity); a torn last line is left out."""
+    outputs = man.setdefault("outputs", {})
+    try:
+        lines = (out / DONE).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            outputs[os.path.relpath(rec["output"], out)] = list(rec["identity"])
+        except (ValueError, KeyError, TypeError):
+            continue
 
 
 def _changed_sources(out: Path, man: dict, jobs: Sequence[tuple[str, str, PrepareSettings]]) -> dict[str, list]:
@@ -558,17 +619,18 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
         remove_stale_temps(folder)
     man["renamed"].update(renamed)
     redo = _changed_sources(out_p, man, jobs)
+    _read_done(out_p, man)
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
-    results = parallel_map(_work, [(*j, j[1] in redo) for j in jobs], workers, "preparing videos", progress)
-    man["renamed"] = {k: v for k, v in man["renamed"].items() if (out_p / v).exists()}
-    man["sources"].update({os.path.relpath(r.dst, out_p): redo[r.dst] for r in results
-                           if r.dst in redo and r.status in ("converted", "copied")})
-    man["sources"] = {k: v for k, v in man["sources"].items() if (out_p / k).exists()}
+    (out_p / DONE).unlink(missing_ok=True)  # its records are in the manifest now
+    results = parallel_map(_work, [(*j, j[1] in redo, man["outputs"].get(os.path.relpath(j[1], out_p)),
+                                    str(out_p / DONE)) for j in jobs], workers, "preparing videos", progress)
+    _record_results(out_p, man, results, redo)
     counts = {k: sum(r.status == k for r in results) for k in ("converted", "copied", "skipped", "failed")}
     failed = [{"path": r.src, "reason": r.reason} for r in results if r.status == "failed"]
     if results and counts["failed"] == len(results):
         # nothing was made: no annotations naming videos that do not exist, no data check of them
         # (one "file not found" each), and no manifest or folder this run created
+        (out_p / DONE).unlink(missing_ok=True)  # no output finished: it holds no record
         if had_manifest:
             atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
         else:
@@ -576,6 +638,7 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
         return {"out": str(out_p), "annotations": None, "settings": asdict(settings), "counts": counts,
                 "failed": failed, "check": None}
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
+    (out_p / DONE).unlink(missing_ok=True)  # its records are in the manifest
     new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"])
     dst = {j[0]: j[1] for j in jobs}
     _verify(fmt, out_p, new_ann, records, dst, split, subset)
@@ -584,6 +647,18 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
     _mark_not_prepared(check, root_p, out_p, results)
     return {"out": str(out_p), "annotations": str(new_ann), "settings": asdict(settings), "counts": counts,
             "failed": failed, "check": check}
+
+
+def _record_results(out: Path, man: dict, results: Sequence[FileResult], redo: dict[str, list]) -> None:
+    """Update `man` after the jobs: a redone output's new source identity, every output's identity
+    (`outputs`; a failed one's record goes), and no entry for an output that is not there."""
+    man["renamed"] = {k: v for k, v in man["renamed"].items() if (out / v).exists()}
+    man["sources"].update({os.path.relpath(r.dst, out): redo[r.dst] for r in results
+                           if r.dst in redo and r.status in ("converted", "copied")})
+    for r in results:
+        man["outputs"][os.path.relpath(r.dst, out)] = r.identity
+    for key in ("sources", "outputs"):
+        man[key] = {k: v for k, v in man[key].items() if v is not None and (out / k).exists()}
 
 
 NOT_PREPARED = "not prepared (failed above)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from os import PathLike
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
@@ -23,13 +24,18 @@ CSV_HEADER = ("path", "label", "caption", "video_id")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def write_csv(path: Path, rows: Iterable[tuple[str, int, str, str]]) -> None:
-    """`path,label,caption,video_id` CSV (RFC 4180 quoting, \\n line ends)."""
+def csv_text(rows: Iterable[tuple[str, int, str, str]]) -> str:
+    """`path,label,caption,video_id` CSV text (RFC 4180 quoting, \\n line ends)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: Path, rows: Iterable[tuple[str, int, str, str]]) -> None:
+    """`csv_text(rows)` written atomically to `path`."""
+    atomic_write_text(path, csv_text(rows))
 
 
 def write_masks(path: Path, masks: np.ndarray, boxes: np.ndarray) -> None:
@@ -69,3 +75,30 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, gop: int, crf: int = 18)
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def mp4_ok(path: str | PathLike, frames: int, size: int) -> bool:
+    """Whether `path` holds what `write_mp4` writes for a set of `frames` frames at `size` x `size`:
+    readable, one video stream of that size with `frames` packets (demuxed, not decoded). False
+    for a missing, truncated or unreadable file, or one of another size or length."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if (stream.codec_context.width, stream.codec_context.height) != (size, size):
+                return False
+            return sum(1 for packet in container.demux(stream) if packet.size) == frames
+    except (OSError, ValueError, IndexError, av.error.FFmpegError):
+        return False
+
+
+def masks_ok(path: str | PathLike, frames: int, size: int) -> bool:
+    """Whether `path` holds what `write_masks` writes for `frames` frames at `size` x `size`:
+    `masks` bool [frames, size, size] and `boxes` int16 [frames, 4]. False for a missing or
+    damaged file, or one of other shapes."""
+    try:
+        with np.load(path) as z:
+            masks, boxes = z["masks"], z["boxes"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    return (masks.dtype == bool and masks.shape == (frames, size, size) and boxes.dtype == np.int16
+            and boxes.shape == (frames, 4))

@@ -11,11 +11,16 @@ Layout (the data pipeline relies on it):
                              caption` records it: `masks` and training refuse another set's captions)
     OUT/descriptions.json    class -> [vision-free descriptions] (`captions.class_descriptions`; eval.class_descriptions)
     OUT/meta.json            settings, counts, classes, per-video objects (written last)
-    OUT/.synth_settings.json the settings of a set being written (removed once meta.json is there)
+    OUT/.synth_settings.json the settings of a set being written (removed once its lists are written)
 
 One set per folder: a folder holding a set (or a killed run's part of one) made with other
 settings is refused naming them, before anything of it is removed; the same settings resume an
-unfinished set, or leave a finished one as it is.
+unfinished set, or leave a finished one as it is. A rerun makes only the videos (and masks) that
+are missing, unreadable or of another size; the lists (index files above) stay in place while it
+renders and are replaced at the end (each atomically, meta.json last), only where they change. A
+list whose content is not what this set's would be (a user's edit; for captions.jsonl, but for its
+records' `video` identities) is refused naming it, unless `overwrite`; the refused run's set stays
+unfinished (its settings file stays), so a later run refuses it too.
 
 Video i depends only on (seed, i): the set is the same for any number of workers, and the same
 seed gives byte-identical annotations, captions (but for each record's `video` identity of its
@@ -29,20 +34,20 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from tgmae.errors import SettingsError
+from tgmae.errors import SettingsError, UserError
 from tgmae.data.fileid import video_identity
 from tgmae.lifetime import end_with_parent
 from tgmae.locks import refuse_inside_run
 from tgmae.data.synthetic.captions import class_descriptions, make_captions
-from tgmae.data.synthetic.files import atomic_write_text, write_csv, write_masks, write_mp4
-from tgmae.data.synthetic.render import render_scene
+from tgmae.data.synthetic.files import atomic_write_text, csv_text, masks_ok, mp4_ok, write_masks, write_mp4
+from tgmae.data.synthetic.render import paint_order, render_scene
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
 GENERATOR_VERSION = "1.0"
@@ -88,6 +93,12 @@ class _Task:
     distractor_speed: float = 1.0
     background: str | None = None
     static_camera: bool = False
+    render: bool = True  # False: its video and mask are on disk; only its record is made
+
+
+class EditedListError(FileExistsError, UserError):
+    """A set's list (train.csv, ...) differs from what the set's would be (a user edited it):
+    a rerun does not replace it without `overwrite` (CLI: --overwrite)."""
 
 
 def balanced_labels(num_videos: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,16 +143,21 @@ def check_settings(
 
 
 def _make_video(task: _Task) -> dict:
-    """Sample, render and write one video and its mask; return its index record."""
+    """Sample one video's scene and return its index record; render and write the video and its
+    mask when `task.render` (else they are on disk: the record needs only the paint order)."""
     scene_ss, caption_ss = np.random.SeedSequence([task.seed, task.index]).spawn(2)
     scene = sample_scene(task.label, task.size, task.size, task.frames, np.random.default_rng(scene_ss),
                          distractors=task.distractors, distractor_speed=task.distractor_speed,
                          background=task.background, static_camera=task.static_camera)
-    clip = render_scene(scene)
-    root = Path(task.root)
-    write_mp4(root / "videos" / f"{task.video_id}.mp4", clip.frames, task.fps, task.gop)
-    write_masks(root / "masks" / f"{task.video_id}.npz", clip.mask, clip.boxes)
-    z = {track_index: depth for depth, track_index in enumerate(clip.paint_order)}
+    if task.render:
+        clip = render_scene(scene)
+        root = Path(task.root)
+        write_mp4(root / "videos" / f"{task.video_id}.mp4", clip.frames, task.fps, task.gop)
+        write_masks(root / "masks" / f"{task.video_id}.npz", clip.mask, clip.boxes)
+        order = clip.paint_order
+    else:
+        order = paint_order(scene)
+    z = {track_index: depth for depth, track_index in enumerate(order)}
     objects = [
         {"shape": tr.shape, "colour": tr.colour, "rgb": list(tr.rgb), "role": tr.role, "motion": tr.motion, "z": z[i]}
         for i, tr in enumerate(scene.tracks)
@@ -167,6 +183,7 @@ def _refuse_other_folder(root: Path) -> None:
         ours = json.loads((root / "meta.json").read_text()).get("generator") == "tgmae.data.synthetic"
     except (OSError, ValueError, AttributeError):
         ours = False
+    ours = ours or (root / PENDING).is_file()  # a killed run's lists: the folder was checked when it began
     if not ours:
         raise SettingsError(f"{root} holds {', '.join(found)} but no synthetic set's meta.json: writing a set "
                             "there would replace them; choose another folder")
@@ -201,14 +218,12 @@ def _check_same_settings(root: Path, settings: dict) -> bool:
     return False
 
 
-def _existing_set(root: Path, settings: dict) -> SyntheticSetInfo | None:
-    """The finished set of `settings` in `root` (every video and mask there), else None."""
-    if not _check_same_settings(root, settings):
+def _existing_set(root: Path, settings: dict, missing: Sequence[_Task]) -> SyntheticSetInfo | None:
+    """The finished set of `settings` in `root` (no run of it unfinished, no video or mask
+    `missing`), else None."""
+    if not _check_same_settings(root, settings) or missing or (root / PENDING).exists():
         return None
     meta = json.loads((root / "meta.json").read_text())
-    ids = list(meta.get("videos", {}))
-    if not all((root / "videos" / f"{v}.mp4").is_file() and (root / "masks" / f"{v}.npz").is_file() for v in ids):
-        return None
     if not (root / "descriptions.json").is_file():  # a set written before the file existed
         write_class_descriptions(root)
     _stamp_captions(root)
@@ -252,25 +267,72 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
     return records
 
 
-def _write_index(root: Path, records: Sequence[dict], is_val: np.ndarray) -> None:
-    """train.csv / val.csv / annotations.csv, classes.txt and captions.jsonl (the layout above)."""
+def _index_texts(root: Path, records: Sequence[dict], is_val: np.ndarray, meta: dict) -> dict[str, str]:
+    """Each list's text (INDEX_FILES, the layout above) for this set; its videos are on disk."""
     rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0], r["video_id"]) for r in records]
-    write_csv(root / "train.csv", [row for row, v in zip(rows, is_val) if not v])
-    write_csv(root / "val.csv", [row for row, v in zip(rows, is_val) if v])
-    write_csv(root / "annotations.csv", rows)
-    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in ACTIONS))
-    _write_captions(root, [{"video_id": r["video_id"], "captions": r["captions"], "source": "synthetic",
-                            "model": "template"} for r in records])
-    write_class_descriptions(root)
+    return {
+        "train.csv": csv_text([row for row, v in zip(rows, is_val) if not v]),
+        "val.csv": csv_text([row for row, v in zip(rows, is_val) if v]),
+        "annotations.csv": csv_text(rows),
+        "classes.txt": "".join(f"{c}\n" for c in ACTIONS),
+        "captions.jsonl": _captions_text(root, [{"video_id": r["video_id"], "captions": r["captions"],
+                                                  "source": "synthetic", "model": "template"} for r in records]),
+        "descriptions.json": _descriptions_text(),
+        "meta.json": json.dumps(meta, indent=1) + "\n",
+    }
+
+
+def _without_identities(text: str) -> list[dict] | None:
+    """captions.jsonl's records without their `video` identities; None when a line is not a record."""
+    try:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [{k: v for k, v in r.items() if k != "video"} for r in records]
+    except (ValueError, AttributeError):
+        return None
+
+
+def _edited(path: Path, text: str) -> bool:
+    """Whether the list at `path` holds other content than `text` (captions.jsonl: but for the
+    records' `video` identities, which a re-made video changes); False when it is missing."""
+    try:
+        had = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if path.name == "captions.jsonl":
+        return _without_identities(had) != _without_identities(text)
+    return had != text
+
+
+def _write_lists(root: Path, texts: dict[str, str], overwrite: bool) -> None:
+    """Write each list of `texts` whose file is missing or holds other text, meta.json last, each
+    atomically. EditedListError naming each list a user edited (`_edited`) and writing none,
+    unless `overwrite`."""
+    edited = [str(root / n) for n in INDEX_FILES if _edited(root / n, texts[n])]
+    if edited and not overwrite:
+        raise EditedListError(f"{', '.join(edited)}: not what this synthetic set's list would be (edited?); kept "
+                              "as it is: pass --overwrite to replace it with the set's, or write the set elsewhere")
+    for name in INDEX_FILES:  # meta.json is last: with it the set is complete
+        path = root / name
+        try:
+            same = path.read_text(encoding="utf-8") == texts[name]
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            atomic_write_text(path, texts[name])
+
+
+def _captions_text(root: Path, records: Sequence[dict]) -> str:
+    """root/captions.jsonl's text: each record with its video's `video_identity` (after the other
+    keys) under `video`, the field `tgmae caption` writes: readers compare it with the data set's
+    files, so another synthetic set's captions (the same ids) are refused. Videos are written by now."""
+    return "".join(json.dumps({**r, "video": video_identity(str(root / "videos" / f"{r['video_id']}.mp4"))}) + "\n"
+                   for r in records)
 
 
 def _write_captions(root: Path, records: Sequence[dict]) -> None:
-    """root/captions.jsonl: each record with its video's `video_identity` (after the other keys)
-    under `video`, the field `tgmae caption` writes: readers compare it with the data set's files,
-    so another synthetic set's captions (the same ids) are refused. Videos are written by now."""
-    lines = [json.dumps({**r, "video": video_identity(str(root / "videos" / f"{r['video_id']}.mp4"))}) + "\n"
-             for r in records]
-    atomic_write_text(root / "captions.jsonl", "".join(lines))
+    atomic_write_text(root / "captions.jsonl", _captions_text(root, records))
 
 
 def _stamp_captions(root: Path) -> None:
@@ -284,10 +346,14 @@ def _stamp_captions(root: Path) -> None:
 def write_class_descriptions(root: Path) -> Path:
     """root/descriptions.json: the classes' vision-free descriptions (`captions.class_descriptions`)
     in the `tgmae describe-classes` format, for `eval.class_descriptions`."""
-    meta = {"source": "tgmae.data.synthetic.captions.class_descriptions", "generator_version": GENERATOR_VERSION}
     path = Path(root) / "descriptions.json"
-    atomic_write_text(path, json.dumps({"_meta": meta, **class_descriptions()}, indent=1) + "\n")
+    atomic_write_text(path, _descriptions_text())
     return path
+
+
+def _descriptions_text() -> str:
+    meta = {"source": "tgmae.data.synthetic.captions.class_descriptions", "generator_version": GENERATOR_VERSION}
+    return json.dumps({"_meta": meta, **class_descriptions()}, indent=1) + "\n"
 
 
 def _meta_tail(records: Sequence[dict], is_val: np.ndarray, class_counts: dict[str, int]) -> dict:
@@ -310,16 +376,20 @@ def generate_synthetic_dataset(
     seed: int = 0, val_fraction: float = 0.2, gop: int = 12, workers: int = 1,
     progress: Callable[[int, int], None] | None = None, distractors: int = MAX_DISTRACTORS,
     distractor_speed: float = 1.0, background: str | None = None, static_camera: bool = False,
+    overwrite: bool = False,
 ) -> SyntheticSetInfo:
     """Write `num_videos` captioned videos of `frames` frames at `size` x `size` into out_dir.
 
     workers: rendering / encoding processes (0 = all CPUs; spawned: callers need the
     `if __name__ == "__main__":` guard); output does not depend on it. progress(done, total) after
-    each video. distractors, distractor_speed, background, static_camera: difficulty knobs of
-    `sample_scene` ("flat": one colour without grain; None draws a background per video). They draw
-    the same random numbers, and the defaults write the original set byte for byte (meta.json
-    records a knob only when set). RunFolderError when out_dir is a run folder or lies inside one
-    (`locks.refuse_inside_run`); SettingsError for a bad setting or a folder of another data set."""
+    each video (also those found on disk). distractors, distractor_speed, background, static_camera:
+    difficulty knobs of `sample_scene` ("flat": one colour without grain; None draws a background
+    per video). They draw the same random numbers, and the defaults write the original set byte for
+    byte (meta.json records a knob only when set). A rerun into the same settings' set makes only
+    its missing or damaged videos (module docstring). overwrite: replace lists a user edited.
+    RunFolderError when out_dir is a run folder or lies inside one (`locks.refuse_inside_run`);
+    SettingsError for a bad setting or a folder of another data set; EditedListError for an edited
+    list without `overwrite`."""
     check_settings(num_videos, frames, size, fps, gop, workers, val_fraction, seed, distractors, distractor_speed,
                    background)
     start = time.perf_counter()
@@ -330,15 +400,6 @@ def generate_synthetic_dataset(
                 "fps": fps, "gop": gop, "val_fraction": val_fraction, "distractors": distractors,
                 "distractor_speed": float(distractor_speed), "background": background,
                 "static_camera": bool(static_camera)}
-    existing = _existing_set(root, settings)  # refuses other settings before anything is removed
-    if existing is not None:
-        return existing
-    for sub in ("videos", "masks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / PENDING, json.dumps(_pending_meta(settings)) + "\n")  # a killed run's settings
-    for name in INDEX_FILES:  # a half-regenerated set must not look complete
-        (root / name).unlink(missing_ok=True)
-
     labels = balanced_labels(num_videos, len(ACTIONS), np.random.default_rng([seed, 0x1AB]))
     is_val = stratified_split(labels, val_fraction, np.random.default_rng([seed, 0x5E1]))
     width = max(5, len(str(num_videos - 1)))
@@ -347,33 +408,52 @@ def generate_synthetic_dataset(
               distractors, float(distractor_speed), background, bool(static_camera))
         for i in range(num_videos)
     ]
+    _check_same_settings(root, settings)  # refuses other settings before anything is read or removed
+    tasks = [replace(t, render=not _on_disk(root, t)) for t in tasks]
+    existing = _existing_set(root, settings, [t for t in tasks if t.render])
+    if existing is not None:
+        return existing
+    for sub in ("videos", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / PENDING, json.dumps(_pending_meta(settings)) + "\n")  # a killed run's settings
     _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
     records = _make_videos(tasks, min(workers or os.cpu_count() or 1, num_videos), progress)
-    _write_index(root, records, is_val)
     class_counts = {c: int((labels == k).sum()) for k, c in enumerate(ACTIONS)}
-    meta = {
-        "generator": "tgmae.data.synthetic",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "num_videos": num_videos,
-        "num_train": int((~is_val).sum()),
-        "num_val": int(is_val.sum()),
-        "val_fraction": val_fraction,
-        "height": size,
-        "width": size,
-        "fps": fps,
-        "frames": frames,
-        "gop": gop,
-        "distractors": distractors,
-        "distractor_speed": float(distractor_speed),
-        # only when set, so the default set's meta.json stays byte-identical to earlier versions'
-        **({"background": background} if background is not None else {}),
-        **({"static_camera": True} if static_camera else {}),
-        **_meta_tail(records, is_val, class_counts),
-    }
-    atomic_write_text(root / "meta.json", json.dumps(meta, indent=1) + "\n")
+    meta = _set_meta(settings, is_val, _meta_tail(records, is_val, class_counts))
+    _write_lists(root, _index_texts(root, records, is_val, meta), overwrite)  # the old lists stood until now
     (root / PENDING).unlink(missing_ok=True)
     return _info(root, meta, time.perf_counter() - start)
+
+
+def _on_disk(root: Path, task: _Task) -> bool:
+    """Whether `task`'s video and mask are in `root` as this set's (readable, its size and length)."""
+    video, mask = root / "videos" / f"{task.video_id}.mp4", root / "masks" / f"{task.video_id}.npz"
+    return (video.is_file() and mask.is_file()  # a new set's: no reading of 100000 missing files
+            and mp4_ok(video, task.frames, task.size) and masks_ok(mask, task.frames, task.size))
+
+
+def _set_meta(settings: dict, is_val: np.ndarray, tail: dict) -> dict:
+    """meta.json's content: generator, settings, counts, then `tail` (`_meta_tail`)."""
+    return {
+        "generator": "tgmae.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": settings["seed"],
+        "num_videos": settings["num_videos"],
+        "num_train": int((~is_val).sum()),
+        "num_val": int(is_val.sum()),
+        "val_fraction": settings["val_fraction"],
+        "height": settings["size"],
+        "width": settings["size"],
+        "fps": settings["fps"],
+        "frames": settings["frames"],
+        "gop": settings["gop"],
+        "distractors": settings["distractors"],
+        "distractor_speed": settings["distractor_speed"],
+        # only when set, so the default set's meta.json stays byte-identical to earlier versions'
+        **({"background": settings["background"]} if settings["background"] is not None else {}),
+        **({"static_camera": True} if settings["static_camera"] else {}),
+        **tail,
+    }
 
 
 def _pending_meta(settings: dict) -> dict:

@@ -65,6 +65,12 @@ def _paint_order(scene: Scene, sil: list[np.ndarray], min_visible: float) -> lis
     return order
 
 
+def paint_order(scene: Scene, min_visible: float = 0.6) -> list[int]:
+    """`render_scene(scene, min_visible).paint_order` without drawing the frames (a set's record
+    of a video already on disk)."""
+    return _paint_order(scene, _silhouettes(scene), min_visible)
+
+
 def render_scene(scene: Scene, min_visible: float = 0.6) -> RenderedClip:
     """Composite background, shapes (back to front, alpha-blended) and the actor's mask."""
     h, w = scene.height, scene.width
