@@ -467,6 +467,10 @@ def test_a_figure_title_gives_the_stride_its_columns_were_read_at():
     cfg = load_config(None, ["data.frame_stride=4", "data.num_frames=2"])
     assert "(stride 2 (4 asked: a short video)," in describe_run(cfg, [0, 2])
     assert "(stride 4," in describe_run(cfg, [0, 4]) and "(stride 4," in describe_run(cfg)
+    cfg4 = load_config(None, ["data.frame_stride=2", "data.num_frames=4"])  # re-trial 18: 5 frames, uneven
+    assert "(frames 0, 1, 3, 4: a short video, stride 2 asked," in describe_run(cfg4, [0, 1, 3, 4])
+    tsn = load_config(None, ["data.sampling=tsn", "data.num_frames=4"])  # segments: uneven by design
+    assert "(4 TSN segments," in describe_run(tsn, [3, 40, 78, 115]) and "stride" not in describe_run(tsn, [3, 40, 78, 115])
 
 
 def test_pretrain_refuses_a_similarity_cache_of_another_image_size(synth_root, tmp_path, capsys):

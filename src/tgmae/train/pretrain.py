@@ -164,11 +164,18 @@ def mae_part(model: nn.Module) -> nn.Module:
 
 def describe_run(cfg: RunConfig, frames: Optional[Sequence[int]] = None) -> str:
     """The masking, ratio and clip geometry a figure was drawn under, for its title. frames: the
-    clip's source frame numbers, when known: a short video read at a smaller stride says so."""
+    clip's source frame numbers, when known: a short video read at a smaller stride says so (and,
+    spread unevenly over its frames, lists them); TSN sampling names its segments."""
     m, d = cfg.model, cfg.data
     steps = {int(b) - int(a) for a, b in zip(frames, frames[1:])} if frames is not None and len(frames) > 1 else set()
-    stride = (f"stride {steps.pop()} ({d.frame_stride} asked: a short video)" if len(steps) == 1
-              and d.frame_stride not in steps else f"stride {d.frame_stride}")
+    if d.sampling == "tsn":  # one frame per segment: its spacing varies by design, no stride to name
+        stride = f"{d.num_frames} TSN segments"
+    elif len(steps) > 1:  # dense: only a video shorter than the clip spreads it unevenly
+        stride = f"frames {', '.join(str(int(f)) for f in frames)}: a short video, stride {d.frame_stride} asked"
+    elif steps and d.frame_stride not in steps:
+        stride = f"stride {steps.pop()} ({d.frame_stride} asked: a short video)"
+    else:
+        stride = f"stride {d.frame_stride}"
     return (f"{cfg.masking.name} mask, ratio {cfg.masking.ratio:g}; {d.num_frames} frames x {d.image_size} px "
             f"({stride}, tubelet {m.tubelet_size}, patch {m.patch_size})")
 
