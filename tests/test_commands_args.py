@@ -47,7 +47,9 @@ def test_a_section_and_a_key_in_it_or_two_config_files_are_refused(capsys):
     for argv, named in ((["config", "show", "masking={ratio: 0.75}", "masking.ratio=0.9"], "masking"),
                         (["config", "show", "-c", "configs/pretrain_demo.yaml", "-c", "configs/finetune_vitb_ssv2.yaml"],
                          "configs/finetune_vitb_ssv2.yaml"),
-                        (["pretrain", "--config=configs/pretrain_demo.yaml", "-cconfigs/pretrain_demo.yaml"], "-c/--config")):
+                        (["pretrain", "--config=configs/pretrain_demo.yaml", "-cconfigs/pretrain_demo.yaml"], "-c/--config"),
+                        (["study", "-c", "a.yaml", "--quick", "-c", "b.yaml"], "a.yaml, b.yaml"),
+                        (["extract", "-c", "a.yaml", "--out", "x", "-c", "b.yaml"], "a.yaml, b.yaml")):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert named in err and len(err.splitlines()) == 1, err

@@ -16,27 +16,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     a key given twice among the overrides is a ConfigError naming it."""
     from tgmae.config import refuse_repeated_overrides
 
-    refuse_repeated_config_files(argv)
     args = parser.parse_intermixed_args(list(argv))
     refuse_repeated_overrides(getattr(args, "overrides", None) or ())
     return args
 
 
-def refuse_repeated_config_files(argv: Sequence[str]) -> None:
-    """`-c A.yaml -c B.yaml`: argparse keeps B silently; refused naming both (ConfigError, exit 2)."""
-    from tgmae.config import ConfigError
+class ConfigFile(argparse.Action):
+    """`-c/--config FILE`. Given twice, argparse would keep the last silently: refused naming both
+    (ConfigError, exit 2)."""
 
-    files, argv = [], list(argv)
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config"):
-            files.append(argv[i + 1] if i + 1 < len(argv) else "")
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-        elif arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
-            files.append(arg[2:])
-    if len(files) > 1:
-        raise ConfigError(f"-c/--config given {len(files)} times ({', '.join(files)}); give one file "
-                          "(and section.key=value overrides over it)")
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from tgmae.config import ConfigError
+
+        first = getattr(namespace, "_config_given", None)
+        if first is not None:
+            raise ConfigError(f"-c/--config given twice ({first}, {values}); give one file "
+                              "(and section.key=value overrides over it)")
+        namespace._config_given = values
+        setattr(namespace, self.dest, values)
+
+
+def add_config_option(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """The commands' `-c/--config` (`ConfigFile`)."""
+    parser.add_argument("-c", "--config", action=ConfigFile, default=default, help=help)
 
 
 def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
@@ -52,7 +54,7 @@ def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: 
     any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
     errors exit 2 with the message."""
     parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
-    parser.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
+    add_config_option(parser, "YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
     args = parse_args(parser, argv)
     return load_run_config(prog, args.config, args.overrides, base), args

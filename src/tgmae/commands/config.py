@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from tgmae.commands.args import add_config_option
 from tgmae import config as config_module
-from tgmae.commands.args import refuse_repeated_config_files
 
 
 @lru_cache(maxsize=None)
@@ -72,11 +72,10 @@ def main(argv: Sequence[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True, metavar="show")
     show = sub.add_parser("show", help="print the resolved config with each field's help",
                           description=__doc__.split("\n\n")[1])
-    show.add_argument("-c", "--config", help="YAML config file (sections as in tgmae.config)")
+    add_config_option(show, "YAML config file (sections as in tgmae.config)")
     show.add_argument("--recipe", choices=("finetune", "probe"),
                       help="apply the protocol defaults `tgmae finetune` / `tgmae probe` use")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    refuse_repeated_config_files(argv)
     args = parser.parse_args(list(argv))
     config_module.refuse_repeated_overrides(args.overrides)
     base = None

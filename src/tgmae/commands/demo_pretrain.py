@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from tgmae.commands.args import parse_args
+from tgmae.commands.args import add_config_option, parse_args
 
 
 def main(argv: Sequence[str]) -> int:
@@ -17,7 +17,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")
     parser.add_argument("--num-videos", type=int, default=240, help="synthetic videos to generate")
     parser.add_argument("--quick", action="store_true", help="CI-sized: few videos, few steps")
-    parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="pretraining config")
+    add_config_option(parser, "pretraining config", default=str(DEFAULT_CONFIG))
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parse_args(parser, argv)
     demo_pretrain(Path(args.out), args.num_videos, args.quick, args.config, args.overrides)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from tgmae.commands.args import add_config_option
+
 # how a user of this command sets each field of ExtractSpec (named in its messages)
 SPEC_SETTINGS = {"mode": "--mode", "output": "--output", "window": "--window", "stride": "--stride",
                  "frame_step": "--frame-step", "image_size": "data.image_size", "spatial": "--spatial",
@@ -20,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = ExtractSpec()
     p = argparse.ArgumentParser(prog="tgmae extract", description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", help="YAML config: data.* names the videos (any data.format), model.pretrained "
-                                         "the checkpoint (ours, official .pth, Hugging Face dir)")
+    add_config_option(p, "YAML config: data.* names the videos (any data.format), model.pretrained "
+                         "the checkpoint (ours, official .pth, Hugging Face dir)")
     p.add_argument("--out", required=True, help="output folder (shards, manifest.json, index.csv, unreadable.json)")
     p.add_argument("--subset", choices=("train", "val", "both"), default="both",
                    help="annotations to read: data.train_annotations, data.val_annotations or both (default)")

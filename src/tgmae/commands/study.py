@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from tgmae.commands.args import parse_args
+from tgmae.commands.args import add_config_option, parse_args
 
 
 def main(argv: Sequence[str]) -> int:
@@ -15,8 +15,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0],
                                      epilog="Without -c the defaults run: the same study as "
                                             "-c configs/study_synthetic.yaml (make demo).")
-    parser.add_argument("-c", "--config", help="study YAML (default: the built-in defaults, "
-                                               "= configs/study_synthetic.yaml)")
+    add_config_option(parser, "study YAML (default: the built-in defaults, "
+                              "= configs/study_synthetic.yaml)")
     parser.add_argument("--quick", action="store_true",
                         help=f"CI-sized: {QUICK['num_videos']} videos, {QUICK['clip_steps']} CLIP steps, the first "
                              "seed, 1-epoch phases, in OUT_DIR_quick (key=value overrides still win)")

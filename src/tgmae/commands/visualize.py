@@ -8,13 +8,15 @@ import importlib
 import sys
 from typing import Sequence
 
+from tgmae.commands.args import add_config_option
+
 
 def _parser(kind: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"tgmae visualize {kind}", description=description)
     p.add_argument("checkpoint", help="model: ours (.safetensors / run / checkpoint dir), official .pth or HF dir")
-    p.add_argument("-c", "--config", help="YAML config: data annotations and what the checkpoint's run lacks "
-                                          "(its own masking, model and clip geometry come first; its "
-                                          "train.output_dir is not used)")
+    add_config_option(p, "YAML config: data annotations and what the checkpoint's run lacks "
+                         "(its own masking, model and clip geometry come first; its "
+                         "train.output_dir is not used)")
     p.add_argument("--index", type=int, default=0, help="dataset item to show")
     p.add_argument("--subset", default="val", choices=("train", "val"), help="annotations to read")
     p.add_argument("--video", help="a video file or frame folder instead of the dataset")
