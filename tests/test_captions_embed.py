@@ -377,3 +377,27 @@ def test_out_never_replaces_the_captions_read_or_another_safetensors_file(tmp_pa
         err = capsys.readouterr().err
         assert str(out) in err and err.count("\n") == 1, (out, err)
     assert caps.read_bytes() == before and torch.equal(load_file(str(weights))["w"], torch.ones(2))
+
+
+def test_a_blip_captioner_is_refused_as_the_text_model_naming_the_flag(tmp_path, capsys):
+    """Issue 28 (re-trial 18, B3): `embed-captions --clip <a BLIP captioner>` was accepted: transformers
+    built a BlipModel whose text encoder and projection the captioner's checkpoint lacks, so the cache
+    held embeddings of random weights. One line naming --clip and the model's kind, nothing written;
+    the same for captions.text_model / clip_model."""
+    from tgmae.captions.tiny import save_tiny_blip
+    from tgmae.config import CaptionConfig
+    from tgmae.errors import UserError
+
+    blip = str(save_tiny_blip(tmp_path / "tiny-blip"))
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    out = tmp_path / "e.safetensors"
+    capsys.readouterr()
+    assert main(["--captions", str(caps), "--clip", blip, "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and blip in err[0] and "--clip" in err[0] and "BlipForConditionalGeneration" in err[0], err
+    assert not out.exists()
+    for key in ("clip_model", "text_model"):
+        with pytest.raises(UserError) as e:
+            CaptionProvider.from_config(CaptionConfig(file=str(caps), **{key: blip}))
+        assert blip in str(e.value) and f"captions.{key}" in str(e.value) and "\n" not in str(e.value)

@@ -293,3 +293,24 @@ def test_eval_masks_refusals_of_its_cache_name_its_own_flag(synth, tmp_path, cap
     assert "--out" not in advice and "masking.cache_dir" not in advice, err
     if case != "locked":
         assert (cache / "notes.txt").read_text() == "mine"
+
+
+def test_eval_masks_on_a_cache_of_another_patch_size_names_the_matching_flags(synth, trained_clip, tmp_path, capsys):
+    """Issue 28 (re-trial 18, B2): a cache made at another patch size (`tgmae masks --patch-size
+    32`) was refused with only "--rebuild, or give --cache another folder"; eval-masks had no
+    --patch-size to match it. Now it has one, and the refusal names it with the cache's value."""
+    from tgmae.cli import main
+    from tgmae.masking.quality import ensure_cache
+    from tgmae.clip.data import read_split_ids
+
+    cache = tmp_path / "cache"
+    ensure_cache(synth, read_split_ids(synth, "train")[:1], str(trained_clip), "faithful", str(cache),
+                 128, 32, 2, progress=False)
+    before = (cache / "manifest.json").read_text()
+    args = ["eval-masks", "--root", str(synth), "--clip", str(trained_clip), "--num-frames", "8",
+            "--image-size", "128", "--split", "train", "--max-videos", "1", "--cache", str(cache), "--no-progress"]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]  # not HF's bars
+    assert len(err) == 1 and "--patch-size 32" in err[0] and "--rebuild" in err[0] and "--cache" in err[0], err
+    assert (cache / "manifest.json").read_text() == before
+    assert main([*args, "--patch-size", "32"]) == 0  # the way out it names works

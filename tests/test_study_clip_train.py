@@ -110,3 +110,16 @@ def test_a_save_that_fails_is_one_line_and_leaves_the_folder_as_it_was(root, tmp
     rc, err = _train_clip_under_a_file_size_limit(root, earlier, "--overwrite")
     assert rc == 2 and str(earlier) in err, err[-2000:]
     assert _files(earlier) == before
+
+
+@pytest.mark.parametrize("image, patch", [(60, 8), (32, 0), (0, 8), (32, 64)])
+def test_an_image_size_the_patch_does_not_tile_is_refused_at_set_up(root, tmp_path, capsys, image, patch):
+    """Issue 28 (re-trial 18, B1): `--image-size 60 --patch-size 8` trained anyway (or failed
+    later); one line naming both flags, before anything is written."""
+    out = tmp_path / "clip"
+    argv = ["train-clip", "--root", str(root), "--out", str(out), "--steps", "1",
+            "--image-size", str(image), "--patch-size", str(patch), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image-size" in err[0] and "--patch-size" in err[0], err
+    assert not out.exists() or not any(out.iterdir())

@@ -1155,3 +1155,59 @@ def test_resuming_with_grad_checkpoint_toggled_continues(tmp_path):
     Trainer(ToyTask(cfg), cfg).fit()
     longer = toy_cfg(tmp_path, "train.epochs=3", "train.grad_checkpoint=true")
     assert Trainer(ToyTask(longer), longer).fit().position.step == 24
+
+
+def _world_of(step_dir: Path, world: int) -> None:
+    """Edit a checkpoint's saved process count (as if `world` processes had written it)."""
+    state = torch.load(step_dir / "state.pt", weights_only=True)
+    state["extra_json"] = json.dumps({**json.loads(state["extra_json"]), "world_size": world})
+    torch.save(state, step_dir / "state.pt")
+
+
+def test_a_resume_on_another_process_count_follows_the_plan_of_now(tmp_path):
+    """Issue 28 (re-trial 18, B4): under checkpoint.resume=ignore_config on another number of
+    processes the progress bar's total and the lr schedule kept the checkpoint's step count on a
+    plan of the new steps per epoch: the schedule ended at a step the run never reached (or the
+    run was taken as finished). Now the step counter goes on from the checkpoint's, and its end
+    and the lr follow the new plan from the position the data had reached."""
+    from tgmae.train.optim import lr_plan
+
+    cfg = toy_cfg(tmp_path)  # 64 items, batch 8: 8 steps an epoch on 1 process, 16 in all
+    _train_until_killed(cfg, 4)  # checkpoint at step 3
+    _world_of(ckpt.find_latest(tmp_path / "run" / "checkpoints"), 2)  # 3 steps of 2 x 8 = 48 videos
+    forced = toy_cfg(tmp_path, "checkpoint.resume=ignore_config")
+    seen: list[tuple[int, int, float]] = []
+    hook = lambda s: seen.append((s.position.step, s.total_steps, s.metrics["lr"]))  # noqa: E731
+    assert Trainer(ToyTask(forced), forced, hooks=[hook]).fit().position.step == 3 + 2 + 8
+    assert {total for _, total, _ in seen} == {13}, seen  # the bar's total: 3 done + 10 left
+    plan = lr_plan(forced.optim, 8, 8, 16)  # the plan of now, whose step 6 the 48 videos reach
+    assert [lr for _, _, lr in seen] == pytest.approx([plan.at(s) for s in range(6, 16)])
+    assert "processes (global batch)" in (tmp_path / "run" / "config_changes.jsonl").read_text()
+
+
+def _ddp_resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """`_ddp_world_worker`'s run under checkpoint.resume=ignore_config, writing (step, totals seen)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out_dir), "train.batch_size=4", "train.device=cpu", "checkpoint.resume=ignore_config")
+    from tgmae.distributed import cleanup
+
+    totals: set[int] = set()
+    result = Trainer(_SizedToyTask(cfg, 64, dropout=0.0), cfg, hooks=[lambda s: totals.add(s.total_steps)]).fit()
+    (Path(out_dir) / f"result{rank}.json").write_text(json.dumps([result.position.step, sorted(totals)]))
+    cleanup()
+
+
+def test_a_run_of_1_process_resumed_by_2_trains_what_is_left_of_its_epochs(tmp_path, free_port):
+    """Issue 28 (re-trial 18, B4), the tester's way round: 1 process (16 steps an epoch, 32 in all)
+    stopped at step 18 (epoch 1, batch 2), resumed by 2 (8 steps an epoch, 16 in all): step 18 was
+    past the plan's end, so the run counted as finished with epoch 1 barely begun. Now it goes on
+    to the end of epoch 1 in the plan of now: 8 videos were seen, 7 of its 8 steps are left."""
+    import torch.multiprocessing as mp
+
+    cfg = toy_cfg(tmp_path, "train.batch_size=4")
+    _train_until_killed(cfg, 20)  # checkpoint at step 18
+    mp.spawn(_ddp_resume_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"result{rank}.json").read_text()) == [18 + 7, [25]]

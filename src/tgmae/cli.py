@@ -77,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _one_line(e)
         if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        print(f"tgmae {name}: {line}", file=sys.stderr)
+        from tgmae.distributed import other_launched_rank
+        from tgmae.errors import is_every_rank
+
+        # under torchrun a mistake every rank makes alike is printed once, by rank 0; each rank exits 2
+        # (torchrun then exits 1 with its own ChildFailedError summary, which names exitcode 2)
+        if not (is_every_rank(e) and other_launched_rank()):
+            print(f"tgmae {name}: {line}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,18 @@ class SettingsError(ValueError, UserError):
     the message names it and the valid values."""
 
 
+def every_rank(e: BaseException) -> BaseException:
+    """Mark `e` as raised alike by every torchrun rank (a mistake on the command line or in its
+    config file, read the same by each): `tgmae.cli` lets rank 0 alone print its line."""
+    e.tgmae_every_rank = True  # type: ignore[attr-defined]
+    return e
+
+
+def is_every_rank(e: BaseException) -> bool:
+    """Whether `e` was marked by `every_rank`."""
+    return bool(getattr(e, "tgmae_every_rank", False))
+
+
 _WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
 
 

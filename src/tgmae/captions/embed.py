@@ -80,7 +80,29 @@ class ModelIdentity:
         from transformers import AutoConfig
 
         config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
+        refuse_captioner(config, name_or_path, setting)
         return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "")
+
+
+# heads of image-to-text generators (BLIP / BLIP-2 / GIT / LLaVA captioners): their checkpoints hold a
+# text *decoder*, not the text encoder + projection that AutoModel would build (with random weights)
+_GENERATOR_HEADS = ("ForConditionalGeneration", "ForImageTextToText", "ForCausalLM", "ForVision2Seq")
+
+
+def refuse_captioner(config: Any, name_or_path: str, setting: str = "") -> None:
+    """SettingsError (one line naming `setting` and the model's kind) when `config` is an image
+    captioner's (a vision part and a generator head in config.json's architectures, or a
+    vision-encoder-decoder): embedding texts with it would use weights its checkpoint lacks."""
+    from tgmae.errors import SettingsError
+
+    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith(_GENERATOR_HEADS)]
+    multimodal = hasattr(config, "vision_config") or config.model_type == "vision-encoder-decoder"
+    if multimodal and (heads or config.model_type == "vision-encoder-decoder"):
+        kind = heads[0] if heads else config.model_type
+        by = f" ({setting})" if setting else ""
+        raise SettingsError(f"{name_or_path!r}{by} is an image captioner ({config.model_type}: {kind}), not a text "
+                            f"encoder: give {setting or 'it'} a CLIP (hub id or folder with a saved CLIPModel) "
+                            "or another text model; a captioner goes to `tgmae caption --model`")
 
 
 # the way out of a cache built by another text model, for a cache a user named (`tgmae embed-captions`,

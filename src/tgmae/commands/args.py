@@ -52,9 +52,15 @@ def load_run_config(prog: str, config: str | None, overrides: Sequence[str], bas
 def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
     """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
     any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
-    errors exit 2 with the message."""
+    errors exit 2 with the message, printed by torchrun's rank 0 alone (`errors.every_rank`:
+    each rank reads the same command line and file)."""
+    from tgmae.errors import UserError, every_rank
+
     parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
     add_config_option(parser, "YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    args = parse_args(parser, argv)
-    return load_run_config(prog, args.config, args.overrides, base), args
+    try:
+        args = parse_args(parser, argv)
+        return load_run_config(prog, args.config, args.overrides, base), args
+    except UserError as e:
+        raise every_rank(e)

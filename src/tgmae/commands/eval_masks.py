@@ -32,7 +32,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--cache", default=None, help="similarity cache dir (default ROOT/mask_cache/<clip>-<mode>)")
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=224, help="the video model's input side")
+    p.add_argument("--patch-size", type=int, default=16, help="the video model's patch side (its token grid)")
     p.add_argument("--cache-stride", type=int, default=2, help="similarity map every N source frames")
     p.add_argument("--augment", action="store_true", help="multi-scale crop + flip as in pretraining")
     p.add_argument("--min-cover", type=float, default=0.5, help="object pixel fraction making a token 'on the object'")
@@ -49,6 +50,9 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < args.ratio < 1:
         print("tgmae eval-masks: --ratio must be in (0, 1)", file=sys.stderr)
         return 2
+    if args.patch_size < 1 or args.image_size % args.patch_size or args.image_size < args.patch_size:
+        print("tgmae eval-masks: --image-size must be a whole number (>= 1) of --patch-size patches", file=sys.stderr)
+        return 2
     if args.out:  # before the evaluation, not after it
         from tgmae.data.check import check_report_out
 
@@ -61,6 +65,7 @@ def main(argv: Sequence[str]) -> int:
     quality = evaluate_masks(
         root, args.clip, ratio=args.ratio, paper_ratios=args.paper_ratios, split=args.split,
         num_frames=args.num_frames, frame_stride=args.frame_stride, image_size=args.image_size,
+        patch_size=args.patch_size,
         mode=args.mode, cache_dir=args.cache, augment=args.augment, min_cover=args.min_cover,
         max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
         progress=not args.no_progress, rebuild=args.rebuild,

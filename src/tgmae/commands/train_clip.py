@@ -34,9 +34,22 @@ def main(argv: Sequence[str]) -> int:
     cfg = ClipTrainConfig(**{k: getattr(args, k) for k in (
         "steps", "image_size", "patch_size", "width", "layers", "embed_dim", "videos_per_batch", "seed", "lr",
         "dense_weight", "motion_weight", "motion_frames")})
+    _check_grid(args.image_size, args.patch_size)
     if not (Path(args.root) / "captions.jsonl").is_file():
         parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
     s = train_clip(args.root, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
           f"val patch AUC {s['val_patch_auc']:.3f} (dense {s['val_patch_auc_dense']:.3f}) -> {args.out}")
     return 0
+
+
+def _check_grid(image_size: int, patch_size: int) -> None:
+    """Refuse (SettingsError, naming both flags) a patch that does not tile the image: the CLIP's
+    patch grid and MaskCLIP's dense maps need image_size = k * patch_size, k >= 1. Without this,
+    60 / 8 trained on a cropped grid and 32 / 64 or a 0 failed inside torch after set-up."""
+    from tgmae.errors import SettingsError
+
+    if patch_size < 1 or image_size < patch_size or image_size % patch_size:
+        raise SettingsError(
+            f"--image-size {image_size} --patch-size {patch_size}: the image side must be a whole number "
+            f"(>= 1) of patches, and the patch side >= 1 (defaults: 64 and 8)")

@@ -137,7 +137,9 @@ def evaluate_masks(
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
         ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress,
-                     rebuild, way_out=EVAL_WAY_OUT, setting=EVAL_SETTING)
+                     rebuild, way_out=eval_way_out(cache_dir, mode=mode, frame_stride=cache_stride,
+                                                   image_size=image_size, patch_size=patch_size),
+                     setting=EVAL_SETTING)
     gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
     totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
     for i, vid in enumerate(tqdm(ids, desc="eval-masks", unit="video", disable=not progress)):
@@ -161,6 +163,28 @@ def evaluate_masks(
 
 EVAL_WAY_OUT = "rerun with --rebuild to replace it, or give --cache another folder"  # eval-masks
 EVAL_SETTING = "similarity cache folder (eval-masks --cache)"  # what chose it, in eval-masks' refusals
+# manifest field -> the eval-masks flag that sets it
+EVAL_FLAGS = {"mode": "--mode", "frame_stride": "--cache-stride", "image_size": "--image-size",
+              "patch_size": "--patch-size"}
+
+
+def eval_way_out(cache_dir: str, **requested) -> str:
+    """eval-masks' advice on a cache built differently: `EVAL_WAY_OUT`, led by the flags that would
+    match the cache at `cache_dir` (e.g. "rerun with --patch-size 8 (the cache's) to use it") when
+    its manifest differs from `requested` (EVAL_FLAGS' fields) there. A missing or unreadable
+    manifest: `EVAL_WAY_OUT` alone (the build refuses or writes it)."""
+    import json
+
+    try:
+        have = json.loads((Path(cache_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return EVAL_WAY_OUT
+    flags = [f"{flag} {have[key]}" for key, flag in EVAL_FLAGS.items()
+             if key in requested and key in have and have[key] != requested[key]]
+    if not flags:
+        return EVAL_WAY_OUT
+    return f"rerun with {' '.join(flags)} (the cache's) to use it, or with --rebuild to replace it, " \
+           "or give --cache another folder"
 
 
 def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,

@@ -7,6 +7,7 @@ at the first batch; the host syncs with the device only at a log step, checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -30,7 +31,7 @@ from tgmae.errors import UserError
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
-from tgmae.train.resume import Resumed, resume, run_folder_lock, videos_on_disk, write_run_folder
+from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
 from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
 from tgmae.train.sampler import ResumableSampler
 
@@ -277,8 +278,7 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "
                               f"train.accum_steps={accum} x {world} processes")
-        total_steps = cfg.train.epochs * steps_per_epoch
-        return steps_per_epoch, min(total_steps, cfg.train.max_steps or total_steps)
+        return steps_per_epoch, planned_total(cfg, steps_per_epoch)
 
     def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
         """Optimizer, scaler and lr plan (the linear scaling rule counts batch x accumulation x
@@ -301,7 +301,11 @@ class Trainer:
         self.class_names = list(getattr(task, "class_names", None) or [])
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
                          class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())),
-                         copied_keys=getattr(task, "copied_keys", None), videos=self.videos)
+                         copied_keys=getattr(task, "copied_keys", None), videos=self.videos,
+                         steps_per_epoch=steps_per_epoch)
+        if resumed.step_offset:  # another process count: the counter goes on, the plan is of now
+            plan = self._replan(plan, steps_per_epoch, resumed)
+            total_steps = plan.total_steps
         train_model = self._wrap(model)
         run = _Run(model, train_model, optimizer, scaler, precision, plan, steps_per_epoch, resumed.position,
                    resumed.eval_history, list(resumed.eval_history), resumed.source,
@@ -314,6 +318,18 @@ class Trainer:
                            desc=task.name)
         run.window = _Window(dist.device)
         return run
+
+    def _replan(self, plan: LrPlan, steps_per_epoch: int, resumed: Resumed) -> LrPlan:
+        """`plan` (of this run's steps per epoch) on the step counter of a checkpoint written by
+        another number of processes (`plan_offset`): its end and lr shifted, said in one line."""
+        offset = resumed.step_offset
+        total = planned_total(self.cfg, steps_per_epoch, offset)
+        if self.dist.is_main:
+            log.warning("resumed on %d processes: %d steps an epoch now, so the run ends at step %d and the lr "
+                        "goes on from its step %d of %d in the plan of now (checkpoint at step %d)",
+                        self.dist.world_size, steps_per_epoch, total, resumed.position.step - offset,
+                        total - offset, resumed.position.step)
+        return dataclasses.replace(plan, total_steps=total, offset=offset)
 
     def _open_run_folder(self, run: _Run) -> None:
         """The run folder's record (`write_run_folder`) and logs, once, at the first batch: a run

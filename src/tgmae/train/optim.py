@@ -60,17 +60,22 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 @dataclass(frozen=True)
 class LrPlan:
     """The run's lr at every optimizer step: linear warmup from `warmup_lr` to `peak` over
-    `warmup_steps`, then a half cosine down to `min_lr` at `total_steps` (`warmup_cosine`)."""
+    `warmup_steps`, then a half cosine down to `min_lr` at `total_steps` (`warmup_cosine`).
+    `offset`: the run's step counter minus the plan's step (0 but for a resume on another number of
+    processes, whose counter goes on from the checkpoint's steps while the plan is in the steps of
+    now, `train.resume.plan_offset`); `total_steps` is the counter's end."""
 
     peak: float
     min_lr: float
     warmup_lr: float
     warmup_steps: int
     total_steps: int
+    offset: int = 0
 
     def at(self, step: int) -> float:
-        """lr at 0-based optimizer step `step`."""
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak, self.min_lr, self.warmup_lr)
+        """lr at 0-based optimizer step `step` of the run's counter."""
+        return warmup_cosine(step - self.offset, self.total_steps - self.offset, self.warmup_steps, self.peak,
+                             self.min_lr, self.warmup_lr)
 
 
 def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int) -> LrPlan:

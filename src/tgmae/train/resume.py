@@ -36,6 +36,7 @@ class Resumed:
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, stored, now)
     eval_history: list[dict] = field(default_factory=list)
     load_failures: float = 0.0  # unreadable videos replaced so far (this rank's share)
+    step_offset: int = 0  # the step counter minus this run's plan's step (`plan_offset`)
 
 
 def resume_source(cfg: RunConfig) -> Optional[Path]:
@@ -54,12 +55,15 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
            class_names: Sequence[str] = (), unused_keys: Sequence[str] = (),
-           copied_keys: Optional[Mapping[str, str]] = None, videos: Optional[dict] = None) -> Resumed:
+           copied_keys: Optional[Mapping[str, str]] = None, videos: Optional[dict] = None,
+           steps_per_epoch: Optional[int] = None) -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
     the checks that it belongs to this run (kind, settings, inputs, class names in label order,
     videos on disk, something left to do). unused_keys: config keys the task never reads;
     copied_keys: {key: the user's key the task copies into it} (`config_differences`); videos:
-    `videos_on_disk` of this run's data (rank 0; None on the other ranks)."""
+    `videos_on_disk` of this run's data (rank 0; None on the other ranks). steps_per_epoch: this
+    run's; on another number of processes than the checkpoint's, `total_steps` is re-counted from
+    the position its data reached (`plan_offset`, returned as Resumed.step_offset)."""
     source = resume_source(cfg)
     if source is None:
         return Resumed()
@@ -73,10 +77,14 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
     changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
     changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
-    position = loaded.position
+    position, world = loaded.position, loaded.extra.get("world_size")
+    offset = 0
+    if steps_per_epoch and position.epoch < cfg.train.epochs:
+        offset = plan_offset(cfg, position, _rebased(cfg, dist, position, world, loaded.config), steps_per_epoch)
+        total_steps = planned_total(cfg, steps_per_epoch, offset)
     if position.step < total_steps and position.epoch < cfg.train.epochs:  # something left to train
-        changes += world_changes(cfg, dist, source, loaded.extra.get("world_size"), loaded.config)
-        position = rebase_position(cfg, dist, position, loaded.extra.get("world_size"), loaded.config)
+        changes += world_changes(cfg, dist, source, world, loaded.config)
+        position = rebase_position(cfg, dist, position, world, loaded.config)
     refuse_shorter(cfg, task_name, source, position)
     if changes and not (position.step < total_steps and position.epoch < cfg.train.epochs):
         raise ckpt.CheckpointError(
@@ -100,7 +108,24 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     # Evaluations made under other settings (checkpoint.resume=ignore_config) do not count
     # for this run's best: only those since the change (they stay in metrics.jsonl).
     return Resumed(source, position, changes, [] if changes else list(loaded.extra.get("eval_history", [])),
-                   float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0)
+                   float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0, offset)
+
+
+def planned_total(cfg: RunConfig, steps_per_epoch: int, offset: int = 0) -> int:
+    """The run's last optimizer step on its counter: train.epochs x steps_per_epoch (+ `offset`,
+    `plan_offset`), at most train.max_steps (a bound on the counter)."""
+    total = cfg.train.epochs * steps_per_epoch + offset
+    return min(total, cfg.train.max_steps or total)
+
+
+def plan_offset(cfg: RunConfig, stored: ckpt.TrainPosition, now: ckpt.TrainPosition, steps_per_epoch: int) -> int:
+    """The checkpoint's step counter minus the step this run's plan (`steps_per_epoch` of now)
+    has at the same data position (`now`: `rebase_position`'s, in this run's micro-batches): 0
+    unless the process count changed. The counter goes on (metrics.jsonl, step_N checkpoints);
+    the progress bar's end and the lr schedule are this run's plan shifted by it."""
+    if now is stored:  # the same number of processes (or none recorded): the counter is the plan's
+        return 0
+    return stored.step - (now.epoch * steps_per_epoch + now.batches_in_epoch // cfg.train.accum_steps)
 
 
 def _epochs_key(task_name: str) -> str:
@@ -250,16 +275,25 @@ def rebase_position(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition
     ranks together had trained on the epoch's first batches_in_epoch x batch x processes videos
     of the shared permutation (`ResumableSampler`), so this run starts after them, at the first whole
     optimizer step of its own past them (no video trained twice; less than one global batch skipped)."""
-    if stored_world is None or int(stored_world) == dist.world_size or not position.batches_in_epoch:
+    now = _rebased(cfg, dist, position, stored_world, stored_config)
+    if dist.is_main and now.batches_in_epoch != position.batches_in_epoch:
+        batch, _ = _stored_micro_batch(cfg, stored_config)
+        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run of %d starts "
+                    "the epoch at its micro-batch %d", int(stored_world), position.batches_in_epoch * batch *
+                    int(stored_world), position.epoch, dist.world_size, now.batches_in_epoch)
+    return now
+
+
+def _rebased(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition, stored_world: Optional[int],
+             stored_config: Mapping[str, Any]) -> ckpt.TrainPosition:
+    """`rebase_position`'s position, without its log line: `position` itself when the process
+    count is the checkpoint's (or unrecorded), else a new one (also at an epoch's start)."""
+    if stored_world is None or int(stored_world) == dist.world_size:
         return position
     batch, _ = _stored_micro_batch(cfg, stored_config)
     seen = position.batches_in_epoch * batch * int(stored_world)
     step_videos = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
     micro = -(-seen // step_videos) * cfg.train.accum_steps  # rounded up: none trained twice
-    if dist.is_main:
-        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run of %d starts "
-                    "the epoch at its micro-batch %d", int(stored_world), seen, position.epoch, dist.world_size,
-                    micro)
     return ckpt.TrainPosition(position.step, position.epoch, micro)
 
 
