@@ -205,9 +205,10 @@ def test_eval_masks_cli_json_and_invariants(synth, trained_clip, tmp_path, capsy
     assert f"{tmp_path / 'plain'} is a file, not a folder" in err.err and "tgm_top" not in err.out
 
 
-def test_visualize_masks_pngs(synth, trained_clip, tmp_path):
+def test_visualize_masks_pngs(synth, trained_clip, tmp_path, capsys):
     from PIL import Image
 
+    from tgmae.cli import main as cli_main
     from tgmae.commands.visualize_masks import main
 
     png = tmp_path / "fig.png"
@@ -215,6 +216,13 @@ def test_visualize_masks_pngs(synth, trained_clip, tmp_path):
                  "--num-frames", "8", "--columns", "3"]) == 0
     w, h = Image.open(png).size
     assert h > w  # 6 rows (input + 5 algorithms) x 3 columns
+    # re-trial 18: the set's cache is of 128 px; at 64 the advice named --rebuild only
+    capsys.readouterr()
+    assert cli_main(["visualize", "masks", "--root", str(synth), "--clip", str(trained_clip), "--out",
+                     str(tmp_path / "f64.png"), "--image-size", "64", "--num-frames", "8"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and "--image-size 128 (the cache's)" in err[0] and "--rebuild" in err[0], err
+    assert "--cache" not in err[0]  # visualize masks has none
     video = synth / "videos" / "synth_00001.mp4"
     png2 = tmp_path / "video.png"
     assert main(["--video", str(video), "--caption", "a shape", "--clip", str(trained_clip), "--mode", "dense",

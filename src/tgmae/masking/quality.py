@@ -137,7 +137,7 @@ def evaluate_masks(
     if clip_model:
         cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
         ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress,
-                     rebuild, way_out=eval_way_out(cache_dir, mode=mode, frame_stride=cache_stride,
+                     rebuild, way_out=cache_way_out(cache_dir, mode=mode, frame_stride=cache_stride,
                                                    image_size=image_size, patch_size=patch_size),
                      setting=EVAL_SETTING)
     gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
@@ -161,30 +161,30 @@ def evaluate_masks(
     return MaskQuality(out, float(totals["random"][2] / n_tok), len(ids))
 
 
-EVAL_WAY_OUT = "rerun with --rebuild to replace it, or give --cache another folder"  # eval-masks
 EVAL_SETTING = "similarity cache folder (eval-masks --cache)"  # what chose it, in eval-masks' refusals
 # manifest field -> the eval-masks flag that sets it
 EVAL_FLAGS = {"mode": "--mode", "frame_stride": "--cache-stride", "image_size": "--image-size",
               "patch_size": "--patch-size"}
 
 
-def eval_way_out(cache_dir: str, **requested) -> str:
-    """eval-masks' advice on a cache built differently: `EVAL_WAY_OUT`, led by the flags that would
-    match the cache at `cache_dir` (e.g. "rerun with --patch-size 8 (the cache's) to use it") when
-    its manifest differs from `requested` (EVAL_FLAGS' fields) there. A missing or unreadable
-    manifest: `EVAL_WAY_OUT` alone (the build refuses or writes it)."""
+def cache_way_out(cache_dir: str, elsewhere: str = "give --cache another folder", **requested) -> str:
+    """A command's advice on a cache built differently, led by the flags that would match the cache
+    at `cache_dir` (e.g. "rerun with --patch-size 8 (the cache's) to use it") when its manifest
+    differs from `requested` (EVAL_FLAGS' fields: eval-masks' and visualize masks' flags alike).
+    elsewhere: the command's way to another folder ("" for none). A missing or unreadable manifest:
+    --rebuild and `elsewhere` alone (the build refuses or writes it)."""
     import json
 
+    ways = ["with --rebuild to replace it"] + ([elsewhere] if elsewhere else [])
     try:
         have = json.loads((Path(cache_dir) / "manifest.json").read_text())
     except (OSError, ValueError):
-        return EVAL_WAY_OUT
+        have = {}
     flags = [f"{flag} {have[key]}" for key, flag in EVAL_FLAGS.items()
              if key in requested and key in have and have[key] != requested[key]]
-    if not flags:
-        return EVAL_WAY_OUT
-    return f"rerun with {' '.join(flags)} (the cache's) to use it, or with --rebuild to replace it, " \
-           "or give --cache another folder"
+    if flags:
+        ways.insert(0, f"with {' '.join(flags)} (the cache's) to use it")
+    return "rerun " + ", or ".join(ways)
 
 
 def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cache_dir: str,
@@ -193,7 +193,7 @@ def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cac
     """Build (or resume) the similarity cache of these videos; rebuild: empty it first. Holds the
     cache's lock throughout (`tgmae.locks`): another writer is refused, naming it. A cache built
     with other settings is refused (CacheMismatchError), ending with `way_out`: what the calling
-    command offers (eval-masks: `EVAL_WAY_OUT`; visualize masks has no --cache, only --rebuild).
+    command offers (`cache_way_out`).
     `setting`: what chose `cache_dir`, named in the refusals of a folder in use, inside a run or
     not a cache (eval-masks: `EVAL_SETTING`), which come before CLIP is loaded."""
     from tgmae.locks import check_kind, hold, refuse_inside_run

@@ -107,7 +107,8 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     when `out` lies inside a run folder (`locks.refuse_inside_run`)."""
     from tgmae.captions.store import read_store
     from tgmae.clip.data import read_split_ids
-    from tgmae.masking.quality import PAPER_RATIOS, clip_context, ensure_cache, load_eval_clip, make_generators
+    from tgmae.masking.quality import (PAPER_RATIOS, cache_way_out, clip_context, ensure_cache, load_eval_clip,
+                                       make_generators)
 
     refuse_inside_run(out, "--out")
     root = Path(root)
@@ -126,7 +127,8 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
     cache_dir = None
     if clip_model:
         cache_dir = str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
-        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False, rebuild=rebuild)
+        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False, rebuild=rebuild,
+                     way_out=cache_way_out(cache_dir, elsewhere="", image_size=image_size))
     gens = make_generators(ratios, cache_dir)
     clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps, grid, num_frames,
                           frame_stride, image_size, False, torch.Generator().manual_seed(seed))
