@@ -138,12 +138,18 @@ def _clips(root: Path, names: list[str]) -> None:
         write_video(root / n, pattern(12, 48, 64, i), codec="mpeg4", gop=4)
 
 
-def test_resume_skips_finished_and_ignores_half_written_files(tmp_path, monkeypatch):
-    root, out = tmp_path / "src", tmp_path / "out"
-    names = [f"c/v{i}.avi" for i in range(3)]
+def _listed_clips(root: Path, count: int) -> Path:
+    """`count` clips c/v{i}.avi under `root` and their k400 list (label i); returns the list."""
+    names = [f"c/v{i}.avi" for i in range(count)]
     _clips(root, names)
     ann = root / "list.txt"
     ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    return ann
+
+
+def test_resume_skips_finished_and_ignores_half_written_files(tmp_path, monkeypatch):
+    root, out = tmp_path / "src", tmp_path / "out"
+    ann = _listed_clips(root, 3)
     real = prep._encode
     calls = []
 
@@ -369,10 +375,7 @@ def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):
     copy ("skipped"). prepare.json records each output's source identity
     (`data.fileid.video_identity`); an output whose source changed is prepared again, with a log line."""
     root, out = tmp_path / "src", tmp_path / "out"
-    names = [f"c/v{i}.avi" for i in range(2)]
-    _clips(root, names)
-    ann = root / "list.txt"
-    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    ann = _listed_clips(root, 2)
     rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
     assert rep["counts"]["converted"] == 2
     with VideoReader(str(out / "c" / "v1.mp4")) as r:
@@ -737,10 +740,7 @@ def test_a_damaged_output_is_prepared_again_on_resume(tmp_path, caplog, records)
     mtime, recorded after its rename; an output of a manifest from before those records: a
     readable file of its source's frame count); a damaged one is prepared again, one log line each."""
     root, out = tmp_path / "src", tmp_path / "out"
-    names = [f"c/v{i}.avi" for i in range(4)]
-    _clips(root, names)
-    ann = root / "list.txt"
-    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    ann = _listed_clips(root, 4)
     rep = run_prepare("k400", str(root), str(ann), str(out), SMALL, progress=False, min_frames=8)
     assert rep["counts"]["converted"] == 4
     if records == "before records":
@@ -766,10 +766,7 @@ def test_an_output_damaged_after_a_killed_run_is_prepared_again(tmp_path, monkey
     """Issue 28 re-trial 18 A2: the record that an output is finished is kept as each file is
     renamed into place, so an output of a killed run damaged afterwards is made again."""
     root, out = tmp_path / "src", tmp_path / "out"
-    names = [f"c/v{i}.avi" for i in range(3)]
-    _clips(root, names)
-    ann = root / "list.txt"
-    ann.write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    ann = _listed_clips(root, 3)
     real = prep._encode
     calls = []
 
