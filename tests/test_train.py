@@ -1185,6 +1185,43 @@ def test_a_resume_on_another_process_count_follows_the_plan_of_now(tmp_path):
     assert "processes (global batch)" in (tmp_path / "run" / "config_changes.jsonl").read_text()
 
 
+def test_a_second_resume_after_a_process_count_change_keeps_the_plan_of_now(tmp_path):
+    """After B4: a run resumed on another process count (its counter 3 steps behind the plan of
+    now) and killed again was resumed on the same count with the offset dropped: the bar's end and
+    the lr went back to the counter's own plan. The offset is the checkpoint's counter against the
+    plan of now at its data position, on every resume."""
+    from tgmae.train.optim import lr_plan
+
+    cfg = toy_cfg(tmp_path)  # 64 items, batch 8: 8 steps an epoch, 16 in all
+    _train_until_killed(cfg, 4)  # checkpoint at step 3
+    _world_of(ckpt.find_latest(tmp_path / "run" / "checkpoints"), 2)  # 48 videos: step 6 of the plan of now
+    forced = toy_cfg(tmp_path, "checkpoint.resume=ignore_config")
+    _train_until_killed(forced, 7)  # checkpoint at counter 6 = plan step 9
+    seen: list[tuple[int, int, float]] = []
+    hook = lambda s: seen.append((s.position.step, s.total_steps, s.metrics["lr"]))  # noqa: E731
+    assert Trainer(ToyTask(cfg), cfg, hooks=[hook]).fit().position.step == 13
+    assert {total for _, total, _ in seen} == {13}, seen
+    plan = lr_plan(cfg.optim, 8, 8, 16)
+    assert [lr for _, _, lr in seen] == pytest.approx([plan.at(s) for s in range(9, 16)])
+
+
+def test_a_batch_size_changed_under_ignore_config_resumes_after_the_videos_trained(tmp_path):
+    """train.batch_size 8 -> 4 on one process under checkpoint.resume=ignore_config: the epoch's
+    position (3 micro-batches of 8 = 24 videos) was read as 3 micro-batches of 4 (12 videos trained
+    twice) on a plan of 8-video steps. Now the run starts after the 24 videos, at step 6 of the plan
+    of now (16 steps an epoch), and follows that plan to its end."""
+    from tgmae.train.optim import lr_plan
+
+    _train_until_killed(toy_cfg(tmp_path), 4)  # checkpoint at step 3
+    forced = toy_cfg(tmp_path, "checkpoint.resume=ignore_config", "train.batch_size=4")
+    seen: list[tuple[int, int, float]] = []
+    hook = lambda s: seen.append((s.position.step, s.total_steps, s.metrics["lr"]))  # noqa: E731
+    assert Trainer(ToyTask(forced), forced, hooks=[hook]).fit().position.step == 3 + (32 - 6)
+    assert {total for _, total, _ in seen} == {29}, seen
+    plan = lr_plan(forced.optim, 16, 16, 32)
+    assert [lr for _, _, lr in seen] == pytest.approx([plan.at(s) for s in range(6, 32)])
+
+
 def _ddp_resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """`_ddp_world_worker`'s run under checkpoint.resume=ignore_config, writing (step, totals seen)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),

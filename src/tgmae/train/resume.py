@@ -120,11 +120,11 @@ def planned_total(cfg: RunConfig, steps_per_epoch: int, offset: int = 0) -> int:
 
 def plan_offset(cfg: RunConfig, stored: ckpt.TrainPosition, now: ckpt.TrainPosition, steps_per_epoch: int) -> int:
     """The checkpoint's step counter minus the step this run's plan (`steps_per_epoch` of now)
-    has at the same data position (`now`: `rebase_position`'s, in this run's micro-batches): 0
-    unless the process count changed. The counter goes on (metrics.jsonl, step_N checkpoints);
-    the progress bar's end and the lr schedule are this run's plan shifted by it."""
-    if now is stored:  # the same number of processes (or none recorded): the counter is the plan's
-        return 0
+    has at the same data position (`now`: `rebase_position`'s, in this run's micro-batches): 0 for
+    a run resumed as it was planned; else its clips per step changed (processes, train.batch_size
+    under checkpoint.resume=ignore_config), now or at an earlier resume. The counter goes on
+    (metrics.jsonl, step_N checkpoints); the progress bar's end and the lr schedule are this run's
+    plan shifted by it."""
     return stored.step - (now.epoch * steps_per_epoch + now.batches_in_epoch // cfg.train.accum_steps)
 
 
@@ -270,28 +270,31 @@ def _stored_micro_batch(cfg: RunConfig, stored_config: Mapping[str, Any]) -> tup
 
 def rebase_position(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition, stored_world: Optional[int],
                     stored_config: Mapping[str, Any]) -> ckpt.TrainPosition:
-    """The position inside the epoch in this run's micro-batches when the checkpoint's process
-    count differs (checkpoint.resume=ignore_config; otherwise `world_changes` refused it): the
-    ranks together had trained on the epoch's first batches_in_epoch x batch x processes videos
+    """The position inside the epoch in this run's micro-batches when the checkpoint's held other
+    clips per micro-batch (processes, train.batch_size: under checkpoint.resume=ignore_config,
+    otherwise refused): the ranks together had trained on the epoch's first batches_in_epoch x batch x processes videos
     of the shared permutation (`ResumableSampler`), so this run starts after them, at the first whole
     optimizer step of its own past them (no video trained twice; less than one global batch skipped)."""
     now = _rebased(cfg, dist, position, stored_world, stored_config)
     if dist.is_main and now.batches_in_epoch != position.batches_in_epoch:
         batch, _ = _stored_micro_batch(cfg, stored_config)
-        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run of %d starts "
-                    "the epoch at its micro-batch %d", int(stored_world), position.batches_in_epoch * batch *
-                    int(stored_world), position.epoch, dist.world_size, now.batches_in_epoch)
+        world = dist.world_size if stored_world is None else int(stored_world)
+        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run (%d x %d a "
+                    "micro-batch) starts the epoch at its micro-batch %d", world, position.batches_in_epoch * batch *
+                    world, position.epoch, dist.world_size, cfg.train.batch_size, now.batches_in_epoch)
     return now
 
 
 def _rebased(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition, stored_world: Optional[int],
              stored_config: Mapping[str, Any]) -> ckpt.TrainPosition:
-    """`rebase_position`'s position, without its log line: `position` itself when the process
-    count is the checkpoint's (or unrecorded), else a new one (also at an epoch's start)."""
-    if stored_world is None or int(stored_world) == dist.world_size:
-        return position
+    """`rebase_position`'s position, without its log line: `position` itself when a micro-batch of
+    all processes holds as many clips as the checkpoint's (process count unrecorded: this run's),
+    else a new one (also at an epoch's start)."""
     batch, _ = _stored_micro_batch(cfg, stored_config)
-    seen = position.batches_in_epoch * batch * int(stored_world)
+    world = dist.world_size if stored_world is None else int(stored_world)
+    if batch * world == cfg.train.batch_size * dist.world_size:
+        return position
+    seen = position.batches_in_epoch * batch * world
     step_videos = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
     micro = -(-seen // step_videos) * cfg.train.accum_steps  # rounded up: none trained twice
     return ckpt.TrainPosition(position.step, position.epoch, micro)
