@@ -208,6 +208,18 @@ def test_view_ratio_needs_an_infonce():
     assert cfg.contrastive.view_ratio == 0.0
 
 
+def test_settings_that_would_do_nothing_are_refused_naming_the_key():
+    """Re-trial 19B (M4): masking.decoder_ratio under a contrastive-only objective (no decoder) and
+    masking.select=bottom for a masking that ranks no patch by a caption were accepted silently."""
+    with pytest.raises(ConfigError, match=r"masking.decoder_ratio=0.5 is unused"):
+        load_config(None, ["masking.decoder_ratio=0.5", "contrastive.objective=contrastive", "captions.file=c.jsonl"])
+    with pytest.raises(ConfigError, match=r"masking.select=bottom applies to TGM only \(masking.name=tube\)"):
+        load_config(None, ["masking.select=bottom"])
+    assert load_config(None, ["masking.name=tgm", "masking.select=bottom", "masking.cache_dir=c",
+                              "captions.file=c.jsonl"]).masking.select == "bottom"
+    assert load_config(None, ["masking.decoder_ratio=0.5"]).masking.decoder_ratio == 0.5
+
+
 def test_yaml_with_a_key_twice_is_refused_naming_key_file_and_lines(tmp_path):
     # issue 28: two `data:` blocks kept the second one silently
     f = tmp_path / "twice.yaml"

@@ -173,6 +173,9 @@ class MaskingConfig:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
         check_choice("masking.select", self.select, ("top", "bottom"))
+        if self.select != "top" and self.name != "tgm":  # the others rank no patch by a caption
+            raise ConfigError(f"masking.select={self.select} applies to TGM only (masking.name={self.name}); "
+                              "leave it top, or set masking.name=tgm")
         check_choice("masking.tubelet_frame", self.tubelet_frame, ("first", "mean"))
         check_choice("masking.caption", self.caption, ("drawn", "mean"))
         check_choice("masking.mode", self.mode, ("dense", "faithful"))
@@ -474,6 +477,9 @@ class RunConfig:
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
         self._check_view_ratio()
+        if self.masking.decoder_ratio is not None and self.contrastive.objective == "contrastive":
+            raise ConfigError(f"masking.decoder_ratio={self.masking.decoder_ratio} is unused: "
+                              "contrastive.objective='contrastive' trains no decoder; leave it null")
         online_tgm = self.masking.name == "tgm" and not self.masking.cache_dir
         if online_tgm and self.captions.text_model:
             raise ConfigError(
