@@ -298,3 +298,19 @@ def test_disk_cache_without_a_folder_when_the_user_cache_is_off(records, monkeyp
     with pytest.raises(ConfigError, match="data.cache=disk.*data.cache_dir"):
         build_clip_cache(records, "disk", "")
     assert list(tmp_path.iterdir()) == []  # nothing written to the home folder
+
+
+def test_a_user_cache_folder_that_is_a_file_is_named_as_tgmae_cache_dir(records, monkeypatch, tmp_path):
+    """Re-trial 19B (M5): with data.cache_dir empty and TGMAE_CACHE_DIR a file, the refusal told
+    the user to give data.cache_dir another path, a key they never set."""
+    from tgmae.errors import UserError
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(afile))
+    with pytest.raises(UserError) as e:
+        build_clip_cache(records, "disk", "")
+    assert "TGMAE_CACHE_DIR" in str(e.value) and "data.cache_dir is empty" in str(e.value)
+    with pytest.raises(UserError) as e:
+        build_clip_cache(records, "disk", str(afile))
+    assert "(data.cache_dir)" in str(e.value) and "TGMAE_CACHE_DIR" not in str(e.value)

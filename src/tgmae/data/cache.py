@@ -256,24 +256,25 @@ def _usable_meta(key: str, inputs: dict, data_path: Path, meta_path: Path, say: 
 
 
 def build_disk_cache(records: Sequence[VideoRecord], cache_dir: str | Path, *, threads: int = 1,
-                     workers: int = 1, wait: float = BUILD_WAIT_S) -> ClipCache:
+                     workers: int = 1, wait: float = BUILD_WAIT_S, setting: str = "data.cache_dir") -> ClipCache:
     """Open `<cache_dir>/<key>.u8` (+ `.json`) when its metadata matches this key's inputs;
     otherwise decode every video into it (written to a temporary name, then renamed). Temp files
     of builds killed on this host are removed first (`remove_stale_temps`).
 
     One process builds a key at a time (`tgmae.locks` on `<key>.u8`): another run that needs the
     same cache waits up to `wait` seconds for it, then uses what it built (LockError naming the
-    builder after the wait); a lock left by a killed build is taken over."""
+    builder after the wait); a lock left by a killed build is taken over. `setting`: what chose
+    `cache_dir`, named in the refusals (the user cache folder: TGMAE_CACHE_DIR)."""
     key, inputs = cache_key(records)
     folder = Path(cache_dir)
     remove_stale_temps(folder)
     data_path, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
     meta = _usable_meta(key, inputs, data_path, meta_path, say=False)
     if meta is None:
-        with hold(data_path, "data.cache_dir", wait=wait, folder=False):
+        with hold(data_path, setting, wait=wait, folder=False):
             meta = _usable_meta(key, inputs, data_path, meta_path, say=True)  # as the last builder left it
             if meta is None:
-                _write_disk_cache(records, key, inputs, folder, threads, workers)
+                _write_disk_cache(records, key, inputs, folder, threads, workers, setting)
                 return _open_disk_cache(key, json.loads(meta_path.read_text()), data_path)
     log.info("decoded-clip cache %s: using %s", key, data_path)
     return _open_disk_cache(key, meta, data_path)
@@ -285,11 +286,12 @@ def _open_disk_cache(key: str, meta: dict, data_path: Path) -> ClipCache:
     return ClipCache(key, entries, data, str(data_path))
 
 
-def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: int, workers: int) -> None:
+def _write_disk_cache(records, key: str, inputs: dict, folder: Path, threads: int, workers: int,
+                      setting: str) -> None:
     try:  # before decoding every video, not after
         check_writable(folder / f"{key}.u8")
     except OutputError as err:
-        raise OutputError(err.errno, f"data.cache_dir: {err}") from None
+        raise OutputError(err.errno, f"{setting}: {err}") from None
     spans = frame_spans(records)
     log.info("building decoded-clip cache %s in %s (%d videos)", key, folder, len(spans))
     entries, offset = {}, 0
@@ -316,11 +318,12 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
     if mode == "memory":
         return build_memory_cache(records, threads=threads, workers=workers)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    setting = "data.cache_dir" if cache_dir else "TGMAE_CACHE_DIR, the user cache: data.cache_dir is empty"
     from tgmae.distributed import barrier, local_rank, rank_world
 
     rank, world = rank_world()
     if world > 1:
         if local_rank(default=rank) == 0:
-            build_disk_cache(records, folder, threads=threads, workers=workers)
+            build_disk_cache(records, folder, threads=threads, workers=workers, setting=setting)
         barrier()
-    return build_disk_cache(records, folder, threads=threads, workers=workers)
+    return build_disk_cache(records, folder, threads=threads, workers=workers, setting=setting)
