@@ -310,7 +310,7 @@ def test_a_user_cache_folder_that_is_a_file_is_named_as_tgmae_cache_dir(records,
     monkeypatch.setenv("TGMAE_CACHE_DIR", str(afile))
     with pytest.raises(UserError) as e:
         build_clip_cache(records, "disk", "")
-    assert "TGMAE_CACHE_DIR" in str(e.value) and "data.cache_dir is empty" in str(e.value)
+    assert "give TGMAE_CACHE_DIR (or data.cache_dir) another path" in str(e.value)
     with pytest.raises(UserError) as e:
         build_clip_cache(records, "disk", str(afile))
     assert "(data.cache_dir)" in str(e.value) and "TGMAE_CACHE_DIR" not in str(e.value)

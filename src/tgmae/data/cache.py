@@ -318,7 +318,7 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
     if mode == "memory":
         return build_memory_cache(records, threads=threads, workers=workers)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    setting = "data.cache_dir" if cache_dir else "TGMAE_CACHE_DIR, the user cache: data.cache_dir is empty"
+    setting = "data.cache_dir" if cache_dir else "TGMAE_CACHE_DIR (or data.cache_dir)"  # the user cache chose it
     from tgmae.distributed import barrier, local_rank, rank_world
 
     rank, world = rank_world()
