@@ -415,3 +415,19 @@ def test_an_empty_lock_record_is_read_again_before_the_refusal(tmp_path, monkeyp
         assert str(lock_file(store)) in str(e.value) and 1 < len(naps) < 100 and sum(naps[1:]) < 0.5
     finally:
         os.close(fd)
+
+
+def test_a_holder_record_masks_secret_option_values(tmp_path, monkeypatch):
+    """Re-trial 19A (leak): `describe-classes --api-key K` wrote K into its world-readable lock file,
+    and the next run's takeover line and any refusal printed it."""
+    import json
+
+    from tgmae.locks import hold, lock_file, masked_command
+
+    argv = ["/usr/bin/tgmae", "describe-classes", "--api-key", "SECRET1", "--model", "m", "--auth-token=SECRET2",
+            "--out", "x.json"]
+    assert masked_command(argv) == "tgmae describe-classes --api-key *** --model m --auth-token=*** --out x.json"
+    monkeypatch.setattr("sys.argv", argv)
+    with hold(tmp_path / "out.json", "--out", folder=False):
+        text = lock_file(tmp_path / "out.json").read_text()
+    assert "SECRET" not in text and "--api-key ***" in json.loads(text)["command"]

@@ -19,13 +19,14 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from tgmae.atomic import file_in_the_way
 from tgmae.errors import UserError
@@ -168,8 +169,26 @@ def lock_file(target: str | os.PathLike) -> Path:
     return p.parent / f".{p.name}.lock"
 
 
+SECRET_OPTION = re.compile(r"--[\w-]*(key|token|secret|password)", re.IGNORECASE)  # e.g. describe-classes --api-key
+
+
+def masked_command(argv: Sequence[str]) -> str:
+    """`argv` as one line for a lock's holder record, which others read (the file, refusals):
+    the program's name only, and the values of secret options (`SECRET_OPTION`: `--api-key X`,
+    `--api-key=X`) as ***."""
+    words = [Path(argv[0]).name] if argv else []
+    for i, a in enumerate(argv[1:], 1):
+        option, eq, _ = a.partition("=")
+        if eq and SECRET_OPTION.fullmatch(option):
+            a = f"{option}=***"
+        elif SECRET_OPTION.fullmatch(argv[i - 1]) and not a.startswith("--"):
+            a = "***"
+        words.append(a)
+    return " ".join(words)
+
+
 def _holder_text() -> str:
-    cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)) or "python"
+    cmd = masked_command(sys.argv) or "python"
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": cmd[:300],
                        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
 
