@@ -163,9 +163,11 @@ def test_a_descriptions_store_keeps_other_classes_and_refuses_other_settings(fak
             "--per-prompt", "1", "--backoff", "0", "--no-progress"]
     assert main(args) == 0
     (tmp_path / "one.txt").write_text("jumping\n")
+    capsys.readouterr()
     assert main([*args[:1], str(tmp_path / "one.txt"), *args[2:]]) == 0
     assert list(load_descriptions(out)[0]) == ["jumping", "running"]  # running kept
-    capsys.readouterr()
+    # re-trial 19A: the summary said "1 classes" of a file holding 2
+    assert "keeps 1 class(es) of earlier runs not in --classes: running" in capsys.readouterr().out
     assert main([*args, "--per-prompt", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "per_prompt 1 (this run: 2)" in err[0] and "--rebuild" in err[0] and str(out) in err[0]

@@ -68,6 +68,9 @@ def _describe(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, temperature=args.temperature,
                               max_tokens=args.max_tokens)
     write_descriptions(out, {**existing, **result}, meta)
+    others = sorted(c for c in existing if c not in result)  # an earlier run's: eval.class_descriptions skips them
+    kept = (f"; it also keeps {len(others)} class(es) of earlier runs not in --classes: {', '.join(others[:5])}"
+            + (" ..." if len(others) > 5 else "")) if others else ""
     print(f"{len(result)} classes x {len(prompts) * args.per_prompt} descriptions -> {out} "
-          f"({len(done)} were already there)")
+          f"({len(done)} were already there{kept})")
     return 0
