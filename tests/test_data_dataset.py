@@ -511,6 +511,11 @@ def test_a_clip_longer_than_every_video_is_refused_at_set_up_naming_the_longest(
     with pytest.raises(ConfigError, match="6 frames") as e:
         VideoDataset(ranged, _cfg(num_frames=8), train=True)
     assert "and the video has 6 frames in its range" in str(e.value)  # one video (`visualize --video`): said so
+    one = tmp_path / "one.mp4"  # re-trial 19A: "lower data.num_frames to 1 or less", "1 frames"
+    write_video(one, _clip(1, 32, 32, 0))
+    with pytest.raises(ConfigError) as e:
+        VideoDataset([VideoRecord(str(one), 0, "one")], _cfg(num_frames=4), train=True)
+    assert "the video has 1 frame (" in str(e.value) and "lower" not in str(e.value)
     assert len(VideoDataset(recs, _cfg(num_frames=10), train=True)) == 4  # one video holds a clip: no refusal
 
 

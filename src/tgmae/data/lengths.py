@@ -105,7 +105,8 @@ def check_clip_fits(records: Sequence[VideoRecord], min_frames: int, setting: st
     ranged = longest.start_frame is not None or longest.end_frame is not None
     key = setting.split("=")[0]
     which = "the video has" if len(records) == 1 else "no video holds one: the longest has"
+    # one frame fills no tubelet (model.tubelet_size >= 2 in every preset's use): no lower setting helps
+    lower = f"lower {key} to {best} or less (a multiple of model.tubelet_size), or " if best > 1 else ""
     raise ConfigError(f"{setting}: a clip needs {min_frames} frames and {which} {best} "
-                      f"frames{' in its range' if ranged else ''} ({longest.path}); lower {key} to {best} or less "
-                      f"(a multiple of model.tubelet_size), or check the videos "
-                      f"(`tgmae data check --min-frames {min_frames}`)")
+                      f"frame{'s' if best != 1 else ''}{' in its range' if ranged else ''} ({longest.path}); "
+                      f"{lower}check the videos (`tgmae data check --min-frames {min_frames}`)")
