@@ -468,7 +468,7 @@ def test_lbfgs_probe_settings_are_checked_and_a_pretraining_folder_is_refused(ch
                          ckpt.TrainPosition(), config={}, extra={"task": "pretrain"})
     (run / "config.yaml").write_text("pretrain: settings\n")
     cfg = probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", f"train.output_dir={run}")
-    with pytest.raises(ckpt.CheckpointError, match="holds a pretrain run .* not a probe run"):
+    with pytest.raises(ckpt.CheckpointError, match="holds a pretrain run .* not a linear / k-NN probe run"):
         linear_probe(cfg, **data)
     assert (run / "config.yaml").read_text() == "pretrain: settings\n" and not (run / "probe_results.json").exists()
     args = ["data.num_frames=4", "data.image_size=16", "model.patch_size=8", f"model.pretrained={checkpoint}",

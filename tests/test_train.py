@@ -578,12 +578,12 @@ def test_a_run_folder_of_another_kind_is_named_as_such(tmp_path):
     class OtherTask(ToyTask):
         name = "probe"
 
-    with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a probe run: give this probe run its own"):
+    with pytest.raises(ckpt.CheckpointError, match="holds a toy run .*not a linear / k-NN probe run: give this linear / k-NN probe run its own"):
         Trainer(OtherTask(cfg), cfg).fit()
-    with pytest.raises(ckpt.CheckpointError, match="not an attentive_probe run"):  # not "a attentive_probe"
+    with pytest.raises(ckpt.CheckpointError, match="not an attentive probe run"):  # not "a attentive_probe"
         ckpt.check_run_kind(tmp_path, "toy", "attentive_probe", str(tmp_path))
     # checkpoint.resume naming another folder's checkpoint: that path is named, not the (empty) new folder
-    with pytest.raises(ckpt.CheckpointError, match="checkpoint.resume names a toy run .*not a probe run: name a probe"):
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint.resume names a toy run .*not a linear / k-NN probe run: name a linear / k-NN probe"):
         ckpt.check_run_kind(tmp_path / "run" / "checkpoints", "toy", "probe", str(tmp_path / "new"))
     class OtherModel(ToyTask):  # a checkpoint written before runs named their task: its weights tell
         def build_model(self) -> nn.Module:

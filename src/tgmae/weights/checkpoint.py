@@ -80,12 +80,17 @@ def another_run_hint(output_dir: str) -> str:
             "or model: give this command its own train.output_dir")
 
 
+RUN_KINDS = {"probe": "linear / k-NN probe", "attentive_probe": "attentive probe"}  # task name -> in messages
+
+
 def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: str, fits: bool = True) -> None:
     """Refuse to resume a checkpoint written by another kind of run (`tgmae probe` into a
     `tgmae pretrain` folder): CheckpointError naming both kinds and the way out (a new
     train.output_dir). `stored` is the checkpoint's task name (None: written before it was kept;
     then weights that do not fit the task's model (`fits`) tell)."""
-    a = lambda kind: "an" if kind[:1] in "aeiou" else "a"  # noqa: E731  # "an attentive_probe run"
+    a = lambda kind: "an" if kind[:1] in "aeiou" else "a"  # noqa: E731  # "an attentive probe run"
+    # both kinds are `tgmae probe`: named by what they fit, not "an attentive_probe run, not a probe run"
+    stored, task = (RUN_KINDS.get(k, k) if k else k for k in (stored, task))
     # a checkpoint.resume path outside the run folder is the user's choice of checkpoint, not the folder's content
     own = not output_dir or Path(source).resolve().is_relative_to(Path(output_dir).resolve())
     where, fix = ((f"train.output_dir={output_dir!r} holds", f"give this {task} run its own train.output_dir") if own else
