@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +303,16 @@ def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsy
         assert main([command, "masking.ratio=2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert (len(err) == 1 and "masking.ratio" in err[0]) if printed else err == [], (rank, err)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """Re-trial 19A: `tgmae synth ... | head -1` ended in a BrokenPipeError traceback. The reader
+    left: the command ends at once with the shell's SIGPIPE code and no traceback."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "tgmae.cli", "synth", str(tmp_path / "s"), "--num-videos", "12",
+                             "--frames", "4", "--size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # as `head` does once it has its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -71,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(rest) or 0)
+    except BrokenPipeError:  # `tgmae ... | head`: the reader left; end quietly as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):  # stdout without a file descriptor (captured)
+            pass
+        return 141  # 128 + SIGPIPE, the shell's code for it
     except Exception as e:
         # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
         # DataLoader worker raised it: the message, not a traceback
