@@ -322,3 +322,18 @@ def test_eval_masks_on_a_cache_of_another_patch_size_names_the_matching_flags(sy
     assert len(err) == 1 and "--patch-size 32" in err[0] and "--rebuild" in err[0] and "--cache" in err[0], err
     assert (cache / "manifest.json").read_text() == before
     assert main([*args, "--patch-size", "32"]) == 0  # the way out it names works
+
+
+def test_the_table_gives_no_ratio_to_a_random_precision_of_zero():
+    """Re-trial 19B (M7): random masking that hit no object token printed prec/random 26315789.47
+    (a division by 1e-9); now "-", with the reason under the table."""
+    from tgmae.masking.quality import MaskQuality, format_table
+
+    zero = MaskQuality({"random": {"precision": 0.0, "recall": 0.0, "ratio": 0.9},
+                        "tube": {"precision": 0.02, "recall": 0.5, "ratio": 0.9}}, 0.01, 1)
+    table = format_table(zero)
+    assert "2000000" not in table and "random masking hit no object token" in table
+    assert table.splitlines()[2].split()[4] == "-"
+    some = MaskQuality({"random": {"precision": 0.01, "recall": 0.9, "ratio": 0.9},
+                        "tube": {"precision": 0.02, "recall": 0.5, "ratio": 0.9}}, 0.01, 1)
+    assert format_table(some).splitlines()[2].split()[4] == "2.00"

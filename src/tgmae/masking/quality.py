@@ -218,10 +218,13 @@ def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cac
 def format_table(quality: MaskQuality) -> str:
     results, object_fraction = quality.results, quality.object_fraction
     lines = [f"{'algorithm':<12} {'ratio':>6} {'precision':>10} {'recall':>8} {'prec/random':>12} {'ceiling':>8}"]
-    base = results.get("random", {}).get("precision", 0.0) or 1e-9
+    base = results.get("random", {}).get("precision", 0.0)
     for name, r in results.items():
         ceiling = min(1.0, object_fraction / max(r["ratio"], 1e-9))
+        # random masking that hit no object token (too few videos, or none): no ratio to give
+        ratio = f"{r['precision'] / base:>12.2f}" if base > 0 else f"{'-':>12}"
         lines.append(f"{name:<12} {r['ratio']:>6.3f} {r['precision']:>10.4f} {r['recall']:>8.4f} "
-                     f"{r['precision'] / base:>12.2f} {ceiling:>8.4f}")
-    lines.append(f"(object tokens: {object_fraction:.4f} of all; ceiling = best possible precision at that ratio)")
+                     f"{ratio} {ceiling:>8.4f}")
+    lines.append(f"(object tokens: {object_fraction:.4f} of all; ceiling = best possible precision at that ratio"
+                 + ("; prec/random: - as random masking hit no object token" if base <= 0 else "") + ")")
     return "\n".join(lines)
