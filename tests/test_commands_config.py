@@ -71,3 +71,17 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"tgmae {__version__}"
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == __version__
+
+
+def test_a_study_file_is_named_as_one(capsys):
+    """Re-trial 19B (M8): `tgmae config show -c configs/study_synthetic.yaml` said "unknown config
+    key cache (known: captions, ...)", not that the file is a `tgmae study` config."""
+    from pathlib import Path
+
+    from tgmae.cli import main
+
+    for study in sorted(Path("configs").glob("study_*.yaml")):
+        assert main(["config", "show", "-c", str(study)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a `tgmae study` config" in err[0] and f"tgmae study -c {study}" in err[0], err
+    assert main(["config", "show", "-c", "configs/pretrain_demo.yaml"]) == 0

@@ -83,5 +83,21 @@ def main(argv: Sequence[str]) -> int:
         from tgmae.evaluate.recipes import FINETUNE_RECIPE, PROBE_RECIPE
 
         base = {"finetune": FINETUNE_RECIPE, "probe": PROBE_RECIPE}[args.recipe]
+    if args.config:
+        refuse_study_file(args.config)
     sys.stdout.write(render(config_module.load_config(args.config, args.overrides, base=base)))
     return 0
+
+
+def refuse_study_file(path: str) -> None:
+    """ConfigError naming `path` as a `tgmae study` config (its top-level keys are study keys, not
+    a run's sections), which `config show` would report as an unknown key."""
+    from tgmae.study.run import StudyConfig
+
+    keys = set(config_module.read_config_file(path))
+    runs = {f.name for f in dataclasses.fields(config_module.RunConfig)}
+    study = {f.name for f in dataclasses.fields(StudyConfig)}
+    if keys and not keys & runs and keys <= study:
+        raise config_module.ConfigError(f"{path} is a `tgmae study` config (study keys: {', '.join(sorted(keys)[:4])}"
+                                        f"{' ...' if len(keys) > 4 else ''}), not a run's: `tgmae study -c {path}` "
+                                        "runs it; its cells' run settings are its pretrain / probe / finetune lists")
