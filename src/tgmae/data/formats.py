@@ -10,6 +10,7 @@ vocabulary), EPIC-Kitchens-55 (action CSV over RGB frame folders). Each returns
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -329,16 +330,18 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
             continue
         name = it.get("vid_name")
         label = it.get("label")
+        video = f"video {name!r}: " if isinstance(name, str) and name else ""  # which row, beside file:line
         if not name or not isinstance(name, str) or not _json_int(label):
-            rows.bad(data_file, line, f"item needs vid_name and an integer label (got label {label!r})")
+            rows.bad(data_file, line, f"{video}item needs vid_name and an integer label (got label "
+                                      f"{_as_json(label)})")
             continue
         if label < 0 or (classes is not None and label >= len(classes)):
-            rows.bad(data_file, line, f"label {label} out of range")
+            rows.bad(data_file, line, f"{video}label {label} out of range")
             continue
         start, end = it.get("start_frame"), it.get("end_frame")
         odd = next((k for k, v in (("start_frame", start), ("end_frame", end)) if v is not None and not _json_int(v)), None)
         if odd:
-            rows.bad(data_file, line, f"{odd} {it[odd]!r} is not an integer")
+            rows.bad(data_file, line, f"{video}{odd} {_as_json(it[odd])} is not an integer")
             continue
         why = range_problem(start, end)
         if why:
@@ -348,6 +351,11 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         if ids.add(name, data_file, line, name):
             records.append(VideoRecord(path, label, name, start, end))
     return records, classes if classes is not None else numbered_classes(records)
+
+
+def _as_json(v) -> str:
+    """`v` as the file spells it (true, null, "0"), not as Python prints it (True, None, '0')."""
+    return json.dumps(v, ensure_ascii=False)
 
 
 def _json_int(v) -> bool:
