@@ -160,6 +160,7 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     folder, data_file = _split_file(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
+    ids = _by_unbracketed(labels_file, ids)
     items = load_json(data_file)
     records = []
     seen = UniqueIds(rows)
@@ -181,14 +182,36 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
             rows.bad(data_file, line, f"template {template!r}: expected a string")
             continue
         else:
-            key = template.replace("[", "").replace("]", "")
+            key = _unbracketed(template)
             if key not in ids:
-                rows.bad(data_file, line, f"template {template!r} not in {labels_file.name}")
+                rows.bad(data_file, line, f"template {template!r} not in {labels_file} (with or without "
+                                          "its brackets)")
                 continue
             label = ids[key]
         path = first_existing(root, [f"{vid}.webm", f"{vid}.mp4"])
         records.append(VideoRecord(path, label, vid, caption=it.get("label")))
     return records, classes
+
+
+def _unbracketed(template: str) -> str:
+    """An SSv2 template without its placeholders' brackets: train.json's `template` writes them
+    ("Putting [something] on [something]"), the shipped labels.json does not."""
+    return template.replace("[", "").replace("]", "")
+
+
+def _by_unbracketed(labels_file: Path, ids: dict[str, int]) -> dict[str, int]:
+    """labels.json's {template: id} keyed by the template without brackets, so a labels.json written
+    with them (as train.json spells templates) matches too; AnnotationError naming two templates
+    that differ only in brackets (one key for two classes)."""
+    out: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for name, i in ids.items():
+        key = _unbracketed(name)
+        if key in out:
+            raise AnnotationError(f"{labels_file}: templates {first[key]!r} and {name!r} differ only in brackets "
+                                  "(train.json's rows match both); keep one")
+        out[key], first[key] = i, name
+    return out
 
 
 def _ssv2_classes(labels_file: Path) -> tuple[dict[str, int], list[str]]:
