@@ -560,5 +560,5 @@ def load_annotations(
         where = f" (looked in {Path(annotations).resolve()} and {ann})" if ann != Path(annotations) else ""
         raise AnnotationError(f"{annotations}: annotation file or folder not found{where}")
     records, classes = _readers()[format](root_p, ann, split, subset, rows)
-    rows.finish(str(ann))
+    rows.finish(str(list_file(format, root, annotations, split, subset)))  # the file read, not its folder
     return records, classes
