@@ -44,6 +44,20 @@ def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Pat
     return folder, ann if ann.is_file() else folder / _SPLIT_FILES[fmt](split, subset_kind(subset))
 
 
+def _file_to_read(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
+    """`_split_file`, and AnnotationError when a folder's split file is missing that says why a
+    file not named is read: the subset's list in the folder (for val / test, the list a run reads
+    beside its train list when data.val_annotations is empty)."""
+    folder, path = _split_file(ann, fmt, split, subset)
+    if ann.is_dir() and not path.exists():
+        kind = subset_kind(subset)
+        why = (f"the {kind} list a run reads from {folder}, beside its train list, when data.val_annotations is "
+               "empty; set data.val_annotations to the list to read, or put the file there" if kind != "train"
+               else f"the train list of the {fmt} split folder {folder}")
+        raise AnnotationError(f"{path}: annotation file not found ({why})")
+    return folder, path
+
+
 def list_file(format: str, root: str | Path, annotations: str | Path, split: int = 1, subset: str = "train") -> Path:
     """The file `load_annotations` reads for these arguments, to name it: `annotations` itself
     when a file; in a folder, the format's split file (testlist01.txt for UCF101 val, split 1);
@@ -157,7 +171,7 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
     `label` sentence becomes the record's caption."""
-    folder, data_file = _split_file(ann, "ssv2", 1, subset)
+    folder, data_file = _file_to_read(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
     ids = _by_unbracketed(labels_file, ids)
@@ -255,7 +269,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
     (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
-    folder, list_path = _split_file(ann, "ucf101", split, subset)
+    folder, list_path = _file_to_read(ann, "ucf101", split, subset)
     class_file = folder / "classInd.txt"
     classes, by_name, lines = [], {}, []
     for line, text in read_lines(class_file):
@@ -337,7 +351,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
-    folder, data_file = _split_file(ann, "diving48", 1, subset)
+    folder, data_file = _file_to_read(ann, "diving48", 1, subset)
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file, shape=DIVING48_SHAPE)
@@ -415,7 +429,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end).
     """
-    folder, data_file = _split_file(ann, "epic55", 1, subset)
+    folder, data_file = _file_to_read(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
     parsed = _epic_rows(data_file, rows)
     use_own = not train_file.is_file() or train_file == data_file
