@@ -546,3 +546,79 @@ def test_an_epic_root_without_its_frame_folders_is_refused_naming_the_folder_exp
         with pytest.raises(AnnotationError) as e:
             load_annotations("epic55", tmp_path, ann, on_error=on_error, problems=[])
         _one_line_naming(e, ann, tmp_path / "P01" / "P01_01", "frame_0000000001.jpg", "line 2")
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 28 re-trial 19A, M: messages name the row, the file read and why it is read
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item,named", [
+    ('{"vid_name": "d1", "label": 0, "start_frame": true, "end_frame": 8}', "start_frame true"),
+    ('{"vid_name": "d1", "label": 0, "start_frame": 0, "end_frame": null}', None),  # null: the whole video
+    ('{"vid_name": "d1", "label": true}', "label true"),
+])
+def test_a_diving48_rows_bad_value_names_its_vid_name_in_json(tmp_path, item, named):
+    """A non-integer start_frame named file:line but not the row's vid_name, and JSON true as True."""
+    (tmp_path / "Diving48_V2_train.json").write_text(f"[\n{item}\n]")
+    if named is None:
+        assert len(load_annotations("diving48", tmp_path, tmp_path)[0]) == 1
+        return
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("diving48", tmp_path, tmp_path)
+    _one_line_naming(e, "Diving48_V2_train.json:2", "'d1'", named)
+    assert "True" not in str(e.value)
+
+
+def test_ssv2_labels_json_with_bracketed_templates_is_read(tmp_path):
+    """labels.json written with the brackets of train.json's `template` ("Putting [something] on
+    [something]"): every row was "template ... not in labels.json" though that text is in it."""
+    labels = json.loads((DATA / "ssv2" / "labels.json").read_text())
+    plain, _ = load_annotations("ssv2", tmp_path, DATA / "ssv2", subset="train")
+    shutil.copy(DATA / "ssv2" / "train.json", tmp_path / "train.json")
+    from_train = {i["template"].replace("[", "").replace("]", ""): i["template"]
+                  for i in json.loads((DATA / "ssv2" / "train.json").read_text())}
+    (tmp_path / "labels.json").write_text(json.dumps({from_train.get(k, k): v for k, v in labels.items()}))
+    recs, classes = load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+    assert [r.label for r in recs] == [r.label for r in plain] and len(classes) == len(labels)
+
+
+def test_ssv2_templates_that_differ_only_in_brackets_are_refused(tmp_path):
+    (tmp_path / "labels.json").write_text('{"Pushing [something]": "0", "Pushing something": "1"}')
+    (tmp_path / "train.json").write_text('[{"id": "1", "template": "Pushing [something]"}]')
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ssv2", tmp_path, tmp_path, subset="train")
+    _one_line_naming(e, tmp_path / "labels.json", "'Pushing [something]'", "'Pushing something'")
+
+
+def test_an_ssv2_folders_skipped_rows_and_empty_list_name_the_file_read(tmp_path, caplog, capsys):
+    """A folder given for SSv2: the skipped-rows warning and data check's empty-list line named the
+    folder, not validation.json (train.json) that was read."""
+    from tgmae.cli import main
+
+    (tmp_path / "labels.json").write_text('{"Pushing something": "0"}')
+    (tmp_path / "train.json").write_text('[\n{"id": "1", "template": "Opening [something]"}]')
+    (tmp_path / "validation.json").write_text('[\n{"id": "2", "template": "Opening [something]"}]')
+    with caplog.at_level("WARNING", logger="tgmae.data"):
+        load_annotations("ssv2", tmp_path, tmp_path, subset="val", on_error="skip", problems=[])
+    assert f"{tmp_path / 'validation.json'}: skipped 1" in caplog.text
+    capsys.readouterr()
+    main(["data", "check", "--format", "ssv2", "--root", str(tmp_path), str(tmp_path), "--allow-bad",
+          "--no-progress"])
+    empty = [line for line in capsys.readouterr().out.splitlines() if "empty:" in line]
+    assert len(empty) == 2 and str(tmp_path / "train.json") in empty[0], empty
+    assert str(tmp_path / "validation.json") in empty[1], empty
+
+
+def test_data_check_of_a_diving48_train_file_says_why_the_test_file_is_read(tmp_path, capsys):
+    """`data check` of Diving48_V2_train.json alone failed "Diving48_V2_test.json: annotation file not
+    found": a file the user did not name. It is the val list a run reads beside the train list when
+    data.val_annotations is empty: the line says so."""
+    from tgmae.cli import main
+
+    shutil.copy(DATA / "diving48" / "Diving48_V2_train.json", tmp_path / "Diving48_V2_train.json")
+    capsys.readouterr()
+    assert main(["data", "check", "--format", "diving48", "--root", str(tmp_path),
+                 str(tmp_path / "Diving48_V2_train.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(tmp_path / "Diving48_V2_test.json") in err and "data.val_annotations" in err, err

@@ -700,3 +700,54 @@ def test_a_rerun_killed_while_rendering_leaves_the_lists_in_place(tmp_path, monk
     assert _valid_video(root / "videos" / "synth_00001.mp4")
     assert {n: (root / n).read_bytes() for n in INDEX if n != "captions.jsonl"} == \
         {n: b for n, b in lists.items() if n != "captions.jsonl"}
+
+
+def test_a_rerun_remakes_a_video_swapped_for_another_and_never_restamps_it(tmp_path, capsys, caplog):
+    """Issue 28 re-trial 19A F2: a video copied over another one (synth_00001 -> synth_00005) was
+    taken as the set's by a rerun (nothing redone), and a later rerun that remade a missing video
+    re-stamped captions.jsonl with the copy's identity, so training no longer caught it. A video
+    whose file is not the one captions.jsonl records is made again (it depends on (seed, i) only),
+    with a log line naming it; captions.jsonl never records a file synth did not write."""
+    import logging
+
+    from tgmae.data.fileid import video_identity
+
+    out = tmp_path / "set"
+    assert main([str(out), *_KW]) == 0
+    videos = out / "videos"
+    own = (videos / "synth_00005.mp4").read_bytes()
+    (videos / "synth_00005.mp4").write_bytes((videos / "synth_00001.mp4").read_bytes())
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="tgmae"):
+        assert main([str(out), *_KW]) == 0
+    assert "'synth_00005'" in caplog.text and "synth_00001" not in caplog.text
+    assert (videos / "synth_00005.mp4").read_bytes() == own  # made again: the same bytes (one x264 thread)
+    records = {r["video_id"]: r for r in map(json.loads, (out / "captions.jsonl").read_text().splitlines())}
+    assert records["synth_00005"]["video"] == video_identity(str(videos / "synth_00005.mp4"))
+    # the tester's order: a missing video makes the rerun rewrite captions.jsonl; the copy is not stamped
+    (videos / "synth_00005.mp4").write_bytes((videos / "synth_00001.mp4").read_bytes())
+    (videos / "synth_00002.mp4").unlink()
+    assert main([str(out), *_KW]) == 0
+    assert (videos / "synth_00005.mp4").read_bytes() == own
+    for r in map(json.loads, (out / "captions.jsonl").read_text().splitlines()):
+        assert r["video"] == video_identity(str(videos / f"{r['video_id']}.mp4"))
+
+
+def test_a_finished_set_with_an_edited_list_is_refused_and_overwrite_restores_it(tmp_path, capsys):
+    """Issue 28 re-trial 19A F3: with no video to remake, a rerun ignored an edited train.csv, even
+    with --overwrite, and printed the set's counts (rc 0). The finished set's lists are checked as
+    a rerun that renders checks them: refused naming the list; --overwrite restores it."""
+    out = tmp_path / "set"
+    assert main([str(out), *_KW]) == 0
+    original = (out / "train.csv").read_text()
+    edited = "".join(original.splitlines(keepends=True)[:1] + original.splitlines(keepends=True)[2:])
+    (out / "train.csv").write_text(edited)
+    capsys.readouterr()
+    assert main([str(out), *_KW]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out / "train.csv") in err[0] and "--overwrite" in err[0], err
+    assert (out / "train.csv").read_text() == edited
+    assert main([str(out), *_KW, "--overwrite"]) == 0
+    assert (out / "train.csv").read_text() == original
+    before = _snapshot(out)
+    assert main([str(out), *_KW]) == 0 and _snapshot(out) == before  # finished: a no-op

@@ -143,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"  bad row: {row['file']}:{row['line']}: {row['reason']}")
     for x in report["lists"]:
         if not x["records"]:
-            print(f"  empty: {x['annotations']} lists no videos ({x['subset']})")
+            print(f"  empty: {x['file']} lists no videos ({x['subset']})")  # the file read, not its folder
     _print_shorter(report)
     return 1 if found_problems(report) and not args.allow_bad else 0
 

@@ -10,6 +10,7 @@ vocabulary), EPIC-Kitchens-55 (action CSV over RGB frame folders). Each returns
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -41,6 +42,20 @@ def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Pat
     split file for (split, subset) in it (`_SPLIT_FILES`)."""
     folder = ann if ann.is_dir() else ann.parent
     return folder, ann if ann.is_file() else folder / _SPLIT_FILES[fmt](split, subset_kind(subset))
+
+
+def _file_to_read(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
+    """`_split_file`, and AnnotationError when a folder's split file is missing that says why a
+    file not named is read: the subset's list in the folder (for val / test, the list a run reads
+    beside its train list when data.val_annotations is empty)."""
+    folder, path = _split_file(ann, fmt, split, subset)
+    if ann.is_dir() and not path.exists():
+        kind = subset_kind(subset)
+        why = (f"the {kind} list a run reads from {folder}, beside its train list, when data.val_annotations is "
+               "empty; set data.val_annotations to the list to read, or put the file there" if kind != "train"
+               else f"the train list of the {fmt} split folder {folder}")
+        raise AnnotationError(f"{path}: annotation file not found ({why})")
+    return folder, path
 
 
 def list_file(format: str, root: str | Path, annotations: str | Path, split: int = 1, subset: str = "train") -> Path:
@@ -156,9 +171,10 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
     `label` sentence becomes the record's caption."""
-    folder, data_file = _split_file(ann, "ssv2", 1, subset)
+    folder, data_file = _file_to_read(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
+    ids = _by_unbracketed(labels_file, ids)
     items = load_json(data_file)
     records = []
     seen = UniqueIds(rows)
@@ -180,14 +196,36 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
             rows.bad(data_file, line, f"template {template!r}: expected a string")
             continue
         else:
-            key = template.replace("[", "").replace("]", "")
+            key = _unbracketed(template)
             if key not in ids:
-                rows.bad(data_file, line, f"template {template!r} not in {labels_file.name}")
+                rows.bad(data_file, line, f"template {template!r} not in {labels_file} (with or without "
+                                          "its brackets)")
                 continue
             label = ids[key]
         path = first_existing(root, [f"{vid}.webm", f"{vid}.mp4"])
         records.append(VideoRecord(path, label, vid, caption=it.get("label")))
     return records, classes
+
+
+def _unbracketed(template: str) -> str:
+    """An SSv2 template without its placeholders' brackets: train.json's `template` writes them
+    ("Putting [something] on [something]"), the shipped labels.json does not."""
+    return template.replace("[", "").replace("]", "")
+
+
+def _by_unbracketed(labels_file: Path, ids: dict[str, int]) -> dict[str, int]:
+    """labels.json's {template: id} keyed by the template without brackets, so a labels.json written
+    with them (as train.json spells templates) matches too; AnnotationError naming two templates
+    that differ only in brackets (one key for two classes)."""
+    out: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for name, i in ids.items():
+        key = _unbracketed(name)
+        if key in out:
+            raise AnnotationError(f"{labels_file}: templates {first[key]!r} and {name!r} differ only in brackets "
+                                  "(train.json's rows match both); keep one")
+        out[key], first[key] = i, name
+    return out
 
 
 def _ssv2_classes(labels_file: Path) -> tuple[dict[str, int], list[str]]:
@@ -231,7 +269,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
                 ) -> tuple[list[VideoRecord], list[str]]:
     """`ucfTrainTestlist/` with classInd.txt (`1 ApplyEyeMakeup`), trainlistNN.txt
     (`Class/v_Class_g08_c01.avi 1`) and testlistNN.txt (`Class/v_Class_g01_c01.avi`)."""
-    folder, list_path = _split_file(ann, "ucf101", split, subset)
+    folder, list_path = _file_to_read(ann, "ucf101", split, subset)
     class_file = folder / "classInd.txt"
     classes, by_name, lines = [], {}, []
     for line, text in read_lines(class_file):
@@ -313,7 +351,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     """`Diving48_V2_train.json` / `_test.json` (vid_name, label, start_frame, end_frame) and
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
-    folder, data_file = _split_file(ann, "diving48", 1, subset)
+    folder, data_file = _file_to_read(ann, "diving48", 1, subset)
     vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
     vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
     items = load_json(data_file, shape=DIVING48_SHAPE)
@@ -329,16 +367,18 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
             continue
         name = it.get("vid_name")
         label = it.get("label")
+        video = f"video {name!r}: " if isinstance(name, str) and name else ""  # which row, beside file:line
         if not name or not isinstance(name, str) or not _json_int(label):
-            rows.bad(data_file, line, f"item needs vid_name and an integer label (got label {label!r})")
+            rows.bad(data_file, line, f"{video}item needs vid_name and an integer label (got label "
+                                      f"{_as_json(label)})")
             continue
         if label < 0 or (classes is not None and label >= len(classes)):
-            rows.bad(data_file, line, f"label {label} out of range")
+            rows.bad(data_file, line, f"{video}label {label} out of range")
             continue
         start, end = it.get("start_frame"), it.get("end_frame")
         odd = next((k for k, v in (("start_frame", start), ("end_frame", end)) if v is not None and not _json_int(v)), None)
         if odd:
-            rows.bad(data_file, line, f"{odd} {it[odd]!r} is not an integer")
+            rows.bad(data_file, line, f"{video}{odd} {_as_json(it[odd])} is not an integer")
             continue
         why = range_problem(start, end)
         if why:
@@ -348,6 +388,11 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
         if ids.add(name, data_file, line, name):
             records.append(VideoRecord(path, label, name, start, end))
     return records, classes if classes is not None else numbered_classes(records)
+
+
+def _as_json(v) -> str:
+    """`v` as the file spells it (true, null, "0"), not as Python prints it (True, None, '0')."""
+    return json.dumps(v, ensure_ascii=False)
 
 
 def _json_int(v) -> bool:
@@ -384,7 +429,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end).
     """
-    folder, data_file = _split_file(ann, "epic55", 1, subset)
+    folder, data_file = _file_to_read(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
     parsed = _epic_rows(data_file, rows)
     use_own = not train_file.is_file() or train_file == data_file
@@ -529,5 +574,5 @@ def load_annotations(
         where = f" (looked in {Path(annotations).resolve()} and {ann})" if ann != Path(annotations) else ""
         raise AnnotationError(f"{annotations}: annotation file or folder not found{where}")
     records, classes = _readers()[format](root_p, ann, split, subset, rows)
-    rows.finish(str(ann))
+    rows.finish(str(list_file(format, root, annotations, split, subset)))  # the file read, not its folder
     return records, classes

@@ -16,10 +16,13 @@ Layout (the data pipeline relies on it):
 One set per folder: a folder holding a set (or a killed run's part of one) made with other
 settings is refused naming them, before anything of it is removed; the same settings resume an
 unfinished set, or leave a finished one as it is. A rerun makes only the videos (and masks) that
-are missing, unreadable or of another size; the lists (index files above) stay in place while it
-renders and are replaced at the end (each atomically, meta.json last), only where they change. A
-list whose content is not what this set's would be (a user's edit; for captions.jsonl, but for its
-records' `video` identities) is refused naming it, unless `overwrite`; the refused run's set stays
+are missing, unreadable, of another size, or not the file this set wrote (its `video_identity` is
+not the one captions.jsonl records: a video copied over it; one log line names them); the lists
+(index files above) stay in place while it renders and are replaced at the end (each atomically,
+meta.json last), only where they change; captions.jsonl records only identities of files this
+generator wrote. A list whose content is not what this set's would be (a user's edit; for
+captions.jsonl, but for its records' `video` identities) is refused naming it, unless
+`overwrite`, on every rerun (a finished set's too); a refused rendering run's set stays
 unfinished (its settings file stays), so a later run refuses it too.
 
 Video i depends only on (seed, i): the set is the same for any number of workers, and the same
@@ -30,6 +33,7 @@ file) and masks (and, with one x264 thread, videos).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -49,6 +53,8 @@ from tgmae.data.synthetic.captions import class_descriptions, make_captions
 from tgmae.data.synthetic.files import atomic_write_text, csv_text, masks_ok, mp4_ok, write_masks, write_mp4
 from tgmae.data.synthetic.render import paint_order, render_scene
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 INDEX_FILES = ("train.csv", "val.csv", "annotations.csv", "classes.txt", "captions.jsonl", "descriptions.json",
@@ -218,18 +224,6 @@ def _check_same_settings(root: Path, settings: dict) -> bool:
     return False
 
 
-def _existing_set(root: Path, settings: dict, missing: Sequence[_Task]) -> SyntheticSetInfo | None:
-    """The finished set of `settings` in `root` (no run of it unfinished, no video or mask
-    `missing`), else None."""
-    if not _check_same_settings(root, settings) or missing or (root / PENDING).exists():
-        return None
-    meta = json.loads((root / "meta.json").read_text())
-    if not (root / "descriptions.json").is_file():  # a set written before the file existed
-        write_class_descriptions(root)
-    _stamp_captions(root)
-    return _info(root, meta, 0.0)
-
-
 def _info(root: Path, meta: dict, seconds: float) -> SyntheticSetInfo:
     return SyntheticSetInfo(
         root=root, videos_dir=root / "videos", masks_dir=root / "masks", train_csv=root / "train.csv",
@@ -267,8 +261,10 @@ def _make_videos(tasks: Sequence[_Task], workers: int, progress: Callable[[int, 
     return records
 
 
-def _index_texts(root: Path, records: Sequence[dict], is_val: np.ndarray, meta: dict) -> dict[str, str]:
-    """Each list's text (INDEX_FILES, the layout above) for this set; its videos are on disk."""
+def _index_texts(root: Path, records: Sequence[dict], is_val: np.ndarray, meta: dict,
+                 kept: dict[str, list]) -> dict[str, str]:
+    """Each list's text (INDEX_FILES, the layout above) for this set; its videos are on disk.
+    kept: {video_id: identity} of the videos not made by this run that captions.jsonl recorded."""
     rows = [(f"videos/{r['video_id']}.mp4", r["label"], r["captions"][0], r["video_id"]) for r in records]
     return {
         "train.csv": csv_text([row for row, v in zip(rows, is_val) if not v]),
@@ -276,7 +272,8 @@ def _index_texts(root: Path, records: Sequence[dict], is_val: np.ndarray, meta: 
         "annotations.csv": csv_text(rows),
         "classes.txt": "".join(f"{c}\n" for c in ACTIONS),
         "captions.jsonl": _captions_text(root, [{"video_id": r["video_id"], "captions": r["captions"],
-                                                  "source": "synthetic", "model": "template"} for r in records]),
+                                                  "source": "synthetic", "model": "template"} for r in records],
+                                        kept),
         "descriptions.json": _descriptions_text(),
         "meta.json": json.dumps(meta, indent=1) + "\n",
     }
@@ -323,24 +320,17 @@ def _write_lists(root: Path, texts: dict[str, str], overwrite: bool) -> None:
             atomic_write_text(path, texts[name])
 
 
-def _captions_text(root: Path, records: Sequence[dict]) -> str:
+def _captions_text(root: Path, records: Sequence[dict], kept: dict[str, list]) -> str:
     """root/captions.jsonl's text: each record with its video's `video_identity` (after the other
     keys) under `video`, the field `tgmae caption` writes: readers compare it with the data set's
-    files, so another synthetic set's captions (the same ids) are refused. Videos are written by now."""
-    return "".join(json.dumps({**r, "video": video_identity(str(root / "videos" / f"{r['video_id']}.mp4"))}) + "\n"
-                   for r in records)
+    files, so another synthetic set's captions (the same ids) are refused. A video this run did not
+    make keeps the identity recorded of it (`kept`; `_on_disk` checked the file is that one), so
+    no file synth did not write is stamped; one never recorded (a set written before identities
+    were) gets its file's. Videos are written by now."""
+    def identity(video_id: str) -> list | None:
+        return kept[video_id] if video_id in kept else video_identity(str(root / "videos" / f"{video_id}.mp4"))
 
-
-def _write_captions(root: Path, records: Sequence[dict]) -> None:
-    atomic_write_text(root / "captions.jsonl", _captions_text(root, records))
-
-
-def _stamp_captions(root: Path) -> None:
-    """Give a finished set's captions.jsonl written without video identities (before they were
-    recorded) its videos' identities; a set that has them is not rewritten."""
-    records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines() if line.strip()]
-    if any("video" not in r for r in records):
-        _write_captions(root, [{k: v for k, v in r.items() if k != "video"} for r in records])
+    return "".join(json.dumps({**r, "video": identity(r["video_id"])}) + "\n" for r in records)
 
 
 def write_class_descriptions(root: Path) -> Path:
@@ -408,28 +398,61 @@ def generate_synthetic_dataset(
               distractors, float(distractor_speed), background, bool(static_camera))
         for i in range(num_videos)
     ]
-    _check_same_settings(root, settings)  # refuses other settings before anything is read or removed
-    tasks = [replace(t, render=not _on_disk(root, t)) for t in tasks]
-    existing = _existing_set(root, settings, [t for t in tasks if t.render])
-    if existing is not None:
-        return existing
-    for sub in ("videos", "masks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / PENDING, json.dumps(_pending_meta(settings)) + "\n")  # a killed run's settings
-    _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
+    finished = _check_same_settings(root, settings)  # refuses other settings before anything is read or removed
+    recorded = _recorded_identities(root)
+    tasks = [replace(t, render=not _on_disk(root, t, recorded.get(t.video_id))) for t in tasks]
+    _log_not_its_own(root, tasks, recorded)
+    if not finished or (root / PENDING).exists() or any(t.render for t in tasks):
+        for sub in ("videos", "masks"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / PENDING, json.dumps(_pending_meta(settings)) + "\n")  # a killed run's settings
+        _clear_outputs(root, {f"{t.video_id}.{ext}" for t in tasks for ext in ("mp4", "npz")})
+    # a finished set's records too: its lists are checked against them as a rendering rerun's are
     records = _make_videos(tasks, min(workers or os.cpu_count() or 1, num_videos), progress)
     class_counts = {c: int((labels == k).sum()) for k, c in enumerate(ACTIONS)}
     meta = _set_meta(settings, is_val, _meta_tail(records, is_val, class_counts))
-    _write_lists(root, _index_texts(root, records, is_val, meta), overwrite)  # the old lists stood until now
+    made = {t.video_id for t in tasks if t.render}
+    texts = _index_texts(root, records, is_val, meta, {v: i for v, i in recorded.items() if v not in made})
+    _write_lists(root, texts, overwrite)  # the old lists stood until now
     (root / PENDING).unlink(missing_ok=True)
     return _info(root, meta, time.perf_counter() - start)
 
 
-def _on_disk(root: Path, task: _Task) -> bool:
-    """Whether `task`'s video and mask are in `root` as this set's (readable, its size and length)."""
+def _on_disk(root: Path, task: _Task, recorded: list | None = None) -> bool:
+    """Whether `task`'s video and mask are in `root` as this set's (readable, its size and length)
+    and its video is the file this set wrote: its `video_identity` is `recorded` (captions.jsonl's
+    record of it; None: a set written before identities were recorded, not compared). A video
+    copied over it, or the set copied elsewhere (new inodes), is made again: it depends on (seed, i)
+    only, and captions.jsonl then records only files this generator wrote."""
     video, mask = root / "videos" / f"{task.video_id}.mp4", root / "masks" / f"{task.video_id}.npz"
     return (video.is_file() and mask.is_file()  # a new set's: no reading of 100000 missing files
+            and (recorded is None or video_identity(str(video)) == recorded)
             and mp4_ok(video, task.frames, task.size) and masks_ok(mask, task.frames, task.size))
+
+
+def _recorded_identities(root: Path) -> dict[str, list]:
+    """{video_id: `video_identity`} that root/captions.jsonl records of the files this generator
+    wrote; empty when it is missing or unreadable (its records are then made anew, as a new set's)."""
+    try:
+        text = (root / "captions.jsonl").read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return {r["video_id"]: r["video"] for r in records
+                if isinstance(r, dict) and isinstance(r.get("video_id"), str) and r.get("video") is not None}
+    except (OSError, ValueError):
+        return {}
+
+
+def _log_not_its_own(root: Path, tasks: Sequence[_Task], recorded: dict[str, list]) -> None:
+    """One log line naming the videos on disk that are made again because their file is not the
+    one captions.jsonl records (copied over, replaced, the set copied elsewhere, or made by a run
+    killed or refused before it wrote the lists)."""
+    other = [t.video_id for t in tasks if t.render and t.video_id in recorded
+             and video_identity(str(root / "videos" / f"{t.video_id}.mp4")) not in (None, recorded[t.video_id])]
+    if other:
+        names = ", ".join(repr(v) for v in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        log.warning("tgmae synth: %s: %d video(s) are not the files %s records (%s: replaced or copied since, or "
+                    "made by a run that did not finish): made again", root / "videos", len(other),
+                    root / "captions.jsonl", names)
 
 
 def _set_meta(settings: dict, is_val: np.ndarray, tail: dict) -> dict:
