@@ -60,7 +60,8 @@ def test_check_report(dataset, tmp_path, capsys, workers):
     rep = json.loads(out.read_text())
     assert rep["records"] == rep["checked"] == 6 and rep["ok"] == 1 and rep["bad"] == 5
     assert rep["counts"] == {"missing": 1, "zero_bytes": 1, "unreadable": 1, "no_video_stream": 0, "no_frames": 0,
-                             "truncated": 1, "undecodable": 0, "out_of_range": 0, "too_short": 1, "bad_label": 0}
+                             "truncated": 1, "undecodable": 0, "bad_frame_folder": 0, "out_of_range": 0,
+                             "too_short": 1, "bad_label": 0}
     kinds = {Path(i["path"]).name: i["kind"] for i in rep["items"]}
     assert kinds == {"short.mp4": "too_short", "zero.mp4": "zero_bytes", "garbage.mp4": "unreadable",
                      "missing.mp4": "missing", "cut.mkv": "truncated"}
@@ -452,3 +453,50 @@ def test_check_of_a_ucf101_list_of_another_split_names_the_split_flag(tmp_path, 
                      str(DATA / "ucf101" / "ucfTrainTestlist" / "trainlist02.txt"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "--split 2" in err and "trainlist02.txt" in err
+
+
+def test_check_and_training_refuse_frame_folders_that_are_not_one_numbered_sequence(tmp_path, capsys, caplog):
+    """Re-trial 19A F4: a folder of JPG + PNG frames, one with a stray cover.jpg and EPIC folders
+    missing frame 8 or 5 were checked ok (read as 32 frames, as 17, as 7, or failing in training);
+    each is now bad, its report line naming the file, and training's one line names it too."""
+    import logging
+
+    from PIL import Image
+
+    from tgmae.config import DataConfig
+    from tgmae.data.annotations import VideoRecord
+    from tgmae.data.dataset import VideoDataset
+
+    root = tmp_path / "ff"
+    names = {
+        "plain": [f"{i:05d}.jpg" for i in range(1, 17)],
+        "mixed": [f"{i:05d}.{e}" for i in range(1, 17) for e in ("jpg", "png")],
+        "stray": [f"{i:05d}.jpg" for i in range(1, 17)] + ["cover.jpg"],
+        "epic_gap8": [f"frame_{i:010d}.jpg" for i in range(1, 17) if i != 8],
+        "epic_gap5": [f"frame_{i:010d}.jpg" for i in range(1, 17) if i != 5],
+    }
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True)
+        for k, f in enumerate(files):
+            Image.fromarray(np.full((24, 32, 3), 8 * k, np.uint8)).save(root / folder / f)
+    ann = root / "list.csv"
+    ann.write_text("path,label\n" + "".join(f"{f},0\n" for f in names))
+    out = tmp_path / "report.json"
+    code = cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "4",
+                     "--frame-stride", "1", "--out", str(out), "--no-progress"])
+    assert code == 1
+    rep = json.loads(out.read_text())
+    assert rep["ok"] == 1 and rep["counts"]["bad_frame_folder"] == 4
+    why = {Path(i["path"]).name: i["reason"] for i in rep["items"]}
+    named = {"mixed": "00001.png", "stray": "cover.jpg", "epic_gap8": "frame_0000000008.jpg",
+             "epic_gap5": "frame_0000000005.jpg"}
+    assert set(why) == set(named) and all(named[f] in why[f] for f in named), why
+    printed = capsys.readouterr().out
+    assert all(n in printed for n in named.values())
+    # training replaces the folder, with one line naming the folder and the missing frame
+    recs = [VideoRecord(str(root / "epic_gap5"), 0, "epic_gap5"), VideoRecord(str(root / "plain"), 0, "plain")]
+    ds = VideoDataset(recs, DataConfig(num_frames=4, frame_stride=1, image_size=32), train=False)
+    with caplog.at_level(logging.WARNING, logger="tgmae.data.dataset"):
+        assert ds[0]["load_failures"] > 0
+    lines = [r.getMessage() for r in caplog.records if "epic_gap5" in r.getMessage()]
+    assert len(lines) == 1 and "frame_0000000005.jpg" in lines[0], lines

@@ -458,3 +458,89 @@ def test_frame_index_key_changes_when_a_file_is_swapped_with_same_size_and_mtime
     os.replace(staged, a)  # as rsync -t / tar x do
     assert os.stat(a).st_size == st.st_size and os.stat(a).st_mtime_ns == st.st_mtime_ns
     assert fi._key(str(a)) != key_a and _file_stat(str(a)) != stat_a
+
+
+def _folder(path: Path, names, size=(24, 30)) -> Path:
+    """A frame folder holding `names`, each image distinct (brightness from its position)."""
+    path.mkdir()
+    for k, name in enumerate(names):
+        if not name.endswith((".jpg", ".png")):
+            (path / name).write_text("not a frame")
+            continue
+        img = np.full((*size, 3), (10 * k) % 256, np.uint8)
+        Image.fromarray(img).save(path / name)
+    return path
+
+
+@pytest.mark.parametrize("names,named", [
+    # one frame number under two extensions: read as 32 frames, each twice
+    ([f"{i:05d}.{e}" for i in range(1, 17) for e in ("jpg", "png")], ["00001.jpg", "00001.png"]),
+    # a file that is not a numbered frame: was frame 17
+    ([f"{i:05d}.jpg" for i in range(1, 17)] + ["cover.jpg"], ["cover.jpg"]),
+    # an EPIC folder without frame 8: counted as 7 frames by the binary search
+    ([f"frame_{i:010d}.jpg" for i in range(1, 17) if i != 8], ["frame_0000000008.jpg"]),
+    # an EPIC folder without frame 5: counted as 16, failed only when frame 5 was read
+    ([f"frame_{i:010d}.jpg" for i in range(1, 17) if i != 5], ["frame_0000000005.jpg"]),
+    # a generic folder without frame 5: frames 6.. read one place early
+    ([f"img_{i:05d}.jpg" for i in range(1, 17) if i != 5], ["img_00005.jpg"]),
+    # one frame number twice (1.jpg and 01.jpg)
+    ([f"{i}.jpg" for i in range(1, 17)] + ["01.jpg"], ["1.jpg", "01.jpg"]),
+    # an EPIC folder starting at frame 2: frame i would be frame_{i+2}
+    ([f"frame_{i:010d}.jpg" for i in range(2, 17)], ["frame_0000000001.jpg"]),
+])
+def test_frame_folder_that_is_not_one_numbered_sequence_is_refused_by_name(tmp_path, names, named):
+    """Re-trial 19A F4: mixed extensions, duplicate numbers, stray images and gaps in the numbering
+    are refused when the folder is opened (every reader's verdict), naming the files."""
+    path = _folder(tmp_path / "f", names)
+    verdict = video_verdict(path)
+    assert verdict.kind == "bad_frame_folder", verdict
+    assert str(path) in verdict.reason and all(n in verdict.reason for n in named), verdict.reason
+    with pytest.raises(VideoError) as e:
+        read_frames(path, [0])
+    assert e.value.kind == "bad_frame_folder"
+
+
+@pytest.mark.parametrize("names", [
+    [f"{i}.jpg" for i in range(1, 17)],  # unpadded: natural order
+    [f"{i:05d}.jpg" for i in range(0, 16)],  # numbered from 0
+    [f"frame_{i:010d}.jpg" for i in range(1, 17)],
+    [f"img_{i:05d}.png" for i in range(1, 17)] + ["notes.txt", ".DS_Store"],  # files that are not images
+])
+def test_frame_folder_of_one_numbered_sequence_reads_in_number_order(tmp_path, names):
+    path = _folder(tmp_path / "f", names)
+    images = [n for n in names if n.endswith((".jpg", ".png"))]
+    assert video_verdict(path).kind == "ok" and probe_video(path).num_frames == 16
+    got = read_frames(path, [0, 1, 9, 15])
+    order = sorted(range(16), key=lambda k: int("".join(c for c in images[k] if c.isdigit())))
+    for j, i in enumerate([0, 1, 9, 15]):
+        np.testing.assert_array_equal(got[j], np.asarray(Image.open(path / images[order[i]]).convert("RGB")))
+
+
+def test_frame_folder_listing_follows_frames_added_and_removed(tmp_path):
+    """A folder opened again after frames were added (or one removed) is listed again."""
+    path = _folder(tmp_path / "f", [f"{i:05d}.jpg" for i in range(1, 13)])
+    assert probe_video(path).num_frames == 12
+    Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(path / "00013.jpg")
+    assert probe_video(path).num_frames == 13
+    (path / "00007.jpg").unlink()
+    assert video_verdict(path).kind == "bad_frame_folder"
+
+
+def test_frame_folder_listing_is_kept_per_folder_state(tmp_path, monkeypatch):
+    """A clip read does not list the folder again (EPIC folders hold 100k frames) while the folder's
+    stat is unchanged; a frame added changes it and the folder is listed again."""
+    import os
+
+    from tgmae.data import frame_folder
+
+    path = _folder(tmp_path / "f", [f"{i:05d}.jpg" for i in range(1, 13)])
+    listed = []
+    real = frame_folder._list
+    monkeypatch.setattr(frame_folder, "_list", lambda p: listed.append(p) or real(p))
+    # the folder's mtime is older than the time a change within its stat's resolution could hide in
+    monkeypatch.setattr(frame_folder.time, "time_ns", lambda: os.stat(path).st_ctime_ns + 10**10)
+    assert [probe_video(path).num_frames for _ in range(3)] == [12, 12, 12] and len(listed) == 1
+    Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(path / "00013.jpg")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a distinct mtime, whatever the clock's resolution
+    assert probe_video(path).num_frames == 13 and len(listed) == 2

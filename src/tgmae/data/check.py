@@ -1,7 +1,7 @@
 """`tgmae data check`: validate a dataset (rows, files, decodability, duration, labels).
 
 Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
-no_video_stream / no_frames / truncated / undecodable), then the first, middle and last frame of
+no_video_stream / no_frames / truncated / undecodable / bad_frame_folder), then the first, middle and last frame of
 its range are read; ranges past the video's end (out_of_range, never clipped), clips shorter than `--min-frames`, labels outside the class list, unreadable
 rows (file:line) and empty lists are reported; videos shorter than a clip's span (`--frame-stride`,
 read with a smaller stride) are listed, not counted as bad. Every list a run would read is checked (a

@@ -28,16 +28,15 @@ def entry_identity(entry: os.DirEntry) -> list:
 
 
 def videos_fingerprint(paths: Sequence[str]) -> str:
-    """sha256 over each video's path and `file_identity` (size, mtime, inode, ctime): another file at
-    a path (a re-encode, a replaced copy) is another fingerprint. A missing file counts as
-    (path, -1). The one key of "these videos, as they are on disk" (feature caches, extract shards)."""
+    """sha256 over each video's path and `video_identity`: a file's (size, mtime, inode, ctime), a
+    frame folder's listing of them per frame. Another file at a path (a re-encode, a replaced
+    copy) or a frame replaced in place (which leaves the folder's own stat as it was) is another
+    fingerprint. A missing path counts as (path, -1). The one key of "these videos, as they are on
+    disk" (feature caches, extract shards, alignment results)."""
     h = hashlib.sha256()
     for p in paths:
-        try:
-            ident = file_identity(p)
-        except OSError:
-            ident = [-1]
-        h.update(f"{p}\0{ident}\n".encode())
+        ident = video_identity(p)
+        h.update(f"{p}\0{[-1] if ident is None else ident}\n".encode())
     return h.hexdigest()
 
 

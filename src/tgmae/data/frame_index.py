@@ -36,7 +36,9 @@ _lock = threading.Lock()  # captioning reads videos from a thread pool
 _disk_warned = False
 
 # What is wrong with a file (VideoError.kind); "" = usable.
-KINDS = ("missing", "zero_bytes", "unreadable", "no_video_stream", "no_frames", "truncated", "undecodable")
+# bad_frame_folder: a frame folder that is not one numbered sequence (tgmae.data.frame_folder)
+KINDS = ("missing", "zero_bytes", "unreadable", "no_video_stream", "no_frames", "truncated", "undecodable",
+         "bad_frame_folder")
 
 
 class VideoError(RuntimeError):

@@ -10,8 +10,9 @@ verdict, so every caller refuses the same files for the same reason. A read seek
 at or before the first wanted frame and decodes forward, placing frames by pts (backing off a seek
 that lands late; a frame the index lacks restarts from the start; a file that decodes unlike its
 stale index is re-indexed once); unreferenced unwanted packets are skipped (`skip_frame=NONREF`).
-Rotation is applied. A frame folder: EPIC-style `frame_0000000001.jpg` (1-based, counted by
-binary search) or any naturally sorted images.
+Rotation is applied. A frame folder: one numbered sequence of images (EPIC-style
+`frame_0000000001.jpg`, `img_00001.jpg`, `1.png`, ...), frame i the i-th by number; any other folder
+is refused by name (`tgmae.data.frame_folder`: kind "bad_frame_folder").
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Verdict:
 def video_verdict(path: str | Path) -> Verdict:
     """The one verdict on a video file or frame folder, as every reader of it sees it: "ok", or
     missing / zero_bytes / unreadable / no_video_stream / no_frames / truncated / undecodable
-    (with the frame positions) and the reason."""
+    (with the frame positions) / bad_frame_folder (a frame folder that is not one numbered sequence,
+    naming the files) and the reason."""
     try:
         with VideoReader(path) as r:
             return Verdict("ok", "", r.info.num_frames)
