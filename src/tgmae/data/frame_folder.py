@@ -6,8 +6,9 @@ without a gap; frame i is the i-th by number. A folder that is not one such sequ
 when opened (VideoError kind "bad_frame_folder", naming the files): images under two extensions or
 prefixes (`00001.jpg` + `00001.png`), a number held twice (`1.jpg`, `01.jpg`), an image that is not
 a numbered frame (`cover.jpg`), a missing frame; otherwise a reader would silently read other
-frames than the ones asked for. Files that are not images (`notes.txt`) and hidden files
-(`.DS_Store`, `._00001.jpg`) are not frames. Opening lists the folder once; the listing is kept per
+frames than the ones asked for. Files that are not images (`notes.txt`), hidden files
+(`.DS_Store`, `._00001.jpg`) and optical-flow images beside the RGB ones (mmaction's rawframes:
+`flow_x_00001.jpg` beside `img_00001.jpg`) are not frames. Opening lists the folder once; the listing is kept per
 folder (by the folder's stat, which any file added, removed or renamed changes), so a clip read
 costs no listing of a 100k-frame EPIC folder. `tgmae.data.video.VideoReader` uses it for folders.
 """
@@ -27,6 +28,7 @@ import numpy as np
 from tgmae.data.frame_index import VideoError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FLOW_PREFIX = "flow"  # optical-flow images (flow_x_00001.jpg) kept beside the RGB frames: not frames
 BAD = "bad_frame_folder"  # VideoError.kind of a folder that is not one numbered sequence
 _FRAME = re.compile(r"(.*?)(\d+)(\.[^.]+)", re.S)  # prefix, frame number, extension
 _SHOWN = 3  # file names a refusal shows of each list
@@ -80,6 +82,9 @@ def parse_frames(path: str, names: list[str]) -> Frames:
         what = "is not a numbered frame" if one else "are not numbered frames"
         raise VideoError(f"{path}: {_shown(sorted(stray))} {what}{like}; a frame folder holds one numbered "
                          f"sequence of images (move {'it' if one else 'them'} out)", BAD)
+    rgb = {k: g for k, g in groups.items() if not k[0].lower().startswith(FLOW_PREFIX)}
+    if rgb and len(rgb) < len(groups):  # mmaction's rawframes: img_ frames beside flow_x_ / flow_y_ ones
+        groups = rgb
     if len(groups) > 1:
         firsts = sorted(min(g)[1] for g in groups.values())
         raise VideoError(f"{path}: frames of {len(groups)} numbered sequences or extensions ({_shown(firsts)}); "
