@@ -223,6 +223,11 @@ def test_visualize_masks_pngs(synth, trained_clip, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]
     assert len(err) == 1 and "--image-size 128 (the cache's)" in err[0] and "--rebuild" in err[0], err
     assert "--cache" not in err[0]  # visualize masks has none
+    # re-trial 19B (M6): a cache of another patch size could only be destroyed; --patch-size matches it
+    assert cli_main(["visualize", "masks", "--root", str(synth), "--clip", str(trained_clip), "--out",
+                     str(tmp_path / "p32.png"), "--image-size", "128", "--patch-size", "32", "--num-frames", "8"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and "--patch-size 16 (the cache's)" in err[0], err
     video = synth / "videos" / "synth_00001.mp4"
     png2 = tmp_path / "video.png"
     assert main(["--video", str(video), "--caption", "a shape", "--clip", str(trained_clip), "--mode", "dense",

@@ -15,7 +15,7 @@ from tgmae.locks import check_kind
 from tgmae.viz.masks import synthetic_figure, video_figure
 
 TUBELET = 2  # the grid's frames per token slice (tgmae.viz.masks), as the paper's models
-PATCH = 16  # the grid's patch side in pixels (tgmae.viz.masks)
+PATCH = 16  # the grid's default patch side in pixels (--patch-size), as the paper's models
 
 
 def _wrong_argument(args: argparse.Namespace) -> str:
@@ -26,8 +26,11 @@ def _wrong_argument(args: argparse.Namespace) -> str:
         return f"--ratio {args.ratio}: must be in (0, 1)"
     if args.num_frames < TUBELET or args.num_frames % TUBELET:
         return f"--num-frames {args.num_frames}: must be a positive multiple of {TUBELET} (frames per token slice)"
-    if args.image_size < PATCH or args.image_size % PATCH:
-        return f"--image-size {args.image_size}: must be a positive multiple of {PATCH} (the patch side)"
+    if args.patch_size < 1:
+        return f"--patch-size {args.patch_size}: must be >= 1"
+    if args.image_size < args.patch_size or args.image_size % args.patch_size:
+        return (f"--image-size {args.image_size}: must be a positive multiple of --patch-size {args.patch_size} "
+                "(the patch side)")
     if args.frame_stride < 1:
         return f"--frame-stride {args.frame_stride}: must be >= 1"
     if args.columns < 1:
@@ -56,6 +59,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", default="masks.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=PATCH, help="the grid's patch side in pixels (a similarity "
+                   "cache made at another one, e.g. by eval-masks --patch-size, is refused naming it)")
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=2)
     p.add_argument("--columns", type=int, default=4)
@@ -69,7 +74,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     check_kind(args.out, "--out", folder=False)  # a folder there: one line, not a temp file's IsADirectoryError
     common = dict(clip_model=args.clip, ratio=args.ratio, mode=args.mode, image_size=args.image_size,
-                  num_frames=args.num_frames, frame_stride=args.frame_stride, columns=args.columns, seed=args.seed)
+                  patch_size=args.patch_size, num_frames=args.num_frames, frame_stride=args.frame_stride,
+                  columns=args.columns, seed=args.seed)
     if args.root:
         path = synthetic_figure(args.root, args.out, args.video_id, rebuild=args.rebuild, **common)
     else:

@@ -102,7 +102,7 @@ def _draw(gens: dict, ctx, seed: int, ratios: dict[str, float], out: str | Path,
 
 def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str], clip_model: Optional[str],
                      ratio: Optional[float], mode: str, image_size: int, num_frames: int, frame_stride: int,
-                     columns: int, seed: int, rebuild: bool = False) -> Path:
+                     columns: int, seed: int, rebuild: bool = False, patch_size: int = 16) -> Path:
     """Grid for one video of a synthetic set, with the ground-truth object outline. RunFolderError
     when `out` lies inside a run folder (`locks.refuse_inside_run`)."""
     from tgmae.captions.store import read_store
@@ -122,13 +122,14 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
         raise SettingsError(f"--video-id {vid!r}: not a video of {root / 'captions.jsonl'} ({known or 'none'})"
                             if video_id else f"--root {root}: no val or train video with captions")
     caps = stored[vid].captions
-    grid = (num_frames // 2, image_size // 16, image_size // 16)
+    grid = (num_frames // 2, image_size // patch_size, image_size // patch_size)
     ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
     cache_dir = None
     if clip_model:
         cache_dir = str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
-        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, 16, 2, progress=False, rebuild=rebuild,
-                     way_out=cache_way_out(cache_dir, elsewhere="", image_size=image_size))
+        ensure_cache(root, [vid], clip_model, mode, cache_dir, image_size, patch_size, 2, progress=False,
+                     rebuild=rebuild, way_out=cache_way_out(cache_dir, elsewhere="", image_size=image_size,
+                                                            patch_size=patch_size))
     gens = make_generators(ratios, cache_dir)
     clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps, grid, num_frames,
                           frame_stride, image_size, False, torch.Generator().manual_seed(seed))
@@ -138,7 +139,8 @@ def synthetic_figure(root: str | Path, out: str | Path, video_id: Optional[str],
 
 
 def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional[str], ratio: Optional[float],
-                 mode: str, image_size: int, num_frames: int, frame_stride: int, columns: int, seed: int) -> Path:
+                 mode: str, image_size: int, num_frames: int, frame_stride: int, columns: int, seed: int,
+                 patch_size: int = 16) -> Path:
     """Grid for any video file: TGM online with the given CLIP and caption, MGM from its codec.
     RunFolderError when `out` lies inside a run folder (`locks.refuse_inside_run`)."""
     from tgmae.data.transforms import EvalTransform
@@ -147,7 +149,7 @@ def video_figure(video: str, caption: str, out: str | Path, clip_model: Optional
     from tgmae.masking.quality import PAPER_RATIOS, make_generators
 
     refuse_inside_run(out, "--out")
-    grid = (num_frames // 2, image_size // 16, image_size // 16)
+    grid = (num_frames // 2, image_size // patch_size, image_size // patch_size)
     ratios = {a: ratio for a in PAPER_RATIOS} if ratio else dict(PAPER_RATIOS)
     frames, mvs, fi = _read_video(video, num_frames, frame_stride)
     clip, crop = EvalTransform(image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(frames)
