@@ -455,6 +455,59 @@ def test_auto_precision_follows_measured_bf16_speed(monkeypatch):
     assert precision.resolve_precision("fp32", cpu) == "fp32"
 
 
+class _PrecisionToyTask(ToyTask):
+    """Records, per step, the dtype the forward ran under (None: no autocast)."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.seen: list = []
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return super().step(model, batch)
+
+
+def test_a_resume_under_auto_precision_keeps_the_precision_the_run_began_with(tmp_path, monkeypatch, caplog):
+    """Issue #28 re-trial 19B S2: train.precision=auto was measured again on every resume (another
+    thread count, a deleted cache, TGMAE_AUTOTUNE=off), so a run begun in bf16 went on in fp32 without
+    a word. The checkpoint keeps the precision; a resume under auto uses it, said in one line."""
+    from tgmae.train import precision
+
+    cfg = toy_cfg(tmp_path, "train.precision=auto", "train.device=cpu")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(state):
+        if state.position.step == 7:
+            raise Killed()
+
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    first = _PrecisionToyTask(cfg)
+    with pytest.raises(Killed):
+        Trainer(first, cfg, hooks=[kill_at_7]).fit()
+    assert set(first.seen) == {torch.bfloat16}
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)  # the measurement says otherwise now
+    again = _PrecisionToyTask(cfg)
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(again, cfg).fit()
+    assert again.seen and set(again.seen) == {torch.bfloat16}
+    lines = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
+    assert len(lines) == 1 and "bf16" in lines[0] and "as the run began" in lines[0]
+
+
+def test_an_explicit_other_precision_on_resume_stays_refused(tmp_path, monkeypatch):
+    from tgmae.train import precision
+
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    cfg = toy_cfg(tmp_path, "train.precision=auto", "train.device=cpu", "train.epochs=1")
+    Trainer(ToyTask(cfg), cfg).fit()
+    more = toy_cfg(tmp_path, "train.precision=fp32", "train.device=cpu", "train.epochs=2")
+    with pytest.raises(ckpt.CheckpointError, match="train.precision"):
+        Trainer(ToyTask(more), more).fit()
+
+
 def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     """A finished run rerun with other training settings is refused, key by key (old -> new);
     config.yaml keeps what ran; allowed keys (logging, train.epochs) resume; ignore_config continues."""

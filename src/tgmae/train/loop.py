@@ -32,7 +32,8 @@ from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
 from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
-from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
+from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
+from tgmae.train.precision import usable as precision_usable
 from tgmae.train.sampler import ResumableSampler
 
 log = logging.getLogger("tgmae")
@@ -245,14 +246,21 @@ class Trainer:
     def _choose_precision(self) -> str:
         """train.precision for this device; "auto" under DDP: fp32 unless all ranks agree."""
         cfg, dist = self.cfg, self.dist
-        precision = resolve_precision(cfg.train.precision, dist.device)
-        if dist.enabled and cfg.train.precision == "auto":
+        auto = cfg.train.precision == "auto"
+        began = begun_precision(cfg) if auto else None  # a resume goes on in the run's precision
+        if began and precision_usable(began, dist.device):
+            precision, how = began, ", as the run began: kept in its checkpoints"
+        else:
+            precision = resolve_precision(cfg.train.precision, dist.device)
+            how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
+            how = how if auto else ""
+            if began:
+                how += f"; the run began in {began}, which {dist.device.type} lacks"
+        if dist.enabled and auto:
             precision = "fp32" if any_rank(precision == "fp32", dist.device) else precision
         if dist.is_main:
-            how = ""
-            if cfg.train.precision == "auto":
-                how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
-            log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
+            log.log(logging.WARNING if began and began != precision else logging.INFO,
+                    "precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
         return precision
 
     def _build_model(self, precision: str) -> nn.Module:
@@ -512,7 +520,7 @@ class Trainer:
                 self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states,
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
-                       "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
+                       "precision": run.precision, "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
                        **({"videos": self.videos} if self.videos else {}),
                        **({"class_names": self.class_names} if self.class_names else {})},
             )
