@@ -508,6 +508,44 @@ def test_an_explicit_other_precision_on_resume_stays_refused(tmp_path, monkeypat
         Trainer(ToyTask(more), more).fit()
 
 
+def _warmup_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "warmup" in r.getMessage()]
+
+
+def test_a_run_shorter_than_its_warmup_says_so_naming_both_keys(tmp_path, caplog):
+    """Issue #28 re-trial 19B M9: train.epochs cut below optim.warmup_epochs (a recipe's 40 warmup
+    epochs, a 1-epoch sanity run) ran without a note while the lr never reached its peak: one warning
+    at set-up naming both keys, not an error."""
+    cfg = toy_cfg(tmp_path, "train.epochs=1", "optim.warmup_epochs=3")
+    with caplog.at_level("INFO", logger="tgmae"):
+        assert Trainer(ToyTask(cfg), cfg).fit().position.step == 8
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "train.epochs=1" in lines[0] and "optim.warmup_epochs=3" in lines[0]
+    caplog.clear()
+    capped = toy_cfg(tmp_path / "b", "train.max_steps=4", "optim.warmup_epochs=1")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(capped), capped).fit()
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "train.max_steps=4" in lines[0] and "optim.warmup_epochs=1" in lines[0]
+    caplog.clear()
+    fits = toy_cfg(tmp_path / "c", "train.epochs=1", "optim.warmup_epochs=0.5")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(fits), fits).fit()
+    assert _warmup_warnings(caplog) == []
+
+
+def test_the_short_warmup_warning_names_the_users_keys_of_a_copied_recipe(tmp_path, caplog):
+    """A task that copies its own keys into the loop's (the attentive probe) is named by its keys."""
+    task_keys = {"train.epochs": "eval.attentive_epochs", "optim.warmup_epochs": "eval.attentive_warmup_epochs"}
+    cfg = toy_cfg(tmp_path, "train.epochs=1", "optim.warmup_epochs=2")
+    task = ToyTask(cfg)
+    task.copied_keys = task_keys
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(task, cfg).fit()
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "eval.attentive_epochs=1" in lines[0] and "eval.attentive_warmup_epochs=2" in lines[0]
+
+
 def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     """A finished run rerun with other training settings is refused, key by key (old -> new);
     config.yaml keeps what ran; allowed keys (logging, train.epochs) resume; ignore_config continues."""

@@ -30,7 +30,7 @@ from tgmae.weights import checkpoint as ckpt
 from tgmae.errors import UserError
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
-from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
+from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr, warn_short_warmup
 from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
 from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
 from tgmae.train.precision import usable as precision_usable
@@ -295,6 +295,8 @@ class Trainer:
         steps_per_epoch, total_steps = self._plan_steps(num_items)
         global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
         plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
+        if dist.is_main:
+            warn_short_warmup(cfg, steps_per_epoch, total_steps, getattr(task, "copied_keys", None))
         if views > 1 and dist.is_main:
             log.info("data.num_sample=%d (%s): %d views per optimizer step, lr scaled for them; "
                      "train.epochs=%d passes = %d effective epochs", views, cfg.data.repeat_mode, global_batch,
