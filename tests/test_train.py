@@ -1339,3 +1339,20 @@ def test_a_run_of_1_process_resumed_by_2_trains_what_is_left_of_its_epochs(tmp_p
     mp.spawn(_ddp_resume_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"result{rank}.json").read_text()) == [18 + 7, [25]]
+
+
+def test_process_counts_are_said_in_the_number_they_take(tmp_path, caplog):
+    """Issue 28 (re-trial 19B N1): the resume log said "resumed on 1 processes"; a batch too big for
+    the data said "x 1 processes"."""
+    cfg = toy_cfg(tmp_path)
+    _train_until_killed(cfg, 4)  # checkpoint at step 3
+    _world_of(ckpt.find_latest(tmp_path / "run" / "checkpoints"), 2)
+    forced = toy_cfg(tmp_path, "checkpoint.resume=ignore_config")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(forced), forced).fit()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "resumed on 1 process:" in said and "1 processes" not in said, said
+    big = toy_cfg(tmp_path / "b", "train.batch_size=128")
+    with pytest.raises(UserError) as e:
+        Trainer(ToyTask(big), big).fit()
+    assert "1 process" in str(e.value) and "1 processes" not in str(e.value), str(e.value)
