@@ -612,3 +612,28 @@ def test_finetune_refuses_a_test_list_of_the_pretraining_runs_videos(synth, tmp_
     err = capsys.readouterr().err.strip()
     assert str(pre / "config.yaml") in err and "data.val_annotations=train.csv" in err and "\n" not in err, err
     assert not list(run.rglob("*.safetensors"))
+
+
+def test_a_resumed_finetune_evaluates_in_the_precision_the_run_began_with(tmp_path, monkeypatch):
+    """Issue #28 re-trial 19B S2: under train.precision=auto a resumed run trains on in the precision
+    it began with (kept in its checkpoints); its evaluations and test follow it, not a new measurement."""
+    from tgmae.evaluate import finetune as finetune_module
+    from tgmae.train import precision
+
+    seen = []
+    real = finetune_module.evaluate_classifier
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "evaluate_classifier", recording)
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    keys = [f"model.pretrained={path}", "checkpoint.resume=auto", "eval.mixup=0", "eval.cutmix=0",
+            "train.precision=auto", "train.device=cpu"]
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    finetune(run_cfg(tmp_path, *keys, "train.epochs=1"), train_data=Clips(8), val_data=Clips(8, seed=1))
+    assert seen == ["bf16"]
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)  # measured otherwise now
+    finetune(run_cfg(tmp_path, *keys, "train.epochs=2"), train_data=Clips(8), val_data=Clips(8, seed=1))
+    assert seen[1:] and set(seen[1:]) == {"bf16"}

@@ -455,6 +455,97 @@ def test_auto_precision_follows_measured_bf16_speed(monkeypatch):
     assert precision.resolve_precision("fp32", cpu) == "fp32"
 
 
+class _PrecisionToyTask(ToyTask):
+    """Records, per step, the dtype the forward ran under (None: no autocast)."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.seen: list = []
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return super().step(model, batch)
+
+
+def test_a_resume_under_auto_precision_keeps_the_precision_the_run_began_with(tmp_path, monkeypatch, caplog):
+    """Issue #28 re-trial 19B S2: train.precision=auto was measured again on every resume (another
+    thread count, a deleted cache, TGMAE_AUTOTUNE=off), so a run begun in bf16 went on in fp32 without
+    a word. The checkpoint keeps the precision; a resume under auto uses it, said in one line."""
+    from tgmae.train import precision
+
+    cfg = toy_cfg(tmp_path, "train.precision=auto", "train.device=cpu")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(state):
+        if state.position.step == 7:
+            raise Killed()
+
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    first = _PrecisionToyTask(cfg)
+    with pytest.raises(Killed):
+        Trainer(first, cfg, hooks=[kill_at_7]).fit()
+    assert set(first.seen) == {torch.bfloat16}
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)  # the measurement says otherwise now
+    again = _PrecisionToyTask(cfg)
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(again, cfg).fit()
+    assert again.seen and set(again.seen) == {torch.bfloat16}
+    lines = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
+    assert len(lines) == 1 and "bf16" in lines[0] and "as the run began" in lines[0]
+
+
+def test_an_explicit_other_precision_on_resume_stays_refused(tmp_path, monkeypatch):
+    from tgmae.train import precision
+
+    monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: True)
+    cfg = toy_cfg(tmp_path, "train.precision=auto", "train.device=cpu", "train.epochs=1")
+    Trainer(ToyTask(cfg), cfg).fit()
+    more = toy_cfg(tmp_path, "train.precision=fp32", "train.device=cpu", "train.epochs=2")
+    with pytest.raises(ckpt.CheckpointError, match="train.precision"):
+        Trainer(ToyTask(more), more).fit()
+
+
+def _warmup_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "warmup" in r.getMessage()]
+
+
+def test_a_run_shorter_than_its_warmup_says_so_naming_both_keys(tmp_path, caplog):
+    """Issue #28 re-trial 19B M9: train.epochs cut below optim.warmup_epochs (a recipe's 40 warmup
+    epochs, a 1-epoch sanity run) ran without a note while the lr never reached its peak: one warning
+    at set-up naming both keys, not an error."""
+    cfg = toy_cfg(tmp_path, "train.epochs=1", "optim.warmup_epochs=3")
+    with caplog.at_level("INFO", logger="tgmae"):
+        assert Trainer(ToyTask(cfg), cfg).fit().position.step == 8
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "train.epochs=1" in lines[0] and "optim.warmup_epochs=3" in lines[0]
+    caplog.clear()
+    capped = toy_cfg(tmp_path / "b", "train.max_steps=4", "optim.warmup_epochs=1")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(capped), capped).fit()
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "train.max_steps=4" in lines[0] and "optim.warmup_epochs=1" in lines[0]
+    caplog.clear()
+    fits = toy_cfg(tmp_path / "c", "train.epochs=1", "optim.warmup_epochs=0.5")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(fits), fits).fit()
+    assert _warmup_warnings(caplog) == []
+
+
+def test_the_short_warmup_warning_names_the_users_keys_of_a_copied_recipe(tmp_path, caplog):
+    """A task that copies its own keys into the loop's (the attentive probe) is named by its keys."""
+    task_keys = {"train.epochs": "eval.attentive_epochs", "optim.warmup_epochs": "eval.attentive_warmup_epochs"}
+    cfg = toy_cfg(tmp_path, "train.epochs=1", "optim.warmup_epochs=2")
+    task = ToyTask(cfg)
+    task.copied_keys = task_keys
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(task, cfg).fit()
+    lines = _warmup_warnings(caplog)
+    assert len(lines) == 1 and "eval.attentive_epochs=1" in lines[0] and "eval.attentive_warmup_epochs=2" in lines[0]
+
+
 def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path):
     """A finished run rerun with other training settings is refused, key by key (old -> new);
     config.yaml keeps what ran; allowed keys (logging, train.epochs) resume; ignore_config continues."""
@@ -1248,3 +1339,20 @@ def test_a_run_of_1_process_resumed_by_2_trains_what_is_left_of_its_epochs(tmp_p
     mp.spawn(_ddp_resume_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"result{rank}.json").read_text()) == [18 + 7, [25]]
+
+
+def test_process_counts_are_said_in_the_number_they_take(tmp_path, caplog):
+    """Issue 28 (re-trial 19B N1): the resume log said "resumed on 1 processes"; a batch too big for
+    the data said "x 1 processes"."""
+    cfg = toy_cfg(tmp_path)
+    _train_until_killed(cfg, 4)  # checkpoint at step 3
+    _world_of(ckpt.find_latest(tmp_path / "run" / "checkpoints"), 2)
+    forced = toy_cfg(tmp_path, "checkpoint.resume=ignore_config")
+    with caplog.at_level("INFO", logger="tgmae"):
+        Trainer(ToyTask(forced), forced).fit()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "resumed on 1 process:" in said and "1 processes" not in said, said
+    big = toy_cfg(tmp_path / "b", "train.batch_size=128")
+    with pytest.raises(UserError) as e:
+        Trainer(ToyTask(big), big).fit()
+    assert "1 process" in str(e.value) and "1 processes" not in str(e.value), str(e.value)

@@ -28,7 +28,7 @@ from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier, 
 from tgmae.models.classifier import VideoClassifier, classifier_arch
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
-from tgmae.train.precision import resolve_precision
+from tgmae.train.precision import run_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import refuse_training_videos_as_test, subset_annotations
@@ -153,7 +153,7 @@ class FinetuneTask:
         """Scores of `model` on `dataset`, its classes matched by name to the training set's."""
         device = next(model.parameters()).device
         return evaluate_classifier(model, dataset, batch_size=self.cfg.train.batch_size,
-                                   precision=resolve_precision(self.cfg.train.precision, device),
+                                   precision=run_precision(self.cfg, device),  # the run's, kept on resume
                                    num_workers=self.cfg.data.num_workers, device=device, strict=self.cfg.eval.strict,
                                    head_names=self.class_names, head="the training set (data.train_annotations)",
                                    data=self.cfg.data.val_annotations or "the test set")

@@ -30,9 +30,10 @@ from tgmae.weights import checkpoint as ckpt
 from tgmae.errors import UserError
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
-from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr
-from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
-from tgmae.train.precision import autocast, make_grad_scaler, resolve_precision
+from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr, warn_short_warmup
+from tgmae.train.resume import Resumed, _count, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
+from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
+from tgmae.train.precision import usable as precision_usable
 from tgmae.train.sampler import ResumableSampler
 
 log = logging.getLogger("tgmae")
@@ -245,14 +246,21 @@ class Trainer:
     def _choose_precision(self) -> str:
         """train.precision for this device; "auto" under DDP: fp32 unless all ranks agree."""
         cfg, dist = self.cfg, self.dist
-        precision = resolve_precision(cfg.train.precision, dist.device)
-        if dist.enabled and cfg.train.precision == "auto":
+        auto = cfg.train.precision == "auto"
+        began = begun_precision(cfg) if auto else None  # a resume goes on in the run's precision
+        if began and precision_usable(began, dist.device):
+            precision, how = began, ", as the run began: kept in its checkpoints"
+        else:
+            precision = resolve_precision(cfg.train.precision, dist.device)
+            how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
+            how = how if auto else ""
+            if began:
+                how += f"; the run began in {began}, which {dist.device.type} lacks"
+        if dist.enabled and auto:
             precision = "fp32" if any_rank(precision == "fp32", dist.device) else precision
         if dist.is_main:
-            how = ""
-            if cfg.train.precision == "auto":
-                how = ", measured: see tgmae.autotune" if autotune_enabled() else ", TGMAE_AUTOTUNE=off: the default"
-            log.info("precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
+            log.log(logging.WARNING if began and began != precision else logging.INFO,
+                    "precision: %s (train.precision=%s%s)", precision, cfg.train.precision, how)
         return precision
 
     def _build_model(self, precision: str) -> nn.Module:
@@ -272,12 +280,12 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         if num_items < world:  # every process needs a video of its own
             raise ConfigError(f"data.train_annotations={cfg.data.train_annotations}: {num_items} training "
-                              f"video{'' if num_items == 1 else 's'}, fewer than the {world} processes started "
+                              f"video{'' if num_items == 1 else 's'}, fewer than the {_count(world, 'process', 'processes')} started "
                               "(torchrun --nproc_per_node): list more videos or start fewer processes")
         steps_per_epoch = (num_items // world) // (bs * accum)
         if steps_per_epoch == 0:
             raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "
-                              f"train.accum_steps={accum} x {world} processes")
+                              f"train.accum_steps={accum} x {_count(world, 'process', 'processes')}")
         return steps_per_epoch, planned_total(cfg, steps_per_epoch)
 
     def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
@@ -287,6 +295,8 @@ class Trainer:
         steps_per_epoch, total_steps = self._plan_steps(num_items)
         global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
         plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
+        if dist.is_main:
+            warn_short_warmup(cfg, steps_per_epoch, total_steps, getattr(task, "copied_keys", None))
         if views > 1 and dist.is_main:
             log.info("data.num_sample=%d (%s): %d views per optimizer step, lr scaled for them; "
                      "train.epochs=%d passes = %d effective epochs", views, cfg.data.repeat_mode, global_batch,
@@ -325,9 +335,9 @@ class Trainer:
         offset = resumed.step_offset
         total = planned_total(self.cfg, steps_per_epoch, offset)
         if self.dist.is_main:
-            log.warning("resumed on %d processes: %d steps an epoch now, so the run ends at step %d and the lr "
+            log.warning("resumed on %s: %d steps an epoch now, so the run ends at step %d and the lr "
                         "goes on from its step %d of %d in the plan of now (checkpoint at step %d)",
-                        self.dist.world_size, steps_per_epoch, total, resumed.position.step - offset,
+                        _count(self.dist.world_size, "process", "processes"), steps_per_epoch, total, resumed.position.step - offset,
                         total - offset, resumed.position.step)
         return dataclasses.replace(plan, total_steps=total, offset=offset)
 
@@ -512,7 +522,7 @@ class Trainer:
                 self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states,
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
-                       "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
+                       "precision": run.precision, "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
                        **({"videos": self.videos} if self.videos else {}),
                        **({"class_names": self.class_names} if self.class_names else {})},
             )

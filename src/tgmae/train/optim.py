@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from tgmae.config import OptimConfig
+from tgmae.config import OptimConfig, RunConfig
 from tgmae.train.schedule import scaled_lr, warmup_cosine
+
+log = logging.getLogger("tgmae")
 
 
 def param_groups(
@@ -89,3 +92,21 @@ def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_ste
         ratio = peak / cfg.base_lr
     warmup_steps = min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
     return LrPlan(peak, cfg.min_lr * ratio, cfg.warmup_lr * ratio, warmup_steps, total_steps)
+
+
+def warn_short_warmup(cfg: RunConfig, steps_per_epoch: int, total_steps: int,
+                      keys: Optional[Mapping[str, str]] = None) -> None:
+    """One warning when the run ends before its warmup does (train.epochs below optim.warmup_epochs,
+    or train.max_steps before the warmup's last step): the lr never reaches its peak. Not an error:
+    short sanity runs of a long recipe do it on purpose. `keys`: {loop key: the user's key} of a task
+    that copies its own settings into the loop's (`AttentiveTask.copied_keys`)."""
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    if warmup <= total_steps:
+        return
+    name = {**{k: k for k in ("train.epochs", "train.max_steps", "optim.warmup_epochs")}, **(keys or {})}
+    cut = f"{name['train.epochs']}={cfg.train.epochs}" if cfg.train.epochs < cfg.optim.warmup_epochs \
+        else f"{name['train.max_steps']}={cfg.train.max_steps}"
+    log.warning("%s ends the run before %s=%g does: the lr warms up all along and reaches about %.0f%% of its "
+                "peak (%d of %d warmup steps); fine for a short sanity run, else lower %s",
+                cut, name["optim.warmup_epochs"], cfg.optim.warmup_epochs, 100 * total_steps / warmup, total_steps,
+                warmup, name["optim.warmup_epochs"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
-from tgmae.config import ConfigError
+from tgmae.config import ConfigError, RunConfig
 
 
 PRECISION_PROBE_TOKENS, PRECISION_PROBE_WIDTH = 256, 768  # a ViT-B MLP on 256 tokens
@@ -48,6 +49,36 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision='fp16' needs a CUDA device; use bf16 or fp32 on CPU")
     return name
+
+
+def usable(precision: str, device: torch.device) -> bool:
+    """Whether `device` runs autocast in `precision` (fp16: CUDA only; bf16 on CUDA: where supported)."""
+    if precision == "fp16":
+        return device.type == "cuda"
+    if precision == "bf16" and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return precision in ("fp32", "bf16")
+
+
+def begun_precision(cfg: RunConfig) -> Optional[str]:
+    """The precision the run that `cfg` resumes (checkpoint.resume, `resume_source`) was trained in,
+    kept in its checkpoints' extras; None for a fresh run or a checkpoint written before it was kept.
+    train.precision=auto reuses it: measured again (`cpu_prefers_bf16`: another thread count, a
+    deleted cache, TGMAE_AUTOTUNE=off) a resumed run could switch bf16 <-> fp32 half way."""
+    from tgmae.train.resume import resume_source
+    from tgmae.weights.checkpoint import read_extra
+
+    source = resume_source(cfg)
+    began = read_extra(source).get("precision") if source is not None else None
+    return began if began in ("fp32", "bf16", "fp16") else None
+
+
+def run_precision(cfg: RunConfig, device: torch.device) -> str:
+    """The precision of the run `cfg` trains or resumes: under auto the one it began with where
+    `device` runs it (`begun_precision`), else `resolve_precision`. For a task's evaluations inside
+    the run (the Trainer's own choice logs why, `Trainer._choose_precision`)."""
+    began = begun_precision(cfg) if cfg.train.precision == "auto" else None
+    return began if began and usable(began, device) else resolve_precision(cfg.train.precision, device)
 
 
 def autocast(precision: str, device: torch.device):

@@ -279,9 +279,10 @@ def rebase_position(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition
     if dist.is_main and now.batches_in_epoch != position.batches_in_epoch:
         batch, _ = _stored_micro_batch(cfg, stored_config)
         world = dist.world_size if stored_world is None else int(stored_world)
-        log.warning("the checkpoint's %d processes had trained on %d videos of epoch %d: this run (%d x %d a "
-                    "micro-batch) starts the epoch at its micro-batch %d", world, position.batches_in_epoch * batch *
-                    world, position.epoch, dist.world_size, cfg.train.batch_size, now.batches_in_epoch)
+        log.warning("the checkpoint's %s had trained on %d videos of epoch %d: this run (%d x %d a "
+                    "micro-batch) starts the epoch at its micro-batch %d", _count(world, "process", "processes"),
+                    position.batches_in_epoch * batch * world, position.epoch, dist.world_size,
+                    cfg.train.batch_size, now.batches_in_epoch)
     return now
 
 

@@ -16,7 +16,8 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, dataset_size: int, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, seed: int = 0):
         if dataset_size < world_size:
-            raise ValueError(f"dataset has {dataset_size} items, fewer than {world_size} processes")
+            raise ValueError(f"dataset has {dataset_size} items, fewer than {world_size} "
+                             f"process{'' if world_size == 1 else 'es'}")
         self.dataset_size = dataset_size
         self.rank = rank
         self.world_size = world_size

@@ -326,10 +326,7 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         model_state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint weights {weights} are corrupted or unreadable: {e}") from None
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated/garbled pickles
-        raise CheckpointError(f"checkpoint state {state_file} is corrupted or unreadable: {e}") from None
+    state = _read_state(state_file)
     try:
         pos = state["position"]
         return LoadedCheckpoint(
@@ -343,6 +340,27 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
             extra=json.loads(state.get("extra_json", "{}")),
         )
     except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint state {state_file} lacks a field: {e}") from None
+
+
+def _read_state(state_file: Path, mmap: bool = False) -> dict:
+    """state.pt's record (`mmap`: its tensors mapped, not read); damage is a CheckpointError naming it."""
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises several types for truncated/garbled pickles
+        raise CheckpointError(f"checkpoint state {state_file} is corrupted or unreadable: {e}") from None
+
+
+def read_extra(path: Path) -> dict:
+    """A checkpoint's `extra` record (what `save_checkpoint(extra=)` kept) without reading its weights
+    or optimizer state: for choices made before the model is built (the run's precision). A missing
+    or damaged state.pt is a CheckpointError naming it, as `load_checkpoint`'s."""
+    state_file = Path(path) / "state.pt"
+    if not state_file.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: state.pt is missing")
+    try:
+        return dict(json.loads(_read_state(state_file, mmap=True).get("extra_json", "{}")))
+    except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint state {state_file} lacks a field: {e}") from None
 
 
