@@ -115,6 +115,7 @@ def test_feature_cache_is_reused_and_keyed_by_weights_and_data(checkpoint, tmp_p
     assert feature_cache_key(digest, other.data, "train")[0] != key
     assert feature_cache_key(digest, cfg.data, "val")[0] != key
     assert feature_cache_key("0" * 64, cfg.data, "train")[0] != key
+    assert feature_cache_key(digest, cfg.data, "train", precision="bf16")[0] != key  # re-trial 19B: bf16 features
     workers = probe_cfg(tmp_path, checkpoint, "data.train_annotations=a.csv", "data.num_workers=3")
     assert feature_cache_key(digest, workers.data, "train")[0] == key
     # a damaged cache file is recomputed, not trusted

@@ -262,13 +262,13 @@ def train_pooled(cfg, data, encoder: nn.Module, digest: str, device: torch.devic
     from tgmae.evaluate.probe import scored_video_ids
     from tgmae.train.precision import resolve_precision
 
+    precision = resolve_precision(cfg.train.precision, device)
     key, inputs = feature_cache_key(digest, cfg.data, "train", "tokens", videos=[r.path for r in data.records],
-                                    classes=list(getattr(data, "class_names", None) or []))
+                                    classes=list(getattr(data, "class_names", None) or []), precision=precision)
     root = Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
     skipped: list = []
     tokens, _ = cached_features(encoder, data, root / f"train-{key}.safetensors", inputs, strict=cfg.eval.strict,
-                                unreadable=skipped, batch_size=cfg.train.batch_size,
-                                precision=resolve_precision(cfg.train.precision, device),
+                                unreadable=skipped, batch_size=cfg.train.batch_size, precision=precision,
                                 num_workers=cfg.data.num_workers, device=device,
                                 progress=progress and cfg.log.progress, tokens=True)
     return temporal_pool(tokens, int(encoder.arch.grid[0])), scored_video_ids(data, skipped)

@@ -79,17 +79,19 @@ def _file_fingerprint(path: str, root: str) -> str:
 
 def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: str = POOLING,
                       views: str = "", videos: Sequence[str] = (),
-                      classes: Sequence[str] = ()) -> tuple[str, dict]:
+                      classes: Sequence[str] = (), precision: str = "fp32") -> tuple[str, dict]:
     """(key, inputs): the cache key of one subset's features and what it was computed from.
     pooling: POOLING, or "tokens" (the whole token grid); views: "TxS" for multi-view samples
     ("" = the centre clip; only then is the key the linear probe's); videos: the subset's video
     paths, whose files are part of the key (`videos_fingerprint`); classes: the subset's class names
-    in label order (a reordered classes.txt renumbers labels given as names, so it is another key)."""
+    in label order (a reordered classes.txt renumbers labels given as names, so it is another key);
+    precision: the encoder's autocast (resolved: fp32 / bf16 / fp16), whose features differ slightly."""
     d = data_cfg
     ann = subset_annotations(d, "train" if subset == "train" else "val")
     extra = {"views": views} if views else {}
     inputs = {
         "version": CACHE_VERSION, "pooling": pooling, **extra, "encoder": encoder_digest, "subset": subset,
+        "precision": precision,
         "data": {"format": d.format, "root": str(Path(d.root).resolve()) if d.root else "",
                  "annotations": ann, "annotations_sha256": _file_fingerprint(ann, d.root), "split": d.split,
                  "num_frames": d.num_frames, "frame_stride": d.frame_stride, "sampling": d.sampling,

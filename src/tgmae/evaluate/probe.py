@@ -275,17 +275,20 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         check(encoder.arch, train_data)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
 
+    precision = resolve_precision(cfg.train.precision, device)
+
     def get(subset: str, data: Dataset) -> FeatureDataset:
         views = views_per_sample(data)
         view_tag = f"{data.num_temporal}x{data.num_spatial}" if views > 1 else ""
         if from_cfg[subset]:
             key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag,
                                             videos=[r.path for r in getattr(data, "records", [])],
-                                            classes=list(getattr(data, "class_names", None) or []))
+                                            classes=list(getattr(data, "class_names", None) or []),
+                                            precision=precision)
             path: Optional[Path] = root / f"{subset}-{key}.safetensors"
         elif cache_dir is not None:
             inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": cfg.data.num_frames,
-                      "image_size": cfg.data.image_size, **({"tokens": True} if tokens else {})}
+                      "image_size": cfg.data.image_size, "precision": precision, **({"tokens": True} if tokens else {})}
             key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
             path = root / f"{subset}-{key}.safetensors"
         else:
@@ -293,7 +296,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         skipped: list = []
         feats, labels = cached_features(
             encoder, data, path, inputs, strict=cfg.eval.strict, unreadable=skipped,
-            batch_size=max(1, cfg.train.batch_size // views), precision=resolve_precision(cfg.train.precision, device),
+            batch_size=max(1, cfg.train.batch_size // views), precision=precision,
             num_workers=cfg.data.num_workers, device=device, progress=progress and cfg.log.progress,
             **({"tokens": True} if tokens else {}))
         features = FeatureDataset(feats, labels)
