@@ -296,13 +296,21 @@ def test_every_writer_names_the_path_it_cannot_write(data, capsys, tmp_path):
 def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsys, monkeypatch):
     """Issue 28 (re-trial 18, B5): `torchrun --nproc_per_node=2 -m tgmae.cli pretrain masking.ratio=2`
     printed the one line once per rank. A config error (the same on every rank: it comes from
-    the command line) is printed by rank 0; every rank exits 2."""
+    the command line) is printed by rank 0; every rank exits 2, the others after a grace
+    (`RANK0_GRACE_S`: exiting first, they would have torchrun stop rank 0 before it prints)."""
+    import time
+
+    from tgmae import cli
+
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
     for rank, printed in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")
         assert main([command, "masking.ratio=2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert (len(err) == 1 and "masking.ratio" in err[0]) if printed else err == [], (rank, err)
+    assert waits == [cli.RANK0_GRACE_S]  # rank 1 only
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):

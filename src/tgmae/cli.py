@@ -48,6 +48,9 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+RANK0_GRACE_S = 2.0  # how long the other ranks wait before exiting on a mistake rank 0 prints
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -90,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (torchrun then exits 1 with its own ChildFailedError summary, which names exitcode 2)
         if not (is_every_rank(e) and other_launched_rank()):
             print(f"tgmae {name}: {line}", file=sys.stderr)
+        else:  # exiting first, this rank would have torchrun stop rank 0 before it prints the line
+            import time
+
+            time.sleep(RANK0_GRACE_S)
         return 2
 
 
