@@ -194,8 +194,14 @@ def test_probe_cli_on_synthetic_videos_caches_features(synth, tmp_path):
     files = sorted(p.name for p in (run / "features").glob("*.safetensors"))
     assert [f.split("-")[0] for f in files] == ["train", "val"]
     stamp = [(run / "features" / f).stat().st_mtime_ns for f in files]
-    assert main(args) == 0  # second run: features come from the cache
+    # second run (its own folder: checkpoint.resume='' into the first's is refused): features from the cache
+    again = [*args[:3], f"train.output_dir={tmp_path / 'again'}", f"eval.feature_cache={run / 'features'}", args[-1]]
+    assert main(again) == 0
     assert [(run / "features" / f).stat().st_mtime_ns for f in files] == stamp
+    from tgmae.locks import RunFolderError
+
+    with pytest.raises(RunFolderError, match="train.output_dir"):  # a fresh start asked into the probe's folder
+        main(args)
     result = json.loads((run / "probe_results.json").read_text())
     rows = {name: len((synth / f"{name}.csv").read_text().strip().splitlines()) - 1 for name in ("train", "val")}
     assert result["num_train"] == rows["train"] and result["num_val"] == rows["val"]
@@ -639,7 +645,9 @@ def test_a_probe_killed_before_its_predictions_has_no_results_and_its_rerun_writ
     out = tmp_path / "probe"
     assert not (out / "probe_results.json").exists()
     monkeypatch.undo()
-    run_probe(cfg, **data)
+    # the rerun as a user's (checkpoint.resume=auto): a loop probe's own checkpoint, a fresh start
+    # (checkpoint.resume='') into the killed probe's folder being refused
+    run_probe(probe_cfg(tmp_path, checkpoint, *kind, "checkpoint.resume=auto"), **data)
     assert (out / "probe_results.json").is_file() and (out / "test_predictions.csv").is_file()
 
 

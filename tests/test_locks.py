@@ -431,3 +431,22 @@ def test_a_holder_record_masks_secret_option_values(tmp_path, monkeypatch):
     with hold(tmp_path / "out.json", "--out", folder=False):
         text = lock_file(tmp_path / "out.json").read_text()
     assert "SECRET" not in text and "--api-key ***" in json.loads(text)["command"]
+
+
+def test_run_files_name_what_a_fresh_run_would_replace(tmp_path):
+    """`run_files`: weights, results, a metrics.jsonl with records and step folders count (config.yaml
+    named beside them); a run stopped before its first logged step holds nothing of worth."""
+    from tgmae.locks import RunFolderError, refuse_holding_run, run_files
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "metrics.jsonl").write_text("")
+    assert run_files(run) == []
+    refuse_holding_run(run, "train.output_dir", "x")  # nothing to refuse
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "checkpoints" / "step_00000001").mkdir()
+    (run / "model.safetensors").write_bytes(b"w")
+    assert run_files(run) == ["config.yaml", "model.safetensors", "metrics.jsonl", "1 step folder in checkpoints/"]
+    with pytest.raises(RunFolderError, match=r"run \(train.output_dir\): holds a run \(config.yaml, model"):
+        refuse_holding_run(run, "train.output_dir", "has no checkpoint")

@@ -1356,3 +1356,131 @@ def test_process_counts_are_said_in_the_number_they_take(tmp_path, caplog):
     with pytest.raises(UserError) as e:
         Trainer(ToyTask(big), big).fit()
     assert "1 process" in str(e.value) and "1 processes" not in str(e.value), str(e.value)
+
+
+def _folder_state(run: Path) -> dict:
+    """Every file under `run` (relative path -> bytes): what a refused run must leave as it was."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["no checkpoints", "empty checkpoints", "fresh start asked", "another's checkpoint"])
+def test_a_run_folder_that_resume_cannot_continue_is_refused_naming_it(tmp_path, how):
+    """Issue 28, re-trial 19B S1: a finished run folder whose checkpoints/ was deleted (to free disk),
+    or one given checkpoint.resume='' (start afresh), was overwritten without a word by a run of other
+    settings: its metrics.jsonl cut, config.yaml replaced, old step folders left beside new ones.
+    Refused in one line naming the folder and what it holds, before anything is written."""
+    import shutil
+
+    from tgmae.locks import RunFolderError
+
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+    run = tmp_path / "run"
+    resume = "auto"
+    if how == "no checkpoints":
+        shutil.rmtree(run / "checkpoints")
+    elif how == "empty checkpoints":
+        for p in (run / "checkpoints").iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif how == "fresh start asked":
+        resume = "''"
+    else:  # a checkpoint of another run, resumed into this one's folder
+        elsewhere = toy_cfg(tmp_path / "other")
+        Trainer(ToyTask(elsewhere), elsewhere).fit()
+        resume = str(ckpt.find_latest(tmp_path / "other" / "run" / "checkpoints"))
+    before = _folder_state(run)
+    other = toy_cfg(tmp_path, "optim.lr=0.05", f"checkpoint.resume={resume}")
+    with pytest.raises(RunFolderError) as e:
+        Trainer(ToyTask(other), other).fit()
+    msg = str(e.value)
+    assert isinstance(e.value, UserError) and "\n" not in msg
+    assert str(run) in msg and "metrics.jsonl" in msg and "train.output_dir" in msg
+    assert ("step folders" in msg) == (how in ("fresh start asked", "another's checkpoint"))
+    assert _folder_state(run) == before  # nothing replaced, cut or added
+
+
+def test_a_run_that_never_logged_a_step_restarts_in_its_folder(tmp_path):
+    """A run stopped before its first logged step (an out-of-memory first batch) leaves config.yaml
+    and an empty metrics.jsonl, nothing of worth: its rerun (e.g. a smaller batch) is not refused."""
+    cfg = toy_cfg(tmp_path)
+    (tmp_path / "run").mkdir()
+    from tgmae.config import save_config
+
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    smaller = toy_cfg(tmp_path, "train.batch_size=4")
+    assert Trainer(ToyTask(smaller), smaller).fit().position.step == 32
+
+
+@pytest.mark.parametrize("how", ["removed", "symlink"])
+def test_a_run_without_a_readable_latest_resumes_its_newest_complete_step(tmp_path, caplog, how):
+    """Issue 28, re-trial 19B S1: without checkpoints/latest (a kill between the first step folder's
+    rename and the write of `latest` leaves this) the run started over, replacing its files. The
+    newest complete step folder is resumed, said in one line; a `latest` symlink to a step folder of
+    the run is followed. The resume is step-exact."""
+    cfg_a = toy_cfg(tmp_path / "a")
+    ref = Trainer(ToyTask(cfg_a), cfg_a).fit().model
+    cfg = toy_cfg(tmp_path / "b")
+    _train_until_killed(cfg, 7)
+    ckpts = tmp_path / "b" / "run" / "checkpoints"
+    assert ckpt.find_latest(ckpts).name == "step_00000006"
+    (ckpts / "latest").unlink()
+    if how == "symlink":
+        (ckpts / "latest").symlink_to("step_00000006")
+    else:
+        (ckpts / "step_00000003" / "state.pt").unlink()  # an older, incomplete one is never chosen
+        (ckpts / "step_00000007").mkdir()  # nor a newer incomplete one
+    assert ckpt.find_latest(ckpts).name == "step_00000006"
+    with caplog.at_level("INFO", logger="tgmae"):
+        resumed = Trainer(ToyTask(cfg), cfg).fit().model
+    assert torch.equal(flat_params(ref), flat_params(resumed))
+    if how == "removed":
+        said = [r.getMessage() for r in caplog.records if "latest" in r.getMessage()]
+        assert len(said) == 1 and "step_00000006" in said[0]
+    assert (ckpts / "latest").is_file() and not (ckpts / "latest").is_symlink()
+
+
+def test_a_dangling_or_foreign_latest_symlink_is_refused_naming_it(tmp_path):
+    """A `latest` symlink to nothing, or to a folder outside the run's checkpoints/, is refused naming
+    it (as a text `latest` naming a missing step is), not taken for a run without checkpoints."""
+    cfg = toy_cfg(tmp_path)
+    Trainer(ToyTask(cfg), cfg).fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    before = _folder_state(tmp_path / "run")
+    (ckpts / "latest").unlink()
+    (ckpts / "latest").symlink_to("step_00000099")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/latest"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    (ckpts / "latest").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (ckpts / "latest").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/latest"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    (ckpts / "latest").unlink()
+    assert {k: v for k, v in _folder_state(tmp_path / "run").items() if k != "checkpoints/latest"} == \
+        {k: v for k, v in before.items() if k != "checkpoints/latest"}
+
+
+def test_ignore_config_replaces_results_without_weights_but_never_a_trained_run(tmp_path, caplog):
+    """checkpoint.resume=ignore_config is the probes' way to replace results of other settings (a
+    k-NN probe's config.yaml, probe_results.json): replaced, said in a warning. A folder holding
+    trained weights with no checkpoint to resume (a pretrain run whose checkpoints/ was deleted) is
+    refused under it too: ignore_config continues a run, it never starts one over."""
+    import shutil
+
+    from tgmae.config import save_config
+    from tgmae.locks import RunFolderError
+
+    cfg = toy_cfg(tmp_path, "checkpoint.resume=ignore_config")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    (run / "probe_results.json").write_text('{"probe": "knn"}\n')
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert Trainer(ToyTask(cfg), cfg).fit().position.step == 16
+    assert any("probe_results.json" in r.getMessage() for r in caplog.records)
+    shutil.rmtree(run / "checkpoints")
+    (run / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(RunFolderError, match="model.safetensors"):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert (run / "model.safetensors").read_bytes() == b"weights"

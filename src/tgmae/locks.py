@@ -80,6 +80,43 @@ def refuse_inside_run(path: str | os.PathLike, what: str) -> None:
                              f"give {what} a path outside any run")
 
 
+# files a finished or running run leaves that a fresh run in its folder would replace (`run_files`)
+RUN_RESULTS = ("model.safetensors", "classifier.safetensors", "probe_results.json", "finetune_results.json")
+
+
+def run_files(folder: str | os.PathLike) -> list[str]:
+    """What of a run `folder` holds that a fresh run there would replace or mix with, as named in a
+    refusal: its weights and results (`RUN_RESULTS`), a metrics.jsonl with records, the step folders
+    under checkpoints/ (counted) and, beside any of these, config.yaml. Empty for a folder without
+    them: a run stopped before its first logged step (config.yaml, an empty metrics.jsonl) holds
+    nothing of worth."""
+    folder = Path(folder)
+    held = [n for n in RUN_RESULTS if (folder / n).is_file()]
+    metrics = folder / "metrics.jsonl"
+    try:
+        if metrics.is_file() and metrics.read_text(errors="replace").strip():
+            held.append("metrics.jsonl")
+    except OSError:
+        held.append("metrics.jsonl")
+    ckpts = folder / "checkpoints"
+    steps = [p for p in ckpts.glob("step_*") if p.is_dir()] if ckpts.is_dir() else []
+    if steps:
+        held.append(f"{len(steps)} step folder{'s' if len(steps) > 1 else ''} in checkpoints/")
+    if held and (folder / "config.yaml").is_file():
+        held.insert(0, "config.yaml")
+    return held
+
+
+def refuse_holding_run(folder: str | os.PathLike, what: str, why: str) -> None:
+    """RunFolderError in one line naming `folder` (chosen by the setting `what`) and what of a run it
+    holds (`run_files`), when it holds one: `why` says why the writer would not continue it, the
+    ways out are another folder or deleting this one."""
+    held = run_files(folder)
+    if held:
+        raise RunFolderError(f"{folder} ({what}): holds a run ({', '.join(held)}) that {why}; a new run there "
+                             f"would replace it. Give {what} another folder, or delete {folder} to start afresh")
+
+
 def holds_extraction(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a `tgmae extract` output: its shards (`shard-SSSSS-of-TTTTT.safetensors`)
     or the manifest.json that lists an extraction's settings and videos (`tgmae.evaluate.extract`)."""

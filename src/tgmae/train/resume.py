@@ -21,7 +21,7 @@ from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.data.fileid import copy_key, video_identity
 from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
-from tgmae.locks import hold, refuse_extraction
+from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -45,11 +45,42 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
     if not spec:
         return None
     if spec in ("auto", ckpt.IGNORE_CONFIG):
-        return ckpt.find_latest(Path(cfg.train.output_dir) / "checkpoints")
+        ckpts = Path(cfg.train.output_dir) / "checkpoints"
+        found = ckpt.find_latest(ckpts)
+        if found is not None and not os.path.lexists(ckpts / LATEST):
+            log.info("%s has no `latest` (a kill before it was written?): resuming its newest complete step "
+                     "folder, %s", ckpts, found.name)
+        return found
     path = Path(spec)
     if not path.exists():
         raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
     return path
+
+
+WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
+
+
+def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path]) -> None:
+    """RunFolderError naming train.output_dir when it holds a run (`locks.run_files`) that this one
+    would not continue: no checkpoint of its own to resume (checkpoints/ deleted to free disk),
+    checkpoint.resume='' (start afresh), or a checkpoint.resume path outside it. A fresh run there
+    would replace its weights, config.yaml and metrics.jsonl and leave its step folders beside its own.
+    Under checkpoint.resume=ignore_config, a folder holding results without trained weights (`WEIGHTS`;
+    a k-NN or L-BFGS probe's) is replaced with a warning, as the probes' refusals offer."""
+    out = Path(cfg.train.output_dir)
+    if source is not None and Path(source).resolve().is_relative_to(out.resolve()):
+        return
+    spec = cfg.checkpoint.resume
+    held = run_files(out)
+    trained = any(h in WEIGHTS or h.endswith("in checkpoints/") for h in held)
+    if spec == ckpt.IGNORE_CONFIG and held and not trained:
+        # results alone (a k-NN probe's): ignore_config replaces them, as the results' own refusals say
+        log.warning("%s: replacing what it holds (%s) under checkpoint.resume=%s", out, ", ".join(held), spec)
+        return
+    why = ("checkpoint.resume='' would not continue (it starts afresh)" if not spec else
+           f"checkpoint.resume={spec} (a checkpoint outside it) would not continue" if source is not None else
+           f"has no complete checkpoint in {out / 'checkpoints'} to resume")
+    refuse_holding_run(out, "train.output_dir", why)
 
 
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
@@ -65,6 +96,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     run's; on another number of processes than the checkpoint's, `total_steps` is re-counted from
     the position its data reached (`plan_offset`, returned as Resumed.step_offset)."""
     source = resume_source(cfg)
+    refuse_unresumed_run(cfg, source)
     if source is None:
         return Resumed()
     loaded = ckpt.load_checkpoint(source)

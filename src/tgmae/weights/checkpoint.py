@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,11 +293,44 @@ def _prune(directory: Path, keep_last: int, keep: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+STEP_FOLDER = re.compile(r"step_\d{8}")  # a step checkpoint's folder name (`save_checkpoint`)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a step folder holds both files of a checkpoint (a folder renamed into place does)."""
+    return all((folder / f).is_file() for f in ("model.safetensors", "state.pt"))
+
+
+def step_folders(directory: Path) -> list[Path]:
+    """The step folders (`step_<8 digits>`) in a run's checkpoints/ folder, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if STEP_FOLDER.fullmatch(p.name) and p.is_dir())
+
+
+def newest_complete(directory: Path) -> Optional[Path]:
+    """The newest step folder holding both checkpoint files (`_complete`), else None."""
+    return next((p for p in reversed(step_folders(directory)) if _complete(p)), None)
+
+
 def find_latest(directory: Path) -> Optional[Path]:
-    """The checkpoint `latest` names, or None when the run has none yet."""
+    """The checkpoint `latest` names; without a `latest` file, the newest complete step folder
+    (`newest_complete`: a kill between a step folder's rename and the write of `latest` leaves one);
+    None when the run has none. A `latest` symlink is followed to a step folder of `directory`.
+    CheckpointError naming `latest` when it names a folder that is not there (or, a symlink, one
+    outside `directory`) or is not a file."""
     pointer = directory / LATEST
+    if pointer.is_symlink():
+        target = Path(os.path.realpath(pointer))
+        if target.parent == Path(os.path.realpath(directory)) and target.is_dir():
+            return directory / target.name
+        raise CheckpointError(f"{pointer} is a symlink to {os.readlink(pointer)}, not a step folder of {directory}: "
+                              "write a step folder's name into it, or remove it to resume the newest complete one")
+    if os.path.lexists(pointer) and not pointer.is_file():
+        raise CheckpointError(f"{pointer} is not a file (a run writes its newest step folder's name there): "
+                              "remove it to resume the newest complete step folder")
     if not pointer.is_file():
-        return None
+        return newest_complete(directory)
     path = directory / pointer.read_text().strip()
     if not path.is_dir():
         raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
