@@ -274,7 +274,6 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     if check is not None:
         check(encoder.arch, train_data)
     root = Path(cache_dir) if cache_dir else Path(cfg.eval.feature_cache or Path(cfg.train.output_dir) / "features")
-
     precision = resolve_precision(cfg.train.precision, device)
 
     def get(subset: str, data: Dataset) -> FeatureDataset:
@@ -282,9 +281,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         view_tag = f"{data.num_temporal}x{data.num_spatial}" if views > 1 else ""
         if from_cfg[subset]:
             key, inputs = feature_cache_key(digest, cfg.data, subset, "tokens" if tokens else POOLING, view_tag,
-                                            videos=[r.path for r in getattr(data, "records", [])],
-                                            classes=list(getattr(data, "class_names", None) or []),
-                                            precision=precision)
+                                            videos=[r.path for r in getattr(data, "records", [])], precision=precision,
+                                            classes=list(getattr(data, "class_names", None) or []))
             path: Optional[Path] = root / f"{subset}-{key}.safetensors"
         elif cache_dir is not None:
             inputs = {"encoder": digest, "subset": subset, "in_memory": len(data), "num_frames": cfg.data.num_frames,
