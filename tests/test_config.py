@@ -301,3 +301,15 @@ def test_an_override_that_is_not_valid_yaml_is_one_line_naming_it():
         load_config(None, ["data.crop_scales=[1.0,"])
     msg = str(e.value)
     assert "\n" not in msg and "data.crop_scales=[1.0," in msg and "column" in msg
+
+
+def test_mixing_that_would_do_nothing_is_refused_naming_the_keys():
+    """Re-trial 20B (S1, S2): a negative mixup / cutmix alpha turned mixing off though the config
+    said 0.8; a batch of one video per process mixed each clip with itself (mix_lambda logged)."""
+    for override, key in (("eval.mixup=-1", "eval.mixup=-1"), ("eval.cutmix=-2", "eval.cutmix=-2")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [override])
+    with pytest.raises(ConfigError, match=r"eval.mixup=0.8 .*train.batch_size=1"):
+        load_config(None, ["eval.mixup=0.8", "train.batch_size=1"])
+    assert load_config(None, ["eval.mixup=0.8", "eval.cutmix=1.0", "train.batch_size=2"]).eval.cutmix == 1.0
+    assert load_config(None, ["train.batch_size=1"]).train.batch_size == 1  # no mixing: any batch

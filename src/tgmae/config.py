@@ -411,6 +411,9 @@ class EvalConfig:
             raise ConfigError(f"eval.probe_folds={self.probe_folds}: must be >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"eval.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        for key in ("mixup", "cutmix"):  # a negative alpha turned mixing off while the config said otherwise
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise ConfigError(f"eval.{key}={getattr(self, key)}: must be >= 0 (0 = off)")
         check_choice("eval.retrieval_text", self.retrieval_text, RETRIEVAL_TEXTS)
         if isinstance(self.retrieval_align_epochs, bool) or self.retrieval_align_epochs < 0:
             raise ConfigError(f"eval.retrieval_align_epochs={self.retrieval_align_epochs}: must be >= 0 (0 = the "
@@ -477,6 +480,11 @@ class RunConfig:
         if self.masking.name == "tgm" and not self.captions.file:
             raise ConfigError("masking.name='tgm' needs captions.file (text guides the mask)")
         self._check_view_ratio()
+        e = self.eval
+        if (e.mixup > 0 or e.cutmix > 0) and self.train.batch_size < 2:
+            raise ConfigError(f"eval.mixup={e.mixup} / eval.cutmix={e.cutmix} mix each clip with another video of its "
+                              f"process's batch: train.batch_size={self.train.batch_size} holds one, so nothing "
+                              "would mix; raise train.batch_size to 2 or more, or set both to 0")
         if self.masking.decoder_ratio is not None and self.contrastive.objective == "contrastive":
             raise ConfigError(f"masking.decoder_ratio={self.masking.decoder_ratio} is unused: "
                               "contrastive.objective='contrastive' trains no decoder; leave it null")
