@@ -95,3 +95,15 @@ def test_a_key_twice_inside_an_override_value_or_a_study_files_list_is_refused(t
         load_study(str(path))
     path.write_text("pretrain: [model.preset=micro, data.num_workers=0]\n")
     assert load_study(str(path)).pretrain == ["model.preset=micro", "data.num_workers=0"]
+
+
+def test_closing_lines_are_said_by_rank_0_alone(capsys, monkeypatch):
+    """Re-trial 20B (M2): under torchrun "run directory: ..." and the test line were printed by
+    every rank."""
+    from tgmae.commands.args import say
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, shown in (("1", ""), ("0", "run directory: x\n")):
+        monkeypatch.setenv("RANK", rank)
+        say("run directory: x")
+        assert capsys.readouterr().out == shown

@@ -21,6 +21,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     return args
 
 
+def say(text: str) -> None:
+    """Print a command's closing lines once: under torchrun, rank 0 alone (every rank ends a run
+    with the same results)."""
+    from tgmae.distributed import other_launched_rank
+
+    if not other_launched_rank():
+        print(text)
+
+
 class ConfigFile(argparse.Action):
     """`-c/--config FILE`. Given twice, argparse would keep the last silently: refused naming both
     (ConfigError, exit 2)."""

@@ -7,7 +7,7 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
+    from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import multiview as lib
     from tgmae.evaluate.metrics import left_out_text, topk_text
 
@@ -15,6 +15,6 @@ def main(argv: Sequence[str]) -> int:
     result = lib.evaluate_checkpoint(cfg)
     left_out = left_out_text(result.num_unreadable, result.num_videos + result.num_unreadable, "test",
                              "test_results.json")
-    print(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
+    say(f"{topk_text(result.top1, result.top5)}  mean class {result.mean_class_accuracy:.4f}  "
           f"({result.num_videos} videos x {result.num_views} views" + (f"; {left_out})" if left_out else ")"))
     return 0

@@ -7,17 +7,17 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
+    from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import finetune as lib
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import FINETUNE_RECIPE
 
     cfg, _ = parse_run_args("finetune", argv, description=lib.__doc__.splitlines()[0], base=FINETUNE_RECIPE)
     result = lib.finetune(cfg)
-    print(f"run directory: {result.output_dir}")
+    say(f"run directory: {result.output_dir}")
     if result.test is not None:
         t = result.test
         left_out = left_out_text(t.num_unreadable, t.num_videos + t.num_unreadable, "test", "test_results.json")
-        print(f"test {topk_text(t.top1, t.top5)}  ({t.num_videos} videos x {t.num_views} views"
+        say(f"test {topk_text(t.top1, t.top5)}  ({t.num_videos} videos x {t.num_views} views"
               + (f"; {left_out})" if left_out else ")"))
     return 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tgmae.commands.args import parse_run_args
+from tgmae.commands.args import parse_run_args, say
 
 
 def main(argv: Sequence[str]) -> int:
     from tgmae.train.pretrain import pretrain
 
     cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])
-    print(f"run directory: {pretrain(cfg)}")
+    say(f"run directory: {pretrain(cfg)}")
     return 0

@@ -8,7 +8,7 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
+    from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import probe as lib
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import PROBE_RECIPE
@@ -17,12 +17,12 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.probes import run_probe
 
     result = run_probe(cfg)
-    print(f"run directory: {result.output_dir}")
+    say(f"run directory: {result.output_dir}")
     left_out = left_out_text(result.val_left_out, result.val_videos, "val", "probe_results.json")
     if cfg.eval.probe == "knn":
         lines = [f"k-NN probe k={k}: {topk_text(r.top1, r.top5)}" for k, r in result.by_k.items()]
     else:
         lines = [f"{cfg.eval.probe} probe {topk_text(result.top1, result.top5)}  (best top-1 {result.best_top1:.4f})"]
     lines[-1] += f"; {left_out}" if left_out else ""  # the final line: what the scores leave out
-    print("\n".join(lines))
+    say("\n".join(lines))
     return 0

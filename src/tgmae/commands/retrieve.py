@@ -7,14 +7,14 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from tgmae.commands.args import parse_run_args
+    from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import retrieval as lib
 
     cfg, _ = parse_run_args("retrieve", argv, description=lib.__doc__.splitlines()[0])
     r = lib.evaluate_retrieval(cfg)
-    print(f"{r.mode}: {r.sizes_text()}")  # the gallery each way, not only the texts with a video
+    say(f"{r.mode}: {r.sizes_text()}")  # the gallery each way, not only the texts with a video
     for name, direction in (("video->text", "video_to_text"), ("text->video", "text_to_video")):
         chance = lib.chance_text(r, direction)
-        print(f"{name} " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in getattr(r, direction).items())
+        say(f"{name} " + "  ".join(f"R@{k} {100 * v:.1f}" for k, v in getattr(r, direction).items())
               + (f"  ({chance})" if chance else ""))
     return 0
