@@ -107,3 +107,11 @@ def test_closing_lines_are_said_by_rank_0_alone(capsys, monkeypatch):
         monkeypatch.setenv("RANK", rank)
         say("run directory: x")
         assert capsys.readouterr().out == shown
+
+
+def test_counts_in_messages_take_their_number():
+    """Re-trial 20B (M3): "1 videos of syn", "(1 videos x 6 views)", "1 processes"."""
+    from tgmae.errors import count
+
+    assert (count(1, "video"), count(6, "view"), count(1, "process", "processes"), count(2, "process", "processes"),
+            count(0, "batch", "batches")) == ("1 video", "6 views", "1 process", "2 processes", "0 batches")

@@ -10,6 +10,11 @@ import re
 from typing import Optional
 
 
+def count(n: int, one: str, many: str = "") -> str:
+    """`n` with its noun in the number it takes, for messages: 1 step, 2 steps, 1 process."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 class UserError(Exception):
     """Bad input whose message names the key or path and the way out (CLI: exit 2, no traceback)."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tgmae.atomic import atomic_write_text, check_writable
+from tgmae.errors import count
 from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
         max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
         progress=not args.no_progress, rebuild=args.rebuild,
     )
-    print(f"eval-masks: {quality.videos} videos of {args.root} ({args.split}), "
+    print(f"eval-masks: {count(quality.videos, 'video')} of {args.root} ({args.split}), "
           f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")
     print(format_table(quality))
     if args.out:

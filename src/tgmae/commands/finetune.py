@@ -9,6 +9,7 @@ from typing import Sequence
 def main(argv: Sequence[str]) -> int:
     from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import finetune as lib
+    from tgmae.errors import count
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import FINETUNE_RECIPE
 
@@ -18,6 +19,6 @@ def main(argv: Sequence[str]) -> int:
     if result.test is not None:
         t = result.test
         left_out = left_out_text(t.num_unreadable, t.num_videos + t.num_unreadable, "test", "test_results.json")
-        say(f"test {topk_text(t.top1, t.top5)}  ({t.num_videos} videos x {t.num_views} views"
+        say(f"test {topk_text(t.top1, t.top5)}  ({count(t.num_videos, 'video')} x {count(t.num_views, 'view')}"
               + (f"; {left_out})" if left_out else ")"))
     return 0

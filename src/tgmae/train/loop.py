@@ -27,11 +27,11 @@ from tgmae.data.dataset import loader_worker_init
 from tgmae.models.attention import plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
-from tgmae.errors import UserError
+from tgmae.errors import UserError, count
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr, warn_short_warmup
-from tgmae.train.resume import Resumed, _count, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
+from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
 from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
 from tgmae.train.precision import usable as precision_usable
 from tgmae.train.sampler import ResumableSampler
@@ -280,12 +280,12 @@ class Trainer:
         bs, accum = cfg.train.batch_size, cfg.train.accum_steps
         if num_items < world:  # every process needs a video of its own
             raise ConfigError(f"data.train_annotations={cfg.data.train_annotations}: {num_items} training "
-                              f"video{'' if num_items == 1 else 's'}, fewer than the {_count(world, 'process', 'processes')} started "
+                              f"video{'' if num_items == 1 else 's'}, fewer than the {count(world, 'process', 'processes')} started "
                               "(torchrun --nproc_per_node): list more videos or start fewer processes")
         steps_per_epoch = (num_items // world) // (bs * accum)
         if steps_per_epoch == 0:
             raise ConfigError(f"dataset has {num_items} items: too few for train.batch_size={bs} x "
-                              f"train.accum_steps={accum} x {_count(world, 'process', 'processes')}")
+                              f"train.accum_steps={accum} x {count(world, 'process', 'processes')}")
         return steps_per_epoch, planned_total(cfg, steps_per_epoch)
 
     def _set_up(self, model: nn.Module, precision: str, num_items: int, views: int = 1) -> _Run:
@@ -337,7 +337,7 @@ class Trainer:
         if self.dist.is_main:
             log.warning("resumed on %s: %d steps an epoch now, so the run ends at step %d and the lr "
                         "goes on from its step %d of %d in the plan of now (checkpoint at step %d)",
-                        _count(self.dist.world_size, "process", "processes"), steps_per_epoch, total, resumed.position.step - offset,
+                        count(self.dist.world_size, "process", "processes"), steps_per_epoch, total, resumed.position.step - offset,
                         total - offset, resumed.position.step)
         return dataclasses.replace(plan, total_steps=total, offset=offset)
 

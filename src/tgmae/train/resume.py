@@ -21,6 +21,7 @@ from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.data.fileid import copy_key, video_identity
 from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
+from tgmae.errors import count
 from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
 
@@ -165,11 +166,6 @@ def _epochs_key(task_name: str) -> str:
     return "eval.attentive_epochs" if task_name == "attentive_probe" else "train.epochs"
 
 
-def _count(n: int, one: str, many: str = "") -> str:
-    """`n` with its noun in the number it takes: 1 step, 2 steps."""
-    return f"{n} {one if n == 1 else (many or one + 's')}"
-
-
 def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.TrainPosition) -> None:
     """CheckpointError naming the key when the checkpoint is past the run asked for (more epochs
     than train.epochs / eval.attentive_epochs, counting a started one; more steps than
@@ -183,13 +179,13 @@ def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.
         return
     where = f"the run in {cfg.train.output_dir}" if cfg.checkpoint.resume in ("auto", ckpt.IGNORE_CONFIG) \
         else f"checkpoint.resume={source}"
-    done = _count(position.epoch, "epoch")
+    done = count(position.epoch, "epoch")
     if position.batches_in_epoch:
-        done += f" and {_count(position.batches_in_epoch, 'batch', 'batches')}"
-    asked = f"the {_count(epochs, 'epoch')} asked for ({key}={epochs})" if over_epochs \
-        else f"the {_count(cfg.train.max_steps, 'step')} asked for (train.max_steps={cfg.train.max_steps})"
+        done += f" and {count(position.batches_in_epoch, 'batch', 'batches')}"
+    asked = f"the {count(epochs, 'epoch')} asked for ({key}={epochs})" if over_epochs \
+        else f"the {count(cfg.train.max_steps, 'step')} asked for (train.max_steps={cfg.train.max_steps})"
     raise ckpt.CheckpointError(
-        f"{where} already trained {done} ({_count(position.step, 'step')}), more than {asked}: a run is not "
+        f"{where} already trained {done} ({count(position.step, 'step')}), more than {asked}: a run is not "
         "shortened. Use another train.output_dir (raising the key continues this run).")
 
 
@@ -286,9 +282,9 @@ def world_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored_world: Op
     batch, accum = _stored_micro_batch(cfg, stored_config)
     before = batch * accum * int(stored_world)
     now = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
-    was = f"{_count(int(stored_world), 'process', 'processes')}"
+    was = f"{count(int(stored_world), 'process', 'processes')}"
     return _refuse_or_record(
-        cfg, source, f"it was trained on {was}, this run has {_count(dist.world_size, 'process', 'processes')} "
+        cfg, source, f"it was trained on {was}, this run has {count(dist.world_size, 'process', 'processes')} "
         f"(global batch {before} -> {now}: the lr scaled with it, the schedule's length and the data position "
         f"would differ); resume it on {was} (torchrun --nproc_per_node={stored_world})",
         ("processes (global batch)", f"{stored_world} ({before})", f"{dist.world_size} ({now})"))
@@ -304,17 +300,18 @@ def rebase_position(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition
                     stored_config: Mapping[str, Any]) -> ckpt.TrainPosition:
     """The position inside the epoch in this run's micro-batches when the checkpoint's held other
     clips per micro-batch (processes, train.batch_size: under checkpoint.resume=ignore_config,
-    otherwise refused): the ranks together had trained on the epoch's first batches_in_epoch x batch x processes videos
-    of the shared permutation (`ResumableSampler`), so this run starts after them, at the first whole
+    otherwise refused): the ranks together had trained on the epoch's first batches_in_epoch x
+    batch x processes videos of the shared permutation (`ResumableSampler`), so this run starts after them, at the first whole
     optimizer step of its own past them (no video trained twice; less than one global batch skipped)."""
     now = _rebased(cfg, dist, position, stored_world, stored_config)
     if dist.is_main and now.batches_in_epoch != position.batches_in_epoch:
         batch, _ = _stored_micro_batch(cfg, stored_config)
         world = dist.world_size if stored_world is None else int(stored_world)
-        log.warning("the checkpoint's %s had trained on %d videos of epoch %d: this run (%d x %d a "
-                    "micro-batch) starts the epoch at its micro-batch %d", _count(world, "process", "processes"),
-                    position.batches_in_epoch * batch * world, position.epoch, dist.world_size,
-                    cfg.train.batch_size, now.batches_in_epoch)
+        log.warning("the checkpoint's %s had trained on %d videos of epoch %d: this run (%s x %s a "
+                    "micro-batch) starts the epoch at its micro-batch %d", count(world, "process", "processes"),
+                    position.batches_in_epoch * batch * world, position.epoch,
+                    count(dist.world_size, "process", "processes"), count(cfg.train.batch_size, "video"),
+                    now.batches_in_epoch)
     return now
 
 
