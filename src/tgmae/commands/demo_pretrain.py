@@ -15,7 +15,8 @@ def main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="tgmae demo-pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")
-    parser.add_argument("--num-videos", type=int, default=240, help="synthetic videos to generate")
+    parser.add_argument("--num-videos", type=int, default=None,
+                        help="synthetic videos to generate (default 240; 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="CI-sized: few videos, few steps")
     add_config_option(parser, "pretraining config", default=str(DEFAULT_CONFIG))
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
