@@ -951,3 +951,18 @@ def test_a_model_folder_spelled_otherwise_is_the_same_model(dataset, blip_dir, t
     assert cli(dataset, blip_dir, out) == 0  # absolute: same folder; merges the parts
     assert len(read_store(out).records) == NUM_VIDEOS
     assert "6 videos" in capsys.readouterr().out
+
+
+def test_rebuild_by_rank_0_clears_parts_of_other_world_sizes_only(tmp_path):
+    """Parts left by a run of another world size would be folded in by rank 0's merge: its
+    --rebuild removes them; this run's other ranks' parts are theirs to clear."""
+    from tgmae.captions.run import clear_outputs
+
+    out = tmp_path / "c.jsonl"
+    old, mine, theirs = part_path(out, Shard(2, 3)), part_path(out, Shard(0, 2)), part_path(out, Shard(1, 2))
+    for f in (out, old, mine, theirs):
+        f.write_text(_rec("a"))
+    clear_outputs(out, Shard(1, 2))
+    assert out.exists() and old.exists() and mine.exists() and not theirs.exists()
+    clear_outputs(out, Shard(0, 2))
+    assert existing_parts(out) == [] and not out.exists()
