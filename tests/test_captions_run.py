@@ -832,3 +832,137 @@ def test_a_failed_clip_whose_range_was_fixed_is_tried_again(dataset, tmp_path):
     assert again.captioned == 1 and again.skipped == 1 and not again.errors
     assert read_store(out).by_video()["seg"].extra["frames"] == [4, 18]
     assert "seg" not in errors_path(out).read_text()
+
+
+# ------------------------------------------------ sharded runs and merges (issue 28, re-trial 20A)
+
+
+def _rec(vid: str, model: str = "m", **settings) -> str:
+    return json.dumps({"video_id": vid, "captions": ["x"], "source": "captioner", "model": model,
+                       "settings": {"keyframes": 3, **settings}}) + "\n"
+
+
+def test_every_rank_refuses_a_store_made_otherwise_whichever_video_is_first(dataset, blip_dir, tmp_path, capsys):
+    """Re-trial 20A S1: rank 1 of 2 into an --oracle store said "captioned 0 videos, 7 already
+    done" (the store's first line is rank 0's video, and only rank 0 checked the store); every rank
+    is refused as a single process is."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    out = tmp_path / "o.jsonl"
+    assert main([*ann, "--oracle", "--out", str(out)]) == 0
+    before = out.read_bytes()
+    for rank in ("0", "1"):
+        capsys.readouterr()
+        assert cli(dataset, blip_dir, out, "--rank", rank, "--world-size", "2") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0] and "'oracle'" in err[0] and "--rebuild" in err[0]
+    assert out.read_bytes() == before and existing_parts(out) == []
+
+
+def test_rank_1_of_a_rebuild_does_not_skip_the_videos_of_the_store_it_replaces(dataset, blip_dir, tmp_path, capsys):
+    """With --rebuild a rank does not read the store rank 0 replaces (under torchrun rank 0 may not
+    have removed it yet): it captions its whole share."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    out = tmp_path / "o.jsonl"
+    assert main([*ann, "--oracle", "--out", str(out)]) == 0
+    assert cli(dataset, blip_dir, out, "--rank", "1", "--world-size", "2", "--rebuild") == 0
+    assert {r.video_id for r in read_store(part_path(out, Shard(1, 2))).records} == {"v1", "v3", "v5"}
+
+
+@pytest.mark.parametrize("other", [{"model": "m2"}, {"keyframes": 2}])
+def test_merge_refuses_parts_made_otherwise_naming_them_and_the_setting(tmp_path, capsys, other):
+    """Re-trial 20A S2: `--merge` joined a blip part and a blip2 part (or --keyframes 3 and 2) into
+    one store that pretrain then trained on. Now refused naming both parts and the key; nothing is
+    written or deleted. A store already at --out made otherwise is refused likewise."""
+    out = tmp_path / "c.jsonl"
+    p0, p1 = part_path(out, Shard(0, 2)), part_path(out, Shard(1, 2))
+    p0.write_text(_rec("a"))
+    p1.write_text(_rec("b", **other) if "keyframes" in other else _rec("b", model=other["model"]))
+    key = next(iter(other))
+    assert main(["--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and p0.name in err[0] and p1.name in err[0] and key in err[0]
+    assert not out.exists() and existing_parts(out) == [p0, p1]
+    p1.write_text(_rec("b"))
+    out.write_text(_rec("z", **other) if "keyframes" in other else _rec("z", model=other["model"]))
+    assert main(["--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and key in err and existing_parts(out) == [p0, p1]
+    out.write_text(_rec("z"))
+    assert main(["--merge", "--out", str(out)]) == 0
+    assert [r.video_id for r in read_store(out).records] == ["z", "a", "b"]
+
+
+def test_merge_refuses_a_missing_rank_naming_its_part_and_the_rank_to_run(dataset, tmp_path, capsys):
+    """Re-trial 20A M4: `--merge` with only rank 1 of 2 run said "3 videos in c.jsonl", exit 0, for
+    a 7-video list. Now refused naming the missing part and the --rank to run, with or without the
+    annotations (with them: the videos lacking captions); the parts are left for the rerun."""
+    out = tmp_path / "c.jsonl"
+    p1 = part_path(out, Shard(1, 2))
+    p1.write_text(_rec("v1") + _rec("v3") + _rec("v5"))
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    for argv in (ann, []):
+        assert main([*argv, "--merge", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and part_path(out, Shard(0, 2)).name in err[0] and "--rank 0 --world-size 2" in err[0]
+        assert not out.exists() and existing_parts(out) == [p1]
+    assert main([*ann, "--merge", "--out", str(out)]) == 2
+    assert "'v0'" in capsys.readouterr().err  # with the annotations: which videos lack captions
+    part_path(errors_path(out), Shard(0, 2)).write_text('{"video_id": "v0", "path": "v0.mp4", "error": "bad"}\n')
+    assert main([*ann, "--merge", "--out", str(out)]) == 2  # rank 0 killed after its first video
+    assert "'v2'" in capsys.readouterr().err
+
+
+def test_a_rank_with_nothing_new_leaves_its_part_so_a_merge_sees_it_ran(reference, dataset, blip_dir, tmp_path,
+                                                                       capsys):
+    """Re-trial 20A M5: a rank run on a finished store printed "-> c.part-00001-of-00002.jsonl", a
+    file it never wrote. Every rank of a sharded run leaves its part (empty when nothing is new),
+    so the line is true and `--merge` can tell a rank that ran from one that did not."""
+    out = tmp_path / "c.jsonl"
+    out.write_bytes(reference[0].read_bytes())
+    errors_path(out).write_bytes(errors_path(reference[0]).read_bytes())
+    for rank in ("1", "0"):
+        assert cli(dataset, blip_dir, out, "--rank", rank, "--world-size", "2") == 0
+        printed = capsys.readouterr().out
+        assert "captioned 0 videos" in printed and "nothing new" in printed
+        assert part_path(out, Shard(int(rank), 2)).is_file()
+    assert main(["--merge", "--out", str(out)]) == 0
+    assert out.read_bytes() == reference[0].read_bytes() and existing_parts(out) == []
+
+
+@pytest.mark.parametrize("source", [["--oracle"], ["--annotation-captions"], ["--merge"]])
+def test_rank_flags_are_refused_where_nothing_is_sharded(dataset, tmp_path, capsys, source):
+    """Re-trial 20A M5: `caption --oracle --rank 0 --world-size 2` wrote the whole store, the flags
+    ignored. Only --model captioning is sharded: elsewhere the flags are refused, naming them."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    with pytest.raises(SystemExit) as e:
+        main([*ann, *source, "--rank", "0", "--world-size", "2", "--out", str(tmp_path / "c.jsonl")])
+    assert e.value.code == 2 and "--rank" in capsys.readouterr().err
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_model_folder_spelled_otherwise_is_the_same_model(dataset, blip_dir, tmp_path, monkeypatch, capsys):
+    """Re-trial 20A M5: `--model blip` then `--model ./blip/` (one folder) was refused as another
+    model. Local folders are compared resolved; a hub id stays as written."""
+    monkeypatch.chdir(Path(blip_dir).parent)
+    name = Path(blip_dir).name
+    out = tmp_path / "c.jsonl"
+    assert cli(dataset, name, out, "--rank", "0", "--world-size", "2") == 0
+    assert cli(dataset, f"./{name}/", out, "--rank", "1", "--world-size", "2") == 0
+    assert cli(dataset, blip_dir, out) == 0  # absolute: same folder; merges the parts
+    assert len(read_store(out).records) == NUM_VIDEOS
+    assert "6 videos" in capsys.readouterr().out
+
+
+def test_rebuild_by_rank_0_clears_parts_of_other_world_sizes_only(tmp_path):
+    """Parts left by a run of another world size would be folded in by rank 0's merge: its
+    --rebuild removes them; this run's other ranks' parts are theirs to clear."""
+    from tgmae.captions.run import clear_outputs
+
+    out = tmp_path / "c.jsonl"
+    old, mine, theirs = part_path(out, Shard(2, 3)), part_path(out, Shard(0, 2)), part_path(out, Shard(1, 2))
+    for f in (out, old, mine, theirs):
+        f.write_text(_rec("a"))
+    clear_outputs(out, Shard(1, 2))
+    assert out.exists() and old.exists() and mine.exists() and not theirs.exists()
+    clear_outputs(out, Shard(0, 2))
+    assert existing_parts(out) == [] and not out.exists()

@@ -360,3 +360,20 @@ def test_a_store_captioned_from_other_frame_ranges_is_refused_naming_the_id(tmp_
     with pytest.raises(CaptionStoreError, match="'seg'"):
         provider.check_videos(["seg"], {"seg": str(tmp_path / "nope.mp4")}, {"seg": [20, 48]})
     provider.check_videos(["seg"], {"seg": str(tmp_path / "nope.mp4")}, {"seg": [0, 20]})
+
+
+def test_provenance_compares_local_model_folders_resolved_and_hub_ids_as_written(tmp_path, monkeypatch):
+    """Re-trial 20A M5: `--model blip` and `--model ./blip/` name one folder: the same model."""
+    from tgmae.captions.store import refuse_other_provenance
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blip").mkdir()
+    store = tmp_path / "s.jsonl"
+    store.write_text(json.dumps({"video_id": "a", "captions": ["x"], "source": "captioner", "model": "blip"}) + "\n")
+    for same in ("./blip/", str(tmp_path / "blip"), "blip"):
+        refuse_other_provenance(store, [{"source": "captioner", "model": same}])
+    with pytest.raises(CaptionStoreError, match="model 'blip'"):
+        refuse_other_provenance(store, [{"source": "captioner", "model": "./other/"}])
+    store.write_text(json.dumps({"video_id": "a", "captions": ["x"], "source": "captioner", "model": "org/m"}) + "\n")
+    with pytest.raises(CaptionStoreError, match="model 'org/m'"):
+        refuse_other_provenance(store, [{"source": "captioner", "model": "org/m/"}])  # no such folder: a hub id

@@ -92,12 +92,19 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def done_video_ids(out: Path, include_errors: bool = True) -> set[str]:
-    """Ids in the output, its part files and (optionally) the errors file and its parts."""
-    files = [out, *existing_parts(out)]
+def read_files(out: str | Path, shard: Shard = Shard(), fresh: bool = False) -> list[Path]:
+    """The files of `out` (a store, or an errors file) a rank reads to skip what is done: `out`
+    and every part of it (any world size); with `fresh` (a --rebuild, which replaces the store and
+    the other ranks' parts, maybe not yet removed under torchrun) this rank's part alone."""
+    return [part_path(out, shard)] if fresh else [Path(out), *existing_parts(out)]
+
+
+def done_video_ids(out: Path, include_errors: bool = True, shard: Shard = Shard(), fresh: bool = False) -> set[str]:
+    """Ids in the output, its part files and (optionally) the errors file and its parts
+    (`read_files`)."""
+    files = read_files(out, shard, fresh)
     if include_errors:
-        err = errors_path(out)
-        files += [err, *existing_parts(err)]
+        files += read_files(errors_path(out), shard, fresh)
     done: set[str] = set()
     for f in files:
         done |= video_ids_in(f)
@@ -129,16 +136,17 @@ def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Opti
 
 
 def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: dict[str, list],
-                    done: str = "captioned") -> set[str]:
+                    done: str = "captioned", fresh: bool = False) -> set[str]:
     """Drop the records of videos whose file or frame range changed since they were captioned
     (`_change`: their `video` differs from `identity` {id: `video_identity` now}, their `frames` from
     `frames` {id: `clip_range` now}), each logged, so they are captioned again. A stale record in a
     file this shard does not write (another rank's part, or the merged store under torchrun) is a
     CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped.
-    `out` may be the errors file (`done` "failed"): its entries carry the same keys."""
+    `out` may be the errors file (`done` "failed"): its entries carry the same keys. The files
+    read are `read_files`'."""
     own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
     dropped: set[str] = set()
-    for f in [out, *existing_parts(out)]:
+    for f in read_files(out, shard, fresh):
         if not f.is_file():
             continue
         items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
@@ -169,24 +177,22 @@ def captioner_settings(keyframes: int, options: Optional[GenerationOptions] = No
 
 
 def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[str, Any],
-                       shard: Shard = Shard()) -> None:
-    """CaptionStoreError naming the key when what this shard resumes or merges into holds captions
-    made by another source, model or settings (a rerun would skip those videos and keep them), or
-    by weights it did not record (a store written before they were: which model made it is not
-    known, so resuming into it could mix two): its part; for rank 0 also the store (it merges into
-    it), and for a single process every part (it merges them). Another rank's part is that rank's
-    to check."""
+                       shard: Shard = Shard(), fresh: bool = False) -> None:
+    """CaptionStoreError naming the key when a file this shard reads to skip what is done
+    (`read_files`: the store and every part, whichever rank's videos they hold; with `fresh`, a
+    --rebuild, its own part) holds captions made by another source, model or settings (a rerun
+    would skip those videos and keep them, and a merge mix them), or by weights it did not record
+    (a store written before they were: which model made it is not known, so resuming into it could
+    mix two)."""
     want = {"source": source, "model": model, **settings}
-    files = [part_path(out, shard)]
-    if shard.rank == 0:
-        files += [Path(out), *(existing_parts(out) if shard.world_size == 1 else [])]
-    for f in dict.fromkeys(files):
+    for f in dict.fromkeys([part_path(out, shard), *read_files(out, shard, fresh)]):
         refuse_other_provenance(f, [want], required=("weights",))
 
 
 def clear_outputs(out: str | Path, shard: Shard) -> None:
     """Remove what a captioner run writes (`--rebuild`): this shard's part and errors part; for a
-    single process or rank 0 also the store, its errors file and a single run's leftover parts.
+    single process or rank 0 also the store, its errors file and the parts of runs of other world
+    sizes (which its merge would fold in; this run's other ranks clear their own).
     CaptionStoreError, before anything is removed, when one of those stores is not a caption store
     (`refuse_foreign_file`: a file of the user's given as --out)."""
     out = Path(out)
@@ -194,8 +200,9 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
     errors = [part_path(errors_path(out), shard)]
     if shard.rank == 0:
         stores, errors = stores + [out], errors + [errors_path(out)]
-    if shard.world_size == 1:
-        stores, errors = stores + existing_parts(out), errors + existing_parts(errors_path(out))
+    if shard.rank == 0:
+        stores, errors = (stores + existing_parts(out, other_than=shard.world_size),
+                          errors + existing_parts(errors_path(out), other_than=shard.world_size))
     for f in stores:
         refuse_foreign_file(f)
     for f in stores + errors:
@@ -204,14 +211,17 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
                    out: str | Path, keyframes: int = 3, batch_size: int = 8, shard: Shard = Shard(),
-                   workers: int = 2, retry_errors: bool = False, progress: bool = True) -> CaptionSummary:
+                   workers: int = 2, retry_errors: bool = False, progress: bool = True,
+                   fresh: bool = False) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
     captioner: images -> captions (an `ImageCaptioner`; its `options` and `weights` fingerprint,
     where it has them, are settings); model_name and the settings (`captioner_settings`) go into
     each record: a store made by another source, model or settings raises CaptionStoreError
     (`refuse_other_store`) before anything is written. Duplicate video ids in `videos` are
-    captioned once.
+    captioned once. `fresh` (--rebuild): the store and other ranks' parts, which rank 0 or those
+    ranks replace, are neither checked nor skipped from (`read_files`). A rank of a sharded run
+    leaves its part even when it has nothing new (empty): `merge_parts` tells by it that it ran.
     """
     from tqdm import tqdm
 
@@ -219,7 +229,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
     settings = captioner_settings(keyframes, getattr(captioner, "options", None), getattr(captioner, "weights", None))
-    refuse_other_store(out, SOURCE, model_name, settings, shard)
+    refuse_other_store(out, SOURCE, model_name, settings, shard, fresh)
     seen: set[str] = set()
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]
     mine = shard.take(unique)
@@ -227,9 +237,9 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         _forget_errors(out, {v.video_id for v in mine})
     identity = {v.video_id: video_identity(str(v.path)) for v in mine}
     ranges = {v.video_id: clip_range(v) for v in mine}
-    changed = _forget_changed(out, identity, shard, ranges)
-    changed |= _forget_changed(errors_path(out), identity, shard, ranges, done="failed")  # a fixed range: tried again
-    done = done_video_ids(out, include_errors=not retry_errors)
+    changed = _forget_changed(out, identity, shard, ranges, fresh=fresh)
+    changed |= _forget_changed(errors_path(out), identity, shard, ranges, "failed", fresh)  # a fixed range: tried again
+    done = done_video_ids(out, not retry_errors, shard, fresh)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
     bar = tqdm(total=len(todo), desc=f"captioning (rank {shard.rank})", unit="video",
@@ -262,7 +272,9 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
             summary.errors.extend(failed)
             bar.update(len(batch))
     bar.close()
-    stored = done_video_ids(out, include_errors=False)
+    if shard.world_size > 1:
+        part_path(out, shard).touch()  # this rank ran (`merge_parts` refuses a rank that did not)
+    stored = done_video_ids(out, False, shard, fresh)
     summary.stored, summary.redone = len({v.video_id for v in mine} & stored), len(changed & stored)
     return summary
 

@@ -3,7 +3,8 @@
 Rank r of W takes videos r, r+W, ... and appends to its own part file
 `<out stem>.part-RRRRR-of-WWWWW<suffix>`. Merging keeps records already in OUT, drops torn tails,
 keeps the first record of a video seen twice, orders records by the annotation order when known,
-writes OUT atomically, then deletes the parts.
+writes OUT atomically, then deletes the parts; parts made otherwise, or a rank that has not run,
+are refused first.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.captions.store import CaptionRecord, dumps_record, read_jsonl_tolerant
+from tgmae.captions.store import (CaptionRecord, CaptionStoreError, dumps_record, ids_text, provenance,
+                                  read_jsonl_tolerant, same_value)
 from tgmae.distributed import launch_env
 
 
@@ -52,9 +54,8 @@ def part_path(path: str | Path, shard: Shard) -> Path:
     return path.with_name(f"{path.stem}.part-{shard.rank:05d}-of-{shard.world_size:05d}{path.suffix or '.jsonl'}")
 
 
-def existing_parts(path: str | Path) -> list[Path]:
-    """Part files of `path` from any earlier world size, sorted by (world size, rank)."""
-    path = Path(path)
+def _parts(path: Path) -> list[tuple[int, int, Path]]:
+    """(world size, rank, file) of each part file of `path`, sorted."""
     pat = re.compile(re.escape(path.stem) + r"\.part-(\d{5})-of-(\d{5})" + re.escape(path.suffix or ".jsonl") + "$")
     found = []
     if path.parent.is_dir():
@@ -62,7 +63,13 @@ def existing_parts(path: str | Path) -> list[Path]:
             m = pat.match(p.name)
             if m:
                 found.append((int(m.group(2)), int(m.group(1)), p))
-    return [p for _, _, p in sorted(found)]
+    return sorted(found)
+
+
+def existing_parts(path: str | Path, other_than: int = 0) -> list[Path]:
+    """Part files of `path` from any earlier world size (but `other_than`, where given), sorted by
+    (world size, rank). A single process (world size 1) writes none: all are others'."""
+    return [p for world, _, p in _parts(Path(path)) if world != other_than]
 
 
 def _objects(path: Path) -> list[dict]:
@@ -72,15 +79,73 @@ def _objects(path: Path) -> list[dict]:
     return [obj for _, obj in items if isinstance(obj, dict) and "video_id" in obj]
 
 
+def _differences(have: dict, want: dict) -> str:
+    keys = [k for k in dict.fromkeys([*want, *have]) if not same_value(k, have.get(k), want.get(k))]
+    return ", ".join(f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in keys)
+
+
+def refuse_mixed_parts(out: Path, files: Sequence[Path]) -> None:
+    """CaptionStoreError naming two of `files` (the store and its parts) and each differing key
+    when their records were made otherwise (`provenance`: source, model, keyframes, generation
+    options, weights; local model folders compared resolved, `same_value`): parts of runs with
+    other models or settings, whose merge would mix their captions in one store."""
+    first: Optional[tuple[Path, dict]] = None
+    for src in files:
+        for obj in _objects(src):
+            have = provenance(obj)
+            if first is None:
+                first = (src, have)
+            elif diff := _differences(have, first[1]):
+                raise CaptionStoreError(
+                    f"{first[0]} and {src} hold captions made otherwise ({diff}): merging them would mix two "
+                    f"captioners' captions in {out}; remove the part made otherwise and run its rank again "
+                    "with the others' settings")
+
+
+def _rank_hint(out: Path, ranks: Sequence[int], world: int) -> str:
+    return "; ".join(f"run --rank {r} --world-size {world} ({part_path(out, Shard(r, world)).name})" for r in ranks)
+
+
+def refuse_missing_ranks(out: Path, covered: set[str], order: Optional[Sequence[str]]) -> None:
+    """CaptionStoreError naming the part file and the --rank to run when a sharded run is merged
+    before every rank has run: with the annotation `order`, its videos with neither a caption nor a
+    failure (`covered`) in the store or its parts, and the ranks (of the largest world size among
+    the parts) whose share they are; without, the ranks of each world size that left no part (every
+    rank leaves one, empty when it had nothing new). Nothing to check without parts."""
+    found = _parts(out) + _parts(errors_path(out))
+    if not found:
+        return
+    if order is not None:
+        unique = list(dict.fromkeys(order))
+        missing = [(i, v) for i, v in enumerate(unique) if v not in covered]
+        if missing:
+            world = max(w for w, _, _ in found)
+            ranks = sorted({i % world for i, _ in missing})
+            raise CaptionStoreError(
+                f"{out}: {len(missing)} of {len(unique)} videos have neither a caption nor a failure in it or its "
+                f"parts ({ids_text([v for _, v in missing], 3)}): a rank has not run or not finished: "
+                f"{_rank_hint(out, ranks, world)}, then --merge again")
+        return
+    for world in sorted({w for w, _, _ in found}):
+        ranks = sorted(set(range(world)) - {r for w, r, _ in found if w == world})
+        if ranks:
+            raise CaptionStoreError(
+                f"{out}: no part from rank(s) {ranks} of {world}: {_rank_hint(out, ranks, world)}, then --merge "
+                "again (give the annotations to --merge to check video by video)")
+
+
 def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple[int, int]:
     """Merge `out` + its parts (and the errors file + its parts). Returns (records, errors).
 
     Records are validated; an error entry is dropped once its video has a record. Without any
-    record (every video failed) no store is created.
+    record (every video failed) no store is created. CaptionStoreError, before anything is written
+    or removed, when the store and parts were made otherwise (`refuse_mixed_parts`) or a rank has
+    not run (`refuse_missing_ranks`; `order`: the annotations' video ids).
     """
     out = Path(out)
     err = errors_path(out)
     rec_parts, err_parts = existing_parts(out), existing_parts(err)
+    refuse_mixed_parts(out, [out, *rec_parts])
     records: dict[str, CaptionRecord] = {}
     for src in [out, *rec_parts]:
         for obj in _objects(src):
@@ -93,6 +158,7 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
             vid = str(obj["video_id"])
             if vid not in records:
                 errors[vid] = obj  # the latest attempt wins
+    refuse_missing_ranks(out, set(records) | set(errors), order)
     rank_of = {v: i for i, v in enumerate(order or ())}
     ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
     if ids or out.exists():  # no empty store when every video failed: only their errors file

@@ -228,6 +228,18 @@ def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
     return {"source": obj.get("source"), "model": obj.get("model"), **(settings if isinstance(settings, dict) else {})}
 
 
+def same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two provenances agree on `key`: equal, or for `model` two spellings of one local
+    folder (`blip`, `./blip/`, its absolute path: compared resolved); a hub id (no such folder
+    here) stays as written."""
+    if a == b:
+        return True
+    if key != "model" or not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+
+
 def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
     """How a refusal names one differing provenance key, with the store's and this run's values:
     an oracle's `model` is its --template(s), so `model` is named as what it is on each side
@@ -285,7 +297,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
         have = provenance(obj)
         # a required key missing is an old store's only where the source matches: an oracle store
         # has no weights to have recorded, its source already differs
-        diffs = [[k for k in want if (have[k] != want[k] if k in have
+        diffs = [[k for k in want if (not same_value(k, have[k], want[k]) if k in have
                                       else k in required and have.get("source") == want.get("source"))]
                  for want in wants]
         if all(diffs):

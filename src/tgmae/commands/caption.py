@@ -55,6 +55,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     needs_ann = args.model or args.oracle or args.descriptions or args.annotation_captions
     if needs_ann and not args.annotations:
         p.error("ANNOTATIONS is required with --model, --oracle, --descriptions and --annotation-captions")
+    if not args.model and (args.rank is not None or args.world_size is not None):
+        p.error("--rank and --world-size shard --model captioning only: the other sources write the whole store")
     if args.keyframes < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         p.error("--keyframes, --batch-size and --max-new-tokens must be >= 1")
     return args
@@ -87,17 +89,19 @@ def _caption(args: argparse.Namespace, shard) -> int:
 
     # first, before a model is loaded (weights known only once local: caption_videos checks again)
     refuse_other_store(args.out, SOURCE, args.model,
-                       captioner_settings(args.keyframes, options, weights_fingerprint(args.model)), shard)
+                       captioner_settings(args.keyframes, options, weights_fingerprint(args.model)), shard,
+                       fresh=args.rebuild)
     device = resolve_device(args.device, local_rank(), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False
     captioner = ImageCaptioner(args.model, device, dtype, options)
     summary = caption_videos(videos, captioner, args.model, args.out, args.keyframes, args.batch_size, shard,
-                             args.workers, args.retry_errors, progress=not args.no_progress)
+                             args.workers, args.retry_errors, progress=not args.no_progress, fresh=args.rebuild)
     redone = (f" ({summary.redone} redone: their video or frame range changed since the last run)"
               if summary.redone else "")
+    new = "" if summary.captioned or summary.errors else " (nothing new)"
     print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos{redone}, "
-          f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}")
+          f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}{new}")
     for e in summary.errors[:5]:
         print(f"  failed: {e['video_id']}: {e['error'][:200]}", file=sys.stderr)
     if summary.errors:
