@@ -637,3 +637,21 @@ def test_a_resumed_finetune_evaluates_in_the_precision_the_run_began_with(tmp_pa
     monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)  # measured otherwise now
     finetune(run_cfg(tmp_path, *keys, "train.epochs=2"), train_data=Clips(8), val_data=Clips(8, seed=1))
     assert seen[1:] and set(seen[1:]) == {"bf16"}
+
+
+def test_finetune_into_a_probe_run_folder_names_the_run_kind_first(tmp_path):
+    """Issue 28 re-trial 20A M2: finetune with train.output_dir a probe run's folder was refused for
+    its test_predictions.csv ("of another test", though the same test list) advising
+    checkpoint.resume=ignore_config, which then gave "holds a linear / k-NN probe run ... not a
+    finetune run". The run-kind refusal comes first, with or without ignore_config."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    run = tmp_path / "run"
+    head = torch.nn.Linear(32, 3)
+    ckpt.save_checkpoint(run / "checkpoints", head, torch.optim.SGD(head.parameters(), lr=0.1), None,
+                         ckpt.TrainPosition(step=1, epoch=1), {}, extra={"task": "probe"})
+    (run / "test_predictions.csv").write_text("video_id,true_label,pred_1,score_1\nv0,class 0,class 0,0.9\n")
+    for resume in ("auto", "ignore_config"):
+        cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", f"checkpoint.resume={resume}")
+        with pytest.raises(ckpt.CheckpointError) as err:
+            finetune(cfg, train_data=Clips(8), val_data=Clips(8, seed=1))
+        assert "probe run" in str(err.value) and "finetune run" in str(err.value), resume
