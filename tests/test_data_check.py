@@ -262,7 +262,8 @@ def test_check_of_a_split_folder_train_list_checks_the_test_list_a_run_reads_too
 def test_check_of_a_test_list_given_as_the_train_list_checks_each_video_once(tmp_path, capsys):
     """Issue 28 re-trial 15 (S1): `data check` of UCF101's testlist01.txt (a run reads it as the train
     list and the folder's testlist01.txt again as the test list) checked each video twice ("2 videos
-    checked" for 1 row). A clip an earlier list brought is checked once; the list says so."""
+    checked" for 1 row). A clip an earlier list brought is checked once; since re-trial 20A M3 the
+    file itself, named once, is read and listed once."""
     folder = DATA / "ucf101" / "ucfTrainTestlist"
     test = [ln.strip() for ln in (folder / "testlist01.txt").read_text().splitlines() if ln.strip()]
     root = tmp_path / "videos"
@@ -275,7 +276,7 @@ def test_check_of_a_test_list_given_as_the_train_list_checks_each_video_once(tmp
     rep = json.loads(out.read_text())
     assert rep["checked"] == rep["ok"] == len(test)
     assert [(x["subset"], x["records"], x.get("checked_before", 0)) for x in rep["lists"]] == [
-        ("train", len(test), 0), ("val", len(test), len(test))]
+        ("train", len(test), 0)]
     assert f"{len(test)} videos checked" in capsys.readouterr().out
 
 
@@ -500,3 +501,56 @@ def test_check_and_training_refuse_frame_folders_that_are_not_one_numbered_seque
         assert ds[0]["load_failures"] > 0
     lines = [r.getMessage() for r in caplog.records if "epic_gap5" in r.getMessage()]
     assert len(lines) == 1 and "frame_0000000005.jpg" in lines[0], lines
+
+
+def test_check_of_a_train_file_without_its_test_file_checks_the_train_file(tmp_path, capsys):
+    """Issue 28 re-trial 20A M1: `data check` of Diving48_V2_train.json with no Diving48_V2_test.json
+    beside it failed (exit 2) advising "set data.val_annotations", which data check does not take.
+    The train file named is checked; the missing test list a run would read is said in a line."""
+    root = tmp_path / "d48"
+    root.mkdir()
+    for name in ("Diving48_V2_train.json", "Diving48_vocab.json"):
+        shutil.copy(DATA / "diving48" / name, root / name)
+    names = [it["vid_name"] for it in json.loads((root / "Diving48_V2_train.json").read_text())]
+    (root / "rgb").mkdir()
+    for name in names:
+        write_video(root / "rgb" / f"{name}.mp4", _clip(160), codec="mpeg4")
+    for extra in ([], ["--subset", "train"]):
+        out = tmp_path / "r.json"
+        code = cli_main(["data", "check", "--format", "diving48", "--root", str(root), "Diving48_V2_train.json",
+                         "--min-frames", "16", "--out", str(out), "--no-progress", "--overwrite", *extra])
+        printed = capsys.readouterr()
+        assert code == 0, printed
+        rep = json.loads(out.read_text())
+        assert [(x["subset"], x["records"]) for x in rep["lists"]] == [("train", len(names))]
+        assert rep["checked"] == rep["ok"] == len(names)
+        assert "Diving48_V2_test.json" in printed.out and "set data.val_annotations" not in printed.out + printed.err
+    # the test list asked for (--subset val of the folder) and missing stays a refusal naming the file
+    assert cli_main(["data", "check", "--format", "diving48", "--root", str(root), str(root), "--subset", "val",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Diving48_V2_test.json" in err and "set data.val_annotations" not in err
+
+
+def test_check_of_the_val_file_named_as_the_train_list_checks_and_lists_it_once(tmp_path, capsys):
+    """Issue 28 re-trial 20A M3: `data check --format ssv2 validation.json` (read as the train list;
+    a run would read the folder's validation.json as its test list too) printed "lists: train
+    validation.json (2), val validation.json (2, 2 checked above)" and each bad row twice. A file
+    named once is read, checked and listed once."""
+    root = tmp_path / "ssv2"
+    root.mkdir()
+    shutil.copy(DATA / "ssv2" / "labels.json", root / "labels.json")
+    items = json.loads((DATA / "ssv2" / "validation.json").read_text())
+    bad_row = {"id": "9", "label": "x", "template": "Not a template [something]", "placeholders": ["x"]}
+    (root / "validation.json").write_text(json.dumps(items + [bad_row]))
+    for it in items:
+        write_video(root / f"{it['id']}.mp4", _clip(20))
+    out = tmp_path / "r.json"
+    code = cli_main(["data", "check", "--format", "ssv2", "--root", str(root), "validation.json",
+                     "--min-frames", "16", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 1  # the bad row
+    rep = json.loads(out.read_text())
+    assert [(x["subset"], x["records"]) for x in rep["lists"]] == [("train", len(items))]
+    assert rep["checked"] == len(items) and rep["bad_rows"] == len(rep["rows"]) == 1
+    assert printed.count("bad row:") == 1 and printed.count("validation.json (") <= 1

@@ -4,6 +4,7 @@ loop, softmax averaging over views, DDP gathering, and the CLI on real (syntheti
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from tgmae.models import VideoMAEArch, VideoMAEPretrainer
 from tgmae.models.arch import arch_from_config
 from tgmae.models.classifier import VideoClassifier
 from tgmae.weights import checkpoint as ckpt
-from tgmae.weights.classifier import build_classifier, load_classifier
+from tgmae.weights.classifier import build_classifier, load_classifier, save_classifier
 from tgmae.weights.files import CheckpointError
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.weights.pretraining import save_pretraining_model
@@ -637,3 +638,68 @@ def test_a_resumed_finetune_evaluates_in_the_precision_the_run_began_with(tmp_pa
     monkeypatch.setattr(precision, "cpu_prefers_bf16", lambda: False)  # measured otherwise now
     finetune(run_cfg(tmp_path, *keys, "train.epochs=2"), train_data=Clips(8), val_data=Clips(8, seed=1))
     assert seen[1:] and set(seen[1:]) == {"bf16"}
+
+
+def test_finetune_into_a_probe_run_folder_names_the_run_kind_first(tmp_path):
+    """Issue 28 re-trial 20A M2: finetune with train.output_dir a probe run's folder was refused for
+    its test_predictions.csv ("of another test", though the same test list) advising
+    checkpoint.resume=ignore_config, which then gave "holds a linear / k-NN probe run ... not a
+    finetune run". The run-kind refusal comes first, with or without ignore_config."""
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    run = tmp_path / "run"
+    head = torch.nn.Linear(32, 3)
+    ckpt.save_checkpoint(run / "checkpoints", head, torch.optim.SGD(head.parameters(), lr=0.1), None,
+                         ckpt.TrainPosition(step=1, epoch=1), {}, extra={"task": "probe"})
+    (run / "test_predictions.csv").write_text("video_id,true_label,pred_1,score_1\nv0,class 0,class 0,0.9\n")
+    for resume in ("auto", "ignore_config"):
+        cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", f"checkpoint.resume={resume}")
+        with pytest.raises(ckpt.CheckpointError) as err:
+            finetune(cfg, train_data=Clips(8), val_data=Clips(8, seed=1))
+        assert "probe run" in str(err.value) and "finetune run" in str(err.value), resume
+
+
+def test_evaluate_tests_a_classifier_at_its_own_geometry_and_says_a_key_set_otherwise(synth, tmp_path, caplog):
+    """Issue 28 re-trial 20A S4: `tgmae evaluate model.pretrained=RUN data.num_frames=8` of a classifier
+    finetuned at 16 px, 4 frames, frame_stride 2 tested it at 224 px, 8 frames, stride 4 (the
+    defaults) without a word. The classifier's own settings (its run's config.yaml: frames, size,
+    stride, sampling, mean, std; else the geometry stored with its weights) are used where the user
+    did not set the key; a key set to another value is kept (positions are interpolated) and said
+    in one warning naming both values."""
+    from tgmae.commands.evaluate import main as evaluate_main
+    from tgmae.config import RunConfig, save_config
+
+    names = (synth / "classes.txt").read_text().split("\n")
+    names = [n for n in names if n]
+    run = tmp_path / "ft"
+    run.mkdir()
+    clf = build_classifier(load_encoder_source(save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")),
+                           len(names))
+    save_classifier(clf, run / "classifier.safetensors", names)
+    trained = RunConfig()
+    trained.data.num_frames, trained.data.image_size, trained.data.frame_stride = 4, 16, 2
+    trained.data.format, trained.data.root, trained.data.train_annotations = "csv", str(synth), "train.csv"
+    save_config(trained, run / "config.yaml")
+    data = [f"data.root={synth}", "data.train_annotations=train.csv", "data.val_annotations=val.csv",
+            "data.format=csv", "data.num_workers=0", "data.test_temporal_views=1", "data.test_spatial_views=1",
+            "model.patch_size=8", "train.precision=fp32", "log.progress=false"]
+
+    def evaluate(out: str, *more: str) -> tuple[dict, list[str]]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tgmae"):
+            assert evaluate_main([*data, f"model.pretrained={run}", f"train.output_dir={tmp_path / out}", *more]) == 0
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "model.pretrained" in
+                  r.getMessage()]  # (not the note on videos shorter than 8 frames x stride 2)
+        return json.loads((tmp_path / out / "test_results.json").read_text())["settings"], warned
+
+    settings, warned = evaluate("e1")
+    assert (settings["data.num_frames"], settings["data.image_size"], settings["data.frame_stride"]) == (4, 16, 2)
+    assert warned == []
+    settings, warned = evaluate("e2", "data.num_frames=8")
+    assert (settings["data.num_frames"], settings["data.image_size"], settings["data.frame_stride"]) == (8, 16, 2)
+    assert len(warned) == 1 and "data.num_frames=8" in warned[0] and "4" in warned[0], warned
+    # a classifier file outside any run: the geometry stored with its weights
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(run / "classifier.safetensors", bare)
+    run = bare
+    settings, warned = evaluate("e3")
+    assert (settings["data.num_frames"], settings["data.image_size"]) == (4, 16) and warned == []

@@ -515,16 +515,20 @@ def _warmup_warnings(caplog) -> list[str]:
 def test_a_run_shorter_than_its_warmup_says_so_naming_both_keys(tmp_path, caplog):
     """Issue #28 re-trial 19B M9: train.epochs cut below optim.warmup_epochs (a recipe's 40 warmup
     epochs, a 1-epoch sanity run) ran without a note while the lr never reached its peak: one warning
-    at set-up naming both keys, not an error."""
-    for name, (ends, warmup), warned in (("a", ("train.epochs=1", "optim.warmup_epochs=3"), True),
-                                          ("b", ("train.max_steps=4", "optim.warmup_epochs=1"), True),
-                                          ("c", ("train.epochs=1", "optim.warmup_epochs=0.5"), False)):
-        cfg = toy_cfg(tmp_path / name, ends, warmup)
+    at set-up naming both keys, not an error. Re-trial 20A M5: the key named is the one that ends the
+    run (train.max_steps when it binds before train.epochs does), with the steps the run has."""
+    for name, (ends, warmup, *more), warned in (
+            ("a", ("train.epochs=1", "optim.warmup_epochs=3"), True),
+            ("b", ("train.max_steps=4", "optim.warmup_epochs=1"), True),
+            ("c", ("train.epochs=1", "optim.warmup_epochs=0.5"), False),
+            ("d", ("train.max_steps=2", "optim.warmup_epochs=3", "train.epochs=1"), True)):
+        cfg = toy_cfg(tmp_path / name, ends, warmup, *more)
         caplog.clear()
         with caplog.at_level("INFO", logger="tgmae"):
             Trainer(ToyTask(cfg), cfg).fit()
         lines = _warmup_warnings(caplog)
         assert (len(lines) == 1 and ends in lines[0] and warmup in lines[0]) if warned else lines == [], (name, lines)
+        assert not (warned and more) or "train.epochs" not in lines[0], (name, lines)
 
 
 def test_the_short_warmup_warning_names_the_users_keys_of_a_copied_recipe(tmp_path, caplog):

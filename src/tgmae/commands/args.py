@@ -58,6 +58,25 @@ def load_run_config(prog: str, config: str | None, overrides: Sequence[str], bas
     return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
 
 
+def keys_set(config: str | None, overrides: Sequence[str]) -> set[str]:
+    """The dotted keys the user set: those in the `-c` file and the overrides (a section's mapping
+    sets each key in it), for a command that fills the others from elsewhere (`tgmae evaluate`)."""
+    from tgmae.config import parse_override, read_config_file
+
+    def flat(node, prefix: str):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from flat(v, f"{prefix}.{k}" if prefix else str(k))
+        elif prefix:
+            yield prefix
+
+    out = set(flat(read_config_file(config), "")) if config else set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        out |= set(flat(value, ".".join(keys)))
+    return out
+
+
 def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
     """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
     any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config

@@ -17,7 +17,7 @@ from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.data import check, prepare
 from tgmae.data.check import check_report_out, found_problems, item_where, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
-from tgmae.errors import nothing_done
+from tgmae.errors import count, nothing_done
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str]) -> int:
                                     + (f", {x['checked_before']} checked above" if x.get("checked_before") else "")
                                     + ")" for x in lists)
             if len(lists) > 1 else "")  # what a run reads besides the list given
-    print(f"{report['checked']} videos checked: {report['ok']} ok, {report['bad']} bad "
+    print(f"{count(report['checked'], 'video')} checked: {report['ok']} ok, {report['bad']} bad "
           f"({', '.join(f'{k} {v}' for k, v in c.items() if v) or 'none'}); "
           f"{report['bad_rows']} bad annotation rows{read}" + (f"; report: {args.out}" if args.out else ""))
     for item in report["items"][:10]:
@@ -144,6 +144,9 @@ def main(argv: Sequence[str]) -> int:
     for x in report["lists"]:
         if not x["records"]:
             print(f"  empty: {x['file']} lists no videos ({x['subset']})")  # the file read, not its folder
+    for x in report["not_found"]:  # the list given is checked; a run would stop at this one
+        print(f"  not checked: {x['file']} does not exist (the {x['subset']} list a run reads beside this train "
+              "list unless data.val_annotations names another)")
     _print_shorter(report)
     return 1 if found_problems(report) and not args.allow_bad else 0
 

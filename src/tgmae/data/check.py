@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.data.annotations import UNLABELLED, VIDEO_EXTS, VideoRecord, clip_key
-from tgmae.data.formats import list_file, load_annotations
+from tgmae.data.annotations import UNLABELLED, VIDEO_EXTS, AnnotationError, VideoRecord, clip_key
+from tgmae.data.formats import _resolve, list_file, load_annotations
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail, record_frame_range
 from tgmae.data.sampling import clip_span
@@ -157,16 +157,23 @@ def parallel_map(fn: Callable, jobs: Sequence, workers: int, desc: str, progress
     return results
 
 
-def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset: str) -> list[tuple[str, str]]:
+def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset: str,
+                      not_found: Optional[list] = None) -> list[tuple[str, str]]:
     """(subset, annotations) of every list a run reads given `annotations` for `subset`: itself,
     and for a split-folder format's train list file or folder of split files the val list that a
     run with it as data.train_annotations (data.val_annotations empty) reads (`subset_annotations`:
     the folder, read for "val"; its ConfigError for a list of another split names data.split,
-    i.e. --split here)."""
+    i.e. --split here). That val list is left out when its file is the one given (a file named once
+    is read once; a folder of per-class files, HMDB51's, is read for each subset) or is missing (the list given is checked; the missing file is appended to
+    `not_found` as {"subset", "file"}, for the report to say)."""
     from tgmae.config import ConfigError, DataConfig
     from tgmae.data.dataset import SPLIT_FOLDER_FORMATS, subset_annotations
-    from tgmae.data.formats import _resolve
 
+    given = list_file(fmt, root, annotations, split, subset)
+    if given != _resolve(Path(root) if root else Path("."), annotations) and not given.exists():
+        # a folder's split file for --subset: the tools' own advice, not the run's data.val_annotations
+        raise AnnotationError(f"{given}: annotation file not found (the {subset} list of the {fmt} split folder "
+                              f"{given.parent}); name the list file to check, or put the file there")
     out = [(subset, annotations)]
     if fmt in SPLIT_FOLDER_FORMATS and subset == "train":
         cfg = DataConfig(format=fmt, root=root, train_annotations=annotations, val_annotations="", split=split)
@@ -176,8 +183,13 @@ def lists_a_run_reads(fmt: str, root: str, annotations: str, split: int, subset:
             numbered = re.fullmatch(r"trainlist(\d+)\.txt", Path(annotations).name)
             flag = f"--split {int(numbered.group(1))}" if numbered else "--split"
             raise ConfigError(f"{e} (tgmae data check / prepare: {flag})") from None
-        folder = _resolve(Path(root) if root else Path("."), val).is_dir() if val else False
-        if val and (val != annotations or folder):  # a folder holds the test list beside the train list
+        if not val:
+            return out
+        file = list_file(fmt, root, val, split, "val")
+        if not file.exists():
+            if not_found is not None:
+                not_found.append({"subset": "val", "file": str(file)})
+        elif file.is_dir() or file.resolve() != list_file(fmt, root, annotations, split, subset).resolve():
             out.append(("val", val))
     return out
 
@@ -192,8 +204,9 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
     range is shorter than the span of a dense clip of `min_frames` frames `frame_stride` apart
     (`clip_span`) are listed in `shorter_than_clip` (a run reads them with a smaller stride; not bad)."""
     problems: list = []
-    jobs, lists, classes, empty, bounds, seen = [], [], [], False, [], set()
-    todo = lists_a_run_reads(fmt, root, annotations, split, subset) if run_lists else [(subset, annotations)]
+    jobs, lists, classes, empty, bounds, seen, not_found = [], [], [], False, [], set(), []
+    todo = lists_a_run_reads(fmt, root, annotations, split, subset, not_found) if run_lists \
+        else [(subset, annotations)]
     for sub, ann in todo:
         records, names = load_annotations(fmt, root, ann, split=split, subset=sub, on_error="skip", problems=problems)
         classes = classes or names
@@ -220,7 +233,7 @@ def run_check(fmt: str, root: str, annotations: str, *, split: int = 1, subset: 
         "format": fmt, "root": str(root), "annotations": str(annotations), "subset": subset, "split": split,
         "min_frames": min_frames, "frame_stride": frame_stride, "clip_span": span, "num_classes": len(classes),
         "records": len(jobs), "checked": len(results), "ok": counts.get("ok", 0), "bad": len(bad),
-        "bad_rows": len(problems), "empty": empty, "lists": lists,
+        "bad_rows": len(problems), "empty": empty, "lists": lists, "not_found": not_found,
         "counts": {k: counts.get(k, 0) for k in KINDS},
         "frames": {"min": min(frames), "max": max(frames), "mean": sum(frames) / len(frames)} if frames else None,
         "items": [{k: v for k, v in asdict(r).items() if k not in ("num_frames", "in_range")} for r in bad],

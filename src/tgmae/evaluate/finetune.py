@@ -30,7 +30,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import run_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
-from tgmae.train.resume import locks_run_folder
+from tgmae.train.resume import locks_run_folder, refuse_other_kind
 from tgmae.data.dataset import refuse_training_videos_as_test, subset_annotations
 
 log = logging.getLogger("tgmae")
@@ -210,6 +210,7 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     from tgmae.evaluate.multiview import FINETUNE, refuse_other_results
     from tgmae.weights.checkpoint import IGNORE_CONFIG
 
+    refuse_other_kind(cfg, FinetuneTask.name)  # another kind of run's folder is named as such, before its files
     # a test that `tgmae evaluate` wrote here is not replaced by this run's
     refuse_other_results(Path(cfg.train.output_dir), FINETUNE, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
     task = FinetuneTask(cfg, train_data, val_data, num_classes)

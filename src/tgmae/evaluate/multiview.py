@@ -16,7 +16,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import torch
 from torch import nn
@@ -200,21 +200,78 @@ def refuse_checkpoint_training_videos(cfg, test=None, own_checked: bool = True) 
     return saved is not None
 
 
+def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "") -> tuple[dict[str, Any], str]:
+    """({data key: value} a classifier was finetuned with, where they come from): its run folder's
+    config.yaml's `visualize.RUN_DATA_KEYS` (frames, image size, stride, sampling, mean, std), as
+    `tgmae visualize` takes a run's own settings; else the frames and image size stored with its
+    weights (`arch`, the `EncoderSource`'s; `kind` "official": a .pth, whose are a guess: none)."""
+    from tgmae.evaluate.visualize import RUN_DATA_KEYS
+    from tgmae.weights.model_card import read_run
+
+    run = read_run(checkpoint)
+    if run.config is not None:
+        return {k: getattr(run.config.data, k) for k in RUN_DATA_KEYS}, str(run.run_dir / "config.yaml")
+    if arch is None or kind == "official":
+        return {}, ""
+    return {"num_frames": arch.num_frames, "image_size": arch.image_size}, f"the geometry stored in {checkpoint}"
+
+
+def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any], source: str):
+    """`cfg` with the classifier's own data settings (`own`, from `source`) for each key the user did not
+    set (`given`: dotted keys of -c and the overrides; None: all are set); the keys set to other
+    values are kept (the encoder's positions are interpolated to other frames / sizes: a feature)
+    and said in one warning naming both values, the ones taken in one log line."""
+    import dataclasses
+
+    differ = {k: v for k, v in own.items() if getattr(cfg.data, k) != v}
+    kept = [k for k in differ if given is None or f"data.{k}" in given]
+    taken = {k: v for k, v in differ.items() if k not in kept}
+    shown = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  # as the user writes it
+    if kept:
+        log.warning("%s: model.pretrained=%s is tested at the settings given, not those it was finetuned with "
+                    "(%s); leave the keys unset to test it at its own",
+                    ", ".join(f"data.{k}={shown(getattr(cfg.data, k))} (its own: {shown(differ[k])})" for k in kept),
+                    cfg.model.pretrained, source)
+    if taken:
+        log.info("model.pretrained=%s: %s, as it was finetuned (%s)", cfg.model.pretrained,
+                 ", ".join(f"data.{k}={shown(v)}" for k, v in taken.items()), source)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **taken)) if taken else cfg
+
+
+def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
+    """(the classifier `model.pretrained` names, eval mode, at the data settings of the test; `cfg` with
+    its own settings where the user set none, `with_own_settings`). ConfigError when model.pretrained
+    is empty or its patch / tubelet / heads are not the config's (`check_checkpoint_geometry`)."""
+    from tgmae.models.arch import check_checkpoint_geometry
+    from tgmae.weights.classifier import build_classifier
+    from tgmae.weights.sources import load_encoder_source
+
+    if not cfg.model.pretrained:
+        raise ConfigError("model.pretrained must name a finetuned classifier to test")
+    src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)  # an official .pth stores none
+    cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind))
+    classifier = build_classifier(src, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
+                                  keep_head=True).eval()
+    check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
+    return classifier, cfg
+
+
 @locks_run_folder
-def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True) -> ClassificationResult:
+def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress: bool = True,
+                        given: Optional[Collection[str]] = None) -> ClassificationResult:
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
-    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`).
+    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). given: the dotted
+    keys the user set; model.pretrained's own data settings fill the others (`with_own_settings`;
+    None: every key counts as set, a difference is only warned of).
     """
     from tgmae.data.dataset import build_dataset
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
-    from tgmae.weights.classifier import load_classifier
 
     refuse_test_of_training_videos(cfg)  # never a test on the training videos; before any folder or weights
     dist_info = init_distributed(cfg.train.device)
-    settings = test_settings(cfg)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable
         from tgmae.locks import refuse_in_checkpoints
@@ -222,13 +279,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / "test_results.json")
     if classifier is None:
-        if not cfg.model.pretrained:
-            raise ConfigError("model.pretrained must name a finetuned classifier to test")
-        classifier = load_classifier(cfg.model.pretrained, cfg.data.num_frames, cfg.data.image_size,
-                                     num_heads=cfg.model.num_heads)  # an official .pth stores none
-        from tgmae.models.arch import check_checkpoint_geometry
-
-        check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)
+        classifier, cfg = load_tested_classifier(cfg, given)
+    settings = test_settings(cfg)
     from tgmae.weights.sources import tensors_digest
 
     weights = tensors_digest(classifier.state_dict())  # other weights under the same path: other results

@@ -97,15 +97,18 @@ def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_ste
 def warn_short_warmup(cfg: RunConfig, steps_per_epoch: int, total_steps: int,
                       keys: Optional[Mapping[str, str]] = None) -> None:
     """One warning when the run ends before its warmup does (train.epochs below optim.warmup_epochs,
-    or train.max_steps before the warmup's last step): the lr never reaches its peak. Not an error:
+    or train.max_steps before the warmup's last step; the key named is the one that binds): the lr
+    never reaches its peak. Not an error:
     short sanity runs of a long recipe do it on purpose. `keys`: {loop key: the user's key} of a task
     that copies its own settings into the loop's (`AttentiveTask.copied_keys`)."""
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     if warmup <= total_steps:
         return
     name = {**{k: k for k in ("train.epochs", "train.max_steps", "optim.warmup_epochs")}, **(keys or {})}
-    cut = f"{name['train.epochs']}={cfg.train.epochs}" if cfg.train.epochs < cfg.optim.warmup_epochs \
-        else f"{name['train.max_steps']}={cfg.train.max_steps}"
+    # The key named is the one that ends the run: train.max_steps when it stops the run before its epochs end.
+    by_steps = cfg.train.max_steps is not None and cfg.train.max_steps < cfg.train.epochs * steps_per_epoch
+    cut = f"{name['train.max_steps']}={cfg.train.max_steps}" if by_steps \
+        else f"{name['train.epochs']}={cfg.train.epochs}"
     log.warning("%s ends the run before %s=%g does: the lr warms up all along and reaches about %.0f%% of its "
                 "peak (%d of %d warmup steps); fine for a short sanity run, else lower %s",
                 cut, name["optim.warmup_epochs"], cfg.optim.warmup_epochs, 100 * total_steps / warmup, total_steps,

@@ -58,6 +58,18 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
     return path
 
 
+def refuse_other_kind(cfg: RunConfig, task_name: str) -> None:
+    """`check_run_kind`'s CheckpointError when the checkpoint this run would resume (`resume_source`)
+    was written by another kind of run (its stored task name; one without it is left to `resume`):
+    for a command that checks the results train.output_dir holds before its loop starts, so that a
+    probe run's folder is named as one first, not refused for its files with the way out
+    checkpoint.resume=ignore_config, which the loop's kind check then refuses (finetune)."""
+    source = resume_source(cfg)
+    stored = ckpt.read_extra(source).get("task") if source is not None else None
+    if stored:
+        ckpt.check_run_kind(source, stored, task_name, str(cfg.train.output_dir))
+
+
 WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
 
 
