@@ -474,6 +474,7 @@ def test_a_test_list_of_a_checkpoints_training_videos_is_refused_naming_its_conf
                                           r"in RUN/config.yaml") as e:
         refuse_training_videos_as_test(swapped, trained_on=(run_data, "RUN/config.yaml"))
     assert "\n" not in str(e.value)
+    assert "start from a model that did not train on them" in str(e.value)  # re-trial 21A: a way out
     with caplog.at_level("WARNING", logger="tgmae"):
         refuse_training_videos_as_test(dataclasses.replace(swapped, val_annotations="some.csv"),
                                        trained_on=(run_data, "RUN/config.yaml"))

@@ -496,8 +496,10 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
                              f"{'is a training video' if n == 1 else 'are training videos'} of {of} "
                              f"(first: {shared[0].video_id}); their scores are of videos the model trained on")
         return
+    other = "" if trained_on is None else ", or start from a model that did not train on them (model.pretrained)"
     raise ConfigError(f"{val}: its {len(test_records)} videos are all training videos "
-                      f"of {of}; a test there scores what the model trained on: name a test list of other videos")
+                      f"of {of}; a test there scores what the model trained on (a pretraining without labels "
+                      f"too): name a test list of other videos{other}")
 
 
 @functools.lru_cache(maxsize=None)
