@@ -792,7 +792,7 @@ def test_a_changed_frame_range_is_captioned_again(dataset, blip_dir, tmp_path, c
     ann.write_text("path,label,video_id,start_frame,end_frame\na.mp4,0,seg,6,18\n")
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "captioned 1 videos" in out and "1 redone" in out and "frame range" in out
+    assert "captioned 1 video (1 redone" in out and "1 redone" in out and "frame range" in out
     again = read_store(tmp_path / "r.jsonl").by_video()["seg"]
     assert again.extra["frames"] == [6, 18] and min(again.extra["frame_indices"]) >= 6
     assert main(argv) == 0  # nothing changed since: nothing redone

@@ -15,6 +15,7 @@ from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
 from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
+from tgmae.errors import count
 from tgmae.locks import check_kind, hold, refuse_in_checkpoints
 
 
@@ -100,7 +101,8 @@ def _caption(args: argparse.Namespace, shard) -> int:
     redone = (f" ({summary.redone} redone: their video or frame range changed since the last run)"
               if summary.redone else "")
     new = "" if summary.captioned or summary.errors else " (nothing new)"
-    print(f"rank {shard.rank}/{shard.world_size}: captioned {summary.captioned} videos{redone}, "
+    rank = f"rank {shard.rank}/{shard.world_size}: " if shard.world_size > 1 else ""
+    print(f"{rank}captioned {count(summary.captioned, 'video')}{redone}, "
           f"{summary.skipped} already done, {len(summary.errors)} failed -> {summary.out}{new}")
     for e in summary.errors[:5]:
         print(f"  failed: {e['video_id']}: {e['error'][:200]}", file=sys.stderr)
