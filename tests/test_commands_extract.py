@@ -159,6 +159,10 @@ def test_extract_refuses_bad_settings_naming_them(dataset, encoder_file, tmp_pat
         assert f"config error: {flag}:" in capsys.readouterr().err
     assert main(["extract", *args(dataset, encoder_file, tmp_path / "b", "model.pretrained=")]) == 2
     assert "model.pretrained" in capsys.readouterr().err
+    # re-trial 21A: a set without a val list (--subset both by default) was told only to set one
+    assert main(["extract", *args(dataset, encoder_file, tmp_path / "c", "data.val_annotations=")]) == 2
+    err = capsys.readouterr().err
+    assert "set data.val_annotations, or extract the train videos alone (--subset train)" in err, err
 
 
 def test_extract_into_a_folder_of_other_settings_names_them(dataset, encoder_file, tmp_path, capsys):

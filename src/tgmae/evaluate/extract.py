@@ -627,7 +627,10 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
     for subset in subsets:
         ann = subset_annotations(data_cfg, "train" if subset == "train" else "val")
         if not ann:
-            raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations")
+            other = "val" if subset == "train" else "train"  # the CLI's --subset (both by default)
+            raise ConfigError(f"no annotations for subset {subset!r}: set data.{subset}_annotations, or extract "
+                              f"the {other} videos alone (--subset {other})" if len(subsets) > 1 else
+                              f"no annotations for subset {subset!r}: set data.{subset}_annotations")
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
         where = f"data.{subset}_annotations={ann}"
         for r in records:
