@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
-from tgmae.data.fileid import file_identity, video_identity, videos_fingerprint
+import urllib.parse
+
+import pytest
+
+from tgmae.atomic import temp_path
+from tgmae.data.fileid import file_identity, id_file_name, video_identity, videos_fingerprint
 
 
 def _frames(folder, n: int, fill: bytes = b"a") -> None:
@@ -38,3 +43,48 @@ def test_fingerprint_of_files_is_their_identity_and_steady(tmp_path):
     assert videos_fingerprint([str(a), str(gone)]) == old
     assert videos_fingerprint([str(a)]) == videos_fingerprint([str(a)]) != videos_fingerprint([str(gone)])
     assert video_identity(str(gone)) is None
+
+
+JAPANESE = "クラス/" + "日本語の動画" * 7  # 45 characters, 135 bytes: a valid file name on disk
+LATIN = "Études/" + "é" * 43 + "_à_la_plage"
+ASCII = "Biking/" + "v_Biking_g01_c01_" * 12
+
+
+@pytest.mark.parametrize("video_id", ["v/1", "Animation/clip2", "a b+c", "クラス/b", "x ü,1", "~.-_"])
+def test_short_ids_keep_the_names_they_had(video_id):
+    """Existing similarity caches and figures stay where they are: a short id is named as before,
+    percent-encoded with nothing kept."""
+    assert id_file_name(video_id) == urllib.parse.quote(video_id, safe="")
+
+
+@pytest.mark.parametrize("video_id", [JAPANESE, LATIN, ASCII, "日" * 85, "é" * 200],
+                         ids=["japanese", "latin", "ascii", "cjk", "accents"])
+def test_a_long_id_is_a_readable_prefix_and_a_hash_that_fits_a_file_name(video_id, tmp_path):
+    """Issue 28 (re-trial 21A, T1): a 42-character Japanese id (126 bytes, a valid name on disk)
+    percent-encoded into 378 bytes: `tgmae masks` and `visualize` died with OSError [Errno 36]
+    File name too long. A long id's name starts as its short name would and ends in a hash of
+    the whole id; with a figure's `attention_` ... `-HASH.png` and an atomic write's temp name
+    around it, it stays under 255 bytes, and it can be written."""
+    name = id_file_name(video_id)
+    quoted = urllib.parse.quote(video_id, safe="")
+    assert len(quoted) > 255 or video_id == ASCII
+    assert name != quoted and name.isascii() and len(name) <= 160
+    prefix, _, digest = name.rpartition("+")
+    assert quoted.startswith(prefix) and len(prefix) >= 135 and len(digest) == 16
+    assert video_id.startswith(urllib.parse.unquote(prefix, errors="strict"))  # whole characters
+    fig = tmp_path / f"attention_{name}-0123abcd.png"
+    assert len(temp_path(fig).name.encode()) <= 255
+    fig.write_bytes(b"x")
+    assert fig.read_bytes() == b"x"
+
+
+def test_two_ids_never_share_a_name():
+    """Long ids that differ only after the prefix, and a short id spelled like a long id's name,
+    each get their own name."""
+    ids = [JAPANESE + "1", JAPANESE + "2", "2" + JAPANESE, LATIN, LATIN + "é", ASCII, ASCII[:-1]]
+    names = [id_file_name(v) for v in ids]
+    assert len(set(names)) == len(ids)
+    for name in names:  # an id spelled as another id's name (decoded, or as is) is named otherwise
+        assert id_file_name(urllib.parse.unquote(name)) not in names and id_file_name(name) not in names
+    assert "+" not in id_file_name("a+" + "0" * 16)  # '+' is never in a short id's name
+    assert id_file_name(JAPANESE) == id_file_name(JAPANESE)  # steady: a rerun finds its file

@@ -190,6 +190,33 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
     assert not list(out.glob(".recon-*"))
 
 
+def test_figures_of_a_long_non_ascii_id_fit_a_file_name(tmp_path, clip_file):
+    """Issue 28 (re-trial 21A, T1): `visualize recon --video "クラス/<42 Japanese characters>.mp4"`
+    (126 bytes, valid on disk) percent-encoded the id into a figure name over 400 bytes: OSError [Errno 36]
+    File name too long, a traceback. Its figures are named by `id_file_name` (a readable prefix and
+    a hash of the whole id), as the similarity maps; so is a long stem outside data.root."""
+    import shutil
+
+    run = _run(tmp_path)
+    root = tmp_path / "data"
+    vid = "クラス/" + "日本語の動画" * 7
+    (root / "クラス").mkdir(parents=True)
+    shutil.copy(clip_file, root / f"{vid}.mp4")
+    (root / "val.csv").write_text(f"path,label\n{vid}.mp4,0\n")
+    data = [f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv"]
+    out = tmp_path / "figs"
+    assert cli(["visualize", "recon", str(run), "--video", str(root / f"{vid}.mp4"), "--out", str(out), *data]) == 0
+    outside = tmp_path / "b" / ("é" * 120 + ".mp4")
+    outside.parent.mkdir()
+    shutil.copy(clip_file, outside)
+    assert cli(["visualize", "attention", str(run), "--video", str(outside), "--out", str(out)]) == 0
+    from tgmae.data.fileid import id_file_name
+
+    assert _named(out, "recon", id_file_name(vid)).is_file()
+    assert _named(out, "attention", id_file_name("é" * 120)).is_file()
+    assert all(len(p.name.encode()) <= 200 for p in out.iterdir())
+
+
 def test_a_full_disk_names_the_recon_figure_and_leaves_no_empty_folder(tmp_path, clip_file, monkeypatch, capsys):
     import errno
 

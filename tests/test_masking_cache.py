@@ -141,3 +141,46 @@ def test_create_exclusive_text_never_replaces(tmp_path):
     assert create_exclusive_text(path, "one") is True
     assert create_exclusive_text(path, "two") is False
     assert path.read_text() == "one" and sorted(p.name for p in path.parent.iterdir()) == ["m.json"]
+
+
+def test_map_files_of_short_ids_keep_their_names():
+    """Caches built before long ids were shortened stay valid: a short id's maps are where they were."""
+    from tgmae.masking.cache import entry_file
+
+    assert entry_file("v/1") == "maps/v%2F1.npz" and entry_file("クラス/b") == "maps/%E3%82%AF%E3%83%A9%E3%82%B9%2Fb.npz"
+
+
+@pytest.mark.parametrize("name", ["日本語の動画" * 7, "é" * 60 + "_à_la_plage"], ids=["japanese", "latin"])
+def test_masks_of_a_long_non_ascii_id_are_written_and_read(tmp_path, name):
+    """Issue 28 (re-trial 21A, T1): a 42-character Japanese file name (126 bytes, valid on disk)
+    percent-encoded into a 412-byte map file name: `tgmae masks` died with OSError [Errno 36]
+    File name too long, a traceback. Its maps are now written under `id_file_name` (a readable
+    prefix and a hash of the whole id), read back by id, and a rerun finds them."""
+    import numpy as np
+
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.cli import main
+    from tgmae.data.video import write_video
+    from tgmae.masking.cache import SimilarityCache
+
+    root = tmp_path / "data"
+    ids = [f"クラス/{name}", "クラス/b"]
+    frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    for vid in ids:
+        (root / f"{vid}.mp4").parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / f"{vid}.mp4", frames, fps=10)
+    (root / "train.csv").write_text("path,label\n" + "".join(f'"{v}.mp4",{i}\n' for i, v in enumerate(ids)))
+    (root / "o.jsonl").write_text("".join(json.dumps({"video_id": v, "captions": [c], "source": "oracle",
+                                                      "model": "{}"}) + "\n" for v, c in zip(ids, "xy")))
+    clip = save_tiny_clip(tmp_path / "clip", dim=16)
+    argv = ["masks", "--format", "csv", "--root", str(root), str(root / "train.csv"), "--captions",
+            str(root / "o.jsonl"), "--clip", str(clip), "--out", str(tmp_path / "m"), "--image-size", "32",
+            "--patch-size", "16", "--no-progress"]
+    assert main(argv) == 0
+    maps = sorted(p.name for p in (tmp_path / "m" / "maps").iterdir())
+    assert len(maps) == 2 and all(len(n.encode()) <= 200 for n in maps), maps
+    cache = SimilarityCache(tmp_path / "m")
+    assert [cache.entry(v).captions for v in ids] == [["x"], ["y"]]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "m" / "maps").iterdir()}
+    assert main(argv) == 0  # the rerun finds both maps: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "m" / "maps").iterdir()} == before

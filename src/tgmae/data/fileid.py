@@ -12,7 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 from typing import Any, Sequence
+
+# Most a file name made from an id may take, in (ASCII) characters. File systems allow 255 bytes;
+# around the id go a figure's `attention_` ... `-HASH.png` (23) and an atomic write's temp name
+# `.{name}.{host}-{pid}-{8 hex}.tmp` (up to 63), so 160 keeps every such name under 255 on any
+# host. Fixed, not worked out per host: one id has one name everywhere (a cache copied between
+# nodes still finds its files).
+ID_NAME_MAX = 160
 
 
 def file_identity(path: str) -> list[int]:
@@ -38,6 +46,28 @@ def videos_fingerprint(paths: Sequence[str]) -> str:
         ident = video_identity(p)
         h.update(f"{p}\0{[-1] if ident is None else ident}\n".encode())
     return h.hexdigest()
+
+
+def id_file_name(video_id: str) -> str:
+    """The one file name (no folder, no suffix) of a video id: percent-encoded with nothing kept
+    (`Animation/clip1` -> `Animation%2Fclip1`); when that is longer than `ID_NAME_MAX` (about 18
+    CJK or 27 accented Latin characters encode into 160: a valid name on disk can encode past the
+    file system's 255 bytes), its first characters (whole ones), '+' and 16 hex of the
+    sha256 of the whole id. Short ids keep the names they always had (existing similarity caches
+    and figures stay valid); two ids never share a name ('+' is never in an encoded id, so a long
+    id's name is no short id's, and the hash tells long ids apart). Used by every file named by an
+    id: similarity maps (`masking.cache.entry_file`), `visualize` figures (`clip_id`)."""
+    quoted = urllib.parse.quote(video_id, safe="")
+    if len(quoted) <= ID_NAME_MAX:
+        return quoted
+    digest = hashlib.sha256(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    room, prefix = ID_NAME_MAX - len(digest) - 1, ""
+    for ch in video_id:  # whole characters, so the prefix still reads (decodes) as the id's start
+        part = urllib.parse.quote(ch, safe="")
+        if len(prefix) + len(part) > room:
+            break
+        prefix += part
+    return f"{prefix}+{digest}"
 
 
 def video_identity(path: str) -> list | None:

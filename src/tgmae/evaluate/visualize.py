@@ -118,10 +118,10 @@ def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> 
 
 def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
     """The clip part of a figure's file name: its video id (a `--video` under data.root: its id
-    there; outside: its stem; the hash of `figure_name` tells same-named files apart),
-    percent-encoded with nothing kept (`Animation/clip1` -> `Animation%2Fclip1`, as
-    `masking.cache` names maps)."""
-    import urllib.parse
+    there; outside: its stem; the hash of `figure_name` tells same-named files apart), named as
+    `masking.cache` names maps (`id_file_name`: `Animation/clip1` -> `Animation%2Fclip1`; a long
+    id, a readable prefix and a hash of the whole id)."""
+    from tgmae.data.fileid import id_file_name
 
     if video:
         from tgmae.data.annotations import relative_id
@@ -132,7 +132,7 @@ def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
         vid = relative_id(root, str(path)) if inside else path.stem
     else:
         vid = str(sample.get("video_id", index))
-    return urllib.parse.quote(vid, safe="")
+    return id_file_name(vid)
 
 
 # the keys of data.* that say how a clip is read, not what it shows: left out of a figure's name

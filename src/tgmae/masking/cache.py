@@ -1,8 +1,9 @@
 """On-disk similarity-map cache written by `tgmae masks`, read by the cached TGM generator.
 
     manifest.json        what the maps were computed with (CLIP, mode, captions, geometry)
-    maps/<id>.npz        per video: sim float16 [C, F, gh, gw] (one map per caption, per cached
-                         frame, over the full source frame), frames int32 [F] (source frame
+    maps/<name>.npz      per video, named by `entry_file` (`data.fileid.id_file_name`): sim
+                         float16 [C, F, gh, gw] (one map per caption, per cached frame, over
+                         the full source frame), frames int32 [F] (source frame
                          numbers), text float16 [C, D] (the captions' CLIP text embeddings),
                          captions str [C] (their texts, in the captions file's order)
     parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding)
@@ -18,7 +19,6 @@ import functools
 import hashlib
 import json
 import shutil
-import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -161,8 +161,11 @@ def remove_stale_cache_temps(root: str | Path) -> int:
 
 
 def entry_file(video_id: str) -> str:
-    """File name of a video's maps (video ids may contain '/' and other path characters)."""
-    return "maps/" + urllib.parse.quote(video_id, safe="") + ".npz"
+    """File of a video's maps, relative to the cache: `maps/{id_file_name(video_id)}.npz` (video ids
+    may contain '/' and other path characters, and be longer than a file name may be)."""
+    from tgmae.data.fileid import id_file_name
+
+    return f"maps/{id_file_name(video_id)}.npz"
 
 
 def write_entry(
