@@ -622,3 +622,33 @@ def test_data_check_of_a_diving48_train_file_says_why_the_test_file_is_read(tmp_
                  str(tmp_path / "Diving48_V2_train.json"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(tmp_path / "Diving48_V2_test.json") in err and "data.val_annotations" in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# classes.txt: line order = label, so an empty line inside it is refused (re-trial 21A S1)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,listed", [
+    ("csv", 'path,label\n"plain/a,b.avi",1\n'),  # label 1 was the third name, "c"
+    ("csv", "path,label\nv.mp4,c\n"),
+    ("k400", "v.mp4 1\n"),  # VideoMAE list
+    ("k400", "label,youtube_id,time_start,time_end,split\nc,abc,1,11,train\n"),  # official CSV
+])
+@pytest.mark.parametrize("text,line", [("a\n\nc\n", 2), ("\na\nc\n", 1), ("a\n  \r\nc\r\n", 2)])
+def test_an_empty_line_inside_classes_txt_is_refused_naming_file_and_line(tmp_path, fmt, listed, text, line):
+    """`a, (empty), c`: the empty line was dropped, so label 1 silently became "c"."""
+    (tmp_path / "classes.txt").write_text(text, newline="")
+    ann = tmp_path / "list.txt"
+    ann.write_text(listed)
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(fmt, tmp_path, ann)
+    _one_line_naming(e, f"{tmp_path / 'classes.txt'}:{line}", "empty")
+
+
+def test_classes_txt_may_end_in_blank_lines_and_have_crlf_a_bom_and_trailing_spaces(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("\ufeffa  \r\nb\r\nc \r\n\r\n  \n\n".encode())
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\nv.mp4,1\nw.mp4,c\n")
+    recs, classes = load_annotations("csv", tmp_path, ann)
+    assert classes == ["a", "b", "c"] and [r.label for r in recs] == [1, 2]

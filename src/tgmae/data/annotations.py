@@ -386,10 +386,16 @@ def refuse_repeated_names(file: Path | str, entries: Iterable[tuple[Any, str]], 
 
 
 def read_classes(path: Path) -> Optional[list[str]]:
-    """Class names of a `classes.txt` (one per line, line order = id), None without the file;
-    a name twice is refused (`refuse_repeated_names`)."""
+    """Class names of a `classes.txt` (one per line, line order = id), None without the file.
+    Line order is the label, so an empty line before the last name is refused naming file:line
+    (dropping it would give every later class the next label); blank lines at the end, CRLF, a
+    BOM and spaces around a name are fine. A name twice is refused (`refuse_repeated_names`)."""
     if not path.is_file():
         return None
     lines = read_lines(path)
+    if lines and lines[-1][0] != len(lines):  # line numbers skip one: an empty line among the names
+        gap = next(i for i, (n, _) in enumerate(lines, 1) if n != i)
+        raise AnnotationError(f"{path}:{gap}: empty line among the class names; line order is the label, "
+                              "so remove it (or name the class it stands for)")
     refuse_repeated_names(path, lines)
     return [t for _, t in lines]
