@@ -652,3 +652,63 @@ def test_classes_txt_may_end_in_blank_lines_and_have_crlf_a_bom_and_trailing_spa
     ann.write_text("path,label\nv.mp4,1\nw.mp4,c\n")
     recs, classes = load_annotations("csv", tmp_path, ann)
     assert classes == ["a", "b", "c"] and [r.label for r in recs] == [1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Class names that differ only in case, spaces or underscores are one class (re-trial 21A S2)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,listed", [
+    ("k400", "v0.mp4 0\nv1.mp4 1\n"),  # VideoMAE list
+    ("k400", "label,youtube_id,time_start,time_end,split\nriding bike,abc,1,11,train\n"),  # official CSV
+    ("csv", "path,label\nv0.mp4,0\nv1.mp4,walking\n"),  # generic
+])
+@pytest.mark.parametrize("other", ["Riding Bike", "riding_bike", "riding  bike", "RidingBike"])
+def test_class_names_differing_only_in_case_or_spacing_in_classes_txt_are_refused(tmp_path, fmt, listed, other):
+    """`riding bike` and `Riding Bike` were two classes: their folders, descriptions and oracle
+    captions are one."""
+    (tmp_path / "classes.txt").write_text(f"riding bike\nwalking\n{other}\n")
+    ann = tmp_path / "list.txt"
+    ann.write_text(listed)
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(fmt, tmp_path, ann)
+    _one_line_naming(e, tmp_path / "classes.txt", "'riding bike'", repr(other), "lines 1 and 3")
+
+
+def test_official_k400_labels_differing_only_in_case_or_spacing_are_refused_naming_both_rows(tmp_path):
+    """No classes.txt: `riding bike`, `Riding Bike`, `riding  bike ` became 3 classes."""
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\r\n"
+                                        "riding bike,aaaaaaaaaaa,1,5,train\r\n"
+                                        "riding bike,ddddddddddd,1,5,train\r\n")
+    (tmp_path / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                           "walking,bbbbbbbbbbb,1,5,val\n"
+                                           "Riding Bike,ccccccccccc,2,6,val\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("k400", tmp_path, tmp_path / "train.csv")
+    _one_line_naming(e, "'riding bike'", "'Riding Bike'", "train.csv:2", "validate.csv:3")
+
+
+def test_generic_labels_differing_only_in_case_without_classes_txt_are_refused(tmp_path):
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\nv0.mp4,riding bike\nv1.mp4,walking\nv2.mp4,Riding_Bike\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("csv", tmp_path, ann)
+    _one_line_naming(e, ann, "'Riding_Bike'", "'riding bike'", "lines 2 and 4")
+
+
+def test_hmdb51_class_files_differing_only_in_case_are_refused_naming_both_files(tmp_path):
+    for name in ("ride_bike", "Ride_Bike", "walk"):
+        (tmp_path / f"{name}_test_split1.txt").write_text(f"{name}_v1.avi 1\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("hmdb51", tmp_path, tmp_path)
+    _one_line_naming(e, "Ride_Bike_test_split1.txt", "ride_bike_test_split1.txt")
+
+
+def test_ucf101_classind_names_differing_only_in_underscores_are_refused(tmp_path):
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 Archery\r\n3 Apply_Eye_Makeup\r\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ucf101", tmp_path, folder)
+    _one_line_naming(e, folder / "classInd.txt", "'ApplyEyeMakeup'", "'Apply_Eye_Makeup'", "lines 1 and 3")
