@@ -714,3 +714,12 @@ def test_ucf101_classind_names_differing_only_in_underscores_are_refused(tmp_pat
     with pytest.raises(AnnotationError) as e:
         load_annotations("ucf101", tmp_path, folder)
     _one_line_naming(e, folder / "classInd.txt", "'ApplyEyeMakeup'", "'Apply_Eye_Makeup'", "lines 1 and 3")
+
+
+def test_an_empty_label_in_a_csv_without_classes_txt_is_a_bad_row_not_a_class_named_empty(tmp_path):
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\na.mp4,walking\nb.mp4,\n")
+    problems: list = []
+    recs, classes = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert classes == ["walking"] and [r.video_id for r in recs] == ["a"]
+    assert [p.line for p in problems] == [3]

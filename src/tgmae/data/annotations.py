@@ -312,7 +312,7 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
         first: dict[str, int] = {}  # name -> line of its first row
         for line, o in raw:
             lab = str(o.get("label", "")).strip()
-            if not re.fullmatch(r"-?\d+", lab):
+            if lab and not re.fullmatch(r"-?\d+", lab):  # an empty label is a bad row, not a class ""
                 first.setdefault(lab, line)
         refuse_repeated_names(ann, [(w, n) for n, w in first.items()])
         names = sorted(first)
