@@ -282,3 +282,12 @@ def test_a_file_that_does_not_record_the_settings_is_not_resumed(fake, tmp_path,
         assert len(err) == 1 and key in err[0] and str(out) in err[0], (name, err)
         assert json.loads(out.read_text()) == obj
     assert fake.requests == []
+
+
+def test_class_list_names_differing_only_in_case_or_spacing_are_refused_naming_both(tmp_path):
+    """`Biking` and `biking` would be described twice, and a data set refuses the pair anyway."""
+    p = tmp_path / "c.txt"
+    p.write_text("Biking\nwalking\nbiking\n")
+    with pytest.raises(DescriptionsError) as e:
+        read_class_list(p)
+    assert all(s in str(e.value) for s in (str(p), "'Biking'", "'biking'", "lines 1 and 3")), str(e.value)

@@ -226,6 +226,25 @@ def test_descriptions_become_captions_of_each_video_of_the_class():
         description_records([("v1", "swimming")], table, "gpt")
 
 
+@pytest.mark.parametrize("classes,table,named", [
+    # `biking` got Biking's descriptions through folding while Biking had them exactly
+    (["Biking", "biking", "walking"], {"Biking": ["b"], "walking": ["w"]}, ["'Biking'", "'biking'"]),
+    # one key folded onto both classes
+    (["Biking", "biking"], {"BIKING": ["b"]}, ["'BIKING'", "'Biking'", "'biking'"]),
+    # a class whose folded name matches two keys: which one was the first in the file
+    (["riding bike"], {"Riding Bike": ["a"], "riding_bike": ["b"]}, ["'riding bike'", "'Riding Bike'", "'riding_bike'"]),
+])
+def test_a_description_key_matched_by_folding_to_more_than_one_class_or_key_is_refused(classes, table, named):
+    with pytest.raises(DescriptionsError) as e:
+        match_classes(classes, table)
+    assert "\n" not in str(e.value) and all(n in str(e.value) for n in named), str(e.value)
+
+
+def test_an_exact_description_key_wins_over_one_matching_by_folding():
+    table = {"Riding Bike": ["a"], "riding_bike": ["b"], "walking": ["w"]}
+    assert match_classes(["riding_bike", "Walking"], table) == {"riding_bike": ["b"], "Walking": ["w"]}
+
+
 # ---------------------------------------------------------------------------------- provider
 
 

@@ -613,12 +613,113 @@ def test_an_ssv2_folders_skipped_rows_and_empty_list_name_the_file_read(tmp_path
 def test_data_check_of_a_diving48_train_file_says_why_the_test_file_is_read(tmp_path, capsys):
     """`data check` of Diving48_V2_train.json alone failed "Diving48_V2_test.json: annotation file not
     found": a file the user did not name. It is the val list a run reads beside the train list when
-    data.val_annotations is empty: the line says so."""
+    data.val_annotations is empty: the train file is checked (its videos are missing here: exit 1)
+    and a 'not checked' line says so (re-trial 20A M1)."""
     from tgmae.cli import main
 
     shutil.copy(DATA / "diving48" / "Diving48_V2_train.json", tmp_path / "Diving48_V2_train.json")
     capsys.readouterr()
     assert main(["data", "check", "--format", "diving48", "--root", str(tmp_path),
-                 str(tmp_path / "Diving48_V2_train.json"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and str(tmp_path / "Diving48_V2_test.json") in err and "data.val_annotations" in err, err
+                 str(tmp_path / "Diving48_V2_train.json"), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "not checked" in x)
+    assert str(tmp_path / "Diving48_V2_test.json") in line and "data.val_annotations" in line, out
+
+
+# --------------------------------------------------------------------------------------------
+# classes.txt: line order = label, so an empty line inside it is refused (re-trial 21A S1)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,listed", [
+    ("csv", 'path,label\n"plain/a,b.avi",1\n'),  # label 1 was the third name, "c"
+    ("csv", "path,label\nv.mp4,c\n"),
+    ("k400", "v.mp4 1\n"),  # VideoMAE list
+    ("k400", "label,youtube_id,time_start,time_end,split\nc,abc,1,11,train\n"),  # official CSV
+])
+@pytest.mark.parametrize("text,line", [("a\n\nc\n", 2), ("\na\nc\n", 1), ("a\n  \r\nc\r\n", 2)])
+def test_an_empty_line_inside_classes_txt_is_refused_naming_file_and_line(tmp_path, fmt, listed, text, line):
+    """`a, (empty), c`: the empty line was dropped, so label 1 silently became "c"."""
+    (tmp_path / "classes.txt").write_text(text, newline="")
+    ann = tmp_path / "list.txt"
+    ann.write_text(listed)
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(fmt, tmp_path, ann)
+    _one_line_naming(e, f"{tmp_path / 'classes.txt'}:{line}", "empty")
+
+
+def test_classes_txt_may_end_in_blank_lines_and_have_crlf_a_bom_and_trailing_spaces(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("\ufeffa  \r\nb\r\nc \r\n\r\n  \n\n".encode())
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\nv.mp4,1\nw.mp4,c\n")
+    recs, classes = load_annotations("csv", tmp_path, ann)
+    assert classes == ["a", "b", "c"] and [r.label for r in recs] == [1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Class names that differ only in case, spaces or underscores are one class (re-trial 21A S2)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,listed", [
+    ("k400", "v0.mp4 0\nv1.mp4 1\n"),  # VideoMAE list
+    ("k400", "label,youtube_id,time_start,time_end,split\nriding bike,abc,1,11,train\n"),  # official CSV
+    ("csv", "path,label\nv0.mp4,0\nv1.mp4,walking\n"),  # generic
+])
+@pytest.mark.parametrize("other", ["Riding Bike", "riding_bike", "riding  bike", "RidingBike"])
+def test_class_names_differing_only_in_case_or_spacing_in_classes_txt_are_refused(tmp_path, fmt, listed, other):
+    """`riding bike` and `Riding Bike` were two classes: their folders, descriptions and oracle
+    captions are one."""
+    (tmp_path / "classes.txt").write_text(f"riding bike\nwalking\n{other}\n")
+    ann = tmp_path / "list.txt"
+    ann.write_text(listed)
+    with pytest.raises(AnnotationError) as e:
+        load_annotations(fmt, tmp_path, ann)
+    _one_line_naming(e, tmp_path / "classes.txt", "'riding bike'", repr(other), "lines 1 and 3")
+
+
+def test_official_k400_labels_differing_only_in_case_or_spacing_are_refused_naming_both_rows(tmp_path):
+    """No classes.txt: `riding bike`, `Riding Bike`, `riding  bike ` became 3 classes."""
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\r\n"
+                                        "riding bike,aaaaaaaaaaa,1,5,train\r\n"
+                                        "riding bike,ddddddddddd,1,5,train\r\n")
+    (tmp_path / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                           "walking,bbbbbbbbbbb,1,5,val\n"
+                                           "Riding Bike,ccccccccccc,2,6,val\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("k400", tmp_path, tmp_path / "train.csv")
+    _one_line_naming(e, "'riding bike'", "'Riding Bike'", "train.csv:2", "validate.csv:3")
+
+
+def test_generic_labels_differing_only_in_case_without_classes_txt_are_refused(tmp_path):
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\nv0.mp4,riding bike\nv1.mp4,walking\nv2.mp4,Riding_Bike\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("csv", tmp_path, ann)
+    _one_line_naming(e, ann, "'Riding_Bike'", "'riding bike'", "lines 2 and 4")
+
+
+def test_hmdb51_class_files_differing_only_in_case_are_refused_naming_both_files(tmp_path):
+    for name in ("ride_bike", "Ride_Bike", "walk"):
+        (tmp_path / f"{name}_test_split1.txt").write_text(f"{name}_v1.avi 1\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("hmdb51", tmp_path, tmp_path)
+    _one_line_naming(e, "Ride_Bike_test_split1.txt", "ride_bike_test_split1.txt")
+
+
+def test_ucf101_classind_names_differing_only_in_underscores_are_refused(tmp_path):
+    folder = tmp_path / "lists"
+    shutil.copytree(DATA / "ucf101" / "ucfTrainTestlist", folder)
+    (folder / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 Archery\r\n3 Apply_Eye_Makeup\r\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ucf101", tmp_path, folder)
+    _one_line_naming(e, folder / "classInd.txt", "'ApplyEyeMakeup'", "'Apply_Eye_Makeup'", "lines 1 and 3")
+
+
+def test_an_empty_label_in_a_csv_without_classes_txt_is_a_bad_row_not_a_class_named_empty(tmp_path):
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label\na.mp4,walking\nb.mp4,\n")
+    problems: list = []
+    recs, classes = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert classes == ["walking"] and [r.video_id for r in recs] == ["a"]
+    assert [p.line for p in problems] == [3]

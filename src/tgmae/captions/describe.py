@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, class_text, validate_descriptions
 from tgmae.atomic import atomic_write_text
+from tgmae.data.annotations import class_key
 from tgmae.errors import UserError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -100,18 +101,25 @@ class ChatClient:
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """One class name per line; blank lines and `#` comments are ignored."""
+    """One class name per line; blank lines and `#` comments are ignored. A name twice, or two
+    that differ only in case, spaces or underscores (`class_key`: their descriptions would be
+    looked up as one class's), is refused naming both lines."""
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"classes file not found: {path}")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    names = [n for n in lines if n and not n.startswith("#")]
-    if not names:
+    lines = [(i, t.strip()) for i, t in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
+    named = [(i, n) for i, n in lines if n and not n.startswith("#")]
+    if not named:
         raise DescriptionsError(f"{path}: no class names")
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise DescriptionsError(f"{path}: class {dup!r} is listed twice")
-    return names
+    seen: dict[str, tuple[int, str]] = {}
+    for i, n in named:
+        j, m = seen.setdefault(class_key(n), (i, n))
+        if m == n and j != i:
+            raise DescriptionsError(f"{path}: class {n!r} is listed twice (lines {j} and {i})")
+        if m != n:
+            raise DescriptionsError(f"{path}: classes {m!r} and {n!r} (lines {j} and {i}) differ only in case, "
+                                    "spaces or underscores, and would be looked up as one class; keep one")
+    return [n for _, n in named]
 
 
 def describe_classes(class_names: Sequence[str], client: ChatClient, prompts: Sequence[str] = CUPL_PROMPTS,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tgmae.captions.store import CaptionRecord, CaptionStoreError
-from tgmae.data.annotations import unnamed_classes
+from tgmae.data.annotations import class_key, unnamed_classes
 from tgmae.errors import SettingsError, UserError
 
 # Table 6a: prompts given to GPT-3.5 per action class, after CuPL.
@@ -55,10 +55,6 @@ def oracle_records(videos: Sequence[tuple[str, str]], templates: Sequence[str] =
         raise SettingsError("--template: need at least one oracle template")
     model = " | ".join(templates)
     return [CaptionRecord(vid, [_fill(t, cls) for t in templates], "oracle", model) for vid, cls in videos]
-
-
-def _normalise(name: str) -> str:
-    return class_text(name).casefold()
 
 
 def validate_descriptions(obj: Any, where: str = "descriptions") -> tuple[dict[str, list[str]], dict]:
@@ -103,22 +99,35 @@ def load_descriptions(path: str | Path) -> tuple[dict[str, list[str]], dict]:
 
 
 def match_classes(class_names: Sequence[str], descriptions: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Dataset class name -> its descriptions; exact name first, then case/spacing-insensitive
-    (`ApplyEyeMakeup` matches `apply eye makeup`). Every class must be found."""
-    by_norm: dict[str, str] = {}
+    """Dataset class name -> its descriptions; an exact key first, else the one key equal to it
+    without case, spaces and underscores (`tgmae.data.annotations.class_key`: `ApplyEyeMakeup`
+    matches `apply eye makeup`). Every class must be found. Raises DescriptionsError when a class
+    without an exact key folds to several keys, or a key would serve several classes (`Biking`
+    and `biking` both given `Biking`'s or `BIKING`'s texts), naming the key and the classes."""
+    by_key: dict[str, list[str]] = {}
     for key in descriptions:
-        by_norm.setdefault(_normalise(key), key)
-    out, missing = {}, []
+        by_key.setdefault(class_key(key), []).append(key)
+    chosen, missing = {}, []
     for name in class_names:
-        key = name if name in descriptions else by_norm.get(_normalise(name))
-        if key is None:
-            missing.append(name)
+        keys = [name] if name in descriptions else by_key.get(class_key(name), [])
+        if len(keys) > 1:
+            raise DescriptionsError(f"class {name!r} matches description keys {', '.join(map(repr, keys))}, which "
+                                    "differ only in case, spaces or underscores; keep one, or spell one as the class")
+        if keys:
+            chosen[name] = keys[0]
         else:
-            out[name] = descriptions[key]
+            missing.append(name)
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DescriptionsError(f"{len(missing)} class(es) have no descriptions: {shown}")
-    return out
+    served: dict[str, str] = {}
+    for name, key in chosen.items():
+        if key in served:
+            raise DescriptionsError(f"description key {key!r} would serve classes {served[key]!r} and {name!r} "
+                                    "(matched without case, spaces and underscores); give each its own key, "
+                                    "spelled as the class")
+        served[key] = name
+    return {name: descriptions[key] for name, key in chosen.items()}
 
 
 def description_records(videos: Sequence[tuple[str, str]], descriptions: dict[str, list[str]],

@@ -309,8 +309,13 @@ def read_generic(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoReco
     classes = read_classes(ann.parent / "classes.txt") or read_classes(root / "classes.txt")
     by_name = {c: i for i, c in enumerate(classes or [])}
     if classes is None:  # names in the label column without a classes.txt: sorted order
-        names = sorted({str(o.get("label", "")).strip() for _, o in raw
-                        if not re.fullmatch(r"-?\d+", str(o.get("label", "")).strip())})
+        first: dict[str, int] = {}  # name -> line of its first row
+        for line, o in raw:
+            lab = str(o.get("label", "")).strip()
+            if lab and not re.fullmatch(r"-?\d+", lab):  # an empty label is a bad row, not a class ""
+                first.setdefault(lab, line)
+        refuse_repeated_names(ann, [(w, n) for n, w in first.items()])
+        names = sorted(first)
         by_name = {c: i for i, c in enumerate(names)} if names else {}
         if names:
             log.warning("%s: class names without a classes.txt are numbered in sorted order of this "
@@ -368,28 +373,48 @@ def unnamed_classes(class_names: list[str]) -> bool:
     return bool(class_names) and all(c == str(i) for i, c in enumerate(class_names))
 
 
+def class_key(name: str) -> str:
+    """What makes two class names one class: `name` without case, spaces, underscores and SSv2's
+    brackets, so `riding bike` = `Riding Bike` = `riding_bike` = `RidingBike`. Class folders
+    (`first_existing`'s `riding_bike/`, UCF101's case-blind ones) and the description lookup
+    (`tgmae.captions.sources.match_classes`) match names so."""
+    return re.sub(r"[\s_\[\]]+", "", name).casefold()
+
+
 def refuse_repeated_names(file: Path | str, entries: Iterable[tuple[Any, str]], unit: str = "lines",
-                          key: Callable[[str], str] = str) -> None:
-    """AnnotationError naming `file`, the name and both places when a class name comes twice.
+                          key: Callable[[str], str] = class_key) -> None:
+    """AnnotationError naming `file`, both names and both places when a class name comes twice,
+    the same or differing only in case, spaces or underscores (`class_key`).
 
     entries: (where, name) in file order, `where` a line / entry / id number shown after `unit`
-    ("lines 1 and 3"); key: what makes two names the same (UCF101 folders match case-blind).
+    ("lines 1 and 3"); key: what makes two names the same.
     Every reader of class names calls it: predictions, class alignment and an export's label2id
-    are keyed by the name, so a repeat would silently send one class's scores to another."""
-    seen: dict[str, Any] = {}
+    are keyed by the name, and folders and descriptions are matched by `class_key`, so a repeat
+    would silently send one class's scores, videos or descriptions to another."""
+    seen: dict[str, tuple[Any, str]] = {}
     for where, name in entries:
         k = key(name)
-        if k in seen:
-            raise AnnotationError(f"{file}: class name {name!r} twice ({unit} {seen[k]} and {where}); "
+        if k in seen and seen[k][1] == name:
+            raise AnnotationError(f"{file}: class name {name!r} twice ({unit} {seen[k][0]} and {where}); "
                                   "each class needs its own name")
-        seen[k] = where
+        if k in seen:
+            raise AnnotationError(f"{file}: class names {seen[k][1]!r} and {name!r} ({unit} {seen[k][0]} and {where}) "
+                                  "differ only in case, spaces or underscores, which class folders and "
+                                  "descriptions are matched without; give each class a distinct name")
+        seen[k] = (where, name)
 
 
 def read_classes(path: Path) -> Optional[list[str]]:
-    """Class names of a `classes.txt` (one per line, line order = id), None without the file;
-    a name twice is refused (`refuse_repeated_names`)."""
+    """Class names of a `classes.txt` (one per line, line order = id), None without the file.
+    Line order is the label, so an empty line before the last name is refused naming file:line
+    (dropping it would give every later class the next label); blank lines at the end, CRLF, a
+    BOM and spaces around a name are fine. A name twice is refused (`refuse_repeated_names`)."""
     if not path.is_file():
         return None
     lines = read_lines(path)
+    if lines and lines[-1][0] != len(lines):  # line numbers skip one: an empty line among the names
+        gap = next(i for i, (n, _) in enumerate(lines, 1) if n != i)
+        raise AnnotationError(f"{path}:{gap}: empty line among the class names; line order is the label, "
+                              "so remove it (or name the class it stands for)")
     refuse_repeated_names(path, lines)
     return [t for _, t in lines]

@@ -117,20 +117,26 @@ def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[Vi
 
 def _k400_classes(ann: Path, raw: list) -> list[str]:
     """`classes.txt` next to the file, else the sorted union of labels over this file and its
-    official siblings (train/validate/val/test.csv), so every split shares the class ids."""
+    official siblings (train/validate/val/test.csv), so every split shares the class ids; two
+    labels differing only in case or spacing are refused naming a row of each
+    (`refuse_repeated_names`)."""
     listed = read_classes(ann.parent / "classes.txt")
     if listed is not None:
         return listed
-    names = {r["label"] for _, r in raw if r.get("label")}
+    first: dict[str, str] = {}  # label -> `file:line` of its first row
+    for line, r in raw:
+        first.setdefault(r.get("label", ""), f"{ann.name}:{line}")
     for sib in ("train.csv", "validate.csv", "val.csv", "test.csv"):
         p = ann.parent / sib
         if p.is_file() and p != ann:
             with p.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 if "label" in (reader.fieldnames or []) and "youtube_id" in (reader.fieldnames or []):
-                    names.update((r.get("label") or "").strip() for r in reader)
-    names.discard("")
-    return sorted(names)
+                    for r in reader:
+                        first.setdefault((r.get("label") or "").strip(), f"{p.name}:{reader.line_num}")
+    first.pop("", None)
+    refuse_repeated_names(ann, [(w, n) for n, w in first.items()], unit="rows")
+    return sorted(first)
 
 
 def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
@@ -282,7 +288,7 @@ def read_ucf101(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
         by_name[parts[1].lower()] = len(classes) - 1
         lines.append(line)
     # class folders are matched case-blind, so `Archery` and `archery` would be one class
-    refuse_repeated_names(class_file, zip(lines, classes), key=str.lower)
+    refuse_repeated_names(class_file, zip(lines, classes))
     records = []
     ids = UniqueIds(rows)
     for line, text in read_lines(list_path):
@@ -324,6 +330,7 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
     if not files:
         raise AnnotationError(f"{folder}: no *_test_split{split}.txt files")
     classes = [pat.match(p.name).group(1) for p in files]
+    refuse_repeated_names(folder, [(p.name, c) for p, c in zip(files, classes)], unit="files")
     want = 1 if subset_kind(subset) == "train" else 2
     records = []
     ids = UniqueIds(rows)
