@@ -656,6 +656,18 @@ def test_finetune_into_a_probe_run_folder_names_the_run_kind_first(tmp_path):
         with pytest.raises(ckpt.CheckpointError) as err:
             finetune(cfg, train_data=Clips(8), val_data=Clips(8, seed=1))
         assert "probe run" in str(err.value) and "finetune run" in str(err.value), resume
+    # re-trial 21B S1: an L-BFGS / k-NN probe's folder has no checkpoints; under ignore_config finetune
+    # said "replacing what it holds" and left the probe's results beside its own
+    lbfgs = tmp_path / "lbfgs"
+    lbfgs.mkdir()
+    (lbfgs / "probe_results.json").write_text(json.dumps({"probe": "linear", "optimizer": "lbfgs", "top1": 0.0}))
+    (lbfgs / "test_predictions.csv").write_text("video_id,true_label,pred_1,score_1\nv0,class 0,class 0,0.9\n")
+    for resume in ("auto", "ignore_config"):
+        cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", f"checkpoint.resume={resume}",
+                      f"train.output_dir={lbfgs}")
+        with pytest.raises(ckpt.CheckpointError, match=r"holds a linear / k-NN probe run .*probe_results.json"):
+            finetune(cfg, train_data=Clips(8), val_data=Clips(8, seed=1))
+    assert sorted(p.name for p in lbfgs.iterdir()) == ["probe_results.json", "test_predictions.csv"]
 
 
 def test_evaluate_tests_a_classifier_at_its_own_geometry_and_says_a_key_set_otherwise(synth, tmp_path, caplog):

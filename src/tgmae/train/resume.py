@@ -63,13 +63,22 @@ def refuse_other_kind(cfg: RunConfig, task_name: str) -> None:
     was written by another kind of run (its stored task name; one without it is left to `resume`):
     for a command that checks the results train.output_dir holds before its loop starts, so that a
     probe run's folder is named as one first, not refused for its files with the way out
-    checkpoint.resume=ignore_config, which the loop's kind check then refuses (finetune)."""
+    checkpoint.resume=ignore_config, which the loop's kind check then refuses (finetune). A folder
+    without checkpoints (a k-NN or L-BFGS probe's) is named by its probe_results.json's `probe`."""
     source = resume_source(cfg)
     stored = ckpt.read_extra(source).get("task") if source is not None else None
+    if source is None:
+        source = Path(cfg.train.output_dir) / PROBE_RESULTS
+        try:
+            probe = json.loads(source.read_text()).get("probe")
+        except (OSError, ValueError, AttributeError):  # none there (or not a probe's): the results' checks say
+            probe = None
+        stored = {"attentive": "attentive_probe"}.get(probe, "probe") if isinstance(probe, str) else None
     if stored:
         ckpt.check_run_kind(source, stored, task_name, str(cfg.train.output_dir))
 
 
+PROBE_RESULTS = "probe_results.json"  # every probe's results file (tgmae.evaluate.probe), with its `probe` kind
 WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
 
 
