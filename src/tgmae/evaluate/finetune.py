@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from tgmae.atomic import atomic_write_text
 from tgmae.config import RunConfig
+from tgmae.distributed import rank_world
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier, refuse_checkpoint_training_videos
@@ -112,7 +113,9 @@ class FinetuneTask:
                 log.info("%s: %s", c.model.pretrained, note)
             model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
                                      image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
-            log.info("finetuning the encoder of %s", c.model.pretrained)
+            if not getattr(self, "_said", False) and rank_world()[0] == 0:  # once, not per rank and per test
+                log.info("finetuning the encoder of %s", c.model.pretrained)
+                self._said = True
         else:
             from tgmae.models.arch import arch_from_config
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError
+from tgmae.errors import count
 from tgmae.evaluate.classes import align_classes, data_class_count
 from tgmae.evaluate.metrics import per_class_accuracy, reported_ks, topk_accuracy, topk_text
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
@@ -302,8 +303,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         out = Path(cfg.train.output_dir)
         summary = write_test_results(result, out, f"{dataset.num_temporal}x{dataset.num_spatial}",
                                      written_by=EVALUATE, settings=settings, weights=weights)
-        log.info("multi-view test (%s views, %d videos): %s, mean class %.4f", summary["views"],
-                 result.num_videos, topk_text(result.top1, result.top5), result.mean_class_accuracy)
+        log.info("multi-view test (%s views, %s): %s, mean class %.4f", summary["views"],
+                 count(result.num_videos, "video"), topk_text(result.top1, result.top5), result.mean_class_accuracy)
         if result.unreadable:
             log.warning("%d of %d test videos could not be read and were not scored (listed in %s)",
                         result.num_unreadable, result.num_videos + result.num_unreadable, out / "test_results.json")
