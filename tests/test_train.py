@@ -1481,3 +1481,23 @@ def test_ignore_config_replaces_results_without_weights_but_never_a_trained_run(
     with pytest.raises(RunFolderError, match="model.safetensors"):
         Trainer(ToyTask(cfg), cfg).fit()
     assert (run / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_a_refused_resume_removes_a_killed_checkpoint_writes_temp_folder(tmp_path):
+    """Re-trial 21B (L1): kill -9 during a checkpoint write left checkpoints/.step_N.<host>-<pid>-*.tmp
+    (a whole step's copy); a resume removed it, a refused one (other settings) kept it."""
+    import subprocess
+    import sys
+
+    from tgmae.atomic import _HOST
+
+    _train_until_killed(toy_cfg(tmp_path), 4)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = tmp_path / "run" / "checkpoints" / f".step_00000006.{_HOST}-{dead}-0123abcd.tmp"
+    stale.mkdir()
+    (stale / "state.pt").write_bytes(b"x" * 1000)
+    other = toy_cfg(tmp_path, "optim.lr=0.02")
+    with pytest.raises(ckpt.CheckpointError, match="optim.lr"):
+        Trainer(ToyTask(other), other).fit()
+    assert not stale.exists()

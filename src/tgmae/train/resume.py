@@ -401,6 +401,8 @@ def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
     `check_config_file` and the refusal of an extraction's folder (`locks.refuse_extraction`)."""
     refuse_extraction(cfg.train.output_dir, "train.output_dir")
     check_config_file(cfg.train.output_dir)
+    # a killed checkpoint write's temp folder (a copy of a whole step) goes even when this run is refused
+    remove_stale_temps(Path(cfg.train.output_dir) / "checkpoints")
     return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
                 folder=True)
 
