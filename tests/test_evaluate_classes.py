@@ -108,3 +108,18 @@ def test_a_listed_class_without_training_videos_is_one_warning_naming_it(caplog)
     with caplog.at_level(logging.WARNING, logger="tgmae"):
         check_head_classes(every, [])
     assert not caplog.records
+
+
+def test_a_head_without_names_on_a_named_set_says_the_order_is_assumed(caplog):
+    """Re-trial 22A (F1): a classifier converted from an official .pth (no class names) was scored
+    against the data set's classes in index order without a word."""
+    with caplog.at_level("WARNING", logger="tgmae"):
+        aligned = align_classes([], 3, ["Walking", "Diving", "Biking"], 3, head="f2.safetensors")
+    assert aligned.order is None and aligned.names == ["Walking", "Diving", "Biking"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "f2.safetensors carries no class names" in said[0] and "Walking" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tgmae"):
+        align_classes(["Walking", "Diving", "Biking"], 3, ["Walking", "Diving", "Biking"], 3)
+        align_classes([], 4, ["0", "1"], 2)  # neither side named: nothing to say
+    assert caplog.records == []

@@ -80,6 +80,9 @@ def align_classes(head_names: Sequence[str], num_head: int, data_names: Sequence
     names = data_names + [f"class_{i}" for i in range(len(data_names), num_head)]
     if named(head_names) and len(head_names) == num_head:
         names = head_names
+    elif named(data_names):  # nothing to match by: the scores hold only if its head kept this order
+        log.warning("%s carries no class names: its outputs are taken as %s's classes in their order (%s); "
+                    "a head trained with another order is scored wrong", head, data, _preview(data_names))
     return ClassAlignment(None, names if len(names) == num_head else [str(i) for i in range(num_head)], num_data)
 
 
