@@ -709,9 +709,18 @@ def test_evaluate_tests_a_classifier_at_its_own_geometry_and_says_a_key_set_othe
     settings, warned = evaluate("e2", "data.num_frames=8")
     assert (settings["data.num_frames"], settings["data.image_size"], settings["data.frame_stride"]) == (8, 16, 2)
     assert len(warned) == 1 and "data.num_frames=8" in warned[0] and "4" in warned[0], warned
-    # a classifier file outside any run: the geometry stored with its weights
+    # re-trial 22B (S2): an export-hf folder of the run tested at the default stride 4 "as it was finetuned"
+    from tgmae.cli import main as cli_main
+
+    assert cli_main(["export-hf", str(run / "classifier.safetensors"), str(tmp_path / "hf"), "--classifier"]) == 0
+    exported = run
+    run = tmp_path / "hf"
+    settings, warned = evaluate("e4")
+    assert (settings["data.num_frames"], settings["data.image_size"], settings["data.frame_stride"]) == (4, 16, 2)
+    # a classifier file outside any run: the geometry stored with its weights, and a warning that the rest is not
     bare = tmp_path / "bare.safetensors"
-    shutil.copy(run / "classifier.safetensors", bare)
+    shutil.copy(exported / "classifier.safetensors", bare)
     run = bare
     settings, warned = evaluate("e3")
     assert (settings["data.num_frames"], settings["data.image_size"]) == (4, 16) and warned == []
+    assert any("records no frame stride" in r.getMessage() for r in caplog.records)

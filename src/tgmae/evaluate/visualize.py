@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.atomic import write_failure
+from tgmae.weights.model_card import RUN_DATA_KEYS
 
 log = logging.getLogger("tgmae")
 
 
 # what makes a run's figure, taken from the checkpoint's run over -c (whole sections, or these data keys)
 RUN_SECTIONS = ("masking", "model", "captions", "contrastive")
-RUN_DATA_KEYS = ("num_frames", "image_size", "frame_stride", "mean", "std", "sampling")
 
 
 def run_settings(checkpoint: str | Path) -> tuple[dict, str]:

@@ -13,6 +13,7 @@ into place: a failed export leaves OUT_DIR as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tgmae.weights.files import (
     resolve_checkpoint,
 )
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
-from tgmae.weights.model_card import RunInfo, read_run, render_card
+from tgmae.weights.model_card import EXPORT_DATA_KEY, RunInfo, read_run, render_card, run_data_settings
 from tgmae.weights.pretraining import load_pretraining_model
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
 
@@ -308,6 +309,9 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
+        if data := run_data_settings(run):  # `tgmae evaluate` of the export tests it at these (transformers ignores it)
+            config = json.loads((work / "config.json").read_text())
+            atomic_write_text(work / "config.json", json.dumps({**config, EXPORT_DATA_KEY: data}, indent=2) + "\n")
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:

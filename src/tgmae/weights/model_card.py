@@ -90,6 +90,29 @@ def run_config(run: Path) -> tuple[Any, str]:
         return None, f"{run / 'config.yaml'} could not be read ({e})"
 
 
+# a clip's data settings a model was trained with (its run's config.yaml; an export's config.json `tgmae_data`)
+RUN_DATA_KEYS = ("num_frames", "image_size", "frame_stride", "mean", "std", "sampling")
+EXPORT_DATA_KEY = "tgmae_data"  # export-hf's config.json entry of them
+
+
+def run_data_settings(run: "RunInfo") -> dict[str, Any]:
+    """{RUN_DATA_KEYS: value} of `run`'s config ({} when its config is unknown)."""
+    if run.config is None:
+        return {}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in RUN_DATA_KEYS
+            for v in [getattr(run.config.data, k)]}
+
+
+def exported_data_settings(folder: str | Path) -> dict[str, Any]:
+    """The data settings an export-hf folder recorded (`EXPORT_DATA_KEY` of its config.json; {} for
+    another folder, or an export of a checkpoint outside a run)."""
+    try:
+        recorded = json.loads((Path(folder) / "config.json").read_text()).get(EXPORT_DATA_KEY)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in recorded.items() if k in RUN_DATA_KEYS} if isinstance(recorded, dict) else {}
+
+
 def read_run(checkpoint: str | Path) -> RunInfo:
     """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
     only the records up to its step count, and the run's result files (which belong to its
