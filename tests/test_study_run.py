@@ -430,7 +430,7 @@ def test_study_val_fraction_must_leave_both_splits(tmp_path):
 def test_report_refuses_runs_probed_differently(tmp_path, capsys):
     from tgmae.cli import main
 
-    for name, probe in (("a", "lars"), ("b", "lbfgs")):
+    for name, probe in (("a", "lars"), ("b", "lbfgs"), ("k", "knn")):
         run = tmp_path / name
         run.mkdir()
         (run / "study_record.json").write_text(json.dumps(
@@ -438,6 +438,14 @@ def test_report_refuses_runs_probed_differently(tmp_path, capsys):
              "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "probe": probe}))
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")]) == 2
     assert "eval.probe_optimizer lars: 1 runs, lbfgs: 1 runs" in capsys.readouterr().err
+    # re-trial 22B (M1): a k-NN probe in the linear probe's place was called a linear probe
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "k"), "--out", str(tmp_path / "rep")]) == 2
+    assert "knn: 1 runs, lars: 1 runs" in capsys.readouterr().err
+    for phase, name in (("probe", "probe_results.json"), ("finetune", "finetune_results.json")):
+        (tmp_path / "k" / phase).mkdir()
+        (tmp_path / "k" / phase / name).write_text(json.dumps({"top1": 0.2, "val_top1": 0.5}))
+    assert main(["report", str(tmp_path / "k"), "--out", str(tmp_path / "repk")]) == 0
+    assert "DINO's weighted k-NN in the linear probe's place; eval.probe=knn" in (tmp_path / "repk" / "report.md").read_text()
 
 
 def test_report_refuses_to_replace_a_report_of_other_runs(tmp_path, capsys):

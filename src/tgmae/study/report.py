@@ -530,11 +530,14 @@ def recon_check_section(path: Optional[Path]) -> Optional[dict]:
 
 
 PROBES = {"lbfgs": "L-BFGS logistic regression, L2 chosen by k-fold cross-validation on the training features",
-          "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD"}
+          "lars": "BatchNorm + linear head trained with LARS", "sgd": "BatchNorm + linear head trained with SGD",
+          "knn": "DINO's weighted k-NN in the linear probe's place", "attentive": "an attentive probe in its place"}
+PROBE_KEYS = {"knn": "eval.probe", "attentive": "eval.probe"}  # the key that chose each kind (else probe_optimizer)
 
 
 def _probe_kinds(records: Sequence[dict]) -> dict[Optional[str], int]:
-    """{eval.probe_optimizer of the runs' linear probes (None: not recorded): number of runs}."""
+    """{how the runs' "linear probe" column was fitted (eval.probe_optimizer, or eval.probe's knn /
+    attentive in its place; None: not recorded): number of runs}."""
     kinds: dict[Optional[str], int] = {}
     for r in records:
         if r.get("linear_probe_top1") is not None:
@@ -548,7 +551,7 @@ def check_one_probe(records: Sequence[dict]) -> None:
     kinds = _probe_kinds(records)
     if len(kinds) > 1:
         counts = ", ".join(f"{k}: {n} runs" for k, n in sorted((str(k), n) for k, n in kinds.items()))
-        raise ConfigError(f"these runs were probed with different linear probes (eval.probe_optimizer {counts}); "
+        raise ConfigError(f"these runs were probed differently (eval.probe / eval.probe_optimizer {counts}); "
                          "report each kind separately")
 
 
@@ -558,7 +561,7 @@ def _probe_note(records: Sequence[dict]) -> str:
     if len(kinds) > 1:
         return f" (probes differ between runs: {sorted(map(str, kinds))})"
     kind = next(iter(kinds), None)
-    return "" if kind is None else f" ({PROBES.get(kind, kind)}; eval.probe_optimizer={kind})"
+    return "" if kind is None else f" ({PROBES.get(kind, kind)}; {PROBE_KEYS.get(kind, 'eval.probe_optimizer')}={kind})"
 
 
 def probe_gains(records: Sequence[dict]) -> list[dict]:

@@ -537,7 +537,9 @@ def run_cell(study: StudyConfig, paths: StudyPaths, masking: str, objective: str
         retrieval = cell_retrieval(study, paths, probe, run, quick)
     if probe is not None:  # "scratch" has none
         probe_res = json.loads((run / "probe" / "probe_results.json").read_text())
-        probed = {"linear_probe_top1": probe_res["top1"], "probe": probe_res.get("optimizer"),
+        kind = probe_res.get("probe")  # a k-NN (or attentive) probe in the linear probe's place: named as such
+        probed = {"linear_probe_top1": probe_res["top1"],
+                  "probe": probe_res.get("optimizer") if kind in (None, "linear") else kind,
                   "num_val": probe_res.get("num_val"), "attribute_probe": attribute_probe(run / "probe", paths.data)}
         frozen = run_frozen_probes(extra)
         if t_probe is not None:
