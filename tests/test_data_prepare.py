@@ -786,3 +786,68 @@ def test_an_output_damaged_after_a_killed_run_is_prepared_again(tmp_path, monkey
     assert rep["counts"] == {"converted": 2, "copied": 0, "skipped": 1, "failed": 0}
     assert rep["check"]["ok"] == 3
     assert sorted(p.name for p in out.iterdir()) == ["c", "list.txt", "prepare.json"]
+
+
+def _csv_set(root: Path, names: list[str], lists: dict[str, str]) -> None:
+    _clips(root, names)
+    for name, text in lists.items():
+        (root / name).write_text(text)
+
+
+def _prepare_csv(root: Path, out: Path, ann: str = "train.csv") -> int:
+    return cli_main(["data", "prepare", "--format", "csv", "--root", str(root), str(root / ann), "--out", str(out),
+                     "--short-side", "40", "--min-frames", "8", "--no-progress"])
+
+
+def test_a_prepare_of_another_root_or_other_lists_into_the_same_out_is_refused(tmp_path, capsys):
+    """Re-trial 22B S1: `data prepare` of another set (--root) into a prepared folder mixed both sets'
+    videos and lists (train.csv silently replaced, the first set's val.csv and classes.txt kept beside
+    it), and prepare.json recorded no root. It records the source root and the lists carried, and a
+    run of another root or other lists is refused naming both; the same root and lists resume."""
+    real, syn, out = tmp_path / "real", tmp_path / "syn", tmp_path / "prep"
+    _csv_set(real, ["a/x.avi", "b/y.avi"], {"train.csv": "path,label\na/x.avi,0\nb/y.avi,1\n"})
+    _csv_set(syn, ["videos/v.avi"], {"train.csv": "path,label\nvideos/v.avi,0\n",
+                                     "val.csv": "path,label\nvideos/v.avi,0\n", "classes.txt": "0\n1\n"})
+    assert _prepare_csv(real, out) == 0
+    man = json.loads((out / "prepare.json").read_text())
+    assert man["source_root"] == str(real.resolve()) and sorted(man["lists"]) == ["train.csv"]
+    before = (out / "train.csv").read_text()
+    capsys.readouterr()
+    assert _prepare_csv(syn, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(real.resolve()) in err and str(syn.resolve()) in err
+    assert "--out" in err
+    assert not (out / "videos").exists() and not (out / "val.csv").exists() and not (out / "classes.txt").exists()
+    assert (out / "train.csv").read_text() == before
+    # a copy of the set with another train.csv is another root too
+    shutil.copytree(real, tmp_path / "real2")
+    (tmp_path / "real2" / "train.csv").write_text("path,label\na/x.avi,0\n")
+    assert _prepare_csv(tmp_path / "real2", out) == 2
+    assert (out / "train.csv").read_text() == before
+    # the same root, another list (or the list edited): other lists, refused naming the list
+    (real / "val.csv").write_text("path,label\nb/y.avi,1\n")
+    assert _prepare_csv(real, out) == 2
+    assert "val.csv" in capsys.readouterr().err
+    (real / "val.csv").unlink()
+    (real / "train.csv").write_text("path,label\na/x.avi,1\nb/y.avi,0\n")
+    assert _prepare_csv(real, out) == 2
+    assert "train.csv" in capsys.readouterr().err and (out / "train.csv").read_text() == before
+    # the same root and lists resume as before
+    (real / "train.csv").write_text("path,label\na/x.avi,0\nb/y.avi,1\n")
+    assert _prepare_csv(real, out) == 0
+    assert "2 already done" in capsys.readouterr().out
+
+
+def test_a_list_in_out_that_prepare_did_not_write_is_never_replaced(tmp_path, capsys):
+    """Re-trial 22B S1: a list under --out edited by the user (not as prepare wrote it) was replaced
+    silently on a resume; it is refused naming it, and the videos' resume is unaffected."""
+    real, out = tmp_path / "real", tmp_path / "prep"
+    _csv_set(real, ["a/x.avi", "b/y.avi"], {"train.csv": "path,label\na/x.avi,0\nb/y.avi,1\n"})
+    assert _prepare_csv(real, out) == 0
+    mine = "path,label\na/x.mp4,0\n"
+    (out / "train.csv").write_text(mine)
+    capsys.readouterr()
+    assert _prepare_csv(real, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out / "train.csv") in err
+    assert (out / "train.csv").read_text() == mine

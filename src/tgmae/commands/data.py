@@ -67,7 +67,7 @@ def prepare_main(argv: Sequence[str]) -> int:
     args = build_prepare_parser().parse_args(argv)
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
     if args.report:  # before the videos are prepared, not after; --out first: its refusal names it
-        prepare.check_out(args.out, args.root, settings)
+        prepare.check_out(args.out, args.root, settings, args.format, args.annotations)
         written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
                                         subset=args.subset)  # the lists, classes.txt, videos, prepare.json
         read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)

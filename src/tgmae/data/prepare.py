@@ -14,7 +14,8 @@ replaced in place is prepared again) or it is not as prepare finished it (`outpu
 [size, mtime ns], recorded as it is renamed into place, in `out/.prepare.done` until the run's end;
 an output without a record must read as its source's frame count): a damaged one (truncated,
 emptied, replaced) is prepared again, one log line each; `out/prepare.json` holds the settings and other settings
-are refused by name; a non-empty `out` without it (a user's folder) or one inside a run is refused;
+are refused by name, and the source root and lists carried (`source_root`, `lists`: sha256 each), another root or
+other lists refused naming both; a list under `out` not as prepare wrote it (`written`) is never replaced; a non-empty `out` without it (a user's folder) or one inside a run is refused;
 `out` is locked (`tgmae.locks`). Two rows that
 would get one output name are refused before anything is converted; the output is checked with
 `tgmae data check` at the end.
@@ -35,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tgmae.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.check import ReportFileError, is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
@@ -252,16 +253,18 @@ def _changed_sources(out: Path, man: dict, jobs: Sequence[tuple[str, str, Prepar
 # --------------------------------------------------------------------------------------------
 
 
-def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
-    """The output's manifest (a new one for a new or empty folder); PrepareError when it was made
-    with other settings, naming them, or when `out` holds files but no manifest (not an output of
-    this tool: its train.csv, classes.txt, ... would be replaced)."""
+def _check_manifest(out: Path, settings: PrepareSettings, source: Optional[dict] = None) -> dict:
+    """The output's manifest (a new one for a new or empty folder, holding `source`); PrepareError
+    when it was made with other settings, naming them, from another set (`source`, `_source`: its
+    root or the lists carried differ; a manifest from before they were recorded is not compared),
+    naming both, or when `out` holds files but no manifest (not an output of this tool: its
+    train.csv, classes.txt, ... would be replaced)."""
     f = out / MANIFEST
     if not f.is_file():
         if out.is_dir() and any(out.iterdir()):
             raise PrepareError(f"{out} (--out): not empty and holds no {MANIFEST}, so it is not a prepared data set; "
                                "preparing into it would replace its files; give --out a new or empty folder")
-        return {"settings": asdict(settings), "renamed": {}}
+        return {"settings": asdict(settings), **(source or {}), "renamed": {}}
     try:
         man = json.loads(f.read_text())
         had = man["settings"]
@@ -271,8 +274,43 @@ def _check_manifest(out: Path, settings: PrepareSettings) -> dict:
     if diff:
         raise PrepareError(f"{out} was prepared with other settings: {', '.join(diff)}; "
                            "use the same settings to resume, or another --out")
+    if source is not None:
+        _refuse_other_source(out, man, source)
     man.setdefault("renamed", {})
     return man
+
+
+def _source(fmt: str, root: Path, ann: Path) -> dict:
+    """What a prepared set was made from: {"source_root": `root` resolved, "lists": {each annotation
+    file carried (`_annotation_files`), by its place under --out: sha256 of its source bytes}}."""
+    dest = _under(root, ann if ann.is_dir() else ann.parent) or Path()
+    return {"source_root": str(root.resolve()),
+            "lists": {str(dest / f.name): _sha256(f.read_bytes()) for f in _annotation_files(fmt, ann)}}
+
+
+def _refuse_other_source(out: Path, man: dict, source: dict) -> None:
+    """PrepareError when `man` (of `out`) records another source root or other lists than `source`
+    (`_source`): resuming would mix two sets' videos and replace one set's lists with the other's."""
+    had_root, had_lists = man.get("source_root"), man.get("lists")
+    if had_root is not None and had_root != source["source_root"]:
+        raise PrepareError(f"{out} (--out) was prepared from {had_root}, not from {source['source_root']} (--root): "
+                           "preparing another set into it would mix the two sets' videos and lists; "
+                           "use another --out")
+    if not isinstance(had_lists, dict):
+        return
+    now = source["lists"]
+    diff = [f"{k} ({'not in this run' if k not in now else 'not in it' if k not in had_lists else 'other content'})"
+            for k in sorted({*had_lists, *now}) if had_lists.get(k) != now.get(k)]
+    if diff:
+        raise PrepareError(f"{out} (--out) was prepared from other lists of {had_root or source['source_root']}: "
+                           f"{', '.join(diff)}; preparing these into it would replace its lists; "
+                           "use another --out, or the lists it was prepared from to resume")
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,22 +497,42 @@ def _rewrite_csv(text: str, suffix: str, root: Path, out: Path, renamed: dict[st
     return buf.getvalue()
 
 
-def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[str, str]) -> Path:
+def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[str, str],
+                      written: Optional[dict] = None) -> Path:
     """Copy the annotation file(s) under `out` (`_format_files`): the lists with prepared paths,
-    the class lists as they are -> the new annotations path."""
+    the class lists as they are -> the new annotations path. `written` (place under `out` ->
+    sha256 of the text prepare wrote there) is checked first and updated: a file already there
+    that is neither as recorded nor as it would be written now (a user's, or edited since) is
+    never replaced: PrepareError naming it, before any list is written."""
+    written = {} if written is None else written
     dest_dir = _annotations_dest(root, ann, out)
     lists, classes = _format_files(fmt, ann)
-    for f in classes:  # class lists / label maps name no videos: carried byte for byte
-        with atomic_path(dest_dir / f.name) as tmp:
-            shutil.copyfile(f, tmp)
+    data = {dest_dir / f.name: f.read_bytes() for f in classes}  # name no videos: carried byte for byte
     for f in lists:
         text = f.read_text(encoding="utf-8-sig")
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
             text = _rewrite_line_paths(text, fmt, f.name, renamed)
         elif fmt == "csv" and f.suffix.lower() in (".csv", ".jsonl", ".json"):
             text = _rewrite_csv(text, f.suffix.lower(), root, out, renamed)
-        atomic_write_text(dest_dir / f.name, text)
+        data[dest_dir / f.name] = text.encode("utf-8")
+    for dest, body in data.items():
+        _refuse_foreign_list(dest, written.get(os.path.relpath(dest, out)), _sha256(body))
+    for dest, body in data.items():
+        atomic_write_bytes(dest, body)
+        written[os.path.relpath(dest, out)] = _sha256(body)
     return dest_dir / ann.name if ann.is_file() else dest_dir
+
+
+def _refuse_foreign_list(dest: Path, recorded: Optional[str], new: str) -> None:
+    """PrepareError naming `dest` when it exists and its bytes are neither `recorded` (the sha256 of
+    what prepare wrote there) nor `new` (of what it would write now): replacing it would lose an edit."""
+    try:
+        now = _sha256(dest.read_bytes())
+    except FileNotFoundError:
+        return
+    if now not in (recorded, new):
+        raise PrepareError(f"{dest}: a list under --out that is not as data prepare wrote it (edited or put there "
+                           "since); it is not replaced: move it away, or use another --out")
 
 
 def _annotations_dest(root: Path, ann: Path, out: Path) -> Path:
@@ -544,6 +602,7 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     check_out(out_p, root_p, settings)
     records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
     ann = _annotations_path(root_p, annotations)
+    _check_manifest(out_p, settings, _source(fmt, root_p, ann))  # another set: refused before its warnings
     left = _left_out(fmt, ann)
     if left:  # a list of another layout would dangle or be read wrongly: the user is told, once
         log.warning("tgmae data prepare: %s left out of %s: not a list --format %s reads beside %s (its split "
@@ -554,15 +613,18 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
                            progress)
 
 
-def check_out(out: str | Path, root: str | Path, settings: PrepareSettings) -> None:
+def check_out(out: str | Path, root: str | Path, settings: PrepareSettings, fmt: str = "",
+              annotations: str | Path = "") -> None:
     """Refuse, before anything is made, an `out` that `run_prepare` would refuse: one inside a run
     (RunFolderError), the data root, a user's non-empty folder or one prepared with other settings
-    (PrepareError, `_check_manifest`); reads only."""
+    (PrepareError, `_check_manifest`), or with `fmt` and `annotations` one prepared from another
+    root or other lists (`_source`); reads only."""
     out_p = Path(out)
     refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
     if out_p.resolve() == Path(root).resolve():
         raise PrepareError(f"--out {out} is the data root: prepared files must go to another folder")
-    _check_manifest(out_p, settings)
+    ann = _annotations_path(Path(root), str(annotations)) if fmt and annotations else None
+    _check_manifest(out_p, settings, _source(fmt, Path(root), ann) if ann is not None and ann.exists() else None)
 
 
 def files_written(fmt: str, root: str, annotations: str, out: str, *, split: int = 1,
@@ -611,7 +673,9 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
                 records: list[VideoRecord], split: int, subset: str, workers: int, min_frames: int,
                 progress: bool) -> dict:
     had_manifest = (out_p / MANIFEST).is_file()
-    man = _check_manifest(out_p, settings)
+    source = _source(fmt, root_p, ann)
+    man = _check_manifest(out_p, settings, source)
+    man.update(source)  # a manifest from before the source was recorded records it now
     jobs, renamed = _jobs([*records, *_carried_records(fmt, root_p, ann)], root_p, out_p, settings)
     new_dirs = _new_folders(out_p, [Path(j[1]) for j in jobs])
     out_p.mkdir(parents=True, exist_ok=True)
@@ -639,7 +703,8 @@ def _run_locked(fmt: str, root_p: Path, ann: Path, out_p: Path, settings: Prepar
                 "failed": failed, "check": None}
     atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))
     (out_p / DONE).unlink(missing_ok=True)  # its records are in the manifest
-    new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"])
+    new_ann = write_annotations(fmt, root_p, ann, out_p, man["renamed"], man.setdefault("written", {}))
+    atomic_write_text(out_p / MANIFEST, json.dumps(man, indent=1))  # what it wrote: a later edit is kept
     dst = {j[0]: j[1] for j in jobs}
     _verify(fmt, out_p, new_ann, records, dst, split, subset)
     check = run_check(fmt, str(out_p), str(new_ann), split=split, subset=subset, min_frames=min_frames,
