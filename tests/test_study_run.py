@@ -741,3 +741,14 @@ def test_a_killed_study_leaves_every_cell_it_never_started_for_the_report_to_nam
     paths = study_run.StudyPaths(tmp_path / "s")
     expected = sorted(paths.run(m, "mae", s, study.variant) for s in study.seeds for m in ("tube", "random"))
     assert len(expected) >= 2 and unfinished_runs([tmp_path / "s"]) == expected
+
+
+def test_the_phases_file_given_as_a_study_config_is_named_as_such(capsys):
+    """Re-trial 22B (M3): `tgmae study -c configs/study_phases.yaml` printed the maskings dict and
+    "expected a list", not that the file holds the phases' defaults."""
+    from tgmae.cli import main
+
+    assert main(["study", "-c", "configs/study_phases.yaml", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the phases' defaults" in err[0] and "study_synthetic.yaml" in err[0], err
+    assert "tube:" not in err[0] and "{" not in err[0]

@@ -719,6 +719,10 @@ def load_study(config: Optional[str] = None, overrides: Sequence[str] = (), quic
     """`tgmae study [-c CONFIG] [--quick] [key=value ...]`: defaults < YAML < `quick_values` < overrides
     (`key+=[...]` extends a list key). ConfigError naming the key or the file."""
     own = read_config_file(config) if config else {}
+    if isinstance(own.get("maskings"), dict):  # study_phases.yaml's layout: masking name -> overrides
+        raise ConfigError(f"{config} holds the phases' defaults (maskings as name -> overrides, as {PHASES_FILE.name}), "
+                          "not a study config: give a study YAML such as configs/study_synthetic.yaml (its maskings: a "
+                          "list of names)")
     study = load_config(cls=StudyConfig, base=own, prefix="study")
     for key in ("pretrain", "probe", "finetune"):  # the file's own entries set a key once, as the command line's do
         if key in own:
