@@ -180,6 +180,17 @@ def processor_settings(arch: VideoMAEArch, run: RunInfo) -> tuple[tuple[float, .
     return tuple(arch.pixel_mean), tuple(arch.pixel_std), 1
 
 
+def record_data_settings(config_json: Path, run: RunInfo) -> None:
+    """Add the run's clip settings (`run_data_settings`, when its config is known) to the export's
+    config.json under EXPORT_DATA_KEY: `tgmae evaluate` of the export tests it at them
+    (transformers keeps an unknown key as an attribute and uses none of it)."""
+    from tgmae.atomic import atomic_write_text
+
+    if data := run_data_settings(run):
+        config = json.loads(config_json.read_text())
+        atomic_write_text(config_json, json.dumps({**config, EXPORT_DATA_KEY: data}, indent=2) + "\n")
+
+
 def write_processor_config(out: Path, arch: VideoMAEArch, mean: Sequence[float], std: Sequence[float]) -> None:
     """preprocessor_config.json: `VideoMAEImageProcessor` doing what our single-view evaluation
     does (`data.transforms.EvalTransform`): short side -> image_size (bilinear, antialiased),
@@ -309,9 +320,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
-        if data := run_data_settings(run):  # `tgmae evaluate` of the export tests it at these (transformers ignores it)
-            config = json.loads((work / "config.json").read_text())
-            atomic_write_text(work / "config.json", json.dumps({**config, EXPORT_DATA_KEY: data}, indent=2) + "\n")
+        record_data_settings(work / "config.json", run)
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:
