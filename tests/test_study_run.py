@@ -752,3 +752,15 @@ def test_the_phases_file_given_as_a_study_config_is_named_as_such(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds the phases' defaults" in err[0] and "study_synthetic.yaml" in err[0], err
     assert "tube:" not in err[0] and "{" not in err[0]
+
+
+def test_a_probe_kind_in_the_linear_probes_place_is_refused_naming_study_probes(tmp_path, capsys):
+    """Re-trial 23B (S1): `probe+=[eval.probe=knn]` ran the L-BFGS linear probe and labelled its
+    result k-NN (report, record); the other kinds are study.probes' own phases."""
+    from tgmae.cli import main
+
+    for kind in ("knn", "attentive"):
+        assert main(["study", "--quick", f"out_dir={tmp_path / kind}", f"probe+=[eval.probe={kind}]"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"eval.probe={kind}" in err[0] and "study.probes" in err[0], err
+        assert not (tmp_path / kind / "runs").exists()

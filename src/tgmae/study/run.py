@@ -446,6 +446,10 @@ def stale_retrieval(study: StudyConfig, record: dict) -> bool:
 def cell_phases(study: StudyConfig, paths: StudyPaths, masking: str, objective: str, seed: int, quick: bool):
     """(pre, probe, fine, the phases the cell runs, {kind: config} of its extra frozen probes)."""
     pre, probe, fine = run_configs(study, paths, masking, objective, seed, quick)
+    if probe is not None and probe.eval.probe != "linear":  # the LP phase runs `linear_probe` alone
+        raise ConfigError(f"study.probe sets eval.probe={probe.eval.probe}: the study's LP column is its linear "
+                          f"probe; add the other kinds with study.probes=[linear, {probe.eval.probe}] (their own "
+                          "folders and columns)")
     run = paths.run(masking, objective, seed, study.variant)
     phases = [fine] if masking == "scratch" else [probe, fine] if masking == "none" else [pre, probe, fine]
     extra = frozen_probe_configs(study.probes, probe, fine, run, quick) if probe is not None else {}
