@@ -188,6 +188,14 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     num_val = len((root / "val.csv").read_text().strip().splitlines()) - 1
     val_labels = {line.split(",")[1] for line in (root / "val.csv").read_text().strip().splitlines()[1:]}
 
+    # re-trial 23A (T1): another clip geometry than the model's ended in a 40-line ValueError traceback
+    cfg = load_config(path)
+    from tgmae.cli import main as cli_main
+
+    assert cli_main(["retrieve", "-c", str(path), f"model.pretrained={run}", f"data.image_size={cfg.data.image_size * 2}",
+                     f"train.output_dir={tmp_path / 'geo'}"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and f"data.image_size={cfg.data.image_size * 2} (its own: {cfg.data.image_size})" in err[0], err
     assert main(["-c", str(path), f"model.pretrained={run}"]) == 0
     printed = capsys.readouterr().out
     res = json.loads((tmp_path / "out" / "retrieval_results.json").read_text())

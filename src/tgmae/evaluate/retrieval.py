@@ -317,6 +317,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.models.arch import check_checkpoint_geometry
 
         check_checkpoint_geometry(cfg.model, model.mae.arch, cfg.model.pretrained)
+        refuse_other_clip_geometry(cfg, model.mae.arch)
     weights = tensors_digest(model.state_dict())  # other weights under the same path: other results
     if rank_world()[0] == 0:
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace, weights=weights)
@@ -396,6 +397,17 @@ def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
 
 def _resolved(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
+
+
+def refuse_other_clip_geometry(cfg, arch) -> None:
+    """ConfigError naming data.num_frames / data.image_size when they are not the pretrained model's
+    own (`arch`): its video embedding reads the clip at the geometry it was trained at (a traceback
+    from the model's shape check otherwise)."""
+    wrong = [f"data.{k}={getattr(cfg.data, k)} (its own: {getattr(arch, k)})" for k in ("num_frames", "image_size")
+             if getattr(cfg.data, k) != getattr(arch, k)]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: model.pretrained={cfg.model.pretrained} embeds clips of its own "
+                          "geometry; set the keys to its values")
 
 
 def refuse_other_retrieval(out: Path, settings: dict[str, Any], replace: bool = False, weights: str = "",
