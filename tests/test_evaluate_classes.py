@@ -123,3 +123,13 @@ def test_a_head_without_names_on_a_named_set_says_the_order_is_assumed(caplog):
         align_classes(["Walking", "Diving", "Biking"], 3, ["Walking", "Diving", "Biking"], 3)
         align_classes([], 4, ["0", "1"], 2)  # neither side named: nothing to say
     assert caplog.records == []
+
+
+def test_a_nameless_heads_assumed_order_is_said_once_by_a_test(caplog):
+    """Re-trial 23A: the warning above came twice per `tgmae evaluate` (the set-up check and the scoring)."""
+    head = Oracle(HEAD)
+    head.class_names = []
+    with caplog.at_level("WARNING", logger="tgmae"):
+        res = evaluate_classifier(head, Brightness(HEAD, HEAD))
+    assert res.top1 == 1.0
+    assert sum("carries no class names" in r.getMessage() for r in caplog.records) == 1

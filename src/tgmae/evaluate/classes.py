@@ -53,9 +53,10 @@ def _preview(names: Sequence[str], n: int = 8) -> str:
 
 
 def align_classes(head_names: Sequence[str], num_head: int, data_names: Sequence[str], num_data: int,
-                  head: str = "the classifier", data: str = "the data set") -> ClassAlignment:
+                  head: str = "the classifier", data: str = "the data set", say: bool = True) -> ClassAlignment:
     """Match a head of `num_head` classes (`head_names`, may be empty) to a data set of `num_data`
-    classes (`data_names`, may be empty). head / data: how messages name the two (paths).
+    classes (`data_names`, may be empty). head / data: how messages name the two (paths); say:
+    warn of a nameless head's assumed order (False for a check made again later).
 
     Both named: the data's classes looked up by name in the head's (ClassMismatchError naming those
     missing). Otherwise by id: ClassMismatchError when the data has more classes than the head.
@@ -80,7 +81,7 @@ def align_classes(head_names: Sequence[str], num_head: int, data_names: Sequence
     names = data_names + [f"class_{i}" for i in range(len(data_names), num_head)]
     if named(head_names) and len(head_names) == num_head:
         names = head_names
-    elif named(data_names):  # nothing to match by: the scores hold only if its head kept this order
+    elif named(data_names) and say:  # nothing to match by: the scores hold only if its head kept this order
         log.warning("%s carries no class names: its outputs are taken as %s's classes in their order (%s); "
                     "a head trained with another order is scored wrong", head, data, _preview(data_names))
     return ClassAlignment(None, names if len(names) == num_head else [str(i) for i in range(num_head)], num_data)

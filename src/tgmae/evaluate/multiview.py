@@ -146,8 +146,8 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, *, batch_size: int =
         head_names = getattr(model, "class_names", ())
     data_names = list(getattr(dataset, "class_names", None) or [])
     k_head = getattr(getattr(model, "module", model), "num_classes", None)
-    if k_head is not None:  # refused before any video is read
-        align_classes(head_names, k_head, data_names, data_class_count(dataset), head, data)
+    if k_head is not None:  # refused before any video is read (the assumed order is said after)
+        align_classes(head_names, k_head, data_names, data_class_count(dataset), head, data, say=False)
     out = predict_views(model, dataset, batch_size=batch_size, precision=precision, num_workers=num_workers,
                         device=device, progress=progress)
     out, unreadable = split_unreadable(out, dataset, strict, "multi-view test")
