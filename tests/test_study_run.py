@@ -764,3 +764,22 @@ def test_a_probe_kind_in_the_linear_probes_place_is_refused_naming_study_probes(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"eval.probe={kind}" in err[0] and "study.probes" in err[0], err
         assert not (tmp_path / kind / "runs").exists()
+
+
+def test_report_refuses_runs_measured_on_different_data(tmp_path, capsys):
+    """Re-trial 23A (S1): `tgmae report` of a 16-video study's run beside a 20-video study's paired
+    them ("+10.0 points from 1 seed") though their val sets differed (6 vs 10 videos)."""
+    from tgmae.cli import main
+
+    for name, masking, num_val in (("a", "tube", 6), ("b", "random", 10), ("c", "random", 6)):
+        run = tmp_path / name / "runs" / f"{masking}__mae__s0"
+        run.mkdir(parents=True)
+        (run / "study_record.json").write_text(json.dumps(
+            {"masking": masking, "objective": "mae", "seed": 0, "mask_ratio": 0.75, "finetune_top1": 0.5,
+             "linear_probe_top1": 0.2, "retrieval": {}, "run_dir": str(run), "probe": "lbfgs",
+             "num_classes": 10, "num_val": num_val}))
+    a, b, c = (tmp_path / n / "runs" for n in "abc")
+    assert main(["report", str(a / "tube__mae__s0"), str(b / "random__mae__s0"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different data" in err[0] and "6 val videos vs 10" in err[0], err
+    assert main(["report", str(a / "tube__mae__s0"), str(c / "random__mae__s0"), "--out", str(tmp_path / "r")]) == 0

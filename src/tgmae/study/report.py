@@ -10,6 +10,7 @@ sampling of the validation videos. Figures inside a random guesser's 95% band
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -828,6 +829,34 @@ def refuse_other_report(out: Path, records: Sequence[dict]) -> None:
                                 "not replaced; give --out another folder, or --overwrite to replace it")
 
 
+def _data_set(record: dict) -> tuple:
+    """What a record's scores were measured on: its class and val-video counts, and the settings of
+    its study's synthetic set (`<study>/data/meta.json` beside its runs/, when there)."""
+    meta = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        found = json.loads((Path(record["run_dir"]).parent.parent / "data" / "meta.json").read_text())
+        meta = {k: found.get(k) for k in SET_KEYS}
+    return record.get("num_classes"), record.get("num_val"), json.dumps(meta, sort_keys=True)
+
+
+SET_KEYS = ("seed", "num_videos", "val_fraction", "height", "width", "frames", "fps", "distractors",
+            "distractor_speed")  # a synthetic set's meta.json settings that make it another set
+
+
+def check_one_data_set(records: Sequence[dict]) -> None:
+    """ConfigError naming two runs measured on different data (other class or val-video counts, or
+    another synthetic set's settings): their rows and paired differences would compare sets, not
+    conditions."""
+    first: dict[tuple, dict] = {}
+    for r in records:
+        first.setdefault(_data_set(r), r)
+    if len(first) > 1:
+        a, b = list(first.values())[:2]
+        raise ConfigError(f"{a.get('run_dir')} and {b.get('run_dir')} were measured on different data "
+                          f"({a.get('num_classes')} classes / {a.get('num_val')} val videos vs {b.get('num_classes')} / "
+                          f"{b.get('num_val')}, or another synthetic set): report each data set separately")
+
+
 def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """`tgmae report`: one report in `out` from the finished runs or study folders `runs` (with the
     first reconstruction check and text probe found in them; figures whose results file is gone or
@@ -841,6 +870,7 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     refuse_inside_run(out, "--out")  # report.md, results.json, figures would mix with the run's files
     records = collect_records(runs)
     check_one_probe(records)  # first: runs probed differently are not copies, whatever their seeds
+    check_one_data_set(records)
     refuse_repeated_runs(records)
     if not overwrite:
         refuse_other_report(Path(out), records)
