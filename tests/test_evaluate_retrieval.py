@@ -456,3 +456,23 @@ def test_retrieval_on_the_checkpoints_own_training_videos_is_refused(synth, tmp_
     model = load_video_text_model(run)
     save_file({k: v.contiguous() for k, v in state.items()}, str(bare), metadata={"arch": model.arch.to_json()})
     assert cli([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'bare_out'}"]) == 0
+
+
+def test_another_text_model_than_the_runs_is_warned_of(tmp_path, caplog):
+    """Re-trial 23A (S2): retrieve with captions.clip_model another CLIP than the one the run trained
+    its video-text head against gave other recalls without a word."""
+    from tgmae.config import save_config
+    from tgmae.evaluate.retrieval import warn_other_text_model
+
+    trained = load_config(None, ["data.num_frames=4", "data.image_size=16", "model.patch_size=8",
+                                 "contrastive.proj_dim=16", "captions.clip_model=/models/clipA"])
+    run = _video_text_run(tmp_path, trained)
+    save_config(trained, run / "config.yaml")
+    for given, warned in (("/models/clipB", True), ("/models/clipA", False)):
+        caplog.clear()
+        cfg = load_config(None, [f"model.pretrained={run}", f"captions.clip_model={given}"])
+        with caplog.at_level("WARNING", logger="tgmae"):
+            warn_other_text_model(cfg)
+        said = [r.getMessage() for r in caplog.records]
+        assert (len(said) == 1 and "captions.clip_model=/models/clipB" in said[0] and "/models/clipA" in said[0]
+                if warned else said == []), said

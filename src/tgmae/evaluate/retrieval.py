@@ -318,6 +318,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
         check_checkpoint_geometry(cfg.model, model.mae.arch, cfg.model.pretrained)
         refuse_other_clip_geometry(cfg, model.mae.arch)
+        warn_other_text_model(cfg)
     weights = tensors_digest(model.state_dict())  # other weights under the same path: other results
     if rank_world()[0] == 0:
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace, weights=weights)
@@ -397,6 +398,24 @@ def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
 
 def _resolved(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
+
+
+def warn_other_text_model(cfg) -> None:
+    """One warning naming the key when the text model that embeds the prompts is not the one
+    model.pretrained's run trained its video-text head against (its config.yaml, when known): the
+    joint space is that model's, so another one's recalls mean little."""
+    from tgmae.weights.model_card import read_run
+
+    run = read_run(cfg.model.pretrained).config
+    if run is None:
+        return
+    for key in ("text_model", "clip_model"):
+        given, own = getattr(cfg.captions, key), getattr(run.captions, key)
+        if own and given != own and (key == "text_model" or not run.captions.text_model):
+            log.warning("captions.%s=%s, but model.pretrained=%s trained its video-text head against %s: its "
+                        "joint space is that model's; set captions.%s=%s", key, given or "''", cfg.model.pretrained,
+                        own, key, own)
+            return
 
 
 def refuse_other_clip_geometry(cfg, arch) -> None:
