@@ -184,3 +184,23 @@ def test_masks_of_a_long_non_ascii_id_are_written_and_read(tmp_path, name):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "m" / "maps").iterdir()}
     assert main(argv) == 0  # the rerun finds both maps: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "m" / "maps").iterdir()} == before
+
+
+def test_a_later_runs_part_lines_win_over_another_world_sizes(tmp_path):
+    """Re-trial 23B (M1): a 2-process `tgmae masks` whose videos all failed, then a 1-process run
+    that made their maps: the parts were read by name (rank0-of-1 before rank0-of-2), so the old
+    failures won, and every rerun reported them. Lines are read in the order written (`t`)."""
+    from tgmae.masking.cache import read_parts
+    from tgmae.masking.precompute import _append
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with open(parts / "rank0-of-2.jsonl", "w") as f:  # the earlier run, written by an older tgmae: no `t`
+        f.write(json.dumps({"video_id": "a", "reason": "file not found"}) + "\n")
+    with open(parts / "rank1-of-2.jsonl", "w") as f:
+        _append(f, {"video_id": "b", "reason": "file not found"})
+    with open(parts / "rank0-of-1.jsonl", "w") as f:  # the later run, at another world size
+        for vid in ("a", "b"):
+            _append(f, {"video_id": vid, "file": f"maps/{vid}.npz", "captions": "k", "video": "i"})
+    videos, skipped = read_parts(tmp_path)
+    assert videos == {"a": "maps/a.npz", "b": "maps/b.npz"} and skipped == {}

@@ -243,14 +243,20 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 
 
 def part_records(root: str | Path) -> Iterator[dict]:
-    """The lines of every rank's part file, in file order: {"video_id", "file", "captions", "video"
-    (`tgmae.data.fileid.video_identity` of the file the maps were made from)} or {"video_id", "reason"}."""
+    """The lines of every rank's part file in the order they were written (their `t`; lines of older
+    caches without it first, in file order): {"video_id", "file", "captions", "video"
+    (`tgmae.data.fileid.video_identity` of the file the maps were made from)} or {"video_id", "reason"}.
+    A run at another world size than an earlier one writes other part files: by name, the earlier
+    run's lines would come last and win."""
+    records = []
     for path in sorted((Path(root) / "parts").glob("rank*-of-*.jsonl")):
         for line in path.read_text().splitlines():
             try:
-                yield json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:  # blank, or cut by a crash: that video is simply redone
                 continue
+    records.sort(key=lambda r: r.get("t", -1) if isinstance(r, dict) else -1)  # stable: untimed keep file order
+    yield from records
 
 
 def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:

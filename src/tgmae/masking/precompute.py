@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -215,5 +216,7 @@ def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]
 
 
 def _append(f, rec: dict) -> None:
-    f.write(json.dumps(rec) + "\n")
+    """One part line, stamped with when it was written (`t`, ns): `cache.part_records` reads every
+    rank's lines in that order, so a later run's line wins over one of a run at another world size."""
+    f.write(json.dumps({**rec, "t": time.time_ns()}) + "\n")
     f.flush()
