@@ -30,6 +30,7 @@ from tgmae.data.synthetic import ACTIONS, render_scene, sample_scene
 from tgmae.mask_contract import MaskContext
 from tgmae.masking import build_mask_generator
 from tgmae.models.pretrainer import VideoMAEPretrainer
+from tgmae.models.video_text import VideoTextPretrainer
 from tgmae.models.target import masked_pixel_mse, patch_mean_mse, pixel_target
 from tgmae.models.tokens import mask_to_indices
 from tgmae.train.loop import StepOutput
