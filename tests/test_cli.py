@@ -300,7 +300,7 @@ def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsy
     (`RANK0_GRACE_S`: exiting first, they would have torchrun stop rank 0 before it prints)."""
     import time
 
-    from tgmae import cli
+    from tgmae.distributed import RANK0_GRACE_S
 
     waits: list[float] = []
     monkeypatch.setattr(time, "sleep", waits.append)
@@ -310,7 +310,37 @@ def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsy
         assert main([command, "masking.ratio=2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert (len(err) == 1 and "masking.ratio" in err[0]) if printed else err == [], (rank, err)
-    assert waits == [cli.RANK0_GRACE_S]  # rank 1 only
+    assert waits == [RANK0_GRACE_S]  # rank 1 only
+
+
+@pytest.mark.parametrize("argv", [["pretrain", "--no-such-flag"], ["masks", "--no-such-flag"],
+                                  ["caption"], ["extract", "--no-such-flag"], ["config", "shw"]])
+def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(argv, capsys, monkeypatch):
+    """Session 13's left item: argparse's usage error (an unknown flag, a missing argument) was
+    printed by every torchrun rank. Every command's parser (`commands.args.Parser`) lets rank 0
+    print it; every rank exits 2, the others after rank 0's grace."""
+    import time
+
+    from tgmae.distributed import RANK0_GRACE_S
+
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert ("error:" in err) if printed else err == "", (rank, err)
+    assert waits == [RANK0_GRACE_S]
+
+
+def test_every_command_parses_through_the_shared_parser():
+    """One home for the usage-error rule: no command builds a bare argparse.ArgumentParser."""
+    src = Path(__file__).resolve().parents[1] / "src" / "tgmae" / "commands"
+    bare = [p.name for p in src.glob("*.py") if "argparse.ArgumentParser(" in p.read_text()]
+    assert bare == [], bare
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):

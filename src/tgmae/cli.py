@@ -48,9 +48,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-RANK0_GRACE_S = 2.0  # how long the other ranks wait before exiting on a mistake rank 0 prints
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -86,17 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _one_line(e)
         if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        from tgmae.distributed import other_launched_rank
+        from tgmae.distributed import other_launched_rank, wait_for_rank0
         from tgmae.errors import is_every_rank
 
         # under torchrun a mistake every rank makes alike is printed once, by rank 0; each rank exits 2
         # (torchrun then exits 1 with its own ChildFailedError summary, which names exitcode 2)
         if not (is_every_rank(e) and other_launched_rank()):
             print(f"tgmae {name}: {line}", file=sys.stderr)
-        else:  # exiting first, this rank would have torchrun stop rank 0 before it prints the line
-            import time
-
-            time.sleep(RANK0_GRACE_S)
+        else:
+            wait_for_rank0()
         return 2
 
 

@@ -9,6 +9,20 @@ import copy
 from typing import Sequence
 
 
+class Parser(argparse.ArgumentParser):
+    """Every command's argument parser. A usage error (an unknown flag, a missing argument) is the
+    same on every torchrun rank, since each reads one command line: rank 0 alone prints it, as
+    `tgmae.cli` does for config errors; each rank exits 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        from tgmae.distributed import other_launched_rank, wait_for_rank0
+
+        if other_launched_rank():
+            wait_for_rank0()
+            self.exit(2)
+        super().error(message)
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     """`parser`'s arguments from `argv` in any order: options may come before, between or after
     the positionals (`CKPT -c cfg.yaml data.image_size=64` = `-c cfg.yaml CKPT data.image_size=64`).
@@ -84,7 +98,7 @@ def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: 
     each rank reads the same command line and file)."""
     from tgmae.errors import UserError, every_rank
 
-    parser = argparse.ArgumentParser(prog=f"tgmae {prog}", description=description)
+    parser = Parser(prog=f"tgmae {prog}", description=description)
     add_config_option(parser, "YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
     try:

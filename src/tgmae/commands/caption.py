@@ -17,10 +17,11 @@ from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
 from tgmae.errors import count
 from tgmae.locks import check_kind, hold, refuse_in_checkpoints
+from tgmae.commands.args import Parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tgmae caption", description=run.__doc__.split("\n\n")[0],
+    p = Parser(prog="tgmae caption", description=run.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=run.__doc__)
     p.add_argument("annotations", nargs="?", help="annotation file or folder (as for every tgmae command)")
     p.add_argument("--format", default="csv", choices=DATASET_FORMATS, help="annotation layout")

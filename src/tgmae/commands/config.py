@@ -8,7 +8,6 @@ trailing comment of the field's line in `tgmae/config.py` (the section's docstri
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from tgmae.commands.args import add_config_option
+from tgmae.commands.args import Parser, add_config_option
 from tgmae import config as config_module
 
 
@@ -68,7 +67,7 @@ def render(cfg: Any) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tgmae config", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae config", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True, metavar="show")
     show = sub.add_parser("show", help="print the resolved config with each field's help",
                           description=__doc__.split("\n\n")[1])

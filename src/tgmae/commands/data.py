@@ -18,10 +18,11 @@ from tgmae.data import check, prepare
 from tgmae.data.check import check_report_out, found_problems, item_where, run_check
 from tgmae.data.prepare import PrepareSettings, run_prepare
 from tgmae.errors import count, nothing_done
+from tgmae.commands.args import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tgmae data check", description=check.__doc__.split("\n\n")[0])
+    p = Parser(prog="tgmae data check", description=check.__doc__.split("\n\n")[0])
     p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
     p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
     p.add_argument("annotations", help="annotation file, or the folder of split files")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tgmae data prepare", description=prepare.__doc__.split("\n\n")[0])
+    p = Parser(prog="tgmae data prepare", description=prepare.__doc__.split("\n\n")[0])
     p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
     p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
     p.add_argument("annotations", help="annotation file, or the folder of split files")

@@ -12,10 +12,11 @@ from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes,
                                      run_meta, write_descriptions)
 from tgmae.errors import SettingsError
 from tgmae.locks import hold, refuse_inside_run
+from tgmae.commands.args import Parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tgmae describe-classes",
+    p = Parser(prog="tgmae describe-classes",
                                 description="vision-free class descriptions from an OpenAI-compatible chat endpoint")
     p.add_argument("--classes", required=True, help="text file, one class name per line")
     p.add_argument("--out", required=True, help="descriptions JSON (resumed if it exists)")

@@ -3,7 +3,6 @@ each masking algorithm against the synthetic set's object masks (`tgmae.masking.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -13,12 +12,13 @@ from typing import Sequence
 from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.errors import count
 from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results
+from tgmae.commands.args import Parser
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tgmae eval-masks",
         description="Precision / recall of masking algorithms on the synthetic set's object masks.",
     )

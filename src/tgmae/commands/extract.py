@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from tgmae.commands.args import add_config_option
+from tgmae.commands.args import Parser, add_config_option
 
 # how a user of this command sets each field of ExtractSpec (named in its messages)
 SPEC_SETTINGS = {"mode": "--mode", "output": "--output", "window": "--window", "stride": "--stride",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tgmae.evaluate.extract import ExtractSpec
 
     d = ExtractSpec()
-    p = argparse.ArgumentParser(prog="tgmae extract", description=__doc__.splitlines()[0])
+    p = Parser(prog="tgmae extract", description=__doc__.splitlines()[0])
     add_config_option(p, "YAML config: data.* names the videos (any data.format), model.pretrained "
                          "the checkpoint (ours, official .pth, Hugging Face dir)")
     p.add_argument("--out", required=True, help="output folder (shards, manifest.json, index.csv, unreadable.json)")

@@ -15,10 +15,11 @@ from tgmae.clip.features import MODES
 from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts
 from tgmae.masking.precompute import PrecomputeOptions, precompute
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
+from tgmae.commands.args import Parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tgmae masks",
         description="Precompute per-video CLIP similarity maps for cached text-guided masking.",
     )

@@ -3,16 +3,15 @@ finished study runs (`tgmae.study.report`)."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
-from tgmae.commands.args import parse_args
+from tgmae.commands.args import Parser, parse_args
 
 
 def main(argv: Sequence[str]) -> int:
     from tgmae.study.report import report_runs
 
-    parser = argparse.ArgumentParser(prog="tgmae report", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
     parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
     parser.add_argument("--overwrite", action="store_true", help="replace a report of other runs in --out")

@@ -3,16 +3,15 @@ set -> report.md/html, results.json (`tgmae.study.run`; what `make demo` runs)."
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
-from tgmae.commands.args import add_config_option, parse_args
+from tgmae.commands.args import Parser, add_config_option, parse_args
 
 
 def main(argv: Sequence[str]) -> int:
     from tgmae.study.run import QUICK, load_study, run_study
 
-    parser = argparse.ArgumentParser(prog="tgmae study", description=__doc__.splitlines()[0],
+    parser = Parser(prog="tgmae study", description=__doc__.splitlines()[0],
                                      epilog="Without -c the defaults run: the same study as "
                                             "-c configs/study_synthetic.yaml (make demo).")
     add_config_option(parser, "study YAML (default: the built-in defaults, "

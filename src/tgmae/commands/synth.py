@@ -10,10 +10,11 @@ from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.generate import generate_synthetic_dataset
 from tgmae.data.synthetic.scene import MAX_DISTRACTORS
 from tgmae.locks import hold, refuse_inside_run
+from tgmae.commands.args import Parser
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tgmae synth", description="Write the synthetic captioned video set.")
+    parser = Parser(prog="tgmae synth", description="Write the synthetic captioned video set.")
     parser.add_argument("out_dir", help="output folder (created if missing)")
     parser.add_argument("--num-videos", type=int, default=300, help="number of videos (default 300)")
     parser.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
 from tgmae.study.clip.train import ClipTrainConfig, train_clip
+from tgmae.commands.args import Parser
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tgmae train-clip",
         description="Train a small CLIP on a synthetic set (`tgmae synth`); saves a transformers CLIP directory.",
     )

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
-from tgmae.commands.args import add_config_option
+from tgmae.commands.args import Parser, add_config_option
 
 
 def _parser(kind: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"tgmae visualize {kind}", description=description)
+    p = Parser(prog=f"tgmae visualize {kind}", description=description)
     p.add_argument("checkpoint", help="model: ours (.safetensors / run / checkpoint dir), official .pth or HF dir")
     add_config_option(p, "YAML config: data annotations and what the checkpoint's run lacks "
                          "(its own masking, model and clip geometry come first; its "

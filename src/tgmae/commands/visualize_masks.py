@@ -13,6 +13,7 @@ from typing import Sequence
 
 from tgmae.locks import check_kind
 from tgmae.viz.masks import synthetic_figure, video_figure
+from tgmae.commands.args import Parser
 
 TUBELET = 2  # the grid's frames per token slice (tgmae.viz.masks), as the paper's models
 PATCH = 16  # the grid's default patch side in pixels (--patch-size), as the paper's models
@@ -46,7 +47,7 @@ def _wrong_argument(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="tgmae visualize masks",
+    p = Parser(prog="tgmae visualize masks",
                                 description="Figure-1-style grid of masking algorithms on a clip.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", help="synthetic set (`tgmae synth`): uses its captions and object masks")
