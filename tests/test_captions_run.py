@@ -837,6 +837,28 @@ def test_a_failed_clip_whose_range_was_fixed_is_tried_again(dataset, tmp_path):
 # ------------------------------------------------ sharded runs and merges (issue 28, re-trial 20A)
 
 
+def test_a_sharded_retry_rewrites_no_file_another_rank_writes(dataset, videos, tmp_path):
+    """Session 13's left item: `--retry-errors` on rank 0 of 2 rewrote the merged errors file and
+    rank 1's errors part (dropping its own videos' entries), racing rank 1's appends. A rank
+    rewrites only its own part; the merge drops an entry whose video now has a record."""
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out = tmp_path / "c.jsonl"
+    err = errors_path(out)
+    entry = lambda vid: json.dumps({"video_id": vid, "path": f"{vid}.mp4", "error": "bad"}) + "\n"  # noqa: E731
+    err.write_text(entry("v0") + entry("v1"))  # an earlier single-process run's failures
+    other = part_path(err, Shard(1, 2))
+    other.write_text(entry("v3"))
+    before = {f: (f.read_bytes(), f.stat().st_ino) for f in (err, other)}
+    caption_videos(videos, fake, "fake", out, keyframes=2, workers=0, progress=False, shard=Shard(0, 2),
+                   retry_errors=True)
+    assert {f: (f.read_bytes(), f.stat().st_ino) for f in (err, other)} == before
+    assert "v0" in {r.video_id for r in read_store(part_path(out, Shard(0, 2))).records}
+    caption_videos(videos, fake, "fake", out, keyframes=2, workers=0, progress=False, shard=Shard(1, 2),
+                   retry_errors=True)
+    merge_parts(out)
+    assert "v0" not in err.read_text() and "v3" not in err.read_text() and "broken" in err.read_text()
+
+
 def _rec(vid: str, model: str = "m", **settings) -> str:
     return json.dumps({"video_id": vid, "captions": ["x"], "source": "captioner", "model": model,
                        "settings": {"keyframes": 3, **settings}}) + "\n"

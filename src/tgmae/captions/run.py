@@ -111,14 +111,23 @@ def done_video_ids(out: Path, include_errors: bool = True, shard: Shard = Shard(
     return done
 
 
-def _forget_errors(out: Path, ids: set[str]) -> None:
-    """Drop entries of `ids` from the errors file(s) before retrying them."""
-    err = errors_path(out)
-    for f in [err, *existing_parts(err)]:
+def _own_files(out: Path, shard: Shard) -> set[Path]:
+    """The files of `out` (a store or an errors file) this shard may rewrite: its own part, and for
+    a single process also `out` and every part (no other process writes them). A rank of a sharded
+    run rewriting the merged file or another rank's part would race that rank."""
+    return {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
+
+
+def _forget_errors(out: Path, ids: set[str], shard: Shard) -> None:
+    """Drop entries of `ids` from the errors files this shard owns (`_own_files`) before retrying
+    them (--retry-errors). An entry in a file it does not own stays: `merge_parts` drops an error
+    entry once its video has a record, and a new failure is this rank's later attempt."""
+    for f in _own_files(errors_path(out), shard):
         if f.exists():
             items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
             keep = [o for _, o in items if not (isinstance(o, dict) and o.get("video_id") in ids)]
-            atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
+            if len(keep) < len(items):
+                atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
 def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Optional[str]:
@@ -144,7 +153,7 @@ def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: d
     CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped.
     `out` may be the errors file (`done` "failed"): its entries carry the same keys. The files
     read are `read_files`'."""
-    own = {part_path(out, shard)} | ({out, *existing_parts(out)} if shard.world_size == 1 else set())
+    own = _own_files(out, shard)
     dropped: set[str] = set()
     for f in read_files(out, shard, fresh):
         if not f.is_file():
@@ -234,7 +243,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]
     mine = shard.take(unique)
     if retry_errors:
-        _forget_errors(out, {v.video_id for v in mine})
+        _forget_errors(out, {v.video_id for v in mine}, shard)
     identity = {v.video_id: video_identity(str(v.path)) for v in mine}
     ranges = {v.video_id: clip_range(v) for v in mine}
     changed = _forget_changed(out, identity, shard, ranges, fresh=fresh)
