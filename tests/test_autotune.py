@@ -14,6 +14,7 @@ import torch
 from tgmae import autotune
 from tgmae.config import ConfigError, load_config
 from tgmae.models import attention
+from tgmae.user_cache import CACHE_ENV
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
 from tgmae.train import precision
 
@@ -26,7 +27,7 @@ CPU = torch.device("cpu")
 def tuning(tmp_path, monkeypatch):
     """Autotuning on, with an empty cache in tmp_path and empty in-process memos."""
     monkeypatch.setenv(autotune.SWITCH_ENV, "on")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     autotune.forget()
     attention._resolved.clear()
     attention._looked_up.clear()
@@ -237,7 +238,7 @@ def test_inductor_compiled_blocks_match_eager():
 
 def test_cache_dir_off_measures_in_memory_and_writes_nothing(tuning, monkeypatch):
     monkeypatch.chdir(tuning)
-    monkeypatch.setenv(autotune.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     cands = {"a": lambda: None, "b": lambda: time.sleep(0.002)}
     assert autotune.choose("demo/off", cands, torch.device("cpu"), default="b", rounds=2) == "a"
     assert autotune.cache_path() is None and list(tuning.iterdir()) == []
@@ -259,7 +260,7 @@ def test_a_cache_file_of_the_wrong_shape_is_measured_again(tuning, caplog):
 def test_a_cache_folder_that_is_a_file_warns_once(tuning, monkeypatch, caplog):
     blocker = tuning / "afile"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(blocker))
+    monkeypatch.setenv(CACHE_ENV, str(blocker))
     cands = {"a": lambda: None, "b": lambda: None}
     with caplog.at_level(logging.WARNING):
         for name in ("demo/w1", "demo/w2", "demo/w3"):

@@ -4,7 +4,6 @@ objectives, one encoder pass, every mask generator, and 2-process DDP == 1 proce
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ from tgmae.models import (
 )
 from tgmae.weights.pretraining import load_pretraining_model, save_pretraining_model
 from tgmae.models.infonce import candidate_masks, first_occurrence, info_nce_rows
-from tgmae.models.video_text import OBJECTIVES, GlobalBatchNorm1d
+from tgmae.config import OBJECTIVES
+from tgmae.models.video_text import GlobalBatchNorm1d
 
 ARCH = VideoMAEArch(embed_dim=32, depth=1, num_heads=2, decoder_dim=16, decoder_depth=1,
                     decoder_heads=1, patch_size=8, tubelet_size=2, num_frames=4, image_size=16)

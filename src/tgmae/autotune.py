@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from tgmae.atomic import atomic_write_text
-from tgmae.user_cache import CACHE_ENV, cache_root
+from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from tgmae.data.frame_folder import IMAGE_EXTS, FrameFolder
+from tgmae.data.frame_folder import FrameFolder
 from tgmae.data.frame_index import FrameIndex, VideoError, forget, frame_index, plain
 from tgmae.data.motion_vectors import block_motion
 

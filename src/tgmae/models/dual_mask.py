@@ -15,8 +15,6 @@ from typing import Optional
 
 import torch
 
-from tgmae.config import DECODER_MASKS
-
 
 def running_cell_decoded(grid: tuple[int, int, int], ratio: float, start: torch.Tensor) -> torch.Tensor:
     """The running-cell pattern: [B, N] bool, True = the pattern decodes the token (VideoMAEv2's

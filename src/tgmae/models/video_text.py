@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgmae.config import OBJECTIVES, ContrastiveConfig, ModelConfig
+from tgmae.config import ContrastiveConfig, ModelConfig
 from tgmae.distributed import rank_world
 from tgmae.models.factory import build_pretraining_model
 from tgmae.models.infonce import InfoNCE, all_reduce_with_grad

@@ -95,7 +95,7 @@ def check_run_kind(source: Path, stored: Optional[str], task: str, output_dir: s
     # a checkpoint.resume path outside the run folder is the user's choice of checkpoint, not the folder's content
     own = not output_dir or Path(source).resolve().is_relative_to(Path(output_dir).resolve())
     where, fix = ((f"train.output_dir={output_dir!r} holds", f"give this {task} run its own train.output_dir") if own else
-                  (f"checkpoint.resume names", f"name {a(task)} {task} run's checkpoint in checkpoint.resume"))
+                  ("checkpoint.resume names", f"name {a(task)} {task} run's checkpoint in checkpoint.resume"))
     if stored and stored != task:
         raise CheckpointError(f"{where} {a(stored)} {stored} run ({source}), not {a(task)} {task} run: {fix}")
     if not stored and not fits:
