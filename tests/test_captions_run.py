@@ -457,6 +457,29 @@ def test_oracle_into_a_store_with_other_videos_keeps_them(dataset, tmp_path, cap
     assert [r.captions for r in read_store(out).records] == [["a video of jumping"], ["a video of running"]]
 
 
+@pytest.mark.parametrize("source", [["--oracle"], ["--combine", "STORE"]])
+def test_a_store_written_whole_beside_unmerged_parts_is_refused_or_replaces_them(dataset, tmp_path, capsys, source):
+    """Session 13's left item: `--oracle` into an --out that held the parts of an unmerged sharded
+    captioner run said nothing; the next `--merge` then refused the mix (or a single-process rerun
+    folded the parts in). Refused naming a part; --rebuild writes the store and removes the parts."""
+    ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
+    other = tmp_path / "oracle.jsonl"
+    assert main([*ann, "--oracle", "--out", str(other)]) == 0
+    source = [str(other) if a == "STORE" else a for a in source]
+    out = tmp_path / "c.jsonl"
+    part = part_path(out, Shard(1, 2))
+    part.write_text(_rec("v1"))
+    errors = part_path(errors_path(out), Shard(0, 2))
+    errors.write_text('{"video_id": "v0", "path": "v0.mp4", "error": "bad"}\n')
+    capsys.readouterr()
+    assert main([*ann, *source, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 part files" in err[0] and "--rebuild" in err[0], err
+    assert not out.exists() and part.exists()
+    assert main([*ann, *source, "--out", str(out), "--rebuild"]) == 0
+    assert not part.exists() and not errors.exists() and len(read_store(out).records) == NUM_VIDEOS + 1
+
+
 def test_two_caption_runs_into_one_store_the_second_is_refused(dataset, tmp_path, capsys):
     import subprocess
     import sys

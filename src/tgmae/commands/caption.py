@@ -137,7 +137,7 @@ def _caption(args: argparse.Namespace, shard) -> int:
     return 0
 
 
-def _run_text_source(args: argparse.Namespace) -> int:
+def _run_text_source(args: argparse.Namespace) -> None:
     from tgmae.captions.sources import (ORACLE_TEMPLATE, description_records, load_descriptions,
                                         oracle_records, videos_with_classes)
     from tgmae.captions.store import CaptionStoreError, update_store
@@ -169,7 +169,6 @@ def _run_text_source(args: argparse.Namespace) -> int:
         counts += f", {len(redone)} redone (replaced since captioned: {ids_text(redone, 3)})"
     print(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
           f"-> {args.out}{counts}")
-    return 0
 
 
 def _replaced(out: str, identity: dict) -> list[str]:
@@ -252,9 +251,28 @@ def _write_store(args: argparse.Namespace) -> int:
         n, ne = merge_parts(args.out, order)
         print(f"{n} videos in {args.out}, {ne} failures in {errors_path(args.out)}")
         return 0
+    parts = _unmerged_parts(args)
     if args.combine:
         recs = _combine(args)
         update_store(args.out, recs, rebuild=args.rebuild, keep_others=False)
         print(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
-        return 0
-    return _run_text_source(args)
+    else:
+        _run_text_source(args)
+    for p in parts:  # --rebuild: the store is this run's alone, and a later --merge must not fold them in
+        p.unlink(missing_ok=True)
+    return 0
+
+
+def _unmerged_parts(args: argparse.Namespace) -> list[Path]:
+    """The part files of a sharded captioner run beside --out (and its errors file), which a
+    store written whole by --oracle / --descriptions / --combine would sit beside until a
+    `--merge` mixed them in. CaptionStoreError naming one, unless --rebuild (which removes them
+    once the store is written)."""
+    from tgmae.captions.store import CaptionStoreError
+
+    parts = existing_parts(args.out) + existing_parts(errors_path(args.out))
+    if parts and not args.rebuild:
+        raise CaptionStoreError(f"{parts[0]}: --out {args.out} has {count(len(parts), 'part file')} of a sharded "
+                                "captioner run not merged yet; finish that run (`tgmae caption --merge`) and "
+                                "give this store another --out, or pass --rebuild to replace them")
+    return parts
