@@ -26,6 +26,15 @@ def test_every_command_has_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def test_report_help_says_what_it_writes_in_whole_sentences(capsys):
+    """`tgmae report --help` ended mid-sentence ("... findings and figures from"): its description is
+    the docstring's first paragraph, naming the files it writes."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "figures from finished study runs" in help_text and "report.md and report.html" in help_text
+
+
 def test_top_level_help_and_unknown_command(capsys):
     assert main([]) == 0
     assert "pretrain" in capsys.readouterr().out

@@ -376,3 +376,105 @@ def test_a_cell_resumed_after_its_phases_ran_keeps_their_time(tmp_path, monkeypa
     (run / "study_record.json").unlink()  # killed after the finetuning, before its record
     now[0] += 5.0
     assert run_cell(study, paths, "scratch", "supervised", 0, quick=True)["total_seconds"] == 100.0
+
+
+def _html_text(page: str) -> tuple[list[str], str, str]:
+    """(the headings h1-h6 in order, the visible text with whitespace collapsed, every img src) of an HTML page."""
+    from html.parser import HTMLParser
+
+    class Reader(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.headings, self.text, self.srcs, self.heading = [], [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.text.append(" ")
+            if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+                self.heading = []
+            self.srcs += [v for k, v in attrs if tag == "img" and k == "src"]
+
+        def handle_endtag(self, tag):
+            self.text.append(" ")
+            if tag in ("h1", "h2", "h3", "h4", "h5", "h6") and self.heading is not None:
+                self.headings.append(" ".join("".join(self.heading).split()))
+                self.heading = None
+
+        def handle_data(self, data):
+            if self.heading is not None:
+                self.heading.append(data)
+            if self.lasttag not in ("style", "title"):
+                self.text.append(data)
+
+    reader = Reader()
+    reader.feed(page)
+    return reader.headings, " ".join("".join(reader.text).split()), " ".join(reader.srcs)
+
+
+def _missing_from_html(md: str, page: str) -> list[str]:
+    """What report.md says that report.html does not: a heading not in the HTML's headings (in the same
+    order), a paragraph, list item or table cell not in its text, a figure not among its images."""
+    import re
+
+    headings, text, srcs = _html_text(page)
+    md_headings = [line.lstrip("#").strip() for line in md.splitlines() if re.match(r"#+ ", line)]
+    missing = [] if md_headings == headings else [f"headings {md_headings} != {headings}"]
+    for line in md.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or re.fullmatch(r"\|(-+\|)+", line):
+            continue
+        if image := re.fullmatch(r"!\[(.*)\]\((.*)\)", line):
+            missing += [] if image[2] in srcs else [line]
+            continue
+        parts = line.strip("|").split("|") if line.startswith("|") else [line.removeprefix("- ")]
+        missing += [p for p in (" ".join(p.split()) for p in parts) if p and p not in text]
+    return missing
+
+
+def test_report_html_says_everything_report_md_says(tmp_path):
+    """Re-trial 23A (M1): report.html lacked report.md's findings, chance and attribute sections (and
+    more), so a reader of the HTML got a thinner report without a word. Every heading, paragraph, list
+    item, table cell and figure of a report with every section is in the HTML; the check itself finds
+    a section left out of the HTML."""
+    import json
+
+    runs = tmp_path / "study" / "runs"
+    records = []
+    for masking in ("tube", "tgm"):
+        for objective, bonus in (("mae", 0.0), ("mae+contrastive", 0.06)):
+            for seed in (0, 1):
+                run = runs / f"{masking}__{objective}__s{seed}"
+                (run / "pretrain").mkdir(parents=True)
+                (run / "pretrain" / "reconstruction.png").write_bytes(b"\x89PNG")
+                rec = _record(run, masking, objective, 0.2 + bonus + 0.01 * seed, seed=seed,
+                              retrieval=_retrieval(0.106, 0.3) if "contrastive" in objective else None)
+                rec.update(probe="lbfgs", total_seconds=30.0, attentive_probe_top1=0.3 + bonus, knn_top1=0.15,
+                           probe_seconds={"attentive": 4.0, "knn": 1.0},
+                           attribute_probe={"action": 0.1, "colour": 0.4 + bonus, "shape": 0.2 + seed / 100,
+                                            "action_classes": 10, "colour_classes": 8, "shape_classes": 7})
+                records.append(rec)
+    records.append(dict(_record(runs / "none__none__s0", "none", "none", 0.105), finetune_top1=None, probe="lbfgs"))
+    (runs / "tgm__mae__s2").mkdir()  # unfinished
+    check = tmp_path / "study" / "reconstruction_check"
+    check.mkdir()
+    (check / "reconstruction_check.png").write_bytes(b"\x89PNG")
+    (check / "reconstruction_check.json").write_text(json.dumps({
+        "figure": "reconstruction_check.png", "steps": 8, "cpu_s": 1.5, "mse": 0.0123, "patch_mean_mse": 0.0234,
+        "visible_mean_mse": 0.0345, "copy_mse": 0.0456, "ratio": 0.53}))
+    probe = {"action": 0.55, "action_classes": 10, "num_train": 60, "num_val": 60}
+    out = tmp_path / "rep"
+    md = write_report(records, out, title="a study", seconds=90.0, recon_check=check / "reconstruction_check.json",
+                      text_probe={"model": "word_encoder", "text_model": probe, "bag_of_words": dict(probe, action=0.9)},
+                      lost=[runs / "tgm__mae__s1" / "probe" / "probe_results.json"],
+                      unfinished=[runs / "tgm__mae__s2"]).read_text()
+    page = (out / "report.html").read_text()
+    for heading in ("## Findings: beyond noise?", "## What the features encode", "## Frozen-backbone probes",
+                    "## Does the video-text loss help the linear probe?", "## Not finished", "## Missing results",
+                    "## Missing figures", "## Reconstruction check", "## Reconstruction: tube mae"):
+        assert heading in md  # the fake results reach every section
+    assert "Text probe:" in md and "random guesser's top-1 lies in" in md and "(at chance)" in md
+    assert _missing_from_html(md, page) == []
+    assert page.startswith("<!doctype html>") and "<style>" in page  # self-contained, figures linked
+    findings = page.index("Findings: beyond noise?")
+    cut = page[:page.rindex("<h2", 0, findings)] + page[page.index("<h2", findings):]
+    left_out = _missing_from_html(md, cut)
+    assert left_out and "Findings: beyond noise?" in left_out[0] and any("Video-text loss, tube" in x for x in left_out)

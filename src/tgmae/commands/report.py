@@ -1,5 +1,6 @@
 """`tgmae report RUN_OR_STUDY_DIR... [--out DIR]`: the results table, findings and figures from
-finished study runs (`tgmae.study.report`)."""
+finished study runs (`tgmae.study.report`), as report.md and report.html (one report: the HTML is
+rendered from the Markdown) and results.json."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tgmae.commands.args import Parser, parse_args
 def main(argv: Sequence[str]) -> int:
     from tgmae.study.report import report_runs
 
-    parser = Parser(prog="tgmae report", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
     parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
     parser.add_argument("--overwrite", action="store_true", help="replace a report of other runs in --out")

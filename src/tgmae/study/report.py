@@ -1,5 +1,6 @@
 """Study reports: the results table (paper Table 2 layout), loss curves (Figure 4) and figures, as
-Markdown, HTML and JSON; `tgmae report RUN_DIRS...` (`report_runs`) rebuilds one from finished runs.
+Markdown, HTML (rendered from the Markdown, `tgmae.study.report_html`: the same sections) and JSON;
+`tgmae report RUN_DIRS...` (`report_runs`) rebuilds one from finished runs.
 
 Every cell is a (masking, objective, variant) over seeds: mean ± sample std (n - 1). Comparisons
 are paired by seed: the per-seed difference, its mean and a two-sided 95% Student-t interval
@@ -11,7 +12,6 @@ sampling of the validation videos. Figures inside a random guesser's 95% band
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import logging
 import math
@@ -625,17 +625,32 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                  seconds: Optional[float] = None, text_probe: Optional[dict] = None,
                  recon_check: Optional[Path] = None, lost: Sequence[Path] = (),
                  unfinished: Sequence[Path] = ()) -> Path:
-    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md. `text_probe`:
+    """results.json, report.md, report.html (+ figures) in out_dir; returns report.md. Both reports
+    come from one description, `report_markdown` (the .html rendered from the .md's lines,
+    `tgmae.study.report_html`), so they hold the same sections and numbers. `text_probe`:
     the study's text_probe.json record (`read_text_probe`); `recon_check`: its reconstruction_check.json;
     `lost`: the results files whose figures `drop_lost_figures` left out; `unfinished`: cell folders
     without a record (`unfinished_runs`); both named in the report."""
+    from tgmae.study.report_html import markdown_to_html
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
     atomic_write_text(out_dir / "results.json", json.dumps(list(records), indent=2))
-    rows = aggregate(records)
-    table = markdown_table(rows)
+    md = report_markdown(records, out_dir, title, seconds=seconds, text_probe=text_probe,
+                         recon_check=recon_check, lost=lost, unfinished=unfinished)
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
+    atomic_write_text(out_dir / "report.html", markdown_to_html(md, title))
+    return out_dir / "report.md"
+
+
+def report_figures(records: Sequence[dict], out_dir: Path) -> list[tuple[str, Path]]:
+    """(caption, PNG path) of the report's figures: the masks (out_dir/masks.png, when there), the
+    pretraining loss curves (drawn into out_dir) and the first seed's reconstructions."""
     figures: list[tuple[str, Path]] = []
+    masks_png = out_dir / "masks.png"
+    if masks_png.is_file():
+        figures.append(("Masks (Figure 1 layout)", masks_png))
     curves = loss_curves(records, out_dir / "loss_curves.png")
     if curves is not None:
         figures.append(("Pretraining losses", curves))
@@ -643,20 +658,24 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
         recon = Path(r["run_dir"]) / "pretrain" / "reconstruction.png"
         if recon.is_file() and r["seed"] == records[0]["seed"]:
             figures.append((f"Reconstruction: {_name(cell_key(r))}", recon))
-    masks_png = out_dir / "masks.png"
-    if masks_png.is_file():
-        figures.insert(0, ("Masks (Figure 1 layout)", masks_png))
+    return figures
+
+
+def report_markdown(records: Sequence[dict], out_dir: Path, title: str, seconds: Optional[float] = None,
+                    text_probe: Optional[dict] = None, recon_check: Optional[Path] = None,
+                    lost: Sequence[Path] = (), unfinished: Sequence[Path] = ()) -> list[str]:
+    """The report's lines of Markdown, sorted `records` in, figures linked relative to `out_dir`: the
+    one description of its sections that report.md and report.html are both written from
+    (arguments as `write_report`'s)."""
+    rows = aggregate(records)
     md = [f"# {title}", "",
           "Top-1 / recall in %, mean ± std over seeds where several ran. FT: finetune with multi-view "
           f"testing; LP: linear probe on frozen features{_probe_note(records)}; R@k: zero-shot retrieval "
           f"against {_retrieval_texts(records)} {_retrieval_head(records)}."
           + _chance_note(records) + _took(records, seconds) + unfinished_note(unfinished),
-          "", table, ""]
-    check = chance_check(records, rows)
-    if check:
-        md += [check, ""]
-    if text_probe:
-        md += [text_probe_note(text_probe), ""]
+          "", markdown_table(rows), ""]
+    md += [check, ""] if (check := chance_check(records, rows)) else []
+    md += [text_probe_note(text_probe), ""] if text_probe else []
     gains = contrastive_gains(records)
     if gains:
         md += ["## Does the video-text loss help the linear probe?", "",
@@ -665,33 +684,16 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
                gains_markdown(gains), ""]
     md += findings_section(records, rows)
     md += [frozen, ""] if (frozen := frozen_probes_markdown(records)) else []
-    attributes = attribute_markdown(records)
-    if attributes:
-        md += ["## What the features encode", "", attributes, ""]
+    md += ["## What the features encode", "", attributes, ""] if (attributes := attribute_markdown(records)) else []
     check_section = recon_check_section(recon_check)
     if check_section:
         md += [f"## {RECON_TITLE}", "", check_section["text"], "", "| " + " | ".join(RECON_HEADERS) + " |",
                "|" + "---|" * len(RECON_HEADERS), "| " + " | ".join(check_section["row"]) + " |", ""]
         if check_section["figure"]:
             md += [f"![reconstruction check]({_rel(check_section['figure'], out_dir)})", ""]
-    for caption, path in figures:
+    for caption, path in report_figures(records, out_dir):
         md += [f"## {caption}", "", f"![{caption}]({_rel(path, out_dir)})", ""]
-    md += missing_sections(records, lost, out_dir, unfinished)
-    atomic_write_text(out_dir / "report.md", "\n".join(md))
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(md[2])}</p>", _html_table(rows)]
-    if check_section:
-        cells = lambda tag, xs: "<tr>" + "".join(f"<{tag}>{html.escape(x)}</{tag}>" for x in xs) + "</tr>"  # noqa: E731
-        body += [f"<h2>{html.escape(RECON_TITLE)}</h2><p>{html.escape(check_section['text'])}</p>",
-                 f"<table>{cells('th', RECON_HEADERS)}{cells('td', check_section['row'])}</table>"]
-        if check_section["figure"]:
-            body.append(f"<img src='{html.escape(_rel(check_section['figure'], out_dir))}' style='max-width:100%'>")
-    for caption, path in figures:
-        body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(_rel(path, out_dir))}' style='max-width:100%'>")
-    atomic_write_text(
-        out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;text-align:right}</style>" + "\n".join(body))
-    return out_dir / "report.md"
+    return md + missing_sections(records, lost, out_dir, unfinished)
 
 
 def _took(records: Sequence[dict], seconds: Optional[float]) -> str:
@@ -703,18 +705,6 @@ def _took(records: Sequence[dict], seconds: Optional[float]) -> str:
                  "probe + finetune + retrieval; shared set-up not included; runs in parallel overlap, so the sum "
                  "can exceed the wall time).")
     return took
-
-
-def _html_table(rows: Sequence[dict]) -> str:
-    columns = shown_columns(rows)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["Mask", "ratio", "objective"] + [h for h, _ in columns])
-    lines = [f"<table><tr>{head}</tr>"]
-    for r in rows:
-        ratio = "-" if r["mask_ratio"] is None else str(r["mask_ratio"])
-        cells = [cell_label(r["masking"], r.get("variant", "")), ratio, r["objective"]] + [
-            _cell(r[h], r.get("chance", {}).get(h)) for h, _ in columns]
-        lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return "\n".join(lines) + "</table>"
 
 
 def _rel(path: Path, base: Path) -> str:
