@@ -35,6 +35,17 @@ def test_report_help_says_what_it_writes_in_whole_sentences(capsys):
     assert "figures from finished study runs" in help_text and "report.md and report.html" in help_text
 
 
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"data", "visualize"}))  # those two list their tools
+def test_every_commands_help_says_what_it_does_in_whole_sentences(command, capsys):
+    """Most commands' --help gave their docstring's first line, which ended mid-sentence ("...
+    Recall@K with the"): `commands.args.Parser` takes the first paragraph."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    description = " ".join(out.split("\n\n")[1].split())
+    assert description.endswith((".", ".)")), description
+
+
 def test_top_level_help_and_unknown_command(capsys):
     assert main([]) == 0
     assert "pretrain" in capsys.readouterr().out

@@ -9,10 +9,20 @@ import copy
 from typing import Sequence
 
 
+def summary(doc: str | None) -> str | None:
+    """A docstring's first paragraph as one line: what `--help` says a command does (its first
+    line alone may end mid-sentence)."""
+    return " ".join(doc.split("\n\n")[0].split()) if doc else doc
+
+
 class Parser(argparse.ArgumentParser):
-    """Every command's argument parser. A usage error (an unknown flag, a missing argument) is the
-    same on every torchrun rank, since each reads one command line: rank 0 alone prints it, as
-    `tgmae.cli` does for config errors; each rank exits 2."""
+    """Every command's argument parser; `description` may be a whole docstring (`summary`). A usage
+    error (an unknown flag, a missing argument) is the same on every torchrun rank, since each
+    reads one command line: rank 0 alone prints it, as `tgmae.cli` does for config errors; each
+    rank exits 2."""
+
+    def __init__(self, *args, description: str | None = None, **kwargs) -> None:
+        super().__init__(*args, description=summary(description), **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         from tgmae.distributed import other_launched_rank, wait_for_rank0

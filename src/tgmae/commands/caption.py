@@ -21,8 +21,8 @@ from tgmae.commands.args import Parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = Parser(prog="tgmae caption", description=run.__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=run.__doc__)
+    p = Parser(prog="tgmae caption", description=run.__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=run.__doc__)
     p.add_argument("annotations", nargs="?", help="annotation file or folder (as for every tgmae command)")
     p.add_argument("--format", default="csv", choices=DATASET_FORMATS, help="annotation layout")
     p.add_argument("--root", default="", help="folder the annotation paths are relative to")

@@ -67,7 +67,7 @@ def render(cfg: Any) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = Parser(prog="tgmae config", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae config", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True, metavar="show")
     show = sub.add_parser("show", help="print the resolved config with each field's help",
                           description=__doc__.split("\n\n")[1])

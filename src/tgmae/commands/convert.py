@@ -10,7 +10,7 @@ from tgmae.commands.args import Parser
 def main(argv: Sequence[str]) -> int:
     from tgmae.weights.convert import convert
 
-    parser = Parser(prog="tgmae convert", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae convert", description=__doc__)
     parser.add_argument("src", help="checkpoint: .pth file, HF directory, or tgmae .safetensors")
     parser.add_argument("out", help="output .safetensors path")
     parser.add_argument("--num-frames", type=int, help="clip length (official .pth: its training args' num_frames, else 16)")

@@ -22,7 +22,7 @@ from tgmae.commands.args import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tgmae data check", description=check.__doc__.split("\n\n")[0])
+    p = Parser(prog="tgmae data check", description=check.__doc__)
     p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
     p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
     p.add_argument("annotations", help="annotation file, or the folder of split files")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tgmae data prepare", description=prepare.__doc__.split("\n\n")[0])
+    p = Parser(prog="tgmae data prepare", description=prepare.__doc__)
     p.add_argument("--format", required=True, choices=DATASET_FORMATS, help="annotation layout")
     p.add_argument("--root", required=True, help="folder the annotation paths are relative to")
     p.add_argument("annotations", help="annotation file, or the folder of split files")

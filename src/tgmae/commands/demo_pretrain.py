@@ -12,7 +12,7 @@ from tgmae.commands.args import Parser, add_config_option, parse_args
 def main(argv: Sequence[str]) -> int:
     from tgmae.train.demo_pretrain import DEFAULT_CONFIG, demo_pretrain
 
-    parser = Parser(prog="tgmae demo-pretrain", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae demo-pretrain", description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="folder for the data set and the run")
     parser.add_argument("--num-videos", type=int, default=None,
                         help="synthetic videos to generate (default 240; 32 with --quick)")

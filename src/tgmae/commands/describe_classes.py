@@ -17,7 +17,7 @@ from tgmae.commands.args import Parser
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = Parser(prog="tgmae describe-classes",
-                                description="vision-free class descriptions from an OpenAI-compatible chat endpoint")
+               description="Vision-free class descriptions from an OpenAI-compatible chat endpoint.")
     p.add_argument("--classes", required=True, help="text file, one class name per line")
     p.add_argument("--out", required=True, help="descriptions JSON (resumed if it exists)")
     p.add_argument("--rebuild", action="store_true",

@@ -17,7 +17,7 @@ from tgmae.commands.args import Parser
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = Parser(prog="tgmae embed-captions", description=embed.__doc__.split("\n\n")[0])
+    p = Parser(prog="tgmae embed-captions", description=embed.__doc__)
     p.add_argument("--captions", required=True, help="caption store (JSONL)")
     p.add_argument("--clip", required=True, help="CLIP hub id or local directory, e.g. openai/clip-vit-base-patch16")
     p.add_argument("--out", default="", help="cache file (default: next to the captions file)")

@@ -13,7 +13,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.errors import count
     from tgmae.evaluate.metrics import left_out_text, topk_text
 
-    cfg, args = parse_run_args("evaluate", argv, description=lib.__doc__.splitlines()[0])
+    cfg, args = parse_run_args("evaluate", argv, description=lib.__doc__)
     # the classifier's own frames, size, stride... where the user set none (a key set otherwise: a warning)
     result = lib.evaluate_checkpoint(cfg, given=keys_set(args.config, args.overrides))
     left_out = left_out_text(result.num_unreadable, result.num_videos + result.num_unreadable, "test",

@@ -10,7 +10,7 @@ from tgmae.commands.args import Parser
 def main(argv: Sequence[str]) -> int:
     from tgmae.weights.export_hf import export_hf
 
-    parser = Parser(prog="tgmae export-hf", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tgmae export-hf", description=__doc__)
     parser.add_argument("checkpoint", help="ours (.safetensors, run dir, checkpoint dir), official .pth or HF dir")
     parser.add_argument("out_dir", help="output directory (transformers save_pretrained layout)")
     parser.add_argument("--classifier", action="store_true",

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tgmae.evaluate.extract import ExtractSpec
 
     d = ExtractSpec()
-    p = Parser(prog="tgmae extract", description=__doc__.splitlines()[0])
+    p = Parser(prog="tgmae extract", description=__doc__)
     add_config_option(p, "YAML config: data.* names the videos (any data.format), model.pretrained "
                          "the checkpoint (ours, official .pth, Hugging Face dir)")
     p.add_argument("--out", required=True, help="output folder (shards, manifest.json, index.csv, unreadable.json)")

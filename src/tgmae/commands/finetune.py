@@ -13,7 +13,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import FINETUNE_RECIPE
 
-    cfg, _ = parse_run_args("finetune", argv, description=lib.__doc__.splitlines()[0], base=FINETUNE_RECIPE)
+    cfg, _ = parse_run_args("finetune", argv, description=lib.__doc__, base=FINETUNE_RECIPE)
     result = lib.finetune(cfg)
     say(f"run directory: {result.output_dir}")
     if result.test is not None:

@@ -11,6 +11,6 @@ from tgmae.commands.args import parse_run_args, say
 def main(argv: Sequence[str]) -> int:
     from tgmae.train.pretrain import pretrain
 
-    cfg, _ = parse_run_args("pretrain", argv, description=__doc__.splitlines()[0])
+    cfg, _ = parse_run_args("pretrain", argv, description=__doc__)
     say(f"run directory: {pretrain(cfg)}")
     return 0

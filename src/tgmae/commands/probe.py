@@ -13,7 +13,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import PROBE_RECIPE
 
-    cfg, _ = parse_run_args("probe", argv, description=lib.__doc__.splitlines()[0], base=PROBE_RECIPE)
+    cfg, _ = parse_run_args("probe", argv, description=lib.__doc__, base=PROBE_RECIPE)
     from tgmae.evaluate.probes import run_probe
 
     result = run_probe(cfg)

@@ -12,7 +12,7 @@ from tgmae.commands.args import Parser, parse_args
 def main(argv: Sequence[str]) -> int:
     from tgmae.study.report import report_runs
 
-    parser = Parser(prog="tgmae report", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="tgmae report", description=__doc__)
     parser.add_argument("runs", nargs="+", help="finished run directories or study folders")
     parser.add_argument("--out", default="report", help="folder for report.md / .html / results.json")
     parser.add_argument("--overwrite", action="store_true", help="replace a report of other runs in --out")

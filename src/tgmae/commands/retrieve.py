@@ -10,7 +10,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import retrieval as lib
 
-    cfg, _ = parse_run_args("retrieve", argv, description=lib.__doc__.splitlines()[0])
+    cfg, _ = parse_run_args("retrieve", argv, description=lib.__doc__)
     r = lib.evaluate_retrieval(cfg)
     say(f"{r.mode}: {r.sizes_text()}")  # the gallery each way, not only the texts with a video
     for name, direction in (("video->text", "video_to_text"), ("text->video", "text_to_video")):

@@ -11,8 +11,8 @@ from tgmae.commands.args import Parser, add_config_option, parse_args
 def main(argv: Sequence[str]) -> int:
     from tgmae.study.run import QUICK, load_study, run_study
 
-    parser = Parser(prog="tgmae study", description=__doc__.splitlines()[0],
-                                     epilog="Without -c the defaults run: the same study as "
+    parser = Parser(prog="tgmae study", description=__doc__,
+                    epilog="Without -c the defaults run: the same study as "
                                             "-c configs/study_synthetic.yaml (make demo).")
     add_config_option(parser, "study YAML (default: the built-in defaults, "
                               "= configs/study_synthetic.yaml)")

@@ -34,7 +34,7 @@ def _figures(kind: str, argv: Sequence[str]) -> int:
     from tgmae.commands.args import parse_args
     from tgmae.evaluate import visualize as lib
 
-    args = parse_args(_parser(kind, lib.__doc__.splitlines()[0]), argv)
+    args = parse_args(_parser(kind, lib.__doc__), argv)
     cfg = lib.figure_config(args.config, args.overrides, args.checkpoint)
     where = dict(index=args.index, subset=args.subset, video=args.video, out=args.out)
     if kind == "recon":

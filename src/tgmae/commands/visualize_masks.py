@@ -48,7 +48,7 @@ def _wrong_argument(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str]) -> int:
     p = Parser(prog="tgmae visualize masks",
-                                description="Figure-1-style grid of masking algorithms on a clip.")
+               description="Figure-1-style grid of masking algorithms on a clip.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", help="synthetic set (`tgmae synth`): uses its captions and object masks")
     src.add_argument("--video", help="any video file (needs --caption for TGM)")
