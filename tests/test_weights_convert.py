@@ -222,3 +222,122 @@ def test_a_state_without_an_encoder_is_refused_for_that_before_a_decoder_option(
         assert main([str(tmp_path / "foo.pth"), str(tmp_path / "x.safetensors"), *extra]) == 2
         err = capsys.readouterr().err
         assert "expected exactly one video encoder" in err and "foo.pth" in err
+
+
+# ------------------------------------------ official .pth: what the weights prove, what is assumed
+# A released width (384 / 192: heads 6 / 3 by the released models) at a tiny depth and clip.
+OFFICIAL = VideoMAEArch(embed_dim=384, depth=1, num_heads=6, mlp_ratio=1.0, patch_size=8, tubelet_size=2,
+                        num_frames=4, image_size=16, decoder_dim=192, decoder_depth=1, decoder_heads=3)
+
+
+def _official_pth(path, wrap: str = "model", args: dict | None = None, **extra) -> None:
+    """A VideoMAE pretraining .pth as its training script saves it: the state (official names are ours)
+    under `wrap` ('' bare), with `args` (an argparse Namespace) when given; `extra`: tensors added to it."""
+    import argparse
+
+    state = {**VideoMAEPretrainer(OFFICIAL).state_dict(), **extra}
+    obj = {wrap: state, "epoch": 3} if wrap else dict(state)
+    if args is not None:
+        obj["args"] = argparse.Namespace(model="pretrain_videomae_small_patch16_224", **args)
+    torch.save(obj, path)
+
+
+def _meta(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("wrap", ["model", "module", ""])
+def test_a_pth_without_args_records_the_keys_it_assumes_and_warns_once(tmp_path, caplog, wrap):
+    """Re-trial 23A M2: an official .pth that does not state its geometry was written as 16 frames x 224 px
+    as if the weights proved it. The output says which keys are assumed, convert says so once, and
+    later readers of the output warn once, naming them."""
+    import json
+
+    src, out = tmp_path / "pt.pth", tmp_path / "pt.safetensors"
+    _official_pth(src, wrap)
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main([str(src), str(out), "--image-size", "16"]) == 0
+    assumed = ["num_frames", "num_heads", "decoder_heads", "norm_pix_loss"]
+    said = _warnings(caplog)
+    assert len(said) == 1 and all(k in said[0] for k in assumed) and "image_size" not in said[0], said
+    assert all(o in said[0] for o in ("--num-frames", "--num-heads", "--decoder-heads", "--no-norm-pix-loss"))
+    assert json.loads(_meta(out)["assumed"]) == assumed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tgmae"):  # the recorded geometry, its assumed part said once
+        arch = load_pretraining_model(out).arch
+        load_encoder_source(out)
+    assert (arch.num_frames, arch.image_size, arch.num_heads, arch.decoder_heads) == (16, 16, 6, 3)
+    said = _warnings(caplog)
+    assert len(said) == 1 and str(out) in said[0] and all(k in said[0] for k in assumed), said
+
+
+def test_a_pth_whose_args_and_options_state_everything_assumes_nothing(tmp_path, caplog):
+    src, out = tmp_path / "pt.pth", tmp_path / "pt.safetensors"
+    _official_pth(src, args=dict(num_frames=4, input_size=16, tubelet_size=2, normlize_target=False))
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main([str(src), str(out), "--num-heads", "6", "--decoder-heads", "3"]) == 0
+        arch = load_pretraining_model(out).arch
+    assert _warnings(caplog) == [] and "assumed" not in _meta(out)
+    assert (arch.num_frames, arch.image_size, arch.norm_pix_loss) == (4, 16, False)
+
+
+def test_an_encoder_pth_assumes_only_what_an_encoder_has(tmp_path, caplog):
+    state = {k[len("encoder."):]: v for k, v in VideoMAEPretrainer(OFFICIAL).state_dict().items()
+             if k.startswith("encoder.")}
+    torch.save({"module": state}, tmp_path / "enc.pth")
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main([str(tmp_path / "enc.pth"), str(tmp_path / "enc.safetensors"), "--num-frames", "4"]) == 0
+    import json
+
+    assert json.loads(_meta(tmp_path / "enc.safetensors")["assumed"]) == ["image_size", "num_heads"]
+    said = _warnings(caplog)
+    assert len(said) == 1 and "image_size" in said[0] and "decoder_heads" not in said[0], said
+
+
+def test_a_geometry_the_weights_contradict_is_refused_naming_the_key(tmp_path, capsys):
+    """--image-size 20 with 8-px patches was a ValueError traceback; a stored fixed position table of
+    another token count than the geometry's is refused naming it. A table that fits proves the key left."""
+    from tgmae.models.pos_embed import sincos_position_table
+
+    src = tmp_path / "pt.pth"
+    _official_pth(src)
+    assert main([str(src), str(tmp_path / "x.safetensors"), "--image-size", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image_size=20" in err and "pt.pth" in err, err
+    table = sincos_position_table(8, 384)[None]  # [1, N, D]: 8 tokens = (4 / 2) x (16 / 8)^2
+    _official_pth(src, **{"encoder.pos_embed": table})
+    assert main([str(src), str(tmp_path / "x.safetensors"), "--image-size", "16", "--num-frames", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "encoder.pos_embed" in err and "num_frames=8" in err, err
+    out = tmp_path / "ok.safetensors"
+    assert main([str(src), str(out), "--image-size", "16", "--num-heads", "6", "--decoder-heads", "3",
+                 "--no-norm-pix-loss"]) == 0
+    assert "assumed" not in _meta(out) and load_pretraining_model(out).arch.num_frames == 4
+
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_convert_reads_a_pth_once(tmp_path, monkeypatch, decoder):
+    """Convert read a .pth three times (its args, whether it holds a decoder, its weights)."""
+    src = tmp_path / "pt.pth"
+    if decoder:
+        _official_pth(src)
+    else:
+        torch.save({"model": {k[len("encoder."):]: v for k, v in VideoMAEPretrainer(OFFICIAL).state_dict().items()
+                              if k.startswith("encoder.")}}, src)
+    calls = []
+    real = torch.load
+
+    def counting(*a, **k):
+        calls.append(k.get("weights_only"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "load", counting)
+    assert main([str(src), str(tmp_path / "x.safetensors")]) == 0
+    assert calls == [True]

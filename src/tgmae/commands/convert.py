@@ -13,10 +13,10 @@ def main(argv: Sequence[str]) -> int:
     parser = Parser(prog="tgmae convert", description=__doc__)
     parser.add_argument("src", help="checkpoint: .pth file, HF directory, or tgmae .safetensors")
     parser.add_argument("out", help="output .safetensors path")
-    parser.add_argument("--num-frames", type=int, help="clip length (official .pth: its training args' num_frames, else 16)")
-    parser.add_argument("--image-size", type=int, help="input side (official .pth: its training args' input_size, else 224)")
-    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth: released value)")
-    parser.add_argument("--decoder-heads", type=int, help="decoder heads (official .pth: released value)")
+    parser.add_argument("--num-frames", type=int, help="clip length (official .pth: its training args' num_frames, else 16, recorded as assumed)")
+    parser.add_argument("--image-size", type=int, help="input side (official .pth: its training args' input_size, else 224, recorded as assumed)")
+    parser.add_argument("--num-heads", type=int, help="encoder heads (official .pth: the released model's of its width, recorded as assumed)")
+    parser.add_argument("--decoder-heads", type=int, help="decoder heads (official .pth: the released model's of its width, recorded as assumed)")
     parser.add_argument("--no-norm-pix-loss", action="store_true",
                         help="the model was trained on raw pixels, not per-patch normalized ones (official .pth: its training args' normlize_target, else normalized)")
     parser.add_argument("--overwrite", action="store_true",

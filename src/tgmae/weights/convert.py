@@ -8,6 +8,7 @@ our classifier file (class names from `id2label`), an encoder alone -> our encod
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,17 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
-from tgmae.weights.layouts import ARGS_FIELDS, read_official
-from tgmae.weights.pretraining import holds_decoder, load_pretraining_model, save_encoder, save_pretraining_model
-from tgmae.weights.sources import check_stated_heads, load_encoder_source
+from tgmae.weights.layouts import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
+from tgmae.weights.pretraining import (
+    holds_decoder,
+    load_pretraining_model,
+    official_pretraining_model,
+    save_encoder,
+    save_pretraining_model,
+)
+from tgmae.weights.sources import check_stated_heads, load_encoder_source, official_encoder_source
+
+log = logging.getLogger("tgmae")
 
 
 class OutputFileError(FileExistsError, UserError):
@@ -42,16 +51,13 @@ def check_output_file(out: str | Path, src: str | Path, overwrite: bool = False)
         raise OutputFileError(f"{out}: exists; give the output a new file, or --overwrite to replace it")
 
 
-_ARG_OPTIONS = {"num_frames": "--num-frames", "image_size": "--image-size", "norm_pix_loss": "--no-norm-pix-loss"}
-
-
 def check_stated_args(src: Any, args: dict[str, Any], overrides: dict[str, Any]) -> str:
     """Options for a .pth (num_frames, image_size, norm_pix_loss) that its training args
     (`layouts.official_args`) contradict: CheckpointError naming the option and the stored value.
     Returns what the args gave that no option did, for the summary ('' when nothing)."""
     for name, field in ARGS_FIELDS.items():
         if field in overrides and name in args and overrides[field] != args[name]:
-            given = _ARG_OPTIONS[field] + ("" if field == "norm_pix_loss" else f" {overrides[field]}")
+            given = OFFICIAL_OPTIONS[field] + ("" if field == "norm_pix_loss" else f" {overrides[field]}")
             raise CheckpointError(f"{given}: {src}'s training args state {name}={args[name]}; leave the option out "
                                   "(the settings a .pth's args state are used)")
     used = [name for name, field in ARGS_FIELDS.items() if name in args and field not in overrides]
@@ -63,42 +69,84 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
 
     overrides: VideoMAEArch fields for pretraining checkpoints that do not store them (official
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss; a .pth's training `args`
-    give the first and the last, and an override they contradict is a CheckpointError). Raises
-    CheckpointError (a ConfigError for a missing head count) naming the file and the keys that do not fit;
-    OutputFileError naming `out` when it is the source, lies inside a run, or exists without `overwrite`;
-    CheckpointError for a run folder without its final weights (`files.refuse_unfinished_run`).
+    give the first and the last, and an override they contradict is a CheckpointError). What none
+    of them states is assumed (`_convert_official`). Raises CheckpointError (a ConfigError for a
+    missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
+    when it is the source, lies inside a run, or exists without `overwrite`; CheckpointError for a
+    run folder without its final weights (`files.refuse_unfinished_run`).
     """
     check_output_file(out, src, overwrite)
     refuse_unfinished_run(src, "convert")
     src = resolve_weights(src)  # checkpoints/latest, a step folder, a run folder -> its weights file (as finetune reads it)
     kind = detect_format(src)
-    # Head counts are options for a .pth only (it does not store them); any other layout stores
-    # them, and a given value must agree, never be silently replaced or ignored.
-    stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides} if kind != "official" else {}
-    from_args = check_stated_args(src, read_official(src)[1], overrides) if kind == "official" else ""
+    if kind == "official":
+        return _convert_official(src, out, overrides)
+    # Any layout but a .pth stores its head counts: a given value must agree, never be silently
+    # replaced or ignored.
+    stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides}
     if holds_decoder(src):
         model = load_pretraining_model(src, **overrides)
         check_stated_heads(src, model.arch, stated)
         save_pretraining_model(model, out)
-        a, n = model.arch, sum(p.numel() for p in model.parameters())
-        return (f"{kind} -> tgmae pretraining model, {n / 1e6:.1f}M parameters, encoder {a.embed_dim}x{a.depth} "
-                f"({a.num_heads} heads), decoder {a.decoder_dim}x{a.decoder_depth} ({a.decoder_heads} heads), "
-                f"{a.num_frames} frames at {a.image_size}px, {'normalized' if a.norm_pix_loss else 'raw'}-pixel target"
-                f"{from_args}")
-    source = load_encoder_source(src, num_heads=overrides.get("num_heads"))  # no encoder: that is the fault
-    unused = sorted(k for k in {**overrides, **stated} if k in ("decoder_heads", "norm_pix_loss"))
-    if unused:
-        raise CheckpointError(f"{src}: holds no decoder, so {', '.join(unused)} do not apply")
+        return _pretraining_summary(kind, model)
+    source = load_encoder_source(src)  # no encoder: that is the fault
+    _refuse_decoder_options(src, {**overrides, **stated})
     check_stated_heads(src, source.arch, stated)
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:
         source.arch = dataclasses.replace(source.arch, **geometry)
+    return _save_encoder_source(kind, source, out)
+
+
+def _convert_official(src: Path, out: str | Path, overrides: dict[str, Any]) -> str:
+    """`convert` of an official .pth, read once (`read_official`: a ViT-g file is 4 GB). What its
+    weights do not prove and neither its args nor `overrides` state is the released models'
+    (`layouts.official_settings`): recorded in `out` as assumed and said in one warning naming the
+    keys and their options."""
+    state, args = read_official(src)
+    from_args = check_stated_args(src, args, overrides)
+    if "encoder_to_decoder.weight" in state:
+        assumed = official_settings(state, args, overrides, src)[1]
+        model = official_pretraining_model(state, args, src, **overrides)
+        save_pretraining_model(model, out, assumed)
+        arch, what = model.arch, _pretraining_summary("official", model, from_args)
+    else:
+        extra = {k: v for k, v in overrides.items() if k not in ("num_frames", "image_size", "num_heads")}
+        source = official_encoder_source(state, args, src, **{k: v for k, v in overrides.items() if k not in extra})
+        _refuse_decoder_options(src, extra)
+        assumed, arch = source.assumed, source.arch
+        what = _save_encoder_source("official", source, out, from_args, assumed)
+    if assumed:
+        log.warning("%s does not state %s: assumed the released models' %s, recorded in %s as assumed; if they are "
+                    "not the model's, give %s", src, ", ".join(assumed),
+                    ", ".join(f"{k}={getattr(arch, k)}" for k in assumed), out,
+                    ", ".join(OFFICIAL_OPTIONS[k] for k in assumed))
+    return what
+
+
+def _refuse_decoder_options(src: Any, given: dict[str, Any]) -> None:
+    unused = sorted(k for k in given if k in ("decoder_heads", "norm_pix_loss"))
+    if unused:
+        raise CheckpointError(f"{src}: holds no decoder, so {', '.join(unused)} do not apply")
+
+
+def _pretraining_summary(kind: str, model: Any, from_args: str = "") -> str:
+    a, n = model.arch, sum(p.numel() for p in model.parameters())
+    return (f"{kind} -> tgmae pretraining model, {n / 1e6:.1f}M parameters, encoder {a.embed_dim}x{a.depth} "
+            f"({a.num_heads} heads), decoder {a.decoder_dim}x{a.decoder_depth} ({a.decoder_heads} heads), "
+            f"{a.num_frames} frames at {a.image_size}px, {'normalized' if a.norm_pix_loss else 'raw'}-pixel target"
+            f"{from_args}")
+
+
+def _save_encoder_source(kind: str, source: Any, out: str | Path, from_args: str = "",
+                         assumed: list[str] | tuple = ()) -> str:
+    """Write `source` as our classifier (it has a head) or encoder file; the summary line."""
     a = source.arch
     if source.head:
         clf = build_classifier(source, keep_head=True)
-        save_classifier(clf, out, source.class_names)
+        save_classifier(clf, out, source.class_names, assumed)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
                 f"{a.num_frames} frames at {a.image_size}px{from_args}")
-    save_encoder(source.build_encoder(), out)
+    save_encoder(source.build_encoder(), out, assumed)
     return (f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at "
             f"{a.image_size}px{from_args}")

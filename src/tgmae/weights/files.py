@@ -116,8 +116,8 @@ def read_torch(path: Path) -> Any:
             "model directory)")
     try:
         with allow([(PickledArgs, "argparse.Namespace")]) if allow else contextlib.nullcontext():
-            # zip format: tensors mapped, not copied, so the 2-3 reads a conversion makes of a 4 GB
-            # ViT-g .pth cost the pickle, not the bytes
+            # zip format: tensors mapped, not copied, so reading a 4 GB ViT-g .pth costs the pickle,
+            # not the bytes (a conversion reads it once and passes the object along)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=magic.startswith(b"PK"))
     except Exception as e:  # pickle / zip errors, or objects weights_only refuses
         raise CheckpointError(

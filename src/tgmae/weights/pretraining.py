@@ -4,7 +4,8 @@
   model rebuilds from the file alone (ENCODER_FORMAT: an encoder alone, `save_encoder`).
 - Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads are not stored (the released models'
   values are assumed unless given); frames, image size and target are its training `args`' when it
-  stores them, else the released models' (16, 224, normalized pixels) unless given.
+  stores them, else the released models' (16, 224, normalized pixels) unless given
+  (`layouts.official_settings`; a conversion records the assumed ones, `save_*(assumed=...)`).
 - transformers `VideoMAEForPreTraining` directories, read without importing transformers.
 """
 
@@ -14,7 +15,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -34,12 +35,15 @@ from tgmae.weights.files import (
     write_safetensors,
 )
 from tgmae.weights.layouts import (
-    args_arch_fields,
+    assumed_note,
     hf_arch,
     hf_to_ours,
     official_arch,
+    official_settings,
     official_state,
+    position_tables,
     read_official,
+    warn_assumed,
 )
 
 FORMAT = "tgmae.videomae-pretrain.v1"
@@ -87,33 +91,53 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
                 "weights with `tgmae convert`"
             )
         arch = VideoMAEArch.from_json(meta["arch"])
+        warn_assumed(p, meta)
     elif kind == "hf":
         arch = hf_arch(json.loads((p / "config.json").read_text()))
         state, extra_unexpected = hf_to_ours(hf_directory_state(p))
     else:
-        state, args = read_official(p)
-        missing = [k for k in ("encoder.patch_embed.proj.weight", "encoder_to_decoder.weight") if k not in state]
-        if missing:
-            raise CheckpointError(f"{p}: not an official VideoMAE pretraining checkpoint. missing keys: "
-                                  f"[{key_names(missing)}]; found keys: [{key_names(list(state))}]")
-        # what the file's training args state (`read_official`), then the given values
-        geometry = {**args_arch_fields(args), **{k: overrides.pop(k) for k in (
-            "num_frames", "image_size", "num_heads", "decoder_heads", "norm_pix_loss") if k in overrides}}
-        arch = official_arch(state, **geometry)
+        return official_pretraining_model(*read_official(p), p, **overrides)
     if overrides:
         arch = dataclasses.replace(arch, **overrides)
     return load_strict(VideoMAEPretrainer(arch), state, f"{p} ({kind} layout)", "the VideoMAE pretraining model",
                        extra_unexpected).eval()
 
 
-def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike) -> Path:
-    """Write weights + arch as one safetensors file, atomically (temp file, then rename)."""
-    return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json()})
+def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any], source: Any,
+                               **overrides: Any) -> VideoMAEPretrainer:
+    """`load_pretraining_model` of an official .pth already read (`read_official`'s state and args:
+    convert reads a file once). Frames, image size and target: the given values, else its args',
+    else the released models' (`official_settings`, which refuses a geometry the weights
+    contradict); heads: given, else the released models'. CheckpointError naming the missing keys
+    of a state that is no pretraining model."""
+    missing = [k for k in ("encoder.patch_embed.proj.weight", "encoder_to_decoder.weight") if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not an official VideoMAE pretraining checkpoint. missing keys: "
+                              f"[{key_names(missing)}]; found keys: [{key_names(list(state))}]")
+    given = {k: overrides.pop(k) for k in ("num_frames", "image_size", "num_heads", "decoder_heads", "norm_pix_loss")
+             if k in overrides}
+    settings, _ = official_settings(state, args, given, source)
+    arch = official_arch(state, **settings, num_heads=given.get("num_heads"), decoder_heads=given.get("decoder_heads"))
+    if overrides:
+        arch = dataclasses.replace(arch, **overrides)
+    tables = position_tables(state)  # fixed sin-cos: ours is rebuilt, not loaded
+    weights = {k: v for k, v in state.items() if k not in tables}
+    return load_strict(VideoMAEPretrainer(arch), weights, f"{source} (official layout)",
+                       "the VideoMAE pretraining model").eval()
 
 
-def save_encoder(encoder: nn.Module, path: str | os.PathLike) -> Path:
-    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT."""
-    return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json()})
+def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = ()) -> Path:
+    """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
+    the arch fields a conversion assumed (`layouts.assumed_note`), recorded with them."""
+    return write_safetensors(model.state_dict(), path,
+                             {"format": FORMAT, "arch": model.arch.to_json(), **assumed_note(list(assumed))})
+
+
+def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[str] = ()) -> Path:
+    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed` as
+    `save_pretraining_model`'s."""
+    return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json(),
+                                                          **assumed_note(list(assumed))})
 
 
 def holds_decoder(path: str | os.PathLike) -> bool:

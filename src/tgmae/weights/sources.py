@@ -30,15 +30,21 @@ from tgmae.weights.files import (
 )
 from tgmae.weights.layouts import (
     OFFICIAL_DECODER_HEADS,
-    args_arch_fields,
     count_blocks,
     hf_arch,
     hf_to_ours,
     infer_encoder_arch,
+    official_settings,
     read_official,
     strip_wrappers,
+    warn_assumed,
 )
-from tgmae.weights.pretraining import ENCODER_FORMAT, FORMAT as PRETRAIN_FORMAT, load_pretraining_model
+from tgmae.weights.pretraining import (
+    ENCODER_FORMAT,
+    FORMAT as PRETRAIN_FORMAT,
+    load_pretraining_model,
+    official_pretraining_model,
+)
 
 CLASSIFIER_FORMAT = "tgmae.video-classifier.v1"
 _EMBED_KEY = "patch_embed.proj.weight"
@@ -54,6 +60,8 @@ class EncoderSource:
     encoder: `VideoViTEncoder` state dict (patch_embed.proj.*, blocks.N.*, norm.* if any).
     head: classifier weights `fc_norm.*` / `head.*` when the checkpoint is a classifier, else {}.
     kind: tgmae | official | hf | train-checkpoint | classifier.
+    assumed: the arch fields neither the weights prove nor the file states (an official .pth's, or
+        recorded as assumed by the conversion that wrote ours: `layouts.official_settings`).
     """
 
     arch: VideoMAEArch
@@ -63,6 +71,7 @@ class EncoderSource:
     path: str = ""
     class_names: list[str] = field(default_factory=list)
     fc_norm_eps: Optional[float] = None
+    assumed: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -130,17 +139,18 @@ def _from_directory(p: Path) -> EncoderSource:
 def _from_safetensors(p: Path) -> EncoderSource:
     state, meta = read_safetensors(p)
     fmt = meta.get("format")
+    assumed = warn_assumed(p, meta)
     if fmt == PRETRAIN_FORMAT:
         model = load_pretraining_model(p)
-        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="tgmae", path=str(p))
+        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="tgmae", path=str(p), assumed=assumed)
     if fmt == ENCODER_FORMAT:
-        return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p))
+        return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p), assumed=assumed)
     if fmt == CLASSIFIER_FORMAT:
         arch = VideoMAEArch.from_json(meta["arch"])
         enc, head = _split(state, str(p))
         names = json.loads(meta.get("class_names", "[]"))
         return EncoderSource(arch, enc, head, kind="classifier", path=str(p), class_names=names,
-                             fc_norm_eps=float(meta.get("fc_norm_eps", 1e-5)))
+                             fc_norm_eps=float(meta.get("fc_norm_eps", 1e-5)), assumed=assumed)
     if "tgmae_config" in meta:
         return _from_train_state(state, json.loads(meta["tgmae_config"]), str(p))
     raise CheckpointError(
@@ -189,18 +199,28 @@ def _stored_arch(cfg: Any, enc: dict[str, torch.Tensor], source: str) -> VideoMA
 
 
 def _from_pth(p: Path, num_heads: Optional[int]) -> EncoderSource:
-    state, args = read_official(p)
+    return official_encoder_source(*read_official(p), p, num_heads=num_heads)
+
+
+def official_encoder_source(state: dict[str, torch.Tensor], args: Mapping[str, Any], source: Any, *,
+                            num_heads: Optional[int] = None, **given: Any) -> EncoderSource:
+    """The encoder (and head) of an official .pth already read (`read_official`'s state and args:
+    convert reads a file once). given: num_frames / image_size stated by options; the rest is its
+    args', else the released models' (`official_settings`: `assumed` names those, and a geometry
+    the weights contradict is a CheckpointError naming the key)."""
+    given = {**given, "num_heads": num_heads}
+    settings, assumed = official_settings(state, args, given, source)
+    geometry = {k: settings[k] for k in ("num_frames", "image_size")}
     if "encoder_to_decoder.weight" in state:  # official pretraining layout
-        overrides = {"num_heads": num_heads} if num_heads else {}
         # Only the encoder is kept: the dropped decoder's head count changes nothing here.
         ddim = int(state["encoder_to_decoder.weight"].shape[0])
-        overrides["decoder_heads"] = OFFICIAL_DECODER_HEADS.get(ddim, 1)
-        model = load_pretraining_model(p, **overrides)
-        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(p))
-    enc, head = _split(state, str(p))
-    geometry = {k: v for k, v in args_arch_fields(args).items() if k != "norm_pix_loss"}  # its training args'
+        model = official_pretraining_model(state, args, source, **geometry, num_heads=num_heads,
+                                           decoder_heads=OFFICIAL_DECODER_HEADS.get(ddim, 1))
+        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(source),
+                             assumed=[k for k in assumed if k not in ("decoder_heads", "norm_pix_loss")])
+    enc, head = _split(state, str(source))
     arch = infer_encoder_arch(enc, num_heads=num_heads, layer_norm_eps=1e-6, **geometry)
-    return EncoderSource(arch, enc, head, kind="official", path=str(p), fc_norm_eps=1e-6)
+    return EncoderSource(arch, enc, head, kind="official", path=str(source), fc_norm_eps=1e-6, assumed=assumed)
 
 
 def _from_hf(p: Path) -> EncoderSource:
