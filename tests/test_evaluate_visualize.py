@@ -348,3 +348,40 @@ def test_figures_of_other_checkpoints_or_settings_get_other_names_and_a_rerun_th
     assert len(draw("recon", run, "masking.ratio=0.5")) == 1  # an override that changes the figure
     assert len(draw("attention", run, "--layer", "0")) == 1
     assert len(list(figures.glob("*.png"))) == 6 and len(list(figures.glob("*.gif"))) == 6
+
+
+MICRO = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                     image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)  # the micro preset's size
+
+
+@pytest.fixture(scope="module")
+def micro_export(tmp_path_factory):
+    """`tgmae export-hf` of a micro pretraining run (stride 3): an encoder-only VideoMAEModel folder."""
+    from tgmae.weights.export_hf import export_hf
+
+    run = tmp_path_factory.mktemp("micro") / "run"
+    torch.manual_seed(0)
+    save_pretraining_model(VideoMAEPretrainer(MICRO), run / "model.safetensors")
+    save_config(load_config(None, ["model.preset=micro", "model.patch_size=8", "data.num_frames=4",
+                                   "data.image_size=32", "data.frame_stride=3"]), run / "config.yaml")
+    export_hf(run, run.parent / "hf")
+    return run.parent / "hf"
+
+
+def test_figures_of_an_export_take_its_architecture_and_clip_settings(micro_export, tmp_path, clip_file, capsys):
+    """Re-trial 23B m1: `visualize attention EXPORT` said `model.preset='tiny' but the checkpoint
+    EXPORT has 'micro': set model.preset=micro` though the export's config.json holds its arch
+    (`tgmae_arch`) and clip settings (`tgmae_data`). They are taken; an override against the
+    weights is still refused naming the key."""
+    cfg = figure_config(None, [], str(micro_export))
+    assert (cfg.model.preset, cfg.model.patch_size, cfg.data.num_frames, cfg.data.image_size,
+            cfg.data.frame_stride) == ("micro", 8, 4, 32, 3)
+    out = tmp_path / "figs"
+    assert cli(["visualize", "attention", str(micro_export), "--video", str(clip_file), "--out", str(out)]) == 0
+    assert _named(out, "attention", "walk").is_file()
+    capsys.readouterr()
+    assert cli(["visualize", "attention", str(micro_export), "--video", str(clip_file), "--out", str(out),
+                "model.preset=tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.preset='tiny'" in err[0] and "'micro'" in err[0], err
+

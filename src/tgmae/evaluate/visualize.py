@@ -32,10 +32,12 @@ RUN_SECTIONS = ("masking", "model", "captions", "contrastive")
 
 def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
-    where they came from): its run folder's config.yaml; else the geometry stored with the
-    weights (frames, image size, tubelet, patch); else nothing."""
+    where they came from): its run folder's config.yaml; else what is stored with the weights:
+    the model keys of their architecture (`checkpoint_model_keys`: an export-hf folder's
+    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads) and the clip settings an
+    export-hf folder recorded (`exported_data_settings`), else their frames and image size."""
     from tgmae.config import to_dict
-    from tgmae.weights.model_card import read_run
+    from tgmae.weights.model_card import exported_data_settings, read_run
 
     run = read_run(checkpoint)
     if run.config is not None:
@@ -43,12 +45,12 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
         settings = {k: full[k] for k in RUN_SECTIONS}
         settings["data"] = {k: full["data"][k] for k in RUN_DATA_KEYS}
         return settings, str(run.run_dir / "config.yaml")
+    from tgmae.models.arch import checkpoint_model_keys
     from tgmae.weights.sources import load_encoder_source
 
     arch = load_encoder_source(checkpoint).arch
-    return ({"data": {"num_frames": arch.num_frames, "image_size": arch.image_size},
-             "model": {"patch_size": arch.patch_size, "tubelet_size": arch.tubelet_size}},
-            f"the geometry stored in {checkpoint}")
+    data = {"num_frames": arch.num_frames, "image_size": arch.image_size, **exported_data_settings(checkpoint)}
+    return {"data": data, "model": checkpoint_model_keys(arch)}, f"the settings stored in {checkpoint}"
 
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
