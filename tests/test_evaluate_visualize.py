@@ -385,3 +385,13 @@ def test_figures_of_an_export_take_its_architecture_and_clip_settings(micro_expo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.preset='tiny'" in err[0] and "'micro'" in err[0], err
 
+
+def test_recon_of_an_encoder_only_export_is_one_line_naming_it(micro_export, tmp_path, clip_file, capsys):
+    """Re-trial 23B m2: `visualize recon` of an export-hf folder (an encoder-only VideoMAEModel) printed
+    the dump of the decoder's missing state-dict keys. One line: the folder holds no decoder, so no
+    reconstruction; the run's model.safetensors has one."""
+    assert cli(["visualize", "recon", str(micro_export), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(micro_export) in err[0] and "no decoder" in err[0], err
+    assert "model.safetensors" in err[0] and "missing" not in err[0].lower()
+    assert not (tmp_path / "o").exists()

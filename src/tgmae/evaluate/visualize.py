@@ -198,6 +198,20 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     return load_pretraining_model(weights_path(path), num_frames=num_frames, image_size=image_size)
 
 
+def refuse_without_decoder(checkpoint: str | Path) -> None:
+    """CheckpointError in one line naming `checkpoint` when its weights hold no decoder (an encoder
+    or classifier, such as an `export-hf` folder without --pretraining): nothing to reconstruct
+    with, where loading it as a pretraining model would list every missing decoder key."""
+    from tgmae.weights.files import CheckpointError
+    from tgmae.weights.pretraining import holds_decoder
+
+    if not holds_decoder(weights_path(checkpoint)):
+        raise CheckpointError(
+            f"{checkpoint}: its weights hold no decoder (an encoder or classifier alone), so no reconstruction "
+            "can be drawn: pass the pretraining run's model.safetensors (encoder + decoder) or an `export-hf "
+            "--pretraining` folder; `tgmae visualize attention` draws this encoder")
+
+
 def _sample(dataset, index: int, video: Optional[str], subset: str) -> dict:
     """Item `index`, read once and never replaced by another video (VideoLoadError naming the
     file when it cannot be read)."""
@@ -269,6 +283,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
         raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
                           "decoder, so it has no reconstruction to draw (`tgmae visualize attention` shows its "
                           "encoder)")
+    refuse_without_decoder(checkpoint)
     model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
     check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
     generator, captions = _masking(cfg, video, caption)
