@@ -5,7 +5,7 @@ attention: the encoder's attention of the centre patch, overlaid (any checkpoint
 encoder); masks: `tgmae.viz.masks`. The clip is item `index` of `subset` (val, evaluation
 transform) or `video` (never substituted: `VideoLoadError`). Outputs default to figures/ of the
 checkpoint's run folder (`figures_folder`), named `KIND_CLIP-HASH` (`figure_name`: CLIP the video
-id with '/' encoded as `%2F`, a `--video` outside data.root its stem; HASH over the weights, the
+id with '/' shown as `__`, a `--video` outside data.root its stem; HASH over the weights, the
 settings and the clip's file, so other checkpoints or overrides never overwrite a figure). Settings
 (`figure_config`): the checkpoint's own run config over `-c` (which supplies only what it lacks),
 then overrides. TGM on a `--video` masks it by `--caption`, scored by `masking.clip_model`.
@@ -118,11 +118,15 @@ def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> 
     return (p if p.is_dir() else p.parent) / "figures"
 
 
+FIGURE_FOLDERS = "__"  # what a '/' of a video id shows as in a figure's name (readable; the maps keep %2F)
+
+
 def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
     """The clip part of a figure's file name: its video id (a `--video` under data.root: its id
-    there; outside: its stem; the hash of `figure_name` tells same-named files apart), named as
-    `masking.cache` names maps (`id_file_name`: `Animation/clip1` -> `Animation%2Fclip1`; a long
-    id, a readable prefix and a hash of the whole id)."""
+    there; outside: its stem; the hash of `figure_name` tells same-named files apart), named by
+    `id_file_name` as `masking.cache` names maps but with each '/' shown as `FIGURE_FOLDERS`
+    (`Animation/clip1` -> `Animation__clip1`; a long id, a readable prefix and a hash of the whole
+    id). The hash, which covers the clip's path, keeps `a/b` and `a__b` apart."""
     from tgmae.data.fileid import id_file_name
 
     if video:
@@ -134,7 +138,7 @@ def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
         vid = relative_id(root, str(path)) if inside else path.stem
     else:
         vid = str(sample.get("video_id", index))
-    return id_file_name(vid)
+    return id_file_name(vid, folders=FIGURE_FOLDERS)
 
 
 # the keys of data.* that say how a clip is read, not what it shows: left out of a figure's name
