@@ -88,3 +88,15 @@ def test_two_ids_never_share_a_name():
         assert id_file_name(urllib.parse.unquote(name)) not in names and id_file_name(name) not in names
     assert "+" not in id_file_name("a+" + "0" * 16)  # '+' is never in a short id's name
     assert id_file_name(JAPANESE) == id_file_name(JAPANESE)  # steady: a rerun finds its file
+
+
+@pytest.mark.parametrize("video_id, name", [("Biking/clip1", "Biking__clip1"), ("a/b/c d", "a__b__c%20d"),
+                                            ("clip", "clip"), ("50%/x", "50%25__x")])
+def test_a_name_for_people_shows_an_ids_folders_readably(video_id, name):
+    """Re-trial 23B m3: a figure of `Biking/clip1` was named `recon_Biking%2Fclip1-HASH.png`. A name
+    whose caller keys it otherwise (a figure's hash covers the clip's path) shows each '/' as
+    `folders`; everything else is encoded as before, and a long id still fits."""
+    assert id_file_name(video_id, folders="__") == name
+    long = id_file_name(ASCII, folders="__")
+    assert long.startswith("Biking__v_Biking_g01") and "%2F" not in long and len(long) <= 160
+    assert id_file_name(video_id) == urllib.parse.quote(video_id, safe="")  # the caches' names stay

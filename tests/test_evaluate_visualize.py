@@ -161,8 +161,9 @@ def test_figures_go_to_the_run_they_draw_unless_out_says_otherwise(tmp_path, cli
 def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
     """Figures of other clips never overwrite each other: recon of --index 0 and 1 wrote one
     reconstruction.png; attention of a/Biking/clip2 and b/Animation/clip2 one attention_clip2.png.
-    Named by the video id under data.root ('/' encoded as the similarity maps encode it), a video
-    outside it by its stem; the name's hash covers the clip's path, so same-named clips differ."""
+    Named by the video id under data.root (re-trial 23B m3: '/' shown as '__', not the similarity
+    maps' `%2F`), a video outside it by its stem; the name's hash covers the clip's path, so
+    same-named clips differ."""
     import shutil
 
     run = _run(tmp_path)
@@ -184,7 +185,7 @@ def test_figures_are_named_by_the_clip_they_draw(tmp_path, clip_file):
         shutil.copy(clip_file, path)
         assert cli(["visualize", "attention", str(run), "--video", str(path), "--out", str(out)]) == 0
     for kind in ("recon", "attention"):
-        for clip in ("Animation%2Fclip2", "Biking%2Fclip2"):
+        for clip in ("Animation__clip2", "Biking__clip2"):
             assert _named(out, kind, clip).is_file()
     assert len(list(out.glob("attention_clip2-*.png"))) == 2 and len(list(out.glob("*.png"))) == 6
     assert not list(out.glob(".recon-*"))
@@ -212,8 +213,8 @@ def test_figures_of_a_long_non_ascii_id_fit_a_file_name(tmp_path, clip_file):
     assert cli(["visualize", "attention", str(run), "--video", str(outside), "--out", str(out)]) == 0
     from tgmae.data.fileid import id_file_name
 
-    assert _named(out, "recon", id_file_name(vid)).is_file()
-    assert _named(out, "attention", id_file_name("é" * 120)).is_file()
+    assert _named(out, "recon", id_file_name(vid, folders="__")).is_file()
+    assert _named(out, "attention", id_file_name("é" * 120, folders="__")).is_file()
     assert all(len(p.name.encode()) <= 200 for p in out.iterdir())
 
 
@@ -246,9 +247,9 @@ def test_recon_without_c_reads_the_runs_own_annotations(tmp_path, clip_file):
     (root / "val.csv").write_text("path,label\nBiking/clip1.mp4,0\n")
     run = _run(tmp_path, f"data.root={root}", "data.format=csv", "data.val_annotations=val.csv")
     assert cli(["visualize", "recon", str(run)]) == 0
-    assert _named(run / "figures", "recon", "Biking%2Fclip1").is_file()
+    assert _named(run / "figures", "recon", "Biking__clip1").is_file()
     assert cli(["visualize", "attention", str(run), "--out", str(tmp_path / "o")]) == 0
-    assert _named(tmp_path / "o", "attention", "Biking%2Fclip1").is_file()
+    assert _named(tmp_path / "o", "attention", "Biking__clip1").is_file()
 
 
 def test_recon_figures_are_written_under_their_final_names_and_leave_the_run_alone(tmp_path, clip_file, monkeypatch):
@@ -348,3 +349,50 @@ def test_figures_of_other_checkpoints_or_settings_get_other_names_and_a_rerun_th
     assert len(draw("recon", run, "masking.ratio=0.5")) == 1  # an override that changes the figure
     assert len(draw("attention", run, "--layer", "0")) == 1
     assert len(list(figures.glob("*.png"))) == 6 and len(list(figures.glob("*.gif"))) == 6
+
+
+MICRO = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                     image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)  # the micro preset's size
+
+
+@pytest.fixture(scope="module")
+def micro_export(tmp_path_factory):
+    """`tgmae export-hf` of a micro pretraining run (stride 3): an encoder-only VideoMAEModel folder."""
+    from tgmae.weights.export_hf import export_hf
+
+    run = tmp_path_factory.mktemp("micro") / "run"
+    torch.manual_seed(0)
+    save_pretraining_model(VideoMAEPretrainer(MICRO), run / "model.safetensors")
+    save_config(load_config(None, ["model.preset=micro", "model.patch_size=8", "data.num_frames=4",
+                                   "data.image_size=32", "data.frame_stride=3"]), run / "config.yaml")
+    export_hf(run, run.parent / "hf")
+    return run.parent / "hf"
+
+
+def test_figures_of_an_export_take_its_architecture_and_clip_settings(micro_export, tmp_path, clip_file, capsys):
+    """Re-trial 23B m1: `visualize attention EXPORT` said `model.preset='tiny' but the checkpoint
+    EXPORT has 'micro': set model.preset=micro` though the export's config.json holds its arch
+    (`tgmae_arch`) and clip settings (`tgmae_data`). They are taken; an override against the
+    weights is still refused naming the key."""
+    cfg = figure_config(None, [], str(micro_export))
+    assert (cfg.model.preset, cfg.model.patch_size, cfg.data.num_frames, cfg.data.image_size,
+            cfg.data.frame_stride) == ("micro", 8, 4, 32, 3)
+    out = tmp_path / "figs"
+    assert cli(["visualize", "attention", str(micro_export), "--video", str(clip_file), "--out", str(out)]) == 0
+    assert _named(out, "attention", "walk").is_file()
+    capsys.readouterr()
+    assert cli(["visualize", "attention", str(micro_export), "--video", str(clip_file), "--out", str(out),
+                "model.preset=tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.preset='tiny'" in err[0] and "'micro'" in err[0], err
+
+
+def test_recon_of_an_encoder_only_export_is_one_line_naming_it(micro_export, tmp_path, clip_file, capsys):
+    """Re-trial 23B m2: `visualize recon` of an export-hf folder (an encoder-only VideoMAEModel) printed
+    the dump of the decoder's missing state-dict keys. One line: the folder holds no decoder, so no
+    reconstruction; the run's model.safetensors has one."""
+    assert cli(["visualize", "recon", str(micro_export), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(micro_export) in err[0] and "no decoder" in err[0], err
+    assert "model.safetensors" in err[0] and "missing" not in err[0].lower()
+    assert not (tmp_path / "o").exists()

@@ -59,3 +59,23 @@ def test_patch_14_end_to_end_masks_tgm_maps_model_and_figure():
         assert torch.equal(patchify(recon, 2, 14)[0, visible], patchify(video, 2, 14)[0, visible])
         rows = reconstruction_rows(video[0], recon[0], mask[0], grid, 2, 14, cfg.data.mean, cfg.data.std)
         assert rows["masked"].shape == (4, 42, 42, 3)
+
+
+def test_checkpoint_model_keys_are_taken_only_where_the_user_set_none():
+    """Re-trial 23B m1: commands that test or draw given weights take their architecture's model keys
+    (`with_checkpoint_model`); a key the user set is kept, for `check_checkpoint_geometry` to refuse."""
+    from tgmae.config import ConfigError
+    from tgmae.models.arch import VideoMAEArch, check_checkpoint_geometry, checkpoint_model_keys, with_checkpoint_model
+
+    micro4 = VideoMAEArch(embed_dim=64, depth=2, num_heads=4, patch_size=8, tubelet_size=2)  # micro's size, 4 heads
+    assert checkpoint_model_keys(micro4) == {"patch_size": 8, "tubelet_size": 2, "preset": "micro", "num_heads": 4}
+    odd = VideoMAEArch(embed_dim=48, depth=3, num_heads=3, patch_size=16, tubelet_size=2)  # no preset's size
+    assert checkpoint_model_keys(odd) == {"patch_size": 16, "tubelet_size": 2}
+    model, taken = with_checkpoint_model(ModelConfig(), micro4, given=set())
+    assert taken == {"patch_size": 8, "preset": "micro", "num_heads": 4} and model.preset == "micro"
+    check_checkpoint_geometry(model, micro4, "ckpt")
+    assert with_checkpoint_model(ModelConfig(), micro4, given=None) == (ModelConfig(), {})
+    model, taken = with_checkpoint_model(ModelConfig(preset="tiny"), micro4, given={"model.preset"})
+    assert "preset" not in taken and model.patch_size == 8
+    with pytest.raises(ConfigError, match=r"^model\.preset='tiny' but the checkpoint ckpt has 'micro'"):
+        check_checkpoint_geometry(model, micro4, "ckpt")

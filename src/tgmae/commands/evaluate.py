@@ -1,6 +1,7 @@
 """`tgmae evaluate -c CONFIG.yaml model.pretrained=CLASSIFIER`: the multi-view test of a finetuned
 classifier (`tgmae.evaluate.multiview`), at its own data settings (frames, image size, and its run's
-stride, sampling, mean, std) for each key -c and the overrides leave unset."""
+stride, sampling, mean, std) and architecture (preset, patch, tubelet, heads: its weights') for each
+key -c and the overrides leave unset."""
 
 from __future__ import annotations
 

@@ -72,15 +72,32 @@ def main(argv: Sequence[str]) -> int:
         return _precompute(args, shard)
 
 
+def _refuse_no_video_on_disk(videos: Sequence[tuple[str, str]], args: argparse.Namespace) -> None:
+    """NothingDoneError (one line, every rank alike) when no (video_id, path) of the list exists on
+    disk or can be opened for reading: every video would be skipped, after CLIP was loaded for nothing.
+    Some present: the missing ones are skipped later with their reason, as any unreadable video."""
+    import os
+
+    from tgmae.data.fileid import video_identity
+    from tgmae.errors import every_rank, nothing_done
+
+    if not videos or any(video_identity(path) is not None and os.access(path, os.R_OK) for _, path in videos):
+        return
+    shown = ", ".join(path for _, path in videos[:2]) + (f" ... (+{len(videos) - 2} more)" if len(videos) > 2 else "")
+    raise every_rank(nothing_done(len(videos), f"none of them is on disk or readable ({shown}); check --root "
+                                               f"{args.root or '.'!r} and {args.annotations}"))
+
+
 def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
     from tgmae.data.annotations import clip_range
     from tgmae.data.formats import load_annotations
     from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
 
-    created = init_distributed_if_launched()
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())
+    _refuse_no_video_on_disk(videos, args)  # a stat each, before CLIP (seconds to minutes) is loaded
+    created = init_distributed_if_launched()
     ranges = {r.video_id: clip_range(r) for r in records}
     device = resolve_device(args.device, local_rank(), key="--device")
     clip = load_clip(args.clip, device, setting="--clip")

@@ -48,22 +48,24 @@ def videos_fingerprint(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def id_file_name(video_id: str) -> str:
+def id_file_name(video_id: str, folders: str = "%2F") -> str:
     """The one file name (no folder, no suffix) of a video id: percent-encoded with nothing kept
     (`Animation/clip1` -> `Animation%2Fclip1`); when that is longer than `ID_NAME_MAX` (about 18
     CJK or 27 accented Latin characters encode into 160: a valid name on disk can encode past the
     file system's 255 bytes), its first characters (whole ones), '+' and 16 hex of the
     sha256 of the whole id. Short ids keep the names they always had (existing similarity caches
-    and figures stay valid); two ids never share a name ('+' is never in an encoded id, so a long
-    id's name is no short id's, and the hash tells long ids apart). Used by every file named by an
-    id: similarity maps (`masking.cache.entry_file`), `visualize` figures (`clip_id`)."""
-    quoted = urllib.parse.quote(video_id, safe="")
+    stay valid); two ids never share a name ('+' is never in an encoded id, so a long id's name is
+    no short id's, and the hash tells long ids apart). folders: what each '/' of the id becomes; a
+    readable one (`visualize` figures: '__', `Animation__clip1`) is for a name that its caller keys
+    otherwise too (a figure's hash covers the clip's path), as `a/b` and `a__b` then share it. Used by
+    every file named by an id: similarity maps (`masking.cache.entry_file`), figures (`clip_id`)."""
+    quoted = urllib.parse.quote(video_id, safe="").replace("%2F", folders)  # '%' itself is %25
     if len(quoted) <= ID_NAME_MAX:
         return quoted
     digest = hashlib.sha256(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     room, prefix = ID_NAME_MAX - len(digest) - 1, ""
     for ch in video_id:  # whole characters, so the prefix still reads (decodes) as the id's start
-        part = urllib.parse.quote(ch, safe="")
+        part = folders if ch == "/" else urllib.parse.quote(ch, safe="")
         if len(prefix) + len(part) > room:
             break
         prefix += part

@@ -248,9 +248,12 @@ def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any]
 
 def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
     """(the classifier `model.pretrained` names, eval mode, at the data settings of the test; `cfg` with
-    its own settings where the user set none, `with_own_settings`). ConfigError when model.pretrained
-    is empty or its patch / tubelet / heads are not the config's (`check_checkpoint_geometry`)."""
-    from tgmae.models.arch import check_checkpoint_geometry
+    its own settings where the user set none: data keys `with_own_settings`, model.preset / patch_size /
+    tubelet_size / num_heads its weights' (`with_checkpoint_model`)). ConfigError when model.pretrained
+    is empty or a model key set is not its weights' (`check_checkpoint_geometry`, naming the key)."""
+    import dataclasses
+
+    from tgmae.models.arch import check_checkpoint_geometry, with_checkpoint_model
     from tgmae.weights.classifier import build_classifier
     from tgmae.weights.sources import load_encoder_source
 
@@ -258,6 +261,11 @@ def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
         raise ConfigError("model.pretrained must name a finetuned classifier to test")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)  # an official .pth stores none
     cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind))
+    model, taken = with_checkpoint_model(cfg.model, src.arch, given)
+    if taken:
+        log.info("model.pretrained=%s: %s, as its weights are", cfg.model.pretrained,
+                 ", ".join(f"model.{k}={v}" for k, v in taken.items()))
+        cfg = dataclasses.replace(cfg, model=model)
     classifier = build_classifier(src, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
                                   keep_head=True).eval()
     check_checkpoint_geometry(cfg.model, classifier.arch, cfg.model.pretrained)

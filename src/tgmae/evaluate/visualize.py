@@ -5,7 +5,7 @@ attention: the encoder's attention of the centre patch, overlaid (any checkpoint
 encoder); masks: `tgmae.viz.masks`. The clip is item `index` of `subset` (val, evaluation
 transform) or `video` (never substituted: `VideoLoadError`). Outputs default to figures/ of the
 checkpoint's run folder (`figures_folder`), named `KIND_CLIP-HASH` (`figure_name`: CLIP the video
-id with '/' encoded as `%2F`, a `--video` outside data.root its stem; HASH over the weights, the
+id with '/' shown as `__`, a `--video` outside data.root its stem; HASH over the weights, the
 settings and the clip's file, so other checkpoints or overrides never overwrite a figure). Settings
 (`figure_config`): the checkpoint's own run config over `-c` (which supplies only what it lacks),
 then overrides. TGM on a `--video` masks it by `--caption`, scored by `masking.clip_model`.
@@ -32,10 +32,12 @@ RUN_SECTIONS = ("masking", "model", "captions", "contrastive")
 
 def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
-    where they came from): its run folder's config.yaml; else the geometry stored with the
-    weights (frames, image size, tubelet, patch); else nothing."""
+    where they came from): its run folder's config.yaml; else what is stored with the weights:
+    the model keys of their architecture (`checkpoint_model_keys`: an export-hf folder's
+    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads) and the clip settings an
+    export-hf folder recorded (`exported_data_settings`), else their frames and image size."""
     from tgmae.config import to_dict
-    from tgmae.weights.model_card import read_run
+    from tgmae.weights.model_card import exported_data_settings, read_run
 
     run = read_run(checkpoint)
     if run.config is not None:
@@ -43,12 +45,12 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
         settings = {k: full[k] for k in RUN_SECTIONS}
         settings["data"] = {k: full["data"][k] for k in RUN_DATA_KEYS}
         return settings, str(run.run_dir / "config.yaml")
+    from tgmae.models.arch import checkpoint_model_keys
     from tgmae.weights.sources import load_encoder_source
 
     arch = load_encoder_source(checkpoint).arch
-    return ({"data": {"num_frames": arch.num_frames, "image_size": arch.image_size},
-             "model": {"patch_size": arch.patch_size, "tubelet_size": arch.tubelet_size}},
-            f"the geometry stored in {checkpoint}")
+    data = {"num_frames": arch.num_frames, "image_size": arch.image_size, **exported_data_settings(checkpoint)}
+    return {"data": data, "model": checkpoint_model_keys(arch)}, f"the settings stored in {checkpoint}"
 
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
@@ -116,11 +118,15 @@ def figures_folder(checkpoint: str | Path, out: Optional[str | Path] = None) -> 
     return (p if p.is_dir() else p.parent) / "figures"
 
 
+FIGURE_FOLDERS = "__"  # what a '/' of a video id shows as in a figure's name (readable; the maps keep %2F)
+
+
 def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
     """The clip part of a figure's file name: its video id (a `--video` under data.root: its id
-    there; outside: its stem; the hash of `figure_name` tells same-named files apart), named as
-    `masking.cache` names maps (`id_file_name`: `Animation/clip1` -> `Animation%2Fclip1`; a long
-    id, a readable prefix and a hash of the whole id)."""
+    there; outside: its stem; the hash of `figure_name` tells same-named files apart), named by
+    `id_file_name` as `masking.cache` names maps but with each '/' shown as `FIGURE_FOLDERS`
+    (`Animation/clip1` -> `Animation__clip1`; a long id, a readable prefix and a hash of the whole
+    id). The hash, which covers the clip's path, keeps `a/b` and `a__b` apart."""
     from tgmae.data.fileid import id_file_name
 
     if video:
@@ -132,7 +138,7 @@ def clip_id(cfg, sample: dict, video: Optional[str], index: int) -> str:
         vid = relative_id(root, str(path)) if inside else path.stem
     else:
         vid = str(sample.get("video_id", index))
-    return id_file_name(vid)
+    return id_file_name(vid, folders=FIGURE_FOLDERS)
 
 
 # the keys of data.* that say how a clip is read, not what it shows: left out of a figure's name
@@ -194,6 +200,20 @@ def load_pretrainer(path: str | Path, num_frames: int, image_size: int):
     from tgmae.weights.pretraining import load_pretraining_model
 
     return load_pretraining_model(weights_path(path), num_frames=num_frames, image_size=image_size)
+
+
+def refuse_without_decoder(checkpoint: str | Path) -> None:
+    """CheckpointError in one line naming `checkpoint` when its weights hold no decoder (an encoder
+    or classifier, such as an `export-hf` folder without --pretraining): nothing to reconstruct
+    with, where loading it as a pretraining model would list every missing decoder key."""
+    from tgmae.weights.files import CheckpointError
+    from tgmae.weights.pretraining import holds_decoder
+
+    if not holds_decoder(weights_path(checkpoint)):
+        raise CheckpointError(
+            f"{checkpoint}: its weights hold no decoder (an encoder or classifier alone), so no reconstruction "
+            "can be drawn: pass the pretraining run's model.safetensors (encoder + decoder) or an `export-hf "
+            "--pretraining` folder; `tgmae visualize attention` draws this encoder")
 
 
 def _sample(dataset, index: int, video: Optional[str], subset: str) -> dict:
@@ -267,6 +287,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
         raise ConfigError(f"contrastive.objective={cfg.contrastive.objective!r}: {checkpoint} never trained its "
                           "decoder, so it has no reconstruction to draw (`tgmae visualize attention` shows its "
                           "encoder)")
+    refuse_without_decoder(checkpoint)
     model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
     check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
     generator, captions = _masking(cfg, video, caption)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from tgmae.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 
@@ -205,6 +205,32 @@ def check_checkpoint_geometry(model_cfg: Any, arch: VideoMAEArch, source: str, d
         if mine != theirs:
             raise ConfigError(f"{key}={mine!r} but the checkpoint {source} has {theirs!r}: set {key}={theirs} "
                               "(its weights fix it)" + (", or leave model.pretrained empty" if decoder else ""))
+
+
+def checkpoint_model_keys(arch: VideoMAEArch) -> dict[str, Any]:
+    """{model.* key: value} that describe `arch`'s encoder: patch_size, tubelet_size, and when its
+    width and depth are a preset's, preset (with num_heads only when not that preset's). What
+    `check_checkpoint_geometry` compares, as a command that draws or tests given weights takes them."""
+    keys: dict[str, Any] = {"patch_size": arch.patch_size, "tubelet_size": arch.tubelet_size}
+    named = [n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (arch.embed_dim, arch.depth)]
+    if named:
+        keys["preset"] = named[0]
+        if PRESETS[named[0]]["num_heads"] != arch.num_heads:
+            keys["num_heads"] = arch.num_heads
+    return keys
+
+
+def with_checkpoint_model(model_cfg: Any, arch: VideoMAEArch, given: Optional[Collection[str]]
+                          ) -> tuple[Any, dict[str, Any]]:
+    """(`model_cfg` with `checkpoint_model_keys(arch)` for each key the user did not set, {key:
+    value} taken where it differed). given: the dotted keys of -c and the overrides (None: all set,
+    nothing is taken). A key set to another value is kept, so `check_checkpoint_geometry` refuses it
+    naming the key: the weights fix the architecture, a config can only agree with them."""
+    if given is None:
+        return model_cfg, {}
+    taken = {k: v for k, v in checkpoint_model_keys(arch).items()
+             if f"model.{k}" not in given and getattr(model_cfg, k) != v}
+    return (dataclasses.replace(model_cfg, **taken) if taken else model_cfg), taken
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
