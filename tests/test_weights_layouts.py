@@ -1,4 +1,4 @@
-"""VideoMAEv2's official checkpoints (`tgmae.weights.layouts.official_state` and the loaders that use
+"""VideoMAEv2's official checkpoints (`tgmae.weights.official.official_state` and the loaders that use
 it): random weights saved in the key layout of OpenGVLab/VideoMAEv2's `models/modeling_pretrain.py`
 (`PretrainVisionTransformer`: encoder.*, decoder.*, encoder_to_decoder, mask_token) and
 `models/modeling_finetune.py` (`VisionTransformer`: patch_embed, blocks, fc_norm, head), wrapped as

@@ -17,7 +17,7 @@ import torch
 
 from tgmae.models.classifier import FC_NORM_EPS, VideoClassifier, classifier_arch
 from tgmae.weights.files import CheckpointError, load_strict, write_safetensors
-from tgmae.weights.layouts import assumed_note
+from tgmae.weights.official import assumed_note
 from tgmae.weights.sources import CLASSIFIER_FORMAT, EncoderSource, load_encoder_source
 
 
@@ -70,7 +70,7 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 def save_classifier(model: VideoClassifier, path: str | os.PathLike,
                     class_names: Sequence[str] = (), assumed: Sequence[str] = ()) -> Path:
     """Write weights + arch + class names as one safetensors file, atomically; `assumed`: the arch
-    fields a conversion assumed (`layouts.assumed_note`), recorded with them."""
+    fields a conversion assumed (`official.assumed_note`), recorded with them."""
     arch = dataclasses.replace(model.arch, drop_path=0.0)
     meta = {"format": CLASSIFIER_FORMAT, "arch": arch.to_json(), "num_classes": str(model.num_classes),
             "fc_norm_eps": repr(model.fc_norm.eps), "class_names": json.dumps(list(class_names)),

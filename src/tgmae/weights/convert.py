@@ -16,7 +16,7 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
-from tgmae.weights.layouts import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
+from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
     load_pretraining_model,
@@ -53,7 +53,7 @@ def check_output_file(out: str | Path, src: str | Path, overwrite: bool = False)
 
 def check_stated_args(src: Any, args: dict[str, Any], overrides: dict[str, Any]) -> str:
     """Options for a .pth (num_frames, image_size, norm_pix_loss) that its training args
-    (`layouts.official_args`) contradict: CheckpointError naming the option and the stored value.
+    (`official.official_args`) contradict: CheckpointError naming the option and the stored value.
     Returns what the args gave that no option did, for the summary ('' when nothing)."""
     for name, field in ARGS_FIELDS.items():
         if field in overrides and name in args and overrides[field] != args[name]:
@@ -101,7 +101,7 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
 def _convert_official(src: Path, out: str | Path, overrides: dict[str, Any]) -> str:
     """`convert` of an official .pth, read once (`read_official`: a ViT-g file is 4 GB). What its
     weights do not prove and neither its args nor `overrides` state is the released models'
-    (`layouts.official_settings`): recorded in `out` as assumed and said in one warning naming the
+    (`official.official_settings`): recorded in `out` as assumed and said in one warning naming the
     keys and their options."""
     state, args = read_official(src)
     from_args = check_stated_args(src, args, overrides)

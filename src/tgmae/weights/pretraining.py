@@ -5,7 +5,7 @@
 - Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads are not stored (the released models'
   values are assumed unless given); frames, image size and target are its training `args`' when it
   stores them, else the released models' (16, 224, normalized pixels) unless given
-  (`layouts.official_settings`; a conversion records the assumed ones, `save_*(assumed=...)`).
+  (`official.official_settings`; a conversion records the assumed ones, `save_*(assumed=...)`).
 - transformers `VideoMAEForPreTraining` directories, read without importing transformers.
 """
 
@@ -34,11 +34,9 @@ from tgmae.weights.files import (
     unwrap_state,
     write_safetensors,
 )
-from tgmae.weights.layouts import (
+from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
+from tgmae.weights.official import (
     assumed_note,
-    hf_arch,
-    hf_to_ours,
-    official_arch,
     official_settings,
     official_state,
     position_tables,
@@ -128,7 +126,7 @@ def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any]
 
 def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = ()) -> Path:
     """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
-    the arch fields a conversion assumed (`layouts.assumed_note`), recorded with them."""
+    the arch fields a conversion assumed (`official.assumed_note`), recorded with them."""
     return write_safetensors(model.state_dict(), path,
                              {"format": FORMAT, "arch": model.arch.to_json(), **assumed_note(list(assumed))})
 

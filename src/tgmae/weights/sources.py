@@ -34,11 +34,9 @@ from tgmae.weights.layouts import (
     hf_arch,
     hf_to_ours,
     infer_encoder_arch,
-    official_settings,
-    read_official,
     strip_wrappers,
-    warn_assumed,
 )
+from tgmae.weights.official import official_settings, read_official, warn_assumed
 from tgmae.weights.pretraining import (
     ENCODER_FORMAT,
     FORMAT as PRETRAIN_FORMAT,
@@ -61,7 +59,7 @@ class EncoderSource:
     head: classifier weights `fc_norm.*` / `head.*` when the checkpoint is a classifier, else {}.
     kind: tgmae | official | hf | train-checkpoint | classifier.
     assumed: the arch fields neither the weights prove nor the file states (an official .pth's, or
-        recorded as assumed by the conversion that wrote ours: `layouts.official_settings`).
+        recorded as assumed by the conversion that wrote ours: `official.official_settings`).
     """
 
     arch: VideoMAEArch
