@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tgmae.config import ConfigError, from_dict
-from tgmae.study.report import aggregate, collect_records, contrastive_gains, markdown_table, seeds_to_resolve, write_report
+from tgmae.study.paired import contrastive_gains, seeds_to_resolve
+from tgmae.study.report import aggregate, collect_records, markdown_table, write_report
 from tgmae.study.run import QUICK_RECON_STEPS, StudyConfig, run_study
 
 
@@ -63,7 +64,7 @@ def test_contrastive_gain_is_paired_by_seed(tmp_path):
             "[-5.5, +9.5], includes zero; at this seed-to-seed s.d. (3.0 points) a difference this size needs ~12 seeds "
             "for its interval to exclude zero.") in report
     assert seeds_to_resolve(0.0, 0.03) is None and seeds_to_resolve(0.001, 0.05) is None  # > MAX_SEEDS
-    from tgmae.study.report import verdict
+    from tgmae.study.paired import verdict
 
     zero = {"n": 3, "mean": -1e-9, "std": 0.02, "ci": (-0.05, 0.05)}
     assert verdict(zero) == ("+0.0 points, within noise: the 95% interval over n = 3 seeds, [-5.0, +5.0], includes "
@@ -164,7 +165,7 @@ def test_a_phase_made_with_other_settings_is_not_reused(tmp_path):
 
 
 def test_t_interval_matches_the_t_table():
-    from tgmae.study.report import t_interval
+    from tgmae.study.paired import t_interval
 
     assert t_interval([0.5]) is None
     lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 dof) = 4.302653
@@ -182,7 +183,8 @@ def _records(tmp_path, table):
 
 
 def test_findings_say_whether_each_effect_is_beyond_noise(tmp_path):
-    from tgmae.study.report import findings, verdict
+    from tgmae.study.paired import verdict
+    from tgmae.study.report import findings
 
     records = _records(tmp_path, {
         ("tube", "mae", ""): [0.30, 0.32, 0.31], ("tube", "mae+contrastive", ""): [0.40, 0.41, 0.42],

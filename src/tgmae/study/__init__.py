@@ -5,6 +5,7 @@
   and phase defaults: configs/study_phases.yaml).
 - `report`: `tgmae report`, the results table, findings and figures from finished runs.
 - `report_html`: report.html rendered from the report's Markdown (the same sections).
+- `paired`: seed-paired differences of cells, their t-intervals and verdicts.
 - `attributes`: attribute probes on frozen features and the text-space action probe.
 - `sanity`: the learning sanity checks (docs/sanity.md); `recon_check`: the report's
   reconstruction check, one sanity run with a fixed recipe.

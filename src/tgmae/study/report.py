@@ -3,9 +3,7 @@ Markdown, HTML (rendered from the Markdown, `tgmae.study.report_html`: the same 
 `tgmae report RUN_DIRS...` (`report_runs`) rebuilds one from finished runs.
 
 Every cell is a (masking, objective, variant) over seeds: mean ± sample std (n - 1). Comparisons
-are paired by seed: the per-seed difference, its mean and a two-sided 95% Student-t interval
-(n >= 2); "beyond noise" when it excludes zero. The interval covers training randomness, not the
-sampling of the validation videos. Figures inside a random guesser's 95% band
+are paired by seed (`tgmae.study.paired`: per-seed differences, 95% Student-t intervals). Figures inside a random guesser's 95% band
 (`tgmae.study.at_chance`) are marked "(at chance)".
 """
 
@@ -27,6 +25,7 @@ from tgmae.errors import UserError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.locks import refuse_inside_run
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
+from tgmae.study.paired import cell_key, contrastive_gains, diff_stats, paired_difference, points, sample_std, verdict
 
 log = logging.getLogger("tgmae")
 
@@ -62,19 +61,9 @@ REFERENCE_LABELS = {"none": "no pretraining (random encoder)", "scratch": "super
 METRICS = {"linear_probe_top1": "LP top-1", "finetune_top1": "FT top-1"}
 
 
-def cell_key(record: dict) -> tuple[str, str, str]:
-    """(masking, objective, variant) of a study record; variant "" for the study's base runs."""
-    return record["masking"], record["objective"], record.get("variant") or ""
-
-
 def cell_label(masking: str, variant: str = "") -> str:
     name = REFERENCE_LABELS.get(masking, masking)
     return f"{name} [{variant}]" if variant else name
-
-
-def _std(values: Sequence[float]) -> float:
-    """Sample standard deviation (n - 1); 0 for a single value."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def aggregate(records: Sequence[dict]) -> list[dict]:
@@ -88,7 +77,7 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
                "seeds": sorted(r["seed"] for r in runs), "mask_ratio": runs[0].get("mask_ratio")}
         for header, get in COLUMNS:
             values = [get(r) for r in runs if get(r) is not None and not math.isnan(get(r))]
-            row[header] = (statistics.fmean(values), _std(values), len(values)) if values else None
+            row[header] = (statistics.fmean(values), sample_std(values), len(values)) if values else None
         row["chance"] = {h: pooled_band([r for r in runs if get(r) is not None], h, num_val) if row[h] else None
                          for h, get in COLUMNS}
         rows.append(row)
@@ -101,93 +90,6 @@ def _by_cell(records: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
     for r in records:
         groups.setdefault(cell_key(r), []).append(r)
     return groups
-
-
-def _diff_stats(diffs: list[float]) -> dict:
-    """{"diffs", "n", "mean", "std", "ci" (95% t-interval or None), "wins"} of paired differences."""
-    return {"diffs": diffs, "n": len(diffs), "mean": statistics.fmean(diffs), "std": _std(diffs),
-            "ci": t_interval(diffs), "wins": sum(d > 0 for d in diffs)}
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
-    """Two-sided Student-t confidence interval (lo, hi) of the mean of `values` at `level`;
-    None with fewer than 2 values (no spread to estimate)."""
-    n = len(values)
-    if n < 2:
-        return None
-    from scipy.stats import t
-
-    mean, half = statistics.fmean(values), float(t.ppf(0.5 + level / 2, n - 1)) * _std(values) / math.sqrt(n)
-    return mean - half, mean + half
-
-
-def paired_difference(records: Sequence[dict], a: tuple[str, str, str], b: tuple[str, str, str],
-                      metric: str = "linear_probe_top1") -> Optional[dict]:
-    """`metric` of cell a minus cell b (`cell_key`s), paired by seed: {"a", "b", "metric", "seeds"} +
-    `_diff_stats`; None when no seed has both."""
-    by_key = {cell_key(r) + (r["seed"],): r for r in records}
-    seeds = sorted({r["seed"] for r in records})
-    pairs = [(s, by_key[a + (s,)].get(metric), by_key[b + (s,)].get(metric)) for s in seeds
-             if a + (s,) in by_key and b + (s,) in by_key]
-    pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
-    if not pairs:
-        return None
-    return {"a": a, "b": b, "metric": metric, "seeds": [s for s, _, _ in pairs],
-            **_diff_stats([x - y for _, x, y in pairs])}
-
-
-def contrastive_gains(records: Sequence[dict], metric: str = "linear_probe_top1") -> list[dict]:
-    """Per masking (and variant): `metric` of MAE + contrastive minus MAE alone, paired by seed
-    (Table 2's question); rows as `paired_difference` plus "masking" and "variant"."""
-    rows = []
-    for masking, variant in sorted({(r["masking"], cell_key(r)[2]) for r in records}):
-        d = paired_difference(records, (masking, "mae+contrastive", variant), (masking, "mae", variant), metric)
-        if d is not None:
-            rows.append(dict(d, masking=masking, variant=variant))
-    return rows
-
-
-def _points(value: float) -> str:
-    return f"{round(100 * value, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
-
-
-def verdict(d: dict) -> str:
-    """Whether a paired difference is beyond noise, in words (points = percentage points)."""
-    if d["ci"] is None:
-        return (f"{_points(d['mean'])} points from {d['n']} seed: no interval, so it cannot be told from noise "
-                "(run seeds=[0,1,2])")
-    lo, hi = d["ci"]
-    if d["std"] < 1e-6:  # a degenerate interval (float32 accuracies: ~1e-7 apart when "equal")
-        return (f"{_points(d['mean'])} points in each of the {d['n']} seeds: no spread between seeds to judge "
-                "noise by, so it cannot be told from noise")
-    where = f"the 95% interval over n = {d['n']} seeds, [{_points(lo)}, {_points(hi)}],"
-    if lo > 0:
-        return f"{_points(d['mean'])} points, beyond noise: {where} lies above zero"
-    if hi < 0:
-        return f"{_points(d['mean'])} points, beyond noise in the other direction: {where} lies below zero"
-    need = seeds_to_resolve(d["mean"], d["std"])
-    spread = f"; at this seed-to-seed s.d. ({100 * d['std']:.1f} points)"
-    if need is not None:
-        power = f"{spread} a difference this size needs ~{need} seeds for its interval to exclude zero"
-    elif round(100 * d["mean"], 1) == 0:
-        power = ": no number of seeds tells a zero difference from zero"
-    else:
-        power = f"{spread} more than {MAX_SEEDS} seeds would be needed to tell a difference this size from zero"
-    return f"{_points(d['mean'])} points, within noise: {where} includes zero{power}"
-
-
-MAX_SEEDS = 100
-
-
-def seeds_to_resolve(mean: float, std: float, level: float = 0.95) -> Optional[int]:
-    """Smallest n >= 2 with t(n-1) * std / sqrt(n) < |mean| (the interval excludes zero), taking the
-    observed mean and std as true; None above MAX_SEEDS or for a zero mean."""
-    from scipy.stats import t
-
-    for n in range(2, MAX_SEEDS + 1):
-        if float(t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n) < abs(mean):
-            return n
-    return None
 
 
 def _name(key: tuple[str, str, str]) -> str:
@@ -283,10 +185,10 @@ def gains_markdown(rows: Sequence[dict]) -> str:
     lines = ["| Mask | gain of +V->T (points) | 95% interval | n | per seed | seeds where it helps |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        per_seed = ", ".join(_points(d) for d in r["diffs"])
-        ci = f"[{_points(r['ci'][0])}, {_points(r['ci'][1])}]" if r["ci"] else "-"
+        per_seed = ", ".join(points(d) for d in r["diffs"])
+        ci = f"[{points(r['ci'][0])}, {points(r['ci'][1])}]" if r["ci"] else "-"
         spread = f" ± {100 * r['std']:.1f}" if r["n"] > 1 else ""  # one seed: no spread to give
-        lines.append(f"| {cell_label(r['masking'], r['variant'])} | {_points(r['mean'])}{spread} | "
+        lines.append(f"| {cell_label(r['masking'], r['variant'])} | {points(r['mean'])}{spread} | "
                      f"{ci} | {r['n']} | {per_seed} | {r['wins']}/{r['n']} |")
     return "\n".join(lines)
 
@@ -320,7 +222,7 @@ def attribute_markdown(records: Sequence[dict]) -> str:
         cells = []
         for a in ATTRIBUTES:
             v = [100 * r["attribute_probe"][a] for r in runs]
-            cells.append(f"{statistics.fmean(v):.1f} ± {_std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
+            cells.append(f"{statistics.fmean(v):.1f} ± {sample_std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
         lines.append(f"| {cell_label(masking, variant)} | {objective} | " + " | ".join(cells) + f" | {len(runs)} |")
     flat = [dict(r, **{f"attr_{a}": r["attribute_probe"][a] for a in ATTRIBUTES}) for r in recs]
     gains = {a: {(g["masking"], g["variant"]): g for g in contrastive_gains(flat, f"attr_{a}")} for a in ATTRIBUTES}
@@ -566,7 +468,7 @@ def _probe_note(records: Sequence[dict]) -> str:
 
 
 def probe_gains(records: Sequence[dict]) -> list[dict]:
-    """Per cell: attentive minus linear probe top-1, paired by seed ({"cell", "seeds"} + `_diff_stats`)."""
+    """Per cell: attentive minus linear probe top-1, paired by seed ({"cell", "seeds"} + `diff_stats`)."""
     cells: dict[tuple, list[tuple[int, float]]] = {}
     for r in records:
         ap, lp = r.get("attentive_probe_top1"), r.get("linear_probe_top1")
@@ -574,7 +476,7 @@ def probe_gains(records: Sequence[dict]) -> list[dict]:
             cells.setdefault(cell_key(r), []).append((r["seed"], ap - lp))
     rows = []
     for key, pairs in sorted(cells.items()):
-        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), **_diff_stats([d for _, d in sorted(pairs)])})
+        rows.append({"cell": key, "seeds": sorted(s for s, _ in pairs), **diff_stats([d for _, d in sorted(pairs)])})
     return rows
 
 
