@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,22 @@ def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config(None, override.split())
     assert key in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "optim.min_lr=-1", "optim.warmup_lr=-1e-6", "optim.weight_decay=-0.05", "optim.betas=[0.9,1.5]",
+    "model.decoder_depth=0", "model.decoder_depth=-1", "model.decoder_dim=0", "train.seed=-1",
+    "data.max_load_retries=-1", "data.split=0", "masking.dense_size=-1", "eval.num_classes=0",
+    "eval.head_dropout=1", "eval.head_dropout=-0.1", "eval.head_init_scale=-1",
+])
+def test_values_that_would_train_wrongly_or_fail_later_are_refused_naming_the_key(override):
+    """Re-trial 24B S2 / T1 and a sweep of every numeric key at -1 and 0: a negative min_lr took the
+    cosine below zero (gradient ascent, the loss rose 10x, no word), a negative weight decay grew
+    the weights, decoder_depth=0 ended in VideoMAEArch's traceback, a negative seed in numpy's."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=") as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["base_lr", "lr", "lr_floor", "min_lr", "warmup_lr", "warmup_epochs",

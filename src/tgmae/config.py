@@ -95,6 +95,8 @@ class DataConfig:
         _positive("data.test_spatial_views", self.test_spatial_views)
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
+        _not_negative("data.max_load_retries", self.max_load_retries)  # -1: no video read at all
+        _positive("data.split", self.split)
         if not self.crop_scales or any(not 0 < s <= 1 for s in self.crop_scales):
             raise ConfigError(f"data.crop_scales={self.crop_scales}: each scale must be in (0, 1]")
         check_choice("data.finetune_crop", self.finetune_crop, ("random_resized", "multiscale"))
@@ -173,6 +175,7 @@ class MaskingConfig:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"masking.ratio={self.ratio}: must be strictly between 0 and 1")
         check_choice("masking.select", self.select, ("top", "bottom"))
+        _not_negative("masking.dense_size", self.dense_size)  # 0 = automatic
         if self.select != "top" and self.name != "tgm":  # the others rank no patch by a caption
             raise ConfigError(f"masking.select={self.select} applies to TGM only (masking.name={self.name}); "
                               "leave it top, or set masking.name=tgm")
@@ -214,8 +217,9 @@ class ModelConfig:
         _positive("model.tubelet_size", self.tubelet_size)
         if self.num_heads is not None:
             _positive("model.num_heads", self.num_heads)
-        if self.decoder_heads is not None:
-            _positive("model.decoder_heads", self.decoder_heads)
+        for key in ("decoder_heads", "decoder_depth", "decoder_dim"):
+            if getattr(self, key) is not None:
+                _positive(f"model.{key}", getattr(self, key))
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path={self.drop_path}: must be in [0, 1)")
 
@@ -275,8 +279,11 @@ class OptimConfig:
             raise ConfigError("optim.base_lr / optim.lr must be > 0")
         if self.lr_floor is not None and self.lr_floor <= 0:
             raise ConfigError(f"optim.lr_floor={self.lr_floor}: must be > 0 or null")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs}: must be >= 0")
+        # a negative floor or warmup start is a negative lr (gradient ascent), a negative decay grows the weights
+        for key in ("warmup_epochs", "min_lr", "warmup_lr", "weight_decay"):
+            _not_negative(f"optim.{key}", getattr(self, key))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)}: two values, each in [0, 1)")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay={self.layer_decay}: must be in (0, 1]")
         if self.clip_grad is not None and self.clip_grad <= 0:
@@ -311,6 +318,7 @@ class TrainConfig:
         if not str(self.output_dir).strip():  # an unset $OUT: the run would write into the current folder
             raise ConfigError(f"train.output_dir={self.output_dir!r}: empty; give the run a folder "
                               "(train.output_dir=runs/NAME, or . for the current one)")
+        _not_negative("train.seed", self.seed)  # numpy's generators refuse a negative seed
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.accum_steps", self.accum_steps)
@@ -402,6 +410,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self._check_frozen_probes()
+        if self.num_classes is not None:
+            _positive("eval.num_classes", self.num_classes)
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"eval.head_dropout={self.head_dropout}: must be in [0, 1)")
+        _not_negative("eval.head_init_scale", self.head_init_scale)
         check_choice("eval.probe_optimizer", self.probe_optimizer, ("lars", "sgd", "lbfgs"))
         if not self.probe_l2 or any(not 0 < v < float("inf") for v in self.probe_l2):
             raise ConfigError(f"eval.probe_l2={list(self.probe_l2)}: needs at least one value, all > 0 and finite")
@@ -539,6 +552,11 @@ class RunConfig:
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise ConfigError(f"{name}={value}: must be > 0")
+
+
+def _not_negative(name: str, value: float) -> None:
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}={value}: must be >= 0 and finite")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
