@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tgmae.atomic import WRITE_ERRNOS, OutputError, atomic_path, atomic_write_bytes, atomic_write_text, write_failure
+from tgmae.atomic import (WRITE_ERRNOS, OutputError, atomic_path, atomic_write_bytes, atomic_write_text, found_output,
+                          write_failure)
 from tgmae.errors import UserError
 
 
@@ -200,3 +201,16 @@ def test_other_writers_errors_that_carry_a_write_errno_or_tell_a_full_disk(tmp_p
     monkeypatch.setattr(atomic, "_file_size_limited", lambda: True)  # `ulimit -f`: room, but files capped
     assert str(write_failure(torch_short, tmp_path / "x")) == f"{tmp_path / 'x'}: file too large; free some space or write elsewhere"
     assert write_failure(RuntimeError("bug"), tmp_path / "x") is None
+
+
+def test_found_output_tells_a_users_edit_from_the_writers_file(tmp_path):
+    """The one check `tgmae synth` and `tgmae data prepare` make before replacing a list: a missing
+    file is no edit, the writer's is none, other bytes or an unreadable path (a folder) are one."""
+    ours = lambda data: data == b"ours\n"  # noqa: E731
+    assert found_output(tmp_path / "missing.csv", ours) == (None, False)
+    (tmp_path / "a.csv").write_bytes(b"ours\n")
+    assert found_output(tmp_path / "a.csv", ours) == (b"ours\n", False)
+    (tmp_path / "a.csv").write_bytes(b"mine\n")
+    assert found_output(tmp_path / "a.csv", ours) == (b"mine\n", True)
+    (tmp_path / "folder.csv").mkdir()
+    assert found_output(tmp_path / "folder.csv", ours) == (None, True)

@@ -115,3 +115,24 @@ def test_counts_in_messages_take_their_number():
 
     assert (count(1, "video"), count(6, "view"), count(1, "process", "processes"), count(2, "process", "processes"),
             count(0, "batch", "batches")) == ("1 video", "6 views", "1 process", "2 processes", "0 batches")
+
+
+def test_the_keys_a_user_set_come_from_the_one_read_of_the_config_file(tmp_path, monkeypatch):
+    """Session 13 diff read: `tgmae evaluate` read the -c file a second time to learn which keys the
+    user set. parse_run_args returns them (`args.given`: the file's keys, a section's mapping setting
+    each key in it, and the overrides'; a recipe's are not the user's) from its one read."""
+    import tgmae.config as config_module
+    from tgmae.commands.args import parse_run_args
+
+    (tmp_path / "c.yaml").write_text("data:\n  num_frames: 8\n  image_size: 32\nmasking:\n  ratio: 0.8\n")
+    reads = []
+    real = config_module.read_config_file
+    monkeypatch.setattr(config_module, "read_config_file", lambda p: reads.append(p) or real(p))
+    cfg, args = parse_run_args("x", ["-c", str(tmp_path / "c.yaml"), "train.epochs=2", "optim={lr: 0.5}"],
+                               base={"eval": {"probe_folds": 3}})
+    assert len(reads) == 1
+    assert args.given == {"data.num_frames", "data.image_size", "masking.ratio", "train.epochs", "optim.lr"}
+    assert (cfg.data.num_frames, cfg.masking.ratio, cfg.train.epochs, cfg.optim.lr, cfg.eval.probe_folds) == \
+        (8, 0.8, 2, 0.5, 3)
+    _, args = parse_run_args("x", ["train.epochs=2"])
+    assert args.given == {"train.epochs"} and len(reads) == 1

@@ -428,7 +428,7 @@ def test_stale_frame_index_is_rebuilt_once_not_failed(tmp_path, monkeypatch):
     write_video(a, _pattern(20, 32, 32), fps=25, gop=5)
     write_video(b, _pattern(12, 32, 32), fps=10, gop=4)
     fi._memory.clear()
-    fi._memory[fi._key(str(a))] = fi.frame_index(str(b))  # stale: pts of another stream
+    fi._memory.put(fi._key(str(a)), fi.frame_index(str(b)))  # stale: pts of another stream
     ref = _full_decode(a)
     with VideoReader(a) as r:
         assert r.info.num_frames == 12

@@ -724,3 +724,18 @@ def test_evaluate_tests_a_classifier_at_its_own_geometry_and_says_a_key_set_othe
     settings, warned = evaluate("e3")
     assert (settings["data.num_frames"], settings["data.image_size"]) == (4, 16) and warned == []
     assert any("records no frame stride" in r.getMessage() for r in caplog.records)
+
+
+def test_a_finetune_run_says_once_which_encoder_it_finetunes(tmp_path, caplog):
+    """Session 13 diff read: "finetuning the encoder of ..." was said once through a `_said` flag
+    set on the task inside `build_model`. The run says it once (rank 0), as it goes to build the
+    model; building a task's model (the sanity harness, each FSDP gather) says nothing."""
+    import logging
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "eval.mixup=0", "eval.cutmix=0")
+    with caplog.at_level(logging.INFO, logger="tgmae"):
+        FinetuneTask(cfg, Clips(8), None, 3).build_model()
+        assert "finetuning the encoder" not in caplog.text
+        finetune(cfg, train_data=Clips(8))
+    assert caplog.text.count(f"finetuning the encoder of {path}") == 1

@@ -189,7 +189,7 @@ def test_masks_of_a_long_non_ascii_id_are_written_and_read(tmp_path, name):
 def test_a_later_runs_part_lines_win_over_another_world_sizes(tmp_path):
     """Re-trial 23B (M1): a 2-process `tgmae masks` whose videos all failed, then a 1-process run
     that made their maps: the parts were read by name (rank0-of-1 before rank0-of-2), so the old
-    failures won, and every rerun reported them. Lines are read in the order written (`t`)."""
+    failures won, and every rerun reported them. Lines are read in the order of their runs."""
     from tgmae.masking.cache import read_parts
     from tgmae.masking.precompute import _append
 
@@ -197,10 +197,105 @@ def test_a_later_runs_part_lines_win_over_another_world_sizes(tmp_path):
     parts.mkdir()
     with open(parts / "rank0-of-2.jsonl", "w") as f:  # the earlier run, written by an older tgmae: no `t`
         f.write(json.dumps({"video_id": "a", "reason": "file not found"}) + "\n")
-    with open(parts / "rank1-of-2.jsonl", "w") as f:
-        _append(f, {"video_id": "b", "reason": "file not found"})
+    with open(parts / "rank1-of-2.jsonl", "w") as f:  # by a tgmae that stamped lines with the clock
+        f.write(json.dumps({"video_id": "b", "reason": "file not found", "t": 1_700_000_000 * 10**9}) + "\n")
     with open(parts / "rank0-of-1.jsonl", "w") as f:  # the later run, at another world size
         for vid in ("a", "b"):
-            _append(f, {"video_id": vid, "file": f"maps/{vid}.npz", "captions": "k", "video": "i"})
+            _append(f, {"video_id": vid, "file": f"maps/{vid}.npz", "captions": "k", "video": "i"}, 1)
     videos, skipped = read_parts(tmp_path)
     assert videos == {"a": "maps/a.npz", "b": "maps/b.npz"} and skipped == {}
+
+
+def test_a_later_runs_lines_win_whatever_the_clock_says(tmp_path, monkeypatch):
+    """Session 13 diff read: part lines were ordered by `time.time_ns()`, so a clock stepped back
+    between two runs (NTP, another host writing the shared folder) let an earlier run's failures
+    win again. Lines carry their run's number (1 + the largest in the parts when the run starts):
+    a 2-process run whose videos could not be read, then a 1-process run that made their maps, with
+    the clock set back by a day in between: the maps win."""
+    import time
+
+    import numpy as np
+
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.data.video import write_video
+    from tgmae.masking.cache import next_run, part_records, read_parts
+    from tgmae.clip.features import load_clip
+    from tgmae.masking.precompute import PrecomputeOptions, precompute
+
+    root, out = tmp_path / "data", tmp_path / "m"
+    root.mkdir()
+    videos = [(v, str(root / f"{v}.mp4")) for v in ("a", "b")]
+    (root / "o.jsonl").write_text("".join(json.dumps({"video_id": v, "captions": [v], "source": "oracle",
+                                                      "model": "{}"}) + "\n" for v, _ in videos))
+    clip = load_clip(str(save_tiny_clip(tmp_path / "clip", dim=16)))
+    opts = PrecomputeOptions(image_size=32, patch_size=16)
+    for _, path in videos:
+        open(path, "wb").write(b"not a video")
+    day = 86_400 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: 10 * day)
+    run = next_run(part_records(out))  # as `tgmae masks` ranks take it: read before any writes
+    for rank in (0, 1):
+        assert precompute(videos, str(root / "o.jsonl"), clip, out, opts, rank, 2, progress=False,
+                          run=run)["skipped"] == 1
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    for _, path in videos:
+        write_video(path, frames, fps=10)
+    monkeypatch.setattr(time, "time_ns", lambda: 9 * day)  # the clock was set back
+    assert precompute(videos, str(root / "o.jsonl"), clip, out, opts, 0, 1, progress=False)["done"] == 2
+    assert read_parts(out) == ({"a": "maps/a.npz", "b": "maps/b.npz"}, {})
+    assert [r["run"] for r in part_records(out)] == [1, 1, 2, 2] and next_run(part_records(out)) == 3
+
+
+def test_part_lines_of_the_formats_before_run_numbers_read_as_older_runs(tmp_path):
+    """Lines without a run number (written before runs were numbered) are older runs: those with
+    neither `run` nor `t` first, in file order, then those with `t` in its order, then numbered runs."""
+    from tgmae.masking.cache import next_run, part_records, read_parts
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    lines = {"rank0-of-1.jsonl": [{"video_id": "a", "file": "maps/a.npz", "run": 1},
+                                  {"video_id": "c", "reason": "unreadable", "t": 7}],
+             "rank0-of-2.jsonl": [{"video_id": "a", "reason": "unreadable", "t": 9},
+                                  {"video_id": "b", "file": "maps/b.npz"}],
+             "rank1-of-2.jsonl": [{"video_id": "b", "reason": "unreadable"},
+                                  {"video_id": "c", "file": "maps/c.npz", "t": 8}]}
+    for name, recs in lines.items():
+        (parts / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert [(r["video_id"], r.get("t"), r.get("run")) for r in part_records(tmp_path)] == [
+        ("b", None, None), ("b", None, None), ("c", 7, None), ("c", 8, None), ("a", 9, None), ("a", None, 1)]
+    assert read_parts(tmp_path) == ({"a": "maps/a.npz", "c": "maps/c.npz"}, {"b": "unreadable"})
+    assert next_run(part_records(tmp_path)) == 2
+
+
+def _run_number_worker(rank: int, port: int, out: str, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from tgmae.commands.masks import _run_number
+    from tgmae.distributed import cleanup
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        queue.put((rank, _run_number(out, rank)))
+    finally:
+        cleanup()
+
+
+def test_the_ranks_of_one_masks_run_take_rank_0s_run_number(tmp_path, free_port):
+    """Under torchrun every rank's part lines carry the number rank 0 read (1 + the parts' largest)."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "rank0-of-1.jsonl").write_text(json.dumps({"video_id": "a", "reason": "x", "run": 3}) + "\n")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_run_number_worker, args=(r, free_port, str(tmp_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got == {0: 4, 1: 4}

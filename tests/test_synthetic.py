@@ -751,3 +751,34 @@ def test_a_finished_set_with_an_edited_list_is_refused_and_overwrite_restores_it
     assert (out / "train.csv").read_text() == original
     before = _snapshot(out)
     assert main([str(out), *_KW]) == 0 and _snapshot(out) == before  # finished: a no-op
+
+
+def test_the_lists_are_read_once_each_to_check_and_write_them(tmp_path, monkeypatch):
+    """Session 13 diff read: `_write_lists` read every list twice (once for the edit check, once
+    to see whether it changed). One read each; a CRLF copy of the set's text is still the set's
+    (not rewritten, not refused) and an edited list is still refused, writing none."""
+    from tgmae.data.synthetic import generate as gen
+
+    texts = {n: f"{n} line\n" for n in INDEX}
+    for n in INDEX:
+        (tmp_path / n).write_text(texts[n])
+    (tmp_path / "train.csv").write_bytes(b"train.csv line\r\n")
+    (tmp_path / "val.csv").unlink()
+    reads: list[str] = []
+    plain_open = Path.open
+
+    def counting_open(self, mode="r", *a, **k):
+        if "r" in mode and self.parent == tmp_path:
+            reads.append(self.name)
+        return plain_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    gen._write_lists(tmp_path, texts, overwrite=False)
+    assert sorted(reads) == sorted(INDEX)  # the missing val.csv: one try
+    assert (tmp_path / "val.csv").read_text() == texts["val.csv"]
+    assert (tmp_path / "train.csv").read_bytes() == b"train.csv line\r\n"
+    (tmp_path / "classes.txt").write_text("mine\n")
+    (tmp_path / "val.csv").unlink()
+    with pytest.raises(gen.EditedListError, match="classes.txt"):
+        gen._write_lists(tmp_path, texts, overwrite=False)
+    assert not (tmp_path / "val.csv").exists()

@@ -3,7 +3,8 @@
 Readers see the old file or the new one, never a torn one. Temp names are
 `.{name}.{host}-{pid}-{random}.tmp`, so `remove_stale_temps` can remove those of ended writers.
 Written files get the mode a plain `open()` would give (`open_mode`). A write refused for want of
-room or rights is an `OutputError` naming the file (`write_failure`): one line, exit 2.
+room or rights is an `OutputError` naming the file (`write_failure`): one line, exit 2. Writers
+that replace only their own files ask `found_output` first whether one holds a user's edit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from tgmae.errors import UserError
 
@@ -295,6 +296,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
     """Write `text` (UTF-8) to `path` atomically (see `atomic_path`)."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+class Found(NamedTuple):
+    """What `found_output` found at a path a writer is about to replace."""
+
+    data: Optional[bytes]  # the file's bytes; None when it is missing or cannot be read
+    edited: bool  # there and not the writer's: replacing it would lose a user's edit
+
+
+def found_output(path: str | os.PathLike, ours: Callable[[bytes], bool]) -> Found:
+    """Read the file at `path` once and tell whether it holds a user's edit: it is there and
+    `ours(its bytes)` is False, or it is there but cannot be read (what it holds is unknown). A
+    missing file is no edit. The one check of the writers that never replace an edited list
+    (`tgmae synth`'s lists, `tgmae data prepare`'s copied annotations); each raises its own error."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return Found(None, False)
+    except OSError:
+        return Found(None, True)
+    return Found(data, not ours(data))
 
 
 def create_exclusive_text(path: str | os.PathLike, text: str) -> bool:

@@ -724,20 +724,44 @@ def load_config(
 ) -> Any:
     """defaults < `base` dict < YAML file < dotted overrides, validated into `cls` (errors name
     keys under `prefix`, e.g. "study")."""
+    return load_config_and_keys(path, overrides, cls, base, prefix)[0]
+
+
+def load_config_and_keys(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type = RunConfig,
+    base: dict | None = None,
+    prefix: str = "",
+) -> tuple[Any, set[str]]:
+    """`load_config`, and the dotted keys the user set: the file's and the overrides' (a section's
+    mapping sets each key in it; `base`'s are a recipe's, not the user's), from its one read of the
+    file, for a command that fills the others from elsewhere (`tgmae evaluate`)."""
     merged: dict = {}
     if base:  # a copy: the overrides below must not write into the caller's dict (a shared recipe)
         _deep_update(merged, copy.deepcopy(base))
+    given: set[str] = set()
     if path:
-        _deep_update(merged, read_config_file(path))
+        loaded = read_config_file(path)
+        given |= _dotted_keys(loaded, "")
+        _deep_update(merged, loaded)
     for text in overrides:
         keys, value = parse_override(text)
+        given |= _dotted_keys(value, ".".join(keys))
         node = merged
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return from_dict(cls, merged, prefix=prefix)
+    return from_dict(cls, merged, prefix=prefix), given
+
+
+def _dotted_keys(node: Any, prefix: str) -> set[str]:
+    """The dotted keys a value set under `prefix`: each leaf of a non-empty mapping, else `prefix`."""
+    if isinstance(node, dict) and node:
+        return {key for k, v in node.items() for key in _dotted_keys(v, f"{prefix}.{k}" if prefix else str(k))}
+    return {prefix} if prefix else set()
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -82,30 +82,14 @@ def load_run_config(prog: str, config: str | None, overrides: Sequence[str], bas
     return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
 
 
-def keys_set(config: str | None, overrides: Sequence[str]) -> set[str]:
-    """The dotted keys the user set: those in the `-c` file and the overrides (a section's mapping
-    sets each key in it), for a command that fills the others from elsewhere (`tgmae evaluate`)."""
-    from tgmae.config import parse_override, read_config_file
-
-    def flat(node, prefix: str):
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                yield from flat(v, f"{prefix}.{k}" if prefix else str(k))
-        elif prefix:
-            yield prefix
-
-    out = set(flat(read_config_file(config), "")) if config else set()
-    for text in overrides:
-        keys, value = parse_override(text)
-        out |= set(flat(value, ".".join(keys)))
-    return out
-
-
 def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):
     """Common shape of training commands: `-c CONFIG.yaml` and `section.key=value` overrides, in
-    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace). Config
+    any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace); the
+    namespace's `given` holds the dotted keys the -c file and the overrides set (not the recipe's:
+    `config.load_config_and_keys`), for a command that fills the others from elsewhere. Config
     errors exit 2 with the message, printed by torchrun's rank 0 alone (`errors.every_rank`:
     each rank reads the same command line and file)."""
+    from tgmae.config import load_config_and_keys
     from tgmae.errors import UserError, every_rank
 
     parser = Parser(prog=f"tgmae {prog}", description=description)
@@ -113,6 +97,7 @@ def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: 
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
     try:
         args = parse_args(parser, argv)
-        return load_run_config(prog, args.config, args.overrides, base), args
+        cfg, args.given = load_config_and_keys(args.config, list(args.overrides), base=base)  # copies `base`
+        return cfg, args
     except UserError as e:
         raise every_rank(e)

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from tgmae.clip.features import MODES
-from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts
+from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts, next_run, part_records
 from tgmae.masking.precompute import PrecomputeOptions, precompute
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.commands.args import Parser
@@ -88,6 +88,21 @@ def _refuse_no_video_on_disk(videos: Sequence[tuple[str, str]], args: argparse.N
                                                f"{args.root or '.'!r} and {args.annotations}"))
 
 
+def _run_number(out: str, rank: int) -> int:
+    """The number every rank's part lines of this run carry (`cache.next_run`): rank 0's, read after
+    --rebuild emptied the folder. In a process group the ranks take it in a collective, so none
+    writes before rank 0 has read (nor before it emptied the folder); without one, each process
+    reads it itself (its share's lines are of other videos than the other ranks')."""
+    import torch
+
+    from tgmae.distributed import all_reduce_sum, distributed_ready
+
+    if not distributed_ready():
+        return next_run(part_records(out))
+    mine = torch.tensor([next_run(part_records(out)) if rank == 0 else 0])  # gloo: a CPU tensor
+    return int(all_reduce_sum(mine).item())
+
+
 def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
     from tgmae.data.annotations import clip_range
@@ -103,14 +118,10 @@ def _precompute(args: argparse.Namespace, shard) -> int:
     clip = load_clip(args.clip, device, setting="--clip")
     if args.rebuild and shard.rank == 0:
         clear_cache(args.out)
-    if args.rebuild and distributed_ready():
-        import torch.distributed as dist
-
-        dist.barrier()  # no rank writes before rank 0 has emptied the folder
     opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
                              args.map_scale, args.dense_size, batch_size=args.batch_size)
     counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
-                        progress=not args.no_progress, ranges=ranges)
+                        progress=not args.no_progress, ranges=ranges, run=_run_number(args.out, shard.rank))
     if distributed_ready():
         import torch.distributed as dist
 

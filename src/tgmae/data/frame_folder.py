@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 
 from tgmae.data.frame_index import VideoError
+from tgmae.data.keyed_cache import KeyedCache
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FLOW_PREFIX = "flow"  # optical-flow images (flow_x_00001.jpg) kept beside the RGB frames: not frames
@@ -34,8 +33,7 @@ _FRAME = re.compile(r"(.*?)(\d+)(\.[^.]+)", re.S)  # prefix, frame number, exten
 _SHOWN = 3  # file names a refusal shows of each list
 _LISTINGS = 4096  # folders whose listing is kept (a listing is a few numbers, or its names when irregular)
 _RACY_NS = 2_000_000_000  # a folder changed this recently may change again within its stat's resolution
-_listings: "OrderedDict[tuple, Union[Frames, VideoError]]" = OrderedDict()
-_lock = threading.Lock()  # captioning reads videos from a thread pool
+_listings: "KeyedCache[tuple, Union[Frames, VideoError]]" = KeyedCache(_LISTINGS)
 
 
 @dataclass(frozen=True)
@@ -128,10 +126,7 @@ def folder_frames(path: str) -> Frames:
         key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     except OSError:
         raise VideoError(f"{path}: file not found", "missing") from None
-    with _lock:
-        hit = _listings.get(key)
-        if hit is not None:
-            _listings.move_to_end(key)
+    hit = _listings.get(key)
     if hit is None:
         try:
             hit = _list(path)
@@ -140,10 +135,7 @@ def folder_frames(path: str) -> Frames:
         except OSError as e:
             raise VideoError(f"{path}: cannot list the frame folder ({e.strerror or e})", "unreadable") from None
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-            with _lock:
-                _listings[key] = hit
-                if len(_listings) > _LISTINGS:
-                    _listings.popitem(last=False)
+            _listings.put(key, hit)
     if isinstance(hit, VideoError):
         raise VideoError(str(hit), hit.kind)
     return hit

@@ -15,8 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,14 +23,14 @@ import numpy as np
 
 from tgmae.atomic import atomic_path
 from tgmae.data.fileid import file_identity
+from tgmae.data.keyed_cache import KeyedCache
 from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 3  # bump when frame numbering or the stored index changes (clip caches key on it)
 _MEMORY_ENTRIES = 4096
-_memory: "OrderedDict[tuple, FrameIndex]" = OrderedDict()
-_lock = threading.Lock()  # captioning reads videos from a thread pool
+_memory: "KeyedCache[tuple, FrameIndex]" = KeyedCache(_MEMORY_ENTRIES)
 _disk_warned = False
 
 # What is wrong with a file (VideoError.kind); "" = usable.
@@ -290,21 +288,16 @@ def frame_index(path: str) -> FrameIndex:
         key = _key(path)
     except OSError:
         raise VideoError(f"{path}: file not found", "missing") from None
-    with _lock:
-        hit = _memory.get(key)
-        if hit is not None:
-            _memory.move_to_end(key)
-            return hit
+    hit = _memory.get(key)
+    if hit is not None:
+        return hit
     f = _entry_file(key)
     idx = _load(f, key) if f is not None and f.exists() else None
     if idx is None:
         idx = build_index(path)
         if f is not None:
             _save(f, key, idx)
-    with _lock:
-        _memory[key] = idx
-        if len(_memory) > _MEMORY_ENTRIES:
-            _memory.popitem(last=False)
+    _memory.put(key, idx)
     return idx
 
 
@@ -315,8 +308,7 @@ def cached_frame_index(path: str) -> Optional[FrameIndex]:
         key = _key(path)
     except OSError:
         return None
-    with _lock:
-        hit = _memory.get(key)
+    hit = _memory.get(key)
     if hit is not None:
         return hit
     f = _entry_file(key)
@@ -329,8 +321,7 @@ def forget(path: str) -> None:
         key = _key(path)
     except OSError:
         return
-    with _lock:
-        _memory.pop(key, None)
+    _memory.pop(key)
     f = _entry_file(key)
     if f is not None:
         try:

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text, remove_stale_temps
+from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text, found_output, remove_stale_temps
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.check import ReportFileError, is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
@@ -524,13 +524,10 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
 
 
 def _refuse_foreign_list(dest: Path, recorded: Optional[str], new: str) -> None:
-    """PrepareError naming `dest` when it exists and its bytes are neither `recorded` (the sha256 of
-    what prepare wrote there) nor `new` (of what it would write now): replacing it would lose an edit."""
-    try:
-        now = _sha256(dest.read_bytes())
-    except FileNotFoundError:
-        return
-    if now not in (recorded, new):
+    """PrepareError naming `dest` when it holds a user's edit (`atomic.found_output`): its bytes are
+    neither `recorded` (the sha256 of what prepare wrote there) nor `new` (of what it would write
+    now), or it cannot be read: replacing it would lose an edit."""
+    if found_output(dest, lambda data: _sha256(data) in (recorded, new)).edited:
         raise PrepareError(f"{dest}: a list under --out that is not as data prepare wrote it (edited or put there "
                            "since); it is not replaced: move it away, or use another --out")
 

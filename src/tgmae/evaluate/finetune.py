@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 
 from tgmae.atomic import atomic_write_text
 from tgmae.config import RunConfig
-from tgmae.distributed import rank_world
 from tgmae.evaluate.metrics import topk_text
 from tgmae.evaluate.mixup import mix_batch, soft_cross_entropy
 from tgmae.evaluate.multiview import ClassificationResult, evaluate_classifier, refuse_checkpoint_training_videos
@@ -113,9 +112,6 @@ class FinetuneTask:
                 log.info("%s: %s", c.model.pretrained, note)
             model = build_classifier(src, self.num_classes, num_frames=c.data.num_frames,
                                      image_size=c.data.image_size, drop_path=c.model.drop_path, **common)
-            if not getattr(self, "_said", False) and rank_world()[0] == 0:  # once, not per rank and per test
-                log.info("finetuning the encoder of %s", c.model.pretrained)
-                self._said = True
         else:
             from tgmae.models.arch import arch_from_config
 
@@ -229,7 +225,9 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     if cfg.eval.strict:
         require_readable([task.val_dataset(), test_data], cfg.data.num_workers)
     trainer = Trainer(task, cfg, hooks=hooks)
-    fit = trainer.fit()
+    if cfg.model.pretrained and trainer.dist.is_main:  # here, not in build_model: FSDP gathers build it again
+        log.info("finetuning the encoder of %s", cfg.model.pretrained)
+    fit = trainer.fit()  # builds the model first
     out, is_main = fit.output_dir, trainer.dist.is_main
     names = task.class_names
     # saved before the test: a test that fails leaves the trained model

@@ -6,7 +6,8 @@
                          the full source frame), frames int32 [F] (source frame
                          numbers), text float16 [C, D] (the captions' CLIP text embeddings),
                          captions str [C] (their texts, in the captions file's order)
-    parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding)
+    parts/rank<r>-of-<w>.jsonl  one line per video handled by that rank (resume, sharding), with
+                         its run's number (`run`: `next_run`), by which the lines are read in order
     index.json           the merged parts: {"videos": {id: file}, "skipped": {id: reason}}
 
 One map per caption, so training can mask with the caption drawn for the sample, or with their
@@ -22,7 +23,7 @@ import shutil
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -243,11 +244,11 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 
 
 def part_records(root: str | Path) -> Iterator[dict]:
-    """The lines of every rank's part file in the order they were written (their `t`; lines of older
-    caches without it first, in file order): {"video_id", "file", "captions", "video"
-    (`tgmae.data.fileid.video_identity` of the file the maps were made from)} or {"video_id", "reason"}.
-    A run at another world size than an earlier one writes other part files: by name, the earlier
-    run's lines would come last and win."""
+    """The lines of every rank's part file in the order of their runs (`_run_order`): {"video_id",
+    "file", "captions", "video" (`tgmae.data.fileid.video_identity` of the file the maps were made
+    from), "run"} or {"video_id", "reason", "run"}. A run at another world size than an earlier one
+    writes other part files: by name, the earlier run's lines would come last and win. Lines of one
+    run are of different videos (rank r of W takes videos r, r+W, ...): their order is file order."""
     records = []
     for path in sorted((Path(root) / "parts").glob("rank*-of-*.jsonl")):
         for line in path.read_text().splitlines():
@@ -255,8 +256,26 @@ def part_records(root: str | Path) -> Iterator[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError:  # blank, or cut by a crash: that video is simply redone
                 continue
-    records.sort(key=lambda r: r.get("t", -1) if isinstance(r, dict) else -1)  # stable: untimed keep file order
+    records.sort(key=_run_order)  # stable: file order within a run
     yield from records
+
+
+def _run_order(rec: object) -> tuple[int, int]:
+    """Sort key of a part line: numbered runs (`run`) in number order come after the lines written
+    before runs were numbered, which are older runs: those stamped with a wall-clock `t` (ns) in
+    its order, after those with neither."""
+    run = rec.get("run") if isinstance(rec, dict) else None
+    if isinstance(run, int):
+        return (1, run)
+    t = rec.get("t") if isinstance(rec, dict) else None
+    return (0, t if isinstance(t, int) else -1)
+
+
+def next_run(records: Iterable[dict]) -> int:
+    """The number of a run about to write part lines: 1 + the largest run number among `records`
+    (`part_records`, read before any of its ranks writes), 1 when none has one. Clock-free: a
+    clock set back between two runs cannot put the later one first."""
+    return 1 + max((r["run"] for r in records if isinstance(r, dict) and isinstance(r.get("run"), int)), default=0)
 
 
 def read_parts(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,8 +23,8 @@ from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import video_identity
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, captions_key, check_cache_folder, entry_problem, part_file, part_records, remove_stale_cache_temps,
-    MASKS_WAY_OUT, write_entry, write_manifest_or_check,
+    CacheManifest, captions_key, check_cache_folder, entry_problem, next_run, part_file, part_records,
+    remove_stale_cache_temps, MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
 from tgmae.clip.features import ClipBundle, ClipPatchScorer, cosine_maps, embed_texts, map_grid, uint8_to_unit
@@ -88,7 +87,7 @@ CACHE_SETTING = "similarity cache folder (tgmae masks --out, masking.cache_dir)"
 def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
-    ranges: Optional[dict[str, list]] = None, setting: str = CACHE_SETTING,
+    ranges: Optional[dict[str, list]] = None, setting: str = CACHE_SETTING, run: Optional[int] = None,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
@@ -101,12 +100,15 @@ def precompute(
     a video whose range is past its end is skipped with `record_frame_range`'s reason (maps are of
     every frame; the clip must exist), and a caption store whose records were made from other
     ranges is refused (`refuse_other_videos`). setting: what chose `out`, named in the refusals of
-    the folder (`CACHE_SETTING`; eval-masks names its --cache)."""
+    the folder (`CACHE_SETTING`; eval-masks names its --cache). run: the number this run's part
+    lines carry (`cache.next_run`, which the ranks of `tgmae masks` take from rank 0); None: this
+    process's own `next_run` of the parts it reads at its start."""
     check_kind(out, setting, folder=True)
     refuse_inside_run(out, setting)
     check_cache_folder(out, setting)
     with hold(shard_target(out, rank, world), setting):
-        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {})
+        return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {},
+                           run)
 
 
 def range_error(path: str, frames: Optional[list]) -> Optional[str]:
@@ -130,7 +132,7 @@ def range_error(path: str, frames: Optional[list]) -> Optional[str]:
 
 def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
                 opts: PrecomputeOptions, rank: int, world: int, progress: bool, way_out: str,
-                ranges: dict[str, list]) -> dict:
+                ranges: dict[str, list], run: Optional[int]) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store, refuse_other_videos
@@ -144,7 +146,9 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
     done: dict[str, dict] = {}  # the latest maps of each video, unless skipped since (as the index reads them)
-    for r in part_records(out):
+    written = list(part_records(out))
+    run = next_run(written) if run is None else run
+    for r in written:
         if r.get("file"):
             done[r["video_id"]] = r
         else:
@@ -158,7 +162,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
 
         def skip(vid: str, reason: str) -> None:
             log.warning("tgmae masks: skipping %r: %s", vid, reason)
-            _append(log_file, {"video_id": vid, "reason": reason})
+            _append(log_file, {"video_id": vid, "reason": reason}, run)
             counts["skipped"] += 1
 
         bar = tqdm(share, desc=f"similarity maps [{opts.mode}]", unit="video", disable=not progress or rank != 0)
@@ -182,7 +186,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 skip(vid, f"unreadable video {error_text(path, e)}")
                 continue
             rel = write_entry(out, vid, sim, frames, text, caps)
-            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident})
+            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident}, run)
             counts["done"] += 1
     return counts
 
@@ -215,8 +219,8 @@ def _embed(clip: ClipBundle, captions: list[str], cache: dict[str, torch.Tensor]
     return torch.stack([cache[c] for c in captions])
 
 
-def _append(f, rec: dict) -> None:
-    """One part line, stamped with when it was written (`t`, ns): `cache.part_records` reads every
-    rank's lines in that order, so a later run's line wins over one of a run at another world size."""
-    f.write(json.dumps({**rec, "t": time.time_ns()}) + "\n")
+def _append(f, rec: dict, run: int) -> None:
+    """One part line, with its run's number: `cache.part_records` reads every rank's lines in run
+    order, so a later run's line wins over one of a run at another world size."""
+    f.write(json.dumps({**rec, "run": run}) + "\n")
     f.flush()

@@ -45,12 +45,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tgmae.atomic import atomic_write_text, found_output
 from tgmae.errors import SettingsError, UserError
 from tgmae.data.fileid import video_identity
 from tgmae.lifetime import end_with_parent
 from tgmae.locks import refuse_inside_run
 from tgmae.data.synthetic.captions import class_descriptions, make_captions
-from tgmae.data.synthetic.files import atomic_write_text, csv_text, masks_ok, mp4_ok, write_masks, write_mp4
+from tgmae.data.synthetic.files import csv_text, masks_ok, mp4_ok, write_masks, write_mp4
 from tgmae.data.synthetic.render import paint_order, render_scene
 from tgmae.data.synthetic.scene import ACTIONS, MAX_DISTRACTORS, check_scene_options, sample_scene
 
@@ -288,36 +289,35 @@ def _without_identities(text: str) -> list[dict] | None:
         return None
 
 
-def _edited(path: Path, text: str) -> bool:
-    """Whether the list at `path` holds other content than `text` (captions.jsonl: but for the
-    records' `video` identities, which a re-made video changes); False when it is missing."""
+def _text(data: bytes | None) -> str | None:
+    """A list's bytes as `Path.read_text` gives them (UTF-8, universal newlines); None when there
+    are none or they are not UTF-8."""
     try:
-        had = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return True
-    if path.name == "captions.jsonl":
-        return _without_identities(had) != _without_identities(text)
-    return had != text
+        return None if data is None else data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except ValueError:
+        return None
+
+
+def _sets_list(name: str, had: str | None, text: str) -> bool:
+    """Whether the list `name` holding `had` is this set's `text` (captions.jsonl: but for the
+    records' `video` identities, which a re-made video changes)."""
+    if had is not None and name == "captions.jsonl":
+        return _without_identities(had) == _without_identities(text)
+    return had == text
 
 
 def _write_lists(root: Path, texts: dict[str, str], overwrite: bool) -> None:
     """Write each list of `texts` whose file is missing or holds other text, meta.json last, each
-    atomically. EditedListError naming each list a user edited (`_edited`) and writing none,
-    unless `overwrite`."""
-    edited = [str(root / n) for n in INDEX_FILES if _edited(root / n, texts[n])]
+    atomically; each list is read once. EditedListError naming each list a user edited (not this
+    set's, `atomic.found_output`) and writing none, unless `overwrite`."""
+    found = {n: found_output(root / n, lambda data, n=n: _sets_list(n, _text(data), texts[n])) for n in INDEX_FILES}
+    edited = [str(root / n) for n in INDEX_FILES if found[n].edited]
     if edited and not overwrite:
         raise EditedListError(f"{', '.join(edited)}: not what this synthetic set's list would be (edited?); kept "
                               "as it is: pass --overwrite to replace it with the set's, or write the set elsewhere")
     for name in INDEX_FILES:  # meta.json is last: with it the set is complete
-        path = root / name
-        try:
-            same = path.read_text(encoding="utf-8") == texts[name]
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            atomic_write_text(path, texts[name])
+        if _text(found[name].data) != texts[name]:
+            atomic_write_text(root / name, texts[name])
 
 
 def _captions_text(root: Path, records: Sequence[dict], kept: dict[str, list]) -> str:
