@@ -497,6 +497,66 @@ def test_a_resume_under_auto_precision_keeps_the_precision_the_run_began_with(tm
     assert len(lines) == 1 and "bf16" in lines[0] and "as the run began" in lines[0]
 
 
+class _AttentionToyTask(ToyTask):
+    """ToyTask through one "auto" Attention module (4 wide, 1 head) over 2 tokens of x [B, 8]."""
+
+    def build_model(self) -> nn.Module:
+        from tgmae.models.attention import Attention
+
+        torch.manual_seed(123)
+        return nn.ModuleDict({"attn": Attention(4, 1), "head": nn.Linear(8, 1)})
+
+    def step(self, model: nn.Module, batch: dict) -> StepOutput:
+        x = batch["x"]
+        pred = model["head"](model["attn"](x.view(len(x), 2, 4)).reshape(len(x), 8))
+        loss = ((pred.float() - batch["y"]) ** 2).mean()
+        return StepOutput(loss, {"mse": loss.detach()})
+
+
+def test_a_resume_under_auto_attention_keeps_the_kernels_the_run_began_with(tmp_path, monkeypatch, caplog):
+    """Re-trial 24A S1: under train.attention=auto the kernels were measured again on resume (another
+    thread count, a deleted cache, TGMAE_AUTOTUNE=off), so a run went on with another kernel and its
+    weights differed from an uninterrupted run's, without a word. The checkpoints keep the plan; a
+    resume under auto uses it (one line), and the run ends as the uninterrupted one does."""
+    from tgmae import autotune
+    from tgmae.models import attention
+    from tgmae.train import loop
+
+    used: list[str] = []
+    run_kernel = attention._run_kernel
+    monkeypatch.setattr(attention, "_run_kernel", lambda k, *qkv: used.append(k) or run_kernel(k, *qkv))
+    monkeypatch.setattr(autotune, "choose", lambda name, candidates, *a, **k: "math")  # "measured" at start
+    grid = ("data.num_frames=2", "data.image_size=16", "model.patch_size=16", "train.attention=auto")
+
+    def fresh_process(measure: bool) -> None:
+        monkeypatch.setattr(attention, "_resolved", {})
+        monkeypatch.setattr(attention, "_looked_up", {})
+        monkeypatch.setattr(loop, "autotune_enabled", lambda: measure)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(state):
+        if state.position.step == 7:
+            raise Killed()
+
+    fresh_process(measure=True)
+    ref_cfg = toy_cfg(tmp_path / "ref", *grid)
+    reference = Trainer(_AttentionToyTask(ref_cfg), ref_cfg).fit().model
+    assert set(used) == {"math"}
+    cfg = toy_cfg(tmp_path, *grid)
+    with pytest.raises(Killed):
+        Trainer(_AttentionToyTask(cfg), cfg, hooks=[kill_at_7]).fit()
+    fresh_process(measure=False)  # TGMAE_AUTOTUNE=off now: "sdpa" unless the kept plan is used
+    used.clear()
+    with caplog.at_level("INFO", logger="tgmae"):
+        resumed = Trainer(_AttentionToyTask(cfg), cfg).fit().model
+    assert used and set(used) == {"math"}
+    assert [r.getMessage() for r in caplog.records if "attention kernels" in r.getMessage()] == [
+        "attention kernels: as the run began (kept in its checkpoints): {'d4/n16': 'math'}"]
+    assert torch.equal(flat_params(resumed), flat_params(reference))
+
+
 def test_an_explicit_other_precision_on_resume_stays_refused(tmp_path, monkeypatch):
     from tgmae.train import precision
 

@@ -89,6 +89,33 @@ def measure_kernel(device: torch.device, dtype: torch.dtype, heads: int, d: int,
     return _resolved[key]
 
 
+def kernel_plan(model: nn.Module, device: torch.device, dtype: torch.dtype, lengths: Iterable[int]) -> dict[str, str]:
+    """{"d{head width}/n{length bucket}": kernel} the "auto" Attention modules of `model` use at
+    `lengths` in `dtype` on `device` (`plan_kernels`' choices, else the stored or default one):
+    what a run keeps in its checkpoints, so a resume computes as it began (`pin_kernels`)."""
+    dev = torch.device(device)
+    widths = sorted({m.head_dim for m in model.modules() if isinstance(m, Attention) and m.kernel == "auto"})
+    plan = {}
+    for d in widths:
+        for n in sorted({length_bucket(x) for x in lengths}):
+            key = (dev.type, dtype, d, n, torch.get_num_threads())
+            plan[f"d{d}/n{n}"] = _resolved.get(key) or _known_kernel(key)
+    return plan
+
+
+def pin_kernels(device: torch.device, dtype: torch.dtype, plan: dict[str, str]) -> None:
+    """Use `plan` (`kernel_plan`'s) for "auto" in this process instead of measuring: a resumed
+    run's kernels, which a new measurement (another thread count, a deleted cache,
+    TGMAE_AUTOTUNE=off) could change half way, and its weights with them. ValueError for a plan
+    that is not one."""
+    dev = torch.device(device)
+    for name, kernel in plan.items():
+        d, _, n = name.partition("/")
+        if kernel not in KERNELS or kernel == "auto" or not (d[1:].isdigit() and n[1:].isdigit()):
+            raise ValueError(f"attention plan entry {name!r}: {kernel!r}")
+        _resolved[(dev.type, dtype, int(d[1:]), int(n[1:]), torch.get_num_threads())] = kernel
+
+
 def pick_kernel(q: torch.Tensor, kernel: Kernel, n: int | None = None) -> str:
     """Resolve "auto" for queries [B, H, Nq, d] attending to n keys (default Nq): the set-up's
     choice for that length bucket, else the stored one / "sdpa" (`_known_kernel`). Never measures."""

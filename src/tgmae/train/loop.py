@@ -24,14 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, to_dict
 from tgmae.data.dataset import loader_worker_init
-from tgmae.models.attention import plan_kernels, set_attention_kernel
+from tgmae.models.attention import kernel_plan, pin_kernels, plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
 from tgmae.errors import UserError, count
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr, warn_short_warmup
-from tgmae.train.resume import Resumed, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
+from tgmae.train.resume import Resumed, begun, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
 from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
 from tgmae.train.precision import usable as precision_usable
 from tgmae.train.sampler import ResumableSampler
@@ -184,6 +184,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.fingerprint: Optional[str] = None  # the task's inputs (e.g. the probe's features)
         self.videos: Optional[dict] = None  # its videos as they were on disk at the start (rank 0)
+        self.attention: Optional[dict] = None  # train.attention=auto: the kernels it uses, kept in checkpoints
 
     def fit(self) -> FitResult:
         """Train from scratch or resume, holding the run folder's lock (`run_folder_lock`)."""
@@ -265,12 +266,23 @@ class Trainer:
 
     def _build_model(self, precision: str) -> nn.Module:
         """The task's model on the device with its attention kernel: train.attention, or with
-        "auto" measured for the run's sequence lengths (`plan_kernels`)."""
-        model = self.task.build_model().to(self.dist.device)
-        if self.cfg.train.attention != "auto":
-            set_attention_kernel(model, self.cfg.train.attention)
+        "auto" the kernels the resumed run began with (kept in its checkpoints, `pin_kernels`: a new
+        measurement could switch them half way), else measured for the run's sequence lengths
+        (`plan_kernels`). Rank 0's plan is kept: every rank of a resume uses it."""
+        cfg, device, dtype = self.cfg, self.dist.device, autocast_dtype(precision)
+        model = self.task.build_model().to(device)
+        if cfg.train.attention != "auto":
+            set_attention_kernel(model, cfg.train.attention)
+            return model
+        kept = begun(cfg, "attention")
+        if isinstance(kept, dict) and kept.get("where") == [device.type, str(dtype)]:
+            pin_kernels(device, dtype, kept["kernels"])
+            if self.dist.is_main:
+                log.info("attention kernels: as the run began (kept in its checkpoints): %s", kept["kernels"])
         elif autotune_enabled():
-            plan_kernels(model, self.dist.device, autocast_dtype(precision), attention_lengths(self.cfg))
+            plan_kernels(model, device, dtype, attention_lengths(cfg))
+        self.attention = {"where": [device.type, str(dtype)],
+                          "kernels": kernel_plan(model, device, dtype, attention_lengths(cfg))}
         return model
 
     def _plan_steps(self, num_items: int) -> tuple[int, int]:
@@ -524,6 +536,7 @@ class Trainer:
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
                        "precision": run.precision, "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
                        **({"videos": self.videos} if self.videos else {}),
+                       **({"attention": self.attention} if self.attention else {}),
                        **({"class_names": self.class_names} if self.class_names else {})},
             )
         barrier()

@@ -65,11 +65,9 @@ def begun_precision(cfg: RunConfig) -> Optional[str]:
     kept in its checkpoints' extras; None for a fresh run or a checkpoint written before it was kept.
     train.precision=auto reuses it: measured again (`cpu_prefers_bf16`: another thread count, a
     deleted cache, TGMAE_AUTOTUNE=off) a resumed run could switch bf16 <-> fp32 half way."""
-    from tgmae.train.resume import resume_source
-    from tgmae.weights.checkpoint import read_extra
+    from tgmae.train.resume import begun
 
-    source = resume_source(cfg)
-    began = read_extra(source).get("precision") if source is not None else None
+    began = begun(cfg, "precision")
     return began if began in ("fp32", "bf16", "fp16") else None
 
 

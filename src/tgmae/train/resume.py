@@ -40,15 +40,16 @@ class Resumed:
     step_offset: int = 0  # the step counter minus this run's plan's step (`plan_offset`)
 
 
-def resume_source(cfg: RunConfig) -> Optional[Path]:
-    """checkpoint.resume: none, the latest of the run's (auto / ignore_config) or a path."""
+def resume_source(cfg: RunConfig, say: bool = True) -> Optional[Path]:
+    """checkpoint.resume: none, the latest of the run's (auto / ignore_config) or a path. `say`: log
+    that a run folder without `latest` resumes its newest step (once per run: the resume says it)."""
     spec = cfg.checkpoint.resume
     if not spec:
         return None
     if spec in ("auto", ckpt.IGNORE_CONFIG):
         ckpts = Path(cfg.train.output_dir) / "checkpoints"
         found = ckpt.find_latest(ckpts)
-        if found is not None and not os.path.lexists(ckpts / LATEST):
+        if say and found is not None and not os.path.lexists(ckpts / LATEST):
             log.info("%s has no `latest` (a kill before it was written?): resuming its newest complete step "
                      "folder, %s", ckpts, found.name)
         return found
@@ -56,6 +57,14 @@ def resume_source(cfg: RunConfig) -> Optional[Path]:
     if not path.exists():
         raise ckpt.CheckpointError(f"checkpoint.resume={spec!r}: no such checkpoint")
     return path
+
+
+def begun(cfg: RunConfig, key: str) -> Any:
+    """What the run `cfg` resumes (`resume_source`) kept under `key` in its checkpoint's extras
+    (`save_checkpoint(extra=)`: the choices it measured at its start, such as its precision and
+    attention kernels); None for a fresh run or a checkpoint written before the key was kept."""
+    source = resume_source(cfg, say=False)
+    return ckpt.read_extra(source).get(key) if source is not None else None
 
 
 def refuse_other_kind(cfg: RunConfig, task_name: str) -> None:
