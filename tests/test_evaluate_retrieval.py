@@ -458,21 +458,55 @@ def test_retrieval_on_the_checkpoints_own_training_videos_is_refused(synth, tmp_
     assert cli([*swapped, f"model.pretrained={bare}", f"train.output_dir={tmp_path / 'bare_out'}"]) == 0
 
 
-def test_another_text_model_than_the_runs_is_warned_of(tmp_path, caplog):
+def test_another_text_model_than_the_runs_is_warned_of(tmp_path, caplog, monkeypatch):
     """Re-trial 23A (S2): retrieve with captions.clip_model another CLIP than the one the run trained
-    its video-text head against gave other recalls without a word."""
+    its video-text head against gave other recalls without a word. Re-trial 24B (S1, M2): the
+    models compared are the ones that embed the texts (captions.text_model, else clip_model), so
+    another text_model is warned of and the run's own text model given as clip_model is not; a
+    local folder is one model however it is spelled."""
     from tgmae.config import save_config
     from tgmae.evaluate.retrieval import warn_other_text_model
 
-    trained = load_config(None, ["data.num_frames=4", "data.image_size=16", "model.patch_size=8",
-                                 "contrastive.proj_dim=16", "captions.clip_model=/models/clipA"])
-    run = _video_text_run(tmp_path, trained)
-    save_config(trained, run / "config.yaml")
-    for given, warned in (("/models/clipB", True), ("/models/clipA", False)):
+    monkeypatch.chdir(tmp_path)
+    for name in ("clipA", "clipB"):
+        (tmp_path / name).mkdir()
+    cases = [  # (the run's captions keys, retrieve's, warned: the key it names)
+        (["captions.clip_model=clipA"], ["captions.clip_model=clipB"], "clip_model"),
+        (["captions.clip_model=clipA"], ["captions.clip_model=clipA", "captions.text_model=clipB"], "text_model"),
+        (["captions.clip_model=clipA"], ["captions.clip_model=./clipA/"], None),
+        (["captions.clip_model=clipA"], [f"captions.clip_model={tmp_path / 'clipA'}"], None),
+        (["captions.clip_model=clipA", "captions.text_model=clipB"], ["captions.clip_model=clipB"], None),
+        (["captions.clip_model=clipA", "captions.text_model=clipB"], ["captions.clip_model=clipA"], "text_model"),
+        (["captions.clip_model=org/hub-a"], ["captions.clip_model=org/hub-b"], "clip_model"),
+    ]
+    for i, (own, given, warned) in enumerate(cases):
+        trained = load_config(None, ["data.num_frames=4", "data.image_size=16", "model.patch_size=8",
+                                     "contrastive.proj_dim=16", *own])
+        run = _video_text_run(tmp_path / str(i), trained)
+        save_config(trained, run / "config.yaml")
         caplog.clear()
-        cfg = load_config(None, [f"model.pretrained={run}", f"captions.clip_model={given}"])
+        cfg = load_config(None, [f"model.pretrained={run}", *given])
         with caplog.at_level("WARNING", logger="tgmae"):
             warn_other_text_model(cfg)
         said = [r.getMessage() for r in caplog.records]
-        assert (len(said) == 1 and "captions.clip_model=/models/clipB" in said[0] and "/models/clipA" in said[0]
-                if warned else said == []), said
+        assert (len(said) == 1 and f"set captions.{warned}={trained.captions.target_model}" in said[0]
+                if warned else said == []), (own, given, said)
+
+
+def test_a_local_text_model_is_recorded_as_one_model_however_it_is_spelled(tmp_path, monkeypatch):
+    """Re-trial 24B M2: `captions.clip_model=./clipA/` into the folder of a retrieval with
+    /abs/clipA was refused as other settings. Retrieval and alignment settings record the model's
+    one spelling (`hub.model_name`); a hub id stays as written."""
+    from tgmae.evaluate.align import align_settings
+    from tgmae.evaluate.retrieval import retrieval_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clipA").mkdir()
+    recorded = set()
+    for spelling in ("clipA", "./clipA/", str(tmp_path / "clipA")):
+        cfg = load_config(None, [f"captions.clip_model={spelling}"])
+        recorded.add((retrieval_settings(cfg, "classes")["captions.target_model"],
+                      align_settings(cfg)["captions.target_model"]))
+    assert recorded == {(str(tmp_path / "clipA"), str(tmp_path / "clipA"))}
+    hub = load_config(None, ["captions.clip_model=openai/clip-vit-base-patch16"])
+    assert retrieval_settings(hub, "classes")["captions.target_model"] == "openai/clip-vit-base-patch16"

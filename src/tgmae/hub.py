@@ -56,6 +56,20 @@ def looks_like_path(name: str) -> bool:
     )
 
 
+def model_name(name: str) -> str:
+    """One spelling per model, for records and comparisons: a local folder's resolved absolute path
+    (`blip`, `./blip/` and /abs/blip are one model), a hub id (no such folder here) as written."""
+    if not name:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether `a` and `b` name one model (`model_name`)."""
+    return a == b or model_name(a) == model_name(b)
+
+
 def unavailable_message(name: str, what: str, cause: str = "") -> str:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     lines = [

@@ -232,12 +232,11 @@ def same_value(key: str, a: Any, b: Any) -> bool:
     """Whether two provenances agree on `key`: equal, or for `model` two spellings of one local
     folder (`blip`, `./blip/`, its absolute path: compared resolved); a hub id (no such folder
     here) stays as written."""
+    from tgmae.hub import same_model
+
     if a == b:
         return True
-    if key != "model" or not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    pa, pb = Path(a), Path(b)
-    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    return key == "model" and isinstance(a, str) and isinstance(b, str) and same_model(a, b)
 
 
 def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from tgmae.config import ConfigError
+from tgmae.hub import model_name
 from tgmae.models.video_text import ProjectionHead
 
 log = logging.getLogger("tgmae")
@@ -107,7 +108,7 @@ def align_settings(cfg) -> dict[str, Any]:
             "pooling": POOLING, "dim": ALIGN_DIM, "temperature": ALIGN_TEMPERATURE,
             "weight_decay": ALIGN_WEIGHT_DECAY, "data.train_annotations": cfg.data.train_annotations,
             "data.root": _resolved(cfg.data.root), "captions.file": _resolved(cfg.captions.file),
-            "captions.target_model": str(cfg.captions.target_model)}
+            "captions.target_model": model_name(cfg.captions.target_model)}
 
 
 def stored_head(path: Path, settings: dict[str, Any], digest: str, replace: bool = False

@@ -34,6 +34,7 @@ from tgmae.config import ConfigError
 from tgmae.evaluate.chance import ChanceBand, retrieval_bands
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
+from tgmae.hub import model_name, same_model
 from tgmae.train.precision import autocast
 from tgmae.weights.files import CheckpointError, checkpoint_not_found
 from tgmae.train.resume import locks_run_folder
@@ -382,7 +383,7 @@ def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
 
     settings = {k: v for k, v in test_settings(cfg).items() if not k.startswith("data.test_")}
     prompt = cfg.eval.class_prompt
-    settings.update({"eval.retrieval_text": mode, "captions.target_model": str(cfg.captions.target_model)})
+    settings.update({"eval.retrieval_text": mode, "captions.target_model": model_name(cfg.captions.target_model)})
     if mode == "classes" and cfg.eval.class_descriptions:  # they replace the templates
         settings["eval.class_descriptions"] = _resolved(cfg.eval.class_descriptions)
     elif mode == "classes":
@@ -407,15 +408,13 @@ def warn_other_text_model(cfg) -> None:
     from tgmae.weights.model_card import read_run
 
     run = read_run(cfg.model.pretrained).config
-    if run is None:
+    own, given = (run.captions.target_model, cfg.captions.target_model) if run is not None else ("", "")
+    if not own or same_model(given, own):
         return
-    for key in ("text_model", "clip_model"):
-        given, own = getattr(cfg.captions, key), getattr(run.captions, key)
-        if own and given != own and (key == "text_model" or not run.captions.text_model):
-            log.warning("captions.%s=%s, but model.pretrained=%s trained its video-text head against %s: its "
-                        "joint space is that model's; set captions.%s=%s", key, given or "''", cfg.model.pretrained,
-                        own, key, own)
-            return
+    key = "text_model" if cfg.captions.text_model or run.captions.text_model else "clip_model"
+    log.warning("the prompts are embedded by %s (captions.text_model, else captions.clip_model), but "
+                "model.pretrained=%s trained its video-text head against %s: its joint space is that model's; "
+                "set captions.%s=%s", given or "''", cfg.model.pretrained, own, key, own)
 
 
 def refuse_other_clip_geometry(cfg, arch) -> None:
