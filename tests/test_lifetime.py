@@ -111,3 +111,67 @@ def test_end_with_launcher_is_a_no_op_outside_torchrun(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     end_with_launcher()
     assert not any(t.name == "end-with-parent" for t in threading.enumerate())
+
+
+def _set_and_sleep(event) -> None:
+    event.set()
+    time.sleep(60)
+
+
+def test_sigterm_raises_terminated_here_and_ends_a_forked_child_as_before():
+    """`stop_on_sigterm`: SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so
+    clean-up runs; a child forked afterwards (a DataLoader worker) still ends by the signal."""
+    import multiprocessing
+
+    import pytest
+
+    from tgmae.lifetime import Terminated, stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        ctx = multiprocessing.get_context("fork")
+        running = ctx.Event()  # a signal between fork and the child's start is lost (CPython resets them)
+        child = ctx.Process(target=_set_and_sleep, args=(running,))
+        child.start()
+        assert running.wait(30)
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(30)
+        assert child.exitcode == -signal.SIGTERM
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_or_sigterm_stops_a_pretraining_in_one_line_naming_where_it_resumes(tmp_path):
+    """Re-trial 24A T1: Ctrl-C ended `tgmae pretrain` in a 30-line KeyboardInterrupt traceback and
+    SIGTERM (SLURM's time limit, `timeout`) in silence. Both end in a line naming the checkpoint a
+    rerun resumes from and the command's one line, with the shell's code (130 / 143)."""
+    from tgmae.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path / "synth"
+    generate_synthetic_dataset(root, num_videos=8, frames=8, size=32, gop=4, seed=0, val_fraction=0.25)
+    env = {**os.environ, "PYTHONPATH": str(os.path.join(os.path.dirname(__file__), "..", "src")),
+           "OMP_NUM_THREADS": "1"}
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        out = tmp_path / sig.name
+        cmd = [sys.executable, "-m", "tgmae.cli", "pretrain", "data.format=csv", f"data.root={root}",
+               f"data.train_annotations={root / 'train.csv'}", "data.num_frames=4", "data.image_size=32",
+               "data.num_workers=1", "model.preset=micro", "model.patch_size=16", "train.batch_size=2",
+               "train.epochs=1000", "train.precision=fp32", "train.log_every=1", "log.progress=false",
+               "log.tensorboard=false", "checkpoint.every_steps=1", f"train.output_dir={out}"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        lines = []
+        for line in proc.stderr:  # until the first checkpoint is written
+            lines.append(line)
+            if "step 2/" in line:
+                break
+        proc.send_signal(sig)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == code, "".join(lines) + rest
+        assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+        said = [x for x in rest.splitlines() if x.strip()]
+        assert any("a rerun of the same command resumes from" in x and "step_" in x for x in said), rest
+        assert said[-1] == f"tgmae pretrain: stopped ({sig.name}); what it finished is kept: rerun the same command to go on"

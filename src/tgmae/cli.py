@@ -62,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from tgmae.lifetime import end_with_launcher
+    from tgmae.lifetime import end_with_launcher, stop_on_sigterm
 
     end_with_launcher()  # a torchrun rank ends with torchrun, even one killed with -9
+    stop_on_sigterm()  # SIGTERM ends as Ctrl-C does: cleaned up, one line
     # the one logging set-up: library modules only get loggers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):  # stdout without a file descriptor (captured)
             pass
         return 141  # 128 + SIGPIPE, the shell's code for it
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`lifetime.Terminated`)
+        if os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        return _stopped(name, e)
     except Exception as e:
         # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
         # DataLoader worker raised it: the message, not a traceback
@@ -93,6 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             wait_for_rank0()
         return 2
+
+
+def _stopped(name: str, e: KeyboardInterrupt) -> int:
+    """One line for a command stopped by Ctrl-C or SIGTERM (rank 0 alone under torchrun: torchrun
+    stops every rank alike); the shell's code for the signal (128 + its number)."""
+    import signal
+
+    from tgmae.distributed import other_launched_rank
+    from tgmae.lifetime import Terminated
+
+    sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+    if not other_launched_rank():
+        print(f"\ntgmae {name}: stopped ({sig.name}); what it finished is kept: rerun the same command to go on",
+              file=sys.stderr)
+    return 128 + int(sig)
 
 
 def _one_line(e: BaseException) -> str | None:

@@ -3,7 +3,8 @@
 `end_with_parent(parent_pid)`, a pool's `initializer`: on Linux `prctl(PR_SET_PDEATHSIG)`, plus
 a daemon thread checking the parent once a second (other systems; the death signal follows the
 thread that forked). `end_with_launcher()`, called by the CLI as it starts: the same for a rank
-that torchrun started, tied to torchrun's agent; a no-op elsewhere.
+that torchrun started, tied to torchrun's agent; a no-op elsewhere. `stop_on_sigterm()`, called
+by the CLI too: SIGTERM ends a command as Ctrl-C does (`Terminated`), cleaning up on the way.
 """
 
 from __future__ import annotations
@@ -57,3 +58,26 @@ def end_with_launcher() -> None:
         return
     _tied = True
     end_with_parent(os.getppid())
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's time limit, `timeout`, `kill`) raised where the main thread is, as Ctrl-C
+    raises KeyboardInterrupt: the same clean-up runs (temp files, locks, DataLoader workers) and
+    the command ends in one line (`tgmae.cli`) instead of dying silently."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise `Terminated` in this process's main thread. A process forked afterwards
+    (a DataLoader worker, a pool worker) that gets it ends as before, by the default action: its
+    parent reports the stop."""
+    owner = os.getpid()
+
+    def handler(signum, frame) -> None:
+        if os.getpid() != owner:  # a forked child inherited the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)

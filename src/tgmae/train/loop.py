@@ -235,6 +235,12 @@ class Trainer:
                         log_short_videos(dataset, cfg.data)
                 elif run.position.step >= run.total_steps:  # the step budget ran out inside it
                     run.last_ckpt = self._save(run, run.position)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say where a rerun goes on from
+            if self.dist.is_main:
+                latest = ckpt.find_latest(self.ckpt_dir)
+                log.warning("stopped at step %d of %d: a rerun of the same command resumes from %s", run.position.step,
+                            run.total_steps, latest or "the start (no checkpoint was written yet)")
+            raise
         finally:
             if run.bar is not None:
                 run.bar.close()
