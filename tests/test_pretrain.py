@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -494,3 +495,41 @@ def test_pretrain_refuses_a_similarity_cache_of_another_image_size(synth_root, t
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("tgmae pretrain: ") and "data.image_size" in last and "masking.cache_dir" in last, last
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_resume_after_the_captions_were_edited_is_refused_naming_them(synth_root, tmp_path, capsys):
+    """Re-trial 24A S2: a mae+contrastive pretraining killed, its captions.file edited, then rerun,
+    went on training on the other captions without a word. The checkpoints keep a fingerprint of
+    the captions (and the text model's files); a resume on others is refused, naming captions.file,
+    and goes on under checkpoint.resume=ignore_config."""
+    import shutil
+
+    from tgmae.captions.tiny import save_tiny_clip
+    from tgmae.cli import main
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    captions = tmp_path / "captions.jsonl"
+    shutil.copy(synth_root / "captions.jsonl", captions)
+    extra = [f"captions.file={captions}", f"captions.clip_model={clip_dir}",
+             "contrastive.objective=mae+contrastive", "contrastive.proj_dim=16"]
+
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == 2:
+            raise Killed()
+
+    cfg = cfg_for(synth_root, tmp_path / "run", *extra)
+    with pytest.raises(Killed):
+        pretrain(cfg, hooks=[kill])
+    lines = captions.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["captions"] = ["a video of a purple elephant dancing"]
+    captions.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    argv = ["pretrain", *SMALL, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}", *extra]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tgmae")]  # not the model's loading bars
+    assert len(err) == 1 and "captions.file's captions" in err[0] and "ignore_config" in err[0], err
+    assert main([*argv, "checkpoint.resume=ignore_config"]) == 0

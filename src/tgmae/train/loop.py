@@ -75,7 +75,8 @@ class Task(Protocol):
 
     Optional: `evaluate(model) -> dict` after every `train.eval_every`-th epoch and the last (kept
     in checkpoints), `build_optimizer(groups, optim_cfg, device)`, and `inputs_fingerprint: str`
-    (read after `build_model`, stored in checkpoints: a resume on other inputs is refused), and
+    (read after `build_model`, stored in checkpoints: a resume on other inputs is refused) with
+    `inputs_named: str` (what it covers, for that refusal; default model.pretrained's weights), and
     `unused_keys: tuple[str, ...]` (config keys the task never reads: a resume may change them),
     `copied_keys: dict[str, str]` ({loop key: the user's key the task copied into it}: a change
     is named by the user's key alone).
@@ -330,7 +331,8 @@ class Trainer:
         resumed = resume(cfg, dist, task.name, self.fingerprint, model, optimizer, scaler, total_steps,
                          class_names=self.class_names, unused_keys=tuple(getattr(task, "unused_keys", ())),
                          copied_keys=getattr(task, "copied_keys", None), videos=self.videos,
-                         steps_per_epoch=steps_per_epoch)
+                         steps_per_epoch=steps_per_epoch,
+                         inputs_named=getattr(task, "inputs_named", "model.pretrained's weights"))
         if resumed.step_offset:  # another process count: the counter goes on, the plan is of now
             plan = self._replan(plan, steps_per_epoch, resumed)
             total_steps = plan.total_steps

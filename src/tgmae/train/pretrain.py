@@ -54,6 +54,26 @@ class PretrainTask:
             self._captions = CaptionProvider.from_config(self.cfg.captions)
         return self._captions
 
+    inputs_named = "captions.file's captions or the text model's files"  # what `inputs_fingerprint` covers
+
+    @property
+    def inputs_fingerprint(self) -> Optional[str]:
+        """sha256 of the captions every video has (`captions.file`) and of the text model's files
+        (`tgmae.hub.weights_fingerprint`, where known), kept in checkpoints: a resume after the
+        captions were edited (or the model replaced at its path) would train on two caption sets
+        (`resume.input_changes` refuses it). None without captions."""
+        if self.captions is None:
+            return None
+        import hashlib
+        import json
+
+        from tgmae.hub import weights_fingerprint
+
+        model = self.cfg.captions.target_model
+        texts = sorted((r.video_id, list(r.captions)) for r in self.captions.records)
+        body = json.dumps({"captions": texts, "text_model": weights_fingerprint(model) if model else None})
+        return hashlib.sha256(body.encode()).hexdigest()
+
     @property
     def video_text(self) -> bool:
         """True when the model has the contrastive head (InfoNCE optimized or monitored)."""

@@ -118,14 +118,15 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
            class_names: Sequence[str] = (), unused_keys: Sequence[str] = (),
            copied_keys: Optional[Mapping[str, str]] = None, videos: Optional[dict] = None,
-           steps_per_epoch: Optional[int] = None) -> Resumed:
+           steps_per_epoch: Optional[int] = None, inputs_named: str = "model.pretrained's weights") -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
     the checks that it belongs to this run (kind, settings, inputs, class names in label order,
     videos on disk, something left to do). unused_keys: config keys the task never reads;
     copied_keys: {key: the user's key the task copies into it} (`config_differences`); videos:
     `videos_on_disk` of this run's data (rank 0; None on the other ranks). steps_per_epoch: this
     run's; on another number of processes than the checkpoint's, `total_steps` is re-counted from
-    the position its data reached (`plan_offset`, returned as Resumed.step_offset)."""
+    the position its data reached (`plan_offset`, returned as Resumed.step_offset). inputs_named:
+    what `fingerprint` covers (`input_changes`)."""
     source = resume_source(cfg)
     refuse_unresumed_run(cfg, source)
     if source is None:
@@ -138,7 +139,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
                                        output_dir=out, unused=unused_keys, copies=copied_keys)
     # class names first: a renumbering also changes a probe's fingerprint, and this names it
     changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
-    changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint)
+    changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint, inputs_named)
     changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
     position, world = loaded.position, loaded.extra.get("world_size")
     offset = 0
@@ -220,13 +221,14 @@ def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.
 
 
 def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional[str],
-                  now: Optional[str]) -> list[tuple[str, Any, Any]]:
-    """A resume on other task inputs (other features, other weights under the same path) is
-    refused, or recorded as a change under checkpoint.resume=ignore_config."""
+                  now: Optional[str], named: str = "model.pretrained's weights") -> list[tuple[str, Any, Any]]:
+    """A resume on other task inputs (other features, other weights under the same path, other
+    captions) is refused, or recorded as a change under checkpoint.resume=ignore_config. named:
+    what the task's fingerprint covers, for the message."""
     if not (now and stored and stored != now):
         return []
     return _refuse_or_record(cfg, source, f"the {task_name} inputs differ from the ones it was trained on "
-                             f"(fingerprint {stored[:12]} -> {now[:12]}; e.g. model.pretrained's weights changed)",
+                             f"(fingerprint {stored[:12]} -> {now[:12]}: {named} changed)",
                              (f"{task_name} inputs (fingerprint)", stored[:12], now[:12]))
 
 
