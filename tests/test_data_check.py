@@ -554,3 +554,43 @@ def test_check_of_the_val_file_named_as_the_train_list_checks_and_lists_it_once(
     assert [(x["subset"], x["records"]) for x in rep["lists"]] == [("train", len(items))]
     assert rep["checked"] == len(items) and rep["bad_rows"] == len(rep["rows"]) == 1
     assert printed.count("bad row:") == 1 and printed.count("validation.json (") <= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_check_decodes_every_frame_image_of_a_frame_folder(tmp_path, capsys, workers):
+    """Re-trial 24A M3: a frame folder with an empty image (frame 10) or a truncated one (frame 20)
+    was checked ok although extract / training call it unreadable; data check now decodes every
+    image in the record's range with the reader training uses, naming the frame and giving the same
+    kind training's reader does (zero_bytes / undecodable). A bad image outside a record's range
+    is not that record's fault (training never reads it)."""
+    from PIL import Image
+
+    from tgmae.data.video import VideoError, read_frames
+
+    root = tmp_path / "ff"
+    for name in ("good", "empty", "cut", "late"):
+        (root / name).mkdir(parents=True)
+        for i in range(1, 25):
+            rng = np.random.default_rng(i)
+            Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / name / f"img_{i:05d}.png")
+    (root / "empty" / "img_00010.png").write_bytes(b"")
+    whole = (root / "cut" / "img_00020.png").read_bytes()
+    (root / "cut" / "img_00020.png").write_bytes(whole[:500])
+    (root / "late" / "img_00023.png").write_bytes(b"")  # past the record's range [0, 16)
+    ann = root / "list.csv"
+    ann.write_text("path,label,video_id,start_frame,end_frame\ngood,0,good,,\nempty,0,empty,,\ncut,0,cut,,\n"
+                   "late,0,late,0,16\n")
+    out = tmp_path / "report.json"
+    code = cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--min-frames", "4",
+                     "--frame-stride", "1", "--out", str(out), "--no-progress", "--workers", str(workers)])
+    assert code == 1
+    rep = json.loads(out.read_text())
+    assert rep["ok"] == 2 and rep["bad"] == 2
+    items = {Path(i["path"]).name: i for i in rep["items"]}
+    assert items["empty"]["kind"] == "zero_bytes" and "img_00010.png" in items["empty"]["reason"], items
+    assert items["cut"]["kind"] == "undecodable" and "img_00020.png" in items["cut"]["reason"], items
+    # the verdict is the one training's reader gives when it reaches the frame
+    for name, frame, kind in (("empty", 9, "zero_bytes"), ("cut", 19, "undecodable")):
+        with pytest.raises(VideoError) as e:
+            read_frames(root / name, [frame])
+        assert e.value.kind == kind and f"img_{frame + 1:05d}.png" in str(e.value)

@@ -440,6 +440,30 @@ def test_videos_of_both_subsets_have_unique_ids(tmp_path, mp4, caplog):
     assert "v4" in caplog.text and "once" in caplog.text, caplog.text
 
 
+def test_an_id_in_both_lists_of_a_split_folder_names_the_list_file_read(tmp_path, mp4):
+    """Re-trial 24A M1: on a Diving48 layout with a video id in both lists, --subset both named the
+    test list as "(data.val_annotations=<the folder>)" although data.val_annotations was empty (the
+    folder's Diving48_V2_test.json was read). The refusal names the file read and where it came from."""
+    import json
+
+    from tgmae.config import DataConfig
+
+    root = tmp_path / "d48"
+    (root / "rgb").mkdir(parents=True)
+    (root / "rgb" / "E.mp4").symlink_to(mp4)
+    (root / "Diving48_V2_train.json").write_text(json.dumps([{"vid_name": "E", "label": 0, "start_frame": 0,
+                                                              "end_frame": 30}]))
+    (root / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "E", "label": 0, "start_frame": 5,
+                                                             "end_frame": 35}]))
+    cfg = DataConfig(format="diving48", root=str(root), train_annotations="Diving48_V2_train.json")
+    with pytest.raises(UserError) as e:
+        dataset_videos(cfg, ("train", "val"))
+    msg = str(e.value)
+    assert "(data.train_annotations=Diving48_V2_train.json)" in msg, msg
+    assert f"({root / 'Diving48_V2_test.json'}, the test list beside data.train_annotations)" in msg, msg
+    assert "data.val_annotations" not in msg, msg
+
+
 def segment_set(tmp_path: Path, mp4: Path) -> tuple[Path, object]:
     """A csv listing clip.mp4 (41 frames) as two segments of their own ids and frame ranges (EPIC's
     layout: action segments of one long video) and once more, whole, under a third id."""

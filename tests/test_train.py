@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -1084,12 +1085,13 @@ class _VideoToyData(ToyData):
 
 
 class _VideoToyTask(ToyTask):
-    def __init__(self, cfg: RunConfig, folder: Path, **kw):
+    def __init__(self, cfg: RunConfig, folder: Path, names: Optional[list[str]] = None, **kw):
         super().__init__(cfg, **kw)
         self.folder = folder
+        self.names = names or [f"v{i}.mp4" for i in range(4)]
 
     def train_dataset(self) -> Dataset:
-        return _VideoToyData(self.folder, [f"v{i}.mp4" for i in range(4)])
+        return _VideoToyData(self.folder, self.names)
 
     def val_dataset(self) -> Dataset:
         return _VideoToyData(self.folder, ["val0.mp4"])
@@ -1129,7 +1131,8 @@ def test_a_resume_whose_training_videos_were_replaced_is_refused_naming_them(tmp
     with pytest.raises(ckpt.CheckpointError) as err:
         Trainer(_VideoToyTask(cfg, videos), cfg).fit()
     msg = str(err.value)
-    assert "training videos" in msg and "1 of the 4" in msg and "v2.mp4" in msg
+    assert "training videos" in msg and f"1 replaced or rewritten in place ({videos / 'v2.mp4'})" in msg
+    assert "(4 now, 4 then)" in msg
     assert "checkpoint.resume=ignore_config" in msg and "train.output_dir" in msg
 
     _replace(videos / "val0.mp4")
@@ -1143,6 +1146,25 @@ def test_a_resume_whose_training_videos_were_replaced_is_refused_naming_them(tmp
     # the run now holds the new files' fingerprint: resuming it again is not refused
     longer = toy_cfg(tmp_path, "train.epochs=4")
     assert Trainer(_VideoToyTask(longer, videos), longer).fit().position.step == 32
+
+
+def test_a_resume_on_added_removed_and_replaced_videos_counts_each_kind(tmp_path):
+    """Re-trial 24A M5: a demo rerun with more videos was refused saying "14 of the 13 training
+    videos ... changed on disk (replaced or rewritten in place: ...)": added and removed videos were
+    counted as replaced, against the new count. Each kind is counted and named on its own."""
+    videos = _toy_videos(tmp_path / "videos")
+    cfg = toy_cfg(tmp_path, f"data.root={videos}")  # paths named relative to it
+    Trainer(_VideoToyTask(cfg, videos), cfg).fit()
+    for name in ("v4.mp4", "v5.mp4"):
+        (videos / name).write_bytes(name.encode())
+    _replace(videos / "v1.mp4")
+    names = ["v0.mp4", "v1.mp4", "v2.mp4", "v4.mp4", "v5.mp4"]  # v3 left out, v4 and v5 new
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(_VideoToyTask(cfg, videos, names), cfg).fit()
+    msg = str(err.value)
+    said = ("training videos (data.train_annotations=) changed on disk since it was trained: 2 added "
+            "(v4.mp4, v5.mp4), 1 replaced or rewritten in place (v1.mp4), 1 removed (v3.mp4) (5 now, 4 then)")
+    assert said in msg, msg
 
 
 def test_a_run_written_before_video_fingerprints_resumes_with_a_log_line(tmp_path, caplog):

@@ -2,7 +2,7 @@
 
 Each record's video gets its one verdict (`video_verdict`: missing / zero_bytes / unreadable /
 no_video_stream / no_frames / truncated / undecodable / bad_frame_folder), then the first, middle and last frame of
-its range are read; ranges past the video's end (out_of_range, never clipped), clips shorter than `--min-frames`, labels outside the class list, unreadable
+its range are read (a frame folder: every image of its range, zero_bytes / undecodable naming the frame); ranges past the video's end (out_of_range, never clipped), clips shorter than `--min-frames`, labels outside the class list, unreadable
 rows (file:line) and empty lists are reported; videos shorter than a clip's span (`--frame-stride`,
 read with a smaller stride) are listed, not counted as bad. Every list a run would read is checked (a
 split-folder train list brings its test list, `subset_annotations`; `lists` says which). Exit
@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from tgmae.data.annotations import UNLABELLED, VIDEO_EXTS, AnnotationError, VideoRecord, clip_key
 from tgmae.data.formats import _resolve, list_file, load_annotations
+from tgmae.data.frame_folder import FrameFolder
 from tgmae.data.frame_index import KINDS as VIDEO_KINDS
 from tgmae.data.frame_index import error_detail, record_frame_range
 from tgmae.data.sampling import clip_span
@@ -92,8 +93,10 @@ def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bo
 
 
 def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_frames: int) -> ItemResult:
-    """Open, count and spot-decode one record; classify what is wrong with it, if anything
-    (num_classes None: labels are not checked)."""
+    """Open, count and decode one record: a file's first, middle and last frame of its range (opening
+    it decoded every frame, `frame_index`), a frame folder's every image in its range
+    (`FrameFolder.check_frames`: an empty or truncated image is zero_bytes / undecodable naming the
+    frame); classify what is wrong with it, if anything (num_classes None: labels are not checked)."""
     import av
 
     def res(kind: str, reason: str = "", n: int = 0, in_range: int = 0) -> ItemResult:
@@ -108,7 +111,10 @@ def check_record(index: int, rec: VideoRecord, num_classes: Optional[int], min_f
             if end - start < min_frames:
                 have = max(end - start, 0)
                 return res("too_short", f"too short: {have} frames in range [{start}, {end}), need {min_frames}", n)
-            r.read([start, (start + end - 1) // 2, end - 1])
+            if r.info.is_frame_folder:  # opening a folder decodes no image: decode each, as a file's index did
+                FrameFolder(rec.path).check_frames(start, end)
+            else:
+                r.read([start, (start + end - 1) // 2, end - 1])
             have = end - start
     except VideoError as e:
         return res(e.kind if e.kind in KINDS else "undecodable", error_detail(rec.path, e))

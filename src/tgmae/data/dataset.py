@@ -5,7 +5,8 @@ view of a video. Each sample's generator is seeded by (seed, epoch, index, attem
 of the workers. Unreadable videos are logged once per path and run (`tgmae.data.seen`), counted
 and replaced by another seeded index up to `max_load_retries` (then `VideoLoadError`); with
 `substitute = False` (evaluation) they give a placeholder of the right shapes with `unreadable`
-True and `load_error`. `data.cache=memory|disk` reads from `tgmae.data.cache`, bit-identically.
+True, `load_error` and `load_kind` (the VideoError kind, "" for a read error that is no verdict).
+`data.cache=memory|disk` reads from `tgmae.data.cache`, bit-identically.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class _RobustBase(Dataset):
                 continue
             sample["load_failures"] = attempt
             if not self.substitute:
-                sample.update(unreadable=False, load_error="")
+                sample.update(unreadable=False, load_error="", load_kind="")
             return sample
         if kinds == {"too_short"}:  # every try: a clip longer than the videos (a setting, not the files)
             raise VideoLoadError(
@@ -210,7 +211,8 @@ class _RobustBase(Dataset):
         sample = self._base_sample(idx, rec)
         sample.update(video=torch.zeros(*lead, 3, t, size, size), frame_indices=torch.zeros(*lead, t, dtype=torch.int64),
                       crop=torch.zeros(*lead, 7), caption_id=torch.tensor(-1, dtype=torch.int64), load_failures=1,
-                      unreadable=True, load_error=error_text(rec.path, err))
+                      unreadable=True, load_error=error_text(rec.path, err),
+                      load_kind=getattr(err, "kind", ""))  # "" for a read error (OSError, FFmpeg) that is no verdict
         if getattr(self, "mask_generator", None) is not None:
             sample["mask"] = torch.zeros(math.prod(self.token_grid), dtype=torch.bool)
         return sample

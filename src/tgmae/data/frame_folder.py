@@ -162,6 +162,8 @@ class FrameFolder:
         return self.frames.count, w, h
 
     def _load(self, i: int) -> np.ndarray:
+        """uint8 [H, W, 3] of frame i. Raises VideoError naming the image: kind "zero_bytes" for an
+        empty image file, "undecodable" for one Pillow cannot open or decode (truncated, not an image)."""
         from PIL import Image
 
         p = os.path.join(self.path, self.frames.name(i))
@@ -169,6 +171,8 @@ class FrameFolder:
             with Image.open(p) as im:
                 return np.asarray(im.convert("RGB"))
         except (OSError, ValueError) as e:
+            if _empty(p):
+                raise VideoError(f"{p}: zero-byte frame image", "zero_bytes") from None
             raise VideoError(f"{p}: cannot read frame image ({e})") from None
 
     def read(self, idx: np.ndarray) -> np.ndarray:
@@ -177,3 +181,23 @@ class FrameFolder:
         if len(shapes) > 1:
             raise VideoError(f"{self.path}: frames differ in size {sorted(shapes)}")
         return np.stack([uniq[int(i)] for i in idx])
+
+    def check_frames(self, start: int, end: int) -> None:
+        """Decode every image of frames [start, end), one at a time, as `read` does (`tgmae data
+        check`: a file's frames were all decoded when it was indexed, a folder's are not when opened).
+        Raises the VideoError a read of the first failing frame raises, or "undecodable" naming the
+        first frame whose size differs from frame `start`'s."""
+        first = None
+        for i in range(start, end):
+            shape = self._load(i).shape
+            first = first or shape
+            if shape != first:
+                raise VideoError(f"{os.path.join(self.path, self.frames.name(i))}: frame size {shape[1]}x{shape[0]} "
+                                 f"differs from {self.frames.name(start)}'s {first[1]}x{first[0]}")
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False

@@ -616,8 +616,8 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
     ("train" / "val") name, in annotation order, through the data set's own format (`data.format`):
     one unit per record, so segments of one file (EPIC-Kitchens) and a file under two ids are each
     extracted over their own range. A record listed in both subsets (same id, file and range) is
-    extracted once, logged. AnnotationError naming both files (or ranges) and their annotation
-    files when one video id names two of them (the index is keyed by it; within one list
+    extracted once, logged. AnnotationError naming both files (or ranges) and the annotation files
+    read (`_list_named`) when one video id names two of them (the index is keyed by it; within one list
     `UniqueIds` refuses that already)."""
     from tgmae.config import ConfigError
     from tgmae.data.annotations import AnnotationError
@@ -632,7 +632,7 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
                               f"the {other} videos alone (--subset {other})" if len(subsets) > 1 else
                               f"no annotations for subset {subset!r}: set data.{subset}_annotations")
         records, _ = load_annotations(data_cfg.format, data_cfg.root, ann, split=data_cfg.split, subset=subset)
-        where = f"data.{subset}_annotations={ann}"
+        where = _list_named(data_cfg, subset, ann)
         for r in records:
             unit = (r.video_id, r.path, r.start_frame, r.end_frame)
             first = owner.get(r.video_id)
@@ -649,6 +649,23 @@ def dataset_videos(data_cfg: Any, subsets: Sequence[str]) -> list[tuple[str, str
         log.info("%d video(s) listed in both subsets, extracted once each: %s%s", len(both), ", ".join(both[:5]),
                  " ..." if len(both) > 5 else "")
     return videos
+
+
+def _list_named(data_cfg: Any, subset: str, ann: str) -> str:
+    """How a message names the list `subset` read from `ann` (`subset_annotations`): its setting,
+    and the file read where the setting does not name it (a split folder's test list, with
+    data.val_annotations empty or a folder)."""
+    from tgmae.data.formats import _resolve, list_file
+
+    side = "train" if subset == "train" else "val"
+    key = f"data.{side}_annotations"
+    file = list_file(data_cfg.format, data_cfg.root, ann, data_cfg.split, subset)
+    setting = getattr(data_cfg, f"{side}_annotations")
+    if not setting:
+        return f"{file}, the test list beside data.train_annotations"
+    if file == _resolve(Path(data_cfg.root) if data_cfg.root else Path("."), setting):
+        return f"{key}={setting}"
+    return f"{file} in {key}={setting}"
 
 
 def _unit_text(unit: Sequence) -> str:

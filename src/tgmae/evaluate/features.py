@@ -5,7 +5,9 @@ a multi-view sample); extraction sharded over DDP ranks (`evaluate.sharded`). Ca
 `<dir>/<key>.safetensors` with `features` [N, D] float32, `labels` [N] int64 and the key's inputs
 as metadata; the key hashes the encoder weights, clip geometry, the data settings that decide
 a clip's pixels (not workers, augmentation or seeds) and the class names in label order (which
-number the cached labels). Atomic writes.
+number the cached labels). Videos left out for a verdict on their file or row (`tgmae data check`'s
+kinds) are named in the cache's metadata (`left_out`), so a rerun on the same list reuses it; a
+set with a read error that is no verdict is not cached. Atomic writes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.data import Dataset
 
 from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.distributed import rank_world
+from tgmae.errors import count
 from tgmae.evaluate.sharded import all_gather_objects, default_device, map_eval, split_unreadable
 from tgmae.train.precision import autocast
 from tgmae.data.dataset import subset_annotations
@@ -103,16 +106,20 @@ def feature_cache_key(encoder_digest: str, data_cfg: Any, subset: str, pooling: 
     return key, inputs
 
 
-def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
-    """The cached tensors, or None when the file is missing or unreadable (then recomputed). Temps of
-    killed writers in its folder are removed first (a cache hit writes nothing, so nothing else would)."""
+def read_cached(path: Path) -> Optional[dict[str, Any]]:
+    """The cached tensors and `left_out` (the videos left out when it was made, [{index, video_id,
+    label, reason, kind}]), or None when the file is missing or unreadable (then recomputed). Temps
+    of killed writers in its folder are removed first (a cache hit writes nothing, so nothing else would)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     remove_stale_temps(path.parent)
     if not path.is_file():
         return None
     try:
-        data = load_file(str(path))
+        data: dict[str, Any] = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            data["left_out"] = json.loads((f.metadata() or {}).get("left_out", "[]"))
     except Exception as e:  # a damaged cache is recomputed, not fatal
         log.warning("ignoring unreadable feature cache %s (%s)", path, e)
         return None
@@ -121,14 +128,31 @@ def read_cached(path: Path) -> Optional[dict[str, torch.Tensor]]:
     return data
 
 
-def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, inputs: dict) -> Path:
+def write_cached(path: Path, features: torch.Tensor, labels: torch.Tensor, inputs: dict,
+                 left_out: Sequence[dict] = ()) -> Path:
+    """Write the cache (atomically); `left_out`: the videos left out of `features`, kept as metadata
+    for a hit to name them again."""
     from safetensors.torch import save_file
 
     remove_stale_temps(path.parent)  # of writes killed before their rename
+    meta = {"inputs": json.dumps(inputs, sort_keys=True), **({"left_out": json.dumps(list(left_out))} if left_out else {})}
     with atomic_path(path, own_folder=True) as tmp:  # save_file makes a temp of its own
-        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
-                  metadata={"inputs": json.dumps(inputs, sort_keys=True)})
+        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata=meta)
     return path
+
+
+def _settled(video: dict) -> bool:
+    """Whether a left-out video's failure is a verdict on its file or row (`tgmae data check`'s
+    KINDS: missing, zero_bytes, truncated, out_of_range, ...), which every rerun on the same files
+    and list meets again (the cache key covers both), rather than a read error with no verdict (an
+    OSError while decoding) that a rerun may not meet."""
+    from tgmae.data.check import KINDS
+
+    return video.get("kind", "") in KINDS
+
+
+def _named(videos: Sequence[dict]) -> str:
+    return "; ".join(u["reason"] for u in videos[:3]) + (" ..." if len(videos) > 3 else "")
 
 
 def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[Path], inputs: Optional[dict] = None,
@@ -138,22 +162,37 @@ def cached_features(encoder: nn.Module, dataset: Dataset, cache_path: Optional[P
     extracted (all ranks) and written there by rank 0. cache_path None = no caching.
 
     Videos that cannot be read are left out (N counts the readable ones) and appended to
-    `unreadable` as {index, video_id, label, reason}; strict: they raise `VideoLoadError`. A set
-    with unreadable videos is not cached (the next run tries them again)."""
+    `unreadable` as {index, video_id, label, reason, kind}, from the cache too; strict: they raise
+    `VideoLoadError` (a cache that left some out is not used). A set is cached with the videos left
+    out when each has a verdict (`_settled`: a rerun on the same files and list, the cache's key,
+    leaves them out again); one with a read error is not (the next run tries it again)."""
     if cache_path is not None:
         cached = read_cached(cache_path)
-        ok = cached is not None and cached["features"].shape[0] == len(dataset)
+        left = cached["left_out"] if cached is not None else []
+        ok = cached is not None and cached["features"].shape[0] + len(left) == len(dataset) and not (strict and left)
         if all(all_gather_objects(ok)):
-            log.info("features from cache %s", cache_path)
+            if left:
+                log.info("features from cache %s (%s left out when it was made: %s)", cache_path,
+                         count(len(left), "video"), _named(left))
+            else:
+                log.info("features from cache %s", cache_path)
+            if unreadable is not None:
+                unreadable.extend(left)
             return cached["features"], cached["labels"]
     out = extract_features(encoder, dataset, **extract_kwargs)
     out, skipped = split_unreadable(out, dataset, strict, "feature extraction")
     if unreadable is not None:
         unreadable.extend(skipped)
-    failures = int(out["load_failures"].sum()) + len(skipped)
+    replaced = int(out["load_failures"].sum())  # stand-ins of another video (a dataset that substitutes)
     if cache_path is not None and rank_world()[0] == 0:
-        if failures:
-            log.warning("%d videos could not be read while extracting features (left out); not caching", failures)
+        passing = [u for u in skipped if not _settled(u)]
+        if replaced or passing:
+            why = (f"{count(len(passing), 'video')} failed with a read error that is no verdict on the file "
+                   f"({_named(passing)}), which a rerun may not meet" if passing else
+                   f"{count(replaced, 'video')} replaced by others")
+            log.warning("%s could not be read while extracting features (left out); not caching: %s; rerun "
+                        "to cache the features once these read (or fix or drop them in the list)",
+                        count(len(skipped) + replaced, "video"), why)
         else:
-            write_cached(cache_path, out["features"], out["label"], inputs or {})
+            write_cached(cache_path, out["features"], out["label"], inputs or {}, skipped)
     return out["features"], out["label"]

@@ -43,7 +43,8 @@ def map_dataset(
     fn: batch (tensors already on `device`) -> {name: [b, ...]} per-sample outputs. The result
     also holds `index` [N] (dataset order 0..N-1), `label` [N] and `load_failures` [N] from the
     samples, and, when the samples carry them (a dataset with `substitute` False), `unreadable`
-    [N] bool and `load_error` (a list of N strings). Row i is dataset item i whichever rank
+    [N] bool, `load_error` and `load_kind` (lists of N strings: the reason, and the VideoError kind
+    or "" for a read error without one). Row i is dataset item i whichever rank
     computed it.
     """
     rank, size = rank_world()
@@ -57,7 +58,7 @@ def map_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(mine), unit="video", desc=desc or "evaluating", dynamic_ncols=True)
-    start, errors = 0, []
+    start, errors, kinds = 0, [], []
     for batch in loader:
         b = len(batch["label"])
         on_device = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -68,6 +69,7 @@ def map_dataset(
         if "unreadable" in batch:
             out["unreadable"] = torch.as_tensor(batch["unreadable"]).bool().cpu()
             errors.extend(batch["load_error"])
+            kinds.extend(batch.get("load_kind", [""] * b))
         for k, v in out.items():
             if v.shape[0] != b:
                 raise ValueError(f"fn returned {k!r} with {v.shape[0]} rows for a batch of {b}")
@@ -79,7 +81,7 @@ def map_dataset(
         bar.close()
     local: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items()}
     if "unreadable" in local:
-        local["load_error"] = errors
+        local["load_error"], local["load_kind"] = errors, kinds
     gathered = [g for g in all_gather_objects(local) if g]
     if not gathered:
         raise ValueError("the dataset is empty")
@@ -120,7 +122,7 @@ def map_eval(model: torch.nn.Module, dataset: Dataset, fn: Callable[[dict[str, A
 def split_unreadable(out: dict[str, Any], dataset: Dataset, strict: bool = False,
                      what: str = "evaluation") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(rows of `out` (a `map_dataset` result) for the readable videos, the unreadable videos as
-    [{index, video_id, label, reason}]). strict: any unreadable video raises `VideoLoadError`
+    [{index, video_id, label, reason, kind}] (kind: the VideoError kind, "" for a read error)). strict: any unreadable video raises `VideoLoadError`
     naming them (`eval.strict=true`). A result without `unreadable` rows is returned whole."""
     if "unreadable" not in out or not bool(out["unreadable"].any()):
         return out, []
@@ -130,7 +132,8 @@ def split_unreadable(out: dict[str, Any], dataset: Dataset, strict: bool = False
     for row in bad.nonzero().flatten().tolist():
         i = int(out["index"][row])
         listed.append({"index": i, "video_id": records[i].video_id if records is not None else str(i),
-                       "label": int(out["label"][row]), "reason": out["load_error"][row]})
+                       "label": int(out["label"][row]), "reason": out["load_error"][row],
+                       "kind": out.get("load_kind", [""] * len(bad))[row]})
     if strict:
         from tgmae.data.dataset import VideoLoadError
 

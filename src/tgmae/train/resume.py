@@ -263,18 +263,21 @@ def videos_on_disk(datasets: Mapping[str, Any], root: str = "") -> dict:
 
 
 def _videos_differ(cfg: RunConfig, split: str, old: dict, new: dict) -> str:
-    """Why `split`'s videos are not the ones the checkpoint was trained on: how many and which
-    where both sides kept per-file identities, else the fingerprints."""
+    """Why `split`'s videos are not the ones the checkpoint was trained on: where both sides kept
+    per-file identities, how many were added, replaced (or rewritten in place) and removed, naming
+    up to 3 of each, and the counts now and then; else the fingerprints."""
     name, key = _SPLITS.get(split, (f"{split} videos", f"data.{split}_annotations"))
     where = f"{name} ({key}={getattr(cfg.data, key.split('.')[1], '')})"
     before, now = old.get("files"), new.get("files")
     if before is None or now is None:
         return (f"its {where} differ from the files it was trained on (fingerprint {old['sha256'][:12]} -> "
                 f"{new['sha256'][:12]}: a video replaced or rewritten in place)")
-    changed = sorted(p for p in set(before) | set(now) if before.get(p) != now.get(p))
-    shown = ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
-    return (f"{len(changed)} of the {new['count']} {where} changed on disk since it was trained "
-            f"(replaced or rewritten in place: {shown})")
+    kinds = (("added", sorted(set(now) - set(before))),
+             ("replaced or rewritten in place", sorted(p for p in set(now) & set(before) if before[p] != now[p])),
+             ("removed", sorted(set(before) - set(now))))
+    said = ", ".join(f"{len(paths)} {kind} ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"
+                     for kind, paths in kinds if paths)
+    return f"its {where} changed on disk since it was trained: {said} ({new['count']} now, {old['count']} then)"
 
 
 def video_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored: Optional[dict],
