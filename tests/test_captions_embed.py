@@ -124,10 +124,46 @@ def test_model_mismatch_is_refused_or_rebuilt(tmp_path, clip_dir, other_clip_dir
     emb = embed_texts(TEXTS, other_clip_dir, path, rebuild=True)
     assert emb.shape == (5, 12)
     assert EmbeddingCache.read(path).identity == ModelIdentity.of(other_clip_dir)
-    path.write_bytes(b"garbage")
-    with pytest.raises(EmbeddingCacheError, match="unreadable embedding cache"):
+    good = path.read_bytes()
+    path.write_bytes(good[:-7])  # a torn cache: its header names our format, its data is short
+    with pytest.raises(EmbeddingCacheError, match="damaged embedding cache .*--rebuild"):
         embed_texts(TEXTS, clip_dir, path)
     assert embed_texts(TEXTS, clip_dir, path, rebuild=True).shape == (5, 16)
+
+
+@pytest.mark.parametrize("content", [b"video,label\nv1.mp4,3\n", b"", b"garbage", "torn-foreign"])
+def test_a_file_that_is_not_a_cache_is_never_replaced_rebuild_or_not(tmp_path, clip_dir, capsys, content):
+    """Re-trial 24A S3: `embed-captions --out synE/train.csv` said `unreadable embedding cache (...
+    header too large); delete it to rebuild`, and --rebuild replaced the data set's train list. A
+    file that is not a safetensors file of ours (a CSV, an empty file, a torn model's weights) is
+    named as not a cache, never replaced - by the command, nor by training's captions.embedding_cache
+    or its default cache path - and the message does not tell the user to delete it."""
+    from safetensors.torch import save_file
+
+    from tgmae.config import CaptionConfig
+    from tgmae.errors import UserError
+
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    out = tmp_path / "train.csv"
+    if content == "torn-foreign":
+        save_file({"w": torch.ones(64)}, str(out), metadata={"format": "pt"})
+        content = out.read_bytes()[:-9]
+    out.write_bytes(content)
+    capsys.readouterr()
+    for flags in ([], ["--rebuild"]):
+        assert main(["--captions", str(caps), "--clip", clip_dir, "--out", str(out), "--device", "cpu",
+                     "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: not a tgmae text-embedding cache" in err and "never replaced" in err, err
+        assert "--out" in err and "delete" not in err and err.count("\n") == 1, err
+    for cache in (str(out), ""):
+        if not cache:  # the default cache path beside the captions
+            default_cache_path(caps, clip_dir).write_bytes(content)
+        with pytest.raises(UserError, match="not a tgmae text-embedding cache") as e:
+            CaptionProvider.from_config(CaptionConfig(file=str(caps), clip_model=clip_dir, embedding_cache=cache))
+        assert "delete" not in str(e.value)
+    assert out.read_bytes() == content and default_cache_path(caps, clip_dir).read_bytes() == content
 
 
 def test_config_hash_ignores_versions_but_sees_architecture(clip_dir, other_clip_dir, tmp_path):
@@ -361,7 +397,7 @@ def test_out_never_replaces_the_captions_read_or_another_safetensors_file(tmp_pa
     """issue 28: `embed-captions --out` = its own --captions (with --rebuild) replaced the caption
     store with the cache, and --rebuild replaced any safetensors file that is not a cache (the
     CLIP's model.safetensors, a run's weights). Now one line naming the file, exit 2, the file
-    unchanged; an unreadable file (a torn cache) is still started anew with --rebuild."""
+    unchanged; a torn cache of ours is still started anew with --rebuild."""
     from safetensors.torch import load_file, save_file
 
     from tgmae.cli import main as cli_main

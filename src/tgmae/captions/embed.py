@@ -38,8 +38,28 @@ class EmbeddingCacheError(RuntimeError, UserError):
 
 
 class ForeignFileError(EmbeddingCacheError):
-    """The cache path holds a readable safetensors file that is not a text-embedding cache (a
-    model's weights): never replaced, `rebuild` or not."""
+    """The cache path holds a file that is not a text-embedding cache (a model's weights, a data
+    set's CSV list, an empty file): never replaced, `rebuild` or not."""
+
+
+class DamagedCacheError(EmbeddingCacheError):
+    """The cache path holds a cache of ours (its header names `CACHE_FORMAT`) whose data cannot be
+    read: `rebuild` starts it anew."""
+
+
+def _safetensors_header(path: Path) -> Optional[dict]:
+    """The JSON header of a safetensors file (8-byte little-endian length, then that many bytes of
+    a JSON object, at most 100 MB as safetensors allows), or None when `path` does not start so."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 2 <= n <= min(path.stat().st_size - 8, 100_000_000):
+            return None
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:  # UnicodeDecodeError too
+            return None
+    return header if isinstance(header, dict) else None
 
 
 def text_key(text: str) -> bytes:
@@ -132,45 +152,48 @@ class EmbeddingCache:
         return int(self.embeddings.shape[1]) if len(self) else 0
 
     @classmethod
-    def read(cls, path: str | Path) -> "EmbeddingCache":
-        """Load a cache file without any identity check."""
+    def read(cls, path: str | Path, what: str = "the cache") -> "EmbeddingCache":
+        """Load a cache file without any identity check. ForeignFileError when `path` is not a
+        safetensors file of ours (`what`: the setting that chose it, named as the way out);
+        DamagedCacheError when it is ours but its data cannot be read (a torn tail)."""
         from safetensors import safe_open
 
         path = Path(path)
         if path.is_dir():  # safetensors: "No such device (os error 19)"; the advice to delete it would be wrong
             raise EmbeddingCacheError(f"{path} is a folder, not an embedding cache file; give the cache a file name")
+        header = _safetensors_header(path)
+        fmt = (header.get("__metadata__") or {}).get("format") if header is not None else None
+        if fmt != CACHE_FORMAT:  # a data set's list, a model's weights: the user's, whatever the flags
+            kind = "not a safetensors file" if header is None else f"format={fmt!r}"
+            raise ForeignFileError(f"{path}: not a tgmae text-embedding cache ({kind}), so it is never replaced "
+                                   f"(--rebuild or not); give {what} another file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                ours = meta.get("format") == CACHE_FORMAT
-                if ours:
-                    emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
+                emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
         except Exception as e:  # safetensors raises its own error types for truncated files
-            raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
-        if not ours:
-            raise ForeignFileError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r}), "
-                                   "so it is never replaced (--rebuild or not); give the cache another file")
+            raise DamagedCacheError(f"{path}: damaged embedding cache ({e}).") from None
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
-            raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
+            raise DamagedCacheError(f"{path}: damaged embedding cache: keys {tuple(keys.shape)} do not match "
+                                    f"embeddings {tuple(emb.shape)}.")
         identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
         return cls(identity, emb, [bytes(row) for row in keys.tolist()])
 
     @classmethod
     def open(cls, path: str | Path, identity: ModelIdentity, rebuild: bool = False,
-             way_out: str = REBUILD_WAY_OUT) -> "EmbeddingCache":
-        """The cache at `path` for `identity`: empty if missing; a mismatch raises unless `rebuild`
-        (`way_out`: what the command that chose `path` offers)."""
+             way_out: str = REBUILD_WAY_OUT, what: str = "the cache") -> "EmbeddingCache":
+        """The cache at `path` for `identity`: empty if missing; a damaged cache or one of another
+        model raises (`way_out`: what the command that chose `path` offers) unless `rebuild`. A file
+        that is not a cache (ForeignFileError, naming `what`) raises, `rebuild` or not."""
         path = Path(path)
         if not path.exists():
             return cls(identity)
         try:
-            cache = cls.read(path)
-        except ForeignFileError:
-            raise
-        except EmbeddingCacheError:
-            if rebuild:  # an unreadable (torn) file
+            cache = cls.read(path, what)
+        except DamagedCacheError as e:
+            if rebuild:
                 return cls(identity)
-            raise
+            raise DamagedCacheError(f"{e} {way_out}") from None
         old, new = cache.identity, identity
         same_model = (old.model, old.config_hash) == (new.model, new.config_hash)
         if not same_model or (old.weights != new.weights and new.weights):  # "" = no local weights to compare
@@ -368,11 +391,12 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     check_kind(cache_path, CACHE_SETTING, folder=False)  # a folder there is the user's: refused, never "delete it"
     identity = ModelIdentity.of(clip_model, setting)
     way_out = way_out or REBUILD_WAY_OUT
-    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)
+    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out, what=CACHE_SETTING)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
     with hold(cache_path, CACHE_SETTING, wait=WRITE_WAIT_S, folder=False):
-        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)  # as the last writer left it
+        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out,
+                                    what=CACHE_SETTING)  # as the last writer left it
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():
             if missing:
