@@ -78,3 +78,36 @@ def once(argv):
         if key is not None:
             seen.add(key)
     return kept[::-1]
+
+
+def tiny_bert(path, seed=0, pooling=None, modules=None):
+    """A random 1-layer BERT (hidden 24) + word-level tokenizer saved at `path`, a stand-in for a
+    sentence encoder; with `pooling` (a sentence-transformers mode or several joined by "+"), a
+    1_Pooling/config.json naming it; with `modules` (module types after the Transformer, e.g.
+    ["Pooling", "Dense"]), a modules.json listing them. Returns (model, tokenizer)."""
+    import json
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from tgmae.captions.tiny import TINY_WORDS
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(TINY_WORDS)])}
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=40)).eval()
+    model.save_pretrained(path)
+    tok = BertTokenizer(vocab=vocab)
+    tok.save_pretrained(path)
+    if pooling:
+        keys = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+                "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+                "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+        (path / "1_Pooling").mkdir()
+        (path / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 24, **{k: m in pooling.split("+") for m, k in keys.items()}}))
+    if modules:
+        listing = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+        listing += [{"idx": i, "name": str(i), "path": f"{i}_{kind}", "type": f"sentence_transformers.models.{kind}"}
+                    for i, kind in enumerate(modules, start=1)]
+        (path / "modules.json").write_text(json.dumps(listing))
+    return model, tok

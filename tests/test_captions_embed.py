@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import not_a_clip
+from conftest import not_a_clip, tiny_bert
 import torch
 
 from tgmae.captions.embed import (EmbeddingCache, EmbeddingCacheError, ModelIdentity, TextEmbedder,
@@ -124,10 +124,46 @@ def test_model_mismatch_is_refused_or_rebuilt(tmp_path, clip_dir, other_clip_dir
     emb = embed_texts(TEXTS, other_clip_dir, path, rebuild=True)
     assert emb.shape == (5, 12)
     assert EmbeddingCache.read(path).identity == ModelIdentity.of(other_clip_dir)
-    path.write_bytes(b"garbage")
-    with pytest.raises(EmbeddingCacheError, match="unreadable embedding cache"):
+    good = path.read_bytes()
+    path.write_bytes(good[:-7])  # a torn cache: its header names our format, its data is short
+    with pytest.raises(EmbeddingCacheError, match="damaged embedding cache .*--rebuild"):
         embed_texts(TEXTS, clip_dir, path)
     assert embed_texts(TEXTS, clip_dir, path, rebuild=True).shape == (5, 16)
+
+
+@pytest.mark.parametrize("content", [b"video,label\nv1.mp4,3\n", b"", b"garbage", "torn-foreign"])
+def test_a_file_that_is_not_a_cache_is_never_replaced_rebuild_or_not(tmp_path, clip_dir, capsys, content):
+    """Re-trial 24A S3: `embed-captions --out synE/train.csv` said `unreadable embedding cache (...
+    header too large); delete it to rebuild`, and --rebuild replaced the data set's train list. A
+    file that is not a safetensors file of ours (a CSV, an empty file, a torn model's weights) is
+    named as not a cache, never replaced - by the command, nor by training's captions.embedding_cache
+    or its default cache path - and the message does not tell the user to delete it."""
+    from safetensors.torch import save_file
+
+    from tgmae.config import CaptionConfig
+    from tgmae.errors import UserError
+
+    caps = tmp_path / "captions.jsonl"
+    write_store(caps, [CaptionRecord("v1", ["a man"], "captioner", "blip")])
+    out = tmp_path / "train.csv"
+    if content == "torn-foreign":
+        save_file({"w": torch.ones(64)}, str(out), metadata={"format": "pt"})
+        content = out.read_bytes()[:-9]
+    out.write_bytes(content)
+    capsys.readouterr()
+    for flags in ([], ["--rebuild"]):
+        assert main(["--captions", str(caps), "--clip", clip_dir, "--out", str(out), "--device", "cpu",
+                     "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: not a tgmae text-embedding cache" in err and "never replaced" in err, err
+        assert "--out" in err and "delete" not in err and err.count("\n") == 1, err
+    for cache in (str(out), ""):
+        if not cache:  # the default cache path beside the captions
+            default_cache_path(caps, clip_dir).write_bytes(content)
+        with pytest.raises(UserError, match="not a tgmae text-embedding cache") as e:
+            CaptionProvider.from_config(CaptionConfig(file=str(caps), clip_model=clip_dir, embedding_cache=cache))
+        assert "delete" not in str(e.value)
+    assert out.read_bytes() == content and default_cache_path(caps, clip_dir).read_bytes() == content
 
 
 def test_config_hash_ignores_versions_but_sees_architecture(clip_dir, other_clip_dir, tmp_path):
@@ -245,39 +281,17 @@ def test_new_weights_in_the_same_folder_are_embedded_again(tmp_path):
     assert torch.allclose(embed_texts(TEXTS, clip, explicit, rebuild=True), TextEmbedder(clip)(TEXTS), atol=1e-5)
 
 
-def _tiny_bert(path, seed=0, pooling=None):
-    """A random 1-layer BERT + word-level tokenizer (a stand-in for a sentence encoder); with
-    `pooling`, a sentence-transformers 1_Pooling/config.json naming it."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    from tgmae.captions.tiny import TINY_WORDS
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(TINY_WORDS)])}
-    torch.manual_seed(seed)
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=40)).eval()
-    model.save_pretrained(path)
-    tok = BertTokenizer(vocab=vocab)
-    tok.save_pretrained(path)
-    if pooling:
-        (path / "1_Pooling").mkdir()
-        (path / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"word_embedding_dimension": 24, "pooling_mode_cls_token": pooling == "cls",
-             "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max"}))
-    return model, tok
-
-
 def test_a_plain_text_model_is_a_mean_pooled_sentence_encoder(tmp_path):
     """captions.text_model may be any transformers text model: its last hidden states are pooled
     over the real tokens (padding left out), as a sentence-transformers folder says (mean by default)."""
     texts = ["a man is jumping", "a dog", "a red ball on the street"]
-    model, tok = _tiny_bert(tmp_path / "bert")
+    model, tok = tiny_bert(tmp_path / "bert")
     emb = TextEmbedder(str(tmp_path / "bert"))(texts)
     with torch.no_grad():
         for i, t in enumerate(texts):  # one text at a time: no padding at all
             ref = model(**tok([t], return_tensors="pt")).last_hidden_state[0].mean(0)
             assert torch.allclose(emb[i], torch.nn.functional.normalize(ref, dim=0), atol=1e-5)
-    cls_model, cls_tok = _tiny_bert(tmp_path / "st", pooling="cls")
+    cls_model, cls_tok = tiny_bert(tmp_path / "st", pooling="cls")
     with torch.no_grad():
         ref = cls_model(**cls_tok(texts[:1], return_tensors="pt")).last_hidden_state[0, 0]
     assert torch.allclose(TextEmbedder(str(tmp_path / "st"))(texts[:1])[0],
@@ -291,14 +305,14 @@ def test_captions_text_model_gives_the_contrastive_targets(tmp_path, clip_dir):
 
     caps = tmp_path / "captions.jsonl"
     write_store(caps, [CaptionRecord(f"v{i}", [t], "captioner", "blip") for i, t in enumerate(TEXTS)])
-    _tiny_bert(tmp_path / "bert", seed=0)
+    tiny_bert(tmp_path / "bert", seed=0)
     cfg = CaptionConfig(file=str(caps), clip_model=clip_dir, text_model=str(tmp_path / "bert"))
     assert cfg.target_model == str(tmp_path / "bert")
     provider = CaptionProvider.from_config(cfg)
     assert provider.embeddings.shape == (4, 24)  # BERT width, not the CLIP's projection (16)
     assert torch.allclose(provider.embeddings, TextEmbedder(str(tmp_path / "bert"))(provider.texts), atol=1e-5)
     assert CaptionProvider.from_config(CaptionConfig(file=str(caps), clip_model=clip_dir)).embeddings.shape == (4, 16)
-    _tiny_bert(tmp_path / "bert", seed=1)  # retrained in place
+    tiny_bert(tmp_path / "bert", seed=1)  # retrained in place
     again = CaptionProvider.from_config(cfg).embeddings
     assert (again - provider.embeddings).abs().max() > 0.05
 
@@ -361,7 +375,7 @@ def test_out_never_replaces_the_captions_read_or_another_safetensors_file(tmp_pa
     """issue 28: `embed-captions --out` = its own --captions (with --rebuild) replaced the caption
     store with the cache, and --rebuild replaced any safetensors file that is not a cache (the
     CLIP's model.safetensors, a run's weights). Now one line naming the file, exit 2, the file
-    unchanged; an unreadable file (a torn cache) is still started anew with --rebuild."""
+    unchanged; a torn cache of ours is still started anew with --rebuild."""
     from safetensors.torch import load_file, save_file
 
     from tgmae.cli import main as cli_main

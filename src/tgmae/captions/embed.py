@@ -3,8 +3,9 @@
 The cache is one safetensors file, written atomically:
   `embeddings` float32 [N, D]  L2-normalised projected text embeddings (CLIP `text_embeds`);
   `keys`       uint8 [N, 16]   first 16 bytes of sha256(utf-8 text) of each row's caption;
-metadata `model` (hub id or absolute path), `config_hash` and `weights` (fingerprint). A cache
-of another model or other weights is refused (or, with `rebuild=True`, started anew).
+metadata `model` (hub id or absolute path), `config_hash`, `weights` (fingerprint) and `pooling`.
+A cache of another model, other weights or pooling, or a torn one, is refused (or, with
+`rebuild=True`, started anew); a file that is not such a cache is never replaced.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from tgmae.hub import (
     quiet_transformers,
     weights_fingerprint,
 )
+from tgmae.captions.pooling import pool_tokens, sentence_pooling
 from tgmae.errors import UserError
 from tgmae.locks import check_kind, hold
 
 CACHE_FORMAT = "tgmae-text-embeddings/1"
+# the poolings read right before caches recorded theirs (others, e.g. lasttoken, were read as mean)
+LEGACY_POOLINGS = ("cls", "max", "mean")
 WRITE_WAIT_S = 1800.0  # how long a run waits for another process that is filling the same cache
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
                          "_attn_implementation_autoset", "_attn_implementation", "architectures"}
@@ -38,8 +42,28 @@ class EmbeddingCacheError(RuntimeError, UserError):
 
 
 class ForeignFileError(EmbeddingCacheError):
-    """The cache path holds a readable safetensors file that is not a text-embedding cache (a
-    model's weights): never replaced, `rebuild` or not."""
+    """The cache path holds a file that is not a text-embedding cache (a model's weights, a data
+    set's CSV list, an empty file): never replaced, `rebuild` or not."""
+
+
+class DamagedCacheError(EmbeddingCacheError):
+    """The cache path holds a cache of ours (its header names `CACHE_FORMAT`) whose data cannot be
+    read: `rebuild` starts it anew."""
+
+
+def _safetensors_header(path: Path) -> Optional[dict]:
+    """The JSON header of a safetensors file (8-byte little-endian length, then that many bytes of
+    a JSON object, at most 100 MB as safetensors allows), or None when `path` does not start so."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 2 <= n <= min(path.stat().st_size - 8, 100_000_000):
+            return None
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:  # UnicodeDecodeError too
+            return None
+    return header if isinstance(header, dict) else None
 
 
 def text_key(text: str) -> bytes:
@@ -61,12 +85,16 @@ def _config_hash(config: Any) -> str:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which text model made a set of embeddings: its name/path, a hash of its config and a
-    fingerprint of its files (`tgmae.hub.weights_fingerprint`: weights, config, tokenizer; "" = not known)."""
+    """Which text model made a set of embeddings: its name/path, a hash of its config, a
+    fingerprint of its files (`tgmae.hub.weights_fingerprint`: weights, config, tokenizer; "" = not
+    known) and the sentence pooling its files name (`tgmae.captions.pooling.sentence_pooling`;
+    models with text features of their own, CLIPs, do not use it; "" = a cache written before
+    caches recorded it)."""
 
     model: str
     config_hash: str
     weights: str = ""
+    pooling: str = ""
 
     @staticmethod
     def canonical_name(name_or_path: str) -> str:
@@ -81,7 +109,13 @@ class ModelIdentity:
 
         config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
         refuse_captioner(config, name_or_path, setting)
-        return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "")
+        return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "",
+                   sentence_pooling(name_or_path, setting))
+
+    def same_pooling(self, cached: "ModelIdentity") -> bool:
+        """Whether a cache's pooling is this model's; a cache that predates the record is taken as
+        pooled alike when tgmae then read this pooling right (`LEGACY_POOLINGS`)."""
+        return cached.pooling == self.pooling or (not cached.pooling and self.pooling in LEGACY_POOLINGS)
 
 
 # heads of image-to-text generators (BLIP / BLIP-2 / GIT / LLaVA captioners): their checkpoints hold a
@@ -132,50 +166,59 @@ class EmbeddingCache:
         return int(self.embeddings.shape[1]) if len(self) else 0
 
     @classmethod
-    def read(cls, path: str | Path) -> "EmbeddingCache":
-        """Load a cache file without any identity check."""
+    def read(cls, path: str | Path, what: str = "the cache") -> "EmbeddingCache":
+        """Load a cache file without any identity check. ForeignFileError when `path` is not a
+        safetensors file of ours (`what`: the setting that chose it, named as the way out);
+        DamagedCacheError when it is ours but its data cannot be read (a torn tail)."""
         from safetensors import safe_open
 
         path = Path(path)
         if path.is_dir():  # safetensors: "No such device (os error 19)"; the advice to delete it would be wrong
             raise EmbeddingCacheError(f"{path} is a folder, not an embedding cache file; give the cache a file name")
+        header = _safetensors_header(path)
+        fmt = (header.get("__metadata__") or {}).get("format") if header is not None else None
+        if fmt != CACHE_FORMAT:  # a data set's list, a model's weights: the user's, whatever the flags
+            kind = "not a safetensors file" if header is None else f"format={fmt!r}"
+            raise ForeignFileError(f"{path}: not a tgmae text-embedding cache ({kind}), so it is never replaced "
+                                   f"(--rebuild or not); give {what} another file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                ours = meta.get("format") == CACHE_FORMAT
-                if ours:
-                    emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
+                emb, keys = f.get_tensor("embeddings").float(), f.get_tensor("keys")
         except Exception as e:  # safetensors raises its own error types for truncated files
-            raise EmbeddingCacheError(f"{path}: unreadable embedding cache ({e}); delete it to rebuild") from None
-        if not ours:
-            raise ForeignFileError(f"{path}: not a tgmae text-embedding cache (format={meta.get('format')!r}), "
-                                   "so it is never replaced (--rebuild or not); give the cache another file")
+            raise DamagedCacheError(f"{path}: damaged embedding cache ({e}).") from None
         if keys.ndim != 2 or keys.shape[1] != 16 or keys.shape[0] != emb.shape[0]:
-            raise EmbeddingCacheError(f"{path}: keys {tuple(keys.shape)} do not match embeddings {tuple(emb.shape)}")
-        identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""))
+            raise DamagedCacheError(f"{path}: damaged embedding cache: keys {tuple(keys.shape)} do not match "
+                                    f"embeddings {tuple(emb.shape)}.")
+        identity = ModelIdentity(meta.get("model", ""), meta.get("config_hash", ""), meta.get("weights", ""),
+                                 meta.get("pooling", ""))
         return cls(identity, emb, [bytes(row) for row in keys.tolist()])
 
     @classmethod
     def open(cls, path: str | Path, identity: ModelIdentity, rebuild: bool = False,
-             way_out: str = REBUILD_WAY_OUT) -> "EmbeddingCache":
-        """The cache at `path` for `identity`: empty if missing; a mismatch raises unless `rebuild`
-        (`way_out`: what the command that chose `path` offers)."""
+             way_out: str = REBUILD_WAY_OUT, what: str = "the cache") -> "EmbeddingCache":
+        """The cache at `path` for `identity`: empty if missing; a damaged cache or one of another
+        model raises (`way_out`: what the command that chose `path` offers) unless `rebuild`. A file
+        that is not a cache (ForeignFileError, naming `what`) raises, `rebuild` or not."""
         path = Path(path)
         if not path.exists():
             return cls(identity)
         try:
-            cache = cls.read(path)
-        except ForeignFileError:
-            raise
-        except EmbeddingCacheError:
-            if rebuild:  # an unreadable (torn) file
-                return cls(identity)
-            raise
-        old, new = cache.identity, identity
-        same_model = (old.model, old.config_hash) == (new.model, new.config_hash)
-        if not same_model or (old.weights != new.weights and new.weights):  # "" = no local weights to compare
+            cache = cls.read(path, what)
+        except DamagedCacheError as e:
             if rebuild:
                 return cls(identity)
+            raise DamagedCacheError(f"{e} {way_out}") from None
+        old, new = cache.identity, identity
+        same_model = (old.model, old.config_hash) == (new.model, new.config_hash)
+        same_files = (old.weights == new.weights or not new.weights) and new.same_pooling(old)  # "" = not local
+        if not same_model or not same_files:
+            if rebuild:
+                return cls(identity)
+            if same_model and not new.same_pooling(old):
+                was = old.pooling or "unrecorded: cls, max or mean"
+                raise EmbeddingCacheError(f"embedding cache {path} was pooled otherwise ({was}; {new.model!r} "
+                                          f"pools {new.pooling}): its embeddings are stale. {way_out}")
             if same_model:
                 raise EmbeddingCacheError(
                     f"embedding cache {path} was built with other weights of {new.model!r}, or other config / "
@@ -229,34 +272,11 @@ class EmbeddingCache:
         keys = sorted(self._row, key=self._row.__getitem__)
         key_t = torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(len(keys), 16)
         meta = {"format": CACHE_FORMAT, "model": self.identity.model, "config_hash": self.identity.config_hash,
-                "weights": self.identity.weights, "normalized": "l2", "count": str(len(keys)), "dim": str(self.dim)}
+                "weights": self.identity.weights, "pooling": self.identity.pooling, "normalized": "l2",
+                "count": str(len(keys)), "dim": str(self.dim)}
         remove_stale_temps(path.parent)  # of saves killed before their rename
         with atomic_path(path, fsync=True, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file({"embeddings": self.embeddings.contiguous(), "keys": key_t}, str(tmp), metadata=meta)
-
-
-def sentence_pooling(name_or_path: str) -> str:
-    """Pooling of a sentence-transformers model folder or cached hub id ("mean" | "cls" | "max",
-    from its 1_Pooling/config.json); "mean" when the model has none (plain transformers models)."""
-    config_file: Optional[str | Path] = None
-    if looks_like_path(name_or_path):
-        found = sorted(Path(name_or_path).expanduser().glob("*Pooling/config.json"))
-        config_file = found[0] if found else None
-    else:
-        from transformers.utils import cached_file
-
-        try:
-            config_file = cached_file(name_or_path, "1_Pooling/config.json", local_files_only=True,
-                                      _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            config_file = None
-    if not config_file:
-        return "mean"
-    modes = json.loads(Path(config_file).read_text())
-    for mode in ("cls", "max", "mean"):
-        if modes.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
-            return mode
-    return "mean"
 
 
 class TextEmbedder:
@@ -265,9 +285,10 @@ class TextEmbedder:
     CLIP checkpoints load only the text tower (`CLIPTextModelWithProjection`: projected
     `text_embeds`); other models with `get_text_features` (e.g. SigLIP) load whole; any other
     transformers model (a BERT, a sentence-transformers folder) is a sentence encoder: its last
-    hidden states [N, L, H] pooled over the real tokens as its sentence-transformers pooling config
-    says (mean when it has none). Texts are truncated to the model's context. setting: the key or
-    flag that named the model (`--clip`, `captions.text_model`), named in ModelUnavailableError
+    hidden states [N, L, H] pooled over the real tokens as its sentence-transformers files say
+    (`tgmae.captions.pooling`: mean when it has none; a module or mode it does not reproduce, a
+    Dense projection, is refused by `ModelIdentity.of`). Texts are truncated to the model's
+    context. setting: the key or flag that named the model (`--clip`, `captions.text_model`), named in ModelUnavailableError
     (a folder that is no saved text model: empty, a run folder, a video model without a tokenizer).
     """
 
@@ -298,7 +319,7 @@ class TextEmbedder:
         self.model_type = config.model_type
         # "features": the model's get_text_features; else a sentence pooling of its hidden states
         self.pooling = ("features" if self.model_type in ("clip", "clip_text_model")
-                        or hasattr(self.model, "get_text_features") else sentence_pooling(name_or_path))
+                        or hasattr(self.model, "get_text_features") else self.identity.pooling)
         context = getattr(text_cfg, "max_position_embeddings", None) or 77
         tok_max = getattr(self.tokenizer, "model_max_length", context) or context
         self.max_length = int(min(context, tok_max))
@@ -330,17 +351,6 @@ class TextEmbedder:
         return torch.cat(chunks)[torch.argsort(torch.tensor(order))]  # back to the texts' order
 
 
-def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sentence vector [N, H] from token states [N, L, H] and attention_mask [N, L] (1 = token):
-    "mean" over real tokens, "max" over them, or the first ("cls") token."""
-    if mode == "cls":
-        return hidden[:, 0]
-    real = attention_mask[..., None].to(hidden.dtype)
-    if mode == "max":
-        return hidden.masked_fill(real == 0, float("-inf")).amax(dim=1)
-    return (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
-
-
 def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:
     """`<captions stem>.<model slug>-<hash8>.emb.safetensors` next to the captions file; the hash
     covers the model's name and its weights' fingerprint, so new weights get a new cache."""
@@ -368,11 +378,12 @@ def embed_texts(texts: Sequence[str], clip_model: str, cache_path: str | Path, b
     check_kind(cache_path, CACHE_SETTING, folder=False)  # a folder there is the user's: refused, never "delete it"
     identity = ModelIdentity.of(clip_model, setting)
     way_out = way_out or REBUILD_WAY_OUT
-    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)
+    cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out, what=CACHE_SETTING)
     if not cache.missing(texts) and Path(cache_path).exists() and not rebuild:
         return cache.lookup(texts)
     with hold(cache_path, CACHE_SETTING, wait=WRITE_WAIT_S, folder=False):
-        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out)  # as the last writer left it
+        cache = EmbeddingCache.open(cache_path, identity, rebuild=rebuild, way_out=way_out,
+                                    what=CACHE_SETTING)  # as the last writer left it
         missing = cache.missing(texts)
         if missing or not Path(cache_path).exists():
             if missing:
