@@ -317,11 +317,13 @@ def test_eval_masks_on_a_cache_of_another_patch_size_names_the_matching_flags(sy
     from tgmae.clip.data import read_split_ids
 
     cache = tmp_path / "cache"
-    ensure_cache(synth, read_split_ids(synth, "train")[:1], str(trained_clip), "faithful", str(cache),
+    # two videos: at 4 x 4 tokens (128 px, patch 32) the first clip has no token on the object
+    # (left out), the second has
+    ensure_cache(synth, read_split_ids(synth, "train")[:2], str(trained_clip), "faithful", str(cache),
                  128, 32, 2, progress=False)
     before = (cache / "manifest.json").read_text()
     args = ["eval-masks", "--root", str(synth), "--clip", str(trained_clip), "--num-frames", "8",
-            "--image-size", "128", "--split", "train", "--max-videos", "1", "--cache", str(cache), "--no-progress"]
+            "--image-size", "128", "--split", "train", "--max-videos", "2", "--cache", str(cache), "--no-progress"]
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]  # not HF's bars
     assert len(err) == 1 and "--patch-size 32" in err[0] and "--rebuild" in err[0] and "--cache" in err[0], err
@@ -342,3 +344,102 @@ def test_the_table_gives_no_ratio_to_a_random_precision_of_zero():
     some = MaskQuality({"random": {"precision": 0.01, "recall": 0.9, "ratio": 0.9},
                         "tube": {"precision": 0.02, "recall": 0.5, "ratio": 0.9}}, 0.01, 1)
     assert format_table(some).splitlines()[2].split()[4] == "2.00"
+
+
+@pytest.mark.parametrize("target", ["clip_config", "clip_new", "clip_itself", "cache", "default_cache", "masks",
+                                    "videos"])
+def test_eval_masks_out_refuses_a_folder_it_reads(tmp_path, capsys, target):
+    """Re-trial 24A (S4): `eval-masks --clip clipA --out clipA/config.json --overwrite` replaced the
+    CLIP model's config.json (exit 0, the model folder broken); only the set's own files and runs
+    were refused. Now --out anywhere inside a folder eval-masks reads or writes (--clip, the
+    similarity cache, the set's masks/ and videos/) is refused in one line naming the folder's flag,
+    --overwrite or not, before anything is read."""
+    from tgmae.cli import main as cli_main
+
+    root = tmp_path / "set"
+    for sub in ("masks", "videos"):
+        (root / sub).mkdir(parents=True)
+    (root / "masks" / "synth_00000.npz").write_bytes(b"npz")
+    (root / "captions.jsonl").write_text("{}\n")
+    clip = tmp_path / "clipA"
+    clip.mkdir()
+    (clip / "config.json").write_text('{"model_type": "clip"}')
+    cache = tmp_path / "cache"
+    out, flag, extra = {
+        "clip_config": (clip / "config.json", "--clip", []),
+        "clip_new": (clip / "motion" / "r.json", "--clip", []),
+        "clip_itself": (clip, "--clip", []),
+        "cache": (cache / "r.json", "--cache", ["--cache", str(cache)]),
+        "default_cache": (root / "mask_cache" / "clipA-faithful" / "r.json", "--cache", []),
+        "masks": (root / "masks" / "synth_00000.npz", "--root", []),
+        "videos": (root / "videos" / "r.json", "--root", []),
+    }[target]
+    args = ["eval-masks", "--root", str(root), "--clip", str(clip), "--split", "train", "--no-progress",
+            "--out", str(out), "--overwrite", *extra]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(out) in err and "--out" in err and f"({flag}" in err, err
+    assert (clip / "config.json").read_text() == '{"model_type": "clip"}'
+    assert (root / "masks" / "synth_00000.npz").read_bytes() == b"npz"
+    assert not (clip / "motion").exists() and not cache.exists() and not (root / "mask_cache").exists()
+    assert not (root / "videos" / "r.json").exists()
+
+
+def test_eval_masks_refuses_clips_without_an_object_token(synth, tmp_path, capsys):
+    """Re-trial 24A (M4): at --image-size 32 (2 x 2 tokens a frame) no clip holds a token on the
+    object, and eval-masks printed and wrote precision 0 / recall 0 for every algorithm ("object
+    tokens: 0.0000 of all"): "nothing to find" read as "missed everything". Now one line naming
+    the settings to change, exit 2, nothing written."""
+    from tgmae.cli import main as cli_main
+
+    out = tmp_path / "em1.json"
+    args = ["eval-masks", "--root", str(synth), "--num-frames", "4", "--image-size", "32", "--split", "train",
+            "--no-progress", "--out", str(out)]
+    assert cli_main(args) == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and "--min-cover" in err[0] and "--image-size" in err[0] and "--patch-size" in err[0], err
+    assert "recall" not in captured.out and not out.exists()
+    # an empty split measured nothing either (NaN ratios, exit 0); now refused naming --split
+    (tmp_path / "empty").mkdir()
+    for name in ("masks", "videos"):
+        (tmp_path / "empty" / name).mkdir()
+    (tmp_path / "empty" / "captions.jsonl").write_text("")
+    (tmp_path / "empty" / "val.csv").write_text("path,label,caption,video_id\n")
+    assert cli_main(["eval-masks", "--root", str(tmp_path / "empty"), "--no-progress", "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tgmae")]
+    assert len(err) == 1 and "--split" in err[0] and "val.csv" in err[0], err
+    assert not out.exists()
+
+
+def test_eval_masks_leaves_out_clips_without_an_object_token(synth, tmp_path, capsys):
+    """Re-trial 24A (M4): where only some clips hold a token on the object (64 px: 4 x 4 tokens),
+    those without one are left out of every algorithm's sums and counted in the printout; no
+    written recall is a 0 of a set without positives."""
+    from tgmae.cli import main as cli_main
+    from tgmae.clip.data import read_split_ids
+    from tgmae.masking.quality import evaluate_masks
+
+    q = evaluate_masks(synth, None, ratio=0.5, split="train", num_frames=8, image_size=64, progress=False)
+    n = len(read_split_ids(synth, "train"))
+    assert 0 < q.videos < n and q.videos + len(q.left_out) == n
+    assert q.object_fraction > 0
+    for r in q.results.values():
+        assert r["recall"] is not None and r["ratio"] == pytest.approx(0.5)
+    out = tmp_path / "em.json"
+    assert cli_main(["eval-masks", "--root", str(synth), "--num-frames", "8", "--image-size", "64", "--split",
+                     "train", "--ratio", "0.5", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{q.videos} videos" in printed and f"{len(q.left_out)} left out" in printed, printed
+    assert json.loads(out.read_text()) == q.results
+
+
+def test_the_table_and_json_give_no_number_where_nothing_was_masked():
+    """A precision with no masked token (or a recall with no object token) is undefined: the
+    table prints "-" for it, never 0."""
+    from tgmae.masking.quality import MaskQuality, format_table
+
+    q = MaskQuality({"random": {"precision": None, "recall": 0.0, "ratio": 0.0},
+                     "tube": {"precision": 0.5, "recall": None, "ratio": 0.5}}, 0.1, 1)
+    rows = format_table(q).splitlines()
+    assert rows[1].split()[2] == "-" and rows[2].split()[3] == "-"

@@ -7,14 +7,27 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.errors import count
-from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results
+from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results, similarity_cache_dir
 from tgmae.commands.args import Parser
 
 log = logging.getLogger(__name__)
+
+
+def folders_read(root: Path, clip: Optional[str], mode: str, cache: Optional[str]) -> list[tuple[Path, str]]:
+    """The folders eval-masks reads or writes, each with the flag naming it: the set's masks/ and
+    videos/, a local --clip folder and the similarity cache. A report file inside one would break
+    the set, the CLIP model (its config.json) or the cache (a file it does not know)."""
+    folders = [(root / "masks", "--root"), (root / "videos", "--root")]
+    if clip and Path(clip).is_dir():  # a hub name is no folder of the user's
+        folders.append((Path(clip), "--clip"))
+    cache = similarity_cache_dir(root, clip, mode, cache)
+    if cache:
+        folders.append((Path(cache), "--cache"))
+    return folders
 
 
 def main(argv: Sequence[str]) -> int:
@@ -59,7 +72,8 @@ def main(argv: Sequence[str]) -> int:
 
         check_report_out(args.out, str(root), str(root / "captions.jsonl"), args.overwrite, tool="tgmae eval-masks",
                          is_report=is_quality_results, inputs=[f for f in root.iterdir() if f.is_file()],
-                         read_as="the synthetic set's caption file being read")
+                         read_as="the synthetic set's caption file being read",
+                         folders=folders_read(root, args.clip, args.mode, args.cache))
         check_writable(args.out, keep_new_folders=False)
     if not args.clip:
         log.warning("eval-masks: no --clip given: TGM rows need a CLIP (e.g. `tgmae train-clip`); skipping them")
@@ -71,8 +85,12 @@ def main(argv: Sequence[str]) -> int:
         max_videos=args.max_videos, seed=args.seed, cache_stride=args.cache_stride,
         progress=not args.no_progress, rebuild=args.rebuild,
     )
+    left = quality.left_out
     print(f"eval-masks: {count(quality.videos, 'video')} of {args.root} ({args.split}), "
-          f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames")
+          f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames"
+          + (f"; {len(left)} left out, no token with {args.min_cover:g} of its pixels on the object at "
+             f"{args.image_size // args.patch_size} x {args.image_size // args.patch_size} tokens a frame "
+             f"(--min-cover, --image-size, --patch-size)" if left else ""))
     print(format_table(quality))
     if args.out:
         atomic_write_text(args.out, json.dumps(quality.results, indent=2) + "\n")

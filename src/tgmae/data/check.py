@@ -71,13 +71,16 @@ def is_check_report(path: str | Path, keys: Sequence[str] = REPORT_KEYS) -> bool
 def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bool = False, *,
                      what: str = "--out", tool: str = "tgmae data check",
                      is_report: Callable[[Path], bool] = is_check_report, inputs: Sequence[str | Path] = (),
-                     read_as: str = "the annotation list being read") -> None:
+                     read_as: str = "the annotation list being read",
+                     folders: Sequence[tuple[str | Path, str]] = ()) -> None:
     """Refuse, before any video is checked, a report file `out` that would replace what is not an
     earlier report: RunFolderError when it lies inside a run (`locks.refuse_inside_run`) and
     ReportFileError when it is the annotation list being read or one of `inputs` (files the tool
-    reads or writes), --overwrite or not, or another existing file without `overwrite`; each names `out`
-    and `what` (the flag). `tool` / `is_report`: whose reports are replaced (`is_check_report`);
-    `read_as`: what `annotations` is to the tool, for the refusal."""
+    reads or writes), or is or lies inside one of `folders` ((folder, the flag naming it): folders
+    the tool reads or writes, e.g. a model folder, whose loader a new or replaced file can break),
+    --overwrite or not, or another existing file without `overwrite`; each names `out` and `what`
+    (the flag). `tool` / `is_report`: whose reports are replaced (`is_check_report`); `read_as`:
+    what `annotations` is to the tool, for the refusal."""
     refuse_inside_run(out, what)  # a run's config.yaml, metrics, checkpoints
     target = Path(out).resolve()
     ann = Path(annotations) if Path(annotations).exists() else Path(root) / annotations
@@ -87,6 +90,12 @@ def check_report_out(out: str | Path, root: str, annotations: str, overwrite: bo
     if any(target == Path(f).resolve() for f in inputs):
         raise ReportFileError(f"{out} ({what}): is a file {tool} reads or writes, which the report would "
                               "replace (--overwrite or not); give the report another file")
+    for folder, flag in folders:
+        if target.is_relative_to(Path(folder).resolve()):
+            where = "is" if target == Path(folder).resolve() else "lies inside"
+            raise ReportFileError(f"{out} ({what}): {where} {folder} ({flag}), a folder {tool} reads or writes, "
+                                  "which the report would change (--overwrite or not); give the report a file "
+                                  "outside it")
     if target.is_file() and not overwrite and not is_report(target):
         raise ReportFileError(f"{out} ({what}): exists and is not a report of {tool}; give the report "
                               "a new file, or --overwrite to replace it")

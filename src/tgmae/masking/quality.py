@@ -6,12 +6,14 @@ similarity cache built on the fly). A token is "on the object" when at least `mi
 pixels (tubelet mean) belong to the acting object. Summed over videos: precision = masked object
 tokens / masked tokens, recall = masked object tokens / object tokens. Precision is capped by
 the ratio (object fraction f, ratio r: at most min(1, f / r)), so all algorithms share one ratio
-unless `paper_ratios` (random/tube 0.9, MGM 0.75, TGM 0.6).
+unless `paper_ratios` (random/tube 0.9, MGM 0.75, TGM 0.6). A clip without a token on the object
+(too coarse a token grid for its object, or too high a `min_cover`) has no recall to give: it is
+left out of every sum and counted; a split with no such clip is refused (NothingToMeasureError).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tgmae.config import CROP_SCALES
+from tgmae.errors import SettingsError, count
 from tgmae.mask_contract import CropParams, MaskContext
 from tgmae.masking.mgm import MotionGuidedMask
 from tgmae.masking.motion import stack_codec_motion
@@ -39,16 +42,25 @@ def is_quality_results(path: str | Path) -> bool:
             and all(isinstance(r, dict) and {"precision", "recall", "ratio"} <= set(r) for r in res.values()))
 
 
+class NothingToMeasureError(SettingsError):
+    """eval-masks has nothing to measure at the settings given: the split lists no video, or no
+    clip has a token on the object; the message names the flags to change."""
+
+
 PAPER_RATIOS = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm_top": 0.6, "tgm_bottom": 0.6}
 
 
 @dataclass
 class MaskQuality:
-    """results {algorithm: {precision, recall, ratio}}; object_fraction: object tokens / tokens."""
+    """results {algorithm: {precision, recall, ratio}} over the `videos` measured (precision None
+    where nothing was masked, recall None where no token is on the object: undefined, never 0);
+    object_fraction: object tokens / tokens; left_out: ids of the split's videos whose clip has no
+    token on the object, left out of every sum."""
 
-    results: dict[str, dict[str, float]]
+    results: dict[str, dict[str, Optional[float]]]
     object_fraction: float
     videos: int
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,8 +134,10 @@ def evaluate_masks(
     augment: bool = False, min_cover: float = 0.5, max_videos: Optional[int] = None, seed: int = 0,
     cache_stride: int = 2, progress: bool = True, rebuild: bool = False,
 ) -> MaskQuality:
-    """Precision / recall / ratio per algorithm over the split (module docstring). rebuild: empty
-    the similarity cache first (one built differently is refused otherwise)."""
+    """Precision / recall / ratio per algorithm over the split's clips with a token on the object
+    (module docstring). rebuild: empty the similarity cache first (one built differently is
+    refused otherwise). NothingToMeasureError, before CLIP is loaded, when the split lists no video
+    or no clip has a token on the object."""
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store
@@ -131,34 +145,70 @@ def evaluate_masks(
 
     root = Path(root)
     ids = read_split_ids(root, split)[: max_videos or None]
+    if not ids:
+        raise NothingToMeasureError(f"{root / f'{split}.csv'} lists no video: nothing to measure; give --split a "
+                                    "split with videos")
     caps = {r.video_id: r.captions for r in read_store(root / "captions.jsonl").records}
     ratios = dict(PAPER_RATIOS) if paper_ratios else dict.fromkeys(PAPER_RATIOS, ratio)
     grid = (num_frames // tubelet, image_size // patch_size, image_size // patch_size)
-    if clip_model:
-        cache_dir = cache_dir or str(root / "mask_cache" / f"{Path(clip_model).name}-{mode}")
-        ensure_cache(root, ids, clip_model, mode, cache_dir, image_size, patch_size, cache_stride, progress,
-                     rebuild, way_out=cache_way_out(cache_dir, mode=mode, frame_stride=cache_stride,
-                                                   image_size=image_size, patch_size=patch_size),
-                     setting=EVAL_SETTING)
-    gens = make_generators(ratios, cache_dir if clip_model or cache_dir else None)
-    totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
-    for i, vid in enumerate(tqdm(ids, desc="eval-masks", unit="video", disable=not progress)):
+
+    def load(i: int) -> tuple[EvalClip, torch.Generator]:  # alike in both passes: the same draws
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        clip = load_eval_clip(root, vid, str(root / "videos" / f"{vid}.mp4"), caps[vid], grid,
-                              num_frames, frame_stride, image_size, augment, g)
+        return load_eval_clip(root, ids[i], str(root / "videos" / f"{ids[i]}.mp4"), caps[ids[i]], grid,
+                              num_frames, frame_stride, image_size, augment, g), g
+
+    # a first pass, before the cache is built for them: a refusal then leaves no cache made at
+    # the settings it asks to change
+    keep = [i for i in tqdm(range(len(ids)), desc="eval-masks objects", unit="video", disable=not progress)
+            if bool((load(i)[0].object_cover >= min_cover).any())]
+    if not keep:
+        raise no_object_error(root, split, len(ids), min_cover, image_size, patch_size)
+    cache_dir = similarity_cache_dir(root, clip_model, mode, cache_dir)
+    if clip_model:
+        ensure_cache(root, [ids[i] for i in keep], clip_model, mode, cache_dir, image_size, patch_size, cache_stride,
+                     progress, rebuild, way_out=cache_way_out(cache_dir, mode=mode, frame_stride=cache_stride,
+                                                             image_size=image_size, patch_size=patch_size),
+                     setting=EVAL_SETTING)
+    gens = make_generators(ratios, cache_dir)
+    totals = {name: np.zeros(3) for name in gens}  # hit, masked, object
+    for i in tqdm(keep, desc="eval-masks", unit="video", disable=not progress):
+        clip, g = load(i)
         obj = (clip.object_cover >= min_cover).reshape(-1)
         text = None
         if "tgm_top" in gens:  # the caption drawn for this sample, embedded by the cache's CLIP
-            entry = gens["tgm_top"].cache.entry(vid)
+            entry = gens["tgm_top"].cache.entry(ids[i])
             text = entry.text[int(torch.randint(entry.text.shape[0], (1,), generator=g))]
         ctx = clip_context(clip, grid, text)
         for name, gen in gens.items():
             mask = gen(ctx, torch.Generator().manual_seed(seed * 7919 + i))
             totals[name] += [float((mask & obj).sum()), float(mask.sum()), float(obj.sum())]
-    n_tok = float(np.prod(grid)) * len(ids)
-    out = {name: {"precision": hit / max(masked, 1.0), "recall": hit / max(objects, 1.0), "ratio": masked / n_tok}
-           for name, (hit, masked, objects) in totals.items()}
-    return MaskQuality(out, float(totals["random"][2] / n_tok), len(ids))
+    n_tok = float(np.prod(grid)) * len(keep)
+    out = {name: {"precision": hit / masked if masked else None, "recall": hit / objects if objects else None,
+                  "ratio": masked / n_tok} for name, (hit, masked, objects) in totals.items()}
+    kept = set(keep)
+    left_out = [vid for i, vid in enumerate(ids) if i not in kept]
+    return MaskQuality(out, float(totals["random"][2] / n_tok), len(keep), left_out)
+
+
+def similarity_cache_dir(root: str | Path, clip_model: Optional[str], mode: str,
+                         cache_dir: Optional[str]) -> Optional[str]:
+    """The similarity cache folder eval-masks reads (and, with a CLIP, writes): `cache_dir`, else
+    with a CLIP ROOT/mask_cache/<CLIP folder name>-<mode>; None without either (no TGM rows)."""
+    if cache_dir or not clip_model:
+        return cache_dir
+    return str(Path(root) / "mask_cache" / f"{Path(clip_model).name}-{mode}")
+
+
+def no_object_error(root: Path, split: str, videos: int, min_cover: float, image_size: int,
+                    patch_size: int) -> NothingToMeasureError:
+    """The refusal of a split none of whose `videos` clips has a token on the object, naming the
+    flags that give one: a lower --min-cover, or a finer token grid."""
+    side = image_size // patch_size
+    return NothingToMeasureError(
+        f"{root} ({split}): no clip of its {count(videos, 'video')} has a token with {min_cover:g} of its pixels "
+        f"on the object (--min-cover {min_cover:g}) at {side} x {side} tokens a frame (--image-size {image_size}, "
+        f"--patch-size {patch_size}): no recall to measure; lower --min-cover, or give a frame more tokens "
+        "(a larger --image-size or a smaller --patch-size)")
 
 
 EVAL_SETTING = "similarity cache folder (eval-masks --cache)"  # what chose it, in eval-masks' refusals
@@ -216,14 +266,19 @@ def ensure_cache(root: Path, ids: Sequence[str], clip_model: str, mode: str, cac
 
 
 def format_table(quality: MaskQuality) -> str:
+    """The printout of `quality`: one row per algorithm, "-" for an undefined number (None)."""
     results, object_fraction = quality.results, quality.object_fraction
     lines = [f"{'algorithm':<12} {'ratio':>6} {'precision':>10} {'recall':>8} {'prec/random':>12} {'ceiling':>8}"]
-    base = results.get("random", {}).get("precision", 0.0)
+    base = results.get("random", {}).get("precision") or 0.0
+
+    def num(x: Optional[float], width: int, digits: int = 4) -> str:
+        return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
     for name, r in results.items():
         ceiling = min(1.0, object_fraction / max(r["ratio"], 1e-9))
         # random masking that hit no object token (too few videos, or none): no ratio to give
-        ratio = f"{r['precision'] / base:>12.2f}" if base > 0 else f"{'-':>12}"
-        lines.append(f"{name:<12} {r['ratio']:>6.3f} {r['precision']:>10.4f} {r['recall']:>8.4f} "
+        ratio = num(r["precision"] / base if base > 0 and r["precision"] is not None else None, 12, 2)
+        lines.append(f"{name:<12} {r['ratio']:>6.3f} {num(r['precision'], 10)} {num(r['recall'], 8)} "
                      f"{ratio} {ceiling:>8.4f}")
     lines.append(f"(object tokens: {object_fraction:.4f} of all; ceiling = best possible precision at that ratio"
                  + ("; prec/random: - as random masking hit no object token" if base <= 0 else "") + ")")
