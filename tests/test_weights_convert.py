@@ -341,3 +341,72 @@ def test_convert_reads_a_pth_once(tmp_path, monkeypatch, decoder):
     monkeypatch.setattr(torch, "load", counting)
     assert main([str(src), str(tmp_path / "x.safetensors")]) == 0
     assert calls == [True]
+
+
+def _tgmae_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("tgmae")]
+
+
+@pytest.mark.parametrize("pretraining", [True, False])
+def test_the_assumed_keys_survive_export_hf_and_convert(tmp_path, caplog, pretraining):
+    """Fix K: `export-hf` of a file converted from a .pth that does not state its clip length wrote
+    config.json's num_frames as a fact and a model card silent on it, and `convert` of our file or of that
+    folder dropped the record: a guessed geometry passed on as a known one. Each step now records the
+    assumed keys (our metadata `assumed`, config.json `tgmae_assumed`, the card) and warns of them."""
+    import json
+
+    src, first = tmp_path / "pt.pth", tmp_path / "a.safetensors"
+    _official_pth(src)
+    assert main([str(src), str(first), "--image-size", "16"]) == 0
+    assumed = ["num_frames", "num_heads"] + (["decoder_heads", "norm_pix_loss"] if pretraining else [])
+    hf, back, again = tmp_path / "hf", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert cli_main(["export-hf", str(first), str(hf), *(["--pretraining"] if pretraining else [])]) == 0
+    said = _tgmae_warnings(caplog)
+    assert any(str(hf) in s and all(k in s for k in assumed) for s in said), said
+    config = json.loads((hf / "config.json").read_text())
+    assert config["tgmae_assumed"] == assumed and config["num_frames"] == 16
+    card = (hf / "README.md").read_text()
+    assert "assumed" in card and all(f"`{k}`" in card for k in assumed) and "--num-frames" in card
+    for source, out in ((hf, back), (back, again)):  # an export-hf folder -> ours, ours -> ours
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tgmae"):
+            assert main([str(source), str(out)]) == 0
+        said = _tgmae_warnings(caplog)
+        assert len(said) == 1 and str(source) in said[0] and all(k in said[0] for k in assumed), said
+        assert json.loads(_meta(out)["assumed"]) == assumed
+
+
+def test_a_pth_that_states_everything_leaves_no_record_through_export_hf_and_back(tmp_path, caplog):
+    import json
+
+    src, first, hf, back = tmp_path / "pt.pth", tmp_path / "a.safetensors", tmp_path / "hf", tmp_path / "b.safetensors"
+    _official_pth(src, args=dict(num_frames=4, input_size=16, tubelet_size=2, normlize_target=True))
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main([str(src), str(first), "--num-heads", "6", "--decoder-heads", "3"]) == 0
+        assert cli_main(["export-hf", str(first), str(hf), "--pretraining"]) == 0
+        assert main([str(hf), str(back)]) == 0
+    assert _tgmae_warnings(caplog) == []
+    assert "tgmae_assumed" not in json.loads((hf / "config.json").read_text())
+    assert "assumed" not in (hf / "README.md").read_text()
+    assert "assumed" not in _meta(first) and "assumed" not in _meta(back)
+
+
+def test_a_stated_geometry_is_no_longer_assumed(tmp_path, caplog):
+    """Converting our file again with --num-frames states it: the record keeps only what is still a guess."""
+    import json
+
+    src, first, out = tmp_path / "pt.pth", tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    _official_pth(src)
+    assert main([str(src), str(first), "--image-size", "16"]) == 0
+    assert main([str(first), str(out), "--num-frames", "4"]) == 0
+    assert json.loads(_meta(out)["assumed"]) == ["num_heads", "decoder_heads", "norm_pix_loss"]
+    # an export-hf folder whose config.json was edited to another clip length states that one
+    hf = tmp_path / "hf"
+    assert cli_main(["export-hf", str(first), str(hf)]) == 0
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "num_frames": 8}))
+    assert main([str(hf), str(tmp_path / "c.safetensors")]) == 0
+    assert json.loads(_meta(tmp_path / "c.safetensors")["assumed"]) == ["num_heads"]
+    assert load_encoder_source(tmp_path / "c.safetensors").arch.num_frames == 8

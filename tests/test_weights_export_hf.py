@@ -401,3 +401,23 @@ def test_a_classifier_with_another_fc_norm_eps_says_what_to_do_and_exports_with_
     assert "--hf-fc-norm-eps" in (tmp_path / "out" / "README.md").read_text()
     assert main([str(saved), str(tmp_path / "enc"), "--hf-fc-norm-eps"]) == 2  # a classifier export's option only
     assert "--classifier" in capsys.readouterr().err
+
+
+def test_an_official_pth_exported_directly_records_what_it_assumes(tmp_path, caplog):
+    """Fix K: export-hf of an official .pth (no convert between) wrote the clip length it assumed as
+    config.json's fact; it is recorded (`tgmae_assumed`), said in the card and warned of, and what an
+    option states (--num-heads) is not."""
+    import argparse
+
+    arch = VideoMAEArch(embed_dim=384, depth=1, num_heads=6, mlp_ratio=1.0, patch_size=8, tubelet_size=2,
+                        num_frames=4, image_size=16, decoder_dim=192, decoder_depth=1, decoder_heads=3)
+    src = tmp_path / "pt.pth"
+    torch.save({"model": VideoMAEPretrainer(arch).state_dict(), "args": argparse.Namespace(input_size=16)}, src)
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main([str(src), str(tmp_path / "hf"), "--pretraining", "--num-heads", "6"]) == 0
+    assumed = ["num_frames", "decoder_heads", "norm_pix_loss"]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["tgmae_assumed"] == assumed
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "`num_frames` = 16" in card and "`num_heads`" not in card
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "tgmae"]
+    assert len(said) == 1 and str(tmp_path / "hf") in said[0] and "num_heads" not in said[0], said

@@ -55,3 +55,17 @@ def test_card_labels_results_names_changes_and_shows_no_local_paths(tmp_path):
     assert "at step 12: optim.lr 0.001 -> 0.0005" in card and "config_changes.jsonl" in card
     assert str(tmp_path) not in card and "# classifier" not in card
     assert "\n# VideoMAE video classifier (tgmae)\n" in card
+
+
+def test_the_card_says_which_fields_were_assumed_and_how_to_state_them():
+    from tgmae.models import VideoMAEArch
+    from tgmae.weights.model_card import RunInfo, render_card
+
+    kwargs = dict(kind="encoder", hf_class="VideoMAEModel", arch=VideoMAEArch(), checkpoint="a.safetensors",
+                  run=RunInfo(), mean=(0.5,) * 3, std=(0.2,) * 3, frame_stride=1, class_names=[], check="",
+                  version="0")
+    card = render_card(**kwargs, assumed=["num_frames", "num_heads"])
+    line = next(x for x in card.splitlines() if "Assumed, not known" in x)
+    assert "`num_frames` = 16" in line and "`num_heads` = 4" in line and "`image_size`" not in line
+    assert "`--num-frames`, `--num-heads`" in line and "tgmae_assumed" in line
+    assert "ssumed" not in render_card(**kwargs)

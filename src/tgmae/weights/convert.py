@@ -2,7 +2,8 @@
 
 What SRC holds decides what OUT is: a pretraining model -> our pretraining file, a classifier ->
 our classifier file (class names from `id2label`), an encoder alone -> our encoder file. What
-`tgmae export-hf` writes converts back bit for bit (the export keeps our arch as `tgmae_arch`).
+`tgmae export-hf` writes converts back bit for bit (the export keeps our arch as `tgmae_arch`, and
+the fields a conversion assumed as `tgmae_assumed`, which stay recorded as assumed here).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinishe
 from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
-    load_pretraining_model,
+    load_pretraining,
     official_pretraining_model,
     save_encoder,
     save_pretraining_model,
@@ -70,7 +71,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     overrides: VideoMAEArch fields for pretraining checkpoints that do not store them (official
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss; a .pth's training `args`
     give the first and the last, and an override they contradict is a CheckpointError). What none
-    of them states is assumed (`_convert_official`). Raises CheckpointError (a ConfigError for a
+    of them states is assumed (`_convert_official`); what ours or an export-hf folder records as
+    assumed stays so in `out`, less what an option states. Raises CheckpointError (a ConfigError for a
     missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
     when it is the source, lies inside a run, or exists without `overwrite`; CheckpointError for a
     run folder without its final weights (`files.refuse_unfinished_run`).
@@ -84,10 +86,12 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     # Any layout but a .pth stores its head counts: a given value must agree, never be silently
     # replaced or ignored.
     stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides}
+    # What the source records as assumed (ours, an export-hf folder) stays recorded, less what an
+    # option now states; its reader has said it.
     if holds_decoder(src):
-        model = load_pretraining_model(src, **overrides)
+        model, assumed = load_pretraining(src, **overrides)
         check_stated_heads(src, model.arch, stated)
-        save_pretraining_model(model, out)
+        save_pretraining_model(model, out, [k for k in assumed if k not in stated])
         return _pretraining_summary(kind, model)
     source = load_encoder_source(src)  # no encoder: that is the fault
     _refuse_decoder_options(src, {**overrides, **stated})
@@ -95,7 +99,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:
         source.arch = dataclasses.replace(source.arch, **geometry)
-    return _save_encoder_source(kind, source, out)
+    return _save_encoder_source(kind, source, out, assumed=[k for k in source.assumed
+                                                                    if k not in {**geometry, **stated}])
 
 
 def _convert_official(src: Path, out: str | Path, overrides: dict[str, Any]) -> str:

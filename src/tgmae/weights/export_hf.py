@@ -7,18 +7,20 @@
 - `--pretraining`: `VideoMAEForPreTraining`, whose `logits` and `loss` equal our `pred` and `loss`.
 Beside the weights: `preprocessor_config.json` (our single-view evaluation transform) and a model
 card (`weights.model_card`). The folder is loaded back and compared with our model on a random
-clip (max abs difference <= TOLERANCE). It is written in a temp folder beside OUT_DIR, then moved
-into place: a failed export leaves OUT_DIR as it was.
+clip (max abs difference <= TOLERANCE). The fields a conversion assumed (`official.ASSUMED_META`)
+are recorded in config.json and the card, and warned of. It is written in a temp folder beside
+OUT_DIR, then moved into place: a failed export leaves OUT_DIR as it was.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,8 +41,11 @@ from tgmae.weights.files import (
 )
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
 from tgmae.weights.model_card import EXPORT_DATA_KEY, RunInfo, read_run, render_card, run_data_settings
-from tgmae.weights.pretraining import load_pretraining_model
+from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
+from tgmae.weights.pretraining import load_pretraining
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
+
+log = logging.getLogger("tgmae")
 
 TOLERANCE = 1e-4
 
@@ -180,15 +185,19 @@ def processor_settings(arch: VideoMAEArch, run: RunInfo) -> tuple[tuple[float, .
     return tuple(arch.pixel_mean), tuple(arch.pixel_std), 1
 
 
-def record_data_settings(config_json: Path, run: RunInfo) -> None:
-    """Add the run's clip settings (`run_data_settings`, when its config is known) to the export's
-    config.json under EXPORT_DATA_KEY: `tgmae evaluate` of the export tests it at them
-    (transformers keeps an unknown key as an attribute and uses none of it)."""
+def record_settings(config_json: Path, run: RunInfo, assumed: Sequence[str] = ()) -> None:
+    """Add to the export's config.json what HF's fields cannot say (transformers keeps an unknown key
+    as an attribute and uses none of it): the run's clip settings (`run_data_settings`, when its
+    config is known) under EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; the arch
+    fields assumed, not known (`official.ASSUMED_HF_KEY`), which `tgmae convert` of the folder and
+    every reader of it keep and warn of (`official.hf_assumed_meta`)."""
     from tgmae.atomic import atomic_write_text
 
-    if data := run_data_settings(run):
+    extra = {**({EXPORT_DATA_KEY: data} if (data := run_data_settings(run)) else {}),
+             **({ASSUMED_HF_KEY: list(assumed)} if assumed else {})}
+    if extra:
         config = json.loads(config_json.read_text())
-        atomic_write_text(config_json, json.dumps({**config, EXPORT_DATA_KEY: data}, indent=2) + "\n")
+        atomic_write_text(config_json, json.dumps({**config, **extra}, indent=2) + "\n")
 
 
 def write_processor_config(out: Path, arch: VideoMAEArch, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -206,13 +215,38 @@ def write_processor_config(out: Path, arch: VideoMAEArch, mean: Sequence[float],
     ).save_pretrained(str(out))
 
 
-def _pretraining_model(checkpoint: str | os.PathLike, **heads: int) -> VideoMAEPretrainer:
-    """A pretraining model from ours / official / HF, a training step folder (`resolve_checkpoint`),
-    or a run folder with its model.safetensors."""
-    p = resolve_checkpoint(checkpoint)
-    if p.is_dir() and not (p / "config.json").is_file() and (p / "model.safetensors").is_file():
-        p = p / "model.safetensors"
-    return load_pretraining_model(p, **heads)
+class ExportSource(NamedTuple):
+    """What `export_hf` writes: the model, its kind (encoder | classifier | pretraining), its class
+    names, and the arch fields assumed, not known (`official.ASSUMED_META`; the encoder's for an
+    encoder or classifier)."""
+
+    module: nn.Module
+    kind: str
+    class_names: list[str]
+    assumed: list[str]
+
+
+def export_source(checkpoint: str | os.PathLike, classifier: bool = False, pretraining: bool = False,
+                  num_heads: Optional[int] = None, decoder_heads: Optional[int] = None) -> ExportSource:
+    """The model `export_hf` writes for `checkpoint` (ours / official / HF, a training step folder
+    or a run folder), in eval mode. Head counts: `_heads_for`; --decoder-heads without
+    `pretraining` is a CheckpointError."""
+    build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
+    if pretraining:
+        p = resolve_checkpoint(checkpoint)
+        if p.is_dir() and not (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+            p = p / "model.safetensors"  # a run folder
+        model, assumed = load_pretraining(p, **build)
+        check_stated_heads(checkpoint, model.arch, stated)
+        return ExportSource(model.eval(), "pretraining", [], [k for k in assumed if k not in stated])
+    if "decoder_heads" in {**build, **stated}:
+        raise CheckpointError("--decoder-heads applies to --pretraining exports only (the others hold no decoder)")
+    src = load_encoder_source(checkpoint, num_heads=build.get("num_heads"))
+    check_stated_heads(checkpoint, src.arch, stated)
+    assumed = [k for k in src.assumed if k not in stated]
+    if classifier:
+        return ExportSource(build_classifier(src, keep_head=True).eval(), "classifier", list(src.class_names), assumed)
+    return ExportSource(src.build_encoder(), "encoder", [], assumed)
 
 
 # weight files of a transformers directory: those an earlier export left in an --overwrite'd
@@ -282,27 +316,11 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         raise ValueError("choose one of classifier / pretraining")
     if hf_fc_norm_eps and not classifier:
         raise CheckpointError("--hf-fc-norm-eps applies to --classifier exports only (the others have no fc_norm)")
-    names: list[str] = []
     if not Path(checkpoint).exists():
         raise checkpoint_not_found(checkpoint)
     check_output_folder(out_dir, checkpoint, overwrite)
     refuse_unfinished_run(checkpoint, "export")
-    build, stated = _heads_for(checkpoint, num_heads, decoder_heads)
-    if pretraining:
-        module: nn.Module = _pretraining_model(checkpoint, **build).eval()
-        check_stated_heads(checkpoint, module.arch, stated)
-        kind = "pretraining"
-    else:
-        if "decoder_heads" in {**build, **stated}:
-            raise CheckpointError("--decoder-heads applies to --pretraining exports only (the others hold no decoder)")
-        src = load_encoder_source(checkpoint, num_heads=build.get("num_heads"))
-        check_stated_heads(checkpoint, src.arch, stated)
-        if classifier:
-            module = build_classifier(src, keep_head=True).eval()
-            names = list(src.class_names)
-        else:
-            module = src.build_encoder()
-        kind = "classifier" if classifier else "encoder"
+    module, kind, names, assumed = export_source(checkpoint, classifier, pretraining, num_heads, decoder_heads)
     run = read_run(checkpoint)
     mean, std, stride = processor_settings(module.arch, run)
     out = Path(out_dir)
@@ -320,7 +338,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
-        record_data_settings(work / "config.json", run)
+        record_settings(work / "config.json", run, assumed)
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:
@@ -329,7 +347,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         check = _check_line(kind, module, diff)
         card = render_card(kind=kind, hf_class=hf_class, arch=module.arch, checkpoint=str(checkpoint), run=run,
                            mean=mean, std=std, frame_stride=stride, class_names=names, check=check,
-                           version=__version__)
+                           version=__version__, assumed=assumed)
         atomic_write_text(work / "README.md", card)
         open_mode(work)  # safetensors (save_pretrained) makes 0600 files: the mode open() gives, as the others
         _move_into_place(work, out)
@@ -343,4 +361,10 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         restore()
         if bars:
             hf_logging.enable_progress_bar()
+    if assumed:  # said once the folder holds it: a failed export records nothing
+        log.warning("%s: %s were assumed, not read from the weights (the official VideoMAE .pth they come from "
+                    "does not state them); recorded as such in its config.json (%s) and model card; if they are not "
+                    "the model's, give them when converting that .pth (tgmae convert %s)", out,
+                    ", ".join(f"{k}={getattr(module.arch, k)}" for k in assumed), ASSUMED_HF_KEY,
+                    ", ".join(OFFICIAL_OPTIONS[k] for k in assumed))
     return ExportResult(out, hf_class, diff)

@@ -13,10 +13,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tgmae.models.arch import VideoMAEArch
 from tgmae.weights.files import CheckpointError, resolve_checkpoint
+from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
 
 # a run's result files and how the card labels their numbers (every row says where it comes from)
 RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
@@ -192,10 +193,20 @@ def _title(kind: str, run: RunInfo) -> str:
     return what + " (tgmae)"
 
 
+def _assumed_line(arch: VideoMAEArch, assumed: Sequence[str]) -> str:
+    """The card's warning that the `assumed` fields' values are a guess (`render_card`)."""
+    said = ", ".join(f"`{k}` = {getattr(arch, k)}" for k in assumed)
+    return (f"**Assumed, not known:** {said}. The official VideoMAE checkpoint this model was converted from "
+            "does not state them and its weights do not prove them: they are the released models' values "
+            f"(config.json `{ASSUMED_HF_KEY}`). If they are not the model's, convert that checkpoint again with "
+            f"`tgmae convert` and {', '.join(f'`{OFFICIAL_OPTIONS[k]}`' for k in assumed)}.")
+
+
 def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str, run: RunInfo,
                 mean: tuple[float, ...], std: tuple[float, ...], frame_stride: int,
-                class_names: list[str], check: str, version: str) -> str:
-    """Markdown model card: front matter, the run, results, architecture, how to load."""
+                class_names: list[str], check: str, version: str, assumed: Sequence[str] = ()) -> str:
+    """Markdown model card: front matter, the run, results, architecture (`assumed`: the arch fields
+    a conversion assumed, `official.ASSUMED_META`, said as such), how to load."""
     tag = {"classifier": "video-classification", "encoder": "feature-extraction", "pretraining": "video-mae-pretraining"}[kind]
     pipeline = "pipeline_tag: video-classification\n" if kind == "classifier" else ""
     lines = ["---", "library_name: transformers", f"{pipeline}tags:", "- videomae", "- tgmae", f"- {tag}", "---", "",
@@ -219,6 +230,8 @@ def render_card(*, kind: str, hf_class: str, arch: VideoMAEArch, checkpoint: str
     if kind == "pretraining":
         lines.append(f"Decoder {arch.decoder_dim} wide, {arch.decoder_depth} blocks; target: "
                      + ("per-patch normalized pixels." if arch.norm_pix_loss else "raw pixels."))
+    if assumed:
+        lines += ["", _assumed_line(arch, assumed)]
     if class_names:
         lines.append(f"Classes ({len(class_names)}): " + ", ".join(class_names[:50])
                      + (" ..." if len(class_names) > 50 else "") + ".")

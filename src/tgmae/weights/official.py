@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from tgmae.models.pos_embed import sincos_position_table
 from tgmae.weights.files import CheckpointError, key_names, read_torch, unwrap_state
-from tgmae.weights.layouts import strip_wrappers
+from tgmae.weights.layouts import ARCH_KEY, strip_wrappers
 
 log = logging.getLogger("tgmae")
 
@@ -146,12 +146,40 @@ def official_settings(state: Mapping[str, torch.Tensor], args: Mapping[str, Any]
 OFFICIAL_OPTIONS = {"num_frames": "--num-frames", "image_size": "--image-size", "num_heads": "--num-heads",
                     "decoder_heads": "--decoder-heads", "norm_pix_loss": "--no-norm-pix-loss"}
 ASSUMED_META = "assumed"  # our files' metadata: JSON list of the VideoMAEArch fields a conversion assumed
+ASSUMED_HF_KEY = "tgmae_assumed"  # the same list in an export-hf config.json, beside layouts.ARCH_KEY
+# the config.json field that states each key (transformers' VideoMAEConfig names; `layouts.hf_config`)
+_HF_FIELDS = {"num_frames": "num_frames", "image_size": "image_size", "num_heads": "num_attention_heads",
+              "decoder_heads": "decoder_num_attention_heads", "norm_pix_loss": "norm_pix_loss"}
+_DECODER_FIELDS = ("decoder_heads", "norm_pix_loss")
 _warned: set[tuple[str, str]] = set()
 
 
-def assumed_note(keys: list[str]) -> dict[str, str]:
+def assumed_note(keys: Sequence[str]) -> dict[str, str]:
     """The metadata our file records for `keys` assumed (`ASSUMED_META`); {} for none."""
     return {ASSUMED_META: json.dumps(list(keys))} if keys else {}
+
+
+def encoder_assumed(keys: Sequence[str]) -> list[str]:
+    """The assumed keys that concern an encoder alone: `keys` without the decoder's (a pretraining
+    model's record, read or written as its encoder)."""
+    return [k for k in keys if k not in _DECODER_FIELDS]
+
+
+def hf_assumed_meta(config: Mapping[str, Any]) -> dict[str, str]:
+    """The assumed record of an export-hf config.json (`ASSUMED_HF_KEY`) as our files' metadata
+    (`ASSUMED_META`, and `arch` for the values `warn_assumed` names); {} without one. A key whose
+    config.json field no longer holds the value `ARCH_KEY` recorded was edited, so stated: left out."""
+    keys = config.get(ASSUMED_HF_KEY)
+    if not isinstance(keys, list):
+        return {}
+    try:
+        recorded = json.loads(config.get(ARCH_KEY) or "null")
+    except ValueError:
+        recorded = None
+    values = {k: config.get(_HF_FIELDS[k]) for k in keys if k in _HF_FIELDS}
+    if isinstance(recorded, dict):
+        values = {k: v for k, v in values.items() if recorded.get(k) == v}
+    return {**assumed_note(list(values)), "arch": json.dumps(values)} if values else {}
 
 
 def warn_assumed(path: Any, meta: Mapping[str, str]) -> list[str]:

@@ -5,7 +5,8 @@
 - Official VideoMAE / VideoMAEv2 pretraining `.pth`: heads are not stored (the released models'
   values are assumed unless given); frames, image size and target are its training `args`' when it
   stores them, else the released models' (16, 224, normalized pixels) unless given
-  (`official.official_settings`; a conversion records the assumed ones, `save_*(assumed=...)`).
+  (`official.official_settings`; a conversion records the assumed ones, `save_*(assumed=...)`, and
+  `load_pretraining` returns those a file records).
 - transformers `VideoMAEForPreTraining` directories, read without importing transformers.
 """
 
@@ -15,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from torch import nn
 
@@ -37,6 +38,7 @@ from tgmae.weights.files import (
 from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
 from tgmae.weights.official import (
     assumed_note,
+    hf_assumed_meta,
     official_settings,
     official_state,
     position_tables,
@@ -62,14 +64,29 @@ def train_checkpoint_arch(meta: Mapping[str, str], source: Any) -> VideoMAEArch:
         raise CheckpointError(f"{source}: the run configuration stored with the weights is unusable ({e})") from None
 
 
+class PretrainingWeights(NamedTuple):
+    """`load_pretraining`'s result: the model and the VideoMAEArch fields of it that are assumed, not
+    known (an official .pth's unstated ones, or the record of a conversion: `official.ASSUMED_META`)."""
+
+    model: VideoMAEPretrainer
+    assumed: list[str]
+
+
 def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMAEPretrainer:
     """Rebuild a VideoMAEPretrainer from ours (.safetensors), an official .pth or an HF directory.
 
     overrides: VideoMAEArch fields replacing the stored / inferred ones; for an official .pth
     also the values it does not store (num_frames, image_size, num_heads, decoder_heads,
     norm_pix_loss). Position embeddings are fixed sin-cos, so num_frames / image_size may
-    change freely. Returns the model in eval mode on CPU.
+    change freely. Returns the model in eval mode on CPU (`load_pretraining`: and what is assumed).
     """
+    return load_pretraining(path, **overrides).model
+
+
+def load_pretraining(path: str | os.PathLike, **overrides: Any) -> PretrainingWeights:
+    """`load_pretraining_model` and the fields assumed (`PretrainingWeights`): an official .pth's
+    (`official_settings`), or those our file or an export-hf folder records as assumed (said in one
+    warning, `official.warn_assumed`), less those `overrides` now state."""
     p = resolve_checkpoint(path)
     kind = detect_format(p)
     extra_unexpected: list[str] = []
@@ -89,16 +106,20 @@ def load_pretraining_model(path: str | os.PathLike, **overrides: Any) -> VideoMA
                 "weights with `tgmae convert`"
             )
         arch = VideoMAEArch.from_json(meta["arch"])
-        warn_assumed(p, meta)
+        assumed = warn_assumed(p, meta)
     elif kind == "hf":
-        arch = hf_arch(json.loads((p / "config.json").read_text()))
+        config = json.loads((p / "config.json").read_text())
+        arch, assumed = hf_arch(config), warn_assumed(p, hf_assumed_meta(config))
         state, extra_unexpected = hf_to_ours(hf_directory_state(p))
     else:
-        return official_pretraining_model(*read_official(p), p, **overrides)
+        state, args = read_official(p)
+        return PretrainingWeights(official_pretraining_model(state, args, p, **overrides),
+                                  official_settings(state, args, overrides, p)[1])
     if overrides:
         arch = dataclasses.replace(arch, **overrides)
-    return load_strict(VideoMAEPretrainer(arch), state, f"{p} ({kind} layout)", "the VideoMAE pretraining model",
-                       extra_unexpected).eval()
+    model = load_strict(VideoMAEPretrainer(arch), state, f"{p} ({kind} layout)", "the VideoMAE pretraining model",
+                        extra_unexpected).eval()
+    return PretrainingWeights(model, [k for k in assumed if overrides.get(k) is None])
 
 
 def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any], source: Any,

@@ -36,7 +36,7 @@ from tgmae.weights.layouts import (
     infer_encoder_arch,
     strip_wrappers,
 )
-from tgmae.weights.official import official_settings, read_official, warn_assumed
+from tgmae.weights.official import encoder_assumed, hf_assumed_meta, official_settings, read_official, warn_assumed
 from tgmae.weights.pretraining import (
     ENCODER_FORMAT,
     FORMAT as PRETRAIN_FORMAT,
@@ -59,7 +59,8 @@ class EncoderSource:
     head: classifier weights `fc_norm.*` / `head.*` when the checkpoint is a classifier, else {}.
     kind: tgmae | official | hf | train-checkpoint | classifier.
     assumed: the arch fields neither the weights prove nor the file states (an official .pth's, or
-        recorded as assumed by the conversion that wrote ours: `official.official_settings`).
+        recorded as assumed by the conversion that wrote ours or the export-hf folder:
+        `official.official_settings`, `official.hf_assumed_meta`); the encoder's only.
     """
 
     arch: VideoMAEArch
@@ -140,7 +141,8 @@ def _from_safetensors(p: Path) -> EncoderSource:
     assumed = warn_assumed(p, meta)
     if fmt == PRETRAIN_FORMAT:
         model = load_pretraining_model(p)
-        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="tgmae", path=str(p), assumed=assumed)
+        return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="tgmae", path=str(p),
+                             assumed=encoder_assumed(assumed))
     if fmt == ENCODER_FORMAT:
         return EncoderSource(VideoMAEArch.from_json(meta["arch"]), state, kind="tgmae", path=str(p), assumed=assumed)
     if fmt == CLASSIFIER_FORMAT:
@@ -215,7 +217,7 @@ def official_encoder_source(state: dict[str, torch.Tensor], args: Mapping[str, A
         model = official_pretraining_model(state, args, source, **geometry, num_heads=num_heads,
                                            decoder_heads=OFFICIAL_DECODER_HEADS.get(ddim, 1))
         return EncoderSource(model.arch, dict(model.encoder.state_dict()), kind="official", path=str(source),
-                             assumed=[k for k in assumed if k not in ("decoder_heads", "norm_pix_loss")])
+                             assumed=encoder_assumed(assumed))
     enc, head = _split(state, str(source))
     arch = infer_encoder_arch(enc, num_heads=num_heads, layer_norm_eps=1e-6, **geometry)
     return EncoderSource(arch, enc, head, kind="official", path=str(source), fc_norm_eps=1e-6, assumed=assumed)
@@ -239,7 +241,8 @@ def _from_hf(p: Path) -> EncoderSource:
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if head and labels else []
     return EncoderSource(arch, enc, head, kind="hf", path=str(p), class_names=names,
-                         fc_norm_eps=1e-5 if head else None)
+                         fc_norm_eps=1e-5 if head else None,
+                         assumed=encoder_assumed(warn_assumed(p, hf_assumed_meta(config))))
 
 
 def _split(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
