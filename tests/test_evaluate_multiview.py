@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tgmae.commands.args import keys_set
-from tgmae.config import ConfigError, load_config, save_config
+from tgmae.config import ConfigError, load_config, load_config_and_keys, save_config
 from tgmae.evaluate.multiview import load_tested_classifier
 from tgmae.models import VideoMAEArch
 from tgmae.models.classifier import VideoClassifier
@@ -40,7 +39,7 @@ def exported(classifier_run, tmp_path_factory):
 
 def _tested(pretrained, *overrides: str):
     overrides = (f"model.pretrained={pretrained}", "train.device=cpu", *overrides)
-    return load_tested_classifier(load_config(None, list(overrides)), given=keys_set(None, overrides))
+    return load_tested_classifier(*load_config_and_keys(None, list(overrides)))
 
 
 @pytest.mark.parametrize("source", ["export", "run"])
