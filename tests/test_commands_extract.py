@@ -251,6 +251,26 @@ def test_extract_refuses_model_geometry_other_than_the_checkpoints(dataset, enco
     assert not out.exists()
 
 
+def test_extract_takes_the_architecture_from_the_weights_unless_set(dataset, tmp_path, capsys):
+    """Fix L: a micro / patch-8 encoder without model keys was refused (`model.patch_size=16 but the
+    checkpoint ... has 8`, then model.preset); the keys the user left unset are now the weights',
+    one set against them is refused naming it, before --out is made."""
+    import dataclasses
+
+    from tgmae.models.encoder import VideoViTEncoder
+
+    torch.manual_seed(0)
+    micro = VideoViTEncoder(dataclasses.replace(ARCH, embed_dim=64, depth=2, patch_size=8))
+    encoder_file = save_encoder(micro, tmp_path / "micro.safetensors")
+    out = tmp_path / "o"
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "model.preset=tiny")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.preset='tiny'" in err[0] and "checkpoint" in err[0], err
+    assert not out.exists()
+    assert main(["extract", *args(dataset, encoder_file, out, "--subset", "val", "--output", "tokens")]) == 0
+    assert read_shards(out)["features"].shape[1:] == (8 * 4 * 4, 64)  # 16 frames / 2, (32 / 8) ** 2 tokens
+
+
 @pytest.mark.parametrize("extra", [("--window", "7"), ("--window", "3", "--frame-step", "2")])
 def test_extract_refuses_a_window_the_tubelet_does_not_divide(dataset, encoder_file, tmp_path, capsys, extra):
     """issue 29: a traceback (num_frames=7 is not divisible by tubelet_size=2); now one line naming --window."""

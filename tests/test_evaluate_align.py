@@ -121,6 +121,29 @@ def _mae_weights(path: Path, seed: int) -> Path:
     return save_pretraining_model(build_pretraining_model(cfg.model, 4, 32), path)
 
 
+def test_an_aligned_retrieve_takes_the_architecture_from_the_weights_unless_set(synth, tmp_path, capsys):
+    """Fix L: the aligned head's encoder (read as the probe reads it) of a micro / patch-8 checkpoint
+    without model keys was refused (`model.patch_size=16 but the checkpoint ... has 8`); the keys left
+    unset are the weights', one set against them is refused naming it."""
+    from tgmae.cli import main as cli
+    from tgmae.models import build_pretraining_model
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    root, clip = synth
+    torch.manual_seed(0)
+    micro = load_config(None, ["model.preset=micro", "model.patch_size=8"]).model
+    weights = save_pretraining_model(build_pretraining_model(micro, 4, 32), tmp_path / "micro.safetensors")
+    path = _config(root, clip, tmp_path, weights)
+    config = yaml.safe_load(path.read_text())
+    config["model"] = {"pretrained": str(weights)}  # no architecture key
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["retrieve", "-c", str(path), "model.preset=tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae retrieve: ") and "model.preset='tiny'" in err and "\n" not in err, err
+    assert cli(["retrieve", "-c", str(path)]) == 0
+    assert (tmp_path / "out" / HEAD_FILE).is_file()
+
+
 def test_retrieve_aligns_a_head_on_an_mae_only_encoder_reuses_it_and_refuses_other_settings(synth, tmp_path, capsys):
     from tgmae.cli import main as cli
     from tgmae.commands.retrieve import main

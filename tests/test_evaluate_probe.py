@@ -365,11 +365,34 @@ def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys)
     assert not (tmp_path / "probe").exists()
     args = ["data.num_frames=4", "data.image_size=16", f"model.pretrained={checkpoint}",
             f"train.output_dir={tmp_path / 'cli'}", "log.progress=false"]
-    assert cli_main(["probe", *args]) == 2  # model.patch_size 16 (default) vs the checkpoint's 8
+    assert cli_main(["probe", *args, "model.patch_size=16"]) == 2  # set against the checkpoint's 8
     err = capsys.readouterr().err.strip()
     assert err.startswith("tgmae probe: ") and "model.patch_size=16" in err and str(checkpoint) in err
     assert cli_main(["probe", *args[:1], "data.image_size=72", f"model.pretrained={checkpoint}"]) == 2
     assert "data.image_size=72" in capsys.readouterr().err
+
+
+def test_probe_takes_the_architecture_from_the_weights_unless_set(synth, tmp_path, capsys):
+    """Fix L: `tgmae probe` of a micro / patch-8 checkpoint without model keys was refused
+    (`model.patch_size=16 but the checkpoint ... has 8`, then model.preset): the keys the user left
+    unset are the weights' (config.yaml records them), one set against them is refused naming it."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    micro = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                         image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    pt = save_pretraining_model(VideoMAEPretrainer(micro), tmp_path / "micro.safetensors")
+    args = ["data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_frames=4", "data.frame_stride=2", "data.image_size=32",
+            "data.num_workers=0", "train.precision=fp32", "log.progress=false", "log.tensorboard=false",
+            "eval.probe=knn", "eval.knn_k=[1]", f"model.pretrained={pt}", f"train.output_dir={tmp_path / 'run'}"]
+    assert cli_main(["probe", *args, "model.preset=tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae probe: ") and "model.preset='tiny'" in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+    assert cli_main(["probe", *args]) == 0
+    saved = load_config(tmp_path / "run" / "config.yaml").model
+    assert (saved.preset, saved.patch_size, saved.tubelet_size) == ("micro", 8, 2)
 
 
 def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:

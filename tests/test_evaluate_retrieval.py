@@ -250,6 +250,25 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     assert saved["video_to_text"]["R@1"] == r.video_to_text[1]
 
 
+def test_retrieve_takes_the_architecture_from_the_weights_unless_set(synth, tmp_path, capsys):
+    """Fix L: a micro / patch-8 contrastive run retrieved without model keys was refused
+    (`model.patch_size=16 but the checkpoint ... has 8`, then model.preset); the keys the user left
+    unset are now the weights', one set against them is refused naming it."""
+    from tgmae.cli import main as cli
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path, ["model.preset=micro"]))
+    config = yaml.safe_load(path.read_text())
+    del config["model"]  # no model key: the run's patch 8 and preset micro are not the defaults
+    path.write_text(yaml.safe_dump(config))
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}", "model.preset=tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tgmae retrieve: ") and "model.preset='tiny'" in err and "\n" not in err, err
+    assert cli(["retrieve", "-c", str(path), f"model.pretrained={run}"]) == 0
+    assert json.loads((tmp_path / "out" / "retrieval_results.json").read_text())["mode"] == "classes"
+
+
 def test_retrieval_leaves_out_an_unreadable_video(synth, tmp_path):
     import shutil
 

@@ -71,11 +71,12 @@ def test_checkpoint_model_keys_are_taken_only_where_the_user_set_none():
     assert checkpoint_model_keys(micro4) == {"patch_size": 8, "tubelet_size": 2, "preset": "micro", "num_heads": 4}
     odd = VideoMAEArch(embed_dim=48, depth=3, num_heads=3, patch_size=16, tubelet_size=2)  # no preset's size
     assert checkpoint_model_keys(odd) == {"patch_size": 16, "tubelet_size": 2}
-    model, taken = with_checkpoint_model(ModelConfig(), micro4, given=set())
-    assert taken == {"patch_size": 8, "preset": "micro", "num_heads": 4} and model.preset == "micro"
+    model, note = with_checkpoint_model(ModelConfig(), micro4, given=set())
+    assert note == "model.patch_size=8, model.preset=micro, model.num_heads=4, as its weights are"
+    assert (model.preset, model.patch_size, model.num_heads) == ("micro", 8, 4)
     check_checkpoint_geometry(model, micro4, "ckpt")
-    assert with_checkpoint_model(ModelConfig(), micro4, given=None) == (ModelConfig(), {})
-    model, taken = with_checkpoint_model(ModelConfig(preset="tiny"), micro4, given={"model.preset"})
-    assert "preset" not in taken and model.patch_size == 8
+    assert with_checkpoint_model(ModelConfig(), micro4, given=None) == (ModelConfig(), None)
+    model, note = with_checkpoint_model(ModelConfig(preset="tiny"), micro4, given={"model.preset"})
+    assert "model.preset" not in note and model.patch_size == 8
     with pytest.raises(ConfigError, match=r"^model\.preset='tiny' but the checkpoint ckpt has 'micro'"):
         check_checkpoint_geometry(model, micro4, "ckpt")

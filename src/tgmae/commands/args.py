@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 from typing import Sequence
 
 
@@ -75,11 +74,12 @@ def add_config_option(parser: argparse.ArgumentParser, help: str, default: str |
 
 
 def load_run_config(prog: str, config: str | None, overrides: Sequence[str], base: dict | None = None):
-    """RunConfig from `-c` file + overrides (over `base`, a recipe). Raises ConfigError (a UserError:
-    `tgmae.cli` prints it as `tgmae PROG: config error: ...`, exit 2)."""
-    from tgmae.config import load_config
+    """(RunConfig from `-c` file + overrides over `base`, a recipe; the dotted keys the file and the
+    overrides set, as `parse_run_args`' `given`) for a command with its own parser. Raises
+    ConfigError (a UserError: `tgmae.cli` prints it as `tgmae PROG: config error: ...`, exit 2)."""
+    from tgmae.config import load_config_and_keys
 
-    return load_config(config, list(overrides), base=copy.deepcopy(base))  # a shared recipe stays as written
+    return load_config_and_keys(config, list(overrides), base=base)  # copies `base`: a shared recipe stays as written
 
 
 def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: dict | None = None):

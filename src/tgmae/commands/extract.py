@@ -1,7 +1,8 @@
 """`tgmae extract -c CONFIG.yaml model.pretrained=CKPT --out DIR [options] [section.key=value ...]`:
 frozen-encoder features per video (`tgmae.evaluate.extract`): pooled per clip, per sliding window
 over the whole video, or the token grid; safetensors shards + index.csv; torchrun-sharded and
-resumable (rerun the same command after a kill)."""
+resumable (rerun the same command after a kill). The encoder's architecture (preset, patch,
+tubelet, heads) is its weights' for each model key -c and the overrides leave unset."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.train.precision import resolve_precision
 
     args = parse_args(build_parser(), argv)
-    cfg = load_run_config("extract", args.config, args.overrides)
+    cfg, given = load_run_config("extract", args.config, args.overrides)
     # `is None`, not `or`: 0 is the user's value (refused by ExtractSpec), not a request for the default
     step = args.frame_step if args.frame_step is not None else (1 if args.mode == "windows" else cfg.data.frame_stride)
     precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device, local_rank()))
@@ -65,7 +66,7 @@ def main(argv: Sequence[str]) -> int:
         name = str(e).split("=")[0]
         raise ConfigError(f"{SPEC_SETTINGS.get(name, name)}: {e}") from None
     subsets = ("train", "val") if args.subset == "both" else (args.subset,)
-    summary, index = extract_dataset(cfg, args.out, spec, subsets, names=SPEC_SETTINGS)
+    summary, index = extract_dataset(cfg, args.out, spec, subsets, names=SPEC_SETTINGS, given=given)
     if index is None:  # another torchrun rank: rank 0 prints the folder's totals
         return 0
     new = f" ({len(summary.unreadable_new)} new)" if summary.skipped else ""  # a rerun: the folder's, of which new

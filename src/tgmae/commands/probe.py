@@ -1,6 +1,8 @@
 """`tgmae probe -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: a frozen-backbone
 probe under MAE's linear-probe recipe, the YAML and the overrides (`tgmae.evaluate.probe`):
-`eval.probe=linear` (default), `knn` (DINO's weighted k-NN) or `attentive` (V-JEPA's)."""
+`eval.probe=linear` (default), `knn` (DINO's weighted k-NN) or `attentive` (V-JEPA's). The
+encoder's architecture (preset, patch, tubelet, heads) is its weights' for each model key -c and
+the overrides leave unset."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import PROBE_RECIPE
 
-    cfg, _ = parse_run_args("probe", argv, description=lib.__doc__, base=PROBE_RECIPE)
+    cfg, args = parse_run_args("probe", argv, description=lib.__doc__, base=PROBE_RECIPE)
     from tgmae.evaluate.probes import run_probe
 
-    result = run_probe(cfg)
+    result = run_probe(cfg, given=args.given)  # model keys left unset: model.pretrained's weights fix them
     say(f"run directory: {result.output_dir}")
     left_out = left_out_text(result.val_left_out, result.val_videos, "val", "probe_results.json")
     if cfg.eval.probe == "knn":

@@ -1,5 +1,6 @@
 """`tgmae retrieve -c CONFIG.yaml model.pretrained=CKPT`: zero-shot video <-> text Recall@K with the
-contrastive head (`tgmae.evaluate.retrieval`)."""
+contrastive head (`tgmae.evaluate.retrieval`); the model's architecture (preset, patch, tubelet, heads)
+is its weights' for each model key -c and the overrides leave unset."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.commands.args import parse_run_args, say
     from tgmae.evaluate import retrieval as lib
 
-    cfg, _ = parse_run_args("retrieve", argv, description=lib.__doc__)
-    r = lib.evaluate_retrieval(cfg)
+    cfg, args = parse_run_args("retrieve", argv, description=lib.__doc__)
+    r = lib.evaluate_retrieval(cfg, given=args.given)  # model keys left unset: model.pretrained's weights fix them
     say(f"{r.mode}: {r.sizes_text()}")  # the gallery each way, not only the texts with a video
     for name, direction in (("video->text", "video_to_text"), ("text->video", "text_to_video")):
         chance = lib.chance_text(r, direction)

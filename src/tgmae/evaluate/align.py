@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import torch
 from torch import nn
@@ -206,12 +206,14 @@ def _bar(enabled: bool, total: int) -> Any:
     return tqdm(total=total, unit="step", desc="aligning", dynamic_ncols=True)
 
 
-def aligned_model(cfg, device: torch.device, progress: bool = True) -> AlignedVideoText:
+def aligned_model(cfg, device: torch.device, progress: bool = True,
+                  given: Optional[Collection[str]] = None) -> AlignedVideoText:
     """`cfg.model.pretrained`'s frozen encoder with a head aligned on the training videos (module
     doc), read from `<train.output_dir>/aligned_head.safetensors` when it holds this head, else
     trained and written there. Works for any checkpoint with an encoder (no pretraining head needed).
     ConfigError naming the key for a missing captions.file / text model or a video without captions;
-    refusals of other settings or weights as `stored_head`."""
+    refusals of other settings or weights as `stored_head`. given: the dotted keys the user set, the
+    model keys among the others then the encoder's (`tgmae.evaluate.probe.frozen_probe_encoder`)."""
     from tgmae.captions.provider import CaptionProvider
     from tgmae.data.dataset import build_dataset
     from tgmae.data.fileid import videos_fingerprint
@@ -223,7 +225,7 @@ def aligned_model(cfg, device: torch.device, progress: bool = True) -> AlignedVi
     if not cfg.captions.file or not cfg.captions.target_model:
         raise ConfigError("eval.retrieval_align_epochs > 0 trains on the training captions: set captions.file and "
                           "captions.text_model (or captions.clip_model)")
-    encoder, digest = frozen_probe_encoder(cfg, device)
+    encoder, digest = frozen_probe_encoder(cfg, device, given)
     provider = CaptionProvider.from_config(cfg.captions, device=str(device))
     data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
     # what the paths in align_settings do not say: the files there now and the texts as embedded now

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import torch
 from torch import nn
@@ -171,17 +171,18 @@ def _check_batch(cfg: RunConfig, videos: int, unreadable: int = 0) -> None:
 @locks_run_folder
 def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                     val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
-                    cache_dir: Optional[str | Path] = None):
+                    cache_dir: Optional[str | Path] = None, given: Optional[Collection[str]] = None):
     """Extract (or load) the token grids, train the probe on the loop (resuming per
     checkpoint.resume), test the val videos' views; writes the outputs of the module doc and
-    returns a `tgmae.evaluate.probe.ProbeResult`. Datasets and cache as `probe_features` (a
+    returns a `tgmae.evaluate.probe.ProbeResult`. Datasets, cache and `given` as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
     refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
     heads: list[int] = []
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes,
                                        check=lambda arch, data: heads.append(check_attentive(cfg, arch, data)),
                                        # again once unreadable videos are left out, before the val grids
-                                       check_train=lambda t: _check_batch(cfg, len(t), len(t.unreadable)))
+                                       check_train=lambda t: _check_batch(cfg, len(t), len(t.unreadable)),
+                                       given=given)
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
     grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731

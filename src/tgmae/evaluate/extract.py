@@ -39,7 +39,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -714,27 +714,33 @@ def _folder_summary(summary: ExtractSummary) -> ExtractSummary:
 
 
 def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, subsets: Sequence[str],
-                    names: Optional[Mapping[str, str]] = None) -> tuple[ExtractSummary, Optional[Path]]:
+                    names: Optional[Mapping[str, str]] = None, given: Optional[Collection[str]] = None
+                    ) -> tuple[ExtractSummary, Optional[Path]]:
     """`tgmae extract`: `cfg.model.pretrained`'s frozen encoder over the videos of `subsets` into
     `out_dir` (this rank's shards); then rank 0 runs `check_extracted` and `write_index`. Returns
     (the folder's summary, every rank's gathered; the index path on rank 0 else None). names: the
-    command's flag names."""
+    command's flag names. given: the dotted keys the user set; the model keys among the others are
+    the weights' (`with_checkpoint_model`; None: none), one set against them a ConfigError naming it."""
     from tgmae.config import ConfigError
     from tgmae.distributed import init_distributed
-    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint, with_checkpoint_model
     from tgmae.weights.sources import load_encoder_source
 
     names = names or {}
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
-    if spec.window % cfg.model.tubelet_size:  # before any work; the checkpoint's tubelet is checked below
-        raise ConfigError(f"{names.get('window', 'window')}={spec.window}: must be a multiple of "
-                          f"model.tubelet_size={cfg.model.tubelet_size} (frames per token)")
     check_output_folder(out_dir, "--out")  # before the encoder is loaded
     if (Path(out_dir) / "manifest.json").is_file():
         _read_manifest(Path(out_dir) / "manifest.json", "--out")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    model, note = with_checkpoint_model(cfg.model, src.arch, given)
+    if note:
+        log.info("model.pretrained=%s: %s", cfg.model.pretrained, note)
+        cfg = dataclasses.replace(cfg, model=model)
     check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)  # as probe / finetune refuse it
+    if spec.window % cfg.model.tubelet_size:  # before any work, at the tubelet the checkpoint agrees with
+        raise ConfigError(f"{names.get('window', 'window')}={spec.window}: must be a multiple of "
+                          f"model.tubelet_size={cfg.model.tubelet_size} (frames per token)")
     if note := size_from_checkpoint(cfg.model, src.arch):
         log.info("%s: %s", cfg.model.pretrained, note)
     dist = init_distributed(cfg.train.device)

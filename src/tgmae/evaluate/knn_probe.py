@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 from torch.utils.data import Dataset
 
@@ -42,9 +42,10 @@ class KnnProbeResult:
 
 @locks_run_folder
 def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
-              num_classes: Optional[int] = None, cache_dir: Optional[str | Path] = None) -> KnnProbeResult:
+              num_classes: Optional[int] = None, cache_dir: Optional[str | Path] = None,
+              given: Optional[Collection[str]] = None) -> KnnProbeResult:
     """Score the val features by their k nearest training features for every k of `eval.knn_k`
-    and write the outputs of the module doc. Datasets and cache as `probe_features`."""
+    and write the outputs of the module doc. Datasets, cache and `given` as `probe_features`."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, val_counts,
                                       write_results, write_val_predictions)
@@ -64,7 +65,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     if max(ks) > listed:
         raise ConfigError(f"eval.knn_k={ks}: k={max(ks)} exceeds the {listed} training videos")
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, num_classes=num_classes,
-                                       check_train=lambda t: _check_k(ks, t))  # before the val set
+                                       check_train=lambda t: _check_k(ks, t), given=given)  # before the val set
     k_cls = num_classes or cfg.eval.num_classes or len(names) or 1 + int(max(train.labels.max(), val.labels.max()))
     top = max(int(train.labels.max()), int(val.labels.max()) if len(val) else 0)
     if top >= k_cls:

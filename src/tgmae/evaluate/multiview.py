@@ -261,10 +261,9 @@ def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
         raise ConfigError("model.pretrained must name a finetuned classifier to test")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)  # an official .pth stores none
     cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind))
-    model, taken = with_checkpoint_model(cfg.model, src.arch, given)
-    if taken:
-        log.info("model.pretrained=%s: %s, as its weights are", cfg.model.pretrained,
-                 ", ".join(f"model.{k}={v}" for k, v in taken.items()))
+    model, note = with_checkpoint_model(cfg.model, src.arch, given)
+    if note:
+        log.info("model.pretrained=%s: %s", cfg.model.pretrained, note)
         cfg = dataclasses.replace(cfg, model=model)
     classifier = build_classifier(src, num_frames=cfg.data.num_frames, image_size=cfg.data.image_size,
                                   keep_head=True).eval()

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,17 +216,23 @@ def val_counts(val: Optional["FeatureDataset"]) -> dict[str, int]:
     return {"val_left_out": len(val.unreadable), "val_videos": len(val) + len(val.unreadable)}
 
 
-def frozen_probe_encoder(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
+def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
+                         given: Optional[Collection[str]] = None) -> tuple[nn.Module, str]:
     """(`cfg.model.pretrained`'s encoder, frozen, in eval mode on `device`, built for
-    `cfg.data`'s clip geometry; its weights' digest). ConfigError without model.pretrained or
-    when the checkpoint's geometry does not fit the config."""
+    `cfg.data`'s clip geometry; its weights' digest). given: the dotted keys the user set; the
+    model keys among the others become the weights' (`with_checkpoint_model`; None: none), set on
+    `cfg.model` in place, as `size_from_checkpoint`'s head count, so config.yaml records them.
+    ConfigError without model.pretrained or when a model key set does not fit the checkpoint."""
     from tgmae.evaluate.extract import frozen_encoder
-    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint
+    from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint, with_checkpoint_model
     from tgmae.weights.sources import load_encoder_source
 
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
+    cfg.model, note = with_checkpoint_model(cfg.model, src.arch, given)
+    if note:
+        log.info("model.pretrained=%s: %s", cfg.model.pretrained, note)
     check_checkpoint_geometry(cfg.model, src.arch, cfg.model.pretrained)
     if note := size_from_checkpoint(cfg.model, src.arch):
         log.info("%s: %s", cfg.model.pretrained, note)
@@ -237,7 +243,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
                    num_classes: Optional[int] = None, check: Optional[Callable[[Any, Dataset], None]] = None,
                    check_train: Optional[Callable[[FeatureDataset], None]] = None,
-                   ) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
+                   given: Optional[Collection[str]] = None) -> tuple[FeatureDataset, Optional[FeatureDataset], list[str]]:
     """(train, val or None, class names): features of `cfg.model.pretrained`'s frozen encoder, via the cache.
 
     Datasets default to `cfg.data`'s annotations with the evaluation transform; in-memory datasets are
@@ -248,8 +254,8 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     in-memory datasets without class names or records. check(arch, train_data): the caller's own
     refusals (ConfigError) of the encoder's `VideoMAEArch` and the training set, also before
     anything is extracted or any folder made. check_train(train features): the refusals that hang
-    on the readable training videos, before the val set is extracted (a training set with
-    unreadable videos is not cached, so a refusal there leaves no new file or folder)."""
+    on the readable training videos, before the val set is extracted (a training set with unreadable
+    videos is not cached: no new file or folder). given: as `frozen_probe_encoder`'s."""
     from tgmae.distributed import init_distributed
     from tgmae.evaluate.classes import check_head_classes, data_class_count
     from tgmae.evaluate.features import POOLING, cached_features, feature_cache_key
@@ -257,7 +263,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
     from tgmae.train.precision import resolve_precision
 
     device = init_distributed(cfg.train.device).device
-    encoder, digest = frozen_probe_encoder(cfg, device)  # reads only: the checkpoint's geometry first
+    encoder, digest = frozen_probe_encoder(cfg, device, given)  # reads only: the checkpoint's geometry first
     refuse_other_weights(cfg, digest)  # before anything is extracted
     from_cfg = {"train": train_data is None, "val": val_data is None}
     if train_data is None:
@@ -353,9 +359,10 @@ def val_labels_in_train_order(train_names: list[str], train: FeatureDataset, val
 @locks_run_folder
 def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None,
                  val_data: Optional[Dataset] = None, num_classes: Optional[int] = None,
-                 cache_dir: Optional[str | Path] = None) -> ProbeResult:
+                 cache_dir: Optional[str | Path] = None, given: Optional[Collection[str]] = None) -> ProbeResult:
     """Extract (or load) features, train the probe with the shared loop (or fit it with L-BFGS,
-    `eval.probe_optimizer=lbfgs`: `hooks` then go unused), write probe_results.json."""
+    `eval.probe_optimizer=lbfgs`: `hooks` then go unused), write probe_results.json. given: as
+    `probe_features`."""
     from tgmae.evaluate.classes import resolve_num_classes
 
     refuse_other_probe(cfg)
@@ -368,7 +375,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     train, val, names = probe_features(
         cfg, train_data, val_data, cache_dir, num_classes=num_classes,
         check=lambda arch, data: fits(cfg, len(data), "training videos"),
-        check_train=lambda t: fits(cfg, len(t), readable, len(t.unreadable)))
+        check_train=lambda t: fits(cfg, len(t), readable, len(t.unreadable)), given=given)
     if num_classes is None:
         num_classes = resolve_num_classes(cfg.eval.num_classes, names, int(train.labels.max()) if len(train) else -1)
     if cfg.eval.probe_optimizer == "lbfgs":

@@ -12,7 +12,8 @@ def run_probe(cfg: RunConfig, hooks=None, **kwargs: Any) -> Any:
     """The probe `eval.probe` names: `tgmae.evaluate.probe.linear_probe` (linear),
     `tgmae.evaluate.knn_probe.knn_probe` (knn; nothing trains, so `hooks` go unused) or
     `tgmae.evaluate.attentive_probe.attentive_probe` (attentive); kwargs (train_data, val_data,
-    num_classes, cache_dir) go through. Returns that probe's result."""
+    num_classes, cache_dir, given: the dotted keys the user set, the model keys among the others
+    then the weights', `tgmae.evaluate.probe.probe_features`) go through. Returns that probe's result."""
     if cfg.eval.probe == "knn":
         from tgmae.evaluate.knn_probe import knn_probe
 

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -276,14 +276,17 @@ def caption_relevance(video_ids: Sequence[str], provider: Any) -> torch.Tensor:
 
 @locks_run_folder
 def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional[Dataset] = None,
-                       *, mode: Optional[str] = None, progress: bool = True) -> RetrievalResult:
+                       *, mode: Optional[str] = None, progress: bool = True,
+                       given: Optional[Collection[str]] = None) -> RetrievalResult:
     """Retrieval on `data.val_annotations` (or `dataset`) with `cfg.model.pretrained` (or `model`).
 
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
     train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A val list made of the
     training list's videos, or of model.pretrained's run's (its saved config.yaml), is refused as
-    evaluate refuses it (`multiview.refuse_test_of_training_videos`).
+    evaluate refuses it (`multiview.refuse_test_of_training_videos`). given: the dotted keys the
+    user set; the model keys among the others are model.pretrained's weights' (`with_checkpoint_model`;
+    None: none), one set against them a ConfigError naming it.
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
@@ -310,14 +313,17 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
                              "pass no model")
         from tgmae.evaluate.align import aligned_model
 
-        model = aligned_model(cfg, dist_info.device, progress=progress)
+        model = aligned_model(cfg, dist_info.device, progress=progress, given=given)
     elif model is None:
         if not cfg.model.pretrained:
             raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
         model = load_video_text_model(cfg.model.pretrained)
-        from tgmae.models.arch import check_checkpoint_geometry
+        from tgmae.models.arch import check_checkpoint_geometry, with_checkpoint_model
 
-        check_checkpoint_geometry(cfg.model, model.mae.arch, cfg.model.pretrained)
+        model_cfg, note = with_checkpoint_model(cfg.model, model.mae.arch, given)
+        if note:
+            log.info("model.pretrained=%s: %s", cfg.model.pretrained, note)
+        check_checkpoint_geometry(model_cfg, model.mae.arch, cfg.model.pretrained)
         refuse_other_clip_geometry(cfg, model.mae.arch)
         warn_other_text_model(cfg)
     weights = tensors_digest(model.state_dict())  # other weights under the same path: other results

@@ -221,16 +221,21 @@ def checkpoint_model_keys(arch: VideoMAEArch) -> dict[str, Any]:
 
 
 def with_checkpoint_model(model_cfg: Any, arch: VideoMAEArch, given: Optional[Collection[str]]
-                          ) -> tuple[Any, dict[str, Any]]:
-    """(`model_cfg` with `checkpoint_model_keys(arch)` for each key the user did not set, {key:
-    value} taken where it differed). given: the dotted keys of -c and the overrides (None: all set,
-    nothing is taken). A key set to another value is kept, so `check_checkpoint_geometry` refuses it
-    naming the key: the weights fix the architecture, a config can only agree with them."""
+                          ) -> tuple[Any, Optional[str]]:
+    """(`model_cfg` with `checkpoint_model_keys(arch)` for each key the user did not set; a line for
+    the log naming the keys taken where they differed, None when none was). given: the dotted keys
+    of -c and the overrides (None: all set, nothing is taken). A key set to another value is kept,
+    so `check_checkpoint_geometry` refuses it naming the key: the weights fix the architecture, a
+    config can only agree with them. Used by the commands that test or read given weights
+    (evaluate, probe, extract, retrieve); finetune builds the model its config names."""
     if given is None:
-        return model_cfg, {}
+        return model_cfg, None
     taken = {k: v for k, v in checkpoint_model_keys(arch).items()
              if f"model.{k}" not in given and getattr(model_cfg, k) != v}
-    return (dataclasses.replace(model_cfg, **taken) if taken else model_cfg), taken
+    if not taken:
+        return model_cfg, None
+    return (dataclasses.replace(model_cfg, **taken),
+            ", ".join(f"model.{k}={v}" for k, v in taken.items()) + ", as its weights are")
 
 
 def size_from_checkpoint(model_cfg: Any, arch: VideoMAEArch) -> Optional[str]:
