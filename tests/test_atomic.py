@@ -73,6 +73,23 @@ def test_a_full_disk_inside_an_atomic_write_names_the_target_and_leaves_no_temp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_removes_the_folders_it_made_and_keeps_the_others(tmp_path):
+    """Re-trial 24B L1: `tgmae report --out full/rep` and `tgmae convert SRC full/sub/c.safetensors`
+    on a full disk left the empty folders they had made, which then looked like a started output.
+    A failed write removes the folders it made while they are empty; folders that were there stay."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    (tmp_path / "there").mkdir()
+    target = tmp_path / "there" / "new" / "deeper" / "results.json"
+    with pytest.raises(OutputError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            with open("/dev/full", "w") as full:
+                full.write("x" * 10)
+                full.flush()
+    assert [p.name for p in tmp_path.rglob("*")] == ["there"]
+
+
 def test_other_errors_pass_through_unchanged(tmp_path):
     assert write_failure(ValueError("bug"), tmp_path / "x") is None
     assert write_failure(OSError(errno.ENOENT, "gone")) is None

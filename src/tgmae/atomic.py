@@ -228,12 +228,14 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
 
     fsync: flush the temp file to disk before the rename. own_folder: the temp path is `path`'s
     name inside a temp folder, for writers that make temp files of their own (safetensors).
-    Creates `path`'s folder. On an exception the temp is removed and the error propagates (an
-    `OutputError` naming `path` for a write the disk or folder refused).
+    Creates `path`'s folder. On an exception the temp is removed, and the folders made for it
+    (when still empty: a full disk left no new empty `--out` that looks like a started one), and
+    the error propagates (an `OutputError` naming `path` for a write the disk or folder refused).
     """
     path = Path(path)
     folder = temp_path(path) if own_folder else None
     tmp = folder / path.name if folder is not None else temp_path(path)
+    new = [p for p in reversed(path.parents) if not p.exists()]  # outermost first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if folder is not None:
@@ -245,6 +247,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
         open_mode(tmp, path)
         os.replace(tmp, path)
     except Exception as e:
+        _discard(tmp)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        _remove_empty(new)
         failure = write_failure(e, path)
         if failure is not None:
             raise failure from e
@@ -272,11 +278,17 @@ def check_writable(path: str | os.PathLike, *, keep_new_folders: bool = True) ->
         raise (write_failure(e, path) or e) from e
     finally:
         _discard(tmp)
-        for folder in [] if keep_new_folders else reversed(new):  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:  # another process put a file there meanwhile: keep it
-                pass
+        if not keep_new_folders:
+            _remove_empty(new)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders `made` (outermost first) that are still empty, deepest first."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:  # another process put a file there meanwhile: keep it
+            pass
 
 
 def _discard(tmp: Path) -> None:

@@ -535,8 +535,7 @@ def write_report(records: Sequence[dict], out_dir: Path, title: str = "tgmae rep
     without a record (`unfinished_runs`); both named in the report."""
     from tgmae.study.report_html import markdown_to_html
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by the first write (and removed again if the disk refuses it)
     records = sorted(records, key=lambda r: cell_key(r) + (r["seed"],))
     atomic_write_text(out_dir / "results.json", json.dumps(list(records), indent=2))
     md = report_markdown(records, out_dir, title, seconds=seconds, text_probe=text_probe,
