@@ -291,3 +291,18 @@ def test_class_list_names_differing_only_in_case_or_spacing_are_refused_naming_b
     with pytest.raises(DescriptionsError) as e:
         read_class_list(p)
     assert all(s in str(e.value) for s in (str(p), "'Biking'", "'biking'", "lines 1 and 3")), str(e.value)
+
+
+def test_a_class_list_or_existing_out_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
+    """Re-trial 24A T2: a cp1252 file was a UnicodeDecodeError traceback naming no file."""
+    classes = tmp_path / "c.txt"
+    classes.write_bytes(b"walk\ncaf\xe9\n")
+    out = tmp_path / "o.json"
+    assert main(["--classes", str(classes), "--out", str(out), "--base-url", "http://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{classes}:2: not UTF-8 (byte 0xe9 at column 4); save it as UTF-8" in err
+    classes.write_text("walk\n")
+    out.write_bytes(b'{"walk": ["caf\xe9"]}')
+    assert main(["--classes", str(classes), "--out", str(out), "--base-url", "http://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}:1: not UTF-8 (byte 0xe9 at column 15); save it as UTF-8" in err

@@ -12,7 +12,8 @@ from tgmae.captions.provider import CaptionProvider
 from tgmae.captions.sources import (CUPL_PROMPTS, DescriptionsError, class_text, description_records,
                                     load_descriptions, match_classes, oracle_records, validate_descriptions)
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, merge_stores, read_store,
-                                  truncate_torn_tail, video_ids_in, write_store)
+                                  refuse_foreign_file, truncate_torn_tail, video_ids_in, write_store)
+from tgmae.errors import UserError
 
 
 def rec(vid, caps, source="captioner", model="m"):
@@ -84,6 +85,27 @@ def test_torn_tail_detected_dropped_and_appending_resumes(tmp_path):
         app.write_batch([rec("c", ["z"])])
     assert [r.video_id for r in read_store(p).records] == ["a", "b", "c"]
     assert p.read_bytes().startswith(whole)
+
+
+def test_a_store_line_that_is_not_utf8_is_one_line_naming_it_but_a_character_cut_by_a_kill_is_a_torn_tail(tmp_path):
+    """Re-trial 24A T2: a cp1252 caption was silently read as U+FFFD; now NotUtf8Error names the
+    line, torn tail allowed or not. A writer killed inside a 2-byte character leaves a torn tail."""
+    from tgmae.textfile import NotUtf8Error
+
+    p = tmp_path / "c.jsonl"
+    with StoreAppender(p) as app:
+        app.write_batch([rec("a", ["x"])])
+    whole = p.read_bytes()
+    p.write_bytes(whole + b'{"video_id": "b", "captions": ["caf\xe9"], "source": "s", "model": "m"}\n')
+    for torn_ok in (False, True):
+        with pytest.raises(NotUtf8Error, match=r"c\.jsonl:2: not UTF-8 \(byte 0xe9 at column 36\); save it as UTF-8$"):
+            read_store(p, allow_torn_tail=torn_ok)
+    p.write_bytes(whole + b'{"video_id": "b", "captions": ["caf\xc3')  # killed between é's two bytes
+    got = read_store(p, allow_torn_tail=True)
+    assert got.torn_tail and [r.video_id for r in got.records] == ["a"] and got.good_bytes == len(whole)
+    p.write_bytes(b'{"video_id": "caf\xe9"}\n')
+    with pytest.raises(NotUtf8Error, match=r"c\.jsonl:1: not UTF-8"):  # not "not a caption store"
+        refuse_foreign_file(p)
 
 
 def test_an_appender_that_wrote_nothing_leaves_no_file(tmp_path):
@@ -212,6 +234,9 @@ def test_descriptions_file_validation_names_the_entry(tmp_path):
     p = tmp_path / "d.json"
     p.write_text('{"jumping": ["a"],\n "running": [}')
     with pytest.raises(DescriptionsError, match="d.json:2: not valid JSON"):
+        load_descriptions(p)
+    p.write_bytes(b'{"move left": ["caf\xe9"]}')  # re-trial 24A T2: a UnicodeDecodeError traceback
+    with pytest.raises(UserError, match=r"d\.json:1: not UTF-8 \(byte 0xe9 at column 20\); save it as UTF-8$"):
         load_descriptions(p)
 
 

@@ -264,7 +264,7 @@ def test_index_device_and_encoding_mistakes_are_one_line(data, capsys, tmp_path)
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00train:")
     for argv in (["pretrain", "-c", str(binary)], ["study", "-c", str(binary)]):
-        _fails(capsys, argv, "not a UTF-8 text file")
+        _fails(capsys, argv, f"{binary}:1: not UTF-8 (byte 0xff at column 1); save it as UTF-8")
     _fails(capsys, ["pretrain", "-c", str(tmp_path)], "config file not found", "(a directory)")
 
 

@@ -313,6 +313,20 @@ def test_invalid_yaml_is_one_line_naming_the_file_line_and_column(tmp_path, text
     assert "\n" not in msg and str(path) in msg and where in msg and problem in msg
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_its_line(tmp_path):
+    """Re-trial 24A T2: every user's text file says file:line and the byte (as
+    `tgmae.textfile` words it), a YAML config too (it gave a byte offset only). A BOM is fine."""
+    from tgmae.errors import UserError
+
+    path = tmp_path / "y.yaml"
+    path.write_bytes(b"data:\n  num_frames: 4\n# caf\xe9 run\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}:3: not UTF-8 (byte 0xe9 at column 6); save it as UTF-8"
+    path.write_bytes(b"\xef\xbb\xbfdata:\n  num_frames: 4\n# caf\xc3\xa9 run\n")
+    assert load_config(path).data.num_frames == 4
+
+
 def test_an_override_that_is_not_valid_yaml_is_one_line_naming_it():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.crop_scales=[1.0,"])

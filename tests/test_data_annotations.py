@@ -723,3 +723,62 @@ def test_an_empty_label_in_a_csv_without_classes_txt_is_a_bad_row_not_a_class_na
     recs, classes = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
     assert classes == ["walking"] and [r.video_id for r in recs] == ["a"]
     assert [p.line for p in problems] == [3]
+
+
+# --------------------------------------------------------------------------------------------
+# A file that is not UTF-8 (re-trial 24A T2): one line naming file:line, never a traceback
+# --------------------------------------------------------------------------------------------
+
+
+def _latin1_after(path: Path, needle: bytes) -> str:
+    """Put a Latin-1 é (0xe9) right after the first `needle` of `path`; the message expected."""
+    data = path.read_bytes()
+    at = data.index(needle) + len(needle)
+    path.write_bytes(data[:at] + b"\xe9" + data[at:])
+    line, column = data.count(b"\n", 0, at) + 1, at - (data.rfind(b"\n", 0, at) + 1) + 1
+    return f"{path}:{line}: not UTF-8 (byte 0xe9 at column {column}); save it as UTF-8"
+
+
+@pytest.mark.parametrize("fmt,fixture,read,corrupt,needle,kw", [
+    ("csv", "csv", "train.csv", "train.csv", b"a person jumps, then", {}),
+    ("csv", "csv", "val.jsonl", "val.jsonl", b'"frames/jump', {}),
+    ("csv", "csv", "train.csv", "classes.txt", b"jump", {}),
+    ("k400", "k400", "train.csv", "train.csv", b"abseiling,--3ou", {}),
+    ("k400", "k400", "validate.csv", "train.csv", b"abseiling,--3ou", {}),  # the sibling that numbers classes
+    ("k400", "k400", "videomae_train.csv", "videomae_train.csv", b"train_256/air", {}),
+    ("ssv2", "ssv2", ".", "train.json", b'"label":"attaching a', {"subset": "train"}),
+    ("ssv2", "ssv2", ".", "labels.json", b'"Attaching', {"subset": "train"}),
+    ("ucf101", "ucf101/ucfTrainTestlist", ".", "trainlist01.txt", b"ApplyLipstick/v_", {}),
+    ("ucf101", "ucf101/ucfTrainTestlist", ".", "classInd.txt", b"3 Arch", {}),
+    ("hmdb51", "hmdb51/testTrainMulti_7030_splits", ".", "catch_test_split1.txt", b"Amazing", {}),
+    ("diving48", "diving48", ".", "Diving48_V2_train.json", b'"1HkqRRC2tdY', {"subset": "train"}),
+    ("diving48", "diving48", ".", "Diving48_vocab.json", b'"Back", "15som", "NoTwis", "TUCK', {"subset": "train"}),
+    ("epic55", "epic55", "EPIC_train_action_labels.csv", "EPIC_train_action_labels.csv", b"turn on", {}),
+    ("epic55", "epic55", "EPIC_val_action_labels.csv", "EPIC_train_action_labels.csv", b"turn on", {}),
+])
+def test_a_file_that_is_not_utf8_is_refused_in_one_line_naming_file_and_line(tmp_path, fmt, fixture, read,
+                                                                             corrupt, needle, kw):
+    from tgmae.textfile import NotUtf8Error
+
+    folder = tmp_path / "ann"
+    shutil.copytree(DATA / fixture, folder)
+    expected = _latin1_after(folder / corrupt, needle)
+    with pytest.raises(NotUtf8Error) as e:
+        load_annotations(fmt, tmp_path, folder / read, on_error="skip", **kw)
+    assert str(e.value) == expected
+
+
+def test_data_check_of_a_cp1252_epic_csv_is_one_line_exit_2(tmp_path, capsys):
+    """Re-trial 24A T2: a row `open caf\\xe9 door` ended `data check` in a UnicodeDecodeError traceback."""
+    from tgmae.cli import main
+
+    shutil.copytree(DATA / "epic55", tmp_path / "ann")
+    ann = tmp_path / "ann" / "EPIC_train_action_labels.csv"
+    rows = ann.read_bytes().count(b"\n")
+    with ann.open("ab") as f:
+        f.write(b"6,P01,P01_01,open caf\xe9 door,00:00:08.00,00:00:10.00,201,250,open,3,door,8,[],[]\n")
+    (tmp_path / "P01" / "P01_01").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["data", "check", "--format", "epic55", "--root", str(tmp_path), str(ann)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{ann}:{rows + 1}: not UTF-8 (byte 0xe9 at column 22); save it as UTF-8" in err

@@ -851,3 +851,16 @@ def test_a_list_in_out_that_prepare_did_not_write_is_never_replaced(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out / "train.csv") in err
     assert (out / "train.csv").read_text() == mine
+
+
+def test_a_list_that_is_not_utf8_is_refused_naming_its_line_when_carried(tmp_path):
+    """Re-trial 24A T2: the lists prepare rewrites are read as every user's text file is
+    (`tgmae.textfile`): a cp1252 byte is one line naming file:line, not a UnicodeDecodeError."""
+    from tgmae.textfile import NotUtf8Error
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    root.mkdir()
+    (root / "train.csv").write_bytes(b"path,label,caption\nA/clip1.avi,walk,caf\xe9\n")
+    with pytest.raises(NotUtf8Error, match=r"train\.csv:2: not UTF-8 \(byte 0xe9 at column 21\)"):
+        prep.write_annotations("csv", root, root / "train.csv", out, {})
+    assert not out.exists() or not any(out.iterdir())

@@ -16,7 +16,7 @@ SRC = Path(tgmae.__file__).resolve().parent
 
 # bottom to top; parts in one layer may import each other, but without a cycle
 LAYERS: list[set[str]] = [
-    {"errors", "user_cache", "atomic", "lifetime", "locks", "mask_contract"},
+    {"errors", "textfile", "user_cache", "atomic", "lifetime", "locks", "mask_contract"},
     {"config", "autotune", "hub", "distributed"},
     {"data"},
     {"captions"},

@@ -20,6 +20,7 @@ import yaml
 
 from tgmae.errors import UserError
 from tgmae.mask_contract import MASKED_COUNT
+from tgmae.textfile import read_text
 
 
 class ConfigError(ValueError, UserError):
@@ -777,17 +778,16 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file's contents; ConfigError names the file when it is not UTF-8 or not YAML, and
-    the key and both lines when a mapping holds a key twice (YAML keeps the second silently)."""
+    """A YAML file's contents; ConfigError names the file when it is not YAML, and the key and
+    both lines when a mapping holds a key twice (YAML keeps the second silently); NotUtf8Error
+    names file:line when it is not UTF-8 (`tgmae.textfile`; a BOM is fine)."""
     p = Path(path)
+    text = read_text(p)
     try:
-        text = p.read_text()
         _refuse_duplicate_keys(yaml.compose(text), p, "")
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML at {yaml_problem(e)}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
 def _refuse_duplicate_keys(node: Any, where: Any, prefix: str, in_line: bool = False) -> None:

@@ -21,6 +21,7 @@ from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, cl
 from tgmae.atomic import atomic_write_text
 from tgmae.data.annotations import class_key
 from tgmae.errors import UserError
+from tgmae.textfile import read_text
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 SYSTEM_PROMPT = "You describe what actions look like, in one or two plain sentences."
@@ -107,7 +108,7 @@ def read_class_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"classes file not found: {path}")
-    lines = [(i, t.strip()) for i, t in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
+    lines = [(i, t.strip()) for i, t in enumerate(read_text(path).splitlines(), 1)]
     named = [(i, n) for i, n in lines if n and not n.startswith("#")]
     if not named:
         raise DescriptionsError(f"{path}: no class names")
@@ -174,7 +175,7 @@ def read_existing(out: str | Path, meta: dict[str, Any], rebuild: bool = False) 
     if rebuild or not out.exists():
         return {}
     try:
-        loaded = json.loads(out.read_text(encoding="utf-8"))
+        loaded = json.loads(read_text(out))
     except json.JSONDecodeError as e:
         raise DescriptionsError(f"{out}:{e.lineno}: existing output is not valid JSON ({e.msg}); "
                                 "move it away to start over") from None

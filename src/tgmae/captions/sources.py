@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from tgmae.captions.store import CaptionRecord, CaptionStoreError
 from tgmae.data.annotations import class_key, unnamed_classes
 from tgmae.errors import SettingsError, UserError
+from tgmae.textfile import read_text
 
 # Table 6a: prompts given to GPT-3.5 per action class, after CuPL.
 CUPL_PROMPTS: tuple[str, ...] = (
@@ -87,12 +88,13 @@ def validate_descriptions(obj: Any, where: str = "descriptions") -> tuple[dict[s
 
 
 def load_descriptions(path: str | Path) -> tuple[dict[str, list[str]], dict]:
-    """Read a class-descriptions JSON file -> (class -> descriptions, meta)."""
+    """Read a class-descriptions JSON file -> (class -> descriptions, meta). DescriptionsError
+    naming the file when missing, not JSON or malformed; NotUtf8Error (file:line) when not UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"class-descriptions file not found: {path}")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DescriptionsError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     return validate_descriptions(obj, str(path))

@@ -12,6 +12,7 @@ resumed writer appends; a bad line anywhere else is an error naming the file and
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import IO, Any, Iterable, Optional, Sequence
 from tgmae.atomic import atomic_write_text
 from tgmae.data.fileid import copy_key
 from tgmae.errors import UserError
+from tgmae.textfile import NotUtf8Error, decode
 
 REQUIRED_KEYS = ("video_id", "captions", "source", "model")
 
@@ -101,8 +103,10 @@ class StoreContents:
 def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple[list[tuple[int, Any]], bool, int]:
     """Parse a JSONL file written line by line. Returns ([(line_no, obj)], torn_tail, good_bytes).
 
-    Blank lines are skipped. The last line may be torn (no newline, or not valid JSON) when
-    `allow_torn_tail`; it is then left out and reported. A bad line elsewhere raises.
+    Blank lines are skipped. The last line may be torn (no newline, or not valid JSON, or cut
+    inside a character) when `allow_torn_tail`; it is then left out and reported. A bad line
+    elsewhere raises; bytes that are not UTF-8 (a store edited in another encoding) raise
+    `NotUtf8Error` naming the line, torn tail allowed or not.
     """
     with open(path, "rb") as f:
         lines = f.readlines()
@@ -112,7 +116,13 @@ def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple
     for n, raw in enumerate(lines, start=1):
         end += len(raw)  # byte offset after this line
         last, has_nl = n == len(lines), raw.endswith(b"\n")
-        text = raw.decode("utf-8", errors="replace").strip()
+        try:
+            text = decode(raw, path, first_line=n, bom=n == 1).strip()
+        except NotUtf8Error:
+            if last and allow_torn_tail and not has_nl and _cut_in_a_character(raw):
+                torn = True
+                break
+            raise
         if not text:
             if has_nl:
                 good_bytes = end
@@ -150,6 +160,16 @@ def read_store(path: str | Path, allow_torn_tail: bool = False) -> StoreContents
         seen[rec.video_id] = n
         records.append(rec)
     return StoreContents(records, torn, good)
+
+
+def _cut_in_a_character(raw: bytes) -> bool:
+    """Whether `raw` fails as UTF-8 only because its last character is incomplete: what a writer
+    killed mid-line leaves, unlike a byte of another encoding inside the line."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def truncate_torn_tail(path: str | Path) -> bool:
@@ -258,7 +278,8 @@ def refuse_foreign_file(path: str | Path) -> None:
     run nor --rebuild may replace: its first line is not a JSON object with a video_id
     (a file of the user's, such as an annotation list or notes). Only the first line is read; the
     store's readers name damage further on. A lone torn first line (a writer killed in its first
-    record: no newline) counts as a store's."""
+    record: no newline) counts as a store's. A first line of JSON in another encoding than UTF-8 is
+    `NotUtf8Error` naming it (a store edited so: the fix is to save it as UTF-8)."""
     path = Path(path)
     if not path.is_file():
         return
@@ -270,9 +291,14 @@ def refuse_foreign_file(path: str | Path) -> None:
     if not first.strip() or (not first.endswith(b"\n") and first.lstrip().startswith(b'{"video_id"')):
         return
     try:
-        obj = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = json.loads(decode(first, path, first_line=n, bom=n == 1))
+    except json.JSONDecodeError:
         obj = None
+    except NotUtf8Error:
+        if not first.lstrip().startswith(b"{"):  # a binary file, or text of another kind: not a store
+            obj = None
+        else:  # a store (or JSON) edited in another encoding: that is what to fix
+            raise
     if not (isinstance(obj, dict) and "video_id" in obj):
         raise CaptionStoreError(f"{path}:{n}: not a caption store (not a record with a video_id): "
                                 "it is not replaced, --rebuild or not; give --out another file")

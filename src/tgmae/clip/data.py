@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from tgmae.textfile import open_text
+
 
 def read_split_ids(root: Path, split: str) -> list[str]:
     """Video ids of `root/<split>.csv` (`path,label,caption,video_id`; sets made before the
@@ -13,5 +15,5 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a synthetic set (`tgmae synth`)?")
-    with open(path, newline="") as f:
+    with open_text(path) as f:
         return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]

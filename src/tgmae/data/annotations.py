@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from tgmae.errors import UserError
+from tgmae.textfile import open_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,11 @@ def parse_int(text: str, file: Path, line: int, what: str, rows: RowErrors) -> O
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(1-based line number, stripped text) of non-empty lines; CRLF files as shipped by UCF101."""
+    """(1-based line number, stripped text) of non-empty lines; CRLF files as shipped by UCF101.
+    A file that is not UTF-8 is refused naming file:line (`tgmae.textfile.NotUtf8Error`)."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = read_text(path)
     return [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
 
 
@@ -145,10 +147,10 @@ def load_json(path: Path, object_pairs_hook: Optional[Callable] = None, shape: O
     """The JSON value in `path`; AnnotationError naming the file (and line) when missing or invalid.
     object_pairs_hook: as json.loads's (to see a key twice, which a dict keeps the last of).
     shape: what the file must hold, e.g. "one JSON list of objects [...]": named in the error, which
-    for a file of one JSON value per line (JSON lines) says so."""
+    for a file of one JSON value per line (JSON lines) says so. Not UTF-8: NotUtf8Error (file:line)."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
@@ -174,7 +176,7 @@ def json_item_lines(path: Path) -> list[int]:
     """Line number where each top-level array item starts (for error messages): objects, lists and
     scalars alike; brackets inside strings do not count."""
     out, depth, line, in_str, escaped, want = [], 0, 1, False, False, False
-    for ch in path.read_text(encoding="utf-8-sig"):
+    for ch in read_text(path):
         if ch == "\n":
             line += 1
         if in_str:
@@ -279,7 +281,7 @@ def _generic_rows(ann: Path, rows: RowErrors) -> list[tuple[int, dict]]:
                 continue
             raw.append((line, obj))
     else:
-        with ann.open(newline="", encoding="utf-8-sig") as f:
+        with open_text(ann) as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             if "path" not in fields or "label" not in fields:

@@ -22,6 +22,7 @@ from tgmae.data.annotations import (
     UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
     range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
 )
+from tgmae.textfile import open_text
 
 # Official clip names, kept as ids: Kinetics `{youtube_id}_{start:06d}_{end:06d}`, UCF101 `v_Class_gNN_cNN`
 _K400_NAME = re.compile(r".+_\d{6}_\d{6}")
@@ -86,7 +87,7 @@ def read_k400(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord]
 
 
 def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
-    with ann.open(newline="", encoding="utf-8-sig") as f:
+    with open_text(ann) as f:
         reader = csv.DictReader(f)
         raw = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for r in reader]
     classes = _k400_classes(ann, raw)
@@ -129,7 +130,7 @@ def _k400_classes(ann: Path, raw: list) -> list[str]:
     for sib in ("train.csv", "validate.csv", "val.csv", "test.csv"):
         p = ann.parent / sib
         if p.is_file() and p != ann:
-            with p.open(newline="", encoding="utf-8-sig") as f:
+            with open_text(p) as f:
                 reader = csv.DictReader(f)
                 if "label" in (reader.fieldnames or []) and "youtube_id" in (reader.fieldnames or []):
                     for r in reader:
@@ -502,7 +503,7 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     out: list[_EpicRow] = []
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         missing = [c for c in need if c not in fields]

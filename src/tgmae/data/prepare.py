@@ -43,6 +43,7 @@ from tgmae.data.fileid import video_identity
 from tgmae.data.formats import _resolve, load_annotations
 from tgmae.errors import SettingsError, UserError
 from tgmae.locks import hold, refuse_inside_run
+from tgmae.textfile import read_text
 
 log = logging.getLogger("tgmae")
 
@@ -509,7 +510,7 @@ def write_annotations(fmt: str, root: Path, ann: Path, out: Path, renamed: dict[
     lists, classes = _format_files(fmt, ann)
     data = {dest_dir / f.name: f.read_bytes() for f in classes}  # name no videos: carried byte for byte
     for f in lists:
-        text = f.read_text(encoding="utf-8-sig")
+        text = read_text(f)
         if fmt in ("ucf101", "hmdb51") or (fmt == "k400" and not text.lstrip().startswith("label,youtube_id")):
             text = _rewrite_line_paths(text, fmt, f.name, renamed)
         elif fmt == "csv" and f.suffix.lower() in (".csv", ".jsonl", ".json"):

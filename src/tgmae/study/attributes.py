@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from tgmae.evaluate.logistic import fit_logistic
+from tgmae.textfile import open_text
 
 ATTRIBUTES = ("action", "colour", "shape")
 
@@ -48,7 +49,7 @@ def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_
 
 
 def _split_ids(annotations: Path) -> list[str]:
-    with open(annotations, newline="") as f:
+    with open_text(annotations) as f:
         return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]
 
 
