@@ -118,16 +118,3 @@ def test_text_probe_reads_the_action_from_held_out_captions(tmp_path):
     assert bag_of_words(["Slides left.", "slides right"])(["slides LEFT!"]).tolist() == [[1.0, 0.0, 1.0]]
     with pytest.raises(ValueError, match="no per-video actions"):
         text_action_probe(tmp_path, bag_of_words(corpus))
-
-
-def test_split_ids_of_a_list_that_is_not_utf8_are_refused_naming_its_line(tmp_path):
-    """Re-trial 24A T2: the study's lists are read as every user's text file (`tgmae.textfile`)."""
-    from tgmae.study.attributes import _split_ids
-    from tgmae.textfile import NotUtf8Error
-
-    ann = tmp_path / "val.csv"
-    ann.write_bytes(b"path,label,caption,video_id\nvideos/a.mp4,0,x,a\nvideos/b.mp4,0,caf\xe9,b\n")
-    with pytest.raises(NotUtf8Error, match=r"val\.csv:3: not UTF-8 \(byte 0xe9 at column 19\)"):
-        _split_ids(ann)
-    ann.write_text("path,label,caption,video_id\nvideos/a.mp4,0,x,a\nvideos/b.mp4,0,y,\n")
-    assert _split_ids(ann) == ["a", "b"]

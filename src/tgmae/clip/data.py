@@ -15,5 +15,10 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a synthetic set (`tgmae synth`)?")
+    return list_ids(path)
+
+
+def list_ids(path: Path) -> list[str]:
+    """Video ids of a synthetic set's list file (`read_split_ids`' rule), in its order."""
     with open_text(path) as f:
         return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]

@@ -8,15 +8,14 @@ from "it learnt what the captions name but not the action", which the action pro
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from tgmae.clip.data import list_ids
 from tgmae.evaluate.logistic import fit_logistic
-from tgmae.textfile import open_text
 
 ATTRIBUTES = ("action", "colour", "shape")
 
@@ -48,11 +47,6 @@ def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_
     return (fit.predict(x_val) == y_val).float().mean().item()
 
 
-def _split_ids(annotations: Path) -> list[str]:
-    with open_text(annotations) as f:
-        return [row.get("video_id") or Path(row["path"]).stem for row in csv.DictReader(f)]
-
-
 def _pooled(path: Path) -> bool:
     """Whether a feature cache holds pooled [N, D] features (the linear probe's), not the token
     grids the attentive probe caches beside them ([N, n, D] or [N, views, n, D])."""
@@ -72,7 +66,7 @@ def attribute_probe(probe_dir: Path, data_dir: Path, train_csv: str = "train.csv
     attrs = video_attributes(data_dir)
     if attrs is None:
         return None
-    ids = {"train": _split_ids(Path(data_dir) / train_csv), "val": _split_ids(Path(data_dir) / val_csv)}
+    ids = {"train": list_ids(Path(data_dir) / train_csv), "val": list_ids(Path(data_dir) / val_csv)}
     feats = {}
     for split in ("train", "val"):
         files = sorted((f for f in (Path(probe_dir) / "features").glob(f"{split}-*.safetensors") if _pooled(f)),
@@ -107,7 +101,7 @@ def text_action_probe(data_dir: Path, embed: Callable[[list[str]], torch.Tensor]
     if attrs is None:
         raise ValueError(f"{data_dir}: no per-video actions in meta.json (not a synthetic set)")
     captions = read_store(data_dir / "captions.jsonl").by_video()
-    split = {s: [(c, attrs[v]["action"]) for v in _split_ids(data_dir / f) for c in captions[v].captions]
+    split = {s: [(c, attrs[v]["action"]) for v in list_ids(data_dir / f) for c in captions[v].captions]
              for s, f in (("train", train_csv), ("val", val_csv))}
     classes = sorted({a for pairs in split.values() for _, a in pairs})
     x = {s: embed([c for c, _ in pairs]).float() for s, pairs in split.items()}
