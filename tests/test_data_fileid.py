@@ -9,7 +9,8 @@ import urllib.parse
 import pytest
 
 from tgmae.atomic import temp_path
-from tgmae.data.fileid import file_identity, id_file_name, video_identity, videos_fingerprint
+from tgmae.data.fileid import (copy_key, file_identity, id_file_name, video_identities, video_identity,
+                               videos_fingerprint)
 
 
 def _frames(folder, n: int, fill: bytes = b"a") -> None:
@@ -43,6 +44,87 @@ def test_fingerprint_of_files_is_their_identity_and_steady(tmp_path):
     assert videos_fingerprint([str(a), str(gone)]) == old
     assert videos_fingerprint([str(a)]) == videos_fingerprint([str(a)]) != videos_fingerprint([str(gone)])
     assert video_identity(str(gone)) is None
+
+
+def _old_identity(folder) -> list:
+    """A frame folder's identity as stores, checkpoints and caches recorded it before it was compact:
+    the sorted [name, size, mtime ns, inode, ctime ns] of every frame, as read back from JSON."""
+    rows = []
+    for e in os.scandir(folder):
+        st = e.stat()
+        rows.append([e.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+    return sorted(rows)
+
+
+def test_a_frame_folders_identity_is_compact(tmp_path):
+    """Re-trial 24A M6: a frame folder's identity was the stat of every frame, copied into each
+    caption record of each segment (20,000 frames: 1.66 MB per record). Now it is ["frames", count,
+    two digests]: as small for 2,000 frames as for 2, and steady."""
+    import json
+
+    few, many = tmp_path / "few", tmp_path / "many"
+    _frames(few, 2)
+    _frames(many, 2000)
+    ident = video_identity(str(many))
+    assert ident[:2] == ["frames", 2000] and len(ident) == 4
+    assert len(json.dumps(ident)) < 200 and len(json.dumps(video_identity(str(few)))) < 200
+    assert video_identity(str(many)) == ident
+
+
+def test_a_frame_replaced_in_place_changes_the_identity_and_a_copy_keeps_its_copy_key(tmp_path):
+    """A frame overwritten in place (same name, size, mtime) is another identity; a copy of the
+    folder (new inodes, ctimes, mtimes: cp, rsync) has another identity but the same `copy_key`;
+    a frame of another size is another `copy_key`."""
+    import shutil
+
+    folder, copy = tmp_path / "plain", tmp_path / "copy"
+    _frames(folder, 5)
+    before = video_identity(str(folder))
+    shutil.copytree(folder, copy)  # copy2: same mtimes, new inodes and ctimes
+    assert video_identity(str(copy)) != before and copy_key(video_identity(str(copy))) == copy_key(before)
+    frame = folder / "00002.jpg"
+    st = os.stat(frame)
+    frame.write_bytes(b"another video's frame".ljust(st.st_size, b"b"))
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert video_identity(str(folder)) != before and copy_key(video_identity(str(folder))) == copy_key(before)
+    (copy / "00003.jpg").write_bytes(b"short")
+    assert copy_key(video_identity(str(copy))) != copy_key(before)
+    assert copy_key(video_identity(str(tmp_path / "gone"))) is None
+
+
+def test_an_old_full_listing_converts_to_the_compact_form(tmp_path):
+    """An identity recorded in the old full-listing form (older caption stores, checkpoints, mask
+    caches) is read as the compact form of the same frames: its `copy_key` (and `copy_key` of the
+    old copy key, a listing of [name, size]) equals today's, so an older store stays valid."""
+    folder = tmp_path / "plain"
+    _frames(folder, 6)
+    old, now = _old_identity(folder), video_identity(str(folder))
+    assert copy_key(old) == copy_key(now) == copy_key([e[:2] for e in old]) == copy_key(copy_key(now))
+    from tgmae.data.fileid import current_identity
+
+    assert current_identity(old) == now and current_identity(now) == now
+    assert current_identity(None) is None and current_identity([5, 1, 2, 3]) == [5, 1, 2, 3]
+
+
+def test_many_records_of_one_folder_list_it_once(tmp_path, monkeypatch):
+    """Re-trial 24A M6: 200 segments of one EPIC video listed and stat'ed its 20,000 frames 200 times
+    (caption stores, resume, caches). `video_identities` lists each distinct path once; so does
+    `videos_fingerprint`."""
+    import tgmae.data.fileid as fileid
+
+    folder, other = tmp_path / "P01_01", tmp_path / "P01_02"
+    _frames(folder, 3)
+    _frames(other, 3)
+    scans = []
+    real = os.scandir
+    monkeypatch.setattr(fileid.os, "scandir", lambda p: scans.append(str(p)) or real(p))
+    paths = [str(folder)] * 200 + [str(other)] * 50
+    idents = video_identities(paths)
+    assert sorted(scans) == sorted([str(folder), str(other)])
+    assert idents == {str(folder): video_identity(str(folder)), str(other): video_identity(str(other))}
+    scans.clear()
+    videos_fingerprint(paths)
+    assert sorted(scans) == sorted([str(folder), str(other)])
 
 
 JAPANESE = "クラス/" + "日本語の動画" * 7  # 45 characters, 135 bytes: a valid file name on disk

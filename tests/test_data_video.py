@@ -443,7 +443,7 @@ def test_frame_index_key_changes_when_a_file_is_swapped_with_same_size_and_mtime
     import shutil
 
     from tgmae.data import frame_index as fi
-    from tgmae.data.cache import _file_stat
+    from tgmae.data.fileid import video_identity
 
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     write_video(a, _pattern(12, 32, 32), gop=4)
@@ -451,13 +451,13 @@ def test_frame_index_key_changes_when_a_file_is_swapped_with_same_size_and_mtime
     data[-1] ^= 1  # same size
     b.write_bytes(bytes(data))
     st = os.stat(a)
-    key_a, stat_a = fi._key(str(a)), _file_stat(str(a))
+    key_a, stat_a = fi._key(str(a)), video_identity(str(a))
     staged = tmp_path / "staged.mp4"
     shutil.copyfile(b, staged)
     os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(staged, a)  # as rsync -t / tar x do
     assert os.stat(a).st_size == st.st_size and os.stat(a).st_mtime_ns == st.st_mtime_ns
-    assert fi._key(str(a)) != key_a and _file_stat(str(a)) != stat_a
+    assert fi._key(str(a)) != key_a and video_identity(str(a)) != stat_a
 
 
 def _folder(path: Path, names, size=(24, 30)) -> Path:

@@ -1583,3 +1583,37 @@ def test_a_refused_resume_removes_a_killed_checkpoint_writes_temp_folder(tmp_pat
     with pytest.raises(ckpt.CheckpointError, match="optim.lr"):
         Trainer(ToyTask(other), other).fit()
     assert not stale.exists()
+
+
+def test_a_resume_lists_a_frame_folder_once_and_accepts_an_older_checkpoints_form(tmp_path, monkeypatch):
+    """Re-trial 24A M6: `videos_on_disk` listed an EPIC frame folder once per segment (200 segments of
+    20,000 frames: 70 s before a 2-step run). It lists each folder once and keeps its compact copy
+    key; a checkpoint written before (a [name, size] listing per folder) is the same files, and a
+    frame of another size is still a change."""
+    import hashlib
+    import json
+    import types
+
+    import tgmae.data.fileid as fileid
+    from tgmae.distributed import DistInfo
+    from tgmae.train.resume import video_changes, videos_on_disk
+
+    folder = tmp_path / "P01" / "P01_01"
+    folder.mkdir(parents=True)
+    for i in range(1, 31):
+        (folder / f"frame_{i:010d}.jpg").write_bytes(b"j" * (50 + i))
+    records = [types.SimpleNamespace(path=str(folder)) for _ in range(200)]
+    scans, real = [], os.scandir
+    monkeypatch.setattr(fileid.os, "scandir", lambda p: scans.append(p) or real(p))
+    now = videos_on_disk({"train": types.SimpleNamespace(records=records)}, str(tmp_path))
+    assert scans == [str(folder)] and len(json.dumps(now)) < 400
+    cfg, dist = toy_cfg(tmp_path), DistInfo(0, 1, 0, torch.device("cpu"))
+    listing = sorted([e.name, e.stat().st_size] for e in real(folder))
+    old_files = {"P01/P01_01": listing}  # as checkpoints wrote it before identities were compact
+    old = {"train": {"sha256": hashlib.sha256(json.dumps(sorted(old_files.items())).encode()).hexdigest(),
+                     "count": 1, "files": old_files}}
+    assert video_changes(cfg, dist, tmp_path / "ckpt.pt", old, now) == []
+    (folder / "frame_0000000003.jpg").write_bytes(b"another")
+    with pytest.raises(ckpt.CheckpointError, match="P01/P01_01"):
+        video_changes(cfg, dist, tmp_path / "ckpt.pt", old, videos_on_disk(
+            {"train": types.SimpleNamespace(records=records)}, str(tmp_path)))

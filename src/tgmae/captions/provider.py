@@ -84,11 +84,13 @@ class CaptionProvider:
         recorded range is the clip's (not captions of other frames of the file): a dataset checks
         this at set-up, not at the first sample without one."""
         if paths or frames:
-            from tgmae.data.fileid import video_identity
+            from tgmae.data.fileid import video_identities
 
             ids = set(video_ids)
+            mine = {v: str(p) for v, p in (paths or {}).items() if v in ids}
+            on_disk = video_identities(mine.values())  # a frame folder's segments share one scan
             refuse_other_videos(self.source_file or "the captions", self.records,
-                                {v: video_identity(str(p)) for v, p in (paths or {}).items() if v in ids},
+                                {v: on_disk[p] for v, p in mine.items()},
                                 {v: f for v, f in (frames or {}).items() if v in ids})
         missing = self.missing(video_ids)
         if missing:

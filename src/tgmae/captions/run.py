@@ -31,7 +31,7 @@ from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
                                   read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
-from tgmae.data.fileid import video_identity
+from tgmae.data.fileid import current_identity, video_identities
 
 log = logging.getLogger("tgmae")
 
@@ -137,7 +137,7 @@ def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Opti
     vid = obj.get("video_id") if isinstance(obj, dict) else None
     if vid not in identity:
         return None
-    if "video" in obj and obj["video"] != identity[vid]:
+    if "video" in obj and current_identity(obj["video"]) != identity[vid]:  # an older store's form too
         return "its video changed"
     if obj.get("frames") is not None and list(obj["frames"]) != list(frames.get(vid, obj["frames"])):
         return f"its frame range changed ({range_text(obj['frames'])} -> {range_text(frames[vid])})"
@@ -244,7 +244,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     mine = shard.take(unique)
     if retry_errors:
         _forget_errors(out, {v.video_id for v in mine}, shard)
-    identity = {v.video_id: video_identity(str(v.path)) for v in mine}
+    on_disk = video_identities(str(v.path) for v in mine)  # a frame folder's segments share one scan
+    identity = {v.video_id: on_disk[str(v.path)] for v in mine}
     ranges = {v.video_id: clip_range(v) for v in mine}
     changed = _forget_changed(out, identity, shard, ranges, fresh=fresh)
     changed |= _forget_changed(errors_path(out), identity, shard, ranges, "failed", fresh)  # a fixed range: tried again

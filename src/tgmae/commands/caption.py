@@ -189,9 +189,10 @@ def _replaced(out: str, identity: dict) -> list[str]:
 
 def _identities(videos) -> dict:
     """{video_id: `tgmae.data.fileid.video_identity` of its file} of `VideoRecord`s."""
-    from tgmae.data.fileid import video_identity
+    from tgmae.data.fileid import video_identities
 
-    return {v.video_id: video_identity(str(v.path)) for v in videos}
+    on_disk = video_identities(str(v.path) for v in videos)  # each file or frame folder once
+    return {v.video_id: on_disk[str(v.path)] for v in videos}
 
 
 def _combine(args: argparse.Namespace) -> list[CaptionRecord]:

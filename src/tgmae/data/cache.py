@@ -33,7 +33,7 @@ import torch
 from tgmae.atomic import OutputError, atomic_path, atomic_write_text, check_writable, remove_stale_temps
 from tgmae.config import ConfigError
 from tgmae.data.annotations import VideoRecord
-from tgmae.data.fileid import entry_identity, file_identity
+from tgmae.data.fileid import video_identities
 from tgmae.data.shm import share_memory
 from tgmae.data.frame_index import error_text
 from tgmae.data.video import VideoError, VideoReader
@@ -72,18 +72,6 @@ def default_cache_dir() -> Path:
     return root / "clips"
 
 
-def _file_stat(path: str) -> list:
-    """`file_identity` of a file (size, mtime, inode, ctime), the sorted listing of a frame folder
-    with each file's identity, or None for a missing path (a missing video is an entry too: it
-    must fail the same way)."""
-    try:
-        if os.path.isdir(path):
-            return sorted(entry_identity(e) for e in os.scandir(path) if e.is_file())
-        return file_identity(path)
-    except OSError:
-        return None  # type: ignore[return-value]
-
-
 def frame_spans(records: Sequence[VideoRecord]) -> dict[str, tuple[int, Optional[int]]]:
     """path -> (lo, hi) frames any record of that path can sample; hi None = to the end."""
     spans: dict[str, tuple[int, Optional[int]]] = {}
@@ -104,8 +92,9 @@ def cache_key(records: Sequence[VideoRecord]) -> tuple[str, dict]:
     from tgmae.data.frame_index import INDEX_VERSION
 
     spans = frame_spans(records)
+    ident = video_identities(spans)  # a missing video is an entry too (None): it must fail the same way
     inputs = {"format": CACHE_FORMAT, "av": av.__version__, "reader": INDEX_VERSION,
-              "videos": [[os.path.abspath(p), _file_stat(p), lo, hi] for p, (lo, hi) in sorted(spans.items())]}
+              "videos": [[os.path.abspath(p), ident[p], lo, hi] for p, (lo, hi) in sorted(spans.items())]}
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 

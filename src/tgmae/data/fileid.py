@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import urllib.parse
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 # Most a file name made from an id may take, in (ASCII) characters. File systems allow 255 bytes;
 # around the id go a figure's `attention_` ... `-HASH.png` (23) and an atomic write's temp name
@@ -37,13 +37,14 @@ def entry_identity(entry: os.DirEntry) -> list:
 
 def videos_fingerprint(paths: Sequence[str]) -> str:
     """sha256 over each video's path and `video_identity`: a file's (size, mtime, inode, ctime), a
-    frame folder's listing of them per frame. Another file at a path (a re-encode, a replaced
-    copy) or a frame replaced in place (which leaves the folder's own stat as it was) is another
-    fingerprint. A missing path counts as (path, -1). The one key of "these videos, as they are on
-    disk" (feature caches, extract shards, alignment results)."""
-    h = hashlib.sha256()
+    frame folder's count and digests of them per frame (each distinct path stat'ed once). Another
+    file at a path (a re-encode, a replaced copy) or a frame replaced in place (which leaves the
+    folder's own stat as it was) is another fingerprint. A missing path counts as (path, -1). The
+    one key of "these videos, as they are on disk" (feature caches, extract shards, alignment
+    results)."""
+    h, idents = hashlib.sha256(), video_identities(paths)
     for p in paths:
-        ident = video_identity(p)
+        ident = idents[p]
         h.update(f"{p}\0{[-1] if ident is None else ident}\n".encode())
     return h.hexdigest()
 
@@ -73,23 +74,60 @@ def id_file_name(video_id: str, folders: str = "%2F") -> str:
 
 
 def video_identity(path: str) -> list | None:
-    """`file_identity` of a video file, or the sorted `entry_identity` listing of a frame folder
-    (a frame replaced in place changes it); None for a missing path. JSON-ready: the per-entry key
-    of caches keyed per video (similarity maps, caption stores, prepared copies)."""
+    """`file_identity` of a video file, or `folder_identity` of a frame folder (["frames", count,
+    two digests]: a frame replaced in place changes it); None for a missing path. JSON-ready and
+    small (under 200 characters): the per-entry key of caches keyed per video (similarity maps,
+    caption stores, prepared copies). Over many records use `video_identities` (one scan a folder)."""
     try:
         if os.path.isdir(path):
-            return sorted(entry_identity(e) for e in os.scandir(path) if e.is_file())
+            return folder_identity([entry_identity(e) for e in os.scandir(path) if e.is_file()])
         return file_identity(path)
     except OSError:
         return None
 
 
+def video_identities(paths: Iterable[str]) -> dict[str, list | None]:
+    """{path: `video_identity`} with each distinct path stat'ed (a frame folder listed) once: the
+    records of one video (EPIC's segments: hundreds per frame folder of 20,000 frames) share it."""
+    return {p: video_identity(p) for p in dict.fromkeys(paths)}
+
+
+def _digest(rows: list) -> str:
+    """sha256 hex of a listing's compact JSON (the same for tuples and lists, so for a listing read
+    back from a store)."""
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def folder_identity(entries: list) -> list:
+    """["frames", count, digest of the sorted `entry_identity` rows, digest of their [name, size]]
+    of a frame folder's files (entries: `entry_identity` rows, any order). The first digest catches a
+    frame replaced in place (inode, ctime); the second is what a copy keeps (`copy_key`)."""
+    rows = sorted(list(e) for e in entries)
+    return ["frames", len(rows), _digest(rows), _digest([r[:2] for r in rows])]
+
+
+def _old_listing(identity: Any) -> bool:
+    """True for a frame folder's identity of the old form (before it was compact, still found in
+    older stores, checkpoints and caches): its rows themselves, [[name, size, ...], ...]."""
+    return isinstance(identity, list) and bool(identity) and isinstance(identity[0], list)
+
+
+def current_identity(identity: Any) -> Any:
+    """A recorded `video_identity` in today's form: an old full listing of a frame folder becomes
+    its `folder_identity` (the same frames compare equal); anything else is returned as is."""
+    return folder_identity(identity) if _old_listing(identity) and len(identity[0]) == 5 else identity
+
+
 def copy_key(identity: Any) -> Any:
-    """What a copy of a video keeps of its `video_identity`: a file's [size], a frame folder's [name,
-    size] per frame. A data set copied to a node's local disk (cp, rsync: new inode and ctime, maybe
-    mtime) keeps what was made from it (captions that cost a captioner pass, a run to resume);
-    another data set's files, or a video replaced by another, differ."""
+    """What a copy of a video keeps of its `video_identity`: a file's [size], a frame folder's
+    ["frames", count, digest of the [name, size] per frame]. A data set copied to a node's local
+    disk (cp, rsync: new inode and ctime, maybe mtime) keeps what was made from it (captions that
+    cost a captioner pass, a run to resume); another data set's files, or a video replaced by
+    another, differ. Takes either form of a folder's identity, and a copy key itself (an older
+    checkpoint's listing of [name, size]): each gives today's copy key. None stays None."""
     ident = json.loads(json.dumps(identity))
-    if ident and isinstance(ident[0], list):
-        return [e[:2] for e in ident]
+    if _old_listing(ident):
+        return ["frames", len(ident), _digest([e[:2] for e in ident])]
+    if ident and ident[0] == "frames":
+        return [ident[0], ident[1], ident[-1]]
     return ident[:1] if ident else ident

@@ -411,11 +411,13 @@ class SimilarityCache:
                 f"--patch-size {patch_size or m.patch_size}` into another --out, and set masking.cache_dir to it")
 
     def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
-        from tgmae.data.fileid import video_identity
+        from tgmae.data.fileid import current_identity, video_identities
 
         made_from = {r["video_id"]: r.get("video") for r in part_records(self.root) if r.get("file")}
-        changed = [v for v in video_ids if made_from.get(v) is not None and v in paths
-                   and json.loads(json.dumps(video_identity(paths[v]))) != made_from[v]]
+        checked = [v for v in video_ids if made_from.get(v) is not None and v in paths]
+        on_disk = video_identities(paths[v] for v in checked)  # a frame folder's segments share one scan
+        changed = [v for v in checked  # an older cache's form of a frame folder reads as today's
+                   if json.loads(json.dumps(on_disk[paths[v]])) != current_identity(made_from[v])]
         if changed:
             raise CacheMismatchError(
                 f"similarity cache {self.root}: {len(changed)} videos changed since their maps were made "

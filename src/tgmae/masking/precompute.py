@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
-from tgmae.data.fileid import video_identity
+from tgmae.data.fileid import current_identity, video_identities
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
     CacheManifest, captions_key, check_cache_folder, entry_problem, next_run, part_file, part_records,
@@ -141,7 +141,8 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     remove_stale_cache_temps(out)  # index / manifest / maps of a killed run
     records = read_store(captions_file).records
     # captions of another data set's videos under these ids would make maps of the wrong text
-    refuse_other_videos(captions_file, records, {vid: video_identity(path) for vid, path in videos}, ranges)
+    idents = video_identities(path for _, path in videos)  # a frame folder's segments share one scan
+    refuse_other_videos(captions_file, records, {vid: idents[path] for vid, path in videos}, ranges)
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
@@ -175,7 +176,7 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
             if bad_range:  # as `caption` and `data check` report it: never counted as cached
                 skip(vid, bad_range)
                 continue
-            key, ident = captions_key(caps), video_identity(path)
+            key, ident = captions_key(caps), idents[path]
             if _is_done(out, done.get(vid), key, ident, vid, path, caps):
                 counts["resumed"] += 1
                 continue
@@ -199,7 +200,7 @@ def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vi
     a damaged map file (truncated, garbage, another video's captions, NaN maps) are logged and redone."""
     if rec is None or rec.get("captions") != key or not (out / rec["file"]).is_file():
         return False
-    if rec.get("video") == ident:
+    if current_identity(rec.get("video")) == ident:  # an older cache's form of a frame folder too
         problem = entry_problem(out / rec["file"], captions)
         if problem is None:
             return True

@@ -19,7 +19,7 @@ from torch import nn
 
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
-from tgmae.data.fileid import copy_key, video_identity
+from tgmae.data.fileid import copy_key, video_identities
 from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
 from tgmae.errors import count
 from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
@@ -249,17 +249,32 @@ def videos_on_disk(datasets: Mapping[str, Any], root: str = "") -> dict:
         records = getattr(data, "records", None)
         if not records:
             continue
+        on_disk = video_identities(str(r.path) for r in records)  # a frame folder's segments: one scan
         files = {}
-        for r in records:
-            path = str(r.path)
+        for path, ident in on_disk.items():
             name = os.path.relpath(path, root) if root and Path(path).is_relative_to(root) else path
-            files[name] = copy_key(video_identity(path))
-        digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
-        entry: dict[str, Any] = {"sha256": digest, "count": len(files)}
-        if len(files) <= FILES_KEPT:
-            entry["files"] = files
-        out[split] = entry
+            files[name] = copy_key(ident)
+        out[split] = _files_entry(files)
     return out
+
+
+def _files_entry(files: dict[str, Any]) -> dict[str, Any]:
+    """{"sha256", "count", "files" (up to FILES_KEPT)} of {name: `copy_key`} (`videos_on_disk`)."""
+    digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+    entry: dict[str, Any] = {"sha256": digest, "count": len(files)}
+    if len(files) <= FILES_KEPT:
+        entry["files"] = files
+    return entry
+
+
+def _in_todays_form(entry: Optional[dict]) -> Optional[dict]:
+    """A checkpoint's `videos_on_disk` split entry with each kept `copy_key` in today's form (a frame
+    folder's [name, size] per frame, as checkpoints wrote before folder identities were compact,
+    becomes its digest), so an older checkpoint of the same files is not taken for other files.
+    Without "files" (over FILES_KEPT videos) it cannot be converted and is returned as is."""
+    if not entry or not isinstance(entry.get("files"), dict):
+        return entry
+    return _files_entry({name: copy_key(key) for name, key in entry["files"].items()})
 
 
 def _videos_differ(cfg: RunConfig, split: str, old: dict, new: dict) -> str:
@@ -294,7 +309,7 @@ def video_changes(cfg: RunConfig, dist: DistInfo, source: Path, stored: Optional
         return []
     whys, change = [], None
     for split, entry in (now or {}).items() if dist.is_main else ():
-        old = stored.get(split)
+        old = _in_todays_form(stored.get(split))
         if old and old.get("sha256") != entry["sha256"]:
             whys.append(_videos_differ(cfg, split, old, entry))
             change = change or (f"{_SPLITS.get(split, (split,))[0]} (fingerprint)", old["sha256"][:12],
