@@ -739,3 +739,45 @@ def test_a_finetune_run_says_once_which_encoder_it_finetunes(tmp_path, caplog):
         assert "finetuning the encoder" not in caplog.text
         finetune(cfg, train_data=Clips(8))
     assert caplog.text.count(f"finetuning the encoder of {path}") == 1
+
+
+def test_a_classifier_keeps_its_clip_settings_out_of_its_run_and_through_export_and_convert(tmp_path, caplog):
+    """Re-trial 24B S3: `tgmae export-hf runs/ft/classifier.safetensors hf --classifier`, `tgmae convert hf
+    conv.safetensors`, `tgmae evaluate model.pretrained=conv.safetensors` tested at frame_stride 4 (the
+    default), the run's being 2: the converted file held only the arch. The clip settings a model was
+    trained with travel in our file's metadata: finetune writes them, export-hf reads them from a file
+    outside its run, convert carries them, evaluate and visualize take them ("recorded in FILE")."""
+    from tgmae.evaluate.multiview import load_tested_classifier
+    from tgmae.evaluate.visualize import run_settings
+    from tgmae.weights.convert import convert
+    from tgmae.weights.export_hf import export_hf
+    from tgmae.weights.model_card import EXPORT_DATA_KEY
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "eval.mixup=0", "eval.cutmix=0",
+                  "data.frame_stride=2", "data.mean=[0.5,0.4,0.3]")
+    finetune(cfg, train_data=Clips(8))
+    bare = tmp_path / "bare.safetensors"  # a classifier copied out of its run folder
+    shutil.copy(tmp_path / "run" / "classifier.safetensors", bare)
+    export_hf(tmp_path / "run" / "classifier.safetensors", tmp_path / "hf_run", classifier=True, verify=False)
+    export_hf(bare, tmp_path / "hf_bare", classifier=True, verify=False)
+    for hf in ("hf_run", "hf_bare"):
+        recorded = json.loads((tmp_path / hf / "config.json").read_text())[EXPORT_DATA_KEY]
+        assert (recorded["frame_stride"], recorded["mean"]) == (2, [0.5, 0.4, 0.3]), hf
+    convert(tmp_path / "hf_run", tmp_path / "conv_hf.safetensors")
+    convert(bare, tmp_path / "conv_bare.safetensors")
+    caplog.clear()
+    for tested in (tmp_path / "conv_hf.safetensors", tmp_path / "conv_bare.safetensors", bare):
+        loaded, given = load_config_and_keys_for(tested)
+        _, tested_cfg = load_tested_classifier(loaded, given=given)
+        assert (tested_cfg.data.num_frames, tested_cfg.data.image_size, tested_cfg.data.frame_stride,
+                tuple(tested_cfg.data.mean)) == (4, 16, 2, (0.5, 0.4, 0.3)), tested
+        settings, source = run_settings(tested)
+        assert settings["data"]["frame_stride"] == 2 and source == f"the settings stored in {tested}"
+    assert "records no frame stride" not in caplog.text
+
+
+def load_config_and_keys_for(pretrained: Path):
+    from tgmae.config import load_config_and_keys
+
+    return load_config_and_keys(None, [f"model.pretrained={pretrained}", "train.device=cpu", "model.patch_size=8"])

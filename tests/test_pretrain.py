@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tgmae.data.synthetic import generate_synthetic_dataset
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.metrics import read_metrics
 from tgmae.train.pretrain import pretrain
+from tgmae.weights.model_card import run_config
 from conftest import once
 
 SMALL = [
@@ -49,6 +51,16 @@ def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):
     assert latest.position.step == 6
     for k, v in model.state_dict().items():
         assert torch.equal(v, latest.model_state[k]), k
+    # re-trial 24B S3: the clip settings it was trained at travel with the file, out of its run and
+    # through `tgmae convert` (evaluate, visualize and export-hf read them where no run folder is)
+    from tgmae.weights.convert import convert
+    from tgmae.weights.model_card import data_settings, recorded_data_settings
+
+    shutil.copy(run / "model.safetensors", tmp_path / "copied.safetensors")
+    convert(tmp_path / "copied.safetensors", tmp_path / "converted.safetensors")
+    for name in ("copied", "converted"):
+        settings, where = recorded_data_settings(tmp_path / f"{name}.safetensors")
+        assert settings == data_settings(run_config(run)[0].data) and where.endswith(f"{name}.safetensors")
 
 
 @pytest.mark.parametrize("views", [[], ["data.num_sample=4"], ["data.num_sample=4", "data.repeat_mode=clips"]],

@@ -204,22 +204,21 @@ def refuse_checkpoint_training_videos(cfg, test=None, own_checked: bool = True) 
 def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "") -> tuple[dict[str, Any], str]:
     """({data key: value} a classifier was finetuned with, where they come from): its run folder's
     config.yaml's `RUN_DATA_KEYS` (frames, image size, stride, sampling, mean, std), as `tgmae
-    visualize` takes a run's own settings; an export-hf folder's recorded ones (config.json
-    `tgmae_data`); else the frames and image size stored with its weights (`arch`, the
-    `EncoderSource`'s; `kind` "official": a .pth, whose are a guess: none), with a warning that
-    its stride, sampling and normalization are not known (the config's are used)."""
-    from tgmae.weights.model_card import RUN_DATA_KEYS, exported_data_settings, read_run
+    visualize` takes a run's own settings; else those recorded with its weights (our file's metadata,
+    an export-hf folder's config.json `tgmae_data`: `model_card.known_data_settings`); else the frames
+    and image size stored with its weights (`arch`, the `EncoderSource`'s; `kind` "official": a .pth,
+    whose are a guess: none), with a warning that its stride, sampling and normalization are not
+    known (the config's are used)."""
+    from tgmae.weights.model_card import known_data_settings
 
-    run = read_run(checkpoint)
-    if run.config is not None:
-        return {k: getattr(run.config.data, k) for k in RUN_DATA_KEYS}, str(run.run_dir / "config.yaml")
-    if exported := exported_data_settings(checkpoint):
-        tupled = {k: tuple(v) if isinstance(v, list) else v for k, v in exported.items()}  # as DataConfig holds them
-        return tupled, f"recorded in {Path(checkpoint) / 'config.json'}"
+    known, where = known_data_settings(checkpoint)
+    if known:
+        tupled = {k: tuple(v) if isinstance(v, list) else v for k, v in known.items()}  # as DataConfig holds them
+        return tupled, where if where.endswith("config.yaml") else f"recorded in {where}"
     if arch is None or kind == "official":
         return {}, ""
-    log.warning("%s records no frame stride, sampling or normalization (a checkpoint outside a run, or an "
-                "export-hf folder of an older tgmae): the test uses the config's; set data.frame_stride, "
+    log.warning("%s records no frame stride, sampling or normalization (a checkpoint outside a run, or one "
+                "written by an older tgmae): the test uses the config's; set data.frame_stride, "
                 "data.sampling, data.mean and data.std as it was finetuned", checkpoint)
     return {"num_frames": arch.num_frames, "image_size": arch.image_size}, f"the geometry stored in {checkpoint}"
 

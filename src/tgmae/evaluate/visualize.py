@@ -34,10 +34,11 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
     where they came from): its run folder's config.yaml; else what is stored with the weights:
     the model keys of their architecture (`checkpoint_model_keys`: an export-hf folder's
-    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads) and the clip settings an
-    export-hf folder recorded (`exported_data_settings`), else their frames and image size."""
+    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads) and the clip settings recorded
+    with them (our file's metadata, an export-hf folder's `tgmae_data`: `recorded_data_settings`),
+    else their frames and image size."""
     from tgmae.config import to_dict
-    from tgmae.weights.model_card import exported_data_settings, read_run
+    from tgmae.weights.model_card import read_run, recorded_data_settings
 
     run = read_run(checkpoint)
     if run.config is not None:
@@ -49,7 +50,7 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     from tgmae.weights.sources import load_encoder_source
 
     arch = load_encoder_source(checkpoint).arch
-    data = {"num_frames": arch.num_frames, "image_size": arch.image_size, **exported_data_settings(checkpoint)}
+    data = {"num_frames": arch.num_frames, "image_size": arch.image_size, **recorded_data_settings(checkpoint)[0]}
     return {"data": data, "model": checkpoint_model_keys(arch)}, f"the settings stored in {checkpoint}"
 
 

@@ -11,12 +11,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from tgmae.models.classifier import FC_NORM_EPS, VideoClassifier, classifier_arch
 from tgmae.weights.files import CheckpointError, load_strict, write_safetensors
+from tgmae.weights.model_card import data_note
 from tgmae.weights.official import assumed_note
 from tgmae.weights.sources import CLASSIFIER_FORMAT, EncoderSource, load_encoder_source
 
@@ -67,14 +68,15 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def save_classifier(model: VideoClassifier, path: str | os.PathLike,
-                    class_names: Sequence[str] = (), assumed: Sequence[str] = ()) -> Path:
+def save_classifier(model: VideoClassifier, path: str | os.PathLike, class_names: Sequence[str] = (),
+                    assumed: Sequence[str] = (), data: Optional[dict[str, Any]] = None) -> Path:
     """Write weights + arch + class names as one safetensors file, atomically; `assumed`: the arch
-    fields a conversion assumed (`official.assumed_note`), recorded with them."""
+    fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the clip
+    settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.data_note`), when known."""
     arch = dataclasses.replace(model.arch, drop_path=0.0)
     meta = {"format": CLASSIFIER_FORMAT, "arch": arch.to_json(), "num_classes": str(model.num_classes),
             "fc_norm_eps": repr(model.fc_norm.eps), "class_names": json.dumps(list(class_names)),
-            **assumed_note(list(assumed))}
+            **assumed_note(list(assumed)), **data_note(data or {})}
     return write_safetensors(model.state_dict(), path, meta)
 
 

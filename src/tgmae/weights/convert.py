@@ -17,6 +17,7 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
+from tgmae.weights.model_card import known_data_settings
 from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
@@ -72,7 +73,9 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     .pth: num_frames, image_size, num_heads, decoder_heads, norm_pix_loss; a .pth's training `args`
     give the first and the last, and an override they contradict is a CheckpointError). What none
     of them states is assumed (`_convert_official`); what ours or an export-hf folder records as
-    assumed stays so in `out`, less what an option states. Raises CheckpointError (a ConfigError for a
+    assumed stays so in `out`, less what an option states; the clip settings its model was trained
+    with (its run's, or recorded with it: `model_card.known_data_settings`) are recorded in `out`,
+    with the frames and image size an option states. Raises CheckpointError (a ConfigError for a
     missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
     when it is the source, lies inside a run, or exists without `overwrite`; CheckpointError for a
     run folder without its final weights (`files.refuse_unfinished_run`).
@@ -86,21 +89,23 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     # Any layout but a .pth stores its head counts: a given value must agree, never be silently
     # replaced or ignored.
     stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides}
+    geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
+    data = known_data_settings(src)[0]
+    data = {**data, **geometry} if data else {}  # unknown stays unknown: not the geometry alone
     # What the source records as assumed (ours, an export-hf folder) stays recorded, less what an
     # option now states; its reader has said it.
     if holds_decoder(src):
         model, assumed = load_pretraining(src, **overrides)
         check_stated_heads(src, model.arch, stated)
-        save_pretraining_model(model, out, [k for k in assumed if k not in stated])
+        save_pretraining_model(model, out, [k for k in assumed if k not in stated], data)
         return _pretraining_summary(kind, model)
     source = load_encoder_source(src)  # no encoder: that is the fault
     _refuse_decoder_options(src, {**overrides, **stated})
     check_stated_heads(src, source.arch, stated)
-    geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     if geometry:
         source.arch = dataclasses.replace(source.arch, **geometry)
     return _save_encoder_source(kind, source, out, assumed=[k for k in source.assumed
-                                                                    if k not in {**geometry, **stated}])
+                                                                    if k not in {**geometry, **stated}], data=data)
 
 
 def _convert_official(src: Path, out: str | Path, overrides: dict[str, Any]) -> str:
@@ -144,14 +149,15 @@ def _pretraining_summary(kind: str, model: Any, from_args: str = "") -> str:
 
 
 def _save_encoder_source(kind: str, source: Any, out: str | Path, from_args: str = "",
-                         assumed: list[str] | tuple = ()) -> str:
-    """Write `source` as our classifier (it has a head) or encoder file; the summary line."""
+                         assumed: list[str] | tuple = (), data: dict[str, Any] | None = None) -> str:
+    """Write `source` as our classifier (it has a head) or encoder file, with the arch fields
+    `assumed` and the clip settings `data` (when known) recorded; the summary line."""
     a = source.arch
     if source.head:
         clf = build_classifier(source, keep_head=True)
-        save_classifier(clf, out, source.class_names, assumed)
+        save_classifier(clf, out, source.class_names, assumed, data)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
                 f"{a.num_frames} frames at {a.image_size}px{from_args}")
-    save_encoder(source.build_encoder(), out, assumed)
+    save_encoder(source.build_encoder(), out, assumed, data)
     return (f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at "
             f"{a.image_size}px{from_args}")

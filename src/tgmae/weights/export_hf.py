@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ from tgmae.weights.files import (
     resolve_checkpoint,
 )
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
-from tgmae.weights.model_card import EXPORT_DATA_KEY, RunInfo, read_run, render_card, run_data_settings
+from tgmae.weights.model_card import EXPORT_DATA_KEY, known_data_settings, read_run, render_card
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
 from tgmae.weights.pretraining import load_pretraining
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
@@ -176,24 +176,23 @@ def compare_with_hf(ours: nn.Module, hf_dir: str | Path, seed: int = 0) -> float
     return float((ref - got).abs().max())
 
 
-def processor_settings(arch: VideoMAEArch, run: RunInfo) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """(mean, std, frame stride) the model expects: the run's data settings when its config is
-    known, else the arch's normalization and stride 1."""
-    if run.config is not None:
-        d = run.config.data
-        return tuple(d.mean), tuple(d.std), int(d.frame_stride)
-    return tuple(arch.pixel_mean), tuple(arch.pixel_std), 1
+def processor_settings(arch: VideoMAEArch, data: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """(mean, std, frame stride) the model expects: those of the clip settings it was trained with
+    (`data`, `model_card.known_data_settings`) when known, else the arch's normalization and stride 1."""
+    return (tuple(data.get("mean", arch.pixel_mean)), tuple(data.get("std", arch.pixel_std)),
+            int(data.get("frame_stride", 1)))
 
 
-def record_settings(config_json: Path, run: RunInfo, assumed: Sequence[str] = ()) -> None:
+def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[str] = ()) -> None:
     """Add to the export's config.json what HF's fields cannot say (transformers keeps an unknown key
-    as an attribute and uses none of it): the run's clip settings (`run_data_settings`, when its
-    config is known) under EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; the arch
+    as an attribute and uses none of it): the clip settings the model was trained with (`data`: its
+    run's, or those its file records, `model_card.known_data_settings`; when known) under
+    EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; the arch
     fields assumed, not known (`official.ASSUMED_HF_KEY`), which `tgmae convert` of the folder and
     every reader of it keep and warn of (`official.hf_assumed_meta`)."""
     from tgmae.atomic import atomic_write_text
 
-    extra = {**({EXPORT_DATA_KEY: data} if (data := run_data_settings(run)) else {}),
+    extra = {**({EXPORT_DATA_KEY: data} if data else {}),
              **({ASSUMED_HF_KEY: list(assumed)} if assumed else {})}
     if extra:
         config = json.loads(config_json.read_text())
@@ -322,7 +321,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     refuse_unfinished_run(checkpoint, "export")
     module, kind, names, assumed = export_source(checkpoint, classifier, pretraining, num_heads, decoder_heads)
     run = read_run(checkpoint)
-    mean, std, stride = processor_settings(module.arch, run)
+    data = known_data_settings(checkpoint)[0]  # the run's, else those the file records
+    mean, std, stride = processor_settings(module.arch, data)
     out = Path(out_dir)
     from transformers.utils import logging as hf_logging
 
@@ -338,7 +338,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
-        record_settings(work / "config.json", run, assumed)
+        record_settings(work / "config.json", data, assumed)
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:

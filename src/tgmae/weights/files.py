@@ -84,6 +84,18 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise CheckpointError(f"cannot read {path} as safetensors ({type(e).__name__}: {e})") from None
 
 
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of one safetensors file, its tensors left unread (its header only);
+    CheckpointError when unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for bad headers / data
+        raise CheckpointError(f"cannot read {path} as safetensors ({type(e).__name__}: {e})") from None
+
+
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                       metadata: Mapping[str, str]) -> Path:
     """Write a state dict + string metadata as one safetensors file, atomically. It is saved in a

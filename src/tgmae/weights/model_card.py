@@ -91,27 +91,60 @@ def run_config(run: Path) -> tuple[Any, str]:
         return None, f"{run / 'config.yaml'} could not be read ({e})"
 
 
-# a clip's data settings a model was trained with (its run's config.yaml; an export's config.json `tgmae_data`)
+# a clip's data settings a model was trained with (its run's config.yaml; recorded with its weights:
+# our file's metadata DATA_META, an export's config.json EXPORT_DATA_KEY), one JSON object {key: value}
 RUN_DATA_KEYS = ("num_frames", "image_size", "frame_stride", "mean", "std", "sampling")
+DATA_META = "data"  # our files' metadata (classifier, pretraining, encoder) of them
 EXPORT_DATA_KEY = "tgmae_data"  # export-hf's config.json entry of them
+
+
+def data_settings(data: Any) -> dict[str, Any]:
+    """{RUN_DATA_KEYS: value} of a `DataConfig` (tuples as lists, as JSON holds them)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in RUN_DATA_KEYS for v in [getattr(data, k)]}
 
 
 def run_data_settings(run: "RunInfo") -> dict[str, Any]:
     """{RUN_DATA_KEYS: value} of `run`'s config ({} when its config is unknown)."""
-    if run.config is None:
-        return {}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k in RUN_DATA_KEYS
-            for v in [getattr(run.config.data, k)]}
+    return {} if run.config is None else data_settings(run.config.data)
 
 
-def exported_data_settings(folder: str | Path) -> dict[str, Any]:
-    """The data settings an export-hf folder recorded (`EXPORT_DATA_KEY` of its config.json; {} for
-    another folder, or an export of a checkpoint outside a run)."""
+def data_note(settings: dict[str, Any]) -> dict[str, str]:
+    """The metadata our file records for the clip `settings` (`DATA_META`); {} for none (not known)."""
+    return {DATA_META: json.dumps(settings)} if settings else {}
+
+
+def recorded_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
+    """({RUN_DATA_KEYS: value} recorded with the weights, the file recording them): an export-hf
+    folder's config.json `EXPORT_DATA_KEY`, our safetensors file's metadata `DATA_META` (a training
+    checkpoint's: its stored config's data section); ({}, "") for weights that record none (an
+    official .pth, another folder, a file written before they were recorded, or outside a run)."""
+    from tgmae.weights.files import looks_like_safetensors, read_safetensors_metadata
+
+    p = _resolved(checkpoint)
     try:
-        recorded = json.loads((Path(folder) / "config.json").read_text()).get(EXPORT_DATA_KEY)
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {k: v for k, v in recorded.items() if k in RUN_DATA_KEYS} if isinstance(recorded, dict) else {}
+        if p.is_dir():
+            p = p / "config.json"
+            recorded = json.loads(p.read_text()).get(EXPORT_DATA_KEY)
+        elif p.is_file() and looks_like_safetensors(p):
+            meta = read_safetensors_metadata(p)
+            recorded = (json.loads(meta[DATA_META]) if DATA_META in meta
+                        else json.loads(meta.get("tgmae_config") or "{}").get("data"))
+        else:
+            return {}, ""
+    except (OSError, ValueError, AttributeError, CheckpointError):
+        return {}, ""
+    settings = {k: v for k, v in recorded.items() if k in RUN_DATA_KEYS} if isinstance(recorded, dict) else {}
+    return (settings, str(p)) if settings else ({}, "")
+
+
+def known_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
+    """(the clip settings the checkpoint's model was trained with, where they are read): its run
+    folder's config.yaml, else what is recorded with its weights (`recorded_data_settings`); ({}, "")
+    when neither says."""
+    run = read_run(checkpoint)
+    if run.config is not None:
+        return run_data_settings(run), str(run.run_dir / "config.yaml")
+    return recorded_data_settings(checkpoint)
 
 
 def read_run(checkpoint: str | Path) -> RunInfo:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from torch import nn
 
@@ -36,6 +36,7 @@ from tgmae.weights.files import (
     write_safetensors,
 )
 from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
+from tgmae.weights.model_card import data_note
 from tgmae.weights.official import (
     assumed_note,
     hf_assumed_meta,
@@ -145,18 +146,21 @@ def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any]
                        "the VideoMAE pretraining model").eval()
 
 
-def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = ()) -> Path:
+def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = (),
+                           data: Optional[dict[str, Any]] = None) -> Path:
     """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
-    the arch fields a conversion assumed (`official.assumed_note`), recorded with them."""
-    return write_safetensors(model.state_dict(), path,
-                             {"format": FORMAT, "arch": model.arch.to_json(), **assumed_note(list(assumed))})
+    the arch fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the
+    clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.data_note`), when known."""
+    return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json(),
+                                                        **assumed_note(list(assumed)), **data_note(data or {})})
 
 
-def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[str] = ()) -> Path:
-    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed` as
-    `save_pretraining_model`'s."""
+def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[str] = (),
+                 data: Optional[dict[str, Any]] = None) -> Path:
+    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed` and
+    `data` as `save_pretraining_model`'s."""
     return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json(),
-                                                          **assumed_note(list(assumed))})
+                                                          **assumed_note(list(assumed)), **data_note(data or {})})
 
 
 def holds_decoder(path: str | os.PathLike) -> bool:
