@@ -410,3 +410,19 @@ def test_a_stated_geometry_is_no_longer_assumed(tmp_path, caplog):
     assert main([str(hf), str(tmp_path / "c.safetensors")]) == 0
     assert json.loads(_meta(tmp_path / "c.safetensors")["assumed"]) == ["num_heads"]
     assert load_encoder_source(tmp_path / "c.safetensors").arch.num_frames == 8
+
+
+def test_a_geometry_a_conversion_assumed_is_not_taken_as_the_models_own(tmp_path, caplog):
+    """Re-trial 24B S4: visualize (and evaluate) of a converted .pth that did not state its frames used
+    the assumed 16 frames over -c's, as if the weights knew them. An assumed key is left to the
+    config; a stated one is still taken."""
+    from tgmae.evaluate.multiview import own_settings
+    from tgmae.evaluate.visualize import run_settings
+
+    src, out = tmp_path / "pt.pth", tmp_path / "pt.safetensors"
+    _official_pth(src)
+    assert main([str(src), str(out), "--image-size", "16"]) == 0
+    settings, _ = run_settings(out)
+    assert settings["data"] == {"image_size": 16}  # num_frames was assumed
+    source = load_encoder_source(out)
+    assert own_settings(out, source.arch, source.kind, source.assumed)[0] == {"image_size": 16}

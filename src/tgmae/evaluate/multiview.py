@@ -201,14 +201,15 @@ def refuse_checkpoint_training_videos(cfg, test=None, own_checked: bool = True) 
     return saved is not None
 
 
-def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "") -> tuple[dict[str, Any], str]:
+def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "",
+                 assumed: Collection[str] = ()) -> tuple[dict[str, Any], str]:
     """({data key: value} a classifier was finetuned with, where they come from): its run folder's
     config.yaml's `RUN_DATA_KEYS` (frames, image size, stride, sampling, mean, std), as `tgmae
     visualize` takes a run's own settings; else those recorded with its weights (our file's metadata,
     an export-hf folder's config.json `tgmae_data`: `model_card.known_data_settings`); else the frames
     and image size stored with its weights (`arch`, the `EncoderSource`'s; `kind` "official": a .pth,
-    whose are a guess: none), with a warning that its stride, sampling and normalization are not
-    known (the config's are used)."""
+    whose are a guess: none; `assumed`: the fields a conversion assumed, likewise left out), with a
+    warning that its stride, sampling and normalization are not known (the config's are used)."""
     from tgmae.weights.model_card import known_data_settings
 
     known, where = known_data_settings(checkpoint)
@@ -220,7 +221,9 @@ def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "") -> tu
     log.warning("%s records no frame stride, sampling or normalization (a checkpoint outside a run, or one "
                 "written by an older tgmae): the test uses the config's; set data.frame_stride, "
                 "data.sampling, data.mean and data.std as it was finetuned", checkpoint)
-    return {"num_frames": arch.num_frames, "image_size": arch.image_size}, f"the geometry stored in {checkpoint}"
+    # a geometry a conversion assumed (`weights.official`) is a guess, not the model's: the config's stands
+    stored = {k: getattr(arch, k) for k in ("num_frames", "image_size") if k not in assumed}
+    return stored, f"the geometry stored in {checkpoint}"
 
 
 def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any], source: str):
@@ -259,7 +262,7 @@ def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
     if not cfg.model.pretrained:
         raise ConfigError("model.pretrained must name a finetuned classifier to test")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)  # an official .pth stores none
-    cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind))
+    cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind, src.assumed))
     model, note = with_checkpoint_model(cfg.model, src.arch, given)
     if note:
         log.info("model.pretrained=%s: %s", cfg.model.pretrained, note)

@@ -49,8 +49,10 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     from tgmae.models.arch import checkpoint_model_keys
     from tgmae.weights.sources import load_encoder_source
 
-    arch = load_encoder_source(checkpoint).arch
-    data = {"num_frames": arch.num_frames, "image_size": arch.image_size, **recorded_data_settings(checkpoint)[0]}
+    source = load_encoder_source(checkpoint)
+    arch = source.arch  # a geometry a conversion assumed (`weights.official`) is a guess: -c's stands
+    data = {**{k: getattr(arch, k) for k in ("num_frames", "image_size") if k not in source.assumed},
+            **recorded_data_settings(checkpoint)[0]}
     return {"data": data, "model": checkpoint_model_keys(arch)}, f"the settings stored in {checkpoint}"
 
 
