@@ -41,6 +41,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_ranks(target, world: int, *args) -> dict:
+    """Run `target(rank, *args, queue)` in `world` spawned processes (a torch.distributed group's
+    ranks: `args` carry its port); {key: value} of the (key, value) pair each puts on the queue.
+    Every process must end with exit code 0."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, *args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
 def not_a_clip(root, kind: str) -> str:
     """A folder a user may pass as a CLIP by mistake: empty, a VideoMAE export (no tokenizer), a BERT (no
     vision tower), a run folder."""

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
 from torch import nn
 from torch.utils.data import Dataset
@@ -215,16 +214,9 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
 
 def test_ddp_gather_in_memory_equals_single_process(free_port):
     single = predict_views(ViewLogits(), Clips(7, views=2), batch_size=4)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    from conftest import run_ranks
+
+    results = run_ranks(_ddp_worker, 2, 2, free_port)
     for rank in (0, 1):  # every rank holds every video, in dataset order, each once
         for k in ("probs", "label", "index", "views"):
             got = torch.tensor(results[rank][k]).float()

@@ -285,17 +285,8 @@ def _run_number_worker(rank: int, port: int, out: str, queue) -> None:
 
 def test_the_ranks_of_one_masks_run_take_rank_0s_run_number(tmp_path, free_port):
     """Under torchrun every rank's part lines carry the number rank 0 read (1 + the parts' largest)."""
-    import torch.multiprocessing as mp
+    from conftest import run_ranks
 
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "rank0-of-1.jsonl").write_text(json.dumps({"video_id": "a", "reason": "x", "run": 3}) + "\n")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_run_number_worker, args=(r, free_port, str(tmp_path), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert got == {0: 4, 1: 4}
+    assert run_ranks(_run_number_worker, 2, free_port, str(tmp_path)) == {0: 4, 1: 4}

@@ -37,6 +37,20 @@ def cfg_for(synth_root: Path, out: Path, *extra: str):
     return load_config(None, SMALL + [f"data.root={synth_root}", f"train.output_dir={out}", *extra])
 
 
+def pretrain_killed_at(cfg, step: int) -> None:
+    """Pretrain `cfg` and stop it as a kill would, as step `step` begins (its checkpoints kept)."""
+
+    class Killed(Exception):
+        pass
+
+    def kill(state):
+        if state.position.step == step:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        pretrain(cfg, hooks=[kill])
+
+
 def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):
     from tgmae.weights.pretraining import load_pretraining_model
 
@@ -69,17 +83,8 @@ def test_pretrain_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, 
     """Video decode, augmentation and masks (k views per video too) are re-drawn identically
     after a resume: bit-identical weights."""
     ref = pretrain(cfg_for(synth_root, tmp_path / "ref", *views))
-
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == 3:
-            raise Killed()
-
     cfg = cfg_for(synth_root, tmp_path / "killed", *views)
-    with pytest.raises(Killed):
-        pretrain(cfg, hooks=[kill])
+    pretrain_killed_at(cfg, 3)
     assert ckpt.find_latest(tmp_path / "killed" / "checkpoints").name == "step_00000002"
     resumed = pretrain(cfg)
     a = ckpt.load_checkpoint(ckpt.find_latest(ref / "checkpoints")).model_state
@@ -524,17 +529,7 @@ def test_a_resume_after_the_captions_were_edited_is_refused_naming_them(synth_ro
     shutil.copy(synth_root / "captions.jsonl", captions)
     extra = [f"captions.file={captions}", f"captions.clip_model={clip_dir}",
              "contrastive.objective=mae+contrastive", "contrastive.proj_dim=16"]
-
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == 2:
-            raise Killed()
-
-    cfg = cfg_for(synth_root, tmp_path / "run", *extra)
-    with pytest.raises(Killed):
-        pretrain(cfg, hooks=[kill])
+    pretrain_killed_at(cfg_for(synth_root, tmp_path / "run", *extra), 2)
     lines = captions.read_text().splitlines()
     first = json.loads(lines[0])
     first["captions"] = ["a video of a purple elephant dancing"]
