@@ -110,7 +110,7 @@ def test_visualize_cli(synth, tmp_path, capsys):
     recon = [f for f in figures if f.startswith("recon_synth_00001-")]  # named by the clip drawn (+ hash)
     assert len(recon) == 2 and {f[-4:] for f in recon} == {".png", ".gif"}
     assert any(f.startswith("attention_") and f.endswith(".png") for f in figures)
-    assert len(list((tmp_path / "one").glob(f"attention_videos%2F{video.stem}-*.gif"))) == 1  # its id under data.root
+    assert len(list((tmp_path / "one").glob(f"attention_videos__{video.stem}-*.gif"))) == 1  # its id under data.root
     assert main(["nonsense"]) == 2
     assert "unknown figure" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:  # `masks` goes to tgmae.viz.masks with its own arguments
