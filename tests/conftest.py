@@ -41,6 +41,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Killed(Exception):
+    """Raised by `kill_at`'s hook: stops a training run as a kill would (its checkpoints stay)."""
+
+
+def kill_at(step: int):
+    """A training-loop hook raising `Killed` as the run's position reaches `step`."""
+
+    def hook(state) -> None:
+        if state.position.step == step:
+            raise Killed()
+
+    return hook
+
+
 def run_ranks(target, world: int, *args) -> dict:
     """Run `target(rank, *args, queue)` in `world` spawned processes (a torch.distributed group's
     ranks: `args` carry its port); {key: value} of the (key, value) pair each puts on the queue.

@@ -39,16 +39,10 @@ def cfg_for(synth_root: Path, out: Path, *extra: str):
 
 def pretrain_killed_at(cfg, step: int) -> None:
     """Pretrain `cfg` and stop it as a kill would, as step `step` begins (its checkpoints kept)."""
-
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == step:
-            raise Killed()
+    from conftest import Killed, kill_at
 
     with pytest.raises(Killed):
-        pretrain(cfg, hooks=[kill])
+        pretrain(cfg, hooks=[kill_at(step)])
 
 
 def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):

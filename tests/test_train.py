@@ -1271,16 +1271,10 @@ def test_a_resume_on_another_number_of_processes_is_refused_naming_them_and_the_
 
 def _train_until_killed(cfg, step: int) -> None:
     """The toy run of `cfg`, stopped by an exception at `step` (as a kill: its last checkpoint stays)."""
-
-    class Killed(Exception):
-        pass
-
-    def kill(state):
-        if state.position.step == step:
-            raise Killed()
+    from conftest import Killed, kill_at
 
     with pytest.raises(Killed):
-        Trainer(ToyTask(cfg), cfg, hooks=[kill]).fit()
+        Trainer(ToyTask(cfg), cfg, hooks=[kill_at(step)]).fit()
 
 
 def test_a_resume_on_as_many_processes_mid_epoch_is_exact_and_unrefused(tmp_path):
