@@ -1611,3 +1611,23 @@ def test_a_resume_lists_a_frame_folder_once_and_accepts_an_older_checkpoints_for
     with pytest.raises(ckpt.CheckpointError, match="P01/P01_01"):
         video_changes(cfg, dist, tmp_path / "ckpt.pt", old, videos_on_disk(
             {"train": types.SimpleNamespace(records=records)}, str(tmp_path)))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optim.lr=5e-6"], "optim.min_lr"),  # the default floor 1e-5 above a small absolute lr
+    (["optim.lr=1e-3", "optim.min_lr=0.1"], "optim.min_lr"),
+    (["optim.lr=1e-3", "optim.warmup_lr=1"], "optim.warmup_lr"),
+    (["optim.base_lr=1e-4", "optim.min_lr=2e-4"], "optim.min_lr"),  # scaled alike: above at any batch
+])
+def test_an_lr_floor_or_warmup_start_above_the_peak_is_refused_naming_the_key(overrides, key):
+    """Re-trial 25 S1: with optim.lr=5e-6 the default min_lr (1e-5, absolute with optim.lr) made the
+    "cosine decay" climb to twice the lr set; optim.min_lr=0.1 went to 90x the peak, a warmup_lr of
+    1 started 1000x above it. Refused with the resolved numbers and a value that fits."""
+    from tgmae.config import ConfigError, load_config
+    from tgmae.train.optim import lr_plan
+
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=rf"^{key}=.* above the peak .* set {key} below it, e\.g\. {key}="):
+        lr_plan(cfg.optim, 64, 10, 100)
+    fixed = load_config(None, [*overrides, f"{key}=0"])
+    assert lr_plan(fixed.optim, 64, 10, 100).peak > 0

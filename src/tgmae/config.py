@@ -261,8 +261,8 @@ class OptimConfig:
     base_lr: float = 1.5e-4  # lr at global batch 256
     lr: Optional[float] = None  # absolute lr; overrides base_lr scaling when set
     lr_floor: Optional[float] = None  # the batch-scaled peak lr is at least this (None: no floor)
-    min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr)
-    warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr)
+    min_lr: float = 1e-5  # cosine floor at batch 256 (scaled like base_lr; absolute with optim.lr)
+    warmup_lr: float = 1e-6  # first warmup lr at batch 256 (scaled like base_lr; absolute with optim.lr)
     warmup_epochs: float = 1.0  # linear warmup length in epochs
     weight_decay: float = 0.05  # AdamW decoupled weight decay (biases, norms, tokens excluded)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (VideoMAE pretraining: 0.9, 0.95)

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from tgmae.config import OptimConfig, RunConfig
+from tgmae.config import ConfigError, OptimConfig, RunConfig
 from tgmae.train.schedule import scaled_lr, warmup_cosine
 
 log = logging.getLogger("tgmae")
@@ -84,12 +84,20 @@ class LrPlan:
 def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int) -> LrPlan:
     """The lr plan for optimizer steps of `global_batch` clips: peak `optim.lr` if set, else MAE's
     linear scaling base_lr x global_batch / 256 (at least `optim.lr_floor`), min / warmup lrs
-    scaled alike; warmup `optim.warmup_epochs` x steps_per_epoch, rounded, at most total_steps."""
+    scaled alike (with `optim.lr`: as given); warmup `optim.warmup_epochs` x steps_per_epoch,
+    rounded, at most total_steps. ConfigError naming optim.min_lr / optim.warmup_lr when either comes
+    out above the peak: the warmup would fall and the cosine climb (re-trial 25 S1)."""
     if cfg.lr is not None:
-        peak, ratio = cfg.lr, 1.0
+        peak, ratio, how = cfg.lr, 1.0, f"optim.lr={cfg.lr:g}; with it the others are absolute"
     else:
         peak = max(scaled_lr(cfg.base_lr, global_batch), cfg.lr_floor or 0.0)
         ratio = peak / cfg.base_lr
+        how = f"optim.base_lr={cfg.base_lr:g} at a global batch of {global_batch}, and they are scaled alike"
+    for key, value in (("min_lr", cfg.min_lr), ("warmup_lr", cfg.warmup_lr)):
+        if value * ratio > peak:
+            raise ConfigError(f"optim.{key}={value:g} gives an lr of {value * ratio:.3g}, above the peak {peak:.3g} "
+                              f"({how}): the lr would rise where it should fall; set optim.{key} below it, "
+                              f"e.g. optim.{key}={peak / ratio / 100:.3g}")
     warmup_steps = min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
     return LrPlan(peak, cfg.min_lr * ratio, cfg.warmup_lr * ratio, warmup_steps, total_steps)
 
