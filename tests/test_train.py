@@ -1631,3 +1631,22 @@ def test_an_lr_floor_or_warmup_start_above_the_peak_is_refused_naming_the_key(ov
         lr_plan(cfg.optim, 64, 10, 100)
     fixed = load_config(None, [*overrides, f"{key}=0"])
     assert lr_plan(fixed.optim, 64, 10, 100).peak > 0
+
+
+def test_a_finished_run_on_other_inputs_is_offered_ways_out_that_work(tmp_path):
+    """Re-trial 25 M1: the refusal of a finished run's resume on other videos offered
+    checkpoint.resume=ignore_config, which was then refused for a finished run. A finished run is
+    offered another train.output_dir, or more epochs with ignore_config, and that works."""
+    from tgmae.weights.checkpoint import CheckpointError
+
+    class Task(ToyTask):
+        inputs_fingerprint = "a" * 64
+
+    cfg = toy_cfg(tmp_path)
+    Trainer(Task(cfg), cfg).fit()
+    Task.inputs_fingerprint = "b" * 64
+    with pytest.raises(CheckpointError) as e:
+        Trainer(Task(cfg), cfg).fit()
+    assert "It has finished" in str(e.value) and "raise train.epochs with checkpoint.resume=ignore_config" in str(e.value)
+    more = toy_cfg(tmp_path, "train.epochs=3", "checkpoint.resume=ignore_config")
+    assert Trainer(Task(more), more).fit().position.epoch == 3

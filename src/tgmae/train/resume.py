@@ -137,10 +137,19 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
                         fits=set(loaded.model_state) == set(model.state_dict()))
     changes = ckpt.check_resume_config(source, loaded.config, to_dict(cfg), to_dict(RunConfig()),
                                        output_dir=out, unused=unused_keys, copies=copied_keys)
-    # class names first: a renumbering also changes a probe's fingerprint, and this names it
-    changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
-    changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint, inputs_named)
-    changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
+    try:  # class names first: a renumbering also changes a probe's fingerprint, and this names it
+        changes += class_changes(cfg, source, loaded.extra.get("class_names"), class_names)
+        changes += input_changes(cfg, task_name, source, loaded.extra.get("inputs_fingerprint"), fingerprint,
+                                 inputs_named)
+        changes += video_changes(cfg, dist, source, loaded.extra.get("videos"), videos)
+    except InputsChanged as e:
+        if loaded.position.step < total_steps and loaded.position.epoch < cfg.train.epochs:
+            raise
+        # a finished run: ignore_config would only report its results under inputs they were not made with
+        raise ckpt.CheckpointError(f"cannot resume {source}: {e.why}. It has finished (step {loaded.position.step}): "
+                                   f"start a new run with another train.output_dir, or raise "
+                                   f"{_epochs_key(task_name)} with checkpoint.resume={ckpt.IGNORE_CONFIG} to "
+                                   "continue it on them.") from None
     position, world = loaded.position, loaded.extra.get("world_size")
     offset = 0
     if steps_per_epoch and position.epoch < cfg.train.epochs:
@@ -380,12 +389,20 @@ def _rebased(cfg: RunConfig, dist: DistInfo, position: ckpt.TrainPosition, store
     return ckpt.TrainPosition(position.step, position.epoch, micro)
 
 
+class InputsChanged(ckpt.CheckpointError):
+    """A resume on other inputs than the checkpoint's (`why`: which), refused with the ways out."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 def _refuse_or_record(cfg: RunConfig, source: Path, why: str, change: tuple[str, Any, Any]) -> list:
-    """CheckpointError "cannot resume SOURCE: WHY" with the ways out, or [change] under
+    """InputsChanged "cannot resume SOURCE: WHY" with the ways out, or [change] under
     checkpoint.resume=ignore_config."""
     if cfg.checkpoint.resume != ckpt.IGNORE_CONFIG:
-        raise ckpt.CheckpointError(f"cannot resume {source}: {why}. Start a new run with another train.output_dir, "
-                                   f"or continue this one with checkpoint.resume={ckpt.IGNORE_CONFIG}.")
+        raise InputsChanged(f"cannot resume {source}: {why}. Start a new run with another train.output_dir, "
+                            f"or continue this one with checkpoint.resume={ckpt.IGNORE_CONFIG}.", why)
     return [change]
 
 
