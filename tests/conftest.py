@@ -13,6 +13,17 @@ import torch
 os.environ["TGMAE_AUTOTUNE"] = "off"
 
 
+@pytest.fixture(autouse=True)
+def sigterm_as_it_was():
+    """`tgmae.cli.main` (run in-process by many tests) sets a SIGTERM handler, and a rank's wait
+    for rank 0 its default: each test leaves the suite's own handling as it found it."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     before = torch.get_num_threads()

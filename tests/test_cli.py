@@ -312,6 +312,22 @@ def test_every_writer_names_the_path_it_cannot_write(data, capsys, tmp_path):
         assert "operation not permitted" in line or "permission denied" in line or "read-only" in line, line
 
 
+def test_under_torchrun_the_ranks_that_wait_for_rank_0_are_stopped_silently(tmp_path):
+    """Re-trial 25 T1 (a regression of the SIGTERM handling): rank 1, waiting for rank 0 to print a
+    config error, got torchrun's SIGTERM as `lifetime.Terminated` inside the error handling and
+    printed a traceback repeating the message. The wait restores SIGTERM's default: rank 1 ends by
+    the signal (-15 in torchrun's summary), and the one line is rank 0's."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tgmae.cli",
+                           "pretrain", "masking.ratio=2", "train.device=cpu", f"train.output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and out.count("tgmae pretrain: config error: masking.ratio") == 1, out
+    assert "tgmae.lifetime" not in out and "Terminated" not in out and "-15" in out, out
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
 def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsys, monkeypatch):
     """Issue 28 (re-trial 18, B5): `torchrun --nproc_per_node=2 -m tgmae.cli pretrain masking.ratio=2`
