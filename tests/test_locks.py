@@ -450,3 +450,21 @@ def test_run_files_name_what_a_fresh_run_would_replace(tmp_path):
     assert run_files(run) == ["config.yaml", "model.safetensors", "metrics.jsonl", "1 step folder in checkpoints/"]
     with pytest.raises(RunFolderError, match=r"run \(train.output_dir\): holds a run \(config.yaml, model"):
         refuse_holding_run(run, "train.output_dir", "has no checkpoint")
+
+
+def test_the_folders_made_for_a_lock_go_with_it_unless_the_run_wrote_into_them(tmp_path):
+    """Re-trial 25 L2: `export-hf ... full/p/q/hf` (also visualize, extract, probe, retrieve) on a full
+    disk left full/p and full/p/q, made to hold the output's lock file: an empty output tree that
+    looked started. The last release removes the folders made for the lock while they are empty."""
+    failed = tmp_path / "p" / "q" / "hf"
+    with pytest.raises(OSError):
+        with hold(failed, "--out"):
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    done = tmp_path / "a" / "b" / "out"
+    with hold(done, "--out"):
+        with hold(done, "--out"):  # re-entrant: the inner release keeps them
+            pass
+        assert lock_file(done).exists()
+        done.mkdir()
+    assert done.is_dir() and not lock_file(done).exists()

@@ -250,7 +250,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, own_folder: boo
         _discard(tmp)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-        _remove_empty(new)
+        remove_empty_folders(new)
         failure = write_failure(e, path)
         if failure is not None:
             raise failure from e
@@ -279,11 +279,12 @@ def check_writable(path: str | os.PathLike, *, keep_new_folders: bool = True) ->
     finally:
         _discard(tmp)
         if not keep_new_folders:
-            _remove_empty(new)
+            remove_empty_folders(new)
 
 
-def _remove_empty(made: list[Path]) -> None:
-    """Remove the folders `made` (outermost first) that are still empty, deepest first."""
+def remove_empty_folders(made: list[Path]) -> None:
+    """Remove the folders `made` (outermost first: those a writer created on its way) that are
+    still empty, deepest first."""
     for folder in reversed(made):
         try:
             folder.rmdir()

@@ -156,6 +156,7 @@ def refuse_in_checkpoints(path: str | os.PathLike, what: str) -> None:
 
 
 _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, hold count), this process
+_made: dict[str, list[Path]] = {}  # lock file -> the folders made to hold it (outermost first)
 _guard = threading.Lock()
 ORPHAN_WAIT_S = 15.0  # how long to wait for the orphaned children of an ended holder to let go
 
@@ -172,6 +173,7 @@ def _forget_in_child() -> None:
         except OSError:
             pass
     _held.clear()
+    _made.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -342,6 +344,7 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
             fd, n = _held[key]
             _held[key] = (fd, n + 1)
             return path
+        made = [p for p in reversed(path.parents) if not p.exists()]
         fd = _wait_for(path, target, what, wait)
         try:
             old = _read_holder(fd)
@@ -353,17 +356,22 @@ def acquire(target: str | os.PathLike, what: str, wait: float = 0.0, folder: Opt
         except BaseException as e:  # a full disk: no lock file is left behind, the error names the target
             path.unlink(missing_ok=True)
             os.close(fd)
-            from tgmae.atomic import write_failure
+            from tgmae.atomic import remove_empty_folders, write_failure
+
+            remove_empty_folders(made)
 
             if isinstance(e, OSError) and (failure := write_failure(e, target)) is not None:
                 raise failure from None
             raise
         _held[key] = (fd, 1)
+        _made[key] = made
         return path
 
 
 def release(target: str | os.PathLike) -> None:
-    """Give back one `acquire` of `target`; the last one removes the lock file and unlocks it."""
+    """Give back one `acquire` of `target`; the last one removes the lock file and unlocks it, and
+    the folders made to hold it while they are empty (a run that failed before writing into them:
+    a full disk left `--out a/b/c`'s a/b behind, which looked like a started output)."""
     path = lock_file(target)
     key = str(path)
     with _guard:
@@ -375,6 +383,9 @@ def release(target: str | os.PathLike) -> None:
             del _held[key]
             path.unlink(missing_ok=True)  # before unlocking: a waiter then sees no stale file
             os.close(fd)
+            from tgmae.atomic import remove_empty_folders
+
+            remove_empty_folders(_made.pop(key, []))
 
 
 def shard_target(target: str | os.PathLike, rank: int, world_size: int) -> str:
