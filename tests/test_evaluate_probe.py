@@ -395,6 +395,32 @@ def test_probe_takes_the_architecture_from_the_weights_unless_set(synth, tmp_pat
     assert (saved.preset, saved.patch_size, saved.tubelet_size) == ("micro", 8, 2)
 
 
+def test_probe_and_extract_read_the_videos_at_the_clip_settings_the_encoder_was_trained_with(synth, tmp_path):
+    """Re-trial 25 S2: probe and extract of a 4-frame, 32-px model with a config that sets no clip
+    size read the videos at the defaults, 16 x 224 (retrieve refused them, M4). The data keys the
+    user left unset are model.pretrained's own (recorded with its weights, or its run's
+    config.yaml); one set is kept, as evaluate does."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    micro = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                         image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    own = {"num_frames": 4, "image_size": 32, "frame_stride": 2, "sampling": "dense",
+           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    pt = save_pretraining_model(VideoMAEPretrainer(micro), tmp_path / "micro.safetensors", data=own)
+    args = ["data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_workers=0", "train.precision=fp32", "log.progress=false",
+            "log.tensorboard=false", "eval.probe=knn", "eval.knn_k=[1]", f"model.pretrained={pt}"]
+    assert cli_main(["probe", *args, f"train.output_dir={tmp_path / 'run'}"]) == 0
+    saved = load_config(tmp_path / "run" / "config.yaml").data
+    assert (saved.num_frames, saved.image_size, saved.frame_stride, list(saved.mean)) == (4, 32, 2, own["mean"])
+    assert cli_main(["probe", *args, "data.frame_stride=1", f"train.output_dir={tmp_path / 'set'}"]) == 0
+    assert load_config(tmp_path / "set" / "config.yaml").data.frame_stride == 1  # the user's, kept
+    assert cli_main(["extract", *args, "--out", str(tmp_path / "ext"), "--mode", "clip", "--subset", "val"]) == 0
+    manifest = json.loads((tmp_path / "ext" / "manifest.json").read_text())
+    assert "4" in json.dumps(manifest) and '"image_size": 32' in json.dumps(manifest), manifest
+
+
 def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
     from safetensors.torch import load_file
 

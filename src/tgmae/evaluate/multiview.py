@@ -243,9 +243,21 @@ def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any]
                     ", ".join(f"data.{k}={shown(getattr(cfg.data, k))} (its own: {shown(differ[k])})" for k in kept),
                     cfg.model.pretrained, source)
     if taken:
-        log.info("model.pretrained=%s: %s, as it was finetuned (%s)", cfg.model.pretrained,
+        log.info("model.pretrained=%s: %s, as it was trained (%s)", cfg.model.pretrained,
                  ", ".join(f"data.{k}={shown(v)}" for k, v in taken.items()), source)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **taken)) if taken else cfg
+
+
+def with_run_settings(cfg, given: Optional[Collection[str]]):
+    """`cfg` with model.pretrained's own clip settings (its run's config.yaml, or those recorded with
+    its weights: `own_settings`) for each data key the user did not set (`given`); `cfg` as it is
+    without model.pretrained or `given` (a library caller: every key counts as set). For the
+    commands that read a pretrained encoder (probe, extract, retrieve): a config without a clip
+    size read a 4-frame, 32-px model's videos at the defaults, 16 x 224 (re-trial 25 S2)."""
+    if given is None or not cfg.model.pretrained:
+        return cfg
+    own, source = own_settings(cfg.model.pretrained, kind="official")  # no weights read: no geometry guessed
+    return with_own_settings(cfg, given, own, source) if own else cfg
 
 
 def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
