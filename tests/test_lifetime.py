@@ -162,7 +162,10 @@ def test_ctrl_c_or_sigterm_stops_a_pretraining_in_one_line_naming_where_it_resum
                "data.num_workers=1", "model.preset=micro", "model.patch_size=16", "train.batch_size=2",
                "train.epochs=1000", "train.precision=fp32", "train.log_every=1", "log.progress=false",
                "log.tensorboard=false", "checkpoint.every_steps=1", f"train.output_dir={out}"]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        # a test run in the background (`make test &`, CI) may have SIGINT ignored, which the child
+        # would inherit (as a shell's background job does, on purpose): it gets SIGINT's default
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         lines = []
         for line in proc.stderr:  # until the first checkpoint is written
             lines.append(line)
