@@ -256,7 +256,7 @@ def with_run_settings(cfg, given: Optional[Collection[str]]):
     size read a 4-frame, 32-px model's videos at the defaults, 16 x 224 (re-trial 25 S2)."""
     if given is None or not cfg.model.pretrained:
         return cfg
-    own, source = own_settings(cfg.model.pretrained, kind="official")  # no weights read: no geometry guessed
+    own, source = own_settings(cfg.model.pretrained)  # no weights read (no arch): no geometry guessed
     return with_own_settings(cfg, given, own, source) if own else cfg
 
 
