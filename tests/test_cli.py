@@ -336,7 +336,7 @@ def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsy
     (`RANK0_GRACE_S`: exiting first, they would have torchrun stop rank 0 before it prints)."""
     import time
 
-    from tgmae.distributed import RANK0_GRACE_S
+    from tgmae.lifetime import RANK0_GRACE_S
 
     waits: list[float] = []
     monkeypatch.setattr(time, "sleep", waits.append)
@@ -357,7 +357,7 @@ def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(argv, capsys, m
     print it; every rank exits 2, the others after rank 0's grace."""
     import time
 
-    from tgmae.distributed import RANK0_GRACE_S
+    from tgmae.lifetime import RANK0_GRACE_S
 
     waits: list[float] = []
     monkeypatch.setattr(time, "sleep", waits.append)

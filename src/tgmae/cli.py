@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _one_line(e)
         if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        from tgmae.distributed import other_launched_rank, wait_for_rank0
+        from tgmae.distributed import other_launched_rank
+        from tgmae.lifetime import wait_for_rank0
         from tgmae.errors import is_every_rank
 
         # under torchrun a mistake every rank makes alike is printed once, by rank 0; each rank exits 2

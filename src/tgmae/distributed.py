@@ -46,23 +46,6 @@ def other_launched_rank() -> bool:
     return world > 1 and rank > 0
 
 
-RANK0_GRACE_S = 2.0  # how long the other ranks wait before exiting on a mistake rank 0 prints
-
-
-def wait_for_rank0() -> None:
-    """Pause a rank other than 0 that is about to exit on a mistake every rank makes alike (a bad
-    command line or config file), which rank 0 alone prints: exiting first, it would have torchrun
-    stop rank 0 before rank 0's line is out. torchrun's SIGTERM, which usually ends the pause, ends
-    the process silently again (`lifetime.stop_on_sigterm` would raise inside the error handling)."""
-    import signal
-    import threading
-    import time
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    time.sleep(RANK0_GRACE_S)
-
-
 def local_rank(default: int = 0) -> int:
     """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
     return int(os.environ.get("LOCAL_RANK", default))

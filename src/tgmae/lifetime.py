@@ -4,7 +4,8 @@
 a daemon thread checking the parent once a second (other systems; the death signal follows the
 thread that forked). `end_with_launcher()`, called by the CLI as it starts: the same for a rank
 that torchrun started, tied to torchrun's agent; a no-op elsewhere. `stop_on_sigterm()`, called
-by the CLI too: SIGTERM ends a command as Ctrl-C does (`Terminated`), cleaning up on the way.
+by the CLI too: SIGTERM ends a command as Ctrl-C does (`Terminated`), cleaning up on the way;
+`wait_for_rank0()`, the one exception: a rank exiting on a mistake rank 0 prints dies by it silently.
 """
 
 from __future__ import annotations
@@ -81,3 +82,16 @@ def stop_on_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+RANK0_GRACE_S = 2.0  # how long the other ranks wait before exiting on a mistake rank 0 prints
+
+
+def wait_for_rank0() -> None:
+    """Pause a rank other than 0 that is about to exit on a mistake every rank makes alike (a bad
+    command line or config file), which rank 0 alone prints: exiting first, it would have torchrun
+    stop rank 0 before rank 0's line is out. torchrun's SIGTERM, which usually ends the pause, ends
+    the process silently again (`stop_on_sigterm`'s handler would raise inside the error handling)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(RANK0_GRACE_S)

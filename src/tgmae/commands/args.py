@@ -24,7 +24,8 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, description=summary(description), **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        from tgmae.distributed import other_launched_rank, wait_for_rank0
+        from tgmae.distributed import other_launched_rank
+        from tgmae.lifetime import wait_for_rank0
 
         if other_launched_rank():
             wait_for_rank0()

@@ -90,7 +90,8 @@ class AlignedVideoText(nn.Module):
         return self
 
 
-def _resolved(path: str) -> str:
+def resolved_path(path: str) -> str:
+    """A setting's file as one spelling (absolute, links followed); "" stays "" (not set)."""
     return str(Path(path).resolve()) if path else ""
 
 
@@ -107,7 +108,7 @@ def align_settings(cfg) -> dict[str, Any]:
             "eval.retrieval_align_lr": e.retrieval_align_lr, "train.seed": cfg.train.seed,
             "pooling": POOLING, "dim": ALIGN_DIM, "temperature": ALIGN_TEMPERATURE,
             "weight_decay": ALIGN_WEIGHT_DECAY, "data.train_annotations": cfg.data.train_annotations,
-            "data.root": _resolved(cfg.data.root), "captions.file": _resolved(cfg.captions.file),
+            "data.root": resolved_path(cfg.data.root), "captions.file": resolved_path(cfg.captions.file),
             "captions.target_model": model_name(cfg.captions.target_model)}
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tgmae.config import ConfigError
+from tgmae.evaluate.align import resolved_path
 from tgmae.evaluate.chance import ChanceBand, retrieval_bands
 from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
@@ -391,20 +392,16 @@ def retrieval_settings(cfg, mode: str) -> dict[str, Any]:
     prompt = cfg.eval.class_prompt
     settings.update({"eval.retrieval_text": mode, "captions.target_model": model_name(cfg.captions.target_model)})
     if mode == "classes" and cfg.eval.class_descriptions:  # they replace the templates
-        settings["eval.class_descriptions"] = _resolved(cfg.eval.class_descriptions)
+        settings["eval.class_descriptions"] = resolved_path(cfg.eval.class_descriptions)
     elif mode == "classes":
         settings["eval.class_prompt"] = prompt if isinstance(prompt, str) else list(prompt)
     else:
-        settings["captions.file"] = _resolved(cfg.captions.file)
+        settings["captions.file"] = resolved_path(cfg.captions.file)
     if cfg.eval.retrieval_align_epochs > 0:  # absent at 0: results of the pretraining's head stay valid
         from tgmae.evaluate.align import align_settings
 
         settings.update(align_settings(cfg))
     return settings
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).resolve()) if path else ""
 
 
 def warn_other_text_model(cfg) -> None:
