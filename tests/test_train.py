@@ -1650,3 +1650,24 @@ def test_a_finished_run_on_other_inputs_is_offered_ways_out_that_work(tmp_path):
     assert "It has finished" in str(e.value) and "raise train.epochs with checkpoint.resume=ignore_config" in str(e.value)
     more = toy_cfg(tmp_path, "train.epochs=3", "checkpoint.resume=ignore_config")
     assert Trainer(Task(more), more).fit().position.epoch == 3
+
+
+@pytest.mark.parametrize("later, named", [
+    ("a" * 64 + ".c.m", None),  # same digest: the same inputs, whatever the parts say
+    ("b" * 64 + ".C.m", "captions changed"),
+    ("b" * 64 + ".c.M", "text model changed"),
+    ("b" * 64 + ".C.M", "captions or text model changed"),
+    ("b" * 64, "captions or text model changed")])  # parts missing on one side: every name
+def test_an_inputs_refusal_names_the_parts_that_changed(tmp_path, later, named):
+    """Re-trial 25 M2: a pretraining's fingerprint covers captions and the text model, and the
+    refusal could not say which changed. A fingerprint "DIGEST.PART..." with one name per part
+    is compared by DIGEST and names the parts that differ."""
+    from tgmae.train.resume import InputsChanged, input_changes
+
+    cfg = toy_cfg(tmp_path)
+    args = (cfg, "pretrain", tmp_path / "ck.pth", "a" * 64 + ".c.m", later, ("captions", "text model"))
+    if named is None:
+        assert input_changes(*args) == []
+        return
+    with pytest.raises(InputsChanged, match=rf"fingerprint aaaaaaaaaaaa -> bbbbbbbbbbbb: {named}\)"):
+        input_changes(*args)

@@ -54,12 +54,13 @@ class PretrainTask:
             self._captions = CaptionProvider.from_config(self.cfg.captions)
         return self._captions
 
-    inputs_named = "captions.file's captions or the text model's files"  # what `inputs_fingerprint` covers
+    inputs_named = ("captions.file's captions", "the text model's files")  # `inputs_fingerprint`'s parts
 
     @property
     def inputs_fingerprint(self) -> Optional[str]:
-        """sha256 of the captions every video has (`captions.file`) and of the text model's files
-        (`tgmae.hub.weights_fingerprint`, where known), kept in checkpoints: a resume after the
+        """"DIGEST.CAPTIONS.TEXT_MODEL", kept in checkpoints: DIGEST, sha256 of the captions every video
+        has (`captions.file`) and of the text model's files (`tgmae.hub.weights_fingerprint`, where
+        known), then each one's own sha256 (the refusal names which changed). A resume after the
         captions were edited (or the model replaced at its path) would train on two caption sets
         (`resume.input_changes` refuses it). None without captions."""
         if self.captions is None:
@@ -71,8 +72,9 @@ class PretrainTask:
 
         model = self.cfg.captions.target_model
         texts = sorted((r.video_id, list(r.captions)) for r in self.captions.records)
-        body = json.dumps({"captions": texts, "text_model": weights_fingerprint(model) if model else None})
-        return hashlib.sha256(body.encode()).hexdigest()
+        text_model = weights_fingerprint(model) if model else None
+        sha = lambda x: hashlib.sha256(json.dumps(x).encode()).hexdigest()  # noqa: E731
+        return ".".join([sha({"captions": texts, "text_model": text_model}), sha(texts), sha(text_model)])
 
     @property
     def video_text(self) -> bool:

@@ -118,7 +118,8 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total_steps: int,
            class_names: Sequence[str] = (), unused_keys: Sequence[str] = (),
            copied_keys: Optional[Mapping[str, str]] = None, videos: Optional[dict] = None,
-           steps_per_epoch: Optional[int] = None, inputs_named: str = "model.pretrained's weights") -> Resumed:
+           steps_per_epoch: Optional[int] = None,
+           inputs_named: str | Sequence[str] = "model.pretrained's weights") -> Resumed:
     """checkpoint.resume: the checkpoint's weights, optimizer, scaler, position and RNG, after
     the checks that it belongs to this run (kind, settings, inputs, class names in label order,
     videos on disk, something left to do). unused_keys: config keys the task never reads;
@@ -229,16 +230,23 @@ def refuse_shorter(cfg: RunConfig, task_name: str, source: Path, position: ckpt.
         "shortened. Use another train.output_dir (raising the key continues this run).")
 
 
-def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional[str],
-                  now: Optional[str], named: str = "model.pretrained's weights") -> list[tuple[str, Any, Any]]:
+def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional[str], now: Optional[str],
+                  named: str | Sequence[str] = "model.pretrained's weights") -> list[tuple[str, Any, Any]]:
     """A resume on other task inputs (other features, other weights under the same path, other
     captions) is refused, or recorded as a change under checkpoint.resume=ignore_config. named:
-    what the task's fingerprint covers, for the message."""
-    if not (now and stored and stored != now):
+    what the task's fingerprint covers, for the message; a fingerprint "DIGEST.PART1.PART2..."
+    with one name per part is compared by DIGEST and names the parts that changed (a checkpoint
+    without parts: all of them)."""
+    if not (now and stored and stored.split(".")[0] != now.split(".")[0]):
         return []
+    names = [named] if isinstance(named, str) else list(named)
+    was, new = stored.split(".")[1:], now.split(".")[1:]
+    if len(was) == len(new) == len(names):
+        names = [n for n, a, b in zip(names, was, new) if a != b] or names
+    digest, now_digest = stored.split(".")[0][:12], now.split(".")[0][:12]
     return _refuse_or_record(cfg, source, f"the {task_name} inputs differ from the ones it was trained on "
-                             f"(fingerprint {stored[:12]} -> {now[:12]}: {named} changed)",
-                             (f"{task_name} inputs (fingerprint)", stored[:12], now[:12]))
+                             f"(fingerprint {digest} -> {now_digest}: {' or '.join(names)} changed)",
+                             (f"{task_name} inputs (fingerprint)", digest, now_digest))
 
 
 FILES_KEPT = 2000  # per-file identities a checkpoint keeps up to this many videos a split (else the digest)
