@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(data, capsys, tmp_path):
     _fails(capsys, ["data", "check", "--format", "csv", "--root", str(tmp_path / "nope"), "val.csv"],
            f"data root {tmp_path / 'nope'}: no such folder")
     err = _fails(capsys, ["data", "check", "--format", "csv", "--root", str(root / "synth"), "synth/nope.csv"],
-                 "tgmae data: synth/nope.csv: annotation file or folder not found")
+                 "tgmae data check: synth/nope.csv: annotation file or folder not found")
     assert "synth/synth/nope.csv and" not in err  # the path as given comes first, not the root joined twice
 
 
@@ -390,3 +390,22 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # as `head` does once it has its line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, shown", [(["data", "prepare", "--format", "csv"], "tgmae data prepare"),
+                                         (["visualize", "masks"], "tgmae visualize masks"),
+                                         (["data", "nope"], "tgmae data")])
+def test_a_stop_line_names_the_tool_of_a_command_with_tools(argv, shown, capsys, monkeypatch):
+    """Re-trial 25 M3: Ctrl-C in `tgmae data prepare` said "tgmae data: stopped". A command with
+    tools (`TOOLS`: data, visualize, config) is named with the tool run, in stop and error lines."""
+    import importlib
+
+    module = importlib.import_module(COMMANDS[argv[0]][0].split(":")[0])
+
+    def interrupted(rest):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "main", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == (f"{shown}: stopped (SIGINT); what it finished is kept: "
+                                               "rerun the same command to go on")

@@ -161,7 +161,7 @@ def test_check_out_that_cannot_be_written_fails_before_checking(tmp_path, capsys
     code = cli_main(["data", "check", "--format", "csv", "--root", str(tmp_path), str(tmp_path / "a.csv"),
                      "--out", str(target)])
     captured = capsys.readouterr()
-    assert code == 2 and captured.err.startswith(f"tgmae data: {target}: ") and captured.err.count("\n") == 1
+    assert code == 2 and captured.err.startswith(f"tgmae data check: {target}: ") and captured.err.count("\n") == 1
     assert "checking videos" not in captured.err and captured.out == ""
 
 

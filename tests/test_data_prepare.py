@@ -409,7 +409,7 @@ def test_every_video_failing_is_exit_2_naming_the_count(tmp_path, capsys):
     assert cli_main([*args, "--report", str(report)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "all 2 video(s) failed" in err[0] and str(report) in err[0]
-    assert err[0].startswith("tgmae data: all")  # the tool named once (cli.main's prefix), not twice
+    assert err[0].startswith("tgmae data prepare: all")  # the tool named once (cli.main's prefix), not twice
     assert len(json.loads(report.read_text())["failed"]) == 2
     _clips(root, ["a.avi"])  # one good video: a partial failure
     assert cli_main(args) == 1

@@ -98,7 +98,7 @@ def test_one_unreadable_video_is_one_line_and_never_substituted(tmp_path, capsys
     for kind in ("recon", "attention"):
         assert cli(["visualize", kind, str(run), "--video", str(bad), "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"tgmae visualize: --video {bad}: cannot be read") and err.count("\n") == 1, err
+        assert err.startswith(f"tgmae visualize {kind}: --video {bad}: cannot be read") and err.count("\n") == 1, err
         assert "replacement" not in err
     assert cli(["visualize", "recon", str(run), "--video", str(tmp_path / "gone.mp4")]) == 2
     assert "gone.mp4: no such file or directory" in capsys.readouterr().err

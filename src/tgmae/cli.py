@@ -69,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the one logging set-up: library modules only get loggers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    module = importlib.import_module(module_name)
+    func = getattr(module, func_name)
+    if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
+        name = f"{name} {rest[0]}"
     try:
         return int(func(rest) or 0)
     except BrokenPipeError:  # `tgmae ... | head`: the reader left; end quietly as Unix tools do

@@ -66,6 +66,9 @@ def render(cfg: Any) -> str:
     return "\n".join(out) + "\n"
 
 
+TOOLS = ("show",)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = Parser(prog="tgmae config", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True, metavar="show")

@@ -46,6 +46,9 @@ def _figures(kind: str, argv: Sequence[str]) -> int:
     return 0
 
 
+TOOLS = ("recon", "attention", "masks")
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -56,7 +59,7 @@ def main(argv: Sequence[str]) -> int:
         from tgmae.commands import visualize_masks
 
         return int(visualize_masks.main(rest) or 0)
-    if kind not in ("recon", "attention"):
+    if kind not in TOOLS:
         print(f"tgmae visualize: unknown figure {kind!r} (expected recon, attention or masks)", file=sys.stderr)
         return 2
     return _figures(kind, rest)
