@@ -409,3 +409,23 @@ def test_a_stop_line_names_the_tool_of_a_command_with_tools(argv, shown, capsys,
     assert main(argv) == 130
     assert capsys.readouterr().err.strip() == (f"{shown}: stopped (SIGINT); what it finished is kept: "
                                                "rerun the same command to go on")
+
+
+def test_a_progress_bar_is_closed_before_the_stop_line(capsys, monkeypatch):
+    """Re-trial 25 M3: a bar open when Ctrl-C came was drawn again at exit, below the stop line."""
+    import importlib
+
+    from tqdm import tqdm
+
+    bars = []
+
+    def interrupted(rest):
+        bars.append(tqdm(total=10, desc="captioning"))
+        bars[0].update(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.caption"), "main", interrupted)
+    assert main(["caption"]) == 130
+    assert bars[0].disable  # closed by the CLI, not later by the garbage collector
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].startswith("tgmae caption: stopped (SIGINT)")

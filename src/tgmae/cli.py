@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # under torchrun a mistake every rank makes alike is printed once, by rank 0; each rank exits 2
         # (torchrun then exits 1 with its own ChildFailedError summary, which names exitcode 2)
         if not (is_every_rank(e) and other_launched_rank()):
+            _close_bars()
             print(f"tgmae {name}: {line}", file=sys.stderr)
         else:
             wait_for_rank0()
@@ -113,10 +114,21 @@ def _stopped(name: str, e: KeyboardInterrupt) -> int:
     from tgmae.lifetime import Terminated
 
     sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+    _close_bars()
     if not other_launched_rank():
         print(f"\ntgmae {name}: stopped ({sig.name}); what it finished is kept: rerun the same command to go on",
               file=sys.stderr)
     return 128 + int(sig)
+
+
+def _close_bars() -> None:
+    """Close the progress bars an exception left open, before the command's last line: closed
+    later (at exit), a bar is drawn again below it (re-trial 25 M3)."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def _one_line(e: BaseException) -> str | None:
