@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 
 def _alive(pid: int) -> bool:
@@ -178,3 +179,43 @@ def test_ctrl_c_or_sigterm_stops_a_pretraining_in_one_line_naming_where_it_resum
         said = [x for x in rest.splitlines() if x.strip()]
         assert any("a rerun of the same command resumes from" in x and "step_" in x for x in said), rest
         assert said[-1] == f"tgmae pretrain: stopped ({sig.name}); what it finished is kept: rerun the same command to go on"
+
+
+def _hold_lock(path: str) -> str:
+    """A pool job holding a lock file until it is stopped (its clean-up removes the file)."""
+    lock = Path(path)
+    lock.write_text(str(os.getpid()))
+    try:
+        time.sleep(600)
+    finally:
+        lock.unlink()
+    return path
+
+
+def test_stop_workers_stops_the_busy_jobs_with_their_clean_up_and_starts_no_queued_one(tmp_path):
+    """Session 15: a `tgmae study` stopped by SIGTERM left its `with ProcessPoolExecutor` block,
+    which first ran every queued cell to its end (minutes to hours), and a worker killed by the
+    job's SIGTERM left its cell's lock file. `stop_workers` cancels the queue and stops the busy
+    jobs, which run under `stoppable`: their clean-up runs."""
+    import multiprocessing
+    from concurrent.futures import CancelledError, ProcessPoolExecutor
+
+    import pytest
+
+    from tgmae.lifetime import Terminated, stop_workers, stoppable
+
+    locks = [tmp_path / f"cell{i}.lock" for i in range(4)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(stoppable, _hold_lock, str(p)) for p in locks]
+        for _ in range(600):  # the two busy jobs hold their locks
+            if locks[0].exists() and locks[1].exists():
+                break
+            time.sleep(0.1)
+        stop_workers(pool)
+        for job in jobs[:2]:
+            with pytest.raises(Terminated):
+                job.result(timeout=60)
+        for job in jobs[2:]:  # cancelled, or refused by a stopped worker it was handed to ahead of time
+            with pytest.raises((CancelledError, Terminated)):
+                job.result(timeout=60)
+    assert not any(p.exists() for p in locks)  # released by the stopped jobs; the queued ones never ran

@@ -95,3 +95,43 @@ def wait_for_rank0() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(RANK0_GRACE_S)
+
+
+_stopping = False  # this pool worker was stopped: it starts no other job
+
+
+def stoppable(fn, *args):
+    """`fn(*args)` in a pool worker, with SIGTERM raising `Terminated` while it runs: a stop
+    (`stop_workers`, or SLURM's SIGTERM to the whole job) runs its clean-up (lock files, temp
+    files) instead of ending it where it stands, and the worker starts no job after it (the pool
+    hands each worker its next job ahead of time: cancelling cannot take that one back). Idle, the
+    worker holds nothing: SIGTERM ends it by the default action. A second SIGTERM (the job's, then
+    the parent's) does not cut the clean-up short."""
+    def handler(signum, frame) -> None:
+        global _stopping
+        _stopping = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    if _stopping:
+        raise Terminated()
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        return fn(*args)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def stop_workers(executor) -> None:
+    """Stop a `concurrent.futures.ProcessPoolExecutor` whose parent is stopping (Ctrl-C, SIGTERM):
+    its queued jobs cancelled, its busy workers sent SIGTERM (their jobs run under `stoppable`).
+    Leaving the executor's `with` block alone would first run every queued job to its end: a
+    study stopped by SIGTERM kept training its remaining cells (session 15)."""
+    workers = list((getattr(executor, "_processes", None) or {}).values())  # shutdown() forgets them
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:  # it ended between the check and the signal
+                pass

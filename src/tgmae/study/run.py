@@ -692,17 +692,23 @@ def _run_pool(study: StudyConfig, paths: StudyPaths, cells: list, order: list, q
     """`_run_cells_parallel`'s jobs on `executor` (shut down on return)."""
     from concurrent.futures import as_completed
 
+    from tgmae.lifetime import stop_workers, stoppable
+
     with executor as pool:
-        clip = pool.submit(prepare_clip, study, paths) if clip_later else None
-        recon = pool.submit(run_recon_check, study, paths, quick)
-        waiting = [c for c in order if clip is not None and _needs_clip(c[0])]
-        futures = {c: pool.submit(run_cell, study, paths, *c, quick) for c in order if c not in waiting}
-        if clip is not None:
-            clip.result()
-            futures.update({c: pool.submit(run_cell, study, paths, *c, quick) for c in waiting})
-        for done in as_completed(futures.values()):
-            record = done.result()
-            log.info("study: done %s / %s / seed %d", record["masking"], record["objective"], record["seed"])
+        try:
+            clip = pool.submit(stoppable, prepare_clip, study, paths) if clip_later else None
+            recon = pool.submit(stoppable, run_recon_check, study, paths, quick)
+            waiting = [c for c in order if clip is not None and _needs_clip(c[0])]
+            futures = {c: pool.submit(stoppable, run_cell, study, paths, *c, quick) for c in order if c not in waiting}
+            if clip is not None:
+                clip.result()
+                futures.update({c: pool.submit(stoppable, run_cell, study, paths, *c, quick) for c in waiting})
+            for done in as_completed(futures.values()):
+                record = done.result()
+                log.info("study: done %s / %s / seed %d", record["masking"], record["objective"], record["seed"])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cells stop too (their locks released), none starts
+            stop_workers(pool)
+            raise
         return [futures[c].result() for c in cells], recon.result()
 
 
