@@ -312,20 +312,47 @@ def test_every_writer_names_the_path_it_cannot_write(data, capsys, tmp_path):
         assert "operation not permitted" in line or "permission denied" in line or "read-only" in line, line
 
 
-def test_under_torchrun_the_ranks_that_wait_for_rank_0_are_stopped_silently(tmp_path):
+@pytest.mark.parametrize("error, line", [
+    ("masking.ratio=2", "tgmae pretrain: config error: masking.ratio"),
+    ("data.train_annotations=nope.csv", "tgmae pretrain: nope.csv: annotation file or folder not found")])
+def test_under_torchrun_the_ranks_that_wait_for_rank_0_are_stopped_silently(tmp_path, error, line):
     """Re-trial 25 T1 (a regression of the SIGTERM handling): rank 1, waiting for rank 0 to print a
     config error, got torchrun's SIGTERM as `lifetime.Terminated` inside the error handling and
     printed a traceback repeating the message. The wait restores SIGTERM's default: rank 1 ends by
-    the signal (-15 in torchrun's summary), and the one line is rank 0's."""
+    the signal (-15 in torchrun's summary), and the one line is rank 0's. Re-trial 26A M2: an input
+    error found later (a missing annotation file) was printed by every rank: another rank now
+    waits for rank 0 before printing any error."""
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tgmae.cli",
-                           "pretrain", "masking.ratio=2", "train.device=cpu", f"train.output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                           "pretrain", error, "train.device=cpu", f"train.output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and out.count("tgmae pretrain: config error: masking.ratio") == 1, out
+    assert proc.returncode == 1 and out.count(line) == 1 and out.count("tgmae pretrain") == 1, out
     assert "tgmae.lifetime" not in out and "Terminated" not in out and "-15" in out, out
+
+
+def test_under_torchrun_a_mistake_rank_0_did_not_make_is_printed_after_the_wait(capsys, monkeypatch):
+    """Re-trial 26A M2: another rank's own mistake (not marked `every_rank`) is printed, after the
+    wait for rank 0, naming the rank; rank 0 prints at once."""
+    import time
+
+    from tgmae.errors import UserError
+    from tgmae.lifetime import RANK0_GRACE_S
+
+    def failing(rest):
+        raise UserError("videos/x.mp4: cannot be read")
+
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.pretrain"), "main", failing)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, shown in (("1", "tgmae pretrain (rank 1): "), ("0", "tgmae pretrain: ")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["pretrain"]) == 2
+        assert capsys.readouterr().err == f"{shown}videos/x.mp4: cannot be read\n"
+    assert waits == [RANK0_GRACE_S]  # rank 1 only
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
@@ -429,3 +456,34 @@ def test_a_progress_bar_is_closed_before_the_stop_line(capsys, monkeypatch):
     assert bars[0].disable  # closed by the CLI, not later by the garbage collector
     err = capsys.readouterr().err
     assert err.rstrip().splitlines()[-1].startswith("tgmae caption: stopped (SIGINT)")
+
+
+def test_a_stop_while_the_command_imports_is_one_line(tmp_path):
+    """Re-trial 26A T1: Ctrl-C or SIGTERM in a command's first second (while torch imports) gave two
+    tracebacks and exit 1: the command's import ran outside the CLI's handling, and the stop line
+    imported torch again (half-imported: RuntimeError / AttributeError). The import is handled,
+    and the stop line needs no torch."""
+    import subprocess
+    import textwrap
+
+    (tmp_path / "stopped_on_import.py").write_text("raise KeyboardInterrupt\n")
+    script = textwrap.dedent("""
+        import sys
+        import tgmae.cli as cli
+
+        class HalfImported:  # torch stopped mid-import: importing it again fails
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("torch is half-imported")
+
+        sys.meta_path.insert(0, HalfImported())
+        cli.COMMANDS["pretrain"] = ("stopped_on_import:main", "")
+        sys.exit(cli.main(["pretrain"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         str(tmp_path)])}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("tgmae pretrain: stopped (SIGINT); what it finished is kept: "
+                                   "rerun the same command to go on"), proc.stderr

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from tgmae.distributed import init_distributed, init_distributed_if_launched, launch_env, local_rank, rank_world
+from tgmae.distributed import init_distributed, init_distributed_if_launched, rank_world
+from tgmae.lifetime import launch_env, local_rank
 
 
 def local_numel(tensors) -> int:

@@ -154,10 +154,12 @@ def test_argparse_only_in_the_command_layer():
     assert not bad, f"argparse imported outside the command layer: {sorted(set(bad))}"
 
 
-def test_rank_and_world_are_read_only_in_distributed():
-    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK and the group's rank are read in
-    `tgmae.distributed` only (`launch_env`, `local_rank`, `rank_world`)."""
-    needles = ('"LOCAL_RANK"', '"RANK"', '"WORLD_SIZE"', "get_rank(", "get_world_size(")
-    bad = sorted(_module_name(path) for path in SRC.rglob("*.py")
-                 if _module_name(path) != "tgmae.distributed" and any(n in path.read_text() for n in needles))
-    assert not bad, f"rank / world read outside tgmae.distributed: {bad}"
+def test_rank_and_world_are_read_in_one_place_each():
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK are read in `tgmae.lifetime` only (`launch_env`,
+    `local_rank`: torch-free, so a command stopped while torch imports can still tell its rank),
+    the process group's rank in `tgmae.distributed` only (`rank_world`)."""
+    for home, needles in (("tgmae.lifetime", ('"LOCAL_RANK"', '"RANK"', '"WORLD_SIZE"')),
+                          ("tgmae.distributed", ("get_rank(", "get_world_size("))):
+        bad = sorted(_module_name(path) for path in SRC.rglob("*.py")
+                     if _module_name(path) != home and any(n in path.read_text() for n in needles))
+        assert not bad, f"{needles} read outside {home}: {bad}"

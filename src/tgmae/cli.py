@@ -69,12 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the one logging set-up: library modules only get loggers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")
-    module = importlib.import_module(module_name)
-    func = getattr(module, func_name)
-    if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
-        name = f"{name} {rest[0]}"
     try:
-        return int(func(rest) or 0)
+        module = importlib.import_module(module_name)  # a stop while torch imports: one line too
+        if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
+            name = f"{name} {rest[0]}"
+        return int(getattr(module, func_name)(rest) or 0)
     except BrokenPipeError:  # `tgmae ... | head`: the reader left; end quietly as Unix tools do
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -91,17 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _one_line(e)
         if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        from tgmae.distributed import other_launched_rank
-        from tgmae.lifetime import wait_for_rank0
         from tgmae.errors import is_every_rank
+        from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
 
-        # under torchrun a mistake every rank makes alike is printed once, by rank 0; each rank exits 2
-        # (torchrun then exits 1 with its own ChildFailedError summary, which names exitcode 2)
-        if not (is_every_rank(e) and other_launched_rank()):
-            _close_bars()
-            print(f"tgmae {name}: {line}", file=sys.stderr)
-        else:
+        # under torchrun rank 0 prints a mistake; each rank exits 2 (torchrun then exits 1 with its
+        # ChildFailedError summary, naming exitcode 2). Another rank first waits for rank 0: torchrun
+        # stops it silently when rank 0 failed too, on the same file or key (an input every rank reads
+        # alike: re-trial 26A M2); it prints a mistake rank 0 did not make (its own videos) after the wait.
+        if other_launched_rank():
             wait_for_rank0()
+            if is_every_rank(e):
+                return 2
+            name = f"{name} (rank {launch_env()[0]})"
+        _close_bars()
+        print(f"tgmae {name}: {line}", file=sys.stderr)
         return 2
 
 
@@ -110,8 +112,7 @@ def _stopped(name: str, e: KeyboardInterrupt) -> int:
     stops every rank alike); the shell's code for the signal (128 + its number)."""
     import signal
 
-    from tgmae.distributed import other_launched_rank
-    from tgmae.lifetime import Terminated
+    from tgmae.lifetime import Terminated, other_launched_rank
 
     sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
     _close_bars()
@@ -124,11 +125,9 @@ def _stopped(name: str, e: KeyboardInterrupt) -> int:
 def _close_bars() -> None:
     """Close the progress bars an exception left open, before the command's last line: closed
     later (at exit), a bar is drawn again below it (re-trial 25 M3)."""
-    if "tqdm" in sys.modules:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)  # never imported here: it may be half-imported
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _one_line(e: BaseException) -> str | None:

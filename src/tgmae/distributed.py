@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tgmae.lifetime import launch_env, local_rank
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -31,24 +33,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def launch_env() -> tuple[int, int]:
-    """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def other_launched_rank() -> bool:
-    """Whether torchrun started this process as a rank other than 0 (RANK > 0 of WORLD_SIZE > 1).
-    A command that is not sharded (one store written whole) runs on rank 0 alone: the other ranks
-    leave at once, so they neither repeat its work nor find rank 0's lock on the output."""
-    rank, world = launch_env()
-    return world > 1 and rank > 0
-
-
-def local_rank(default: int = 0) -> int:
-    """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
-    return int(os.environ.get("LOCAL_RANK", default))
 
 
 def rank_world() -> tuple[int, int]:

@@ -6,6 +6,8 @@ thread that forked). `end_with_launcher()`, called by the CLI as it starts: the 
 that torchrun started, tied to torchrun's agent; a no-op elsewhere. `stop_on_sigterm()`, called
 by the CLI too: SIGTERM ends a command as Ctrl-C does (`Terminated`), cleaning up on the way;
 `wait_for_rank0()`, the one exception: a rank exiting on a mistake rank 0 prints dies by it silently.
+`launch_env()` / `local_rank()`: what torchrun told this process, read without torch (a command
+stopped while torch imports still knows its rank).
 """
 
 from __future__ import annotations
@@ -41,6 +43,24 @@ def end_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     if _parent_gone(parent_pid):  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid, every_s), name="end-with-parent", daemon=True).start()
+
+
+def launch_env() -> tuple[int, int]:
+    """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def other_launched_rank() -> bool:
+    """Whether torchrun started this process as a rank other than 0 (RANK > 0 of WORLD_SIZE > 1).
+    A command that is not sharded (one store written whole) runs on rank 0 alone: the other ranks
+    leave at once, so they neither repeat its work nor find rank 0's lock on the output."""
+    rank, world = launch_env()
+    return world > 1 and rank > 0
+
+
+def local_rank(default: int = 0) -> int:
+    """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
+    return int(os.environ.get("LOCAL_RANK", default))
 
 
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # set by torchrun's agent for each rank

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, dumps_record, ids_text, provenance,
                                   read_jsonl_tolerant, same_value)
-from tgmae.distributed import launch_env
+from tgmae.lifetime import launch_env
 
 
 @dataclass(frozen=True)

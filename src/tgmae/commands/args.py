@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, description=summary(description), **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        from tgmae.distributed import other_launched_rank
+        from tgmae.lifetime import other_launched_rank
         from tgmae.lifetime import wait_for_rank0
 
         if other_launched_rank():
@@ -48,7 +48,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 def say(text: str) -> None:
     """Print a command's closing lines once: under torchrun, rank 0 alone (every rank ends a run
     with the same results)."""
-    from tgmae.distributed import other_launched_rank
+    from tgmae.lifetime import other_launched_rank
 
     if not other_launched_rank():
         print(text)

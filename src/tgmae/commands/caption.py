@@ -81,7 +81,8 @@ def _run_captioner(args: argparse.Namespace) -> int:
 
 def _caption(args: argparse.Namespace, shard) -> int:
     from tgmae.captions.captioner import GenerationOptions, resolve_dtype
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+    from tgmae.lifetime import local_rank
 
     videos, _ = _annotations(args)
     options = GenerationOptions(args.max_new_tokens, args.prompt, args.num_beams)
@@ -239,7 +240,7 @@ def main(argv: Sequence[str]) -> int:
     _refuse_inputs(args)
     if args.model:
         return _run_captioner(args)
-    from tgmae.distributed import launch_env, other_launched_rank
+    from tgmae.lifetime import launch_env, other_launched_rank
 
     if other_launched_rank():  # torchrun: the store is written whole, by rank 0 (only --model is sharded)
         rank, world = launch_env()

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     from tgmae.commands.args import load_run_config, parse_args
     from tgmae.config import ConfigError
-    from tgmae.distributed import local_rank, resolve_device
+    from tgmae.distributed import resolve_device
+    from tgmae.lifetime import local_rank
     from tgmae.evaluate.extract import ExtractSpec, extract_dataset
     from tgmae.train.precision import resolve_precision
 

@@ -107,7 +107,8 @@ def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
     from tgmae.data.annotations import clip_range
     from tgmae.data.formats import load_annotations
-    from tgmae.distributed import distributed_ready, init_distributed_if_launched, local_rank, resolve_device
+    from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
+    from tgmae.lifetime import local_rank
 
     records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())

@@ -308,7 +308,8 @@ def build_clip_cache(records: Sequence[VideoRecord], mode: str, cache_dir: str =
         return build_memory_cache(records, threads=threads, workers=workers)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     setting = "data.cache_dir" if cache_dir else "TGMAE_CACHE_DIR (or data.cache_dir)"  # the user cache chose it
-    from tgmae.distributed import barrier, local_rank, rank_world
+    from tgmae.distributed import barrier, rank_world
+    from tgmae.lifetime import local_rank
 
     rank, world = rank_world()
     if world > 1:

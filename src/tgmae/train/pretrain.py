@@ -136,7 +136,8 @@ class PretrainTask:
     def train_dataset(self) -> Dataset:
         if self._dataset is None:
             from tgmae.masking import build_mask_generator, is_batch_generator
-            from tgmae.distributed import local_rank, resolve_device
+            from tgmae.distributed import resolve_device
+            from tgmae.lifetime import local_rank
 
             device = resolve_device(self.cfg.train.device, local_rank())
             generator = build_mask_generator(self.cfg.masking, captions_file=self.cfg.captions.file,

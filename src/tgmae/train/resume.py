@@ -20,7 +20,8 @@ from torch import nn
 from tgmae.atomic import remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
 from tgmae.data.fileid import copy_key, video_identities
-from tgmae.distributed import DistInfo, any_rank, launch_env, rank_world
+from tgmae.distributed import DistInfo, any_rank, rank_world
+from tgmae.lifetime import launch_env
 from tgmae.errors import count
 from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
