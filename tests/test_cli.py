@@ -59,6 +59,18 @@ def test_config_error_is_a_message(capsys):
     assert err.count("\n") == 1 and err.startswith("tgmae pretrain: config error: masking.ratio=1.5")
 
 
+@pytest.mark.parametrize("name", ["TGMAE_AUTOTUNE", "TGMAE_DEBUG"])
+def test_a_switch_of_no_known_value_is_refused_before_the_command_runs(name, capsys, monkeypatch):
+    """Re-trial 26B M5: `TGMAE_AUTOTUNE=bogus tgmae pretrain ...` measured as if it were on, with no
+    word (and TGMAE_DEBUG, read only when an error is reported, ignored a typo alike). Every
+    command refuses it in one line naming the variable and its values, exit 2, before it runs."""
+    monkeypatch.setenv(name, "bogus")
+    assert main(["config", "show"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"tgmae config show: {name}='bogus': expected on or off (1/0, true/false, yes/no)\n")
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
