@@ -441,3 +441,19 @@ def test_a_progress_bar_is_closed_before_the_stop_line(capsys, monkeypatch):
     assert bars[0].disable  # closed by the CLI, not later by the garbage collector
     err = capsys.readouterr().err
     assert err.rstrip().splitlines()[-1].startswith("tgmae caption: stopped (SIGINT)")
+
+
+def test_python_dash_m_tgmae_runs_the_cli():
+    """Re-trial 26B M7: `python -m tgmae --help` failed (no tgmae.__main__); only `-m tgmae.cli`
+    worked. `python -m tgmae` is the CLI, its exit status included."""
+    import subprocess
+
+    from tgmae import __version__
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-m", "tgmae", "--version"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"tgmae {__version__}"), proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tgmae", "frobnicate"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
