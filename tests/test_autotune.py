@@ -13,6 +13,7 @@ import torch
 
 from tgmae import autotune
 from tgmae.config import ConfigError, load_config
+from tgmae.errors import SettingsError
 from tgmae.models import attention
 from tgmae.user_cache import CACHE_ENV
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf
@@ -88,6 +89,10 @@ def test_off_switch_and_unreadable_cache(tuning, monkeypatch, caplog):
         assert autotune.choose("demo/z", cands, CPU, default="a", rounds=2) == "b"
     assert "unreadable" in caplog.text
     assert json.loads((tuning / "autotune.json").read_text())[autotune.machine_key(CPU)]["demo/z"]["choice"] == "b"
+    monkeypatch.setenv(autotune.SWITCH_ENV, "bogus")  # re-trial 26B M5: was taken as on, silently
+    autotune.forget()
+    with pytest.raises(SettingsError, match="TGMAE_AUTOTUNE='bogus': expected on or off"):
+        autotune.choose("demo/z", cands, CPU, default="a")
 
 
 def test_precision_and_attention_follow_the_cached_measurement(tuning):

@@ -59,6 +59,18 @@ def test_config_error_is_a_message(capsys):
     assert err.count("\n") == 1 and err.startswith("tgmae pretrain: config error: masking.ratio=1.5")
 
 
+@pytest.mark.parametrize("name", ["TGMAE_AUTOTUNE", "TGMAE_DEBUG"])
+def test_a_switch_of_no_known_value_is_refused_before_the_command_runs(name, capsys, monkeypatch):
+    """Re-trial 26B M5: `TGMAE_AUTOTUNE=bogus tgmae pretrain ...` measured as if it were on, with no
+    word (and TGMAE_DEBUG, read only when an error is reported, ignored a typo alike). Every
+    command refuses it in one line naming the variable and its values, exit 2, before it runs."""
+    monkeypatch.setenv(name, "bogus")
+    assert main(["config", "show"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"tgmae config show: {name}='bogus': expected on or off (1/0, true/false, yes/no)\n")
+
+
 # ------------------------------------------------------------------ bad input: one line, exit 2
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -487,3 +499,19 @@ def test_a_stop_while_the_command_imports_is_one_line(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == ("tgmae pretrain: stopped (SIGINT); what it finished is kept: "
                                    "rerun the same command to go on"), proc.stderr
+
+
+def test_python_dash_m_tgmae_runs_the_cli():
+    """Re-trial 26B M7: `python -m tgmae --help` failed (no tgmae.__main__); only `-m tgmae.cli`
+    worked. `python -m tgmae` is the CLI, its exit status included."""
+    import subprocess
+
+    from tgmae import __version__
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-m", "tgmae", "--version"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"tgmae {__version__}"), proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tgmae", "frobnicate"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tgmae.config import ConfigError, RunConfig, load_config, parse_override, save_config, to_dict
+from tgmae.config import ConfigError, RunConfig, load_config, load_config_and_keys, parse_override, save_config, to_dict
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -169,6 +170,49 @@ def test_overrides_do_not_leak_into_the_base_dict():
     assert load_config(None, ["model.tubelet_size=4"], base=recipe).model.tubelet_size == 4
     assert recipe == {"model": {"drop_path": 0.1}}
     assert load_config(None, [], base=recipe).model.tubelet_size == 2
+
+
+@dataclass
+class _Inner:
+    a: int = 0
+    b: int = 0
+
+
+@dataclass
+class _Middle:  # a section of sections, for the nested merge
+    inner: _Inner = field(default_factory=_Inner)
+    c: int = 0
+
+
+@dataclass
+class _Outer:
+    middle: _Middle = field(default_factory=_Middle)
+
+
+def test_a_section_override_sets_its_keys_and_keeps_the_sections_others(tmp_path):
+    """Re-trial 26B S1: `optim={warmup_epochs: 1}` replaced the whole merged section, so the -c file's
+    and the recipe's other optim keys fell back to the defaults, silently. A section's mapping sets
+    each key in it as `section.key=value` would (deep, nested too); the keys are the user's (`given`)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  preset: micro\ndata:\n  root: /videos\n  num_frames: 8\noptim:\n  base_lr: 0.5\n")
+    recipe = {"optim": {"base_lr": 0.1, "lr_floor": 1.0, "weight_decay": 0.0}, "model": {"drop_path": 0.2}}
+    cfg, given = load_config_and_keys(f, ["optim={warmup_epochs: 1}", "model={drop_path: 0.1}",
+                                          "data={num_frames: 4}"], base=recipe)
+    assert (cfg.optim.warmup_epochs, cfg.model.drop_path, cfg.data.num_frames) == (1.0, 0.1, 4)
+    # the file's keys over the recipe's, the recipe's where the file has none
+    assert (cfg.optim.base_lr, cfg.optim.lr_floor, cfg.optim.weight_decay) == (0.5, 1.0, 0.0)
+    assert (cfg.model.preset, cfg.data.root) == ("micro", "/videos")
+    assert {"optim.warmup_epochs", "model.drop_path", "data.num_frames", "data.root"} <= given
+    assert "optim.lr_floor" not in given  # the recipe's, not the user's
+    assert load_config(None, ["optim={warmup_epochs: 1}"], base=recipe) == load_config(
+        None, ["optim.warmup_epochs=1"], base=recipe)
+    # a section given empty (a YAML `optim:` with its keys commented out, `optim={}`) sets no key
+    f.write_text("optim:\n")
+    assert load_config(f, ["model={}"], base=recipe) == load_config(None, [], base=recipe)
+
+    cfg, given = load_config_and_keys(None, ["middle={inner: {a: 2}}"], cls=_Outer,
+                                      base={"middle": {"inner": {"b": 3}, "c": 4}})
+    assert cfg == _Outer(_Middle(_Inner(a=2, b=3), c=4)) and given == {"middle.inner.a"}
 
 
 JOINT = ["contrastive.objective=mae+contrastive", "captions.file=c.jsonl", "data.num_frames=4",

@@ -7,7 +7,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 from tgmae.config import ConfigError
-from tgmae.errors import worker_user_error
+from tgmae.errors import SWITCHES, SettingsError, env_switch, worker_user_error
 
 
 class Failing(Dataset):
@@ -50,3 +50,21 @@ def test_cli_shows_a_worker_user_error_as_one_line(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "boom", (f"{__name__}:worker_command", "test"))
     assert cli.main(["boom"]) == 2
     assert capsys.readouterr().err == "tgmae boom: config error: captions missing for 2 videos: a, b\n"
+
+
+@pytest.mark.parametrize("name", sorted(SWITCHES))
+def test_a_switch_reads_on_or_off_and_refuses_any_other_value(name, monkeypatch):
+    """Re-trial 26B M5: `TGMAE_AUTOTUNE=bogus` acted as on, and `TGMAE_DEBUG=on` as off, silently.
+    A switch takes on/off words in any case (unset or empty: its default); any other value is a
+    SettingsError naming the variable, the value and the accepted words."""
+    for value, on in (("on", True), ("1", True), ("TRUE", True), (" yes ", True),
+                      ("off", False), ("0", False), ("False", False), ("NO", False)):
+        monkeypatch.setenv(name, value)
+        assert env_switch(name) is on, value
+    monkeypatch.setenv(name, "")
+    assert env_switch(name) is SWITCHES[name]
+    monkeypatch.delenv(name)
+    assert env_switch(name) is SWITCHES[name]
+    monkeypatch.setenv(name, "bogus")
+    with pytest.raises(SettingsError, match=rf"^{name}='bogus': expected on or off \(1/0, true/false, yes/no\)"):
+        env_switch(name)

@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"study"},
     {"commands"},
     {"cli"},
+    {"__main__"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from functools import lru_cache
@@ -22,6 +21,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from tgmae.atomic import atomic_write_text
+from tgmae.errors import env_switch
 from tgmae.user_cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ def cache_path() -> Optional[Path]:
 
 
 def enabled() -> bool:
-    """False when $TGMAE_AUTOTUNE is off/0/false: no measurements, callers use their defaults."""
-    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+    """False when $TGMAE_AUTOTUNE is off (0/false/no): no measurements, callers use their
+    defaults. SettingsError for a value neither on nor off (`errors.env_switch`)."""
+    return env_switch(SWITCH_ENV)
 
 
 @lru_cache(maxsize=1)

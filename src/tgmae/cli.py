@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from tgmae.errors import UserError
+from tgmae.errors import SWITCHES, UserError, env_switch
 
 # name -> ("module:function", one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(module_name)  # a stop while torch imports: one line too
         if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
             name = f"{name} {rest[0]}"
+        for switch in SWITCHES:  # a misspelt one is refused here, whether or not this command reads it
+            env_switch(switch)
         return int(getattr(module, func_name)(rest) or 0)
     except BrokenPipeError:  # `tgmae ... | head`: the reader left; end quietly as Unix tools do
         try:
@@ -81,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 141  # 128 + SIGPIPE, the shell's code for it
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`lifetime.Terminated`)
-        if os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+        if _debug():
             raise
         return _stopped(name, e)
     except Exception as e:
         # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
         # DataLoader worker raised it: the message, not a traceback
         line = _one_line(e)
-        if line is None or os.environ.get("TGMAE_DEBUG", "").lower() in ("1", "true", "yes"):
+        if line is None or _debug():
             raise
         from tgmae.errors import is_every_rank
         from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
@@ -105,6 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_bars()
         print(f"tgmae {name}: {line}", file=sys.stderr)
         return 2
+
+
+def _debug() -> bool:
+    """TGMAE_DEBUG on: an input error or a stop is raised with its traceback, not said in one line.
+    Off for a value that is no switch: `main` refused it before the command ran, and this is read
+    while an error is reported."""
+    try:
+        return env_switch("TGMAE_DEBUG")
+    except UserError:
+        return False
 
 
 def _stopped(name: str, e: KeyboardInterrupt) -> int:

@@ -754,7 +754,7 @@ def load_config_and_keys(
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
+        _deep_update(node, {keys[-1]: value})  # a section's mapping sets only its keys: the others stay the file's / recipe's
     return from_dict(cls, merged, prefix=prefix), given
 
 
@@ -836,8 +836,10 @@ def is_saved_config(path: str | Path) -> bool:
 
 
 def _deep_update(dst: dict, src: dict) -> None:
+    """Merge `src` into `dst` in place, key by key: a section in both keeps the keys of `dst` that
+    `src` does not set (nested alike), and an empty one (`optim:` in YAML, `optim={}`) sets none."""
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+        if isinstance(dst.get(k), dict) and (v is None or isinstance(v, dict)):
+            _deep_update(dst[k], v or {})
         else:
             dst[k] = v

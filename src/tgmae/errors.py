@@ -6,6 +6,7 @@ it and from their builtin (ValueError, RuntimeError).
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from typing import Optional
 
@@ -20,8 +21,9 @@ class UserError(Exception):
 
 
 class SettingsError(ValueError, UserError):
-    """A setting passed as an argument (a command's flag, a library function's keyword) is invalid;
-    the message names it and the valid values."""
+    """A setting passed as an argument (a command's flag, a library function's keyword) or in the
+    environment (`env_switch`) is invalid; the message names it and the valid values."""
+
 
 
 def every_rank(e: BaseException) -> BaseException:
@@ -34,6 +36,26 @@ def every_rank(e: BaseException) -> BaseException:
 def is_every_rank(e: BaseException) -> bool:
     """Whether `e` was marked by `every_rank`."""
     return bool(getattr(e, "tgmae_every_rank", False))
+
+
+# tgmae's on/off environment variables -> their value when unset or empty (README: Configuration,
+# Troubleshooting); `tgmae.cli` checks each before a command runs
+SWITCHES = {"TGMAE_AUTOTUNE": True, "TGMAE_DEBUG": False}
+_SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def env_switch(name: str) -> bool:
+    """Environment variable `name` (a key of `SWITCHES`) as on/off: 1/true/yes/on or 0/false/no/off,
+    any case (unset or empty: its default). SettingsError naming it, its value and these words
+    otherwise: a misspelt switch must not act as its default, unseen. Every torchrun rank reads
+    the same environment (`every_rank`)."""
+    raw = os.environ.get(name, "")
+    word = raw.strip().lower()
+    if not word:
+        return SWITCHES[name]
+    if word not in _SWITCH_WORDS:
+        raise every_rank(SettingsError(f"{name}={raw!r}: expected on or off (1/0, true/false, yes/no)"))
+    return _SWITCH_WORDS[word]
 
 
 _WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
