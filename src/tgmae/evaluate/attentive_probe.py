@@ -41,7 +41,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe,
                                   tensors_fingerprint, unused_probe_keys, val_counts, write_results,
                                   write_val_predictions)
-from tgmae.train.optim import param_groups
+from tgmae.train.optim import param_groups, peak_lr
 from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
@@ -149,8 +149,11 @@ def encoder_heads(cfg: RunConfig, arch: Any = None) -> int:
 def check_attentive(cfg: RunConfig, arch: Any, train_data: Dataset) -> int:
     """The probe's head count, once the encoder's `VideoMAEArch` and the training set are known
     and before any token grid is extracted (a refused run leaves no folder): ConfigError naming
-    eval.attentive_heads when it does not divide the width, or the batch key when one batch
-    holds more clips than the training set lists."""
+    eval.attentive_final_lr when it is above eval.attentive_lr (the loop's lr check, by the probe's
+    own keys), eval.attentive_heads when it does not divide the width, or the batch key when one
+    batch holds more clips than the training set lists."""
+    run = loop_config(cfg)
+    peak_lr(run.optim, run.train.batch_size, AttentiveTask.copied_keys)
     heads = encoder_heads(cfg, arch)
     if arch.embed_dim % heads:
         raise ConfigError(f"eval.attentive_heads={heads}: does not divide the token width {arch.embed_dim}")
