@@ -85,6 +85,7 @@ class FeatureDataset(Dataset):
         self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
         self.video_ids: list[str] = [str(i) for i in range(len(self.labels))]  # of each row (probe_features)
         self.encoder = ""  # digest of the encoder weights that made them (probe_features; "" = not known)
+        self.videos = ""  # `videos_fingerprint` of its videos' files (probe_features; "" = not known)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -116,10 +117,20 @@ def tensors_fingerprint(parts: Sequence[Optional[tuple[torch.Tensor, ...]]], num
     return h.hexdigest()
 
 
+# what the loop probes' `features_fingerprint` covers, one name per part (`resume.input_changes`)
+PROBE_INPUTS = ("model.pretrained's weights", "the train / val lists (rows, labels, video files)")
+
+
 def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
-    """`tensors_fingerprint` of the train / val features and labels."""
-    return tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in (train, val)],
-                               num_classes)
+    """"DIGEST.WEIGHTS.LISTS", kept in the loop probes' checkpoints: DIGEST, the `tensors_fingerprint`
+    of the train / val features (or token grids) and labels, is what a resume compares (as before
+    the parts: older checkpoints resume); then sha256 of the encoder weights' digest and of each
+    set's rows (video ids), labels and video files, so the refusal names which changed (`PROBE_INPUTS`;
+    neither: the features alone, e.g. in-memory videos, and both are named) (re-trial 26B M1)."""
+    sets = (train, val)
+    digest = tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in sets], num_classes)
+    lists = [None if d is None else [d.video_ids, d.labels.tolist(), d.videos] for d in sets]
+    return ".".join([digest] + [hashlib.sha256(json.dumps(x).encode()).hexdigest() for x in (train.encoder, lists)])
 
 
 def probe_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
@@ -136,6 +147,7 @@ class ProbeTask:
 
     name = "probe"
     find_unused_parameters = False
+    inputs_named = PROBE_INPUTS  # `inputs_fingerprint`'s parts
 
     def __init__(self, cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int):
         self.cfg = cfg
@@ -307,6 +319,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         features.unreadable = skipped
         features.video_ids = scored_video_ids(data, skipped)
         features.encoder = digest
+        features.videos = inputs.get("data", {}).get("videos_sha256", "")
         return features
 
     train = get("train", train_data)
