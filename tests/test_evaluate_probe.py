@@ -236,6 +236,17 @@ def test_probe_features_miss_the_cache_when_classes_txt_is_reordered(synth, tmp_
     assert [second[i] for i in train.labels.tolist()] == before  # each video keeps its class name
 
 
+def test_a_lars_probe_min_lr_above_the_peak_is_refused_before_extracting(checkpoint, tmp_path):
+    """As re-trial 26A M1 for the attentive probe: optim.min_lr above the LARS probe's peak was refused
+    by the loop only once the features were extracted (into train.output_dir/features by default);
+    refused before any video is read."""
+    train, val, cache = Clips(24), Clips(12, seed=1), tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"^optim\.min_lr=5 gives an lr of 50, above the peak 1 \(optim\.lr_floor=1"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, "optim.min_lr=5"), train_data=train, val_data=val,
+                     num_classes=3, cache_dir=cache)
+    assert train.loads == val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+
+
 LISTS_CHANGED = "the train / val lists (rows, labels, video files) changed"
 
 

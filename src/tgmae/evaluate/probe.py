@@ -32,7 +32,7 @@ from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.train.optim import param_groups
+from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
@@ -382,7 +382,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     lbfgs = cfg.eval.probe_optimizer == "lbfgs"
     if lbfgs:  # before extraction: a folder of another kind of run (the loop refuses those itself)
         refuse_other_run(Path(cfg.train.output_dir))
-    # L-BFGS: its CV folds; LARS: the loop's batch (which the loop would refuse only after extraction).
+    # L-BFGS: its CV folds; LARS: the loop's batch and lrs (which the loop would refuse only after extraction).
     # Against the listed videos before any is read, again against the readable ones before the val set.
     fits, readable = (check_folds, "training features") if lbfgs else (check_batch, "training videos")
     train, val, names = probe_features(
@@ -481,10 +481,12 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
 def check_batch(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> None:
     """ConfigError naming train.batch_size when one batch of the LARS probe's loop (x accumulation
     x processes, as `Trainer` counts it) holds more than `rows` (`what`: the training videos;
-    `unreadable`: the videos left out of those)."""
+    `unreadable`: the videos left out of those), or the loop's lr check at that batch (`peak_lr`:
+    optim.min_lr / optim.warmup_lr above the peak)."""
     from tgmae.distributed import init_distributed
 
     accum, world = cfg.train.accum_steps, init_distributed(cfg.train.device).world_size
+    peak_lr(cfg.optim, cfg.train.batch_size * accum * world)
     if cfg.train.batch_size * accum * world > rows:
         times = (f" x train.accum_steps={accum}" if accum > 1 else "") + (f" x {world} processes" if world > 1 else "")
         left = f" ({unreadable} unreadable left out)" if unreadable else ""
