@@ -107,6 +107,29 @@ def test_attentive_settings_are_checked_against_the_data(checkpoint, tmp_path):
         run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, "eval.attentive_heads=3"), **data())
 
 
+def test_a_final_lr_above_the_attentive_lr_is_refused_by_its_own_keys_before_extracting(checkpoint, tmp_path):
+    """Re-trial 26A M1: eval.attentive_final_lr above eval.attentive_lr was refused as "optim.min_lr=1e-05
+    ... above the peak (optim.lr=5e-06)", keys the user never set, advising optim.min_lr=5e-08 (which the
+    probe does not read: the same refusal again), and only once the token grids were extracted into the
+    new folder. The probe's own keys are named, before anything is read, and the advice runs."""
+    import re
+
+    from tgmae.config import ConfigError
+
+    lrs = ["eval.attentive_lr=5e-6", "eval.attentive_final_lr=1e-5"]
+    train, val, cache = Clips(24), Clips(12, seed=1, views=2), tmp_path / "cache"
+    for extra in ([], ["optim.min_lr=5e-8"]):
+        with pytest.raises(ConfigError) as e:
+            run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, *lrs, *extra), train_data=train, val_data=val,
+                      num_classes=3, cache_dir=cache)
+        said = str(e.value)
+        assert said.startswith("eval.attentive_final_lr=1e-05 is above the peak 5e-06 (eval.attentive_lr=5e-06)"), said
+        assert "optim." not in said, said
+    assert train.loads == val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+    advice = re.search(r"e\.g\. (eval\.attentive_final_lr=\S+)$", said).group(1)
+    run_probe(probe_cfg(tmp_path, checkpoint, *ATTENTIVE, *lrs, advice, "eval.attentive_epochs=1"), **data())
+
+
 def test_attentive_batch_above_the_readable_videos_is_refused_before_extracting_val(checkpoint, tmp_path):
     """A batch within the listed training videos but above the readable ones (known only after
     their extraction) is refused before the val grids are extracted: the cache folder is not made."""

@@ -236,6 +236,76 @@ def test_probe_features_miss_the_cache_when_classes_txt_is_reordered(synth, tmp_
     assert [second[i] for i in train.labels.tolist()] == before  # each video keeps its class name
 
 
+def test_a_lars_probe_min_lr_above_the_peak_is_refused_before_extracting(checkpoint, tmp_path):
+    """As re-trial 26A M1 for the attentive probe: optim.min_lr above the LARS probe's peak was refused
+    by the loop only once the features were extracted (into train.output_dir/features by default);
+    refused before any video is read."""
+    train, val, cache = Clips(24), Clips(12, seed=1), tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"^optim\.min_lr=5 gives an lr of 50, above the peak 1 \(optim\.lr_floor=1"):
+        linear_probe(probe_cfg(tmp_path, checkpoint, "optim.min_lr=5"), train_data=train, val_data=val,
+                     num_classes=3, cache_dir=cache)
+    assert train.loads == val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+
+
+LISTS_CHANGED = "the train / val lists (rows, labels, video files) changed"
+
+
+@pytest.mark.parametrize("probe", [["eval.probe=linear"],  # LARS, on the loop
+                                   ["eval.probe=attentive", "eval.attentive_epochs=1", "eval.attentive_heads=2",
+                                    "data.test_temporal_views=1", "data.test_spatial_views=1"]])
+def test_a_probe_rerun_on_edited_lists_is_refused_naming_the_lists_not_the_weights(synth, tmp_path, probe):
+    """Re-trial 26B M1: a finished LARS or attentive probe rerun after a val label was edited or a
+    train row removed was refused with "(fingerprint X -> Y: model.pretrained's weights changed)",
+    the weights untouched. The refusal names the lists."""
+    import shutil
+
+    from tgmae.evaluate.probes import run_probe
+
+    root = tmp_path / "data"
+    shutil.copytree(synth, root)
+    torch.manual_seed(0)
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors")
+    cfg = probe_cfg(tmp_path, pt, "data.format=csv", f"data.root={root}", "data.train_annotations=train.csv",
+                    "data.val_annotations=val.csv", "data.image_size=32", "data.frame_stride=2",
+                    "checkpoint.resume=auto", "train.epochs=2", *probe)
+    run_probe(cfg)
+    lists = {name: (root / name).read_text() for name in ("train.csv", "val.csv")}
+    edits = {"val.csv": lists["val.csv"].replace("synth_00006.mp4,0,", "synth_00006.mp4,1,"),  # a label edited
+             "train.csv": "".join(lists["train.csv"].splitlines(keepends=True)[:-1])}  # a row removed
+    for name, edited in edits.items():
+        assert edited != lists[name]
+        (root / name).write_text(edited)
+        with pytest.raises(ckpt.CheckpointError) as e:
+            run_probe(cfg)
+        assert f": {LISTS_CHANGED})" in str(e.value) and "weights" not in str(e.value), str(e.value)
+        (root / name).write_text(lists[name])
+
+
+def test_the_probe_fingerprint_keeps_its_digest_and_names_the_part_that_changed():
+    """Re-trial 26B M1: the loop probes' fingerprint is "DIGEST.WEIGHTS.LISTS": DIGEST the features
+    one of before (checkpoints written then still resume), the parts name what changed."""
+    from tgmae.evaluate.probe import PROBE_INPUTS, features_fingerprint, tensors_fingerprint
+    from tgmae.train.resume import InputsChanged, input_changes
+
+    def feats(encoder: str, labels: list[int]) -> FeatureDataset:
+        d = FeatureDataset(torch.arange(8.0).view(4, 2) * (2 if encoder == "b" else 1), torch.tensor(labels))
+        d.encoder = encoder
+        return d
+
+    def named(old: str, new: str) -> str:
+        with pytest.raises(InputsChanged) as e:
+            input_changes(load_config(None, []), "probe", Path("ckpt"), old, new, PROBE_INPUTS)
+        return e.value.why.split(": ")[-1].rstrip(")")
+
+    base = features_fingerprint(feats("a", [0, 1, 0, 1]), None, 2)
+    assert base.split(".")[0] == tensors_fingerprint([(feats("a", [0, 1, 0, 1]).features, torch.tensor([0, 1, 0, 1])),
+                                                      None], 2)
+    assert named(base, features_fingerprint(feats("b", [0, 1, 0, 1]), None, 2)) == "model.pretrained's weights changed"
+    assert named(base, features_fingerprint(feats("a", [0, 1, 1, 1]), None, 2)) == LISTS_CHANGED
+    assert named(base.split(".")[0], base.split(".")[0][::-1]) == f"{PROBE_INPUTS[0]} or {LISTS_CHANGED}"
+
+
 def _separable(n: int, dim: int, seed: int) -> FeatureDataset:
     """Two classes 6 std apart along one random direction: linearly separable with a wide margin."""
     g = torch.Generator().manual_seed(seed)

@@ -1633,6 +1633,38 @@ def test_an_lr_floor_or_warmup_start_above_the_peak_is_refused_naming_the_key(ov
     assert lr_plan(fixed.optim, 64, 10, 100).peak > 0
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["optim.lr=1e-3", "optim.warmup_lr=2e-3"], "the lr would fall where it should rise"),  # the warmup's start
+    (["optim.lr=1e-3", "optim.min_lr=2e-3"], "the lr would rise where it should fall"),  # the cosine's end
+])
+def test_the_lr_check_says_which_way_the_lr_would_go_wrong(overrides, says):
+    """Re-trial 26A M3: a warmup_lr above the peak was said to make the lr "rise where it should
+    fall"; a warmup from it falls where it should rise."""
+    from tgmae.config import ConfigError, load_config
+    from tgmae.train.optim import lr_plan
+
+    with pytest.raises(ConfigError, match=says):
+        lr_plan(load_config(None, overrides).optim, 64, 10, 100)
+
+
+def test_the_lr_check_names_the_lr_floor_when_it_sets_the_peak():
+    """Re-trial 26A M3: with the probe recipe's optim.lr_floor=1 setting the peak, the refusal explained
+    the peak of 1 and the min_lr of 5 x 10 as "optim.base_lr=0.1 at a global batch of 4", numbers that
+    give neither; it names the floor and the factor the others are scaled by."""
+    from tgmae.config import ConfigError, load_config
+    from tgmae.evaluate.recipes import PROBE_RECIPE
+    from tgmae.train.optim import lr_plan
+
+    cfg = load_config(None, ["optim.min_lr=5"], base=PROBE_RECIPE)
+    with pytest.raises(ConfigError) as e:
+        lr_plan(cfg.optim, 4, 10, 100)
+    said = str(e.value)
+    assert "optim.min_lr=5 gives an lr of 50, above the peak 1 (optim.lr_floor=1" in said, said
+    assert "optim.base_lr=0.1 at a global batch of 4 gives 0.00156" in said and "x10" in said, said
+    fixed = load_config(None, ["optim.min_lr=0.001"], base=PROBE_RECIPE)  # the advice's value
+    assert lr_plan(fixed.optim, 4, 10, 100).peak == 1.0
+
+
 def test_a_finished_run_on_other_inputs_is_offered_ways_out_that_work(tmp_path):
     """Re-trial 25 M1: the refusal of a finished run's resume on other videos offered
     checkpoint.resume=ignore_config, which was then refused for a finished run. A finished run is

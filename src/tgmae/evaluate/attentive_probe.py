@@ -38,10 +38,10 @@ from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, To
                                       predict_attentive)
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.evaluate.probe import (ProbeResult, best_of, probe_features, probe_step, refuse_other_probe,
-                                  tensors_fingerprint, unused_probe_keys, val_counts, write_results,
-                                  write_val_predictions)
-from tgmae.train.optim import param_groups
+from tgmae.evaluate.probe import (PROBE_INPUTS, ProbeResult, best_of, features_fingerprint, probe_features,
+                                  probe_step, refuse_other_probe, tensors_fingerprint, unused_probe_keys, val_counts,
+                                  write_results, write_val_predictions)
+from tgmae.train.optim import param_groups, peak_lr
 from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
@@ -73,15 +73,18 @@ class AttentiveTask:
                    "optim.weight_decay": "eval.attentive_weight_decay",
                    "train.batch_size": "eval.attentive_batch_size", "train.epochs": "eval.attentive_epochs"}
 
+    inputs_named = PROBE_INPUTS  # `inputs_fingerprint`'s parts
+
     def __init__(self, cfg: RunConfig, train: TokenDataset, val: Optional[TokenDataset], num_classes: int,
-                 num_heads: int) -> None:
+                 num_heads: int, inputs_fingerprint: Optional[str] = None) -> None:
         dim = train.tokens.shape[-1]
         if dim % num_heads:
             raise ConfigError(f"eval.attentive_heads={num_heads}: does not divide the token width {dim}")
         self.cfg, self.train, self.val = cfg, train, val
         self.num_classes, self.num_heads = num_classes, num_heads
-        # stored in every checkpoint: a resume on other token grids is refused
-        self.inputs_fingerprint = tensors_fingerprint(
+        # stored in every checkpoint: a resume on other token grids is refused. Given: the grids'
+        # `features_fingerprint`, whose parts name what changed; else the grids' digest alone
+        self.inputs_fingerprint = inputs_fingerprint or tensors_fingerprint(
             [(d.tokens, d.labels) if d is not None else None for d in (train, val)], num_classes)
         self.class_names: list[str] = []  # label order; set by attentive_probe, kept in checkpoints
         # a resume may change the other probes' knobs, and raise eval.attentive_epochs as train.epochs
@@ -149,8 +152,11 @@ def encoder_heads(cfg: RunConfig, arch: Any = None) -> int:
 def check_attentive(cfg: RunConfig, arch: Any, train_data: Dataset) -> int:
     """The probe's head count, once the encoder's `VideoMAEArch` and the training set are known
     and before any token grid is extracted (a refused run leaves no folder): ConfigError naming
-    eval.attentive_heads when it does not divide the width, or the batch key when one batch
-    holds more clips than the training set lists."""
+    eval.attentive_final_lr when it is above eval.attentive_lr (the loop's lr check, by the probe's
+    own keys), eval.attentive_heads when it does not divide the width, or the batch key when one
+    batch holds more clips than the training set lists."""
+    run = loop_config(cfg)
+    peak_lr(run.optim, run.train.batch_size, AttentiveTask.copied_keys)
     heads = encoder_heads(cfg, arch)
     if arch.embed_dim % heads:
         raise ConfigError(f"eval.attentive_heads={heads}: does not divide the token width {arch.embed_dim}")
@@ -186,7 +192,8 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     k_cls = num_classes or cfg.eval.num_classes or len(names) or int(train.labels.max()) + 1
     run_cfg = loop_config(cfg)
     grids = lambda d: TokenDataset(d.features, d.labels) if d is not None else None  # noqa: E731
-    task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, heads[0] if heads else encoder_heads(cfg))
+    task = AttentiveTask(run_cfg, grids(train), grids(val), k_cls, heads[0] if heads else encoder_heads(cfg),
+                         features_fingerprint(train, val, k_cls))
     task.class_names = names  # kept in its checkpoints: a resume refuses other names / order
     trainer = Trainer(task, run_cfg, hooks=hooks)
     fit = trainer.fit()

@@ -32,7 +32,7 @@ from tgmae.evaluate.lars import LARS
 from tgmae.evaluate.logistic import LogisticFit, fit_logistic, select_l2
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
-from tgmae.train.optim import param_groups
+from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
@@ -85,6 +85,7 @@ class FeatureDataset(Dataset):
         self.unreadable: list[dict] = []  # videos left out of the features: {index, video_id, label, reason}
         self.video_ids: list[str] = [str(i) for i in range(len(self.labels))]  # of each row (probe_features)
         self.encoder = ""  # digest of the encoder weights that made them (probe_features; "" = not known)
+        self.videos = ""  # `videos_fingerprint` of its videos' files (probe_features; "" = not known)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -116,10 +117,20 @@ def tensors_fingerprint(parts: Sequence[Optional[tuple[torch.Tensor, ...]]], num
     return h.hexdigest()
 
 
+# what the loop probes' `features_fingerprint` covers, one name per part (`resume.input_changes`)
+PROBE_INPUTS = ("model.pretrained's weights", "the train / val lists (rows, labels, video files)")
+
+
 def features_fingerprint(train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int) -> str:
-    """`tensors_fingerprint` of the train / val features and labels."""
-    return tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in (train, val)],
-                               num_classes)
+    """"DIGEST.WEIGHTS.LISTS", kept in the loop probes' checkpoints: DIGEST, the `tensors_fingerprint`
+    of the train / val features (or token grids) and labels, is what a resume compares (as before
+    the parts: older checkpoints resume); then sha256 of the encoder weights' digest and of each
+    set's rows (video ids), labels and video files, so the refusal names which changed (`PROBE_INPUTS`;
+    neither: the features alone, e.g. in-memory videos, and both are named) (re-trial 26B M1)."""
+    sets = (train, val)
+    digest = tensors_fingerprint([(d.features, d.labels) if d is not None else None for d in sets], num_classes)
+    lists = [None if d is None else [d.video_ids, d.labels.tolist(), d.videos] for d in sets]
+    return ".".join([digest] + [hashlib.sha256(json.dumps(x).encode()).hexdigest() for x in (train.encoder, lists)])
 
 
 def probe_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
@@ -136,6 +147,7 @@ class ProbeTask:
 
     name = "probe"
     find_unused_parameters = False
+    inputs_named = PROBE_INPUTS  # `inputs_fingerprint`'s parts
 
     def __init__(self, cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureDataset], num_classes: int):
         self.cfg = cfg
@@ -307,6 +319,7 @@ def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_dat
         features.unreadable = skipped
         features.video_ids = scored_video_ids(data, skipped)
         features.encoder = digest
+        features.videos = inputs.get("data", {}).get("videos_sha256", "")
         return features
 
     train = get("train", train_data)
@@ -369,7 +382,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     lbfgs = cfg.eval.probe_optimizer == "lbfgs"
     if lbfgs:  # before extraction: a folder of another kind of run (the loop refuses those itself)
         refuse_other_run(Path(cfg.train.output_dir))
-    # L-BFGS: its CV folds; LARS: the loop's batch (which the loop would refuse only after extraction).
+    # L-BFGS: its CV folds; LARS: the loop's batch and lrs (which the loop would refuse only after extraction).
     # Against the listed videos before any is read, again against the readable ones before the val set.
     fits, readable = (check_folds, "training features") if lbfgs else (check_batch, "training videos")
     train, val, names = probe_features(
@@ -468,10 +481,12 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
 def check_batch(cfg: RunConfig, rows: int, what: str, unreadable: int = 0) -> None:
     """ConfigError naming train.batch_size when one batch of the LARS probe's loop (x accumulation
     x processes, as `Trainer` counts it) holds more than `rows` (`what`: the training videos;
-    `unreadable`: the videos left out of those)."""
+    `unreadable`: the videos left out of those), or the loop's lr check at that batch (`peak_lr`:
+    optim.min_lr / optim.warmup_lr above the peak)."""
     from tgmae.distributed import init_distributed
 
     accum, world = cfg.train.accum_steps, init_distributed(cfg.train.device).world_size
+    peak_lr(cfg.optim, cfg.train.batch_size * accum * world)
     if cfg.train.batch_size * accum * world > rows:
         times = (f" x train.accum_steps={accum}" if accum > 1 else "") + (f" x {world} processes" if world > 1 else "")
         left = f" ({unreadable} unreadable left out)" if unreadable else ""

@@ -313,7 +313,7 @@ class Trainer:
         cfg, dist, task = self.cfg, self.dist, self.task
         steps_per_epoch, total_steps = self._plan_steps(num_items)
         global_batch = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size * views
-        plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps)
+        plan = lr_plan(cfg.optim, global_batch, steps_per_epoch, total_steps, getattr(task, "copied_keys", None))
         if dist.is_main:
             warn_short_warmup(cfg, steps_per_epoch, total_steps, getattr(task, "copied_keys", None))
         if views > 1 and dist.is_main:

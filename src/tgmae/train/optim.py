@@ -81,25 +81,43 @@ class LrPlan:
                              self.min_lr, self.warmup_lr)
 
 
-def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int) -> LrPlan:
-    """The lr plan for optimizer steps of `global_batch` clips: peak `optim.lr` if set, else MAE's
-    linear scaling base_lr x global_batch / 256 (at least `optim.lr_floor`), min / warmup lrs
-    scaled alike (with `optim.lr`: as given); warmup `optim.warmup_epochs` x steps_per_epoch,
-    rounded, at most total_steps. ConfigError naming optim.min_lr / optim.warmup_lr when either comes
-    out above the peak: the warmup would fall and the cosine climb (re-trial 25 S1)."""
-    if cfg.lr is not None:
-        peak, ratio, how = cfg.lr, 1.0, f"optim.lr={cfg.lr:g}; with it the others are absolute"
-    else:
-        peak = max(scaled_lr(cfg.base_lr, global_batch), cfg.lr_floor or 0.0)
-        ratio = peak / cfg.base_lr
-        how = f"optim.base_lr={cfg.base_lr:g} at a global batch of {global_batch}, and they are scaled alike"
-    for key, value in (("min_lr", cfg.min_lr), ("warmup_lr", cfg.warmup_lr)):
-        if value * ratio > peak:
-            raise ConfigError(f"optim.{key}={value:g} gives an lr of {value * ratio:.3g}, above the peak {peak:.3g} "
-                              f"({how}): the lr would rise where it should fall; set optim.{key} below it, "
-                              f"e.g. optim.{key}={peak / ratio / 100:.3g}")
+def lr_plan(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int,
+            keys: Optional[Mapping[str, str]] = None) -> LrPlan:
+    """The lr plan for optimizer steps of `global_batch` clips: peak and scaled min / warmup lrs of
+    `peak_lr`; warmup `optim.warmup_epochs` x steps_per_epoch, rounded, at most total_steps.
+    ConfigError as `peak_lr` (`keys` as its)."""
+    peak, ratio = peak_lr(cfg, global_batch, keys)
     warmup_steps = min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
     return LrPlan(peak, cfg.min_lr * ratio, cfg.warmup_lr * ratio, warmup_steps, total_steps)
+
+
+def peak_lr(cfg: OptimConfig, global_batch: int, keys: Optional[Mapping[str, str]] = None) -> tuple[float, float]:
+    """(peak lr, the factor min_lr and warmup_lr are scaled by) for steps of `global_batch` clips:
+    `optim.lr` if set (factor 1: the others absolute), else MAE's linear scaling base_lr x
+    global_batch / 256, at least `optim.lr_floor` (factor peak / base_lr). ConfigError naming
+    optim.min_lr / optim.warmup_lr when either comes out above the peak, with the numbers that set
+    it (the floor, where it binds): the cosine would climb or the warmup fall (re-trial 25 S1, 26A M3).
+    keys: {loop key: the user's key} of a task that copies its own settings into `cfg`
+    (`AttentiveTask.copied_keys`), named instead (re-trial 26A M1)."""
+    name = {**{f"optim.{k}": f"optim.{k}" for k in ("lr", "min_lr", "warmup_lr")}, **(keys or {})}
+    if cfg.lr is not None:
+        peak, ratio, how = cfg.lr, 1.0, f"{name['optim.lr']}={cfg.lr:g}"
+        if name["optim.lr"] == "optim.lr":  # a task's own lr (copied) has no base_lr beside it
+            how += "; with it the others are absolute"
+    else:
+        scaled = scaled_lr(cfg.base_lr, global_batch)
+        peak = max(scaled, cfg.lr_floor or 0.0)
+        ratio = peak / cfg.base_lr
+        how = f"optim.base_lr={cfg.base_lr:g} at a global batch of {global_batch}"
+        how = (f"optim.lr_floor={peak:g}, as {how} gives {scaled:.3g}" if peak > scaled else how) \
+            + f"; the others are scaled alike, x{ratio:.3g}"
+    for key, value, way in (("min_lr", cfg.min_lr, "rise where it should fall"),
+                            ("warmup_lr", cfg.warmup_lr, "fall where it should rise")):
+        if value * ratio > peak:
+            lr, key = ("is" if ratio == 1 else f"gives an lr of {value * ratio:.3g},"), name[f"optim.{key}"]
+            raise ConfigError(f"{key}={value:g} {lr} above the peak {peak:.3g} ({how}): the lr would {way}; "
+                              f"set {key} below it, e.g. {key}={peak / ratio / 100:.3g}")
+    return peak, ratio
 
 
 def warn_short_warmup(cfg: RunConfig, steps_per_epoch: int, total_steps: int,
