@@ -154,3 +154,22 @@ def tiny_bert(path, seed=0, pooling=None, modules=None):
                     for i, kind in enumerate(modules, start=1)]
         (path / "modules.json").write_text(json.dumps(listing))
     return model, tok
+
+
+class StoppedByTorchrun(BaseException):
+    """Raised by `rank0_waits`' sleep: torchrun's agent stopping a rank that waits for rank 0."""
+
+
+@pytest.fixture
+def rank0_waits(monkeypatch):
+    """A rank of a 2-rank torchrun whose wait for rank 0 (`lifetime.wait_for_rank0`) ends as
+    torchrun ends it once rank 0 has exited: its sleep raises `StoppedByTorchrun`. Returns
+    `as_rank(rank)`, which sets the rank."""
+    import time
+
+    def stopped(seconds):
+        raise StoppedByTorchrun(seconds)
+
+    monkeypatch.setattr(time, "sleep", stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    return lambda rank: monkeypatch.setenv("RANK", str(rank))

@@ -905,23 +905,24 @@ def test_every_rank_refuses_a_store_made_otherwise_whichever_video_is_first(data
 
 
 def test_under_torchrun_a_store_made_otherwise_is_said_once_by_rank_0(dataset, blip_dir, tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      rank0_waits):
     """Re-trial 24B M3: under torchrun every rank printed the same "holds captions made otherwise"
-    line. Every rank reads the same store and parts, so the refusal is printed by rank 0 alone;
-    every rank exits 2 (the others after rank 0's grace)."""
-    import time
+    line. Every rank reads the same store and parts, so the refusal is printed by rank 0; another
+    rank waits for rank 0 first, and torchrun stops it there."""
+    from conftest import StoppedByTorchrun
 
     ann = ["--format", "csv", "--root", str(dataset), str(dataset / "train.csv")]
     out = tmp_path / "o.jsonl"
     assert main([*ann, "--oracle", "--out", str(out)]) == 0
-    monkeypatch.setattr(time, "sleep", lambda s: None)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank, printed in (("1", False), ("0", True)):
-        monkeypatch.setenv("RANK", rank)
-        capsys.readouterr()
-        assert cli(dataset, blip_dir, out) == 2
-        err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tgmae")]
-        assert (len(err) == 1 and "'oracle'" in err[0]) if printed else err == [], (rank, err)
+    rank0_waits(1)
+    capsys.readouterr()
+    with pytest.raises(StoppedByTorchrun):
+        cli(dataset, blip_dir, out)
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("tgmae")] == []
+    rank0_waits(0)
+    assert cli(dataset, blip_dir, out) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tgmae")]
+    assert len(err) == 1 and "'oracle'" in err[0], err
 
 
 def test_rank_1_of_a_rebuild_does_not_skip_the_videos_of_the_store_it_replaces(dataset, blip_dir, tmp_path, capsys):

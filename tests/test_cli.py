@@ -346,8 +346,8 @@ def test_under_torchrun_the_ranks_that_wait_for_rank_0_are_stopped_silently(tmp_
 
 
 def test_under_torchrun_a_mistake_rank_0_did_not_make_is_printed_after_the_wait(capsys, monkeypatch):
-    """Re-trial 26A M2: another rank's own mistake (not marked `every_rank`) is printed, after the
-    wait for rank 0, naming the rank; rank 0 prints at once."""
+    """Re-trial 26A M2: a rank's own mistake (rank 0 runs on: torchrun does not stop the wait) is
+    printed after the wait for rank 0, naming the rank; rank 0 prints at once."""
     import time
 
     from tgmae.errors import UserError
@@ -367,48 +367,42 @@ def test_under_torchrun_a_mistake_rank_0_did_not_make_is_printed_after_the_wait(
     assert waits == [RANK0_GRACE_S]  # rank 1 only
 
 
-@pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
-def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(command, capsys, monkeypatch):
+@pytest.mark.parametrize("argv", [[command, "masking.ratio=2"] for command in ("pretrain", "finetune", "probe")])
+def test_a_config_error_under_torchrun_is_printed_by_rank_0_alone(argv, capsys, rank0_waits, tmp_path):
     """Issue 28 (re-trial 18, B5): `torchrun --nproc_per_node=2 -m tgmae.cli pretrain masking.ratio=2`
-    printed the one line once per rank. A config error (the same on every rank: it comes from
-    the command line) is printed by rank 0; every rank exits 2, the others after a grace
-    (`RANK0_GRACE_S`: exiting first, they would have torchrun stop rank 0 before it prints)."""
-    import time
+    printed the one line once per rank (re-trial 26A M2, a missing annotation file, under a real
+    torchrun: `test_under_torchrun_the_ranks_that_wait_for_rank_0_are_stopped_silently`). Rank 0
+    prints it; another rank waits for rank 0 first (exiting first, it would have torchrun stop
+    rank 0 before it prints), and torchrun stops it there."""
+    from conftest import StoppedByTorchrun
 
-    from tgmae.lifetime import RANK0_GRACE_S
-
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
-    for rank, printed in (("1", False), ("0", True)):
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        assert main([command, "masking.ratio=2"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert (len(err) == 1 and "masking.ratio" in err[0]) if printed else err == [], (rank, err)
-    assert waits == [RANK0_GRACE_S]  # rank 1 only
+    argv = [*argv, f"train.output_dir={tmp_path / 'run'}", "train.device=cpu"]
+    rank0_waits(1)
+    with pytest.raises(StoppedByTorchrun):
+        main(argv)
+    assert capsys.readouterr().err == ""
+    rank0_waits(0)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "masking.ratio" in err[0], err
 
 
 @pytest.mark.parametrize("argv", [["pretrain", "--no-such-flag"], ["masks", "--no-such-flag"],
                                   ["caption"], ["extract", "--no-such-flag"], ["config", "shw"]])
-def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(argv, capsys, monkeypatch):
+def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(argv, capsys, rank0_waits):
     """Session 13's left item: argparse's usage error (an unknown flag, a missing argument) was
     printed by every torchrun rank. Every command's parser (`commands.args.Parser`) lets rank 0
-    print it; every rank exits 2, the others after rank 0's grace."""
-    import time
+    print it; another rank waits for rank 0 first, and torchrun stops it there."""
+    from conftest import StoppedByTorchrun
 
-    from tgmae.lifetime import RANK0_GRACE_S
-
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
-    for rank, printed in (("1", False), ("0", True)):
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        with pytest.raises(SystemExit) as exit_:
-            main(argv)
-        assert exit_.value.code == 2
-        err = capsys.readouterr().err
-        assert ("error:" in err) if printed else err == "", (rank, err)
-    assert waits == [RANK0_GRACE_S]
+    rank0_waits(1)
+    with pytest.raises(StoppedByTorchrun):
+        main(argv)
+    assert capsys.readouterr().err == ""
+    rank0_waits(0)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 def test_every_command_parses_through_the_shared_parser():

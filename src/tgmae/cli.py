@@ -92,17 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _one_line(e)
         if line is None or _debug():
             raise
-        from tgmae.errors import is_every_rank
         from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
 
-        # under torchrun rank 0 prints a mistake; each rank exits 2 (torchrun then exits 1 with its
-        # ChildFailedError summary, naming exitcode 2). Another rank first waits for rank 0: torchrun
-        # stops it silently when rank 0 failed too, on the same file or key (an input every rank reads
-        # alike: re-trial 26A M2); it prints a mistake rank 0 did not make (its own videos) after the wait.
+        # under torchrun each rank exits 2 (torchrun then exits 1 with its ChildFailedError summary,
+        # naming exitcode 2). A rank other than 0 first waits for rank 0 (`wait_for_rank0`): a mistake
+        # every rank makes (a key, a file every rank reads: re-trial 26A M2) is printed by rank 0, and
+        # torchrun stops this rank in the wait; one of its own (its GPU, its videos) is printed after it
         if other_launched_rank():
             wait_for_rank0()
-            if is_every_rank(e):
-                return 2
             name = f"{name} (rank {launch_env()[0]})"
         _close_bars()
         print(f"tgmae {name}: {line}", file=sys.stderr)

@@ -26,18 +26,6 @@ class SettingsError(ValueError, UserError):
 
 
 
-def every_rank(e: BaseException) -> BaseException:
-    """Mark `e` as raised alike by every torchrun rank (a mistake on the command line or in its
-    config file, read the same by each): `tgmae.cli` lets rank 0 alone print its line."""
-    e.tgmae_every_rank = True  # type: ignore[attr-defined]
-    return e
-
-
-def is_every_rank(e: BaseException) -> bool:
-    """Whether `e` was marked by `every_rank`."""
-    return bool(getattr(e, "tgmae_every_rank", False))
-
-
 # tgmae's on/off environment variables -> their value when unset or empty (README: Configuration,
 # Troubleshooting); `tgmae.cli` checks each before a command runs
 SWITCHES = {"TGMAE_AUTOTUNE": True, "TGMAE_DEBUG": False}
@@ -47,14 +35,13 @@ _SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "
 def env_switch(name: str) -> bool:
     """Environment variable `name` (a key of `SWITCHES`) as on/off: 1/true/yes/on or 0/false/no/off,
     any case (unset or empty: its default). SettingsError naming it, its value and these words
-    otherwise: a misspelt switch must not act as its default, unseen. Every torchrun rank reads
-    the same environment (`every_rank`)."""
+    otherwise: a misspelt switch must not act as its default, unseen."""
     raw = os.environ.get(name, "")
     word = raw.strip().lower()
     if not word:
         return SWITCHES[name]
     if word not in _SWITCH_WORDS:
-        raise every_rank(SettingsError(f"{name}={raw!r}: expected on or off (1/0, true/false, yes/no)"))
+        raise SettingsError(f"{name}={raw!r}: expected on or off (1/0, true/false, yes/no)")
     return _SWITCH_WORDS[word]
 
 

@@ -104,14 +104,16 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-RANK0_GRACE_S = 2.0  # how long the other ranks wait before exiting on a mistake rank 0 prints
+RANK0_GRACE_S = 10.0  # how long another rank waits for rank 0 before printing its own mistake
 
 
 def wait_for_rank0() -> None:
-    """Pause a rank other than 0 that is about to exit on a mistake every rank makes alike (a bad
-    command line or config file), which rank 0 alone prints: exiting first, it would have torchrun
-    stop rank 0 before rank 0's line is out. torchrun's SIGTERM, which usually ends the pause, ends
-    the process silently again (`stop_on_sigterm`'s handler would raise inside the error handling)."""
+    """Pause a rank other than 0 that is about to print a mistake and exit. A mistake every rank
+    makes alike (the command line, the config, a file each reads) is rank 0's to print: exiting
+    first, this rank would have torchrun stop rank 0 before rank 0's line is out, so it waits, and
+    torchrun's SIGTERM ends the wait silently (the default action: `stop_on_sigterm`'s handler
+    would raise inside the error handling). A mistake of its own (rank 0 runs on) is printed after
+    the wait: never silent, at worst said twice by a rank 0 slower than the wait."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(RANK0_GRACE_S)

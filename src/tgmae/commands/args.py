@@ -24,12 +24,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, description=summary(description), **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        from tgmae.lifetime import other_launched_rank
-        from tgmae.lifetime import wait_for_rank0
+        from tgmae.lifetime import other_launched_rank, wait_for_rank0
 
         if other_launched_rank():
-            wait_for_rank0()
-            self.exit(2)
+            wait_for_rank0()  # torchrun stops this rank here: rank 0 made the same mistake
         super().error(message)
 
 
@@ -88,17 +86,12 @@ def parse_run_args(prog: str, argv: Sequence[str], description: str = "", base: 
     any order, over `base` (a protocol's recipe). Returns (RunConfig, argparse.Namespace); the
     namespace's `given` holds the dotted keys the -c file and the overrides set (not the recipe's:
     `config.load_config_and_keys`), for a command that fills the others from elsewhere. Config
-    errors exit 2 with the message, printed by torchrun's rank 0 alone (`errors.every_rank`:
-    each rank reads the same command line and file)."""
+    errors exit 2 with the message (`tgmae.cli`: under torchrun, rank 0's)."""
     from tgmae.config import load_config_and_keys
-    from tgmae.errors import UserError, every_rank
 
     parser = Parser(prog=f"tgmae {prog}", description=description)
     add_config_option(parser, "YAML config file (sections as in tgmae.config)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    try:
-        args = parse_args(parser, argv)
-        cfg, args.given = load_config_and_keys(args.config, list(args.overrides), base=base)  # copies `base`
-        return cfg, args
-    except UserError as e:
-        raise every_rank(e)
+    args = parse_args(parser, argv)
+    cfg, args.given = load_config_and_keys(args.config, list(args.overrides), base=base)  # copies `base`
+    return cfg, args

@@ -13,9 +13,9 @@ from tgmae.captions import run
 from tgmae.captions.captioner import ImageCaptioner
 from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear_outputs, refuse_other_store
 from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
-from tgmae.captions.store import CaptionRecord, CaptionStoreError, ids_text
+from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
-from tgmae.errors import count, every_rank
+from tgmae.errors import count
 from tgmae.locks import check_kind, hold, refuse_in_checkpoints
 from tgmae.commands.args import Parser
 
@@ -91,14 +91,9 @@ def _caption(args: argparse.Namespace, shard) -> int:
     from tgmae.hub import weights_fingerprint
 
     # first, before a model is loaded (weights known only once local: caption_videos checks again)
-    try:
-        refuse_other_store(args.out, SOURCE, args.model,
-                           captioner_settings(args.keyframes, options, weights_fingerprint(args.model)), shard,
-                           fresh=args.rebuild)
-    except CaptionStoreError as e:
-        # every rank reads the same files (the store and every part) but with --rebuild (its own part
-        # alone): then the refusal is the same on each, printed once by rank 0 under torchrun
-        raise (e if args.rebuild else every_rank(e))
+    refuse_other_store(args.out, SOURCE, args.model,
+                       captioner_settings(args.keyframes, options, weights_fingerprint(args.model)), shard,
+                       fresh=args.rebuild)
     device = resolve_device(args.device, local_rank(), key="--device")
     dtype = resolve_dtype(args.dtype, device)
     created = init_distributed_if_launched() if args.rank is None else False

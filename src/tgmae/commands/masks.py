@@ -79,13 +79,13 @@ def _refuse_no_video_on_disk(videos: Sequence[tuple[str, str]], args: argparse.N
     import os
 
     from tgmae.data.fileid import video_identity
-    from tgmae.errors import every_rank, nothing_done
+    from tgmae.errors import nothing_done
 
     if not videos or any(video_identity(path) is not None and os.access(path, os.R_OK) for _, path in videos):
         return
     shown = ", ".join(path for _, path in videos[:2]) + (f" ... (+{len(videos) - 2} more)" if len(videos) > 2 else "")
-    raise every_rank(nothing_done(len(videos), f"none of them is on disk or readable ({shown}); check --root "
-                                               f"{args.root or '.'!r} and {args.annotations}"))
+    raise nothing_done(len(videos), f"none of them is on disk or readable ({shown}); check --root "
+                                    f"{args.root or '.'!r} and {args.annotations}")
 
 
 def _run_number(out: str, rank: int) -> int:
