@@ -421,6 +421,33 @@ def test_probe_and_extract_read_the_videos_at_the_clip_settings_the_encoder_was_
     assert "4" in json.dumps(manifest) and '"image_size": 32' in json.dumps(manifest), manifest
 
 
+def test_a_clip_setting_set_against_the_encoders_own_is_warned_of_as_what_the_command_does(synth, tmp_path,
+                                                                                             caplog):
+    """Re-trials 26A M5 / 26B M6: probe, extract and retrieve of a pretraining checkpoint with
+    another clip setting set warned that it "is tested at the settings given, not those it was
+    finetuned with". The warning says "trained with", and what each command does at them."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    micro = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                         image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    pt = save_pretraining_model(VideoMAEPretrainer(micro), tmp_path / "micro.safetensors",
+                                data={"num_frames": 4, "image_size": 32, "frame_stride": 2})
+    args = ["data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_workers=0", "train.precision=fp32", "log.progress=false",
+            "log.tensorboard=false", "eval.probe=knn", "eval.knn_k=[1]", f"model.pretrained={pt}",
+            "data.frame_stride=1"]
+    runs = {"probed": (["probe", *args, f"train.output_dir={tmp_path / 'probe'}"], 0),
+            "read": (["extract", *args, "--out", str(tmp_path / "ext"), "--mode", "clip", "--subset", "val"], 0),
+            "tested": (["retrieve", *args, f"train.output_dir={tmp_path / 'ret'}"], 2)}  # no contrastive head
+    for verb, (argv, code) in runs.items():
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tgmae"):
+            assert cli_main(argv) == code, argv[0]
+        (warned,) = [r.getMessage() for r in caplog.records if "(its own: 2)" in r.getMessage()]
+        assert f"is {verb} at the settings given, not those it was trained with" in warned, warned
+
+
 def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
     from safetensors.torch import load_file
 
