@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,27 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
     assert third.best_epoch in (6, 7) and third.best_top1 == max(r["val_top1"] for r in evals(third))
     logged = [json.loads(line) for line in (tmp_path / "probe" / "config_changes.jsonl").read_text().splitlines()]
     assert list(logged[-1]["changes"]) == ["probe inputs (fingerprint)"] and logged[-1]["step"] > 0
+
+
+def test_a_mistyped_checkpoint_path_is_not_found_before_the_folders_probe_is_compared(checkpoint, tmp_path):
+    """Re-trial 26B M3: a rerun into a finished probe's folder with a mistyped model.pretrained was
+    refused as "a probe of other inputs (model.pretrained: ... -> ...)", whose way out,
+    checkpoint.resume=ignore_config, does not fix a typo. Every probe finds the checkpoint first."""
+    from tgmae.config import save_config
+    from tgmae.evaluate.probes import run_probe
+
+    out = tmp_path / "probe"
+    out.mkdir()
+    save_config(probe_cfg(tmp_path, checkpoint), out / "config.yaml")  # a finished linear probe of `checkpoint`
+    (out / "probe_results.json").write_text(json.dumps({"probe": "linear", "optimizer": "lars", "top1": 0.5}))
+    typo = checkpoint.parent / "pt.safetensor"
+    for probe in ("linear", "knn", "attentive"):
+        cfg = probe_cfg(tmp_path, typo, f"eval.probe={probe}", "data.val_annotations=val.csv")
+        with pytest.raises(ckpt.CheckpointError, match=f"^checkpoint not found: {re.escape(str(typo))}$"):
+            run_probe(cfg)
+    with pytest.raises(ConfigError, match="model.pretrained must name"):
+        run_probe(probe_cfg(tmp_path, Path(""), "model.pretrained="))
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "probe_results.json"]
 
 
 def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
