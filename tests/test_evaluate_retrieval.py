@@ -372,6 +372,26 @@ def test_a_mistyped_checkpoint_path_is_not_found_before_the_folders_results_are_
     assert (out / "retrieval_results.json").read_text() == results
 
 
+def test_a_refused_retrieve_leaves_no_new_output_folder(synth, tmp_path, capsys):
+    """Re-trial 26A L1: `tgmae retrieve` refused for any reason (here a checkpoint without a
+    contrastive head, and no captions.clip_model to embed the prompts) left the new train.output_dir
+    and its new parents as empty folders; the other commands leave nothing."""
+    from tgmae.cli import main as cli
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path))
+    plain = save_pretraining_model(VideoMAEPretrainer(load_video_text_model(run).mae.arch), tmp_path / "mae.safetensors")
+    for refused in ([f"model.pretrained={plain}"], [f"model.pretrained={run}", "captions.clip_model="]):
+        assert cli(["retrieve", "-c", str(path), *refused, f"train.output_dir={tmp_path / 'new' / 'a' / 'b'}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert ("no contrastive video head" if len(refused) == 1 else "captions.clip_model") in err, err
+        assert len(err.splitlines()) == 1
+        assert not (tmp_path / "new").exists(), refused
+
+
 def test_retrieve_refuses_results_of_other_weights_under_the_same_path(synth, tmp_path, capsys):
     """issue 28 re-trial 13 (S3): model.pretrained's checkpoint replaced under the same path and
     `tgmae retrieve` rerun into the same folder replaced the results (rc 0): the settings held the

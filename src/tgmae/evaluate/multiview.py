@@ -309,7 +309,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         from tgmae.locks import refuse_in_checkpoints
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
-        check_writable(Path(cfg.train.output_dir) / "test_results.json")
+        check_writable(Path(cfg.train.output_dir) / "test_results.json", keep_new_folders=False)  # refused: none made
     if classifier is None:
         classifier, cfg = load_tested_classifier(cfg, given)
     settings = test_settings(cfg)

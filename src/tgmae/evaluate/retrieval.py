@@ -308,7 +308,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.locks import refuse_in_checkpoints
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
-        check_writable(Path(cfg.train.output_dir) / RESULTS)
+        check_writable(Path(cfg.train.output_dir) / RESULTS, keep_new_folders=False)  # refused: none made
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
         if model is not None:
