@@ -254,8 +254,8 @@ def with_run_settings(cfg, given: Optional[Collection[str]], use: str):
     """`cfg` with model.pretrained's own clip settings (its run's config.yaml, or those recorded with
     its weights: `own_settings`) for each data key the user did not set (`given`); `cfg` as it is
     without model.pretrained or `given` (a library caller: every key counts as set). For the
-    commands that read a pretrained encoder (probe, extract, retrieve, finetune; `use` as
-    `with_own_settings`'): a config without a clip size read a 4-frame, 32-px model's videos at the
+    commands that read a pretrained encoder (probe, extract, retrieve, finetune; `use`: as in
+    `with_own_settings`): a config without a clip size read a 4-frame, 32-px model's videos at the
     defaults, 16 x 224 (re-trials 25 S2, 26A S2)."""
     if given is None or not cfg.model.pretrained:
         return cfg
