@@ -773,3 +773,39 @@ def load_config_and_keys_for(pretrained: Path):
     from tgmae.config import load_config_and_keys
 
     return load_config_and_keys(None, [f"model.pretrained={pretrained}", "train.device=cpu", "model.patch_size=8"])
+
+
+def test_finetune_reads_the_videos_at_the_clip_settings_the_encoder_was_trained_with(synth, tmp_path, caplog):
+    """Re-trial 26A S2: `tgmae finetune` of a 4-frame, 32-px, stride-2 pretrained model with a config
+    that sets no clip size trained and tested at the defaults, 16 x 224 stride 4, without a word;
+    probe, extract, retrieve and evaluate took the model's own. The data keys the user left unset
+    (the recipe sets none) are model.pretrained's own, said in one log line; one set is kept and
+    warned of, naming both values."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    own = {"num_frames": 4, "image_size": 32, "frame_stride": 2, "sampling": "dense",
+           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    pt = save_pretraining_model(VideoMAEPretrainer(VideoMAEArch(**{**ARCH.__dict__, "image_size": 32})),
+                                tmp_path / "pt.safetensors", data=own)
+    config = yaml.safe_load(_finetune_yaml(tmp_path, synth, views=1).read_text())
+    for key in ("num_frames", "image_size", "frame_stride"):  # a config that sets no clip size
+        del config["data"][key]
+    (tmp_path / "noclip.yaml").write_text(yaml.safe_dump(config))
+
+    def run(out: str, *more: str) -> tuple[RunConfig, list[str]]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tgmae"):
+            assert cli_main(["finetune", "-c", str(tmp_path / "noclip.yaml"), f"model.pretrained={pt}",
+                             f"train.output_dir={tmp_path / out}", *more]) == 0
+        said = [r.getMessage() for r in caplog.records if f"model.pretrained={pt}" in r.getMessage()]
+        return load_config(tmp_path / out / "config.yaml"), said
+
+    saved, said = run("ft")
+    assert (saved.data.num_frames, saved.data.image_size, saved.data.frame_stride, list(saved.data.mean)) == \
+        (4, 32, 2, own["mean"])
+    assert len(said) == 1 and "data.num_frames=4" in said[0] and "as it was trained" in said[0], said
+    saved, said = run("ft_set", "data.frame_stride=1")
+    assert (saved.data.num_frames, saved.data.frame_stride) == (4, 1)  # the user's key wins
+    (warned,) = [s for s in said if "data.frame_stride=1 (its own: 2)" in s]
+    assert "is finetuned at the settings given, not those it was trained with" in warned, warned

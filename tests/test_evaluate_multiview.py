@@ -59,3 +59,18 @@ def test_a_key_set_against_the_weights_is_refused_naming_it(exported, key, value
     with pytest.raises(ConfigError) as e:
         _tested(exported, f"{key}={value}")
     assert str(e.value).startswith(f"{key}=") and "\n" not in str(e.value)
+
+
+def test_a_refused_evaluate_leaves_no_new_output_folder(classifier_run, tmp_path, capsys):
+    """Re-trial 26A L1: `tgmae evaluate` refused for any reason (here a model key set against the
+    weights, and a pretraining checkpoint, not a classifier) left the new train.output_dir and its
+    new parents as empty folders; the other commands leave nothing."""
+    from tgmae.cli import main as cli_main
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    pretrained = save_pretraining_model(VideoMAEPretrainer(MICRO), tmp_path / "pt.safetensors")
+    for refused in ([f"model.pretrained={classifier_run}", "model.patch_size=16"], [f"model.pretrained={pretrained}"]):
+        assert cli_main(["evaluate", *refused, f"train.output_dir={tmp_path / 'new' / 'a' / 'b'}"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not (tmp_path / "new").exists(), refused

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -421,6 +422,27 @@ def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint
     assert list(logged[-1]["changes"]) == ["probe inputs (fingerprint)"] and logged[-1]["step"] > 0
 
 
+def test_a_mistyped_checkpoint_path_is_not_found_before_the_folders_probe_is_compared(checkpoint, tmp_path):
+    """Re-trial 26B M3: a rerun into a finished probe's folder with a mistyped model.pretrained was
+    refused as "a probe of other inputs (model.pretrained: ... -> ...)", whose way out,
+    checkpoint.resume=ignore_config, does not fix a typo. Every probe finds the checkpoint first."""
+    from tgmae.config import save_config
+    from tgmae.evaluate.probes import run_probe
+
+    out = tmp_path / "probe"
+    out.mkdir()
+    save_config(probe_cfg(tmp_path, checkpoint), out / "config.yaml")  # a finished linear probe of `checkpoint`
+    (out / "probe_results.json").write_text(json.dumps({"probe": "linear", "optimizer": "lars", "top1": 0.5}))
+    typo = checkpoint.parent / "pt.safetensor"
+    for probe in ("linear", "knn", "attentive"):
+        cfg = probe_cfg(tmp_path, typo, f"eval.probe={probe}", "data.val_annotations=val.csv")
+        with pytest.raises(ckpt.CheckpointError, match=f"^checkpoint not found: {re.escape(str(typo))}$"):
+            run_probe(cfg)
+    with pytest.raises(ConfigError, match="model.pretrained must name"):
+        run_probe(probe_cfg(tmp_path, Path(""), "model.pretrained="))
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "probe_results.json"]
+
+
 def test_checkpoint_geometry_must_match_the_config(checkpoint, tmp_path, capsys):
     """A tubelet-2 checkpoint probed with model.tubelet_size=4 is refused, naming the key and both
     values; so are a patch size and a head count that differ. Nothing is trained or written."""
@@ -489,6 +511,33 @@ def test_probe_and_extract_read_the_videos_at_the_clip_settings_the_encoder_was_
     assert cli_main(["extract", *args, "--out", str(tmp_path / "ext"), "--mode", "clip", "--subset", "val"]) == 0
     manifest = json.loads((tmp_path / "ext" / "manifest.json").read_text())
     assert "4" in json.dumps(manifest) and '"image_size": 32' in json.dumps(manifest), manifest
+
+
+def test_a_clip_setting_set_against_the_encoders_own_is_warned_of_as_what_the_command_does(synth, tmp_path,
+                                                                                             caplog):
+    """Re-trials 26A M5 / 26B M6: probe, extract and retrieve of a pretraining checkpoint with
+    another clip setting set warned that it "is tested at the settings given, not those it was
+    finetuned with". The warning says "trained with", and what each command does at them."""
+    from tgmae.cli import main as cli_main
+
+    torch.manual_seed(0)
+    micro = VideoMAEArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4,
+                         image_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=1)
+    pt = save_pretraining_model(VideoMAEPretrainer(micro), tmp_path / "micro.safetensors",
+                                data={"num_frames": 4, "image_size": 32, "frame_stride": 2})
+    args = ["data.format=csv", f"data.root={synth}", "data.train_annotations=train.csv",
+            "data.val_annotations=val.csv", "data.num_workers=0", "train.precision=fp32", "log.progress=false",
+            "log.tensorboard=false", "eval.probe=knn", "eval.knn_k=[1]", f"model.pretrained={pt}",
+            "data.frame_stride=1"]
+    runs = {"probed": (["probe", *args, f"train.output_dir={tmp_path / 'probe'}"], 0),
+            "read": (["extract", *args, "--out", str(tmp_path / "ext"), "--mode", "clip", "--subset", "val"], 0),
+            "tested": (["retrieve", *args, f"train.output_dir={tmp_path / 'ret'}"], 2)}  # no contrastive head
+    for verb, (argv, code) in runs.items():
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tgmae"):
+            assert cli_main(argv) == code, argv[0]
+        (warned,) = [r.getMessage() for r in caplog.records if "(its own: 2)" in r.getMessage()]
+        assert f"is {verb} at the settings given, not those it was trained with" in warned, warned
 
 
 def _cached(cache: Path, subset: str) -> tuple[torch.Tensor, torch.Tensor]:

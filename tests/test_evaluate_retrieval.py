@@ -351,6 +351,47 @@ def test_retrieve_records_its_settings_and_refuses_results_of_other_settings(syn
         main(["-c", str(path), f"model.pretrained={run}", f"train.output_dir={out}"])
 
 
+def test_a_mistyped_checkpoint_path_is_not_found_before_the_folders_results_are_compared(synth, tmp_path, capsys):
+    """Re-trial 26B M3: `tgmae retrieve` into a folder holding results, with a mistyped
+    model.pretrained (a step that does not exist), was refused as "retrieval_results.json of other
+    settings ... replace it with checkpoint.resume=ignore_config", which does not fix a typo. The
+    checkpoint is found first; an unset one is named as such, the results kept."""
+    from tgmae.cli import main as cli
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    out = tmp_path / "ret"
+    out.mkdir()
+    results = json.dumps({"mode": "classes", "num_videos": 9})  # of settings unknown: refused when compared
+    (out / "retrieval_results.json").write_text(results)
+    typo = tmp_path / "vt" / "checkpoints" / "step_00000009"
+    for pretrained, said in ((typo, f"checkpoint not found: {typo}"), ("", "config error: model.pretrained must name a contrastive")):
+        assert cli(["retrieve", "-c", str(path), f"model.pretrained={pretrained}", f"train.output_dir={out}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tgmae retrieve: {said}") and "\n" not in err, err
+    assert (out / "retrieval_results.json").read_text() == results
+
+
+def test_a_refused_retrieve_leaves_no_new_output_folder(synth, tmp_path, capsys):
+    """Re-trial 26A L1: `tgmae retrieve` refused for any reason (here a checkpoint without a
+    contrastive head, and no captions.clip_model to embed the prompts) left the new train.output_dir
+    and its new parents as empty folders; the other commands leave nothing."""
+    from tgmae.cli import main as cli
+    from tgmae.models import VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    root, clip = synth
+    path = _retrieval_config(root, clip, tmp_path)
+    run = _video_text_run(tmp_path, load_config(path))
+    plain = save_pretraining_model(VideoMAEPretrainer(load_video_text_model(run).mae.arch), tmp_path / "mae.safetensors")
+    for refused in ([f"model.pretrained={plain}"], [f"model.pretrained={run}", "captions.clip_model="]):
+        assert cli(["retrieve", "-c", str(path), *refused, f"train.output_dir={tmp_path / 'new' / 'a' / 'b'}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert ("no contrastive video head" if len(refused) == 1 else "captions.clip_model") in err, err
+        assert len(err.splitlines()) == 1
+        assert not (tmp_path / "new").exists(), refused
+
+
 def test_retrieve_refuses_results_of_other_weights_under_the_same_path(synth, tmp_path, capsys):
     """issue 28 re-trial 13 (S3): model.pretrained's checkpoint replaced under the same path and
     `tgmae retrieve` rerun into the same folder replaced the results (rc 0): the settings held the

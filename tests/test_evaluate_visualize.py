@@ -73,6 +73,19 @@ def test_the_run_config_comes_before_c_and_overrides_come_last(tmp_path):
     assert (cfg.data.num_frames, cfg.data.image_size, cfg.model.patch_size) == (4, 32, 8)
 
 
+def test_the_log_names_only_the_settings_taken_from_the_run_not_those_an_override_sets(tmp_path, caplog):
+    """Re-trial 26A M4: `visualize recon RUN -c other.yaml data.image_size=64` logged `data.num_frames,
+    data.image_size from the run (...), not -c other.yaml` but drew at 64 px, the override's. The
+    line names only what the run replaced in -c and the figure keeps."""
+    run = _run(tmp_path)
+    with caplog.at_level("INFO", logger="tgmae"):
+        cfg = figure_config(str(_other_yaml(tmp_path)), ["data.image_size=64", "masking.ratio=0.7"], str(run))
+    assert (cfg.data.num_frames, cfg.data.image_size, cfg.masking.name, cfg.masking.ratio) == (4, 64, "random", 0.7)
+    (said,) = [r.getMessage() for r in caplog.records if "from the run" in r.getMessage()]
+    assert "data.num_frames" in said and "masking.name" in said, said
+    assert "data.image_size" not in said and "masking.ratio" not in said, said
+
+
 def test_recon_of_a_video_uses_the_run_and_titles_it(tmp_path, clip_file, monkeypatch):
     from tgmae.viz import reconstruction
 

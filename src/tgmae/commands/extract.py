@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     cfg, given = load_run_config("extract", args.config, args.overrides)
     from tgmae.evaluate.multiview import with_run_settings
 
-    cfg = with_run_settings(cfg, given)  # data keys left unset: model.pretrained's run's (the spec reads them)
+    cfg = with_run_settings(cfg, given, "read")  # data keys left unset: model.pretrained's run's (the spec reads them)
     # `is None`, not `or`: 0 is the user's value (refused by ExtractSpec), not a request for the default
     step = args.frame_step if args.frame_step is not None else (1 if args.mode == "windows" else cfg.data.frame_stride)
     precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device, local_rank()))

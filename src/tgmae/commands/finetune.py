@@ -1,5 +1,6 @@
 """`tgmae finetune -c CONFIG.yaml model.pretrained=PATH [section.key=value ...]`: VideoMAE's recipe
-under the YAML and the overrides (`tgmae.evaluate.finetune`)."""
+under the YAML and the overrides (`tgmae.evaluate.finetune`), at the clip settings the encoder was
+trained with for each data key -c and the overrides leave unset."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.metrics import left_out_text, topk_text
     from tgmae.evaluate.recipes import FINETUNE_RECIPE
 
-    cfg, _ = parse_run_args("finetune", argv, description=lib.__doc__, base=FINETUNE_RECIPE)
+    cfg, args = parse_run_args("finetune", argv, description=lib.__doc__, base=FINETUNE_RECIPE)
+    from tgmae.evaluate.multiview import with_run_settings
+
+    # data keys left unset (the recipe sets none): the clip settings model.pretrained was trained with
+    cfg = with_run_settings(cfg, args.given, "finetuned")
     result = lib.finetune(cfg)
     say(f"run directory: {result.output_dir}")
     if result.test is not None:

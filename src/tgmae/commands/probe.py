@@ -19,7 +19,7 @@ def main(argv: Sequence[str]) -> int:
     from tgmae.evaluate.multiview import with_run_settings
     from tgmae.evaluate.probes import run_probe
 
-    cfg = with_run_settings(cfg, args.given)  # data keys left unset: model.pretrained's run's
+    cfg = with_run_settings(cfg, args.given, "probed")  # data keys left unset: model.pretrained's run's
     result = run_probe(cfg, given=args.given)  # model keys left unset: model.pretrained's weights fix them
     say(f"run directory: {result.output_dir}")
     left_out = left_out_text(result.val_left_out, result.val_videos, "val", "probe_results.json")

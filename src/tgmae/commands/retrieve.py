@@ -14,7 +14,7 @@ def main(argv: Sequence[str]) -> int:
     cfg, args = parse_run_args("retrieve", argv, description=lib.__doc__)
     from tgmae.evaluate.multiview import with_run_settings
 
-    cfg = with_run_settings(cfg, args.given)  # data keys left unset: model.pretrained's run's
+    cfg = with_run_settings(cfg, args.given, "tested")  # data keys left unset: model.pretrained's run's
     r = lib.evaluate_retrieval(cfg, given=args.given)  # model keys left unset: model.pretrained's weights fix them
     say(f"{r.mode}: {r.sizes_text()}")  # the gallery each way, not only the texts with a video
     for name, direction in (("video->text", "video_to_text"), ("text->video", "text_to_video")):

@@ -203,7 +203,7 @@ def refuse_checkpoint_training_videos(cfg, test=None, own_checked: bool = True) 
 
 def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "",
                  assumed: Collection[str] = ()) -> tuple[dict[str, Any], str]:
-    """({data key: value} a classifier was finetuned with, where they come from): its run folder's
+    """({data key: value} model.pretrained was trained with, where they come from): its run folder's
     config.yaml's `RUN_DATA_KEYS` (frames, image size, stride, sampling, mean, std), as `tgmae
     visualize` takes a run's own settings; else those recorded with its weights (our file's metadata,
     an export-hf folder's config.json `tgmae_data`: `model_card.known_data_settings`); else the frames
@@ -226,11 +226,13 @@ def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "",
     return stored, f"the geometry stored in {checkpoint}"
 
 
-def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any], source: str):
-    """`cfg` with the classifier's own data settings (`own`, from `source`) for each key the user did not
-    set (`given`: dotted keys of -c and the overrides; None: all are set); the keys set to other
+def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any], source: str,
+                      use: str = "tested"):
+    """`cfg` with model.pretrained's own data settings (`own`, from `source`) for each key the user did
+    not set (`given`: dotted keys of -c and the overrides; None: all are set); the keys set to other
     values are kept (the encoder's positions are interpolated to other frames / sizes: a feature)
-    and said in one warning naming both values, the ones taken in one log line."""
+    and said in one warning naming both values, the ones taken in one log line. use: what the
+    caller does with the model at those settings, as the warning says it ("tested", "read", ...)."""
     import dataclasses
 
     differ = {k: v for k, v in own.items() if getattr(cfg.data, k) != v}
@@ -238,26 +240,27 @@ def with_own_settings(cfg, given: Optional[Collection[str]], own: dict[str, Any]
     taken = {k: v for k, v in differ.items() if k not in kept}
     shown = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  # as the user writes it
     if kept:
-        log.warning("%s: model.pretrained=%s is tested at the settings given, not those it was finetuned with "
-                    "(%s); leave the keys unset to test it at its own",
+        log.warning("%s: model.pretrained=%s is %s at the settings given, not those it was trained with "
+                    "(%s); leave the keys unset for its own",
                     ", ".join(f"data.{k}={shown(getattr(cfg.data, k))} (its own: {shown(differ[k])})" for k in kept),
-                    cfg.model.pretrained, source)
+                    cfg.model.pretrained, use, source)
     if taken:
         log.info("model.pretrained=%s: %s, as it was trained (%s)", cfg.model.pretrained,
                  ", ".join(f"data.{k}={shown(v)}" for k, v in taken.items()), source)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **taken)) if taken else cfg
 
 
-def with_run_settings(cfg, given: Optional[Collection[str]]):
+def with_run_settings(cfg, given: Optional[Collection[str]], use: str):
     """`cfg` with model.pretrained's own clip settings (its run's config.yaml, or those recorded with
     its weights: `own_settings`) for each data key the user did not set (`given`); `cfg` as it is
     without model.pretrained or `given` (a library caller: every key counts as set). For the
-    commands that read a pretrained encoder (probe, extract, retrieve): a config without a clip
-    size read a 4-frame, 32-px model's videos at the defaults, 16 x 224 (re-trial 25 S2)."""
+    commands that read a pretrained encoder (probe, extract, retrieve, finetune; `use`: as in
+    `with_own_settings`): a config without a clip size read a 4-frame, 32-px model's videos at the
+    defaults, 16 x 224 (re-trials 25 S2, 26A S2)."""
     if given is None or not cfg.model.pretrained:
         return cfg
     own, source = own_settings(cfg.model.pretrained)  # no weights read (no arch): no geometry guessed
-    return with_own_settings(cfg, given, own, source) if own else cfg
+    return with_own_settings(cfg, given, own, source, use) if own else cfg
 
 
 def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
@@ -306,7 +309,7 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
         from tgmae.locks import refuse_in_checkpoints
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
-        check_writable(Path(cfg.train.output_dir) / "test_results.json")
+        check_writable(Path(cfg.train.output_dir) / "test_results.json", keep_new_folders=False)  # refused: none made
     if classifier is None:
         classifier, cfg = load_tested_classifier(cfg, given)
     settings = test_settings(cfg)

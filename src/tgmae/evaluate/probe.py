@@ -239,8 +239,7 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint, with_checkpoint_model
     from tgmae.weights.sources import load_encoder_source
 
-    if not cfg.model.pretrained:
-        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
+    require_probed_checkpoint(cfg)
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
     cfg.model, note = with_checkpoint_model(cfg.model, src.arch, given)
     if note:
@@ -516,12 +515,25 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
     return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else LOOP)
 
 
+def require_probed_checkpoint(cfg: RunConfig) -> None:
+    """ConfigError without model.pretrained; "checkpoint not found" (CheckpointError) when nothing is
+    at its path."""
+    from tgmae.weights.files import require_checkpoint
+
+    if not cfg.model.pretrained:
+        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
+    require_checkpoint(cfg.model.pretrained)
+
+
 def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     """CheckpointError when train.output_dir holds another kind of probe (eval.probe, or a linear one
     fitted the other way), unless checkpoint.resume=ignore_config. checkpoints=False: step checkpoints
-    without results are left to the loop's run-kind check (the attentive probe)."""
+    without results are left to the loop's run-kind check (the attentive probe). model.pretrained is
+    found first (`require_probed_checkpoint`): a mistyped path is not a probe of other inputs
+    (re-trial 26B M3)."""
     from tgmae.evaluate.multiview import PROBE, refuse_other_results
 
+    require_probed_checkpoint(cfg)
     out = Path(cfg.train.output_dir)
     # its test_predictions.csv would replace those of a finetune run's or evaluate's test there
     refuse_other_results(out, PROBE, replace=cfg.checkpoint.resume == ckpt.IGNORE_CONFIG, predictions=False)

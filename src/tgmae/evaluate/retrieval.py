@@ -37,7 +37,7 @@ from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
 from tgmae.hub import model_name, same_model
 from tgmae.train.precision import autocast
-from tgmae.weights.files import CheckpointError, checkpoint_not_found
+from tgmae.weights.files import CheckpointError, require_checkpoint
 from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
@@ -144,10 +144,7 @@ def load_video_text_model(path: str | os.PathLike) -> nn.Module:
 
     from tgmae.weights.files import load_strict, resolve_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise checkpoint_not_found(p)
-    p = resolve_checkpoint(p)  # checkpoints/latest, a step folder -> its weights file
+    p = resolve_checkpoint(require_checkpoint(path))  # checkpoints/latest, a step folder -> its weights file
     state, meta = _video_text_state(p)
     if "arch" in meta:
         arch = VideoMAEArch.from_json(meta["arch"])
@@ -299,6 +296,11 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.evaluate.multiview import refuse_test_of_training_videos
 
         refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
+    if model is None:  # found before this folder's results are compared: a typo is not "other settings"
+        if not cfg.model.pretrained:
+            raise ConfigError("model.pretrained must name " + ("the encoder eval.retrieval_align_epochs aligns a head on"
+                              if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint"))
+        require_checkpoint(cfg.model.pretrained)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
@@ -306,7 +308,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.locks import refuse_in_checkpoints
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
-        check_writable(Path(cfg.train.output_dir) / RESULTS)
+        check_writable(Path(cfg.train.output_dir) / RESULTS, keep_new_folders=False)  # refused: none made
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
         if model is not None:
@@ -316,8 +318,6 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
         model = aligned_model(cfg, dist_info.device, progress=progress, given=given)
     elif model is None:
-        if not cfg.model.pretrained:
-            raise ConfigError("model.pretrained must name a contrastive (VideoTextPretrainer) checkpoint")
         model = load_video_text_model(cfg.model.pretrained)
         from tgmae.models.arch import check_checkpoint_geometry, with_checkpoint_model
 

@@ -59,8 +59,8 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
     (`run_settings`) < `overrides`; without -c the run's whole data section (its annotations) is
-    the base. Logs what the run's settings replaced in -c."""
-    from tgmae.config import RunConfig, load_config, to_dict
+    the base. Logs what the run's settings replaced in -c and the overrides leave as the run's."""
+    from tgmae.config import RunConfig, load_config, load_config_and_keys, to_dict
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
     if not config:  # no -c: the annotations (data.root, format, ...) are the run's own too
@@ -74,10 +74,12 @@ def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: s
                 if config and given[sec].get(k) != v]
     for section, values in settings.items():
         given[section].update(values)
+    cfg, overridden = load_config_and_keys(None, list(overrides), base=given)
+    replaced = [k for k in replaced if k not in overridden]  # an override's value is drawn, not the run's
     if replaced:
         log.info("%s: %s from the run (%s), not -c %s", checkpoint, ", ".join(replaced[:6])
                  + (" ..." if len(replaced) > 6 else ""), source, config)
-    return load_config(None, list(overrides), base=given)
+    return cfg
 
 
 def _dataset(cfg, subset: str, video: Optional[str], **kwargs):

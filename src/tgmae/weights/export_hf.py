@@ -34,9 +34,9 @@ from tgmae.models.pretrainer import VideoMAEPretrainer
 from tgmae.weights.classifier import build_classifier
 from tgmae.weights.files import (
     CheckpointError,
-    checkpoint_not_found,
     detect_format,
     refuse_unfinished_run,
+    require_checkpoint,
     resolve_checkpoint,
 )
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
@@ -315,8 +315,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         raise ValueError("choose one of classifier / pretraining")
     if hf_fc_norm_eps and not classifier:
         raise CheckpointError("--hf-fc-norm-eps applies to --classifier exports only (the others have no fc_norm)")
-    if not Path(checkpoint).exists():
-        raise checkpoint_not_found(checkpoint)
+    require_checkpoint(checkpoint)
     check_output_folder(out_dir, checkpoint, overwrite)
     refuse_unfinished_run(checkpoint, "export")
     module, kind, names, assumed = export_source(checkpoint, classifier, pretraining, num_heads, decoder_heads)

@@ -39,6 +39,16 @@ def checkpoint_not_found(path: str | os.PathLike) -> CheckpointError:
                            "only: `huggingface-cli download ORG/NAME --local-dir DIR`, then pass DIR)")
 
 
+def require_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` as a Path when anything is there, else `checkpoint_not_found`. Writers that compare a
+    folder's earlier results with this run's settings call it first: a mistyped `model.pretrained`
+    is "checkpoint not found", not "results of other settings" (re-trial 26B M3)."""
+    p = Path(path)
+    if not p.exists():
+        raise checkpoint_not_found(p)
+    return p
+
+
 def key_names(keys: Sequence[str]) -> str:
     """Sorted key names for an error message, at most 8 and a count of the rest."""
     keys = sorted(keys)

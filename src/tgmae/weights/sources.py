@@ -22,10 +22,10 @@ from tgmae.models.encoder import VideoViTEncoder
 from tgmae.weights.files import (
     RUN_WEIGHTS,
     CheckpointError,
-    checkpoint_not_found,
     hf_directory_state,
     looks_like_safetensors,
     read_safetensors,
+    require_checkpoint,
     resolve_weights,
 )
 from tgmae.weights.layouts import (
@@ -106,10 +106,7 @@ def load_encoder_source(path: str | os.PathLike, num_heads: Optional[int] = None
     num_heads: only for foreign checkpoints that do not store it (official .pth of a width
     outside the released models: required there, `model.num_heads`).
     """
-    p = Path(path)
-    if not p.exists():
-        raise checkpoint_not_found(p)
-    p = resolve_weights(p)  # checkpoints/latest, a step folder, a run folder -> its weights file
+    p = resolve_weights(require_checkpoint(path))  # checkpoints/latest, a step folder, a run folder -> its weights file
     if p.is_dir():
         return _from_directory(p)
     if p.suffix == ".safetensors" or looks_like_safetensors(p):
