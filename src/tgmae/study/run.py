@@ -600,19 +600,20 @@ def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optio
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
     """Run every missing phase of the study and write its report; returns the report's folder.
     A study already running in `study.out_dir` (its lock, `tgmae.locks`) is refused naming it."""
+    from tgmae.locks import hold
+
     paths = StudyPaths(Path(study.out_dir))
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
-    check_cells(study, paths, cells)
-    for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
-        _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
-        check_cell_settings(phases, probe, extra)
-        if probe is not None and cell[0] not in REFERENCES and retrieves(study, cell[1]):
-            check_retrieval_folder(study, paths, probe, paths.run(cell[0], cell[1], cell[2], study.variant), quick)
-    from tgmae.locks import hold
-
-    # one study per folder: a second one's phases would interleave with this one's
+    # one study per folder: a second one's phases would interleave with this one's; held before the
+    # cells' folders are judged, which a running study's would fail ("delete that folder")
     with hold(paths.root, "study.out_dir", folder=True):
+        check_cells(study, paths, cells)
+        for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
+            _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
+            check_cell_settings(phases, probe, extra)
+            if probe is not None and cell[0] not in REFERENCES and retrieves(study, cell[1]):
+                check_retrieval_folder(study, paths, probe, paths.run(*cell, study.variant), quick)
         return _run_study(study, paths, cells, quick)
 
 
