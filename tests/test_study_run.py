@@ -128,6 +128,12 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert set(rec["probe_seconds"]) == {"linear", "knn", "attentive"} and set(rec["knn"]) == {"1", "3"}
     assert (root / "runs" / "tube__mae_contrastive__s0" / "probe_attentive" / "test_predictions.csv").is_file()
     assert "| kNN top-1 | AP top-1 |" in (root / "report.md").read_text()
+    # re-trial 26B M4: back to probes=[linear], the report showed the kNN column and its seconds of the
+    # invocation before; it shows the probes asked for now, the records keep the others' results
+    run_study(study, quick=True)
+    report = (root / "report.md").read_text()
+    assert "kNN top-1" not in report and "AP top-1" not in report and "Frozen-backbone probes" not in report
+    assert "knn_top1" in json.loads((root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").read_text())
     # an ablation in the same folder: its own runs and rows, the shared set-up reused
     ablation = dataclasses.replace(study, maskings=["tgm"], references=[], variant="ratio 0.9",
                                    pretrain=["masking.ratio=0.9"], text_model="words")

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 from tgmae.atomic import atomic_write_text
 from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_config_file, read_yaml, refuse_repeated_overrides, to_dict
 from tgmae.study.attributes import attribute_probe
-from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
+from tgmae.study.frozen_probes import asked_probes, check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
 
 log = logging.getLogger("tgmae")
@@ -638,6 +638,7 @@ def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) 
             records.append(run_cell(study, paths, masking, objective, seed, quick))
     from tgmae.study.report import drop_lost_figures, read_text_probe, write_report
 
+    records = [asked_probes(r, study.probes) for r in records]  # not an earlier invocation's other probes
     records, lost = drop_lost_figures(records)  # as `tgmae report`: a file gone since its cell ran
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
