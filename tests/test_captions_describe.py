@@ -122,6 +122,28 @@ def test_client_errors_fail_fast_and_unreachable_endpoint(fake):
         ChatClient("", "m")
 
 
+def test_a_list_of_content_parts_is_joined_and_other_content_refused(fake, tmp_path, capsys):
+    """Re-trial 26A S1: a reply whose `message.content` was a list of content parts (as some
+    OpenAI-compatible servers send) or a number was saved as its Python str(), "[{'type': ...}]"
+    or "42", as class descriptions, exit 0."""
+    parts = [{"type": "text", "text": "A person "}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": " pedals a bike."}]
+    fake.script = [(200, {"choices": [{"message": {"content": parts}}]}, 0)]
+    assert client(fake).complete("x") == "A person pedals a bike."
+    for content in (42, ["a", "b"], {"text": "a"}, [{"type": "text", "text": 7}]):
+        fake.script = [(200, {"choices": [{"message": {"content": content}}]}, 0)]
+        with pytest.raises(ChatEndpointError, match=r"/v1/chat/completions: unexpected reply shape"):
+            client(fake).complete("x")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Biking\n")
+    fake.script = [(200, {"choices": [{"message": {"content": 42}}]}, 0)]
+    assert main(["--classes", str(classes), "--out", str(tmp_path / "d.json"), "--base-url", fake.base_url,
+                 "--per-prompt", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected reply shape" in err and fake.base_url in err
+    assert not (tmp_path / "d.json").exists()
+
+
 def test_describe_classes_uses_the_three_prompts(fake):
     out = describe_classes(["playing_guitar", "ApplyEyeMakeup"], client(fake), per_prompt=2)
     assert list(out) == ["playing_guitar", "ApplyEyeMakeup"] and all(len(v) == 6 for v in out.values())

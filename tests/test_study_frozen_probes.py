@@ -12,8 +12,8 @@ import torch
 from test_evaluate_probe import ARCH, synth  # noqa: F401 (fixture)
 from tgmae.config import ConfigError
 from tgmae.evaluate.recipes import PROBE_RECIPE, FINETUNE_RECIPE, with_recipe
-from tgmae.study.frozen_probes import frozen_probe_configs, missing, run_frozen_probes
-from tgmae.study.report import probe_gains, write_report
+from tgmae.study.frozen_probes import asked_probes, frozen_probe_configs, missing, run_frozen_probes
+from tgmae.study.report import frozen_probes_markdown, probe_gains, write_report
 from tgmae.study.run import StudyConfig
 
 
@@ -108,3 +108,34 @@ def test_report_shows_the_extra_probe_columns_only_when_run(tmp_path):
     assert "- tube mae: +10.2 points, beyond noise" in md and "- tgm mae: +0.3 points, within noise" in md
     assert "attentive 4.0 s (n = 6), knn 1.0 s (n = 6)" in md
     assert "AP top-1" in (tmp_path / "full" / "report.html").read_text()
+
+
+def test_a_study_reports_only_the_probes_it_was_asked_for(tmp_path):
+    """Re-trial 26B M4: a study rerun with probes=[linear] after one with [linear, knn] still showed
+    the kNN column and its timing, from the cells' records of the earlier invocation. The report's
+    records keep only the probes asked for; the record (on disk) keeps the others' results."""
+    runs = [dict(record("tube", s, 0.2, ap=0.3, knn=0.15), knn={"1": 0.15, "3": 0.1},
+                 probe_seconds={"linear": 2.0, "knn": 1.0, "attentive": 4.0}) for s in range(2)]
+    linear = [asked_probes(r, ["linear"]) for r in runs]
+    assert all(k not in r for r in linear for k in ("knn_top1", "knn", "attentive_probe_top1"))
+    assert all(r["probe_seconds"] == {"linear": 2.0} for r in linear) and runs[0]["knn_top1"] == 0.15
+    assert asked_probes(runs[0], ["linear", "knn", "attentive"]) == runs[0]
+    knn = asked_probes(runs[0], ["linear", "knn"])
+    assert knn["knn_top1"] == 0.15 and "attentive_probe_top1" not in knn
+    assert set(knn["probe_seconds"]) == {"linear", "knn"}
+    scratch = dict(record("scratch", 0, None), probe=None)  # a cell without probes keeps its fields as they are
+    assert asked_probes(scratch, ["linear"]) == scratch
+    md = write_report(linear, tmp_path / "rep").read_text()
+    assert "kNN top-1" not in md and "AP top-1" not in md and "Frozen-backbone probes" not in md
+
+
+def test_the_frozen_probe_section_says_only_what_it_shows(tmp_path):
+    """Re-trial 26B M4: "Attentive minus linear probe, paired by seed:" was followed by nothing when
+    no attentive probe ran, and the wall seconds were said to be of runs "in this process" when they
+    came from the cells' records (an earlier invocation's, or `tgmae report`'s, which runs none)."""
+    runs = [asked_probes(record("tube", s, 0.2, ap=0.3, knn=0.15), ["linear", "knn"]) for s in range(2)]
+    md = frozen_probes_markdown(runs)
+    assert "kNN: DINO's weighted k-NN" in md and "AP:" not in md and "Attentive minus linear" not in md
+    assert "in this process" not in md and "knn 1.0 s (n = 2)" in md
+    assert "Attentive minus linear probe, paired by seed:" in frozen_probes_markdown(
+        [record("tube", s, 0.2, ap=0.3, knn=0.15) for s in range(2)])

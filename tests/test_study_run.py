@@ -128,6 +128,12 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert set(rec["probe_seconds"]) == {"linear", "knn", "attentive"} and set(rec["knn"]) == {"1", "3"}
     assert (root / "runs" / "tube__mae_contrastive__s0" / "probe_attentive" / "test_predictions.csv").is_file()
     assert "| kNN top-1 | AP top-1 |" in (root / "report.md").read_text()
+    # re-trial 26B M4: back to probes=[linear], the report showed the kNN column and its seconds of the
+    # invocation before; it shows the probes asked for now, the records keep the others' results
+    run_study(study, quick=True)
+    report = (root / "report.md").read_text()
+    assert "kNN top-1" not in report and "AP top-1" not in report and "Frozen-backbone probes" not in report
+    assert "knn_top1" in json.loads((root / "runs" / "tube__mae_contrastive__s0" / "study_record.json").read_text())
     # an ablation in the same folder: its own runs and rows, the shared set-up reused
     ablation = dataclasses.replace(study, maskings=["tgm"], references=[], variant="ratio 0.9",
                                    pretrain=["masking.ratio=0.9"], text_model="words")
@@ -658,7 +664,7 @@ def test_a_later_cells_folder_of_other_settings_is_named_before_any_cell_trains(
     import dataclasses
 
     from tgmae.config import ConfigError, save_config
-    from tgmae.study.run import StudyConfig, StudyPaths, cell_phases, load_study, run_study
+    from tgmae.study.run import StudyPaths, cell_phases, load_study, run_study
 
     study = dataclasses.replace(load_study(None, [f"out_dir={tmp_path / 's'}"], quick=True),
                                 maskings=["tube", "random"], objectives=["mae"], references=[])
@@ -670,6 +676,45 @@ def test_a_later_cells_folder_of_other_settings_is_named_before_any_cell_trains(
     with pytest.raises(ConfigError, match=r"(?s)random__mae.*other settings.*optim\.base_lr"):
         run_study(study, quick=True)
     assert sorted(p.name for p in paths.root.iterdir()) == ["runs"]  # no set-up, no cell trained
+
+
+def test_a_study_running_in_the_folder_is_named_before_its_cells_are_judged(tmp_path):
+    """Re-trial 26B M2 (the same order in the study): the cells' folders were judged before the
+    study folder's lock was taken, so a study started beside a running one of other settings was
+    told to delete a folder the running one was writing. The lock comes first: it is in use."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tgmae.config import save_config
+    from tgmae.locks import LockError
+    from tgmae.study.run import StudyPaths, cell_phases, load_study, run_study
+
+    study = dataclasses.replace(load_study(None, [f"out_dir={tmp_path / 's'}"], quick=True),
+                                maskings=["tube"], objectives=["mae"], references=[])
+    paths = StudyPaths(tmp_path / "s")
+    pre = cell_phases(study, paths, "tube", "mae", study.seeds[0], True)[0]
+    other = dataclasses.replace(pre, optim=dataclasses.replace(pre.optim, base_lr=pre.optim.base_lr * 2))
+    Path(other.train.output_dir).mkdir(parents=True)
+    save_config(other, Path(other.train.output_dir) / "config.yaml")  # the running study's cell
+    code = textwrap.dedent(f"""
+        import time
+        from tgmae.locks import acquire
+        acquire({str(paths.root)!r}, "study.out_dir", folder=True)
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, "study"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockError, match=f"in use by another run.*pid {proc.pid}"):
+            run_study(study, quick=True)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_a_later_cells_retrieval_of_other_settings_is_named_before_any_cell_trains(tmp_path):

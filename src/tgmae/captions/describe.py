@@ -90,15 +90,27 @@ class ChatClient:
             "n": 1,
         }
         for _ in range(self.retries + 1):
-            reply = self._post(payload)
-            try:
-                text = reply["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                raise ChatEndpointError(f"{self.url}: unexpected reply shape: {json.dumps(reply)[:300]}") from None
-            text = " ".join(str(text or "").split()).strip("\"' ")
+            text = " ".join(self._content(self._post(payload)).split()).strip("\"' ")
             if text:
                 return text
         raise ChatEndpointError(f"{self.url}: only empty answers for prompt {prompt!r}")
+
+    def _content(self, reply: Any) -> str:
+        """The answer text of a reply: `choices[0].message.content` as a string, null (""), or a
+        list of content parts whose `type: text` parts' `text` are joined with spaces (other part
+        types, e.g. images, are skipped). Any other shape raises ChatEndpointError naming the URL."""
+        bad_shape = ChatEndpointError(f"{self.url}: unexpected reply shape: {json.dumps(reply)[:300]}")
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise bad_shape from None
+        if content is None or isinstance(content, str):
+            return content or ""
+        if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+            texts = [p.get("text") for p in content if p.get("type") == "text"]
+            if all(isinstance(t, str) for t in texts):
+                return " ".join(texts)
+        raise bad_shape
 
 
 def read_class_list(path: str | Path) -> list[str]:

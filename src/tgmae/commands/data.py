@@ -67,19 +67,21 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: Sequence[str]) -> int:
     args = build_prepare_parser().parse_args(argv)
     settings = PrepareSettings(args.short_side, args.crf, args.preset, args.gop)
-    if args.report:  # before the videos are prepared, not after; --out first: its refusal names it
-        prepare.check_out(args.out, args.root, settings, args.format, args.annotations)
-        written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
-                                        subset=args.subset)  # the lists, classes.txt, videos, prepare.json
-        read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)
-        prepare.refuse_prepared_set_file(args.report, "--report")  # another prepared set's files
-        check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
-                         tool="tgmae data prepare",
-                         is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS), inputs=[*written, *read])
-        check_writable(args.report, keep_new_folders=False)  # a refused --out leaves no report folder
-    report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
-                         subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
-                         progress=not args.no_progress)
+    with prepare.hold_out(args.out):  # `run_prepare`'s (re-entrant): --out is judged under it
+        if args.report:  # before the videos are prepared, not after; --out first: its refusal names it
+            prepare.check_out(args.out, args.root, settings, args.format, args.annotations)
+            written = prepare.files_written(args.format, args.root, args.annotations, args.out, split=args.split,
+                                            subset=args.subset)  # the lists, classes.txt, videos, prepare.json
+            read = prepare.files_a_check_reads(args.format, args.root, args.annotations, args.split, args.subset)
+            prepare.refuse_prepared_set_file(args.report, "--report")  # another prepared set's files
+            check_report_out(args.report, args.root, args.annotations, args.overwrite, what="--report",
+                             tool="tgmae data prepare",
+                             is_report=lambda f: check.is_check_report(f, prepare.REPORT_KEYS),
+                             inputs=[*written, *read])
+            check_writable(args.report, keep_new_folders=False)  # a refused --out leaves no report folder
+        report = run_prepare(args.format, args.root, args.annotations, args.out, settings, split=args.split,
+                             subset=args.subset, workers=max(1, args.workers), min_frames=args.min_frames,
+                             progress=not args.no_progress)
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=2))
     c, ch = report["counts"], report["check"]

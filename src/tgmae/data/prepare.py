@@ -29,10 +29,11 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -595,20 +596,31 @@ def run_prepare(fmt: str, root: str, annotations: str, out: str, settings: Prepa
     report of the output. When every video failed, nothing is made: `annotations` and `check` are
     None, and the manifest and folders this run created are removed. Raises PrepareError /
     AnnotationError as described above, RunFolderError for an `out` that is a run or lies inside
-    one (`locks.refuse_inside_run`)."""
+    one (`locks.refuse_inside_run`), LockError for an `out` another run holds (`hold_out`)."""
     root_p, out_p = Path(root), Path(out)
-    check_out(out_p, root_p, settings)
-    records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
-    ann = _annotations_path(root_p, annotations)
-    _check_manifest(out_p, settings, _source(fmt, root_p, ann))  # another set: refused before its warnings
-    left = _left_out(fmt, ann)
-    if left:  # a list of another layout would dangle or be read wrongly: the user is told, once
-        log.warning("tgmae data prepare: %s left out of %s: not a list --format %s reads beside %s (its split "
-                    "lists, class lists and label maps); its videos are not prepared",
-                    ", ".join(map(str, left)), out_p, fmt, ann)
-    with hold(out_p, "--out", folder=True):
+    with hold_out(out_p):
+        check_out(out_p, root_p, settings)
+        records, _ = load_annotations(fmt, root_p, annotations, split=split, subset=subset)
+        ann = _annotations_path(root_p, annotations)
+        _check_manifest(out_p, settings, _source(fmt, root_p, ann))  # another set: refused before its warnings
+        left = _left_out(fmt, ann)
+        if left:  # a list of another layout would dangle or be read wrongly: the user is told, once
+            log.warning("tgmae data prepare: %s left out of %s: not a list --format %s reads beside %s (its split "
+                        "lists, class lists and label maps); its videos are not prepared",
+                        ", ".join(map(str, left)), out_p, fmt, ann)
         return _run_locked(fmt, root_p, ann, out_p, settings, records, split, subset, workers, min_frames,
                            progress)
+
+
+@contextmanager
+def hold_out(out: str | Path) -> Iterator[None]:
+    """`out`'s lock (`tgmae.locks.hold`, LockError naming the run that holds it), taken before its
+    files are judged (`check_out`): a folder another run is preparing (its manifest's temp before
+    the rename) reads as a user's. An `out` inside a run is refused first (RunFolderError): its
+    lock file would land in the run."""
+    refuse_inside_run(out, "--out")
+    with hold(out, "--out", folder=True):
+        yield
 
 
 def check_out(out: str | Path, root: str | Path, settings: PrepareSettings, fmt: str = "",
@@ -616,7 +628,7 @@ def check_out(out: str | Path, root: str | Path, settings: PrepareSettings, fmt:
     """Refuse, before anything is made, an `out` that `run_prepare` would refuse: one inside a run
     (RunFolderError), the data root, a user's non-empty folder or one prepared with other settings
     (PrepareError, `_check_manifest`), or with `fmt` and `annotations` one prepared from another
-    root or other lists (`_source`); reads only."""
+    root or other lists (`_source`); reads only. Call it holding `hold_out(out)`."""
     out_p = Path(out)
     refuse_inside_run(out_p, "--out")  # its videos and lists would mix with the run's files
     if out_p.resolve() == Path(root).resolve():

@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 from tgmae.config import PROBE_KINDS, ConfigError, check_known
 
-RECORD_KEYS = {"knn": "knn_top1", "attentive": "attentive_probe_top1"}
+# each extra probe's fields in a cell's record (its top-1 first) and its `probe_seconds` key
+RECORD_FIELDS = {"knn": ("knn_top1", "knn"), "attentive": ("attentive_probe_top1",)}
+RECORD_KEYS = {kind: fields[0] for kind, fields in RECORD_FIELDS.items()}
 # The study's attentive probe: V-JEPA's recipe (lr 1e-3, 20 epochs) is ~19k steps on K400; on the study's
 # 1,152 training videos at batch 32 it is 720 steps and leaves the probe near chance (tube MAE seed 0:
 # 12.4%, loss 2.25 of ln 10 = 2.30). 10x the lr at batch 128 for 60 epochs (540 steps) trains it: 29.4%
@@ -59,6 +61,17 @@ def frozen_probe_configs(probes: Sequence[str], probe: Any, fine: Any, run: Path
 def missing(record: dict, configs: dict[str, Any]) -> bool:
     """Whether `record` lacks the result of one of `configs`' probes."""
     return any(record.get(RECORD_KEYS[kind]) is None for kind in configs)
+
+
+def asked_probes(record: dict, probes: Sequence[str]) -> dict:
+    """`record` less the fields and `probe_seconds` of the extra probes `probes` (`study.probes`) does
+    not name: a cell's record keeps those an earlier invocation with other probes ran (a later one
+    asking again reuses them), the study's report shows the probes it was asked for."""
+    drop = {key for kind, keys in RECORD_FIELDS.items() if kind not in probes for key in keys}
+    out = {k: v for k, v in record.items() if k not in drop}
+    if out.get("probe_seconds"):
+        out["probe_seconds"] = {k: v for k, v in out["probe_seconds"].items() if k not in RECORD_FIELDS or k in probes}
+    return out
 
 
 def run_frozen_probes(configs: dict[str, Any]) -> dict[str, Any]:

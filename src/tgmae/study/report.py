@@ -480,26 +480,35 @@ def probe_gains(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
+# what the frozen-probe section says of each extra probe whose record field some run has
+PROBE_TEXTS = {"knn_top1": "kNN: DINO's weighted k-NN on the linear probe's features (top-1 of the first k in "
+                           "eval.knn_k).",
+               "attentive_probe_top1": "AP: V-JEPA's attentive probe (one cross-attention block with a learnable "
+                                       "query, then linear) on the frozen token grids, tested on the finetuning's "
+                                       "views."}
+
+
 def frozen_probes_markdown(records: Sequence[dict]) -> str:
     """The report's section on the extra probes: attentive vs linear per cell (beyond noise?) and
     each probe's mean wall seconds per run; "" when no record has an extra probe."""
-    if not any(r.get(key) is not None for r in records for key in ("knn_top1", "attentive_probe_top1")):
+    said = [text for key, text in PROBE_TEXTS.items() if any(r.get(key) is not None for r in records)]
+    if not said:
         return ""
-    lines = ["## Frozen-backbone probes", "",
-             "kNN: DINO's weighted k-NN on the linear probe's features (top-1 of the first k in eval.knn_k); "
-             "AP: V-JEPA's attentive probe (one cross-attention block with a learnable query, then linear) on "
-             "the frozen token grids, tested on the finetuning's views. Attentive minus linear probe, paired "
-             "by seed:", ""]
-    lines += [f"- {_name(d['cell'])}: {verdict(d)}." for d in probe_gains(records)]
+    lines = ["## Frozen-backbone probes", "", " ".join(said)]
+    if gains := probe_gains(records):
+        lines += ["", "Attentive minus linear probe, paired by seed:", ""]
+        lines += [f"- {_name(d['cell'])}: {verdict(d)}." for d in gains]
     costs = {}
     for r in records:
         for kind, s in (r.get("probe_seconds") or {}).items():
             costs.setdefault(kind, []).append(s)
-    if costs:
-        lines += ["", "Wall seconds per run (mean over the runs that ran it in this process): "
+    if costs:  # a cell's record keeps the seconds of the invocation that ran each probe; one found done is not timed
+        lines += ["", "Wall seconds per run (mean over the runs timed when they ran the probe, in this invocation "
+                  "or an earlier one): "
                   + ", ".join(f"{k} {statistics.fmean(v):.1f} s (n = {len(v)})" for k, v in sorted(costs.items()))
                   + "."]
     return "\n".join(lines)
+
 
 
 def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Path,

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 from tgmae.atomic import atomic_write_text
 from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_config_file, read_yaml, refuse_repeated_overrides, to_dict
 from tgmae.study.attributes import attribute_probe
-from tgmae.study.frozen_probes import check_probes, frozen_probe_configs, missing, run_frozen_probes
+from tgmae.study.frozen_probes import asked_probes, check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
 
 log = logging.getLogger("tgmae")
@@ -600,19 +600,20 @@ def run_recon_check(study: StudyConfig, paths: StudyPaths, quick: bool) -> Optio
 def run_study(study: StudyConfig, quick: bool = False) -> Path:
     """Run every missing phase of the study and write its report; returns the report's folder.
     A study already running in `study.out_dir` (its lock, `tgmae.locks`) is refused naming it."""
+    from tgmae.locks import hold
+
     paths = StudyPaths(Path(study.out_dir))
     cells = [(m, o, s) for s in study.seeds for m in study.maskings for o in study.objectives]
     cells += [(ref, REFERENCES[ref], s) for s in study.seeds for ref in study.references]
-    check_cells(study, paths, cells)
-    for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
-        _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
-        check_cell_settings(phases, probe, extra)
-        if probe is not None and cell[0] not in REFERENCES and retrieves(study, cell[1]):
-            check_retrieval_folder(study, paths, probe, paths.run(cell[0], cell[1], cell[2], study.variant), quick)
-    from tgmae.locks import hold
-
-    # one study per folder: a second one's phases would interleave with this one's
+    # one study per folder: a second one's phases would interleave with this one's; held before the
+    # cells' folders are judged, which a running study's would fail ("delete that folder")
     with hold(paths.root, "study.out_dir", folder=True):
+        check_cells(study, paths, cells)
+        for cell in cells:  # a folder of other settings is named before any cell trains, not when the loop reaches it
+            _, probe, _, phases, extra = cell_phases(study, paths, *cell, quick)
+            check_cell_settings(phases, probe, extra)
+            if probe is not None and cell[0] not in REFERENCES and retrieves(study, cell[1]):
+                check_retrieval_folder(study, paths, probe, paths.run(*cell, study.variant), quick)
         return _run_study(study, paths, cells, quick)
 
 
@@ -637,6 +638,7 @@ def _run_study(study: StudyConfig, paths: StudyPaths, cells: list, quick: bool) 
             records.append(run_cell(study, paths, masking, objective, seed, quick))
     from tgmae.study.report import drop_lost_figures, read_text_probe, write_report
 
+    records = [asked_probes(r, study.probes) for r in records]  # not an earlier invocation's other probes
     records, lost = drop_lost_figures(records)  # as `tgmae report`: a file gone since its cell ran
     title = "tgmae study on the synthetic set" + (f": {study.variant}" if study.variant else "")
     write_report(records, paths.report(study.variant), title=title, seconds=time.perf_counter() - t0,
