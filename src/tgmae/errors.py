@@ -25,7 +25,6 @@ class SettingsError(ValueError, UserError):
     environment (`env_switch`) is invalid; the message names it and the valid values."""
 
 
-
 # tgmae's on/off environment variables -> their value when unset or empty (README: Configuration,
 # Troubleshooting); `tgmae.cli` checks each before a command runs
 SWITCHES = {"TGMAE_AUTOTUNE": True, "TGMAE_DEBUG": False}

@@ -510,7 +510,6 @@ def frozen_probes_markdown(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-
 def missing_sections(records: Sequence[dict], lost: Sequence[Path], out_dir: Path,
                      unfinished: Sequence[Path] = ()) -> list[str]:
     """The report's lines naming the cells that did not finish (`unfinished_runs`), the figures' files
