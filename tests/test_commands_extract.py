@@ -22,7 +22,7 @@ import torch
 from test_evaluate_extract import ARCH, SHARED, reference_times, tiny_encoder
 from tgmae.cli import main
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
-from tgmae.evaluate.extract import read_shards
+from tgmae.evaluate.feature_shards import read_shards
 from tgmae.weights.pretraining import save_encoder
 from video_kinds import sequential_decode
 from conftest import once

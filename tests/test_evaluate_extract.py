@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tgmae.data.transforms import crop_resize, normalize, spatial_view_boxes
-from tgmae.evaluate.extract import (ExtractError, ExtractSpec, check_extracted, dataset_videos, extract_to_shards,
-                                    extract_video, load_frozen_encoder, read_shards, window_starts, write_index)
+from tgmae.evaluate.extract import (ExtractSpec, dataset_videos, extract_to_shards, extract_video, load_frozen_encoder,
+                                    window_starts)
+from tgmae.evaluate.feature_shards import ExtractError, check_extracted, read_shards, write_index
 from tgmae.errors import UserError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.models.encoder import VideoViTEncoder
@@ -397,7 +398,7 @@ def test_a_users_folder_as_out_is_refused_naming_the_files_it_holds(tmp_path):
     """Issue 28 (F): the refusal of a non-empty folder without manifest.json always named
     "(index.csv, unreadable.json, ...)" whatever it held; now it names the files that are there
     (a few, then how many more), and a writer's temp file is not one of them."""
-    from tgmae.evaluate.extract import check_output_folder
+    from tgmae.evaluate.feature_shards import check_output_folder
 
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -119,7 +119,7 @@ def refuse_holding_run(folder: str | os.PathLike, what: str, why: str) -> None:
 
 def holds_extraction(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a `tgmae extract` output: its shards (`shard-SSSSS-of-TTTTT.safetensors`)
-    or the manifest.json that lists an extraction's settings and videos (`tgmae.evaluate.extract`)."""
+    or the manifest.json that lists an extraction's settings and videos (`tgmae.evaluate.feature_shards`)."""
     folder = Path(folder)
     if any(folder.glob("shard-[0-9]*-of-[0-9]*.safetensors")):
         return True
