@@ -296,19 +296,20 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.evaluate.multiview import refuse_test_of_training_videos
 
         refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
-    if model is None:  # found before this folder's results are compared: a typo is not "other settings"
-        if not cfg.model.pretrained:
-            raise ConfigError("model.pretrained must name " + ("the encoder eval.retrieval_align_epochs aligns a head on"
-                              if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint"))
-        require_checkpoint(cfg.model.pretrained)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
-    if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
+    if rank_world()[0] == 0:
         from tgmae.atomic import check_writable
         from tgmae.locks import refuse_in_checkpoints
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / RESULTS, keep_new_folders=False)  # refused: none made
+    if model is None:  # found before this folder's results are compared: a typo is not "other settings"
+        if not cfg.model.pretrained:
+            raise ConfigError("model.pretrained must name " + ("the encoder eval.retrieval_align_epochs aligns a head on"
+                              if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint"))
+        require_checkpoint(cfg.model.pretrained)
+    if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
         if model is not None:
