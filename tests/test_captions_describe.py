@@ -144,6 +144,18 @@ def test_a_list_of_content_parts_is_joined_and_other_content_refused(fake, tmp_p
     assert not (tmp_path / "d.json").exists()
 
 
+def test_a_refusal_is_said_quoting_it_not_as_empty_answers(fake):
+    """Re-trial 27A M4: a model refusal (`message.refusal` with null content, or a `type: refusal`
+    content part) was reported as "only empty answers", which points at the server."""
+    for message in ({"content": None, "refusal": "I can't help with that."},
+                    {"content": [{"type": "refusal", "refusal": "I can't help with that."}]}):
+        fake.script = [(200, {"choices": [{"message": message}]}, 0)]
+        with pytest.raises(ChatEndpointError, match=r"the model refused: \"I can't help with that.\"; change --model"):
+            client(fake).complete("x")
+    fake.script = [(200, {"choices": [{"message": {"content": "A bike.", "refusal": None}}]}, 0)]
+    assert client(fake).complete("x") == "A bike."  # OpenAI's null refusal beside an answer
+
+
 def test_describe_classes_uses_the_three_prompts(fake):
     out = describe_classes(["playing_guitar", "ApplyEyeMakeup"], client(fake), per_prompt=2)
     assert list(out) == ["playing_guitar", "ApplyEyeMakeup"] and all(len(v) == 6 for v in out.values())

@@ -1647,6 +1647,19 @@ def test_the_lr_check_says_which_way_the_lr_would_go_wrong(overrides, says):
         lr_plan(load_config(None, overrides).optim, 64, 10, 100)
 
 
+def test_a_warmup_lr_is_not_checked_without_a_warmup():
+    """Re-trial 27A M2: optim.warmup_lr above the peak was refused with optim.warmup_epochs=0, where
+    it is never used (the runs were bit-identical), as an lr that "would fall where it should rise"."""
+    from tgmae.config import ConfigError, load_config
+    from tgmae.train.optim import lr_plan
+
+    overrides = ["optim.lr=1e-3", "optim.warmup_lr=2e-3"]
+    with pytest.raises(ConfigError, match="optim.warmup_lr"):
+        lr_plan(load_config(None, [*overrides, "optim.warmup_epochs=1"]).optim, 64, 10, 100)
+    plan = lr_plan(load_config(None, [*overrides, "optim.warmup_epochs=0"]).optim, 64, 10, 100)
+    assert plan.warmup_steps == 0 and plan.peak == 1e-3
+
+
 def test_the_lr_check_names_the_lr_floor_when_it_sets_the_peak():
     """Re-trial 26A M3: with the probe recipe's optim.lr_floor=1 setting the peak, the refusal explained
     the peak of 1 and the min_lr of 5 x 10 as "optim.base_lr=0.1 at a global batch of 4", numbers that
@@ -1688,7 +1701,7 @@ def test_a_finished_run_on_other_inputs_is_offered_ways_out_that_work(tmp_path):
     ("a" * 64 + ".c.m", None),  # same digest: the same inputs, whatever the parts say
     ("b" * 64 + ".C.m", "captions changed"),
     ("b" * 64 + ".c.M", "text model changed"),
-    ("b" * 64 + ".C.M", "captions or text model changed"),
+    ("b" * 64 + ".C.M", "captions and text model changed"),  # re-trial 27A M3: both, not "or"
     ("b" * 64, "captions or text model changed")])  # parts missing on one side: every name
 def test_an_inputs_refusal_names_the_parts_that_changed(tmp_path, later, named):
     """Re-trial 25 M2: a pretraining's fingerprint covers captions and the text model, and the

@@ -98,16 +98,24 @@ class ChatClient:
     def _content(self, reply: Any) -> str:
         """The answer text of a reply: `choices[0].message.content` as a string, null (""), or a
         list of content parts whose `type: text` parts' `text` are joined with spaces (other part
-        types, e.g. images, are skipped). Any other shape raises ChatEndpointError naming the URL."""
+        types, e.g. images, are skipped). Any other shape raises ChatEndpointError naming the URL;
+        a refusal (`message.refusal`, a `type: refusal` part) too, quoting it."""
         bad_shape = ChatEndpointError(f"{self.url}: unexpected reply shape: {json.dumps(reply)[:300]}")
         try:
-            content = reply["choices"][0]["message"]["content"]
+            message = reply["choices"][0]["message"]
+            content = message["content"]
         except (KeyError, IndexError, TypeError):
             raise bad_shape from None
+        parts = content if isinstance(content, list) and all(isinstance(p, dict) for p in content) else []
+        refusals = [r for r in [message.get("refusal")] + [p.get("refusal") for p in parts if p.get("type") == "refusal"]
+                    if isinstance(r, str) and r.strip()]
+        if refusals:  # OpenAI's refusal field / part: the model declined, the server is fine (re-trial 27A M4)
+            raise ChatEndpointError(f"{self.url}: the model refused: {refusals[0].strip()!r}; change --model or "
+                                    "the prompt")
         if content is None or isinstance(content, str):
             return content or ""
-        if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-            texts = [p.get("text") for p in content if p.get("type") == "text"]
+        if parts or content == []:
+            texts = [p.get("text") for p in parts if p.get("type") == "text"]
             if all(isinstance(t, str) for t in texts):
                 return " ".join(texts)
         raise bad_shape

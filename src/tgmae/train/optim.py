@@ -96,7 +96,8 @@ def peak_lr(cfg: OptimConfig, global_batch: int, keys: Optional[Mapping[str, str
     `optim.lr` if set (factor 1: the others absolute), else MAE's linear scaling base_lr x
     global_batch / 256, at least `optim.lr_floor` (factor peak / base_lr). ConfigError naming
     optim.min_lr / optim.warmup_lr when either comes out above the peak, with the numbers that set
-    it (the floor, where it binds): the cosine would climb or the warmup fall (re-trial 25 S1, 26A M3).
+    it (the floor, where it binds): the cosine would climb or the warmup fall (re-trial 25 S1, 26A M3;
+    warmup_lr only with a warmup, optim.warmup_epochs > 0).
     keys: {loop key: the user's key} of a task that copies its own settings into `cfg`
     (`AttentiveTask.copied_keys`), named instead (re-trial 26A M1)."""
     name = {**{f"optim.{k}": f"optim.{k}" for k in ("lr", "min_lr", "warmup_lr")}, **(keys or {})}
@@ -111,8 +112,10 @@ def peak_lr(cfg: OptimConfig, global_batch: int, keys: Optional[Mapping[str, str
         how = f"optim.base_lr={cfg.base_lr:g} at a global batch of {global_batch}"
         how = (f"optim.lr_floor={peak:g}, as {how} gives {scaled:.3g}" if peak > scaled else how) \
             + f"; the others are scaled alike, x{ratio:.3g}"
-    for key, value, way in (("min_lr", cfg.min_lr, "rise where it should fall"),
-                            ("warmup_lr", cfg.warmup_lr, "fall where it should rise")):
+    checked = [("min_lr", cfg.min_lr, "rise where it should fall")]
+    if cfg.warmup_epochs > 0:  # no warmup: warmup_lr is never used (re-trial 27A M2)
+        checked.append(("warmup_lr", cfg.warmup_lr, "fall where it should rise"))
+    for key, value, way in checked:
         if value * ratio > peak:
             lr, key = ("is" if ratio == 1 else f"gives an lr of {value * ratio:.3g},"), name[f"optim.{key}"]
             raise ConfigError(f"{key}={value:g} {lr} above the peak {peak:.3g} ({how}): the lr would {way}; "

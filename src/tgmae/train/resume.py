@@ -242,11 +242,12 @@ def input_changes(cfg: RunConfig, task_name: str, source: Path, stored: Optional
         return []
     names = [named] if isinstance(named, str) else list(named)
     was, new = stored.split(".")[1:], now.split(".")[1:]
-    if len(was) == len(new) == len(names):
-        names = [n for n, a, b in zip(names, was, new) if a != b] or names
+    join = " or "  # which of them: not known
+    if len(was) == len(new) == len(names) and (changed := [n for n, a, b in zip(names, was, new) if a != b]):
+        names, join = changed, " and "
     digest, now_digest = stored.split(".")[0][:12], now.split(".")[0][:12]
     return _refuse_or_record(cfg, source, f"the {task_name} inputs differ from the ones it was trained on "
-                             f"(fingerprint {digest} -> {now_digest}: {' or '.join(names)} changed)",
+                             f"(fingerprint {digest} -> {now_digest}: {join.join(names)} changed)",
                              (f"{task_name} inputs (fingerprint)", digest, now_digest))
 
 
