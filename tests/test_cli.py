@@ -509,3 +509,39 @@ def test_python_dash_m_tgmae_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "tgmae", "frobnicate"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_a_stop_swallowed_inside_an_import_still_stops_the_command(tmp_path):
+    """Re-trial 27A T1: a Ctrl-C landing while numpy imported (0.3-0.9 s into a command) was
+    swallowed there; the command went on (once training to its end) and failed later. Stops are
+    held during the command's imports and raised after them: one line, exit 130."""
+    import subprocess
+    import textwrap
+
+    (tmp_path / "swallows_a_stop.py").write_text(textwrap.dedent("""
+        import os, signal, time
+        try:  # a C extension's import that swallows KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+        def main(rest):
+            print("the command ran")
+            return 0
+    """))
+    script = textwrap.dedent("""
+        import sys
+        import tgmae.cli as cli
+
+        cli.COMMANDS["pretrain"] = ("swallows_a_stop:main", "")
+        sys.exit(cli.main(["pretrain"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         str(tmp_path)])}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=lambda: __import__("signal").signal(2, __import__("signal").SIG_DFL))
+    assert proc.returncode == 130 and "the command ran" not in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().endswith("tgmae pretrain: stopped (SIGINT); what it finished is kept: "
+                                        "rerun the same command to go on"), proc.stderr

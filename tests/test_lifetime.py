@@ -219,3 +219,47 @@ def test_stop_workers_stops_the_busy_jobs_with_their_clean_up_and_starts_no_queu
             with pytest.raises((CancelledError, Terminated)):
                 job.result(timeout=60)
     assert not any(p.exists() for p in locks)  # released by the stopped jobs; the queued ones never ran
+
+
+def test_stops_deferred_holds_a_stop_until_the_block_ends():
+    """Re-trial 27A T1: a Ctrl-C or SIGTERM landing inside numpy's or torch's import was swallowed
+    there or half-imported it. `stops_deferred` holds both while the block runs and raises them as
+    their handlers would after it; handlers are restored."""
+    import pytest
+
+    from tgmae.lifetime import Terminated, stop_on_sigterm, stops_deferred
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        stop_on_sigterm()
+        for sig, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+            handler = signal.getsignal(sig)
+            reached = []
+            with pytest.raises(raised):
+                with stops_deferred():
+                    os.kill(os.getpid(), sig)
+                    time.sleep(0.01)  # a handler would run here
+                    reached.append(True)
+            assert reached == [True] and signal.getsignal(sig) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+
+def test_a_stop_after_the_command_returned_ends_with_its_code_silently(tmp_path):
+    """Re-trial 27A M5: Ctrl-C / SIGTERM in the second of torch's teardown after a command printed its
+    results gave exit 130 / 143 without a word. `end_quietly_on_stop(code)` ends it with the code."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from tgmae.lifetime import end_quietly_on_stop
+
+        print("results")
+        end_quietly_on_stop(3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        print("not reached")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "results\n", "")

@@ -49,7 +49,17 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run `tgmae` with `argv` (None: the process's command line; its exit code, then a stop during
+    the interpreter's shutdown keeps it: `lifetime.end_quietly_on_stop`)."""
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        from tgmae.lifetime import end_quietly_on_stop
+
+        end_quietly_on_stop(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -62,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from tgmae.lifetime import end_with_launcher, stop_on_sigterm
+    from tgmae.lifetime import end_with_launcher, stop_on_sigterm, stops_deferred
 
     end_with_launcher()  # a torchrun rank ends with torchrun, even one killed with -9
     stop_on_sigterm()  # SIGTERM ends as Ctrl-C does: cleaned up, one line
@@ -70,9 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     module_name, func_name = COMMANDS[name][0].split(":")
     try:
-        module = importlib.import_module(module_name)  # a stop while torch imports: one line too
-        if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
-            name = f"{name} {rest[0]}"
+        # the heavy imports, with stops held: one inside numpy's or torch's import is swallowed there or
+        # half-imports it (re-trial 27A T1); raised after, it ends the command in its one line
+        with stops_deferred():
+            module = importlib.import_module(module_name)
+            importlib.import_module("torch")  # most commands import it later, from their main
+            if rest and rest[0] in getattr(module, "TOOLS", ()):  # `tgmae data prepare: ...`, not `tgmae data: ...`
+                name = f"{name} {rest[0]}"
         for switch in SWITCHES:  # a misspelt one is refused here, whether or not this command reads it
             env_switch(switch)
         return int(getattr(module, func_name)(rest) or 0)

@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 _PR_SET_PDEATHSIG = 1
 
@@ -157,3 +159,46 @@ def stop_workers(executor) -> None:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:  # it ended between the check and the signal
                 pass
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held while the block runs, then raised as they would have been (the
+    handler each had: KeyboardInterrupt, `Terminated`, the default action). A stop landing inside a
+    C extension's import (numpy, torch) is swallowed there or leaves the module half-imported, and
+    the command fails later in a traceback (re-trial 27A T1). An ignored signal stays ignored; a
+    no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: handler for sig, handler in before.items() if handler is not signal.SIG_IGN}
+    for sig in before:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if held:
+        signal.raise_signal(held[0])
+
+
+def end_quietly_on_stop(code: int) -> None:
+    """For the process's last moments, once its command has returned `code` and said its last line:
+    Ctrl-C or SIGTERM during the interpreter's shutdown (torch's teardown takes about a second) ends
+    it with that code, silently, instead of 130 / 143 without a word (re-trial 27A M5). An ignored
+    signal stays ignored."""
+    def handler(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or gone stream: nothing more to say
+                pass
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
