@@ -263,3 +263,48 @@ def test_a_stop_after_the_command_returned_ends_with_its_code_silently(tmp_path)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "results\n", "")
+
+
+def _swallow_one_stop(path: str) -> str:
+    """A pool job whose first stop is swallowed (raised inside a finalizer, as torch's weakref
+    callbacks do), then holding a lock file until stopped again."""
+    from tgmae.lifetime import Terminated
+
+    lock = Path(path)
+    lock.write_text(str(os.getpid()))
+    try:
+        try:
+            time.sleep(600)
+        except Terminated:
+            pass  # swallowed
+        time.sleep(600)
+    finally:
+        lock.unlink()
+    return path
+
+
+def test_a_stop_swallowed_by_a_busy_job_is_sent_again(tmp_path, monkeypatch):
+    """Re-trial 27A T2: a study cell's stop was raised inside a weakref callback and only printed
+    ("Exception ignored"); the cell then ignored every later SIGTERM and ran its whole pipeline while
+    the stopped study waited. `stop_workers` sends SIGTERM again every STOP_RESEND_S while a worker
+    lives, and `stoppable` raises again once REPEAT_S has passed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pytest
+
+    import tgmae.lifetime as lifetime
+    from tgmae.lifetime import Terminated, stop_workers, stoppable
+
+    monkeypatch.setattr(lifetime, "STOP_RESEND_S", lifetime.REPEAT_S + 1)
+    lock = tmp_path / "cell.lock"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        job = pool.submit(stoppable, _swallow_one_stop, str(lock))
+        for _ in range(600):
+            if lock.exists():
+                break
+            time.sleep(0.1)
+        stop_workers(pool)
+        with pytest.raises(Terminated):
+            job.result(timeout=60)
+    assert not lock.exists()

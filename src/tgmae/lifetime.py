@@ -121,44 +121,67 @@ def wait_for_rank0() -> None:
     time.sleep(RANK0_GRACE_S)
 
 
-_stopping = False  # this pool worker was stopped: it starts no other job
+_stopped_at = 0.0  # when this pool worker's job was stopped (time.monotonic; 0: never): it starts no other
+REPEAT_S = 5.0  # a second stop this soon after the first is the same stop (the job's signal and the parent's)
 
 
 def stoppable(fn, *args):
-    """`fn(*args)` in a pool worker, with SIGTERM raising `Terminated` while it runs: a stop
-    (`stop_workers`, or SLURM's SIGTERM to the whole job) runs its clean-up (lock files, temp
-    files) instead of ending it where it stands, and the worker starts no job after it (the pool
-    hands each worker its next job ahead of time: cancelling cannot take that one back). Idle, the
-    worker holds nothing: SIGTERM ends it by the default action. A second SIGTERM (the job's, then
-    the parent's) does not cut the clean-up short."""
+    """`fn(*args)` in a pool worker, with Ctrl-C and SIGTERM raising KeyboardInterrupt / `Terminated`
+    while it runs: a stop (`stop_workers`, a terminal's Ctrl-C or SLURM's SIGTERM to the whole job)
+    runs its clean-up (lock files, temp files) instead of ending it where it stands, and the worker
+    starts no job after it (the pool hands each worker its next job ahead of time: cancelling cannot
+    take that one back). A second stop within REPEAT_S (the job's signal, then the parent's) does
+    not cut the clean-up short; a later one raises again (the first, raised inside a finalizer, was
+    swallowed there: re-trial 27A T2). Idle, the worker holds nothing: SIGTERM ends it by the default
+    action (its pool's initializer ignores SIGINT, which `stop_workers` passes on as SIGTERM)."""
     def handler(signum, frame) -> None:
-        global _stopping
-        _stopping = True
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
+        global _stopped_at
+        now = time.monotonic()
+        if _stopped_at and now - _stopped_at < REPEAT_S:
+            return
+        _stopped_at = now
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
-    if _stopping:
+    if _stopped_at:
         raise Terminated()
-    before = signal.signal(signal.SIGTERM, handler)
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return fn(*args)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, previous in before.items():
+            signal.signal(sig, previous)
+
+
+STOP_RESEND_S, STOP_GRACE_S = 10.0, 60.0  # `stop_workers`: SIGTERM again every, SIGKILL after (seconds)
 
 
 def stop_workers(executor) -> None:
     """Stop a `concurrent.futures.ProcessPoolExecutor` whose parent is stopping (Ctrl-C, SIGTERM):
-    its queued jobs cancelled, its busy workers sent SIGTERM (their jobs run under `stoppable`).
-    Leaving the executor's `with` block alone would first run every queued job to its end: a
-    study stopped by SIGTERM kept training its remaining cells (session 15)."""
+    its queued jobs cancelled, its busy workers sent SIGTERM (their jobs run under `stoppable`), again
+    every STOP_RESEND_S while one is alive (a stop swallowed inside a finalizer), SIGKILL after
+    STOP_GRACE_S (a rerun takes over the locks it held). Returns once every worker has ended.
+    Leaving the executor's `with` block alone would first run every queued job to its end: a study
+    stopped by SIGTERM kept training its remaining cells (session 15)."""
     workers = list((getattr(executor, "_processes", None) or {}).values())  # shutdown() forgets them
     executor.shutdown(wait=False, cancel_futures=True)
-    for process in workers:
-        if process.is_alive():
-            try:
-                os.kill(process.pid, signal.SIGTERM)
-            except ProcessLookupError:  # it ended between the check and the signal
-                pass
+    waited = 0.0
+    while alive := [p for p in workers if p.is_alive()]:
+        if waited >= STOP_GRACE_S:
+            _signal_all(alive, signal.SIGKILL)
+            return
+        _signal_all(alive, signal.SIGTERM)
+        resend = waited + STOP_RESEND_S
+        while waited < resend and any(p.is_alive() for p in alive):
+            time.sleep(0.1)
+            waited += 0.1
+
+
+def _signal_all(processes, sig: int) -> None:
+    for process in processes:
+        try:
+            os.kill(process.pid, sig)
+        except ProcessLookupError:  # it ended between the check and the signal
+            pass
 
 
 @contextmanager

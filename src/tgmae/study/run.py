@@ -650,12 +650,14 @@ def _init_worker(threads: int, log_queue, log_level: int, parent_pid: int) -> No
     """A spawned cell process: ends with its parent (`tgmae.lifetime`), sets its torch threads, and
     sends its log records to the parent's handlers."""
     import logging.handlers
+    import signal
 
     import torch
 
     from tgmae.lifetime import end_with_parent
 
     end_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle: a terminal's Ctrl-C reaches a busy job (`stoppable`)
     torch.set_num_threads(threads)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
