@@ -545,3 +545,39 @@ def test_a_stop_swallowed_inside_an_import_still_stops_the_command(tmp_path):
     assert proc.returncode == 130 and "the command ran" not in proc.stdout, (proc.stdout, proc.stderr)
     assert proc.stderr.strip().endswith("tgmae pretrain: stopped (SIGINT); what it finished is kept: "
                                         "rerun the same command to go on"), proc.stderr
+
+
+def test_a_rank_whose_peer_ended_first_waits_for_rank_0_and_says_no_traceback(capsys, monkeypatch, rank0_waits):
+    """Re-trial 27B T1: a full disk at a checkpoint under torchrun: rank 0 said its line, and rank 1,
+    waiting in the checkpoint's barrier, printed gloo's "Connection closed by peer" as a 40-line
+    traceback. A collective failed by a peer that ended is a stop, not a bug: the rank waits for
+    rank 0 (torchrun stops it there), else says one line."""
+    from conftest import StoppedByTorchrun
+
+    def barrier_broke(rest):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44721. "
+                           "This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.pretrain"), "main", barrier_broke)
+    rank0_waits(1)
+    with pytest.raises(StoppedByTorchrun):
+        main(["pretrain"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(importlib.import_module("time"), "sleep", lambda s: None)  # rank 0 runs on
+    assert main(["pretrain"]) == 2
+    assert capsys.readouterr().err.startswith("tgmae pretrain (rank 1): stopped: another rank ended first ([")
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(RuntimeError):  # one process: no peer, a bug's traceback
+        main(["pretrain"])
+
+
+def test_every_command_leaves_the_process_group_when_it_returns(capsys, monkeypatch):
+    """Re-trial 27B T2: `torchrun ... extract` finished its work, then rank 1 sometimes aborted
+    ("terminate called without an active exception", exit -6), failing torchrun: extract never left
+    the group. The CLI leaves it (`distributed.cleanup`: a barrier, then destroy) after any command."""
+    import tgmae.distributed
+
+    left = []
+    monkeypatch.setattr(tgmae.distributed, "cleanup", lambda: left.append(True))
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.extract"), "main", lambda rest: 0)
+    assert main(["extract"]) == 0 and left == [True]

@@ -89,7 +89,11 @@ def _main(argv: list[str]) -> int:
                 name = f"{name} {rest[0]}"
         for switch in SWITCHES:  # a misspelt one is refused here, whether or not this command reads it
             env_switch(switch)
-        return int(getattr(module, func_name)(rest) or 0)
+        code = int(getattr(module, func_name)(rest) or 0)
+        from tgmae.distributed import cleanup
+
+        cleanup()  # under torchrun every rank leaves the group together: one alone aborts another (27B T2)
+        return code
     except BrokenPipeError:  # `tgmae ... | head`: the reader left; end quietly as Unix tools do
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -103,10 +107,11 @@ def _main(argv: list[str]) -> int:
     except Exception as e:
         # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
         # DataLoader worker raised it: the message, not a traceback
-        line = _one_line(e)
+        from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
+
+        line = _one_line(e) or _peer_gone(e)
         if line is None or _debug():
             raise
-        from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
 
         # under torchrun each rank exits 2 (torchrun then exits 1 with its ChildFailedError summary,
         # naming exitcode 2). A rank other than 0 first waits for rank 0 (`wait_for_rank0`): a mistake
@@ -118,6 +123,19 @@ def _main(argv: list[str]) -> int:
         _close_bars()
         print(f"tgmae {name}: {line}", file=sys.stderr)
         return 2
+
+
+def _peer_gone(e: BaseException) -> str | None:
+    """The line of a collective that failed because another torchrun rank ended first (its own line
+    says why: a full disk at a checkpoint, a bad file), None for any other error. A rank waiting in
+    a barrier then got gloo's "Connection closed by peer" and printed a 40-line traceback (re-trial
+    27B T1)."""
+    from tgmae.lifetime import launch_env
+
+    text = str(e)
+    if launch_env()[1] <= 1 or not any(s in text for s in ("Connection closed by peer", "Connection reset by peer")):
+        return None
+    return f"stopped: another rank ended first ({text.splitlines()[0][:200]})"
 
 
 def _debug() -> bool:
