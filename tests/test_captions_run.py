@@ -17,7 +17,8 @@ import torch
 
 from tgmae.captions.captioner import GenerationOptions, ImageCaptioner, keyframe_indices, strip_prompt
 from tgmae.captions.run import caption_videos
-from tgmae.captions.shard import Shard, errors_path, existing_parts, merge_parts, part_path, shard_from_env
+from tgmae.captions.shard import (Shard, errors_path, existing_parts, merge_parts, part_path, record_share,
+                                  shard_from_env)
 from tgmae.captions.store import read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
 from tgmae.data.formats import load_annotations
@@ -282,8 +283,10 @@ def test_shard_resolution_and_merge_without_annotations(tmp_path, monkeypatch):
     out = tmp_path / "c.jsonl"
     line = '{{"video_id": "{}", "captions": ["x"], "source": "s", "model": "m"}}\n'
     part_path(out, Shard(0, 2)).write_text(line.format("a") + line.format("b"))
-    part_path(out, Shard(1, 2)).write_text(line.format("c") + line.format("a") + '{"video_id": "d", "cap')
-    assert merge_parts(out) == (3, 0)  # torn tail dropped, first record of a repeated video kept
+    part_path(out, Shard(1, 2)).write_text(line.format("c") + line.format("a") + '{"video_id": "b", "cap')
+    record_share(out, Shard(0, 2), ["a", "b"])
+    record_share(out, Shard(1, 2), ["c"])
+    assert merge_parts(out) == (3, 0)  # torn tail dropped (nothing of rank 1's share lost), first record kept
     assert [r.video_id for r in read_store(out).records] == ["a", "b", "c"]
 
 
@@ -1069,3 +1072,82 @@ def test_segments_of_a_frame_folder_share_one_scan_and_keep_small_records(tmp_pa
     with caplog.at_level("INFO"):
         summary = caption_videos(videos, fake, "fake", out, keyframes=1, batch_size=4, workers=0, progress=False)
     assert summary.skipped == 20 and summary.redone == 0, [r.getMessage() for r in caplog.records][:3]
+
+
+def _killed_after(n: int):
+    """A captioner that raises on its call after `n` calls: a rank killed between batches."""
+    calls = []
+
+    def captioner(images):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(len(images))
+        return [f"frame {k}" for k in range(len(images))]
+    return captioner
+
+
+def test_merge_refuses_a_killed_or_cut_rank_part_without_annotations(videos, tmp_path, capsys):
+    """Re-trial 27B S3: `--merge` without the annotations merged a killed rank's part (partial, or
+    cut in its last line) as complete: "21 videos in c.jsonl" of 32, exit 0, the parts deleted. A
+    rank records its share of videos when it starts (`share_path`): the merge refuses, in one line
+    naming the part, the videos it lacks and the --rank to run, and leaves the parts."""
+    out = tmp_path / "c.jsonl"
+    fake = _killed_after(10 ** 6)
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=1, workers=0, progress=False, shard=Shard(0, 2))
+    with pytest.raises(KeyboardInterrupt):  # rank 1 (v1, v3, v5) killed after its first video
+        caption_videos(videos, _killed_after(1), "fake", out, keyframes=2, batch_size=1, workers=0, progress=False,
+                       shard=Shard(1, 2))
+    parts = existing_parts(out)
+    assert main(["--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and part_path(out, Shard(1, 2)).name in err[0] and "--rank 1 --world-size 2" in err[0]
+    assert "2 videos" in err[0] and "'v3'" in err[0] and "'v5'" in err[0]
+    assert not out.exists() and existing_parts(out) == parts
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=1, workers=0, progress=False, shard=Shard(1, 2))
+    p1 = part_path(out, Shard(1, 2))
+    whole = p1.read_bytes()
+    p1.write_bytes(whole[:-40])  # a finished part whose last line was cut
+    assert main(["--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 video " in err and "'v5'" in err and existing_parts(out) == parts
+    p1.write_bytes(whole)
+    assert main(["--merge", "--out", str(out)]) == 0
+    assert "6 videos" in capsys.readouterr().out and existing_parts(out) == []
+    assert not any(p.name.endswith(".share") for p in tmp_path.iterdir())
+
+
+def test_merge_of_parts_written_before_shares_were_recorded(tmp_path, capsys, caplog):
+    """Re-trial 27B S3: a part without its share record (written by an older tgmae) is merged
+    when every line is whole, saying that its rank's videos could not be checked; one that ends in
+    a torn line (its rank was killed mid-write) is refused naming it and the --rank to run."""
+    out = tmp_path / "c.jsonl"
+    part_path(out, Shard(0, 2)).write_text(_rec("a") + _rec("b"))
+    part_path(out, Shard(1, 2)).write_text(_rec("c") + _rec("d")[:-10])
+    assert main(["--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and part_path(out, Shard(1, 2)).name in err[0] and "torn" in err[0]
+    assert "--rank 1 --world-size 2" in err[0] and len(existing_parts(out)) == 2
+    part_path(out, Shard(1, 2)).write_text(_rec("c"))
+    with caplog.at_level("WARNING", logger="tgmae"):
+        assert main(["--merge", "--out", str(out)]) == 0
+    assert "3 videos" in capsys.readouterr().out
+    assert part_path(out, Shard(0, 2)).name in caplog.text and "--merge" in caplog.text
+
+
+def test_merge_removes_the_lock_files_of_merged_parts_no_process_holds(tmp_path):
+    """Re-trial 27B L1: `.c.part-00001-of-00002.jsonl.lock` of a killed rank stayed in the store
+    folder after `--merge` (or a one-process rerun) merged and deleted its part. A merged part's
+    lock goes with it, unless a live process holds it (that rank removes it when it ends)."""
+    import fcntl
+
+    from tgmae.locks import lock_file
+
+    out = tmp_path / "c.jsonl"
+    p0, p1 = part_path(out, Shard(0, 2)), part_path(out, Shard(1, 2))
+    for p, vid in ((p0, "a"), (p1, "b")):
+        p.write_text(_rec(vid))
+        lock_file(p).write_text('{"pid": 999999999, "host": "gone", "command": "tgmae caption"}\n')
+    with open(lock_file(p0)) as held:  # a live holder: another open file holding its flock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert merge_parts(out) == (2, 0)
+        assert lock_file(p0).exists() and not lock_file(p1).exists() and existing_parts(out) == []

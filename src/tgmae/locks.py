@@ -3,10 +3,11 @@
 `hold(target, what)` refuses a second writer in one line naming the holder (pid, host, command,
 start). The lock is `flock` on `<parent>/.<name>.lock` holding the holder's JSON; the kernel
 releases it when its process ends (kill -9 included), so a dead holder's file is taken over.
-Locks are re-entrant within a process and removed on release. A forked child (a DataLoader
-worker) closes its copies at the fork, so it never keeps a killed parent's lock; a lock still held
-under the record of an ended process (its orphans) is waited for up to ORPHAN_WAIT_S, then refused
-saying so.
+Locks are re-entrant within a process and removed on release; the lock of a target that is gone
+(a merged caption part) is removed once no process holds it (`drop_lock`). A forked child (a
+DataLoader worker) closes its copies at the fork, so it never keeps a killed parent's lock; a lock
+still held under the record of an ended process (its orphans) is waited for up to ORPHAN_WAIT_S,
+then refused saying so.
 
 A run folder (or one of its step checkpoints) is recognised by its files (`holds_run`); writers
 that are not the run refuse an output that is one or lies inside one (`refuse_inside_run`); those
@@ -386,6 +387,23 @@ def release(target: str | os.PathLike) -> None:
             from tgmae.atomic import remove_empty_folders
 
             remove_empty_folders(_made.pop(key, []))
+
+
+def drop_lock(target: str | os.PathLike) -> bool:
+    """Remove the lock file of a `target` that is gone (a merged part) when no process holds it: a
+    killed writer's, which no later writer of that target would take over. One held by a live
+    process, this one included, stays: its `release` removes it. True if removed."""
+    path = lock_file(target)
+    with _guard:
+        if str(path) in _held or not path.exists():
+            return False
+        try:
+            fd = _open_locked(path)
+        except (_Busy, OSError):
+            return False
+        path.unlink(missing_ok=True)  # before unlocking, as `release`
+        os.close(fd)
+        return True
 
 
 def shard_target(target: str | os.PathLike, rank: int, world_size: int) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
-from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path
+from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path, record_share, remove_parts
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
                                   read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
@@ -201,7 +201,8 @@ def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[
 def clear_outputs(out: str | Path, shard: Shard) -> None:
     """Remove what a captioner run writes (`--rebuild`): this shard's part and errors part; for a
     single process or rank 0 also the store, its errors file and the parts of runs of other world
-    sizes (which its merge would fold in; this run's other ranks clear their own).
+    sizes (which its merge would fold in; this run's other ranks clear their own), with their share
+    records and stale locks (`remove_parts`).
     CaptionStoreError, before anything is removed, when one of those stores is not a caption store
     (`refuse_foreign_file`: a file of the user's given as --out)."""
     out = Path(out)
@@ -214,8 +215,7 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
                           errors + existing_parts(errors_path(out), other_than=shard.world_size))
     for f in stores:
         refuse_foreign_file(f)
-    for f in stores + errors:
-        f.unlink(missing_ok=True)
+    remove_parts(stores + errors)
 
 
 def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
@@ -230,7 +230,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     (`refuse_other_store`) before anything is written. Duplicate video ids in `videos` are
     captioned once. `fresh` (--rebuild): the store and other ranks' parts, which rank 0 or those
     ranks replace, are neither checked nor skipped from (`read_files`). A rank of a sharded run
-    leaves its part even when it has nothing new (empty): `merge_parts` tells by it that it ran.
+    records its share first (`record_share`) and leaves its part even when it has nothing new
+    (empty): `merge_parts` tells by them that it ran and finished.
     """
     from tqdm import tqdm
 
@@ -252,6 +253,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     done = done_video_ids(out, not retry_errors, shard, fresh)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))
+    record_share(out, shard, [v.video_id for v in mine])  # before the part: a kill leaves it unfinished
     bar = tqdm(total=len(todo), desc=f"captioning (rank {shard.rank})", unit="video",
                disable=not progress or shard.rank != 0)
     with StoreAppender(part_path(out, shard)) as store, StoreAppender(part_path(errors_path(out), shard)) as errs:

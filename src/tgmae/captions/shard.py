@@ -3,13 +3,16 @@
 Rank r of W takes videos r, r+W, ... and appends to its own part file
 `<out stem>.part-RRRRR-of-WWWWW<suffix>`. Merging keeps records already in OUT, drops torn tails,
 keeps the first record of a video seen twice, orders records by the annotation order when known,
-writes OUT atomically, then deletes the parts; parts made otherwise, or a rank that has not run,
-are refused first.
+writes OUT atomically, then deletes the parts (with their share records and stale locks); parts
+made otherwise, a rank that has not run, or one that has not finished (its share record
+`<part>.share`, written when it starts, names videos with neither a caption nor a failure) are
+refused first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,9 @@ from tgmae.atomic import atomic_write_text
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, dumps_record, ids_text, provenance,
                                   read_jsonl_tolerant, same_value)
 from tgmae.lifetime import launch_env
+from tgmae.locks import drop_lock
+
+log = logging.getLogger("tgmae")
 
 
 @dataclass(frozen=True)
@@ -134,13 +140,88 @@ def refuse_missing_ranks(out: Path, covered: set[str], order: Optional[Sequence[
                 "again (give the annotations to --merge to check video by video)")
 
 
+def share_path(out: str | Path, shard: Shard) -> Path:
+    """`c.part-00001-of-00002.jsonl.share`: the video ids of a rank's share (`record_share`)."""
+    part = part_path(out, shard)
+    return part.with_name(part.name + ".share")
+
+
+def record_share(out: str | Path, shard: Shard, video_ids: Sequence[str]) -> None:
+    """Write the ids of this rank's share before it appends to its part (a sharded run only): a
+    merge tells by them whether the rank finished (`refuse_unfinished_parts`)."""
+    if shard.world_size > 1:
+        text = json.dumps({"rank": shard.rank, "world_size": shard.world_size, "videos": list(video_ids)})
+        atomic_write_text(share_path(out, shard), text + "\n", fsync=True)
+
+
+def _share(out: Path, shard: Shard) -> Optional[list[str]]:
+    """The ids of a rank's share record; None when there is none (a part of an older tgmae)."""
+    path = share_path(out, shard)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("videos"), list):
+        raise CaptionStoreError(f"{path}: not a rank's share record (JSON with 'videos'); remove it and its part "
+                                f"{part_path(out, shard).name}, then run that rank again")
+    return [str(v) for v in obj["videos"]]
+
+
+def refuse_unfinished_parts(out: Path, covered: set[str], order: Optional[Sequence[str]] = None) -> list[Path]:
+    """CaptionStoreError naming the parts, the videos they lack and the --rank to run when a rank
+    has not finished: videos of its share record (of those in the annotation `order`, when known)
+    with neither a caption nor a failure (`covered`) in the store or its parts (a rank killed, or
+    its part cut in its last line); or, for a part
+    without a share record (written by an older tgmae), one ending in a torn line. Returns those
+    whole parts without a share record, whose rank's videos could not be checked."""
+    ranks = sorted({(w, r) for w, r, _ in _parts(out) + _parts(errors_path(out))})
+    lacking: dict[tuple[int, int], list[str]] = {}
+    unchecked: list[Path] = []
+    wanted = None if order is None else set(order)  # a video since dropped from the annotations is not lacking
+    for world, rank in ranks:
+        shard = Shard(rank, world)
+        share = _share(out, shard)
+        if share is not None:
+            if missing := [v for v in share if v not in covered and (wanted is None or v in wanted)]:
+                lacking[(world, rank)] = missing
+            continue
+        files = [part_path(out, shard), part_path(errors_path(out), shard)]
+        if any(f.is_file() and read_jsonl_tolerant(f, allow_torn_tail=True)[1] for f in files):
+            raise CaptionStoreError(
+                f"{out}: {part_path(out, shard).name} ends in a torn line (its rank was killed while writing) and, "
+                f"written by an older tgmae, does not say which videos its rank had: {_rank_hint(out, [rank], world)}"
+                " to finish it, then --merge again")
+        unchecked.append(part_path(out, shard))
+    if lacking:
+        ids = [v for missing in lacking.values() for v in missing]
+        hints = "; ".join(_rank_hint(out, [r], w) for w, r in lacking)
+        raise CaptionStoreError(
+            f"{out}: {len(ids)} {'video' if len(ids) == 1 else 'videos'} of the share of rank(s) "
+            f"{', '.join(f'{r} of {w}' for w, r in lacking)} have neither a caption nor a failure in the store or "
+            f"its parts ({ids_text(ids, 3)}): the rank did not finish (killed?) or its part was cut: {hints} to "
+            "finish them, then --merge again")
+    return unchecked
+
+
+def remove_parts(parts: Sequence[Path]) -> None:
+    """Delete `parts` (of a store or its errors file), their share records (`share_path`), and their
+    lock files that no live process holds (`drop_lock`: a killed rank's; a live rank removes its own)."""
+    for p in parts:
+        p.unlink(missing_ok=True)
+        p.with_name(p.name + ".share").unlink(missing_ok=True)
+        drop_lock(p)
+
+
 def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple[int, int]:
     """Merge `out` + its parts (and the errors file + its parts). Returns (records, errors).
 
     Records are validated; an error entry is dropped once its video has a record. Without any
     record (every video failed) no store is created. CaptionStoreError, before anything is written
-    or removed, when the store and parts were made otherwise (`refuse_mixed_parts`) or a rank has
-    not run (`refuse_missing_ranks`; `order`: the annotations' video ids).
+    or removed, when the store and parts were made otherwise (`refuse_mixed_parts`), a rank has
+    not run (`refuse_missing_ranks`; `order`: the annotations' video ids) or not finished
+    (`refuse_unfinished_parts`). The parts go with their share records and stale locks (`remove_parts`).
     """
     out = Path(out)
     err = errors_path(out)
@@ -159,6 +240,11 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
             if vid not in records:
                 errors[vid] = obj  # the latest attempt wins
     refuse_missing_ranks(out, set(records) | set(errors), order)
+    unchecked = refuse_unfinished_parts(out, set(records) | set(errors), order)
+    if unchecked and order is None:
+        log.warning("%s: written by an older tgmae, which did not record its rank's videos: merged as whole; a rank "
+                    "killed between batches is not told apart (give the annotations to --merge to check video by "
+                    "video)", ", ".join(p.name for p in unchecked))
     rank_of = {v: i for i, v in enumerate(order or ())}
     ids = sorted(records, key=lambda v: rank_of.get(v, len(rank_of)))  # stable: unknown ids keep file order
     if ids or out.exists():  # no empty store when every video failed: only their errors file
@@ -166,6 +252,5 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
     if errors or err.exists():
         eids = sorted(errors, key=lambda v: rank_of.get(v, len(rank_of)))
         atomic_write_text(err, "".join(json.dumps(errors[v], ensure_ascii=False) + "\n" for v in eids), fsync=True)
-    for p in [*rec_parts, *err_parts]:
-        p.unlink()
+    remove_parts([*rec_parts, *err_parts])
     return len(ids), len(errors)

@@ -12,7 +12,7 @@ from typing import Sequence
 from tgmae.captions import run
 from tgmae.captions.captioner import ImageCaptioner
 from tgmae.captions.run import SOURCE, caption_videos, captioner_settings, clear_outputs, refuse_other_store
-from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path
+from tgmae.captions.shard import errors_path, existing_parts, merge_parts, part_path, remove_parts
 from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
 from tgmae.errors import count
@@ -260,8 +260,7 @@ def _write_store(args: argparse.Namespace) -> int:
         print(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
     else:
         _run_text_source(args)
-    for p in parts:  # --rebuild: the store is this run's alone, and a later --merge must not fold them in
-        p.unlink(missing_ok=True)
+    remove_parts(parts)  # --rebuild: the store is this run's alone, and a later --merge must not fold them in
     return 0
 
 
