@@ -1299,6 +1299,32 @@ def test_a_mid_epoch_checkpoint_of_2_processes_resumed_by_1_is_refused(tmp_path)
         Trainer(ToyTask(cfg), cfg).fit()
 
 
+def test_a_checkpoint_with_rank_0s_rng_state_only_restores_rank_0_and_warns(caplog):
+    """Re-trial 27B S1: each rank restores its own RNG state (tests/test_train_fsdp.py runs it on 2
+    ranks). A checkpoint written before holds rank 0's only: rank 0 restores it, the other ranks
+    keep their fresh seeding and rank 0 warns; on another process count no rank restores one."""
+    from tgmae.distributed import DistInfo
+    from tgmae.train.resume import restore_rng
+
+    torch.manual_seed(5)
+    saved = ckpt.rng_state()
+    old = ckpt.LoadedCheckpoint(Path("step_00000003"), {}, {}, {}, ckpt.TrainPosition(3), [saved], {},
+                                {"world_size": 2})
+    for rank in (0, 1):
+        torch.manual_seed(100 + rank)
+        own = torch.get_rng_state()
+        restore_rng(DistInfo(rank, 2, rank, torch.device("cpu")), old, Path("step_00000003"))
+        assert torch.equal(torch.get_rng_state(), saved["torch"] if rank == 0 else own)
+    assert [r.getMessage() for r in caplog.records if "RNG" in r.getMessage()] == [
+        "step_00000003 holds rank 0's RNG state only (written by an older tgmae): the other 1 rank(s) draw drop-path, "
+        "mixup and dual masks seeded afresh (train.seed + rank), so this run will not end bit-identical to an "
+        "uninterrupted one"]
+    torch.manual_seed(7)
+    own = torch.get_rng_state()
+    restore_rng(DistInfo(0, 1, 0, torch.device("cpu")), old, Path("step_00000003"))  # 1 process, not 2
+    assert torch.equal(torch.get_rng_state(), own)
+
+
 def test_fewer_training_videos_than_processes_names_the_annotations_key(tmp_path, free_port):
     """re-trial 16A: one training video on 2 processes was a traceback per rank (the sampler's
     ValueError). A ConfigError naming data.train_annotations and the process count, on every rank."""

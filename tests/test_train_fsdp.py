@@ -42,10 +42,10 @@ class Data(Dataset):
 class BlockNet(nn.Module):
     """[B, 8] -> [B, 1] through two of tgmae's transformer blocks (the units FSDP shards) on 2 tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, drop_path: float = 0.0) -> None:
         super().__init__()
         self.inp = nn.Linear(8, 32)
-        self.blocks = nn.ModuleList([Block(16, 2), Block(16, 2)])
+        self.blocks = nn.ModuleList([Block(16, 2, drop_path=drop_path), Block(16, 2, drop_path=drop_path)])
         self.norm = nn.LayerNorm(16)
         self.out = nn.Linear(32, 1)
 
@@ -64,7 +64,7 @@ class BlockTask:
         self.optimizer = None
 
     def build_model(self) -> nn.Module:
-        return BlockNet()  # seeded by the loop with train.seed + rank: DDP and FSDP take rank 0's
+        return BlockNet(self.cfg.model.drop_path)  # seeded by the loop with train.seed + rank: DDP and FSDP take rank 0's
 
     def train_dataset(self) -> Dataset:
         return Data()
@@ -213,6 +213,19 @@ def test_fsdp_kill_9_and_resume_is_bit_identical(uninterrupted, tmp_path):
     run(tmp_path / "run", "fsdp")
     assert torch.equal(final(tmp_path / "run"), final(uninterrupted / "fsdp"))
     assert losses(tmp_path / "run") == losses(uninterrupted / "fsdp")
+
+
+def test_each_rank_resumes_its_own_rng_stream(tmp_path):
+    """Re-trial 27B S1: drop-path draws from each rank's global RNG (seeded train.seed + rank); a
+    resume restored rank 0's saved state on every rank, so rank 1 went on with rank 0's stream."""
+    drop = "model.drop_path=0.3"
+    run(tmp_path / "ref", "ddp", 0, drop)
+    run(tmp_path / "run", "ddp", 7, drop)  # killed after the checkpoint of step 6
+    run(tmp_path / "run", "ddp", 0, drop)
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+    assert torch.equal(final(tmp_path / "run"), final(tmp_path / "ref"))
+    rngs = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "run" / "checkpoints")).rngs
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
 
 @pytest.mark.parametrize("first,then", [("ddp", "fsdp"), ("fsdp", "ddp")])

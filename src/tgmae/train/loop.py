@@ -537,9 +537,10 @@ class Trainer:
         failures = all_reduce_sum(run.load_failures.clone().view(1)).item()
         path = None
         states = ckpt.train_states(run.model, run.optimizer)  # a collective under FSDP
+        rngs = ckpt.rank_rng_states()  # a collective
         if self.dist.is_main:
             path = ckpt.save_checkpoint(
-                self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states,
+                self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states, rngs=rngs,
                 keep_last=self.cfg.checkpoint.keep_last,
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
                        "precision": run.precision, "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,

@@ -175,8 +175,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     ckpt.load_optimizer_state(model, optimizer, loaded.optimizer_state)
     if loaded.scaler_state:
         scaler.load_state_dict(loaded.scaler_state)
-    if dist.world_size == loaded.extra.get("world_size", dist.world_size):
-        ckpt.set_rng_state(loaded.rng)
+    restore_rng(dist, loaded, source)
     if dist.is_main:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", source, position.step,
                  position.epoch, position.batches_in_epoch)
@@ -184,6 +183,22 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     # for this run's best: only those since the change (they stay in metrics.jsonl).
     return Resumed(source, position, changes, [] if changes else list(loaded.extra.get("eval_history", [])),
                    float(loaded.extra.get("load_failures", 0.0)) if dist.is_main else 0.0, offset)
+
+
+def restore_rng(dist: DistInfo, loaded: ckpt.LoadedCheckpoint, source: Path) -> None:
+    """Each rank's RNG state as the checkpoint kept it, so drop-path, mixup and dual masks go on
+    with the streams an uninterrupted run draws. On another number of processes each rank keeps
+    its fresh seeding (train.seed + rank). A checkpoint written before each rank's state was kept
+    holds rank 0's only: the other ranks keep their fresh seeding, said in a warning (the resumed
+    run is not bit-identical to an uninterrupted one)."""
+    if dist.world_size != loaded.extra.get("world_size", dist.world_size):
+        return
+    if dist.rank < len(loaded.rngs):
+        ckpt.set_rng_state(loaded.rngs[dist.rank])
+    if dist.is_main and len(loaded.rngs) < dist.world_size:
+        log.warning("%s holds rank 0's RNG state only (written by an older tgmae): the other %d "
+                    "rank(s) draw drop-path, mixup and dual masks seeded afresh (train.seed + rank), so this run will "
+                    "not end bit-identical to an uninterrupted one", source, dist.world_size - 1)
 
 
 def planned_total(cfg: RunConfig, steps_per_epoch: int, offset: int = 0) -> int:

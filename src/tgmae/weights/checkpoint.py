@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
-from tgmae.distributed import is_fsdp
+from tgmae.distributed import distributed_ready, is_fsdp
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
@@ -141,6 +141,20 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rank_rng_states() -> Optional[list[dict[str, Any]]]:
+    """Every process's `rng_state()` in rank order on the main rank, None on the others (a
+    collective under torch.distributed); [this process's] in one process. Each rank draws
+    drop-path, mixup and dual masks from its own stream (seeded train.seed + rank)."""
+    state = rng_state()
+    if not distributed_ready():
+        return [state]
+    import torch.distributed as tdist
+
+    states: Optional[list] = [None] * tdist.get_world_size() if tdist.get_rank() == 0 else None
+    tdist.gather_object(state, states, dst=0)
+    return states
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
@@ -231,10 +245,12 @@ def save_checkpoint(
     keep_last: int = 2,
     extra: Optional[dict] = None,
     states: Optional[tuple[dict, dict]] = None,
+    rngs: Optional[list[dict]] = None,
 ) -> Path:
     """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones.
     `states`: the (model, optimizer) state dicts `train_states` gathered (a sharded model's);
-    default the modules' own. The checkpoint is built in a temp folder that a failed write
+    default the modules' own. `rngs`: each rank's RNG state in rank order (`rank_rng_states`);
+    default this process's. The checkpoint is built in a temp folder that a failed write
     removes; temp folders of killed writers are removed first (`remove_stale_temps`)."""
     model_state, optim_state = states if states is not None else (model.state_dict(), optimizer.state_dict())
     directory.mkdir(parents=True, exist_ok=True)
@@ -243,7 +259,8 @@ def save_checkpoint(
     tmp = temp_path(directory / name)
     tmp.mkdir()
     try:
-        _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra)
+        _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra,
+                                 rngs or [rng_state()])
     except BaseException as e:
         # a full disk: torch / safetensors raise RuntimeErrors naming no file, told by the free
         # space, so decided while the half checkpoint still fills the disk (before its removal)
@@ -266,8 +283,9 @@ def save_checkpoint(
 
 def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], optim_state: dict,
                              scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
-                             extra: Optional[dict]) -> None:
-    """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced."""
+                             extra: Optional[dict], rngs: list[dict]) -> None:
+    """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced. state.pt keeps rank 0's
+    RNG state as "rng" (all a checkpoint held before) and every rank's as "rank_rngs"."""
     # detached contiguous copies: safetensors refuses views and shared storage
     save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"),
               metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT})
@@ -276,7 +294,8 @@ def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], op
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
         "position": {"step": position.step, "epoch": position.epoch,
                      "batches_in_epoch": position.batches_in_epoch},
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rank_rngs": rngs,
         "config_json": json.dumps(config),
         "extra_json": json.dumps(extra or {}),
     }
@@ -344,7 +363,7 @@ class LoadedCheckpoint:
     optimizer_state: dict
     scaler_state: dict
     position: TrainPosition
-    rng: dict
+    rngs: list[dict]  # each rank's RNG state in rank order; rank 0's only in a checkpoint written before
     config: dict
     extra: dict
 
@@ -369,7 +388,7 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
             optimizer_state=state["optimizer"],
             scaler_state=state["scaler"],
             position=TrainPosition(int(pos["step"]), int(pos["epoch"]), int(pos["batches_in_epoch"])),
-            rng=state["rng"],
+            rngs=list(state.get("rank_rngs") or [state["rng"]]),
             config=json.loads(state["config_json"]),
             extra=json.loads(state.get("extra_json", "{}")),
         )
