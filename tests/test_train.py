@@ -1513,6 +1513,34 @@ def test_a_run_without_a_readable_latest_resumes_its_newest_complete_step(tmp_pa
     assert (ckpts / "latest").is_file() and not (ckpts / "latest").is_symlink()
 
 
+def _dead_pid() -> int:
+    """A pid whose process has ended (its temp folders are an ended writer's)."""
+    import subprocess
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+@pytest.mark.parametrize("every,overrides,steps", [(4, [], [4, 8, 12, 16]), (3, ["train.max_steps=6"], [3, 6])])
+def test_an_epoch_end_on_a_periodic_step_writes_its_checkpoint_once(tmp_path, monkeypatch, every, overrides, steps):
+    """Re-trial 27B S2: a step both periodic (checkpoint.every_steps) and an epoch's last (or the step
+    budget's last) was saved twice, the second save replacing the first, so a stop during it could
+    destroy the step. Each step is written once: by the epoch end (the budget end), which follows."""
+    saved = []
+    real = ckpt.save_checkpoint
+
+    def counting(directory, model, optimizer, scaler, position, *args, **kwargs):
+        saved.append(position.step)
+        return real(directory, model, optimizer, scaler, position, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", counting)
+    cfg = toy_cfg(tmp_path, f"checkpoint.every_steps={every}", *overrides)  # 8 steps an epoch
+    Trainer(ToyTask(cfg), cfg).fit()
+    assert saved == steps
+    last = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "run" / "checkpoints")).position
+    assert last == (ckpt.TrainPosition(16, 2, 0) if not overrides else ckpt.TrainPosition(6, 0, 6))
+
+
 def test_a_dangling_or_foreign_latest_symlink_is_refused_naming_it(tmp_path):
     """A `latest` symlink to nothing, or to a folder outside the run's checkpoints/, is refused naming
     it (as a text `latest` naming a missing step is), not taken for a run without checkpoints."""
