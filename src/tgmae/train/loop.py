@@ -190,6 +190,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from scratch or resume, holding the run folder's lock (`run_folder_lock`)."""
         with run_folder_lock(self.cfg):
+            barrier()  # every rank resumes the step the main one may have put back (`clean_temps`)
             return self._fit()
 
     def _fit(self) -> FitResult:
