@@ -44,14 +44,14 @@ class Resumed:
 def resume_source(cfg: RunConfig, say: bool = True) -> Optional[Path]:
     """checkpoint.resume: none, the latest of the run's (auto / ignore_config) or a path. `say`: log
     that a run folder without `latest` resumes its newest step, and the newer incomplete step folders
-    passed over (once per run: the resume says it)."""
+    passed over (once per run, by the main rank: the resume says it)."""
     spec = cfg.checkpoint.resume
     if not spec:
         return None
     if spec in ("auto", ckpt.IGNORE_CONFIG):
         ckpts = Path(cfg.train.output_dir) / "checkpoints"
         found = ckpt.find_latest(ckpts)
-        if not say or found is None:
+        if not say or found is None or rank_world()[0] != 0:  # said once, by the main rank
             return found
         skipped = [f"{p.name} (lacks {' and '.join(ckpt.missing_files(p))})" for p in ckpt.step_folders(ckpts)
                    if p.name > found.name and ckpt.missing_files(p)]
