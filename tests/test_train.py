@@ -1539,6 +1539,138 @@ def test_a_run_without_a_readable_latest_resumes_its_newest_complete_step(tmp_pa
     assert (ckpts / "latest").is_file() and not (ckpts / "latest").is_symlink()
 
 
+def _dead_pid() -> int:
+    """A pid whose process has ended (its temp folders are an ended writer's)."""
+    import subprocess
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+@pytest.mark.parametrize("every,overrides,steps", [(4, [], [4, 8, 12, 16]), (3, ["train.max_steps=6"], [3, 6])])
+def test_an_epoch_end_on_a_periodic_step_writes_its_checkpoint_once(tmp_path, monkeypatch, every, overrides, steps):
+    """Re-trial 27B S2: a step both periodic (checkpoint.every_steps) and an epoch's last (or the step
+    budget's last) was saved twice, the second save replacing the first, so a stop during it could
+    destroy the step. Each step is written once: by the epoch end (the budget end), which follows."""
+    saved = []
+    real = ckpt.save_checkpoint
+
+    def counting(directory, model, optimizer, scaler, position, *args, **kwargs):
+        saved.append(position.step)
+        return real(directory, model, optimizer, scaler, position, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", counting)
+    cfg = toy_cfg(tmp_path, f"checkpoint.every_steps={every}", *overrides)  # 8 steps an epoch
+    Trainer(ToyTask(cfg), cfg).fit()
+    assert saved == steps
+    last = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "run" / "checkpoints")).position
+    assert last == (ckpt.TrainPosition(16, 2, 0) if not overrides else ckpt.TrainPosition(6, 0, 6))
+
+
+def _stop_in_rewrite(monkeypatch, where: str) -> None:
+    """Make the second write of step_00000004 stop (KeyboardInterrupt: SIGTERM, Ctrl-C) at `where`:
+    as the new folder moves in, or halfway through the removal of the old copy (state.pt gone)."""
+    import shutil
+
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+    stopped = []
+
+    def replace(src, dst, *a, **k):
+        if (where == "move-in" and not stopped and Path(src).name.startswith(".step_00000004.")
+                and Path(dst).name == "step_00000004"):
+            stopped.append(src)
+            raise KeyboardInterrupt
+        return real_replace(src, dst, *a, **k)
+
+    def rmtree(path, *a, **k):
+        if where == "removal" and "step_00000004" in Path(path).name and (Path(path) / "state.pt").is_file():
+            (Path(path) / "state.pt").unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+
+
+@pytest.mark.parametrize("where", ["move-in", "removal"])
+def test_a_stop_while_a_step_is_written_again_leaves_a_complete_copy(tmp_path, monkeypatch, where):
+    """Re-trial 27B S2: a step written a second time had its folder removed, then the new one renamed
+    in: a stop (or kill) in between left `latest` naming an empty or gone step_N. The old copy is
+    renamed aside and removed only once the new one is in place; a stop before that puts it back."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    d = tmp_path / "ck"
+    ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(4, 0, 8), {}, extra={"copy": "first"})
+    _stop_in_rewrite(monkeypatch, where)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(d, model, opt, None, ckpt.TrainPosition(4, 1, 0), {}, extra={"copy": "second"})
+    monkeypatch.undo()
+    kept = ckpt.load_checkpoint(ckpt.find_latest(d))
+    assert kept.path.name == "step_00000004"
+    assert kept.extra["copy"] == ("first" if where == "move-in" else "second")
+
+
+@pytest.mark.parametrize("left", ["gutted", "gone", "both copies"])
+def test_a_step_a_kill_left_only_in_a_temp_folder_is_put_back_and_resumed(tmp_path, left):
+    """Re-trial 27B S2: after a kill during a step's second write, `latest` named an empty (or gone)
+    step_N while a temp folder held its complete copy; the rerun deleted that temp folder, then exited
+    2 ("incomplete: state.pt is missing"). The complete copy is moved into place and the run goes on,
+    step-exact (`both copies`: the old one renamed aside and the new one, as a kill leaves them now)."""
+    import shutil
+
+    from tgmae.atomic import temp_path
+
+    cfg_a = toy_cfg(tmp_path / "a")
+    ref = Trainer(ToyTask(cfg_a), cfg_a).fit().model
+    cfg = toy_cfg(tmp_path / "b")
+    _train_until_killed(cfg, 7)
+    ckpts = tmp_path / "b" / "run" / "checkpoints"
+    step = ckpts / "step_00000006"
+    dead = _dead_pid()
+
+    def dead_temp() -> Path:
+        mine = temp_path(step)
+        return mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+
+    if left == "both copies":
+        shutil.copytree(step, dead_temp())
+    os.replace(step, dead_temp())
+    if left == "gutted":
+        step.mkdir()
+    resumed = Trainer(ToyTask(cfg), cfg).fit().model
+    assert torch.equal(flat_params(ref), flat_params(resumed))
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")]
+    assert steps == list(range(1, 17))  # resumed after step 6, not from step 3 or the start
+    assert not [p for p in ckpts.iterdir() if p.name.endswith(".tmp")]
+
+
+def _stop(state) -> None:
+    raise KeyboardInterrupt  # Ctrl-C or SIGTERM as the signal handlers raise it
+
+
+def test_a_latest_naming_an_incomplete_step_resumes_the_newest_complete_one(tmp_path, caplog):
+    """Re-trial 27B S2: a `latest` naming a step folder that lacks a file (a kill while it was
+    replaced, no complete copy left) stopped the rerun with exit 2; the run did not fall back to the
+    step before. The newest complete step is resumed, step-exact, in one line naming what is skipped;
+    the stop line names it too."""
+    cfg_a = toy_cfg(tmp_path / "a")
+    ref = Trainer(ToyTask(cfg_a), cfg_a).fit().model
+    cfg = toy_cfg(tmp_path / "b")
+    _train_until_killed(cfg, 7)
+    ckpts = tmp_path / "b" / "run" / "checkpoints"
+    (ckpts / "step_00000006" / "state.pt").unlink()
+    assert ckpt.find_latest(ckpts).name == "step_00000003"
+    with caplog.at_level("INFO", logger="tgmae"):
+        with pytest.raises(KeyboardInterrupt):  # the stop line names the step a rerun resumes
+            Trainer(ToyTask(cfg), cfg, hooks=[_stop]).fit()
+    said = [r.getMessage() for r in caplog.records if "step_00000006" in r.getMessage()]
+    assert len(said) == 1 and "step_00000003" in said[0] and "state.pt" in said[0]
+    stop = [r.getMessage() for r in caplog.records if "rerun of the same command resumes" in r.getMessage()]
+    assert stop and stop[0].endswith("step_00000003")
+    resumed = Trainer(ToyTask(cfg), cfg).fit().model
+    assert torch.equal(flat_params(ref), flat_params(resumed))
+
+
 def test_a_dangling_or_foreign_latest_symlink_is_refused_naming_it(tmp_path):
     """A `latest` symlink to nothing, or to a folder outside the run's checkpoints/, is refused naming
     it (as a text `latest` naming a missing step is), not taken for a run without checkpoints."""

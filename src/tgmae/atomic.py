@@ -140,6 +140,13 @@ def is_temp(name: str) -> bool:
     return _TEMP.match(name) is not None
 
 
+def stale_temp(name: str) -> bool:
+    """Whether a file or folder name is a temp of an ended writer on this host (`remove_stale_temps`
+    removes those; live processes' and other hosts' are not stale)."""
+    m = _TEMP.match(name)
+    return m is not None and m["host"] == _HOST and _ended(int(m["pid"]))
+
+
 def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temp name next to `path`: `.{name}.{host}-{pid}-{random}.tmp`."""
     path = Path(path)
@@ -166,8 +173,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     except (FileNotFoundError, NotADirectoryError):
         return 0
     for e in entries:
-        m = _TEMP.match(e.name)
-        if not m or m["host"] != _HOST or not _ended(int(m["pid"])):
+        if not stale_temp(e.name):
             continue
         try:
             if e.is_dir(follow_symlinks=False):

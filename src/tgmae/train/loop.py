@@ -190,6 +190,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from scratch or resume, holding the run folder's lock (`run_folder_lock`)."""
         with run_folder_lock(self.cfg):
+            barrier()  # every rank resumes the step the main one may have put back (`clean_temps`)
             return self._fit()
 
     def _fit(self) -> FitResult:
@@ -450,7 +451,10 @@ class Trainer:
         if run.bar is not None:
             run.bar.update(1)
         record = self._log(run, epoch, lr, float(grad_norm)) if logs_now else None
-        if run.position.step % cfg.checkpoint.every_steps == 0:
+        # the epoch's last step (the budget's) is saved by the epoch end (the budget end) that follows:
+        # a step written twice would be replaced, and a stop during that could cost it
+        ends = micro_idx == run.steps_per_epoch * cfg.train.accum_steps or run.position.step >= run.total_steps
+        if run.position.step % cfg.checkpoint.every_steps == 0 and not ends:
             run.last_ckpt = self._save(run, run.position)
         state = LoopState(run.position, run.total_steps, record or {}, model)
         for hook in self.hooks:

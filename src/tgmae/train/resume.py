@@ -43,16 +43,25 @@ class Resumed:
 
 def resume_source(cfg: RunConfig, say: bool = True) -> Optional[Path]:
     """checkpoint.resume: none, the latest of the run's (auto / ignore_config) or a path. `say`: log
-    that a run folder without `latest` resumes its newest step (once per run: the resume says it)."""
+    that a run folder without `latest` resumes its newest step, and the newer incomplete step folders
+    passed over (once per run, by the main rank: the resume says it)."""
     spec = cfg.checkpoint.resume
     if not spec:
         return None
     if spec in ("auto", ckpt.IGNORE_CONFIG):
         ckpts = Path(cfg.train.output_dir) / "checkpoints"
         found = ckpt.find_latest(ckpts)
-        if say and found is not None and not os.path.lexists(ckpts / LATEST):
+        if not say or found is None or rank_world()[0] != 0:  # said once, by the main rank
+            return found
+        skipped = [f"{p.name} (lacks {' and '.join(ckpt.missing_files(p))})" for p in ckpt.step_folders(ckpts)
+                   if p.name > found.name and ckpt.missing_files(p)]
+        passed = f"; passed over, incomplete: {', '.join(skipped)}" if skipped else ""
+        if not os.path.lexists(ckpts / LATEST):
             log.info("%s has no `latest` (a kill before it was written?): resuming its newest complete step "
-                     "folder, %s", ckpts, found.name)
+                     "folder, %s%s", ckpts, found.name, passed)
+        elif skipped:
+            log.warning("%s: resuming %s, the newest complete step folder%s (a kill while it was written?)",
+                        ckpts, found.name, passed)
         return found
     path = Path(spec)
     if not path.exists():
@@ -472,8 +481,11 @@ def run_folder_lock(cfg: RunConfig) -> AbstractContextManager:
     `check_config_file` and the refusal of an extraction's folder (`locks.refuse_extraction`)."""
     refuse_extraction(cfg.train.output_dir, "train.output_dir")
     check_config_file(cfg.train.output_dir)
-    # a killed checkpoint write's temp folder (a copy of a whole step) goes even when this run is refused
-    remove_stale_temps(Path(cfg.train.output_dir) / "checkpoints")
+    # a killed checkpoint write's temp folder (a copy of a whole step) goes even when this run is refused;
+    # one holding the only complete copy of the step `latest` names is put back first, by the process
+    # that writes checkpoints/ (another rank's clean-up could remove that copy as it is put back)
+    if launch_env()[0] == 0:
+        ckpt.clean_temps(Path(cfg.train.output_dir) / "checkpoints")
     return hold(cfg.train.output_dir, "train.output_dir", enabled=launch_env()[0] == 0 and rank_world()[0] == 0,
                 folder=True)
 

@@ -6,7 +6,9 @@
     latest                            name of the newest complete checkpoint
 
 A step folder is written under a temp name and renamed into place before `latest` moves: a kill
-leaves the previous checkpoint usable. The files are the same under every train.strategy (FSDP
+leaves the previous checkpoint usable. A step written again replaces its folder with a complete
+copy there at every moment (`_move_into_place`); a copy a kill left only in a temp folder is put
+back (`clean_temps`), and a `latest` naming an incomplete folder resumes the newest complete one. The files are the same under every train.strategy (FSDP
 gathers full state dicts, `train_states`, and scatters them back on resume).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -26,9 +29,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, temp_path, write_failure
+from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, stale_temp, temp_path, write_failure
 from tgmae.distributed import distributed_ready, is_fsdp
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
+
+log = logging.getLogger("tgmae")
 
 # Keys that may differ between a checkpoint's stored config and the config that resumes it: they
 # change how a run is logged, fed, placed or checkpointed, or how long it goes on (train.epochs /
@@ -251,10 +256,10 @@ def save_checkpoint(
     `states`: the (model, optimizer) state dicts `train_states` gathered (a sharded model's);
     default the modules' own. `rngs`: each rank's RNG state in rank order (`rank_rng_states`);
     default this process's. The checkpoint is built in a temp folder that a failed write
-    removes; temp folders of killed writers are removed first (`remove_stale_temps`)."""
+    removes; temp folders of killed writers are removed first (`clean_temps`)."""
     model_state, optim_state = states if states is not None else (model.state_dict(), optimizer.state_dict())
     directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(directory)
+    clean_temps(directory)
     name = f"step_{position.step:08d}"
     tmp = temp_path(directory / name)
     tmp.mkdir()
@@ -271,14 +276,51 @@ def save_checkpoint(
         raise failure from e
     open_mode(tmp)  # safetensors creates 0600: the mode open() gives, as every file of a run
     final = directory / name
-    if final.exists():  # same step written twice (e.g. epoch end == periodic): replace
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    _move_into_place(tmp, final)
     _fsync_dir(directory)
     atomic_write_text(directory / LATEST, name + "\n", fsync=True)
     _fsync_dir(directory)
     _prune(directory, keep_last, keep=name)
     return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the checkpoint folder `tmp` (written in full) to `final`. A step written again (a resume
+    ending the epoch its checkpoint had finished) has a complete copy at every moment: the old folder
+    is renamed aside, the new one in, then the old one removed. A stop (KeyboardInterrupt) before the
+    new one is in puts the old one back; a kill leaves both copies as temps for `clean_temps`."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    aside = temp_path(final)
+    try:
+        os.replace(final, aside)
+        os.replace(tmp, final)
+    except BaseException:
+        if aside.exists() and not final.exists():
+            os.replace(aside, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clean_temps(directory: Path) -> None:
+    """Remove the temps of ended writers from a run's checkpoints/ folder (`remove_stale_temps`),
+    after putting back the step `latest` names when a kill while it was written again left it gone
+    or incomplete and such a temp holds a complete copy of it (the old one renamed aside or the new
+    one: both were written in full before the step's folder was touched). The newest copy goes in."""
+    pointer = directory / LATEST
+    name = pointer.read_text().strip() if pointer.is_file() and not pointer.is_symlink() else ""
+    final = directory / name
+    if STEP_FOLDER.fullmatch(name) and not _complete(final):
+        copies = [p for p in directory.glob(f".{name}.*") if stale_temp(p.name) and _readable(p)]
+        if copies:
+            copy = max(copies, key=lambda p: (p / "state.pt").stat().st_mtime_ns)
+            shutil.rmtree(final, ignore_errors=True)  # what the kill left of it
+            os.replace(copy, final)
+            _fsync_dir(directory)
+            log.warning("%s: put back from %s, the complete copy a killed checkpoint write left", final, copy.name)
+    remove_stale_temps(directory)
 
 
 def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], optim_state: dict,
@@ -317,7 +359,20 @@ STEP_FOLDER = re.compile(r"step_\d{8}")  # a step checkpoint's folder name (`sav
 
 def _complete(folder: Path) -> bool:
     """Whether a step folder holds both files of a checkpoint (a folder renamed into place does)."""
-    return all((folder / f).is_file() for f in ("model.safetensors", "state.pt"))
+    return not missing_files(folder)
+
+
+def _readable(folder: Path) -> bool:
+    """Whether a folder holds a checkpoint's two files and its state.pt reads (not cut short by a kill)."""
+    try:
+        return _complete(folder) and isinstance(_read_state(folder / "state.pt", mmap=True), dict)
+    except CheckpointError:
+        return False
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The checkpoint files a step folder lacks (empty for a complete one)."""
+    return [f for f in ("model.safetensors", "state.pt") if not (folder / f).is_file()]
 
 
 def step_folders(directory: Path) -> list[Path]:
@@ -333,9 +388,10 @@ def newest_complete(directory: Path) -> Optional[Path]:
 
 
 def find_latest(directory: Path) -> Optional[Path]:
-    """The checkpoint `latest` names; without a `latest` file, the newest complete step folder
-    (`newest_complete`: a kill between a step folder's rename and the write of `latest` leaves one);
-    None when the run has none. A `latest` symlink is followed to a step folder of `directory`.
+    """The checkpoint `latest` names; without a `latest` file, or when it names a folder lacking a file
+    (a kill while the step was written again, before `clean_temps` put a copy back), the newest
+    complete step folder (`newest_complete`: a kill between a step folder's rename and the write of
+    `latest` leaves one); None when the run has none. A `latest` symlink is followed to a step folder of `directory`.
     CheckpointError naming `latest` when it names a folder that is not there (or, a symlink, one
     outside `directory`) or is not a file."""
     pointer = directory / LATEST
@@ -353,7 +409,7 @@ def find_latest(directory: Path) -> Optional[Path]:
     path = directory / pointer.read_text().strip()
     if not path.is_dir():
         raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
-    return path
+    return path if _complete(path) else newest_complete(directory) or path
 
 
 @dataclass
