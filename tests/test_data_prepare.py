@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -346,26 +347,33 @@ def test_bad_settings_are_refused_naming_the_option(tmp_path, capsys, flag, valu
     PrepareSettings(crf=51)
 
 
-def test_a_second_run_into_the_same_out_is_refused(tmp_path):
+@contextmanager
+def _held(out: Path):
+    """Another process holding `out`'s lock while the block runs; yields its pid."""
     import subprocess
     import sys
 
-    from tgmae.locks import LockError
-
-    root, out = tmp_path / "src", tmp_path / "out"
-    _clips(root, ["v.avi"])
-    (root / "list.txt").write_text("v.avi 0\n")
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from tgmae.locks import acquire; "
                                f"acquire({str(out)!r}, '--out'); print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockError, match="in use"):
-            run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
-        assert not (out / "v.mp4").exists()
+        yield holder.pid
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_a_second_run_into_the_same_out_is_refused(tmp_path):
+    from tgmae.locks import LockError
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    with _held(out):
+        with pytest.raises(LockError, match="in use"):
+            run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+        assert not (out / "v.mp4").exists()
     rep = run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
     assert rep["counts"]["converted"] == 1
 
@@ -375,20 +383,13 @@ def test_a_run_started_into_a_folder_another_run_is_preparing_is_refused_by_the_
     refused as "not empty and holds no prepare.json ... give --out a new or empty folder": it read
     the folder (the winner's prepare.json temp, before its rename) before taking the lock. The lock
     comes first, so the loser is told the folder is in use, by whom."""
-    import subprocess
-    import sys
-
     from tgmae.atomic import temp_path
     from tgmae.locks import LockError
 
     root, out = tmp_path / "src", tmp_path / "out"
     _clips(root, ["v.avi"])
     (root / "list.txt").write_text("v.avi 0\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tgmae.locks import acquire; "
-                               f"acquire({str(out)!r}, '--out'); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held(out) as holder:
         out.mkdir()
         (out / temp_path(out / "prepare.json").name).write_text("{}")  # the holder's manifest, being written
         with pytest.raises(LockError, match="in use by another run"):
@@ -397,10 +398,7 @@ def test_a_run_started_into_a_folder_another_run_is_preparing_is_refused_by_the_
                 str(out), "--report", str(tmp_path / "report.json"), "--no-progress"]
         assert cli_main(args) == 2
         err = capsys.readouterr().err
-        assert "in use by another run" in err and f"pid {holder.pid}" in err and "prepare.json" not in err
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
+        assert "in use by another run" in err and f"pid {holder}" in err and "prepare.json" not in err
 
 
 def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):
