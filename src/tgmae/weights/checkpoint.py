@@ -8,8 +8,9 @@
 A step folder is written under a temp name and renamed into place before `latest` moves: a kill
 leaves the previous checkpoint usable. A step written again replaces its folder with a complete
 copy there at every moment (`_move_into_place`); a copy a kill left only in a temp folder is put
-back (`clean_temps`), and a `latest` naming an incomplete folder resumes the newest complete one. The files are the same under every train.strategy (FSDP
-gathers full state dicts, `train_states`, and scatters them back on resume).
+back (`clean_temps`), and a `latest` naming an incomplete folder resumes the newest complete one.
+The files are the same under every train.strategy (FSDP gathers full state dicts,
+`train_states`, and scatters them back on resume).
 """
 
 from __future__ import annotations
@@ -391,7 +392,8 @@ def find_latest(directory: Path) -> Optional[Path]:
     """The checkpoint `latest` names; without a `latest` file, or when it names a folder lacking a file
     (a kill while the step was written again, before `clean_temps` put a copy back), the newest
     complete step folder (`newest_complete`: a kill between a step folder's rename and the write of
-    `latest` leaves one); None when the run has none. A `latest` symlink is followed to a step folder of `directory`.
+    `latest` leaves one); None when the run has none. A `latest` symlink is followed to a step
+    folder of `directory`.
     CheckpointError naming `latest` when it names a folder that is not there (or, a symlink, one
     outside `directory`) or is not a file."""
     pointer = directory / LATEST
