@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, stale_temp, temp_path, write_failure
-from tgmae.distributed import distributed_ready, is_fsdp
+from tgmae.distributed import distributed_ready, is_fsdp, rank_world
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
 log = logging.getLogger("tgmae")
@@ -156,7 +156,8 @@ def rank_rng_states() -> Optional[list[dict[str, Any]]]:
         return [state]
     import torch.distributed as tdist
 
-    states: Optional[list] = [None] * tdist.get_world_size() if tdist.get_rank() == 0 else None
+    rank, world = rank_world()
+    states: Optional[list] = [None] * world if rank == 0 else None
     tdist.gather_object(state, states, dst=0)
     return states
 
