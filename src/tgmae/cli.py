@@ -49,13 +49,13 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `tgmae` with `argv` (None: the process's command line; its exit code, then a stop during
-    the interpreter's shutdown keeps it: `lifetime.end_quietly_on_stop`)."""
+    """Run `tgmae` with `argv` (None: the process's command line; its exit code, which a stop during
+    the interpreter's shutdown no longer changes: `lifetime.ignore_stops`)."""
     code = _main(list(sys.argv[1:] if argv is None else argv))
     if argv is None:
-        from tgmae.lifetime import end_quietly_on_stop
+        from tgmae.lifetime import ignore_stops
 
-        end_quietly_on_stop(code)
+        ignore_stops()
     return code
 
 

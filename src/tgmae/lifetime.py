@@ -208,20 +208,11 @@ def stops_deferred() -> Iterator[None]:
         signal.raise_signal(held[0])
 
 
-def end_quietly_on_stop(code: int) -> None:
-    """For the process's last moments, once its command has returned `code` and said its last line:
-    Ctrl-C or SIGTERM during the interpreter's shutdown (torch's teardown takes about a second) ends
-    it with that code, silently, instead of 130 / 143 without a word (re-trial 27A M5). An ignored
-    signal stays ignored."""
-    def handler(signum, frame) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed or gone stream: nothing more to say
-                pass
-        os._exit(code)
-
+def ignore_stops() -> None:
+    """For the process's last moments, once its command has returned and said its last line: Ctrl-C
+    and SIGTERM are ignored, so one during the interpreter's shutdown (torch's teardown takes about a
+    second, past where a Python handler runs) leaves the command's exit code, not 130 / 143 without
+    a word (re-trial 27A M5, 28 M5). A shutdown that hangs is ended with SIGKILL."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN)
