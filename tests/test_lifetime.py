@@ -311,3 +311,28 @@ def test_a_stop_swallowed_by_a_busy_job_is_sent_again(tmp_path, monkeypatch):
         with pytest.raises(Terminated):
             job.result(timeout=60)
     assert not lock.exists()
+
+
+def test_a_finalizer_is_told_from_the_code_a_stop_should_end():
+    """Re-trial 28 T2: a study cell's stop raised inside a weakref callback (torch's
+    WeakKeyDictionary.remove) was printed as "Exception ignored" and the cell ran on. `stoppable`
+    sends such a stop again shortly, to land outside the finalizer (`in_finalizer`)."""
+    import weakref
+
+    from tgmae.lifetime import in_finalizer
+
+    seen = {}
+
+    class Held:
+        def __del__(self):
+            seen["__del__"] = in_finalizer(sys._getframe())
+
+    class Key:
+        pass
+
+    Held()
+    key = Key()
+    weakref.finalize(key, lambda: seen.setdefault("finalize", in_finalizer(sys._getframe())))
+    del key
+    assert seen == {"__del__": True, "finalize": True}
+    assert in_finalizer(sys._getframe()) is False

@@ -125,6 +125,16 @@ _stopped_at = 0.0  # when this pool worker's job was stopped (time.monotonic; 0:
 REPEAT_S = 5.0  # a second stop this soon after the first is the same stop (the job's signal and the parent's)
 
 
+def in_finalizer(frame) -> bool:
+    """Whether `frame` (the one a signal handler interrupted) runs a finalizer: a `__del__` or a
+    weakref callback (torch's tensors drop many). An exception raised there is only printed
+    ("Exception ignored in ...") and the code it meant to stop goes on (re-trial 28 T2)."""
+    for f in (frame, getattr(frame, "f_back", None)):  # the callback, or weakref.finalize calling it
+        if f is not None and (f.f_code.co_name == "__del__" or os.path.basename(f.f_code.co_filename) == "weakref.py"):
+            return True
+    return False
+
+
 def stoppable(fn, *args):
     """`fn(*args)` in a pool worker, with Ctrl-C and SIGTERM raising KeyboardInterrupt / `Terminated`
     while it runs: a stop (`stop_workers`, a terminal's Ctrl-C or SLURM's SIGTERM to the whole job)
@@ -136,6 +146,9 @@ def stoppable(fn, *args):
     action (its pool's initializer ignores SIGINT, which `stop_workers` passes on as SIGTERM)."""
     def handler(signum, frame) -> None:
         global _stopped_at
+        if in_finalizer(frame):  # raised there it is printed and swallowed: the same stop again, shortly
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         now = time.monotonic()
         if _stopped_at and now - _stopped_at < REPEAT_S:
             return
