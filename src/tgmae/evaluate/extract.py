@@ -407,11 +407,11 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     from tgmae.config import ConfigError
     from tgmae.distributed import init_distributed
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint, with_checkpoint_model
+    from tgmae.weights.files import require_pretrained
     from tgmae.weights.sources import load_encoder_source
 
     names = names or {}
-    if not cfg.model.pretrained:
-        raise ConfigError("model.pretrained must name the checkpoint whose encoder extracts the features")
+    require_pretrained(cfg.model.pretrained, "the checkpoint whose encoder extracts the features")
     check_output_folder(out_dir, "--out")  # before the encoder is loaded
     if (Path(out_dir) / "manifest.json").is_file():
         read_manifest(Path(out_dir) / "manifest.json", "--out")

@@ -272,10 +272,10 @@ def load_tested_classifier(cfg, given: Optional[Collection[str]] = None):
 
     from tgmae.models.arch import check_checkpoint_geometry, with_checkpoint_model
     from tgmae.weights.classifier import build_classifier
+    from tgmae.weights.files import require_pretrained
     from tgmae.weights.sources import load_encoder_source
 
-    if not cfg.model.pretrained:
-        raise ConfigError("model.pretrained must name a finetuned classifier to test")
+    require_pretrained(cfg.model.pretrained, "a finetuned classifier to test")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)  # an official .pth stores none
     cfg = with_own_settings(cfg, given, *own_settings(cfg.model.pretrained, src.arch, src.kind, src.assumed))
     model, note = with_checkpoint_model(cfg.model, src.arch, given)

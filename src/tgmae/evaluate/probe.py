@@ -34,6 +34,7 @@ from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
+from tgmae.weights.files import require_pretrained
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
 
@@ -41,6 +42,7 @@ log = logging.getLogger("tgmae")
 
 HEAD_FILE = "probe_head.safetensors"  # the lbfgs probe's fitted head
 LOOP = "loop (LARS / SGD)"  # the linear probe trained on the shared loop (`_probe_kind`)
+PROBED = "the checkpoint whose encoder is probed"  # what model.pretrained must name
 
 
 def probe_keys(kind: str) -> tuple[str, ...]:
@@ -239,7 +241,7 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
     from tgmae.models.arch import check_checkpoint_geometry, size_from_checkpoint, with_checkpoint_model
     from tgmae.weights.sources import load_encoder_source
 
-    require_probed_checkpoint(cfg)
+    require_pretrained(cfg.model.pretrained, PROBED)
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
     cfg.model, note = with_checkpoint_model(cfg.model, src.arch, given)
     if note:
@@ -515,25 +517,15 @@ def _probe_kind(probe: Optional[str], optimizer: Optional[str]) -> Optional[str]
     return None if optimizer is None else ("L-BFGS" if optimizer == "lbfgs" else LOOP)
 
 
-def require_probed_checkpoint(cfg: RunConfig) -> None:
-    """ConfigError without model.pretrained; "checkpoint not found" (CheckpointError) when nothing is
-    at its path."""
-    from tgmae.weights.files import require_checkpoint
-
-    if not cfg.model.pretrained:
-        raise ConfigError("model.pretrained must name the checkpoint whose encoder is probed")
-    require_checkpoint(cfg.model.pretrained)
-
-
 def refuse_other_probe(cfg: RunConfig, checkpoints: bool = True) -> None:
     """CheckpointError when train.output_dir holds another kind of probe (eval.probe, or a linear one
     fitted the other way), unless checkpoint.resume=ignore_config. checkpoints=False: step checkpoints
     without results are left to the loop's run-kind check (the attentive probe). model.pretrained is
-    found first (`require_probed_checkpoint`): a mistyped path is not a probe of other inputs
+    found first (`require_pretrained`): a mistyped path is not a probe of other inputs
     (re-trial 26B M3)."""
     from tgmae.evaluate.multiview import PROBE, refuse_other_results
 
-    require_probed_checkpoint(cfg)
+    require_pretrained(cfg.model.pretrained, PROBED)
     out = Path(cfg.train.output_dir)
     # its test_predictions.csv would replace those of a finetune run's or evaluate's test there
     refuse_other_results(out, PROBE, replace=cfg.checkpoint.resume == ckpt.IGNORE_CONFIG, predictions=False)

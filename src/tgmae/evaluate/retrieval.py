@@ -37,7 +37,7 @@ from tgmae.evaluate.metrics import recall_at_k, relevance_from_ids
 from tgmae.evaluate.sharded import default_device, map_eval, split_unreadable
 from tgmae.hub import model_name, same_model
 from tgmae.train.precision import autocast
-from tgmae.weights.files import CheckpointError, require_checkpoint
+from tgmae.weights.files import CheckpointError, require_checkpoint, require_pretrained
 from tgmae.train.resume import locks_run_folder
 
 log = logging.getLogger("tgmae")
@@ -305,7 +305,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
         check_writable(Path(cfg.train.output_dir) / RESULTS, keep_new_folders=False)  # refused: none made
     if model is None:  # found before this folder's results are compared: a typo is not "other settings"
-        require_retrieved_checkpoint(cfg)
+        require_pretrained(cfg.model.pretrained, "the encoder eval.retrieval_align_epochs aligns a head on"
+                           if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint")
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
@@ -377,15 +378,6 @@ def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.
 
 
 RETRIEVE, RESULTS = "tgmae retrieve", "retrieval_results.json"  # `written_by`, the file
-
-
-def require_retrieved_checkpoint(cfg) -> None:
-    """ConfigError without model.pretrained; "checkpoint not found" (CheckpointError) when nothing is
-    at its path (re-trial 26B M3)."""
-    if not cfg.model.pretrained:
-        raise ConfigError("model.pretrained must name " + ("the encoder eval.retrieval_align_epochs aligns a head on"
-                          if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint"))
-    require_checkpoint(cfg.model.pretrained)
 
 
 def retrieval_settings(cfg, mode: str) -> dict[str, Any]:

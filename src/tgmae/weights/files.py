@@ -49,6 +49,16 @@ def require_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def require_pretrained(path: str, what: str) -> Path:
+    """`require_checkpoint(path)` for a command that needs `model.pretrained`: ConfigError
+    `model.pretrained must name WHAT` when it is empty."""
+    from tgmae.config import ConfigError
+
+    if not path:
+        raise ConfigError(f"model.pretrained must name {what}")
+    return require_checkpoint(path)
+
+
 def key_names(keys: Sequence[str]) -> str:
     """Sorted key names for an error message, at most 8 and a count of the rest."""
     keys = sorted(keys)
