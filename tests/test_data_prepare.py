@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -399,6 +400,30 @@ def test_a_run_started_into_a_folder_another_run_is_preparing_is_refused_by_the_
         assert cli_main(args) == 2
         err = capsys.readouterr().err
         assert "in use by another run" in err and f"pid {holder}" in err and "prepare.json" not in err
+
+
+def test_an_out_left_by_a_run_killed_before_its_first_manifest_is_taken_up(tmp_path):
+    """Session 15 (left): an --out whose run was killed while writing its first prepare.json holds
+    only that write's temp file; it was refused as "not empty and holds no prepare.json" until the
+    user deleted it. The temp of an ended writer is not a user's file: the rerun prepares into it
+    and removes the temp."""
+    from tgmae.atomic import temp_path
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    _clips(root, ["v.avi"])
+    (root / "list.txt").write_text("v.avi 0\n")
+    out.mkdir()
+    mine = temp_path(out / "prepare.json")
+    dead = out / mine.name.replace(f"-{os.getpid()}-", "-999999999-")  # a writer that has ended
+    dead.write_text('{"settings": ')
+    rep = run_prepare("k400", str(root), str(root / "list.txt"), str(out), SMALL, progress=False, min_frames=8)
+    assert rep["counts"]["converted"] == 1
+    assert not dead.exists() and (out / "prepare.json").is_file()
+    user = out.parent / "user"
+    user.mkdir()
+    (user / ".notes.txt.tmp").write_text("a user's file that only looks like a temp")
+    with pytest.raises(PrepareError, match="not empty and holds no prepare.json"):
+        run_prepare("k400", str(root), str(root / "list.txt"), str(user), SMALL, progress=False, min_frames=8)
 
 
 def test_a_source_replaced_in_place_is_prepared_again(tmp_path, caplog):

@@ -37,7 +37,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text, found_output, remove_stale_temps
+from tgmae.atomic import (atomic_path, atomic_write_bytes, atomic_write_text, found_output, remove_stale_temps,
+                          stale_temp)
 from tgmae.data.annotations import VideoRecord
 from tgmae.data.check import ReportFileError, is_check_report, lists_a_run_reads, parallel_map, run_check
 from tgmae.data.fileid import video_identity
@@ -260,10 +261,11 @@ def _check_manifest(out: Path, settings: PrepareSettings, source: Optional[dict]
     when it was made with other settings, naming them, from another set (`source`, `_source`: its
     root or the lists carried differ; a manifest from before they were recorded is not compared),
     naming both, or when `out` holds files but no manifest (not an output of this tool: its
-    train.csv, classes.txt, ... would be replaced)."""
+    train.csv, classes.txt, ... would be replaced); temp files of ended writers (a run killed in its
+    first manifest write) are not counted."""
     f = out / MANIFEST
     if not f.is_file():
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(not stale_temp(e.name) for e in out.iterdir()):  # a killed first write's temp is ours
             raise PrepareError(f"{out} (--out): not empty and holds no {MANIFEST}, so it is not a prepared data set; "
                                "preparing into it would replace its files; give --out a new or empty folder")
         return {"settings": asdict(settings), **(source or {}), "renamed": {}}
