@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -782,3 +783,47 @@ def test_data_check_of_a_cp1252_epic_csv_is_one_line_exit_2(tmp_path, capsys):
     assert main(["data", "check", "--format", "epic55", "--root", str(tmp_path), str(ann)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{ann}:{rows + 1}: not UTF-8 (byte 0xe9 at column 22); save it as UTF-8" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Re-trial 29B: EPIC ids without uid, nameless EPIC classes, SSv2 rows without template, short rows
+# --------------------------------------------------------------------------------------------
+
+
+def _epic_without(tmp_path, *columns: str, rows: "list[list[str]] | None" = None) -> Path:
+    """The EPIC fixture CSV without `columns` (and with `rows` instead of its own when given) in
+    tmp_path, whose P01/P01_01 frame folder is made."""
+    with open(DATA / "epic55" / "EPIC_train_action_labels.csv", newline="") as f:
+        head, *own = list(csv.reader(f))
+    keep = [i for i, c in enumerate(head) if c not in columns]
+    ann = tmp_path / "EPIC_train_action_labels.csv"
+    with open(ann, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([r[i] for i in keep] for r in [head, *(own if rows is None else rows)])
+    (tmp_path / "P01" / "P01_01").mkdir(parents=True, exist_ok=True)
+    return ann
+
+
+def test_epic_rows_without_uid_keep_their_ids_when_reordered(tmp_path):
+    """Re-trial 29B S1: without `uid` a row's id was `VIDEO_LINE`, so rows swapped (a sort, a
+    pandas rewrite) took each other's ids, and an annotation or oracle store gave segment A's text
+    to segment B. The id names the segment itself: video, start and stop frame."""
+    ann = _epic_without(tmp_path, "uid")
+    before = {r.video_id: (r.caption, r.start_frame, r.end_frame) for r in load_annotations("epic55", tmp_path, ann)[0]}
+    assert before["P01_01_8_202"] == ("open door", 7, 202)
+    lines = ann.read_text().splitlines(True)
+    lines[1], lines[2] = lines[2], lines[1]
+    ann.write_text("".join(lines))
+    after = {r.video_id: (r.caption, r.start_frame, r.end_frame) for r in load_annotations("epic55", tmp_path, ann)[0]}
+    assert after == before
+
+
+def test_epic_rows_without_uid_of_one_segment_are_refused_naming_both(tmp_path):
+    """Re-trial 29B S1: two rows of one video and one frame range are one id twice."""
+    with open(DATA / "epic55" / "EPIC_train_action_labels.csv", newline="") as f:
+        _, first, second, *_ = list(csv.reader(f))
+    again = list(first)
+    again[3] = "open the door"  # another narration of the same segment
+    ann = _epic_without(tmp_path, "uid", rows=[first, second, again])
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("epic55", tmp_path, ann)
+    _one_line_naming(e, f"{ann}:4", "'P01_01_8_202'", "line 2", "uid")

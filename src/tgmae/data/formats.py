@@ -435,7 +435,8 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     Label = action id: index of (verb_class, noun_class) in the sorted set of pairs of the
     training CSV (the file next to `ann` when present, so any split shares the ids). Targets
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
-    start/stop frames become 0-based [start, end).
+    start/stop frames become 0-based [start, end). Ids: the `uid`, else the segment's
+    `{video_id}_{start_frame}_{stop_frame}` (`_epic_rows`).
     """
     folder, data_file = _file_to_read(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
@@ -450,7 +451,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     # an action's name is its first row's `verb noun`: two pairs of one name would be one class to a reader
     refuse_repeated_names(data_file if use_own else train_file, sorted(names.values()))
     records = []
-    ids = UniqueIds(rows)
+    ids = UniqueIds(rows, " (give the rows distinct values in a uid column)")
     for r in parsed:
         if not ids.add(r.uid, data_file, r.line, f"{r.video}[{r.start}:{r.stop}]"):
             continue
@@ -519,7 +520,9 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
             if s < 1 or e < s:
                 rows.bad(path, line, f"bad frame range start_frame={s} stop_frame={e}")
                 continue
-            uid = str(r.get("uid") or f"{r['video_id']}_{line}").strip()
+            # without a uid, the segment names the row (its line did not: rows reordered took each other's ids,
+            # and a text store keyed by id gave one segment another's text: re-trial 29B S1)
+            uid = str(r.get("uid") or "").strip() or f"{video}_{s}_{e}"
             name = f"{r.get('verb') or v} {r.get('noun') or n}"
             out.append(_EpicRow(line, uid, r["participant_id"].strip(), r["video_id"].strip(), s, e, v, n,
                                 name, (r.get("narration") or "").strip() or None))
