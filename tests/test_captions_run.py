@@ -5,6 +5,7 @@ The models are random: tests check plumbing, shapes, resume and determinism, nev
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -1151,3 +1152,21 @@ def test_merge_removes_the_lock_files_of_merged_parts_no_process_holds(tmp_path)
         fcntl.flock(held, fcntl.LOCK_EX)
         assert merge_parts(out) == (2, 0)
         assert lock_file(p0).exists() and not lock_file(p1).exists() and existing_parts(out) == []
+
+
+def test_oracle_refuses_epic_classes_without_verb_and_noun_names(tmp_path, capsys):
+    """Re-trial 29B S3: an EPIC CSV without `verb` / `noun` columns gave oracle captions "3 8",
+    "6 114" (the class numbers), rc 0; refused as numbered classes are, naming the columns."""
+    with open(Path(__file__).parent / "data" / "epic55" / "EPIC_train_action_labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, c in enumerate(rows[0]) if c not in ("verb", "noun")]
+    ann = tmp_path / "EPIC_train_action_labels.csv"
+    with open(ann, "w", newline="") as f:
+        csv.writer(f).writerows([r[i] for i in keep] for r in rows)
+    (tmp_path / "P01" / "P01_01").mkdir(parents=True)
+    out = tmp_path / "oracle.jsonl"
+    assert main(["--format", "epic55", "--root", str(tmp_path), str(ann), "--oracle", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ann) in err[0] and "no names" in err[0] and "'3 8'" in err[0], err
+    assert "`verb` and `noun` columns" in err[0] and "classes.txt" not in err[0]
+    assert not out.exists()

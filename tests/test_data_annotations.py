@@ -827,3 +827,14 @@ def test_epic_rows_without_uid_of_one_segment_are_refused_naming_both(tmp_path):
     with pytest.raises(AnnotationError) as e:
         load_annotations("epic55", tmp_path, ann)
     _one_line_naming(e, f"{ann}:4", "'P01_01_8_202'", "line 2", "uid")
+
+
+def test_epic_without_verb_and_noun_columns_has_classes_without_names(tmp_path):
+    """Re-trial 29B S3: the class names were `verb_class noun_class` numbers ("3 8"), which the
+    oracle took for names (captions "3 8"): numbers only are no names (`unnamed_classes`)."""
+    from tgmae.data.annotations import unnamed_classes
+
+    for gone in (("verb", "noun"), ("noun",)):
+        recs, classes = load_annotations("epic55", tmp_path, _epic_without(tmp_path, *gone))
+        assert unnamed_classes(classes) and classes[recs[0].label] == "3 8", (gone, classes)
+    assert not unnamed_classes(load_annotations("epic55", tmp_path, _epic_without(tmp_path))[1])

@@ -139,14 +139,17 @@ def description_records(videos: Sequence[tuple[str, str]], descriptions: dict[st
     return [CaptionRecord(vid, list(table[cls]), "vision-free", model) for vid, cls in videos]
 
 
-def videos_with_classes(records: Sequence[Any], class_names: Sequence[str], annotations: str = "annotations"
+def videos_with_classes(records: Sequence[Any], class_names: Sequence[str], annotations: str = "annotations",
+                        names_from: str = "put classes.txt (one name per line, line order = label) beside it"
                         ) -> list[tuple[str, str]]:
     """`VideoRecord`s -> (video_id, class name); unlabelled (-1) or out-of-range labels raise, and
-    so do classes without names (numbered "0".."N-1": a caption "2" is no class name)."""
+    so do classes without names (numbers only, `unnamed_classes`: a caption "2" or "3 8" is no
+    class name), saying where names come from (`names_from`: the format's
+    `tgmae.data.formats.class_names_from`)."""
     if unnamed_classes(list(class_names)):
-        raise CaptionStoreError(f"{annotations}: its classes have no names (labels 0..{len(class_names) - 1} "
-                                "only); oracle and vision-free captions need class names: put classes.txt (one name "
-                                "per line, line order = label) beside it")
+        shown = ", ".join(repr(c) for c in class_names[:3]) + (", ..." if len(class_names) > 3 else "")
+        raise CaptionStoreError(f"{annotations}: its classes have no names (numbers only: {shown}); oracle and "
+                                f"vision-free captions need class names: {names_from}")
     out = []
     for r in records:
         if not 0 <= r.label < len(class_names):

@@ -370,9 +370,10 @@ def _opt_int(v, ann: Path, line: int, what: str, rows: RowErrors):
 
 
 def unnamed_classes(class_names: list[str]) -> bool:
-    """True when the names are only the numbers "0".."N-1": the annotations carried no class names
-    (no classes.txt, a vocabulary file missing), so nothing that needs names may use them."""
-    return bool(class_names) and all(c == str(i) for i, c in enumerate(class_names))
+    """True when every name is numbers only: "0".."N-1" (no classes.txt, a vocabulary file
+    missing), or EPIC's `verb_class noun_class` ("3 8") of a CSV without verb / noun columns
+    (re-trial 29B S3); nothing that needs names (the oracle and vision-free captions) may use them."""
+    return bool(class_names) and all(re.fullmatch(r"[\d\s]+", str(c)) for c in class_names)
 
 
 def class_key(name: str) -> str:

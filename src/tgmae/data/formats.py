@@ -38,6 +38,19 @@ _SPLIT_FILES: dict[str, Callable[[int, str], str]] = {
 }
 
 
+# what gives a format's classes names, for the refusal of classes without them (`unnamed_classes`)
+_CLASS_NAMES_FROM = {
+    "epic55": "give it `verb` and `noun` columns (the names of verb_class and noun_class)",
+    "diving48": "put Diving48_vocab.json beside it",
+}
+
+
+def class_names_from(format: str) -> str:
+    """How to give the classes of `format`'s annotations names, where they have none (numbers
+    only): a format's own file or columns, else classes.txt beside the list."""
+    return _CLASS_NAMES_FROM.get(format, "put classes.txt (one name per line, line order = label) beside it")
+
+
 def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
     """(the annotation folder, the file to read): `ann` itself when a file, else the format's
     split file for (split, subset) in it (`_SPLIT_FILES`)."""
@@ -500,6 +513,9 @@ class _EpicRow:
 
 
 def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
+    """The rows of an EPIC action CSV that read (bad ones to `rows`, file:line). Class names are
+    `verb noun`; without those columns they are the class numbers `verb_class noun_class`, which
+    `unnamed_classes` takes for no names (the oracle wrote captions "3 8": re-trial 29B S3)."""
     need = ("participant_id", "video_id", "start_frame", "stop_frame", "verb_class", "noun_class")
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
@@ -510,6 +526,7 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
         missing = [c for c in need if c not in fields]
         if missing:
             raise AnnotationError(f"{path}:1: header lacks columns {missing}")
+        named = "verb" in fields and "noun" in fields
         for r in reader:
             line = reader.line_num
             video = (r["video_id"] or "").strip()
@@ -523,7 +540,7 @@ def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
             # without a uid, the segment names the row (its line did not: rows reordered took each other's ids,
             # and a text store keyed by id gave one segment another's text: re-trial 29B S1)
             uid = str(r.get("uid") or "").strip() or f"{video}_{s}_{e}"
-            name = f"{r.get('verb') or v} {r.get('noun') or n}"
+            name = f"{r['verb'] or v} {r['noun'] or n}" if named else f"{v} {n}"
             out.append(_EpicRow(line, uid, r["participant_id"].strip(), r["video_id"].strip(), s, e, v, n,
                                 name, (r.get("narration") or "").strip() or None))
     return out
