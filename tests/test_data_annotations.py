@@ -838,3 +838,22 @@ def test_epic_without_verb_and_noun_columns_has_classes_without_names(tmp_path):
         recs, classes = load_annotations("epic55", tmp_path, _epic_without(tmp_path, *gone))
         assert unnamed_classes(classes) and classes[recs[0].label] == "3 8", (gone, classes)
     assert not unnamed_classes(load_annotations("epic55", tmp_path, _epic_without(tmp_path))[1])
+
+
+def test_an_ssv2_row_without_template_in_a_labelled_list_is_a_bad_row(tmp_path):
+    """Re-trial 29B T1: a train.json row without "template" was read unlabelled (-1): data check
+    passed it, finetuning crashed on target -1. Only a list without any template (test.json) is
+    unlabelled."""
+    shutil.copy(DATA / "ssv2" / "labels.json", tmp_path / "labels.json")
+    items = json.loads((DATA / "ssv2" / "train.json").read_text())
+    del items[1]["template"]
+    ann = tmp_path / "train.json"
+    ann.write_text("[\n" + ",\n".join(json.dumps(it) for it in items) + "\n]\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("ssv2", tmp_path, ann)
+    _one_line_naming(e, f"{ann}:3", "no template", "'42326'")
+    problems: list = []
+    recs, _ = load_annotations("ssv2", tmp_path, ann, on_error="skip", problems=problems)
+    assert [r.video_id for r in recs] == ["78687", "100904"] and len(problems) == 1
+    test, _ = load_annotations("ssv2", tmp_path, DATA / "ssv2" / "test.json")
+    assert [r.label for r in test] == [-1, -1]

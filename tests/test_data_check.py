@@ -594,3 +594,20 @@ def test_check_decodes_every_frame_image_of_a_frame_folder(tmp_path, capsys, wor
         with pytest.raises(VideoError) as e:
             read_frames(root / name, [frame])
         assert e.value.kind == kind and f"img_{frame + 1:05d}.png" in str(e.value)
+
+
+def test_check_reports_an_ssv2_row_without_template_and_exits_1(tmp_path, capsys):
+    """Re-trial 29B T1: a train.json row without "template" was read unlabelled: `0 bad annotation
+    rows`, exit 0, and finetuning then crashed on label -1."""
+    import json
+
+    data = Path(__file__).parent / "data" / "ssv2"
+    shutil.copy(data / "labels.json", tmp_path / "labels.json")
+    items = json.loads((data / "train.json").read_text())
+    del items[0]["template"]
+    (tmp_path / "train.json").write_text(json.dumps(items))
+    code = cli_main(["data", "check", "--format", "ssv2", "--root", str(tmp_path), str(tmp_path / "train.json"),
+                     "--out", str(tmp_path / "r.json")])
+    assert code == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["bad_rows"] == 1 and "no template" in report["rows"][0]["reason"]

@@ -190,12 +190,15 @@ def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[V
 def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
     """`labels.json` (template -> id string) + `train.json` / `validation.json` (id, label,
     template with [something], placeholders). Videos are `{root}/{id}.webm`; the filled-in
-    `label` sentence becomes the record's caption."""
+    `label` sentence becomes the record's caption. A list without any template (test.json) is read
+    unlabelled; in a labelled one a row without its template is a bad row (it was read unlabelled,
+    and training crashed on its label -1: re-trial 29B T1)."""
     folder, data_file = _file_to_read(ann, "ssv2", 1, subset)
     labels_file = folder / "labels.json"
     ids, classes = _ssv2_classes(labels_file)
     ids = _by_unbracketed(labels_file, ids)
     items = load_json(data_file)
+    labelled = any(isinstance(it, dict) and "template" in it for it in items) if isinstance(items, list) else True
     records = []
     seen = UniqueIds(rows)
     for line, it in json_items(data_file, items):
@@ -210,8 +213,11 @@ def read_ssv2(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[list
             continue
         if not seen.add(vid, data_file, line, vid):
             continue
-        if template is None:  # test.json: ids only, no labels
+        if template is None and not labelled:  # test.json: ids only, no labels
             label = UNLABELLED
+        elif template is None:
+            rows.bad(data_file, line, f"video {vid!r}: no template (the other rows have theirs)")
+            continue
         elif not isinstance(template, str):
             rows.bad(data_file, line, f"template {template!r}: expected a string")
             continue
