@@ -857,3 +857,28 @@ def test_an_ssv2_row_without_template_in_a_labelled_list_is_a_bad_row(tmp_path):
     assert [r.video_id for r in recs] == ["78687", "100904"] and len(problems) == 1
     test, _ = load_annotations("ssv2", tmp_path, DATA / "ssv2" / "test.json")
     assert [r.label for r in test] == [-1, -1]
+
+
+@pytest.mark.parametrize("row,named", [
+    ("130,P01,P01_01", "3 value(s), fewer than the header's 14 columns"),
+    ("130,P01,P01_01,open door,00:00:00.14,00:00:03.37,8,202,open,3,door,8,['door'],[8],x", "1 value(s) more"),
+])
+def test_an_epic_row_of_another_width_is_one_bad_row(tmp_path, row, named):
+    """Re-trial 29B M2: a row cut short was four bad rows, each "None is not an integer"."""
+    ann = _epic_without(tmp_path)
+    ann.write_text(ann.read_text() + row + "\n")
+    problems: list = []
+    recs, _ = load_annotations("epic55", tmp_path, ann, on_error="skip", problems=problems)
+    assert len(recs) == 6 and [(p.line, p.reason) for p in problems] == [(8, problems[0].reason)], problems
+    assert named in problems[0].reason and "None" not in problems[0].reason
+
+
+def test_a_generic_csv_row_cut_before_its_label_is_one_bad_row(tmp_path):
+    """Re-trial 29B M2, the generic reader: a row without its label read "label 'None' is neither
+    an integer ..."; a row that only lacks optional columns is still read."""
+    ann = tmp_path / "list.csv"
+    ann.write_text("path,label,caption\na.mp4,0\nb.mp4\n")
+    problems: list = []
+    recs, _ = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
+    assert [r.video_id for r in recs] == ["a"]
+    assert [(p.line, p.reason) for p in problems] == [(3, "1 value(s), fewer than the header's 3 columns")]

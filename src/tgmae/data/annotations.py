@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from tgmae.errors import UserError
 from tgmae.textfile import open_text, read_text
@@ -255,6 +255,19 @@ class UniqueIds:
         return False
 
 
+def row_width_problem(row: dict, fields: Sequence[str], needed: Optional[Iterable[str]] = None) -> Optional[str]:
+    """Why a `csv.DictReader` row does not fit its header's `fields`, or None: values beyond the
+    header (DictReader keeps them under the key None), or a row cut short (DictReader gives the
+    missing columns None) that lacks one of `needed` (any column when None). One reason for the
+    row, not one per missing value ("start_frame None is not an integer", ...: re-trial 29B M2)."""
+    if row.get(None):
+        return f"{len(row[None])} value(s) more than the header's {len(fields)} columns"
+    cut = [c for c in fields if row.get(c) is None]
+    if cut and (needed is None or any(c in cut for c in needed)):
+        return f"{len(fields) - len(cut)} value(s), fewer than the header's {len(fields)} columns"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Generic: CSV / JSONL with path,label[,caption] (+ optional video_id, start_frame, end_frame)
 # --------------------------------------------------------------------------------------------
@@ -288,8 +301,9 @@ def _generic_rows(ann: Path, rows: RowErrors) -> list[tuple[int, dict]]:
                 raise AnnotationError(f"{ann}:1: header must name columns path,label (got {fields})")
             reader.fieldnames = fields
             for obj in reader:
-                if obj.get(None):  # DictReader's key for values beyond the header's columns
-                    rows.bad(ann, reader.line_num, f"{len(obj[None])} value(s) more than the header's {len(fields)} columns")
+                why = row_width_problem(obj, fields, needed=("path", "label"))  # cut after the label: still read
+                if why:
+                    rows.bad(ann, reader.line_num, why)
                     continue
                 raw.append((reader.line_num, obj))
     unknown = sorted({k for _, o in raw for k in o if k is not None and k not in GENERIC_COLUMNS})

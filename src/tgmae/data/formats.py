@@ -20,7 +20,8 @@ from typing import Callable, Optional
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
     UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, stem_id, subset_kind,
+    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, row_width_problem,
+    stem_id, subset_kind,
 )
 from tgmae.textfile import open_text
 
@@ -455,7 +456,7 @@ def read_epic55(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[li
     training CSV (the file next to `ann` when present, so any split shares the ids). Targets
     `verb` and `noun` ride along; the narration becomes the caption. 1-based inclusive
     start/stop frames become 0-based [start, end). Ids: the `uid`, else the segment's
-    `{video_id}_{start_frame}_{stop_frame}` (`_epic_rows`).
+    `{video_id}_{start_frame}_{stop_frame}` (`_epic_row`).
     """
     folder, data_file = _file_to_read(ann, "epic55", 1, subset)
     train_file = folder / "EPIC_train_action_labels.csv"
@@ -518,40 +519,57 @@ class _EpicRow:
     narration: Optional[str]
 
 
+_EPIC_NEED = ("participant_id", "video_id", "start_frame", "stop_frame", "verb_class", "noun_class")
+
+
 def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
-    """The rows of an EPIC action CSV that read (bad ones to `rows`, file:line). Class names are
+    """The rows of an EPIC action CSV that read; each bad one is one entry of `rows` (file:line:
+    a row of another width than the header, the first value that is no integer, a bad frame
+    range). AnnotationError when the file or a needed column is missing. Class names are
     `verb noun`; without those columns they are the class numbers `verb_class noun_class`, which
-    `unnamed_classes` takes for no names (the oracle wrote captions "3 8": re-trial 29B S3)."""
-    need = ("participant_id", "video_id", "start_frame", "stop_frame", "verb_class", "noun_class")
+    `unnamed_classes` takes for no names (re-trial 29B S3)."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     out: list[_EpicRow] = []
     with open_text(path) as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
-        missing = [c for c in need if c not in fields]
+        missing = [c for c in _EPIC_NEED if c not in fields]
         if missing:
             raise AnnotationError(f"{path}:1: header lacks columns {missing}")
         named = "verb" in fields and "noun" in fields
         for r in reader:
-            line = reader.line_num
-            video = (r["video_id"] or "").strip()
-            vals = [parse_int(r[c], path, line, f"video {video!r}: {c}", rows) for c in need[2:]]
-            if any(v is None for v in vals):
-                continue
-            s, e, v, n = vals
-            if s < 1 or e < s:
-                rows.bad(path, line, f"bad frame range start_frame={s} stop_frame={e}")
-                continue
-            # without a uid, the segment names the row (its line did not: rows reordered took each other's ids,
-            # and a text store keyed by id gave one segment another's text: re-trial 29B S1)
-            uid = str(r.get("uid") or "").strip() or f"{video}_{s}_{e}"
-            name = f"{r['verb'] or v} {r['noun'] or n}" if named else f"{v} {n}"
-            out.append(_EpicRow(line, uid, r["participant_id"].strip(), r["video_id"].strip(), s, e, v, n,
-                                name, (r.get("narration") or "").strip() or None))
+            row = _epic_row(path, reader.line_num, r, fields, named, rows)
+            if row is not None:
+                out.append(row)
     return out
 
 
+def _epic_row(path: Path, line: int, r: dict, fields: list[str], named: bool, rows: RowErrors) -> Optional[_EpicRow]:
+    """One `csv.DictReader` row of an EPIC CSV -> `_EpicRow`, or None after one `rows.bad`.
+
+    Id: the `uid`, else `{video_id}_{start_frame}_{stop_frame}` (the CSV's 1-based frames), which
+    names the segment, so rows reordered (sorted, rewritten by pandas) keep their ids and a text
+    store keyed by id keeps each segment's text (the line number did not: re-trial 29B S1)."""
+    why = row_width_problem(r, fields)  # a cut row: one bad row, not one per missing value (re-trial 29B M2)
+    if why:
+        rows.bad(path, line, why)
+        return None
+    video = r["video_id"].strip()
+    vals = []
+    for c in _EPIC_NEED[2:]:
+        v = parse_int(r[c], path, line, f"video {video!r}: {c}", rows)
+        if v is None:  # said once, by the first value that is no integer
+            return None
+        vals.append(v)
+    s, e, v, n = vals
+    if s < 1 or e < s:
+        rows.bad(path, line, f"bad frame range start_frame={s} stop_frame={e}")
+        return None
+    uid = str(r.get("uid") or "").strip() or f"{video}_{s}_{e}"
+    name = f"{r['verb'] or v} {r['noun'] or n}" if named else f"{v} {n}"
+    return _EpicRow(line, uid, r["participant_id"].strip(), video, s, e, v, n, name,
+                    (r.get("narration") or "").strip() or None)
 
 
 def _resolve(root: Path, annotations: str | Path) -> Path:
