@@ -882,3 +882,16 @@ def test_a_generic_csv_row_cut_before_its_label_is_one_bad_row(tmp_path):
     recs, _ = load_annotations("csv", tmp_path, ann, on_error="skip", problems=problems)
     assert [r.video_id for r in recs] == ["a"]
     assert [(p.line, p.reason) for p in problems] == [(3, "1 value(s), fewer than the header's 3 columns")]
+
+
+@pytest.mark.parametrize("column", ["participant_id", "video_id"])
+def test_an_epic_row_with_an_empty_participant_or_video_is_a_bad_row_naming_it(tmp_path, column):
+    """Re-trial 29B M3: an empty participant_id named a frame folder at the file-system root
+    (`/P01_01/frame_0000000001.jpg`)."""
+    ann = _epic_without(tmp_path)
+    head, row = (line.split(",") for line in ann.read_text().splitlines()[:2])
+    row[0], row[head.index(column)] = "130", ""
+    ann.write_text(ann.read_text() + ",".join(row) + "\n")
+    with pytest.raises(AnnotationError) as e:
+        load_annotations("epic55", tmp_path, ann)
+    _one_line_naming(e, f"{ann}:8", f"{column} is empty")

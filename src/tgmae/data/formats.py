@@ -524,10 +524,10 @@ _EPIC_NEED = ("participant_id", "video_id", "start_frame", "stop_frame", "verb_c
 
 def _epic_rows(path: Path, rows: RowErrors) -> list[_EpicRow]:
     """The rows of an EPIC action CSV that read; each bad one is one entry of `rows` (file:line:
-    a row of another width than the header, the first value that is no integer, a bad frame
-    range). AnnotationError when the file or a needed column is missing. Class names are
-    `verb noun`; without those columns they are the class numbers `verb_class noun_class`, which
-    `unnamed_classes` takes for no names (re-trial 29B S3)."""
+    a row of another width than the header, an empty participant_id / video_id, the first value
+    that is no integer, a bad frame range). AnnotationError when the file or a needed column is
+    missing. Class names are `verb noun`; without those columns they are the class numbers
+    `verb_class noun_class`, which `unnamed_classes` takes for no names (re-trial 29B S3)."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     out: list[_EpicRow] = []
@@ -554,6 +554,10 @@ def _epic_row(path: Path, line: int, r: dict, fields: list[str], named: bool, ro
     why = row_width_problem(r, fields)  # a cut row: one bad row, not one per missing value (re-trial 29B M2)
     if why:
         rows.bad(path, line, why)
+        return None
+    empty = next((c for c in ("participant_id", "video_id") if not r[c].strip()), None)
+    if empty:  # the frame folder would be looked for at the file-system root (re-trial 29B M3)
+        rows.bad(path, line, f"{empty} is empty")
         return None
     video = r["video_id"].strip()
     vals = []
