@@ -36,7 +36,7 @@ from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
 from tgmae.weights.files import require_pretrained
 from tgmae.train.resume import locks_run_folder
-from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
+from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, refuse_unlabelled, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -250,6 +250,14 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
     if note := size_from_checkpoint(cfg.model, src.arch):
         log.info("%s: %s", cfg.model.pretrained, note)
     return frozen_encoder(src, cfg.data.num_frames, cfg.data.image_size, device), src.digest()
+
+
+def refuse_unlabelled_lists(cfg: RunConfig, train_data: Optional[Dataset], val_data: Optional[Dataset]) -> None:
+    """A probe first (before any checkpoint, video or feature is read): ConfigError naming the
+    list's key when the training set (`train_data`, else data.train_annotations) or the val set (`val_data`, else the val list) has no labels at all, a
+    test list (`data.dataset.refuse_unlabelled`; re-trial 29B S2: k-NN top-1 0.0, exit 0)."""
+    refuse_unlabelled(cfg.data, "train", train_data, use="a probe trains on them")
+    refuse_unlabelled(cfg.data, "val", val_data, use="a probe scores the val videos against them")
 
 
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
