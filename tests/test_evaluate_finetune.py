@@ -448,8 +448,9 @@ def _ssv2_lists(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv", [["probe", "eval.probe=knn", "eval.knn_k=[1]"]],
-                         ids=lambda a: "-".join(a).replace("eval.", ""))
+@pytest.mark.parametrize("argv", [["finetune"], ["evaluate"], ["probe"], ["probe", "eval.probe_optimizer=lbfgs"],
+                                  ["probe", "eval.probe=knn", "eval.knn_k=[1]"], ["probe", "eval.probe=attentive"],
+                                  ["retrieve"]], ids=lambda a: "-".join(a).replace("eval.", ""))
 def test_an_unlabelled_test_list_is_refused_at_set_up_by_every_command_that_scores_labels(argv, tmp_path, capsys):
     """Re-trial 29B S2, T2: SSv2 test.json (ids only: labels -1) as data.val_annotations. The k-NN
     probe scored every video wrong (top-1 0.0, exit 0); evaluate, finetune (after training), the
@@ -473,6 +474,19 @@ def test_an_unlabelled_test_list_is_refused_at_set_up_by_every_command_that_scor
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "data.train_annotations=test.json has no labels" in err, err
         assert not run.exists()
+
+
+def test_an_unlabelled_list_passes_where_no_label_is_read(tmp_path, capsys):
+    """Re-trial 29B T2: caption retrieval ranks captions, not class prompts: an unlabelled val list is
+    not refused for labels there (it fails later here only for want of captions and videos)."""
+    from tgmae.cli import main
+
+    path = _ssv2_lists(tmp_path)
+    pt = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    capsys.readouterr()
+    main(["retrieve", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={tmp_path / 'run'}",
+          "eval.retrieval_text=captions"])
+    assert "has no labels" not in capsys.readouterr().err
 
 
 def test_evaluate_passes_model_num_heads_for_an_official_pth_classifier(synth, tmp_path, capsys):
