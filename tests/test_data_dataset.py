@@ -456,6 +456,42 @@ def test_a_test_list_of_only_training_videos_is_refused_naming_both_keys(caplog,
     assert "training video" not in caplog.text
 
 
+def test_a_list_without_any_label_is_refused_naming_its_key_and_file(tmp_path):
+    """Re-trial 29B S2, T2: a test list shipped without labels (SSv2 test.json, Kinetics test.csv
+    without a label column: every record UNLABELLED) was scored as wrong answers (k-NN top-1 0.0)
+    or failed after decoding. `refuse_unlabelled` refuses it in one line naming the key, the file and
+    why the command needs labels; labelled lists, no list and a dataset without records pass."""
+    import shutil
+
+    from tgmae.config import ConfigError
+    from tgmae.data.dataset import refuse_unlabelled
+
+    ssv2 = DataConfig(format="ssv2", root=str(FIXTURES / "ssv2"), train_annotations="train.json",
+                      val_annotations="test.json")
+    with pytest.raises(ConfigError, match=r"^data.val_annotations=test.json has no labels \(a test list, 2 videos "
+                                          r"without a label\), and it scores them: name a list with labels$"):
+        refuse_unlabelled(ssv2, "val", use="it scores them")
+    refuse_unlabelled(ssv2, "train", use="it trains on them")  # labelled
+    with pytest.raises(ConfigError, match=r"^data.train_annotations=test.json has no labels"):
+        refuse_unlabelled(dataclasses.replace(ssv2, train_annotations="test.json"), "train", use="it trains on them")
+    refuse_unlabelled(dataclasses.replace(ssv2, val_annotations=""), "val", use="-")  # validation.json beside
+    refuse_unlabelled(ssv2, "val", torch.utils.data.TensorDataset(torch.zeros(2)), use="-")  # no records: unknown
+    given = torch.utils.data.TensorDataset(torch.zeros(2))  # a dataset's own records, not the list cfg names
+    given.records = [VideoRecord("a.mp4", -1, "a"), VideoRecord("b.mp4", 0, "b")]
+    refuse_unlabelled(ssv2, "val", given, use="-")  # some labels: a bad row is another refusal's
+    given.records = given.records[:1]
+    with pytest.raises(ConfigError, match=r"^data.val_annotations=test.json has no labels \(a test list, 1 video "):
+        refuse_unlabelled(ssv2, "val", given, use="-")
+    k400 = tmp_path / "k400"
+    shutil.copytree(FIXTURES / "k400", k400)
+    rows = (k400 / "validate.csv").read_text().splitlines()
+    (k400 / "test.csv").write_text("youtube_id,time_start,time_end,split\n"
+                                   + "".join(",".join(r.split(",")[1:]) + "\n" for r in rows[1:]))
+    k400_cfg = DataConfig(format="k400", root=str(k400), train_annotations="train.csv", val_annotations="test.csv")
+    with pytest.raises(ConfigError, match=r"^data.val_annotations=test.csv has no labels"):
+        refuse_unlabelled(k400_cfg, "val", use="-")
+
+
 def test_a_test_list_of_a_checkpoints_training_videos_is_refused_naming_its_config(caplog, tmp_path):
     """Issue 28 re-trial 16B (S1): `trained_on` compares the test list with the list a checkpoint
     trained on (its run's saved data settings), not this command's data.train_annotations: all of

@@ -434,6 +434,61 @@ def test_finetune_and_evaluate_refuse_a_test_list_of_the_training_videos(synth, 
         assert "\n" not in err and not (run / "metrics.jsonl").exists() and not (run / "test_results.json").exists()
 
 
+def _ssv2_lists(tmp_path: Path) -> Path:
+    """A config over a copy of the SSv2 fixture's lists (labels.json, train, validation and test.json,
+    whose items carry ids only), without any video: a command that opens one fails otherwise."""
+    root = tmp_path / "ssv2"
+    shutil.copytree(Path(__file__).parent / "data" / "ssv2", root)
+    config = {"data": {"format": "ssv2", "root": str(root), "train_annotations": "train.json",
+                       "val_annotations": "test.json", "num_frames": 4, "image_size": 32, "num_workers": 0},
+              "model": {"patch_size": 8}, "train": {"batch_size": 2, "epochs": 1, "precision": "fp32"},
+              "log": {"progress": False, "tensorboard": False}}
+    path = tmp_path / "ssv2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("argv", [["finetune"], ["evaluate"], ["probe"], ["probe", "eval.probe_optimizer=lbfgs"],
+                                  ["probe", "eval.probe=knn", "eval.knn_k=[1]"], ["probe", "eval.probe=attentive"],
+                                  ["retrieve"]], ids=lambda a: "-".join(a).replace("eval.", ""))
+def test_an_unlabelled_test_list_is_refused_at_set_up_by_every_command_that_scores_labels(argv, tmp_path, capsys):
+    """Re-trial 29B S2, T2: SSv2 test.json (ids only: labels -1) as data.val_annotations. The k-NN
+    probe scored every video wrong (top-1 0.0, exit 0); evaluate, finetune (after training), the
+    linear / L-BFGS / attentive probes and class-prompt retrieval decoded every video, then a traceback
+    ("labels must lie in [0, 3)", "3 queries have no relevant gallery item"). Now one line naming
+    the key and the file, exit 2, before any video is opened (there are none) or folder made; an
+    unlabelled training list likewise, for the commands that train on labels."""
+    from tgmae.cli import main
+
+    path = _ssv2_lists(tmp_path)
+    pt = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    args = [argv[0], "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={run}", *argv[1:]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "data.val_annotations=test.json has no labels (a test list, 2 videos without" in err, err
+    assert not run.exists()
+    if argv[0] in ("finetune", "probe"):  # they train on the training list's labels
+        assert main([*args, "data.train_annotations=test.json", "data.val_annotations=validation.json"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "data.train_annotations=test.json has no labels" in err, err
+        assert not run.exists()
+
+
+def test_an_unlabelled_list_passes_where_no_label_is_read(tmp_path, capsys):
+    """Re-trial 29B T2: caption retrieval ranks captions, not class prompts: an unlabelled val list is
+    not refused for labels there (it fails later here only for want of captions and videos)."""
+    from tgmae.cli import main
+
+    path = _ssv2_lists(tmp_path)
+    pt = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    capsys.readouterr()
+    main(["retrieve", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={tmp_path / 'run'}",
+          "eval.retrieval_text=captions"])
+    assert "has no labels" not in capsys.readouterr().err
+
+
 def test_evaluate_passes_model_num_heads_for_an_official_pth_classifier(synth, tmp_path, capsys):
     """Issue 28 re-trial 15 (M1): `tgmae evaluate model.pretrained=off_ft.pth model.num_heads=2` (an
     official-layout finetuned .pth, which stores no head count) still said "pass model.num_heads":

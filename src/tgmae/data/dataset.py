@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
-from tgmae.data.annotations import AnnotationError, VideoRecord, clip_key, clip_range
+from tgmae.data.annotations import UNLABELLED, AnnotationError, VideoRecord, clip_key, clip_range
 from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, clip_span, temporal_views
@@ -35,7 +35,7 @@ from tgmae.data.frame_index import error_text, record_frame_range
 from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
-from tgmae.errors import UserError
+from tgmae.errors import UserError, count
 from tgmae.mask_contract import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
@@ -455,6 +455,34 @@ def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[l
         return None
 
 
+def list_key(cfg: DataConfig, subset: str) -> str:
+    """The setting that names the list a subset reads, for messages: `data.train_annotations=X`,
+    `data.val_annotations=X`, or for a split-folder test list read beside the train list
+    `data.val_annotations empty (the test list of FOLDER)` (`subset_annotations`)."""
+    if subset == "train":
+        return f"data.train_annotations={cfg.train_annotations}"
+    if cfg.val_annotations:
+        return f"data.val_annotations={cfg.val_annotations}"
+    return f"data.val_annotations empty (the test list of {subset_annotations(cfg, subset)})"
+
+
+def refuse_unlabelled(cfg: DataConfig, subset: str, data: Optional[Dataset] = None, *, use: str) -> None:
+    """ConfigError, in one line naming the list's key and file (`list_key`), when every record of
+    the subset's list (`data`'s records, else the list `cfg` names, read: no video is opened) is
+    UNLABELLED: a test list shipped without labels (SSv2 test.json, Kinetics test.csv without a
+    label column) scored every prediction wrong (the k-NN probe: top-1 0.0, exit 0) or failed after
+    decoding every video ("labels must lie in [0, K)"; re-trial 29B S2, T2). `use`: why this command
+    needs the labels (e.g. "tgmae evaluate scores its videos against their labels"). For every
+    command that trains on labels (train) or scores them (val/test), at set-up; pretraining, extract
+    and caption retrieval read such lists. No list, a dataset without records, a list that does not
+    read (its own refusal is the dataset's) or one with some labels passes."""
+    records = _listed(cfg, subset, data)
+    if not records or any(r.label != UNLABELLED for r in records):
+        return
+    raise ConfigError(f"{list_key(cfg, subset)} has no labels (a test list, {count(len(records), 'video')} without "
+                      f"a label), and {use}: name a list with labels")
+
+
 def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,
                                    train: Optional[Dataset] = None, *,
                                    trained_on: Optional[tuple[DataConfig, str]] = None, own_checked: bool = True) -> None:
@@ -470,7 +498,7 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
     config.yaml): the training list compared is theirs (`train`, else their train_annotations read),
     and the refusal names it with that file; the same list as `cfg`'s passes when `own_checked` (the
     caller checks `cfg`'s own list too). A list of theirs that does not read is warned about."""
-    of = f"data.train_annotations={cfg.train_annotations}"
+    of = list_key(cfg, "train")
     train_cfg = cfg
     if trained_on is not None:
         train_cfg, where = trained_on
@@ -480,8 +508,7 @@ def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = No
     test_records = _listed(cfg, "val", test)
     if not test_records:
         return
-    val = (f"data.val_annotations={cfg.val_annotations}" if cfg.val_annotations
-           else f"data.val_annotations empty (the test list of {subset_annotations(cfg, 'val')})")
+    val = list_key(cfg, "val")
     root = os.path.abspath(cfg.root or ".")
     train_records = _listed(train_cfg, "train", train)
     if not train_records:

@@ -39,8 +39,8 @@ from tgmae.evaluate.attentive import (AttentiveClassifier, AttentiveEnsemble, To
 from tgmae.evaluate.metrics import reported_ks, topk_accuracy, topk_text
 from tgmae.train.loop import StepOutput, Trainer
 from tgmae.evaluate.probe import (PROBE_INPUTS, ProbeResult, best_of, features_fingerprint, probe_features,
-                                  probe_step, refuse_other_probe, tensors_fingerprint, unused_probe_keys, val_counts,
-                                  write_results, write_val_predictions)
+                                  probe_step, refuse_other_probe, refuse_unlabelled_lists, tensors_fingerprint,
+                                  unused_probe_keys, val_counts, write_results, write_val_predictions)
 from tgmae.train.optim import param_groups, peak_lr
 from tgmae.train.resume import locks_run_folder
 
@@ -183,6 +183,7 @@ def attentive_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset]
     returns a `tgmae.evaluate.probe.ProbeResult`. Datasets, cache and `given` as `probe_features` (a
     given val dataset may yield several views per sample: [V, C, T, H, W])."""
     refuse_other_probe(cfg, checkpoints=False)  # a finished linear / k-NN probe's results stay
+    refuse_unlabelled_lists(cfg, train_data, val_data)
     heads: list[int] = []
     train, val, names = probe_features(cfg, train_data, val_data, cache_dir, tokens=True, num_classes=num_classes,
                                        check=lambda arch, data: heads.append(check_attentive(cfg, arch, data)),

@@ -32,7 +32,7 @@ from tgmae.train.precision import run_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.model_card import data_settings
 from tgmae.train.resume import locks_run_folder, refuse_other_kind
-from tgmae.data.dataset import refuse_training_videos_as_test, subset_annotations
+from tgmae.data.dataset import refuse_training_videos_as_test, refuse_unlabelled, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -206,6 +206,8 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
 
     test_data: the multi-view test set; default `MultiViewDataset` over `data.val_annotations`
     (none when that is empty). Writes `test_results.json` and `finetune_results.json` (rank 0).
+    A training, val or test set without any label (a test list) is refused first (ConfigError,
+    `data.dataset.refuse_unlabelled`).
     """
     from tgmae.evaluate.multiview import FINETUNE, refuse_other_results
     from tgmae.weights.checkpoint import IGNORE_CONFIG
@@ -213,6 +215,11 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     refuse_other_kind(cfg, FinetuneTask.name)  # another kind of run's folder is named as such, before its files
     # a test that `tgmae evaluate` wrote here is not replaced by this run's
     refuse_other_results(Path(cfg.train.output_dir), FINETUNE, replace=cfg.checkpoint.resume == IGNORE_CONFIG)
+    # lists without labels (a test list), before any video is opened or step trained (re-trial 29B T2)
+    refuse_unlabelled(cfg.data, "train", train_data, use="finetuning trains on them")
+    given = [d for d in (val_data, test_data) if d is not None]
+    for scored in given + ([None] if len(given) < 2 else []):  # None: the list cfg names (the other set's)
+        refuse_unlabelled(cfg.data, "val", scored, use="finetuning scores its val and test videos against them")
     task = FinetuneTask(cfg, train_data, val_data, num_classes)
     if test_data is None and subset_annotations(cfg.data, "val"):
         from tgmae.data.dataset import build_dataset

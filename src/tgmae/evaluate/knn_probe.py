@@ -47,8 +47,8 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     """Score the val features by their k nearest training features for every k of `eval.knn_k`
     and write the outputs of the module doc. Datasets, cache and `given` as `probe_features`."""
     from tgmae.distributed import init_distributed
-    from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, val_counts,
-                                      write_results, write_val_predictions)
+    from tgmae.evaluate.probe import (probe_features, refuse_other_probe, refuse_other_run, refuse_unlabelled_lists,
+                                      val_counts, write_results, write_val_predictions)
 
     ks, temperature = list(cfg.eval.knn_k), cfg.eval.knn_temperature
     if val_data is None and not subset_annotations(cfg.data, "val"):
@@ -56,6 +56,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     out = Path(cfg.train.output_dir)
     refuse_other_probe(cfg)  # another probe's folder named by eval.probe, as the linear probe's refusal
     refuse_other_run(out)
+    refuse_unlabelled_lists(cfg, train_data, val_data)  # before the training list's videos are counted
     if train_data is None:  # refused before any feature is extracted: the list's length bounds the features
         from tgmae.data.dataset import build_dataset
 

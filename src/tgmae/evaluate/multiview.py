@@ -294,15 +294,19 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
-    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). given: the dotted
-    keys the user set; model.pretrained's own data settings fill the others (`with_own_settings`;
-    None: every key counts as set, a difference is only warned of).
+    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A test list of
+    training videos or without labels is refused first (ConfigError). given: the dotted keys the
+    user set; model.pretrained's own data settings fill the others (`with_own_settings`; None: every
+    key counts as set, a difference is only warned of).
     """
     from tgmae.data.dataset import build_dataset
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
 
     refuse_test_of_training_videos(cfg)  # never a test on the training videos; before any folder or weights
+    from tgmae.data.dataset import refuse_unlabelled
+
+    refuse_unlabelled(cfg.data, "val", use="the test scores predictions against them")  # re-trial 29B T2
     dist_info = init_distributed(cfg.train.device)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable

@@ -36,7 +36,7 @@ from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
 from tgmae.weights.files import require_pretrained
 from tgmae.train.resume import locks_run_folder
-from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, subset_annotations
+from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, refuse_unlabelled, subset_annotations
 
 log = logging.getLogger("tgmae")
 
@@ -252,6 +252,15 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
     return frozen_encoder(src, cfg.data.num_frames, cfg.data.image_size, device), src.digest()
 
 
+def refuse_unlabelled_lists(cfg: RunConfig, train_data: Optional[Dataset], val_data: Optional[Dataset]) -> None:
+    """Every probe first (linear, L-BFGS, k-NN, attentive; before any checkpoint, video or feature is
+    read): ConfigError naming the list's key when the training set (`train_data`, else
+    data.train_annotations) or the val set (`val_data`, else the val list) has no labels at all, a
+    test list (`data.dataset.refuse_unlabelled`; re-trial 29B S2: k-NN top-1 0.0, exit 0)."""
+    refuse_unlabelled(cfg.data, "train", train_data, use="a probe trains on them")
+    refuse_unlabelled(cfg.data, "val", val_data, use="a probe scores the val videos against them")
+
+
 def probe_features(cfg: RunConfig, train_data: Optional[Dataset] = None, val_data: Optional[Dataset] = None,
                    cache_dir: Optional[str | Path] = None, progress: bool = True, tokens: bool = False,
                    num_classes: Optional[int] = None, check: Optional[Callable[[Any, Dataset], None]] = None,
@@ -380,6 +389,7 @@ def linear_probe(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = 
     from tgmae.evaluate.classes import resolve_num_classes
 
     refuse_other_probe(cfg)
+    refuse_unlabelled_lists(cfg, train_data, val_data)
     lbfgs = cfg.eval.probe_optimizer == "lbfgs"
     if lbfgs:  # before extraction: a folder of another kind of run (the loop refuses those itself)
         refuse_other_run(Path(cfg.train.output_dir))

@@ -282,9 +282,9 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
     train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A val list made of the
     training list's videos, or of model.pretrained's run's (its saved config.yaml), is refused as
-    evaluate refuses it (`multiview.refuse_test_of_training_videos`). given: the dotted keys the
-    user set; the model keys among the others are model.pretrained's weights' (`with_checkpoint_model`;
-    None: none), one set against them a ConfigError naming it.
+    evaluate refuses it, and so is one without labels in mode "classes" (`refuse_test_list`). given:
+    the dotted keys the user set; the model keys among the others are model.pretrained's weights'
+    (`with_checkpoint_model`; None: none), one set against them a ConfigError naming it.
     """
     from tgmae.distributed import init_distributed, rank_world
     from tgmae.train.precision import resolve_precision
@@ -292,10 +292,7 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     from tgmae.weights.sources import tensors_digest
 
     mode = mode or cfg.eval.retrieval_text  # both validated where they are set (eval / study config)
-    if dataset is None:  # never a test on the videos the model (or the aligned head) trained on
-        from tgmae.evaluate.multiview import refuse_test_of_training_videos
-
-        refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
+    refuse_test_list(cfg, mode, dataset)
     dist_info = init_distributed(cfg.train.device)
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:
@@ -352,6 +349,23 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         atomic_write_text(Path(cfg.train.output_dir) / RESULTS, json.dumps(summary, indent=2))
         log.info("retrieval (%s): V->T R@1/5/10 %s, T->V %s", mode, _fmt(result.video_to_text), _fmt(result.text_to_video))
     return result
+
+
+def refuse_test_list(cfg, mode: str, dataset: Optional[Dataset]) -> None:
+    """At set-up (ConfigError, one line): the val list (`dataset`, else the one `cfg.data` names) made of
+    the videos the model (or the aligned head) trained on (`multiview.refuse_test_of_training_videos`;
+    checked for the list `cfg` names), or in mode "classes" without any label, whose videos then have
+    no relevant class prompt (`data.dataset.refuse_unlabelled`; re-trial 29B T2: a traceback after the
+    embeddings). Captions need no labels."""
+    if dataset is None:
+        from tgmae.evaluate.multiview import refuse_test_of_training_videos
+
+        refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
+    if mode == "classes":
+        from tgmae.data.dataset import refuse_unlabelled
+
+        refuse_unlabelled(cfg.data, "val", dataset, use="eval.retrieval_text=classes ranks each video's class "
+                                                        "prompt (eval.retrieval_text=captions needs none)")
 
 
 def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.Tensor], mode: str,
