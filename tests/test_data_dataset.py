@@ -340,10 +340,6 @@ def test_mgm_turns_motion_vector_reading_on(root, caplog):
 
 def test_replaced_video_is_logged_once_per_run_across_workers(root, tmp_path):
     """Two DataLoader workers, two epochs (fresh workers each): broken.mp4 is logged once."""
-    import logging
-
-    from torch.utils.data import DataLoader
-
     recs, _ = _records(root)
     broken = [r for r in recs if r.path.endswith("broken.mp4")]
     good = [r for r in recs if r.path.endswith("walk.mp4")]
@@ -478,7 +474,9 @@ def test_a_list_without_any_label_is_refused_naming_its_key_and_file(tmp_path):
     refuse_unlabelled(ssv2, "val", torch.utils.data.TensorDataset(torch.zeros(2)), use="-")  # no records: unknown
     given = torch.utils.data.TensorDataset(torch.zeros(2))  # a dataset's own records, not the list cfg names
     given.records = [VideoRecord("a.mp4", -1, "a"), VideoRecord("b.mp4", 0, "b")]
-    refuse_unlabelled(ssv2, "val", given, use="-")  # some labels: a bad row is another refusal's
+    with pytest.raises(ConfigError, match=r"^data.val_annotations=test.json: 1 of its 2 videos have no label "
+                                          r"\(first: 'a'\), and -: label them or leave them out$"):
+        refuse_unlabelled(ssv2, "val", given, use="-")  # some: scored as wrong, or a head's crash (29B T1)
     given.records = given.records[:1]
     with pytest.raises(ConfigError, match=r"^data.val_annotations=test.json has no labels \(a test list, 1 video "):
         refuse_unlabelled(ssv2, "val", given, use="-")

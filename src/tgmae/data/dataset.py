@@ -472,13 +472,19 @@ def refuse_unlabelled(cfg: DataConfig, subset: str, data: Optional[Dataset] = No
     UNLABELLED: a test list shipped without labels (SSv2 test.json, Kinetics test.csv without a
     label column) scored every prediction wrong (the k-NN probe: top-1 0.0, exit 0) or failed after
     decoding every video ("labels must lie in [0, K)"; re-trial 29B S2, T2). `use`: why this command
-    needs the labels (e.g. "tgmae evaluate scores its videos against their labels"). For every
+    needs the labels (e.g. "tgmae evaluate scores its videos against their labels"). A list with
+    some unlabelled records is refused too, naming the first (a head trained on label -1 crashed,
+    "Target -1 is out of bounds": re-trial 29B T1; scored, they would count as wrong). For every
     command that trains on labels (train) or scores them (val/test), at set-up; pretraining, extract
-    and caption retrieval read such lists. No list, a dataset without records, a list that does not
-    read (its own refusal is the dataset's) or one with some labels passes."""
+    and caption retrieval read such lists. No list, a dataset without records or a list that does
+    not read (its own refusal is the dataset's) passes."""
     records = _listed(cfg, subset, data)
-    if not records or any(r.label != UNLABELLED for r in records):
+    missing = [r for r in records or [] if r.label == UNLABELLED]
+    if not missing:
         return
+    if len(missing) < len(records):
+        raise ConfigError(f"{list_key(cfg, subset)}: {len(missing)} of its {count(len(records), 'video')} have no "
+                          f"label (first: {missing[0].video_id!r}), and {use}: label them or leave them out")
     raise ConfigError(f"{list_key(cfg, subset)} has no labels (a test list, {count(len(records), 'video')} without "
                       f"a label), and {use}: name a list with labels")
 

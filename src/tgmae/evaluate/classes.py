@@ -132,16 +132,8 @@ def check_head_classes(train_data, tests: Sequence[tuple[object, str]], num_clas
     the config's `key` checked by `resolve_num_classes`, else the data's) and every test set of
     `tests` ((dataset or None, how messages name it)) matched by name or id (`align_classes`).
     Returns the count; ConfigError / ClassMismatchError naming the key or the test set. Classes of
-    the head that no training record has are one warning naming them (`warn_unseen_classes`); a
-    training video without a label (a test list: SSv2 test.json, Kinetics test.csv) is a ConfigError
-    naming `train_where` (training crashed on its label -1: re-trial 29B T1)."""
-    from tgmae.config import ConfigError
-
-    unlabelled = [r for r in getattr(train_data, "records", None) or [] if int(r.label) < 0]
-    if unlabelled:
-        n = len(getattr(train_data, "records"))
-        raise ConfigError(f"{train_where}: {len(unlabelled)} of its {n} videos have no label (first: "
-                          f"{unlabelled[0].video_id!r}; a test list without labels?); a head trains on labelled videos")
+    the head that no training record has are one warning naming them (`warn_unseen_classes`; a
+    training video without a label was refused before: `data.dataset.refuse_unlabelled`)."""
     names = [str(n) for n in (getattr(train_data, "class_names", None) or [])]
     if num_classes is None:
         records = getattr(train_data, "records", None)
