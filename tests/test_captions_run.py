@@ -290,6 +290,28 @@ def test_shard_resolution_and_merge_without_annotations(tmp_path, monkeypatch):
     assert [r.video_id for r in read_store(out).records] == ["a", "b", "c"]
 
 
+def test_a_shard_out_of_range_is_one_line_naming_the_flag(tmp_path, capsys, monkeypatch):
+    """Re-trial 29B T4: `--rank 2 --world-size 2` and `--world-size 0` ended in a ValueError
+    traceback ("rank 2 is not in [0, world size 2)"). One line naming the flag (or the variable
+    the other value came from), exit 2, before any model or video is read."""
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    base = ["--format", "csv", str(tmp_path / "ann.csv"), "--model", str(tmp_path / "no-model"),
+            "--out", str(tmp_path / "c.jsonl")]
+    for flags, env, said in ((["--rank", "2", "--world-size", "2"], {}, "--rank 2 must be in [0, --world-size 2)"),
+                             (["--world-size", "0"], {}, "--world-size 0 must be >= 1"),
+                             (["--rank", "-1", "--world-size", "2"], {}, "--rank -1 must be in [0, --world-size 2)"),
+                             (["--rank", "3"], {"WORLD_SIZE": "2", "RANK": "0"}, "--rank 3 must be in [0, WORLD_SIZE=2)"),
+                             (["--rank", "1"], {}, "--rank 1 must be in [0, 1): give --world-size too")):
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            assert main(base + flags) == 2
+        err = capsys.readouterr().err
+        assert err == f"tgmae caption: {said}\n", err
+    assert not list(tmp_path.iterdir())  # nothing written, no lock left
+
+
 def test_merging_parts_that_hold_only_failures_makes_no_empty_store(tmp_path):
     """Issue #28: an all-failed sharded caption run merged into a 0-byte store; now only the
     errors file is written (a store that existed is still rewritten)."""
