@@ -1045,6 +1045,38 @@ def test_a_model_folder_spelled_otherwise_is_the_same_model(dataset, blip_dir, t
     assert "6 videos" in capsys.readouterr().out
 
 
+def test_a_model_folder_given_from_another_directory_is_the_same_model(dataset, tmp_path, monkeypatch, capsys):
+    """Re-trial 29B M1: `--model models/blip` recorded as typed, then the same folder as
+    `../models/blip` from `cap/` was refused as "model 'models/blip' (this run: '../models/blip')".
+    A local folder is recorded by its resolved absolute path (any spelling, a symlink to it too),
+    and a store written before (a relative path, which resolves elsewhere from here) resumes when
+    its weights fingerprint is this folder's; other weights under that name are still refused."""
+    model = save_tiny_blip(tmp_path / "models" / "blip", seed=0)
+    (tmp_path / "cap").mkdir()
+    (tmp_path / "link").symlink_to(model)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "cap" / "blip.jsonl"
+    assert cli(dataset, "models/blip", out, "--rank", "0", "--world-size", "2") == 0
+    monkeypatch.chdir(tmp_path / "cap")
+    assert cli(dataset, "../models/blip/", out, "--rank", "1", "--world-size", "2") == 0
+    assert cli(dataset, "../link", out) == 0  # merges the parts
+    records = read_store(out).records
+    assert len(records) == NUM_VIDEOS and {r.model for r in records} == {str(model.resolve())}
+    capsys.readouterr()
+    # a store of an older tgmae: the relative path as typed in tmp_path, read from cap/; a video
+    # captioned again into it keeps the store's one name (masks caches key on the store's names)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({**o, "model": "models/blip"}) + "\n" for o in lines[1:]))
+    assert cli(dataset, "../models/blip", out) == 0
+    assert "captioned 1 video," in capsys.readouterr().out
+    records = read_store(out).records
+    assert len(records) == NUM_VIDEOS and {r.model for r in records} == {"models/blip"}
+    save_tiny_blip(model, seed=1)  # that name, other weights: another model
+    assert cli(dataset, "../models/blip", out) == 2
+    err = capsys.readouterr().err
+    assert "holds captions made otherwise" in err and "weights" in err, err
+
+
 def test_rebuild_by_rank_0_clears_parts_of_other_world_sizes_only(tmp_path):
     """Parts left by a run of another world size would be folded in by rank 0's merge: its
     --rebuild removes them; this run's other ranks' parts are theirs to clear."""

@@ -101,7 +101,7 @@ def _objects(path: Path) -> list[dict]:
 
 
 def _differences(have: dict, want: dict) -> str:
-    keys = [k for k in dict.fromkeys([*want, *have]) if not same_value(k, have.get(k), want.get(k))]
+    keys = [k for k in dict.fromkeys([*want, *have]) if not same_value(k, have, want)]
     return ", ".join(f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in keys)
 
 
