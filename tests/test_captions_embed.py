@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +116,21 @@ def test_kill_during_save_leaves_the_old_cache(tmp_path, clip_dir, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["cache.safetensors"]  # safetensors' temp is not left beside it
     monkeypatch.undo()
     assert len(EmbeddingCache.open(path, ident)) == 1
+
+
+def test_a_cache_is_kept_for_its_model_under_another_name(tmp_path, clip_dir, monkeypatch):
+    """Re-trial 29B M1 (the sibling of caption stores): a cache records its model by its absolute
+    path, so one folder from another working directory, by a relative path or a symlink, is the
+    same model; so are its files moved (one weights fingerprint): the cache is read, not refused."""
+    path = tmp_path / "cache.safetensors"
+    want = embed_texts(TEXTS, clip_dir, path)
+    (tmp_path / "link").symlink_to(clip_dir)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    moved = shutil.copytree(clip_dir, tmp_path / "moved")
+    for name in ("../link", "../link/", os.path.relpath(clip_dir), str(moved)):
+        assert torch.equal(embed_texts(TEXTS, name, path), want), name
+    assert EmbeddingCache.read(path).identity.model == str(Path(clip_dir).resolve())
 
 
 def test_model_mismatch_is_refused_or_rebuilt(tmp_path, clip_dir, other_clip_dir):

@@ -291,6 +291,28 @@ def test_shard_resolution_and_merge_without_annotations(tmp_path, monkeypatch):
     assert [r.video_id for r in read_store(out).records] == ["a", "b", "c"]
 
 
+def test_a_shard_out_of_range_is_one_line_naming_the_flag(tmp_path, capsys, monkeypatch):
+    """Re-trial 29B T4: `--rank 2 --world-size 2` and `--world-size 0` ended in a ValueError
+    traceback ("rank 2 is not in [0, world size 2)"). One line naming the flag (or the variable
+    the other value came from), exit 2, before any model or video is read."""
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    base = ["--format", "csv", str(tmp_path / "ann.csv"), "--model", str(tmp_path / "no-model"),
+            "--out", str(tmp_path / "c.jsonl")]
+    for flags, env, said in ((["--rank", "2", "--world-size", "2"], {}, "--rank 2 must be in [0, --world-size 2)"),
+                             (["--world-size", "0"], {}, "--world-size 0 must be >= 1"),
+                             (["--rank", "-1", "--world-size", "2"], {}, "--rank -1 must be in [0, --world-size 2)"),
+                             (["--rank", "3"], {"WORLD_SIZE": "2", "RANK": "0"}, "--rank 3 must be in [0, WORLD_SIZE=2)"),
+                             (["--rank", "1"], {}, "--rank 1 must be in [0, 1): give --world-size too")):
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            assert main(base + flags) == 2
+        err = capsys.readouterr().err
+        assert err == f"tgmae caption: {said}\n", err
+    assert not list(tmp_path.iterdir())  # nothing written, no lock left
+
+
 def test_merging_parts_that_hold_only_failures_makes_no_empty_store(tmp_path):
     """Issue #28: an all-failed sharded caption run merged into a 0-byte store; now only the
     errors file is written (a store that existed is still rewritten)."""
@@ -1022,6 +1044,38 @@ def test_a_model_folder_spelled_otherwise_is_the_same_model(dataset, blip_dir, t
     assert cli(dataset, blip_dir, out) == 0  # absolute: same folder; merges the parts
     assert len(read_store(out).records) == NUM_VIDEOS
     assert "6 videos" in capsys.readouterr().out
+
+
+def test_a_model_folder_given_from_another_directory_is_the_same_model(dataset, tmp_path, monkeypatch, capsys):
+    """Re-trial 29B M1: `--model models/blip` recorded as typed, then the same folder as
+    `../models/blip` from `cap/` was refused as "model 'models/blip' (this run: '../models/blip')".
+    A local folder is recorded by its resolved absolute path (any spelling, a symlink to it too),
+    and a store written before (a relative path, which resolves elsewhere from here) resumes when
+    its weights fingerprint is this folder's; other weights under that name are still refused."""
+    model = save_tiny_blip(tmp_path / "models" / "blip", seed=0)
+    (tmp_path / "cap").mkdir()
+    (tmp_path / "link").symlink_to(model)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "cap" / "blip.jsonl"
+    assert cli(dataset, "models/blip", out, "--rank", "0", "--world-size", "2") == 0
+    monkeypatch.chdir(tmp_path / "cap")
+    assert cli(dataset, "../models/blip/", out, "--rank", "1", "--world-size", "2") == 0
+    assert cli(dataset, "../link", out) == 0  # merges the parts
+    records = read_store(out).records
+    assert len(records) == NUM_VIDEOS and {r.model for r in records} == {str(model.resolve())}
+    capsys.readouterr()
+    # a store of an older tgmae: the relative path as typed in tmp_path, read from cap/; a video
+    # captioned again into it keeps the store's one name (masks caches key on the store's names)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({**o, "model": "models/blip"}) + "\n" for o in lines[1:]))
+    assert cli(dataset, "../models/blip", out) == 0
+    assert "captioned 1 video," in capsys.readouterr().out
+    records = read_store(out).records
+    assert len(records) == NUM_VIDEOS and {r.model for r in records} == {"models/blip"}
+    save_tiny_blip(model, seed=1)  # that name, other weights: another model
+    assert cli(dataset, "../models/blip", out) == 2
+    err = capsys.readouterr().err
+    assert "holds captions made otherwise" in err and "weights" in err, err
 
 
 def test_rebuild_by_rank_0_clears_parts_of_other_world_sizes_only(tmp_path):

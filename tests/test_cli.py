@@ -581,3 +581,22 @@ def test_every_command_leaves_the_process_group_when_it_returns(capsys, monkeypa
     monkeypatch.setattr(tgmae.distributed, "cleanup", lambda: left.append(True))
     monkeypatch.setattr(importlib.import_module("tgmae.commands.extract"), "main", lambda rest: 0)
     assert main(["extract"]) == 0 and left == [True]
+
+
+@pytest.mark.parametrize("command", ["caption", "pretrain", "data"])
+@pytest.mark.parametrize("env,said", [({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc'"),
+                                      ({"WORLD_SIZE": "-1"}, "WORLD_SIZE='-1'"),
+                                      ({"LOCAL_RANK": "1.5"}, "LOCAL_RANK='1.5'")])
+def test_a_bad_torchrun_variable_is_one_line_for_every_command(command, env, said, capsys, monkeypatch):
+    """Re-trial 29B T4: `RANK=abc tgmae caption ...` ended in a 25-line ValueError traceback. Every
+    command refuses it before it runs, in one line naming the variable (exit 2), and the error
+    report itself (which asks for the rank) does not fail on it."""
+    called = []
+    module, func = COMMANDS[command][0].split(":")
+    monkeypatch.setattr(importlib.import_module(module), func, lambda rest: called.append(rest) or 0)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main([command, "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tgmae {command}: {said}: expected a whole number") and err.count("\n") == 1, err
+    assert called == []

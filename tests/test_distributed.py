@@ -118,3 +118,32 @@ def test_fsdp_shards_take_rank_0s_weights_and_gather_into_the_usual_state_dicts(
             assert torch.equal(optim_back["state"][i][name], optim_state["state"][i][name])
     full = sum(p.numel() for p in ref.parameters())
     assert abs(result["held"] / full - 0.5) < 0.05  # rank 0 holds about half of every tensor
+
+
+def test_a_bad_torchrun_environment_is_refused_naming_the_variable(monkeypatch):
+    """Re-trial 29B T4: RANK=abc was int()'s ValueError traceback; a negative or out-of-range
+    value went on (RANK=2 of WORLD_SIZE=2). Each is a SettingsError naming the variable."""
+    import pytest
+
+    from tgmae.errors import SettingsError
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for env, said in (({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc': expected a whole number >= 0"),
+                      ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': expected a whole number >= 1"),
+                      ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK='-1': expected a whole number >= 0"),
+                      ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 must be in [0, WORLD_SIZE=2)"),
+                      ({"RANK": "1", "WORLD_SIZE": "1"}, "RANK=1 must be in [0, WORLD_SIZE=1)")):
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            with pytest.raises(SettingsError) as e:
+                launch_env()
+            assert str(e.value).startswith(said), str(e.value)
+    monkeypatch.setenv("RANK", "1")  # without WORLD_SIZE: one process, as before (set for something else)
+    assert launch_env() == (1, 1)
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(SettingsError, match="^LOCAL_RANK='x': expected a whole number >= 0"):
+        local_rank()
+    monkeypatch.setenv("LOCAL_RANK", " 1 ")  # int() takes the blanks around a number, as torch does
+    assert local_rank() == 1

@@ -428,6 +428,34 @@ def test_factory_online_tgm_undoes_the_runs_data_normalization(tiny_clip):
     assert default.data_mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+def test_a_cache_is_kept_for_its_clip_under_another_name(synth, tiny_clip, tmp_path, monkeypatch):
+    """Re-trial 29B M1 (the sibling of caption stores): the manifest records the CLIP's absolute
+    path, so one folder named from another working directory or through a symlink is one CLIP, and
+    so are its files moved (one fingerprint); a CLIP with other weights under another name is not."""
+    import os
+    import shutil
+
+    from transformers import CLIPModel
+
+    clip = shutil.copytree(tiny_clip, tmp_path / "models" / "clip")
+    out = tmp_path / "cache"
+    monkeypatch.chdir(tmp_path)
+    assert run_masks(synth, "models/clip", out, "--mode", "dense", "--frame-stride", "8") == 0
+    (tmp_path / "link").symlink_to(clip)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    moved = shutil.copytree(clip, tmp_path / "moved")
+    for name in ("../models/clip/", "../link", str(clip), os.path.relpath(moved)):
+        SimilarityCache(out, expect_clip=name)
+    model = CLIPModel.from_pretrained(moved)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(moved)  # other weights, another name
+    with pytest.raises(CacheMismatchError, match="built with CLIP .*models/clip'.*this run uses '../moved'"):
+        SimilarityCache(out, expect_clip="../moved")
+
+
 def test_cache_of_a_clip_retrained_into_the_same_folder_is_refused(synth, tiny_clip, bundle, tmp_path, capsys):
     """The training-time check of a similarity cache compares the CLIP's weights, not only its path."""
     import shutil

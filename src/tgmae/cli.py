@@ -72,7 +72,7 @@ def _main(argv: list[str]) -> int:
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from tgmae.lifetime import end_with_launcher, stop_on_sigterm, stops_deferred
+    from tgmae.lifetime import end_with_launcher, launch_env, local_rank, stop_on_sigterm, stops_deferred
 
     end_with_launcher()  # a torchrun rank ends with torchrun, even one killed with -9
     stop_on_sigterm()  # SIGTERM ends as Ctrl-C does: cleaned up, one line
@@ -89,6 +89,7 @@ def _main(argv: list[str]) -> int:
                 name = f"{name} {rest[0]}"
         for switch in SWITCHES:  # a misspelt one is refused here, whether or not this command reads it
             env_switch(switch)
+        launch_env(), local_rank()  # torchrun's variables too (RANK=abc: one line, not a traceback: 29B T4)
         code = int(getattr(module, func_name)(rest) or 0)
         from tgmae.distributed import cleanup
 

@@ -65,9 +65,12 @@ def model_name(name: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
-def same_model(a: str, b: str) -> bool:
-    """Whether `a` and `b` name one model (`model_name`)."""
-    return a == b or model_name(a) == model_name(b)
+def same_model(a: str, b: str, weights_a: Optional[str] = None, weights_b: Optional[str] = None) -> bool:
+    """Whether `a` and `b` name one model (`model_name`), or, where their `weights_fingerprint`s
+    are given, hold the same files under two names: a folder an older tgmae recorded as typed
+    (relative to a working directory it no longer names from here: re-trial 29B M1), moved, or a
+    hub id's files saved to a folder. The fingerprint covers every file that shapes the outputs."""
+    return a == b or model_name(a) == model_name(b) or bool(weights_a) and weights_a == weights_b
 
 
 def unavailable_message(name: str, what: str, cause: str = "") -> str:

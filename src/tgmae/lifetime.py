@@ -21,6 +21,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from tgmae.errors import SettingsError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -47,22 +49,50 @@ def end_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     threading.Thread(target=_watch, args=(parent_pid, every_s), name="end-with-parent", daemon=True).start()
 
 
+def _launch_number(name: str, default: int, least: int) -> int:
+    """Environment variable `name` as a whole number >= `least` (`default` when unset).
+    SettingsError naming it and its value otherwise (RANK=abc was int()'s traceback: re-trial 29B T4)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number >= {least} (torchrun sets it for each "
+                            "process; outside torchrun leave it unset)")
+    return value
+
+
 def launch_env() -> tuple[int, int]:
-    """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun.
+    SettingsError naming the variable when one is not a whole number, RANK < 0, WORLD_SIZE < 1, or
+    RANK is not below a WORLD_SIZE that is set (`tgmae.cli` checks them before any command runs). A
+    RANK without WORLD_SIZE (set for something else) is a single process, as it always was."""
+    rank, world = _launch_number("RANK", 0, 0), _launch_number("WORLD_SIZE", 1, 1)
+    if "WORLD_SIZE" in os.environ and rank >= world:
+        raise SettingsError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+    return rank, world
 
 
 def other_launched_rank() -> bool:
     """Whether torchrun started this process as a rank other than 0 (RANK > 0 of WORLD_SIZE > 1).
     A command that is not sharded (one store written whole) runs on rank 0 alone: the other ranks
-    leave at once, so they neither repeat its work nor find rank 0's lock on the output."""
-    rank, world = launch_env()
+    leave at once, so they neither repeat its work nor find rank 0's lock on the output. False where
+    RANK / WORLD_SIZE are invalid: `tgmae.cli` refuses them before a command runs, and its report of
+    that error asks this (re-trial 29B T4)."""
+    try:
+        rank, world = launch_env()
+    except SettingsError:
+        return False
     return world > 1 and rank > 0
 
 
 def local_rank(default: int = 0) -> int:
-    """This process's index on its node: torchrun's LOCAL_RANK, else `default`."""
-    return int(os.environ.get("LOCAL_RANK", default))
+    """This process's index on its node: torchrun's LOCAL_RANK, else `default`. SettingsError naming
+    it when it is not a whole number >= 0."""
+    return _launch_number("LOCAL_RANK", default, 0)
 
 
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # set by torchrun's agent for each rank

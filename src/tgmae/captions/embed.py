@@ -23,6 +23,7 @@ from tgmae.hub import (
     load_pretrained,
     looks_like_path,
     quiet_transformers,
+    same_model as hub_same_model,
     weights_fingerprint,
 )
 from tgmae.captions.pooling import pool_tokens, sentence_pooling
@@ -210,7 +211,10 @@ class EmbeddingCache:
                 return cls(identity)
             raise DamagedCacheError(f"{e} {way_out}") from None
         old, new = cache.identity, identity
-        same_model = (old.model, old.config_hash) == (new.model, new.config_hash)
+        # one model: one folder however spelled, or the same files under another name (a folder moved:
+        # `hub.same_model`, re-trial 29B M1)
+        same_model = old.config_hash == new.config_hash and hub_same_model(old.model, new.model, old.weights,
+                                                                            new.weights)
         same_files = (old.weights == new.weights or not new.weights) and new.same_pooling(old)  # "" = not local
         if not same_model or not same_files:
             if rebuild:

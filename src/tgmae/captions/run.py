@@ -32,6 +32,7 @@ from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppende
                                   read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import current_identity, video_identities
+from tgmae.hub import model_name
 
 log = logging.getLogger("tgmae")
 
@@ -192,10 +193,30 @@ def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[
     --rebuild, its own part) holds captions made by another source, model or settings (a rerun
     would skip those videos and keep them, and a merge mix them), or by weights it did not record
     (a store written before they were: which model made it is not known, so resuming into it could
-    mix two)."""
-    want = {"source": source, "model": model, **settings}
+    mix two). `model` as recorded (`tgmae.hub.model_name`: a local folder by its absolute path)."""
+    want = {"source": source, "model": model_name(model), **settings}
     for f in dict.fromkeys([part_path(out, shard), *read_files(out, shard, fresh)]):
         refuse_other_provenance(f, [want], required=("weights",))
+
+
+def recorded_model(out: str | Path, model: str, shard: Shard = Shard(), fresh: bool = False) -> str:
+    """The name this run records for `model`: a local folder's resolved absolute path
+    (`tgmae.hub.model_name`), or the name the first record of a file it resumes (`read_files`)
+    gives it, which `refuse_other_store` found to be this model (an older tgmae recorded a folder as
+    typed: re-trial 29B M1). One name per store: a similarity cache keys its captions by the
+    store's (source, model) pairs (`tgmae.masking.caption_source`), so a second spelling in the
+    store would refuse the `tgmae masks` cache built from it."""
+    for f in dict.fromkeys([part_path(out, shard), *read_files(out, shard, fresh)]):
+        if f.is_file():
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                first = next((line for line in fh if line.strip()), "")
+            try:
+                name = json.loads(first).get("model")
+            except (ValueError, AttributeError):  # a torn line: the other files, else this run's name
+                continue
+            if isinstance(name, str) and name:
+                return name
+    return model_name(model)
 
 
 def clear_outputs(out: str | Path, shard: Shard) -> None:
@@ -218,15 +239,16 @@ def clear_outputs(out: str | Path, shard: Shard) -> None:
     remove_parts(stores + errors)
 
 
-def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model_name: str,
+def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarray]], list[str]], model: str,
                    out: str | Path, keyframes: int = 3, batch_size: int = 8, shard: Shard = Shard(),
                    workers: int = 2, retry_errors: bool = False, progress: bool = True,
                    fresh: bool = False) -> CaptionSummary:
     """Caption this shard's share of `videos` (`VideoRecord`s) into its part of `out`.
 
     captioner: images -> captions (an `ImageCaptioner`; its `options` and `weights` fingerprint,
-    where it has them, are settings); model_name and the settings (`captioner_settings`) go into
-    each record: a store made by another source, model or settings raises CaptionStoreError
+    where it has them, are settings); `model` (as `recorded_model` names it: a local folder by its
+    absolute path, so the same folder named from another working directory is one model, re-trial
+    29B M1) and the settings (`captioner_settings`) go into each record: a store made by another source, model or settings raises CaptionStoreError
     (`refuse_other_store`) before anything is written. Duplicate video ids in `videos` are
     captioned once. `fresh` (--rebuild): the store and other ranks' parts, which rank 0 or those
     ranks replace, are neither checked nor skipped from (`read_files`). A rank of a sharded run
@@ -239,7 +261,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
     settings = captioner_settings(keyframes, getattr(captioner, "options", None), getattr(captioner, "weights", None))
-    refuse_other_store(out, SOURCE, model_name, settings, shard, fresh)
+    refuse_other_store(out, SOURCE, model, settings, shard, fresh)
+    model = recorded_model(out, model, shard, fresh)
     seen: set[str] = set()
     unique = [v for v in videos if not (v.video_id in seen or seen.add(v.video_id))]
     mine = shard.take(unique)
@@ -275,7 +298,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                                    "error": "the captioner produced only empty captions",
                                    "video": identity[v.video_id], "frames": ranges[v.video_id]})
                     continue
-                records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model_name,
+                records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,
                                               "video": identity[v.video_id], "frames": ranges[v.video_id]}))
             store.write_batch(records)

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, dumps_record, ids_text, provenance,
                                   read_jsonl_tolerant, same_value)
+from tgmae.errors import SettingsError
 from tgmae.lifetime import launch_env
 from tgmae.locks import drop_lock
 
@@ -41,9 +42,23 @@ class Shard:
 
 
 def shard_from_env(rank: Optional[int] = None, world_size: Optional[int] = None) -> Shard:
-    """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single process."""
+    """Explicit values (`tgmae caption --rank / --world-size`) win; else torchrun's RANK / WORLD_SIZE
+    (`launch_env`, which refuses them invalid); else a single process. SettingsError naming where
+    each value came from (the flag or the variable) when the world size is below 1 or the rank not
+    in [0, world size) (was Shard's ValueError traceback: re-trial 29B T4)."""
     env_rank, env_world = launch_env()
-    return Shard(env_rank if rank is None else rank, env_world if world_size is None else world_size)
+    shard_rank = env_rank if rank is None else rank
+    world = env_world if world_size is None else world_size
+    if world_size is not None and world_size < 1:
+        raise SettingsError(f"--world-size {world_size} must be >= 1")
+    if not 0 <= shard_rank < world:
+        said = f"--rank {rank}" if rank is not None else f"RANK={env_rank}"
+        if world_size is not None:
+            raise SettingsError(f"{said} must be in [0, --world-size {world_size})")
+        if world > 1:
+            raise SettingsError(f"{said} must be in [0, WORLD_SIZE={world})")
+        raise SettingsError(f"{said} must be in [0, 1): give --world-size too")
+    return Shard(shard_rank, world)
 
 
 def errors_path(out: str | Path) -> Path:
@@ -86,7 +101,7 @@ def _objects(path: Path) -> list[dict]:
 
 
 def _differences(have: dict, want: dict) -> str:
-    keys = [k for k in dict.fromkeys([*want, *have]) if not same_value(k, have.get(k), want.get(k))]
+    keys = [k for k in dict.fromkeys([*want, *have]) if not same_value(k, have, want)]
     return ", ".join(f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in keys)
 
 

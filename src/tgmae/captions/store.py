@@ -248,15 +248,20 @@ def provenance(rec: CaptionRecord | dict) -> dict[str, Any]:
     return {"source": obj.get("source"), "model": obj.get("model"), **(settings if isinstance(settings, dict) else {})}
 
 
-def same_value(key: str, a: Any, b: Any) -> bool:
-    """Whether two provenances agree on `key`: equal, or for `model` two spellings of one local
-    folder (`blip`, `./blip/`, its absolute path: compared resolved); a hub id (no such folder
-    here) stays as written."""
+def same_value(key: str, have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Whether provenances `have` and `want` agree on `key`: equal values, or for `model` two
+    spellings of one local folder (`blip`, `./blip/`, its absolute path: compared resolved; a hub
+    id, no such folder here, stays as written) or two names of the files one recorded weights
+    fingerprint (`weights`) names (`tgmae.hub.same_model`: a folder an older tgmae recorded as
+    typed, read from another working directory: re-trial 29B M1)."""
     from tgmae.hub import same_model
 
+    a, b = have.get(key), want.get(key)
     if a == b:
         return True
-    return key == "model" and isinstance(a, str) and isinstance(b, str) and same_model(a, b)
+    if key != "model" or not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return same_model(a, b, have.get("weights"), want.get("weights"))
 
 
 def _difference(key: str, have: dict[str, Any], want: dict[str, Any]) -> str:
@@ -322,7 +327,7 @@ def refuse_other_provenance(path: str | Path, wants: Sequence[dict[str, Any]], r
         have = provenance(obj)
         # a required key missing is an old store's only where the source matches: an oracle store
         # has no weights to have recorded, its source already differs
-        diffs = [[k for k in want if (not same_value(k, have[k], want[k]) if k in have
+        diffs = [[k for k in want if (not same_value(k, have, want) if k in have
                                       else k in required and have.get("source") == want.get("source"))]
                  for want in wants]
         if all(diffs):

@@ -317,21 +317,8 @@ class SimilarityCache:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         m = self.manifest
-        if expect_clip and _clip_id(expect_clip) != _clip_id(m.clip_model):
-            raise CacheMismatchError(
-                f"similarity cache {self.root} was built with CLIP {m.clip_model!r}, but this run "
-                f"uses {expect_clip!r}; rebuild it with `tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
-            )
-        if expect_clip:  # same path, other files (a CLIP retrained into the same folder, a tokenizer edited)
-            from tgmae.hub import weights_fingerprint
-
-            now = weights_fingerprint(expect_clip)
-            if now is not None and now != m.clip_fingerprint:
-                raise CacheMismatchError(
-                    f"similarity cache {self.root} was built with other weights of CLIP {expect_clip!r}, or "
-                    f"other config / tokenizer files beside them (fingerprint {m.clip_fingerprint}, now {now}); rebuild it with "
-                    f"`tgmae masks --clip {expect_clip} --out {self.root} --rebuild`"
-                )
+        if expect_clip:
+            _refuse_other_clip(self.root, m, expect_clip)
         if expect_caption_source is not None and expect_caption_source != m.caption_source:
             raise CacheMismatchError(
                 f"similarity cache {self.root} was built from captions {m.caption_source!r}, but "
@@ -470,6 +457,19 @@ def _some(ids: list[str], n: int = 3) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (" ..." if len(ids) > n else "")
 
 
-def _clip_id(name: str) -> str:
-    p = Path(name)
-    return str(p.resolve()) if p.exists() else name
+def _refuse_other_clip(root: Path, manifest: CacheManifest, clip: str) -> None:
+    """CacheMismatchError naming the cache at `root` and the rebuild when it was built with
+    another CLIP than `clip` (name or path), or with other files at the same name (a CLIP retrained
+    into the same folder, a tokenizer edited). One CLIP is `tgmae.hub.same_model`: one folder
+    however it is spelled, or the same files (fingerprint) under another name (re-trial 29B M1)."""
+    from tgmae.hub import same_model, weights_fingerprint
+
+    now = weights_fingerprint(clip)
+    rebuild = f"rebuild it with `tgmae masks --clip {clip} --out {root} --rebuild`"
+    if not same_model(clip, manifest.clip_model, now, manifest.clip_fingerprint):
+        raise CacheMismatchError(f"similarity cache {root} was built with CLIP {manifest.clip_model!r}, but this run "
+                                 f"uses {clip!r}; {rebuild}")
+    if now is not None and now != manifest.clip_fingerprint:
+        raise CacheMismatchError(
+            f"similarity cache {root} was built with other weights of CLIP {clip!r}, or other config / tokenizer "
+            f"files beside them (fingerprint {manifest.clip_fingerprint}, now {now}); {rebuild}")
