@@ -21,7 +21,7 @@ import torch
 from tgmae.atomic import atomic_path, remove_stale_temps
 from tgmae.hub import (
     load_pretrained,
-    looks_like_path,
+    model_name,
     quiet_transformers,
     same_model as hub_same_model,
     weights_fingerprint,
@@ -97,10 +97,6 @@ class ModelIdentity:
     weights: str = ""
     pooling: str = ""
 
-    @staticmethod
-    def canonical_name(name_or_path: str) -> str:
-        return str(Path(name_or_path).expanduser().resolve()) if looks_like_path(name_or_path) else name_or_path
-
     @classmethod
     def of(cls, name_or_path: str, setting: str = "") -> "ModelIdentity":
         """Reads the config and the weights' fingerprint (its files hashed once, then remembered by
@@ -110,7 +106,7 @@ class ModelIdentity:
 
         config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
         refuse_captioner(config, name_or_path, setting)
-        return cls(cls.canonical_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "",
+        return cls(model_name(name_or_path), _config_hash(config), weights_fingerprint(name_or_path) or "",
                    sentence_pooling(name_or_path, setting))
 
     def same_pooling(self, cached: "ModelIdentity") -> bool:
@@ -360,7 +356,7 @@ def default_cache_path(captions_file: str | Path, clip_model: str) -> Path:
     covers the model's name and its weights' fingerprint, so new weights get a new cache."""
     captions_file = Path(captions_file)
     slug = clip_model.rstrip("/").replace("\\", "/").split("/")[-1] or "model"
-    key = ModelIdentity.canonical_name(clip_model) + "@" + (weights_fingerprint(clip_model) or "")
+    key = model_name(clip_model) + "@" + (weights_fingerprint(clip_model) or "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return captions_file.with_name(f"{captions_file.stem}.{slug}-{digest}.emb.safetensors")
 

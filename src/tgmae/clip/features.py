@@ -65,7 +65,7 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: st
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     from tgmae.errors import SettingsError
-    from tgmae.hub import load_pretrained  # a missing local path fails at once, offline explained
+    from tgmae.hub import load_pretrained, model_name  # a missing local path fails at once, offline explained
 
     config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what="CLIP model config", setting=setting)
     if config.model_type != "clip":
@@ -76,8 +76,7 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", setting: st
     model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what="CLIP model", setting=setting)
     model = model.to(device).eval()
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="CLIP tokenizer", setting=setting)
-    name = str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
-    return ClipBundle(model, tokenizer, mean, std, name)
+    return ClipBundle(model, tokenizer, mean, std, model_name(name_or_path))
 
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # transformers' precedence
