@@ -219,8 +219,11 @@ def test_stale_or_foreign_caches_stop_training_with_one_line(data, capsys, tmp_p
     run = ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
            f"captions.file={root / 'synth' / 'captions.jsonl'}", f"captions.embedding_cache={cache}"]
     _fails(capsys, run + [f"captions.clip_model={clip}", f"masking.clip_model={clip}"], "stale", "--rebuild")
+    other = tmp_path / "emb_other.safetensors"
+    embed_texts(["a red square"], str(clip), other)  # the new weights: another CLIP than root/clip's
+    run[-1] = f"captions.embedding_cache={other}"
     _fails(capsys, run + [f"captions.clip_model={root / 'clip'}", f"masking.clip_model={root / 'clip'}"],
-           str(cache), "--rebuild")  # a cache of another CLIP folder
+           str(other), "--rebuild")  # another folder and weights (the same files elsewhere: one model)
     sims = tmp_path / "sims"
     write_manifest_or_check(sims, CacheManifest(str(clip.resolve()), "0" * 16, "dense", "", "", 2, 64, 8, 1, None, 16))
     _fails(capsys, ["pretrain", "-c", cfg, f"train.output_dir={tmp_path / 'out'}", "masking.name=tgm",
@@ -442,6 +445,35 @@ def test_a_stop_line_names_the_tool_of_a_command_with_tools(argv, shown, capsys,
     assert main(argv) == 130
     assert capsys.readouterr().err.strip() == (f"{shown}: stopped (SIGINT); what it finished is kept: "
                                                "rerun the same command to go on")
+
+
+def test_a_stop_after_the_results_were_said_keeps_exit_0(capsys, monkeypatch):
+    """Re-trial 29A M1: a Ctrl-C / SIGTERM 1-4 ms after `run directory: ...` (in the command's
+    teardown: locks, DataLoader workers) made a finished pretrain / evaluate / probe exit 130 / 143,
+    saying "rerun the same command to go on". Once `say` has printed the results, a stop ends it
+    with 0 and no stop line; one before them is still a stop, and the next command starts unmarked."""
+    import importlib
+
+    from tgmae.commands.args import say
+    from tgmae.lifetime import Terminated
+
+    module = importlib.import_module("tgmae.commands.convert")
+
+    def finished_then_stopped(rest):
+        say("wrote out.safetensors")
+        raise Terminated
+
+    monkeypatch.setattr(module, "main", finished_then_stopped)
+    assert main(["convert"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "wrote out.safetensors\n" and "stopped" not in err, err
+
+    def stopped(rest):
+        raise Terminated
+
+    monkeypatch.setattr(module, "main", stopped)
+    assert main(["convert"]) == 143
+    assert "tgmae convert: stopped (SIGTERM)" in capsys.readouterr().err
 
 
 def test_a_progress_bar_is_closed_before_the_stop_line(capsys, monkeypatch):

@@ -72,8 +72,9 @@ def _main(argv: list[str]) -> int:
     if name not in COMMANDS:
         print(f"tgmae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from tgmae.lifetime import end_with_launcher, launch_env, local_rank, stop_on_sigterm, stops_deferred
+    from tgmae.lifetime import end_with_launcher, launch_env, local_rank, results_said, stop_on_sigterm, stops_deferred
 
+    results_said(False)
     end_with_launcher()  # a torchrun rank ends with torchrun, even one killed with -9
     stop_on_sigterm()  # SIGTERM ends as Ctrl-C does: cleaned up, one line
     # the one logging set-up: library modules only get loggers
@@ -102,6 +103,10 @@ def _main(argv: list[str]) -> int:
             pass
         return 141  # 128 + SIGPIPE, the shell's code for it
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`lifetime.Terminated`)
+        from tgmae.lifetime import stopped_after_results
+
+        if stopped_after_results():  # in the teardown of a command that said its results: it finished
+            return 0
         if _debug():
             raise
         return _stopped(name, e)

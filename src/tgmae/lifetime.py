@@ -251,6 +251,23 @@ def stops_deferred() -> Iterator[None]:
         signal.raise_signal(held[0])
 
 
+_results_said = False  # the running command has said its results (`results_said`)
+
+
+def results_said(said: bool = True) -> None:
+    """Mark that the running command has said its closing results (`commands.args.say`; False: a
+    new command starts). A Ctrl-C / SIGTERM after that, in the command's teardown (its locks,
+    DataLoader workers, the process group), does not make a finished command exit 130 / 143 with
+    "rerun to go on": the CLI ends it with 0 (re-trial 29A M1; `ignore_stops` covers the shutdown)."""
+    global _results_said
+    _results_said = said
+
+
+def stopped_after_results() -> bool:
+    """Whether a stop now lands after the command said its results (`results_said`)."""
+    return _results_said
+
+
 def ignore_stops() -> None:
     """For the process's last moments, once its command has returned and said its last line: Ctrl-C
     and SIGTERM are ignored, so one during the interpreter's shutdown (torch's teardown takes about a

@@ -45,11 +45,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 
 def say(text: str) -> None:
     """Print a command's closing lines once: under torchrun, rank 0 alone (every rank ends a run
-    with the same results)."""
-    from tgmae.lifetime import other_launched_rank
+    with the same results). Only for lines after which the command returns 0: a stop from here on
+    leaves its exit code 0 (`lifetime.results_said`)."""
+    from tgmae.lifetime import other_launched_rank, results_said
 
     if not other_launched_rank():
         print(text)
+    results_said()
 
 
 class ConfigFile(argparse.Action):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from typing import Any, Sequence
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def main(argv: Sequence[str]) -> int:
@@ -29,5 +29,5 @@ def main(argv: Sequence[str]) -> int:
     if not args.out.endswith(".safetensors"):
         parser.error(f"OUT must end in .safetensors, got {args.out!r}")
     what = convert(args.src, args.out, overwrite=args.overwrite, **overrides)
-    print(f"wrote {args.out}: {what}")
+    say(f"wrote {args.out}: {what}")
     return 0

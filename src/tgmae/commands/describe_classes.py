@@ -12,7 +12,7 @@ from tgmae.captions.describe import (CUPL_PROMPTS, ChatClient, describe_classes,
                                      run_meta, write_descriptions)
 from tgmae.errors import SettingsError
 from tgmae.locks import hold, refuse_inside_run
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -72,6 +72,6 @@ def _describe(args: argparse.Namespace) -> int:
     others = sorted(c for c in existing if c not in result)  # an earlier run's: eval.class_descriptions skips them
     kept = (f"; it also keeps {len(others)} class(es) of earlier runs not in --classes: {', '.join(others[:5])}"
             + (" ..." if len(others) > 5 else "")) if others else ""
-    print(f"{len(result)} classes x {len(prompts) * args.per_prompt} descriptions -> {out} "
+    say(f"{len(result)} classes x {len(prompts) * args.per_prompt} descriptions -> {out} "
           f"({len(done)} were already there{kept})")
     return 0

@@ -13,7 +13,7 @@ from tgmae.captions.store import read_store
 from tgmae.distributed import resolve_device
 from tgmae.errors import SettingsError
 from tgmae.locks import check_kind, refuse_in_checkpoints
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -41,5 +41,5 @@ def main(argv: Sequence[str]) -> int:
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     emb = embed_texts(texts, args.clip, out, batch_size=args.batch_size, device=device,
                       rebuild=args.rebuild, progress=not args.no_progress, setting="--clip")
-    print(f"{len(texts)} distinct captions of {len(records)} videos -> {out} ({tuple(emb.shape)}, L2-normalised)")
+    say(f"{len(texts)} distinct captions of {len(records)} videos -> {out} ({tuple(emb.shape)}, L2-normalised)")
     return 0

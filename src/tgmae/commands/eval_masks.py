@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from tgmae.atomic import atomic_write_text, check_writable
 from tgmae.errors import count
 from tgmae.masking.quality import evaluate_masks, format_table, is_quality_results, similarity_cache_dir
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,12 @@ def main(argv: Sequence[str]) -> int:
         progress=not args.no_progress, rebuild=args.rebuild,
     )
     left = quality.left_out
-    print(f"eval-masks: {count(quality.videos, 'video')} of {args.root} ({args.split}), "
+    say(f"eval-masks: {count(quality.videos, 'video')} of {args.root} ({args.split}), "
           f"{'augmented' if args.augment else 'full-frame'} clips of {args.num_frames} frames"
           + (f"; {len(left)} left out, no token with {args.min_cover:g} of its pixels on the object at "
              f"{args.image_size // args.patch_size} x {args.image_size // args.patch_size} tokens a frame "
              f"(--min-cover, --image-size, --patch-size)" if left else ""))
-    print(format_table(quality))
+    say(format_table(quality))
     if args.out:
         atomic_write_text(args.out, json.dumps(quality.results, indent=2) + "\n")
     return 0

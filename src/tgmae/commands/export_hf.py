@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from typing import Sequence
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def main(argv: Sequence[str]) -> int:
@@ -32,5 +32,5 @@ def main(argv: Sequence[str]) -> int:
                     pretraining=args.pretraining, num_heads=args.num_heads, decoder_heads=args.decoder_heads,
                     overwrite=args.overwrite, hf_fc_norm_eps=args.hf_fc_norm_eps)
     check = "" if res.max_abs_diff is None else f" (max abs diff vs ours {res.max_abs_diff:.2e})"
-    print(f"wrote {res.hf_class} to {res.out_dir}{check}")
+    say(f"wrote {res.hf_class} to {res.out_dir}{check}")
     return 0

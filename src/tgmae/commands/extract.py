@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from tgmae.commands.args import Parser, add_config_option
+from tgmae.commands.args import Parser, add_config_option, say
 
 # how a user of this command sets each field of ExtractSpec (named in its messages)
 SPEC_SETTINGS = {"mode": "--mode", "output": "--output", "window": "--window", "stride": "--stride",
@@ -74,7 +74,7 @@ def main(argv: Sequence[str]) -> int:
     if index is None:  # another torchrun rank: rank 0 prints the folder's totals
         return 0
     new = f" ({len(summary.unreadable_new)} new)" if summary.skipped else ""  # a rerun: the folder's, of which new
-    print(f"shards written {len(summary.written)}, already done {len(summary.skipped)}, "
+    say(f"shards written {len(summary.written)}, already done {len(summary.skipped)}, "
           f"unreadable videos {len(summary.unreadable)}{new}")
-    print(f"index: {index}")
+    say(f"index: {index}")
     return 0

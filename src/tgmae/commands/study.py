@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tgmae.commands.args import Parser, add_config_option, parse_args
+from tgmae.commands.args import Parser, add_config_option, parse_args, say
 
 
 def main(argv: Sequence[str]) -> int:
@@ -22,5 +22,5 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study config")
     args = parse_args(parser, argv)
     out = run_study(load_study(args.config, args.overrides, args.quick), quick=args.quick)
-    print(f"study report: {out / 'report.md'}")  # an ablation's: STUDY/variants/<variant>/
+    say(f"study report: {out / 'report.md'}")  # an ablation's: STUDY/variants/<variant>/
     return 0

@@ -10,7 +10,7 @@ from tgmae.data.synthetic.background import BACKGROUNDS, EXTRA_BACKGROUNDS
 from tgmae.data.synthetic.generate import generate_synthetic_dataset
 from tgmae.data.synthetic.scene import MAX_DISTRACTORS
 from tgmae.locks import hold, refuse_inside_run
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def main(argv: Sequence[str]) -> int:
@@ -49,11 +49,11 @@ def main(argv: Sequence[str]) -> int:
     refuse_inside_run(args.out_dir, "OUT_DIR")  # before its lock file lands there
     with hold(args.out_dir, "OUT_DIR", folder=True):  # one writer per set folder
         info = _generate(args, progress)
-    print(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
+    say(f"tgmae synth: {info.num_videos} videos ({info.num_train} train / {info.num_val} val), "
           f"{args.frames} frames at {args.size}x{args.size}, {args.fps} fps -> {info.root} in {info.seconds:.1f} s")
     width = max(len(c) for c in info.classes)
     for k, c in enumerate(info.classes):
-        print(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
+        say(f"  {k:2d} {c:<{width}}  {info.class_counts[c]}")
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tgmae.study.clip.train import ClipTrainConfig, train_clip
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def main(argv: Sequence[str]) -> int:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> int:
     if not (Path(args.root) / "captions.jsonl").is_file():
         parser.exit(2, f"tgmae train-clip: {args.root} has no captions.jsonl (make one with `tgmae synth`)\n")
     s = train_clip(args.root, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
+    say(f"train-clip: {s['steps']} steps in {s['seconds']:.0f} s, final loss {s['final_loss']:.3f}, "
           f"val patch AUC {s['val_patch_auc']:.3f} (dense {s['val_patch_auc_dense']:.3f}) -> {args.out}")
     return 0
 

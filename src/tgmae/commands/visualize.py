@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from tgmae.commands.args import Parser, add_config_option
+from tgmae.commands.args import Parser, add_config_option, say
 
 
 def _parser(kind: str, description: str) -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def _figures(kind: str, argv: Sequence[str]) -> int:
     else:
         figures = lib.attention_maps(cfg, args.checkpoint, layer=args.layer, **where)
     for name, path in figures.items():
-        print(f"{name}: {path}")
+        say(f"{name}: {path}")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tgmae.locks import check_kind
 from tgmae.viz.masks import synthetic_figure, video_figure
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 TUBELET = 2  # the grid's frames per token slice (tgmae.viz.masks), as the paper's models
 PATCH = 16  # the grid's default patch side in pixels (--patch-size), as the paper's models
@@ -84,5 +84,5 @@ def main(argv: Sequence[str]) -> int:
             print("tgmae visualize masks: TGM on --video needs a non-empty --caption", file=sys.stderr)
             return 2
         path = video_figure(args.video, args.caption, args.out, **common)
-    print(f"tgmae visualize masks: wrote {path}")
+    say(f"tgmae visualize masks: wrote {path}")
     return 0
