@@ -603,6 +603,168 @@ def test_a_rank_whose_peer_ended_first_waits_for_rank_0_and_says_no_traceback(ca
         main(["pretrain"])
 
 
+_STOPPED = "tgmae pretrain: stopped (SIGTERM); what it finished is kept: rerun the same command to go on"
+
+_STOPPED_FROM_OUTSIDE = '''
+"""`tgmae pretrain ORDER`, stopped from outside as a scheduler or torchrun stops it: it reads batches
+through 2 DataLoader workers (`map_dataset`), says `ready` once each has given one, and waits for the
+test's signals."""
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from tgmae.evaluate.sharded import map_dataset
+
+
+class Items(Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        return {"label": i, "x": torch.zeros(2)}
+
+
+def say(word):
+    print(word, flush=True)
+
+
+def wait():
+    time.sleep(300)  # the test's SIGTERM ends it, as Terminated
+
+
+def main(rest):
+    order = rest[0]
+    if order != "alone":
+        dist.init_process_group("gloo")
+
+    batches = []
+
+    def fn(batch):
+        batches.append(batch)
+        if len(batches) == 1:  # the second batch is worker 1's: both workers have started (their init run)
+            return {"y": batch["x"]}
+        say("ready")
+        if order == "alone" or dist.get_rank() == 1:
+            wait()
+        elif order == "peer gone, then the stop":
+            try:
+                dist.barrier()  # rank 1 never comes: the test kills it (-9)
+            except RuntimeError:
+                say("peer gone")
+                wait()  # torchrun's SIGTERM lands while gloo's error is handled
+        else:  # the stop, then the peer gone
+            try:
+                wait()
+            finally:
+                dist.barrier()  # a collective in the stop's clean-up; rank 1 is gone
+        return {"y": batch["x"]}
+
+    map_dataset(Items(), fn, batch_size=1, device=torch.device("cpu"), num_workers=2)
+'''
+
+
+def _start_ranks(tmp_path, order: str, world: int, port: int) -> list:
+    """`world` processes running `tgmae pretrain ORDER` as torchrun starts its ranks (each in a
+    session of its own, its DataLoader workers with it), once each has said `ready`."""
+    import subprocess
+
+    (tmp_path / "stopped_from_outside.py").write_text(_STOPPED_FROM_OUTSIDE)
+    script = ("import sys, tgmae.cli as cli\n"
+              "cli.COMMANDS['pretrain'] = ('stopped_from_outside:main', '')\n"
+              "sys.exit(cli.main(['pretrain', sys.argv[1]]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         str(tmp_path)]), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TGMAE_DEBUG"):
+        env.pop(key, None)
+    ranks = []
+    for rank in range(world):
+        launch = {} if world == 1 else {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        ranks.append(subprocess.Popen([sys.executable, "-c", script, order], env={**env, **launch}, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+    for proc in ranks:
+        assert proc.stdout.readline() == "ready\n", proc.communicate(timeout=60)
+    return ranks
+
+
+def test_sigterm_to_the_process_group_stops_in_one_line_its_dataloader_workers_quiet(tmp_path):
+    """Re-trial 29B T3: a scheduler's SIGTERM to the whole process group (`kill -TERM -- -PGID`)
+    killed the DataLoader workers too, and torch's SIGCHLD handler raised "DataLoader worker (pid N)
+    is killed by signal: Terminated" into the stop's clean-up ("Exception ignored in ..." before the
+    one line). The workers ignore the stop (`loader_worker_init`); their parent shuts them down."""
+    import signal
+
+    (proc,) = _start_ranks(tmp_path, "alone", 1, 0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == _STOPPED, err
+
+
+def test_every_dataloader_with_workers_has_them_leave_a_stop_to_their_parent():
+    """One worker init for every DataLoader the project makes with worker processes
+    (`data.dataset.loader_worker_init`: a stop is the parent's; re-trial 29B T3)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "tgmae"
+    missing = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "DataLoader":
+                keys = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                if "num_workers" in keys and "loader_worker_init" not in keys.get("worker_init_fn", ""):
+                    missing.append(f"{path.name}:{node.lineno}")
+    assert missing == [], missing
+
+
+@pytest.mark.parametrize("order", ["peer gone, then the stop", "the stop, then the peer gone"])
+def test_under_torchrun_a_rank_whose_peer_was_killed_stops_in_one_line(tmp_path, free_port, order):
+    """Re-trial 29B T3: under torchrun, rank 1 killed (-9) while rank 0 was in a collective: rank 0
+    got gloo's "Connection closed by peer", then torchrun's SIGTERM to its session while that was
+    handled, and printed the chain (gloo's error, `Terminated`, its DataLoader workers killed) as a
+    110-line traceback, exit 1. Whatever the order (a collective in the stop's clean-up failing
+    too), a rank that was signalled stops in its one line, exit 143."""
+    import signal
+
+    rank0, rank1 = _start_ranks(tmp_path, order, 2, free_port)
+    os.killpg(rank1.pid, signal.SIGKILL)  # rank 1 and its workers
+    rank1.communicate(timeout=60)
+    if order == "peer gone, then the stop":
+        assert rank0.stdout.readline() == "peer gone\n", rank0.communicate(timeout=60)
+    os.killpg(rank0.pid, signal.SIGTERM)  # torchrun stops the ranks left, each with its workers
+    out, err = rank0.communicate(timeout=60)
+    assert rank0.returncode == 143 and err.strip() == _STOPPED, err
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_collective_failing_in_a_stops_clean_up_ends_as_the_stop(capsys, monkeypatch, rank0_waits, rank):
+    """Re-trial 29B T3: a rank stopped by torchrun whose clean-up ran a collective after another
+    rank had ended got gloo's "Connection closed by peer" there and said "another rank ended first",
+    exit 2 (another rank waited for rank 0 first). It ends as the stop: exit 143, the line on rank 0
+    alone, no wait. Any other error raised in a stop's clean-up is said as ever (a bug: its
+    traceback)."""
+    from tgmae.lifetime import Terminated
+
+    def clean_up_fails(error):
+        def command(rest):
+            try:
+                raise Terminated()
+            finally:
+                raise error
+        return command
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44721.")
+    pretrain = importlib.import_module("tgmae.commands.pretrain")
+    monkeypatch.setattr(pretrain, "main", clean_up_fails(gone))
+    rank0_waits(rank)  # a wait for rank 0 would raise StoppedByTorchrun
+    assert main(["pretrain"]) == 143
+    assert capsys.readouterr().err.strip() == ("" if rank else _STOPPED)
+    monkeypatch.setattr(pretrain, "main", clean_up_fails(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["pretrain"])
+
+
 def test_every_command_leaves_the_process_group_when_it_returns(capsys, monkeypatch):
     """Re-trial 27B T2: `torchrun ... extract` finished its work, then rank 1 sometimes aborted
     ("terminate called without an active exception", exit -6), failing torchrun: extract never left

@@ -102,7 +102,7 @@ def _main(argv: list[str]) -> int:
         except (OSError, ValueError):  # stdout without a file descriptor (captured)
             pass
         return 141  # 128 + SIGPIPE, the shell's code for it
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`lifetime.Terminated`)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`lifetime.Terminated`), also one while an error unwound
         from tgmae.lifetime import stopped_after_results
 
         if stopped_after_results():  # in the teardown of a command that said its results: it finished
@@ -111,6 +111,8 @@ def _main(argv: list[str]) -> int:
             raise
         return _stopped(name, e)
     except Exception as e:
+        if (stop := _stop_behind(e)) is not None and not _debug():  # e.g. a collective in a stop's clean-up
+            return _stopped(name, stop)
         # bad input (a key, a path, the wrong checkpoint kind, an unwritable output), also when a
         # DataLoader worker raised it: the message, not a traceback
         from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
@@ -144,6 +146,23 @@ def _peer_gone(e: BaseException) -> str | None:
     return f"stopped: another rank ended first ({text.splitlines()[0][:200]})"
 
 
+def _stop_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The stop (Ctrl-C, SIGTERM) during whose clean-up `e` was raised, when `e` is the stop's
+    consequence: a collective failed because another rank ended (`_peer_gone`; torchrun stops them
+    all, one killed ends first). None for any other error (a mistake, a bug: said as ever) or one
+    raised outside a stop. Re-trial 29B T3: rank 0, stopped by torchrun, ran a collective in its
+    clean-up and said "another rank ended first", exit 2, not its stop."""
+    if _peer_gone(e) is None:
+        return None
+    seen, context = set(), e.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
+
+
 def _debug() -> bool:
     """TGMAE_DEBUG on: an input error or a stop is raised with its traceback, not said in one line.
     Off for a value that is no switch: `main` refused it before the command ran, and this is read
@@ -156,7 +175,9 @@ def _debug() -> bool:
 
 def _stopped(name: str, e: KeyboardInterrupt) -> int:
     """One line for a command stopped by Ctrl-C or SIGTERM (rank 0 alone under torchrun: torchrun
-    stops every rank alike); the shell's code for the signal (128 + its number)."""
+    stops every rank alike); the shell's code for the signal (128 + its number). Also when the stop
+    came while an error unwound, or an error came in its clean-up (`_stop_behind`): under torchrun
+    a rank killed makes the others' collectives fail, and torchrun then stops them (re-trial 29B T3)."""
     import signal
 
     from tgmae.lifetime import Terminated, other_launched_rank

@@ -121,8 +121,8 @@ class Terminated(KeyboardInterrupt):
 
 def stop_on_sigterm() -> None:
     """Make SIGTERM raise `Terminated` in this process's main thread. A process forked afterwards
-    (a DataLoader worker, a pool worker) that gets it ends as before, by the default action: its
-    parent reports the stop."""
+    (a pool worker) that gets it ends as before, by the default action: its parent reports the
+    stop. DataLoader workers ignore it (`data.dataset.loader_worker_init`)."""
     owner = os.getpid()
 
     def handler(signum, frame) -> None:
@@ -272,7 +272,8 @@ def ignore_stops() -> None:
     """For the process's last moments, once its command has returned and said its last line: Ctrl-C
     and SIGTERM are ignored, so one during the interpreter's shutdown (torch's teardown takes about a
     second, past where a Python handler runs) leaves the command's exit code, not 130 / 143 without
-    a word (re-trial 27A M5, 28 M5). A shutdown that hangs is ended with SIGKILL."""
+    a word (re-trial 27A M5, 28 M5). A shutdown that hangs is ended with SIGKILL. Also for a
+    DataLoader worker's whole life (`data.dataset.loader_worker_init`): a stop is its parent's."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)

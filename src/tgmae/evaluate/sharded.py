@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from tgmae.data.dataset import loader_worker_init
 from tgmae.distributed import rank_world
 
 
@@ -51,6 +52,7 @@ def map_dataset(
     n = len(dataset)
     mine = list(range(rank, n, size))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,
+                        worker_init_fn=loader_worker_init,  # a stop is their parent's (re-trial 29B T3)
                         pin_memory=device.type == "cuda", shuffle=False, drop_last=False)
     parts: dict[str, list[torch.Tensor]] = {}
     bar = None
