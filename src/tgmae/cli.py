@@ -140,8 +140,8 @@ def _peer_gone(e: BaseException) -> str | None:
     27B T1)."""
     from tgmae.lifetime import launch_env
 
-    text = str(e)
-    if launch_env()[1] <= 1 or not any(s in text for s in ("Connection closed by peer", "Connection reset by peer")):
+    text = str(e)  # the text first: an error of a bad RANK / WORLD_SIZE is not read through them again
+    if not any(s in text for s in ("Connection closed by peer", "Connection reset by peer")) or launch_env()[1] <= 1:
         return None
     return f"stopped: another rank ended first ({text.splitlines()[0][:200]})"
 
