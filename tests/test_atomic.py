@@ -220,6 +220,30 @@ def test_other_writers_errors_that_carry_a_write_errno_or_tell_a_full_disk(tmp_p
     assert write_failure(RuntimeError("bug"), tmp_path / "x") is None
 
 
+def test_torchs_end_of_file_write_and_a_disk_without_a_temp_folder_are_refused_writes(tmp_path, monkeypatch):
+    """Re-trial 29A T1: a full disk / `ulimit -f` hitting torch.save's last write (its end-of-file
+    record) raised "basic_ios::clear: iostream error", not recognised: a traceback. 29A M3: with no
+    byte writable, torch's cache-folder lookup failed in tempfile ("[Errno 2] No usable temporary
+    directory found in [...]", folders that exist): said as what it is, with TMPDIR as a way out."""
+    import tgmae.atomic as atomic
+
+    end = RuntimeError("basic_ios::clear: iostream error")
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 1 << 30)
+    monkeypatch.setattr(atomic, "_file_size_limited", lambda: True)
+    assert str(write_failure(end, tmp_path / "x")) == f"{tmp_path / 'x'}: file too large; free some space or write elsewhere"
+    no_temp = FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+    said = str(write_failure(no_temp))
+    assert said.startswith("no folder for temporary files could be written (file too large: "), said
+    assert "['/tmp', '/var/tmp']" in said and said.endswith("free some space, or set TMPDIR to a folder you can write")
+    monkeypatch.setattr(atomic, "_file_size_limited", lambda: False)
+    assert write_failure(end, tmp_path / "x") is None  # room and no limit: not a refused write
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 0)
+    assert "(no space left on device: " in str(write_failure(no_temp))
+    monkeypatch.setattr(atomic, "_free_bytes", lambda path: 1 << 30)
+    assert "(not writable: " in str(write_failure(no_temp))  # read-only folders
+    assert write_failure(FileNotFoundError(errno.ENOENT, "No such file or directory")) is None
+
+
 def test_found_output_tells_a_users_edit_from_the_writers_file(tmp_path):
     """The one check `tgmae synth` and `tgmae data prepare` make before replacing a list: a missing
     file is no edit, the writer's is none, other bytes or an unreadable path (a folder) are one."""

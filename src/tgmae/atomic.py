@@ -46,6 +46,8 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
     target = path if path is not None else getattr(e, "filename", None)
     if (blocked := _in_the_way(e, path)) is not None:
         return blocked
+    if (no_temp := _no_temp_folder(e)) is not None:
+        return no_temp
     code = _errno_of(e)
     if code in WRITE_ERRNOS:
         pass
@@ -65,9 +67,28 @@ def write_failure(e: BaseException, path: Optional[str | os.PathLike] = None) ->
 # ("Read-only file system (os error 30)", or its Debug form "Os { code: 28, kind: StorageFull, ...")
 _OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
 # torch.save's zip writer (caffe2 inline_container.cc) when a write comes up short: a full disk
+# (its end-of-file record failing is the C++ stream's own error: re-trial 29A T1)
 _TORCH_WRITE_TEXT = re.compile(r"inline_container\.cc.*(unexpected pos|file write failed)|"
-                               r"PytorchStreamWriter failed writing", re.S)
+                               r"PytorchStreamWriter failed writing|basic_ios::clear: iostream error", re.S)
 TORCH_LOW_SPACE = 16 << 20  # bytes free below which such a torch write failure is blamed on a full disk
+
+
+def _no_temp_folder(e: BaseException) -> Optional[OutputError]:
+    """tempfile's FileNotFoundError when no candidate folder (TMPDIR, /tmp, /var/tmp, /usr/tmp, the
+    working folder) takes its test file: a file size limit, a full disk or folders not writable
+    (torch asks for one for its caches first; said as "[Errno 2] No usable temporary directory
+    found in [...]", folders that exist: re-trial 29A M3). None for any other error."""
+    if not (isinstance(e, FileNotFoundError) and "No usable temporary directory found" in str(e)):
+        return None
+    if _file_size_limited():
+        code, why = errno.EFBIG, os.strerror(errno.EFBIG).lower()
+    elif _free_bytes(Path(os.environ.get("TMPDIR") or "/tmp")) < LOW_SPACE:
+        code, why = errno.ENOSPC, os.strerror(errno.ENOSPC).lower()
+    else:
+        code, why = errno.EACCES, "not writable"
+    tried = str(e.strerror).split(" found in ", 1)[-1]
+    return OutputError(code, f"no folder for temporary files could be written ({why}: {tried}); free some "
+                             "space, or set TMPDIR to a folder you can write")
 
 
 def _errno_of(e: BaseException) -> Optional[int]:
