@@ -411,10 +411,10 @@ def extract_dataset(cfg: Any, out_dir: str | os.PathLike, spec: ExtractSpec, sub
     from tgmae.weights.sources import load_encoder_source
 
     names = names or {}
-    require_pretrained(cfg.model.pretrained, "the checkpoint whose encoder extracts the features")
     check_output_folder(out_dir, "--out")  # before the encoder is loaded
     if (Path(out_dir) / "manifest.json").is_file():
         read_manifest(Path(out_dir) / "manifest.json", "--out")
+    require_pretrained(cfg.model.pretrained, "the checkpoint whose encoder extracts the features")
     src = load_encoder_source(cfg.model.pretrained, num_heads=cfg.model.num_heads)
     model, note = with_checkpoint_model(cfg.model, src.arch, given)
     if note:
