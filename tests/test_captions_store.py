@@ -421,3 +421,96 @@ def test_provenance_compares_local_model_folders_resolved_and_hub_ids_as_written
     store.write_text(json.dumps({"video_id": "a", "captions": ["x"], "source": "captioner", "model": "org/m"}) + "\n")
     with pytest.raises(CaptionStoreError, match="model 'org/m'"):
         refuse_other_provenance(store, [{"source": "captioner", "model": "org/m/"}])  # no such folder: a hub id
+
+
+def _refuse_stale(records, texts):
+    """`refuse_other_videos` of a store at s.jsonl, comparing texts only (no identities, no ranges)."""
+    from tgmae.captions.store import refuse_other_videos
+
+    refuse_other_videos("s.jsonl", records, {}, None, texts)
+
+
+def test_an_annotation_store_whose_narration_was_edited_is_refused_naming_both_texts():
+    """re-trial 29B S1 follow-up: an `--annotation-captions` store kept an EPIC narration edited
+    since, and training and `masks` used the old text without a word. A record whose captions are
+    not the data set's caption now is refused in one line naming the store, the id, both texts and
+    the way out; the same text, a record without a caption now, and other sources pass."""
+    from tgmae.data.annotations import VideoRecord, annotated_texts
+
+    store = [CaptionRecord("a", ["take cup"], "annotation", "epic55 annotations"),
+             CaptionRecord("b", ["open door"], "annotation", "epic55 annotations"),
+             CaptionRecord("c", ["a dog runs"], "captioner", "blip")]
+    now = [VideoRecord("/a", 0, "a", caption="take cup"), VideoRecord("/b", 0, "b", caption=" open door "),
+           VideoRecord("/c", 0, "c", caption="a cat sits")]
+    _refuse_stale(store, annotated_texts(now, ["x"]))  # unchanged (stored stripped); a captioner's not compared
+    now[0] = VideoRecord("/a", 0, "a", caption="put cup on table")
+    with pytest.raises(CaptionStoreError) as e:
+        _refuse_stale(store, annotated_texts(now, ["x"]))
+    msg = str(e.value)
+    assert msg.startswith("s.jsonl: 1 video(s)") and "'a'" in msg and "'b'" not in msg and "\n" not in msg
+    assert "'take cup'" in msg and "'put cup on table'" in msg and "--annotation-captions" in msg
+    assert "--rebuild" in msg and "--out" in msg
+    now[0] = VideoRecord("/a", 0, "a")  # no caption in the annotations now: nothing to compare
+    _refuse_stale(store, annotated_texts(now, ["x"]))
+
+
+def test_oracle_and_vision_free_stores_record_their_class_and_refuse_a_rename_or_relabel():
+    """re-trial 29B S1 follow-up: an `--oracle` store (or `--descriptions`) kept the class name of a
+    video relabelled since, or of a class renamed in classes.txt, and training used it. Records keep
+    the class they were made from (`class`) and are refused when the data set's class for the
+    video's label differs; records without one (older stores), unlabelled videos and classes
+    without names are not compared."""
+    from tgmae.data.annotations import VideoRecord, annotated_texts
+
+    oracle = oracle_records([("a", "jumping"), ("b", "running")], templates=["a video of {}"])
+    assert [r.extra["class"] for r in oracle] == ["jumping", "running"]
+    vision_free = description_records([("a", "jumping"), ("b", "running")],
+                                      {"jumping": ["Legs push off."], "running": ["Fast strides."]}, "gpt")
+    assert [r.extra["class"] for r in vision_free] == ["jumping", "running"]
+    classes = ["jumping", "running"]
+    now = [VideoRecord("/a", 0, "a"), VideoRecord("/b", 1, "b")]
+    for store in (oracle, vision_free):
+        _refuse_stale(store, annotated_texts(now, classes))
+    relabelled = [VideoRecord("/a", 1, "a"), VideoRecord("/b", 1, "b")]
+    renamed = ["jumping", "sprinting"]
+    for store, texts, first, flag in [(oracle, annotated_texts(relabelled, classes), "a", "--oracle"),
+                                      (oracle, annotated_texts(now, renamed), "b", "--oracle"),
+                                      (vision_free, annotated_texts(relabelled, classes), "a", "--descriptions")]:
+        with pytest.raises(CaptionStoreError) as e:
+            _refuse_stale(store, texts)
+        msg = str(e.value)
+        assert f"({first!r}" in msg and "class" in msg and flag in msg and "--rebuild" in msg and "\n" not in msg
+    assert "'running' in the store, 'sprinting' now" in str(
+        pytest.raises(CaptionStoreError, _refuse_stale, oracle, annotated_texts(now, renamed)).value)
+    older = [CaptionRecord("a", ["jumping"], "oracle", "{}")]  # written before `class` was recorded
+    _refuse_stale(older, annotated_texts(relabelled, classes))
+    _refuse_stale(oracle, annotated_texts([VideoRecord("/a", -1, "a")], classes))  # unlabelled: no class
+    _refuse_stale(oracle, annotated_texts(relabelled, ["0", "1"]))  # numbered classes: no names to compare
+
+
+def test_a_combined_store_keeps_each_parts_record_and_is_refused_when_a_part_is_stale():
+    """`caption --combine` keeps the vision-free part's `class` and the annotation part's text
+    among the captions: a relabelled video or an edited narration is refused there too."""
+    from tgmae.data.annotations import VideoRecord, annotated_texts
+
+    captioner = [CaptionRecord("a", ["a person leaps"], "captioner", "blip")]
+    vision_free = description_records([("a", "jumping")], {"jumping": ["Legs push off."]}, "gpt")
+    annotation = [CaptionRecord("a", ["jump over log"], "annotation", "epic55 annotations")]
+    combined = merge_stores([captioner, vision_free, annotation])
+    assert combined[0].source == "captioner+vision-free+annotation" and combined[0].extra["class"] == "jumping"
+    same = [VideoRecord("/a", 0, "a", caption="jump over log")]
+    _refuse_stale(combined, annotated_texts(same, ["jumping", "running"]))
+    for now, classes in [([VideoRecord("/a", 1, "a", caption="jump over log")], ["jumping", "running"]),
+                         ([VideoRecord("/a", 0, "a", caption="jump over fence")], ["jumping", "running"])]:
+        with pytest.raises(CaptionStoreError, match=r"\('a'.*--combine.*--rebuild"):
+            _refuse_stale(combined, annotated_texts(now, classes))
+
+
+def test_the_caption_provider_refuses_a_stale_text_store_at_set_up(tmp_path):
+    """`CaptionProvider.check_videos` (a dataset's set-up check) compares the texts it is given."""
+    from tgmae.data.annotations import VideoRecord, annotated_texts
+
+    provider = CaptionProvider(oracle_records([("a", "jumping")]), source_file=str(tmp_path / "o.jsonl"))
+    provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["jumping"]))
+    with pytest.raises(CaptionStoreError, match=r"o\.jsonl: 1 video\(s\).*'jumping' in the store, 'running' now"):
+        provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["running"]))

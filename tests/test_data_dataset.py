@@ -703,9 +703,35 @@ def test_check_videos_known_gives_the_captions_each_records_frame_range():
     seen = {}
 
     class Captions:
-        def check_videos(self, ids, paths, frames=None):
-            seen.update(ids=ids, paths=paths, frames=frames)
+        def check_videos(self, ids, paths, frames=None, texts=None):
+            seen.update(ids=ids, paths=paths, frames=frames, texts=texts)
 
-    records = [VideoRecord("/d/a.mp4", 0, "a", 20, 48), VideoRecord("/d/b.mp4", 1, "b")]
+    records = [VideoRecord("/d/a.mp4", 0, "a", 20, 48), VideoRecord("/d/b.mp4", 1, "b", caption="b's text")]
     check_videos_known(records, Captions(), None)
     assert seen["frames"] == {"a": [20, 48], "b": [0, None]}
+    assert seen["texts"] == {"a": (None, None), "b": ("b's text", None)}  # no class names given
+    check_videos_known(records, Captions(), None, ["walk", "jump"])
+    assert seen["texts"] == {"a": (None, "walk"), "b": ("b's text", "jump")}
+
+
+def test_a_training_set_refuses_an_oracle_store_of_a_class_renamed_since(root, tmp_path):
+    """re-trial 29B S1 follow-up: training read an `--oracle` store made before classes.txt renamed
+    a class, and trained on the old name. The dataset built for training hands its class names to
+    the captions' set-up check, which refuses naming the store and both names."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.sources import oracle_records, videos_with_classes
+    from tgmae.captions.store import CaptionStoreError
+
+    ann = tmp_path / "train.csv"
+    ann.write_text((FIXTURES / "csv" / "train.csv").read_text())
+    (tmp_path / "classes.txt").write_text("walking\njumping\n")
+    cfg = _cfg(root=str(root), train_annotations=str(ann))
+    recs, classes = load_annotations("csv", root, ann)
+    store = str(tmp_path / "oracle.jsonl")
+    captions = CaptionProvider(oracle_records(videos_with_classes(recs, classes)), source_file=store)
+    assert build_dataset(cfg, "train", captions=captions).class_names == ["walking", "jumping"]
+    (tmp_path / "classes.txt").write_text("walking\nhopping\n")
+    with pytest.raises(CaptionStoreError) as e:
+        build_dataset(cfg, "train", captions=captions)
+    msg = str(e.value)
+    assert msg.startswith(f"{store}: 2 video(s)") and "'jumping' in the store, 'hopping' now" in msg

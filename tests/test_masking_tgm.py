@@ -756,6 +756,30 @@ def test_masks_refuse_captions_of_other_frame_ranges(synth, tiny_clip, tmp_path,
     assert not (out / "maps").exists()
 
 
+def test_masks_refuse_an_annotation_store_of_a_caption_edited_since(synth, tiny_clip, tmp_path, capsys):
+    """re-trial 29B S1 follow-up: a `caption --annotation-captions` store made before a row's
+    caption was edited gave maps of the old text ("5 videos cached"). `masks` refuses in one line
+    naming the store, the id, both texts and the way out, before any map is made."""
+    from tgmae.cli import main
+
+    caps = tmp_path / "ann.jsonl"
+    assert main(["caption", "--format", "csv", "--root", str(synth), str(synth / "annotations.csv"),
+                 "--annotation-captions", "--out", str(caps)]) == 0
+    lines = (synth / "annotations.csv").read_text().splitlines()
+    old = lines[1].split(",")[2]
+    edited = tmp_path / "annotations.csv"
+    edited.write_text("\n".join([lines[0], lines[1].replace(old, "a red ball on a table"), *lines[2:]]) + "\n")
+    out = tmp_path / "cache"
+    capsys.readouterr()
+    assert masks_main(["--format", "csv", "--root", str(synth), str(edited), "--captions", str(caps),
+                       "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
+    full = capsys.readouterr().err
+    err = full.splitlines()[-1]  # after CLIP's loading bar
+    assert err.startswith(f"tgmae masks: {caps}: 1 video(s)") and "Traceback" not in full
+    assert "'synth_00000'" in err and repr(old) in err and "'a red ball on a table'" in err and "--rebuild" in err
+    assert not (out / "maps").exists()
+
+
 def test_maps_redone_for_edited_captions_are_refused_to_a_run_of_the_former_captions(synth, tiny_clip, tmp_path):
     """issue 28 (re-trial 17A S2): `tgmae masks` rerun on edited captions redid that video's maps but
     kept the manifest's captions_sha256 of the first build; a pretrain on the former captions file

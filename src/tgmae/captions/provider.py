@@ -76,14 +76,17 @@ class CaptionProvider:
         return [v for v in video_ids if v not in self._ids]
 
     def check_videos(self, video_ids: Sequence[str], paths: Optional[dict[str, str]] = None,
-                     frames: Optional[dict[str, Sequence]] = None) -> None:
+                     frames: Optional[dict[str, Sequence]] = None,
+                     texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
         """CaptionStoreError (naming the file and the first videos) unless every id has captions
         and (given `paths` {id: video path}) each record's recorded video identity is the file's at
         that path (`store.refuse_other_videos`: not captions of another data set's videos under
-        the same ids), and (given `frames` {id: `data.annotations.clip_range`}) each record's
-        recorded range is the clip's (not captions of other frames of the file): a dataset checks
-        this at set-up, not at the first sample without one."""
-        if paths or frames:
+        the same ids), (given `frames` {id: `data.annotations.clip_range`}) each record's
+        recorded range is the clip's (not captions of other frames of the file), and (given `texts`
+        {id: (caption, class name)}, `data.annotations.annotated_texts`) a record made from the
+        annotations' text (`--annotation-captions`, `--oracle`, `--descriptions`) was made from
+        today's (`store.stale_texts`): a dataset checks this at set-up, not at the first sample."""
+        if paths or frames or texts:
             from tgmae.data.fileid import video_identities
 
             ids = set(video_ids)
@@ -91,7 +94,8 @@ class CaptionProvider:
             on_disk = video_identities(mine.values())  # a frame folder's segments share one scan
             refuse_other_videos(self.source_file or "the captions", self.records,
                                 {v: on_disk[p] for v, p in mine.items()},
-                                {v: f for v, f in (frames or {}).items() if v in ids})
+                                {v: f for v, f in (frames or {}).items() if v in ids},
+                                {v: t for v, t in (texts or {}).items() if v in ids})
         missing = self.missing(video_ids)
         if missing:
             where = self.source_file or "the captions"

@@ -51,11 +51,13 @@ def _fill(template: str, name: str) -> str:
 
 
 def oracle_records(videos: Sequence[tuple[str, str]], templates: Sequence[str] = (ORACLE_TEMPLATE,)) -> list[CaptionRecord]:
-    """(video_id, class name) pairs -> one record per video, one caption per template."""
+    """(video_id, class name) pairs -> one record per video, one caption per template, recording
+    the class it was made from (`class`: `store.stale_texts` compares it with the data set's)."""
     if not templates:
         raise SettingsError("--template: need at least one oracle template")
     model = " | ".join(templates)
-    return [CaptionRecord(vid, [_fill(t, cls) for t in templates], "oracle", model) for vid, cls in videos]
+    return [CaptionRecord(vid, [_fill(t, cls) for t in templates], "oracle", model, {"class": cls})
+            for vid, cls in videos]
 
 
 def validate_descriptions(obj: Any, where: str = "descriptions") -> tuple[dict[str, list[str]], dict]:
@@ -134,9 +136,10 @@ def match_classes(class_names: Sequence[str], descriptions: dict[str, list[str]]
 
 def description_records(videos: Sequence[tuple[str, str]], descriptions: dict[str, list[str]],
                         model: str) -> list[CaptionRecord]:
-    """(video_id, class name) pairs -> records whose captions are the class's descriptions."""
+    """(video_id, class name) pairs -> records whose captions are the class's descriptions, recording
+    the class they were made from (`class`: `store.stale_texts` compares it with the data set's)."""
     table = match_classes(sorted({c for _, c in videos}), descriptions)
-    return [CaptionRecord(vid, list(table[cls]), "vision-free", model) for vid, cls in videos]
+    return [CaptionRecord(vid, list(table[cls]), "vision-free", model, {"class": cls}) for vid, cls in videos]
 
 
 def videos_with_classes(records: Sequence[Any], class_names: Sequence[str], annotations: str = "annotations",

@@ -393,7 +393,8 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
-    (exact duplicates dropped); `source`/`model` become `a+b`. Videos are listed in first-seen
+    (exact duplicates dropped); `source`/`model` become `a+b`; other keys are each the first part's
+    that has it (a vision-free part's `class`: `stale_texts` checks it). Videos are listed in first-seen
     order. With `require_all`, a video missing from any store is an error. CaptionStoreError
     naming two stores (`names`, e.g. their files; else "store 1", ...) and a few ids when their
     records of one id were captioned from different files (`refuse_mixed_videos`).
@@ -490,8 +491,52 @@ def moved_clips(records: Iterable[CaptionRecord | dict], frames: dict[str, Seque
             and o.get("video_id") in frames and list(o["frames"]) != list(frames[o["video_id"]])]
 
 
+TEXT_SOURCES = {"annotation": "--annotation-captions", "oracle": "--oracle", "vision-free": "--descriptions"}
+
+
+def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[Optional[str], Optional[str]]]
+                ) -> list[tuple[str, str, str, str]]:
+    """(video_id, what, the store's, the data set's now) of each record made from text the data set
+    no longer has (re-trial 29B S1 follow-up: a narration edited, a class renamed or a video
+    relabelled after `tgmae caption`): a record of source `annotation` (alone or a part of a
+    combined `a+b`) whose captions lack the record's caption now (what "text"), and one that keeps
+    the class it was made from (`class`: `--oracle`, `--descriptions`; a combination keeps its
+    part's, `merge_stores`) other than the video's class now (what "class"). `texts`: {video_id:
+    (caption, class name)}, `tgmae.data.annotations.annotated_texts`; a None there, a record
+    without `class` (an older store) and ids not in `texts` are not compared."""
+    objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
+    out = []
+    for o in objs:
+        if not isinstance(o, dict) or o.get("video_id") not in texts:
+            continue
+        caption, name = texts[o["video_id"]]
+        caps = list(o.get("captions") or [])
+        if caption is not None and "annotation" in str(o.get("source")).split("+") and caption.strip() not in caps:
+            out.append((o["video_id"], "text", caps[0] if len(caps) == 1 else caps, caption.strip()))
+        elif name is not None and o.get("class") is not None and o["class"] != name:
+            out.append((o["video_id"], "class", o["class"], name))
+    return out
+
+
+def _refuse_stale_texts(path: str | Path, records: Sequence[dict], texts: dict[str, tuple]) -> None:
+    """CaptionStoreError naming the store, up to 5 videos, the first one's texts and the caption
+    rerun that redoes them, when `stale_texts` finds any."""
+    stale = stale_texts(records, texts)
+    if not stale:
+        return
+    vid, what, have, now = stale[0]
+    source = next(str(o.get("source")) for o in records if isinstance(o, dict) and o.get("video_id") == vid)
+    redo = (f"rerun `tgmae caption ... {TEXT_SOURCES[source]} --rebuild` into it" if source in TEXT_SOURCES else
+            "caption its parts again, then rerun `tgmae caption --combine ... --rebuild` into it")
+    raise CaptionStoreError(
+        f"{path}: {len(stale)} video(s) were captioned from other annotations than this data set's now "
+        f"({ids_text([s[0] for s in stale])}; e.g. {vid!r}: {what} {have!r} in the store, {now!r} now): "
+        f"a narration edited, a class renamed or a video relabelled since; {redo}, or give another --out")
+
+
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
-                        frames: Optional[dict[str, Sequence]] = None) -> None:
+                        frames: Optional[dict[str, Sequence]] = None,
+                        texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
@@ -501,7 +546,9 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     without a file now (None) are not compared; when no record of the data set's videos has one, a
     log line says the store could not be checked. Given `frames` ({video_id:
     `data.annotations.clip_range`}), a record whose recorded range differs (`moved_clips`) is
-    refused too, naming it."""
+    refused too, naming it; given `texts` ({video_id: (caption, class name)},
+    `data.annotations.annotated_texts`), so is a record made from text the data set has changed
+    since (`stale_texts`: its caption or class then and now)."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
@@ -519,6 +566,7 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
             f"({ids_text(moved)}; e.g. {moved[0]!r}: frames {range_text(was)} in the store, "
             f"{range_text(frames[moved[0]])} now): their captions describe other frames; caption them again "
             "(a `tgmae caption --model` rerun into the same --out redoes them)")
+    _refuse_stale_texts(path, objs, texts or {})
     if mine and not known:
         log.info("tgmae: %s records no video identities (which file each caption describes): its captions "
                  "are not checked against this data set's files", path)

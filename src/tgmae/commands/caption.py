@@ -194,20 +194,21 @@ def _identities(videos) -> dict:
 
 def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
     """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
-    against the data set: a store captioned from other files or frame ranges for its ids is
-    refused (`refuse_other_videos`, naming it), and ids not in the data set are dropped with a warning.
+    against the data set: a store captioned from other files or frame ranges for its ids, or from
+    its text (captions, class names) before an edit, is refused (`refuse_other_videos`, naming it),
+    and ids not in the data set are dropped with a warning.
     With or without, stores whose records of one id were captioned from different files are
     refused naming both (`merge_stores`: two data sets' stores with the same ids)."""
     from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
 
     stores = [read_store(f).records for f in args.combine]
     if args.annotations:
-        from tgmae.data.annotations import clip_range
+        from tgmae.data.annotations import annotated_texts, clip_range
 
-        videos = _annotations(args)[0]
+        videos, classes = _annotations(args)
         identity, ranges = _identities(videos), {v.video_id: clip_range(v) for v in videos}
         for f, recs in zip(args.combine, stores):
-            refuse_other_videos(f, recs, identity, ranges)
+            refuse_other_videos(f, recs, identity, ranges, annotated_texts(videos, classes))
         stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
     return merge_stores(stores, require_all=args.require_all, names=args.combine)
 

@@ -105,12 +105,12 @@ def _run_number(out: str, rank: int) -> int:
 
 def _precompute(args: argparse.Namespace, shard) -> int:
     from tgmae.clip.features import load_clip
-    from tgmae.data.annotations import clip_range
+    from tgmae.data.annotations import annotated_texts, clip_range
     from tgmae.data.formats import load_annotations
     from tgmae.distributed import distributed_ready, init_distributed_if_launched, resolve_device
     from tgmae.lifetime import local_rank
 
-    records, _ = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
+    records, classes = load_annotations(args.format, args.root, args.annotations, args.split, args.subset)
     videos = list({r.video_id: r.path for r in records}.items())
     _refuse_no_video_on_disk(videos, args)  # a stat each, before CLIP (seconds to minutes) is loaded
     created = init_distributed_if_launched()
@@ -122,7 +122,8 @@ def _precompute(args: argparse.Namespace, shard) -> int:
     opts = PrecomputeOptions(args.mode, args.frame_stride, args.image_size, args.patch_size,
                              args.map_scale, args.dense_size, batch_size=args.batch_size)
     counts = precompute(videos, args.captions, clip, args.out, opts, shard.rank, shard.world_size,
-                        progress=not args.no_progress, ranges=ranges, run=_run_number(args.out, shard.rank))
+                        progress=not args.no_progress, ranges=ranges, run=_run_number(args.out, shard.rank),
+                        texts=annotated_texts(records, classes))
     if distributed_ready():
         import torch.distributed as dist
 

@@ -61,6 +61,17 @@ def clip_range(rec: VideoRecord) -> list:
     return [rec.start_frame or 0, rec.end_frame]
 
 
+def annotated_texts(records: Sequence[VideoRecord], class_names: Sequence[str] = ()
+                    ) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """{video_id: (caption, class name)}: the texts a record carries now, which caption stores made
+    without pixels were made from (`--annotation-captions` its caption, `--oracle` / `--descriptions`
+    its class's name; `tgmae.captions.store.stale_texts` compares them). None where the record has
+    none: no caption; no class name (unlabelled, a label past `class_names`, or classes numbered
+    only, `unnamed_classes`, with no names to compare) (re-trial 29B S1 follow-up)."""
+    names = [] if unnamed_classes(list(class_names)) else list(class_names)
+    return {r.video_id: (r.caption, names[r.label] if 0 <= r.label < len(names) else None) for r in records}
+
+
 def range_problem(start: Optional[int], end: Optional[int]) -> Optional[str]:
     """Why an annotated frame range [start, end) (0-based, end exclusive; None = the video's
     start / end) is no range, or None: a negative frame (which would be clipped to 0, a clip the

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
-from tgmae.data.annotations import UNLABELLED, AnnotationError, VideoRecord, clip_key, clip_range
+from tgmae.data.annotations import (UNLABELLED, AnnotationError, VideoRecord, annotated_texts, clip_key,
+                                    clip_range)
 from tgmae.data.formats import load_annotations
 from tgmae.data.cache import ClipCache, build_clip_cache
 from tgmae.data.sampling import clip_indices, clip_span, temporal_views
@@ -249,6 +250,8 @@ class VideoDataset(_RobustBase):
     min_frames: frames a clip's range must hold (default `cfg.num_frames`); shorter = failure.
     cache: a prebuilt `ClipCache` holding the records' videos; by default one is built here when
       `cfg.cache` is "memory" or "disk" (decoding `cfg.num_workers` videos at a time).
+    class_names: the classes by label (`build_dataset` gives the annotations'), kept as
+      `class_names`; the captions' set-up check compares a store made from class names with them.
     With `cfg.num_sample` = k > 1 (train only) a sample holds k views from one decode
       (`tgmae.data.views`): `video`, `frame_indices`, `crop`, `caption_id` (one caption per
       video) and `mask` are lists of k per-view values; the dataset's `collate`
@@ -260,13 +263,14 @@ class VideoDataset(_RobustBase):
                  mask_generator: Optional[MaskGenerator] = None,
                  captions: Optional[CaptionProvider] = None, seed: int = 0,
                  augment: str = "pretrain", min_frames: Optional[int] = None,
-                 reader_threads: Optional[int] = None, cache: Optional[ClipCache] = None):
+                 reader_threads: Optional[int] = None, cache: Optional[ClipCache] = None,
+                 class_names: Sequence[str] = ()):
         super().__init__(records, cfg, seed, min_frames)
         if mask_generator is not None and token_grid is None:
             raise ValueError("mask_generator needs token_grid (T', H', W')")
         self.train, self.token_grid, self.mask_generator = train, token_grid, mask_generator
-        self.captions = captions
-        check_videos_known(self.records, captions, mask_generator)
+        self.captions, self.class_names = captions, list(class_names)
+        check_videos_known(self.records, captions, mask_generator, self.class_names)
         if cfg.num_workers > 0 and getattr(mask_generator, "share_with_workers", None) is not None:
             mask_generator.share_with_workers()  # its state seen by every worker; none in /dev/shm without
         self.reader_threads = cfg.decoder_threads if reader_threads is None else reader_threads
@@ -407,15 +411,18 @@ class MultiViewDataset(_RobustBase):
 
 
 def check_videos_known(records: Sequence[VideoRecord], captions: Optional[CaptionProvider],
-                       mask_generator: Optional[MaskGenerator]) -> None:
+                       mask_generator: Optional[MaskGenerator], class_names: Sequence[str] = ()) -> None:
     """At set-up, not in a DataLoader worker at step N: the caption provider and the mask
     generator know every record's video (their `check_videos` where they have one: captions
-    for each video, captioned from the record's file where the store records it, a TGM similarity cache's maps, made from the record's file, and captions). They raise a UserError naming
-    the videos and the file."""
+    for each video, captioned from the record's file and frames where the store records them, and
+    from its caption and class (`class_names`, by label) where made from those (`annotated_texts`);
+    a TGM similarity cache's maps, made from the record's file, and captions). They raise a
+    UserError naming the videos and the file."""
     ids = [r.video_id for r in records]
     paths = {r.video_id: r.path for r in records}
-    if getattr(captions, "check_videos", None) is not None:  # captions of these very files and frames
-        captions.check_videos(ids, paths, {r.video_id: clip_range(r) for r in records})
+    if getattr(captions, "check_videos", None) is not None:  # captions of these very files, frames and texts
+        captions.check_videos(ids, paths, {r.video_id: clip_range(r) for r in records},
+                              annotated_texts(records, class_names))
     if getattr(mask_generator, "check_videos", None) is not None:  # maps made from these very files
         mask_generator.check_videos(ids, paths)
 
@@ -577,6 +584,6 @@ def build_dataset(cfg: DataConfig, subset: str = "train", *, train: Optional[boo
     if multi_view:
         ds: Dataset = MultiViewDataset(records, cfg, **kwargs)
     else:
-        ds = VideoDataset(records, cfg, train=is_train if train is None else train, **kwargs)
+        ds = VideoDataset(records, cfg, train=is_train if train is None else train, class_names=classes, **kwargs)
     ds.class_names = classes  # type: ignore[attr-defined]
     return ds

@@ -88,6 +88,7 @@ def precompute(
     videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: str | Path,
     opts: PrecomputeOptions, rank: int = 0, world: int = 1, progress: bool = True, way_out: str = MASKS_WAY_OUT,
     ranges: Optional[dict[str, list]] = None, setting: str = CACHE_SETTING, run: Optional[int] = None,
+    texts: Optional[dict[str, tuple]] = None,
 ) -> dict:
     """Compute this rank's share of (video_id, path) pairs into cache `out`, holding its lock
     (this rank's: `tgmae.locks.shard_target`; LockError naming another writer, first thing).
@@ -99,7 +100,10 @@ def precompute(
     ranges: {video_id: `data.annotations.clip_range`} of the annotated clips (None: whole videos):
     a video whose range is past its end is skipped with `record_frame_range`'s reason (maps are of
     every frame; the clip must exist), and a caption store whose records were made from other
-    ranges is refused (`refuse_other_videos`). setting: what chose `out`, named in the refusals of
+    ranges is refused (`refuse_other_videos`). texts: {video_id: (caption, class name)} of the
+    annotated clips (`data.annotations.annotated_texts`): a store made from the annotations' text
+    (`--annotation-captions`, `--oracle`, `--descriptions`) that has changed since is refused
+    (`store.stale_texts`). setting: what chose `out`, named in the refusals of
     the folder (`CACHE_SETTING`; eval-masks names its --cache). run: the number this run's part
     lines carry (`cache.next_run`, which the ranks of `tgmae masks` take from rank 0); None: this
     process's own `next_run` of the parts it reads at its start."""
@@ -108,7 +112,7 @@ def precompute(
     check_cache_folder(out, setting)
     with hold(shard_target(out, rank, world), setting):
         return _precompute(videos, captions_file, clip, Path(out), opts, rank, world, progress, way_out, ranges or {},
-                           run)
+                           run, texts or {})
 
 
 def range_error(path: str, frames: Optional[list]) -> Optional[str]:
@@ -132,7 +136,7 @@ def range_error(path: str, frames: Optional[list]) -> Optional[str]:
 
 def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: ClipBundle, out: Path,
                 opts: PrecomputeOptions, rank: int, world: int, progress: bool, way_out: str,
-                ranges: dict[str, list], run: Optional[int]) -> dict:
+                ranges: dict[str, list], run: Optional[int], texts: dict[str, tuple]) -> dict:
     from tqdm import tqdm
 
     from tgmae.captions.store import read_store, refuse_other_videos
@@ -140,9 +144,9 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
 
     remove_stale_cache_temps(out)  # index / manifest / maps of a killed run
     records = read_store(captions_file).records
-    # captions of another data set's videos under these ids would make maps of the wrong text
+    # captions of another data set's videos under these ids (or of text edited since) would make maps of the wrong text
     idents = video_identities(path for _, path in videos)  # a frame folder's segments share one scan
-    refuse_other_videos(captions_file, records, {vid: idents[path] for vid, path in videos}, ranges)
+    refuse_other_videos(captions_file, records, {vid: idents[path] for vid, path in videos}, ranges, texts)
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
