@@ -181,7 +181,7 @@ def _retrieval_config(root: Path, clip, tmp_path: Path) -> Path:
     return path
 
 
-def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
+def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys, monkeypatch):
     root, clip = synth
     path = _retrieval_config(root, clip, tmp_path)
     run = _video_text_run(tmp_path, load_config(path))
@@ -248,6 +248,20 @@ def test_retrieve_cli_classes_and_captions(synth, tmp_path, capsys):
     assert r.mode == "captions" and r.num_videos == num_val and r.num_texts == len(distinct)
     saved = json.loads((tmp_path / "cap" / "retrieval_results.json").read_text())
     assert saved["video_to_text"]["R@1"] == r.video_to_text[1]
+
+    # the store is checked against the val videos at set-up, as training checks it, before any video
+    # is embedded (session 16: caption retrieval read the store unchecked)
+    import tgmae.evaluate.retrieval as retrieval
+    from tgmae.captions.store import CaptionStoreError
+
+    first = sorted(val_ids)[0]
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps(c) + "\n" for c in captions if c["video_id"] != first))
+    monkeypatch.setattr(retrieval, "video_embeddings", lambda *a, **k: pytest.fail("videos embedded first"))
+    cut = load_config(path, [f"model.pretrained={run}", f"train.output_dir={tmp_path / 'cap2'}",
+                             f"captions.file={short}"])
+    with pytest.raises(CaptionStoreError, match=rf"no captions for 1 of the {num_val} videos \({first!r}\)"):
+        evaluate_retrieval(cut, mode="captions", progress=False)
 
 
 def test_retrieve_takes_the_architecture_from_the_weights_unless_set(synth, tmp_path, capsys):

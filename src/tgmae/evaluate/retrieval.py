@@ -331,12 +331,13 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
         from tgmae.data.dataset import build_dataset
 
         dataset = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
+    captions = caption_gallery(cfg, dataset, str(dist_info.device)) if mode == "captions" else None
     out = video_embeddings(model, dataset, batch_size=cfg.train.batch_size,
                            precision=resolve_precision(cfg.train.precision, dist_info.device),
                            num_workers=cfg.data.num_workers, device=dist_info.device,
                            progress=progress and cfg.log.progress)
     out, unreadable = split_unreadable(out, dataset, cfg.eval.strict, "retrieval")
-    text, relevant = gallery_texts(cfg, model, dataset, out, mode, str(dist_info.device))
+    text, relevant = gallery_texts(cfg, model, dataset, out, captions, str(dist_info.device))
     result = retrieval_metrics(out["embedding"], text, relevant, KS, mode)
     result.unreadable = unreadable
     if unreadable:
@@ -368,17 +369,14 @@ def refuse_test_list(cfg, mode: str, dataset: Optional[Dataset]) -> None:
                                                         "prompt (eval.retrieval_text=captions needs none)")
 
 
-def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.Tensor], mode: str,
-                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """([T, D] embedded texts, [N, T] relevance of the N embedded videos `out`): the dataset's class
-    prompts (mode "classes") or the captions of those videos (the gallery: theirs only)."""
-    if mode == "classes":
-        names = list(getattr(dataset, "class_names", None) or [])
-        if not names:
-            raise ValueError("class-prompt retrieval needs the dataset's class names")
-        return (class_text_embeddings(cfg, model, names, device=device),
-                relevance_from_ids(out["label"], torch.arange(len(names))))
+def caption_gallery(cfg, dataset: Dataset, device: str):
+    """The `CaptionProvider` of `captions.file` with its texts embedded, checked at set-up against
+    the val videos as training checks its store (`data.dataset.check_videos_known`): a caption for
+    each, of its file, frames and (for a store made from annotations) its text and class now. A
+    store of another data set with the same ids, or of annotations edited since, ranked other
+    videos' captions without a word (session 16). ValueError without a text model."""
     from tgmae.captions.provider import CaptionProvider
+    from tgmae.data.dataset import check_videos_known
 
     provider = CaptionProvider.from_config(cfg.captions, device=device)
     if provider is None or provider.embeddings is None:
@@ -386,9 +384,24 @@ def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.
     records = getattr(dataset, "records", None)
     if records is None:
         raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
-    relevant = caption_relevance([records[int(i)].video_id for i in out["index"]], provider)
+    check_videos_known(records, provider, None, getattr(dataset, "class_names", None) or ())
+    return provider
+
+
+def gallery_texts(cfg, model: nn.Module, dataset: Dataset, out: dict[str, torch.Tensor], captions,
+                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """([T, D] embedded texts, [N, T] relevance of the N embedded videos `out`): the dataset's class
+    prompts (`captions` None) or the captions of those videos (`captions`: `caption_gallery`'s
+    provider; the gallery: theirs only)."""
+    if captions is None:
+        names = list(getattr(dataset, "class_names", None) or [])
+        if not names:
+            raise ValueError("class-prompt retrieval needs the dataset's class names")
+        return (class_text_embeddings(cfg, model, names, device=device),
+                relevance_from_ids(out["label"], torch.arange(len(names))))
+    relevant = caption_relevance([dataset.records[int(i)].video_id for i in out["index"]], captions)
     used = relevant.any(dim=0)
-    return text_embeddings(model, provider.embeddings[used]), relevant[:, used]
+    return text_embeddings(model, captions.embeddings[used]), relevant[:, used]
 
 
 RETRIEVE, RESULTS = "tgmae retrieve", "retrieval_results.json"  # `written_by`, the file
