@@ -545,3 +545,18 @@ def test_frame_folder_listing_is_kept_per_folder_state(tmp_path, monkeypatch):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a distinct mtime, whatever the clock's resolution
     assert probe_video(path).num_frames == 13 and len(listed) == 2
+
+
+def test_x264_options_leave_avx512_out_only_where_x264_would_use_it(monkeypatch):
+    """Re-trial 29A S1: x264's AVX-512 code gives other bytes for the same frames from run to run;
+    where x264 would use it the encoders ask for its AVX2 code (the flags it detects there, but
+    AVX-512), joined to any x264-params given; elsewhere the options are unchanged."""
+    from tgmae.data import video
+
+    opts = {"crf": "20", "x264-params": "keyint=8:bframes=0"}
+    monkeypatch.setattr(video, "_x264_would_use_avx512", lambda: True)
+    assert video.x264_reproducible(opts) == {"crf": "20", "x264-params": "keyint=8:bframes=0:asm=AVX2"}
+    assert video.x264_reproducible({"crf": "20"}) == {"crf": "20", "x264-params": "asm=AVX2"}
+    assert opts == {"crf": "20", "x264-params": "keyint=8:bframes=0"}  # the caller's dict is kept
+    monkeypatch.setattr(video, "_x264_would_use_avx512", lambda: False)
+    assert video.x264_reproducible(opts) == opts

@@ -3,7 +3,8 @@
 
 `root/REL.ext` -> `out/REL.mp4`: every source frame (the frame count is kept), upright, short side
 `short_side` (never enlarged; sides even for 4:2:0), H.264 at `crf`, each frame at its source time
-stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte.
+stamp (i / fps without usable ones); H.264 MP4 that needs no resize is copied byte for byte; the
+same source and settings give the same bytes on every run (one machine and PyAV build).
 Annotation files are copied under `out` with the same labels, ids and order and `.mp4` paths; every
 list carried along (its split siblings, FORMAT_FILES) has its videos prepared too, so no path
 dangles; class lists and label maps are copied as they are; the folder's other files are not
@@ -144,8 +145,11 @@ def transcode(src: str, dst: str, settings: PrepareSettings) -> FileResult:
 def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base: Fraction,
             pts: Optional[np.ndarray], settings: PrepareSettings) -> None:
     """Frames of `reader` in index order -> H.264 MP4 at `size`; frame i at `pts[i]` (in
-    `time_base`), or at i (time base 1 / rate) without source time stamps."""
+    `time_base`), or at i (time base 1 / rate) without source time stamps. The same frames and
+    settings give the same bytes on every run (`video.x264_reproducible`; re-trial 29A S1)."""
     import av
+
+    from tgmae.data.video import x264_reproducible
 
     w, h = size
     with av.open(path, "w", format="mp4") as c:
@@ -153,8 +157,8 @@ def _encode(reader, path: str, size: tuple[int, int], rate: Fraction, time_base:
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.time_base = s.codec_context.time_base = time_base
         s.codec_context.thread_count = 1  # workers run in parallel: one thread each
-        s.options = {"crf": str(settings.crf), "preset": settings.preset, "g": str(settings.gop),
-                     "keyint_min": str(settings.gop), "sc_threshold": "0"}
+        s.options = x264_reproducible({"crf": str(settings.crf), "preset": settings.preset, "g": str(settings.gop),
+                                       "keyint_min": str(settings.gop), "sc_threshold": "0"})
         for i, rgb in reader.frames_in_order():
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
                 width=w, height=h, format="yuv420p", interpolation="AREA")

@@ -17,6 +17,7 @@ is refused by name (`tgmae.data.frame_folder`: kind "bad_frame_folder").
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -386,6 +387,39 @@ def _rgb_options() -> dict:
     return _RGB_OPTIONS
 
 
+def x264_reproducible(options: dict) -> dict:
+    """`options` (a libx264 stream's `options`) with x264's AVX-512 code left out where x264 would
+    use it (`x264-params` gains `asm=AVX2`; elsewhere `options` come back unchanged), so the same
+    frames and settings give the same bytes on every run (re-trial 29A S1).
+
+    Why: on an AVX-512 CPU, libx264 (core 165, PyAV 18 wheels) encodes the same frames with the
+    same settings (one thread, lookahead_threads=1) into 2-3 different files in 40 encodes of a 24 px
+    synthetic clip; with `asm=AVX2` or `asm=0` all 40 are one file, across processes too (73 clips).
+    The inputs (decode, swscale resize) are identical each time and valgrind, whose CPU lacks
+    AVX-512 so x264 runs its AVX2 code, finds no x264 read of unset memory: presumably an AVX-512
+    routine reads memory nothing wrote (which one is not known). AVX2 costs no speed (0.97x the encode time at 568x320 on a 2-vCPU
+    Xeon; C alone would be 3.8x). The flags `asm=AVX2` sets are those x264 detects on such a CPU
+    but AVX-512 (x264 common/cpu.c), so no instruction the CPU lacks is used."""
+    if not _x264_would_use_avx512():
+        return dict(options)
+    params = options.get("x264-params")
+    return {**options, "x264-params": f"{params}:asm=AVX2" if params else "asm=AVX2"}
+
+
+@functools.lru_cache(maxsize=1)
+def _x264_would_use_avx512() -> bool:
+    """x264's AVX-512 test (F, CD, BW, DQ and VL, with the OS saving the registers), as numpy's
+    CPU detection answers it; False where numpy does not say (not x86: x264 has no AVX-512 code)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy >= 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
+        except ImportError:
+            return False
+    return all(features.get(f"AVX512{k}", False) for k in ("F", "CD", "BW", "DQ", "VL"))
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec: str = "libx264",
                 gop: int = 30, crf: int = 23, rotation: int = 0, bframes: Optional[int] = None) -> None:
     """Encode uint8 [T, H, W, 3] RGB frames to a video file (tests, benchmarks, figures).
@@ -409,7 +443,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec:
                     "preset": "veryfast"}
             if bframes is not None:
                 opts["bf"] = str(bframes)
-            s.options = opts
+            s.options = x264_reproducible(opts)
         if rotation:
             s.set_display_rotation(rotation)
         for img in frames:

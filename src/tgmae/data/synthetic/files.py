@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from tgmae.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from tgmae.data.video import x264_reproducible
 
 CSV_HEADER = ("path", "label", "caption", "video_id")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -54,8 +55,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, gop: int, crf: int = 18)
     """Encode uint8 [T, H, W, 3] RGB frames as H.264 (libx264, yuv420p) in an mp4.
 
     Closed GOPs of exactly `gop` frames (no scene-cut keyframes, no B-frames): every frame that
-    is not a GOP start is a P-frame carrying motion vectors. One encoder thread keeps the
-    bitstream identical across machines.
+    is not a GOP start is a P-frame carrying motion vectors. One encoder thread, and no x264
+    AVX-512 code (`x264_reproducible`, re-trial 29A S1), keep the bitstream the same on every run.
     """
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
@@ -64,12 +65,12 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, gop: int, crf: int = 18)
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
-        stream.options = {
+        stream.options = x264_reproducible({
             "preset": "veryfast",
             "crf": str(crf),
             "threads": "1",
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
-        }
+        })
         for i in range(t):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame.pts = i
