@@ -393,13 +393,11 @@ def x264_reproducible(options: dict) -> dict:
     frames and settings give the same bytes on every run (re-trial 29A S1).
 
     Why: on an AVX-512 CPU, libx264 (core 165, PyAV 18 wheels) encodes the same frames with the
-    same settings (one thread, lookahead_threads=1) into 2-3 different files in 40 encodes of a 24 px
-    synthetic clip; with `asm=AVX2` or `asm=0` all 40 are one file, across processes too (73 clips).
-    The inputs (decode, swscale resize) are identical each time and valgrind, whose CPU lacks
-    AVX-512 so x264 runs its AVX2 code, finds no x264 read of unset memory: presumably an AVX-512
-    routine reads memory nothing wrote (which one is not known). AVX2 costs no speed (0.97x the encode time at 568x320 on a 2-vCPU
-    Xeon; C alone would be 3.8x). The flags `asm=AVX2` sets are those x264 detects on such a CPU
-    but AVX-512 (x264 common/cpu.c), so no instruction the CPU lacks is used."""
+    same settings (one thread, one lookahead thread) into different files now and then; with its
+    AVX2 or C code every encode is one file, across processes too, and the inputs (decode, swscale
+    resize) are the same each time, so some AVX-512 routine presumably reads memory nothing wrote.
+    AVX2 costs about no speed (docs/benchmarks.md, "Prepared videos"). The flags `asm=AVX2` sets
+    are those x264 detects on such a CPU but AVX-512 (x264 common/cpu.c): none the CPU lacks."""
     if not _x264_would_use_avx512():
         return dict(options)
     params = options.get("x264-params")
