@@ -336,3 +336,26 @@ def test_a_finalizer_is_told_from_the_code_a_stop_should_end():
     del key
     assert seen == {"__del__": True, "finalize": True}
     assert in_finalizer(sys._getframe()) is False
+
+
+def test_a_dataloader_worker_ignores_ctrl_c_and_ends_quietly_on_sigterm():
+    """Re-trial 30A L1: workers that ignored SIGTERM kept a parent stopped while it started them
+    waiting for ever at exit (multiprocessing joins its children after its SIGTERM). A worker
+    (`quiet_worker_stops`) ignores Ctrl-C (its parent's) and ends with 0 on SIGTERM, which torch's
+    SIGCHLD handler does not report as a worker killed (re-trial 29B T3)."""
+    code = ("import sys, time; from tgmae.lifetime import quiet_worker_stops; quiet_worker_stops(); "
+            "print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:  # ignored: still there
+            pass
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()

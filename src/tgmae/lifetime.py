@@ -268,12 +268,24 @@ def stopped_after_results() -> bool:
     return _results_said
 
 
+def quiet_worker_stops() -> None:
+    """For a DataLoader worker's whole life (`data.dataset.loader_worker_init`): Ctrl-C is ignored
+    (a stop is its parent's) and SIGTERM ends it at once with exit 0. A scheduler signals the whole
+    process group (torchrun each rank's session): killed by the signal, a worker had torch's SIGCHLD
+    handler raise "DataLoader worker (pid N) is killed by signal" into its parent's stop (re-trial
+    29B T3); ignoring SIGTERM instead left a parent stopped while it started its workers waiting for
+    them for ever at exit (multiprocessing joins them after its SIGTERM; re-trial 30A L1). A
+    worker that ends with 0 is not reported, and its parent, if it goes on, is told it exited."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+
+
 def ignore_stops() -> None:
     """For the process's last moments, once its command has returned and said its last line: Ctrl-C
     and SIGTERM are ignored, so one during the interpreter's shutdown (torch's teardown takes about a
     second, past where a Python handler runs) leaves the command's exit code, not 130 / 143 without
-    a word (re-trial 27A M5, 28 M5). A shutdown that hangs is ended with SIGKILL. Also for a
-    DataLoader worker's whole life (`data.dataset.loader_worker_init`): a stop is its parent's."""
+    a word (re-trial 27A M5, 28 M5). A shutdown that hangs is ended with SIGKILL."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)

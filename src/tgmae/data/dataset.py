@@ -37,7 +37,7 @@ from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
 from tgmae.errors import UserError, count
-from tgmae.lifetime import ignore_stops
+from tgmae.lifetime import quiet_worker_stops
 from tgmae.mask_contract import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,11 @@ def keep_freed_memory() -> bool:
 
 def loader_worker_init(worker_id: int) -> None:
     """DataLoader `worker_init_fn` of every loader the project makes (the training loop's,
-    `evaluate.sharded.map_dataset`'s): `keep_freed_memory`, and Ctrl-C / SIGTERM ignored
-    (`lifetime.ignore_stops`). A scheduler signals the whole process group (torchrun each rank's
-    session): killed by it, the workers had torch's SIGCHLD handler raise "DataLoader worker (pid N)
-    is killed by signal: Terminated" into their parent's stop, a traceback before its one line
-    (re-trial 29B T3). Their parent stops and shuts them down; they also end when it dies (torch's
-    watchdog). Ignoring SIGTERM also ignores torch's own fallback, a SIGTERM to a worker that
-    did not stop within 5 s: one hung in a C call ends with the SIGKILL that follows a stop. A
-    worker still starting (before this runs) dies of a stop as before."""
+    `evaluate.sharded.map_dataset`'s): `keep_freed_memory`, and a stop left to the parent
+    (`lifetime.quiet_worker_stops`: Ctrl-C ignored, SIGTERM a quiet exit). A worker still starting
+    (before this runs) dies of a SIGTERM as before."""
     keep_freed_memory()
-    ignore_stops()
+    quiet_worker_stops()
 
 
 def _load_errors() -> tuple[type, ...]:
