@@ -1511,6 +1511,90 @@ def test_a_run_that_never_logged_a_step_restarts_in_its_folder(tmp_path):
     assert Trainer(ToyTask(smaller), smaller).fit().position.step == 32
 
 
+def _stop_before_first_checkpoint(cfg, how: str, monkeypatch) -> None:
+    """The toy run of `cfg` (checkpoint.every_steps=3) stopped before a checkpoint was written:
+    Ctrl-C at step 2, or its first checkpoint's write failing (a full disk, EFBIG) at step 3."""
+    import errno
+
+    from conftest import Killed, kill_at
+
+    if how == "ctrl-c":
+        with pytest.raises(Killed):
+            Trainer(ToyTask(cfg), cfg, hooks=[kill_at(2)]).fit()
+        return
+
+    def full(*a, **k):
+        raise OSError(errno.EFBIG, "File too large")
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "save_checkpoint", full)
+        with pytest.raises(OSError):
+            Trainer(ToyTask(cfg), cfg).fit()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "full disk"])
+def test_a_run_stopped_before_its_first_checkpoint_is_rerun_from_the_start(tmp_path, monkeypatch, caplog, how):
+    """Re-trial 29A M2: a run stopped after its first logged step but before its first checkpoint
+    (Ctrl-C / SIGTERM, a full disk at that checkpoint) said "a rerun of the same command resumes from
+    the start", and the rerun was refused for its folder (config.yaml, metrics.jsonl, no checkpoint):
+    the user had to delete it, and `tgmae study` could not resume a phase at all. The same settings
+    start afresh, said in a line; the result is the uninterrupted run's."""
+    cfg = toy_cfg(tmp_path)
+    _stop_before_first_checkpoint(cfg, how, monkeypatch)
+    run = tmp_path / "run"
+    assert not ckpt.step_folders(run / "checkpoints") and (run / "metrics.jsonl").read_text().strip()
+    with caplog.at_level("INFO", logger="tgmae"):
+        result = Trainer(ToyTask(cfg), cfg).fit()
+    assert result.position.step == 16
+    assert any("before its first checkpoint" in r.getMessage() and "afresh" in r.getMessage()
+               for r in caplog.records)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 17))  # the stopped run's records replaced, none twice
+    whole = toy_cfg(tmp_path / "whole")
+    assert torch.equal(flat_params(result.model), flat_params(Trainer(ToyTask(whole), whole).fit().model))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_of_other_settings_stays_refused(tmp_path, monkeypatch):
+    """Re-trial 29A M2: only this run's own folder restarts; a rerun of other settings is refused
+    naming the keys, and the folder is left as it was."""
+    from tgmae.locks import RunFolderError
+
+    _stop_before_first_checkpoint(toy_cfg(tmp_path), "ctrl-c", monkeypatch)
+    run = tmp_path / "run"
+    before = _folder_state(run)
+    other = toy_cfg(tmp_path, "optim.lr=0.05")
+    with pytest.raises(RunFolderError) as e:
+        Trainer(ToyTask(other), other).fit()
+    msg = str(e.value)
+    assert "\n" not in msg and "optim.lr: 0.01 -> 0.05" in msg and "metrics.jsonl" in msg
+    assert _folder_state(run) == before
+
+
+@pytest.mark.parametrize("how", ["checkpoints deleted", "two epochs", "unmarked config.yaml"])
+def test_a_run_folder_past_its_first_checkpoint_or_not_known_as_this_run_is_not_restarted(tmp_path, how):
+    """Re-trial 29A M2: the restart is for a run stopped before its first checkpoint only. A run of
+    the same settings past it whose checkpoints/ was deleted (to free disk; its metrics go past
+    checkpoint.every_steps, or into a second epoch) stays refused, as does a folder whose config.yaml
+    is not known to be a run's (written before save_config's mark: its settings are not compared)."""
+    import shutil
+
+    from tgmae.locks import RunFolderError
+
+    cfg = toy_cfg(tmp_path, "checkpoint.every_steps=100") if how == "two epochs" else toy_cfg(tmp_path)
+    _train_until_killed(cfg, 4 if how == "checkpoints deleted" else 10)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints")
+    if how == "unmarked config.yaml":  # a run folder from before save_config's mark (its empty checkpoints/)
+        text = (run / "config.yaml").read_text()
+        (run / "config.yaml").write_text(text[text.index("\n") + 1:])
+        (run / "checkpoints").mkdir()
+        (run / "metrics.jsonl").write_text('{"step": 1, "epoch": 0, "loss": 1.0}\n')
+    before = _folder_state(run)
+    with pytest.raises(RunFolderError):
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert _folder_state(run) == before
+
+
 @pytest.mark.parametrize("how", ["removed", "symlink"])
 def test_a_run_without_a_readable_latest_resumes_its_newest_complete_step(tmp_path, caplog, how):
     """Issue 28, re-trial 19B S1: without checkpoints/latest (a kill between the first step folder's

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from tgmae.atomic import remove_stale_temps
-from tgmae.config import RunConfig, is_saved_config, save_config, to_dict
+from tgmae.config import RunConfig, is_saved_config, read_config_file, save_config, to_dict
 from tgmae.data.fileid import copy_key, video_identities
 from tgmae.distributed import DistInfo, any_rank, rank_world
 from tgmae.lifetime import launch_env
-from tgmae.errors import count
+from tgmae.errors import UserError, count
 from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
+from tgmae.train.metrics import read_metrics
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -101,13 +102,18 @@ PROBE_RESULTS = "probe_results.json"  # every probe's results file (tgmae.evalua
 WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
 
 
-def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path]) -> None:
+def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path], unused: Sequence[str] = (),
+                         copies: Optional[Mapping[str, str]] = None) -> None:
     """RunFolderError naming train.output_dir when it holds a run (`locks.run_files`) that this one
     would not continue: no checkpoint of its own to resume (checkpoints/ deleted to free disk),
-    checkpoint.resume='' (start afresh), or a checkpoint.resume path outside it. A fresh run there
-    would replace its weights, config.yaml and metrics.jsonl and leave its step folders beside its own.
-    Under checkpoint.resume=ignore_config, a folder holding results without trained weights (`WEIGHTS`;
-    a k-NN or L-BFGS probe's) is replaced with a warning, as the probes' refusals offer."""
+    checkpoint.resume='' (start afresh), or a checkpoint.resume path outside it; the keys its
+    config.yaml differs in are named. A fresh run there would replace its weights, config.yaml and
+    metrics.jsonl and leave its step folders beside its own. Two such folders are replaced instead,
+    said in a line: under checkpoint.resume=ignore_config, one holding results without trained
+    weights (`WEIGHTS`; a k-NN or L-BFGS probe's), as the probes' refusals offer; and this run's own
+    run stopped before its first checkpoint (`stopped_before_checkpoint`), as its stop promised
+    "a rerun of the same command resumes from the start" (re-trial 29A M2). `unused`, `copies`: as
+    `resume`'s, for the comparison of the settings."""
     out = Path(cfg.train.output_dir)
     if source is not None and Path(source).resolve().is_relative_to(out.resolve()):
         return
@@ -118,10 +124,58 @@ def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path]) -> None:
         # results alone (a k-NN probe's): ignore_config replaces them, as the results' own refusals say
         log.warning("%s: replacing what it holds (%s) under checkpoint.resume=%s", out, ", ".join(held), spec)
         return
+    diffs = saved_config_differences(cfg, unused, copies)
+    if held and diffs == [] and stopped_before_checkpoint(out, held):
+        if rank_world()[0] == 0:
+            log.info("%s holds this run, stopped before its first checkpoint (%s): starting it afresh, "
+                     "replacing them", out, ", ".join(held))
+        return
     why = ("checkpoint.resume='' would not continue (it starts afresh)" if not spec else
            f"checkpoint.resume={spec} (a checkpoint outside it) would not continue" if source is not None else
            f"has no complete checkpoint in {out / 'checkpoints'} to resume")
+    if diffs:
+        why += f", made with other settings ({describe(diffs)})"
     refuse_holding_run(out, "train.output_dir", why)
+
+
+def saved_config_differences(cfg: RunConfig, unused: Sequence[str] = (),
+                             copies: Optional[Mapping[str, str]] = None) -> Optional[list[tuple[str, Any, Any]]]:
+    """The keys train.output_dir/config.yaml (a run's, `is_saved_config`) differs from `cfg` in, as a
+    resume compares them (`config_differences`: RESUMABLE_KEYS, `unused` and `copies` left out);
+    None when it is missing, a user's file or unreadable (the run there is not known to be this one)."""
+    path = Path(cfg.train.output_dir) / "config.yaml"
+    if not is_saved_config(path):
+        return None
+    try:
+        stored = read_config_file(path)
+    except (UserError, OSError):
+        return None
+    return ckpt.config_differences(stored, to_dict(cfg), to_dict(RunConfig()), unused, copies)
+
+
+def stopped_before_checkpoint(out: Path, held: Sequence[str]) -> bool:
+    """Whether run folder `out`, holding `held` (`run_files`: only config.yaml and metrics.jsonl, no
+    weights, results or step folders), holds a run that stopped (Ctrl-C, SIGTERM, kill -9, a full disk
+    at its first checkpoint) before a checkpoint was written: its metrics.jsonl records stay in one
+    epoch (an epoch's end writes one) and end at or before the first step of
+    config.yaml's checkpoint.every_steps after its start (the first record's step less
+    train.log_every, at the earliest). A run that went past it lost its checkpoints (checkpoints/
+    deleted to free disk): False, so its records are not replaced. Unreadable records: False."""
+    if not set(held) <= {"config.yaml", "metrics.jsonl"}:
+        return False
+    try:
+        stored = read_config_file(out / "config.yaml")
+        every = int(stored["checkpoint"]["every_steps"])
+        log_every = int(stored["train"]["log_every"])
+        records = read_metrics(out / "metrics.jsonl")
+        steps = [int(r["step"]) for r in records]
+        epochs = {int(r["epoch"]) for r in records}
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return False
+    if not steps or every < 1:
+        return False
+    first_due = (max(min(steps) - log_every, 0) // every + 1) * every
+    return len(epochs) == 1 and max(steps) <= first_due
 
 
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
@@ -139,7 +193,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     the position its data reached (`plan_offset`, returned as Resumed.step_offset). inputs_named:
     what `fingerprint` covers (`input_changes`)."""
     source = resume_source(cfg)
-    refuse_unresumed_run(cfg, source)
+    refuse_unresumed_run(cfg, source, unused_keys, copied_keys)
     if source is None:
         return Resumed()
     loaded = ckpt.load_checkpoint(source)
