@@ -17,7 +17,7 @@ from tgmae.captions.store import CaptionRecord, ids_text
 from tgmae.config import DATASET_FORMATS
 from tgmae.errors import count
 from tgmae.locks import check_kind, hold, refuse_in_checkpoints
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -169,7 +169,7 @@ def _run_text_source(args: argparse.Namespace) -> None:
     counts = f" ({added} added, {there} already there, {kept} other videos kept)" if there or kept else ""
     if redone:  # their old records (of the files before) were refused by `masks` and training
         counts += f", {len(redone)} redone (replaced since captioned: {ids_text(redone, 3)})"
-    print(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
+    say(f"{len(recs)} videos, {sum(len(r.captions) for r in recs)} captions ({recs[0].source if recs else '-'}) "
           f"-> {args.out}{counts}")
 
 
@@ -253,13 +253,13 @@ def _write_store(args: argparse.Namespace) -> int:
     if args.merge:
         order = [v.video_id for v in _annotations(args)[0]] if args.annotations else None
         n, ne = merge_parts(args.out, order)
-        print(f"{n} videos in {args.out}, {ne} failures in {errors_path(args.out)}")
+        say(f"{n} videos in {args.out}, {ne} failures in {errors_path(args.out)}")
         return 0
     parts = _unmerged_parts(args)
     if args.combine:
         recs = _combine(args)
         update_store(args.out, recs, rebuild=args.rebuild, keep_others=False)
-        print(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
+        say(f"{len(recs)} videos from {len(args.combine)} sources -> {args.out}")
     else:
         _run_text_source(args)
     remove_parts(parts)  # --rebuild: the store is this run's alone, and a later --merge must not fold them in

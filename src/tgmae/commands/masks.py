@@ -15,7 +15,7 @@ from tgmae.clip.features import MODES
 from tgmae.masking.cache import check_cache_folder, clear_cache, merge_parts, next_run, part_records
 from tgmae.masking.precompute import PrecomputeOptions, precompute
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
-from tgmae.commands.args import Parser
+from tgmae.commands.args import Parser, say
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
     if args.merge_only:
         with hold(args.out, "--out", folder=True):
             index = merge_parts(args.out)
-        print(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
+        say(f"tgmae masks: merged {len(index['videos'])} videos ({len(index['skipped'])} skipped) "
               f"-> {args.out}/index.json")
         return 0
     if args.frame_stride < 1 or args.map_scale < 1 or args.image_size % args.patch_size:
@@ -130,7 +130,7 @@ def _precompute(args: argparse.Namespace, shard) -> int:
         dist.barrier()
     if shard.rank == 0:
         index = merge_parts(args.out)
-        print(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
+        say(f"tgmae masks: {len(index['videos'])} videos cached, {len(index['skipped'])} skipped "
               f"(this rank: {counts['done']} computed, {counts['resumed']} already done) -> {args.out}")
     if created:
         from tgmae.distributed import cleanup
