@@ -172,4 +172,5 @@ def rank0_waits(monkeypatch):
 
     monkeypatch.setattr(time, "sleep", stopped)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")  # torchrun sets both
     return lambda rank: monkeypatch.setenv("RANK", str(rank))

@@ -140,8 +140,12 @@ def test_a_bad_torchrun_environment_is_refused_naming_the_variable(monkeypatch):
             with pytest.raises(SettingsError) as e:
                 launch_env()
             assert str(e.value).startswith(said), str(e.value)
-    monkeypatch.setenv("RANK", "1")  # without WORLD_SIZE: one process, as before (set for something else)
-    assert launch_env() == (1, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # without RANK: it waited for peers for ever (re-trial 30A L2)
+    with pytest.raises(SettingsError, match=r"^WORLD_SIZE=2 without RANK: torchrun sets both"):
+        launch_env()
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("RANK", "1")  # without WORLD_SIZE: one process, rank 0 (set for something else;
+    assert launch_env() == (0, 1)  # as rank 1 of 1, extract left its features to no rank 0: 30A S2)
     monkeypatch.setenv("LOCAL_RANK", "x")
     with pytest.raises(SettingsError, match="^LOCAL_RANK='x': expected a whole number >= 0"):
         local_rank()

@@ -68,10 +68,17 @@ def _launch_number(name: str, default: int, least: int) -> int:
 def launch_env() -> tuple[int, int]:
     """(rank, world size) torchrun gives this process (RANK, WORLD_SIZE); (0, 1) without torchrun.
     SettingsError naming the variable when one is not a whole number, RANK < 0, WORLD_SIZE < 1, or
-    RANK is not below a WORLD_SIZE that is set (`tgmae.cli` checks them before any command runs). A
-    RANK without WORLD_SIZE (set for something else) is a single process, as it always was."""
+    RANK is not below a WORLD_SIZE that is set, or WORLD_SIZE > 1 comes without RANK (it waited for
+    peers for ever: re-trial 30A L2); `tgmae.cli` checks them before any command runs. A RANK without
+    WORLD_SIZE (set for something else) is a single process, rank 0 (as rank 1 of 1, `extract` left
+    its features to a rank 0 that never ran, exit 0: re-trial 30A S2)."""
     rank, world = _launch_number("RANK", 0, 0), _launch_number("WORLD_SIZE", 1, 1)
-    if "WORLD_SIZE" in os.environ and rank >= world:
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if world > 1 and "RANK" not in os.environ:
+        raise SettingsError(f"WORLD_SIZE={world} without RANK: torchrun sets both for each process "
+                            "(outside torchrun leave WORLD_SIZE unset)")
+    if rank >= world:
         raise SettingsError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
     return rank, world
 
