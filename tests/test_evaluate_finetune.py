@@ -368,6 +368,31 @@ def test_finetune_rerun_keeps_its_results_and_refuses_new_pretrained_weights(tmp
         finetune(cfg, **data)
 
 
+def test_a_finetune_stopped_before_its_first_checkpoint_is_rerun_from_the_start(tmp_path, monkeypatch):
+    """Fix 31e (re-trial 29A M2 for finetune): a finetune whose first checkpoint failed (a full disk)
+    leaves its config.yaml, records and marker (`NO_CHECKPOINT_YET`); the same settings start it
+    afresh to its results, and its first checkpoint removes the marker."""
+    import errno
+
+    from tgmae.train.resume import NO_CHECKPOINT_YET
+
+    path = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
+    cfg = run_cfg(tmp_path, f"model.pretrained={path}", "train.epochs=1", "train.log_every=1",
+                  "checkpoint.resume=auto", "eval.mixup=0", "eval.cutmix=0")
+
+    def full(*a, **k):
+        raise OSError(errno.EFBIG, "File too large")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "save_checkpoint", full)
+        with pytest.raises(OSError):
+            finetune(cfg, train_data=Clips(8))
+    assert (run / NO_CHECKPOINT_YET).is_file() and (run / "metrics.jsonl").read_text().strip()
+    finetune(cfg, train_data=Clips(8))
+    assert (run / "finetune_results.json").is_file() and not (run / NO_CHECKPOINT_YET).exists()
+
+
 def test_finetune_resume_refuses_reordered_class_names(tmp_path):
     """Checkpoints carry the class names in label order: a resume after classes.txt was reordered
     (same class count, so the head still fits) is refused naming the change, not continued with

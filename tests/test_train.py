@@ -1570,6 +1570,41 @@ def test_a_run_stopped_before_its_first_checkpoint_of_other_settings_stays_refus
     assert _folder_state(run) == before
 
 
+def test_a_run_killed_as_it_wrote_its_first_record_is_rerun_from_the_start(tmp_path, monkeypatch):
+    """Fix 31e: the restart was inferred from metrics.jsonl's steps and config.yaml's every_steps, so
+    a run killed (kill -9) as it wrote its first record, leaving a torn line and no step, was refused.
+    The run's marker (`NO_CHECKPOINT_YET`, written with its config.yaml, removed by its first
+    checkpoint) says it: the same settings start afresh."""
+    from tgmae.train.resume import NO_CHECKPOINT_YET
+
+    cfg = toy_cfg(tmp_path)
+    _stop_before_first_checkpoint(cfg, "ctrl-c", monkeypatch)
+    run = tmp_path / "run"
+    assert (run / NO_CHECKPOINT_YET).is_file()
+    (run / "metrics.jsonl").write_text('{"step": 1, "epo')  # the torn first record of a kill -9
+    assert Trainer(ToyTask(cfg), cfg).fit().position.step == 16
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 17))
+    assert not (run / NO_CHECKPOINT_YET).exists()  # its first checkpoint removed it
+
+
+def test_a_run_folder_without_the_marker_stays_refused(tmp_path, monkeypatch):
+    """Fix 31e: a folder holding a run's config.yaml and records without the marker (written before
+    runs wrote it, or past its first checkpoint with checkpoints/ deleted) is not known to have
+    stopped before its first checkpoint: refused as before, left as it was."""
+    from tgmae.locks import RunFolderError
+    from tgmae.train.resume import NO_CHECKPOINT_YET
+
+    cfg = toy_cfg(tmp_path)
+    _stop_before_first_checkpoint(cfg, "ctrl-c", monkeypatch)
+    run = tmp_path / "run"
+    (run / NO_CHECKPOINT_YET).unlink()
+    before = _folder_state(run)
+    with pytest.raises(RunFolderError) as e:
+        Trainer(ToyTask(cfg), cfg).fit()
+    assert "no complete checkpoint" in str(e.value) and "metrics.jsonl" in str(e.value)
+    assert _folder_state(run) == before
+
+
 @pytest.mark.parametrize("how", ["checkpoints deleted", "two epochs", "unmarked config.yaml"])
 def test_a_run_folder_past_its_first_checkpoint_or_not_known_as_this_run_is_not_restarted(tmp_path, how):
     """Re-trial 29A M2: the restart is for a run stopped before its first checkpoint only. A run of

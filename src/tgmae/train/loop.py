@@ -31,7 +31,8 @@ from tgmae.errors import UserError, count
 from tgmae.distributed import DistInfo, all_reduce_sum, any_rank, barrier, fsdp_shard, grad_sync, init_distributed, is_fsdp
 from tgmae.train.metrics import MetricsLog
 from tgmae.train.optim import LrPlan, build_optimizer, lr_plan, set_lr, warn_short_warmup
-from tgmae.train.resume import Resumed, begun, planned_total, resume, run_folder_lock, videos_on_disk, write_run_folder
+from tgmae.train.resume import (Resumed, begun, first_checkpoint_written, planned_total, resume, run_folder_lock,
+                                videos_on_disk, write_run_folder)
 from tgmae.train.precision import autocast, begun_precision, make_grad_scaler, resolve_precision
 from tgmae.train.precision import usable as precision_usable
 from tgmae.train.sampler import ResumableSampler
@@ -552,6 +553,7 @@ class Trainer:
                        **({"attention": self.attention} if self.attention else {}),
                        **({"class_names": self.class_names} if self.class_names else {})},
             )
+            first_checkpoint_written(self.out_dir)
         barrier()
         return path
 

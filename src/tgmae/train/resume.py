@@ -17,14 +17,13 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from tgmae.atomic import remove_stale_temps
+from tgmae.atomic import atomic_write_text, remove_stale_temps
 from tgmae.config import RunConfig, is_saved_config, read_config_file, save_config, to_dict
 from tgmae.data.fileid import copy_key, video_identities
 from tgmae.distributed import DistInfo, any_rank, rank_world
 from tgmae.lifetime import launch_env
 from tgmae.errors import UserError, count
 from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
-from tgmae.train.metrics import read_metrics
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -98,6 +97,7 @@ def refuse_other_kind(cfg: RunConfig, task_name: str) -> None:
         ckpt.check_run_kind(source, stored, task_name, str(cfg.train.output_dir))
 
 
+NO_CHECKPOINT_YET = ".no_checkpoint_yet"  # a run folder's marker: its run has written no checkpoint yet
 PROBE_RESULTS = "probe_results.json"  # every probe's results file (tgmae.evaluate.probe), with its `probe` kind
 WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
 
@@ -110,12 +110,14 @@ def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path], unused: Sequenc
     config.yaml differs in are named. A fresh run there would replace its weights, config.yaml and
     metrics.jsonl and leave its step folders beside its own. Two such folders are replaced instead,
     said in a line: under checkpoint.resume=ignore_config, one holding results without trained
-    weights (`WEIGHTS`; a k-NN or L-BFGS probe's), as the probes' refusals offer; and this run's own
-    run stopped before its first checkpoint (`stopped_before_checkpoint`), as its stop promised
-    "a rerun of the same command resumes from the start" (re-trial 29A M2). `unused`, `copies`: as
-    `resume`'s, for the comparison of the settings."""
+    weights (`WEIGHTS`; a k-NN or L-BFGS probe's), as the probes' refusals offer; and one holding
+    this run's settings and its `NO_CHECKPOINT_YET` marker (a run stopped before its first
+    checkpoint: Ctrl-C, SIGTERM, kill -9, a full disk at that checkpoint), as its stop promised "a
+    rerun of the same command resumes from the start" (re-trial 29A M2; fix 31e). A folder without
+    the marker (written before runs wrote it) is refused. `unused`, `copies`: as `resume`'s, for
+    the comparison of the settings."""
     out = Path(cfg.train.output_dir)
-    if source is not None and Path(source).resolve().is_relative_to(out.resolve()):
+    if _own_checkpoint(out, source):
         return
     spec = cfg.checkpoint.resume
     held = run_files(out)
@@ -125,7 +127,7 @@ def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path], unused: Sequenc
         log.warning("%s: replacing what it holds (%s) under checkpoint.resume=%s", out, ", ".join(held), spec)
         return
     diffs = saved_config_differences(cfg, unused, copies)
-    if held and diffs == [] and stopped_before_checkpoint(out, held):
+    if held and diffs == [] and (out / NO_CHECKPOINT_YET).is_file():
         if rank_world()[0] == 0:
             log.info("%s holds this run, stopped before its first checkpoint (%s): starting it afresh, "
                      "replacing them", out, ", ".join(held))
@@ -136,6 +138,11 @@ def refuse_unresumed_run(cfg: RunConfig, source: Optional[Path], unused: Sequenc
     if diffs:
         why += f", made with other settings ({describe(diffs)})"
     refuse_holding_run(out, "train.output_dir", why)
+
+
+def _own_checkpoint(out: Path, source: Optional[Path]) -> bool:
+    """Whether `source`, the checkpoint a run resumes (None: none), is one of run folder `out`'s."""
+    return source is not None and Path(source).resolve().is_relative_to(out.resolve())
 
 
 def saved_config_differences(cfg: RunConfig, unused: Sequence[str] = (),
@@ -151,31 +158,6 @@ def saved_config_differences(cfg: RunConfig, unused: Sequence[str] = (),
     except (UserError, OSError):
         return None
     return ckpt.config_differences(stored, to_dict(cfg), to_dict(RunConfig()), unused, copies)
-
-
-def stopped_before_checkpoint(out: Path, held: Sequence[str]) -> bool:
-    """Whether run folder `out`, holding `held` (`run_files`: only config.yaml and metrics.jsonl, no
-    weights, results or step folders), holds a run that stopped (Ctrl-C, SIGTERM, kill -9, a full disk
-    at its first checkpoint) before a checkpoint was written: its metrics.jsonl records stay in one
-    epoch (an epoch's end writes one) and end at or before the first step of
-    config.yaml's checkpoint.every_steps after its start (the first record's step less
-    train.log_every, at the earliest). A run that went past it lost its checkpoints (checkpoints/
-    deleted to free disk): False, so its records are not replaced. Unreadable records: False."""
-    if not set(held) <= {"config.yaml", "metrics.jsonl"}:
-        return False
-    try:
-        stored = read_config_file(out / "config.yaml")
-        every = int(stored["checkpoint"]["every_steps"])
-        log_every = int(stored["train"]["log_every"])
-        records = read_metrics(out / "metrics.jsonl")
-        steps = [int(r["step"]) for r in records]
-        epochs = {int(r["epoch"]) for r in records}
-    except (UserError, OSError, KeyError, TypeError, ValueError):
-        return False
-    if not steps or every < 1:
-        return False
-    first_due = (max(min(steps) - log_every, 0) // every + 1) * every
-    return len(epochs) == 1 and max(steps) <= first_due
 
 
 def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional[str], model: nn.Module,
@@ -557,12 +539,16 @@ def locks_run_folder(fn):
 
 def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_steps: int) -> None:
     """The run folder: config.yaml (only settings that run: a finished run resumed keeps its
-    own) and, under checkpoint.resume=ignore_config, what changed and when in
-    config_changes.jsonl. Main rank only."""
+    own), before it the `NO_CHECKPOINT_YET` marker of a run without a checkpoint of its own there
+    (`first_checkpoint_written` removes it) and, under checkpoint.resume=ignore_config, what changed
+    and when in config_changes.jsonl. Main rank only."""
     if not is_main:
         return
     pos, out_dir = resumed.position, Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not _own_checkpoint(out_dir, resumed.source):  # first: a config.yaml of this run has its marker
+        atomic_write_text(out_dir / NO_CHECKPOINT_YET, "this run has written no checkpoint yet: a rerun of the "
+                          "same settings starts it afresh (its first checkpoint removes this file)\n")
     if resumed.source is None or (pos.step < total_steps and pos.epoch < cfg.train.epochs):
         save_config(cfg, out_dir / "config.yaml")
     if resumed.changes:
@@ -571,6 +557,13 @@ def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_step
         with open(out_dir / "config_changes.jsonl", "a") as f:
             f.write(json.dumps({"step": pos.step, "changes": {k: [a, b] for k, a, b in resumed.changes}})
                     + "\n")
+
+
+def first_checkpoint_written(out_dir: str | Path) -> None:
+    """Remove run folder `out_dir`'s `NO_CHECKPOINT_YET` marker once a complete checkpoint of its run
+    is there (after every save: a kill between a save and this leaves it beside a checkpoint, which
+    a rerun resumes). Main rank only."""
+    Path(out_dir, NO_CHECKPOINT_YET).unlink(missing_ok=True)
 
 
 def describe(changes: list[tuple[str, Any, Any]]) -> str:
