@@ -835,3 +835,23 @@ def test_lars_probe_batch_above_the_training_videos_is_refused_before_extracting
         linear_probe(probe_cfg(tmp_path, checkpoint), train_data=Broken(8, {0, 5}), val_data=val, num_classes=3,
                      cache_dir=cache)
     assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
+
+
+def test_every_probe_refuses_a_list_with_some_unlabelled_videos(tmp_path):
+    """Fix 31e: `refuse_unlabelled_lists` said it refused lists with no labels at all; a training or
+    val set with some unlabelled videos is refused too (`refuse_unlabelled`, re-trial 29B T1), naming
+    the first, and a labelled one passes."""
+    from tgmae.data.annotations import VideoRecord
+    from tgmae.evaluate.probe import refuse_unlabelled_lists
+
+    cfg = load_config(None, ["data.train_annotations=train.csv", "data.val_annotations=val.csv"])
+    some = torch.utils.data.TensorDataset(torch.zeros(2))
+    some.records = [VideoRecord("a.mp4", 0, "a"), VideoRecord("b.mp4", -1, "b")]
+    labelled = torch.utils.data.TensorDataset(torch.zeros(1))
+    labelled.records = some.records[:1]
+    with pytest.raises(ConfigError, match=r"^data.train_annotations=train.csv: 1 of its 2 videos have no label "
+                                          r"\(first: 'b'\)"):
+        refuse_unlabelled_lists(cfg, some, labelled)
+    with pytest.raises(ConfigError, match=r"^data.val_annotations=val.csv: 1 of its 2 videos"):
+        refuse_unlabelled_lists(cfg, labelled, some)
+    refuse_unlabelled_lists(cfg, labelled, labelled)

@@ -255,8 +255,9 @@ def frozen_probe_encoder(cfg: RunConfig, device: torch.device,
 def refuse_unlabelled_lists(cfg: RunConfig, train_data: Optional[Dataset], val_data: Optional[Dataset]) -> None:
     """Every probe first (linear, L-BFGS, k-NN, attentive; before any checkpoint, video or feature is
     read): ConfigError naming the list's key when the training set (`train_data`, else
-    data.train_annotations) or the val set (`val_data`, else the val list) has no labels at all, a
-    test list (`data.dataset.refuse_unlabelled`; re-trial 29B S2: k-NN top-1 0.0, exit 0)."""
+    data.train_annotations) or the val set (`val_data`, else the val list) has unlabelled videos:
+    none labelled (a test list; re-trial 29B S2: k-NN top-1 0.0, exit 0) or some, naming the first
+    (re-trial 29B T1), as `data.dataset.refuse_unlabelled` refuses them."""
     refuse_unlabelled(cfg.data, "train", train_data, use="a probe trains on them")
     refuse_unlabelled(cfg.data, "val", val_data, use="a probe scores the val videos against them")
 
