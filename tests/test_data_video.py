@@ -560,3 +560,22 @@ def test_x264_options_leave_avx512_out_only_where_x264_would_use_it(monkeypatch)
     assert opts == {"crf": "20", "x264-params": "keyint=8:bframes=0"}  # the caller's dict is kept
     monkeypatch.setattr(video, "_x264_would_use_avx512", lambda: False)
     assert video.x264_reproducible(opts) == opts
+
+
+def test_x264s_avx512_use_is_read_from_cpuinfo_flags(tmp_path):
+    """Fix 31e: the answer came from numpy's private CPU table. It is read from /proc/cpuinfo's
+    flags: x264's AVX-512 test (F, DQ, CD, BW, VL) and the flags `asm=AVX2` uses; a flag missing
+    (the kernel cleared it, or the CPU lacks it), Arm's `Features` or no file (macOS): no."""
+    from tgmae.data.video import _x264_would_use_avx512
+
+    base = "fpu sse sse2 avx avx2 fma bmi1 bmi2 abm"
+    avx512 = "avx512f avx512dq avx512cd avx512bw avx512vl"
+    cases = {"all": (f"processor\t: 0\nflags\t\t: {base} {avx512} avx512vnni\n\nprocessor\t: 1\n", True),
+             "no bw": (f"flags\t\t: {base} {avx512.replace('avx512bw ', '')}\n", False),
+             "no avx2": (f"flags\t\t: {base.replace('avx2 ', '')} {avx512}\n", False),
+             "avx2 only": (f"flags\t\t: {base}\n", False),
+             "arm": ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n", False)}
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert _x264_would_use_avx512(str(tmp_path / name)) is expected, name
+    assert _x264_would_use_avx512(str(tmp_path / "absent")) is False

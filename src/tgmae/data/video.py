@@ -404,18 +404,29 @@ def x264_reproducible(options: dict) -> dict:
     return {**options, "x264-params": f"{params}:asm=AVX2" if params else "asm=AVX2"}
 
 
-@functools.lru_cache(maxsize=1)
-def _x264_would_use_avx512() -> bool:
-    """x264's AVX-512 test (F, CD, BW, DQ and VL, with the OS saving the registers), as numpy's
-    CPU detection answers it; False where numpy does not say (not x86: x264 has no AVX-512 code)."""
+# x264's AVX-512 test (common/cpu.c: CPUID 7 EBX & 0xD0030000), as Linux names the flags
+_X264_AVX512_FLAGS = ("avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl")
+# what `asm=AVX2` has x264 use beyond SSE4.2 (its "AVX2" entry; `abm`: LZCNT), so "yes" never asks for more
+_X264_AVX2_FLAGS = ("avx", "avx2", "fma", "bmi1", "bmi2", "abm")
+
+
+@functools.lru_cache(maxsize=None)
+def _x264_would_use_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether x264 would use its AVX-512 code here: the `flags` of `cpuinfo` (the first CPU's) hold
+    x264's AVX-512 test and those `asm=AVX2` uses. Linux lists only what it enabled (noxsave or
+    clearcpuid= clear AVX-512's flags). x264 also wants the OS to save the ZMM state (XCR0), which
+    cpuinfo does not show: a VM listing the flags without it gets `asm=AVX2`, the AVX2 code x264
+    would pick itself (the same bytes). No such file (macOS, Windows) or no x86 flags (Arm: x264
+    has no AVX-512 code): False. Fix 31e: read from cpuinfo, not numpy's private CPU table."""
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy >= 2
-    except ImportError:
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
-        except ImportError:
-            return False
-    return all(features.get(f"AVX512{k}", False) for k in ("F", "CD", "BW", "DQ", "VL"))
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(_X264_AVX512_FLAGS + _X264_AVX2_FLAGS) <= set(value.split())
+    return False
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30, *, codec: str = "libx264",
