@@ -173,6 +173,18 @@ def test_merge_stores_refuses_records_of_one_id_captioned_from_other_files_in_ei
     assert merged["a"].extra["video"] == [10, 1, 2, 3]
 
 
+def test_merge_stores_refuses_records_of_one_file_before_and_after_it_was_rewritten_in_place():
+    """Re-trial 30B S1, its sibling in `--combine`: two records of one id whose file was rewritten
+    in place between them (same inode, same size, another mtime) describe two contents; refused
+    naming both stores. A copy (another inode) still merges (above)."""
+    before = [CaptionRecord("a", ["x"], "captioner", "m", {"video": [10, 1, 2, 3]})]
+    after = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 2, 7]})]
+    with pytest.raises(CaptionStoreError, match=r"one.jsonl and two.jsonl: 1 video\(s\).*'a'.*rewritten"):
+        merge_stores([before, after], names=["one.jsonl", "two.jsonl"])
+    same = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 1, 2, 9]})]  # a chmod: ctime alone
+    assert merge_stores([before, same])[0].captions == ["x", "p"]
+
+
 def test_a_store_without_identities_is_logged_without_guessing_its_age(tmp_path, caplog):
     """Issue #28 re-trial 12, F1: the log line for a store without video identities said it was
     "written before they were recorded", also of a new synthetic set's store; it says what it is."""

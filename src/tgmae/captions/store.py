@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.data.fileid import copy_key
+from tgmae.data.fileid import copy_key, current_identity, rewritten_in_place
 from tgmae.errors import UserError
 from tgmae.textfile import NotUtf8Error, decode
 
@@ -433,22 +433,24 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
 def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, list[int]],
                         names: Sequence[str]) -> None:
     """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
-    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities differing in what a
-    copy keeps (`copy_key`): stores of two data sets with the same ids, whose merge would describe
-    one id by two videos and keep one store's stamp (then accepted by one set, refused by the other,
-    by store order). Records without an identity are not compared."""
+    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities of
+    other files (`other_file`: another size, or one file rewritten in place between them): stores of
+    two data sets with the same ids, or of a video before and after it was replaced, whose merge
+    would describe one id by two videos and keep one store's stamp (then accepted by one set,
+    refused by the other, by store order). Records without an identity are not compared."""
     clash: dict[tuple[int, int], list[str]] = {}
     for vid, recs in parts.items():
-        known = [(i, copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
-        other = next(((known[0][0], i) for i, key in known[1:] if key != known[0][1]), None)
+        known = [(i, r.extra["video"]) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, ident in known[1:] if other_file(known[0][1], ident)), None)
         if other is not None:
             clash.setdefault(other, []).append(vid)
     if clash:
         (a, b), ids = next(iter(clash.items()))
         raise CaptionStoreError(
             f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({ids_text(ids)}): "
-            "stores of two data sets with the same video ids; combine stores of one data set (give its "
-            "annotations, --format and --root, to check them against its files)")
+            "stores of two data sets with the same video ids, or of a video before and after it was rewritten; "
+            "combine stores of one data set's files as they are (give its annotations, --format and --root, to "
+            "check them against its files)")
 
 
 def video_ids_in(path: str | Path) -> set[str]:
@@ -465,15 +467,26 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
+def other_file(recorded: Any, now: Any) -> bool:
+    """Whether a record's recorded `video` identity names other contents than the file `now`
+    (`video_identity`): another size (what a copy keeps, `copy_key`: a store of another data set
+    with the same ids, a video replaced), or the same file rewritten in place since
+    (`tgmae.data.fileid.rewritten_in_place`: same inode, another mtime; re-trial 30B S1). A copy
+    of the file elsewhere (new inode, ctime, maybe mtime) is the same file. Frame folders: the
+    `copy_key` rule alone (their frames' names and sizes)."""
+    return copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now)
+
+
 def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    differs from `identity` ({video_id: `video_identity` now}) in what a copy keeps (`copy_key`).
-    Records without one and ids without a file now (None) are not compared. The check `masks` and
-    training make (`refuse_other_videos`) and a caption rerun redoes by (`tgmae caption`)."""
+    and `identity` ({video_id: `video_identity` now}) are `other_file`s (another size, or the file
+    rewritten in place since). Records without one and ids without a file now (None) are not
+    compared. The one check `masks` and training make (`refuse_other_videos`) and a text source's
+    caption rerun redoes by (`tgmae caption`; the captioner's rerun redoes any identity change)."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
-            and copy_key(o["video"]) != copy_key(identity[o["video_id"]])]
+            and other_file(o["video"], identity[o["video_id"]])]
 
 
 def range_text(frames: Sequence) -> str:
@@ -539,12 +552,12 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
                         texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
-    differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
-    copy keeps (`copy_key`: the size): a store made for another data set with the same ids, or a
-    video replaced since, whose captions describe another video. Records without one (a store
-    written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
-    without a file now (None) are not compared; when no record of the data set's videos has one, a
-    log line says the store could not be checked. Given `frames` ({video_id:
+    and `identity` ({video_id: `video_identity` of the data set's file now}) are `other_file`s
+    (another size, or the file rewritten in place since: re-trial 30B S1): a store made for another
+    data set with the same ids, or a video replaced since, whose captions describe another video.
+    Records without one (a store written by hand, by another tool or an older tgmae, or a video
+    that could not be read) and ids without a file now (None) are not compared; when no record of
+    the data set's videos has one, a log line says the store could not be checked. Given `frames` ({video_id:
     `data.annotations.clip_range`}), a record whose recorded range differs (`moved_clips`) is
     refused too, naming it; given `texts` ({video_id: (caption, class name)},
     `data.annotations.annotated_texts`), so is a record made from text the data set has changed
@@ -555,9 +568,10 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     other = replaced_videos(known, identity)
     if other:
         raise CaptionStoreError(
-            f"{path}: {len(other)} video(s) were captioned from files of other sizes than this data set's "
-            f"({ids_text(other)}): a store made for another data set with the same video ids, or videos "
-            "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
+            f"{path}: {len(other)} video(s) were captioned from other files than this data set's "
+            f"({ids_text(other)}: of another size, or rewritten in place since): a store made for another data "
+            "set with the same video ids, or videos replaced since; caption this data set again: a `tgmae caption` "
+            "rerun into the same --out redoes them (a combined store: its parts, then --combine), or another --out")
     moved = moved_clips(objs, frames or {})
     if moved:
         was = next(o["frames"] for o in objs if isinstance(o, dict) and o.get("video_id") == moved[0])
