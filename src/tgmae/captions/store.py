@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
+from tgmae.data.annotations import class_text
 from tgmae.data.fileid import copy_key, current_identity, rewritten_in_place
 from tgmae.errors import UserError
 from tgmae.textfile import NotUtf8Error, decode
@@ -504,6 +505,22 @@ def moved_clips(records: Iterable[CaptionRecord | dict], frames: dict[str, Seque
             and o.get("video_id") in frames and list(o["frames"]) != list(frames[o["video_id"]])]
 
 
+TEMPLATE_SEP = " | "  # between an oracle record's templates in its `model` (`sources.oracle_records`)
+
+
+def oracle_captions(model: Any, name: str, count: int) -> Optional[list[str]]:
+    """The `count` captions an oracle record of `model` (its templates joined by TEMPLATE_SEP, as
+    `sources.oracle_records` writes it) gives class `name` (its words, `class_text`; stripped, as a
+    store keeps them), or None when the templates cannot be recovered from `model`: a part without
+    `{}`, or not `count` parts (a template holding the separator itself). For a record without
+    `class` (a store written before records carried it), whose class shows only in its captions
+    (re-trial 30A S1)."""
+    templates = model.split(TEMPLATE_SEP) if isinstance(model, str) else []
+    if len(templates) != count or not all("{}" in t for t in templates):
+        return None
+    return [t.replace("{}", class_text(name)).strip() for t in templates]
+
+
 TEXT_SOURCES = {"annotation": "--annotation-captions", "oracle": "--oracle", "vision-free": "--descriptions"}
 
 
@@ -514,9 +531,13 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
     relabelled after `tgmae caption`): a record of source `annotation` (alone or a part of a
     combined `a+b`) whose captions lack the record's caption now (what "text"), and one that keeps
     the class it was made from (`class`: `--oracle`, `--descriptions`; a combination keeps its
-    part's, `merge_stores`) other than the video's class now (what "class"). `texts`: {video_id:
-    (caption, class name)}, `tgmae.data.annotations.annotated_texts`; a None there, a record
-    without `class` (an older store) and ids not in `texts` are not compared."""
+    part's, `merge_stores`) other than the video's class now (what "class"). An `--oracle` record
+    without `class` (a store written before records carried it: re-trial 30A S1) is compared by its
+    captions with its templates (`model`) filled with the class now (what "caption",
+    `oracle_captions`). `texts`: {video_id: (caption, class name)},
+    `tgmae.data.annotations.annotated_texts`; a None there, ids not in `texts`, and the other
+    records without `class` (an oracle record whose templates cannot be recovered; a `--descriptions`
+    one, whose descriptions file masks and training do not have; a combination's) are not compared."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     out = []
     for o in objs:
@@ -528,6 +549,11 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
             out.append((o["video_id"], "text", caps[0] if len(caps) == 1 else caps, caption.strip()))
         elif name is not None and o.get("class") is not None and o["class"] != name:
             out.append((o["video_id"], "class", o["class"], name))
+        elif name is not None and o.get("class") is None and o.get("source") == "oracle":
+            want = oracle_captions(o.get("model"), name, len(caps))
+            if want is not None and want != caps:
+                out.append((o["video_id"], "caption", caps[0] if len(caps) == 1 else caps,
+                            want[0] if len(want) == 1 else want))
     return out
 
 
