@@ -210,6 +210,33 @@ def test_rerun_is_deterministic_and_skips_done_videos(reference, dataset, blip_d
     assert len(errors_path(out).read_text().splitlines()) == 1  # the retried error is not listed twice
 
 
+def test_a_store_holding_a_video_twice_is_refused_naming_the_line(reference, dataset, blip_dir, tmp_path, capsys):
+    """Re-trial 30B M3: `caption --out S` into a store holding one video on two lines (a hand merge,
+    an older tgmae's concurrent runs; here with another caption) said "N already done" (exit 0) and
+    kept both lines, while `masks` and training refused the store naming the line. The caption run
+    (captioner, text source, --merge) refuses it as the readers do, naming the line and the ways
+    out; --rebuild replaces it."""
+    lines = reference[0].read_text().splitlines(keepends=True)
+    dup = json.loads(lines[-1])
+    dup["captions"] = ["a cat"]
+    out = tmp_path / "dup.jsonl"
+    out.write_text("".join(lines) + json.dumps(dup) + "\n")
+    want = f"{out}:{len(lines) + 1}: video {dup['video_id']!r} already appears on line {len(lines)}"
+    for run in (lambda: cli(dataset, blip_dir, out),
+                lambda: main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--oracle",
+                              "--out", str(out)]),
+                lambda: main(["--merge", "--out", str(out)])):
+        before = out.read_bytes()
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert want in err and "delete one of the two lines" in err and "--rebuild" in err, err
+        assert "Traceback" not in err and out.read_bytes() == before
+    with pytest.raises(Exception, match="delete one of the two lines"):  # what masks and training read
+        read_store(out)
+    assert cli(dataset, blip_dir, out, "--rebuild") == 0
+    assert out.read_bytes() == reference[0].read_bytes()
+
+
 def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, captioner, blip_dir, tmp_path):
     ref_bytes = reference[0].read_bytes()
     lines = ref_bytes.splitlines(keepends=True)

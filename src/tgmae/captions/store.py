@@ -145,22 +145,38 @@ def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple
 
 
 def read_store(path: str | Path, allow_torn_tail: bool = False) -> StoreContents:
-    """Read and validate a caption store. Duplicate video ids are an error naming both lines."""
+    """Read and validate a caption store. Duplicate video ids are an error naming both lines
+    (`refuse_duplicate_ids`)."""
     path = Path(path)
     if not path.is_file():
         raise CaptionStoreError(f"caption file not found: {path}")
     items, torn, good = read_jsonl_tolerant(path, allow_torn_tail=allow_torn_tail)
-    records: list[CaptionRecord] = []
+    records = [CaptionRecord.from_json(obj, where=f"{path}:{n}") for n, obj in items]
+    refuse_duplicate_ids(path, items)
+    return StoreContents(records, torn, good)
+
+
+def refuse_duplicate_ids(path: str | Path, items: Optional[Sequence[tuple[int, Any]]] = None) -> None:
+    """CaptionStoreError naming the line and the first one when a store holds one video twice (a
+    hand merge, concurrent runs of an older tgmae; the lines may hold other captions), with the
+    ways out: delete one of the lines, or caption again with --rebuild. items: `read_jsonl_tolerant`'s
+    (line, object) pairs of `path`; None: read them (a torn last line allowed; no file: nothing).
+    The one check of every reader (`read_store`: masks, training) and of a caption run into the
+    store, which would otherwise count the video done and keep both lines (re-trial 30B M3)."""
+    if items is None:
+        if not Path(path).is_file():
+            return
+        items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
     seen: dict[str, int] = {}
     for n, obj in items:
-        rec = CaptionRecord.from_json(obj, where=f"{path}:{n}")
-        if rec.video_id in seen:
+        vid = obj.get("video_id") if isinstance(obj, dict) else None
+        if not isinstance(vid, str):
+            continue
+        if vid in seen:
             raise CaptionStoreError(
-                f"{path}:{n}: video {rec.video_id!r} already appears on line {seen[rec.video_id]}"
-            )
-        seen[rec.video_id] = n
-        records.append(rec)
-    return StoreContents(records, torn, good)
+                f"{path}:{n}: video {vid!r} already appears on line {seen[vid]}: delete one of the two lines "
+                "(the one whose captions are not this video's), or caption the store again with --rebuild")
+        seen[vid] = n
 
 
 def _cut_in_a_character(raw: bytes) -> bool:
