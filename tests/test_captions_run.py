@@ -210,6 +210,33 @@ def test_rerun_is_deterministic_and_skips_done_videos(reference, dataset, blip_d
     assert len(errors_path(out).read_text().splitlines()) == 1  # the retried error is not listed twice
 
 
+def test_a_store_holding_a_video_twice_is_refused_naming_the_line(reference, dataset, blip_dir, tmp_path, capsys):
+    """Re-trial 30B M3: `caption --out S` into a store holding one video on two lines (a hand merge,
+    an older tgmae's concurrent runs; here with another caption) said "N already done" (exit 0) and
+    kept both lines, while `masks` and training refused the store naming the line. The caption run
+    (captioner, text source, --merge) refuses it as the readers do, naming the line and the ways
+    out; --rebuild replaces it."""
+    lines = reference[0].read_text().splitlines(keepends=True)
+    dup = json.loads(lines[-1])
+    dup["captions"] = ["a cat"]
+    out = tmp_path / "dup.jsonl"
+    out.write_text("".join(lines) + json.dumps(dup) + "\n")
+    want = f"{out}:{len(lines) + 1}: video {dup['video_id']!r} already appears on line {len(lines)}"
+    for run in (lambda: cli(dataset, blip_dir, out),
+                lambda: main(["--format", "csv", "--root", str(dataset), str(dataset / "train.csv"), "--oracle",
+                              "--out", str(out)]),
+                lambda: main(["--merge", "--out", str(out)])):
+        before = out.read_bytes()
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert want in err and "delete one of the two lines" in err and "--rebuild" in err, err
+        assert "Traceback" not in err and out.read_bytes() == before
+    with pytest.raises(Exception, match="delete one of the two lines"):  # what masks and training read
+        read_store(out)
+    assert cli(dataset, blip_dir, out, "--rebuild") == 0
+    assert out.read_bytes() == reference[0].read_bytes()
+
+
 def test_resume_after_kill_with_torn_last_line_loses_nothing(reference, videos, captioner, blip_dir, tmp_path):
     ref_bytes = reference[0].read_bytes()
     lines = ref_bytes.splitlines(keepends=True)
@@ -605,6 +632,51 @@ def test_a_video_replaced_in_place_is_captioned_again(dataset, tmp_path, caplog)
     with pytest.raises(CaptionStoreError, match="'v1'"):
         caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False,
                        shard=Shard(1, 2))
+
+
+def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_again(dataset, tmp_path, capsys):
+    """Re-trial 30B S1: a video rewritten in place with exactly the same size kept its old caption:
+    records were checked against the video by size alone, so `masks` redid its maps from it and
+    training used it. A record of a file rewritten in place since (same inode, another mtime) is
+    refused by the check `masks` and training make (`refuse_other_videos`), and a caption rerun (a
+    captioner's, a text source's) redoes it; a copy of the data set elsewhere (other inodes) keeps
+    its captions."""
+    import shutil
+
+    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(3):
+        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, ann)[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out = tmp_path / "c.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    identity = lambda folder: {f"v{i}": video_identity(str(folder / f"v{i}.mp4")) for i in range(3)}  # noqa: E731
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # to a node's disk: new inodes and ctimes
+    refuse_other_videos(out, read_store(out).records, identity(copy))  # a copy keeps its captions
+    before = os.stat(root / "v1.mp4")
+    with open(root / "v1.mp4", "r+b") as f:  # same size, same inode (its bytes: the rule is the file's stat)
+        f.write((dataset / "v1.mp4").read_bytes())
+    os.utime(root / "v1.mp4", ns=(before.st_mtime_ns + 10**9,) * 2)  # a later write's mtime, set (no waiting)
+    assert os.stat(root / "v1.mp4").st_size == before.st_size
+    with pytest.raises(CaptionStoreError, match=r"'v1'.*rewritten in place") as e:
+        refuse_other_videos(out, read_store(out).records, identity(root))  # masks and training
+    assert str(out) in str(e.value) and "tgmae caption" in str(e.value) and "other sizes" not in str(e.value)
+    summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    assert (summary.captioned, summary.redone, summary.skipped) == (1, 1, 2)
+    refuse_other_videos(out, read_store(out).records, identity(root))  # redone: accepted
+    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(tmp_path / "o.jsonl")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    os.utime(root / "v2.mp4", ns=(os.stat(root / "v2.mp4").st_mtime_ns + 10**9,) * 2)  # as a rewrite leaves it
+    assert main(argv) == 0
+    assert "1 redone" in capsys.readouterr().out
+    refuse_other_videos(tmp_path / "o.jsonl", read_store(tmp_path / "o.jsonl").records, identity(root))
 
 
 def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp_path, capsys):

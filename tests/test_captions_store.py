@@ -173,6 +173,18 @@ def test_merge_stores_refuses_records_of_one_id_captioned_from_other_files_in_ei
     assert merged["a"].extra["video"] == [10, 1, 2, 3]
 
 
+def test_merge_stores_refuses_records_of_one_file_before_and_after_it_was_rewritten_in_place():
+    """Re-trial 30B S1, its sibling in `--combine`: two records of one id whose file was rewritten
+    in place between them (same inode, same size, another mtime) describe two contents; refused
+    naming both stores. A copy (another inode) still merges (above)."""
+    before = [CaptionRecord("a", ["x"], "captioner", "m", {"video": [10, 1, 2, 3]})]
+    after = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 2, 7]})]
+    with pytest.raises(CaptionStoreError, match=r"one.jsonl and two.jsonl: 1 video\(s\).*'a'.*rewritten"):
+        merge_stores([before, after], names=["one.jsonl", "two.jsonl"])
+    same = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 1, 2, 9]})]  # a chmod: ctime alone
+    assert merge_stores([before, same])[0].captions == ["x", "p"]
+
+
 def test_a_store_without_identities_is_logged_without_guessing_its_age(tmp_path, caplog):
     """Issue #28 re-trial 12, F1: the log line for a store without video identities said it was
     "written before they were recorded", also of a new synthetic set's store; it says what it is."""
@@ -482,10 +494,48 @@ def test_oracle_and_vision_free_stores_record_their_class_and_refuse_a_rename_or
         assert f"({first!r}" in msg and "class" in msg and flag in msg and "--rebuild" in msg and "\n" not in msg
     assert "'running' in the store, 'sprinting' now" in str(
         pytest.raises(CaptionStoreError, _refuse_stale, oracle, annotated_texts(now, renamed)).value)
-    older = [CaptionRecord("a", ["jumping"], "oracle", "{}")]  # written before `class` was recorded
-    _refuse_stale(older, annotated_texts(relabelled, classes))
+    older = [CaptionRecord("a", ["Legs push off."], "vision-free", "gpt")]  # written before `class` was recorded
+    _refuse_stale(older, annotated_texts(relabelled, classes))  # (an older oracle record: the test below)
     _refuse_stale(oracle, annotated_texts([VideoRecord("/a", -1, "a")], classes))  # unlabelled: no class
     _refuse_stale(oracle, annotated_texts(relabelled, ["0", "1"]))  # numbered classes: no names to compare
+
+
+def test_an_older_oracle_store_without_class_is_compared_through_its_templates():
+    """Re-trial 30A S1: an `--oracle` store written before records carried `class` was not compared,
+    so a video relabelled since trained with its old class text. Its templates are its `model`: its
+    captions are compared with them filled with the class now, and a difference is refused naming
+    the video, both captions and `--oracle --rebuild`. Unchanged classes pass (class words as
+    `class_text` makes them); templates that cannot be recovered from `model` (one holding the
+    separator), a vision-free record without `class` and a combination's are not compared."""
+    from tgmae.data.annotations import VideoRecord, annotated_texts
+
+    def older(templates, pairs):  # as an older tgmae wrote them: no `class`
+        recs = oracle_records(pairs, templates)
+        for r in recs:
+            r.extra.pop("class")
+        return recs
+
+    classes = ["take_cup", "open cup", "PutDown"]
+    now = [VideoRecord("/a", 0, "a"), VideoRecord("/b", 2, "b")]
+    relabelled = [VideoRecord("/a", 1, "a"), VideoRecord("/b", 2, "b")]
+    one = older(["a video of {}"], [("a", "take_cup"), ("b", "PutDown")])
+    two = older(["{}", "a video of {} "], [("a", "take_cup"), ("b", "PutDown")])
+    for store in (one, two):
+        _refuse_stale(store, annotated_texts(now, classes))  # the same classes: accepted
+    with pytest.raises(CaptionStoreError) as e:
+        _refuse_stale(one, annotated_texts(relabelled, classes))
+    msg = str(e.value)
+    assert msg.startswith("s.jsonl: 1 video(s)") and "('a'" in msg and "'b'" not in msg and "\n" not in msg
+    assert "caption 'a video of take cup' in the store, 'a video of open cup' now" in msg
+    assert "--oracle --rebuild" in msg
+    with pytest.raises(CaptionStoreError, match=r"\['take cup', 'a video of take cup'\] in the store"):
+        _refuse_stale(two, annotated_texts(relabelled, classes))
+    piped = older(["{} | {}"], [("a", "take_cup")])  # its `model` splits into 2 parts for 1 caption
+    _refuse_stale(piped, annotated_texts(relabelled, classes))
+    vision_free = [CaptionRecord("a", ["Hands grip."], "vision-free", "gpt")]
+    combined = merge_stores([[CaptionRecord("a", ["a hand"], "captioner", "blip")], one[:1]])
+    for store in (vision_free, combined):
+        _refuse_stale(store, annotated_texts(relabelled, classes))
 
 
 def test_a_combined_store_keeps_each_parts_record_and_is_refused_when_a_part_is_stale():

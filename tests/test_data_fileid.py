@@ -182,3 +182,41 @@ def test_a_name_for_people_shows_an_ids_folders_readably(video_id, name):
     long = id_file_name(ASCII, folders="__")
     assert long.startswith("Biking__v_Biking_g01") and "%2F" not in long and len(long) <= 160
     assert id_file_name(video_id) == urllib.parse.quote(video_id, safe="")  # the caches' names stay
+
+
+def _rewrite_in_place(path, mtime_ns: int) -> None:
+    """New bytes of the same size written into `path` (r+b: the same inode), mtime set to
+    `mtime_ns` (a later write's; set, not waited for: file systems keep mtime in coarse ticks)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 8] = bytes(b ^ 0x55 for b in data[len(data) // 3:len(data) // 3 + 8])
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_file_rewritten_in_place_is_told_from_a_copy(tmp_path):
+    """Re-trial 30B S1: a video rewritten in place with exactly the same size kept its `copy_key`
+    (the size), so its old captions were used. `rewritten_in_place`: the same inode and another
+    mtime; a copy elsewhere (another inode), the same file untouched, frame folders and copy keys
+    are not."""
+    import json
+    import shutil
+
+    from tgmae.data.fileid import rewritten_in_place
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(bytes(range(256)) * 8)
+    before = file_identity(str(video))
+    copy = tmp_path / "node" / "v.mp4"
+    copy.parent.mkdir()
+    shutil.copy(video, copy)  # a data set copied to a node's disk: another inode, mtime now
+    assert not rewritten_in_place(before, file_identity(str(copy)))
+    assert not rewritten_in_place(before, file_identity(str(video)))  # unchanged
+    _rewrite_in_place(video, before[1] + 10**9)
+    now = file_identity(str(video))
+    assert now[0] == before[0] and copy_key(now) == copy_key(before)  # the size alone does not tell
+    assert rewritten_in_place(before, now) and rewritten_in_place(json.loads(json.dumps(before)), now)
+    _frames(tmp_path / "frames", 3)
+    folder = video_identity(str(tmp_path / "frames"))
+    assert not rewritten_in_place(folder, folder) and not rewritten_in_place(copy_key(before), now)
+    assert not rewritten_in_place(None, now) and not rewritten_in_place(before, None)

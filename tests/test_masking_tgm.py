@@ -705,6 +705,29 @@ def test_masks_refuse_captions_of_another_data_sets_videos(synth, tiny_clip, tmp
     assert not (out / "maps").exists()
 
 
+def test_masks_refuse_captions_of_a_video_rewritten_in_place_at_the_same_size(synth, tiny_clip, tmp_path, capsys):
+    """Re-trial 30B S1: a video rewritten in place with the same size passed the size check, and
+    `masks` redid its maps from the caption of its old contents. A record whose file has the same
+    inode and another mtime now is refused, naming the store, the video and the caption rerun."""
+    from tgmae.captions.store import read_store, write_store
+    from tgmae.data.fileid import video_identity
+    from tgmae.data.formats import load_annotations
+
+    recs = read_store(synth / "captions.jsonl").records
+    path = {r.video_id: r.path for r in load_annotations("csv", synth, "annotations.csv")[0]}[recs[1].video_id]
+    now = video_identity(str(path))
+    recs[1].extra["video"] = [now[0], now[1] - 10**9, now[2], now[3] - 10**9]  # captioned before the rewrite
+    caps = tmp_path / "cap3.jsonl"
+    write_store(caps, recs)
+    out = tmp_path / "cache"
+    assert masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(caps),
+                       "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(caps) in err and repr(recs[1].video_id) in err and "rewritten in place" in err
+    assert "tgmae caption" in err and "Traceback" not in err
+    assert not (out / "maps").exists()
+
+
 def _ranged_annotations(root: Path, rows: list[tuple[str, int, int]]) -> Path:
     """A generic CSV of synthetic videos `(id, start_frame, end_frame)` (their 16 frames each)."""
     ann = root / "ranged.csv"

@@ -29,7 +29,8 @@ from tgmae.atomic import atomic_write_text
 from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path, record_share, remove_parts
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
-                                  read_jsonl_tolerant, refuse_foreign_file, refuse_other_provenance, video_ids_in)
+                                  read_jsonl_tolerant, refuse_duplicate_ids, refuse_foreign_file,
+                                  refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import current_identity, video_identities
 from tgmae.hub import model_name
@@ -193,10 +194,13 @@ def refuse_other_store(out: str | Path, source: str, model: str, settings: dict[
     --rebuild, its own part) holds captions made by another source, model or settings (a rerun
     would skip those videos and keep them, and a merge mix them), or by weights it did not record
     (a store written before they were: which model made it is not known, so resuming into it could
-    mix two). `model` as recorded (`tgmae.hub.model_name`: a local folder by its absolute path)."""
+    mix two). `model` as recorded (`tgmae.hub.model_name`: a local folder by its absolute path).
+    Also one holding a video twice (`refuse_duplicate_ids`, naming the line: the run would count it
+    done and keep both lines, which masks and training refuse; re-trial 30B M3)."""
     want = {"source": source, "model": model_name(model), **settings}
     for f in dict.fromkeys([part_path(out, shard), *read_files(out, shard, fresh)]):
         refuse_other_provenance(f, [want], required=("weights",))
+        refuse_duplicate_ids(f)
 
 
 def recorded_model(out: str | Path, model: str, shard: Shard = Shard(), fresh: bool = False) -> str:

@@ -2,7 +2,8 @@
 
 Rank r of W takes videos r, r+W, ... and appends to its own part file
 `<out stem>.part-RRRRR-of-WWWWW<suffix>`. Merging keeps records already in OUT, drops torn tails,
-keeps the first record of a video seen twice, orders records by the annotation order when known,
+keeps the first record of a video in two files (one file holding a video twice is refused, naming
+the line), orders records by the annotation order when known,
 writes OUT atomically, then deletes the parts (with their share records and stale locks); parts
 made otherwise, a rank that has not run, or one that has not finished (its share record
 `<part>.share`, written when it starts, names videos with neither a caption nor a failure) are
@@ -20,7 +21,7 @@ from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, dumps_record, ids_text, provenance,
-                                  read_jsonl_tolerant, same_value)
+                                  read_jsonl_tolerant, refuse_duplicate_ids, same_value)
 from tgmae.errors import SettingsError
 from tgmae.lifetime import launch_env
 from tgmae.locks import drop_lock
@@ -234,7 +235,8 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
 
     Records are validated; an error entry is dropped once its video has a record. Without any
     record (every video failed) no store is created. CaptionStoreError, before anything is written
-    or removed, when the store and parts were made otherwise (`refuse_mixed_parts`), a rank has
+    or removed, when the store and parts were made otherwise (`refuse_mixed_parts`), one of them
+    holds a video twice (`refuse_duplicate_ids`; a video in two of them keeps the first), a rank has
     not run (`refuse_missing_ranks`; `order`: the annotations' video ids) or not finished
     (`refuse_unfinished_parts`). The parts go with their share records and stale locks (`remove_parts`).
     """
@@ -242,6 +244,8 @@ def merge_parts(out: str | Path, order: Optional[Sequence[str]] = None) -> tuple
     err = errors_path(out)
     rec_parts, err_parts = existing_parts(out), existing_parts(err)
     refuse_mixed_parts(out, [out, *rec_parts])
+    for src in [out, *rec_parts]:  # one video twice in one file: which is its record is not known
+        refuse_duplicate_ids(src)
     records: dict[str, CaptionRecord] = {}
     for src in [out, *rec_parts]:
         for obj in _objects(src):

@@ -11,12 +11,11 @@ Combined sources (e.g. captioner + vision-free) are `store.merge_stores` of the 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from tgmae.captions.store import CaptionRecord, CaptionStoreError
-from tgmae.data.annotations import class_key, unnamed_classes
+from tgmae.captions.store import TEMPLATE_SEP, CaptionRecord, CaptionStoreError
+from tgmae.data.annotations import class_key, class_text, unnamed_classes  # class_text: also for its importers
 from tgmae.errors import SettingsError, UserError
 from tgmae.textfile import read_text
 
@@ -34,15 +33,6 @@ class DescriptionsError(ValueError, UserError):
     """A class-descriptions file is malformed; the message names the entry."""
 
 
-def class_text(name: str) -> str:
-    """A class name as words: `ApplyEyeMakeup` -> `apply eye makeup`, `playing_guitar` ->
-    `playing guitar`, SSv2 `Pushing [something] left` -> `Pushing something left`."""
-    text = name.replace("_", " ").replace("[", "").replace("]", "").strip()
-    if " " not in text and re.search(r"[a-z][A-Z]", text):
-        text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text).lower()
-    return re.sub(r"\s+", " ", text)
-
-
 def _fill(template: str, name: str) -> str:
     if "{}" not in template:
         raise SettingsError(f"--template {template!r} has no {{}} for the class name "
@@ -55,7 +45,7 @@ def oracle_records(videos: Sequence[tuple[str, str]], templates: Sequence[str] =
     the class it was made from (`class`: `store.stale_texts` compares it with the data set's)."""
     if not templates:
         raise SettingsError("--template: need at least one oracle template")
-    model = " | ".join(templates)
+    model = TEMPLATE_SEP.join(templates)
     return [CaptionRecord(vid, [_fill(t, cls) for t in templates], "oracle", model, {"class": cls})
             for vid, cls in videos]
 

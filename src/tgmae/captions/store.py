@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.data.fileid import copy_key
+from tgmae.data.annotations import class_text
+from tgmae.data.fileid import copy_key, current_identity, rewritten_in_place
 from tgmae.errors import UserError
 from tgmae.textfile import NotUtf8Error, decode
 
@@ -144,22 +145,38 @@ def read_jsonl_tolerant(path: str | Path, allow_torn_tail: bool = True) -> tuple
 
 
 def read_store(path: str | Path, allow_torn_tail: bool = False) -> StoreContents:
-    """Read and validate a caption store. Duplicate video ids are an error naming both lines."""
+    """Read and validate a caption store. Duplicate video ids are an error naming both lines
+    (`refuse_duplicate_ids`)."""
     path = Path(path)
     if not path.is_file():
         raise CaptionStoreError(f"caption file not found: {path}")
     items, torn, good = read_jsonl_tolerant(path, allow_torn_tail=allow_torn_tail)
-    records: list[CaptionRecord] = []
+    records = [CaptionRecord.from_json(obj, where=f"{path}:{n}") for n, obj in items]
+    refuse_duplicate_ids(path, items)
+    return StoreContents(records, torn, good)
+
+
+def refuse_duplicate_ids(path: str | Path, items: Optional[Sequence[tuple[int, Any]]] = None) -> None:
+    """CaptionStoreError naming the line and the first one when a store holds one video twice (a
+    hand merge, concurrent runs of an older tgmae; the lines may hold other captions), with the
+    ways out: delete one of the lines, or caption again with --rebuild. items: `read_jsonl_tolerant`'s
+    (line, object) pairs of `path`; None: read them (a torn last line allowed; no file: nothing).
+    The one check of every reader (`read_store`: masks, training) and of a caption run into the
+    store, which would otherwise count the video done and keep both lines (re-trial 30B M3)."""
+    if items is None:
+        if not Path(path).is_file():
+            return
+        items, _, _ = read_jsonl_tolerant(path, allow_torn_tail=True)
     seen: dict[str, int] = {}
     for n, obj in items:
-        rec = CaptionRecord.from_json(obj, where=f"{path}:{n}")
-        if rec.video_id in seen:
+        vid = obj.get("video_id") if isinstance(obj, dict) else None
+        if not isinstance(vid, str):
+            continue
+        if vid in seen:
             raise CaptionStoreError(
-                f"{path}:{n}: video {rec.video_id!r} already appears on line {seen[rec.video_id]}"
-            )
-        seen[rec.video_id] = n
-        records.append(rec)
-    return StoreContents(records, torn, good)
+                f"{path}:{n}: video {vid!r} already appears on line {seen[vid]}: delete one of the two lines "
+                "(the one whose captions are not this video's), or caption the store again with --rebuild")
+        seen[vid] = n
 
 
 def _cut_in_a_character(raw: bytes) -> bool:
@@ -433,22 +450,24 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
 def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, list[int]],
                         names: Sequence[str]) -> None:
     """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
-    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities differing in what a
-    copy keeps (`copy_key`): stores of two data sets with the same ids, whose merge would describe
-    one id by two videos and keep one store's stamp (then accepted by one set, refused by the other,
-    by store order). Records without an identity are not compared."""
+    and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities of
+    other files (`other_file`: another size, or one file rewritten in place between them): stores of
+    two data sets with the same ids, or of a video before and after it was replaced, whose merge
+    would describe one id by two videos and keep one store's stamp (then accepted by one set,
+    refused by the other, by store order). Records without an identity are not compared."""
     clash: dict[tuple[int, int], list[str]] = {}
     for vid, recs in parts.items():
-        known = [(i, copy_key(r.extra["video"])) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
-        other = next(((known[0][0], i) for i, key in known[1:] if key != known[0][1]), None)
+        known = [(i, r.extra["video"]) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, ident in known[1:] if other_file(known[0][1], ident)), None)
         if other is not None:
             clash.setdefault(other, []).append(vid)
     if clash:
         (a, b), ids = next(iter(clash.items()))
         raise CaptionStoreError(
             f"{names[a]} and {names[b]}: {len(ids)} video(s) were captioned from different files ({ids_text(ids)}): "
-            "stores of two data sets with the same video ids; combine stores of one data set (give its "
-            "annotations, --format and --root, to check them against its files)")
+            "stores of two data sets with the same video ids, or of a video before and after it was rewritten; "
+            "combine stores of one data set's files as they are (give its annotations, --format and --root, to "
+            "check them against its files)")
 
 
 def video_ids_in(path: str | Path) -> set[str]:
@@ -465,15 +484,26 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
+def other_file(recorded: Any, now: Any) -> bool:
+    """Whether a record's recorded `video` identity names other contents than the file `now`
+    (`video_identity`): another size (what a copy keeps, `copy_key`: a store of another data set
+    with the same ids, a video replaced), or the same file rewritten in place since
+    (`tgmae.data.fileid.rewritten_in_place`: same inode, another mtime; re-trial 30B S1). A copy
+    of the file elsewhere (new inode, ctime, maybe mtime) is the same file. Frame folders: the
+    `copy_key` rule alone (their frames' names and sizes)."""
+    return copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now)
+
+
 def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    differs from `identity` ({video_id: `video_identity` now}) in what a copy keeps (`copy_key`).
-    Records without one and ids without a file now (None) are not compared. The check `masks` and
-    training make (`refuse_other_videos`) and a caption rerun redoes by (`tgmae caption`)."""
+    and `identity` ({video_id: `video_identity` now}) are `other_file`s (another size, or the file
+    rewritten in place since). Records without one and ids without a file now (None) are not
+    compared. The one check `masks` and training make (`refuse_other_videos`) and a text source's
+    caption rerun redoes by (`tgmae caption`; the captioner's rerun redoes any identity change)."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
-            and copy_key(o["video"]) != copy_key(identity[o["video_id"]])]
+            and other_file(o["video"], identity[o["video_id"]])]
 
 
 def range_text(frames: Sequence) -> str:
@@ -491,6 +521,22 @@ def moved_clips(records: Iterable[CaptionRecord | dict], frames: dict[str, Seque
             and o.get("video_id") in frames and list(o["frames"]) != list(frames[o["video_id"]])]
 
 
+TEMPLATE_SEP = " | "  # between an oracle record's templates in its `model` (`sources.oracle_records`)
+
+
+def oracle_captions(model: Any, name: str, count: int) -> Optional[list[str]]:
+    """The `count` captions an oracle record of `model` (its templates joined by TEMPLATE_SEP, as
+    `sources.oracle_records` writes it) gives class `name` (its words, `class_text`; stripped, as a
+    store keeps them), or None when the templates cannot be recovered from `model`: a part without
+    `{}`, or not `count` parts (a template holding the separator itself). For a record without
+    `class` (a store written before records carried it), whose class shows only in its captions
+    (re-trial 30A S1)."""
+    templates = model.split(TEMPLATE_SEP) if isinstance(model, str) else []
+    if len(templates) != count or not all("{}" in t for t in templates):
+        return None
+    return [t.replace("{}", class_text(name)).strip() for t in templates]
+
+
 TEXT_SOURCES = {"annotation": "--annotation-captions", "oracle": "--oracle", "vision-free": "--descriptions"}
 
 
@@ -501,9 +547,13 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
     relabelled after `tgmae caption`): a record of source `annotation` (alone or a part of a
     combined `a+b`) whose captions lack the record's caption now (what "text"), and one that keeps
     the class it was made from (`class`: `--oracle`, `--descriptions`; a combination keeps its
-    part's, `merge_stores`) other than the video's class now (what "class"). `texts`: {video_id:
-    (caption, class name)}, `tgmae.data.annotations.annotated_texts`; a None there, a record
-    without `class` (an older store) and ids not in `texts` are not compared."""
+    part's, `merge_stores`) other than the video's class now (what "class"). An `--oracle` record
+    without `class` (a store written before records carried it: re-trial 30A S1) is compared by its
+    captions with its templates (`model`) filled with the class now (what "caption",
+    `oracle_captions`). `texts`: {video_id: (caption, class name)},
+    `tgmae.data.annotations.annotated_texts`; a None there, ids not in `texts`, and the other
+    records without `class` (an oracle record whose templates cannot be recovered; a `--descriptions`
+    one, whose descriptions file masks and training do not have; a combination's) are not compared."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     out = []
     for o in objs:
@@ -515,6 +565,11 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
             out.append((o["video_id"], "text", caps[0] if len(caps) == 1 else caps, caption.strip()))
         elif name is not None and o.get("class") is not None and o["class"] != name:
             out.append((o["video_id"], "class", o["class"], name))
+        elif name is not None and o.get("class") is None and o.get("source") == "oracle":
+            want = oracle_captions(o.get("model"), name, len(caps))
+            if want is not None and want != caps:
+                out.append((o["video_id"], "caption", caps[0] if len(caps) == 1 else caps,
+                            want[0] if len(want) == 1 else want))
     return out
 
 
@@ -539,12 +594,12 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
                         texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
-    differs from `identity` ({video_id: `video_identity` of the data set's file now}) in what a
-    copy keeps (`copy_key`: the size): a store made for another data set with the same ids, or a
-    video replaced since, whose captions describe another video. Records without one (a store
-    written by hand, by another tool or an older tgmae, or a video that could not be read) and ids
-    without a file now (None) are not compared; when no record of the data set's videos has one, a
-    log line says the store could not be checked. Given `frames` ({video_id:
+    and `identity` ({video_id: `video_identity` of the data set's file now}) are `other_file`s
+    (another size, or the file rewritten in place since: re-trial 30B S1): a store made for another
+    data set with the same ids, or a video replaced since, whose captions describe another video.
+    Records without one (a store written by hand, by another tool or an older tgmae, or a video
+    that could not be read) and ids without a file now (None) are not compared; when no record of
+    the data set's videos has one, a log line says the store could not be checked. Given `frames` ({video_id:
     `data.annotations.clip_range`}), a record whose recorded range differs (`moved_clips`) is
     refused too, naming it; given `texts` ({video_id: (caption, class name)},
     `data.annotations.annotated_texts`), so is a record made from text the data set has changed
@@ -555,9 +610,10 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     other = replaced_videos(known, identity)
     if other:
         raise CaptionStoreError(
-            f"{path}: {len(other)} video(s) were captioned from files of other sizes than this data set's "
-            f"({ids_text(other)}): a store made for another data set with the same video ids, or videos "
-            "replaced since; caption this data set again (`tgmae caption` with another --out, or --rebuild)")
+            f"{path}: {len(other)} video(s) were captioned from other files than this data set's "
+            f"({ids_text(other)}: of another size, or rewritten in place since): a store made for another data "
+            "set with the same video ids, or videos replaced since; caption this data set again: a `tgmae caption` "
+            "rerun into the same --out redoes them (a combined store: its parts, then --combine), or another --out")
     moved = moved_clips(objs, frames or {})
     if moved:
         was = next(o["frames"] for o in objs if isinstance(o, dict) and o.get("video_id") == moved[0])

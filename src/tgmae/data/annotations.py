@@ -409,6 +409,15 @@ def class_key(name: str) -> str:
     return re.sub(r"[\s_\[\]]+", "", name).casefold()
 
 
+def class_text(name: str) -> str:
+    """A class name as words (oracle captions, class prompts, description prompts): `ApplyEyeMakeup` -> `apply eye makeup`, `playing_guitar` ->
+    `playing guitar`, SSv2 `Pushing [something] left` -> `Pushing something left`."""
+    text = name.replace("_", " ").replace("[", "").replace("]", "").strip()
+    if " " not in text and re.search(r"[a-z][A-Z]", text):
+        text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", text).lower()
+    return re.sub(r"\s+", " ", text)
+
+
 def refuse_repeated_names(file: Path | str, entries: Iterable[tuple[Any, str]], unit: str = "lines",
                           key: Callable[[str], str] = class_key) -> None:
     """AnnotationError naming `file`, both names and both places when a class name comes twice,

@@ -131,3 +131,22 @@ def copy_key(identity: Any) -> Any:
     if ident and ident[0] == "frames":
         return [ident[0], ident[1], ident[-1]]
     return ident[:1] if ident else ident
+
+
+def _file_form(identity: Any) -> bool:
+    """Whether `identity` is a file's `file_identity` ([size, mtime ns, inode, ctime ns])."""
+    return isinstance(identity, list) and len(identity) == 4 and all(isinstance(v, int) for v in identity)
+
+
+def rewritten_in_place(recorded: Any, current: Any) -> bool:
+    """Whether a file's `video_identity` now (`current`) is the file `recorded` (its identity when a
+    record was made) rewritten in place since: the same inode, another mtime (`cp` onto it, an
+    editor saving over it, an `r+b` write all keep the inode; a copy elsewhere, a data set copied to
+    a node's disk, has another). What `copy_key` alone misses: new contents of exactly the same
+    size (re-trial 30B S1). Errs towards "rewritten" (a `touch` counts; so would a copy on another
+    file system given the same inode number by chance, which is rare); a file replaced by a rename
+    onto it (another inode) of the same size is not seen. Frame folders, copy keys, an identity of
+    an older form and None: False (a folder's frames keep the `copy_key` rule)."""
+    if not (_file_form(recorded) and _file_form(current)):
+        return False
+    return recorded[2] == current[2] and recorded[1] != current[1]
