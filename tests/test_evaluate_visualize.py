@@ -5,6 +5,7 @@ by its --caption (issue 28: a run trained with one masking at 32 px and 4 frames
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,18 @@ def clip_file(tmp_path_factory) -> Path:
     return path
 
 
-def _run(tmp_path: Path, *overrides: str) -> Path:
-    """A run folder (model.safetensors + config.yaml) trained under random 0.6, 4 frames, 32 px."""
+def _run(tmp_path: Path, *overrides: str, record: bool = False) -> Path:
+    """A run folder (model.safetensors + config.yaml) trained under random 0.6, 4 frames, 32 px;
+    `record`: its model file records its clip settings and masking, as `tgmae pretrain` writes it."""
+    from tgmae.weights.model_card import data_settings, masking_settings
+
     run = tmp_path / "run"
     torch.manual_seed(0)
-    save_pretraining_model(VideoMAEPretrainer(ARCH), run / "model.safetensors")
     cfg = load_config(None, ["masking.name=random", "masking.ratio=0.6", "data.num_frames=4", "data.image_size=32",
                              "model.patch_size=8", *overrides])
+    save_pretraining_model(VideoMAEPretrainer(ARCH), run / "model.safetensors",
+                           **(dict(data=data_settings(cfg.data), masking=masking_settings(cfg.masking)) if record
+                              else {}))
     save_config(cfg, run / "config.yaml")
     return run
 
@@ -409,3 +415,63 @@ def test_recon_of_an_encoder_only_export_is_one_line_naming_it(micro_export, tmp
     assert len(err) == 1 and str(micro_export) in err[0] and "no decoder" in err[0], err
     assert "model.safetensors" in err[0] and "missing" not in err[0].lower()
     assert not (tmp_path / "o").exists()
+
+
+def test_a_copied_file_and_a_pretraining_export_draw_the_masking_recorded_with_them(tmp_path, clip_file, capsys):
+    """Re-trial 30B S3: `visualize recon` of a run's model.safetensors copied out of its run, or of its
+    `export-hf --pretraining` folder, drew under the default tube 0.9, not the run's TGM 0.6, without
+    a word. The masking travels with the weights (our metadata, config.json `tgmae_masking`, kept by
+    convert), not the training machine's paths; it comes before -c, as a run's does; overrides last."""
+    import shutil
+
+    from tgmae.train.pretrain import describe_run
+    from tgmae.weights.convert import convert
+    from tgmae.weights.export_hf import export_hf
+    from tgmae.weights.model_card import EXPORT_MASK_KEY
+
+    run = _run(tmp_path, "masking.name=tgm", "masking.select=bottom", f"masking.cache_dir={tmp_path / 'maps'}",
+               "captions.file=caps.jsonl", record=True)
+    (tmp_path / "loose").mkdir()
+    loose = Path(shutil.copy(run / "model.safetensors", tmp_path / "loose" / "run_tgm.safetensors"))
+    export_hf(run, tmp_path / "hf_pt", pretraining=True)
+    assert json.loads((tmp_path / "hf_pt" / "config.json").read_text())[EXPORT_MASK_KEY]["name"] == "tgm"
+    convert(tmp_path / "hf_pt", tmp_path / "back.safetensors")
+    caps = ["captions.file=caps.jsonl", f"masking.cache_dir={tmp_path}"]  # paths of the run's machine: not recorded
+    for weights in (loose, tmp_path / "hf_pt", tmp_path / "back.safetensors"):
+        cfg = figure_config(str(_other_yaml(tmp_path)), caps, str(weights))  # -c's tube 0.9: not the model's
+        m = cfg.masking
+        assert (m.name, m.ratio, m.select, m.cache_dir) == ("tgm", 0.6, "bottom", str(tmp_path)), weights
+        assert describe_run(cfg).startswith("tgm mask, ratio 0.6;"), weights
+    assert figure_config(None, [*caps, "masking.ratio=0.7"], str(loose)).masking.ratio == 0.7
+    assert figure_config(None, ["masking.name=tube", "masking.select=top"], str(loose)).masking.name == "tube"
+    # without a captions file, TGM cannot draw: one line naming the key and the file, not a masking never set
+    assert cli(["visualize", "recon", str(loose), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs captions.file" in err[0] and f"{loose} records TGM masking (ratio 0.6" in err[0]
+    assert err[0].endswith("masking.name=NAME masking.select=top"), err
+    # with them, a --video is masked by its --caption, as a run's
+    assert cli(["visualize", "recon", str(loose), "--video", str(clip_file), *caps]) == 2
+    assert "--caption TEXT" in capsys.readouterr().err
+    # an encoder export records no masking: its run's section would not be the encoder's own
+    export_hf(run, tmp_path / "hf_enc")
+    assert EXPORT_MASK_KEY not in json.loads((tmp_path / "hf_enc" / "config.json").read_text())
+
+
+def test_a_file_recording_no_masking_says_it_is_drawn_under_the_default(tmp_path, clip_file, caplog):
+    """Re-trial 30B S3: weights written before the masking was recorded (and no run folder beside them)
+    are drawn under the default masking: one line says so, naming it; none where -c / an override
+    sets the masking, or the file or its run says it."""
+    bare = save_pretraining_model(VideoMAEPretrainer(ARCH), tmp_path / "bare" / "pt.safetensors")
+    recorded = _run(tmp_path, "masking.name=tube", "masking.ratio=0.9", record=True) / "model.safetensors"
+    (tmp_path / "loose").mkdir()
+    loose = recorded.rename(tmp_path / "loose" / "pt.safetensors")
+    said = []
+    for weights, extra in ((bare, []), (bare, ["masking.ratio=0.75"]), (loose, [])):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tgmae"):
+            assert cli(["visualize", "recon", str(weights), "--video", str(clip_file), "--out", str(tmp_path / "o"),
+                        *extra]) == 0
+        said.append([r.getMessage() for r in caplog.records if "masking" in r.getMessage()])
+    (line,) = said[0]
+    assert line.startswith(f"{bare}: drawn under the default masking (tube, ratio 0.9)") and "do not record" in line
+    assert said[1:] == [[], []], said

@@ -34,11 +34,12 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
     where they came from): its run folder's config.yaml; else what is stored with the weights:
     the model keys of their architecture (`checkpoint_model_keys`: an export-hf folder's
-    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads) and the clip settings recorded
-    with them (our file's metadata, an export-hf folder's `tgmae_data`: `recorded_data_settings`),
-    else their frames and image size."""
+    `tgmae_arch`, our file's arch; preset, patch, tubelet, heads), the clip settings recorded
+    with them (our file's metadata, an export-hf folder's `tgmae_data`: `recorded_settings`),
+    else their frames and image size, and the masking recorded with them (`tgmae_masking`; none
+    recorded: -c's or the default, said by `recon_figures`: re-trial 30B S3)."""
     from tgmae.config import to_dict
-    from tgmae.weights.model_card import read_run, recorded_data_settings
+    from tgmae.weights.model_card import read_run, recorded_settings
 
     run = read_run(checkpoint)
     if run.config is not None:
@@ -52,34 +53,62 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     source = load_encoder_source(checkpoint)
     arch = source.arch  # a geometry a conversion assumed (`weights.official`) is a guess: -c's stands
     data = {**{k: getattr(arch, k) for k in ("num_frames", "image_size") if k not in source.assumed},
-            **recorded_data_settings(checkpoint)[0]}
-    return {"data": data, "model": checkpoint_model_keys(arch)}, f"the settings stored in {checkpoint}"
+            **recorded_settings(checkpoint, "data")[0]}
+    masking = recorded_settings(checkpoint, "masking")[0]
+    return ({"data": data, "model": checkpoint_model_keys(arch), **({"masking": masking} if masking else {})},
+            f"the settings stored in {checkpoint}")
 
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
     (`run_settings`) < `overrides`; without -c the run's whole data section (its annotations) is
     the base. Logs what the run's settings replaced in -c and the overrides leave as the run's."""
-    from tgmae.config import RunConfig, load_config, load_config_and_keys, to_dict
+    from tgmae.config import RunConfig, load_config, to_dict
+    from tgmae.weights.model_card import read_run
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
-    if not config:  # no -c: the annotations (data.root, format, ...) are the run's own too
-        from tgmae.weights.model_card import read_run
-
-        run = read_run(checkpoint)
-        if run.config is not None:
-            given["data"] = to_dict(run.config)["data"]
+    run = read_run(checkpoint)
+    if not config and run.config is not None:  # no -c: the annotations (data.root, format, ...) are the run's too
+        given["data"] = to_dict(run.config)["data"]
     settings, source = run_settings(checkpoint)
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
     for section, values in settings.items():
         given[section].update(values)
-    cfg, overridden = load_config_and_keys(None, list(overrides), base=given)
+    cfg, overridden = _figure_run_config(checkpoint, run.config is None and "masking" in settings, given, overrides)
     replaced = [k for k in replaced if k not in overridden]  # an override's value is drawn, not the run's
     if replaced:
         log.info("%s: %s from the run (%s), not -c %s", checkpoint, ", ".join(replaced[:6])
                  + (" ..." if len(replaced) > 6 else ""), source, config)
     return cfg
+
+
+def _figure_run_config(checkpoint: str | Path, recorded_masking: bool, given: dict, overrides: Sequence[str]):
+    """`load_config_and_keys` of the figure's settings (`given`, the checkpoint's over -c) and
+    `overrides`. Weights that record their masking (`recorded_masking`: no run folder holds their
+    config; `run_settings`) as TGM do not record the captions file, similarity maps or CLIP model
+    it needs (paths of the machine it trained on): when -c and the overrides give none, a
+    ConfigError in one line naming `checkpoint` and the key, not RunConfig's "masking.name='tgm'
+    needs ..." alone, of a masking the user never set (re-trial 30B S3). A fault that remains under
+    another masking is raised as it is."""
+    from tgmae.config import ConfigError, load_config_and_keys, parse_override
+
+    try:
+        return load_config_and_keys(None, list(overrides), base=given)
+    except ConfigError as e:
+        m = given["masking"]
+        if (not recorded_masking or m["name"] != "tgm"
+                or {".".join(parse_override(o)[0]) for o in overrides} & {"masking", "masking.name"}):
+            raise
+        try:  # the same settings under another masking: does the fault lie in TGM's inputs?
+            load_config_and_keys(None, [*overrides, "masking.name=tube", "masking.select=top"], base=given)
+        except ConfigError:
+            raise e from None
+        other = "masking.name=NAME" + (" masking.select=top" if m["select"] != "top" else "")
+        raise ConfigError(f"{e}: {checkpoint} records TGM masking (ratio {m['ratio']:g}, {m['select']} "
+                          "patches by caption) but not the run's captions file, similarity maps or CLIP model; give "
+                          f"them (-c or overrides; a --video is masked by its --caption), or draw under another "
+                          f"masking with {other}") from None
 
 
 def _dataset(cfg, subset: str, video: Optional[str], **kwargs):
@@ -278,6 +307,22 @@ def _masking(cfg, video: Optional[str], caption: Optional[str]):
                                 patch_size=cfg.model.patch_size), captions
 
 
+def say_unrecorded_masking(cfg, checkpoint: str | Path) -> None:
+    """Log one line when `checkpoint` is drawn under the default masking because nothing says its
+    own: no run folder holds its config.yaml and its weights record none (a file or export written
+    before tgmae recorded it, `model_card.RUN_MASK_KEYS`), and -c and the overrides left it default.
+    Re-trial 30B S3: such a file was drawn under tube 0.9 without a word."""
+    from tgmae.config import MaskingConfig
+    from tgmae.weights.model_card import known_settings, masking_settings
+
+    if masking_settings(cfg.masking) != masking_settings(MaskingConfig()) or known_settings(checkpoint, "masking")[0]:
+        return
+    log.warning("%s: drawn under the default masking (%s, ratio %g): its weights do not record the masking they "
+                "were trained with (written before tgmae recorded it) and no run folder beside them says it; "
+                "if it was another, set masking.name and masking.ratio (-c or overrides)", checkpoint,
+                cfg.masking.name, cfg.masking.ratio)
+
+
 def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", video: Optional[str] = None,
                   out: Optional[str] = None, caption: Optional[str] = None) -> dict[str, Path]:
     """Original / masked / reconstructed frames of clip `index` (or `video`) with the run's mask
@@ -295,6 +340,7 @@ def recon_figures(cfg, checkpoint: str, *, index: int = 0, subset: str = "val", 
     refuse_without_decoder(checkpoint)
     model = load_pretrainer(checkpoint, cfg.data.num_frames, cfg.data.image_size)
     check_checkpoint_geometry(cfg.model, model.arch, checkpoint)
+    say_unrecorded_masking(cfg, checkpoint)
     generator, captions = _masking(cfg, video, caption)
     dataset = _dataset(cfg, subset, video, token_grid=cfg.token_grid, mask_generator=generator, captions=captions)
     sample = _sample(dataset, index, video, subset)

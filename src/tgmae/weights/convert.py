@@ -17,7 +17,7 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
-from tgmae.weights.model_card import known_data_settings
+from tgmae.weights.model_card import known_data_settings, known_settings
 from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
@@ -75,7 +75,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     of them states is assumed (`_convert_official`); what ours or an export-hf folder records as
     assumed stays so in `out`, less what an option states; the clip settings its model was trained
     with (its run's, or recorded with it: `model_card.known_data_settings`) are recorded in `out`,
-    with the frames and image size an option states. Raises CheckpointError (a ConfigError for a
+    with the frames and image size an option states, and a pretraining model's masking likewise
+    (`model_card.known_settings`, re-trial 30B S3). Raises CheckpointError (a ConfigError for a
     missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
     when it is the source, lies inside a run, or exists without `overwrite`; CheckpointError for a
     run folder without its final weights (`files.refuse_unfinished_run`).
@@ -97,7 +98,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     if holds_decoder(src):
         model, assumed = load_pretraining(src, **overrides)
         check_stated_heads(src, model.arch, stated)
-        save_pretraining_model(model, out, [k for k in assumed if k not in stated], data)
+        save_pretraining_model(model, out, [k for k in assumed if k not in stated], data,
+                               known_settings(src, "masking")[0])
         return _pretraining_summary(kind, model)
     source = load_encoder_source(src)  # no encoder: that is the fault
     _refuse_decoder_options(src, {**overrides, **stated})

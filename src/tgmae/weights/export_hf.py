@@ -40,7 +40,14 @@ from tgmae.weights.files import (
     resolve_checkpoint,
 )
 from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, released_normalization
-from tgmae.weights.model_card import EXPORT_DATA_KEY, known_data_settings, read_run, render_card
+from tgmae.weights.model_card import (
+    EXPORT_DATA_KEY,
+    EXPORT_MASK_KEY,
+    known_data_settings,
+    known_settings,
+    read_run,
+    render_card,
+)
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
 from tgmae.weights.pretraining import load_pretraining
 from tgmae.weights.sources import check_stated_heads, load_encoder_source
@@ -183,16 +190,20 @@ def processor_settings(arch: VideoMAEArch, data: dict[str, Any]) -> tuple[tuple[
             int(data.get("frame_stride", 1)))
 
 
-def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[str] = ()) -> None:
+def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[str] = (),
+                    masking: Optional[dict[str, Any]] = None) -> None:
     """Add to the export's config.json what HF's fields cannot say (transformers keeps an unknown key
     as an attribute and uses none of it): the clip settings the model was trained with (`data`: its
     run's, or those its file records, `model_card.known_data_settings`; when known) under
-    EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; the arch
+    EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; a pretraining model's masking
+    (`masking`, `model_card.RUN_MASK_KEYS`; when known) under EXPORT_MASK_KEY, under which `tgmae
+    visualize recon` of the folder draws (re-trial 30B S3); the arch
     fields assumed, not known (`official.ASSUMED_HF_KEY`), which `tgmae convert` of the folder and
     every reader of it keep and warn of (`official.hf_assumed_meta`)."""
     from tgmae.atomic import atomic_write_text
 
     extra = {**({EXPORT_DATA_KEY: data} if data else {}),
+             **({EXPORT_MASK_KEY: masking} if masking else {}),
              **({ASSUMED_HF_KEY: list(assumed)} if assumed else {})}
     if extra:
         config = json.loads(config_json.read_text())
@@ -321,6 +332,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     module, kind, names, assumed = export_source(checkpoint, classifier, pretraining, num_heads, decoder_heads)
     run = read_run(checkpoint)
     data = known_data_settings(checkpoint)[0]  # the run's, else those the file records
+    # the masking of a model that masks only (a finetune run's masking section is not its classifier's)
+    masking = known_settings(checkpoint, "masking")[0] if kind == "pretraining" else {}
     mean, std, stride = processor_settings(module.arch, data)
     out = Path(out_dir)
     from transformers.utils import logging as hf_logging
@@ -337,7 +350,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
-        record_settings(work / "config.json", data, assumed)
+        record_settings(work / "config.json", data, assumed, masking)
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:

@@ -91,60 +91,92 @@ def run_config(run: Path) -> tuple[Any, str]:
         return None, f"{run / 'config.yaml'} could not be read ({e})"
 
 
-# a clip's data settings a model was trained with (its run's config.yaml; recorded with its weights:
-# our file's metadata DATA_META, an export's config.json EXPORT_DATA_KEY), one JSON object {key: value}
+# what weights record of the run that trained them, by config section: {key: value} as one JSON object
+# in our file's metadata and in an export's config.json (transformers ignores the key), read where no
+# run folder holds the config.yaml: the clip settings (re-trial 24B S3) and the masking a pretraining
+# model was trained under (re-trial 30B S3: a copied file was drawn under the default tube 0.9)
 RUN_DATA_KEYS = ("num_frames", "image_size", "frame_stride", "mean", "std", "sampling")
 DATA_META = "data"  # our files' metadata (classifier, pretraining, encoder) of them
 EXPORT_DATA_KEY = "tgmae_data"  # export-hf's config.json entry of them
+# masking.* that decide the masks; not cache_dir / clip_model, paths of the machine it trained on
+# (a figure of the file takes them from -c or an override)
+RUN_MASK_KEYS = ("name", "ratio", "select", "tubelet_frame", "motion_source", "caption", "mode", "dense_size",
+                 "decoder_ratio", "decoder_mask")
+MASK_META = "masking"  # our pretraining files' metadata of them
+EXPORT_MASK_KEY = "tgmae_masking"  # export-hf --pretraining's config.json entry of them
+# section -> (its recorded keys, our file's metadata key, an export's config.json key)
+RECORDED = {"data": (RUN_DATA_KEYS, DATA_META, EXPORT_DATA_KEY), "masking": (RUN_MASK_KEYS, MASK_META, EXPORT_MASK_KEY)}
+
+
+def section_settings(section: str, values: Any) -> dict[str, Any]:
+    """{recorded keys: value} of a config `section` (`RECORDED`: "data" of a `DataConfig`, "masking"
+    of a `MaskingConfig`), tuples as lists, as JSON holds them."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in RECORDED[section][0] for v in [getattr(values, k)]}
 
 
 def data_settings(data: Any) -> dict[str, Any]:
-    """{RUN_DATA_KEYS: value} of a `DataConfig` (tuples as lists, as JSON holds them)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k in RUN_DATA_KEYS for v in [getattr(data, k)]}
+    """{RUN_DATA_KEYS: value} of a `DataConfig` (`section_settings`)."""
+    return section_settings("data", data)
 
 
-def run_data_settings(run: "RunInfo") -> dict[str, Any]:
-    """{RUN_DATA_KEYS: value} of `run`'s config ({} when its config is unknown)."""
-    return {} if run.config is None else data_settings(run.config.data)
+def masking_settings(masking: Any) -> dict[str, Any]:
+    """{RUN_MASK_KEYS: value} of a `MaskingConfig` (`section_settings`)."""
+    return section_settings("masking", masking)
+
+
+def recorded_note(section: str, settings: dict[str, Any]) -> dict[str, str]:
+    """The metadata our file records for the `section` `settings` (`RECORDED`); {} for none (not known)."""
+    return {RECORDED[section][1]: json.dumps(settings)} if settings else {}
 
 
 def data_note(settings: dict[str, Any]) -> dict[str, str]:
-    """The metadata our file records for the clip `settings` (`DATA_META`); {} for none (not known)."""
-    return {DATA_META: json.dumps(settings)} if settings else {}
+    """`recorded_note` of the clip settings (`DATA_META`)."""
+    return recorded_note("data", settings)
 
 
-def recorded_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
-    """({RUN_DATA_KEYS: value} recorded with the weights, the file recording them): an export-hf
-    folder's config.json `EXPORT_DATA_KEY`, our safetensors file's metadata `DATA_META` (a training
-    checkpoint's: its stored config's data section); ({}, "") for weights that record none (an
-    official .pth, another folder, a file written before they were recorded, or outside a run)."""
+def recorded_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+    """({recorded keys of `section`: value} recorded with the weights, the file recording them): an
+    export-hf folder's config.json entry, our safetensors file's metadata (`RECORDED`; a training
+    checkpoint's: its stored config's section); ({}, "") for weights that record none (an official
+    .pth, another folder, a file written before they were recorded, or outside a run)."""
     from tgmae.weights.files import looks_like_safetensors, read_safetensors_metadata
 
+    keys, meta_key, export_key = RECORDED[section]
     p = _resolved(checkpoint)
     try:
         if p.is_dir():
             p = p / "config.json"
-            recorded = json.loads(p.read_text()).get(EXPORT_DATA_KEY)
+            recorded = json.loads(p.read_text()).get(export_key)
         elif p.is_file() and looks_like_safetensors(p):
             meta = read_safetensors_metadata(p)
-            recorded = (json.loads(meta[DATA_META]) if DATA_META in meta
-                        else json.loads(meta.get("tgmae_config") or "{}").get("data"))
+            recorded = (json.loads(meta[meta_key]) if meta_key in meta
+                        else json.loads(meta.get("tgmae_config") or "{}").get(section))
         else:
             return {}, ""
     except (OSError, ValueError, AttributeError, CheckpointError):
         return {}, ""
-    settings = {k: v for k, v in recorded.items() if k in RUN_DATA_KEYS} if isinstance(recorded, dict) else {}
+    settings = {k: v for k, v in recorded.items() if k in keys} if isinstance(recorded, dict) else {}
     return (settings, str(p)) if settings else ({}, "")
 
 
-def known_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
-    """(the clip settings the checkpoint's model was trained with, where they are read): its run
-    folder's config.yaml, else what is recorded with its weights (`recorded_data_settings`); ({}, "")
+def recorded_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
+    """`recorded_settings` of the clip settings (RUN_DATA_KEYS)."""
+    return recorded_settings(checkpoint, "data")
+
+
+def known_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+    """(the `section` settings the checkpoint's model was trained with, where they are read): its run
+    folder's config.yaml, else what is recorded with its weights (`recorded_settings`); ({}, "")
     when neither says."""
     run = read_run(checkpoint)
     if run.config is not None:
-        return run_data_settings(run), str(run.run_dir / "config.yaml")
-    return recorded_data_settings(checkpoint)
+        return section_settings(section, getattr(run.config, section)), str(run.run_dir / "config.yaml")
+    return recorded_settings(checkpoint, section)
+
+
+def known_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
+    """`known_settings` of the clip settings (RUN_DATA_KEYS)."""
+    return known_settings(checkpoint, "data")
 
 
 def read_run(checkpoint: str | Path) -> RunInfo:

@@ -36,7 +36,7 @@ from tgmae.weights.files import (
     write_safetensors,
 )
 from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
-from tgmae.weights.model_card import data_note
+from tgmae.weights.model_card import data_note, recorded_note
 from tgmae.weights.official import (
     assumed_note,
     hf_assumed_meta,
@@ -147,12 +147,15 @@ def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any]
 
 
 def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = (),
-                           data: Optional[dict[str, Any]] = None) -> Path:
+                           data: Optional[dict[str, Any]] = None, masking: Optional[dict[str, Any]] = None) -> Path:
     """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
     the arch fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the
-    clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.data_note`), when known."""
+    clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.data_note`), `masking`:
+    the masking it was trained under (`model_card.RUN_MASK_KEYS`, which `tgmae visualize recon` of the
+    file draws: re-trial 30B S3), when known."""
     return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json(),
-                                                        **assumed_note(list(assumed)), **data_note(data or {})})
+                                                        **assumed_note(list(assumed)), **data_note(data or {}),
+                                                        **recorded_note("masking", masking or {})})
 
 
 def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[str] = (),
