@@ -359,3 +359,88 @@ def test_a_dataloader_worker_ignores_ctrl_c_and_ends_quietly_on_sigterm():
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
+
+
+_AT_FORK: dict[str, int] = {}  # the signal a fork's parent ("parent") / child ("child") raises at once (tests below)
+
+
+def _raise_after_fork(side: str) -> None:
+    """An after-fork hook as logging's (`_releaseLock`): a stop landing there is only printed."""
+    if side in _AT_FORK:
+        signal.raise_signal(_AT_FORK.pop(side))  # its handler runs before this returns
+
+
+os.register_at_fork(after_in_parent=lambda: _raise_after_fork("parent"),
+                    after_in_child=lambda: _raise_after_fork("child"))
+
+
+def test_a_stop_while_workers_start_is_raised_after_them_and_held_in_each_until_its_init():
+    """Re-trial 30A T1: SIGTERM to the process group while the DataLoader forked its workers was
+    raised inside logging's after-fork hook (printed, the stop lost: exit 0) and killed a worker
+    through its parent's inherited handler. `workers_starting`: the parent raises it after the
+    block; a child forked in it keeps its own pending until `quiet_worker_stops`, then ends with 0."""
+    import pytest
+
+    from tgmae.lifetime import Terminated, quiet_worker_stops, stop_on_sigterm, workers_starting
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        stop_on_sigterm()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite run in the background ignores it
+        _AT_FORK.update(parent=signal.SIGTERM, child=signal.SIGTERM)
+        reached = []
+        with pytest.raises(Terminated):
+            with workers_starting():
+                pid = os.fork()
+                if pid == 0:  # the worker: the stop waits for its init
+                    code = 4
+                    try:
+                        if signal.SIGTERM in signal.sigpending():
+                            code = 5
+                            quiet_worker_stops()  # ends it with 0
+                    finally:
+                        os._exit(code)
+                reached.append(pid)
+        assert reached == [pid] and os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask is back
+    finally:
+        _AT_FORK.clear()
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+
+class _Numbers:
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def test_a_stop_while_a_loader_starts_its_workers_ends_in_the_stop_alone(capfd):
+    """Re-trial 30A T1 through torch: a SIGTERM to the parent and to its workers as they fork
+    (`data.dataset.Loader`) raises `Terminated` from `iter(loader)` once its iterator is whole (not
+    in torch's half-built one: "AttributeError ... '_workers_status'"), nothing printed (no stop
+    swallowed in an after-fork hook, no "DataLoader worker is killed by signal"); the loader still
+    serves every batch afterwards."""
+    import gc
+
+    import pytest
+
+    from tgmae.data.dataset import Loader
+    from tgmae.lifetime import Terminated, stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    loader = Loader(_Numbers(), batch_size=2, num_workers=2, multiprocessing_context="fork")
+    try:
+        stop_on_sigterm()
+        _AT_FORK.update(parent=signal.SIGTERM, child=signal.SIGTERM)
+        with pytest.raises(Terminated):
+            iter(loader)
+        _AT_FORK.clear()
+        gc.collect()
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    finally:
+        _AT_FORK.clear()
+        signal.signal(signal.SIGTERM, before)
+    assert capfd.readouterr().err == ""

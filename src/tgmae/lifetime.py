@@ -24,6 +24,7 @@ from typing import Iterator
 from tgmae.errors import SettingsError
 
 _PR_SET_PDEATHSIG = 1
+STOPS = (signal.SIGINT, signal.SIGTERM)  # the signals that stop a command (Ctrl-C, SIGTERM)
 
 
 def _parent_gone(parent_pid: int) -> bool:
@@ -129,7 +130,7 @@ class Terminated(KeyboardInterrupt):
 def stop_on_sigterm() -> None:
     """Make SIGTERM raise `Terminated` in this process's main thread. A process forked afterwards
     (a pool worker) that gets it ends as before, by the default action: its parent reports the
-    stop. DataLoader workers ignore it (`data.dataset.loader_worker_init`)."""
+    stop. DataLoader workers end quietly on it (`quiet_worker_stops`; started under `workers_starting`)."""
     owner = os.getpid()
 
     def handler(signum, frame) -> None:
@@ -245,17 +246,41 @@ def stops_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in STOPS}
     before = {sig: handler for sig, handler in before.items() if handler is not signal.SIG_IGN}
-    for sig in before:
-        signal.signal(sig, lambda signum, frame: held.append(signum))
-    try:
+    try:  # signal.signal first runs a stop already pending: raised there, the finally puts the handlers back
+        for sig in before:
+            signal.signal(sig, lambda signum, frame: held.append(signum))
         yield
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     if held:
         signal.raise_signal(held[0])
+
+
+@contextmanager
+def workers_starting() -> Iterator[None]:
+    """Around the start of DataLoader workers (`data.dataset.Loader`): Ctrl-C and SIGTERM held in
+    this process (`stops_deferred`) and blocked in this thread (`signal.pthread_sigmask`), so each
+    worker forked here starts with them blocked and the kernel keeps one sent to it pending until
+    its init has put in its own handlers (`quiet_worker_stops` unblocks them). Re-trial 30A T1: a
+    SIGTERM to the process group while torch started its workers raised `Terminated` in its
+    half-built iterator (`AttributeError ... '_workers_status'` in its __del__), or inside
+    logging's after-fork hook, where it was only printed and the stop was lost (exit 0), and a
+    worker ran its parent's inherited handler and died of it ("DataLoader worker (pid N) is killed
+    by signal"). Blocking alone would not do in the parent: the kernel gives a signal sent to the
+    process to a thread that does not block it (torch's), and the main thread runs the handler. A
+    no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with stops_deferred():
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            yield
+        finally:  # a stop that came meanwhile is delivered now, to the deferring handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 _results_said = False  # the running command has said its results (`results_said`)
@@ -282,10 +307,13 @@ def quiet_worker_stops() -> None:
     handler raise "DataLoader worker (pid N) is killed by signal" into its parent's stop (re-trial
     29B T3); ignoring SIGTERM instead left a parent stopped while it started its workers waiting for
     them for ever at exit (multiprocessing joins them after its SIGTERM; re-trial 30A L1). A
-    worker that ends with 0 is not reported, and its parent, if it goes on, is told it exited."""
+    worker that ends with 0 is not reported, and its parent, if it goes on, is told it exited.
+    The stops its parent blocked while starting it (`workers_starting`) are unblocked here, once
+    these handlers are in: one that came meanwhile ends it now (re-trial 30A T1)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
 
 
 def ignore_stops() -> None:

@@ -21,7 +21,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from tgmae.config import ConfigError, DataConfig
 from tgmae.data.annotations import (UNLABELLED, AnnotationError, VideoRecord, annotated_texts, clip_key,
@@ -37,7 +37,7 @@ from tgmae.data.lengths import check_clip_fits
 from tgmae.data.video import VideoError, VideoReader
 from tgmae.data.views import collate_views, gather_views, view_generators
 from tgmae.errors import UserError, count
-from tgmae.lifetime import quiet_worker_stops
+from tgmae.lifetime import quiet_worker_stops, workers_starting
 from tgmae.mask_contract import MaskContext, MaskGenerator
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,29 @@ def keep_freed_memory() -> bool:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """DataLoader `worker_init_fn` of every loader the project makes (the training loop's,
-    `evaluate.sharded.map_dataset`'s): `keep_freed_memory`, and a stop left to the parent
-    (`lifetime.quiet_worker_stops`: Ctrl-C ignored, SIGTERM a quiet exit). A worker still starting
-    (before this runs) dies of a SIGTERM as before."""
+    """DataLoader `worker_init_fn` of every loader the project makes (`Loader`): `keep_freed_memory`,
+    and a stop left to the parent (`lifetime.quiet_worker_stops`: Ctrl-C ignored, SIGTERM a quiet
+    exit). A stop sent to a worker still starting (before this runs) is held until here."""
     keep_freed_memory()
     quiet_worker_stops()
+
+
+class Loader(DataLoader):
+    """The DataLoader of every loader the project makes (the training loop's,
+    `evaluate.sharded.map_dataset`'s): `loader_worker_init` in each worker, and its workers started
+    under `lifetime.workers_starting` (a stop then is raised once they have all started, and each
+    worker holds one until its init has run: re-trial 30A T1). Takes DataLoader's arguments but
+    `worker_init_fn`."""
+
+    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
+        super().__init__(dataset, worker_init_fn=loader_worker_init, **kwargs)
+
+    def _get_iterator(self):
+        """A new iterator: with workers, the one place they fork (a persistent one is made once)."""
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with workers_starting():
+            return super()._get_iterator()
 
 
 def _load_errors() -> tuple[type, ...]:

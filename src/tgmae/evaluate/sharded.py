@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tgmae.data.dataset import loader_worker_init
+from tgmae.data.dataset import Loader
 from tgmae.distributed import rank_world
 
 
@@ -51,9 +51,8 @@ def map_dataset(
     rank, size = rank_world()
     n = len(dataset)
     mine = list(range(rank, n, size))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,
-                        worker_init_fn=loader_worker_init,  # a stop is their parent's (re-trial 29B T3)
-                        pin_memory=device.type == "cuda", shuffle=False, drop_last=False)
+    loader = Loader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,
+                    pin_memory=device.type == "cuda", shuffle=False, drop_last=False)
     parts: dict[str, list[torch.Tensor]] = {}
     bar = None
     if progress and rank == 0:

@@ -19,11 +19,11 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tgmae.autotune import enabled as autotune_enabled
 from tgmae.config import ConfigError, RunConfig, to_dict
-from tgmae.data.dataset import loader_worker_init
+from tgmae.data.dataset import Loader
 from tgmae.models.attention import kernel_plan, pin_kernels, plan_kernels, set_attention_kernel
 from tgmae.models.block import Block
 from tgmae.weights import checkpoint as ckpt
@@ -402,14 +402,13 @@ class Trainer:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
 
-    def _make_loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
+    def _make_loader(self, dataset: Dataset, sampler: ResumableSampler) -> Loader:
         """One loader for the whole run, persistent workers; samples are seeded by (seed, epoch,
         index), so they do not depend on worker reuse."""
         cfg, workers = self.cfg, self.cfg.data.num_workers
-        return DataLoader(
+        return Loader(
             dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
             collate_fn=getattr(dataset, "collate", None),  # k views per video: flattened to [B*k, ...]
-            worker_init_fn=loader_worker_init if workers > 0 else None,  # sample buffers reused, not re-faulted
             drop_last=True, pin_memory=self.dist.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
