@@ -401,6 +401,19 @@ def unnamed_classes(class_names: list[str]) -> bool:
     return bool(class_names) and all(re.fullmatch(r"[\d\s]+", str(c)) for c in class_names)
 
 
+def refuse_unnamed_classes(class_names: Sequence[str], listed: str, need: str, how: str) -> None:
+    """AnnotationError, in one line, when the classes have no names (numbers only,
+    `unnamed_classes`) and something embeds or shows them as text: oracle and vision-free captions,
+    class retrieval's "a video of {}." (re-trial 30B S2: it embedded "a video of 0." and reported
+    recalls), class descriptions. `listed`: the list (or key=list) the classes are of; `need`: who
+    needs names, and any way round it; `how`: how to give them (`tgmae.data.formats.class_names_from`).
+    The one home of this refusal: every command that makes text of class names calls it."""
+    if not unnamed_classes(list(class_names)):
+        return
+    shown = ", ".join(repr(str(c)) for c in class_names[:3]) + (", ..." if len(class_names) > 3 else "")
+    raise AnnotationError(f"{listed}: its classes have no names (numbers only: {shown}); {need}: {how}")
+
+
 def class_key(name: str) -> str:
     """What makes two class names one class: `name` without case, spaces, underscores and SSv2's
     brackets, so `riding bike` = `Riding Bike` = `riding_bike` = `RidingBike`. Class folders

@@ -457,12 +457,19 @@ def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[l
     or the list does not read (then there is nothing to compare)."""
     if data is not None:
         return getattr(data, "records", None)
+    read = _read_subset(cfg, subset)
+    return None if read is None else read[0]
+
+
+def _read_subset(cfg: DataConfig, subset: str) -> Optional[tuple[list[VideoRecord], list[str]]]:
+    """(records, class names) of the list `cfg` names for the subset, rows that do not read left
+    out; None when none is named or it does not read (its own refusal is the dataset's)."""
     ann = subset_annotations(cfg, subset)
     if not ann:
         return None
     try:
         return load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset, on_error="skip",
-                                problems=[])[0]
+                                problems=[])
     except AnnotationError:
         return None
 
@@ -499,6 +506,23 @@ def refuse_unlabelled(cfg: DataConfig, subset: str, data: Optional[Dataset] = No
                           f"label (first: {missing[0].video_id!r}), and {use}: label them or leave them out")
     raise ConfigError(f"{list_key(cfg, subset)} has no labels (a test list, {count(len(records), 'video')} without "
                       f"a label), and {use}: name a list with labels")
+
+
+def refuse_unnamed_classes(cfg: DataConfig, subset: str, data: Optional[Dataset] = None, *, need: str) -> None:
+    """AnnotationError, in one line naming the list's key and file (`list_key`), when the classes of
+    the subset's list (`data`'s `class_names`, else those of the list `cfg` names, read: no video is
+    opened) have no names (numbers only; `tgmae.data.formats.require_class_names`), for a command
+    that embeds them as text (class retrieval: re-trial 30B S2), at set-up. `need`: why, and the
+    way round. No list, or one that does not read (its own refusal is the dataset's), passes."""
+    from tgmae.data.formats import require_class_names
+
+    if data is not None:
+        names = list(getattr(data, "class_names", None) or [])
+    else:
+        read = _read_subset(cfg, subset)
+        names = [] if read is None else read[1]
+    require_class_names(names, cfg.format, cfg.root, subset_annotations(cfg, subset), need, split=cfg.split,
+                        subset=subset, listed=list_key(cfg, subset))
 
 
 def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,

@@ -15,12 +15,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
     UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, row_width_problem,
+    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, refuse_unnamed_classes, relative_id,
+    row_width_problem,
     stem_id, subset_kind,
 )
 from tgmae.textfile import open_text
@@ -50,6 +51,15 @@ def class_names_from(format: str) -> str:
     """How to give the classes of `format`'s annotations names, where they have none (numbers
     only): a format's own file or columns, else classes.txt beside the list."""
     return _CLASS_NAMES_FROM.get(format, "put classes.txt (one name per line, line order = label) beside it")
+
+
+def require_class_names(class_names: Sequence[str], format: str, root: str | Path, annotations: str | Path,
+                        need: str, *, split: int = 1, subset: str = "train", listed: str = "") -> None:
+    """AnnotationError when the classes of `format`'s `annotations` have no names (numbers only):
+    `tgmae.data.annotations.refuse_unnamed_classes`, saying how this format names them
+    (`class_names_from`). need: who needs the names (e.g. "oracle and vision-free captions need
+    class names"); listed: the list as the message names it (default `annotations`)."""
+    refuse_unnamed_classes(class_names, listed or str(annotations), need, class_names_from(format))
 
 
 def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
