@@ -327,6 +327,19 @@ def test_class_list_names_differing_only_in_case_or_spacing_are_refused_naming_b
     assert all(s in str(e.value) for s in (str(p), "'Biking'", "'biking'", "lines 1 and 3")), str(e.value)
 
 
+def test_a_class_list_of_numbers_only_is_refused_naming_it(tmp_path, capsys):
+    """Re-trial 30B S2's kind: a chat model asked to describe class "0" answers about nothing; numbers
+    only are classes without names, refused as oracle captions and class retrieval refuse them."""
+    p = tmp_path / "c.txt"
+    p.write_text("0\n1\n2\n3\n")
+    assert main(["--classes", str(p), "--out", str(tmp_path / "o.json"), "--base-url", "http://x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(p) in err[0] and "numbers only" in err[0] and "'0', '1', '2', ..." in err[0], err
+    assert not (tmp_path / "o.json").exists()
+    p.write_text("0 walk\n1 run\n")  # a name with a number in it is a name
+    assert read_class_list(p) == ["0 walk", "1 run"]
+
+
 def test_a_class_list_or_existing_out_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
     """Re-trial 24A T2: a cp1252 file was a UnicodeDecodeError traceback naming no file."""
     classes = tmp_path / "c.txt"

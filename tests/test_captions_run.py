@@ -440,7 +440,8 @@ def test_oracle_captions_each_same_named_video_by_its_own_class(tmp_path, capsys
 
 
 def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_path, capsys):
-    """issue 28: a VideoMAE `path label` list with classes.txt beside it gave captions "2", "0"."""
+    """issue 28: a VideoMAE `path label` list with classes.txt beside it gave captions "2", "0".
+    Without names the refusal names the list, or the classes.txt of numbers (re-trial 30A M2)."""
     lst = tmp_path / "train.txt"
     lst.write_text("abseiling/a_000001_000011.mp4 0\nzumba/b_000001_000011.mp4 2\n")
     (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nzumba\n")
@@ -453,6 +454,13 @@ def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_pat
     assert main([*argv, "--out", str(tmp_path / "numbers.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(lst) in err[0] and "class names" in err[0] and "classes.txt" in err[0]
+    assert not (tmp_path / "numbers.jsonl").exists()
+    # re-trial 30A M2: a classes.txt of numbers was answered "put classes.txt (...) beside it"
+    (tmp_path / "classes.txt").write_text("0\n1\n2\n")
+    assert main([*argv, "--out", str(tmp_path / "numbers.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'classes.txt'}: its names are numbers only ('0', '1', '2')" in err[0], err
+    assert err[0].endswith("give the classes' names there") and "beside it" not in err[0], err
     assert not (tmp_path / "numbers.jsonl").exists()
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tgmae.captions.provider import CaptionProvider
-from tgmae.captions.sources import (CUPL_PROMPTS, DescriptionsError, class_text, description_records,
+from tgmae.captions.sources import (CUPL_PROMPTS, DescriptionsError, description_records,
                                     load_descriptions, match_classes, oracle_records, validate_descriptions)
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, merge_stores, read_store,
                                   refuse_foreign_file, truncate_torn_tail, video_ids_in, write_store)
+from tgmae.data.annotations import class_text
 from tgmae.errors import UserError
 
 

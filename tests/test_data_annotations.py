@@ -895,3 +895,62 @@ def test_an_epic_row_with_an_empty_participant_or_video_is_a_bad_row_naming_it(t
     with pytest.raises(AnnotationError) as e:
         load_annotations("epic55", tmp_path, ann)
     _one_line_naming(e, f"{ann}:8", f"{column} is empty")
+
+
+def _numbers_only(tmp_path: Path, fmt: str) -> tuple[Path, Path, str]:
+    """(root, annotations, the file whose class names are numbers only, relative to the root) of a
+    small `fmt` data set whose classes are named by numbers in the format's own class-name source."""
+    root = tmp_path / fmt
+    files: dict[str, str] = {
+        "csv": {"lists/train.csv": "path,label\na.mp4,0\nb.mp4,1\n", "classes.txt": "0\n1\n"},
+        "k400": {"train.txt": "a.mp4 0\nb.mp4 1\n", "classes.txt": "0\n1\n"},
+        "k400_official": {"train.csv": "label,youtube_id,time_start,time_end,split\n0,abc,0,10,train\n"
+                                       "1,def,0,10,train\n"},
+        "ucf101": {"l/classInd.txt": "1 7\n2 8\n", "l/trainlist01.txt": "7/v_A_g01_c01.avi 1\n8/v_B_g01_c01.avi 2\n"},
+        "ssv2": {"labels.json": '{"0": "0", "1": "1"}', "train.json": '[{"id": "1", "template": "0"}, '
+                                                                       '{"id": "2", "template": "1"}]'},
+        "diving48": {"Diving48_vocab.json": '[["1", "2"], ["3", "4"]]',
+                     "Diving48_V2_train.json": '[{"vid_name": "a", "label": 0}, {"vid_name": "b", "label": 1}]'},
+        "hmdb51": {"s/7_test_split1.txt": "a.avi 1\n", "s/8_test_split1.txt": "b.avi 1\n"},
+    }.get(fmt, {})
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    ann, source = {"csv": ("lists/train.csv", "classes.txt"), "k400": ("train.txt", "classes.txt"),
+                   "k400_official": ("train.csv", "train.csv"), "ucf101": ("l", "l/classInd.txt"),
+                   "ssv2": (".", "labels.json"), "diving48": (".", "Diving48_vocab.json"),
+                   "hmdb51": ("s", "")}.get(fmt, ("", ""))
+    return root, root / ann, source
+
+
+@pytest.mark.parametrize("fmt", ["csv", "k400", "k400_official", "ucf101", "ssv2", "diving48", "hmdb51", "epic55"])
+def test_names_that_are_numbers_only_are_refused_naming_the_file_they_came_from(tmp_path, fmt):
+    """Re-trial 30A M2: a classes.txt of numbers beside the list was answered "put classes.txt
+    (...) beside it". The refusal names the file the names were read from, each format's own (EPIC:
+    its verb / noun columns; a K400 CSV without classes.txt: its label column); where no file gave
+    names (HMDB51's split file names), the list and how the format names its classes."""
+    from tgmae.data.formats import require_class_names
+
+    root, ann, source = _numbers_only(tmp_path, fmt)
+    where = "there"
+    if fmt == "epic55":
+        with open(DATA / "epic55" / "EPIC_train_action_labels.csv", newline="") as f:
+            head, *rows = list(csv.reader(f))
+        rows = [[r[head.index("verb_class")] if c == "verb" else r[head.index("noun_class")] if c == "noun" else v
+                 for c, v in zip(head, r)] for r in rows]
+        root, ann = tmp_path, _epic_without(tmp_path, rows=rows)
+        source, where = ann.name, "in its `verb` and `noun` columns"
+    elif fmt == "k400_official":
+        where = "in its `label` column"
+    name = fmt.split("_")[0]
+    classes = load_annotations(name, root, ann, on_error="skip", problems=[])[1]
+    with pytest.raises(AnnotationError) as e:
+        require_class_names(classes, name, root, ann, "X needs names")
+    msg = str(e.value)
+    assert "\n" not in msg and "X needs names" in msg, msg
+    if source:
+        assert msg.startswith(f"{root / source}: its names are numbers only (") and msg.endswith(
+            f"give the classes' names {where}"), msg
+        assert "beside it" not in msg
+    else:
+        assert msg.startswith(f"{ann}: its classes have no names") and "<class>_test_split<N>.txt" in msg, msg

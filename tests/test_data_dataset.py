@@ -694,6 +694,53 @@ def test_every_replacement_too_short_or_unreadable_names_data_num_frames(tmp_pat
     assert ok[2]["video"].shape[1] == 4
 
 
+def _short_and_long(tmp_path, short: int, long: int) -> list:
+    """Records of `short` 6-frame videos and `long` 24-frame ones, short first."""
+    recs = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate([6] * short + [24] * long):
+        path = tmp_path / f"v{i}_{t}.mp4"
+        write_video(path, _clip(t, 32, 32, i))
+        recs.append(VideoRecord(str(path), 0, path.stem))
+    return recs
+
+
+def test_a_training_set_of_mostly_too_short_videos_is_refused_at_set_up(tmp_path):
+    """Re-trial 30B M2: with 200 of 240 rows too short, the seeded replacement draws all landed on
+    short videos at step 19 and the run stopped saying "no video long enough", though some were.
+    A training set where most rows are too short is refused at set-up saying how many; one where
+    some are trains as before, and so does a test set (whose videos are never replaced)."""
+    from tgmae.config import ConfigError
+
+    recs = _short_and_long(tmp_path, 3, 1)
+    with pytest.raises(ConfigError) as e:
+        VideoDataset(recs, _cfg(num_frames=12), train=True)
+    msg = str(e.value)
+    assert msg.startswith("data.num_frames=12: 3 of its 4 rows are too short for a clip of 12 frames"), msg
+    assert "data.max_load_retries" in msg and "--min-frames 12" in msg and "\n" not in msg
+    VideoDataset(recs, _cfg(num_frames=12), train=False)
+    VideoDataset(recs[1:] + _short_and_long(tmp_path / "more", 0, 1), _cfg(num_frames=12), train=True)  # 2 of 4
+
+
+def test_replacement_draws_that_run_out_say_so_and_how_many_rows_are_short(tmp_path, monkeypatch):
+    """Re-trial 30B M2: the draws' running out was said as "no video long enough in 21 tries" though
+    some were. It says that the draws (data.max_load_retries) ran out, and how many rows are short."""
+    monkeypatch.setattr("tgmae.data.dataset.check_clip_fits", lambda *a: None)  # as for headers that do not tell
+    recs = _short_and_long(tmp_path, 3, 1)
+    ds = VideoDataset(recs, _cfg(num_frames=12, max_load_retries=1), train=True)
+    errors = []
+    for i in range(3):
+        try:
+            ds[i]
+        except VideoLoadError as e:
+            errors.append(str(e))
+    assert errors, "no draw ran out"
+    msg = errors[0]
+    assert "no video long enough" not in msg and "\n" not in msg, msg
+    assert "data.max_load_retries=1" in msg and "draws ran out" in msg and "3 of its 4 rows are too short" in msg, msg
+    assert "raise data.max_load_retries" in msg and "the others may hold a clip" in msg, msg
+
+
 def test_check_videos_known_gives_the_captions_each_records_frame_range():
     """issue 28 re-trial 16B, S2: the caption provider compares each record's captioned range with
     the clip's now, so check_videos_known hands it {id: [start, end]} beside the paths."""

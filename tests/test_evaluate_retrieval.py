@@ -486,6 +486,30 @@ def test_retrieval_on_the_training_videos_is_refused_before_any_weights_load(tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_class_retrieval_on_classes_without_names_is_refused_before_any_weights_load(tmp_path, capsys):
+    """Re-trial 30B S2: `tgmae retrieve` (eval.retrieval_text=classes) on a K400 list without
+    classes.txt embedded "a video of 0.", "a video of 1.", ... and reported recalls, exit 0. Refused
+    at set-up, as oracle captions are, naming the list's key and the way round; texts per class
+    (eval.class_descriptions) or captions need no names, and classes.txt gives them."""
+    from tgmae.cli import main as cli_main
+
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    (tmp_path / "val.txt").write_text("c.mp4 0\nd.mp4 1\ne.mp4 2\n")
+    argv = ["retrieve", "data.format=k400", f"data.root={tmp_path}", "data.train_annotations=train.txt",
+            "data.val_annotations=val.txt", f"model.pretrained={tmp_path}/none", f"train.output_dir={tmp_path}/out"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.val_annotations=val.txt: its classes have no names" in err[0], err
+    assert "'0', '1', '2'" in err[0] and "eval.class_descriptions" in err[0] and "classes.txt" in err[0], err
+    assert not (tmp_path / "out").exists()
+    for other in ("eval.class_descriptions=d.json", "eval.retrieval_text=captions"):
+        assert cli_main(argv + [other]) == 2  # on to the missing weights
+        assert "no names" not in capsys.readouterr().err
+    (tmp_path / "classes.txt").write_text("walk\nrun\njump\n")
+    assert cli_main(argv) == 2
+    assert "no names" not in capsys.readouterr().err
+
+
 def test_retrieval_on_the_checkpoints_own_training_videos_is_refused(synth, tmp_path, capsys, caplog):
     """Issue 28 re-trial 16B (S1): `tgmae retrieve model.pretrained=RUN data.train_annotations=val.csv
     data.val_annotations=train.csv` scored the videos RUN pretrained on (exit 0): the check compared

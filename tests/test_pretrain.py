@@ -414,8 +414,9 @@ def test_a_clip_longer_than_every_video_is_one_line_from_the_workers(synth_root,
     code = main(["pretrain", *args, f"data.root={synth_root}", f"train.output_dir={tmp_path / 'run'}",
                  "data.num_frames=16", "data.num_workers=2", "data.max_load_retries=3"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith("tgmae pretrain: no video long enough in 4 tries: a clip needs"), err
-    assert "data.num_frames=16" in err[-1] and not any("Traceback" in line for line in err)
+    assert code == 2 and err[-1].startswith("tgmae pretrain: data.num_frames=16: the video of index"), err
+    assert "replacement draws (data.max_load_retries=3) were all too short for a clip of 16 frames" in err[-1], err
+    assert "draws ran out" in err[-1] and not any("Traceback" in line for line in err)
     last = err[-1].split("; last: ")[1].split(" | ")
     assert len(last) == len(set(last))  # each reason once
 

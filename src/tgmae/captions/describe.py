@@ -17,9 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, class_text, validate_descriptions
+from tgmae.captions.sources import CUPL_PROMPTS, META_KEY, DescriptionsError, validate_descriptions
 from tgmae.atomic import atomic_write_text
-from tgmae.data.annotations import class_key
+from tgmae.data.annotations import class_key, class_text, refuse_unnamed_classes
 from tgmae.errors import UserError
 from tgmae.textfile import read_text
 
@@ -124,7 +124,9 @@ class ChatClient:
 def read_class_list(path: str | Path) -> list[str]:
     """One class name per line; blank lines and `#` comments are ignored. A name twice, or two
     that differ only in case, spaces or underscores (`class_key`: their descriptions would be
-    looked up as one class's), is refused naming both lines."""
+    looked up as one class's), is refused naming both lines; numbers only ("0", "1", ...: a
+    model asked to describe "0") as classes without names are everywhere
+    (`tgmae.data.annotations.refuse_unnamed_classes`; re-trial 30B S2)."""
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"classes file not found: {path}")
@@ -140,6 +142,8 @@ def read_class_list(path: str | Path) -> list[str]:
         if m != n:
             raise DescriptionsError(f"{path}: classes {m!r} and {n!r} (lines {j} and {i}) differ only in case, "
                                     "spaces or underscores, and would be looked up as one class; keep one")
+    refuse_unnamed_classes([n for _, n in named], str(path), "tgmae describe-classes asks for each class's "
+                           "descriptions by its name", "give the classes' names there")
     return [n for _, n in named]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tgmae.captions.store import TEMPLATE_SEP, CaptionRecord, CaptionStoreError
-from tgmae.data.annotations import class_key, class_text, unnamed_classes  # class_text: also for its importers
+from tgmae.data.annotations import class_key, class_text
 from tgmae.errors import SettingsError, UserError
 from tgmae.textfile import read_text
 
@@ -132,17 +132,10 @@ def description_records(videos: Sequence[tuple[str, str]], descriptions: dict[st
     return [CaptionRecord(vid, list(table[cls]), "vision-free", model, {"class": cls}) for vid, cls in videos]
 
 
-def videos_with_classes(records: Sequence[Any], class_names: Sequence[str], annotations: str = "annotations",
-                        names_from: str = "put classes.txt (one name per line, line order = label) beside it"
-                        ) -> list[tuple[str, str]]:
-    """`VideoRecord`s -> (video_id, class name); unlabelled (-1) or out-of-range labels raise, and
-    so do classes without names (numbers only, `unnamed_classes`: a caption "2" or "3 8" is no
-    class name), saying where names come from (`names_from`: the format's
-    `tgmae.data.formats.class_names_from`)."""
-    if unnamed_classes(list(class_names)):
-        shown = ", ".join(repr(c) for c in class_names[:3]) + (", ..." if len(class_names) > 3 else "")
-        raise CaptionStoreError(f"{annotations}: its classes have no names (numbers only: {shown}); oracle and "
-                                f"vision-free captions need class names: {names_from}")
+def videos_with_classes(records: Sequence[Any], class_names: Sequence[str]) -> list[tuple[str, str]]:
+    """`VideoRecord`s -> (video_id, class name); unlabelled (-1) or out-of-range labels raise.
+    Classes without names (numbers only) are refused before, where the list is known
+    (`tgmae.data.formats.require_class_names`: a caption "2" or "3 8" is no class name)."""
     out = []
     for r in records:
         if not 0 <= r.label < len(class_names):

@@ -142,7 +142,7 @@ def _run_text_source(args: argparse.Namespace) -> None:
     from tgmae.captions.sources import (ORACLE_TEMPLATE, description_records, load_descriptions,
                                         oracle_records, videos_with_classes)
     from tgmae.captions.store import CaptionStoreError, update_store
-    from tgmae.data.formats import class_names_from
+    from tgmae.data.formats import require_class_names
 
     records, classes = _annotations(args)
     identity = _identities(records)
@@ -154,7 +154,9 @@ def _run_text_source(args: argparse.Namespace) -> None:
                                     f"e.g. {missing[0]!r} (format {args.format!r})")
         recs = [CaptionRecord(v, [c], "annotation", f"{args.format} annotations") for v, c in texts.items()]
     else:
-        pairs = videos_with_classes(records, classes, args.annotations, class_names_from(args.format))
+        require_class_names(classes, args.format, args.root, args.annotations,
+                            "oracle and vision-free captions need class names", split=args.split, subset=args.subset)
+        pairs = videos_with_classes(records, classes)
         if args.oracle:
             recs = oracle_records(pairs, args.template or [ORACLE_TEMPLATE])
         else:

@@ -401,6 +401,34 @@ def unnamed_classes(class_names: list[str]) -> bool:
     return bool(class_names) and all(re.fullmatch(r"[\d\s]+", str(c)) for c in class_names)
 
 
+def refuse_unnamed_classes(class_names: Sequence[str], listed: str, need: str, how: str,
+                           source: Optional[tuple[Path, str]] = None) -> None:
+    """AnnotationError, in one line, when the classes have no names (numbers only,
+    `unnamed_classes`) and something embeds or shows them as text: oracle and vision-free captions,
+    class retrieval's "a video of {}." (re-trial 30B S2: it embedded "a video of 0." and reported
+    recalls), class descriptions. `need`: who needs names, and any way round it. The one home of
+    this refusal: every command that makes text of class names calls it.
+
+    source: (the file the names were read from, where in it the names go: "there", "in its `verb`
+    and `noun` columns"): the message names that file (a classes.txt of numbers beside the list
+    was answered "put classes.txt beside it": re-trial 30A M2). Without one, it names the list
+    (`listed`: the list, or key=list) and says how to give names (`how`:
+    `tgmae.data.formats.class_names_from`)."""
+    if not unnamed_classes(list(class_names)):
+        return
+    shown = ", ".join(repr(str(c)) for c in class_names[:3]) + (", ..." if len(class_names) > 3 else "")
+    if source is not None:
+        raise AnnotationError(f"{source[0]}: its names are numbers only ({shown}); {need}: give the classes' "
+                              f"names {source[1]}")
+    raise AnnotationError(f"{listed}: its classes have no names (numbers only: {shown}); {need}: {how}")
+
+
+def classes_file(root: Path, ann: Path) -> Optional[Path]:
+    """The classes.txt a K400 `path label` list takes its class names from: beside the list, else
+    in the root; None without one."""
+    return next((p for p in (ann.parent / "classes.txt", root / "classes.txt") if p.is_file()), None)
+
+
 def class_key(name: str) -> str:
     """What makes two class names one class: `name` without case, spaces, underscores and SSv2's
     brackets, so `riding bike` = `Riding Bike` = `riding_bike` = `RidingBike`. Class folders

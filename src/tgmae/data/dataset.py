@@ -115,16 +115,17 @@ class _RobustBase(Dataset):
     """Shared: epoch counter visible to workers, retry-and-replace loading, failure logging.
     Subclasses define `_load(idx, generator) -> sample dict` raising a load error on bad input."""
 
-    def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, seed: int, min_frames: Optional[int]):
+    def __init__(self, records: Sequence[VideoRecord], cfg: DataConfig, seed: int, min_frames: Optional[int],
+                 replaced: bool = False):
         if not records:
             raise ValueError("dataset has no records")
         self.records = list(records)
         self.cfg = cfg
         self.seed = seed
         self.min_frames = cfg.num_frames if min_frames is None else min_frames
-        # at set-up, not after every item's retries: a clip longer than every video (`data.lengths`)
-        check_clip_fits(self.records, self.min_frames, f"data.num_frames={cfg.num_frames}"
-                        + (f" (a clip of {self.min_frames} frames)" if self.min_frames != cfg.num_frames else ""))
+        # at set-up, not after every item's retries: a clip longer than every video, or for a training
+        # set (`replaced`: short rows are replaced by draws that run out) than most (`data.lengths`)
+        check_clip_fits(self.records, self.min_frames, self._clip_setting(), replaced)
         # shared with DataLoader workers (cfg.num_workers: the loader built from the same config);
         # without workers in /dev/shm for nothing, where a small one fails the run
         shared = cfg.num_workers > 0
@@ -140,6 +141,11 @@ class _RobustBase(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _clip_setting(self) -> str:
+        """`data.num_frames=N`, with the clip's frames where they differ, for messages."""
+        n = self.cfg.num_frames
+        return f"data.num_frames={n}" + (f" (a clip of {self.min_frames} frames)" if self.min_frames != n else "")
 
     @property
     def epoch(self) -> int:
@@ -206,11 +212,8 @@ class _RobustBase(Dataset):
             if not self.substitute:
                 sample.update(unreadable=False, load_error="", load_kind="")
             return sample
-        if kinds == {"too_short"}:  # every try: a clip longer than the videos (a setting, not the files)
-            raise VideoLoadError(
-                f"no video long enough in {self.cfg.max_load_retries + 1} tries: a clip needs {self.min_frames} "
-                f"frames (data.num_frames={self.cfg.num_frames}); lower data.num_frames or check the videos "
-                "(`tgmae data check --min-frames N`); last: " + " | ".join(dict.fromkeys(reasons[-2:])))  # once each
+        if kinds == {"too_short"}:  # every try: a clip longer than these videos (a setting, not the files)
+            raise self._draws_ran_out(index, reasons)
         short = ""
         if "too_short" in kinds:  # the others unreadable: the videos that open all lack a clip's frames
             short = (f": the readable ones too short for a clip of {self.min_frames} frames "
@@ -219,6 +222,27 @@ class _RobustBase(Dataset):
         raise VideoLoadError(
             f"index {index}: no readable video after {self.cfg.max_load_retries} replacements "
             f"(data.max_load_retries){short}; last errors: " + " | ".join(dict.fromkeys(reasons[-3:])))
+
+    def _draws_ran_out(self, index: int, reasons: list[str]) -> VideoLoadError:
+        """The error of a row whose video and every replacement draw were too short: what ran out
+        (data.max_load_retries) and how many rows are too short (`count_short`, read now: the
+        failure's cost only), not "no video long enough" where some are (re-trial 30B M2)."""
+        from tgmae.data.lengths import count_short
+
+        retries, seen = self.cfg.max_load_retries, count_short(self.records, self.min_frames)
+        known, more = f"{seen.text()} are too short by their headers", ", raise data.max_load_retries"
+        if seen.short == 0:
+            known = "their headers do not tell how many rows are"
+        elif seen.short == seen.looked:
+            more = ""  # no draw can find a longer one
+        else:
+            known += ", the others may hold a clip"
+        return VideoLoadError(
+            f"{self._clip_setting()}: the video of index {index} ({self.records[index].path}) and its {retries} "
+            f"replacement draws (data.max_load_retries={retries}) were all too short for a clip of "
+            f"{self.min_frames} frames, and the draws ran out; {known}; lower data.num_frames{more}, or leave "
+            f"the short videos out (`tgmae data check --min-frames {self.min_frames}` lists them); last: "
+            + " | ".join(dict.fromkeys(reasons[-2:])))  # once each
 
     def _note_failure(self, path: str, err: BaseException) -> None:
         self.failures += 1
@@ -277,7 +301,7 @@ class VideoDataset(_RobustBase):
                  augment: str = "pretrain", min_frames: Optional[int] = None,
                  reader_threads: Optional[int] = None, cache: Optional[ClipCache] = None,
                  class_names: Sequence[str] = ()):
-        super().__init__(records, cfg, seed, min_frames)
+        super().__init__(records, cfg, seed, min_frames, replaced=train)
         if mask_generator is not None and token_grid is None:
             raise ValueError("mask_generator needs token_grid (T', H', W')")
         self.train, self.token_grid, self.mask_generator = train, token_grid, mask_generator
@@ -474,12 +498,19 @@ def _listed(cfg: DataConfig, subset: str, data: Optional[Dataset]) -> Optional[l
     or the list does not read (then there is nothing to compare)."""
     if data is not None:
         return getattr(data, "records", None)
+    read = _read_subset(cfg, subset)
+    return None if read is None else read[0]
+
+
+def _read_subset(cfg: DataConfig, subset: str) -> Optional[tuple[list[VideoRecord], list[str]]]:
+    """(records, class names) of the list `cfg` names for the subset, rows that do not read left
+    out; None when none is named or it does not read (its own refusal is the dataset's)."""
     ann = subset_annotations(cfg, subset)
     if not ann:
         return None
     try:
         return load_annotations(cfg.format, cfg.root, ann, split=cfg.split, subset=subset, on_error="skip",
-                                problems=[])[0]
+                                problems=[])
     except AnnotationError:
         return None
 
@@ -516,6 +547,23 @@ def refuse_unlabelled(cfg: DataConfig, subset: str, data: Optional[Dataset] = No
                           f"label (first: {missing[0].video_id!r}), and {use}: label them or leave them out")
     raise ConfigError(f"{list_key(cfg, subset)} has no labels (a test list, {count(len(records), 'video')} without "
                       f"a label), and {use}: name a list with labels")
+
+
+def refuse_unnamed_classes(cfg: DataConfig, subset: str, data: Optional[Dataset] = None, *, need: str) -> None:
+    """AnnotationError, in one line naming the list's key and file (`list_key`), when the classes of
+    the subset's list (`data`'s `class_names`, else those of the list `cfg` names, read: no video is
+    opened) have no names (numbers only; `tgmae.data.formats.require_class_names`), for a command
+    that embeds them as text (class retrieval: re-trial 30B S2), at set-up. `need`: why, and the
+    way round. No list, or one that does not read (its own refusal is the dataset's), passes."""
+    from tgmae.data.formats import require_class_names
+
+    if data is not None:
+        names = list(getattr(data, "class_names", None) or [])
+    else:
+        read = _read_subset(cfg, subset)
+        names = [] if read is None else read[1]
+    require_class_names(names, cfg.format, cfg.root, subset_annotations(cfg, subset), need, split=cfg.split,
+                        subset=subset, listed=list_key(cfg, subset))
 
 
 def refuse_training_videos_as_test(cfg: DataConfig, test: Optional[Dataset] = None,

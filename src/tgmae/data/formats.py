@@ -15,13 +15,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from tgmae.config import DATASET_FORMATS, ConfigError
 from tgmae.data.annotations import (
-    UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, first_existing, json_items, load_json, numbered_classes, parse_int,
-    range_problem, read_classes, read_generic, read_lines, refuse_repeated_names, relative_id, row_width_problem,
-    stem_id, subset_kind,
+    UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, classes_file, first_existing, json_items, load_json,
+    numbered_classes, parse_int, range_problem, read_classes, read_generic, read_lines, refuse_repeated_names,
+    refuse_unnamed_classes, relative_id, row_width_problem, stem_id, subset_kind, unnamed_classes,
 )
 from tgmae.textfile import open_text
 
@@ -43,6 +43,7 @@ _SPLIT_FILES: dict[str, Callable[[int, str], str]] = {
 _CLASS_NAMES_FROM = {
     "epic55": "give it `verb` and `noun` columns (the names of verb_class and noun_class)",
     "diving48": "put Diving48_vocab.json beside it",
+    "hmdb51": "name its split files after the classes (<class>_test_split<N>.txt)",
 }
 
 
@@ -50,6 +51,50 @@ def class_names_from(format: str) -> str:
     """How to give the classes of `format`'s annotations names, where they have none (numbers
     only): a format's own file or columns, else classes.txt beside the list."""
     return _CLASS_NAMES_FROM.get(format, "put classes.txt (one name per line, line order = label) beside it")
+
+
+def require_class_names(class_names: Sequence[str], format: str, root: str | Path, annotations: str | Path,
+                        need: str, *, split: int = 1, subset: str = "train", listed: str = "") -> None:
+    """AnnotationError when the classes of `format`'s `annotations` have no names (numbers only):
+    `tgmae.data.annotations.refuse_unnamed_classes`, saying how this format names them
+    (`class_names_from`). need: who needs the names (e.g. "oracle and vision-free captions need
+    class names"); listed: the list as the message names it (default `annotations`)."""
+    if unnamed_classes(list(class_names)):  # only then are the files looked at
+        source = class_names_source(format, root, annotations, split, subset)
+        refuse_unnamed_classes(class_names, listed or str(annotations), need, class_names_from(format), source)
+
+
+def class_names_source(format: str, root: str | Path, annotations: str | Path, split: int = 1,
+                       subset: str = "train") -> Optional[tuple[Path, str]]:
+    """(the file `load_annotations` read the classes' names from, where in it they go) for the
+    refusal of names that are numbers only, which names it (re-trial 30A M2): a csv's classes.txt
+    (beside the list, else in the root, as `read_generic` takes it), a K400 list's classes.txt or
+    an official CSV's (else its `label` column), UCF101 classInd.txt, SSv2 labels.json, Diving48's
+    vocabulary, an EPIC CSV's `verb` / `noun` columns (the training CSV's beside it). None where no
+    file gave names: classes numbered by label, HMDB51's split file names (`class_names_from` says
+    how to give them)."""
+    root_p = Path(root) if str(root) else Path(".")
+    ann = _resolve(root_p, annotations)
+    if not ann.exists():
+        return None
+    folder, data_file = _split_file(ann, format, split, subset) if format in _SPLIT_FILES else (ann.parent, ann)
+    if format == "k400" and _k400_official(ann):
+        beside = ann.parent / "classes.txt"
+        return (beside, "there") if beside.is_file() else (ann, "in its `label` column")
+    if format == "epic55":  # the names of the training CSV beside it, else its own (`read_epic55`)
+        train = folder / "EPIC_train_action_labels.csv"
+        data_file = train if train.is_file() else data_file
+        with open_text(data_file) as f:
+            fields = csv.DictReader(f).fieldnames or []
+        return (data_file, "in its `verb` and `noun` columns") if "verb" in fields and "noun" in fields else None
+    if format == "k400":
+        found = classes_file(root_p, ann)
+    elif format == "csv":  # `read_generic` passes over an empty classes.txt beside the list
+        found = next((p for p in (ann.parent / "classes.txt", root_p / "classes.txt") if read_classes(p)), None)
+    else:
+        named = {"ucf101": ["classInd.txt"], "ssv2": ["labels.json"], "diving48": DIVING48_VOCABS}.get(format, ())
+        found = next((folder / n for n in named if (folder / n).is_file()), None)
+    return (found, "there") if found else None
 
 
 def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
@@ -93,11 +138,17 @@ def read_k400(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord]
     `{youtube_id}_{start:06d}_{end:06d}.mp4`, flat or in per-class folders; test.csv has no label
     column: its records are UNLABELLED), or a VideoMAE list (`path label` per line, space
     separated, no header)."""
-    lines = read_lines(ann)
-    header = lines[0][1].replace(" ", "").split(",") if lines else []
-    if "youtube_id" in header and "time_start" in header:
+    if _k400_official(ann):
         return _read_k400_official(root, ann, rows)
     return read_path_label_list(root, ann, rows)
+
+
+def _k400_official(ann: Path) -> bool:
+    """Whether a K400 annotation file is the official CSV (a header with youtube_id, time_start),
+    not a VideoMAE `path label` list."""
+    lines = read_lines(ann)
+    header = lines[0][1].replace(" ", "").split(",") if lines else []
+    return "youtube_id" in header and "time_start" in header
 
 
 def _read_k400_official(root: Path, ann: Path, rows: RowErrors) -> tuple[list[VideoRecord], list[str]]:
@@ -159,7 +210,7 @@ def read_path_label_list(root: Path, ann: Path, rows: RowErrors) -> tuple[list[V
     the file name when it is an official Kinetics clip name, else the root-relative path. Class
     names: `classes.txt` (one per line, line order = label) beside the list or in the root; without
     one the classes are numbered "0".."N-1" (`unnamed_classes`)."""
-    names_file = next((p for p in (ann.parent / "classes.txt", root / "classes.txt") if p.is_file()), None)
+    names_file = classes_file(root, ann)
     names = read_classes(names_file) if names_file else None
     records = []
     ids = UniqueIds(rows)
@@ -371,6 +422,7 @@ def read_hmdb51(root: Path, ann: Path, split: int, subset: str, rows: RowErrors
 # --------------------------------------------------------------------------------------------
 
 
+DIVING48_VOCABS = ("Diving48_vocab.json", "Diving48_V2_vocab.json")  # the class names, either name
 DIVING48_SHAPE = ('one JSON list of objects [{"vid_name": ..., "label": ..., "start_frame": ..., '
                   '"end_frame": ...}, ...]')
 
@@ -380,8 +432,7 @@ def read_diving48(root: Path, ann: Path, subset: str, rows: RowErrors) -> tuple[
     `Diving48_vocab.json` (per class: [takeoff, somersault, twist, flight]). Videos are
     `{root}/rgb/{vid_name}.mp4` or `{root}/{vid_name}.mp4`."""
     folder, data_file = _file_to_read(ann, "diving48", 1, subset)
-    vocab_names = ("Diving48_vocab.json", "Diving48_V2_vocab.json")
-    vocab_file = next((folder / n for n in vocab_names if (folder / n).is_file()), None)
+    vocab_file = next((folder / n for n in DIVING48_VOCABS if (folder / n).is_file()), None)
     items = load_json(data_file, shape=DIVING48_SHAPE)
     if not isinstance(items, list):  # one object per line reads as one object when there is one line
         what = "one JSON object (one object per line is JSON lines)" if isinstance(items, dict) else "a single JSON value"

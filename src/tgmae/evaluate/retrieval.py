@@ -202,7 +202,7 @@ def text_embeddings(model: nn.Module, clip_embeddings: torch.Tensor) -> torch.Te
 
 def class_prompts(class_names: Sequence[str], template: str = DEFAULT_PROMPT) -> list[str]:
     """One prompt per class: `template` with {} replaced by the class name as words."""
-    from tgmae.captions.sources import class_text
+    from tgmae.data.annotations import class_text
 
     return [template.replace("{}", class_text(n)) for n in class_names]
 
@@ -357,16 +357,22 @@ def refuse_test_list(cfg, mode: str, dataset: Optional[Dataset]) -> None:
     the videos the model (or the aligned head) trained on (`multiview.refuse_test_of_training_videos`;
     checked for the list `cfg` names), or in mode "classes" without any label, whose videos then have
     no relevant class prompt (`data.dataset.refuse_unlabelled`; re-trial 29B T2: a traceback after the
-    embeddings). Captions need no labels."""
+    embeddings), or with classes that have no names (numbers only) and no eval.class_descriptions
+    (`data.dataset.refuse_unnamed_classes`; re-trial 30B S2: "a video of 0." embedded, recalls
+    reported). Captions need no labels or names."""
     if dataset is None:
         from tgmae.evaluate.multiview import refuse_test_of_training_videos
 
         refuse_test_of_training_videos(cfg, trains=cfg.eval.retrieval_align_epochs > 0)
     if mode == "classes":
-        from tgmae.data.dataset import refuse_unlabelled
+        from tgmae.data.dataset import refuse_unlabelled, refuse_unnamed_classes
 
         refuse_unlabelled(cfg.data, "val", dataset, use="eval.retrieval_text=classes ranks each video's class "
                                                         "prompt (eval.retrieval_text=captions needs none)")
+        if not cfg.eval.class_descriptions:  # its texts per class stand in for the names
+            refuse_unnamed_classes(cfg.data, "val", dataset, need=(
+                "eval.retrieval_text=classes embeds each class's name as text (eval.class_prompt) "
+                "unless eval.class_descriptions gives texts per class (or use eval.retrieval_text=captions)"))
 
 
 def caption_gallery(cfg, dataset: Dataset, device: str):
