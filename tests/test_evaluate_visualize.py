@@ -36,14 +36,14 @@ def clip_file(tmp_path_factory) -> Path:
 def _run(tmp_path: Path, *overrides: str, record: bool = False) -> Path:
     """A run folder (model.safetensors + config.yaml) trained under random 0.6, 4 frames, 32 px;
     `record`: its model file records its clip settings and masking, as `tgmae pretrain` writes it."""
-    from tgmae.weights.model_card import data_settings, masking_settings
+    from tgmae.weights.model_card import section_settings
 
     run = tmp_path / "run"
     torch.manual_seed(0)
     cfg = load_config(None, ["masking.name=random", "masking.ratio=0.6", "data.num_frames=4", "data.image_size=32",
                              "model.patch_size=8", *overrides])
     save_pretraining_model(VideoMAEPretrainer(ARCH), run / "model.safetensors",
-                           **(dict(data=data_settings(cfg.data), masking=masking_settings(cfg.masking)) if record
+                           **(dict(data=section_settings("data", cfg.data), masking=section_settings("masking", cfg.masking)) if record
                               else {}))
     save_config(cfg, run / "config.yaml")
     return run

@@ -62,15 +62,15 @@ def test_pretrain_writes_model_metrics_and_figures(synth_root, tmp_path):
     # re-trial 24B S3: the clip settings it was trained at travel with the file, out of its run and
     # through `tgmae convert` (evaluate, visualize and export-hf read them where no run folder is)
     from tgmae.weights.convert import convert
-    from tgmae.weights.model_card import data_settings, masking_settings, recorded_data_settings, recorded_settings
+    from tgmae.weights.model_card import recorded_settings, section_settings
 
     shutil.copy(run / "model.safetensors", tmp_path / "copied.safetensors")
     convert(tmp_path / "copied.safetensors", tmp_path / "converted.safetensors")
     for name in ("copied", "converted"):
-        settings, where = recorded_data_settings(tmp_path / f"{name}.safetensors")
-        assert settings == data_settings(run_config(run)[0].data) and where.endswith(f"{name}.safetensors")
+        settings, where = recorded_settings(tmp_path / f"{name}.safetensors")
+        assert settings == section_settings("data", run_config(run)[0].data) and where.endswith(f"{name}.safetensors")
         # re-trial 30B S3: and the masking it was trained under (`visualize recon` of the file draws it)
-        assert recorded_settings(tmp_path / f"{name}.safetensors", "masking")[0] == masking_settings(
+        assert recorded_settings(tmp_path / f"{name}.safetensors", "masking")[0] == section_settings("masking", 
             run_config(run)[0].masking)
 
 

@@ -206,13 +206,13 @@ def own_settings(checkpoint: str | Path, arch: Any = None, kind: str = "",
     """({data key: value} model.pretrained was trained with, where they come from): its run folder's
     config.yaml's `RUN_DATA_KEYS` (frames, image size, stride, sampling, mean, std), as `tgmae
     visualize` takes a run's own settings; else those recorded with its weights (our file's metadata,
-    an export-hf folder's config.json `tgmae_data`: `model_card.known_data_settings`); else the frames
+    an export-hf folder's config.json `tgmae_data`: `model_card.known_settings`); else the frames
     and image size stored with its weights (`arch`, the `EncoderSource`'s; `kind` "official": a .pth,
     whose are a guess: none; `assumed`: the fields a conversion assumed, likewise left out), with a
     warning that its stride, sampling and normalization are not known (the config's are used)."""
-    from tgmae.weights.model_card import known_data_settings
+    from tgmae.weights.model_card import known_settings
 
-    known, where = known_data_settings(checkpoint)
+    known, where = known_settings(checkpoint)
     if known:
         tupled = {k: tuple(v) if isinstance(v, list) else v for k, v in known.items()}  # as DataConfig holds them
         return tupled, where if where.endswith("config.yaml") else f"recorded in {where}"

@@ -313,9 +313,9 @@ def say_unrecorded_masking(cfg, checkpoint: str | Path) -> None:
     before tgmae recorded it, `model_card.RUN_MASK_KEYS`), and -c and the overrides left it default.
     Re-trial 30B S3: such a file was drawn under tube 0.9 without a word."""
     from tgmae.config import MaskingConfig
-    from tgmae.weights.model_card import known_settings, masking_settings
+    from tgmae.weights.model_card import known_settings, section_settings
 
-    if masking_settings(cfg.masking) != masking_settings(MaskingConfig()) or known_settings(checkpoint, "masking")[0]:
+    if section_settings("masking", cfg.masking) != section_settings("masking", MaskingConfig()) or known_settings(checkpoint, "masking")[0]:
         return
     log.warning("%s: drawn under the default masking (%s, ratio %g): its weights do not record the masking they "
                 "were trained with (written before tgmae recorded it) and no run folder beside them says it; "

@@ -354,7 +354,7 @@ def save_random_encoder(pre, path: Path) -> None:
     import torch
 
     from tgmae.models import build_pretraining_model
-    from tgmae.weights.model_card import data_settings
+    from tgmae.weights.model_card import section_settings
     from tgmae.weights.pretraining import save_pretraining_model
 
     if path.is_file():
@@ -363,7 +363,7 @@ def save_random_encoder(pre, path: Path) -> None:
     model = build_pretraining_model(pre.model, pre.data.num_frames, pre.data.image_size,
                                     pixel_mean=tuple(pre.data.mean), pixel_std=tuple(pre.data.std))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_pretraining_model(model, path, data=data_settings(pre.data))
+    save_pretraining_model(model, path, data=section_settings("data", pre.data))
 
 
 def _num_classes(paths: StudyPaths) -> int:

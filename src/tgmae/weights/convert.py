@@ -17,7 +17,7 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
-from tgmae.weights.model_card import known_data_settings, known_settings
+from tgmae.weights.model_card import known_settings
 from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
@@ -74,7 +74,7 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     give the first and the last, and an override they contradict is a CheckpointError). What none
     of them states is assumed (`_convert_official`); what ours or an export-hf folder records as
     assumed stays so in `out`, less what an option states; the clip settings its model was trained
-    with (its run's, or recorded with it: `model_card.known_data_settings`) are recorded in `out`,
+    with (its run's, or recorded with it: `model_card.known_settings`) are recorded in `out`,
     with the frames and image size an option states, and a pretraining model's masking likewise
     (`model_card.known_settings`, re-trial 30B S3). Raises CheckpointError (a ConfigError for a
     missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
@@ -91,7 +91,7 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     # replaced or ignored.
     stated = {k: overrides.pop(k) for k in ("num_heads", "decoder_heads") if k in overrides}
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
-    data = known_data_settings(src)[0]
+    data = known_settings(src)[0]
     data = {**data, **geometry} if data else {}  # unknown stays unknown: not the geometry alone
     # What the source records as assumed (ours, an export-hf folder) stays recorded, less what an
     # option now states; its reader has said it.

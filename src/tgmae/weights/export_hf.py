@@ -43,7 +43,6 @@ from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, releas
 from tgmae.weights.model_card import (
     EXPORT_DATA_KEY,
     EXPORT_MASK_KEY,
-    known_data_settings,
     known_settings,
     read_run,
     render_card,
@@ -185,7 +184,7 @@ def compare_with_hf(ours: nn.Module, hf_dir: str | Path, seed: int = 0) -> float
 
 def processor_settings(arch: VideoMAEArch, data: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """(mean, std, frame stride) the model expects: those of the clip settings it was trained with
-    (`data`, `model_card.known_data_settings`) when known, else the arch's normalization and stride 1."""
+    (`data`, `model_card.known_settings`) when known, else the arch's normalization and stride 1."""
     return (tuple(data.get("mean", arch.pixel_mean)), tuple(data.get("std", arch.pixel_std)),
             int(data.get("frame_stride", 1)))
 
@@ -194,7 +193,7 @@ def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[s
                     masking: Optional[dict[str, Any]] = None) -> None:
     """Add to the export's config.json what HF's fields cannot say (transformers keeps an unknown key
     as an attribute and uses none of it): the clip settings the model was trained with (`data`: its
-    run's, or those its file records, `model_card.known_data_settings`; when known) under
+    run's, or those its file records, `model_card.known_settings`; when known) under
     EXPORT_DATA_KEY, at which `tgmae evaluate` of the export tests it; a pretraining model's masking
     (`masking`, `model_card.RUN_MASK_KEYS`; when known) under EXPORT_MASK_KEY, under which `tgmae
     visualize recon` of the folder draws (re-trial 30B S3); the arch
@@ -331,7 +330,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
     refuse_unfinished_run(checkpoint, "export")
     module, kind, names, assumed = export_source(checkpoint, classifier, pretraining, num_heads, decoder_heads)
     run = read_run(checkpoint)
-    data = known_data_settings(checkpoint)[0]  # the run's, else those the file records
+    data = known_settings(checkpoint)[0]  # the run's, else those the file records
     # the masking of a model that masks only (a finetune run's masking section is not its classifier's)
     masking = known_settings(checkpoint, "masking")[0] if kind == "pretraining" else {}
     mean, std, stride = processor_settings(module.arch, data)

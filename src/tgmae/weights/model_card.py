@@ -114,24 +114,9 @@ def section_settings(section: str, values: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k in RECORDED[section][0] for v in [getattr(values, k)]}
 
 
-def data_settings(data: Any) -> dict[str, Any]:
-    """{RUN_DATA_KEYS: value} of a `DataConfig` (`section_settings`)."""
-    return section_settings("data", data)
-
-
-def masking_settings(masking: Any) -> dict[str, Any]:
-    """{RUN_MASK_KEYS: value} of a `MaskingConfig` (`section_settings`)."""
-    return section_settings("masking", masking)
-
-
 def recorded_note(section: str, settings: dict[str, Any]) -> dict[str, str]:
     """The metadata our file records for the `section` `settings` (`RECORDED`); {} for none (not known)."""
     return {RECORDED[section][1]: json.dumps(settings)} if settings else {}
-
-
-def data_note(settings: dict[str, Any]) -> dict[str, str]:
-    """`recorded_note` of the clip settings (`DATA_META`)."""
-    return recorded_note("data", settings)
 
 
 def recorded_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
@@ -159,11 +144,6 @@ def recorded_settings(checkpoint: str | Path, section: str = "data") -> tuple[di
     return (settings, str(p)) if settings else ({}, "")
 
 
-def recorded_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
-    """`recorded_settings` of the clip settings (RUN_DATA_KEYS)."""
-    return recorded_settings(checkpoint, "data")
-
-
 def known_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
     """(the `section` settings the checkpoint's model was trained with, where they are read): its run
     folder's config.yaml, else what is recorded with its weights (`recorded_settings`); ({}, "")
@@ -172,11 +152,6 @@ def known_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[
     if run.config is not None:
         return section_settings(section, getattr(run.config, section)), str(run.run_dir / "config.yaml")
     return recorded_settings(checkpoint, section)
-
-
-def known_data_settings(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
-    """`known_settings` of the clip settings (RUN_DATA_KEYS)."""
-    return known_settings(checkpoint, "data")
 
 
 def read_run(checkpoint: str | Path) -> RunInfo:

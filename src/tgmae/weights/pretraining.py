@@ -36,7 +36,7 @@ from tgmae.weights.files import (
     write_safetensors,
 )
 from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
-from tgmae.weights.model_card import data_note, recorded_note
+from tgmae.weights.model_card import recorded_note
 from tgmae.weights.official import (
     assumed_note,
     hf_assumed_meta,
@@ -150,11 +150,11 @@ def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, a
                            data: Optional[dict[str, Any]] = None, masking: Optional[dict[str, Any]] = None) -> Path:
     """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
     the arch fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the
-    clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.data_note`), `masking`:
+    clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.recorded_note`), `masking`:
     the masking it was trained under (`model_card.RUN_MASK_KEYS`, which `tgmae visualize recon` of the
     file draws: re-trial 30B S3), when known."""
     return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json(),
-                                                        **assumed_note(list(assumed)), **data_note(data or {}),
+                                                        **assumed_note(list(assumed)), **recorded_note("data", data or {}),
                                                         **recorded_note("masking", masking or {})})
 
 
@@ -163,7 +163,7 @@ def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[
     """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed` and
     `data` as `save_pretraining_model`'s."""
     return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json(),
-                                                          **assumed_note(list(assumed)), **data_note(data or {})})
+                                                          **assumed_note(list(assumed)), **recorded_note("data", data or {})})
 
 
 def holds_decoder(path: str | os.PathLike) -> bool:
