@@ -478,3 +478,60 @@ def test_report_html_says_everything_report_md_says(tmp_path):
     cut = page[:page.rindex("<h2", 0, findings)] + page[page.index("<h2", findings):]
     left_out = _missing_from_html(md, cut)
     assert left_out and "Findings: beyond noise?" in left_out[0] and any("Video-text loss, tube" in x for x in left_out)
+
+
+def _phase_config(run, phase, **changes):
+    """A phase's config.yaml under `run` as a study writes it: absolute paths into its own study folder,
+    the cell's seed; `changes` {"section.key": value} on top."""
+    import yaml
+
+    study = run.parent.parent
+    cfg = {"data": {"root": str(study / "data"), "cache_dir": str(study / "clip_cache"), "num_workers": 0},
+           "captions": {"file": str(study / "data" / "captions.jsonl"), "text_model": str(study / "word_encoder")},
+           "model": {"preset": "micro", "pretrained": str(run / "pretrain" / "model.safetensors")},
+           "optim": {"lr": 0.001}, "train": {"seed": int(run.name.split("__s")[1]), "epochs": 1,
+                                             "output_dir": str(run / phase), "device": "cpu"}}
+    for key, value in changes.items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    (run / phase / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_report_refuses_a_cell_whose_runs_had_other_settings_naming_the_keys(tmp_path, capsys):
+    """Re-trial 31A S1: `tgmae report A C` of two studies, C with `pretrain+=[optim.lr=0.01]` (and seed 1),
+    put both runs in one row as "2 seeds" (mean ± std) and named only the retrieval head's epochs. Runs of
+    one cell that differ in anything but the seed (and where their study lies) are refused in one line
+    naming the keys and both folders; the same recipe in two studies is still one cell of two seeds."""
+    import json
+
+    from tgmae.cli import main
+    from tgmae.config import ConfigError
+    from tgmae.study.report import report_runs
+
+    a, c, b = _study_run(tmp_path / "a"), _study_run(tmp_path / "c", name="tube__mae__s1"), None
+    record = json.loads((c / "study_record.json").read_text())
+    (c / "study_record.json").write_text(json.dumps(dict(record, seed=1)))
+    for run in (a, c):
+        _phase_config(run, "probe")
+    _phase_config(a, "pretrain")
+    _phase_config(c, "pretrain", **{"optim.lr": 0.01, "train.device": "cuda"})  # the device is not the recipe
+    with pytest.raises(ConfigError, match=r"pretrain optim\.lr: 0\.001 -> 0\.01") as e:
+        report_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "rep")
+    assert str(a) in str(e.value) and str(c) in str(e.value) and "device" not in str(e.value)
+    assert not (tmp_path / "rep").exists()
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    _phase_config(c, "pretrain", **{"train.device": "cuda"})  # one recipe, two studies: two seeds of one cell
+    b = _study_run(tmp_path / "b", name="tube__mae__s2")
+    (b / "study_record.json").write_text(json.dumps(dict(record, seed=2, run_dir=str(b))))
+    (b / "retrieval_aligned").mkdir()
+    for run, epochs in ((a, 1), (b, 3)):  # retrieval through heads aligned for other epochs: not one cell either
+        rec = json.loads((run / "study_record.json").read_text())
+        rec["retrieval"] = {"align_epochs": epochs, "prompts": "descriptions", "video_to_text": {"R@1": 0.1}}
+        (run / "study_record.json").write_text(json.dumps(rec))
+        (run / "retrieval_aligned" / "retrieval_results.json").parent.mkdir(exist_ok=True)
+        (run / "retrieval_aligned" / "retrieval_results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"retrieval align_epochs: 1 -> 3"):
+        report_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
+    report = report_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "rep").read_text()
+    assert "| tube |" in report and report.split("| tube |")[1].split("\n")[0].endswith("| 2 |")

@@ -24,6 +24,7 @@ from tgmae.config import ConfigError
 from tgmae.errors import UserError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.locks import refuse_inside_run
+from tgmae.weights.checkpoint import RESUMABLE_KEYS, flatten
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
 from tgmae.study.paired import cell_key, contrastive_gains, diff_stats, paired_difference, points, sample_std, verdict
 
@@ -664,6 +665,70 @@ def refuse_repeated_runs(records: Sequence[dict]) -> None:
                                "a report would count it as two seeds; give each study or run once")
 
 
+# Keys of a run's phase configs that say where and how it ran (logging, checkpoints, workers, device,
+# decoded-clip cache: a resume's RESUMABLE_KEYS less the run's length), and the seed: runs of one cell may
+# differ in these and nothing else
+WHERE_RUN_KEYS = tuple(k for k in RESUMABLE_KEYS if k not in ("train.epochs", "train.max_steps")) + ("train.seed",)
+RETRIEVAL_SETTINGS = ("mode", "prompts", "align_epochs")  # a record's retrieval keys that say how it was measured
+
+
+def _located(value, run: str, study: str):
+    """`value` with the recorded run folder and study folder at its start written <run> / <study>: two
+    studies' runs name their own folders (data, CLIP, word encoder, weights) where the recipe is one."""
+    if not isinstance(value, str):
+        return value
+    for folder, name in ((run, "<run>"), (study, "<study>")):
+        if value == folder or value.startswith(folder + "/"):
+            return name + value[len(folder):]
+    return value
+
+
+def run_settings(record: dict) -> dict[str, object]:
+    """{"<phase> <dotted key>": value} of a study run's settings (re-trial 31A S1): every phase config
+    (<run_dir>/<phase>/config.yaml) less WHERE_RUN_KEYS, paths into the run's own study folder as
+    `_located`; "clip <key>" of its study's CLIP (clip/train_clip.json); "retrieval <key>" of the
+    record's RETRIEVAL_SETTINGS. Unreadable or missing files add nothing."""
+    import yaml
+
+    run_dir = Path(record["run_dir"])
+    out: dict[str, object] = {}
+    for path in sorted(run_dir.glob("*/config.yaml")):
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+            cfg = flatten(yaml.safe_load(path.read_text()) or {})
+            recorded = Path(str(cfg.get("train.output_dir") or path.parent)).parent  # the folder when it ran
+            for key, value in cfg.items():
+                if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in WHERE_RUN_KEYS):
+                    out[f"{path.parent.name} {key}"] = _located(value, str(recorded), str(recorded.parent.parent))
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        clip = json.loads((run_dir.parent.parent / "clip" / "train_clip.json").read_text())["config"]
+        out.update({f"clip {k}": v for k, v in clip.items()})
+    retrieval = record.get("retrieval") or {}
+    out.update({f"retrieval {k}": retrieval[k] for k in RETRIEVAL_SETTINGS if k in retrieval})
+    return out
+
+
+def setting_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(key, a's value, b's value) of each `run_settings` key both runs have and that differs."""
+    sa, sb = run_settings(a), run_settings(b)
+    return [(k, sa[k], sb[k]) for k in sorted(set(sa) & set(sb)) if sa[k] != sb[k]]
+
+
+def refuse_mixed_settings(records: Sequence[dict]) -> None:
+    """ConfigError naming the keys and both run folders when two runs of one cell (`cell_key`) differ in
+    a setting other than the seed (`setting_differences`), e.g. two studies of other pretraining lr
+    (re-trial 31A S1): averaged as seeds, the row's mean and spread would mix two recipes."""
+    first: dict[tuple, dict] = {}
+    for r in records:
+        base = first.setdefault(cell_key(r), r)
+        diffs = setting_differences(base, r) if base is not r else []
+        if diffs:
+            said = "; ".join(f"{k}: {x!r} -> {y!r}" for k, x, y in diffs[:4])
+            more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+            raise ConfigError(f"{base['run_dir']} and {r['run_dir']} are one cell ({_name(cell_key(r))}) run with "
+                              f"other settings ({said}{more}): a report would average them as seeds; report each "
+                              "study separately, or rerun one under a study.variant name (rows of its own)")
+
+
 CELL_FOLDER = re.compile(r".+__.+__s\d+(__.+)?")  # `tgmae.study.run.StudyPaths.run`'s names
 
 
@@ -762,7 +827,8 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     unreadable left out and named, `drop_lost_figures`; cell folders without a record named,
     `unfinished_runs`); prints the table; returns report.md's path.
     FileNotFoundError for a folder without records, RepeatedRunError for two records of one cell and
-    seed (`refuse_repeated_runs`), ConfigError for runs probed differently,
+    seed (`refuse_repeated_runs`), ConfigError for runs probed differently or one cell's runs of other
+    settings (`refuse_mixed_settings`),
     ReportFolderError for an `out` holding a report of other runs or another results.json
     (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
     (`locks.refuse_inside_run`)."""
@@ -771,6 +837,7 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     check_one_probe(records)  # first: runs probed differently are not copies, whatever their seeds
     check_one_data_set(records)
     refuse_repeated_runs(records)
+    refuse_mixed_settings(records)  # after: a copy of one run is named as such, not as "other settings"
     if not overwrite:
         refuse_other_report(Path(out), records)
     records, lost = drop_lost_figures(records)

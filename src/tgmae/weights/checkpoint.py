@@ -50,11 +50,12 @@ RESUMABLE_KEYS = (
 IGNORE_CONFIG = "ignore_config"  # checkpoint.resume value: resume the latest checkpoint whatever differs
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"section.key": value} of a nested config dict (`config.yaml`'s sections)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -69,8 +70,8 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
     counts as its value in `defaults` (the nested dict of the default config). copies {key: the
     user's key it is copied from} (e.g. optim.lr from eval.attentive_lr): a copy is left out when
     its source differs too, so the change is named once, by the user's key."""
-    old = {**_flatten(defaults or {}), **_flatten(stored)}
-    cur = _flatten(new)
+    old = {**flatten(defaults or {}), **flatten(stored)}
+    cur = flatten(new)
     out = []
     for key in sorted(set(old) | set(cur)):
         if key in unused or any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
