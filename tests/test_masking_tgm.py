@@ -865,3 +865,39 @@ def test_a_cache_built_for_another_image_or_patch_size_is_refused_naming_the_set
     assert "tgmae masks" in msg and "\n" not in msg
     with pytest.raises(CacheMismatchError, match="model.patch_size"):
         build_mask_generator(cfg, image_size=128, patch_size=8)
+
+
+def test_masks_into_a_cache_of_another_data_set_with_the_same_ids_is_refused(synth, tiny_clip, tmp_path, capsys):
+    """Re-trial 31A S3: `tgmae masks --out` into a cache made for another data set with the same ids
+    (two `tgmae synth` sets) replaced all its maps ("8 computed"), and the first set's training was then
+    refused blaming its videos. Maps already there made from a file at another path whose contents
+    differ (`captions.store.other_file`), or from other captions, are refused naming the count, a video
+    and the ways out; a copy of the set elsewhere and --rebuild go on, and a video replaced at its own
+    path is still redone (test_a_video_replaced_in_place_gets_its_maps_recomputed)."""
+    import shutil
+
+    from tgmae.data.video import write_video
+
+    a, b, c, d = (tmp_path / n for n in ("a", "b", "c", "d"))
+    for root in (a, b, c, d):
+        shutil.copytree(synth, root, ignore=shutil.ignore_patterns("clip*"))
+        _captions_without_identities(root)
+    other = b / "videos" / "synth_00001.tmp.mp4"  # b: another set's video under the id
+    write_video(other, np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8))
+    other.replace(b / "videos" / "synth_00001.mp4")
+    lines = [json.loads(x) for x in (c / "captions.jsonl").read_text().splitlines()]  # c: another caption
+    lines[2]["captions"] = ["another set's caption."]
+    (c / "captions.jsonl").write_text("".join(json.dumps(o) + "\n" for o in lines))
+    out = tmp_path / "cache"
+    assert run_masks(a, tiny_clip, out) == 0
+    made = {p.name: p.stat().st_mtime_ns for p in (out / "maps").iterdir()}
+    capsys.readouterr()
+    for root, vid in ((b, "synth_00001"), (c, lines[2]["video_id"])):
+        assert run_masks(root, tiny_clip, out) == 2
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if line.startswith("tgmae masks:")]  # beside CLIP's loading bar
+        assert len(said) == 1 and "1 video(s)" in err and repr(vid) in err and str(out) in err
+        assert "--rebuild" in err and "--out another folder" in err and "Traceback" not in err
+        assert {p.name: p.stat().st_mtime_ns for p in (out / "maps").iterdir()} == made  # not one map replaced
+    assert run_masks(d, tiny_clip, out) == 0  # the same set copied elsewhere: its maps, not another set's
+    assert run_masks(b, tiny_clip, out, "--rebuild") == 0

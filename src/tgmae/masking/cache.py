@@ -246,8 +246,9 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 def part_records(root: str | Path) -> Iterator[dict]:
     """The lines of every rank's part file in the order of their runs (`_run_order`): {"video_id",
     "file", "captions", "video" (`tgmae.data.fileid.video_identity` of the file the maps were made
-    from), "run"} or {"video_id", "reason", "run"}. A run at another world size than an earlier one
-    writes other part files: by name, the earlier run's lines would come last and win. Lines of one
+    from), "path" (its absolute path: `precompute.refuse_other_data_set`), "run"} or {"video_id",
+    "reason", "run"}. A run at another world size than an earlier one writes other part files: by
+    name, the earlier run's lines would come last and win. Lines of one
     run are of different videos (rank r of W takes videos r, r+W, ...): their order is file order."""
     records = []
     for path in sorted((Path(root) / "parts").glob("rank*-of-*.jsonl")):
@@ -409,7 +410,8 @@ class SimilarityCache:
             raise CacheMismatchError(
                 f"similarity cache {self.root}: {len(changed)} videos changed since their maps were made "
                 f"({_some(changed)}; replaced in "
-                f"place?): rerun `tgmae masks` with --out {self.root} (it redoes them)")
+                f"place, or maps made by an older tgmae from another data set with these ids?): rerun `tgmae masks` "
+                f"with --out {self.root} (it redoes them)")
 
     def __len__(self) -> int:
         return len(self.videos)

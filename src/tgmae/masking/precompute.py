@@ -4,8 +4,9 @@ For every video: frames 0, s, 2s, ... (s = --frame-stride), the full source fram
 model's patch grid (x --map-scale in dense mode), one cosine map per caption of the video
 (layout: `tgmae.masking.cache`). Videos already in a part file with the same captions and the
 same video file (`tgmae.data.fileid.video_identity`) are skipped (resume; a video replaced in
-place is redone); rank r of W takes videos r, r+W, ... into its own part file. `precompute`
-holds the cache's lock (per rank), so a second writer is refused naming the first; a cache inside a
+place is redone; maps of another path's file of other contents or captions, another data set with
+the same ids, are refused: `refuse_other_data_set`); rank r of W takes videos r, r+W, ... into its
+own part file. `precompute` holds the cache's lock (per rank), so a second writer is refused naming the first; a cache inside a
 run folder is refused.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,7 +25,8 @@ from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
 from tgmae.data.fileid import current_identity, video_identities
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, captions_key, check_cache_folder, entry_problem, next_run, part_file, part_records,
+    CacheManifest, CacheMismatchError, captions_key, check_cache_folder, entry_problem, next_run, part_file,
+    part_records,
     remove_stale_cache_temps, MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -158,6 +161,8 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
             done[r["video_id"]] = r
         else:
             done.pop(r["video_id"], None)
+    # maps of another data set's files (or captions) under these ids are not replaced without a word
+    refuse_other_data_set(out, done, videos, idents, by_video, way_out)
     share = list(videos)[rank::world]
     counts = {"done": 0, "skipped": 0, "resumed": 0}
     part = part_file(out, rank, world)
@@ -191,9 +196,40 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 skip(vid, f"unreadable video {error_text(path, e)}")
                 continue
             rel = write_entry(out, vid, sim, frames, text, caps)
-            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident}, run)
+            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident,
+                               "path": os.path.abspath(path)}, run)
             counts["done"] += 1
     return counts
+
+
+def refuse_other_data_set(out: Path, done: dict[str, dict], videos: Sequence[tuple[str, str]],
+                          idents: dict[str, Optional[list]], captions: dict[str, list[str]], way_out: str) -> None:
+    """CacheMismatchError naming the cache, the count, up to 5 ids (one with both paths) and `way_out`
+    when maps already in `out` (`done`: the latest part line of each id) were made from a file at
+    another path than this run's video of that id whose contents differ (`captions.store.other_file`:
+    another size, or rewritten in place), or from other captions: another data set with the same ids
+    (two `tgmae synth` sets; re-trial 31A S3), whose maps a rerun would silently replace. A video
+    changed at its own path is this data set's and is redone (`_is_done`); a copy of the set at another
+    path (same sizes and captions) is not refused. Lines without a `path` (an older tgmae) are not
+    compared. Every rank checks every video, so all refuse alike. `idents`: {path: `video_identity`}."""
+    from tgmae.captions.store import ids_text, other_file
+
+    other = []
+    for vid, path in videos:
+        rec = done.get(vid)
+        if rec is None or rec.get("path") in (None, os.path.abspath(path)):
+            continue
+        now = idents.get(path)
+        moved = rec.get("video") is not None and now is not None and other_file(rec["video"], now)
+        if moved or (vid in captions and rec.get("captions") != captions_key(captions[vid])):
+            what = "its file differs" if moved else "its captions differ"
+            other.append((vid, rec["path"], os.path.abspath(path), what))
+    if other:
+        vid, was, now_path, what = other[0]
+        raise CacheMismatchError(
+            f"{out}: {len(other)} video(s) already there hold maps of other files or captions (another data set "
+            f"with the same ids?): {ids_text([o[0] for o in other])} (e.g. {vid!r}: made from {was}, now {now_path}, "
+            f"{what}); they are not replaced: {way_out}")
 
 
 def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str,
