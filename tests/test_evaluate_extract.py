@@ -322,6 +322,20 @@ def test_an_output_in_a_run_or_a_users_folder_or_manifest_is_refused_naming_it(t
     assert extract_to_shards(tiny_encoder(), videos, tmp_path / "empty", spec(), encoder_digest="d").written == [0]
 
 
+def test_an_output_holding_a_run_stopped_before_its_first_checkpoint_is_refused(tmp_path, mp4):
+    """Re-trial 32A S4 (checked for every writer outside the training loop): the folder of a run
+    killed before its first checkpoint (config.yaml, metrics records, the marker) is a run folder
+    (`locks.holds_run`), refused naming it, with or without the marker, the folder as it was."""
+    from test_locks import files_of, stopped_run
+
+    for marker in (True, False):
+        run = tmp_path / f"pk{marker}"
+        kept = stopped_run(run, marker)
+        with pytest.raises(UserError, match=f"^{run} .*is the run"):
+            extract_to_shards(tiny_encoder(), [("a", str(mp4))], run, spec(), encoder_digest="d")
+        assert files_of(run) == kept
+
+
 def test_a_rerun_summary_counts_the_unreadable_videos_of_finished_shards(tmp_path, mp4):
     """issue 29: a rerun that skipped every shard reported 0 unreadable videos while unreadable.json
     listed 3; the summary holds this rank's total and, apart, the ones found now."""

@@ -17,6 +17,7 @@ from tgmae.config import ConfigError
 from tgmae.evaluate.features import pooled_features
 from tgmae.evaluate.probes import run_probe
 from conftest import once
+from test_locks import files_of, stopped_run
 
 
 def reference_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, t: float,
@@ -133,6 +134,27 @@ def test_knn_probe_refuses_a_folder_holding_a_linear_probe(checkpoint, tmp_path)
     with pytest.raises(CheckpointError, match=r"eval\.probe: 'knn' -> 'linear'"):  # and the reverse
         run_probe(probe_cfg(tmp_path, checkpoint, "eval.probe_optimizer=lbfgs", "eval.probe_l2=[0.001]"), **data)
     run_probe(probe_cfg(tmp_path, checkpoint, *knn), **data)  # the same kind again is fine
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "attentive"])
+def test_knn_probe_refuses_a_run_stopped_before_its_first_checkpoint(checkpoint, tmp_path, kind):
+    """Re-trial 32A S4: k-NN into the folder of a pretraining or attentive probe killed before its
+    first checkpoint (config.yaml, its metrics records, the marker) wrote its results beside them, rc 0,
+    where a linear probe was refused; now refused as any folder holding another run, before any
+    video is read, ignore_config or not, the folder as it was."""
+    from tgmae.locks import RunFolderError
+
+    run = tmp_path / kind
+    kept = stopped_run(run)
+    if kind == "attentive":
+        (run / "features").mkdir()  # its feature cache, made before its first step
+    train = Clips(24)
+    for resume in ("checkpoint.resume=", "checkpoint.resume=ignore_config"):
+        cfg = probe_cfg(tmp_path, checkpoint, "eval.probe=knn", "eval.knn_k=[3]", f"train.output_dir={run}", resume)
+        with pytest.raises(RunFolderError, match=rf"^{run} \(train.output_dir\): holds a run \(config.yaml, "
+                           r"metrics.jsonl\) that stopped before its first checkpoint .*not a k-NN or L-BFGS probe"):
+            run_probe(cfg, train_data=train, val_data=Clips(12, seed=1), num_classes=3, cache_dir=tmp_path / "c")
+    assert train.loads == 0 and not (tmp_path / "c").exists() and files_of(run) == kept
 
 
 def csv_topk(path: Path) -> tuple[float, float]:

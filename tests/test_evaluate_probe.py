@@ -684,6 +684,25 @@ def test_lbfgs_probe_refuses_folds_and_other_runs_before_extracting(checkpoint, 
     assert val.loads == 0 and not cache.exists() and not (tmp_path / "probe").exists()
 
 
+def test_lbfgs_probe_refuses_a_run_stopped_before_its_first_checkpoint(checkpoint, tmp_path):
+    """Re-trial 32A S4: an L-BFGS probe, outside the training loop as k-NN is, refuses the folder of a
+    run killed before its first checkpoint (its metrics records and marker) before any video is read;
+    a LARS probe, the loop's, was refused already (`train.resume.refuse_unresumed_run`)."""
+    from tgmae.locks import RunFolderError
+    from test_locks import files_of, stopped_run
+
+    run = tmp_path / "pk"
+    kept = stopped_run(run)
+    for optimizer, why in [("lbfgs", "stopped before its first checkpoint"), ("lars", "made with other settings")]:
+        train = Clips(24)
+        cfg = probe_cfg(tmp_path, checkpoint, f"eval.probe_optimizer={optimizer}", f"train.output_dir={run}")
+        with pytest.raises(RunFolderError, match=rf"^{run} \(train.output_dir\): holds a run \(config.yaml, "
+                           rf"metrics.jsonl\) that .*{why}"):
+            linear_probe(cfg, train_data=train, val_data=None, num_classes=3, cache_dir=tmp_path / optimizer)
+        assert files_of(run) == kept
+    assert not (tmp_path / "lbfgs").exists()  # refused before any video is read
+
+
 class Named(Clips):
     """Clips whose classes carry names; `order` lists the names in this set's label order."""
 

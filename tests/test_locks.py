@@ -452,6 +452,73 @@ def test_run_files_name_what_a_fresh_run_would_replace(tmp_path):
         refuse_holding_run(run, "train.output_dir", "has no checkpoint")
 
 
+def stopped_run(folder: Path, marker: bool = True) -> dict[str, bytes]:
+    """The folder of a run killed before its first checkpoint (a pretraining's: config.yaml, its loss
+    records, the `NO_CHECKPOINT_YET` marker; marker=False: one written before runs wrote it);
+    returns its files' contents, for the check that a refusal left them as they were."""
+    from tgmae.config import RunConfig, save_config
+    from tgmae.locks import NO_CHECKPOINT_YET
+
+    folder.mkdir(parents=True)
+    save_config(RunConfig(), folder / "config.yaml")
+    (folder / "metrics.jsonl").write_text('{"step": 1, "loss_mse": 0.9}\n')
+    if marker:
+        (folder / NO_CHECKPOINT_YET).write_text("this run has written no checkpoint yet\n")
+    return files_of(folder)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative name -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_refused_to_writers_outside_the_loop(tmp_path):
+    """Re-trial 32A S4: `stopped_run_files` sees a run killed before its first checkpoint (its
+    metrics records beside the marker, or beside config.yaml alone when written before the marker);
+    a run with a step folder, results beside no marker, or no records yet is not one."""
+    from tgmae.locks import NO_CHECKPOINT_YET, RunFolderError, refuse_stopped_run, stopped_run_files
+
+    run = tmp_path / "pk"
+    kept = stopped_run(run)
+    assert stopped_run_files(run) == ["config.yaml", "metrics.jsonl"]
+    with pytest.raises(RunFolderError, match=rf"^{run} \(train.output_dir\): holds a run \(config.yaml, metrics.jsonl\) "
+                       rf"that stopped before its first checkpoint \({NO_CHECKPOINT_YET}\).*not a k-NN probe;") as e:
+        refuse_stopped_run(run, "train.output_dir", "a k-NN probe")
+    assert "\n" not in str(e.value) and files_of(run) == kept
+    (run / "probe_results.json").write_text("{}")  # results written beside it before this fix: still its folder
+    assert stopped_run_files(run) == ["config.yaml", "probe_results.json", "metrics.jsonl"]
+    stopped_run(tmp_path / "old", marker=False)
+    assert stopped_run_files(tmp_path / "old") == ["config.yaml", "metrics.jsonl"]
+    finished = tmp_path / "ft"  # checkpoints/ deleted to free disk: results beside the run, no marker
+    stopped_run(finished, marker=False)
+    (finished / "finetune_results.json").write_text("{}")
+    stopped_run(tmp_path / "ck")
+    (tmp_path / "ck" / "checkpoints" / "step_1").mkdir(parents=True)  # killed between its save and the unlink
+    for other in (finished, tmp_path / "ck", tmp_path / "none"):
+        assert stopped_run_files(other) == []
+        refuse_stopped_run(other, "train.output_dir", "evaluate")
+    (run / "metrics.jsonl").write_text("")  # stopped before its first logged step: nothing of worth
+    assert stopped_run_files(run) == []
+
+
+@pytest.mark.parametrize("command", ["evaluate", "retrieve"])
+@pytest.mark.parametrize("marker", [True, False])
+def test_evaluate_and_retrieve_refuse_a_run_stopped_before_its_first_checkpoint(tmp_path, capsys, command, marker):
+    """Re-trial 32A S4: results that belong beside a run were written beside a killed run's metrics
+    and marker (it has no weights they could be of), and its rerun, which starts it afresh, beside
+    them; now one line naming the folder and what it holds, exit 2, nothing written."""
+    from tgmae.cli import main
+
+    run = tmp_path / "pk"
+    kept = stopped_run(run, marker)
+    assert main([command, f"train.output_dir={run}", "model.pretrained=x.safetensors"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tgmae {command}: {run} (train.output_dir): holds a run"), err
+    assert f"stopped before its first checkpoint (.no_checkpoint_yet): only a rerun of its own command " \
+           f"continues it, not {command}" in err[0]
+    assert files_of(run) == kept
+
+
 def test_the_folders_made_for_a_lock_go_with_it_unless_the_run_wrote_into_them(tmp_path):
     """Re-trial 25 L2: `export-hf ... full/p/q/hf` (also visualize, extract, probe, retrieve) on a full
     disk left full/p and full/p/q, made to hold the output's lock file: an empty output tree that

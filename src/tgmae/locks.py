@@ -11,7 +11,9 @@ then refused saying so.
 
 A run folder (or one of its step checkpoints) is recognised by its files (`holds_run`); writers
 that are not the run refuse an output that is one or lies inside one (`refuse_inside_run`); those
-whose results belong beside a run refuse only its checkpoints (`refuse_in_checkpoints`).
+whose results belong beside a run refuse only its checkpoints (`refuse_in_checkpoints`), and every
+writer outside the training loop refuses a run stopped before its first checkpoint, which only its
+own rerun continues (`refuse_stopped_run`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def refuse_inside_run(path: str | os.PathLike, what: str) -> None:
 
 
 # files a finished or running run leaves that a fresh run in its folder would replace (`run_files`)
+NO_CHECKPOINT_YET = ".no_checkpoint_yet"  # a run folder's marker: its run (the training loop's) has no checkpoint yet
 RUN_RESULTS = ("model.safetensors", "classifier.safetensors", "probe_results.json", "finetune_results.json")
 
 
@@ -116,6 +119,30 @@ def refuse_holding_run(folder: str | os.PathLike, what: str, why: str) -> None:
     if held:
         raise RunFolderError(f"{folder} ({what}): holds a run ({', '.join(held)}) that {why}; a new run there "
                              f"would replace it. Give {what} another folder, or delete {folder} to start afresh")
+
+
+def stopped_run_files(folder: str | os.PathLike) -> list[str]:
+    """What a training-loop run stopped before its first checkpoint holds in `folder` (`run_files`),
+    else []: metrics.jsonl records without a step folder, beside the run's `NO_CHECKPOINT_YET`
+    marker (or, in a folder written before runs wrote it, beside nothing but its config.yaml). The
+    checks of the writers outside the loop see a run by its checkpoints or results, which such a
+    run has none of (re-trial 32A S4)."""
+    held = run_files(folder)
+    if "metrics.jsonl" not in held or any(h.endswith("in checkpoints/") for h in held):
+        return []
+    if (Path(folder) / NO_CHECKPOINT_YET).is_file() or set(held) <= {"config.yaml", "metrics.jsonl"}:
+        return held
+    return []
+
+
+def refuse_stopped_run(folder: str | os.PathLike, what: str, writer: str) -> None:
+    """`refuse_holding_run`'s RunFolderError when `folder` holds a run stopped before its first
+    checkpoint (`stopped_run_files`): `writer`, a command outside the training loop (a k-NN or
+    L-BFGS probe, evaluate, retrieve), would put its results beside that run's metrics and marker,
+    and the run's rerun, which starts it afresh there, beside them (re-trial 32A S4)."""
+    if stopped_run_files(folder):
+        refuse_holding_run(folder, what, f"stopped before its first checkpoint ({NO_CHECKPOINT_YET}): only a rerun "
+                                         f"of its own command continues it, not {writer}")
 
 
 def holds_extraction(folder: str | os.PathLike) -> bool:

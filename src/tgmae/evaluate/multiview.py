@@ -294,7 +294,8 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     """Multi-view test of a classifier (given, or `cfg.model.pretrained`) on the val annotations.
 
     Every rank must call it; rank 0 writes `<train.output_dir>/test_results.json` (RunFolderError
-    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A test list of
+    for a train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`, or holding a run
+    stopped before its first checkpoint, `locks.refuse_stopped_run`). A test list of
     training videos or without labels is refused first (ConfigError). given: the dotted keys the
     user set; model.pretrained's own data settings fill the others (`with_own_settings`; None: every
     key counts as set, a difference is only warned of).
@@ -310,9 +311,10 @@ def evaluate_checkpoint(cfg, classifier: Optional[nn.Module] = None, *, progress
     dist_info = init_distributed(cfg.train.device)
     if rank_world()[0] == 0:  # fail before the test, not after it
         from tgmae.atomic import check_writable
-        from tgmae.locks import refuse_in_checkpoints
+        from tgmae.locks import refuse_in_checkpoints, refuse_stopped_run
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
+        refuse_stopped_run(cfg.train.output_dir, "train.output_dir", "evaluate")  # nor beside one without any
         check_writable(Path(cfg.train.output_dir) / "test_results.json", keep_new_folders=False)  # refused: none made
     if classifier is None:
         classifier, cfg = load_tested_classifier(cfg, given)

@@ -625,9 +625,14 @@ def checkpoint_task(out: Path) -> Optional[str]:
 
 def refuse_other_run(out: Path) -> None:
     """CheckpointError when `out/checkpoints` holds a run that is no probe (an lbfgs probe would
-    overwrite its config.yaml)."""
+    overwrite its config.yaml); RunFolderError when `out` holds a run stopped before its first
+    checkpoint (`locks.refuse_stopped_run`: a killed pretraining or attentive probe, whose metrics
+    and marker the results would join; re-trial 32A S4)."""
+    from tgmae.locks import refuse_stopped_run
+
     source = ckpt.find_latest(out / "checkpoints")
     if source is None:
+        refuse_stopped_run(out, "train.output_dir", "a k-NN or L-BFGS probe")
         return
     loaded = ckpt.load_checkpoint(source)
     fits = {k.split(".")[0] for k in loaded.model_state} <= {"bn", "head"}

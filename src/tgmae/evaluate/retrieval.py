@@ -280,7 +280,8 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
 
     mode: "classes" or "captions" (default `eval.retrieval_text`, else "classes"). Every rank
     takes part; rank 0 writes `<train.output_dir>/retrieval_results.json` (RunFolderError for a
-    train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`). A val list made of the
+    train.output_dir in a run's checkpoints, `locks.refuse_in_checkpoints`, or holding a run stopped
+    before its first checkpoint, `locks.refuse_stopped_run`). A val list made of the
     training list's videos, or of model.pretrained's run's (its saved config.yaml), is refused as
     evaluate refuses it, and so is one without labels in mode "classes" (`refuse_test_list`). given:
     the dotted keys the user set; the model keys among the others are model.pretrained's weights'
@@ -297,9 +298,10 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     settings, replace = retrieval_settings(cfg, mode), cfg.checkpoint.resume == IGNORE_CONFIG
     if rank_world()[0] == 0:
         from tgmae.atomic import check_writable
-        from tgmae.locks import refuse_in_checkpoints
+        from tgmae.locks import refuse_in_checkpoints, refuse_stopped_run
 
         refuse_in_checkpoints(cfg.train.output_dir, "train.output_dir")  # beside a run, never in its checkpoints
+        refuse_stopped_run(cfg.train.output_dir, "train.output_dir", "retrieve")  # nor beside one without any
         check_writable(Path(cfg.train.output_dir) / RESULTS, keep_new_folders=False)  # refused: none made
     if model is None:  # found before this folder's results are compared: a typo is not "other settings"
         require_pretrained(cfg.model.pretrained, "the encoder eval.retrieval_align_epochs aligns a head on"

@@ -23,7 +23,7 @@ from tgmae.data.fileid import copy_key, video_identities
 from tgmae.distributed import DistInfo, any_rank, rank_world
 from tgmae.lifetime import launch_env
 from tgmae.errors import UserError, count
-from tgmae.locks import LATEST, hold, refuse_extraction, refuse_holding_run, run_files
+from tgmae.locks import LATEST, NO_CHECKPOINT_YET, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
 
 log = logging.getLogger("tgmae")
@@ -97,7 +97,6 @@ def refuse_other_kind(cfg: RunConfig, task_name: str) -> None:
         ckpt.check_run_kind(source, stored, task_name, str(cfg.train.output_dir))
 
 
-NO_CHECKPOINT_YET = ".no_checkpoint_yet"  # a run folder's marker: its run has written no checkpoint yet
 PROBE_RESULTS = "probe_results.json"  # every probe's results file (tgmae.evaluate.probe), with its `probe` kind
 WEIGHTS = ("model.safetensors", "classifier.safetensors")  # a run's trained weights (with its step folders)
 
