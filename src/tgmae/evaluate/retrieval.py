@@ -306,6 +306,12 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
                            if cfg.eval.retrieval_align_epochs > 0 else "a contrastive (VideoTextPretrainer) checkpoint")
     if rank_world()[0] == 0:  # before the embeddings: another test's results are not replaced
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace)
+    if dataset is None:
+        from tgmae.data.dataset import build_dataset
+
+        dataset = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
+    # the gallery's store checked before an aligned head is trained (re-trial 32A S3: refused after it)
+    captions = caption_gallery(cfg, dataset, str(dist_info.device)) if mode == "captions" else None
     if cfg.eval.retrieval_align_epochs > 0:  # a head aligned on the frozen encoder of model.pretrained
         if model is not None:
             raise ValueError("eval.retrieval_align_epochs > 0 aligns a head on model.pretrained's encoder: "
@@ -327,11 +333,6 @@ def evaluate_retrieval(cfg, model: Optional[nn.Module] = None, dataset: Optional
     if rank_world()[0] == 0:
         refuse_other_retrieval(Path(cfg.train.output_dir), settings, replace=replace, weights=weights)
     model = model.to(dist_info.device)
-    if dataset is None:
-        from tgmae.data.dataset import build_dataset
-
-        dataset = build_dataset(cfg.data, "val", train=False, seed=cfg.train.seed)
-    captions = caption_gallery(cfg, dataset, str(dist_info.device)) if mode == "captions" else None
     out = video_embeddings(model, dataset, batch_size=cfg.train.batch_size,
                            precision=resolve_precision(cfg.train.precision, dist_info.device),
                            num_workers=cfg.data.num_workers, device=dist_info.device,
