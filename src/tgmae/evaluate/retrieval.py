@@ -105,7 +105,9 @@ def retrieval_metrics(video_emb: torch.Tensor, text_emb: torch.Tensor, relevant:
 
 
 def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of the first file under `path` holding a contrastive video head."""
+    """(state dict, metadata) of the first file under `path` holding a contrastive video head.
+    CheckpointError naming `path`, where the head is (a run's checkpoints) and
+    `eval.retrieval_align_epochs` as the way for an encoder without one."""
     from tgmae.weights.checkpoint import find_latest
     from tgmae.weights.files import read_safetensors
 
@@ -132,7 +134,9 @@ def _video_text_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             hint = f"the contrastive head of this run is in {latest}: pass that file or the run folder {path.parent}"
     looked = [str(c) for c in candidates if c != path]  # the path itself is named once, in front
     where = f" (looked in {', '.join(looked)})" if looked else ""
-    raise CheckpointError(f"{path}: no contrastive video head found{where}; {hint}")
+    # the other way out: an aligned head works on any encoder (re-trial 32A M1: only a contrastive run was named)
+    raise CheckpointError(f"{path}: no contrastive video head found{where}; {hint}; or set "
+                          "eval.retrieval_align_epochs=N (N > 0) to train a head on its frozen encoder (MAE-only too)")
 
 
 def load_video_text_model(path: str | os.PathLike) -> nn.Module:
