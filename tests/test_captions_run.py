@@ -462,6 +462,13 @@ def test_oracle_takes_class_names_beside_a_k400_list_and_refuses_numbers(tmp_pat
     assert len(err) == 1 and f"{tmp_path / 'classes.txt'}: its names are numbers only ('0', '1', '2')" in err[0], err
     assert err[0].endswith("give the classes' names there") and "beside it" not in err[0], err
     assert not (tmp_path / "numbers.jsonl").exists()
+    # re-trial 32A S6: decimal or signed numbers are numbers too (captions "7.0" were written)
+    for numbers in ("0.0\n1.0\n2.0\n", "-1\n-2\n-3\n", "0_\n1_\n2_\n"):
+        (tmp_path / "classes.txt").write_text(numbers)
+        assert main([*argv, "--out", str(tmp_path / "numbers.jsonl")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{tmp_path / 'classes.txt'}: its names are numbers only" in err[0], err
+        assert not (tmp_path / "numbers.jsonl").exists()
 
 
 # ------------------------------------------------------ stores remember what made them (issue 28)

@@ -840,6 +840,22 @@ def test_epic_without_verb_and_noun_columns_has_classes_without_names(tmp_path):
     assert not unnamed_classes(load_annotations("epic55", tmp_path, _epic_without(tmp_path))[1])
 
 
+def test_any_name_that_parses_as_numbers_is_no_name():
+    """Re-trial 32A S6: `1.0 2.0 ...` (a classes.txt written from a float label column) and
+    `-1 -2` passed the numbers-only check (oracle captions "7.0", class retrieval of "a video of
+    1.0."), and `0_ .. 9_` gave captions "6": a name whose words (`_` a space) all parse as finite
+    numbers (int, float, sign, exponent) is numbers only; a name with a word is a name."""
+    from tgmae.data.annotations import unnamed_classes
+
+    for numbers in (["0", "1", "2"], ["01", "10"], ["\u0661", "\u0662"], ["3 8", "4 9"], ["1.0", "2.0", "10.0"],
+                    ["-1", "-2"], ["+1", "1e3", " 2.5E-1 "], ["0_", "9_"], ["1_000", ".5"], ["7", "-0.0"]):
+        assert unnamed_classes(numbers), numbers
+    for names in (["1.0", "jump"], ["nan", "inf"], ["1st place", "2nd place"], ["v1.0", "v2.0"], ["0x1", "0x2"],
+                  ["1.0.0", "2.0.0"], ["-", "+"], ["e", "E"]):
+        assert not unnamed_classes(names), names
+    assert not unnamed_classes([])
+
+
 def test_an_ssv2_row_without_template_in_a_labelled_list_is_a_bad_row(tmp_path):
     """Re-trial 29B T1: a train.json row without "template" was read unlabelled (-1): data check
     passed it, finetuning crashed on target -1. Only a list without any template (test.json) is

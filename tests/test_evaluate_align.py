@@ -219,3 +219,32 @@ def test_an_aligned_head_is_not_reused_after_its_captions_or_videos_change_in_pl
     with pytest.raises(ConfigError, match=f"{HEAD_FILE}.*training videos"):
         evaluate_retrieval(load_config(path), progress=False)
     assert (tmp_path / "out" / HEAD_FILE).read_bytes() == head
+
+
+def test_an_aligned_retrieve_refuses_a_stale_oracle_store_before_training_its_head(synth, tmp_path, capsys):
+    """re-trial 32A S3: with eval.retrieval_align_epochs the head was trained on the training videos'
+    captions of an `--oracle` store made before the classes were renamed (the check pretrain and
+    masks apply was skipped): recalls reported, rc 0; with eval.retrieval_text=captions the val
+    gallery's refusal came only after the head was trained and saved. The store is now checked
+    against the training videos (and the val gallery) at set-up: exit 2 naming the store and a
+    video's class then and now, nothing trained, no head, no features."""
+    import shutil
+
+    from tgmae.cli import main as cli
+
+    root = tmp_path / "set"
+    shutil.copytree(synth[0], root)
+    assert cli(["caption", "--format", "csv", "--root", str(root), str(root / "annotations.csv"), "--oracle",
+                "--out", str(root / "oracle.jsonl"), "--no-progress"]) == 0
+    path = _config(root, synth[1], tmp_path, _mae_weights(tmp_path / "mae.safetensors", 0))
+    names = (root / "classes.txt").read_text().splitlines()
+    names[0], names[1] = names[1], names[0]  # a vocabulary edited after the store was made
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "out"
+    for mode in ("classes", "captions"):
+        capsys.readouterr()
+        assert cli(["retrieve", "-c", str(path), f"captions.file={root / 'oracle.jsonl'}",
+                    f"eval.retrieval_text={mode}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the text model's loading bar
+        assert err.startswith("tgmae retrieve: ") and "oracle.jsonl" in err and "other annotations" in err and "--oracle" in err, err
+        assert not (out / HEAD_FILE).exists() and not (out / "features").exists(), (mode, sorted(out.iterdir()))

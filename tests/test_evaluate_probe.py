@@ -375,6 +375,33 @@ def test_probe_resume_refuses_reordered_class_names(checkpoint, tmp_path):
         linear_probe(cfg, train_data=named(12, ["c", "b", "a"]), num_classes=3)
 
 
+def test_a_class_name_change_names_the_file_the_names_came_from(tmp_path):
+    """Re-trial 32A M3: two entries of Diving48_vocab.json swapped were blamed on "its classes.txt",
+    a file that format lacks: the refusal names the format's class source
+    (`data.formats.class_names_source`: the vocabulary, classInd.txt, an EPIC CSV's columns), or
+    HMDB51's split files' names."""
+    from tgmae.train.resume import class_changes
+
+    epic = "uid,participant_id,video_id,narration,start_frame,stop_frame,verb,verb_class,noun,noun_class\n"
+    layouts = {"diving48": ("Diving48_V2_train.json", "Diving48_vocab.json", "Diving48_vocab.json"),
+               "ucf101": ("trainlist01.txt", "classInd.txt", "classInd.txt"),
+               "csv": ("train.csv", "classes.txt", "classes.txt"),
+               "epic55": ("EPIC_train_action_labels.csv", "", "EPIC_train_action_labels.csv in its `verb` and `noun`"),
+               "hmdb51": ("a_test_split1.txt", "", "the names of its split files")}
+    for fmt, (listed, names, named) in layouts.items():
+        root = tmp_path / fmt
+        root.mkdir()
+        (root / listed).write_text(epic if fmt == "epic55" else "x\n")
+        if names:
+            (root / names).write_text("x\n")
+        cfg = load_config(None, [f"data.format={fmt}", f"data.root={root}", f"data.train_annotations={listed}"])
+        with pytest.raises(ckpt.CheckpointError) as e:
+            class_changes(cfg, root / "checkpoints", ["move left", "move right"], ["move right", "move left"])
+        msg = str(e.value)
+        assert "label 0: 'move left' -> 'move right'" in msg and named in msg and "\n" not in msg, (fmt, msg)
+        assert fmt == "csv" or "classes.txt" not in msg, msg
+
+
 def test_probe_rerun_reports_the_same_best_and_refuses_other_settings(checkpoint, tmp_path):
     """The best val top-1 and its epoch live in the checkpoint: a rerun of a finished probe reports
     them again; rerunning with another optimizer or on other features is refused, not reused."""

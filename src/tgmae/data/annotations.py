@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -394,11 +395,29 @@ def _opt_int(v, ann: Path, line: int, what: str, rows: RowErrors):
     return False if r is None else r
 
 
+def _finite_number(word: str) -> bool:
+    """Whether `word` parses as a finite number (`float`: digits of any script, sign, decimal point,
+    exponent); "nan" / "inf" are words."""
+    try:
+        return math.isfinite(float(word))
+    except ValueError:
+        return False
+
+
+def numbers_only(name: str) -> bool:
+    """Whether a class name is numbers only: the words it shows as text (`class_text`: `_` a space,
+    brackets dropped) all parse as finite numbers (`_finite_number`): "0", "01", "3 8", and "1.0",
+    "-1", "1e3", "0_" (re-trial 32A S6: a classes.txt written from a float label column passed); a
+    blank name too."""
+    return all(_finite_number(w) for w in class_text(str(name)).split())
+
+
 def unnamed_classes(class_names: list[str]) -> bool:
-    """True when every name is numbers only: "0".."N-1" (no classes.txt, a vocabulary file
-    missing), or EPIC's `verb_class noun_class` ("3 8") of a CSV without verb / noun columns
-    (re-trial 29B S3); nothing that needs names (the oracle and vision-free captions) may use them."""
-    return bool(class_names) and all(re.fullmatch(r"[\d\s]+", str(c)) for c in class_names)
+    """True when every name is numbers only (`numbers_only`): "0".."N-1" (no classes.txt, a
+    vocabulary file missing), EPIC's `verb_class noun_class` ("3 8") of a CSV without verb / noun
+    columns (re-trial 29B S3), "1.0" .. of a float label column (re-trial 32A S6); nothing that
+    needs names (the oracle and vision-free captions) may use them."""
+    return bool(class_names) and all(numbers_only(c) for c in class_names)
 
 
 def refuse_unnamed_classes(class_names: Sequence[str], listed: str, need: str, how: str,

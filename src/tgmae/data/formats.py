@@ -97,6 +97,20 @@ def class_names_source(format: str, root: str | Path, annotations: str | Path, s
     return (found, "there") if found else None
 
 
+def class_names_origin(format: str, root: str | Path, annotations: str | Path, split: int = 1,
+                       subset: str = "train") -> str:
+    """Where the classes' names of `format`'s `annotations` come from, as a message names it
+    (re-trial 32A M3: a Diving48 vocabulary edit was blamed on "its classes.txt"): the file of
+    `class_names_source` (with the columns it read: "FILE in its `verb` and `noun` columns"),
+    HMDB51's split file names, or "" where nothing names them (classes numbered by label, no
+    annotations given)."""
+    source = class_names_source(format, root, annotations, split, subset) if str(annotations) else None
+    if source is None:
+        return "the names of its split files (<class>_test_split<N>.txt)" if format == "hmdb51" else ""
+    path, where = source
+    return str(path) if where == "there" else f"{path} {where}"
+
+
 def _split_file(ann: Path, fmt: str, split: int, subset: str) -> tuple[Path, Path]:
     """(the annotation folder, the file to read): `ann` itself when a file, else the format's
     split file for (split, subset) in it (`_SPLIT_FILES`)."""

@@ -212,11 +212,16 @@ def aligned_model(cfg, device: torch.device, progress: bool = True,
     """`cfg.model.pretrained`'s frozen encoder with a head aligned on the training videos (module
     doc), read from `<train.output_dir>/aligned_head.safetensors` when it holds this head, else
     trained and written there. Works for any checkpoint with an encoder (no pretraining head needed).
-    ConfigError naming the key for a missing captions.file / text model or a video without captions;
-    refusals of other settings or weights as `stored_head`. given: the dotted keys the user set, the
-    model keys among the others then the encoder's (`tgmae.evaluate.probe.frozen_probe_encoder`)."""
+    ConfigError naming the key for a missing captions.file / text model (CaptionStoreError for a
+    video without captions); refusals of other settings or weights as `stored_head`. given: the
+    dotted keys the user set, the model keys among the others then the encoder's
+    (`tgmae.evaluate.probe.frozen_probe_encoder`).
+    The store is checked against the training videos at set-up, before the head is read or trained,
+    as pretraining checks it (`data.dataset.check_videos_known`: a caption for each, of its file,
+    frames and, for a store made from annotations, its text and class now; re-trial 32A S3: a stale
+    `--oracle` store trained the head and recalls were reported)."""
     from tgmae.captions.provider import CaptionProvider
-    from tgmae.data.dataset import build_dataset
+    from tgmae.data.dataset import build_dataset, check_videos_known
     from tgmae.data.fileid import videos_fingerprint
     from tgmae.distributed import rank_world
     from tgmae.evaluate.probe import frozen_probe_encoder
@@ -229,6 +234,7 @@ def aligned_model(cfg, device: torch.device, progress: bool = True,
     encoder, digest = frozen_probe_encoder(cfg, device, given)
     provider = CaptionProvider.from_config(cfg.captions, device=str(device))
     data = build_dataset(cfg.data, "train", train=False, seed=cfg.train.seed)
+    check_videos_known(data.records, provider, None, getattr(data, "class_names", None) or ())
     # what the paths in align_settings do not say: the files there now and the texts as embedded now
     # (captions edited, videos or the text model replaced in place: another head)
     path = Path(cfg.train.output_dir) / HEAD_FILE
@@ -241,11 +247,7 @@ def aligned_model(cfg, device: torch.device, progress: bool = True,
         model.load_state_dict({**state, **{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}})
         return model.eval()
     pooled, video_ids = train_pooled(cfg, data, encoder, digest, device, progress)
-    missing = provider.missing(video_ids)
-    if missing:
-        raise ConfigError(f"captions.file={cfg.captions.file}: no caption for {len(missing)} training videos "
-                          f"(first: {missing[0]}); alignment needs one per video")
-    ids = [provider.caption_ids(v) for v in video_ids]
+    ids = [provider.caption_ids(v) for v in video_ids]  # one per video: `check_videos_known` refused any without
     losses = fit_head(model, pooled.to(device), ids, provider.embeddings.float(),
                       epochs=cfg.eval.retrieval_align_epochs, batch_size=cfg.eval.retrieval_align_batch_size,
                       lr=cfg.eval.retrieval_align_lr, seed=cfg.train.seed, progress=progress and cfg.log.progress)

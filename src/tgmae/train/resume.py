@@ -478,17 +478,24 @@ def _refuse_or_record(cfg: RunConfig, source: Path, why: str, change: tuple[str,
 def class_changes(cfg: RunConfig, source: Path, stored: Optional[Sequence[str]],
                   now: Sequence[str]) -> list[tuple[str, Any, Any]]:
     """A resume whose class names (label order) differ from the checkpoint's is refused, naming the
-    first labels that changed (a reordered classes.txt keeps the head's shape, so nothing else
-    notices), or recorded as a change under checkpoint.resume=ignore_config. Checkpoints written
-    before class names were stored (none) are not checked."""
+    first labels that changed and the file they were read from (`data.formats.class_names_origin`;
+    a reordered classes.txt keeps the head's shape, so nothing else notices), or recorded as a
+    change under checkpoint.resume=ignore_config. Checkpoints written before class names were
+    stored (none) are not checked."""
     if not (stored and now) or list(stored) == list(now):
         return []
     moved = [f"label {i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(stored, now)) if a != b]
     if len(stored) != len(now):
         moved.append(f"{len(stored)} -> {len(now)} classes")
     what = ", ".join(moved[:3]) + (" ..." if len(moved) > 3 else "")
-    return _refuse_or_record(cfg, source, f"the class names of data.train_annotations={cfg.data.train_annotations} "
-                             f"(e.g. its classes.txt) differ from the ones it was trained on ({what}); restore them",
+    from tgmae.data.formats import class_names_origin
+
+    # the format's own source (a Diving48 vocabulary, classInd.txt), not "its classes.txt" (re-trial 32A M3)
+    d = cfg.data
+    origin = class_names_origin(d.format, d.root, d.train_annotations, d.split)
+    came = f" (read from {origin})" if origin else ""
+    return _refuse_or_record(cfg, source, f"the class names of data.train_annotations={d.train_annotations}{came} "
+                             f"differ from the ones it was trained on ({what}); restore them",
                              ("class names", list(stored), list(now)))
 
 
