@@ -37,7 +37,8 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     `tgmae_arch`, our file's arch; preset, patch, tubelet, heads), the clip settings recorded
     with them (our file's metadata, an export-hf folder's `tgmae_data`: `recorded_settings`),
     else their frames and image size, and the masking recorded with them (`tgmae_masking`; none
-    recorded: -c's or the default, said by `recon_figures`: re-trial 30B S3)."""
+    recorded: -c's or the default, said by `recon_figures`: re-trial 30B S3). A file in another run's
+    folder is not that run's (`model_card.run_of`): its own records count (re-trial 32A S2)."""
     from tgmae.config import to_dict
     from tgmae.weights.model_card import read_run, recorded_settings
 
@@ -70,6 +71,8 @@ def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: s
     run = read_run(checkpoint)
     if not config and run.config is not None:  # no -c: the annotations (data.root, format, ...) are the run's too
         given["data"] = to_dict(run.config)["data"]
+    if run.run_dir is None and run.note:  # beside another run's config.yaml (`model_card.run_of`): said once
+        log.warning("%s", run.note)
     settings, source = run_settings(checkpoint)
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
@@ -203,13 +206,15 @@ def figure_name(kind: str, clip: str, weights: str, label: str, cfg, sections: S
 
 def checkpoint_label(path: str | Path) -> str:
     """What a figure's title calls the weights it drew: `step N` of a `checkpoints/step_N/`
-    checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name."""
-    from tgmae.weights.model_card import checkpoint_step, find_run_dir
+    checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name (also
+    for another run's file in a run's folder, `model_card.run_of`: re-trial 32A S2, titled `final`)."""
+    from tgmae.weights.model_card import checkpoint_step, run_of
 
+    run, foreign = run_of(path)
     step = checkpoint_step(path)
-    if step is not None:
+    if step is not None and not foreign:
         return f"step {step}"
-    return "final" if find_run_dir(path) is not None else Path(path).name
+    return "final" if run is not None else Path(path).name
 
 
 def _clip_path(dataset, index: int) -> str:
