@@ -505,3 +505,24 @@ def test_another_runs_file_in_a_run_folder_is_drawn_as_its_own_and_titled_by_its
 
     assert checkpoint_label(run / "model.safetensors") == "final"
 
+
+def test_a_bad_masking_recorded_in_an_export_names_its_file_and_key(tmp_path, clip_file, capsys):
+    """Re-trial 32A M2: `tgmae_masking.name` 'tubee' in an export's config.json was said as the user's
+    `masking.name='tubee'`, naming no file. One line names the file and its key; an override of the key
+    replaces it."""
+    from tgmae.weights.export_hf import export_hf
+
+    run = _run(tmp_path, record=True)
+    export = tmp_path / "hf_pt"
+    export_hf(run, export, pretraining=True)
+    config = json.loads((export / "config.json").read_text())
+    for key, value, why in (("name", "tubee", "expected one of"), ("ratio", 1.5, "strictly between 0 and 1")):
+        bad = json.loads(json.dumps(config))
+        bad["tgmae_masking"][key] = value
+        (export / "config.json").write_text(json.dumps(bad))
+        assert cli(["visualize", "recon", str(export), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{export / 'config.json'}: tgmae_masking.{key}={value!r}: " in err[0], err
+        assert why in err[0] and f"the override masking.{key}=VALUE replaces it" in err[0], err
+        assert cli(["visualize", "recon", str(export), "--video", str(clip_file), "--out", str(tmp_path / "o"),
+                    f"masking.{key}=0.75" if key == "ratio" else "masking.name=tube"]) == 0

@@ -108,3 +108,17 @@ def test_weights_recording_other_settings_than_the_folders_run_are_not_that_runs
         {"step": 4, "changes": {"masking.name": ["random", "mgm"], "masking.ratio": [0.5, 0.7]}}) + "\n")
     assert find_run_dir(copy) == run
 
+
+def test_a_bad_setting_recorded_with_weights_names_the_file_and_its_key(tmp_path):
+    """Re-trial 32A M2 (the readers beside `visualize`: probe, evaluate, export-hf, convert): a value
+    recorded with the weights that its config refuses is one line naming the file and its key, not the
+    user's `data.num_frames` of the same name."""
+    import pytest
+
+    from tgmae.evaluate.multiview import own_settings
+    from tgmae.weights.model_card import RecordedSettingsError, known_settings
+
+    bad = _pretraining_file(tmp_path / "pt.safetensors", {"name": "random", "ratio": 0.5}, {"num_frames": -2})
+    with pytest.raises(RecordedSettingsError, match=rf"^{bad}: metadata data\.num_frames=-2: must be > 0 "):
+        own_settings(bad)
+    assert known_settings(bad, "masking")[0] == {"name": "random", "ratio": 0.5}

@@ -13,8 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
+from tgmae.config import ConfigError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.weights.files import CheckpointError, resolve_checkpoint
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
@@ -71,7 +72,7 @@ def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
     changed = {k for c in _json_lines(run / "config_changes.jsonl") for k in c.get("changes", {})}
     differ, where = [], ""
     for section in RECORDED:
-        recorded, file, _ = _recorded(checkpoint, section)
+        recorded, file, _ = _recorded(checkpoint, section)  # unchecked: a bad value is not the run's either
         own = section_settings(section, getattr(cfg, section))
         said = [f"{section}.{k} {v!r} (the run's {own[k]!r})" for k, v in recorded.items()
                 if k in own and own[k] != v and f"{section}.{k}" not in changed]
@@ -153,13 +154,20 @@ def recorded_note(section: str, settings: dict[str, Any]) -> dict[str, str]:
     return {RECORDED[section][1]: json.dumps(settings)} if settings else {}
 
 
-def recorded_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+def recorded_settings(checkpoint: str | Path, section: str = "data",
+                      replaced: Optional[Collection[str]] = None) -> tuple[dict[str, Any], str]:
     """({recorded keys of `section`: value} recorded with the weights, the file recording them): an
     export-hf folder's config.json entry, our safetensors file's metadata (`RECORDED`; a training
     checkpoint's: its stored config's section); ({}, "") for weights that record none (an official
-    .pth, another folder, a file written before they were recorded, or outside a run)."""
-    settings, where, _ = _recorded(checkpoint, section)
-    return settings, where
+    .pth, another folder, a file written before they were recorded, or outside a run). replaced:
+    the keys of the section (`name`, not `masking.name`) the caller's overrides set, left out;
+    None: the caller takes no overrides.
+    Raises RecordedSettingsError naming the file and its key for a value the section refuses
+    (re-trial 32A M2: an export's `tgmae_masking.name` 'tubee' was said as the user's masking.name)."""
+    settings, where, label = _recorded(checkpoint, section)
+    settings = {k: v for k, v in settings.items() if k not in (replaced or ())}
+    check_recorded(section, settings, f"{where}: {label}", replaced is not None)
+    return (settings, where) if settings else ({}, "")
 
 
 def _recorded(checkpoint: str | Path, section: str) -> tuple[dict[str, Any], str, str]:
@@ -186,14 +194,36 @@ def _recorded(checkpoint: str | Path, section: str) -> tuple[dict[str, Any], str
     return (settings, str(p), label) if settings else ({}, "", "")
 
 
-def known_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+class RecordedSettingsError(ConfigError):
+    """A setting recorded with weights (`recorded_settings`) that its config section refuses; the
+    message names the file and its entry's key, not the user's key of that name."""
+
+
+def check_recorded(section: str, settings: dict[str, Any], where: str, overridable: bool = False) -> None:
+    """RecordedSettingsError `where.KEY=VALUE: why` (where: "FILE: ENTRY") when config `section` refuses
+    the recorded `settings` (the others at their defaults), KEY the one its error names first.
+    overridable: the caller's override `section.KEY=...` replaces a recorded value (said as the way out)."""
+    from tgmae.config import DataConfig, MaskingConfig, from_dict
+
+    try:
+        from_dict({"data": DataConfig, "masking": MaskingConfig}[section], settings, prefix=section)
+    except ConfigError as e:
+        said = str(e)
+        k = next((k for k in settings if said.startswith(f"{section}.{k}=") and ": " in said), None)
+        what = f"{where}.{k}={settings[k]!r}: {said.split(': ', 1)[1]}" if k else f"{where} {json.dumps(settings)}: {said}"
+        way = f"; the override {section}.{k or 'KEY'}=VALUE replaces it" if overridable else ""
+        raise RecordedSettingsError(f"{what} (recorded as the {section} its weights were trained with{way})") from None
+
+
+def known_settings(checkpoint: str | Path, section: str = "data",
+                   replaced: Optional[Collection[str]] = None) -> tuple[dict[str, Any], str]:
     """(the `section` settings the checkpoint's model was trained with, where they are read): its run
     folder's config.yaml, else what is recorded with its weights (`recorded_settings`); ({}, "")
     when neither says."""
     run = read_run(checkpoint)
     if run.config is not None:
         return section_settings(section, getattr(run.config, section)), str(run.run_dir / "config.yaml")
-    return recorded_settings(checkpoint, section)
+    return recorded_settings(checkpoint, section, replaced)
 
 
 def read_run(checkpoint: str | Path) -> RunInfo:
