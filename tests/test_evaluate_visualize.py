@@ -475,3 +475,54 @@ def test_a_file_recording_no_masking_says_it_is_drawn_under_the_default(tmp_path
     (line,) = said[0]
     assert line.startswith(f"{bare}: drawn under the default masking (tube, ratio 0.9)") and "do not record" in line
     assert said[1:] == [[], []], said
+
+
+def test_another_runs_file_in_a_run_folder_is_drawn_as_its_own_and_titled_by_its_name(tmp_path, clip_file,
+                                                                                     monkeypatch, caplog):
+    """Re-trial 32A S2: a random-0.5 model copied into an MGM-0.7 run's folder was drawn under the folder's
+    MGM 0.7 and titled `final`. Weights recording other settings than the folder's config.yaml are not
+    that run's (`model_card.run_of`, the rule of every reader of a run): their own masking is drawn, one
+    line says why, and the title names the file. The run's own model stays `final` under its masking."""
+    import shutil
+
+    from tgmae.viz import reconstruction
+
+    run = _run(tmp_path / "mgm", "masking.name=mgm", "masking.ratio=0.7", record=True)
+    other = _run(tmp_path / "rand", "masking.ratio=0.5", record=True)
+    copy = Path(shutil.copy(other / "model.safetensors", run / "rand_copy.safetensors"))
+    titles = []
+    save = reconstruction.save_reconstruction_figure
+    monkeypatch.setattr(reconstruction, "save_reconstruction_figure",
+                        lambda rows, path, **kw: titles.append(kw["title"]) or save(rows, path, **kw))
+    with caplog.at_level("INFO", logger="tgmae"):
+        assert cli(["visualize", "recon", str(copy), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 0
+    assert titles[0].startswith("walk, rand_copy.safetensors (random mask, ratio 0.5;"), titles
+    said = [r.getMessage() for r in caplog.records if "is not the model of the run" in r.getMessage()]
+    assert len(said) == 1 and str(copy) in said[0] and "masking.name 'random' (the run's 'mgm')" in said[0], said
+    cfg = figure_config(None, [], str(run / "model.safetensors"))
+    assert (cfg.masking.name, cfg.masking.ratio) == ("mgm", 0.7)  # the run's own file: the run's
+    from tgmae.evaluate.visualize import checkpoint_label
+
+    assert checkpoint_label(run / "model.safetensors") == "final"
+
+
+def test_a_bad_masking_recorded_in_an_export_names_its_file_and_key(tmp_path, clip_file, capsys):
+    """Re-trial 32A M2: `tgmae_masking.name` 'tubee' in an export's config.json was said as the user's
+    `masking.name='tubee'`, naming no file. One line names the file and its key; an override of the key
+    replaces it."""
+    from tgmae.weights.export_hf import export_hf
+
+    run = _run(tmp_path, record=True)
+    export = tmp_path / "hf_pt"
+    export_hf(run, export, pretraining=True)
+    config = json.loads((export / "config.json").read_text())
+    for key, value, why in (("name", "tubee", "expected one of"), ("ratio", 1.5, "strictly between 0 and 1")):
+        bad = json.loads(json.dumps(config))
+        bad["tgmae_masking"][key] = value
+        (export / "config.json").write_text(json.dumps(bad))
+        assert cli(["visualize", "recon", str(export), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{export / 'config.json'}: tgmae_masking.{key}={value!r}: " in err[0], err
+        assert why in err[0] and f"the override masking.{key}=VALUE replaces it" in err[0], err
+        assert cli(["visualize", "recon", str(export), "--video", str(clip_file), "--out", str(tmp_path / "o"),
+                    f"masking.{key}=0.75" if key == "ratio" else "masking.name=tube"]) == 0

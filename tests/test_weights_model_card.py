@@ -69,3 +69,56 @@ def test_the_card_says_which_fields_were_assumed_and_how_to_state_them():
     assert "`num_frames` = 16" in line and "`num_heads` = 4" in line and "`image_size`" not in line
     assert "`--num-frames`, `--num-heads`" in line and "tgmae_assumed" in line
     assert "ssumed" not in render_card(**kwargs)
+
+
+def _pretraining_file(path, masking=None, data=None):
+    from tgmae.models import VideoMAEArch, VideoMAEPretrainer
+    from tgmae.weights.pretraining import save_pretraining_model
+
+    arch = VideoMAEArch(embed_dim=32, depth=1, num_heads=4, patch_size=8, tubelet_size=2, num_frames=4,
+                        image_size=32, decoder_dim=16, decoder_depth=1, decoder_heads=1)
+    return save_pretraining_model(VideoMAEPretrainer(arch), path, data=data, masking=masking)
+
+
+def test_weights_recording_other_settings_than_the_folders_run_are_not_that_runs(tmp_path):
+    """Re-trial 32A S2: a file copied into another run's folder was read as that run's model (its masking
+    drawn, its step and results claimed). `run_of` is the one rule: weights recording data or masking
+    other than the folder's config.yaml are not its run's (said why); the run's own, weights recording
+    nothing, and a step of before a mid-run change (config_changes.jsonl) are."""
+    from tgmae.config import load_config
+    from tgmae.weights.model_card import find_run_dir, known_settings, run_of, section_settings
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["masking.name=mgm", "masking.ratio=0.7"])
+    save_config(cfg, run / "config.yaml")
+    (run / "test_results.json").write_text(json.dumps({"top1": 0.5}))
+    data = section_settings("data", cfg.data)
+    own = _pretraining_file(run / "model.safetensors", section_settings("masking", cfg.masking), data)
+    bare = _pretraining_file(run / "bare.safetensors")
+    other = load_config(None, ["masking.name=random", "masking.ratio=0.5"]).masking
+    copy = _pretraining_file(run / "copy.safetensors", section_settings("masking", other), data)
+    assert find_run_dir(own) == run and find_run_dir(bare) == run
+    found, why = run_of(copy)
+    assert found is None and why.startswith(f"{copy} is not the model of the run in {run}") and \
+        "masking.ratio 0.5 (the run's 0.7)" in why, why
+    info = read_run(copy)
+    assert info.config is None and info.results == {} and info.note == why
+    assert known_settings(copy, "masking")[0]["name"] == "random"  # its own, for export-hf and convert too
+    (run / "config_changes.jsonl").write_text(json.dumps(
+        {"step": 4, "changes": {"masking.name": ["random", "mgm"], "masking.ratio": [0.5, 0.7]}}) + "\n")
+    assert find_run_dir(copy) == run
+
+
+def test_a_bad_setting_recorded_with_weights_names_the_file_and_its_key(tmp_path):
+    """Re-trial 32A M2 (the readers beside `visualize`: probe, evaluate, export-hf, convert): a value
+    recorded with the weights that its config refuses is one line naming the file and its key, not the
+    user's `data.num_frames` of the same name."""
+    import pytest
+
+    from tgmae.evaluate.multiview import own_settings
+    from tgmae.weights.model_card import RecordedSettingsError, known_settings
+
+    bad = _pretraining_file(tmp_path / "pt.safetensors", {"name": "random", "ratio": 0.5}, {"num_frames": -2})
+    with pytest.raises(RecordedSettingsError, match=rf"^{bad}: metadata data\.num_frames=-2: must be > 0 "):
+        own_settings(bad)
+    assert known_settings(bad, "masking")[0] == {"name": "random", "ratio": 0.5}

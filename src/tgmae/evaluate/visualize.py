@@ -30,14 +30,17 @@ log = logging.getLogger("tgmae")
 RUN_SECTIONS = ("masking", "model", "captions", "contrastive")
 
 
-def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
+def run_settings(checkpoint: str | Path, overridden: Sequence[str] = ()) -> tuple[dict, str]:
     """(the settings of the checkpoint's run as a nested dict of RUN_SECTIONS / RUN_DATA_KEYS,
     where they came from): its run folder's config.yaml; else what is stored with the weights:
     the model keys of their architecture (`checkpoint_model_keys`: an export-hf folder's
     `tgmae_arch`, our file's arch; preset, patch, tubelet, heads), the clip settings recorded
     with them (our file's metadata, an export-hf folder's `tgmae_data`: `recorded_settings`),
     else their frames and image size, and the masking recorded with them (`tgmae_masking`; none
-    recorded: -c's or the default, said by `recon_figures`: re-trial 30B S3)."""
+    recorded: -c's or the default, said by `recon_figures`: re-trial 30B S3). A file in another run's
+    folder is not that run's (`model_card.run_of`): its own records count (re-trial 32A S2).
+    overridden: the dotted keys the overrides set; a recorded value the config refuses raises
+    `RecordedSettingsError` naming its file and key, unless an override replaces it (re-trial 32A M2)."""
     from tgmae.config import to_dict
     from tgmae.weights.model_card import read_run, recorded_settings
 
@@ -53,24 +56,35 @@ def run_settings(checkpoint: str | Path) -> tuple[dict, str]:
     source = load_encoder_source(checkpoint)
     arch = source.arch  # a geometry a conversion assumed (`weights.official`) is a guess: -c's stands
     data = {**{k: getattr(arch, k) for k in ("num_frames", "image_size") if k not in source.assumed},
-            **recorded_settings(checkpoint, "data")[0]}
-    masking = recorded_settings(checkpoint, "masking")[0]
+            **recorded_settings(checkpoint, "data", _overridden_keys(overridden, "data"))[0]}
+    masking = recorded_settings(checkpoint, "masking", _overridden_keys(overridden, "masking"))[0]
     return ({"data": data, "model": checkpoint_model_keys(arch), **({"masking": masking} if masking else {})},
             f"the settings stored in {checkpoint}")
+
+
+def _overridden_keys(overridden: Sequence[str], section: str) -> set[str]:
+    """The keys of config `section` that the dotted keys `overridden` set (`section` itself: all)."""
+    from tgmae.weights.model_card import RECORDED
+
+    if section in overridden:
+        return set(RECORDED[section][0])
+    return {k.partition(".")[2] for k in overridden if k.startswith(f"{section}.")}
 
 
 def figure_config(config: Optional[str], overrides: Sequence[str], checkpoint: str | Path):
     """The RunConfig of a figure of `checkpoint`: defaults < `config` (-c) < the checkpoint's run
     (`run_settings`) < `overrides`; without -c the run's whole data section (its annotations) is
     the base. Logs what the run's settings replaced in -c and the overrides leave as the run's."""
-    from tgmae.config import RunConfig, load_config, to_dict
+    from tgmae.config import RunConfig, load_config, parse_override, to_dict
     from tgmae.weights.model_card import read_run
 
     given = to_dict(load_config(config)) if config else to_dict(RunConfig())
     run = read_run(checkpoint)
     if not config and run.config is not None:  # no -c: the annotations (data.root, format, ...) are the run's too
         given["data"] = to_dict(run.config)["data"]
-    settings, source = run_settings(checkpoint)
+    if run.run_dir is None and run.note:  # beside another run's config.yaml (`model_card.run_of`): said once
+        log.warning("%s", run.note)
+    settings, source = run_settings(checkpoint, [".".join(parse_override(o)[0]) for o in overrides])
     replaced = [f"{sec}.{k}" for sec, values in settings.items() for k, v in values.items()
                 if config and given[sec].get(k) != v]
     for section, values in settings.items():
@@ -203,13 +217,15 @@ def figure_name(kind: str, clip: str, weights: str, label: str, cfg, sections: S
 
 def checkpoint_label(path: str | Path) -> str:
     """What a figure's title calls the weights it drew: `step N` of a `checkpoints/step_N/`
-    checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name."""
-    from tgmae.weights.model_card import checkpoint_step, find_run_dir
+    checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name (also
+    for another run's file in a run's folder, `model_card.run_of`: re-trial 32A S2, titled `final`)."""
+    from tgmae.weights.model_card import checkpoint_step, run_of
 
+    run, foreign = run_of(path)
     step = checkpoint_step(path)
-    if step is not None:
+    if step is not None and not foreign:
         return f"step {step}"
-    return "final" if find_run_dir(path) is not None else Path(path).name
+    return "final" if run is not None else Path(path).name
 
 
 def _clip_path(dataset, index: int) -> str:
@@ -313,9 +329,14 @@ def say_unrecorded_masking(cfg, checkpoint: str | Path) -> None:
     before tgmae recorded it, `model_card.RUN_MASK_KEYS`), and -c and the overrides left it default.
     Re-trial 30B S3: such a file was drawn under tube 0.9 without a word."""
     from tgmae.config import MaskingConfig
-    from tgmae.weights.model_card import known_settings, section_settings
+    from tgmae.weights.model_card import RecordedSettingsError, known_settings, section_settings
 
-    if section_settings("masking", cfg.masking) != section_settings("masking", MaskingConfig()) or known_settings(checkpoint, "masking")[0]:
+    if section_settings("masking", cfg.masking) != section_settings("masking", MaskingConfig()):
+        return
+    try:
+        if known_settings(checkpoint, "masking")[0]:
+            return
+    except RecordedSettingsError:  # it records one, which the overrides replaced (`figure_config`)
         return
     log.warning("%s: drawn under the default masking (%s, ratio %g): its weights do not record the masking they "
                 "were trained with (written before tgmae recorded it) and no run folder beside them says it; "

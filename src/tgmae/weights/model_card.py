@@ -13,8 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
+from tgmae.config import ConfigError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.weights.files import CheckpointError, resolve_checkpoint
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
@@ -33,19 +34,53 @@ class RunInfo:
     steps: Optional[int] = None
     results: dict[str, Any] = field(default_factory=dict)
     last_loss: Optional[float] = None
-    note: str = ""  # why the config could not be read, if it could not
+    note: str = ""  # why the config could not be read, or (run_dir None) why the folder is not its run
     # settings changed mid-run (checkpoint.resume=ignore_config): config_changes.jsonl records
     changes: list[dict] = field(default_factory=list)
 
 
 def find_run_dir(checkpoint: str | Path) -> Optional[Path]:
-    """The run folder of a checkpoint: the folder itself, the file's folder, or the run above a
+    """The run folder of a checkpoint (`run_of`), None when it has none or is not that run's."""
+    return run_of(checkpoint)[0]
+
+
+def run_of(checkpoint: str | Path) -> tuple[Optional[Path], str]:
+    """(the run folder of a checkpoint, ""): the folder itself, the file's folder, or the run above a
     `checkpoints/step_N/` checkpoint (also named as `checkpoints/latest` or `checkpoints/`:
-    `files.resolve_checkpoint`) - whichever holds the run's `config.yaml`."""
+    `files.resolve_checkpoint`) - whichever holds a `config.yaml` - when the checkpoint is that run's
+    (`foreign_to_run`); (None, why not) for weights that record other settings than it, such as a
+    model file copied into another run's folder; (None, "") beside no config.yaml. The one rule of
+    every reader of a checkpoint's run (figures, the card, its data settings, its training videos):
+    re-trial 32A S2, another run's file was drawn under the folder's masking and titled `final`."""
     p = _resolved(checkpoint)
     base = p if p.is_dir() else p.parent
     candidates = [base, base.parent.parent] if base.parent.name == "checkpoints" else [base]
-    return next((c for c in candidates if (c / "config.yaml").is_file()), None)
+    run = next((c for c in candidates if (c / "config.yaml").is_file()), None)
+    why = foreign_to_run(checkpoint, run) if run is not None else ""
+    return (None, why) if why else (run, "")
+
+
+def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
+    """Why `checkpoint` is not the model of the run in folder `run` ("" when nothing says so): the
+    settings its weights record (`recorded_settings`: data and masking) differ from the run's
+    config.yaml in a key that config_changes.jsonl does not say changed mid-run (where a step
+    checkpoint of before the change records the old value). Weights recording none, or a config.yaml
+    that does not read, say nothing: they count as the run's."""
+    cfg = run_config(run)[0]
+    if cfg is None:
+        return ""
+    changed = {k for c in _json_lines(run / "config_changes.jsonl") for k in c.get("changes", {})}
+    differ, where = [], ""
+    for section in RECORDED:
+        recorded, file, _ = _recorded(checkpoint, section)  # unchecked: a bad value is not the run's either
+        own = section_settings(section, getattr(cfg, section))
+        said = [f"{section}.{k} {v!r} (the run's {own[k]!r})" for k, v in recorded.items()
+                if k in own and own[k] != v and f"{section}.{k}" not in changed]
+        differ, where = differ + said, where or (file if said else "")
+    if not differ:
+        return ""
+    return (f"{where} is not the model of the run in {run} (it records {', '.join(differ[:4])}"
+            f"{' ...' if len(differ) > 4 else ''}, not its config.yaml's): its own recorded settings are used")
 
 
 def _resolved(checkpoint: str | Path) -> Path:
@@ -119,48 +154,86 @@ def recorded_note(section: str, settings: dict[str, Any]) -> dict[str, str]:
     return {RECORDED[section][1]: json.dumps(settings)} if settings else {}
 
 
-def recorded_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+def recorded_settings(checkpoint: str | Path, section: str = "data",
+                      replaced: Optional[Collection[str]] = None) -> tuple[dict[str, Any], str]:
     """({recorded keys of `section`: value} recorded with the weights, the file recording them): an
     export-hf folder's config.json entry, our safetensors file's metadata (`RECORDED`; a training
     checkpoint's: its stored config's section); ({}, "") for weights that record none (an official
-    .pth, another folder, a file written before they were recorded, or outside a run)."""
+    .pth, another folder, a file written before they were recorded, or outside a run). replaced:
+    the keys of the section (`name`, not `masking.name`) the caller's overrides set, left out;
+    None: the caller takes no overrides.
+    Raises RecordedSettingsError naming the file and its key for a value the section refuses
+    (re-trial 32A M2: an export's `tgmae_masking.name` 'tubee' was said as the user's masking.name)."""
+    settings, where, label = _recorded(checkpoint, section)
+    settings = {k: v for k, v in settings.items() if k not in (replaced or ())}
+    check_recorded(section, settings, f"{where}: {label}", replaced is not None)
+    return (settings, where) if settings else ({}, "")
+
+
+def _recorded(checkpoint: str | Path, section: str) -> tuple[dict[str, Any], str, str]:
+    """(the `section` settings the weights record, unchecked, the file, the entry holding them:
+    `tgmae_masking`, `metadata masking`, `metadata tgmae_config.masking`); ({}, "", "") for none."""
     from tgmae.weights.files import looks_like_safetensors, read_safetensors_metadata
 
     keys, meta_key, export_key = RECORDED[section]
     p = _resolved(checkpoint)
     try:
         if p.is_dir():
-            p = p / "config.json"
+            p, label = p / "config.json", export_key
             recorded = json.loads(p.read_text()).get(export_key)
         elif p.is_file() and looks_like_safetensors(p):
             meta = read_safetensors_metadata(p)
+            label = f"metadata {meta_key}" if meta_key in meta else f"metadata tgmae_config.{section}"
             recorded = (json.loads(meta[meta_key]) if meta_key in meta
                         else json.loads(meta.get("tgmae_config") or "{}").get(section))
         else:
-            return {}, ""
+            return {}, "", ""
     except (OSError, ValueError, AttributeError, CheckpointError):
-        return {}, ""
+        return {}, "", ""
     settings = {k: v for k, v in recorded.items() if k in keys} if isinstance(recorded, dict) else {}
-    return (settings, str(p)) if settings else ({}, "")
+    return (settings, str(p), label) if settings else ({}, "", "")
 
 
-def known_settings(checkpoint: str | Path, section: str = "data") -> tuple[dict[str, Any], str]:
+class RecordedSettingsError(ConfigError):
+    """A setting recorded with weights (`recorded_settings`) that its config section refuses; the
+    message names the file and its entry's key, not the user's key of that name."""
+
+
+def check_recorded(section: str, settings: dict[str, Any], where: str, overridable: bool = False) -> None:
+    """RecordedSettingsError `where.KEY=VALUE: why` (where: "FILE: ENTRY") when config `section` refuses
+    the recorded `settings` (the others at their defaults), KEY the one its error names first.
+    overridable: the caller's override `section.KEY=...` replaces a recorded value (said as the way out)."""
+    from tgmae.config import DataConfig, MaskingConfig, from_dict
+
+    try:
+        from_dict({"data": DataConfig, "masking": MaskingConfig}[section], settings, prefix=section)
+    except ConfigError as e:
+        said = str(e)
+        k = next((k for k in settings if said.startswith(f"{section}.{k}=") and ": " in said), None)
+        what = f"{where}.{k}={settings[k]!r}: {said.split(': ', 1)[1]}" if k else f"{where} {json.dumps(settings)}: {said}"
+        way = f"; the override {section}.{k or 'KEY'}=VALUE replaces it" if overridable else ""
+        raise RecordedSettingsError(f"{what} (recorded as the {section} its weights were trained with{way})") from None
+
+
+def known_settings(checkpoint: str | Path, section: str = "data",
+                   replaced: Optional[Collection[str]] = None) -> tuple[dict[str, Any], str]:
     """(the `section` settings the checkpoint's model was trained with, where they are read): its run
     folder's config.yaml, else what is recorded with its weights (`recorded_settings`); ({}, "")
     when neither says."""
     run = read_run(checkpoint)
     if run.config is not None:
         return section_settings(section, getattr(run.config, section)), str(run.run_dir / "config.yaml")
-    return recorded_settings(checkpoint, section)
+    return recorded_settings(checkpoint, section, replaced)
 
 
 def read_run(checkpoint: str | Path) -> RunInfo:
-    """RunInfo of the checkpoint's run folder (empty when it has none). For a step checkpoint
+    """RunInfo of the checkpoint's run folder (`run_of`; empty when it has none, with `note` saying
+    why when the folder beside it holds another run's config.yaml). For a step checkpoint
     only the records up to its step count, and the run's result files (which belong to its
     final model) are left out."""
-    run = find_run_dir(checkpoint)
-    if run is None:
-        return RunInfo()
+    run, why = run_of(checkpoint)
+    if run is None:  # why: the folder's run is another one's (`foreign_to_run`)
+        return RunInfo(note=why)
     info = RunInfo(run_dir=run)
     info.config, info.note = run_config(run)
     info.changes = _json_lines(run / "config_changes.jsonl")
@@ -192,6 +265,9 @@ def _shown(path: str | Path) -> str:
 def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     cfg = run.config
+    if cfg is None and run.note and run.run_dir is None:  # another run's folder (`run_of`): no local paths
+        return [("run", "its weights record other settings than the config.yaml of the run folder they were in: "
+                        "not that run's model; settings unknown but those recorded with them")]
     if cfg is None:
         return [("run", run.note or "no run folder beside the checkpoint: settings unknown")]
     d = cfg.data
