@@ -887,6 +887,77 @@ def _refuse_duplicate_keys(node: Any, where: Any, prefix: str, in_line: bool = F
         _refuse_duplicate_keys(value, where, name + ".", in_line)
 
 
+# Keys naming a local file or folder, recorded resolved when a run starts (`recorded_paths`: its
+# config.yaml and checkpoints) and compared resolved on resume (`same_path_setting`): `A`, `./A`,
+# `A/` and /abs/A are one folder, and a later command from another folder reads the run's own files
+# (re-trial 31A S4 / M4). Empty stays empty (unset). Not train.output_dir: the run folder itself,
+# named as typed and free to change on resume.
+LOCAL_PATH_KEYS = ("data.root", "data.train_annotations", "data.val_annotations", "data.cache_dir",
+                   "captions.file", "captions.embedding_cache", "masking.cache_dir", "eval.feature_cache",
+                   "eval.class_descriptions")
+ANNOTATION_KEYS = ("data.train_annotations", "data.val_annotations")  # read from data.root when not here
+# Keys naming a model: a hub id (kept as written) or a local folder or file (resolved, as
+# `tgmae.hub.model_name` spells a folder)
+MODEL_PATH_KEYS = ("model.pretrained", "captions.clip_model", "captions.text_model", "masking.clip_model")
+
+
+def annotation_path(root: str | Path, annotations: str | Path) -> Path:
+    """Where an annotation file or folder is read from: as given when it exists (from the current
+    folder) or is absolute, else under data.root `root`."""
+    p = Path(annotations)
+    if p.exists() or p.is_absolute():
+        return p
+    return Path(root) / p
+
+
+def path_spelling(key: str, value: Any, root: str = "") -> Any:
+    """One spelling of dotted key `key`'s `value` (`LOCAL_PATH_KEYS`: resolved, missing or not;
+    an annotation key under data.root `root` as `annotation_path` reads it; `MODEL_PATH_KEYS`: a
+    local file or folder resolved, a hub id as written). Other keys, empty and non-text values are
+    returned as they are. Relative paths are read against the current folder."""
+    if not isinstance(value, str) or not value:
+        return value
+    if key in ANNOTATION_KEYS:
+        return str(annotation_path(Path(root).expanduser() if root else Path(), Path(value).expanduser()).resolve())
+    path = Path(value).expanduser()
+    if key in LOCAL_PATH_KEYS or (key in MODEL_PATH_KEYS and path.exists()):
+        return str(path.resolve())
+    return value
+
+
+def recorded_paths(values: dict) -> dict:
+    """A copy of nested config dict `values` (`to_dict` of a RunConfig) with its path keys in one
+    spelling (`path_spelling`): what a run records, so its config names the files it read wherever
+    it is read from (re-trial 31A S4)."""
+    out = copy.deepcopy(values)
+    root = (values.get("data") or {}).get("root", "")
+    for key in LOCAL_PATH_KEYS + MODEL_PATH_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out[section][name] = path_spelling(key, out[section][name], root)
+    return out
+
+
+def same_path_setting(key: str, a: Any, b: Any, root_a: str = "", root_b: str = "") -> bool:
+    """Whether values `a` and `b` of path key `key` name one file or folder (`path_spelling`, read
+    from the current folder; annotations under data.roots `root_a` / `root_b`): a resume with the same
+    folder spelled otherwise (`./A`, `A/`, absolute) is not a change of settings (re-trial 31A M4)."""
+    return a == b or path_spelling(key, a, root_a) == path_spelling(key, b, root_b)
+
+
+def relative_paths(cfg: Any) -> list[str]:
+    """`key='value'` of each `LOCAL_PATH_KEYS` value of RunConfig `cfg` that is relative: a run's
+    config written before runs recorded them resolved, read against the current folder (where the
+    run started is not known)."""
+    out = []
+    for key in LOCAL_PATH_KEYS:
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not Path(value).expanduser().is_absolute():
+            out.append(f"{key}={value!r}")
+    return out
+
+
 # save_config's first line: what marks a file as a run's saved config (`is_saved_config`), never
 # its YAML layout (a user's file without comments can look exactly like a dump)
 SAVED_CONFIG_MARK = "# tgmae saved config"
@@ -894,11 +965,13 @@ SAVED_CONFIG_MARK = "# tgmae saved config"
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (a full disk: OutputError naming `path`),
-    under a first line `SAVED_CONFIG_MARK (schema)` naming its dataclass."""
+    under a first line `SAVED_CONFIG_MARK (schema)` naming its dataclass; a RunConfig's path keys
+    resolved (`recorded_paths`: the files the run read, wherever it is read from)."""
     from tgmae.atomic import atomic_write_text
 
     head = f"{SAVED_CONFIG_MARK} ({type(cfg).__name__}): the settings this run used, rewritten when it runs again\n"
-    atomic_write_text(path, head + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    values = recorded_paths(to_dict(cfg)) if isinstance(cfg, RunConfig) else to_dict(cfg)
+    atomic_write_text(path, head + yaml.safe_dump(values, sort_keys=False))
 
 
 def is_saved_config(path: str | Path) -> bool:
