@@ -388,3 +388,39 @@ def test_mixing_that_would_do_nothing_is_refused_naming_the_keys():
         load_config(None, ["eval.mixup=0.8", "train.batch_size=1"])
     assert load_config(None, ["eval.mixup=0.8", "eval.cutmix=1.0", "train.batch_size=2"]).eval.cutmix == 1.0
     assert load_config(None, ["train.batch_size=1"]).train.batch_size == 1  # no mixing: any batch
+
+
+@pytest.mark.parametrize("text", ["0123", "2024_12", "0x10", "1:30", "1.50", "123", ".inf"])
+def test_an_override_of_a_string_key_keeps_the_number_text_as_typed(text):
+    """Re-trial 31A S2: YAML 1.1 read `train.output_dir=0123` as the octal 83 and the run went into
+    `83/`; a string key (plain or Optional) keeps the text as typed, quoted or not, nested or not."""
+    cfg = load_config(None, [f"train.output_dir={text}", f"data.cache_dir='{text}'",
+                             f"captions={{file: {text}}}"])
+    assert (cfg.train.output_dir, cfg.data.cache_dir, cfg.captions.file) == (text, text, text)
+    assert cfg.optim.lr is None and load_config(None, ["optim.lr=null"]).optim.lr is None  # null stays null
+    typed = load_config(None, ["train.epochs=0x10", "optim.lr=1e-4", "data.val_annotations="])
+    assert (typed.train.epochs, typed.optim.lr, typed.data.val_annotations) == (16, 1e-4, "")
+    assert type(typed.train.epochs) is int and type(typed.optim.lr) is float  # plain values, dumpable
+    yaml.safe_dump(to_dict(typed))
+
+
+@pytest.mark.parametrize("text, number", [("0123", "83"), ("2024_12", "202412"), ("0x10", "16"), ("1.50", "1.5")])
+def test_a_number_in_a_file_that_changes_a_string_keys_text_is_refused_naming_key_and_line(tmp_path, text, number):
+    """Re-trial 31A S2: in a -c file the text is what was meant; a number whose `str` is not its text
+    is refused naming the key, file and line, saying to quote it. A number that reads back as its
+    own text (`123`) loads; numbers for number keys are unchanged."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  epochs: 0x2\n  output_dir: {text}\n")
+    with pytest.raises(ConfigError, match=rf"^train\.output_dir: {re.escape(str(path))}, line 3: YAML reads "
+                                          rf"{re.escape(text)} as the number {re.escape(number)}.*write it in quotes"):
+        load_config(path)
+    path.write_text(f"train:\n  epochs: 0x2\n  output_dir: '{text}'\ndata:\n  cache_dir: 123\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.train.output_dir, cfg.data.cache_dir) == (2, text, "123")
+    path.write_text("train:\n  output_dir: 0123\n")  # an override of the key replaces the file's text
+    assert load_config(path, ["train.output_dir=runs/a"]).train.output_dir == "runs/a"
+
+
+def test_a_yaml_bool_for_a_string_key_is_refused_saying_to_quote_it():
+    with pytest.raises(ConfigError, match=r"train\.output_dir=True: expected a string .*write it in quotes"):
+        load_config(None, ["train.output_dir=yes"])

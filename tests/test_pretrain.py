@@ -539,3 +539,52 @@ def test_a_resume_after_the_captions_were_edited_is_refused_naming_them(synth_ro
     assert len(err) == 1 and "captions.file's captions changed" in err[0] and "ignore_config" in err[0], err
     assert "text model" not in err[0], err  # re-trial 25 M2: the part that changed, not "captions or model"
     assert main([*argv, "checkpoint.resume=ignore_config"]) == 0
+
+
+def test_a_run_records_its_data_paths_resolved_and_resumes_them_however_spelled(synth_root, tmp_path, monkeypatch,
+                                                                                capsys):
+    """Re-trial 31A S4 / M4: `data.root=A` was recorded as typed, so a figure of the run from another
+    folder drew that folder's `A/` as the run's items, and a resume with `./A`, `A/`, the absolute
+    path or `../ds/A` was refused as "trained with other settings: data.root: 'A' -> './A'"."""
+    from tgmae.cli import main
+    from tgmae.evaluate.visualize import figure_config
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_root, ds / "A")
+    monkeypatch.chdir(ds)
+    run = tmp_path / "run"
+    args = once(["pretrain", *SMALL, "data.root=A", f"train.output_dir={run}", "train.epochs=1"])
+    assert main(args) == 0
+    saved = run_config(run)[0]
+    assert saved.data.root == str(ds / "A") and saved.data.train_annotations == str(ds / "A" / "train.csv")
+    assert ckpt.load_checkpoint(ckpt.find_latest(run / "checkpoints")).config["data"]["root"] == str(ds / "A")
+    capsys.readouterr()
+    # the other spellings (A/, absolute): test_config_differences_compare_path_keys_resolved
+    for epochs, spelling in ((2, "./A"), (3, "../ds/A/")):
+        assert main(once([*args, f"data.root={spelling}", f"train.epochs={epochs}"])) == 0, capsys.readouterr().err
+        assert "other settings" not in capsys.readouterr().err
+    shutil.copytree(synth_root, ds / "B")
+    assert main(once([*args, "data.root=B", "train.epochs=4"])) == 2  # another folder is another setting
+    assert "data.root: " in capsys.readouterr().err
+    (tmp_path / "other" / "A").mkdir(parents=True)  # a folder of the same name elsewhere is not the run's
+    monkeypatch.chdir(tmp_path / "other")
+    assert figure_config(None, [], run / "model.safetensors").data.root == str(ds / "A")
+
+
+def test_a_run_config_with_relative_data_paths_says_so_once_when_read(tmp_path, monkeypatch, caplog):
+    """Re-trial 31A S4: a run recorded before its paths were resolved is read against the current folder
+    (where it started is not known): a warning names the keys and the folder, once per run."""
+    from tgmae.config import RunConfig, to_dict
+    import yaml
+
+    run = tmp_path / "old"
+    run.mkdir()
+    values = to_dict(RunConfig())
+    values["data"].update(root="A", train_annotations="train.csv")
+    (run / "config.yaml").write_text(yaml.safe_dump(values))  # as an older tgmae wrote it
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert run_config(run)[0].data.root == "A" and run_config(run)[0] is not None
+    said = [r.getMessage() for r in caplog.records if "relative" in r.getMessage()]
+    assert len(said) == 1 and "data.root='A'" in said[0] and "data.train_annotations='train.csv'" in said[0]
+    assert str(tmp_path) in said[0]

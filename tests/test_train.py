@@ -1993,3 +1993,24 @@ def test_an_inputs_refusal_names_the_parts_that_changed(tmp_path, later, named):
         return
     with pytest.raises(InputsChanged, match=rf"fingerprint aaaaaaaaaaaa -> bbbbbbbbbbbb: {named}\)"):
         input_changes(*args)
+
+
+def test_config_differences_compare_path_keys_resolved(tmp_path, monkeypatch):
+    """Re-trial 31A M4: `data.root` was compared as text (`'A' -> './A'` refused a resume of the same
+    folder). Local paths compare resolved (annotations under their data.root, as they are read);
+    a model key is a local folder resolved or a hub id as written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "train.csv").write_text("")
+    stored = {"data": {"root": "A", "train_annotations": "train.csv", "val_annotations": ""},
+              "captions": {"file": "caps.jsonl", "clip_model": "openai/clip-vit-base-patch16"}}
+    for root in ("./A", "A/", str(tmp_path / "A"), f"../{tmp_path.name}/A"):
+        new = {"data": {"root": root, "train_annotations": str(tmp_path / "A" / "train.csv"), "val_annotations": ""},
+               "captions": {"file": str(tmp_path / "caps.jsonl"), "clip_model": "openai/clip-vit-base-patch16"}}
+        assert ckpt.config_differences(stored, new) == [], root
+    other = {"data": {"root": "B", "train_annotations": "train.csv", "val_annotations": "val.csv"},
+             "captions": {"file": "caps.jsonl", "clip_model": "./openai/clip-vit-base-patch16"}}
+    assert [k for k, _, _ in ckpt.config_differences(stored, other)] == [  # the list under B: named by data.root
+        "captions.clip_model", "data.root", "data.val_annotations"]
+    other["data"].update(root="A", train_annotations="val.csv")
+    assert "data.train_annotations" in [k for k, _, _ in ckpt.config_differences(stored, other)]

@@ -560,12 +560,88 @@ def _not_negative(name: str, value: float) -> None:
         raise ConfigError(f"{name}={value}: must be >= 0 and finite")
 
 
+class _SourcedInt(int):
+    """A YAML plain scalar read as an int, with the text it was read from (`text`) and where
+    (`where`: "FILE, line N", or None for a command-line override). `_coerce` needs the text for a
+    string key (`0123` reads as 83: re-trial 31A S2) and hands on plain ints everywhere else."""
+
+    text: str
+    where: Optional[str]
+
+
+class _SourcedFloat(float):
+    """`_SourcedInt`'s float: `1.50`, `.inf`, `1_0.5` read as numbers."""
+
+    text: str
+    where: Optional[str]
+
+
+class _SourceLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader whose ints and floats keep their source text (`_SourcedInt`); the
+    subclass's constructor table is its own copy, so yaml.safe_load is unchanged."""
+
+    where: Optional[str] = None
+
+
+def _sourced_constructor(kind: type, base: Any) -> Any:
+    def construct(loader: _SourceLoader, node: yaml.ScalarNode) -> Any:
+        value = kind(base(loader, node))
+        value.text = str(node.value)
+        value.where = None if loader.where is None else f"{loader.where}, line {node.start_mark.line + 1}"
+        return value
+    return construct
+
+
+_SourceLoader.add_constructor("tag:yaml.org,2002:int",
+                              _sourced_constructor(_SourcedInt, yaml.SafeLoader.construct_yaml_int))
+_SourceLoader.add_constructor("tag:yaml.org,2002:float",
+                              _sourced_constructor(_SourcedFloat, yaml.SafeLoader.construct_yaml_float))
+
+
+def _load_sourced(text: str, where: Optional[str]) -> Any:
+    """yaml.safe_load of `text`, its numbers remembering their text and `where` (a file's name:
+    "FILE, line N" is added per number; None: an override). yaml.YAMLError as safe_load's."""
+    loader = _SourceLoader(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _number_as_text(value: Any, key: str) -> str:
+    """A number YAML read for string key `key`, as text (re-trial 31A S2): an override keeps the
+    text as typed (`train.output_dir=0123` -> '0123', never 83); in a file only a number whose text
+    is its own `str` (`123`, `1.5`) passes, the others (`0123`, `2024_12`, `0x10`, `1.50`) are
+    refused naming the key and line: the file's text is what was meant, YAML changed it. A number
+    without source text (a Python value given by code) is its `str`."""
+    text, where = getattr(value, "text", None), getattr(value, "where", None)
+    if text is None or where is None:
+        return str(value) if text is None else text
+    if str(value) == text:
+        return text
+    raise ConfigError(f"{key}: {where}: YAML reads {text} as the number {value}, not the text {text!r}; "
+                      f"write it in quotes ('{text}')")
+
+
+def _plain(value: Any) -> Any:
+    """`value` without the source text of its numbers (`_SourcedInt`), for an untyped key."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (_SourcedInt, _SourcedFloat)):
+        return int(value) if isinstance(value, int) else float(value)
+    return value
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` against a type annotation, converting only where it is lossless."""
+    """Check `value` against a type annotation, converting only where it is lossless (a number
+    for a string key: `_number_as_text`). Returns plain Python values (no `_SourcedInt`)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
-        return value
+        return _plain(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -595,7 +671,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"{key}={value!r}: expected true or false")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         raise ConfigError(f"{key}={value!r}: expected an integer")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -610,8 +686,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}={value!r}: expected a string")
+            return _number_as_text(value, key)
+        hint = " (YAML reads yes/no/on/off/true/false unquoted as true/false: write it in quotes)" \
+            if isinstance(value, bool) else ""
+        raise ConfigError(f"{key}={value!r}: expected a string{hint}")
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, prefix=key)
     raise ConfigError(f"{key}: unsupported type {annotation}")
@@ -682,7 +760,8 @@ def yaml_problem(e: yaml.YAMLError, in_line: bool = False) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); the value is parsed as YAML."""
+    """`optim.lr=1e-4` -> (['optim', 'lr'], 0.0001); the value is parsed as YAML, its numbers
+    keeping the text as typed for a string key (`train.output_dir=0123` -> '0123': `_number_as_text`)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
@@ -692,7 +771,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         if raw.strip():  # a mapping value holds each key once, as a YAML file must
             _refuse_duplicate_keys(yaml.compose(raw), f"override {text!r}", key.strip().lstrip("-") + ".", in_line=True)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_sourced(raw, None) if raw.strip() else ""  # numbers keep their text: `_number_as_text`
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: cannot parse value ({yaml_problem(e, in_line=True)})") from None
     return key.split("."), value
@@ -785,7 +864,7 @@ def read_yaml(path: str | Path) -> Any:
     text = read_text(p)
     try:
         _refuse_duplicate_keys(yaml.compose(text), p, "")
-        return yaml.safe_load(text)
+        return _load_sourced(text, str(p))  # numbers keep their text and line: `_number_as_text`
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML at {yaml_problem(e)}") from None
 
@@ -808,6 +887,77 @@ def _refuse_duplicate_keys(node: Any, where: Any, prefix: str, in_line: bool = F
         _refuse_duplicate_keys(value, where, name + ".", in_line)
 
 
+# Keys naming a local file or folder, recorded resolved when a run starts (`recorded_paths`: its
+# config.yaml and checkpoints) and compared resolved on resume (`same_path_setting`): `A`, `./A`,
+# `A/` and /abs/A are one folder, and a later command from another folder reads the run's own files
+# (re-trial 31A S4 / M4). Empty stays empty (unset). Not train.output_dir: the run folder itself,
+# named as typed and free to change on resume.
+LOCAL_PATH_KEYS = ("data.root", "data.train_annotations", "data.val_annotations", "data.cache_dir",
+                   "captions.file", "captions.embedding_cache", "masking.cache_dir", "eval.feature_cache",
+                   "eval.class_descriptions")
+ANNOTATION_KEYS = ("data.train_annotations", "data.val_annotations")  # read from data.root when not here
+# Keys naming a model: a hub id (kept as written) or a local folder or file (resolved, as
+# `tgmae.hub.model_name` spells a folder)
+MODEL_PATH_KEYS = ("model.pretrained", "captions.clip_model", "captions.text_model", "masking.clip_model")
+
+
+def annotation_path(root: str | Path, annotations: str | Path) -> Path:
+    """Where an annotation file or folder is read from: as given when it exists (from the current
+    folder) or is absolute, else under data.root `root`."""
+    p = Path(annotations)
+    if p.exists() or p.is_absolute():
+        return p
+    return Path(root) / p
+
+
+def path_spelling(key: str, value: Any, root: str = "") -> Any:
+    """One spelling of dotted key `key`'s `value` (`LOCAL_PATH_KEYS`: resolved, missing or not;
+    an annotation key under data.root `root` as `annotation_path` reads it; `MODEL_PATH_KEYS`: a
+    local file or folder resolved, a hub id as written). Other keys, empty and non-text values are
+    returned as they are. Relative paths are read against the current folder."""
+    if not isinstance(value, str) or not value:
+        return value
+    if key in ANNOTATION_KEYS:
+        return str(annotation_path(Path(root).expanduser() if root else Path(), Path(value).expanduser()).resolve())
+    path = Path(value).expanduser()
+    if key in LOCAL_PATH_KEYS or (key in MODEL_PATH_KEYS and path.exists()):
+        return str(path.resolve())
+    return value
+
+
+def recorded_paths(values: dict) -> dict:
+    """A copy of nested config dict `values` (`to_dict` of a RunConfig) with its path keys in one
+    spelling (`path_spelling`): what a run records, so its config names the files it read wherever
+    it is read from (re-trial 31A S4)."""
+    out = copy.deepcopy(values)
+    root = (values.get("data") or {}).get("root", "")
+    for key in LOCAL_PATH_KEYS + MODEL_PATH_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out[section][name] = path_spelling(key, out[section][name], root)
+    return out
+
+
+def same_path_setting(key: str, a: Any, b: Any, root_a: str = "", root_b: str = "") -> bool:
+    """Whether values `a` and `b` of path key `key` name one file or folder (`path_spelling`, read
+    from the current folder; annotations under data.roots `root_a` / `root_b`): a resume with the same
+    folder spelled otherwise (`./A`, `A/`, absolute) is not a change of settings (re-trial 31A M4)."""
+    return a == b or path_spelling(key, a, root_a) == path_spelling(key, b, root_b)
+
+
+def relative_paths(cfg: Any) -> list[str]:
+    """`key='value'` of each `LOCAL_PATH_KEYS` value of RunConfig `cfg` that is relative: a run's
+    config written before runs recorded them resolved, read against the current folder (where the
+    run started is not known)."""
+    out = []
+    for key in LOCAL_PATH_KEYS:
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not Path(value).expanduser().is_absolute():
+            out.append(f"{key}={value!r}")
+    return out
+
+
 # save_config's first line: what marks a file as a run's saved config (`is_saved_config`), never
 # its YAML layout (a user's file without comments can look exactly like a dump)
 SAVED_CONFIG_MARK = "# tgmae saved config"
@@ -815,11 +965,13 @@ SAVED_CONFIG_MARK = "# tgmae saved config"
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (a full disk: OutputError naming `path`),
-    under a first line `SAVED_CONFIG_MARK (schema)` naming its dataclass."""
+    under a first line `SAVED_CONFIG_MARK (schema)` naming its dataclass; a RunConfig's path keys
+    resolved (`recorded_paths`: the files the run read, wherever it is read from)."""
     from tgmae.atomic import atomic_write_text
 
     head = f"{SAVED_CONFIG_MARK} ({type(cfg).__name__}): the settings this run used, rewritten when it runs again\n"
-    atomic_write_text(path, head + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    values = recorded_paths(to_dict(cfg)) if isinstance(cfg, RunConfig) else to_dict(cfg)
+    atomic_write_text(path, head + yaml.safe_dump(values, sort_keys=False))
 
 
 def is_saved_config(path: str | Path) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tgmae.config import DATASET_FORMATS, ConfigError
+from tgmae.config import DATASET_FORMATS, ConfigError, annotation_path
 from tgmae.data.annotations import (
     UNLABELLED, AnnotationError, RowErrors, UniqueIds, VideoRecord, classes_file, first_existing, json_items, load_json,
     numbered_classes, parse_int, range_problem, read_classes, read_generic, read_lines, refuse_repeated_names,
@@ -642,10 +642,7 @@ def _epic_row(path: Path, line: int, r: dict, fields: list[str], named: bool, ro
 
 
 def _resolve(root: Path, annotations: str | Path) -> Path:
-    p = Path(annotations)
-    if p.exists() or p.is_absolute():
-        return p
-    return root / p
+    return annotation_path(root, annotations)  # the one rule: a run records the path it gives
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, stale_temp, temp_path, write_failure
+from tgmae.config import ANNOTATION_KEYS, LOCAL_PATH_KEYS, MODEL_PATH_KEYS, recorded_paths, same_path_setting
 from tgmae.distributed import distributed_ready, is_fsdp, rank_world
 from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
 
@@ -69,7 +70,9 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
     train.epochs) are left out. A key the stored config lacks (written before the key existed)
     counts as its value in `defaults` (the nested dict of the default config). copies {key: the
     user's key it is copied from} (e.g. optim.lr from eval.attentive_lr): a copy is left out when
-    its source differs too, so the change is named once, by the user's key."""
+    its source differs too, so the change is named once, by the user's key. Path keys differ only
+    when they name other files (`config.same_path_setting`: `A`, `./A` and /abs/A are one folder;
+    re-trial 31A M4)."""
     old = {**flatten(defaults or {}), **flatten(stored)}
     cur = flatten(new)
     out = []
@@ -77,10 +80,21 @@ def config_differences(stored: dict, new: dict, defaults: Optional[dict] = None,
         if key in unused or any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
             continue
         a, b = old.get(key, "<absent>"), cur.get(key, "<absent>")
-        if a != b:
+        if a != b and not _same_path(key, a, b, old.get("data.root", ""), cur.get("data.root", "")):
             out.append((key, a, b))
     changed = {key for key, _, _ in out}
     return [d for d in out if (copies or {}).get(d[0]) not in changed]
+
+
+def _same_path(key: str, a: Any, b: Any, root_a: Any, root_b: Any) -> bool:
+    """Whether a path key's stored `a` and new `b` name one file (`same_path_setting`); False for
+    other keys. A relative stored value (a run recorded before paths were resolved) is read from
+    the current folder, as the run's videos are (their check, `video_changes`, tells other files)."""
+    if key not in LOCAL_PATH_KEYS + MODEL_PATH_KEYS or "<absent>" in (a, b):
+        return False
+    if key not in ANNOTATION_KEYS:
+        root_a = root_b = ""
+    return same_path_setting(key, a, b, str(root_a or ""), str(root_b or ""))
 
 
 def another_run_hint(output_dir: str) -> str:
@@ -267,7 +281,8 @@ def save_checkpoint(
     tmp = temp_path(directory / name)
     tmp.mkdir()
     try:
-        _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, config, extra,
+        # its path keys resolved: the files it read, wherever it is read from (re-trial 31A S4)
+        _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, recorded_paths(config), extra,
                                  rngs or [rng_state()])
     except BaseException as e:
         # a full disk: torch / safetensors raise RuntimeErrors naming no file, told by the free

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from tgmae.config import ConfigError
 from tgmae.models.arch import VideoMAEArch
 from tgmae.weights.files import CheckpointError, resolve_checkpoint
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
+
+log = logging.getLogger(__name__)
 
 # a run's result files and how the card labels their numbers (every row says where it comes from)
 RESULT_LABELS = {"test_results.json": "test (multi-view)", "finetune_results.json": "finetune (validation)",
@@ -121,9 +124,28 @@ def run_config(run: Path) -> tuple[Any, str]:
     from tgmae.config import ConfigError, RunConfig, from_dict
 
     try:
-        return from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text())), ""
+        cfg = from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
     except (ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
         return None, f"{run / 'config.yaml'} could not be read ({e})"
+    _say_relative_paths(run, cfg)
+    return cfg, ""
+
+
+_SAID_RELATIVE: set[Path] = set()  # run folders whose relative paths were said: once per command
+
+
+def _say_relative_paths(run: Path, cfg: Any) -> None:
+    """Log once per run folder that its config.yaml records relative data paths (a run started
+    before they were recorded resolved: `config.recorded_paths`), which a figure or export reads
+    against the current folder, not knowing the folder the run started in (re-trial 31A S4)."""
+    from tgmae.config import relative_paths
+
+    relative = relative_paths(cfg)
+    if relative and run.resolve() not in _SAID_RELATIVE:
+        _SAID_RELATIVE.add(run.resolve())
+        log.warning("%s records %s relative to the folder the run started in, which it does not record: read "
+                    "from the current folder %s (give -c or data.root=... if that is another folder)",
+                    run / "config.yaml", ", ".join(relative), Path.cwd())
 
 
 # what weights record of the run that trained them, by config section: {key: value} as one JSON object
