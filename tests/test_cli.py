@@ -476,6 +476,28 @@ def test_a_stop_after_the_results_were_said_keeps_exit_0(capsys, monkeypatch):
     assert "tgmae convert: stopped (SIGTERM)" in capsys.readouterr().err
 
 
+def test_a_stop_while_the_results_line_prints_keeps_exit_0(capsys, monkeypatch):
+    """Re-trial 31A M1: `say` printed the results line, then marked it said; a SIGTERM landing
+    inside the print (the line out, the mark not yet set) ended caption / masks / evaluate with 143
+    and "rerun the same command to go on". Stops are held across the print and the mark: one that
+    came meanwhile is one after the results (exit 0, no stop line)."""
+    import signal
+
+    import tgmae.commands.args as args_module
+
+    module = importlib.import_module("tgmae.commands.convert")
+
+    def print_then_stopped(*args, **kwargs):
+        print(*args, **kwargs)  # the builtin: the line is out
+        signal.raise_signal(signal.SIGTERM)  # the stop lands before `print` returns
+
+    monkeypatch.setattr(args_module, "print", print_then_stopped, raising=False)
+    monkeypatch.setattr(module, "main", lambda rest: args_module.say("9 videos, 9 captions -> out.jsonl"))
+    assert main(["convert"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "9 videos, 9 captions -> out.jsonl\n" and "stopped" not in err, err
+
+
 def test_a_progress_bar_is_closed_before_the_stop_line(capsys, monkeypatch):
     """Re-trial 25 M3: a bar open when Ctrl-C came was drawn again at exit, below the stop line."""
     import importlib

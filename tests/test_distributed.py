@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch.distributed as dist
 
 from tgmae.distributed import init_distributed, init_distributed_if_launched, rank_world
@@ -151,3 +152,146 @@ def test_a_bad_torchrun_environment_is_refused_naming_the_variable(monkeypatch):
         local_rank()
     monkeypatch.setenv("LOCAL_RANK", " 1 ")  # int() takes the blanks around a number, as torch does
     assert local_rank() == 1
+
+
+_JOINS = '''
+import sys
+
+import torch
+import torch.distributed as dist
+
+import tgmae.cli as cli
+import tgmae.distributed as d
+
+
+def main(rest):
+    d.RENDEZVOUS_SAY_S = 0.2
+    if rest == ["if_launched"]:  # caption's and masks' way in
+        assert d.init_distributed_if_launched()
+    else:
+        d.init_distributed("cpu")
+    rank, world = d.rank_world()
+    t = d.all_reduce_sum(torch.tensor([rank + 1.0]))
+    print(dist.get_backend(), rank, world, int(t.item()), flush=True)
+
+
+cli.COMMANDS["pretrain"] = ("__main__:main", "")
+sys.exit(cli.main(["pretrain", *sys.argv[1:]]))
+'''
+
+
+def _start_outside_torchrun(ranks, world: int, port: int, *args: str) -> list:
+    """`tgmae pretrain ARGS` processes joining a group of `world` as `ranks`, started as a shell starts
+    them with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set (no torchrun)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_") and k != "TGMAE_DEBUG"}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1",
+               WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return [subprocess.Popen([sys.executable, "-c", _JOINS, *args], text=True,
+                             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            for rank in ranks]
+
+
+@pytest.mark.parametrize("way_in", ["init_distributed", "if_launched"])
+def test_outside_torchrun_two_processes_meet_on_gloo(free_port, way_in):
+    """Re-trial 31A L1: a group started without torchrun meets in tgmae's rendezvous (a TCPStore
+    rank 0 serves), then joins gloo on the CPU (NCCL untouched) and runs collectives; through
+    `init_distributed` (training, evaluation) and `init_distributed_if_launched` (caption, masks)."""
+    procs = _start_outside_torchrun([0, 1], 2, free_port, way_in)
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and out == f"gloo {rank} 2 3\n", (out, err)
+        assert "nccl" not in err.lower(), err
+
+
+def _wait_for_line(proc, text: str, seconds: float = 60.0) -> str:
+    """The first line of `proc`'s stderr holding `text` (AssertionError after `seconds` without it)."""
+    import select
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if select.select([proc.stderr], [], [], 0.5)[0]:
+            line = proc.stderr.readline()
+            assert line, f"stderr closed before {text!r}: exit {proc.wait()}"
+            if text in line:
+                return line
+    raise AssertionError(f"no {text!r} within {seconds} s")
+
+
+@pytest.mark.parametrize("rank,sig,code", [(0, "SIGTERM", 143), (0, "SIGINT", 130), (1, "SIGTERM", 143)])
+def test_outside_torchrun_a_process_without_its_peers_says_so_and_stops(free_port, rank, sig, code):
+    """Re-trial 31A L1: `WORLD_SIZE=2 RANK=0 MASTER_ADDR=... MASTER_PORT=... tgmae pretrain` with no
+    peer coming waited in torch's rendezvous (C++) for ever, without a line, deaf to Ctrl-C and
+    SIGTERM. It says what it waits for, and a stop ends it in its one line (exit 130 / 143; the
+    line is rank 0's, as under torchrun)."""
+    import signal
+
+    (proc,) = _start_outside_torchrun([rank], 2, free_port)
+    try:
+        line = _wait_for_line(proc, "waiting for")
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=15)
+    finally:  # one still waiting (in torch's rendezvous, stops were ignored) is not left behind
+        if proc.poll() is None:
+            proc.kill()
+    missing = "1 more process" if rank == 0 else "rank 0"
+    assert line.rstrip().endswith(f"waiting for {missing} (WORLD_SIZE=2) at 127.0.0.1:{free_port}") or (
+        rank == 1 and f"waiting for rank 0 (WORLD_SIZE=2) at 127.0.0.1:{free_port}: not reachable yet (" in line), line
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert rank > 0 or err.strip().splitlines()[-1] == (f"tgmae pretrain: stopped ({sig}); what it finished is kept: "
+                                                        "rerun the same command to go on"), err
+
+
+def test_outside_torchrun_the_rendezvous_refuses_what_cannot_meet(monkeypatch, free_port):
+    """Re-trial 31A L1: missing / bad MASTER_ADDR / MASTER_PORT, a port rank 0 cannot listen on, and
+    peers that do not come within the timeout are SettingsErrors naming the variables (torch's
+    rendezvous waited, or raised its own traceback)."""
+    import datetime
+    import socket
+
+    from tgmae.distributed import rendezvous
+    from tgmae.errors import SettingsError
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    second = datetime.timedelta(seconds=1)
+    with pytest.raises(SettingsError, match="^WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT: torchrun sets"):
+        rendezvous(0, 2, second)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "http")
+    with pytest.raises(SettingsError, match=r"^MASTER_PORT='http': expected a port number in \[1, 65535\]"):
+        rendezvous(0, 2, second)
+    monkeypatch.setenv("MASTER_PORT", str(free_port))
+    with pytest.raises(SettingsError, match=r"^waited 0:00:00.200000 for rank 0 to come \(WORLD_SIZE=2, RANK=1\) "
+                                            rf"at MASTER_ADDR=127.0.0.1 MASTER_PORT={free_port}: start every rank"):
+        rendezvous(1, 2, datetime.timedelta(seconds=0.2))  # nothing listens there
+    with socket.socket() as held:
+        held.bind(("", free_port))
+        held.listen()
+        with pytest.raises(SettingsError, match=rf"^MASTER_PORT={free_port}: rank 0 cannot listen there \("):
+            rendezvous(0, 2, second)
+
+
+def test_under_torchrun_the_group_is_joined_through_torchruns_rendezvous(monkeypatch):
+    """Re-trial 31A L1: tgmae's own rendezvous is for processes started without torchrun; under it
+    (its agent's variables set) the group is joined as before, through torchrun's store."""
+    import tgmae.distributed as d
+
+    calls = []
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setattr(d.dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(d, "rendezvous", lambda *a: pytest.fail("tgmae's rendezvous under torchrun"))
+    d.join_group("gloo", 1, 2)
+    assert calls == [{"backend": "gloo", "rank": 1, "world_size": 2, "timeout": None}]

@@ -107,6 +107,13 @@ LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")  # set by t
 _tied = False
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (torchelastic's agent) started this process: its `LAUNCHER_ENV` variables
+    are set. Its ranks are tied to the agent (`end_with_launcher`) and meet in its rendezvous;
+    a process given RANK / WORLD_SIZE otherwise meets its peers in `distributed.rendezvous`."""
+    return any(k in os.environ for k in LAUNCHER_ENV)
+
+
 def end_with_launcher() -> None:
     """When torchrun started this process (its `LAUNCHER_ENV` variables are set), make it end with
     torchrun's agent, its parent (`end_with_parent`): a kill -9 of torchrun would otherwise leave
@@ -115,7 +122,7 @@ def end_with_launcher() -> None:
     that forked, fires when the agent process ends. A no-op elsewhere: a run started from a shell
     (`nohup tgmae pretrain ... &`) outlives it. Once per process."""
     global _tied
-    if _tied or not any(k in os.environ for k in LAUNCHER_ENV):
+    if _tied or not launched_by_torchrun():
         return
     _tied = True
     end_with_parent(os.getppid())

@@ -46,12 +46,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 def say(text: str) -> None:
     """Print a command's closing lines once: under torchrun, rank 0 alone (every rank ends a run
     with the same results). Only for lines after which the command returns 0: a stop from here on
-    leaves its exit code 0 (`lifetime.results_said`)."""
-    from tgmae.lifetime import other_launched_rank, results_said
+    leaves its exit code 0 (`lifetime.results_said`). Stops are held across the print and the mark
+    (`lifetime.stops_deferred`), so one landing inside the print, its line already out, is raised
+    after the mark: a stop after the results, not "rerun to go on", exit 143 (re-trial 31A M1)."""
+    from tgmae.lifetime import other_launched_rank, results_said, stops_deferred
 
-    if not other_launched_rank():
-        print(text)
-    results_said()
+    with stops_deferred():
+        if not other_launched_rank():
+            print(text)
+        results_said()
 
 
 class ConfigFile(argparse.Action):
