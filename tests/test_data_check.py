@@ -611,3 +611,24 @@ def test_check_reports_an_ssv2_row_without_template_and_exits_1(tmp_path, capsys
     assert code == 1
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["bad_rows"] == 1 and "no template" in report["rows"][0]["reason"]
+
+
+def test_a_row_naming_a_fifo_or_a_device_is_not_a_regular_file(tmp_path):
+    """Re-trial 31A M3: a row naming a fifo (or a link to /dev/zero) was a "zero-byte file"; it is
+    unreadable as "not a regular file (a fifo)", and never opened (a fifo would block the reader)."""
+    import os
+
+    root = tmp_path / "root"
+    (root / "v").mkdir(parents=True)
+    write_video(root / "v" / "good.mp4", _clip(24), gop=8)
+    os.mkfifo(root / "v" / "fifo.mp4")
+    (root / "v" / "dev.mp4").symlink_to("/dev/zero")
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\nv/good.mp4,0\nv/fifo.mp4,1\nv/dev.mp4,0\n")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    out = tmp_path / "report.json"
+    assert cli_main(["data", "check", "--format", "csv", "--root", str(root), str(ann), "--out", str(out),
+                     "--workers", "1", "--no-progress"]) == 1
+    items = {Path(i["path"]).name: (i["kind"], i["reason"]) for i in json.loads(out.read_text())["items"]}
+    assert items == {"fifo.mp4": ("unreadable", "not a regular file (a fifo)"),
+                     "dev.mp4": ("unreadable", "not a regular file (a character device)")}

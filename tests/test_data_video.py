@@ -579,3 +579,23 @@ def test_x264s_avx512_use_is_read_from_cpuinfo_flags(tmp_path):
         (tmp_path / name).write_text(text)
         assert _x264_would_use_avx512(str(tmp_path / name)) is expected, name
     assert _x264_would_use_avx512(str(tmp_path / "absent")) is False
+
+
+def test_a_fifo_or_a_device_is_not_a_regular_file_and_never_opened(tmp_path, monkeypatch):
+    """Re-trial 31A M3: `--video /dev/zero` and a fifo were "zero-byte file". The one verdict of every
+    reader (datasets' rows, data check, visualize --video) says what the path is, and the file is
+    never opened (opening a fifo waits for a writer)."""
+    import os
+
+    from tgmae.data import frame_index as fi
+
+    monkeypatch.setattr(fi, "build_index", lambda p: (_ for _ in ()).throw(AssertionError(f"opened {p}")))
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    (tmp_path / "link.mp4").symlink_to(fifo)
+    cases = [(fifo, "a fifo"), (tmp_path / "link.mp4", "a fifo")]
+    if os.path.exists("/dev/zero"):
+        cases.append((Path("/dev/zero"), "a character device"))
+    for path, what in cases:
+        v = video_verdict(path)
+        assert (v.kind, v.reason) == ("unreadable", f"{path}: not a regular file ({what})"), v

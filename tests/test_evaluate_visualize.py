@@ -6,6 +6,7 @@ by its --caption (issue 28: a run trained with one masking at 32 px and 4 frames
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +115,13 @@ def test_one_unreadable_video_is_one_line_and_never_substituted(tmp_path, capsys
     run = _run(tmp_path)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 64)
-    for kind in ("recon", "attention"):
-        assert cli(["visualize", kind, str(run), "--video", str(bad), "--out", str(tmp_path / "o")]) == 2
+    fifo = tmp_path / "fifo.mp4"  # re-trial 31A M3: was "zero-byte file"; opening it would block
+    os.mkfifo(fifo)
+    for kind, video in (("recon", bad), ("attention", bad), ("recon", fifo), ("attention", fifo)):
+        assert cli(["visualize", kind, str(run), "--video", str(video), "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"tgmae visualize {kind}: --video {bad}: cannot be read") and err.count("\n") == 1, err
-        assert "replacement" not in err
+        assert err.startswith(f"tgmae visualize {kind}: --video {video}: cannot be read") and err.count("\n") == 1, err
+        assert "replacement" not in err and ("not a regular file (a fifo)" in err) == (video == fifo), err
     assert cli(["visualize", "recon", str(run), "--video", str(tmp_path / "gone.mp4")]) == 2
     assert "gone.mp4: no such file or directory" in capsys.readouterr().err
 

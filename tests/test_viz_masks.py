@@ -134,3 +134,19 @@ def test_an_existing_out_file_is_replaced_only_with_overwrite(synth, tmp_path, c
     assert out.read_bytes() == b"earlier figure"
     assert main([*argv, "--overwrite"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_fifo_as_video_is_not_a_regular_file(tmp_path, capsys):
+    """Re-trial 31A M3: `visualize masks --video fifo.mp4` said "zero-byte file"; one line saying
+    what it is, and the fifo is never opened (that would wait for a writer)."""
+    import os
+
+    from tgmae.cli import main
+
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    assert main(["visualize", "masks", "--video", str(fifo), "--image-size", "32", "--patch-size", "8",
+                 "--num-frames", "4", "--out", str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"--video {fifo}: cannot be read ({fifo}: not a regular file (a fifo))"), err

@@ -115,3 +115,60 @@ def test_a_hub_id_as_a_checkpoint_says_weights_are_read_locally(tmp_path, monkey
                      f"train.output_dir={tmp_path / 'e'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "checkpoint not found" in err and "hub id" not in err, err
+
+
+class _Code:
+    """Pickles as a call of os.system (what a hostile .pth holds: `posix.system` on Linux)."""
+
+    def __init__(self, flag):
+        self.flag = str(flag)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.flag}",))
+
+
+def _hostile(tmp_path, how: str):
+    """A file whose pickle calls os.system: torch.save (zip / legacy) or a bare pickle (protocol 4)."""
+    import pickle
+
+    path, code = tmp_path / f"{how}.pth", _Code(tmp_path / "PWNED")
+    obj = {"model": {"w": torch.zeros(2)}, "evil": code}
+    if how == "raw":
+        path.write_bytes(pickle.dumps(obj, protocol=4))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=how == "zip")
+    return path
+
+
+@pytest.mark.parametrize("how, named", [("zip", "posix.system"), ("legacy", "posix.system"),
+                                        ("raw", "torch.storage._load_from_bytes, posix.system")])
+def test_a_pth_with_pickled_code_names_the_global_not_torchs_advice(tmp_path, capsys, how, named):
+    """Re-trial 31A M2: `tgmae convert evil.pth` passed on torch's UnpicklingError, cut mid-sentence and
+    advising `weights_only=False` (no tgmae option). One line: the file holds objects other than tensors
+    (the pickled global, from torch's refusal or read from the pickle's opcodes), tgmae reads weights only;
+    nothing is run. A bare pickle's tensors are pickled globals too (torch cannot parse it: named from the scan)."""
+    from tgmae.cli import main
+
+    src = _hostile(tmp_path, how)
+    assert main(["convert", str(src), str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tgmae convert: {src}: holds pickled objects other than tensors and plain containers "
+                   f"({named}); tgmae reads weights only and does not load them\n"), err
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_run_checkpoint_whose_state_holds_code_says_the_same(tmp_path):
+    """Re-trial 31A M2, the other torch.load of a user's file: a step folder's state.pt (a resume, or
+    `checkpoint.resume=PATH` naming a folder from elsewhere)."""
+    from tgmae.weights.checkpoint import load_checkpoint, read_extra
+    from tgmae.weights.files import CheckpointError
+
+    step = tmp_path / "step_3"
+    step.mkdir()
+    write_safetensors({"w": torch.zeros(2)}, step / "model.safetensors", {"format": "t"})
+    torch.save({"position": {"step": 3}, "evil": _Code(tmp_path / "PWNED")}, step / "state.pt")
+    said = f"^{step / 'state.pt'}: holds pickled objects other than tensors and plain containers \\(posix.system\\)"
+    for read in (load_checkpoint, read_extra):
+        with pytest.raises(CheckpointError, match=said):
+            read(step)
+    assert not (tmp_path / "PWNED").exists()

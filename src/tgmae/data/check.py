@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import re
+import stat
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -60,9 +61,16 @@ REPORT_KEYS = ("format", "root", "annotations", "lists", "counts", "items", "row
 
 def is_check_report(path: str | Path, keys: Sequence[str] = REPORT_KEYS) -> bool:
     """Whether `path` holds a report of `tgmae data check` (a JSON object with its REPORT_KEYS; or
-    with `keys`, another tool's report)."""
+    with `keys`, another tool's report). Asked of every file a check reads, videos included: only a
+    regular file is opened (a fifo would block: re-trial 31A M3), and only one that begins as a JSON
+    object is read whole (not every video)."""
     try:
-        report = json.loads(Path(path).read_text())
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            if not f.read(64).lstrip().startswith(b"{"):
+                return False
+            report = json.loads(f.seek(0) or f.read())
     except (OSError, ValueError):
         return False
     return isinstance(report, dict) and all(k in report for k in keys)

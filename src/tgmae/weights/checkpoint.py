@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 from tgmae.atomic import atomic_write_text, open_mode, remove_stale_temps, stale_temp, temp_path, write_failure
 from tgmae.config import ANNOTATION_KEYS, LOCAL_PATH_KEYS, MODEL_PATH_KEYS, recorded_paths, same_path_setting
 from tgmae.distributed import distributed_ready, is_fsdp, rank_world
-from tgmae.weights.files import LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict
+from tgmae.weights.files import (LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict, load_weights_only,
+                                 torch_error)
 
 log = logging.getLogger("tgmae")
 
@@ -472,11 +473,14 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def _read_state(state_file: Path, mmap: bool = False) -> dict:
-    """state.pt's record (`mmap`: its tensors mapped, not read); damage is a CheckpointError naming it."""
+    """state.pt's record (`mmap`: its tensors mapped, not read); damage, or pickled objects other than
+    tensors and plain containers (`files.load_weights_only`), is a CheckpointError naming it."""
     try:
-        return torch.load(state_file, map_location="cpu", weights_only=True, mmap=mmap)
+        return load_weights_only(state_file, mmap=mmap)
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises several types for truncated/garbled pickles
-        raise CheckpointError(f"checkpoint state {state_file} is corrupted or unreadable: {e}") from None
+        raise CheckpointError(f"checkpoint state {state_file} is corrupted or unreadable ({torch_error(e)})") from None
 
 
 def read_extra(path: Path) -> dict:
@@ -486,8 +490,9 @@ def read_extra(path: Path) -> dict:
     state_file = Path(path) / "state.pt"
     if not state_file.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: state.pt is missing")
+    state = _read_state(state_file, mmap=True)  # its CheckpointError (a ValueError) as it says it
     try:
-        return dict(json.loads(_read_state(state_file, mmap=True).get("extra_json", "{}")))
+        return dict(json.loads(state.get("extra_json", "{}")))
     except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint state {state_file} lacks a field: {e}") from None
 

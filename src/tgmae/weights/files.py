@@ -6,10 +6,14 @@ One `CheckpointError` for all of them, naming the file and the keys.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -138,7 +142,8 @@ class PickledArgs:
 
 
 def read_torch(path: Path) -> Any:
-    """torch.load with weights_only=True; an `argparse.Namespace` is read as `PickledArgs`."""
+    """torch.load with weights_only=True (`load_weights_only`); an `argparse.Namespace` is read as
+    `PickledArgs`."""
     allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     with open(path, "rb") as f:
         magic = f.read(4)
@@ -150,12 +155,130 @@ def read_torch(path: Path) -> Any:
         with allow([(PickledArgs, "argparse.Namespace")]) if allow else contextlib.nullcontext():
             # zip format: tensors mapped, not copied, so reading a 4 GB ViT-g .pth costs the pickle,
             # not the bytes (a conversion reads it once and passes the object along)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=magic.startswith(b"PK"))
-    except Exception as e:  # pickle / zip errors, or objects weights_only refuses
+            return load_weights_only(path, mmap=magic.startswith(b"PK"))
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickle / zip errors
         raise CheckpointError(
-            f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); expected a "
-            "VideoMAE .pth, a tgmae .safetensors file or a Hugging Face model directory"
+            f"cannot read {path} as a torch checkpoint ({torch_error(e)}); expected a VideoMAE .pth, a tgmae "
+            ".safetensors file or a Hugging Face model directory"
         ) from None
+
+
+_REFUSED = "Weights only load failed"  # how torch.load(weights_only=True) begins a refusal of what it holds
+_TORCH_DOCS = "\n\nCheck the documentation"  # where torch's refusal turns to its docs link
+_GLOBALS_SHOWN = 3  # refused globals a message names
+
+
+def load_weights_only(path: Path, mmap: bool = False) -> Any:
+    """torch.load(weights_only=True) onto the CPU (`mmap`: tensors mapped, not read): the one
+    torch.load of a file a user names (a .pth to convert or start from, a run's state.pt). Only
+    tensors and plain containers are built. A pickle holding anything else (a class, or a function
+    such as os.system that a full unpickle would call) is a CheckpointError in one line naming the
+    file and those globals (`_refused_globals`); torch's own text, advising `weights_only=False`
+    (which no tgmae command offers), is not passed on (re-trial 31A M2). Other errors (a cut or
+    garbled file) propagate for the caller to phrase."""
+    try:
+        with warnings.catch_warnings():  # a bare pickle's protocol: torch's note, not the user's concern
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch re-raises the unpickler's refusal as pickle.UnpicklingError
+        if not str(e).startswith(_REFUSED):
+            raise
+        refusal = str(e)
+    names = _refused_globals(path, refusal)
+    if names:
+        more = f" and {len(names) - _GLOBALS_SHOWN} more" if len(names) > _GLOBALS_SHOWN else ""
+        raise CheckpointError(f"{path}: holds pickled objects other than tensors and plain containers "
+                              f"({', '.join(names[:_GLOBALS_SHOWN])}{more}); tgmae reads weights only and does "
+                              "not load them")
+    raise CheckpointError(f"cannot read {path} as a torch checkpoint (its pickle holds what a weights-only read "
+                          f"refuses: {_refusal_reason(refusal)[:200]})")
+
+
+def _refused_globals(path: Path, refusal: str) -> list[str]:
+    """The distinct globals a weights-only read refuses in `path`'s pickle, in order, read from its
+    opcodes (`_pickled_globals`); else the one torch's `refusal` text names (a pickle the scan
+    cannot parse); else []."""
+    names: list[str] = []
+    try:
+        for name in _foreign_globals(path):
+            if name not in names:
+                names.append(name)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # a damaged file: what was found so far
+        pass
+    return names or re.findall(r"GLOBAL (\S+)", refusal)[:1]
+
+
+def torch_error(e: BaseException) -> str:
+    """`Type: first sentence` of an error torch.load raised for a damaged file, one line of at most
+    300 characters (torch's messages run on over lines and sentences: re-trial 31A M2 showed one cut
+    mid-word)."""
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {re.split(r'(?<=[.!?]) ', line, maxsplit=1)[0][:300]}"
+
+
+def _refusal_reason(text: str) -> str:
+    """torch's reason in a weights-only refusal (e.g. `Unsupported operand 149`), its advice left out."""
+    body = text.split(_TORCH_DOCS)[0].rsplit("WeightsUnpickler error:", 1)[-1]
+    lines = [s.strip() for s in body.splitlines() if s.strip() and "weights_only" not in s]
+    return (lines[-1] if lines else "").removeprefix(_REFUSED + ".").strip()
+
+
+def _foreign_globals(path: Path) -> Iterator[str]:
+    """The globals a torch file's pickle names that a weights-only read does not allow, in order."""
+    try:
+        from torch import _weights_only_unpickler as wo  # private: what torch.load allows
+
+        allowed = {*wo._get_allowed_globals(), *wo._get_user_allowed_globals()}
+        allows = allowed.__contains__
+    except (ImportError, AttributeError):
+        allows = lambda name: name.startswith(("torch.", "collections.OrderedDict"))  # noqa: E731
+    return (g for g in _pickled_globals(path) if not allows(g))
+
+
+def _pickled_globals(path: Path) -> Iterator[str]:
+    """`module.name` of each global the pickles of a torch file name (a zip's `data.pkl`, or the
+    pickles of a legacy file one after another), read with `pickletools.genops`: opcodes parsed,
+    nothing imported or called. A STACK_GLOBAL's two names are the strings pushed (or fetched
+    from the memo) just before it, as Python's pickler writes them."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            streams = [io.BytesIO(z.read(name))] if name else []
+        for stream in streams:
+            yield from _stream_globals(stream)
+        return
+    with open(path, "rb") as f:
+        for _ in range(5):  # legacy torch.save: magic, protocol, sys info, the object, storage keys
+            try:
+                yield from _stream_globals(f)
+            except (ValueError, EOFError, UnicodeDecodeError):  # the end, or raw storage bytes
+                return
+
+
+def _stream_globals(stream: IO[bytes]) -> Iterator[str]:
+    """The globals of one pickle in `stream` (see `_pickled_globals`)."""
+    import pickletools
+
+    memo: dict[int, Any] = {}
+    recent: list[Any] = [None, None]  # the last two values pushed (strings, else None)
+    for op, arg, _ in pickletools.genops(stream):
+        pushed: Any = arg if isinstance(arg, str) else None
+        if op.name in ("GLOBAL", "INST"):
+            yield arg.replace(" ", ".")
+            pushed = None
+        elif op.name == "STACK_GLOBAL":
+            if all(isinstance(v, str) for v in recent):
+                yield ".".join(recent)
+        elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = recent[-1]
+            continue
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed = memo.get(arg)
+        elif op.name in ("PROTO", "FRAME"):
+            continue
+        recent = [recent[-1], pushed]
 
 
 def unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
