@@ -687,6 +687,61 @@ def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_ag
     refuse_other_videos(tmp_path / "o.jsonl", read_store(tmp_path / "o.jsonl").records, identity(root))
 
 
+def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(dataset, tmp_path, capsys):
+    """Re-trial 32A S1: another file of the same size moved onto a captioned video (`mv`: a new
+    inode, as a copy to a node's disk has) kept the video's old captions: `masks` redid its maps from
+    them and training used them. Each record holds its file's `content` key
+    (`data.fileid.content_key`): such a record is refused by the check `masks` and training make
+    (`refuse_other_videos` with the files' paths; the caption provider at set-up) and a caption rerun
+    (captioner, text source) redoes it; a copy of the data set (`cp -r`: new inodes and mtimes) keeps
+    its captions."""
+    import shutil
+
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(3):
+        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, ann)[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
+    assert main(argv) == 0
+    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
+    paths = lambda folder: {f"v{i}": str(folder / f"v{i}.mp4") for i in range(3)}  # noqa: E731
+    identity = lambda folder: {v: video_identity(p) for v, p in paths(folder).items()}  # noqa: E731
+
+    def check(store, folder):  # what `masks` and training check
+        refuse_other_videos(store, read_store(store).records, identity(folder), paths=paths(folder))
+        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(
+            list(paths(folder)), paths(folder))
+
+    data = bytearray((root / "v1.mp4").read_bytes())
+    n = len(data)
+    data[n // 3:n // 3 + 200] = bytes(b ^ 0x55 for b in data[n // 3:n // 3 + 200])
+    (tmp_path / "new.mp4").write_bytes(data)
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
+    os.replace(tmp_path / "new.mp4", root / "v1.mp4")  # mv: same size, a new inode
+    for store in (out, oracle):
+        check(store, copy)  # a copy keeps its captions
+        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
+            check(store, root)
+        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+    summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    assert summary.skipped == 2 and summary.captioned + len(summary.errors) == 1  # v1 tried again (its bytes: damaged)
+    assert set(read_store(out).by_video()) == {"v0", "v2"}  # its old record gone
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 redone (replaced since captioned: 'v1')" in capsys.readouterr().out
+    check(oracle, root)  # redone: accepted
+
+
 def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp_path, capsys):
     """Issue #28 (B): a model folder whose weights changed at the same path said "N already done"
     and kept the old captions (a partial store got lines of two models). Each record now holds

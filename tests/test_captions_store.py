@@ -565,3 +565,19 @@ def test_the_caption_provider_refuses_a_stale_text_store_at_set_up(tmp_path):
     provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["jumping"]))
     with pytest.raises(CaptionStoreError, match=r"o\.jsonl: 1 video\(s\).*'jumping' in the store, 'running' now"):
         provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["running"]))
+
+
+def test_merge_stores_tells_a_copy_from_another_file_by_content_keys():
+    """Re-trial 32A S1, its sibling in `--combine`: two records of one id of the same size and
+    other inodes (a copy, or another file moved onto the path between them) are other files when
+    both record `content` and the keys differ (refused naming both stores); equal keys, or one
+    side without a key, merge. The merged record keeps one part's `video` and `content` together."""
+    one = [CaptionRecord("a", ["x"], "captioner", "m", {"video": [10, 1, 2, 3], "content": "c1"})]
+    moved = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7], "content": "c2"})]
+    with pytest.raises(CaptionStoreError, match=r"one.jsonl and two.jsonl: 1 video\(s\).*'a'"):
+        merge_stores([one, moved], names=["one.jsonl", "two.jsonl"])
+    copy = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7], "content": "c1"})]
+    assert merge_stores([one, copy])[0].captions == ["x", "p"]
+    older = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7]})]  # no key: today's rule
+    merged = merge_stores([older, moved])[0]
+    assert merged.extra["video"] == [10, 5, 8, 7] and "content" not in merged.extra  # not the other part's

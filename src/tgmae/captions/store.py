@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.data.annotations import class_text
@@ -405,13 +405,17 @@ def _join_unique(values: Sequence[str]) -> str:
     return "+".join(out)
 
 
+STAMP_KEYS = ("video", "content")  # what a record keeps of its file: `tgmae.data.fileid.video_stamp`
+
+
 def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False,
                  names: Optional[Sequence[str]] = None) -> list[CaptionRecord]:
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
     (exact duplicates dropped); `source`/`model` become `a+b`; other keys are each the first part's
-    that has it (a vision-free part's `class`: `stale_texts` checks it). Videos are listed in first-seen
+    that has it (a vision-free part's `class`: `stale_texts` checks it), but for the file's
+    `video` and `content` (`STAMP_KEYS`), both the first part's that has a `video`. Videos are listed in first-seen
     order. With `require_all`, a video missing from any store is an error. CaptionStoreError
     naming two stores (`names`, e.g. their files; else "store 1", ...) and a few ids when their
     records of one id were captioned from different files (`refuse_mixed_videos`).
@@ -441,7 +445,11 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
         extra: dict[str, Any] = {}
         for r in recs:
             for k, v in r.extra.items():
-                extra.setdefault(k, v)
+                if k not in STAMP_KEYS:
+                    extra.setdefault(k, v)
+        stamped = next((r for r in recs if r.extra.get("video") is not None), None)
+        if stamped is not None:  # `video` and `content` of one file, not one part's and another's
+            extra.update({k: stamped.extra[k] for k in STAMP_KEYS if k in stamped.extra})
         merged.append(CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
                                     _join_unique([r.model for r in recs]), extra))
     return merged
@@ -451,14 +459,17 @@ def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, 
                         names: Sequence[str]) -> None:
     """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
     and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities of
-    other files (`other_file`: another size, or one file rewritten in place between them): stores of
+    other files (`other_file`: another size, one file rewritten in place between them, or another
+    file moved onto its path: their `content` keys differ): stores of
     two data sets with the same ids, or of a video before and after it was replaced, whose merge
     would describe one id by two videos and keep one store's stamp (then accepted by one set,
     refused by the other, by store order). Records without an identity are not compared."""
     clash: dict[tuple[int, int], list[str]] = {}
     for vid, recs in parts.items():
-        known = [(i, r.extra["video"]) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
-        other = next(((known[0][0], i) for i, ident in known[1:] if other_file(known[0][1], ident)), None)
+        known = [(i, r.extra["video"], r.extra.get("content")) for i, r in zip(where[vid], recs)
+                 if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, ident, content in known[1:]
+                      if other_file(known[0][1], ident, known[0][2], lambda c=content: c)), None)
         if other is not None:
             clash.setdefault(other, []).append(vid)
     if clash:
@@ -484,26 +495,46 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
-def other_file(recorded: Any, now: Any) -> bool:
+def other_file(recorded: Any, now: Any, content: Optional[str] = None,
+               content_now: Optional[Callable[[], Optional[str]]] = None) -> bool:
     """Whether a record's recorded `video` identity names other contents than the file `now`
-    (`video_identity`): another size (what a copy keeps, `copy_key`: a store of another data set
-    with the same ids, a video replaced), or the same file rewritten in place since
-    (`tgmae.data.fileid.rewritten_in_place`: same inode, another mtime; re-trial 30B S1). A copy
-    of the file elsewhere (new inode, ctime, maybe mtime) is the same file. Frame folders: the
-    `copy_key` rule alone (their frames' names and sizes)."""
-    return copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now)
+    (`video_identity`). The same identity: the same file, nothing read. Another size (what a copy
+    keeps, `copy_key`: a store of another data set with the same ids, a video replaced): other. The
+    same file rewritten in place since (`tgmae.data.fileid.rewritten_in_place`: same inode, another
+    mtime; re-trial 30B S1): other. Else the size is the same and the inode, mtime or ctime not (a
+    copy of the file elsewhere, or another file of that size moved onto its path: re-trial 32A S1):
+    the record's `content` (`tgmae.data.fileid.content_key` of the file it was made from) is
+    compared with `content_now()` (the file's now, read only here); a record without one, or no
+    key now, is the same file (a copy keeps its captions). Frame folders: the `copy_key` rule alone
+    (their frames' names and sizes). The one check of a record against a file (`replaced_videos`)
+    and of two records of one id (`refuse_mixed_videos`)."""
+    if current_identity(recorded) == now:
+        return False
+    if copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now):
+        return True
+    if content is None or content_now is None:
+        return False
+    key = content_now()
+    return key is not None and key != content
 
 
-def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
+def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
+                    paths: Optional[dict[str, str]] = None) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    and `identity` ({video_id: `video_identity` now}) are `other_file`s (another size, or the file
-    rewritten in place since). Records without one and ids without a file now (None) are not
-    compared. The one check `masks` and training make (`refuse_other_videos`) and a text source's
-    caption rerun redoes by (`tgmae caption`; the captioner's rerun redoes any identity change)."""
+    (and `content`) and `identity` ({video_id: `video_identity` now}; `paths` {video_id: its file},
+    whose `content_key` is read where only it can tell) are `other_file`s (another size, the file
+    rewritten in place, or another file moved onto the path since). Records without one and ids
+    without a file now (None) are not compared; without `paths`, contents are not. The one check
+    `masks` and training make (`refuse_other_videos`) and a text source's caption rerun redoes by
+    (`tgmae caption`; the captioner's rerun redoes any identity change)."""
+    from tgmae.data.fileid import content_key
+
+    paths = paths or {}
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
-            and other_file(o["video"], identity[o["video_id"]])]
+            and other_file(o["video"], identity[o["video_id"]], o.get("content"),
+                           (lambda p=paths.get(o["video_id"]): None if p is None else content_key(str(p))))]
 
 
 def range_text(frames: Sequence) -> str:
@@ -591,11 +622,14 @@ def _refuse_stale_texts(path: str | Path, records: Sequence[dict], texts: dict[s
 
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
                         frames: Optional[dict[str, Sequence]] = None,
-                        texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
+                        texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None,
+                        paths: Optional[dict[str, str]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     and `identity` ({video_id: `video_identity` of the data set's file now}) are `other_file`s
-    (another size, or the file rewritten in place since: re-trial 30B S1): a store made for another
+    (another size, the file rewritten in place since: re-trial 30B S1, or another file moved onto
+    its path: its `content` and the `content_key` of its file in `paths` {video_id: path} differ,
+    re-trial 32A S1): a store made for another
     data set with the same ids, or a video replaced since, whose captions describe another video.
     Records without one (a store written by hand, by another tool or an older tgmae, or a video
     that could not be read) and ids without a file now (None) are not compared; when no record of
@@ -607,11 +641,12 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
-    other = replaced_videos(known, identity)
+    other = replaced_videos(known, identity, paths)
     if other:
         raise CaptionStoreError(
             f"{path}: {len(other)} video(s) were captioned from other files than this data set's "
-            f"({ids_text(other)}: of another size, or rewritten in place since): a store made for another data "
+            f"({ids_text(other)}: of another size, rewritten in place or replaced by another file since): "
+            "a store made for another data "
             "set with the same video ids, or videos replaced since; caption this data set again: a `tgmae caption` "
             "rerun into the same --out redoes them (a combined store: its parts, then --combine), or another --out")
     moved = moved_clips(objs, frames or {})
