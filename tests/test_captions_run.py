@@ -20,7 +20,7 @@ from tgmae.captions.captioner import GenerationOptions, ImageCaptioner, keyframe
 from tgmae.captions.run import caption_videos
 from tgmae.captions.shard import (Shard, errors_path, existing_parts, merge_parts, part_path, record_share,
                                   shard_from_env)
-from tgmae.captions.store import read_store
+from tgmae.captions.store import CaptionRecord, read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
 from tgmae.data.formats import load_annotations
 
@@ -904,6 +904,49 @@ def test_combine_without_the_data_set_refuses_stores_of_two_data_sets_in_either_
     # a set's own stores (its annotations' captions and the generator's) combine as before
     assert main(["--combine", str(stores[0]), str(sets[0].captions_jsonl), "--out", str(out)]) == 0
     assert {r.video_id for r in read_store(out).records} == {f"synth_0000{i}" for i in range(3)}
+
+
+def test_an_older_oracle_store_combined_with_a_captioners_is_checked_for_relabels(tmp_path, capsys):
+    """Re-trial 32A S5: an `--oracle` store written before records carried `class`, combined with a
+    captioner store, gave records `oracle+captioner` without `class`, which no check compared: a
+    video relabelled since trained with its old class's caption. `--combine` given the data set
+    checks each part against it (`stale_texts`, the older oracle's templates too) and records the
+    class of a verified oracle part; a store combined without it (or by an older tgmae) is checked
+    through its oracle part's templates. Both are refused after the relabel, naming the video."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError, write_store
+    from tgmae.data.annotations import annotated_texts
+
+    (tmp_path / "classes.txt").write_text("take cup\nopen cup\n")
+    ann, moved = tmp_path / "train.csv", tmp_path / "relabelled" / "train.csv"
+    ann.write_text("path,label\na.mp4,take cup\nb.mp4,open cup\n")
+    moved.parent.mkdir()
+    (moved.parent / "classes.txt").write_text("take cup\nopen cup\n")
+    moved.write_text("path,label\na.mp4,open cup\nb.mp4,open cup\n")
+    oracle, blip = tmp_path / "oracle.jsonl", tmp_path / "blip.jsonl"
+    data = ["--format", "csv", "--root", str(tmp_path), str(ann)]
+    assert main([*data, "--oracle", "--template", "a video of {}", "--out", str(oracle)]) == 0
+    write_store(oracle, [CaptionRecord(r.video_id, r.captions, r.source, r.model,
+                                       {k: v for k, v in r.extra.items() if k != "class"})
+                         for r in read_store(oracle).records])  # as an older tgmae wrote it
+    write_store(blip, [CaptionRecord(v, [f"a hand {v}"], "captioner", "blip") for v in ("a", "b")])
+    with_data, without = tmp_path / "comb.jsonl", tmp_path / "comb_plain.jsonl"
+    assert main([*data, "--combine", str(oracle), str(blip), "--out", str(with_data)]) == 0
+    assert {v: r.extra.get("class") for v, r in read_store(with_data).by_video().items()} == {
+        "a": "take cup", "b": "open cup"}  # verified against the data set: recorded
+    assert main(["--combine", str(oracle), str(blip), "--out", str(without)]) == 0
+    videos, classes = load_annotations("csv", tmp_path, moved)
+    texts = annotated_texts(videos, classes)
+    for store in (with_data, without):  # training's check after the relabel
+        provider = CaptionProvider(read_store(store).records, source_file=str(store))
+        with pytest.raises(CaptionStoreError, match=r"1 video\(s\) were captioned from other annotations .*"
+                                                    r"\('a'; e\.g\. 'a': .*take cup.*'(a video of )?open cup' now"):
+            provider.check_videos(["a", "b"], texts=texts)
+        provider.check_videos(["a", "b"], texts=annotated_texts(*load_annotations("csv", tmp_path, ann)))
+    capsys.readouterr()
+    assert main(["--format", "csv", "--root", str(tmp_path), str(moved), "--combine", str(oracle), str(blip),
+                 "--out", str(tmp_path / "comb2.jsonl")]) == 2  # combined after the relabel: refused there
+    assert str(oracle) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source", ["--oracle", "--annotation-captions"])

@@ -571,6 +571,39 @@ def oracle_captions(model: Any, name: str, count: int) -> Optional[list[str]]:
 TEXT_SOURCES = {"annotation": "--annotation-captions", "oracle": "--oracle", "vision-free": "--descriptions"}
 
 
+def _oracle_templates(o: dict) -> Optional[str]:
+    """The `model` (templates) of a record's oracle part: an `oracle` record's own; a combination's
+    part at the oracle's place in its `source` and `model` (`a+b`, `merge_stores`) when the two
+    split alike (a template or model name holding '+' does not); else None."""
+    sources, model = str(o.get("source")).split("+"), o.get("model")
+    if sources == ["oracle"]:
+        return model
+    models = model.split("+") if isinstance(model, str) else []
+    return models[sources.index("oracle")] if "oracle" in sources and len(models) == len(sources) else None
+
+
+def _oracle_caption_change(o: dict, name: str) -> Optional[tuple[Any, Any]]:
+    """(the store's, now's) captions when a record without `class` (a store written before records
+    carried it: re-trial 30A S1; combined with others: re-trial 32A S5) has an oracle part whose
+    templates (`_oracle_templates`) filled with class `name` (`oracle_captions`) are not its
+    captions (an `oracle` record's all; a combination's among its captions), else None (also when
+    the templates cannot be recovered)."""
+    caps, templates = list(o.get("captions") or []), _oracle_templates(o)
+    if o.get("source") == "oracle":
+        want = oracle_captions(templates, name, len(caps))
+        stale = want is not None and want != caps
+    else:
+        want = oracle_captions(templates, name, len(templates.split(TEMPLATE_SEP))) if templates else None
+        stale = want is not None and not all(w in caps for w in want)
+    if not stale:
+        return None
+    if o.get("source") != "oracle":  # named: the captions of the templates' shape (the oracle part's), if told
+        ends = [[part.strip() for part in t.split("{}")] for t in templates.split(TEMPLATE_SEP)]
+        shaped = [c for c in caps if any(c.startswith(e[0]) and c.endswith(e[-1]) for e in ends)]
+        caps = shaped if 0 < len(shaped) <= len(want) else caps
+    return (caps[0] if len(caps) == 1 else caps), (want[0] if len(want) == 1 else want)
+
+
 def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[Optional[str], Optional[str]]]
                 ) -> list[tuple[str, str, str, str]]:
     """(video_id, what, the store's, the data set's now) of each record made from text the data set
@@ -578,13 +611,14 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
     relabelled after `tgmae caption`): a record of source `annotation` (alone or a part of a
     combined `a+b`) whose captions lack the record's caption now (what "text"), and one that keeps
     the class it was made from (`class`: `--oracle`, `--descriptions`; a combination keeps its
-    part's, `merge_stores`) other than the video's class now (what "class"). An `--oracle` record
-    without `class` (a store written before records carried it: re-trial 30A S1) is compared by its
-    captions with its templates (`model`) filled with the class now (what "caption",
-    `oracle_captions`). `texts`: {video_id: (caption, class name)},
-    `tgmae.data.annotations.annotated_texts`; a None there, ids not in `texts`, and the other
-    records without `class` (an oracle record whose templates cannot be recovered; a `--descriptions`
-    one, whose descriptions file masks and training do not have; a combination's) are not compared."""
+    part's, `merge_stores`) other than the video's class now (what "class"). A record without
+    `class` with an oracle part (an `--oracle` store written before records carried it: re-trial
+    30A S1; or such a store combined: 32A S5) is compared by its captions with its templates
+    filled with the class now (what "caption", `_oracle_caption_change`). `texts`: {video_id:
+    (caption, class name)}, `tgmae.data.annotations.annotated_texts`; a None there, ids not in
+    `texts`, and the other records without `class` (an oracle part whose templates cannot be
+    recovered; a `--descriptions` one, whose descriptions file masks and training do not have) are
+    not compared."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     out = []
     for o in objs:
@@ -596,12 +630,27 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
             out.append((o["video_id"], "text", caps[0] if len(caps) == 1 else caps, caption.strip()))
         elif name is not None and o.get("class") is not None and o["class"] != name:
             out.append((o["video_id"], "class", o["class"], name))
-        elif name is not None and o.get("class") is None and o.get("source") == "oracle":
-            want = oracle_captions(o.get("model"), name, len(caps))
-            if want is not None and want != caps:
-                out.append((o["video_id"], "caption", caps[0] if len(caps) == 1 else caps,
-                            want[0] if len(want) == 1 else want))
+        elif name is not None and o.get("class") is None and (change := _oracle_caption_change(o, name)):
+            out.append((o["video_id"], "caption", *change))
     return out
+
+
+def record_oracle_classes(records: Sequence[CaptionRecord], texts: dict[str, tuple[Optional[str], Optional[str]]]
+                          ) -> int:
+    """Give each `oracle` record without `class` (an older `--oracle` store's) whose captions are
+    its templates filled with its video's class now (`texts` {video_id: (caption, class name)};
+    `stale_texts` found none stale) that class, as `--oracle` records it now, so a combination made
+    of it keeps it (`merge_stores`) and later checks compare it by name (re-trial 32A S5). Returns
+    how many were given one; records whose templates cannot be recovered stay without."""
+    given = 0
+    for r in records:
+        name = texts.get(r.video_id, (None, None))[1]
+        if r.source != "oracle" or r.extra.get("class") is not None or name is None:
+            continue
+        if oracle_captions(r.model, name, len(r.captions)) == r.captions:
+            r.extra["class"] = name
+            given += 1
+    return given
 
 
 def _refuse_stale_texts(path: str | Path, records: Sequence[dict], texts: dict[str, tuple]) -> None:

@@ -200,10 +200,12 @@ def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
     """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
     against the data set: a store captioned from other files or frame ranges for its ids, or from
     its text (captions, class names) before an edit, is refused (`refuse_other_videos`, naming it),
-    and ids not in the data set are dropped with a warning.
+    an older `--oracle` store's records (no `class`) verified so get their class
+    (`record_oracle_classes`: re-trial 32A S5), and ids not in the data set are dropped with a warning.
     With or without, stores whose records of one id were captioned from different files are
     refused naming both (`merge_stores`: two data sets' stores with the same ids)."""
-    from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
+    from tgmae.captions.store import (drop_foreign, merge_stores, read_store, record_oracle_classes,
+                                      refuse_other_videos)
 
     stores = [read_store(f).records for f in args.combine]
     if args.annotations:
@@ -211,9 +213,10 @@ def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
 
         videos, classes = _annotations(args)
         identity, ranges = _identities(videos), {v.video_id: clip_range(v) for v in videos}
-        paths = {v.video_id: str(v.path) for v in videos}
+        paths, texts = {v.video_id: str(v.path) for v in videos}, annotated_texts(videos, classes)
         for f, recs in zip(args.combine, stores):
-            refuse_other_videos(f, recs, identity, ranges, annotated_texts(videos, classes), paths)
+            refuse_other_videos(f, recs, identity, ranges, texts, paths)
+            record_oracle_classes(recs, texts)  # verified just now: later checks compare the class by name
         stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
     return merge_stores(stores, require_all=args.require_all, names=args.combine)
 
