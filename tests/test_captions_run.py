@@ -20,7 +20,7 @@ from tgmae.captions.captioner import GenerationOptions, ImageCaptioner, keyframe
 from tgmae.captions.run import caption_videos
 from tgmae.captions.shard import (Shard, errors_path, existing_parts, merge_parts, part_path, record_share,
                                   shard_from_env)
-from tgmae.captions.store import read_store
+from tgmae.captions.store import CaptionRecord, read_store
 from tgmae.captions.tiny import save_tiny_blip, save_tiny_clip
 from tgmae.data.formats import load_annotations
 
@@ -694,6 +694,61 @@ def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_ag
     refuse_other_videos(tmp_path / "o.jsonl", read_store(tmp_path / "o.jsonl").records, identity(root))
 
 
+def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(dataset, tmp_path, capsys):
+    """Re-trial 32A S1: another file of the same size moved onto a captioned video (`mv`: a new
+    inode, as a copy to a node's disk has) kept the video's old captions: `masks` redid its maps from
+    them and training used them. Each record holds its file's `content` key
+    (`data.fileid.content_key`): such a record is refused by the check `masks` and training make
+    (`refuse_other_videos` with the files' paths; the caption provider at set-up) and a caption rerun
+    (captioner, text source) redoes it; a copy of the data set (`cp -r`: new inodes and mtimes) keeps
+    its captions."""
+    import shutil
+
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(3):
+        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, ann)[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
+    assert main(argv) == 0
+    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
+    paths = lambda folder: {f"v{i}": str(folder / f"v{i}.mp4") for i in range(3)}  # noqa: E731
+    identity = lambda folder: {v: video_identity(p) for v, p in paths(folder).items()}  # noqa: E731
+
+    def check(store, folder):  # what `masks` and training check
+        refuse_other_videos(store, read_store(store).records, identity(folder), paths=paths(folder))
+        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(
+            list(paths(folder)), paths(folder))
+
+    data = bytearray((root / "v1.mp4").read_bytes())
+    n = len(data)
+    data[n // 3:n // 3 + 200] = bytes(b ^ 0x55 for b in data[n // 3:n // 3 + 200])
+    (tmp_path / "new.mp4").write_bytes(data)
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
+    os.replace(tmp_path / "new.mp4", root / "v1.mp4")  # mv: same size, a new inode
+    for store in (out, oracle):
+        check(store, copy)  # a copy keeps its captions
+        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
+            check(store, root)
+        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+    summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    assert summary.skipped == 2 and summary.captioned + len(summary.errors) == 1  # v1 tried again (its bytes: damaged)
+    assert set(read_store(out).by_video()) == {"v0", "v2"}  # its old record gone
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 redone (replaced since captioned: 'v1')" in capsys.readouterr().out
+    check(oracle, root)  # redone: accepted
+
+
 def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp_path, capsys):
     """Issue #28 (B): a model folder whose weights changed at the same path said "N already done"
     and kept the old captions (a partial store got lines of two models). Each record now holds
@@ -856,6 +911,49 @@ def test_combine_without_the_data_set_refuses_stores_of_two_data_sets_in_either_
     # a set's own stores (its annotations' captions and the generator's) combine as before
     assert main(["--combine", str(stores[0]), str(sets[0].captions_jsonl), "--out", str(out)]) == 0
     assert {r.video_id for r in read_store(out).records} == {f"synth_0000{i}" for i in range(3)}
+
+
+def test_an_older_oracle_store_combined_with_a_captioners_is_checked_for_relabels(tmp_path, capsys):
+    """Re-trial 32A S5: an `--oracle` store written before records carried `class`, combined with a
+    captioner store, gave records `oracle+captioner` without `class`, which no check compared: a
+    video relabelled since trained with its old class's caption. `--combine` given the data set
+    checks each part against it (`stale_texts`, the older oracle's templates too) and records the
+    class of a verified oracle part; a store combined without it (or by an older tgmae) is checked
+    through its oracle part's templates. Both are refused after the relabel, naming the video."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError, write_store
+    from tgmae.data.annotations import annotated_texts
+
+    (tmp_path / "classes.txt").write_text("take cup\nopen cup\n")
+    ann, moved = tmp_path / "train.csv", tmp_path / "relabelled" / "train.csv"
+    ann.write_text("path,label\na.mp4,take cup\nb.mp4,open cup\n")
+    moved.parent.mkdir()
+    (moved.parent / "classes.txt").write_text("take cup\nopen cup\n")
+    moved.write_text("path,label\na.mp4,open cup\nb.mp4,open cup\n")
+    oracle, blip = tmp_path / "oracle.jsonl", tmp_path / "blip.jsonl"
+    data = ["--format", "csv", "--root", str(tmp_path), str(ann)]
+    assert main([*data, "--oracle", "--template", "a video of {}", "--out", str(oracle)]) == 0
+    write_store(oracle, [CaptionRecord(r.video_id, r.captions, r.source, r.model,
+                                       {k: v for k, v in r.extra.items() if k != "class"})
+                         for r in read_store(oracle).records])  # as an older tgmae wrote it
+    write_store(blip, [CaptionRecord(v, [f"a hand {v}"], "captioner", "blip") for v in ("a", "b")])
+    with_data, without = tmp_path / "comb.jsonl", tmp_path / "comb_plain.jsonl"
+    assert main([*data, "--combine", str(oracle), str(blip), "--out", str(with_data)]) == 0
+    assert {v: r.extra.get("class") for v, r in read_store(with_data).by_video().items()} == {
+        "a": "take cup", "b": "open cup"}  # verified against the data set: recorded
+    assert main(["--combine", str(oracle), str(blip), "--out", str(without)]) == 0
+    videos, classes = load_annotations("csv", tmp_path, moved)
+    texts = annotated_texts(videos, classes)
+    for store in (with_data, without):  # training's check after the relabel
+        provider = CaptionProvider(read_store(store).records, source_file=str(store))
+        with pytest.raises(CaptionStoreError, match=r"1 video\(s\) were captioned from other annotations .*"
+                                                    r"\('a'; e\.g\. 'a': .*take cup.*'(a video of )?open cup' now"):
+            provider.check_videos(["a", "b"], texts=texts)
+        provider.check_videos(["a", "b"], texts=annotated_texts(*load_annotations("csv", tmp_path, ann)))
+    capsys.readouterr()
+    assert main(["--format", "csv", "--root", str(tmp_path), str(moved), "--combine", str(oracle), str(blip),
+                 "--out", str(tmp_path / "comb2.jsonl")]) == 2  # combined after the relabel: refused there
+    assert str(oracle) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source", ["--oracle", "--annotation-captions"])

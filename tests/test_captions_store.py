@@ -507,7 +507,8 @@ def test_an_older_oracle_store_without_class_is_compared_through_its_templates()
     captions are compared with them filled with the class now, and a difference is refused naming
     the video, both captions and `--oracle --rebuild`. Unchanged classes pass (class words as
     `class_text` makes them); templates that cannot be recovered from `model` (one holding the
-    separator), a vision-free record without `class` and a combination's are not compared."""
+    separator), a vision-free record without `class` and a combination's whose parts do not split
+    are not compared."""
     from tgmae.data.annotations import VideoRecord, annotated_texts
 
     def older(templates, pairs):  # as an older tgmae wrote them: no `class`
@@ -534,9 +535,16 @@ def test_an_older_oracle_store_without_class_is_compared_through_its_templates()
     piped = older(["{} | {}"], [("a", "take_cup")])  # its `model` splits into 2 parts for 1 caption
     _refuse_stale(piped, annotated_texts(relabelled, classes))
     vision_free = [CaptionRecord("a", ["Hands grip."], "vision-free", "gpt")]
-    combined = merge_stores([[CaptionRecord("a", ["a hand"], "captioner", "blip")], one[:1]])
-    for store in (vision_free, combined):
+    plus = merge_stores([[CaptionRecord("a", ["a hand"], "captioner", "blip")], older(["a+ {}"], [("a", "take_cup")])])
+    for store in (vision_free, plus):  # no descriptions file; a template holding '+' (the parts' separator)
         _refuse_stale(store, annotated_texts(relabelled, classes))
+    # re-trial 32A S5: combined with a captioner's (without the data set: no `class` recorded), its
+    # oracle part is compared through its templates too: the class now's caption must be among them
+    combined = merge_stores([[CaptionRecord("a", ["a hand"], "captioner", "blip")], one[:1]])
+    _refuse_stale(combined, annotated_texts(now, classes))
+    with pytest.raises(CaptionStoreError, match=r"caption 'a video of take cup' in the store, "
+                                                r"'a video of open cup' now.*--combine"):
+        _refuse_stale(combined, annotated_texts(relabelled, classes))
 
 
 def test_a_combined_store_keeps_each_parts_record_and_is_refused_when_a_part_is_stale():
@@ -565,3 +573,36 @@ def test_the_caption_provider_refuses_a_stale_text_store_at_set_up(tmp_path):
     provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["jumping"]))
     with pytest.raises(CaptionStoreError, match=r"o\.jsonl: 1 video\(s\).*'jumping' in the store, 'running' now"):
         provider.check_videos(["a"], texts=annotated_texts([VideoRecord("/a", 0, "a")], ["running"]))
+
+
+def test_merge_stores_tells_a_copy_from_another_file_by_content_keys():
+    """Re-trial 32A S1, its sibling in `--combine`: two records of one id of the same size and
+    other inodes (a copy, or another file moved onto the path between them) are other files when
+    both record `content` and the keys differ (refused naming both stores); equal keys, or one
+    side without a key, merge. The merged record keeps one part's `video` and `content` together."""
+    one = [CaptionRecord("a", ["x"], "captioner", "m", {"video": [10, 1, 2, 3], "content": "c1"})]
+    moved = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7], "content": "c2"})]
+    with pytest.raises(CaptionStoreError, match=r"one.jsonl and two.jsonl: 1 video\(s\).*'a'"):
+        merge_stores([one, moved], names=["one.jsonl", "two.jsonl"])
+    copy = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7], "content": "c1"})]
+    assert merge_stores([one, copy])[0].captions == ["x", "p"]
+    older = [CaptionRecord("a", ["p"], "oracle", "t", {"video": [10, 5, 8, 7]})]  # no key: today's rule
+    merged = merge_stores([older, moved])[0]
+    assert merged.extra["video"] == [10, 5, 8, 7] and "content" not in merged.extra  # not the other part's
+
+
+def test_an_older_oracle_records_class_is_recorded_once_verified():
+    """Re-trial 32A S5: `--combine` given the data set gives an older `--oracle` record (no `class`)
+    whose captions are its templates filled with its class now that class (`record_oracle_classes`);
+    other sources, records with a class, unrecoverable templates and unknown classes are left."""
+    from tgmae.captions.store import record_oracle_classes
+
+    recs = oracle_records([("a", "take_cup"), ("b", "open cup"), ("c", "x")], ["a video of {}"])
+    for r in recs:
+        r.extra.pop("class")
+    recs.append(CaptionRecord("d", ["a hand"], "captioner", "blip"))
+    recs.append(CaptionRecord("e", ["a video of open cup"], "oracle", "a video of {}", {"class": "kept"}))
+    texts = {"a": (None, "take_cup"), "b": (None, "take_cup"), "c": (None, None), "d": (None, "take_cup"),
+             "e": (None, "open cup")}
+    assert record_oracle_classes(recs, texts) == 1
+    assert [r.extra.get("class") for r in recs] == ["take_cup", None, None, None, "kept"]

@@ -220,3 +220,61 @@ def test_a_file_rewritten_in_place_is_told_from_a_copy(tmp_path):
     folder = video_identity(str(tmp_path / "frames"))
     assert not rewritten_in_place(folder, folder) and not rewritten_in_place(copy_key(before), now)
     assert not rewritten_in_place(None, now) and not rewritten_in_place(before, None)
+
+
+def test_a_content_key_tells_a_copy_from_another_file_moved_onto_the_path(tmp_path, monkeypatch):
+    """Re-trial 32A S1: another file of the same size moved onto a video's path (`mv`: a new inode,
+    as a copy to a node's disk has) kept the video's captions. `content_key` (size and 8 blocks of
+    4 KiB: 32 KiB read however long the file) is a copy's and not the other file's; it is kept by
+    the file's stat (memory and user cache), so a second look reads nothing; frame folders: None."""
+    import shutil
+
+    import tgmae.data.fileid as fileid
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache"))
+    for size in (3000, 200_000):  # read whole; 8 blocks of a longer file
+        video = tmp_path / f"v{size}.mp4"
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        video.write_bytes(data)
+        key = fileid.content_key(str(video))
+        copy = tmp_path / "node" / video.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(video, copy)
+        assert fileid.content_key(str(copy)) == key and len(key) == 32
+        other = tmp_path / "other.mp4"
+        other.write_bytes(data[:-4096] + bytes(4096))  # the last block differs, the size does not
+        other.replace(video)
+        assert fileid.content_key(str(video)) != key
+    reads = []
+    monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: reads.append(path) or "k")
+    fileid._content_keys.clear()  # a new process: the user cache answers
+    assert fileid.content_key(str(copy)) == key and not reads
+    os.utime(copy, ns=(1, 1))  # its stat changed: read again
+    assert fileid.content_key(str(copy)) == "k" and reads == [os.path.realpath(copy)]
+    _frames(tmp_path / "frames", 2)
+    assert fileid.content_key(str(tmp_path / "frames")) is None
+    assert fileid.content_key(str(tmp_path / "missing.mp4")) is None
+    assert fileid.video_stamp(str(tmp_path / "frames")) == {"video": video_identity(str(tmp_path / "frames"))}
+    assert set(fileid.video_stamp(str(copy))) == {"video", "content"}
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache2"))  # a caption run's stamps: not kept there
+    monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: "k2")
+    assert fileid.video_stamp(str(tmp_path / "v3000.mp4"))["content"] == "k2"
+    assert not (tmp_path / "cache2").exists()
+
+
+def test_two_hundred_files_content_keys_cost_little(tmp_path, monkeypatch):
+    """Re-trial 32A S1: the content keys of a set are read once (32 KiB a file); a training start
+    later finds them in the user cache without opening a file."""
+    import tgmae.data.fileid as fileid
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache"))
+    paths = []
+    for i in range(200):
+        p = tmp_path / f"{i}.avi"
+        p.write_bytes(os.urandom(40_000))
+        paths.append(str(p))
+    first = [fileid.content_key(p) for p in paths]
+    assert len(set(first)) == 200
+    fileid._content_keys.clear()
+    monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: pytest.fail(f"{path} read again"))
+    assert [fileid.content_key(p) for p in paths] == first

@@ -728,6 +728,34 @@ def test_masks_refuse_captions_of_a_video_rewritten_in_place_at_the_same_size(sy
     assert not (out / "maps").exists()
 
 
+def test_masks_refuse_captions_of_another_file_moved_onto_a_video(synth, tiny_clip, tmp_path, capsys):
+    """Re-trial 32A S1: another file of the same size moved onto a captioned video (a new inode, as
+    a copy has) passed, and `masks` redid its maps from the old caption. A record whose `content`
+    key is not the file's now is refused naming the store, the video and the caption rerun; one
+    whose key is the file's (a copy of the data set elsewhere) is accepted."""
+    from tgmae.captions.store import read_store, write_store
+    from tgmae.data.fileid import content_key, video_identity
+    from tgmae.data.formats import load_annotations
+
+    recs = read_store(synth / "captions.jsonl").records
+    path = {r.video_id: r.path for r in load_annotations("csv", synth, "annotations.csv")[0]}[recs[1].video_id]
+    now = video_identity(str(path))
+    recs[1].extra["video"] = [now[0], now[1] - 10**9, now[2] + 1, now[3] - 10**9]  # the file before the mv
+    argv = ["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--clip", tiny_clip,
+            "--image-size", "128", "--no-progress"]
+    recs[1].extra["content"] = "0" * 32  # of the file captioned then
+    caps, out = tmp_path / "cap4.jsonl", tmp_path / "cache"
+    write_store(caps, recs)
+    assert masks_main([*argv, "--captions", str(caps), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(caps) in err and repr(recs[1].video_id) in err and "replaced by another file" in err
+    assert "tgmae caption" in err and "Traceback" not in err
+    assert not (out / "maps").exists()
+    recs[1].extra["content"] = content_key(str(path))  # the same bytes: a copy
+    write_store(caps, recs)
+    assert masks_main([*argv, "--captions", str(caps), "--out", str(out)]) == 0
+
+
 def _ranged_annotations(root: Path, rows: list[tuple[str, int, int]]) -> Path:
     """A generic CSV of synthetic videos `(id, start_frame, end_frame)` (their 16 frames each)."""
     ann = root / "ranged.csv"

@@ -79,9 +79,9 @@ class CaptionProvider:
                      frames: Optional[dict[str, Sequence]] = None,
                      texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
         """CaptionStoreError (naming the file and the first videos) unless every id has captions
-        and (given `paths` {id: video path}) each record's recorded video identity is the file's at
-        that path (`store.refuse_other_videos`: not captions of another data set's videos under
-        the same ids), (given `frames` {id: `data.annotations.clip_range`}) each record's
+        and (given `paths` {id: video path}) each record's recorded video identity (and content
+        key) is the file's at that path (`store.refuse_other_videos`: not captions of another data
+        set's videos under the same ids, nor of a video replaced since), (given `frames` {id: `data.annotations.clip_range`}) each record's
         recorded range is the clip's (not captions of other frames of the file), and (given `texts`
         {id: (caption, class name)}, `data.annotations.annotated_texts`) a record made from the
         annotations' text (`--annotation-captions`, `--oracle`, `--descriptions`) was made from
@@ -95,7 +95,7 @@ class CaptionProvider:
             refuse_other_videos(self.source_file or "the captions", self.records,
                                 {v: on_disk[p] for v, p in mine.items()},
                                 {v: f for v, f in (frames or {}).items() if v in ids},
-                                {v: t for v, t in (texts or {}).items() if v in ids})
+                                {v: t for v, t in (texts or {}).items() if v in ids}, mine)
         missing = self.missing(video_ids)
         if missing:
             where = self.source_file or "the captions"

@@ -4,7 +4,7 @@ N uniformly spaced keyframes per video (segment centres of the clip's frame rang
 videos -> batch-size x N images per generate call, while a thread pool decodes the next ones.
 Output is appended and flushed per batch: a rerun skips videos already in the output (or in the
 errors file, unless --retry-errors), and a kill loses at most the batch in flight. Each record
-holds its video's identity (`video`: `tgmae.data.fileid.video_identity`) and its clip's frame range
+holds its video's identity and content key (`video`, `content`: `tgmae.data.fileid.video_stamp`) and its clip's frame range
 (`frames`: `tgmae.data.annotations.clip_range`): a video replaced in place since, or a row whose
 start_frame / end_frame changed, is captioned again. Videos that
 fail to decode go to `<out stem>.errors.jsonl` ({"video_id", "path", "error", "video", "frames"}):
@@ -32,7 +32,7 @@ from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppende
                                   read_jsonl_tolerant, refuse_duplicate_ids, refuse_foreign_file,
                                   refuse_other_provenance, video_ids_in)
 from tgmae.data.annotations import clip_range
-from tgmae.data.fileid import current_identity, video_identities
+from tgmae.data.fileid import current_identity, video_identities, video_stamp
 from tgmae.hub import model_name
 
 log = logging.getLogger("tgmae")
@@ -304,7 +304,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,
-                                              "video": identity[v.video_id], "frames": ranges[v.video_id]}))
+                                              **video_stamp(str(v.path), identity[v.video_id]),
+                                              "frames": ranges[v.video_id]}))
             store.write_batch(records)
             errs.write_batch(failed)
             summary.captioned += len(records)

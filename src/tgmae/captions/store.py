@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
 from tgmae.data.annotations import class_text
@@ -405,13 +405,17 @@ def _join_unique(values: Sequence[str]) -> str:
     return "+".join(out)
 
 
+STAMP_KEYS = ("video", "content")  # what a record keeps of its file: `tgmae.data.fileid.video_stamp`
+
+
 def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = False,
                  names: Optional[Sequence[str]] = None) -> list[CaptionRecord]:
     """Combine caption sources per video (e.g. captioner + vision-free, Table 6b).
 
     A video's captions are the concatenation of its captions in each store, in store order
     (exact duplicates dropped); `source`/`model` become `a+b`; other keys are each the first part's
-    that has it (a vision-free part's `class`: `stale_texts` checks it). Videos are listed in first-seen
+    that has it (a vision-free part's `class`: `stale_texts` checks it), but for the file's
+    `video` and `content` (`STAMP_KEYS`), both the first part's that has a `video`. Videos are listed in first-seen
     order. With `require_all`, a video missing from any store is an error. CaptionStoreError
     naming two stores (`names`, e.g. their files; else "store 1", ...) and a few ids when their
     records of one id were captioned from different files (`refuse_mixed_videos`).
@@ -441,7 +445,11 @@ def merge_stores(stores: Sequence[Sequence[CaptionRecord]], require_all: bool = 
         extra: dict[str, Any] = {}
         for r in recs:
             for k, v in r.extra.items():
-                extra.setdefault(k, v)
+                if k not in STAMP_KEYS:
+                    extra.setdefault(k, v)
+        stamped = next((r for r in recs if r.extra.get("video") is not None), None)
+        if stamped is not None:  # `video` and `content` of one file, not one part's and another's
+            extra.update({k: stamped.extra[k] for k in STAMP_KEYS if k in stamped.extra})
         merged.append(CaptionRecord(vid, caps, _join_unique([r.source for r in recs]),
                                     _join_unique([r.model for r in recs]), extra))
     return merged
@@ -451,14 +459,17 @@ def refuse_mixed_videos(parts: dict[str, list[CaptionRecord]], where: dict[str, 
                         names: Sequence[str]) -> None:
     """CaptionStoreError naming two stores (`names[i]`, `where` {id: each record's store index})
     and up to 5 ids whose records of one id (`parts` {id: records}) carry `video` identities of
-    other files (`other_file`: another size, or one file rewritten in place between them): stores of
+    other files (`other_file`: another size, one file rewritten in place between them, or another
+    file moved onto its path: their `content` keys differ): stores of
     two data sets with the same ids, or of a video before and after it was replaced, whose merge
     would describe one id by two videos and keep one store's stamp (then accepted by one set,
     refused by the other, by store order). Records without an identity are not compared."""
     clash: dict[tuple[int, int], list[str]] = {}
     for vid, recs in parts.items():
-        known = [(i, r.extra["video"]) for i, r in zip(where[vid], recs) if r.extra.get("video") is not None]
-        other = next(((known[0][0], i) for i, ident in known[1:] if other_file(known[0][1], ident)), None)
+        known = [(i, r.extra["video"], r.extra.get("content")) for i, r in zip(where[vid], recs)
+                 if r.extra.get("video") is not None]
+        other = next(((known[0][0], i) for i, ident, content in known[1:]
+                      if other_file(known[0][1], ident, known[0][2], lambda c=content: c)), None)
         if other is not None:
             clash.setdefault(other, []).append(vid)
     if clash:
@@ -484,26 +495,46 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(repr(v) for v in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
-def other_file(recorded: Any, now: Any) -> bool:
+def other_file(recorded: Any, now: Any, content: Optional[str] = None,
+               content_now: Optional[Callable[[], Optional[str]]] = None) -> bool:
     """Whether a record's recorded `video` identity names other contents than the file `now`
-    (`video_identity`): another size (what a copy keeps, `copy_key`: a store of another data set
-    with the same ids, a video replaced), or the same file rewritten in place since
-    (`tgmae.data.fileid.rewritten_in_place`: same inode, another mtime; re-trial 30B S1). A copy
-    of the file elsewhere (new inode, ctime, maybe mtime) is the same file. Frame folders: the
-    `copy_key` rule alone (their frames' names and sizes)."""
-    return copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now)
+    (`video_identity`). The same identity: the same file, nothing read. Another size (what a copy
+    keeps, `copy_key`: a store of another data set with the same ids, a video replaced): other. The
+    same file rewritten in place since (`tgmae.data.fileid.rewritten_in_place`: same inode, another
+    mtime; re-trial 30B S1): other. Else the size is the same and the inode, mtime or ctime not (a
+    copy of the file elsewhere, or another file of that size moved onto its path: re-trial 32A S1):
+    the record's `content` (`tgmae.data.fileid.content_key` of the file it was made from) is
+    compared with `content_now()` (the file's now, read only here); a record without one, or no
+    key now, is the same file (a copy keeps its captions). Frame folders: the `copy_key` rule alone
+    (their frames' names and sizes). The one check of a record against a file (`replaced_videos`)
+    and of two records of one id (`refuse_mixed_videos`)."""
+    if current_identity(recorded) == now:
+        return False
+    if copy_key(recorded) != copy_key(now) or rewritten_in_place(current_identity(recorded), now):
+        return True
+    if content is None or content_now is None:
+        return False
+    key = content_now()
+    return key is not None and key != content
 
 
-def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any]) -> list[str]:
+def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
+                    paths: Optional[dict[str, str]] = None) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    and `identity` ({video_id: `video_identity` now}) are `other_file`s (another size, or the file
-    rewritten in place since). Records without one and ids without a file now (None) are not
-    compared. The one check `masks` and training make (`refuse_other_videos`) and a text source's
-    caption rerun redoes by (`tgmae caption`; the captioner's rerun redoes any identity change)."""
+    (and `content`) and `identity` ({video_id: `video_identity` now}; `paths` {video_id: its file},
+    whose `content_key` is read where only it can tell) are `other_file`s (another size, the file
+    rewritten in place, or another file moved onto the path since). Records without one and ids
+    without a file now (None) are not compared; without `paths`, contents are not. The one check
+    `masks` and training make (`refuse_other_videos`) and a text source's caption rerun redoes by
+    (`tgmae caption`; the captioner's rerun redoes any identity change)."""
+    from tgmae.data.fileid import content_key
+
+    paths = paths or {}
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
-            and other_file(o["video"], identity[o["video_id"]])]
+            and other_file(o["video"], identity[o["video_id"]], o.get("content"),
+                           (lambda p=paths.get(o["video_id"]): None if p is None else content_key(str(p))))]
 
 
 def range_text(frames: Sequence) -> str:
@@ -540,6 +571,39 @@ def oracle_captions(model: Any, name: str, count: int) -> Optional[list[str]]:
 TEXT_SOURCES = {"annotation": "--annotation-captions", "oracle": "--oracle", "vision-free": "--descriptions"}
 
 
+def _oracle_templates(o: dict) -> Optional[str]:
+    """The `model` (templates) of a record's oracle part: an `oracle` record's own; a combination's
+    part at the oracle's place in its `source` and `model` (`a+b`, `merge_stores`) when the two
+    split alike (a template or model name holding '+' does not); else None."""
+    sources, model = str(o.get("source")).split("+"), o.get("model")
+    if sources == ["oracle"]:
+        return model
+    models = model.split("+") if isinstance(model, str) else []
+    return models[sources.index("oracle")] if "oracle" in sources and len(models) == len(sources) else None
+
+
+def _oracle_caption_change(o: dict, name: str) -> Optional[tuple[Any, Any]]:
+    """(the store's, now's) captions when a record without `class` (a store written before records
+    carried it: re-trial 30A S1; combined with others: re-trial 32A S5) has an oracle part whose
+    templates (`_oracle_templates`) filled with class `name` (`oracle_captions`) are not its
+    captions (an `oracle` record's all; a combination's among its captions), else None (also when
+    the templates cannot be recovered)."""
+    caps, templates = list(o.get("captions") or []), _oracle_templates(o)
+    if o.get("source") == "oracle":
+        want = oracle_captions(templates, name, len(caps))
+        stale = want is not None and want != caps
+    else:
+        want = oracle_captions(templates, name, len(templates.split(TEMPLATE_SEP))) if templates else None
+        stale = want is not None and not all(w in caps for w in want)
+    if not stale:
+        return None
+    if o.get("source") != "oracle":  # named: the captions of the templates' shape (the oracle part's), if told
+        ends = [[part.strip() for part in t.split("{}")] for t in templates.split(TEMPLATE_SEP)]
+        shaped = [c for c in caps if any(c.startswith(e[0]) and c.endswith(e[-1]) for e in ends)]
+        caps = shaped if 0 < len(shaped) <= len(want) else caps
+    return (caps[0] if len(caps) == 1 else caps), (want[0] if len(want) == 1 else want)
+
+
 def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[Optional[str], Optional[str]]]
                 ) -> list[tuple[str, str, str, str]]:
     """(video_id, what, the store's, the data set's now) of each record made from text the data set
@@ -547,13 +611,14 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
     relabelled after `tgmae caption`): a record of source `annotation` (alone or a part of a
     combined `a+b`) whose captions lack the record's caption now (what "text"), and one that keeps
     the class it was made from (`class`: `--oracle`, `--descriptions`; a combination keeps its
-    part's, `merge_stores`) other than the video's class now (what "class"). An `--oracle` record
-    without `class` (a store written before records carried it: re-trial 30A S1) is compared by its
-    captions with its templates (`model`) filled with the class now (what "caption",
-    `oracle_captions`). `texts`: {video_id: (caption, class name)},
-    `tgmae.data.annotations.annotated_texts`; a None there, ids not in `texts`, and the other
-    records without `class` (an oracle record whose templates cannot be recovered; a `--descriptions`
-    one, whose descriptions file masks and training do not have; a combination's) are not compared."""
+    part's, `merge_stores`) other than the video's class now (what "class"). A record without
+    `class` with an oracle part (an `--oracle` store written before records carried it: re-trial
+    30A S1; or such a store combined: 32A S5) is compared by its captions with its templates
+    filled with the class now (what "caption", `_oracle_caption_change`). `texts`: {video_id:
+    (caption, class name)}, `tgmae.data.annotations.annotated_texts`; a None there, ids not in
+    `texts`, and the other records without `class` (an oracle part whose templates cannot be
+    recovered; a `--descriptions` one, whose descriptions file masks and training do not have) are
+    not compared."""
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     out = []
     for o in objs:
@@ -565,12 +630,27 @@ def stale_texts(records: Iterable[CaptionRecord | dict], texts: dict[str, tuple[
             out.append((o["video_id"], "text", caps[0] if len(caps) == 1 else caps, caption.strip()))
         elif name is not None and o.get("class") is not None and o["class"] != name:
             out.append((o["video_id"], "class", o["class"], name))
-        elif name is not None and o.get("class") is None and o.get("source") == "oracle":
-            want = oracle_captions(o.get("model"), name, len(caps))
-            if want is not None and want != caps:
-                out.append((o["video_id"], "caption", caps[0] if len(caps) == 1 else caps,
-                            want[0] if len(want) == 1 else want))
+        elif name is not None and o.get("class") is None and (change := _oracle_caption_change(o, name)):
+            out.append((o["video_id"], "caption", *change))
     return out
+
+
+def record_oracle_classes(records: Sequence[CaptionRecord], texts: dict[str, tuple[Optional[str], Optional[str]]]
+                          ) -> int:
+    """Give each `oracle` record without `class` (an older `--oracle` store's) whose captions are
+    its templates filled with its video's class now (`texts` {video_id: (caption, class name)};
+    `stale_texts` found none stale) that class, as `--oracle` records it now, so a combination made
+    of it keeps it (`merge_stores`) and later checks compare it by name (re-trial 32A S5). Returns
+    how many were given one; records whose templates cannot be recovered stay without."""
+    given = 0
+    for r in records:
+        name = texts.get(r.video_id, (None, None))[1]
+        if r.source != "oracle" or r.extra.get("class") is not None or name is None:
+            continue
+        if oracle_captions(r.model, name, len(r.captions)) == r.captions:
+            r.extra["class"] = name
+            given += 1
+    return given
 
 
 def _refuse_stale_texts(path: str | Path, records: Sequence[dict], texts: dict[str, tuple]) -> None:
@@ -591,11 +671,14 @@ def _refuse_stale_texts(path: str | Path, records: Sequence[dict], texts: dict[s
 
 def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
                         frames: Optional[dict[str, Sequence]] = None,
-                        texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None) -> None:
+                        texts: Optional[dict[str, tuple[Optional[str], Optional[str]]]] = None,
+                        paths: Optional[dict[str, str]] = None) -> None:
     """CaptionStoreError naming the store at `path` and up to 5 videos when a record's recorded
     video identity (`video`: `tgmae.data.fileid.video_identity` of the file it was captioned from)
     and `identity` ({video_id: `video_identity` of the data set's file now}) are `other_file`s
-    (another size, or the file rewritten in place since: re-trial 30B S1): a store made for another
+    (another size, the file rewritten in place since: re-trial 30B S1, or another file moved onto
+    its path: its `content` and the `content_key` of its file in `paths` {video_id: path} differ,
+    re-trial 32A S1): a store made for another
     data set with the same ids, or a video replaced since, whose captions describe another video.
     Records without one (a store written by hand, by another tool or an older tgmae, or a video
     that could not be read) and ids without a file now (None) are not compared; when no record of
@@ -607,11 +690,12 @@ def refuse_other_videos(path: str | Path, records: Iterable[CaptionRecord | dict
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     mine = [o for o in objs if isinstance(o, dict) and identity.get(o.get("video_id")) is not None]
     known = [o for o in mine if o.get("video") is not None]
-    other = replaced_videos(known, identity)
+    other = replaced_videos(known, identity, paths)
     if other:
         raise CaptionStoreError(
             f"{path}: {len(other)} video(s) were captioned from other files than this data set's "
-            f"({ids_text(other)}: of another size, or rewritten in place since): a store made for another data "
+            f"({ids_text(other)}: of another size, rewritten in place or replaced by another file since): "
+            "a store made for another data "
             "set with the same video ids, or videos replaced since; caption this data set again: a `tgmae caption` "
             "rerun into the same --out redoes them (a combined store: its parts, then --combine), or another --out")
     moved = moved_clips(objs, frames or {})

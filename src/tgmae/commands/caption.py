@@ -142,6 +142,7 @@ def _run_text_source(args: argparse.Namespace) -> None:
     from tgmae.captions.sources import (ORACLE_TEMPLATE, description_records, load_descriptions,
                                         oracle_records, videos_with_classes)
     from tgmae.captions.store import CaptionStoreError, update_store
+    from tgmae.data.fileid import video_stamp
     from tgmae.data.formats import require_class_names
 
     records, classes = _annotations(args)
@@ -163,10 +164,11 @@ def _run_text_source(args: argparse.Namespace) -> None:
             table, meta = load_descriptions(args.descriptions)
             model = str(meta.get("model") or f"file:{Path(args.descriptions).name}")
             recs = description_records(pairs, table, model)
+    paths = {v.video_id: str(v.path) for v in records}
     for r in recs:  # which file each caption is of: `--combine`, `masks` and training compare it
         if identity.get(r.video_id) is not None:
-            r.extra["video"] = identity[r.video_id]
-    redone = _replaced(args.out, identity) if not args.rebuild else []
+            r.extra.update(video_stamp(paths[r.video_id], identity[r.video_id]))
+    redone = _replaced(args.out, identity, paths) if not args.rebuild else []
     added, there, kept = update_store(args.out, recs, rebuild=args.rebuild)  # this run's record replaces
     counts = f" ({added} added, {there} already there, {kept} other videos kept)" if there or kept else ""
     if redone:  # their old records (of the files before) were refused by `masks` and training
@@ -175,15 +177,15 @@ def _run_text_source(args: argparse.Namespace) -> None:
           f"-> {args.out}{counts}")
 
 
-def _replaced(out: str, identity: dict) -> list[str]:
+def _replaced(out: str, identity: dict, paths: dict) -> list[str]:
     """Ids of the store at `out` (if any) whose record was made from another file than the data
-    set's now (`replaced_videos`, the check `masks` and training make)."""
+    set's now (`replaced_videos`, the check `masks` and training make; `paths` {id: its file})."""
     from tgmae.captions.store import read_store, refuse_foreign_file, replaced_videos
 
     if not Path(out).is_file():
         return []
     refuse_foreign_file(out)  # a file of the user's as --out: named as such, not read as a store
-    return replaced_videos(read_store(out).records, identity)
+    return replaced_videos(read_store(out).records, identity, paths)
 
 
 def _identities(videos) -> dict:
@@ -198,10 +200,12 @@ def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
     """The --combine stores merged per video. With ANNOTATIONS, each store is first checked
     against the data set: a store captioned from other files or frame ranges for its ids, or from
     its text (captions, class names) before an edit, is refused (`refuse_other_videos`, naming it),
-    and ids not in the data set are dropped with a warning.
+    an older `--oracle` store's records (no `class`) verified so get their class
+    (`record_oracle_classes`: re-trial 32A S5), and ids not in the data set are dropped with a warning.
     With or without, stores whose records of one id were captioned from different files are
     refused naming both (`merge_stores`: two data sets' stores with the same ids)."""
-    from tgmae.captions.store import drop_foreign, merge_stores, read_store, refuse_other_videos
+    from tgmae.captions.store import (drop_foreign, merge_stores, read_store, record_oracle_classes,
+                                      refuse_other_videos)
 
     stores = [read_store(f).records for f in args.combine]
     if args.annotations:
@@ -209,8 +213,10 @@ def _combine(args: argparse.Namespace) -> list[CaptionRecord]:
 
         videos, classes = _annotations(args)
         identity, ranges = _identities(videos), {v.video_id: clip_range(v) for v in videos}
+        paths, texts = {v.video_id: str(v.path) for v in videos}, annotated_texts(videos, classes)
         for f, recs in zip(args.combine, stores):
-            refuse_other_videos(f, recs, identity, ranges, annotated_texts(videos, classes))
+            refuse_other_videos(f, recs, identity, ranges, texts, paths)
+            record_oracle_classes(recs, texts)  # verified just now: later checks compare the class by name
         stores = [drop_foreign(f, recs, identity) for f, recs in zip(args.combine, stores)]
     return merge_stores(stores, require_all=args.require_all, names=args.combine)
 

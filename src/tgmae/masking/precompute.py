@@ -149,7 +149,8 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
     records = read_store(captions_file).records
     # captions of another data set's videos under these ids (or of text edited since) would make maps of the wrong text
     idents = video_identities(path for _, path in videos)  # a frame folder's segments share one scan
-    refuse_other_videos(captions_file, records, {vid: idents[path] for vid, path in videos}, ranges, texts)
+    refuse_other_videos(captions_file, records, {vid: idents[path] for vid, path in videos}, ranges, texts,
+                        dict(videos))
     by_video = {r.video_id: r.captions for r in records}
     scorer = ClipPatchScorer(clip, opts.mode, opts.dense_size, opts.batch_size)
     write_manifest_or_check(out, build_manifest(clip, captions_file, records, opts, scorer), way_out)
