@@ -267,38 +267,21 @@ def _hash_file(path: Path) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    """`_hash_file`, remembered (this process and the user cache) by the file's real path, size,
-    mtime, inode and ctime: a file rewritten or replaced changes one of them and is read again."""
-    import hashlib
-    import json
-
-    from tgmae.atomic import atomic_write_text
-    from tgmae.user_cache import cache_root
+    """`_hash_file`, remembered (this process, and the user cache: `user_cache.remember`) by the
+    file's real path, size, mtime, inode and ctime: a file rewritten or replaced changes one of them
+    and is read again."""
+    from tgmae.user_cache import remember, remembered
 
     real = os.path.realpath(path)
     st = os.stat(real)
     key = (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key in _file_digests:
         return _file_digests[key]
-    root = cache_root()
-    entry = None
-    if root is not None:
-        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()
-        entry = root / FINGERPRINT_CACHE / name[:2] / name
-        try:
-            saved = json.loads(entry.read_text())
-            if saved.get("key") == list(key):
-                _file_digests[key] = saved["sha256"]
-                return saved["sha256"]
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass  # no entry or a torn/foreign one: hash the file
-    digest = _file_digests[key] = _hash_file(Path(real))
-    if entry is not None:
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(entry, json.dumps({"key": list(key), "sha256": digest}) + "\n")
-        except OSError:
-            pass  # an unwritable cache costs a rehash next time, never the run
+    digest = remembered(FINGERPRINT_CACHE, list(key))
+    if not isinstance(digest, str):
+        digest = _hash_file(Path(real))
+        remember(FINGERPRINT_CACHE, list(key), digest)
+    _file_digests[key] = digest
     return digest
 
 

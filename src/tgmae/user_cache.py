@@ -2,7 +2,7 @@
 
 `$TGMAE_CACHE_DIR`, else `$XDG_CACHE_HOME/tgmae`, else `~/.cache/tgmae`; `TGMAE_CACHE_DIR=off`
 (or 0 / none / empty) writes nothing. `remembered` / `remember`: small values keyed by what they
-were computed from (`tgmae.data.fileid.content_key`'s, by a file's stat).
+were computed from (`tgmae.data.fileid.content_key`'s and `tgmae.hub`'s weight digests, by a file's stat).
 """
 
 from __future__ import annotations
