@@ -649,6 +649,22 @@ def test_a_video_replaced_in_place_is_captioned_again(dataset, tmp_path, caplog)
                        shard=Shard(1, 2))
 
 
+def _three_videos(dataset, tmp_path):
+    """(folder, its csv list, its videos, a fake captioner) of three of `dataset`'s videos copied
+    into tmp_path/videos (files of their own, to rewrite or replace)."""
+    import shutil
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(3):
+        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, ann)[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    return root, ann, videos, fake
+
+
 def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_again(dataset, tmp_path, capsys):
     """Re-trial 30B S1: a video rewritten in place with exactly the same size kept its old caption:
     records were checked against the video by size alone, so `masks` redid its maps from it and
@@ -661,14 +677,7 @@ def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_ag
     from tgmae.captions.store import CaptionStoreError, refuse_other_videos
     from tgmae.data.fileid import video_identity
 
-    root = tmp_path / "videos"
-    root.mkdir()
-    for i in range(3):
-        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
-    ann = root / "train.csv"
-    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
-    videos = load_annotations("csv", root, ann)[0]
-    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    root, ann, videos, fake = _three_videos(dataset, tmp_path)
     out = tmp_path / "c.jsonl"
     caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
     identity = lambda folder: {f"v{i}": video_identity(str(folder / f"v{i}.mp4")) for i in range(3)}  # noqa: E731
@@ -708,14 +717,7 @@ def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(
     from tgmae.captions.store import CaptionStoreError, refuse_other_videos
     from tgmae.data.fileid import video_identity
 
-    root = tmp_path / "videos"
-    root.mkdir()
-    for i in range(3):
-        shutil.copy(dataset / f"v{i}.mp4", root / f"v{i}.mp4")
-    ann = root / "train.csv"
-    ann.write_text("path,label\n" + "".join(f"v{i}.mp4,{CLASSES[i % 2]}\n" for i in range(3)))
-    videos = load_annotations("csv", root, ann)[0]
-    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    root, ann, videos, fake = _three_videos(dataset, tmp_path)
     out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
     caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
     argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]

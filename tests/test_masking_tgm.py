@@ -688,28 +688,36 @@ def test_masks_refuse_captions_of_another_data_sets_videos(synth, tiny_clip, tmp
     """Issue #28 re-trial 11, S1: `masks --captions` of a store made for another data set with the
     same video ids made maps of the other set's captions (rc 0). A record whose recorded video
     identity is not the file's here is refused, one line naming the store and the video."""
-    from tgmae.captions.store import read_store, write_store
+    from tgmae.captions.store import read_store
     from tgmae.data.fileid import video_identity
 
     recs = read_store(synth / "captions.jsonl").records
     other = tmp_path / "other.mp4"
     other.write_bytes(b"another set's video")
     recs[1].extra["video"] = video_identity(str(other))
-    caps = tmp_path / "cap2.jsonl"
+    _masks_refuse(synth, tiny_clip, tmp_path, capsys, recs)
+
+
+def _masks_refuse(synth, tiny_clip, tmp_path, capsys, recs) -> str:
+    """`tgmae masks` of `synth` with caption records `recs` (written to a store): exit 2, one line
+    naming the store and recs[1]'s video, no maps written. Returns stderr."""
+    from tgmae.captions.store import write_store
+
+    caps, out = tmp_path / "caps.jsonl", tmp_path / "cache"
     write_store(caps, recs)
-    out = tmp_path / "cache"
     assert masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(caps),
                        "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(caps) in err and repr(recs[1].video_id) in err and "Traceback" not in err
     assert not (out / "maps").exists()
+    return err
 
 
 def test_masks_refuse_captions_of_a_video_rewritten_in_place_at_the_same_size(synth, tiny_clip, tmp_path, capsys):
     """Re-trial 30B S1: a video rewritten in place with the same size passed the size check, and
     `masks` redid its maps from the caption of its old contents. A record whose file has the same
     inode and another mtime now is refused, naming the store, the video and the caption rerun."""
-    from tgmae.captions.store import read_store, write_store
+    from tgmae.captions.store import read_store
     from tgmae.data.fileid import video_identity
     from tgmae.data.formats import load_annotations
 
@@ -717,15 +725,8 @@ def test_masks_refuse_captions_of_a_video_rewritten_in_place_at_the_same_size(sy
     path = {r.video_id: r.path for r in load_annotations("csv", synth, "annotations.csv")[0]}[recs[1].video_id]
     now = video_identity(str(path))
     recs[1].extra["video"] = [now[0], now[1] - 10**9, now[2], now[3] - 10**9]  # captioned before the rewrite
-    caps = tmp_path / "cap3.jsonl"
-    write_store(caps, recs)
-    out = tmp_path / "cache"
-    assert masks_main(["--format", "csv", "--root", str(synth), str(synth / "annotations.csv"), "--captions", str(caps),
-                       "--clip", tiny_clip, "--out", str(out), "--image-size", "128", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert str(caps) in err and repr(recs[1].video_id) in err and "rewritten in place" in err
-    assert "tgmae caption" in err and "Traceback" not in err
-    assert not (out / "maps").exists()
+    err = _masks_refuse(synth, tiny_clip, tmp_path, capsys, recs)
+    assert "rewritten in place" in err and "tgmae caption" in err
 
 
 def test_masks_refuse_captions_of_another_file_moved_onto_a_video(synth, tiny_clip, tmp_path, capsys):
