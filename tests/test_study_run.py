@@ -494,7 +494,8 @@ def test_study_phases_yaml_holds_valid_overrides(tmp_path):
     """configs/study_phases.yaml: every masking's and phase's overrides build a RunConfig; a list
     that is not one of strings is refused naming its key."""
     from tgmae.config import load_config
-    from tgmae.study.run import FINETUNE_BASE, MASKINGS, PRETRAIN_BASE, PROBE_BASE, load_phases
+    from tgmae.study.cells import load_phases
+    from tgmae.study.run import FINETUNE_BASE, MASKINGS, PRETRAIN_BASE, PROBE_BASE
 
     assert set(MASKINGS) == {"tube", "random", "mgm", "tgm", "tgm_bottom"}
     for overrides in [PRETRAIN_BASE, PRETRAIN_BASE[:4] + PROBE_BASE, PRETRAIN_BASE[:4] + FINETUNE_BASE]:
