@@ -832,15 +832,22 @@ SET_KEYS = ("seed", "num_videos", "val_fraction", "height", "width", "frames", "
             "distractor_speed")  # a synthetic set's meta.json settings that make it another set
 
 
+def _same_data(a: tuple, b: tuple) -> bool:
+    """Whether two `_data_set`s are one set: a record without a val-video count (the "scratch"
+    reference: no probe, and its finetuning validates on the study's val set) agrees with any count."""
+    return a[0] == b[0] and a[2] == b[2] and (a[1] is None or b[1] is None or a[1] == b[1])
+
+
 def check_one_data_set(records: Sequence[dict]) -> None:
     """ConfigError naming two runs measured on different data (other class or val-video counts, or
-    another synthetic set's settings): their rows and paired differences would compare sets, not
-    conditions."""
+    another synthetic set's settings; `_same_data`): their rows and paired differences would compare
+    sets, not conditions."""
     first: dict[tuple, dict] = {}
     for r in records:
         first.setdefault(_data_set(r), r)
-    if len(first) > 1:
-        a, b = list(first.values())[:2]
+    other = [(x, y) for i, x in enumerate(first) for y in list(first)[i + 1:] if not _same_data(x, y)]
+    if other:
+        a, b = first[other[0][0]], first[other[0][1]]
         raise ConfigError(f"{a.get('run_dir')} and {b.get('run_dir')} were measured on different data "
                           f"({a.get('num_classes')} classes / {a.get('num_val')} val videos vs {b.get('num_classes')} / "
                           f"{b.get('num_val')}, or another synthetic set): report each data set separately")
