@@ -146,7 +146,7 @@ def test_bad_override_and_file_errors(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
     if path.name == "study_phases.yaml":  # the study's maskings and phase defaults (tests/test_study_run.py)
-        from tgmae.study.run import load_phases
+        from tgmae.study.cells import load_phases
 
         assert load_phases(path)["maskings"]
         return

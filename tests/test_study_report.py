@@ -489,11 +489,12 @@ def _phase_config(run, phase, **changes):
     cfg = {"data": {"root": str(study / "data"), "cache_dir": str(study / "clip_cache"), "num_workers": 0},
            "captions": {"file": str(study / "data" / "captions.jsonl"), "text_model": str(study / "word_encoder")},
            "model": {"preset": "micro", "pretrained": str(run / "pretrain" / "model.safetensors")},
-           "optim": {"lr": 0.001}, "train": {"seed": int(run.name.split("__s")[1]), "epochs": 1,
+           "optim": {"lr": 0.001}, "train": {"seed": int(run.name.split("__s")[-1].split("__")[0]), "epochs": 1,
                                              "output_dir": str(run / phase), "device": "cpu"}}
     for key, value in changes.items():
         section, name = key.split(".")
-        cfg[section][name] = value
+        cfg.setdefault(section, {})[name] = value
+    (run / phase).mkdir(parents=True, exist_ok=True)
     (run / phase / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -535,3 +536,74 @@ def test_report_refuses_a_cell_whose_runs_had_other_settings_naming_the_keys(tmp
         report_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
     report = report_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "rep").read_text()
     assert "| tube |" in report and report.split("| tube |")[1].split("\n")[0].endswith("| 2 |")
+
+
+def _cell(study, masking, objective, seed, lr=0.001, variant="", **pretrain):
+    """A finished cell of `study` as `tgmae.study.run` writes it: its record, and its phases' configs with
+    the cell's own pretraining settings (`cells.pretrain_cell_overrides`) at pretraining lr `lr`; the
+    "scratch" reference finetunes from random weights for its own budget and has no pretraining or probe."""
+    import json
+
+    from tgmae.config import parse_override
+    from tgmae.study.cells import pretrain_cell_overrides
+
+    name = f"{masking}__{objective.replace('+', '_')}__s{seed}" + (f"__{variant.replace(' ', '_')}" if variant else "")
+    run = _study_run(study, name=name)
+    record = json.loads((run / "study_record.json").read_text())
+    record.update(masking=masking, objective=objective, seed=seed, variant=variant,
+                  mask_ratio=None if objective in ("none", "supervised") else 0.6 if masking == "tgm" else 0.75)
+    (run / "study_record.json").write_text(json.dumps(record))
+    if masking == "scratch":
+        _phase_config(run, "finetune", **{"model.pretrained": "", "train.epochs": 12})
+        return run
+    cell = {".".join(k): v for k, v in map(parse_override, pretrain_cell_overrides(masking, objective,
+                                                                                   study / "similarity_cache"))}
+    _phase_config(run, "pretrain", **{"optim.lr": lr, **cell, **pretrain})
+    for phase in ("probe", "finetune"):
+        _phase_config(run, phase)
+    return run
+
+
+def test_report_refuses_cells_of_other_recipes_side_by_side_naming_the_keys(tmp_path, capsys):
+    """Re-trial 31A S1, left open: `tgmae report` of tube from study A (pretraining lr 0.001) and mgm from
+    study C (lr 0.01) put both rows side by side, with deltas and "best" marks that compared recipes, not
+    maskings. Runs of one report (of one variant) may differ only in what makes their cells
+    (`cells.cell_defined_keys`: masking, objective, the scratch reference's finetuning), the seed and
+    where they ran; anything else is refused naming the keys and two runs. One study's own cells, and two
+    studies of one recipe (other seeds), report as before; a study of another recipe under a variant name
+    reports beside them in rows of its own."""
+    import shutil
+
+    from tgmae.cli import main
+    from tgmae.config import ConfigError
+    from tgmae.study.report import report_runs
+
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    for seed, study in ((0, a), (1, b)):  # one recipe, two seeds: tube, mgm, TGM + contrastive, the references
+        for masking, objective in (("tube", "mae"), ("mgm", "mae"), ("tgm", "mae+contrastive"),
+                                   ("none", "none"), ("scratch", "supervised")):
+            _cell(study, masking, objective, seed)
+    report = report_runs([a], tmp_path / "rep_a").read_text()
+    assert "| tube |" in report and "| mgm |" in report and "| tgm |" in report
+    report = report_runs([a, b], tmp_path / "rep_ab").read_text()
+    assert report.split("| mgm |")[1].split("\n")[0].endswith("| 2 |")
+    mgm_c = _cell(c, "mgm", "mae", 1, lr=0.01)
+    with pytest.raises(ConfigError, match=r"pretrain optim\.lr: 0\.001 -> 0\.01") as e:
+        report_runs([a / "runs" / "tube__mae__s0", c], tmp_path / "rep_ac")
+    said = str(e.value)
+    assert str(a / "runs" / "tube__mae__s0") in said and str(mgm_c) in said and "tube mae" in said and "mgm mae" in said
+    assert "masking" not in said.replace(str(tmp_path), "")  # what the rows compare is not named
+    assert not (tmp_path / "rep_ac").exists()
+    assert main(["report", str(a), str(c), "--out", str(tmp_path / "rep_ac")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # a masking key both cells are given alike (ratio 0.75) is the recipe, not the cell
+    _cell(d, "mgm", "mae", 1, **{"masking.ratio": 0.9})
+    with pytest.raises(ConfigError, match=r"tube mae\) and .* \(mgm mae\) differ in more than their cells "
+                                          r"\(pretrain masking\.ratio: 0\.75 -> 0\.9\)"):
+        report_runs([a / "runs" / "tube__mae__s0", d], tmp_path / "rep_ad")
+    # the way out the message names: study C under a variant name, its rows of their own
+    for run in (mgm_c, d / "runs" / "mgm__mae__s1"):
+        shutil.rmtree(run)
+    _cell(c, "mgm", "mae", 1, lr=0.01, variant="lr 0.01")
+    report = report_runs([a, c], tmp_path / "rep_ac").read_text()
+    assert "| mgm [lr 0.01] |" in report and "| tube |" in report

@@ -10,7 +10,7 @@ import pytest
 
 from tgmae.config import ConfigError, from_dict
 from tgmae.study.paired import contrastive_gains, seeds_to_resolve
-from tgmae.study.report import aggregate, collect_records, markdown_table, write_report
+from tgmae.study.report import aggregate, collect_records, markdown_table, report_runs, write_report
 from tgmae.study.run import QUICK_RECON_STEPS, StudyConfig, run_study
 
 
@@ -146,7 +146,9 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     ran = yaml.safe_load((root / "runs" / "tgm__mae_contrastive__s0__ratio_0.9" / "pretrain" / "config.yaml").read_text())
     assert ran["captions"]["text_model"] == str(root / "word_encoder")  # text_model=words: built once, used
     assert json.loads((root / "text_probe.json").read_text())["model"] == str(root / "word_encoder")
-    assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in write_report(collect_records([root]), tmp_path / "all").read_text()
+    # `tgmae report` of the folder: its cells' real configs differ only in what makes them cells (and the
+    # variant's in its own settings), so nothing is refused as another recipe (`refuse_mixed_settings`)
+    assert "| tgm [ratio 0.9] | 0.9 | ✓ | ✓ |" in report_runs([root], tmp_path / "all").read_text()
     # links relative to the report (the study folder can move): the variant's report is two levels down
     assert "](../../reconstruction_check/reconstruction_check.png)" in (root / "variants" / "ratio_0.9" / "report.md").read_text()
     # a full run's settings in the same folder: refused before anything runs, naming the key
@@ -494,7 +496,8 @@ def test_study_phases_yaml_holds_valid_overrides(tmp_path):
     """configs/study_phases.yaml: every masking's and phase's overrides build a RunConfig; a list
     that is not one of strings is refused naming its key."""
     from tgmae.config import load_config
-    from tgmae.study.run import FINETUNE_BASE, MASKINGS, PRETRAIN_BASE, PROBE_BASE, load_phases
+    from tgmae.study.cells import load_phases
+    from tgmae.study.run import FINETUNE_BASE, MASKINGS, PRETRAIN_BASE, PROBE_BASE
 
     assert set(MASKINGS) == {"tube", "random", "mgm", "tgm", "tgm_bottom"}
     for overrides in [PRETRAIN_BASE, PRETRAIN_BASE[:4] + PROBE_BASE, PRETRAIN_BASE[:4] + FINETUNE_BASE]:
@@ -830,3 +833,11 @@ def test_report_refuses_runs_measured_on_different_data(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different data" in err[0] and "6 val videos vs 10" in err[0], err
     assert main(["report", str(a / "tube__mae__s0"), str(c / "random__mae__s0"), "--out", str(tmp_path / "r")]) == 0
+    # the "scratch" reference has no probe and so no val-video count: its finetuning's val set is the study's
+    run = tmp_path / "a" / "runs" / "scratch__supervised__s0"
+    run.mkdir()
+    (run / "study_record.json").write_text(json.dumps(
+        {"masking": "scratch", "objective": "supervised", "seed": 0, "mask_ratio": None, "finetune_top1": 0.4,
+         "linear_probe_top1": None, "retrieval": {}, "run_dir": str(run), "num_classes": 10}))
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "ra")]) == 0, capsys.readouterr().err
+    assert main(["report", str(tmp_path / "a"), str(b / "random__mae__s0"), "--out", str(tmp_path / "rb")]) == 2

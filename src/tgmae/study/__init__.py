@@ -2,7 +2,8 @@
 
 - `run`: `tgmae study`, the (masking, objective, seed) grid: pretrain -> linear probe ->
   finetune -> zero-shot retrieval, plus reference rows; resumable phase by phase (its maskings
-  and phase defaults: configs/study_phases.yaml).
+  and phase defaults: configs/study_phases.yaml, read by `cells`, which also says what makes a
+  cell: the settings two cells' runs may differ in).
 - `report`: `tgmae report`, the results table, findings and figures from finished runs.
 - `report_html`: report.html rendered from the report's Markdown (the same sections).
 - `paired`: seed-paired differences of cells, their t-intervals and verdicts.

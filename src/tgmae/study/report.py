@@ -25,6 +25,7 @@ from tgmae.errors import UserError
 from tgmae.evaluate.chance import accuracy_band
 from tgmae.locks import refuse_inside_run
 from tgmae.weights.checkpoint import RESUMABLE_KEYS, flatten
+from tgmae.study.cells import cell_defined_keys
 from tgmae.study.at_chance import at_chance_lines, certain_lines, pooled_band
 from tgmae.study.paired import cell_key, contrastive_gains, diff_stats, paired_difference, points, sample_std, verdict
 
@@ -57,7 +58,7 @@ def _recall(record: dict, direction: str, k: int) -> Optional[float]:
     return None if value is None else float(value)
 
 
-# Reference rows of a study (`tgmae.study.run.REFERENCES`): masking name -> table label.
+# Reference rows of a study (`tgmae.study.cells.REFERENCES`): masking name -> table label.
 REFERENCE_LABELS = {"none": "no pretraining (random encoder)", "scratch": "supervised from scratch"}
 METRICS = {"linear_probe_top1": "LP top-1", "finetune_top1": "FT top-1"}
 
@@ -666,8 +667,8 @@ def refuse_repeated_runs(records: Sequence[dict]) -> None:
 
 
 # Keys of a run's phase configs that say where and how it ran (logging, checkpoints, workers, device,
-# decoded-clip cache: a resume's RESUMABLE_KEYS less the run's length), and the seed: runs of one cell may
-# differ in these and nothing else
+# decoded-clip cache: a resume's RESUMABLE_KEYS less the run's length), and the seed: runs of one variant may
+# differ in these and in what makes their cells (`cells.cell_defined_keys`), nothing else
 WHERE_RUN_KEYS = tuple(k for k in RESUMABLE_KEYS if k not in ("train.epochs", "train.max_steps")) + ("train.seed",)
 RETRIEVAL_SETTINGS = ("mode", "prompts", "align_epochs")  # a record's retrieval keys that say how it was measured
 
@@ -707,26 +708,50 @@ def run_settings(record: dict) -> dict[str, object]:
     return out
 
 
-def setting_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
-    """(key, a's value, b's value) of each `run_settings` key both runs have and that differs."""
-    sa, sb = run_settings(a), run_settings(b)
-    return [(k, sa[k], sb[k]) for k in sorted(set(sa) & set(sb)) if sa[k] != sb[k]]
+def setting_differences(a: dict, b: dict, settings: Optional[dict] = None) -> list[tuple[str, object, object]]:
+    """(key, a's value, b's value) of each `run_settings` key both runs have and that differs, but those
+    that make their cells (`cells.cell_defined_keys`: none between runs of one cell). settings: {run_dir:
+    `run_settings`} read so far, filled in (a report compares each run with several)."""
+    settings = {} if settings is None else settings
+    for r in (a, b):
+        if r["run_dir"] not in settings:
+            settings[r["run_dir"]] = run_settings(r)
+    sa, sb = settings[a["run_dir"]], settings[b["run_dir"]]
+    cells = cell_defined_keys(cell_key(a)[:2], cell_key(b)[:2])
+    return [(k, sa[k], sb[k]) for k in sorted(set(sa) & set(sb)) if sa[k] != sb[k] and k not in cells]
+
+
+def _mixed_settings_error(a: dict, b: dict, diffs: list) -> ConfigError:
+    """The one-line refusal of `refuse_mixed_settings` for runs `a` and `b` and their `diffs`."""
+    said = "; ".join(f"{k}: {x!r} -> {y!r}" for k, x, y in diffs[:4])
+    said += f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+    if cell_key(a) == cell_key(b):
+        return ConfigError(f"{a['run_dir']} and {b['run_dir']} are one cell ({_name(cell_key(b))}) run with other "
+                           f"settings ({said}): a report would average them as seeds; report each study separately, "
+                           "or rerun one under a study.variant name (rows of its own)")
+    return ConfigError(f"{a['run_dir']} ({_name(cell_key(a))}) and {b['run_dir']} ({_name(cell_key(b))}) differ in "
+                       f"more than their cells ({said}): a report's rows and differences would compare those settings, "
+                       "not the cells; report each study separately, or rerun one under a study.variant name (rows "
+                       "of its own)")
 
 
 def refuse_mixed_settings(records: Sequence[dict]) -> None:
-    """ConfigError naming the keys and both run folders when two runs of one cell (`cell_key`) differ in
-    a setting other than the seed (`setting_differences`), e.g. two studies of other pretraining lr
-    (re-trial 31A S1): averaged as seeds, the row's mean and spread would mix two recipes."""
-    first: dict[tuple, dict] = {}
+    """ConfigError naming the keys and two run folders when two runs of one variant differ in a setting
+    (`setting_differences`) that does not make their cells (`cells.cell_defined_keys`), the seed or where
+    they ran: one cell's runs of two recipes would be averaged as seeds (re-trial 31A S1), two cells'
+    rows, paired differences and "best" marks would compare recipes, not maskings (re-trial 31A S1:
+    cells of two recipes side by side). Runs of other variants are not compared: a variant is an
+    ablation, its own settings by name. Each run is compared with the first run of every cell of its
+    variant (its own cell's first: named as one cell)."""
+    firsts: dict[tuple, dict] = {}  # cell_key -> the first run of that cell
+    settings: dict[str, dict] = {}
     for r in records:
-        base = first.setdefault(cell_key(r), r)
-        diffs = setting_differences(base, r) if base is not r else []
-        if diffs:
-            said = "; ".join(f"{k}: {x!r} -> {y!r}" for k, x, y in diffs[:4])
-            more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
-            raise ConfigError(f"{base['run_dir']} and {r['run_dir']} are one cell ({_name(cell_key(r))}) run with "
-                              f"other settings ({said}{more}): a report would average them as seeds; report each "
-                              "study separately, or rerun one under a study.variant name (rows of its own)")
+        key = cell_key(r)
+        firsts.setdefault(key, r)
+        for cell in sorted((c for c in firsts if c[2] == key[2]), key=lambda c: c != key):
+            diffs = setting_differences(firsts[cell], r, settings) if firsts[cell] is not r else []
+            if diffs:
+                raise _mixed_settings_error(firsts[cell], r, diffs)
 
 
 CELL_FOLDER = re.compile(r".+__.+__s\d+(__.+)?")  # `tgmae.study.run.StudyPaths.run`'s names
@@ -807,15 +832,22 @@ SET_KEYS = ("seed", "num_videos", "val_fraction", "height", "width", "frames", "
             "distractor_speed")  # a synthetic set's meta.json settings that make it another set
 
 
+def _same_data(a: tuple, b: tuple) -> bool:
+    """Whether two `_data_set`s are one set: a record without a val-video count (the "scratch"
+    reference: no probe, and its finetuning validates on the study's val set) agrees with any count."""
+    return a[0] == b[0] and a[2] == b[2] and (a[1] is None or b[1] is None or a[1] == b[1])
+
+
 def check_one_data_set(records: Sequence[dict]) -> None:
     """ConfigError naming two runs measured on different data (other class or val-video counts, or
-    another synthetic set's settings): their rows and paired differences would compare sets, not
-    conditions."""
+    another synthetic set's settings; `_same_data`): their rows and paired differences would compare
+    sets, not conditions."""
     first: dict[tuple, dict] = {}
     for r in records:
         first.setdefault(_data_set(r), r)
-    if len(first) > 1:
-        a, b = list(first.values())[:2]
+    other = [(x, y) for i, x in enumerate(first) for y in list(first)[i + 1:] if not _same_data(x, y)]
+    if other:
+        a, b = first[other[0][0]], first[other[0][1]]
         raise ConfigError(f"{a.get('run_dir')} and {b.get('run_dir')} were measured on different data "
                           f"({a.get('num_classes')} classes / {a.get('num_val')} val videos vs {b.get('num_classes')} / "
                           f"{b.get('num_val')}, or another synthetic set): report each data set separately")
@@ -827,8 +859,8 @@ def report_runs(runs: Sequence[str | Path], out: str | Path, overwrite: bool = F
     unreadable left out and named, `drop_lost_figures`; cell folders without a record named,
     `unfinished_runs`); prints the table; returns report.md's path.
     FileNotFoundError for a folder without records, RepeatedRunError for two records of one cell and
-    seed (`refuse_repeated_runs`), ConfigError for runs probed differently or one cell's runs of other
-    settings (`refuse_mixed_settings`),
+    seed (`refuse_repeated_runs`), ConfigError for runs probed differently or runs of one variant made
+    with other settings than their cells' (`refuse_mixed_settings`),
     ReportFolderError for an `out` holding a report of other runs or another results.json
     (`refuse_other_report`) unless `overwrite`; RunFolderError for an `out` that is a run or lies inside one, `overwrite` or not
     (`locks.refuse_inside_run`)."""

@@ -16,40 +16,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from tgmae.atomic import atomic_write_text
-from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_config_file, read_yaml, refuse_repeated_overrides, to_dict
+from tgmae.config import CACHE_MODES, OBJECTIVES, RETRIEVAL_TEXTS, ConfigError, check_choice, check_known, from_dict, load_config, parse_override, read_config_file, refuse_repeated_overrides, to_dict
+from tgmae.study.cells import MASKINGS, PHASES, PHASES_FILE, REFERENCES, SCRATCH_FINETUNE, pretrain_cell_overrides
 from tgmae.study.attributes import attribute_probe
 from tgmae.study.frozen_probes import asked_probes, check_probes, frozen_probe_configs, missing, run_frozen_probes
 from tgmae.study.report import RECON_CHECK_DIR, lost_sources, phase_done
 
 log = logging.getLogger("tgmae")
 
-# The study's maskings (name -> RunConfig overrides) and each phase's default overrides, with the why
-# of each value: configs/study_phases.yaml.
-PHASES_FILE = Path(__file__).resolve().parents[3] / "configs" / "study_phases.yaml"
-
-
-def load_phases(path: Path = PHASES_FILE) -> dict[str, Any]:
-    """{"maskings": {name: [override, ...]}, "pretrain" / "probe" / "finetune": [override, ...]}
-    from `path`. ConfigError names the file and the entry that is not a list of strings."""
-    phases = read_yaml(path)
-    lists = [("pretrain", phases.get("pretrain")), ("probe", phases.get("probe")), ("finetune", phases.get("finetune"))]
-    lists += [(f"maskings.{k}", v) for k, v in (phases.get("maskings") or {}).items()]
-    for key, value in lists:
-        if not (isinstance(value, list) and all(isinstance(o, str) for o in value)):
-            raise ConfigError(f"{path}: {key} must be a list of section.key=value overrides")
-    return phases
-
-
-_PHASES = load_phases()
-MASKINGS: dict[str, list[str]] = _PHASES["maskings"]
-PRETRAIN_BASE: list[str] = _PHASES["pretrain"]
-PROBE_BASE: list[str] = _PHASES["probe"]
-FINETUNE_BASE: list[str] = _PHASES["finetune"]
-# reference rows: name -> the objective its records carry
-REFERENCES = {"none": "none", "scratch": "supervised"}
+# each phase's default overrides (configs/study_phases.yaml, `tgmae.study.cells`)
+PRETRAIN_BASE: list[str] = PHASES["pretrain"]
+PROBE_BASE: list[str] = PHASES["probe"]
+FINETUNE_BASE: list[str] = PHASES["finetune"]
 
 
 @dataclass
@@ -321,13 +302,8 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
               f"captions.text_model={target_text_model(study, paths)}",
               f"data.cache={study.cache}", f"data.cache_dir={paths.clip_cache}"]
     quick_o = ["train.epochs=1", "train.batch_size=8"] if quick else []  # every phase's --quick overrides
-    reference = masking in REFERENCES
-    masking_overrides = list(MASKINGS["tube" if reference else masking])
-    if masking.startswith("tgm"):
-        masking_overrides.append(f"masking.cache_dir={paths.mask_cache}")
-    pre = _phase("pretrain", lambda: load_config(None, PRETRAIN_BASE + shared + masking_overrides + [
-        f"contrastive.objective={'mae' if reference else objective}", f"train.output_dir={run / 'pretrain'}"]
-        + study.pretrain + quick_o))
+    pre = _phase("pretrain", lambda: load_config(None, PRETRAIN_BASE + shared + pretrain_cell_overrides(
+        masking, objective, paths.mask_cache) + [f"train.output_dir={run / 'pretrain'}"] + study.pretrain + quick_o))
     geometry = [f"data.{k}={v}" for k, v in (("num_frames", pre.data.num_frames), ("image_size", pre.data.image_size),
                                               ("frame_stride", pre.data.frame_stride))]
     geometry.append(f"model.preset={pre.model.preset}")  # the scratch reference's size; a checkpoint's must match
@@ -338,12 +314,13 @@ def run_configs(study: StudyConfig, paths: StudyPaths, masking: str, objective: 
     fine = _phase("finetune", lambda: with_recipe(FINETUNE_RECIPE, None, eval_shared + FINETUNE_BASE
                                                   + [f"train.output_dir={run / 'finetune'}"] + study.finetune
                                                   + quick_o))
-    if masking == "scratch":  # the labels alone, for a cell's whole budget of epochs
+    if masking == "scratch":  # the labels alone, for a cell's whole budget of epochs (SCRATCH_FINETUNE)
         epochs = study.scratch_epochs or pre.train.epochs + fine.train.epochs
+        pretrained, budget = SCRATCH_FINETUNE
         fine = _phase("finetune", lambda: with_recipe(
-            FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith("model.pretrained=")]
+            FINETUNE_RECIPE, None, [o for o in eval_shared if not o.startswith(f"{pretrained}=")]
             + FINETUNE_BASE + [f"train.output_dir={run / 'finetune'}"] + study.finetune
-            + [f"train.epochs={epochs}"] + quick_o))
+            + [f"{budget}={epochs}"] + quick_o))
         probe = None
     return pre, probe, fine
 
