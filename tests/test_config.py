@@ -424,3 +424,15 @@ def test_a_number_in_a_file_that_changes_a_string_keys_text_is_refused_naming_ke
 def test_a_yaml_bool_for_a_string_key_is_refused_saying_to_quote_it():
     with pytest.raises(ConfigError, match=r"train\.output_dir=True: expected a string .*write it in quotes"):
         load_config(None, ["train.output_dir=yes"])
+
+
+def test_an_overrides_number_is_written_by_yaml_as_the_number_it_is():
+    """The numbers `parse_override` / `read_yaml` return keep their text for string keys
+    (re-trial 31A S2); one that reaches a YAML writer without a typed key (a study's phase
+    overrides, as `tgmae report`'s cells compare them) is written as its number, not refused."""
+    import yaml
+
+    from tgmae.config import parse_override
+
+    values = {k: parse_override(f"x={k}")[1] for k in ("0.75", "3", "0123")}
+    assert yaml.safe_load(yaml.safe_dump(values)) == {"0.75": 0.75, "3": 3, "0123": 83}

@@ -596,6 +596,10 @@ _SourceLoader.add_constructor("tag:yaml.org,2002:int",
                               _sourced_constructor(_SourcedInt, yaml.SafeLoader.construct_yaml_int))
 _SourceLoader.add_constructor("tag:yaml.org,2002:float",
                               _sourced_constructor(_SourcedFloat, yaml.SafeLoader.construct_yaml_float))
+# a sourced number that reaches a YAML writer without `_coerce` (a study's phase overrides, an
+# untyped key) is written as the number it is
+yaml.SafeDumper.add_representer(_SourcedInt, yaml.SafeDumper.represent_int)
+yaml.SafeDumper.add_representer(_SourcedFloat, yaml.SafeDumper.represent_float)
 
 
 def _load_sourced(text: str, where: Optional[str]) -> Any:
