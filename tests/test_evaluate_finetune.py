@@ -509,9 +509,11 @@ def test_an_unlabelled_list_passes_where_no_label_is_read(tmp_path, capsys):
     path = _ssv2_lists(tmp_path)
     pt = save_pretraining_model(pretrainer(), tmp_path / "pt.safetensors")
     capsys.readouterr()
-    main(["retrieve", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={tmp_path / 'run'}",
-          "eval.retrieval_text=captions"])
-    assert "has no labels" not in capsys.readouterr().err
+    assert main(["retrieve", "-c", str(path), f"model.pretrained={pt}", f"train.output_dir={tmp_path / 'run'}",
+                 "eval.retrieval_text=captions"]) == 2
+    err = capsys.readouterr().err
+    assert "has no labels" not in err and "Traceback" not in err
+    assert "eval.retrieval_text=captions" in err and "captions.file" in err  # one line naming the keys
 
 
 def test_evaluate_passes_model_num_heads_for_an_official_pth_classifier(synth, tmp_path, capsys):

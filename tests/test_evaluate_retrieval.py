@@ -565,6 +565,7 @@ def test_another_text_model_than_the_runs_is_warned_of(tmp_path, caplog, monkeyp
     local folder is one model however it is spelled."""
     from tgmae.config import save_config
     from tgmae.evaluate.retrieval import warn_other_text_model
+    from tgmae.hub import model_name
 
     monkeypatch.chdir(tmp_path)
     for name in ("clipA", "clipB"):
@@ -588,7 +589,8 @@ def test_another_text_model_than_the_runs_is_warned_of(tmp_path, caplog, monkeyp
         with caplog.at_level("WARNING", logger="tgmae"):
             warn_other_text_model(cfg)
         said = [r.getMessage() for r in caplog.records]
-        assert (len(said) == 1 and f"set captions.{warned}={trained.captions.target_model}" in said[0]
+        recorded = model_name(trained.captions.target_model)  # as the run's config.yaml records it: resolved
+        assert (len(said) == 1 and f"set captions.{warned}={recorded}" in said[0]
                 if warned else said == []), (own, given, said)
 
 

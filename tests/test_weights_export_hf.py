@@ -258,7 +258,7 @@ def test_pretraining_export_from_a_run_folder_writes_card_and_processor(pretrain
     assert main([str(run), str(tmp_path / "out"), "--pretraining"]) == 0
     assert "VideoMAEForPreTraining" in capsys.readouterr().out
     card = (tmp_path / "out" / "README.md").read_text()
-    for text in ("random, ratio 0.75", "| objective | mae |", "20 optimizer steps", "`train.csv`",
+    for text in ("random, ratio 0.75", "| objective | mae |", "20 optimizer steps", "train.csv`",
                  "4 frames, stride 3", "| last logged training loss | 0.5000 |", "VideoMAEForPreTraining.from_pretrained",
                  "tgmae convert THIS_FOLDER"):
         assert text in card, text

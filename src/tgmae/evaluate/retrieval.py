@@ -387,13 +387,16 @@ def caption_gallery(cfg, dataset: Dataset, device: str):
     the val videos as training checks its store (`data.dataset.check_videos_known`): a caption for
     each, of its file, frames and (for a store made from annotations) its text and class now. A
     store of another data set with the same ids, or of annotations edited since, ranked other
-    videos' captions without a word (session 16). ValueError without a text model."""
+    videos' captions without a word (session 16). ConfigError without a store or a text model."""
     from tgmae.captions.provider import CaptionProvider
     from tgmae.data.dataset import check_videos_known
 
     provider = CaptionProvider.from_config(cfg.captions, device=device)
     if provider is None or provider.embeddings is None:
-        raise ValueError("caption retrieval needs captions.file and captions.clip_model (or captions.text_model)")
+        from tgmae.config import ConfigError
+
+        raise ConfigError("eval.retrieval_text=captions ranks the val videos' captions: it needs captions.file "
+                          "and captions.clip_model (or captions.text_model)")
     records = getattr(dataset, "records", None)
     if records is None:
         raise ValueError("caption retrieval needs a dataset with `records` (video ids)")
