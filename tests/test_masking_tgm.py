@@ -590,7 +590,8 @@ def test_a_video_replaced_in_place_gets_its_maps_recomputed(synth, tiny_clip, tm
     write_video(other, np.random.default_rng(0).integers(0, 256, (8, 128, 128, 3), dtype=np.uint8))
     other.replace(root / "videos" / "synth_00001.mp4")  # same path, other content
     paths = {f"synth_0000{i}": str(root / "videos" / f"synth_0000{i}.mp4") for i in range(2)}
-    with pytest.raises(CacheMismatchError, match=r"1 videos changed since their maps were made \('synth_00001'"):
+    with pytest.raises(CacheMismatchError,
+                       match=r"1 video\(s\) are not the files their maps were made from \(.synth_00001.*another size"):
         SimilarityCache(out).check_videos(list(paths), paths=paths)  # a pretrain's set-up, before `masks` reran
     untouched = (out / "maps" / "synth_00000.npz").stat().st_mtime_ns
     with caplog.at_level("INFO"):
@@ -930,3 +931,78 @@ def test_masks_into_a_cache_of_another_data_set_with_the_same_ids_is_refused(syn
         assert {p.name: p.stat().st_mtime_ns for p in (out / "maps").iterdir()} == made  # not one map replaced
     assert run_masks(d, tiny_clip, out) == 0  # the same set copied elsewhere: its maps, not another set's
     assert run_masks(b, tiny_clip, out, "--rebuild") == 0
+
+
+def _same_size_other_file(path: Path, tmp_path: Path) -> None:
+    """`mv` onto `path` another file of its size (its middle bytes flipped): a new inode, as a copy
+    of the data set has, and other contents."""
+    import os
+
+    data = bytearray(path.read_bytes())
+    n = len(data)
+    data[n // 3:n // 3 + 200] = bytes(b ^ 0x55 for b in data[n // 3:n // 3 + 200])
+    (tmp_path / "new.mp4").write_bytes(data)
+    os.replace(tmp_path / "new.mp4", path)
+
+
+def test_a_copy_of_the_data_set_keeps_its_maps_and_a_replaced_video_is_redone(synth, tiny_clip, tmp_path, caplog,
+                                                                             capsys, monkeypatch):
+    """Re-trial 33B M1: maps made for a data set were refused for a byte-identical copy of it elsewhere
+    (`cp -r`: new inodes and mtimes) as "4 videos changed since their maps were made ... replaced in
+    place, or maps made by an older tgmae", and `masks` recomputed them all. Maps are judged by the
+    caption store's rule (`masking.cache.changed_file`: each part line's identity and content key):
+    a copy is accepted by training's set-up and `masks` redoes nothing; another file of the same size
+    moved onto a video is refused naming both paths and what differs, and `masks` redoes it at its own
+    path. Content keys are read only where the stat changed, once per file."""
+    import shutil
+
+    from tgmae.data import fileid
+    from tgmae.data.formats import load_annotations
+
+    a = tmp_path / "a"
+    shutil.copytree(synth, a, ignore=shutil.ignore_patterns("clip*"))
+    _captions_without_identities(a)  # the caption store's own check is not this test's
+    out = tmp_path / "cache"
+    assert run_masks(a, tiny_clip, out) == 0
+    made = {p.name: p.stat().st_mtime_ns for p in (out / "maps").iterdir()}
+    c = Path(shutil.copytree(a, tmp_path / "c", copy_function=shutil.copyfile))  # cp -r: new inodes, mtimes
+    paths = {root: {r.video_id: str(r.path) for r in load_annotations("csv", root, "annotations.csv")[0]}
+             for root in (a, c)}
+    reads = []
+    real_read = fileid._read_content_key
+    monkeypatch.setattr(fileid, "_read_content_key", lambda p, size: reads.append(p) or real_read(p, size))
+    SimilarityCache(out).check_videos(list(paths[a]), paths=paths[a])  # its own files: nothing read
+    assert reads == []
+    SimilarityCache(out).check_videos(list(paths[c]), paths=paths[c])  # a pretrain's set-up on the copy
+    assert len(reads) == len(paths[c])
+    SimilarityCache(out).check_videos(list(paths[c]), paths=paths[c])  # the keys are remembered
+    assert len(reads) == len(paths[c])
+    capsys.readouterr()
+    assert run_masks(c, tiny_clip, out) == 0
+    assert "0 computed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "maps").iterdir()} == made  # not one map redone
+
+    _same_size_other_file(Path(paths[c]["synth_00001"]), tmp_path)
+    with pytest.raises(CacheMismatchError) as e:
+        SimilarityCache(out).check_videos(list(paths[c]), paths=paths[c])
+    said = str(e.value)
+    assert "1 video(s)" in said and "'synth_00001'" in said and "its contents differ" in said
+    assert f"made from {paths[a]['synth_00001']}, now {paths[c]['synth_00001']}" in said
+    capsys.readouterr()
+    assert run_masks(c, tiny_clip, out) == 2  # another path's other file: maps of another data set, kept
+    err = capsys.readouterr().err
+    assert "1 video(s)" in err and "'synth_00001'" in err and "its file differs" in err
+    _same_size_other_file(Path(paths[a]["synth_00001"]), tmp_path)
+    with pytest.raises(CacheMismatchError, match=r"1 video\(s\) .*'synth_00001'.*its contents differ"):
+        SimilarityCache(out).check_videos(list(paths[a]), paths=paths[a])
+    with caplog.at_level("INFO"):
+        assert run_masks(a, tiny_clip, out) == 0
+    assert "1 computed, 4 already done" in capsys.readouterr().out
+    assert any("synth_00001" in r.getMessage() and "its contents differ" in r.getMessage() for r in caplog.records)
+    SimilarityCache(out).check_videos(list(paths[a]), paths=paths[a])  # redone: the set-up check passes
+    for part in (out / "parts").iterdir():  # maps of an older tgmae: no content key tells a copy
+        lines = [{k: v for k, v in json.loads(x).items() if k != "content"} for x in part.read_text().splitlines()]
+        part.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    SimilarityCache(out).check_videos(list(paths[a]), paths=paths[a])
+    with pytest.raises(CacheMismatchError, match=r"5 video\(s\) .*maps of an older tgmae record no content key"):
+        SimilarityCache(out).check_videos(list(paths[c]), paths=paths[c])

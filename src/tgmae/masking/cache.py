@@ -23,7 +23,7 @@ import shutil
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -246,7 +246,8 @@ def part_file(root: str | Path, rank: int, world: int) -> Path:
 def part_records(root: str | Path) -> Iterator[dict]:
     """The lines of every rank's part file in the order of their runs (`_run_order`): {"video_id",
     "file", "captions", "video" (`tgmae.data.fileid.video_identity` of the file the maps were made
-    from), "path" (its absolute path: `precompute.refuse_other_data_set`), "run"} or {"video_id",
+    from), "content" (its `content_key`, a file's: `changed_file`), "path" (its absolute path:
+    `precompute.refuse_other_data_set`), "run"} or {"video_id",
     "reason", "run"}. A run at another world size than an earlier one writes other part files: by
     name, the earlier run's lines would come last and win. Lines of one
     run are of different videos (rank r of W takes videos r, r+W, ...): their order is file order."""
@@ -338,10 +339,11 @@ class SimilarityCache:
     def check_videos(self, video_ids: list[str], captions: Optional[dict[str, list[str]]] = None,
                      paths: Optional[dict[str, str]] = None, captions_file: str = "") -> None:
         """At set-up: maps exist for every id (or a reason they were skipped); (given `paths`
-        {id: video path}) each map was made from the file at that path now (a video replaced in place
-        since `tgmae masks` has another `video_identity`; entries made before identities were
-        recorded are not checked); and (given the run's captions {id: [text]}, read from
-        `captions_file`) each video's maps were made from its captions there (`_check_captions`).
+        {id: video path}) each map was made from the file at that path now or a copy of it
+        (`_check_identities`: a video replaced since is refused, a data set copied elsewhere keeps its
+        maps; entries made before identities were recorded are not checked); and (given the run's
+        captions {id: [text]}, read from `captions_file`) each video's maps were made from its
+        captions there (`_check_captions`).
         Raises MissingCacheEntry / CacheMismatchError naming the cache and the videos."""
         absent = [v for v in video_ids if v not in self.videos and v not in self.skipped]
         if absent:
@@ -399,19 +401,26 @@ class SimilarityCache:
                 f"--patch-size {patch_size or m.patch_size}` into another --out, and set masking.cache_dir to it")
 
     def _check_identities(self, video_ids: list[str], paths: dict[str, str]) -> None:
-        from tgmae.data.fileid import current_identity, video_identities
+        """Each video's maps were made from its file at `paths` now or a copy of it (`changed_file`:
+        a data set copied elsewhere keeps its maps, re-trial 33B M1); else CacheMismatchError naming
+        the count, a few ids and the first one's paths then and now and what changed. Stats every
+        file once; reads a content key only where a stat changed (remembered per machine)."""
+        from tgmae.captions.store import ids_text
+        from tgmae.data.fileid import video_identities
 
-        made_from = {r["video_id"]: r.get("video") for r in part_records(self.root) if r.get("file")}
-        checked = [v for v in video_ids if made_from.get(v) is not None and v in paths]
+        made_from = {r["video_id"]: r for r in part_records(self.root) if r.get("file")}
+        checked = [v for v in video_ids if made_from.get(v, {}).get("video") is not None and v in paths]
         on_disk = video_identities(paths[v] for v in checked)  # a frame folder's segments share one scan
-        changed = [v for v in checked  # an older cache's form of a frame folder reads as today's
-                   if json.loads(json.dumps(on_disk[paths[v]])) != current_identity(made_from[v])]
+        changed = [(v, how) for v in checked
+                   if (how := changed_file(made_from[v], on_disk[paths[v]], paths[v])) is not None]
         if changed:
+            vid, how = changed[0]
             raise CacheMismatchError(
-                f"similarity cache {self.root}: {len(changed)} videos changed since their maps were made "
-                f"({_some(changed)}; replaced in "
-                f"place, or maps made by an older tgmae from another data set with these ids?): rerun `tgmae masks` "
-                f"with --out {self.root} (it redoes them)")
+                f"similarity cache {self.root}: {len(changed)} video(s) are not the files their maps were made from "
+                f"({ids_text([c[0] for c in changed])}; e.g. {vid!r}: {made_where(made_from[vid], paths[vid])}, "
+                f"{how}): rerun `tgmae masks` on this data set with --out {self.root} (it redoes them, but refuses "
+                "to replace maps of another path's files of other contents: another data set with these ids, which "
+                "gets its own --out and masking.cache_dir)")
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -452,6 +461,45 @@ class SimilarityCache:
         if len(self._lru) > self.max_entries:
             self._lru.popitem(last=False)
         return entry
+
+
+def changed_file(rec: dict, now: Any, path: str) -> Optional[str]:
+    """How the video at `path` (`now`: its `data.fileid.video_identity`) is not the file part record
+    `rec`'s maps were made from (its `video` identity and `content` key then), or None when it is that
+    file or a copy of it. The caption store's rule, `captions.store.other_file` (another size, the
+    file rewritten in place, or its contents differ: a data set copied elsewhere keeps its maps as it
+    keeps its captions; re-trial 33B M1), its content key read only where the stat changed
+    (`data.fileid.content_key`, remembered per file and stat). A file's record without `content`
+    (maps of an older tgmae) cannot tell a copy from another file of its size moved onto the path:
+    any change of its identity counts. None also for a record without `video` or no file now
+    (`now` None: not compared here). The one check of maps against a file (training's set-up,
+    `masks`' resume)."""
+    from tgmae.captions.store import other_file
+    from tgmae.data.fileid import content_key, copy_key, current_identity, rewritten_in_place
+
+    made, content = current_identity(rec.get("video")), rec.get("content")
+    if made is None or now is None or made == now:
+        return None
+    folder = isinstance(now, list) and now[:1] == ["frames"]
+    if not other_file(made, now, content, lambda: content_key(path)) and (content is not None or folder):
+        return None
+    if copy_key(made) != copy_key(now):
+        return "other frames" if folder else "of another size"
+    if rewritten_in_place(made, now):
+        return "rewritten in place"
+    if content is None:
+        return "its stat changed, and maps of an older tgmae record no content key to tell a copy"
+    return "another file of its size (its contents differ)"
+
+
+def made_where(rec: dict, path: str) -> str:
+    """`path` (absolute) where part record `rec`'s maps were made from it, else "made from A, now B"
+    (its recorded `path`; a record of an older tgmae without one: `path` alone)."""
+    import os
+
+    now = os.path.abspath(path)
+    was = rec.get("path")
+    return now if was in (None, now) else f"made from {was}, now {now}"
 
 
 def _some(ids: list[str], n: int = 3) -> str:

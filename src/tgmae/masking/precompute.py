@@ -3,9 +3,10 @@
 For every video: frames 0, s, 2s, ... (s = --frame-stride), the full source frame cut into the
 model's patch grid (x --map-scale in dense mode), one cosine map per caption of the video
 (layout: `tgmae.masking.cache`). Videos already in a part file with the same captions and the
-same video file (`tgmae.data.fileid.video_identity`) are skipped (resume; a video replaced in
-place is redone; maps of another path's file of other contents or captions, another data set with
-the same ids, are refused: `refuse_other_data_set`); rank r of W takes videos r, r+W, ... into its
+same video file or a copy of it (`cache.changed_file`: its `video_identity` and content key) are
+skipped (resume; a copy of the data set elsewhere keeps its maps, a video replaced at its path is
+redone; maps of another path's file of other contents or captions, another data set with the same
+ids, are refused: `refuse_other_data_set`); rank r of W takes videos r, r+W, ... into its
 own part file. `precompute` holds the cache's lock (per rank), so a second writer is refused naming the first; a cache inside a
 run folder is refused.
 """
@@ -22,11 +23,11 @@ from typing import Optional, Sequence
 import torch
 
 from tgmae.locks import check_kind, hold, refuse_inside_run, shard_target
-from tgmae.data.fileid import current_identity, video_identities
+from tgmae.data.fileid import video_identities, video_stamp
 from tgmae.data.frame_index import error_text
 from tgmae.masking.cache import (
-    CacheManifest, CacheMismatchError, captions_key, check_cache_folder, entry_problem, next_run, part_file,
-    part_records,
+    CacheManifest, CacheMismatchError, captions_key, changed_file, check_cache_folder, entry_problem, made_where,
+    next_run, part_file, part_records,
     remove_stale_cache_temps, MASKS_WAY_OUT, write_entry, write_manifest_or_check,
 )
 from tgmae.masking.caption_source import caption_source_of, file_sha256
@@ -197,7 +198,8 @@ def _precompute(videos: Sequence[tuple[str, str]], captions_file: str, clip: Cli
                 skip(vid, f"unreadable video {error_text(path, e)}")
                 continue
             rel = write_entry(out, vid, sim, frames, text, caps)
-            _append(log_file, {"video_id": vid, "file": rel, "captions": key, "video": ident,
+            # the file's identity and content key: a copy of the set elsewhere keeps these maps (changed_file)
+            _append(log_file, {"video_id": vid, "file": rel, "captions": key, **video_stamp(path, ident),
                                "path": os.path.abspath(path)}, run)
             counts["done"] += 1
     return counts
@@ -208,12 +210,14 @@ def refuse_other_data_set(out: Path, done: dict[str, dict], videos: Sequence[tup
     """CacheMismatchError naming the cache, the count, up to 5 ids (one with both paths) and `way_out`
     when maps already in `out` (`done`: the latest part line of each id) were made from a file at
     another path than this run's video of that id whose contents differ (`captions.store.other_file`:
-    another size, or rewritten in place), or from other captions: another data set with the same ids
-    (two `tgmae synth` sets; re-trial 31A S3), whose maps a rerun would silently replace. A video
-    changed at its own path is this data set's and is redone (`_is_done`); a copy of the set at another
-    path (same sizes and captions) is not refused. Lines without a `path` (an older tgmae) are not
-    compared. Every rank checks every video, so all refuse alike. `idents`: {path: `video_identity`}."""
+    another size, rewritten in place, or another content key: re-trial 33B M1), or from other captions:
+    another data set with the same ids (two `tgmae synth` sets; re-trial 31A S3), whose maps a rerun
+    would silently replace. A video changed at its own path is this data set's and is redone
+    (`_is_done`); a copy of the set at another path (same contents and captions) is not refused.
+    Lines without a `path` (an older tgmae) are not compared. Every rank checks every video, so all
+    refuse alike. `idents`: {path: `video_identity`}."""
     from tgmae.captions.store import ids_text, other_file
+    from tgmae.data.fileid import content_key
 
     other = []
     for vid, path in videos:
@@ -221,7 +225,10 @@ def refuse_other_data_set(out: Path, done: dict[str, dict], videos: Sequence[tup
         if rec is None or rec.get("path") in (None, os.path.abspath(path)):
             continue
         now = idents.get(path)
-        moved = rec.get("video") is not None and now is not None and other_file(rec["video"], now)
+        # a record without `content` (an older tgmae) of the same size is no evidence of another
+        # data set: `_is_done` redoes it
+        moved = rec.get("video") is not None and now is not None and other_file(
+            rec["video"], now, rec.get("content"), lambda p=path: content_key(p))
         if moved or (vid in captions and rec.get("captions") != captions_key(captions[vid])):
             what = "its file differs" if moved else "its captions differ"
             other.append((vid, rec["path"], os.path.abspath(path), what))
@@ -236,19 +243,24 @@ def refuse_other_data_set(out: Path, done: dict[str, dict], videos: Sequence[tup
 def _is_done(out: Path, rec: Optional[dict], key: str, ident: Optional[list], vid: str, path: str,
              captions: list[str]) -> bool:
     """True when part record `rec` holds `vid`'s maps from these captions (`key`) and this video
-    file (`ident`, `video_identity`), in a sound map file (`entry_problem`); a video changed since
-    (replaced in place: same path, other content), an entry recorded before the identity was, and
-    a damaged map file (truncated, garbage, another video's captions, NaN maps) are logged and redone."""
+    file or a copy of it (`ident`, its `video_identity`; `cache.changed_file`, the check training
+    makes: a data set copied elsewhere keeps its maps, re-trial 33B M1), in a sound map file
+    (`entry_problem`); a video changed since (replaced at its path: another size, rewritten in
+    place, other contents), an entry recorded before the identity was, a video that cannot be read
+    now and a damaged map file (truncated, garbage, another video's captions, NaN maps) are logged
+    and redone."""
     if rec is None or rec.get("captions") != key or not (out / rec["file"]).is_file():
         return False
-    if current_identity(rec.get("video")) == ident:  # an older cache's form of a frame folder too
+    how = "its maps predate the video's identity in the cache" if rec.get("video") is None else \
+        "it cannot be read" if ident is None else changed_file(rec, ident, path)
+    if how is None:
         problem = entry_problem(out / rec["file"], captions)
         if problem is None:
             return True
         log.warning("tgmae masks: %r: its map file %s is damaged (%s): recomputing it", vid, out / rec["file"], problem)
         return False
-    log.info("tgmae masks: %r: its video %s changed since its maps were made (or they predate the video's "
-             "identity in the cache): recomputing them", vid, path)
+    log.info("tgmae masks: %r: its video changed since its maps were made (%s: %s): recomputing them", vid,
+             made_where(rec, path), how)
     return False
 
 
