@@ -751,6 +751,67 @@ def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(
     check(oracle, root)  # redone: accepted
 
 
+def _bmp(path, seed: int) -> None:
+    """A 48x48 BMP frame of random pixels (`seed`): every such frame has the same size on disk."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
+
+
+def test_frames_replaced_by_mv_at_the_same_size_are_refused_and_captioned_again(tmp_path, capsys):
+    """Re-trial 33B S2: a frame folder whose frames were replaced by `mv` with other images of the
+    same size kept its old captions (its frames' names and sizes, `copy_key`, were all that was
+    compared): `masks` made maps from them and training used them, while the caption rerun redid it.
+    Each record holds the folder's `content` key (`data.fileid.content_key`: 8 of its frames): such
+    a record is refused by the check `masks` and training make (`refuse_other_videos` with the
+    folders' paths; the caption provider at set-up) and a caption rerun (captioner, text source)
+    redoes it; a copy of the data set (`cp -r`: new inodes, mtimes) keeps its captions."""
+    import shutil
+
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    root = tmp_path / "fr"
+    for i in range(3):
+        (root / f"v{i}").mkdir(parents=True)
+        for k in range(1, 13):
+            _bmp(root / f"v{i}" / f"img_{k:05d}.bmp", 100 * i + k)
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i},{CLASSES[i % 2]}\n" for i in range(3)))
+    videos = load_annotations("csv", root, ann)[0]
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
+    assert main(argv) == 0
+    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
+    paths = lambda folder: {f"v{i}": str(folder / f"v{i}") for i in range(3)}  # noqa: E731
+    identity = lambda folder: {v: video_identity(p) for v, p in paths(folder).items()}  # noqa: E731
+
+    def check(store, folder):  # what `masks` and training check
+        refuse_other_videos(store, read_store(store).records, identity(folder), paths=paths(folder))
+        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(
+            list(paths(folder)), paths(folder))
+
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
+    for frame in sorted((root / "v1").iterdir()):  # as the trial: v2's frames moved onto v1's
+        shutil.copy(root / "v2" / frame.name, tmp_path / "f.bmp")
+        os.replace(tmp_path / "f.bmp", frame)
+    for store in (out, oracle):
+        check(store, copy)  # a copy keeps its captions
+        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
+            check(store, root)
+        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+    summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    assert (summary.captioned, summary.redone, summary.skipped) == (1, 1, 2)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 redone (replaced since captioned: 'v1')" in capsys.readouterr().out
+    for store in (out, oracle):
+        check(store, root)  # redone: accepted
+
+
 def test_a_store_refuses_a_captioner_whose_weights_changed_in_place(dataset, tmp_path, capsys):
     """Issue #28 (B): a model folder whose weights changed at the same path said "N already done"
     and kept the old captions (a partial store got lines of two models). Each record now holds

@@ -591,6 +591,25 @@ def test_merge_stores_tells_a_copy_from_another_file_by_content_keys():
     assert merged.extra["video"] == [10, 5, 8, 7] and "content" not in merged.extra  # not the other part's
 
 
+def test_frame_folders_of_the_same_names_and_sizes_are_told_apart_by_content_keys():
+    """Re-trial 33B S2: records of a frame folder whose frames' names and sizes (`copy_key`) are
+    the same and whose full identity is not (frames replaced or rewritten, or the folder copied)
+    are other files when both record `content` and the keys differ, in `other_file` and in
+    `--combine` (refused naming both stores); equal keys, or one side without a key, are one."""
+    from tgmae.captions.store import other_file
+
+    before, now = ["frames", 12, "full1", "names"], ["frames", 12, "full2", "names"]
+    assert other_file(before, now, "c1", lambda: "c2") and not other_file(before, now, "c1", lambda: "c1")
+    assert not other_file(before, now, None, lambda: "c2") and not other_file(before, now, "c1", lambda: None)
+    assert other_file(before, ["frames", 12, "full2", "sizes"], "c1", lambda: "c1")  # another copy key
+    one = [CaptionRecord("a", ["x"], "captioner", "m", {"video": before, "content": "c1"})]
+    moved = [CaptionRecord("a", ["p"], "oracle", "t", {"video": now, "content": "c2"})]
+    with pytest.raises(CaptionStoreError, match=r"one.jsonl and two.jsonl: 1 video\(s\).*'a'"):
+        merge_stores([one, moved], names=["one.jsonl", "two.jsonl"])
+    copy = [CaptionRecord("a", ["p"], "oracle", "t", {"video": now, "content": "c1"})]
+    assert merge_stores([one, copy])[0].captions == ["x", "p"]
+
+
 def test_an_older_oracle_records_class_is_recorded_once_verified():
     """Re-trial 32A S5: `--combine` given the data set gives an older `--oracle` record (no `class`)
     whose captions are its templates filled with its class now that class (`record_oracle_classes`);

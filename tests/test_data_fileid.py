@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -251,10 +252,8 @@ def test_a_content_key_tells_a_copy_from_another_file_moved_onto_the_path(tmp_pa
     assert fileid.content_key(str(copy)) == key and not reads
     os.utime(copy, ns=(1, 1))  # its stat changed: read again
     assert fileid.content_key(str(copy)) == "k" and reads == [os.path.realpath(copy)]
-    _frames(tmp_path / "frames", 2)
-    assert fileid.content_key(str(tmp_path / "frames")) is None
     assert fileid.content_key(str(tmp_path / "missing.mp4")) is None
-    assert fileid.video_stamp(str(tmp_path / "frames")) == {"video": video_identity(str(tmp_path / "frames"))}
+    assert fileid.content_key(str(tmp_path / "missing"), identity=["frames", 2, "a", "b"]) is None
     assert set(fileid.video_stamp(str(copy))) == {"video", "content"}
     monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache2"))  # a caption run's stamps: not kept there
     monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: "k2")
@@ -278,3 +277,75 @@ def test_two_hundred_files_content_keys_cost_little(tmp_path, monkeypatch):
     fileid._content_keys.clear()
     monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: pytest.fail(f"{path} read again"))
     assert [fileid.content_key(p) for p in paths] == first
+
+
+def _image(path, seed: int) -> None:
+    """A 48x48 BMP frame of random pixels (`seed`): every such frame has the same size on disk."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_a_frame_folders_content_key_tells_a_copy_from_frames_replaced(tmp_path, monkeypatch):
+    """Re-trial 33B S2: frames of a folder replaced by `mv` or rewritten in place with images of the
+    same size kept its `copy_key` (names and sizes), so its old captions were used. Its `content_key`
+    (the names and sizes, and 8 frames' contents evenly spread, first and last included) is a copy's
+    (`cp -r`) and not that of the folder with other frames, whichever sampled frame changed; it is
+    kept by the folder's identity (memory and user cache), and an identity given is not taken again
+    (the frames are not stat'ed twice)."""
+    import shutil
+
+    import tgmae.data.fileid as fileid
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "v0"
+    folder.mkdir()
+    for i in range(1, 13):
+        _image(folder / f"img_{i:05d}.bmp", i)
+    key = fileid.content_key(str(folder))
+    assert len(key) == 32 and fileid._sampled(12) == [0, 1, 3, 4, 6, 7, 9, 11] and fileid._sampled(3) == [0, 1, 2]
+    copy = Path(shutil.copytree(folder, tmp_path / "node" / "v0"))  # cp -r: new inodes, ctimes, mtimes
+    assert copy_key(video_identity(str(copy))) == copy_key(video_identity(str(folder)))
+    assert fileid.content_key(str(copy)) == key
+    first, last = folder / "img_00001.bmp", folder / "img_00012.bmp"
+    _image(tmp_path / "other.bmp", 99)
+    assert os.path.getsize(tmp_path / "other.bmp") == os.path.getsize(first)
+    os.replace(tmp_path / "other.bmp", last)  # mv: same size, a new inode
+    moved = fileid.content_key(str(folder))
+    assert moved not in (None, key) and copy_key(video_identity(str(folder))) == copy_key(video_identity(str(copy)))
+    with open(first, "r+b") as f:  # rewritten in place: same inode
+        f.seek(100)
+        f.write(bytes(64))
+    assert fileid.content_key(str(folder)) not in (key, moved)
+    stats, entry = [], fileid.entry_identity
+    monkeypatch.setattr(fileid, "entry_identity", lambda e: stats.append(e.name) or entry(e))
+    monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: pytest.fail(f"{path} read again"))
+    fileid._content_keys.clear()  # a new process: the user cache answers
+    ident = video_identity(str(copy))
+    stats.clear()
+    assert fileid.content_key(str(copy), identity=ident) == key and not stats
+    assert fileid.video_stamp(str(copy), ident) == {"video": ident, "content": key}
+
+
+def test_a_frame_folders_content_key_costs_little(tmp_path, monkeypatch):
+    """Re-trial 33B S2: a folder of 300 small frames reads 8 of them once (names listed, no frame
+    stat'ed but the 8: its identity was taken); later the user cache answers without a read."""
+    import tgmae.data.fileid as fileid
+
+    monkeypatch.setenv("TGMAE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "v"
+    _frames(folder, 300)
+    ident = video_identity(str(folder))
+    reads, read = [], fileid._read_content_key
+    monkeypatch.setattr(fileid, "_read_content_key", lambda path, size: reads.append(path) or read(path, size))
+    stats, stat = [], fileid.file_identity
+    monkeypatch.setattr(fileid, "file_identity", lambda path: stats.append(path) or stat(path))
+    key = fileid.content_key(str(folder), identity=ident)
+    names = [os.path.basename(p) for p in reads]
+    assert names == [f"{i:05d}.jpg" for i in (1, 43, 86, 129, 171, 214, 257, 300)]
+    assert sorted(set(stats)) == sorted(reads)  # each sampled frame stat'ed before and after its read
+    fileid._content_keys.clear()
+    reads.clear()
+    assert fileid.content_key(str(folder), identity=ident) == key and not reads

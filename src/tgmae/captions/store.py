@@ -505,8 +505,10 @@ def other_file(recorded: Any, now: Any, content: Optional[str] = None,
     copy of the file elsewhere, or another file of that size moved onto its path: re-trial 32A S1):
     the record's `content` (`tgmae.data.fileid.content_key` of the file it was made from) is
     compared with `content_now()` (the file's now, read only here); a record without one, or no
-    key now, is the same file (a copy keeps its captions). Frame folders: the `copy_key` rule alone
-    (their frames' names and sizes). The one check of a record against a file (`replaced_videos`)
+    key now, is the same file (a copy keeps its captions). Frame folders alike: the same frames'
+    names and sizes (`copy_key`) and another identity (a frame rewritten in place, replaced by `mv`,
+    or the folder copied: its digests cannot tell which) compare the folder's `content` (a few of its
+    frames' contents; re-trial 33B S2). The one check of a record against a file (`replaced_videos`)
     and of two records of one id (`refuse_mixed_videos`)."""
     if current_identity(recorded) == now:
         return False
@@ -527,14 +529,20 @@ def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str,
     without a file now (None) are not compared; without `paths`, contents are not. The one check
     `masks` and training make (`refuse_other_videos`) and a text source's caption rerun redoes by
     (`tgmae caption`; the captioner's rerun redoes any identity change)."""
-    from tgmae.data.fileid import content_key
-
     paths = paths or {}
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
             and other_file(o["video"], identity[o["video_id"]], o.get("content"),
-                           (lambda p=paths.get(o["video_id"]): None if p is None else content_key(str(p))))]
+                           _key_now(paths.get(o["video_id"]), identity[o["video_id"]]))]
+
+
+def _key_now(path: Optional[str], identity: Any) -> Callable[[], Optional[str]]:
+    """`other_file`'s content_now for the video at `path` (None: not known, no key) whose
+    `video_identity` now is `identity` (a frame folder's frames are not stat'ed again)."""
+    from tgmae.data.fileid import content_key
+
+    return lambda: None if path is None else content_key(str(path), identity=identity)
 
 
 def range_text(frames: Sequence) -> str:

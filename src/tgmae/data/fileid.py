@@ -8,7 +8,8 @@ ctime and costs one rebuild.
 
 None of them tells a copy of a file (a data set copied to a node's disk: new inode, ctime, maybe
 mtime) from another file of the same size moved onto its path (`mv`, `rsync`, most editors);
-`content_key`, a digest of a few fixed blocks recorded beside the identity, does (re-trial 32A S1).
+`content_key`, a digest of a few fixed blocks recorded beside the identity, does (re-trial 32A S1);
+a frame folder's is that of a few of its frames (re-trial 33B S2).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tgmae.user_cache import remember, remembered
 ID_NAME_MAX = 160
 
 CONTENT_BLOCKS, CONTENT_BLOCK = 8, 4096  # `content_key` reads 8 blocks of 4 KiB, whatever the size
+CONTENT_FRAMES = 8  # a frame folder's `content_key` reads this many of its frames, whatever their count
 CONTENT_CACHE = "content_keys"  # folder in the user cache: one small file per file seen
 _content_keys: "KeyedCache[tuple, str]" = KeyedCache(65536)  # this process's, by (real path, identity)
 
@@ -157,7 +159,10 @@ def rewritten_in_place(recorded: Any, current: Any) -> bool:
     size (re-trial 30B S1). Errs towards "rewritten" (a `touch` counts; so would a copy on another
     file system given the same inode number by chance, which is rare); a file replaced by a rename
     onto it (another inode) of the same size is not seen. Frame folders, copy keys, an identity of
-    an older form and None: False (a folder's frames keep the `copy_key` rule)."""
+    an older form and None: False. A frame folder's identity keeps only digests of its frames' stat:
+    a frame rewritten in place and a copy of the folder (new inodes, ctimes) both change the full
+    digest and keep the copy key, so nothing here tells them apart; its `content_key` does, for
+    both a rewrite in place and a frame replaced by `mv` (re-trial 33B S2)."""
     if not (_file_form(recorded) and _file_form(current)):
         return False
     return recorded[2] == current[2] and recorded[1] != current[1]
@@ -177,30 +182,70 @@ def _read_content_key(path: str, size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def content_key(path: str, keep: bool = True) -> Optional[str]:
-    """A cheap digest of a video file's contents (`_read_content_key`: its size and 8 blocks of 4 KiB,
-    32 KiB read however long the file), recorded with each caption beside the file's
-    `video_identity` (`content`): a copy of the file keeps it, another file of the same size moved
-    onto the path (`mv`, `rsync`: a new inode, as a copy has) almost always has another (a video
-    re-encoded or another clip differs in its header and throughout; bytes changed only between the
-    blocks are not seen) (re-trial 32A S1). Remembered by the file's real path and `file_identity`
-    (this process, and the user cache: `tgmae.user_cache.remember`), so a data set is read once per
-    machine, not at each training start; a file changed since has another identity and is read
-    again. `keep` False: this process's memory only (a caption run, whose records are compared by
-    their identity first on this machine: an entry per video there is 1-2 ms of writing for
-    nothing). None for a frame folder (its frames keep the `copy_key` rule) or a file that cannot be
-    read. Cost (re-trial 32A S1, 200 files of 300 KB in the page cache): 25 ms to read their
-    blocks, 25 ms from the user cache, 300 ms the first time (the entries' writes); the entries
-    save the 8 reads a file of a cold disk."""
+def _sampled(count: int) -> list[int]:
+    """Indices of up to `CONTENT_FRAMES` of `count` frames evenly spread, the first and last included."""
+    if count <= CONTENT_FRAMES:
+        return list(range(count))
+    return [i * (count - 1) // (CONTENT_FRAMES - 1) for i in range(CONTENT_FRAMES)]
+
+
+def _read_folder_key(folder: str, identity: Sequence) -> tuple[str, bool]:
+    """(32 hex of sha256 over a frame folder's `folder_identity` copy key (its count and the digest
+    of its frames' names and sizes) and the `_read_content_key` of `_sampled` of its files by name,
+    whether it held still): names are listed, not stat'ed (the identity has the sizes); each sampled
+    file is stat'ed, read, then stat'ed again. Not still: another count of files than `identity`'s,
+    or a sampled frame changed while read."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_file())
+    h, still = hashlib.sha256(json.dumps(copy_key(list(identity))).encode()), len(names) == identity[1]
+    for i in _sampled(len(names)):
+        frame = os.path.join(folder, names[i])
+        before = file_identity(frame)
+        h.update(f"\n{names[i]}\0{_read_content_key(frame, before[0])}".encode())
+        still = still and file_identity(frame) == before
+    return h.hexdigest()[:32], still
+
+
+def _read_key(real: str, key: tuple, folder: bool) -> tuple[str, bool]:
+    """(`content_key` of the video at `real`, whether it held still while read: a file's stat is
+    still `key`'s (real path, *identity); a frame folder: `_read_folder_key`)."""
+    if folder:
+        return _read_folder_key(real, key[1:])
+    hit = _read_content_key(real, key[1])
+    return hit, (real, *file_identity(real)) == key
+
+
+def content_key(path: str, keep: bool = True, identity: Any = None) -> Optional[str]:
+    """A cheap digest of a video's contents, recorded with each caption beside its `video_identity`
+    (`content`): a copy keeps it, other contents of the same size moved onto the path (`mv`,
+    `rsync`: a new inode, as a copy has) almost always have another. A file: `_read_content_key`,
+    its size and 8 blocks of 4 KiB, 32 KiB read however long (a video re-encoded or another clip
+    differs in its header and throughout; bytes changed only between the blocks are not seen)
+    (re-trial 32A S1). A frame folder: `_read_folder_key`, its frames' names and sizes and the
+    contents of 8 of them evenly spread, first and last included (frames rewritten in place or
+    replaced by `mv` with images of the same size; one frame changed between the sampled ones is
+    not seen) (re-trial 33B S2). Remembered by the real path and `video_identity` (this process,
+    and the user cache: `tgmae.user_cache.remember`), so a data set is read once per machine, not at
+    each training start; a video changed since has another identity and is read again. `keep`
+    False: this process's memory only (a caption run, whose records are compared by their identity
+    first on this machine: an entry per video there is 1-2 ms of writing for nothing). `identity`:
+    a frame folder's `video_identity` already taken (its frames are not stat'ed again: an EPIC
+    folder's segments share one scan); a file is stat'ed here. None for a path that cannot be read.
+    Cost (re-trial 32A S1, 200 files of 300 KB in the page cache): 25 ms to read their blocks, 25 ms
+    from the user cache, 300 ms the first time (the entries' writes); the entries save the 8 reads
+    a file of a cold disk. A folder of 300 frames of 7 KB (re-trial 33B S2, page cache): 0.2 ms to
+    read its 8 frames, 1.4 ms the first time (the entry's write), 0.13 ms from the user cache,
+    beside 0.7-1.6 ms for its `video_identity` (a stat per frame), which is taken anyway."""
     try:
-        if os.path.isdir(path):
-            return None
         real = os.path.realpath(path)
-        key = (real, *file_identity(real))
+        folder = os.path.isdir(real)
+        ident = file_identity(real) if not folder else video_identity(real) if identity is None else identity
+        if ident is None:
+            return None
+        key = (real, *current_identity(ident))
         hit = _content_keys.get(key) or (remembered(CONTENT_CACHE, list(key)) if keep else None)
         if not isinstance(hit, str):
-            hit = _read_content_key(real, key[1])
-            if (real, *file_identity(real)) != key:  # written while read: not kept under either stat
+            hit, still = _read_key(real, key, folder)
+            if not still:  # written while read: not kept under either stat
                 return hit
             if keep:
                 remember(CONTENT_CACHE, list(key), hit)
@@ -216,5 +261,6 @@ def video_stamp(path: str, identity: Any = None) -> dict[str, Any]:
     out. Written by every caption source (`tgmae caption`'s captioner and text sources); compared by
     `tgmae.captions.store.other_file`. The key is not kept in the user cache (`content_key`'s keep)."""
     identity = video_identity(path) if identity is None else identity
-    stamp = {"video": identity, "content": content_key(path, keep=False) if identity is not None else None}
+    stamp = {"video": identity,
+             "content": content_key(path, keep=False, identity=identity) if identity is not None else None}
     return {k: v for k, v in stamp.items() if v is not None}
