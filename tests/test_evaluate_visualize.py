@@ -509,6 +509,47 @@ def test_another_runs_file_in_a_run_folder_is_drawn_as_its_own_and_titled_by_its
     assert checkpoint_label(run / "model.safetensors") == "final"
 
 
+def test_another_runs_file_of_the_same_settings_is_titled_by_its_name_and_carded_as_not_the_runs(
+        tmp_path, clip_file, monkeypatch):
+    """Re-trial 33B S1: another run's model of the same masking and clip settings, copied into a run's
+    folder, was titled `final` and exported with that run's card (its data, steps, last loss). Its
+    recorded run id is not the folder's (`model_card.run_of`): titled by its name, carded as not that
+    run's; the run's own model stays `final`, its copy exported keeps the run's id."""
+    import shutil
+
+    from tgmae.viz import reconstruction
+    from tgmae.weights.export_hf import export_hf
+    from tgmae.weights.model_card import EXPORT_RUN_ID_KEY, own_run_id, section_settings
+
+    cfg = load_config(None, ["masking.name=random", "masking.ratio=0.6", "data.num_frames=4", "data.image_size=32",
+                             "model.patch_size=8"])
+    runs = []
+    for name in ("pt0", "k4_pt"):
+        run = tmp_path / name
+        save_config(cfg, run / "config.yaml")
+        save_pretraining_model(VideoMAEPretrainer(ARCH), run / "model.safetensors", data=section_settings("data", cfg.data),
+                               masking=section_settings("masking", cfg.masking), run_id=own_run_id(run))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 0.3564}) + "\n")
+        runs.append(run)
+    pt0, k4 = runs
+    copy = Path(shutil.copy(pt0 / "model.safetensors", k4 / "pt0_copy.safetensors"))
+    titles = []
+    save = reconstruction.save_reconstruction_figure
+    monkeypatch.setattr(reconstruction, "save_reconstruction_figure",
+                        lambda rows, path, **kw: titles.append(kw["title"]) or save(rows, path, **kw))
+    for weights in (copy, k4 / "model.safetensors"):
+        assert cli(["visualize", "recon", str(weights), "--video", str(clip_file), "--out", str(tmp_path / "o")]) == 0
+    assert titles[0].startswith("walk, pt0_copy.safetensors (random mask, ratio 0.6;"), titles
+    assert titles[1].startswith("walk, final (random mask, ratio 0.6;"), titles
+    export_hf(copy, tmp_path / "hf_copy", pretraining=True)
+    card = (tmp_path / "hf_copy" / "README.md").read_text()
+    assert "not that run's model" in card and "| run folder |" not in card and "0.3564" not in card
+    export_hf(k4, tmp_path / "hf_own", pretraining=True)
+    assert "| run folder | `" in (tmp_path / "hf_own" / "README.md").read_text()
+    said = json.loads((tmp_path / "hf_copy" / "config.json").read_text())[EXPORT_RUN_ID_KEY]
+    assert said == (pt0 / "run_id").read_text().strip()
+
+
 def test_a_bad_masking_recorded_in_an_export_names_its_file_and_key(tmp_path, clip_file, capsys):
     """Re-trial 32A M2: `tgmae_masking.name` 'tubee' in an export's config.json was said as the user's
     `masking.name='tubee'`, naming no file. One line names the file and its key; an override of the key

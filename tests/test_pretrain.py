@@ -588,3 +588,20 @@ def test_a_run_config_with_relative_data_paths_says_so_once_when_read(tmp_path, 
     said = [r.getMessage() for r in caplog.records if "relative" in r.getMessage()]
     assert len(said) == 1 and "data.root='A'" in said[0] and "data.train_annotations='train.csv'" in said[0]
     assert str(tmp_path) in said[0]
+
+
+def test_a_run_writes_its_id_once_and_every_weights_file_it_saves_records_it(synth_root, tmp_path):
+    """Re-trial 33B S1: what proves a file in a run folder that run's. The id is written when the run
+    starts, kept by its resume after a kill, and recorded by its step checkpoints and final model
+    (`model_card.run_of` reads it)."""
+    from tgmae.weights.model_card import folder_run_id, recorded_run_id, run_of
+
+    cfg = cfg_for(synth_root, tmp_path / "run")
+    pretrain_killed_at(cfg, 3)
+    first = folder_run_id(tmp_path / "run")
+    assert first is not None
+    run = pretrain(cfg)
+    assert folder_run_id(run) == first
+    files = [run / "model.safetensors", *sorted(run.glob("checkpoints/step_*/model.safetensors"))]
+    assert len(files) >= 2 and all(recorded_run_id(f)[0] == first for f in files), files
+    assert all(run_of(f) == (run, "") for f in files)

@@ -71,13 +71,13 @@ def test_the_card_says_which_fields_were_assumed_and_how_to_state_them():
     assert "ssumed" not in render_card(**kwargs)
 
 
-def _pretraining_file(path, masking=None, data=None):
+def _pretraining_file(path, masking=None, data=None, run_id=None):
     from tgmae.models import VideoMAEArch, VideoMAEPretrainer
     from tgmae.weights.pretraining import save_pretraining_model
 
     arch = VideoMAEArch(embed_dim=32, depth=1, num_heads=4, patch_size=8, tubelet_size=2, num_frames=4,
                         image_size=32, decoder_dim=16, decoder_depth=1, decoder_heads=1)
-    return save_pretraining_model(VideoMAEPretrainer(arch), path, data=data, masking=masking)
+    return save_pretraining_model(VideoMAEPretrainer(arch), path, data=data, masking=masking, run_id=run_id)
 
 
 def test_weights_recording_other_settings_than_the_folders_run_are_not_that_runs(tmp_path):
@@ -122,3 +122,62 @@ def test_a_bad_setting_recorded_with_weights_names_the_file_and_its_key(tmp_path
     with pytest.raises(RecordedSettingsError, match=rf"^{bad}: metadata data\.num_frames=-2: must be > 0 "):
         own_settings(bad)
     assert known_settings(bad, "masking")[0] == {"name": "random", "ratio": 0.5}
+
+
+def test_a_file_of_another_run_with_the_same_settings_is_not_that_runs(tmp_path):
+    """Re-trial 33B S1: another run's model of the same masking and clip settings, copied into a run's
+    folder, was taken as that run's (titled `final`, carded with its data, steps and loss). Every run
+    folder has an id (`own_run_id`) its weights record: a file recording another id is not the run's,
+    the run's own model and step checkpoints are, and a file recording none (made before ids were
+    recorded) is compared by settings as before."""
+    import torch
+
+    from tgmae.config import load_config
+    from tgmae.evaluate.visualize import checkpoint_label
+    from tgmae.models.arch import VideoMAEArch
+    from tgmae.weights import checkpoint as ckpt
+    from tgmae.weights.convert import convert
+    from tgmae.weights.model_card import (folder_run_id, own_run_id, recorded_run_id, render_card, run_of,
+                                          section_settings)
+
+    cfg = load_config(None, ["masking.name=tube", "masking.ratio=0.75"])
+    settings = dict(masking=section_settings("masking", cfg.masking), data=section_settings("data", cfg.data))
+    runs = {}
+    for name in ("a", "b"):
+        run = tmp_path / name
+        save_config(cfg, run / "config.yaml")
+        runs[name] = (run, own_run_id(run))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 8, "loss": 0.25}) + "\n")
+    (a, a_id), (b, b_id) = runs["a"], runs["b"]
+    assert a_id != b_id and own_run_id(a) == a_id == folder_run_id(a)  # written once, kept
+    own = _pretraining_file(b / "model.safetensors", **settings, run_id=b_id)
+    theirs = _pretraining_file(a / "model.safetensors", **settings, run_id=a_id)
+    copy = b / "pt0_copy.safetensors"
+    copy.write_bytes(theirs.read_bytes())
+    found, why = run_of(copy)
+    assert found is None and why.startswith(f"{copy} is not the model of the run in {b}") and a_id in why, why
+    info = read_run(copy)
+    assert info.config is None and info.steps is None and info.last_loss is None and info.note == why
+    assert checkpoint_label(copy) == "pt0_copy.safetensors"
+    card = render_card(kind="pretraining", hf_class="VideoMAEForPreTraining", arch=VideoMAEArch(), checkpoint=str(copy),
+                       run=info, mean=(0.5,) * 3, std=(0.2,) * 3, frame_stride=1, class_names=[], check="", version="0")
+    assert "another run's id" in card and "not that run's model" in card and "| run folder |" not in card
+    assert "last logged training loss" not in card
+    # the run's own model and step checkpoints: the run's
+    assert run_of(own) == (b, "") and checkpoint_label(own) == "final" and checkpoint_label(a / "model.safetensors") == "final"
+    lin = torch.nn.Linear(2, 2)
+    step = ckpt.save_checkpoint(b / "checkpoints", lin, torch.optim.SGD(lin.parameters(), lr=0.1),
+                                None, ckpt.TrainPosition(4, 0, 0), {}, run_id=b_id)
+    assert recorded_run_id(step / "model.safetensors")[0] == b_id
+    assert run_of(step / "model.safetensors") == (b, "") and checkpoint_label(step / "model.safetensors") == "step 4"
+    # a copy made by convert stays the run's it was made from, wherever it lands
+    convert(theirs, tmp_path / "converted.safetensors")
+    assert recorded_run_id(tmp_path / "converted.safetensors")[0] == a_id
+    # a file recording no id (made before ids were recorded): compared by settings, as before
+    old = _pretraining_file(b / "old.safetensors", **settings)
+    assert recorded_run_id(old) == (None, "") and run_of(old) == (b, "") and checkpoint_label(old) == "final"
+    other = _pretraining_file(b / "old_other.safetensors", {"name": "random", "ratio": 0.5}, settings["data"])
+    assert run_of(other)[0] is None and "masking.name 'random'" in run_of(other)[1]
+    # a file recording an id in a folder of a run that has none (started before ids): another run's
+    (b / "run_id").unlink()
+    assert run_of(own)[0] is None and "folder records none" in run_of(own)[1]

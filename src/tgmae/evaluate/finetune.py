@@ -30,7 +30,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups
 from tgmae.train.precision import run_precision
 from tgmae.weights.classifier import build_classifier, save_classifier
-from tgmae.weights.model_card import section_settings
+from tgmae.weights.model_card import own_run_id, section_settings
 from tgmae.train.resume import locks_run_folder, refuse_other_kind
 from tgmae.data.dataset import refuse_training_videos_as_test, refuse_unlabelled, subset_annotations
 
@@ -240,8 +240,8 @@ def finetune(cfg: RunConfig, hooks=None, *, train_data: Optional[Dataset] = None
     names = task.class_names
     # saved before the test: a test that fails leaves the trained model
     # with the clip settings it is trained at: they travel with the file (convert, export-hf, evaluate)
-    path = save_classifier(fit.model, out / "classifier.safetensors", names,
-                           data=section_settings("data", cfg.data)) if is_main else None
+    path = save_classifier(fit.model, out / "classifier.safetensors", names, data=section_settings("data", cfg.data),
+                           run_id=own_run_id(out)) if is_main else None
     test = task.test(fit.model, test_data) if test_data is not None else None
     if is_main:
         summary: dict[str, Any] = {"classifier": str(path), "num_classes": task.num_classes}

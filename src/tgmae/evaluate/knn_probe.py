@@ -22,6 +22,7 @@ from tgmae.config import ConfigError, RunConfig, save_config
 from tgmae.evaluate.knn import KnnResult, knn_classify
 from tgmae.evaluate.metrics import topk_text
 from tgmae.train.resume import locks_run_folder
+from tgmae.weights.model_card import own_run_id
 from tgmae.data.dataset import subset_annotations
 
 log = logging.getLogger("tgmae")
@@ -76,6 +77,7 @@ def knn_probe(cfg: RunConfig, *, train_data: Optional[Dataset] = None, val_data:
     head = by_k[ks[0]]
     if init_distributed(cfg.train.device).is_main:  # every rank scores alike; one writes
         out.mkdir(parents=True, exist_ok=True)
+        own_run_id(out)  # every run folder's (`model_card.run_of`), as a training loop's
         save_config(cfg, out / "config.yaml")
         final = {"top1": head.top1, **({"top5": head.top5} if head.top5 is not None else {})}
         table = {str(k): {"top1": r.top1, **({"top5": r.top5} if r.top5 is not None else {})} for k, r in by_k.items()}

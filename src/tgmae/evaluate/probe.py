@@ -35,6 +35,7 @@ from tgmae.train.loop import StepOutput, Trainer
 from tgmae.train.optim import param_groups, peak_lr
 from tgmae.weights import checkpoint as ckpt
 from tgmae.weights.files import require_pretrained
+from tgmae.weights.model_card import own_run_id
 from tgmae.train.resume import locks_run_folder
 from tgmae.data.dataset import build_dataset, refuse_training_videos_as_test, refuse_unlabelled, subset_annotations
 
@@ -478,6 +479,7 @@ def logistic_probe(cfg: RunConfig, train: FeatureDataset, val: Optional[FeatureD
     final = score_logits(logits, val.labels) if val is not None else {"top1": float("nan")}
     if init_distributed(cfg.train.device).is_main:  # every rank fits alike; one writes
         out.mkdir(parents=True, exist_ok=True)
+        own_run_id(out)  # every run folder's (`model_card.run_of`), as a training loop's
         save_config(cfg, out / "config.yaml")
         with atomic_path(out / HEAD_FILE, own_folder=True) as tmp:  # save_file makes a temp of its own
             save_file(head.state_dict(), str(tmp), metadata={"l2": repr(l2), "format": "tgmae-logistic-probe"})

@@ -218,7 +218,8 @@ def figure_name(kind: str, clip: str, weights: str, label: str, cfg, sections: S
 def checkpoint_label(path: str | Path) -> str:
     """What a figure's title calls the weights it drew: `step N` of a `checkpoints/step_N/`
     checkpoint, `final` for a run's model.safetensors, else the checkpoint's file or folder name (also
-    for another run's file in a run's folder, `model_card.run_of`: re-trial 32A S2, titled `final`)."""
+    for another run's file in a run's folder, `model_card.run_of`: re-trial 32A S2 and 33B S1, one of
+    other or of the same settings titled `final`)."""
     from tgmae.weights.model_card import checkpoint_step, run_of
 
     run, foreign = run_of(path)

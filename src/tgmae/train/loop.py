@@ -543,9 +543,11 @@ class Trainer:
         states = ckpt.train_states(run.model, run.optimizer)  # a collective under FSDP
         rngs = ckpt.rank_rng_states()  # a collective
         if self.dist.is_main:
+            from tgmae.weights.model_card import own_run_id
+
             path = ckpt.save_checkpoint(
                 self.ckpt_dir, run.model, run.optimizer, run.scaler, pos, to_dict(self.cfg), states=states, rngs=rngs,
-                keep_last=self.cfg.checkpoint.keep_last,
+                keep_last=self.cfg.checkpoint.keep_last, run_id=own_run_id(self.out_dir),
                 extra={"world_size": self.dist.world_size, "load_failures": failures, "task": self.task.name,
                        "precision": run.precision, "eval_history": run.eval_history, "inputs_fingerprint": self.fingerprint,
                        **({"videos": self.videos} if self.videos else {}),

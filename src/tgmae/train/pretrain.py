@@ -250,7 +250,7 @@ def write_pretrain_figures(model: nn.Module, dataset: Dataset, cfg: RunConfig, o
 @locks_run_folder
 def pretrain(cfg: RunConfig, hooks=None) -> Path:
     """Run pretraining; returns the run directory."""
-    from tgmae.weights.model_card import section_settings
+    from tgmae.weights.model_card import own_run_id, section_settings
     from tgmae.weights.pretraining import save_pretraining_model
 
     task = PretrainTask(cfg)
@@ -269,7 +269,8 @@ def pretrain(cfg: RunConfig, hooks=None) -> Path:
         # last: the model file says the run is done (`pretrain_done`), so a run killed while drawing
         # its figures is rerun (a finished run's resume: the figures again), not taken as done
         save_pretraining_model(mae_part(result.model), result.output_dir / "model.safetensors",
-                               data=section_settings("data", cfg.data), masking=section_settings("masking", cfg.masking))
+                               data=section_settings("data", cfg.data), masking=section_settings("masking", cfg.masking),
+                               run_id=own_run_id(result.output_dir))  # what proves it the run's (re-trial 33B S1)
     return result.output_dir
 
 

@@ -25,6 +25,7 @@ from tgmae.lifetime import launch_env
 from tgmae.errors import UserError, count
 from tgmae.locks import LATEST, NO_CHECKPOINT_YET, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
+from tgmae.weights.model_card import own_run_id
 
 log = logging.getLogger("tgmae")
 
@@ -545,7 +546,8 @@ def locks_run_folder(fn):
 
 def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_steps: int) -> None:
     """The run folder: config.yaml (only settings that run: a finished run resumed keeps its
-    own), before it the `NO_CHECKPOINT_YET` marker of a run without a checkpoint of its own there
+    own), its run id (`model_card.own_run_id`: written once, kept on resume; re-trial 33B S1),
+    before them the `NO_CHECKPOINT_YET` marker of a run without a checkpoint of its own there
     (`first_checkpoint_written` removes it) and, under checkpoint.resume=ignore_config, what changed
     and when in config_changes.jsonl. Main rank only."""
     if not is_main:
@@ -555,6 +557,7 @@ def write_run_folder(cfg: RunConfig, is_main: bool, resumed: Resumed, total_step
     if not _own_checkpoint(out_dir, resumed.source):  # first: a config.yaml of this run has its marker
         atomic_write_text(out_dir / NO_CHECKPOINT_YET, "this run has written no checkpoint yet: a rerun of the "
                           "same settings starts it afresh (its first checkpoint removes this file)\n")
+    own_run_id(out_dir)
     if resumed.source is None or (pos.step < total_steps and pos.epoch < cfg.train.epochs):
         save_config(cfg, out_dir / "config.yaml")
     if resumed.changes:

@@ -35,6 +35,7 @@ from tgmae.config import ANNOTATION_KEYS, LOCAL_PATH_KEYS, MODEL_PATH_KEYS, reco
 from tgmae.distributed import distributed_ready, is_fsdp, rank_world
 from tgmae.weights.files import (LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict, load_weights_only,
                                  torch_error)
+from tgmae.weights.model_card import run_id_note
 
 log = logging.getLogger("tgmae")
 
@@ -269,11 +270,13 @@ def save_checkpoint(
     extra: Optional[dict] = None,
     states: Optional[tuple[dict, dict]] = None,
     rngs: Optional[list[dict]] = None,
+    run_id: Optional[str] = None,
 ) -> Path:
     """Write `directory/step_<8-digit step>` atomically, point `latest` at it, prune old ones.
     `states`: the (model, optimizer) state dicts `train_states` gathered (a sharded model's);
     default the modules' own. `rngs`: each rank's RNG state in rank order (`rank_rng_states`);
-    default this process's. The checkpoint is built in a temp folder that a failed write
+    default this process's. `run_id`: the run's (`model_card.own_run_id`), recorded in its
+    model.safetensors (re-trial 33B S1). The checkpoint is built in a temp folder that a failed write
     removes; temp folders of killed writers are removed first (`clean_temps`)."""
     model_state, optim_state = states if states is not None else (model.state_dict(), optimizer.state_dict())
     directory.mkdir(parents=True, exist_ok=True)
@@ -284,7 +287,7 @@ def save_checkpoint(
     try:
         # its path keys resolved: the files it read, wherever it is read from (re-trial 31A S4)
         _write_checkpoint_folder(tmp, model_state, optim_state, scaler, position, recorded_paths(config), extra,
-                                 rngs or [rng_state()])
+                                 rngs or [rng_state()], run_id)
     except BaseException as e:
         # a full disk: torch / safetensors raise RuntimeErrors naming no file, told by the free
         # space, so decided while the half checkpoint still fills the disk (before its removal)
@@ -344,12 +347,12 @@ def clean_temps(directory: Path) -> None:
 
 def _write_checkpoint_folder(tmp: Path, model_state: dict[str, torch.Tensor], optim_state: dict,
                              scaler: Optional[torch.amp.GradScaler], position: TrainPosition, config: dict,
-                             extra: Optional[dict], rngs: list[dict]) -> None:
+                             extra: Optional[dict], rngs: list[dict], run_id: Optional[str] = None) -> None:
     """model.safetensors and state.pt of a checkpoint into `tmp`, fsynced. state.pt keeps rank 0's
     RNG state as "rng" (all a checkpoint held before) and every rank's as "rank_rngs"."""
     # detached contiguous copies: safetensors refuses views and shared storage
     save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"),
-              metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT})
+              metadata={"tgmae_config": json.dumps(config), "format": TRAIN_FORMAT, **run_id_note(run_id)})
     state = {
         "optimizer": optim_state,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},

@@ -17,7 +17,7 @@ import torch
 
 from tgmae.models.classifier import FC_NORM_EPS, VideoClassifier, classifier_arch
 from tgmae.weights.files import CheckpointError, load_strict, write_safetensors
-from tgmae.weights.model_card import recorded_note
+from tgmae.weights.model_card import recorded_note, run_id_note
 from tgmae.weights.official import assumed_note
 from tgmae.weights.sources import CLASSIFIER_FORMAT, EncoderSource, load_encoder_source
 
@@ -69,14 +69,16 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def save_classifier(model: VideoClassifier, path: str | os.PathLike, class_names: Sequence[str] = (),
-                    assumed: Sequence[str] = (), data: Optional[dict[str, Any]] = None) -> Path:
+                    assumed: Sequence[str] = (), data: Optional[dict[str, Any]] = None,
+                    run_id: Optional[str] = None) -> Path:
     """Write weights + arch + class names as one safetensors file, atomically; `assumed`: the arch
     fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the clip
-    settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.recorded_note`), when known."""
+    settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.recorded_note`), when known;
+    `run_id`: the run that made it (`pretraining.save_pretraining_model`'s, re-trial 33B S1)."""
     arch = dataclasses.replace(model.arch, drop_path=0.0)
     meta = {"format": CLASSIFIER_FORMAT, "arch": arch.to_json(), "num_classes": str(model.num_classes),
             "fc_norm_eps": repr(model.fc_norm.eps), "class_names": json.dumps(list(class_names)),
-            **assumed_note(list(assumed)), **recorded_note("data", data or {})}
+            **assumed_note(list(assumed)), **recorded_note("data", data or {}), **run_id_note(run_id)}
     return write_safetensors(model.state_dict(), path, meta)
 
 

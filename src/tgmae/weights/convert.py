@@ -17,7 +17,7 @@ from tgmae.errors import UserError
 from tgmae.locks import run_around
 from tgmae.weights.classifier import build_classifier, save_classifier
 from tgmae.weights.files import CheckpointError, detect_format, refuse_unfinished_run, resolve_weights
-from tgmae.weights.model_card import known_settings
+from tgmae.weights.model_card import known_settings, recorded_run_id
 from tgmae.weights.official import ARGS_FIELDS, OFFICIAL_OPTIONS, official_settings, read_official
 from tgmae.weights.pretraining import (
     holds_decoder,
@@ -76,7 +76,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     assumed stays so in `out`, less what an option states; the clip settings its model was trained
     with (its run's, or recorded with it: `model_card.known_settings`) are recorded in `out`,
     with the frames and image size an option states, and a pretraining model's masking likewise
-    (`model_card.known_settings`, re-trial 30B S3). Raises CheckpointError (a ConfigError for a
+    (`model_card.known_settings`, re-trial 30B S3), and the run id it records as made from that
+    run (`model_card.recorded_run_id`, re-trial 33B S1). Raises CheckpointError (a ConfigError for a
     missing head count) naming the file and the keys that do not fit; OutputFileError naming `out`
     when it is the source, lies inside a run, or exists without `overwrite`; CheckpointError for a
     run folder without its final weights (`files.refuse_unfinished_run`).
@@ -93,13 +94,14 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     geometry = {k: overrides[k] for k in ("num_frames", "image_size") if k in overrides}
     data = known_settings(src)[0]
     data = {**data, **geometry} if data else {}  # unknown stays unknown: not the geometry alone
+    made_by = recorded_run_id(src)[0]  # a copy of a run's weights stays that run's, never the folder's it lands in
     # What the source records as assumed (ours, an export-hf folder) stays recorded, less what an
     # option now states; its reader has said it.
     if holds_decoder(src):
         model, assumed = load_pretraining(src, **overrides)
         check_stated_heads(src, model.arch, stated)
         save_pretraining_model(model, out, [k for k in assumed if k not in stated], data,
-                               known_settings(src, "masking")[0])
+                               known_settings(src, "masking")[0], made_by)
         return _pretraining_summary(kind, model)
     source = load_encoder_source(src)  # no encoder: that is the fault
     _refuse_decoder_options(src, {**overrides, **stated})
@@ -107,7 +109,8 @@ def convert(src: str | Path, out: str | Path, overwrite: bool = False, **overrid
     if geometry:
         source.arch = dataclasses.replace(source.arch, **geometry)
     return _save_encoder_source(kind, source, out, assumed=[k for k in source.assumed
-                                                                    if k not in {**geometry, **stated}], data=data)
+                                                                    if k not in {**geometry, **stated}], data=data,
+                                run_id=made_by)
 
 
 def _convert_official(src: Path, out: str | Path, overrides: dict[str, Any]) -> str:
@@ -151,15 +154,17 @@ def _pretraining_summary(kind: str, model: Any, from_args: str = "") -> str:
 
 
 def _save_encoder_source(kind: str, source: Any, out: str | Path, from_args: str = "",
-                         assumed: list[str] | tuple = (), data: dict[str, Any] | None = None) -> str:
+                         assumed: list[str] | tuple = (), data: dict[str, Any] | None = None,
+                         run_id: str | None = None) -> str:
     """Write `source` as our classifier (it has a head) or encoder file, with the arch fields
-    `assumed` and the clip settings `data` (when known) recorded; the summary line."""
+    `assumed`, the clip settings `data` and the run id it was made by (when known) recorded; the
+    summary line."""
     a = source.arch
     if source.head:
         clf = build_classifier(source, keep_head=True)
-        save_classifier(clf, out, source.class_names, assumed, data)
+        save_classifier(clf, out, source.class_names, assumed, data, run_id)
         return (f"{kind} -> tgmae classifier, {clf.num_classes} classes, encoder {a.embed_dim}x{a.depth}, "
                 f"{a.num_frames} frames at {a.image_size}px{from_args}")
-    save_encoder(source.build_encoder(), out, assumed, data)
+    save_encoder(source.build_encoder(), out, assumed, data, run_id)
     return (f"{kind} -> tgmae encoder, {a.embed_dim}x{a.depth} ({a.num_heads} heads), {a.num_frames} frames at "
             f"{a.image_size}px{from_args}")

@@ -43,8 +43,10 @@ from tgmae.weights.layouts import fill_key_biases, hf_config, ours_to_hf, releas
 from tgmae.weights.model_card import (
     EXPORT_DATA_KEY,
     EXPORT_MASK_KEY,
+    EXPORT_RUN_ID_KEY,
     known_settings,
     read_run,
+    recorded_run_id,
     render_card,
 )
 from tgmae.weights.official import ASSUMED_HF_KEY, OFFICIAL_OPTIONS
@@ -190,7 +192,7 @@ def processor_settings(arch: VideoMAEArch, data: dict[str, Any]) -> tuple[tuple[
 
 
 def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[str] = (),
-                    masking: Optional[dict[str, Any]] = None) -> None:
+                    masking: Optional[dict[str, Any]] = None, run_id: Optional[str] = None) -> None:
     """Add to the export's config.json what HF's fields cannot say (transformers keeps an unknown key
     as an attribute and uses none of it): the clip settings the model was trained with (`data`: its
     run's, or those its file records, `model_card.known_settings`; when known) under
@@ -198,11 +200,14 @@ def record_settings(config_json: Path, data: dict[str, Any], assumed: Sequence[s
     (`masking`, `model_card.RUN_MASK_KEYS`; when known) under EXPORT_MASK_KEY, under which `tgmae
     visualize recon` of the folder draws (re-trial 30B S3); the arch
     fields assumed, not known (`official.ASSUMED_HF_KEY`), which `tgmae convert` of the folder and
-    every reader of it keep and warn of (`official.hf_assumed_meta`)."""
+    every reader of it keep and warn of (`official.hf_assumed_meta`); the id of the run its weights
+    were made by (`run_id`, `model_card.recorded_run_id`; when recorded) under EXPORT_RUN_ID_KEY, which
+    `tgmae convert` of the folder keeps (re-trial 33B S1)."""
     from tgmae.atomic import atomic_write_text
 
     extra = {**({EXPORT_DATA_KEY: data} if data else {}),
              **({EXPORT_MASK_KEY: masking} if masking else {}),
+             **({EXPORT_RUN_ID_KEY: run_id} if run_id else {}),
              **({ASSUMED_HF_KEY: list(assumed)} if assumed else {})}
     if extra:
         config = json.loads(config_json.read_text())
@@ -349,7 +354,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, classif
         work.mkdir()
         model = hf_model(module, names, hf_fc_norm_eps)
         model.save_pretrained(str(work))
-        record_settings(work / "config.json", data, assumed, masking)
+        record_settings(work / "config.json", data, assumed, masking, recorded_run_id(checkpoint)[0])
         write_processor_config(work, module.arch, mean, std)
         diff = compare_with_hf(module, work) if verify else None
         if diff is not None and diff > TOLERANCE:

@@ -51,10 +51,11 @@ def run_of(checkpoint: str | Path) -> tuple[Optional[Path], str]:
     """(the run folder of a checkpoint, ""): the folder itself, the file's folder, or the run above a
     `checkpoints/step_N/` checkpoint (also named as `checkpoints/latest` or `checkpoints/`:
     `files.resolve_checkpoint`) - whichever holds a `config.yaml` - when the checkpoint is that run's
-    (`foreign_to_run`); (None, why not) for weights that record other settings than it, such as a
-    model file copied into another run's folder; (None, "") beside no config.yaml. The one rule of
-    every reader of a checkpoint's run (figures, the card, its data settings, its training videos):
-    re-trial 32A S2, another run's file was drawn under the folder's masking and titled `final`."""
+    (`foreign_to_run`); (None, why not) for weights made by another run, such as a model file copied
+    into another run's folder; (None, "") beside no config.yaml. The one rule of every reader of a
+    checkpoint's run (figures, the card, its data settings, its training videos, convert, probe,
+    evaluate): re-trial 32A S2, another run's file was drawn under the folder's masking and titled
+    `final`; re-trial 33B S1, one of the same settings too."""
     p = _resolved(checkpoint)
     base = p if p.is_dir() else p.parent
     candidates = [base, base.parent.parent] if base.parent.name == "checkpoints" else [base]
@@ -64,11 +65,28 @@ def run_of(checkpoint: str | Path) -> tuple[Optional[Path], str]:
 
 
 def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
-    """Why `checkpoint` is not the model of the run in folder `run` ("" when nothing says so): the
-    settings its weights record (`recorded_settings`: data and masking) differ from the run's
-    config.yaml in a key that config_changes.jsonl does not say changed mid-run (where a step
-    checkpoint of before the change records the old value). Weights recording none, or a config.yaml
-    that does not read, say nothing: they count as the run's."""
+    """Why `checkpoint` is not the model of the run in folder `run` ("" when nothing says so). Its
+    recorded run id (`recorded_run_id`) decides when it has one: the folder's (`folder_run_id`) is
+    the run's, any other (or a folder without one, whose run saved nothing since ids were
+    recorded) is not (re-trial 33B S1: a copy of the same settings was titled `final` and carded
+    as the folder's run). Weights recording none (made before ids were recorded) are compared by
+    settings (`foreign_by_settings`)."""
+    made_by, where = recorded_run_id(checkpoint)
+    if made_by is None:
+        return foreign_by_settings(checkpoint, run)
+    own = folder_run_id(run)
+    if made_by == own:
+        return ""
+    return (f"{where} is not the model of the run in {run} (it records run id {made_by}, the run's "
+            f"{'is ' + own if own else 'folder records none'}: made by another run): its own recorded settings are used")
+
+
+def foreign_by_settings(checkpoint: str | Path, run: Path) -> str:
+    """`foreign_to_run` of weights recording no run id: the settings they record (`recorded_settings`:
+    data and masking) differ from the run's config.yaml in a key that config_changes.jsonl does not
+    say changed mid-run (where a step checkpoint of before the change records the old value).
+    Weights recording none, or a config.yaml that does not read, say nothing: they count as the
+    run's (re-trial 32A S2)."""
     cfg = run_config(run)[0]
     if cfg is None:
         return ""
@@ -84,6 +102,55 @@ def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
         return ""
     return (f"{where} is not the model of the run in {run} (it records {', '.join(differ[:4])}"
             f"{' ...' if len(differ) > 4 else ''}, not its config.yaml's): its own recorded settings are used")
+
+
+# a run's id: random, written once into its folder when the run starts (kept on resume), and
+# recorded by every weights file the run saves, and by convert / export-hf copies of them ("made
+# from run X"): what proves a file in a run folder is that run's (`foreign_to_run`, re-trial 33B S1)
+RUN_ID_FILE = "run_id"  # in the run folder
+RUN_ID_META = "run_id"  # our safetensors files' metadata (models, step checkpoints, encoders, classifiers)
+EXPORT_RUN_ID_KEY = "tgmae_run_id"  # export-hf's config.json entry
+
+
+def folder_run_id(run: str | Path) -> Optional[str]:
+    """The id of the run in folder `run` (its `RUN_ID_FILE`); None for a folder without one (a run
+    started before ids were written) or an unreadable one."""
+    try:
+        said = (Path(run) / RUN_ID_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return said or None
+
+
+def own_run_id(run: str | Path) -> str:
+    """The id of the run in folder `run`, written there first when it has none (a new run, or one
+    started before ids were written, resumed): a random hex string. Main rank only; the run
+    folder's lock keeps two writers out."""
+    import uuid
+
+    from tgmae.atomic import atomic_write_text
+
+    said = folder_run_id(run)
+    if said is None:
+        said = uuid.uuid4().hex
+        Path(run).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(run) / RUN_ID_FILE, said + "\n")
+    return said
+
+
+def run_id_note(run_id: Optional[str]) -> dict[str, str]:
+    """The metadata our file records for `run_id` (`RUN_ID_META`); {} for none (not known)."""
+    return {RUN_ID_META: run_id} if run_id else {}
+
+
+def recorded_run_id(checkpoint: str | Path) -> tuple[Optional[str], str]:
+    """(the run id recorded with the weights, the file recording it): our file's metadata
+    `RUN_ID_META` (a step checkpoint's too), an export-hf folder's config.json `EXPORT_RUN_ID_KEY`;
+    (None, "") for weights recording none (made before ids were recorded, outside a run, an
+    official or transformers checkpoint)."""
+    entries, where, export = _stored(checkpoint)
+    said = entries.get(EXPORT_RUN_ID_KEY if export else RUN_ID_META)
+    return (said, where) if isinstance(said, str) and said else (None, "")
 
 
 def _resolved(checkpoint: str | Path) -> Path:
@@ -195,25 +262,37 @@ def recorded_settings(checkpoint: str | Path, section: str = "data",
 def _recorded(checkpoint: str | Path, section: str) -> tuple[dict[str, Any], str, str]:
     """(the `section` settings the weights record, unchecked, the file, the entry holding them:
     `tgmae_masking`, `metadata masking`, `metadata tgmae_config.masking`); ({}, "", "") for none."""
+    keys, meta_key, export_key = RECORDED[section]
+    entries, where, export = _stored(checkpoint)
+    try:
+        if export:
+            label, recorded = export_key, entries.get(export_key)
+        else:
+            label = f"metadata {meta_key}" if meta_key in entries else f"metadata tgmae_config.{section}"
+            recorded = (json.loads(entries[meta_key]) if meta_key in entries
+                        else json.loads(entries.get("tgmae_config") or "{}").get(section))
+    except (ValueError, AttributeError, TypeError):
+        return {}, "", ""
+    settings = {k: v for k, v in recorded.items() if k in keys} if isinstance(recorded, dict) else {}
+    return (settings, where, label) if settings else ({}, "", "")
+
+
+def _stored(checkpoint: str | Path) -> tuple[dict[str, Any], str, bool]:
+    """(what the weights store beside them, the file, whether it is an export's config.json): an
+    export-hf folder's config.json object, our safetensors file's metadata (strings); ({}, "",
+    False) for a file that holds neither or does not read."""
     from tgmae.weights.files import looks_like_safetensors, read_safetensors_metadata
 
-    keys, meta_key, export_key = RECORDED[section]
     p = _resolved(checkpoint)
     try:
         if p.is_dir():
-            p, label = p / "config.json", export_key
-            recorded = json.loads(p.read_text()).get(export_key)
-        elif p.is_file() and looks_like_safetensors(p):
-            meta = read_safetensors_metadata(p)
-            label = f"metadata {meta_key}" if meta_key in meta else f"metadata tgmae_config.{section}"
-            recorded = (json.loads(meta[meta_key]) if meta_key in meta
-                        else json.loads(meta.get("tgmae_config") or "{}").get(section))
-        else:
-            return {}, "", ""
-    except (OSError, ValueError, AttributeError, CheckpointError):
-        return {}, "", ""
-    settings = {k: v for k, v in recorded.items() if k in keys} if isinstance(recorded, dict) else {}
-    return (settings, str(p), label) if settings else ({}, "", "")
+            entries = json.loads((p / "config.json").read_text())
+            return (entries, str(p / "config.json"), True) if isinstance(entries, dict) else ({}, "", False)
+        if p.is_file() and looks_like_safetensors(p):
+            return dict(read_safetensors_metadata(p)), str(p), False
+    except (OSError, ValueError, CheckpointError):
+        pass
+    return {}, "", False
 
 
 class RecordedSettingsError(ConfigError):
@@ -288,8 +367,10 @@ def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     cfg = run.config
     if cfg is None and run.note and run.run_dir is None:  # another run's folder (`run_of`): no local paths
-        return [("run", "its weights record other settings than the config.yaml of the run folder they were in: "
-                        "not that run's model; settings unknown but those recorded with them")]
+        why = ("another run's id than the run folder they were in" if "records run id" in run.note
+               else "other settings than the config.yaml of the run folder they were in")
+        return [("run", f"its weights record {why}: not that run's model; settings unknown but those recorded "
+                        "with them")]
     if cfg is None:
         return [("run", run.note or "no run folder beside the checkpoint: settings unknown")]
     d = cfg.data

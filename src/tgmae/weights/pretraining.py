@@ -36,7 +36,7 @@ from tgmae.weights.files import (
     write_safetensors,
 )
 from tgmae.weights.layouts import hf_arch, hf_to_ours, official_arch
-from tgmae.weights.model_card import recorded_note
+from tgmae.weights.model_card import recorded_note, run_id_note
 from tgmae.weights.official import (
     assumed_note,
     hf_assumed_meta,
@@ -147,23 +147,26 @@ def official_pretraining_model(state: Mapping[str, Any], args: Mapping[str, Any]
 
 
 def save_pretraining_model(model: VideoMAEPretrainer, path: str | os.PathLike, assumed: Sequence[str] = (),
-                           data: Optional[dict[str, Any]] = None, masking: Optional[dict[str, Any]] = None) -> Path:
+                           data: Optional[dict[str, Any]] = None, masking: Optional[dict[str, Any]] = None,
+                           run_id: Optional[str] = None) -> Path:
     """Write weights + arch as one safetensors file, atomically (temp file, then rename); `assumed`:
     the arch fields a conversion assumed (`official.assumed_note`), recorded with them; `data`: the
     clip settings it was trained with (`model_card.RUN_DATA_KEYS`, `model_card.recorded_note`), `masking`:
     the masking it was trained under (`model_card.RUN_MASK_KEYS`, which `tgmae visualize recon` of the
-    file draws: re-trial 30B S3), when known."""
+    file draws: re-trial 30B S3), when known; `run_id`: the run that made it (`model_card.own_run_id`;
+    a copy's, the id its source records), which proves it that run's (`model_card.run_of`, re-trial 33B S1)."""
     return write_safetensors(model.state_dict(), path, {"format": FORMAT, "arch": model.arch.to_json(),
                                                         **assumed_note(list(assumed)), **recorded_note("data", data or {}),
-                                                        **recorded_note("masking", masking or {})})
+                                                        **recorded_note("masking", masking or {}), **run_id_note(run_id)})
 
 
 def save_encoder(encoder: nn.Module, path: str | os.PathLike, assumed: Sequence[str] = (),
-                 data: Optional[dict[str, Any]] = None) -> Path:
-    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed` and
-    `data` as `save_pretraining_model`'s."""
+                 data: Optional[dict[str, Any]] = None, run_id: Optional[str] = None) -> Path:
+    """Write a `VideoViTEncoder` (weights under its own names + arch) as ENCODER_FORMAT; `assumed`,
+    `data` and `run_id` as `save_pretraining_model`'s."""
     return write_safetensors(encoder.state_dict(), path, {"format": ENCODER_FORMAT, "arch": encoder.arch.to_json(),
-                                                          **assumed_note(list(assumed)), **recorded_note("data", data or {})})
+                                                          **assumed_note(list(assumed)), **recorded_note("data", data or {}),
+                                                          **run_id_note(run_id)})
 
 
 def holds_decoder(path: str | os.PathLike) -> bool:
