@@ -367,10 +367,8 @@ def _run_rows(run: RunInfo, kind: str) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     cfg = run.config
     if cfg is None and run.note and run.run_dir is None:  # another run's folder (`run_of`): no local paths
-        why = ("another run's id than the run folder they were in" if "records run id" in run.note
-               else "other settings than the config.yaml of the run folder they were in")
-        return [("run", f"its weights record {why}: not that run's model; settings unknown but those recorded "
-                        "with them")]
+        return [("run", "its weights record another run's id or other settings than the run folder they were in "
+                        "(`run_of`): not that run's model; settings unknown but those recorded with them")]
     if cfg is None:
         return [("run", run.note or "no run folder beside the checkpoint: settings unknown")]
     d = cfg.data
