@@ -436,3 +436,15 @@ def test_an_overrides_number_is_written_by_yaml_as_the_number_it_is():
 
     values = {k: parse_override(f"x={k}")[1] for k in ("0.75", "3", "0123")}
     assert yaml.safe_load(yaml.safe_dump(values)) == {"0.75": 0.75, "3": 3, "0123": 83}
+
+
+def test_a_date_typed_for_a_text_key_is_the_text_written(tmp_path):
+    """Re-trial 33A M1: YAML reads `2024-01-05` as a date, and `train.output_dir=2024-01-05` was
+    refused as "datetime.date(2024, 1, 5): expected a string". No setting is a date: a timestamp is
+    the text written, in an override and in a -c file; a key of another type still names it."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  output_dir: 2024-01-05 10:00:00\n")
+    assert load_config(None, ["train.output_dir=2024-01-05"]).train.output_dir == "2024-01-05"
+    assert load_config(cfg_file, []).train.output_dir == "2024-01-05 10:00:00"
+    with pytest.raises(ConfigError, match=r"train.epochs='2024-01-05': expected an integer"):
+        load_config(None, ["train.epochs=2024-01-05"])

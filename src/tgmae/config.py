@@ -596,6 +596,9 @@ _SourceLoader.add_constructor("tag:yaml.org,2002:int",
                               _sourced_constructor(_SourcedInt, yaml.SafeLoader.construct_yaml_int))
 _SourceLoader.add_constructor("tag:yaml.org,2002:float",
                               _sourced_constructor(_SourcedFloat, yaml.SafeLoader.construct_yaml_float))
+# no setting is a date: a timestamp (`2024-01-05`, `2024-01-05 10:00`) is read as the text written,
+# as a path or a run name typed so means it (re-trial 33A M1: "datetime.date(2024, 1, 5): expected a string")
+_SourceLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 # a sourced number that reaches a YAML writer without `_coerce` (a study's phase overrides, an
 # untyped key) is written as the number it is
 yaml.SafeDumper.add_representer(_SourcedInt, yaml.SafeDumper.represent_int)
