@@ -619,10 +619,33 @@ def test_a_rank_whose_peer_ended_first_waits_for_rank_0_and_says_no_traceback(ca
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(importlib.import_module("time"), "sleep", lambda s: None)  # rank 0 runs on
     assert main(["pretrain"]) == 2
-    assert capsys.readouterr().err.startswith("tgmae pretrain (rank 1): stopped: another rank ended first ([")
+    assert capsys.readouterr().err == ("tgmae pretrain (rank 1): stopped: another rank ended first "
+                                       "(Connection closed by peer [127.0.0.1]:44721)\n")
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(RuntimeError):  # one process: no peer, a bug's traceback
         main(["pretrain"])
+
+
+@pytest.mark.parametrize("gloo_says,said", [
+    ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2722: Connection "
+     "reset by peer. This is typically caused by a remote worker hanging or bugs in the application. Check the logs "
+     "of the remote worker for more details.", "Read error [127.0.0.1]:2722: Connection reset by peer"),
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44721. This is "
+     "typically caused by a remote worker crashing.\nException raised from ...",
+     "Connection closed by peer [127.0.0.1]:44721"),
+])
+def test_a_rank_whose_peer_ended_first_quotes_what_happened_not_gloos_path_or_advice(
+        gloo_says, said, capsys, monkeypatch, rank0_waits):
+    """Re-trial 33A M3: rank 0's "stopped: another rank ended first (...)" quoted gloo's error cut at
+    200 characters, mid-word in its advice (`bugs in the applica)`), with its build path. It quotes
+    gloo's sentence saying what happened."""
+    def barrier_broke(rest):
+        raise RuntimeError(gloo_says)
+
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.pretrain"), "main", barrier_broke)
+    rank0_waits(0)
+    assert main(["pretrain"]) == 2
+    assert capsys.readouterr().err == f"tgmae pretrain: stopped: another rank ended first ({said})\n"
 
 
 _STOPPED = "tgmae pretrain: stopped (SIGTERM); what it finished is kept: rerun the same command to go on"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -137,13 +138,28 @@ def _peer_gone(e: BaseException) -> str | None:
     """The line of a collective that failed because another torchrun rank ended first (its own line
     says why: a full disk at a checkpoint, a bad file), None for any other error. A rank waiting in
     a barrier then got gloo's "Connection closed by peer" and printed a 40-line traceback (re-trial
-    27B T1)."""
+    27B T1). It quotes gloo's sentence saying what happened (`Read error [127.0.0.1]:2722: Connection
+    reset by peer`), not its source path or advice, which a cut at 200 characters left half-said
+    (re-trial 33A M3)."""
     from tgmae.lifetime import launch_env
 
     text = str(e)  # the text first: an error of a bad RANK / WORLD_SIZE is not read through them again
-    if not any(s in text for s in ("Connection closed by peer", "Connection reset by peer")) or launch_env()[1] <= 1:
+    if not any(s in text for s in _PEER_GONE) or launch_env()[1] <= 1:
         return None
-    return f"stopped: another rank ended first ({text.splitlines()[0][:200]})"
+    return f"stopped: another rank ended first ({_what_happened(text)})"
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def _what_happened(text: str) -> str:
+    """gloo's sentence naming the peer gone, e.g. "[/__w/.../pair.cc:537] Read error [127.0.0.1]:2722:
+    Connection reset by peer. This is typically caused by ..." -> "Read error [127.0.0.1]:2722:
+    Connection reset by peer": no `[file.cc:N]` source locations, no advice sentences."""
+    text = re.sub(r"\[[^\]\s]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", " ".join(text.split()))
+    sentences = re.split(r"(?<=\.)\s+", text)  # "127.0.0.1" has no space after its dots
+    said = next(s for s in sentences if any(p in s for p in _PEER_GONE)).rstrip(".")
+    return said if len(said) <= 200 else said[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def _stop_behind(e: BaseException) -> KeyboardInterrupt | None:
