@@ -619,10 +619,33 @@ def test_a_rank_whose_peer_ended_first_waits_for_rank_0_and_says_no_traceback(ca
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(importlib.import_module("time"), "sleep", lambda s: None)  # rank 0 runs on
     assert main(["pretrain"]) == 2
-    assert capsys.readouterr().err.startswith("tgmae pretrain (rank 1): stopped: another rank ended first ([")
+    assert capsys.readouterr().err == ("tgmae pretrain (rank 1): stopped: another rank ended first "
+                                       "(Connection closed by peer [127.0.0.1]:44721)\n")
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(RuntimeError):  # one process: no peer, a bug's traceback
         main(["pretrain"])
+
+
+@pytest.mark.parametrize("gloo_says,said", [
+    ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2722: Connection "
+     "reset by peer. This is typically caused by a remote worker hanging or bugs in the application. Check the logs "
+     "of the remote worker for more details.", "Read error [127.0.0.1]:2722: Connection reset by peer"),
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44721. This is "
+     "typically caused by a remote worker crashing.\nException raised from ...",
+     "Connection closed by peer [127.0.0.1]:44721"),
+])
+def test_a_rank_whose_peer_ended_first_quotes_what_happened_not_gloos_path_or_advice(
+        gloo_says, said, capsys, monkeypatch, rank0_waits):
+    """Re-trial 33A M3: rank 0's "stopped: another rank ended first (...)" quoted gloo's error cut at
+    200 characters, mid-word in its advice (`bugs in the applica)`), with its build path. It quotes
+    gloo's sentence saying what happened."""
+    def barrier_broke(rest):
+        raise RuntimeError(gloo_says)
+
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.pretrain"), "main", barrier_broke)
+    rank0_waits(0)
+    assert main(["pretrain"]) == 2
+    assert capsys.readouterr().err == f"tgmae pretrain: stopped: another rank ended first ({said})\n"
 
 
 _STOPPED = "tgmae pretrain: stopped (SIGTERM); what it finished is kept: rerun the same command to go on"
@@ -816,3 +839,100 @@ def test_a_bad_torchrun_variable_is_one_line_for_every_command(command, env, sai
     err = capsys.readouterr().err
     assert err.startswith(f"tgmae {command}: {said}: expected a whole number") and err.count("\n") == 1, err
     assert called == []
+
+
+class _KillsItsWorker:
+    """A data set whose item `at` kills the DataLoader worker reading it (SIGKILL, as the OOM
+    killer does)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        import signal
+
+        import torch
+
+        if i == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(2)
+
+
+_WORKER_KILLED = (r"tgmae pretrain{rank}: a data loader worker \(pid \d+\) was killed \(SIGKILL; out of memory\?\); "
+                  r"what it finished is kept: rerun the same command to go on, or lower data.num_workers")
+
+
+@pytest.mark.parametrize("rank", [None, 1])
+def test_a_dataloader_worker_killed_is_one_line_exit_2(capsys, monkeypatch, rank0_waits, rank):
+    """Re-trial 33A T1: a DataLoader worker killed (-9, the OOM killer) mid-training ended the run
+    in torch's traceback ("DataLoader worker (pid N) is killed by signal: Killed.", raised by its
+    SIGCHLD handler wherever the main process was, or "exited unexpectedly" from the queue), exit 1.
+    It is one line, exit 2; under a group the rank's line follows the rank rules (it waits for
+    rank 0 first)."""
+    import re
+
+    from conftest import StoppedByTorchrun
+
+    from tgmae.data.dataset import Loader
+
+    def reads_all(rest):
+        for _ in Loader(_KillsItsWorker(at=1), batch_size=1, num_workers=2):  # worker 1 reads item 1
+            pass
+
+    monkeypatch.setattr(importlib.import_module("tgmae.commands.pretrain"), "main", reads_all)
+    if rank is None:
+        monkeypatch.delenv("WORLD_SIZE")
+        monkeypatch.delenv("RANK")
+    else:
+        rank0_waits(rank)
+        with pytest.raises(StoppedByTorchrun):  # torchrun stops it in its wait once rank 0 has ended
+            main(["pretrain"])
+        assert capsys.readouterr().err == ""
+        monkeypatch.setattr(importlib.import_module("time"), "sleep", lambda s: None)  # rank 0 runs on
+    assert main(["pretrain"]) == 2
+    err = capsys.readouterr().err
+    said = _WORKER_KILLED.format(rank="" if rank is None else rf" \(rank {rank}\)")
+    assert re.fullmatch(said, err.strip()) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("torch_says,said", [
+    ("DataLoader worker (pid 8160) is killed by signal: Killed. ", "(pid 8160) was killed (SIGKILL; out of memory?)"),
+    ("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's workers are out "
+     "of shared memory. Please try to raise your shared memory limit.",
+     "(pid 7) was killed (SIGBUS; out of shared memory? /dev/shm is too small)"),
+    ("DataLoader worker (pid 7) is killed by signal: Segmentation fault. ", "(pid 7) was killed (SIGSEGV)"),
+    ("DataLoader worker (pid 7) exited unexpectedly with exit code 1. Details are lost due to multiprocessing. "
+     "Rerunning with num_workers=0 may give better error trace.", "(pid 7) ended with exit code 1"),
+    ("DataLoader worker (pid(s) 7, 9) exited unexpectedly", "(pids 7, 9) ended (killed? out of memory?)"),
+])
+def test_each_of_torchs_worker_deaths_is_said_in_one_line(torch_says, said, capsys, monkeypatch):
+    """Re-trial 33A T1: every text torch gives a dead DataLoader worker (its SIGCHLD handler's, the
+    queue's) is one line naming the worker and, where torch says it, the signal; the queue's
+    "exited unexpectedly" names the signal its cause holds. Any other RuntimeError is a bug's
+    traceback."""
+    def worker_died(rest):
+        raise RuntimeError(torch_says)
+
+    def queue_failed(rest):
+        try:
+            worker_died(rest)
+        except RuntimeError as e:
+            raise RuntimeError("DataLoader worker (pid(s) 8160) exited unexpectedly") from e
+
+    pretrain = importlib.import_module("tgmae.commands.pretrain")
+    for command in (worker_died,) + ((queue_failed,) if "pid(s)" not in torch_says else ()):
+        monkeypatch.setattr(pretrain, "main", command)
+        assert main(["pretrain"]) == 2
+        err = capsys.readouterr().err
+        worker = "data loader workers" if "," in said else "a data loader worker"
+        assert err == (f"tgmae pretrain: {worker} {said}; what it finished is kept: rerun the same command "
+                       "to go on, or lower data.num_workers\n"), err
+    def other(rest):
+        raise RuntimeError("DataLoader worker (pid 7) is stopped")
+
+    monkeypatch.setattr(pretrain, "main", other)
+    with pytest.raises(RuntimeError, match="is stopped"):
+        main(["pretrain"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -117,7 +118,7 @@ def _main(argv: list[str]) -> int:
         # DataLoader worker raised it: the message, not a traceback
         from tgmae.lifetime import launch_env, other_launched_rank, wait_for_rank0
 
-        line = _one_line(e) or _peer_gone(e)
+        line = _one_line(e) or _worker_gone(e) or _peer_gone(e)
         if line is None or _debug():
             raise
 
@@ -133,17 +134,74 @@ def _main(argv: list[str]) -> int:
         return 2
 
 
+def _worker_gone(e: BaseException) -> str | None:
+    """The line of a DataLoader worker that died (`data.dataset.Loader`: killed -9 by the OOM killer,
+    a crash), None for any other error. torch raises it from its SIGCHLD handler wherever the main
+    process is (`backward()`), or as "(pid(s) N) exited unexpectedly" from the batch queue, caused by
+    the handler's; both ended in a traceback, exit 1 (re-trial 33A T1). Exit 2 as a rank's other
+    errors: under a group the rank rules hold (`_main`), and a killed rank's peers exit 2 too."""
+    chain, link = [], e
+    while isinstance(link, BaseException) and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    texts = [str(x) for x in chain if isinstance(x, RuntimeError)]
+    for pattern, said in _WORKER_DEATHS:  # the most precise first: the signal, the exit code, neither
+        if (found := next(filter(None, (pattern.search(t) for t in texts)), None)) is not None:
+            return (f"{said(*found.groups())}; what it finished is kept: rerun the same command to go on, "
+                    "or lower data.num_workers")
+    return None
+
+
+def _killed(pid: str, description: str) -> str:
+    """`a data loader worker (pid N) was killed (SIGKILL; out of memory?)` from torch's strsignal text."""
+    import signal
+
+    name = next((s.name for s in signal.Signals if signal.strsignal(s) == description), description)
+    hint = {"SIGKILL": "; out of memory?", "SIGBUS": "; out of shared memory? /dev/shm is too small"}.get(name, "")
+    return f"a data loader worker (pid {pid}) was killed ({name}{hint})"
+
+
+def _ended(pids: str) -> str:
+    """`a data loader worker (pid N) ended (...)` for the queue's text, which names no signal."""
+    many = "," in pids
+    return f"{'data loader workers (pids' if many else 'a data loader worker (pid'} {pids}) ended (killed? out of memory?)"
+
+
+# torch's texts (torch/csrc/DataLoader.cpp, utils/data/dataloader.py `_try_get_data`) -> the line's start
+_WORKER_DEATHS = (
+    (re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.]*)\."), _killed),
+    (re.compile(r"DataLoader worker \(pid (\d+)\) exited unexpectedly with exit code (-?\d+)"),
+     lambda pid, code: f"a data loader worker (pid {pid}) ended with exit code {code}"),
+    (re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly"), _ended),
+)
+
+
 def _peer_gone(e: BaseException) -> str | None:
     """The line of a collective that failed because another torchrun rank ended first (its own line
     says why: a full disk at a checkpoint, a bad file), None for any other error. A rank waiting in
     a barrier then got gloo's "Connection closed by peer" and printed a 40-line traceback (re-trial
-    27B T1)."""
+    27B T1). It quotes gloo's sentence saying what happened (`Read error [127.0.0.1]:2722: Connection
+    reset by peer`), not its source path or advice, which a cut at 200 characters left half-said
+    (re-trial 33A M3)."""
     from tgmae.lifetime import launch_env
 
     text = str(e)  # the text first: an error of a bad RANK / WORLD_SIZE is not read through them again
-    if not any(s in text for s in ("Connection closed by peer", "Connection reset by peer")) or launch_env()[1] <= 1:
+    if not any(s in text for s in _PEER_GONE) or launch_env()[1] <= 1:
         return None
-    return f"stopped: another rank ended first ({text.splitlines()[0][:200]})"
+    return f"stopped: another rank ended first ({_what_happened(text)})"
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def _what_happened(text: str) -> str:
+    """gloo's sentence naming the peer gone, e.g. "[/__w/.../pair.cc:537] Read error [127.0.0.1]:2722:
+    Connection reset by peer. This is typically caused by ..." -> "Read error [127.0.0.1]:2722:
+    Connection reset by peer": no `[file.cc:N]` source locations, no advice sentences."""
+    text = re.sub(r"\[[^\]\s]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", " ".join(text.split()))
+    sentences = re.split(r"(?<=\.)\s+", text)  # "127.0.0.1" has no space after its dots
+    said = next(s for s in sentences if any(p in s for p in _PEER_GONE)).rstrip(".")
+    return said if len(said) <= 200 else said[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def _stop_behind(e: BaseException) -> KeyboardInterrupt | None:
