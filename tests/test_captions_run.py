@@ -703,6 +703,44 @@ def test_a_video_rewritten_in_place_at_the_same_size_is_refused_and_captioned_ag
     refuse_other_videos(tmp_path / "o.jsonl", read_store(tmp_path / "o.jsonl").records, identity(root))
 
 
+def _caption_both(videos, fake, root, ann, tmp_path):
+    """(a captioner's store, an `--oracle` store, the oracle's arguments) of `videos` under `root`
+    listed in `ann`, each record with its file's `content` key."""
+    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
+    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
+    assert main(argv) == 0
+    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
+    return out, oracle, argv
+
+
+def _store_check(suffix: str):
+    """check(store, folder): what `masks` and training check of a store against the videos v0..v2
+    (named `v{i}{suffix}`) in `folder` (`refuse_other_videos` with their paths; the caption provider)."""
+    from tgmae.captions.provider import CaptionProvider
+    from tgmae.captions.store import refuse_other_videos
+    from tgmae.data.fileid import video_identity
+
+    def check(store, folder):
+        paths = {f"v{i}": str(folder / f"v{i}{suffix}") for i in range(3)}
+        refuse_other_videos(store, read_store(store).records, {v: video_identity(p) for v, p in paths.items()},
+                            paths=paths)
+        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(list(paths), paths)
+    return check
+
+
+def _copy_kept_v1_refused(check, stores, copy, root) -> None:
+    """Each of `stores` passes `check` (`_store_check`) against the copy's videos and is refused
+    against `root`'s, naming v1 alone (replaced there) and the store."""
+    from tgmae.captions.store import CaptionStoreError
+
+    for store in stores:
+        check(store, copy)  # a copy keeps its captions
+        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
+            check(store, root)
+        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+
+
 def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(dataset, tmp_path, capsys):
     """Re-trial 32A S1: another file of the same size moved onto a captioned video (`mv`: a new
     inode, as a copy to a node's disk has) kept the video's old captions: `masks` redid its maps from
@@ -713,23 +751,9 @@ def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(
     its captions."""
     import shutil
 
-    from tgmae.captions.provider import CaptionProvider
-    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
-    from tgmae.data.fileid import video_identity
-
     root, ann, videos, fake = _three_videos(dataset, tmp_path)
-    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
-    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
-    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
-    assert main(argv) == 0
-    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
-    paths = lambda folder: {f"v{i}": str(folder / f"v{i}.mp4") for i in range(3)}  # noqa: E731
-    identity = lambda folder: {v: video_identity(p) for v, p in paths(folder).items()}  # noqa: E731
-
-    def check(store, folder):  # what `masks` and training check
-        refuse_other_videos(store, read_store(store).records, identity(folder), paths=paths(folder))
-        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(
-            list(paths(folder)), paths(folder))
+    out, oracle, argv = _caption_both(videos, fake, root, ann, tmp_path)
+    check = _store_check(".mp4")
 
     data = bytearray((root / "v1.mp4").read_bytes())
     n = len(data)
@@ -737,11 +761,7 @@ def test_a_video_replaced_by_mv_at_the_same_size_is_refused_and_captioned_again(
     (tmp_path / "new.mp4").write_bytes(data)
     copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
     os.replace(tmp_path / "new.mp4", root / "v1.mp4")  # mv: same size, a new inode
-    for store in (out, oracle):
-        check(store, copy)  # a copy keeps its captions
-        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
-            check(store, root)
-        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+    _copy_kept_v1_refused(check, (out, oracle), copy, root)
     summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
     assert summary.skipped == 2 and summary.captioned + len(summary.errors) == 1  # v1 tried again (its bytes: damaged)
     assert set(read_store(out).by_video()) == {"v0", "v2"}  # its old record gone
@@ -768,10 +788,6 @@ def test_frames_replaced_by_mv_at_the_same_size_are_refused_and_captioned_again(
     redoes it; a copy of the data set (`cp -r`: new inodes, mtimes) keeps its captions."""
     import shutil
 
-    from tgmae.captions.provider import CaptionProvider
-    from tgmae.captions.store import CaptionStoreError, refuse_other_videos
-    from tgmae.data.fileid import video_identity
-
     root = tmp_path / "fr"
     for i in range(3):
         (root / f"v{i}").mkdir(parents=True)
@@ -781,28 +797,14 @@ def test_frames_replaced_by_mv_at_the_same_size_are_refused_and_captioned_again(
     ann.write_text("path,label\n" + "".join(f"v{i},{CLASSES[i % 2]}\n" for i in range(3)))
     videos = load_annotations("csv", root, ann)[0]
     fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
-    out, oracle = tmp_path / "c.jsonl", tmp_path / "o.jsonl"
-    caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
-    argv = ["--format", "csv", "--root", str(root), str(ann), "--oracle", "--out", str(oracle)]
-    assert main(argv) == 0
-    assert all(r.extra.get("content") for f in (out, oracle) for r in read_store(f).records)
-    paths = lambda folder: {f"v{i}": str(folder / f"v{i}") for i in range(3)}  # noqa: E731
-    identity = lambda folder: {v: video_identity(p) for v, p in paths(folder).items()}  # noqa: E731
-
-    def check(store, folder):  # what `masks` and training check
-        refuse_other_videos(store, read_store(store).records, identity(folder), paths=paths(folder))
-        CaptionProvider(read_store(store).records, source_file=str(store)).check_videos(
-            list(paths(folder)), paths(folder))
+    out, oracle, argv = _caption_both(videos, fake, root, ann, tmp_path)
+    check = _store_check("")
 
     copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
     for frame in sorted((root / "v1").iterdir()):  # as the trial: v2's frames moved onto v1's
         shutil.copy(root / "v2" / frame.name, tmp_path / "f.bmp")
         os.replace(tmp_path / "f.bmp", frame)
-    for store in (out, oracle):
-        check(store, copy)  # a copy keeps its captions
-        with pytest.raises(CaptionStoreError, match=r"\('v1': .*replaced by another file") as e:
-            check(store, root)
-        assert str(store) in str(e.value) and "'v0'" not in str(e.value)
+    _copy_kept_v1_refused(check, (out, oracle), copy, root)
     summary = caption_videos(videos, fake, "fake", out, keyframes=2, batch_size=2, workers=0, progress=False)
     assert (summary.captioned, summary.redone, summary.skipped) == (1, 1, 2)
     capsys.readouterr()
