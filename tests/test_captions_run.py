@@ -778,6 +778,20 @@ def _bmp(path, seed: int) -> None:
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
 
 
+def _three_folders(tmp_path):
+    """(folder, its csv list, its videos, a fake captioner) of three frame folders v0..v2 of 12
+    random BMP frames each (all of one size on disk, each folder's own) under tmp_path/fr."""
+    root = tmp_path / "fr"
+    for i in range(3):
+        (root / f"v{i}").mkdir(parents=True)
+        for k in range(1, 13):
+            _bmp(root / f"v{i}" / f"img_{k:05d}.bmp", 100 * i + k)
+    ann = root / "train.csv"
+    ann.write_text("path,label\n" + "".join(f"v{i},{CLASSES[i % 2]}\n" for i in range(3)))
+    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    return root, ann, load_annotations("csv", root, ann)[0], fake
+
+
 def test_frames_replaced_by_mv_at_the_same_size_are_refused_and_captioned_again(tmp_path, capsys):
     """Re-trial 33B S2: a frame folder whose frames were replaced by `mv` with other images of the
     same size kept its old captions (its frames' names and sizes, `copy_key`, were all that was
@@ -788,15 +802,7 @@ def test_frames_replaced_by_mv_at_the_same_size_are_refused_and_captioned_again(
     redoes it; a copy of the data set (`cp -r`: new inodes, mtimes) keeps its captions."""
     import shutil
 
-    root = tmp_path / "fr"
-    for i in range(3):
-        (root / f"v{i}").mkdir(parents=True)
-        for k in range(1, 13):
-            _bmp(root / f"v{i}" / f"img_{k:05d}.bmp", 100 * i + k)
-    ann = root / "train.csv"
-    ann.write_text("path,label\n" + "".join(f"v{i},{CLASSES[i % 2]}\n" for i in range(3)))
-    videos = load_annotations("csv", root, ann)[0]
-    fake = lambda images: [f"frame {k}" for k in range(len(images))]  # noqa: E731
+    root, ann, videos, fake = _three_folders(tmp_path)
     out, oracle, argv = _caption_both(videos, fake, root, ann, tmp_path)
     check = _store_check("")
 
@@ -1479,3 +1485,35 @@ def test_oracle_refuses_epic_classes_without_verb_and_noun_names(tmp_path, capsy
     assert len(err) == 1 and str(ann) in err[0] and "no names" in err[0] and "'3 8'" in err[0], err
     assert "`verb` and `noun` columns" in err[0] and "classes.txt" not in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["files", "frames"])
+def test_a_caption_rerun_in_a_copy_of_the_data_set_keeps_its_captions(dataset, tmp_path, kind):
+    """Re-trial 34A M1: a `tgmae caption` rerun in a byte-identical copy of a data set (`cp -r`: new
+    inodes, mtimes, ctimes) captioned every video again, saying it had changed: the captioner's rerun
+    compared the records' identities, not the rule `masks` and training use. It uses that rule now
+    (`captions.store.replaced_videos`: another size, rewritten in place, or a `content` key that
+    differs): a copy redoes nothing, and a video replaced in the copy (`mv`, same size) is redone."""
+    import shutil
+
+    root, _, _, fake = _three_videos(dataset, tmp_path) if kind == "files" else _three_folders(tmp_path)
+    caption_videos(load_annotations("csv", root, root / "train.csv")[0], fake, "fake", root / "cap.jsonl",
+                   keyframes=3, batch_size=2, workers=0, progress=False)
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes and ctimes
+    videos, store = load_annotations("csv", copy, copy / "train.csv")[0], copy / "cap.jsonl"
+    again = lambda: caption_videos(videos, fake, "fake", store, keyframes=3, batch_size=2,  # noqa: E731
+                                   workers=0, progress=False)
+    assert (lambda s: (s.captioned, s.redone, s.skipped))(again()) == (0, 0, 3)
+    assert read_store(store).by_video() == read_store(root / "cap.jsonl").by_video()
+    if kind == "files":  # same size, other bytes, moved onto v1
+        data = bytearray((copy / "v1.mp4").read_bytes())
+        data[len(data) // 3:len(data) // 3 + 200] = bytes(b ^ 0x55 for b in data[len(data) // 3:len(data) // 3 + 200])
+        (tmp_path / "new").write_bytes(data)
+        os.replace(tmp_path / "new", copy / "v1.mp4")
+    else:  # v2's frames moved onto v1's
+        for frame in sorted((copy / "v1").iterdir()):
+            shutil.copy(copy / "v2" / frame.name, tmp_path / "f.bmp")
+            os.replace(tmp_path / "f.bmp", frame)
+    summary = again()
+    assert summary.skipped == 2 and summary.captioned + len(summary.errors) == 1  # v1 tried again
+    assert read_store(store).by_video()["v0"] == read_store(root / "cap.jsonl").by_video()["v0"]

@@ -30,7 +30,7 @@ from tgmae.captions.captioner import GenerationOptions, keyframe_indices
 from tgmae.captions.shard import Shard, errors_path, existing_parts, part_path, record_share, remove_parts
 from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppender, range_text,
                                   read_jsonl_tolerant, refuse_duplicate_ids, refuse_foreign_file,
-                                  refuse_other_provenance, video_ids_in)
+                                  refuse_other_provenance, replaced_videos, video_ids_in)
 from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import current_identity, video_identities, video_stamp
 from tgmae.hub import model_name
@@ -132,14 +132,28 @@ def _forget_errors(out: Path, ids: set[str], shard: Shard) -> None:
                 atomic_write_text(f, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in keep), fsync=True)
 
 
-def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Optional[str]:
-    """Why a stored record `obj` no longer describes its clip, or None: its file changed (`video`
-    differs from `identity`), or its frame range (`frames` differs from the clip's, `clip_range`).
-    A record without the key is not compared on it."""
+def _video_changed(obj: dict, now: Any, path: Optional[str]) -> bool:
+    """Whether the file a stored record `obj` was made from is not the video at `path` now (its
+    `video_identity` `now`): the rule `masks` and training use (`replaced_videos`: another size,
+    rewritten in place, another `content` key, another key of a frame the captions were read from),
+    so a byte-identical copy of the data set (`cp -r`, `rsync`: new inodes and ctimes) keeps its
+    captions (re-trial 34A M1). A record without a `content` key (an older store's, an errors
+    entry) or a file gone now: any change of identity."""
+    if obj.get("content") is None or now is None:
+        return current_identity(obj["video"]) != now  # an older store's form too
+    return bool(replaced_videos([obj], {obj["video_id"]: now}, {obj["video_id"]: path}))
+
+
+def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list],
+            paths: dict[str, str]) -> Optional[str]:
+    """Why a stored record `obj` no longer describes its clip, or None: its file changed
+    (`_video_changed` against `identity` {id: `video_identity` now} and `paths` {id: its file}), or
+    its frame range (`frames` differs from the clip's, `clip_range`). A record without the key is
+    not compared on it."""
     vid = obj.get("video_id") if isinstance(obj, dict) else None
     if vid not in identity:
         return None
-    if "video" in obj and current_identity(obj["video"]) != identity[vid]:  # an older store's form too
+    if "video" in obj and _video_changed(obj, identity[vid], paths.get(vid)):
         return "its video changed"
     if obj.get("frames") is not None and list(obj["frames"]) != list(frames.get(vid, obj["frames"])):
         return f"its frame range changed ({range_text(obj['frames'])} -> {range_text(frames[vid])})"
@@ -147,10 +161,10 @@ def _change(obj: Any, identity: dict[str, Any], frames: dict[str, list]) -> Opti
 
 
 def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: dict[str, list],
-                    done: str = "captioned", fresh: bool = False) -> set[str]:
+                    paths: dict[str, str], done: str = "captioned", fresh: bool = False) -> set[str]:
     """Drop the records of videos whose file or frame range changed since they were captioned
-    (`_change`: their `video` differs from `identity` {id: `video_identity` now}, their `frames` from
-    `frames` {id: `clip_range` now}), each logged, so they are captioned again. A stale record in a
+    (`_change`: their `video` is another file than the one at `paths` {id: path} with `identity`
+    {id: `video_identity` now}, their `frames` differ from `frames` {id: `clip_range` now}), each logged, so they are captioned again. A stale record in a
     file this shard does not write (another rank's part, or the merged store under torchrun) is a
     CaptionStoreError naming the video: rewriting it would race that rank. Returns the ids dropped.
     `out` may be the errors file (`done` "failed"): its entries carry the same keys. The files
@@ -161,7 +175,7 @@ def _forget_changed(out: Path, identity: dict[str, Any], shard: Shard, frames: d
         if not f.is_file():
             continue
         items, _, _ = read_jsonl_tolerant(f, allow_torn_tail=True)
-        stale = {o["video_id"]: why for _, o in items if (why := _change(o, identity, frames))}
+        stale = {o["video_id"]: why for _, o in items if (why := _change(o, identity, frames, paths))}
         if not stale:
             continue
         if f not in own:
@@ -275,8 +289,9 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
     on_disk = video_identities(str(v.path) for v in mine)  # a frame folder's segments share one scan
     identity = {v.video_id: on_disk[str(v.path)] for v in mine}
     ranges = {v.video_id: clip_range(v) for v in mine}
-    changed = _forget_changed(out, identity, shard, ranges, fresh=fresh)
-    changed |= _forget_changed(errors_path(out), identity, shard, ranges, "failed", fresh)  # a fixed range: tried again
+    paths = {v.video_id: str(v.path) for v in mine}
+    changed = _forget_changed(out, identity, shard, ranges, paths, fresh=fresh)
+    changed |= _forget_changed(errors_path(out), identity, shard, ranges, paths, "failed", fresh)  # a fixed range: tried again
     done = done_video_ids(out, not retry_errors, shard, fresh)
     todo = [v for v in mine if v.video_id not in done]
     summary = CaptionSummary(skipped=len(mine) - len(todo), out=str(part_path(out, shard)))

@@ -527,8 +527,9 @@ def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str,
     whose `content_key` is read where only it can tell) are `other_file`s (another size, the file
     rewritten in place, or another file moved onto the path since). Records without one and ids
     without a file now (None) are not compared; without `paths`, contents are not. The one check
-    `masks` and training make (`refuse_other_videos`) and a text source's caption rerun redoes by
-    (`tgmae caption`; the captioner's rerun redoes any identity change)."""
+    `masks` and training make (`refuse_other_videos`) and a caption rerun redoes by (`tgmae
+    caption`: a text source's, and the captioner's for records with a `content` key, so a copy of the
+    data set keeps its captions there too: re-trial 34A M1)."""
     paths = paths or {}
     objs = [r.to_json() if isinstance(r, CaptionRecord) else r for r in records]
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
