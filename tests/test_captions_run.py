@@ -1517,3 +1517,25 @@ def test_a_caption_rerun_in_a_copy_of_the_data_set_keeps_its_captions(dataset, t
     summary = again()
     assert summary.skipped == 2 and summary.captioned + len(summary.errors) == 1  # v1 tried again
     assert read_store(store).by_video()["v0"] == read_store(root / "cap.jsonl").by_video()["v0"]
+
+
+def test_a_replaced_keyframe_of_a_frame_folder_is_refused_and_captioned_again(tmp_path):
+    """Re-trial 34A S3: a folder's `content` key reads 8 of its frames; of 12, the captioner's
+    keyframes 2 and 10 (`--keyframes 3`) are not among them, so replacing exactly those frames (`mv`,
+    same size) kept the old captions for `masks` and training. Each captioner record of a frame
+    folder keeps the content keys of the frames its captions were read from (`frame_content`), which
+    the check compares too: refused, and the caption rerun redoes it; a copy keeps its captions."""
+    import shutil
+
+    root, _, videos, fake = _three_folders(tmp_path)
+    out = tmp_path / "c.jsonl"
+    caption_videos(videos, fake, "fake", out, keyframes=3, batch_size=2, workers=0, progress=False)
+    assert read_store(out).by_video()["v1"].extra["frame_indices"] == [2, 6, 10]
+    copy = Path(shutil.copytree(root, tmp_path / "node"))  # cp -r: new inodes, mtimes now
+    for k in (3, 11):  # frames 2 and 10: v2's moved onto v1's
+        shutil.copy(root / "v2" / f"img_{k:05d}.bmp", tmp_path / "f.bmp")
+        os.replace(tmp_path / "f.bmp", root / "v1" / f"img_{k:05d}.bmp")
+    _copy_kept_v1_refused(_store_check(""), (out,), copy, root)
+    summary = caption_videos(videos, fake, "fake", out, keyframes=3, batch_size=2, workers=0, progress=False)
+    assert (summary.captioned, summary.redone, summary.skipped) == (1, 1, 2)
+    _store_check("")(out, root)  # redone: accepted

@@ -319,7 +319,7 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,
-                                              **video_stamp(str(v.path), identity[v.video_id]),
+                                              **video_stamp(str(v.path), identity[v.video_id], [i for _, i in keep]),
                                               "frames": ranges[v.video_id]}))
             store.write_batch(records)
             errs.write_batch(failed)

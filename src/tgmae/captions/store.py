@@ -496,7 +496,9 @@ def ids_text(ids: Sequence[str], n: int = 5) -> str:
 
 
 def other_file(recorded: Any, now: Any, content: Optional[str] = None,
-               content_now: Optional[Callable[[], Optional[str]]] = None) -> bool:
+               content_now: Optional[Callable[[], Optional[str]]] = None,
+               frames: Optional[dict[str, str]] = None,
+               frames_now: Optional[Callable[[list[str]], dict[str, Optional[str]]]] = None) -> bool:
     """Whether a record's recorded `video` identity names other contents than the file `now`
     (`video_identity`). The same identity: the same file, nothing read. Another size (what a copy
     keeps, `copy_key`: a store of another data set with the same ids, a video replaced): other. The
@@ -508,7 +510,10 @@ def other_file(recorded: Any, now: Any, content: Optional[str] = None,
     key now, is the same file (a copy keeps its captions). Frame folders alike: the same frames'
     names and sizes (`copy_key`) and another identity (a frame rewritten in place, replaced by `mv`,
     or the folder copied: its digests cannot tell which) compare the folder's `content` (a few of its
-    frames' contents; re-trial 33B S2). The one check of a record against a file (`replaced_videos`)
+    frames' contents; re-trial 33B S2) and, where the record keeps them (`frames`, its
+    `frame_content` {frame file: content key}), the keys of the frames its captions were read from,
+    `frames_now(names)` ({name: key now}; a frame unreadable now is not compared), which those 8 may
+    miss (re-trial 34A S3). The one check of a record against a file (`replaced_videos`)
     and of two records of one id (`refuse_mixed_videos`)."""
     if current_identity(recorded) == now:
         return False
@@ -517,13 +522,18 @@ def other_file(recorded: Any, now: Any, content: Optional[str] = None,
     if content is None or content_now is None:
         return False
     key = content_now()
-    return key is not None and key != content
+    if key is not None and key != content:
+        return True
+    if not isinstance(frames, dict) or not frames or frames_now is None:
+        return False
+    keys = frames_now(list(frames))
+    return any(keys.get(n) is not None and keys[n] != k for n, k in frames.items())
 
 
 def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str, Any],
                     paths: Optional[dict[str, str]] = None) -> list[str]:
     """Ids of `records` captioned from another file than the data set's now: their recorded `video`
-    (and `content`) and `identity` ({video_id: `video_identity` now}; `paths` {video_id: its file},
+    (and `content`, `frame_content`) and `identity` ({video_id: `video_identity` now}; `paths` {video_id: its file},
     whose `content_key` is read where only it can tell) are `other_file`s (another size, the file
     rewritten in place, or another file moved onto the path since). Records without one and ids
     without a file now (None) are not compared; without `paths`, contents are not. The one check
@@ -535,7 +545,8 @@ def replaced_videos(records: Iterable[CaptionRecord | dict], identity: dict[str,
     return [o["video_id"] for o in objs if isinstance(o, dict) and o.get("video") is not None
             and identity.get(o.get("video_id")) is not None
             and other_file(o["video"], identity[o["video_id"]], o.get("content"),
-                           _key_now(paths.get(o["video_id"]), identity[o["video_id"]]))]
+                           _key_now(paths.get(o["video_id"]), identity[o["video_id"]]),
+                           o.get("frame_content"), _frames_now(paths.get(o["video_id"])))]
 
 
 def _key_now(path: Optional[str], identity: Any) -> Callable[[], Optional[str]]:
@@ -544,6 +555,13 @@ def _key_now(path: Optional[str], identity: Any) -> Callable[[], Optional[str]]:
     from tgmae.data.fileid import content_key
 
     return lambda: None if path is None else content_key(str(path), identity=identity)
+
+
+def _frames_now(path: Optional[str]) -> Callable[[list[str]], dict[str, Optional[str]]]:
+    """`other_file`'s frames_now for the frame folder at `path` (None: not known, no keys)."""
+    from tgmae.data.fileid import frame_keys
+
+    return lambda names: {} if path is None else frame_keys(str(path), names)
 
 
 def range_text(frames: Sequence) -> str:
