@@ -605,3 +605,21 @@ def test_a_run_writes_its_id_once_and_every_weights_file_it_saves_records_it(syn
     files = [run / "model.safetensors", *sorted(run.glob("checkpoints/step_*/model.safetensors"))]
     assert len(files) >= 2 and all(recorded_run_id(f)[0] == first for f in files), files
     assert all(run_of(f) == (run, "") for f in files)
+
+
+def test_a_run_continued_in_a_copy_of_its_folder_saves_weights_of_its_own_id(synth_root, tmp_path):
+    """Re-trial 34A S2: `cp -a runs/a runs/b` and a resume in b: b's model recorded a's id, so put into
+    a's folder it passed as a's (title `final`, a's steps and loss on its card). The run in b resumes a's
+    checkpoint (b's ancestry) under a new id, and b's model is not a's run's."""
+    from tgmae.weights.model_card import folder_run_id, recorded_run_id, run_ids, run_of
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    pretrain_killed_at(cfg_for(synth_root, a), 3)
+    a_id = folder_run_id(a)
+    shutil.copytree(a, b, symlinks=True)
+    pretrain(cfg_for(synth_root, b))
+    b_id = folder_run_id(b)
+    assert b_id != a_id and run_ids(b) == [b_id, a_id] and folder_run_id(a) == a_id
+    assert recorded_run_id(b / "model.safetensors")[0] == b_id and run_of(b / "model.safetensors") == (b, "")
+    shutil.copy(b / "model.safetensors", a / "cont.safetensors")
+    assert run_of(a / "cont.safetensors")[0] is None
