@@ -519,7 +519,7 @@ def test_another_runs_file_of_the_same_settings_is_titled_by_its_name_and_carded
 
     from tgmae.viz import reconstruction
     from tgmae.weights.export_hf import export_hf
-    from tgmae.weights.model_card import EXPORT_RUN_ID_KEY, own_run_id, section_settings
+    from tgmae.weights.model_card import EXPORT_RUN_ID_KEY, folder_run_id, own_run_id, section_settings
 
     cfg = load_config(None, ["masking.name=random", "masking.ratio=0.6", "data.num_frames=4", "data.image_size=32",
                              "model.patch_size=8"])
@@ -547,7 +547,7 @@ def test_another_runs_file_of_the_same_settings_is_titled_by_its_name_and_carded
     export_hf(k4, tmp_path / "hf_own", pretraining=True)
     assert "| run folder | `" in (tmp_path / "hf_own" / "README.md").read_text()
     said = json.loads((tmp_path / "hf_copy" / "config.json").read_text())[EXPORT_RUN_ID_KEY]
-    assert said == (pt0 / "run_id").read_text().strip()
+    assert said == folder_run_id(pt0)
 
 
 def test_a_bad_masking_recorded_in_an_export_names_its_file_and_key(tmp_path, clip_file, capsys):

@@ -605,3 +605,42 @@ def test_a_run_writes_its_id_once_and_every_weights_file_it_saves_records_it(syn
     files = [run / "model.safetensors", *sorted(run.glob("checkpoints/step_*/model.safetensors"))]
     assert len(files) >= 2 and all(recorded_run_id(f)[0] == first for f in files), files
     assert all(run_of(f) == (run, "") for f in files)
+
+
+def test_a_step_folder_of_another_run_moved_into_a_run_is_not_resumed(synth_root, tmp_path):
+    """Re-trial 34A S1: r1's step folder copied into r4 (its own checkpoints gone; without `latest`, or
+    named in it) was resumed without a word: r4's model then recorded r4's id for r1's training and its
+    metrics.jsonl mixed the two runs. The resume refuses it, naming the step folder and both ids."""
+    from tgmae.weights.model_card import folder_run_id
+
+    r1, r4 = tmp_path / "r1", tmp_path / "r4"
+    pretrain_killed_at(cfg_for(synth_root, r1), 3)
+    pretrain_killed_at(cfg_for(synth_root, r4), 3)
+    shutil.rmtree(r4 / "checkpoints")
+    (r4 / "checkpoints").mkdir()
+    shutil.copytree(r1 / "checkpoints" / "step_00000002", r4 / "checkpoints" / "step_00000002")
+    for latest in (False, True):
+        if latest:
+            (r4 / "checkpoints" / "latest").write_text("step_00000002\n")
+        with pytest.raises(ckpt.CheckpointError, match=rf"step_00000002: records run id {folder_run_id(r1)}, "
+                                                       rf"but the run in {r4} is {folder_run_id(r4)}"):
+            pretrain(cfg_for(synth_root, r4))
+    assert not (r4 / "model.safetensors").exists()
+
+
+def test_a_run_continued_in_a_copy_of_its_folder_saves_weights_of_its_own_id(synth_root, tmp_path):
+    """Re-trial 34A S2: `cp -a runs/a runs/b` and a resume in b: b's model recorded a's id, so put into
+    a's folder it passed as a's (title `final`, a's steps and loss on its card). The run in b resumes a's
+    checkpoint (b's ancestry) under a new id, and b's model is not a's run's."""
+    from tgmae.weights.model_card import folder_run_id, recorded_run_id, run_ids, run_of
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    pretrain_killed_at(cfg_for(synth_root, a), 3)
+    a_id = folder_run_id(a)
+    shutil.copytree(a, b, symlinks=True)
+    pretrain(cfg_for(synth_root, b))
+    b_id = folder_run_id(b)
+    assert b_id != a_id and run_ids(b) == [b_id, a_id] and folder_run_id(a) == a_id
+    assert recorded_run_id(b / "model.safetensors")[0] == b_id and run_of(b / "model.safetensors") == (b, "")
+    shutil.copy(b / "model.safetensors", a / "cont.safetensors")
+    assert run_of(a / "cont.safetensors")[0] is None

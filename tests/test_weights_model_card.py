@@ -181,3 +181,75 @@ def test_a_file_of_another_run_with_the_same_settings_is_not_that_runs(tmp_path)
     # a file recording an id in a folder of a run that has none (started before ids): another run's
     (b / "run_id").unlink()
     assert run_of(own)[0] is None and "folder records none" in run_of(own)[1]
+
+
+def test_a_copied_or_moved_run_folder_gets_its_own_id_and_keeps_the_old_as_its_ancestry(tmp_path):
+    """Re-trial 34A S2: `cp -a runs/a runs/b` copied a's `run_id`, so b's further-trained model recorded
+    a's id and, put beside a, was carded as a's run. The file names the folder it was made for: a run
+    in another folder (a copy or a move) gets a new id and keeps the old ones as its ancestry, whose
+    files stay its own (a copy's checkpoints of a, a moved run's own steps); b's new id is not a's."""
+    import shutil
+
+    import torch
+
+    from tgmae.train.resume import refuse_other_runs_step
+    from tgmae.weights import checkpoint as ckpt
+    from tgmae.weights.model_card import folder_run_id, own_run_id, run_ids, run_of
+
+    cfg = RunConfig()
+    a = tmp_path / "a"
+    save_config(cfg, a / "config.yaml")
+    a_id = own_run_id(a)
+    assert own_run_id(a) == a_id and run_ids(a) == [a_id] and str(a.resolve()) in (a / "run_id").read_text()
+    lin = torch.nn.Linear(2, 2)
+    a_step = ckpt.save_checkpoint(a / "checkpoints", lin, torch.optim.SGD(lin.parameters(), lr=0.1),
+                                  None, ckpt.TrainPosition(4, 0, 0), {}, run_id=a_id)
+    shutil.copytree(a, tmp_path / "b", symlinks=True)  # cp -a
+    b = tmp_path / "b"
+    assert folder_run_id(b) == a_id  # read as before until a run starts there
+    b_id = own_run_id(b)
+    assert b_id != a_id and run_ids(b) == [b_id, a_id] and own_run_id(b) == b_id and own_run_id(a) == a_id
+    b_step = b / "checkpoints" / a_step.name
+    assert run_of(b_step / "model.safetensors") == (b, "")  # the copy holds a's checkpoints legitimately
+    refuse_other_runs_step(b, b_step)
+    b_model = _pretraining_file(b / "model.safetensors", run_id=b_id)
+    (a / "cont.safetensors").write_bytes(b_model.read_bytes())
+    found, why = run_of(a / "cont.safetensors")
+    assert found is None and b_id in why and f"the run's is {a_id}" in why, why
+    # a move: the run in its new folder resumes its own steps, under a new id of its own
+    c = tmp_path / "c"
+    a.rename(c)
+    c_id = own_run_id(c)
+    assert c_id not in (a_id, b_id) and run_ids(c) == [c_id, a_id]
+    refuse_other_runs_step(c, c / "checkpoints" / a_step.name)
+    # a file written before folders were recorded (the id alone): this folder's, now naming it
+    (c / "run_id").write_text(f"{a_id}\n")
+    assert own_run_id(c) == a_id and run_ids(c) == [a_id] and str(c.resolve()) in (c / "run_id").read_text()
+
+
+def test_a_resume_refuses_a_step_folder_of_another_run_naming_both_ids(tmp_path):
+    """Re-trial 34A S1: the checkpoint a run resumes inside its own folder must record one of its ids
+    (`run_ids`); one recording none (saved before ids were recorded) resumes as before, and one outside
+    the folder (checkpoint.resume=PATH) starts the run from it."""
+    import pytest
+    import torch
+
+    from tgmae.train.resume import refuse_other_runs_step
+    from tgmae.weights import checkpoint as ckpt
+    from tgmae.weights.model_card import own_run_id
+
+    r1, r4 = tmp_path / "r1", tmp_path / "r4"
+    ids = {r: own_run_id(r) for r in (r1, r4)}
+    lin = torch.nn.Linear(2, 2)
+
+    def step(run, n, run_id):
+        return ckpt.save_checkpoint(run / "checkpoints", lin, torch.optim.SGD(lin.parameters(), lr=0.1),
+                                    None, ckpt.TrainPosition(n, 0, 0), {}, run_id=run_id)
+    theirs = step(r4, 4, ids[r1])
+    with pytest.raises(ckpt.CheckpointError) as e:
+        refuse_other_runs_step(r4, theirs)
+    said = str(e.value)
+    assert said.startswith(f"{theirs}: records run id {ids[r1]}, but the run in {r4} is {ids[r4]}") and "\n" not in said
+    refuse_other_runs_step(r4, step(r4, 6, ids[r4]))
+    refuse_other_runs_step(r4, step(r4, 8, None))  # an older checkpoint
+    refuse_other_runs_step(r4, step(r1, 2, ids[r1]))  # outside: a new start from it

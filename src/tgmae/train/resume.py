@@ -25,7 +25,7 @@ from tgmae.lifetime import launch_env
 from tgmae.errors import UserError, count
 from tgmae.locks import LATEST, NO_CHECKPOINT_YET, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
-from tgmae.weights.model_card import own_run_id
+from tgmae.weights.model_card import folder_run_id, own_run_id, recorded_run_id, run_ids
 
 log = logging.getLogger("tgmae")
 
@@ -145,6 +145,23 @@ def _own_checkpoint(out: Path, source: Optional[Path]) -> bool:
     return source is not None and Path(source).resolve().is_relative_to(out.resolve())
 
 
+def refuse_other_runs_step(out: Path, source: Path) -> None:
+    """CheckpointError naming `source` and both ids when the checkpoint a run resumes inside its own
+    folder `out` records a run id that is not the folder's (`model_card.run_ids`: its own, or one of
+    the runs the folder was copied or moved from): a step folder of another run moved or copied in,
+    which would go on under this run's id and mix two runs in its metrics.jsonl (re-trial 34A S1).
+    A checkpoint recording none (saved before ids were recorded) resumes, as before; one outside
+    `out` (checkpoint.resume=PATH) starts this run from it."""
+    made_by = recorded_run_id(source)[0]
+    if not _own_checkpoint(out, source) or made_by is None or made_by in run_ids(out):
+        return
+    own = folder_run_id(out)
+    raise ckpt.CheckpointError(
+        f"{source}: records run id {made_by}, but the run in {out} is {own or 'one whose folder records none'}: "
+        f"a step folder of another run, moved or copied in; move it out of {out}, or resume it in its own run "
+        "folder (checkpoint.resume=PATH with another train.output_dir starts a new run from it)")
+
+
 def saved_config_differences(cfg: RunConfig, unused: Sequence[str] = (),
                              copies: Optional[Mapping[str, str]] = None) -> Optional[list[tuple[str, Any, Any]]]:
     """The keys train.output_dir/config.yaml (a run's, `is_saved_config`) differs from `cfg` in, as a
@@ -178,6 +195,7 @@ def resume(cfg: RunConfig, dist: DistInfo, task_name: str, fingerprint: Optional
     refuse_unresumed_run(cfg, source, unused_keys, copied_keys)
     if source is None:
         return Resumed()
+    refuse_other_runs_step(Path(cfg.train.output_dir), source)
     loaded = ckpt.load_checkpoint(source)
     out = str(cfg.train.output_dir)
     ckpt.check_run_kind(source, loaded.extra.get("task"), task_name, out,

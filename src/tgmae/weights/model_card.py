@@ -66,17 +66,17 @@ def run_of(checkpoint: str | Path) -> tuple[Optional[Path], str]:
 
 def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
     """Why `checkpoint` is not the model of the run in folder `run` ("" when nothing says so). Its
-    recorded run id (`recorded_run_id`) decides when it has one: the folder's (`folder_run_id`) is
-    the run's, any other (or a folder without one, whose run saved nothing since ids were
+    recorded run id (`recorded_run_id`) decides when it has one: the folder's (`run_ids`: its own, or
+    one of the runs its folder was copied or moved from) is the run's, any other (or a folder without one, whose run saved nothing since ids were
     recorded) is not (re-trial 33B S1: a copy of the same settings was titled `final` and carded
     as the folder's run). Weights recording none (made before ids were recorded) are compared by
     settings (`foreign_by_settings`)."""
     made_by, where = recorded_run_id(checkpoint)
     if made_by is None:
         return foreign_by_settings(checkpoint, run)
-    own = folder_run_id(run)
-    if made_by == own:
+    if made_by in run_ids(run):  # the run's own, or of the run its folder was copied from (re-trial 34A S2)
         return ""
+    own = folder_run_id(run)
     return (f"{where} is not the model of the run in {run} (it records run id {made_by}, the run's "
             f"{'is ' + own if own else 'folder records none'}: made by another run): its own recorded settings are used")
 
@@ -106,36 +106,67 @@ def foreign_by_settings(checkpoint: str | Path, run: Path) -> str:
 
 # a run's id: random, written once into its folder when the run starts (kept on resume), and
 # recorded by every weights file the run saves, and by convert / export-hf copies of them ("made
-# from run X"): what proves a file in a run folder is that run's (`foreign_to_run`, re-trial 33B S1)
+# from run X"): what proves a file in a run folder is that run's (`foreign_to_run`, re-trial 33B S1).
+# The file: the id on its first line, then the folder it was made for and the ids of the runs the
+# folder was copied or moved from (`own_run_id`, re-trial 34A S2)
 RUN_ID_FILE = "run_id"  # in the run folder
 RUN_ID_META = "run_id"  # our safetensors files' metadata (models, step checkpoints, encoders, classifiers)
 EXPORT_RUN_ID_KEY = "tgmae_run_id"  # export-hf's config.json entry
+RUN_FOLDER_LINE, ANCESTOR_LINE = "folder: ", "copied from run: "  # RUN_ID_FILE's later lines
+
+
+def _run_id_file(run: str | Path) -> tuple[list[str], Optional[str]]:
+    """(the ids RUN_ID_FILE in folder `run` lists: the run's first, then its ancestry; the absolute
+    folder it was made for, None when it names none: written before folders were recorded);
+    ([], None) for a folder without one, an unreadable one or one whose first line is empty."""
+    try:
+        lines = (Path(run) / RUN_ID_FILE).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return [], None
+    if not lines or not lines[0].strip():
+        return [], None
+    later = [line.strip() for line in lines[1:]]
+    ancestry = [line.removeprefix(ANCESTOR_LINE) for line in later if line.startswith(ANCESTOR_LINE)]
+    folder = next((line.removeprefix(RUN_FOLDER_LINE) for line in later if line.startswith(RUN_FOLDER_LINE)), None)
+    return [lines[0].strip(), *ancestry], folder
 
 
 def folder_run_id(run: str | Path) -> Optional[str]:
-    """The id of the run in folder `run` (its `RUN_ID_FILE`); None for a folder without one (a run
-    started before ids were written) or an unreadable one."""
-    try:
-        said = (Path(run) / RUN_ID_FILE).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return said or None
+    """The id of the run in folder `run` (its `RUN_ID_FILE`'s first line); None for a folder without
+    one (a run started before ids were written) or an unreadable one."""
+    ids = _run_id_file(run)[0]
+    return ids[0] if ids else None
+
+
+def run_ids(run: str | Path) -> list[str]:
+    """The ids whose files are the run's in folder `run`: its own (`folder_run_id`) and those of the
+    runs its folder was copied or moved from (`own_run_id`): a copy holds the original's checkpoints
+    legitimately, and a moved run resumes its own steps (re-trial 34A S2). [] for a folder without one."""
+    return _run_id_file(run)[0]
 
 
 def own_run_id(run: str | Path) -> str:
     """The id of the run in folder `run`, written there first when it has none (a new run, or one
-    started before ids were written, resumed): a random hex string. Main rank only; the run
-    folder's lock keeps two writers out."""
+    started before ids were written, resumed) or when its `RUN_ID_FILE` was made for another folder:
+    a copy (`cp -a`) or a move, whose training is not the original's (re-trial 34A S2: a copy's
+    further-trained model recorded the original's id and was carded as its run). Such a folder gets
+    a new random hex id, the file keeping the old ones as its ancestry (`run_ids`). A file naming no
+    folder (written before folders were recorded) is taken as this folder's, and now names it. Main
+    rank only; the run folder's lock keeps two writers out."""
     import uuid
 
     from tgmae.atomic import atomic_write_text
 
-    said = folder_run_id(run)
-    if said is None:
-        said = uuid.uuid4().hex
-        Path(run).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(run) / RUN_ID_FILE, said + "\n")
-    return said
+    ids, made_for = _run_id_file(run)
+    here = str(Path(run).resolve())
+    if ids and made_for == here:
+        return ids[0]
+    if not ids or made_for is not None:  # none yet, or a copy / move of another folder's run: a new run
+        ids = [uuid.uuid4().hex, *ids]
+    Path(run).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run) / RUN_ID_FILE, "".join(
+        [f"{ids[0]}\n{RUN_FOLDER_LINE}{here}\n", *(f"{ANCESTOR_LINE}{i}\n" for i in ids[1:])]))
+    return ids[0]
 
 
 def run_id_note(run_id: Optional[str]) -> dict[str, str]:
