@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tgmae.config import RunConfig, save_config
 from tgmae.weights.model_card import read_run
 
@@ -212,6 +214,16 @@ def test_a_copied_or_moved_run_folder_gets_its_own_id_and_keeps_the_old_as_its_a
     b_step = b / "checkpoints" / a_step.name
     assert run_of(b_step / "model.safetensors") == (b, "")  # the copy holds a's checkpoints legitimately
     refuse_other_runs_step(b, b_step)
+    assert f"copied from run: {a_id} at step 4" in (b / "run_id").read_text()  # a's steps up to the copy
+    # re-trial 34B S1: a step a made after the copy, moved into b, is not b's: refused, drawn as foreign
+    later = ckpt.save_checkpoint(a / "checkpoints", lin, torch.optim.SGD(lin.parameters(), lr=0.1),
+                                 None, ckpt.TrainPosition(12, 0, 0), {}, run_id=a_id)
+    shutil.copytree(later, b / "checkpoints" / later.name)
+    with pytest.raises(ckpt.CheckpointError, match=f"records run id {a_id}"):
+        refuse_other_runs_step(b, b / "checkpoints" / later.name)
+    assert run_of(b / "checkpoints" / later.name / "model.safetensors")[0] is None
+    shutil.rmtree(b / "checkpoints" / later.name)
+    shutil.rmtree(later)
     b_model = _pretraining_file(b / "model.safetensors", run_id=b_id)
     (a / "cont.safetensors").write_bytes(b_model.read_bytes())
     found, why = run_of(a / "cont.safetensors")

@@ -33,6 +33,7 @@ from tgmae.captions.store import (CaptionRecord, CaptionStoreError, StoreAppende
                                   refuse_other_provenance, replaced_videos, video_ids_in)
 from tgmae.data.annotations import clip_range
 from tgmae.data.fileid import current_identity, video_identities, video_stamp
+from tgmae.data.frame_folder import frame_names
 from tgmae.hub import model_name
 
 log = logging.getLogger("tgmae")
@@ -319,7 +320,8 @@ def caption_videos(videos: Sequence[Any], captioner: Callable[[Sequence[np.ndarr
                     continue
                 records.append(CaptionRecord(v.video_id, [c for c, _ in keep], SOURCE, model,
                                              {"frame_indices": [int(i) for _, i in keep], "settings": settings,
-                                              **video_stamp(str(v.path), identity[v.video_id], [i for _, i in keep]),
+                                              **video_stamp(str(v.path), identity[v.video_id],
+                                                          frame_names(str(v.path), [i for _, i in keep])),
                                               "frames": ranges[v.video_id]}))
             store.write_batch(records)
             errs.write_batch(failed)

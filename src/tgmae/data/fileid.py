@@ -262,31 +262,19 @@ def frame_keys(folder: str, names: Iterable[str]) -> dict[str, Optional[str]]:
     return {n: content_key(os.path.join(folder, n), keep=False) for n in names}
 
 
-def _keyframe_keys(path: str, frames: Sequence[int]) -> Optional[dict[str, str]]:
-    """`frame_keys` of frame folder `path`'s frames at positions `frames` (as its reader numbers
-    them, `tgmae.data.frame_folder.folder_frames`); None when they cannot be named or read."""
-    from tgmae.data.frame_folder import folder_frames
-    from tgmae.data.frame_index import VideoError
-
-    try:
-        seq = folder_frames(path)
-        keys = frame_keys(path, dict.fromkeys(seq.name(int(i)) for i in frames))
-    except (VideoError, OSError, IndexError):
-        return None
-    return {n: k for n, k in keys.items() if k is not None} or None
-
-
-def video_stamp(path: str, identity: Any = None, frames: Optional[Sequence[int]] = None) -> dict[str, Any]:
+def video_stamp(path: str, identity: Any = None, frame_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """What a caption record keeps of the file it describes: {"video": `video_identity`, "content":
     `content_key`} (`identity`: the one already taken; None: taken now), and for a frame folder
-    given `frames` (the positions its captions were read from, a captioner's `frame_indices`)
-    "frame_content": {frame file name: its `content_key`}, since the folder's key samples only 8
+    given `frame_names` (the files its captions were read from, a captioner's keyframes:
+    `tgmae.data.frame_folder.frame_names`) "frame_content": {frame file name: its `content_key`},
+    since the folder's key samples only 8
     frames, which may miss exactly those (re-trial 34A S3); keys without a value left out. Written
     by every caption source (`tgmae caption`'s captioner and text sources); compared by
     `tgmae.captions.store.other_file`. The keys are not kept in the user cache (`content_key`'s keep)."""
     identity = video_identity(path) if identity is None else identity
     stamp = {"video": identity,
              "content": content_key(path, keep=False, identity=identity) if identity is not None else None}
-    if frames and isinstance(identity, list) and identity[:1] == ["frames"]:
-        stamp["frame_content"] = _keyframe_keys(path, frames)
+    if frame_names and isinstance(identity, list) and identity[:1] == ["frames"]:
+        keys = frame_keys(path, dict.fromkeys(frame_names))
+        stamp["frame_content"] = {n: k for n, k in keys.items() if k is not None} or None
     return {k: v for k, v in stamp.items() if v is not None}

@@ -19,7 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -201,3 +201,16 @@ def _empty(path: str) -> bool:
         return os.path.getsize(path) == 0
     except OSError:
         return False
+
+
+def frame_names(path: str, frames: Sequence[int]) -> Optional[list[str]]:
+    """The file names of frame folder `path`'s frames at positions `frames` (as `folder_frames`
+    numbers them): the keyframes a caption was read from (`tgmae.data.fileid.video_stamp`, re-trial
+    34A S3); None for a video file, or frames that cannot be named."""
+    if not os.path.isdir(path):
+        return None
+    try:
+        seq = folder_frames(path)
+        return [seq.name(int(i)) for i in frames]
+    except (VideoError, OSError, IndexError):
+        return None

@@ -25,7 +25,7 @@ from tgmae.lifetime import launch_env
 from tgmae.errors import UserError, count
 from tgmae.locks import LATEST, NO_CHECKPOINT_YET, hold, refuse_extraction, refuse_holding_run, run_files
 from tgmae.weights import checkpoint as ckpt
-from tgmae.weights.model_card import folder_run_id, own_run_id, recorded_run_id, run_ids
+from tgmae.weights.model_card import folder_run_id, is_runs, own_run_id, recorded_run_id
 
 log = logging.getLogger("tgmae")
 
@@ -149,11 +149,12 @@ def refuse_other_runs_step(out: Path, source: Path) -> None:
     """CheckpointError naming `source` and both ids when the checkpoint a run resumes inside its own
     folder `out` records a run id that is not the folder's (`model_card.run_ids`: its own, or one of
     the runs the folder was copied or moved from): a step folder of another run moved or copied in,
-    which would go on under this run's id and mix two runs in its metrics.jsonl (re-trial 34A S1).
+    which would go on under this run's id and mix two runs in its metrics.jsonl (re-trial 34A S1),
+    or a step its original made after the folder was copied (`model_card.is_runs`, re-trial 34B S1).
     A checkpoint recording none (saved before ids were recorded) resumes, as before; one outside
     `out` (checkpoint.resume=PATH) starts this run from it."""
     made_by = recorded_run_id(source)[0]
-    if not _own_checkpoint(out, source) or made_by is None or made_by in run_ids(out):
+    if not _own_checkpoint(out, source) or made_by is None or is_runs(out, made_by, source):
         return
     own = folder_run_id(out)
     raise ckpt.CheckpointError(

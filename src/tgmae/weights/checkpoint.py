@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from tgmae.config import ANNOTATION_KEYS, LOCAL_PATH_KEYS, MODEL_PATH_KEYS, reco
 from tgmae.distributed import distributed_ready, is_fsdp, rank_world
 from tgmae.weights.files import (LATEST, TRAIN_FORMAT, CheckpointError, check_fits, load_strict, load_weights_only,
                                  torch_error)
-from tgmae.weights.model_card import run_id_note
+from tgmae.weights.model_card import STEP_FOLDER, run_id_note
 
 log = logging.getLogger("tgmae")
 
@@ -376,7 +375,6 @@ def _prune(directory: Path, keep_last: int, keep: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-STEP_FOLDER = re.compile(r"step_\d{8}")  # a step checkpoint's folder name (`save_checkpoint`)
 
 
 def _complete(folder: Path) -> bool:

@@ -74,7 +74,7 @@ def foreign_to_run(checkpoint: str | Path, run: Path) -> str:
     made_by, where = recorded_run_id(checkpoint)
     if made_by is None:
         return foreign_by_settings(checkpoint, run)
-    if made_by in run_ids(run):  # the run's own, or of the run its folder was copied from (re-trial 34A S2)
+    if is_runs(run, made_by, checkpoint):  # its own, or of the run its folder was copied from (re-trial 34A S2)
         return ""
     own = folder_run_id(run)
     return (f"{where} is not the model of the run in {run} (it records run id {made_by}, the run's "
@@ -113,6 +113,8 @@ RUN_ID_FILE = "run_id"  # in the run folder
 RUN_ID_META = "run_id"  # our safetensors files' metadata (models, step checkpoints, encoders, classifiers)
 EXPORT_RUN_ID_KEY = "tgmae_run_id"  # export-hf's config.json entry
 RUN_FOLDER_LINE, ANCESTOR_LINE = "folder: ", "copied from run: "  # RUN_ID_FILE's later lines
+COPIED_AT = " at step "  # an ancestor line's end: the newest step its folder held when copied
+STEP_FOLDER = re.compile(r"step_(\d{8})")  # a step checkpoint's folder name (`checkpoint.save_checkpoint`)
 
 
 def _run_id_file(run: str | Path) -> tuple[list[str], Optional[str]]:
@@ -126,9 +128,51 @@ def _run_id_file(run: str | Path) -> tuple[list[str], Optional[str]]:
     if not lines or not lines[0].strip():
         return [], None
     later = [line.strip() for line in lines[1:]]
-    ancestry = [line.removeprefix(ANCESTOR_LINE) for line in later if line.startswith(ANCESTOR_LINE)]
+    ancestry = [line.removeprefix(ANCESTOR_LINE).split(COPIED_AT)[0] for line in later if line.startswith(ANCESTOR_LINE)]
     folder = next((line.removeprefix(RUN_FOLDER_LINE) for line in later if line.startswith(RUN_FOLDER_LINE)), None)
     return [lines[0].strip(), *ancestry], folder
+
+
+def _copied_at(run: str | Path) -> dict[str, int]:
+    """{ancestor id: the newest step its run had when folder `run` was copied from it} of the
+    ancestor lines of `run`'s RUN_ID_FILE that say it (`own_run_id`)."""
+    try:
+        lines = (Path(run) / RUN_ID_FILE).read_text().splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found = (line.strip().removeprefix(ANCESTOR_LINE).split(COPIED_AT) for line in lines
+             if line.strip().startswith(ANCESTOR_LINE) and COPIED_AT in line)
+    return {i: int(n) for i, n in found if n.isdigit()}
+
+
+def _step_of(checkpoint: str | Path) -> Optional[int]:
+    """The step of a step checkpoint (its folder `step_<8 digits>`, or a file in it); None otherwise."""
+    p = Path(checkpoint)
+    for part in (p.name, p.parent.name):
+        m = STEP_FOLDER.fullmatch(part)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _newest_step(run: str | Path) -> int:
+    """The newest step folder's step in run folder `run`'s checkpoints/ (0 for none)."""
+    folder = Path(run) / "checkpoints"
+    steps = [_step_of(p) for p in folder.iterdir()] if folder.is_dir() else []
+    return max((s for s in steps if s is not None), default=0)
+
+
+def is_runs(run: str | Path, made_by: str, checkpoint: str | Path) -> bool:
+    """Whether weights recording run id `made_by` at `checkpoint` are the run's in folder `run`: its
+    own id, or one its folder was copied or moved from (`run_ids`), where a step checkpoint of that
+    run counts only up to the step the copy was taken at (re-trial 34B S1: the original's later step
+    moved into the copy resumed there as the copy's). Files recording no step (a model file) and
+    ancestors recorded without a step (before it was recorded) are the run's."""
+    ids = run_ids(run)
+    if made_by not in ids:
+        return False
+    bound, step = _copied_at(run).get(made_by), _step_of(checkpoint)
+    return made_by == ids[0] or bound is None or step is None or step <= bound
 
 
 def folder_run_id(run: str | Path) -> Optional[str]:
@@ -161,11 +205,15 @@ def own_run_id(run: str | Path) -> str:
     here = str(Path(run).resolve())
     if ids and made_for == here:
         return ids[0]
+    bounds = _copied_at(run)
     if not ids or made_for is not None:  # none yet, or a copy / move of another folder's run: a new run
+        if ids:  # its steps so far are the run it was copied from
+            bounds.setdefault(ids[0], _newest_step(run))
         ids = [uuid.uuid4().hex, *ids]
     Path(run).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(run) / RUN_ID_FILE, "".join(
-        [f"{ids[0]}\n{RUN_FOLDER_LINE}{here}\n", *(f"{ANCESTOR_LINE}{i}\n" for i in ids[1:])]))
+        [f"{ids[0]}\n{RUN_FOLDER_LINE}{here}\n",
+         *(f"{ANCESTOR_LINE}{i}" + (f"{COPIED_AT}{bounds[i]}" if i in bounds else "") + "\n" for i in ids[1:])]))
     return ids[0]
 
 
