@@ -214,6 +214,9 @@ def test_a_copied_or_moved_run_folder_gets_its_own_id_and_keeps_the_old_as_its_a
     b_step = b / "checkpoints" / a_step.name
     assert run_of(b_step / "model.safetensors") == (b, "")  # the copy holds a's checkpoints legitimately
     refuse_other_runs_step(b, b_step)
+    a_model = _pretraining_file(a / "model.safetensors", run_id=a_id)  # a's final weights, into the copy:
+    (b / "a_final.safetensors").write_bytes(a_model.read_bytes())  # no step says when: not b's (35A S1)
+    assert run_of(b / "a_final.safetensors")[0] is None
     assert f"copied from run: {a_id} at step 4" in (b / "run_id").read_text()  # a's steps up to the copy
     # re-trial 34B S1: a step a made after the copy, moved into b, is not b's: refused, drawn as foreign
     later = ckpt.save_checkpoint(a / "checkpoints", lin, torch.optim.SGD(lin.parameters(), lr=0.1),

@@ -166,13 +166,15 @@ def is_runs(run: str | Path, made_by: str, checkpoint: str | Path) -> bool:
     """Whether weights recording run id `made_by` at `checkpoint` are the run's in folder `run`: its
     own id, or one its folder was copied or moved from (`run_ids`), where a step checkpoint of that
     run counts only up to the step the copy was taken at (re-trial 34B S1: the original's later step
-    moved into the copy resumed there as the copy's). Files recording no step (a model file) and
-    ancestors recorded without a step (before it was recorded) are the run's."""
+    moved into the copy resumed there as the copy's), and a file of that run recording no step (a
+    model file: the original's final weights put into the copy were carded as the copy's, re-trial
+    35A S1) is not the copy's: the copy's own model file records its own id once it trains. An
+    ancestor recorded without a step (before it was recorded) keeps all its files the run's."""
     ids = run_ids(run)
     if made_by not in ids:
         return False
     bound, step = _copied_at(run).get(made_by), _step_of(checkpoint)
-    return made_by == ids[0] or bound is None or step is None or step <= bound
+    return made_by == ids[0] or bound is None or (step is not None and step <= bound)
 
 
 def folder_run_id(run: str | Path) -> Optional[str]:
